@@ -1,0 +1,62 @@
+// The model's shape and In-Place TTT settings, parsed from a Hugging Face `config.json`
+// (Llama and Qwen3 families, plus the TTT keys of the paper's official code).
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace ttt::engine {
+
+// Where a TTT layer takes X0, the input of its LM-aligned target V = Conv1D(X0) W_target.
+enum class TttTarget { kInputEmbed, kHiddenStates };
+
+struct ModelConfig {
+  std::string model_type = "llama";  // "llama" or "qwen3"
+  int64_t vocab_size = 0;
+  int64_t hidden_size = 0;        // d_model
+  int64_t intermediate_size = 0;  // d_ff
+  int64_t num_hidden_layers = 0;
+  int64_t num_attention_heads = 0;
+  int64_t num_key_value_heads = 0;
+  int64_t head_dim = 0;  // hidden_size / heads unless the config says otherwise (Qwen3)
+  double rope_theta = 10000.0;
+  double rms_norm_eps = 1e-6;
+  bool tie_word_embeddings = false;
+  bool qk_norm = false;  // Qwen3: RMSNorm over each head's q and k before RoPE
+  bool attention_bias = false;
+  // Attention window in tokens (a query sees itself and window-1 earlier tokens); nullopt = full.
+  std::optional<int64_t> sliding_window;
+  int64_t bos_token_id = -1;
+  int64_t eos_token_id = -1;
+
+  // In-Place TTT (DESIGN.md section 1).
+  bool ttt_mode = false;
+  std::vector<int64_t> ttt_layers;  // sorted, unique, each in [0, num_hidden_layers)
+  double ttt_lr = 0.0;              // eta
+  int64_t ttt_chunk = 0;            // C
+  TttTarget ttt_target = TttTarget::kInputEmbed;
+  bool ttt_proj = true;             // W_target present (else identity)
+  // Frobenius-norm clip tau of each chunk's update dW_i = V_i^T Z_i (before eta); 0 = off.
+  double ttt_clip = 0.0;
+
+  bool IsTttLayer(int64_t layer) const;
+};
+
+// Parses config.json text; `source` names the file in error messages.
+// Errors (INVALID_ARGUMENT): malformed JSON, missing or ill-typed keys, inconsistent shapes
+// (heads not dividing hidden size, KV heads not dividing heads, TTT layer out of range, ...).
+absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text,
+                                             const std::string& source = "config.json");
+
+// Reads `<dir>/config.json`. NOT_FOUND when the file is missing.
+absl::StatusOr<ModelConfig> LoadModelConfig(const std::filesystem::path& dir);
+
+// The config as Hugging Face `config.json` text (the trainer and test fixtures write it).
+std::string ModelConfigToJson(const ModelConfig& config);
+
+}  // namespace ttt::engine

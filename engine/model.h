@@ -1,0 +1,97 @@
+// The decoder (Llama / Qwen3 family) with In-Place TTT in its configured layers, run on batches of
+// independent sequences. DESIGN.md section 1 is the method; this file is its contract.
+#pragma once
+
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "engine/config.h"
+#include "engine/safetensors.h"
+#include "engine/sequence.h"
+
+namespace ttt::engine {
+
+struct ModelOptions {
+  std::string device = "cpu";  // "cpu", "cuda", "cuda:N"
+  std::string dtype = "f32";   // "f32" or "bf16" (fast weights stay fp32 either way)
+  // Overrides the checkpoint's ttt_lr (eta) when set; eta = 0 serves the plain model.
+  std::optional<double> ttt_lr;
+  std::optional<int64_t> sliding_window;  // overrides the config's window when set (0 = full)
+};
+
+// How a multi-chunk ingest runs the TTT layers.
+enum class IngestMode {
+  kParallel,    // all chunks at once: per-chunk updates and their exclusive prefix sums
+  kSequential,  // chunk by chunk through the whole stack, folding each update in before the next
+};
+
+// One sequence's part of a batched ingest.
+struct IngestItem {
+  SequenceState* state = nullptr;  // advanced in place
+  std::vector<int32_t> tokens;     // may be empty
+};
+
+// Per item: log p(token | everything before it) for each ingested token, computed before that
+// token (or its chunk) updated anything; NaN for the stream's very first token.
+using IngestLogProbs = std::vector<float>;
+
+// Thread-compatible: const methods may run concurrently on different states; one engine thread
+// normally owns it.
+class Model {
+ public:
+  // Loads config.json and the weights from a Hugging Face folder. Errors: NOT_FOUND (files),
+  // INVALID_ARGUMENT (config or weights malformed, a tensor missing or misshapen, bad options).
+  static absl::StatusOr<std::unique_ptr<Model>> Load(const std::filesystem::path& dir,
+                                                     const ModelOptions& options = {});
+  // Builds from tensors named as in Hugging Face checkpoints (the trainer uses this).
+  static absl::StatusOr<std::unique_ptr<Model>> FromWeights(ModelConfig config,
+                                                            const NamedTensors& weights,
+                                                            const ModelOptions& options = {});
+
+  const ModelConfig& config() const { return config_; }
+  // Identifies config + weights (SHA-256 over the config and every tensor's bytes, hex).
+  const std::string& fingerprint() const { return fingerprint_; }
+  torch::Device device() const { return device_; }
+  torch::ScalarType dtype() const { return dtype_; }
+
+  // A fresh stream at position 0 with fast weights W_down^(0).
+  SequenceState NewSequence() const;
+  // Back to the fresh state, keeping nothing.
+  void Reset(SequenceState& state) const { state = NewSequence(); }
+
+  // Feeds each item's tokens into its state in one batched forward: extends its KV cache, folds
+  // every chunk that completes into its fast weights, buffers the rest. Results do not depend on
+  // how a stream is split across calls, nor on which other sequences share the batch.
+  // INVALID_ARGUMENT for a token outside the vocabulary (no state is touched then).
+  absl::StatusOr<std::vector<IngestLogProbs>> Ingest(absl::Span<IngestItem> items,
+                                                     IngestMode mode = IngestMode::kParallel) const;
+
+  // Named parameters as in a Hugging Face checkpoint (for the trainer and for writing models).
+  NamedTensors NamedWeights() const;
+
+  // Training forward: logits [B, T, vocab] for fresh streams `tokens` [B, T] (int64), parallel
+  // form, differentiable in the weights (call outside InferenceMode).
+  torch::Tensor ForwardTrain(const torch::Tensor& tokens) const;
+
+  ~Model();
+
+ private:
+  struct Weights;
+  Model(ModelConfig config, std::unique_ptr<Weights> weights, torch::Device device,
+        torch::ScalarType dtype);
+  friend class ModelAccess;
+
+  ModelConfig config_;
+  std::unique_ptr<Weights> weights_;
+  torch::Device device_;
+  torch::ScalarType dtype_;
+  std::string fingerprint_;
+};
+
+}  // namespace ttt::engine
