@@ -3,11 +3,12 @@
 #pragma once
 
 #include <filesystem>
+#include <optional>
 #include <memory>
 #include <string>
 #include <vector>
 
-#include <torch/torch.h>
+#include <ATen/ATen.h>  // not <torch/torch.h>: a third of the compile time
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
@@ -55,13 +56,20 @@ class Model {
                                                             const ModelOptions& options = {});
 
   const ModelConfig& config() const { return config_; }
-  // Identifies config + weights (SHA-256 over the config and every tensor's bytes, hex).
+  // Identifies config + weights (64-bit FNV-1a over the config and every tensor's bytes, hex).
   const std::string& fingerprint() const { return fingerprint_; }
-  torch::Device device() const { return device_; }
-  torch::ScalarType dtype() const { return dtype_; }
+  at::Device device() const { return device_; }
+  at::ScalarType dtype() const { return dtype_; }
 
   // A fresh stream at position 0 with fast weights W_down^(0).
   SequenceState NewSequence() const;
+  // Rebuilds a state saved with SequenceState::ToTensors()/Metadata() (a checkpoint file),
+  // bit-exactly, on this model's device. INVALID_ARGUMENT names what does not fit this model.
+  absl::StatusOr<SequenceState> RestoreSequence(const SafetensorsFile& file) const;
+  // Layer indices where TTT is active (empty when eta = 0 or the checkpoint has no TTT params).
+  const std::vector<int64_t>& active_ttt_layers() const { return active_ttt_layers_; }
+  // Attention window in tokens (nullopt = full attention), after ModelOptions overrides.
+  std::optional<int64_t> attention_window() const;
   // Back to the fresh state, keeping nothing.
   void Reset(SequenceState& state) const { state = NewSequence(); }
 
@@ -73,25 +81,27 @@ class Model {
                                                      IngestMode mode = IngestMode::kParallel) const;
 
   // Named parameters as in a Hugging Face checkpoint (for the trainer and for writing models).
+  // The tensors alias the model's own: the trainer sets requires_grad and optimises them.
   NamedTensors NamedWeights() const;
 
   // Training forward: logits [B, T, vocab] for fresh streams `tokens` [B, T] (int64), parallel
   // form, differentiable in the weights (call outside InferenceMode).
-  torch::Tensor ForwardTrain(const torch::Tensor& tokens) const;
+  at::Tensor ForwardTrain(const at::Tensor& tokens) const;
 
   ~Model();
 
  private:
   struct Weights;
-  Model(ModelConfig config, std::unique_ptr<Weights> weights, torch::Device device,
-        torch::ScalarType dtype);
+  Model(ModelConfig config, std::unique_ptr<Weights> weights, at::Device device,
+        at::ScalarType dtype);
   friend class ModelAccess;
 
   ModelConfig config_;
   std::unique_ptr<Weights> weights_;
-  torch::Device device_;
-  torch::ScalarType dtype_;
+  at::Device device_;
+  at::ScalarType dtype_;
   std::string fingerprint_;
+  std::vector<int64_t> active_ttt_layers_;
 };
 
 }  // namespace ttt::engine

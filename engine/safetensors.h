@@ -11,7 +11,7 @@
 #include <utility>
 #include <vector>
 
-#include <torch/torch.h>
+#include <ATen/ATen.h>  // not <torch/torch.h>: a third of the compile time
 
 #include "absl/status/statusor.h"
 
@@ -19,7 +19,7 @@ namespace ttt::engine {
 
 struct TensorEntry {
   std::string name;
-  torch::ScalarType dtype;  // one of F32, F16, BF16, I64, I32, U8
+  at::ScalarType dtype;  // one of F32, F16, BF16, I64, I32, U8
   std::vector<int64_t> shape;
   uint64_t begin = 0;  // byte offsets relative to the start of the data section
   uint64_t end = 0;
@@ -44,7 +44,7 @@ class SafetensorsFile {
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
   bool Contains(const std::string& name) const;
   // A CPU tensor holding a copy of `name`'s data, in its stored dtype. NOT_FOUND names it.
-  absl::StatusOr<torch::Tensor> Load(const std::string& name) const;
+  absl::StatusOr<at::Tensor> Load(const std::string& name) const;
   const std::string& source() const { return source_; }
 
  private:
@@ -69,7 +69,7 @@ class WeightStore {
   static absl::StatusOr<std::unique_ptr<WeightStore>> Open(const std::filesystem::path& dir);
   bool Contains(const std::string& name) const;
   // NOT_FOUND ("tensor 'x' missing from <dir>") when absent.
-  absl::StatusOr<torch::Tensor> Load(const std::string& name) const;
+  absl::StatusOr<at::Tensor> Load(const std::string& name) const;
   std::vector<std::string> Names() const;
 
  private:
@@ -78,7 +78,7 @@ class WeightStore {
   std::map<std::string, size_t> owner_;  // tensor name -> index into files_
 };
 
-using NamedTensors = std::vector<std::pair<std::string, torch::Tensor>>;
+using NamedTensors = std::vector<std::pair<std::string, at::Tensor>>;
 
 // The safetensors encoding of `tensors` (any device; written contiguous, in their dtypes) with
 // string `metadata` under "__metadata__". Names must be unique (INVALID_ARGUMENT otherwise).

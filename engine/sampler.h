@@ -5,7 +5,7 @@
 #include <cstdint>
 #include <random>
 
-#include <torch/torch.h>
+#include <ATen/ATen.h>  // not <torch/torch.h>: a third of the compile time
 
 #include "absl/status/status.h"
 
@@ -26,7 +26,7 @@ class Sampler {
  public:
   explicit Sampler(const SamplingParams& params) : params_(params), rng_(params.seed) {}
   // REQUIRES: logits is a 1-D float tensor. Returns the chosen token id.
-  int32_t Sample(const torch::Tensor& logits);
+  int32_t Sample(const at::Tensor& logits);
 
  private:
   SamplingParams params_;

@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include <torch/torch.h>
+#include <ATen/ATen.h>  // not <torch/torch.h>: a third of the compile time
 
 #include "absl/status/statusor.h"
 #include "engine/config.h"
@@ -17,15 +17,15 @@
 namespace ttt::engine {
 
 struct LayerCache {
-  torch::Tensor keys;    // [kv_heads, n, head_dim], RoPE applied; n <= window when windowed
-  torch::Tensor values;  // [kv_heads, n, head_dim]
+  at::Tensor keys;    // [kv_heads, n, head_dim], RoPE applied; n <= window when windowed
+  at::Tensor values;  // [kv_heads, n, head_dim]
 };
 
 struct TttLayerState {
   int64_t layer = 0;          // decoder layer index
-  torch::Tensor delta;        // [d_model, d_ff] fp32: eta * sum of the completed chunks' updates
-  torch::Tensor pending_z;    // [p, d_ff] fp32: Z rows of the unfinished chunk (p < chunk)
-  torch::Tensor pending_x0;   // [p, d_model] fp32: X0 rows of the unfinished chunk
+  at::Tensor delta;        // [d_model, d_ff] fp32: eta * sum of the completed chunks' updates
+  at::Tensor pending_z;    // [p, d_ff] fp32: Z rows of the unfinished chunk (p < chunk)
+  at::Tensor pending_x0;   // [p, d_model] fp32: X0 rows of the unfinished chunk
 };
 
 struct SequenceState {
@@ -33,7 +33,7 @@ struct SequenceState {
   int64_t chunks_applied = 0;  // chunk updates folded into the fast weights
   std::vector<LayerCache> cache;  // one per decoder layer
   std::vector<TttLayerState> ttt;  // one per TTT layer, in layer order
-  torch::Tensor last_logits;   // [vocab] fp32: next-token logits; undefined before any token
+  at::Tensor last_logits;   // [vocab] fp32: next-token logits; undefined before any token
 
   // Tokens of the unfinished chunk (0 when the stream sits on a chunk boundary).
   int64_t PendingTokens() const { return ttt.empty() ? 0 : ttt.front().pending_z.size(0); }
@@ -47,11 +47,7 @@ struct SequenceState {
   // Tensors and metadata that restore this state bit-exactly (see Deserialize).
   NamedTensors ToTensors() const;
   std::map<std::string, std::string> Metadata() const;
-  // Rebuilds a state from ToTensors()/Metadata(), checking every shape against `config`;
-  // INVALID_ARGUMENT names what does not fit. Tensors land on `device`.
-  static absl::StatusOr<SequenceState> FromTensors(const SafetensorsFile& file,
-                                                   const ModelConfig& config,
-                                                   torch::Device device);
+  // The inverse is Model::RestoreSequence, which checks every shape against the model.
 };
 
 }  // namespace ttt::engine

@@ -1,0 +1,500 @@
+// Reading (mmap + full validation), encoding and atomic writing of safetensors files, and the
+// WeightStore over a Hugging Face checkpoint folder (one file or an index of shards).
+// Every check happens in Parse() before any tensor is handed out, so a truncated or hostile file
+// yields INVALID_ARGUMENT naming the file and the tensor, never a crash or an out-of-bounds read.
+#include "engine/safetensors.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <optional>
+#include <random>
+#include <set>
+#include <sstream>
+#include <system_error>
+
+#include <nlohmann/json.hpp>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "engine/status_macros.h"
+
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
+              "safetensors data is little-endian; Load() copies raw bytes");
+
+namespace ttt::engine {
+namespace {
+
+using Json = nlohmann::json;
+
+constexpr uint64_t kHeaderLengthBytes = 8;
+// The reference implementation refuses larger headers; so do we, before parsing any JSON.
+constexpr uint64_t kMaxHeaderBytes = 100 * 1000 * 1000;
+constexpr char kMetadataKey[] = "__metadata__";
+constexpr char kSingleFile[] = "model.safetensors";
+constexpr char kIndexFile[] = "model.safetensors.index.json";
+
+struct DtypeInfo {
+  const char* name;
+  at::ScalarType type;
+  uint64_t size;
+};
+constexpr DtypeInfo kDtypes[] = {
+    {"F32", at::kFloat, 4}, {"F16", at::kHalf, 2}, {"BF16", at::kBFloat16, 2},
+    {"I64", at::kLong, 8},   {"I32", at::kInt, 4},   {"U8", at::kByte, 1},
+};
+
+const DtypeInfo* DtypeByName(const std::string& name) {
+  for (const DtypeInfo& d : kDtypes) {
+    if (name == d.name) return &d;
+  }
+  return nullptr;
+}
+
+const DtypeInfo* DtypeByType(at::ScalarType type) {
+  for (const DtypeInfo& d : kDtypes) {
+    if (type == d.type) return &d;
+  }
+  return nullptr;
+}
+
+uint64_t ReadLe64(const uint8_t* p) {
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; --i) v = (v << 8) | p[i];
+  return v;
+}
+
+void AppendLe64(uint64_t v, std::string* out) {
+  for (int i = 0; i < 8; ++i) out->push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+}
+
+std::string ShapeString(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) absl::StrAppend(&s, i ? ", " : "", shape[i]);
+  return s + "]";
+}
+
+// A non-negative JSON integer that fits in uint64_t, or nullopt.
+std::optional<uint64_t> AsCount(const Json& v) {
+  if (v.is_number_unsigned()) return v.get<uint64_t>();
+  if (v.is_number_integer() && v.get<int64_t>() >= 0) return static_cast<uint64_t>(v.get<int64_t>());
+  return std::nullopt;
+}
+
+// Writes all of `bytes` to `fd`, retrying short writes and EINTR.
+absl::Status WriteAll(int fd, const std::string& bytes, const std::string& what) {
+  const char* p = bytes.data();
+  size_t left = bytes.size();
+  while (left > 0) {
+    ssize_t n = ::write(fd, p, left);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return absl::ErrnoToStatus(errno, absl::StrCat("writing ", what));
+    }
+    p += n;
+    left -= static_cast<size_t>(n);
+  }
+  return absl::OkStatus();
+}
+
+// A name no other writer (another process, or another thread of this one) will pick.
+std::string TempSuffix() {
+  static std::atomic<uint64_t> counter{0};
+  thread_local std::mt19937_64 rng{std::random_device{}()};
+  return absl::StrCat(".tmp.", ::getpid(), ".", absl::Hex(rng(), absl::kZeroPad16),
+                      absl::Hex(counter.fetch_add(1)));
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// SafetensorsFile
+
+absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(
+    const std::filesystem::path& path) {
+  const std::string name = path.string();
+  const int fd = ::open(name.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    const int err = errno;
+    if (err == ENOENT) return absl::NotFoundError(absl::StrCat("no such file: ", name));
+    return absl::ErrnoToStatus(err, absl::StrCat("opening ", name));
+  }
+  struct stat st;
+  if (::fstat(fd, &st) != 0) {
+    const int err = errno;
+    ::close(fd);
+    return absl::ErrnoToStatus(err, absl::StrCat("stat ", name));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return absl::InvalidArgumentError(absl::StrCat(name, ": not a regular file"));
+  }
+  auto file = std::unique_ptr<SafetensorsFile>(new SafetensorsFile());
+  file->source_ = name;
+  file->size_ = static_cast<uint64_t>(st.st_size);
+  // mmap of zero bytes fails; Parse() reports short files with the proper message.
+  if (file->size_ >= kHeaderLengthBytes) {
+    void* m = ::mmap(nullptr, file->size_, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (m == MAP_FAILED) {
+      const int err = errno;
+      ::close(fd);
+      return absl::ErrnoToStatus(err, absl::StrCat("mmap ", name));
+    }
+    file->mapping_ = m;
+    file->base_ = static_cast<const uint8_t*>(m);
+  }
+  ::close(fd);  // the mapping keeps the file alive
+  RETURN_IF_ERROR(file->Parse());
+  return file;
+}
+
+absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::FromBytes(
+    std::string bytes, const std::string& source) {
+  auto file = std::unique_ptr<SafetensorsFile>(new SafetensorsFile());
+  file->source_ = source;
+  file->owned_ = std::move(bytes);
+  // Taken after the move: the object is never moved again, so the pointer stays valid.
+  file->base_ = reinterpret_cast<const uint8_t*>(file->owned_.data());
+  file->size_ = file->owned_.size();
+  RETURN_IF_ERROR(file->Parse());
+  return file;
+}
+
+SafetensorsFile::~SafetensorsFile() {
+  if (mapping_ != nullptr) ::munmap(mapping_, size_);
+}
+
+absl::Status SafetensorsFile::Parse() {
+  auto invalid = [this](const std::string& what) {
+    return absl::InvalidArgumentError(absl::StrCat(source_, ": ", what));
+  };
+  if (size_ < kHeaderLengthBytes) {
+    return invalid(absl::StrCat("file is ", size_,
+                                " bytes, shorter than the 8-byte header length; truncated?"));
+  }
+  const uint64_t header_len = ReadLe64(base_);
+  if (header_len > size_ - kHeaderLengthBytes) {
+    return invalid(absl::StrCat("header length ", header_len, " runs past the end of the file (",
+                                size_, " bytes); truncated or not a safetensors file"));
+  }
+  if (header_len > kMaxHeaderBytes) {
+    return invalid(absl::StrCat("header length ", header_len, " exceeds the limit of ",
+                                kMaxHeaderBytes, " bytes"));
+  }
+  data_offset_ = kHeaderLengthBytes + header_len;
+  const uint64_t data_size = size_ - data_offset_;
+  const char* header = reinterpret_cast<const char*>(base_ + kHeaderLengthBytes);
+
+  const Json json = Json::parse(header, header + header_len, /*cb=*/nullptr,
+                                /*allow_exceptions=*/false);
+  if (json.is_discarded()) return invalid("header is not valid JSON");
+  if (!json.is_object()) {
+    return invalid(absl::StrCat("header must be a JSON object, got ", json.type_name()));
+  }
+
+  entries_.clear();
+  index_.clear();
+  metadata_.clear();
+  for (auto it = json.begin(); it != json.end(); ++it) {
+    const std::string& key = it.key();
+    const Json& value = it.value();
+    if (key == kMetadataKey) {
+      if (value.is_null()) continue;
+      if (!value.is_object()) return invalid("\"__metadata__\" must be an object of strings");
+      for (auto m = value.begin(); m != value.end(); ++m) {
+        if (!m.value().is_string()) {
+          return invalid(absl::StrCat("metadata value of '", m.key(), "' must be a string, got ",
+                                      m.value().dump()));
+        }
+        metadata_[m.key()] = m.value().get<std::string>();
+      }
+      continue;
+    }
+    auto bad = [&](const std::string& what) {
+      return invalid(absl::StrCat("tensor '", key, "': ", what));
+    };
+    if (!value.is_object()) return bad("entry must be an object");
+    auto dtype_it = value.find("dtype");
+    auto shape_it = value.find("shape");
+    auto offsets_it = value.find("data_offsets");
+    if (dtype_it == value.end() || shape_it == value.end() || offsets_it == value.end()) {
+      return bad("entry needs \"dtype\", \"shape\" and \"data_offsets\"");
+    }
+    if (!dtype_it->is_string()) return bad("\"dtype\" must be a string");
+    const DtypeInfo* dtype = DtypeByName(dtype_it->get<std::string>());
+    if (dtype == nullptr) {
+      return bad(absl::StrCat("unsupported dtype \"", dtype_it->get<std::string>(),
+                              "\" (supported: F32, F16, BF16, I64, I32, U8)"));
+    }
+    TensorEntry entry;
+    entry.name = key;
+    entry.dtype = dtype->type;
+    if (!shape_it->is_array()) return bad("\"shape\" must be a list of non-negative integers");
+    uint64_t nbytes = dtype->size;
+    for (const Json& d : *shape_it) {
+      std::optional<uint64_t> dim = AsCount(d);
+      if (!dim || *dim > static_cast<uint64_t>(INT64_MAX)) {
+        return bad(absl::StrCat("shape dimension ", d.dump(), " is not a non-negative integer"));
+      }
+      if (__builtin_mul_overflow(nbytes, *dim, &nbytes)) return bad("shape is too large");
+      entry.shape.push_back(static_cast<int64_t>(*dim));
+    }
+    if (!offsets_it->is_array() || offsets_it->size() != 2) {
+      return bad("\"data_offsets\" must be [begin, end]");
+    }
+    std::optional<uint64_t> begin = AsCount((*offsets_it)[0]);
+    std::optional<uint64_t> end = AsCount((*offsets_it)[1]);
+    if (!begin || !end || *begin > *end) {
+      return bad(absl::StrCat("\"data_offsets\" ", offsets_it->dump(),
+                              " must be non-negative integers with begin <= end"));
+    }
+    if (*end > data_size) {
+      return bad(absl::StrCat("\"data_offsets\" ", offsets_it->dump(),
+                              " run past the end of the data section (", data_size,
+                              " bytes); truncated?"));
+    }
+    if (*end - *begin != nbytes) {
+      return bad(absl::StrCat("holds ", *end - *begin, " bytes but ", dtype->name, " ",
+                              ShapeString(entry.shape), " needs ", nbytes));
+    }
+    entry.begin = *begin;
+    entry.end = *end;
+    entries_.push_back(std::move(entry));
+  }
+
+  // File order; then neighbours must not overlap (empty tensors occupy nothing).
+  std::sort(entries_.begin(), entries_.end(), [](const TensorEntry& a, const TensorEntry& b) {
+    return a.begin != b.begin ? a.begin < b.begin : a.name < b.name;
+  });
+  const TensorEntry* prev = nullptr;
+  for (const TensorEntry& e : entries_) {
+    if (e.begin == e.end) continue;
+    if (prev != nullptr && e.begin < prev->end) {
+      return invalid(absl::StrCat("tensor '", e.name, "' bytes [", e.begin, ", ", e.end,
+                                  ") overlap tensor '", prev->name, "' bytes [", prev->begin, ", ",
+                                  prev->end, ")"));
+    }
+    prev = &e;
+  }
+  for (size_t i = 0; i < entries_.size(); ++i) index_[entries_[i].name] = i;
+  return absl::OkStatus();
+}
+
+bool SafetensorsFile::Contains(const std::string& name) const { return index_.count(name) > 0; }
+
+absl::StatusOr<at::Tensor> SafetensorsFile::Load(const std::string& name) const {
+  auto it = index_.find(name);
+  if (it == index_.end()) {
+    return absl::NotFoundError(absl::StrCat("tensor '", name, "' not found in ", source_));
+  }
+  const TensorEntry& e = entries_[it->second];
+  try {
+    at::Tensor t = at::empty(e.shape, at::TensorOptions().dtype(e.dtype));
+    if (e.end > e.begin) std::memcpy(t.data_ptr(), base_ + data_offset_ + e.begin, e.end - e.begin);
+    return t;
+  } catch (const std::exception& ex) {  // c10::Error or std::bad_alloc
+    return absl::ResourceExhaustedError(
+        absl::StrCat("allocating tensor '", name, "' from ", source_, ": ", ex.what()));
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// WeightStore
+
+absl::StatusOr<std::unique_ptr<WeightStore>> WeightStore::Open(const std::filesystem::path& dir) {
+  auto store = std::unique_ptr<WeightStore>(new WeightStore());
+  store->dir_ = dir;
+  const std::string dir_name = dir.string();
+  std::error_code ec;
+
+  // Like transformers: the single file wins when both are present.
+  if (std::filesystem::exists(dir / kSingleFile, ec)) {
+    ASSIGN_OR_RETURN(auto file, SafetensorsFile::Open(dir / kSingleFile));
+    for (const TensorEntry& e : file->entries()) store->owner_[e.name] = 0;
+    store->files_.push_back(std::move(file));
+    return store;
+  }
+  const std::filesystem::path index_path = dir / kIndexFile;
+  if (!std::filesystem::exists(index_path, ec)) {
+    return absl::NotFoundError(
+        absl::StrCat("no ", kSingleFile, " or ", kIndexFile, " in ", dir_name));
+  }
+  const std::string index_name = index_path.string();
+  auto invalid = [&](const std::string& what) {
+    return absl::InvalidArgumentError(absl::StrCat(index_name, ": ", what));
+  };
+  std::ifstream in(index_path, std::ios::binary);
+  std::ostringstream text;
+  text << in.rdbuf();
+  if (!in || !text) return absl::ErrnoToStatus(errno, absl::StrCat("reading ", index_name));
+  const Json index = Json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
+  if (index.is_discarded()) return invalid("not valid JSON");
+  if (!index.is_object()) return invalid("expected a JSON object");
+  auto map_it = index.find("weight_map");
+  if (map_it == index.end() || !map_it->is_object()) {
+    return invalid("needs a \"weight_map\" object of tensor name -> shard file");
+  }
+  if (map_it->empty()) return invalid("\"weight_map\" lists no tensors");
+
+  std::map<std::string, size_t> shard_index;  // shard file name -> index into files_
+  for (auto it = map_it->begin(); it != map_it->end(); ++it) {
+    const std::string& tensor = it.key();
+    if (!it.value().is_string()) {
+      return invalid(absl::StrCat("shard of tensor '", tensor, "' must be a file name"));
+    }
+    const std::string shard = it.value().get<std::string>();
+    const std::filesystem::path rel(shard);
+    // Shards live in the checkpoint folder; an index must not reach outside it.
+    const bool escapes = shard.empty() || rel.is_absolute() ||
+                         std::any_of(rel.begin(), rel.end(), [](const auto& p) { return p == ".."; });
+    if (escapes) {
+      return invalid(absl::StrCat("tensor '", tensor, "' names shard \"", shard,
+                                  "\", which is not a file inside ", dir_name));
+    }
+    auto [sit, inserted] = shard_index.emplace(shard, store->files_.size());
+    if (inserted) {
+      auto file = SafetensorsFile::Open(dir / rel);
+      if (!file.ok()) {
+        if (absl::IsNotFound(file.status())) {
+          return absl::NotFoundError(absl::StrCat(index_name, ": shard \"", shard,
+                                                  "\" (holding tensor '", tensor,
+                                                  "') is missing from ", dir_name));
+        }
+        return file.status();
+      }
+      store->files_.push_back(*std::move(file));
+    }
+    if (!store->files_[sit->second]->Contains(tensor)) {
+      return invalid(absl::StrCat("tensor '", tensor, "' is mapped to shard \"", shard,
+                                  "\", which does not contain it"));
+    }
+    store->owner_[tensor] = sit->second;
+  }
+  return store;
+}
+
+bool WeightStore::Contains(const std::string& name) const { return owner_.count(name) > 0; }
+
+absl::StatusOr<at::Tensor> WeightStore::Load(const std::string& name) const {
+  auto it = owner_.find(name);
+  if (it == owner_.end()) {
+    return absl::NotFoundError(absl::StrCat("tensor '", name, "' missing from ", dir_.string()));
+  }
+  return files_[it->second]->Load(name);
+}
+
+std::vector<std::string> WeightStore::Names() const {
+  std::vector<std::string> names;
+  names.reserve(owner_.size());
+  for (const auto& [name, unused] : owner_) names.push_back(name);
+  return names;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Encoding and writing
+
+absl::StatusOr<std::string> EncodeSafetensors(const NamedTensors& tensors,
+                                              const std::map<std::string, std::string>& metadata) {
+  try {
+    // The reference writer puts metadata first, then tensors; we keep the caller's order.
+    nlohmann::ordered_json header = nlohmann::ordered_json::object();
+    if (!metadata.empty()) header[kMetadataKey] = metadata;
+    std::vector<at::Tensor> data;
+    data.reserve(tensors.size());
+    std::set<std::string> seen;
+    uint64_t offset = 0;
+    for (const auto& [name, tensor] : tensors) {
+      auto bad = [&](const std::string& what) {
+        return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "': ", what));
+      };
+      if (name == kMetadataKey) return bad("the name is reserved for metadata");
+      if (!seen.insert(name).second) return bad("name given twice");
+      if (!tensor.defined()) return bad("undefined tensor");
+      if (tensor.layout() != at::kStrided) return bad("only dense tensors can be written");
+      const DtypeInfo* dtype = DtypeByType(tensor.scalar_type());
+      if (dtype == nullptr) {
+        return bad(absl::StrCat("dtype ", c10::toString(tensor.scalar_type()),
+                                " cannot be written (F32, F16, BF16, I64, I32, U8)"));
+      }
+      at::Tensor cpu = tensor.detach().to(at::kCPU).contiguous();
+      const uint64_t nbytes = static_cast<uint64_t>(cpu.numel()) * dtype->size;
+      nlohmann::ordered_json entry;
+      entry["dtype"] = dtype->name;
+      entry["shape"] = cpu.sizes().vec();
+      entry["data_offsets"] = {offset, offset + nbytes};
+      header[name] = std::move(entry);
+      offset += nbytes;
+      data.push_back(std::move(cpu));
+    }
+    // Names and metadata must be UTF-8 (JSON); strict dumping throws otherwise.
+    std::string json = header.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::strict);
+    // Pad with spaces so the data section starts 8-byte aligned, as the reference writer does.
+    json.append((8 - json.size() % 8) % 8, ' ');
+
+    std::string out;
+    out.reserve(kHeaderLengthBytes + json.size() + offset);
+    AppendLe64(json.size(), &out);
+    out += json;
+    for (const at::Tensor& t : data) {
+      out.append(static_cast<const char*>(t.data_ptr()), t.numel() * t.element_size());
+    }
+    return out;
+  } catch (const nlohmann::json::exception& e) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("tensor names and metadata must be valid UTF-8: ", e.what()));
+  } catch (const std::exception& e) {  // c10::Error copying off a device, std::bad_alloc
+    return absl::InternalError(absl::StrCat("encoding safetensors: ", e.what()));
+  }
+}
+
+absl::Status WriteSafetensors(const std::filesystem::path& path, const NamedTensors& tensors,
+                              const std::map<std::string, std::string>& metadata) {
+  ASSIGN_OR_RETURN(std::string bytes, EncodeSafetensors(tensors, metadata));
+  return WriteFileAtomically(path, bytes);
+}
+
+absl::Status WriteFileAtomically(const std::filesystem::path& path, const std::string& bytes) {
+  if (path.filename().empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("not a file path: ", path.string()));
+  }
+  const std::filesystem::path dir = path.has_parent_path() ? path.parent_path() : ".";
+  const std::string final_name = path.string();
+  const std::string tmp_name = final_name + TempSuffix();
+
+  const int fd = ::open(tmp_name.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0) return absl::ErrnoToStatus(errno, absl::StrCat("creating ", tmp_name));
+  absl::Status status = WriteAll(fd, bytes, tmp_name);
+  // Data must be durable before the rename makes it visible under the final name.
+  if (status.ok() && ::fsync(fd) != 0) {
+    status = absl::ErrnoToStatus(errno, absl::StrCat("fsync ", tmp_name));
+  }
+  if (::close(fd) != 0 && status.ok()) {
+    status = absl::ErrnoToStatus(errno, absl::StrCat("closing ", tmp_name));
+  }
+  if (status.ok() && ::rename(tmp_name.c_str(), final_name.c_str()) != 0) {
+    status = absl::ErrnoToStatus(errno, absl::StrCat("renaming ", tmp_name, " to ", final_name));
+  }
+  if (!status.ok()) {
+    ::unlink(tmp_name.c_str());
+    return status;
+  }
+  // Make the rename itself durable.
+  const int dir_fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dir_fd < 0) return absl::ErrnoToStatus(errno, absl::StrCat("opening ", dir.string()));
+  if (::fsync(dir_fd) != 0) {
+    const int err = errno;
+    ::close(dir_fd);
+    return absl::ErrnoToStatus(err, absl::StrCat("fsync ", dir.string()));
+  }
+  ::close(dir_fd);
+  return absl::OkStatus();
+}
+
+}  // namespace ttt::engine

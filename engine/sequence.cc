@@ -1,0 +1,138 @@
+// SequenceState's copies, accounting and (de)serialization; restoring lives in Model, which knows
+// the shapes a state must have.
+#include "engine/sequence.h"
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "engine/model.h"
+#include "engine/status_macros.h"
+
+namespace ttt::engine {
+
+SequenceState SequenceState::Clone() const {
+  SequenceState copy;
+  copy.position = position;
+  copy.chunks_applied = chunks_applied;
+  for (const LayerCache& c : cache) copy.cache.push_back({c.keys.clone(), c.values.clone()});
+  for (const TttLayerState& t : ttt) {
+    copy.ttt.push_back({t.layer, t.delta.clone(), t.pending_z.clone(), t.pending_x0.clone()});
+  }
+  if (last_logits.defined()) copy.last_logits = last_logits.clone();
+  return copy;
+}
+
+int64_t SequenceState::MemoryBytes() const {
+  int64_t bytes = last_logits.defined() ? last_logits.nbytes() : 0;
+  for (const LayerCache& c : cache) bytes += c.keys.nbytes() + c.values.nbytes();
+  for (const TttLayerState& t : ttt) {
+    bytes += t.delta.nbytes() + t.pending_z.nbytes() + t.pending_x0.nbytes();
+  }
+  return bytes;
+}
+
+std::vector<double> SequenceState::DeltaNorms() const {
+  std::vector<double> norms;
+  for (const TttLayerState& t : ttt) norms.push_back(t.delta.norm().item<double>());
+  return norms;
+}
+
+NamedTensors SequenceState::ToTensors() const {
+  NamedTensors out;
+  for (size_t l = 0; l < cache.size(); ++l) {
+    out.emplace_back(absl::StrCat("cache.", l, ".keys"), cache[l].keys);
+    out.emplace_back(absl::StrCat("cache.", l, ".values"), cache[l].values);
+  }
+  for (const TttLayerState& t : ttt) {
+    out.emplace_back(absl::StrCat("ttt.", t.layer, ".delta"), t.delta);
+    out.emplace_back(absl::StrCat("ttt.", t.layer, ".pending_z"), t.pending_z);
+    out.emplace_back(absl::StrCat("ttt.", t.layer, ".pending_x0"), t.pending_x0);
+  }
+  if (last_logits.defined()) out.emplace_back("last_logits", last_logits);
+  return out;
+}
+
+std::map<std::string, std::string> SequenceState::Metadata() const {
+  return {{"state.position", absl::StrCat(position)},
+          {"state.chunks_applied", absl::StrCat(chunks_applied)}};
+}
+
+absl::StatusOr<SequenceState> Model::RestoreSequence(const SafetensorsFile& file) const {
+  SequenceState state = NewSequence();
+  const auto& meta = file.metadata();
+  auto number = [&](const std::string& key, int64_t& out) -> absl::Status {
+    auto it = meta.find(key);
+    if (it == meta.end() || !absl::SimpleAtoi(it->second, &out) || out < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(file.source(), ": metadata '", key, "' is missing or not a count"));
+    }
+    return absl::OkStatus();
+  };
+  RETURN_IF_ERROR(number("state.position", state.position));
+  RETURN_IF_ERROR(number("state.chunks_applied", state.chunks_applied));
+
+  // Loads `name` and checks dtype, rank and the dimensions that must match the model.
+  auto load = [&](const std::string& name, at::ScalarType dtype, std::vector<int64_t> shape,
+                  int64_t free_dim, int64_t max_free) -> absl::StatusOr<at::Tensor> {
+    ASSIGN_OR_RETURN(at::Tensor t, file.Load(name));
+    bool fits = t.scalar_type() == dtype && t.dim() == static_cast<int64_t>(shape.size());
+    for (int64_t i = 0; fits && i < t.dim(); ++i) {
+      fits = i == free_dim ? t.size(i) <= max_free : t.size(i) == shape[i];
+    }
+    if (!fits) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          file.source(), ": tensor '", name, "' has dtype ", c10::toString(t.scalar_type()),
+          " shape [", absl::StrJoin(t.sizes(), ","), "], which does not fit this model"));
+    }
+    return t.to(device_);
+  };
+  const int64_t kv = config_.num_key_value_heads, hd = config_.head_dim;
+  const std::optional<int64_t> window = attention_window();
+  const int64_t max_cache = window ? std::max<int64_t>(*window - 1, 0) : state.position;
+  for (size_t l = 0; l < state.cache.size(); ++l) {
+    ASSIGN_OR_RETURN(state.cache[l].keys, load(absl::StrCat("cache.", l, ".keys"), dtype_,
+                                               {kv, 0, hd}, 1, max_cache));
+    ASSIGN_OR_RETURN(state.cache[l].values, load(absl::StrCat("cache.", l, ".values"), dtype_,
+                                                 {kv, 0, hd}, 1, max_cache));
+  }
+  const int64_t d = config_.hidden_size, d_ff = config_.intermediate_size;
+  for (TttLayerState& t : state.ttt) {
+    const std::string p = absl::StrCat("ttt.", t.layer, ".");
+    ASSIGN_OR_RETURN(t.delta, load(p + "delta", at::kFloat, {d, d_ff}, -1, 0));
+    ASSIGN_OR_RETURN(t.pending_z, load(p + "pending_z", at::kFloat, {0, d_ff}, 0,
+                                       config_.ttt_chunk - 1));
+    ASSIGN_OR_RETURN(t.pending_x0, load(p + "pending_x0", at::kFloat, {0, d}, 0,
+                                        config_.ttt_chunk - 1));
+    if (t.pending_z.size(0) != state.position % config_.ttt_chunk ||
+        t.pending_x0.size(0) != t.pending_z.size(0)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          file.source(), ": the unfinished chunk of TTT layer ", t.layer,
+          " does not match the stream position ", state.position));
+    }
+  }
+  if (file.Contains("last_logits")) {
+    ASSIGN_OR_RETURN(state.last_logits,
+                     load("last_logits", at::kFloat, {config_.vocab_size}, -1, 0));
+  } else if (state.position > 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(file.source(), ": 'last_logits' is missing for a stream at position ",
+                     state.position));
+  }
+  // Every tensor in the file must be one this model knows: anything else means another model.
+  const size_t expected = 2 * state.cache.size() + 3 * state.ttt.size() +
+                          (state.last_logits.defined() ? 1 : 0);
+  size_t state_tensors = 0;
+  for (const TensorEntry& e : file.entries()) {
+    if (e.name.rfind("cache.", 0) == 0 || e.name.rfind("ttt.", 0) == 0 || e.name == "last_logits") {
+      ++state_tensors;
+    }
+  }
+  if (state_tensors != expected) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        file.source(), ": holds ", state_tensors, " state tensors, this model expects ", expected,
+        " (a state from a model with other layers or TTT settings?)"));
+  }
+  return state;
+}
+
+}  // namespace ttt::engine

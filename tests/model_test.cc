@@ -1,0 +1,307 @@
+// Invariants of the engine on a small random model built in C++ (the golden test checks the
+// numbers themselves against the independent PyTorch reference).
+#include "engine/model.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+
+#include "engine/sampler.h"
+
+namespace ttt::engine {
+namespace {
+
+ModelConfig TinyConfig() {
+  ModelConfig c;
+  c.model_type = "llama";
+  c.vocab_size = 53;
+  c.hidden_size = 32;
+  c.intermediate_size = 48;
+  c.num_hidden_layers = 3;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 2;
+  c.head_dim = 8;
+  c.rms_norm_eps = 1e-5;
+  c.ttt_mode = true;
+  c.ttt_layers = {0, 2};
+  c.ttt_lr = 0.5;
+  c.ttt_chunk = 6;
+  c.ttt_proj = true;
+  return c;
+}
+
+NamedTensors RandomWeights(const ModelConfig& c, bool with_ttt, uint64_t seed = 7) {
+  at::manual_seed(seed);
+  const int64_t d = c.hidden_size, f = c.intermediate_size, q = c.num_attention_heads * c.head_dim,
+                kv = c.num_key_value_heads * c.head_dim;
+  auto rnd = [](std::vector<int64_t> shape, double scale) { return at::randn(shape) * scale; };
+  NamedTensors w{{"model.embed_tokens.weight", rnd({c.vocab_size, d}, 1.0)},
+                 {"model.norm.weight", 1 + rnd({d}, 0.1)},
+                 {"lm_head.weight", rnd({c.vocab_size, d}, 0.2)}};
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    w.emplace_back(p + "input_layernorm.weight", 1 + rnd({d}, 0.1));
+    w.emplace_back(p + "post_attention_layernorm.weight", 1 + rnd({d}, 0.1));
+    w.emplace_back(p + "self_attn.q_proj.weight", rnd({q, d}, 0.2));
+    w.emplace_back(p + "self_attn.k_proj.weight", rnd({kv, d}, 0.2));
+    w.emplace_back(p + "self_attn.v_proj.weight", rnd({kv, d}, 0.2));
+    w.emplace_back(p + "self_attn.o_proj.weight", rnd({d, q}, 0.2));
+    w.emplace_back(p + "mlp.gate_proj.weight", rnd({f, d}, 0.2));
+    w.emplace_back(p + "mlp.up_proj.weight", rnd({f, d}, 0.2));
+    w.emplace_back(p + "mlp.down_proj.weight", rnd({d, f}, 0.2));
+    // Drawn either way, so a model without TTT parameters shares every other weight.
+    at::Tensor conv = rnd({d, 1, 5}, 0.3), proj = rnd({d, d}, 0.2);
+    if (with_ttt && c.IsTttLayer(l)) {
+      w.emplace_back(p + "mlp.ttt_conv.weight", conv);
+      w.emplace_back(p + "mlp.ttt_proj.weight", proj);
+    }
+  }
+  return w;
+}
+
+std::unique_ptr<Model> MakeModel(const ModelOptions& options = {}, bool with_ttt = true,
+                                 ModelConfig config = TinyConfig()) {
+  auto model = Model::FromWeights(config, RandomWeights(config, with_ttt), options);
+  EXPECT_TRUE(model.ok()) << model.status();
+  return std::move(model).value();
+}
+
+std::vector<int32_t> RandomTokens(int n, int vocab, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<int32_t> tokens(n);
+  for (int32_t& t : tokens) t = static_cast<int32_t>(rng() % vocab);
+  return tokens;
+}
+
+IngestLogProbs IngestAll(const Model& model, SequenceState& state, std::vector<int32_t> tokens) {
+  std::vector<IngestItem> items{{&state, std::move(tokens)}};
+  auto result = model.Ingest(absl::MakeSpan(items));
+  EXPECT_TRUE(result.ok()) << result.status();
+  return result.value()[0];
+}
+
+void ExpectClose(const IngestLogProbs& a, const IngestLogProbs& b, double tol) {
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 1; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], tol) << "token " << i;
+}
+
+double MaxDiff(const at::Tensor& a, const at::Tensor& b) {
+  return (a.to(at::kFloat) - b.to(at::kFloat)).abs().max().item<double>();
+}
+
+TEST(ModelTest, TttChangesPredictionsAndEtaZeroIsThePlainModel) {
+  auto ttt = MakeModel();
+  auto eta_zero = MakeModel({.ttt_lr = 0.0});
+  auto plain = MakeModel({}, /*with_ttt=*/false);
+  const auto tokens = RandomTokens(40, 53, 1);
+  SequenceState s1 = ttt->NewSequence(), s2 = eta_zero->NewSequence(), s3 = plain->NewSequence();
+  const auto with = IngestAll(*ttt, s1, tokens);
+  const auto zero = IngestAll(*eta_zero, s2, tokens);
+  const auto none = IngestAll(*plain, s3, tokens);
+  for (size_t i = 1; i < zero.size(); ++i) EXPECT_EQ(zero[i], none[i]) << "token " << i;
+  double largest = 0;
+  for (size_t i = 1; i < with.size(); ++i) largest = std::max<double>(largest, std::abs(with[i] - none[i]));
+  EXPECT_GT(largest, 1e-3) << "TTT should change log-probs after the first chunk";
+  for (int i = 1; i < 6; ++i) EXPECT_NEAR(with[i], none[i], 1e-5) << "first chunk uses W_down^(0)";
+  EXPECT_TRUE(eta_zero->active_ttt_layers().empty());
+  EXPECT_EQ(ttt->active_ttt_layers(), (std::vector<int64_t>{0, 2}));
+}
+
+TEST(ModelTest, AnySplitEqualsWholeAndSequentialEqualsParallel) {
+  auto model = MakeModel();
+  const auto tokens = RandomTokens(45, 53, 2);
+  SequenceState whole = model->NewSequence();
+  const auto expected = IngestAll(*model, whole, tokens);
+
+  SequenceState one_by_one = model->NewSequence();
+  IngestLogProbs got;
+  for (int32_t t : tokens) got.push_back(IngestAll(*model, one_by_one, {t})[0]);
+  ExpectClose(got, expected, 2e-5);
+
+  SequenceState sequential = model->NewSequence();
+  std::vector<IngestItem> items{{&sequential, tokens}};
+  auto seq = model->Ingest(absl::MakeSpan(items), IngestMode::kSequential);
+  ASSERT_TRUE(seq.ok());
+  ExpectClose(seq.value()[0], expected, 2e-5);
+
+  for (SequenceState* s : {&one_by_one, &sequential}) {
+    EXPECT_EQ(s->position, 45);
+    EXPECT_EQ(s->chunks_applied, 7);
+    EXPECT_EQ(s->PendingTokens(), 3);
+    for (size_t k = 0; k < s->ttt.size(); ++k) {
+      EXPECT_LT(MaxDiff(s->ttt[k].delta, whole.ttt[k].delta), 1e-4);
+    }
+  }
+}
+
+TEST(ModelTest, BatchedEqualsOneAtATime) {
+  auto model = MakeModel();
+  std::vector<SequenceState> batched(3, SequenceState{});
+  std::vector<std::vector<int32_t>> streams = {RandomTokens(20, 53, 3), RandomTokens(7, 53, 4),
+                                               RandomTokens(13, 53, 5)};
+  std::vector<IngestItem> items;
+  for (int b = 0; b < 3; ++b) {
+    batched[b] = model->NewSequence();
+    items.push_back({&batched[b], streams[b]});
+  }
+  auto together = model->Ingest(absl::MakeSpan(items));
+  ASSERT_TRUE(together.ok());
+  for (int b = 0; b < 3; ++b) {
+    SequenceState alone = model->NewSequence();
+    ExpectClose(together.value()[b], IngestAll(*model, alone, streams[b]), 2e-5);
+    EXPECT_LT(MaxDiff(alone.last_logits, batched[b].last_logits), 1e-4);
+  }
+}
+
+TEST(ModelTest, SlidingWindowCoveringTheSequenceEqualsFullAttention) {
+  auto full = MakeModel();
+  auto wide = MakeModel({.sliding_window = 64});
+  auto narrow = MakeModel({.sliding_window = 8});
+  const auto tokens = RandomTokens(30, 53, 6);
+  SequenceState a = full->NewSequence(), b = wide->NewSequence(), c = narrow->NewSequence();
+  const auto lp_full = IngestAll(*full, a, tokens);
+  ExpectClose(IngestAll(*wide, b, tokens), lp_full, 1e-6);
+  const auto lp_narrow = IngestAll(*narrow, c, tokens);
+  EXPECT_GT(std::abs(lp_narrow.back() - lp_full.back()), 1e-6) << "a narrow window must matter";
+  EXPECT_EQ(c.cache[0].keys.size(1), 7) << "a window of 8 keeps the 7 keys the next token needs";
+}
+
+TEST(ModelTest, ResetReturnsToInitialFastWeights) {
+  auto model = MakeModel();
+  SequenceState s = model->NewSequence();
+  const auto first = IngestAll(*model, s, RandomTokens(25, 53, 7));
+  EXPECT_GT(s.DeltaNorms()[0], 0);
+  model->Reset(s);
+  EXPECT_EQ(s.position, 0);
+  EXPECT_EQ(s.DeltaNorms()[0], 0);
+  ExpectClose(IngestAll(*model, s, RandomTokens(25, 53, 7)), first, 0);
+}
+
+TEST(ModelTest, CloneThenDivergeLeavesOriginalUntouched) {
+  auto model = MakeModel();
+  SequenceState original = model->NewSequence();
+  IngestAll(*model, original, RandomTokens(17, 53, 8));
+  SequenceState snapshot = original.Clone();
+  SequenceState fork = original.Clone();
+  IngestAll(*model, fork, RandomTokens(20, 53, 9));
+  EXPECT_EQ(original.position, 17);
+  EXPECT_EQ(MaxDiff(original.ttt[0].delta, snapshot.ttt[0].delta), 0);
+  EXPECT_EQ(MaxDiff(original.cache[1].keys, snapshot.cache[1].keys), 0);
+  EXPECT_GT(MaxDiff(fork.ttt[0].delta, original.ttt[0].delta), 0);
+}
+
+TEST(ModelTest, SerializeRoundTripsBitExactly) {
+  for (const char* dtype : {"f32", "bf16"}) {
+    auto model = MakeModel({.dtype = dtype, .sliding_window = 10});
+    SequenceState s = model->NewSequence();
+    IngestAll(*model, s, RandomTokens(23, 53, 10));
+    auto bytes = EncodeSafetensors(s.ToTensors(), s.Metadata());
+    ASSERT_TRUE(bytes.ok()) << bytes.status();
+    auto file = SafetensorsFile::FromBytes(*bytes, "state");
+    ASSERT_TRUE(file.ok()) << file.status();
+    auto restored = model->RestoreSequence(**file);
+    ASSERT_TRUE(restored.ok()) << restored.status();
+    EXPECT_EQ(restored->position, s.position);
+    EXPECT_EQ(restored->chunks_applied, s.chunks_applied);
+    auto again = EncodeSafetensors(restored->ToTensors(), restored->Metadata());
+    EXPECT_EQ(*again, *bytes) << dtype;
+    // And it continues exactly as the original would.
+    SequenceState copy = std::move(restored).value();
+    const auto next = RandomTokens(9, 53, 11);
+    const auto a = IngestAll(*model, s, next), b = IngestAll(*model, copy, next);
+    for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(a[i], b[i]);
+  }
+}
+
+TEST(ModelTest, RestoreRejectsAStateFromAnotherModel) {
+  auto model = MakeModel();
+  ModelConfig other = TinyConfig();
+  other.ttt_layers = {1};
+  auto other_model = MakeModel({}, true, other);
+  SequenceState s = other_model->NewSequence();
+  IngestAll(*other_model, s, RandomTokens(8, 53, 12));
+  auto file = SafetensorsFile::FromBytes(*EncodeSafetensors(s.ToTensors(), s.Metadata()), "x.ckpt");
+  ASSERT_TRUE(file.ok());
+  auto restored = model->RestoreSequence(**file);
+  ASSERT_FALSE(restored.ok());
+  EXPECT_EQ(restored.status().code(), absl::StatusCode::kNotFound) << restored.status();
+  EXPECT_NE(restored.status().message().find("ttt.0.delta"), std::string::npos);
+}
+
+TEST(ModelTest, OutOfVocabularyTokenIsRejectedAndNothingChanges) {
+  auto model = MakeModel();
+  SequenceState s = model->NewSequence();
+  IngestAll(*model, s, {1, 2, 3});
+  std::vector<IngestItem> items{{&s, {4, 53}}};
+  auto result = model->Ingest(absl::MakeSpan(items));
+  ASSERT_FALSE(result.ok());
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(result.status().message().find("token id 53"), std::string::npos);
+  EXPECT_EQ(s.position, 3);
+}
+
+TEST(ModelTest, Bf16TracksF32) {
+  auto f32 = MakeModel();
+  auto bf16 = MakeModel({.dtype = "bf16"});
+  const auto tokens = RandomTokens(30, 53, 13);
+  SequenceState a = f32->NewSequence(), b = bf16->NewSequence();
+  ExpectClose(IngestAll(*bf16, b, tokens), IngestAll(*f32, a, tokens), 0.15);
+  EXPECT_EQ(b.ttt[0].delta.scalar_type(), at::kFloat) << "fast weights accumulate in fp32";
+}
+
+TEST(ModelTest, TrainingForwardMatchesIngestAndHasGradients) {
+  auto model = MakeModel();
+  for (auto& [name, t] : model->NamedWeights()) t.requires_grad_(true);
+  const auto tokens = RandomTokens(20, 53, 14);
+  at::Tensor ids = at::tensor(std::vector<int64_t>(tokens.begin(), tokens.end())).view({1, 20});
+  at::Tensor logits = model->ForwardTrain(ids);
+  ASSERT_EQ(logits.sizes().vec(), (std::vector<int64_t>{1, 20, 53}));
+  logits.logsumexp(-1).sum().backward();
+  for (auto& [name, t] : model->NamedWeights()) {
+    ASSERT_TRUE(t.grad().defined()) << name;
+  }
+  at::Tensor conv_grad = model->NamedWeights()[11].second.grad();
+  EXPECT_GT(conv_grad.abs().sum().item<double>(), 0) << "TTT parameters learn";
+  SequenceState s = model->NewSequence();
+  const auto lp = IngestAll(*model, s, tokens);
+  at::Tensor train_lp = at::log_softmax(logits[0], -1).detach();
+  for (int i = 1; i < 20; ++i) EXPECT_NEAR(train_lp[i - 1][tokens[i]].item<float>(), lp[i], 1e-5);
+}
+
+TEST(SamplerTest, SameSeedSameTokensAndGreedyIsArgmax) {
+  at::manual_seed(0);
+  at::Tensor logits = at::randn({100});
+  const int64_t argmax = logits.argmax().item<int64_t>();
+  EXPECT_EQ(Sampler({.temperature = 0}).Sample(logits), argmax);
+  EXPECT_EQ(Sampler({.temperature = 1, .top_k = 1}).Sample(logits), argmax);
+  Sampler a({.temperature = 0.8, .top_k = 20, .top_p = 0.9, .seed = 42});
+  Sampler b({.temperature = 0.8, .top_k = 20, .top_p = 0.9, .seed = 42});
+  Sampler c({.temperature = 0.8, .top_k = 20, .top_p = 0.9, .seed = 43});
+  std::vector<int32_t> xs, ys, zs;
+  for (int i = 0; i < 50; ++i) {
+    xs.push_back(a.Sample(logits));
+    ys.push_back(b.Sample(logits));
+    zs.push_back(c.Sample(logits));
+  }
+  EXPECT_EQ(xs, ys);
+  EXPECT_NE(xs, zs);
+  // top_k bounds the candidates.
+  at::Tensor top = std::get<1>(logits.topk(5));
+  Sampler k5({.temperature = 5, .top_k = 5, .seed = 1});
+  for (int i = 0; i < 100; ++i) {
+    EXPECT_TRUE((top == k5.Sample(logits)).any().item<bool>());
+  }
+}
+
+TEST(SamplerTest, RejectsAbsurdParameters) {
+  EXPECT_EQ(ValidateSamplingParams({.temperature = -1}).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ValidateSamplingParams({.top_k = -3}).code(), absl::StatusCode::kInvalidArgument);
+  auto status = ValidateSamplingParams({.top_p = 1.5});
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(status.message().find("top_p"), std::string::npos);
+  EXPECT_TRUE(ValidateSamplingParams({}).ok());
+}
+
+}  // namespace
+}  // namespace ttt::engine
