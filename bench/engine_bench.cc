@@ -1,0 +1,247 @@
+// Engine throughput, printed as ratios against baselines measured in the same run:
+// TTT on vs. off, batched (8 sequences) vs. one, achieved FLOP/s vs. this machine's sgemm peak,
+// bf16 vs. f32, and the engine vs. the plain PyTorch reference (tests/reference) at batch 1.
+//
+//   engine_bench [--shape=small|test] [--tokens=N] [--python=/usr/bin/python3] [--device=cpu]
+//
+// Benchmarks never assert on time; they print figures. Results go to bench/RESULTS.md.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <iostream>
+#include <random>
+#include <sstream>
+#include <string>
+
+#include "engine/model.h"
+
+namespace ttt::engine {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct Flags {
+  std::string shape = "small";
+  int64_t tokens = 1024;
+  std::string python = "/usr/bin/python3";
+  std::string device = "cpu";
+};
+
+Flags ParseFlags(int argc, char** argv) {
+  Flags flags;
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    auto value = [&](const char* name) -> const char* {
+      std::string prefix = std::string("--") + name + "=";
+      return arg.rfind(prefix, 0) == 0 ? argv[i] + prefix.size() : nullptr;
+    };
+    if (auto v = value("shape")) flags.shape = v;
+    else if (auto v = value("tokens")) flags.tokens = std::atoll(v);
+    else if (auto v = value("python")) flags.python = v;
+    else if (auto v = value("device")) flags.device = v;
+    else {
+      std::cerr << "unknown flag " << arg << "\n";
+      std::exit(2);
+    }
+  }
+  return flags;
+}
+
+// A model shaped like a small real one (GPT-2-small-like widths), or the golden test's.
+ModelConfig Shape(const std::string& name) {
+  ModelConfig c;
+  c.model_type = "llama";
+  c.ttt_mode = true;
+  c.ttt_lr = 0.01;
+  c.ttt_proj = true;
+  c.rms_norm_eps = 1e-5;
+  if (name == "test") {
+    c.vocab_size = 97, c.hidden_size = 64, c.intermediate_size = 128, c.num_hidden_layers = 3;
+    c.num_attention_heads = 4, c.num_key_value_heads = 2, c.head_dim = 16;
+    c.ttt_layers = {0, 2}, c.ttt_chunk = 8;
+  } else {
+    c.vocab_size = 8000, c.hidden_size = 768, c.intermediate_size = 2048, c.num_hidden_layers = 6;
+    c.num_attention_heads = 12, c.num_key_value_heads = 4, c.head_dim = 64;
+    c.ttt_layers = {0, 3}, c.ttt_chunk = 256;
+  }
+  return c;
+}
+
+NamedTensors RandomWeights(const ModelConfig& c) {
+  at::manual_seed(0);
+  const int64_t d = c.hidden_size, f = c.intermediate_size, q = c.num_attention_heads * c.head_dim,
+                kv = c.num_key_value_heads * c.head_dim;
+  auto rnd = [](std::vector<int64_t> shape, double std) { return at::randn(shape) * std; };
+  NamedTensors w{{"model.embed_tokens.weight", rnd({c.vocab_size, d}, 0.5)},
+                 {"model.norm.weight", at::ones({d})},
+                 {"lm_head.weight", rnd({c.vocab_size, d}, 0.02)}};
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    w.emplace_back(p + "input_layernorm.weight", at::ones({d}));
+    w.emplace_back(p + "post_attention_layernorm.weight", at::ones({d}));
+    w.emplace_back(p + "self_attn.q_proj.weight", rnd({q, d}, 0.02));
+    w.emplace_back(p + "self_attn.k_proj.weight", rnd({kv, d}, 0.02));
+    w.emplace_back(p + "self_attn.v_proj.weight", rnd({kv, d}, 0.02));
+    w.emplace_back(p + "self_attn.o_proj.weight", rnd({d, q}, 0.02));
+    w.emplace_back(p + "mlp.gate_proj.weight", rnd({f, d}, 0.02));
+    w.emplace_back(p + "mlp.up_proj.weight", rnd({f, d}, 0.02));
+    w.emplace_back(p + "mlp.down_proj.weight", rnd({d, f}, 0.02));
+    if (c.IsTttLayer(l)) {
+      w.emplace_back(p + "mlp.ttt_conv.weight", rnd({d, 1, 5}, 0.3));
+      w.emplace_back(p + "mlp.ttt_proj.weight", rnd({d, d}, 1.0 / std::sqrt(double(d))));
+    }
+  }
+  return w;
+}
+
+// Matmul FLOPs of one token at context length `context` (the attention term) with or without TTT.
+double FlopsPerToken(const ModelConfig& c, double context, bool ttt) {
+  const double d = c.hidden_size, f = c.intermediate_size, q = c.num_attention_heads * c.head_dim,
+               kv = c.num_key_value_heads * c.head_dim;
+  double flops = c.num_hidden_layers * 2 * (d * q + 2 * d * kv + q * d + 3 * d * f);
+  flops += c.num_hidden_layers * 4 * context * q;  // scores and weighted values
+  flops += 2 * d * c.vocab_size;
+  // Per TTT layer: the fast-weight term z @ delta^T, and per chunk V^T Z and conv_out @ W_target.
+  if (ttt) flops += c.ttt_layers.size() * (2 * d * f + 2 * d * f + 2 * d * d);
+  return flops;
+}
+
+// Best-of-`repeats` seconds for `fn`, after one warm-up call.
+double Time(const std::function<void()>& fn, int repeats = 3) {
+  fn();
+  double best = 1e30;
+  for (int i = 0; i < repeats; ++i) {
+    auto start = Clock::now();
+    fn();
+    best = std::min(best, std::chrono::duration<double>(Clock::now() - start).count());
+  }
+  return best;
+}
+
+double SgemmGflops(int64_t m, int64_t k, int64_t n) {
+  at::Tensor a = at::randn({m, k}), b = at::randn({k, n});
+  const double seconds = Time([&] { at::mm(a, b); }, 5);
+  return 2.0 * m * k * n / seconds / 1e9;
+}
+
+std::vector<int32_t> Tokens(int64_t n, int64_t vocab, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<int32_t> out(n);
+  for (auto& t : out) t = static_cast<int32_t>(rng() % vocab);
+  return out;
+}
+
+// Tokens per second for `sequences` fresh streams, each fed `tokens` in pieces of `piece`.
+double IngestRate(const Model& model, int sequences, int64_t tokens, int64_t piece) {
+  const auto stream = Tokens(tokens, model.config().vocab_size, 1);
+  const double seconds = Time([&] {
+    std::vector<SequenceState> states;
+    for (int s = 0; s < sequences; ++s) states.push_back(model.NewSequence());
+    for (int64_t at = 0; at < tokens; at += piece) {
+      std::vector<IngestItem> items;
+      for (auto& state : states) {
+        items.push_back({&state, {stream.begin() + at, stream.begin() + std::min(tokens, at + piece)}});
+      }
+      auto result = model.Ingest(absl::MakeSpan(items));
+      if (!result.ok()) {
+        std::cerr << result.status() << "\n";
+        std::exit(1);
+      }
+    }
+  }, 2);
+  return sequences * tokens / seconds;
+}
+
+std::unique_ptr<Model> Build(const ModelConfig& config, const NamedTensors& weights,
+                             ModelOptions options) {
+  auto model = Model::FromWeights(config, weights, options);
+  if (!model.ok()) {
+    std::cerr << model.status() << "\n";
+    std::exit(1);
+  }
+  return std::move(model).value();
+}
+
+// Runs the PyTorch reference on the same weights; returns its tokens/s (0 when unavailable).
+double PythonReferenceRate(const Flags& flags, const ModelConfig& config, const NamedTensors& weights) {
+  namespace fs = std::filesystem;
+  fs::path dir = fs::temp_directory_path() / ("ttt-bench-" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  std::ofstream(dir / "config.json") << ModelConfigToJson(config);
+  if (!WriteSafetensors(dir / "model.safetensors", weights).ok()) return 0;
+  fs::path script = fs::path(__FILE__).parent_path() / "python_reference_bench.py";
+  std::ostringstream cmd;
+  cmd << flags.python << " " << script << " --model " << dir << " --tokens " << flags.tokens
+      << " --threads " << at::get_num_threads();
+  std::string output;
+  if (FILE* pipe = ::popen(cmd.str().c_str(), "r")) {
+    char buffer[256];
+    while (std::fgets(buffer, sizeof(buffer), pipe)) output += buffer;
+    ::pclose(pipe);
+  }
+  fs::remove_all(dir);
+  const auto pos = output.find("tokens_per_second=");
+  return pos == std::string::npos ? 0 : std::atof(output.c_str() + pos + 18);
+}
+
+int Run(const Flags& flags) {
+  const ModelConfig config = Shape(flags.shape);
+  const NamedTensors weights = RandomWeights(config);
+  const int64_t n = flags.tokens;
+  std::printf("# engine_bench shape=%s layers=%lld d_model=%lld d_ff=%lld vocab=%lld chunk=%lld "
+              "ttt_layers=%zu tokens=%lld threads=%d device=%s\n",
+              flags.shape.c_str(), (long long)config.num_hidden_layers,
+              (long long)config.hidden_size, (long long)config.intermediate_size,
+              (long long)config.vocab_size, (long long)config.ttt_chunk, config.ttt_layers.size(),
+              (long long)n, at::get_num_threads(), flags.device.c_str());
+
+  const double peak = SgemmGflops(n, config.hidden_size, config.intermediate_size);
+  auto ttt = Build(config, weights, {.device = flags.device});
+  auto plain = Build(config, weights, {.device = flags.device, .ttt_lr = 0.0});
+  auto bf16 = Build(config, weights, {.device = flags.device, .dtype = "bf16"});
+
+  const double on = IngestRate(*ttt, 1, n, n);
+  const double off = IngestRate(*plain, 1, n, n);
+  const double achieved = on * FlopsPerToken(config, n / 2.0, true) / 1e9;
+  const double on_bf16 = IngestRate(*bf16, 1, n, n);
+  const int64_t piece = config.ttt_chunk / 4;
+  const double stream_one = IngestRate(*ttt, 1, n / 4, piece);
+  const double stream_eight = IngestRate(*ttt, 8, n / 4, piece);
+  const int64_t steps = std::min<int64_t>(64, n);
+  const double decode_one = IngestRate(*ttt, 1, steps, 1);
+  const double decode_eight = IngestRate(*ttt, 8, steps, 1);
+  const double python = flags.python.empty() ? 0 : PythonReferenceRate(flags, config, weights);
+
+  std::printf("| measurement | figure | baseline | ratio |\n|---|---|---|---|\n");
+  std::printf("| sgemm peak (%lldx%lldx%lld) | %.1f GFLOP/s | | |\n", (long long)n,
+              (long long)config.hidden_size, (long long)config.intermediate_size, peak);
+  std::printf("| ingest %lld tokens, TTT on vs off | %.0f tok/s | %.0f tok/s | %.3f |\n",
+              (long long)n, on, off, on / off);
+  std::printf("| ingest, achieved vs sgemm peak | %.1f GFLOP/s | %.1f GFLOP/s | %.3f |\n", achieved,
+              peak, achieved / peak);
+  std::printf("| ingest, bf16 vs f32 | %.0f tok/s | %.0f tok/s | %.3f |\n", on_bf16, on, on_bf16 / on);
+  std::printf("| streaming pieces of %lld, 8 sequences vs 1 | %.0f tok/s | %.0f tok/s | %.3f |\n",
+              (long long)piece, stream_eight, stream_one, stream_eight / stream_one);
+  std::printf("| decode steps (1 token), 8 sequences vs 1 | %.0f tok/s | %.0f tok/s | %.3f |\n",
+              decode_eight, decode_one, decode_eight / decode_one);
+  if (python > 0) {
+    std::printf("| ingest batch 1, engine vs PyTorch reference | %.0f tok/s | %.0f tok/s | %.3f |\n",
+                on, python, on / python);
+  } else {
+    std::printf("| ingest batch 1, engine vs PyTorch reference | %.0f tok/s | unavailable | |\n", on);
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace ttt::engine
+
+int main(int argc, char** argv) {
+  return ttt::engine::Run(ttt::engine::ParseFlags(argc, argv));
+}
