@@ -4,16 +4,31 @@
 #   deploy/install-deps.sh build    # compilers and -dev packages (default)
 #   deploy/install-deps.sh test     # build + what the tests drive (python3-torch, grpcio, prometheus)
 #   deploy/install-deps.sh runtime  # shared libraries only (the container's runtime stage)
+# Environment:
+#   TTT_CUDA=12.6        CUDA variant (the Dockerfile's cuda target): Debian's CPU LibTorch is left
+#                        out; `build` adds NVIDIA's Debian 12 CUDA toolkit and a CUDA PyTorch wheel
+#                        in $TTT_TORCH_VENV whose cmake prefix the build uses; `runtime` gets the
+#                        wheel's libraries from the build stage, the driver from the node.
+#   TTT_TORCH_VERSION    PyTorch wheel for TTT_CUDA (default 2.7.1: first with the C++11 ABI that
+#                        Debian's gRPC/Abseil/protobuf are built with).
+#   TTT_TORCH_VENV       where that wheel goes (default /opt/torch-venv).
+#   TTT_DRY_RUN=1        print the package list and exit (tests check the names exist).
 set -euo pipefail
 what="${1:-build}"
+cuda="${TTT_CUDA:-}"
+torch_version="${TTT_TORCH_VERSION:-2.7.1}"
+torch_venv="${TTT_TORCH_VENV:-/opt/torch-venv}"
 
 runtime_pkgs=(libtorch1.13 libgrpc++1.51 libprotobuf32 libprometheus-cpp-pull1.0 libprometheus-cpp-core1.0
-  libsentencepiece0 libopenblas0-pthread ca-certificates)
+  libsentencepiece0 libopenblas0-pthread libabsl20220623 libpcre2-8-0 ca-certificates)
 build_pkgs=(build-essential cmake ninja-build pkg-config libtorch-dev libgrpc++-dev protobuf-compiler-grpc
   libprotobuf-dev protobuf-compiler libabsl-dev prometheus-cpp-dev libgtest-dev libgmock-dev
-  libbenchmark-dev nlohmann-json3-dev libsentencepiece-dev sentencepiece libopenblas0-pthread)
+  libbenchmark-dev nlohmann-json3-dev libsentencepiece-dev sentencepiece libpcre2-dev libopenblas0-pthread)
 test_pkgs=(python3 python3-torch python3-grpcio python3-grpc-tools python3-protobuf grpc-proto prometheus
   curl)
+# tests/deploy: the Helm chart renderer (Go text/template + sprig, as Helm) and linters.
+test_pkgs+=(golang-go golang-github-masterminds-sprig-dev golang-gopkg-yaml.v3-dev
+  golang-github-xeipuuv-gojsonschema-dev yamllint python3-yaml)
 
 case "$what" in
   runtime) pkgs=("${runtime_pkgs[@]}") ;;
@@ -21,14 +36,38 @@ case "$what" in
   test) pkgs=("${build_pkgs[@]}" "${test_pkgs[@]}") ;;
   *) echo "usage: $0 [build|test|runtime]" >&2; exit 2 ;;
 esac
+if [ -n "$cuda" ]; then  # the CUDA LibTorch comes from a PyTorch wheel, not from Debian
+  kept=(); for p in "${pkgs[@]}"; do case "$p" in libtorch*) ;; *) kept+=("$p") ;; esac; done
+  pkgs=("${kept[@]}")
+  [ "$what" = runtime ] || pkgs+=(python3-venv curl ca-certificates)
+fi
+if [ -n "${TTT_DRY_RUN:-}" ]; then printf '%s\n' "${pkgs[@]}"; exit 0; fi
 
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-if [ ${#missing[@]} -eq 0 ]; then exit 0; fi
 sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
-echo "installing: ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
-$sudo apt-get update -qq
-$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}" >&2
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# CUDA build: NVIDIA's Debian 12 repository for the toolkit (nvcc, headers: Torch's cmake config
+# needs them) and the CUDA PyTorch wheel whose torch.utils.cmake_prefix_path the build points at.
+if [ -n "$cuda" ] && [ "$what" != runtime ]; then
+  if ! dpkg-query -W -f='${Status}' "cuda-toolkit-${cuda//./-}" 2>/dev/null | grep -q "install ok installed"; then
+    tmp="$(mktemp -d)"
+    curl -fsSL -o "$tmp/cuda-keyring.deb" \
+      https://developer.download.nvidia.com/compute/cuda/repos/debian12/x86_64/cuda-keyring_1.1-1_all.deb
+    $sudo dpkg -i "$tmp/cuda-keyring.deb"
+    rm -rf "$tmp"
+    $sudo apt-get update -qq
+    $sudo apt-get install -y -qq --no-install-recommends "cuda-toolkit-${cuda//./-}"
+  fi
+  if [ ! -x "$torch_venv/bin/python" ]; then $sudo python3 -m venv "$torch_venv"; fi
+  $sudo "$torch_venv/bin/pip" install -q --no-cache-dir \
+    --index-url "https://download.pytorch.org/whl/cu${cuda//./}" "torch==${torch_version}"
+fi

@@ -202,8 +202,8 @@ class ModelAccess {
 
     const int64_t keep = w_.window ? std::min<int64_t>(total, std::max<int64_t>(*w_.window - 1, 0))
                                    : total;
-    cache.keys = keys.slice(1, total - keep);
-    cache.values = values.slice(1, total - keep);
+    cache.keys = keep < total ? keys.slice(1, total - keep).clone() : keys;
+    cache.values = keep < total ? values.slice(1, total - keep).clone() : values;
     return out.transpose(0, 1).reshape({n, heads * hd}).to(q.scalar_type());
   }
 
@@ -236,13 +236,21 @@ class ModelAccess {
       slot.delta = sums[complete - 1];
       if (lw.ttt_slot == 0) state.chunks_applied += complete;  // count each chunk once
     }
-    // Rows padded to whole chunks, each multiplied by its own chunk's delta.
-    const int64_t padded = (complete + 1) * chunk;
-    at::Tensor zp = at::constant_pad_nd(z, {0, 0, 0, padded - rows});
-    at::Tensor term = at::bmm(zp.view({complete + 1, chunk, d_ff}), deltas.transpose(1, 2));
-    slot.pending_z = z.slice(0, complete * chunk);
-    slot.pending_x0 = x0.slice(0, complete * chunk);
-    return term.view({padded, d_model}).slice(0, pending, rows);
+    // Each new row times the delta of its own chunk: the rest of the first chunk with deltas[0],
+    // later rows padded to whole chunks, one batched product (pending rows need no output).
+    const int64_t first_end = std::min(rows, chunk);
+    at::Tensor term = at::matmul(z.slice(0, pending, first_end), deltas[0].t());
+    if (rows > chunk) {
+      const int64_t later = rows - chunk, groups = (later + chunk - 1) / chunk;
+      at::Tensor zp = at::constant_pad_nd(z.slice(0, chunk), {0, 0, 0, groups * chunk - later});
+      at::Tensor tail = at::bmm(zp.view({groups, chunk, d_ff}),
+                                deltas.slice(0, 1, 1 + groups).transpose(1, 2));
+      term = at::cat({term, tail.view({groups * chunk, d_model}).slice(0, 0, later)}, 0);
+    }
+    // Copies, so the state does not pin this segment's whole buffers.
+    slot.pending_z = z.slice(0, complete * chunk).clone();
+    slot.pending_x0 = x0.slice(0, complete * chunk).clone();
+    return term;
   }
 
   const Model& model_;

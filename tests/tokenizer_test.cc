@@ -1,0 +1,585 @@
+// Tests for tokenizer/: a hand-built byte-level BPE tokenizer.json (the 256 byte symbols with
+// id = byte value, a dozen merges, three added tokens) whose encodings are worked out by hand
+// below, and a tiny SentencePiece model trained at test time. Both go through Tokenizer::Load
+// from a real folder on disk.
+#include "tokenizer/tokenizer.h"
+
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <string>
+#include <system_error>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace ttt::tokenizer {
+namespace {
+
+namespace fs = std::filesystem;
+using Json = nlohmann::json;
+using ::testing::ElementsAre;
+using ::testing::ElementsAreArray;
+using ::testing::HasSubstr;
+
+// Llama-3's pre-tokenizer pattern (Qwen2's differs only in \p{N} vs \p{N}{1,3}).
+constexpr char kLlama3Pattern[] =
+    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+
+// Ids of the fixture's added tokens.
+constexpr int32_t kEndOfText = 300, kImStart = 301, kIm = 302;
+
+std::string AppendUtf8(std::string s, char32_t cp) {
+  if (cp < 0x80) {
+    s += static_cast<char>(cp);
+  } else if (cp < 0x800) {
+    s += static_cast<char>(0xC0 | (cp >> 6));
+    s += static_cast<char>(0x80 | (cp & 0x3F));
+  } else if (cp < 0x10000) {
+    s += static_cast<char>(0xE0 | (cp >> 12));
+    s += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+    s += static_cast<char>(0x80 | (cp & 0x3F));
+  } else {
+    s += static_cast<char>(0xF0 | (cp >> 18));
+    s += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
+    s += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+    s += static_cast<char>(0x80 | (cp & 0x3F));
+  }
+  return s;
+}
+
+// GPT-2's byte-to-unicode alphabet, written out independently of the implementation.
+std::string ByteSymbol(int byte) {
+  int shifted = 0;
+  for (int b = 0; b < 256; ++b) {
+    const bool printable = (b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || b >= 0xAE;
+    if (b == byte) return AppendUtf8("", printable ? b : 256 + shifted);
+    if (!printable) ++shifted;
+  }
+  return "";
+}
+
+// Merges in rank order; merge i creates id 256 + i. Ġ is the space, Ċ the newline; "Ã ©" is é.
+const std::vector<std::pair<std::string, std::string>>& FixtureMerges() {
+  static const auto* merges = new std::vector<std::pair<std::string, std::string>>{
+      {"Ġ", "t"},    // 256 "Ġt"
+      {"h", "e"},    // 257 "he"
+      {"Ġt", "he"},  // 258 " the"
+      {"i", "n"},    // 259 "in"
+      {"Ġ", "a"},    // 260 " a"
+      {"1", "2"},    // 261 "12"
+      {"12", "3"},   // 262 "123"
+      {"'", "s"},    // 263 "'s"
+      {"Ã", "©"},    // 264 "é"
+      {"Ċ", "Ċ"},    // 265 "\n\n"
+      {"Ġ", "Ġ"},    // 266 "  "
+      {"t", "he"},   // 267 "the"
+  };
+  return *merges;
+}
+
+Json BpeTokenizerJson(const Json& pre_tokenizer, bool list_merges) {
+  Json vocab = Json::object();
+  for (int b = 0; b < 256; ++b) vocab[ByteSymbol(b)] = b;
+  Json merges = Json::array();
+  int next_id = 256;
+  for (const auto& [left, right] : FixtureMerges()) {
+    vocab[left + right] = next_id++;
+    if (list_merges) {
+      merges.push_back(Json::array({left, right}));
+    } else {
+      merges.push_back(left + " " + right);
+    }
+  }
+  Json added = Json::array();
+  added.push_back({{"id", kEndOfText}, {"content", "<|endoftext|>"}, {"special", true}});
+  added.push_back({{"id", kImStart}, {"content", "<|im_start|>"}, {"special", true}});
+  added.push_back({{"id", kIm}, {"content", "<|im"}, {"special", false}});
+  return {
+      {"version", "1.0"},
+      {"added_tokens", added},
+      {"normalizer", nullptr},
+      {"pre_tokenizer", pre_tokenizer},
+      {"decoder", {{"type", "ByteLevel"}}},
+      {"model", {{"type", "BPE"}, {"byte_fallback", false}, {"vocab", vocab}, {"merges", merges}}}};
+}
+
+Json Llama3PreTokenizer() {
+  return {{"type", "Sequence"},
+          {"pretokenizers",
+           {{{"type", "Split"},
+             {"pattern", {{"Regex", kLlama3Pattern}}},
+             {"behavior", "Isolated"},
+             {"invert", false}},
+            {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", false}}}}};
+}
+
+Json Gpt2PreTokenizer(bool add_prefix_space) {
+  return {{"type", "ByteLevel"}, {"add_prefix_space", add_prefix_space}, {"use_regex", true}};
+}
+
+// Directories the tests created, removed when the run ends.
+std::vector<fs::path>& TempDirs() {
+  static auto* dirs = new std::vector<fs::path>();
+  return *dirs;
+}
+
+class TempDirCleanup : public ::testing::Environment {
+ public:
+  void TearDown() override {
+    std::error_code ec;
+    for (const fs::path& dir : TempDirs()) fs::remove_all(dir, ec);
+  }
+};
+::testing::Environment* const kTempDirCleanup =
+    ::testing::AddGlobalTestEnvironment(new TempDirCleanup);
+
+// A fresh directory under the test temp dir.
+fs::path MakeTempDir() {
+  std::string pattern = (fs::path(::testing::TempDir()) / "tokenizer_test_XXXXXX").string();
+  const char* dir = mkdtemp(pattern.data());
+  EXPECT_NE(dir, nullptr);
+  TempDirs().push_back(pattern);
+  return fs::path(pattern);
+}
+
+void WriteFile(const fs::path& path, const std::string& contents) {
+  std::ofstream out(path, std::ios::binary);
+  out << contents;
+}
+
+std::unique_ptr<Tokenizer> LoadOrDie(const fs::path& dir) {
+  absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = Tokenizer::Load(dir);
+  EXPECT_TRUE(tokenizer.ok()) << tokenizer.status();
+  return tokenizer.ok() ? *std::move(tokenizer) : nullptr;
+}
+
+std::unique_ptr<Tokenizer> LoadBpe(const Json& pre_tokenizer, bool list_merges = false) {
+  const fs::path dir = MakeTempDir();
+  WriteFile(dir / "tokenizer.json", BpeTokenizerJson(pre_tokenizer, list_merges).dump());
+  return LoadOrDie(dir);
+}
+
+std::vector<int32_t> EncodeOrDie(const Tokenizer& tokenizer, std::string_view text) {
+  absl::StatusOr<std::vector<int32_t>> ids = tokenizer.Encode(text);
+  EXPECT_TRUE(ids.ok()) << ids.status();
+  return ids.ok() ? *ids : std::vector<int32_t>{};
+}
+
+std::string StreamDecode(const Tokenizer& tokenizer, const std::vector<int32_t>& ids) {
+  StreamDecoder decoder(tokenizer);
+  std::string text;
+  for (int32_t id : ids) text += decoder.Push(id);
+  return text + decoder.Flush();
+}
+
+// Random valid UTF-8: mostly ASCII (letters, digits, spaces, newlines, punctuation) with Latin,
+// Greek, combining marks, Unicode spaces, CJK and emoji mixed in.
+std::string RandomText(std::mt19937& rng, bool control_chars) {
+  static const std::vector<std::pair<char32_t, char32_t>> kRanges = {
+      {0x20, 0x7E},     {0x20, 0x7E},       {0x20, 0x7E},   {'0', '9'},     {' ', ' '},
+      {'\n', '\n'},     {0xA0, 0x24F},      {0x370, 0x3FF}, {0x300, 0x36F}, {0x2000, 0x206F},
+      {0x4E00, 0x9FFF}, {0x1F300, 0x1FAFF}, {'\t', '\r'},   {0x00, 0x1F}};
+  const size_t range_count = control_chars ? kRanges.size() : kRanges.size() - 2;
+  std::uniform_int_distribution<size_t> pick_range(0, range_count - 1);
+  std::uniform_int_distribution<int> pick_length(0, 40);
+  std::string text;
+  for (int i = pick_length(rng); i > 0; --i) {
+    const auto [lo, hi] = kRanges[pick_range(rng)];
+    text = AppendUtf8(std::move(text), std::uniform_int_distribution<char32_t>(lo, hi)(rng));
+  }
+  return text;
+}
+
+class BpeTokenizerTest : public ::testing::Test {
+ protected:
+  void SetUp() override { tokenizer_ = LoadBpe(Llama3PreTokenizer()); }
+  std::vector<int32_t> Encode(std::string_view text) { return EncodeOrDie(*tokenizer_, text); }
+
+  std::unique_ptr<Tokenizer> tokenizer_;
+};
+
+TEST_F(BpeTokenizerTest, ReportsVocabAndSpecialIds) {
+  ASSERT_NE(tokenizer_, nullptr);
+  EXPECT_EQ(tokenizer_->vocab_size(), 303);
+  EXPECT_EQ(tokenizer_->bos_id(), std::nullopt);
+  EXPECT_EQ(tokenizer_->eos_id(), kEndOfText);  // "<|endoftext|>" by name, no config
+}
+
+TEST_F(BpeTokenizerTest, EncodesPlainWords) {
+  EXPECT_THAT(Encode("the"), ElementsAre(267));   // t h e -> t he -> the
+  EXPECT_THAT(Encode(" the"), ElementsAre(258));  // Ġ t h e -> Ġt h e -> Ġt he -> Ġthe
+  EXPECT_THAT(Encode("the cat"), ElementsAre(267, 32, 99, 97, 116));
+  EXPECT_THAT(Encode("in the inn"), ElementsAre(259, 258, 32, 259, 110));
+  EXPECT_THAT(Encode("a a"), ElementsAre(97, 260));
+  EXPECT_THAT(Encode(""), ElementsAre());
+}
+
+TEST_F(BpeTokenizerTest, EncodesLeadingTrailingAndRepeatedSpaces) {
+  // \s+(?!\S) leaves the last space to join the word.
+  EXPECT_THAT(Encode("  the"), ElementsAre(32, 258));
+  EXPECT_THAT(Encode("   x"), ElementsAre(266, 32, 120));
+  EXPECT_THAT(Encode("hi  "), ElementsAre(104, 105, 266));
+}
+
+TEST_F(BpeTokenizerTest, EncodesUnicodeAsBytes) {
+  EXPECT_THAT(Encode("é"), ElementsAre(264));  // C3 A9 = "Ã" "©", merged
+  EXPECT_THAT(Encode("café"), ElementsAre(99, 97, 102, 264));
+  EXPECT_THAT(Encode("日本"), ElementsAre(0xE6, 0x97, 0xA5, 0xE6, 0x9C, 0xAC));
+  // The emoji is not a letter: " ?[^\s\p{L}\p{N}]+" takes the space, the emoji and the "!".
+  EXPECT_THAT(Encode(" 😀!"), ElementsAre(32, 0xF0, 0x9F, 0x98, 0x80, 33));
+}
+
+TEST_F(BpeTokenizerTest, SplitsDigitsInGroupsOfUpToThree) {
+  EXPECT_THAT(Encode("12345"), ElementsAre(262, 52, 53));
+  EXPECT_THAT(Encode("1234567"), ElementsAre(262, 52, 53, 54, 55));
+  EXPECT_THAT(Encode("4123"), ElementsAre(52, 261, 51));  // "412" "3"
+  EXPECT_THAT(Encode("x12"), ElementsAre(120, 261));
+  EXPECT_THAT(Encode("a 1234"), ElementsAre(97, 32, 262, 52));  // the space stays alone
+}
+
+TEST_F(BpeTokenizerTest, EncodesNewlinesAndTabs) {
+  EXPECT_THAT(Encode("a\n\nb"), ElementsAre(97, 265, 98));         // \s*[\r\n]+ takes "\n\n"
+  EXPECT_THAT(Encode("a \n b"), ElementsAre(97, 32, 10, 32, 98));  // " \n" then " b"
+  EXPECT_THAT(Encode("a\tb"), ElementsAre(97, 9, 98));             // "\tb" is one piece
+}
+
+TEST_F(BpeTokenizerTest, SplitsContractions) {
+  EXPECT_THAT(Encode("it's"), ElementsAre(105, 116, 263));
+  EXPECT_THAT(Encode("IT'S"), ElementsAre(73, 84, 39, 83));  // (?i:) splits; no "'S" merge
+  EXPECT_THAT(Encode("we'll"), ElementsAre(119, 101, 39, 108, 108));
+}
+
+TEST_F(BpeTokenizerTest, KeepsAddedTokensWholeWithLongestMatch) {
+  EXPECT_THAT(Encode("<|endoftext|>the"), ElementsAre(kEndOfText, 267));
+  EXPECT_THAT(Encode("a<|im_start|>b"), ElementsAre(97, kImStart, 98));  // not "<|im" + ...
+  EXPECT_THAT(Encode("<|imx"), ElementsAre(kIm, 120));
+  EXPECT_THAT(Encode("hi <|endoftext|> the"), ElementsAre(104, 105, 32, kEndOfText, 258));
+  EXPECT_THAT(Encode("<|endoftext|><|endoftext|>"), ElementsAre(kEndOfText, kEndOfText));
+}
+
+TEST_F(BpeTokenizerTest, MergesLongWordsByRank) {
+  std::string text;
+  for (int i = 0; i < 2000; ++i) text += "the";
+  EXPECT_THAT(Encode(text), ElementsAreArray(std::vector<int32_t>(2000, 267)));
+  EXPECT_EQ(Encode(std::string(100000, 'a')).size(), 100000u);
+}
+
+TEST_F(BpeTokenizerTest, DecodesBytesAndAddedTokens) {
+  EXPECT_EQ(tokenizer_->Decode({258, kEndOfText, 264}), " the<|endoftext|>é");
+  EXPECT_EQ(tokenizer_->Decode({0xE6, 0x97}), "\uFFFD");  // truncated character
+  EXPECT_EQ(tokenizer_->Decode({0xFF, 97}), "\uFFFDa");   // a byte that is never valid
+  EXPECT_EQ(tokenizer_->Decode({-1, 9999, 97}), "a");     // out-of-range ids are skipped
+}
+
+TEST_F(BpeTokenizerTest, RoundTripsRandomText) {
+  std::mt19937 rng(20240601);
+  for (int i = 0; i < 1000; ++i) {
+    const std::string text = RandomText(rng, /*control_chars=*/true);
+    const std::vector<int32_t> ids = Encode(text);
+    EXPECT_EQ(tokenizer_->Decode(ids), text);
+    EXPECT_EQ(StreamDecode(*tokenizer_, ids), text);
+  }
+}
+
+TEST_F(BpeTokenizerTest, RejectsInvalidUtf8NamingTheOffset) {
+  absl::StatusOr<std::vector<int32_t>> ids = tokenizer_->Encode(
+      "ab\xFF"
+      "cd");
+  EXPECT_EQ(ids.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(ids.status().message(), HasSubstr("byte offset 2"));
+  ids = tokenizer_->Encode("abc\xE6\x97");
+  EXPECT_EQ(ids.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(ids.status().message(), HasSubstr("byte offset 3"));
+}
+
+TEST_F(BpeTokenizerTest, StreamsCharactersSplitAcrossTokens) {
+  StreamDecoder decoder(*tokenizer_);
+  EXPECT_EQ(decoder.Push(258), " the");
+  EXPECT_EQ(decoder.Push(0xE6), "");
+  EXPECT_EQ(decoder.pending_bytes(), 1u);
+  EXPECT_EQ(decoder.Push(0x97), "");
+  EXPECT_EQ(decoder.Push(0xA5), "日");
+  EXPECT_EQ(decoder.pending_bytes(), 0u);
+  EXPECT_EQ(decoder.Push(0xFF), "\uFFFD");  // never valid: not held back
+  EXPECT_EQ(decoder.Push(0xF0), "");
+  EXPECT_EQ(decoder.Push(97), "\uFFFDa");  // the broken emoji, then "a"
+  EXPECT_EQ(decoder.Push(0xF0), "");
+  EXPECT_EQ(decoder.Flush(), "\uFFFD");
+  EXPECT_EQ(decoder.Push(kEndOfText), "<|endoftext|>");
+}
+
+TEST(BpeTokenizerFormatTest, ListFormMergesEncodeTheSame) {
+  std::unique_ptr<Tokenizer> strings = LoadBpe(Llama3PreTokenizer(), /*list_merges=*/false);
+  std::unique_ptr<Tokenizer> lists = LoadBpe(Llama3PreTokenizer(), /*list_merges=*/true);
+  ASSERT_NE(lists, nullptr);
+  for (const char* text : {" the", "in the inn", "café 12345 it's", "a\n\nb"}) {
+    EXPECT_EQ(EncodeOrDie(*lists, text), EncodeOrDie(*strings, text)) << text;
+  }
+  EXPECT_THAT(EncodeOrDie(*lists, " the"), ElementsAre(258));
+}
+
+TEST(BpeTokenizerFormatTest, Gpt2ByteLevelPreTokenizerUsesItsOwnRegex) {
+  std::unique_ptr<Tokenizer> tokenizer = LoadBpe(Gpt2PreTokenizer(/*add_prefix_space=*/false));
+  ASSERT_NE(tokenizer, nullptr);
+  EXPECT_THAT(EncodeOrDie(*tokenizer, "4123"), ElementsAre(52, 262));  // digits stay together
+  EXPECT_THAT(EncodeOrDie(*tokenizer, "a\n\nb"), ElementsAre(97, 10, 10, 98));
+  EXPECT_THAT(EncodeOrDie(*tokenizer, "it's the"), ElementsAre(105, 116, 263, 258));
+}
+
+TEST(BpeTokenizerFormatTest, AddPrefixSpaceAppliesToEachSegment) {
+  std::unique_ptr<Tokenizer> tokenizer = LoadBpe(Gpt2PreTokenizer(/*add_prefix_space=*/true));
+  ASSERT_NE(tokenizer, nullptr);
+  EXPECT_THAT(EncodeOrDie(*tokenizer, "the"), ElementsAre(258));
+  EXPECT_THAT(EncodeOrDie(*tokenizer, "hi<|endoftext|>the"),
+              ElementsAre(32, 104, 105, kEndOfText, 258));
+}
+
+TEST(BpeTokenizerFormatTest, DigitsAndSplitBehaviors) {
+  // Split on single spaces (Removed), then Digits(individual), then ByteLevel without regex.
+  const Json pre = {{"type", "Sequence"},
+                    {"pretokenizers",
+                     {{{"type", "Split"}, {"pattern", {{"String", " "}}}, {"behavior", "Removed"}},
+                      {{"type", "Digits"}, {"individual_digits", true}},
+                      {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", false}}}}};
+  std::unique_ptr<Tokenizer> tokenizer = LoadBpe(pre);
+  ASSERT_NE(tokenizer, nullptr);
+  EXPECT_THAT(EncodeOrDie(*tokenizer, "the 123"), ElementsAre(267, 49, 50, 51));
+}
+
+TEST(BpeTokenizerConfigTest, ReadsBosAndEosFromTokenizerConfig) {
+  const fs::path dir = MakeTempDir();
+  WriteFile(dir / "tokenizer.json", BpeTokenizerJson(Llama3PreTokenizer(), false).dump());
+  WriteFile(dir / "tokenizer_config.json",
+            R"({"bos_token": {"content": "<|im_start|>"}, "eos_token": "<|endoftext|>"})");
+  std::unique_ptr<Tokenizer> tokenizer = LoadOrDie(dir);
+  ASSERT_NE(tokenizer, nullptr);
+  EXPECT_EQ(tokenizer->bos_id(), kImStart);
+  EXPECT_EQ(tokenizer->eos_id(), kEndOfText);
+
+  WriteFile(dir / "tokenizer_config.json", R"({"bos_token": null, "eos_token": "<|im"})");
+  tokenizer = LoadOrDie(dir);
+  ASSERT_NE(tokenizer, nullptr);
+  EXPECT_EQ(tokenizer->bos_id(), std::nullopt);
+  EXPECT_EQ(tokenizer->eos_id(), kIm);
+}
+
+TEST(TokenizerLoadTest, NotFoundWithoutTokenizerFiles) {
+  absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = Tokenizer::Load(MakeTempDir());
+  EXPECT_EQ(tokenizer.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(tokenizer.status().message(), HasSubstr("no tokenizer.json or tokenizer.model"));
+}
+
+TEST(TokenizerLoadTest, InvalidArgumentNamingTheMalformedFile) {
+  const fs::path dir = MakeTempDir();
+  const auto expect_invalid = [&](const std::string& json, const std::string& fragment) {
+    WriteFile(dir / "tokenizer.json", json);
+    absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = Tokenizer::Load(dir);
+    EXPECT_EQ(tokenizer.status().code(), absl::StatusCode::kInvalidArgument) << fragment;
+    EXPECT_THAT(tokenizer.status().message(), HasSubstr("tokenizer.json"));
+    EXPECT_THAT(tokenizer.status().message(), HasSubstr(fragment));
+  };
+  expect_invalid("{not json", "not valid JSON");
+  expect_invalid(R"({"version": "1.0"})", "no \"model\" object");
+
+  Json json = BpeTokenizerJson(Llama3PreTokenizer(), false);
+  json["model"]["merges"].push_back("q z");  // "qz" is not in the vocab
+  expect_invalid(json.dump(), "merge #12");
+
+  json = BpeTokenizerJson(Llama3PreTokenizer(), false);
+  json["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = "(unclosed";
+  expect_invalid(json.dump(), "regex does not compile");
+
+  json = BpeTokenizerJson(Llama3PreTokenizer(), false);
+  json["model"]["vocab"].erase(ByteSymbol(0x41));
+  expect_invalid(json.dump(), "byte 0x41");
+}
+
+TEST(TokenizerLoadTest, UnimplementedForUnsupportedPreTokenizer) {
+  const fs::path dir = MakeTempDir();
+  WriteFile(dir / "tokenizer.json",
+            BpeTokenizerJson({{"type", "Whitespace"}}, /*list_merges=*/false).dump());
+  absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = Tokenizer::Load(dir);
+  EXPECT_EQ(tokenizer.status().code(), absl::StatusCode::kUnimplemented);
+  EXPECT_THAT(tokenizer.status().message(), HasSubstr("tokenizer.json"));
+  EXPECT_THAT(tokenizer.status().message(), HasSubstr("Whitespace"));
+}
+
+TEST(TokenizerLoadTest, InvalidArgumentForCorruptSentencePieceModel) {
+  const fs::path dir = MakeTempDir();
+  WriteFile(dir / "tokenizer.model", "this is not a protobuf");
+  absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = Tokenizer::Load(dir);
+  EXPECT_EQ(tokenizer.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(tokenizer.status().message(), HasSubstr("tokenizer.model"));
+}
+
+TEST(Utf8Test, ValidatesPerRfc3629) {
+  EXPECT_TRUE(ValidateUtf8("").ok());
+  EXPECT_TRUE(ValidateUtf8("plain ASCII\n").ok());
+  EXPECT_TRUE(ValidateUtf8("é 日本 😀 \xF4\x8F\xBF\xBF").ok());  // up to U+10FFFF
+  const auto expect_bad_at = [](std::string_view text, const std::string& offset) {
+    const absl::Status status = ValidateUtf8(text);
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << offset;
+    EXPECT_THAT(status.message(), HasSubstr("byte offset " + offset));
+  };
+  expect_bad_at("\x80", "0");              // stray continuation byte
+  expect_bad_at("ab\xC0\xAF", "2");        // overlong "/"
+  expect_bad_at("\xE0\x80\x80", "0");      // overlong NUL
+  expect_bad_at("x\xED\xA0\x80", "1");     // UTF-16 surrogate
+  expect_bad_at("\xF4\x90\x80\x80", "0");  // above U+10FFFF
+  expect_bad_at("\xF5\x80\x80\x80", "0");
+  expect_bad_at("ok\xE6\x97", "2");  // truncated at the end
+  expect_bad_at(
+      "\xE6\x97"
+      "a",
+      "0");  // truncated before "a"
+}
+
+// A SentencePiece BPE model in the style of Llama-2's (byte fallback, identity normalization,
+// extra whitespace kept), trained once for the suite on text written here.
+class SentencePieceTokenizerTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new fs::path(MakeTempDir());
+    std::mt19937 rng(7);
+    const std::vector<std::string> words = {
+        "the",   "model",   "reads",     "a",       "document", "and",   "updates",  "its",
+        "fast",  "weights", "chunk",     "by",      "chunk",    "while", "serving",  "tokens",
+        "to",    "many",    "clients",   "quickly", "test",     "time",  "training", "in",
+        "place", "of",      "attention", "layers",  "hello",    "world"};
+    std::string corpus;
+    for (int line = 0; line < 400; ++line) {
+      for (int w = 0; w < 12; ++w) {
+        corpus += words[rng() % words.size()];
+        corpus += w == 11 ? ".\n" : " ";
+      }
+    }
+    const fs::path corpus_path = *dir_ / "corpus.txt";
+    WriteFile(corpus_path, corpus);
+    // Debian's spm_train binary: the trainer's header cannot share a translation unit with
+    // Debian's Abseil (both define absl::string_view).
+    const std::string spm_train = TTT_SPM_TRAIN;
+    ASSERT_FALSE(spm_train.empty()) << "spm_train not found: run deploy/install-deps.sh";
+    const std::string command = absl::StrCat(
+        spm_train, " --input=", corpus_path.string(),
+        " --model_prefix=", (*dir_ / "tokenizer").string(),
+        " --model_type=bpe --vocab_size=360 --hard_vocab_limit=false --byte_fallback=true",
+        " --character_coverage=1.0 --normalization_rule_name=identity",
+        " --remove_extra_whitespaces=false --split_digits=true --unk_id=0 --bos_id=1 --eos_id=2",
+        " --minloglevel=2 > ", (*dir_ / "spm_train.log").string(), " 2>&1");
+    ASSERT_EQ(std::system(command.c_str()), 0) << command;
+  }
+  static void TearDownTestSuite() { delete dir_; }
+
+  void SetUp() override {
+    tokenizer_ = LoadOrDie(*dir_);
+    ASSERT_NE(tokenizer_, nullptr);
+  }
+
+  static fs::path* dir_;
+  std::unique_ptr<Tokenizer> tokenizer_;
+};
+
+fs::path* SentencePieceTokenizerTest::dir_ = nullptr;
+
+TEST_F(SentencePieceTokenizerTest, ReportsSensibleVocabAndSpecialIds) {
+  EXPECT_GT(tokenizer_->vocab_size(), 3 + 256);  // unk, bos, eos, 256 byte pieces, merges
+  EXPECT_LE(tokenizer_->vocab_size(), 360);
+  EXPECT_EQ(tokenizer_->bos_id(), 1);
+  EXPECT_EQ(tokenizer_->eos_id(), 2);
+  EXPECT_EQ(tokenizer_->Decode({1, 2}), "");  // control tokens render as nothing
+}
+
+TEST_F(SentencePieceTokenizerTest, EncodesTrainedWordsCompactly) {
+  const std::vector<int32_t> ids = EncodeOrDie(*tokenizer_, "the model reads");
+  EXPECT_LE(ids.size(), 6u);
+  EXPECT_EQ(tokenizer_->Decode(ids), "the model reads");
+}
+
+TEST_F(SentencePieceTokenizerTest, RoundTripsAndStreamsFixedText) {
+  for (const std::string text : {"hello world", "", " leading space", "two  spaces", "trailing ",
+                                 "日本 😀 é", "line one\nline two\ttab", "123 4567", "x"}) {
+    const std::vector<int32_t> ids = EncodeOrDie(*tokenizer_, text);
+    EXPECT_EQ(tokenizer_->Decode(ids), text);
+    EXPECT_EQ(StreamDecode(*tokenizer_, ids), text) << text;
+  }
+}
+
+TEST_F(SentencePieceTokenizerTest, RoundTripsAndStreamsRandomText) {
+  std::mt19937 rng(99);
+  for (int i = 0; i < 300; ++i) {
+    const std::string text = RandomText(rng, /*control_chars=*/false);
+    const std::vector<int32_t> ids = EncodeOrDie(*tokenizer_, text);
+    EXPECT_EQ(tokenizer_->Decode(ids), text);
+    EXPECT_EQ(StreamDecode(*tokenizer_, ids), text);
+  }
+}
+
+TEST_F(SentencePieceTokenizerTest, StreamingDropsOnlyTheFirstLeadingSpace) {
+  const std::vector<int32_t> ids = EncodeOrDie(*tokenizer_, "hello world");
+  ASSERT_GE(ids.size(), 2u);
+  StreamDecoder decoder(*tokenizer_);
+  EXPECT_EQ(decoder.Push(*tokenizer_->bos_id()), "");  // bos keeps the text at its start
+  const std::string first = decoder.Push(ids[0]);
+  EXPECT_FALSE(first.empty());
+  EXPECT_NE(first[0], ' ');
+  std::string text = first;
+  for (size_t i = 1; i < ids.size(); ++i) text += decoder.Push(ids[i]);
+  EXPECT_EQ(text, "hello world");
+
+  decoder.Reset();
+  EXPECT_EQ(decoder.Push(ids[0]), first);
+}
+
+TEST_F(SentencePieceTokenizerTest, StreamMatchesDecodeAroundControlAndUnknownTokens) {
+  const std::vector<int32_t> space_the = EncodeOrDie(*tokenizer_, " the");  // "▁" "▁the"
+  ASSERT_EQ(tokenizer_->Decode(space_the), " the");
+  const int32_t bos = *tokenizer_->bos_id(), eos = *tokenizer_->eos_id(), unk = 0;
+  for (const std::vector<int32_t>& prefix :
+       std::vector<std::vector<int32_t>>{{}, {bos}, {bos, eos}, {unk}, {space_the[0]}}) {
+    std::vector<int32_t> ids = prefix;
+    ids.insert(ids.end(), space_the.begin(), space_the.end());
+    ids.push_back(eos);
+    ids.insert(ids.end(), space_the.begin(), space_the.end());
+    EXPECT_EQ(StreamDecode(*tokenizer_, ids), tokenizer_->Decode(ids)) << ids.size();
+  }
+}
+
+TEST_F(SentencePieceTokenizerTest, StreamsByteFallbackCharacters) {
+  const std::vector<int32_t> ids = EncodeOrDie(*tokenizer_, "日");  // not in the training text
+  std::vector<std::string> pieces;
+  StreamDecoder decoder(*tokenizer_);
+  for (int32_t id : ids) pieces.push_back(decoder.Push(id));
+  ASSERT_GE(pieces.size(), 3u);  // "▁" (maybe) and three byte pieces
+  EXPECT_EQ(pieces.back(), "日");
+  for (size_t i = 0; i + 1 < pieces.size(); ++i) EXPECT_EQ(pieces[i], "") << i;
+}
+
+TEST_F(SentencePieceTokenizerTest, RejectsInvalidUtf8) {
+  absl::StatusOr<std::vector<int32_t>> ids = tokenizer_->Encode("hello \xC3(");
+  EXPECT_EQ(ids.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(ids.status().message(), HasSubstr("byte offset 6"));
+}
+
+TEST_F(SentencePieceTokenizerTest, NonByteLevelTokenizerJsonDefersToTokenizerModel) {
+  // Llama-2's tokenizer.json: SentencePiece-converted BPE with byte fallback.
+  const fs::path dir = MakeTempDir();
+  fs::copy_file(*dir_ / "tokenizer.model", dir / "tokenizer.model");
+  WriteFile(dir / "tokenizer.json",
+            R"({"model": {"type": "BPE", "byte_fallback": true, "vocab": {}, "merges": []},
+                "pre_tokenizer": null, "decoder": {"type": "Sequence", "decoders": []}})");
+  std::unique_ptr<Tokenizer> tokenizer = LoadOrDie(dir);
+  ASSERT_NE(tokenizer, nullptr);
+  EXPECT_EQ(tokenizer->vocab_size(), tokenizer_->vocab_size());
+  EXPECT_EQ(EncodeOrDie(*tokenizer, "hello world"), EncodeOrDie(*tokenizer_, "hello world"));
+}
+
+}  // namespace
+}  // namespace ttt::tokenizer

@@ -1,0 +1,93 @@
+// Text <-> token ids for the models ttt-serve loads from a Hugging Face folder: byte-level BPE
+// from `tokenizer.json` (GPT-2, Llama-3, Qwen2 families) or SentencePiece from `tokenizer.model`
+// (Llama-2 style), plus the UTF-8 validation the server applies to incoming text and a
+// StreamDecoder that turns generated tokens into text one token at a time.
+// No LibTorch, no gRPC: the server and the tools link this alone.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+
+namespace ttt::tokenizer {
+
+// OK when `text` is well-formed UTF-8 (RFC 3629: no overlong forms, no surrogates, nothing above
+// U+10FFFF, no truncated sequence); otherwise INVALID_ARGUMENT naming the byte offset of the
+// first bad sequence ("invalid UTF-8 at byte offset 7").
+absl::Status ValidateUtf8(std::string_view text);
+
+// A loaded tokenizer. Immutable after Load and thread-safe: every method may be called
+// concurrently from any thread.
+class Tokenizer {
+ public:
+  virtual ~Tokenizer() = default;
+
+  // Loads what a Hugging Face model folder has. `tokenizer.json` wins when it describes
+  // byte-level BPE; a `tokenizer.json` of another kind (e.g. Llama-2's SentencePiece-converted
+  // BPE) defers to `tokenizer.model`. bos/eos names come from `tokenizer_config.json` when present.
+  // Errors: NOT_FOUND when the folder has neither file; INVALID_ARGUMENT naming the file when it
+  // is malformed; UNIMPLEMENTED naming the file when it uses a feature this module lacks (an
+  // unsupported normalizer or pre-tokenizer) and there is no `tokenizer.model` to fall back to.
+  static absl::StatusOr<std::unique_ptr<Tokenizer>> Load(const std::filesystem::path& model_dir);
+
+  // The ids of `text`, without bos/eos (callers add those; see bos_id()). Special tokens written
+  // in the text (e.g. "<|endoftext|>") become their single id.
+  // INVALID_ARGUMENT when `text` is not valid UTF-8 (the message names the byte offset).
+  virtual absl::StatusOr<std::vector<int32_t>> Encode(std::string_view text) const = 0;
+
+  // The text of `ids`. Special tokens render as their content for byte-level BPE and as nothing
+  // for SentencePiece control tokens (each library's default). Ids outside [0, vocab_size())
+  // are skipped; byte sequences that are not valid UTF-8 become U+FFFD.
+  virtual std::string Decode(absl::Span<const int32_t> ids) const = 0;
+
+  // Incremental decoding, the primitive under StreamDecoder: the raw bytes token `id` adds to
+  // the text so far. `*at_text_start` is true for a text's first tokens up to and including the
+  // first visible one (SentencePiece drops that piece's leading space: ["▁", "▁the"] decodes to
+  // " the", [bos, "▁the"] to "the"); the call clears it once the start is over. The bytes may
+  // begin or end inside a multi-byte UTF-8 character; StreamDecoder reassembles them. Empty for
+  // unknown ids and control tokens.
+  virtual std::string TokenBytes(int32_t id, bool* at_text_start) const = 0;
+
+  // One past the largest id (the model's embedding rows may be more).
+  virtual int32_t vocab_size() const = 0;
+  virtual std::optional<int32_t> bos_id() const = 0;
+  virtual std::optional<int32_t> eos_id() const = 0;
+};
+
+// Streaming detokenization for generation: Push() each generated token and send what it
+// returns. The concatenation of all Push() results followed by Flush() equals
+// tokenizer.Decode(all ids) for valid UTF-8 output; a character split across tokens is held back
+// until complete. Thread-compatible (one per stream). REQUIRES: `tokenizer` outlives this.
+class StreamDecoder {
+ public:
+  explicit StreamDecoder(const Tokenizer& tokenizer) : tokenizer_(tokenizer) {}
+
+  // The new complete UTF-8 text that `id` adds (often empty while a character is incomplete).
+  // A byte sequence that can never become valid is emitted as U+FFFD at once.
+  std::string Push(int32_t id);
+
+  // Ends the text: returns U+FFFD for held-back bytes of an unfinished character (or "").
+  // Later Push() calls continue the same text.
+  std::string Flush();
+
+  // Starts a new text: drops held-back bytes; the leading-space rule applies again.
+  void Reset();
+
+  // Bytes held back awaiting the rest of a character (at most 3).
+  size_t pending_bytes() const { return pending_.size(); }
+
+ private:
+  const Tokenizer& tokenizer_;
+  std::string pending_;        // an incomplete (so far valid) UTF-8 sequence
+  bool at_text_start_ = true;  // see Tokenizer::TokenBytes
+};
+
+}  // namespace ttt::tokenizer
