@@ -1,0 +1,100 @@
+{{/* Names, labels and the server's command line, shared by every manifest. */}}
+
+{{- define "ttt-serve.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Fully qualified app name; 52 characters leave room for StatefulSet pod suffixes. */}}
+{{- define "ttt-serve.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 52 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 52 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 52 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "ttt-serve.headlessName" -}}
+{{- printf "%s-headless" (include "ttt-serve.fullname" .) }}
+{{- end }}
+
+{{- define "ttt-serve.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "ttt-serve.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "ttt-serve.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "ttt-serve.labels" -}}
+helm.sh/chart: {{ include "ttt-serve.chart" . }}
+{{ include "ttt-serve.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: ttt-serve
+{{- end }}
+
+{{- define "ttt-serve.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "ttt-serve.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* The CUDA build of the image when gpu.enabled (Dockerfile --build-arg CUDA=...). */}}
+{{- define "ttt-serve.image" -}}
+{{- $tag := default .Chart.AppVersion .Values.image.tag }}
+{{- if .Values.gpu.enabled }}
+{{- $tag = printf "%s%s" $tag .Values.image.cudaSuffix }}
+{{- end }}
+{{- printf "%s:%s" .Values.image.repository $tag }}
+{{- end }}
+
+{{- define "ttt-serve.device" -}}
+{{- if and .Values.gpu.enabled (eq .Values.server.device "cpu") }}cuda{{ else }}{{ .Values.server.device }}{{ end }}
+{{- end }}
+
+{{- define "ttt-serve.secretName" -}}
+{{- if .Values.secret.existingSecret }}{{ .Values.secret.existingSecret }}{{ else }}{{ include "ttt-serve.fullname" . }}{{ end }}
+{{- end }}
+
+{{- define "ttt-serve.secretEnabled" -}}
+{{- if or .Values.secret.create .Values.secret.existingSecret }}true{{ end }}
+{{- end }}
+
+{{/* The server's flags (docs/contract.md), one list item each. */}}
+{{- define "ttt-serve.args" -}}
+{{- $s := .Values.server -}}
+- {{ printf "--model=%s" $s.model | quote }}
+- {{ printf "--listen=0.0.0.0:%d" ($s.grpcPort | int64) | quote }}
+- {{ printf "--metrics_listen=0.0.0.0:%d" ($s.metricsPort | int64) | quote }}
+- {{ printf "--checkpoint_dir=%s" .Values.persistence.mountPath | quote }}
+- {{ printf "--memory_budget_mb=%d" ($s.memoryBudgetMb | int64) | quote }}
+- {{ printf "--max_sessions=%d" ($s.maxSessions | int64) | quote }}
+- {{ printf "--idle_ttl_s=%d" ($s.idleTtlS | int64) | quote }}
+- {{ printf "--device=%s" (include "ttt-serve.device" .) | quote }}
+- {{ printf "--dtype=%s" $s.dtype | quote }}
+- {{ printf "--max_batch_tokens=%d" ($s.maxBatchTokens | int64) | quote }}
+- {{ printf "--checkpoint_on_shutdown=%t" $s.checkpointOnShutdown | quote }}
+- {{ printf "--drain_timeout_s=%d" ($s.drainTimeoutS | int64) | quote }}
+{{- range $s.extraArgs }}
+- {{ . | quote }}
+{{- end }}
+{{- end }}
+
+{{- define "ttt-serve.grpcProbe" -}}
+grpc:
+  port: {{ .port }}
+  {{- with .probe.service }}
+  service: {{ . | quote }}
+  {{- end }}
+periodSeconds: {{ .probe.periodSeconds }}
+failureThreshold: {{ .probe.failureThreshold }}
+timeoutSeconds: {{ .probe.timeoutSeconds }}
+{{- end }}

@@ -1,0 +1,702 @@
+// Tests of the ttt-serve Helm chart (helm/ttt-serve) against the server's contract
+// (docs/contract.md) and the image (Dockerfile): rendered with the default values and with the
+// scenarios in tests/deploy/values, every manifest parsed, and what matters asserted: ports,
+// probes, the checkpoint volume, the security context, GPU resources, routing.
+package main
+
+import (
+	"bufio"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+
+	"gopkg.in/yaml.v3"
+)
+
+type obj = map[string]interface{}
+
+// repoRoot is the source tree: $TTT_SOURCE_DIR, or three levels up from this package.
+func repoRoot(t *testing.T) string {
+	if d := os.Getenv("TTT_SOURCE_DIR"); d != "" {
+		return d
+	}
+	d, err := filepath.Abs("../../..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// contract holds what docs/contract.md says about the server binary.
+type contract struct {
+	flags          map[string]string // flag name (no dashes) -> default column
+	grpcPort       int
+	metricsPort    int
+	imageCkptDir   string
+	drainTimeoutS  int
+	healthServices []string
+}
+
+var portRe = regexp.MustCompile(`:(\d+)` + "`?$")
+
+func parseContract(t *testing.T) contract {
+	f, err := os.Open(filepath.Join(repoRoot(t), "docs/contract.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	c := contract{flags: map[string]string{}}
+	rowRe := regexp.MustCompile("^\\|\\s*`--([a-z0-9_]+)`\\s*\\|\\s*(.*?)\\s*\\|")
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if m := rowRe.FindStringSubmatch(sc.Text()); m != nil {
+			c.flags[m[1]] = m[2]
+		}
+	}
+	port := func(flag string) int {
+		def := strings.Trim(c.flags[flag], "` ")
+		m := portRe.FindStringSubmatch(def)
+		if m == nil {
+			t.Fatalf("contract.md: no port in --%s default %q", flag, def)
+		}
+		p, _ := strconv.Atoi(m[1])
+		return p
+	}
+	c.grpcPort = port("listen")
+	c.metricsPort = port("metrics_listen")
+	m := regexp.MustCompile("`(/[^`]+)` in the image").FindStringSubmatch(c.flags["checkpoint_dir"])
+	if m == nil {
+		t.Fatalf("contract.md: no image path in --checkpoint_dir default %q", c.flags["checkpoint_dir"])
+	}
+	c.imageCkptDir = m[1]
+	c.drainTimeoutS, _ = strconv.Atoi(strings.TrimSpace(c.flags["drain_timeout_s"]))
+	return c
+}
+
+type manifest struct {
+	source string
+	o      obj
+}
+
+func (m manifest) kind() string { return str(m.o, "kind") }
+func (m manifest) name() string { return str(m.o, "metadata", "name") }
+
+// get walks maps by key and lists by integer index.
+func get(v interface{}, path ...interface{}) interface{} {
+	for _, p := range path {
+		switch k := p.(type) {
+		case string:
+			m, ok := v.(obj)
+			if !ok {
+				return nil
+			}
+			v = m[k]
+		case int:
+			l, ok := v.([]interface{})
+			if !ok || k >= len(l) {
+				return nil
+			}
+			v = l[k]
+		}
+	}
+	return v
+}
+
+func str(v interface{}, path ...interface{}) string {
+	s, _ := get(v, path...).(string)
+	return s
+}
+
+func num(v interface{}, path ...interface{}) int {
+	switch n := get(v, path...).(type) {
+	case int:
+		return n
+	case float64:
+		return int(n)
+	}
+	return -1
+}
+
+func list(v interface{}, path ...interface{}) []interface{} {
+	l, _ := get(v, path...).([]interface{})
+	return l
+}
+
+type rendered struct {
+	all  []manifest
+	text string
+}
+
+func (r rendered) find(kind string) []manifest {
+	var out []manifest
+	for _, m := range r.all {
+		if m.kind() == kind {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+func (r rendered) one(t *testing.T, kind string) manifest {
+	t.Helper()
+	l := r.find(kind)
+	if len(l) != 1 {
+		t.Fatalf("want exactly one %s, got %d", kind, len(l))
+	}
+	return l[0]
+}
+
+// render renders the chart with the given scenario files and parses every document.
+func render(t *testing.T, scenarios ...string) rendered {
+	t.Helper()
+	root := repoRoot(t)
+	var files []string
+	for _, s := range scenarios {
+		files = append(files, filepath.Join(root, "tests/deploy/values", s))
+	}
+	r, err := Render(filepath.Join(root, "helm/ttt-serve"), Options{ValuesFiles: files, ReleaseName: "ttt",
+		Namespace: "serving", APIVersions: []string{"monitoring.coreos.com/v1"}})
+	if err != nil {
+		t.Fatalf("render %v: %v", scenarios, err)
+	}
+	out := rendered{text: r.Stream()}
+	seen := map[string]bool{}
+	for _, src := range r.Sorted() {
+		dec := yaml.NewDecoder(strings.NewReader(r.Manifests[src]))
+		for {
+			var v interface{}
+			err := dec.Decode(&v)
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				t.Fatalf("%s: not YAML: %v\n%s", src, err, r.Manifests[src])
+			}
+			if v == nil {
+				continue
+			}
+			o, ok := v.(obj)
+			if !ok {
+				t.Fatalf("%s: document is not a mapping", src)
+			}
+			m := manifest{source: src, o: o}
+			if str(o, "apiVersion") == "" || m.kind() == "" || m.name() == "" {
+				t.Fatalf("%s: apiVersion, kind and metadata.name are required", src)
+			}
+			key := m.kind() + "/" + m.name()
+			if seen[key] {
+				t.Fatalf("%s: duplicate %s", src, key)
+			}
+			seen[key] = true
+			out.all = append(out.all, m)
+		}
+	}
+	if len(out.all) == 0 {
+		t.Fatal("nothing rendered")
+	}
+	return out
+}
+
+// serverContainer returns the StatefulSet and its ttt-serve container.
+func serverContainer(t *testing.T, r rendered) (manifest, obj) {
+	t.Helper()
+	sts := r.one(t, "StatefulSet")
+	for _, c := range list(sts.o, "spec", "template", "spec", "containers") {
+		if str(c, "name") == "ttt-serve" {
+			return sts, c.(obj)
+		}
+	}
+	t.Fatal("StatefulSet has no ttt-serve container")
+	return sts, nil
+}
+
+// args maps --flag=value arguments of the container.
+func args(t *testing.T, c obj) map[string]string {
+	out := map[string]string{}
+	for _, a := range list(c, "args") {
+		s, _ := a.(string)
+		m := regexp.MustCompile(`^--([a-z0-9_]+)=(.*)$`).FindStringSubmatch(s)
+		if m == nil {
+			t.Fatalf("argument %q is not --flag=value", s)
+		}
+		out[m[1]] = m[2]
+	}
+	return out
+}
+
+func addrPort(t *testing.T, addr string) int {
+	i := strings.LastIndex(addr, ":")
+	p, err := strconv.Atoi(addr[i+1:])
+	if i < 0 || err != nil {
+		t.Fatalf("bad address %q", addr)
+	}
+	return p
+}
+
+func containerPort(c obj, name string) int {
+	for _, p := range list(c, "ports") {
+		if str(p, "name") == name {
+			return num(p, "containerPort")
+		}
+	}
+	return -1
+}
+
+var scenarios = [][]string{{}, {"gpu-monitoring-hpa.yaml"}, {"scaleout.yaml"}}
+
+func TestFlagsArePortsAndNamesOfTheContract(t *testing.T) {
+	c := parseContract(t)
+	for _, sc := range scenarios {
+		r := render(t, sc...)
+		_, ctr := serverContainer(t, r)
+		a := args(t, ctr)
+		for f := range a {
+			if _, ok := c.flags[f]; !ok {
+				t.Errorf("%v: --%s is not a server flag in docs/contract.md", sc, f)
+			}
+		}
+		for _, f := range []string{"listen", "metrics_listen", "checkpoint_dir", "memory_budget_mb", "max_sessions",
+			"idle_ttl_s", "device", "dtype", "max_batch_tokens", "checkpoint_on_shutdown"} {
+			if _, ok := a[f]; !ok {
+				t.Errorf("%v: --%s is not set from values", sc, f)
+			}
+		}
+		if got := addrPort(t, a["listen"]); got != c.grpcPort {
+			t.Errorf("%v: --listen port %d, contract default %d", sc, got, c.grpcPort)
+		}
+		if got := addrPort(t, a["metrics_listen"]); got != c.metricsPort {
+			t.Errorf("%v: --metrics_listen port %d, contract default %d", sc, got, c.metricsPort)
+		}
+		if got := containerPort(ctr, "grpc"); got != c.grpcPort {
+			t.Errorf("%v: containerPort grpc %d, want %d", sc, got, c.grpcPort)
+		}
+		if got := containerPort(ctr, "metrics"); got != c.metricsPort {
+			t.Errorf("%v: containerPort metrics %d, want %d", sc, got, c.metricsPort)
+		}
+		for _, v := range a {
+			if strings.Contains(v, "e+") {
+				t.Errorf("%v: flag value %q printed in float notation", sc, v)
+			}
+		}
+	}
+}
+
+func TestServicesExposeGrpcAndMetrics(t *testing.T) {
+	c := parseContract(t)
+	r := render(t)
+	sts, _ := serverContainer(t, r)
+	podLabels := get(sts.o, "spec", "template", "metadata", "labels").(obj)
+	var headless, lb int
+	for _, s := range r.find("Service") {
+		if strings.HasSuffix(s.name(), "-router") {
+			continue
+		}
+		sel := get(s.o, "spec", "selector").(obj)
+		for k, v := range sel {
+			if podLabels[k] != v {
+				t.Errorf("Service %s selects %s=%v, pods have %v", s.name(), k, v, podLabels[k])
+			}
+		}
+		ports := map[string]int{}
+		for _, p := range list(s.o, "spec", "ports") {
+			ports[str(p, "name")] = num(p, "port")
+			if tp := str(p, "targetPort"); tp != str(p, "name") {
+				t.Errorf("Service %s port %s targets %q", s.name(), str(p, "name"), tp)
+			}
+		}
+		if ports["grpc"] != c.grpcPort || ports["metrics"] != c.metricsPort {
+			t.Errorf("Service %s ports %v, want grpc %d metrics %d", s.name(), ports, c.grpcPort, c.metricsPort)
+		}
+		if str(s.o, "spec", "clusterIP") == "None" {
+			headless++
+			if str(sts.o, "spec", "serviceName") != s.name() {
+				t.Errorf("StatefulSet serviceName %q, headless Service %q", str(sts.o, "spec", "serviceName"), s.name())
+			}
+		} else {
+			lb++
+		}
+	}
+	if headless != 1 || lb != 1 {
+		t.Errorf("want one headless and one load-balanced Service, got %d and %d", headless, lb)
+	}
+}
+
+func TestProbesUseGrpcHealthOnTheGrpcPort(t *testing.T) {
+	for _, sc := range scenarios {
+		r := render(t, sc...)
+		_, ctr := serverContainer(t, r)
+		grpcPort := addrPort(t, args(t, ctr)["listen"])
+		for _, p := range []string{"startupProbe", "livenessProbe", "readinessProbe"} {
+			probe, ok := ctr[p].(obj)
+			if !ok {
+				t.Fatalf("%v: no %s", sc, p)
+			}
+			if num(probe, "grpc", "port") != grpcPort {
+				t.Errorf("%v: %s is %v, want grpc on port %d", sc, p, probe, grpcPort)
+			}
+			for _, other := range []string{"httpGet", "exec", "tcpSocket"} {
+				if probe[other] != nil {
+					t.Errorf("%v: %s also has %s", sc, p, other)
+				}
+			}
+		}
+		if svc := str(ctr, "readinessProbe", "grpc", "service"); svc != "" && svc != "tttserve.v1.TttService" {
+			t.Errorf("%v: readiness asks for health service %q, the server reports \"\" and tttserve.v1.TttService", sc, svc)
+		}
+	}
+}
+
+func TestCheckpointVolumeIsMountedWhereTheServerWrites(t *testing.T) {
+	c := parseContract(t)
+	for _, sc := range scenarios {
+		r := render(t, sc...)
+		sts, ctr := serverContainer(t, r)
+		dir := args(t, ctr)["checkpoint_dir"]
+		if dir != c.imageCkptDir {
+			t.Errorf("%v: --checkpoint_dir=%s, the image's volume is %s", sc, dir, c.imageCkptDir)
+		}
+		var volume string
+		for _, m := range list(ctr, "volumeMounts") {
+			if str(m, "mountPath") == dir {
+				volume = str(m, "name")
+				if get(m, "readOnly") == true {
+					t.Errorf("%v: checkpoint mount is read-only", sc)
+				}
+			}
+		}
+		if volume == "" {
+			t.Fatalf("%v: nothing is mounted at --checkpoint_dir=%s", sc, dir)
+		}
+		var fromTemplate, fromPod bool
+		for _, v := range list(sts.o, "spec", "volumeClaimTemplates") {
+			fromTemplate = fromTemplate || str(v, "metadata", "name") == volume
+		}
+		for _, v := range list(sts.o, "spec", "template", "spec", "volumes") {
+			if str(v, "name") == volume {
+				fromPod = true
+				claim := str(v, "persistentVolumeClaim", "claimName")
+				if claim == "" {
+					t.Errorf("%v: checkpoint volume is not a PersistentVolumeClaim: %v", sc, v)
+				}
+				found := false
+				for _, p := range r.find("PersistentVolumeClaim") {
+					if p.name() == claim {
+						found = true
+						modes := list(p.o, "spec", "accessModes")
+						if len(modes) == 0 || modes[0] != "ReadWriteMany" {
+							t.Errorf("%v: shared claim %s has access modes %v", sc, claim, modes)
+						}
+					}
+				}
+				if !found {
+					t.Errorf("%v: claim %s is not rendered", sc, claim)
+				}
+			}
+		}
+		if fromTemplate == fromPod {
+			t.Errorf("%v: volume %q must come from exactly one of volumeClaimTemplates / pod volumes", sc, volume)
+		}
+	}
+}
+
+func TestSecurityContextHolds(t *testing.T) {
+	for _, sc := range scenarios {
+		r := render(t, sc...)
+		for _, kind := range []string{"StatefulSet", "Deployment"} {
+			for _, w := range r.find(kind) {
+				pod := get(w.o, "spec", "template", "spec").(obj)
+				if get(pod, "securityContext", "runAsNonRoot") != true {
+					t.Errorf("%v %s: pod runAsNonRoot is not true", sc, w.name())
+				}
+				if str(pod, "securityContext", "seccompProfile", "type") != "RuntimeDefault" {
+					t.Errorf("%v %s: pod seccompProfile is not RuntimeDefault", sc, w.name())
+				}
+				if get(pod, "automountServiceAccountToken") != false {
+					t.Errorf("%v %s: the service account token is mounted", sc, w.name())
+				}
+				tmpVolumes := map[string]bool{}
+				for _, v := range list(pod, "volumes") {
+					if get(v, "emptyDir") != nil {
+						tmpVolumes[str(v, "name")] = true
+					}
+				}
+				for _, c := range list(pod, "containers") {
+					sc2 := get(c, "securityContext")
+					name := w.name() + "/" + str(c, "name")
+					if get(sc2, "readOnlyRootFilesystem") != true {
+						t.Errorf("%v %s: root filesystem is writable", sc, name)
+					}
+					if get(sc2, "allowPrivilegeEscalation") != false {
+						t.Errorf("%v %s: privilege escalation allowed", sc, name)
+					}
+					if get(sc2, "runAsNonRoot") != true || num(sc2, "runAsUser") == 0 {
+						t.Errorf("%v %s: may run as root", sc, name)
+					}
+					drop := list(sc2, "capabilities", "drop")
+					if len(drop) != 1 || drop[0] != "ALL" {
+						t.Errorf("%v %s: capabilities.drop is %v, want [ALL]", sc, name, drop)
+					}
+					if add := list(sc2, "capabilities", "add"); len(add) > 0 {
+						t.Errorf("%v %s: adds capabilities %v", sc, name, add)
+					}
+					if str(sc2, "seccompProfile", "type") != "RuntimeDefault" && str(pod, "securityContext", "seccompProfile", "type") != "RuntimeDefault" {
+						t.Errorf("%v %s: no RuntimeDefault seccomp profile", sc, name)
+					}
+					tmp := false
+					for _, m := range list(c, "volumeMounts") {
+						if str(m, "mountPath") == "/tmp" && tmpVolumes[str(m, "name")] {
+							tmp = true
+						}
+					}
+					if !tmp {
+						t.Errorf("%v %s: no emptyDir at /tmp for a read-only root", sc, name)
+					}
+				}
+			}
+		}
+	}
+}
+
+func TestGracefulTerminationCoversDrainAndCheckpoint(t *testing.T) {
+	c := parseContract(t)
+	for _, sc := range scenarios {
+		r := render(t, sc...)
+		sts, ctr := serverContainer(t, r)
+		a := args(t, ctr)
+		drain, err := strconv.Atoi(a["drain_timeout_s"])
+		if err != nil {
+			drain = c.drainTimeoutS
+		}
+		grace := num(sts.o, "spec", "template", "spec", "terminationGracePeriodSeconds")
+		if grace < drain+30 {
+			t.Errorf("%v: terminationGracePeriodSeconds %d leaves under 30 s to checkpoint after a %d s drain", sc, grace, drain)
+		}
+		if a["checkpoint_on_shutdown"] != "true" {
+			t.Errorf("%v: --checkpoint_on_shutdown=%s", sc, a["checkpoint_on_shutdown"])
+		}
+	}
+	root := repoRoot(t)
+	bad := filepath.Join(t.TempDir(), "bad.yaml")
+	os.WriteFile(bad, []byte("terminationGracePeriodSeconds: 10\n"), 0o644)
+	_, err := Render(filepath.Join(root, "helm/ttt-serve"), Options{ValuesFiles: []string{bad}})
+	if err == nil || !strings.Contains(err.Error(), "terminationGracePeriodSeconds must exceed") {
+		t.Errorf("grace 10 s with a 20 s drain: want a render failure, got %v", err)
+	}
+}
+
+func TestGpuResourcesOnlyWithGpuValues(t *testing.T) {
+	for _, sc := range [][]string{{}, {"scaleout.yaml"}} {
+		r := render(t, sc...)
+		if strings.Contains(r.text, "nvidia.com/gpu") {
+			t.Errorf("%v: nvidia.com/gpu rendered without gpu.enabled", sc)
+		}
+		_, ctr := serverContainer(t, r)
+		if d := args(t, ctr)["device"]; d != "cpu" {
+			t.Errorf("%v: --device=%s without a GPU", sc, d)
+		}
+		if strings.HasSuffix(str(ctr, "image"), "-cuda") {
+			t.Errorf("%v: CUDA image without a GPU", sc)
+		}
+	}
+	r := render(t, "gpu-monitoring-hpa.yaml")
+	sts, ctr := serverContainer(t, r)
+	if n := num(ctr, "resources", "limits", "nvidia.com/gpu"); n != 1 {
+		t.Errorf("limits nvidia.com/gpu = %d, want 1", n)
+	}
+	if d := args(t, ctr)["device"]; !strings.HasPrefix(d, "cuda") {
+		t.Errorf("--device=%s on a GPU", d)
+	}
+	if !strings.HasSuffix(str(ctr, "image"), "-cuda") {
+		t.Errorf("image %s is not the CUDA build", str(ctr, "image"))
+	}
+	tolerated := false
+	for _, tol := range list(sts.o, "spec", "template", "spec", "tolerations") {
+		tolerated = tolerated || str(tol, "key") == "nvidia.com/gpu"
+	}
+	if !tolerated {
+		t.Error("no toleration for nvidia.com/gpu taints")
+	}
+}
+
+func TestMonitoringAndAutoscalingAreOptional(t *testing.T) {
+	c := parseContract(t)
+	def := render(t)
+	for _, kind := range []string{"ServiceMonitor", "HorizontalPodAutoscaler", "Deployment", "Secret"} {
+		if len(def.find(kind)) != 0 {
+			t.Errorf("default values render a %s", kind)
+		}
+	}
+	if len(def.find("PodDisruptionBudget")) != 1 {
+		t.Error("default values render no PodDisruptionBudget")
+	}
+	r := render(t, "gpu-monitoring-hpa.yaml")
+	sm := r.one(t, "ServiceMonitor")
+	ep := get(sm.o, "spec", "endpoints", 0)
+	if str(ep, "port") != "metrics" || str(ep, "path") != "/metrics" {
+		t.Errorf("ServiceMonitor endpoint %v, want port metrics path /metrics", ep)
+	}
+	// The ServiceMonitor must pick exactly the load-balanced Service.
+	var picked []string
+	for _, s := range r.find("Service") {
+		labels := get(s.o, "metadata", "labels").(obj)
+		ok := true
+		for k, v := range get(sm.o, "spec", "selector", "matchLabels").(obj) {
+			ok = ok && labels[k] == v
+		}
+		for _, e := range list(sm.o, "spec", "selector", "matchExpressions") {
+			if str(e, "operator") == "DoesNotExist" {
+				_, has := labels[str(e, "key")]
+				ok = ok && !has
+			}
+		}
+		if ok {
+			picked = append(picked, s.name())
+			for _, p := range list(s.o, "spec", "ports") {
+				if str(p, "name") == "metrics" && num(p, "port") != c.metricsPort {
+					t.Errorf("metrics port %d", num(p, "port"))
+				}
+			}
+		}
+	}
+	if len(picked) != 1 || picked[0] != "ttt-ttt-serve" {
+		t.Errorf("ServiceMonitor selects Services %v, want [ttt-ttt-serve]", picked)
+	}
+	hpa := r.one(t, "HorizontalPodAutoscaler")
+	sts := r.one(t, "StatefulSet")
+	if str(hpa.o, "spec", "scaleTargetRef", "kind") != "StatefulSet" || str(hpa.o, "spec", "scaleTargetRef", "name") != sts.name() {
+		t.Errorf("HPA targets %v", get(hpa.o, "spec", "scaleTargetRef"))
+	}
+	if get(sts.o, "spec", "replicas") != nil {
+		t.Error("StatefulSet sets replicas while the HPA owns them")
+	}
+	if len(list(hpa.o, "spec", "metrics")) != 2 {
+		t.Errorf("HPA metrics %v, want CPU and queue depth", list(hpa.o, "spec", "metrics"))
+	}
+}
+
+func TestEnvoyRoutesBySessionHeaderToTheReplicas(t *testing.T) {
+	c := parseContract(t)
+	r := render(t, "scaleout.yaml")
+	sts, ctr := serverContainer(t, r)
+	if num(sts.o, "spec", "replicas") != 3 {
+		t.Errorf("replicas %v", get(sts.o, "spec", "replicas"))
+	}
+	var cfg obj
+	for _, cm := range r.find("ConfigMap") {
+		if text := str(cm.o, "data", "envoy.yaml"); text != "" {
+			if err := yaml.Unmarshal([]byte(text), &cfg); err != nil {
+				t.Fatalf("envoy.yaml: %v", err)
+			}
+		}
+	}
+	if cfg == nil {
+		t.Fatal("no Envoy config rendered")
+	}
+	cluster := get(cfg, "static_resources", "clusters", 0)
+	if str(cluster, "lb_policy") != "RING_HASH" || str(cluster, "type") != "STRICT_DNS" {
+		t.Errorf("cluster %v: want a STRICT_DNS RING_HASH cluster", cluster)
+	}
+	addr := get(cluster, "load_assignment", "endpoints", 0, "lb_endpoints", 0, "endpoint", "address", "socket_address")
+	if want := str(sts.o, "spec", "serviceName") + ".serving.svc"; str(addr, "address") != want {
+		t.Errorf("Envoy resolves %q, want the headless Service %q", str(addr, "address"), want)
+	}
+	if num(addr, "port_value") != c.grpcPort || containerPort(ctr, "grpc") != c.grpcPort {
+		t.Errorf("Envoy upstream port %d, want %d", num(addr, "port_value"), c.grpcPort)
+	}
+	route := get(cfg, "static_resources", "listeners", 0, "filter_chains", 0, "filters", 0, "typed_config",
+		"route_config", "virtual_hosts", 0, "routes", 0, "route")
+	if h := str(route, "hash_policy", 0, "header", "header_name"); h != "x-session-id" {
+		t.Errorf("hash on header %q, want x-session-id", h)
+	}
+	if get(cluster, "health_checks", 0, "grpc_health_check") == nil {
+		t.Error("Envoy does not health-check replicas over gRPC")
+	}
+	// Secret: created and mounted read-only.
+	sec := r.one(t, "Secret")
+	mounted := false
+	for _, m := range list(ctr, "volumeMounts") {
+		if str(m, "name") == "secrets" && get(m, "readOnly") == true {
+			mounted = true
+		}
+	}
+	for _, v := range list(sts.o, "spec", "template", "spec", "volumes") {
+		if str(v, "name") == "secrets" && str(v, "secret", "secretName") != sec.name() {
+			t.Errorf("secret volume names %q, want %q", str(v, "secret", "secretName"), sec.name())
+		}
+	}
+	if !mounted {
+		t.Error("secret not mounted read-only")
+	}
+}
+
+func TestSchemaRejectsBadValues(t *testing.T) {
+	root := repoRoot(t)
+	for name, text := range map[string]string{
+		"device":   "server:\n  device: tpu\n",
+		"port":     "server:\n  grpcPort: 70000\n",
+		"rootfs":   "securityContext:\n  readOnlyRootFilesystem: false\n",
+		"typo":     "servr: {}\n",
+		"extraArg": "server:\n  extraArgs: [\"-x\"]\n",
+	} {
+		f := filepath.Join(t.TempDir(), name+".yaml")
+		os.WriteFile(f, []byte(text), 0o644)
+		_, err := Render(filepath.Join(root, "helm/ttt-serve"), Options{ValuesFiles: []string{f}})
+		if err == nil || !strings.Contains(err.Error(), "schema") {
+			t.Errorf("%s: want a schema error, got %v", name, err)
+		}
+	}
+}
+
+func TestNotesRender(t *testing.T) {
+	root := repoRoot(t)
+	r, err := Render(filepath.Join(root, "helm/ttt-serve"), Options{ReleaseName: "ttt"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(r.Notes, "ttt health --address=127.0.0.1:50051") {
+		t.Errorf("NOTES.txt:\n%s", r.Notes)
+	}
+}
+
+// The image must agree with the contract and the chart: ports, volume, health check, user, and the
+// one install script in both stages.
+func TestDockerfileMatchesContract(t *testing.T) {
+	c := parseContract(t)
+	data, err := os.ReadFile(filepath.Join(repoRoot(t), "Dockerfile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := strings.ReplaceAll(string(data), "\\\n", " ")
+	want := []string{
+		"EXPOSE " + strconv.Itoa(c.grpcPort) + " " + strconv.Itoa(c.metricsPort),
+		"VOLUME " + c.imageCkptDir,
+		`"health", "--address=127.0.0.1:` + strconv.Itoa(c.grpcPort) + `"`,
+		"--checkpoint_dir=" + c.imageCkptDir,
+		"bash deploy/install-deps.sh build",
+		"ttt-install-deps runtime",
+		"COPY deploy/install-deps.sh",
+		"USER 10001",
+		"FROM ${DEBIAN_IMAGE} AS build",
+		"FROM ${DEBIAN_IMAGE} AS runtime",
+		"ARG DEBIAN_IMAGE=debian:bookworm",
+		"--target ttt-serve ttt",
+	}
+	for _, w := range want {
+		if !strings.Contains(text, w) {
+			t.Errorf("Dockerfile lacks %q", w)
+		}
+	}
+	// The chart's non-root user must be the image's.
+	r := render(t)
+	_, ctr := serverContainer(t, r)
+	if num(ctr, "securityContext", "runAsUser") != 10001 {
+		t.Errorf("chart runs as %d, image user is 10001", num(ctr, "securityContext", "runAsUser"))
+	}
+	if !strings.Contains(text, "models/ttt-brown") || !strings.Contains(args(t, ctr)["model"], "/opt/ttt-serve/models/ttt-brown") {
+		t.Error("the shipped model path differs between the image and the chart")
+	}
+}

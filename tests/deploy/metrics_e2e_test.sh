@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# End-to-end: starts the real ttt-serve binary on free loopback ports with the reference fixture
+# model, waits for gRPC health (with the `ttt` CLI, the container's HEALTHCHECK command) and
+# /metrics, drives some traffic, and checks that every metric named in deploy/prometheus/alerts.yml
+# and deploy/grafana/ttt-serve-dashboard.json is exported (tests/deploy/check_metrics.py). Then
+# SIGTERM must end the server within its drain + checkpoint time.
+#   metrics_e2e_test.sh SERVER_BIN [TTT_CLI_BIN|-] [MODEL_DIR]
+# MODEL_DIR defaults to the llama fixture that tests/reference/ttt_reference.py writes.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+server="$1"; cli="${2:--}"; model="${3:-}"
+tmp="$(mktemp -d)"
+pid=""
+cleanup() {
+  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; fi
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+if [ -z "$model" ] || [ ! -f "$model/config.json" ]; then
+  /usr/bin/python3 "$root/tests/reference/ttt_reference.py" --out "$tmp/fixture" >/dev/null
+  model="$tmp/fixture/llama"
+fi
+free_port() { "${PYTHON:-/usr/bin/python3}" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+grpc_port="$(free_port)"; metrics_port="$(free_port)"
+while [ "$metrics_port" = "$grpc_port" ]; do metrics_port="$(free_port)"; done
+
+"$server" --model="$model" --listen="127.0.0.1:$grpc_port" --metrics_listen="127.0.0.1:$metrics_port" \
+  --checkpoint_dir="$tmp/checkpoints" --drain_timeout_s=5 >"$tmp/server.log" 2>&1 &
+pid=$!
+
+fail() { echo "FAIL: $*"; echo "--- server log"; tail -n 50 "$tmp/server.log"; exit 1; }
+ready=""
+for _ in $(seq 1 240); do
+  kill -0 "$pid" 2>/dev/null || fail "the server exited early"
+  if curl -fsS -o /dev/null "http://127.0.0.1:$metrics_port/metrics" 2>/dev/null; then
+    if [ "$cli" = "-" ] || "$cli" health --address="127.0.0.1:$grpc_port" >/dev/null 2>&1; then
+      ready=1; break
+    fi
+  fi
+  sleep 0.5
+done
+[ -n "$ready" ] || fail "no /metrics or no SERVING health within 120 s"
+echo "server up: gRPC 127.0.0.1:$grpc_port, metrics 127.0.0.1:$metrics_port"
+
+rc=0; "${PYTHON:-/usr/bin/python3}" "$root/tests/deploy/drive_traffic.py" "127.0.0.1:$grpc_port" || rc=$?
+[ "$rc" = 0 ] || [ "$rc" = 77 ] || fail "traffic driver failed ($rc)"
+
+"${PYTHON:-/usr/bin/python3}" "$root/tests/deploy/check_metrics.py" --contract "$root/docs/contract.md" \
+  "http://127.0.0.1:$metrics_port/metrics" || fail "metrics check"
+
+kill -TERM "$pid"
+for _ in $(seq 1 120); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+kill -0 "$pid" 2>/dev/null && fail "still running 60 s after SIGTERM"
+wait "$pid" || fail "exit status $? after SIGTERM"
+pid=""
+echo "OK: metrics exported, clean shutdown"
