@@ -2,7 +2,8 @@
 // TTT on vs. off, batched (8 sequences) vs. one, achieved FLOP/s vs. this machine's sgemm peak,
 // bf16 vs. f32, and the engine vs. the plain PyTorch reference (tests/reference) at batch 1.
 //
-//   engine_bench [--shape=small|test] [--tokens=N] [--python=/usr/bin/python3] [--device=cpu]
+//   engine_bench [--shape=small|test] [--tokens=N] [--threads=N] [--python=/usr/bin/python3]
+//                [--device=cpu|cuda]
 //
 // Benchmarks never assert on time; they print figures. Results go to bench/RESULTS.md.
 #include <ATen/ATen.h>
@@ -18,6 +19,7 @@
 #include <random>
 #include <sstream>
 #include <string>
+#include <thread>
 
 #include "engine/model.h"
 
@@ -31,6 +33,7 @@ struct Flags {
   int64_t tokens = 1024;
   std::string python = "/usr/bin/python3";
   std::string device = "cpu";
+  int threads = 0;  // 0 = the number of cores
 };
 
 Flags ParseFlags(int argc, char** argv) {
@@ -45,6 +48,7 @@ Flags ParseFlags(int argc, char** argv) {
     else if (auto v = value("tokens")) flags.tokens = std::atoll(v);
     else if (auto v = value("python")) flags.python = v;
     else if (auto v = value("device")) flags.device = v;
+    else if (auto v = value("threads")) flags.threads = std::atoi(v);
     else {
       std::cerr << "unknown flag " << arg << "\n";
       std::exit(2);
@@ -191,6 +195,8 @@ double PythonReferenceRate(const Flags& flags, const ModelConfig& config, const 
 }
 
 int Run(const Flags& flags) {
+  // OpenMP may default to one thread on a busy machine; say how many we use.
+  SetCpuThreads(flags.threads);
   const ModelConfig config = Shape(flags.shape);
   const NamedTensors weights = RandomWeights(config);
   const int64_t n = flags.tokens;

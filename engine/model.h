@@ -26,6 +26,11 @@ struct ModelOptions {
   std::optional<int64_t> sliding_window;  // overrides the config's window when set (0 = full)
 };
 
+// CPU threads for LibTorch's intra-op pool and for OpenBLAS's own pool (LibTorch sets only the
+// first; two pools of spinning threads on a small machine slow small products down several-fold).
+// 0 = the number of cores. Call once, before serving.
+void SetCpuThreads(int threads);
+
 // How a multi-chunk ingest runs the TTT layers.
 enum class IngestMode {
   kParallel,    // all chunks at once: per-chunk updates and their exclusive prefix sums
