@@ -29,6 +29,8 @@ test_pkgs=(python3 python3-torch python3-grpcio python3-grpc-tools python3-proto
 # tests/deploy: the Helm chart renderer (Go text/template + sprig, as Helm) and linters.
 test_pkgs+=(golang-go golang-github-masterminds-sprig-dev golang-gopkg-yaml.v3-dev
   golang-github-xeipuuv-gojsonschema-dev yamllint python3-yaml)
+# tools/run_eval.sh (ttt-eval) draws docs/eval_loss_by_position.png with gnuplot.
+test_pkgs+=(gnuplot-nox)
 
 case "$what" in
   runtime) pkgs=("${runtime_pkgs[@]}") ;;

@@ -1,0 +1,332 @@
+// The batching scheduler's engine thread (see scheduler.h).
+#include "engine/scheduler.h"
+
+#include <algorithm>
+#include <chrono>
+#include <exception>
+#include <future>
+#include <string>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+
+namespace ttt::engine {
+
+absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(const Model* model,
+                                                             const SchedulerOptions& options,
+                                                             Observer* observer) {
+  if (model == nullptr) return absl::InvalidArgumentError("scheduler needs a model");
+  BatchRunner runner = [model](absl::Span<IngestItem> items) {
+    return model->Ingest(items, IngestMode::kParallel);
+  };
+  return Create(std::move(runner), options, observer);
+}
+
+absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(BatchRunner runner,
+                                                             const SchedulerOptions& options,
+                                                             Observer* observer) {
+  if (!runner) return absl::InvalidArgumentError("scheduler needs a batch runner");
+  if (options.max_batch_tokens < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_batch_tokens must be >= 1, got ", options.max_batch_tokens));
+  }
+  if (options.max_queued_items < 1 || options.max_queued_per_key < 1) {
+    return absl::InvalidArgumentError("queue limits must be >= 1");
+  }
+  return std::unique_ptr<Scheduler>(new Scheduler(std::move(runner), options, observer));
+}
+
+Scheduler::Scheduler(BatchRunner runner, const SchedulerOptions& options, Observer* observer)
+    : runner_(std::move(runner)), options_(options), observer_(observer) {
+  std::promise<void> started;
+  auto started_future = started.get_future();
+  thread_ = std::thread([this, &started] {
+    thread_id_ = std::this_thread::get_id();
+    started.set_value();
+    Loop();
+  });
+  started_future.wait();
+}
+
+Scheduler::~Scheduler() { Shutdown(); }
+
+void Scheduler::Shutdown() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_ && !thread_.joinable()) return;
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) {
+    if (OnEngineThread()) {
+      thread_.detach();  // a callback asked for shutdown; the loop exits after it returns
+    } else {
+      thread_.join();
+    }
+  }
+}
+
+int64_t Scheduler::queue_depth() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return queued_;
+}
+
+absl::Status Scheduler::Submit(Work work, bool bypass_limits) {
+  const bool is_task = static_cast<bool>(work.task);
+  if (is_task == (work.state != nullptr)) {
+    return absl::InvalidArgumentError("work must carry exactly one of a task and a state");
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_) return absl::UnavailableError("the engine is shutting down");
+    KeyQueue& q = queues_[work.key];
+    if (!bypass_limits) {
+      if (queued_ >= options_.max_queued_items) {
+        if (q.items.empty() && !q.in_rr) queues_.erase(work.key);
+        return absl::ResourceExhaustedError(absl::StrCat(
+            "engine queue is full (", queued_, " work items queued, capacity ",
+            options_.max_queued_items, "); retry later or lower the request rate"));
+      }
+      if (static_cast<int64_t>(q.items.size()) >= options_.max_queued_per_key) {
+        return absl::ResourceExhaustedError(absl::StrCat(
+            "this session already has ", q.items.size(),
+            " work items queued (limit ", options_.max_queued_per_key,
+            "); wait for earlier requests to finish"));
+      }
+    }
+    q.items.push_back(Pending{std::move(work), 0});
+    ++queued_;
+    if (!q.in_rr) {
+      q.in_rr = true;
+      rr_.push_back(q.items.back().work.key);
+    }
+  }
+  cv_.notify_one();
+  return absl::OkStatus();
+}
+
+absl::Status Scheduler::RunAndWait(uint64_t key, std::function<void()> fn) {
+  std::promise<absl::Status> done;
+  auto future = done.get_future();
+  Work work;
+  work.key = key;
+  work.task = std::move(fn);
+  work.on_done = [&done](absl::Status s) { done.set_value(std::move(s)); };
+  absl::Status submitted = Submit(std::move(work), /*bypass_limits=*/true);
+  if (!submitted.ok()) return submitted;
+  return future.get();
+}
+
+void Scheduler::Finish(Work& work, absl::Status status) {
+  auto on_done = std::move(work.on_done);
+  work.on_progress = nullptr;
+  work.task = nullptr;
+  if (on_done) on_done(std::move(status));
+}
+
+void Scheduler::Loop() {
+  std::unique_lock<std::mutex> lock(mu_);
+  while (true) {
+    cv_.wait(lock, [this] { return stopping_ || !rr_.empty(); });
+    if (stopping_) break;
+    RunRound(lock);
+  }
+  // Answer whatever is still queued.
+  std::vector<Work> leftovers;
+  for (auto& [key, q] : queues_) {
+    for (auto& p : q.items) leftovers.push_back(std::move(p.work));
+  }
+  queues_.clear();
+  rr_.clear();
+  queued_ = 0;
+  lock.unlock();
+  for (auto& w : leftovers) Finish(w, absl::UnavailableError("the engine is shutting down"));
+}
+
+bool Scheduler::RunRound(std::unique_lock<std::mutex>& lock) {
+  // Phase 1: tasks and cancelled work at the heads of the queues, in round-robin order.
+  for (auto it = rr_.begin(); it != rr_.end(); ++it) {
+    KeyQueue& q = queues_[*it];
+    while (!q.items.empty()) {
+      Pending& head = q.items.front();
+      const bool cancelled = head.work.cancel && head.work.cancel->cancelled();
+      if (!cancelled && !head.work.task && !head.prepared && head.work.prepare) {
+        // Prepare the token run in place (it stays at the head; only this thread pops).
+        head.prepared = true;
+        auto prepare = std::move(head.work.prepare);
+        lock.unlock();
+        absl::Status prepared;
+        try {
+          prepared = prepare();
+        } catch (const std::exception& e) {
+          prepared = absl::InternalError(absl::StrCat("engine prepare failed: ", e.what()));
+        }
+        lock.lock();
+        if (prepared.ok()) continue;
+        Work work = std::move(q.items.front().work);
+        q.items.pop_front();
+        --queued_;
+        lock.unlock();
+        Finish(work, std::move(prepared));
+        lock.lock();
+        if (stopping_) return false;
+        continue;
+      }
+      if (!cancelled && !head.work.task) break;
+      Work work = std::move(head.work);
+      q.items.pop_front();
+      --queued_;
+      lock.unlock();
+      if (cancelled) {
+        Finish(work, absl::CancelledError("the request was cancelled"));
+      } else {
+        absl::Status status;
+        try {
+          work.task();
+        } catch (const std::exception& e) {
+          status = absl::InternalError(absl::StrCat("engine task failed: ", e.what()));
+        }
+        Finish(work, std::move(status));
+      }
+      lock.lock();
+      if (stopping_) return false;
+    }
+  }
+  // Drop keys without work.
+  for (auto it = rr_.begin(); it != rr_.end();) {
+    auto qit = queues_.find(*it);
+    if (qit == queues_.end() || qit->second.items.empty()) {
+      if (qit != queues_.end()) queues_.erase(qit);
+      it = rr_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  if (rr_.empty()) return false;
+
+  // Phase 2: one batch. Every key whose head is a token run gets a fair share of the budget
+  // (first pass), then leftover budget goes to the ones that want more (second pass), in order.
+  struct Slot {
+    uint64_t key;
+    Pending* pending;
+    int64_t take;
+  };
+  std::vector<Slot> slots;
+  for (uint64_t key : rr_) {
+    Pending& head = queues_[key].items.front();
+    if (head.work.state != nullptr) slots.push_back({key, &head, 0});
+  }
+  if (slots.empty()) return true;  // tasks arrived meanwhile; next round runs them
+  int64_t budget = options_.max_batch_tokens;
+  const int64_t share = std::max<int64_t>(1, budget / static_cast<int64_t>(slots.size()));
+  for (Slot& s : slots) {
+    const int64_t want = static_cast<int64_t>(s.pending->work.tokens.size()) - s.pending->done;
+    s.take = std::min({want, share, budget});
+    budget -= s.take;
+  }
+  for (Slot& s : slots) {
+    if (budget <= 0) break;
+    const int64_t want =
+        static_cast<int64_t>(s.pending->work.tokens.size()) - s.pending->done - s.take;
+    const int64_t extra = std::min(want, budget);
+    s.take += extra;
+    budget -= extra;
+  }
+  // An empty token run (e.g. an end-of-document marker) completes without a model call.
+  slots.erase(std::remove_if(slots.begin(), slots.end(),
+                             [](const Slot& s) {
+                               return s.take == 0 &&
+                                      s.pending->done <
+                                          static_cast<int64_t>(s.pending->work.tokens.size());
+                             }),
+              slots.end());
+  // Served keys go to the back of the round-robin order, so the unserved go first next time.
+  for (const Slot& s : slots) {
+    auto it = std::find(rr_.begin(), rr_.end(), s.key);
+    if (it != rr_.end()) rr_.splice(rr_.end(), rr_, it);
+  }
+
+  lock.unlock();
+  std::vector<IngestItem> items;
+  items.reserve(slots.size());
+  int64_t batch_tokens = 0;
+  for (const Slot& s : slots) {
+    const auto& toks = s.pending->work.tokens;
+    IngestItem item;
+    item.state = s.pending->work.state;
+    item.tokens.assign(toks.begin() + s.pending->done,
+                       toks.begin() + s.pending->done + s.take);
+    batch_tokens += s.take;
+    items.push_back(std::move(item));
+  }
+  std::vector<absl::StatusOr<IngestLogProbs>> results(slots.size(),
+                                                      absl::InternalError("not run"));
+  auto run = [this](absl::Span<IngestItem> span) -> absl::StatusOr<std::vector<IngestLogProbs>> {
+    try {
+      return runner_(span);
+    } catch (const std::exception& e) {
+      return absl::InternalError(absl::StrCat("engine batch failed: ", e.what()));
+    }
+  };
+  if (batch_tokens > 0) {
+    const auto start = std::chrono::steady_clock::now();
+    auto batch = run(absl::MakeSpan(items));
+    if (batch.ok() && batch->size() == items.size()) {
+      for (size_t i = 0; i < items.size(); ++i) results[i] = std::move((*batch)[i]);
+    } else if (items.size() == 1) {
+      results[0] = batch.ok() ? absl::InternalError("engine returned a wrong result count")
+                              : batch.status();
+    } else {
+      // One bad item must not fail its neighbours: run each alone (no state was touched).
+      for (size_t i = 0; i < items.size(); ++i) {
+        auto one = run(absl::MakeSpan(&items[i], 1));
+        if (one.ok() && one->size() == 1) {
+          results[i] = std::move(one->front());
+        } else {
+          results[i] = one.ok() ? absl::InternalError("engine returned a wrong result count")
+                                : one.status();
+        }
+      }
+    }
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (observer_ != nullptr) {
+      observer_->OnBatch(batch_tokens, static_cast<int64_t>(items.size()), seconds);
+    }
+  } else {
+    for (auto& r : results) r = IngestLogProbs{};
+  }
+  // Progress callbacks run unlocked; they may Submit.
+  for (size_t i = 0; i < slots.size(); ++i) {
+    if (results[i].ok() && slots[i].take > 0 && slots[i].pending->work.on_progress) {
+      slots[i].pending->work.on_progress(*results[i], slots[i].pending->done);
+    }
+  }
+  lock.lock();
+  std::vector<std::pair<Work, absl::Status>> finished;
+  for (size_t i = 0; i < slots.size(); ++i) {
+    Pending* p = slots[i].pending;
+    KeyQueue& q = queues_[slots[i].key];
+    bool complete = false;
+    absl::Status status;
+    if (!results[i].ok()) {
+      complete = true;
+      status = results[i].status();
+    } else {
+      p->done += slots[i].take;
+      complete = p->done >= static_cast<int64_t>(p->work.tokens.size());
+    }
+    if (complete) {
+      // The head of this key's queue is still `p` (only this thread pops).
+      finished.emplace_back(std::move(p->work), std::move(status));
+      q.items.pop_front();
+      --queued_;
+    }
+  }
+  lock.unlock();
+  for (auto& [work, status] : finished) Finish(work, std::move(status));
+  lock.lock();
+  return true;
+}
+
+}  // namespace ttt::engine

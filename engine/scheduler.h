@@ -1,0 +1,147 @@
+// The batching scheduler: one engine thread owns the Model and turns ready work from many
+// sequences (token runs to ingest: document chunks, prompt tokens, decode steps, scoring) into
+// batched Model::Ingest calls bounded by a token budget, round-robin fair across sequences.
+// RPC threads only enqueue; results come back by callback on the engine thread (never block in
+// a callback: enqueue more work, push to a queue, return). Engine-level: absl only, no gRPC.
+//
+// Ordering: work items of one sequence key run in submission order (a per-key FIFO), so a task
+// queued after a token run sees its effect. Different keys are interleaved.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <list>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "engine/model.h"
+
+namespace ttt::engine {
+
+// Set by whoever gave up on the work (a cancelled RPC); the scheduler drops queued work that
+// carries a set token and answers it CANCELLED. Shared between the submitter and the queue.
+class CancelToken {
+ public:
+  void Cancel() { cancelled_.store(true, std::memory_order_release); }
+  bool cancelled() const { return cancelled_.load(std::memory_order_acquire); }
+
+ private:
+  std::atomic<bool> cancelled_{false};
+};
+
+// Runs one batch: the production runner is Model::Ingest; tests pass a fake.
+using BatchRunner =
+    std::function<absl::StatusOr<std::vector<IngestLogProbs>>(absl::Span<IngestItem> items)>;
+
+// One unit of work. Exactly one of `task` and `state` is set.
+struct Work {
+  // Fairness and ordering key (the session). Items with equal keys run in order.
+  uint64_t key = 0;
+  // A closure run alone on the engine thread, in order with the key's other work (state
+  // snapshots, resets, loads). It may submit more work.
+  std::function<void()> task;
+  // A token run: `tokens` are ingested into *state, possibly over several batches.
+  // REQUIRES: *state outlives the call of `on_done` and is touched only through this key's work.
+  SequenceState* state = nullptr;
+  std::vector<int32_t> tokens;
+  // Called on the engine thread after each batch that advanced this run: the log-probabilities
+  // of the tokens just applied (Model::Ingest's) and the offset of the first in `tokens`.
+  std::function<void(absl::Span<const float> logprobs, int64_t offset)> on_progress;
+  // Called exactly once on the engine thread: OK when every token was applied (and for a task,
+  // after it ran); CANCELLED when dropped by cancellation (tokens already reported through
+  // on_progress stay applied); the model's error otherwise; UNAVAILABLE at shutdown.
+  std::function<void(absl::Status)> on_done;
+  // Optional; when set and cancelled the rest of the work is dropped.
+  std::shared_ptr<CancelToken> cancel;
+  // Optional, for a token run: called on the engine thread right before its first batch (e.g.
+  // load an evicted state, or copy the state to score on). An error finishes the work with it.
+  std::function<absl::Status()> prepare;
+};
+
+struct SchedulerOptions {
+  int64_t max_batch_tokens = 2048;  // token budget of one Model::Ingest call
+  int64_t max_queued_items = 4096;  // work items queued over all keys (RESOURCE_EXHAUSTED past)
+  int64_t max_queued_per_key = 256;  // work items queued for one key
+};
+
+// Thread-safe: Submit and the accessors may be called from any thread, including from callbacks
+// on the engine thread.
+class Scheduler {
+ public:
+  // Watches what the engine thread does (metrics). Called on the engine thread.
+  struct Observer {
+    virtual ~Observer() = default;
+    virtual void OnBatch(int64_t tokens, int64_t sequences, double seconds) {}
+  };
+
+  // Starts the engine thread over `model` (not owned; must outlive the scheduler).
+  static absl::StatusOr<std::unique_ptr<Scheduler>> Create(const Model* model,
+                                                           const SchedulerOptions& options,
+                                                           Observer* observer = nullptr);
+  // Same over any batch runner (tests).
+  static absl::StatusOr<std::unique_ptr<Scheduler>> Create(BatchRunner runner,
+                                                           const SchedulerOptions& options,
+                                                           Observer* observer = nullptr);
+  // Stops the engine thread; queued work is answered UNAVAILABLE.
+  ~Scheduler();
+  Scheduler(const Scheduler&) = delete;
+  Scheduler& operator=(const Scheduler&) = delete;
+
+  // Queues `work` (ownership passes to the scheduler). RESOURCE_EXHAUSTED when the queue is full
+  // (the work's callbacks are then never called), FAILED_PRECONDITION after shutdown began,
+  // INVALID_ARGUMENT for malformed work. `bypass_limits` admits a continuation of work already
+  // admitted (the next decode step), so a running generation is never refused midway.
+  absl::Status Submit(Work work, bool bypass_limits = false);
+
+  // Runs a task and waits for it (tests, shutdown). Never call from the engine thread.
+  absl::Status RunAndWait(uint64_t key, std::function<void()> fn);
+
+  // Stops taking work, answers what is queued UNAVAILABLE, joins the engine thread. Idempotent.
+  void Shutdown();
+
+  int64_t queue_depth() const;
+  int64_t queue_capacity() const { return options_.max_queued_items; }
+  const SchedulerOptions& options() const { return options_; }
+  bool OnEngineThread() const { return std::this_thread::get_id() == thread_id_; }
+
+ private:
+  struct Pending {
+    Work work;
+    int64_t done = 0;       // tokens of work.tokens already applied
+    bool prepared = false;  // work.prepare ran (or there is none)
+  };
+  struct KeyQueue {
+    std::deque<Pending> items;
+    bool in_rr = false;  // listed in rr_
+  };
+
+  Scheduler(BatchRunner runner, const SchedulerOptions& options, Observer* observer);
+  void Loop();
+  // Runs one round: tasks at the heads of queues, then one batch. Returns false when idle.
+  bool RunRound(std::unique_lock<std::mutex>& lock);
+  static void Finish(Work& work, absl::Status status);
+
+  BatchRunner runner_;
+  const SchedulerOptions options_;
+  Observer* observer_;
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::map<uint64_t, KeyQueue> queues_;  // guarded by mu_
+  std::list<uint64_t> rr_;               // keys with work, in service order; guarded by mu_
+  int64_t queued_ = 0;                   // guarded by mu_
+  bool stopping_ = false;                // guarded by mu_
+  std::thread thread_;
+  std::thread::id thread_id_;
+};
+
+}  // namespace ttt::engine

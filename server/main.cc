@@ -1,0 +1,79 @@
+// ttt-serve: the gRPC session server. Flags: docs/contract.md. SIGTERM/SIGINT drain gracefully.
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <string>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "server/server.h"
+
+namespace {
+std::string DefaultModelDir() {
+  const std::filesystem::path image = "/opt/ttt-serve/models/ttt-brown";
+  if (std::filesystem::exists(image)) return image.string();
+  return (std::filesystem::path(TTT_SOURCE_DIR) / "models" / "ttt-brown").string();
+}
+}  // namespace
+
+ABSL_FLAG(std::string, model, DefaultModelDir(), "Hugging Face model folder");
+ABSL_FLAG(std::string, listen, "0.0.0.0:50051", "gRPC address");
+ABSL_FLAG(std::string, metrics_listen, "0.0.0.0:9464",
+          "Prometheus HTTP address (/metrics); empty disables it");
+ABSL_FLAG(std::string, checkpoint_dir, "./checkpoints", "checkpoint files");
+ABSL_FLAG(int64_t, memory_budget_mb, 2048,
+          "live session memory before idle sessions are evicted to disk");
+ABSL_FLAG(int64_t, max_sessions, 1024, "sessions per server");
+ABSL_FLAG(int64_t, idle_ttl_s, 3600, "idle sessions are removed after this");
+ABSL_FLAG(std::string, device, "cpu", "cpu or cuda[:N]");
+ABSL_FLAG(std::string, dtype, "f32", "f32 or bf16");
+ABSL_FLAG(int64_t, max_batch_tokens, 2048, "token budget of one engine batch");
+ABSL_FLAG(bool, checkpoint_on_shutdown, true, "checkpoint live sessions on SIGTERM");
+ABSL_FLAG(int64_t, drain_timeout_s, 20, "grace for in-flight calls on SIGTERM");
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("ttt-serve: gRPC model server with In-Place Test-Time Training");
+  absl::ParseCommandLine(argc, argv);
+
+  // Signals are taken synchronously by this thread (sigwait); every thread started from here
+  // on inherits the blocked mask.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  ttt::server::ServerOptions o;
+  o.model_dir = absl::GetFlag(FLAGS_model);
+  o.listen = absl::GetFlag(FLAGS_listen);
+  o.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  o.checkpoint_dir = absl::GetFlag(FLAGS_checkpoint_dir);
+  o.memory_budget_mb = absl::GetFlag(FLAGS_memory_budget_mb);
+  o.max_sessions = absl::GetFlag(FLAGS_max_sessions);
+  o.idle_ttl_s = absl::GetFlag(FLAGS_idle_ttl_s);
+  o.device = absl::GetFlag(FLAGS_device);
+  o.dtype = absl::GetFlag(FLAGS_dtype);
+  o.max_batch_tokens = absl::GetFlag(FLAGS_max_batch_tokens);
+  o.checkpoint_on_shutdown = absl::GetFlag(FLAGS_checkpoint_on_shutdown);
+  o.drain_timeout_s = absl::GetFlag(FLAGS_drain_timeout_s);
+
+  auto server = ttt::server::Server::Start(o);
+  if (!server.ok()) {
+    std::fprintf(stderr, "ttt-serve: %s\n", server.status().ToString().c_str());
+    return 1;
+  }
+  std::fprintf(stderr, "ttt-serve %s: model %s (fingerprint %s), gRPC on port %d, metrics on %d\n",
+               ttt::server::kVersion, o.model_dir.c_str(),
+               (*server)->model_fingerprint().c_str(), (*server)->port(),
+               (*server)->metrics_port());
+  std::fflush(stderr);
+
+  int sig = 0;
+  sigwait(&signals, &sig);
+  std::fprintf(stderr, "ttt-serve: signal %d: draining (up to %lds)\n", sig,
+               static_cast<long>(o.drain_timeout_s));
+  (*server)->Shutdown();
+  std::fprintf(stderr, "ttt-serve: stopped\n");
+  return 0;
+}

@@ -1,0 +1,265 @@
+// Prometheus metrics (see metrics.h; names from docs/contract.md).
+#include "server/metrics.h"
+
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <exception>
+#include <prometheus/text_serializer.h>
+
+#include "absl/strings/str_cat.h"
+#include "server/status.h"
+
+namespace ttt::server {
+namespace {
+
+using prometheus::Histogram;
+
+Histogram::BucketBoundaries LatencyBuckets() {
+  return {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60};
+}
+Histogram::BucketBoundaries CountBuckets() {
+  return {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192};
+}
+
+}  // namespace
+
+Metrics::Metrics(const std::string& version)
+    : registry_(std::make_shared<prometheus::Registry>()), version_(version) {
+  auto& r = *registry_;
+  requests_ = &prometheus::BuildCounter()
+                   .Name("tttserve_requests_total")
+                   .Help("gRPC requests by method and status code")
+                   .Register(r);
+  request_duration_ = &prometheus::BuildHistogram()
+                           .Name("tttserve_request_duration_seconds")
+                           .Help("gRPC request latency by method (whole call, streams included)")
+                           .Register(r);
+  ingest_chunk_ = &prometheus::BuildHistogram()
+                       .Name("tttserve_ingest_chunk_seconds")
+                       .Help("Time from receiving an ingest message to its tokens being applied")
+                       .Register(r)
+                       .Add({}, LatencyBuckets());
+  ttft_ = &prometheus::BuildHistogram()
+               .Name("tttserve_time_to_first_token_seconds")
+               .Help("Generate: time from the request to its first token")
+               .Register(r)
+               .Add({}, LatencyBuckets());
+  inter_token_ = &prometheus::BuildHistogram()
+                      .Name("tttserve_inter_token_seconds")
+                      .Help("Generate: time between consecutive tokens")
+                      .Register(r)
+                      .Add({}, LatencyBuckets());
+  tokens_ingested_ = &prometheus::BuildCounter()
+                          .Name("tttserve_tokens_ingested_total")
+                          .Help("Tokens applied to sessions by Ingest")
+                          .Register(r)
+                          .Add({});
+  tokens_generated_ = &prometheus::BuildCounter()
+                           .Name("tttserve_tokens_generated_total")
+                           .Help("Tokens produced by Generate")
+                           .Register(r)
+                           .Add({});
+  tokens_scored_ = &prometheus::BuildCounter()
+                        .Name("tttserve_tokens_scored_total")
+                        .Help("Tokens scored by Score")
+                        .Register(r)
+                        .Add({});
+  chunk_updates_ = &prometheus::BuildCounter()
+                        .Name("tttserve_ttt_chunk_updates_total")
+                        .Help("TTT chunk updates folded into sessions' fast weights")
+                        .Register(r)
+                        .Add({});
+  batch_tokens_ = &prometheus::BuildHistogram()
+                       .Name("tttserve_batch_tokens")
+                       .Help("Tokens per engine batch")
+                       .Register(r)
+                       .Add({}, CountBuckets());
+  batch_sequences_ = &prometheus::BuildHistogram()
+                          .Name("tttserve_batch_sequences")
+                          .Help("Sequences per engine batch")
+                          .Register(r)
+                          .Add({}, CountBuckets());
+  queue_depth_ = &prometheus::BuildGauge()
+                      .Name("tttserve_queue_depth")
+                      .Help("Work items queued for the engine")
+                      .Register(r)
+                      .Add({});
+  queue_capacity_ = &prometheus::BuildGauge()
+                         .Name("tttserve_queue_capacity")
+                         .Help("Engine queue capacity (RESOURCE_EXHAUSTED beyond)")
+                         .Register(r)
+                         .Add({});
+  sessions_active_ = &prometheus::BuildGauge()
+                          .Name("tttserve_sessions_active")
+                          .Help("Sessions that exist (resident or evicted to disk)")
+                          .Register(r)
+                          .Add({});
+  sessions_evicted_ = &prometheus::BuildCounter()
+                           .Name("tttserve_sessions_evicted_total")
+                           .Help("Idle sessions evicted to disk under the memory budget")
+                           .Register(r)
+                           .Add({});
+  session_memory_ = &prometheus::BuildGauge()
+                         .Name("tttserve_session_memory_bytes")
+                         .Help("Bytes held by resident sessions' states")
+                         .Register(r)
+                         .Add({});
+  memory_budget_ = &prometheus::BuildGauge()
+                        .Name("tttserve_memory_budget_bytes")
+                        .Help("Session memory budget (--memory_budget_mb)")
+                        .Register(r)
+                        .Add({});
+  checkpoint_bytes_ = &prometheus::BuildCounter()
+                           .Name("tttserve_checkpoint_bytes_total")
+                           .Help("Bytes written to checkpoint files")
+                           .Register(r)
+                           .Add({});
+  checkpoint_duration_ = &prometheus::BuildHistogram()
+                              .Name("tttserve_checkpoint_duration_seconds")
+                              .Help("Time to write one checkpoint")
+                              .Register(r)
+                              .Add({}, LatencyBuckets());
+  prometheus::BuildGauge()
+      .Name("tttserve_process_start_time_seconds")
+      .Help("Start time of the process since the Unix epoch in seconds")
+      .Register(r)
+      .Add({})
+      .Set(std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch())
+               .count());
+  build_info_ = &prometheus::BuildGauge()
+                     .Name("tttserve_build_info")
+                     .Help("Constant 1, labelled with the server version and the model fingerprint")
+                     .Register(r);
+}
+
+void Metrics::SetBuildInfo(const std::string& model_fingerprint) {
+  build_info_->Add({{"version", version_}, {"model_fingerprint", model_fingerprint}}).Set(1);
+}
+
+Metrics::~Metrics() {
+  stop_ = true;
+  if (http_.joinable()) http_.join();
+  if (listen_fd_ >= 0) close(listen_fd_);
+}
+
+absl::Status Metrics::StartExposer(const std::string& address) {
+  const size_t colon = address.rfind(':');
+  std::string host = colon == std::string::npos ? "" : address.substr(0, colon);
+  const std::string port = colon == std::string::npos ? address : address.substr(colon + 1);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE;
+  addrinfo* res = nullptr;
+  if (getaddrinfo(host.empty() ? nullptr : host.c_str(), port.c_str(), &hints, &res) != 0 ||
+      res == nullptr) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot serve metrics on ", address, ": bad address"));
+  }
+  int fd = socket(res->ai_family, res->ai_socktype | SOCK_CLOEXEC, res->ai_protocol);
+  int one = 1;
+  if (fd >= 0) setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  const bool bound = fd >= 0 && bind(fd, res->ai_addr, res->ai_addrlen) == 0 && listen(fd, 64) == 0;
+  freeaddrinfo(res);
+  if (!bound) {
+    const std::string err = std::strerror(errno);
+    if (fd >= 0) close(fd);
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot serve metrics on ", address, ": ", err));
+  }
+  sockaddr_storage ss{};
+  socklen_t len = sizeof(ss);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
+  port_ = ntohs(ss.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port
+                                         : reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
+  listen_fd_ = fd;
+  http_ = std::thread([this] { ServeLoop(); });
+  return absl::OkStatus();
+}
+
+void Metrics::ServeLoop() {
+  while (!stop_) {
+    pollfd p{listen_fd_, POLLIN, 0};
+    if (poll(&p, 1, 200) <= 0) continue;
+    int c = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+    if (c < 0) continue;
+    timeval tv{2, 0};
+    setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    setsockopt(c, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    std::string req;
+    char buf[2048];
+    while (req.find("\r\n\r\n") == std::string::npos && req.size() < 16384) {
+      const ssize_t n = recv(c, buf, sizeof(buf), 0);
+      if (n <= 0) break;
+      req.append(buf, static_cast<size_t>(n));
+    }
+    std::string status = "200 OK", body;
+    if (req.rfind("GET /metrics", 0) == 0 || req.rfind("GET / ", 0) == 0) {
+      body = prometheus::TextSerializer().Serialize(registry_->Collect());
+    } else {
+      status = "404 Not Found";
+      body = "try /metrics\n";
+    }
+    const std::string head = absl::StrCat(
+        "HTTP/1.0 ", status, "\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n",
+        "Content-Length: ", body.size(), "\r\nConnection: close\r\n\r\n");
+    const std::string out = head + body;
+    size_t sent = 0;
+    while (sent < out.size()) {
+      const ssize_t n = send(c, out.data() + sent, out.size() - sent, MSG_NOSIGNAL);
+      if (n <= 0) break;
+      sent += static_cast<size_t>(n);
+    }
+    close(c);
+  }
+}
+
+int Metrics::port() const { return port_; }
+
+void Metrics::RecordRequest(const std::string& method, grpc::StatusCode code, double seconds) {
+  requests_->Add({{"method", method}, {"code", GrpcCodeName(code)}}).Increment();
+  Histogram* h;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto& slot = duration_by_method_[method];
+    if (slot == nullptr) slot = &request_duration_->Add({{"method", method}}, LatencyBuckets());
+    h = slot;
+  }
+  h->Observe(seconds);
+}
+
+void Metrics::SetQueue(int64_t depth, int64_t capacity) {
+  queue_depth_->Set(static_cast<double>(depth));
+  queue_capacity_->Set(static_cast<double>(capacity));
+}
+
+void Metrics::SetSessions(int64_t active, int64_t memory_bytes, int64_t budget_bytes) {
+  sessions_active_->Set(static_cast<double>(active));
+  session_memory_->Set(static_cast<double>(memory_bytes));
+  memory_budget_->Set(static_cast<double>(budget_bytes));
+}
+
+void Metrics::OnChunkUpdates(int64_t chunks) {
+  chunk_updates_->Increment(static_cast<double>(chunks));
+}
+void Metrics::OnEvicted() { sessions_evicted_->Increment(); }
+void Metrics::OnCheckpointWritten(int64_t bytes, double seconds) {
+  checkpoint_bytes_->Increment(static_cast<double>(bytes));
+  checkpoint_duration_->Observe(seconds);
+}
+void Metrics::OnBatch(int64_t tokens, int64_t sequences, double seconds) {
+  batch_tokens_->Observe(static_cast<double>(tokens));
+  batch_sequences_->Observe(static_cast<double>(sequences));
+}
+
+}  // namespace ttt::server

@@ -1,0 +1,94 @@
+// Prometheus metrics of the server (names and labels: docs/contract.md, which dashboards and
+// alerts are written against: change both together). Thread-safe: prometheus-cpp's metrics are.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include <grpcpp/support/status_code_enum.h>
+#include <prometheus/counter.h>
+#include <prometheus/family.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+
+#include "absl/status/status.h"
+#include "engine/scheduler.h"
+#include "session/session.h"
+
+namespace ttt::server {
+
+class Metrics : public session::SessionListener, public engine::Scheduler::Observer {
+ public:
+  explicit Metrics(const std::string& version);
+  // Publishes tttserve_build_info{version, model_fingerprint} = 1 (once the model is loaded).
+  void SetBuildInfo(const std::string& model_fingerprint);
+  ~Metrics() override;
+
+  // Serves /metrics on `address` ("host:port" or ":port"; port 0 picks one) in the Prometheus
+  // text format, from prometheus-cpp's registry. FAILED_PRECONDITION when it cannot be bound.
+  // (A small HTTP/1.0 responder of our own: prometheus-cpp's civetweb-based Exposer fails to
+  // start in a process that links LibTorch.)
+  absl::Status StartExposer(const std::string& address);
+  // The bound port (after StartExposer), or 0.
+  int port() const;
+
+  void RecordRequest(const std::string& method, grpc::StatusCode code, double seconds);
+  void AddTokensIngested(int64_t n) { tokens_ingested_->Increment(static_cast<double>(n)); }
+  void AddTokensGenerated(int64_t n) { tokens_generated_->Increment(static_cast<double>(n)); }
+  void AddTokensScored(int64_t n) { tokens_scored_->Increment(static_cast<double>(n)); }
+  void ObserveIngestChunk(double s) { ingest_chunk_->Observe(s); }
+  void ObserveTimeToFirstToken(double s) { ttft_->Observe(s); }
+  void ObserveInterToken(double s) { inter_token_->Observe(s); }
+  void SetQueue(int64_t depth, int64_t capacity);
+  void SetSessions(int64_t active, int64_t memory_bytes, int64_t budget_bytes);
+
+  // SessionListener
+  void OnChunkUpdates(int64_t chunks) override;
+  void OnEvicted() override;
+  void OnCheckpointWritten(int64_t bytes, double seconds) override;
+  // Scheduler::Observer
+  void OnBatch(int64_t tokens, int64_t sequences, double seconds) override;
+
+  std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
+
+ private:
+  std::shared_ptr<prometheus::Registry> registry_;
+  void ServeLoop();
+  int listen_fd_ = -1;
+  int port_ = 0;
+  std::atomic<bool> stop_{false};
+  std::thread http_;
+  const std::string version_;
+  prometheus::Family<prometheus::Gauge>* build_info_;
+
+  prometheus::Family<prometheus::Counter>* requests_;
+  prometheus::Family<prometheus::Histogram>* request_duration_;
+  std::mutex mu_;
+  std::map<std::string, prometheus::Histogram*> duration_by_method_;  // guarded by mu_
+
+  prometheus::Histogram* ingest_chunk_;
+  prometheus::Histogram* ttft_;
+  prometheus::Histogram* inter_token_;
+  prometheus::Counter* tokens_ingested_;
+  prometheus::Counter* tokens_generated_;
+  prometheus::Counter* tokens_scored_;
+  prometheus::Counter* chunk_updates_;
+  prometheus::Histogram* batch_tokens_;
+  prometheus::Histogram* batch_sequences_;
+  prometheus::Gauge* queue_depth_;
+  prometheus::Gauge* queue_capacity_;
+  prometheus::Gauge* sessions_active_;
+  prometheus::Counter* sessions_evicted_;
+  prometheus::Gauge* session_memory_;
+  prometheus::Gauge* memory_budget_;
+  prometheus::Counter* checkpoint_bytes_;
+  prometheus::Histogram* checkpoint_duration_;
+};
+
+}  // namespace ttt::server

@@ -1,0 +1,155 @@
+// Server assembly and graceful shutdown (see server.h).
+#include "server/server.h"
+
+#include <chrono>
+#include <cstdio>
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include "absl/strings/str_cat.h"
+#include "engine/model.h"
+#include "engine/scheduler.h"
+#include "server/metrics.h"
+#include "server/service.h"
+#include "session/session.h"
+#include "tokenizer/tokenizer.h"
+
+namespace ttt::server {
+
+absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& options) {
+  std::unique_ptr<Server> s(new Server());
+  s->options_ = options;
+  // The metrics endpoint starts first: civetweb fails to start once LibTorch has loaded a model.
+  s->metrics_ = std::make_unique<Metrics>(kVersion);
+  if (!options.metrics_listen.empty()) {
+    absl::Status st = s->metrics_->StartExposer(options.metrics_listen);
+    if (!st.ok()) return st;
+  }
+
+  engine::ModelOptions model_options;
+  model_options.device = options.device;
+  model_options.dtype = options.dtype;
+  auto model = engine::Model::Load(options.model_dir, model_options);
+  if (!model.ok()) {
+    return absl::Status(model.status().code(),
+                        absl::StrCat("loading model from ", options.model_dir, ": ",
+                                     model.status().message()));
+  }
+  s->model_ = std::move(*model);
+
+  auto tok = tokenizer::Tokenizer::Load(options.model_dir);
+  if (tok.ok()) {
+    s->tokenizer_ = std::move(*tok);
+  } else if (tok.status().code() != absl::StatusCode::kNotFound) {
+    return absl::Status(tok.status().code(), absl::StrCat("loading the tokenizer of ",
+                                                          options.model_dir, ": ",
+                                                          tok.status().message()));
+  }
+
+    s->metrics_->SetBuildInfo(s->model_->fingerprint());
+
+  engine::SchedulerOptions sched;
+  sched.max_batch_tokens = options.max_batch_tokens;
+  sched.max_queued_items = options.max_queued_items;
+  auto scheduler = engine::Scheduler::Create(s->model_.get(), sched, s->metrics_.get());
+  if (!scheduler.ok()) return scheduler.status();
+  s->scheduler_ = std::move(*scheduler);
+
+  session::ManagerOptions mo;
+  mo.checkpoint_dir = options.checkpoint_dir;
+  mo.memory_budget_bytes = options.memory_budget_mb << 20;
+  mo.max_sessions = options.max_sessions;
+  mo.idle_ttl_seconds = options.idle_ttl_s;
+  mo.reaper_interval_ms = options.reaper_interval_ms;
+  auto sessions = session::SessionManager::Create(s->model_.get(), s->scheduler_.get(), mo,
+                                                  s->metrics_.get());
+  if (!sessions.ok()) return sessions.status();
+  s->sessions_ = std::move(*sessions);
+
+  ServiceLimits limits;
+  s->service_ = std::make_unique<TttServiceImpl>(s->sessions_.get(), s->tokenizer_.get(),
+                                                 s->metrics_.get(), limits, kVersion,
+                                                 options.max_batch_tokens);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &s->port_);
+  builder.RegisterService(s->service_.get());
+  builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
+  s->grpc_server_ = builder.BuildAndStart();
+  if (s->grpc_server_ == nullptr || s->port_ == 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot listen on ", options.listen, " (address in use or invalid?)"));
+  }
+  if (auto* health = s->grpc_server_->GetHealthCheckService()) {
+    health->SetServingStatus(true);
+    health->SetServingStatus("", true);
+    health->SetServingStatus(kServiceName, true);
+  }
+  s->gauges_ = std::thread([raw = s.get()] { raw->GaugeLoop(); });
+  return s;
+}
+
+Server::~Server() { Shutdown(); }
+
+const std::string& Server::model_fingerprint() const { return model_->fingerprint(); }
+
+int Server::metrics_port() const { return metrics_ ? metrics_->port() : 0; }
+
+std::shared_ptr<grpc::Channel> Server::InProcessChannel() {
+  return grpc_server_->InProcessChannel(grpc::ChannelArguments());
+}
+
+void Server::GaugeLoop() {
+  std::unique_lock<std::mutex> lock(mu_);
+  while (!shutting_down_) {
+    lock.unlock();
+    metrics_->SetQueue(scheduler_->queue_depth(), scheduler_->queue_capacity());
+    metrics_->SetSessions(sessions_->session_count(), sessions_->resident_memory_bytes(),
+                          sessions_->options().memory_budget_bytes);
+    lock.lock();
+    cv_.wait_for(lock, std::chrono::milliseconds(500));
+  }
+}
+
+void Server::Shutdown() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (shutting_down_) {
+      return;
+    }
+    shutting_down_ = true;
+  }
+  cv_.notify_all();
+  if (gauges_.joinable()) gauges_.join();
+  if (grpc_server_) {
+    // Kubernetes stops routing first, then the server stops accepting and drains.
+    if (auto* health = grpc_server_->GetHealthCheckService()) health->SetServingStatus(false);
+    grpc_server_->Shutdown(std::chrono::system_clock::now() +
+                           std::chrono::seconds(options_.drain_timeout_s));
+  }
+  if (sessions_ && options_.checkpoint_on_shutdown) {
+    absl::Status st = sessions_->PersistAll();
+    if (!st.ok()) {
+      std::fprintf(stderr, "ttt-serve: persisting sessions: %s\n",
+                   std::string(st.message()).c_str());
+    }
+  }
+  // The engine answers what is still queued while the session manager is alive, then goes.
+  if (scheduler_) scheduler_->Shutdown();
+  sessions_.reset();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    shut_down_ = true;
+  }
+  cv_.notify_all();
+}
+
+void Server::Wait() {
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait(lock, [this] { return shut_down_; });
+}
+
+}  // namespace ttt::server

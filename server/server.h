@@ -1,0 +1,100 @@
+// The assembled server: model, engine scheduler, session manager, metrics, and the gRPC server
+// with the TttService, grpc.health.v1 health and server reflection. Used by the `ttt-serve`
+// binary and, in-process, by tests.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/status/statusor.h"
+
+namespace ttt::engine {
+class Model;
+class Scheduler;
+}  // namespace ttt::engine
+namespace ttt::session {
+class SessionManager;
+}
+namespace ttt::tokenizer {
+class Tokenizer;
+}
+
+namespace ttt::server {
+
+class Metrics;
+class TttServiceImpl;
+
+inline constexpr char kVersion[] = "0.1.0";
+inline constexpr char kServiceName[] = "tttserve.v1.TttService";
+
+struct ServerOptions {
+  std::string model_dir = "models/ttt-brown";
+  std::string listen = "0.0.0.0:50051";          // port 0 picks a free one (see port())
+  std::string metrics_listen = "0.0.0.0:9464";   // empty: no metrics endpoint
+  std::string checkpoint_dir = "./checkpoints";
+  int64_t memory_budget_mb = 2048;
+  int64_t max_sessions = 1024;
+  int64_t idle_ttl_s = 3600;
+  std::string device = "cpu";
+  std::string dtype = "f32";
+  int64_t max_batch_tokens = 2048;
+  bool checkpoint_on_shutdown = true;
+  int64_t drain_timeout_s = 20;
+  int64_t max_queued_items = 4096;
+  int64_t max_message_bytes = 64 << 20;  // gRPC receive limit per message
+  int64_t reaper_interval_ms = 1000;
+};
+
+// Thread-safe.
+class Server {
+ public:
+  // Loads the model (and its tokenizer when the folder has one) and starts serving.
+  // Errors: the model's (NOT_FOUND / INVALID_ARGUMENT), FAILED_PRECONDITION when an address
+  // cannot be bound or the checkpoint directory cannot be created.
+  static absl::StatusOr<std::unique_ptr<Server>> Start(const ServerOptions& options);
+  ~Server();
+
+  int port() const { return port_; }
+  int metrics_port() const;
+  std::shared_ptr<grpc::Channel> InProcessChannel();
+  session::SessionManager& sessions() { return *sessions_; }
+  const engine::Model& model() const { return *model_; }
+  const std::string& model_fingerprint() const;
+  bool has_tokenizer() const { return tokenizer_ != nullptr; }
+
+  // Graceful stop: health turns NOT_SERVING, the server stops accepting calls, in-flight calls
+  // get until the drain deadline (then are cancelled), live sessions are written to the
+  // checkpoint directory when checkpoint_on_shutdown, the engine stops. Idempotent.
+  void Shutdown();
+  // Blocks until Shutdown() finished.
+  void Wait();
+
+ private:
+  Server() = default;
+  void GaugeLoop();
+
+  ServerOptions options_;
+  std::unique_ptr<engine::Model> model_;
+  std::unique_ptr<tokenizer::Tokenizer> tokenizer_;
+  std::unique_ptr<Metrics> metrics_;
+  std::unique_ptr<engine::Scheduler> scheduler_;
+  std::unique_ptr<session::SessionManager> sessions_;
+  std::unique_ptr<TttServiceImpl> service_;
+  std::unique_ptr<grpc::Server> grpc_server_;
+  int port_ = 0;
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool shutting_down_ = false;  // guarded by mu_
+  bool shut_down_ = false;      // guarded by mu_
+  std::thread gauges_;
+};
+
+}  // namespace ttt::server

@@ -1,0 +1,273 @@
+// Sessions: a session is one tenant's stream into the model: its SequenceState (fast weights per
+// TTT layer, attention cache, the unfinished chunk), counters, options and labels. The
+// SessionManager maps ids to sessions per tenant, admits work into the engine's Scheduler,
+// enforces one writer per session, evicts idle sessions to disk under a memory budget (they
+// reload transparently), removes sessions past their idle TTL, and reads and writes checkpoint
+// files (safetensors + metadata + SHA-256, written atomically). Knows nothing of gRPC/protobuf.
+//
+// Concurrency model: every access to a session's SequenceState happens on the scheduler's engine
+// thread, in the session's FIFO order. RPC threads call the manager's methods, which validate,
+// then queue work and return at once; results come back by callback on the engine thread
+// (callbacks must not block). Synchronous methods (Create, Get, List, Delete, ...) only touch
+// guarded bookkeeping and the file system.
+//
+// Writers: Ingest, committing Generate, Reset and Restore-over-a-session change a session's
+// state; a session has at most one writer at a time. A second concurrent writer gets ABORTED
+// ("session s-.. is busy: an Ingest is already writing to it; ...") at once rather than waiting:
+// a waiting writer would interleave two streams' tokens in an order no client chose. Readers
+// (Score, non-committing Generate, Checkpoint, Fork, Export) never conflict; they see the state
+// between two applied pieces of a concurrent writer.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "engine/model.h"
+#include "engine/sampler.h"
+#include "engine/scheduler.h"
+
+namespace ttt::session {
+
+struct SessionOptions {
+  bool reset_at_document_end = false;
+  std::map<std::string, std::string> labels;
+  int64_t idle_ttl_seconds = 0;  // 0 = the manager's default
+};
+
+struct Counters {
+  int64_t tokens_received = 0;      // tokens consumed over the session's lifetime
+  int64_t tokens_applied = 0;       // tokens folded into the fast weights (chunks * C)
+  int64_t tokens_pending = 0;       // tokens of the unfinished chunk
+  int64_t chunks_applied = 0;       // chunk updates over the lifetime
+  int64_t position = 0;             // context length of the current stream
+  int64_t documents_completed = 0;  // end-of-document markers
+  int64_t tokens_generated = 0;     // committed generated tokens
+};
+
+struct SessionInfo {
+  std::string id;
+  std::string tenant;
+  SessionOptions options;
+  Counters counters;
+  int64_t memory_bytes = 0;
+  std::vector<std::pair<int64_t, double>> delta_norms;  // (layer, Frobenius norm of the delta)
+  int64_t create_time_unix_ms = 0;
+  int64_t last_used_unix_ms = 0;
+  bool resident = true;        // false while evicted to disk
+  bool writer_active = false;
+};
+
+struct CheckpointInfo {
+  std::string id;
+  std::string session_id;
+  int64_t size_bytes = 0;
+  int64_t create_time_unix_ms = 0;
+  std::string model_fingerprint;
+  Counters counters;
+  SessionOptions options;
+};
+
+// What one Ingest submission did.
+struct IngestProgress {
+  Counters counters;        // the session's counters afterwards
+  int64_t tokens = 0;       // tokens of this submission applied
+  double nll_sum = 0.0;     // sum of -log p over its tokens that had a prediction
+  int64_t nll_count = 0;    // how many had one
+};
+
+struct ScoreResult {
+  std::vector<int32_t> tokens;
+  std::vector<float> logprobs;  // NaN where the token had no context
+};
+
+struct GenerateParams {
+  engine::SamplingParams sampling;
+  int64_t max_tokens = 64;
+  std::vector<int32_t> prompt;
+  bool commit = false;       // append prompt and output to the session (a writer)
+  bool stop_at_eos = true;   // stop at the model's eos token (not returned)
+};
+
+enum class FinishReason { kLength, kStop, kEos };
+
+// Observes session events (metrics). Called from any thread; must be cheap and thread-safe.
+class SessionListener {
+ public:
+  virtual ~SessionListener() = default;
+  virtual void OnChunkUpdates(int64_t chunks) {}
+  virtual void OnEvicted() {}
+  virtual void OnCheckpointWritten(int64_t bytes, double seconds) {}
+};
+
+struct ManagerOptions {
+  std::filesystem::path checkpoint_dir = "checkpoints";
+  int64_t memory_budget_bytes = int64_t{2048} << 20;
+  int64_t max_sessions = 1024;
+  int64_t idle_ttl_seconds = 3600;
+  int64_t reaper_interval_ms = 1000;
+  int64_t max_checkpoint_bytes = int64_t{4} << 30;  // refuse larger imports
+  int64_t max_generate_tokens = 4096;
+};
+
+class Session;
+class SessionManager;
+
+// A writer lease on one session: while it lives, nobody else can write the session. Submitted
+// work completes even after the lease is dropped; drop it after the last callback. Thread-safe.
+class Writer {
+ public:
+  ~Writer();
+  Writer(const Writer&) = delete;
+  Writer& operator=(const Writer&) = delete;
+
+  const std::string& session_id() const;
+
+  // Queues `tokens` (validated against the vocabulary: INVALID_ARGUMENT names the first bad one,
+  // nothing queued) then, if `end_of_document`, the document end (resetting the session when its
+  // options say so). `done` runs once on the engine thread. RESOURCE_EXHAUSTED when the engine
+  // queue is full. Submissions apply in call order.
+  absl::Status Ingest(std::vector<int32_t> tokens, bool end_of_document,
+                      std::shared_ptr<engine::CancelToken> cancel,
+                      std::function<void(absl::StatusOr<IngestProgress>)> done);
+
+ private:
+  friend class SessionManager;
+  Writer(SessionManager* manager, std::shared_ptr<Session> session)
+      : manager_(manager), session_(std::move(session)) {}
+  SessionManager* manager_;
+  std::shared_ptr<Session> session_;
+};
+
+// Thread-safe.
+class SessionManager {
+ public:
+  // REQUIRES: model and scheduler outlive the manager; listener (optional) too.
+  // Creates the checkpoint directory and registers sessions persisted there by a previous
+  // process with the same model (they load on first use).
+  static absl::StatusOr<std::unique_ptr<SessionManager>> Create(
+      const engine::Model* model, engine::Scheduler* scheduler, const ManagerOptions& options,
+      SessionListener* listener = nullptr);
+  ~SessionManager();
+
+  // Tenant ids: [A-Za-z0-9._-], 1..64 chars, not starting with '.'.
+  static absl::Status ValidateTenant(const std::string& tenant);
+
+  absl::StatusOr<SessionInfo> CreateSession(const std::string& tenant,
+                                            const SessionOptions& options);
+  absl::StatusOr<SessionInfo> GetSession(const std::string& tenant, const std::string& id);
+  std::vector<SessionInfo> ListSessions(const std::string& tenant,
+                                        const std::map<std::string, std::string>& selector = {});
+  // Removes the session and cancels its queued work. NOT_FOUND for unknown ids.
+  absl::Status DeleteSession(const std::string& tenant, const std::string& id);
+
+  // Takes the writer lease. NOT_FOUND; ABORTED when another writer holds it. `what` names the
+  // caller in the conflict message ("Ingest").
+  absl::StatusOr<std::unique_ptr<Writer>> OpenWriter(const std::string& tenant,
+                                                     const std::string& id,
+                                                     const std::string& what);
+
+  // Log-probabilities of `tokens` continuing the session, without changing it.
+  absl::Status Score(const std::string& tenant, const std::string& id,
+                     std::vector<int32_t> tokens, std::shared_ptr<engine::CancelToken> cancel,
+                     std::function<void(absl::StatusOr<ScoreResult>)> done);
+
+  // Generates up to params.max_tokens tokens. `on_token(id, logprob)` runs on the engine thread
+  // for each token and returns false to stop (a stop string matched); `done` runs once at the
+  // end. Admission errors return at once (then no callback runs).
+  absl::Status Generate(const std::string& tenant, const std::string& id, GenerateParams params,
+                        std::shared_ptr<engine::CancelToken> cancel,
+                        std::function<bool(int32_t token, float logprob)> on_token,
+                        std::function<void(absl::Status, FinishReason, int64_t)> done);
+
+  absl::Status Reset(const std::string& tenant, const std::string& id,
+                     std::function<void(absl::StatusOr<SessionInfo>)> done);
+  absl::Status Fork(const std::string& tenant, const std::string& id,
+                    std::optional<SessionOptions> options,
+                    std::function<void(absl::StatusOr<SessionInfo>)> done);
+
+  // Checkpoints. Ids: [A-Za-z0-9._-], 1..128 chars, not starting with '.'; generated when empty.
+  absl::Status Checkpoint(const std::string& tenant, const std::string& id,
+                          const std::string& checkpoint_id,
+                          std::function<void(absl::StatusOr<CheckpointInfo>)> done);
+  // Into a new session (`target_session` empty) or over an existing one (a writer).
+  absl::Status Restore(const std::string& tenant, const std::string& checkpoint_id,
+                       const std::string& target_session, std::optional<SessionOptions> options,
+                       std::function<void(absl::StatusOr<SessionInfo>)> done);
+  absl::StatusOr<std::vector<CheckpointInfo>> ListCheckpoints(const std::string& tenant);
+  absl::Status DeleteCheckpoint(const std::string& tenant, const std::string& checkpoint_id);
+
+  // A session's state as checkpoint-format bytes.
+  absl::Status ExportSession(const std::string& tenant, const std::string& id,
+                             std::function<void(absl::StatusOr<std::string>)> done);
+  absl::StatusOr<std::string> ExportCheckpoint(const std::string& tenant,
+                                               const std::string& checkpoint_id);
+  // Verifies checkpoint-format bytes and creates a session from them.
+  absl::StatusOr<SessionInfo> ImportSession(const std::string& tenant, std::string bytes,
+                                            std::optional<SessionOptions> options);
+
+  // Writes every resident session to disk (shutdown). Blocks; call from a non-engine thread.
+  absl::Status PersistAll();
+  // One reaper pass now (tests): TTL removal, then eviction down to the budget.
+  void ReapNow();
+
+  int64_t session_count() const;
+  int64_t resident_memory_bytes() const;
+  const ManagerOptions& options() const { return options_; }
+  const engine::Model& model() const { return *model_; }
+
+ private:
+  friend class Writer;
+  SessionManager(const engine::Model* model, engine::Scheduler* scheduler,
+                 const ManagerOptions& options, SessionListener* listener);
+
+  absl::StatusOr<std::shared_ptr<Session>> Find(const std::string& tenant, const std::string& id);
+  absl::StatusOr<std::shared_ptr<Session>> Insert(const std::string& tenant,
+                                                  const SessionOptions& options,
+                                                  engine::SequenceState state,
+                                                  const Counters& counters);
+  absl::Status ValidateTokens(const std::vector<int32_t>& tokens) const;
+  absl::Status ValidateOptions(const SessionOptions& options) const;
+  absl::Status SubmitIngest(const std::shared_ptr<Session>& s, std::vector<int32_t> tokens,
+                            bool end_of_document, std::shared_ptr<engine::CancelToken> cancel,
+                            std::function<void(absl::StatusOr<IngestProgress>)> done);
+  // Engine thread: loads an evicted session's state.
+  absl::Status EnsureResident(Session& s);
+  // Engine thread: checkpoint-format bytes of the session's state.
+  absl::StatusOr<std::string> EncodeSession(Session& s, const std::string& checkpoint_id);
+  void Evict(const std::shared_ptr<Session>& s);
+  void LoadPersisted();
+  void ReaperLoop();
+  std::filesystem::path TenantDir(const std::string& tenant) const;
+  std::filesystem::path CheckpointPath(const std::string& tenant, const std::string& id) const;
+  std::filesystem::path SpillPath(const std::string& tenant, const std::string& id) const;
+
+  const engine::Model* model_;
+  engine::Scheduler* scheduler_;
+  const ManagerOptions options_;
+  SessionListener* listener_;
+
+  mutable std::mutex mu_;
+  // tenant -> id -> session. Guarded by mu_.
+  std::map<std::string, std::map<std::string, std::shared_ptr<Session>>> sessions_;
+  int64_t session_count_ = 0;  // guarded by mu_
+  std::atomic<uint64_t> next_key_{1};
+
+  std::mutex reaper_mu_;
+  std::condition_variable reaper_cv_;
+  bool stop_reaper_ = false;  // guarded by reaper_mu_
+  std::thread reaper_;
+};
+
+}  // namespace ttt::session

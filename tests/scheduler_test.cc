@@ -1,0 +1,261 @@
+// The batching scheduler against a fake batch runner: token budget, round-robin fairness,
+// per-key order, bounded queues, cancellation, failure isolation.
+#include "engine/scheduler.h"
+
+#include <chrono>
+#include <condition_variable>
+#include <future>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+namespace ttt::engine {
+namespace {
+
+// Records every batch; "applies" tokens by advancing the state's position. Token 999 is
+// refused (INVALID_ARGUMENT for the whole batch, like the model does for a bad id).
+class FakeRunner {
+ public:
+  BatchRunner runner() {
+    return [this](absl::Span<IngestItem> items) -> absl::StatusOr<std::vector<IngestLogProbs>> {
+      std::unique_lock<std::mutex> lock(mu_);
+      gate_cv_.wait(lock, [this] { return open_; });
+      for (const auto& item : items) {
+        for (int32_t t : item.tokens) {
+          if (t == 999) return absl::InvalidArgumentError("token 999 is outside the vocabulary");
+        }
+      }
+      std::vector<IngestLogProbs> out;
+      Batch batch;
+      for (auto& item : items) {
+        batch.push_back({item.state, static_cast<int64_t>(item.tokens.size())});
+        item.state->position += static_cast<int64_t>(item.tokens.size());
+        IngestLogProbs lp;
+        for (int32_t t : item.tokens) lp.push_back(static_cast<float>(t));
+        out.push_back(std::move(lp));
+      }
+      batches_.push_back(batch);
+      return out;
+    };
+  }
+  void Close() {
+    std::lock_guard<std::mutex> lock(mu_);
+    open_ = false;
+  }
+  void Open() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      open_ = true;
+    }
+    gate_cv_.notify_all();
+  }
+  using Batch = std::vector<std::pair<SequenceState*, int64_t>>;
+  std::vector<Batch> batches() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return batches_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable gate_cv_;
+  bool open_ = true;
+  std::vector<Batch> batches_;
+};
+
+std::vector<int32_t> Range(int32_t from, int32_t n) {
+  std::vector<int32_t> v;
+  for (int32_t i = 0; i < n; ++i) v.push_back(from + i);
+  return v;
+}
+
+struct Result {
+  std::promise<absl::Status> done;
+  std::vector<float> logprobs;
+};
+
+Work TokenWork(uint64_t key, SequenceState* state, std::vector<int32_t> tokens, Result* r) {
+  Work w;
+  w.key = key;
+  w.state = state;
+  w.tokens = std::move(tokens);
+  w.on_progress = [r](absl::Span<const float> lp, int64_t) {
+    r->logprobs.insert(r->logprobs.end(), lp.begin(), lp.end());
+  };
+  w.on_done = [r](absl::Status s) { r->done.set_value(s); };
+  return w;
+}
+
+TEST(SchedulerTest, BatchesStayWithinTheTokenBudgetAndKeepOrder) {
+  FakeRunner fake;
+  SchedulerOptions opt;
+  opt.max_batch_tokens = 64;
+  auto sched = Scheduler::Create(fake.runner(), opt);
+  ASSERT_TRUE(sched.ok()) << sched.status();
+  SequenceState states[3];
+  Result results[3];
+  fake.Close();  // let all three queue up before the first batch
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE((*sched)->Submit(TokenWork(i + 1, &states[i], Range(100 * i, 100), &results[i]))
+                    .ok());
+  }
+  fake.Open();
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_TRUE(results[i].done.get_future().get().ok());
+    EXPECT_EQ(states[i].position, 100);
+    std::vector<float> expected;
+    for (int32_t t : Range(100 * i, 100)) expected.push_back(static_cast<float>(t));
+    EXPECT_EQ(results[i].logprobs, expected);  // in order, each token once
+  }
+  for (const auto& batch : fake.batches()) {
+    int64_t tokens = 0;
+    for (const auto& [state, n] : batch) tokens += n;
+    EXPECT_LE(tokens, 64);
+  }
+  // Several sequences shared batches.
+  bool shared = false;
+  for (const auto& batch : fake.batches()) shared = shared || batch.size() > 1;
+  EXPECT_TRUE(shared);
+}
+
+TEST(SchedulerTest, ShortWorkIsNotStarvedByALongRun) {
+  FakeRunner fake;
+  SchedulerOptions opt;
+  opt.max_batch_tokens = 32;
+  auto sched = Scheduler::Create(fake.runner(), opt);
+  ASSERT_TRUE(sched.ok());
+  SequenceState long_state, short_state;
+  Result long_r, short_r;
+  fake.Close();
+  ASSERT_TRUE((*sched)->Submit(TokenWork(1, &long_state, Range(1000, 3200), &long_r)).ok());
+  ASSERT_TRUE((*sched)->Submit(TokenWork(2, &short_state, Range(0, 8), &short_r)).ok());
+  fake.Open();
+  ASSERT_TRUE(short_r.done.get_future().get().ok());
+  ASSERT_TRUE(long_r.done.get_future().get().ok());
+  // The short run finished in the first batch or two, not after the 100 batches of the long one.
+  const auto batches = fake.batches();
+  size_t short_done_at = batches.size();
+  for (size_t i = 0; i < batches.size(); ++i) {
+    for (const auto& [state, n] : batches[i]) {
+      if (state == &short_state) short_done_at = i;
+    }
+  }
+  EXPECT_LE(short_done_at, 1u);
+  EXPECT_EQ(long_state.position, 3200);
+}
+
+TEST(SchedulerTest, FullQueueAnswersResourceExhausted) {
+  FakeRunner fake;
+  SchedulerOptions opt;
+  opt.max_queued_items = 2;
+  auto sched = Scheduler::Create(fake.runner(), opt);
+  ASSERT_TRUE(sched.ok());
+  fake.Close();
+  SequenceState s[4];
+  Result r[4];
+  ASSERT_TRUE((*sched)->Submit(TokenWork(1, &s[0], {1}, &r[0])).ok());
+  // Wait until the engine thread holds the first item in the (closed) runner.
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  ASSERT_TRUE((*sched)->Submit(TokenWork(2, &s[1], {1}, &r[1])).ok());
+  absl::Status third = (*sched)->Submit(TokenWork(3, &s[2], {1}, &r[2]));
+  EXPECT_EQ(third.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(third.message().find("queue is full"), std::string::npos) << third;
+  fake.Open();
+  EXPECT_TRUE(r[0].done.get_future().get().ok());
+  EXPECT_TRUE(r[1].done.get_future().get().ok());
+}
+
+TEST(SchedulerTest, CancelledWorkIsDroppedBeforeItRuns) {
+  FakeRunner fake;
+  auto sched = Scheduler::Create(fake.runner(), SchedulerOptions{});
+  ASSERT_TRUE(sched.ok());
+  fake.Close();
+  SequenceState a, b;
+  Result ra, rb;
+  ASSERT_TRUE((*sched)->Submit(TokenWork(1, &a, {1, 2}, &ra)).ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  Work w = TokenWork(2, &b, {3, 4}, &rb);
+  w.cancel = std::make_shared<CancelToken>();
+  auto cancel = w.cancel;
+  ASSERT_TRUE((*sched)->Submit(std::move(w)).ok());
+  cancel->Cancel();
+  fake.Open();
+  EXPECT_TRUE(ra.done.get_future().get().ok());
+  EXPECT_EQ(rb.done.get_future().get().code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(b.position, 0);
+}
+
+TEST(SchedulerTest, ABadItemDoesNotFailItsBatchNeighbours) {
+  FakeRunner fake;
+  auto sched = Scheduler::Create(fake.runner(), SchedulerOptions{});
+  ASSERT_TRUE(sched.ok());
+  fake.Close();
+  SequenceState good, bad;
+  Result rg, rb;
+  ASSERT_TRUE((*sched)->Submit(TokenWork(1, &good, {1, 2, 3}, &rg)).ok());
+  ASSERT_TRUE((*sched)->Submit(TokenWork(2, &bad, {4, 999}, &rb)).ok());
+  fake.Open();
+  EXPECT_TRUE(rg.done.get_future().get().ok());
+  absl::Status bad_status = rb.done.get_future().get();
+  EXPECT_EQ(bad_status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad_status.message().find("999"), std::string::npos);
+  EXPECT_EQ(good.position, 3);
+  EXPECT_EQ(bad.position, 0);
+}
+
+TEST(SchedulerTest, TasksRunInOrderWithTheKeysTokenWork) {
+  FakeRunner fake;
+  auto sched = Scheduler::Create(fake.runner(), SchedulerOptions{});
+  ASSERT_TRUE(sched.ok());
+  fake.Close();
+  SequenceState s;
+  Result r;
+  ASSERT_TRUE((*sched)->Submit(TokenWork(7, &s, {1, 2, 3, 4}, &r)).ok());
+  int64_t seen = -1;
+  std::promise<void> ran;
+  Work task;
+  task.key = 7;
+  task.task = [&] { seen = s.position; };
+  task.on_done = [&](absl::Status) { ran.set_value(); };
+  ASSERT_TRUE((*sched)->Submit(std::move(task)).ok());
+  fake.Open();
+  ran.get_future().wait();
+  EXPECT_EQ(seen, 4);  // after the token run queued before it
+}
+
+TEST(SchedulerTest, PrepareFailureFinishesTheWorkWithItsStatus) {
+  FakeRunner fake;
+  auto sched = Scheduler::Create(fake.runner(), SchedulerOptions{});
+  ASSERT_TRUE(sched.ok());
+  SequenceState s;
+  Result r;
+  Work w = TokenWork(1, &s, {1, 2}, &r);
+  w.prepare = [] { return absl::DataLossError("spill file corrupt"); };
+  ASSERT_TRUE((*sched)->Submit(std::move(w)).ok());
+  EXPECT_EQ(r.done.get_future().get().code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(s.position, 0);
+}
+
+TEST(SchedulerTest, ShutdownAnswersQueuedWorkUnavailable) {
+  FakeRunner fake;
+  auto sched = Scheduler::Create(fake.runner(), SchedulerOptions{});
+  ASSERT_TRUE(sched.ok());
+  fake.Close();
+  SequenceState a, b;
+  Result ra, rb;
+  ASSERT_TRUE((*sched)->Submit(TokenWork(1, &a, {1}, &ra)).ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  ASSERT_TRUE((*sched)->Submit(TokenWork(2, &b, {1}, &rb)).ok());
+  std::thread stopper([&] { (*sched)->Shutdown(); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  fake.Open();
+  stopper.join();
+  EXPECT_TRUE(ra.done.get_future().get().ok());
+  EXPECT_EQ(rb.done.get_future().get().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ((*sched)->Submit(TokenWork(3, &b, {1}, &rb)).code(),
+            absl::StatusCode::kUnavailable);
+}
+
+}  // namespace
+}  // namespace ttt::engine

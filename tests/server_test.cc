@@ -1,0 +1,508 @@
+// The real gRPC service in-process on a loopback port, over a real tiny model (the golden llama
+// fixture from TTT_GOLDEN_DIR): every bad input of issue 3 answered with its code and a message
+// that says what to fix; concurrent writers; cancellation mid-ingest; max sessions; checkpoint
+// and restore across a server restart with bit-identical scores; text input through a tokenizer
+// (a byte-level BPE tokenizer.json written by the test).
+#include "server/server.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include <gtest/gtest.h>
+#include <grpcpp/grpcpp.h>
+#include <unistd.h>
+
+#include "tttserve/v1/ttt_service.grpc.pb.h"
+
+namespace ttt::server {
+namespace {
+
+namespace fs = std::filesystem;
+namespace pb = tttserve::v1;
+
+fs::path GoldenLlama() {
+  const char* dir = std::getenv("TTT_GOLDEN_DIR");
+  return (dir ? fs::path(dir) : fs::path("golden")) / "llama";
+}
+
+class ServerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() /
+           ("ttt-server-test-" + std::to_string(::getpid()) + "-" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+    options_.model_dir = GoldenLlama().string();
+    options_.listen = "127.0.0.1:0";
+    options_.metrics_listen = "";
+    options_.checkpoint_dir = (dir_ / "ckpt").string();
+    options_.drain_timeout_s = 2;
+  }
+  void TearDown() override {
+    stub_.reset();
+    server_.reset();
+    fs::remove_all(dir_);
+  }
+  void Start() {
+    stub_.reset();
+    server_.reset();
+    auto s = Server::Start(options_);
+    ASSERT_TRUE(s.ok()) << s.status();
+    server_ = std::move(*s);
+    channel_ = grpc::CreateChannel("127.0.0.1:" + std::to_string(server_->port()),
+                                   grpc::InsecureChannelCredentials());
+    stub_ = pb::TttService::NewStub(channel_);
+    pb::ServerInfo info;
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(stub_->GetServerInfo(&ctx, pb::GetServerInfoRequest(), &info).ok());
+    vocab_ = info.vocab_size();
+    chunk_ = info.ttt_chunk();
+  }
+
+  std::unique_ptr<grpc::ClientContext> Ctx(const std::string& tenant = "") {
+    auto ctx = std::make_unique<grpc::ClientContext>();
+    ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+    if (!tenant.empty()) ctx->AddMetadata("x-tenant-id", tenant);
+    return ctx;
+  }
+  std::string Create(const std::string& tenant = "") {
+    pb::Session s;
+    grpc::Status st = stub_->CreateSession(Ctx(tenant).get(), pb::CreateSessionRequest(), &s);
+    EXPECT_TRUE(st.ok()) << st.error_message();
+    return s.session_id();
+  }
+  // Sends `msgs` on one Ingest stream and returns the final status and the responses.
+  grpc::Status IngestAll(std::vector<pb::IngestRequest> msgs,
+                         std::vector<pb::IngestResponse>* out = nullptr) {
+    auto ctx = Ctx();
+    auto stream = stub_->Ingest(ctx.get());
+    for (const auto& m : msgs) {
+      if (!stream->Write(m)) break;
+    }
+    stream->WritesDone();
+    pb::IngestResponse r;
+    while (stream->Read(&r)) {
+      if (out) out->push_back(r);
+    }
+    return stream->Finish();
+  }
+  static pb::IngestRequest Tokens(const std::string& id, std::vector<int32_t> ids) {
+    pb::IngestRequest r;
+    r.set_session_id(id);
+    for (int32_t t : ids) r.add_token_ids(t);
+    return r;
+  }
+  std::vector<int32_t> Doc(int n, int salt = 0) {
+    std::vector<int32_t> v;
+    for (int i = 0; i < n; ++i) v.push_back(3 + (i * 7 + salt * 13) % (vocab_ - 3));
+    return v;
+  }
+  pb::ScoreResponse Score(const std::string& id, const std::vector<int32_t>& ids) {
+    pb::ScoreRequest req;
+    req.set_session_id(id);
+    for (int32_t t : ids) req.add_token_ids(t);
+    pb::ScoreResponse resp;
+    grpc::Status st = stub_->Score(Ctx().get(), req, &resp);
+    EXPECT_TRUE(st.ok()) << st.error_message();
+    return resp;
+  }
+  static void ExpectStatus(const grpc::Status& st, grpc::StatusCode code,
+                           const std::string& fragment) {
+    EXPECT_EQ(st.error_code(), code) << st.error_message();
+    EXPECT_NE(st.error_message().find(fragment), std::string::npos)
+        << "message '" << st.error_message() << "' lacks '" << fragment << "'";
+  }
+  grpc::Status GenerateStatus(pb::GenerateRequest req) {
+    auto ctx = Ctx();
+    auto reader = stub_->Generate(ctx.get(), req);
+    pb::GenerateResponse r;
+    while (reader->Read(&r)) {
+    }
+    return reader->Finish();
+  }
+
+  fs::path dir_;
+  ServerOptions options_;
+  std::unique_ptr<Server> server_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<pb::TttService::Stub> stub_;
+  int64_t vocab_ = 0;
+  int64_t chunk_ = 0;
+};
+
+TEST_F(ServerTest, BadInputGetsAClearStatusAndNothingAppliedIsLost) {
+  Start();
+  const std::string id = Create();
+  pb::Session s;
+  pb::GetSessionRequest get;
+  get.set_session_id("s-doesnotexist");
+  ExpectStatus(stub_->GetSession(Ctx().get(), get, &s), grpc::StatusCode::NOT_FOUND, "not found");
+  get.set_session_id(id);
+  ExpectStatus(stub_->GetSession(Ctx("other").get(), get, &s), grpc::StatusCode::NOT_FOUND,
+               "not found");
+  ExpectStatus(stub_->GetSession(Ctx("bad/tenant").get(), get, &s),
+               grpc::StatusCode::INVALID_ARGUMENT, "x-tenant-id");
+
+  // Ingest: valid first message applied, then a bad one; the first stays applied.
+  ExpectStatus(IngestAll({Tokens(id, {5, 6, 7}), pb::IngestRequest()}),
+               grpc::StatusCode::INVALID_ARGUMENT, "empty");
+  ASSERT_TRUE(stub_->GetSession(Ctx().get(), get, &s).ok());
+  EXPECT_EQ(s.counters().position(), 3);
+  ExpectStatus(IngestAll({Tokens("", {5})}), grpc::StatusCode::INVALID_ARGUMENT, "session_id");
+  ExpectStatus(IngestAll({Tokens(id, std::vector<int32_t>(65537, 5))}),
+               grpc::StatusCode::INVALID_ARGUMENT, "limit");
+  ExpectStatus(IngestAll({Tokens(id, {5, static_cast<int32_t>(vocab_) + 1})}),
+               grpc::StatusCode::INVALID_ARGUMENT, "outside the vocabulary");
+  ExpectStatus(IngestAll({Tokens(id, {-1})}), grpc::StatusCode::INVALID_ARGUMENT,
+               "outside the vocabulary");
+  pb::IngestRequest both = Tokens(id, {5});
+  both.set_text("hi");
+  ExpectStatus(IngestAll({both}), grpc::StatusCode::INVALID_ARGUMENT, "both");
+  pb::IngestRequest text;
+  text.set_session_id(id);
+  text.set_text("hello");
+  ExpectStatus(IngestAll({text}), grpc::StatusCode::FAILED_PRECONDITION, "no tokenizer");
+  ExpectStatus(IngestAll({Tokens("s-unknown", {5})}), grpc::StatusCode::NOT_FOUND, "not found");
+  ASSERT_TRUE(stub_->GetSession(Ctx().get(), get, &s).ok());
+  EXPECT_EQ(s.counters().position(), 3);
+
+  // Generate: negative or absurd sampling parameters.
+  pb::GenerateRequest g;
+  g.set_session_id(id);
+  g.set_temperature(-1);
+  ExpectStatus(GenerateStatus(g), grpc::StatusCode::INVALID_ARGUMENT, "temperature");
+  g.set_temperature(1e9);
+  ExpectStatus(GenerateStatus(g), grpc::StatusCode::INVALID_ARGUMENT, "temperature");
+  g.set_temperature(1);
+  g.set_top_p(0);
+  ExpectStatus(GenerateStatus(g), grpc::StatusCode::INVALID_ARGUMENT, "top_p");
+  g.set_top_p(1);
+  g.set_top_k(-3);
+  ExpectStatus(GenerateStatus(g), grpc::StatusCode::INVALID_ARGUMENT, "top_k");
+  g.set_top_k(0);
+  g.set_max_tokens(1000000);
+  ExpectStatus(GenerateStatus(g), grpc::StatusCode::INVALID_ARGUMENT, "max_tokens");
+  g.set_max_tokens(-2);
+  ExpectStatus(GenerateStatus(g), grpc::StatusCode::INVALID_ARGUMENT, "max_tokens");
+  g.set_max_tokens(4);
+  g.add_stop("x");
+  ExpectStatus(GenerateStatus(g), grpc::StatusCode::FAILED_PRECONDITION, "tokenizer");
+
+  // Score.
+  pb::ScoreRequest sr;
+  sr.set_session_id(id);
+  pb::ScoreResponse sresp;
+  ExpectStatus(stub_->Score(Ctx().get(), sr, &sresp), grpc::StatusCode::INVALID_ARGUMENT,
+               "nothing to score");
+
+  // Checkpoints: unknown, corrupt, garbage import.
+  pb::RestoreRequest rr;
+  rr.set_checkpoint_id("nope");
+  ExpectStatus(stub_->Restore(Ctx().get(), rr, &s), grpc::StatusCode::NOT_FOUND, "not found");
+  rr.set_checkpoint_id("../etc");
+  ExpectStatus(stub_->Restore(Ctx().get(), rr, &s), grpc::StatusCode::INVALID_ARGUMENT,
+               "checkpoint_id");
+  pb::CheckpointRequest cr;
+  cr.set_session_id(id);
+  cr.set_checkpoint_id("c");
+  pb::CheckpointInfo ci;
+  ASSERT_TRUE(stub_->Checkpoint(Ctx().get(), cr, &ci).ok());
+  const fs::path file = dir_ / "ckpt" / "default" / "checkpoints" / "c.safetensors";
+  ASSERT_TRUE(fs::exists(file));
+  {
+    std::fstream f(file, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(-3, std::ios::end);
+    f.put('\x5a');
+  }
+  rr.set_checkpoint_id("c");
+  ExpectStatus(stub_->Restore(Ctx().get(), rr, &s), grpc::StatusCode::DATA_LOSS, "checksum");
+  {
+    auto ctx = Ctx();
+    pb::Session out;
+    auto w = stub_->ImportSession(ctx.get(), &out);
+    pb::ImportSessionRequest ir;
+    ir.set_data("this is not a checkpoint at all");
+    w->Write(ir);
+    w->WritesDone();
+    ExpectStatus(w->Finish(), grpc::StatusCode::DATA_LOSS, "corrupt");
+  }
+  // Delete, then everything about it is NOT_FOUND.
+  pb::DeleteSessionRequest del;
+  del.set_session_id(id);
+  pb::DeleteSessionResponse dr;
+  ASSERT_TRUE(stub_->DeleteSession(Ctx().get(), del, &dr).ok());
+  ExpectStatus(stub_->DeleteSession(Ctx().get(), del, &dr), grpc::StatusCode::NOT_FOUND,
+               "not found");
+  ExpectStatus(IngestAll({Tokens(id, {5})}), grpc::StatusCode::NOT_FOUND, "not found");
+}
+
+TEST_F(ServerTest, OversizeMessageIsResourceExhausted) {
+  options_.max_message_bytes = 1 << 20;
+  Start();
+  const std::string id = Create();
+  pb::IngestRequest big;
+  big.set_session_id(id);
+  big.set_text(std::string(2 << 20, 'a'));
+  grpc::Status st = IngestAll({big});
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << st.error_message();
+}
+
+TEST_F(ServerTest, SecondConcurrentWriterIsAborted) {
+  Start();
+  const std::string id = Create();
+  auto ctx = Ctx();
+  auto first = stub_->Ingest(ctx.get());
+  ASSERT_TRUE(first->Write(Tokens(id, {5, 6})));
+  pb::IngestResponse r;
+  ASSERT_TRUE(first->Read(&r));  // the first writer holds the session now
+  ExpectStatus(IngestAll({Tokens(id, {7})}), grpc::StatusCode::ABORTED, "busy");
+  pb::GenerateRequest g;
+  g.set_session_id(id);
+  g.set_commit(true);
+  g.set_max_tokens(2);
+  ExpectStatus(GenerateStatus(g), grpc::StatusCode::ABORTED, "busy");
+  // A reader is fine meanwhile.
+  EXPECT_EQ(Score(id, {5, 6}).logprobs_size(), 2);
+  first->WritesDone();
+  while (first->Read(&r)) {
+  }
+  ASSERT_TRUE(first->Finish().ok());
+  // Once it finished, the next writer gets in.
+  EXPECT_TRUE(IngestAll({Tokens(id, {7})}).ok());
+}
+
+TEST_F(ServerTest, CancelMidIngestKeepsAcknowledgedChunks) {
+  Start();
+  const std::string id = Create();
+  auto ctx = Ctx();
+  auto stream = stub_->Ingest(ctx.get());
+  int64_t acked = 0;
+  for (int i = 0; i < 3; ++i) {
+    pb::IngestRequest m = Tokens(i == 0 ? id : "", Doc(static_cast<int>(chunk_), i));
+    ASSERT_TRUE(stream->Write(m));
+    pb::IngestResponse r;
+    ASSERT_TRUE(stream->Read(&r));
+    acked = r.stream_tokens();
+  }
+  ctx->TryCancel();
+  pb::IngestResponse r;
+  while (stream->Read(&r)) {
+  }
+  EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  EXPECT_EQ(acked, 3 * chunk_);
+  pb::Session s;
+  pb::GetSessionRequest get;
+  get.set_session_id(id);
+  // The writer lease goes once the server has wound the stream down.
+  for (int i = 0; i < 100; ++i) {
+    ASSERT_TRUE(stub_->GetSession(Ctx().get(), get, &s).ok());
+    if (!s.writer_active()) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_GE(s.counters().position(), acked);
+  EXPECT_GE(s.counters().chunks_applied(), 3);
+  EXPECT_FALSE(s.writer_active());
+}
+
+TEST_F(ServerTest, MaxSessionsIsResourceExhausted) {
+  options_.max_sessions = 2;
+  Start();
+  Create();
+  Create("other");
+  pb::Session s;
+  ExpectStatus(stub_->CreateSession(Ctx().get(), pb::CreateSessionRequest(), &s),
+               grpc::StatusCode::RESOURCE_EXHAUSTED, "max_sessions");
+}
+
+TEST_F(ServerTest, CheckpointRestoreAfterRestartGivesBitIdenticalScores) {
+  Start();
+  const std::string id = Create();
+  ASSERT_TRUE(IngestAll({Tokens(id, Doc(static_cast<int>(3 * chunk_ + 2)))}).ok());
+  const auto probe = Doc(static_cast<int>(chunk_ + 5), 9);
+  const auto before = Score(id, probe);
+  pb::CheckpointRequest cr;
+  cr.set_session_id(id);
+  cr.set_checkpoint_id("keep");
+  pb::CheckpointInfo ci;
+  ASSERT_TRUE(stub_->Checkpoint(Ctx().get(), cr, &ci).ok());
+  Start();  // a new server over the same checkpoint directory
+  pb::RestoreRequest rr;
+  rr.set_checkpoint_id("keep");
+  pb::Session restored;
+  ASSERT_TRUE(stub_->Restore(Ctx().get(), rr, &restored).ok());
+  const auto after = Score(restored.session_id(), probe);
+  ASSERT_EQ(before.logprobs_size(), after.logprobs_size());
+  EXPECT_EQ(std::memcmp(before.logprobs().data(), after.logprobs().data(),
+                        sizeof(float) * before.logprobs_size()),
+            0);
+  // Another tenant cannot see or restore it.
+  pb::ListCheckpointsResponse lc;
+  ASSERT_TRUE(stub_->ListCheckpoints(Ctx("other").get(), pb::ListCheckpointsRequest(), &lc).ok());
+  EXPECT_EQ(lc.checkpoints_size(), 0);
+  pb::Session s;
+  ExpectStatus(stub_->Restore(Ctx("other").get(), rr, &s), grpc::StatusCode::NOT_FOUND,
+               "not found");
+}
+
+TEST_F(ServerTest, AnotherModelsCheckpointIsRefused) {
+  Start();
+  const std::string id = Create();
+  ASSERT_TRUE(IngestAll({Tokens(id, Doc(static_cast<int>(chunk_ + 1)))}).ok());
+  pb::CheckpointRequest cr;
+  cr.set_session_id(id);
+  cr.set_checkpoint_id("llama-ck");
+  pb::CheckpointInfo ci;
+  ASSERT_TRUE(stub_->Checkpoint(Ctx().get(), cr, &ci).ok());
+  std::string exported;
+  {
+    auto ctx = Ctx();
+    pb::ExportSessionRequest er;
+    er.set_session_id(id);
+    auto reader = stub_->ExportSession(ctx.get(), er);
+    pb::ExportSessionResponse r;
+    while (reader->Read(&r)) exported += r.data();
+    ASSERT_TRUE(reader->Finish().ok());
+  }
+  // The same checkpoint directory under a server of another model (the qwen3 fixture).
+  options_.model_dir = (GoldenLlama().parent_path() / "qwen3").string();
+  options_.checkpoint_on_shutdown = false;
+  Start();
+  pb::RestoreRequest rr;
+  rr.set_checkpoint_id("llama-ck");
+  pb::Session s;
+  ExpectStatus(stub_->Restore(Ctx().get(), rr, &s), grpc::StatusCode::FAILED_PRECONDITION,
+               "another model");
+  auto ctx = Ctx();
+  auto w = stub_->ImportSession(ctx.get(), &s);
+  pb::ImportSessionRequest ir;
+  ir.set_data(exported);
+  w->Write(ir);
+  w->WritesDone();
+  ExpectStatus(w->Finish(), grpc::StatusCode::FAILED_PRECONDITION, "another model");
+}
+
+// A model folder with a tokenizer: the llama fixture plus a tiny byte-level BPE tokenizer.json
+// written here (the 94 printable ASCII bytes, space and newline: 96 ids inside the fixture's
+// 97-token vocabulary). Not SentencePiece: Debian's libsentencepiece carries its own protobuf
+// 3.14 and cannot run in a process that uses libprotobuf 3.21 (gRPC, LibTorch).
+TEST_F(ServerTest, TextInputIsTokenizedAndInvalidUtf8IsRefused) {
+  const fs::path model = dir_ / "model";
+  fs::create_directories(model);
+  for (const char* f : {"config.json", "model.safetensors"}) {
+    fs::copy_file(GoldenLlama() / f, model / f);
+  }
+  {
+    // GPT-2's byte-to-unicode table; printable ASCII, then space (U+0120) and newline (U+010A)
+    // get the low ids, the other bytes ids past the model's vocabulary (unused by this test).
+    auto utf8 = [](int cp) {
+      std::string out;
+      if (cp < 0x80) {
+        out += static_cast<char>(cp);
+      } else {
+        out += static_cast<char>(0xC0 | (cp >> 6));
+        out += static_cast<char>(0x80 | (cp & 0x3F));
+      }
+      return out;
+    };
+    std::vector<int> symbol(256);
+    int extra = 0;
+    for (int b = 0; b < 256; ++b) {
+      const bool keep = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174);
+      symbol[b] = keep ? b : 256 + extra++;
+    }
+    std::vector<int> order;
+    for (int b = 33; b <= 126; ++b) order.push_back(b);
+    order.push_back(' ');
+    order.push_back('\n');
+    for (int b = 0; b < 256; ++b) {
+      if (std::find(order.begin(), order.end(), b) == order.end()) order.push_back(b);
+    }
+    std::string vocab;
+    for (size_t id = 0; id < order.size(); ++id) {
+      std::string key = utf8(symbol[order[id]]);
+      if (key == "\"" || key == "\\") key = "\\" + key;
+      vocab += (id ? ", \"" : "\"") + key + "\": " + std::to_string(id);
+    }
+    std::ofstream out(model / "tokenizer.json");
+    out << R"({"version": "1.0", "added_tokens": [], "normalizer": null,
+      "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true,
+                        "use_regex": true},
+      "post_processor": null,
+      "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true,
+                  "use_regex": true},
+      "model": {"type": "BPE", "dropout": null, "unk_token": null,
+                "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                "fuse_unk": false, "byte_fallback": false, "vocab": {)"
+        << vocab << R"(}, "merges": []}})";
+  }
+  options_.model_dir = model.string();
+  Start();
+  ASSERT_TRUE(server_->has_tokenizer());
+  const std::string a = Create(), b = Create();
+  // Text split across messages gives the same tokens as one message (tokenized at flush).
+  pb::IngestRequest whole;
+  whole.set_session_id(a);
+  whole.set_text("the quick brown fox jumps over the lazy dog");
+  whole.set_flush(true);
+  pb::IngestRequest p1, p2;
+  p1.set_session_id(b);
+  p1.set_text("the quick bro");
+  p2.set_text("wn fox jumps over the lazy dog");
+  p2.set_flush(true);
+  std::vector<pb::IngestResponse> ra, rb;
+  ASSERT_TRUE(IngestAll({whole}, &ra).ok());
+  ASSERT_TRUE(IngestAll({p1, p2}, &rb).ok());
+  ASSERT_EQ(rb.size(), 2u);
+  EXPECT_EQ(rb[0].stream_tokens(), 0);
+  EXPECT_GT(rb[0].buffered_text_bytes(), 0);
+  EXPECT_EQ(ra.back().stream_tokens(), rb.back().stream_tokens());
+  EXPECT_GT(ra.back().stream_tokens(), 0);
+  pb::ScoreRequest sr;
+  sr.set_session_id(a);
+  sr.set_text(std::string("bad \xff\xfe bytes"));
+  pb::ScoreResponse resp;
+  ExpectStatus(stub_->Score(Ctx().get(), sr, &resp), grpc::StatusCode::INVALID_ARGUMENT, "UTF-8");
+  pb::IngestRequest bad;
+  bad.set_session_id(a);
+  bad.set_text(std::string("ok \xc3"));
+  bad.set_end_of_document(true);
+  ExpectStatus(IngestAll({bad}), grpc::StatusCode::INVALID_ARGUMENT, "UTF-8");
+  // Generation streams text and stops at a stop string.
+  pb::GenerateRequest g;
+  g.set_session_id(a);
+  g.set_max_tokens(8);
+  g.set_temperature(0);
+  g.set_ignore_eos(true);
+  auto run = [&](const pb::GenerateRequest& req, std::string* text, pb::FinishReason* reason) {
+    auto ctx = Ctx();
+    auto reader = stub_->Generate(ctx.get(), req);
+    pb::GenerateResponse r;
+    int tokens = 0;
+    while (reader->Read(&r)) {
+      tokens += r.has_token_id();
+      *text += r.text();
+      if (r.finish_reason() != pb::FINISH_REASON_UNSPECIFIED) *reason = r.finish_reason();
+    }
+    EXPECT_TRUE(reader->Finish().ok());
+    return tokens;
+  };
+  std::string full;
+  pb::FinishReason reason = pb::FINISH_REASON_UNSPECIFIED;
+  EXPECT_EQ(run(g, &full, &reason), 8);
+  EXPECT_EQ(reason, pb::FINISH_REASON_LENGTH);
+  ASSERT_GE(full.size(), 4u) << full;
+  // Greedy again with a stop string taken from that output: the text ends right before it.
+  const std::string stop = full.substr(2, 2);
+  g.add_stop(stop);
+  std::string cut;
+  run(g, &cut, &reason);
+  EXPECT_EQ(reason, pb::FINISH_REASON_STOP);
+  EXPECT_EQ(cut, full.substr(0, full.find(stop)));
+}
+
+}  // namespace
+}  // namespace ttt::server

@@ -1,0 +1,389 @@
+// Sessions against the real engine and a real tiny model (the golden llama fixture, from
+// TTT_GOLDEN_DIR): writers, tenants, limits, checkpoints (bit-exact, corrupt, truncated, other
+// model), eviction to disk and transparent reload, idle TTL.
+#include "session/session.h"
+
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <future>
+#include <random>
+#include <thread>
+
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+namespace ttt::session {
+namespace {
+
+namespace fs = std::filesystem;
+
+fs::path GoldenDir() {
+  const char* dir = std::getenv("TTT_GOLDEN_DIR");
+  return dir ? fs::path(dir) : fs::path("golden");
+}
+
+std::vector<int32_t> Tokens(int n, int vocab, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<int32_t> v;
+  for (int i = 0; i < n; ++i) v.push_back(3 + static_cast<int32_t>(rng() % (vocab - 3)));
+  return v;
+}
+
+class SessionTest : public ::testing::Test {
+ protected:
+  void SetUp() override { Open("llama"); }
+
+  void Open(const std::string& which, int64_t max_sessions = 8, int64_t budget = 1 << 30) {
+    manager_.reset();
+    scheduler_.reset();
+    model_.reset();
+    auto model = engine::Model::Load(GoldenDir() / which);
+    ASSERT_TRUE(model.ok()) << model.status() << " (set TTT_GOLDEN_DIR to the golden fixtures)";
+    model_ = std::move(*model);
+    auto sched = engine::Scheduler::Create(model_.get(), engine::SchedulerOptions{});
+    ASSERT_TRUE(sched.ok());
+    scheduler_ = std::move(*sched);
+    if (dir_.empty()) {
+      dir_ = fs::temp_directory_path() /
+             ("ttt-session-test-" + std::to_string(::getpid()) + "-" +
+              ::testing::UnitTest::GetInstance()->current_test_info()->name());
+      fs::remove_all(dir_);
+    }
+    ManagerOptions opt;
+    opt.checkpoint_dir = dir_;
+    opt.max_sessions = max_sessions;
+    opt.memory_budget_bytes = budget;
+    opt.reaper_interval_ms = 3600 * 1000;  // tests call ReapNow()
+    auto m = SessionManager::Create(model_.get(), scheduler_.get(), opt);
+    ASSERT_TRUE(m.ok()) << m.status();
+    manager_ = std::move(*m);
+    vocab_ = static_cast<int>(model_->config().vocab_size);
+    chunk_ = model_->config().ttt_chunk;
+  }
+  void TearDown() override {
+    manager_.reset();
+    scheduler_.reset();
+    fs::remove_all(dir_);
+  }
+
+  absl::StatusOr<IngestProgress> Ingest(const std::string& id, std::vector<int32_t> tokens,
+                                        bool eod = false, const std::string& tenant = "t") {
+    auto w = manager_->OpenWriter(tenant, id, "test");
+    if (!w.ok()) return w.status();
+    std::promise<absl::StatusOr<IngestProgress>> p;
+    absl::Status st = (*w)->Ingest(std::move(tokens), eod, nullptr,
+                                   [&](absl::StatusOr<IngestProgress> r) { p.set_value(r); });
+    if (!st.ok()) return st;
+    return p.get_future().get();
+  }
+  absl::StatusOr<ScoreResult> Score(const std::string& id, std::vector<int32_t> tokens,
+                                    const std::string& tenant = "t") {
+    std::promise<absl::StatusOr<ScoreResult>> p;
+    absl::Status st = manager_->Score(tenant, id, std::move(tokens), nullptr,
+                                      [&](absl::StatusOr<ScoreResult> r) { p.set_value(r); });
+    if (!st.ok()) return st;
+    return p.get_future().get();
+  }
+  absl::StatusOr<CheckpointInfo> Checkpoint(const std::string& id, const std::string& ckpt) {
+    std::promise<absl::StatusOr<CheckpointInfo>> p;
+    absl::Status st = manager_->Checkpoint("t", id, ckpt, [&](auto r) { p.set_value(r); });
+    if (!st.ok()) return st;
+    return p.get_future().get();
+  }
+  absl::StatusOr<SessionInfo> Restore(const std::string& ckpt, const std::string& target = "") {
+    std::promise<absl::StatusOr<SessionInfo>> p;
+    absl::Status st =
+        manager_->Restore("t", ckpt, target, std::nullopt, [&](auto r) { p.set_value(r); });
+    if (!st.ok()) return st;
+    return p.get_future().get();
+  }
+  static bool SameBits(const std::vector<float>& a, const std::vector<float>& b) {
+    return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+  }
+
+  fs::path dir_;
+  std::unique_ptr<engine::Model> model_;
+  std::unique_ptr<engine::Scheduler> scheduler_;
+  std::unique_ptr<SessionManager> manager_;
+  int vocab_ = 0;
+  int64_t chunk_ = 0;
+};
+
+TEST_F(SessionTest, CreateGetListDeleteAndTenantIsolation) {
+  auto a = manager_->CreateSession("t", SessionOptions{false, {{"k", "v"}}, 0});
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->tenant, "t");
+  EXPECT_EQ(manager_->GetSession("t", a->id)->options.labels.at("k"), "v");
+  EXPECT_EQ(manager_->ListSessions("t").size(), 1u);
+  EXPECT_EQ(manager_->ListSessions("t", {{"k", "other"}}).size(), 0u);
+  // Another tenant sees nothing, and cannot delete it.
+  auto other = manager_->GetSession("u", a->id);
+  EXPECT_EQ(other.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_NE(other.status().message().find("not found"), std::string::npos);
+  EXPECT_EQ(manager_->ListSessions("u").size(), 0u);
+  EXPECT_EQ(manager_->DeleteSession("u", a->id).code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(manager_->DeleteSession("t", a->id).ok());
+  EXPECT_EQ(manager_->GetSession("t", a->id).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(manager_->CreateSession("bad/tenant", {}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(SessionTest, SecondWriterIsAborted) {
+  auto a = manager_->CreateSession("t", {});
+  ASSERT_TRUE(a.ok());
+  auto first = manager_->OpenWriter("t", a->id, "an Ingest");
+  ASSERT_TRUE(first.ok());
+  auto second = manager_->OpenWriter("t", a->id, "an Ingest");
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kAborted);
+  EXPECT_NE(second.status().message().find("busy"), std::string::npos) << second.status();
+  // Readers are not writers.
+  EXPECT_TRUE(Score(a->id, {5, 6, 7}).ok());
+  first->reset();
+  EXPECT_TRUE(manager_->OpenWriter("t", a->id, "an Ingest").ok());
+}
+
+TEST_F(SessionTest, MaxSessionsIsResourceExhausted) {
+  Open("llama", /*max_sessions=*/2);
+  ASSERT_TRUE(manager_->CreateSession("t", {}).ok());
+  ASSERT_TRUE(manager_->CreateSession("u", {}).ok());
+  auto third = manager_->CreateSession("t", {});
+  EXPECT_EQ(third.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(third.status().message().find("max_sessions"), std::string::npos);
+}
+
+TEST_F(SessionTest, TokensOutsideTheVocabularyAreRefusedAndNothingIsApplied) {
+  auto a = manager_->CreateSession("t", {});
+  ASSERT_TRUE(a.ok());
+  auto r = Ingest(a->id, {5, vocab_ + 3});
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(r.status().message().find("outside the vocabulary"), std::string::npos);
+  EXPECT_EQ(manager_->GetSession("t", a->id)->counters.position, 0);
+}
+
+TEST_F(SessionTest, SplitDoesNotChangeResultsAndScoreChangesNothing) {
+  const auto doc = Tokens(static_cast<int>(3 * chunk_ + 5), vocab_, 1);
+  const auto probe = Tokens(static_cast<int>(chunk_ + 3), vocab_, 2);
+  auto a = manager_->CreateSession("t", {});
+  auto b = manager_->CreateSession("t", {});
+  ASSERT_TRUE(Ingest(a->id, doc).ok());
+  for (size_t i = 0; i < doc.size(); i += 3) {
+    std::vector<int32_t> piece(doc.begin() + i, doc.begin() + std::min(doc.size(), i + 3));
+    ASSERT_TRUE(Ingest(b->id, piece).ok());
+  }
+  auto ia = manager_->GetSession("t", a->id);
+  auto ib = manager_->GetSession("t", b->id);
+  EXPECT_EQ(ia->counters.chunks_applied, 3);
+  EXPECT_EQ(ia->counters.tokens_applied, 3 * chunk_);
+  EXPECT_EQ(ia->counters.tokens_pending, 5);
+  EXPECT_EQ(ib->counters.chunks_applied, 3);
+  ASSERT_EQ(ia->delta_norms.size(), model_->active_ttt_layers().size());
+  for (size_t i = 0; i < ia->delta_norms.size(); ++i) {
+    EXPECT_GT(ia->delta_norms[i].second, 0.0);
+    EXPECT_NEAR(ia->delta_norms[i].second, ib->delta_norms[i].second, 1e-4);
+  }
+  auto sa = Score(a->id, probe);
+  auto sb = Score(b->id, probe);
+  ASSERT_TRUE(sa.ok() && sb.ok());
+  for (size_t i = 0; i < probe.size(); ++i) EXPECT_NEAR(sa->logprobs[i], sb->logprobs[i], 1e-4);
+  auto again = Score(a->id, probe);
+  EXPECT_TRUE(SameBits(sa->logprobs, again->logprobs));
+  EXPECT_EQ(manager_->GetSession("t", a->id)->counters.position, static_cast<int64_t>(doc.size()));
+}
+
+TEST_F(SessionTest, CheckpointRestoresBitExactlyAcrossManagers) {
+  auto a = manager_->CreateSession("t", {});
+  ASSERT_TRUE(Ingest(a->id, Tokens(static_cast<int>(2 * chunk_ + 3), vocab_, 3)).ok());
+  const auto probe = Tokens(9, vocab_, 4);
+  auto before = Score(a->id, probe);
+  ASSERT_TRUE(before.ok());
+  auto ck = Checkpoint(a->id, "c1");
+  ASSERT_TRUE(ck.ok()) << ck.status();
+  EXPECT_TRUE(fs::exists(dir_ / "t" / "checkpoints" / "c1.safetensors"));
+  // A new manager over the same directory (a restarted server).
+  Open("llama");
+  auto listed = manager_->ListCheckpoints("t");
+  ASSERT_TRUE(listed.ok());
+  ASSERT_EQ(listed->size(), 1u);
+  EXPECT_EQ(listed->front().id, "c1");
+  auto restored = Restore("c1");
+  ASSERT_TRUE(restored.ok()) << restored.status();
+  auto after = Score(restored->id, probe);
+  ASSERT_TRUE(after.ok());
+  EXPECT_TRUE(SameBits(before->logprobs, after->logprobs));
+  // Another tenant cannot restore it.
+  std::promise<absl::StatusOr<SessionInfo>> p;
+  EXPECT_EQ(manager_->Restore("u", "c1", "", std::nullopt, [&](auto r) { p.set_value(r); }).code(),
+            absl::StatusCode::kNotFound);
+  // Restore over an existing session.
+  auto fresh = manager_->CreateSession("t", {});
+  auto over = Restore("c1", fresh->id);
+  ASSERT_TRUE(over.ok()) << over.status();
+  EXPECT_EQ(over->id, fresh->id);
+  EXPECT_TRUE(SameBits(before->logprobs, Score(fresh->id, probe)->logprobs));
+}
+
+TEST_F(SessionTest, CorruptTruncatedAndForeignCheckpointsAreRefused) {
+  auto a = manager_->CreateSession("t", {});
+  ASSERT_TRUE(Ingest(a->id, Tokens(static_cast<int>(chunk_ + 2), vocab_, 5)).ok());
+  ASSERT_TRUE(Checkpoint(a->id, "good").ok());
+  const fs::path good = dir_ / "t" / "checkpoints" / "good.safetensors";
+  std::string bytes;
+  {
+    std::ifstream in(good, std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  auto write = [&](const std::string& name, const std::string& data) {
+    std::ofstream out(dir_ / "t" / "checkpoints" / (name + ".safetensors"), std::ios::binary);
+    out << data;
+  };
+  std::string flipped = bytes;
+  flipped[flipped.size() - 7] ^= 0x40;
+  write("flipped", flipped);
+  write("truncated", bytes.substr(0, bytes.size() / 2));
+  write("tiny", "abc");
+
+  auto r1 = Restore("flipped");
+  EXPECT_EQ(r1.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_NE(r1.status().message().find("checksum"), std::string::npos) << r1.status();
+  auto r2 = Restore("truncated");
+  EXPECT_EQ(r2.status().code(), absl::StatusCode::kDataLoss) << r2.status();
+  auto r3 = Restore("tiny");
+  EXPECT_EQ(r3.status().code(), absl::StatusCode::kDataLoss) << r3.status();
+  auto r4 = Restore("missing");
+  EXPECT_EQ(r4.status().code(), absl::StatusCode::kNotFound);
+  // Nothing else was harmed: the good checkpoint and the session still work.
+  EXPECT_TRUE(Restore("good").ok());
+  EXPECT_TRUE(Score(a->id, {4, 5}).ok());
+
+  // Another model's checkpoint (same bytes imported into a qwen3 server).
+  Open("qwen3");
+  auto foreign = manager_->ImportSession("t", bytes, std::nullopt);
+  EXPECT_EQ(foreign.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(foreign.status().message().find("another model"), std::string::npos)
+      << foreign.status();
+}
+
+TEST_F(SessionTest, IdleSessionsAreEvictedToDiskAndReloadTransparently) {
+  Open("llama", 8, /*budget=*/0);
+  auto a = manager_->CreateSession("t", {});
+  ASSERT_TRUE(Ingest(a->id, Tokens(static_cast<int>(2 * chunk_ + 1), vocab_, 6)).ok());
+  const auto probe = Tokens(7, vocab_, 7);
+  auto before = Score(a->id, probe);
+  ASSERT_TRUE(before.ok());
+  manager_->ReapNow();
+  // Eviction runs on the engine thread; wait for it.
+  for (int i = 0; i < 100 && manager_->GetSession("t", a->id)->resident; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  auto info = manager_->GetSession("t", a->id);
+  EXPECT_FALSE(info->resident);
+  EXPECT_EQ(info->memory_bytes, 0);
+  EXPECT_TRUE(fs::exists(dir_ / "t" / "sessions" / (a->id + ".safetensors")));
+  auto after = Score(a->id, probe);
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_TRUE(SameBits(before->logprobs, after->logprobs));
+  EXPECT_TRUE(manager_->GetSession("t", a->id)->resident);
+  // And writing continues where it was.
+  auto more = Ingest(a->id, {5, 6});
+  ASSERT_TRUE(more.ok());
+  EXPECT_EQ(more->counters.position, 2 * chunk_ + 3);
+}
+
+TEST_F(SessionTest, SessionsPastTheirIdleTtlAreRemoved) {
+  auto a = manager_->CreateSession("t", SessionOptions{false, {}, /*idle_ttl_seconds=*/1});
+  auto b = manager_->CreateSession("t", {});
+  std::this_thread::sleep_for(std::chrono::milliseconds(1200));
+  manager_->ReapNow();
+  EXPECT_EQ(manager_->GetSession("t", a->id).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(manager_->GetSession("t", b->id).ok());
+}
+
+TEST_F(SessionTest, LiveSessionsPersistAndComeBackInANewManager) {
+  auto a = manager_->CreateSession("t", {});
+  ASSERT_TRUE(Ingest(a->id, Tokens(static_cast<int>(chunk_ + 4), vocab_, 8)).ok());
+  const auto probe = Tokens(5, vocab_, 9);
+  auto before = Score(a->id, probe);
+  ASSERT_TRUE(manager_->PersistAll().ok());
+  Open("llama");
+  auto info = manager_->GetSession("t", a->id);
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_FALSE(info->resident);
+  EXPECT_EQ(info->counters.position, chunk_ + 4);
+  EXPECT_TRUE(SameBits(before->logprobs, Score(a->id, probe)->logprobs));
+}
+
+TEST_F(SessionTest, GenerateIsSeededAndLeavesTheSessionUnlessCommitted) {
+  auto a = manager_->CreateSession("t", {});
+  ASSERT_TRUE(Ingest(a->id, Tokens(10, vocab_, 10)).ok());
+  auto run = [&](bool commit) {
+    GenerateParams p;
+    p.max_tokens = 5;
+    p.sampling.temperature = 0.7;
+    p.sampling.seed = 3;
+    p.commit = commit;
+    p.stop_at_eos = false;
+    std::vector<int32_t> out;
+    std::promise<absl::Status> done;
+    absl::Status st = manager_->Generate(
+        "t", a->id, p, nullptr,
+        [&](int32_t t, float lp) {
+          out.push_back(t);
+          EXPECT_LE(lp, 0.0f);
+          return true;
+        },
+        [&](absl::Status s, FinishReason, int64_t) { done.set_value(s); });
+    EXPECT_TRUE(st.ok()) << st;
+    EXPECT_TRUE(done.get_future().get().ok());
+    return out;
+  };
+  auto g1 = run(false);
+  auto g2 = run(false);
+  EXPECT_EQ(g1.size(), 5u);
+  EXPECT_EQ(g1, g2);
+  EXPECT_EQ(manager_->GetSession("t", a->id)->counters.position, 10);
+  auto g3 = run(true);
+  EXPECT_EQ(g3, g1);
+  auto info = manager_->GetSession("t", a->id);
+  EXPECT_EQ(info->counters.position, 15);
+  EXPECT_EQ(info->counters.tokens_generated, 5);
+  // Absurd parameters are refused up front.
+  GenerateParams bad;
+  bad.sampling.top_p = 2.0;
+  EXPECT_EQ(manager_->Generate("t", a->id, bad, nullptr, nullptr, nullptr).code(),
+            absl::StatusCode::kInvalidArgument);
+  bad = GenerateParams{};
+  bad.max_tokens = 1 << 30;
+  EXPECT_EQ(manager_->Generate("t", a->id, bad, nullptr, nullptr, nullptr).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(SessionTest, ResetAtDocumentEndAndForkAndReset) {
+  auto a = manager_->CreateSession("t", SessionOptions{true, {}, 0});
+  auto r = Ingest(a->id, Tokens(static_cast<int>(chunk_ + 1), vocab_, 11), /*eod=*/true);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->counters.position, 0);  // reset after the document
+  EXPECT_EQ(r->counters.documents_completed, 1);
+  EXPECT_EQ(r->counters.chunks_applied, 1);
+  auto b = manager_->CreateSession("t", {});
+  ASSERT_TRUE(Ingest(b->id, Tokens(static_cast<int>(chunk_ + 1), vocab_, 12)).ok());
+  std::promise<absl::StatusOr<SessionInfo>> fp;
+  ASSERT_TRUE(manager_->Fork("t", b->id, std::nullopt, [&](auto x) { fp.set_value(x); }).ok());
+  auto fork = fp.get_future().get();
+  ASSERT_TRUE(fork.ok());
+  const auto probe = Tokens(4, vocab_, 13);
+  EXPECT_TRUE(SameBits(Score(b->id, probe)->logprobs, Score(fork->id, probe)->logprobs));
+  std::promise<absl::StatusOr<SessionInfo>> rp;
+  ASSERT_TRUE(manager_->Reset("t", b->id, [&](auto x) { rp.set_value(x); }).ok());
+  auto reset = rp.get_future().get();
+  ASSERT_TRUE(reset.ok());
+  EXPECT_EQ(reset->counters.position, 0);
+  for (const auto& [layer, norm] : reset->delta_norms) EXPECT_EQ(norm, 0.0);
+  EXPECT_EQ(manager_->GetSession("t", fork->id)->counters.position, chunk_ + 1);
+}
+
+}  // namespace
+}  // namespace ttt::session
