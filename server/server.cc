@@ -27,6 +27,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
     if (!st.ok()) return st;
   }
 
+  engine::SetCpuThreads(options.threads);
   engine::ModelOptions model_options;
   model_options.device = options.device;
   model_options.dtype = options.dtype;

@@ -47,6 +47,7 @@ struct ServerOptions {
   int64_t max_batch_tokens = 2048;
   bool checkpoint_on_shutdown = true;
   int64_t drain_timeout_s = 20;
+  int threads = 0;  // CPU threads for the engine (0 = all cores)
   int64_t max_queued_items = 4096;
   int64_t max_message_bytes = 64 << 20;  // gRPC receive limit per message
   int64_t reaper_interval_ms = 1000;
