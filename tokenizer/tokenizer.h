@@ -49,11 +49,12 @@ class Tokenizer {
   virtual std::string Decode(absl::Span<const int32_t> ids) const = 0;
 
   // Incremental decoding, the primitive under StreamDecoder: the raw bytes token `id` adds to
-  // the text so far. `*at_text_start` is true for a text's first tokens up to and including the
-  // first visible one (SentencePiece drops that piece's leading space: ["▁", "▁the"] decodes to
-  // " the", [bos, "▁the"] to "the"); the call clears it once the start is over. The bytes may
-  // begin or end inside a multi-byte UTF-8 character; StreamDecoder reassembles them. Empty for
-  // unknown ids and control tokens.
+  // the text so far. `*at_text_start` is true at a text's start, where SentencePiece drops a
+  // piece's leading space as libsentencepiece does: once when the model only adds a dummy prefix
+  // (["▁", "▁the"] decodes to " the"), for every piece until the text is non-empty when it also
+  // removes extra whitespace (["▁", "▁the"] decodes to "the"); [bos, "▁the"] decodes to "the".
+  // The call clears it once the start is over. The bytes may begin or end inside a multi-byte
+  // UTF-8 character; StreamDecoder reassembles them. Empty for unknown ids and control tokens.
   virtual std::string TokenBytes(int32_t id, bool* at_text_start) const = 0;
 
   // One past the largest id (the model's embedding rows may be more).

@@ -1,45 +1,64 @@
-// A thin, Abseil-free face over libsentencepiece's SentencePieceProcessor. It exists because
-// Debian's sentencepiece_processor.h declares `absl::string_view` as std::string_view, which
-// clashes with Debian's Abseil (its own string_view class): the library header may only be
-// included by a translation unit that includes no Abseil header, sentencepiece_model.cc.
+// SentencePiece's model file (`tokenizer.model`): the parts of its ModelProto
+// (sentencepiece_model.proto) that encoding and decoding use, read with the hand-written wire
+// reader in protobuf_wire.h. No libprotobuf and no libsentencepiece: the server links
+// libprotobuf 3.21 and Debian's libsentencepiece carries its own protobuf 3.14 runtime, and the
+// two cannot share a process.
 #pragma once
 
-#include <memory>
+#include <cstdint>
 #include <string>
 #include <string_view>
 #include <vector>
 
-namespace sentencepiece {
-class SentencePieceProcessor;
-}  // namespace sentencepiece
+#include "absl/status/statusor.h"
 
 namespace ttt::tokenizer::internal {
 
-// Thread-safe for concurrent const calls, as the processor is.
-class SentencePieceModel {
- public:
-  // Null with `*error` set when the library cannot load `path`.
-  static std::unique_ptr<SentencePieceModel> Load(const std::string& path, std::string* error);
-  ~SentencePieceModel();
-
-  // False with `*error` set when the library fails.
-  bool Encode(std::string_view text, std::vector<int>* ids, std::string* error) const;
-  // REQUIRES: every id in [0, piece_size()).
-  std::string Decode(const std::vector<int>& ids) const;
-
-  int piece_size() const;
-  int bos_id() const;  // -1 when the model has none
-  int eos_id() const;
-  int unk_id() const;
-  // REQUIRES for these four: id in [0, piece_size()).
-  bool IsControl(int id) const;
-  bool IsUnknown(int id) const;
-  bool IsByte(int id) const;
-  const std::string& IdToPiece(int id) const;
-
- private:
-  explicit SentencePieceModel(std::unique_ptr<sentencepiece::SentencePieceProcessor> processor);
-  std::unique_ptr<sentencepiece::SentencePieceProcessor> processor_;
+// ModelProto.SentencePiece.Type.
+enum class PieceType : int32_t {
+  kNormal = 1,
+  kUnknown = 2,
+  kControl = 3,
+  kUserDefined = 4,
+  kUnused = 5,
+  kByte = 6,
 };
+
+// TrainerSpec.ModelType.
+enum class SentencePieceModelType : int32_t { kUnigram = 1, kBpe = 2, kWord = 3, kChar = 4 };
+
+struct SentencePieceEntry {
+  std::string piece;                    // field 1
+  float score = 0;                      // field 2
+  PieceType type = PieceType::kNormal;  // field 3
+};
+
+// NormalizerSpec (also used for the denormalizer), with proto2 defaults.
+struct NormalizerSpec {
+  std::string name;                      // 1
+  std::string precompiled_charsmap;      // 2: empty means identity
+  bool add_dummy_prefix = true;          // 3
+  bool remove_extra_whitespaces = true;  // 4
+  bool escape_whitespaces = true;        // 5
+};
+
+struct SentencePieceModelProto {
+  std::vector<SentencePieceEntry> pieces;  // ModelProto field 1; the index is the id
+  // TrainerSpec (field 2):
+  SentencePieceModelType model_type = SentencePieceModelType::kUnigram;  // 3
+  bool treat_whitespace_as_suffix = false;                               // 24
+  bool byte_fallback = false;                                            // 35
+  bool has_unk_surface = false;
+  std::string unk_surface;         // 44
+  std::string bos_piece = "<s>";   // 46
+  std::string eos_piece = "</s>";  // 47
+  NormalizerSpec normalizer;       // ModelProto field 3
+  bool has_denormalizer = false;
+  NormalizerSpec denormalizer;  // ModelProto field 5
+};
+
+// INVALID_ARGUMENT ("malformed protobuf ...") when `bytes` is not a well-formed ModelProto.
+// Unknown fields are skipped; semantic checks (an unknown piece exists, ...) are the caller's.
+absl::StatusOr<SentencePieceModelProto> ParseSentencePieceModel(std::string_view bytes);
 
 }  // namespace ttt::tokenizer::internal
