@@ -4,10 +4,11 @@
 //
 // Built twice (tests/CMakeLists.txt): with TTT_DEFAULT_MODEL_TOKENIZER the tokenizer half
 // (default_model_tokenizer_test: the fixed text encodes to the recorded ids), otherwise the engine
-// half (default_model_test: config, weights, and the scores of those ids). They cannot share a
-// process on Debian 12: libsentencepiece embeds protobuf 3.14 and LibTorch loads libprotobuf
-// 3.21, and whichever loads first breaks the other (a crash before main, or a version check that
-// throws when SentencePiece is used).
+// half (default_model_test: config, weights, and the scores of those ids). Split because, with the
+// tokenizer linking libsentencepiece (which embeds protobuf 3.14) next to LibTorch's libprotobuf
+// 3.21, whichever loaded first broke the other (a crash before main, or a version check throwing
+// on first use). The tokenizer now reads SentencePiece models natively (f725395), so the halves
+// could be merged again; the split costs nothing and keeps the tokenizer check LibTorch-free.
 //
 // After retraining the model, re-record with TTT_RECORD_DEFAULT_MODEL=1: first the tokenizer
 // half (writes ids.txt), then the engine half (writes expected.txt); commit both with the model.
