@@ -137,10 +137,59 @@ absl::StatusOr<std::vector<int32_t>> InputTokens(const TttServiceImpl& svc, cons
 }
 
 // ---------------------------------------------------------------------------------------------
+// The write side shared by the streaming reactors: responses written one at a time from a queue,
+// and the first failure remembered for Finish. CRTP, so it can call the reactor's StartWrite.
+// REQUIRES: every method runs with the reactor's mutex held.
+
+template <typename Reactor, typename Response>
+class ResponseQueue {
+ protected:
+  // Remembers the first failure; the reactor finishes with it once what was accepted is written.
+  void FailLocked(absl::Status st) {
+    if (failed_) return;
+    failed_ = true;
+    fail_ = std::move(st);
+  }
+
+  void MaybeWriteLocked() {
+    if (writing_ || out_.empty() || finish_called_) return;
+    writing_ = true;
+    static_cast<Reactor*>(this)->StartWrite(&out_.front());
+  }
+
+  // OnWriteDone's bookkeeping: the front was written, or the client went away (then the rest of
+  // the work is cancelled).
+  void WriteDoneLocked(bool ok, engine::CancelToken& cancel) {
+    writing_ = false;
+    if (!out_.empty()) out_.pop_front();
+    if (!ok) {
+      cancel.Cancel();
+      out_.clear();
+      FailLocked(absl::CancelledError("the client went away"));
+    }
+    MaybeWriteLocked();
+  }
+
+  // OnCancel's bookkeeping: drop what is not being written, cancel the work, remember why.
+  void CancelLocked(engine::CancelToken& cancel, const char* why) {
+    cancel.Cancel();
+    while (out_.size() > (writing_ ? 1u : 0u)) out_.pop_back();
+    FailLocked(absl::CancelledError(why));
+  }
+
+  std::deque<Response> out_;  // out_.front() is being written while writing_
+  bool writing_ = false;
+  bool failed_ = false;
+  absl::Status fail_;
+  bool finish_called_ = false;
+};
+
+// ---------------------------------------------------------------------------------------------
 // Ingest: bidi stream, one response per request message once its tokens are applied.
 
 class IngestReactor final
-    : public grpc::ServerBidiReactor<pb::IngestRequest, pb::IngestResponse> {
+    : public grpc::ServerBidiReactor<pb::IngestRequest, pb::IngestResponse>,
+      public ResponseQueue<IngestReactor, pb::IngestResponse> {
  public:
   IngestReactor(TttServiceImpl* svc, grpc::CallbackServerContext* ctx)
       : svc_(svc), start_(Clock::now()), cancel_(std::make_shared<engine::CancelToken>()) {
@@ -191,22 +240,13 @@ class IngestReactor final
 
   void OnWriteDone(bool ok) override {
     std::lock_guard<std::mutex> lock(mu_);
-    writing_ = false;
-    if (!out_.empty()) out_.pop_front();
-    if (!ok) {
-      cancel_->Cancel();
-      out_.clear();
-      FailLocked(absl::CancelledError("the client went away"));
-    }
-    MaybeWriteLocked();
+    WriteDoneLocked(ok, *cancel_);
     MaybeFinishLocked();
   }
 
   void OnCancel() override {
     std::lock_guard<std::mutex> lock(mu_);
-    cancel_->Cancel();
-    while (out_.size() > (writing_ ? 1u : 0u)) out_.pop_back();
-    FailLocked(absl::CancelledError("the client cancelled the stream"));
+    CancelLocked(*cancel_, "the client cancelled the stream");
     MaybeFinishLocked();
   }
 
@@ -339,18 +379,6 @@ class IngestReactor final
     if (del) delete this;
   }
 
-  void FailLocked(absl::Status st) {
-    if (failed_) return;
-    failed_ = true;
-    fail_ = std::move(st);
-  }
-
-  void MaybeWriteLocked() {
-    if (writing_ || out_.empty() || finish_called_) return;
-    writing_ = true;
-    StartWrite(&out_.front());
-  }
-
   void MaybeFinishLocked() {
     if (finish_called_ || writing_) return;
     // Acknowledge everything already accepted before reporting an error (nothing applied is
@@ -378,7 +406,6 @@ class IngestReactor final
   std::mutex mu_;
   pb::IngestRequest req_;
   std::unique_ptr<session::Writer> writer_;
-  std::deque<pb::IngestResponse> out_;  // out_.front() is being written while writing_
   std::string text_buf_;                // text awaiting flush / end_of_document / stream end
   int64_t msg_index_ = 0;
   int64_t outstanding_ = 0;  // submissions whose engine callback is due
@@ -386,19 +413,16 @@ class IngestReactor final
   double nll_sum_ = 0.0;
   int64_t nll_count_ = 0;
   bool report_loss_ = false;
-  bool writing_ = false;
   bool reads_done_ = false;
   bool read_paused_ = false;
-  bool failed_ = false;
-  absl::Status fail_;
-  bool finish_called_ = false;
   bool done_ = false;
 };
 
 // ---------------------------------------------------------------------------------------------
 // Generate: server stream, one response per token, then a final one.
 
-class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateResponse> {
+class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateResponse>,
+                              public ResponseQueue<GenerateReactor, pb::GenerateResponse> {
  public:
   GenerateReactor(TttServiceImpl* svc, grpc::CallbackServerContext* ctx,
                   const pb::GenerateRequest* req)
@@ -419,22 +443,13 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
 
   void OnWriteDone(bool ok) override {
     std::lock_guard<std::mutex> lock(mu_);
-    writing_ = false;
-    if (!out_.empty()) out_.pop_front();
-    if (!ok) {
-      cancel_->Cancel();
-      out_.clear();
-      FailLocked(absl::CancelledError("the client went away"));
-    }
-    MaybeWriteLocked();
+    WriteDoneLocked(ok, *cancel_);
     MaybeFinishLocked();
   }
 
   void OnCancel() override {
     std::lock_guard<std::mutex> lock(mu_);
-    cancel_->Cancel();
-    while (out_.size() > (writing_ ? 1u : 0u)) out_.pop_back();
-    FailLocked(absl::CancelledError("the client cancelled the call"));
+    CancelLocked(*cancel_, "the client cancelled the call");
     MaybeFinishLocked();
   }
 
@@ -587,18 +602,6 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
     if (del) delete this;
   }
 
-  void FailLocked(absl::Status st) {
-    if (failed_) return;
-    failed_ = true;
-    fail_ = std::move(st);
-  }
-
-  void MaybeWriteLocked() {
-    if (writing_ || out_.empty() || finish_called_) return;
-    writing_ = true;
-    StartWrite(&out_.front());
-  }
-
   void MaybeFinishLocked() {
     if (finish_called_ || writing_ || engine_running_) return;
     if (!failed_ && !out_.empty()) return;
@@ -621,12 +624,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
   bool stop_hit_ = false;
   int64_t generated_ = 0;
   Clock::time_point last_token_;
-  std::deque<pb::GenerateResponse> out_;
-  bool writing_ = false;
   bool engine_running_ = false;
-  bool failed_ = false;
-  absl::Status fail_;
-  bool finish_called_ = false;
   bool done_ = false;
 };
 
