@@ -412,6 +412,14 @@ int64_t SessionManager::resident_memory_bytes() const {
 // ---------------------------------------------------------------------------------------------
 // Bookkeeping
 
+absl::Status SessionManager::SubmitOp(Session& s, engine::Work work,
+                                      const std::shared_ptr<engine::CancelToken>& cancel) {
+  s.BeginOp(cancel);
+  absl::Status submitted = scheduler_->Submit(std::move(work));
+  if (!submitted.ok()) s.EndOp();  // refused: the operation never started
+  return submitted;
+}
+
 absl::StatusOr<std::shared_ptr<Session>> SessionManager::Find(const std::string& tenant,
                                                               const std::string& id) {
   if (id.empty()) return absl::InvalidArgumentError("session_id is required");
@@ -667,10 +675,7 @@ absl::Status SessionManager::SubmitIngest(
       done(st);
     }
   };
-  s->BeginOp(cancel);
-  absl::Status submitted = scheduler_->Submit(std::move(w));
-  if (!submitted.ok()) s->EndOp();
-  return submitted;
+  return SubmitOp(*s, std::move(w), cancel);
 }
 
 absl::Status SessionManager::Score(const std::string& tenant, const std::string& id,
@@ -706,10 +711,7 @@ absl::Status SessionManager::Score(const std::string& tenant, const std::string&
       done(st);
     }
   };
-  s->BeginOp(cancel);
-  absl::Status submitted = scheduler_->Submit(std::move(w));
-  if (!submitted.ok()) s->EndOp();
-  return submitted;
+  return SubmitOp(*s, std::move(w), cancel);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -863,12 +865,8 @@ absl::Status SessionManager::Generate(const std::string& tenant, const std::stri
   };
   // The step function keeps itself alive through the chain of callbacks that hold it.
   w.on_done = [step](absl::Status st) { (*step)(std::move(st)); };
-  s->BeginOp(cancel);
-  absl::Status submitted = scheduler_->Submit(std::move(w));
-  if (!submitted.ok()) {
-    op->writer.reset();
-    s->EndOp();
-  }
+  absl::Status submitted = SubmitOp(*s, std::move(w), cancel);
+  if (!submitted.ok()) op->writer.reset();
   return submitted;
 }
 
@@ -894,10 +892,7 @@ absl::Status SessionManager::Reset(const std::string& tenant, const std::string&
     s->EndOp();
     done(s->Info());
   };
-  s->BeginOp(nullptr);
-  absl::Status submitted = scheduler_->Submit(std::move(w));
-  if (!submitted.ok()) s->EndOp();
-  return submitted;
+  return SubmitOp(*s, std::move(w), nullptr);
 }
 
 absl::Status SessionManager::Fork(const std::string& tenant, const std::string& id,
@@ -930,10 +925,7 @@ absl::Status SessionManager::Fork(const std::string& tenant, const std::string& 
     if (!forked.ok()) return done(forked.status());
     done((*forked)->Info());
   };
-  s->BeginOp(nullptr);
-  absl::Status submitted = scheduler_->Submit(std::move(w));
-  if (!submitted.ok()) s->EndOp();
-  return submitted;
+  return SubmitOp(*s, std::move(w), nullptr);
 }
 
 absl::Status SessionManager::Checkpoint(const std::string& tenant, const std::string& id,
@@ -980,10 +972,7 @@ absl::Status SessionManager::Checkpoint(const std::string& tenant, const std::st
     }
     done(info);
   };
-  s->BeginOp(nullptr);
-  absl::Status submitted = scheduler_->Submit(std::move(w));
-  if (!submitted.ok()) s->EndOp();
-  return submitted;
+  return SubmitOp(*s, std::move(w), nullptr);
 }
 
 absl::Status SessionManager::Restore(const std::string& tenant, const std::string& checkpoint_id,
@@ -1025,10 +1014,7 @@ absl::Status SessionManager::Restore(const std::string& tenant, const std::strin
     s->EndOp();
     done(s->Info());
   };
-  s->BeginOp(nullptr);
-  absl::Status submitted = scheduler_->Submit(std::move(w));
-  if (!submitted.ok()) s->EndOp();
-  return submitted;
+  return SubmitOp(*s, std::move(w), nullptr);
 }
 
 absl::StatusOr<std::vector<CheckpointInfo>> SessionManager::ListCheckpoints(
@@ -1079,10 +1065,7 @@ absl::Status SessionManager::ExportSession(const std::string& tenant, const std:
     s->EndOp();
     done(std::move(bytes));
   };
-  s->BeginOp(nullptr);
-  absl::Status submitted = scheduler_->Submit(std::move(w));
-  if (!submitted.ok()) s->EndOp();
-  return submitted;
+  return SubmitOp(*s, std::move(w), nullptr);
 }
 
 absl::StatusOr<std::string> SessionManager::ExportCheckpoint(const std::string& tenant,

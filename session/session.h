@@ -233,6 +233,10 @@ class SessionManager {
                  const ManagerOptions& options, SessionListener* listener);
 
   absl::StatusOr<std::shared_ptr<Session>> Find(const std::string& tenant, const std::string& id);
+  // Marks an operation on `s` begun and queues its work; undoes the mark when the scheduler
+  // refuses it (full queue, shutdown).
+  absl::Status SubmitOp(Session& s, engine::Work work,
+                        const std::shared_ptr<engine::CancelToken>& cancel);
   absl::StatusOr<std::shared_ptr<Session>> Insert(const std::string& tenant,
                                                   const SessionOptions& options,
                                                   engine::SequenceState state,
