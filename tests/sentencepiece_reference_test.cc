@@ -23,6 +23,8 @@
 #include "gtest/gtest.h"
 #include "tokenizer/tokenizer.h"
 
+#include "tests/utf8_testing.h"
+
 namespace ttt::tokenizer {
 namespace {
 
@@ -31,24 +33,7 @@ using reference::SentencePieceReference;
 
 const fs::path kSourceDir = TTT_SOURCE_DIR;
 
-std::string AppendUtf8(std::string s, char32_t cp) {
-  if (cp < 0x80) {
-    s += static_cast<char>(cp);
-  } else if (cp < 0x800) {
-    s += static_cast<char>(0xC0 | (cp >> 6));
-    s += static_cast<char>(0x80 | (cp & 0x3F));
-  } else if (cp < 0x10000) {
-    s += static_cast<char>(0xE0 | (cp >> 12));
-    s += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    s += static_cast<char>(0x80 | (cp & 0x3F));
-  } else {
-    s += static_cast<char>(0xF0 | (cp >> 18));
-    s += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
-    s += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    s += static_cast<char>(0x80 | (cp & 0x3F));
-  }
-  return s;
-}
+using ::ttt::testing::AppendUtf8;
 
 std::string ReadFileOrEmpty(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);

@@ -20,6 +20,8 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
+#include "tests/utf8_testing.h"
+
 namespace ttt::tokenizer {
 namespace {
 
@@ -36,24 +38,7 @@ constexpr char kLlama3Pattern[] =
 // Ids of the fixture's added tokens.
 constexpr int32_t kEndOfText = 300, kImStart = 301, kIm = 302;
 
-std::string AppendUtf8(std::string s, char32_t cp) {
-  if (cp < 0x80) {
-    s += static_cast<char>(cp);
-  } else if (cp < 0x800) {
-    s += static_cast<char>(0xC0 | (cp >> 6));
-    s += static_cast<char>(0x80 | (cp & 0x3F));
-  } else if (cp < 0x10000) {
-    s += static_cast<char>(0xE0 | (cp >> 12));
-    s += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    s += static_cast<char>(0x80 | (cp & 0x3F));
-  } else {
-    s += static_cast<char>(0xF0 | (cp >> 18));
-    s += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
-    s += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    s += static_cast<char>(0x80 | (cp & 0x3F));
-  }
-  return s;
-}
+using ::ttt::testing::AppendUtf8;
 
 // GPT-2's byte-to-unicode alphabet, written out independently of the implementation.
 std::string ByteSymbol(int byte) {
