@@ -94,7 +94,8 @@ absl::Status Scheduler::Submit(Work work, bool bypass_limits) {
             "); wait for earlier requests to finish"));
       }
     }
-    q.items.push_back(Pending{std::move(work), 0});
+    const bool needs_prepare = static_cast<bool>(work.prepare);
+    q.items.push_back(Pending{std::move(work), 0, /*prepared=*/!needs_prepare});
     ++queued_;
     if (!q.in_rr) {
       q.in_rr = true;
@@ -150,7 +151,7 @@ bool Scheduler::RunRound(std::unique_lock<std::mutex>& lock) {
     while (!q.items.empty()) {
       Pending& head = q.items.front();
       const bool cancelled = head.work.cancel && head.work.cancel->cancelled();
-      if (!cancelled && !head.work.task && !head.prepared && head.work.prepare) {
+      if (!cancelled && !head.work.task && !head.prepared) {
         // Prepare the token run in place (it stays at the head; only this thread pops).
         head.prepared = true;
         auto prepare = std::move(head.work.prepare);
@@ -211,12 +212,17 @@ bool Scheduler::RunRound(std::unique_lock<std::mutex>& lock) {
     Pending* pending;
     int64_t take;
   };
+  // Only prepared heads are eligible: phase 1 released the lock while it ran prepares and tasks,
+  // so a key it had already passed may have received new work whose prepare has not run yet.
   std::vector<Slot> slots;
   for (uint64_t key : rr_) {
     Pending& head = queues_[key].items.front();
-    if (head.work.state != nullptr) slots.push_back({key, &head, 0});
+    const bool cancelled = head.work.cancel && head.work.cancel->cancelled();
+    if (head.work.state != nullptr && head.prepared && !cancelled) {
+      slots.push_back({key, &head, 0});
+    }
   }
-  if (slots.empty()) return true;  // tasks arrived meanwhile; next round runs them
+  if (slots.empty()) return true;  // work arrived meanwhile; the next round's phase 1 takes it
   int64_t budget = options_.max_batch_tokens;
   const int64_t share = std::max<int64_t>(1, budget / static_cast<int64_t>(slots.size()));
   for (Slot& s : slots) {

@@ -62,8 +62,9 @@ struct Work {
   std::function<void(absl::Status)> on_done;
   // Optional; when set and cancelled the rest of the work is dropped.
   std::shared_ptr<CancelToken> cancel;
-  // Optional, for a token run: called on the engine thread right before its first batch (e.g.
-  // load an evicted state, or copy the state to score on). An error finishes the work with it.
+  // Optional, for a token run: called on the engine thread before its first batch (e.g. load an
+  // evicted state, or copy the state to score on). No batch touches `state` until it returned
+  // OK, however the work arrived; an error finishes the work with it.
   std::function<absl::Status()> prepare;
 };
 
@@ -117,7 +118,8 @@ class Scheduler {
   struct Pending {
     Work work;
     int64_t done = 0;       // tokens of work.tokens already applied
-    bool prepared = false;  // work.prepare ran (or there is none)
+    // work.prepare ran (or there is none). A token run is batched only once this is set.
+    bool prepared = false;
   };
   struct KeyQueue {
     std::deque<Pending> items;
