@@ -195,7 +195,6 @@ bool Scheduler::ServeHead(std::unique_lock<std::mutex>& lock, KeyQueue& q) {
 absl::Status Scheduler::PrepareHead(std::unique_lock<std::mutex>& lock, Pending& head) {
   // The token run stays at the head while its prepare runs unlocked: only this thread pops, and
   // deque references survive Submit's push_back.
-  head.prepared = true;
   auto prepare = std::move(head.work.prepare);
   lock.unlock();
   absl::Status status;
@@ -205,6 +204,7 @@ absl::Status Scheduler::PrepareHead(std::unique_lock<std::mutex>& lock, Pending&
     status = absl::InternalError(absl::StrCat("engine prepare failed: ", e.what()));
   }
   lock.lock();
+  head.prepared = status.ok();  // a failed run is popped by the caller
   return status;
 }
 

@@ -155,6 +155,7 @@ class Scheduler {
   // and run the prepare of a token run. False when shutdown began meanwhile.
   bool ServeHeads(std::unique_lock<std::mutex>& lock);
   bool ServeHead(std::unique_lock<std::mutex>& lock, KeyQueue& q);
+  // Runs the head token run's prepare unlocked; marks it prepared when that returned OK.
   absl::Status PrepareHead(std::unique_lock<std::mutex>& lock, Pending& head);
   // Removes keys whose queues are empty from rr_ and queues_.
   void DropIdleKeys();
