@@ -73,7 +73,7 @@ class TttServiceImpl final : public tttserve::v1::TttService::CallbackService {
   grpc::ServerReadReactor<tttserve::v1::ImportSessionRequest>* ImportSession(
       Ctx* ctx, tttserve::v1::Session* resp) override;
 
-  // Plumbing shared with the reactors (service.cc).
+  // Plumbing shared with the reactors (server/internal/reactors.h).
   session::SessionManager* sessions() const { return sessions_; }
   const tokenizer::Tokenizer* tokenizer() const { return tokenizer_; }
   Metrics* metrics() const { return metrics_; }
