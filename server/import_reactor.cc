@@ -1,10 +1,14 @@
-// ImportSession: a client stream of checkpoint-format bytes that becomes a new session.
+// ImportSession: a client stream of checkpoint-format bytes that becomes a new session. The
+// bytes are checked as they arrive (ImportGuard: header length, header nesting, total, all
+// against limits from the model), and at most --max_concurrent_imports run at once.
 #include <exception>
 #include <optional>
 #include <string>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "server/internal/call_slots.h"
+#include "server/internal/import_guard.h"
 #include "server/internal/reactors.h"
 
 namespace ttt::server::internal {
@@ -15,37 +19,38 @@ namespace pb = tttserve::v1;
 class ImportReactor final : public grpc::ServerReadReactor<pb::ImportSessionRequest> {
  public:
   ImportReactor(TttServiceImpl* svc, grpc::CallbackServerContext* ctx, pb::Session* resp)
-      : svc_(svc), start_(Clock::now()), resp_(resp) {
-    auto tenant = TenantOf(ctx);
-    if (!tenant.ok()) {
-      FinishWith(tenant.status());
-      return;
-    }
-    tenant_ = *tenant;
-    StartRead(&req_);
+      : svc_(svc), ctx_(ctx), start_(Clock::now()), resp_(resp), guard_(svc->import_limits()) {
+    absl::Status st = Start();
+    if (!st.ok()) FinishWith(st);
   }
 
   void OnReadDone(bool ok) override {
-    if (!ok) return ImportBuffered();
+    if (!ok) return ImportReceived();
     if (first_ && req_.has_options()) options_ = FromProto(req_.options());
     first_ = false;
-    if (static_cast<int64_t>(buf_.size() + req_.data().size()) >
-        svc_->limits().max_import_bytes) {
-      return FinishWith(absl::ResourceExhaustedError(absl::StrCat(
-          "import exceeds the limit of ", svc_->limits().max_import_bytes, " bytes")));
-    }
-    buf_ += req_.data();
+    absl::Status st = guard_.Append(req_.data());
+    if (!st.ok()) return FinishWith(st);
     StartRead(&req_);
   }
 
   void OnDone() override { delete this; }
 
  private:
+  absl::Status Start() {
+    auto tenant = TenantOf(ctx_);
+    if (!tenant.ok()) return tenant.status();
+    tenant_ = *tenant;
+    absl::Status slot = slot_.Acquire(svc_->import_slots());
+    if (!slot.ok()) return slot;
+    StartRead(&req_);
+    return absl::OkStatus();
+  }
+
   // The client half-closed: verify the bytes and create the session.
-  void ImportBuffered() {
+  void ImportReceived() {
     absl::StatusOr<session::SessionInfo> info;
     try {
-      info = svc_->sessions()->ImportSession(tenant_, std::move(buf_), options_);
+      info = svc_->sessions()->ImportSession(tenant_, guard_.Take(), options_);
     } catch (const std::exception& e) {
       info = absl::InternalError(absl::StrCat("import failed: ", e.what()));
     }
@@ -60,11 +65,13 @@ class ImportReactor final : public grpc::ServerReadReactor<pb::ImportSessionRequ
   }
 
   TttServiceImpl* const svc_;
+  grpc::CallbackServerContext* const ctx_;
   const Clock::time_point start_;
   pb::Session* resp_;
+  SlotLease slot_;
   std::string tenant_;
   pb::ImportSessionRequest req_;
-  std::string buf_;
+  ImportGuard guard_;
   std::optional<session::SessionOptions> options_;
   bool first_ = true;
 };

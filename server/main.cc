@@ -32,6 +32,8 @@ ABSL_FLAG(int64_t, max_batch_tokens, 2048, "token budget of one engine batch");
 ABSL_FLAG(bool, checkpoint_on_shutdown, true, "checkpoint live sessions on SIGTERM");
 ABSL_FLAG(int64_t, drain_timeout_s, 20, "grace for in-flight calls on SIGTERM");
 ABSL_FLAG(int32_t, threads, 0, "CPU threads for the engine (0 = all cores)");
+ABSL_FLAG(int64_t, max_concurrent_imports, 4,
+          "ImportSession calls at once; more get RESOURCE_EXHAUSTED");
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("ttt-serve: gRPC model server with In-Place Test-Time Training");
@@ -59,6 +61,7 @@ int main(int argc, char** argv) {
   o.checkpoint_on_shutdown = absl::GetFlag(FLAGS_checkpoint_on_shutdown);
   o.drain_timeout_s = absl::GetFlag(FLAGS_drain_timeout_s);
   o.threads = absl::GetFlag(FLAGS_threads);
+  o.max_concurrent_imports = absl::GetFlag(FLAGS_max_concurrent_imports);
 
   auto server = ttt::server::Server::Start(o);
   if (!server.ok()) {

@@ -18,6 +18,10 @@
 namespace ttt::server {
 
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& options) {
+  if (options.max_concurrent_imports < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("--max_concurrent_imports must be >= 1, got ",
+                                                   options.max_concurrent_imports));
+  }
   std::unique_ptr<Server> s(new Server());
   s->options_ = options;
   // The metrics endpoint starts first: civetweb fails to start once LibTorch has loaded a model.
@@ -48,7 +52,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
                                                           tok.status().message()));
   }
 
-    s->metrics_->SetBuildInfo(s->model_->fingerprint());
+  s->metrics_->SetBuildInfo(s->model_->fingerprint());
 
   engine::SchedulerOptions sched;
   sched.max_batch_tokens = options.max_batch_tokens;
@@ -69,6 +73,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   s->sessions_ = std::move(*sessions);
 
   ServiceLimits limits;
+  limits.max_concurrent_imports = options.max_concurrent_imports;
   s->service_ = std::make_unique<TttServiceImpl>(s->sessions_.get(), s->tokenizer_.get(),
                                                  s->metrics_.get(), limits, kVersion,
                                                  options.max_batch_tokens);

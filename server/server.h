@@ -51,6 +51,7 @@ struct ServerOptions {
   int64_t max_queued_items = 4096;
   int64_t max_message_bytes = 64 << 20;  // gRPC receive limit per message
   int64_t reaper_interval_ms = 1000;
+  int64_t max_concurrent_imports = 4;  // ImportSession calls at once; more: RESOURCE_EXHAUSTED
 };
 
 // Thread-safe.

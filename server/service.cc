@@ -15,6 +15,10 @@ TttServiceImpl::TttServiceImpl(session::SessionManager* sessions,
                                ServiceLimits limits, std::string version,
                                int64_t max_batch_tokens)
     : sessions_(sessions), tokenizer_(tokenizer), metrics_(metrics), limits_(limits),
+      import_limits_(internal::ImportLimitsFor(sessions->model(),
+                                               sessions->options().memory_budget_bytes,
+                                               limits.max_import_bytes)),
+      import_slots_(limits.max_concurrent_imports, "imports", "--max_concurrent_imports"),
       version_(std::move(version)), max_batch_tokens_(max_batch_tokens) {}
 
 grpc::ServerBidiReactor<pb::IngestRequest, pb::IngestResponse>* TttServiceImpl::Ingest(Ctx* ctx) {
