@@ -1,10 +1,14 @@
 // ExportSession: a server stream of checkpoint-format bytes, of a live session (encoded on the
-// engine thread) or of a stored checkpoint, in pieces of export_piece_bytes.
+// engine thread) or of a stored checkpoint, in pieces of export_piece_bytes. Memory stays
+// bounded however slowly clients read: at most --max_concurrent_exports run at once (each holds
+// one state's bytes, at most the model's largest state), one piece is written at a time, and the
+// transport's buffers are bounded by the server's resource quota and stream limits.
 #include <algorithm>
 #include <mutex>
 #include <string>
 #include <utility>
 
+#include "server/internal/call_slots.h"
 #include "server/internal/reactors.h"
 
 namespace ttt::server::internal {
@@ -48,6 +52,8 @@ class ExportReactor final : public grpc::ServerWriteReactor<pb::ExportSessionRes
       return FinishLocked(absl::InvalidArgumentError(
           "ExportSession needs exactly one of session_id and checkpoint_id"));
     }
+    absl::Status slot = slot_.Acquire(svc_->export_slots());
+    if (!slot.ok()) return FinishLocked(slot);
     if (!req.checkpoint_id().empty()) {
       auto bytes = svc_->sessions()->ExportCheckpoint(*tenant, req.checkpoint_id());
       if (!bytes.ok()) return FinishLocked(bytes.status());
@@ -104,6 +110,7 @@ class ExportReactor final : public grpc::ServerWriteReactor<pb::ExportSessionRes
 
   TttServiceImpl* const svc_;
   const Clock::time_point start_;
+  SlotLease slot_;  // released when the reactor is destroyed
   std::mutex mu_;
   std::string data_;
   size_t offset_ = 0;

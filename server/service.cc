@@ -19,6 +19,7 @@ TttServiceImpl::TttServiceImpl(session::SessionManager* sessions,
                                                sessions->options().memory_budget_bytes,
                                                limits.max_import_bytes)),
       import_slots_(limits.max_concurrent_imports, "imports", "--max_concurrent_imports"),
+      export_slots_(limits.max_concurrent_exports, "exports", "--max_concurrent_exports"),
       version_(std::move(version)), max_batch_tokens_(max_batch_tokens) {}
 
 grpc::ServerBidiReactor<pb::IngestRequest, pb::IngestResponse>* TttServiceImpl::Ingest(Ctx* ctx) {

@@ -28,6 +28,7 @@ struct ServiceLimits {
   int64_t max_inflight_messages = 8;  // per Ingest stream; reading pauses beyond (backpressure)
   int64_t max_import_bytes = int64_t{4} << 30;  // never more, whatever the model allows
   int64_t max_concurrent_imports = 4;           // more get RESOURCE_EXHAUSTED at once
+  int64_t max_concurrent_exports = 16;          // more get RESOURCE_EXHAUSTED at once
   int64_t export_piece_bytes = int64_t{1} << 20;
 };
 
@@ -84,6 +85,7 @@ class TttServiceImpl final : public tttserve::v1::TttService::CallbackService {
   // Limits on one import's bytes, derived from the model (server/internal/import_guard.h).
   const internal::ImportLimits& import_limits() const { return import_limits_; }
   internal::CallSlots* import_slots() { return &import_slots_; }
+  internal::CallSlots* export_slots() { return &export_slots_; }
 
  private:
   session::SessionManager* sessions_;
@@ -92,6 +94,7 @@ class TttServiceImpl final : public tttserve::v1::TttService::CallbackService {
   const ServiceLimits limits_;
   const internal::ImportLimits import_limits_;
   internal::CallSlots import_slots_;
+  internal::CallSlots export_slots_;
   const std::string version_;
   const int64_t max_batch_tokens_;
 };

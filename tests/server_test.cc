@@ -610,5 +610,49 @@ TEST_F(ServerTest, ConcurrentImportsAreCapped) {
   EXPECT_TRUE(st.ok()) << st.error_message();
 }
 
+// Issue 9 #4: exports that are never read cannot pile up: past --max_concurrent_exports the
+// next is refused at once, and once the stalled ones go, exports work again.
+TEST_F(ServerTest, UnreadExportsAreCapped) {
+  options_.max_concurrent_exports = 2;
+  Start();
+  const std::string id = Create();
+  // A state of ~0.4 MB (the fixture caches 768 bytes per token), read by clients whose HTTP/2
+  // window stays at 64 KiB (no BDP probing): their exports cannot complete until they read.
+  ASSERT_TRUE(IngestAll({Tokens(id, Doc(400))}).ok());
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+  auto slow_stub = pb::TttService::NewStub(grpc::CreateCustomChannel(
+      "127.0.0.1:" + std::to_string(server_->port()), grpc::InsecureChannelCredentials(), args));
+  std::vector<std::unique_ptr<grpc::ClientContext>> ctxs;
+  std::vector<std::unique_ptr<grpc::ClientReader<pb::ExportSessionResponse>>> stalled;
+  pb::ExportSessionRequest er;
+  er.set_session_id(id);
+  for (int i = 0; i < 2; ++i) {
+    ctxs.push_back(Ctx());
+    stalled.push_back(slow_stub->ExportSession(ctxs.back().get(), er));
+  }
+  grpc::Status st;
+  for (int i = 0; i < 200; ++i) {
+    std::string ignored;
+    st = ExportStatus(id, &ignored);
+    if (st.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ExpectStatus(st, grpc::StatusCode::RESOURCE_EXHAUSTED, "--max_concurrent_exports");
+  for (size_t i = 0; i < stalled.size(); ++i) {
+    ctxs[i]->TryCancel();
+    stalled[i]->Finish();
+  }
+  std::string bytes;
+  for (int i = 0; i < 200; ++i) {
+    bytes.clear();
+    st = ExportStatus(id, &bytes);
+    if (st.ok()) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_GT(bytes.size(), size_t{400} * 768);
+}
+
 }  // namespace
 }  // namespace ttt::server
