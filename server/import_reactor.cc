@@ -1,7 +1,9 @@
 // ImportSession: a client stream of checkpoint-format bytes that becomes a new session. The
 // bytes are checked as they arrive (ImportGuard: header length, header nesting, total, all
-// against limits from the model), and at most --max_concurrent_imports run at once.
+// against limits from the model), at most --max_concurrent_imports run at once, and a call that
+// ends cancelled leaves no session behind.
 #include <exception>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <utility>
@@ -33,7 +35,24 @@ class ImportReactor final : public grpc::ServerReadReactor<pb::ImportSessionRequ
     StartRead(&req_);
   }
 
-  void OnDone() override { delete this; }
+  void OnCancel() override {
+    std::lock_guard<std::mutex> lock(mu_);
+    cancelled_ = true;
+  }
+
+  // A session created for a call that then ended cancelled (the client never learned its id)
+  // is removed again: a cancelled import leaves nothing behind.
+  void OnDone() override {
+    bool cancelled;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      cancelled = cancelled_ || ctx_->IsCancelled();
+    }
+    if (cancelled && !created_.empty()) {
+      (void)svc_->sessions()->DeleteSession(tenant_, created_);
+    }
+    delete this;
+  }
 
  private:
   absl::Status Start() {
@@ -46,15 +65,25 @@ class ImportReactor final : public grpc::ServerReadReactor<pb::ImportSessionRequ
     return absl::OkStatus();
   }
 
-  // The client half-closed: verify the bytes and create the session.
+  bool Cancelled() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return cancelled_ || ctx_->IsCancelled();
+  }
+
+  // Reads ended: the client half-closed (verify the bytes and create the session), or the call
+  // was cancelled (then nothing is created).
   void ImportReceived() {
+    if (Cancelled()) return FinishWith(absl::CancelledError("the client cancelled the import"));
     absl::StatusOr<session::SessionInfo> info;
     try {
       info = svc_->sessions()->ImportSession(tenant_, guard_.Take(), options_);
     } catch (const std::exception& e) {
       info = absl::InternalError(absl::StrCat("import failed: ", e.what()));
     }
-    if (info.ok()) ToProto(*info, resp_);
+    if (info.ok()) {
+      created_ = info->id;
+      ToProto(*info, resp_);
+    }
     FinishWith(info.status());
   }
 
@@ -74,6 +103,10 @@ class ImportReactor final : public grpc::ServerReadReactor<pb::ImportSessionRequ
   ImportGuard guard_;
   std::optional<session::SessionOptions> options_;
   bool first_ = true;
+  std::string created_;  // the session this call created, if any
+
+  std::mutex mu_;
+  bool cancelled_ = false;  // guarded by mu_
 };
 
 }  // namespace

@@ -654,5 +654,31 @@ TEST_F(ServerTest, UnreadExportsAreCapped) {
   EXPECT_GT(bytes.size(), size_t{400} * 768);
 }
 
+// Issue 9 #11: an import whose call ends CANCELLED, after all its bytes were sent, creates no
+// session.
+TEST_F(ServerTest, CancelledImportLeavesNothingBehind) {
+  Start();
+  const std::string id = Create();
+  ASSERT_TRUE(IngestAll({Tokens(id, Doc(static_cast<int>(chunk_ + 1)))}).ok());
+  const std::string bytes = Export(id);
+  {
+    auto ctx = Ctx();
+    pb::Session s;
+    auto w = stub_->ImportSession(ctx.get(), &s);
+    pb::ImportSessionRequest r;
+    r.set_data(bytes);
+    ASSERT_TRUE(w->Write(r));
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));  // every byte at the server
+    ctx->TryCancel();
+    EXPECT_EQ(w->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  }
+  // Whatever the server was doing with the call has finished by now.
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  pb::ListSessionsResponse list;
+  ASSERT_TRUE(stub_->ListSessions(Ctx().get(), pb::ListSessionsRequest(), &list).ok());
+  ASSERT_EQ(list.sessions_size(), 1);
+  EXPECT_EQ(list.sessions(0).session_id(), id);
+}
+
 }  // namespace
 }  // namespace ttt::server
