@@ -6,7 +6,8 @@ checkpoint scored differently, RSS grew past the limit) or the server did not st
 
 Usage: stress_test.py SERVER_BINARY MODEL_DIR STRESS_COMMAND...
 Environment: TTT_STRESS_DURATION_S (default 120), TTT_STRESS_CLIENTS (4), TTT_STRESS_SEED (1),
-TTT_STRESS_MAX_RSS_SLOPE (MiB/min after warm-up; default 0 = report only),
+TTT_STRESS_MAX_RSS_SLOPE (MiB/min after warm-up, default 30: a guard against gross leaks, not a
+performance bound; 0 = report only),
 TTT_STRESS_REPORT (where to keep the JSON report; default: the temporary folder).
 """
 import json
@@ -36,7 +37,7 @@ def main():
     duration = float(os.environ.get("TTT_STRESS_DURATION_S", "120"))
     clients = int(os.environ.get("TTT_STRESS_CLIENTS", "4"))
     seed = os.environ.get("TTT_STRESS_SEED", "1")
-    slope = os.environ.get("TTT_STRESS_MAX_RSS_SLOPE", "0")
+    slope = os.environ.get("TTT_STRESS_MAX_RSS_SLOPE", "30")
     tmp = tempfile.mkdtemp(prefix="ttt-stress-")
     report = os.environ.get("TTT_STRESS_REPORT") or os.path.join(tmp, "report.json")
     port = free_port()
