@@ -524,11 +524,35 @@ int Run(const Options& o) {
 
 }  // namespace stress
 
+namespace {
+constexpr char kUsage[] = R"(usage: ttt stress [flags]
+  N clients run a random mix of every RPC against a server for a bounded time and check its
+  invariants (docs/robustness.md); exit 0 when all held, 1 on a violation, 2 on bad flags.
+  --target=HOST:PORT        server (localhost:50051)
+  --clients=N               concurrent clients, 1..256 (4)
+  --duration_s=S            length of the run (120)
+  --seed=N                  random seed (1)
+  --server_pid=PID          sample the server's RSS and watch its process (0: API probes only)
+  --warmup_s=S              RSS samples before this are left out of the slope (duration/3)
+  --max_rss_slope_mib_per_min=X   RSS growth after warm-up that is a violation (0: report only)
+  --report_json=PATH        write the report as JSON
+  --tenant=NAME             x-tenant-id of every call (stress)
+  --call_timeout_s=S        deadline of each call (60)
+  --quiet                   do not print violations as they happen)";
+}  // namespace
+
 int RunStress(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--help" || a == "-h" || a == "--helpfull") {
+      std::printf("%s\n", kUsage);
+      return 0;
+    }
+  }
   auto options = stress::ParseOptions(argc, argv);
   if (!options.ok()) {
-    std::fprintf(stderr, "ttt stress: %s\nflags: see cli/stress.h\n",
-                 std::string(options.status().message()).c_str());
+    std::fprintf(stderr, "ttt stress: %s\n\n%s\n",
+                 std::string(options.status().message()).c_str(), kUsage);
     return 2;
   }
   return stress::Run(*options);
