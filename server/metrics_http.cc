@@ -131,30 +131,12 @@ struct HttpExposer::State {
                            size_t* upload_data_size, void** request_context);
 };
 
-MHD_Result HttpExposer::State::Answer(void* cls, MHD_Connection* c, const char* url,
-                                      const char* method, const char*, const char*, size_t*,
-                                      void**) {
-  auto* s = static_cast<State*>(cls);
-  s->RequestArrived(c);
-  unsigned code = MHD_HTTP_OK;
-  std::string body;
-  const std::string m = method, path = url;
-  if (m != MHD_HTTP_METHOD_GET && m != MHD_HTTP_METHOD_HEAD) {
-    code = MHD_HTTP_METHOD_NOT_ALLOWED;
-    body = "only GET and HEAD\n";
-  } else if (path == "/metrics" || path == "/") {
-    try {  // nothing may unwind through libmicrohttpd's C frames
-      body = s->render();
-    } catch (const std::exception& e) {
-      code = MHD_HTTP_INTERNAL_SERVER_ERROR;
-      body = absl::StrCat("cannot render metrics: ", e.what(), "\n");
-    }
-  } else {
-    code = MHD_HTTP_NOT_FOUND;
-    body = "try /metrics\n";
-  }
+namespace {
+
+MHD_Result Respond(MHD_Connection* c, unsigned code, const std::string& body) {
   MHD_Response* response =
-      MHD_create_response_from_buffer(body.size(), body.data(), MHD_RESPMEM_MUST_COPY);
+      MHD_create_response_from_buffer(body.size(), const_cast<char*>(body.data()),
+                                      MHD_RESPMEM_MUST_COPY);
   if (response == nullptr) return MHD_NO;  // out of memory: libmicrohttpd closes the connection
   MHD_add_response_header(response, MHD_HTTP_HEADER_CONTENT_TYPE, kContentType);
   if (code == MHD_HTTP_METHOD_NOT_ALLOWED) {
@@ -163,6 +145,37 @@ MHD_Result HttpExposer::State::Answer(void* cls, MHD_Connection* c, const char* 
   const MHD_Result queued = MHD_queue_response(c, code, response);
   MHD_destroy_response(response);
   return queued;
+}
+
+}  // namespace
+
+// libmicrohttpd calls this once when a request's header is in, then with the body's pieces,
+// then once more with none left: a GET is answered on that last call, so the connection can
+// stay open for the scraper's next request (answering earlier makes libmicrohttpd close it).
+MHD_Result HttpExposer::State::Answer(void* cls, MHD_Connection* c, const char* url,
+                                      const char* method, const char*, const char*,
+                                      size_t* upload_data_size, void** request_context) {
+  static int header_seen;  // any non-null marker
+  auto* s = static_cast<State*>(cls);
+  const std::string m = method, path = url;
+  const bool get = m == MHD_HTTP_METHOD_GET || m == MHD_HTTP_METHOD_HEAD;
+  if (*request_context == nullptr) {
+    s->RequestArrived(c);
+    *request_context = &header_seen;
+    // Other methods are refused before their body is read; the connection then closes.
+    return get ? MHD_YES : Respond(c, MHD_HTTP_METHOD_NOT_ALLOWED, "only GET and HEAD\n");
+  }
+  if (*upload_data_size != 0) {  // a body sent with a GET: read and dropped
+    *upload_data_size = 0;
+    return MHD_YES;
+  }
+  if (path != "/metrics" && path != "/") return Respond(c, MHD_HTTP_NOT_FOUND, "try /metrics\n");
+  try {  // nothing may unwind through libmicrohttpd's C frames
+    return Respond(c, MHD_HTTP_OK, s->render());
+  } catch (const std::exception& e) {
+    return Respond(c, MHD_HTTP_INTERNAL_SERVER_ERROR,
+                   absl::StrCat("cannot render metrics: ", e.what(), "\n"));
+  }
 }
 
 absl::StatusOr<std::unique_ptr<HttpExposer>> HttpExposer::Start(

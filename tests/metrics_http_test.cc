@@ -96,6 +96,27 @@ TEST(HttpExposerTest, ServesTheRenderedBodyOnMetricsAndRoot) {
   EXPECT_EQ(head.find("tttserve_up"), std::string::npos) << head;
 }
 
+// Prometheus keeps its connection between scrapes: two requests on one connection, two answers.
+TEST(HttpExposerTest, KeepsTheConnectionOpenBetweenScrapes) {
+  auto exposer = HttpExposer::Start("127.0.0.1:0", Body("tttserve_up 1\n"));
+  ASSERT_TRUE(exposer.ok()) << exposer.status();
+  const int fd = Connect((*exposer)->port());
+  SendAll(fd, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+  std::string first;
+  char buf[4096];
+  while (first.find("tttserve_up 1\n") == std::string::npos) {
+    const ssize_t n = recv(fd, buf, sizeof(buf), 0);
+    ASSERT_GT(n, 0) << "closed after " << first;
+    first.append(buf, static_cast<size_t>(n));
+  }
+  EXPECT_EQ(first.find("Connection: close"), std::string::npos) << first;
+  SendAll(fd, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  const std::string second = ReadAll(fd);
+  close(fd);
+  EXPECT_EQ(second.rfind("HTTP/1.1 200", 0), 0u) << second;
+  EXPECT_NE(second.find("tttserve_up 1\n"), std::string::npos) << second;
+}
+
 TEST(HttpExposerTest, AnswersNotFoundAndMethodNotAllowed) {
   auto exposer = HttpExposer::Start("127.0.0.1:0", Body("x 1\n"));
   ASSERT_TRUE(exposer.ok()) << exposer.status();
