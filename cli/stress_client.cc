@@ -30,7 +30,8 @@ Client::Client(int index, const Options& options, std::shared_ptr<grpc::Channel>
       recorder_(recorder),
       rng_(options.seed * 1000003 + static_cast<uint64_t>(index)) {}
 
-std::unique_ptr<grpc::ClientContext> Client::Context() {
+std::unique_ptr<grpc::ClientContext> Client::Context(const char* rpc) {
+  recorder_->Doing(index_, absl::StrCat(operation_, ": ", rpc));
   auto ctx = std::make_unique<grpc::ClientContext>();
   ctx->set_deadline(std::chrono::system_clock::now() +
                     std::chrono::milliseconds(static_cast<int64_t>(options_.call_timeout_s * 1e3)));
@@ -75,7 +76,7 @@ bool Client::Create(std::string* id) {
   (*req.mutable_options()->mutable_labels())["client"] = std::to_string(index_);
   if (rng_() % 2) req.mutable_options()->set_idle_ttl_seconds(600);
   pb::Session s;
-  auto ctx = Context();
+  auto ctx = Context("CreateSession");
   if (!Check("CreateSession", stub_->CreateSession(ctx.get(), req, &s)).ok()) return false;
   *id = s.session_id();
   return true;
@@ -85,7 +86,7 @@ bool Client::Score(const std::string& id, pb::ScoreResponse* out) {
   pb::ScoreRequest req;
   req.set_session_id(id);
   for (int32_t t : shared_->probe) req.add_token_ids(t);
-  auto ctx = Context();
+  auto ctx = Context("Score");
   return Check("Score", stub_->Score(ctx.get(), req, out)).ok();
 }
 
@@ -98,7 +99,7 @@ bool Client::ScoreText(const std::string& id) {
     for (int32_t t : RandomTokens(1 + static_cast<int>(rng_() % 100))) req.add_token_ids(t);
   }
   pb::ScoreResponse resp;
-  auto ctx = Context();
+  auto ctx = Context("Score");
   return Check("Score", stub_->Score(ctx.get(), req, &resp)).ok();
 }
 
@@ -127,7 +128,7 @@ bool Client::Ingest(const std::string& id, bool text, bool cancel) {
   msgs.front().set_session_id(id);
   msgs.back().set_end_of_document(rng_() % 5 == 0);
 
-  auto ctx = Context();
+  auto ctx = Context("Ingest");
   auto stream = stub_->Ingest(ctx.get());
   const int send = cancel ? static_cast<int>(rng_() % static_cast<uint64_t>(n)) + 1 : n;
   int acked = 0;
@@ -186,7 +187,7 @@ bool Client::Generate(const std::string& id, bool commit, bool cancel, bool stal
   if (shared_->info.has_tokenizer() && rng_() % 4 == 0) req.add_stop("the");
   req.set_commit(commit);
 
-  auto ctx = Context();
+  auto ctx = Context("Generate");
   auto reader = stub_->Generate(ctx.get(), req);
   pb::GenerateResponse resp;
   int tokens = 0, reported = -1;
@@ -215,7 +216,7 @@ bool Client::Checkpoint(const std::string& id, std::string* checkpoint_id) {
   req.set_session_id(id);
   if (rng_() % 2) req.set_checkpoint_id(absl::StrCat("stress-", index_, "-", rng_() % 1000000));
   pb::CheckpointInfo info;
-  auto ctx = Context();
+  auto ctx = Context("Checkpoint");
   if (!Check("Checkpoint", stub_->Checkpoint(ctx.get(), req, &info)).ok()) return false;
   *checkpoint_id = info.checkpoint_id();
   made_checkpoints_.push_back(info.checkpoint_id());
@@ -227,7 +228,7 @@ bool Client::Restore(const std::string& checkpoint_id, const std::string& over, 
   req.set_checkpoint_id(checkpoint_id);
   req.set_session_id(over);
   pb::Session s;
-  auto ctx = Context();
+  auto ctx = Context("Restore");
   const grpc::Status st = Check("Restore", stub_->Restore(ctx.get(), req, &s));
   if (!st.ok()) {
     Expect(Retryable(st.error_code()),
@@ -243,7 +244,7 @@ bool Client::Fork(const std::string& id, std::string* fork_id) {
   pb::ForkRequest req;
   req.set_session_id(id);
   pb::Session s;
-  auto ctx = Context();
+  auto ctx = Context("Fork");
   if (!Check("Fork", stub_->Fork(ctx.get(), req, &s)).ok()) return false;
   *fork_id = s.session_id();
   return true;
@@ -254,7 +255,7 @@ bool Client::Export(const std::string& session_id, const std::string& checkpoint
   pb::ExportSessionRequest req;
   req.set_session_id(session_id);
   req.set_checkpoint_id(checkpoint_id);
-  auto ctx = Context();
+  auto ctx = Context("ExportSession");
   auto reader = stub_->ExportSession(ctx.get(), req);
   pb::ExportSessionResponse resp;
   int64_t total = -1;
@@ -276,7 +277,7 @@ bool Client::Export(const std::string& session_id, const std::string& checkpoint
 
 bool Client::Import(const std::string& bytes, std::string* id) {
   pb::Session s;
-  auto ctx = Context();
+  auto ctx = Context("ImportSession");
   auto writer = stub_->ImportSession(ctx.get(), &s);
   for (size_t pos = 0; pos < bytes.size();) {  // random pieces of 1 byte .. 256 KiB
     const size_t n = std::min(bytes.size() - pos, 1 + static_cast<size_t>(rng_() % (256 << 10)));
@@ -295,7 +296,7 @@ bool Client::Delete(const std::string& id) {
   pb::DeleteSessionRequest req;
   req.set_session_id(id);
   pb::DeleteSessionResponse resp;
-  auto ctx = Context();
+  auto ctx = Context("DeleteSession");
   return Check("DeleteSession", stub_->DeleteSession(ctx.get(), req, &resp)).ok();
 }
 
@@ -303,7 +304,7 @@ bool Client::Reset(const std::string& id) {
   pb::ResetRequest req;
   req.set_session_id(id);
   pb::Session s;
-  auto ctx = Context();
+  auto ctx = Context("Reset");
   return Check("Reset", stub_->Reset(ctx.get(), req, &s)).ok();
 }
 
@@ -311,7 +312,7 @@ bool Client::DeleteCheckpoint(const std::string& checkpoint_id) {
   pb::DeleteCheckpointRequest req;
   req.set_checkpoint_id(checkpoint_id);
   pb::DeleteCheckpointResponse resp;
-  auto ctx = Context();
+  auto ctx = Context("DeleteCheckpoint");
   return Check("DeleteCheckpoint", stub_->DeleteCheckpoint(ctx.get(), req, &resp)).ok();
 }
 
@@ -319,25 +320,25 @@ bool Client::DeleteCheckpoint(const std::string& checkpoint_id) {
 void Client::Listings() {
   {
     pb::ServerInfo info;
-    auto ctx = Context();
+    auto ctx = Context("GetServerInfo");
     Check("GetServerInfo", stub_->GetServerInfo(ctx.get(), pb::GetServerInfoRequest(), &info));
   }
   {
     pb::ListSessionsRequest req;
     (*req.mutable_label_selector())["client"] = std::to_string(index_);
     pb::ListSessionsResponse resp;
-    auto ctx = Context();
+    auto ctx = Context("ListSessions");
     Check("ListSessions", stub_->ListSessions(ctx.get(), req, &resp));
   }
   if (!owned_.empty()) {
     pb::GetSessionRequest req;
     req.set_session_id(RandomOwned());
     pb::Session s;
-    auto ctx = Context();
+    auto ctx = Context("GetSession");
     Check("GetSession", stub_->GetSession(ctx.get(), req, &s));
   }
   pb::ListCheckpointsResponse resp;
-  auto ctx = Context();
+  auto ctx = Context("ListCheckpoints");
   if (Check("ListCheckpoints",
             stub_->ListCheckpoints(ctx.get(), pb::ListCheckpointsRequest(), &resp))
           .ok()) {
@@ -356,7 +357,7 @@ void Client::BadInputs() {
   req.set_session_id(owned_.empty() ? "s-0" : RandomOwned());
   req.add_token_ids(static_cast<int32_t>(shared_->info.vocab_size()) + 7);
   pb::ScoreResponse resp;
-  auto ctx = Context();
+  auto ctx = Context("Score");
   const grpc::Status st = Check("Score", stub_->Score(ctx.get(), req, &resp));
   Expect(st.error_code() == grpc::StatusCode::INVALID_ARGUMENT ||
              st.error_code() == grpc::StatusCode::NOT_FOUND || Retryable(st.error_code()),
@@ -365,7 +366,7 @@ void Client::BadInputs() {
   pb::GetSessionRequest get;
   get.set_session_id("s-ffffffffffffffffdeadbeef");
   pb::Session s;
-  auto ctx2 = Context();
+  auto ctx2 = Context("GetSession");
   const grpc::Status st2 = Check("GetSession", stub_->GetSession(ctx2.get(), get, &s));
   Expect(st2.error_code() == grpc::StatusCode::NOT_FOUND || Retryable(st2.error_code()),
          absl::StrCat("GetSession of an unknown id answered ", CodeName(st2.error_code())));
@@ -509,7 +510,7 @@ void Client::OpReadCanary() {
 void Client::OneOperation() {
   if (owned_.empty()) {
     std::string id;
-    recorder_->Doing(index_, "CreateSession");
+    operation_ = "CreateSession";
     if (Create(&id)) Adopt(id);
     return;
   }
@@ -526,7 +527,7 @@ void Client::OneOperation() {
   for (int w : kWeights) total += w;
   int r = static_cast<int>(rng_() % static_cast<uint64_t>(total)), op = 0;
   while (r >= kWeights[op]) r -= kWeights[op++];
-  recorder_->Doing(index_, kNames[op]);
+  operation_ = kNames[op];
   const std::string id = RandomOwned();
   std::string out;
   pb::ScoreResponse score;
@@ -580,7 +581,7 @@ void Client::Run(const Shared* shared, Clock::time_point end) {
 
 void Client::Finish() {
   if (recorder_->stopping()) return;  // the server is gone: nothing to verify against
-  recorder_->Doing(index_, "final checkpoint checks");
+  operation_ = "final checkpoint checks";
   for (int tries = 0; !pending_.empty() && tries < 32; ++tries) OpVerifyCheckpoint(false);
   Expect(pending_.empty(), absl::StrCat(pending_.size(), " acknowledged checkpoints could not "
                                         "be restored (retryable errors) by the end"));
@@ -590,7 +591,7 @@ void Client::Finish() {
     pb::DeleteCheckpointRequest req;
     req.set_checkpoint_id(c);
     pb::DeleteCheckpointResponse resp;
-    auto ctx = Context();
+    auto ctx = Context("DeleteCheckpoint");
     stub_->DeleteCheckpoint(ctx.get(), req, &resp);  // NOT_FOUND when already deleted: fine
   }
   recorder_->Doing(index_, "");

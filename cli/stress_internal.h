@@ -122,7 +122,8 @@ class Client {
     pb::ScoreResponse expected;
   };
 
-  std::unique_ptr<grpc::ClientContext> Context();
+  // A call's context (deadline, tenant); tells the recorder which RPC is in flight.
+  std::unique_ptr<grpc::ClientContext> Context(const char* rpc);
   // Records the call's outcome; INTERNAL and UNKNOWN are violations.
   grpc::Status Check(const std::string& method, grpc::Status status);
   void Expect(bool ok, const std::string& what);
@@ -171,6 +172,7 @@ class Client {
   std::vector<std::string> owned_;    // sessions this client writes (at most kMaxOwned)
   std::vector<Pending> pending_;      // checkpoints not yet verified
   std::vector<std::string> made_checkpoints_;
+  std::string operation_ = "set-up";  // the operation of the mix in progress
 };
 
 }  // namespace ttt::cli::stress
