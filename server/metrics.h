@@ -2,13 +2,11 @@
 // alerts are written against: change both together). Thread-safe: prometheus-cpp's metrics are.
 #pragma once
 
-#include <atomic>
 #include <cstdint>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
-#include <thread>
 
 #include <grpcpp/support/status_code_enum.h>
 #include <prometheus/counter.h>
@@ -19,6 +17,7 @@
 
 #include "absl/status/status.h"
 #include "engine/scheduler.h"
+#include "server/metrics_http.h"
 #include "session/session.h"
 
 namespace ttt::server {
@@ -31,10 +30,9 @@ class Metrics : public session::SessionListener, public engine::Scheduler::Obser
   ~Metrics() override;
 
   // Serves /metrics on `address` ("host:port" or ":port"; port 0 picks one) in the Prometheus
-  // text format, from prometheus-cpp's registry. FAILED_PRECONDITION when it cannot be bound.
-  // (A small HTTP/1.0 responder of our own: prometheus-cpp's civetweb-based Exposer fails to
-  // start in a process that links LibTorch.)
-  absl::Status StartExposer(const std::string& address);
+  // text format, from prometheus-cpp's registry, over libmicrohttpd (server/metrics_http.h says
+  // why not prometheus-cpp's civetweb Exposer). FAILED_PRECONDITION when it cannot be bound.
+  absl::Status StartExposer(const std::string& address, const HttpExposerOptions& options = {});
   // The bound port (after StartExposer), or 0.
   int port() const;
 
@@ -59,11 +57,7 @@ class Metrics : public session::SessionListener, public engine::Scheduler::Obser
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;
-  void ServeLoop();
-  int listen_fd_ = -1;
-  int port_ = 0;
-  std::atomic<bool> stop_{false};
-  std::thread http_;
+  std::unique_ptr<HttpExposer> exposer_;  // declared after registry_: stops serving first
   const std::string version_;
   prometheus::Family<prometheus::Gauge>* build_info_;
 

@@ -42,7 +42,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   if (!bounds.ok()) return bounds;
   std::unique_ptr<Server> s(new Server());
   s->options_ = options;
-  // The metrics endpoint starts first: civetweb fails to start once LibTorch has loaded a model.
+  // The metrics endpoint starts first, so a bad --metrics_listen fails before the model loads.
   s->metrics_ = std::make_unique<Metrics>(kVersion);
   if (!options.metrics_listen.empty()) {
     absl::Status st = s->metrics_->StartExposer(options.metrics_listen);
