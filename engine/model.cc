@@ -16,6 +16,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "engine/decode.h"
 #include "engine/status_macros.h"
 
 namespace ttt::engine {
@@ -425,13 +426,7 @@ absl::StatusOr<std::vector<IngestLogProbs>> Model::Ingest(absl::Span<IngestItem>
                                                           IngestMode mode) const {
   for (const IngestItem& item : items) {
     if (item.state == nullptr) return absl::InvalidArgumentError("ingest item without a state");
-    for (size_t i = 0; i < item.tokens.size(); ++i) {
-      if (item.tokens[i] < 0 || item.tokens[i] >= config_.vocab_size) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("token id ", item.tokens[i], " at index ", i,
-                         " is outside the vocabulary [0, ", config_.vocab_size, ")"));
-      }
-    }
+    RETURN_IF_ERROR(ValidateTokens(config_, item.tokens));
   }
   std::vector<IngestLogProbs> results(items.size());
   if (mode == IngestMode::kSequential && !active_ttt_layers_.empty()) {

@@ -40,6 +40,10 @@
 
 namespace ttt::session {
 
+namespace internal {
+class CheckpointStore;
+}  // namespace internal
+
 struct SessionOptions {
   bool reset_at_document_end = false;
   std::map<std::string, std::string> labels;
@@ -241,26 +245,35 @@ class SessionManager {
                                                   const SessionOptions& options,
                                                   engine::SequenceState state,
                                                   const Counters& counters);
-  absl::Status ValidateTokens(const std::vector<int32_t>& tokens) const;
+  // RESOURCE_EXHAUSTED when `count` sessions leave no room for another, else OK.
+  absl::Status CheckSessionLimit(int64_t count) const;
   absl::Status ValidateOptions(const SessionOptions& options) const;
+  // Tokens per chunk update (0 when the model runs no TTT layer).
+  int64_t TokensPerChunk() const;
   absl::Status SubmitIngest(const std::shared_ptr<Session>& s, std::vector<int32_t> tokens,
                             bool end_of_document, std::shared_ptr<engine::CancelToken> cancel,
                             std::function<void(absl::StatusOr<IngestProgress>)> done);
-  // Engine thread: loads an evicted session's state.
+  // Validates generation parameters; an empty prompt on an empty session becomes the bos token.
+  absl::Status PrepareGenerateParams(const Session& s, GenerateParams& params) const;
+
+  // Residency (residency.cc). Engine thread: loads an evicted session's state.
   absl::Status EnsureResident(Session& s);
   // Engine thread: checkpoint-format bytes of the session's state.
   absl::StatusOr<std::string> EncodeSession(Session& s, const std::string& checkpoint_id);
+  // Engine thread: writes the session's state to its session file; returns the bytes written.
+  absl::StatusOr<int64_t> WriteSessionFile(Session& s);
+  // Queues, after the session's work, dropping its state and its session file (deleted or
+  // expired sessions).
+  void DropOnEngine(const std::shared_ptr<Session>& s);
   void Evict(const std::shared_ptr<Session>& s);
   void LoadPersisted();
   void ReaperLoop();
-  std::filesystem::path TenantDir(const std::string& tenant) const;
-  std::filesystem::path CheckpointPath(const std::string& tenant, const std::string& id) const;
-  std::filesystem::path SpillPath(const std::string& tenant, const std::string& id) const;
 
   const engine::Model* model_;
   engine::Scheduler* scheduler_;
   const ManagerOptions options_;
   SessionListener* listener_;
+  const std::unique_ptr<internal::CheckpointStore> store_;
 
   mutable std::mutex mu_;
   // tenant -> id -> session. Guarded by mu_.

@@ -2,9 +2,7 @@
 #include "session/internal/checkpoint.h"
 
 #include <cstring>
-#include <fstream>
 #include <map>
-#include <sstream>
 
 #include <nlohmann/json.hpp>
 
@@ -176,15 +174,6 @@ absl::StatusOr<CheckpointMeta> ReadCheckpointMeta(const std::string& path) {
         absl::StrCat("checkpoint ", path, " is unreadable: ", file.status().message()));
   }
   return ParseMeta((*file)->metadata(), path);
-}
-
-absl::StatusOr<std::string> ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  if (in.bad()) return absl::DataLossError(absl::StrCat("cannot read ", path));
-  return ss.str();
 }
 
 }  // namespace ttt::session::internal

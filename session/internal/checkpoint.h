@@ -44,7 +44,4 @@ absl::StatusOr<DecodedCheckpoint> DecodeCheckpoint(std::string bytes, const std:
 // Reads only the metadata (for listings); checks the format but not the checksum.
 absl::StatusOr<CheckpointMeta> ReadCheckpointMeta(const std::string& path);
 
-// File helpers.
-absl::StatusOr<std::string> ReadFile(const std::string& path);
-
 }  // namespace ttt::session::internal
