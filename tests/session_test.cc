@@ -385,5 +385,46 @@ TEST_F(SessionTest, ResetAtDocumentEndAndForkAndReset) {
   EXPECT_EQ(manager_->GetSession("t", fork->id)->counters.position, chunk_ + 1);
 }
 
+// --- issue 9 ---------------------------------------------------------------------------------
+
+// Swaps the names `a` and `b` in a safetensors header (the header length is unchanged).
+std::string SwapTensorNames(std::string bytes, const std::string& a, const std::string& b) {
+  uint64_t n = 0;
+  for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<uint8_t>(bytes[i]);
+  std::string header = bytes.substr(8, n);
+  const std::string qa = "\"" + a + "\"", qb = "\"" + b + "\"";
+  const size_t pa = header.find(qa), pb = header.find(qb);
+  EXPECT_NE(pa, std::string::npos);
+  EXPECT_NE(pb, std::string::npos);
+  if (pa == std::string::npos || pb == std::string::npos) return bytes;
+  const size_t first = std::min(pa, pb), second = std::max(pa, pb);
+  const std::string& q1 = first == pa ? qa : qb;
+  const std::string& q2 = first == pa ? qb : qa;
+  std::string swapped = header.substr(0, first) + q2 +
+                        header.substr(first + q1.size(), second - first - q1.size()) + q1 +
+                        header.substr(second + q2.size());
+  return bytes.substr(0, 8) + swapped + bytes.substr(8 + n);
+}
+
+TEST_F(SessionTest, ChecksumCoversTheTensorTable) {
+  auto a = manager_->CreateSession("t", {});
+  ASSERT_TRUE(Ingest(a->id, Tokens(static_cast<int>(2 * chunk_ + 3), vocab_, 21)).ok());
+  std::promise<absl::StatusOr<std::string>> p;
+  ASSERT_TRUE(manager_->ExportSession("t", a->id, [&](auto r) { p.set_value(r); }).ok());
+  auto bytes = p.get_future().get();
+  ASSERT_TRUE(bytes.ok()) << bytes.status();
+  ASSERT_TRUE(manager_->ImportSession("t", *bytes, std::nullopt).ok());
+  ASSERT_GE(model_->active_ttt_layers().size(), 2u);
+  const std::string d0 = "ttt." + std::to_string(model_->active_ttt_layers()[0]) + ".delta";
+  const std::string d1 = "ttt." + std::to_string(model_->active_ttt_layers()[1]) + ".delta";
+  for (const auto& [x, y] : std::vector<std::pair<std::string, std::string>>{
+           {"cache.0.keys", "cache.1.keys"}, {d0, d1}, {"cache.0.keys", "cache.0.values"}}) {
+    auto swapped = manager_->ImportSession("t", SwapTensorNames(*bytes, x, y), std::nullopt);
+    EXPECT_EQ(swapped.status().code(), absl::StatusCode::kDataLoss) << x << " <-> " << y;
+    EXPECT_NE(swapped.status().message().find("checksum"), std::string::npos) << swapped.status();
+  }
+}
+
+
 }  // namespace
 }  // namespace ttt::session
