@@ -132,6 +132,7 @@ absl::StatusOr<SequenceState> Model::RestoreSequence(const SafetensorsFile& file
         file.source(), ": holds ", state_tensors, " state tensors, this model expects ", expected,
         " (a state from a model with other layers or TTT settings?)"));
   }
+  RETURN_IF_ERROR(CheckSequence(state, file.source()));
   return state;
 }
 

@@ -16,6 +16,8 @@
 
 #include <gtest/gtest.h>
 
+#include "session/internal/checkpoint.h"
+
 namespace ttt::session {
 namespace {
 
@@ -425,6 +427,49 @@ TEST_F(SessionTest, ChecksumCoversTheTensorTable) {
   }
 }
 
+
+absl::StatusOr<std::string> CraftedCheckpoint(const engine::Model& model, int64_t ingest,
+                                              int64_t position) {
+  engine::SequenceState state = model.NewSequence();
+  engine::IngestItem item{&state, Tokens(static_cast<int>(ingest), model.config().vocab_size, 24)};
+  auto ran = model.Ingest(absl::MakeSpan(&item, 1));
+  if (!ran.ok()) return ran.status();
+  state.position = position;
+  internal::CheckpointMeta meta;
+  meta.model_fingerprint = model.fingerprint();
+  return internal::EncodeCheckpoint(state, meta);
+}
+
+TEST_F(SessionTest, ImportedCountersMustFitTheState) {
+  const int64_t huge = int64_t{1} << 62;
+  // Pending rows agree with the position (huge % chunk), so only the counters are wrong.
+  auto crafted = CraftedCheckpoint(*model_, chunk_ + huge % chunk_, huge);
+  ASSERT_TRUE(crafted.ok()) << crafted.status();
+  auto r = manager_->ImportSession("t", *crafted, std::nullopt);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << r.status();
+  EXPECT_NE(r.status().message().find("position"), std::string::npos) << r.status();
+  // A position the cache does not hold (full attention caches every token).
+  crafted = CraftedCheckpoint(*model_, chunk_ + 1, 5 * chunk_ + 1);
+  ASSERT_TRUE(crafted.ok());
+  r = manager_->ImportSession("t", *crafted, std::nullopt);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << r.status();
+  EXPECT_NE(r.status().message().find("caches"), std::string::npos) << r.status();
+  // Negative session counters.
+  engine::SequenceState fresh = model_->NewSequence();
+  internal::CheckpointMeta meta;
+  meta.model_fingerprint = model_->fingerprint();
+  meta.counters.tokens_received = -5;
+  auto negative = internal::EncodeCheckpoint(fresh, meta);
+  ASSERT_TRUE(negative.ok());
+  r = manager_->ImportSession("t", *negative, std::nullopt);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << r.status();
+  EXPECT_NE(r.status().message().find("tokens_received"), std::string::npos) << r.status();
+  EXPECT_EQ(manager_->session_count(), 0);
+  // The honest state of the same ingest imports.
+  crafted = CraftedCheckpoint(*model_, chunk_ + 1, chunk_ + 1);
+  ASSERT_TRUE(crafted.ok());
+  EXPECT_TRUE(manager_->ImportSession("t", *crafted, std::nullopt).ok());
+}
 
 }  // namespace
 }  // namespace ttt::session

@@ -194,6 +194,24 @@ Counters CountersFromJson(const nlohmann::json& j) {
   return c;
 }
 
+// Session counters only grow by what was ingested: beyond 2^53 (or below 0) they are not a
+// session's, and sums over them could overflow.
+absl::Status CheckCounters(const Counters& c, const std::string& source) {
+  constexpr int64_t kMaxCount = int64_t{1} << 53;
+  const std::pair<const char*, int64_t> all[] = {
+      {"tokens_received", c.tokens_received}, {"tokens_applied", c.tokens_applied},
+      {"tokens_pending", c.tokens_pending},   {"chunks_applied", c.chunks_applied},
+      {"position", c.position},               {"documents_completed", c.documents_completed},
+      {"tokens_generated", c.tokens_generated}};
+  for (const auto& [name, value] : all) {
+    if (value < 0 || value > kMaxCount) {
+      return absl::InvalidArgumentError(absl::StrCat("checkpoint ", source, ": counter '", name,
+                                                     "' is ", value, ", outside [0, 2^53]"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 std::map<std::string, std::string> MetaMap(const engine::SequenceState& state,
                                            const CheckpointMeta& meta) {
   std::map<std::string, std::string> m = state.Metadata();
@@ -246,6 +264,7 @@ absl::StatusOr<CheckpointMeta> ParseMeta(const std::map<std::string, std::string
     return absl::DataLossError(
         absl::StrCat("checkpoint ", source, " has malformed metadata: ", e.what()));
   }
+  RETURN_IF_ERROR(CheckCounters(meta.counters, source));
   return meta;
 }
 
