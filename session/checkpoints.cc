@@ -85,7 +85,6 @@ absl::Status SessionManager::Restore(const std::string& tenant, const std::strin
   w.key = s->key;
   w.task = [this, s, shared, writer = std::move(writer), options, done]() mutable {
     s->state = std::move(shared->state);
-    store_->RemoveSession(s->tenant, s->id);
     {
       std::lock_guard<std::mutex> lock(s->mu);
       s->resident = true;

@@ -2,7 +2,9 @@
 // resident ones are evicted to their session file, least recently used first, while resident
 // memory exceeds the budget; an evicted session reloads on its next use (EnsureResident).
 // PersistAll writes every resident session at shutdown and LoadPersisted registers them again
-// in the next process. Files go through the CheckpointStore.
+// in the next process. A session file is the session's durable copy: it is replaced by the next
+// eviction or shutdown and removed only with the session (delete, TTL), never on reload, so a
+// crash brings a session back as of its last copy. Files go through the CheckpointStore.
 #include <algorithm>
 #include <cstdio>
 
@@ -194,7 +196,9 @@ absl::Status SessionManager::EnsureResident(Session& s) {
                                      decoded.status().message()));
   }
   s.state = std::move(decoded->state);
-  store_->RemoveSession(s.tenant, s.id);
+  // The file stays: it is the session's durable copy until a newer one replaces it (the next
+  // eviction or shutdown) or the session goes; a crash meanwhile brings the session back as of
+  // that copy instead of losing it.
   std::lock_guard<std::mutex> lock(s.mu);
   s.resident = true;
   s.RefreshLocked();

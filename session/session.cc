@@ -246,7 +246,6 @@ absl::Status SessionManager::Reset(const std::string& tenant, const std::string&
   w.key = s->key;
   w.task = [this, s, writer = std::move(writer), done]() mutable {
     s->state = model_->NewSequence();
-    store_->RemoveSession(s->tenant, s->id);
     {
       std::lock_guard<std::mutex> lock(s->mu);
       s->resident = true;

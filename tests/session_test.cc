@@ -471,5 +471,21 @@ TEST_F(SessionTest, ImportedCountersMustFitTheState) {
   EXPECT_TRUE(manager_->ImportSession("t", *crafted, std::nullopt).ok());
 }
 
+TEST_F(SessionTest, PersistedSessionKeepsItsFileAfterReload) {
+  auto a = manager_->CreateSession("t", {});
+  ASSERT_TRUE(Ingest(a->id, Tokens(static_cast<int>(chunk_ + 4), vocab_, 22)).ok());
+  const auto probe = Tokens(5, vocab_, 23);
+  auto before = Score(a->id, probe);
+  ASSERT_TRUE(before.ok());
+  ASSERT_TRUE(manager_->PersistAll().ok());
+  Open("llama");  // restart
+  ASSERT_TRUE(SameBits(before->logprobs, Score(a->id, probe)->logprobs));  // reloads it
+  EXPECT_TRUE(fs::exists(dir_ / "t" / "sessions" / (a->id + ".safetensors")));
+  Open("llama");  // killed without PersistAll (kill -9): the durable copy is still there
+  auto info = manager_->GetSession("t", a->id);
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_TRUE(SameBits(before->logprobs, Score(a->id, probe)->logprobs));
+}
+
 }  // namespace
 }  // namespace ttt::session
