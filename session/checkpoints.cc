@@ -130,7 +130,11 @@ absl::StatusOr<std::string> SessionManager::ExportCheckpoint(const std::string& 
                                                              const std::string& checkpoint_id) {
   RETURN_IF_ERROR(ValidateTenant(tenant));
   RETURN_IF_ERROR(ValidateCheckpointId(checkpoint_id));
-  return store_->ReadCheckpoint(tenant, checkpoint_id);
+  ASSIGN_OR_RETURN(std::string bytes, store_->ReadCheckpoint(tenant, checkpoint_id));
+  // A damaged file is reported here, not by whoever imports the bytes later.
+  RETURN_IF_ERROR(
+      internal::VerifyCheckpoint(bytes, "'" + checkpoint_id + "'").status());
+  return bytes;
 }
 
 absl::StatusOr<SessionInfo> SessionManager::ImportSession(const std::string& tenant,

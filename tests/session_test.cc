@@ -12,6 +12,8 @@
 #include <random>
 #include <thread>
 
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
@@ -485,6 +487,52 @@ TEST_F(SessionTest, PersistedSessionKeepsItsFileAfterReload) {
   auto info = manager_->GetSession("t", a->id);
   ASSERT_TRUE(info.ok()) << info.status();
   EXPECT_TRUE(SameBits(before->logprobs, Score(a->id, probe)->logprobs));
+}
+
+TEST_F(SessionTest, CheckpointFolderListsAndServesOnlyWholeRegularFiles) {
+  auto a = manager_->CreateSession("t", {});
+  ASSERT_TRUE(Ingest(a->id, Tokens(static_cast<int>(chunk_ + 2), vocab_, 40)).ok());
+  ASSERT_TRUE(Checkpoint(a->id, "good").ok());
+  const fs::path dir = dir_ / "t" / "checkpoints";
+  std::string bytes;
+  {
+    std::ifstream in(dir / "good.safetensors", std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  {
+    std::ofstream out(dir / "cut.safetensors", std::ios::binary);
+    out << bytes.substr(0, bytes.size() - 10);
+  }
+  {
+    std::ofstream out(dir / "good.safetensors.tmp.123.abc", std::ios::binary);
+    out << bytes;
+  }
+  fs::create_directory(dir / "folder.safetensors");
+  fs::create_symlink("/etc/passwd", dir / "leak.safetensors");
+  fs::create_symlink(dir / "good.safetensors", dir / "alias.safetensors");
+  ASSERT_EQ(::mkfifo((dir / "pipe.safetensors").c_str(), 0600), 0);
+
+  auto listing = std::async(std::launch::async, [&] { return manager_->ListCheckpoints("t"); });
+  if (listing.wait_for(std::chrono::seconds(20)) != std::future_status::ready) {
+    ADD_FAILURE() << "ListCheckpoints hangs on a FIFO";
+    const int fd = ::open((dir / "pipe.safetensors").c_str(), O_WRONLY);  // unblock it
+    if (fd >= 0) ::close(fd);
+  }
+  auto listed = listing.get();
+  ASSERT_TRUE(listed.ok());
+  ASSERT_EQ(listed->size(), 1u);
+  EXPECT_EQ(listed->front().id, "good");
+  EXPECT_EQ(listed->front().size_bytes, static_cast<int64_t>(bytes.size()));
+
+  for (const char* id : {"leak", "alias", "pipe", "folder"}) {
+    auto exported = manager_->ExportCheckpoint("t", id);
+    EXPECT_EQ(exported.status().code(), absl::StatusCode::kNotFound) << id;
+    EXPECT_EQ(Restore(id).status().code(), absl::StatusCode::kNotFound) << id;
+  }
+  EXPECT_EQ(manager_->ExportCheckpoint("t", "cut").status().code(), absl::StatusCode::kDataLoss);
+  auto good = manager_->ExportCheckpoint("t", "good");
+  ASSERT_TRUE(good.ok()) << good.status();
+  EXPECT_EQ(*good, bytes);
 }
 
 }  // namespace

@@ -352,13 +352,4 @@ absl::StatusOr<CheckpointMeta> InspectCheckpoint(std::string_view head, uint64_t
   return ParseMeta(h.metadata, source);
 }
 
-absl::StatusOr<CheckpointMeta> ReadCheckpointMeta(const std::string& path) {
-  auto file = engine::SafetensorsFile::Open(path);
-  if (!file.ok()) {
-    return absl::DataLossError(
-        absl::StrCat("checkpoint ", path, " is unreadable: ", file.status().message()));
-  }
-  return ParseMeta((*file)->metadata(), path);
-}
-
 }  // namespace ttt::session::internal

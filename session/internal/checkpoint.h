@@ -67,7 +67,4 @@ absl::StatusOr<uint64_t> CheckpointHeadSize(std::string_view first8, uint64_t fi
 absl::StatusOr<CheckpointMeta> InspectCheckpoint(std::string_view head, uint64_t file_size,
                                                  const std::string& source);
 
-// Reads only the metadata (for listings); checks the format but not the checksum.
-absl::StatusOr<CheckpointMeta> ReadCheckpointMeta(const std::string& path);
-
 }  // namespace ttt::session::internal

@@ -6,12 +6,18 @@
 //
 // Files are in the checkpoint format (checkpoint.h) and written atomically (a temporary file
 // beside the final name, fsync, rename, fsync the folder), so a crash leaves the old file or the
-// new one, never a torn one. Tenant and id are validated by the caller (names.h): they are safe
-// file names. Thread-safe: every method is a file-system operation on its own.
+// new one, never a torn one; temporary names do not end in ".safetensors" and are never listed.
+// Reads and listings only open regular files, and follow no symbolic link below the root: each
+// folder is opened with O_NOFOLLOW, each file with O_NOFOLLOW | O_NONBLOCK (a FIFO cannot block
+// a listing) and checked with fstat. A listing shows only files whose header, format and size
+// are whole (the checksum is checked when the bytes are used). Tenant and id are validated by
+// the caller (names.h): they are safe file names. Thread-safe: each method is a file-system
+// operation on its own.
 #pragma once
 
 #include <filesystem>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -34,7 +40,7 @@ class CheckpointStore {
   absl::StatusOr<std::string> ReadCheckpoint(const std::string& tenant,
                                              const std::string& id) const;
   absl::Status DeleteCheckpoint(const std::string& tenant, const std::string& id) const;
-  // The tenant's checkpoints by id, with what their metadata says.
+  // The tenant's whole checkpoints by id, with what their metadata says.
   std::vector<CheckpointInfo> ListCheckpoints(const std::string& tenant) const;
 
   // Session files. Read answers NOT_FOUND when there is none.
@@ -55,9 +61,15 @@ class CheckpointStore {
   std::vector<PersistedSession> ListSessions(const std::string& model_fingerprint) const;
 
  private:
-  std::filesystem::path TenantDir(const std::string& tenant) const { return root_ / tenant; }
-  std::filesystem::path CheckpointPath(const std::string& tenant, const std::string& id) const;
-  std::filesystem::path SessionPath(const std::string& tenant, const std::string& id) const;
+  std::filesystem::path Path(const std::string& tenant, const char* kind,
+                             const std::string& id) const;
+  // The whole file <root>/<tenant>/<kind>/<id>.safetensors; NOT_FOUND unless a regular file.
+  absl::StatusOr<std::string> ReadWhole(const std::string& tenant, const char* kind,
+                                        const std::string& id) const;
+  // Every <root>/<tenant>/<kind>/*.safetensors by id, with its metadata or why it is not whole;
+  // `sizes` (optional) receives the file sizes in the same order.
+  std::vector<std::pair<std::string, absl::StatusOr<CheckpointMeta>>> InspectAll(
+      const std::string& tenant, const char* kind, std::vector<uint64_t>* sizes) const;
 
   const std::filesystem::path root_;
 };
