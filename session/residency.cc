@@ -6,6 +6,7 @@
 // eviction or shutdown and removed only with the session (delete, TTL), never on reload, so a
 // crash brings a session back as of its last copy. Files go through the CheckpointStore.
 #include <algorithm>
+#include <tuple>
 #include <cstdio>
 
 #include "absl/strings/str_cat.h"
@@ -18,7 +19,24 @@
 namespace ttt::session {
 
 void SessionManager::LoadPersisted() {
-  for (auto& p : store_->ListSessions(model_->fingerprint())) {
+  auto persisted = store_->ListSessions(model_->fingerprint());
+  // The most recently used come back first; --max_sessions holds here as anywhere.
+  std::sort(persisted.begin(), persisted.end(), [](const auto& a, const auto& b) {
+    return std::tie(b.meta.last_used_unix_ms, a.tenant, a.id) <
+           std::tie(a.meta.last_used_unix_ms, b.tenant, b.id);
+  });
+  for (auto& p : persisted) {
+    if (!CheckSessionLimit(session_count()).ok()) {
+      // Kept, not lost: the tenant can restore it by the session id once there is room.
+      absl::Status moved = store_->MoveSessionToCheckpoints(p.tenant, p.id);
+      std::fprintf(stderr,
+                   "ttt-serve: --max_sessions=%lld reached: persisted session %s of tenant %s %s\n",
+                   static_cast<long long>(options_.max_sessions), p.id.c_str(), p.tenant.c_str(),
+                   moved.ok() ? "is kept as the checkpoint of the same id"
+                              : ("stays on disk unloaded: " + std::string(moved.message())).c_str());
+      continue;
+    }
+    if (!ValidateOptions(p.meta.options).ok()) continue;
     auto s = std::make_shared<Session>(p.id, p.tenant, next_key_++, p.meta.options,
                                        p.meta.created_unix_ms);
     s->counters = p.meta.counters;
@@ -215,6 +233,7 @@ absl::StatusOr<std::string> SessionManager::EncodeSession(Session& s,
   meta.created_unix_ms = NowMs();
   {
     std::lock_guard<std::mutex> lock(s.mu);
+    meta.last_used_unix_ms = s.last_used_ms;
     meta.counters = s.counters;
     meta.options = s.options;
   }

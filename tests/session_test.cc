@@ -10,6 +10,7 @@
 #include <fstream>
 #include <future>
 #include <random>
+#include <set>
 #include <thread>
 
 #include <fcntl.h>
@@ -533,6 +534,34 @@ TEST_F(SessionTest, CheckpointFolderListsAndServesOnlyWholeRegularFiles) {
   auto good = manager_->ExportCheckpoint("t", "good");
   ASSERT_TRUE(good.ok()) << good.status();
   EXPECT_EQ(*good, bytes);
+}
+
+TEST_F(SessionTest, PersistedSessionsBeyondMaxSessionsComeBackAsCheckpoints) {
+  std::vector<std::string> ids;
+  for (int i = 0; i < 5; ++i) {
+    auto s = manager_->CreateSession("t", {});
+    ASSERT_TRUE(s.ok());
+    ids.push_back(s->id);
+  }
+  for (int i = 0; i < 5; ++i) {  // used in this order: the last ones are the most recent
+    ASSERT_TRUE(Ingest(ids[i], Tokens(3 + i, vocab_, 30 + i)).ok());
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  ASSERT_TRUE(manager_->PersistAll().ok());
+  Open("llama", /*max_sessions=*/3);
+  EXPECT_EQ(manager_->session_count(), 3);
+  for (int i = 2; i < 5; ++i) EXPECT_TRUE(manager_->GetSession("t", ids[i]).ok()) << i;
+  auto listed = manager_->ListCheckpoints("t");
+  ASSERT_TRUE(listed.ok());
+  ASSERT_EQ(listed->size(), 2u);
+  EXPECT_EQ(manager_->GetSession("t", ids[0]).status().code(), absl::StatusCode::kNotFound);
+  std::set<std::string> kept = {(*listed)[0].id, (*listed)[1].id};
+  EXPECT_EQ(kept, (std::set<std::string>{ids[0], ids[1]}));
+  // Nothing was lost: a slot freed, the state restores with its counters.
+  ASSERT_TRUE(manager_->DeleteSession("t", ids[4]).ok());
+  auto restored = Restore(ids[1]);
+  ASSERT_TRUE(restored.ok()) << restored.status();
+  EXPECT_EQ(restored->counters.position, 4);
 }
 
 }  // namespace

@@ -241,6 +241,19 @@ void CheckpointStore::RemoveSession(const std::string& tenant, const std::string
   fs::remove(Path(tenant, kSessions, id), ec);
 }
 
+absl::Status CheckpointStore::MoveSessionToCheckpoints(const std::string& tenant,
+                                                       const std::string& id) const {
+  const fs::path to = Path(tenant, kCheckpoints, id);
+  std::error_code ec;
+  fs::create_directories(to.parent_path(), ec);
+  if (fs::exists(fs::symlink_status(to, ec))) {
+    return absl::AlreadyExistsError(absl::StrCat(to.string(), " exists"));
+  }
+  fs::rename(Path(tenant, kSessions, id), to, ec);
+  if (ec) return absl::InternalError(absl::StrCat("moving to ", to.string(), ": ", ec.message()));
+  return absl::OkStatus();
+}
+
 std::vector<CheckpointStore::PersistedSession> CheckpointStore::ListSessions(
     const std::string& model_fingerprint) const {
   std::vector<PersistedSession> out;

@@ -51,6 +51,10 @@ class CheckpointStore {
   // Names a session file in messages.
   std::string SessionFileName(const std::string& tenant, const std::string& id) const;
 
+  // Turns a session file into the tenant's checkpoint of the same id (sessions that do not fit
+  // under --max_sessions at start). ALREADY_EXISTS when a checkpoint has that id.
+  absl::Status MoveSessionToCheckpoints(const std::string& tenant, const std::string& id) const;
+
   struct PersistedSession {
     std::string tenant;
     std::string id;
