@@ -71,7 +71,7 @@ absl::Status SessionManager::Restore(const std::string& tenant, const std::strin
   if (options) RETURN_IF_ERROR(ValidateOptions(*options));
   ASSIGN_OR_RETURN(std::string bytes, store_->ReadCheckpoint(tenant, checkpoint_id));
   ASSIGN_OR_RETURN(auto decoded, internal::DecodeCheckpoint(
-                                     std::move(bytes), "'" + checkpoint_id + "'", *model_));
+                                     std::move(bytes), internal::Quote(checkpoint_id), *model_));
   if (target_session.empty()) {
     ASSIGN_OR_RETURN(auto s, Insert(tenant, options ? *options : decoded.meta.options,
                                     std::move(decoded.state), decoded.meta.counters));
@@ -133,7 +133,7 @@ absl::StatusOr<std::string> SessionManager::ExportCheckpoint(const std::string& 
   ASSIGN_OR_RETURN(std::string bytes, store_->ReadCheckpoint(tenant, checkpoint_id));
   // A damaged file is reported here, not by whoever imports the bytes later.
   RETURN_IF_ERROR(
-      internal::VerifyCheckpoint(bytes, "'" + checkpoint_id + "'").status());
+      internal::VerifyCheckpoint(bytes, internal::Quote(checkpoint_id)).status());
   return bytes;
 }
 

@@ -13,6 +13,7 @@
 
 namespace ttt::session {
 
+using internal::Quote;
 using internal::RandomHex;
 using internal::ValidateName;
 
@@ -45,7 +46,7 @@ absl::StatusOr<std::unique_ptr<Writer>> SessionManager::OpenWriter(const std::st
   std::lock_guard<std::mutex> lock(s->mu);
   if (s->writer) {
     return absl::AbortedError(absl::StrCat(
-        "session ", id, " is busy: ", s->writer_what,
+        "session ", Quote(id), " is busy: ", s->writer_what,
         " is already writing to it; a session takes one writer at a time (Ingest, committing "
         "Generate, Reset, Restore), retry when that one finishes"));
   }
@@ -121,8 +122,8 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::Find(const std::string&
     if (it != t->second.end()) return it->second;
   }
   // Another tenant's session answers the same: its existence is not revealed.
-  return absl::NotFoundError(absl::StrCat("session '", id, "' not found (deleted, expired, or ",
-                                          "never created for tenant '", tenant, "')"));
+  return absl::NotFoundError(absl::StrCat("session ", Quote(id), " not found (deleted, expired, ",
+                                          "or never created for tenant ", Quote(tenant), ")"));
 }
 
 absl::Status SessionManager::CheckSessionLimit(int64_t count) const {
@@ -223,7 +224,7 @@ absl::Status SessionManager::DeleteSession(const std::string& tenant, const std:
     std::lock_guard<std::mutex> lock(mu_);
     auto& by_id = sessions_[tenant];
     if (by_id.erase(id) == 0) {
-      return absl::NotFoundError(absl::StrCat("session '", id, "' not found"));
+      return absl::NotFoundError(absl::StrCat("session ", Quote(id), " not found"));
     }
     --session_count_;
   }

@@ -564,5 +564,26 @@ TEST_F(SessionTest, PersistedSessionsBeyondMaxSessionsComeBackAsCheckpoints) {
   EXPECT_EQ(restored->counters.position, 4);
 }
 
+TEST_F(SessionTest, MessagesQuoteAShortEscapedPrefixOfClientStrings) {
+  const std::string huge(1 << 20, 'x');
+  auto missing = manager_->GetSession("t", huge);
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_LT(missing.status().message().size(), 400u) << missing.status().message().size();
+  EXPECT_NE(missing.status().message().find("(1048576 bytes)"), std::string::npos);
+  auto odd = manager_->GetSession("t", std::string("a\x01\n'b", 5));
+  EXPECT_NE(odd.status().message().find("'a\\x01\\x0a\\x27b'"), std::string::npos) << odd.status();
+  EXPECT_LT(manager_->DeleteSession("t", huge).message().size(), 400u);
+  EXPECT_LT(manager_->OpenWriter("t", huge, "x").status().message().size(), 400u);
+  std::promise<absl::StatusOr<SessionInfo>> p;
+  absl::Status bad_ck =
+      manager_->Restore("t", huge, "", std::nullopt, [&](auto r) { p.set_value(r); });
+  EXPECT_EQ(bad_ck.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_LT(bad_ck.message().size(), 400u);
+  absl::Status bad_name = manager_->DeleteCheckpoint("t", "ok/" + huge);
+  EXPECT_EQ(bad_name.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_LT(bad_name.message().size(), 400u);
+  EXPECT_LT(manager_->ListCheckpoints(huge).status().message().size(), 400u);
+}
+
 }  // namespace
 }  // namespace ttt::session

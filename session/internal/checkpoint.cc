@@ -12,6 +12,7 @@
 #include "absl/strings/str_join.h"
 #include "engine/safetensors.h"
 #include "engine/status_macros.h"
+#include "session/internal/names.h"
 #include "session/internal/sha256.h"
 
 namespace ttt::session::internal {
@@ -77,8 +78,8 @@ absl::Status AddTableEntry(const std::string& name, const nlohmann::json& e, Hea
   if (!e.is_object() || !e.contains("dtype") || !e["dtype"].is_string() || !e.contains("shape") ||
       !e["shape"].is_array() || !e.contains("data_offsets") || !e["data_offsets"].is_array() ||
       e["data_offsets"].size() != 2) {
-    return absl::InvalidArgumentError(absl::StrCat("tensor entry '", name.substr(0, 64),
-                                                   "' lacks dtype, shape or data_offsets"));
+    return absl::InvalidArgumentError(absl::StrCat("tensor entry ", Quote(name),
+                                                   " lacks dtype, shape or data_offsets"));
   }
   std::vector<std::string> dims;
   for (const auto& d : e["shape"]) {
@@ -239,8 +240,8 @@ absl::StatusOr<CheckpointMeta> ParseMeta(const std::map<std::string, std::string
   const std::string format = get("tttserve.format");
   if (format != kCheckpointFormat && format != kCheckpointFormatV1) {
     return absl::InvalidArgumentError(absl::StrCat(
-        source, " is not a ttt-serve checkpoint (metadata 'tttserve.format' is '",
-        format.substr(0, 64), "', expected '", kCheckpointFormat, "')"));
+        source, " is not a ttt-serve checkpoint (metadata 'tttserve.format' is ",
+        Quote(format), ", expected '", kCheckpointFormat, "')"));
   }
   CheckpointMeta meta;
   meta.model_fingerprint = get("tttserve.model_fingerprint");
@@ -324,7 +325,7 @@ absl::StatusOr<DecodedCheckpoint> DecodeCheckpoint(std::string bytes, const std:
   if (meta.model_fingerprint != model.fingerprint()) {
     return absl::FailedPreconditionError(absl::StrCat(
         "checkpoint ", source, " belongs to another model (fingerprint ",
-        meta.model_fingerprint.substr(0, 64), "); this server runs model ", model.fingerprint()));
+        Quote(meta.model_fingerprint), "); this server runs model ", model.fingerprint()));
   }
   auto file = engine::SafetensorsFile::FromBytes(std::move(bytes), source);
   if (!file.ok()) {

@@ -131,7 +131,7 @@ absl::Status WriteAtomically(const fs::path& path, const std::string& bytes) {
 }
 
 absl::Status CheckpointNotFound(const std::string& id) {
-  return absl::NotFoundError(absl::StrCat("checkpoint '", id, "' not found"));
+  return absl::NotFoundError(absl::StrCat("checkpoint ", Quote(id), " not found"));
 }
 
 }  // namespace

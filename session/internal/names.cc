@@ -5,6 +5,8 @@
 #include <cstdint>
 #include <random>
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 
 namespace ttt::session::internal {
@@ -25,17 +27,34 @@ absl::Status ValidateName(const std::string& name, const char* what, size_t max_
         absl::StrCat(what, " must be 1..", max_len, " characters, got ", name.size()));
   }
   if (name[0] == '.') {
-    return absl::InvalidArgumentError(absl::StrCat(what, " '", name, "' must not start with '.'"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, " ", Quote(name), " must not start with '.'"));
   }
   for (char c : name) {
     const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
                     c == '.' || c == '_' || c == '-';
     if (!ok) {
       return absl::InvalidArgumentError(absl::StrCat(
-          what, " '", name, "' has a character outside [A-Za-z0-9._-]"));
+          what, " ", Quote(name), " has a character outside [A-Za-z0-9._-]"));
     }
   }
   return absl::OkStatus();
+}
+
+std::string Quote(std::string_view s, size_t max_bytes) {
+  std::string out = "'";
+  const size_t n = std::min(s.size(), max_bytes);
+  for (size_t i = 0; i < n; ++i) {
+    const unsigned char c = static_cast<unsigned char>(s[i]);
+    if (c >= 0x20 && c < 0x7f && c != '\'' && c != '\\') {
+      out.push_back(static_cast<char>(c));
+    } else {
+      absl::StrAppend(&out, "\\x", absl::Hex(c, absl::kZeroPad2));
+    }
+  }
+  out.push_back('\'');
+  if (s.size() > n) absl::StrAppend(&out, "... (", s.size(), " bytes)");
+  return out;
 }
 
 }  // namespace ttt::session::internal
