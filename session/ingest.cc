@@ -81,8 +81,16 @@ absl::Status SessionManager::Score(const std::string& tenant, const std::string&
   w.state = scratch.get();
   w.tokens = std::move(tokens);
   w.cancel = cancel;
-  w.prepare = [this, s, scratch]() -> absl::Status {
+  const size_t count = tokens.size();
+  w.prepare = [this, s, scratch, count]() -> absl::Status {
     RETURN_IF_ERROR(EnsureResident(*s));
+    // Checked here, in order with the session's writes: an empty session's first token has no
+    // context, so one token alone would predict nothing (and a perplexity over nothing).
+    if (s->state.position == 0 && count < 2) {
+      return absl::InvalidArgumentError(
+          "score needs at least 2 tokens on an empty session: its first token has no context, "
+          "so nothing would be predicted; ingest context first or score more tokens");
+    }
     *scratch = s->state.Clone();
     return absl::OkStatus();
   };

@@ -182,7 +182,9 @@ class SessionManager {
                                                      const std::string& id,
                                                      const std::string& what);
 
-  // Log-probabilities of `tokens` continuing the session, without changing it.
+  // Log-probabilities of `tokens` continuing the session, without changing it. On an empty
+  // session the first token has no prediction (NaN) and fewer than 2 tokens are refused with
+  // INVALID_ARGUMENT (through `done`: the check runs in order with the session's writes).
   absl::Status Score(const std::string& tenant, const std::string& id,
                      std::vector<int32_t> tokens, std::shared_ptr<engine::CancelToken> cancel,
                      std::function<void(absl::StatusOr<ScoreResult>)> done);

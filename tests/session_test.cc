@@ -585,5 +585,20 @@ TEST_F(SessionTest, MessagesQuoteAShortEscapedPrefixOfClientStrings) {
   EXPECT_LT(manager_->ListCheckpoints(huge).status().message().size(), 400u);
 }
 
+TEST_F(SessionTest, ScoringOneTokenOnAnEmptySessionIsRefused) {
+  auto a = manager_->CreateSession("t", {});
+  auto one = Score(a->id, {7});
+  EXPECT_EQ(one.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(one.status().message().find("at least 2 tokens"), std::string::npos) << one.status();
+  auto two = Score(a->id, {7, 8});  // the second is predicted from the first
+  ASSERT_TRUE(two.ok()) << two.status();
+  EXPECT_TRUE(std::isnan(two->logprobs[0]));
+  EXPECT_TRUE(std::isfinite(two->logprobs[1]));
+  ASSERT_TRUE(Ingest(a->id, {5, 6}).ok());
+  auto after = Score(a->id, {7});  // a session with context predicts even one token
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_TRUE(std::isfinite(after->logprobs[0]));
+}
+
 }  // namespace
 }  // namespace ttt::session
