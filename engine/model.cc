@@ -262,7 +262,7 @@ class ModelAccess {
       }
       at::Tensor sums = at::cumsum(updates * w_.eta, 0) + slot.delta;
       deltas = at::cat({deltas, sums}, 0);  // [complete + 1, d, d_ff]
-      slot.delta = sums[complete - 1];
+      slot.delta = sums[complete - 1].clone();  // a view would keep every chunk's sum alive
       if (lw.ttt_slot == 0) state.chunks_applied += complete;  // count each chunk once
     }
     // Each new row times the delta of its own chunk: the rest of the first chunk with deltas[0],

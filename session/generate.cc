@@ -2,6 +2,7 @@
 // ingests it, until max_tokens, the eos token, a stop the caller signals, cancellation or an
 // error. A non-committing generation runs on a copy of the session; a committing one is a writer
 // and runs on the session itself.
+#include <atomic>
 #include <optional>
 
 #include "absl/strings/str_cat.h"
@@ -18,10 +19,13 @@ namespace {
 // shared_ptr); Finish runs exactly once and ends it. Engine thread, except construction.
 class GenerateOp : public std::enable_shared_from_this<GenerateOp> {
  public:
+  // `scratch_bytes` (the manager's count of copies in flight) outlives the op.
   GenerateOp(const GenerateParams& params, std::shared_ptr<Session> session,
-             engine::Scheduler* scheduler, SessionListener* listener, int64_t eos, int64_t chunk)
+             engine::Scheduler* scheduler, SessionListener* listener, int64_t eos, int64_t chunk,
+             std::atomic<int64_t>* scratch_bytes)
       : params_(params), sampler_(params.sampling), session_(std::move(session)),
-        scheduler_(scheduler), listener_(listener), eos_(eos), chunk_(chunk) {}
+        scheduler_(scheduler), listener_(listener), eos_(eos), chunk_(chunk),
+        scratch_bytes_(scratch_bytes) {}
 
   std::shared_ptr<Session> session() const { return session_; }
   // The state generation runs on: the session's own when committing, else a copy.
@@ -41,7 +45,11 @@ class GenerateOp : public std::enable_shared_from_this<GenerateOp> {
   // Engine thread, before the prompt's first batch (the session is resident): takes the copy
   // and notes where the stream starts.
   void Begin() {
-    if (!params_.commit) scratch_ = session_->state.Clone();
+    if (!params_.commit) {
+      scratch_ = session_->state.Clone();
+      counted_ = scratch_.HeldBytes();
+      *scratch_bytes_ += counted_;
+    }
     position_before_ = target()->position;
     chunks_before_ = target()->chunks_applied;
   }
@@ -109,6 +117,8 @@ class GenerateOp : public std::enable_shared_from_this<GenerateOp> {
       }
     }
     scratch_ = engine::SequenceState{};
+    *scratch_bytes_ -= counted_;
+    counted_ = 0;
     writer_.reset();
     sess.EndOp();
     auto cb = std::move(done_);
@@ -123,12 +133,14 @@ class GenerateOp : public std::enable_shared_from_this<GenerateOp> {
   SessionListener* const listener_;
   const int64_t eos_;
   const int64_t chunk_;
+  std::atomic<int64_t>* const scratch_bytes_;
 
   std::unique_ptr<Writer> writer_;  // when committing
   std::shared_ptr<engine::CancelToken> cancel_;
   std::function<bool(int32_t, float)> on_token_;
   std::function<void(absl::Status, FinishReason, int64_t)> done_;
   engine::SequenceState scratch_;  // the copy generation runs on, unless committing
+  int64_t counted_ = 0;            // its bytes as counted in *scratch_bytes_
   int64_t generated_ = 0;
   int64_t position_before_ = 0;
   int64_t chunks_before_ = 0;
@@ -173,7 +185,8 @@ absl::Status SessionManager::Generate(const std::string& tenant, const std::stri
     ASSIGN_OR_RETURN(writer, OpenWriter(tenant, id, "a committing Generate"));
   }
   auto op = std::make_shared<GenerateOp>(params, s, scheduler_, listener_,
-                                         model_->config().eos_token_id, TokensPerChunk());
+                                         model_->config().eos_token_id, TokensPerChunk(),
+                                         &scratch_bytes_);
   op->Bind(std::move(writer), cancel, std::move(on_token), std::move(done));
   engine::Work w = op->PromptWork([this, op]() -> absl::Status {
     RETURN_IF_ERROR(EnsureResident(*op->session()));

@@ -82,7 +82,8 @@ absl::Status SessionManager::Score(const std::string& tenant, const std::string&
   w.tokens = std::move(tokens);
   w.cancel = cancel;
   const size_t count = tokens.size();
-  w.prepare = [this, s, scratch, count]() -> absl::Status {
+  auto counted = std::make_shared<int64_t>(0);  // the copy's bytes in scratch_bytes_
+  w.prepare = [this, s, scratch, count, counted]() -> absl::Status {
     RETURN_IF_ERROR(EnsureResident(*s));
     // Checked here, in order with the session's writes: an empty session's first token has no
     // context, so one token alone would predict nothing (and a perplexity over nothing).
@@ -92,13 +93,16 @@ absl::Status SessionManager::Score(const std::string& tenant, const std::string&
           "so nothing would be predicted; ingest context first or score more tokens");
     }
     *scratch = s->state.Clone();
+    *counted = scratch->HeldBytes();
+    scratch_bytes_ += *counted;
     return absl::OkStatus();
   };
   w.on_progress = [result](absl::Span<const float> logprobs, int64_t) {
     result->logprobs.insert(result->logprobs.end(), logprobs.begin(), logprobs.end());
   };
-  w.on_done = [s, scratch, result, done = std::move(done)](absl::Status st) {
+  w.on_done = [this, s, scratch, counted, result, done = std::move(done)](absl::Status st) {
     *scratch = engine::SequenceState{};
+    scratch_bytes_ -= *counted;
     s->EndOp();
     if (st.ok()) {
       done(std::move(*result));

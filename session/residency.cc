@@ -195,6 +195,10 @@ int64_t SessionManager::resident_memory_bytes() const {
   return total;
 }
 
+int64_t SessionManager::memory_held_bytes() const {
+  return resident_memory_bytes() + scratch_bytes_.load(std::memory_order_relaxed);
+}
+
 absl::Status SessionManager::EnsureResident(Session& s) {
   {
     std::lock_guard<std::mutex> lock(s.mu);

@@ -65,7 +65,7 @@ struct SessionInfo {
   std::string tenant;
   SessionOptions options;
   Counters counters;
-  int64_t memory_bytes = 0;
+  int64_t memory_bytes = 0;  // bytes of the buffers its state holds (0 while evicted)
   std::vector<std::pair<int64_t, double>> delta_norms;  // (layer, Frobenius norm of the delta)
   int64_t create_time_unix_ms = 0;
   int64_t last_used_unix_ms = 0;
@@ -229,7 +229,12 @@ class SessionManager {
   void ReapNow();
 
   int64_t session_count() const;
+  // The budgeted figure: bytes of the buffers the resident sessions' states hold (whole
+  // buffers, not only the elements in use); eviction keeps it under memory_budget_bytes.
   int64_t resident_memory_bytes() const;
+  // The real figure: resident_memory_bytes() plus the copies in flight (the state a Score or a
+  // non-committing Generate runs on), which end with their request and are not budgeted.
+  int64_t memory_held_bytes() const;
   const ManagerOptions& options() const { return options_; }
   const engine::Model& model() const { return *model_; }
 
@@ -281,6 +286,7 @@ class SessionManager {
   // tenant -> id -> session. Guarded by mu_.
   std::map<std::string, std::map<std::string, std::shared_ptr<Session>>> sessions_;
   int64_t session_count_ = 0;  // guarded by mu_
+  std::atomic<int64_t> scratch_bytes_{0};  // copies in flight (memory_held_bytes)
   std::atomic<uint64_t> next_key_{1};
 
   std::mutex reaper_mu_;

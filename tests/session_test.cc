@@ -600,5 +600,35 @@ TEST_F(SessionTest, ScoringOneTokenOnAnEmptySessionIsRefused) {
   EXPECT_TRUE(std::isfinite(after->logprobs[0]));
 }
 
+TEST_F(SessionTest, MemoryFiguresCountWhatIsHeld) {
+  auto a = manager_->CreateSession("t", {});
+  ASSERT_TRUE(Ingest(a->id, Tokens(static_cast<int>(3 * chunk_ + 5), vocab_, 50)).ok());
+  auto b = manager_->CreateSession("t", {});
+  ASSERT_TRUE(Ingest(b->id, Tokens(7, vocab_, 51)).ok());
+  const int64_t resident = manager_->resident_memory_bytes();
+  EXPECT_EQ(resident, manager_->GetSession("t", a->id)->memory_bytes +
+                          manager_->GetSession("t", b->id)->memory_bytes);
+  EXPECT_EQ(manager_->memory_held_bytes(), resident);  // no copy in flight
+  // A non-committing Generate runs on a copy: held while it runs, not budgeted, gone after.
+  GenerateParams p;
+  p.max_tokens = 2;
+  p.stop_at_eos = false;
+  int64_t held_during = 0, resident_during = 0;
+  std::promise<absl::Status> done;
+  ASSERT_TRUE(manager_
+                  ->Generate("t", a->id, p, nullptr,
+                             [&](int32_t, float) {
+                               held_during = manager_->memory_held_bytes();
+                               resident_during = manager_->resident_memory_bytes();
+                               return true;
+                             },
+                             [&](absl::Status s, FinishReason, int64_t) { done.set_value(s); })
+                  .ok());
+  ASSERT_TRUE(done.get_future().get().ok());
+  EXPECT_EQ(resident_during, resident);
+  EXPECT_GE(held_during, resident + manager_->GetSession("t", a->id)->memory_bytes);
+  EXPECT_EQ(manager_->memory_held_bytes(), resident);
+}
+
 }  // namespace
 }  // namespace ttt::session

@@ -39,7 +39,7 @@ class Session {
   mutable std::mutex mu;
   SessionOptions options;                               // guarded by mu
   Counters counters;                                    // guarded by mu
-  int64_t memory_bytes = 0;                             // guarded by mu
+  int64_t memory_bytes = 0;  // the state's buffers (HeldBytes); guarded by mu
   std::vector<std::pair<int64_t, double>> delta_norms;  // guarded by mu
   int64_t created_ms;                                   // guarded by mu
   int64_t last_used_ms;                                 // guarded by mu
@@ -76,7 +76,7 @@ class Session {
   void RefreshLocked() {
     counters.position = state.position;
     counters.tokens_pending = state.PendingTokens();
-    memory_bytes = state.MemoryBytes();
+    memory_bytes = state.HeldBytes();
     const std::vector<double> norms = state.DeltaNorms();
     delta_norms.clear();
     for (size_t i = 0; i < norms.size() && i < state.ttt.size(); ++i) {
