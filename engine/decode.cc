@@ -1,10 +1,10 @@
 // The decode step and the vocabulary rule (see decode.h).
 #include "engine/decode.h"
 
-#include <exception>
-
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
+
+#include <exception>
 
 #include "absl/strings/str_cat.h"
 

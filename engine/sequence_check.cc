@@ -23,8 +23,8 @@ absl::Status Model::CheckSequence(const SequenceState& state, const std::string&
     return absl::InvalidArgumentError(absl::StrCat(source, ": ", why));
   };
   if (state.position < 0 || state.position > kMaxPosition) {
-    return invalid(absl::StrCat("position ", state.position, " is outside [0, ", kMaxPosition,
-                                "]"));
+    return invalid(
+        absl::StrCat("position ", state.position, " is outside [0, ", kMaxPosition, "]"));
   }
   const std::optional<int64_t> window = attention_window();
   const int64_t cached =
@@ -43,8 +43,8 @@ absl::Status Model::CheckSequence(const SequenceState& state, const std::string&
   const int64_t chunk = config_.ttt_chunk;
   const int64_t chunks = state.ttt.empty() || chunk <= 0 ? 0 : state.position / chunk;
   if (state.chunks_applied != chunks) {
-    return invalid(absl::StrCat("chunks_applied ", state.chunks_applied, " does not match ",
-                                chunks, " completed chunks at position ", state.position));
+    return invalid(absl::StrCat("chunks_applied ", state.chunks_applied, " does not match ", chunks,
+                                " completed chunks at position ", state.position));
   }
   for (const TttLayerState& t : state.ttt) {
     if (!AllFinite(t.delta) || !AllFinite(t.pending_z) || !AllFinite(t.pending_x0)) {
@@ -55,7 +55,8 @@ absl::Status Model::CheckSequence(const SequenceState& state, const std::string&
     return invalid(absl::StrCat("'last_logits' must be present exactly when the position (",
                                 state.position, ") is above 0"));
   }
-  if (!AllFinite(state.last_logits)) return invalid("'last_logits' holds a value that is not finite");
+  if (!AllFinite(state.last_logits))
+    return invalid("'last_logits' holds a value that is not finite");
   return absl::OkStatus();
 }
 

@@ -23,8 +23,13 @@ class GenerateOp : public std::enable_shared_from_this<GenerateOp> {
   GenerateOp(const GenerateParams& params, std::shared_ptr<Session> session,
              engine::Scheduler* scheduler, SessionListener* listener, int64_t eos, int64_t chunk,
              std::atomic<int64_t>* scratch_bytes)
-      : params_(params), sampler_(params.sampling), session_(std::move(session)),
-        scheduler_(scheduler), listener_(listener), eos_(eos), chunk_(chunk),
+      : params_(params),
+        sampler_(params.sampling),
+        session_(std::move(session)),
+        scheduler_(scheduler),
+        listener_(listener),
+        eos_(eos),
+        chunk_(chunk),
         scratch_bytes_(scratch_bytes) {}
 
   std::shared_ptr<Session> session() const { return session_; }
@@ -149,13 +154,11 @@ class GenerateOp : public std::enable_shared_from_this<GenerateOp> {
 
 }  // namespace
 
-absl::Status SessionManager::PrepareGenerateParams(const Session& s,
-                                                   GenerateParams& params) const {
+absl::Status SessionManager::PrepareGenerateParams(const Session& s, GenerateParams& params) const {
   RETURN_IF_ERROR(engine::ValidateSamplingParams(params.sampling));
   if (params.max_tokens < 1 || params.max_tokens > options_.max_generate_tokens) {
-    return absl::InvalidArgumentError(absl::StrCat("max_tokens must be in [1, ",
-                                                   options_.max_generate_tokens, "], got ",
-                                                   params.max_tokens));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "max_tokens must be in [1, ", options_.max_generate_tokens, "], got ", params.max_tokens));
   }
   RETURN_IF_ERROR(engine::ValidateTokens(model_->config(), params.prompt));
   if (params.prompt.empty()) {
@@ -172,11 +175,10 @@ absl::Status SessionManager::PrepareGenerateParams(const Session& s,
   return absl::OkStatus();
 }
 
-absl::Status SessionManager::Generate(const std::string& tenant, const std::string& id,
-                                      GenerateParams params,
-                                      std::shared_ptr<engine::CancelToken> cancel,
-                                      std::function<bool(int32_t, float)> on_token,
-                                      std::function<void(absl::Status, FinishReason, int64_t)> done) {
+absl::Status SessionManager::Generate(
+    const std::string& tenant, const std::string& id, GenerateParams params,
+    std::shared_ptr<engine::CancelToken> cancel, std::function<bool(int32_t, float)> on_token,
+    std::function<void(absl::Status, FinishReason, int64_t)> done) {
   ASSIGN_OR_RETURN(auto s, Find(tenant, id));
   RETURN_IF_ERROR(PrepareGenerateParams(*s, params));
   if (!cancel) cancel = std::make_shared<engine::CancelToken>();
@@ -184,9 +186,9 @@ absl::Status SessionManager::Generate(const std::string& tenant, const std::stri
   if (params.commit) {
     ASSIGN_OR_RETURN(writer, OpenWriter(tenant, id, "a committing Generate"));
   }
-  auto op = std::make_shared<GenerateOp>(params, s, scheduler_, listener_,
-                                         model_->config().eos_token_id, TokensPerChunk(),
-                                         &scratch_bytes_);
+  auto op =
+      std::make_shared<GenerateOp>(params, s, scheduler_, listener_, model_->config().eos_token_id,
+                                   TokensPerChunk(), &scratch_bytes_);
   op->Bind(std::move(writer), cancel, std::move(on_token), std::move(done));
   engine::Work w = op->PromptWork([this, op]() -> absl::Status {
     RETURN_IF_ERROR(EnsureResident(*op->session()));

@@ -81,7 +81,7 @@ absl::Status SessionManager::Score(const std::string& tenant, const std::string&
   w.state = scratch.get();
   w.tokens = std::move(tokens);
   w.cancel = cancel;
-  const size_t count = tokens.size();
+  const size_t count = result->tokens.size();
   auto counted = std::make_shared<int64_t>(0);  // the copy's bytes in scratch_bytes_
   w.prepare = [this, s, scratch, count, counted]() -> absl::Status {
     RETURN_IF_ERROR(EnsureResident(*s));

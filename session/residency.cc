@@ -6,8 +6,8 @@
 // eviction or shutdown and removed only with the session (delete, TTL), never on reload, so a
 // crash brings a session back as of its last copy. Files go through the CheckpointStore.
 #include <algorithm>
-#include <tuple>
 #include <cstdio>
+#include <tuple>
 
 #include "absl/strings/str_cat.h"
 #include "engine/status_macros.h"
@@ -29,11 +29,11 @@ void SessionManager::LoadPersisted() {
     if (!CheckSessionLimit(session_count()).ok()) {
       // Kept, not lost: the tenant can restore it by the session id once there is room.
       absl::Status moved = store_->MoveSessionToCheckpoints(p.tenant, p.id);
-      std::fprintf(stderr,
-                   "ttt-serve: --max_sessions=%lld reached: persisted session %s of tenant %s %s\n",
-                   static_cast<long long>(options_.max_sessions), p.id.c_str(), p.tenant.c_str(),
-                   moved.ok() ? "is kept as the checkpoint of the same id"
-                              : ("stays on disk unloaded: " + std::string(moved.message())).c_str());
+      std::fprintf(
+          stderr, "ttt-serve: --max_sessions=%lld reached: persisted session %s of tenant %s %s\n",
+          static_cast<long long>(options_.max_sessions), p.id.c_str(), p.tenant.c_str(),
+          moved.ok() ? "is kept as the checkpoint of the same id"
+                     : ("stays on disk unloaded: " + std::string(moved.message())).c_str());
       continue;
     }
     if (!ValidateOptions(p.meta.options).ok()) continue;
@@ -207,9 +207,8 @@ absl::Status SessionManager::EnsureResident(Session& s) {
   const std::string source = store_->SessionFileName(s.tenant, s.id);
   auto bytes = store_->ReadSession(s.tenant, s.id);
   if (!bytes.ok()) {
-    return absl::DataLossError(absl::StrCat("session ", s.id,
-                                            " could not be reloaded from disk: ",
-                                            bytes.status().message()));
+    return absl::DataLossError(absl::StrCat(
+        "session ", s.id, " could not be reloaded from disk: ", bytes.status().message()));
   }
   auto decoded = internal::DecodeCheckpoint(std::move(*bytes), source, *model_);
   if (!decoded.ok()) {

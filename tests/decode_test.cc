@@ -2,12 +2,12 @@
 // vocabulary rule that the session layer calls instead of touching tensors.
 #include "engine/decode.h"
 
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
-
-#include <ATen/ATen.h>
-#include <gtest/gtest.h>
 
 #include "engine/model.h"
 

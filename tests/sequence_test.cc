@@ -2,11 +2,11 @@
 // state holds is what it needs, so the session memory budget counts real memory.
 #include "engine/sequence.h"
 
+#include <gtest/gtest.h>
+
 #include <cstdlib>
 #include <filesystem>
 #include <random>
-
-#include <gtest/gtest.h>
 
 #include "engine/model.h"
 

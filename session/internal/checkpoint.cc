@@ -3,9 +3,8 @@
 
 #include <cstring>
 #include <map>
-#include <vector>
-
 #include <nlohmann/json.hpp>
+#include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -65,7 +64,9 @@ bool DepthAtMost(std::string_view json, int max_depth) {
 
 // Appends `s` length-prefixed, so no field can run into the next.
 void AppendField(std::string& out, std::string_view s) {
-  absl::StrAppend(&out, s.size(), ":", s, ";");
+  absl::StrAppend(&out, s.size(), ":");
+  out.append(s.data(), s.size());
+  out.push_back(';');
 }
 
 absl::StatusOr<uint64_t> Offset(const nlohmann::json& j) {
@@ -78,8 +79,8 @@ absl::Status AddTableEntry(const std::string& name, const nlohmann::json& e, Hea
   if (!e.is_object() || !e.contains("dtype") || !e["dtype"].is_string() || !e.contains("shape") ||
       !e["shape"].is_array() || !e.contains("data_offsets") || !e["data_offsets"].is_array() ||
       e["data_offsets"].size() != 2) {
-    return absl::InvalidArgumentError(absl::StrCat("tensor entry ", Quote(name),
-                                                   " lacks dtype, shape or data_offsets"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("tensor entry ", Quote(name), " lacks dtype, shape or data_offsets"));
   }
   std::vector<std::string> dims;
   for (const auto& d : e["shape"]) {
@@ -104,7 +105,8 @@ absl::StatusOr<Header> ParseHeader(std::string_view head, const std::string& sou
   if (!DepthAtMost(json, kMaxHeaderDepth)) {
     return Malformed(source, absl::StrCat("its header nests deeper than ", kMaxHeaderDepth));
   }
-  nlohmann::json j = nlohmann::json::parse(json.begin(), json.end(), nullptr, /*allow_exceptions=*/false);
+  nlohmann::json j =
+      nlohmann::json::parse(json.begin(), json.end(), nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded() || !j.is_object()) {
     return Malformed(source, "its header is not a JSON object");
   }
@@ -127,8 +129,8 @@ absl::StatusOr<Header> ParseHeader(std::string_view head, const std::string& sou
 absl::StatusOr<uint64_t> HeadSize(std::string_view first8, uint64_t size,
                                   const std::string& source) {
   if (size < 8 || first8.size() < 8) {
-    return absl::DataLossError(absl::StrCat("checkpoint ", source, " is truncated (", size,
-                                            " bytes)"));
+    return absl::DataLossError(
+        absl::StrCat("checkpoint ", source, " is truncated (", size, " bytes)"));
   }
   const uint64_t n = HeaderLength(first8);
   if (n > size - 8) {
@@ -177,9 +179,12 @@ std::string DigestV1(std::string_view data_section,
 }
 
 nlohmann::json CountersJson(const Counters& c) {
-  return {{"tokens_received", c.tokens_received}, {"tokens_applied", c.tokens_applied},
-          {"tokens_pending", c.tokens_pending},   {"chunks_applied", c.chunks_applied},
-          {"position", c.position},               {"documents_completed", c.documents_completed},
+  return {{"tokens_received", c.tokens_received},
+          {"tokens_applied", c.tokens_applied},
+          {"tokens_pending", c.tokens_pending},
+          {"chunks_applied", c.chunks_applied},
+          {"position", c.position},
+          {"documents_completed", c.documents_completed},
           {"tokens_generated", c.tokens_generated}};
 }
 
@@ -199,11 +204,13 @@ Counters CountersFromJson(const nlohmann::json& j) {
 // session's, and sums over them could overflow.
 absl::Status CheckCounters(const Counters& c, const std::string& source) {
   constexpr int64_t kMaxCount = int64_t{1} << 53;
-  const std::pair<const char*, int64_t> all[] = {
-      {"tokens_received", c.tokens_received}, {"tokens_applied", c.tokens_applied},
-      {"tokens_pending", c.tokens_pending},   {"chunks_applied", c.chunks_applied},
-      {"position", c.position},               {"documents_completed", c.documents_completed},
-      {"tokens_generated", c.tokens_generated}};
+  const std::pair<const char*, int64_t> all[] = {{"tokens_received", c.tokens_received},
+                                                 {"tokens_applied", c.tokens_applied},
+                                                 {"tokens_pending", c.tokens_pending},
+                                                 {"chunks_applied", c.chunks_applied},
+                                                 {"position", c.position},
+                                                 {"documents_completed", c.documents_completed},
+                                                 {"tokens_generated", c.tokens_generated}};
   for (const auto& [name, value] : all) {
     if (value < 0 || value > kMaxCount) {
       return absl::InvalidArgumentError(absl::StrCat("checkpoint ", source, ": counter '", name,
@@ -239,9 +246,9 @@ absl::StatusOr<CheckpointMeta> ParseMeta(const std::map<std::string, std::string
   };
   const std::string format = get("tttserve.format");
   if (format != kCheckpointFormat && format != kCheckpointFormatV1) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        source, " is not a ttt-serve checkpoint (metadata 'tttserve.format' is ",
-        Quote(format), ", expected '", kCheckpointFormat, "')"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(source, " is not a ttt-serve checkpoint (metadata 'tttserve.format' is ",
+                     Quote(format), ", expected '", kCheckpointFormat, "')"));
   }
   CheckpointMeta meta;
   meta.model_fingerprint = get("tttserve.model_fingerprint");
@@ -259,8 +266,7 @@ absl::StatusOr<CheckpointMeta> ParseMeta(const std::map<std::string, std::string
     auto opts = nlohmann::json::parse(get("tttserve.options"));
     meta.options.reset_at_document_end = opts.value("reset_at_document_end", false);
     meta.options.idle_ttl_seconds = opts.value("idle_ttl_seconds", int64_t{0});
-    meta.options.labels =
-        opts.value("labels", std::map<std::string, std::string>{});
+    meta.options.labels = opts.value("labels", std::map<std::string, std::string>{});
   } catch (const std::exception& e) {
     return absl::DataLossError(
         absl::StrCat("checkpoint ", source, " has malformed metadata: ", e.what()));
@@ -274,9 +280,9 @@ absl::StatusOr<Header> ReadHeader(std::string_view head, uint64_t file_size,
                                   const std::string& source) {
   ASSIGN_OR_RETURN(Header h, ParseHeader(head, source));
   if (h.data_end > file_size - h.data_offset) {
-    return absl::DataLossError(absl::StrCat(
-        "checkpoint ", source, " is truncated: its tensors need ", h.data_offset + h.data_end,
-        " bytes, the file has ", file_size));
+    return absl::DataLossError(
+        absl::StrCat("checkpoint ", source, " is truncated: its tensors need ",
+                     h.data_offset + h.data_end, " bytes, the file has ", file_size));
   }
   return h;
 }
@@ -291,14 +297,12 @@ absl::StatusOr<std::string> EncodeCheckpoint(const engine::SequenceState& state,
   // them, then again with the hash.
   ASSIGN_OR_RETURN(std::string first, engine::EncodeSafetensors(tensors, m));
   ASSIGN_OR_RETURN(uint64_t head, HeadSize(first, first.size(), "being written"));
-  ASSIGN_OR_RETURN(Header h, ParseHeader(std::string_view(first).substr(0, head),
-                                         "being written"));
+  ASSIGN_OR_RETURN(Header h, ParseHeader(std::string_view(first).substr(0, head), "being written"));
   m[kShaKey] = DigestV2(h.table, std::string_view(first).substr(head), m);
   return engine::EncodeSafetensors(tensors, m);
 }
 
-absl::StatusOr<CheckpointMeta> VerifyCheckpoint(std::string_view bytes,
-                                                const std::string& source) {
+absl::StatusOr<CheckpointMeta> VerifyCheckpoint(std::string_view bytes, const std::string& source) {
   ASSIGN_OR_RETURN(uint64_t head, HeadSize(bytes, bytes.size(), source));
   ASSIGN_OR_RETURN(Header h, ReadHeader(bytes.substr(0, head), bytes.size(), source));
   ASSIGN_OR_RETURN(CheckpointMeta meta, ParseMeta(h.metadata, source));
@@ -311,10 +315,9 @@ absl::StatusOr<CheckpointMeta> VerifyCheckpoint(std::string_view bytes,
                                  ? DigestV1(data, h.metadata)
                                  : DigestV2(h.table, data, h.metadata);
   if (digest != sha->second) {
-    return absl::DataLossError(absl::StrCat("checkpoint ", source,
-                                            " is corrupt: SHA-256 checksum mismatch (stored ",
-                                            sha->second.substr(0, 16), "..., computed ",
-                                            digest.substr(0, 16), "...)"));
+    return absl::DataLossError(
+        absl::StrCat("checkpoint ", source, " is corrupt: SHA-256 checksum mismatch (stored ",
+                     sha->second.substr(0, 16), "..., computed ", digest.substr(0, 16), "...)"));
   }
   return meta;
 }
@@ -329,15 +332,13 @@ absl::StatusOr<DecodedCheckpoint> DecodeCheckpoint(std::string bytes, const std:
   }
   auto file = engine::SafetensorsFile::FromBytes(std::move(bytes), source);
   if (!file.ok()) {
-    return absl::DataLossError(absl::StrCat("checkpoint ", source,
-                                            " is corrupt or truncated: ",
-                                            file.status().message()));
+    return absl::DataLossError(
+        absl::StrCat("checkpoint ", source, " is corrupt or truncated: ", file.status().message()));
   }
   auto state = model.RestoreSequence(**file);
   if (!state.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat("checkpoint ", source,
-                                                   " does not fit the model: ",
-                                                   state.status().message()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("checkpoint ", source, " does not fit the model: ", state.status().message()));
   }
   return DecodedCheckpoint{std::move(*state), std::move(meta)};
 }

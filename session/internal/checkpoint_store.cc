@@ -82,8 +82,8 @@ absl::StatusOr<std::string> ReadPrefix(int fd, uint64_t n, const std::string& wh
   while (got < n) {
     const ssize_t r = ::pread(fd, out.data() + got, n - got, static_cast<off_t>(got));
     if (r < 0 && errno == EINTR) continue;
-    if (r < 0) return absl::DataLossError(absl::StrCat("cannot read ", what, ": ",
-                                                       std::strerror(errno)));
+    if (r < 0)
+      return absl::DataLossError(absl::StrCat("cannot read ", what, ": ", std::strerror(errno)));
     if (r == 0) break;
     got += static_cast<uint64_t>(r);
   }
@@ -92,8 +92,8 @@ absl::StatusOr<std::string> ReadPrefix(int fd, uint64_t n, const std::string& wh
 }
 
 // The metadata of a checkpoint file, checked as far as a listing can without reading it all.
-absl::StatusOr<CheckpointMeta> Inspect(int dir, const std::string& name,
-                                       const std::string& source, uint64_t* size) {
+absl::StatusOr<CheckpointMeta> Inspect(int dir, const std::string& name, const std::string& source,
+                                       uint64_t* size) {
   ASSIGN_OR_RETURN(RegularFile f, OpenRegular(dir, name));
   *size = f.size;
   ASSIGN_OR_RETURN(std::string first8, ReadPrefix(f.fd.get(), 8, source));
@@ -165,8 +165,8 @@ absl::StatusOr<std::string> CheckpointStore::ReadWhole(const std::string& tenant
   ASSIGN_OR_RETURN(RegularFile f, OpenRegular(dir.get(), id + kExtension));
   ASSIGN_OR_RETURN(std::string bytes, ReadPrefix(f.fd.get(), f.size, Path(tenant, kind, id)));
   if (bytes.size() != f.size) {
-    return absl::DataLossError(absl::StrCat("cannot read ", Path(tenant, kind, id).string(),
-                                            ": it shrank while read"));
+    return absl::DataLossError(
+        absl::StrCat("cannot read ", Path(tenant, kind, id).string(), ": it shrank while read"));
   }
   return bytes;
 }

@@ -1,11 +1,10 @@
 // Id generation and validation (see names.h).
 #include "session/internal/names.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <random>
-
-#include <algorithm>
 
 #include "absl/strings/str_cat.h"
 
@@ -34,8 +33,8 @@ absl::Status ValidateName(const std::string& name, const char* what, size_t max_
     const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
                     c == '.' || c == '_' || c == '-';
     if (!ok) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          what, " ", Quote(name), " has a character outside [A-Za-z0-9._-]"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, " ", Quote(name), " has a character outside [A-Za-z0-9._-]"));
     }
   }
   return absl::OkStatus();
