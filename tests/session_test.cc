@@ -18,8 +18,10 @@
 #include <unistd.h>
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include "session/internal/checkpoint.h"
+#include "session/internal/sha256.h"
 
 namespace ttt::session {
 namespace {
@@ -472,6 +474,42 @@ TEST_F(SessionTest, ImportedCountersMustFitTheState) {
   crafted = CraftedCheckpoint(*model_, chunk_ + 1, chunk_ + 1);
   ASSERT_TRUE(crafted.ok());
   EXPECT_TRUE(manager_->ImportSession("t", *crafted, std::nullopt).ok());
+}
+
+TEST_F(SessionTest, FormatOneCheckpointsOfOlderServersStillImport) {
+  auto a = manager_->CreateSession("t", {});
+  ASSERT_TRUE(Ingest(a->id, Tokens(static_cast<int>(chunk_ + 3), vocab_, 60)).ok());
+  std::promise<absl::StatusOr<std::string>> p;
+  ASSERT_TRUE(manager_->ExportSession("t", a->id, [&](auto r) { p.set_value(r); }).ok());
+  auto v2 = p.get_future().get();
+  ASSERT_TRUE(v2.ok());
+  // Rewrite it as an older server wrote it: format 1, whose checksum covers the data section
+  // and "key=value\n" per metadata entry. The header keeps its length (same-length values).
+  uint64_t n = 0;
+  for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<uint8_t>((*v2)[i]);
+  auto header = nlohmann::json::parse(v2->substr(8, n));
+  auto& meta = header["__metadata__"];
+  meta["tttserve.format"] = internal::kCheckpointFormatV1;
+  internal::Sha256 h;
+  h.Update(std::string_view(*v2).substr(8 + n));
+  for (const auto& [k, v] : meta.items()) {
+    if (k == "tttserve.sha256") continue;
+    h.Update(k + "=" + v.get<std::string>() + "\n");
+  }
+  meta["tttserve.sha256"] = h.HexFinal();
+  std::string text = header.dump();
+  ASSERT_LE(text.size(), n);
+  text.append(n - text.size(), ' ');  // safetensors pads headers with spaces
+  const std::string v1 = v2->substr(0, 8) + text + v2->substr(8 + n);
+  auto imported = manager_->ImportSession("t", v1, std::nullopt);
+  ASSERT_TRUE(imported.ok()) << imported.status();
+  const auto probe = Tokens(4, vocab_, 61);
+  EXPECT_TRUE(SameBits(Score(a->id, probe)->logprobs, Score(imported->id, probe)->logprobs));
+  // Its old checksum still guards its bytes.
+  std::string flipped = v1;
+  flipped[flipped.size() - 3] ^= 0x10;
+  EXPECT_EQ(manager_->ImportSession("t", flipped, std::nullopt).status().code(),
+            absl::StatusCode::kDataLoss);
 }
 
 TEST_F(SessionTest, PersistedSessionKeepsItsFileAfterReload) {
