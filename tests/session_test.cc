@@ -1,6 +1,9 @@
 // Sessions against the real engine and a real tiny model (the golden llama fixture, from
 // TTT_GOLDEN_DIR): writers, tenants, limits, checkpoints (bit-exact, corrupt, truncated, other
-// model), eviction to disk and transparent reload, idle TTL.
+// model), eviction to disk and transparent reload, idle TTL; and issue 9's session cases
+// (checksum over the tensor table, format-1 files, counters of imported states, durable session
+// copies, max_sessions at start, the checkpoint folder, quoted messages, one-token scores,
+// memory figures).
 #include "session/session.h"
 
 #include <cmath>
