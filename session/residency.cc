@@ -113,7 +113,9 @@ void SessionManager::DropOnEngine(const std::shared_ptr<Session>& s) {
   engine::Work w;
   w.key = s->key;
   w.task = [s, this] {
-    store_->RemoveSession(s->tenant, s->id);
+    // A client may have created a new session of the same id meanwhile (ids can be chosen):
+    // its file is not this session's to remove.
+    if (!Holds(s->tenant, s->id)) store_->RemoveSession(s->tenant, s->id);
     s->state = engine::SequenceState{};
   };
   (void)scheduler_->Submit(std::move(w), /*bypass_limits=*/true);

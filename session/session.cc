@@ -96,6 +96,11 @@ absl::Status SessionManager::ValidateTenant(const std::string& tenant) {
   return ValidateName(tenant, "tenant id (x-tenant-id)", 64);
 }
 
+absl::Status SessionManager::ValidateId(const std::string& id) {
+  // 128, like checkpoint ids: the store lists only file names that pass this check.
+  return ValidateName(id, "session_id", 128);
+}
+
 int64_t SessionManager::session_count() const {
   std::lock_guard<std::mutex> lock(mu_);
   return session_count_;
@@ -124,6 +129,12 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::Find(const std::string&
   // Another tenant's session answers the same: its existence is not revealed.
   return absl::NotFoundError(absl::StrCat("session ", Quote(id), " not found (deleted, expired, ",
                                           "or never created for tenant ", Quote(tenant), ")"));
+}
+
+bool SessionManager::Holds(const std::string& tenant, const std::string& id) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto t = sessions_.find(tenant);
+  return t != sessions_.end() && t->second.count(id) > 0;
 }
 
 absl::Status SessionManager::CheckSessionLimit(int64_t count) const {
@@ -159,15 +170,26 @@ int64_t SessionManager::TokensPerChunk() const {
 absl::StatusOr<std::shared_ptr<Session>> SessionManager::Insert(const std::string& tenant,
                                                                 const SessionOptions& options,
                                                                 engine::SequenceState state,
-                                                                const Counters& counters) {
+                                                                const Counters& counters,
+                                                                const std::string& wanted) {
   RETURN_IF_ERROR(ValidateTenant(tenant));
   RETURN_IF_ERROR(ValidateOptions(options));
+  if (!wanted.empty()) RETURN_IF_ERROR(ValidateId(wanted));
   std::lock_guard<std::mutex> lock(mu_);
   RETURN_IF_ERROR(CheckSessionLimit(session_count_));
-  std::string id;
-  do {
-    id = "s-" + RandomHex(16);
-  } while (sessions_[tenant].count(id) > 0);
+  std::string id = wanted;
+  if (id.empty()) {
+    do {
+      id = "s-" + RandomHex(16);
+    } while (sessions_[tenant].count(id) > 0 || store_->HasSession(tenant, id));
+  } else if (sessions_[tenant].count(id) > 0 || store_->HasSession(tenant, id)) {
+    // The store counts too: a session persisted there (by a previous process, or by another
+    // replica sharing the store) still owns its id, and a new session would overwrite it.
+    return absl::AlreadyExistsError(absl::StrCat(
+        "session ", Quote(id), " already exists for tenant ", Quote(tenant),
+        " (resident, evicted or persisted in the session store); choose another id, or use "
+        "the existing session"));
+  }
   auto s = std::make_shared<Session>(id, tenant, next_key_++, options, NowMs());
   s->state = std::move(state);
   {
@@ -184,8 +206,9 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::Insert(const std::strin
 // Sessions
 
 absl::StatusOr<SessionInfo> SessionManager::CreateSession(const std::string& tenant,
-                                                          const SessionOptions& options) {
-  ASSIGN_OR_RETURN(auto s, Insert(tenant, options, model_->NewSequence(), Counters{}));
+                                                          const SessionOptions& options,
+                                                          const std::string& id) {
+  ASSIGN_OR_RETURN(auto s, Insert(tenant, options, model_->NewSequence(), Counters{}, id));
   return s->Info();
 }
 
@@ -235,6 +258,9 @@ absl::Status SessionManager::DeleteSession(const std::string& tenant, const std:
       if (auto c = w.lock()) c->Cancel();
     }
   }
+  // Removed now as well as after the session's queued work (DropOnEngine, which catches an
+  // eviction that was writing): the id is free for CreateSession as soon as Delete returns.
+  store_->RemoveSession(tenant, id);
   DropOnEngine(s);
   return absl::OkStatus();
 }

@@ -168,8 +168,14 @@ class SessionManager {
   // Tenant ids: [A-Za-z0-9._-], 1..64 chars, not starting with '.'.
   static absl::Status ValidateTenant(const std::string& tenant);
 
+  // `id` empty: the manager picks "s-" + 16 hex digits. Otherwise the client's id (ValidateId);
+  // ALREADY_EXISTS when the tenant has a session of that id: resident, evicted, or a session
+  // file in the store (persisted by this process or another replica sharing the store).
   absl::StatusOr<SessionInfo> CreateSession(const std::string& tenant,
-                                            const SessionOptions& options);
+                                            const SessionOptions& options,
+                                            const std::string& id = "");
+  // Session ids a client may choose: [A-Za-z0-9._-], 1..128 chars, not starting with '.'.
+  static absl::Status ValidateId(const std::string& id);
   absl::StatusOr<SessionInfo> GetSession(const std::string& tenant, const std::string& id);
   std::vector<SessionInfo> ListSessions(const std::string& tenant,
                                         const std::map<std::string, std::string>& selector = {});
@@ -244,14 +250,18 @@ class SessionManager {
                  const ManagerOptions& options, SessionListener* listener);
 
   absl::StatusOr<std::shared_ptr<Session>> Find(const std::string& tenant, const std::string& id);
+  // Whether the tenant has a live session of that id in the map.
+  bool Holds(const std::string& tenant, const std::string& id) const;
   // Marks an operation on `s` begun and queues its work; undoes the mark when the scheduler
   // refuses it (full queue, shutdown).
   absl::Status SubmitOp(Session& s, engine::Work work,
                         const std::shared_ptr<engine::CancelToken>& cancel);
+  // `id` empty: a fresh generated id; otherwise that id (ALREADY_EXISTS when taken).
   absl::StatusOr<std::shared_ptr<Session>> Insert(const std::string& tenant,
                                                   const SessionOptions& options,
                                                   engine::SequenceState state,
-                                                  const Counters& counters);
+                                                  const Counters& counters,
+                                                  const std::string& id = "");
   // RESOURCE_EXHAUSTED when `count` sessions leave no room for another, else OK.
   absl::Status CheckSessionLimit(int64_t count) const;
   absl::Status ValidateOptions(const SessionOptions& options) const;

@@ -334,6 +334,32 @@ TEST_F(ServerTest, CancelMidIngestKeepsAcknowledgedChunks) {
   EXPECT_FALSE(s.writer_active());
 }
 
+// Issue 13: the client chooses the id, so a proxy hashing x-session-id routes CreateSession too.
+TEST_F(ServerTest, CreateSessionTakesAClientChosenId) {
+  Start();
+  pb::CreateSessionRequest req;
+  req.set_session_id("user-7.conv_1");
+  pb::Session s;
+  ASSERT_TRUE(stub_->CreateSession(Ctx().get(), req, &s).ok());
+  EXPECT_EQ(s.session_id(), "user-7.conv_1");
+  ASSERT_TRUE(IngestAll({Tokens("user-7.conv_1", Doc(static_cast<int>(chunk_ + 3)))}).ok());
+  ExpectStatus(stub_->CreateSession(Ctx().get(), req, &s), grpc::StatusCode::ALREADY_EXISTS,
+               "already exists");
+  // Nothing of the existing session was lost to the refused create.
+  pb::GetSessionRequest get;
+  get.set_session_id("user-7.conv_1");
+  ASSERT_TRUE(stub_->GetSession(Ctx().get(), get, &s).ok());
+  EXPECT_EQ(s.counters().tokens_received(), chunk_ + 3);
+  // Another tenant may use the same id.
+  EXPECT_TRUE(stub_->CreateSession(Ctx("other").get(), req, &s).ok());
+  req.set_session_id("bad id");
+  ExpectStatus(stub_->CreateSession(Ctx().get(), req, &s), grpc::StatusCode::INVALID_ARGUMENT,
+               "outside [A-Za-z0-9._-]");
+  req.set_session_id(std::string(200, 'a'));
+  ExpectStatus(stub_->CreateSession(Ctx().get(), req, &s), grpc::StatusCode::INVALID_ARGUMENT,
+               "1..128 characters");
+}
+
 TEST_F(ServerTest, MaxSessionsIsResourceExhausted) {
   options_.max_sessions = 2;
   Start();

@@ -146,6 +146,56 @@ TEST_F(SessionTest, CreateGetListDeleteAndTenantIsolation) {
             absl::StatusCode::kInvalidArgument);
 }
 
+// Issue 13: a client may choose the session id (the proxy's routing key).
+TEST_F(SessionTest, ClientChosenIdsAreValidatedAndUniquePerTenant) {
+  auto a = manager_->CreateSession("t", {}, "conv-42.a_b");
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->id, "conv-42.a_b");
+  EXPECT_TRUE(manager_->GetSession("t", "conv-42.a_b").ok());
+  auto again = manager_->CreateSession("t", {}, "conv-42.a_b");
+  EXPECT_EQ(again.status().code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_NE(again.status().message().find("already exists"), std::string::npos) << again.status();
+  // Ids are per tenant.
+  EXPECT_TRUE(manager_->CreateSession("u", {}, "conv-42.a_b").ok());
+  auto slash = manager_->CreateSession("t", {}, "a/b");
+  EXPECT_EQ(slash.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(slash.status().message().find("outside [A-Za-z0-9._-]"), std::string::npos);
+  auto dot = manager_->CreateSession("t", {}, ".hidden");
+  EXPECT_EQ(dot.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(dot.status().message().find("must not start with '.'"), std::string::npos);
+  auto longer = manager_->CreateSession("t", {}, std::string(129, 'x'));
+  EXPECT_EQ(longer.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(longer.status().message().find("1..128 characters, got 129"), std::string::npos);
+  EXPECT_TRUE(manager_->CreateSession("t", {}, std::string(128, 'x')).ok());
+  // A refused id leaves nothing behind; a deleted id is free again at once.
+  EXPECT_EQ(manager_->ListSessions("t").size(), 2u);
+  ASSERT_TRUE(manager_->DeleteSession("t", "conv-42.a_b").ok());
+  EXPECT_TRUE(manager_->CreateSession("t", {}, "conv-42.a_b").ok());
+}
+
+TEST_F(SessionTest, ClientChosenIdTakenByAnEvictedOrStoredSessionIsAlreadyExists) {
+  Open("llama", 8, /*budget=*/0);
+  auto a = manager_->CreateSession("t", {}, "evicted");
+  ASSERT_TRUE(a.ok());
+  ASSERT_TRUE(Ingest(a->id, Tokens(static_cast<int>(chunk_ + 1), vocab_, 3)).ok());
+  manager_->ReapNow();
+  for (int i = 0; i < 100 && manager_->GetSession("t", a->id)->resident; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_FALSE(manager_->GetSession("t", a->id)->resident);
+  auto taken = manager_->CreateSession("t", {}, "evicted");
+  EXPECT_EQ(taken.status().code(), absl::StatusCode::kAlreadyExists) << taken.status();
+  // A session file another process (a replica sharing the store) wrote under an id this
+  // manager does not hold: the id is still taken, and the file is not overwritten.
+  const fs::path sessions = dir_ / "t" / "sessions";
+  fs::copy_file(sessions / "evicted.safetensors", sessions / "elsewhere.safetensors");
+  const auto size = fs::file_size(sessions / "elsewhere.safetensors");
+  auto stored = manager_->CreateSession("t", {}, "elsewhere");
+  EXPECT_EQ(stored.status().code(), absl::StatusCode::kAlreadyExists) << stored.status();
+  EXPECT_NE(stored.status().message().find("session store"), std::string::npos);
+  EXPECT_EQ(fs::file_size(sessions / "elsewhere.safetensors"), size);
+}
+
 TEST_F(SessionTest, SecondWriterIsAborted) {
   auto a = manager_->CreateSession("t", {});
   ASSERT_TRUE(a.ok());

@@ -241,6 +241,11 @@ void CheckpointStore::RemoveSession(const std::string& tenant, const std::string
   fs::remove(Path(tenant, kSessions, id), ec);
 }
 
+bool CheckpointStore::HasSession(const std::string& tenant, const std::string& id) const {
+  std::error_code ec;
+  return fs::exists(fs::symlink_status(Path(tenant, kSessions, id), ec));
+}
+
 absl::Status CheckpointStore::MoveSessionToCheckpoints(const std::string& tenant,
                                                        const std::string& id) const {
   const fs::path to = Path(tenant, kCheckpoints, id);
