@@ -42,6 +42,7 @@ namespace ttt::session {
 
 namespace internal {
 class CheckpointStore;
+class LeaseStore;
 }  // namespace internal
 
 struct SessionOptions {
@@ -113,6 +114,10 @@ class SessionListener {
   virtual void OnChunkUpdates(int64_t chunks) {}
   virtual void OnEvicted() {}
   virtual void OnCheckpointWritten(int64_t bytes, double seconds) {}
+  // A session's state written to the store (write-behind, sync ingest, eviction, shutdown):
+  // how long the write took, and the age of the copy it replaced (the lag: at most what a crash
+  // just before would have lost).
+  virtual void OnSessionPersisted(double seconds, double lag_seconds) {}
 };
 
 struct ManagerOptions {
@@ -123,6 +128,17 @@ struct ManagerOptions {
   int64_t reaper_interval_ms = 1000;
   int64_t max_checkpoint_bytes = int64_t{4} << 30;  // refuse larger imports
   int64_t max_generate_tokens = 4096;
+  // Write-behind: a resident session a writer changed is written to its session file this long
+  // after its last copy (0: only at eviction and shutdown). Bounds what a crash loses.
+  int64_t persist_interval_ms = 5000;
+  // A shared session store (issue 13): non-empty when checkpoint_dir is shared by several
+  // replicas ([A-Za-z0-9._-], unique per replica). Sessions are then owned through leases
+  // (internal/lease.h): a replica loads a session it does not hold from the store on its first
+  // call, holds it while the lease is renewed, and every write to the store is fenced. Persisted
+  // sessions are not registered at start; each is loaded by the replica its calls reach.
+  std::string replica_id;
+  int64_t lease_ms = 15000;
+  std::function<int64_t()> lease_clock;  // ms since the epoch; empty = the system clock (tests)
 };
 
 class Session;
@@ -141,10 +157,14 @@ class Writer {
   // Queues `tokens` (validated against the vocabulary: INVALID_ARGUMENT names the first bad one,
   // nothing queued) then, if `end_of_document`, the document end (resetting the session when its
   // options say so). `done` runs once on the engine thread. RESOURCE_EXHAUSTED when the engine
-  // queue is full. Submissions apply in call order.
+  // queue is full. Submissions apply in call order. `durable` (sync durability): `done` reports
+  // success only after the session's state, these tokens included, is in its session file;
+  // UNAVAILABLE when that write fails (the tokens are applied here but not acknowledged; the
+  // client retries, on another replica if this one lost the session).
   absl::Status Ingest(std::vector<int32_t> tokens, bool end_of_document,
                       std::shared_ptr<engine::CancelToken> cancel,
-                      std::function<void(absl::StatusOr<IngestProgress>)> done);
+                      std::function<void(absl::StatusOr<IngestProgress>)> done,
+                      bool durable = false);
 
  private:
   friend class SessionManager;
@@ -230,9 +250,15 @@ class SessionManager {
                                             std::optional<SessionOptions> options);
 
   // Writes every resident session to disk (shutdown). Blocks; call from a non-engine thread.
+  // With a shared store, then gives up this replica's leases, so other replicas take its
+  // sessions over at once instead of after the lease expires.
   absl::Status PersistAll();
   // One reaper pass now (tests): TTL removal, then eviction down to the budget.
   void ReapNow();
+  // One maintenance pass now (tests; the reaper runs it too): renews this replica's leases
+  // (dropping sessions whose lease was taken over), then queues the write-behind of dirty
+  // sessions whose last copy is older than persist_interval_ms.
+  void MaintainNow();
 
   int64_t session_count() const;
   // The budgeted figure: bytes of the buffers the resident sessions' states hold (whole
@@ -269,7 +295,8 @@ class SessionManager {
   int64_t TokensPerChunk() const;
   absl::Status SubmitIngest(const std::shared_ptr<Session>& s, std::vector<int32_t> tokens,
                             bool end_of_document, std::shared_ptr<engine::CancelToken> cancel,
-                            std::function<void(absl::StatusOr<IngestProgress>)> done);
+                            std::function<void(absl::StatusOr<IngestProgress>)> done,
+                            bool durable);
   // Validates generation parameters; an empty prompt on an empty session becomes the bos token.
   absl::Status PrepareGenerateParams(const Session& s, GenerateParams& params) const;
 
@@ -277,20 +304,35 @@ class SessionManager {
   absl::Status EnsureResident(Session& s);
   // Engine thread: checkpoint-format bytes of the session's state.
   absl::StatusOr<std::string> EncodeSession(Session& s, const std::string& checkpoint_id);
-  // Engine thread: writes the session's state to its session file; returns the bytes written.
-  absl::StatusOr<int64_t> WriteSessionFile(Session& s);
+  // Engine thread: writes the session's state to its session file, fenced by the session's
+  // lease with a shared store; returns the bytes written. A failed fence (FAILED_PRECONDITION,
+  // "stale generation") disowns the session.
+  absl::StatusOr<int64_t> WriteSessionFile(const std::shared_ptr<Session>& s);
   // Queues, after the session's work, dropping its state and its session file (deleted or
   // expired sessions).
   void DropOnEngine(const std::shared_ptr<Session>& s);
   void Evict(const std::shared_ptr<Session>& s);
   void LoadPersisted();
   void ReaperLoop();
+  // Shared store (store.cc). A session of the store this replica does not hold: takes its lease
+  // and registers it (its state loads on first use). NOT_FOUND when the store has no such
+  // session; UNAVAILABLE while another replica holds it.
+  absl::StatusOr<std::shared_ptr<Session>> Adopt(const std::string& tenant, const std::string& id);
+  // Mu_ held: ALREADY_EXISTS when `id` is taken (map, store, or another replica's lease).
+  absl::Status CheckIdFreeLocked(const std::string& tenant, const std::string& id) const;
+  // Takes the lease on a new session's id (shared store). Mu_ held.
+  absl::StatusOr<int64_t> LeaseNewLocked(const std::string& tenant, const std::string& id);
+  // Forgets a session whose lease this replica lost, leaving its files to the new owner.
+  void Disown(const std::shared_ptr<Session>& s, const absl::Status& why);
+  void RenewLeases();
+  void WriteBehind();
 
   const engine::Model* model_;
   engine::Scheduler* scheduler_;
   const ManagerOptions options_;
   SessionListener* listener_;
   const std::unique_ptr<internal::CheckpointStore> store_;
+  const std::unique_ptr<internal::LeaseStore> leases_;  // null unless replica_id is set
 
   mutable std::mutex mu_;
   // tenant -> id -> session. Guarded by mu_.

@@ -83,6 +83,10 @@ app.kubernetes.io/part-of: ttt-serve
 - {{ printf "--max_batch_tokens=%d" ($s.maxBatchTokens | int64) | quote }}
 - {{ printf "--checkpoint_on_shutdown=%t" $s.checkpointOnShutdown | quote }}
 - {{ printf "--drain_timeout_s=%d" ($s.drainTimeoutS | int64) | quote }}
+{{- if eq .Values.persistence.mode "shared" }}
+{{- /* The shared volume is a session store: each replica leases the sessions it serves. */}}
+- "--replica_id=$(POD_NAME)"
+{{- end }}
 {{- range $s.extraArgs }}
 - {{ . | quote }}
 {{- end }}
