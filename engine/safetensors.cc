@@ -289,7 +289,10 @@ absl::StatusOr<std::string> EncodeSafetensors(const NamedTensors& tensors,
     data.reserve(tensors.size());
     std::set<std::string> seen;
     uint64_t offset = 0;
-    for (const auto& [name, tensor] : tensors) {
+    for (const auto& named : tensors) {
+      // Not a structured binding: C++17 lambdas cannot capture one (Clang refuses).
+      const std::string& name = named.first;
+      const at::Tensor& tensor = named.second;
       auto bad = [&](const std::string& what) {
         return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "': ", what));
       };
