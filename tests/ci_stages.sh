@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The stages of `./build.sh test` (and so of CI, .ci/run), each in its own build folder, each
 # timed (build and run) in a summary at the end:
-#   normal  Release build in build/ (or $TTT_BUILD_DIR), the whole suite (ctest); extra arguments go to this ctest
+#   normal  Release build in build/ (or $TTT_BUILD_DIR), the whole suite (ctest); extra
+#           arguments go to this ctest
 #   asan    AddressSanitizer + UndefinedBehaviorSanitizer, -O1, build-asan/: the whole suite but
 #           the tests that run no C++ of ours (see kAsanSkip below)
 #   tsan    ThreadSanitizer, -O1, build-tsan/: scheduler_test, session_test, server_test
