@@ -1,9 +1,11 @@
 // Engine throughput, printed as ratios against baselines measured in the same run:
 // TTT on vs. off, batched (8 sequences) vs. one, achieved FLOP/s vs. this machine's sgemm peak,
 // bf16 vs. f32, and the engine vs. the plain PyTorch reference (tests/reference) at batch 1.
+// The session-scaling table (issue 11) times decode steps and streaming pieces for each count in
+// --sessions against one session, TTT on and off, and the two down-projection formulations.
 //
 //   engine_bench [--shape=small|test] [--tokens=N] [--threads=N] [--python=/usr/bin/python3]
-//                [--device=cpu|cuda]
+//                [--device=cpu|cuda] [--sessions=1,4,16,64] [--only=all|scaling]
 //
 // Benchmarks never assert on time; they print figures. Results go to bench/RESULTS.md.
 #include <ATen/ATen.h>
@@ -20,6 +22,7 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "engine/model.h"
 
@@ -34,7 +37,16 @@ struct Flags {
   std::string python = "/usr/bin/python3";
   std::string device = "cpu";
   int threads = 0;  // 0 = the number of cores
+  std::vector<int> sessions = {1, 4, 16, 64};  // session counts of the scaling table
+  std::string only = "all";                     // "scaling": the session-scaling table alone
 };
+
+std::vector<int> ParseList(const std::string& text) {
+  std::vector<int> out;
+  std::stringstream in(text);
+  for (std::string item; std::getline(in, item, ',');) out.push_back(std::atoi(item.c_str()));
+  return out;
+}
 
 Flags ParseFlags(int argc, char** argv) {
   Flags flags;
@@ -49,6 +61,8 @@ Flags ParseFlags(int argc, char** argv) {
     else if (auto v = value("python")) flags.python = v;
     else if (auto v = value("device")) flags.device = v;
     else if (auto v = value("threads")) flags.threads = std::atoi(v);
+    else if (auto v = value("sessions")) flags.sessions = ParseList(v);
+    else if (auto v = value("only")) flags.only = v;
     else {
       std::cerr << "unknown flag " << arg << "\n";
       std::exit(2);
@@ -142,7 +156,8 @@ std::vector<int32_t> Tokens(int64_t n, int64_t vocab, uint32_t seed) {
 }
 
 // Tokens per second for `sequences` fresh streams, each fed `tokens` in pieces of `piece`.
-double IngestRate(const Model& model, int sequences, int64_t tokens, int64_t piece) {
+double IngestRate(const Model& model, int sequences, int64_t tokens, int64_t piece,
+                  int repeats = 2) {
   const auto stream = Tokens(tokens, model.config().vocab_size, 1);
   const double seconds = Time([&] {
     std::vector<SequenceState> states;
@@ -158,8 +173,93 @@ double IngestRate(const Model& model, int sequences, int64_t tokens, int64_t pie
         std::exit(1);
       }
     }
-  }, 2);
+  }, repeats);
   return sequences * tokens / seconds;
+}
+
+void Check(const absl::StatusOr<std::vector<IngestLogProbs>>& result) {
+  if (!result.ok()) {
+    std::cerr << result.status() << "\n";
+    std::exit(1);
+  }
+}
+
+// Tokens per second of `steps` decode steps (one token per session per step) for `sessions`
+// sessions that each start from a copy of `prefix` (cloned outside the timed region). Best of
+// `repeats` after one warm-up.
+double DecodeRate(const Model& model, const SequenceState& prefix, int sessions, int64_t steps,
+                  int repeats) {
+  const auto stream = Tokens(steps, model.config().vocab_size, 2);
+  double best = 1e30;
+  for (int r = 0; r <= repeats; ++r) {
+    std::vector<SequenceState> states;
+    for (int s = 0; s < sessions; ++s) states.push_back(prefix.Clone());
+    const auto start = Clock::now();
+    for (int64_t t = 0; t < steps; ++t) {
+      std::vector<IngestItem> items;
+      for (auto& state : states) items.push_back({&state, {stream[t]}});
+      Check(model.Ingest(absl::MakeSpan(items)));
+    }
+    const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+    if (r > 0) best = std::min(best, seconds);
+  }
+  return sessions * steps / best;
+}
+
+// The session-scaling table: decode steps after a prefix that completed a chunk (so the fast
+// weights are live and the cache is not empty) and streaming pieces from fresh streams, for each
+// session count against one session in this run, TTT on and off.
+void ScalingTable(const Flags& flags, const Model& ttt, const Model& plain) {
+  const ModelConfig& c = ttt.config();
+  const int64_t prefix_tokens = c.ttt_chunk + c.ttt_chunk / 4, steps = 32;
+  const int64_t piece = std::max<int64_t>(1, c.ttt_chunk / 4), stream_tokens = 2 * piece;
+  auto prefix_of = [&](const Model& model) {
+    SequenceState state = model.NewSequence();
+    std::vector<IngestItem> items{{&state, Tokens(prefix_tokens, c.vocab_size, 3)}};
+    Check(model.Ingest(absl::MakeSpan(items)));
+    return state;
+  };
+  const SequenceState prefix_on = prefix_of(ttt), prefix_off = prefix_of(plain);
+  std::printf("\n| sessions | decode TTT on | ratio vs 1 | decode TTT off | ratio vs 1 | "
+              "TTT on/off | pieces of %lld, TTT on | ratio vs 1 | pieces, TTT off | ratio vs 1 |\n"
+              "|---|---|---|---|---|---|---|---|---|---|\n", (long long)piece);
+  double base[4] = {0, 0, 0, 0};
+  for (int n : flags.sessions) {
+    const int repeats = n >= 16 ? 1 : 2;
+    const double rates[4] = {DecodeRate(ttt, prefix_on, n, steps, repeats),
+                             DecodeRate(plain, prefix_off, n, steps, repeats),
+                             IngestRate(ttt, n, stream_tokens, piece, repeats),
+                             IngestRate(plain, n, stream_tokens, piece, repeats)};
+    for (int i = 0; i < 4; ++i) {
+      if (base[i] == 0) base[i] = rates[i];
+    }
+    std::printf("| %d | %.0f tok/s | %.2f | %.0f tok/s | %.2f | %.3f | %.0f tok/s | %.2f | %.0f tok/s "
+                "| %.2f |\n", n, rates[0], rates[0] / base[0], rates[1], rates[1] / base[1],
+                rates[0] / rates[1], rates[2], rates[2] / base[2], rates[3], rates[3] / base[3]);
+    std::fflush(stdout);
+  }
+  std::printf("(decode: %lld steps after a %lld-token prefix; ratios vs the first row, %d session(s))\n",
+              (long long)steps, (long long)prefix_tokens, flags.sessions.front());
+}
+
+// The down projection of a TTT layer for B decode rows, two ways (DESIGN.md section 3): the
+// shared W_down^(0) product over all rows plus one batched z @ delta^T over the B sessions'
+// deltas, against one batched product with each session's full W_down = W_down^(0) + delta.
+void DownProjectionFormulations(const Flags& flags, const ModelConfig& c) {
+  const int64_t d = c.hidden_size, f = c.intermediate_size;
+  std::printf("\n| sessions | shared W0 + per-session delta | per-session full W_down | "
+              "full / shared |\n|---|---|---|---|\n");
+  at::Tensor w0 = at::randn({d, f}) * 0.02;
+  for (int n : flags.sessions) {
+    at::Tensor z = at::randn({n, f}), deltas = at::randn({n, d, f}) * 0.01;
+    at::Tensor full = deltas + w0;  // what the full form would keep per session
+    const double shared = Time([&] {
+      at::Tensor out = at::mm(z, w0.t()) + at::bmm(deltas, z.unsqueeze(2)).squeeze(2);
+    });
+    const double per_session = Time([&] { at::bmm(full, z.unsqueeze(2)); });
+    std::printf("| %d | %.3f ms | %.3f ms | %.2f |\n", n, shared * 1e3, per_session * 1e3,
+                per_session / shared);
+  }
 }
 
 std::unique_ptr<Model> Build(const ModelConfig& config, const NamedTensors& weights,
@@ -207,9 +307,14 @@ int Run(const Flags& flags) {
               (long long)config.vocab_size, (long long)config.ttt_chunk, config.ttt_layers.size(),
               (long long)n, at::get_num_threads(), flags.device.c_str());
 
-  const double peak = SgemmGflops(n, config.hidden_size, config.intermediate_size);
   auto ttt = Build(config, weights, {.device = flags.device});
   auto plain = Build(config, weights, {.device = flags.device, .ttt_lr = 0.0});
+  if (flags.only == "scaling") {
+    ScalingTable(flags, *ttt, *plain);
+    if (flags.device == "cpu") DownProjectionFormulations(flags, config);
+    return 0;
+  }
+  const double peak = SgemmGflops(n, config.hidden_size, config.intermediate_size);
   auto bf16 = Build(config, weights, {.device = flags.device, .dtype = "bf16"});
 
   const double on = IngestRate(*ttt, 1, n, n);
@@ -242,6 +347,8 @@ int Run(const Flags& flags) {
   } else {
     std::printf("| ingest batch 1, engine vs PyTorch reference | %.0f tok/s | unavailable | |\n", on);
   }
+  ScalingTable(flags, *ttt, *plain);
+  if (flags.device == "cpu") DownProjectionFormulations(flags, config);
   return 0;
 }
 
