@@ -1,0 +1,138 @@
+#include "engine/internal/batched_kernels.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+namespace ttt::engine::internal {
+namespace {
+
+// Four floats in one SSE register (two with AVX): GCC/Clang vector extensions, so the loops below
+// vectorise without -ffast-math (a plain float reduction may not be reordered by the compiler).
+using Vec = float __attribute__((vector_size(16)));
+constexpr int64_t kLanes = 4;
+
+inline Vec Load(const float* p) {
+  Vec v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+inline float Dot(const float* a, const float* b, int64_t n) {
+  Vec s0 = {0, 0, 0, 0}, s1 = s0, s2 = s0, s3 = s0;
+  int64_t i = 0;
+  for (; i + 4 * kLanes <= n; i += 4 * kLanes) {
+    s0 += Load(a + i) * Load(b + i);
+    s1 += Load(a + i + kLanes) * Load(b + i + kLanes);
+    s2 += Load(a + i + 2 * kLanes) * Load(b + i + 2 * kLanes);
+    s3 += Load(a + i + 3 * kLanes) * Load(b + i + 3 * kLanes);
+  }
+  for (; i + kLanes <= n; i += kLanes) s0 += Load(a + i) * Load(b + i);
+  const Vec s = (s0 + s1) + (s2 + s3);
+  float total = (s[0] + s[1]) + (s[2] + s[3]);
+  for (; i < n; ++i) total += a[i] * b[i];
+  return total;
+}
+
+// y += alpha * x
+inline void Axpy(float alpha, const float* x, float* y, int64_t n) {
+  const Vec a = {alpha, alpha, alpha, alpha};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    const Vec r = Load(y + i) + a * Load(x + i);
+    std::memcpy(y + i, &r, sizeof(r));
+  }
+  for (; i < n; ++i) y[i] += alpha * x[i];
+}
+
+// One query row's heads of one key-head group over keys [first, last] of one sequence.
+// scores: scratch of group * (last - first + 1) floats.
+void AttendRow(const float* q, const float* keys, int64_t key_stride, const float* values,
+               int64_t value_stride, int64_t first, int64_t last, int64_t group, int64_t hd,
+               std::vector<float>& scores, float* out) {
+  const int64_t span = last - first + 1;
+  scores.resize(group * span);
+  const float norm = std::sqrt(static_cast<float>(hd));
+  for (int64_t j = first; j <= last; ++j) {
+    const float* k = keys + j * key_stride;
+    for (int64_t t = 0; t < group; ++t) scores[t * span + j - first] = Dot(q + t * hd, k, hd) / norm;
+  }
+  std::vector<float> inv_sum(group);
+  for (int64_t t = 0; t < group; ++t) {
+    float* s = scores.data() + t * span;
+    const float top = *std::max_element(s, s + span);
+    float sum = 0;
+    for (int64_t j = 0; j < span; ++j) sum += (s[j] = std::exp(s[j] - top));
+    inv_sum[t] = 1.0f / sum;
+    std::fill(out + t * hd, out + (t + 1) * hd, 0.0f);
+  }
+  for (int64_t j = first; j <= last; ++j) {
+    const float* v = values + j * value_stride;
+    for (int64_t t = 0; t < group; ++t) Axpy(scores[t * span + j - first], v, out + t * hd, hd);
+  }
+  for (int64_t t = 0; t < group; ++t) {
+    for (int64_t c = 0; c < hd; ++c) out[t * hd + c] *= inv_sum[t];
+  }
+}
+
+}  // namespace
+
+void VarlenAttention(const at::Tensor& q, absl::Span<const AttentionSeq> seqs, int64_t kv_heads,
+                     int64_t window, at::Tensor& out) {
+  TORCH_CHECK(q.is_contiguous() && q.scalar_type() == at::kFloat && out.is_contiguous() &&
+              out.scalar_type() == at::kFloat, "VarlenAttention: f32 contiguous q and out");
+  const int64_t heads = q.size(1), hd = q.size(2), group = heads / kv_heads;
+  const float* qd = q.data_ptr<float>();
+  float* od = out.data_ptr<float>();
+  const int64_t units = static_cast<int64_t>(seqs.size()) * kv_heads;
+  at::parallel_for(0, units, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores;
+    for (int64_t u = begin; u < end; ++u) {
+      const AttentionSeq& s = seqs[u / kv_heads];
+      const int64_t g = u % kv_heads;
+      const at::Tensor &keys = *s.keys, &values = *s.values;
+      TORCH_CHECK(keys.stride(2) == 1 && values.stride(2) == 1 && keys.scalar_type() == at::kFloat,
+                  "VarlenAttention: f32 key/value rows must be contiguous");
+      const float* k = keys.data_ptr<float>() + g * keys.stride(0);
+      const float* v = values.data_ptr<float>() + g * values.stride(0);
+      const int64_t cached = keys.size(1) - s.rows;
+      for (int64_t i = 0; i < s.rows; ++i) {
+        const int64_t last = cached + i;
+        const int64_t first = window > 0 ? std::max<int64_t>(0, last - window + 1) : 0;
+        const int64_t row = s.row0 + i;
+        AttendRow(qd + (row * heads + g * group) * hd, k, keys.stride(1), v, values.stride(1),
+                  first, last, group, hd, scores, od + (row * heads + g * group) * hd);
+      }
+    }
+  });
+}
+
+void BatchedDeltaProduct(const at::Tensor& z, absl::Span<const DeltaSeq> seqs, at::Tensor& out) {
+  TORCH_CHECK(z.is_contiguous() && z.scalar_type() == at::kFloat && out.is_contiguous() &&
+              out.scalar_type() == at::kFloat, "BatchedDeltaProduct: f32 contiguous z and out");
+  const int64_t d_ff = z.size(1), d_model = out.size(1);
+  constexpr int64_t kBlock = 64;  // output rows per work unit
+  const int64_t blocks = (d_model + kBlock - 1) / kBlock;
+  const float* zd = z.data_ptr<float>();
+  float* od = out.data_ptr<float>();
+  at::parallel_for(0, static_cast<int64_t>(seqs.size()) * blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t u = begin; u < end; ++u) {
+      const DeltaSeq& s = seqs[u / blocks];
+      TORCH_CHECK(s.delta->is_contiguous() && s.delta->scalar_type() == at::kFloat,
+                  "BatchedDeltaProduct: f32 contiguous deltas");
+      const float* delta = s.delta->data_ptr<float>();
+      const int64_t lo = (u % blocks) * kBlock, hi = std::min(d_model, lo + kBlock);
+      for (int64_t i = lo; i < hi; ++i) {
+        for (int64_t r = s.row0; r < s.row0 + s.rows; ++r) {
+          od[r * d_model + i] = Dot(delta + i * d_ff, zd + r * d_ff, d_ff);
+        }
+      }
+    }
+  });
+}
+
+}  // namespace ttt::engine::internal
