@@ -6,10 +6,18 @@
 //
 //   engine_bench [--shape=small|test] [--tokens=N] [--threads=N] [--python=/usr/bin/python3]
 //                [--device=cpu|cuda] [--sessions=1,4,16,64] [--only=all|scaling]
+//                [--clock=wall|cpu] [--model=DIR]
+//
+// --clock=cpu times with the process's CPU time instead of the wall clock: with --threads=1 on a
+// machine shared with other jobs it is far less sensitive to time slicing (it still sees cache
+// and memory-bandwidth contention). --model=DIR also prints the bytes a resident session of that
+// model holds.
 //
 // Benchmarks never assert on time; they print figures. Results go to bench/RESULTS.md.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+
+#include <time.h>
 
 #include <chrono>
 #include <cstdio>
@@ -39,7 +47,18 @@ struct Flags {
   int threads = 0;  // 0 = the number of cores
   std::vector<int> sessions = {1, 4, 16, 64};  // session counts of the scaling table
   std::string only = "all";                     // "scaling": the session-scaling table alone
+  std::string model;                            // a model folder whose session bytes to print
 };
+
+bool cpu_clock = false;  // --clock=cpu
+
+// Seconds on the benchmark's clock (wall, or this process's CPU time with --clock=cpu).
+double Now() {
+  if (!cpu_clock) return std::chrono::duration<double>(Clock::now().time_since_epoch()).count();
+  timespec ts;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
 
 std::vector<int> ParseList(const std::string& text) {
   std::vector<int> out;
@@ -63,6 +82,8 @@ Flags ParseFlags(int argc, char** argv) {
     else if (auto v = value("threads")) flags.threads = std::atoi(v);
     else if (auto v = value("sessions")) flags.sessions = ParseList(v);
     else if (auto v = value("only")) flags.only = v;
+    else if (auto v = value("clock")) cpu_clock = std::string(v) == "cpu";
+    else if (auto v = value("model")) flags.model = v;
     else {
       std::cerr << "unknown flag " << arg << "\n";
       std::exit(2);
@@ -135,9 +156,9 @@ double Time(const std::function<void()>& fn, int repeats = 3) {
   fn();
   double best = 1e30;
   for (int i = 0; i < repeats; ++i) {
-    auto start = Clock::now();
+    const double start = Now();
     fn();
-    best = std::min(best, std::chrono::duration<double>(Clock::now() - start).count());
+    best = std::min(best, Now() - start);
   }
   return best;
 }
@@ -194,16 +215,36 @@ double DecodeRate(const Model& model, const SequenceState& prefix, int sessions,
   for (int r = 0; r <= repeats; ++r) {
     std::vector<SequenceState> states;
     for (int s = 0; s < sessions; ++s) states.push_back(prefix.Clone());
-    const auto start = Clock::now();
+    const double start = Now();
     for (int64_t t = 0; t < steps; ++t) {
       std::vector<IngestItem> items;
       for (auto& state : states) items.push_back({&state, {stream[t]}});
       Check(model.Ingest(absl::MakeSpan(items)));
     }
-    const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+    const double seconds = Now() - start;
     if (r > 0) best = std::min(best, seconds);
   }
   return sessions * steps / best;
+}
+
+// Bytes a resident session holds (SequenceState::MemoryBytes: the buffers, spare rows included)
+// after `prefix` tokens in one piece and then `steps` decode steps.
+int64_t SessionBytes(const Model& model, int64_t prefix, int64_t steps) {
+  SequenceState state = model.NewSequence();
+  std::vector<IngestItem> items{{&state, Tokens(prefix, model.config().vocab_size, 4)}};
+  Check(model.Ingest(absl::MakeSpan(items)));
+  for (int32_t token : Tokens(steps, model.config().vocab_size, 5)) {
+    std::vector<IngestItem> step{{&state, {token}}};
+    Check(model.Ingest(absl::MakeSpan(step)));
+  }
+  return state.MemoryBytes();
+}
+
+void PrintSessionBytes(const std::string& label, const Model& model) {
+  for (int64_t prefix : {256, 4096}) {
+    std::printf("| %s | %lld + 32 decode steps | %.2f MiB |\n", label.c_str(), (long long)prefix,
+                SessionBytes(model, prefix, 32) / 1048576.0);
+  }
 }
 
 // The session-scaling table: decode steps after a prefix that completed a chunk (so the fast
@@ -309,6 +350,16 @@ int Run(const Flags& flags) {
 
   auto ttt = Build(config, weights, {.device = flags.device});
   auto plain = Build(config, weights, {.device = flags.device, .ttt_lr = 0.0});
+  std::printf("\n| model | tokens | bytes per resident session |\n|---|---|---|\n");
+  PrintSessionBytes("bench shape " + flags.shape, *ttt);
+  if (!flags.model.empty()) {
+    auto loaded = Model::Load(flags.model, {.device = flags.device});
+    if (!loaded.ok()) {
+      std::cerr << loaded.status() << "\n";
+      return 1;
+    }
+    PrintSessionBytes(flags.model, **loaded);
+  }
   if (flags.only == "scaling") {
     ScalingTable(flags, *ttt, *plain);
     if (flags.device == "cpu") DownProjectionFormulations(flags, config);

@@ -196,6 +196,46 @@ SequenceState Model::NewSequence() const {
   return state;
 }
 
+// Per item: log p(token) for each new token from the logits before it (the state's last logits
+// for the first), in one log_softmax over every item's predicting rows; then each state keeps
+// its new last logits.
+namespace {
+void RecordLogProbs(at::Device device, absl::Span<IngestItem> items,
+                    const std::vector<size_t>& owner, const std::vector<at::Tensor>& logits,
+                    std::vector<IngestLogProbs>& results) {
+  std::vector<at::Tensor> predictors;
+  std::vector<int64_t> targets;
+  for (size_t r = 0; r < items.size(); ++r) {
+    const SequenceState& state = *items[r].state;
+    const std::vector<int32_t>& tokens = items[r].tokens;
+    const int64_t n = static_cast<int64_t>(tokens.size());
+    // Row i predicts token i+1; the state's last logits predict token 0.
+    if (state.last_logits.defined()) {
+      predictors.push_back(state.last_logits.unsqueeze(0));
+      targets.push_back(tokens[0]);
+    }
+    if (n > 1) predictors.push_back(logits[r].slice(0, 0, n - 1));
+    targets.insert(targets.end(), tokens.begin() + 1, tokens.end());
+  }
+  at::Tensor picked;
+  if (!targets.empty()) {
+    at::Tensor index = at::tensor(targets, at::kLong).to(device).unsqueeze(1);
+    picked = at::log_softmax(at::cat(predictors, 0), -1).gather(1, index).squeeze(1).cpu();
+  }
+  const float* data = picked.defined() ? picked.data_ptr<float>() : nullptr;
+  for (size_t r = 0; r < items.size(); ++r) {
+    SequenceState& state = *items[r].state;
+    const int64_t n = static_cast<int64_t>(items[r].tokens.size());
+    IngestLogProbs& out = results[owner[r]];
+    const int64_t count = state.last_logits.defined() ? n : n - 1;
+    if (!state.last_logits.defined()) out.push_back(std::numeric_limits<float>::quiet_NaN());
+    out.insert(out.end(), data, data + count);
+    data += count;
+    state.last_logits = logits[r][n - 1].clone();
+  }
+}
+}  // namespace
+
 absl::StatusOr<std::vector<IngestLogProbs>> Model::Ingest(absl::Span<IngestItem> items,
                                                           IngestMode mode) const {
   for (const IngestItem& item : items) {
@@ -247,25 +287,7 @@ absl::StatusOr<std::vector<IngestLogProbs>> Model::Ingest(absl::Span<IngestItem>
     if (nonempty.empty()) return results;
     // The items are copies sharing the states: the forward advances the callers' states.
     std::vector<at::Tensor> logits = ModelAccess(*this, absl::MakeSpan(nonempty)).Run();
-    for (size_t r = 0; r < nonempty.size(); ++r) {
-      SequenceState& state = *nonempty[r].state;
-      const std::vector<int32_t>& tokens = nonempty[r].tokens;
-      const int64_t n = static_cast<int64_t>(tokens.size());
-      // Row i predicts token i+1; the state's last logits predict token 0.
-      at::Tensor predictors = state.last_logits.defined()
-                                  ? at::cat({state.last_logits.unsqueeze(0), logits[r].slice(0, 0, n - 1)})
-                                  : logits[r].slice(0, 0, n - 1);
-      at::Tensor targets = at::tensor(std::vector<int64_t>(tokens.begin(), tokens.end()), at::kLong)
-                               .to(device_)
-                               .slice(0, state.last_logits.defined() ? 0 : 1);
-      at::Tensor picked =
-          at::log_softmax(predictors, -1).gather(1, targets.unsqueeze(1)).squeeze(1).cpu();
-      IngestLogProbs& out = results[owner[r]];
-      if (!state.last_logits.defined()) out.push_back(std::numeric_limits<float>::quiet_NaN());
-      const float* data = picked.data_ptr<float>();
-      out.insert(out.end(), data, data + picked.numel());
-      state.last_logits = logits[r][n - 1].clone();
-    }
+    RecordLogProbs(device_, absl::MakeSpan(nonempty), owner, logits, results);
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat("engine forward failed: ", e.what_without_backtrace()));
   }
