@@ -11,57 +11,74 @@
 namespace ttt::engine::internal {
 namespace {
 
-// Four floats in one SSE register (two with AVX): GCC/Clang vector extensions, so the loops below
-// vectorise without -ffast-math (a plain float reduction may not be reordered by the compiler).
-using Vec = float __attribute__((vector_size(16)));
-constexpr int64_t kLanes = 4;
+// Eight floats: GCC/Clang vector extensions, so the loops below vectorise without -ffast-math (a
+// plain float reduction may not be reordered by the compiler). The kernels are compiled for
+// AVX-512, AVX2+FMA and baseline x86-64 and picked at load time (target_clones), as OpenBLAS
+// picks its kernels; the baseline splits each vector into two SSE registers.
+using Vec = float __attribute__((vector_size(32)));
+constexpr int64_t kLanes = 8;
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define TTT_MULTIVERSION __attribute__((target_clones("arch=skylake-avx512", "arch=haswell", "default")))
+#else
+#define TTT_MULTIVERSION
+#endif
 
-inline Vec Load(const float* p) {
-  Vec v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
+// Unaligned loads and stores through memcpy (one vector move each once optimised); by pointer,
+// not by value, so no AVX-sized value crosses a function boundary (-Wpsabi).
+#define TTT_LOAD(v, p) std::memcpy(&(v), (p), sizeof(Vec))
+#define TTT_STORE(p, v) std::memcpy((p), &(v), sizeof(Vec))
 
-inline float Dot(const float* a, const float* b, int64_t n) {
-  Vec s0 = {0, 0, 0, 0}, s1 = s0, s2 = s0, s3 = s0;
+__attribute__((always_inline)) inline float Dot(const float* a, const float* b, int64_t n) {
+  Vec s0 = {}, s1 = s0, s2 = s0, s3 = s0, x0, x1, x2, x3, y0, y1, y2, y3;
   int64_t i = 0;
   for (; i + 4 * kLanes <= n; i += 4 * kLanes) {
-    s0 += Load(a + i) * Load(b + i);
-    s1 += Load(a + i + kLanes) * Load(b + i + kLanes);
-    s2 += Load(a + i + 2 * kLanes) * Load(b + i + 2 * kLanes);
-    s3 += Load(a + i + 3 * kLanes) * Load(b + i + 3 * kLanes);
+    TTT_LOAD(x0, a + i), TTT_LOAD(y0, b + i);
+    TTT_LOAD(x1, a + i + kLanes), TTT_LOAD(y1, b + i + kLanes);
+    TTT_LOAD(x2, a + i + 2 * kLanes), TTT_LOAD(y2, b + i + 2 * kLanes);
+    TTT_LOAD(x3, a + i + 3 * kLanes), TTT_LOAD(y3, b + i + 3 * kLanes);
+    s0 += x0 * y0;
+    s1 += x1 * y1;
+    s2 += x2 * y2;
+    s3 += x3 * y3;
   }
-  for (; i + kLanes <= n; i += kLanes) s0 += Load(a + i) * Load(b + i);
+  for (; i + kLanes <= n; i += kLanes) {
+    TTT_LOAD(x0, a + i), TTT_LOAD(y0, b + i);
+    s0 += x0 * y0;
+  }
   const Vec s = (s0 + s1) + (s2 + s3);
-  float total = (s[0] + s[1]) + (s[2] + s[3]);
+  float total = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
   for (; i < n; ++i) total += a[i] * b[i];
   return total;
 }
 
 // y += alpha * x
-inline void Axpy(float alpha, const float* x, float* y, int64_t n) {
-  const Vec a = {alpha, alpha, alpha, alpha};
+__attribute__((always_inline)) inline void Axpy(float alpha, const float* x, float* y,
+                                                int64_t n) {
+  const Vec a = {alpha, alpha, alpha, alpha, alpha, alpha, alpha, alpha};
+  Vec xv, yv;
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
-    const Vec r = Load(y + i) + a * Load(x + i);
-    std::memcpy(y + i, &r, sizeof(r));
+    TTT_LOAD(xv, x + i), TTT_LOAD(yv, y + i);
+    yv += a * xv;
+    TTT_STORE(y + i, yv);
   }
   for (; i < n; ++i) y[i] += alpha * x[i];
 }
 
 // One query row's heads of one key-head group over keys [first, last] of one sequence.
 // scores: scratch of group * (last - first + 1) floats.
-void AttendRow(const float* q, const float* keys, int64_t key_stride, const float* values,
-               int64_t value_stride, int64_t first, int64_t last, int64_t group, int64_t hd,
-               std::vector<float>& scores, float* out) {
+TTT_MULTIVERSION void AttendRow(const float* q, const float* keys, int64_t key_stride,
+                                const float* values, int64_t value_stride, int64_t first,
+                                int64_t last, int64_t group, int64_t hd,
+                                std::vector<float>& scores, float* out) {
   const int64_t span = last - first + 1;
-  scores.resize(group * span);
+  scores.resize(group * (span + 1));
+  float* inv_sum = scores.data() + group * span;
   const float norm = std::sqrt(static_cast<float>(hd));
   for (int64_t j = first; j <= last; ++j) {
     const float* k = keys + j * key_stride;
     for (int64_t t = 0; t < group; ++t) scores[t * span + j - first] = Dot(q + t * hd, k, hd) / norm;
   }
-  std::vector<float> inv_sum(group);
   for (int64_t t = 0; t < group; ++t) {
     float* s = scores.data() + t * span;
     const float top = *std::max_element(s, s + span);
@@ -76,6 +93,17 @@ void AttendRow(const float* q, const float* keys, int64_t key_stride, const floa
   }
   for (int64_t t = 0; t < group; ++t) {
     for (int64_t c = 0; c < hd; ++c) out[t * hd + c] *= inv_sum[t];
+  }
+}
+
+// out[r] = delta @ z[r] for output rows [lo, hi) and the given rows r.
+TTT_MULTIVERSION void DeltaRows(const float* delta, const float* z, int64_t row0, int64_t rows,
+                                int64_t lo, int64_t hi, int64_t d_ff, int64_t d_model,
+                                float* out) {
+  for (int64_t i = lo; i < hi; ++i) {
+    for (int64_t r = row0; r < row0 + rows; ++r) {
+      out[r * d_model + i] = Dot(delta + i * d_ff, z + r * d_ff, d_ff);
+    }
   }
 }
 
@@ -126,11 +154,7 @@ void BatchedDeltaProduct(const at::Tensor& z, absl::Span<const DeltaSeq> seqs, a
                   "BatchedDeltaProduct: f32 contiguous deltas");
       const float* delta = s.delta->data_ptr<float>();
       const int64_t lo = (u % blocks) * kBlock, hi = std::min(d_model, lo + kBlock);
-      for (int64_t i = lo; i < hi; ++i) {
-        for (int64_t r = s.row0; r < s.row0 + s.rows; ++r) {
-          od[r * d_model + i] = Dot(delta + i * d_ff, zd + r * d_ff, d_ff);
-        }
-      }
+      DeltaRows(delta, zd, s.row0, s.rows, lo, hi, d_ff, d_model, od);
     }
   });
 }
