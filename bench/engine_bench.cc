@@ -16,9 +16,11 @@
 // Benchmarks never assert on time; they print figures. Results go to bench/RESULTS.md.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/record_function.h>
 
 #include <time.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -247,6 +249,35 @@ void PrintSessionBytes(const std::string& label, const Model& model) {
   }
 }
 
+// LibTorch operator calls (every dispatched op, nested ones included, via a RecordFunction
+// callback) per decode step for `sessions` sessions starting from copies of `prefix`: the
+// machine-independent measure of how a step's operation count grows with the sessions in it.
+std::atomic<int64_t> op_calls{0};
+double OpsPerDecodeStep(const Model& model, const SequenceState& prefix, int sessions) {
+  std::vector<SequenceState> states;
+  for (int s = 0; s < sessions; ++s) states.push_back(prefix.Clone());
+  constexpr int kSteps = 2;
+  const auto stream = Tokens(kSteps + 1, model.config().vocab_size, 6);
+  // One step first: the copies are compact, and the first step moves them into buffers with
+  // spare rows (once per session, not per step).
+  std::vector<IngestItem> first;
+  for (auto& state : states) first.push_back({&state, {stream[kSteps]}});
+  Check(model.Ingest(absl::MakeSpan(first)));
+  auto handle = at::addGlobalCallback(at::RecordFunctionCallback(
+      [](const at::RecordFunction&) -> std::unique_ptr<at::ObserverContext> {
+        op_calls.fetch_add(1, std::memory_order_relaxed);
+        return nullptr;
+      }));
+  op_calls = 0;
+  for (int t = 0; t < kSteps; ++t) {
+    std::vector<IngestItem> items;
+    for (auto& state : states) items.push_back({&state, {stream[t]}});
+    Check(model.Ingest(absl::MakeSpan(items)));
+  }
+  at::removeCallback(handle);
+  return static_cast<double>(op_calls.load()) / kSteps;
+}
+
 // The session-scaling table: decode steps after a prefix that completed a chunk (so the fast
 // weights are live and the cache is not empty) and streaming pieces from fresh streams, for each
 // session count against one session in this run, TTT on and off.
@@ -261,6 +292,13 @@ void ScalingTable(const Flags& flags, const Model& ttt, const Model& plain) {
     return state;
   };
   const SequenceState prefix_on = prefix_of(ttt), prefix_off = prefix_of(plain);
+  std::printf("\n| sessions | LibTorch ops per decode step, TTT on | per session | TTT off | per session |\n"
+              "|---|---|---|---|---|\n");
+  for (int n : flags.sessions) {
+    const double on = OpsPerDecodeStep(ttt, prefix_on, n), off = OpsPerDecodeStep(plain, prefix_off, n);
+    std::printf("| %d | %.0f | %.1f | %.0f | %.1f |\n", n, on, on / n, off, off / n);
+    std::fflush(stdout);
+  }
   std::printf("\n| sessions | decode TTT on | ratio vs 1 | decode TTT off | ratio vs 1 | "
               "TTT on/off | pieces of %lld, TTT on | ratio vs 1 | pieces, TTT off | ratio vs 1 |\n"
               "|---|---|---|---|---|---|---|---|---|---|\n", (long long)piece);

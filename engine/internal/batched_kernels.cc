@@ -109,12 +109,17 @@ TTT_MULTIVERSION void DeltaRows(const float* delta, const float* z, int64_t row0
 
 }  // namespace
 
-void VarlenAttention(const at::Tensor& q, absl::Span<const AttentionSeq> seqs, int64_t kv_heads,
-                     int64_t window, at::Tensor& out) {
-  TORCH_CHECK(q.is_contiguous() && q.scalar_type() == at::kFloat && out.is_contiguous() &&
-              out.scalar_type() == at::kFloat, "VarlenAttention: f32 contiguous q and out");
+void VarlenAttention(const at::Tensor& q, const at::Tensor& k_new, const at::Tensor& v_new,
+                     absl::Span<const AttentionSeq> seqs, int64_t kv_heads, int64_t window,
+                     at::Tensor& out) {
+  for (const at::Tensor* t : {&q, &k_new, &v_new, const_cast<const at::Tensor*>(&out)}) {
+    TORCH_CHECK(t->is_contiguous() && t->scalar_type() == at::kFloat,
+                "VarlenAttention: f32 contiguous q, k, v and out");
+  }
   const int64_t heads = q.size(1), hd = q.size(2), group = heads / kv_heads;
   const float* qd = q.data_ptr<float>();
+  const float* kd = k_new.data_ptr<float>();
+  const float* vd = v_new.data_ptr<float>();
   float* od = out.data_ptr<float>();
   const int64_t units = static_cast<int64_t>(seqs.size()) * kv_heads;
   at::parallel_for(0, units, 1, [&](int64_t begin, int64_t end) {
@@ -123,11 +128,17 @@ void VarlenAttention(const at::Tensor& q, absl::Span<const AttentionSeq> seqs, i
       const AttentionSeq& s = seqs[u / kv_heads];
       const int64_t g = u % kv_heads;
       const at::Tensor &keys = *s.keys, &values = *s.values;
-      TORCH_CHECK(keys.stride(2) == 1 && values.stride(2) == 1 && keys.scalar_type() == at::kFloat,
+      TORCH_CHECK(keys.stride(2) == 1 && values.stride(2) == 1 && keys.scalar_type() == at::kFloat &&
+                  values.scalar_type() == at::kFloat,
                   "VarlenAttention: f32 key/value rows must be contiguous");
-      const float* k = keys.data_ptr<float>() + g * keys.stride(0);
-      const float* v = values.data_ptr<float>() + g * values.stride(0);
+      float* k = keys.data_ptr<float>() + g * keys.stride(0);
+      float* v = values.data_ptr<float>() + g * values.stride(0);
       const int64_t cached = keys.size(1) - s.rows;
+      for (int64_t i = 0; i < s.rows; ++i) {  // this key head's rows of the new tokens
+        const int64_t src = ((s.row0 + i) * kv_heads + g) * hd;
+        std::memcpy(k + (cached + i) * keys.stride(1), kd + src, hd * sizeof(float));
+        std::memcpy(v + (cached + i) * values.stride(1), vd + src, hd * sizeof(float));
+      }
       for (int64_t i = 0; i < s.rows; ++i) {
         const int64_t last = cached + i;
         const int64_t first = window > 0 ? std::max<int64_t>(0, last - window + 1) : 0;

@@ -17,18 +17,21 @@ namespace ttt::engine::internal {
 struct AttentionSeq {
   int64_t row0 = 0;  // its first row in the step's rows
   int64_t rows = 0;  // its new tokens
-  // [kv_heads, total, head_dim] f32 views (rows of head_dim contiguous), RoPE applied; the last
-  // `rows` rows are the new tokens', the ones before them the cache.
-  const at::Tensor* keys = nullptr;
-  const at::Tensor* values = nullptr;
+  // [kv_heads, total, head_dim] f32 views (rows of head_dim contiguous): the cache, grown by
+  // `rows` rows that the call fills with the new tokens' keys and values.
+  at::Tensor* keys = nullptr;
+  at::Tensor* values = nullptr;
 };
 
-// Causal attention of each sequence's new rows over its own keys: query i of a sequence sees
-// key j when j <= cached + i and, with window > 0, j > cached + i - window. q: [R, heads,
-// head_dim] f32 contiguous; writes the sequences' rows of out [R, heads * head_dim] f32
-// contiguous. Grouped-query attention: heads / kv_heads query heads share a key head.
-void VarlenAttention(const at::Tensor& q, absl::Span<const AttentionSeq> seqs, int64_t kv_heads,
-                     int64_t window, at::Tensor& out);
+// Writes each sequence's new keys and values (rows row0.. of k_new/v_new [R, kv_heads, head_dim]
+// f32 contiguous, RoPE applied) into the last rows of its grown cache, then computes causal
+// attention of its new rows over its own keys: query i of a sequence sees key j when
+// j <= cached + i and, with window > 0, j > cached + i - window. q: [R, heads, head_dim] f32
+// contiguous; writes the sequences' rows of out [R, heads * head_dim] f32 contiguous.
+// Grouped-query attention: heads / kv_heads query heads share a key head.
+void VarlenAttention(const at::Tensor& q, const at::Tensor& k_new, const at::Tensor& v_new,
+                     absl::Span<const AttentionSeq> seqs, int64_t kv_heads, int64_t window,
+                     at::Tensor& out);
 
 // One sequence's rows in a batched fast-weight product.
 struct DeltaSeq {

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 
 #include "engine/internal/batched_kernels.h"
@@ -154,18 +155,20 @@ at::Tensor ModelAccess::Attend(size_t l, at::Tensor q, at::Tensor k, at::Tensor 
     return at::cat(attended, 0);
   }
 
-  // One varlen call for the short items, reading their caches in place.
+  // One varlen call for the short items: it writes their new keys and values into their grown
+  // caches and reads the caches in place.
   at::Tensor out = at::empty({rows, heads * hd}, q.options());
   std::vector<internal::AttentionSeq> seqs;
   for (size_t b = 0; b < items_.size(); ++b) {
     if (!varlen_[b]) continue;
     LayerCache& cache = items_[b].state->cache[l];
-    const int64_t needed = cache.keys.size(1) + Count(b);
-    internal::AppendRows(cache.keys, Rows(k, b).transpose(0, 1), 1, CacheReserve(needed));
-    internal::AppendRows(cache.values, Rows(v, b).transpose(0, 1), 1, CacheReserve(needed));
+    const int64_t reserve = CacheReserve(cache.keys.size(1) + Count(b));
+    internal::GrowRows(cache.keys, 1, Count(b), reserve);
+    internal::GrowRows(cache.values, 1, Count(b), reserve);
     seqs.push_back({offsets_[b], Count(b), &cache.keys, &cache.values});
   }
-  internal::VarlenAttention(q.contiguous(), seqs, kv_heads, w_.window.value_or(0), out);
+  internal::VarlenAttention(q.contiguous(), k.contiguous(), v.contiguous(), seqs, kv_heads,
+                            w_.window.value_or(0), out);
   for (size_t b = 0; b < items_.size(); ++b) {
     SequenceState& state = *items_[b].state;
     if (varlen_[b]) {
@@ -261,12 +264,22 @@ at::Tensor ModelAccess::FastWeightTerms(const LayerWeights& lw, const at::Tensor
       continue;
     }
     TttLayerState& slot = state.ttt[lw.ttt_slot];
-    internal::AppendRows(slot.pending_z, Rows(zf, b), 0, cfg_.ttt_chunk);
-    internal::AppendRows(slot.pending_x0, Rows(x0f, b), 0, cfg_.ttt_chunk);
+    AppendFloatRows(slot.pending_z, zf, offsets_[b], Count(b));
+    AppendFloatRows(slot.pending_x0, x0f, offsets_[b], Count(b));
     if (slot.pending_z.size(0) == cfg_.ttt_chunk) completing.push_back(&state);
   }
   if (!completing.empty()) FoldChunks(lw, completing);
   return out;
+}
+
+// Appends rows [row0, row0 + n) of `source` (f32, contiguous, on the CPU) to the unfinished
+// chunk buffer `pending` (f32 rows) with one memcpy: no tensor op per sequence.
+void ModelAccess::AppendFloatRows(at::Tensor& pending, const at::Tensor& source, int64_t row0,
+                                  int64_t n) const {
+  const int64_t width = source.size(1), before = pending.size(0);
+  internal::GrowRows(pending, 0, n, cfg_.ttt_chunk);
+  std::memcpy(pending.data_ptr<float>() + before * width, source.data_ptr<float>() + row0 * width,
+              n * width * sizeof(float));
 }
 
 // Per-chunk updates V_hat^T Z (clipped), [chunks, d, d_ff], for whole chunks z [chunks, C, d_ff]

@@ -41,6 +41,8 @@ class ModelAccess {
   at::Tensor FastWeightTerms(const LayerWeights& lw, const at::Tensor& z, const at::Tensor& x0);
   at::Tensor FastWeightTermOne(const LayerWeights& lw, const at::Tensor& z_new,
                                const at::Tensor& x0_new, SequenceState& state);
+  void AppendFloatRows(at::Tensor& pending, const at::Tensor& source, int64_t row0,
+                       int64_t n) const;
   at::Tensor ChunkUpdates(const LayerWeights& lw, const at::Tensor& z, const at::Tensor& x0) const;
   void FoldChunks(const LayerWeights& lw, const std::vector<SequenceState*>& states);
 

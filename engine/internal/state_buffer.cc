@@ -44,15 +44,20 @@ at::Tensor MoveToBuffer(const at::Tensor& view, int64_t dim, int64_t reserve) {
 
 }  // namespace
 
-void AppendRows(at::Tensor& view, const at::Tensor& rows, int64_t dim, int64_t reserve) {
-  const int64_t m = rows.size(dim), n = view.size(dim);
+void GrowRows(at::Tensor& view, int64_t dim, int64_t m, int64_t reserve) {
+  const int64_t n = view.size(dim);
   if (m == 0) return;
   if (SpareRows(view, dim) < m) view = MoveToBuffer(view, dim, std::max(reserve, n + m));
   std::vector<int64_t> sizes = view.sizes().vec();
   sizes[dim] = n + m;
-  at::Tensor grown = view.as_strided(sizes, view.strides(), view.storage_offset());
-  grown.narrow(dim, n, m).copy_(rows);
-  view = std::move(grown);
+  view = view.as_strided(sizes, view.strides(), view.storage_offset());
+}
+
+void AppendRows(at::Tensor& view, const at::Tensor& rows, int64_t dim, int64_t reserve) {
+  const int64_t m = rows.size(dim), n = view.size(dim);
+  if (m == 0) return;
+  GrowRows(view, dim, m, reserve);
+  view.narrow(dim, n, m).copy_(rows);
 }
 
 void KeepLastRows(at::Tensor& view, int64_t dim, int64_t keep, int64_t reserve) {

@@ -24,6 +24,11 @@ bool OwnsBuffer(const at::Tensor& view);
 // this (the in-place write bypasses autograd).
 void AppendRows(at::Tensor& view, const at::Tensor& rows, int64_t dim, int64_t reserve);
 
+// Grows `view` by `m` rows along `dim` (0 or 1) whose contents are unspecified: the caller
+// writes them next (the varlen kernels copy new keys and chunk rows straight into them).
+// In place or in a fresh buffer, as AppendRows.
+void GrowRows(at::Tensor& view, int64_t dim, int64_t m, int64_t reserve);
+
 // Keeps the last `keep` rows of `view` along `dim` (no copy), or moves them into a buffer of
 // `reserve` rows when the one they sit in is more than twice that (so a long ingest through a
 // sliding window does not pin its whole buffer).
