@@ -5,7 +5,7 @@
 // --sessions against one session, TTT on and off, and the two down-projection formulations.
 //
 //   engine_bench [--shape=small|test] [--tokens=N] [--threads=N] [--python=/usr/bin/python3]
-//                [--device=cpu|cuda] [--sessions=1,4,16,64] [--only=all|scaling]
+//                [--device=cpu|cuda] [--sessions=1,4,16,64] [--only=all|scaling|ops]
 //                [--clock=wall|cpu] [--model=DIR]
 //
 // --clock=cpu times with the process's CPU time instead of the wall clock: with --threads=1 on a
@@ -299,6 +299,7 @@ void ScalingTable(const Flags& flags, const Model& ttt, const Model& plain) {
     std::printf("| %d | %.0f | %.1f | %.0f | %.1f |\n", n, on, on / n, off, off / n);
     std::fflush(stdout);
   }
+  if (flags.only == "ops") return;
   std::printf("\n| sessions | decode TTT on | ratio vs 1 | decode TTT off | ratio vs 1 | "
               "TTT on/off | pieces of %lld, TTT on | ratio vs 1 | pieces, TTT off | ratio vs 1 |\n"
               "|---|---|---|---|---|---|---|---|---|---|\n", (long long)piece);
@@ -388,9 +389,11 @@ int Run(const Flags& flags) {
 
   auto ttt = Build(config, weights, {.device = flags.device});
   auto plain = Build(config, weights, {.device = flags.device, .ttt_lr = 0.0});
-  std::printf("\n| model | tokens | bytes per resident session |\n|---|---|---|\n");
-  PrintSessionBytes("bench shape " + flags.shape, *ttt);
-  if (!flags.model.empty()) {
+  if (flags.only != "ops") {
+    std::printf("\n| model | tokens | bytes per resident session |\n|---|---|---|\n");
+    PrintSessionBytes("bench shape " + flags.shape, *ttt);
+  }
+  if (!flags.model.empty() && flags.only != "ops") {
     auto loaded = Model::Load(flags.model, {.device = flags.device});
     if (!loaded.ok()) {
       std::cerr << loaded.status() << "\n";
@@ -398,9 +401,9 @@ int Run(const Flags& flags) {
     }
     PrintSessionBytes(flags.model, **loaded);
   }
-  if (flags.only == "scaling") {
+  if (flags.only == "scaling" || flags.only == "ops") {
     ScalingTable(flags, *ttt, *plain);
-    if (flags.device == "cpu") DownProjectionFormulations(flags, config);
+    if (flags.device == "cpu" && flags.only == "scaling") DownProjectionFormulations(flags, config);
     return 0;
   }
   const double peak = SgemmGflops(n, config.hidden_size, config.intermediate_size);
