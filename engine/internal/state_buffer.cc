@@ -62,6 +62,7 @@ void AppendRows(at::Tensor& view, const at::Tensor& rows, int64_t dim, int64_t r
 
 void KeepLastRows(at::Tensor& view, int64_t dim, int64_t keep, int64_t reserve) {
   const int64_t n = view.size(dim);
+  keep = std::min(keep, n);  // callers pass "everything" as a huge count
   if (keep < n) view = view.narrow(dim, n - keep, keep);
   if (keep == 0) {
     view = at::empty(view.sizes(), view.options());  // nothing to keep: let the buffer go
