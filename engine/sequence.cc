@@ -7,6 +7,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "engine/internal/state_buffer.h"
 #include "engine/model.h"
 #include "engine/status_macros.h"
 
@@ -24,11 +25,14 @@ SequenceState SequenceState::Clone() const {
   return copy;
 }
 
+// The buffers, not the views: a cache or chunk grown in place holds spare rows (see
+// internal/state_buffer.h), and that memory is the session's.
 int64_t SequenceState::MemoryBytes() const {
-  int64_t bytes = last_logits.defined() ? last_logits.nbytes() : 0;
-  for (const LayerCache& c : cache) bytes += c.keys.nbytes() + c.values.nbytes();
+  using internal::BufferBytes;
+  int64_t bytes = BufferBytes(last_logits);
+  for (const LayerCache& c : cache) bytes += BufferBytes(c.keys) + BufferBytes(c.values);
   for (const TttLayerState& t : ttt) {
-    bytes += t.delta.nbytes() + t.pending_z.nbytes() + t.pending_x0.nbytes();
+    bytes += BufferBytes(t.delta) + BufferBytes(t.pending_z) + BufferBytes(t.pending_x0);
   }
   return bytes;
 }
