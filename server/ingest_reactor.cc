@@ -1,6 +1,8 @@
 // Ingest: a bidi stream into one session. Each request message is validated, its text buffered
 // until a flush / token ids / end of document / end of stream, and its tokens submitted to the
-// session's writer; one response per message once the engine applied them. Reading pauses while
+// session's writer; exactly one response per message once the engine applied it. Text still
+// buffered when the client half-closes is applied before the stream ends; the OK status is its
+// acknowledgement (the last message was already answered). Reading pauses while
 // max_inflight_messages submissions are outstanding, so backpressure reaches the client. On an
 // error, everything already accepted is still acknowledged before the stream ends.
 #include <cmath>
@@ -77,14 +79,16 @@ class IngestReactor final : public grpc::ServerBidiReactor<pb::IngestRequest, pb
   }
 
  private:
-  // The client half-closed: buffered text is flushed, then the stream ends once drained.
+  // The client half-closed: buffered text is flushed, then the stream ends once drained. Every
+  // message has its response already (or due), so this submission gets none of its own.
   void EndOfStreamLocked() {
     reads_done_ = true;
     if (!failed_ && !text_buf_.empty() && writer_) {
-      auto tokens = Tokenize(svc_->tokenizer(), text_buf_, "buffered text");
+      auto tokens =
+          Tokenize(svc_->tokenizer(), text_buf_, "text buffered at the end of the stream");
       text_buf_.clear();
       absl::Status st =
-          tokens.ok() ? Submit(msg_index_ - 1, std::move(*tokens), false) : tokens.status();
+          tokens.ok() ? Submit(kNoResponse, std::move(*tokens), false) : tokens.status();
       if (!st.ok()) FailLocked(st);
     }
     MaybeFinishLocked();
@@ -168,6 +172,10 @@ class IngestReactor final : public grpc::ServerBidiReactor<pb::IngestRequest, pb
     return tokens;
   }
 
+  // Submit's index for tokens that no request message is waiting for (the end-of-stream flush).
+  static constexpr int64_t kNoResponse = -1;
+
+  // Submits tokens to the writer; once applied, message `index` is answered (unless kNoResponse).
   // REQUIRES: mu_ held.
   absl::Status Submit(int64_t index, std::vector<int32_t> tokens, bool end_of_document) {
     const int64_t buffered = static_cast<int64_t>(text_buf_.size());
@@ -191,7 +199,7 @@ class IngestReactor final : public grpc::ServerBidiReactor<pb::IngestRequest, pb
       --outstanding_;
       if (r.ok()) {
         RecordProgressLocked(*r, submitted);
-        if (!finish_called_ && !failed_) {
+        if (index != kNoResponse && !finish_called_ && !failed_) {
           out_.push_back(ResponseLocked(index, buffered, r->counters));
           MaybeWriteLocked();
         }

@@ -151,6 +151,64 @@ class ServerTest : public ::testing::Test {
     return w->Finish();
   }
 
+  // A model folder with a tokenizer: the llama fixture plus a tiny byte-level BPE tokenizer.json
+  // written here (the 94 printable ASCII bytes, space and newline: 96 ids inside the fixture's
+  // 97-token vocabulary). Not SentencePiece: Debian's libsentencepiece carries its own protobuf
+  // 3.14 and cannot run in a process that uses libprotobuf 3.21 (gRPC, LibTorch).
+  void StartWithTokenizer() {
+    const fs::path model = dir_ / "model";
+    fs::create_directories(model);
+    for (const char* f : {"config.json", "model.safetensors"}) {
+      fs::copy_file(GoldenLlama() / f, model / f);
+    }
+    {
+      // GPT-2's byte-to-unicode table; printable ASCII, then space (U+0120) and newline (U+010A)
+      // get the low ids, the other bytes ids past the model's vocabulary (unused by these tests).
+      auto utf8 = [](int cp) {
+        std::string out;
+        if (cp < 0x80) {
+          out += static_cast<char>(cp);
+        } else {
+          out += static_cast<char>(0xC0 | (cp >> 6));
+          out += static_cast<char>(0x80 | (cp & 0x3F));
+        }
+        return out;
+      };
+      std::vector<int> symbol(256);
+      int extra = 0;
+      for (int b = 0; b < 256; ++b) {
+        const bool keep = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174);
+        symbol[b] = keep ? b : 256 + extra++;
+      }
+      std::vector<int> order;
+      for (int b = 33; b <= 126; ++b) order.push_back(b);
+      order.push_back(' ');
+      order.push_back('\n');
+      for (int b = 0; b < 256; ++b) {
+        if (std::find(order.begin(), order.end(), b) == order.end()) order.push_back(b);
+      }
+      std::string vocab;
+      for (size_t id = 0; id < order.size(); ++id) {
+        std::string key = utf8(symbol[order[id]]);
+        if (key == "\"" || key == "\\") key = "\\" + key;
+        vocab += (id ? ", \"" : "\"") + key + "\": " + std::to_string(id);
+      }
+      std::ofstream out(model / "tokenizer.json");
+      out << R"({"version": "1.0", "added_tokens": [], "normalizer": null,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true,
+                          "use_regex": true},
+        "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true,
+                    "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null,
+                  "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                  "fuse_unk": false, "byte_fallback": false, "vocab": {)"
+          << vocab << R"(}, "merges": []}})";
+    }
+    options_.model_dir = model.string();
+    Start();
+  }
+
   fs::path dir_;
   ServerOptions options_;
   std::unique_ptr<Server> server_;
@@ -411,62 +469,8 @@ TEST_F(ServerTest, AnotherModelsCheckpointIsRefused) {
   ExpectStatus(w->Finish(), grpc::StatusCode::FAILED_PRECONDITION, "another model");
 }
 
-// A model folder with a tokenizer: the llama fixture plus a tiny byte-level BPE tokenizer.json
-// written here (the 94 printable ASCII bytes, space and newline: 96 ids inside the fixture's
-// 97-token vocabulary). Not SentencePiece: Debian's libsentencepiece carries its own protobuf
-// 3.14 and cannot run in a process that uses libprotobuf 3.21 (gRPC, LibTorch).
 TEST_F(ServerTest, TextInputIsTokenizedAndInvalidUtf8IsRefused) {
-  const fs::path model = dir_ / "model";
-  fs::create_directories(model);
-  for (const char* f : {"config.json", "model.safetensors"}) {
-    fs::copy_file(GoldenLlama() / f, model / f);
-  }
-  {
-    // GPT-2's byte-to-unicode table; printable ASCII, then space (U+0120) and newline (U+010A)
-    // get the low ids, the other bytes ids past the model's vocabulary (unused by this test).
-    auto utf8 = [](int cp) {
-      std::string out;
-      if (cp < 0x80) {
-        out += static_cast<char>(cp);
-      } else {
-        out += static_cast<char>(0xC0 | (cp >> 6));
-        out += static_cast<char>(0x80 | (cp & 0x3F));
-      }
-      return out;
-    };
-    std::vector<int> symbol(256);
-    int extra = 0;
-    for (int b = 0; b < 256; ++b) {
-      const bool keep = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174);
-      symbol[b] = keep ? b : 256 + extra++;
-    }
-    std::vector<int> order;
-    for (int b = 33; b <= 126; ++b) order.push_back(b);
-    order.push_back(' ');
-    order.push_back('\n');
-    for (int b = 0; b < 256; ++b) {
-      if (std::find(order.begin(), order.end(), b) == order.end()) order.push_back(b);
-    }
-    std::string vocab;
-    for (size_t id = 0; id < order.size(); ++id) {
-      std::string key = utf8(symbol[order[id]]);
-      if (key == "\"" || key == "\\") key = "\\" + key;
-      vocab += (id ? ", \"" : "\"") + key + "\": " + std::to_string(id);
-    }
-    std::ofstream out(model / "tokenizer.json");
-    out << R"({"version": "1.0", "added_tokens": [], "normalizer": null,
-      "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true,
-                        "use_regex": true},
-      "post_processor": null,
-      "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true,
-                  "use_regex": true},
-      "model": {"type": "BPE", "dropout": null, "unk_token": null,
-                "continuing_subword_prefix": null, "end_of_word_suffix": null,
-                "fuse_unk": false, "byte_fallback": false, "vocab": {)"
-        << vocab << R"(}, "merges": []}})";
-  }
-  options_.model_dir = model.string();
-  Start();
+  StartWithTokenizer();
   ASSERT_TRUE(server_->has_tokenizer());
   const std::string a = Create(), b = Create();
   // Text split across messages gives the same tokens as one message (tokenized at flush).
@@ -528,6 +532,43 @@ TEST_F(ServerTest, TextInputIsTokenizedAndInvalidUtf8IsRefused) {
   run(g, &cut, &reason);
   EXPECT_EQ(reason, pb::FINISH_REASON_STOP);
   EXPECT_EQ(cut, full.substr(0, full.find(stop)));
+}
+
+// Issue 9: a stream that ends with text still buffered (no flush on its last message) applies
+// that text before it ends OK, and still answers each message exactly once (the end of the
+// stream used to answer the last message a second time).
+TEST_F(ServerTest, StreamEndingWithBufferedTextAnswersEachMessageOnce) {
+  StartWithTokenizer();
+  ASSERT_TRUE(server_ && server_->has_tokenizer());
+  const std::string flushed = Create(), unflushed = Create();
+  pb::IngestRequest whole;
+  whole.set_session_id(flushed);
+  whole.set_text("the quick brown fox jumps over the lazy dog");
+  whole.set_flush(true);
+  std::vector<pb::IngestResponse> rf;
+  ASSERT_TRUE(IngestAll({whole}, &rf).ok());
+  ASSERT_EQ(rf.size(), 1u);
+  const int64_t tokens = rf[0].stream_tokens();
+  ASSERT_GT(tokens, 0);
+
+  pb::IngestRequest p1, p2;
+  p1.set_session_id(unflushed);
+  p1.set_text("the quick brown fox ");
+  p2.set_text("jumps over the lazy dog");
+  std::vector<pb::IngestResponse> ru;
+  ASSERT_TRUE(IngestAll({p1, p2}, &ru).ok());
+  ASSERT_EQ(ru.size(), 2u);
+  EXPECT_EQ(ru[0].message_index(), 0);
+  EXPECT_EQ(ru[1].message_index(), 1);
+  EXPECT_EQ(ru[1].stream_tokens(), 0);  // nothing tokenized before the end of the stream
+  EXPECT_EQ(ru[1].buffered_text_bytes(), static_cast<int64_t>(whole.text().size()));
+  // The OK status came after the buffered text was applied.
+  pb::Session s;
+  pb::GetSessionRequest get;
+  get.set_session_id(unflushed);
+  ASSERT_TRUE(stub_->GetSession(Ctx().get(), get, &s).ok());
+  EXPECT_EQ(s.counters().position(), tokens);
+  EXPECT_FALSE(s.writer_active());
 }
 
 // Issue 9 #3: an import is checked as its bytes arrive, against limits derived from the model:
