@@ -10,6 +10,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <thread>
 
 #include <gtest/gtest.h>
@@ -390,6 +391,73 @@ TEST_F(ServerTest, CancelMidIngestKeepsAcknowledgedChunks) {
   EXPECT_GE(s.counters().position(), acked);
   EXPECT_GE(s.counters().chunks_applied(), 3);
   EXPECT_FALSE(s.writer_active());
+}
+
+// The writer lease (docs/contract.md, "The writer lease after a cancellation"): a writer call the
+// server ends, OK or with an error, has released the session before the client hears its end, so
+// the next writer gets in at once; after a call the client cancels, the next writer gets in by
+// retrying ABORTED ("busy") with backoff, within a bounded time.
+TEST_F(ServerTest, WriterLeaseIsFreeWhenTheCallEnds) {
+  Start();
+  const std::string id = Create();
+  pb::GenerateRequest g;
+  g.set_session_id(id);
+  g.set_commit(true);
+  g.set_max_tokens(2);
+  g.set_temperature(0);
+  // Ended by the server: OK, then an error after an applied message; the next writer at once.
+  ASSERT_TRUE(IngestAll({Tokens(id, {5, 6})}).ok());
+  EXPECT_TRUE(GenerateStatus(g).ok());
+  ExpectStatus(IngestAll({Tokens(id, {5, 6}), pb::IngestRequest()}),
+               grpc::StatusCode::INVALID_ARGUMENT, "empty");
+  EXPECT_TRUE(GenerateStatus(g).ok());
+  pb::ResetRequest rr;
+  rr.set_session_id(id);
+  pb::Session s;
+  EXPECT_TRUE(stub_->Reset(Ctx().get(), rr, &s).ok());
+
+  // Cancelled by the client: ABORTED "busy" at most until the server has wound the call down.
+  auto retry_busy = [&](const std::function<grpc::Status()>& call) {
+    std::chrono::milliseconds backoff(2);
+    const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    grpc::Status st = call();
+    while (st.error_code() == grpc::StatusCode::ABORTED &&
+           std::chrono::steady_clock::now() < give_up) {
+      EXPECT_NE(st.error_message().find("busy"), std::string::npos) << st.error_message();
+      std::this_thread::sleep_for(backoff);
+      backoff = std::min(backoff * 2, std::chrono::milliseconds(200));
+      st = call();
+    }
+    return st;
+  };
+  for (int round = 0; round < 3; ++round) {
+    {
+      auto ctx = Ctx();
+      auto stream = stub_->Ingest(ctx.get());
+      ASSERT_TRUE(stream->Write(Tokens(id, Doc(static_cast<int>(4 * chunk_), round))));
+      ctx->TryCancel();
+      pb::IngestResponse r;
+      while (stream->Read(&r)) {
+      }
+      EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::CANCELLED);
+    }
+    EXPECT_TRUE(retry_busy([&] { return GenerateStatus(g); }).ok());
+    {
+      pb::GenerateRequest long_gen = g;
+      long_gen.set_max_tokens(64);
+      long_gen.set_ignore_eos(true);
+      auto ctx = Ctx();
+      auto reader = stub_->Generate(ctx.get(), long_gen);
+      pb::GenerateResponse r;
+      ASSERT_TRUE(reader->Read(&r));
+      ctx->TryCancel();
+      while (reader->Read(&r)) {
+      }
+      const grpc::StatusCode code = reader->Finish().error_code();  // OK if it won the race
+      EXPECT_TRUE(code == grpc::StatusCode::CANCELLED || code == grpc::StatusCode::OK) << code;
+    }
+    EXPECT_TRUE(retry_busy([&] { return IngestAll({Tokens(id, {7, 8})}); }).ok());
+  }
 }
 
 TEST_F(ServerTest, MaxSessionsIsResourceExhausted) {
