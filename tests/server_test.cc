@@ -13,8 +13,11 @@
 #include <functional>
 #include <thread>
 
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <grpcpp/grpcpp.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "tttserve/v1/ttt_service.grpc.pb.h"
@@ -637,6 +640,44 @@ TEST_F(ServerTest, StreamEndingWithBufferedTextAnswersEachMessageOnce) {
   ASSERT_TRUE(stub_->GetSession(Ctx().get(), get, &s).ok());
   EXPECT_EQ(s.counters().position(), tokens);
   EXPECT_FALSE(s.writer_active());
+}
+
+// The value of the sample `name` (no labels) in the server's /metrics, or -1 without one.
+double ScrapeGauge(int port, const std::string& name) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  std::string body;
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
+    const std::string req = "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    if (::send(fd, req.data(), req.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(req.size())) {
+      char buf[8192];
+      for (ssize_t n; (n = ::recv(fd, buf, sizeof(buf), 0)) > 0;) body.append(buf, n);
+    }
+  }
+  ::close(fd);
+  const size_t at = body.find("\n" + name + " ");
+  return at == std::string::npos ? -1 : std::strtod(body.c_str() + at + name.size() + 2, nullptr);
+}
+
+// Issue 9 #5: both memory figures are exported, the budgeted one and the one really held.
+TEST_F(ServerTest, MetricsExportBudgetedAndHeldSessionMemory) {
+  options_.metrics_listen = "127.0.0.1:0";
+  Start();
+  const std::string id = Create();
+  ASSERT_TRUE(IngestAll({Tokens(id, Doc(static_cast<int>(3 * chunk_ + 1)))}).ok());
+  double budgeted = -1, held = -1;
+  for (int i = 0; i < 100 && budgeted <= 0; ++i) {  // the gauges refresh every 0.5 s
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    budgeted = ScrapeGauge(server_->metrics_port(), "tttserve_session_memory_bytes");
+    held = ScrapeGauge(server_->metrics_port(), "tttserve_session_memory_held_bytes");
+  }
+  EXPECT_GT(budgeted, 0);
+  EXPECT_GE(held, budgeted);  // nothing in flight now: no copies beyond the resident states
+  EXPECT_GT(ScrapeGauge(server_->metrics_port(), "tttserve_memory_budget_bytes"), budgeted);
 }
 
 // Issue 9 #3: an import is checked as its bytes arrive, against limits derived from the model:
