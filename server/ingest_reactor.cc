@@ -157,16 +157,24 @@ class IngestReactor final : public grpc::ServerBidiReactor<pb::IngestRequest, pb
   }
 
   // The tokens this message submits: the buffered text when something ends it (token ids, a
-  // flush, the end of a document), then the message's own token ids.
+  // flush, the end of a document), then the message's own token ids. A flush inside a character
+  // tokenizes up to the last whole one; the character's first bytes wait for the next message,
+  // as if the flush had come right before it. Token ids or the end of a document end the text:
+  // a character cut there is malformed UTF-8.
   absl::StatusOr<std::vector<int32_t>> TakeTokensLocked(const pb::IngestRequest& req,
                                                         const std::string& where) {
     std::vector<int32_t> tokens;
     if (!text_buf_.empty() &&
         (!req.token_ids().empty() || req.flush() || req.end_of_document())) {
-      auto text_tokens = Tokenize(svc_->tokenizer(), text_buf_, where);
-      if (!text_tokens.ok()) return text_tokens.status();
-      tokens = std::move(*text_tokens);
-      text_buf_.clear();
+      const bool text_goes_on = req.token_ids().empty() && !req.end_of_document();
+      const size_t carry = text_goes_on ? tokenizer::IncompleteUtf8Tail(text_buf_) : 0;
+      const std::string whole = text_buf_.substr(0, text_buf_.size() - carry);
+      if (!whole.empty()) {
+        auto text_tokens = Tokenize(svc_->tokenizer(), whole, where);
+        if (!text_tokens.ok()) return text_tokens.status();
+        tokens = std::move(*text_tokens);
+      }
+      text_buf_.erase(0, whole.size());
     }
     tokens.insert(tokens.end(), req.token_ids().begin(), req.token_ids().end());
     return tokens;

@@ -156,8 +156,8 @@ class ServerTest : public ::testing::Test {
   }
 
   // A model folder with a tokenizer: the llama fixture plus a tiny byte-level BPE tokenizer.json
-  // written here (the 94 printable ASCII bytes, space and newline: 96 ids inside the fixture's
-  // 97-token vocabulary). Not SentencePiece: Debian's libsentencepiece carries its own protobuf
+  // written here (the 94 printable ASCII bytes, space, newline and "é": the 97 ids of the
+  // fixture's vocabulary). Not SentencePiece: Debian's libsentencepiece carries its own protobuf
   // 3.14 and cannot run in a process that uses libprotobuf 3.21 (gRPC, LibTorch).
   void StartWithTokenizer() {
     const fs::path model = dir_ / "model";
@@ -191,12 +191,19 @@ class ServerTest : public ::testing::Test {
       for (int b = 0; b < 256; ++b) {
         if (std::find(order.begin(), order.end(), b) == order.end()) order.push_back(b);
       }
+      std::vector<std::string> keys;
+      for (int b : order) keys.push_back(utf8(symbol[b]));
+      // Id 96, the last inside the model's vocabulary: "é" (bytes C3 A9), by the one merge.
+      const std::string e_acute = utf8(symbol[0xC3]) + utf8(symbol[0xA9]);
+      keys.insert(keys.begin() + 96, e_acute);
       std::string vocab;
-      for (size_t id = 0; id < order.size(); ++id) {
-        std::string key = utf8(symbol[order[id]]);
+      for (size_t id = 0; id < keys.size(); ++id) {
+        std::string key = keys[id];
         if (key == "\"" || key == "\\") key = "\\" + key;
         vocab += (id ? ", \"" : "\"") + key + "\": " + std::to_string(id);
       }
+      const std::string merges =
+          "\"" + utf8(symbol[0xC3]) + " " + utf8(symbol[0xA9]) + "\"";
       std::ofstream out(model / "tokenizer.json");
       out << R"({"version": "1.0", "added_tokens": [], "normalizer": null,
         "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true,
@@ -207,7 +214,7 @@ class ServerTest : public ::testing::Test {
         "model": {"type": "BPE", "dropout": null, "unk_token": null,
                   "continuing_subword_prefix": null, "end_of_word_suffix": null,
                   "fuse_unk": false, "byte_fallback": false, "vocab": {)"
-          << vocab << R"(}, "merges": []}})";
+          << vocab << R"(}, "merges": [)" << merges << "]}}";
     }
     options_.model_dir = model.string();
     Start();
@@ -640,6 +647,68 @@ TEST_F(ServerTest, StreamEndingWithBufferedTextAnswersEachMessageOnce) {
   ASSERT_TRUE(stub_->GetSession(Ctx().get(), get, &s).ok());
   EXPECT_EQ(s.counters().position(), tokens);
   EXPECT_FALSE(s.writer_active());
+}
+
+// Issue 9: a flush inside a multi-byte character tokenizes up to the last whole character and
+// carries the character's first bytes to the next message: the same tokens as a flush right
+// before the character. Where the text ends (end of stream, token ids, end_of_document) a cut
+// character is still malformed UTF-8.
+TEST_F(ServerTest, FlushInsideACharacterCarriesItsFirstBytes) {
+  StartWithTokenizer();
+  ASSERT_TRUE(server_ && server_->has_tokenizer());
+  // 26 characters, each one token ("é", bytes C3 A9, by the test tokenizer's merge).
+  const std::string text = "the caf\xC3\xA9, the caf\xC3\xA9 au lait";
+  const size_t e1 = text.find('\xC3'), e2 = text.find('\xC3', e1 + 1);
+  auto ingest_cut = [&](const std::string& id, std::vector<size_t> cuts,
+                        std::vector<pb::IngestResponse>* out) {
+    cuts.insert(cuts.begin(), 0);
+    cuts.push_back(text.size());
+    std::vector<pb::IngestRequest> msgs;
+    for (size_t i = 0; i + 1 < cuts.size(); ++i) {
+      pb::IngestRequest m;
+      if (i == 0) m.set_session_id(id);
+      m.set_text(text.substr(cuts[i], cuts[i + 1] - cuts[i]));
+      m.set_flush(true);
+      msgs.push_back(m);
+    }
+    return IngestAll(msgs, out);
+  };
+  const std::string inside = Create(), before = Create(), whole = Create();
+  std::vector<pb::IngestResponse> ri, rb, rw;
+  grpc::Status st = ingest_cut(inside, {e1 + 1, e2 + 1}, &ri);  // each cut after a C3
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  ASSERT_TRUE(ingest_cut(before, {e1, e2}, &rb).ok());
+  ASSERT_TRUE(ingest_cut(whole, {}, &rw).ok());
+  ASSERT_EQ(ri.size(), 3u);
+  ASSERT_EQ(rb.size(), 3u);
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(ri[i].message_index(), static_cast<int64_t>(i));
+    EXPECT_EQ(ri[i].stream_tokens(), rb[i].stream_tokens()) << i;
+  }
+  EXPECT_EQ(ri[0].buffered_text_bytes(), 1);  // the C3 waits
+  EXPECT_EQ(ri[2].buffered_text_bytes(), 0);
+  EXPECT_EQ(ri[2].stream_tokens(), 26);
+  EXPECT_EQ(rw[0].stream_tokens(), 26);
+  const auto probe = Doc(static_cast<int>(chunk_ + 3), 5);
+  const auto si = Score(inside, probe), sb = Score(before, probe), sw = Score(whole, probe);
+  ASSERT_EQ(si.logprobs_size(), sb.logprobs_size());
+  ASSERT_EQ(si.logprobs_size(), sw.logprobs_size());
+  for (int i = 1; i < si.logprobs_size(); ++i) {
+    EXPECT_NEAR(si.logprobs(i), sb.logprobs(i), 1e-4) << i;
+    EXPECT_NEAR(si.logprobs(i), sw.logprobs(i), 1e-4) << i;
+  }
+
+  // A cut character where the text ends is malformed; so is a byte no character starts with.
+  const std::string id = Create();
+  pb::IngestRequest cut;
+  cut.set_session_id(id);
+  cut.set_text("ok \xC3");
+  cut.set_flush(true);
+  ExpectStatus(IngestAll({cut}), grpc::StatusCode::INVALID_ARGUMENT, "UTF-8");
+  ExpectStatus(IngestAll({cut, Tokens("", {5})}), grpc::StatusCode::INVALID_ARGUMENT, "UTF-8");
+  pb::IngestRequest bad = cut;
+  bad.set_text("bad \xFF");
+  ExpectStatus(IngestAll({bad}), grpc::StatusCode::INVALID_ARGUMENT, "UTF-8");
 }
 
 // The value of the sample `name` (no labels) in the server's /metrics, or -1 without one.
