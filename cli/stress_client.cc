@@ -196,6 +196,11 @@ grpc::Status Client::IngestOnce(const std::string& id, bool text, bool cancel) {
   }
   while (stream->Read(&resp)) take();
   const grpc::Status st = Check("Ingest", stream->Finish());
+  // Every message is well-formed, text cut anywhere included (a flush inside a character carries
+  // its first bytes to the next message).
+  Expect(st.error_code() != grpc::StatusCode::INVALID_ARGUMENT,
+         absl::StrCat("Ingest into ", id, " of well-formed messages answered INVALID_ARGUMENT: ",
+                      Short(st.error_message())));
   const int want = st.ok() && !cancel ? n : send;  // OK answers all; an error at most those sent
   Expect(ordered && (st.ok() && !cancel ? acked == n : acked <= send),
          absl::StrCat("Ingest into ", id, " ended ", CodeName(st.error_code()), " after ", acked,
