@@ -85,8 +85,7 @@ grpc::Status Client::AsWriter(const std::string& id, const std::function<grpc::S
     const bool lingering = lingering_.count(id) > 0;
     if (code == grpc::StatusCode::ABORTED && lingering && Clock::now() < give_up) {
       std::this_thread::sleep_for(backoff);
-      backoff = std::min(backoff * 2, std::chrono::duration_cast<std::chrono::milliseconds>(
-                                          kMaxBusyBackoff));
+      backoff = std::min<std::chrono::milliseconds>(backoff * 2, kMaxBusyBackoff);
       continue;
     }
     if (code == grpc::StatusCode::ABORTED) {

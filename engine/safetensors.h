@@ -87,12 +87,7 @@ absl::StatusOr<std::string> EncodeSafetensors(const NamedTensors& tensors,
 // Writes the encoding atomically: a temporary file beside `path`, fsync, rename, fsync the folder.
 absl::Status WriteSafetensors(const std::filesystem::path& path, const NamedTensors& tensors,
                               const std::map<std::string, std::string>& metadata = {});
-// Atomic write of arbitrary bytes, as above (also used for checkpoint files). The temporary file,
-// `<name>.tmp.<pid>.<hex>`, stays locked (flock) by the writer until it is renamed or removed.
+// Atomic write of arbitrary bytes, as above (also used for checkpoint files).
 absl::Status WriteFileAtomically(const std::filesystem::path& path, const std::string& bytes);
-// Removes the temporary files of WriteFileAtomically in `dir` that no live writer holds: those
-// left by a process killed mid-write (the kernel released its lock). Files another process is
-// writing right now are kept. Returns how many were removed; a missing folder removes none.
-int RemoveAbandonedTempFiles(const std::filesystem::path& dir);
 
 }  // namespace ttt::engine

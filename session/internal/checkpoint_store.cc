@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "engine/safetensors.h"
 #include "engine/status_macros.h"
+#include "engine/temp_files.h"
 #include "session/internal/names.h"
 
 namespace ttt::session::internal {
