@@ -99,9 +99,16 @@ Metrics::Metrics(const std::string& version)
                            .Add({});
   session_memory_ = &prometheus::BuildGauge()
                          .Name("tttserve_session_memory_bytes")
-                         .Help("Bytes held by resident sessions' states")
+                         .Help("Bytes of resident sessions' states, as budgeted against "
+                               "--memory_budget_mb (whole tensor buffers)")
                          .Register(r)
                          .Add({});
+  session_memory_held_ = &prometheus::BuildGauge()
+                              .Name("tttserve_session_memory_held_bytes")
+                              .Help("Bytes of session state really held: the resident states plus "
+                                    "the copies Score and non-committing Generate run on")
+                              .Register(r)
+                              .Add({});
   memory_budget_ = &prometheus::BuildGauge()
                         .Name("tttserve_memory_budget_bytes")
                         .Help("Session memory budget (--memory_budget_mb)")
@@ -166,9 +173,11 @@ void Metrics::SetQueue(int64_t depth, int64_t capacity) {
   queue_capacity_->Set(static_cast<double>(capacity));
 }
 
-void Metrics::SetSessions(int64_t active, int64_t memory_bytes, int64_t budget_bytes) {
+void Metrics::SetSessions(int64_t active, int64_t memory_bytes, int64_t held_bytes,
+                          int64_t budget_bytes) {
   sessions_active_->Set(static_cast<double>(active));
   session_memory_->Set(static_cast<double>(memory_bytes));
+  session_memory_held_->Set(static_cast<double>(held_bytes));
   memory_budget_->Set(static_cast<double>(budget_bytes));
 }
 

@@ -44,7 +44,11 @@ class Metrics : public session::SessionListener, public engine::Scheduler::Obser
   void ObserveTimeToFirstToken(double s) { ttft_->Observe(s); }
   void ObserveInterToken(double s) { inter_token_->Observe(s); }
   void SetQueue(int64_t depth, int64_t capacity);
-  void SetSessions(int64_t active, int64_t memory_bytes, int64_t budget_bytes);
+  // Sessions that exist; the budgeted bytes of resident states (SessionManager::
+  // resident_memory_bytes), the bytes really held (memory_held_bytes: plus copies in flight),
+  // and the budget.
+  void SetSessions(int64_t active, int64_t memory_bytes, int64_t held_bytes,
+                   int64_t budget_bytes);
 
   // SessionListener
   void OnChunkUpdates(int64_t chunks) override;
@@ -80,6 +84,7 @@ class Metrics : public session::SessionListener, public engine::Scheduler::Obser
   prometheus::Gauge* sessions_active_;
   prometheus::Counter* sessions_evicted_;
   prometheus::Gauge* session_memory_;
+  prometheus::Gauge* session_memory_held_;
   prometheus::Gauge* memory_budget_;
   prometheus::Counter* checkpoint_bytes_;
   prometheus::Histogram* checkpoint_duration_;

@@ -146,7 +146,7 @@ void Server::GaugeLoop() {
     lock.unlock();
     metrics_->SetQueue(scheduler_->queue_depth(), scheduler_->queue_capacity());
     metrics_->SetSessions(sessions_->session_count(), sessions_->resident_memory_bytes(),
-                          sessions_->options().memory_budget_bytes);
+                          sessions_->memory_held_bytes(), sessions_->options().memory_budget_bytes);
     lock.lock();
     cv_.wait_for(lock, std::chrono::milliseconds(500));
   }

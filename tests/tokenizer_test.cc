@@ -468,6 +468,30 @@ TEST(Utf8Test, ValidatesPerRfc3629) {
       "0");  // truncated before "a"
 }
 
+TEST(Utf8Test, IncompleteTailIsTheStartOfACutOffCharacter) {
+  EXPECT_EQ(IncompleteUtf8Tail(""), 0u);
+  EXPECT_EQ(IncompleteUtf8Tail("abc"), 0u);
+  EXPECT_EQ(IncompleteUtf8Tail("caf\xC3\xA9"), 0u);         // "café": whole
+  EXPECT_EQ(IncompleteUtf8Tail("caf\xC3"), 1u);              // é cut after 1 of 2 bytes
+  EXPECT_EQ(IncompleteUtf8Tail("\xE6\x97"), 2u);             // 日 cut after 2 of 3
+  EXPECT_EQ(IncompleteUtf8Tail("a\xF0\x9F\x98"), 3u);        // 😀 cut after 3 of 4
+  EXPECT_EQ(IncompleteUtf8Tail("\xF0\x9F\x98\x80"), 0u);     // 😀 whole
+  // Bytes no continuation can make valid are not a tail: ValidateUtf8 reports them.
+  EXPECT_EQ(IncompleteUtf8Tail("a\x80"), 0u);                // stray continuation byte
+  EXPECT_EQ(IncompleteUtf8Tail("a\xE0\x80"), 0u);            // overlong start
+  EXPECT_EQ(IncompleteUtf8Tail("a\xED\xA0"), 0u);            // a surrogate's start
+  EXPECT_EQ(IncompleteUtf8Tail("a\xF5"), 0u);                // never a lead byte
+  EXPECT_EQ(IncompleteUtf8Tail("\x80\x80\x80\x80"), 0u);
+  // Every cut of a text: the whole characters before it validate, and the tail starts one.
+  const std::string text = "é 日本 😀 x";
+  for (size_t cut = 0; cut <= text.size(); ++cut) {
+    const std::string head = text.substr(0, cut);
+    const size_t tail = IncompleteUtf8Tail(head);
+    EXPECT_TRUE(ValidateUtf8(head.substr(0, head.size() - tail)).ok()) << cut;
+    EXPECT_EQ(tail == 0, ValidateUtf8(head).ok()) << cut;
+  }
+}
+
 // A SentencePiece BPE model in the style of Llama-2's (byte fallback, identity normalization,
 // extra whitespace kept), trained once for the suite on text written here.
 class SentencePieceTokenizerTest : public ::testing::Test {
