@@ -34,9 +34,12 @@ CallCredentials CredentialsFrom(const Metadata& metadata, const grpc::AuthContex
   call.tenant_header = Header(metadata, kTenantHeader);
   // Only a certificate the handshake verified: with a client CA configured gRPC requires and
   // verifies it, and only then is the peer "authenticated".
-  if (context != nullptr && context->IsPeerAuthenticated() &&
-      Property(*context, GRPC_TRANSPORT_SECURITY_TYPE_PROPERTY_NAME) ==
-          std::optional<std::string>(GRPC_SSL_TRANSPORT_SECURITY_TYPE)) {
+  // (The TLS credentials name their transport "tls", the older SSL credentials "ssl".)
+  if (context == nullptr || !context->IsPeerAuthenticated()) return call;
+  const std::optional<std::string> transport =
+      Property(*context, GRPC_TRANSPORT_SECURITY_TYPE_PROPERTY_NAME);
+  if (transport == std::optional<std::string>("tls") ||
+      transport == std::optional<std::string>(GRPC_SSL_TRANSPORT_SECURITY_TYPE)) {
     call.cert_common_name = Property(*context, GRPC_X509_CN_PROPERTY_NAME);
     call.cert_subject = Property(*context, GRPC_X509_SUBJECT_PROPERTY_NAME);
   }
