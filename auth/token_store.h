@@ -8,19 +8,18 @@
 #pragma once
 
 #include <atomic>
-#include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
-#include "absl/strings/string_view.h"
-#include <thread>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "auth/internal/file_watcher.h"
 #include "auth/internal/tokens_file.h"
 #include "auth/scopes.h"
 
@@ -47,7 +46,7 @@ class TokenStore {
   // Loads the file; its errors (NOT_FOUND, PERMISSION_DENIED, INVALID_ARGUMENT with the line)
   // fail the start. Starts the watcher when poll_interval_ms > 0.
   static absl::StatusOr<std::unique_ptr<TokenStore>> Open(TokenStoreOptions options);
-  ~TokenStore();  // stops the watcher
+  ~TokenStore() = default;  // stops the watcher first (declared last)
 
   // The tenant and scope of a presented token, or nullopt. Hashes the token and compares it
   // with every entry in constant time (no early exit). The token is neither kept nor logged.
@@ -66,26 +65,16 @@ class TokenStore {
  private:
   explicit TokenStore(TokenStoreOptions options) : options_(std::move(options)) {}
   absl::Status Load();
-  void WatchLoop();
 
   const TokenStoreOptions options_;
   mutable std::mutex mu_;
   std::shared_ptr<const std::vector<internal::TokenEntry>> entries_;  // guarded by mu_
-  std::string file_identity_;  // stat fingerprint of the last load; watcher thread only
-  uint64_t seen_sighups_ = 0;  // watcher thread only
   std::atomic<uint64_t> generation_{0};
   std::atomic<uint64_t> failed_reloads_{0};
-
-  std::mutex stop_mu_;
-  std::condition_variable stop_cv_;
-  bool stop_ = false;  // guarded by stop_mu_
-  std::thread watcher_;
+  std::unique_ptr<internal::FileWatcher> watcher_;  // last: stops before the rest goes
 };
 
-// Installs a process-wide SIGHUP handler after which every TokenStore's watcher reloads its
-// file at its next poll. Call once from main(); idempotent.
-void InstallSighupReload();
-// How many SIGHUPs arrived since InstallSighupReload (for the watchers; async-signal-safe).
-uint64_t SighupCount();
+// SIGHUP makes every watched file reload (see internal/file_watcher.h); main() installs it.
+using internal::InstallSighupReload;
 
 }  // namespace ttt::auth
