@@ -22,6 +22,7 @@
 #include <gtest/gtest.h>
 
 #include "auth/authorizer.h"
+#include "auth/client_credentials.h"
 #include "auth/grpc_auth.h"
 #include "auth/scopes.h"
 #include "auth/token_store.h"
@@ -141,7 +142,9 @@ class AuthTlsTest : public ::testing::Test {
   }
 
   // Starts a TLS server: tokens when `tokens`, mutual TLS (client CA ca1) when `mutual`.
-  void StartServer(bool tokens, bool mutual, bool reflection = false) {
+  // `plaintext`: no TLS at all (tokens behind a mesh that terminates TLS): the handlers alone
+  // authorize, as gRPC runs no metadata processor on insecure ports.
+  void StartServer(bool tokens, bool mutual, bool reflection = false, bool plaintext = false) {
     const fs::path& d = *dir_;
     if (tokens) {
       auto store = TokenStore::Open({(d / "tokens.txt").string(), nullptr, 0, nullptr});
@@ -157,7 +160,8 @@ class AuthTlsTest : public ::testing::Test {
     files.key_file = (d / "current/tls.key").string();
     if (mutual) files.client_ca_file = (d / "ca1.pem").string();
     files.refresh_interval_s = 1;
-    auto credentials = TlsServerCredentials(files, authorizer_);
+    auto credentials = plaintext ? grpc::InsecureServerCredentials()
+                                 : TlsServerCredentials(files, authorizer_);
     ASSERT_TRUE(credentials.ok()) << credentials.status();
 
     grpc::EnableDefaultHealthCheckService(true);
@@ -172,19 +176,24 @@ class AuthTlsTest : public ::testing::Test {
     server_->GetHealthCheckService()->SetServingStatus("rotation", true);
   }
 
-  // A TLS channel trusting `ca`, with the client certificate `client` (none when empty).
-  std::shared_ptr<grpc::Channel> Channel(const std::string& ca, const std::string& client = "") {
-    grpc::SslCredentialsOptions options;
-    options.pem_root_certs = ReadAll(*dir_ / (ca + ".pem"));
+  // A TLS channel trusting `ca`, with the client certificate `client` (none when empty) and a
+  // bearer token on every call (none when empty), made as the clients make theirs.
+  std::shared_ptr<grpc::Channel> Channel(const std::string& ca, const std::string& client = "",
+                                         const std::string& token = "") {
+    ClientAuthOptions options;
+    options.tls = true;
+    options.ca_file = (*dir_ / (ca + ".pem")).string();
     if (!client.empty()) {
-      options.pem_private_key = ReadAll(*dir_ / (client + ".key"));
-      options.pem_cert_chain = ReadAll(*dir_ / (client + ".pem"));
+      options.cert_file = (*dir_ / (client + ".pem")).string();
+      options.key_file = (*dir_ / (client + ".key")).string();
     }
+    options.token = token;
     // A fresh connection per channel (no subchannel sharing between the test's channels).
     grpc::ChannelArguments args;
     args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-    return grpc::CreateCustomChannel("localhost:" + std::to_string(port_),
-                                     grpc::SslCredentials(options), args);
+    auto channel = CreateAuthChannel("localhost:" + std::to_string(port_), options, args);
+    EXPECT_TRUE(channel.ok()) << channel.status();
+    return channel.ok() ? *channel : nullptr;
   }
 
   struct Reply {
@@ -382,6 +391,46 @@ TEST_F(AuthTlsTest, RotatedCertificateTakesEffectWhileAStreamStaysOpen) {
 
   fs::create_directory_symlink("v1", d / "next");  // put v1 back for the other tests
   fs::rename(d / "next", d / "current");
+}
+
+TEST_F(AuthTlsTest, ClientChannelSendsItsTokenOnEveryCall) {
+  StartServer(true, false);
+  auto bob = Channel("ca1", "", "bob-token");
+  EXPECT_EQ(Call(bob, true, "").tenant, "bob");
+  EXPECT_EQ(Call(bob, false, "").tenant, "bob");
+  ::setenv("TTT_TOKEN", "alice-token", 1);
+  EXPECT_EQ(TokenFromFlagOrEnvironment(""), "alice-token");
+  EXPECT_EQ(TokenFromFlagOrEnvironment("bob-token"), "bob-token");
+  ::unsetenv("TTT_TOKEN");
+  EXPECT_EQ(TokenFromFlagOrEnvironment(""), "");
+}
+
+TEST_F(AuthTlsTest, TokensAlsoWorkOnAPlaintextPort) {
+  StartServer(/*tokens=*/true, /*mutual=*/false, /*reflection=*/false, /*plaintext=*/true);
+  ClientAuthOptions options;
+  options.token = "alice-read-token";
+  auto channel = CreateAuthChannel("127.0.0.1:" + std::to_string(port_), options);
+  ASSERT_TRUE(channel.ok());
+  EXPECT_EQ(Call(*channel, false, "").tenant, "alice");
+  EXPECT_EQ(Call(*channel, true, "").status.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  auto anonymous = grpc::CreateChannel("127.0.0.1:" + std::to_string(port_),
+                                       grpc::InsecureChannelCredentials());
+  EXPECT_EQ(Call(anonymous, false, "").status.error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_TRUE(HealthCheck(anonymous).ok());
+}
+
+TEST(ClientCredentialsTest, RefusesACertificateWithoutItsKeyOrAnUnreadableFile) {
+  ClientAuthOptions options;
+  options.cert_file = "/nonexistent/client.pem";
+  auto half = CreateAuthChannel("localhost:1", options);
+  EXPECT_EQ(half.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(half.status().message()), HasSubstr("--cert_file and --key_file go"));
+  options.cert_file.clear();
+  options.ca_file = "/nonexistent/ca.pem";
+  auto unreadable = CreateAuthChannel("localhost:1", options);
+  EXPECT_EQ(unreadable.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(unreadable.status().message()),
+              HasSubstr("--ca_file=/nonexistent/ca.pem: cannot read"));
 }
 
 TEST_F(AuthTlsTest, BadCertificateFilesFailAtStartNamingTheFlag) {
