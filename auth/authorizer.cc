@@ -155,6 +155,24 @@ absl::StatusOr<Principal> Authorizer::Authorize(const CallCredentials& call,
   return principal;
 }
 
+absl::Status Authorizer::AuthorizeScrape(const std::optional<std::string>& authorization) const {
+  if (!authorization) {
+    return Fail(AuthFailure::kMissingCredentials,
+                absl::UnauthenticatedError(
+                    "missing credentials: send 'Authorization: Bearer <token>' with a token of "
+                    "scope 'metrics'"));
+  }
+  auto principal = FromToken(*authorization);
+  if (!principal.ok()) return principal.status();
+  if (!AllowsScrape(principal->scope)) {
+    return Fail(AuthFailure::kScopeDenied,
+                absl::PermissionDeniedError(absl::StrCat(
+                    "'", principal->tenant, "' (scope '", ScopeName(principal->scope),
+                    "') may not read metrics: it needs scope 'metrics' or 'admin'")));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Authorizer::RequireScope(const Principal& principal, Scope needed,
                                       absl::string_view what) const {
   if (!enabled() || principal.scope >= needed) return absl::OkStatus();

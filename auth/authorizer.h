@@ -89,6 +89,12 @@ class Authorizer {
   absl::StatusOr<Principal> Authorize(const CallCredentials& call,
                                       absl::string_view full_method) const;
 
+  // A scrape of the metrics endpoint with this `authorization` header value (nullopt: none):
+  // OK for a token of scope `metrics` or `admin`; UNAUTHENTICATED for a missing, malformed or
+  // unknown token (HTTP 401), PERMISSION_DENIED for another scope (HTTP 403). Counted in
+  // on_failure like calls.
+  absl::Status AuthorizeScrape(const std::optional<std::string>& authorization) const;
+
   // PERMISSION_DENIED unless `principal` has at least `needed` (for a call whose arguments need
   // more than its method: a committing Generate needs `write`). `what` names the call.
   absl::Status RequireScope(const Principal& principal, Scope needed,

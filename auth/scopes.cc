@@ -36,6 +36,8 @@ constexpr std::pair<absl::string_view, MethodRule> kTttMethods[] = {
 
 const char* ScopeName(Scope scope) {
   switch (scope) {
+    case Scope::kMetrics:
+      return "metrics";
     case Scope::kRead:
       return "read";
     case Scope::kWrite:
@@ -47,11 +49,11 @@ const char* ScopeName(Scope scope) {
 }
 
 absl::StatusOr<Scope> ParseScope(absl::string_view name) {
-  for (Scope s : {Scope::kRead, Scope::kWrite, Scope::kAdmin}) {
+  for (Scope s : {Scope::kMetrics, Scope::kRead, Scope::kWrite, Scope::kAdmin}) {
     if (name == ScopeName(s)) return s;
   }
   return absl::InvalidArgumentError(
-      absl::StrCat("unknown scope '", name, "' (valid: read, write, admin)"));
+      absl::StrCat("unknown scope '", name, "' (valid: read, write, admin, metrics)"));
 }
 
 MethodRule RuleFor(absl::string_view full_method) {
@@ -83,6 +85,8 @@ bool Allows(Scope scope, MethodRule rule) {
   }
   return false;
 }
+
+bool AllowsScrape(Scope scope) { return scope == Scope::kMetrics || scope == Scope::kAdmin; }
 
 const char* RuleName(MethodRule rule) {
   switch (rule) {

@@ -141,6 +141,11 @@ TEST(ScopesTest, ScopesNest) {
   EXPECT_FALSE(Allows(Scope::kWrite, MethodRule::kAdmin));
   EXPECT_TRUE(Allows(Scope::kAdmin, MethodRule::kWrite));
   EXPECT_TRUE(Allows(Scope::kRead, MethodRule::kPublic));
+  EXPECT_FALSE(Allows(Scope::kMetrics, MethodRule::kRead));
+  EXPECT_TRUE(AllowsScrape(Scope::kMetrics));
+  EXPECT_TRUE(AllowsScrape(Scope::kAdmin));
+  EXPECT_FALSE(AllowsScrape(Scope::kWrite));
+  EXPECT_EQ(*ParseScope("metrics"), Scope::kMetrics);
   auto bad = ParseScope("Admin");
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
 }
@@ -217,19 +222,25 @@ TEST_F(TokenStoreTest, ReloadsWhenTheFileChangesAndKeepsTheLastGoodOnABadFile) {
                                  }});
   ASSERT_TRUE(store.ok());
   TokenStore& s = **store;
+  // The callback runs last in a reload, so waiting for it waits for the whole reload.
+  auto counted = [&](int ok, int bad) {
+    return WaitFor([&] {
+      std::lock_guard<std::mutex> lock(mu);
+      return reloads_ok == ok && reloads_bad == bad;
+    });
+  };
   Write("alice " + Sha256Hex("new") + "\n");  // rotation: the old token is revoked
-  ASSERT_TRUE(WaitFor([&] { return s.generation() == 2; }));
+  ASSERT_TRUE(counted(1, 0));
+  EXPECT_EQ(s.generation(), 2u);
   EXPECT_FALSE(s.Lookup("old").has_value());
   EXPECT_EQ(s.Lookup("new")->tenant, "alice");
 
   Write("alice " + Sha256Hex("newer") + " superuser\n");  // a typo while rotating
-  ASSERT_TRUE(WaitFor([&] { return s.failed_reloads() == 1; }));
+  ASSERT_TRUE(counted(1, 1));
+  EXPECT_EQ(s.failed_reloads(), 1u);
   EXPECT_EQ(s.generation(), 2u);
   EXPECT_EQ(s.Lookup("new")->tenant, "alice");  // the last good credentials stay
   EXPECT_FALSE(s.Lookup("newer").has_value());
-  std::lock_guard<std::mutex> lock(mu);
-  EXPECT_EQ(reloads_ok, 1);
-  EXPECT_EQ(reloads_bad, 1);
 }
 
 TEST_F(TokenStoreTest, ReloadsOnSighup) {
@@ -275,7 +286,8 @@ class AuthorizerTest : public TokenStoreTest {
   void SetUp() override {
     TokenStoreTest::SetUp();
     Write("alice " + Sha256Hex("alice-rw") + "\nalice " + Sha256Hex("alice-ro") +
-          " read\nops " + Sha256Hex("ops-admin") + " admin\n");
+          " read\nops " + Sha256Hex("ops-admin") + " admin\nprometheus " +
+          Sha256Hex("scrape") + " metrics\n");
     auto store = TokenStore::Open({path_, SimpleTenantRule, 0, nullptr});
     ASSERT_TRUE(store.ok());
     store_ = std::move(*store);
@@ -369,6 +381,27 @@ TEST_F(AuthorizerTest, ReadScopeCannotWrite) {
   EXPECT_EQ(a.Authorize(Bearer("alice-rw"), TttMethod("Shutdown")).status().code(),
             absl::StatusCode::kPermissionDenied);
   EXPECT_TRUE(a.Authorize(Bearer("ops-admin"), TttMethod("Shutdown")).ok());
+}
+
+TEST_F(AuthorizerTest, MetricsScopeScrapesAndNothingElse) {
+  Authorizer a = Make(true, false);
+  EXPECT_TRUE(a.AuthorizeScrape("Bearer scrape").ok());
+  EXPECT_TRUE(a.AuthorizeScrape("Bearer ops-admin").ok());
+  absl::Status tenant = a.AuthorizeScrape("Bearer alice-rw");
+  EXPECT_EQ(tenant.code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_THAT(std::string(tenant.message()),
+              HasSubstr("'alice' (scope 'write') may not read metrics: it needs scope 'metrics'"));
+  absl::Status none = a.AuthorizeScrape(std::nullopt);
+  EXPECT_EQ(none.code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_THAT(std::string(none.message()), HasSubstr("with a token of scope 'metrics'"));
+  EXPECT_EQ(a.AuthorizeScrape("Bearer nope").code(), absl::StatusCode::kUnauthenticated);
+  auto call = a.Authorize(Bearer("scrape"), TttMethod("GetServerInfo"));
+  EXPECT_EQ(call.status().code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_THAT(std::string(call.status().message()),
+              HasSubstr("(scope 'metrics') may not call GetServerInfo"));
+  EXPECT_EQ(failures_["scope_denied"], 2);
+  EXPECT_EQ(failures_["unknown_token"], 1);
+  EXPECT_EQ(failures_["missing_credentials"], 1);
 }
 
 TEST_F(AuthorizerTest, TenantHeaderMustMatchUnlessAdmin) {

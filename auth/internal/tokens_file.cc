@@ -37,7 +37,7 @@ absl::StatusOr<Digest> ParseDigest(absl::string_view hex) {
 }
 
 absl::StatusOr<Scope> ParseScopes(absl::string_view field) {
-  Scope highest = Scope::kRead;
+  Scope highest = Scope::kMetrics;
   for (absl::string_view name : absl::StrSplit(field, ',')) {
     auto scope = ParseScope(name);
     if (!scope.ok()) return scope.status();

@@ -4,8 +4,9 @@
 // Format, one credential per line; `#` starts a comment, blank lines are skipped:
 //   <tenant> <sha256-hex-of-token> [scope[,scope...]]
 //   alice    2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824 read
-// The hash is 64 hex digits (`printf %s "$TOKEN" | sha256sum`). Scopes: read, write, admin
-// (see scopes.h); absent means `write`; several mean the highest. A tenant may have several
+// The hash is 64 hex digits (`printf %s "$TOKEN" | sha256sum`). Scopes: read, write, admin,
+// metrics (see scopes.h); absent means `write`; several mean the highest. For a scraper the
+// "tenant" column is just its name (a metrics token reaches no tenant's data). A tenant may have several
 // lines (token rotation: old and new both valid until the old line is removed).
 #pragma once
 
