@@ -7,6 +7,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "auth/token_store.h"
 #include "server/server.h"
 
 namespace {
@@ -32,6 +33,22 @@ ABSL_FLAG(int64_t, max_batch_tokens, 2048, "token budget of one engine batch");
 ABSL_FLAG(bool, checkpoint_on_shutdown, true, "checkpoint live sessions on SIGTERM");
 ABSL_FLAG(int64_t, drain_timeout_s, 20, "grace for in-flight calls on SIGTERM");
 ABSL_FLAG(int32_t, threads, 0, "CPU threads for the engine (0 = all cores)");
+ABSL_FLAG(std::string, tls_cert_file, "", "PEM certificate chain: serve gRPC over TLS");
+ABSL_FLAG(std::string, tls_key_file, "", "PEM private key of --tls_cert_file");
+ABSL_FLAG(std::string, tls_client_ca_file, "",
+          "PEM CA bundle: mutual TLS (clients must present a certificate it signed; the tenant "
+          "is its subject CN)");
+ABSL_FLAG(int32_t, tls_refresh_s, 5, "how often the TLS files are re-read");
+ABSL_FLAG(std::string, auth_tokens_file, "",
+          "bearer tokens: '<tenant> <sha256-hex-of-token> [scopes]' per line; reloaded on "
+          "change and SIGHUP");
+ABSL_FLAG(std::string, health_listen, "",
+          "plaintext address serving only grpc.health.v1 (for Kubernetes probes); empty: none");
+ABSL_FLAG(std::string, reflection, "auto",
+          "gRPC reflection: on (behind authentication when configured), off, or auto");
+ABSL_FLAG(bool, metrics_auth, false,
+          "/metrics wants a bearer token of scope 'metrics' or 'admin' (needs "
+          "--auth_tokens_file)");
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("ttt-serve: gRPC model server with In-Place Test-Time Training");
@@ -59,6 +76,16 @@ int main(int argc, char** argv) {
   o.checkpoint_on_shutdown = absl::GetFlag(FLAGS_checkpoint_on_shutdown);
   o.drain_timeout_s = absl::GetFlag(FLAGS_drain_timeout_s);
   o.threads = absl::GetFlag(FLAGS_threads);
+  o.tls_cert_file = absl::GetFlag(FLAGS_tls_cert_file);
+  o.tls_key_file = absl::GetFlag(FLAGS_tls_key_file);
+  o.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca_file);
+  o.tls_refresh_s = absl::GetFlag(FLAGS_tls_refresh_s);
+  o.auth_tokens_file = absl::GetFlag(FLAGS_auth_tokens_file);
+  o.health_listen = absl::GetFlag(FLAGS_health_listen);
+  o.reflection = absl::GetFlag(FLAGS_reflection);
+  o.metrics_auth = absl::GetFlag(FLAGS_metrics_auth);
+  // SIGHUP re-reads the tokens file (it is also re-read when it changes).
+  ttt::auth::InstallSighupReload();
 
   auto server = ttt::server::Server::Start(o);
   if (!server.ok()) {

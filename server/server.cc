@@ -11,6 +11,7 @@
 #include "engine/model.h"
 #include "engine/scheduler.h"
 #include "server/metrics.h"
+#include "server/security.h"
 #include "server/service.h"
 #include "session/session.h"
 #include "tokenizer/tokenizer.h"
@@ -26,6 +27,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
     absl::Status st = s->metrics_->StartExposer(options.metrics_listen);
     if (!st.ok()) return st;
   }
+
+  // Bad security flags or files fail before the (slow) model load.
+  auto security = SetUpSecurity(options, nullptr);
+  if (!security.ok()) return security.status();
+  s->security_ = std::make_unique<Security>(std::move(*security));
 
   engine::SetCpuThreads(options.threads);
   engine::ModelOptions model_options;
@@ -76,7 +82,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &s->port_);
+  if (!s->security_->reflection) DropBuilderPlugins(builder);
+  builder.AddListeningPort(options.listen, s->security_->credentials, &s->port_);
   builder.RegisterService(s->service_.get());
   builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
   s->grpc_server_ = builder.BuildAndStart();
@@ -84,16 +91,28 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
     return absl::FailedPreconditionError(
         absl::StrCat("cannot listen on ", options.listen, " (address in use or invalid?)"));
   }
-  if (auto* health = s->grpc_server_->GetHealthCheckService()) {
-    health->SetServingStatus(true);
-    health->SetServingStatus("", true);
-    health->SetServingStatus(kServiceName, true);
+  if (!options.health_listen.empty()) {
+    auto health = StartHealthOnlyServer(options.health_listen, &s->health_port_);
+    if (!health.ok()) return health.status();
+    s->health_server_ = std::move(*health);
   }
+  s->SetServing(true);
   s->gauges_ = std::thread([raw = s.get()] { raw->GaugeLoop(); });
   return s;
 }
 
 Server::~Server() { Shutdown(); }
+
+void Server::SetServing(bool serving) {
+  for (grpc::Server* server : {grpc_server_.get(), health_server_.get()}) {
+    if (server == nullptr) continue;
+    if (auto* health = server->GetHealthCheckService()) {
+      health->SetServingStatus(serving);
+      health->SetServingStatus("", serving);
+      health->SetServingStatus(kServiceName, serving);
+    }
+  }
+}
 
 const std::string& Server::model_fingerprint() const { return model_->fingerprint(); }
 
@@ -127,10 +146,11 @@ void Server::Shutdown() {
   if (gauges_.joinable()) gauges_.join();
   if (grpc_server_) {
     // Kubernetes stops routing first, then the server stops accepting and drains.
-    if (auto* health = grpc_server_->GetHealthCheckService()) health->SetServingStatus(false);
+    SetServing(false);
     grpc_server_->Shutdown(std::chrono::system_clock::now() +
                            std::chrono::seconds(options_.drain_timeout_s));
   }
+  if (health_server_) health_server_->Shutdown(std::chrono::system_clock::now());
   if (sessions_ && options_.checkpoint_on_shutdown) {
     absl::Status st = sessions_->PersistAll();
     if (!st.ok()) {
