@@ -1,10 +1,10 @@
 // See security.h.
 #include "server/security.h"
 
+#include <chrono>
 #include <cstdio>
 #include <vector>
 
-#include <grpcpp/generic/async_generic_service.h>
 #include <grpcpp/impl/server_builder_option.h>
 #include <grpcpp/support/server_callback.h>
 
@@ -124,20 +124,26 @@ absl::StatusOr<Security> SetUpSecurity(const ServerOptions& o,
   return s;
 }
 
-absl::StatusOr<std::unique_ptr<grpc::Server>> StartHealthOnlyServer(const std::string& address,
-                                                                    int* port) {
-  static OnlyHealth* const only_health = new OnlyHealth();  // stateless; shared by all
+absl::StatusOr<std::unique_ptr<HealthOnlyServer>> HealthOnlyServer::Start(
+    const std::string& address) {
+  std::unique_ptr<HealthOnlyServer> h(new HealthOnlyServer());
+  h->refuse_ = std::make_unique<OnlyHealth>();
   grpc::ServerBuilder builder;
   DropBuilderPlugins(builder);
-  *port = 0;
-  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), port);
-  builder.RegisterCallbackGenericService(only_health);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (server == nullptr || *port == 0) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("cannot listen on --health_listen=", address, " (address in use or invalid?)"));
+  // No SO_REUSEPORT (gRPC's default): another process on the port would answer our probes.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &h->port_);
+  builder.RegisterCallbackGenericService(h->refuse_.get());
+  h->server_ = builder.BuildAndStart();
+  if (h->server_ == nullptr || h->port_ == 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cannot listen on --health_listen=", address, " (address in use or invalid?)"));
   }
-  return server;
+  return h;
+}
+
+HealthOnlyServer::~HealthOnlyServer() {
+  if (server_) server_->Shutdown(std::chrono::system_clock::now());
 }
 
 }  // namespace ttt::server

@@ -8,6 +8,7 @@
 #include <memory>
 #include <string>
 
+#include <grpcpp/generic/async_generic_service.h>
 #include <grpcpp/grpcpp.h>
 
 #include "absl/status/statusor.h"
@@ -40,10 +41,25 @@ absl::StatusOr<Security> SetUpSecurity(const ServerOptions& options,
 // initialised.)
 void DropBuilderPlugins(grpc::ServerBuilder& builder);
 
-// A plaintext server on `address` that serves only grpc.health.v1 (everything else:
-// UNIMPLEMENTED); its bound port goes to *port. FAILED_PRECONDITION when the address cannot be
-// bound. REQUIRES: grpc::EnableDefaultHealthCheckService(true) was called.
-absl::StatusOr<std::unique_ptr<grpc::Server>> StartHealthOnlyServer(const std::string& address,
-                                                                    int* port);
+// A plaintext server that serves only grpc.health.v1 (everything else: UNIMPLEMENTED), for
+// Kubernetes' gRPC probes, which speak neither TLS nor tokens. Thread-safe.
+class HealthOnlyServer {
+ public:
+  // Binds `address` (port 0 picks one). FAILED_PRECONDITION when it cannot be bound.
+  // REQUIRES: grpc::EnableDefaultHealthCheckService(true) was called.
+  static absl::StatusOr<std::unique_ptr<HealthOnlyServer>> Start(const std::string& address);
+  ~HealthOnlyServer();  // stops at once
+
+  grpc::Server* server() { return server_.get(); }
+  int port() const { return port_; }
+
+ private:
+  HealthOnlyServer() = default;
+  // Answers every other method; gRPC lets one instance serve one server. Declared before
+  // server_ so that it outlives it.
+  std::unique_ptr<grpc::CallbackGenericService> refuse_;
+  std::unique_ptr<grpc::Server> server_;
+  int port_ = 0;
+};
 
 }  // namespace ttt::server

@@ -92,7 +92,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
         absl::StrCat("cannot listen on ", options.listen, " (address in use or invalid?)"));
   }
   if (!options.health_listen.empty()) {
-    auto health = StartHealthOnlyServer(options.health_listen, &s->health_port_);
+    auto health = HealthOnlyServer::Start(options.health_listen);
     if (!health.ok()) return health.status();
     s->health_server_ = std::move(*health);
   }
@@ -104,7 +104,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
 Server::~Server() { Shutdown(); }
 
 void Server::SetServing(bool serving) {
-  for (grpc::Server* server : {grpc_server_.get(), health_server_.get()}) {
+  grpc::Server* health_listener = health_server_ ? health_server_->server() : nullptr;
+  for (grpc::Server* server : {grpc_server_.get(), health_listener}) {
     if (server == nullptr) continue;
     if (auto* health = server->GetHealthCheckService()) {
       health->SetServingStatus(serving);
@@ -115,6 +116,8 @@ void Server::SetServing(bool serving) {
 }
 
 const std::string& Server::model_fingerprint() const { return model_->fingerprint(); }
+
+int Server::health_port() const { return health_server_ ? health_server_->port() : 0; }
 
 int Server::metrics_port() const { return metrics_ ? metrics_->port() : 0; }
 
@@ -150,7 +153,7 @@ void Server::Shutdown() {
     grpc_server_->Shutdown(std::chrono::system_clock::now() +
                            std::chrono::seconds(options_.drain_timeout_s));
   }
-  if (health_server_) health_server_->Shutdown(std::chrono::system_clock::now());
+  health_server_.reset();
   if (sessions_ && options_.checkpoint_on_shutdown) {
     absl::Status st = sessions_->PersistAll();
     if (!st.ok()) {

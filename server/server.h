@@ -28,6 +28,7 @@ class Tokenizer;
 
 namespace ttt::server {
 
+class HealthOnlyServer;
 class Metrics;
 struct Security;
 class TttServiceImpl;
@@ -75,7 +76,7 @@ class Server {
   ~Server();
 
   int port() const { return port_; }
-  int health_port() const { return health_port_; }  // 0 without --health_listen
+  int health_port() const;  // 0 without --health_listen
   int metrics_port() const;
   std::shared_ptr<grpc::Channel> InProcessChannel();
   session::SessionManager& sessions() { return *sessions_; }
@@ -105,9 +106,8 @@ class Server {
   std::unique_ptr<TttServiceImpl> service_;
   std::unique_ptr<Security> security_;
   std::unique_ptr<grpc::Server> grpc_server_;
-  std::unique_ptr<grpc::Server> health_server_;  // --health_listen
+  std::unique_ptr<HealthOnlyServer> health_server_;  // --health_listen
   int port_ = 0;
-  int health_port_ = 0;
 
   std::mutex mu_;
   std::condition_variable cv_;
