@@ -8,6 +8,7 @@
 #include "session/internal/sha256.h"
 
 namespace ttt::auth {
+
 absl::StatusOr<std::unique_ptr<TokenStore>> TokenStore::Open(TokenStoreOptions options) {
   std::unique_ptr<TokenStore> store(new TokenStore(std::move(options)));
   const int poll_ms = store->options_.poll_interval_ms;
