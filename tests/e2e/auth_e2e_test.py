@@ -15,6 +15,7 @@ Usage: auth_e2e_test.py --server PATH/ttt-serve --model MODEL_DIR --proto PROTO_
 """
 import argparse
 import hashlib
+import itertools
 import os
 import shutil
 import socket
@@ -31,6 +32,7 @@ pb = None
 pb_grpc = None
 grpc = None
 
+CHANNEL_IDS = itertools.count(1)  # a distinct argument keeps each channel on its own connection
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 SERVING = b"\x08\x01"  # HealthCheckResponse{status: SERVING}
 
@@ -209,7 +211,7 @@ class AuthE2ETest(unittest.TestCase):
         # A distinct channel argument keeps each channel on its own connection.
         return grpc.secure_channel("localhost:%d" % cls.server.port,
                                    cls.pki.credentials(ca, client),
-                                   options=[("ttt.test.channel", time.time_ns())])
+                                   options=[("ttt.test.channel", next(CHANNEL_IDS))])
 
     def assertCode(self, call, code, fragment):
         with self.assertRaises(grpc.RpcError) as cm:
@@ -380,7 +382,7 @@ class MutualTlsE2ETest(unittest.TestCase):
     def stub(self, client):
         channel = grpc.secure_channel("localhost:%d" % self.server.port,
                                       self.pki.credentials("ca1", client),
-                                      options=[("ttt.test.channel", time.time_ns())])
+                                      options=[("ttt.test.channel", next(CHANNEL_IDS))])
         self.addCleanup(channel.close)
         return pb_grpc.TttServiceStub(channel)
 
