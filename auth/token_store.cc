@@ -5,7 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "auth/internal/constant_time.h"
-#include "session/internal/sha256.h"
+#include "util/sha256.h"
 
 namespace ttt::auth {
 
@@ -57,7 +57,7 @@ size_t TokenStore::credential_count() const {
 }
 
 std::optional<TokenPrincipal> TokenStore::Lookup(absl::string_view token) const {
-  session::internal::Sha256 hasher;
+  util::Sha256 hasher;
   hasher.Update(token.data(), token.size());
   const internal::Digest digest = hasher.Final();
   std::shared_ptr<const std::vector<internal::TokenEntry>> entries;

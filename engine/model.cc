@@ -12,11 +12,14 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <map>
+#include <string>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "engine/status_macros.h"
+#include "util/sha256.h"
 
 namespace ttt::engine {
 namespace {
@@ -74,10 +77,30 @@ at::Tensor ChunkConv(const at::Tensor& x, const at::Tensor& weight) {
   return out.transpose(1, 2);
 }
 
-uint64_t Fnv1a(uint64_t hash, const void* data, size_t size) {
-  const auto* bytes = static_cast<const uint8_t*>(data);
-  for (size_t i = 0; i < size; ++i) hash = (hash ^ bytes[i]) * 1099511628211ULL;
-  return hash;
+// See Model::fingerprint(). Tensors are taken in name order (by_name is sorted); `skip` names one
+// left out (the untied head a tied model ignores). Each field is length-prefixed, so no two
+// different inputs hash the same byte stream.
+std::string Fingerprint(const std::string& config_json,
+                        const std::map<std::string, at::Tensor>& by_name,
+                        const std::string& skip) {
+  util::Sha256 h;
+  auto field = [&h](const void* data, size_t size) {
+    const uint64_t n = size;
+    h.Update(&n, sizeof(n));
+    h.Update(data, size);
+  };
+  field(config_json.data(), config_json.size());
+  for (const auto& [name, tensor] : by_name) {
+    if (name == skip) continue;
+    at::Tensor cpu = tensor.detach().contiguous().cpu();
+    const std::string dtype = std::string(c10::toString(cpu.scalar_type()));
+    const std::string shape = absl::StrJoin(cpu.sizes(), ",");
+    field(name.data(), name.size());
+    field(dtype.data(), dtype.size());
+    field(shape.data(), shape.size());
+    field(cpu.data_ptr(), cpu.nbytes());
+  }
+  return h.HexFinal();
 }
 
 absl::StatusOr<at::Device> ParseDevice(const std::string& name) {
@@ -333,7 +356,9 @@ absl::StatusOr<std::unique_ptr<Model>> Model::FromWeights(ModelConfig config,
   auto w = std::make_unique<Weights>();
   ASSIGN_OR_RETURN(w->embed, take("model.embed_tokens.weight", {config.vocab_size, d}, dtype));
   ASSIGN_OR_RETURN(w->final_norm, take("model.norm.weight", {d}, dtype));
-  if (config.tie_word_embeddings && !by_name.count("lm_head.weight")) {
+  // As Hugging Face's tie_weights(): a tied model uses embed_tokens as its head and ignores any
+  // lm_head.weight the file still holds (a stale copy would score with the wrong head).
+  if (config.tie_word_embeddings) {
     w->lm_head = w->embed;
   } else {
     ASSIGN_OR_RETURN(w->lm_head, take("lm_head.weight", {config.vocab_size, d}, dtype));
@@ -389,17 +414,8 @@ absl::StatusOr<std::unique_ptr<Model>> Model::FromWeights(ModelConfig config,
     model->weights_->layers.push_back(std::move(lw));
   }
 
-  uint64_t hash = 1469598103934665603ULL;
-  const std::string config_json = ModelConfigToJson(cfg);
-  hash = Fnv1a(hash, config_json.data(), config_json.size());
-  for (const auto& [name, tensor] : by_name) {
-    at::Tensor cpu = tensor.detach().contiguous().cpu();
-    hash = Fnv1a(hash, name.data(), name.size());
-    hash = Fnv1a(hash, cpu.data_ptr(), cpu.nbytes());
-  }
-  char hex[17];
-  std::snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(hash));
-  model->fingerprint_ = hex;
+  model->fingerprint_ = Fingerprint(ModelConfigToJson(cfg), by_name,
+                                    cfg.tie_word_embeddings ? "lm_head.weight" : "");
   return model;
 }
 

@@ -61,7 +61,10 @@ class Model {
                                                             const ModelOptions& options = {});
 
   const ModelConfig& config() const { return config_; }
-  // Identifies config + weights (64-bit FNV-1a over the config and every tensor's bytes, hex).
+  // Identifies config + weights: lower-case hex SHA-256 over the normalised config JSON and, in
+  // name order, each weight tensor of the file as loaded (name, dtype, shape, bytes; an lm_head
+  // a tied model ignores is left out). Independent of --device/--dtype; costs one pass over the
+  // weights at load.
   const std::string& fingerprint() const { return fingerprint_; }
   at::Device device() const { return device_; }
   at::ScalarType dtype() const { return dtype_; }

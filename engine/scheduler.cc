@@ -94,7 +94,8 @@ absl::Status Scheduler::Submit(Work work, bool bypass_limits) {
             "); wait for earlier requests to finish"));
       }
     }
-    q.items.push_back(Pending{std::move(work), 0});
+    const bool needs_prepare = static_cast<bool>(work.prepare);
+    q.items.push_back(Pending{std::move(work), 0, /*prepared=*/!needs_prepare});
     ++queued_;
     if (!q.in_rr) {
       q.in_rr = true;
@@ -143,56 +144,87 @@ void Scheduler::Loop() {
   for (auto& w : leftovers) Finish(w, absl::UnavailableError("the engine is shutting down"));
 }
 
+// A round: serve the heads of the queues (tasks, cancellations, prepares), then run one batch
+// of the token runs that are ready. Each phase is a function below; see scheduler.h for the
+// contract they keep together.
 bool Scheduler::RunRound(std::unique_lock<std::mutex>& lock) {
-  // Phase 1: tasks and cancelled work at the heads of the queues, in round-robin order.
+  if (!ServeHeads(lock)) return false;
+  DropIdleKeys();
+  if (rr_.empty()) return false;
+  std::vector<Slot> slots = PlanBatch();
+  if (slots.empty()) return true;  // work arrived meanwhile; the next round serves its heads
+  lock.unlock();
+  std::vector<absl::StatusOr<IngestLogProbs>> results = RunBatch(slots);
+  ReportProgress(slots, results);
+  lock.lock();
+  CompleteBatch(lock, slots, results);
+  return true;
+}
+
+bool Scheduler::ServeHeads(std::unique_lock<std::mutex>& lock) {
+  // rr_ may grow while the lock is released below (Submit appends new keys; list iterators stay
+  // valid); only this thread erases from it or pops from a queue.
   for (auto it = rr_.begin(); it != rr_.end(); ++it) {
-    KeyQueue& q = queues_[*it];
-    while (!q.items.empty()) {
-      Pending& head = q.items.front();
-      const bool cancelled = head.work.cancel && head.work.cancel->cancelled();
-      if (!cancelled && !head.work.task && !head.prepared && head.work.prepare) {
-        // Prepare the token run in place (it stays at the head; only this thread pops).
-        head.prepared = true;
-        auto prepare = std::move(head.work.prepare);
-        lock.unlock();
-        absl::Status prepared;
-        try {
-          prepared = prepare();
-        } catch (const std::exception& e) {
-          prepared = absl::InternalError(absl::StrCat("engine prepare failed: ", e.what()));
-        }
-        lock.lock();
-        if (prepared.ok()) continue;
-        Work work = std::move(q.items.front().work);
-        q.items.pop_front();
-        --queued_;
-        lock.unlock();
-        Finish(work, std::move(prepared));
-        lock.lock();
-        if (stopping_) return false;
-        continue;
-      }
-      if (!cancelled && !head.work.task) break;
-      Work work = std::move(head.work);
-      q.items.pop_front();
-      --queued_;
-      lock.unlock();
-      if (cancelled) {
-        Finish(work, absl::CancelledError("the request was cancelled"));
-      } else {
-        absl::Status status;
-        try {
-          work.task();
-        } catch (const std::exception& e) {
-          status = absl::InternalError(absl::StrCat("engine task failed: ", e.what()));
-        }
-        Finish(work, std::move(status));
-      }
-      lock.lock();
-      if (stopping_) return false;
-    }
+    if (!ServeHead(lock, queues_[*it])) return false;
   }
-  // Drop keys without work.
+  return true;
+}
+
+bool Scheduler::ServeHead(std::unique_lock<std::mutex>& lock, KeyQueue& q) {
+  while (!q.items.empty()) {
+    Pending& head = q.items.front();
+    const bool cancelled = head.work.cancel && head.work.cancel->cancelled();
+    absl::Status status;
+    if (cancelled) {
+      status = absl::CancelledError("the request was cancelled");
+    } else if (!head.work.task) {
+      if (head.prepared) return true;  // a token run ready for the batch
+      status = PrepareHead(lock, head);
+      if (status.ok()) continue;  // look again: it may have been cancelled meanwhile
+    }
+    Work work = PopHead(q);
+    lock.unlock();
+    if (!cancelled && work.task) status = RunTask(work);
+    Finish(work, std::move(status));
+    lock.lock();
+    if (stopping_) return false;
+  }
+  return true;
+}
+
+absl::Status Scheduler::PrepareHead(std::unique_lock<std::mutex>& lock, Pending& head) {
+  // The token run stays at the head while its prepare runs unlocked: only this thread pops, and
+  // deque references survive Submit's push_back.
+  auto prepare = std::move(head.work.prepare);
+  lock.unlock();
+  absl::Status status;
+  try {
+    status = prepare();
+  } catch (const std::exception& e) {
+    status = absl::InternalError(absl::StrCat("engine prepare failed: ", e.what()));
+  }
+  lock.lock();
+  head.prepared = status.ok();  // a failed run is popped by the caller
+  return status;
+}
+
+absl::Status Scheduler::RunTask(Work& work) {
+  try {
+    work.task();
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("engine task failed: ", e.what()));
+  }
+  return absl::OkStatus();
+}
+
+Work Scheduler::PopHead(KeyQueue& q) {
+  Work work = std::move(q.items.front().work);
+  q.items.pop_front();
+  --queued_;
+  return work;
+}
+
+void Scheduler::DropIdleKeys() {
   for (auto it = rr_.begin(); it != rr_.end();) {
     auto qit = queues_.find(*it);
     if (qit == queues_.end() || qit->second.items.empty()) {
@@ -202,51 +234,52 @@ bool Scheduler::RunRound(std::unique_lock<std::mutex>& lock) {
       ++it;
     }
   }
-  if (rr_.empty()) return false;
+}
 
-  // Phase 2: one batch. Every key whose head is a token run gets a fair share of the budget
-  // (first pass), then leftover budget goes to the ones that want more (second pass), in order.
-  struct Slot {
-    uint64_t key;
-    Pending* pending;
-    int64_t take;
-  };
+std::vector<Scheduler::Slot> Scheduler::PlanBatch() {
+  // Only prepared, uncancelled token runs: ServeHeads released the lock while it ran prepares and
+  // tasks, so a key it had already passed may hold new work whose prepare has not run yet.
   std::vector<Slot> slots;
   for (uint64_t key : rr_) {
     Pending& head = queues_[key].items.front();
-    if (head.work.state != nullptr) slots.push_back({key, &head, 0});
+    const bool cancelled = head.work.cancel && head.work.cancel->cancelled();
+    if (head.work.state != nullptr && head.prepared && !cancelled) {
+      slots.push_back({key, &head, 0});
+    }
   }
-  if (slots.empty()) return true;  // tasks arrived meanwhile; next round runs them
-  int64_t budget = options_.max_batch_tokens;
-  const int64_t share = std::max<int64_t>(1, budget / static_cast<int64_t>(slots.size()));
-  for (Slot& s : slots) {
-    const int64_t want = static_cast<int64_t>(s.pending->work.tokens.size()) - s.pending->done;
-    s.take = std::min({want, share, budget});
-    budget -= s.take;
-  }
-  for (Slot& s : slots) {
-    if (budget <= 0) break;
-    const int64_t want =
-        static_cast<int64_t>(s.pending->work.tokens.size()) - s.pending->done - s.take;
-    const int64_t extra = std::min(want, budget);
-    s.take += extra;
-    budget -= extra;
-  }
-  // An empty token run (e.g. an end-of-document marker) completes without a model call.
+  if (slots.empty()) return slots;
+  ShareBudget(slots);
+  // An empty token run (e.g. an end-of-document marker) completes without a model call; a
+  // non-empty one left without budget waits for the next round.
   slots.erase(std::remove_if(slots.begin(), slots.end(),
-                             [](const Slot& s) {
-                               return s.take == 0 &&
-                                      s.pending->done <
-                                          static_cast<int64_t>(s.pending->work.tokens.size());
-                             }),
+                             [](const Slot& s) { return s.take == 0 && s.remaining() > 0; }),
               slots.end());
   // Served keys go to the back of the round-robin order, so the unserved go first next time.
   for (const Slot& s : slots) {
     auto it = std::find(rr_.begin(), rr_.end(), s.key);
     if (it != rr_.end()) rr_.splice(rr_.end(), rr_, it);
   }
+  return slots;
+}
 
-  lock.unlock();
+void Scheduler::ShareBudget(std::vector<Slot>& slots) const {
+  // Every slot gets a fair share of the budget (first pass), then leftover budget goes to the
+  // ones that want more (second pass), in round-robin order.
+  int64_t budget = options_.max_batch_tokens;
+  const int64_t share = std::max<int64_t>(1, budget / static_cast<int64_t>(slots.size()));
+  for (Slot& s : slots) {
+    s.take = std::min({s.remaining(), share, budget});
+    budget -= s.take;
+  }
+  for (Slot& s : slots) {
+    if (budget <= 0) break;
+    const int64_t extra = std::min(s.remaining() - s.take, budget);
+    s.take += extra;
+    budget -= extra;
+  }
+}
+
+std::vector<absl::StatusOr<IngestLogProbs>> Scheduler::RunBatch(const std::vector<Slot>& slots) {
   std::vector<IngestItem> items;
   items.reserve(slots.size());
   int64_t batch_tokens = 0;
@@ -254,79 +287,75 @@ bool Scheduler::RunRound(std::unique_lock<std::mutex>& lock) {
     const auto& toks = s.pending->work.tokens;
     IngestItem item;
     item.state = s.pending->work.state;
-    item.tokens.assign(toks.begin() + s.pending->done,
-                       toks.begin() + s.pending->done + s.take);
+    item.tokens.assign(toks.begin() + s.pending->done, toks.begin() + s.pending->done + s.take);
     batch_tokens += s.take;
     items.push_back(std::move(item));
   }
-  std::vector<absl::StatusOr<IngestLogProbs>> results(slots.size(),
-                                                      absl::InternalError("not run"));
-  auto run = [this](absl::Span<IngestItem> span) -> absl::StatusOr<std::vector<IngestLogProbs>> {
-    try {
-      return runner_(span);
-    } catch (const std::exception& e) {
-      return absl::InternalError(absl::StrCat("engine batch failed: ", e.what()));
-    }
-  };
-  if (batch_tokens > 0) {
-    const auto start = std::chrono::steady_clock::now();
-    auto batch = run(absl::MakeSpan(items));
-    if (batch.ok() && batch->size() == items.size()) {
-      for (size_t i = 0; i < items.size(); ++i) results[i] = std::move((*batch)[i]);
-    } else if (items.size() == 1) {
-      results[0] = batch.ok() ? absl::InternalError("engine returned a wrong result count")
-                              : batch.status();
-    } else {
-      // One bad item must not fail its neighbours: run each alone (no state was touched).
-      for (size_t i = 0; i < items.size(); ++i) {
-        auto one = run(absl::MakeSpan(&items[i], 1));
-        if (one.ok() && one->size() == 1) {
-          results[i] = std::move(one->front());
-        } else {
-          results[i] = one.ok() ? absl::InternalError("engine returned a wrong result count")
-                                : one.status();
-        }
+  std::vector<absl::StatusOr<IngestLogProbs>> results(slots.size(), IngestLogProbs{});
+  if (batch_tokens == 0) return results;  // only empty runs: nothing for the model
+  const auto start = std::chrono::steady_clock::now();
+  auto batch = RunCatching(absl::MakeSpan(items));
+  if (batch.ok() && batch->size() == items.size()) {
+    for (size_t i = 0; i < items.size(); ++i) results[i] = std::move((*batch)[i]);
+  } else if (items.size() == 1) {
+    results[0] =
+        batch.ok() ? absl::InternalError("engine returned a wrong result count") : batch.status();
+  } else {
+    // One bad item must not fail its neighbours: run each alone (no state was touched).
+    for (size_t i = 0; i < items.size(); ++i) {
+      auto one = RunCatching(absl::MakeSpan(&items[i], 1));
+      if (one.ok() && one->size() == 1) {
+        results[i] = std::move(one->front());
+      } else {
+        results[i] =
+            one.ok() ? absl::InternalError("engine returned a wrong result count") : one.status();
       }
     }
-    const double seconds =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    if (observer_ != nullptr) {
-      observer_->OnBatch(batch_tokens, static_cast<int64_t>(items.size()), seconds);
-    }
-  } else {
-    for (auto& r : results) r = IngestLogProbs{};
   }
-  // Progress callbacks run unlocked; they may Submit.
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  if (observer_ != nullptr) {
+    observer_->OnBatch(batch_tokens, static_cast<int64_t>(items.size()), seconds);
+  }
+  return results;
+}
+
+absl::StatusOr<std::vector<IngestLogProbs>> Scheduler::RunCatching(absl::Span<IngestItem> items) {
+  try {
+    return runner_(items);
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("engine batch failed: ", e.what()));
+  }
+}
+
+void Scheduler::ReportProgress(const std::vector<Slot>& slots,
+                               const std::vector<absl::StatusOr<IngestLogProbs>>& results) {
+  // Runs unlocked; the callbacks may Submit.
   for (size_t i = 0; i < slots.size(); ++i) {
     if (results[i].ok() && slots[i].take > 0 && slots[i].pending->work.on_progress) {
       slots[i].pending->work.on_progress(*results[i], slots[i].pending->done);
     }
   }
-  lock.lock();
+}
+
+void Scheduler::CompleteBatch(std::unique_lock<std::mutex>& lock, const std::vector<Slot>& slots,
+                              std::vector<absl::StatusOr<IngestLogProbs>>& results) {
   std::vector<std::pair<Work, absl::Status>> finished;
   for (size_t i = 0; i < slots.size(); ++i) {
     Pending* p = slots[i].pending;
-    KeyQueue& q = queues_[slots[i].key];
-    bool complete = false;
     absl::Status status;
-    if (!results[i].ok()) {
-      complete = true;
-      status = results[i].status();
-    } else {
+    if (results[i].ok()) {
       p->done += slots[i].take;
-      complete = p->done >= static_cast<int64_t>(p->work.tokens.size());
+      if (p->done < static_cast<int64_t>(p->work.tokens.size())) continue;
+    } else {
+      status = results[i].status();
     }
-    if (complete) {
-      // The head of this key's queue is still `p` (only this thread pops).
-      finished.emplace_back(std::move(p->work), std::move(status));
-      q.items.pop_front();
-      --queued_;
-    }
+    // The head of this key's queue is still `p` (only this thread pops).
+    finished.emplace_back(PopHead(queues_[slots[i].key]), std::move(status));
   }
   lock.unlock();
   for (auto& [work, status] : finished) Finish(work, std::move(status));
   lock.lock();
-  return true;
 }
 
 }  // namespace ttt::engine

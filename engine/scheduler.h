@@ -6,6 +6,14 @@
 //
 // Ordering: work items of one sequence key run in submission order (a per-key FIFO), so a task
 // queued after a token run sees its effect. Different keys are interleaved.
+//
+// The engine thread works in rounds. (1) For each key in round-robin order it serves the head of
+// its queue: runs tasks, answers cancelled work, and runs a token run's `prepare`, until the head
+// is a prepared token run or the queue is empty (callbacks run without the queue lock, so work
+// may arrive meanwhile). (2) It picks the token runs at the heads whose prepare has run (work
+// that arrived after its key was served waits for the next round), gives each a fair share of
+// the token budget, then the leftover in order, and moves the served keys to the back of the
+// order. (3) One batch runs, then the progress callbacks. (4) Finished runs are answered.
 #pragma once
 
 #include <atomic>
@@ -62,8 +70,9 @@ struct Work {
   std::function<void(absl::Status)> on_done;
   // Optional; when set and cancelled the rest of the work is dropped.
   std::shared_ptr<CancelToken> cancel;
-  // Optional, for a token run: called on the engine thread right before its first batch (e.g.
-  // load an evicted state, or copy the state to score on). An error finishes the work with it.
+  // Optional, for a token run: called on the engine thread before its first batch (e.g. load an
+  // evicted state, or copy the state to score on). No batch touches `state` until it returned
+  // OK, however the work arrived; an error finishes the work with it.
   std::function<absl::Status()> prepare;
 };
 
@@ -117,17 +126,56 @@ class Scheduler {
   struct Pending {
     Work work;
     int64_t done = 0;       // tokens of work.tokens already applied
-    bool prepared = false;  // work.prepare ran (or there is none)
+    // work.prepare ran (or there is none). A token run is batched only once this is set.
+    bool prepared = false;
   };
   struct KeyQueue {
     std::deque<Pending> items;
     bool in_rr = false;  // listed in rr_
   };
 
+  // One key's share of a batch: the token run at the head of its queue and how many of its
+  // tokens the batch takes.
+  struct Slot {
+    uint64_t key;
+    Pending* pending;
+    int64_t take;
+    int64_t remaining() const {
+      return static_cast<int64_t>(pending->work.tokens.size()) - pending->done;
+    }
+  };
+
   Scheduler(BatchRunner runner, const SchedulerOptions& options, Observer* observer);
   void Loop();
-  // Runs one round: tasks at the heads of queues, then one batch. Returns false when idle.
+
+  // The engine thread's round, in phases. REQUIRES: `lock` holds mu_ on entry and on return of
+  // each (those taking `lock` release it around callbacks). Returns false when idle or stopping.
   bool RunRound(std::unique_lock<std::mutex>& lock);
+  // Phase 1: at the head of each queue in round-robin order, run tasks, finish cancelled work,
+  // and run the prepare of a token run. False when shutdown began meanwhile.
+  bool ServeHeads(std::unique_lock<std::mutex>& lock);
+  bool ServeHead(std::unique_lock<std::mutex>& lock, KeyQueue& q);
+  // Runs the head token run's prepare unlocked; marks it prepared when that returned OK.
+  absl::Status PrepareHead(std::unique_lock<std::mutex>& lock, Pending& head);
+  // Removes keys whose queues are empty from rr_ and queues_.
+  void DropIdleKeys();
+  // Phase 2: picks the ready token runs at the heads, shares the token budget among them and
+  // moves the served keys to the back of rr_.
+  std::vector<Slot> PlanBatch();
+  void ShareBudget(std::vector<Slot>& slots) const;
+  // Phase 3, unlocked: one Model::Ingest call (each item alone if the batch fails, so one bad
+  // item fails only itself), then the progress callbacks.
+  std::vector<absl::StatusOr<IngestLogProbs>> RunBatch(const std::vector<Slot>& slots);
+  absl::StatusOr<std::vector<IngestLogProbs>> RunCatching(absl::Span<IngestItem> items);
+  void ReportProgress(const std::vector<Slot>& slots,
+                      const std::vector<absl::StatusOr<IngestLogProbs>>& results);
+  // Phase 4: advances the runs, pops and answers those complete or failed.
+  void CompleteBatch(std::unique_lock<std::mutex>& lock, const std::vector<Slot>& slots,
+                     std::vector<absl::StatusOr<IngestLogProbs>>& results);
+
+  // Removes the head of `q` from the queue. REQUIRES: mu_ held, q not empty.
+  Work PopHead(KeyQueue& q);
+  static absl::Status RunTask(Work& work);
   static void Finish(Work& work, absl::Status status);
 
   BatchRunner runner_;

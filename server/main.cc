@@ -33,6 +33,13 @@ ABSL_FLAG(int64_t, max_batch_tokens, 2048, "token budget of one engine batch");
 ABSL_FLAG(bool, checkpoint_on_shutdown, true, "checkpoint live sessions on SIGTERM");
 ABSL_FLAG(int64_t, drain_timeout_s, 20, "grace for in-flight calls on SIGTERM");
 ABSL_FLAG(int32_t, threads, 0, "CPU threads for the engine (0 = all cores)");
+ABSL_FLAG(int64_t, max_concurrent_imports, 4,
+          "ImportSession calls at once; more get RESOURCE_EXHAUSTED");
+ABSL_FLAG(int64_t, max_concurrent_exports, 16,
+          "ExportSession calls at once; more get RESOURCE_EXHAUSTED");
+ABSL_FLAG(int64_t, max_concurrent_streams, 100, "HTTP/2 streams per client connection");
+ABSL_FLAG(int64_t, grpc_memory_mb, 1024,
+          "gRPC resource quota: memory for the transport buffers of all calls");
 ABSL_FLAG(std::string, tls_cert_file, "", "PEM certificate chain: serve gRPC over TLS");
 ABSL_FLAG(std::string, tls_key_file, "", "PEM private key of --tls_cert_file");
 ABSL_FLAG(std::string, tls_client_ca_file, "",
@@ -76,6 +83,10 @@ int main(int argc, char** argv) {
   o.checkpoint_on_shutdown = absl::GetFlag(FLAGS_checkpoint_on_shutdown);
   o.drain_timeout_s = absl::GetFlag(FLAGS_drain_timeout_s);
   o.threads = absl::GetFlag(FLAGS_threads);
+  o.max_concurrent_imports = absl::GetFlag(FLAGS_max_concurrent_imports);
+  o.max_concurrent_exports = absl::GetFlag(FLAGS_max_concurrent_exports);
+  o.max_concurrent_streams = absl::GetFlag(FLAGS_max_concurrent_streams);
+  o.grpc_memory_mb = absl::GetFlag(FLAGS_grpc_memory_mb);
   o.tls_cert_file = absl::GetFlag(FLAGS_tls_cert_file);
   o.tls_key_file = absl::GetFlag(FLAGS_tls_key_file);
   o.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca_file);

@@ -3,9 +3,11 @@
 
 #include <chrono>
 #include <cstdio>
+#include <utility>
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/resource_quota.h>
 
 #include "absl/strings/str_cat.h"
 #include "engine/model.h"
@@ -18,7 +20,27 @@
 
 namespace ttt::server {
 
+namespace {
+// The server's own bounds must each admit at least one call (0 would refuse every import, export
+// or stream, or leave gRPC no memory).
+absl::Status ValidateBounds(const ServerOptions& o) {
+  const std::pair<const char*, int64_t> bounds[] = {
+      {"--max_concurrent_imports", o.max_concurrent_imports},
+      {"--max_concurrent_exports", o.max_concurrent_exports},
+      {"--max_concurrent_streams", o.max_concurrent_streams},
+      {"--grpc_memory_mb", o.grpc_memory_mb}};
+  for (const auto& [flag, value] : bounds) {
+    if (value < 1) {
+      return absl::InvalidArgumentError(absl::StrCat(flag, " must be >= 1, got ", value));
+    }
+  }
+  return absl::OkStatus();
+}
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& options) {
+  absl::Status bounds = ValidateBounds(options);
+  if (!bounds.ok()) return bounds;
   std::unique_ptr<Server> s(new Server());
   s->options_ = options;
   // The metrics endpoint starts first: civetweb fails to start once LibTorch has loaded a model.
@@ -54,7 +76,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
                                                           tok.status().message()));
   }
 
-    s->metrics_->SetBuildInfo(s->model_->fingerprint());
+  s->metrics_->SetBuildInfo(s->model_->fingerprint());
 
   engine::SchedulerOptions sched;
   sched.max_batch_tokens = options.max_batch_tokens;
@@ -75,30 +97,45 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   s->sessions_ = std::move(*sessions);
 
   ServiceLimits limits;
+  limits.max_concurrent_imports = options.max_concurrent_imports;
+  limits.max_concurrent_exports = options.max_concurrent_exports;
   s->service_ = std::make_unique<TttServiceImpl>(s->sessions_.get(), s->tokenizer_.get(),
                                                  s->metrics_.get(), limits, kVersion,
                                                  options.max_batch_tokens);
 
+  absl::Status grpc_started = s->StartGrpc();
+  if (!grpc_started.ok()) return grpc_started;
+  s->gauges_ = std::thread([raw = s.get()] { raw->GaugeLoop(); });
+  return s;
+}
+
+absl::Status Server::StartGrpc() {
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  if (!s->security_->reflection) DropBuilderPlugins(builder);
-  builder.AddListeningPort(options.listen, s->security_->credentials, &s->port_);
-  builder.RegisterService(s->service_.get());
-  builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
-  s->grpc_server_ = builder.BuildAndStart();
-  if (s->grpc_server_ == nullptr || s->port_ == 0) {
+  if (!security_->reflection) DropBuilderPlugins(builder);
+  builder.AddListeningPort(options_.listen, security_->credentials, &port_);
+  builder.RegisterService(service_.get());
+  builder.SetMaxReceiveMessageSize(static_cast<int>(options_.max_message_bytes));
+  // What slow or stalled clients can pin in the transport: every call's buffers come out of one
+  // quota, and one connection opens at most so many streams at once.
+  grpc::ResourceQuota quota("ttt-serve");
+  quota.Resize(static_cast<size_t>(options_.grpc_memory_mb) << 20);
+  builder.SetResourceQuota(quota);
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS,
+                             static_cast<int>(options_.max_concurrent_streams));
+  grpc_server_ = builder.BuildAndStart();
+  if (grpc_server_ == nullptr || port_ == 0) {
     return absl::FailedPreconditionError(
-        absl::StrCat("cannot listen on ", options.listen, " (address in use or invalid?)"));
+        absl::StrCat("cannot listen on ", options_.listen, " (address in use or invalid?)"));
   }
-  if (!options.health_listen.empty()) {
-    auto health = HealthOnlyServer::Start(options.health_listen);
+  if (!options_.health_listen.empty()) {
+    auto health = HealthOnlyServer::Start(options_.health_listen);
     if (!health.ok()) return health.status();
-    s->health_server_ = std::move(*health);
+    health_server_ = std::move(*health);
   }
-  s->SetServing(true);
-  s->gauges_ = std::thread([raw = s.get()] { raw->GaugeLoop(); });
-  return s;
+  SetServing(true);
+  return absl::OkStatus();
 }
 
 Server::~Server() { Shutdown(); }

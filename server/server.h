@@ -53,6 +53,10 @@ struct ServerOptions {
   int64_t max_queued_items = 4096;
   int64_t max_message_bytes = 64 << 20;  // gRPC receive limit per message
   int64_t reaper_interval_ms = 1000;
+  int64_t max_concurrent_imports = 4;  // ImportSession calls at once; more: RESOURCE_EXHAUSTED
+  int64_t max_concurrent_exports = 16;  // ExportSession calls at once; more: RESOURCE_EXHAUSTED
+  int64_t max_concurrent_streams = 100;  // HTTP/2 streams per client connection
+  int64_t grpc_memory_mb = 1024;  // gRPC's resource quota: transport buffers of every call
   // Authentication and TLS (server/security.h, docs/contract.md "Authentication"). All empty:
   // plaintext and no authentication (the tenant is x-tenant-id), with a warning at start.
   std::string tls_cert_file;
@@ -93,6 +97,9 @@ class Server {
 
  private:
   Server() = default;
+  // Builds and starts the gRPC server on options_.listen with the service, health, reflection,
+  // and the transport's bounds (resource quota, streams per connection, message size).
+  absl::Status StartGrpc();
   void GaugeLoop();
   // Health of the gRPC port and the health listener: overall, "" and kServiceName.
   void SetServing(bool serving);

@@ -9,6 +9,8 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include "server/internal/call_slots.h"
+#include "server/internal/import_guard.h"
 #include "server/metrics.h"
 #include "session/session.h"
 #include "tttserve/v1/ttt_service.grpc.pb.h"
@@ -24,7 +26,9 @@ struct ServiceLimits {
   int64_t max_text_bytes_per_message = int64_t{4} << 20;
   int64_t max_buffered_text_bytes = int64_t{16} << 20;  // text awaiting flush in one stream
   int64_t max_inflight_messages = 8;  // per Ingest stream; reading pauses beyond (backpressure)
-  int64_t max_import_bytes = int64_t{4} << 30;
+  int64_t max_import_bytes = int64_t{4} << 30;  // never more, whatever the model allows
+  int64_t max_concurrent_imports = 4;           // more get RESOURCE_EXHAUSTED at once
+  int64_t max_concurrent_exports = 16;          // more get RESOURCE_EXHAUSTED at once
   int64_t export_piece_bytes = int64_t{1} << 20;
 };
 
@@ -73,17 +77,24 @@ class TttServiceImpl final : public tttserve::v1::TttService::CallbackService {
   grpc::ServerReadReactor<tttserve::v1::ImportSessionRequest>* ImportSession(
       Ctx* ctx, tttserve::v1::Session* resp) override;
 
-  // Plumbing shared with the reactors (service.cc).
+  // Plumbing shared with the reactors (server/internal/reactors.h).
   session::SessionManager* sessions() const { return sessions_; }
   const tokenizer::Tokenizer* tokenizer() const { return tokenizer_; }
   Metrics* metrics() const { return metrics_; }
   const ServiceLimits& limits() const { return limits_; }
+  // Limits on one import's bytes, derived from the model (server/internal/import_guard.h).
+  const internal::ImportLimits& import_limits() const { return import_limits_; }
+  internal::CallSlots* import_slots() { return &import_slots_; }
+  internal::CallSlots* export_slots() { return &export_slots_; }
 
  private:
   session::SessionManager* sessions_;
   const tokenizer::Tokenizer* tokenizer_;
   Metrics* metrics_;
   const ServiceLimits limits_;
+  const internal::ImportLimits import_limits_;
+  internal::CallSlots import_slots_;
+  internal::CallSlots export_slots_;
   const std::string version_;
   const int64_t max_batch_tokens_;
 };

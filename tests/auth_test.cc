@@ -23,14 +23,14 @@
 #include "auth/internal/tokens_file.h"
 #include "auth/scopes.h"
 #include "auth/token_store.h"
-#include "session/internal/sha256.h"
+#include "util/sha256.h"
 
 namespace ttt::auth {
 namespace {
 
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
-using session::internal::Sha256Hex;
+using util::Sha256Hex;
 
 // The server's rule for tenant names, restated for the tests (the server passes its own).
 absl::Status SimpleTenantRule(const std::string& tenant) {
@@ -56,7 +56,7 @@ TEST(TokensFileTest, ParsesTenantsHashesScopesAndComments) {
   EXPECT_EQ((*entries)[0].line, 3);
   EXPECT_EQ((*entries)[1].scope, Scope::kWrite);  // no scope: write
   EXPECT_EQ((*entries)[2].scope, Scope::kAdmin);  // several: the highest
-  session::internal::Sha256 h;
+  util::Sha256 h;
   h.Update("a2");
   EXPECT_EQ((*entries)[1].token_sha256, h.Final());
 }

@@ -27,7 +27,7 @@
 #include "auth/scopes.h"
 #include "auth/token_store.h"
 #include "grpc/health/v1/health.grpc.pb.h"
-#include "session/internal/sha256.h"
+#include "util/sha256.h"
 #include "tttserve/v1/ttt_service.grpc.pb.h"
 
 namespace ttt::auth {
@@ -121,9 +121,9 @@ class AuthTlsTest : public ::testing::Test {
     MakeLeaf(d, "ca1", "dave", "/O=read/CN=dave", "");
     MakeLeaf(d, "ca2", "eve", "/CN=eve", "");
     std::ofstream(d / "tokens.txt")
-        << "alice " << session::internal::Sha256Hex("alice-token") << " write\n"
-        << "alice " << session::internal::Sha256Hex("alice-read-token") << " read\n"
-        << "bob " << session::internal::Sha256Hex("bob-token") << "\n";
+        << "alice " << util::Sha256Hex("alice-token") << " write\n"
+        << "alice " << util::Sha256Hex("alice-read-token") << " read\n"
+        << "bob " << util::Sha256Hex("bob-token") << "\n";
     // The served certificate lives behind a directory symlink, as a Kubernetes Secret volume:
     // rotation swaps the link atomically (key and certificate change together).
     for (const char* v : {"v1", "v2"}) fs::create_directories(d / v);

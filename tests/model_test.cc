@@ -303,5 +303,61 @@ TEST(SamplerTest, RejectsAbsurdParameters) {
   EXPECT_TRUE(ValidateSamplingParams({}).ok());
 }
 
+// Issue 8 item 5: tie_word_embeddings means the head is embed_tokens, as Hugging Face's
+// tie_weights() does, even when the file still holds a (stale) lm_head.weight.
+TEST(ModelTest, TiedModelIgnoresAStaleLmHeadInTheFile) {
+  ModelConfig tied = TinyConfig();
+  tied.tie_word_embeddings = true;
+  NamedTensors with_head = RandomWeights(tied, true);
+  NamedTensors without_head;
+  for (const auto& [name, tensor] : with_head) {
+    if (name != "lm_head.weight") without_head.emplace_back(name, tensor);
+  }
+  auto stale = Model::FromWeights(tied, with_head, {});
+  auto clean = Model::FromWeights(tied, without_head, {});
+  ASSERT_TRUE(stale.ok()) << stale.status();
+  ASSERT_TRUE(clean.ok()) << clean.status();
+  auto untied = MakeModel();  // the same weights, scored with the file's lm_head
+  const auto tokens = RandomTokens(20, 53, 21);
+  SequenceState a = (*stale)->NewSequence(), b = (*clean)->NewSequence(),
+                c = untied->NewSequence();
+  const auto with_stale = IngestAll(**stale, a, tokens);
+  const auto tied_head = IngestAll(**clean, b, tokens);
+  const auto file_head = IngestAll(*untied, c, tokens);
+  for (size_t i = 1; i < tokens.size(); ++i) EXPECT_EQ(with_stale[i], tied_head[i]) << i;
+  double largest = 0;
+  for (size_t i = 1; i < tokens.size(); ++i) {
+    largest = std::max<double>(largest, std::abs(file_head[i] - tied_head[i]));
+  }
+  EXPECT_GT(largest, 1e-2) << "the fixture's lm_head must differ from embed_tokens";
+  // The head it ignores is no part of the model: not exported, not in the fingerprint.
+  for (const auto& [name, tensor] : (*stale)->NamedWeights()) EXPECT_NE(name, "lm_head.weight");
+  EXPECT_EQ((*stale)->fingerprint(), (*clean)->fingerprint());
+}
+
+// The fingerprint is a SHA-256 (64 hex digits) of the config and the weights as loaded.
+TEST(ModelTest, FingerprintIsSha256OfConfigAndWeights) {
+  auto a = MakeModel();
+  const std::string& fp = a->fingerprint();
+  ASSERT_EQ(fp.size(), 64u) << fp;
+  EXPECT_EQ(fp.find_first_not_of("0123456789abcdef"), std::string::npos) << fp;
+  EXPECT_EQ(MakeModel()->fingerprint(), fp) << "same config and weights, same fingerprint";
+  EXPECT_EQ(MakeModel({.dtype = "bf16"})->fingerprint(), fp) << "serving options do not count";
+  // One weight changed by one ulp.
+  ModelConfig c = TinyConfig();
+  NamedTensors w = RandomWeights(c, true);
+  w[3].second = w[3].second.clone();
+  float* first = w[3].second.data_ptr<float>();
+  *first = std::nextafter(*first, 1e9f);
+  auto nudged = Model::FromWeights(c, w, {});
+  ASSERT_TRUE(nudged.ok()) << nudged.status();
+  EXPECT_NE((*nudged)->fingerprint(), fp);
+  // Another config over the same weights.
+  c.ttt_chunk = 8;
+  auto rechunked = Model::FromWeights(c, RandomWeights(c, true), {});
+  ASSERT_TRUE(rechunked.ok()) << rechunked.status();
+  EXPECT_NE((*rechunked)->fingerprint(), fp);
+}
+
 }  // namespace
 }  // namespace ttt::engine

@@ -2,10 +2,13 @@
 // per-key order, bounded queues, cancellation, failure isolation.
 #include "engine/scheduler.h"
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
+#include <functional>
 #include <future>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -256,6 +259,107 @@ TEST(SchedulerTest, ShutdownAnswersQueuedWorkUnavailable) {
   EXPECT_EQ((*sched)->Submit(TokenWork(3, &b, {1}, &rb)).code(),
             absl::StatusCode::kUnavailable);
 }
+
+// Issue 9 #1: a token run submitted to a key that the current round had already passed (here
+// from another key's prepare or task, which run with the queue unlocked) must not be batched
+// before its own prepare has run: for Score and Generate, prepare copies the session into the
+// state the batch runs on, and the model crashed on the empty state.
+class PrepareOrderTest : public ::testing::TestWithParam<bool> {
+ protected:
+  // Records "prepare <key>" and "batch <key>" events in the order they happen.
+  BatchRunner Runner() {
+    return [this](absl::Span<IngestItem> items) -> absl::StatusOr<std::vector<IngestLogProbs>> {
+      std::vector<IngestLogProbs> out;
+      for (auto& item : items) {
+        Record("batch " + std::to_string(item.state->position));
+        out.push_back(IngestLogProbs(item.tokens.size(), 0.0f));
+      }
+      return out;
+    };
+  }
+  void Record(std::string event) {
+    std::lock_guard<std::mutex> lock(mu_);
+    events_.push_back(std::move(event));
+  }
+  std::vector<std::string> events() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return events_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<std::string> events_;
+};
+
+TEST_P(PrepareOrderTest, ATokenRunIsNeverBatchedBeforeItsPrepareRan) {
+  const bool from_task = GetParam();
+  auto sched = Scheduler::Create(Runner(), SchedulerOptions{});
+  ASSERT_TRUE(sched.ok()) << sched.status();
+  // Each state's position names its key (the fake runner records it); prepare sets it.
+  SequenceState state1, state2;
+  Result r1, r2;
+
+  // Hold the engine thread in a task of key 2, so that key 1's work queues behind it and the
+  // round visits key 2 (now empty) before key 1.
+  std::promise<void> holding, release;
+  std::shared_future<void> released = release.get_future().share();
+  Work hold;
+  hold.key = 2;
+  hold.task = [&holding, released] {
+    holding.set_value();
+    released.wait();
+  };
+  hold.on_done = [](absl::Status) {};
+  ASSERT_TRUE((*sched)->Submit(std::move(hold)).ok());
+  holding.get_future().wait();
+
+  // Key 1's prepare (or task) submits a token run with a prepare to key 2, already passed.
+  auto submit_to_2 = [&] {
+    Work w = TokenWork(2, &state2, {5, 6}, &r2);
+    w.prepare = [&] {
+      Record("prepare 2");
+      state2.position = 2;
+      return absl::OkStatus();
+    };
+    EXPECT_TRUE((*sched)->Submit(std::move(w)).ok());
+  };
+  Work w1 = TokenWork(1, &state1, {1, 2, 3}, &r1);
+  w1.prepare = [&] {
+    Record("prepare 1");
+    state1.position = 1;
+    if (!from_task) submit_to_2();
+    return absl::OkStatus();
+  };
+  if (from_task) {
+    Work task;
+    task.key = 1;
+    task.task = submit_to_2;
+    task.on_done = [](absl::Status) {};
+    ASSERT_TRUE((*sched)->Submit(std::move(task)).ok());
+  }
+  ASSERT_TRUE((*sched)->Submit(std::move(w1)).ok());
+  release.set_value();
+
+  EXPECT_TRUE(r1.done.get_future().get().ok());
+  EXPECT_TRUE(r2.done.get_future().get().ok());
+  const auto ev = events();
+  const std::string trace = ::testing::PrintToString(ev);
+  for (const std::string key : {"1", "2"}) {
+    const auto prepared = std::find(ev.begin(), ev.end(), "prepare " + key) - ev.begin();
+    const auto batched = std::find(ev.begin(), ev.end(), "batch " + key) - ev.begin();
+    EXPECT_LT(prepared, static_cast<ptrdiff_t>(ev.size())) << "key " << key
+                                                           << " was never prepared: " << trace;
+    EXPECT_LT(batched, static_cast<ptrdiff_t>(ev.size())) << "key " << key
+                                                          << " was never batched: " << trace;
+    EXPECT_LT(prepared, batched) << "key " << key << " was batched before its prepare: " << trace;
+  }
+  // No batch ran on an unprepared state (position 0).
+  EXPECT_EQ(std::count(ev.begin(), ev.end(), "batch 0"), 0)
+      << "a token run was batched before its prepare ran: " << trace;
+}
+
+INSTANTIATE_TEST_SUITE_P(SubmittedFrom, PrepareOrderTest, ::testing::Values(false, true),
+                         [](const auto& info) { return info.param ? "Task" : "Prepare"; });
 
 }  // namespace
 }  // namespace ttt::engine

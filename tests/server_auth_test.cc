@@ -17,7 +17,7 @@
 
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "server/server.h"
-#include "session/internal/sha256.h"
+#include "util/sha256.h"
 #include "tttserve/v1/ttt_service.grpc.pb.h"
 
 namespace ttt::server {
@@ -47,9 +47,9 @@ class ServerAuthTest : public ::testing::Test {
     options_.drain_timeout_s = 2;
     options_.checkpoint_on_shutdown = false;
     tokens_ = (dir_ / "tokens").string();
-    std::ofstream(tokens_) << "alice " << session::internal::Sha256Hex("alice-token") << "\n"
-                           << "alice " << session::internal::Sha256Hex("alice-read") << " read\n"
-                           << "bob " << session::internal::Sha256Hex("bob-token") << "\n";
+    std::ofstream(tokens_) << "alice " << util::Sha256Hex("alice-token") << "\n"
+                           << "alice " << util::Sha256Hex("alice-read") << " read\n"
+                           << "bob " << util::Sha256Hex("bob-token") << "\n";
   }
   void TearDown() override {
     server_.reset();

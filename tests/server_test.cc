@@ -124,6 +124,32 @@ class ServerTest : public ::testing::Test {
     }
     return reader->Finish();
   }
+  // Reads a session's whole export into `bytes`; returns the call's status.
+  grpc::Status ExportStatus(const std::string& id, std::string* bytes) {
+    auto ctx = Ctx();
+    pb::ExportSessionRequest er;
+    er.set_session_id(id);
+    auto reader = stub_->ExportSession(ctx.get(), er);
+    pb::ExportSessionResponse r;
+    while (reader->Read(&r)) *bytes += r.data();
+    return reader->Finish();
+  }
+  std::string Export(const std::string& id) {
+    std::string bytes;
+    grpc::Status st = ExportStatus(id, &bytes);
+    EXPECT_TRUE(st.ok()) << st.error_message();
+    return bytes;
+  }
+  // Imports `bytes` in one message.
+  grpc::Status Import(const std::string& bytes, pb::Session* out) {
+    auto ctx = Ctx();
+    auto w = stub_->ImportSession(ctx.get(), out);
+    pb::ImportSessionRequest r;
+    r.set_data(bytes);
+    w->Write(r);
+    w->WritesDone();
+    return w->Finish();
+  }
 
   fs::path dir_;
   ServerOptions options_;
@@ -502,6 +528,156 @@ TEST_F(ServerTest, TextInputIsTokenizedAndInvalidUtf8IsRefused) {
   run(g, &cut, &reason);
   EXPECT_EQ(reason, pb::FINISH_REASON_STOP);
   EXPECT_EQ(cut, full.substr(0, full.find(stop)));
+}
+
+// Issue 9 #3: an import is checked as its bytes arrive, against limits derived from the model:
+// a huge declared header length is refused after 8 bytes (the stream still open), a deeply
+// nested header before anything parses it, and a total past the largest valid state.
+TEST_F(ServerTest, ImportIsCheckedAsItsBytesArrive) {
+  options_.memory_budget_mb = 1;  // the llama fixture has no window: its limit follows the budget
+  Start();
+  auto import_status = [&](const std::vector<std::string>& pieces, bool writes_done) {
+    auto ctx = Ctx();
+    ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+    pb::Session s;
+    auto w = stub_->ImportSession(ctx.get(), &s);
+    for (const auto& p : pieces) {
+      pb::ImportSessionRequest r;
+      r.set_data(p);
+      if (!w->Write(r)) break;
+    }
+    if (writes_done) w->WritesDone();
+    return w->Finish();
+  };
+  auto le64 = [](uint64_t n) {
+    std::string out(8, '\0');
+    for (int i = 0; i < 8; ++i) out[i] = static_cast<char>((n >> (8 * i)) & 0xff);
+    return out;
+  };
+  // 8 bytes declaring a 1 TiB header, and the stream left open: refused without waiting for more.
+  ExpectStatus(import_status({le64(uint64_t{1} << 40)}, /*writes_done=*/false),
+               grpc::StatusCode::RESOURCE_EXHAUSTED, "header of 1099511627776 bytes; the limit");
+  // A header nested 50k deep (within the header length limit): refused before parsing.
+  const std::string deep = "{\"a\":" + std::string(50000, '[') + std::string(50000, ']') + "}";
+  ExpectStatus(import_status({le64(deep.size()) + deep}, true),
+               grpc::StatusCode::INVALID_ARGUMENT, "nests objects or arrays more than");
+  // More bytes than the largest state of this model under this budget: refused mid-stream.
+  const std::string header = "{}";
+  std::vector<std::string> pieces = {le64(header.size()) + header};
+  for (int i = 0; i < 8; ++i) pieces.push_back(std::string(1 << 20, '\0'));
+  ExpectStatus(import_status(pieces, true), grpc::StatusCode::RESOURCE_EXHAUSTED,
+               "import exceeds the limit of");
+  // A real export still imports.
+  const std::string id = Create();
+  ASSERT_TRUE(IngestAll({Tokens(id, Doc(static_cast<int>(3 * chunk_ + 1)))}).ok());
+  const std::string bytes = Export(id);
+  pb::Session imported;
+  ASSERT_TRUE(Import(bytes, &imported).ok());
+  EXPECT_EQ(imported.counters().position(), 3 * chunk_ + 1);
+}
+
+// Issue 9 #3: at most --max_concurrent_imports imports at once; the next is refused at once.
+TEST_F(ServerTest, ConcurrentImportsAreCapped) {
+  options_.max_concurrent_imports = 1;
+  Start();
+  const std::string id = Create();
+  ASSERT_TRUE(IngestAll({Tokens(id, Doc(static_cast<int>(chunk_ + 1)))}).ok());
+  const std::string bytes = Export(id);
+  auto ctx = Ctx();
+  pb::Session first_out;
+  auto first = stub_->ImportSession(ctx.get(), &first_out);
+  pb::ImportSessionRequest head;
+  head.set_data(bytes.substr(0, 16));
+  ASSERT_TRUE(first->Write(head));
+  // The first import holds the only slot once the server has started it.
+  grpc::Status st;
+  for (int i = 0; i < 200; ++i) {
+    pb::Session s;
+    st = Import(bytes, &s);
+    if (st.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ExpectStatus(st, grpc::StatusCode::RESOURCE_EXHAUSTED, "--max_concurrent_imports");
+  ctx->TryCancel();
+  first->Finish();
+  // Its slot comes back once the server is done with the cancelled call.
+  for (int i = 0; i < 200; ++i) {
+    pb::Session s;
+    st = Import(bytes, &s);
+    if (st.ok()) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_TRUE(st.ok()) << st.error_message();
+}
+
+// Issue 9 #4: exports that are never read cannot pile up: past --max_concurrent_exports the
+// next is refused at once, and once the stalled ones go, exports work again.
+TEST_F(ServerTest, UnreadExportsAreCapped) {
+  options_.max_concurrent_exports = 2;
+  Start();
+  const std::string id = Create();
+  // A state of ~0.4 MB (the fixture caches 768 bytes per token), read by clients whose HTTP/2
+  // window stays at 64 KiB (no BDP probing): their exports cannot complete until they read.
+  ASSERT_TRUE(IngestAll({Tokens(id, Doc(400))}).ok());
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+  auto slow_stub = pb::TttService::NewStub(grpc::CreateCustomChannel(
+      "127.0.0.1:" + std::to_string(server_->port()), grpc::InsecureChannelCredentials(), args));
+  std::vector<std::unique_ptr<grpc::ClientContext>> ctxs;
+  std::vector<std::unique_ptr<grpc::ClientReader<pb::ExportSessionResponse>>> stalled;
+  pb::ExportSessionRequest er;
+  er.set_session_id(id);
+  for (int i = 0; i < 2; ++i) {
+    ctxs.push_back(Ctx());
+    stalled.push_back(slow_stub->ExportSession(ctxs.back().get(), er));
+  }
+  grpc::Status st;
+  for (int i = 0; i < 200; ++i) {
+    std::string ignored;
+    st = ExportStatus(id, &ignored);
+    if (st.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ExpectStatus(st, grpc::StatusCode::RESOURCE_EXHAUSTED, "--max_concurrent_exports");
+  for (size_t i = 0; i < stalled.size(); ++i) {
+    ctxs[i]->TryCancel();
+    stalled[i]->Finish();
+  }
+  std::string bytes;
+  for (int i = 0; i < 200; ++i) {
+    bytes.clear();
+    st = ExportStatus(id, &bytes);
+    if (st.ok()) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_GT(bytes.size(), size_t{400} * 768);
+}
+
+// Issue 9 #11: an import whose call ends CANCELLED, after all its bytes were sent, creates no
+// session.
+TEST_F(ServerTest, CancelledImportLeavesNothingBehind) {
+  Start();
+  const std::string id = Create();
+  ASSERT_TRUE(IngestAll({Tokens(id, Doc(static_cast<int>(chunk_ + 1)))}).ok());
+  const std::string bytes = Export(id);
+  {
+    auto ctx = Ctx();
+    pb::Session s;
+    auto w = stub_->ImportSession(ctx.get(), &s);
+    pb::ImportSessionRequest r;
+    r.set_data(bytes);
+    ASSERT_TRUE(w->Write(r));
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));  // every byte at the server
+    ctx->TryCancel();
+    EXPECT_EQ(w->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  }
+  // Whatever the server was doing with the call has finished by now.
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  pb::ListSessionsResponse list;
+  ASSERT_TRUE(stub_->ListSessions(Ctx().get(), pb::ListSessionsRequest(), &list).ok());
+  ASSERT_EQ(list.sessions_size(), 1);
+  EXPECT_EQ(list.sessions(0).session_id(), id);
 }
 
 }  // namespace

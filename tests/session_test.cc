@@ -3,14 +3,18 @@
 // model), eviction to disk and transparent reload, idle TTL.
 #include "session/session.h"
 
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <future>
+#include <mutex>
 #include <random>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include <unistd.h>
 
@@ -383,6 +387,97 @@ TEST_F(SessionTest, ResetAtDocumentEndAndForkAndReset) {
   EXPECT_EQ(reset->counters.position, 0);
   for (const auto& [layer, norm] : reset->delta_norms) EXPECT_EQ(norm, 0.0);
   EXPECT_EQ(manager_->GetSession("t", fork->id)->counters.position, chunk_ + 1);
+}
+
+// Issue 9 #1: two clients scoring their own sessions at the same time (or generating from a
+// prompt) crashed the engine thread: a token run submitted while the scheduler ran another
+// session's prepare was batched before its own prepare had copied the session into the scratch
+// state it runs on. Concurrent requests must answer what each answers alone (within float
+// tolerance: batching with other sequences changes product shapes, not the maths).
+TEST_F(SessionTest, ConcurrentScoresAndGeneratesOnDifferentSessionsMatchSerialResults) {
+  constexpr int kScorers = 2;
+  constexpr int kRounds = 1000;
+  const auto probe = Tokens(6, vocab_, 21);
+  const auto prompt = Tokens(3, vocab_, 22);
+  std::vector<std::string> ids;
+  std::vector<std::vector<float>> expected;
+  for (int i = 0; i <= kScorers; ++i) {  // the last one is the generator's
+    auto s = manager_->CreateSession("t", {});
+    ASSERT_TRUE(s.ok()) << s.status();
+    ASSERT_TRUE(Ingest(s->id, Tokens(static_cast<int>(chunk_ + 2 + i), vocab_, 30 + i)).ok());
+    ids.push_back(s->id);
+    auto alone = Score(s->id, probe);
+    ASSERT_TRUE(alone.ok()) << alone.status();
+    expected.push_back(alone->logprobs);
+  }
+  struct Generated {
+    absl::Status status;
+    std::vector<int32_t> tokens;
+    std::vector<float> logprobs;
+  };
+  auto generate = [&]() {
+    GenerateParams p;
+    p.prompt = prompt;
+    p.max_tokens = 2;
+    p.sampling.temperature = 0.7;
+    p.sampling.seed = 5;
+    p.stop_at_eos = false;
+    Generated g;
+    std::promise<absl::Status> done;
+    g.status = manager_->Generate(
+        "t", ids.back(), p, nullptr,
+        [&g](int32_t t, float lp) {
+          g.tokens.push_back(t);
+          g.logprobs.push_back(lp);
+          return true;
+        },
+        [&done](absl::Status st, FinishReason, int64_t) { done.set_value(st); });
+    if (g.status.ok()) g.status = done.get_future().get();
+    return g;
+  };
+  const Generated generated_alone = generate();
+  ASSERT_TRUE(generated_alone.status.ok()) << generated_alone.status;
+  ASSERT_EQ(generated_alone.tokens.size(), 2u);
+
+  std::atomic<int> failures{0};
+  std::mutex first_failure_mu;
+  std::string first_failure;
+  auto fail = [&](std::string what) {
+    if (failures.fetch_add(1) > 0) return;
+    std::lock_guard<std::mutex> lock(first_failure_mu);
+    first_failure = std::move(what);
+  };
+  std::vector<std::thread> clients;
+  for (int i = 0; i < kScorers; ++i) {
+    clients.emplace_back([&, i] {
+      for (int round = 0; round < kRounds && failures.load() == 0; ++round) {
+        auto r = Score(ids[i], probe);
+        if (!r.ok()) return fail("Score: " + r.status().ToString());
+        for (size_t k = 0; k < probe.size(); ++k) {
+          if (!(std::fabs(r->logprobs[k] - expected[i][k]) <= 1e-4)) {
+            return fail("Score of session " + std::to_string(i) + " token " + std::to_string(k) +
+                        ": " + std::to_string(r->logprobs[k]) + " concurrently, " +
+                        std::to_string(expected[i][k]) + " alone");
+          }
+        }
+      }
+    });
+  }
+  clients.emplace_back([&] {
+    for (int round = 0; round < kRounds / 3 && failures.load() == 0; ++round) {
+      const Generated g = generate();
+      if (!g.status.ok()) return fail("Generate: " + g.status.ToString());
+      if (g.tokens != generated_alone.tokens) return fail("Generate drew other tokens");
+      for (size_t k = 0; k < g.logprobs.size(); ++k) {
+        if (!(std::fabs(g.logprobs[k] - generated_alone.logprobs[k]) <= 1e-4)) {
+          return fail("Generate log-prob " + std::to_string(g.logprobs[k]) + " concurrently, " +
+                      std::to_string(generated_alone.logprobs[k]) + " alone");
+        }
+      }
+    }
+  });
+  for (auto& t : clients) t.join();
+  EXPECT_EQ(failures.load(), 0) << first_failure;
 }
 
 }  // namespace

@@ -12,10 +12,12 @@
 #include "absl/strings/str_cat.h"
 #include "engine/safetensors.h"
 #include "engine/status_macros.h"
-#include "session/internal/sha256.h"
+#include "util/sha256.h"
 
 namespace ttt::session::internal {
 namespace {
+
+using ::ttt::util::Sha256;
 
 constexpr char kPrefix[] = "tttserve.";
 constexpr char kShaKey[] = "tttserve.sha256";

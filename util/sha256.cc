@@ -1,10 +1,10 @@
 // SHA-256 per FIPS 180-4.
-#include "session/internal/sha256.h"
+#include "util/sha256.h"
 
 #include <algorithm>
 #include <cstring>
 
-namespace ttt::session::internal {
+namespace ttt::util {
 namespace {
 
 constexpr uint32_t kK[64] = {
@@ -109,4 +109,4 @@ std::string Sha256Hex(std::string_view data) {
   return h.HexFinal();
 }
 
-}  // namespace ttt::session::internal
+}  // namespace ttt::util

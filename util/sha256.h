@@ -1,5 +1,6 @@
-// SHA-256 (FIPS 180-4) for checkpoint checksums: Debian's Abseil has no hash of this kind and the
-// project takes no crypto library for it.
+// SHA-256 (FIPS 180-4), shared by the engine (the model fingerprint) and the sessions (checkpoint
+// checksums): Debian's Abseil has no hash of this kind and the project takes no crypto library
+// for it. The lowest module: depends on nothing but the standard library.
 #pragma once
 
 #include <array>
@@ -8,7 +9,7 @@
 #include <string>
 #include <string_view>
 
-namespace ttt::session::internal {
+namespace ttt::util {
 
 // Incremental SHA-256. Thread-compatible.
 class Sha256 {
@@ -29,6 +30,7 @@ class Sha256 {
   uint64_t total_ = 0;
 };
 
+// Lower-case hex SHA-256 of `data`.
 std::string Sha256Hex(std::string_view data);
 
-}  // namespace ttt::session::internal
+}  // namespace ttt::util

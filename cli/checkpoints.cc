@@ -1,0 +1,101 @@
+// ttt checkpoint, checkpoints, delete-checkpoint, restore, export and import: a session's state
+// saved on the server or carried out of it and back.
+#include <cstdio>
+#include <fstream>
+#include <iterator>
+#include <string>
+
+#include "absl/flags/flag.h"
+#include "cli/client.h"
+#include "cli/commands.h"
+#include "cli/flags.h"
+
+namespace ttt::cli {
+
+namespace pb = tttserve::v1;
+
+int RunCheckpoint(int argc, char** argv) {
+  pb::CheckpointRequest req;
+  req.set_session_id(Arg(argc, argv, 1));
+  req.set_checkpoint_id(absl::GetFlag(FLAGS_checkpoint_id));
+  pb::CheckpointInfo resp;
+  grpc::Status st = Stub()->Checkpoint(Context().get(), req, &resp);
+  if (!st.ok()) return Fail(st);
+  PrintCheckpoint(resp);
+  return 0;
+}
+
+int RunCheckpoints(int, char**) {
+  pb::ListCheckpointsResponse resp;
+  grpc::Status st =
+      Stub()->ListCheckpoints(Context().get(), pb::ListCheckpointsRequest(), &resp);
+  if (!st.ok()) return Fail(st);
+  for (const auto& c : resp.checkpoints()) PrintCheckpoint(c);
+  return 0;
+}
+
+int RunDeleteCheckpoint(int argc, char** argv) {
+  pb::DeleteCheckpointRequest req;
+  req.set_checkpoint_id(Arg(argc, argv, 1));
+  pb::DeleteCheckpointResponse resp;
+  grpc::Status st = Stub()->DeleteCheckpoint(Context().get(), req, &resp);
+  if (!st.ok()) return Fail(st);
+  std::printf("deleted checkpoint %s\n", req.checkpoint_id().c_str());
+  return 0;
+}
+
+int RunRestore(int argc, char** argv) {
+  pb::RestoreRequest req;
+  req.set_checkpoint_id(Arg(argc, argv, 1));
+  req.set_session_id(absl::GetFlag(FLAGS_session));
+  pb::Session s;
+  grpc::Status st = Stub()->Restore(Context().get(), req, &s);
+  if (!st.ok()) return Fail(st);
+  PrintSession(s);
+  return 0;
+}
+
+int RunExport(int argc, char** argv) {
+  const std::string path = absl::GetFlag(FLAGS_out);
+  if (path.empty()) return Usage("export needs --out=FILE");
+  pb::ExportSessionRequest req;
+  req.set_session_id(Arg(argc, argv, 1));
+  req.set_checkpoint_id(absl::GetFlag(FLAGS_checkpoint_id));
+  auto stub = Stub();
+  auto ctx = Context();
+  auto reader = stub->ExportSession(ctx.get(), req);
+  std::string data;
+  pb::ExportSessionResponse resp;
+  while (reader->Read(&resp)) data += resp.data();
+  grpc::Status st = reader->Finish();
+  if (!st.ok()) return Fail(st);
+  std::ofstream out(path, std::ios::binary);
+  out << data;
+  if (!out) return Usage("cannot write " + path);
+  std::printf("exported %zu bytes to %s\n", data.size(), path.c_str());
+  return 0;
+}
+
+int RunImport(int argc, char** argv) {
+  const std::string path = Arg(argc, argv, 1);
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return Usage("cannot open " + path);
+  std::string data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  auto stub = Stub();
+  auto ctx = Context();
+  pb::Session s;
+  auto writer = stub->ImportSession(ctx.get(), &s);
+  constexpr size_t kPiece = size_t{1} << 20;
+  for (size_t i = 0; i < data.size(); i += kPiece) {
+    pb::ImportSessionRequest req;
+    req.set_data(data.substr(i, kPiece));
+    if (!writer->Write(req)) break;
+  }
+  writer->WritesDone();
+  grpc::Status st = writer->Finish();
+  if (!st.ok()) return Fail(st);
+  PrintSession(s);
+  return 0;
+}
+
+}  // namespace ttt::cli

@@ -1,0 +1,98 @@
+// Shared pieces of the ttt subcommands (see client.h).
+#include "cli/client.h"
+
+#include <chrono>
+#include <cstdio>
+
+#include "absl/flags/flag.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
+#include "cli/flags.h"
+
+namespace ttt::cli {
+
+namespace pb = tttserve::v1;
+
+std::string Arg(int argc, char** argv, int i) { return i < argc ? argv[i] : ""; }
+
+std::shared_ptr<grpc::Channel> Channel() {
+  static const auto* channel = new std::shared_ptr<grpc::Channel>(
+      grpc::CreateChannel(absl::GetFlag(FLAGS_address), grpc::InsecureChannelCredentials()));
+  return *channel;
+}
+
+std::unique_ptr<pb::TttService::Stub> Stub() { return pb::TttService::NewStub(Channel()); }
+
+std::unique_ptr<grpc::ClientContext> Context() {
+  auto ctx = std::make_unique<grpc::ClientContext>();
+  ctx->set_deadline(std::chrono::system_clock::now() +
+                    std::chrono::milliseconds(
+                        static_cast<int64_t>(absl::GetFlag(FLAGS_timeout_s) * 1000)));
+  if (!absl::GetFlag(FLAGS_tenant).empty()) {
+    ctx->AddMetadata("x-tenant-id", absl::GetFlag(FLAGS_tenant));
+  }
+  return ctx;
+}
+
+int Fail(const grpc::Status& s) {
+  static const char* kNames[] = {"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT",
+                                 "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
+                                 "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+                                 "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL",
+                                 "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"};
+  const int code = static_cast<int>(s.error_code());
+  std::fprintf(stderr, "ttt: %s: %s\n", code >= 0 && code <= 16 ? kNames[code] : "?",
+               s.error_message().c_str());
+  return 1;
+}
+
+bool ParseIds(const std::string& s, std::vector<int32_t>* out) {
+  for (absl::string_view piece : absl::StrSplit(s, absl::ByAnyChar(" ,\n\t"), absl::SkipEmpty())) {
+    int32_t v;
+    if (!absl::SimpleAtoi(piece, &v)) return false;
+    out->push_back(v);
+  }
+  return true;
+}
+
+std::map<std::string, std::string> ParseLabels(const std::string& s) {
+  std::map<std::string, std::string> out;
+  for (absl::string_view kv : absl::StrSplit(s, ',', absl::SkipEmpty())) {
+    std::pair<std::string, std::string> p = absl::StrSplit(kv, absl::MaxSplits('=', 1));
+    out[p.first] = p.second;
+  }
+  return out;
+}
+
+void PrintCounters(const pb::SessionCounters& c) {
+  std::printf("  tokens received %lld, applied %lld, pending %lld; chunks %lld; position %lld; "
+              "documents %lld; generated %lld\n",
+              static_cast<long long>(c.tokens_received()), static_cast<long long>(c.tokens_applied()),
+              static_cast<long long>(c.tokens_pending()), static_cast<long long>(c.chunks_applied()),
+              static_cast<long long>(c.position()), static_cast<long long>(c.documents_completed()),
+              static_cast<long long>(c.tokens_generated()));
+}
+
+void PrintSession(const pb::Session& s) {
+  std::printf("session %s (tenant %s)%s%s\n", s.session_id().c_str(), s.tenant().c_str(),
+              s.resident() ? "" : " [on disk]", s.writer_active() ? " [writer active]" : "");
+  PrintCounters(s.counters());
+  std::printf("  memory %lld bytes; reset_at_document_end %s; idle_ttl_s %lld\n",
+              static_cast<long long>(s.memory_bytes()),
+              s.options().reset_at_document_end() ? "true" : "false",
+              static_cast<long long>(s.options().idle_ttl_seconds()));
+  for (const auto& d : s.deltas()) {
+    std::printf("  layer %lld: |delta W_down| = %.6g\n", static_cast<long long>(d.layer()),
+                d.delta_norm());
+  }
+  for (const auto& [k, v] : s.options().labels()) std::printf("  label %s=%s\n", k.c_str(), v.c_str());
+}
+
+void PrintCheckpoint(const pb::CheckpointInfo& c) {
+  std::printf("checkpoint %s: session %s, %lld bytes, position %lld, model %s\n",
+              c.checkpoint_id().c_str(), c.session_id().c_str(),
+              static_cast<long long>(c.size_bytes()),
+              static_cast<long long>(c.counters().position()), c.model_fingerprint().c_str());
+}
+
+}  // namespace ttt::cli

@@ -1,0 +1,31 @@
+// The ttt client's flags (see flags.h).
+#include "cli/flags.h"
+
+#include "absl/flags/flag.h"
+
+ABSL_FLAG(std::string, address, "localhost:50051", "ttt-serve gRPC address");
+ABSL_FLAG(std::string, tenant, "", "tenant (sent as x-tenant-id; empty = server default)");
+ABSL_FLAG(double, timeout_s, 600, "deadline of each call in seconds");
+ABSL_FLAG(std::string, text, "", "text input (score, generate prompt)");
+ABSL_FLAG(std::string, tokens, "", "token ids input, separated by spaces or commas");
+ABSL_FLAG(bool, token_file, false, "ingest: FILE holds token ids (whitespace separated), not text");
+ABSL_FLAG(bool, end_of_document, true, "ingest: mark the end of a document after the file");
+ABSL_FLAG(int64_t, message_tokens, 512, "ingest: token ids per message");
+ABSL_FLAG(int64_t, message_bytes, 65536, "ingest: text bytes per message (split at newlines)");
+ABSL_FLAG(bool, reset_at_document_end, false, "create: reset fast weights at document ends");
+ABSL_FLAG(std::string, labels, "", "create/list: labels k=v,k2=v2");
+ABSL_FLAG(int64_t, idle_ttl_s, 0, "create: idle TTL in seconds (0 = server default)");
+ABSL_FLAG(int32_t, max_tokens, 64, "generate: tokens to generate");
+ABSL_FLAG(double, temperature, 1.0, "generate: temperature (0 = greedy)");
+ABSL_FLAG(int32_t, top_k, 0, "generate: top-k (0 = all)");
+ABSL_FLAG(double, top_p, 1.0, "generate: nucleus mass");
+ABSL_FLAG(uint64_t, seed, 0, "generate: random seed");
+ABSL_FLAG(std::vector<std::string>, stop, {}, "generate: stop strings (comma separated)");
+ABSL_FLAG(bool, commit, false, "generate: append prompt and output to the session");
+ABSL_FLAG(bool, ignore_eos, false, "generate: keep going past the eos token");
+ABSL_FLAG(std::string, checkpoint_id, "", "checkpoint id (checkpoint, export)");
+ABSL_FLAG(std::string, session, "", "restore: restore over this session instead of a new one");
+ABSL_FLAG(std::string, out, "", "export: output file");
+ABSL_FLAG(std::string, service, "", "health: service name (\"\" = whole server)");
+ABSL_FLAG(int64_t, doc_tokens, 1024, "loadgen: tokens each session ingests");
+ABSL_FLAG(int64_t, baseline, 1, "loadgen: the session count to compare against");

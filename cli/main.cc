@@ -1,0 +1,74 @@
+// ttt: the command-line client of ttt-serve: one subcommand per RPC, plus `health` (exit 0 when
+// SERVING: the container health check) and `loadgen` (N concurrent sessions ingesting and
+// generating). Speaks only the public API (tttserve_proto + gRPC): no engine, no LibTorch.
+// `main` parses the flags and dispatches through the table below.
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "cli/client.h"
+#include "cli/commands.h"
+
+namespace ttt::cli {
+namespace {
+
+struct Command {
+  const char* name;
+  const char* usage;  // arguments and flags, after the name
+  Handler run;
+};
+
+// One row per subcommand. A new one (e.g. `stress`, cli/stress.h's RunStress) is one more row.
+constexpr Command kCommands[] = {
+    {"info", "(server and model information)", RunInfo},
+    {"health", "[--service=NAME]   (exit 0 when SERVING)", RunHealth},
+    {"create", "[--labels=k=v] [--reset_at_document_end] [--idle_ttl_s=N]", RunCreate},
+    {"get", "ID", RunGet},
+    {"list", "[--labels=k=v]", RunList},
+    {"delete", "ID", RunDelete},
+    {"reset", "ID", RunReset},
+    {"fork", "ID", RunFork},
+    {"ingest", "ID FILE [--token_file] [--end_of_document=false]   (progress bar on stderr)",
+     RunIngest},
+    {"generate",
+     "ID [--text=PROMPT | --tokens=IDS] [--max_tokens --temperature --top_k --top_p --seed "
+     "--stop=a,b --commit --ignore_eos]",
+     RunGenerate},
+    {"score", "ID (--text=TEXT | --tokens=IDS)", RunScore},
+    {"checkpoint", "ID [--checkpoint_id=NAME]", RunCheckpoint},
+    {"checkpoints", "", RunCheckpoints},
+    {"delete-checkpoint", "NAME", RunDeleteCheckpoint},
+    {"restore", "NAME [--session=ID]", RunRestore},
+    {"export", "(ID | --checkpoint_id=NAME) --out=FILE", RunExport},
+    {"import", "FILE", RunImport},
+    {"loadgen", "N [--doc_tokens=1024 --max_tokens=64 --baseline=1]", RunLoadgen},
+};
+
+std::string UsageText() {
+  std::string out = "ttt: client for ttt-serve.\n\n";
+  for (const Command& c : kCommands) out += "  ttt " + std::string(c.name) + " " + c.usage + "\n";
+  out += "Common flags: --address=HOST:PORT (default localhost:50051) --tenant=NAME --timeout_s=S";
+  return out;
+}
+
+}  // namespace
+
+int Usage(const std::string& why) {
+  std::fprintf(stderr, "ttt: %s\n\n%s\n", why.c_str(), UsageText().c_str());
+  return 2;
+}
+
+}  // namespace ttt::cli
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(ttt::cli::UsageText());
+  std::vector<char*> args = absl::ParseCommandLine(argc, argv);
+  if (args.size() < 2) return ttt::cli::Usage("no command");
+  const std::string name = args[1];
+  for (const auto& c : ttt::cli::kCommands) {
+    if (name == c.name) return c.run(static_cast<int>(args.size()) - 1, args.data() + 1);
+  }
+  return ttt::cli::Usage("unknown command '" + name + "'");
+}

@@ -1,0 +1,79 @@
+// ttt create, get, list, delete, reset, fork: the session lifecycle.
+#include <cstdio>
+#include <string>
+
+#include "absl/flags/flag.h"
+#include "cli/client.h"
+#include "cli/commands.h"
+#include "cli/flags.h"
+
+namespace ttt::cli {
+
+namespace pb = tttserve::v1;
+
+namespace {
+// get / reset / fork: one session id in, one Session out.
+template <typename Request, typename Call>
+int SessionCall(int argc, char** argv, Call call) {
+  const std::string id = Arg(argc, argv, 1);
+  if (id.empty()) return Usage(std::string(argv[0]) + " needs a session id");
+  Request req;
+  req.set_session_id(id);
+  pb::Session s;
+  auto stub = Stub();
+  grpc::Status st = ((*stub).*call)(Context().get(), req, &s);
+  if (!st.ok()) return Fail(st);
+  PrintSession(s);
+  return 0;
+}
+}  // namespace
+
+int RunCreate(int, char**) {
+  pb::CreateSessionRequest req;
+  req.mutable_options()->set_reset_at_document_end(absl::GetFlag(FLAGS_reset_at_document_end));
+  req.mutable_options()->set_idle_ttl_seconds(absl::GetFlag(FLAGS_idle_ttl_s));
+  for (const auto& [k, v] : ParseLabels(absl::GetFlag(FLAGS_labels))) {
+    (*req.mutable_options()->mutable_labels())[k] = v;
+  }
+  pb::Session s;
+  grpc::Status st = Stub()->CreateSession(Context().get(), req, &s);
+  if (!st.ok()) return Fail(st);
+  std::printf("%s\n", s.session_id().c_str());
+  return 0;
+}
+
+int RunGet(int argc, char** argv) {
+  return SessionCall<pb::GetSessionRequest>(argc, argv, &pb::TttService::Stub::GetSession);
+}
+
+int RunReset(int argc, char** argv) {
+  return SessionCall<pb::ResetRequest>(argc, argv, &pb::TttService::Stub::Reset);
+}
+
+int RunFork(int argc, char** argv) {
+  return SessionCall<pb::ForkRequest>(argc, argv, &pb::TttService::Stub::Fork);
+}
+
+int RunList(int, char**) {
+  pb::ListSessionsRequest req;
+  for (const auto& [k, v] : ParseLabels(absl::GetFlag(FLAGS_labels))) {
+    (*req.mutable_label_selector())[k] = v;
+  }
+  pb::ListSessionsResponse resp;
+  grpc::Status st = Stub()->ListSessions(Context().get(), req, &resp);
+  if (!st.ok()) return Fail(st);
+  for (const auto& s : resp.sessions()) PrintSession(s);
+  return 0;
+}
+
+int RunDelete(int argc, char** argv) {
+  pb::DeleteSessionRequest req;
+  req.set_session_id(Arg(argc, argv, 1));
+  pb::DeleteSessionResponse resp;
+  grpc::Status st = Stub()->DeleteSession(Context().get(), req, &resp);
+  if (!st.ok()) return Fail(st);
+  std::printf("deleted %s\n", req.session_id().c_str());
+  return 0;
+}
+
+}  // namespace ttt::cli

@@ -1,0 +1,130 @@
+// ExportSession: a server stream of checkpoint-format bytes, of a live session (encoded on the
+// engine thread) or of a stored checkpoint, in pieces of export_piece_bytes. Memory stays
+// bounded however slowly clients read: at most --max_concurrent_exports run at once (each holds
+// one state's bytes, at most the model's largest state), one piece is written at a time, and the
+// transport's buffers are bounded by the server's resource quota and stream limits.
+#include <algorithm>
+#include <mutex>
+#include <string>
+#include <utility>
+
+#include "server/internal/call_slots.h"
+#include "server/internal/reactors.h"
+
+namespace ttt::server::internal {
+namespace {
+
+namespace pb = tttserve::v1;
+
+class ExportReactor final : public grpc::ServerWriteReactor<pb::ExportSessionResponse> {
+ public:
+  ExportReactor(TttServiceImpl* svc, grpc::CallbackServerContext* ctx,
+                const pb::ExportSessionRequest* req)
+      : svc_(svc), start_(Clock::now()) {
+    std::lock_guard<std::mutex> lock(mu_);
+    StartLocked(ctx, *req);
+  }
+
+  void OnWriteDone(bool ok) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!ok) return FinishLocked(absl::CancelledError("the client went away"));
+    WriteNextLocked();
+  }
+
+  void OnCancel() override {}
+
+  void OnDone() override {
+    bool del;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      done_ = true;
+      del = !pending_;
+    }
+    if (del) delete this;
+  }
+
+ private:
+  // Reads a stored checkpoint now, or asks the engine thread to encode a live session.
+  void StartLocked(grpc::CallbackServerContext* ctx, const pb::ExportSessionRequest& req) {
+    auto tenant = TenantOf(ctx);
+    if (!tenant.ok()) return FinishLocked(tenant.status());
+    if (req.session_id().empty() == req.checkpoint_id().empty()) {
+      return FinishLocked(absl::InvalidArgumentError(
+          "ExportSession needs exactly one of session_id and checkpoint_id"));
+    }
+    absl::Status slot = slot_.Acquire(svc_->export_slots());
+    if (!slot.ok()) return FinishLocked(slot);
+    if (!req.checkpoint_id().empty()) {
+      auto bytes = svc_->sessions()->ExportCheckpoint(*tenant, req.checkpoint_id());
+      if (!bytes.ok()) return FinishLocked(bytes.status());
+      data_ = std::move(*bytes);
+      return WriteNextLocked();
+    }
+    pending_ = true;
+    absl::Status st = svc_->sessions()->ExportSession(
+        *tenant, req.session_id(),
+        [this](absl::StatusOr<std::string> bytes) { OnEncoded(std::move(bytes)); });
+    if (!st.ok()) {
+      pending_ = false;
+      FinishLocked(st);
+    }
+  }
+
+  // Engine thread: the live session's bytes.
+  void OnEncoded(absl::StatusOr<std::string> bytes) {
+    bool del;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      pending_ = false;
+      if (!finish_called_) {
+        if (bytes.ok()) {
+          data_ = std::move(*bytes);
+          WriteNextLocked();
+        } else {
+          FinishLocked(bytes.status());
+        }
+      }
+      del = done_;
+    }
+    if (del) delete this;
+  }
+
+  void WriteNextLocked() {
+    if (finish_called_) return;
+    if (offset_ >= data_.size()) return FinishLocked(absl::OkStatus());
+    const size_t n = std::min<size_t>(svc_->limits().export_piece_bytes, data_.size() - offset_);
+    resp_.Clear();
+    if (offset_ == 0) resp_.set_total_size(static_cast<int64_t>(data_.size()));
+    resp_.set_data(data_.substr(offset_, n));
+    offset_ += n;
+    StartWrite(&resp_);
+  }
+
+  void FinishLocked(absl::Status st) {
+    if (finish_called_) return;
+    finish_called_ = true;
+    const grpc::Status status = ToGrpcStatus(st);
+    svc_->metrics()->RecordRequest("ExportSession", status.error_code(), SecondsSince(start_));
+    Finish(status);
+  }
+
+  TttServiceImpl* const svc_;
+  const Clock::time_point start_;
+  SlotLease slot_;  // released when the reactor is destroyed
+  std::mutex mu_;
+  std::string data_;
+  size_t offset_ = 0;
+  pb::ExportSessionResponse resp_;
+  bool pending_ = false;
+  bool finish_called_ = false;
+  bool done_ = false;
+};
+
+}  // namespace
+
+grpc::ServerWriteReactor<pb::ExportSessionResponse>* NewExportReactor(
+    TttServiceImpl* svc, grpc::CallbackServerContext* ctx, const pb::ExportSessionRequest* req) {
+  return new ExportReactor(svc, ctx, req);
+}
+
+}  // namespace ttt::server::internal

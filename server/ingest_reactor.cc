@@ -1,0 +1,278 @@
+// Ingest: a bidi stream into one session. Each request message is validated, its text buffered
+// until a flush / token ids / end of document / end of stream, and its tokens submitted to the
+// session's writer; one response per message once the engine applied them. Reading pauses while
+// max_inflight_messages submissions are outstanding, so backpressure reaches the client. On an
+// error, everything already accepted is still acknowledged before the stream ends.
+#include <cmath>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "server/internal/reactors.h"
+#include "server/internal/response_queue.h"
+#include "tokenizer/tokenizer.h"
+
+namespace ttt::server::internal {
+namespace {
+
+namespace pb = tttserve::v1;
+
+class IngestReactor final : public grpc::ServerBidiReactor<pb::IngestRequest, pb::IngestResponse>,
+                            public ResponseQueue<IngestReactor, pb::IngestResponse> {
+ public:
+  IngestReactor(TttServiceImpl* svc, grpc::CallbackServerContext* ctx)
+      : svc_(svc), start_(Clock::now()), cancel_(std::make_shared<engine::CancelToken>()) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto tenant = TenantOf(ctx);
+    if (!tenant.ok()) {
+      FailLocked(tenant.status());
+      MaybeFinishLocked();
+      return;
+    }
+    tenant_ = *tenant;
+    StartRead(&req_);
+  }
+
+  void OnReadDone(bool ok) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!ok) return EndOfStreamLocked();
+    if (failed_ || finish_called_) return;
+    absl::Status st;
+    try {
+      st = HandleLocked(req_);
+    } catch (const std::exception& e) {
+      st = absl::InternalError(absl::StrCat("ingest failed: ", e.what()));
+    }
+    if (!st.ok()) {
+      FailLocked(st);
+      MaybeFinishLocked();
+      return;
+    }
+    MaybeReadLocked();
+  }
+
+  void OnWriteDone(bool ok) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    WriteDoneLocked(ok, *cancel_);
+    MaybeFinishLocked();
+  }
+
+  void OnCancel() override {
+    std::lock_guard<std::mutex> lock(mu_);
+    CancelLocked(*cancel_, "the client cancelled the stream");
+    MaybeFinishLocked();
+  }
+
+  void OnDone() override {
+    bool del;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      done_ = true;
+      del = outstanding_ == 0;
+    }
+    if (del) delete this;
+  }
+
+ private:
+  // The client half-closed: buffered text is flushed, then the stream ends once drained.
+  void EndOfStreamLocked() {
+    reads_done_ = true;
+    if (!failed_ && !text_buf_.empty() && writer_) {
+      auto tokens = Tokenize(svc_->tokenizer(), text_buf_, "buffered text");
+      text_buf_.clear();
+      absl::Status st =
+          tokens.ok() ? Submit(msg_index_ - 1, std::move(*tokens), false) : tokens.status();
+      if (!st.ok()) FailLocked(st);
+    }
+    MaybeFinishLocked();
+  }
+
+  // Starts the next read unless too many submissions are outstanding (then OnApplied resumes).
+  void MaybeReadLocked() {
+    if (failed_ || reads_done_ || finish_called_) return;
+    if (outstanding_ < svc_->limits().max_inflight_messages) {
+      read_paused_ = false;
+      StartRead(&req_);
+    } else {
+      read_paused_ = true;  // backpressure: resume when the engine catches up
+    }
+  }
+
+  // One request message: validate, take the writer on the first, buffer text, submit tokens.
+  absl::Status HandleLocked(const pb::IngestRequest& req) {
+    const int64_t index = msg_index_++;
+    const std::string where = absl::StrCat("Ingest message ", index);
+    absl::Status st = BindSessionLocked(req, where);
+    if (st.ok()) st = ValidateIngestMessage(req, svc_->limits(), where);
+    if (st.ok()) st = BufferTextLocked(req, where);
+    if (!st.ok()) return st;
+    if (req.report_loss()) report_loss_ = true;
+    auto tokens = TakeTokensLocked(req, where);
+    if (!tokens.ok()) return tokens.status();
+    return Submit(index, std::move(*tokens), req.end_of_document());
+  }
+
+  // The first message names the session and takes its writer lease; later ones may repeat it.
+  absl::Status BindSessionLocked(const pb::IngestRequest& req, const std::string& where) {
+    if (writer_) {
+      if (req.session_id().empty() || req.session_id() == writer_->session_id()) {
+        return absl::OkStatus();
+      }
+      return absl::InvalidArgumentError(absl::StrCat(
+          where, " names session ", req.session_id(), " but this stream writes ",
+          writer_->session_id(), "; open one stream per session"));
+    }
+    if (req.session_id().empty()) {
+      return absl::InvalidArgumentError(
+          "the first Ingest message must name the session (session_id)");
+    }
+    auto writer = svc_->sessions()->OpenWriter(tenant_, req.session_id(), "an Ingest");
+    if (!writer.ok()) return writer.status();
+    writer_ = std::move(*writer);
+    return absl::OkStatus();
+  }
+
+  // Text waits in text_buf_ (bounded by max_buffered_text_bytes) until it is tokenized.
+  absl::Status BufferTextLocked(const pb::IngestRequest& req, const std::string& where) {
+    if (req.text().empty()) return absl::OkStatus();
+    if (svc_->tokenizer() == nullptr) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(where, ": the model has no tokenizer; send token_ids instead of text"));
+    }
+    const int64_t limit = svc_->limits().max_buffered_text_bytes;
+    if (static_cast<int64_t>(text_buf_.size() + req.text().size()) > limit) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          where, ": more than ", limit,
+          " bytes of text buffered; send flush or end_of_document at least that often"));
+    }
+    text_buf_ += req.text();
+    return absl::OkStatus();
+  }
+
+  // The tokens this message submits: the buffered text when something ends it (token ids, a
+  // flush, the end of a document), then the message's own token ids.
+  absl::StatusOr<std::vector<int32_t>> TakeTokensLocked(const pb::IngestRequest& req,
+                                                        const std::string& where) {
+    std::vector<int32_t> tokens;
+    if (!text_buf_.empty() &&
+        (!req.token_ids().empty() || req.flush() || req.end_of_document())) {
+      auto text_tokens = Tokenize(svc_->tokenizer(), text_buf_, where);
+      if (!text_tokens.ok()) return text_tokens.status();
+      tokens = std::move(*text_tokens);
+      text_buf_.clear();
+    }
+    tokens.insert(tokens.end(), req.token_ids().begin(), req.token_ids().end());
+    return tokens;
+  }
+
+  // REQUIRES: mu_ held.
+  absl::Status Submit(int64_t index, std::vector<int32_t> tokens, bool end_of_document) {
+    const int64_t buffered = static_cast<int64_t>(text_buf_.size());
+    const auto submitted = Clock::now();
+    ++outstanding_;
+    absl::Status st = writer_->Ingest(
+        std::move(tokens), end_of_document, cancel_,
+        [this, index, buffered, submitted](absl::StatusOr<session::IngestProgress> r) {
+          OnApplied(index, buffered, submitted, std::move(r));
+        });
+    if (!st.ok()) --outstanding_;
+    return st;
+  }
+
+  // Engine thread.
+  void OnApplied(int64_t index, int64_t buffered, Clock::time_point submitted,
+                 absl::StatusOr<session::IngestProgress> r) {
+    bool del;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      --outstanding_;
+      if (r.ok()) {
+        RecordProgressLocked(*r, submitted);
+        if (!finish_called_ && !failed_) {
+          out_.push_back(ResponseLocked(index, buffered, r->counters));
+          MaybeWriteLocked();
+        }
+      } else {
+        FailLocked(r.status());
+      }
+      if (read_paused_) MaybeReadLocked();
+      MaybeFinishLocked();
+      del = done_ && outstanding_ == 0;
+    }
+    if (del) delete this;
+  }
+
+  void RecordProgressLocked(const session::IngestProgress& p, Clock::time_point submitted) {
+    stream_tokens_ += p.tokens;
+    nll_sum_ += p.nll_sum;
+    nll_count_ += p.nll_count;
+    svc_->metrics()->AddTokensIngested(p.tokens);
+    svc_->metrics()->ObserveIngestChunk(SecondsSince(submitted));
+  }
+
+  pb::IngestResponse ResponseLocked(int64_t index, int64_t buffered,
+                                    const session::Counters& counters) const {
+    pb::IngestResponse resp;
+    resp.set_message_index(index);
+    resp.set_stream_tokens(stream_tokens_);
+    resp.set_buffered_text_bytes(buffered);
+    ToProto(counters, resp.mutable_counters());
+    if (report_loss_ && nll_count_ > 0) {
+      const double loss = nll_sum_ / static_cast<double>(nll_count_);
+      resp.set_loss(loss);
+      resp.set_perplexity(std::exp(loss));
+      resp.set_loss_tokens(nll_count_);
+    }
+    return resp;
+  }
+
+  void MaybeFinishLocked() {
+    if (finish_called_ || writing_) return;
+    // Acknowledge everything already accepted before reporting an error (nothing applied is
+    // lost, and the client learns exactly how far it got).
+    const bool drained = outstanding_ == 0 && out_.empty();
+    grpc::Status status;
+    if (failed_) {
+      if (!drained) return;
+      status = ToGrpcStatus(fail_);
+    } else {
+      if (!reads_done_ || !drained) return;
+      status = grpc::Status::OK;
+    }
+    finish_called_ = true;
+    writer_.reset();  // release the session before the client hears the end of the stream
+    svc_->metrics()->RecordRequest("Ingest", status.error_code(), SecondsSince(start_));
+    Finish(status);
+  }
+
+  TttServiceImpl* const svc_;
+  const Clock::time_point start_;
+  const std::shared_ptr<engine::CancelToken> cancel_;
+  std::string tenant_;
+
+  std::mutex mu_;
+  pb::IngestRequest req_;
+  std::unique_ptr<session::Writer> writer_;
+  std::string text_buf_;     // text awaiting flush / end_of_document / stream end
+  int64_t msg_index_ = 0;
+  int64_t outstanding_ = 0;  // submissions whose engine callback is due
+  int64_t stream_tokens_ = 0;
+  double nll_sum_ = 0.0;
+  int64_t nll_count_ = 0;
+  bool report_loss_ = false;
+  bool reads_done_ = false;
+  bool read_paused_ = false;
+  bool done_ = false;
+};
+
+}  // namespace
+
+grpc::ServerBidiReactor<pb::IngestRequest, pb::IngestResponse>* NewIngestReactor(
+    TttServiceImpl* svc, grpc::CallbackServerContext* ctx) {
+  return new IngestReactor(svc, ctx);
+}
+
+}  // namespace ttt::server::internal

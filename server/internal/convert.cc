@@ -1,0 +1,198 @@
+// Protobuf <-> session structs and the server's own request checks (see convert.h).
+#include "server/internal/convert.h"
+
+#include <cmath>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "tokenizer/tokenizer.h"
+
+namespace ttt::server::internal {
+
+namespace pb = tttserve::v1;
+
+namespace {
+constexpr char kTenantHeader[] = "x-tenant-id";
+constexpr char kDefaultTenant[] = "default";
+}  // namespace
+
+absl::StatusOr<std::string> TenantOf(const grpc::CallbackServerContext* ctx) {
+  const auto& md = ctx->client_metadata();
+  auto it = md.find(kTenantHeader);
+  if (it == md.end()) return std::string(kDefaultTenant);
+  std::string tenant(it->second.data(), it->second.size());
+  absl::Status valid = session::SessionManager::ValidateTenant(tenant);
+  if (!valid.ok()) return valid;
+  return tenant;
+}
+
+void ToProto(const session::Counters& c, pb::SessionCounters* out) {
+  out->set_tokens_received(c.tokens_received);
+  out->set_tokens_applied(c.tokens_applied);
+  out->set_tokens_pending(c.tokens_pending);
+  out->set_chunks_applied(c.chunks_applied);
+  out->set_position(c.position);
+  out->set_documents_completed(c.documents_completed);
+  out->set_tokens_generated(c.tokens_generated);
+}
+
+void ToProto(const session::SessionOptions& o, pb::SessionOptions* out) {
+  out->set_reset_at_document_end(o.reset_at_document_end);
+  out->set_idle_ttl_seconds(o.idle_ttl_seconds);
+  for (const auto& [k, v] : o.labels) (*out->mutable_labels())[k] = v;
+}
+
+void ToProto(const session::SessionInfo& info, pb::Session* out) {
+  out->set_session_id(info.id);
+  out->set_tenant(info.tenant);
+  ToProto(info.options, out->mutable_options());
+  ToProto(info.counters, out->mutable_counters());
+  out->set_memory_bytes(info.memory_bytes);
+  for (const auto& [layer, norm] : info.delta_norms) {
+    auto* d = out->add_deltas();
+    d->set_layer(layer);
+    d->set_delta_norm(norm);
+  }
+  out->set_create_time_unix_ms(info.create_time_unix_ms);
+  out->set_last_used_unix_ms(info.last_used_unix_ms);
+  out->set_resident(info.resident);
+  out->set_writer_active(info.writer_active);
+}
+
+void ToProto(const session::CheckpointInfo& info, pb::CheckpointInfo* out) {
+  out->set_checkpoint_id(info.id);
+  out->set_session_id(info.session_id);
+  out->set_size_bytes(info.size_bytes);
+  out->set_create_time_unix_ms(info.create_time_unix_ms);
+  out->set_model_fingerprint(info.model_fingerprint);
+  ToProto(info.counters, out->mutable_counters());
+  ToProto(info.options, out->mutable_options());
+}
+
+void ToProto(const session::ScoreResult& result, pb::ScoreResponse* out) {
+  double total = 0.0;
+  int64_t n = 0;
+  for (size_t i = 0; i < result.tokens.size(); ++i) {
+    out->add_token_ids(result.tokens[i]);
+    const float lp = i < result.logprobs.size() ? result.logprobs[i] : NAN;
+    out->add_logprobs(lp);
+    if (std::isfinite(lp)) {
+      total += lp;
+      ++n;
+    }
+  }
+  out->set_total_logprob(total);
+  if (n > 0) {
+    out->set_mean_nll(-total / static_cast<double>(n));
+    out->set_perplexity(std::exp(-total / static_cast<double>(n)));
+  }
+}
+
+pb::FinishReason ToProto(session::FinishReason reason) {
+  switch (reason) {
+    case session::FinishReason::kLength: return pb::FINISH_REASON_LENGTH;
+    case session::FinishReason::kStop: return pb::FINISH_REASON_STOP;
+    case session::FinishReason::kEos: return pb::FINISH_REASON_EOS;
+  }
+  return pb::FINISH_REASON_EOS;
+}
+
+session::SessionOptions FromProto(const pb::SessionOptions& o) {
+  session::SessionOptions out;
+  out.reset_at_document_end = o.reset_at_document_end();
+  out.idle_ttl_seconds = o.idle_ttl_seconds();
+  for (const auto& [k, v] : o.labels()) out.labels[k] = v;
+  return out;
+}
+
+absl::StatusOr<std::vector<int32_t>> Tokenize(const tokenizer::Tokenizer* tok,
+                                              const std::string& text, const std::string& where) {
+  if (tok == nullptr) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(where, ": the model has no tokenizer; send token_ids instead of text"));
+  }
+  absl::Status utf8 = tokenizer::ValidateUtf8(text);
+  if (!utf8.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(where, ": text is not valid UTF-8 (",
+                                                   utf8.message(), ")"));
+  }
+  auto ids = tok->Encode(text);
+  if (!ids.ok()) {
+    return absl::Status(ids.status().code(), absl::StrCat(where, ": ", ids.status().message()));
+  }
+  return ids;
+}
+
+namespace {
+// The per-message size limits shared by every request that carries input.
+absl::Status CheckMessageLimits(int64_t ids, int64_t text_bytes, const ServiceLimits& limits,
+                                const std::string& what) {
+  if (ids > limits.max_tokens_per_message) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        what, " carries ", ids, " token ids; the limit is ", limits.max_tokens_per_message,
+        " per message: split them across messages"));
+  }
+  if (text_bytes > limits.max_text_bytes_per_message) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        what, " carries ", text_bytes, " bytes of text; the limit is ",
+        limits.max_text_bytes_per_message, " bytes per message: split it across messages"));
+  }
+  return absl::OkStatus();
+}
+}  // namespace
+
+absl::StatusOr<std::vector<int32_t>> InputTokens(
+    const ServiceLimits& limits, const tokenizer::Tokenizer* tok, const std::string& text,
+    const google::protobuf::RepeatedField<int32_t>& ids, const std::string& what) {
+  if (!text.empty() && !ids.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, " carries both text and token ids; send one of them"));
+  }
+  absl::Status limits_ok = CheckMessageLimits(ids.size(), static_cast<int64_t>(text.size()),
+                                              limits, what);
+  if (!limits_ok.ok()) return limits_ok;
+  if (!text.empty()) return Tokenize(tok, text, what);
+  return std::vector<int32_t>(ids.begin(), ids.end());
+}
+
+absl::Status ValidateIngestMessage(const pb::IngestRequest& req, const ServiceLimits& limits,
+                                   const std::string& where) {
+  if (req.text().empty() && req.token_ids().empty() && !req.end_of_document() && !req.flush()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(where, " is empty: set text, token_ids, flush or end_of_document"));
+  }
+  if (!req.text().empty() && !req.token_ids().empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(where, " carries both text and token_ids; send one kind per message"));
+  }
+  return CheckMessageLimits(req.token_ids_size(), static_cast<int64_t>(req.text().size()), limits,
+                            where);
+}
+
+session::GenerateParams GenerateParamsFromProto(const pb::GenerateRequest& req) {
+  session::GenerateParams params;
+  params.max_tokens = req.max_tokens() == 0 ? 64 : req.max_tokens();
+  params.sampling.temperature = req.has_temperature() ? req.temperature() : 1.0;
+  params.sampling.top_p = req.has_top_p() ? req.top_p() : 1.0;
+  params.sampling.top_k = req.top_k();
+  params.sampling.seed = req.seed();
+  params.stop_at_eos = !req.ignore_eos();
+  params.commit = req.commit();
+  return params;
+}
+
+absl::Status ValidateStops(const pb::GenerateRequest& req) {
+  if (req.stop_size() > kMaxStops) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("at most ", kMaxStops, " stop strings, got ", req.stop_size()));
+  }
+  for (const auto& s : req.stop()) {
+    if (s.empty() || s.size() > kMaxStopBytes) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("stop strings must be 1..", kMaxStopBytes, " bytes"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace ttt::server::internal

@@ -1,0 +1,66 @@
+// The server's edge: protobuf <-> the session module's plain structs, and the checks that belong
+// to the server (request shapes and size limits). Rules owned elsewhere are not repeated here:
+// sampling parameters and the vocabulary are checked by the engine (through the session
+// manager), session and checkpoint ids and the session limit by the session manager; their
+// statuses reach the client unchanged.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "server/service.h"
+#include "session/session.h"
+#include "tttserve/v1/ttt_service.pb.h"
+
+namespace ttt::tokenizer {
+class Tokenizer;
+}
+
+namespace ttt::server::internal {
+
+// The caller's tenant: the x-tenant-id header, "default" without one. INVALID_ARGUMENT (naming
+// the header) for a malformed one.
+absl::StatusOr<std::string> TenantOf(const grpc::CallbackServerContext* ctx);
+
+void ToProto(const session::Counters& c, tttserve::v1::SessionCounters* out);
+void ToProto(const session::SessionOptions& o, tttserve::v1::SessionOptions* out);
+void ToProto(const session::SessionInfo& info, tttserve::v1::Session* out);
+void ToProto(const session::CheckpointInfo& info, tttserve::v1::CheckpointInfo* out);
+// Token log-probabilities plus their sum, mean NLL and perplexity over the tokens that had a
+// prediction (NaN log-probs are reported but not summed).
+void ToProto(const session::ScoreResult& result, tttserve::v1::ScoreResponse* out);
+tttserve::v1::FinishReason ToProto(session::FinishReason reason);
+session::SessionOptions FromProto(const tttserve::v1::SessionOptions& o);
+
+// Text to token ids with the model's tokenizer: FAILED_PRECONDITION without one,
+// INVALID_ARGUMENT for malformed UTF-8 (the message names the byte offset). `where` prefixes
+// every message ("Ingest message 3").
+absl::StatusOr<std::vector<int32_t>> Tokenize(const tokenizer::Tokenizer* tok,
+                                              const std::string& text, const std::string& where);
+
+// Text or token ids of a unary request (at most one kind; both empty gives no tokens), checked
+// against the per-message limits. INVALID_ARGUMENT names `what` and the limit.
+absl::StatusOr<std::vector<int32_t>> InputTokens(
+    const ServiceLimits& limits, const tokenizer::Tokenizer* tok, const std::string& text,
+    const google::protobuf::RepeatedField<int32_t>& ids, const std::string& what);
+
+// The shape of one Ingest message: not empty, not both text and ids, within the per-message
+// limits. INVALID_ARGUMENT prefixed with `where`.
+absl::Status ValidateIngestMessage(const tttserve::v1::IngestRequest& req,
+                                   const ServiceLimits& limits, const std::string& where);
+
+// A Generate request without its prompt (the caller converts that with InputTokens):
+// max_tokens 0 means the default of 64, unset temperature and top_p mean 1. Sampling values are
+// passed through as given (the engine validates them); the stop strings are the server's to
+// bound (at most kMaxStops, each 1..kMaxStopBytes bytes).
+inline constexpr int kMaxStops = 16;
+inline constexpr size_t kMaxStopBytes = 256;
+session::GenerateParams GenerateParamsFromProto(const tttserve::v1::GenerateRequest& req);
+absl::Status ValidateStops(const tttserve::v1::GenerateRequest& req);
+
+}  // namespace ttt::server::internal

@@ -1,0 +1,75 @@
+// The streaming reactors of TttService, one file each (ingest_reactor.cc, generate_reactor.cc,
+// export_reactor.cc, import_reactor.cc), and the unary-handler runner. Reactor rules followed
+// throughout: one read and one write in flight at a time; state shared by reactions and engine
+// callbacks is guarded by the reactor's mutex; Finish is never called with a write outstanding;
+// a reactor deletes itself only when gRPC is done with it (OnDone) and no engine callback is
+// still due.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "server/internal/convert.h"
+#include "server/metrics.h"
+#include "server/service.h"
+#include "server/status.h"
+#include "tttserve/v1/ttt_service.grpc.pb.h"
+
+namespace ttt::server::internal {
+
+using Clock = std::chrono::steady_clock;
+
+inline double SecondsSince(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+// Each returns a reactor that owns itself (deleted in OnDone, or when its last engine callback
+// ran after that). REQUIRES: svc outlives the call.
+grpc::ServerBidiReactor<tttserve::v1::IngestRequest, tttserve::v1::IngestResponse>*
+NewIngestReactor(TttServiceImpl* svc, grpc::CallbackServerContext* ctx);
+grpc::ServerWriteReactor<tttserve::v1::GenerateResponse>* NewGenerateReactor(
+    TttServiceImpl* svc, grpc::CallbackServerContext* ctx,
+    const tttserve::v1::GenerateRequest* req);
+grpc::ServerWriteReactor<tttserve::v1::ExportSessionResponse>* NewExportReactor(
+    TttServiceImpl* svc, grpc::CallbackServerContext* ctx,
+    const tttserve::v1::ExportSessionRequest* req);
+grpc::ServerReadReactor<tttserve::v1::ImportSessionRequest>* NewImportReactor(
+    TttServiceImpl* svc, grpc::CallbackServerContext* ctx, tttserve::v1::Session* resp);
+
+// Runs a unary handler: `body(tenant, finish)` must call finish exactly once (now or later from
+// an engine callback). Records the request metrics; nothing escapes as an exception.
+using Finisher = std::function<void(absl::Status)>;
+template <typename Body>
+grpc::ServerUnaryReactor* RunUnary(Metrics* metrics, grpc::CallbackServerContext* ctx,
+                                   const char* method, Body&& body) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  const auto start = Clock::now();
+  auto called = std::make_shared<std::atomic<bool>>(false);
+  Finisher finish = [metrics, reactor, method, start, called](absl::Status st) {
+    if (called->exchange(true)) return;
+    const grpc::Status status = ToGrpcStatus(st);
+    metrics->RecordRequest(method, status.error_code(), SecondsSince(start));
+    reactor->Finish(status);
+  };
+  try {
+    auto tenant = TenantOf(ctx);
+    if (!tenant.ok()) {
+      finish(tenant.status());
+    } else {
+      body(*tenant, finish);
+    }
+  } catch (const std::exception& e) {
+    finish(absl::InternalError(absl::StrCat(method, " failed: ", e.what())));
+  }
+  return reactor;
+}
+
+}  // namespace ttt::server::internal

@@ -1,0 +1,186 @@
+// The unary RPCs of TttService: each converts its request at the edge, calls the session
+// manager, and finishes through RunUnary (metrics, one ToGrpcStatus, no exception escapes).
+#include <functional>
+#include <map>
+#include <optional>
+#include <string>
+#include <utility>
+
+#include "server/internal/convert.h"
+#include "server/internal/reactors.h"
+#include "server/service.h"
+
+namespace ttt::server {
+
+namespace pb = tttserve::v1;
+using internal::Finisher;
+using internal::FromProto;
+using internal::RunUnary;
+using internal::ToProto;
+
+namespace {
+// The engine callback of the RPCs that answer with a Session.
+std::function<void(absl::StatusOr<session::SessionInfo>)> SessionReply(pb::Session* resp,
+                                                                       Finisher finish) {
+  return [resp, finish](absl::StatusOr<session::SessionInfo> info) {
+    if (info.ok()) ToProto(*info, resp);
+    finish(info.status());
+  };
+}
+
+std::optional<session::SessionOptions> OptionsOf(bool has, const pb::SessionOptions& options) {
+  if (!has) return std::nullopt;
+  return FromProto(options);
+}
+}  // namespace
+
+grpc::ServerUnaryReactor* TttServiceImpl::GetServerInfo(Ctx* ctx,
+                                                        const pb::GetServerInfoRequest* req,
+                                                        pb::ServerInfo* resp) {
+  return RunUnary(metrics_, ctx, "GetServerInfo", [&](const std::string&, Finisher finish) {
+    const auto& model = sessions_->model();
+    const auto& cfg = model.config();
+    resp->set_version(version_);
+    resp->set_model_fingerprint(model.fingerprint());
+    resp->set_model_type(cfg.model_type);
+    resp->set_vocab_size(cfg.vocab_size);
+    resp->set_ttt_chunk(cfg.ttt_chunk);
+    for (int64_t l : model.active_ttt_layers()) resp->add_ttt_layers(l);
+    resp->set_has_tokenizer(tokenizer_ != nullptr);
+    resp->set_max_batch_tokens(max_batch_tokens_);
+    resp->set_max_tokens_per_message(limits_.max_tokens_per_message);
+    resp->set_max_text_bytes_per_message(limits_.max_text_bytes_per_message);
+    resp->set_max_generate_tokens(sessions_->options().max_generate_tokens);
+    resp->set_sliding_window(model.attention_window().value_or(0));
+    resp->set_eos_token_id(cfg.eos_token_id);
+    finish(absl::OkStatus());
+  });
+}
+
+grpc::ServerUnaryReactor* TttServiceImpl::CreateSession(Ctx* ctx,
+                                                        const pb::CreateSessionRequest* req,
+                                                        pb::Session* resp) {
+  return RunUnary(metrics_, ctx, "CreateSession", [&](const std::string& tenant, Finisher finish) {
+    auto info = sessions_->CreateSession(tenant, FromProto(req->options()));
+    if (info.ok()) ToProto(*info, resp);
+    finish(info.status());
+  });
+}
+
+grpc::ServerUnaryReactor* TttServiceImpl::GetSession(Ctx* ctx, const pb::GetSessionRequest* req,
+                                                     pb::Session* resp) {
+  return RunUnary(metrics_, ctx, "GetSession", [&](const std::string& tenant, Finisher finish) {
+    auto info = sessions_->GetSession(tenant, req->session_id());
+    if (info.ok()) ToProto(*info, resp);
+    finish(info.status());
+  });
+}
+
+grpc::ServerUnaryReactor* TttServiceImpl::ListSessions(Ctx* ctx,
+                                                       const pb::ListSessionsRequest* req,
+                                                       pb::ListSessionsResponse* resp) {
+  return RunUnary(metrics_, ctx, "ListSessions", [&](const std::string& tenant, Finisher finish) {
+    std::map<std::string, std::string> selector(req->label_selector().begin(),
+                                                req->label_selector().end());
+    for (const auto& info : sessions_->ListSessions(tenant, selector)) {
+      ToProto(info, resp->add_sessions());
+    }
+    finish(absl::OkStatus());
+  });
+}
+
+grpc::ServerUnaryReactor* TttServiceImpl::DeleteSession(Ctx* ctx,
+                                                        const pb::DeleteSessionRequest* req,
+                                                        pb::DeleteSessionResponse*) {
+  return RunUnary(metrics_, ctx, "DeleteSession", [&](const std::string& tenant, Finisher finish) {
+    finish(sessions_->DeleteSession(tenant, req->session_id()));
+  });
+}
+
+// An empty input reaches the session manager, which owns "nothing to score".
+grpc::ServerUnaryReactor* TttServiceImpl::Score(Ctx* ctx, const pb::ScoreRequest* req,
+                                                pb::ScoreResponse* resp) {
+  return RunUnary(metrics_, ctx, "Score", [&](const std::string& tenant, Finisher finish) {
+    auto tokens = internal::InputTokens(limits_, tokenizer_, req->text(), req->token_ids(),
+                                        "the Score request");
+    if (!tokens.ok()) return finish(tokens.status());
+    Metrics* metrics = metrics_;
+    absl::Status st = sessions_->Score(
+        tenant, req->session_id(), std::move(*tokens), nullptr,
+        [resp, finish, metrics](absl::StatusOr<session::ScoreResult> r) {
+          if (!r.ok()) return finish(r.status());
+          ToProto(*r, resp);
+          metrics->AddTokensScored(static_cast<int64_t>(r->tokens.size()));
+          finish(absl::OkStatus());
+        });
+    if (!st.ok()) finish(st);
+  });
+}
+
+grpc::ServerUnaryReactor* TttServiceImpl::Checkpoint(Ctx* ctx, const pb::CheckpointRequest* req,
+                                                     pb::CheckpointInfo* resp) {
+  return RunUnary(metrics_, ctx, "Checkpoint", [&](const std::string& tenant, Finisher finish) {
+    absl::Status st = sessions_->Checkpoint(
+        tenant, req->session_id(), req->checkpoint_id(),
+        [resp, finish](absl::StatusOr<session::CheckpointInfo> info) {
+          if (info.ok()) ToProto(*info, resp);
+          finish(info.status());
+        });
+    if (!st.ok()) finish(st);
+  });
+}
+
+grpc::ServerUnaryReactor* TttServiceImpl::Restore(Ctx* ctx, const pb::RestoreRequest* req,
+                                                  pb::Session* resp) {
+  return RunUnary(metrics_, ctx, "Restore", [&](const std::string& tenant, Finisher finish) {
+    if (req->checkpoint_id().empty()) {
+      return finish(absl::InvalidArgumentError("checkpoint_id is required"));
+    }
+    absl::Status st =
+        sessions_->Restore(tenant, req->checkpoint_id(), req->session_id(),
+                           OptionsOf(req->has_options(), req->options()), SessionReply(resp, finish));
+    if (!st.ok()) finish(st);
+  });
+}
+
+grpc::ServerUnaryReactor* TttServiceImpl::Reset(Ctx* ctx, const pb::ResetRequest* req,
+                                                pb::Session* resp) {
+  return RunUnary(metrics_, ctx, "Reset", [&](const std::string& tenant, Finisher finish) {
+    absl::Status st = sessions_->Reset(tenant, req->session_id(), SessionReply(resp, finish));
+    if (!st.ok()) finish(st);
+  });
+}
+
+grpc::ServerUnaryReactor* TttServiceImpl::Fork(Ctx* ctx, const pb::ForkRequest* req,
+                                               pb::Session* resp) {
+  return RunUnary(metrics_, ctx, "Fork", [&](const std::string& tenant, Finisher finish) {
+    absl::Status st = sessions_->Fork(tenant, req->session_id(),
+                                      OptionsOf(req->has_options(), req->options()),
+                                      SessionReply(resp, finish));
+    if (!st.ok()) finish(st);
+  });
+}
+
+grpc::ServerUnaryReactor* TttServiceImpl::ListCheckpoints(Ctx* ctx,
+                                                          const pb::ListCheckpointsRequest*,
+                                                          pb::ListCheckpointsResponse* resp) {
+  return RunUnary(metrics_, ctx, "ListCheckpoints",
+                  [&](const std::string& tenant, Finisher finish) {
+                    auto list = sessions_->ListCheckpoints(tenant);
+                    if (list.ok()) {
+                      for (const auto& c : *list) ToProto(c, resp->add_checkpoints());
+                    }
+                    finish(list.status());
+                  });
+}
+
+grpc::ServerUnaryReactor* TttServiceImpl::DeleteCheckpoint(Ctx* ctx,
+                                                           const pb::DeleteCheckpointRequest* req,
+                                                           pb::DeleteCheckpointResponse*) {
+  return RunUnary(metrics_, ctx, "DeleteCheckpoint",
+                  [&](const std::string& tenant, Finisher finish) {
+                    finish(sessions_->DeleteCheckpoint(tenant, req->checkpoint_id()));
+                  });
+}
+
+}  // namespace ttt::server
