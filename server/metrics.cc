@@ -13,7 +13,10 @@
 #include <exception>
 #include <prometheus/text_serializer.h>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "server/status.h"
 
 namespace ttt::server {
@@ -137,7 +140,36 @@ Metrics::Metrics(const std::string& version)
                      .Name("tttserve_build_info")
                      .Help("Constant 1, labelled with the server version and the model fingerprint")
                      .Register(r);
+  auto& failures = prometheus::BuildCounter()
+                       .Name("tttserve_auth_failures_total")
+                       .Help("Calls and scrapes refused by authentication or authorization")
+                       .Register(r);
+  for (auth::AuthFailure reason : auth::kAllAuthFailures) {
+    auth_failures_[reason] = &failures.Add({{"reason", auth::AuthFailureName(reason)}});
+  }
+  auth_enabled_ = &prometheus::BuildGauge()
+                       .Name("tttserve_auth_enabled")
+                       .Help("1 when callers are authenticated; 0: anyone is any tenant")
+                       .Register(r)
+                       .Add({});
 }
+
+void Metrics::RecordAuthFailure(auth::AuthFailure reason) { auth_failures_.at(reason)->Increment(); }
+
+namespace {
+// The value of the request's Authorization header (the name is case-insensitive), if any.
+std::optional<std::string> AuthorizationOf(const std::string& request) {
+  for (absl::string_view line : absl::StrSplit(request, "\r\n")) {
+    if (line.empty()) break;  // end of the header
+    const size_t colon = line.find(':');
+    if (colon == absl::string_view::npos) continue;
+    if (absl::EqualsIgnoreCase(line.substr(0, colon), "authorization")) {
+      return std::string(absl::StripAsciiWhitespace(line.substr(colon + 1)));
+    }
+  }
+  return std::nullopt;
+}
+}  // namespace
 
 void Metrics::SetBuildInfo(const std::string& model_fingerprint) {
   build_info_->Add({{"version", version_}, {"model_fingerprint", model_fingerprint}}).Set(1);
@@ -203,8 +235,15 @@ void Metrics::ServeLoop() {
       if (n <= 0) break;
       req.append(buf, static_cast<size_t>(n));
     }
-    std::string status = "200 OK", body;
-    if (req.rfind("GET /metrics", 0) == 0 || req.rfind("GET / ", 0) == 0) {
+    std::string status = "200 OK", body, extra;
+    const absl::Status allowed =
+        scrape_check_ ? scrape_check_(AuthorizationOf(req)) : absl::OkStatus();
+    if (!allowed.ok()) {
+      const bool who = allowed.code() == absl::StatusCode::kUnauthenticated;
+      status = who ? "401 Unauthorized" : "403 Forbidden";
+      if (who) extra = "WWW-Authenticate: Bearer realm=\"ttt-serve metrics\"\r\n";
+      body = absl::StrCat(allowed.message(), "\n");
+    } else if (req.rfind("GET /metrics", 0) == 0 || req.rfind("GET / ", 0) == 0) {
       body = prometheus::TextSerializer().Serialize(registry_->Collect());
     } else {
       status = "404 Not Found";
@@ -212,7 +251,7 @@ void Metrics::ServeLoop() {
     }
     const std::string head = absl::StrCat(
         "HTTP/1.0 ", status, "\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n",
-        "Content-Length: ", body.size(), "\r\nConnection: close\r\n\r\n");
+        "Content-Length: ", body.size(), "\r\n", extra, "Connection: close\r\n\r\n");
     const std::string out = head + body;
     size_t sent = 0;
     while (sent < out.size()) {

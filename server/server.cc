@@ -43,17 +43,26 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   if (!bounds.ok()) return bounds;
   std::unique_ptr<Server> s(new Server());
   s->options_ = options;
-  // The metrics endpoint starts first: civetweb fails to start once LibTorch has loaded a model.
   s->metrics_ = std::make_unique<Metrics>(kVersion);
+  // Bad security flags or files fail before the (slow) model load.
+  auto security = SetUpSecurity(options, [m = s->metrics_.get()](auth::AuthFailure reason) {
+    m->RecordAuthFailure(reason);
+  });
+  if (!security.ok()) return security.status();
+  s->security_ = std::make_unique<Security>(std::move(*security));
+  s->metrics_->SetAuthEnabled(s->security_->authorizer->enabled());
+  if (options.metrics_auth) {
+    s->metrics_->RequireScrapeAuth(
+        [authorizer = s->security_->authorizer](const std::optional<std::string>& header) {
+          return authorizer->AuthorizeScrape(header);
+        });
+  }
+  // The metrics endpoint starts before the model loads: civetweb failed to start once LibTorch
+  // had loaded a model (the responder that replaced it keeps the order).
   if (!options.metrics_listen.empty()) {
     absl::Status st = s->metrics_->StartExposer(options.metrics_listen);
     if (!st.ok()) return st;
   }
-
-  // Bad security flags or files fail before the (slow) model load.
-  auto security = SetUpSecurity(options, nullptr);
-  if (!security.ok()) return security.status();
-  s->security_ = std::make_unique<Security>(std::move(*security));
 
   engine::SetCpuThreads(options.threads);
   engine::ModelOptions model_options;
@@ -99,9 +108,15 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   ServiceLimits limits;
   limits.max_concurrent_imports = options.max_concurrent_imports;
   limits.max_concurrent_exports = options.max_concurrent_exports;
+  ServiceSecurity who_may_call;
+  who_may_call.authorizer = s->security_->authorizer;
+  who_may_call.info.set_tls(s->security_->tls);
+  who_may_call.info.set_client_certificates(s->security_->client_certificates);
+  who_may_call.info.set_bearer_tokens(s->security_->tokens != nullptr);
+  who_may_call.info.set_authenticated(s->security_->authorizer->enabled());
   s->service_ = std::make_unique<TttServiceImpl>(s->sessions_.get(), s->tokenizer_.get(),
                                                  s->metrics_.get(), limits, kVersion,
-                                                 options.max_batch_tokens);
+                                                 options.max_batch_tokens, std::move(who_may_call));
 
   absl::Status grpc_started = s->StartGrpc();
   if (!grpc_started.ok()) return grpc_started;
