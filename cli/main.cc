@@ -10,6 +10,7 @@
 #include "absl/flags/usage.h"
 #include "cli/client.h"
 #include "cli/commands.h"
+#include "cli/stress.h"
 
 namespace ttt::cli {
 namespace {
@@ -44,6 +45,10 @@ constexpr Command kCommands[] = {
     {"export", "(ID | --checkpoint_id=NAME) --out=FILE", RunExport},
     {"import", "FILE", RunImport},
     {"loadgen", "N [--doc_tokens=1024 --max_tokens=64 --baseline=1]", RunLoadgen},
+    {"stress",
+     "[--target=HOST:PORT --clients=N --duration_s=S --seed=N --server_pid=PID "
+     "--report_json=PATH ...]   (own flags: cli/stress.h)",
+     RunStress},
 };
 
 std::string UsageText() {
@@ -64,6 +69,8 @@ int Usage(const std::string& why) {
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(ttt::cli::UsageText());
+  // `stress` parses its own flags (its --seed is not the CLI's), so it runs before absl's parser.
+  if (argc >= 2 && std::string(argv[1]) == "stress") return ttt::cli::RunStress(argc - 1, argv + 1);
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   if (args.size() < 2) return ttt::cli::Usage("no command");
   const std::string name = args[1];

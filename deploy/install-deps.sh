@@ -19,10 +19,10 @@ cuda="${TTT_CUDA:-}"
 torch_version="${TTT_TORCH_VERSION:-2.7.1}"
 torch_venv="${TTT_TORCH_VENV:-/opt/torch-venv}"
 
-runtime_pkgs=(libtorch1.13 libgrpc++1.51 libprotobuf32 libprometheus-cpp-pull1.0 libprometheus-cpp-core1.0
+runtime_pkgs=(libtorch1.13 libgrpc++1.51 libprotobuf32 libprometheus-cpp-core1.0 libmicrohttpd12
   libopenblas0-pthread libabsl20220623 libpcre2-8-0 ca-certificates)
 build_pkgs=(build-essential cmake ninja-build pkg-config libtorch-dev libgrpc++-dev protobuf-compiler-grpc
-  libprotobuf-dev protobuf-compiler libabsl-dev prometheus-cpp-dev libgtest-dev libgmock-dev
+  libprotobuf-dev protobuf-compiler libabsl-dev prometheus-cpp-dev libmicrohttpd-dev libgtest-dev libgmock-dev
   libbenchmark-dev nlohmann-json3-dev libsentencepiece-dev sentencepiece libpcre2-dev libopenblas0-pthread)
 test_pkgs=(python3 python3-torch python3-grpcio python3-grpc-tools python3-protobuf grpc-proto prometheus
   curl)
@@ -31,6 +31,8 @@ test_pkgs+=(golang-go golang-github-masterminds-sprig-dev golang-gopkg-yaml.v3-d
   golang-github-xeipuuv-gojsonschema-dev yamllint python3-yaml)
 # tools/run_eval.sh (ttt-eval) draws docs/eval_loss_by_position.png with gnuplot.
 test_pkgs+=(gnuplot-nox)
+# tests/fuzz: libFuzzer comes with Clang's runtime (GCC's sanitizer runtimes come with gcc).
+test_pkgs+=(clang-14 libclang-rt-14-dev)
 
 case "$what" in
   runtime) pkgs=("${runtime_pkgs[@]}") ;;

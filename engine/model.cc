@@ -18,6 +18,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "engine/decode.h"
 #include "engine/status_macros.h"
 #include "util/sha256.h"
 
@@ -284,7 +285,7 @@ class ModelAccess {
       }
       at::Tensor sums = at::cumsum(updates * w_.eta, 0) + slot.delta;
       deltas = at::cat({deltas, sums}, 0);  // [complete + 1, d, d_ff]
-      slot.delta = sums[complete - 1];
+      slot.delta = sums[complete - 1].clone();  // a view would keep every chunk's sum alive
       if (lw.ttt_slot == 0) state.chunks_applied += complete;  // count each chunk once
     }
     // Each new row times the delta of its own chunk: the rest of the first chunk with deltas[0],
@@ -441,13 +442,7 @@ absl::StatusOr<std::vector<IngestLogProbs>> Model::Ingest(absl::Span<IngestItem>
                                                           IngestMode mode) const {
   for (const IngestItem& item : items) {
     if (item.state == nullptr) return absl::InvalidArgumentError("ingest item without a state");
-    for (size_t i = 0; i < item.tokens.size(); ++i) {
-      if (item.tokens[i] < 0 || item.tokens[i] >= config_.vocab_size) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("token id ", item.tokens[i], " at index ", i,
-                         " is outside the vocabulary [0, ", config_.vocab_size, ")"));
-      }
-    }
+    RETURN_IF_ERROR(ValidateTokens(config_, item.tokens));
   }
   std::vector<IngestLogProbs> results(items.size());
   if (mode == IngestMode::kSequential && !active_ttt_layers_.empty()) {

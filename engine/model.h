@@ -74,6 +74,14 @@ class Model {
   // Rebuilds a state saved with SequenceState::ToTensors()/Metadata() (a checkpoint file),
   // bit-exactly, on this model's device. INVALID_ARGUMENT names what does not fit this model.
   absl::StatusOr<SequenceState> RestoreSequence(const SafetensorsFile& file) const;
+  // The largest stream position a state may hold: positions stay exact in every product that
+  // uses them (2^48 tokens is years of streaming at any speed this engine reaches).
+  static constexpr int64_t kMaxPosition = int64_t{1} << 48;
+  // The rules a restored state meets beyond its shapes (RestoreSequence applies them):
+  // position in [0, kMaxPosition]; every layer caches exactly the tokens the window keeps;
+  // chunks_applied = position / chunk with TTT (0 without); last_logits present iff position
+  // > 0; every value finite. INVALID_ARGUMENT naming `source` and the rule otherwise.
+  absl::Status CheckSequence(const SequenceState& state, const std::string& source) const;
   // Layer indices where TTT is active (empty when eta = 0 or the checkpoint has no TTT params).
   const std::vector<int64_t>& active_ttt_layers() const { return active_ttt_layers_; }
   // Attention window in tokens (nullopt = full attention), after ModelOptions overrides.

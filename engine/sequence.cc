@@ -2,6 +2,8 @@
 // the shapes a state must have.
 #include "engine/sequence.h"
 
+#include <set>
+
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -27,6 +29,29 @@ int64_t SequenceState::MemoryBytes() const {
   for (const LayerCache& c : cache) bytes += c.keys.nbytes() + c.values.nbytes();
   for (const TttLayerState& t : ttt) {
     bytes += t.delta.nbytes() + t.pending_z.nbytes() + t.pending_x0.nbytes();
+  }
+  return bytes;
+}
+
+int64_t SequenceState::HeldBytes() const {
+  std::set<const void*> seen;
+  int64_t bytes = 0;
+  auto add = [&](const at::Tensor& t) {
+    if (!t.defined() || !t.has_storage()) return;
+    const c10::Storage& storage = t.storage();
+    if (seen.insert(storage.unsafeGetStorageImpl()).second) {
+      bytes += static_cast<int64_t>(storage.nbytes());
+    }
+  };
+  add(last_logits);
+  for (const LayerCache& c : cache) {
+    add(c.keys);
+    add(c.values);
+  }
+  for (const TttLayerState& t : ttt) {
+    add(t.delta);
+    add(t.pending_z);
+    add(t.pending_x0);
   }
   return bytes;
 }
@@ -132,6 +157,7 @@ absl::StatusOr<SequenceState> Model::RestoreSequence(const SafetensorsFile& file
         file.source(), ": holds ", state_tensors, " state tensors, this model expects ", expected,
         " (a state from a model with other layers or TTT settings?)"));
   }
+  RETURN_IF_ERROR(CheckSequence(state, file.source()));
   return state;
 }
 

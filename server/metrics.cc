@@ -1,16 +1,7 @@
 // Prometheus metrics (see metrics.h; names from docs/contract.md).
 #include "server/metrics.h"
 
-#include <arpa/inet.h>
-#include <netdb.h>
-#include <netinet/in.h>
-#include <poll.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
 #include <chrono>
-#include <cstring>
-#include <exception>
 #include <prometheus/text_serializer.h>
 
 #include "absl/strings/ascii.h"
@@ -156,114 +147,26 @@ Metrics::Metrics(const std::string& version)
 
 void Metrics::RecordAuthFailure(auth::AuthFailure reason) { auth_failures_.at(reason)->Increment(); }
 
-namespace {
-// The value of the request's Authorization header (the name is case-insensitive), if any.
-std::optional<std::string> AuthorizationOf(const std::string& request) {
-  for (absl::string_view line : absl::StrSplit(request, "\r\n")) {
-    if (line.empty()) break;  // end of the header
-    const size_t colon = line.find(':');
-    if (colon == absl::string_view::npos) continue;
-    if (absl::EqualsIgnoreCase(line.substr(0, colon), "authorization")) {
-      return std::string(absl::StripAsciiWhitespace(line.substr(colon + 1)));
-    }
-  }
-  return std::nullopt;
-}
-}  // namespace
-
 void Metrics::SetBuildInfo(const std::string& model_fingerprint) {
   build_info_->Add({{"version", version_}, {"model_fingerprint", model_fingerprint}}).Set(1);
 }
 
-Metrics::~Metrics() {
-  stop_ = true;
-  if (http_.joinable()) http_.join();
-  if (listen_fd_ >= 0) close(listen_fd_);
-}
+Metrics::~Metrics() { exposer_.reset(); }  // no scrape may outlive the registry
 
-absl::Status Metrics::StartExposer(const std::string& address) {
-  const size_t colon = address.rfind(':');
-  std::string host = colon == std::string::npos ? "" : address.substr(0, colon);
-  const std::string port = colon == std::string::npos ? address : address.substr(colon + 1);
-  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
-    host = host.substr(1, host.size() - 2);
-  }
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_PASSIVE;
-  addrinfo* res = nullptr;
-  if (getaddrinfo(host.empty() ? nullptr : host.c_str(), port.c_str(), &hints, &res) != 0 ||
-      res == nullptr) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("cannot serve metrics on ", address, ": bad address"));
-  }
-  int fd = socket(res->ai_family, res->ai_socktype | SOCK_CLOEXEC, res->ai_protocol);
-  int one = 1;
-  if (fd >= 0) setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-  const bool bound = fd >= 0 && bind(fd, res->ai_addr, res->ai_addrlen) == 0 && listen(fd, 64) == 0;
-  freeaddrinfo(res);
-  if (!bound) {
-    const std::string err = std::strerror(errno);
-    if (fd >= 0) close(fd);
-    return absl::FailedPreconditionError(
-        absl::StrCat("cannot serve metrics on ", address, ": ", err));
-  }
-  sockaddr_storage ss{};
-  socklen_t len = sizeof(ss);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
-  port_ = ntohs(ss.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port
-                                         : reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
-  listen_fd_ = fd;
-  http_ = std::thread([this] { ServeLoop(); });
+absl::Status Metrics::StartExposer(const std::string& address, const HttpExposerOptions& options) {
+  std::shared_ptr<prometheus::Registry> registry = registry_;
+  HttpExposerOptions with_auth = options;
+  if (scrape_check_) with_auth.authorize = scrape_check_;
+  auto exposer = HttpExposer::Start(
+      address,
+      [registry] { return prometheus::TextSerializer().Serialize(registry->Collect()); },
+      with_auth);
+  if (!exposer.ok()) return exposer.status();
+  exposer_ = std::move(*exposer);
   return absl::OkStatus();
 }
 
-void Metrics::ServeLoop() {
-  while (!stop_) {
-    pollfd p{listen_fd_, POLLIN, 0};
-    if (poll(&p, 1, 200) <= 0) continue;
-    int c = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
-    if (c < 0) continue;
-    timeval tv{2, 0};
-    setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    setsockopt(c, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-    std::string req;
-    char buf[2048];
-    while (req.find("\r\n\r\n") == std::string::npos && req.size() < 16384) {
-      const ssize_t n = recv(c, buf, sizeof(buf), 0);
-      if (n <= 0) break;
-      req.append(buf, static_cast<size_t>(n));
-    }
-    std::string status = "200 OK", body, extra;
-    const absl::Status allowed =
-        scrape_check_ ? scrape_check_(AuthorizationOf(req)) : absl::OkStatus();
-    if (!allowed.ok()) {
-      const bool who = allowed.code() == absl::StatusCode::kUnauthenticated;
-      status = who ? "401 Unauthorized" : "403 Forbidden";
-      if (who) extra = "WWW-Authenticate: Bearer realm=\"ttt-serve metrics\"\r\n";
-      body = absl::StrCat(allowed.message(), "\n");
-    } else if (req.rfind("GET /metrics", 0) == 0 || req.rfind("GET / ", 0) == 0) {
-      body = prometheus::TextSerializer().Serialize(registry_->Collect());
-    } else {
-      status = "404 Not Found";
-      body = "try /metrics\n";
-    }
-    const std::string head = absl::StrCat(
-        "HTTP/1.0 ", status, "\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n",
-        "Content-Length: ", body.size(), "\r\n", extra, "Connection: close\r\n\r\n");
-    const std::string out = head + body;
-    size_t sent = 0;
-    while (sent < out.size()) {
-      const ssize_t n = send(c, out.data() + sent, out.size() - sent, MSG_NOSIGNAL);
-      if (n <= 0) break;
-      sent += static_cast<size_t>(n);
-    }
-    close(c);
-  }
-}
-
-int Metrics::port() const { return port_; }
+int Metrics::port() const { return exposer_ == nullptr ? 0 : exposer_->port(); }
 
 void Metrics::RecordRequest(const std::string& method, grpc::StatusCode code, double seconds) {
   requests_->Add({{"method", method}, {"code", GrpcCodeName(code)}}).Increment();

@@ -2,7 +2,6 @@
 // alerts are written against: change both together). Thread-safe: prometheus-cpp's metrics are.
 #pragma once
 
-#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -10,7 +9,6 @@
 #include <mutex>
 #include <optional>
 #include <string>
-#include <thread>
 
 #include <grpcpp/support/status_code_enum.h>
 #include <prometheus/counter.h>
@@ -22,6 +20,7 @@
 #include "absl/status/status.h"
 #include "auth/authorizer.h"
 #include "engine/scheduler.h"
+#include "server/metrics_http.h"
 #include "session/session.h"
 
 namespace ttt::server {
@@ -34,10 +33,9 @@ class Metrics : public session::SessionListener, public engine::Scheduler::Obser
   ~Metrics() override;
 
   // Serves /metrics on `address` ("host:port" or ":port"; port 0 picks one) in the Prometheus
-  // text format, from prometheus-cpp's registry. FAILED_PRECONDITION when it cannot be bound.
-  // (A small HTTP/1.0 responder of our own: prometheus-cpp's civetweb-based Exposer fails to
-  // start in a process that links LibTorch.)
-  absl::Status StartExposer(const std::string& address);
+  // text format, from prometheus-cpp's registry, over libmicrohttpd (server/metrics_http.h says
+  // why not prometheus-cpp's civetweb Exposer). FAILED_PRECONDITION when it cannot be bound.
+  absl::Status StartExposer(const std::string& address, const HttpExposerOptions& options = {});
   // The bound port (after StartExposer), or 0.
   int port() const;
 
@@ -72,14 +70,10 @@ class Metrics : public session::SessionListener, public engine::Scheduler::Obser
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;
-  void ServeLoop();
-  ScrapeCheck scrape_check_;  // set before the serving thread starts
+  ScrapeCheck scrape_check_;  // set before the exposer starts
   std::map<auth::AuthFailure, prometheus::Counter*> auth_failures_;  // fixed after construction
   prometheus::Gauge* auth_enabled_;
-  int listen_fd_ = -1;
-  int port_ = 0;
-  std::atomic<bool> stop_{false};
-  std::thread http_;
+  std::unique_ptr<HttpExposer> exposer_;  // declared after registry_: stops serving first
   const std::string version_;
   prometheus::Family<prometheus::Gauge>* build_info_;
 

@@ -57,8 +57,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
           return authorizer->AuthorizeScrape(header);
         });
   }
-  // The metrics endpoint starts before the model loads: civetweb failed to start once LibTorch
-  // had loaded a model (the responder that replaced it keeps the order).
+  // The metrics endpoint starts first, so a bad --metrics_listen fails before the model loads.
   if (!options.metrics_listen.empty()) {
     absl::Status st = s->metrics_->StartExposer(options.metrics_listen);
     if (!st.ok()) return st;

@@ -40,6 +40,10 @@
 
 namespace ttt::session {
 
+namespace internal {
+class CheckpointStore;
+}  // namespace internal
+
 struct SessionOptions {
   bool reset_at_document_end = false;
   std::map<std::string, std::string> labels;
@@ -61,7 +65,7 @@ struct SessionInfo {
   std::string tenant;
   SessionOptions options;
   Counters counters;
-  int64_t memory_bytes = 0;
+  int64_t memory_bytes = 0;  // bytes of the buffers its state holds (0 while evicted)
   std::vector<std::pair<int64_t, double>> delta_norms;  // (layer, Frobenius norm of the delta)
   int64_t create_time_unix_ms = 0;
   int64_t last_used_unix_ms = 0;
@@ -178,7 +182,9 @@ class SessionManager {
                                                      const std::string& id,
                                                      const std::string& what);
 
-  // Log-probabilities of `tokens` continuing the session, without changing it.
+  // Log-probabilities of `tokens` continuing the session, without changing it. On an empty
+  // session the first token has no prediction (NaN) and fewer than 2 tokens are refused with
+  // INVALID_ARGUMENT (through `done`: the check runs in order with the session's writes).
   absl::Status Score(const std::string& tenant, const std::string& id,
                      std::vector<int32_t> tokens, std::shared_ptr<engine::CancelToken> cancel,
                      std::function<void(absl::StatusOr<ScoreResult>)> done);
@@ -223,7 +229,12 @@ class SessionManager {
   void ReapNow();
 
   int64_t session_count() const;
+  // The budgeted figure: bytes of the buffers the resident sessions' states hold (whole
+  // buffers, not only the elements in use); eviction keeps it under memory_budget_bytes.
   int64_t resident_memory_bytes() const;
+  // The real figure: resident_memory_bytes() plus the copies in flight (the state a Score or a
+  // non-committing Generate runs on), which end with their request and are not budgeted.
+  int64_t memory_held_bytes() const;
   const ManagerOptions& options() const { return options_; }
   const engine::Model& model() const { return *model_; }
 
@@ -241,31 +252,41 @@ class SessionManager {
                                                   const SessionOptions& options,
                                                   engine::SequenceState state,
                                                   const Counters& counters);
-  absl::Status ValidateTokens(const std::vector<int32_t>& tokens) const;
+  // RESOURCE_EXHAUSTED when `count` sessions leave no room for another, else OK.
+  absl::Status CheckSessionLimit(int64_t count) const;
   absl::Status ValidateOptions(const SessionOptions& options) const;
+  // Tokens per chunk update (0 when the model runs no TTT layer).
+  int64_t TokensPerChunk() const;
   absl::Status SubmitIngest(const std::shared_ptr<Session>& s, std::vector<int32_t> tokens,
                             bool end_of_document, std::shared_ptr<engine::CancelToken> cancel,
                             std::function<void(absl::StatusOr<IngestProgress>)> done);
-  // Engine thread: loads an evicted session's state.
+  // Validates generation parameters; an empty prompt on an empty session becomes the bos token.
+  absl::Status PrepareGenerateParams(const Session& s, GenerateParams& params) const;
+
+  // Residency (residency.cc). Engine thread: loads an evicted session's state.
   absl::Status EnsureResident(Session& s);
   // Engine thread: checkpoint-format bytes of the session's state.
   absl::StatusOr<std::string> EncodeSession(Session& s, const std::string& checkpoint_id);
+  // Engine thread: writes the session's state to its session file; returns the bytes written.
+  absl::StatusOr<int64_t> WriteSessionFile(Session& s);
+  // Queues, after the session's work, dropping its state and its session file (deleted or
+  // expired sessions).
+  void DropOnEngine(const std::shared_ptr<Session>& s);
   void Evict(const std::shared_ptr<Session>& s);
   void LoadPersisted();
   void ReaperLoop();
-  std::filesystem::path TenantDir(const std::string& tenant) const;
-  std::filesystem::path CheckpointPath(const std::string& tenant, const std::string& id) const;
-  std::filesystem::path SpillPath(const std::string& tenant, const std::string& id) const;
 
   const engine::Model* model_;
   engine::Scheduler* scheduler_;
   const ManagerOptions options_;
   SessionListener* listener_;
+  const std::unique_ptr<internal::CheckpointStore> store_;
 
   mutable std::mutex mu_;
   // tenant -> id -> session. Guarded by mu_.
   std::map<std::string, std::map<std::string, std::shared_ptr<Session>>> sessions_;
   int64_t session_count_ = 0;  // guarded by mu_
+  std::atomic<int64_t> scratch_bytes_{0};  // copies in flight (memory_held_bytes)
   std::atomic<uint64_t> next_key_{1};
 
   std::mutex reaper_mu_;

@@ -1,6 +1,9 @@
 // Sessions against the real engine and a real tiny model (the golden llama fixture, from
 // TTT_GOLDEN_DIR): writers, tenants, limits, checkpoints (bit-exact, corrupt, truncated, other
-// model), eviction to disk and transparent reload, idle TTL.
+// model), eviction to disk and transparent reload, idle TTL; and issue 9's session cases
+// (checksum over the tensor table, format-1 files, counters of imported states, durable session
+// copies, max_sessions at start, the checkpoint folder, quoted messages, one-token scores,
+// memory figures).
 #include "session/session.h"
 
 #include <atomic>
@@ -13,12 +16,19 @@
 #include <mutex>
 #include <random>
 #include <string>
+#include <set>
 #include <thread>
 #include <vector>
 
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "session/internal/checkpoint.h"
+#include "util/sha256.h"
 
 namespace ttt::session {
 namespace {
@@ -478,6 +488,282 @@ TEST_F(SessionTest, ConcurrentScoresAndGeneratesOnDifferentSessionsMatchSerialRe
   });
   for (auto& t : clients) t.join();
   EXPECT_EQ(failures.load(), 0) << first_failure;
+}
+
+// --- issue 9 ---------------------------------------------------------------------------------
+
+// Swaps the names `a` and `b` in a safetensors header (the header length is unchanged).
+std::string SwapTensorNames(std::string bytes, const std::string& a, const std::string& b) {
+  uint64_t n = 0;
+  for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<uint8_t>(bytes[i]);
+  std::string header = bytes.substr(8, n);
+  const std::string qa = "\"" + a + "\"", qb = "\"" + b + "\"";
+  const size_t pa = header.find(qa), pb = header.find(qb);
+  EXPECT_NE(pa, std::string::npos);
+  EXPECT_NE(pb, std::string::npos);
+  if (pa == std::string::npos || pb == std::string::npos) return bytes;
+  const size_t first = std::min(pa, pb), second = std::max(pa, pb);
+  const std::string& q1 = first == pa ? qa : qb;
+  const std::string& q2 = first == pa ? qb : qa;
+  std::string swapped = header.substr(0, first) + q2 +
+                        header.substr(first + q1.size(), second - first - q1.size()) + q1 +
+                        header.substr(second + q2.size());
+  return bytes.substr(0, 8) + swapped + bytes.substr(8 + n);
+}
+
+TEST_F(SessionTest, ChecksumCoversTheTensorTable) {
+  auto a = manager_->CreateSession("t", {});
+  ASSERT_TRUE(Ingest(a->id, Tokens(static_cast<int>(2 * chunk_ + 3), vocab_, 21)).ok());
+  std::promise<absl::StatusOr<std::string>> p;
+  ASSERT_TRUE(manager_->ExportSession("t", a->id, [&](auto r) { p.set_value(r); }).ok());
+  auto bytes = p.get_future().get();
+  ASSERT_TRUE(bytes.ok()) << bytes.status();
+  ASSERT_TRUE(manager_->ImportSession("t", *bytes, std::nullopt).ok());
+  ASSERT_GE(model_->active_ttt_layers().size(), 2u);
+  const std::string d0 = "ttt." + std::to_string(model_->active_ttt_layers()[0]) + ".delta";
+  const std::string d1 = "ttt." + std::to_string(model_->active_ttt_layers()[1]) + ".delta";
+  for (const auto& [x, y] : std::vector<std::pair<std::string, std::string>>{
+           {"cache.0.keys", "cache.1.keys"}, {d0, d1}, {"cache.0.keys", "cache.0.values"}}) {
+    auto swapped = manager_->ImportSession("t", SwapTensorNames(*bytes, x, y), std::nullopt);
+    EXPECT_EQ(swapped.status().code(), absl::StatusCode::kDataLoss) << x << " <-> " << y;
+    EXPECT_NE(swapped.status().message().find("checksum"), std::string::npos) << swapped.status();
+  }
+}
+
+
+absl::StatusOr<std::string> CraftedCheckpoint(const engine::Model& model, int64_t ingest,
+                                              int64_t position) {
+  engine::SequenceState state = model.NewSequence();
+  engine::IngestItem item{&state, Tokens(static_cast<int>(ingest), model.config().vocab_size, 24)};
+  auto ran = model.Ingest(absl::MakeSpan(&item, 1));
+  if (!ran.ok()) return ran.status();
+  state.position = position;
+  internal::CheckpointMeta meta;
+  meta.model_fingerprint = model.fingerprint();
+  return internal::EncodeCheckpoint(state, meta);
+}
+
+TEST_F(SessionTest, ImportedCountersMustFitTheState) {
+  const int64_t huge = int64_t{1} << 62;
+  // Pending rows agree with the position (huge % chunk), so only the counters are wrong.
+  auto crafted = CraftedCheckpoint(*model_, chunk_ + huge % chunk_, huge);
+  ASSERT_TRUE(crafted.ok()) << crafted.status();
+  auto r = manager_->ImportSession("t", *crafted, std::nullopt);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << r.status();
+  EXPECT_NE(r.status().message().find("position"), std::string::npos) << r.status();
+  // A position the cache does not hold (full attention caches every token).
+  crafted = CraftedCheckpoint(*model_, chunk_ + 1, 5 * chunk_ + 1);
+  ASSERT_TRUE(crafted.ok());
+  r = manager_->ImportSession("t", *crafted, std::nullopt);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << r.status();
+  EXPECT_NE(r.status().message().find("caches"), std::string::npos) << r.status();
+  // Negative session counters.
+  engine::SequenceState fresh = model_->NewSequence();
+  internal::CheckpointMeta meta;
+  meta.model_fingerprint = model_->fingerprint();
+  meta.counters.tokens_received = -5;
+  auto negative = internal::EncodeCheckpoint(fresh, meta);
+  ASSERT_TRUE(negative.ok());
+  r = manager_->ImportSession("t", *negative, std::nullopt);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << r.status();
+  EXPECT_NE(r.status().message().find("tokens_received"), std::string::npos) << r.status();
+  EXPECT_EQ(manager_->session_count(), 0);
+  // The honest state of the same ingest imports.
+  crafted = CraftedCheckpoint(*model_, chunk_ + 1, chunk_ + 1);
+  ASSERT_TRUE(crafted.ok());
+  EXPECT_TRUE(manager_->ImportSession("t", *crafted, std::nullopt).ok());
+}
+
+TEST_F(SessionTest, FormatOneCheckpointsOfOlderServersStillImport) {
+  auto a = manager_->CreateSession("t", {});
+  ASSERT_TRUE(Ingest(a->id, Tokens(static_cast<int>(chunk_ + 3), vocab_, 60)).ok());
+  std::promise<absl::StatusOr<std::string>> p;
+  ASSERT_TRUE(manager_->ExportSession("t", a->id, [&](auto r) { p.set_value(r); }).ok());
+  auto v2 = p.get_future().get();
+  ASSERT_TRUE(v2.ok());
+  // Rewrite it as an older server wrote it: format 1, whose checksum covers the data section
+  // and "key=value\n" per metadata entry. The header keeps its length (same-length values).
+  uint64_t n = 0;
+  for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<uint8_t>((*v2)[i]);
+  auto header = nlohmann::json::parse(v2->substr(8, n));
+  auto& meta = header["__metadata__"];
+  meta["tttserve.format"] = internal::kCheckpointFormatV1;
+  util::Sha256 h;
+  h.Update(std::string_view(*v2).substr(8 + n));
+  for (const auto& [k, v] : meta.items()) {
+    if (k == "tttserve.sha256") continue;
+    h.Update(k + "=" + v.get<std::string>() + "\n");
+  }
+  meta["tttserve.sha256"] = h.HexFinal();
+  std::string text = header.dump();
+  ASSERT_LE(text.size(), n);
+  text.append(n - text.size(), ' ');  // safetensors pads headers with spaces
+  const std::string v1 = v2->substr(0, 8) + text + v2->substr(8 + n);
+  auto imported = manager_->ImportSession("t", v1, std::nullopt);
+  ASSERT_TRUE(imported.ok()) << imported.status();
+  const auto probe = Tokens(4, vocab_, 61);
+  EXPECT_TRUE(SameBits(Score(a->id, probe)->logprobs, Score(imported->id, probe)->logprobs));
+  // Its old checksum still guards its bytes.
+  std::string flipped = v1;
+  flipped[flipped.size() - 3] ^= 0x10;
+  EXPECT_EQ(manager_->ImportSession("t", flipped, std::nullopt).status().code(),
+            absl::StatusCode::kDataLoss);
+}
+
+TEST_F(SessionTest, PersistedSessionKeepsItsFileAfterReload) {
+  auto a = manager_->CreateSession("t", {});
+  ASSERT_TRUE(Ingest(a->id, Tokens(static_cast<int>(chunk_ + 4), vocab_, 22)).ok());
+  const auto probe = Tokens(5, vocab_, 23);
+  auto before = Score(a->id, probe);
+  ASSERT_TRUE(before.ok());
+  ASSERT_TRUE(manager_->PersistAll().ok());
+  Open("llama");  // restart
+  ASSERT_TRUE(SameBits(before->logprobs, Score(a->id, probe)->logprobs));  // reloads it
+  EXPECT_TRUE(fs::exists(dir_ / "t" / "sessions" / (a->id + ".safetensors")));
+  Open("llama");  // killed without PersistAll (kill -9): the durable copy is still there
+  auto info = manager_->GetSession("t", a->id);
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_TRUE(SameBits(before->logprobs, Score(a->id, probe)->logprobs));
+}
+
+TEST_F(SessionTest, CheckpointFolderListsAndServesOnlyWholeRegularFiles) {
+  auto a = manager_->CreateSession("t", {});
+  ASSERT_TRUE(Ingest(a->id, Tokens(static_cast<int>(chunk_ + 2), vocab_, 40)).ok());
+  ASSERT_TRUE(Checkpoint(a->id, "good").ok());
+  const fs::path dir = dir_ / "t" / "checkpoints";
+  std::string bytes;
+  {
+    std::ifstream in(dir / "good.safetensors", std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  {
+    std::ofstream out(dir / "cut.safetensors", std::ios::binary);
+    out << bytes.substr(0, bytes.size() - 10);
+  }
+  {
+    std::ofstream out(dir / "good.safetensors.tmp.123.abc", std::ios::binary);
+    out << bytes;
+  }
+  fs::create_directory(dir / "folder.safetensors");
+  fs::create_symlink("/etc/passwd", dir / "leak.safetensors");
+  fs::create_symlink(dir / "good.safetensors", dir / "alias.safetensors");
+  ASSERT_EQ(::mkfifo((dir / "pipe.safetensors").c_str(), 0600), 0);
+
+  auto listing = std::async(std::launch::async, [&] { return manager_->ListCheckpoints("t"); });
+  if (listing.wait_for(std::chrono::seconds(20)) != std::future_status::ready) {
+    ADD_FAILURE() << "ListCheckpoints hangs on a FIFO";
+    const int fd = ::open((dir / "pipe.safetensors").c_str(), O_WRONLY);  // unblock it
+    if (fd >= 0) ::close(fd);
+  }
+  auto listed = listing.get();
+  ASSERT_TRUE(listed.ok());
+  ASSERT_EQ(listed->size(), 1u);
+  EXPECT_EQ(listed->front().id, "good");
+  EXPECT_EQ(listed->front().size_bytes, static_cast<int64_t>(bytes.size()));
+
+  for (const char* id : {"leak", "alias", "pipe", "folder"}) {
+    auto exported = manager_->ExportCheckpoint("t", id);
+    EXPECT_EQ(exported.status().code(), absl::StatusCode::kNotFound) << id;
+    EXPECT_EQ(Restore(id).status().code(), absl::StatusCode::kNotFound) << id;
+  }
+  EXPECT_EQ(manager_->ExportCheckpoint("t", "cut").status().code(), absl::StatusCode::kDataLoss);
+  auto good = manager_->ExportCheckpoint("t", "good");
+  ASSERT_TRUE(good.ok()) << good.status();
+  EXPECT_EQ(*good, bytes);
+}
+
+TEST_F(SessionTest, PersistedSessionsBeyondMaxSessionsComeBackAsCheckpoints) {
+  std::vector<std::string> ids;
+  for (int i = 0; i < 5; ++i) {
+    auto s = manager_->CreateSession("t", {});
+    ASSERT_TRUE(s.ok());
+    ids.push_back(s->id);
+  }
+  for (int i = 0; i < 5; ++i) {  // used in this order: the last ones are the most recent
+    ASSERT_TRUE(Ingest(ids[i], Tokens(3 + i, vocab_, 30 + i)).ok());
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  ASSERT_TRUE(manager_->PersistAll().ok());
+  Open("llama", /*max_sessions=*/3);
+  EXPECT_EQ(manager_->session_count(), 3);
+  for (int i = 2; i < 5; ++i) EXPECT_TRUE(manager_->GetSession("t", ids[i]).ok()) << i;
+  auto listed = manager_->ListCheckpoints("t");
+  ASSERT_TRUE(listed.ok());
+  ASSERT_EQ(listed->size(), 2u);
+  EXPECT_EQ(manager_->GetSession("t", ids[0]).status().code(), absl::StatusCode::kNotFound);
+  std::set<std::string> kept = {(*listed)[0].id, (*listed)[1].id};
+  EXPECT_EQ(kept, (std::set<std::string>{ids[0], ids[1]}));
+  // Nothing was lost: a slot freed, the state restores with its counters.
+  ASSERT_TRUE(manager_->DeleteSession("t", ids[4]).ok());
+  auto restored = Restore(ids[1]);
+  ASSERT_TRUE(restored.ok()) << restored.status();
+  EXPECT_EQ(restored->counters.position, 4);
+}
+
+TEST_F(SessionTest, MessagesQuoteAShortEscapedPrefixOfClientStrings) {
+  const std::string huge(1 << 20, 'x');
+  auto missing = manager_->GetSession("t", huge);
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_LT(missing.status().message().size(), 400u) << missing.status().message().size();
+  EXPECT_NE(missing.status().message().find("(1048576 bytes)"), std::string::npos);
+  auto odd = manager_->GetSession("t", std::string("a\x01\n'b", 5));
+  EXPECT_NE(odd.status().message().find("'a\\x01\\x0a\\x27b'"), std::string::npos) << odd.status();
+  EXPECT_LT(manager_->DeleteSession("t", huge).message().size(), 400u);
+  EXPECT_LT(manager_->OpenWriter("t", huge, "x").status().message().size(), 400u);
+  std::promise<absl::StatusOr<SessionInfo>> p;
+  absl::Status bad_ck =
+      manager_->Restore("t", huge, "", std::nullopt, [&](auto r) { p.set_value(r); });
+  EXPECT_EQ(bad_ck.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_LT(bad_ck.message().size(), 400u);
+  absl::Status bad_name = manager_->DeleteCheckpoint("t", "ok/" + huge);
+  EXPECT_EQ(bad_name.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_LT(bad_name.message().size(), 400u);
+  EXPECT_LT(manager_->ListCheckpoints(huge).status().message().size(), 400u);
+}
+
+TEST_F(SessionTest, ScoringOneTokenOnAnEmptySessionIsRefused) {
+  auto a = manager_->CreateSession("t", {});
+  auto one = Score(a->id, {7});
+  EXPECT_EQ(one.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(one.status().message().find("at least 2 tokens"), std::string::npos) << one.status();
+  auto two = Score(a->id, {7, 8});  // the second is predicted from the first
+  ASSERT_TRUE(two.ok()) << two.status();
+  EXPECT_TRUE(std::isnan(two->logprobs[0]));
+  EXPECT_TRUE(std::isfinite(two->logprobs[1]));
+  ASSERT_TRUE(Ingest(a->id, {5, 6}).ok());
+  auto after = Score(a->id, {7});  // a session with context predicts even one token
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_TRUE(std::isfinite(after->logprobs[0]));
+}
+
+TEST_F(SessionTest, MemoryFiguresCountWhatIsHeld) {
+  auto a = manager_->CreateSession("t", {});
+  ASSERT_TRUE(Ingest(a->id, Tokens(static_cast<int>(3 * chunk_ + 5), vocab_, 50)).ok());
+  auto b = manager_->CreateSession("t", {});
+  ASSERT_TRUE(Ingest(b->id, Tokens(7, vocab_, 51)).ok());
+  const int64_t resident = manager_->resident_memory_bytes();
+  EXPECT_EQ(resident, manager_->GetSession("t", a->id)->memory_bytes +
+                          manager_->GetSession("t", b->id)->memory_bytes);
+  EXPECT_EQ(manager_->memory_held_bytes(), resident);  // no copy in flight
+  // A non-committing Generate runs on a copy: held while it runs, not budgeted, gone after.
+  GenerateParams p;
+  p.max_tokens = 2;
+  p.stop_at_eos = false;
+  int64_t held_during = 0, resident_during = 0;
+  std::promise<absl::Status> done;
+  ASSERT_TRUE(manager_
+                  ->Generate("t", a->id, p, nullptr,
+                             [&](int32_t, float) {
+                               held_during = manager_->memory_held_bytes();
+                               resident_during = manager_->resident_memory_bytes();
+                               return true;
+                             },
+                             [&](absl::Status s, FinishReason, int64_t) { done.set_value(s); })
+                  .ok());
+  ASSERT_TRUE(done.get_future().get().ok());
+  EXPECT_EQ(resident_during, resident);
+  EXPECT_GE(held_during, resident + manager_->GetSession("t", a->id)->memory_bytes);
+  EXPECT_EQ(manager_->memory_held_bytes(), resident);
 }
 
 }  // namespace

@@ -405,6 +405,47 @@ TEST(TokenizerLoadTest, InvalidArgumentForCorruptSentencePieceModel) {
   EXPECT_THAT(tokenizer.status().message(), HasSubstr("tokenizer.model"));
 }
 
+// Protobuf wire encoding, enough to hand-craft a SentencePiece ModelProto.
+std::string WireVarint(uint64_t v) {
+  std::string out;
+  for (; v >= 0x80; v >>= 7) out.push_back(static_cast<char>((v & 0x7f) | 0x80));
+  out.push_back(static_cast<char>(v));
+  return out;
+}
+std::string WireBytes(int field, std::string_view payload) {
+  return WireVarint(static_cast<uint64_t>(field) << 3 | 2) + WireVarint(payload.size()) +
+         std::string(payload);
+}
+// ModelProto.pieces entry: piece (1) and type (3; 1 normal, 2 unknown).
+std::string WirePiece(std::string_view piece, int type) {
+  return WireBytes(1, WireBytes(1, piece) + WireVarint(3 << 3) + WireVarint(type));
+}
+
+// Found by tests/fuzz/sentencepiece_model_fuzzer: a model whose pieces (or unknown surface) are
+// not UTF-8 loaded, and Decode then returned bytes that are not UTF-8 to the client.
+TEST(TokenizerLoadTest, InvalidArgumentForSentencePieceModelWithNonUtf8Text) {
+  const std::string pieces = WirePiece("<unk>", 2) + WirePiece("a", 1);
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {pieces + WirePiece("b\xff\xfe", 1), "piece 2 is not valid UTF-8"},
+      {pieces + WirePiece("\xe2\x96", 1), "piece 2 is not valid UTF-8"},
+      {pieces + WireBytes(2, WireBytes(44, "\xc3(")), "unk_surface is not valid UTF-8"},
+  };
+  for (const auto& [model, fragment] : cases) {
+    const fs::path dir = MakeTempDir();
+    WriteFile(dir / "tokenizer.model", model);
+    absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = Tokenizer::Load(dir);
+    EXPECT_EQ(tokenizer.status().code(), absl::StatusCode::kInvalidArgument) << fragment;
+    EXPECT_THAT(tokenizer.status().message(), HasSubstr("tokenizer.model"));
+    EXPECT_THAT(tokenizer.status().message(), HasSubstr(fragment));
+  }
+  // The same pieces, all UTF-8, load and decode.
+  const fs::path dir = MakeTempDir();
+  WriteFile(dir / "tokenizer.model", pieces + WirePiece("b\xc3\xa9", 1));
+  std::unique_ptr<Tokenizer> tokenizer = LoadOrDie(dir);
+  ASSERT_NE(tokenizer, nullptr);
+  EXPECT_EQ(tokenizer->Decode({1, 2}), "ab\xc3\xa9");
+}
+
 TEST(Utf8Test, ValidatesPerRfc3629) {
   EXPECT_TRUE(ValidateUtf8("").ok());
   EXPECT_TRUE(ValidateUtf8("plain ASCII\n").ok());

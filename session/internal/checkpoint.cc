@@ -2,16 +2,16 @@
 #include "session/internal/checkpoint.h"
 
 #include <cstring>
-#include <fstream>
 #include <map>
-#include <sstream>
-
 #include <nlohmann/json.hpp>
+#include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "engine/safetensors.h"
 #include "engine/status_macros.h"
+#include "session/internal/names.h"
 #include "util/sha256.h"
 
 namespace ttt::session::internal {
@@ -19,26 +19,155 @@ namespace {
 
 using ::ttt::util::Sha256;
 
-constexpr char kPrefix[] = "tttserve.";
 constexpr char kShaKey[] = "tttserve.sha256";
+// Deeper JSON than a tensor table ({"name": {"shape": [..]}}) is refused before it is parsed.
+constexpr int kMaxHeaderDepth = 4;
 
-// Where the data section starts, or an error when the bytes cannot be a safetensors file.
-absl::StatusOr<uint64_t> DataOffset(const std::string& bytes, const std::string& source) {
-  if (bytes.size() < 8) {
-    return absl::DataLossError(absl::StrCat("checkpoint ", source, " is truncated (",
-                                            bytes.size(), " bytes)"));
-  }
+// What a checkpoint's JSON header says, read without LibTorch.
+struct Header {
+  uint64_t data_offset = 0;  // where the data section starts (8 + header length)
+  uint64_t data_end = 0;     // the largest end offset in the tensor table, relative to it
+  std::map<std::string, std::string> metadata;
+  std::string table;  // the tensor table, canonical (the checksum's input)
+};
+
+absl::Status Malformed(const std::string& source, const std::string& why) {
+  return absl::DataLossError(absl::StrCat("checkpoint ", source, " is corrupt: ", why));
+}
+
+uint64_t HeaderLength(std::string_view first8) {
   uint64_t n = 0;
-  for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<uint8_t>(bytes[i]);
-  if (n > bytes.size() - 8) {
+  for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<uint8_t>(first8[i]);
+  return n;
+}
+
+// JSON nesting depth, counted outside strings: bounded before a recursive parser sees it.
+bool DepthAtMost(std::string_view json, int max_depth) {
+  int depth = 0;
+  bool in_string = false;
+  for (size_t i = 0; i < json.size(); ++i) {
+    const char c = json[i];
+    if (in_string) {
+      if (c == '\\') {
+        ++i;
+      } else if (c == '"') {
+        in_string = false;
+      }
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      if (++depth > max_depth) return false;
+    } else if (c == ']' || c == '}') {
+      --depth;
+    }
+  }
+  return true;
+}
+
+// Appends `s` length-prefixed, so no field can run into the next.
+void AppendField(std::string& out, std::string_view s) {
+  absl::StrAppend(&out, s.size(), ":");
+  out.append(s.data(), s.size());
+  out.push_back(';');
+}
+
+absl::StatusOr<uint64_t> Offset(const nlohmann::json& j) {
+  if (!j.is_number_unsigned()) return absl::InvalidArgumentError("not an offset");
+  return j.get<uint64_t>();
+}
+
+// One tensor entry into the canonical table; tracks the largest end offset.
+absl::Status AddTableEntry(const std::string& name, const nlohmann::json& e, Header& h) {
+  if (!e.is_object() || !e.contains("dtype") || !e["dtype"].is_string() || !e.contains("shape") ||
+      !e["shape"].is_array() || !e.contains("data_offsets") || !e["data_offsets"].is_array() ||
+      e["data_offsets"].size() != 2) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("tensor entry ", Quote(name), " lacks dtype, shape or data_offsets"));
+  }
+  std::vector<std::string> dims;
+  for (const auto& d : e["shape"]) {
+    if (!d.is_number_unsigned()) return absl::InvalidArgumentError("a shape is not unsigned");
+    dims.push_back(absl::StrCat(d.get<uint64_t>()));
+  }
+  ASSIGN_OR_RETURN(uint64_t begin, Offset(e["data_offsets"][0]));
+  ASSIGN_OR_RETURN(uint64_t end, Offset(e["data_offsets"][1]));
+  AppendField(h.table, name);
+  AppendField(h.table, e["dtype"].get<std::string>());
+  AppendField(h.table, absl::StrJoin(dims, ","));
+  AppendField(h.table, absl::StrCat(begin, ",", end));
+  h.data_end = std::max(h.data_end, end);
+  return absl::OkStatus();
+}
+
+// Parses the JSON header that follows the 8-byte length in `head`.
+absl::StatusOr<Header> ParseHeader(std::string_view head, const std::string& source) {
+  Header h;
+  h.data_offset = head.size();
+  const std::string_view json = head.substr(8);
+  if (!DepthAtMost(json, kMaxHeaderDepth)) {
+    return Malformed(source, absl::StrCat("its header nests deeper than ", kMaxHeaderDepth));
+  }
+  nlohmann::json j =
+      nlohmann::json::parse(json.begin(), json.end(), nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object()) {
+    return Malformed(source, "its header is not a JSON object");
+  }
+  for (auto it = j.begin(); it != j.end(); ++it) {  // keys in order: the table is canonical
+    if (it.key() == "__metadata__") {
+      if (!it.value().is_object()) return Malformed(source, "__metadata__ is not an object");
+      for (auto m = it.value().begin(); m != it.value().end(); ++m) {
+        if (!m.value().is_string()) return Malformed(source, "a metadata value is not a string");
+        h.metadata[m.key()] = m.value().get<std::string>();
+      }
+      continue;
+    }
+    absl::Status added = AddTableEntry(it.key(), it.value(), h);
+    if (!added.ok()) return Malformed(source, std::string(added.message()));
+  }
+  return h;
+}
+
+// The first 8 + header-length bytes, checked against the total size.
+absl::StatusOr<uint64_t> HeadSize(std::string_view first8, uint64_t size,
+                                  const std::string& source) {
+  if (size < 8 || first8.size() < 8) {
+    return absl::DataLossError(
+        absl::StrCat("checkpoint ", source, " is truncated (", size, " bytes)"));
+  }
+  const uint64_t n = HeaderLength(first8);
+  if (n > size - 8) {
     return absl::DataLossError(absl::StrCat("checkpoint ", source,
                                             " is truncated or corrupt: header length ", n,
-                                            " exceeds the ", bytes.size(), "-byte file"));
+                                            " exceeds the ", size, "-byte file"));
+  }
+  if (n > kMaxCheckpointHeaderBytes) {
+    return Malformed(source, absl::StrCat("its header of ", n, " bytes exceeds the limit of ",
+                                          kMaxCheckpointHeaderBytes));
   }
   return 8 + n;
 }
 
-std::string Digest(std::string_view data_section, const std::map<std::string, std::string>& meta) {
+// Format 2: tensor table, data section, metadata; every field length-prefixed.
+std::string DigestV2(const std::string& table, std::string_view data_section,
+                     const std::map<std::string, std::string>& meta) {
+  Sha256 h;
+  h.Update(std::string("tensors;"));
+  h.Update(table);
+  h.Update(std::string(";data;"));
+  h.Update(data_section);
+  std::string fields = ";metadata;";
+  for (const auto& [k, v] : meta) {
+    if (k == kShaKey) continue;
+    AppendField(fields, k);
+    AppendField(fields, v);
+  }
+  h.Update(fields);
+  return h.HexFinal();
+}
+
+// Format 1 (read only): data section, then "key=value\n" per metadata entry.
+std::string DigestV1(std::string_view data_section,
+                     const std::map<std::string, std::string>& meta) {
   Sha256 h;
   h.Update(data_section);
   for (const auto& [k, v] : meta) {
@@ -52,9 +181,12 @@ std::string Digest(std::string_view data_section, const std::map<std::string, st
 }
 
 nlohmann::json CountersJson(const Counters& c) {
-  return {{"tokens_received", c.tokens_received}, {"tokens_applied", c.tokens_applied},
-          {"tokens_pending", c.tokens_pending},   {"chunks_applied", c.chunks_applied},
-          {"position", c.position},               {"documents_completed", c.documents_completed},
+  return {{"tokens_received", c.tokens_received},
+          {"tokens_applied", c.tokens_applied},
+          {"tokens_pending", c.tokens_pending},
+          {"chunks_applied", c.chunks_applied},
+          {"position", c.position},
+          {"documents_completed", c.documents_completed},
           {"tokens_generated", c.tokens_generated}};
 }
 
@@ -70,6 +202,26 @@ Counters CountersFromJson(const nlohmann::json& j) {
   return c;
 }
 
+// Session counters only grow by what was ingested: beyond 2^53 (or below 0) they are not a
+// session's, and sums over them could overflow.
+absl::Status CheckCounters(const Counters& c, const std::string& source) {
+  constexpr int64_t kMaxCount = int64_t{1} << 53;
+  const std::pair<const char*, int64_t> all[] = {{"tokens_received", c.tokens_received},
+                                                 {"tokens_applied", c.tokens_applied},
+                                                 {"tokens_pending", c.tokens_pending},
+                                                 {"chunks_applied", c.chunks_applied},
+                                                 {"position", c.position},
+                                                 {"documents_completed", c.documents_completed},
+                                                 {"tokens_generated", c.tokens_generated}};
+  for (const auto& [name, value] : all) {
+    if (value < 0 || value > kMaxCount) {
+      return absl::InvalidArgumentError(absl::StrCat("checkpoint ", source, ": counter '", name,
+                                                     "' is ", value, ", outside [0, 2^53]"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 std::map<std::string, std::string> MetaMap(const engine::SequenceState& state,
                                            const CheckpointMeta& meta) {
   std::map<std::string, std::string> m = state.Metadata();
@@ -79,6 +231,7 @@ std::map<std::string, std::string> MetaMap(const engine::SequenceState& state,
   m["tttserve.session_id"] = meta.session_id;
   m["tttserve.checkpoint_id"] = meta.checkpoint_id;
   m["tttserve.created_unix_ms"] = absl::StrCat(meta.created_unix_ms);
+  m["tttserve.last_used_unix_ms"] = absl::StrCat(meta.last_used_unix_ms);
   m["tttserve.counters"] = CountersJson(meta.counters).dump();
   nlohmann::json opts = {{"reset_at_document_end", meta.options.reset_at_document_end},
                          {"idle_ttl_seconds", meta.options.idle_ttl_seconds},
@@ -93,10 +246,11 @@ absl::StatusOr<CheckpointMeta> ParseMeta(const std::map<std::string, std::string
     auto it = m.find(key);
     return it == m.end() ? std::string() : it->second;
   };
-  if (get("tttserve.format") != kCheckpointFormat) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        source, " is not a ttt-serve checkpoint (metadata 'tttserve.format' is '",
-        get("tttserve.format"), "', expected '", kCheckpointFormat, "')"));
+  const std::string format = get("tttserve.format");
+  if (format != kCheckpointFormat && format != kCheckpointFormatV1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(source, " is not a ttt-serve checkpoint (metadata 'tttserve.format' is ",
+                     Quote(format), ", expected '", kCheckpointFormat, "')"));
   }
   CheckpointMeta meta;
   meta.model_fingerprint = get("tttserve.model_fingerprint");
@@ -106,18 +260,33 @@ absl::StatusOr<CheckpointMeta> ParseMeta(const std::map<std::string, std::string
   if (!absl::SimpleAtoi(get("tttserve.created_unix_ms"), &meta.created_unix_ms)) {
     meta.created_unix_ms = 0;
   }
+  if (!absl::SimpleAtoi(get("tttserve.last_used_unix_ms"), &meta.last_used_unix_ms)) {
+    meta.last_used_unix_ms = 0;
+  }
   try {
     meta.counters = CountersFromJson(nlohmann::json::parse(get("tttserve.counters")));
     auto opts = nlohmann::json::parse(get("tttserve.options"));
     meta.options.reset_at_document_end = opts.value("reset_at_document_end", false);
     meta.options.idle_ttl_seconds = opts.value("idle_ttl_seconds", int64_t{0});
-    meta.options.labels =
-        opts.value("labels", std::map<std::string, std::string>{});
+    meta.options.labels = opts.value("labels", std::map<std::string, std::string>{});
   } catch (const std::exception& e) {
     return absl::DataLossError(
         absl::StrCat("checkpoint ", source, " has malformed metadata: ", e.what()));
   }
+  RETURN_IF_ERROR(CheckCounters(meta.counters, source));
   return meta;
+}
+
+// Header, size and format checks shared by VerifyCheckpoint and InspectCheckpoint.
+absl::StatusOr<Header> ReadHeader(std::string_view head, uint64_t file_size,
+                                  const std::string& source) {
+  ASSIGN_OR_RETURN(Header h, ParseHeader(head, source));
+  if (h.data_end > file_size - h.data_offset) {
+    return absl::DataLossError(
+        absl::StrCat("checkpoint ", source, " is truncated: its tensors need ",
+                     h.data_offset + h.data_end, " bytes, the file has ", file_size));
+  }
+  return h;
 }
 
 }  // namespace
@@ -126,67 +295,65 @@ absl::StatusOr<std::string> EncodeCheckpoint(const engine::SequenceState& state,
                                              const CheckpointMeta& meta) {
   const engine::NamedTensors tensors = state.ToTensors();
   std::map<std::string, std::string> m = MetaMap(state, meta);
-  // The data section does not depend on the metadata: encode once to hash it, then with the hash.
+  // The tensor table and the data section do not depend on the metadata: encode once to hash
+  // them, then again with the hash.
   ASSIGN_OR_RETURN(std::string first, engine::EncodeSafetensors(tensors, m));
-  ASSIGN_OR_RETURN(uint64_t offset, DataOffset(first, "being written"));
-  m[kShaKey] = Digest(std::string_view(first).substr(offset), m);
+  ASSIGN_OR_RETURN(uint64_t head, HeadSize(first, first.size(), "being written"));
+  ASSIGN_OR_RETURN(Header h, ParseHeader(std::string_view(first).substr(0, head), "being written"));
+  m[kShaKey] = DigestV2(h.table, std::string_view(first).substr(head), m);
   return engine::EncodeSafetensors(tensors, m);
+}
+
+absl::StatusOr<CheckpointMeta> VerifyCheckpoint(std::string_view bytes, const std::string& source) {
+  ASSIGN_OR_RETURN(uint64_t head, HeadSize(bytes, bytes.size(), source));
+  ASSIGN_OR_RETURN(Header h, ReadHeader(bytes.substr(0, head), bytes.size(), source));
+  ASSIGN_OR_RETURN(CheckpointMeta meta, ParseMeta(h.metadata, source));
+  auto sha = h.metadata.find(kShaKey);
+  if (sha == h.metadata.end()) {
+    return absl::DataLossError(absl::StrCat("checkpoint ", source, " has no checksum"));
+  }
+  const std::string_view data = bytes.substr(head);
+  const std::string digest = h.metadata.at("tttserve.format") == kCheckpointFormatV1
+                                 ? DigestV1(data, h.metadata)
+                                 : DigestV2(h.table, data, h.metadata);
+  if (digest != sha->second) {
+    return absl::DataLossError(
+        absl::StrCat("checkpoint ", source, " is corrupt: SHA-256 checksum mismatch (stored ",
+                     sha->second.substr(0, 16), "..., computed ", digest.substr(0, 16), "...)"));
+  }
+  return meta;
 }
 
 absl::StatusOr<DecodedCheckpoint> DecodeCheckpoint(std::string bytes, const std::string& source,
                                                    const engine::Model& model) {
-  ASSIGN_OR_RETURN(uint64_t offset, DataOffset(bytes, source));
-  // Hash before handing the bytes over (FromBytes takes them).
-  std::string data_section = bytes.substr(offset);
-  auto file = engine::SafetensorsFile::FromBytes(std::move(bytes), source);
-  if (!file.ok()) {
-    return absl::DataLossError(absl::StrCat("checkpoint ", source,
-                                            " is corrupt or truncated: ",
-                                            file.status().message()));
-  }
-  const auto& m = (*file)->metadata();
-  ASSIGN_OR_RETURN(CheckpointMeta meta, ParseMeta(m, source));
-  auto sha = m.find(kShaKey);
-  if (sha == m.end()) {
-    return absl::DataLossError(absl::StrCat("checkpoint ", source, " has no checksum"));
-  }
-  const std::string digest = Digest(data_section, m);
-  if (digest != sha->second) {
-    return absl::DataLossError(absl::StrCat("checkpoint ", source,
-                                            " is corrupt: SHA-256 checksum mismatch (stored ",
-                                            sha->second.substr(0, 16), "..., computed ",
-                                            digest.substr(0, 16), "...)"));
-  }
+  ASSIGN_OR_RETURN(CheckpointMeta meta, VerifyCheckpoint(bytes, source));
   if (meta.model_fingerprint != model.fingerprint()) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "checkpoint ", source, " belongs to another model (fingerprint ", meta.model_fingerprint,
-        "); this server runs model ", model.fingerprint()));
+        "checkpoint ", source, " belongs to another model (fingerprint ",
+        Quote(meta.model_fingerprint), "); this server runs model ", model.fingerprint()));
+  }
+  auto file = engine::SafetensorsFile::FromBytes(std::move(bytes), source);
+  if (!file.ok()) {
+    return absl::DataLossError(
+        absl::StrCat("checkpoint ", source, " is corrupt or truncated: ", file.status().message()));
   }
   auto state = model.RestoreSequence(**file);
   if (!state.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat("checkpoint ", source,
-                                                   " does not fit the model: ",
-                                                   state.status().message()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("checkpoint ", source, " does not fit the model: ", state.status().message()));
   }
   return DecodedCheckpoint{std::move(*state), std::move(meta)};
 }
 
-absl::StatusOr<CheckpointMeta> ReadCheckpointMeta(const std::string& path) {
-  auto file = engine::SafetensorsFile::Open(path);
-  if (!file.ok()) {
-    return absl::DataLossError(
-        absl::StrCat("checkpoint ", path, " is unreadable: ", file.status().message()));
-  }
-  return ParseMeta((*file)->metadata(), path);
+absl::StatusOr<uint64_t> CheckpointHeadSize(std::string_view first8, uint64_t file_size,
+                                            const std::string& source) {
+  return HeadSize(first8, file_size, source);
 }
 
-absl::StatusOr<std::string> ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  if (in.bad()) return absl::DataLossError(absl::StrCat("cannot read ", path));
-  return ss.str();
+absl::StatusOr<CheckpointMeta> InspectCheckpoint(std::string_view head, uint64_t file_size,
+                                                 const std::string& source) {
+  ASSIGN_OR_RETURN(Header h, ReadHeader(head, file_size, source));
+  return ParseMeta(h.metadata, source);
 }
 
 }  // namespace ttt::session::internal

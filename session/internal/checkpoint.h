@@ -1,12 +1,19 @@
 // The checkpoint file format: a safetensors file holding the SequenceState's tensors
 // (SequenceState::ToTensors) and, under "__metadata__", the state's own metadata plus ttt-serve's
-// keys "tttserve.*": format, model fingerprint, tenant, session and checkpoint ids, creation time,
-// counters and options (JSON), and "tttserve.sha256": SHA-256 over the data section followed by
-// every other metadata entry ("key=value\n", in key order), so any flipped byte of tensors or
-// metadata is caught. Exports and imports use the same bytes.
+// keys "tttserve.*": format, model fingerprint, tenant, session and checkpoint ids, creation and
+// last-use times, counters and options (JSON), and "tttserve.sha256".
+//
+// Format 2 (written since issue 9): the SHA-256 covers the tensor table (each tensor's name,
+// dtype, shape and byte range, in name order), the data section, and every other metadata entry
+// (in key order), each field length-prefixed; so any changed byte that determines the state is
+// caught, including a renamed or swapped tensor. Format 1 files (older servers) are still read:
+// their checksum covers the data section and the metadata ("key=value\n"), not the table.
+// Exports and imports use the same bytes.
 #pragma once
 
+#include <cstdint>
 #include <string>
+#include <string_view>
 
 #include "absl/status/statusor.h"
 #include "engine/model.h"
@@ -14,7 +21,10 @@
 
 namespace ttt::session::internal {
 
-inline constexpr char kCheckpointFormat[] = "tttserve-checkpoint-1";
+inline constexpr char kCheckpointFormat[] = "tttserve-checkpoint-2";
+inline constexpr char kCheckpointFormatV1[] = "tttserve-checkpoint-1";
+// A checkpoint header (tensor table + metadata) is a few KiB; larger ones are refused unread.
+inline constexpr uint64_t kMaxCheckpointHeaderBytes = uint64_t{1} << 20;
 
 struct CheckpointMeta {
   std::string model_fingerprint;
@@ -22,6 +32,7 @@ struct CheckpointMeta {
   std::string session_id;
   std::string checkpoint_id;
   int64_t created_unix_ms = 0;
+  int64_t last_used_unix_ms = 0;  // the session's last use when written (0 in format-1 files)
   Counters counters;
   SessionOptions options;
 };
@@ -30,21 +41,30 @@ struct CheckpointMeta {
 absl::StatusOr<std::string> EncodeCheckpoint(const engine::SequenceState& state,
                                              const CheckpointMeta& meta);
 
+// Verifies checkpoint bytes (structure, format, checksum) without decoding the state; returns
+// the metadata. `source` names them in messages. DATA_LOSS: truncated, malformed or checksum
+// mismatch. INVALID_ARGUMENT: not a ttt-serve checkpoint, or counters out of range.
+absl::StatusOr<CheckpointMeta> VerifyCheckpoint(std::string_view bytes, const std::string& source);
+
 struct DecodedCheckpoint {
   engine::SequenceState state;
   CheckpointMeta meta;
 };
 
-// Verifies and decodes checkpoint bytes for `model`; `source` names them in messages.
-// DATA_LOSS: truncated, malformed or checksum mismatch. INVALID_ARGUMENT: not a ttt-serve
-// checkpoint, or shapes that do not fit the model. FAILED_PRECONDITION: another model's.
+// VerifyCheckpoint, then decodes the state for `model`. Adds FAILED_PRECONDITION: another
+// model's; INVALID_ARGUMENT: a state that does not fit the model (Model::RestoreSequence).
 absl::StatusOr<DecodedCheckpoint> DecodeCheckpoint(std::string bytes, const std::string& source,
                                                    const engine::Model& model);
 
-// Reads only the metadata (for listings); checks the format but not the checksum.
-absl::StatusOr<CheckpointMeta> ReadCheckpointMeta(const std::string& path);
-
-// File helpers.
-absl::StatusOr<std::string> ReadFile(const std::string& path);
+// For listings, from a file's first bytes: how many leading bytes InspectCheckpoint needs
+// (8 + the header length), given the first 8 and the file's size. DATA_LOSS when the header
+// cannot fit the file or exceeds kMaxCheckpointHeaderBytes.
+absl::StatusOr<uint64_t> CheckpointHeadSize(std::string_view first8, uint64_t file_size,
+                                            const std::string& source);
+// The metadata of a file whose first CheckpointHeadSize() bytes are `head`: the header parses,
+// the format is known and the file holds every byte its tensor table names. The checksum is not
+// checked (that needs every byte: VerifyCheckpoint).
+absl::StatusOr<CheckpointMeta> InspectCheckpoint(std::string_view head, uint64_t file_size,
+                                                 const std::string& source);
 
 }  // namespace ttt::session::internal

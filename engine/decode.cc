@@ -1,0 +1,42 @@
+// The decode step and the vocabulary rule (see decode.h).
+#include "engine/decode.h"
+
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+
+#include <exception>
+
+#include "absl/strings/str_cat.h"
+
+namespace ttt::engine {
+
+absl::Status ValidateTokens(const ModelConfig& config, absl::Span<const int32_t> tokens) {
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    if (tokens[i] < 0 || tokens[i] >= config.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("token id ", tokens[i], " at index ", i,
+                                                     " is outside the vocabulary [0, ",
+                                                     config.vocab_size, ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+bool HasNextTokenLogits(const SequenceState& state) { return state.last_logits.defined(); }
+
+absl::StatusOr<DecodedToken> DecodeNext(const SequenceState& state, Sampler& sampler) {
+  if (!HasNextTokenLogits(state)) {
+    return absl::FailedPreconditionError("the session has no context to continue");
+  }
+  try {
+    c10::InferenceMode guard;
+    at::Tensor logits = state.last_logits.to(at::kFloat).reshape({-1});
+    DecodedToken out;
+    out.token = sampler.Sample(logits);
+    out.logprob = at::log_softmax(logits, 0)[out.token].item<float>();
+    return out;
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("sampling failed: ", e.what()));
+  }
+}
+
+}  // namespace ttt::engine

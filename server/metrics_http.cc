@@ -1,0 +1,232 @@
+// The /metrics HTTP endpoint on libmicrohttpd (see metrics_http.h for why not civetweb).
+#include "server/metrics_http.h"
+
+#include <microhttpd.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <condition_variable>
+#include <cstring>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/strings/str_cat.h"
+
+namespace ttt::server {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+constexpr char kContentType[] = "text/plain; version=0.0.4; charset=utf-8";
+
+// A listening socket bound to `address`, or an error naming it. libmicrohttpd takes it over
+// (MHD_OPTION_LISTEN_SOCKET): binding here keeps one address syntax for both endpoints and
+// lets port 0 be read back before the server starts.
+absl::StatusOr<int> Listen(const std::string& address) {
+  const size_t colon = address.rfind(':');
+  std::string host = colon == std::string::npos ? "" : address.substr(0, colon);
+  const std::string port = colon == std::string::npos ? address : address.substr(colon + 1);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE;
+  addrinfo* res = nullptr;
+  if (getaddrinfo(host.empty() ? nullptr : host.c_str(), port.c_str(), &hints, &res) != 0 ||
+      res == nullptr) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot serve metrics on ", address, ": bad address"));
+  }
+  const int fd = socket(res->ai_family, res->ai_socktype | SOCK_CLOEXEC, res->ai_protocol);
+  int one = 1;
+  if (fd >= 0) setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  const bool bound =
+      fd >= 0 && bind(fd, res->ai_addr, res->ai_addrlen) == 0 && listen(fd, 128) == 0;
+  freeaddrinfo(res);
+  if (!bound) {
+    const std::string err = std::strerror(errno);
+    if (fd >= 0) close(fd);
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot serve metrics on ", address, ": ", err));
+  }
+  return fd;
+}
+
+int BoundPort(int fd) {
+  sockaddr_storage ss{};
+  socklen_t len = sizeof(ss);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
+  return ntohs(ss.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port
+                                        : reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
+}
+
+}  // namespace
+
+// libmicrohttpd has an idle timeout but no whole-request deadline, so this keeps one: every
+// open connection with its deadline, and a thread that shuts down the socket of any connection
+// past it (libmicrohttpd then sees EOF and closes it). The table entry is removed in the CLOSED
+// notification, which libmicrohttpd sends before it closes the socket, under `mu`: a socket is
+// never shut down after its descriptor could have been reused.
+struct HttpExposer::State {
+  Render render;
+  HttpExposerOptions options;
+  MHD_Daemon* daemon = nullptr;
+
+  struct Connection {
+    int fd;
+    Clock::time_point deadline;
+    bool cut = false;
+  };
+  std::mutex mu;
+  std::condition_variable wake;
+  bool stop ABSL_GUARDED_BY(mu) = false;
+  std::unordered_map<MHD_Connection*, Connection> connections ABSL_GUARDED_BY(mu);
+  std::thread deadlines;
+
+  void Opened(MHD_Connection* c) {
+    const MHD_ConnectionInfo* info =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (info == nullptr) return;
+    std::lock_guard<std::mutex> lock(mu);
+    connections[c] = Connection{info->connect_fd, Clock::now() + options.request_deadline};
+  }
+  void Closed(MHD_Connection* c) {
+    std::lock_guard<std::mutex> lock(mu);
+    connections.erase(c);
+  }
+  // A request's header is in: it gets a fresh deadline for its response (a reader that stalls
+  // is cut off too) and the next request on the connection.
+  void RequestArrived(MHD_Connection* c) {
+    std::lock_guard<std::mutex> lock(mu);
+    auto it = connections.find(c);
+    if (it != connections.end()) it->second.deadline = Clock::now() + options.request_deadline;
+  }
+  void EnforceDeadlines() {
+    std::unique_lock<std::mutex> lock(mu);
+    while (!stop) {
+      wake.wait_for(lock, std::chrono::milliseconds(100));
+      const Clock::time_point now = Clock::now();
+      for (auto& [c, conn] : connections) {
+        if (conn.cut || conn.deadline > now) continue;
+        shutdown(conn.fd, SHUT_RDWR);
+        conn.cut = true;
+      }
+    }
+  }
+
+  static void OnConnection(void* cls, MHD_Connection* c, void** socket_context,
+                           MHD_ConnectionNotificationCode toe) {
+    auto* s = static_cast<State*>(cls);
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED) s->Opened(c);
+    if (toe == MHD_CONNECTION_NOTIFY_CLOSED) s->Closed(c);
+  }
+  static MHD_Result Answer(void* cls, MHD_Connection* c, const char* url, const char* method,
+                           const char* version, const char* upload_data,
+                           size_t* upload_data_size, void** request_context);
+};
+
+namespace {
+
+MHD_Result Respond(MHD_Connection* c, unsigned code, const std::string& body) {
+  MHD_Response* response =
+      MHD_create_response_from_buffer(body.size(), const_cast<char*>(body.data()),
+                                      MHD_RESPMEM_MUST_COPY);
+  if (response == nullptr) return MHD_NO;  // out of memory: libmicrohttpd closes the connection
+  MHD_add_response_header(response, MHD_HTTP_HEADER_CONTENT_TYPE, kContentType);
+  if (code == MHD_HTTP_METHOD_NOT_ALLOWED) {
+    MHD_add_response_header(response, MHD_HTTP_HEADER_ALLOW, "GET, HEAD");
+  }
+  if (code == MHD_HTTP_UNAUTHORIZED) {
+    MHD_add_response_header(response, MHD_HTTP_HEADER_WWW_AUTHENTICATE,
+                            "Bearer realm=\"ttt-serve metrics\"");
+  }
+  const MHD_Result queued = MHD_queue_response(c, code, response);
+  MHD_destroy_response(response);
+  return queued;
+}
+
+}  // namespace
+
+// libmicrohttpd calls this once when a request's header is in, then with the body's pieces,
+// then once more with none left: a GET is answered on that last call, so the connection can
+// stay open for the scraper's next request (answering earlier makes libmicrohttpd close it).
+MHD_Result HttpExposer::State::Answer(void* cls, MHD_Connection* c, const char* url,
+                                      const char* method, const char*, const char*,
+                                      size_t* upload_data_size, void** request_context) {
+  static int header_seen;  // any non-null marker
+  auto* s = static_cast<State*>(cls);
+  const std::string m = method, path = url;
+  const bool get = m == MHD_HTTP_METHOD_GET || m == MHD_HTTP_METHOD_HEAD;
+  if (*request_context == nullptr) {
+    s->RequestArrived(c);
+    *request_context = &header_seen;
+    // Other methods are refused before their body is read; the connection then closes.
+    return get ? MHD_YES : Respond(c, MHD_HTTP_METHOD_NOT_ALLOWED, "only GET and HEAD\n");
+  }
+  if (*upload_data_size != 0) {  // a body sent with a GET: read and dropped
+    *upload_data_size = 0;
+    return MHD_YES;
+  }
+  if (path != "/metrics" && path != "/") return Respond(c, MHD_HTTP_NOT_FOUND, "try /metrics\n");
+  try {  // nothing may unwind through libmicrohttpd's C frames
+    if (s->options.authorize) {
+      const char* header =
+          MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+      const absl::Status allowed = s->options.authorize(
+          header == nullptr ? std::nullopt : std::optional<std::string>(header));
+      if (!allowed.ok()) {
+        const bool who = allowed.code() == absl::StatusCode::kUnauthenticated;
+        return Respond(c, who ? MHD_HTTP_UNAUTHORIZED : MHD_HTTP_FORBIDDEN,
+                       absl::StrCat(allowed.message(), "\n"));
+      }
+    }
+    return Respond(c, MHD_HTTP_OK, s->render());
+  } catch (const std::exception& e) {
+    return Respond(c, MHD_HTTP_INTERNAL_SERVER_ERROR,
+                   absl::StrCat("cannot render metrics: ", e.what(), "\n"));
+  }
+}
+
+absl::StatusOr<std::unique_ptr<HttpExposer>> HttpExposer::Start(
+    const std::string& address, Render render, const HttpExposerOptions& options) {
+  absl::StatusOr<int> fd = Listen(address);
+  if (!fd.ok()) return fd.status();
+  std::unique_ptr<HttpExposer> exposer(new HttpExposer());
+  exposer->port_ = BoundPort(*fd);
+  exposer->state_ = std::make_unique<State>();
+  State* s = exposer->state_.get();
+  s->render = std::move(render);
+  s->options = options;
+  s->daemon = MHD_start_daemon(
+      MHD_USE_EPOLL_INTERNAL_THREAD, 0, nullptr, nullptr, &State::Answer, s,
+      MHD_OPTION_LISTEN_SOCKET, *fd, MHD_OPTION_CONNECTION_LIMIT, options.max_connections,
+      MHD_OPTION_CONNECTION_TIMEOUT, options.idle_timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+      options.connection_memory_bytes, MHD_OPTION_NOTIFY_CONNECTION, &State::OnConnection, s,
+      MHD_OPTION_END);
+  if (s->daemon == nullptr) {
+    close(*fd);
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot serve metrics on ", address, ": libmicrohttpd did not start"));
+  }
+  s->deadlines = std::thread([s] { s->EnforceDeadlines(); });
+  return exposer;
+}
+
+HttpExposer::~HttpExposer() {
+  if (state_ == nullptr) return;
+  {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    state_->stop = true;
+  }
+  state_->wake.notify_all();
+  if (state_->deadlines.joinable()) state_->deadlines.join();
+  MHD_stop_daemon(state_->daemon);  // closes the listening socket and every connection
+}
+
+}  // namespace ttt::server

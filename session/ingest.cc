@@ -1,0 +1,116 @@
+// Ingest (a writer folding tokens into the session) and scoring (log-probabilities of tokens
+// continuing the session, computed on a copy, so the session does not change).
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "engine/decode.h"
+#include "engine/status_macros.h"
+#include "session/internal/session_record.h"
+#include "session/session.h"
+
+namespace ttt::session {
+
+absl::Status SessionManager::SubmitIngest(
+    const std::shared_ptr<Session>& s, std::vector<int32_t> tokens, bool end_of_document,
+    std::shared_ptr<engine::CancelToken> cancel,
+    std::function<void(absl::StatusOr<IngestProgress>)> done) {
+  if (!cancel) cancel = std::make_shared<engine::CancelToken>();
+  struct Op {
+    IngestProgress progress;
+    int64_t chunks_before = 0;
+  };
+  auto op = std::make_shared<Op>();
+  engine::Work w;
+  w.key = s->key;
+  w.state = &s->state;
+  w.tokens = std::move(tokens);
+  w.cancel = cancel;
+  w.prepare = [this, s, op]() -> absl::Status {
+    RETURN_IF_ERROR(EnsureResident(*s));
+    op->chunks_before = s->state.chunks_applied;
+    return absl::OkStatus();
+  };
+  w.on_progress = [op](absl::Span<const float> logprobs, int64_t) {
+    op->progress.tokens += static_cast<int64_t>(logprobs.size());
+    for (float lp : logprobs) {
+      if (std::isfinite(lp)) {
+        op->progress.nll_sum -= lp;
+        ++op->progress.nll_count;
+      }
+    }
+  };
+  const int64_t chunk = TokensPerChunk();
+  w.on_done = [this, s, op, end_of_document, chunk, done = std::move(done)](absl::Status st) {
+    int64_t chunks = 0;
+    {
+      std::lock_guard<std::mutex> lock(s->mu);
+      if (s->resident) {
+        chunks = s->AccountWriteLocked(op->progress.tokens, op->chunks_before, chunk);
+        if (st.ok() && end_of_document) {
+          ++s->counters.documents_completed;
+          if (s->options.reset_at_document_end) model_->Reset(s->state);
+        }
+        s->RefreshLocked();
+      }
+      op->progress.counters = s->counters;
+    }
+    if (listener_ != nullptr && chunks > 0) listener_->OnChunkUpdates(chunks);
+    s->EndOp();
+    if (st.ok()) {
+      done(op->progress);
+    } else {
+      done(st);
+    }
+  };
+  return SubmitOp(*s, std::move(w), cancel);
+}
+
+absl::Status SessionManager::Score(const std::string& tenant, const std::string& id,
+                                   std::vector<int32_t> tokens,
+                                   std::shared_ptr<engine::CancelToken> cancel,
+                                   std::function<void(absl::StatusOr<ScoreResult>)> done) {
+  ASSIGN_OR_RETURN(auto s, Find(tenant, id));
+  if (tokens.empty()) return absl::InvalidArgumentError("nothing to score: give text or token_ids");
+  RETURN_IF_ERROR(engine::ValidateTokens(model_->config(), tokens));
+  if (!cancel) cancel = std::make_shared<engine::CancelToken>();
+  auto scratch = std::make_shared<engine::SequenceState>();
+  auto result = std::make_shared<ScoreResult>();
+  result->tokens = tokens;
+  engine::Work w;
+  w.key = s->key;
+  w.state = scratch.get();
+  w.tokens = std::move(tokens);
+  w.cancel = cancel;
+  const size_t count = result->tokens.size();
+  auto counted = std::make_shared<int64_t>(0);  // the copy's bytes in scratch_bytes_
+  w.prepare = [this, s, scratch, count, counted]() -> absl::Status {
+    RETURN_IF_ERROR(EnsureResident(*s));
+    // Checked here, in order with the session's writes: an empty session's first token has no
+    // context, so one token alone would predict nothing (and a perplexity over nothing).
+    if (s->state.position == 0 && count < 2) {
+      return absl::InvalidArgumentError(
+          "score needs at least 2 tokens on an empty session: its first token has no context, "
+          "so nothing would be predicted; ingest context first or score more tokens");
+    }
+    *scratch = s->state.Clone();
+    *counted = scratch->HeldBytes();
+    scratch_bytes_ += *counted;
+    return absl::OkStatus();
+  };
+  w.on_progress = [result](absl::Span<const float> logprobs, int64_t) {
+    result->logprobs.insert(result->logprobs.end(), logprobs.begin(), logprobs.end());
+  };
+  w.on_done = [this, s, scratch, counted, result, done = std::move(done)](absl::Status st) {
+    *scratch = engine::SequenceState{};
+    scratch_bytes_ -= *counted;
+    s->EndOp();
+    if (st.ok()) {
+      done(std::move(*result));
+    } else {
+      done(st);
+    }
+  };
+  return SubmitOp(*s, std::move(w), cancel);
+}
+
+}  // namespace ttt::session

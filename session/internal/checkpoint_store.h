@@ -1,0 +1,81 @@
+// The checkpoint directory, in one place: its layout, atomic writes, reads, listings and removal.
+//
+//   <root>/<tenant>/checkpoints/<checkpoint id>.safetensors   named checkpoints (clients)
+//   <root>/<tenant>/sessions/<session id>.safetensors         session states evicted to disk or
+//                                                              persisted at shutdown
+//
+// Files are in the checkpoint format (checkpoint.h) and written atomically (a temporary file
+// beside the final name, fsync, rename, fsync the folder), so a crash leaves the old file or the
+// new one, never a torn one; temporary names do not end in ".safetensors" and are never listed.
+// Reads and listings only open regular files, and follow no symbolic link below the root: each
+// folder is opened with O_NOFOLLOW, each file with O_NOFOLLOW | O_NONBLOCK (a FIFO cannot block
+// a listing) and checked with fstat. A listing shows only files whose header, format and size
+// are whole (the checksum is checked when the bytes are used). Tenant and id are validated by
+// the caller (names.h): they are safe file names. Thread-safe: each method is a file-system
+// operation on its own.
+#pragma once
+
+#include <filesystem>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "session/internal/checkpoint.h"
+#include "session/session.h"
+
+namespace ttt::session::internal {
+
+class CheckpointStore {
+ public:
+  explicit CheckpointStore(std::filesystem::path root) : root_(std::move(root)) {}
+
+  // Creates the root folder. FAILED_PRECONDITION when it cannot.
+  absl::Status Init() const;
+
+  // Named checkpoints. Read/Delete answer NOT_FOUND ("checkpoint 'x' not found").
+  absl::Status WriteCheckpoint(const std::string& tenant, const std::string& id,
+                               const std::string& bytes) const;
+  absl::StatusOr<std::string> ReadCheckpoint(const std::string& tenant,
+                                             const std::string& id) const;
+  absl::Status DeleteCheckpoint(const std::string& tenant, const std::string& id) const;
+  // The tenant's whole checkpoints by id, with what their metadata says.
+  std::vector<CheckpointInfo> ListCheckpoints(const std::string& tenant) const;
+
+  // Session files. Read answers NOT_FOUND when there is none.
+  absl::Status WriteSession(const std::string& tenant, const std::string& id,
+                            const std::string& bytes) const;
+  absl::StatusOr<std::string> ReadSession(const std::string& tenant, const std::string& id) const;
+  void RemoveSession(const std::string& tenant, const std::string& id) const;
+  // Names a session file in messages.
+  std::string SessionFileName(const std::string& tenant, const std::string& id) const;
+
+  // Turns a session file into the tenant's checkpoint of the same id (sessions that do not fit
+  // under --max_sessions at start). ALREADY_EXISTS when a checkpoint has that id.
+  absl::Status MoveSessionToCheckpoints(const std::string& tenant, const std::string& id) const;
+
+  struct PersistedSession {
+    std::string tenant;
+    std::string id;
+    CheckpointMeta meta;
+  };
+  // Session files of every tenant whose metadata reads and names `model_fingerprint`; the
+  // others are skipped with a line on stderr.
+  std::vector<PersistedSession> ListSessions(const std::string& model_fingerprint) const;
+
+ private:
+  std::filesystem::path Path(const std::string& tenant, const char* kind,
+                             const std::string& id) const;
+  // The whole file <root>/<tenant>/<kind>/<id>.safetensors; NOT_FOUND unless a regular file.
+  absl::StatusOr<std::string> ReadWhole(const std::string& tenant, const char* kind,
+                                        const std::string& id) const;
+  // Every <root>/<tenant>/<kind>/*.safetensors by id, with its metadata or why it is not whole;
+  // `sizes` (optional) receives the file sizes in the same order.
+  std::vector<std::pair<std::string, absl::StatusOr<CheckpointMeta>>> InspectAll(
+      const std::string& tenant, const char* kind, std::vector<uint64_t>* sizes) const;
+
+  const std::filesystem::path root_;
+};
+
+}  // namespace ttt::session::internal

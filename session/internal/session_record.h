@@ -1,0 +1,113 @@
+// One session's record: its identity, guarded bookkeeping (options, counters, the writer flag,
+// operations in flight) and the engine-owned SequenceState. Shared by the manager's files.
+#pragma once
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "engine/scheduler.h"
+#include "engine/sequence.h"
+#include "session/session.h"
+
+namespace ttt::session {
+
+inline int64_t NowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// One session. Bookkeeping is guarded by mu; `state` belongs to the engine thread (only work
+// queued under `key` touches it), except before the session is published.
+class Session {
+ public:
+  Session(std::string id_in, std::string tenant_in, uint64_t key_in, SessionOptions opts,
+          int64_t created)
+      : id(std::move(id_in)), tenant(std::move(tenant_in)), key(key_in), options(std::move(opts)),
+        created_ms(created), last_used_ms(created) {}
+
+  const std::string id;
+  const std::string tenant;
+  const uint64_t key;  // scheduler key
+
+  mutable std::mutex mu;
+  SessionOptions options;                               // guarded by mu
+  Counters counters;                                    // guarded by mu
+  int64_t memory_bytes = 0;  // the state's buffers (HeldBytes); guarded by mu
+  std::vector<std::pair<int64_t, double>> delta_norms;  // guarded by mu
+  int64_t created_ms;                                   // guarded by mu
+  int64_t last_used_ms;                                 // guarded by mu
+  bool resident = true;                                 // guarded by mu
+  bool writer = false;                                  // guarded by mu
+  std::string writer_what;                              // guarded by mu
+  int64_t inflight = 0;  // operations admitted and not finished; guarded by mu
+  bool deleted = false;   // guarded by mu
+  bool evicting = false;  // guarded by mu
+  std::vector<std::weak_ptr<engine::CancelToken>> cancels;  // guarded by mu
+
+  // Engine thread only.
+  engine::SequenceState state;
+
+  SessionInfo InfoLocked() const {
+    SessionInfo info;
+    info.id = id;
+    info.tenant = tenant;
+    info.options = options;
+    info.counters = counters;
+    info.memory_bytes = memory_bytes;
+    info.delta_norms = delta_norms;
+    info.create_time_unix_ms = created_ms;
+    info.last_used_unix_ms = last_used_ms;
+    info.resident = resident;
+    info.writer_active = writer;
+    return info;
+  }
+  SessionInfo Info() const {
+    std::lock_guard<std::mutex> lock(mu);
+    return InfoLocked();
+  }
+  // Engine thread (or before publication), mu held: derived figures from the state.
+  void RefreshLocked() {
+    counters.position = state.position;
+    counters.tokens_pending = state.PendingTokens();
+    memory_bytes = state.HeldBytes();
+    const std::vector<double> norms = state.DeltaNorms();
+    delta_norms.clear();
+    for (size_t i = 0; i < norms.size() && i < state.ttt.size(); ++i) {
+      delta_norms.emplace_back(state.ttt[i].layer, norms[i]);
+    }
+  }
+  // Engine thread, mu held, after a write: counts `tokens` received and the chunk updates since
+  // `chunks_before` (each of `chunk` tokens). Returns the chunks; the caller refreshes.
+  int64_t AccountWriteLocked(int64_t tokens, int64_t chunks_before, int64_t chunk) {
+    const int64_t chunks = std::max<int64_t>(0, state.chunks_applied - chunks_before);
+    counters.tokens_received += tokens;
+    counters.chunks_applied += chunks;
+    counters.tokens_applied += chunks * chunk;
+    return chunks;
+  }
+  void BeginOp(const std::shared_ptr<engine::CancelToken>& cancel) {
+    std::lock_guard<std::mutex> lock(mu);
+    ++inflight;
+    last_used_ms = NowMs();
+    if (cancel) {
+      cancels.erase(std::remove_if(cancels.begin(), cancels.end(),
+                                   [](const auto& w) { return w.expired(); }),
+                    cancels.end());
+      cancels.push_back(cancel);
+    }
+  }
+  void EndOp() {
+    std::lock_guard<std::mutex> lock(mu);
+    --inflight;
+    last_used_ms = NowMs();
+  }
+};
+
+}  // namespace ttt::session

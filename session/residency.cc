@@ -1,0 +1,246 @@
+// Residency: where a session's state lives. Idle sessions past their TTL are removed and idle
+// resident ones are evicted to their session file, least recently used first, while resident
+// memory exceeds the budget; an evicted session reloads on its next use (EnsureResident).
+// PersistAll writes every resident session at shutdown and LoadPersisted registers them again
+// in the next process. A session file is the session's durable copy: it is replaced by the next
+// eviction or shutdown and removed only with the session (delete, TTL), never on reload, so a
+// crash brings a session back as of its last copy. Files go through the CheckpointStore.
+#include <algorithm>
+#include <cstdio>
+#include <tuple>
+
+#include "absl/strings/str_cat.h"
+#include "engine/status_macros.h"
+#include "session/internal/checkpoint.h"
+#include "session/internal/checkpoint_store.h"
+#include "session/internal/session_record.h"
+#include "session/session.h"
+
+namespace ttt::session {
+
+void SessionManager::LoadPersisted() {
+  auto persisted = store_->ListSessions(model_->fingerprint());
+  // The most recently used come back first; --max_sessions holds here as anywhere.
+  std::sort(persisted.begin(), persisted.end(), [](const auto& a, const auto& b) {
+    return std::tie(b.meta.last_used_unix_ms, a.tenant, a.id) <
+           std::tie(a.meta.last_used_unix_ms, b.tenant, b.id);
+  });
+  for (auto& p : persisted) {
+    if (!CheckSessionLimit(session_count()).ok()) {
+      // Kept, not lost: the tenant can restore it by the session id once there is room.
+      absl::Status moved = store_->MoveSessionToCheckpoints(p.tenant, p.id);
+      std::fprintf(
+          stderr, "ttt-serve: --max_sessions=%lld reached: persisted session %s of tenant %s %s\n",
+          static_cast<long long>(options_.max_sessions), p.id.c_str(), p.tenant.c_str(),
+          moved.ok() ? "is kept as the checkpoint of the same id"
+                     : ("stays on disk unloaded: " + std::string(moved.message())).c_str());
+      continue;
+    }
+    if (!ValidateOptions(p.meta.options).ok()) continue;
+    auto s = std::make_shared<Session>(p.id, p.tenant, next_key_++, p.meta.options,
+                                       p.meta.created_unix_ms);
+    s->counters = p.meta.counters;
+    s->resident = false;
+    std::lock_guard<std::mutex> lock(mu_);
+    sessions_[p.tenant][p.id] = std::move(s);
+    ++session_count_;
+  }
+}
+
+void SessionManager::ReaperLoop() {
+  std::unique_lock<std::mutex> lock(reaper_mu_);
+  while (!stop_reaper_) {
+    reaper_cv_.wait_for(lock, std::chrono::milliseconds(options_.reaper_interval_ms));
+    if (stop_reaper_) break;
+    lock.unlock();
+    ReapNow();
+    lock.lock();
+  }
+}
+
+void SessionManager::ReapNow() {
+  const int64_t now = NowMs();
+  std::vector<std::shared_ptr<Session>> expired;
+  std::vector<std::shared_ptr<Session>> idle_resident;
+  int64_t resident_bytes = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& [tenant, by_id] : sessions_) {
+      for (auto it = by_id.begin(); it != by_id.end();) {
+        Session& s = *it->second;
+        std::lock_guard<std::mutex> slock(s.mu);
+        const int64_t ttl =
+            s.options.idle_ttl_seconds > 0 ? s.options.idle_ttl_seconds : options_.idle_ttl_seconds;
+        const bool idle = s.inflight == 0 && !s.writer;
+        if (idle && now - s.last_used_ms > ttl * 1000) {
+          s.deleted = true;
+          expired.push_back(it->second);
+          it = by_id.erase(it);
+          --session_count_;
+          continue;
+        }
+        if (s.resident) {
+          resident_bytes += s.memory_bytes;
+          if (idle && !s.evicting) idle_resident.push_back(it->second);
+        }
+        ++it;
+      }
+    }
+  }
+  for (auto& s : expired) DropOnEngine(s);
+  if (resident_bytes <= options_.memory_budget_bytes) return;
+  // Least recently used first (times copied out: a comparator must not take two locks).
+  std::vector<std::pair<int64_t, std::shared_ptr<Session>>> by_age;
+  for (auto& s : idle_resident) {
+    std::lock_guard<std::mutex> lock(s->mu);
+    by_age.emplace_back(s->last_used_ms, s);
+  }
+  std::sort(by_age.begin(), by_age.end(),
+            [](const auto& a, const auto& b) { return a.first < b.first; });
+  for (auto& [t, s] : by_age) {
+    if (resident_bytes <= options_.memory_budget_bytes) break;
+    int64_t bytes;
+    {
+      std::lock_guard<std::mutex> lock(s->mu);
+      bytes = s->memory_bytes;
+    }
+    Evict(s);
+    resident_bytes -= bytes;
+  }
+}
+
+void SessionManager::DropOnEngine(const std::shared_ptr<Session>& s) {
+  engine::Work w;
+  w.key = s->key;
+  w.task = [s, this] {
+    store_->RemoveSession(s->tenant, s->id);
+    s->state = engine::SequenceState{};
+  };
+  (void)scheduler_->Submit(std::move(w), /*bypass_limits=*/true);
+}
+
+absl::StatusOr<int64_t> SessionManager::WriteSessionFile(Session& s) {
+  ASSIGN_OR_RETURN(std::string bytes, EncodeSession(s, ""));
+  RETURN_IF_ERROR(store_->WriteSession(s.tenant, s.id, bytes));
+  return static_cast<int64_t>(bytes.size());
+}
+
+void SessionManager::Evict(const std::shared_ptr<Session>& s) {
+  {
+    std::lock_guard<std::mutex> lock(s->mu);
+    if (!s->resident || s->inflight > 0 || s->writer || s->evicting || s->deleted) return;
+    s->evicting = true;
+  }
+  engine::Work w;
+  w.key = s->key;
+  w.task = [this, s] {
+    {
+      std::lock_guard<std::mutex> lock(s->mu);
+      if (s->deleted || s->inflight > 0 || !s->resident) {
+        s->evicting = false;
+        return;  // someone uses it again: keep it
+      }
+    }
+    absl::StatusOr<int64_t> written = WriteSessionFile(*s);
+    std::lock_guard<std::mutex> lock(s->mu);
+    s->evicting = false;
+    if (!written.ok()) {
+      std::fprintf(stderr, "ttt-serve: eviction of %s failed: %s\n", s->id.c_str(),
+                   std::string(written.status().message()).c_str());
+      return;
+    }
+    s->state = engine::SequenceState{};
+    s->resident = false;
+    s->memory_bytes = 0;
+    if (listener_ != nullptr) listener_->OnEvicted();
+  };
+  (void)scheduler_->Submit(std::move(w), /*bypass_limits=*/true);
+}
+
+absl::Status SessionManager::PersistAll() {
+  std::vector<std::shared_ptr<Session>> all;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& [tenant, by_id] : sessions_) {
+      for (auto& [id, s] : by_id) all.push_back(s);
+    }
+  }
+  absl::Status first;
+  for (auto& s : all) {
+    absl::Status result;
+    absl::Status ran = scheduler_->RunAndWait(s->key, [&] {
+      {
+        std::lock_guard<std::mutex> lock(s->mu);
+        if (!s->resident || s->deleted) return;
+      }
+      absl::StatusOr<int64_t> written = WriteSessionFile(*s);
+      result = written.status();
+      if (written.ok() && listener_ != nullptr) listener_->OnCheckpointWritten(*written, 0.0);
+    });
+    if (!ran.ok()) result = ran;
+    if (!result.ok() && first.ok()) first = result;
+  }
+  return first;
+}
+
+int64_t SessionManager::resident_memory_bytes() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  int64_t total = 0;
+  for (const auto& [tenant, by_id] : sessions_) {
+    for (const auto& [id, s] : by_id) {
+      std::lock_guard<std::mutex> slock(s->mu);
+      if (s->resident) total += s->memory_bytes;
+    }
+  }
+  return total;
+}
+
+int64_t SessionManager::memory_held_bytes() const {
+  return resident_memory_bytes() + scratch_bytes_.load(std::memory_order_relaxed);
+}
+
+absl::Status SessionManager::EnsureResident(Session& s) {
+  {
+    std::lock_guard<std::mutex> lock(s.mu);
+    if (s.resident) return absl::OkStatus();
+  }
+  const std::string source = store_->SessionFileName(s.tenant, s.id);
+  auto bytes = store_->ReadSession(s.tenant, s.id);
+  if (!bytes.ok()) {
+    return absl::DataLossError(absl::StrCat(
+        "session ", s.id, " could not be reloaded from disk: ", bytes.status().message()));
+  }
+  auto decoded = internal::DecodeCheckpoint(std::move(*bytes), source, *model_);
+  if (!decoded.ok()) {
+    return absl::Status(decoded.status().code(),
+                        absl::StrCat("session ", s.id, " could not be reloaded from disk: ",
+                                     decoded.status().message()));
+  }
+  s.state = std::move(decoded->state);
+  // The file stays: it is the session's durable copy until a newer one replaces it (the next
+  // eviction or shutdown) or the session goes; a crash meanwhile brings the session back as of
+  // that copy instead of losing it.
+  std::lock_guard<std::mutex> lock(s.mu);
+  s.resident = true;
+  s.RefreshLocked();
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> SessionManager::EncodeSession(Session& s,
+                                                          const std::string& checkpoint_id) {
+  internal::CheckpointMeta meta;
+  meta.model_fingerprint = model_->fingerprint();
+  meta.tenant = s.tenant;
+  meta.session_id = s.id;
+  meta.checkpoint_id = checkpoint_id;
+  meta.created_unix_ms = NowMs();
+  {
+    std::lock_guard<std::mutex> lock(s.mu);
+    meta.last_used_unix_ms = s.last_used_ms;
+    meta.counters = s.counters;
+    meta.options = s.options;
+  }
+  return internal::EncodeCheckpoint(s.state, meta);
+}
+
+}  // namespace ttt::session

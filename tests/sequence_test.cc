@@ -1,0 +1,39 @@
+// engine::SequenceState accounting against the golden llama fixture (TTT_GOLDEN_DIR): what a
+// state holds is what it needs, so the session memory budget counts real memory.
+#include "engine/sequence.h"
+
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <random>
+
+#include "engine/model.h"
+
+namespace ttt::engine {
+namespace {
+
+TEST(SequenceTest, AStateHoldsOnlyTheBuffersItNeeds) {
+  const char* dir = std::getenv("TTT_GOLDEN_DIR");
+  auto model = Model::Load(std::filesystem::path(dir ? dir : "golden") / "llama");
+  ASSERT_TRUE(model.ok()) << model.status();
+  const int64_t chunk = (*model)->config().ttt_chunk;
+  ASSERT_GT(chunk, 0);
+  std::mt19937 rng(1);
+  std::vector<int32_t> tokens;
+  for (int64_t i = 0; i < 3 * chunk + 5; ++i) {
+    tokens.push_back(3 + static_cast<int32_t>(rng() % ((*model)->config().vocab_size - 3)));
+  }
+  SequenceState state = (*model)->NewSequence();
+  IngestItem item{&state, tokens};  // three chunks complete in one call
+  ASSERT_TRUE((*model)->Ingest(absl::MakeSpan(&item, 1)).ok());
+  ASSERT_EQ(state.chunks_applied, 3);
+  // Nothing is a view into a larger buffer of the call (each delta was once a slice of every
+  // chunk's running sum: three times its size held per TTT layer).
+  EXPECT_EQ(state.HeldBytes(), state.MemoryBytes());
+  EXPECT_EQ(state.Clone().HeldBytes(), state.MemoryBytes());
+  EXPECT_GT(state.MemoryBytes(), 0);
+}
+
+}  // namespace
+}  // namespace ttt::engine
