@@ -28,7 +28,7 @@ class IngestReactor final : public grpc::ServerBidiReactor<pb::IngestRequest, pb
   IngestReactor(TttServiceImpl* svc, grpc::CallbackServerContext* ctx)
       : svc_(svc), start_(Clock::now()), cancel_(std::make_shared<engine::CancelToken>()) {
     std::lock_guard<std::mutex> lock(mu_);
-    auto tenant = TenantOf(ctx);
+    auto tenant = TenantOf(svc_->authorizer(), ctx, "Ingest");
     if (!tenant.ok()) {
       FailLocked(tenant.status());
       MaybeFinishLocked();

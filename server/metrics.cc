@@ -4,7 +4,10 @@
 #include <chrono>
 #include <prometheus/text_serializer.h>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "server/status.h"
 
 namespace ttt::server {
@@ -135,7 +138,21 @@ Metrics::Metrics(const std::string& version)
                      .Name("tttserve_build_info")
                      .Help("Constant 1, labelled with the server version and the model fingerprint")
                      .Register(r);
+  auto& failures = prometheus::BuildCounter()
+                       .Name("tttserve_auth_failures_total")
+                       .Help("Calls and scrapes refused by authentication or authorization")
+                       .Register(r);
+  for (auth::AuthFailure reason : auth::kAllAuthFailures) {
+    auth_failures_[reason] = &failures.Add({{"reason", auth::AuthFailureName(reason)}});
+  }
+  auth_enabled_ = &prometheus::BuildGauge()
+                       .Name("tttserve_auth_enabled")
+                       .Help("1 when callers are authenticated; 0: anyone is any tenant")
+                       .Register(r)
+                       .Add({});
 }
+
+void Metrics::RecordAuthFailure(auth::AuthFailure reason) { auth_failures_.at(reason)->Increment(); }
 
 void Metrics::SetBuildInfo(const std::string& model_fingerprint) {
   build_info_->Add({{"version", version_}, {"model_fingerprint", model_fingerprint}}).Set(1);
@@ -145,10 +162,12 @@ Metrics::~Metrics() { exposer_.reset(); }  // no scrape may outlive the registry
 
 absl::Status Metrics::StartExposer(const std::string& address, const HttpExposerOptions& options) {
   std::shared_ptr<prometheus::Registry> registry = registry_;
+  HttpExposerOptions with_auth = options;
+  if (scrape_check_) with_auth.authorize = scrape_check_;
   auto exposer = HttpExposer::Start(
       address,
       [registry] { return prometheus::TextSerializer().Serialize(registry->Collect()); },
-      options);
+      with_auth);
   if (!exposer.ok()) return exposer.status();
   exposer_ = std::move(*exposer);
   return absl::OkStatus();

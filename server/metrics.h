@@ -3,9 +3,11 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 
 #include <grpcpp/support/status_code_enum.h>
@@ -16,6 +18,7 @@
 #include <prometheus/registry.h>
 
 #include "absl/status/status.h"
+#include "auth/authorizer.h"
 #include "engine/scheduler.h"
 #include "server/metrics_http.h"
 #include "session/session.h"
@@ -35,6 +38,16 @@ class Metrics : public session::SessionListener, public engine::Scheduler::Obser
   absl::Status StartExposer(const std::string& address, const HttpExposerOptions& options = {});
   // The bound port (after StartExposer), or 0.
   int port() const;
+
+  // --metrics_auth: each scrape's `Authorization` header value (nullopt: none) goes to `check`;
+  // UNAUTHENTICATED answers 401 (with WWW-Authenticate: Bearer), PERMISSION_DENIED 403.
+  // REQUIRES: called before StartExposer.
+  using ScrapeCheck = std::function<absl::Status(const std::optional<std::string>&)>;
+  void RequireScrapeAuth(ScrapeCheck check) { scrape_check_ = std::move(check); }
+  // tttserve_auth_failures_total{reason} (every reason exported from the start, at 0).
+  void RecordAuthFailure(auth::AuthFailure reason);
+  // tttserve_auth_enabled: 1 when callers are authenticated, 0 when anyone is any tenant.
+  void SetAuthEnabled(bool enabled) { auth_enabled_->Set(enabled ? 1 : 0); }
 
   void RecordRequest(const std::string& method, grpc::StatusCode code, double seconds);
   void AddTokensIngested(int64_t n) { tokens_ingested_->Increment(static_cast<double>(n)); }
@@ -61,6 +74,9 @@ class Metrics : public session::SessionListener, public engine::Scheduler::Obser
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;
+  ScrapeCheck scrape_check_;  // set before the exposer starts
+  std::map<auth::AuthFailure, prometheus::Counter*> auth_failures_;  // fixed after construction
+  prometheus::Gauge* auth_enabled_;
   std::unique_ptr<HttpExposer> exposer_;  // declared after registry_: stops serving first
   const std::string version_;
   prometheus::Family<prometheus::Gauge>* build_info_;
