@@ -22,6 +22,7 @@
 #include "engine/internal/model_weights.h"
 #include "engine/status_macros.h"
 #include "util/sha256.h"
+#include "engine/train_forward.h"
 
 namespace ttt::engine {
 namespace {
@@ -306,17 +307,11 @@ absl::StatusOr<std::vector<IngestLogProbs>> Model::Ingest(absl::Span<IngestItem>
 }
 
 at::Tensor Model::ForwardTrain(const at::Tensor& tokens) const {
-  const int64_t batch = tokens.size(0);
-  std::vector<SequenceState> states(batch);
-  std::vector<IngestItem> items;
-  at::Tensor cpu_tokens = tokens.to(at::kLong).cpu().contiguous();
-  for (int64_t b = 0; b < batch; ++b) {
-    states[b] = NewSequence();
-    const int64_t* row = cpu_tokens[b].data_ptr<int64_t>();
-    items.push_back({&states[b], std::vector<int32_t>(row, row + tokens.size(1))});
-  }
-  std::vector<at::Tensor> logits = ModelAccess(*this, absl::MakeSpan(items)).Run();
-  return at::stack(logits, 0);
+  TrainForwardSettings settings;
+  settings.eta = active_ttt_layers_.empty() ? 0.0 : weights_->eta;
+  settings.window = weights_->window;
+  settings.active_ttt_layers = active_ttt_layers_;
+  return BatchedTrainForward(config_, NamedWeights(), settings, tokens.to(device_));
 }
 
 NamedTensors Model::NamedWeights() const {
