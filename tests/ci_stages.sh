@@ -3,9 +3,9 @@
 # timed (build and run) in a summary at the end:
 #   normal  Release build in build/ (or $TTT_BUILD_DIR), the whole suite (ctest); extra
 #           arguments go to this ctest
-#   asan    AddressSanitizer + UndefinedBehaviorSanitizer, -O1, build-asan/: the whole suite but
-#           the tests that run no C++ of ours (see kAsanSkip below)
-#   tsan    ThreadSanitizer, -O1, build-tsan/: scheduler_test, session_test, server_test
+#   asan    AddressSanitizer + UndefinedBehaviorSanitizer, -O1, build-asan/: the tests in
+#           kAsanTests (below)
+#   tsan    ThreadSanitizer, -O1, build-tsan/: the tests in kTsanTests (below)
 #   fuzz    Clang + libFuzzer, build-fuzz/: each tests/fuzz target for TTT_FUZZ_SECONDS
 # Environment:
 #   TTT_CI_STAGES="normal asan tsan fuzz"   the stages to run, in order (default: all four)
@@ -22,11 +22,15 @@ fuzz_seconds="${TTT_FUZZ_SECONDS:-60}"
 normal_dir="${TTT_BUILD_DIR:-build}"
 summary=()
 
-# Tests that execute none of our C++ (chart rendering, Prometheus rules, the package list, the
-# metrics checker against canned text) or that check the release binary's runtime libraries
-# (a sanitized binary links libasan/libubsan on purpose): the normal stage covers them.
-kAsanSkip='^(helm_chart_test|prometheus_rules_test|install_deps_test|check_metrics_test|runtime_deps_test)$'
-kTsanTests='^(scheduler_test|session_test|server_test)$'
+# What the sanitizer stages build and run. Only tests that have passed under the sanitizer on
+# this machine are listed: a list grows when a run of the next test comes back clean (or its
+# findings are fixed). Not yet run here: the rest of the suite under ASan/UBSan (the e2e tests
+# start a sanitized server from Python), session_test and server_test under TSan (gRPC and
+# libgomp are not instrumented: expect suppressions). TTT_ASAN_TESTS / TTT_TSAN_TESTS override.
+kAsanTests="${TTT_ASAN_TESTS:-tokenizer_test safetensors_test scheduler_test}"
+kTsanTests="${TTT_TSAN_TESTS:-scheduler_test}"
+as_regex() { local t; t="$*"; echo "^(${t// /|})\$"; }
+
 # -O1 keeps sanitized builds and runs quick while keeping stack traces usable.
 kSanitizedFlags=(-DCMAKE_BUILD_TYPE=RelWithDebInfo "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -g1"
                  -DTTT_BUILD_BENCH=OFF)
@@ -79,19 +83,19 @@ export_sanitizer_env() {
   export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:suppressions=$supp/tsan.supp"
   export OMP_NUM_THREADS=1
 }
-asan_ctest() (export_sanitizer_env; run_ctest build-asan -E "$kAsanSkip")
-tsan_ctest() (export_sanitizer_env; run_ctest build-tsan -R "$kTsanTests")
+asan_ctest() (export_sanitizer_env; run_ctest build-asan -R "$(as_regex $kAsanTests)")
+tsan_ctest() (export_sanitizer_env; run_ctest build-tsan -R "$(as_regex $kTsanTests)")
 clang_configure_build() { CC=clang-14 CXX=clang++-14 configure_build "$@"; }
 
 stage_asan() {
-  time_step "asan build" configure_build build-asan "" "${kSanitizedFlags[@]}" \
+  time_step "asan build" configure_build build-asan "$kAsanTests" "${kSanitizedFlags[@]}" \
     -DTTT_SANITIZE=address,undefined
   time_step "asan run" asan_ctest
 }
 
 stage_tsan() {
-  # Only what the three tests need; ctest adds the golden_fixtures setup they require.
-  time_step "tsan build" configure_build build-tsan "scheduler_test session_test server_test" \
+  # Only what the tests need; ctest adds any fixture setup they require.
+  time_step "tsan build" configure_build build-tsan "$kTsanTests" \
     "${kSanitizedFlags[@]}" -DTTT_SANITIZE=thread
   time_step "tsan run" tsan_ctest
 }
