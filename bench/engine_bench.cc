@@ -239,7 +239,7 @@ int64_t SessionBytes(const Model& model, int64_t prefix, int64_t steps) {
     std::vector<IngestItem> step{{&state, {token}}};
     Check(model.Ingest(absl::MakeSpan(step)));
   }
-  return state.MemoryBytes();
+  return state.HeldBytes();
 }
 
 void PrintSessionBytes(const std::string& label, const Model& model) {

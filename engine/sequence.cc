@@ -25,14 +25,14 @@ SequenceState SequenceState::Clone() const {
   return copy;
 }
 
-// The buffers, not the views: a cache or chunk grown in place holds spare rows (see
-// internal/state_buffer.h), and that memory is the session's.
+// The elements of its tensors: what a valid state of this shape needs (and what it serializes
+// to); HeldBytes adds the spare rows of buffers grown in place (internal/state_buffer.h).
 int64_t SequenceState::MemoryBytes() const {
-  using internal::BufferBytes;
-  int64_t bytes = BufferBytes(last_logits);
-  for (const LayerCache& c : cache) bytes += BufferBytes(c.keys) + BufferBytes(c.values);
+  auto elements = [](const at::Tensor& t) -> int64_t { return t.defined() ? t.nbytes() : 0; };
+  int64_t bytes = elements(last_logits);
+  for (const LayerCache& c : cache) bytes += elements(c.keys) + elements(c.values);
   for (const TttLayerState& t : ttt) {
-    bytes += BufferBytes(t.delta) + BufferBytes(t.pending_z) + BufferBytes(t.pending_x0);
+    bytes += elements(t.delta) + elements(t.pending_z) + elements(t.pending_x0);
   }
   return bytes;
 }

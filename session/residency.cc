@@ -112,8 +112,9 @@ void SessionManager::ReapNow() {
 void SessionManager::DropOnEngine(const std::shared_ptr<Session>& s) {
   engine::Work w;
   w.key = s->key;
-  w.task = [s, this] {
-    store_->RemoveSession(s->tenant, s->id);
+  // Captures the store, not `this`: a delete's clean-up may run after the manager is destroyed.
+  w.task = [s, store = store_] {
+    store->RemoveSession(s->tenant, s->id);
     s->state = engine::SequenceState{};
   };
   (void)scheduler_->Submit(std::move(w), /*bypass_limits=*/true);

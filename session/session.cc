@@ -81,7 +81,7 @@ absl::StatusOr<std::unique_ptr<SessionManager>> SessionManager::Create(
 SessionManager::SessionManager(const engine::Model* model, engine::Scheduler* scheduler,
                                const ManagerOptions& options, SessionListener* listener)
     : model_(model), scheduler_(scheduler), options_(options), listener_(listener),
-      store_(std::make_unique<internal::CheckpointStore>(options.checkpoint_dir)) {}
+      store_(std::make_shared<internal::CheckpointStore>(options.checkpoint_dir)) {}
 
 SessionManager::~SessionManager() {
   {

@@ -280,7 +280,8 @@ class SessionManager {
   engine::Scheduler* scheduler_;
   const ManagerOptions options_;
   SessionListener* listener_;
-  const std::unique_ptr<internal::CheckpointStore> store_;
+  // Shared with work queued on the engine (DropOnEngine), which may run after this manager is gone.
+  const std::shared_ptr<internal::CheckpointStore> store_;
 
   mutable std::mutex mu_;
   // tenant -> id -> session. Guarded by mu_.
