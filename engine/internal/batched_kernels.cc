@@ -17,7 +17,9 @@ namespace {
 // picks its kernels; the baseline splits each vector into two SSE registers.
 using Vec = float __attribute__((vector_size(32)));
 constexpr int64_t kLanes = 8;
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+// Not under ThreadSanitizer: the clones' ifunc resolvers run during relocation, before TSan's
+// runtime is up, and crash the process at start.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_THREAD__)
 #define TTT_MULTIVERSION __attribute__((target_clones("arch=skylake-avx512", "arch=haswell", "default")))
 #else
 #define TTT_MULTIVERSION
