@@ -2,7 +2,11 @@
 # The two entry points a new user needs on a fresh Debian 12 machine (README.md):
 #   ./build.sh serve [server flags...]   install what is missing, build, run the server on the
 #                                         shipped default model
-#   ./build.sh test                       install what is missing, build, run the whole test suite
+#   ./build.sh test [--quick] [ctest args...]
+#                                         install what is missing, build, run the whole test suite,
+#                                         then again under ASan+UBSan, the concurrent tests under
+#                                         TSan, and each fuzz target for a minute
+#                                         (tests/ci_stages.sh); --quick: the plain suite only
 # Both are idempotent: apt-get installs only what is missing; the build is incremental.
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")"
@@ -23,12 +27,16 @@ case "$mode" in
     ;;
   test)
     bash deploy/install-deps.sh test
-    configure_and_build
-    cd "$build_dir"
-    ctest --output-on-failure --timeout 600 -j "$jobs" "$@"
+    if [ "${1:-}" = --quick ]; then
+      shift
+      configure_and_build
+      cd "$build_dir"
+      exec ctest --output-on-failure --timeout 600 -j "$jobs" "$@"
+    fi
+    TTT_JOBS="$jobs" exec bash tests/ci_stages.sh "$@"
     ;;
   *)
-    echo "usage: $0 serve [server flags...] | test [ctest args...]" >&2
+    echo "usage: $0 serve [server flags...] | test [--quick] [ctest args...]" >&2
     exit 2
     ;;
 esac

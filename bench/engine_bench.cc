@@ -1,14 +1,26 @@
 // Engine throughput, printed as ratios against baselines measured in the same run:
 // TTT on vs. off, batched (8 sequences) vs. one, achieved FLOP/s vs. this machine's sgemm peak,
 // bf16 vs. f32, and the engine vs. the plain PyTorch reference (tests/reference) at batch 1.
+// The session-scaling table (issue 11) times decode steps and streaming pieces for each count in
+// --sessions against one session, TTT on and off, and the two down-projection formulations.
 //
 //   engine_bench [--shape=small|test] [--tokens=N] [--threads=N] [--python=/usr/bin/python3]
-//                [--device=cpu|cuda]
+//                [--device=cpu|cuda] [--sessions=1,4,16,64] [--only=all|scaling|ops]
+//                [--clock=wall|cpu] [--model=DIR]
+//
+// --clock=cpu times with the process's CPU time instead of the wall clock: with --threads=1 on a
+// machine shared with other jobs it is far less sensitive to time slicing (it still sees cache
+// and memory-bandwidth contention). --model=DIR also prints the bytes a resident session of that
+// model holds.
 //
 // Benchmarks never assert on time; they print figures. Results go to bench/RESULTS.md.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/record_function.h>
 
+#include <time.h>
+
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -20,6 +32,7 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "engine/model.h"
 
@@ -34,7 +47,27 @@ struct Flags {
   std::string python = "/usr/bin/python3";
   std::string device = "cpu";
   int threads = 0;  // 0 = the number of cores
+  std::vector<int> sessions = {1, 4, 16, 64};  // session counts of the scaling table
+  std::string only = "all";                     // "scaling": the session-scaling table alone
+  std::string model;                            // a model folder whose session bytes to print
 };
+
+bool cpu_clock = false;  // --clock=cpu
+
+// Seconds on the benchmark's clock (wall, or this process's CPU time with --clock=cpu).
+double Now() {
+  if (!cpu_clock) return std::chrono::duration<double>(Clock::now().time_since_epoch()).count();
+  timespec ts;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+std::vector<int> ParseList(const std::string& text) {
+  std::vector<int> out;
+  std::stringstream in(text);
+  for (std::string item; std::getline(in, item, ',');) out.push_back(std::atoi(item.c_str()));
+  return out;
+}
 
 Flags ParseFlags(int argc, char** argv) {
   Flags flags;
@@ -49,6 +82,10 @@ Flags ParseFlags(int argc, char** argv) {
     else if (auto v = value("python")) flags.python = v;
     else if (auto v = value("device")) flags.device = v;
     else if (auto v = value("threads")) flags.threads = std::atoi(v);
+    else if (auto v = value("sessions")) flags.sessions = ParseList(v);
+    else if (auto v = value("only")) flags.only = v;
+    else if (auto v = value("clock")) cpu_clock = std::string(v) == "cpu";
+    else if (auto v = value("model")) flags.model = v;
     else {
       std::cerr << "unknown flag " << arg << "\n";
       std::exit(2);
@@ -121,9 +158,9 @@ double Time(const std::function<void()>& fn, int repeats = 3) {
   fn();
   double best = 1e30;
   for (int i = 0; i < repeats; ++i) {
-    auto start = Clock::now();
+    const double start = Now();
     fn();
-    best = std::min(best, std::chrono::duration<double>(Clock::now() - start).count());
+    best = std::min(best, Now() - start);
   }
   return best;
 }
@@ -142,7 +179,8 @@ std::vector<int32_t> Tokens(int64_t n, int64_t vocab, uint32_t seed) {
 }
 
 // Tokens per second for `sequences` fresh streams, each fed `tokens` in pieces of `piece`.
-double IngestRate(const Model& model, int sequences, int64_t tokens, int64_t piece) {
+double IngestRate(const Model& model, int sequences, int64_t tokens, int64_t piece,
+                  int repeats = 2) {
   const auto stream = Tokens(tokens, model.config().vocab_size, 1);
   const double seconds = Time([&] {
     std::vector<SequenceState> states;
@@ -158,8 +196,150 @@ double IngestRate(const Model& model, int sequences, int64_t tokens, int64_t pie
         std::exit(1);
       }
     }
-  }, 2);
+  }, repeats);
   return sequences * tokens / seconds;
+}
+
+void Check(const absl::StatusOr<std::vector<IngestLogProbs>>& result) {
+  if (!result.ok()) {
+    std::cerr << result.status() << "\n";
+    std::exit(1);
+  }
+}
+
+// Tokens per second of `steps` decode steps (one token per session per step) for `sessions`
+// sessions that each start from a copy of `prefix` (cloned outside the timed region). Best of
+// `repeats` after one warm-up.
+double DecodeRate(const Model& model, const SequenceState& prefix, int sessions, int64_t steps,
+                  int repeats) {
+  const auto stream = Tokens(steps, model.config().vocab_size, 2);
+  double best = 1e30;
+  for (int r = 0; r <= repeats; ++r) {
+    std::vector<SequenceState> states;
+    for (int s = 0; s < sessions; ++s) states.push_back(prefix.Clone());
+    const double start = Now();
+    for (int64_t t = 0; t < steps; ++t) {
+      std::vector<IngestItem> items;
+      for (auto& state : states) items.push_back({&state, {stream[t]}});
+      Check(model.Ingest(absl::MakeSpan(items)));
+    }
+    const double seconds = Now() - start;
+    if (r > 0) best = std::min(best, seconds);
+  }
+  return sessions * steps / best;
+}
+
+// Bytes a resident session holds (SequenceState::MemoryBytes: the buffers, spare rows included)
+// after `prefix` tokens in one piece and then `steps` decode steps.
+int64_t SessionBytes(const Model& model, int64_t prefix, int64_t steps) {
+  SequenceState state = model.NewSequence();
+  std::vector<IngestItem> items{{&state, Tokens(prefix, model.config().vocab_size, 4)}};
+  Check(model.Ingest(absl::MakeSpan(items)));
+  for (int32_t token : Tokens(steps, model.config().vocab_size, 5)) {
+    std::vector<IngestItem> step{{&state, {token}}};
+    Check(model.Ingest(absl::MakeSpan(step)));
+  }
+  return state.HeldBytes();
+}
+
+void PrintSessionBytes(const std::string& label, const Model& model) {
+  for (int64_t prefix : {256, 4096}) {
+    std::printf("| %s | %lld + 32 decode steps | %.2f MiB |\n", label.c_str(), (long long)prefix,
+                SessionBytes(model, prefix, 32) / 1048576.0);
+  }
+}
+
+// LibTorch operator calls (every dispatched op, nested ones included, via a RecordFunction
+// callback) per decode step for `sessions` sessions starting from copies of `prefix`: the
+// machine-independent measure of how a step's operation count grows with the sessions in it.
+std::atomic<int64_t> op_calls{0};
+double OpsPerDecodeStep(const Model& model, const SequenceState& prefix, int sessions) {
+  std::vector<SequenceState> states;
+  for (int s = 0; s < sessions; ++s) states.push_back(prefix.Clone());
+  constexpr int kSteps = 2;
+  const auto stream = Tokens(kSteps + 1, model.config().vocab_size, 6);
+  // One step first: the copies are compact, and the first step moves them into buffers with
+  // spare rows (once per session, not per step).
+  std::vector<IngestItem> first;
+  for (auto& state : states) first.push_back({&state, {stream[kSteps]}});
+  Check(model.Ingest(absl::MakeSpan(first)));
+  auto handle = at::addGlobalCallback(at::RecordFunctionCallback(
+      [](const at::RecordFunction&) -> std::unique_ptr<at::ObserverContext> {
+        op_calls.fetch_add(1, std::memory_order_relaxed);
+        return nullptr;
+      }));
+  op_calls = 0;
+  for (int t = 0; t < kSteps; ++t) {
+    std::vector<IngestItem> items;
+    for (auto& state : states) items.push_back({&state, {stream[t]}});
+    Check(model.Ingest(absl::MakeSpan(items)));
+  }
+  at::removeCallback(handle);
+  return static_cast<double>(op_calls.load()) / kSteps;
+}
+
+// The session-scaling table: decode steps after a prefix that completed a chunk (so the fast
+// weights are live and the cache is not empty) and streaming pieces from fresh streams, for each
+// session count against one session in this run, TTT on and off.
+void ScalingTable(const Flags& flags, const Model& ttt, const Model& plain) {
+  const ModelConfig& c = ttt.config();
+  const int64_t prefix_tokens = c.ttt_chunk + c.ttt_chunk / 4, steps = 32;
+  const int64_t piece = std::max<int64_t>(1, c.ttt_chunk / 4), stream_tokens = 2 * piece;
+  auto prefix_of = [&](const Model& model) {
+    SequenceState state = model.NewSequence();
+    std::vector<IngestItem> items{{&state, Tokens(prefix_tokens, c.vocab_size, 3)}};
+    Check(model.Ingest(absl::MakeSpan(items)));
+    return state;
+  };
+  const SequenceState prefix_on = prefix_of(ttt), prefix_off = prefix_of(plain);
+  std::printf("\n| sessions | LibTorch ops per decode step, TTT on | per session | TTT off | per session |\n"
+              "|---|---|---|---|---|\n");
+  for (int n : flags.sessions) {
+    const double on = OpsPerDecodeStep(ttt, prefix_on, n), off = OpsPerDecodeStep(plain, prefix_off, n);
+    std::printf("| %d | %.0f | %.1f | %.0f | %.1f |\n", n, on, on / n, off, off / n);
+    std::fflush(stdout);
+  }
+  if (flags.only == "ops") return;
+  std::printf("\n| sessions | decode TTT on | ratio vs 1 | decode TTT off | ratio vs 1 | "
+              "TTT on/off | pieces of %lld, TTT on | ratio vs 1 | pieces, TTT off | ratio vs 1 |\n"
+              "|---|---|---|---|---|---|---|---|---|---|\n", (long long)piece);
+  double base[4] = {0, 0, 0, 0};
+  for (int n : flags.sessions) {
+    const int repeats = n >= 16 ? 1 : 2;
+    const double rates[4] = {DecodeRate(ttt, prefix_on, n, steps, repeats),
+                             DecodeRate(plain, prefix_off, n, steps, repeats),
+                             IngestRate(ttt, n, stream_tokens, piece, repeats),
+                             IngestRate(plain, n, stream_tokens, piece, repeats)};
+    for (int i = 0; i < 4; ++i) {
+      if (base[i] == 0) base[i] = rates[i];
+    }
+    std::printf("| %d | %.0f tok/s | %.2f | %.0f tok/s | %.2f | %.3f | %.0f tok/s | %.2f | %.0f tok/s "
+                "| %.2f |\n", n, rates[0], rates[0] / base[0], rates[1], rates[1] / base[1],
+                rates[0] / rates[1], rates[2], rates[2] / base[2], rates[3], rates[3] / base[3]);
+    std::fflush(stdout);
+  }
+  std::printf("(decode: %lld steps after a %lld-token prefix; ratios vs the first row, %d session(s))\n",
+              (long long)steps, (long long)prefix_tokens, flags.sessions.front());
+}
+
+// The down projection of a TTT layer for B decode rows, two ways (DESIGN.md section 3): the
+// shared W_down^(0) product over all rows plus one batched z @ delta^T over the B sessions'
+// deltas, against one batched product with each session's full W_down = W_down^(0) + delta.
+void DownProjectionFormulations(const Flags& flags, const ModelConfig& c) {
+  const int64_t d = c.hidden_size, f = c.intermediate_size;
+  std::printf("\n| sessions | shared W0 + per-session delta | per-session full W_down | "
+              "full / shared |\n|---|---|---|---|\n");
+  at::Tensor w0 = at::randn({d, f}) * 0.02;
+  for (int n : flags.sessions) {
+    at::Tensor z = at::randn({n, f}), deltas = at::randn({n, d, f}) * 0.01;
+    at::Tensor full = deltas + w0;  // what the full form would keep per session
+    const double shared = Time([&] {
+      at::Tensor out = at::mm(z, w0.t()) + at::bmm(deltas, z.unsqueeze(2)).squeeze(2);
+    });
+    const double per_session = Time([&] { at::bmm(full, z.unsqueeze(2)); });
+    std::printf("| %d | %.3f ms | %.3f ms | %.2f |\n", n, shared * 1e3, per_session * 1e3,
+                per_session / shared);
+  }
 }
 
 std::unique_ptr<Model> Build(const ModelConfig& config, const NamedTensors& weights,
@@ -207,9 +387,26 @@ int Run(const Flags& flags) {
               (long long)config.vocab_size, (long long)config.ttt_chunk, config.ttt_layers.size(),
               (long long)n, at::get_num_threads(), flags.device.c_str());
 
-  const double peak = SgemmGflops(n, config.hidden_size, config.intermediate_size);
   auto ttt = Build(config, weights, {.device = flags.device});
   auto plain = Build(config, weights, {.device = flags.device, .ttt_lr = 0.0});
+  if (flags.only != "ops") {
+    std::printf("\n| model | tokens | bytes per resident session |\n|---|---|---|\n");
+    PrintSessionBytes("bench shape " + flags.shape, *ttt);
+  }
+  if (!flags.model.empty() && flags.only != "ops") {
+    auto loaded = Model::Load(flags.model, {.device = flags.device});
+    if (!loaded.ok()) {
+      std::cerr << loaded.status() << "\n";
+      return 1;
+    }
+    PrintSessionBytes(flags.model, **loaded);
+  }
+  if (flags.only == "scaling" || flags.only == "ops") {
+    ScalingTable(flags, *ttt, *plain);
+    if (flags.device == "cpu" && flags.only == "scaling") DownProjectionFormulations(flags, config);
+    return 0;
+  }
+  const double peak = SgemmGflops(n, config.hidden_size, config.intermediate_size);
   auto bf16 = Build(config, weights, {.device = flags.device, .dtype = "bf16"});
 
   const double on = IngestRate(*ttt, 1, n, n);
@@ -242,6 +439,8 @@ int Run(const Flags& flags) {
   } else {
     std::printf("| ingest batch 1, engine vs PyTorch reference | %.0f tok/s | unavailable | |\n", on);
   }
+  ScalingTable(flags, *ttt, *plain);
+  if (flags.device == "cpu") DownProjectionFormulations(flags, config);
   return 0;
 }
 

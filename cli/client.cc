@@ -3,10 +3,12 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 
 #include "absl/flags/flag.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
+#include "auth/client_credentials.h"
 #include "cli/flags.h"
 
 namespace ttt::cli {
@@ -15,9 +17,25 @@ namespace pb = tttserve::v1;
 
 std::string Arg(int argc, char** argv, int i) { return i < argc ? argv[i] : ""; }
 
+// The channel's credentials from --tls, --ca_file, --cert_file/--key_file and --token or
+// TTT_TOKEN (auth/client_credentials.h). A file that cannot be read is a usage error (exit 2).
+std::shared_ptr<grpc::Channel> MakeChannel() {
+  auth::ClientAuthOptions options;
+  options.tls = absl::GetFlag(FLAGS_tls);
+  options.ca_file = absl::GetFlag(FLAGS_ca_file);
+  options.cert_file = absl::GetFlag(FLAGS_cert_file);
+  options.key_file = absl::GetFlag(FLAGS_key_file);
+  options.token = auth::TokenFromFlagOrEnvironment(absl::GetFlag(FLAGS_token));
+  auto channel = auth::CreateAuthChannel(absl::GetFlag(FLAGS_address), options);
+  if (!channel.ok()) {
+    std::fprintf(stderr, "ttt: %s\n", std::string(channel.status().message()).c_str());
+    std::exit(2);
+  }
+  return *channel;
+}
+
 std::shared_ptr<grpc::Channel> Channel() {
-  static const auto* channel = new std::shared_ptr<grpc::Channel>(
-      grpc::CreateChannel(absl::GetFlag(FLAGS_address), grpc::InsecureChannelCredentials()));
+  static const auto* channel = new std::shared_ptr<grpc::Channel>(MakeChannel());
   return *channel;
 }
 

@@ -5,6 +5,13 @@
 
 ABSL_FLAG(std::string, address, "localhost:50051", "ttt-serve gRPC address");
 ABSL_FLAG(std::string, tenant, "", "tenant (sent as x-tenant-id; empty = server default)");
+ABSL_FLAG(bool, tls, false, "connect with TLS (implied by --ca_file, --cert_file)");
+ABSL_FLAG(std::string, ca_file, "", "PEM roots that sign the server's certificate (TLS)");
+ABSL_FLAG(std::string, cert_file, "", "PEM client certificate for mutual TLS (with --key_file)");
+ABSL_FLAG(std::string, key_file, "", "PEM private key of --cert_file");
+ABSL_FLAG(std::string, token, "",
+          "bearer token sent on every call (prefer TTT_TOKEN from the environment: a flag "
+          "shows in ps)");
 ABSL_FLAG(double, timeout_s, 600, "deadline of each call in seconds");
 ABSL_FLAG(std::string, text, "", "text input (score, generate prompt)");
 ABSL_FLAG(std::string, tokens, "", "token ids input, separated by spaces or commas");

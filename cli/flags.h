@@ -9,6 +9,11 @@
 
 ABSL_DECLARE_FLAG(std::string, address);
 ABSL_DECLARE_FLAG(std::string, tenant);
+ABSL_DECLARE_FLAG(bool, tls);
+ABSL_DECLARE_FLAG(std::string, ca_file);
+ABSL_DECLARE_FLAG(std::string, cert_file);
+ABSL_DECLARE_FLAG(std::string, key_file);
+ABSL_DECLARE_FLAG(std::string, token);
 ABSL_DECLARE_FLAG(double, timeout_s);
 ABSL_DECLARE_FLAG(std::string, text);
 ABSL_DECLARE_FLAG(std::string, tokens);

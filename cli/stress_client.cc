@@ -10,6 +10,10 @@ namespace {
 
 constexpr size_t kMaxOwned = 4;    // sessions one client keeps; older ones are deleted
 constexpr size_t kMaxPending = 4;  // checkpoints waiting to be verified
+// How long a session may stay busy after this client cancelled its writer, and the longest pause
+// between retries meanwhile.
+constexpr auto kBusyAfterCancel = std::chrono::seconds(5);
+constexpr auto kMaxBusyBackoff = std::chrono::milliseconds(250);
 
 bool Retryable(grpc::StatusCode c) {  // the server said "not now", not "never"
   return c == grpc::StatusCode::RESOURCE_EXHAUSTED || c == grpc::StatusCode::UNAVAILABLE ||
@@ -67,6 +71,40 @@ void Client::ExpectSameScore(const pb::ScoreResponse& want, const pb::ScoreRespo
   Expect(diff.empty(), absl::StrCat(what, ": ", diff));
 }
 
+// A session this client is the only writer of can be busy only while the server winds down a
+// writer call the client cancelled or let time out: gRPC ends such a call at the client at once,
+// and the server releases the lease only when the cancellation reaches it (docs/contract.md, "The
+// writer lease after a cancellation"). ABORTED then is retried with backoff for up to
+// kBusyAfterCancel; ABORTED at any other time is a leaked lease, a violation.
+grpc::Status Client::AsWriter(const std::string& id, const std::function<grpc::Status()>& call) {
+  const auto give_up = Clock::now() + kBusyAfterCancel;
+  std::chrono::milliseconds backoff(2);
+  for (;;) {
+    const grpc::Status st = call();
+    const grpc::StatusCode code = st.error_code();
+    const bool lingering = lingering_.count(id) > 0;
+    if (code == grpc::StatusCode::ABORTED && lingering && Clock::now() < give_up) {
+      std::this_thread::sleep_for(backoff);
+      backoff = std::min<std::chrono::milliseconds>(backoff * 2, kMaxBusyBackoff);
+      continue;
+    }
+    if (code == grpc::StatusCode::ABORTED) {
+      Expect(false, absl::StrCat(
+                        "a writer on session ", id, " got ABORTED ",
+                        lingering ? absl::StrCat("for longer than ", kBusyAfterCancel.count(),
+                                                 " s after this client cancelled its writer")
+                                  : "although this client is its only writer and no writer "
+                                    "call of it is unfinished",
+                        ": ", Short(st.error_message())));
+    }
+    if (code == grpc::StatusCode::OK) lingering_.erase(id);  // this call held the lease
+    if (code == grpc::StatusCode::CANCELLED || code == grpc::StatusCode::DEADLINE_EXCEEDED) {
+      lingering_.insert(id);
+    }
+    return st;
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Calls
 
@@ -106,6 +144,10 @@ bool Client::ScoreText(const std::string& id) {
 // 1..6 messages of text (split at random bytes, mid-character included) or token ids, with
 // random flush / end_of_document / report_loss; `cancel` cancels after some of them.
 bool Client::Ingest(const std::string& id, bool text, bool cancel) {
+  return AsWriter(id, [&] { return IngestOnce(id, text, cancel); }).ok();
+}
+
+grpc::Status Client::IngestOnce(const std::string& id, bool text, bool cancel) {
   const int n = 1 + static_cast<int>(rng_() % 6);
   std::vector<pb::IngestRequest> msgs(static_cast<size_t>(n));
   if (text) {
@@ -137,34 +179,43 @@ bool Client::Ingest(const std::string& id, bool text, bool cancel) {
     if (!stream->Write(msgs[i])) break;
   }
   pb::IngestResponse resp;
+  int64_t last = -1;
+  // Exactly one response per message sent, in order (text still buffered at the end of the
+  // stream is acknowledged by the final status, not by another response).
+  auto take = [&] {
+    ordered = ordered && resp.message_index() == last + 1;
+    last = resp.message_index();
+    ++acked;
+  };
   if (cancel) {
-    if (rng_() % 2 && stream->Read(&resp)) ++acked;
+    if (rng_() % 2 && stream->Read(&resp)) take();
     ctx->TryCancel();
   } else {
     stream->WritesDone();
   }
-  int64_t last = acked - 1;
-  while (stream->Read(&resp)) {
-    // In order; the last index may be answered twice: once for its own tokens, once more when
-    // the end of the stream flushes text still buffered (service.cc's OnReadDone).
-    const bool next = resp.message_index() == last + 1;
-    const bool end_flush = resp.message_index() == n - 1 && last == n - 1;
-    ordered = ordered && (next || end_flush);
-    last = resp.message_index();
-    if (next) ++acked;
-  }
+  while (stream->Read(&resp)) take();
   const grpc::Status st = Check("Ingest", stream->Finish());
-  if (st.ok() && !cancel) {
-    Expect(acked == n && ordered,
-           absl::StrCat("Ingest into ", id, " ended OK after acknowledging ", acked, " of ", n,
-                        " messages", ordered ? "" : ", out of order"));
-  }
-  return st.ok();
+  // Every message is well-formed, text cut anywhere included (a flush inside a character carries
+  // its first bytes to the next message).
+  Expect(st.error_code() != grpc::StatusCode::INVALID_ARGUMENT,
+         absl::StrCat("Ingest into ", id, " of well-formed messages answered INVALID_ARGUMENT: ",
+                      Short(st.error_message())));
+  const int want = st.ok() && !cancel ? n : send;  // OK answers all; an error at most those sent
+  Expect(ordered && (st.ok() && !cancel ? acked == n : acked <= send),
+         absl::StrCat("Ingest into ", id, " ended ", CodeName(st.error_code()), " after ", acked,
+                      " responses to ", want, " messages",
+                      ordered ? "" : ", out of order or repeated"));
+  return st;
 }
 
 // Generates 1..24 tokens with random sampling parameters; `stall` pauses before reading,
 // `cancel` cancels after the first token.
 bool Client::Generate(const std::string& id, bool commit, bool cancel, bool stall) {
+  auto once = [&] { return GenerateOnce(id, commit, cancel, stall); };
+  return (commit ? AsWriter(id, once) : once()).ok();
+}
+
+grpc::Status Client::GenerateOnce(const std::string& id, bool commit, bool cancel, bool stall) {
   pb::GenerateRequest req;
   req.set_session_id(id);
   if (rng_() % 2) {
@@ -208,7 +259,7 @@ bool Client::Generate(const std::string& id, bool commit, bool cancel, bool stal
                         max_tokens, finished ? "" : " and no finish reason", ", reported ",
                         reported));
   }
-  return st.ok();
+  return st;
 }
 
 bool Client::Checkpoint(const std::string& id, std::string* checkpoint_id) {
@@ -228,10 +279,14 @@ bool Client::Restore(const std::string& checkpoint_id, const std::string& over, 
   req.set_checkpoint_id(checkpoint_id);
   req.set_session_id(over);
   pb::Session s;
-  auto ctx = Context("Restore");
-  const grpc::Status st = Check("Restore", stub_->Restore(ctx.get(), req, &s));
+  auto once = [&] {
+    auto ctx = Context("Restore");
+    return Check("Restore", stub_->Restore(ctx.get(), req, &s));
+  };
+  const grpc::Status st = over.empty() ? once() : AsWriter(over, once);
   if (!st.ok()) {
-    Expect(Retryable(st.error_code()),
+    // AsWriter judged ABORTED already.
+    Expect(Retryable(st.error_code()) || st.error_code() == grpc::StatusCode::ABORTED,
            absl::StrCat("acknowledged checkpoint ", checkpoint_id, " does not restore: ",
                         CodeName(st.error_code()), ": ", Short(st.error_message())));
     return false;
@@ -293,6 +348,7 @@ bool Client::Import(const std::string& bytes, std::string* id) {
 }
 
 bool Client::Delete(const std::string& id) {
+  lingering_.erase(id);
   pb::DeleteSessionRequest req;
   req.set_session_id(id);
   pb::DeleteSessionResponse resp;
@@ -304,8 +360,10 @@ bool Client::Reset(const std::string& id) {
   pb::ResetRequest req;
   req.set_session_id(id);
   pb::Session s;
-  auto ctx = Context("Reset");
-  return Check("Reset", stub_->Reset(ctx.get(), req, &s)).ok();
+  return AsWriter(id, [&] {
+           auto ctx = Context("Reset");
+           return Check("Reset", stub_->Reset(ctx.get(), req, &s));
+         }).ok();
 }
 
 bool Client::DeleteCheckpoint(const std::string& checkpoint_id) {

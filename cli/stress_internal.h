@@ -5,10 +5,12 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -131,12 +133,18 @@ class Client {
   void ExpectSameScore(const pb::ScoreResponse& want, const pb::ScoreResponse& got,
                        const std::string& what);
 
+  // Runs a writer call on an own session, retrying ABORTED with backoff only while the server
+  // may still be winding down a writer call this client cancelled (see AsWriter's comment).
+  grpc::Status AsWriter(const std::string& id, const std::function<grpc::Status()>& call);
+
   // Calls (each records its outcome).
   bool Create(std::string* id);
   bool Score(const std::string& id, pb::ScoreResponse* out);
   bool ScoreText(const std::string& id);
   bool Ingest(const std::string& id, bool text, bool cancel);
+  grpc::Status IngestOnce(const std::string& id, bool text, bool cancel);
   bool Generate(const std::string& id, bool commit, bool cancel, bool stall);
+  grpc::Status GenerateOnce(const std::string& id, bool commit, bool cancel, bool stall);
   bool Checkpoint(const std::string& id, std::string* checkpoint_id);
   bool Restore(const std::string& checkpoint_id, const std::string& over, std::string* id);
   bool Fork(const std::string& id, std::string* fork_id);
@@ -170,6 +178,7 @@ class Client {
   const Shared* shared_ = nullptr;
   std::mt19937_64 rng_;
   std::vector<std::string> owned_;    // sessions this client writes (at most kMaxOwned)
+  std::set<std::string> lingering_;   // own sessions whose last writer call the client ended
   std::vector<Pending> pending_;      // checkpoints not yet verified
   std::vector<std::string> made_checkpoints_;
   std::string operation_ = "set-up";  // the operation of the mix in progress

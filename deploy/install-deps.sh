@@ -31,6 +31,10 @@ test_pkgs+=(golang-go golang-github-masterminds-sprig-dev golang-gopkg-yaml.v3-d
   golang-github-xeipuuv-gojsonschema-dev yamllint python3-yaml)
 # tools/run_eval.sh (ttt-eval) draws docs/eval_loss_by_position.png with gnuplot.
 test_pkgs+=(gnuplot-nox)
+# tests/fuzz: libFuzzer comes with Clang's runtime (GCC's sanitizer runtimes come with gcc).
+test_pkgs+=(clang-14 libclang-rt-14-dev)
+# tests/auth_tls_test and tests/e2e/auth_e2e_test make their TLS certificates with the openssl CLI.
+test_pkgs+=(openssl)
 
 case "$what" in
   runtime) pkgs=("${runtime_pkgs[@]}") ;;

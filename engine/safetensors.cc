@@ -1,10 +1,13 @@
-// Reading (mmap + full validation), encoding and atomic writing of safetensors files, and the
-// WeightStore over a Hugging Face checkpoint folder (one file or an index of shards).
-// Every check happens in Parse() before any tensor is handed out, so a truncated or hostile file
-// yields INVALID_ARGUMENT naming the file and the tensor, never a crash or an out-of-bounds read.
+// Reading (mmap, then the header checked by internal/safetensors_header), encoding and atomic
+// writing of safetensors files, and the WeightStore over a Hugging Face checkpoint folder (one file
+// or an index of shards). Every check happens in Parse() before any tensor is handed out, so a
+// truncated or hostile file yields a status naming the file and the tensor, never a crash or an
+// out-of-bounds read.
 #include "engine/safetensors.h"
 
+#include <dirent.h>
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -18,13 +21,16 @@
 #include <random>
 #include <set>
 #include <sstream>
+#include <string_view>
 #include <system_error>
 
 #include <nlohmann/json.hpp>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "engine/internal/safetensors_header.h"
 #include "engine/status_macros.h"
+#include "engine/temp_files.h"
 
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
               "safetensors data is little-endian; Load() copies raw bytes");
@@ -35,35 +41,8 @@ namespace {
 using Json = nlohmann::json;
 
 constexpr uint64_t kHeaderLengthBytes = 8;
-// The reference implementation refuses larger headers; so do we, before parsing any JSON.
-constexpr uint64_t kMaxHeaderBytes = 100 * 1000 * 1000;
-constexpr char kMetadataKey[] = "__metadata__";
 constexpr char kSingleFile[] = "model.safetensors";
 constexpr char kIndexFile[] = "model.safetensors.index.json";
-
-struct DtypeInfo {
-  const char* name;
-  at::ScalarType type;
-  uint64_t size;
-};
-constexpr DtypeInfo kDtypes[] = {
-    {"F32", at::kFloat, 4}, {"F16", at::kHalf, 2}, {"BF16", at::kBFloat16, 2},
-    {"I64", at::kLong, 8},   {"I32", at::kInt, 4},   {"U8", at::kByte, 1},
-};
-
-const DtypeInfo* DtypeByName(const std::string& name) {
-  for (const DtypeInfo& d : kDtypes) {
-    if (name == d.name) return &d;
-  }
-  return nullptr;
-}
-
-const DtypeInfo* DtypeByType(at::ScalarType type) {
-  for (const DtypeInfo& d : kDtypes) {
-    if (type == d.type) return &d;
-  }
-  return nullptr;
-}
 
 uint64_t ReadLe64(const uint8_t* p) {
   uint64_t v = 0;
@@ -73,19 +52,6 @@ uint64_t ReadLe64(const uint8_t* p) {
 
 void AppendLe64(uint64_t v, std::string* out) {
   for (int i = 0; i < 8; ++i) out->push_back(static_cast<char>((v >> (8 * i)) & 0xff));
-}
-
-std::string ShapeString(const std::vector<int64_t>& shape) {
-  std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i) absl::StrAppend(&s, i ? ", " : "", shape[i]);
-  return s + "]";
-}
-
-// A non-negative JSON integer that fits in uint64_t, or nullopt.
-std::optional<uint64_t> AsCount(const Json& v) {
-  if (v.is_number_unsigned()) return v.get<uint64_t>();
-  if (v.is_number_integer() && v.get<int64_t>() >= 0) return static_cast<uint64_t>(v.get<int64_t>());
-  return std::nullopt;
 }
 
 // Writes all of `bytes` to `fd`, retrying short writes and EINTR.
@@ -105,11 +71,26 @@ absl::Status WriteAll(int fd, const std::string& bytes, const std::string& what)
 }
 
 // A name no other writer (another process, or another thread of this one) will pick.
+constexpr char kTempMarker[] = ".tmp.";
 std::string TempSuffix() {
   static std::atomic<uint64_t> counter{0};
   thread_local std::mt19937_64 rng{std::random_device{}()};
-  return absl::StrCat(".tmp.", ::getpid(), ".", absl::Hex(rng(), absl::kZeroPad16),
+  return absl::StrCat(kTempMarker, ::getpid(), ".", absl::Hex(rng(), absl::kZeroPad16),
                       absl::Hex(counter.fetch_add(1)));
+}
+
+// Whether `name` is one of TempSuffix's: "<final name>.tmp.<pid>.<hex>".
+bool IsTempName(const std::string& name) {
+  const size_t marker = name.rfind(kTempMarker);
+  if (marker == std::string::npos || marker == 0) return false;
+  const size_t pid = marker + std::strlen(kTempMarker);
+  const size_t dot = name.find('.', pid);
+  if (dot == std::string::npos || dot == pid || dot + 1 == name.size()) return false;
+  const auto all = [&](size_t from, size_t to, const char* set) {
+    return name.find_first_not_of(set, from) >= to;
+  };
+  return all(pid, dot, "0123456789") &&
+         name.find_first_not_of("0123456789abcdef", dot + 1) == std::string::npos;
 }
 
 }  // namespace
@@ -151,19 +132,19 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(
     file->base_ = static_cast<const uint8_t*>(m);
   }
   ::close(fd);  // the mapping keeps the file alive
-  RETURN_IF_ERROR(file->Parse());
+  RETURN_IF_ERROR(file->Parse(kSafetensorsMaxHeaderBytes));
   return file;
 }
 
 absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::FromBytes(
-    std::string bytes, const std::string& source) {
+    std::string bytes, const std::string& source, uint64_t max_header_bytes) {
   auto file = std::unique_ptr<SafetensorsFile>(new SafetensorsFile());
   file->source_ = source;
   file->owned_ = std::move(bytes);
   // Taken after the move: the object is never moved again, so the pointer stays valid.
   file->base_ = reinterpret_cast<const uint8_t*>(file->owned_.data());
   file->size_ = file->owned_.size();
-  RETURN_IF_ERROR(file->Parse());
+  RETURN_IF_ERROR(file->Parse(max_header_bytes));
   return file;
 }
 
@@ -171,8 +152,8 @@ SafetensorsFile::~SafetensorsFile() {
   if (mapping_ != nullptr) ::munmap(mapping_, size_);
 }
 
-absl::Status SafetensorsFile::Parse() {
-  auto invalid = [this](const std::string& what) {
+absl::Status SafetensorsFile::Parse(uint64_t max_header_bytes) {
+  auto invalid = [this](absl::string_view what) {
     return absl::InvalidArgumentError(absl::StrCat(source_, ": ", what));
   };
   if (size_ < kHeaderLengthBytes) {
@@ -184,105 +165,21 @@ absl::Status SafetensorsFile::Parse() {
     return invalid(absl::StrCat("header length ", header_len, " runs past the end of the file (",
                                 size_, " bytes); truncated or not a safetensors file"));
   }
-  if (header_len > kMaxHeaderBytes) {
-    return invalid(absl::StrCat("header length ", header_len, " exceeds the limit of ",
-                                kMaxHeaderBytes, " bytes"));
+  // Before any JSON is read: parsing costs memory in proportion to the header.
+  if (header_len > max_header_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat(source_, ": header length ", header_len,
+                                                     " exceeds the limit of ", max_header_bytes,
+                                                     " bytes"));
   }
   data_offset_ = kHeaderLengthBytes + header_len;
-  const uint64_t data_size = size_ - data_offset_;
-  const char* header = reinterpret_cast<const char*>(base_ + kHeaderLengthBytes);
-
-  const Json json = Json::parse(header, header + header_len, /*cb=*/nullptr,
-                                /*allow_exceptions=*/false);
-  if (json.is_discarded()) return invalid("header is not valid JSON");
-  if (!json.is_object()) {
-    return invalid(absl::StrCat("header must be a JSON object, got ", json.type_name()));
-  }
-
-  entries_.clear();
+  const std::string_view header(reinterpret_cast<const char*>(base_ + kHeaderLengthBytes),
+                                header_len);
+  absl::StatusOr<internal::SafetensorsHeader> parsed =
+      internal::ParseSafetensorsHeader(header, size_ - data_offset_);
+  if (!parsed.ok()) return invalid(parsed.status().message());
+  entries_ = std::move(parsed->entries);
+  metadata_ = std::move(parsed->metadata);
   index_.clear();
-  metadata_.clear();
-  for (auto it = json.begin(); it != json.end(); ++it) {
-    const std::string& key = it.key();
-    const Json& value = it.value();
-    if (key == kMetadataKey) {
-      if (value.is_null()) continue;
-      if (!value.is_object()) return invalid("\"__metadata__\" must be an object of strings");
-      for (auto m = value.begin(); m != value.end(); ++m) {
-        if (!m.value().is_string()) {
-          return invalid(absl::StrCat("metadata value of '", m.key(), "' must be a string, got ",
-                                      m.value().dump()));
-        }
-        metadata_[m.key()] = m.value().get<std::string>();
-      }
-      continue;
-    }
-    auto bad = [&](const std::string& what) {
-      return invalid(absl::StrCat("tensor '", key, "': ", what));
-    };
-    if (!value.is_object()) return bad("entry must be an object");
-    auto dtype_it = value.find("dtype");
-    auto shape_it = value.find("shape");
-    auto offsets_it = value.find("data_offsets");
-    if (dtype_it == value.end() || shape_it == value.end() || offsets_it == value.end()) {
-      return bad("entry needs \"dtype\", \"shape\" and \"data_offsets\"");
-    }
-    if (!dtype_it->is_string()) return bad("\"dtype\" must be a string");
-    const DtypeInfo* dtype = DtypeByName(dtype_it->get<std::string>());
-    if (dtype == nullptr) {
-      return bad(absl::StrCat("unsupported dtype \"", dtype_it->get<std::string>(),
-                              "\" (supported: F32, F16, BF16, I64, I32, U8)"));
-    }
-    TensorEntry entry;
-    entry.name = key;
-    entry.dtype = dtype->type;
-    if (!shape_it->is_array()) return bad("\"shape\" must be a list of non-negative integers");
-    uint64_t nbytes = dtype->size;
-    for (const Json& d : *shape_it) {
-      std::optional<uint64_t> dim = AsCount(d);
-      if (!dim || *dim > static_cast<uint64_t>(INT64_MAX)) {
-        return bad(absl::StrCat("shape dimension ", d.dump(), " is not a non-negative integer"));
-      }
-      if (__builtin_mul_overflow(nbytes, *dim, &nbytes)) return bad("shape is too large");
-      entry.shape.push_back(static_cast<int64_t>(*dim));
-    }
-    if (!offsets_it->is_array() || offsets_it->size() != 2) {
-      return bad("\"data_offsets\" must be [begin, end]");
-    }
-    std::optional<uint64_t> begin = AsCount((*offsets_it)[0]);
-    std::optional<uint64_t> end = AsCount((*offsets_it)[1]);
-    if (!begin || !end || *begin > *end) {
-      return bad(absl::StrCat("\"data_offsets\" ", offsets_it->dump(),
-                              " must be non-negative integers with begin <= end"));
-    }
-    if (*end > data_size) {
-      return bad(absl::StrCat("\"data_offsets\" ", offsets_it->dump(),
-                              " run past the end of the data section (", data_size,
-                              " bytes); truncated?"));
-    }
-    if (*end - *begin != nbytes) {
-      return bad(absl::StrCat("holds ", *end - *begin, " bytes but ", dtype->name, " ",
-                              ShapeString(entry.shape), " needs ", nbytes));
-    }
-    entry.begin = *begin;
-    entry.end = *end;
-    entries_.push_back(std::move(entry));
-  }
-
-  // File order; then neighbours must not overlap (empty tensors occupy nothing).
-  std::sort(entries_.begin(), entries_.end(), [](const TensorEntry& a, const TensorEntry& b) {
-    return a.begin != b.begin ? a.begin < b.begin : a.name < b.name;
-  });
-  const TensorEntry* prev = nullptr;
-  for (const TensorEntry& e : entries_) {
-    if (e.begin == e.end) continue;
-    if (prev != nullptr && e.begin < prev->end) {
-      return invalid(absl::StrCat("tensor '", e.name, "' bytes [", e.begin, ", ", e.end,
-                                  ") overlap tensor '", prev->name, "' bytes [", prev->begin, ", ",
-                                  prev->end, ")"));
-    }
-    prev = &e;
-  }
   for (size_t i = 0; i < entries_.size(); ++i) index_[entries_[i].name] = i;
   return absl::OkStatus();
 }
@@ -405,20 +302,23 @@ absl::StatusOr<std::string> EncodeSafetensors(const NamedTensors& tensors,
   try {
     // The reference writer puts metadata first, then tensors; we keep the caller's order.
     nlohmann::ordered_json header = nlohmann::ordered_json::object();
-    if (!metadata.empty()) header[kMetadataKey] = metadata;
+    if (!metadata.empty()) header[internal::kMetadataKey] = metadata;
     std::vector<at::Tensor> data;
     data.reserve(tensors.size());
     std::set<std::string> seen;
     uint64_t offset = 0;
-    for (const auto& [name, tensor] : tensors) {
+    for (const auto& named : tensors) {
+      // Not a structured binding: C++17 lambdas cannot capture one (Clang refuses).
+      const std::string& name = named.first;
+      const at::Tensor& tensor = named.second;
       auto bad = [&](const std::string& what) {
         return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "': ", what));
       };
-      if (name == kMetadataKey) return bad("the name is reserved for metadata");
+      if (name == internal::kMetadataKey) return bad("the name is reserved for metadata");
       if (!seen.insert(name).second) return bad("name given twice");
       if (!tensor.defined()) return bad("undefined tensor");
       if (tensor.layout() != at::kStrided) return bad("only dense tensors can be written");
-      const DtypeInfo* dtype = DtypeByType(tensor.scalar_type());
+      const internal::DtypeInfo* dtype = internal::DtypeByType(tensor.scalar_type());
       if (dtype == nullptr) {
         return bad(absl::StrCat("dtype ", c10::toString(tensor.scalar_type()),
                                 " cannot be written (F32, F16, BF16, I64, I32, U8)"));
@@ -470,21 +370,23 @@ absl::Status WriteFileAtomically(const std::filesystem::path& path, const std::s
 
   const int fd = ::open(tmp_name.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   if (fd < 0) return absl::ErrnoToStatus(errno, absl::StrCat("creating ", tmp_name));
+  // Locked until renamed or removed, so RemoveAbandonedTempFiles (another server starting on this
+  // folder) tells this live writer's file from one whose writer died. A fresh file: no one else
+  // holds it, and the kernel drops the lock if this process dies.
+  ::flock(fd, LOCK_EX | LOCK_NB);
   absl::Status status = WriteAll(fd, bytes, tmp_name);
   // Data must be durable before the rename makes it visible under the final name.
   if (status.ok() && ::fsync(fd) != 0) {
     status = absl::ErrnoToStatus(errno, absl::StrCat("fsync ", tmp_name));
   }
-  if (::close(fd) != 0 && status.ok()) {
-    status = absl::ErrnoToStatus(errno, absl::StrCat("closing ", tmp_name));
-  }
   if (status.ok() && ::rename(tmp_name.c_str(), final_name.c_str()) != 0) {
     status = absl::ErrnoToStatus(errno, absl::StrCat("renaming ", tmp_name, " to ", final_name));
   }
-  if (!status.ok()) {
-    ::unlink(tmp_name.c_str());
-    return status;
+  if (!status.ok()) ::unlink(tmp_name.c_str());
+  if (::close(fd) != 0 && status.ok()) {  // after the rename: the lock covers it
+    status = absl::ErrnoToStatus(errno, absl::StrCat("closing ", final_name));
   }
+  if (!status.ok()) return status;
   // Make the rename itself durable.
   const int dir_fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dir_fd < 0) return absl::ErrnoToStatus(errno, absl::StrCat("opening ", dir.string()));
@@ -495,6 +397,38 @@ absl::Status WriteFileAtomically(const std::filesystem::path& path, const std::s
   }
   ::close(dir_fd);
   return absl::OkStatus();
+}
+
+int RemoveAbandonedTempFiles(const std::filesystem::path& dir) {
+  const int dir_fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (dir_fd < 0) return 0;
+  DIR* d = ::fdopendir(dir_fd);
+  if (d == nullptr) {
+    ::close(dir_fd);
+    return 0;
+  }
+  int removed = 0;
+  while (const dirent* e = ::readdir(d)) {
+    const std::string name = e->d_name;
+    if (!IsTempName(name)) continue;
+    // Not following links, and not blocking on a FIFO: only regular files are temporaries.
+    const int fd = ::openat(dir_fd, name.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) continue;
+    struct stat st;
+    // A lock we can take means no live writer holds the file; then remove it unless it was
+    // renamed (into place) or replaced meanwhile.
+    if (::fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && ::flock(fd, LOCK_EX | LOCK_NB) == 0) {
+      struct stat now;
+      if (::fstatat(dir_fd, name.c_str(), &now, AT_SYMLINK_NOFOLLOW) == 0 &&
+          now.st_ino == st.st_ino && now.st_dev == st.st_dev &&
+          ::unlinkat(dir_fd, name.c_str(), 0) == 0) {
+        ++removed;
+      }
+    }
+    ::close(fd);
+  }
+  ::closedir(d);  // closes dir_fd
+  return removed;
 }
 
 }  // namespace ttt::engine

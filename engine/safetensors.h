@@ -17,6 +17,14 @@
 
 namespace ttt::engine {
 
+// The largest JSON header read by default: the reference implementation's limit. Checked on the
+// 8-byte length alone, before any JSON is parsed.
+inline constexpr uint64_t kSafetensorsMaxHeaderBytes = 100 * 1000 * 1000;
+// The deepest nesting of arrays and objects a header may have, checked by a scan of the bytes
+// before parsing. A valid header needs 3 (object, tensor entry, shape); the reference reader's
+// JSON library (serde_json) stops at 128. Deeper input could only be hostile.
+inline constexpr int kSafetensorsMaxHeaderDepth = 64;
+
 struct TensorEntry {
   std::string name;
   at::ScalarType dtype;  // one of F32, F16, BF16, I64, I32, U8
@@ -29,13 +37,17 @@ struct TensorEntry {
 // (they outlive the file).
 class SafetensorsFile {
  public:
-  // Opens and validates `path`: header length inside the file, well-formed JSON, known dtypes,
-  // offsets inside the data section and not overlapping, byte counts matching shapes.
-  // Errors name the file and the tensor: NOT_FOUND (no file), INVALID_ARGUMENT (malformed).
+  // Opens and validates `path`: header length inside the file and within the limit, nesting at
+  // most kSafetensorsMaxHeaderDepth, well-formed JSON, known dtypes, offsets inside the data
+  // section and not overlapping, byte counts matching shapes. Errors name the file and the
+  // tensor, quoting at most a short prefix of any name or value read from the file:
+  // NOT_FOUND (no file), INVALID_ARGUMENT (malformed), RESOURCE_EXHAUSTED (header over the limit).
   static absl::StatusOr<std::unique_ptr<SafetensorsFile>> Open(const std::filesystem::path& path);
   // Same validation over bytes already in memory (an imported checkpoint); `source` names them.
-  static absl::StatusOr<std::unique_ptr<SafetensorsFile>> FromBytes(std::string bytes,
-                                                                    const std::string& source);
+  // `max_header_bytes` lets a caller hold untrusted input to less than the default.
+  static absl::StatusOr<std::unique_ptr<SafetensorsFile>> FromBytes(
+      std::string bytes, const std::string& source,
+      uint64_t max_header_bytes = kSafetensorsMaxHeaderBytes);
   ~SafetensorsFile();
   SafetensorsFile(const SafetensorsFile&) = delete;
   SafetensorsFile& operator=(const SafetensorsFile&) = delete;
@@ -49,7 +61,7 @@ class SafetensorsFile {
 
  private:
   SafetensorsFile() = default;
-  absl::Status Parse();
+  absl::Status Parse(uint64_t max_header_bytes);
 
   std::string source_;
   const uint8_t* base_ = nullptr;  // start of the whole file (mapped or owned)

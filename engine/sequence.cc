@@ -7,6 +7,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "engine/internal/state_buffer.h"
 #include "engine/model.h"
 #include "engine/status_macros.h"
 
@@ -24,11 +25,14 @@ SequenceState SequenceState::Clone() const {
   return copy;
 }
 
+// The elements of its tensors: what a valid state of this shape needs (and what it serializes
+// to); HeldBytes adds the spare rows of buffers grown in place (internal/state_buffer.h).
 int64_t SequenceState::MemoryBytes() const {
-  int64_t bytes = last_logits.defined() ? last_logits.nbytes() : 0;
-  for (const LayerCache& c : cache) bytes += c.keys.nbytes() + c.values.nbytes();
+  auto elements = [](const at::Tensor& t) -> int64_t { return t.defined() ? t.nbytes() : 0; };
+  int64_t bytes = elements(last_logits);
+  for (const LayerCache& c : cache) bytes += elements(c.keys) + elements(c.values);
   for (const TttLayerState& t : ttt) {
-    bytes += t.delta.nbytes() + t.pending_z.nbytes() + t.pending_x0.nbytes();
+    bytes += elements(t.delta) + elements(t.pending_z) + elements(t.pending_x0);
   }
   return bytes;
 }

@@ -39,10 +39,10 @@ struct SequenceState {
   int64_t PendingTokens() const { return ttt.empty() ? 0 : ttt.front().pending_z.size(0); }
   // A deep copy (a fork): nothing is shared with the original.
   SequenceState Clone() const;
-  // Bytes of its tensors' elements.
+  // Bytes of its tensors' elements (what it serializes to).
   int64_t MemoryBytes() const;
   // Bytes of the buffers its tensors keep alive, each buffer once, whole: more than MemoryBytes
-  // when a tensor is a view into a larger buffer. What the state really holds.
+  // by the spare rows of caches grown in place. What the state really holds (the budget's figure).
   int64_t HeldBytes() const;
   // Frobenius norm of each TTT layer's delta, in layer order.
   std::vector<double> DeltaNorms() const;

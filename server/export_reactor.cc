@@ -46,7 +46,7 @@ class ExportReactor final : public grpc::ServerWriteReactor<pb::ExportSessionRes
  private:
   // Reads a stored checkpoint now, or asks the engine thread to encode a live session.
   void StartLocked(grpc::CallbackServerContext* ctx, const pb::ExportSessionRequest& req) {
-    auto tenant = TenantOf(ctx);
+    auto tenant = TenantOf(svc_->authorizer(), ctx, "ExportSession");
     if (!tenant.ok()) return FinishLocked(tenant.status());
     if (req.session_id().empty() == req.checkpoint_id().empty()) {
       return FinishLocked(absl::InvalidArgumentError(

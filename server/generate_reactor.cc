@@ -65,8 +65,14 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
   // Converts and checks the request (the server's part: prompt size, stop strings), then hands
   // it to the session manager, which validates the sampling parameters and max_tokens.
   absl::Status StartLocked(grpc::CallbackServerContext* ctx, const pb::GenerateRequest& req) {
-    auto tenant = TenantOf(ctx);
-    if (!tenant.ok()) return tenant.status();
+    auto caller = CallerOf(svc_->authorizer(), ctx, "Generate");
+    if (!caller.ok()) return caller.status();
+    if (req.commit()) {  // a committing Generate writes to the session
+      absl::Status may = svc_->authorizer().RequireScope(*caller, auth::Scope::kWrite,
+                                                         "commit a Generate");
+      if (!may.ok()) return may;
+    }
+    const std::string& tenant = caller->tenant;
     auto prompt = InputTokens(svc_->limits(), svc_->tokenizer(), req.prompt_text(),
                               req.prompt_token_ids(), "the prompt");
     if (!prompt.ok()) return prompt.status();
@@ -88,7 +94,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
     last_token_ = Clock::now();
     engine_running_ = true;
     return svc_->sessions()->Generate(
-        *tenant, req.session_id(), std::move(params), cancel_,
+        tenant, req.session_id(), std::move(params), cancel_,
         [this](int32_t token, float logprob) { return OnToken(token, logprob); },
         [this](absl::Status st, session::FinishReason reason, int64_t n) {
           OnEngineDone(std::move(st), reason, n);

@@ -56,7 +56,7 @@ class ImportReactor final : public grpc::ServerReadReactor<pb::ImportSessionRequ
 
  private:
   absl::Status Start() {
-    auto tenant = TenantOf(ctx_);
+    auto tenant = TenantOf(svc_->authorizer(), ctx_, "ImportSession");
     if (!tenant.ok()) return tenant.status();
     tenant_ = *tenant;
     absl::Status slot = slot_.Acquire(svc_->import_slots());

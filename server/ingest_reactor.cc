@@ -1,6 +1,8 @@
 // Ingest: a bidi stream into one session. Each request message is validated, its text buffered
 // until a flush / token ids / end of document / end of stream, and its tokens submitted to the
-// session's writer; one response per message once the engine applied them. Reading pauses while
+// session's writer; exactly one response per message once the engine applied it. Text still
+// buffered when the client half-closes is applied before the stream ends; the OK status is its
+// acknowledgement (the last message was already answered). Reading pauses while
 // max_inflight_messages submissions are outstanding, so backpressure reaches the client. On an
 // error, everything already accepted is still acknowledged before the stream ends.
 #include <cmath>
@@ -26,7 +28,7 @@ class IngestReactor final : public grpc::ServerBidiReactor<pb::IngestRequest, pb
   IngestReactor(TttServiceImpl* svc, grpc::CallbackServerContext* ctx)
       : svc_(svc), start_(Clock::now()), cancel_(std::make_shared<engine::CancelToken>()) {
     std::lock_guard<std::mutex> lock(mu_);
-    auto tenant = TenantOf(ctx);
+    auto tenant = TenantOf(svc_->authorizer(), ctx, "Ingest");
     if (!tenant.ok()) {
       FailLocked(tenant.status());
       MaybeFinishLocked();
@@ -77,14 +79,16 @@ class IngestReactor final : public grpc::ServerBidiReactor<pb::IngestRequest, pb
   }
 
  private:
-  // The client half-closed: buffered text is flushed, then the stream ends once drained.
+  // The client half-closed: buffered text is flushed, then the stream ends once drained. Every
+  // message has its response already (or due), so this submission gets none of its own.
   void EndOfStreamLocked() {
     reads_done_ = true;
     if (!failed_ && !text_buf_.empty() && writer_) {
-      auto tokens = Tokenize(svc_->tokenizer(), text_buf_, "buffered text");
+      auto tokens =
+          Tokenize(svc_->tokenizer(), text_buf_, "text buffered at the end of the stream");
       text_buf_.clear();
       absl::Status st =
-          tokens.ok() ? Submit(msg_index_ - 1, std::move(*tokens), false,
+          tokens.ok() ? Submit(kNoResponse, std::move(*tokens), false,
                                /*durable=*/svc_->limits().sync_durability)  // an implicit flush
                       : tokens.status();
       if (!st.ok()) FailLocked(st);
@@ -157,21 +161,33 @@ class IngestReactor final : public grpc::ServerBidiReactor<pb::IngestRequest, pb
   }
 
   // The tokens this message submits: the buffered text when something ends it (token ids, a
-  // flush, the end of a document), then the message's own token ids.
+  // flush, the end of a document), then the message's own token ids. A flush inside a character
+  // tokenizes up to the last whole one; the character's first bytes wait for the next message,
+  // as if the flush had come right before it. Token ids or the end of a document end the text:
+  // a character cut there is malformed UTF-8.
   absl::StatusOr<std::vector<int32_t>> TakeTokensLocked(const pb::IngestRequest& req,
                                                         const std::string& where) {
     std::vector<int32_t> tokens;
     if (!text_buf_.empty() &&
         (!req.token_ids().empty() || req.flush() || req.end_of_document())) {
-      auto text_tokens = Tokenize(svc_->tokenizer(), text_buf_, where);
-      if (!text_tokens.ok()) return text_tokens.status();
-      tokens = std::move(*text_tokens);
-      text_buf_.clear();
+      const bool text_goes_on = req.token_ids().empty() && !req.end_of_document();
+      const size_t carry = text_goes_on ? tokenizer::IncompleteUtf8Tail(text_buf_) : 0;
+      const std::string whole = text_buf_.substr(0, text_buf_.size() - carry);
+      if (!whole.empty()) {
+        auto text_tokens = Tokenize(svc_->tokenizer(), whole, where);
+        if (!text_tokens.ok()) return text_tokens.status();
+        tokens = std::move(*text_tokens);
+      }
+      text_buf_.erase(0, whole.size());
     }
     tokens.insert(tokens.end(), req.token_ids().begin(), req.token_ids().end());
     return tokens;
   }
 
+  // Submit's index for tokens that no request message is waiting for (the end-of-stream flush).
+  static constexpr int64_t kNoResponse = -1;
+
+  // Submits tokens to the writer; once applied, message `index` is answered (unless kNoResponse).
   // REQUIRES: mu_ held.
   absl::Status Submit(int64_t index, std::vector<int32_t> tokens, bool end_of_document,
                       bool durable) {
@@ -197,7 +213,7 @@ class IngestReactor final : public grpc::ServerBidiReactor<pb::IngestRequest, pb
       --outstanding_;
       if (r.ok()) {
         RecordProgressLocked(*r, submitted);
-        if (!finish_called_ && !failed_) {
+        if (index != kNoResponse && !finish_called_ && !failed_) {
           out_.push_back(ResponseLocked(index, buffered, r->counters));
           MaybeWriteLocked();
         }

@@ -7,6 +7,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "auth/token_store.h"
 #include "server/server.h"
 
 namespace {
@@ -51,6 +52,22 @@ ABSL_FLAG(std::string, durability, "write_behind",
 ABSL_FLAG(int64_t, max_concurrent_streams, 100, "HTTP/2 streams per client connection");
 ABSL_FLAG(int64_t, grpc_memory_mb, 1024,
           "gRPC resource quota: memory for the transport buffers of all calls");
+ABSL_FLAG(std::string, tls_cert_file, "", "PEM certificate chain: serve gRPC over TLS");
+ABSL_FLAG(std::string, tls_key_file, "", "PEM private key of --tls_cert_file");
+ABSL_FLAG(std::string, tls_client_ca_file, "",
+          "PEM CA bundle: mutual TLS (clients must present a certificate it signed; the tenant "
+          "is its subject CN)");
+ABSL_FLAG(int32_t, tls_refresh_s, 5, "how often the TLS files are re-read");
+ABSL_FLAG(std::string, auth_tokens_file, "",
+          "bearer tokens: '<tenant> <sha256-hex-of-token> [scopes]' per line; reloaded on "
+          "change and SIGHUP");
+ABSL_FLAG(std::string, health_listen, "",
+          "plaintext address serving only grpc.health.v1 (for Kubernetes probes); empty: none");
+ABSL_FLAG(std::string, reflection, "auto",
+          "gRPC reflection: on (behind authentication when configured), off, or auto");
+ABSL_FLAG(bool, metrics_auth, false,
+          "/metrics wants a bearer token of scope 'metrics' or 'admin' (needs "
+          "--auth_tokens_file)");
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("ttt-serve: gRPC model server with In-Place Test-Time Training");
@@ -92,6 +109,16 @@ int main(int argc, char** argv) {
     return 2;
   }
   o.sync_durability = durability == "sync";
+  o.tls_cert_file = absl::GetFlag(FLAGS_tls_cert_file);
+  o.tls_key_file = absl::GetFlag(FLAGS_tls_key_file);
+  o.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca_file);
+  o.tls_refresh_s = absl::GetFlag(FLAGS_tls_refresh_s);
+  o.auth_tokens_file = absl::GetFlag(FLAGS_auth_tokens_file);
+  o.health_listen = absl::GetFlag(FLAGS_health_listen);
+  o.reflection = absl::GetFlag(FLAGS_reflection);
+  o.metrics_auth = absl::GetFlag(FLAGS_metrics_auth);
+  // SIGHUP re-reads the tokens file (it is also re-read when it changes).
+  ttt::auth::InstallSighupReload();
 
   auto server = ttt::server::Server::Start(o);
   if (!server.ok()) {

@@ -4,7 +4,10 @@
 #include <chrono>
 #include <prometheus/text_serializer.h>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "server/status.h"
 
 namespace ttt::server {
@@ -99,9 +102,16 @@ Metrics::Metrics(const std::string& version)
                            .Add({});
   session_memory_ = &prometheus::BuildGauge()
                          .Name("tttserve_session_memory_bytes")
-                         .Help("Bytes held by resident sessions' states")
+                         .Help("Bytes of resident sessions' states, as budgeted against "
+                               "--memory_budget_mb (whole tensor buffers)")
                          .Register(r)
                          .Add({});
+  session_memory_held_ = &prometheus::BuildGauge()
+                              .Name("tttserve_session_memory_held_bytes")
+                              .Help("Bytes of session state really held: the resident states plus "
+                                    "the copies Score and non-committing Generate run on")
+                              .Register(r)
+                              .Add({});
   memory_budget_ = &prometheus::BuildGauge()
                         .Name("tttserve_memory_budget_bytes")
                         .Help("Session memory budget (--memory_budget_mb)")
@@ -139,7 +149,21 @@ Metrics::Metrics(const std::string& version)
                      .Name("tttserve_build_info")
                      .Help("Constant 1, labelled with the server version and the model fingerprint")
                      .Register(r);
+  auto& failures = prometheus::BuildCounter()
+                       .Name("tttserve_auth_failures_total")
+                       .Help("Calls and scrapes refused by authentication or authorization")
+                       .Register(r);
+  for (auth::AuthFailure reason : auth::kAllAuthFailures) {
+    auth_failures_[reason] = &failures.Add({{"reason", auth::AuthFailureName(reason)}});
+  }
+  auth_enabled_ = &prometheus::BuildGauge()
+                       .Name("tttserve_auth_enabled")
+                       .Help("1 when callers are authenticated; 0: anyone is any tenant")
+                       .Register(r)
+                       .Add({});
 }
+
+void Metrics::RecordAuthFailure(auth::AuthFailure reason) { auth_failures_.at(reason)->Increment(); }
 
 void Metrics::SetBuildInfo(const std::string& model_fingerprint) {
   build_info_->Add({{"version", version_}, {"model_fingerprint", model_fingerprint}}).Set(1);
@@ -149,10 +173,12 @@ Metrics::~Metrics() { exposer_.reset(); }  // no scrape may outlive the registry
 
 absl::Status Metrics::StartExposer(const std::string& address, const HttpExposerOptions& options) {
   std::shared_ptr<prometheus::Registry> registry = registry_;
+  HttpExposerOptions with_auth = options;
+  if (scrape_check_) with_auth.authorize = scrape_check_;
   auto exposer = HttpExposer::Start(
       address,
       [registry] { return prometheus::TextSerializer().Serialize(registry->Collect()); },
-      options);
+      with_auth);
   if (!exposer.ok()) return exposer.status();
   exposer_ = std::move(*exposer);
   return absl::OkStatus();
@@ -177,9 +203,11 @@ void Metrics::SetQueue(int64_t depth, int64_t capacity) {
   queue_capacity_->Set(static_cast<double>(capacity));
 }
 
-void Metrics::SetSessions(int64_t active, int64_t memory_bytes, int64_t budget_bytes) {
+void Metrics::SetSessions(int64_t active, int64_t memory_bytes, int64_t held_bytes,
+                          int64_t budget_bytes) {
   sessions_active_->Set(static_cast<double>(active));
   session_memory_->Set(static_cast<double>(memory_bytes));
+  session_memory_held_->Set(static_cast<double>(held_bytes));
   memory_budget_->Set(static_cast<double>(budget_bytes));
 }
 

@@ -3,9 +3,11 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 
 #include <grpcpp/support/status_code_enum.h>
@@ -16,6 +18,7 @@
 #include <prometheus/registry.h>
 
 #include "absl/status/status.h"
+#include "auth/authorizer.h"
 #include "engine/scheduler.h"
 #include "server/metrics_http.h"
 #include "session/session.h"
@@ -36,6 +39,16 @@ class Metrics : public session::SessionListener, public engine::Scheduler::Obser
   // The bound port (after StartExposer), or 0.
   int port() const;
 
+  // --metrics_auth: each scrape's `Authorization` header value (nullopt: none) goes to `check`;
+  // UNAUTHENTICATED answers 401 (with WWW-Authenticate: Bearer), PERMISSION_DENIED 403.
+  // REQUIRES: called before StartExposer.
+  using ScrapeCheck = std::function<absl::Status(const std::optional<std::string>&)>;
+  void RequireScrapeAuth(ScrapeCheck check) { scrape_check_ = std::move(check); }
+  // tttserve_auth_failures_total{reason} (every reason exported from the start, at 0).
+  void RecordAuthFailure(auth::AuthFailure reason);
+  // tttserve_auth_enabled: 1 when callers are authenticated, 0 when anyone is any tenant.
+  void SetAuthEnabled(bool enabled) { auth_enabled_->Set(enabled ? 1 : 0); }
+
   void RecordRequest(const std::string& method, grpc::StatusCode code, double seconds);
   void AddTokensIngested(int64_t n) { tokens_ingested_->Increment(static_cast<double>(n)); }
   void AddTokensGenerated(int64_t n) { tokens_generated_->Increment(static_cast<double>(n)); }
@@ -44,7 +57,11 @@ class Metrics : public session::SessionListener, public engine::Scheduler::Obser
   void ObserveTimeToFirstToken(double s) { ttft_->Observe(s); }
   void ObserveInterToken(double s) { inter_token_->Observe(s); }
   void SetQueue(int64_t depth, int64_t capacity);
-  void SetSessions(int64_t active, int64_t memory_bytes, int64_t budget_bytes);
+  // Sessions that exist; the budgeted bytes of resident states (SessionManager::
+  // resident_memory_bytes), the bytes really held (memory_held_bytes: plus copies in flight),
+  // and the budget.
+  void SetSessions(int64_t active, int64_t memory_bytes, int64_t held_bytes,
+                   int64_t budget_bytes);
 
   // SessionListener
   void OnChunkUpdates(int64_t chunks) override;
@@ -58,6 +75,9 @@ class Metrics : public session::SessionListener, public engine::Scheduler::Obser
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;
+  ScrapeCheck scrape_check_;  // set before the exposer starts
+  std::map<auth::AuthFailure, prometheus::Counter*> auth_failures_;  // fixed after construction
+  prometheus::Gauge* auth_enabled_;
   std::unique_ptr<HttpExposer> exposer_;  // declared after registry_: stops serving first
   const std::string version_;
   prometheus::Family<prometheus::Gauge>* build_info_;
@@ -83,6 +103,7 @@ class Metrics : public session::SessionListener, public engine::Scheduler::Obser
   prometheus::Gauge* sessions_active_;
   prometheus::Counter* sessions_evicted_;
   prometheus::Gauge* session_memory_;
+  prometheus::Gauge* session_memory_held_;
   prometheus::Gauge* memory_budget_;
   prometheus::Counter* checkpoint_bytes_;
   prometheus::Histogram* checkpoint_duration_;

@@ -142,6 +142,10 @@ MHD_Result Respond(MHD_Connection* c, unsigned code, const std::string& body) {
   if (code == MHD_HTTP_METHOD_NOT_ALLOWED) {
     MHD_add_response_header(response, MHD_HTTP_HEADER_ALLOW, "GET, HEAD");
   }
+  if (code == MHD_HTTP_UNAUTHORIZED) {
+    MHD_add_response_header(response, MHD_HTTP_HEADER_WWW_AUTHENTICATE,
+                            "Bearer realm=\"ttt-serve metrics\"");
+  }
   const MHD_Result queued = MHD_queue_response(c, code, response);
   MHD_destroy_response(response);
   return queued;
@@ -171,6 +175,17 @@ MHD_Result HttpExposer::State::Answer(void* cls, MHD_Connection* c, const char* 
   }
   if (path != "/metrics" && path != "/") return Respond(c, MHD_HTTP_NOT_FOUND, "try /metrics\n");
   try {  // nothing may unwind through libmicrohttpd's C frames
+    if (s->options.authorize) {
+      const char* header =
+          MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+      const absl::Status allowed = s->options.authorize(
+          header == nullptr ? std::nullopt : std::optional<std::string>(header));
+      if (!allowed.ok()) {
+        const bool who = allowed.code() == absl::StatusCode::kUnauthenticated;
+        return Respond(c, who ? MHD_HTTP_UNAUTHORIZED : MHD_HTTP_FORBIDDEN,
+                       absl::StrCat(allowed.message(), "\n"));
+      }
+    }
     return Respond(c, MHD_HTTP_OK, s->render());
   } catch (const std::exception& e) {
     return Respond(c, MHD_HTTP_INTERNAL_SERVER_ERROR,

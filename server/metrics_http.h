@@ -10,6 +10,7 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -26,6 +27,10 @@ struct HttpExposerOptions {
   std::chrono::milliseconds request_deadline{std::chrono::seconds(30)};
   // Per-connection memory (request line, headers, response head); a larger header gets 431.
   size_t connection_memory_bytes = 32 * 1024;
+  // When set, every GET's `Authorization` header value (nullopt: none) must pass: an
+  // UNAUTHENTICATED status answers 401 with `WWW-Authenticate: Bearer`, any other error 403,
+  // the status message as the body (--metrics_auth). Runs on the server's thread.
+  std::function<absl::Status(const std::optional<std::string>&)> authorize;
 };
 
 // Serves GET/HEAD /metrics (and /) with the body `render` returns, 404 elsewhere, 405 for other

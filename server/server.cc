@@ -13,6 +13,7 @@
 #include "engine/model.h"
 #include "engine/scheduler.h"
 #include "server/metrics.h"
+#include "server/security.h"
 #include "server/service.h"
 #include "session/session.h"
 #include "tokenizer/tokenizer.h"
@@ -42,8 +43,21 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   if (!bounds.ok()) return bounds;
   std::unique_ptr<Server> s(new Server());
   s->options_ = options;
-  // The metrics endpoint starts first, so a bad --metrics_listen fails before the model loads.
   s->metrics_ = std::make_unique<Metrics>(kVersion);
+  // Bad security flags or files fail before the (slow) model load.
+  auto security = SetUpSecurity(options, [m = s->metrics_.get()](auth::AuthFailure reason) {
+    m->RecordAuthFailure(reason);
+  });
+  if (!security.ok()) return security.status();
+  s->security_ = std::make_unique<Security>(std::move(*security));
+  s->metrics_->SetAuthEnabled(s->security_->authorizer->enabled());
+  if (options.metrics_auth) {
+    s->metrics_->RequireScrapeAuth(
+        [authorizer = s->security_->authorizer](const std::optional<std::string>& header) {
+          return authorizer->AuthorizeScrape(header);
+        });
+  }
+  // The metrics endpoint starts first, so a bad --metrics_listen fails before the model loads.
   if (!options.metrics_listen.empty()) {
     absl::Status st = s->metrics_->StartExposer(options.metrics_listen);
     if (!st.ok()) return st;
@@ -97,9 +111,15 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   limits.max_concurrent_imports = options.max_concurrent_imports;
   limits.max_concurrent_exports = options.max_concurrent_exports;
   limits.sync_durability = options.sync_durability;
+  ServiceSecurity who_may_call;
+  who_may_call.authorizer = s->security_->authorizer;
+  who_may_call.info.set_tls(s->security_->tls);
+  who_may_call.info.set_client_certificates(s->security_->client_certificates);
+  who_may_call.info.set_bearer_tokens(s->security_->tokens != nullptr);
+  who_may_call.info.set_authenticated(s->security_->authorizer->enabled());
   s->service_ = std::make_unique<TttServiceImpl>(s->sessions_.get(), s->tokenizer_.get(),
                                                  s->metrics_.get(), limits, kVersion,
-                                                 options.max_batch_tokens);
+                                                 options.max_batch_tokens, std::move(who_may_call));
 
   absl::Status grpc_started = s->StartGrpc();
   if (!grpc_started.ok()) return grpc_started;
@@ -111,7 +131,8 @@ absl::Status Server::StartGrpc() {
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(options_.listen, grpc::InsecureServerCredentials(), &port_);
+  if (!security_->reflection) DropBuilderPlugins(builder);
+  builder.AddListeningPort(options_.listen, security_->credentials, &port_);
   builder.RegisterService(service_.get());
   builder.SetMaxReceiveMessageSize(static_cast<int>(options_.max_message_bytes));
   // What slow or stalled clients can pin in the transport: every call's buffers come out of one
@@ -126,17 +147,32 @@ absl::Status Server::StartGrpc() {
     return absl::FailedPreconditionError(
         absl::StrCat("cannot listen on ", options_.listen, " (address in use or invalid?)"));
   }
-  if (auto* health = grpc_server_->GetHealthCheckService()) {
-    health->SetServingStatus(true);
-    health->SetServingStatus("", true);
-    health->SetServingStatus(kServiceName, true);
+  if (!options_.health_listen.empty()) {
+    auto health = HealthOnlyServer::Start(options_.health_listen);
+    if (!health.ok()) return health.status();
+    health_server_ = std::move(*health);
   }
+  SetServing(true);
   return absl::OkStatus();
 }
 
 Server::~Server() { Shutdown(); }
 
+void Server::SetServing(bool serving) {
+  grpc::Server* health_listener = health_server_ ? health_server_->server() : nullptr;
+  for (grpc::Server* server : {grpc_server_.get(), health_listener}) {
+    if (server == nullptr) continue;
+    if (auto* health = server->GetHealthCheckService()) {
+      health->SetServingStatus(serving);
+      health->SetServingStatus("", serving);
+      health->SetServingStatus(kServiceName, serving);
+    }
+  }
+}
+
 const std::string& Server::model_fingerprint() const { return model_->fingerprint(); }
+
+int Server::health_port() const { return health_server_ ? health_server_->port() : 0; }
 
 int Server::metrics_port() const { return metrics_ ? metrics_->port() : 0; }
 
@@ -150,7 +186,7 @@ void Server::GaugeLoop() {
     lock.unlock();
     metrics_->SetQueue(scheduler_->queue_depth(), scheduler_->queue_capacity());
     metrics_->SetSessions(sessions_->session_count(), sessions_->resident_memory_bytes(),
-                          sessions_->options().memory_budget_bytes);
+                          sessions_->memory_held_bytes(), sessions_->options().memory_budget_bytes);
     lock.lock();
     cv_.wait_for(lock, std::chrono::milliseconds(500));
   }
@@ -168,10 +204,11 @@ void Server::Shutdown() {
   if (gauges_.joinable()) gauges_.join();
   if (grpc_server_) {
     // Kubernetes stops routing first, then the server stops accepting and drains.
-    if (auto* health = grpc_server_->GetHealthCheckService()) health->SetServingStatus(false);
+    SetServing(false);
     grpc_server_->Shutdown(std::chrono::system_clock::now() +
                            std::chrono::seconds(options_.drain_timeout_s));
   }
+  health_server_.reset();
   if (sessions_ && options_.checkpoint_on_shutdown) {
     absl::Status st = sessions_->PersistAll();
     if (!st.ok()) {

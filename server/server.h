@@ -28,7 +28,9 @@ class Tokenizer;
 
 namespace ttt::server {
 
+class HealthOnlyServer;
 class Metrics;
+struct Security;
 class TttServiceImpl;
 
 inline constexpr char kVersion[] = "0.1.0";
@@ -61,18 +63,30 @@ struct ServerOptions {
   int64_t lease_s = 15;
   int64_t persist_interval_s = 5;  // write-behind period (0: only at eviction and shutdown)
   bool sync_durability = false;    // --durability=sync
+  // Authentication and TLS (server/security.h, docs/contract.md "Authentication"). All empty:
+  // plaintext and no authentication (the tenant is x-tenant-id), with a warning at start.
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  std::string tls_client_ca_file;  // mutual TLS
+  int tls_refresh_s = 5;
+  std::string auth_tokens_file;
+  std::string health_listen;  // plaintext, grpc.health.v1 only; empty: none
+  std::string reflection = "auto";  // auto | on | off
+  bool metrics_auth = false;
 };
 
 // Thread-safe.
 class Server {
  public:
   // Loads the model (and its tokenizer when the folder has one) and starts serving.
-  // Errors: the model's (NOT_FOUND / INVALID_ARGUMENT), FAILED_PRECONDITION when an address
-  // cannot be bound or the checkpoint directory cannot be created.
+  // Errors: the model's (NOT_FOUND / INVALID_ARGUMENT), the security flags' (INVALID_ARGUMENT,
+  // NOT_FOUND for a tokens file), FAILED_PRECONDITION when an address cannot be bound or the
+  // checkpoint directory cannot be created.
   static absl::StatusOr<std::unique_ptr<Server>> Start(const ServerOptions& options);
   ~Server();
 
   int port() const { return port_; }
+  int health_port() const;  // 0 without --health_listen
   int metrics_port() const;
   std::shared_ptr<grpc::Channel> InProcessChannel();
   session::SessionManager& sessions() { return *sessions_; }
@@ -93,6 +107,8 @@ class Server {
   // and the transport's bounds (resource quota, streams per connection, message size).
   absl::Status StartGrpc();
   void GaugeLoop();
+  // Health of the gRPC port and the health listener: overall, "" and kServiceName.
+  void SetServing(bool serving);
 
   ServerOptions options_;
   std::unique_ptr<engine::Model> model_;
@@ -101,7 +117,9 @@ class Server {
   std::unique_ptr<engine::Scheduler> scheduler_;
   std::unique_ptr<session::SessionManager> sessions_;
   std::unique_ptr<TttServiceImpl> service_;
+  std::unique_ptr<Security> security_;
   std::unique_ptr<grpc::Server> grpc_server_;
+  std::unique_ptr<HealthOnlyServer> health_server_;  // --health_listen
   int port_ = 0;
 
   std::mutex mu_;

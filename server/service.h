@@ -5,10 +5,12 @@
 
 #include <atomic>
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include <grpcpp/grpcpp.h>
 
+#include "auth/authorizer.h"
 #include "server/internal/call_slots.h"
 #include "server/internal/import_guard.h"
 #include "server/metrics.h"
@@ -35,12 +37,19 @@ struct ServiceLimits {
   bool sync_durability = false;
 };
 
+// Who may call: every handler asks `authorizer` (server/security.h builds it from the flags);
+// GetServerInfo reports `info`.
+struct ServiceSecurity {
+  std::shared_ptr<const auth::Authorizer> authorizer;
+  tttserve::v1::SecurityInfo info;
+};
+
 // Thread-safe. REQUIRES: everything passed in outlives the service.
 class TttServiceImpl final : public tttserve::v1::TttService::CallbackService {
  public:
   TttServiceImpl(session::SessionManager* sessions, const tokenizer::Tokenizer* tokenizer,
                  Metrics* metrics, ServiceLimits limits, std::string version,
-                 int64_t max_batch_tokens);
+                 int64_t max_batch_tokens, ServiceSecurity security);
 
   using Ctx = grpc::CallbackServerContext;
   grpc::ServerUnaryReactor* GetServerInfo(Ctx* ctx, const tttserve::v1::GetServerInfoRequest* req,
@@ -84,6 +93,7 @@ class TttServiceImpl final : public tttserve::v1::TttService::CallbackService {
   session::SessionManager* sessions() const { return sessions_; }
   const tokenizer::Tokenizer* tokenizer() const { return tokenizer_; }
   Metrics* metrics() const { return metrics_; }
+  const auth::Authorizer& authorizer() const { return *security_.authorizer; }
   const ServiceLimits& limits() const { return limits_; }
   // Limits on one import's bytes, derived from the model (server/internal/import_guard.h).
   const internal::ImportLimits& import_limits() const { return import_limits_; }
@@ -100,6 +110,7 @@ class TttServiceImpl final : public tttserve::v1::TttService::CallbackService {
   internal::CallSlots export_slots_;
   const std::string version_;
   const int64_t max_batch_tokens_;
+  const ServiceSecurity security_;
 };
 
 }  // namespace ttt::server

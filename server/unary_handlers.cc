@@ -37,7 +37,7 @@ std::optional<session::SessionOptions> OptionsOf(bool has, const pb::SessionOpti
 grpc::ServerUnaryReactor* TttServiceImpl::GetServerInfo(Ctx* ctx,
                                                         const pb::GetServerInfoRequest* req,
                                                         pb::ServerInfo* resp) {
-  return RunUnary(metrics_, ctx, "GetServerInfo", [&](const std::string&, Finisher finish) {
+  return RunUnary(this, ctx, "GetServerInfo", [&](const std::string&, Finisher finish) {
     const auto& model = sessions_->model();
     const auto& cfg = model.config();
     resp->set_version(version_);
@@ -53,6 +53,7 @@ grpc::ServerUnaryReactor* TttServiceImpl::GetServerInfo(Ctx* ctx,
     resp->set_max_generate_tokens(sessions_->options().max_generate_tokens);
     resp->set_sliding_window(model.attention_window().value_or(0));
     resp->set_eos_token_id(cfg.eos_token_id);
+    *resp->mutable_security() = security_.info;
     finish(absl::OkStatus());
   });
 }
@@ -60,7 +61,7 @@ grpc::ServerUnaryReactor* TttServiceImpl::GetServerInfo(Ctx* ctx,
 grpc::ServerUnaryReactor* TttServiceImpl::CreateSession(Ctx* ctx,
                                                         const pb::CreateSessionRequest* req,
                                                         pb::Session* resp) {
-  return RunUnary(metrics_, ctx, "CreateSession", [&](const std::string& tenant, Finisher finish) {
+  return RunUnary(this, ctx, "CreateSession", [&](const std::string& tenant, Finisher finish) {
     auto info = sessions_->CreateSession(tenant, FromProto(req->options()), req->session_id());
     if (info.ok()) ToProto(*info, resp);
     finish(info.status());
@@ -69,7 +70,7 @@ grpc::ServerUnaryReactor* TttServiceImpl::CreateSession(Ctx* ctx,
 
 grpc::ServerUnaryReactor* TttServiceImpl::GetSession(Ctx* ctx, const pb::GetSessionRequest* req,
                                                      pb::Session* resp) {
-  return RunUnary(metrics_, ctx, "GetSession", [&](const std::string& tenant, Finisher finish) {
+  return RunUnary(this, ctx, "GetSession", [&](const std::string& tenant, Finisher finish) {
     auto info = sessions_->GetSession(tenant, req->session_id());
     if (info.ok()) ToProto(*info, resp);
     finish(info.status());
@@ -79,7 +80,7 @@ grpc::ServerUnaryReactor* TttServiceImpl::GetSession(Ctx* ctx, const pb::GetSess
 grpc::ServerUnaryReactor* TttServiceImpl::ListSessions(Ctx* ctx,
                                                        const pb::ListSessionsRequest* req,
                                                        pb::ListSessionsResponse* resp) {
-  return RunUnary(metrics_, ctx, "ListSessions", [&](const std::string& tenant, Finisher finish) {
+  return RunUnary(this, ctx, "ListSessions", [&](const std::string& tenant, Finisher finish) {
     std::map<std::string, std::string> selector(req->label_selector().begin(),
                                                 req->label_selector().end());
     for (const auto& info : sessions_->ListSessions(tenant, selector)) {
@@ -92,7 +93,7 @@ grpc::ServerUnaryReactor* TttServiceImpl::ListSessions(Ctx* ctx,
 grpc::ServerUnaryReactor* TttServiceImpl::DeleteSession(Ctx* ctx,
                                                         const pb::DeleteSessionRequest* req,
                                                         pb::DeleteSessionResponse*) {
-  return RunUnary(metrics_, ctx, "DeleteSession", [&](const std::string& tenant, Finisher finish) {
+  return RunUnary(this, ctx, "DeleteSession", [&](const std::string& tenant, Finisher finish) {
     finish(sessions_->DeleteSession(tenant, req->session_id()));
   });
 }
@@ -100,7 +101,7 @@ grpc::ServerUnaryReactor* TttServiceImpl::DeleteSession(Ctx* ctx,
 // An empty input reaches the session manager, which owns "nothing to score".
 grpc::ServerUnaryReactor* TttServiceImpl::Score(Ctx* ctx, const pb::ScoreRequest* req,
                                                 pb::ScoreResponse* resp) {
-  return RunUnary(metrics_, ctx, "Score", [&](const std::string& tenant, Finisher finish) {
+  return RunUnary(this, ctx, "Score", [&](const std::string& tenant, Finisher finish) {
     auto tokens = internal::InputTokens(limits_, tokenizer_, req->text(), req->token_ids(),
                                         "the Score request");
     if (!tokens.ok()) return finish(tokens.status());
@@ -119,7 +120,7 @@ grpc::ServerUnaryReactor* TttServiceImpl::Score(Ctx* ctx, const pb::ScoreRequest
 
 grpc::ServerUnaryReactor* TttServiceImpl::Checkpoint(Ctx* ctx, const pb::CheckpointRequest* req,
                                                      pb::CheckpointInfo* resp) {
-  return RunUnary(metrics_, ctx, "Checkpoint", [&](const std::string& tenant, Finisher finish) {
+  return RunUnary(this, ctx, "Checkpoint", [&](const std::string& tenant, Finisher finish) {
     absl::Status st = sessions_->Checkpoint(
         tenant, req->session_id(), req->checkpoint_id(),
         [resp, finish](absl::StatusOr<session::CheckpointInfo> info) {
@@ -132,7 +133,7 @@ grpc::ServerUnaryReactor* TttServiceImpl::Checkpoint(Ctx* ctx, const pb::Checkpo
 
 grpc::ServerUnaryReactor* TttServiceImpl::Restore(Ctx* ctx, const pb::RestoreRequest* req,
                                                   pb::Session* resp) {
-  return RunUnary(metrics_, ctx, "Restore", [&](const std::string& tenant, Finisher finish) {
+  return RunUnary(this, ctx, "Restore", [&](const std::string& tenant, Finisher finish) {
     if (req->checkpoint_id().empty()) {
       return finish(absl::InvalidArgumentError("checkpoint_id is required"));
     }
@@ -145,7 +146,7 @@ grpc::ServerUnaryReactor* TttServiceImpl::Restore(Ctx* ctx, const pb::RestoreReq
 
 grpc::ServerUnaryReactor* TttServiceImpl::Reset(Ctx* ctx, const pb::ResetRequest* req,
                                                 pb::Session* resp) {
-  return RunUnary(metrics_, ctx, "Reset", [&](const std::string& tenant, Finisher finish) {
+  return RunUnary(this, ctx, "Reset", [&](const std::string& tenant, Finisher finish) {
     absl::Status st = sessions_->Reset(tenant, req->session_id(), SessionReply(resp, finish));
     if (!st.ok()) finish(st);
   });
@@ -153,7 +154,7 @@ grpc::ServerUnaryReactor* TttServiceImpl::Reset(Ctx* ctx, const pb::ResetRequest
 
 grpc::ServerUnaryReactor* TttServiceImpl::Fork(Ctx* ctx, const pb::ForkRequest* req,
                                                pb::Session* resp) {
-  return RunUnary(metrics_, ctx, "Fork", [&](const std::string& tenant, Finisher finish) {
+  return RunUnary(this, ctx, "Fork", [&](const std::string& tenant, Finisher finish) {
     absl::Status st = sessions_->Fork(tenant, req->session_id(),
                                       OptionsOf(req->has_options(), req->options()),
                                       SessionReply(resp, finish));
@@ -164,7 +165,7 @@ grpc::ServerUnaryReactor* TttServiceImpl::Fork(Ctx* ctx, const pb::ForkRequest* 
 grpc::ServerUnaryReactor* TttServiceImpl::ListCheckpoints(Ctx* ctx,
                                                           const pb::ListCheckpointsRequest*,
                                                           pb::ListCheckpointsResponse* resp) {
-  return RunUnary(metrics_, ctx, "ListCheckpoints",
+  return RunUnary(this, ctx, "ListCheckpoints",
                   [&](const std::string& tenant, Finisher finish) {
                     auto list = sessions_->ListCheckpoints(tenant);
                     if (list.ok()) {
@@ -177,7 +178,7 @@ grpc::ServerUnaryReactor* TttServiceImpl::ListCheckpoints(Ctx* ctx,
 grpc::ServerUnaryReactor* TttServiceImpl::DeleteCheckpoint(Ctx* ctx,
                                                            const pb::DeleteCheckpointRequest* req,
                                                            pb::DeleteCheckpointResponse*) {
-  return RunUnary(metrics_, ctx, "DeleteCheckpoint",
+  return RunUnary(this, ctx, "DeleteCheckpoint",
                   [&](const std::string& tenant, Finisher finish) {
                     finish(sessions_->DeleteCheckpoint(tenant, req->checkpoint_id()));
                   });

@@ -115,14 +115,17 @@ void SessionManager::ReapNow() {
 void SessionManager::DropOnEngine(const std::shared_ptr<Session>& s) {
   engine::Work w;
   w.key = s->key;
-  w.task = [s, this] {
+  // Captures the stores and the link, not `this`: a delete's clean-up may run after the manager
+  // is destroyed.
+  w.task = [s, store = store_, leases = leases_, link = link_] {
+    std::lock_guard<std::mutex> lock(link->mu);
     // A client may have created a new session of the same id meanwhile (ids can be chosen):
     // its file is not this session's to remove.
-    if (!Holds(s->tenant, s->id)) {
-      store_->RemoveSession(s->tenant, s->id);
-      if (leases_ != nullptr) {
-        std::lock_guard<std::mutex> lock(s->mu);
-        leases_->Release(s->tenant, s->id, s->lease_generation);
+    if (link->manager == nullptr || !link->manager->Holds(s->tenant, s->id)) {
+      store->RemoveSession(s->tenant, s->id);
+      if (leases != nullptr) {
+        std::lock_guard<std::mutex> slock(s->mu);
+        leases->Release(s->tenant, s->id, s->lease_generation);
       }
     }
     s->state = engine::SequenceState{};

@@ -94,12 +94,16 @@ absl::StatusOr<std::unique_ptr<SessionManager>> SessionManager::Create(
 SessionManager::SessionManager(const engine::Model* model, engine::Scheduler* scheduler,
                                const ManagerOptions& options, SessionListener* listener)
     : model_(model), scheduler_(scheduler), options_(options), listener_(listener),
-      store_(std::make_unique<internal::CheckpointStore>(options.checkpoint_dir)),
+      store_(std::make_shared<internal::CheckpointStore>(options.checkpoint_dir)),
       leases_(options.replica_id.empty()
                   ? nullptr
-                  : std::make_unique<internal::LeaseStore>(options.checkpoint_dir,
-                                                           options.replica_id, options.lease_ms,
-                                                           options.lease_clock)) {}
+                  : std::make_shared<const internal::LeaseStore>(
+                        options.checkpoint_dir, options.replica_id, options.lease_ms,
+                        options.lease_clock)),
+      link_(std::make_shared<Link>()) {
+  std::lock_guard<std::mutex> lock(link_->mu);
+  link_->manager = this;
+}
 
 SessionManager::~SessionManager() {
   {
@@ -108,6 +112,8 @@ SessionManager::~SessionManager() {
   }
   reaper_cv_.notify_all();
   if (reaper_.joinable()) reaper_.join();
+  std::lock_guard<std::mutex> lock(link_->mu);
+  link_->manager = nullptr;
 }
 
 absl::Status SessionManager::ValidateTenant(const std::string& tenant) {

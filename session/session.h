@@ -32,6 +32,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "engine/model.h"
@@ -331,8 +332,15 @@ class SessionManager {
   engine::Scheduler* scheduler_;
   const ManagerOptions options_;
   SessionListener* listener_;
-  const std::unique_ptr<internal::CheckpointStore> store_;
-  const std::unique_ptr<internal::LeaseStore> leases_;  // null unless replica_id is set
+  // Shared with work queued on the engine (DropOnEngine), which may run after this manager is gone.
+  const std::shared_ptr<internal::CheckpointStore> store_;
+  const std::shared_ptr<const internal::LeaseStore> leases_;  // null unless replica_id is set
+  // How such work asks this manager whether an id was reused; unlinked by the destructor.
+  struct Link {
+    std::mutex mu;
+    const SessionManager* manager ABSL_GUARDED_BY(mu);
+  };
+  const std::shared_ptr<Link> link_;
 
   mutable std::mutex mu_;
   // tenant -> id -> session. Guarded by mu_.

@@ -1,4 +1,4 @@
-// The shipped default model (models/ttt-brown, issue 4) without retraining it: its files load
+// The shipped default model (models/ttt-brown, issues 4 and 12) without retraining it: its files load
 // (config with the TTT keys, weights, SentencePiece tokenizer) and a short scoring run over a fixed
 // text, with TTT on and off, matches the numbers recorded in tests/data/default_model/ to 1e-4.
 //
@@ -135,6 +135,9 @@ TEST(DefaultModelTest, ConfigHasTheTttSettings) {
   EXPECT_EQ(config->ttt_layers, (std::vector<int64_t>{1, 3}));
   EXPECT_EQ(config->ttt_target, engine::TttTarget::kInputEmbed);
   EXPECT_EQ(config->ttt_chunk, 64);
+  // eta and the update clip chosen on the validation split (docs/model.md, docs/eval.md).
+  EXPECT_DOUBLE_EQ(config->ttt_lr, 0.5);
+  EXPECT_DOUBLE_EQ(config->ttt_clip, 5.0);
   EXPECT_EQ(config->sliding_window, std::optional<int64_t>(64));
   EXPECT_EQ(config->vocab_size, 4096);
 }

@@ -269,6 +269,103 @@ TEST(ModelTest, TrainingForwardMatchesIngestAndHasGradients) {
   for (int i = 1; i < 20; ++i) EXPECT_NEAR(train_lp[i - 1][tokens[i]].item<float>(), lp[i], 1e-5);
 }
 
+// A session's results do not depend on what else shares its engine steps: one subject stream fed
+// in pieces of mixed lengths (decode steps, short pieces, pieces crossing chunk boundaries, long
+// ones) alone, and again with companions at other positions and with other piece lengths, for
+// full and windowed attention, TTT on and off.
+TEST(ModelTest, ResultsDoNotDependOnWhatSharesTheBatch) {
+  struct Variant {
+    const char* name;
+    ModelOptions options;
+  };
+  const std::vector<Variant> variants = {{"ttt", {}},
+                                         {"ttt window 5", {.sliding_window = 5}},
+                                         {"ttt off", {.ttt_lr = 0.0}},
+                                         {"ttt off window 4", {.ttt_lr = 0.0, .sliding_window = 4}}};
+  const std::vector<int> subject_pieces = {1, 1, 3, 1, 17, 1, 2, 5, 1, 1, 9, 1};
+  const std::vector<std::vector<int>> companion_pieces = {
+      {1, 20, 1, 4, 1, 1, 30, 2, 1, 1, 1, 6},
+      {2, 1, 1, 1, 6, 13, 1, 1, 1, 40, 3, 1},
+      {0, 1, 0, 2, 1, 1, 0, 1, 7, 1, 0, 1}};  // 0: not in that step
+  for (const Variant& v : variants) {
+    auto model = MakeModel(v.options);
+    const auto subject_tokens = RandomTokens(60, 53, 21);
+    SequenceState alone = model->NewSequence(), shared = model->NewSequence();
+    std::vector<SequenceState> companions;
+    for (int c = 0; c < 3; ++c) {
+      companions.push_back(model->NewSequence());
+      IngestAll(*model, companions.back(), RandomTokens(5 + 11 * c, 53, 30 + c));
+    }
+    IngestAll(*model, alone, {subject_tokens.begin(), subject_tokens.begin() + 4});
+    IngestAll(*model, shared, {subject_tokens.begin(), subject_tokens.begin() + 4});
+    size_t at = 4;
+    for (size_t step = 0; step < subject_pieces.size(); ++step) {
+      const std::vector<int32_t> piece(subject_tokens.begin() + at,
+                                       subject_tokens.begin() + at + subject_pieces[step]);
+      at += subject_pieces[step];
+      const IngestLogProbs expected = IngestAll(*model, alone, piece);
+      std::vector<IngestItem> items;
+      for (int c = 0; c < 3; ++c) {
+        if (companion_pieces[c][step] == 0) continue;
+        items.push_back({&companions[c],
+                         RandomTokens(companion_pieces[c][step], 53, 100 * c + step)});
+      }
+      items.insert(items.begin() + step % (items.size() + 1), IngestItem{&shared, piece});
+      auto result = model->Ingest(absl::MakeSpan(items));
+      ASSERT_TRUE(result.ok()) << result.status();
+      for (size_t i = 0; i < items.size(); ++i) {
+        if (items[i].state == &shared) {
+          SCOPED_TRACE(std::string(v.name) + ", step " + std::to_string(step));
+          ASSERT_EQ(result.value()[i].size(), expected.size());
+          for (size_t t = 0; t < expected.size(); ++t) {
+            EXPECT_NEAR(result.value()[i][t], expected[t], 2e-5) << "token " << t;
+          }
+        }
+      }
+    }
+    EXPECT_EQ(shared.position, alone.position) << v.name;
+    EXPECT_EQ(shared.chunks_applied, alone.chunks_applied) << v.name;
+    EXPECT_LT(MaxDiff(shared.last_logits, alone.last_logits), 1e-4) << v.name;
+    for (size_t l = 0; l < alone.cache.size(); ++l) {
+      ASSERT_EQ(shared.cache[l].keys.sizes(), alone.cache[l].keys.sizes()) << v.name;
+      EXPECT_LT(MaxDiff(shared.cache[l].keys, alone.cache[l].keys), 1e-4) << v.name;
+      EXPECT_LT(MaxDiff(shared.cache[l].values, alone.cache[l].values), 1e-4) << v.name;
+    }
+    for (size_t k = 0; k < alone.ttt.size(); ++k) {
+      EXPECT_LT(MaxDiff(shared.ttt[k].delta, alone.ttt[k].delta), 1e-4) << v.name;
+      ASSERT_EQ(shared.ttt[k].pending_z.sizes(), alone.ttt[k].pending_z.sizes()) << v.name;
+      if (shared.ttt[k].pending_z.numel() > 0) {
+        EXPECT_LT(MaxDiff(shared.ttt[k].pending_z, alone.ttt[k].pending_z), 1e-4) << v.name;
+      }
+    }
+  }
+}
+
+// The engine grows caches and unfinished chunks in place; tensors handed out before (for a
+// checkpoint being written, say) must keep the values they had, chunk completions included.
+TEST(ModelTest, TensorsHandedOutAreNotChangedByLaterSteps) {
+  auto model = MakeModel({.sliding_window = 9});
+  SequenceState s = model->NewSequence();
+  IngestAll(*model, s, RandomTokens(4, 53, 40));
+  for (int round = 0; round < 3; ++round) {
+    const NamedTensors handed_out = s.ToTensors();
+    std::vector<at::Tensor> copies;
+    for (const auto& [name, t] : handed_out) copies.push_back(t.clone());
+    for (int32_t t : RandomTokens(7, 53, 41 + round)) IngestAll(*model, s, {t});  // completes a chunk
+    for (size_t i = 0; i < copies.size(); ++i) {
+      ASSERT_EQ(handed_out[i].second.sizes(), copies[i].sizes()) << handed_out[i].first;
+      EXPECT_TRUE(at::equal(handed_out[i].second, copies[i])) << handed_out[i].first;
+    }
+  }
+  EXPECT_EQ(s.chunks_applied, 4);
+  EXPECT_EQ(s.cache[0].keys.size(1), 8);
+  // The state's buffers (spare rows included) are what it holds.
+  int64_t views = 0;
+  for (const auto& [name, t] : s.ToTensors()) views += t.nbytes();
+  EXPECT_EQ(s.MemoryBytes(), views);
+  EXPECT_GE(s.HeldBytes(), views);
+}
+
 TEST(SamplerTest, SameSeedSameTokensAndGreedyIsArgmax) {
   at::manual_seed(0);
   at::Tensor logits = at::randn({100});

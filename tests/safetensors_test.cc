@@ -206,8 +206,9 @@ TEST_F(SafetensorsTest, RejectsMalformedHeaderJson) {
   ExpectInvalid(OpenBytes(Craft("{\"a\": 5}")), "tensor 'a': entry must be an object");
   ExpectInvalid(OpenBytes(Craft(R"({"a": {"dtype": "F32", "shape": [1]}})")),
                 "tensor 'a': entry needs");
-  // Deep nesting is an error, not a stack overflow.
-  ExpectInvalid(OpenBytes(Craft(std::string(200000, '['))), "not valid JSON");
+  // Deep nesting is an error, not a stack overflow; refused before the JSON is parsed.
+  ExpectInvalid(OpenBytes(Craft(std::string(200000, '['))),
+                "nested deeper than 64 levels (at byte 64 of the header)");
 }
 
 TEST_F(SafetensorsTest, RejectsUnknownDtype) {
@@ -277,6 +278,98 @@ TEST_F(SafetensorsTest, RejectsNonStringMetadata) {
   ExpectInvalid(OpenBytes(Craft(R"({"__metadata__": {"step": 42}})")),
                 "metadata value of 'step' must be a string");
   ExpectInvalid(OpenBytes(Craft(R"({"__metadata__": [1]})")), "\"__metadata__\" must be an object");
+}
+
+// Issue 9 #2: arrays nested ~100k deep in a valid header overflowed the stack in the JSON
+// library's dump() that built the error message; at 10k-30k deep the whole input came back in
+// the error. The depth is now refused before parsing and no error echoes the header.
+std::string Nested(int depth, const std::string& inner = "1") {
+  return std::string(depth, '[') + inner + std::string(depth, ']');
+}
+
+TEST_F(SafetensorsTest, DeeplyNestedValuesAreRefusedBeforeParsing) {
+  for (int depth : {20000, 100000}) {
+    SCOPED_TRACE(depth);
+    const std::string nested = Nested(depth);
+    const std::string data(8, '\0');
+    const std::vector<std::string> headers = {
+        R"({"w": {"dtype": "U8", "shape": [)" + nested + R"(], "data_offsets": [0, 1]}})",
+        R"({"w": {"dtype": "U8", "shape": [1], "data_offsets": [0, )" + nested + "]}}",
+        R"({"w": {"dtype": "U8", "shape": [1], "data_offsets": )" + nested + "}}",
+        R"({"__metadata__": {"k": )" + nested + "}}",
+        R"({"w": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1], "x": )" + nested + "}}",
+    };
+    for (const std::string& header : headers) {
+      const absl::Status status = OpenBytes(Craft(header, data));
+      ExpectInvalid(status, "nested deeper than");
+      EXPECT_THAT(status.message(), HasSubstr("at byte"));
+      EXPECT_LT(status.message().size(), 300u) << status.message().substr(0, 300);
+    }
+  }
+}
+
+TEST_F(SafetensorsTest, NestingUpToTheLimitIsParsedAndDescribedBriefly) {
+  // Within the depth limit the header parses; the errors describe the value without echoing it.
+  const absl::Status shape = OpenBytes(Craft(
+      R"({"w": {"dtype": "U8", "shape": [)" + Nested(20) + R"(], "data_offsets": [0, 1]}})",
+      std::string(1, '\0')));
+  ExpectInvalid(shape, "tensor 'w': shape dimension (an array of 1 element)");
+  const absl::Status offsets = OpenBytes(Craft(
+      R"({"w": {"dtype": "U8", "shape": [1], "data_offsets": [0, )" + Nested(20) + "]}}",
+      std::string(1, '\0')));
+  ExpectInvalid(offsets, "tensor 'w': \"data_offsets\" [0,(an array of 1 element)] must be");
+  const absl::Status metadata = OpenBytes(Craft(R"({"__metadata__": {"k": )" + Nested(20) + "}}"));
+  ExpectInvalid(metadata, "metadata value of 'k' must be a string, got (an array of 1 element)");
+}
+
+TEST_F(SafetensorsTest, ErrorsQuoteOnlyAShortPrefixOfLongNamesAndValues) {
+  const std::string long_name(1 << 20, 'n');
+  const std::string long_text(1 << 20, 'v');
+  const std::string name_prefix = "'" + std::string(64, 'n') + "...' (1048576 bytes)";
+  const std::string text_prefix = std::string(64, 'v') + "...\" (1048576 bytes)";
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"{\"" + long_name + R"(": {"dtype": "F64", "shape": [1], "data_offsets": [0, 8]}})",
+       "tensor " + name_prefix + ": unsupported dtype \"F64\""},
+      {R"({"w": {"dtype": ")" + long_text + R"(", "shape": [1], "data_offsets": [0, 8]}})",
+       "tensor 'w': unsupported dtype \"" + text_prefix},
+      {R"({"w": {"dtype": "U8", "shape": [")" + long_text + R"("], "data_offsets": [0, 1]}})",
+       "tensor 'w': shape dimension \"" + text_prefix + " is not"},
+      {R"({"w": {"dtype": "U8", "shape": [1], "data_offsets": [0, ")" + long_text + "\"]}}",
+       "tensor 'w': \"data_offsets\" [0,\"" + text_prefix + "] must be"},
+      {R"({"__metadata__": {")" + long_name + R"(": 1}})",
+       "metadata value of " + name_prefix + " must be a string, got 1"},
+      {R"({"__metadata__": {"k": [")" + long_text + R"("]}})",
+       "metadata value of 'k' must be a string, got (an array of 1 element)"},
+  };
+  for (const auto& [header, fragment] : cases) {
+    const absl::Status status = OpenBytes(Craft(header, std::string(8, '\0')));
+    ExpectInvalid(status, fragment);
+    EXPECT_LT(status.message().size(), 400u) << status.message().substr(0, 400);
+  }
+  // A cut never splits a UTF-8 character: "é" is two bytes, so 63 ASCII bytes then "é" cut at
+  // 64 bytes keeps the 63 and drops the half character.
+  const std::string accented = std::string(63, 'a') + "\xc3\xa9" + std::string(100, 'b');
+  const absl::Status status = OpenBytes(
+      Craft("{\"" + accented + R"(": {"dtype": "F64", "shape": [1], "data_offsets": [0, 8]}})",
+            std::string(8, '\0')));
+  ExpectInvalid(status, "tensor '" + std::string(63, 'a') + "...' (165 bytes): unsupported");
+}
+
+TEST_F(SafetensorsTest, HeaderOverTheLimitIsRefusedBeforeParsing) {
+  // The default limit (the reference implementation's 100 MB), checked on the length field
+  // alone: the bytes are unbalanced brackets that would take seconds and gigabytes to parse.
+  const uint64_t over = kSafetensorsMaxHeaderBytes + 1;
+  absl::Status status = OpenBytes(Craft(std::string(over, '[')));
+  EXPECT_EQ(status.code(), absl::StatusCode::kResourceExhausted) << status;
+  EXPECT_THAT(status.message(),
+              HasSubstr(absl::StrCat("header length ", over, " exceeds the limit of ",
+                                     kSafetensorsMaxHeaderBytes, " bytes")));
+  // A caller's smaller limit (an import sized to its model's largest valid state).
+  const std::string small = Craft(R"({"__metadata__": {"k": "a longer value than allowed"}})");
+  auto file = SafetensorsFile::FromBytes(small, "import", /*max_header_bytes=*/16);
+  EXPECT_EQ(file.status().code(), absl::StatusCode::kResourceExhausted) << file.status();
+  EXPECT_THAT(file.status().message(), HasSubstr("import: header length 54 exceeds the limit of 16"));
+  EXPECT_TRUE(SafetensorsFile::FromBytes(small, "import", /*max_header_bytes=*/54).ok());
 }
 
 TEST_F(SafetensorsTest, CorruptedFilesNeverCrash) {

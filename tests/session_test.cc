@@ -21,6 +21,7 @@
 #include <vector>
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -723,6 +724,51 @@ TEST_F(SessionTest, CheckpointFolderListsAndServesOnlyWholeRegularFiles) {
   EXPECT_EQ(*good, bytes);
 }
 
+// Issue 9: the temporary files of checkpoint and session writes killed midway
+// ("<id>.safetensors.tmp.<pid>.<hex>") are removed when a manager starts on the folder; a temporary
+// file a live writer holds (locked, as engine::WriteFileAtomically does) and every other file stay.
+TEST_F(SessionTest, TemporaryFilesOfKilledWritesAreRemovedAtStart) {
+  auto a = manager_->CreateSession("t", {});
+  ASSERT_TRUE(Ingest(a->id, Tokens(static_cast<int>(chunk_ + 2), vocab_, 41)).ok());
+  ASSERT_TRUE(Checkpoint(a->id, "keep").ok());
+  ASSERT_TRUE(Checkpoint(a->id, "x.safetensors.tmp.1.ab").ok());  // an id that looks like one
+  ASSERT_TRUE(manager_->PersistAll().ok());
+  const fs::path ckpts = dir_ / "t" / "checkpoints", sessions = dir_ / "t" / "sessions";
+  auto write = [](const fs::path& p) {
+    std::ofstream out(p, std::ios::binary);
+    out << "half a checkpoint";
+  };
+  const std::vector<fs::path> stale = {
+      ckpts / "keep.safetensors.tmp.4242.00ff13a7c0de9b1e0",
+      ckpts / "gone.safetensors.tmp.1.0123456789abcdef3",
+      sessions / (a->id + ".safetensors.tmp.77.fedcba9876543210a")};
+  for (const auto& p : stale) write(p);
+  const fs::path live = ckpts / "busy.safetensors.tmp.99.0000000000000000b";
+  const fs::path other = ckpts / "notes.tmp.txt";
+  write(live);
+  write(other);
+  const int live_fd = ::open(live.c_str(), O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(live_fd, 0);
+  ASSERT_EQ(::flock(live_fd, LOCK_EX | LOCK_NB), 0);  // a writer in another server, still going
+
+  Open("llama");  // a restart on the same folder
+  for (const auto& p : stale) EXPECT_FALSE(fs::exists(p)) << p;
+  EXPECT_TRUE(fs::exists(live));
+  EXPECT_TRUE(fs::exists(other));
+  ::close(live_fd);
+  EXPECT_TRUE(fs::exists(sessions / (a->id + ".safetensors")));
+  auto listed = manager_->ListCheckpoints("t");
+  ASSERT_TRUE(listed.ok());
+  ASSERT_EQ(listed->size(), 2u);
+  EXPECT_EQ(listed->at(0).id, "keep");
+  EXPECT_EQ(listed->at(1).id, "x.safetensors.tmp.1.ab");
+  EXPECT_TRUE(Restore("keep").ok());
+
+  Open("llama");  // the writer is gone now: its file goes too
+  EXPECT_FALSE(fs::exists(live));
+  EXPECT_TRUE(fs::exists(other));
+}
+
 TEST_F(SessionTest, PersistedSessionsBeyondMaxSessionsComeBackAsCheckpoints) {
   std::vector<std::string> ids;
   for (int i = 0; i < 5; ++i) {
@@ -813,7 +859,8 @@ TEST_F(SessionTest, MemoryFiguresCountWhatIsHeld) {
                   .ok());
   ASSERT_TRUE(done.get_future().get().ok());
   EXPECT_EQ(resident_during, resident);
-  EXPECT_GE(held_during, resident + manager_->GetSession("t", a->id)->memory_bytes);
+  // The copy is compact (no spare rows), so it may hold less than the session it copies.
+  EXPECT_GT(held_during, resident);
   EXPECT_EQ(manager_->memory_held_bytes(), resident);
 }
 

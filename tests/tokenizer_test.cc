@@ -405,6 +405,47 @@ TEST(TokenizerLoadTest, InvalidArgumentForCorruptSentencePieceModel) {
   EXPECT_THAT(tokenizer.status().message(), HasSubstr("tokenizer.model"));
 }
 
+// Protobuf wire encoding, enough to hand-craft a SentencePiece ModelProto.
+std::string WireVarint(uint64_t v) {
+  std::string out;
+  for (; v >= 0x80; v >>= 7) out.push_back(static_cast<char>((v & 0x7f) | 0x80));
+  out.push_back(static_cast<char>(v));
+  return out;
+}
+std::string WireBytes(int field, std::string_view payload) {
+  return WireVarint(static_cast<uint64_t>(field) << 3 | 2) + WireVarint(payload.size()) +
+         std::string(payload);
+}
+// ModelProto.pieces entry: piece (1) and type (3; 1 normal, 2 unknown).
+std::string WirePiece(std::string_view piece, int type) {
+  return WireBytes(1, WireBytes(1, piece) + WireVarint(3 << 3) + WireVarint(type));
+}
+
+// Found by tests/fuzz/sentencepiece_model_fuzzer: a model whose pieces (or unknown surface) are
+// not UTF-8 loaded, and Decode then returned bytes that are not UTF-8 to the client.
+TEST(TokenizerLoadTest, InvalidArgumentForSentencePieceModelWithNonUtf8Text) {
+  const std::string pieces = WirePiece("<unk>", 2) + WirePiece("a", 1);
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {pieces + WirePiece("b\xff\xfe", 1), "piece 2 is not valid UTF-8"},
+      {pieces + WirePiece("\xe2\x96", 1), "piece 2 is not valid UTF-8"},
+      {pieces + WireBytes(2, WireBytes(44, "\xc3(")), "unk_surface is not valid UTF-8"},
+  };
+  for (const auto& [model, fragment] : cases) {
+    const fs::path dir = MakeTempDir();
+    WriteFile(dir / "tokenizer.model", model);
+    absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = Tokenizer::Load(dir);
+    EXPECT_EQ(tokenizer.status().code(), absl::StatusCode::kInvalidArgument) << fragment;
+    EXPECT_THAT(tokenizer.status().message(), HasSubstr("tokenizer.model"));
+    EXPECT_THAT(tokenizer.status().message(), HasSubstr(fragment));
+  }
+  // The same pieces, all UTF-8, load and decode.
+  const fs::path dir = MakeTempDir();
+  WriteFile(dir / "tokenizer.model", pieces + WirePiece("b\xc3\xa9", 1));
+  std::unique_ptr<Tokenizer> tokenizer = LoadOrDie(dir);
+  ASSERT_NE(tokenizer, nullptr);
+  EXPECT_EQ(tokenizer->Decode({1, 2}), "ab\xc3\xa9");
+}
+
 TEST(Utf8Test, ValidatesPerRfc3629) {
   EXPECT_TRUE(ValidateUtf8("").ok());
   EXPECT_TRUE(ValidateUtf8("plain ASCII\n").ok());
@@ -425,6 +466,30 @@ TEST(Utf8Test, ValidatesPerRfc3629) {
       "\xE6\x97"
       "a",
       "0");  // truncated before "a"
+}
+
+TEST(Utf8Test, IncompleteTailIsTheStartOfACutOffCharacter) {
+  EXPECT_EQ(IncompleteUtf8Tail(""), 0u);
+  EXPECT_EQ(IncompleteUtf8Tail("abc"), 0u);
+  EXPECT_EQ(IncompleteUtf8Tail("caf\xC3\xA9"), 0u);         // "café": whole
+  EXPECT_EQ(IncompleteUtf8Tail("caf\xC3"), 1u);              // é cut after 1 of 2 bytes
+  EXPECT_EQ(IncompleteUtf8Tail("\xE6\x97"), 2u);             // 日 cut after 2 of 3
+  EXPECT_EQ(IncompleteUtf8Tail("a\xF0\x9F\x98"), 3u);        // 😀 cut after 3 of 4
+  EXPECT_EQ(IncompleteUtf8Tail("\xF0\x9F\x98\x80"), 0u);     // 😀 whole
+  // Bytes no continuation can make valid are not a tail: ValidateUtf8 reports them.
+  EXPECT_EQ(IncompleteUtf8Tail("a\x80"), 0u);                // stray continuation byte
+  EXPECT_EQ(IncompleteUtf8Tail("a\xE0\x80"), 0u);            // overlong start
+  EXPECT_EQ(IncompleteUtf8Tail("a\xED\xA0"), 0u);            // a surrogate's start
+  EXPECT_EQ(IncompleteUtf8Tail("a\xF5"), 0u);                // never a lead byte
+  EXPECT_EQ(IncompleteUtf8Tail("\x80\x80\x80\x80"), 0u);
+  // Every cut of a text: the whole characters before it validate, and the tail starts one.
+  const std::string text = "é 日本 😀 x";
+  for (size_t cut = 0; cut <= text.size(); ++cut) {
+    const std::string head = text.substr(0, cut);
+    const size_t tail = IncompleteUtf8Tail(head);
+    EXPECT_TRUE(ValidateUtf8(head.substr(0, head.size() - tail)).ok()) << cut;
+    EXPECT_EQ(tail == 0, ValidateUtf8(head).ok()) << cut;
+  }
 }
 
 // A SentencePiece BPE model in the style of Llama-2's (byte fallback, identity normalization,

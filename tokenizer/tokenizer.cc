@@ -50,6 +50,16 @@ absl::Status ValidateUtf8(std::string_view text) {
   return absl::OkStatus();
 }
 
+size_t IncompleteUtf8Tail(std::string_view text) {
+  // A UTF-8 sequence is at most 4 bytes: a cut-off one starts within the last 3.
+  for (size_t k = 1; k <= 3 && k <= text.size(); ++k) {
+    const Utf8Step step = NextUtf8(text, text.size() - k);
+    if (step.kind == Utf8Step::kTruncated) return k;  // runs to the end: its length is k
+    if (step.kind == Utf8Step::kValid) return 0;      // a whole character ends the text
+  }
+  return 0;
+}
+
 absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const fs::path& model_dir) {
   const fs::path json_path = model_dir / "tokenizer.json";
   const fs::path model_path = model_dir / "tokenizer.model";

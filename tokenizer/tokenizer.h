@@ -24,6 +24,12 @@ namespace ttt::tokenizer {
 // first bad sequence ("invalid UTF-8 at byte offset 7").
 absl::Status ValidateUtf8(std::string_view text);
 
+// How many bytes (0..3) at the end of `text` begin a character that it cuts off: the valid start
+// of a UTF-8 sequence that more bytes could still complete. 0 when `text` ends on a character
+// boundary, and when its last bytes could not become valid whatever follows (ValidateUtf8 names
+// those). Lets a stream of text split anywhere be tokenized up to its last whole character.
+size_t IncompleteUtf8Tail(std::string_view text);
+
 // A loaded tokenizer. Immutable after Load and thread-safe: every method may be called
 // concurrently from any thread.
 class Tokenizer {

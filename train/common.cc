@@ -99,6 +99,19 @@ at::Tensor SampleTextWindows(const Corpus& corpus, int64_t batch, int64_t length
   return at::tensor(flat, at::kLong).view({batch, length});
 }
 
+at::Tensor SampleRereadWindows(const Corpus& corpus, int64_t batch, int64_t length,
+                               int64_t reread, int64_t bos, int64_t eos, std::mt19937_64& rng) {
+  std::vector<int64_t> flat;
+  flat.reserve(batch * length);
+  for (int64_t b = 0; b < batch; ++b) {
+    const size_t doc = DrawDoc(corpus, rng);
+    flat.push_back(bos);
+    AppendStream(corpus, doc, 0, length - 1 - reread, bos, eos, flat);
+    AppendStream(corpus, doc, 0, reread, bos, eos, flat);
+  }
+  return at::tensor(flat, at::kLong).view({batch, length});
+}
+
 int64_t RecallLength(const RecallSpec& spec) {
   const int64_t need = 2 * spec.pairs + spec.window;  // first query must not see any pair
   const int64_t query_begin = (need + spec.chunk - 1) / spec.chunk * spec.chunk;

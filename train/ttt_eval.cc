@@ -1,14 +1,13 @@
-// ttt-eval: measures what In-Place TTT does for a model, on held-out documents streamed through
-// the engine's serving path (Model::Ingest, the same code the server runs):
-//   - the same weights with TTT on and off (ModelOptions::ttt_lr = 0), and optionally other eta,
-//   - a baseline trained without TTT,
-// mean next-token loss overall and by position bucket (inside the attention window / beyond it),
-// and accuracy on the synthetic associative-recall task (train/common.h). Writes a markdown report
-// and a PNG plot of loss against position (gnuplot). docs/eval.md was made by
-// tools/run_eval.sh, which calls this with its defaults.
+// ttt-eval: what In-Place TTT does for a user, measured through the serving path
+// (train/eval_lib.h): held-out documents streamed into sessions, >= 16k-token streams with and
+// without a reset at document end, the re-reading test, recall beyond the window; for the TTT
+// model with TTT on, the same weights with TTT off (eta 0), and the plain twin trained for the
+// same budget (optionally a reference model too). eta and the update clip are swept on the
+// validation split only; the test split is used once, for the tables. Writes a markdown report
+// with the issue-12 goals checked, and PNG plots (gnuplot). tools/run_eval.sh calls this.
 #include <ATen/Parallel.h>
-#include <c10/core/InferenceMode.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -16,7 +15,6 @@
 #include <fstream>
 #include <limits>
 #include <memory>
-#include <random>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -33,19 +31,28 @@
 #include "engine/safetensors.h"
 #include "engine/status_macros.h"
 #include "train/common.h"
+#include "train/eval_lib.h"
 
 ABSL_FLAG(std::string, model, "models/ttt-brown", "the TTT model folder");
-ABSL_FLAG(std::string, baseline, "models/ttt-brown-baseline",
-          "a model trained without TTT for the same budget (empty = skip)");
-ABSL_FLAG(std::string, test_tokens, "data/brown/test.tok", "held-out token ids, a doc a line");
-ABSL_FLAG(int64_t, max_docs, 0, "use only the first N documents (0 = all)");
-ABSL_FLAG(std::string, eta_sweep, "0.5,2", "extra eta values to run the TTT model with");
-ABSL_FLAG(int64_t, recall_episodes, 256, "synthetic recall episodes (from the test documents)");
+ABSL_FLAG(std::string, twin, "models/ttt-brown-baseline",
+          "the plain model trained for the same budget (empty = skip)");
+ABSL_FLAG(std::string, reference, "", "another model to show beside them (empty = none)");
+ABSL_FLAG(std::string, reference_label, "reference", "its label in the tables");
+ABSL_FLAG(std::string, valid_tokens, "data/brown/valid.tok", "validation ids (for the sweep)");
+ABSL_FLAG(std::string, test_tokens, "data/brown/test.tok", "test ids (for the tables)");
+ABSL_FLAG(std::string, sweep, "",
+          "eta:clip settings of the TTT model tried on the validation split, comma-separated "
+          "(e.g. 0.5:5,1:5,1:2); empty = no sweep");
+ABSL_FLAG(bool, sweep_only, false, "print the validation sweep and stop (no test split)");
+ABSL_FLAG(int64_t, stream_tokens, 16384, "minimum length of a stream of documents");
+ABSL_FLAG(int64_t, reread_docs, 12, "documents in the re-reading test");
+ABSL_FLAG(int64_t, reread_len, 512, "tokens re-read");
+ABSL_FLAG(int64_t, reread_others, 2, "documents read between a document and its re-reading");
+ABSL_FLAG(int64_t, recall_episodes, 256, "synthetic recall episodes");
 ABSL_FLAG(int64_t, piece, 256, "tokens per Ingest call (results do not depend on it)");
-ABSL_FLAG(int64_t, bin, 128, "position bin of the plot");
 ABSL_FLAG(std::string, out_md, "docs/eval.md", "markdown report");
-ABSL_FLAG(std::string, out_png, "docs/eval_loss_by_position.png", "plot (needs gnuplot)");
-ABSL_FLAG(std::string, work_dir, "data/eval", "intermediate data (plot table)");
+ABSL_FLAG(std::string, out_dir, "docs", "folder of the plots (eval_*.png)");
+ABSL_FLAG(std::string, work_dir, "data/eval", "intermediate data (plot tables)");
 ABSL_FLAG(int, threads, 2, "intra-op threads");
 ABSL_FLAG(std::string, command, "tools/run_eval.sh", "the command line recorded in the report");
 
@@ -53,119 +60,39 @@ namespace ttt::train {
 namespace {
 
 namespace fs = std::filesystem;
-using engine::Model;
-using engine::ModelOptions;
-
-struct Variant {
-  std::string label;
-  fs::path dir;
-  std::optional<double> eta;  // override; nullopt = the checkpoint's
-};
-
-struct TextResult {
-  std::vector<double> sum;  // per position (position of the predicted token)
-  std::vector<int64_t> count;
-  double total = 0;
-  int64_t n = 0;
-};
 
 struct Bucket {
   int64_t begin, end;
   std::string name;
 };
 
-// log p of every token of every document (bos prepended), streamed in pieces through Ingest
-// with all documents in one batch.
-absl::StatusOr<TextResult> ScoreText(const Model& model, const Corpus& docs, int64_t piece) {
-  c10::InferenceMode guard;
-  const int64_t bos = model.config().bos_token_id >= 0 ? model.config().bos_token_id : 1;
-  std::vector<std::vector<int32_t>> streams;
-  int64_t longest = 0;
-  for (const auto& d : docs.docs) {
-    std::vector<int32_t> s = {static_cast<int32_t>(bos)};
-    s.insert(s.end(), d.begin(), d.end());
-    longest = std::max<int64_t>(longest, s.size());
-    streams.push_back(std::move(s));
-  }
-  std::vector<engine::SequenceState> states;
-  for (size_t i = 0; i < streams.size(); ++i) states.push_back(model.NewSequence());
-  TextResult r;
-  r.sum.assign(longest, 0.0);
-  r.count.assign(longest, 0);
-  for (int64_t begin = 0; begin < longest; begin += piece) {
-    std::vector<engine::IngestItem> items;
-    std::vector<size_t> owner;
-    for (size_t i = 0; i < streams.size(); ++i) {
-      const int64_t n = static_cast<int64_t>(streams[i].size());
-      if (begin >= n) continue;
-      engine::IngestItem item;
-      item.state = &states[i];
-      item.tokens.assign(streams[i].begin() + begin,
-                         streams[i].begin() + std::min(n, begin + piece));
-      items.push_back(std::move(item));
-      owner.push_back(i);
-    }
-    ASSIGN_OR_RETURN(auto lps, model.Ingest(absl::MakeSpan(items)));
-    for (size_t k = 0; k < lps.size(); ++k) {
-      for (size_t j = 0; j < lps[k].size(); ++j) {
-        const float lp = lps[k][j];
-        if (std::isnan(lp)) continue;  // the stream's first token
-        const int64_t pos = begin + static_cast<int64_t>(j);
-        r.sum[pos] -= lp;
-        r.count[pos] += 1;
-        r.total -= lp;
-        r.n += 1;
-      }
-    }
-  }
-  return r;
+std::vector<Bucket> DocBuckets() {
+  return {{1, 64, "1-63"}, {64, 512, "64-511"}, {512, 1024, "512-1023"},
+          {1024, 2048, "1024-2047"}, {2048, 1 << 30, "2048+"}};
 }
 
-double BucketLoss(const TextResult& r, const Bucket& b) {
-  double s = 0;
-  int64_t n = 0;
-  for (int64_t p = b.begin; p < std::min<int64_t>(b.end, r.sum.size()); ++p) {
-    s += r.sum[p];
-    n += r.count[p];
+std::vector<Bucket> StreamBuckets(int64_t n) {
+  std::vector<Bucket> b = {{64, 512, "64-511"}, {512, 2048, "512-2047"}, {2048, 4096, "2k-4k"}};
+  for (int64_t s = 4096; s < n; s += 4096) {
+    b.push_back({s, s + 4096, absl::StrCat(s / 1024, "k-", (s + 4096) / 1024, "k")});
   }
-  return n > 0 ? s / n : std::numeric_limits<double>::quiet_NaN();
+  b.push_back({n, 1 << 30, absl::StrCat(n / 1024, "k+")});
+  return b;
 }
 
-struct RecallResult {
-  double accuracy = 0;
-  double value_loss = 0;
+struct Variant {
+  std::string label;
+  VariantSpec spec;
 };
 
-RecallResult ScoreRecall(const Model& model, const Corpus& filler, const RecallSpec& spec,
-                         int64_t episodes) {
-  c10::InferenceMode guard;
-  const int64_t bos = model.config().bos_token_id >= 0 ? model.config().bos_token_id : 1;
-  std::mt19937_64 rng(2026);  // the same episodes for every model
-  int64_t hits = 0, total = 0;
-  double loss = 0;
-  for (int64_t done = 0; done < episodes; done += 32) {
-    const int64_t n = std::min<int64_t>(32, episodes - done);
-    std::vector<RecallEpisode> eps;
-    std::vector<int64_t> flat;
-    for (int64_t i = 0; i < n; ++i) {
-      eps.push_back(MakeRecallEpisode(spec, filler, bos, rng));
-      flat.insert(flat.end(), eps.back().tokens.begin(), eps.back().tokens.end());
-    }
-    at::Tensor x = at::tensor(flat, at::kLong).view({n, -1});
-    at::Tensor logp = at::log_softmax(model.ForwardTrain(x).to(at::kFloat), -1);
-    at::Tensor pred = logp.argmax(-1);
-    for (int64_t i = 0; i < n; ++i) {
-      for (int64_t t : eps[i].value_positions) {
-        hits += pred[i][t - 1].item<int64_t>() == eps[i].tokens[t];
-        loss -= logp[i][t - 1][eps[i].tokens[t]].item<double>();
-        ++total;
-      }
-    }
-  }
-  return {static_cast<double>(hits) / total, loss / total};
-}
+struct Measured {
+  StreamResult streams, reset_streams;
+  RereadResult reread;
+  RecallResult recall;
+};
 
 std::string Fmt(double v) { return std::isnan(v) ? "–" : absl::StrFormat("%.4f", v); }
+std::string Pct(double now, double before) { return absl::StrFormat("%+.1f %%", 100 * (now / before - 1)); }
 
 std::string Meta(const fs::path& dir, const std::string& key) {
   auto f = engine::SafetensorsFile::Open(dir / "model.safetensors");
@@ -174,144 +101,307 @@ std::string Meta(const fs::path& dir, const std::string& key) {
   return it == (*f)->metadata().end() ? "?" : it->second;
 }
 
-absl::Status Run() {
-  at::set_num_threads(absl::GetFlag(FLAGS_threads));
-  const fs::path model_dir = absl::GetFlag(FLAGS_model), base_dir = absl::GetFlag(FLAGS_baseline);
-  ASSIGN_OR_RETURN(auto config, engine::LoadModelConfig(model_dir));
-  ASSIGN_OR_RETURN(Corpus docs, LoadTokenIds(absl::GetFlag(FLAGS_test_tokens), config.vocab_size));
-  if (absl::GetFlag(FLAGS_max_docs) > 0 &&
-      static_cast<int64_t>(docs.docs.size()) > absl::GetFlag(FLAGS_max_docs)) {
-    docs.docs.resize(absl::GetFlag(FLAGS_max_docs));
-    docs.total_tokens = 0;
-    for (const auto& d : docs.docs) docs.total_tokens += d.size();
+absl::StatusOr<Corpus> Load(const std::string& flag_path, int64_t vocab) {
+  return LoadTokenIds(flag_path, vocab);
+}
+
+absl::StatusOr<Measured> Measure(const Variant& v, const Corpus& docs, bool full) {
+  ASSIGN_OR_RETURN(auto model, LoadVariant(v.spec));
+  Measured m;
+  const int64_t piece = absl::GetFlag(FLAGS_piece), len = absl::GetFlag(FLAGS_stream_tokens);
+  ASSIGN_OR_RETURN(m.streams, ScoreStreams(*model, docs, len, /*reset=*/false, piece));
+  if (full) {
+    ASSIGN_OR_RETURN(m.reset_streams, ScoreStreams(*model, docs, len, /*reset=*/true, piece));
   }
-  const int64_t window = config.sliding_window.value_or(0);
-  const int64_t chunk = config.ttt_chunk;
+  ASSIGN_OR_RETURN(m.reread, ScoreReread(*model, docs, absl::GetFlag(FLAGS_reread_docs),
+                                         absl::GetFlag(FLAGS_reread_len),
+                                         full ? absl::GetFlag(FLAGS_reread_others) : 0, piece));
+  m.recall = ScoreRecall(*model, docs, full ? absl::GetFlag(FLAGS_recall_episodes) : 64);
+  std::printf("%-44s stream %.4f | re-read %.4f -> %.4f | recall %.3f\n", v.label.c_str(),
+              m.streams.by_stream_position.MeanAll(), m.reread.first, m.reread.after_doc,
+              m.recall.accuracy);
+  std::fflush(stdout);
+  return m;
+}
 
-  std::vector<Variant> variants = {{"TTT model, TTT on (eta " + absl::StrFormat("%g", config.ttt_lr) + ")", model_dir, std::nullopt},
-                                   {"TTT model, TTT off (eta 0)", model_dir, 0.0}};
-  if (!base_dir.empty()) variants.push_back({"baseline (no TTT, same budget)", base_dir, std::nullopt});
-  for (absl::string_view e : absl::StrSplit(absl::GetFlag(FLAGS_eta_sweep), ',', absl::SkipEmpty())) {
-    double eta;
-    if (!absl::SimpleAtod(e, &eta)) return absl::InvalidArgumentError(absl::StrCat("bad eta '", e, "'"));
-    variants.push_back({absl::StrFormat("TTT model, eta %g", eta), model_dir, eta});
+// The validation sweep: its table, and the setting with the lowest loss over the validation
+// streams (fed without reset, so a setting whose fast weights drift is penalised).
+struct Sweep {
+  std::string table;
+  std::string best;
+};
+
+absl::StatusOr<Sweep> RunSweep(const fs::path& model_dir, const Corpus& valid) {
+  Sweep s;
+  const std::string spec = absl::GetFlag(FLAGS_sweep);
+  if (spec.empty()) return s;
+  const int64_t n = absl::GetFlag(FLAGS_stream_tokens);
+  std::ostringstream t;
+  t << "| eta | clip | stream loss, all | 64-511 | last 4k (" << (n - 4096) / 1024 << "k-" << n / 1024
+    << "k) | re-read change | recall |\n|---|---|---|---|---|---|---|\n";
+  double best = 1e30;
+  for (absl::string_view item : absl::StrSplit(spec, ',', absl::SkipEmpty())) {
+    std::vector<std::string> parts = absl::StrSplit(item, ':');
+    double eta, clip;
+    if (parts.size() != 2 || !absl::SimpleAtod(parts[0], &eta) || !absl::SimpleAtod(parts[1], &clip)) {
+      return absl::InvalidArgumentError(absl::StrCat("--sweep entry '", item, "' is not eta:clip"));
+    }
+    Variant v{absl::StrFormat("valid: eta %g, clip %g", eta, clip), {model_dir, eta, clip}};
+    ASSIGN_OR_RETURN(Measured m, Measure(v, valid, /*full=*/false));
+    const PositionLoss& p = m.streams.by_stream_position;
+    t << "| " << eta << " | " << clip << " | " << Fmt(p.MeanAll()) << " | " << Fmt(p.Mean(64, 512))
+      << " | " << Fmt(p.Mean(n - 4096, n)) << " | " << Pct(m.reread.after_doc, m.reread.first)
+      << " | " << Fmt(m.recall.accuracy) << " |\n";
+    if (p.MeanAll() < best) {
+      best = p.MeanAll();
+      s.best = absl::StrFormat("eta %g, clip %g", eta, clip);
+    }
   }
+  s.table = t.str();
+  return s;
+}
 
-  std::vector<Bucket> buckets = {{1, window, absl::StrCat("1-", window - 1, " (in window)")},
-                                 {window, 512, absl::StrCat(window, "-511")},
-                                 {512, 1024, "512-1023"},
-                                 {1024, 2048, "1024-2047"},
-                                 {2048, 1 << 30, "2048+"}};
-  RecallSpec rspec;
-  rspec.window = window > 0 ? window : 64;
-  rspec.chunk = chunk > 0 ? chunk : 64;
-
-  std::vector<TextResult> text;
-  std::vector<RecallResult> recall;
-  for (const auto& v : variants) {
-    ModelOptions opt;
-    opt.ttt_lr = v.eta;
-    ASSIGN_OR_RETURN(auto model, Model::Load(v.dir, opt));
-    ASSIGN_OR_RETURN(auto r, ScoreText(*model, docs, absl::GetFlag(FLAGS_piece)));
-    auto rc = ScoreRecall(*model, docs, rspec, absl::GetFlag(FLAGS_recall_episodes));
-    std::printf("%-40s loss %.4f over %lld tokens; recall accuracy %.3f\n", v.label.c_str(),
-                r.total / r.n, (long long)r.n, rc.accuracy);
-    std::fflush(stdout);
-    text.push_back(std::move(r));
-    recall.push_back(rc);
-  }
-
-  // Plot table: bin start, then the mean loss per variant (first three variants).
-  const fs::path work = absl::GetFlag(FLAGS_work_dir);
+// Writes `name`.tsv (bin centre, then each series' mean loss per bin) and plots it.
+void Plot(const std::string& name, const std::string& title, const std::string& xlabel,
+          const std::vector<std::string>& labels, const std::vector<const PositionLoss*>& series,
+          int64_t bin, int64_t min_count, int64_t window) {
+  const fs::path work = absl::GetFlag(FLAGS_work_dir), out = absl::GetFlag(FLAGS_out_dir);
   std::error_code ec;
   fs::create_directories(work, ec);
-  const int64_t bin = absl::GetFlag(FLAGS_bin);
-  const size_t plotted = std::min<size_t>(3, variants.size());
+  const fs::path tsv = work / (name + ".tsv");
   {
-    std::ofstream tsv(work / "loss_by_position.tsv");
-    tsv << "# position";
-    for (size_t v = 0; v < plotted; ++v) tsv << "\t" << variants[v].label;
-    tsv << "\n";
-    for (int64_t b = 0; b < static_cast<int64_t>(text[0].sum.size()); b += bin) {
-      std::ostringstream line;
-      line << b + bin / 2;
-      bool ok = true;
-      for (size_t v = 0; v < plotted; ++v) {
-        Bucket bk{std::max<int64_t>(1, b), b + bin, ""};
-        int64_t n = 0;
-        for (int64_t p = bk.begin; p < std::min<int64_t>(bk.end, text[v].count.size()); ++p) n += text[v].count[p];
-        if (n < 8 * static_cast<int64_t>(bin)) ok = false;  // too few documents reach here
-        line << "\t" << BucketLoss(text[v], bk);
-      }
-      if (ok) tsv << line.str() << "\n";
+    std::ofstream f(tsv);
+    const int64_t n = static_cast<int64_t>(series[0]->count.size());
+    for (int64_t b = 0; b < n; b += bin) {
+      int64_t count = 0;
+      for (int64_t p = std::max<int64_t>(1, b); p < std::min(b + bin, n); ++p) count += series[0]->count[p];
+      if (count < min_count) continue;  // too few documents reach here
+      f << b + bin / 2;
+      for (const PositionLoss* s : series) f << "\t" << s->Mean(std::max<int64_t>(1, b), b + bin);
+      f << "\n";
     }
   }
-  const std::string png = absl::GetFlag(FLAGS_out_png);
+  const fs::path gp = work / (name + ".gp");
   {
-    std::ofstream gp(work / "plot.gp");
-    gp << "set terminal pngcairo size 900,540 font 'sans,11'\n"
-       << "set output '" << png << "'\n"
-       << "set title 'Held-out Brown documents: next-token loss by position (bins of " << bin
-       << " tokens)'\n"
-       << "set xlabel 'token position in the document'\nset ylabel 'mean loss (nats)'\n"
-       << "set key top right\nset grid\n";
+    std::ofstream f(gp);
+    f << "set terminal pngcairo size 960,560 font 'sans,11'\nset output '"
+      << (out / (name + ".png")).string() << "'\nset title '" << title << "'\nset xlabel '"
+      << xlabel << "'\nset ylabel 'mean next-token loss (nats)'\nset key top left\nset grid\n";
     if (window > 0) {
-      gp << "set arrow from " << window << ", graph 0 to " << window
-         << ", graph 1 nohead dt 2 lc rgb 'gray'\n"
-         << "set label 'attention window' at " << window + 20 << ", graph 0.95 tc rgb 'gray'\n";
+      f << "set arrow from " << window << ", graph 0 to " << window
+        << ", graph 1 nohead dt 2 lc rgb 'gray'\n";
     }
-    gp << "plot";
-    for (size_t v = 0; v < plotted; ++v) {
-      gp << (v ? "," : "") << " '" << (work / "loss_by_position.tsv").string() << "' using 1:"
-         << v + 2 << " with linespoints lw 2 title '" << variants[v].label << "'";
+    f << "plot";
+    for (size_t i = 0; i < labels.size(); ++i) {
+      f << (i ? "," : "") << " '" << tsv.string() << "' using 1:" << i + 2
+        << " with lines lw 2 title '" << labels[i] << "'";
     }
-    gp << "\n";
+    f << "\n";
   }
-  const std::string cmd = absl::StrCat("gnuplot ", (work / "plot.gp").string());
-  if (std::system(cmd.c_str()) != 0) std::fprintf(stderr, "ttt-eval: gnuplot failed; no plot\n");
+  if (std::system(absl::StrCat("gnuplot ", gp.string()).c_str()) != 0) {
+    std::fprintf(stderr, "ttt-eval: gnuplot failed for %s\n", name.c_str());
+  }
+}
 
-  // The report.
+std::string BucketTable(const std::vector<Variant>& vs, const std::vector<const PositionLoss*>& ps,
+                        const std::vector<Bucket>& buckets) {
   std::ostringstream md;
-  md << "# Evaluation of the default model (generated)\n\n"
-     << "Generated by `" << absl::GetFlag(FLAGS_command) << "` (ttt-eval); do not edit by hand. "
-     << "What was tried and what it means: [model.md](model.md#evaluation).\n\n"
-     << "- TTT model: `" << model_dir.string() << "` (" << Meta(model_dir, "steps")
-     << " steps, " << Meta(model_dir, "tokens") << " training tokens); window " << window
-     << ", TTT layers " << absl::StrJoin(config.ttt_layers, ",") << ", chunk " << chunk
-     << ", eta " << config.ttt_lr << ".\n";
-  if (!base_dir.empty()) {
-    md << "- Baseline: `" << base_dir.string() << "` (" << Meta(base_dir, "steps") << " steps, "
-       << Meta(base_dir, "tokens") << " training tokens), same shape without TTT, same wall-time "
-       << "budget.\n";
-  }
-  md << "- Held-out text: " << docs.docs.size() << " Brown test documents, "
-     << text[0].n << " scored tokens, streamed through `Model::Ingest` in pieces of "
-     << absl::GetFlag(FLAGS_piece) << " tokens (fast weights never reset inside a document).\n\n"
-     << "## Held-out loss (nats/token) by position\n\n| model | all |";
+  md << "| model | all |";
   for (const auto& b : buckets) md << " " << b.name << " |";
   md << "\n|---|---|";
   for (size_t i = 0; i < buckets.size(); ++i) md << "---|";
   md << "\n";
-  for (size_t v = 0; v < variants.size(); ++v) {
-    md << "| " << variants[v].label << " | " << Fmt(text[v].total / text[v].n) << " |";
-    for (const auto& b : buckets) md << " " << Fmt(BucketLoss(text[v], b)) << " |";
+  for (size_t v = 0; v < vs.size(); ++v) {
+    md << "| " << vs[v].label << " | " << Fmt(ps[v]->MeanAll()) << " |";
+    for (const auto& b : buckets) md << " " << Fmt(ps[v]->Mean(b.begin, b.end)) << " |";
     md << "\n";
   }
-  md << "\n## Synthetic associative recall\n\n"
-     << recall.size() << " models x " << absl::GetFlag(FLAGS_recall_episodes) << " episodes: "
-     << rspec.pairs << " key-value pairs in the first chunk, natural-text filler from the test "
-     << "documents until every pair is outside the attention window, then every key queried "
-     << "(argmax of the next-token distribution must be its value; keys and values from two sets "
-     << "of " << rspec.num_keys << " tokens, so guessing a value scores 1/" << rspec.num_keys
-     << " = " << Fmt(1.0 / rspec.num_keys) << ").\n\n"
-     << "| model | recall accuracy | loss on the values |\n|---|---|---|\n";
-  for (size_t v = 0; v < variants.size(); ++v) {
-    md << "| " << variants[v].label << " | " << Fmt(recall[v].accuracy) << " | "
-       << Fmt(recall[v].value_loss) << " |\n";
+  return md.str();
+}
+
+// The goals of issue 12, checked on the test tables. Variant 0 is TTT on, 1 TTT off, 2 the twin.
+std::string Goals(const std::vector<Measured>& m, int64_t n) {
+  std::ostringstream md;
+  md << "| goal | measured | met |\n|---|---|---|\n";
+  auto row = [&](const std::string& goal, const std::string& measured, bool met) {
+    md << "| " << goal << " | " << measured << " | " << (met ? "yes" : "**no**") << " |\n";
+  };
+  // 1. Every bucket, documents and streams: TTT on <= TTT off and <= twin.
+  int worse_off = 0, worse_twin = 0, total = 0;
+  auto check = [&](const PositionLoss& on, const PositionLoss& off, const PositionLoss& twin,
+                   const std::vector<Bucket>& buckets) {
+    for (const auto& b : buckets) {
+      const double a = on.Mean(b.begin, b.end);
+      if (std::isnan(a)) continue;
+      ++total;
+      worse_off += a > off.Mean(b.begin, b.end);
+      worse_twin += a > twin.Mean(b.begin, b.end);
+    }
+  };
+  check(m[0].reset_streams.by_document_position, m[1].reset_streams.by_document_position,
+        m[2].reset_streams.by_document_position, DocBuckets());
+  check(m[0].streams.by_stream_position, m[1].streams.by_stream_position,
+        m[2].streams.by_stream_position, StreamBuckets(n));
+  row("every position bucket (documents; streams without reset): TTT on <= TTT off and <= twin",
+      absl::StrCat("above TTT off in ", worse_off, " of ", total, " buckets, above the twin in ",
+                   worse_twin),
+      worse_off == 0 && worse_twin == 0);
+  const double reread = m[0].reread.after_doc / m[0].reread.first - 1;
+  row("re-reading: loss after reading the document >= 10 % below the first reading (moonshot 25 %)",
+      absl::StrCat(Pct(m[0].reread.after_doc, m[0].reread.first), " (twin ",
+                   Pct(m[2].reread.after_doc, m[2].reread.first), ")"),
+      reread <= -0.10);
+  const double beyond_on = m[0].reset_streams.by_document_position.Mean(64, 1 << 30);
+  const double beyond_twin = m[2].reset_streams.by_document_position.Mean(64, 1 << 30);
+  row("first reading, beyond the window (document positions 64+): >= 3 % below the twin",
+      absl::StrCat(Fmt(beyond_on), " vs ", Fmt(beyond_twin), " (", Pct(beyond_on, beyond_twin), ")"),
+      beyond_on <= 0.97 * beyond_twin);
+  const PositionLoss& s = m[0].streams.by_stream_position;
+  row(absl::StrCat("no divergence: streams without reset, last 4k tokens (", (n - 4096) / 1024, "k-",
+                   n / 1024, "k) <= tokens 64-511"),
+      absl::StrCat(Fmt(s.Mean(n - 4096, n)), " vs ", Fmt(s.Mean(64, 512))),
+      s.Mean(n - 4096, n) <= s.Mean(64, 512));
+  row("recall beyond the window >= 95 %", Fmt(m[0].recall.accuracy), m[0].recall.accuracy >= 0.95);
+  return md.str();
+}
+
+// The report: what was measured, the goals, then each table. Variants 0-2 are TTT on, TTT off
+// and the twin (Run builds them in that order).
+struct Report {
+  fs::path model_dir, twin_dir;
+  const engine::ModelConfig* config;
+  const std::vector<Variant>* vs;
+  const std::vector<Measured>* m;
+  std::vector<const PositionLoss*> docs, streams, reset;
+  const Corpus *test, *valid;
+  int64_t n, window;
+  const Sweep* sweep;
+};
+
+std::string ReportMarkdown(const Report& r) {
+  const engine::ModelConfig& config = *r.config;
+  const std::vector<Variant>& vs = *r.vs;
+  const std::vector<Measured>& m = *r.m;
+  const Corpus &test = *r.test, &valid = *r.valid;
+  const fs::path &model_dir = r.model_dir, &twin_dir = r.twin_dir;
+  const auto &docs = r.docs, &streams = r.streams, &reset = r.reset;
+  const int64_t n = r.n, window = r.window;
+  const Sweep& sweep = *r.sweep;
+  std::ostringstream md;
+  md << "# Evaluation of the default model (generated)\n\n"
+     << "Generated by `" << absl::GetFlag(FLAGS_command) << "` (ttt-eval); do not edit by hand. "
+     << "Everything is measured through the serving path (`Model::Ingest`, in pieces of "
+     << absl::GetFlag(FLAGS_piece) << " tokens), as a session sees it. What it means: "
+     << "[model.md](model.md#evaluation).\n\n"
+     << "- TTT model: `" << model_dir.string() << "` (" << Meta(model_dir, "steps") << " steps, "
+     << Meta(model_dir, "tokens") << " training tokens); window " << window << ", TTT layers "
+     << absl::StrJoin(config.ttt_layers, ",") << ", chunk " << config.ttt_chunk << ", eta "
+     << config.ttt_lr << ", update clip " << config.ttt_clip << ".\n"
+     << "- Plain twin: `" << twin_dir.string() << "` (" << Meta(twin_dir, "steps") << " steps, "
+     << Meta(twin_dir, "tokens") << " training tokens).\n";
+  if (vs.size() > 3) md << "- " << vs[3].label << ": `" << vs[3].spec.dir.string() << "`.\n";
+  md << "- Test split: " << test.docs.size() << " held-out Brown documents, " << test.total_tokens
+     << " tokens. The validation split (" << valid.docs.size() << " documents) is used only for "
+     << "the sweep below.\n\n## Goals (issue 12), test split\n\n"
+     << Goals(m, n) << "\n## Documents, one session each (loss by position in the document)\n\n"
+     << BucketTable(vs, docs, DocBuckets())
+     << "\n![loss by position](eval_loss_by_position.png)\n\n"
+     << "## Streams: documents read one after another into one session\n\n"
+     << "The test documents in order, each as `<s>` + text, concatenated into streams of at least "
+     << n << " tokens; loss by position in the session. Without reset (the fast weights carry "
+     << "over every document):\n\n" << BucketTable(vs, streams, StreamBuckets(n))
+     << "\nWith `reset_at_document_end` (state reset after each document):\n\n"
+     << BucketTable(vs, reset, StreamBuckets(n)) << "\n![streams](eval_streams.png)\n\n";
+  md << "## Re-reading\n\nThe first " << absl::GetFlag(FLAGS_reread_len) << " tokens of each of "
+     << m[0].reread.docs << " test documents, scored in a fresh session; again after the session "
+     << "has read the whole document; and again when " << m[0].reread.others
+     << " other documents were read in between (targets 2.." << absl::GetFlag(FLAGS_reread_len)
+     << ", mean nats/token).\n\n| model | first reading | after the document | change | after "
+     << "other documents too | change |\n|---|---|---|---|---|---|\n";
+  for (size_t v = 0; v < vs.size(); ++v) {
+    const RereadResult& r = m[v].reread;
+    md << "| " << vs[v].label << " | " << Fmt(r.first) << " | " << Fmt(r.after_doc) << " | "
+       << Pct(r.after_doc, r.first) << " | " << Fmt(r.after_others) << " | "
+       << Pct(r.after_others, r.first) << " |\n";
   }
-  md << "\n![loss by position](" << fs::path(png).filename().string() << ")\n";
-  RETURN_IF_ERROR(engine::WriteFileAtomically(absl::GetFlag(FLAGS_out_md), md.str()));
-  std::printf("wrote %s and %s\n", absl::GetFlag(FLAGS_out_md).c_str(), png.c_str());
+  md << "\n## Recall beyond the window\n\n" << absl::GetFlag(FLAGS_recall_episodes)
+     << " synthetic episodes (train/common.h): 24 key-value pairs in the first chunk, text until "
+     << "every pair is outside the attention window, then every key queried; chance is 1/64.\n\n"
+     << "| model | recall accuracy | loss on the values |\n|---|---|---|\n";
+  for (size_t v = 0; v < vs.size(); ++v) {
+    md << "| " << vs[v].label << " | " << Fmt(m[v].recall.accuracy) << " | "
+       << Fmt(m[v].recall.value_loss) << " |\n";
+  }
+  md << "\n|delta W_down| per TTT layer at the end of the first stream without reset (TTT on): "
+     << absl::StrJoin(m[0].streams.delta_norms_end, ", ",
+                      [](std::string* out, double d) { absl::StrAppend(out, absl::StrFormat("%.1f", d)); })
+     << ".\n";
+  if (!sweep.table.empty()) {
+    md << "\n## eta and clip, validation split only\n\nThe TTT model's weights served with other "
+       << "step sizes and update clips (validation streams without reset, re-reading of "
+       << absl::GetFlag(FLAGS_reread_docs) << " validation documents, 64 recall episodes). Lowest "
+       << "validation stream loss: **" << sweep.best << "**; the shipped config has eta "
+       << config.ttt_lr << ", clip " << config.ttt_clip << ".\n\n" << sweep.table;
+  }
+  return md.str();
+}
+
+absl::Status Run() {
+  at::set_num_threads(absl::GetFlag(FLAGS_threads));
+  engine::SetCpuThreads(absl::GetFlag(FLAGS_threads));
+  const fs::path model_dir = absl::GetFlag(FLAGS_model), twin_dir = absl::GetFlag(FLAGS_twin);
+  ASSIGN_OR_RETURN(auto config, engine::LoadModelConfig(model_dir));
+  if (twin_dir.empty()) return absl::InvalidArgumentError("--twin is required");
+  ASSIGN_OR_RETURN(Corpus valid, Load(absl::GetFlag(FLAGS_valid_tokens), config.vocab_size));
+  ASSIGN_OR_RETURN(Corpus test, Load(absl::GetFlag(FLAGS_test_tokens), config.vocab_size));
+  const int64_t n = absl::GetFlag(FLAGS_stream_tokens);
+  const int64_t window = config.sliding_window.value_or(0);
+
+  ASSIGN_OR_RETURN(Sweep sweep, RunSweep(model_dir, valid));
+  if (absl::GetFlag(FLAGS_sweep_only)) {
+    std::printf("%s\nlowest validation stream loss: %s\n", sweep.table.c_str(), sweep.best.c_str());
+    return absl::OkStatus();
+  }
+
+  std::vector<Variant> vs = {
+      {absl::StrFormat("TTT on (eta %g, clip %g)", config.ttt_lr, config.ttt_clip), {model_dir}},
+      {"same weights, TTT off", {model_dir, 0.0}},
+      {"plain twin", {twin_dir}}};
+  if (!absl::GetFlag(FLAGS_reference).empty()) {
+    vs.push_back({absl::GetFlag(FLAGS_reference_label), {absl::GetFlag(FLAGS_reference)}});
+  }
+  std::vector<Measured> m;
+  for (const Variant& v : vs) {
+    ASSIGN_OR_RETURN(Measured x, Measure(v, test, /*full=*/true));
+    m.push_back(std::move(x));
+  }
+  std::vector<const PositionLoss *> docs, streams, reset;
+  std::vector<std::string> labels;
+  for (size_t i = 0; i < vs.size(); ++i) {
+    docs.push_back(&m[i].reset_streams.by_document_position);
+    streams.push_back(&m[i].streams.by_stream_position);
+    reset.push_back(&m[i].reset_streams.by_stream_position);
+    labels.push_back(vs[i].label);
+  }
+  // A bin is drawn while at least a quarter of the sessions (documents, streams) reach it.
+  const int64_t sessions = static_cast<int64_t>(test.docs.size());
+  Plot("eval_loss_by_position", "Held-out documents, one session each: loss by position",
+       "token position in the document", labels, docs, 128,
+       128 * std::max<int64_t>(1, sessions / 4), window);
+  std::vector<const PositionLoss*> sp = streams;
+  std::vector<std::string> sl;
+  for (const auto& l : labels) sl.push_back(l + ", no reset");
+  sp.push_back(reset[0]);
+  sl.push_back(labels[0] + ", reset at document end");
+  Plot("eval_streams", absl::StrCat("Held-out documents read one after another into one session (",
+                                    n / 1024, "k+ tokens)"),
+       "token position in the session", sl, sp, 512,
+       512 * std::max<int64_t>(1, test.total_tokens / n / 4), 0);
+
+  const Report report{model_dir, twin_dir, &config, &vs, &m, docs, streams, reset, &test, &valid,
+                      n, window, &sweep};
+  RETURN_IF_ERROR(engine::WriteFileAtomically(absl::GetFlag(FLAGS_out_md), ReportMarkdown(report)));
+  std::printf("wrote %s\n", absl::GetFlag(FLAGS_out_md).c_str());
   return absl::OkStatus();
 }
 
@@ -319,7 +409,7 @@ absl::Status Run() {
 }  // namespace ttt::train
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage("ttt-eval: TTT on/off, baseline and recall (docs/eval.md)");
+  absl::SetProgramUsageMessage("ttt-eval: what TTT does for a session (docs/eval.md)");
   absl::ParseCommandLine(argc, argv);
   absl::Status s = ttt::train::Run();
   if (!s.ok()) {

@@ -1,6 +1,6 @@
-// ttt-train: trains a small Llama-style model with In-Place TTT layers from scratch (or, with
-// --init_from, adds TTT parameters to an existing Hugging Face checkpoint and trains them), using
-// the engine's differentiable parallel forward (Model::ForwardTrain). AdamW, linear warm-up and
+// ttt-train: trains a small Llama-style model with In-Place TTT layers from scratch, or continues
+// an existing Hugging Face checkpoint (--init_from) with TTT parameters added (or plainly, with
+// --no_ttt), using the engine's differentiable batched forward (Model::ForwardTrain). AdamW, linear warm-up and
 // cosine decay, gradient clipping, periodic validation (held-out loss and synthetic recall),
 // resumable checkpoints (weights + optimizer state + step, swapped in atomically), and a progress
 // line with loss, tokens/s and ETA. Writes the Hugging Face layout (config.json with the TTT keys,
@@ -11,13 +11,10 @@
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
-#include <iostream>
 #include <map>
 #include <memory>
 #include <random>
 #include <set>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -34,6 +31,7 @@
 #include "engine/model.h"
 #include "engine/safetensors.h"
 #include "engine/status_macros.h"
+#include "train/checkpoint.h"
 #include "train/common.h"
 
 ABSL_FLAG(std::string, out, "models/ttt-brown", "model folder written at the end (HF layout)");
@@ -46,7 +44,12 @@ ABSL_FLAG(std::string, tokenizer, "",
 ABSL_FLAG(std::string, init_from, "",
           "continual training: a Hugging Face model folder to which TTT parameters are added");
 ABSL_FLAG(bool, freeze_base, false, "continual training: train only the TTT parameters");
-ABSL_FLAG(bool, no_ttt, false, "train the baseline without TTT layers (sliding window only)");
+ABSL_FLAG(int64_t, freeze_base_steps, 0,
+          "continual training: train only the TTT parameters for the first N steps (a warm-up "
+          "in which the fast-weight path learns before the base moves), then everything");
+ABSL_FLAG(bool, no_ttt, false,
+          "train without TTT layers (sliding window only); with --init_from: plain continued "
+          "training of that checkpoint (the twin of a continual TTT run)");
 ABSL_FLAG(int64_t, vocab, 4096, "vocabulary size (from scratch)");
 ABSL_FLAG(int64_t, layers, 4, "decoder layers (from scratch)");
 ABSL_FLAG(int64_t, d_model, 128, "hidden size (from scratch)");
@@ -57,10 +60,16 @@ ABSL_FLAG(int64_t, window, 64, "sliding attention window, 0 = full (from scratch
 ABSL_FLAG(std::string, ttt_layers, "1,3", "TTT layer indices");
 ABSL_FLAG(int64_t, ttt_chunk, 64, "TTT chunk size C");
 ABSL_FLAG(double, ttt_lr, 1.0, "TTT step size eta");
+ABSL_FLAG(double, ttt_clip, 0.0,
+          "Frobenius-norm clip of each chunk's fast-weight update (config ttt_clip); 0 = off");
 ABSL_FLAG(std::string, ttt_target, "", "input_embed (default from scratch) or hidden_states "
           "(default in continual mode)");
 ABSL_FLAG(int64_t, seq_len, 512, "training sequence length");
 ABSL_FLAG(int64_t, batch, 4, "text sequences per step");
+ABSL_FLAG(int64_t, reread_batch, 0,
+          "re-reading windows per step: bos, a document's start, then its first --reread_len "
+          "tokens again (what a session sees when a user sends a document it has read)");
+ABSL_FLAG(int64_t, reread_len, 512, "tokens re-read at the end of a re-reading window");
 ABSL_FLAG(int64_t, recall_batch, 8, "synthetic recall episodes per step (0 = none)");
 ABSL_FLAG(int64_t, recall_pairs, 24, "key-value pairs per recall episode");
 ABSL_FLAG(double, recall_weight, 4.0,
@@ -69,6 +78,9 @@ ABSL_FLAG(double, recall_weight, 4.0,
 ABSL_FLAG(double, bos_prob, 0.25, "probability a training window starts at a document start");
 ABSL_FLAG(int64_t, steps, 1000, "optimizer steps (the schedule's length)");
 ABSL_FLAG(double, lr, 3e-3, "peak learning rate");
+ABSL_FLAG(double, ttt_param_lr_mult, 1.0,
+          "learning rate of the TTT parameters as a multiple of --lr (new parameters next to a "
+          "trained base may learn faster than the base should move)");
 ABSL_FLAG(double, min_lr_ratio, 0.1, "final learning rate as a fraction of the peak");
 ABSL_FLAG(int64_t, warmup, 30, "linear warm-up steps");
 ABSL_FLAG(double, weight_decay, 0.1, "AdamW decoupled weight decay (matrices only)");
@@ -110,83 +122,7 @@ absl::StatusOr<std::vector<int64_t>> ParseLayers(const std::string& s) {
   return out;
 }
 
-std::string ReadFile(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 bool IsTttParam(const std::string& name) { return name.find(".ttt_") != std::string::npos; }
-
-// Training state that survives a restart besides weights and optimizer.
-struct Progress {
-  int64_t step = 0;
-  int64_t tokens = 0;
-  double elapsed_s = 0;
-  double best_val = 1e30;
-};
-
-std::string ProgressJson(const Progress& p) {
-  return absl::StrCat("{\"step\": ", p.step, ", \"tokens\": ", p.tokens, ", \"elapsed_s\": ",
-                      p.elapsed_s, ", \"best_val\": ", p.best_val, "}\n");
-}
-
-double JsonNumber(const std::string& json, const std::string& key) {
-  auto at = json.find("\"" + key + "\"");
-  if (at == std::string::npos) return 0;
-  at = json.find(':', at);
-  return std::strtod(json.c_str() + at + 1, nullptr);
-}
-
-// fsyncs a directory so a rename in it is durable.
-void SyncDir(const fs::path& dir) {
-  std::FILE* f = std::fopen(dir.c_str(), "r");
-  if (f != nullptr) {
-    fsync(fileno(f));
-    std::fclose(f);
-  }
-}
-
-// Writes <work>/ckpt.tmp/{config.json, weights.safetensors, optimizer.pt, progress.json}, then
-// swaps it in for <work>/ckpt (the old one is kept as ckpt.old until the swap is done, and a
-// restart picks whichever complete one exists).
-absl::Status SaveCheckpoint(const fs::path& work, const ModelConfig& config, const Model& model,
-                            torch::optim::Optimizer& opt, const Progress& prog) {
-  const fs::path tmp = work / "ckpt.tmp", cur = work / "ckpt", old = work / "ckpt.old";
-  std::error_code ec;
-  fs::remove_all(tmp, ec);
-  fs::create_directories(tmp, ec);
-  NamedTensors weights;
-  for (const auto& [name, t] : model.NamedWeights()) weights.emplace_back(name, t.detach());
-  RETURN_IF_ERROR(engine::WriteSafetensors(tmp / "weights.safetensors", weights));
-  try {
-    torch::save(opt, (tmp / "optimizer.pt").string());
-  } catch (const c10::Error& e) {
-    return absl::InternalError(absl::StrCat("saving optimizer state: ", e.what_without_backtrace()));
-  }
-  RETURN_IF_ERROR(engine::WriteFileAtomically(tmp / "config.json",
-                                              engine::ModelConfigToJson(config) + "\n"));
-  RETURN_IF_ERROR(engine::WriteFileAtomically(tmp / "progress.json", ProgressJson(prog)));
-  SyncDir(tmp);
-  fs::remove_all(old, ec);
-  if (fs::exists(cur)) fs::rename(cur, old, ec);
-  if (ec) return absl::InternalError(absl::StrCat("rotating checkpoint: ", ec.message()));
-  fs::rename(tmp, cur, ec);
-  if (ec) return absl::InternalError(absl::StrCat("installing checkpoint: ", ec.message()));
-  SyncDir(work);
-  fs::remove_all(old, ec);
-  return absl::OkStatus();
-}
-
-// The complete checkpoint folder to resume from, or empty.
-fs::path FindCheckpoint(const fs::path& work) {
-  for (const char* name : {"ckpt", "ckpt.old"}) {
-    const fs::path p = work / name;
-    if (fs::exists(p / "progress.json") && fs::exists(p / "optimizer.pt")) return p;
-  }
-  return {};
-}
 
 absl::StatusOr<NamedTensors> LoadAll(const fs::path& dir) {
   ASSIGN_OR_RETURN(auto store, engine::WeightStore::Open(dir));
@@ -198,33 +134,180 @@ absl::StatusOr<NamedTensors> LoadAll(const fs::path& dir) {
   return out;
 }
 
-absl::StatusOr<NamedTensors> LoadSafetensors(const fs::path& file) {
-  ASSIGN_OR_RETURN(auto f, engine::SafetensorsFile::Open(file));
-  NamedTensors out;
-  for (const auto& e : f->entries()) {
-    ASSIGN_OR_RETURN(auto t, f->Load(e.name));
-    out.emplace_back(e.name, t.to(at::kFloat));
+// ---------------------------------------------------------------------------------------------
+// 1. Load: the model resumed from a checkpoint, continued from a Hugging Face folder, or fresh.
+
+struct Loaded {
+  ModelConfig config;
+  std::unique_ptr<Model> model;
+  Progress progress;
+  fs::path resume;     // the checkpoint resumed from; empty when starting
+  fs::path tokenizer;  // copied into --out by the export
+};
+
+// Continual training: `config` (an existing checkpoint's) gains the TTT keys from the flags and
+// `weights` the TTT parameters it lacks, initialised so that TTT starts as a no-op (zero conv:
+// V = 0, so every update is 0). With --no_ttt the checkpoint stays plain (the twin).
+absl::Status AddTttForContinual(ModelConfig& config, NamedTensors& weights) {
+  if (absl::GetFlag(FLAGS_no_ttt)) {
+    config.ttt_mode = false;
+    config.ttt_layers.clear();
+    config.ttt_lr = 0;
+    config.ttt_chunk = 0;
+    config.ttt_clip = 0;
+    return absl::OkStatus();
+  }
+  ASSIGN_OR_RETURN(config.ttt_layers, ParseLayers(absl::GetFlag(FLAGS_ttt_layers)));
+  config.ttt_mode = true;
+  config.ttt_lr = absl::GetFlag(FLAGS_ttt_lr);
+  config.ttt_chunk = absl::GetFlag(FLAGS_ttt_chunk);
+  config.ttt_target = absl::GetFlag(FLAGS_ttt_target) == "input_embed"
+                          ? engine::TttTarget::kInputEmbed
+                          : engine::TttTarget::kHiddenStates;
+  config.ttt_proj = true;
+  config.ttt_clip = absl::GetFlag(FLAGS_ttt_clip);
+  for (auto& nt : MissingTttWeights(config, weights)) weights.push_back(std::move(nt));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<ModelConfig> FreshConfig() {
+  FreshModelSpec spec;
+  spec.vocab_size = absl::GetFlag(FLAGS_vocab);
+  spec.layers = absl::GetFlag(FLAGS_layers);
+  spec.hidden_size = absl::GetFlag(FLAGS_d_model);
+  spec.intermediate_size = absl::GetFlag(FLAGS_d_ff);
+  spec.heads = absl::GetFlag(FLAGS_heads);
+  spec.kv_heads = absl::GetFlag(FLAGS_kv_heads);
+  spec.window = absl::GetFlag(FLAGS_window);
+  spec.ttt = !absl::GetFlag(FLAGS_no_ttt);
+  ASSIGN_OR_RETURN(spec.ttt_layers, ParseLayers(absl::GetFlag(FLAGS_ttt_layers)));
+  spec.ttt_chunk = absl::GetFlag(FLAGS_ttt_chunk);
+  spec.ttt_lr = absl::GetFlag(FLAGS_ttt_lr);
+  ModelConfig config = MakeConfig(spec);
+  if (spec.ttt) config.ttt_clip = absl::GetFlag(FLAGS_ttt_clip);
+  // Validate through the engine's own parser before spending time.
+  return engine::ParseModelConfig(engine::ModelConfigToJson(config));
+}
+
+absl::StatusOr<Loaded> LoadModel(const fs::path& work) {
+  const std::string init_from = absl::GetFlag(FLAGS_init_from);
+  Loaded out;
+  NamedTensors weights;
+  out.resume = FindCheckpoint(work);
+  if (!out.resume.empty()) {
+    ASSIGN_OR_RETURN(Checkpoint c, LoadCheckpoint(out.resume));
+    out.config = std::move(c.config);
+    weights = std::move(c.weights);
+    out.progress = c.progress;
+    std::printf("resuming from %s at step %lld\n", out.resume.c_str(),
+                (long long)out.progress.step);
+  } else if (!init_from.empty()) {
+    ASSIGN_OR_RETURN(out.config, engine::LoadModelConfig(init_from));
+    ASSIGN_OR_RETURN(weights, LoadAll(init_from));
+    RETURN_IF_ERROR(AddTttForContinual(out.config, weights));
+    std::printf("continual training of %s: TTT %s\n", init_from.c_str(),
+                out.config.ttt_mode ? absl::StrJoin(out.config.ttt_layers, ",").c_str() : "off");
+  } else {
+    ASSIGN_OR_RETURN(out.config, FreshConfig());
+    weights = InitWeights(out.config, absl::GetFlag(FLAGS_seed));
+  }
+  ASSIGN_OR_RETURN(out.model, Model::FromWeights(out.config, weights));
+  out.tokenizer = absl::GetFlag(FLAGS_tokenizer);
+  if (out.tokenizer.empty()) {
+    out.tokenizer = init_from.empty() ? fs::path("models/ttt-brown/tokenizer.model")
+                                      : fs::path(init_from);
   }
   return out;
 }
 
+// ---------------------------------------------------------------------------------------------
+// 2. Optimiser: AdamW over three groups (base matrices with weight decay, other base weights,
+// the TTT parameters), in NamedWeights order, which the saved optimizer state relies on.
+
+struct Optimiser {
+  std::vector<torch::Tensor> base, ttt;  // trainable parameters
+  std::vector<bool> group_is_base;       // per param group of `adamw`
+  std::unique_ptr<torch::optim::AdamW> adamw;
+  int64_t total_params = 0, trainable_params = 0;
+
+  std::vector<torch::Tensor> All() const {
+    std::vector<torch::Tensor> all = base;
+    all.insert(all.end(), ttt.begin(), ttt.end());
+    return all;
+  }
+  void SetLr(double base_lr, double ttt_lr) {
+    auto& groups = adamw->param_groups();
+    for (size_t g = 0; g < groups.size(); ++g) {
+      static_cast<torch::optim::AdamWOptions&>(groups[g].options())
+          .lr(group_is_base[g] ? base_lr : ttt_lr);
+    }
+  }
+  // While the base is frozen its weights get no gradient; an all-zero one keeps the optimizer
+  // state's layout the same before and after the warm-up (and with lr 0 nothing moves).
+  void SetBaseFrozen(bool frozen) {
+    for (auto& t : base) t.requires_grad_(!frozen);
+  }
+  void FillMissingGrads() {
+    for (auto& t : base) {
+      if (!t.grad().defined()) t.mutable_grad() = torch::zeros_like(t);
+    }
+  }
+};
+
+absl::StatusOr<Optimiser> MakeOptimiser(const Model& model) {
+  const bool freeze_base = absl::GetFlag(FLAGS_freeze_base);
+  Optimiser o;
+  std::vector<torch::Tensor> decay, no_decay;
+  std::set<const void*> seen;
+  for (auto& [name, t] : model.NamedWeights()) {
+    if (!seen.insert(t.unsafeGetTensorImpl()).second) continue;  // tied weights listed twice
+    o.total_params += t.numel();
+    if (freeze_base && !IsTttParam(name)) continue;
+    t.requires_grad_(true);
+    o.trainable_params += t.numel();
+    if (IsTttParam(name)) {
+      o.ttt.push_back(t);
+    } else {
+      (t.dim() >= 2 ? decay : no_decay).push_back(t);
+      o.base.push_back(t);
+    }
+  }
+  if (o.trainable_params == 0) return absl::InvalidArgumentError("nothing to train");
+  auto opts = torch::optim::AdamWOptions(absl::GetFlag(FLAGS_lr)).betas({0.9, 0.95}).eps(1e-8);
+  std::vector<torch::optim::OptimizerParamGroup> groups;
+  auto add = [&](std::vector<torch::Tensor> params, double wd, bool is_base) {
+    if (params.empty()) return;
+    groups.emplace_back(std::move(params), std::make_unique<torch::optim::AdamWOptions>(
+                                               torch::optim::AdamWOptions(opts).weight_decay(wd)));
+    o.group_is_base.push_back(is_base);
+  };
+  add(decay, absl::GetFlag(FLAGS_weight_decay), true);
+  add(no_decay, 0.0, true);
+  add(o.ttt, 0.0, false);
+  o.adamw = std::make_unique<torch::optim::AdamW>(std::move(groups), opts);
+  return o;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. The loop.
+
 // Mean next-token loss over masked targets: logits [B, T, V], tokens [B, T], mask [B, T-1]
-// (1 = counts). Returns (sum, count).
-std::pair<torch::Tensor, int64_t> MaskedLossSum(const torch::Tensor& logits,
-                                                const torch::Tensor& tokens,
-                                                const torch::Tensor& mask) {
+// (weights; 0 = not counted). Returns (weighted sum, sum of weights).
+std::pair<torch::Tensor, double> MaskedLossSum(const torch::Tensor& logits,
+                                               const torch::Tensor& tokens,
+                                               const torch::Tensor& mask) {
   const int64_t V = logits.size(-1);
   auto pred = logits.slice(1, 0, logits.size(1) - 1).reshape({-1, V});
   auto target = tokens.slice(1, 1).reshape({-1});
   auto m = mask.reshape({-1});
   auto nll = torch::nn::functional::cross_entropy(
       pred, target, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
-  return {(nll * m).sum(), m.sum().item<int64_t>()};
+  return {(nll * m).sum(), m.sum().item<double>()};
 }
 
 struct RecallBatch {
-  torch::Tensor tokens;  // [B, L]
-  torch::Tensor mask;    // [B, L-1] float: filler text and queried values
+  torch::Tensor tokens;      // [B, L]
+  torch::Tensor mask;        // [B, L-1] float: filler text and queried values
   torch::Tensor value_mask;  // [B, L-1] float: queried values only
 };
 
@@ -247,30 +330,78 @@ RecallBatch MakeRecallBatch(const RecallSpec& spec, const Corpus& filler, int64_
   return {torch::tensor(flat, torch::kLong).view({n, L}), mask, vmask};
 }
 
-struct ValidResult {
-  double loss = 0;
-  double recall_acc = 0;
+// Masks [B, T-1] over a re-reading window's first reading (targets 1 .. R-1) and its re-reading
+// (the last R-1 targets), for the loss on the same tokens read twice.
+std::pair<torch::Tensor, torch::Tensor> RereadMasks(int64_t batch, int64_t T, int64_t R) {
+  auto first = torch::zeros({batch, T - 1}), again = torch::zeros({batch, T - 1});
+  first.slice(1, 0, R - 1).fill_(1);
+  again.slice(1, T - R, T - 1).fill_(1);
+  return {first, again};
+}
+
+struct Data {
+  Corpus train, valid;
+  RecallSpec recall;
+  int64_t bos = 1, eos = 2;
+  int64_t T = 0, batch = 0, reread_batch = 0, reread_len = 0, recall_batch = 0;
+  int64_t StepTokens() const {
+    return (batch + reread_batch) * T + recall_batch * RecallLength(recall);
+  }
 };
 
-ValidResult Validate(const Model& model, const Corpus& valid, const RecallSpec& spec,
-                     int64_t windows, int64_t episodes, int64_t seq_len, int64_t bos,
-                     int64_t eos) {
+absl::StatusOr<Data> LoadData(const ModelConfig& config) {
+  Data d;
+  ASSIGN_OR_RETURN(d.train, LoadTokenIds(absl::GetFlag(FLAGS_train_tokens), config.vocab_size));
+  ASSIGN_OR_RETURN(d.valid, LoadTokenIds(absl::GetFlag(FLAGS_valid_tokens), config.vocab_size));
+  d.recall.pairs = absl::GetFlag(FLAGS_recall_pairs);
+  d.recall.window = config.sliding_window.value_or(64);
+  d.recall.chunk = config.ttt_chunk > 0 ? config.ttt_chunk : 64;
+  d.bos = config.bos_token_id >= 0 ? config.bos_token_id : 1;
+  d.eos = config.eos_token_id >= 0 ? config.eos_token_id : 2;
+  d.T = absl::GetFlag(FLAGS_seq_len);
+  d.batch = absl::GetFlag(FLAGS_batch);
+  d.reread_batch = absl::GetFlag(FLAGS_reread_batch);
+  d.reread_len = absl::GetFlag(FLAGS_reread_len);
+  d.recall_batch = absl::GetFlag(FLAGS_recall_batch);
+  if (d.reread_batch > 0 && (d.reread_len < 2 || 2 * d.reread_len >= d.T)) {
+    return absl::InvalidArgumentError(absl::StrCat("--reread_len ", d.reread_len,
+                                                   " must be in [2, seq_len / 2)"));
+  }
+  return d;
+}
+
+struct ValidResult {
+  double loss = 0;
+  double recall_acc = -1;
+  double first_read = -1, reread = -1;  // loss on the same tokens, first read and re-read
+};
+
+ValidResult Validate(const Model& model, const Data& data) {
   torch::NoGradGuard no_grad;
   std::mt19937_64 rng(12345);  // the same windows every time
-  double sum = 0;
-  int64_t count = 0;
-  for (int64_t done = 0; done < windows; done += 4) {
-    auto x = SampleTextWindows(valid, std::min<int64_t>(4, windows - done), seq_len, bos, eos,
-                               0.25, rng);
-    auto [s, c] = MaskedLossSum(model.ForwardTrain(x), x,
-                                torch::ones({x.size(0), seq_len - 1}));
+  const int64_t windows = absl::GetFlag(FLAGS_eval_windows);
+  double sum = 0, count = 0;
+  for (int64_t done = 0; done < windows; done += 2) {
+    auto x = SampleTextWindows(data.valid, std::min<int64_t>(2, windows - done), data.T, data.bos,
+                               data.eos, 0.25, rng);
+    auto [s, c] = MaskedLossSum(model.ForwardTrain(x), x, torch::ones({x.size(0), data.T - 1}));
     sum += s.item<double>();
     count += c;
   }
   ValidResult r;
   r.loss = sum / count;
-  if (episodes > 0) {
-    auto rb = MakeRecallBatch(spec, valid, episodes, bos, rng);
+  if (data.reread_batch > 0) {
+    auto x = SampleRereadWindows(data.valid, 4, data.T, data.reread_len, data.bos, data.eos, rng);
+    auto logits = model.ForwardTrain(x);
+    auto [first, again] = RereadMasks(4, data.T, data.reread_len);
+    auto [fs, fc] = MaskedLossSum(logits, x, first);
+    auto [as, ac] = MaskedLossSum(logits, x, again);
+    r.first_read = fs.item<double>() / fc;
+    r.reread = as.item<double>() / ac;
+  }
+  const int64_t episodes = absl::GetFlag(FLAGS_eval_episodes);
+  if (data.recall_batch > 0 && episodes > 0) {
+    auto rb = MakeRecallBatch(data.recall, data.valid, episodes, data.bos, rng);
     auto logits = model.ForwardTrain(rb.tokens);
     auto pred = logits.slice(1, 0, logits.size(1) - 1).argmax(-1);
     auto hit = (pred == rb.tokens.slice(1, 1)).to(torch::kFloat) * rb.value_mask;
@@ -286,241 +417,223 @@ double LearningRate(int64_t step, double done, int64_t warmup, double peak, doub
   return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + std::cos(M_PI * progress)));
 }
 
-absl::Status Run() {
-  torch::set_num_threads(absl::GetFlag(FLAGS_threads));
-  const fs::path work = absl::GetFlag(FLAGS_work_dir), out = absl::GetFlag(FLAGS_out);
-  const std::string init_from = absl::GetFlag(FLAGS_init_from);
-  std::error_code ec;
-  fs::create_directories(work, ec);
+// Losses of one step, for the progress line.
+struct StepLosses {
+  double text = 0;
+  double recall_value = -1;
+  double reread = -1;
+};
 
-  // 1. The model: resumed, continued from a checkpoint, or fresh.
-  ModelConfig config;
-  NamedTensors weights;
-  Progress prog;
-  const fs::path resume = FindCheckpoint(work);
-  if (!resume.empty()) {
-    ASSIGN_OR_RETURN(config, engine::ParseModelConfig(ReadFile(resume / "config.json"),
-                                                      (resume / "config.json").string()));
-    ASSIGN_OR_RETURN(weights, LoadSafetensors(resume / "weights.safetensors"));
-    const std::string pj = ReadFile(resume / "progress.json");
-    prog.step = static_cast<int64_t>(JsonNumber(pj, "step"));
-    prog.tokens = static_cast<int64_t>(JsonNumber(pj, "tokens"));
-    prog.elapsed_s = JsonNumber(pj, "elapsed_s");
-    prog.best_val = JsonNumber(pj, "best_val");
-    std::printf("resuming from %s at step %lld\n", resume.c_str(), (long long)prog.step);
-  } else if (!init_from.empty()) {
-    ASSIGN_OR_RETURN(config, engine::LoadModelConfig(init_from));
-    ASSIGN_OR_RETURN(weights, LoadAll(init_from));
-    ASSIGN_OR_RETURN(auto layers, ParseLayers(absl::GetFlag(FLAGS_ttt_layers)));
-    config.ttt_mode = true;
-    config.ttt_layers = layers;
-    config.ttt_lr = absl::GetFlag(FLAGS_ttt_lr);
-    config.ttt_chunk = absl::GetFlag(FLAGS_ttt_chunk);
-    config.ttt_target = absl::GetFlag(FLAGS_ttt_target) == "input_embed"
-                            ? engine::TttTarget::kInputEmbed
-                            : engine::TttTarget::kHiddenStates;
-    config.ttt_proj = true;
-    for (auto& nt : MissingTttWeights(config, weights)) weights.push_back(std::move(nt));
-    std::printf("continual training of %s: TTT in layers %s\n", init_from.c_str(),
-                absl::StrJoin(layers, ",").c_str());
-  } else {
-    FreshModelSpec spec;
-    spec.vocab_size = absl::GetFlag(FLAGS_vocab);
-    spec.layers = absl::GetFlag(FLAGS_layers);
-    spec.hidden_size = absl::GetFlag(FLAGS_d_model);
-    spec.intermediate_size = absl::GetFlag(FLAGS_d_ff);
-    spec.heads = absl::GetFlag(FLAGS_heads);
-    spec.kv_heads = absl::GetFlag(FLAGS_kv_heads);
-    spec.window = absl::GetFlag(FLAGS_window);
-    spec.ttt = !absl::GetFlag(FLAGS_no_ttt);
-    ASSIGN_OR_RETURN(spec.ttt_layers, ParseLayers(absl::GetFlag(FLAGS_ttt_layers)));
-    spec.ttt_chunk = absl::GetFlag(FLAGS_ttt_chunk);
-    spec.ttt_lr = absl::GetFlag(FLAGS_ttt_lr);
-    config = MakeConfig(spec);
-    // Validate through the engine's own parser before spending time.
-    ASSIGN_OR_RETURN(config, engine::ParseModelConfig(engine::ModelConfigToJson(config)));
-    weights = InitWeights(config, absl::GetFlag(FLAGS_seed));
+// One optimizer step on the data of step `step` (a function of the seed and the step only).
+absl::StatusOr<StepLosses> TrainStep(Model& model, Optimiser& opt, const Data& data,
+                                     int64_t step) {
+  std::mt19937_64 rng(absl::GetFlag(FLAGS_seed) * 1000003ULL + step);
+  opt.adamw->zero_grad();
+  StepLosses out;
+  torch::Tensor x = SampleTextWindows(data.train, data.batch, data.T, data.bos, data.eos,
+                                      absl::GetFlag(FLAGS_bos_prob), rng);
+  if (data.reread_batch > 0) {
+    x = torch::cat({x, SampleRereadWindows(data.train, data.reread_batch, data.T, data.reread_len,
+                                           data.bos, data.eos, rng)});
   }
-  ASSIGN_OR_RETURN(std::unique_ptr<Model> model, Model::FromWeights(config, weights));
-  weights.clear();
+  const int64_t rows = x.size(0);
+  auto logits = model.ForwardTrain(x);
+  auto [loss_sum, n] = MaskedLossSum(logits, x, torch::ones({rows, data.T - 1}));
+  out.text = loss_sum.item<double>() / n;
+  if (data.reread_batch > 0) {
+    auto again = RereadMasks(data.reread_batch, data.T, data.reread_len).second;
+    auto mask = torch::cat({torch::zeros({data.batch, data.T - 1}), again});
+    auto [s, c] = MaskedLossSum(logits.detach(), x, mask);
+    out.reread = s.item<double>() / c;
+  }
+  if (data.recall_batch > 0) {
+    auto rb = MakeRecallBatch(data.recall, data.train, data.recall_batch, data.bos, rng);
+    auto rlogits = model.ForwardTrain(rb.tokens);
+    const double w = absl::GetFlag(FLAGS_recall_weight);
+    auto [rs, rn] = MaskedLossSum(rlogits, rb.tokens, rb.mask + (w - 1.0) * rb.value_mask);
+    auto [vs, vn] = MaskedLossSum(rlogits.detach(), rb.tokens, rb.value_mask);
+    out.recall_value = vs.item<double>() / vn;
+    loss_sum = loss_sum + rs;
+    n += rn;
+  }
+  if (!std::isfinite(out.text)) return absl::InternalError("loss is not finite");
+  (loss_sum / n).backward();
+  opt.FillMissingGrads();
+  torch::nn::utils::clip_grad_norm_(opt.All(), absl::GetFlag(FLAGS_clip));
+  opt.adamw->step();
+  return out;
+}
 
-  fs::path tokenizer = absl::GetFlag(FLAGS_tokenizer);
-  if (tokenizer.empty()) {
-    tokenizer = init_from.empty() ? fs::path("models/ttt-brown/tokenizer.model") : fs::path(init_from);
-  }
-  const int64_t bos = config.bos_token_id >= 0 ? config.bos_token_id : 1;
-  const int64_t eos = config.eos_token_id >= 0 ? config.eos_token_id : 2;
-
-  // 2. Parameters and optimizer (order fixed by NamedWeights, which the optimizer state uses).
-  const bool freeze_base = absl::GetFlag(FLAGS_freeze_base);
-  std::vector<torch::Tensor> decay, no_decay;
-  std::set<const void*> seen;
-  int64_t n_params = 0, n_trainable = 0;
-  for (auto& [name, t] : model->NamedWeights()) {
-    if (!seen.insert(t.unsafeGetTensorImpl()).second) continue;  // tied weights listed twice
-    n_params += t.numel();
-    const bool trainable = !freeze_base || IsTttParam(name);
-    if (!trainable) continue;
-    t.requires_grad_(true);
-    n_trainable += t.numel();
-    (t.dim() >= 2 && !IsTttParam(name) ? decay : no_decay).push_back(t);
-  }
-  if (n_trainable == 0) return absl::InvalidArgumentError("nothing to train");
-  const double peak = absl::GetFlag(FLAGS_lr);
-  auto opts = torch::optim::AdamWOptions(peak).betas({0.9, 0.95}).eps(1e-8);
-  std::vector<torch::optim::OptimizerParamGroup> groups;
-  groups.emplace_back(decay, std::make_unique<torch::optim::AdamWOptions>(
-                                 torch::optim::AdamWOptions(opts).weight_decay(
-                                     absl::GetFlag(FLAGS_weight_decay))));
-  groups.emplace_back(no_decay, std::make_unique<torch::optim::AdamWOptions>(
-                                    torch::optim::AdamWOptions(opts).weight_decay(0.0)));
-  torch::optim::AdamW opt(std::move(groups), opts);
-  if (!resume.empty()) {
-    try {
-      torch::load(opt, (resume / "optimizer.pt").string());
-    } catch (const c10::Error& e) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("loading optimizer state: ", e.what_without_backtrace()));
-    }
-  }
-  std::vector<torch::Tensor> params = decay;
-  params.insert(params.end(), no_decay.begin(), no_decay.end());
-
-  auto do_export = [&](const std::string& reason) -> absl::Status {
-    std::map<std::string, std::string> meta = {
-        {"trained_by", "ttt-train"}, {"steps", std::to_string(prog.step)},
-        {"tokens", std::to_string(prog.tokens)}, {"stopped", reason}};
-    RETURN_IF_ERROR(WriteHfModel(out, config, model->NamedWeights(),
-                                 absl::GetFlag(FLAGS_export_dtype), meta));
-    RETURN_IF_ERROR(CopyTokenizer(tokenizer, out));
-    std::printf("wrote %s (step %lld)\n", out.c_str(), (long long)prog.step);
-    return absl::OkStatus();
-  };
-  if (absl::GetFlag(FLAGS_export_only)) {
-    if (resume.empty()) return absl::NotFoundError("no checkpoint in " + work.string());
-    return do_export("export_only");
-  }
-
-  // 3. Data.
-  ASSIGN_OR_RETURN(Corpus train, LoadTokenIds(absl::GetFlag(FLAGS_train_tokens), config.vocab_size));
-  ASSIGN_OR_RETURN(Corpus valid, LoadTokenIds(absl::GetFlag(FLAGS_valid_tokens), config.vocab_size));
-  RecallSpec rspec;
-  rspec.pairs = absl::GetFlag(FLAGS_recall_pairs);
-  rspec.window = config.sliding_window.value_or(64);
-  rspec.chunk = config.ttt_chunk > 0 ? config.ttt_chunk : 64;
-  const int64_t steps = absl::GetFlag(FLAGS_steps), batch = absl::GetFlag(FLAGS_batch),
-                rbatch = absl::GetFlag(FLAGS_recall_batch), T = absl::GetFlag(FLAGS_seq_len);
-  const int64_t step_tokens = batch * T + rbatch * RecallLength(rspec);
+void PrintSummary(const ModelConfig& config, const Optimiser& opt, const Data& data) {
   std::printf(
       "model: %lld layers, d_model %lld, d_ff %lld, window %s, TTT %s (layers %s, chunk %lld, "
-      "eta %g); %lld params (%lld trainable)\n"
-      "data: %zu train docs (%lld tokens), %zu valid docs; %lld tokens/step (%lld x %lld text + "
-      "%lld x %lld recall), %lld steps\n",
+      "eta %g, clip %g); %lld params (%lld trainable)\n"
+      "data: %zu train docs (%lld tokens), %zu valid docs; %lld tokens/step ((%lld text + %lld "
+      "re-reading) x %lld + %lld x %lld recall)\n",
       (long long)config.num_hidden_layers, (long long)config.hidden_size,
       (long long)config.intermediate_size,
       config.sliding_window ? std::to_string(*config.sliding_window).c_str() : "full",
       config.ttt_mode ? "on" : "off", absl::StrJoin(config.ttt_layers, ",").c_str(),
-      (long long)config.ttt_chunk, config.ttt_lr, (long long)n_params, (long long)n_trainable,
-      train.docs.size(), (long long)train.total_tokens, valid.docs.size(), (long long)step_tokens,
-      (long long)batch, (long long)T, (long long)rbatch, (long long)RecallLength(rspec),
-      (long long)steps);
+      (long long)config.ttt_chunk, config.ttt_lr, config.ttt_clip, (long long)opt.total_params,
+      (long long)opt.trainable_params, data.train.docs.size(), (long long)data.train.total_tokens,
+      data.valid.docs.size(), (long long)data.StepTokens(), (long long)data.batch,
+      (long long)data.reread_batch, (long long)data.T, (long long)data.recall_batch,
+      (long long)RecallLength(data.recall));
   std::fflush(stdout);
+}
+
+class Trainer {
+ public:
+  Trainer(Loaded& loaded, Optimiser& opt, const Data& data, const fs::path& work)
+      : config_(loaded.config), model_(*loaded.model), opt_(opt), data_(data), work_(work),
+        prog_(loaded.progress), step0_(prog_.step), elapsed0_(prog_.elapsed_s),
+        t0_(std::chrono::steady_clock::now()) {}
+
+  // Runs until the step count, the budget, --max_minutes or a signal; returns why it stopped.
+  absl::StatusOr<std::string> Run() {
+    const int64_t steps = absl::GetFlag(FLAGS_steps);
+    const int64_t freeze_steps = absl::GetFlag(FLAGS_freeze_base_steps);
+    std::string stopped = "done";
+    while (prog_.step < steps) {
+      if (std::string why = StopReason(); !why.empty()) {
+        stopped = why;
+        break;
+      }
+      const bool frozen = prog_.step < freeze_steps;
+      const double lr = LearningRate(prog_.step, DoneFraction(), absl::GetFlag(FLAGS_warmup),
+                                     absl::GetFlag(FLAGS_lr), absl::GetFlag(FLAGS_min_lr_ratio));
+      opt_.SetBaseFrozen(frozen);
+      opt_.SetLr(frozen ? 0.0 : lr, lr * absl::GetFlag(FLAGS_ttt_param_lr_mult));
+      ASSIGN_OR_RETURN(StepLosses losses, TrainStep(model_, opt_, data_, prog_.step));
+      ++prog_.step;
+      prog_.tokens += data_.StepTokens();
+      prog_.elapsed_s = elapsed0_ + NowS();
+      Log(losses, lr, frozen);
+      if (prog_.step % absl::GetFlag(FLAGS_eval_every) == 0 || prog_.step == steps) Validate();
+      if (prog_.step % absl::GetFlag(FLAGS_ckpt_every) == 0 || prog_.step == steps) {
+        RETURN_IF_ERROR(SaveCheckpoint(work_, config_, model_, *opt_.adamw, prog_));
+      }
+    }
+    if (prog_.step > step0_ && prog_.step % absl::GetFlag(FLAGS_ckpt_every) != 0) {
+      RETURN_IF_ERROR(SaveCheckpoint(work_, config_, model_, *opt_.adamw, prog_));
+    }
+    if (stopped == "budget") Validate();
+    if (stopped != "done") {
+      std::printf("stopped (%s) at step %lld\n", stopped.c_str(), (long long)prog_.step);
+    }
+    return stopped;
+  }
+
+  const Progress& progress() const { return prog_; }
+
+ private:
+  double NowS() const {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
+  }
+  double BudgetS() const { return absl::GetFlag(FLAGS_budget_minutes) * 60.0; }
+
+  std::string StopReason() const {
+    const double max_s = absl::GetFlag(FLAGS_max_minutes) * 60.0;
+    if (g_stop) return "signal";
+    if (max_s > 0 && NowS() > max_s) return "max_minutes";
+    if (BudgetS() > 0 && prog_.step >= absl::GetFlag(FLAGS_warmup) &&
+        elapsed0_ + NowS() >= BudgetS()) {
+      return "budget";
+    }
+    return "";
+  }
+
+  // Fraction of the run behind us: by steps, or by the time budget when that is further along
+  // (measured from the end of warm-up, so warm-up always completes).
+  double DoneFraction() const {
+    const int64_t warmup = absl::GetFlag(FLAGS_warmup), steps = absl::GetFlag(FLAGS_steps);
+    double f = static_cast<double>(prog_.step - warmup) / std::max<int64_t>(1, steps - warmup);
+    if (BudgetS() > 0) f = std::max(f, (elapsed0_ + NowS()) / BudgetS());
+    return f;
+  }
+
+  void Log(const StepLosses& l, double lr, bool frozen) {
+    auto ema = [](double& e, double v) { e = e < 0 ? v : 0.95 * e + 0.05 * v; };
+    ema(ema_text_, l.text);
+    if (l.recall_value >= 0) ema(ema_recall_, l.recall_value);
+    if (l.reread >= 0) ema(ema_reread_, l.reread);
+    const int64_t steps = absl::GetFlag(FLAGS_steps);
+    if (prog_.step % absl::GetFlag(FLAGS_log_every) != 0 && prog_.step != steps) return;
+    const double rate = (prog_.step - step0_) * data_.StepTokens() / std::max(1e-9, NowS());
+    double eta_s = (steps - prog_.step) * data_.StepTokens() / std::max(1e-9, rate);
+    if (BudgetS() > 0) eta_s = std::min(eta_s, BudgetS() - prog_.elapsed_s);
+    std::printf("step %lld/%lld (%.1f%%) | loss %.4f | re-read loss %.3f | recall-value loss "
+                "%.3f | lr %.2e%s | %.0f tok/s | %.2f s/step | elapsed %s | ETA %s\n",
+                (long long)prog_.step, (long long)steps, 100.0 * prog_.step / steps, ema_text_,
+                ema_reread_, ema_recall_, lr, frozen ? " (base frozen)" : "", rate,
+                NowS() / std::max<int64_t>(1, prog_.step - step0_),
+                FormatDuration(prog_.elapsed_s).c_str(), FormatDuration(eta_s).c_str());
+    std::fflush(stdout);
+  }
+
+  void Validate() {
+    const ValidResult v = train::Validate(model_, data_);
+    prog_.best_val = std::min(prog_.best_val, v.loss);
+    std::printf("valid step %lld: loss %.4f (ppl %.1f)", (long long)prog_.step, v.loss,
+                std::exp(v.loss));
+    if (v.first_read >= 0) {
+      std::printf(", re-reading %.4f -> %.4f (%+.1f%%)", v.first_read, v.reread,
+                  100.0 * (v.reread / v.first_read - 1));
+    }
+    if (v.recall_acc >= 0) std::printf(", recall accuracy %.3f", v.recall_acc);
+    std::printf("\n");
+    std::fflush(stdout);
+  }
+
+  const ModelConfig& config_;
+  Model& model_;
+  Optimiser& opt_;
+  const Data& data_;
+  const fs::path work_;
+  Progress prog_;
+  const int64_t step0_;
+  const double elapsed0_;
+  const std::chrono::steady_clock::time_point t0_;
+  double ema_text_ = -1, ema_recall_ = -1, ema_reread_ = -1;
+};
+
+// ---------------------------------------------------------------------------------------------
+// 4. Export: the Hugging Face folder (config with the TTT keys, weights, tokenizer).
+
+absl::Status Export(const Loaded& loaded, const Progress& prog, const std::string& reason) {
+  const fs::path out = absl::GetFlag(FLAGS_out);
+  std::map<std::string, std::string> meta = {
+      {"trained_by", "ttt-train"}, {"steps", std::to_string(prog.step)},
+      {"tokens", std::to_string(prog.tokens)}, {"stopped", reason}};
+  RETURN_IF_ERROR(WriteHfModel(out, loaded.config, loaded.model->NamedWeights(),
+                               absl::GetFlag(FLAGS_export_dtype), meta));
+  RETURN_IF_ERROR(CopyTokenizer(loaded.tokenizer, out));
+  std::printf("wrote %s (step %lld)\n", out.c_str(), (long long)prog.step);
+  return absl::OkStatus();
+}
+
+absl::Status Run() {
+  torch::set_num_threads(absl::GetFlag(FLAGS_threads));
+  const fs::path work = absl::GetFlag(FLAGS_work_dir);
+  std::error_code ec;
+  fs::create_directories(work, ec);
+  if (ec) return absl::InternalError(absl::StrCat("creating ", work.string(), ": ", ec.message()));
+
+  ASSIGN_OR_RETURN(Loaded loaded, LoadModel(work));
+  ASSIGN_OR_RETURN(Optimiser opt, MakeOptimiser(*loaded.model));
+  if (!loaded.resume.empty()) RETURN_IF_ERROR(LoadOptimizer(loaded.resume, *opt.adamw));
+  if (absl::GetFlag(FLAGS_export_only)) {
+    if (loaded.resume.empty()) return absl::NotFoundError("no checkpoint in " + work.string());
+    return Export(loaded, loaded.progress, "export_only");
+  }
+  ASSIGN_OR_RETURN(Data data, LoadData(loaded.config));
+  PrintSummary(loaded.config, opt, data);
 
   std::signal(SIGINT, OnSignal);
   std::signal(SIGTERM, OnSignal);
-  const double max_s = absl::GetFlag(FLAGS_max_minutes) * 60.0;
-  const auto t0 = std::chrono::steady_clock::now();
-  const double elapsed0 = prog.elapsed_s;
-  const int64_t step0 = prog.step;
-  auto now_s = [&] {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  };
-  double ema = -1, ema_recall = -1;
-  std::string stopped = "done";
-
-  auto validate = [&] {
-    const auto v = Validate(*model, valid, rspec, absl::GetFlag(FLAGS_eval_windows),
-                            rbatch > 0 ? absl::GetFlag(FLAGS_eval_episodes) : 0, T, bos, eos);
-    prog.best_val = std::min(prog.best_val, v.loss);
-    std::printf("valid step %lld: loss %.4f (ppl %.1f), recall accuracy %.3f\n",
-                (long long)prog.step, v.loss, std::exp(v.loss), v.recall_acc);
-    std::fflush(stdout);
-  };
-
-  // 4. The loop. Each step's data comes from its own seed, so a resumed run sees what an
-  // uninterrupted one would have.
-  const double budget_s = absl::GetFlag(FLAGS_budget_minutes) * 60.0;
-  const int64_t warmup = absl::GetFlag(FLAGS_warmup);
-  // Fraction of the run behind us: by steps, or by the time budget when that is further along
-  // (measured from the end of warm-up, so warm-up always completes).
-  auto done_frac = [&] {
-    double f = static_cast<double>(prog.step - warmup) / std::max<int64_t>(1, steps - warmup);
-    if (budget_s > 0) f = std::max(f, (elapsed0 + now_s()) / budget_s);
-    return f;
-  };
-  while (prog.step < steps) {
-    if (g_stop) { stopped = "signal"; break; }
-    if (max_s > 0 && now_s() > max_s) { stopped = "max_minutes"; break; }
-    if (budget_s > 0 && prog.step >= warmup && elapsed0 + now_s() >= budget_s) {
-      stopped = "budget";
-      break;
-    }
-    std::mt19937_64 rng(absl::GetFlag(FLAGS_seed) * 1000003ULL + prog.step);
-    const double lr = LearningRate(prog.step, done_frac(), warmup, peak,
-                                   absl::GetFlag(FLAGS_min_lr_ratio));
-    for (auto& g : opt.param_groups()) static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
-
-    opt.zero_grad();
-    auto x = SampleTextWindows(train, batch, T, bos, eos, absl::GetFlag(FLAGS_bos_prob), rng);
-    auto [text_sum, text_n] = MaskedLossSum(model->ForwardTrain(x), x, torch::ones({batch, T - 1}));
-    torch::Tensor loss_sum = text_sum;
-    int64_t n = text_n;
-    double recall_loss = -1;
-    if (rbatch > 0) {
-      auto rb = MakeRecallBatch(rspec, train, rbatch, bos, rng);
-      auto logits = model->ForwardTrain(rb.tokens);
-      const double w = absl::GetFlag(FLAGS_recall_weight);
-      auto [rs, rn] = MaskedLossSum(logits, rb.tokens, rb.mask + (w - 1.0) * rb.value_mask);
-      auto [vs, vn] = MaskedLossSum(logits.detach(), rb.tokens, rb.value_mask);
-      recall_loss = vs.item<double>() / vn;
-      loss_sum = loss_sum + rs;
-      n += rn;
-    }
-    auto loss = loss_sum / static_cast<double>(n);
-    loss.backward();
-    torch::nn::utils::clip_grad_norm_(params, absl::GetFlag(FLAGS_clip));
-    opt.step();
-
-    const double text_loss = text_sum.item<double>() / text_n;
-    if (!std::isfinite(text_loss)) return absl::InternalError("loss is not finite");
-    ema = ema < 0 ? text_loss : 0.95 * ema + 0.05 * text_loss;
-    if (recall_loss >= 0) ema_recall = ema_recall < 0 ? recall_loss : 0.95 * ema_recall + 0.05 * recall_loss;
-    ++prog.step;
-    prog.tokens += step_tokens;
-    prog.elapsed_s = elapsed0 + now_s();
-
-    if (prog.step % absl::GetFlag(FLAGS_log_every) == 0 || prog.step == steps) {
-      const double rate = (prog.step - step0) * step_tokens / std::max(1e-9, now_s());
-      double eta_s = (steps - prog.step) * step_tokens / std::max(1e-9, rate);
-      if (budget_s > 0) eta_s = std::min(eta_s, budget_s - prog.elapsed_s);
-      std::printf("step %lld/%lld (%.1f%%) | loss %.4f | recall-value loss %.3f | lr %.2e | "
-                  "%.0f tok/s | elapsed %s | ETA %s\n",
-                  (long long)prog.step, (long long)steps, 100.0 * prog.step / steps, ema,
-                  ema_recall, lr, rate, FormatDuration(prog.elapsed_s).c_str(),
-                  FormatDuration(eta_s).c_str());
-      std::fflush(stdout);
-    }
-    if (prog.step % absl::GetFlag(FLAGS_eval_every) == 0 || prog.step == steps) validate();
-    if (prog.step % absl::GetFlag(FLAGS_ckpt_every) == 0 || prog.step == steps) {
-      RETURN_IF_ERROR(SaveCheckpoint(work, config, *model, opt, prog));
-    }
-  }
-  if (prog.step > step0 && prog.step % absl::GetFlag(FLAGS_ckpt_every) != 0) {
-    RETURN_IF_ERROR(SaveCheckpoint(work, config, *model, opt, prog));
-  }
-  if (stopped == "budget") validate();
-  if (stopped != "done") std::printf("stopped (%s) at step %lld\n", stopped.c_str(), (long long)prog.step);
-  return do_export(stopped);
+  Trainer trainer(loaded, opt, data, work);
+  ASSIGN_OR_RETURN(std::string stopped, trainer.Run());
+  return Export(loaded, trainer.progress(), stopped);
 }
 
 }  // namespace

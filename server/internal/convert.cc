@@ -5,25 +5,24 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "auth/grpc_auth.h"
 #include "tokenizer/tokenizer.h"
 
 namespace ttt::server::internal {
 
 namespace pb = tttserve::v1;
 
-namespace {
-constexpr char kTenantHeader[] = "x-tenant-id";
-constexpr char kDefaultTenant[] = "default";
-}  // namespace
+absl::StatusOr<auth::Principal> CallerOf(const auth::Authorizer& authorizer,
+                                         const grpc::CallbackServerContext* ctx,
+                                         const char* method) {
+  return auth::AuthorizeCall(authorizer, *ctx, auth::TttMethod(method));
+}
 
-absl::StatusOr<std::string> TenantOf(const grpc::CallbackServerContext* ctx) {
-  const auto& md = ctx->client_metadata();
-  auto it = md.find(kTenantHeader);
-  if (it == md.end()) return std::string(kDefaultTenant);
-  std::string tenant(it->second.data(), it->second.size());
-  absl::Status valid = session::SessionManager::ValidateTenant(tenant);
-  if (!valid.ok()) return valid;
-  return tenant;
+absl::StatusOr<std::string> TenantOf(const auth::Authorizer& authorizer,
+                                     const grpc::CallbackServerContext* ctx, const char* method) {
+  auto caller = CallerOf(authorizer, ctx, method);
+  if (!caller.ok()) return caller.status();
+  return std::move(caller->tenant);
 }
 
 void ToProto(const session::Counters& c, pb::SessionCounters* out) {

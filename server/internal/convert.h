@@ -13,6 +13,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "auth/authorizer.h"
 #include "server/service.h"
 #include "session/session.h"
 #include "tttserve/v1/ttt_service.pb.h"
@@ -23,9 +24,15 @@ class Tokenizer;
 
 namespace ttt::server::internal {
 
-// The caller's tenant: the x-tenant-id header, "default" without one. INVALID_ARGUMENT (naming
-// the header) for a malformed one.
-absl::StatusOr<std::string> TenantOf(const grpc::CallbackServerContext* ctx);
+// The caller of TttService method `method` ("Score"), as auth::Authorizer decides: the tenant of
+// the call's credential, or with authentication off the x-tenant-id header ("default" without
+// one). UNAUTHENTICATED / PERMISSION_DENIED, or INVALID_ARGUMENT naming a malformed header.
+absl::StatusOr<auth::Principal> CallerOf(const auth::Authorizer& authorizer,
+                                         const grpc::CallbackServerContext* ctx,
+                                         const char* method);
+// CallerOf's tenant.
+absl::StatusOr<std::string> TenantOf(const auth::Authorizer& authorizer,
+                                     const grpc::CallbackServerContext* ctx, const char* method);
 
 void ToProto(const session::Counters& c, tttserve::v1::SessionCounters* out);
 void ToProto(const session::SessionOptions& o, tttserve::v1::SessionOptions* out);

@@ -48,8 +48,9 @@ grpc::ServerReadReactor<tttserve::v1::ImportSessionRequest>* NewImportReactor(
 // an engine callback). Records the request metrics; nothing escapes as an exception.
 using Finisher = std::function<void(absl::Status)>;
 template <typename Body>
-grpc::ServerUnaryReactor* RunUnary(Metrics* metrics, grpc::CallbackServerContext* ctx,
+grpc::ServerUnaryReactor* RunUnary(const TttServiceImpl* svc, grpc::CallbackServerContext* ctx,
                                    const char* method, Body&& body) {
+  Metrics* metrics = svc->metrics();
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   const auto start = Clock::now();
   auto called = std::make_shared<std::atomic<bool>>(false);
@@ -60,7 +61,7 @@ grpc::ServerUnaryReactor* RunUnary(Metrics* metrics, grpc::CallbackServerContext
     reactor->Finish(status);
   };
   try {
-    auto tenant = TenantOf(ctx);
+    auto tenant = TenantOf(svc->authorizer(), ctx, method);
     if (!tenant.ok()) {
       finish(tenant.status());
     } else {

@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "engine/safetensors.h"
 #include "engine/status_macros.h"
+#include "engine/temp_files.h"
 #include "session/internal/names.h"
 
 namespace ttt::session::internal {
@@ -143,7 +144,24 @@ absl::Status CheckpointStore::Init() const {
     return absl::FailedPreconditionError(
         absl::StrCat("cannot create checkpoint directory ", root_.string(), ": ", ec.message()));
   }
+  RemoveAbandonedTempFiles();
   return absl::OkStatus();
+}
+
+void CheckpointStore::RemoveAbandonedTempFiles() const {
+  std::error_code ec;
+  for (const auto& tenant_dir : fs::directory_iterator(root_, ec)) {
+    const std::string tenant = tenant_dir.path().filename().string();
+    if (tenant_dir.is_symlink(ec) || !ValidateName(tenant, "tenant", 64).ok()) continue;
+    for (const char* kind : {kCheckpoints, kSessions}) {
+      const fs::path dir = root_ / tenant / kind;
+      const int removed = engine::RemoveAbandonedTempFiles(dir);
+      if (removed > 0) {
+        std::fprintf(stderr, "ttt-serve: removed %d temporary files of interrupted writes in %s\n",
+                     removed, dir.c_str());
+      }
+    }
+  }
 }
 
 fs::path CheckpointStore::Path(const std::string& tenant, const char* kind,

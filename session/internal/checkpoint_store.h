@@ -6,7 +6,8 @@
 //
 // Files are in the checkpoint format (checkpoint.h) and written atomically (a temporary file
 // beside the final name, fsync, rename, fsync the folder), so a crash leaves the old file or the
-// new one, never a torn one; temporary names do not end in ".safetensors" and are never listed.
+// new one, never a torn one; temporary names do not end in ".safetensors" and are never listed,
+// and those a killed process left are removed when a store starts (Init).
 // Reads and listings only open regular files, and follow no symbolic link below the root: each
 // folder is opened with O_NOFOLLOW, each file with O_NOFOLLOW | O_NONBLOCK (a FIFO cannot block
 // a listing) and checked with fstat. A listing shows only files whose header, format and size
@@ -31,7 +32,9 @@ class CheckpointStore {
  public:
   explicit CheckpointStore(std::filesystem::path root) : root_(std::move(root)) {}
 
-  // Creates the root folder. FAILED_PRECONDITION when it cannot.
+  // Creates the root folder and removes the temporary files of writes a killed process left
+  // (those no live writer holds: engine::RemoveAbandonedTempFiles). FAILED_PRECONDITION when the
+  // folder cannot be created.
   absl::Status Init() const;
 
   // Named checkpoints. Read/Delete answer NOT_FOUND ("checkpoint 'x' not found").
@@ -70,6 +73,7 @@ class CheckpointStore {
   std::vector<PersistedSession> ListSessions(const std::string& model_fingerprint) const;
 
  private:
+  void RemoveAbandonedTempFiles() const;
   std::filesystem::path Path(const std::string& tenant, const char* kind,
                              const std::string& id) const;
   // The whole file <root>/<tenant>/<kind>/<id>.safetensors; NOT_FOUND unless a regular file.

@@ -40,5 +40,6 @@ render() {  # NAME [values files...]
 render default
 render gpu-monitoring-hpa gpu-monitoring-hpa.yaml
 render scaleout scaleout.yaml
+render secured secured.yaml
 
 go test -p 1 -count=1 .

@@ -103,6 +103,10 @@ absl::StatusOr<std::unique_ptr<SentencePieceTokenizer>> SentencePieceTokenizer::
     const SentencePieceEntry& entry = model.pieces[i];
     const int32_t id = static_cast<int32_t>(i);
     if (entry.piece.empty()) return invalid("piece must not be empty");
+    // Decode hands pieces out as they are: one that is not UTF-8 would reach clients as text.
+    if (!ValidateUtf8(entry.piece).ok()) {
+      return invalid(absl::StrCat("piece ", id, " is not valid UTF-8"));
+    }
     const bool is_normal = entry.type == PieceType::kNormal ||
                            entry.type == PieceType::kUserDefined ||
                            entry.type == PieceType::kUnused;
@@ -131,6 +135,9 @@ absl::StatusOr<std::unique_ptr<SentencePieceTokenizer>> SentencePieceTokenizer::
     }
   }
   if (!unk_id.has_value()) return invalid("unk is not defined");
+  if (model.has_unk_surface && !ValidateUtf8(model.unk_surface).ok()) {
+    return invalid("TrainerSpec.unk_surface is not valid UTF-8");
+  }
   t.unk_id_ = *unk_id;
 
   switch (model.model_type) {

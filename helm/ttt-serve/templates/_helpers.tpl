@@ -87,9 +87,51 @@ app.kubernetes.io/part-of: ttt-serve
 {{- /* The shared volume is a session store: each replica leases the sessions it serves. */}}
 - "--replica_id=$(POD_NAME)"
 {{- end }}
+{{- include "ttt-serve.securityArgs" . }}
 {{- range $s.extraArgs }}
 - {{ . | quote }}
 {{- end }}
+{{- end }}
+
+{{/* The security flags (docs/contract.md, "Authentication"), from security: and the Secret's
+files; refuses combinations that cannot work. */}}
+{{- define "ttt-serve.securityArgs" -}}
+{{- $sec := .Values.security -}}
+{{- $dir := .Values.secret.mountPath -}}
+{{- if and (or $sec.tls $sec.tokens) (not (include "ttt-serve.secretEnabled" .)) }}
+{{- fail "security.tls and security.tokens read the Secret: set secret.create or secret.existingSecret" }}
+{{- end }}
+{{- if and $sec.mutualTls (not $sec.tls) }}
+{{- fail "security.mutualTls needs security.tls" }}
+{{- end }}
+{{- if and $sec.metricsAuth (not $sec.tokens) }}
+{{- fail "security.metricsAuth checks tokens from the tokens file: set security.tokens" }}
+{{- end }}
+{{- if and $sec.tls .Values.routing.envoy.enabled }}
+{{- fail "routing.envoy speaks plaintext to the replicas: it cannot front security.tls yet" }}
+{{- end }}
+{{- if gt (int $sec.healthPort) 0 }}
+- {{ printf "--health_listen=0.0.0.0:%d" ($sec.healthPort | int64) | quote }}
+{{- end }}
+{{- if $sec.tls }}
+- {{ printf "--tls_cert_file=%s/tls.crt" $dir | quote }}
+- {{ printf "--tls_key_file=%s/tls.key" $dir | quote }}
+{{- if $sec.mutualTls }}
+- {{ printf "--tls_client_ca_file=%s/ca.crt" $dir | quote }}
+{{- end }}
+{{- end }}
+{{- if $sec.tokens }}
+- {{ printf "--auth_tokens_file=%s/tokens" $dir | quote }}
+{{- end }}
+- {{ printf "--reflection=%s" $sec.reflection | quote }}
+{{- if $sec.metricsAuth }}
+- "--metrics_auth=true"
+{{- end }}
+{{- end }}
+
+{{/* The port the kubelet probes: the plaintext health listener when there is one. */}}
+{{- define "ttt-serve.probePort" -}}
+{{- if gt (int .Values.security.healthPort) 0 }}{{ .Values.security.healthPort }}{{ else }}{{ .Values.server.grpcPort }}{{ end }}
 {{- end }}
 
 {{- define "ttt-serve.grpcProbe" -}}

@@ -246,7 +246,7 @@ func containerPort(c obj, name string) int {
 	return -1
 }
 
-var scenarios = [][]string{{}, {"gpu-monitoring-hpa.yaml"}, {"scaleout.yaml"}}
+var scenarios = [][]string{{}, {"gpu-monitoring-hpa.yaml"}, {"scaleout.yaml"}, {"secured.yaml"}}
 
 func TestFlagsArePortsAndNamesOfTheContract(t *testing.T) {
 	c := parseContract(t)
@@ -325,18 +325,27 @@ func TestServicesExposeGrpcAndMetrics(t *testing.T) {
 	}
 }
 
-func TestProbesUseGrpcHealthOnTheGrpcPort(t *testing.T) {
+// The kubelet's gRPC probes speak neither TLS nor tokens: they go to the plaintext health
+// listener (--health_listen) when there is one, else to the gRPC port.
+func TestProbesUseGrpcHealthOnTheHealthListener(t *testing.T) {
 	for _, sc := range scenarios {
 		r := render(t, sc...)
 		_, ctr := serverContainer(t, r)
-		grpcPort := addrPort(t, args(t, ctr)["listen"])
+		a := args(t, ctr)
+		probePort := addrPort(t, a["listen"])
+		if h, ok := a["health_listen"]; ok {
+			probePort = addrPort(t, h)
+			if got := containerPort(ctr, "health"); got != probePort {
+				t.Errorf("%v: containerPort health %d, --health_listen port %d", sc, got, probePort)
+			}
+		}
 		for _, p := range []string{"startupProbe", "livenessProbe", "readinessProbe"} {
 			probe, ok := ctr[p].(obj)
 			if !ok {
 				t.Fatalf("%v: no %s", sc, p)
 			}
-			if num(probe, "grpc", "port") != grpcPort {
-				t.Errorf("%v: %s is %v, want grpc on port %d", sc, p, probe, grpcPort)
+			if num(probe, "grpc", "port") != probePort {
+				t.Errorf("%v: %s is %v, want grpc on port %d", sc, p, probe, probePort)
 			}
 			for _, other := range []string{"httpGet", "exec", "tcpSocket"} {
 				if probe[other] != nil {
@@ -346,6 +355,91 @@ func TestProbesUseGrpcHealthOnTheGrpcPort(t *testing.T) {
 		}
 		if svc := str(ctr, "readinessProbe", "grpc", "service"); svc != "" && svc != "tttserve.v1.TttService" {
 			t.Errorf("%v: readiness asks for health service %q, the server reports \"\" and tttserve.v1.TttService", sc, svc)
+		}
+	}
+}
+
+// secured.yaml: the Secret's files reach the server as flags, the probes use the health
+// listener, Prometheus scrapes with its token, and the NetworkPolicy admits the named peers.
+func TestSecuredConfigWiresTheSecretToTheFlags(t *testing.T) {
+	def := render(t)
+	_, defCtr := serverContainer(t, def)
+	for _, f := range []string{"tls_cert_file", "tls_key_file", "tls_client_ca_file", "auth_tokens_file", "metrics_auth"} {
+		if _, ok := args(t, defCtr)[f]; ok {
+			t.Errorf("default values pass --%s", f)
+		}
+	}
+	if len(def.find("NetworkPolicy")) != 0 {
+		t.Error("default values render a NetworkPolicy")
+	}
+
+	r := render(t, "secured.yaml")
+	sts, ctr := serverContainer(t, r)
+	a := args(t, ctr)
+	dir := "/etc/ttt-serve/secrets"
+	for flag, want := range map[string]string{
+		"tls_cert_file": dir + "/tls.crt", "tls_key_file": dir + "/tls.key",
+		"tls_client_ca_file": dir + "/ca.crt", "auth_tokens_file": dir + "/tokens",
+		"metrics_auth": "true", "reflection": "off", "health_listen": "0.0.0.0:50052",
+	} {
+		if a[flag] != want {
+			t.Errorf("--%s=%q, want %q", flag, a[flag], want)
+		}
+	}
+	mounted := false
+	for _, m := range list(ctr, "volumeMounts") {
+		if str(m, "name") == "secrets" && str(m, "mountPath") == dir && get(m, "readOnly") == true {
+			mounted = true
+		}
+	}
+	if !mounted {
+		t.Errorf("the Secret is not mounted read-only at %s: %v", dir, list(ctr, "volumeMounts"))
+	}
+	var secretName string
+	for _, v := range list(sts.o, "spec", "template", "spec", "volumes") {
+		if str(v, "name") == "secrets" {
+			secretName = str(v, "secret", "secretName")
+		}
+	}
+	if secretName != "ttt-serve-tls" {
+		t.Errorf("secrets volume from Secret %q, want the existing ttt-serve-tls", secretName)
+	}
+	ep := get(r.one(t, "ServiceMonitor").o, "spec", "endpoints", 0)
+	if str(ep, "bearerTokenSecret", "name") != "ttt-serve-metrics-token" || str(ep, "bearerTokenSecret", "key") != "metrics-token" {
+		t.Errorf("ServiceMonitor scrapes without the metrics token: %v", ep)
+	}
+	np := r.one(t, "NetworkPolicy")
+	rules := map[string]interface{}{}
+	for _, rule := range list(np.o, "spec", "ingress") {
+		rules[str(rule, "ports", 0, "port")] = get(rule, "from")
+	}
+	if str(rules["grpc"], 0, "namespaceSelector", "matchLabels", "kubernetes.io/metadata.name") != "clients" {
+		t.Errorf("NetworkPolicy gRPC peers %v", rules["grpc"])
+	}
+	if str(rules["metrics"], 0, "namespaceSelector", "matchLabels", "kubernetes.io/metadata.name") != "monitoring" {
+		t.Errorf("NetworkPolicy metrics peers %v", rules["metrics"])
+	}
+	if _, ok := rules["health"]; !ok || rules["health"] != nil {
+		t.Errorf("NetworkPolicy must admit the kubelet to the health port from anywhere: %v", rules)
+	}
+}
+
+func TestSecurityValuesThatCannotWorkAreRefused(t *testing.T) {
+	root := repoRoot(t)
+	for name, c := range map[string]struct{ text, fragment string }{
+		"noSecret":   {"security:\n  tls: true\n", "read the Secret"},
+		"mtlsNoTls":  {"secret:\n  existingSecret: s\nsecurity:\n  mutualTls: true\n", "mutualTls needs security.tls"},
+		"metricsNoT": {"security:\n  metricsAuth: true\n", "metricsAuth checks tokens"},
+		"smNoToken": {"secret:\n  existingSecret: s\nsecurity:\n  tokens: true\n  metricsAuth: true\nserviceMonitor:\n  enabled: true\n",
+			"bearerTokenSecret.name"},
+		"envoyTls": {"secret:\n  existingSecret: s\nsecurity:\n  tls: true\nrouting:\n  envoy:\n    enabled: true\n", "cannot front security.tls"},
+	} {
+		f := filepath.Join(t.TempDir(), name+".yaml")
+		os.WriteFile(f, []byte(c.text), 0o644)
+		_, err := Render(filepath.Join(root, "helm/ttt-serve"), Options{ValuesFiles: []string{f},
+			APIVersions: []string{"monitoring.coreos.com/v1"}})
+		if err == nil || !strings.Contains(err.Error(), c.fragment) {
+			t.Errorf("%s: want an error with %q, got %v", name, c.fragment, err)
 		}
 	}
 }

@@ -1,0 +1,78 @@
+// See token_store.h.
+#include "auth/token_store.h"
+
+#include <cstdio>
+
+#include "absl/strings/str_cat.h"
+#include "auth/internal/constant_time.h"
+#include "util/sha256.h"
+
+namespace ttt::auth {
+
+absl::StatusOr<std::unique_ptr<TokenStore>> TokenStore::Open(TokenStoreOptions options) {
+  std::unique_ptr<TokenStore> store(new TokenStore(std::move(options)));
+  const int poll_ms = store->options_.poll_interval_ms;
+  if (poll_ms > 0) {  // before the load: a change during it is seen at the next poll
+    store->watcher_ = std::make_unique<internal::FileWatcher>(
+        store->options_.path, poll_ms, [raw = store.get()] {
+          raw->Reload().IgnoreError();  // logged; the last good credentials stay
+        });
+  }
+  absl::Status loaded = store->Load();
+  if (!loaded.ok()) return loaded;
+  return store;
+}
+
+absl::Status TokenStore::Load() {
+  auto text = internal::ReadConfigFile(options_.path, "tokens file");
+  if (!text.ok()) return text.status();
+  auto entries = internal::ParseTokensFile(*text, options_.path, options_.validate_tenant);
+  if (!entries.ok()) return entries.status();
+  auto fresh = std::make_shared<const std::vector<internal::TokenEntry>>(std::move(*entries));
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    entries_ = std::move(fresh);
+  }
+  generation_.fetch_add(1);
+  return absl::OkStatus();
+}
+
+absl::Status TokenStore::Reload() {
+  absl::Status st = Load();
+  if (st.ok()) {
+    std::fprintf(stderr, "ttt-serve: auth: reloaded %s (%zu credentials)\n",
+                 options_.path.c_str(), credential_count());
+  } else {
+    failed_reloads_.fetch_add(1);
+    std::fprintf(stderr, "ttt-serve: auth: keeping the last good credentials (%zu): %s\n",
+                 credential_count(), std::string(st.message()).c_str());
+  }
+  if (options_.on_reload) options_.on_reload(st.ok());
+  return st;
+}
+
+size_t TokenStore::credential_count() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return entries_ ? entries_->size() : 0;
+}
+
+std::optional<TokenPrincipal> TokenStore::Lookup(absl::string_view token) const {
+  util::Sha256 hasher;
+  hasher.Update(token.data(), token.size());
+  const internal::Digest digest = hasher.Final();
+  std::shared_ptr<const std::vector<internal::TokenEntry>> entries;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    entries = entries_;
+  }
+  const internal::TokenEntry* match = nullptr;
+  for (const internal::TokenEntry& e : *entries) {  // every entry: no early exit
+    const bool equal =
+        internal::ConstantTimeEquals(e.token_sha256.data(), digest.data(), digest.size());
+    if (equal) match = &e;
+  }
+  if (match == nullptr) return std::nullopt;
+  return TokenPrincipal{match->tenant, match->scope};
+}
+
+}  // namespace ttt::auth

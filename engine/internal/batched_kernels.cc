@@ -1,0 +1,175 @@
+#include "engine/internal/batched_kernels.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+namespace ttt::engine::internal {
+namespace {
+
+// Eight floats: GCC/Clang vector extensions, so the loops below vectorise without -ffast-math (a
+// plain float reduction may not be reordered by the compiler). The kernels are compiled for
+// AVX-512, AVX2+FMA and baseline x86-64 and picked at load time (target_clones), as OpenBLAS
+// picks its kernels; the baseline splits each vector into two SSE registers.
+using Vec = float __attribute__((vector_size(32)));
+constexpr int64_t kLanes = 8;
+// Not under ThreadSanitizer: the clones' ifunc resolvers run during relocation, before TSan's
+// runtime is up, and crash the process at start.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_THREAD__)
+#define TTT_MULTIVERSION __attribute__((target_clones("arch=skylake-avx512", "arch=haswell", "default")))
+#else
+#define TTT_MULTIVERSION
+#endif
+
+// Unaligned loads and stores through memcpy (one vector move each once optimised); by pointer,
+// not by value, so no AVX-sized value crosses a function boundary (-Wpsabi).
+#define TTT_LOAD(v, p) std::memcpy(&(v), (p), sizeof(Vec))
+#define TTT_STORE(p, v) std::memcpy((p), &(v), sizeof(Vec))
+
+__attribute__((always_inline)) inline float Dot(const float* a, const float* b, int64_t n) {
+  Vec s0 = {}, s1 = s0, s2 = s0, s3 = s0, x0, x1, x2, x3, y0, y1, y2, y3;
+  int64_t i = 0;
+  for (; i + 4 * kLanes <= n; i += 4 * kLanes) {
+    TTT_LOAD(x0, a + i), TTT_LOAD(y0, b + i);
+    TTT_LOAD(x1, a + i + kLanes), TTT_LOAD(y1, b + i + kLanes);
+    TTT_LOAD(x2, a + i + 2 * kLanes), TTT_LOAD(y2, b + i + 2 * kLanes);
+    TTT_LOAD(x3, a + i + 3 * kLanes), TTT_LOAD(y3, b + i + 3 * kLanes);
+    s0 += x0 * y0;
+    s1 += x1 * y1;
+    s2 += x2 * y2;
+    s3 += x3 * y3;
+  }
+  for (; i + kLanes <= n; i += kLanes) {
+    TTT_LOAD(x0, a + i), TTT_LOAD(y0, b + i);
+    s0 += x0 * y0;
+  }
+  const Vec s = (s0 + s1) + (s2 + s3);
+  float total = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+  for (; i < n; ++i) total += a[i] * b[i];
+  return total;
+}
+
+// y += alpha * x
+__attribute__((always_inline)) inline void Axpy(float alpha, const float* x, float* y,
+                                                int64_t n) {
+  const Vec a = {alpha, alpha, alpha, alpha, alpha, alpha, alpha, alpha};
+  Vec xv, yv;
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    TTT_LOAD(xv, x + i), TTT_LOAD(yv, y + i);
+    yv += a * xv;
+    TTT_STORE(y + i, yv);
+  }
+  for (; i < n; ++i) y[i] += alpha * x[i];
+}
+
+// One query row's heads of one key-head group over keys [first, last] of one sequence.
+// scores: scratch of group * (last - first + 1) floats.
+TTT_MULTIVERSION void AttendRow(const float* q, const float* keys, int64_t key_stride,
+                                const float* values, int64_t value_stride, int64_t first,
+                                int64_t last, int64_t group, int64_t hd,
+                                std::vector<float>& scores, float* out) {
+  const int64_t span = last - first + 1;
+  scores.resize(group * (span + 1));
+  float* inv_sum = scores.data() + group * span;
+  const float norm = std::sqrt(static_cast<float>(hd));
+  for (int64_t j = first; j <= last; ++j) {
+    const float* k = keys + j * key_stride;
+    for (int64_t t = 0; t < group; ++t) scores[t * span + j - first] = Dot(q + t * hd, k, hd) / norm;
+  }
+  for (int64_t t = 0; t < group; ++t) {
+    float* s = scores.data() + t * span;
+    const float top = *std::max_element(s, s + span);
+    float sum = 0;
+    for (int64_t j = 0; j < span; ++j) sum += (s[j] = std::exp(s[j] - top));
+    inv_sum[t] = 1.0f / sum;
+    std::fill(out + t * hd, out + (t + 1) * hd, 0.0f);
+  }
+  for (int64_t j = first; j <= last; ++j) {
+    const float* v = values + j * value_stride;
+    for (int64_t t = 0; t < group; ++t) Axpy(scores[t * span + j - first], v, out + t * hd, hd);
+  }
+  for (int64_t t = 0; t < group; ++t) {
+    for (int64_t c = 0; c < hd; ++c) out[t * hd + c] *= inv_sum[t];
+  }
+}
+
+// out[r] = delta @ z[r] for output rows [lo, hi) and the given rows r.
+TTT_MULTIVERSION void DeltaRows(const float* delta, const float* z, int64_t row0, int64_t rows,
+                                int64_t lo, int64_t hi, int64_t d_ff, int64_t d_model,
+                                float* out) {
+  for (int64_t i = lo; i < hi; ++i) {
+    for (int64_t r = row0; r < row0 + rows; ++r) {
+      out[r * d_model + i] = Dot(delta + i * d_ff, z + r * d_ff, d_ff);
+    }
+  }
+}
+
+}  // namespace
+
+void VarlenAttention(const at::Tensor& q, const at::Tensor& k_new, const at::Tensor& v_new,
+                     absl::Span<const AttentionSeq> seqs, int64_t kv_heads, int64_t window,
+                     at::Tensor& out) {
+  for (const at::Tensor* t : {&q, &k_new, &v_new, const_cast<const at::Tensor*>(&out)}) {
+    TORCH_CHECK(t->is_contiguous() && t->scalar_type() == at::kFloat,
+                "VarlenAttention: f32 contiguous q, k, v and out");
+  }
+  const int64_t heads = q.size(1), hd = q.size(2), group = heads / kv_heads;
+  const float* qd = q.data_ptr<float>();
+  const float* kd = k_new.data_ptr<float>();
+  const float* vd = v_new.data_ptr<float>();
+  float* od = out.data_ptr<float>();
+  const int64_t units = static_cast<int64_t>(seqs.size()) * kv_heads;
+  at::parallel_for(0, units, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores;
+    for (int64_t u = begin; u < end; ++u) {
+      const AttentionSeq& s = seqs[u / kv_heads];
+      const int64_t g = u % kv_heads;
+      const at::Tensor &keys = *s.keys, &values = *s.values;
+      TORCH_CHECK(keys.stride(2) == 1 && values.stride(2) == 1 && keys.scalar_type() == at::kFloat &&
+                  values.scalar_type() == at::kFloat,
+                  "VarlenAttention: f32 key/value rows must be contiguous");
+      float* k = keys.data_ptr<float>() + g * keys.stride(0);
+      float* v = values.data_ptr<float>() + g * values.stride(0);
+      const int64_t cached = keys.size(1) - s.rows;
+      for (int64_t i = 0; i < s.rows; ++i) {  // this key head's rows of the new tokens
+        const int64_t src = ((s.row0 + i) * kv_heads + g) * hd;
+        std::memcpy(k + (cached + i) * keys.stride(1), kd + src, hd * sizeof(float));
+        std::memcpy(v + (cached + i) * values.stride(1), vd + src, hd * sizeof(float));
+      }
+      for (int64_t i = 0; i < s.rows; ++i) {
+        const int64_t last = cached + i;
+        const int64_t first = window > 0 ? std::max<int64_t>(0, last - window + 1) : 0;
+        const int64_t row = s.row0 + i;
+        AttendRow(qd + (row * heads + g * group) * hd, k, keys.stride(1), v, values.stride(1),
+                  first, last, group, hd, scores, od + (row * heads + g * group) * hd);
+      }
+    }
+  });
+}
+
+void BatchedDeltaProduct(const at::Tensor& z, absl::Span<const DeltaSeq> seqs, at::Tensor& out) {
+  TORCH_CHECK(z.is_contiguous() && z.scalar_type() == at::kFloat && out.is_contiguous() &&
+              out.scalar_type() == at::kFloat, "BatchedDeltaProduct: f32 contiguous z and out");
+  const int64_t d_ff = z.size(1), d_model = out.size(1);
+  constexpr int64_t kBlock = 64;  // output rows per work unit
+  const int64_t blocks = (d_model + kBlock - 1) / kBlock;
+  const float* zd = z.data_ptr<float>();
+  float* od = out.data_ptr<float>();
+  at::parallel_for(0, static_cast<int64_t>(seqs.size()) * blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t u = begin; u < end; ++u) {
+      const DeltaSeq& s = seqs[u / blocks];
+      TORCH_CHECK(s.delta->is_contiguous() && s.delta->scalar_type() == at::kFloat,
+                  "BatchedDeltaProduct: f32 contiguous deltas");
+      const float* delta = s.delta->data_ptr<float>();
+      const int64_t lo = (u % blocks) * kBlock, hi = std::min(d_model, lo + kBlock);
+      DeltaRows(delta, zd, s.row0, s.rows, lo, hi, d_ff, d_model, od);
+    }
+  });
+}
+
+}  // namespace ttt::engine::internal

@@ -1,0 +1,60 @@
+// The decoder forward over one batch of sequence segments (Model::Ingest, Model::ForwardTrain).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include <ATen/ATen.h>
+
+#include "absl/types/span.h"
+#include "engine/internal/model_weights.h"
+#include "engine/model.h"
+
+namespace ttt::engine {
+
+// Runs the model over `items` (each non-empty) and advances their states. Dense products
+// (projections, MLP, LM head) run once over the concatenated rows of every item. In inference
+// (grad mode off) on a CPU in float32, items of up to kVarlenRows new tokens that stay inside
+// their TTT chunk (decode steps, small pieces) also share one varlen attention call and one
+// fast-weight product, and their state tensors grow in place; longer items run attention and the
+// fast-weight term per item (their work dwarfs a call's overhead). Under grad mode everything is
+// out of place, so ForwardTrain stays differentiable. Not thread-safe: one forward per states.
+class ModelAccess {
+ public:
+  static constexpr int64_t kVarlenRows = 16;
+
+  ModelAccess(const Model& model, absl::Span<IngestItem> items);
+  // Returns per item the logits [n_i, vocab] (fp32) of its new tokens.
+  std::vector<at::Tensor> Run();
+
+ private:
+  int64_t Count(size_t b) const { return offsets_[b + 1] - offsets_[b]; }
+  at::Tensor Rows(const at::Tensor& t, size_t b) const {
+    return t.slice(0, offsets_[b], offsets_[b + 1]);
+  }
+  int64_t CacheKeep() const;
+  int64_t CacheReserve(int64_t needed) const;
+
+  at::Tensor Layer(size_t l, const at::Tensor& x, const at::Tensor& embeddings);
+  at::Tensor Attend(size_t l, at::Tensor q, at::Tensor k, at::Tensor v);
+  at::Tensor AttendOne(size_t l, at::Tensor q, at::Tensor k, at::Tensor v, SequenceState& state);
+  at::Tensor FastWeightTerms(const LayerWeights& lw, const at::Tensor& z, const at::Tensor& x0);
+  at::Tensor FastWeightTermOne(const LayerWeights& lw, const at::Tensor& z_new,
+                               const at::Tensor& x0_new, SequenceState& state);
+  void AppendFloatRows(at::Tensor& pending, const at::Tensor& source, int64_t row0,
+                       int64_t n) const;
+  at::Tensor ChunkUpdates(const LayerWeights& lw, const at::Tensor& z, const at::Tensor& x0) const;
+  void FoldChunks(const LayerWeights& lw, const std::vector<SequenceState*>& states);
+
+  const Model& model_;
+  const Model::Weights& w_;
+  const ModelConfig& cfg_;
+  absl::Span<IngestItem> items_;
+  std::vector<int64_t> offsets_;
+  std::vector<bool> varlen_;    // per item: takes the batched varlen path
+  bool any_varlen_ = false;
+  bool in_place_ = false;       // grad mode off: state tensors may grow in place
+  at::Tensor cos_, sin_;        // [rows, 1, head_dim] RoPE factors of every row
+};
+
+}  // namespace ttt::engine

@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# The stages of `./build.sh test` (and so of CI, .ci/run), each in its own build folder, each
+# timed (build and run) in a summary at the end:
+#   normal  Release build in build/ (or $TTT_BUILD_DIR), the whole suite (ctest); extra
+#           arguments go to this ctest
+#   asan    AddressSanitizer + UndefinedBehaviorSanitizer, -O1, build-asan/: the tests in
+#           kAsanTests (below)
+#   tsan    ThreadSanitizer, -O1, build-tsan/: the tests in kTsanTests (below)
+#   fuzz    Clang + libFuzzer, build-fuzz/: each tests/fuzz target for TTT_FUZZ_SECONDS
+# Environment:
+#   TTT_CI_STAGES="normal asan tsan fuzz"   the stages to run, in order (default: all four)
+#   TTT_FUZZ_SECONDS=60                    per fuzz target
+#   TTT_JOBS                               build and ctest parallelism (default: nproc)
+# Sanitizer settings and suppressions (third-party code only, each with its reason):
+# tests/sanitizers/. Stops at the first failing stage (set -e); the summary still prints.
+set -euo pipefail
+cd "$(dirname "$(readlink -f "$0")")/.."
+root="$PWD"
+stages="${TTT_CI_STAGES:-normal asan tsan fuzz}"
+jobs="${TTT_JOBS:-$(nproc)}"
+fuzz_seconds="${TTT_FUZZ_SECONDS:-60}"
+normal_dir="${TTT_BUILD_DIR:-build}"
+summary=()
+
+# What the sanitizer stages build and run. Only tests that have passed under the sanitizer on
+# this machine are listed: a list grows when a run of the next test comes back clean (or its
+# findings are fixed). Not yet run here: the rest of the suite under ASan/UBSan (the e2e tests
+# start a sanitized server from Python), session_test and server_test under TSan (gRPC and
+# libgomp are not instrumented: expect suppressions). TTT_ASAN_TESTS / TTT_TSAN_TESTS override.
+kAsanTests="${TTT_ASAN_TESTS:-tokenizer_test safetensors_test scheduler_test}"
+kTsanTests="${TTT_TSAN_TESTS:-scheduler_test}"
+as_regex() { local t; t="$*"; echo "^(${t// /|})\$"; }
+
+# -O1 keeps sanitized builds and runs quick while keeping stack traces usable.
+kSanitizedFlags=(-DCMAKE_BUILD_TYPE=RelWithDebInfo "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -g1"
+                 -DTTT_BUILD_BENCH=OFF)
+
+now() { date +%s; }
+# time_step <label> <command...>: runs it, records "<label> <seconds>s" for the summary.
+time_step() {
+  local label="$1" start rc=0
+  shift
+  start=$(now)
+  echo "=== $label: $*" >&2
+  "$@" || rc=$?
+  summary+=("$(printf '%-14s %5ss%s' "$label" "$(($(now) - start))" "$([ $rc = 0 ] || echo "  FAILED ($rc)")")")
+  return $rc
+}
+print_summary() {
+  echo "=== ci_stages summary (build and run times on $(nproc) cores)" >&2
+  printf '  %s\n' "${summary[@]}" >&2
+}
+trap print_summary EXIT
+
+configure_build() {  # <dir> <targets or ""> <cmake args...>
+  local dir="$1" targets="$2"
+  shift 2
+  cmake -S . -B "$dir" -G Ninja "$@" >/dev/null
+  # shellcheck disable=SC2086
+  cmake --build "$dir" -j "$jobs" ${targets:+--target $targets}
+}
+
+run_ctest() {  # <dir> <ctest args...>
+  local dir="$1"
+  shift
+  (cd "$dir" && ctest --output-on-failure --timeout 900 -j "$jobs" "$@")
+}
+
+stage_normal() {
+  time_step "normal build" configure_build "$normal_dir" "" -DCMAKE_BUILD_TYPE=Release
+  time_step "normal run" run_ctest "$normal_dir" "$@"
+}
+
+# The sanitizers' runtime settings: every finding fails the test; suppressions only for
+# third-party libraries (tests/sanitizers/*.supp says why each is there). OMP_NUM_THREADS=1:
+# LibTorch's OpenMP pool runs in libgomp, which no sanitizer instruments (TSan cannot see its
+# synchronisation); the engine runs one intra-op thread in these tests anyway.
+export_sanitizer_env() {
+  local supp="$root/tests/sanitizers"
+  export ASAN_OPTIONS="detect_leaks=1:strict_init_order=1:check_initialization_order=1"
+  export LSAN_OPTIONS="suppressions=$supp/lsan.supp:print_suppressions=0"
+  export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:suppressions=$supp/ubsan.supp"
+  export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:suppressions=$supp/tsan.supp"
+  export OMP_NUM_THREADS=1
+}
+asan_ctest() (export_sanitizer_env; run_ctest build-asan -R "$(as_regex $kAsanTests)")
+tsan_ctest() (export_sanitizer_env; run_ctest build-tsan -R "$(as_regex $kTsanTests)")
+clang_configure_build() { CC=clang-14 CXX=clang++-14 configure_build "$@"; }
+
+stage_asan() {
+  time_step "asan build" configure_build build-asan "$kAsanTests" "${kSanitizedFlags[@]}" \
+    -DTTT_SANITIZE=address,undefined
+  time_step "asan run" asan_ctest
+}
+
+stage_tsan() {
+  # Only what the tests need; ctest adds any fixture setup they require.
+  time_step "tsan build" configure_build build-tsan "$kTsanTests" \
+    "${kSanitizedFlags[@]}" -DTTT_SANITIZE=thread
+  time_step "tsan run" tsan_ctest
+}
+
+stage_fuzz() {
+  time_step "fuzz build" clang_configure_build build-fuzz fuzzers "${kSanitizedFlags[@]}" \
+    -DTTT_FUZZ=ON -DTTT_BUILD_TESTS=OFF
+  time_step "fuzz run" tests/fuzz/run_fuzzers.sh -s "$fuzz_seconds" -b build-fuzz
+}
+
+for stage in $stages; do
+  case "$stage" in
+    normal) stage_normal "$@" ;;
+    asan | tsan | fuzz) "stage_$stage" ;;
+    *) echo "unknown stage '$stage' (normal asan tsan fuzz)" >&2; exit 2 ;;
+  esac
+done

@@ -1,0 +1,440 @@
+#!/usr/bin/python3
+"""End-to-end test of ttt-serve's authentication (issue 10): the real binary with TLS, mutual TLS
+and a tokens file, certificates made at test time by Debian's openssl, driven by the Python
+grpcio client.
+
+Covers: TLS works and plaintext to the TLS port fails; mutual TLS refuses a client without a
+certificate and one signed by another CA, and takes the tenant from the certificate's CN; each
+token reaches only its tenant; a read-scoped token cannot ingest; x-tenant-id cannot override the
+credential; a rotated tokens file and a rotated certificate take effect without a restart while a
+stream stays open; health answers without credentials on the plaintext health listener (which
+serves nothing else) and on the main port; the metrics port wants its token; a server without
+authentication still runs and says so.
+
+Usage: auth_e2e_test.py --server PATH/ttt-serve --model MODEL_DIR --proto PROTO_DIR
+"""
+import argparse
+import hashlib
+import itertools
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+import urllib.error
+import urllib.request
+
+ARGS = None
+pb = None
+pb_grpc = None
+grpc = None
+
+CHANNEL_IDS = itertools.count(1)  # a distinct argument keeps each channel on its own connection
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+SERVING = b"\x08\x01"  # HealthCheckResponse{status: SERVING}
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def generate_stubs(proto_dir, out_dir):
+    from grpc_tools import protoc
+    rc = protoc.main(["protoc", "-I" + proto_dir, "--python_out=" + out_dir,
+                      "--grpc_python_out=" + out_dir,
+                      os.path.join(proto_dir, "tttserve/v1/ttt_service.proto")])
+    if rc != 0:
+        raise RuntimeError("grpc_tools.protoc failed with %d" % rc)
+    sys.path.insert(0, out_dir)
+
+
+def sha256_hex(token):
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def openssl(cwd, *args):
+    subprocess.run(["openssl"] + list(args), cwd=cwd, check=True, capture_output=True)
+
+
+def make_ca(d, name):
+    openssl(d, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-nodes", "-days", "2", "-keyout", name + ".key", "-out", name + ".pem",
+            "-subj", "/CN=" + name)
+
+
+def make_leaf(d, ca, name, subject, san=""):
+    openssl(d, "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-keyout", name + ".key", "-out", name + ".csr", "-subj", subject)
+    with open(os.path.join(d, name + ".ext"), "w") as f:
+        f.write("subjectAltName=%s\n" % san if san else "")
+    openssl(d, "x509", "-req", "-in", name + ".csr", "-CA", ca + ".pem", "-CAkey", ca + ".key",
+            "-CAcreateserial", "-days", "2", "-out", name + ".pem", "-extfile", name + ".ext")
+
+
+def read(d, name):
+    with open(os.path.join(d, name), "rb") as f:
+        return f.read()
+
+
+def write_atomically(path, text):
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.rename(path + ".tmp", path)
+
+
+def wait_until(predicate, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return predicate()
+
+
+class Pki:
+    """CAs, the server's certificate (behind a directory symlink, like a Secret volume) and
+    client certificates, in a temp dir."""
+
+    def __init__(self, d):
+        self.d = d
+        make_ca(d, "ca1")
+        make_ca(d, "ca2")
+        for name, ca in (("server1", "ca1"), ("server2", "ca2")):
+            make_leaf(d, ca, name, "/CN=server", "DNS:localhost,IP:127.0.0.1")
+        make_leaf(d, "ca1", "carol", "/CN=carol")
+        make_leaf(d, "ca1", "dave", "/O=read/CN=dave")
+        make_leaf(d, "ca2", "eve", "/CN=eve")
+        for v, server in (("v1", "server1"), ("v2", "server2")):
+            os.mkdir(os.path.join(d, v))
+            shutil.copy(os.path.join(d, server + ".pem"), os.path.join(d, v, "tls.crt"))
+            shutil.copy(os.path.join(d, server + ".key"), os.path.join(d, v, "tls.key"))
+        os.symlink("v1", os.path.join(d, "current"))
+
+    def serve(self, version):
+        """Points `current` at v1 or v2 atomically (a Kubernetes Secret update)."""
+        os.symlink(version, os.path.join(self.d, "next"))
+        os.rename(os.path.join(self.d, "next"), os.path.join(self.d, "current"))
+
+    def credentials(self, ca, client=None):
+        if client is None:
+            return grpc.ssl_channel_credentials(root_certificates=read(self.d, ca + ".pem"))
+        return grpc.ssl_channel_credentials(root_certificates=read(self.d, ca + ".pem"),
+                                            private_key=read(self.d, client + ".key"),
+                                            certificate_chain=read(self.d, client + ".pem"))
+
+
+class Server:
+    def __init__(self, tmp, flags):
+        self.port, self.metrics_port, self.health_port = free_port(), free_port(), free_port()
+        self.log_path = os.path.join(tmp, "server-%d.log" % self.port)
+        self.log = open(self.log_path, "w")
+        cmd = [ARGS.server, "--model=" + ARGS.model, "--listen=127.0.0.1:%d" % self.port,
+               "--metrics_listen=127.0.0.1:%d" % self.metrics_port,
+               "--health_listen=127.0.0.1:%d" % self.health_port,
+               "--checkpoint_dir=" + os.path.join(tmp, "ckpt-%d" % self.port),
+               "--drain_timeout_s=2", "--checkpoint_on_shutdown=false"] + list(flags)
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        self.health = grpc.insecure_channel("127.0.0.1:%d" % self.health_port)
+        try:
+            grpc.channel_ready_future(self.health).result(timeout=60)
+        except grpc.FutureTimeoutError:
+            self.stop()
+            raise RuntimeError("server did not start:\n" + self.output())
+        # The health listener comes up with the main port; wait for SERVING.
+        check = self.health.unary_unary(HEALTH_CHECK)
+        if not wait_until(lambda: self._serving(check)):
+            raise RuntimeError("server never SERVING:\n" + self.output())
+
+    @staticmethod
+    def _serving(check):
+        try:
+            return check(b"", timeout=5) == SERVING
+        except grpc.RpcError:
+            return False
+
+    def output(self):
+        with open(self.log_path) as f:
+            return f.read()
+
+    def stop(self):
+        self.health.close()
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+def bearer(token):
+    return (("authorization", "Bearer " + token),)
+
+
+class AuthE2ETest(unittest.TestCase):
+    """TLS and bearer tokens; one server for the class (restarting LibTorch is slow)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="ttt-auth-e2e-")
+        cls.pki = Pki(cls.tmp)
+        cls.tokens = os.path.join(cls.tmp, "tokens")
+        write_atomically(cls.tokens, "\n".join([
+            "# tenant sha256(token) scope",
+            "alice %s write" % sha256_hex("alice-token"),
+            "alice %s read" % sha256_hex("alice-read-token"),
+            "bob %s" % sha256_hex("bob-token"),
+            "prometheus %s metrics" % sha256_hex("scrape-token"), ""]))
+        cls.server = Server(cls.tmp, [
+            "--tls_cert_file=" + os.path.join(cls.tmp, "current/tls.crt"),
+            "--tls_key_file=" + os.path.join(cls.tmp, "current/tls.key"),
+            "--tls_refresh_s=1", "--auth_tokens_file=" + cls.tokens, "--metrics_auth=true",
+            "--reflection=on"])
+        cls.channel = cls.secure_channel("ca1")
+        cls.stub = pb_grpc.TttServiceStub(cls.channel)
+        cls.info = cls.stub.GetServerInfo(pb.GetServerInfoRequest(), metadata=bearer("bob-token"),
+                                          timeout=30)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.channel.close()
+        cls.server.stop()
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    @classmethod
+    def secure_channel(cls, ca, client=None):
+        # A distinct channel argument keeps each channel on its own connection.
+        return grpc.secure_channel("localhost:%d" % cls.server.port,
+                                   cls.pki.credentials(ca, client),
+                                   options=[("ttt.test.channel", next(CHANNEL_IDS))])
+
+    def assertCode(self, call, code, fragment):
+        with self.assertRaises(grpc.RpcError) as cm:
+            call()
+        self.assertEqual(cm.exception.code(), code, cm.exception.details())
+        self.assertIn(fragment, cm.exception.details() or "")
+
+    def ids(self, n=40):
+        return [3 + (i * 7919) % (self.info.vocab_size - 3) for i in range(n)]
+
+    def test_tls_works_and_plaintext_to_the_tls_port_fails(self):
+        self.assertTrue(self.info.security.tls)
+        self.assertTrue(self.info.security.bearer_tokens)
+        self.assertTrue(self.info.security.authenticated)
+        plain = grpc.insecure_channel("127.0.0.1:%d" % self.server.port)
+        stub = pb_grpc.TttServiceStub(plain)
+        self.assertCode(lambda: stub.GetServerInfo(pb.GetServerInfoRequest(),
+                                                   metadata=bearer("bob-token"), timeout=10),
+                        grpc.StatusCode.UNAVAILABLE, "")
+        plain.close()
+
+    def test_each_token_reaches_only_its_tenant(self):
+        s = self.stub.CreateSession(pb.CreateSessionRequest(), metadata=bearer("alice-token"))
+        self.assertEqual(s.tenant, "alice")
+        mine = self.stub.ListSessions(pb.ListSessionsRequest(), metadata=bearer("alice-token"))
+        self.assertIn(s.session_id, [x.session_id for x in mine.sessions])
+        theirs = self.stub.ListSessions(pb.ListSessionsRequest(), metadata=bearer("bob-token"))
+        self.assertNotIn(s.session_id, [x.session_id for x in theirs.sessions])
+        self.assertCode(lambda: self.stub.GetSession(pb.GetSessionRequest(session_id=s.session_id),
+                                                     metadata=bearer("bob-token")),
+                        grpc.StatusCode.NOT_FOUND, s.session_id)
+        self.assertCode(lambda: self.stub.ListSessions(pb.ListSessionsRequest()),
+                        grpc.StatusCode.UNAUTHENTICATED, "missing credentials")
+        self.assertCode(lambda: self.stub.ListSessions(pb.ListSessionsRequest(),
+                                                       metadata=bearer("alice-tokem")),
+                        grpc.StatusCode.UNAUTHENTICATED, "unknown bearer token")
+
+    def test_read_scoped_token_cannot_ingest(self):
+        s = self.stub.CreateSession(pb.CreateSessionRequest(), metadata=bearer("alice-token"))
+        got = self.stub.GetSession(pb.GetSessionRequest(session_id=s.session_id),
+                                   metadata=bearer("alice-read-token"))
+        self.assertEqual(got.session_id, s.session_id)
+        requests = iter([pb.IngestRequest(session_id=s.session_id, token_ids=self.ids())])
+        self.assertCode(lambda: list(self.stub.Ingest(requests,
+                                                      metadata=bearer("alice-read-token"))),
+                        grpc.StatusCode.PERMISSION_DENIED,
+                        "may not call Ingest: it needs scope 'write'")
+        self.assertCode(lambda: list(self.stub.Generate(
+                            pb.GenerateRequest(session_id=s.session_id, max_tokens=2, commit=True),
+                            metadata=bearer("alice-read-token"))),
+                        grpc.StatusCode.PERMISSION_DENIED, "needs scope 'write'")
+
+    def test_tenant_header_cannot_override_the_credential(self):
+        md = bearer("alice-token") + (("x-tenant-id", "bob"),)
+        self.assertCode(lambda: self.stub.ListSessions(pb.ListSessionsRequest(), metadata=md),
+                        grpc.StatusCode.PERMISSION_DENIED,
+                        "x-tenant-id 'bob' does not match the credential's tenant 'alice'")
+        same = bearer("alice-token") + (("x-tenant-id", "alice"),)
+        self.stub.ListSessions(pb.ListSessionsRequest(), metadata=same)
+
+    def test_health_without_credentials_on_both_listeners(self):
+        main_check = self.channel.unary_unary(HEALTH_CHECK)
+        self.assertEqual(main_check(b"", timeout=10), SERVING)
+        health_check = self.server.health.unary_unary(HEALTH_CHECK)
+        self.assertEqual(health_check(b"", timeout=10), SERVING)
+        # The health listener serves nothing else, not even with a token.
+        stub = pb_grpc.TttServiceStub(self.server.health)
+        self.assertCode(lambda: stub.ListSessions(pb.ListSessionsRequest(),
+                                                  metadata=bearer("alice-token"), timeout=10),
+                        grpc.StatusCode.UNIMPLEMENTED, "")
+
+    def test_reflection_is_behind_authentication(self):
+        reflect = self.channel.stream_stream(
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo")
+        list_services = b"\x3a\x00"  # ServerReflectionRequest{list_services: ""}
+        self.assertCode(lambda: list(reflect(iter([list_services]), timeout=10)),
+                        grpc.StatusCode.UNAUTHENTICATED, "missing credentials")
+        answers = list(reflect(iter([list_services]), metadata=bearer("bob-token"), timeout=10))
+        self.assertIn(b"tttserve.v1.TttService", answers[0])
+
+    def test_metrics_want_their_token(self):
+        url = "http://127.0.0.1:%d/metrics" % self.server.metrics_port
+
+        def get(token=None):
+            req = urllib.request.Request(url)
+            if token:
+                req.add_header("Authorization", "Bearer " + token)
+            try:
+                with urllib.request.urlopen(req, timeout=10) as r:
+                    return r.status, r.read().decode()
+            except urllib.error.HTTPError as e:
+                return e.code, ""
+        self.assertEqual(get()[0], 401)
+        self.assertEqual(get("nope")[0], 401)
+        self.assertEqual(get("alice-token")[0], 403)  # a tenant's token does not see all tenants
+        status, text = get("scrape-token")
+        self.assertEqual(status, 200)
+        self.assertIn('tttserve_auth_failures_total{reason="unknown_token"}', text)
+        self.assertIn("tttserve_auth_enabled 1", text)
+
+    def test_rotations_take_effect_while_a_stream_stays_open(self):
+        s = self.stub.CreateSession(pb.CreateSessionRequest(), metadata=bearer("bob-token"))
+        # An Ingest stream opened before both rotations, fed one message at a time.
+        import queue
+        q = queue.Queue()
+
+        def requests():
+            while True:
+                item = q.get()
+                if item is None:
+                    return
+                yield item
+        stream = self.stub.Ingest(requests(), metadata=bearer("bob-token"))
+        q.put(pb.IngestRequest(session_id=s.session_id, token_ids=self.ids(8)))
+        self.assertEqual(next(stream).stream_tokens, 8)
+
+        # Token rotation: bob's old token revoked, a new one added, no restart.
+        with open(self.tokens) as f:
+            old = f.read()
+        write_atomically(self.tokens, old.replace(sha256_hex("bob-token"),
+                                                  sha256_hex("bob-token-2")))
+        self.assertTrue(wait_until(lambda: self._lists("bob-token-2")), self.server.output())
+        self.assertCode(lambda: self.stub.ListSessions(pb.ListSessionsRequest(),
+                                                       metadata=bearer("bob-token")),
+                        grpc.StatusCode.UNAUTHENTICATED, "unknown bearer token")
+
+        # Certificate rotation to one from ca2: new connections need ca2, no restart.
+        self.pki.serve("v2")
+        self.assertTrue(wait_until(lambda: self._lists("bob-token-2", ca="ca2")),
+                        self.server.output())
+
+        # The stream opened before both goes on.
+        q.put(pb.IngestRequest(token_ids=self.ids(8)))
+        self.assertEqual(next(stream).stream_tokens, 16)
+        q.put(None)
+        self.assertEqual(list(stream), [])
+        self.pki.serve("v1")
+        write_atomically(self.tokens, old)
+        self.assertTrue(wait_until(lambda: self._lists("bob-token", ca="ca1")))
+
+    def _lists(self, token, ca="ca1"):
+        channel = self.secure_channel(ca)
+        try:
+            pb_grpc.TttServiceStub(channel).ListSessions(pb.ListSessionsRequest(),
+                                                         metadata=bearer(token), timeout=5)
+            return True
+        except grpc.RpcError:
+            return False
+        finally:
+            channel.close()
+
+
+class MutualTlsE2ETest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="ttt-mtls-e2e-")
+        cls.pki = Pki(cls.tmp)
+        cls.server = Server(cls.tmp, [
+            "--tls_cert_file=" + os.path.join(cls.tmp, "server1.pem"),
+            "--tls_key_file=" + os.path.join(cls.tmp, "server1.key"),
+            "--tls_client_ca_file=" + os.path.join(cls.tmp, "ca1.pem")])
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.stop()
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def stub(self, client):
+        channel = grpc.secure_channel("localhost:%d" % self.server.port,
+                                      self.pki.credentials("ca1", client),
+                                      options=[("ttt.test.channel", next(CHANNEL_IDS))])
+        self.addCleanup(channel.close)
+        return pb_grpc.TttServiceStub(channel)
+
+    def test_tenant_from_the_certificate_common_name(self):
+        s = self.stub("carol").CreateSession(pb.CreateSessionRequest(), timeout=10)
+        self.assertEqual(s.tenant, "carol")
+        info = self.stub("carol").GetServerInfo(pb.GetServerInfoRequest(), timeout=10)
+        self.assertTrue(info.security.client_certificates)
+        with self.assertRaises(grpc.RpcError) as cm:  # O=read: a read-only certificate
+            self.stub("dave").CreateSession(pb.CreateSessionRequest(), timeout=10)
+        self.assertEqual(cm.exception.code(), grpc.StatusCode.PERMISSION_DENIED)
+
+    def test_refuses_no_certificate_and_another_ca(self):
+        for client in (None, "eve"):
+            with self.assertRaises(grpc.RpcError) as cm:
+                self.stub(client).ListSessions(pb.ListSessionsRequest(), timeout=10)
+            self.assertEqual(cm.exception.code(), grpc.StatusCode.UNAVAILABLE, client)
+
+
+class NoAuthE2ETest(unittest.TestCase):
+    def test_runs_unauthenticated_and_says_so(self):
+        tmp = tempfile.mkdtemp(prefix="ttt-noauth-e2e-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        server = Server(tmp, [])
+        self.addCleanup(server.stop)
+        channel = grpc.insecure_channel("127.0.0.1:%d" % server.port)
+        self.addCleanup(channel.close)
+        info = pb_grpc.TttServiceStub(channel).GetServerInfo(pb.GetServerInfoRequest(),
+                                                             timeout=30)
+        self.assertFalse(info.security.authenticated)
+        self.assertFalse(info.security.tls)
+        self.assertIn("WARNING: no authentication", server.output())
+        with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % server.metrics_port,
+                                    timeout=10) as r:
+            self.assertIn("tttserve_auth_enabled 0", r.read().decode())
+
+
+def main():
+    global ARGS, pb, pb_grpc, grpc
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--server", required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--proto", required=True)
+    ARGS, rest = parser.parse_known_args()
+    stubs = tempfile.mkdtemp(prefix="ttt-stubs-")
+    generate_stubs(ARGS.proto, stubs)
+    import grpc as grpc_mod
+    from tttserve.v1 import ttt_service_pb2, ttt_service_pb2_grpc
+    grpc, pb, pb_grpc = grpc_mod, ttt_service_pb2, ttt_service_pb2_grpc
+    unittest.main(argv=[sys.argv[0]] + rest, verbosity=2)
+
+
+if __name__ == "__main__":
+    main()

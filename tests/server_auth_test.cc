@@ -1,0 +1,143 @@
+// The server's security flags on the real server (golden llama fixture from TTT_GOLDEN_DIR):
+// combinations that cannot work refused at start with the flag named, the plaintext health-only
+// listener, and tokens naming the tenant of the real service's calls. TLS end to end with the
+// real binary: tests/e2e/auth_e2e_test.py.
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <string>
+
+#include <gmock/gmock.h>
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "server/server.h"
+#include "util/sha256.h"
+#include "tttserve/v1/ttt_service.grpc.pb.h"
+
+namespace ttt::server {
+namespace {
+
+namespace fs = std::filesystem;
+namespace pb = tttserve::v1;
+using ::testing::HasSubstr;
+
+fs::path GoldenLlama() {
+  const char* dir = std::getenv("TTT_GOLDEN_DIR");
+  return (dir ? fs::path(dir) : fs::path("golden")) / "llama";
+}
+
+class ServerAuthTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() /
+           ("ttt-server-auth-test-" + std::to_string(::getpid()) + "-" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    options_.model_dir = GoldenLlama().string();
+    options_.listen = "127.0.0.1:0";
+    options_.metrics_listen = "";
+    options_.checkpoint_dir = (dir_ / "ckpt").string();
+    options_.drain_timeout_s = 2;
+    options_.checkpoint_on_shutdown = false;
+    tokens_ = (dir_ / "tokens").string();
+    std::ofstream(tokens_) << "alice " << util::Sha256Hex("alice-token") << "\n"
+                           << "alice " << util::Sha256Hex("alice-read") << " read\n"
+                           << "bob " << util::Sha256Hex("bob-token") << "\n";
+  }
+  void TearDown() override {
+    server_.reset();
+    fs::remove_all(dir_);
+  }
+  void ExpectRefused(absl::StatusCode code, const std::string& fragment) {
+    auto s = Server::Start(options_);
+    ASSERT_FALSE(s.ok());
+    EXPECT_EQ(s.status().code(), code) << s.status();
+    EXPECT_THAT(std::string(s.status().message()), HasSubstr(fragment));
+  }
+
+  fs::path dir_;
+  std::string tokens_;
+  ServerOptions options_;
+  std::unique_ptr<Server> server_;
+};
+
+TEST_F(ServerAuthTest, RefusesSecurityFlagsThatCannotWork) {
+  ServerOptions base = options_;
+  options_.tls_cert_file = (dir_ / "cert.pem").string();
+  ExpectRefused(absl::StatusCode::kInvalidArgument,
+                "--tls_cert_file and --tls_key_file go together");
+  options_ = base;
+  options_.tls_client_ca_file = (dir_ / "ca.pem").string();
+  ExpectRefused(absl::StatusCode::kInvalidArgument, "--tls_client_ca_file (mutual TLS) needs");
+  options_ = base;
+  options_.metrics_auth = true;
+  ExpectRefused(absl::StatusCode::kInvalidArgument, "--metrics_auth checks bearer tokens");
+  options_ = base;
+  options_.reflection = "yes";
+  ExpectRefused(absl::StatusCode::kInvalidArgument, "--reflection=yes: must be auto, on or off");
+  options_ = base;
+  options_.auth_tokens_file = tokens_;
+  options_.reflection = "on";
+  ExpectRefused(absl::StatusCode::kInvalidArgument,
+                "--reflection=on cannot be put behind bearer tokens on a plaintext port");
+  options_ = base;
+  options_.auth_tokens_file = (dir_ / "missing").string();
+  ExpectRefused(absl::StatusCode::kNotFound, "cannot read the tokens file");
+  options_ = base;
+  std::ofstream(dir_ / "bad-tokens") << "# ok\nal/ice " << std::string(64, 'a') << "\n";
+  options_.auth_tokens_file = (dir_ / "bad-tokens").string();
+  ExpectRefused(absl::StatusCode::kInvalidArgument, "bad-tokens:2: tenant id (x-tenant-id)");
+  options_ = base;
+  options_.tls_cert_file = tokens_;
+  options_.tls_key_file = tokens_;
+  ExpectRefused(absl::StatusCode::kInvalidArgument, "not a PEM file");
+}
+
+TEST_F(ServerAuthTest, HealthListenerServesOnlyHealth) {
+  options_.health_listen = "127.0.0.1:0";
+  auto s = Server::Start(options_);
+  ASSERT_TRUE(s.ok()) << s.status();
+  server_ = std::move(*s);
+  ASSERT_GT(server_->health_port(), 0);
+  auto channel = grpc::CreateChannel("127.0.0.1:" + std::to_string(server_->health_port()),
+                                     grpc::InsecureChannelCredentials());
+  auto health = grpc::health::v1::Health::NewStub(channel);
+  for (const char* service : {"", "tttserve.v1.TttService"}) {
+    grpc::ClientContext ctx;
+    grpc::health::v1::HealthCheckRequest req;
+    req.set_service(service);
+    grpc::health::v1::HealthCheckResponse resp;
+    ASSERT_TRUE(health->Check(&ctx, req, &resp).ok()) << service;
+    EXPECT_EQ(resp.status(), grpc::health::v1::HealthCheckResponse::SERVING);
+  }
+  auto stub = pb::TttService::NewStub(channel);
+  grpc::ClientContext ctx;
+  pb::ListSessionsResponse list;
+  grpc::Status st = stub->ListSessions(&ctx, pb::ListSessionsRequest(), &list);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::UNIMPLEMENTED);
+  EXPECT_THAT(st.error_message(), HasSubstr("this port serves only grpc.health.v1"));
+
+  server_->Shutdown();  // the listener reports NOT_SERVING while the gRPC port drains, then goes
+  grpc::ClientContext after;
+  after.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  grpc::health::v1::HealthCheckResponse resp;
+  EXPECT_FALSE(health->Check(&after, grpc::health::v1::HealthCheckRequest(), &resp).ok());
+}
+
+TEST_F(ServerAuthTest, HealthListenerAddressInUseIsRefused) {
+  options_.health_listen = "127.0.0.1:0";
+  auto first = Server::Start(options_);
+  ASSERT_TRUE(first.ok()) << first.status();
+  options_.health_listen = "127.0.0.1:" + std::to_string((*first)->health_port());
+  ExpectRefused(absl::StatusCode::kFailedPrecondition, "cannot listen on --health_listen=");
+}
+
+}  // namespace
+}  // namespace ttt::server

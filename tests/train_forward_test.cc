@@ -1,0 +1,144 @@
+// The batched training forward (engine/train_forward.h) is the serving path's function: its
+// log-probs match Model::Ingest on fresh streams in every layout it has a separate branch for
+// (sliding window shorter and longer than the sequence, both TTT targets, update clipping, a
+// trailing partial chunk, grouped-query attention, Qwen3's q/k norm and biases), and gradients
+// reach every weight, the TTT ones included.
+#include "engine/train_forward.h"
+
+#include <gtest/gtest.h>
+
+#include <random>
+
+#include "engine/model.h"
+
+namespace ttt::engine {
+namespace {
+
+ModelConfig Config() {
+  ModelConfig c;
+  c.vocab_size = 41;
+  c.hidden_size = 16;
+  c.intermediate_size = 24;
+  c.num_hidden_layers = 3;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 2;
+  c.head_dim = 4;
+  c.rms_norm_eps = 1e-5;
+  c.ttt_mode = true;
+  c.ttt_layers = {0, 2};
+  c.ttt_lr = 0.7;
+  c.ttt_chunk = 5;
+  return c;
+}
+
+std::unique_ptr<Model> Make(const ModelConfig& c) {
+  at::manual_seed(3);
+  const int64_t d = c.hidden_size, f = c.intermediate_size, q = c.num_attention_heads * c.head_dim,
+                kv = c.num_key_value_heads * c.head_dim;
+  auto rnd = [](std::vector<int64_t> shape, double scale) { return at::randn(shape) * scale; };
+  NamedTensors w{{"model.embed_tokens.weight", rnd({c.vocab_size, d}, 1.0)},
+                 {"model.norm.weight", 1 + rnd({d}, 0.1)},
+                 {"lm_head.weight", rnd({c.vocab_size, d}, 0.3)}};
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    w.emplace_back(p + "input_layernorm.weight", 1 + rnd({d}, 0.1));
+    w.emplace_back(p + "post_attention_layernorm.weight", 1 + rnd({d}, 0.1));
+    w.emplace_back(p + "self_attn.q_proj.weight", rnd({q, d}, 0.3));
+    w.emplace_back(p + "self_attn.k_proj.weight", rnd({kv, d}, 0.3));
+    w.emplace_back(p + "self_attn.v_proj.weight", rnd({kv, d}, 0.3));
+    w.emplace_back(p + "self_attn.o_proj.weight", rnd({d, q}, 0.3));
+    if (c.attention_bias) {
+      w.emplace_back(p + "self_attn.q_proj.bias", rnd({q}, 0.1));
+      w.emplace_back(p + "self_attn.k_proj.bias", rnd({kv}, 0.1));
+      w.emplace_back(p + "self_attn.v_proj.bias", rnd({kv}, 0.1));
+    }
+    if (c.qk_norm) {
+      w.emplace_back(p + "self_attn.q_norm.weight", 1 + rnd({c.head_dim}, 0.1));
+      w.emplace_back(p + "self_attn.k_norm.weight", 1 + rnd({c.head_dim}, 0.1));
+    }
+    w.emplace_back(p + "mlp.gate_proj.weight", rnd({f, d}, 0.3));
+    w.emplace_back(p + "mlp.up_proj.weight", rnd({f, d}, 0.3));
+    w.emplace_back(p + "mlp.down_proj.weight", rnd({d, f}, 0.3));
+    if (c.IsTttLayer(l)) {
+      w.emplace_back(p + "mlp.ttt_conv.weight", rnd({d, 1, 5}, 0.4));
+      w.emplace_back(p + "mlp.ttt_proj.weight", rnd({d, d}, 0.3));
+    }
+  }
+  auto model = Model::FromWeights(c, w);
+  EXPECT_TRUE(model.ok()) << model.status();
+  return std::move(model).value();
+}
+
+// Max |log p(train forward) - log p(Ingest)| over every predicted token of a [B, T] batch.
+double MaxGapToIngest(const Model& model, int64_t batch, int64_t length) {
+  std::mt19937 rng(11);
+  at::Tensor ids = at::empty({batch, length}, at::kLong);
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t t = 0; t < length; ++t) ids[b][t] = static_cast<int64_t>(rng() % 41);
+  }
+  at::Tensor logp = at::log_softmax(model.ForwardTrain(ids), -1);
+  EXPECT_EQ(logp.sizes().vec(), (std::vector<int64_t>{batch, length, 41}));
+  double gap = 0;
+  for (int64_t b = 0; b < batch; ++b) {
+    SequenceState state = model.NewSequence();
+    std::vector<IngestItem> items(1);
+    items[0].state = &state;
+    for (int64_t t = 0; t < length; ++t) items[0].tokens.push_back(ids[b][t].item<int32_t>());
+    auto lps = model.Ingest(absl::MakeSpan(items));
+    EXPECT_TRUE(lps.ok()) << lps.status();
+    for (int64_t t = 1; t < length; ++t) {
+      const double train = logp[b][t - 1][ids[b][t].item<int64_t>()].item<double>();
+      gap = std::max(gap, std::abs(train - (*lps)[0][t]));
+    }
+  }
+  return gap;
+}
+
+TEST(TrainForwardTest, MatchesIngestWithAWindowShorterThanTheSequence) {
+  ModelConfig c = Config();
+  c.sliding_window = 7;  // blocked path, 37 tokens = 6 blocks (the last partial)
+  EXPECT_LT(MaxGapToIngest(*Make(c), 3, 37), 2e-5);
+}
+
+TEST(TrainForwardTest, MatchesIngestWithFullAttentionAndAWindowLongerThanTheSequence) {
+  ModelConfig c = Config();
+  EXPECT_LT(MaxGapToIngest(*Make(c), 2, 23), 2e-5);
+  c.sliding_window = 64;
+  EXPECT_LT(MaxGapToIngest(*Make(c), 2, 23), 2e-5);
+}
+
+TEST(TrainForwardTest, MatchesIngestWithClippingHiddenStateTargetQwenLayout) {
+  ModelConfig c = Config();
+  c.model_type = "qwen3";
+  c.qk_norm = true;
+  c.attention_bias = true;
+  c.sliding_window = 6;
+  c.ttt_target = TttTarget::kHiddenStates;
+  c.ttt_clip = 0.05;  // far below these updates' norms: every chunk is clipped
+  auto clipped = Make(c);
+  const double gap = MaxGapToIngest(*clipped, 2, 32);
+  EXPECT_LT(gap, 2e-5);
+  c.ttt_clip = 0;
+  auto unclipped = Make(c);
+  at::Tensor ids = at::arange(32, at::kLong).remainder(41).view({1, 32});
+  EXPECT_GT((clipped->ForwardTrain(ids) - unclipped->ForwardTrain(ids)).abs().max().item<double>(),
+            1e-3)
+      << "the clip is applied";
+}
+
+TEST(TrainForwardTest, GradientsReachEveryWeight) {
+  ModelConfig c = Config();
+  c.sliding_window = 4;
+  c.ttt_clip = 0.5;
+  auto model = Make(c);
+  for (auto& [name, t] : model->NamedWeights()) t.requires_grad_(true);
+  at::Tensor ids = at::arange(30, at::kLong).remainder(41).view({2, 15});
+  model->ForwardTrain(ids).logsumexp(-1).sum().backward();
+  for (auto& [name, t] : model->NamedWeights()) {
+    ASSERT_TRUE(t.grad().defined()) << name;
+    EXPECT_GT(t.grad().abs().sum().item<double>(), 0) << name;
+  }
+}
+
+}  // namespace
+}  // namespace ttt::engine

@@ -1,0 +1,125 @@
+// train/: the trainer's checkpoint helpers (Status-returning, progress as JSON) and the layout of
+// its re-reading windows.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <random>
+
+#include "train/checkpoint.h"
+#include "train/common.h"
+
+namespace ttt::train {
+namespace {
+
+namespace fs = std::filesystem;
+
+fs::path TempDir(const std::string& name) {
+  fs::path dir = fs::temp_directory_path() / ("train_test_" + name + "_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return dir;
+}
+
+TEST(CheckpointTest, ProgressRoundTripsThroughJson) {
+  Progress p;
+  p.step = 123;
+  p.tokens = 4567890123;
+  p.elapsed_s = 98.5;
+  p.best_val = 4.75;
+  auto back = ProgressFromJson(ProgressToJson(p), "progress.json");
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->step, 123);
+  EXPECT_EQ(back->tokens, 4567890123);
+  EXPECT_DOUBLE_EQ(back->elapsed_s, 98.5);
+  EXPECT_DOUBLE_EQ(back->best_val, 4.75);
+}
+
+TEST(CheckpointTest, BadProgressSaysWhatIsWrong) {
+  auto not_json = ProgressFromJson("{step: 1", "ckpt/progress.json");
+  EXPECT_EQ(not_json.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(not_json.status().message().find("ckpt/progress.json: not a JSON object"),
+            std::string::npos);
+  auto missing = ProgressFromJson(R"({"step": 1, "tokens": 2, "elapsed_s": 3})", "p.json");
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(missing.status().message().find("\"best_val\" is missing or not a number"),
+            std::string::npos);
+  auto mistyped = ProgressFromJson(
+      R"({"step": "1", "tokens": 2, "elapsed_s": 3, "best_val": 4})", "p.json");
+  EXPECT_NE(mistyped.status().message().find("\"step\" is missing or not a number"),
+            std::string::npos);
+}
+
+TEST(CheckpointTest, ReadFileAndSyncDirReportFailures) {
+  const fs::path dir = TempDir("io");
+  auto missing = ReadFile(dir / "nope.json");
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_NE(missing.status().message().find("nope.json"), std::string::npos);
+  std::ofstream(dir / "a.txt") << "hello";
+  auto text = ReadFile(dir / "a.txt");
+  ASSERT_TRUE(text.ok()) << text.status();
+  EXPECT_EQ(*text, "hello");
+  EXPECT_TRUE(SyncDir(dir).ok());
+  const absl::Status gone = SyncDir(dir / "missing");
+  EXPECT_EQ(gone.code(), absl::StatusCode::kInternal);
+  EXPECT_NE(gone.message().find("missing"), std::string::npos);
+  fs::remove_all(dir);
+}
+
+TEST(CheckpointTest, SavedCheckpointLoadsBackWithItsOptimizer) {
+  const fs::path work = TempDir("ckpt");
+  FreshModelSpec spec;
+  spec.vocab_size = 300;
+  spec.hidden_size = 16;
+  spec.intermediate_size = 24;
+  spec.layers = 2;
+  spec.ttt_layers = {1};
+  spec.ttt_chunk = 8;
+  const engine::ModelConfig config = MakeConfig(spec);
+  auto model = engine::Model::FromWeights(config, InitWeights(config, 5));
+  ASSERT_TRUE(model.ok()) << model.status();
+  std::vector<torch::Tensor> params;
+  for (auto& [name, t] : (*model)->NamedWeights()) params.push_back(t.requires_grad_(true));
+  torch::optim::AdamW opt(params, torch::optim::AdamWOptions(1e-3));
+  Progress p;
+  p.step = 7;
+  EXPECT_TRUE(FindCheckpoint(work).empty());
+  ASSERT_TRUE(SaveCheckpoint(work, config, **model, opt, p).ok());
+  ASSERT_EQ(FindCheckpoint(work), work / "ckpt");
+  auto loaded = LoadCheckpoint(work / "ckpt");
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ(loaded->progress.step, 7);
+  EXPECT_EQ(loaded->config.ttt_layers, (std::vector<int64_t>{1}));
+  EXPECT_EQ(loaded->weights.size(), (*model)->NamedWeights().size());
+  EXPECT_TRUE(LoadOptimizer(work / "ckpt", opt).ok());
+  std::ofstream(work / "ckpt" / "optimizer.pt") << "garbage";
+  const absl::Status bad = LoadOptimizer(work / "ckpt", opt);
+  EXPECT_EQ(bad.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.message().find("loading optimizer state"), std::string::npos);
+  fs::remove_all(work);
+}
+
+TEST(TrainDataTest, RereadWindowsRepeatTheDocumentStart) {
+  Corpus corpus;
+  for (int d = 0; d < 3; ++d) {
+    std::vector<int32_t> doc;
+    for (int i = 0; i < 40; ++i) doc.push_back(100 * (d + 1) + i);
+    corpus.docs.push_back(doc);
+    corpus.total_tokens += 40;
+  }
+  std::mt19937_64 rng(3);
+  at::Tensor x = SampleRereadWindows(corpus, 4, 32, 8, /*bos=*/1, /*eos=*/2, rng);
+  ASSERT_EQ(x.sizes().vec(), (std::vector<int64_t>{4, 32}));
+  for (int64_t b = 0; b < 4; ++b) {
+    EXPECT_EQ(x[b][0].item<int64_t>(), 1) << "starts like a session: bos";
+    const int64_t first = x[b][1].item<int64_t>();
+    EXPECT_EQ(first % 100, 0) << "then the document's first token";
+    for (int64_t i = 0; i < 8; ++i) {
+      EXPECT_EQ(x[b][24 + i].item<int64_t>(), x[b][1 + i].item<int64_t>()) << "re-read " << i;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace ttt::train

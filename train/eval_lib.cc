@@ -1,0 +1,263 @@
+#include "train/eval_lib.h"
+
+#include <c10/core/InferenceMode.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <random>
+
+#include "absl/strings/str_cat.h"
+#include "engine/safetensors.h"
+#include "engine/status_macros.h"
+
+namespace ttt::train {
+
+namespace fs = std::filesystem;
+using engine::IngestItem;
+using engine::Model;
+using engine::SequenceState;
+
+absl::StatusOr<std::unique_ptr<Model>> LoadVariant(const VariantSpec& spec) {
+  ASSIGN_OR_RETURN(engine::ModelConfig config, engine::LoadModelConfig(spec.dir));
+  if (spec.clip) config.ttt_clip = *spec.clip;
+  ASSIGN_OR_RETURN(auto store, engine::WeightStore::Open(spec.dir));
+  engine::NamedTensors weights;
+  for (const std::string& name : store->Names()) {
+    ASSIGN_OR_RETURN(at::Tensor t, store->Load(name));
+    weights.emplace_back(name, std::move(t));
+  }
+  engine::ModelOptions options;
+  options.ttt_lr = spec.eta;
+  return Model::FromWeights(std::move(config), weights, options);
+}
+
+void PositionLoss::Add(int64_t pos, double nll) {
+  if (pos >= static_cast<int64_t>(sum.size())) {
+    sum.resize(pos + 1, 0.0);
+    count.resize(pos + 1, 0);
+  }
+  sum[pos] += nll;
+  count[pos] += 1;
+}
+
+double PositionLoss::Mean(int64_t begin, int64_t end) const {
+  double s = 0;
+  int64_t n = 0;
+  for (int64_t p = std::max<int64_t>(0, begin); p < std::min<int64_t>(end, sum.size()); ++p) {
+    s += sum[p];
+    n += count[p];
+  }
+  return n > 0 ? s / n : std::numeric_limits<double>::quiet_NaN();
+}
+
+namespace {
+
+int64_t Bos(const Model& model) {
+  return model.config().bos_token_id >= 0 ? model.config().bos_token_id : 1;
+}
+
+// One session's input: its tokens and where each document starts in them.
+struct Stream {
+  std::vector<int32_t> tokens;
+  std::vector<int64_t> doc_starts;  // ascending; doc_starts[0] = 0
+  int64_t DocEnd(int64_t pos) const {  // end of the document holding `pos`
+    auto it = std::upper_bound(doc_starts.begin(), doc_starts.end(), pos);
+    return it == doc_starts.end() ? static_cast<int64_t>(tokens.size()) : *it;
+  }
+  int64_t DocStart(int64_t pos) const {
+    return *(std::upper_bound(doc_starts.begin(), doc_starts.end(), pos) - 1);
+  }
+};
+
+std::vector<Stream> MakeStreams(const Corpus& docs, int64_t min_stream, int32_t bos) {
+  std::vector<Stream> streams(1);
+  for (const auto& d : docs.docs) {
+    if (static_cast<int64_t>(streams.back().tokens.size()) >= min_stream) streams.emplace_back();
+    Stream& s = streams.back();
+    s.doc_starts.push_back(static_cast<int64_t>(s.tokens.size()));
+    s.tokens.push_back(bos);
+    s.tokens.insert(s.tokens.end(), d.begin(), d.end());
+  }
+  // A last stream shorter than the others joins the one before it.
+  if (streams.size() > 1 && static_cast<int64_t>(streams.back().tokens.size()) < min_stream) {
+    Stream last = std::move(streams.back());
+    streams.pop_back();
+    Stream& s = streams.back();
+    const int64_t shift = static_cast<int64_t>(s.tokens.size());
+    for (int64_t start : last.doc_starts) s.doc_starts.push_back(start + shift);
+    s.tokens.insert(s.tokens.end(), last.tokens.begin(), last.tokens.end());
+  }
+  return streams;
+}
+
+// Feeds `tokens` into `states` (in parallel, ragged) in pieces of `piece` and calls
+// on_logprob(item, index, logprob) for each scored token (every one but a stream's first).
+template <typename F>
+absl::Status FeedAll(const Model& model, std::vector<SequenceState*> states,
+                     const std::vector<std::vector<int32_t>>& tokens, int64_t piece, F on_logprob) {
+  std::vector<size_t> done(states.size(), 0);
+  while (true) {
+    std::vector<IngestItem> items;
+    std::vector<size_t> owner;
+    for (size_t i = 0; i < states.size(); ++i) {
+      if (done[i] >= tokens[i].size()) continue;
+      const size_t take = std::min<size_t>(piece, tokens[i].size() - done[i]);
+      items.push_back({states[i], {tokens[i].begin() + done[i], tokens[i].begin() + done[i] + take}});
+      owner.push_back(i);
+    }
+    if (items.empty()) return absl::OkStatus();
+    ASSIGN_OR_RETURN(auto lps, model.Ingest(absl::MakeSpan(items)));
+    for (size_t k = 0; k < items.size(); ++k) {
+      for (size_t j = 0; j < lps[k].size(); ++j) {
+        if (!std::isnan(lps[k][j])) on_logprob(owner[k], done[owner[k]] + j, lps[k][j]);
+      }
+      done[owner[k]] += items[k].tokens.size();
+    }
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<StreamResult> ScoreStreams(const Model& model, const Corpus& docs,
+                                          int64_t min_stream, bool reset_at_document_end,
+                                          int64_t piece) {
+  c10::InferenceMode guard;
+  const std::vector<Stream> streams = MakeStreams(docs, min_stream, static_cast<int32_t>(Bos(model)));
+  std::vector<SequenceState> states;
+  for (size_t i = 0; i < streams.size(); ++i) states.push_back(model.NewSequence());
+  std::vector<int64_t> at(streams.size(), 0);
+  StreamResult r;
+  while (true) {
+    std::vector<IngestItem> items;
+    std::vector<size_t> owner;
+    for (size_t i = 0; i < streams.size(); ++i) {
+      const Stream& s = streams[i];
+      if (at[i] >= static_cast<int64_t>(s.tokens.size())) continue;
+      const int64_t end = std::min(at[i] + piece, s.DocEnd(at[i]));
+      items.push_back({&states[i], {s.tokens.begin() + at[i], s.tokens.begin() + end}});
+      owner.push_back(i);
+    }
+    if (items.empty()) break;
+    ASSIGN_OR_RETURN(auto lps, model.Ingest(absl::MakeSpan(items)));
+    for (size_t k = 0; k < items.size(); ++k) {
+      const size_t i = owner[k];
+      const Stream& s = streams[i];
+      for (size_t j = 0; j < lps[k].size(); ++j) {
+        const int64_t pos = at[i] + static_cast<int64_t>(j);
+        if (std::isnan(lps[k][j]) || pos == s.DocStart(pos)) continue;  // a document's bos
+        r.by_stream_position.Add(pos, -lps[k][j]);
+        r.by_document_position.Add(pos - s.DocStart(pos), -lps[k][j]);
+      }
+      at[i] += static_cast<int64_t>(items[k].tokens.size());
+      if (reset_at_document_end && at[i] == s.DocEnd(at[i] - 1)) model.Reset(states[i]);
+    }
+  }
+  r.delta_norms_end = states[0].DeltaNorms();
+  return r;
+}
+
+absl::StatusOr<RereadResult> ScoreReread(const Model& model, const Corpus& docs, int64_t num_docs,
+                                         int64_t length, int64_t others, int64_t piece) {
+  c10::InferenceMode guard;
+  const int32_t bos = static_cast<int32_t>(Bos(model));
+  const int64_t n = std::min<int64_t>(num_docs, docs.docs.size());
+  RereadResult r;
+  r.docs = n;
+  r.others = others;
+  auto doc = [&](int64_t i) -> const std::vector<int32_t>& { return docs.docs[i % docs.docs.size()]; };
+  auto head = [&](int64_t i) {
+    const auto& d = doc(i);
+    return std::vector<int32_t>(d.begin(), d.begin() + std::min<int64_t>(length, d.size()));
+  };
+  // Sum of the losses of targets 1.. of the last `head` fed to each state.
+  auto score_heads = [&](std::vector<SequenceState>& states, bool with_bos) -> absl::StatusOr<double> {
+    std::vector<SequenceState*> ptrs;
+    std::vector<std::vector<int32_t>> tokens;
+    for (int64_t i = 0; i < n; ++i) {
+      ptrs.push_back(&states[i]);
+      std::vector<int32_t> t = head(i);
+      if (with_bos) t.insert(t.begin(), bos);
+      tokens.push_back(std::move(t));
+    }
+    const int64_t skip = with_bos ? 2 : 1;  // bos and the head's first token are not compared
+    double sum = 0;
+    int64_t count = 0;
+    RETURN_IF_ERROR(FeedAll(model, ptrs, tokens, piece, [&](size_t, size_t j, float lp) {
+      if (static_cast<int64_t>(j) >= skip) {
+        sum -= lp;
+        ++count;
+      }
+    }));
+    return sum / std::max<int64_t>(1, count);
+  };
+  auto read_docs = [&](std::vector<SequenceState>& states, int64_t count) -> absl::Status {
+    for (int64_t k = 0; k < count; ++k) {
+      std::vector<SequenceState*> ptrs;
+      std::vector<std::vector<int32_t>> tokens;
+      for (int64_t i = 0; i < n; ++i) {
+        ptrs.push_back(&states[i]);
+        std::vector<int32_t> t = {bos};
+        const auto& d = doc(i + k * 7);  // the document, then others (stride 7: another genre)
+        t.insert(t.end(), d.begin(), d.end());
+        tokens.push_back(std::move(t));
+      }
+      RETURN_IF_ERROR(FeedAll(model, ptrs, tokens, piece, [](size_t, size_t, float) {}));
+    }
+    return absl::OkStatus();
+  };
+  auto fresh = [&] {
+    std::vector<SequenceState> s;
+    for (int64_t i = 0; i < n; ++i) s.push_back(model.NewSequence());
+    return s;
+  };
+  {
+    auto states = fresh();
+    ASSIGN_OR_RETURN(r.first, score_heads(states, /*with_bos=*/true));
+  }
+  {
+    auto states = fresh();
+    RETURN_IF_ERROR(read_docs(states, 1));
+    ASSIGN_OR_RETURN(r.after_doc, score_heads(states, /*with_bos=*/false));
+  }
+  if (others > 0) {
+    auto states = fresh();
+    RETURN_IF_ERROR(read_docs(states, 1 + others));
+    ASSIGN_OR_RETURN(r.after_others, score_heads(states, /*with_bos=*/false));
+  }
+  return r;
+}
+
+RecallResult ScoreRecall(const Model& model, const Corpus& filler, int64_t episodes) {
+  c10::InferenceMode guard;
+  RecallSpec spec;
+  const auto window = model.attention_window();
+  spec.window = window ? *window : 64;
+  spec.chunk = model.config().ttt_chunk > 0 ? model.config().ttt_chunk : 64;
+  std::mt19937_64 rng(2026);  // the same episodes for every model
+  int64_t hits = 0, total = 0;
+  double loss = 0;
+  for (int64_t done = 0; done < episodes; done += 32) {
+    const int64_t n = std::min<int64_t>(32, episodes - done);
+    std::vector<RecallEpisode> eps;
+    std::vector<int64_t> flat;
+    for (int64_t i = 0; i < n; ++i) {
+      eps.push_back(MakeRecallEpisode(spec, filler, Bos(model), rng));
+      flat.insert(flat.end(), eps.back().tokens.begin(), eps.back().tokens.end());
+    }
+    // The batched training forward computes what Ingest does (tests/train_forward_test.cc).
+    at::Tensor x = at::tensor(flat, at::kLong).view({n, -1});
+    at::Tensor logp = at::log_softmax(model.ForwardTrain(x).to(at::kFloat), -1);
+    at::Tensor pred = logp.argmax(-1);
+    for (int64_t i = 0; i < n; ++i) {
+      for (int64_t t : eps[i].value_positions) {
+        hits += pred[i][t - 1].item<int64_t>() == eps[i].tokens[t];
+        loss -= logp[i][t - 1][eps[i].tokens[t]].item<double>();
+        ++total;
+      }
+    }
+  }
+  return {static_cast<double>(hits) / total, loss / total};
+}
+
+}  // namespace ttt::train
