@@ -325,7 +325,10 @@ class SessionManager {
   absl::StatusOr<int64_t> LeaseNewLocked(const std::string& tenant, const std::string& id);
   // Forgets a session whose lease this replica lost, leaving its files to the new owner.
   void Disown(const std::shared_ptr<Session>& s, const absl::Status& why);
+  // Renews this replica's leases; hands over idle sessions another replica asked for.
   void RenewLeases();
+  // Queues on the engine: writes an idle session to the store, releases its lease, forgets it.
+  void HandOver(const std::shared_ptr<Session>& s);
   void WriteBehind();
 
   const engine::Model* model_;

@@ -49,13 +49,23 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::Adopt(const std::string
   if (!store_->HasSession(tenant, id)) {
     auto lease = leases_->Read(tenant, id);
     if (lease.ok() && leases_->HeldElsewhere(tenant, id)) {
+      leases_->RequestHandover(tenant, id);
       return absl::UnavailableError(absl::StrCat(
           "session ", Quote(id), " lives on replica ", Quote(lease->owner),
-          " and is not in the shared store yet; retry (the proxy routes it to its owner)"));
+          " and is not in the shared store yet; asked it to hand the session over, retry"));
     }
     return absl::NotFoundError("not in the store");
   }
-  ASSIGN_OR_RETURN(const int64_t generation, leases_->Acquire(tenant, id));
+  auto acquired = leases_->Acquire(tenant, id);
+  if (absl::IsUnavailable(acquired.status())) {
+    // The proxy sends the session's calls here now: its owner hands it over once idle.
+    leases_->RequestHandover(tenant, id);
+    return absl::UnavailableError(absl::StrCat(acquired.status().message(),
+                                               " (asked it to hand the session over)"));
+  }
+  if (!acquired.ok()) return acquired.status();
+  const int64_t generation = *acquired;
+  leases_->ClearHandover(tenant, id);
   auto meta = store_->InspectSession(tenant, id);
   absl::Status refused;
   if (!meta.ok()) {
@@ -153,9 +163,38 @@ void SessionManager::RenewLeases() {
       Disown(s, renewed);
       continue;
     }
-    std::lock_guard<std::mutex> lock(s->mu);
-    s->lease_renewed_ms = now;
+    {
+      std::lock_guard<std::mutex> lock(s->mu);
+      s->lease_renewed_ms = now;
+    }
+    if (leases_->HandoverRequested(s->tenant, s->id)) HandOver(s);
   }
+}
+
+void SessionManager::HandOver(const std::shared_ptr<Session>& s) {
+  engine::Work w;
+  w.key = s->key;
+  // On the engine, after the work queued on the session: the copy written is its latest state.
+  w.task = [this, s] {
+    bool changed;  // since its store copy
+    {
+      std::lock_guard<std::mutex> lock(s->mu);
+      if (s->deleted || s->inflight > 0 || s->writer) return;  // busy: asked again next renewal
+      changed = s->resident && s->dirty;
+    }
+    if (changed) {
+      absl::StatusOr<int64_t> written = WriteSessionFile(s);
+      if (!written.ok()) return;  // kept (a failed fence has disowned it already)
+    }
+    {
+      std::lock_guard<std::mutex> lock(s->mu);
+      leases_->Release(s->tenant, s->id, s->lease_generation);
+    }
+    std::fprintf(stderr, "ttt-serve: handed session %s of tenant %s over on request\n",
+                 s->id.c_str(), s->tenant.c_str());
+    Disown(s, absl::OkStatus());
+  };
+  (void)scheduler_->Submit(std::move(w), /*bypass_limits=*/true);
 }
 
 void SessionManager::WriteBehind() {

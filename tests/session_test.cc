@@ -1065,5 +1065,38 @@ TEST_F(SharedStoreTest, RenewedLeasesKeepSessionsAndShutdownHandsThemOver) {
   EXPECT_TRUE(a_->CreateSession("t", {}, "kept").ok());
 }
 
+// The proxy sends a session's calls to another replica (its ring changed: a replica came back):
+// that replica asks the owner, whose lease is live and renewed, to hand the session over; the
+// owner writes it to the store and lets go at its next renewal, and the state arrives whole.
+TEST_F(SharedStoreTest, ASessionAskedForByAnotherReplicaIsHandedOverAtTheNextRenewal) {
+  const auto doc = Tokens(static_cast<int>(chunk_ + 4), vocab_, 41);
+  const auto probe = Tokens(7, vocab_, 42);
+  ASSERT_TRUE(a_->CreateSession("t", {}, "conv").ok());
+  ASSERT_TRUE(IngestOn(*a_, "conv", doc, /*durable=*/false).ok());  // not in the store yet
+  auto before = ScoreOn(*a_, "conv", probe);
+  ASSERT_TRUE(before.ok()) << before.status();
+  auto asked = b_->GetSession("t", "conv");
+  EXPECT_EQ(asked.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_NE(asked.status().message().find("asked it to hand the session over"),
+            std::string::npos)
+      << asked.status();
+  EXPECT_TRUE(fs::exists(dir_ / "t" / "leases" / "conv.want"));
+
+  now_ += kLeaseMs / 2;
+  a_->MaintainNow();  // renews, sees the request, queues the handover
+  absl::StatusOr<SessionInfo> taken = b_->GetSession("t", "conv");
+  for (int i = 0; i < 250 && !taken.ok(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    taken = b_->GetSession("t", "conv");
+  }
+  ASSERT_TRUE(taken.ok()) << taken.status();
+  EXPECT_EQ(taken->counters.tokens_received, static_cast<int64_t>(doc.size()));
+  EXPECT_TRUE(a_->ListSessions("t").empty());
+  EXPECT_FALSE(fs::exists(dir_ / "t" / "leases" / "conv.want"));
+  auto after = ScoreOn(*b_, "conv", probe);
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_TRUE(SameBits(after->logprobs, before->logprobs));
+}
+
 }  // namespace
 }  // namespace ttt::session

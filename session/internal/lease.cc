@@ -37,6 +37,10 @@ fs::path LeaseStore::Path(const std::string& tenant, const std::string& id) cons
   return root_ / tenant / "leases" / (id + ".lease");
 }
 
+fs::path LeaseStore::WantPath(const std::string& tenant, const std::string& id) const {
+  return root_ / tenant / "leases" / (id + ".want");
+}
+
 absl::StatusOr<LeaseRecord> LeaseStore::Read(const std::string& tenant,
                                              const std::string& id) const {
   std::ifstream in(Path(tenant, id), std::ios::binary);
@@ -145,6 +149,26 @@ void LeaseStore::Release(const std::string& tenant, const std::string& id,
 bool LeaseStore::HeldElsewhere(const std::string& tenant, const std::string& id) const {
   auto current = Read(tenant, id);
   return current.ok() && current->owner != replica_id_ && current->expires_unix_ms > Now();
+}
+
+void LeaseStore::RequestHandover(const std::string& tenant, const std::string& id) const {
+  std::error_code ec;
+  fs::create_directories(WantPath(tenant, id).parent_path(), ec);
+  // Best effort: a lost request is asked again by the client's retry.
+  (void)engine::WriteFileAtomically(WantPath(tenant, id), replica_id_);
+}
+
+bool LeaseStore::HandoverRequested(const std::string& tenant, const std::string& id) const {
+  std::ifstream in(WantPath(tenant, id), std::ios::binary);
+  if (!in) return false;
+  std::stringstream who;
+  who << in.rdbuf();
+  return who.str() != replica_id_;
+}
+
+void LeaseStore::ClearHandover(const std::string& tenant, const std::string& id) const {
+  std::error_code ec;
+  fs::remove(WantPath(tenant, id), ec);
 }
 
 }  // namespace ttt::session::internal

@@ -67,8 +67,21 @@ class LeaseStore {
   // Whether another replica holds an unexpired lease on the session.
   bool HeldElsewhere(const std::string& tenant, const std::string& id) const;
 
+  // Handover on request. A replica that gets calls for a session another replica holds (the
+  // proxy's ring changed: a replica came back or was added) leaves a request,
+  // <root>/<tenant>/leases/<session id>.want naming itself; the owner, at its next lease renewal,
+  // writes the session to the store and releases the lease if the session is idle. Without it a
+  // session moved off a restarted replica would stay where it moved (its lease renewed for ever)
+  // and its calls, routed back by the proxy, would be refused for ever.
+  void RequestHandover(const std::string& tenant, const std::string& id) const;
+  // Whether a replica other than this one asked for the session.
+  bool HandoverRequested(const std::string& tenant, const std::string& id) const;
+  // Removes the request (the session was taken over).
+  void ClearHandover(const std::string& tenant, const std::string& id) const;
+
  private:
   std::filesystem::path Path(const std::string& tenant, const std::string& id) const;
+  std::filesystem::path WantPath(const std::string& tenant, const std::string& id) const;
   absl::Status Write(const std::string& tenant, const std::string& id,
                      const LeaseRecord& record) const;
 
