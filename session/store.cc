@@ -175,7 +175,7 @@ void SessionManager::HandOver(const std::shared_ptr<Session>& s) {
   engine::Work w;
   w.key = s->key;
   // On the engine, after the work queued on the session: the copy written is its latest state.
-  w.task = [this, s] {
+  w.task = [this, s, leases = leases_] {
     bool changed;  // since its store copy
     {
       std::lock_guard<std::mutex> lock(s->mu);
@@ -186,13 +186,17 @@ void SessionManager::HandOver(const std::shared_ptr<Session>& s) {
       absl::StatusOr<int64_t> written = WriteSessionFile(s);
       if (!written.ok()) return;  // kept (a failed fence has disowned it already)
     }
+    int64_t generation;
     {
       std::lock_guard<std::mutex> lock(s->mu);
-      leases_->Release(s->tenant, s->id, s->lease_generation);
+      generation = s->lease_generation;
     }
-    std::fprintf(stderr, "ttt-serve: handed session %s of tenant %s over on request\n",
-                 s->id.c_str(), s->tenant.c_str());
+    // Forgotten here before the lease goes: the other replica may take it over at once, and
+    // nothing of this manager is touched after the release.
     Disown(s, absl::OkStatus());
+    std::fprintf(stderr, "ttt-serve: handing session %s of tenant %s over on request\n",
+                 s->id.c_str(), s->tenant.c_str());
+    leases->Release(s->tenant, s->id, generation);
   };
   (void)scheduler_->Submit(std::move(w), /*bypass_limits=*/true);
 }
