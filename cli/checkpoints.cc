@@ -19,7 +19,7 @@ int RunCheckpoint(int argc, char** argv) {
   req.set_session_id(Arg(argc, argv, 1));
   req.set_checkpoint_id(absl::GetFlag(FLAGS_checkpoint_id));
   pb::CheckpointInfo resp;
-  grpc::Status st = Stub()->Checkpoint(Context().get(), req, &resp);
+  grpc::Status st = Stub()->Checkpoint(Context(req.session_id()).get(), req, &resp);
   if (!st.ok()) return Fail(st);
   PrintCheckpoint(resp);
   return 0;
@@ -62,7 +62,7 @@ int RunExport(int argc, char** argv) {
   req.set_session_id(Arg(argc, argv, 1));
   req.set_checkpoint_id(absl::GetFlag(FLAGS_checkpoint_id));
   auto stub = Stub();
-  auto ctx = Context();
+  auto ctx = Context(req.session_id());
   auto reader = stub->ExportSession(ctx.get(), req);
   std::string data;
   pb::ExportSessionResponse resp;

@@ -41,7 +41,7 @@ std::shared_ptr<grpc::Channel> Channel() {
 
 std::unique_ptr<pb::TttService::Stub> Stub() { return pb::TttService::NewStub(Channel()); }
 
-std::unique_ptr<grpc::ClientContext> Context() {
+std::unique_ptr<grpc::ClientContext> Context(const std::string& session_id) {
   auto ctx = std::make_unique<grpc::ClientContext>();
   ctx->set_deadline(std::chrono::system_clock::now() +
                     std::chrono::milliseconds(
@@ -49,6 +49,7 @@ std::unique_ptr<grpc::ClientContext> Context() {
   if (!absl::GetFlag(FLAGS_tenant).empty()) {
     ctx->AddMetadata("x-tenant-id", absl::GetFlag(FLAGS_tenant));
   }
+  if (!session_id.empty()) ctx->AddMetadata("x-session-id", session_id);
   return ctx;
 }
 

@@ -23,8 +23,9 @@ std::string Arg(int argc, char** argv, int i);
 
 std::shared_ptr<grpc::Channel> Channel();  // one per process, to --address
 std::unique_ptr<tttserve::v1::TttService::Stub> Stub();
-// --timeout_s deadline and the --tenant header.
-std::unique_ptr<grpc::ClientContext> Context();
+// --timeout_s deadline and the --tenant header; with a session id, also the x-session-id
+// header, the routing key a proxy in front of several replicas hashes (deploy/README.md).
+std::unique_ptr<grpc::ClientContext> Context(const std::string& session_id = "");
 
 // Prints "ttt: CODE: message" to stderr; returns 1.
 int Fail(const grpc::Status& s);

@@ -24,6 +24,7 @@ ABSL_DECLARE_FLAG(int64_t, message_bytes);
 ABSL_DECLARE_FLAG(bool, reset_at_document_end);
 ABSL_DECLARE_FLAG(std::string, labels);
 ABSL_DECLARE_FLAG(int64_t, idle_ttl_s);
+ABSL_DECLARE_FLAG(std::string, id);
 ABSL_DECLARE_FLAG(int32_t, max_tokens);
 ABSL_DECLARE_FLAG(double, temperature);
 ABSL_DECLARE_FLAG(int32_t, top_k);

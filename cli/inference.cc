@@ -47,7 +47,7 @@ int RunGenerate(int argc, char** argv) {
   }
   SetSampling(&req);
   auto stub = Stub();
-  auto ctx = Context();
+  auto ctx = Context(req.session_id());
   auto reader = stub->Generate(ctx.get(), req);
   pb::GenerateResponse resp;
   std::vector<int32_t> ids;
@@ -79,7 +79,7 @@ int RunScore(int argc, char** argv) {
     return Usage("--tokens must be integers");
   }
   pb::ScoreResponse resp;
-  grpc::Status st = Stub()->Score(Context().get(), req, &resp);
+  grpc::Status st = Stub()->Score(Context(req.session_id()).get(), req, &resp);
   if (!st.ok()) return Fail(st);
   for (int i = 0; i < resp.token_ids_size(); ++i) {
     std::printf("%d\t%.6f\n", resp.token_ids(i), resp.logprobs(i));

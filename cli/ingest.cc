@@ -110,7 +110,7 @@ int RunIngest(int argc, char** argv) {
   FinishPlan(id, &plan);
 
   auto stub = Stub();
-  auto ctx = Context();
+  auto ctx = Context(id);
   auto stream = stub->Ingest(ctx.get());
   std::thread writer([&] {
     for (const auto& m : plan.msgs) {

@@ -25,7 +25,7 @@ struct Command {
 constexpr Command kCommands[] = {
     {"info", "(server and model information)", RunInfo},
     {"health", "[--service=NAME]   (exit 0 when SERVING)", RunHealth},
-    {"create", "[--labels=k=v] [--reset_at_document_end] [--idle_ttl_s=N]", RunCreate},
+    {"create", "[--id=ID] [--labels=k=v] [--reset_at_document_end] [--idle_ttl_s=N]", RunCreate},
     {"get", "ID", RunGet},
     {"list", "[--labels=k=v]", RunList},
     {"delete", "ID", RunDelete},

@@ -21,7 +21,7 @@ int SessionCall(int argc, char** argv, Call call) {
   req.set_session_id(id);
   pb::Session s;
   auto stub = Stub();
-  grpc::Status st = ((*stub).*call)(Context().get(), req, &s);
+  grpc::Status st = ((*stub).*call)(Context(id).get(), req, &s);
   if (!st.ok()) return Fail(st);
   PrintSession(s);
   return 0;
@@ -30,13 +30,14 @@ int SessionCall(int argc, char** argv, Call call) {
 
 int RunCreate(int, char**) {
   pb::CreateSessionRequest req;
+  req.set_session_id(absl::GetFlag(FLAGS_id));
   req.mutable_options()->set_reset_at_document_end(absl::GetFlag(FLAGS_reset_at_document_end));
   req.mutable_options()->set_idle_ttl_seconds(absl::GetFlag(FLAGS_idle_ttl_s));
   for (const auto& [k, v] : ParseLabels(absl::GetFlag(FLAGS_labels))) {
     (*req.mutable_options()->mutable_labels())[k] = v;
   }
   pb::Session s;
-  grpc::Status st = Stub()->CreateSession(Context().get(), req, &s);
+  grpc::Status st = Stub()->CreateSession(Context(req.session_id()).get(), req, &s);
   if (!st.ok()) return Fail(st);
   std::printf("%s\n", s.session_id().c_str());
   return 0;
@@ -70,7 +71,7 @@ int RunDelete(int argc, char** argv) {
   pb::DeleteSessionRequest req;
   req.set_session_id(Arg(argc, argv, 1));
   pb::DeleteSessionResponse resp;
-  grpc::Status st = Stub()->DeleteSession(Context().get(), req, &resp);
+  grpc::Status st = Stub()->DeleteSession(Context(req.session_id()).get(), req, &resp);
   if (!st.ok()) return Fail(st);
   std::printf("deleted %s\n", req.session_id().c_str());
   return 0;

@@ -35,6 +35,8 @@ test_pkgs+=(gnuplot-nox)
 test_pkgs+=(clang-14 libclang-rt-14-dev)
 # tests/auth_tls_test and tests/e2e/auth_e2e_test make their TLS certificates with the openssl CLI.
 test_pkgs+=(openssl)
+# tests/e2e/scaleout_e2e_test: HAProxy (the chart's router) in front of three replicas.
+test_pkgs+=(haproxy)
 
 case "$what" in
   runtime) pkgs=("${runtime_pkgs[@]}") ;;

@@ -88,7 +88,9 @@ class IngestReactor final : public grpc::ServerBidiReactor<pb::IngestRequest, pb
           Tokenize(svc_->tokenizer(), text_buf_, "text buffered at the end of the stream");
       text_buf_.clear();
       absl::Status st =
-          tokens.ok() ? Submit(kNoResponse, std::move(*tokens), false) : tokens.status();
+          tokens.ok() ? Submit(kNoResponse, std::move(*tokens), false,
+                               /*durable=*/svc_->limits().sync_durability)  // an implicit flush
+                      : tokens.status();
       if (!st.ok()) FailLocked(st);
     }
     MaybeFinishLocked();
@@ -116,7 +118,9 @@ class IngestReactor final : public grpc::ServerBidiReactor<pb::IngestRequest, pb
     if (req.report_loss()) report_loss_ = true;
     auto tokens = TakeTokensLocked(req, where);
     if (!tokens.ok()) return tokens.status();
-    return Submit(index, std::move(*tokens), req.end_of_document());
+    const bool durable =
+        svc_->limits().sync_durability && (req.flush() || req.end_of_document());
+    return Submit(index, std::move(*tokens), req.end_of_document(), durable);
   }
 
   // The first message names the session and takes its writer lease; later ones may repeat it.
@@ -185,7 +189,8 @@ class IngestReactor final : public grpc::ServerBidiReactor<pb::IngestRequest, pb
 
   // Submits tokens to the writer; once applied, message `index` is answered (unless kNoResponse).
   // REQUIRES: mu_ held.
-  absl::Status Submit(int64_t index, std::vector<int32_t> tokens, bool end_of_document) {
+  absl::Status Submit(int64_t index, std::vector<int32_t> tokens, bool end_of_document,
+                      bool durable) {
     const int64_t buffered = static_cast<int64_t>(text_buf_.size());
     const auto submitted = Clock::now();
     ++outstanding_;
@@ -193,7 +198,8 @@ class IngestReactor final : public grpc::ServerBidiReactor<pb::IngestRequest, pb
         std::move(tokens), end_of_document, cancel_,
         [this, index, buffered, submitted](absl::StatusOr<session::IngestProgress> r) {
           OnApplied(index, buffered, submitted, std::move(r));
-        });
+        },
+        durable);
     if (!st.ok()) --outstanding_;
     return st;
   }

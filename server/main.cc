@@ -37,6 +37,18 @@ ABSL_FLAG(int64_t, max_concurrent_imports, 4,
           "ImportSession calls at once; more get RESOURCE_EXHAUSTED");
 ABSL_FLAG(int64_t, max_concurrent_exports, 16,
           "ExportSession calls at once; more get RESOURCE_EXHAUSTED");
+ABSL_FLAG(std::string, replica_id, "",
+          "set when --checkpoint_dir is a store shared by several replicas: this replica's "
+          "unique name (e.g. the pod name); sessions are then owned through leases in the store");
+ABSL_FLAG(int64_t, lease_s, 15,
+          "shared store: a session's lease; another replica takes it over this long after its "
+          "owner stops renewing (dies)");
+ABSL_FLAG(int64_t, persist_interval_s, 5,
+          "write-behind: a changed session is written to the store at most this long after its "
+          "last copy (0 = only at eviction and shutdown)");
+ABSL_FLAG(std::string, durability, "write_behind",
+          "write_behind, or sync: acknowledge an Ingest flush / end_of_document only once the "
+          "session's state is in the store");
 ABSL_FLAG(int64_t, max_concurrent_streams, 100, "HTTP/2 streams per client connection");
 ABSL_FLAG(int64_t, grpc_memory_mb, 1024,
           "gRPC resource quota: memory for the transport buffers of all calls");
@@ -87,6 +99,16 @@ int main(int argc, char** argv) {
   o.max_concurrent_exports = absl::GetFlag(FLAGS_max_concurrent_exports);
   o.max_concurrent_streams = absl::GetFlag(FLAGS_max_concurrent_streams);
   o.grpc_memory_mb = absl::GetFlag(FLAGS_grpc_memory_mb);
+  o.replica_id = absl::GetFlag(FLAGS_replica_id);
+  o.lease_s = absl::GetFlag(FLAGS_lease_s);
+  o.persist_interval_s = absl::GetFlag(FLAGS_persist_interval_s);
+  const std::string durability = absl::GetFlag(FLAGS_durability);
+  if (durability != "write_behind" && durability != "sync") {
+    std::fprintf(stderr, "ttt-serve: --durability must be write_behind or sync, got '%s'\n",
+                 durability.c_str());
+    return 2;
+  }
+  o.sync_durability = durability == "sync";
   o.tls_cert_file = absl::GetFlag(FLAGS_tls_cert_file);
   o.tls_key_file = absl::GetFlag(FLAGS_tls_key_file);
   o.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca_file);

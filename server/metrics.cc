@@ -122,6 +122,17 @@ Metrics::Metrics(const std::string& version)
                            .Help("Bytes written to checkpoint files")
                            .Register(r)
                            .Add({});
+  persist_duration_ = &prometheus::BuildHistogram()
+                           .Name("tttserve_session_persist_seconds")
+                           .Help("Time to write one session's state to the session store")
+                           .Register(r)
+                           .Add({}, LatencyBuckets());
+  persist_lag_ = &prometheus::BuildHistogram()
+                      .Name("tttserve_session_persist_lag_seconds")
+                      .Help("Age of the store copy a session write replaced: at most what a "
+                            "replica crash just before it would have lost")
+                      .Register(r)
+                      .Add({}, LatencyBuckets());
   checkpoint_duration_ = &prometheus::BuildHistogram()
                               .Name("tttserve_checkpoint_duration_seconds")
                               .Help("Time to write one checkpoint")
@@ -207,6 +218,10 @@ void Metrics::OnEvicted() { sessions_evicted_->Increment(); }
 void Metrics::OnCheckpointWritten(int64_t bytes, double seconds) {
   checkpoint_bytes_->Increment(static_cast<double>(bytes));
   checkpoint_duration_->Observe(seconds);
+}
+void Metrics::OnSessionPersisted(double seconds, double lag_seconds) {
+  persist_duration_->Observe(seconds);
+  persist_lag_->Observe(lag_seconds);
 }
 void Metrics::OnBatch(int64_t tokens, int64_t sequences, double seconds) {
   batch_tokens_->Observe(static_cast<double>(tokens));

@@ -67,6 +67,7 @@ class Metrics : public session::SessionListener, public engine::Scheduler::Obser
   void OnChunkUpdates(int64_t chunks) override;
   void OnEvicted() override;
   void OnCheckpointWritten(int64_t bytes, double seconds) override;
+  void OnSessionPersisted(double seconds, double lag_seconds) override;
   // Scheduler::Observer
   void OnBatch(int64_t tokens, int64_t sequences, double seconds) override;
 
@@ -95,6 +96,8 @@ class Metrics : public session::SessionListener, public engine::Scheduler::Obser
   prometheus::Counter* chunk_updates_;
   prometheus::Histogram* batch_tokens_;
   prometheus::Histogram* batch_sequences_;
+  prometheus::Histogram* persist_duration_;
+  prometheus::Histogram* persist_lag_;
   prometheus::Gauge* queue_depth_;
   prometheus::Gauge* queue_capacity_;
   prometheus::Gauge* sessions_active_;

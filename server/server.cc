@@ -99,6 +99,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   mo.max_sessions = options.max_sessions;
   mo.idle_ttl_seconds = options.idle_ttl_s;
   mo.reaper_interval_ms = options.reaper_interval_ms;
+  mo.replica_id = options.replica_id;
+  mo.lease_ms = options.lease_s * 1000;
+  mo.persist_interval_ms = options.persist_interval_s * 1000;
   auto sessions = session::SessionManager::Create(s->model_.get(), s->scheduler_.get(), mo,
                                                   s->metrics_.get());
   if (!sessions.ok()) return sessions.status();
@@ -107,6 +110,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   ServiceLimits limits;
   limits.max_concurrent_imports = options.max_concurrent_imports;
   limits.max_concurrent_exports = options.max_concurrent_exports;
+  limits.sync_durability = options.sync_durability;
   ServiceSecurity who_may_call;
   who_may_call.authorizer = s->security_->authorizer;
   who_may_call.info.set_tls(s->security_->tls);

@@ -57,6 +57,12 @@ struct ServerOptions {
   int64_t max_concurrent_exports = 16;  // ExportSession calls at once; more: RESOURCE_EXHAUSTED
   int64_t max_concurrent_streams = 100;  // HTTP/2 streams per client connection
   int64_t grpc_memory_mb = 1024;  // gRPC's resource quota: transport buffers of every call
+  // The session store (issue 13). replica_id non-empty: checkpoint_dir is shared by replicas
+  // and sessions are leased (session.h, ManagerOptions).
+  std::string replica_id;
+  int64_t lease_s = 15;
+  int64_t persist_interval_s = 5;  // write-behind period (0: only at eviction and shutdown)
+  bool sync_durability = false;    // --durability=sync
   // Authentication and TLS (server/security.h, docs/contract.md "Authentication"). All empty:
   // plaintext and no authentication (the tenant is x-tenant-id), with a warning at start.
   std::string tls_cert_file;

@@ -32,6 +32,9 @@ struct ServiceLimits {
   int64_t max_concurrent_imports = 4;           // more get RESOURCE_EXHAUSTED at once
   int64_t max_concurrent_exports = 16;          // more get RESOURCE_EXHAUSTED at once
   int64_t export_piece_bytes = int64_t{1} << 20;
+  // Sync durability: an Ingest message with flush or end_of_document is acknowledged only once
+  // the session's state is in the session store. Otherwise write-behind (ManagerOptions).
+  bool sync_durability = false;
 };
 
 // Who may call: every handler asks `authorizer` (server/security.h builds it from the flags);

@@ -62,7 +62,7 @@ grpc::ServerUnaryReactor* TttServiceImpl::CreateSession(Ctx* ctx,
                                                         const pb::CreateSessionRequest* req,
                                                         pb::Session* resp) {
   return RunUnary(this, ctx, "CreateSession", [&](const std::string& tenant, Finisher finish) {
-    auto info = sessions_->CreateSession(tenant, FromProto(req->options()));
+    auto info = sessions_->CreateSession(tenant, FromProto(req->options()), req->session_id());
     if (info.ok()) ToProto(*info, resp);
     finish(info.status());
   });

@@ -13,7 +13,7 @@ namespace ttt::session {
 absl::Status SessionManager::SubmitIngest(
     const std::shared_ptr<Session>& s, std::vector<int32_t> tokens, bool end_of_document,
     std::shared_ptr<engine::CancelToken> cancel,
-    std::function<void(absl::StatusOr<IngestProgress>)> done) {
+    std::function<void(absl::StatusOr<IngestProgress>)> done, bool durable) {
   if (!cancel) cancel = std::make_shared<engine::CancelToken>();
   struct Op {
     IngestProgress progress;
@@ -40,7 +40,8 @@ absl::Status SessionManager::SubmitIngest(
     }
   };
   const int64_t chunk = TokensPerChunk();
-  w.on_done = [this, s, op, end_of_document, chunk, done = std::move(done)](absl::Status st) {
+  w.on_done = [this, s, op, end_of_document, chunk, durable,
+                done = std::move(done)](absl::Status st) {
     int64_t chunks = 0;
     {
       std::lock_guard<std::mutex> lock(s->mu);
@@ -55,6 +56,16 @@ absl::Status SessionManager::SubmitIngest(
       op->progress.counters = s->counters;
     }
     if (listener_ != nullptr && chunks > 0) listener_->OnChunkUpdates(chunks);
+    if (st.ok() && durable) {
+      // Sync durability: acknowledged only once the store has it. The engine thread waits for
+      // the write, which is the price of this mode (deploy/README.md).
+      absl::StatusOr<int64_t> written = WriteSessionFile(s);
+      if (!written.ok()) {
+        st = absl::UnavailableError(absl::StrCat(
+            "the tokens were applied but could not be made durable in the session store (",
+            written.status().message(), "); retry the unacknowledged input"));
+      }
+    }
     s->EndOp();
     if (st.ok()) {
       done(op->progress);

@@ -6,6 +6,7 @@
 // eviction or shutdown and removed only with the session (delete, TTL), never on reload, so a
 // crash brings a session back as of its last copy. Files go through the CheckpointStore.
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <tuple>
 
@@ -13,6 +14,7 @@
 #include "engine/status_macros.h"
 #include "session/internal/checkpoint.h"
 #include "session/internal/checkpoint_store.h"
+#include "session/internal/lease.h"
 #include "session/internal/session_record.h"
 #include "session/session.h"
 
@@ -54,6 +56,7 @@ void SessionManager::ReaperLoop() {
     if (stop_reaper_) break;
     lock.unlock();
     ReapNow();
+    MaintainNow();
     lock.lock();
   }
 }
@@ -112,18 +115,62 @@ void SessionManager::ReapNow() {
 void SessionManager::DropOnEngine(const std::shared_ptr<Session>& s) {
   engine::Work w;
   w.key = s->key;
-  // Captures the store, not `this`: a delete's clean-up may run after the manager is destroyed.
-  w.task = [s, store = store_] {
-    store->RemoveSession(s->tenant, s->id);
+  // Captures the stores and the link, not `this`: a delete's clean-up may run after the manager
+  // is destroyed.
+  w.task = [s, store = store_, leases = leases_, link = link_] {
+    std::lock_guard<std::mutex> lock(link->mu);
+    // A client may have created a new session of the same id meanwhile (ids can be chosen):
+    // its file is not this session's to remove.
+    if (link->manager == nullptr || !link->manager->Holds(s->tenant, s->id)) {
+      store->RemoveSession(s->tenant, s->id);
+      if (leases != nullptr) {
+        std::lock_guard<std::mutex> slock(s->mu);
+        leases->Release(s->tenant, s->id, s->lease_generation);
+      }
+    }
     s->state = engine::SequenceState{};
   };
   (void)scheduler_->Submit(std::move(w), /*bypass_limits=*/true);
 }
 
-absl::StatusOr<int64_t> SessionManager::WriteSessionFile(Session& s) {
-  ASSIGN_OR_RETURN(std::string bytes, EncodeSession(s, ""));
-  RETURN_IF_ERROR(store_->WriteSession(s.tenant, s.id, bytes));
-  return static_cast<int64_t>(bytes.size());
+absl::StatusOr<int64_t> SessionManager::WriteSessionFile(const std::shared_ptr<Session>& s) {
+  const auto start = std::chrono::steady_clock::now();
+  int64_t generation = 0;
+  int64_t dirty_since = 0;
+  {
+    std::lock_guard<std::mutex> lock(s->mu);
+    generation = s->lease_generation;
+    dirty_since = s->persisted_ms > 0 ? s->persisted_ms : s->created_ms;
+    s->dirty = false;  // a write after this point marks it again
+  }
+  auto fail = [&](absl::Status st) {
+    std::lock_guard<std::mutex> lock(s->mu);
+    s->dirty = true;
+    return st;
+  };
+  auto bytes = EncodeSession(*s, "");
+  if (!bytes.ok()) return fail(bytes.status());
+  if (leases_ != nullptr) {
+    // The fence: a replica that lost the session must not overwrite its new owner's copy.
+    absl::Status fence = leases_->CheckFence(s->tenant, s->id, generation);
+    if (!fence.ok()) {
+      Disown(s, fence);
+      return fence;
+    }
+  }
+  absl::Status written = store_->WriteSession(s->tenant, s->id, *bytes);
+  if (!written.ok()) return fail(written);
+  const int64_t now = NowMs();
+  {
+    std::lock_guard<std::mutex> lock(s->mu);
+    s->persisted_ms = now;
+  }
+  if (listener_ != nullptr) {
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    listener_->OnSessionPersisted(seconds, (now - dirty_since) / 1000.0);
+  }
+  return static_cast<int64_t>(bytes->size());
 }
 
 void SessionManager::Evict(const std::shared_ptr<Session>& s) {
@@ -142,7 +189,7 @@ void SessionManager::Evict(const std::shared_ptr<Session>& s) {
         return;  // someone uses it again: keep it
       }
     }
-    absl::StatusOr<int64_t> written = WriteSessionFile(*s);
+    absl::StatusOr<int64_t> written = WriteSessionFile(s);
     std::lock_guard<std::mutex> lock(s->mu);
     s->evicting = false;
     if (!written.ok()) {
@@ -174,12 +221,21 @@ absl::Status SessionManager::PersistAll() {
         std::lock_guard<std::mutex> lock(s->mu);
         if (!s->resident || s->deleted) return;
       }
-      absl::StatusOr<int64_t> written = WriteSessionFile(*s);
+      absl::StatusOr<int64_t> written = WriteSessionFile(s);
       result = written.status();
       if (written.ok() && listener_ != nullptr) listener_->OnCheckpointWritten(*written, 0.0);
     });
     if (!ran.ok()) result = ran;
     if (!result.ok() && first.ok()) first = result;
+    if (leases_ != nullptr && result.ok()) {
+      // Its last state is in the store: another replica may take it over now, and this one
+      // forgets it (a later call here loads it again if the proxy still routes it here).
+      {
+        std::lock_guard<std::mutex> lock(s->mu);
+        leases_->Release(s->tenant, s->id, s->lease_generation);
+      }
+      Disown(s, absl::OkStatus());
+    }
   }
   return first;
 }

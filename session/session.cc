@@ -8,6 +8,7 @@
 #include "engine/decode.h"
 #include "engine/status_macros.h"
 #include "session/internal/checkpoint_store.h"
+#include "session/internal/lease.h"
 #include "session/internal/names.h"
 #include "session/internal/session_record.h"
 
@@ -24,6 +25,7 @@ Writer::~Writer() {
   std::lock_guard<std::mutex> lock(session_->mu);
   session_->writer = false;
   session_->writer_what.clear();
+  session_->dirty = true;  // Reset and Restore change the state without AccountWriteLocked
   session_->last_used_ms = NowMs();
 }
 
@@ -31,12 +33,13 @@ const std::string& Writer::session_id() const { return session_->id; }
 
 absl::Status Writer::Ingest(std::vector<int32_t> tokens, bool end_of_document,
                             std::shared_ptr<engine::CancelToken> cancel,
-                            std::function<void(absl::StatusOr<IngestProgress>)> done) {
+                            std::function<void(absl::StatusOr<IngestProgress>)> done,
+                            bool durable) {
   // Checked here, not only in the engine: a run may be applied over several batches, and
   // nothing of a refused submission may be.
   RETURN_IF_ERROR(engine::ValidateTokens(manager_->model_->config(), tokens));
   return manager_->SubmitIngest(session_, std::move(tokens), end_of_document, std::move(cancel),
-                                std::move(done));
+                                std::move(done), durable);
 }
 
 absl::StatusOr<std::unique_ptr<Writer>> SessionManager::OpenWriter(const std::string& tenant,
@@ -71,9 +74,19 @@ absl::StatusOr<std::unique_ptr<SessionManager>> SessionManager::Create(
   if (options.memory_budget_bytes < 0 || options.idle_ttl_seconds < 1) {
     return absl::InvalidArgumentError("memory budget must be >= 0 and idle TTL >= 1 s");
   }
+  if (!options.replica_id.empty()) {
+    RETURN_IF_ERROR(ValidateName(options.replica_id, "replica id (--replica_id)", 64));
+    // Renewed at half the lease each reaper pass: the lease must span at least two passes.
+    if (options.lease_ms < 2 * options.reaper_interval_ms || options.lease_ms < 1000) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the lease (--lease_s) must be >= 1 s and at least twice the reaper interval (",
+          options.reaper_interval_ms, " ms), got ", options.lease_ms, " ms"));
+    }
+  }
   std::unique_ptr<SessionManager> m(new SessionManager(model, scheduler, options, listener));
   RETURN_IF_ERROR(m->store_->Init());
-  m->LoadPersisted();
+  // A shared store's sessions belong to whichever replica their calls reach (Adopt).
+  if (m->leases_ == nullptr) m->LoadPersisted();
   m->reaper_ = std::thread([raw = m.get()] { raw->ReaperLoop(); });
   return m;
 }
@@ -81,7 +94,16 @@ absl::StatusOr<std::unique_ptr<SessionManager>> SessionManager::Create(
 SessionManager::SessionManager(const engine::Model* model, engine::Scheduler* scheduler,
                                const ManagerOptions& options, SessionListener* listener)
     : model_(model), scheduler_(scheduler), options_(options), listener_(listener),
-      store_(std::make_shared<internal::CheckpointStore>(options.checkpoint_dir)) {}
+      store_(std::make_shared<internal::CheckpointStore>(options.checkpoint_dir)),
+      leases_(options.replica_id.empty()
+                  ? nullptr
+                  : std::make_shared<const internal::LeaseStore>(
+                        options.checkpoint_dir, options.replica_id, options.lease_ms,
+                        options.lease_clock)),
+      link_(std::make_shared<Link>()) {
+  std::lock_guard<std::mutex> lock(link_->mu);
+  link_->manager = this;
+}
 
 SessionManager::~SessionManager() {
   {
@@ -90,10 +112,17 @@ SessionManager::~SessionManager() {
   }
   reaper_cv_.notify_all();
   if (reaper_.joinable()) reaper_.join();
+  std::lock_guard<std::mutex> lock(link_->mu);
+  link_->manager = nullptr;
 }
 
 absl::Status SessionManager::ValidateTenant(const std::string& tenant) {
   return ValidateName(tenant, "tenant id (x-tenant-id)", 64);
+}
+
+absl::Status SessionManager::ValidateId(const std::string& id) {
+  // 128, like checkpoint ids: the store lists only file names that pass this check.
+  return ValidateName(id, "session_id", 128);
 }
 
 int64_t SessionManager::session_count() const {
@@ -115,15 +144,28 @@ absl::Status SessionManager::SubmitOp(Session& s, engine::Work work,
 absl::StatusOr<std::shared_ptr<Session>> SessionManager::Find(const std::string& tenant,
                                                               const std::string& id) {
   if (id.empty()) return absl::InvalidArgumentError("session_id is required");
-  std::lock_guard<std::mutex> lock(mu_);
-  auto t = sessions_.find(tenant);
-  if (t != sessions_.end()) {
-    auto it = t->second.find(id);
-    if (it != t->second.end()) return it->second;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto t = sessions_.find(tenant);
+    if (t != sessions_.end()) {
+      auto it = t->second.find(id);
+      if (it != t->second.end()) return it->second;
+    }
+  }
+  // A shared store may hold it: this replica takes it over (the proxy sent its call here).
+  if (leases_ != nullptr && ValidateTenant(tenant).ok() && ValidateId(id).ok()) {
+    auto adopted = Adopt(tenant, id);
+    if (!absl::IsNotFound(adopted.status())) return adopted;
   }
   // Another tenant's session answers the same: its existence is not revealed.
   return absl::NotFoundError(absl::StrCat("session ", Quote(id), " not found (deleted, expired, ",
                                           "or never created for tenant ", Quote(tenant), ")"));
+}
+
+bool SessionManager::Holds(const std::string& tenant, const std::string& id) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto t = sessions_.find(tenant);
+  return t != sessions_.end() && t->second.count(id) > 0;
 }
 
 absl::Status SessionManager::CheckSessionLimit(int64_t count) const {
@@ -159,21 +201,34 @@ int64_t SessionManager::TokensPerChunk() const {
 absl::StatusOr<std::shared_ptr<Session>> SessionManager::Insert(const std::string& tenant,
                                                                 const SessionOptions& options,
                                                                 engine::SequenceState state,
-                                                                const Counters& counters) {
+                                                                const Counters& counters,
+                                                                const std::string& wanted) {
   RETURN_IF_ERROR(ValidateTenant(tenant));
   RETURN_IF_ERROR(ValidateOptions(options));
+  if (!wanted.empty()) RETURN_IF_ERROR(ValidateId(wanted));
   std::lock_guard<std::mutex> lock(mu_);
   RETURN_IF_ERROR(CheckSessionLimit(session_count_));
-  std::string id;
-  do {
-    id = "s-" + RandomHex(16);
-  } while (sessions_[tenant].count(id) > 0);
+  std::string id = wanted;
+  if (id.empty()) {
+    do {
+      id = "s-" + RandomHex(16);
+    } while (!CheckIdFreeLocked(tenant, id).ok());
+  } else {
+    RETURN_IF_ERROR(CheckIdFreeLocked(tenant, id));
+  }
+  int64_t generation = 0;
+  if (leases_ != nullptr) {
+    ASSIGN_OR_RETURN(generation, LeaseNewLocked(tenant, id));
+  }
   auto s = std::make_shared<Session>(id, tenant, next_key_++, options, NowMs());
   s->state = std::move(state);
   {
     std::lock_guard<std::mutex> slock(s->mu);
     s->counters = counters;
     s->RefreshLocked();
+    s->dirty = true;  // not in the store yet
+    s->lease_generation = generation;
+    s->lease_renewed_ms = leases_ != nullptr ? leases_->Now() : 0;
   }
   sessions_[tenant][id] = s;
   ++session_count_;
@@ -184,8 +239,9 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::Insert(const std::strin
 // Sessions
 
 absl::StatusOr<SessionInfo> SessionManager::CreateSession(const std::string& tenant,
-                                                          const SessionOptions& options) {
-  ASSIGN_OR_RETURN(auto s, Insert(tenant, options, model_->NewSequence(), Counters{}));
+                                                          const SessionOptions& options,
+                                                          const std::string& id) {
+  ASSIGN_OR_RETURN(auto s, Insert(tenant, options, model_->NewSequence(), Counters{}, id));
   return s->Info();
 }
 
@@ -234,6 +290,13 @@ absl::Status SessionManager::DeleteSession(const std::string& tenant, const std:
     for (auto& w : s->cancels) {
       if (auto c = w.lock()) c->Cancel();
     }
+  }
+  // Removed now as well as after the session's queued work (DropOnEngine, which catches an
+  // eviction that was writing): the id is free for CreateSession as soon as Delete returns.
+  store_->RemoveSession(tenant, id);
+  if (leases_ != nullptr) {
+    std::lock_guard<std::mutex> lock(s->mu);
+    leases_->Release(tenant, id, s->lease_generation);
   }
   DropOnEngine(s);
   return absl::OkStatus();

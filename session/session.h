@@ -32,6 +32,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "engine/model.h"
@@ -42,6 +43,7 @@ namespace ttt::session {
 
 namespace internal {
 class CheckpointStore;
+class LeaseStore;
 }  // namespace internal
 
 struct SessionOptions {
@@ -113,6 +115,10 @@ class SessionListener {
   virtual void OnChunkUpdates(int64_t chunks) {}
   virtual void OnEvicted() {}
   virtual void OnCheckpointWritten(int64_t bytes, double seconds) {}
+  // A session's state written to the store (write-behind, sync ingest, eviction, shutdown):
+  // how long the write took, and the age of the copy it replaced (the lag: at most what a crash
+  // just before would have lost).
+  virtual void OnSessionPersisted(double seconds, double lag_seconds) {}
 };
 
 struct ManagerOptions {
@@ -123,6 +129,17 @@ struct ManagerOptions {
   int64_t reaper_interval_ms = 1000;
   int64_t max_checkpoint_bytes = int64_t{4} << 30;  // refuse larger imports
   int64_t max_generate_tokens = 4096;
+  // Write-behind: a resident session a writer changed is written to its session file this long
+  // after its last copy (0: only at eviction and shutdown). Bounds what a crash loses.
+  int64_t persist_interval_ms = 5000;
+  // A shared session store (issue 13): non-empty when checkpoint_dir is shared by several
+  // replicas ([A-Za-z0-9._-], unique per replica). Sessions are then owned through leases
+  // (internal/lease.h): a replica loads a session it does not hold from the store on its first
+  // call, holds it while the lease is renewed, and every write to the store is fenced. Persisted
+  // sessions are not registered at start; each is loaded by the replica its calls reach.
+  std::string replica_id;
+  int64_t lease_ms = 15000;
+  std::function<int64_t()> lease_clock;  // ms since the epoch; empty = the system clock (tests)
 };
 
 class Session;
@@ -141,10 +158,14 @@ class Writer {
   // Queues `tokens` (validated against the vocabulary: INVALID_ARGUMENT names the first bad one,
   // nothing queued) then, if `end_of_document`, the document end (resetting the session when its
   // options say so). `done` runs once on the engine thread. RESOURCE_EXHAUSTED when the engine
-  // queue is full. Submissions apply in call order.
+  // queue is full. Submissions apply in call order. `durable` (sync durability): `done` reports
+  // success only after the session's state, these tokens included, is in its session file;
+  // UNAVAILABLE when that write fails (the tokens are applied here but not acknowledged; the
+  // client retries, on another replica if this one lost the session).
   absl::Status Ingest(std::vector<int32_t> tokens, bool end_of_document,
                       std::shared_ptr<engine::CancelToken> cancel,
-                      std::function<void(absl::StatusOr<IngestProgress>)> done);
+                      std::function<void(absl::StatusOr<IngestProgress>)> done,
+                      bool durable = false);
 
  private:
   friend class SessionManager;
@@ -168,8 +189,14 @@ class SessionManager {
   // Tenant ids: [A-Za-z0-9._-], 1..64 chars, not starting with '.'.
   static absl::Status ValidateTenant(const std::string& tenant);
 
+  // `id` empty: the manager picks "s-" + 16 hex digits. Otherwise the client's id (ValidateId);
+  // ALREADY_EXISTS when the tenant has a session of that id: resident, evicted, or a session
+  // file in the store (persisted by this process or another replica sharing the store).
   absl::StatusOr<SessionInfo> CreateSession(const std::string& tenant,
-                                            const SessionOptions& options);
+                                            const SessionOptions& options,
+                                            const std::string& id = "");
+  // Session ids a client may choose: [A-Za-z0-9._-], 1..128 chars, not starting with '.'.
+  static absl::Status ValidateId(const std::string& id);
   absl::StatusOr<SessionInfo> GetSession(const std::string& tenant, const std::string& id);
   std::vector<SessionInfo> ListSessions(const std::string& tenant,
                                         const std::map<std::string, std::string>& selector = {});
@@ -224,9 +251,15 @@ class SessionManager {
                                             std::optional<SessionOptions> options);
 
   // Writes every resident session to disk (shutdown). Blocks; call from a non-engine thread.
+  // With a shared store, then gives up this replica's leases, so other replicas take its
+  // sessions over at once instead of after the lease expires.
   absl::Status PersistAll();
   // One reaper pass now (tests): TTL removal, then eviction down to the budget.
   void ReapNow();
+  // One maintenance pass now (tests; the reaper runs it too): renews this replica's leases
+  // (dropping sessions whose lease was taken over), then queues the write-behind of dirty
+  // sessions whose last copy is older than persist_interval_ms.
+  void MaintainNow();
 
   int64_t session_count() const;
   // The budgeted figure: bytes of the buffers the resident sessions' states hold (whole
@@ -244,14 +277,18 @@ class SessionManager {
                  const ManagerOptions& options, SessionListener* listener);
 
   absl::StatusOr<std::shared_ptr<Session>> Find(const std::string& tenant, const std::string& id);
+  // Whether the tenant has a live session of that id in the map.
+  bool Holds(const std::string& tenant, const std::string& id) const;
   // Marks an operation on `s` begun and queues its work; undoes the mark when the scheduler
   // refuses it (full queue, shutdown).
   absl::Status SubmitOp(Session& s, engine::Work work,
                         const std::shared_ptr<engine::CancelToken>& cancel);
+  // `id` empty: a fresh generated id; otherwise that id (ALREADY_EXISTS when taken).
   absl::StatusOr<std::shared_ptr<Session>> Insert(const std::string& tenant,
                                                   const SessionOptions& options,
                                                   engine::SequenceState state,
-                                                  const Counters& counters);
+                                                  const Counters& counters,
+                                                  const std::string& id = "");
   // RESOURCE_EXHAUSTED when `count` sessions leave no room for another, else OK.
   absl::Status CheckSessionLimit(int64_t count) const;
   absl::Status ValidateOptions(const SessionOptions& options) const;
@@ -259,7 +296,8 @@ class SessionManager {
   int64_t TokensPerChunk() const;
   absl::Status SubmitIngest(const std::shared_ptr<Session>& s, std::vector<int32_t> tokens,
                             bool end_of_document, std::shared_ptr<engine::CancelToken> cancel,
-                            std::function<void(absl::StatusOr<IngestProgress>)> done);
+                            std::function<void(absl::StatusOr<IngestProgress>)> done,
+                            bool durable);
   // Validates generation parameters; an empty prompt on an empty session becomes the bos token.
   absl::Status PrepareGenerateParams(const Session& s, GenerateParams& params) const;
 
@@ -267,14 +305,31 @@ class SessionManager {
   absl::Status EnsureResident(Session& s);
   // Engine thread: checkpoint-format bytes of the session's state.
   absl::StatusOr<std::string> EncodeSession(Session& s, const std::string& checkpoint_id);
-  // Engine thread: writes the session's state to its session file; returns the bytes written.
-  absl::StatusOr<int64_t> WriteSessionFile(Session& s);
+  // Engine thread: writes the session's state to its session file, fenced by the session's
+  // lease with a shared store; returns the bytes written. A failed fence (FAILED_PRECONDITION,
+  // "stale generation") disowns the session.
+  absl::StatusOr<int64_t> WriteSessionFile(const std::shared_ptr<Session>& s);
   // Queues, after the session's work, dropping its state and its session file (deleted or
   // expired sessions).
   void DropOnEngine(const std::shared_ptr<Session>& s);
   void Evict(const std::shared_ptr<Session>& s);
   void LoadPersisted();
   void ReaperLoop();
+  // Shared store (store.cc). A session of the store this replica does not hold: takes its lease
+  // and registers it (its state loads on first use). NOT_FOUND when the store has no such
+  // session; UNAVAILABLE while another replica holds it.
+  absl::StatusOr<std::shared_ptr<Session>> Adopt(const std::string& tenant, const std::string& id);
+  // Mu_ held: ALREADY_EXISTS when `id` is taken (map, store, or another replica's lease).
+  absl::Status CheckIdFreeLocked(const std::string& tenant, const std::string& id) const;
+  // Takes the lease on a new session's id (shared store). Mu_ held.
+  absl::StatusOr<int64_t> LeaseNewLocked(const std::string& tenant, const std::string& id);
+  // Forgets a session whose lease this replica lost, leaving its files to the new owner.
+  void Disown(const std::shared_ptr<Session>& s, const absl::Status& why);
+  // Renews this replica's leases; hands over idle sessions another replica asked for.
+  void RenewLeases();
+  // Queues on the engine: writes an idle session to the store, releases its lease, forgets it.
+  void HandOver(const std::shared_ptr<Session>& s);
+  void WriteBehind();
 
   const engine::Model* model_;
   engine::Scheduler* scheduler_;
@@ -282,6 +337,13 @@ class SessionManager {
   SessionListener* listener_;
   // Shared with work queued on the engine (DropOnEngine), which may run after this manager is gone.
   const std::shared_ptr<internal::CheckpointStore> store_;
+  const std::shared_ptr<const internal::LeaseStore> leases_;  // null unless replica_id is set
+  // How such work asks this manager whether an id was reused; unlinked by the destructor.
+  struct Link {
+    std::mutex mu;
+    const SessionManager* manager ABSL_GUARDED_BY(mu);
+  };
+  const std::shared_ptr<Link> link_;
 
   mutable std::mutex mu_;
   // tenant -> id -> session. Guarded by mu_.

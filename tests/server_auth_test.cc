@@ -139,5 +139,80 @@ TEST_F(ServerAuthTest, HealthListenerAddressInUseIsRefused) {
   ExpectRefused(absl::StatusCode::kFailedPrecondition, "cannot listen on --health_listen=");
 }
 
+// Issue 13 with authentication: the tenant comes from the credential, and a client-chosen id
+// and the shared store are both scoped by it, so no id and no store file lets one tenant reach
+// another tenant's session (nor take it over on another replica).
+TEST_F(ServerAuthTest, ChosenIdsAndTheSharedStoreStayWithinTheCredentialsTenant) {
+  options_.auth_tokens_file = tokens_;
+  options_.replica_id = "replica-a";
+  options_.sync_durability = true;
+  options_.lease_s = 30;
+  options_.checkpoint_on_shutdown = true;  // a shutdown hands the sessions over
+  auto a = Server::Start(options_);
+  ASSERT_TRUE(a.ok()) << a.status();
+  ServerOptions other = options_;
+  other.replica_id = "replica-b";
+  auto b = Server::Start(other);
+  ASSERT_TRUE(b.ok()) << b.status();
+  auto stub = [](const std::unique_ptr<Server>& s) {
+    return pb::TttService::NewStub(grpc::CreateChannel(
+        "127.0.0.1:" + std::to_string(s->port()), grpc::InsecureChannelCredentials()));
+  };
+  auto stub_a = stub(*a);
+  auto stub_b = stub(*b);
+  auto ctx = [](const std::string& token, const std::string& tenant = "") {
+    auto c = std::make_unique<grpc::ClientContext>();
+    c->AddMetadata("authorization", "Bearer " + token);
+    if (!tenant.empty()) c->AddMetadata("x-tenant-id", tenant);
+    return c;
+  };
+  pb::CreateSessionRequest create;
+  create.set_session_id("doc");
+  pb::Session s;
+  ASSERT_TRUE(stub_a->CreateSession(ctx("alice-token").get(), create, &s).ok());
+  {
+    auto c = ctx("alice-token");
+    auto stream = stub_a->Ingest(c.get());
+    pb::IngestRequest req;
+    req.set_session_id("doc");
+    for (int32_t t : {5, 6, 7}) req.add_token_ids(t);
+    req.set_end_of_document(true);  // sync durability: acknowledged once in the store
+    ASSERT_TRUE(stream->Write(req));
+    stream->WritesDone();
+    pb::IngestResponse r;
+    while (stream->Read(&r)) {
+    }
+    ASSERT_TRUE(stream->Finish().ok());
+  }
+  // Bob's "doc" is his own, on either replica; alice's stays hers.
+  ASSERT_TRUE(stub_b->CreateSession(ctx("bob-token").get(), create, &s).ok());
+  pb::GetSessionRequest get;
+  get.set_session_id("doc");
+  ASSERT_TRUE(stub_b->GetSession(ctx("bob-token").get(), get, &s).ok());
+  EXPECT_EQ(s.counters().tokens_received(), 0);
+  // Replica-a holds alice's "doc"; bob asking it gets his own, held by replica-b.
+  grpc::Status held = stub_a->GetSession(ctx("bob-token").get(), get, &s);
+  EXPECT_EQ(held.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_THAT(held.error_message(), HasSubstr("lives on replica 'replica-b'"));
+  // Naming alice's tenant with bob's credential is refused before any session is looked at.
+  grpc::Status st = stub_b->GetSession(ctx("bob-token", "alice").get(), get, &s);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  // Alice on the other replica: her session, held by replica-a, not bob's.
+  st = stub_b->GetSession(ctx("alice-token").get(), get, &s);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_THAT(st.error_message(), HasSubstr("owned by replica 'replica-a'"));
+  // A read-scoped credential of alice's cannot create over her id either.
+  st = stub_b->CreateSession(ctx("alice-read").get(), create, &s);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+
+  stub_a.reset();
+  a->reset();  // hands alice's session over through the store
+  st = stub_b->GetSession(ctx("alice-token").get(), get, &s);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(s.counters().tokens_received(), 3);
+  ASSERT_TRUE(stub_b->GetSession(ctx("bob-token").get(), get, &s).ok());
+  EXPECT_EQ(s.counters().tokens_received(), 0);
+}
+
 }  // namespace
 }  // namespace ttt::server

@@ -6,6 +6,7 @@
 #include "server/server.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -401,6 +402,86 @@ TEST_F(ServerTest, CancelMidIngestKeepsAcknowledgedChunks) {
   EXPECT_GE(s.counters().position(), acked);
   EXPECT_GE(s.counters().chunks_applied(), 3);
   EXPECT_FALSE(s.writer_active());
+}
+
+// Issue 13: the client chooses the id, so a proxy hashing x-session-id routes CreateSession too.
+TEST_F(ServerTest, CreateSessionTakesAClientChosenId) {
+  Start();
+  pb::CreateSessionRequest req;
+  req.set_session_id("user-7.conv_1");
+  pb::Session s;
+  ASSERT_TRUE(stub_->CreateSession(Ctx().get(), req, &s).ok());
+  EXPECT_EQ(s.session_id(), "user-7.conv_1");
+  ASSERT_TRUE(IngestAll({Tokens("user-7.conv_1", Doc(static_cast<int>(chunk_ + 3)))}).ok());
+  ExpectStatus(stub_->CreateSession(Ctx().get(), req, &s), grpc::StatusCode::ALREADY_EXISTS,
+               "already exists");
+  // Nothing of the existing session was lost to the refused create.
+  pb::GetSessionRequest get;
+  get.set_session_id("user-7.conv_1");
+  ASSERT_TRUE(stub_->GetSession(Ctx().get(), get, &s).ok());
+  EXPECT_EQ(s.counters().tokens_received(), chunk_ + 3);
+  // Another tenant may use the same id.
+  EXPECT_TRUE(stub_->CreateSession(Ctx("other").get(), req, &s).ok());
+  req.set_session_id("bad id");
+  ExpectStatus(stub_->CreateSession(Ctx().get(), req, &s), grpc::StatusCode::INVALID_ARGUMENT,
+               "outside [A-Za-z0-9._-]");
+  req.set_session_id(std::string(200, 'a'));
+  ExpectStatus(stub_->CreateSession(Ctx().get(), req, &s), grpc::StatusCode::INVALID_ARGUMENT,
+               "1..128 characters");
+}
+
+// Issue 13: two replicas on one shared store. Sync durability acknowledges end_of_document only
+// once the state is in the store; the owner's lease keeps the other replica out, and a shutdown
+// hands the session over with bit-identical scores.
+TEST_F(ServerTest, ReplicasSharingAStoreHandASessionOverWithItsSyncedState) {
+  options_.replica_id = "replica-a";
+  options_.sync_durability = true;
+  options_.lease_s = 30;
+  Start();
+  pb::CreateSessionRequest create;
+  create.set_session_id("doc-1");
+  pb::Session s;
+  ASSERT_TRUE(stub_->CreateSession(Ctx().get(), create, &s).ok());
+  pb::IngestRequest doc = Tokens("doc-1", Doc(static_cast<int>(2 * chunk_ + 5)));
+  doc.set_end_of_document(true);
+  ASSERT_TRUE(IngestAll({doc}).ok());
+  // Acknowledged, so already in the store (no shutdown, no write-behind pass needed).
+  bool stored = false;
+  for (const auto& tenant : fs::directory_iterator(dir_ / "ckpt")) {
+    stored = stored || fs::exists(tenant.path() / "sessions" / "doc-1.safetensors");
+  }
+  EXPECT_TRUE(stored);
+  const auto probe = Doc(static_cast<int>(chunk_ + 2), 5);
+  const auto before = Score("doc-1", probe);
+
+  ServerOptions other = options_;
+  other.replica_id = "replica-b";
+  auto b = Server::Start(other);
+  ASSERT_TRUE(b.ok()) << b.status();
+  auto stub_b = pb::TttService::NewStub(grpc::CreateChannel(
+      "127.0.0.1:" + std::to_string((*b)->port()), grpc::InsecureChannelCredentials()));
+  pb::GetSessionRequest get;
+  get.set_session_id("doc-1");
+  ExpectStatus(stub_b->GetSession(Ctx().get(), get, &s), grpc::StatusCode::UNAVAILABLE,
+               "owned by replica 'replica-a'");
+  ExpectStatus(stub_b->CreateSession(Ctx().get(), create, &s), grpc::StatusCode::ALREADY_EXISTS,
+               "already exists");
+
+  stub_.reset();
+  server_.reset();  // SIGTERM-like shutdown: persists and gives the lease up
+  ASSERT_TRUE(stub_b->GetSession(Ctx().get(), get, &s).ok());
+  EXPECT_EQ(s.counters().tokens_received(), 2 * chunk_ + 5);
+  EXPECT_EQ(s.counters().documents_completed(), 1);
+  pb::ScoreRequest score;
+  score.set_session_id("doc-1");
+  for (int32_t t : probe) score.add_token_ids(t);
+  pb::ScoreResponse after;
+  ASSERT_TRUE(stub_b->Score(Ctx().get(), score, &after).ok());
+  ASSERT_EQ(after.logprobs_size(), before.logprobs_size());
+  for (int i = 0; i < after.logprobs_size(); ++i) {
+    const float x = after.logprobs(i), y = before.logprobs(i);
+    EXPECT_TRUE(std::memcmp(&x, &y, sizeof x) == 0 || (std::isnan(x) && std::isnan(y))) << i;
+  }
 }
 
 // The writer lease (docs/contract.md, "The writer lease after a cancellation"): a writer call the

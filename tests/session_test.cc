@@ -29,6 +29,7 @@
 #include <nlohmann/json.hpp>
 
 #include "session/internal/checkpoint.h"
+#include "session/internal/lease.h"
 #include "util/sha256.h"
 
 namespace ttt::session {
@@ -145,6 +146,56 @@ TEST_F(SessionTest, CreateGetListDeleteAndTenantIsolation) {
   EXPECT_EQ(manager_->GetSession("t", a->id).status().code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(manager_->CreateSession("bad/tenant", {}).status().code(),
             absl::StatusCode::kInvalidArgument);
+}
+
+// Issue 13: a client may choose the session id (the proxy's routing key).
+TEST_F(SessionTest, ClientChosenIdsAreValidatedAndUniquePerTenant) {
+  auto a = manager_->CreateSession("t", {}, "conv-42.a_b");
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->id, "conv-42.a_b");
+  EXPECT_TRUE(manager_->GetSession("t", "conv-42.a_b").ok());
+  auto again = manager_->CreateSession("t", {}, "conv-42.a_b");
+  EXPECT_EQ(again.status().code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_NE(again.status().message().find("already exists"), std::string::npos) << again.status();
+  // Ids are per tenant.
+  EXPECT_TRUE(manager_->CreateSession("u", {}, "conv-42.a_b").ok());
+  auto slash = manager_->CreateSession("t", {}, "a/b");
+  EXPECT_EQ(slash.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(slash.status().message().find("outside [A-Za-z0-9._-]"), std::string::npos);
+  auto dot = manager_->CreateSession("t", {}, ".hidden");
+  EXPECT_EQ(dot.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(dot.status().message().find("must not start with '.'"), std::string::npos);
+  auto longer = manager_->CreateSession("t", {}, std::string(129, 'x'));
+  EXPECT_EQ(longer.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(longer.status().message().find("1..128 characters, got 129"), std::string::npos);
+  EXPECT_TRUE(manager_->CreateSession("t", {}, std::string(128, 'x')).ok());
+  // A refused id leaves nothing behind; a deleted id is free again at once.
+  EXPECT_EQ(manager_->ListSessions("t").size(), 2u);
+  ASSERT_TRUE(manager_->DeleteSession("t", "conv-42.a_b").ok());
+  EXPECT_TRUE(manager_->CreateSession("t", {}, "conv-42.a_b").ok());
+}
+
+TEST_F(SessionTest, ClientChosenIdTakenByAnEvictedOrStoredSessionIsAlreadyExists) {
+  Open("llama", 8, /*budget=*/0);
+  auto a = manager_->CreateSession("t", {}, "evicted");
+  ASSERT_TRUE(a.ok());
+  ASSERT_TRUE(Ingest(a->id, Tokens(static_cast<int>(chunk_ + 1), vocab_, 3)).ok());
+  manager_->ReapNow();
+  for (int i = 0; i < 100 && manager_->GetSession("t", a->id)->resident; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_FALSE(manager_->GetSession("t", a->id)->resident);
+  auto taken = manager_->CreateSession("t", {}, "evicted");
+  EXPECT_EQ(taken.status().code(), absl::StatusCode::kAlreadyExists) << taken.status();
+  // A session file another process (a replica sharing the store) wrote under an id this
+  // manager does not hold: the id is still taken, and the file is not overwritten.
+  const fs::path sessions = dir_ / "t" / "sessions";
+  fs::copy_file(sessions / "evicted.safetensors", sessions / "elsewhere.safetensors");
+  const auto size = fs::file_size(sessions / "elsewhere.safetensors");
+  auto stored = manager_->CreateSession("t", {}, "elsewhere");
+  EXPECT_EQ(stored.status().code(), absl::StatusCode::kAlreadyExists) << stored.status();
+  EXPECT_NE(stored.status().message().find("session store"), std::string::npos);
+  EXPECT_EQ(fs::file_size(sessions / "elsewhere.safetensors"), size);
 }
 
 TEST_F(SessionTest, SecondWriterIsAborted) {
@@ -811,6 +862,240 @@ TEST_F(SessionTest, MemoryFiguresCountWhatIsHeld) {
   // The copy is compact (no spare rows), so it may hold less than the session it copies.
   EXPECT_GT(held_during, resident);
   EXPECT_EQ(manager_->memory_held_bytes(), resident);
+}
+
+
+// ---------------------------------------------------------------------------------------------
+// Issue 13: a session store shared by replicas. The lease file alone first (a fake clock), then
+// two SessionManagers on one folder in this process standing for two replicas.
+
+class LeaseTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / ("ttt-lease-test-" + std::to_string(::getpid()));
+    fs::remove_all(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  internal::LeaseStore Replica(const std::string& id) {
+    return internal::LeaseStore(dir_, id, /*lease_ms=*/1000, [this] { return now_; });
+  }
+  fs::path dir_;
+  int64_t now_ = 5'000'000;
+};
+
+TEST_F(LeaseTest, OneOwnerAtATimeTakeoverAfterExpiryAndStaleGenerationsAreFenced) {
+  auto a = Replica("a");
+  auto b = Replica("b");
+  auto first = a.Acquire("t", "s1");
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(*first, 1);
+  EXPECT_EQ(*a.Acquire("t", "s1"), 1);  // its own live lease: extended, same generation
+  auto refused = b.Acquire("t", "s1");
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_NE(refused.status().message().find("owned by replica 'a' for another 1000 ms"),
+            std::string::npos)
+      << refused.status();
+  EXPECT_TRUE(b.HeldElsewhere("t", "s1"));
+  EXPECT_TRUE(a.CheckFence("t", "s1", 1).ok());
+  now_ += 600;
+  EXPECT_TRUE(a.Renew("t", "s1", 1).ok());
+  now_ += 600;  // past the first expiry, within the renewed one
+  EXPECT_EQ(b.Acquire("t", "s1").status().code(), absl::StatusCode::kUnavailable);
+  now_ += 1000;  // a stopped renewing: its lease expired
+  EXPECT_FALSE(b.HeldElsewhere("t", "s1"));
+  auto taken = b.Acquire("t", "s1");
+  ASSERT_TRUE(taken.ok()) << taken.status();
+  EXPECT_EQ(*taken, 2);
+  // a comes back with generation 1: every write and renewal is refused.
+  absl::Status fence = a.CheckFence("t", "s1", 1);
+  EXPECT_EQ(fence.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(fence.message().find("stale generation 1"), std::string::npos) << fence;
+  EXPECT_NE(fence.message().find("replica 'b' holds it at generation 2"), std::string::npos);
+  EXPECT_EQ(a.Renew("t", "s1", 1).code(), absl::StatusCode::kFailedPrecondition);
+  a.Release("t", "s1", 1);  // not a's: stays
+  EXPECT_TRUE(b.CheckFence("t", "s1", 2).ok());
+  // b's own lease, expired but not taken: the fence refuses a write until it renews.
+  now_ += 1500;
+  EXPECT_EQ(b.CheckFence("t", "s1", 2).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(b.Renew("t", "s1", 2).ok());
+  EXPECT_TRUE(b.CheckFence("t", "s1", 2).ok());
+  b.Release("t", "s1", 2);
+  EXPECT_EQ(a.Read("t", "s1").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(a.CheckFence("t", "s1", 1).code(), absl::StatusCode::kFailedPrecondition);
+  // No temporary file is left beside the lease files.
+  for (const auto& e : fs::directory_iterator(dir_ / "t" / "leases")) {
+    ADD_FAILURE() << "left behind: " << e.path();
+  }
+}
+
+TEST_F(LeaseTest, AnUnreadableLeaseFileIsDataLoss) {
+  auto a = Replica("a");
+  ASSERT_TRUE(a.Acquire("t", "s1").ok());
+  std::ofstream(dir_ / "t" / "leases" / "s1.lease") << "{\"owner\": 7}";
+  auto r = a.Read("t", "s1");
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_NE(r.status().message().find("does not parse"), std::string::npos);
+}
+
+class SharedStoreTest : public SessionTest {
+ protected:
+  void SetUp() override {
+    SessionTest::SetUp();
+    manager_.reset();  // the two replicas below replace the single manager
+    auto sched = engine::Scheduler::Create(model_.get(), engine::SchedulerOptions{});
+    ASSERT_TRUE(sched.ok());
+    scheduler_b_ = std::move(*sched);
+    a_ = Replica("replica-a", scheduler_.get());
+    b_ = Replica("replica-b", scheduler_b_.get());
+    ASSERT_TRUE(a_ && b_);
+  }
+  void TearDown() override {
+    a_.reset();
+    b_.reset();
+    scheduler_b_.reset();
+    SessionTest::TearDown();
+  }
+  std::unique_ptr<SessionManager> Replica(const std::string& id, engine::Scheduler* sched) {
+    ManagerOptions opt;
+    opt.checkpoint_dir = dir_;
+    opt.reaper_interval_ms = 3600 * 1000;  // tests call ReapNow() / MaintainNow()
+    opt.replica_id = id;
+    opt.lease_ms = kLeaseMs;
+    opt.lease_clock = [this] { return now_.load(); };
+    auto m = SessionManager::Create(model_.get(), sched, opt);
+    EXPECT_TRUE(m.ok()) << m.status();
+    return m.ok() ? std::move(*m) : nullptr;
+  }
+  static absl::StatusOr<IngestProgress> IngestOn(SessionManager& m, const std::string& id,
+                                                 std::vector<int32_t> tokens, bool durable) {
+    auto w = m.OpenWriter("t", id, "test");
+    if (!w.ok()) return w.status();
+    std::promise<absl::StatusOr<IngestProgress>> p;
+    absl::Status st = (*w)->Ingest(
+        std::move(tokens), false, nullptr,
+        [&](absl::StatusOr<IngestProgress> r) { p.set_value(r); }, durable);
+    if (!st.ok()) return st;
+    return p.get_future().get();
+  }
+  static absl::StatusOr<ScoreResult> ScoreOn(SessionManager& m, const std::string& id,
+                                             std::vector<int32_t> tokens) {
+    std::promise<absl::StatusOr<ScoreResult>> p;
+    absl::Status st = m.Score("t", id, std::move(tokens), nullptr,
+                              [&](absl::StatusOr<ScoreResult> r) { p.set_value(r); });
+    if (!st.ok()) return st;
+    return p.get_future().get();
+  }
+  fs::path SessionFile(const std::string& id) const {
+    return dir_ / "t" / "sessions" / (id + ".safetensors");
+  }
+  std::string FileBytes(const std::string& id) const {
+    std::ifstream in(SessionFile(id), std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  }
+
+  // Long against the reaper's (never running) interval; the fake clock moves it.
+  static constexpr int64_t kLeaseMs = int64_t{8000} * 1000;
+  std::atomic<int64_t> now_{int64_t{1} << 40};
+  std::unique_ptr<engine::Scheduler> scheduler_b_;
+  std::unique_ptr<SessionManager> a_;
+  std::unique_ptr<SessionManager> b_;
+};
+
+TEST_F(SharedStoreTest, AnotherReplicaTakesOverTheSyncedStateOnceTheOwnersLeaseExpires) {
+  const auto synced = Tokens(static_cast<int>(2 * chunk_ + 3), vocab_, 21);
+  const auto unsynced = Tokens(static_cast<int>(chunk_), vocab_, 22);
+  const auto probe = Tokens(9, vocab_, 23);
+  ASSERT_TRUE(a_->CreateSession("t", {}, "conv").ok());
+  ASSERT_TRUE(IngestOn(*a_, "conv", synced, /*durable=*/true).ok());
+  ASSERT_TRUE(fs::exists(SessionFile("conv")));  // acknowledged only once in the store
+  ASSERT_TRUE(IngestOn(*a_, "conv", unsynced, /*durable=*/false).ok());
+  // a holds it: b refuses, retryably, and cannot create the id.
+  auto held = ScoreOn(*b_, "conv", probe);
+  EXPECT_EQ(held.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_NE(held.status().message().find("owned by replica 'replica-a'"), std::string::npos)
+      << held.status();
+  EXPECT_EQ(b_->CreateSession("t", {}, "conv").status().code(),
+            absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(b_->GetSession("t", "unknown").status().code(), absl::StatusCode::kNotFound);
+
+  // a dies (stops renewing): after the lease, b takes over as of the synced state.
+  now_ += kLeaseMs + 1;
+  auto after = ScoreOn(*b_, "conv", probe);
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ(b_->GetSession("t", "conv")->counters.tokens_received,
+            static_cast<int64_t>(synced.size()));
+  ASSERT_TRUE(b_->CreateSession("t", {}, "reference").ok());
+  ASSERT_TRUE(IngestOn(*b_, "reference", synced, false).ok());
+  auto reference = ScoreOn(*b_, "reference", probe);
+  ASSERT_TRUE(reference.ok());
+  EXPECT_TRUE(SameBits(after->logprobs, reference->logprobs));
+
+  // a comes back: its write carries a stale generation and is refused; the store keeps b's.
+  const std::string stored = FileBytes("conv");
+  auto stale = IngestOn(*a_, "conv", unsynced, /*durable=*/true);
+  EXPECT_EQ(stale.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_NE(stale.status().message().find("stale generation 1"), std::string::npos)
+      << stale.status();
+  EXPECT_EQ(FileBytes("conv"), stored);
+  EXPECT_TRUE(a_->ListSessions("t").empty());  // a let go of it
+}
+
+TEST_F(SharedStoreTest, RenewedLeasesKeepSessionsAndShutdownHandsThemOver) {
+  ASSERT_TRUE(a_->CreateSession("t", {}, "kept").ok());
+  ASSERT_TRUE(IngestOn(*a_, "kept", Tokens(static_cast<int>(chunk_ + 1), vocab_, 31), false).ok());
+  now_ += kLeaseMs / 2;
+  a_->MaintainNow();  // renews (and queues the write-behind of the new session)
+  now_ += kLeaseMs * 3 / 4;  // past the first lease, within the renewed one
+  EXPECT_EQ(b_->GetSession("t", "kept").status().code(), absl::StatusCode::kUnavailable);
+  for (int i = 0; i < 250 && !fs::exists(SessionFile("kept")); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_TRUE(fs::exists(SessionFile("kept"))) << "write-behind did not write the session";
+  // A shutdown writes the latest state and gives the lease up: b takes over at once.
+  ASSERT_TRUE(IngestOn(*a_, "kept", Tokens(5, vocab_, 32), false).ok());
+  ASSERT_TRUE(a_->PersistAll().ok());
+  auto taken = b_->GetSession("t", "kept");
+  ASSERT_TRUE(taken.ok()) << taken.status();
+  EXPECT_EQ(taken->counters.tokens_received, chunk_ + 1 + 5);
+  EXPECT_FALSE(taken->resident);  // loads on first use
+  EXPECT_TRUE(ScoreOn(*b_, "kept", Tokens(4, vocab_, 33)).ok());
+  // Deleting on the new owner removes the session and its lease: the id is free everywhere.
+  ASSERT_TRUE(b_->DeleteSession("t", "kept").ok());
+  EXPECT_FALSE(fs::exists(dir_ / "t" / "leases" / "kept.lease"));
+  EXPECT_TRUE(a_->CreateSession("t", {}, "kept").ok());
+}
+
+// The proxy sends a session's calls to another replica (its ring changed: a replica came back):
+// that replica asks the owner, whose lease is live and renewed, to hand the session over; the
+// owner writes it to the store and lets go at its next renewal, and the state arrives whole.
+TEST_F(SharedStoreTest, ASessionAskedForByAnotherReplicaIsHandedOverAtTheNextRenewal) {
+  const auto doc = Tokens(static_cast<int>(chunk_ + 4), vocab_, 41);
+  const auto probe = Tokens(7, vocab_, 42);
+  ASSERT_TRUE(a_->CreateSession("t", {}, "conv").ok());
+  ASSERT_TRUE(IngestOn(*a_, "conv", doc, /*durable=*/false).ok());  // not in the store yet
+  auto before = ScoreOn(*a_, "conv", probe);
+  ASSERT_TRUE(before.ok()) << before.status();
+  auto asked = b_->GetSession("t", "conv");
+  EXPECT_EQ(asked.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_NE(asked.status().message().find("asked it to hand the session over"),
+            std::string::npos)
+      << asked.status();
+  EXPECT_TRUE(fs::exists(dir_ / "t" / "leases" / "conv.want"));
+
+  now_ += kLeaseMs / 2;
+  a_->MaintainNow();  // renews, sees the request, queues the handover
+  absl::StatusOr<SessionInfo> taken = b_->GetSession("t", "conv");
+  for (int i = 0; i < 250 && !taken.ok(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    taken = b_->GetSession("t", "conv");
+  }
+  ASSERT_TRUE(taken.ok()) << taken.status();
+  EXPECT_EQ(taken->counters.tokens_received, static_cast<int64_t>(doc.size()));
+  EXPECT_TRUE(a_->ListSessions("t").empty());
+  EXPECT_FALSE(fs::exists(dir_ / "t" / "leases" / "conv.want"));
+  auto after = ScoreOn(*b_, "conv", probe);
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_TRUE(SameBits(after->logprobs, before->logprobs));
 }
 
 }  // namespace

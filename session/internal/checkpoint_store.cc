@@ -259,6 +259,21 @@ void CheckpointStore::RemoveSession(const std::string& tenant, const std::string
   fs::remove(Path(tenant, kSessions, id), ec);
 }
 
+absl::StatusOr<CheckpointMeta> CheckpointStore::InspectSession(const std::string& tenant,
+                                                               const std::string& id) const {
+  Fd root(::open(root_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  Fd tenant_dir = root.ok() ? OpenSubdir(root.get(), tenant) : Fd();
+  Fd dir = tenant_dir.ok() ? OpenSubdir(tenant_dir.get(), kSessions) : Fd();
+  if (!dir.ok()) return absl::NotFoundError(absl::StrCat("no session file for ", Quote(id)));
+  uint64_t size = 0;
+  return Inspect(dir.get(), id + kExtension, Path(tenant, kSessions, id).string(), &size);
+}
+
+bool CheckpointStore::HasSession(const std::string& tenant, const std::string& id) const {
+  std::error_code ec;
+  return fs::exists(fs::symlink_status(Path(tenant, kSessions, id), ec));
+}
+
 absl::Status CheckpointStore::MoveSessionToCheckpoints(const std::string& tenant,
                                                        const std::string& id) const {
   const fs::path to = Path(tenant, kCheckpoints, id);

@@ -51,6 +51,11 @@ class CheckpointStore {
                             const std::string& bytes) const;
   absl::StatusOr<std::string> ReadSession(const std::string& tenant, const std::string& id) const;
   void RemoveSession(const std::string& tenant, const std::string& id) const;
+  // The metadata of one session file (a listing's checks); NOT_FOUND when there is none.
+  absl::StatusOr<CheckpointMeta> InspectSession(const std::string& tenant,
+                                                const std::string& id) const;
+  // Whether a session file of that id exists (whatever its content: it holds the id).
+  bool HasSession(const std::string& tenant, const std::string& id) const;
   // Names a session file in messages.
   std::string SessionFileName(const std::string& tenant, const std::string& id) const;
 

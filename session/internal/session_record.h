@@ -49,6 +49,14 @@ class Session {
   int64_t inflight = 0;  // operations admitted and not finished; guarded by mu
   bool deleted = false;   // guarded by mu
   bool evicting = false;  // guarded by mu
+  // Written by a writer since its last copy in the store (write-behind picks it up); mu.
+  bool dirty = false;
+  int64_t persisted_ms = 0;  // when its state was last written to the store; guarded by mu
+  bool persist_queued = false;  // a write-behind is queued; guarded by mu
+  // Shared store (ManagerOptions::replica_id): the generation of this replica's lease on the
+  // session (0: none, so every fenced write fails) and when it was last renewed; guarded by mu.
+  int64_t lease_generation = 0;
+  int64_t lease_renewed_ms = 0;
   std::vector<std::weak_ptr<engine::CancelToken>> cancels;  // guarded by mu
 
   // Engine thread only.
@@ -87,6 +95,7 @@ class Session {
   // `chunks_before` (each of `chunk` tokens). Returns the chunks; the caller refreshes.
   int64_t AccountWriteLocked(int64_t tokens, int64_t chunks_before, int64_t chunk) {
     const int64_t chunks = std::max<int64_t>(0, state.chunks_applied - chunks_before);
+    dirty = true;
     counters.tokens_received += tokens;
     counters.chunks_applied += chunks;
     counters.tokens_applied += chunks * chunk;

@@ -41,5 +41,6 @@ render default
 render gpu-monitoring-hpa gpu-monitoring-hpa.yaml
 render scaleout scaleout.yaml
 render secured secured.yaml
+render scaleout-haproxy scaleout-haproxy.yaml
 
 go test -p 1 -count=1 .

@@ -83,6 +83,15 @@ app.kubernetes.io/part-of: ttt-serve
 - {{ printf "--max_batch_tokens=%d" ($s.maxBatchTokens | int64) | quote }}
 - {{ printf "--checkpoint_on_shutdown=%t" $s.checkpointOnShutdown | quote }}
 - {{ printf "--drain_timeout_s=%d" ($s.drainTimeoutS | int64) | quote }}
+{{- if eq .Values.persistence.mode "shared" }}
+{{- /* The shared volume is a session store: each replica leases the sessions it serves. */}}
+- "--replica_id=$(POD_NAME)"
+{{- with .Values.persistence.store }}
+- {{ printf "--durability=%s" .durability | quote }}
+- {{ printf "--lease_s=%d" (.leaseS | int64) | quote }}
+- {{ printf "--persist_interval_s=%d" (.persistIntervalS | int64) | quote }}
+{{- end }}
+{{- end }}
 {{- include "ttt-serve.securityArgs" . }}
 {{- range $s.extraArgs }}
 - {{ . | quote }}
@@ -105,6 +114,9 @@ files; refuses combinations that cannot work. */}}
 {{- end }}
 {{- if and $sec.tls .Values.routing.envoy.enabled }}
 {{- fail "routing.envoy speaks plaintext to the replicas: it cannot front security.tls yet" }}
+{{- end }}
+{{- if and $sec.tls .Values.routing.haproxy.enabled }}
+{{- fail "routing.haproxy speaks plaintext (h2c) to the replicas: it cannot front security.tls yet" }}
 {{- end }}
 {{- if gt (int $sec.healthPort) 0 }}
 - {{ printf "--health_listen=0.0.0.0:%d" ($sec.healthPort | int64) | quote }}

@@ -6,6 +6,7 @@ package main
 
 import (
 	"bufio"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -246,7 +247,8 @@ func containerPort(c obj, name string) int {
 	return -1
 }
 
-var scenarios = [][]string{{}, {"gpu-monitoring-hpa.yaml"}, {"scaleout.yaml"}, {"secured.yaml"}}
+var scenarios = [][]string{{}, {"gpu-monitoring-hpa.yaml"}, {"scaleout.yaml"}, {"secured.yaml"},
+	{"scaleout-haproxy.yaml"}}
 
 func TestFlagsArePortsAndNamesOfTheContract(t *testing.T) {
 	c := parseContract(t)
@@ -669,6 +671,44 @@ func TestMonitoringAndAutoscalingAreOptional(t *testing.T) {
 	}
 	if len(list(hpa.o, "spec", "metrics")) != 2 {
 		t.Errorf("HPA metrics %v, want CPU and queue depth", list(hpa.o, "spec", "metrics"))
+	}
+}
+
+// The HAProxy router (the one tests/e2e/scaleout_e2e_test.py runs): a consistent hash of the
+// session header over one h2 server per StatefulSet pod, by its stable DNS name; and the replicas
+// get the shared store's flags.
+func TestHaproxyHashesTheSessionHeaderOverEveryReplica(t *testing.T) {
+	c := parseContract(t)
+	r := render(t, "scaleout-haproxy.yaml")
+	sts, ctr := serverContainer(t, r)
+	cfg := ""
+	for _, cm := range r.find("ConfigMap") {
+		if text := str(cm.o, "data", "haproxy.cfg"); text != "" {
+			cfg = text
+		}
+	}
+	for _, want := range []string{"balance hdr(x-session-id)", "hash-type consistent",
+		"bind :8080 proto h2", "retry-on conn-failure", "default-server proto h2 check"} {
+		if !strings.Contains(cfg, want) {
+			t.Errorf("haproxy.cfg lacks %q:\n%s", want, cfg)
+		}
+	}
+	for i := 0; i < 3; i++ {
+		pod := fmt.Sprintf("%s-%d", str(sts.o, "metadata", "name"), i)
+		want := fmt.Sprintf("server %s %s.%s.serving.svc:%d", pod, pod, str(sts.o, "spec", "serviceName"), c.grpcPort)
+		if !strings.Contains(cfg, want) {
+			t.Errorf("haproxy.cfg lacks %q", want)
+		}
+	}
+	if n := strings.Count(cfg, "\n  server "); n != 3 {
+		t.Errorf("%d server lines, want one per replica (3)", n)
+	}
+	a := args(t, ctr)
+	for flag, want := range map[string]string{"replica_id": "$(POD_NAME)", "durability": "sync",
+		"lease_s": "4", "persist_interval_s": "1"} {
+		if a[flag] != want {
+			t.Errorf("--%s=%q, want %q", flag, a[flag], want)
+		}
 	}
 }
 
