@@ -10,6 +10,7 @@
 #include <grpcpp/resource_quota.h>
 
 #include "absl/strings/str_cat.h"
+#include "auth/quotas.h"
 #include "engine/model.h"
 #include "engine/scheduler.h"
 #include "server/metrics.h"
@@ -51,6 +52,15 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   if (!security.ok()) return security.status();
   s->security_ = std::make_unique<Security>(std::move(*security));
   s->metrics_->SetAuthEnabled(s->security_->authorizer->enabled());
+  if (!options.quotas_file.empty()) {
+    auth::QuotasOptions qo;
+    qo.path = options.quotas_file;
+    qo.validate_tenant = session::SessionManager::ValidateTenant;
+    qo.poll_interval_ms = options.quotas_poll_ms;
+    auto quotas = auth::Quotas::Open(std::move(qo));
+    if (!quotas.ok()) return quotas.status();
+    s->quotas_ = std::move(*quotas);
+  }
   if (options.metrics_auth) {
     s->metrics_->RequireScrapeAuth(
         [authorizer = s->security_->authorizer](const std::optional<std::string>& header) {
@@ -113,10 +123,15 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   who_may_call.info.set_client_certificates(s->security_->client_certificates);
   who_may_call.info.set_bearer_tokens(s->security_->tokens != nullptr);
   who_may_call.info.set_authenticated(s->security_->authorizer->enabled());
+  who_may_call.quotas = s->quotas_.get();
   s->service_ = std::make_unique<TttServiceImpl>(s->sessions_.get(), s->tokenizer_.get(),
                                                  s->metrics_.get(), limits, kVersion,
                                                  options.max_batch_tokens, std::move(who_may_call));
 
+  if (s->quotas_) {
+    s->metrics_->SetTenantUsageSource(
+        [gate = s->service_->quotas()] { return gate->Usage(); });
+  }
   absl::Status grpc_started = s->StartGrpc();
   if (!grpc_started.ok()) return grpc_started;
   s->gauges_ = std::thread([raw = s.get()] { raw->GaugeLoop(); });
@@ -212,6 +227,8 @@ void Server::Shutdown() {
                    std::string(st.message()).c_str());
     }
   }
+  // Scrapes stop reading per-tenant usage from the session manager before it goes.
+  if (metrics_) metrics_->SetTenantUsageSource(nullptr);
   // The engine answers what is still queued while the session manager is alive, then goes.
   if (scheduler_) scheduler_->Shutdown();
   sessions_.reset();

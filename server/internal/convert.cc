@@ -194,4 +194,31 @@ absl::Status ValidateStops(const pb::GenerateRequest& req) {
   return absl::OkStatus();
 }
 
+namespace {
+void ToProto(const TenantUsageRow& row, tttserve::v1::TenantUsage* out) {
+  out->set_tenant(row.tenant);
+  out->set_live_sessions(row.live_sessions);
+  out->set_checkpoint_bytes(row.checkpoint_bytes);
+  out->set_streams_open(row.streams_open);
+  out->set_ingest_tokens_total(row.ingest_tokens_total.value_or(-1));
+  for (const auto& [quota, n] : row.refusals) (*out->mutable_refusals())[quota] = n;
+  auto& limits = *out->mutable_limits();
+  const auth::TenantQuota& q = row.limits;
+  if (q.live_sessions) limits["live_sessions"] = static_cast<double>(*q.live_sessions);
+  if (q.checkpoint_bytes) limits["checkpoint_bytes"] = static_cast<double>(*q.checkpoint_bytes);
+  if (q.ingest_tokens_per_s) limits["ingest_tokens_per_s"] = *q.ingest_tokens_per_s;
+  if (q.ingest_burst) limits["ingest_burst"] = static_cast<double>(*q.ingest_burst);
+  if (q.streams) limits["streams"] = static_cast<double>(*q.streams);
+}
+}  // namespace
+
+void AddTenantUsage(QuotaGate& quotas, const std::string& tenant, bool admin,
+                    tttserve::v1::ServerInfo* out) {
+  if (admin) {
+    for (const TenantUsageRow& row : quotas.Usage()) ToProto(row, out->add_tenant_usage());
+  } else if (auto own = quotas.UsageOf(tenant)) {
+    ToProto(*own, out->add_tenant_usage());
+  }
+}
+
 }  // namespace ttt::server::internal
