@@ -129,7 +129,7 @@ grpc::ServerUnaryReactor* TttServiceImpl::Score(Ctx* ctx, const pb::ScoreRequest
 grpc::ServerUnaryReactor* TttServiceImpl::Checkpoint(Ctx* ctx, const pb::CheckpointRequest* req,
                                                      pb::CheckpointInfo* resp) {
   return RunUnary(this, ctx, "Checkpoint", [&](const std::string& tenant, Finisher finish) {
-    absl::Status fits = quotas_.CheckCheckpoint(tenant, req->session_id(), req->checkpoint_id());
+    absl::Status fits = quotas_.CheckCheckpoint(tenant, req->checkpoint_id());
     if (!fits.ok()) return finish(fits);
     const bool existed = quotas_.CheckpointExists(tenant, req->checkpoint_id());
     internal::QuotaGate* quotas = &quotas_;

@@ -214,10 +214,12 @@ void ToProto(const TenantUsageRow& row, tttserve::v1::TenantUsage* out) {
 
 void AddTenantUsage(QuotaGate& quotas, const std::string& tenant, bool admin,
                     tttserve::v1::ServerInfo* out) {
-  if (admin) {
-    for (const TenantUsageRow& row : quotas.Usage()) ToProto(row, out->add_tenant_usage());
-  } else if (auto own = quotas.UsageOf(tenant)) {
-    ToProto(*own, out->add_tenant_usage());
+  auto own = quotas.UsageOf(tenant);
+  if (!own) return;  // no quotas
+  ToProto(*own, out->add_tenant_usage());
+  if (!admin) return;
+  for (const TenantUsageRow& row : quotas.Usage()) {
+    if (row.tenant != tenant) ToProto(row, out->add_tenant_usage());
   }
 }
 

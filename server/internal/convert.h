@@ -35,8 +35,8 @@ absl::StatusOr<auth::Principal> CallerOf(const auth::Authorizer& authorizer,
 absl::StatusOr<std::string> TenantOf(const auth::Authorizer& authorizer,
                                      const grpc::CallbackServerContext* ctx, const char* method);
 
-// GetServerInfo's tenant_usage: every row for an admin, else `tenant`'s own (none without
-// quotas).
+// GetServerInfo's tenant_usage: `tenant`'s own row, then for an admin the rows of every listed
+// tenant and "*" (none without quotas).
 void AddTenantUsage(QuotaGate& quotas, const std::string& tenant, bool admin,
                     tttserve::v1::ServerInfo* out);
 

@@ -36,33 +36,36 @@ absl::StatusOr<std::shared_ptr<QuotaGate::SessionReservation>> QuotaGate::Reserv
   return std::shared_ptr<SessionReservation>(new SessionReservation(this, tenant));
 }
 
-int64_t QuotaGate::CheckpointBytes(const std::string& tenant, const std::string& except) {
+int64_t QuotaGate::CheckpointBytes(const std::string& tenant, const std::string& except,
+                                   int64_t* except_bytes) {
   auto list = sessions_->ListCheckpoints(tenant);
   if (!list.ok()) return 0;
   int64_t bytes = 0;
   for (const session::CheckpointInfo& c : *list) {
-    if (c.id != except) bytes += c.size_bytes;
+    if (c.id != except) {
+      bytes += c.size_bytes;
+    } else if (except_bytes != nullptr) {
+      *except_bytes = c.size_bytes;
+    }
   }
   return bytes;
 }
 
-absl::Status QuotaGate::CheckCheckpoint(const std::string& tenant, const std::string& session_id,
+absl::Status QuotaGate::CheckCheckpoint(const std::string& tenant,
                                         const std::string& checkpoint_id) {
   if (quotas_ == nullptr) return absl::OkStatus();
-  auto session = sessions_->GetSession(tenant, session_id);
-  if (!session.ok()) return absl::OkStatus();  // the Checkpoint call reports it
-  return quotas_->CheckCheckpointBytes(tenant, CheckpointBytes(tenant, checkpoint_id),
-                                       session->memory_bytes);
+  // A new file's size is known only once it is written (AfterCheckpoint); a replaced one is
+  // taken to be as large as the file it replaces, which cannot be given back afterwards.
+  int64_t replaced = 0;
+  const int64_t others = CheckpointBytes(tenant, checkpoint_id, &replaced);
+  return quotas_->CheckCheckpointBytes(tenant, others, replaced);
 }
 
 bool QuotaGate::CheckpointExists(const std::string& tenant, const std::string& checkpoint_id) {
   if (quotas_ == nullptr || checkpoint_id.empty()) return false;
-  auto list = sessions_->ListCheckpoints(tenant);
-  if (!list.ok()) return false;
-  for (const session::CheckpointInfo& c : *list) {
-    if (c.id == checkpoint_id) return true;
-  }
-  return false;
+  int64_t replaced = -1;
+  CheckpointBytes(tenant, checkpoint_id, &replaced);
+  return replaced >= 0;
 }
 
 absl::Status QuotaGate::AfterCheckpoint(const std::string& tenant,

@@ -64,11 +64,10 @@ class QuotaGate {
   // Null (and OK) without quotas.
   absl::StatusOr<std::shared_ptr<SessionReservation>> ReserveSession(const std::string& tenant);
 
-  // Before checkpointing session `session_id` as `checkpoint_id` (empty: a new id): the tenant's
-  // checkpoint bytes (without a checkpoint this one replaces) plus an estimate of this one (the
-  // session's state buffers) must fit.
-  absl::Status CheckCheckpoint(const std::string& tenant, const std::string& session_id,
-                               const std::string& checkpoint_id);
+  // Before writing checkpoint `checkpoint_id` (empty: a new id): the tenant's checkpoint bytes
+  // must fit, counting a checkpoint this one replaces as if the new file were as large (its
+  // size is known only once written, and a replaced file cannot be given back).
+  absl::Status CheckCheckpoint(const std::string& tenant, const std::string& checkpoint_id);
   // Whether `checkpoint_id` names an existing checkpoint of the tenant (taken before writing, for
   // AfterCheckpoint). False without quotas.
   bool CheckpointExists(const std::string& tenant, const std::string& checkpoint_id);
@@ -86,13 +85,16 @@ class QuotaGate {
 
   // Usage rows: every listed tenant, then "*". Empty without quotas.
   std::vector<TenantUsageRow> Usage();
-  // `tenant`'s own row (exact counts; ingest_tokens_total only when the file lists it).
+  // `tenant`'s own row (exact counts; ingest_tokens_total only when the file lists it; the
+  // refusals of an unlisted tenant are counted in "*").
   std::optional<TenantUsageRow> UsageOf(const std::string& tenant);
 
  private:
   int64_t LiveSessions(const std::string& tenant);  // REQUIRES: mu_ held
-  // Sum of the tenant's checkpoint files' sizes, without `except` (a checkpoint id, may be empty).
-  int64_t CheckpointBytes(const std::string& tenant, const std::string& except = "");
+  // Sum of the tenant's checkpoint files' sizes, without `except` (a checkpoint id, may be
+  // empty), whose size goes to `except_bytes` when it exists.
+  int64_t CheckpointBytes(const std::string& tenant, const std::string& except = "",
+                          int64_t* except_bytes = nullptr);
   // Tenants with a folder in the checkpoint directory (the unlisted ones' bytes for "*").
   std::vector<std::string> TenantsOnDisk() const;
 
