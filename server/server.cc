@@ -3,6 +3,8 @@
 
 #include <chrono>
 #include <cstdio>
+#include <fstream>
+#include <sstream>
 #include <utility>
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
@@ -37,6 +39,34 @@ absl::Status ValidateBounds(const ServerOptions& o) {
   }
   return absl::OkStatus();
 }
+
+absl::StatusOr<std::string> ReadPem(const std::string& path, const char* flag) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream text;
+  if (in) text << in.rdbuf();
+  if (!in || text.str().empty()) {
+    return absl::NotFoundError(absl::StrCat(flag, "=", path, ": cannot read it (or it is empty)"));
+  }
+  return text.str();
+}
+
+// The metrics endpoint's TLS files (--metrics_tls_cert_file / --metrics_tls_key_file).
+absl::StatusOr<HttpExposerOptions> MetricsExposerOptions(const ServerOptions& o) {
+  HttpExposerOptions exposer;
+  if (o.metrics_tls_cert_file.empty() != o.metrics_tls_key_file.empty()) {
+    return absl::InvalidArgumentError(
+        "--metrics_tls_cert_file and --metrics_tls_key_file go together (the certificate and "
+        "its key)");
+  }
+  if (o.metrics_tls_cert_file.empty()) return exposer;
+  auto cert = ReadPem(o.metrics_tls_cert_file, "--metrics_tls_cert_file");
+  if (!cert.ok()) return cert.status();
+  auto key = ReadPem(o.metrics_tls_key_file, "--metrics_tls_key_file");
+  if (!key.ok()) return key.status();
+  exposer.tls_cert_pem = std::move(*cert);
+  exposer.tls_key_pem = std::move(*key);
+  return exposer;
+}
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& options) {
@@ -69,7 +99,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   }
   // The metrics endpoint starts first, so a bad --metrics_listen fails before the model loads.
   if (!options.metrics_listen.empty()) {
-    absl::Status st = s->metrics_->StartExposer(options.metrics_listen);
+    auto exposer_options = MetricsExposerOptions(options);
+    if (!exposer_options.ok()) return exposer_options.status();
+    absl::Status st = s->metrics_->StartExposer(options.metrics_listen, *exposer_options);
     if (!st.ok()) return st;
   }
 

@@ -70,6 +70,9 @@ struct ServerOptions {
   std::string health_listen;  // plaintext, grpc.health.v1 only; empty: none
   std::string reflection = "auto";  // auto | on | off
   bool metrics_auth = false;
+  // PEM files: serve /metrics over HTTPS (read at start; both or neither).
+  std::string metrics_tls_cert_file;
+  std::string metrics_tls_key_file;
   // Per-tenant quotas (auth/quotas.h has the format; reloaded on change and SIGHUP). Empty:
   // none.
   std::string quotas_file;
