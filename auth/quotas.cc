@@ -91,6 +91,19 @@ double BurstOf(const TenantQuota& q) {
 
 }  // namespace
 
+std::map<std::string, double> LimitsByKey(const TenantQuota& q) {
+  std::map<std::string, double> out;
+  auto put = [&out](const char* key, const std::optional<int64_t>& v) {
+    if (v) out[key] = static_cast<double>(*v);
+  };
+  put(kLiveSessions, q.live_sessions);
+  put(kCheckpointBytes, q.checkpoint_bytes);
+  if (q.ingest_tokens_per_s) out[kIngestRate] = *q.ingest_tokens_per_s;
+  put(kIngestBurst, q.ingest_burst);
+  put(kStreams, q.streams);
+  return out;
+}
+
 std::optional<int64_t> RetryAfterMs(const absl::Status& status) {
   auto payload = status.GetPayload(kRetryAfterPayload);
   int64_t ms = 0;

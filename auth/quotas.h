@@ -50,6 +50,10 @@ struct TenantQuota {
   std::optional<int64_t> streams;
 };
 
+// The limits that are set, by quota key (live_sessions, checkpoint_bytes, ingest_tokens_per_s,
+// ingest_burst, streams); an unlimited quota is absent. For metrics and GetServerInfo.
+std::map<std::string, double> LimitsByKey(const TenantQuota& quota);
+
 // The parsed file: "*" and the listed tenants, each already merged over "*".
 struct QuotaTable {
   TenantQuota defaults;

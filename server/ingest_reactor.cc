@@ -200,7 +200,8 @@ class IngestReactor final : public grpc::ServerBidiReactor<pb::IngestRequest, pb
   absl::Status Submit(int64_t index, std::vector<int32_t> tokens, bool end_of_document) {
     // The ingest rate counts tokens as tokenized; a refused message is not applied (the client
     // resends it, and what follows, after the retry time).
-    absl::Status rate = svc_->quotas()->TakeIngestTokens(tenant_, static_cast<int64_t>(tokens.size()));
+    absl::Status rate =
+        svc_->quotas()->TakeIngestTokens(tenant_, static_cast<int64_t>(tokens.size()));
     if (!rate.ok()) return rate;
     const int64_t buffered = static_cast<int64_t>(text_buf_.size());
     const auto submitted = Clock::now();

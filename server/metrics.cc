@@ -74,15 +74,8 @@ std::vector<prometheus::MetricFamily> TenantFamilies(
       refused.metric.push_back(Sample({tenant, {"quota", quota}}, MetricType::Counter,
                                       it == row.refusals.end() ? 0 : it->second));
     }
-    const auth::TenantQuota& q = row.limits;
-    const std::pair<const char*, std::optional<double>> set[] = {
-        {"live_sessions", q.live_sessions ? std::optional<double>(*q.live_sessions) : std::nullopt},
-        {"checkpoint_bytes",
-         q.checkpoint_bytes ? std::optional<double>(*q.checkpoint_bytes) : std::nullopt},
-        {"ingest_tokens_per_s", q.ingest_tokens_per_s},
-        {"streams", q.streams ? std::optional<double>(*q.streams) : std::nullopt}};
-    for (const auto& [quota, value] : set) {
-      if (value) limits.metric.push_back(Sample({tenant, {"quota", quota}}, MetricType::Gauge, *value));
+    for (const auto& [quota, limit] : auth::LimitsByKey(row.limits)) {
+      limits.metric.push_back(Sample({tenant, {"quota", quota}}, MetricType::Gauge, limit));
     }
   }
   return {sessions, bytes, streams, ingest, refused, limits};

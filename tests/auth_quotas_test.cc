@@ -164,6 +164,17 @@ TEST_F(QuotasTest, UsageIsPerListedTenantAndOthersSummed) {
   EXPECT_EQ(usage[1].ingest_tokens_admitted, 7);
 }
 
+TEST_F(QuotasTest, LimitsByKeyListsOnlyTheLimitedQuotas) {
+  auto q = Open("* streams=4\nalice ingest_tokens_per_s=2.5 checkpoint_bytes=1Ki\n");
+  const std::map<std::string, double> alice = LimitsByKey(q->LimitsFor("alice"));
+  EXPECT_EQ(alice, (std::map<std::string, double>{
+                       {"checkpoint_bytes", 1024}, {"ingest_tokens_per_s", 2.5}, {"streams", 4}}));
+  EXPECT_EQ(LimitsByKey(q->LimitsFor("bob")), (std::map<std::string, double>{{"streams", 4}}));
+  EXPECT_TRUE(q->Listed("alice"));
+  EXPECT_FALSE(q->Listed("bob"));
+  EXPECT_EQ(q->ListedTenants(), std::vector<std::string>{"alice"});
+}
+
 TEST_F(QuotasTest, ReloadAppliesNewLimitsAndABadFileKeepsTheOld) {
   auto q = Open("alice live_sessions=1\n", /*poll_ms=*/20);
   ExpectExhausted(q->CheckLiveSessions("alice", 1), "at its quota of 1 (live_sessions)");

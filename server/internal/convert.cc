@@ -202,13 +202,9 @@ void ToProto(const TenantUsageRow& row, tttserve::v1::TenantUsage* out) {
   out->set_streams_open(row.streams_open);
   out->set_ingest_tokens_total(row.ingest_tokens_total.value_or(-1));
   for (const auto& [quota, n] : row.refusals) (*out->mutable_refusals())[quota] = n;
-  auto& limits = *out->mutable_limits();
-  const auth::TenantQuota& q = row.limits;
-  if (q.live_sessions) limits["live_sessions"] = static_cast<double>(*q.live_sessions);
-  if (q.checkpoint_bytes) limits["checkpoint_bytes"] = static_cast<double>(*q.checkpoint_bytes);
-  if (q.ingest_tokens_per_s) limits["ingest_tokens_per_s"] = *q.ingest_tokens_per_s;
-  if (q.ingest_burst) limits["ingest_burst"] = static_cast<double>(*q.ingest_burst);
-  if (q.streams) limits["streams"] = static_cast<double>(*q.streams);
+  for (const auto& [quota, limit] : auth::LimitsByKey(row.limits)) {
+    (*out->mutable_limits())[quota] = limit;
+  }
 }
 }  // namespace
 
