@@ -6,6 +6,7 @@
 #include <cstdio>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/cord.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -89,6 +90,26 @@ double BurstOf(const TenantQuota& q) {
 }
 
 }  // namespace
+
+std::map<std::string, double> LimitsByKey(const TenantQuota& q) {
+  std::map<std::string, double> out;
+  auto put = [&out](const char* key, const std::optional<int64_t>& v) {
+    if (v) out[key] = static_cast<double>(*v);
+  };
+  put(kLiveSessions, q.live_sessions);
+  put(kCheckpointBytes, q.checkpoint_bytes);
+  if (q.ingest_tokens_per_s) out[kIngestRate] = *q.ingest_tokens_per_s;
+  put(kIngestBurst, q.ingest_burst);
+  put(kStreams, q.streams);
+  return out;
+}
+
+std::optional<int64_t> RetryAfterMs(const absl::Status& status) {
+  auto payload = status.GetPayload(kRetryAfterPayload);
+  int64_t ms = 0;
+  if (!payload || !absl::SimpleAtoi(std::string(*payload), &ms)) return std::nullopt;
+  return ms;
+}
 
 const TenantQuota& QuotaTable::For(const std::string& tenant) const {
   auto it = tenants.find(tenant);
@@ -189,9 +210,10 @@ absl::Status Quotas::CheckLiveSessions(const std::string& tenant, int64_t live_n
   const TenantQuota& q = table_->For(tenant);
   if (!q.live_sessions || live_now < *q.live_sessions) return absl::OkStatus();
   return Refuse(tenant, kLiveSessions,
-                absl::StrCat("tenant '", tenant, "' is at its quota of ", *q.live_sessions,
-                             " live sessions (", kLiveSessions,
-                             "): delete a session or checkpoint and delete it first"));
+                absl::StrCat("tenant '", tenant, "' has ", live_now,
+                             " live sessions, at its quota of ", *q.live_sessions, " (",
+                             kLiveSessions,
+                             "): delete a session first (Checkpoint keeps its state on disk)"));
 }
 
 absl::Status Quotas::CheckCheckpointBytes(const std::string& tenant, int64_t on_disk_now,
@@ -242,9 +264,17 @@ absl::Status Quotas::TakeIngestTokens(const std::string& tenant, int64_t tokens)
   const std::string retry = std::isfinite(wait_s)
                                 ? absl::StrFormat("retry in %.3f s", wait_s)
                                 : std::string("its rate is 0: no ingest is allowed");
-  return Refuse(tenant, kIngestRate,
-                absl::StrCat("tenant '", tenant, "' is over its ingest quota of ", rate,
-                             " tokens/s (", kIngestRate, "): ", retry));
+  absl::Status refused =
+      Refuse(tenant, kIngestRate,
+             absl::StrCat("tenant '", tenant, "' is over its ingest quota of ", rate,
+                          " tokens/s (", kIngestRate, "; ", static_cast<int64_t>(b.tokens),
+                          " of a burst of ", burst, " tokens left, ", tokens, " asked): ",
+                          retry));
+  if (std::isfinite(wait_s)) {
+    const auto ms = static_cast<int64_t>(std::ceil(wait_s * 1000));
+    refused.SetPayload(kRetryAfterPayload, absl::Cord(absl::StrCat(ms)));
+  }
+  return refused;
 }
 
 absl::StatusOr<Quotas::StreamLease> Quotas::AcquireStream(const std::string& tenant) {
@@ -254,8 +284,8 @@ absl::StatusOr<Quotas::StreamLease> Quotas::AcquireStream(const std::string& ten
   if (q.streams && open >= *q.streams) {
     if (open == 0) streams_open_.erase(tenant);
     return Refuse(tenant, kStreams,
-                  absl::StrCat("tenant '", tenant, "' has ", *q.streams,
-                               " streams open, its quota (", kStreams,
+                  absl::StrCat("tenant '", tenant, "' has ", open,
+                               " streams open, at its quota of ", *q.streams, " (", kStreams,
                                "): finish one, or retry when one ends"));
   }
   ++open;
@@ -275,6 +305,29 @@ Quotas::StreamLease::StreamLease(StreamLease&& other) noexcept
 
 Quotas::StreamLease::~StreamLease() {
   if (quotas_ != nullptr) quotas_->ReleaseStream(tenant_);
+}
+
+TenantQuota Quotas::LimitsFor(const std::string& tenant) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return table_->For(tenant);
+}
+
+bool Quotas::Listed(const std::string& tenant) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return table_->tenants.count(tenant) > 0;
+}
+
+std::vector<std::string> Quotas::ListedTenants() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<std::string> out;
+  for (const auto& [tenant, q] : table_->tenants) out.push_back(tenant);
+  return out;
+}
+
+int64_t Quotas::StreamsOpen(const std::string& tenant) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = streams_open_.find(tenant);
+  return it == streams_open_.end() ? 0 : it->second;
 }
 
 std::vector<QuotaUsage> Quotas::Usage() const {

@@ -17,6 +17,9 @@
 // Metrics with bounded label cardinality: usage is reported per tenant only for the tenants the
 // quotas file lists (the operator bounds that set); all others are summed under "*".
 //
+// A refusal of the ingest rate carries when to retry as a status payload (RetryAfterMs), which
+// the server sends as trailing metadata.
+//
 // Thread-safety: thread-safe.
 #pragma once
 
@@ -47,6 +50,10 @@ struct TenantQuota {
   std::optional<int64_t> streams;
 };
 
+// The limits that are set, by quota key (live_sessions, checkpoint_bytes, ingest_tokens_per_s,
+// ingest_burst, streams); an unlimited quota is absent. For metrics and GetServerInfo.
+std::map<std::string, double> LimitsByKey(const TenantQuota& quota);
+
 // The parsed file: "*" and the listed tenants, each already merged over "*".
 struct QuotaTable {
   TenantQuota defaults;
@@ -66,6 +73,11 @@ struct QuotaUsage {
   int64_t ingest_tokens_admitted = 0;  // total since start
   std::map<std::string, int64_t> refusals;  // by quota key, total since start
 };
+
+// The payload of an ingest-rate refusal: milliseconds until enough tokens will have refilled
+// (decimal text). Absent when no retry can succeed (a rate of 0, a message over the burst).
+inline constexpr char kRetryAfterPayload[] = "type.ttt-serve/retry-after-ms";
+std::optional<int64_t> RetryAfterMs(const absl::Status& status);
 
 struct QuotasOptions {
   std::string path;
@@ -109,6 +121,14 @@ class Quotas {
 
   // Per listed tenant, then "*".
   std::vector<QuotaUsage> Usage() const;
+  // The limits that apply to `tenant` now (its line merged over "*", or "*").
+  TenantQuota LimitsFor(const std::string& tenant) const;
+  // Whether the file names `tenant` (it then has its own usage label).
+  bool Listed(const std::string& tenant) const;
+  // The tenants the file names, sorted.
+  std::vector<std::string> ListedTenants() const;
+  // `tenant`'s open streams, exact.
+  int64_t StreamsOpen(const std::string& tenant) const;
   absl::Status Reload();
   uint64_t generation() const;
 

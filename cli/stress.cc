@@ -27,6 +27,8 @@ namespace stress {
 
 absl::StatusOr<Options> ParseOptions(int argc, char** argv) {
   Options o;
+  bool tenant_given = false;
+  std::string token_flag;
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
     if (arg.rfind("--", 0) != 0) return absl::InvalidArgumentError("unexpected argument " + arg);
@@ -36,7 +38,7 @@ absl::StatusOr<Options> ParseOptions(int argc, char** argv) {
     if (eq != std::string::npos) {
       name = arg.substr(0, eq);
       value = arg.substr(eq + 1);
-    } else if (name == "quiet") {
+    } else if (name == "quiet" || name == "tls") {
       value = "true";
     } else if (i + 1 < argc) {
       value = argv[++i];
@@ -62,6 +64,17 @@ absl::StatusOr<Options> ParseOptions(int argc, char** argv) {
       ok = absl::SimpleAtod(value, &o.max_rss_slope) && o.max_rss_slope >= 0;
     } else if (name == "tenant") {
       o.tenant = value;
+      tenant_given = true;
+    } else if (name == "tls") {
+      o.auth.tls = value != "false" && value != "0";
+    } else if (name == "ca_file") {
+      o.auth.ca_file = value;
+    } else if (name == "cert_file") {
+      o.auth.cert_file = value;
+    } else if (name == "key_file") {
+      o.auth.key_file = value;
+    } else if (name == "token") {
+      token_flag = value;
     } else if (name == "call_timeout_s") {
       ok = absl::SimpleAtod(value, &o.call_timeout_s) && o.call_timeout_s > 0;
     } else if (name == "quiet") {
@@ -72,7 +85,14 @@ absl::StatusOr<Options> ParseOptions(int argc, char** argv) {
     if (!ok) return absl::InvalidArgumentError("bad value for --" + name + ": " + value);
   }
   if (o.warmup_s < 0) o.warmup_s = o.duration_s / 3;
+  o.auth.token = auth::TokenFromFlagOrEnvironment(token_flag);
+  const bool credential = !o.auth.token.empty() || !o.auth.cert_file.empty();
+  if (credential && !tenant_given) o.tenant.clear();
   return o;
+}
+
+void AddTenant(grpc::ClientContext& ctx, const Options& o) {
+  if (!o.tenant.empty()) ctx.AddMetadata("x-tenant-id", o.tenant);
 }
 
 const char* CodeName(grpc::StatusCode code) {
@@ -244,7 +264,7 @@ class Monitor {
   bool Probe() {
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-    ctx.AddMetadata("x-tenant-id", options_.tenant);
+    AddTenant(ctx, options_);
     pb::ServerInfo info;
     return stub_->GetServerInfo(&ctx, pb::GetServerInfoRequest(), &info).ok();
   }
@@ -292,7 +312,7 @@ std::unique_ptr<grpc::ClientContext> Ctx(const Options& o) {
   auto ctx = std::make_unique<grpc::ClientContext>();
   ctx->set_deadline(std::chrono::system_clock::now() +
                     std::chrono::milliseconds(static_cast<int64_t>(o.call_timeout_s * 1e3)));
-  ctx->AddMetadata("x-tenant-id", o.tenant);
+  AddTenant(*ctx, o);
   return ctx;
 }
 
@@ -311,11 +331,12 @@ void Delete(pb::TttService::Stub& stub, const Options& o, const std::string& id)
   stub.DeleteSession(Ctx(o).get(), req, &resp);
 }
 
-std::shared_ptr<grpc::Channel> NewChannel(const std::string& target) {
+// A channel of its own (one connection per client) with the run's credentials.
+absl::StatusOr<std::shared_ptr<grpc::Channel>> NewChannel(const Options& o) {
   grpc::ChannelArguments args;
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);  // one connection per client
   args.SetMaxReceiveMessageSize(64 << 20);
-  return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+  return auth::CreateAuthChannel(o.target, o.auth, args);
 }
 
 absl::Status Prepare(const Options& o, std::shared_ptr<grpc::Channel> channel, Shared* shared) {
@@ -456,7 +477,13 @@ void WriteJson(Recorder& recorder, const Monitor& monitor, const Options& o, con
 
 // Runs the clients; returns the process exit code.
 int Run(const Options& o) {
-  auto setup_channel = NewChannel(o.target);
+  auto setup_channel_or = NewChannel(o);
+  if (!setup_channel_or.ok()) {  // a credential file that cannot be read: a usage error
+    std::fprintf(stderr, "stress: %s\n",
+                 std::string(setup_channel_or.status().message()).c_str());
+    return 2;
+  }
+  const std::shared_ptr<grpc::Channel> setup_channel = *setup_channel_or;
   Shared shared;
   if (absl::Status st = Prepare(o, setup_channel, &shared); !st.ok()) {
     std::fprintf(stderr, "stress: %s\n", st.ToString().c_str());
@@ -465,7 +492,12 @@ int Run(const Options& o) {
   Recorder recorder(o.quiet);
   std::vector<std::unique_ptr<Client>> clients;
   for (int i = 0; i < o.clients; ++i) {
-    clients.push_back(std::make_unique<Client>(i, o, NewChannel(o.target), &recorder));
+    auto channel = NewChannel(o);  // the files were read a moment ago; they may have gone
+    if (!channel.ok()) {
+      std::fprintf(stderr, "stress: %s\n", std::string(channel.status().message()).c_str());
+      return 2;
+    }
+    clients.push_back(std::make_unique<Client>(i, o, *channel, &recorder));
   }
   for (auto& c : clients) {  // one canary per client, made before any load
     auto canary = c->MakeCanary(shared);
@@ -536,7 +568,12 @@ constexpr char kUsage[] = R"(usage: ttt stress [flags]
   --warmup_s=S              RSS samples before this are left out of the slope (duration/3)
   --max_rss_slope_mib_per_min=X   RSS growth after warm-up that is a violation (0: report only)
   --report_json=PATH        write the report as JSON
-  --tenant=NAME             x-tenant-id of every call (stress)
+  --tenant=NAME             x-tenant-id of every call (stress; with a token or client
+                            certificate: not sent unless given, the credential names it)
+  --tls                     connect with TLS (implied by --ca_file, --cert_file)
+  --ca_file=PATH            PEM roots that sign the server's certificate
+  --cert_file=PATH --key_file=PATH   client certificate and key (mutual TLS)
+  --token=TOKEN             bearer token (prefer TTT_TOKEN from the environment)
   --call_timeout_s=S        deadline of each call (60)
   --quiet                   do not print violations as they happen)";
 }  // namespace

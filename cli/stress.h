@@ -20,6 +20,8 @@ namespace ttt::cli {
 //   --seed=N (1)  --report_json=PATH  --server_pid=PID  --warmup_s=S (duration/3)
 //   --max_rss_slope_mib_per_min=X (0: report only)  --tenant=NAME (stress)
 //   --call_timeout_s=S (60)  --quiet
+//   --tls  --ca_file=PATH  --cert_file=PATH --key_file=PATH  --token=TOKEN (or TTT_TOKEN), as
+//   the other subcommands take them
 // Flags are parsed here, not with absl flags, so that `ttt` can link this next to its own
 // (--seed means different things there). Returns 0 when every invariant held, 1 on a
 // violation, 2 on bad flags or when the server cannot be reached at the start.

@@ -39,7 +39,7 @@ std::unique_ptr<grpc::ClientContext> Client::Context(const char* rpc) {
   auto ctx = std::make_unique<grpc::ClientContext>();
   ctx->set_deadline(std::chrono::system_clock::now() +
                     std::chrono::milliseconds(static_cast<int64_t>(options_.call_timeout_s * 1e3)));
-  ctx->AddMetadata("x-tenant-id", options_.tenant);
+  AddTenant(*ctx, options_);
   return ctx;
 }
 

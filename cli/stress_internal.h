@@ -18,6 +18,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "auth/client_credentials.h"
 #include "tttserve/v1/ttt_service.grpc.pb.h"
 
 namespace ttt::cli::stress {
@@ -37,7 +38,14 @@ struct Options {
   std::string tenant = "stress";
   double call_timeout_s = 60;
   bool quiet = false;
+  // A secured server (the other subcommands' --tls, --ca_file, --cert_file/--key_file,
+  // --token or TTT_TOKEN). With a credential, x-tenant-id is sent only when --tenant is given:
+  // the credential names the tenant.
+  auth::ClientAuthOptions auth;
 };
+
+// x-tenant-id (unless the credential names the tenant, see Options::auth).
+void AddTenant(grpc::ClientContext& ctx, const Options& o);
 
 // INVALID_ARGUMENT naming the flag that is wrong.
 absl::StatusOr<Options> ParseOptions(int argc, char** argv);

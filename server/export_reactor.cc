@@ -5,6 +5,7 @@
 // transport's buffers are bounded by the server's resource quota and stream limits.
 #include <algorithm>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <utility>
 
@@ -52,6 +53,9 @@ class ExportReactor final : public grpc::ServerWriteReactor<pb::ExportSessionRes
       return FinishLocked(absl::InvalidArgumentError(
           "ExportSession needs exactly one of session_id and checkpoint_id"));
     }
+    auto stream = svc_->quotas()->AcquireStream(*tenant);
+    if (!stream.ok()) return FinishLocked(stream.status());
+    if (*stream) stream_.emplace(std::move(**stream));
     absl::Status slot = slot_.Acquire(svc_->export_slots());
     if (!slot.ok()) return FinishLocked(slot);
     if (!req.checkpoint_id().empty()) {
@@ -103,6 +107,7 @@ class ExportReactor final : public grpc::ServerWriteReactor<pb::ExportSessionRes
   void FinishLocked(absl::Status st) {
     if (finish_called_) return;
     finish_called_ = true;
+    stream_.reset();  // before the client hears the end: it may open its next stream at once
     const grpc::Status status = ToGrpcStatus(st);
     svc_->metrics()->RecordRequest("ExportSession", status.error_code(), SecondsSince(start_));
     Finish(status);
@@ -112,6 +117,7 @@ class ExportReactor final : public grpc::ServerWriteReactor<pb::ExportSessionRes
   const Clock::time_point start_;
   SlotLease slot_;  // released when the reactor is destroyed
   std::mutex mu_;
+  std::optional<auth::Quotas::StreamLease> stream_;  // guarded by mu_; --quotas_file streams
   std::string data_;
   size_t offset_ = 0;
   pb::ExportSessionResponse resp_;

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -73,6 +74,9 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
       if (!may.ok()) return may;
     }
     const std::string& tenant = caller->tenant;
+    auto stream = svc_->quotas()->AcquireStream(tenant);
+    if (!stream.ok()) return stream.status();
+    if (*stream) stream_.emplace(std::move(**stream));
     auto prompt = InputTokens(svc_->limits(), svc_->tokenizer(), req.prompt_text(),
                               req.prompt_token_ids(), "the prompt");
     if (!prompt.ok()) return prompt.status();
@@ -193,6 +197,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
     if (finish_called_ || writing_ || engine_running_) return;
     if (!failed_ && !out_.empty()) return;
     finish_called_ = true;
+    stream_.reset();  // before the client hears the end: it may open its next stream at once
     const grpc::Status status = failed_ ? ToGrpcStatus(fail_) : grpc::Status::OK;
     svc_->metrics()->RecordRequest("Generate", status.error_code(), SecondsSince(start_));
     Finish(status);
@@ -203,6 +208,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
   const std::shared_ptr<engine::CancelToken> cancel_;
 
   std::mutex mu_;
+  std::optional<auth::Quotas::StreamLease> stream_;  // --quotas_file streams
   std::unique_ptr<tokenizer::StreamDecoder> decoder_;
   std::vector<std::string> stops_;
   size_t max_stop_ = 0;

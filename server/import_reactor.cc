@@ -3,6 +3,7 @@
 // against limits from the model), at most --max_concurrent_imports run at once, and a call that
 // ends cancelled leaves no session behind.
 #include <exception>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -59,6 +60,13 @@ class ImportReactor final : public grpc::ServerReadReactor<pb::ImportSessionRequ
     auto tenant = TenantOf(svc_->authorizer(), ctx_, "ImportSession");
     if (!tenant.ok()) return tenant.status();
     tenant_ = *tenant;
+    // Quotas before any byte is read: an open stream, and a place for the new session.
+    auto stream = svc_->quotas()->AcquireStream(tenant_);
+    if (!stream.ok()) return stream.status();
+    if (*stream) stream_.emplace(std::move(**stream));
+    auto reservation = svc_->quotas()->ReserveSession(tenant_);
+    if (!reservation.ok()) return reservation.status();
+    reservation_ = std::move(*reservation);
     absl::Status slot = slot_.Acquire(svc_->import_slots());
     if (!slot.ok()) return slot;
     StartRead(&req_);
@@ -87,7 +95,11 @@ class ImportReactor final : public grpc::ServerReadReactor<pb::ImportSessionRequ
     FinishWith(info.status());
   }
 
+  // The stream and the session reservation end here, before the client hears the end (it may
+  // open its next stream at once).
   void FinishWith(absl::Status st) {
+    stream_.reset();
+    reservation_.reset();
     const grpc::Status status = ToGrpcStatus(st);
     svc_->metrics()->RecordRequest("ImportSession", status.error_code(), SecondsSince(start_));
     Finish(status);
@@ -99,6 +111,8 @@ class ImportReactor final : public grpc::ServerReadReactor<pb::ImportSessionRequ
   pb::Session* resp_;
   SlotLease slot_;
   std::string tenant_;
+  std::optional<auth::Quotas::StreamLease> stream_;
+  std::shared_ptr<QuotaGate::SessionReservation> reservation_;
   pb::ImportSessionRequest req_;
   ImportGuard guard_;
   std::optional<session::SessionOptions> options_;

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -26,15 +27,15 @@ class IngestReactor final : public grpc::ServerBidiReactor<pb::IngestRequest, pb
                             public ResponseQueue<IngestReactor, pb::IngestResponse> {
  public:
   IngestReactor(TttServiceImpl* svc, grpc::CallbackServerContext* ctx)
-      : svc_(svc), start_(Clock::now()), cancel_(std::make_shared<engine::CancelToken>()) {
+      : svc_(svc), ctx_(ctx), start_(Clock::now()),
+        cancel_(std::make_shared<engine::CancelToken>()) {
     std::lock_guard<std::mutex> lock(mu_);
-    auto tenant = TenantOf(svc_->authorizer(), ctx, "Ingest");
-    if (!tenant.ok()) {
-      FailLocked(tenant.status());
+    absl::Status st = StartLocked();
+    if (!st.ok()) {
+      FailLocked(st);
       MaybeFinishLocked();
       return;
     }
-    tenant_ = *tenant;
     StartRead(&req_);
   }
 
@@ -79,6 +80,17 @@ class IngestReactor final : public grpc::ServerBidiReactor<pb::IngestRequest, pb
   }
 
  private:
+  // The caller, and its tenant's stream quota.
+  absl::Status StartLocked() {
+    auto tenant = TenantOf(svc_->authorizer(), ctx_, "Ingest");
+    if (!tenant.ok()) return tenant.status();
+    tenant_ = *tenant;
+    auto stream = svc_->quotas()->AcquireStream(tenant_);
+    if (!stream.ok()) return stream.status();
+    if (*stream) stream_.emplace(std::move(**stream));
+    return absl::OkStatus();
+  }
+
   // The client half-closed: buffered text is flushed, then the stream ends once drained. Every
   // message has its response already (or due), so this submission gets none of its own.
   void EndOfStreamLocked() {
@@ -191,6 +203,11 @@ class IngestReactor final : public grpc::ServerBidiReactor<pb::IngestRequest, pb
   // REQUIRES: mu_ held.
   absl::Status Submit(int64_t index, std::vector<int32_t> tokens, bool end_of_document,
                       bool durable) {
+    // The ingest rate counts tokens as tokenized; a refused message is not applied (the client
+    // resends it, and what follows, after the retry time).
+    absl::Status rate =
+        svc_->quotas()->TakeIngestTokens(tenant_, static_cast<int64_t>(tokens.size()));
+    if (!rate.ok()) return rate;
     const int64_t buffered = static_cast<int64_t>(text_buf_.size());
     const auto submitted = Clock::now();
     ++outstanding_;
@@ -266,14 +283,18 @@ class IngestReactor final : public grpc::ServerBidiReactor<pb::IngestRequest, pb
     }
     finish_called_ = true;
     writer_.reset();  // release the session before the client hears the end of the stream
+    stream_.reset();  // and the stream quota (the client may open its next stream at once)
+    if (failed_) AddRetryTrailers(fail_, ctx_);
     svc_->metrics()->RecordRequest("Ingest", status.error_code(), SecondsSince(start_));
     Finish(status);
   }
 
   TttServiceImpl* const svc_;
+  grpc::CallbackServerContext* const ctx_;
   const Clock::time_point start_;
   const std::shared_ptr<engine::CancelToken> cancel_;
   std::string tenant_;
+  std::optional<auth::Quotas::StreamLease> stream_;  // guarded by mu_; --quotas_file streams
 
   std::mutex mu_;
   pb::IngestRequest req_;

@@ -69,6 +69,14 @@ ABSL_FLAG(bool, metrics_auth, false,
           "/metrics wants a bearer token of scope 'metrics' or 'admin' (needs "
           "--auth_tokens_file)");
 
+ABSL_FLAG(std::string, metrics_tls_cert_file, "",
+          "PEM certificate chain: serve /metrics over HTTPS (read at start)");
+ABSL_FLAG(std::string, metrics_tls_key_file, "", "PEM private key of --metrics_tls_cert_file");
+ABSL_FLAG(std::string, quotas_file, "",
+          "per-tenant quotas: '<tenant|*> live_sessions=N checkpoint_bytes=N "
+          "ingest_tokens_per_s=R ingest_burst=N streams=N' per line; reloaded on change and "
+          "SIGHUP (a bad file keeps the last good one)");
+
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("ttt-serve: gRPC model server with In-Place Test-Time Training");
   absl::ParseCommandLine(argc, argv);
@@ -117,7 +125,10 @@ int main(int argc, char** argv) {
   o.health_listen = absl::GetFlag(FLAGS_health_listen);
   o.reflection = absl::GetFlag(FLAGS_reflection);
   o.metrics_auth = absl::GetFlag(FLAGS_metrics_auth);
-  // SIGHUP re-reads the tokens file (it is also re-read when it changes).
+  o.quotas_file = absl::GetFlag(FLAGS_quotas_file);
+  o.metrics_tls_cert_file = absl::GetFlag(FLAGS_metrics_tls_cert_file);
+  o.metrics_tls_key_file = absl::GetFlag(FLAGS_metrics_tls_key_file);
+  // SIGHUP re-reads the tokens and quotas files (they are also re-read when they change).
   ttt::auth::InstallSighupReload();
 
   auto server = ttt::server::Server::Start(o);

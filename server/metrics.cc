@@ -22,6 +22,65 @@ Histogram::BucketBoundaries CountBuckets() {
   return {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192};
 }
 
+prometheus::ClientMetric Sample(std::vector<prometheus::ClientMetric::Label> labels,
+                                prometheus::MetricType type, double value) {
+  prometheus::ClientMetric m;
+  m.label = std::move(labels);
+  if (type == prometheus::MetricType::Counter) {
+    m.counter.value = value;
+  } else {
+    m.gauge.value = value;
+  }
+  return m;
+}
+
+// The per-tenant families, from the quota gate's rows (one per listed tenant and "*").
+std::vector<prometheus::MetricFamily> TenantFamilies(
+    const std::vector<internal::TenantUsageRow>& rows) {
+  using prometheus::MetricType;
+  auto family = [](const char* name, const char* help, MetricType type) {
+    prometheus::MetricFamily f;
+    f.name = name;
+    f.help = help;
+    f.type = type;
+    return f;
+  };
+  auto sessions = family("tttserve_tenant_sessions",
+                         "Live sessions per tenant (listed in --quotas_file; others as \"*\")",
+                         MetricType::Gauge);
+  auto bytes = family("tttserve_tenant_checkpoint_bytes",
+                      "Bytes of checkpoint files on disk per tenant", MetricType::Gauge);
+  auto streams = family("tttserve_tenant_streams",
+                        "Ingest/Generate/Export/Import streams open per tenant", MetricType::Gauge);
+  auto ingest = family("tttserve_tenant_ingest_tokens_total",
+                       "Tokens admitted by the ingest rate quota per tenant", MetricType::Counter);
+  auto refused = family("tttserve_quota_rejections_total",
+                        "Calls refused by a quota (RESOURCE_EXHAUSTED) per tenant and quota",
+                        MetricType::Counter);
+  auto limits = family("tttserve_tenant_quota_limit",
+                       "The quota that applies per tenant (unlimited quotas are absent)",
+                       MetricType::Gauge);
+  static constexpr const char* kQuotas[] = {"live_sessions", "checkpoint_bytes",
+                                            "ingest_tokens_per_s", "streams"};
+  for (const internal::TenantUsageRow& row : rows) {
+    const prometheus::ClientMetric::Label tenant{"tenant", row.tenant};
+    sessions.metric.push_back(Sample({tenant}, MetricType::Gauge, row.live_sessions));
+    bytes.metric.push_back(Sample({tenant}, MetricType::Gauge, row.checkpoint_bytes));
+    streams.metric.push_back(Sample({tenant}, MetricType::Gauge, row.streams_open));
+    ingest.metric.push_back(
+        Sample({tenant}, MetricType::Counter, row.ingest_tokens_total.value_or(0)));
+    for (const char* quota : kQuotas) {
+      auto it = row.refusals.find(quota);
+      refused.metric.push_back(Sample({tenant, {"quota", quota}}, MetricType::Counter,
+                                      it == row.refusals.end() ? 0 : it->second));
+    }
+    for (const auto& [quota, limit] : auth::LimitsByKey(row.limits)) {
+      limits.metric.push_back(Sample({tenant, {"quota", quota}}, MetricType::Gauge, limit));
+    }
+  }
+  return {sessions, bytes, streams, ingest, refused, limits};
+}
+
 }  // namespace
 
 Metrics::Metrics(const std::string& version)
@@ -172,16 +231,29 @@ void Metrics::SetBuildInfo(const std::string& model_fingerprint) {
 Metrics::~Metrics() { exposer_.reset(); }  // no scrape may outlive the registry
 
 absl::Status Metrics::StartExposer(const std::string& address, const HttpExposerOptions& options) {
-  std::shared_ptr<prometheus::Registry> registry = registry_;
   HttpExposerOptions with_auth = options;
   if (scrape_check_) with_auth.authorize = scrape_check_;
   auto exposer = HttpExposer::Start(
       address,
-      [registry] { return prometheus::TextSerializer().Serialize(registry->Collect()); },
+      [this] { return Render(); },
       with_auth);
   if (!exposer.ok()) return exposer.status();
   exposer_ = std::move(*exposer);
   return absl::OkStatus();
+}
+
+void Metrics::SetTenantUsageSource(TenantUsageSource source) {
+  std::lock_guard<std::mutex> lock(tenant_mu_);
+  tenant_usage_ = std::move(source);
+}
+
+std::string Metrics::Render() {
+  std::vector<prometheus::MetricFamily> families = registry_->Collect();
+  std::lock_guard<std::mutex> lock(tenant_mu_);
+  if (tenant_usage_) {
+    for (auto& family : TenantFamilies(tenant_usage_())) families.push_back(std::move(family));
+  }
+  return prometheus::TextSerializer().Serialize(families);
 }
 
 int Metrics::port() const { return exposer_ == nullptr ? 0 : exposer_->port(); }

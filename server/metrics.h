@@ -9,6 +9,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include <grpcpp/support/status_code_enum.h>
 #include <prometheus/counter.h>
@@ -20,6 +21,7 @@
 #include "absl/status/status.h"
 #include "auth/authorizer.h"
 #include "engine/scheduler.h"
+#include "server/internal/quota_gate.h"
 #include "server/metrics_http.h"
 #include "session/session.h"
 
@@ -46,6 +48,15 @@ class Metrics : public session::SessionListener, public engine::Scheduler::Obser
   void RequireScrapeAuth(ScrapeCheck check) { scrape_check_ = std::move(check); }
   // tttserve_auth_failures_total{reason} (every reason exported from the start, at 0).
   void RecordAuthFailure(auth::AuthFailure reason);
+  // --quotas_file: the rows of the per-tenant families (tttserve_tenant_*,
+  // tttserve_quota_rejections_total, tttserve_tenant_quota_limit), read at each scrape. Their
+  // label values are the tenants the quotas file lists and "*" (all others summed), so the
+  // operator bounds the cardinality. Null: none (Server::Shutdown sets it before the session
+  // manager goes; a scrape under way finishes first).
+  using TenantUsageSource = std::function<std::vector<internal::TenantUsageRow>()>;
+  void SetTenantUsageSource(TenantUsageSource source);
+  // The /metrics text: the registry, then the per-tenant families.
+  std::string Render();
   // tttserve_auth_enabled: 1 when callers are authenticated, 0 when anyone is any tenant.
   void SetAuthEnabled(bool enabled) { auth_enabled_->Set(enabled ? 1 : 0); }
 
@@ -107,6 +118,9 @@ class Metrics : public session::SessionListener, public engine::Scheduler::Obser
   prometheus::Gauge* memory_budget_;
   prometheus::Counter* checkpoint_bytes_;
   prometheus::Histogram* checkpoint_duration_;
+
+  std::mutex tenant_mu_;  // held while a scrape reads the source
+  TenantUsageSource tenant_usage_;  // guarded by tenant_mu_
 };
 
 }  // namespace ttt::server

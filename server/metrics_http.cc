@@ -193,8 +193,28 @@ MHD_Result HttpExposer::State::Answer(void* cls, MHD_Connection* c, const char* 
   }
 }
 
+namespace {
+absl::Status CheckTls(const HttpExposerOptions& options) {
+  if (options.tls_cert_pem.empty() && options.tls_key_pem.empty()) return absl::OkStatus();
+  if (options.tls_cert_pem.empty() || options.tls_key_pem.empty()) {
+    return absl::InvalidArgumentError(
+        "--metrics_tls_cert_file and --metrics_tls_key_file go together (the certificate and "
+        "its key)");
+  }
+  if (MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES) {
+    return absl::FailedPreconditionError(
+        "TLS on the metrics port was asked for (--metrics_tls_cert_file), but this "
+        "libmicrohttpd was built without TLS (GnuTLS): install one with TLS, or leave the "
+        "metrics port plaintext behind a mesh");
+  }
+  return absl::OkStatus();
+}
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<HttpExposer>> HttpExposer::Start(
     const std::string& address, Render render, const HttpExposerOptions& options) {
+  absl::Status tls = CheckTls(options);
+  if (!tls.ok()) return tls;
   absl::StatusOr<int> fd = Listen(address);
   if (!fd.ok()) return fd.status();
   std::unique_ptr<HttpExposer> exposer(new HttpExposer());
@@ -203,14 +223,27 @@ absl::StatusOr<std::unique_ptr<HttpExposer>> HttpExposer::Start(
   State* s = exposer->state_.get();
   s->render = std::move(render);
   s->options = options;
+  const bool https = !s->options.tls_cert_pem.empty();
+  // libmicrohttpd keeps pointers to the PEM strings: they live in s->options.
+  MHD_OptionItem tls_options[] = {
+      {https ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, 0,
+       const_cast<char*>(s->options.tls_cert_pem.c_str())},
+      {MHD_OPTION_HTTPS_MEM_KEY, 0, const_cast<char*>(s->options.tls_key_pem.c_str())},
+      {MHD_OPTION_END, 0, nullptr}};
   s->daemon = MHD_start_daemon(
-      MHD_USE_EPOLL_INTERNAL_THREAD, 0, nullptr, nullptr, &State::Answer, s,
-      MHD_OPTION_LISTEN_SOCKET, *fd, MHD_OPTION_CONNECTION_LIMIT, options.max_connections,
-      MHD_OPTION_CONNECTION_TIMEOUT, options.idle_timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
-      options.connection_memory_bytes, MHD_OPTION_NOTIFY_CONNECTION, &State::OnConnection, s,
+      MHD_USE_EPOLL_INTERNAL_THREAD | (https ? MHD_USE_TLS : 0), 0, nullptr, nullptr,
+      &State::Answer, s, MHD_OPTION_LISTEN_SOCKET, *fd, MHD_OPTION_CONNECTION_LIMIT,
+      options.max_connections, MHD_OPTION_CONNECTION_TIMEOUT, options.idle_timeout_s,
+      MHD_OPTION_CONNECTION_MEMORY_LIMIT, options.connection_memory_bytes,
+      MHD_OPTION_NOTIFY_CONNECTION, &State::OnConnection, s, MHD_OPTION_ARRAY, tls_options,
       MHD_OPTION_END);
   if (s->daemon == nullptr) {
     close(*fd);
+    if (https) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "cannot serve metrics over TLS on ", address,
+          ": libmicrohttpd refused the certificate and key (not PEM, or not a pair?)"));
+    }
     return absl::FailedPreconditionError(
         absl::StrCat("cannot serve metrics on ", address, ": libmicrohttpd did not start"));
   }

@@ -31,6 +31,10 @@ struct HttpExposerOptions {
   // UNAUTHENTICATED status answers 401 with `WWW-Authenticate: Bearer`, any other error 403,
   // the status message as the body (--metrics_auth). Runs on the server's thread.
   std::function<absl::Status(const std::optional<std::string>&)> authorize;
+  // PEM certificate chain and key: serve HTTPS (--metrics_tls_cert_file/--metrics_tls_key_file).
+  // Both or neither. Read once at start: rotating them needs a restart.
+  std::string tls_cert_pem;
+  std::string tls_key_pem;
 };
 
 // Serves GET/HEAD /metrics (and /) with the body `render` returns, 404 elsewhere, 405 for other
@@ -41,7 +45,9 @@ class HttpExposer {
   using Render = std::function<std::string()>;
 
   // Binds `address` ("host:port", "[v6]:port" or ":port"; port 0 picks one) and starts serving.
-  // FAILED_PRECONDITION naming the address when it cannot be bound or the server cannot start.
+  // FAILED_PRECONDITION naming the address when it cannot be bound or the server cannot start,
+  // and when TLS is asked for but this libmicrohttpd has none; INVALID_ARGUMENT when only one
+  // of the certificate and key is given, or they are not a usable pair.
   static absl::StatusOr<std::unique_ptr<HttpExposer>> Start(const std::string& address,
                                                             Render render,
                                                             const HttpExposerOptions& options = {});

@@ -3,6 +3,8 @@
 
 #include <chrono>
 #include <cstdio>
+#include <fstream>
+#include <sstream>
 #include <utility>
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
@@ -10,6 +12,7 @@
 #include <grpcpp/resource_quota.h>
 
 #include "absl/strings/str_cat.h"
+#include "auth/quotas.h"
 #include "engine/model.h"
 #include "engine/scheduler.h"
 #include "server/metrics.h"
@@ -36,6 +39,34 @@ absl::Status ValidateBounds(const ServerOptions& o) {
   }
   return absl::OkStatus();
 }
+
+absl::StatusOr<std::string> ReadPem(const std::string& path, const char* flag) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream text;
+  if (in) text << in.rdbuf();
+  if (!in || text.str().empty()) {
+    return absl::NotFoundError(absl::StrCat(flag, "=", path, ": cannot read it (or it is empty)"));
+  }
+  return text.str();
+}
+
+// The metrics endpoint's TLS files (--metrics_tls_cert_file / --metrics_tls_key_file).
+absl::StatusOr<HttpExposerOptions> MetricsExposerOptions(const ServerOptions& o) {
+  HttpExposerOptions exposer;
+  if (o.metrics_tls_cert_file.empty() != o.metrics_tls_key_file.empty()) {
+    return absl::InvalidArgumentError(
+        "--metrics_tls_cert_file and --metrics_tls_key_file go together (the certificate and "
+        "its key)");
+  }
+  if (o.metrics_tls_cert_file.empty()) return exposer;
+  auto cert = ReadPem(o.metrics_tls_cert_file, "--metrics_tls_cert_file");
+  if (!cert.ok()) return cert.status();
+  auto key = ReadPem(o.metrics_tls_key_file, "--metrics_tls_key_file");
+  if (!key.ok()) return key.status();
+  exposer.tls_cert_pem = std::move(*cert);
+  exposer.tls_key_pem = std::move(*key);
+  return exposer;
+}
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& options) {
@@ -51,6 +82,15 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   if (!security.ok()) return security.status();
   s->security_ = std::make_unique<Security>(std::move(*security));
   s->metrics_->SetAuthEnabled(s->security_->authorizer->enabled());
+  if (!options.quotas_file.empty()) {
+    auth::QuotasOptions qo;
+    qo.path = options.quotas_file;
+    qo.validate_tenant = session::SessionManager::ValidateTenant;
+    qo.poll_interval_ms = options.quotas_poll_ms;
+    auto quotas = auth::Quotas::Open(std::move(qo));
+    if (!quotas.ok()) return quotas.status();
+    s->quotas_ = std::move(*quotas);
+  }
   if (options.metrics_auth) {
     s->metrics_->RequireScrapeAuth(
         [authorizer = s->security_->authorizer](const std::optional<std::string>& header) {
@@ -59,7 +99,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   }
   // The metrics endpoint starts first, so a bad --metrics_listen fails before the model loads.
   if (!options.metrics_listen.empty()) {
-    absl::Status st = s->metrics_->StartExposer(options.metrics_listen);
+    auto exposer_options = MetricsExposerOptions(options);
+    if (!exposer_options.ok()) return exposer_options.status();
+    absl::Status st = s->metrics_->StartExposer(options.metrics_listen, *exposer_options);
     if (!st.ok()) return st;
   }
 
@@ -117,10 +159,15 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   who_may_call.info.set_client_certificates(s->security_->client_certificates);
   who_may_call.info.set_bearer_tokens(s->security_->tokens != nullptr);
   who_may_call.info.set_authenticated(s->security_->authorizer->enabled());
+  who_may_call.quotas = s->quotas_.get();
   s->service_ = std::make_unique<TttServiceImpl>(s->sessions_.get(), s->tokenizer_.get(),
                                                  s->metrics_.get(), limits, kVersion,
                                                  options.max_batch_tokens, std::move(who_may_call));
 
+  if (s->quotas_) {
+    s->metrics_->SetTenantUsageSource(
+        [gate = s->service_->quotas()] { return gate->Usage(); });
+  }
   absl::Status grpc_started = s->StartGrpc();
   if (!grpc_started.ok()) return grpc_started;
   s->gauges_ = std::thread([raw = s.get()] { raw->GaugeLoop(); });
@@ -216,6 +263,8 @@ void Server::Shutdown() {
                    std::string(st.message()).c_str());
     }
   }
+  // Scrapes stop reading per-tenant usage from the session manager before it goes.
+  if (metrics_) metrics_->SetTenantUsageSource(nullptr);
   // The engine answers what is still queued while the session manager is alive, then goes.
   if (scheduler_) scheduler_->Shutdown();
   sessions_.reset();

@@ -15,6 +15,9 @@
 
 #include "absl/status/statusor.h"
 
+namespace ttt::auth {
+class Quotas;
+}  // namespace ttt::auth
 namespace ttt::engine {
 class Model;
 class Scheduler;
@@ -73,6 +76,13 @@ struct ServerOptions {
   std::string health_listen;  // plaintext, grpc.health.v1 only; empty: none
   std::string reflection = "auto";  // auto | on | off
   bool metrics_auth = false;
+  // PEM files: serve /metrics over HTTPS (read at start; both or neither).
+  std::string metrics_tls_cert_file;
+  std::string metrics_tls_key_file;
+  // Per-tenant quotas (auth/quotas.h has the format; reloaded on change and SIGHUP). Empty:
+  // none.
+  std::string quotas_file;
+  int quotas_poll_ms = 1000;  // how often the quotas file is checked for changes
 };
 
 // Thread-safe.
@@ -116,6 +126,7 @@ class Server {
   std::unique_ptr<Metrics> metrics_;
   std::unique_ptr<engine::Scheduler> scheduler_;
   std::unique_ptr<session::SessionManager> sessions_;
+  std::unique_ptr<auth::Quotas> quotas_;  // --quotas_file; outlives the service
   std::unique_ptr<TttServiceImpl> service_;
   std::unique_ptr<Security> security_;
   std::unique_ptr<grpc::Server> grpc_server_;

@@ -21,7 +21,7 @@ TttServiceImpl::TttServiceImpl(session::SessionManager* sessions,
       import_slots_(limits.max_concurrent_imports, "imports", "--max_concurrent_imports"),
       export_slots_(limits.max_concurrent_exports, "exports", "--max_concurrent_exports"),
       version_(std::move(version)), max_batch_tokens_(max_batch_tokens),
-      security_(std::move(security)) {}
+      security_(std::move(security)), quotas_(security_.quotas, sessions) {}
 
 grpc::ServerBidiReactor<pb::IngestRequest, pb::IngestResponse>* TttServiceImpl::Ingest(Ctx* ctx) {
   return internal::NewIngestReactor(this, ctx);

@@ -13,6 +13,7 @@
 #include "auth/authorizer.h"
 #include "server/internal/call_slots.h"
 #include "server/internal/import_guard.h"
+#include "server/internal/quota_gate.h"
 #include "server/metrics.h"
 #include "session/session.h"
 #include "tttserve/v1/ttt_service.grpc.pb.h"
@@ -38,10 +39,12 @@ struct ServiceLimits {
 };
 
 // Who may call: every handler asks `authorizer` (server/security.h builds it from the flags);
-// GetServerInfo reports `info`.
+// GetServerInfo reports `info`. `quotas` (--quotas_file; null: none) limits what each tenant
+// may hold and do (server/internal/quota_gate.h).
 struct ServiceSecurity {
   std::shared_ptr<const auth::Authorizer> authorizer;
   tttserve::v1::SecurityInfo info;
+  auth::Quotas* quotas = nullptr;
 };
 
 // Thread-safe. REQUIRES: everything passed in outlives the service.
@@ -99,6 +102,7 @@ class TttServiceImpl final : public tttserve::v1::TttService::CallbackService {
   const internal::ImportLimits& import_limits() const { return import_limits_; }
   internal::CallSlots* import_slots() { return &import_slots_; }
   internal::CallSlots* export_slots() { return &export_slots_; }
+  internal::QuotaGate* quotas() { return &quotas_; }
 
  private:
   session::SessionManager* sessions_;
@@ -111,6 +115,7 @@ class TttServiceImpl final : public tttserve::v1::TttService::CallbackService {
   const std::string version_;
   const int64_t max_batch_tokens_;
   const ServiceSecurity security_;
+  internal::QuotaGate quotas_;
 };
 
 }  // namespace ttt::server

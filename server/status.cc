@@ -3,12 +3,22 @@
 
 #include <string>
 
+#include "absl/strings/str_cat.h"
+#include "auth/quotas.h"
+
 namespace ttt::server {
 
 grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
   return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
                       std::string(status.message()));
+}
+
+void AddRetryTrailers(const absl::Status& status, grpc::ServerContextBase* ctx) {
+  const std::optional<int64_t> ms = auth::RetryAfterMs(status);
+  if (!ms) return;
+  ctx->AddTrailingMetadata("retry-after-ms", absl::StrCat(*ms));
+  ctx->AddTrailingMetadata("grpc-retry-pushback-ms", absl::StrCat(*ms));
 }
 
 const char* GrpcCodeName(grpc::StatusCode code) {

@@ -19,10 +19,13 @@ using internal::RunUnary;
 using internal::ToProto;
 
 namespace {
-// The engine callback of the RPCs that answer with a Session.
-std::function<void(absl::StatusOr<session::SessionInfo>)> SessionReply(pb::Session* resp,
-                                                                       Finisher finish) {
-  return [resp, finish](absl::StatusOr<session::SessionInfo> info) {
+// The engine callback of the RPCs that answer with a Session; a new session's quota
+// reservation (may be null) ends when it exists.
+std::function<void(absl::StatusOr<session::SessionInfo>)> SessionReply(
+    pb::Session* resp, Finisher finish,
+    std::shared_ptr<internal::QuotaGate::SessionReservation> reservation = nullptr) {
+  return [resp, finish, reservation](absl::StatusOr<session::SessionInfo> info) {
+    if (reservation) reservation->Release();
     if (info.ok()) ToProto(*info, resp);
     finish(info.status());
   };
@@ -37,7 +40,7 @@ std::optional<session::SessionOptions> OptionsOf(bool has, const pb::SessionOpti
 grpc::ServerUnaryReactor* TttServiceImpl::GetServerInfo(Ctx* ctx,
                                                         const pb::GetServerInfoRequest* req,
                                                         pb::ServerInfo* resp) {
-  return RunUnary(this, ctx, "GetServerInfo", [&](const std::string&, Finisher finish) {
+  return RunUnary(this, ctx, "GetServerInfo", [&](const std::string& tenant, Finisher finish) {
     const auto& model = sessions_->model();
     const auto& cfg = model.config();
     resp->set_version(version_);
@@ -54,6 +57,9 @@ grpc::ServerUnaryReactor* TttServiceImpl::GetServerInfo(Ctx* ctx,
     resp->set_sliding_window(model.attention_window().value_or(0));
     resp->set_eos_token_id(cfg.eos_token_id);
     *resp->mutable_security() = security_.info;
+    auto caller = internal::CallerOf(*security_.authorizer, ctx, "GetServerInfo");
+    const bool admin = caller.ok() && caller->scope == auth::Scope::kAdmin;
+    internal::AddTenantUsage(quotas_, tenant, admin, resp);
     finish(absl::OkStatus());
   });
 }
@@ -62,6 +68,8 @@ grpc::ServerUnaryReactor* TttServiceImpl::CreateSession(Ctx* ctx,
                                                         const pb::CreateSessionRequest* req,
                                                         pb::Session* resp) {
   return RunUnary(this, ctx, "CreateSession", [&](const std::string& tenant, Finisher finish) {
+    auto reservation = quotas_.ReserveSession(tenant);
+    if (!reservation.ok()) return finish(reservation.status());
     auto info = sessions_->CreateSession(tenant, FromProto(req->options()), req->session_id());
     if (info.ok()) ToProto(*info, resp);
     finish(info.status());
@@ -121,11 +129,17 @@ grpc::ServerUnaryReactor* TttServiceImpl::Score(Ctx* ctx, const pb::ScoreRequest
 grpc::ServerUnaryReactor* TttServiceImpl::Checkpoint(Ctx* ctx, const pb::CheckpointRequest* req,
                                                      pb::CheckpointInfo* resp) {
   return RunUnary(this, ctx, "Checkpoint", [&](const std::string& tenant, Finisher finish) {
+    absl::Status fits = quotas_.CheckCheckpoint(tenant, req->checkpoint_id());
+    if (!fits.ok()) return finish(fits);
+    const bool existed = quotas_.CheckpointExists(tenant, req->checkpoint_id());
+    internal::QuotaGate* quotas = &quotas_;
     absl::Status st = sessions_->Checkpoint(
         tenant, req->session_id(), req->checkpoint_id(),
-        [resp, finish](absl::StatusOr<session::CheckpointInfo> info) {
-          if (info.ok()) ToProto(*info, resp);
-          finish(info.status());
+        [resp, finish, quotas, tenant, existed](absl::StatusOr<session::CheckpointInfo> info) {
+          absl::Status st = info.status();
+          if (st.ok()) st = quotas->AfterCheckpoint(tenant, *info, existed);
+          if (st.ok()) ToProto(*info, resp);
+          finish(st);
         });
     if (!st.ok()) finish(st);
   });
@@ -137,9 +151,15 @@ grpc::ServerUnaryReactor* TttServiceImpl::Restore(Ctx* ctx, const pb::RestoreReq
     if (req->checkpoint_id().empty()) {
       return finish(absl::InvalidArgumentError("checkpoint_id is required"));
     }
-    absl::Status st =
-        sessions_->Restore(tenant, req->checkpoint_id(), req->session_id(),
-                           OptionsOf(req->has_options(), req->options()), SessionReply(resp, finish));
+    std::shared_ptr<internal::QuotaGate::SessionReservation> reservation;
+    if (req->session_id().empty()) {  // into a new session
+      auto reserved = quotas_.ReserveSession(tenant);
+      if (!reserved.ok()) return finish(reserved.status());
+      reservation = std::move(*reserved);
+    }
+    absl::Status st = sessions_->Restore(tenant, req->checkpoint_id(), req->session_id(),
+                                         OptionsOf(req->has_options(), req->options()),
+                                         SessionReply(resp, finish, reservation));
     if (!st.ok()) finish(st);
   });
 }
@@ -155,9 +175,11 @@ grpc::ServerUnaryReactor* TttServiceImpl::Reset(Ctx* ctx, const pb::ResetRequest
 grpc::ServerUnaryReactor* TttServiceImpl::Fork(Ctx* ctx, const pb::ForkRequest* req,
                                                pb::Session* resp) {
   return RunUnary(this, ctx, "Fork", [&](const std::string& tenant, Finisher finish) {
+    auto reservation = quotas_.ReserveSession(tenant);
+    if (!reservation.ok()) return finish(reservation.status());
     absl::Status st = sessions_->Fork(tenant, req->session_id(),
                                       OptionsOf(req->has_options(), req->options()),
-                                      SessionReply(resp, finish));
+                                      SessionReply(resp, finish, std::move(*reservation)));
     if (!st.ok()) finish(st);
   });
 }

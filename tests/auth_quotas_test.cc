@@ -97,7 +97,7 @@ TEST_F(QuotasTest, LiveSessionsRefusedAtTheLimitOthersUnaffected) {
   auto q = Open("alice live_sessions=2\n");
   EXPECT_TRUE(q->CheckLiveSessions("alice", 1).ok());
   ExpectExhausted(q->CheckLiveSessions("alice", 2),
-                  "tenant 'alice' is at its quota of 2 live sessions (live_sessions)");
+                  "tenant 'alice' has 2 live sessions, at its quota of 2 (live_sessions)");
   EXPECT_TRUE(q->CheckLiveSessions("bob", 1000).ok());  // not listed, no default: unlimited
 }
 
@@ -115,7 +115,9 @@ TEST_F(QuotasTest, IngestBucketRefillsAtTheRateAndSaysWhenToRetry) {
   EXPECT_TRUE(q->TakeIngestTokens("alice", 150).ok());  // a new bucket starts full (200)
   absl::Status st = q->TakeIngestTokens("alice", 100);  // 50 left: 50 more need 0.5 s
   ExpectExhausted(st, "tenant 'alice' is over its ingest quota of 100 tokens/s "
-                      "(ingest_tokens_per_s): retry in 0.500 s");
+                      "(ingest_tokens_per_s; 50 of a burst of 200 tokens left, 100 asked): "
+                      "retry in 0.500 s");
+  EXPECT_EQ(RetryAfterMs(st), 500);
   EXPECT_TRUE(q->TakeIngestTokens("bob", 1000000).ok());  // other tenants unaffected
   now_ += absl::Milliseconds(500);
   EXPECT_TRUE(q->TakeIngestTokens("alice", 100).ok());  // refilled as promised
@@ -128,7 +130,9 @@ TEST_F(QuotasTest, IngestBucketRefillsAtTheRateAndSaysWhenToRetry) {
 
 TEST_F(QuotasTest, ZeroRateAllowsNoIngest) {
   auto q = Open("alice ingest_tokens_per_s=0 ingest_burst=0\n");
-  ExpectExhausted(q->TakeIngestTokens("alice", 1), "over tenant 'alice''s ingest burst of 0");
+  absl::Status st = q->TakeIngestTokens("alice", 1);
+  ExpectExhausted(st, "over tenant 'alice''s ingest burst of 0");
+  EXPECT_EQ(RetryAfterMs(st), std::nullopt);  // no retry can succeed
   EXPECT_TRUE(q->TakeIngestTokens("alice", 0).ok());
 }
 
@@ -138,7 +142,7 @@ TEST_F(QuotasTest, StreamsAreCountedUntilTheLeaseEnds) {
   auto b = q->AcquireStream("alice");
   ASSERT_TRUE(a.ok() && b.ok());
   auto c = q->AcquireStream("alice");
-  ExpectExhausted(c.status(), "tenant 'alice' has 2 streams open, its quota (streams)");
+  ExpectExhausted(c.status(), "tenant 'alice' has 2 streams open, at its quota of 2 (streams)");
   EXPECT_TRUE(q->AcquireStream("bob").ok());  // and released at once
   { Quotas::StreamLease moved = std::move(*a); }  // ends one
   EXPECT_TRUE(q->AcquireStream("alice").ok());
@@ -160,9 +164,20 @@ TEST_F(QuotasTest, UsageIsPerListedTenantAndOthersSummed) {
   EXPECT_EQ(usage[1].ingest_tokens_admitted, 7);
 }
 
+TEST_F(QuotasTest, LimitsByKeyListsOnlyTheLimitedQuotas) {
+  auto q = Open("* streams=4\nalice ingest_tokens_per_s=2.5 checkpoint_bytes=1Ki\n");
+  const std::map<std::string, double> alice = LimitsByKey(q->LimitsFor("alice"));
+  EXPECT_EQ(alice, (std::map<std::string, double>{
+                       {"checkpoint_bytes", 1024}, {"ingest_tokens_per_s", 2.5}, {"streams", 4}}));
+  EXPECT_EQ(LimitsByKey(q->LimitsFor("bob")), (std::map<std::string, double>{{"streams", 4}}));
+  EXPECT_TRUE(q->Listed("alice"));
+  EXPECT_FALSE(q->Listed("bob"));
+  EXPECT_EQ(q->ListedTenants(), std::vector<std::string>{"alice"});
+}
+
 TEST_F(QuotasTest, ReloadAppliesNewLimitsAndABadFileKeepsTheOld) {
   auto q = Open("alice live_sessions=1\n", /*poll_ms=*/20);
-  ExpectExhausted(q->CheckLiveSessions("alice", 1), "quota of 1 live sessions");
+  ExpectExhausted(q->CheckLiveSessions("alice", 1), "at its quota of 1 (live_sessions)");
   Write("alice live_sessions=3\n");
   for (int i = 0; i < 1000 && q->generation() < 2; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
@@ -172,7 +187,7 @@ TEST_F(QuotasTest, ReloadAppliesNewLimitsAndABadFileKeepsTheOld) {
   Write("alice live_sessions=lots\n");
   absl::Status st = q->Reload();
   EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
-  ExpectExhausted(q->CheckLiveSessions("alice", 3), "quota of 3 live sessions");
+  ExpectExhausted(q->CheckLiveSessions("alice", 3), "at its quota of 3 (live_sessions)");
 }
 
 }  // namespace

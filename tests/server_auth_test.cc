@@ -98,6 +98,14 @@ TEST_F(ServerAuthTest, RefusesSecurityFlagsThatCannotWork) {
   options_.tls_cert_file = tokens_;
   options_.tls_key_file = tokens_;
   ExpectRefused(absl::StatusCode::kInvalidArgument, "not a PEM file");
+  options_ = base;
+  options_.metrics_listen = "127.0.0.1:0";
+  options_.metrics_tls_cert_file = tokens_;
+  ExpectRefused(absl::StatusCode::kInvalidArgument,
+                "--metrics_tls_cert_file and --metrics_tls_key_file go together");
+  options_.metrics_tls_key_file = tokens_;
+  ExpectRefused(absl::StatusCode::kInvalidArgument,
+                "libmicrohttpd refused the certificate and key");
 }
 
 TEST_F(ServerAuthTest, HealthListenerServesOnlyHealth) {

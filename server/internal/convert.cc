@@ -194,4 +194,29 @@ absl::Status ValidateStops(const pb::GenerateRequest& req) {
   return absl::OkStatus();
 }
 
+namespace {
+void ToProto(const TenantUsageRow& row, tttserve::v1::TenantUsage* out) {
+  out->set_tenant(row.tenant);
+  out->set_live_sessions(row.live_sessions);
+  out->set_checkpoint_bytes(row.checkpoint_bytes);
+  out->set_streams_open(row.streams_open);
+  out->set_ingest_tokens_total(row.ingest_tokens_total.value_or(-1));
+  for (const auto& [quota, n] : row.refusals) (*out->mutable_refusals())[quota] = n;
+  for (const auto& [quota, limit] : auth::LimitsByKey(row.limits)) {
+    (*out->mutable_limits())[quota] = limit;
+  }
+}
+}  // namespace
+
+void AddTenantUsage(QuotaGate& quotas, const std::string& tenant, bool admin,
+                    tttserve::v1::ServerInfo* out) {
+  auto own = quotas.UsageOf(tenant);
+  if (!own) return;  // no quotas
+  ToProto(*own, out->add_tenant_usage());
+  if (!admin) return;
+  for (const TenantUsageRow& row : quotas.Usage()) {
+    if (row.tenant != tenant) ToProto(row, out->add_tenant_usage());
+  }
+}
+
 }  // namespace ttt::server::internal

@@ -14,6 +14,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "auth/authorizer.h"
+#include "server/internal/quota_gate.h"
 #include "server/service.h"
 #include "session/session.h"
 #include "tttserve/v1/ttt_service.pb.h"
@@ -33,6 +34,11 @@ absl::StatusOr<auth::Principal> CallerOf(const auth::Authorizer& authorizer,
 // CallerOf's tenant.
 absl::StatusOr<std::string> TenantOf(const auth::Authorizer& authorizer,
                                      const grpc::CallbackServerContext* ctx, const char* method);
+
+// GetServerInfo's tenant_usage: `tenant`'s own row, then for an admin the rows of every listed
+// tenant and "*" (none without quotas).
+void AddTenantUsage(QuotaGate& quotas, const std::string& tenant, bool admin,
+                    tttserve::v1::ServerInfo* out);
 
 void ToProto(const session::Counters& c, tttserve::v1::SessionCounters* out);
 void ToProto(const session::SessionOptions& o, tttserve::v1::SessionOptions* out);

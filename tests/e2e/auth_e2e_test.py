@@ -9,7 +9,10 @@ token reaches only its tenant; a read-scoped token cannot ingest; x-tenant-id ca
 credential; a rotated tokens file and a rotated certificate take effect without a restart while a
 stream stays open; health answers without credentials on the plaintext health listener (which
 serves nothing else) and on the main port; the metrics port wants its token; a server without
-authentication still runs and says so.
+authentication still runs and says so. Quotas (--quotas_file) on the real binary: each quota
+refused at its limit with the documented message, other tenants unaffected, the ingest rate's
+retry trailers, usage in GetServerInfo (own tenant; every listed tenant and "*" for admin) and in
+/metrics served over HTTPS (--metrics_tls_cert_file) with a bearer token, the file reloaded.
 
 Usage: auth_e2e_test.py --server PATH/ttt-serve --model MODEL_DIR --proto PROTO_DIR
 """
@@ -19,6 +22,7 @@ import itertools
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -401,6 +405,144 @@ class MutualTlsE2ETest(unittest.TestCase):
             with self.assertRaises(grpc.RpcError) as cm:
                 self.stub(client).ListSessions(pb.ListSessionsRequest(), timeout=10)
             self.assertEqual(cm.exception.code(), grpc.StatusCode.UNAVAILABLE, client)
+
+
+QUOTAS = """# tenant quotas
+alice live_sessions=1 streams=1 ingest_tokens_per_s=5 ingest_burst=20
+carol live_sessions=%d
+* live_sessions=3
+"""
+
+
+class QuotasE2ETest(unittest.TestCase):
+    """--quotas_file with bearer tokens over TLS, and /metrics over HTTPS."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="ttt-quotas-e2e-")
+        cls.pki = Pki(cls.tmp)
+        cls.tokens = os.path.join(cls.tmp, "tokens")
+        write_atomically(cls.tokens, "\n".join(
+            ["%s %s write" % (t, sha256_hex(t + "-token")) for t in ("alice", "bob", "carol")] +
+            ["root %s admin" % sha256_hex("root-token"),
+             "prometheus %s metrics" % sha256_hex("scrape-token"), ""]))
+        cls.quotas = os.path.join(cls.tmp, "quotas")
+        write_atomically(cls.quotas, QUOTAS % 0)
+        cls.server = Server(cls.tmp, [
+            "--tls_cert_file=" + os.path.join(cls.tmp, "server1.pem"),
+            "--tls_key_file=" + os.path.join(cls.tmp, "server1.key"),
+            "--auth_tokens_file=" + cls.tokens, "--quotas_file=" + cls.quotas,
+            "--metrics_auth=true",
+            "--metrics_tls_cert_file=" + os.path.join(cls.tmp, "server1.pem"),
+            "--metrics_tls_key_file=" + os.path.join(cls.tmp, "server1.key")])
+        cls.channel = grpc.secure_channel("localhost:%d" % cls.server.port,
+                                          cls.pki.credentials("ca1"))
+        cls.stub = pb_grpc.TttServiceStub(cls.channel)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.channel.close()
+        cls.server.stop()
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def create(self, tenant):
+        return self.stub.CreateSession(pb.CreateSessionRequest(),
+                                       metadata=bearer(tenant + "-token"), timeout=30)
+
+    def assertExhausted(self, call, fragment):
+        with self.assertRaises(grpc.RpcError) as cm:
+            call()
+        self.assertEqual(cm.exception.code(), grpc.StatusCode.RESOURCE_EXHAUSTED,
+                         cm.exception.details())
+        self.assertIn(fragment, cm.exception.details())
+        return cm.exception
+
+    def scrape(self):
+        context = ssl.create_default_context(cafile=os.path.join(self.tmp, "ca1.pem"))
+        request = urllib.request.Request(
+            "https://localhost:%d/metrics" % self.server.metrics_port,
+            headers={"Authorization": "Bearer scrape-token"})
+        with urllib.request.urlopen(request, timeout=10, context=context) as r:
+            return r.read().decode()
+
+    def test_live_sessions_refused_at_the_limit_others_unaffected(self):
+        self.alice_session()
+        self.assertExhausted(lambda: self.create("alice"),
+                             "tenant 'alice' has 1 live sessions, at its quota of 1 "
+                             "(live_sessions)")
+        for _ in range(3):  # "*": three each
+            self.create("bob")
+        self.assertExhausted(lambda: self.create("bob"), "at its quota of 3 (live_sessions)")
+
+    def test_ingest_rate_says_when_to_retry(self):
+        session = self.alice_session()
+
+        def ingest():
+            reqs = [pb.IngestRequest(session_id=session, token_ids=list(range(3, 23)))] * 2
+            call = self.stub.Ingest(iter(reqs), metadata=bearer("alice-token"), timeout=30)
+            return call, list(call)
+        with self.assertRaises(grpc.RpcError) as cm:
+            ingest()
+        err = cm.exception
+        self.assertEqual(err.code(), grpc.StatusCode.RESOURCE_EXHAUSTED, err.details())
+        self.assertIn("over its ingest quota of 5 tokens/s (ingest_tokens_per_s", err.details())
+        self.assertIn("retry in", err.details())
+        trailers = dict(err.trailing_metadata())
+        self.assertGreater(int(trailers["retry-after-ms"]), 0)
+        # gRPC's own key may be taken by the client's retry machinery before the application.
+        if "grpc-retry-pushback-ms" in trailers:
+            self.assertEqual(trailers["retry-after-ms"], trailers["grpc-retry-pushback-ms"])
+        listed = self.stub.ListSessions(pb.ListSessionsRequest(),
+                                        metadata=bearer("alice-token"), timeout=30)
+        self.assertEqual(listed.sessions[0].counters.tokens_received, 20)  # the first stays
+
+    def alice_session(self):
+        """Alice's one session (made on first use)."""
+        listed = self.stub.ListSessions(pb.ListSessionsRequest(),
+                                        metadata=bearer("alice-token"), timeout=30)
+        if listed.sessions:
+            return listed.sessions[0].session_id
+        return self.create("alice").session_id
+
+    def test_usage_in_server_info_own_tenant_or_all_for_admin(self):
+        own = self.stub.GetServerInfo(pb.GetServerInfoRequest(), metadata=bearer("carol-token"),
+                                      timeout=30).tenant_usage
+        self.assertEqual([u.tenant for u in own], ["carol"])
+        admin = self.stub.GetServerInfo(pb.GetServerInfoRequest(), metadata=bearer("root-token"),
+                                        timeout=30).tenant_usage
+        tenants = [u.tenant for u in admin]
+        self.assertEqual(tenants[0], "root")
+        self.assertIn("alice", tenants)
+        self.assertIn("*", tenants)
+        alice = admin[tenants.index("alice")]
+        self.assertEqual(alice.limits["live_sessions"], 1)
+        self.assertEqual(alice.limits["streams"], 1)
+
+    def test_metrics_over_https_with_per_tenant_usage(self):
+        self.alice_session()
+        text = self.scrape()
+        self.assertIn('tttserve_tenant_sessions{tenant="alice"} 1', text)
+        self.assertIn('tttserve_tenant_sessions{tenant="*"}', text)
+        self.assertIn('tttserve_tenant_quota_limit{tenant="alice",quota="live_sessions"} 1', text)
+        self.assertIn('tttserve_quota_rejections_total{tenant="alice",quota="live_sessions"}',
+                      text)
+        self.assertNotIn('tenant="bob"', text)  # unlisted tenants are summed under "*"
+        with self.assertRaises((urllib.error.URLError, ConnectionError)):
+            urllib.request.urlopen("http://127.0.0.1:%d/metrics" % self.server.metrics_port,
+                                   timeout=10).read()
+
+    def test_quotas_file_reloads_without_a_restart(self):
+        self.assertExhausted(lambda: self.create("carol"), "at its quota of 0 (live_sessions)")
+        write_atomically(self.quotas, QUOTAS % 1)
+        self.assertTrue(wait_until(lambda: self._creates("carol")), self.server.output())
+        self.assertIn("quotas: reloaded", self.server.output())
+
+    def _creates(self, tenant):
+        try:
+            self.create(tenant)
+            return True
+        except grpc.RpcError:
+            return False
 
 
 class NoAuthE2ETest(unittest.TestCase):

@@ -9,7 +9,12 @@ Environment: TTT_STRESS_DURATION_S (default 120), TTT_STRESS_CLIENTS (4), TTT_ST
 TTT_STRESS_MAX_RSS_SLOPE (MiB/min after warm-up, default 30: a guard against gross leaks, not a
 performance bound; 0 = report only; runs under 90 s only report it),
 TTT_STRESS_REPORT (where to keep the JSON report; default: the temporary folder).
+
+Then a short secured run: the server with TLS and a tokens file (a CA and certificate made by
+openssl at test time), the client with --ca_file and the token from TTT_TOKEN; and a plaintext
+client against it refused at the start (exit 2).
 """
+import hashlib
 import json
 import os
 import signal
@@ -29,6 +34,54 @@ def free_port():
 def tail(path, n=40):
     with open(path, errors="replace") as f:
         return "".join(f.readlines()[-n:])
+
+
+def secured_run(server_bin, model, stress_cmd, tmp):
+    """A few seconds of `ttt stress` against a server with TLS and bearer tokens."""
+    def openssl(*args):
+        subprocess.run(["openssl"] + list(args), cwd=tmp, check=True, capture_output=True)
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-nodes", "-days", "2", "-keyout", "ca.key", "-out", "ca.pem", "-subj", "/CN=ca")
+    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=server")
+    with open(os.path.join(tmp, "server.ext"), "w") as f:
+        f.write("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "2", "-out", "server.pem", "-extfile", "server.ext")
+    with open(os.path.join(tmp, "tokens"), "w") as f:
+        f.write("stressor %s write\n" % hashlib.sha256(b"stress-token").hexdigest())
+    port = free_port()
+    log_path = os.path.join(tmp, "secured-server.log")
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(
+            [server_bin, "--model=" + model, "--listen=127.0.0.1:%d" % port, "--metrics_listen=",
+             "--threads=1", "--checkpoint_dir=" + os.path.join(tmp, "secured-ckpt"),
+             "--checkpoint_on_shutdown=false", "--drain_timeout_s=5",
+             "--tls_cert_file=" + os.path.join(tmp, "server.pem"),
+             "--tls_key_file=" + os.path.join(tmp, "server.key"),
+             "--auth_tokens_file=" + os.path.join(tmp, "tokens")],
+            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        target = "--target=localhost:%d" % port
+        missing = subprocess.run(stress_cmd + [target, "--ca_file=/nonexistent/ca.pem"],
+                                 capture_output=True, text=True, timeout=60)
+        assert missing.returncode == 2 and "/nonexistent/ca.pem" in missing.stderr, (
+            missing.returncode, missing.stderr)
+        env = dict(os.environ, TTT_TOKEN="stress-token")
+        secured = subprocess.run(
+            stress_cmd + [target, "--ca_file=" + os.path.join(tmp, "ca.pem"), "--clients=2",
+                          "--duration_s=5", "--warmup_s=0"],
+            env=env, capture_output=True, text=True, timeout=300)
+        if secured.returncode != 0:
+            print("FAIL: the secured stress run exited %d:\n%s\nserver log ends:\n%s"
+                  % (secured.returncode, secured.stdout[-3000:] + secured.stderr[-3000:],
+                     tail(log_path)))
+            return 1
+        print("OK: secured run (TLS, bearer token from TTT_TOKEN)")
+        return 0
+    finally:
+        server.kill()
+        server.wait()
 
 
 def main():
@@ -82,7 +135,7 @@ def main():
             return 1
         print("OK: %d operations (%.1f/s), RSS slope %s MiB/min, no violation"
               % (r["operations"], r["operations_per_s"], r["rss_slope_mib_per_min"]))
-        return 0
+        return secured_run(server_bin, model, stress_cmd, tmp)
     finally:
         if server.poll() is None:
             server.kill()

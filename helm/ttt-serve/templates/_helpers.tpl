@@ -109,6 +109,9 @@ files; refuses combinations that cannot work. */}}
 {{- if and $sec.mutualTls (not $sec.tls) }}
 {{- fail "security.mutualTls needs security.tls" }}
 {{- end }}
+{{- if and $sec.metricsTls (not (include "ttt-serve.secretEnabled" .)) }}
+{{- fail "security.metricsTls reads tls.crt and tls.key from the Secret: set secret.create or secret.existingSecret" }}
+{{- end }}
 {{- if and $sec.metricsAuth (not $sec.tokens) }}
 {{- fail "security.metricsAuth checks tokens from the tokens file: set security.tokens" }}
 {{- end }}
@@ -135,6 +138,22 @@ files; refuses combinations that cannot work. */}}
 {{- if $sec.metricsAuth }}
 - "--metrics_auth=true"
 {{- end }}
+{{- if $sec.metricsTls }}
+- {{ printf "--metrics_tls_cert_file=%s/tls.crt" $dir | quote }}
+- {{ printf "--metrics_tls_key_file=%s/tls.key" $dir | quote }}
+{{- end }}
+{{- $q := .Values.quotas }}
+{{- if $q.enabled }}
+{{- if and (not $q.rules) (not $q.existingConfigMap) }}
+{{- fail "quotas.enabled: set quotas.rules (the file's text) or quotas.existingConfigMap" }}
+{{- end }}
+- {{ printf "--quotas_file=%s/%s" $q.mountPath $q.key | quote }}
+{{- end }}
+{{- end }}
+
+{{/* The ConfigMap with the quotas file: the chart's own, or an existing one. */}}
+{{- define "ttt-serve.quotasConfigMap" -}}
+{{- if .Values.quotas.existingConfigMap }}{{ .Values.quotas.existingConfigMap }}{{ else }}{{ include "ttt-serve.fullname" . }}-quotas{{ end }}
 {{- end }}
 
 {{/* The port the kubelet probes: the plaintext health listener when there is one. */}}

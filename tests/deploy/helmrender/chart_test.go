@@ -366,7 +366,7 @@ func TestProbesUseGrpcHealthOnTheHealthListener(t *testing.T) {
 func TestSecuredConfigWiresTheSecretToTheFlags(t *testing.T) {
 	def := render(t)
 	_, defCtr := serverContainer(t, def)
-	for _, f := range []string{"tls_cert_file", "tls_key_file", "tls_client_ca_file", "auth_tokens_file", "metrics_auth"} {
+	for _, f := range []string{"tls_cert_file", "tls_key_file", "tls_client_ca_file", "auth_tokens_file", "metrics_auth", "metrics_tls_cert_file", "quotas_file"} {
 		if _, ok := args(t, defCtr)[f]; ok {
 			t.Errorf("default values pass --%s", f)
 		}
@@ -383,6 +383,8 @@ func TestSecuredConfigWiresTheSecretToTheFlags(t *testing.T) {
 		"tls_cert_file": dir + "/tls.crt", "tls_key_file": dir + "/tls.key",
 		"tls_client_ca_file": dir + "/ca.crt", "auth_tokens_file": dir + "/tokens",
 		"metrics_auth": "true", "reflection": "off", "health_listen": "0.0.0.0:50052",
+		"metrics_tls_cert_file": dir + "/tls.crt", "metrics_tls_key_file": dir + "/tls.key",
+		"quotas_file": "/etc/ttt-serve/quotas/quotas",
 	} {
 		if a[flag] != want {
 			t.Errorf("--%s=%q, want %q", flag, a[flag], want)
@@ -397,6 +399,27 @@ func TestSecuredConfigWiresTheSecretToTheFlags(t *testing.T) {
 	if !mounted {
 		t.Errorf("the Secret is not mounted read-only at %s: %v", dir, list(ctr, "volumeMounts"))
 	}
+	quotasMounted := false
+	for _, m := range list(ctr, "volumeMounts") {
+		if str(m, "name") == "quotas" && str(m, "mountPath") == "/etc/ttt-serve/quotas" &&
+			get(m, "readOnly") == true && get(m, "subPath") == nil {
+			quotasMounted = true
+		}
+	}
+	if !quotasMounted {
+		t.Errorf("the quotas ConfigMap is not mounted read-only (without subPath, so updates reach the server): %v", list(ctr, "volumeMounts"))
+	}
+	var quotasMap string
+	for _, v := range list(sts.o, "spec", "template", "spec", "volumes") {
+		if str(v, "name") == "quotas" {
+			quotasMap = str(v, "configMap", "name")
+		}
+	}
+	cm := r.one(t, "ConfigMap")
+	if quotasMap == "" || str(cm.o, "metadata", "name") != quotasMap ||
+		!strings.Contains(str(cm.o, "data", "quotas"), "alice  live_sessions=1000") {
+		t.Errorf("quotas volume from ConfigMap %q; the ConfigMap: %v", quotasMap, cm.o)
+	}
 	var secretName string
 	for _, v := range list(sts.o, "spec", "template", "spec", "volumes") {
 		if str(v, "name") == "secrets" {
@@ -409,6 +432,10 @@ func TestSecuredConfigWiresTheSecretToTheFlags(t *testing.T) {
 	ep := get(r.one(t, "ServiceMonitor").o, "spec", "endpoints", 0)
 	if str(ep, "bearerTokenSecret", "name") != "ttt-serve-metrics-token" || str(ep, "bearerTokenSecret", "key") != "metrics-token" {
 		t.Errorf("ServiceMonitor scrapes without the metrics token: %v", ep)
+	}
+	if str(ep, "scheme") != "https" || str(ep, "tlsConfig", "ca", "secret", "key") != "ca.crt" ||
+		str(ep, "tlsConfig", "serverName") != "ttt-serve" {
+		t.Errorf("ServiceMonitor does not scrape https with the tlsConfig given: %v", ep)
 	}
 	np := r.one(t, "NetworkPolicy")
 	rules := map[string]interface{}{}
@@ -434,6 +461,8 @@ func TestSecurityValuesThatCannotWorkAreRefused(t *testing.T) {
 		"metricsNoT": {"security:\n  metricsAuth: true\n", "metricsAuth checks tokens"},
 		"smNoToken": {"secret:\n  existingSecret: s\nsecurity:\n  tokens: true\n  metricsAuth: true\nserviceMonitor:\n  enabled: true\n",
 			"bearerTokenSecret.name"},
+		"metricsTls": {"security:\n  metricsTls: true\n", "metricsTls reads tls.crt"},
+		"quotasNone": {"quotas:\n  enabled: true\n", "set quotas.rules"},
 		"envoyTls": {"secret:\n  existingSecret: s\nsecurity:\n  tls: true\nrouting:\n  envoy:\n    enabled: true\n", "cannot front security.tls"},
 	} {
 		f := filepath.Join(t.TempDir(), name+".yaml")
