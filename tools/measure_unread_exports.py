@@ -12,19 +12,13 @@ to docs/robustness.md.
 import argparse
 import collections
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "e2e"))
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from e2e_support import free_port, load_stubs  # noqa: E402
 
 
 def rss_mib(pid):
@@ -47,10 +41,8 @@ def main():
     args = ap.parse_args()
 
     import grpc
-    import e2e_test
     tmp = tempfile.mkdtemp(prefix="ttt-unread-")
-    e2e_test.generate_stubs(os.path.join(os.path.dirname(__file__), "..", "proto"), tmp)
-    from tttserve.v1 import ttt_service_pb2 as pb, ttt_service_pb2_grpc as pb_grpc
+    pb, pb_grpc = load_stubs(os.path.join(os.path.dirname(__file__), "..", "proto"), tmp)
 
     port = free_port()
     log = open(os.path.join(tmp, "server.log"), "w")
