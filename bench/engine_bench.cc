@@ -35,6 +35,7 @@
 #include <vector>
 
 #include "engine/model.h"
+#include "engine/testing/random_weights.h"
 
 namespace ttt::engine {
 namespace {
@@ -114,31 +115,15 @@ ModelConfig Shape(const std::string& name) {
   return c;
 }
 
+// Scaled like a trained model's (std 0.02, unit norms), so activations stay in range.
 NamedTensors RandomWeights(const ModelConfig& c) {
-  at::manual_seed(0);
-  const int64_t d = c.hidden_size, f = c.intermediate_size, q = c.num_attention_heads * c.head_dim,
-                kv = c.num_key_value_heads * c.head_dim;
-  auto rnd = [](std::vector<int64_t> shape, double std) { return at::randn(shape) * std; };
-  NamedTensors w{{"model.embed_tokens.weight", rnd({c.vocab_size, d}, 0.5)},
-                 {"model.norm.weight", at::ones({d})},
-                 {"lm_head.weight", rnd({c.vocab_size, d}, 0.02)}};
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    const std::string p = "model.layers." + std::to_string(l) + ".";
-    w.emplace_back(p + "input_layernorm.weight", at::ones({d}));
-    w.emplace_back(p + "post_attention_layernorm.weight", at::ones({d}));
-    w.emplace_back(p + "self_attn.q_proj.weight", rnd({q, d}, 0.02));
-    w.emplace_back(p + "self_attn.k_proj.weight", rnd({kv, d}, 0.02));
-    w.emplace_back(p + "self_attn.v_proj.weight", rnd({kv, d}, 0.02));
-    w.emplace_back(p + "self_attn.o_proj.weight", rnd({d, q}, 0.02));
-    w.emplace_back(p + "mlp.gate_proj.weight", rnd({f, d}, 0.02));
-    w.emplace_back(p + "mlp.up_proj.weight", rnd({f, d}, 0.02));
-    w.emplace_back(p + "mlp.down_proj.weight", rnd({d, f}, 0.02));
-    if (c.IsTttLayer(l)) {
-      w.emplace_back(p + "mlp.ttt_conv.weight", rnd({d, 1, 5}, 0.3));
-      w.emplace_back(p + "mlp.ttt_proj.weight", rnd({d, d}, 1.0 / std::sqrt(double(d))));
-    }
-  }
-  return w;
+  testing::RandomWeightOptions options;
+  options.seed = 0;
+  options.embed_std = 0.5;
+  options.weight_std = 0.02;
+  options.norm_jitter = 0;
+  options.ttt_proj_std = 1.0 / std::sqrt(double(c.hidden_size));
+  return testing::RandomWeights(c, options);
 }
 
 // Matmul FLOPs of one token at context length `context` (the attention term) with or without TTT.

@@ -8,6 +8,7 @@
 #include <random>
 
 #include "engine/sampler.h"
+#include "engine/testing/random_weights.h"
 
 namespace ttt::engine {
 namespace {
@@ -31,33 +32,11 @@ ModelConfig TinyConfig() {
   return c;
 }
 
-NamedTensors RandomWeights(const ModelConfig& c, bool with_ttt, uint64_t seed = 7) {
-  at::manual_seed(seed);
-  const int64_t d = c.hidden_size, f = c.intermediate_size, q = c.num_attention_heads * c.head_dim,
-                kv = c.num_key_value_heads * c.head_dim;
-  auto rnd = [](std::vector<int64_t> shape, double scale) { return at::randn(shape) * scale; };
-  NamedTensors w{{"model.embed_tokens.weight", rnd({c.vocab_size, d}, 1.0)},
-                 {"model.norm.weight", 1 + rnd({d}, 0.1)},
-                 {"lm_head.weight", rnd({c.vocab_size, d}, 0.2)}};
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    const std::string p = "model.layers." + std::to_string(l) + ".";
-    w.emplace_back(p + "input_layernorm.weight", 1 + rnd({d}, 0.1));
-    w.emplace_back(p + "post_attention_layernorm.weight", 1 + rnd({d}, 0.1));
-    w.emplace_back(p + "self_attn.q_proj.weight", rnd({q, d}, 0.2));
-    w.emplace_back(p + "self_attn.k_proj.weight", rnd({kv, d}, 0.2));
-    w.emplace_back(p + "self_attn.v_proj.weight", rnd({kv, d}, 0.2));
-    w.emplace_back(p + "self_attn.o_proj.weight", rnd({d, q}, 0.2));
-    w.emplace_back(p + "mlp.gate_proj.weight", rnd({f, d}, 0.2));
-    w.emplace_back(p + "mlp.up_proj.weight", rnd({f, d}, 0.2));
-    w.emplace_back(p + "mlp.down_proj.weight", rnd({d, f}, 0.2));
-    // Drawn either way, so a model without TTT parameters shares every other weight.
-    at::Tensor conv = rnd({d, 1, 5}, 0.3), proj = rnd({d, d}, 0.2);
-    if (with_ttt && c.IsTttLayer(l)) {
-      w.emplace_back(p + "mlp.ttt_conv.weight", conv);
-      w.emplace_back(p + "mlp.ttt_proj.weight", proj);
-    }
-  }
-  return w;
+// The shared random weights (engine/testing), with or without the TTT tensors.
+NamedTensors RandomWeights(const ModelConfig& c, bool with_ttt) {
+  testing::RandomWeightOptions options;
+  options.with_ttt = with_ttt;
+  return testing::RandomWeights(c, options);
 }
 
 std::unique_ptr<Model> MakeModel(const ModelOptions& options = {}, bool with_ttt = true,

@@ -16,36 +16,19 @@ Environment: TTT_CRASH_LOOP_ITERATIONS (default 10), TTT_CRASH_LOOP_SEED (defaul
 import os
 import random
 import signal
-import socket
 import struct
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from e2e_support import free_port, load_stubs
 
 ITERATIONS = int(os.environ.get("TTT_CRASH_LOOP_ITERATIONS", "10"))
 SEED = int(os.environ.get("TTT_CRASH_LOOP_SEED", "1"))
 POOL = ["ck-%d" % i for i in range(6)]  # checkpoint ids: replacing one is part of the test
 MODES = ["during ingest and checkpoints", "during back-to-back checkpoints",
          "during the persist that follows SIGTERM"]
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def load_stubs(proto, tmp):
-    from grpc_tools import protoc
-    out = os.path.join(tmp, "stubs")
-    os.makedirs(out)
-    assert protoc.main(["protoc", "-I" + proto, "--python_out=" + out, "--grpc_python_out=" + out,
-                        os.path.join(proto, "tttserve/v1/ttt_service.proto")]) == 0
-    sys.path.insert(0, out)
-    from tttserve.v1 import ttt_service_pb2, ttt_service_pb2_grpc
-    return ttt_service_pb2, ttt_service_pb2_grpc
 
 
 def score_bits(resp):

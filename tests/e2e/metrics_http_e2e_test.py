@@ -16,23 +16,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url, timeout):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                return r.read().decode()
-        except OSError:
-            time.sleep(0.3)
-    raise RuntimeError("no answer from " + url)
+from e2e_support import free_port, wait_http
 
 
 def still_open(sock):

@@ -7,32 +7,15 @@ Usage: prometheus_test.py SERVER_BINARY MODEL_DIR PROTO_DIR
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.parse
 import urllib.request
+from e2e_support import free_port, load_stubs, wait_http
 
 N_TOKENS = 777
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url, timeout):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                return r.read().decode()
-        except OSError:
-            time.sleep(0.3)
-    raise RuntimeError("no answer from " + url)
 
 
 def main():
@@ -44,15 +27,8 @@ def main():
     tmp = tempfile.mkdtemp(prefix="ttt-prom-")
     procs = []
     try:
-        from grpc_tools import protoc
-        stubs = os.path.join(tmp, "stubs")
-        os.makedirs(stubs)
-        assert protoc.main(["protoc", "-I" + proto, "--python_out=" + stubs,
-                            "--grpc_python_out=" + stubs,
-                            os.path.join(proto, "tttserve/v1/ttt_service.proto")]) == 0
-        sys.path.insert(0, stubs)
         import grpc
-        from tttserve.v1 import ttt_service_pb2 as pb, ttt_service_pb2_grpc as pb_grpc
+        pb, pb_grpc = load_stubs(proto, os.path.join(tmp, "stubs"))
 
         grpc_port, metrics_port, prom_port = free_port(), free_port(), free_port()
         server_log = open(os.path.join(tmp, "server.log"), "w")

@@ -18,22 +18,10 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def tail(path, n=40):
-    with open(path, errors="replace") as f:
-        return "".join(f.readlines()[-n:])
+from e2e_support import free_port, log_tail
 
 
 def secured_run(server_bin, model, stress_cmd, tmp):
@@ -119,11 +107,11 @@ def main():
         if server_rc is not None:
             how = ("killed by %s" % signal.Signals(-server_rc).name if server_rc < 0
                    else "exit code %d" % server_rc)
-            print("FAIL: the server died (%s); its log ends:\n%s" % (how, tail(log_path)))
+            print("FAIL: the server died (%s); its log ends:\n%s" % (how, log_tail(log_path)))
             return 1
         if stress.returncode != 0:
             print("FAIL: the stress client exited %d (violations above); server log ends:\n%s"
-                  % (stress.returncode, tail(log_path)))
+                  % (stress.returncode, log_tail(log_path)))
             return 1
         with open(report) as f:
             r = json.load(f)
@@ -131,7 +119,7 @@ def main():
         server.send_signal(signal.SIGTERM)
         rc = server.wait(timeout=120)
         if rc != 0:
-            print("FAIL: the server exited %d on SIGTERM after the run:\n%s" % (rc, tail(log_path)))
+            print("FAIL: the server exited %d on SIGTERM after the run:\n%s" % (rc, log_tail(log_path)))
             return 1
         print("OK: %d operations (%.1f/s), RSS slope %s MiB/min, no violation"
               % (r["operations"], r["operations_per_s"], r["rss_slope_mib_per_min"]))

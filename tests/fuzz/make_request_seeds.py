@@ -1,6 +1,6 @@
 #!/usr/bin/python3
-"""Writes tests/fuzz/corpus/request_fuzz/: one valid request of each RPC (and a few bad ones the
-contract names), each as request_fuzz reads its input: a byte picking the RPC, a byte of split
+"""Writes tests/fuzz/corpus/request_fuzzer/: one valid request of each RPC (and a few bad ones the
+contract names), each as request_fuzzer reads its input: a byte picking the RPC, a byte of split
 point, then the serialized request. Run from anywhere; needs protoc and python3-protobuf.
 
   tests/fuzz/make_request_seeds.py
@@ -11,8 +11,8 @@ import sys
 import tempfile
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-OUT = os.path.join(ROOT, "tests", "fuzz", "corpus", "request_fuzz")
-# The RPC numbers of request_fuzz.cc's switch.
+OUT = os.path.join(ROOT, "tests", "fuzz", "corpus", "request_fuzzer")
+# The RPC numbers of request_fuzzer.cc's switch.
 RPC = {"GetServerInfo": 0, "CreateSession": 1, "GetSession": 2, "ListSessions": 3,
        "DeleteSession": 4, "Ingest": 5, "Generate": 6, "Score": 7, "Checkpoint": 8,
        "Restore": 9, "Reset": 10, "Fork": 11, "ListCheckpoints": 12, "DeleteCheckpoint": 13,

@@ -1,0 +1,46 @@
+"""What the end-to-end scripts share: free loopback ports, the Python gRPC stubs of the service
+(generated at test time from proto/), waiting for an HTTP endpoint, and a log's last lines."""
+import os
+import socket
+import sys
+import time
+import urllib.request
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def load_stubs(proto_dir, out_dir):
+    """Generates tttserve.v1's Python stubs into out_dir and returns (pb, pb_grpc)."""
+    from grpc_tools import protoc
+    os.makedirs(out_dir, exist_ok=True)
+    rc = protoc.main(["protoc", "-I" + proto_dir, "--python_out=" + out_dir,
+                      "--grpc_python_out=" + out_dir,
+                      os.path.join(proto_dir, "tttserve/v1/ttt_service.proto")])
+    if rc != 0:
+        raise RuntimeError("grpc_tools.protoc failed with %d" % rc)
+    if out_dir not in sys.path:
+        sys.path.insert(0, out_dir)
+    from tttserve.v1 import ttt_service_pb2, ttt_service_pb2_grpc
+    return ttt_service_pb2, ttt_service_pb2_grpc
+
+
+def wait_http(url, timeout):
+    """The body of the first successful GET of url within timeout seconds."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                return r.read().decode()
+        except OSError:
+            time.sleep(0.3)
+    raise RuntimeError("no answer from " + url)
+
+
+def log_tail(path, n=40):
+    with open(path, errors="replace") as f:
+        return "".join(f.readlines()[-n:])
