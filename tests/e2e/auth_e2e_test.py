@@ -21,7 +21,6 @@ import hashlib
 import itertools
 import os
 import shutil
-import socket
 import ssl
 import subprocess
 import sys
@@ -30,6 +29,7 @@ import time
 import unittest
 import urllib.error
 import urllib.request
+from e2e_support import free_port, load_stubs
 
 ARGS = None
 pb = None
@@ -39,22 +39,6 @@ grpc = None
 CHANNEL_IDS = itertools.count(1)  # a distinct argument keeps each channel on its own connection
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 SERVING = b"\x08\x01"  # HealthCheckResponse{status: SERVING}
-
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def generate_stubs(proto_dir, out_dir):
-    from grpc_tools import protoc
-    rc = protoc.main(["protoc", "-I" + proto_dir, "--python_out=" + out_dir,
-                      "--grpc_python_out=" + out_dir,
-                      os.path.join(proto_dir, "tttserve/v1/ttt_service.proto")])
-    if rc != 0:
-        raise RuntimeError("grpc_tools.protoc failed with %d" % rc)
-    sys.path.insert(0, out_dir)
 
 
 def sha256_hex(token):
@@ -571,7 +555,7 @@ def main():
     parser.add_argument("--proto", required=True)
     ARGS, rest = parser.parse_known_args()
     stubs = tempfile.mkdtemp(prefix="ttt-stubs-")
-    generate_stubs(ARGS.proto, stubs)
+    load_stubs(ARGS.proto, stubs)
     import grpc as grpc_mod
     from tttserve.v1 import ttt_service_pb2, ttt_service_pb2_grpc
     grpc, pb, pb_grpc = grpc_mod, ttt_service_pb2, ttt_service_pb2_grpc

@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 import unittest
+from e2e_support import free_port, load_stubs
 
 ARGS = None
 pb = None
@@ -46,12 +47,6 @@ PHASE_A = 5           # pieces ingested before the rolling restart
 CALL_DEADLINE_S = 40  # a call retried on UNAVAILABLE gives up after this
 
 
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_port(port, proc, timeout):
     end = time.time() + timeout
     while time.time() < end:
@@ -62,16 +57,6 @@ def wait_port(port, proc, timeout):
                 return True
         time.sleep(0.05)
     return False
-
-
-def generate_stubs(proto_dir, out_dir):
-    from grpc_tools import protoc
-    rc = protoc.main(["protoc", "-I" + proto_dir, "--python_out=" + out_dir,
-                      "--grpc_python_out=" + out_dir,
-                      os.path.join(proto_dir, "tttserve/v1/ttt_service.proto")])
-    if rc != 0:
-        raise RuntimeError("grpc_tools.protoc failed with %d" % rc)
-    sys.path.insert(0, out_dir)
 
 
 def render_chart(tmp):
@@ -423,7 +408,7 @@ def main():
         print("haproxy missing: run deploy/install-deps.sh test", file=sys.stderr)
         sys.exit(1)
     stubs = tempfile.mkdtemp(prefix="ttt-stubs-")
-    generate_stubs(ARGS.proto, stubs)
+    load_stubs(ARGS.proto, stubs)
     import grpc as grpc_mod
     from tttserve.v1 import ttt_service_pb2, ttt_service_pb2_grpc
     grpc, pb, pb_grpc = grpc_mod, ttt_service_pb2, ttt_service_pb2_grpc

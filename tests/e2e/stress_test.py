@@ -63,7 +63,7 @@ def secured_run(server_bin, model, stress_cmd, tmp):
         if secured.returncode != 0:
             print("FAIL: the secured stress run exited %d:\n%s\nserver log ends:\n%s"
                   % (secured.returncode, secured.stdout[-3000:] + secured.stderr[-3000:],
-                     tail(log_path)))
+                     log_tail(log_path)))
             return 1
         print("OK: secured run (TLS, bearer token from TTT_TOKEN)")
         return 0
