@@ -23,13 +23,17 @@ normal_dir="${TTT_BUILD_DIR:-build}"
 summary=()
 
 # What the sanitizer stages run: ASan+UBSan the whole suite (every unit test, and the e2e tests
-# against a sanitized ttt-serve); TSan the tests whose code runs on several threads. Empty means
-# the whole suite. TTT_ASAN_TESTS / TTT_TSAN_TESTS override (space-separated test names).
+# against a sanitized ttt-serve); TSan the scheduler's and the session manager's tests (engine
+# thread, reaper, concurrent sessions). Empty means the whole suite. TTT_ASAN_TESTS / TTT_TSAN_TESTS override (space-separated test names).
 kAsanTests="${TTT_ASAN_TESTS:-}"
 # Not under ASan: tests that run none of our C++ or check the release binary's runtime libraries
 # (a sanitized binary links libasan on purpose).
 kAsanSkipped="helm_chart_test prometheus_rules_test install_deps_test check_metrics_test runtime_deps_test"
-kTsanTests="${TTT_TSAN_TESTS:-scheduler_test session_test server_test}"
+# server_test is not among them: Debian's gRPC is not built with TSan, so TSan cannot see the
+# synchronisation inside its callback machinery and reports ~1,700 races in gRPC's own headers
+# and generated code on every run (docs/fuzzing.md). The reactors run concurrently in the stress
+# test (plain and ASan builds) instead; TSan over them needs a gRPC built with TSan.
+kTsanTests="${TTT_TSAN_TESTS:-scheduler_test session_test}"
 as_regex() { local t; t="$*"; echo "^(${t// /|})\$"; }
 
 # -O1 keeps sanitized builds and runs quick while keeping stack traces usable.
@@ -83,6 +87,9 @@ export_sanitizer_env() {
   export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:suppressions=$supp/ubsan.supp"
   export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:suppressions=$supp/tsan.supp"
   export OMP_NUM_THREADS=1
+  # ASan's quarantine and shadow memory make RSS say nothing about leaks (LeakSanitizer checks
+  # those at the server's exit): the stress test reports the RSS slope but does not judge it.
+  export TTT_STRESS_MAX_RSS_SLOPE=0
 }
 asan_ctest() {
   export_sanitizer_env
