@@ -30,6 +30,10 @@ absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(BatchRunner runner,
     return absl::InvalidArgumentError(
         absl::StrCat("max_batch_tokens must be >= 1, got ", options.max_batch_tokens));
   }
+  if (options.max_decode_batch_tokens < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("max_decode_batch_tokens must be >= 1, got ",
+                                                   options.max_decode_batch_tokens));
+  }
   if (options.max_queued_items < 1 || options.max_queued_per_key < 1) {
     return absl::InvalidArgumentError("queue limits must be >= 1");
   }
@@ -263,18 +267,33 @@ std::vector<Scheduler::Slot> Scheduler::PlanBatch() {
 }
 
 void Scheduler::ShareBudget(std::vector<Slot>& slots) const {
-  // Every slot gets a fair share of the budget (first pass), then leftover budget goes to the
-  // ones that want more (second pass), in round-robin order.
+  std::vector<Slot*> decodes, ingests;
+  for (Slot& s : slots) (s.pending->work.decode ? decodes : ingests).push_back(&s);
   int64_t budget = options_.max_batch_tokens;
-  const int64_t share = std::max<int64_t>(1, budget / static_cast<int64_t>(slots.size()));
-  for (Slot& s : slots) {
-    s.take = std::min({s.remaining(), share, budget});
-    budget -= s.take;
+  if (!decodes.empty()) {
+    budget = std::min(budget, options_.max_decode_batch_tokens);
   }
-  for (Slot& s : slots) {
+  // Every ready decode gets its whole run (one token) before any ingest token, in round-robin
+  // order; decodes past the budget wait, and go first next step (served keys move back).
+  for (Slot* s : decodes) {
+    s->take = std::min(s->remaining(), budget);
+    budget -= s->take;
+  }
+  ShareFairly(ingests, budget);
+}
+
+void Scheduler::ShareFairly(const std::vector<Slot*>& slots, int64_t budget) {
+  if (slots.empty() || budget <= 0) return;
+  // A fair share each (first pass), then leftover budget to the ones that want more, in order.
+  const int64_t share = std::max<int64_t>(1, budget / static_cast<int64_t>(slots.size()));
+  for (Slot* s : slots) {
+    s->take = std::min({s->remaining(), share, budget});
+    budget -= s->take;
+  }
+  for (Slot* s : slots) {
     if (budget <= 0) break;
-    const int64_t extra = std::min(s.remaining() - s.take, budget);
-    s.take += extra;
+    const int64_t extra = std::min(s->remaining() - s->take, budget);
+    s->take += extra;
     budget -= extra;
   }
 }

@@ -88,6 +88,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
 
   engine::SchedulerOptions sched;
   sched.max_batch_tokens = options.max_batch_tokens;
+  sched.max_decode_batch_tokens = options.max_decode_batch_tokens;
   sched.max_queued_items = options.max_queued_items;
   auto scheduler = engine::Scheduler::Create(s->model_.get(), sched, s->metrics_.get());
   if (!scheduler.ok()) return scheduler.status();
