@@ -26,6 +26,9 @@ ABSL_FLAG(std::string, checkpoint_dir, "./checkpoints", "checkpoint files");
 ABSL_FLAG(int64_t, memory_budget_mb, 2048,
           "live session memory before idle sessions are evicted to disk");
 ABSL_FLAG(int64_t, max_sessions, 1024, "sessions per server");
+ABSL_FLAG(int64_t, max_resident_sessions, 0,
+          "sessions held in memory (0: --max_sessions); past it (or --memory_budget_mb) the least "
+          "recently used idle sessions are evicted to disk");
 ABSL_FLAG(int64_t, idle_ttl_s, 3600, "idle sessions are removed after this");
 ABSL_FLAG(std::string, device, "cpu", "cpu or cuda[:N]");
 ABSL_FLAG(std::string, dtype, "f32", "f32 or bf16");
@@ -79,6 +82,7 @@ int main(int argc, char** argv) {
   o.checkpoint_dir = absl::GetFlag(FLAGS_checkpoint_dir);
   o.memory_budget_mb = absl::GetFlag(FLAGS_memory_budget_mb);
   o.max_sessions = absl::GetFlag(FLAGS_max_sessions);
+  o.max_resident_sessions = absl::GetFlag(FLAGS_max_resident_sessions);
   o.idle_ttl_s = absl::GetFlag(FLAGS_idle_ttl_s);
   o.device = absl::GetFlag(FLAGS_device);
   o.dtype = absl::GetFlag(FLAGS_dtype);

@@ -43,6 +43,7 @@ struct ServerOptions {
   std::string checkpoint_dir = "./checkpoints";
   int64_t memory_budget_mb = 2048;
   int64_t max_sessions = 1024;
+  int64_t max_resident_sessions = 0;  // 0: max_sessions
   int64_t idle_ttl_s = 3600;
   std::string device = "cpu";
   std::string dtype = "f32";

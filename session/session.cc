@@ -71,6 +71,11 @@ absl::StatusOr<std::unique_ptr<SessionManager>> SessionManager::Create(
   if (options.memory_budget_bytes < 0 || options.idle_ttl_seconds < 1) {
     return absl::InvalidArgumentError("memory budget must be >= 0 and idle TTL >= 1 s");
   }
+  if (options.max_resident_sessions < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "max_resident_sessions must be >= 0 (0: max_sessions), got ",
+        options.max_resident_sessions));
+  }
   std::unique_ptr<SessionManager> m(new SessionManager(model, scheduler, options, listener));
   RETURN_IF_ERROR(m->store_->Init());
   m->LoadPersisted();
