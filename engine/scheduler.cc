@@ -269,17 +269,22 @@ std::vector<Scheduler::Slot> Scheduler::PlanBatch() {
 void Scheduler::ShareBudget(std::vector<Slot>& slots) const {
   std::vector<Slot*> decodes, ingests;
   for (Slot& s : slots) (s.pending->work.decode ? decodes : ingests).push_back(&s);
-  int64_t budget = options_.max_batch_tokens;
-  if (!decodes.empty()) {
-    budget = std::min(budget, options_.max_decode_batch_tokens);
-  }
   // Every ready decode gets its whole run (one token) before any ingest token, in round-robin
   // order; decodes past the budget wait, and go first next step (served keys move back).
+  int64_t decode_tokens = 0;
   for (Slot* s : decodes) {
-    s->take = std::min(s->remaining(), budget);
-    budget -= s->take;
+    s->take = std::min(s->remaining(), options_.max_batch_tokens - decode_tokens);
+    decode_tokens += s->take;
   }
-  ShareFairly(ingests, budget);
+  int64_t ingest_budget = options_.max_batch_tokens - decode_tokens;
+  if (!decodes.empty()) {
+    // A step that carries decodes stays short: ingest pieces fill it up to
+    // max_decode_batch_tokens, but always get a quarter of that, so a long ingest still
+    // advances while more sessions than that decode.
+    const int64_t cap = options_.max_decode_batch_tokens;
+    ingest_budget = std::min(ingest_budget, std::max(cap - decode_tokens, (cap + 3) / 4));
+  }
+  ShareFairly(ingests, ingest_budget);
 }
 
 void Scheduler::ShareFairly(const std::vector<Slot*>& slots, int64_t budget) {

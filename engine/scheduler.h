@@ -17,10 +17,11 @@
 //
 // Continuous batching (as vLLM's chunked prefill and Sarathi-Serve): a step that carries decode
 // steps (Work::decode, one token of a running generation) gives every ready decode its token
-// first, then fills the rest of a smaller budget (max_decode_batch_tokens) with pieces of the
-// ingests, so a long ingest advances a piece per step and never stalls decoding; the step time,
-// hence the inter-token latency, stays bounded by that budget. A step without decodes uses the
-// whole max_batch_tokens for ingest throughput.
+// first (up to max_batch_tokens decodes), then fills the step with pieces of the ingests up to a
+// smaller budget (max_decode_batch_tokens; at least a quarter of it however many decodes), so a
+// long ingest advances a piece per step and never stalls decoding; the step time, hence the
+// inter-token latency, stays bounded. A step without decodes uses the whole max_batch_tokens
+// for ingest throughput.
 #pragma once
 
 #include <atomic>
@@ -91,9 +92,11 @@ struct SchedulerOptions {
   // Token budget of one Model::Ingest call (one engine step).
   int64_t max_batch_tokens = 2048;
   // Token budget of a step that carries decode steps: the decodes first, then ingest pieces up
-  // to this (never more than max_batch_tokens). Smaller keeps inter-token latency low while long
-  // ingests run; larger gives those ingests more of each step. See docs/operations.md.
-  int64_t max_decode_batch_tokens = 256;
+  // to this in all (at least a quarter of it; never past max_batch_tokens). Smaller keeps
+  // inter-token latency low while long ingests run; larger gives those ingests more of each
+  // step. 64 kept p99 inter-token latency within 2x beside a 32k-token ingest on the shipped
+  // model (bench/RESULTS.md).
+  int64_t max_decode_batch_tokens = 64;
   int64_t max_queued_items = 4096;  // work items queued over all keys (RESOURCE_EXHAUSTED past)
   int64_t max_queued_per_key = 256;  // work items queued for one key
 };
@@ -178,7 +181,7 @@ class Scheduler {
   // Phase 2: picks the ready token runs at the heads, shares the token budget among them and
   // moves the served keys to the back of rr_.
   std::vector<Slot> PlanBatch();
-  // Decodes first (each its whole run), then the ingest runs share the rest.
+  // Decodes first (each its whole run), then the ingest runs share what the step has left.
   void ShareBudget(std::vector<Slot>& slots) const;
   // Each slot a fair share of `budget`, then the leftover in order.
   static void ShareFairly(const std::vector<Slot*>& slots, int64_t budget);

@@ -33,9 +33,10 @@ ABSL_FLAG(int64_t, idle_ttl_s, 3600, "idle sessions are removed after this");
 ABSL_FLAG(std::string, device, "cpu", "cpu or cuda[:N]");
 ABSL_FLAG(std::string, dtype, "f32", "f32 or bf16");
 ABSL_FLAG(int64_t, max_batch_tokens, 2048, "token budget of one engine batch");
-ABSL_FLAG(int64_t, max_decode_batch_tokens, 256,
+ABSL_FLAG(int64_t, max_decode_batch_tokens, 64,
           "token budget of an engine batch that carries Generate decode steps: every ready "
-          "decode first, then pieces of ingests up to this (bounds inter-token latency)");
+          "decode first, then pieces of ingests up to this in all, at least a quarter of it "
+          "(bounds inter-token latency while long ingests run)");
 ABSL_FLAG(bool, checkpoint_on_shutdown, true, "checkpoint live sessions on SIGTERM");
 ABSL_FLAG(int64_t, drain_timeout_s, 20, "grace for in-flight calls on SIGTERM");
 ABSL_FLAG(int32_t, threads, 0, "CPU threads for the engine (0 = all cores)");

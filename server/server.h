@@ -48,7 +48,7 @@ struct ServerOptions {
   std::string device = "cpu";
   std::string dtype = "f32";
   int64_t max_batch_tokens = 2048;
-  int64_t max_decode_batch_tokens = 256;  // budget of a batch carrying decode steps
+  int64_t max_decode_batch_tokens = 64;  // budget of a batch carrying decode steps
   bool checkpoint_on_shutdown = true;
   int64_t drain_timeout_s = 20;
   int threads = 0;  // CPU threads for the engine (0 = all cores)

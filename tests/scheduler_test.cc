@@ -296,6 +296,35 @@ TEST(ContinuousBatchingTest, DecodesPastTheBudgetGoFirstInTheNextStep) {
   }
 }
 
+TEST(ContinuousBatchingTest, ManyDecodesAreNotCappedAndTheIngestStillAdvances) {
+  FakeRunner fake;
+  SchedulerOptions opt;
+  opt.max_batch_tokens = 2048;
+  opt.max_decode_batch_tokens = 8;
+  auto sched = Scheduler::Create(fake.runner(), opt);
+  ASSERT_TRUE(sched.ok());
+  EngineHold hold(sched->get());
+  SequenceState ingest_state;
+  Result ingest;
+  ASSERT_TRUE((*sched)->Submit(TokenWork(100, &ingest_state, Range(1000, 50), &ingest)).ok());
+  std::vector<std::unique_ptr<Generation>> gens;
+  for (int g = 0; g < 20; ++g) {
+    gens.push_back(std::make_unique<Generation>(sched->get(), g + 1, 3));
+    gens.back()->Start();
+  }
+  hold.Release();
+  for (auto& g : gens) g->Finished().wait();
+  ASSERT_TRUE(ingest.done.get_future().get().ok());
+  const auto batches = fake.batches();
+  ASSERT_GE(batches.size(), 3u);
+  // 20 decodes in each of the first three steps, beyond the decode-step budget of 8, and the
+  // ingest got its quarter of that budget (2 tokens) in each.
+  for (int i = 0; i < 3; ++i) {
+    for (const auto& g : gens) EXPECT_TRUE(Holds(batches[i], g->state())) << "step " << i;
+    EXPECT_EQ(TokensOf(batches[i]), 22) << "step " << i;
+  }
+}
+
 TEST(ContinuousBatchingTest, RejectsAnEmptyDecodeBudget) {
   FakeRunner fake;
   SchedulerOptions opt;
