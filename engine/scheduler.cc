@@ -278,11 +278,28 @@ void Scheduler::ShareBudget(std::vector<Slot>& slots) const {
   }
   int64_t ingest_budget = options_.max_batch_tokens - decode_tokens;
   if (!decodes.empty()) {
-    // A step that carries decodes stays short: ingest pieces fill it up to
-    // max_decode_batch_tokens, but always get a quarter of that, so a long ingest still
-    // advances while more sessions than that decode.
+    // A step that carries decodes stays short: long ingests share what is left of
+    // max_decode_batch_tokens (at least a quarter of it, so they still advance while more
+    // sessions than that decode). A short run (a score, a prompt, an ingest message of at most
+    // that many tokens) goes whole, as it would without decodes: its results do not depend on
+    // what else is running (a split changes them by float rounding).
     const int64_t cap = options_.max_decode_batch_tokens;
-    ingest_budget = std::min(ingest_budget, std::max(cap - decode_tokens, (cap + 3) / 4));
+    std::vector<Slot*> long_runs;
+    int64_t short_tokens = 0;
+    for (Slot* s : ingests) {
+      const bool whole = s->pending->done == 0 && s->remaining() <= cap &&
+                         s->remaining() <= ingest_budget - short_tokens;
+      if (whole) {
+        s->take = s->remaining();
+        short_tokens += s->take;
+      } else {
+        long_runs.push_back(s);
+      }
+    }
+    const int64_t room = ingest_budget - short_tokens;
+    ShareFairly(long_runs, std::min(room, std::max(cap - decode_tokens - short_tokens,
+                                                   (cap + 3) / 4)));
+    return;
   }
   ShareFairly(ingests, ingest_budget);
 }

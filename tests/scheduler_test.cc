@@ -325,6 +325,40 @@ TEST(ContinuousBatchingTest, ManyDecodesAreNotCappedAndTheIngestStillAdvances) {
   }
 }
 
+// A short run (a score of the same tokens on the same state) must give the same bits whatever
+// decodes share its step: it goes whole instead of being split to fit the decode-step budget.
+TEST(ContinuousBatchingTest, AShortRunGoesWholeBesideDecodes) {
+  FakeRunner fake;
+  SchedulerOptions opt;
+  opt.max_batch_tokens = 2048;
+  opt.max_decode_batch_tokens = 16;
+  auto sched = Scheduler::Create(fake.runner(), opt);
+  ASSERT_TRUE(sched.ok());
+  EngineHold hold(sched->get());
+  std::vector<std::unique_ptr<Generation>> gens;
+  for (int g = 0; g < 8; ++g) {
+    gens.push_back(std::make_unique<Generation>(sched->get(), g + 1, 2));
+    gens.back()->Start();
+  }
+  SequenceState short_state, long_state;
+  Result short_r, long_r;
+  ASSERT_TRUE((*sched)->Submit(TokenWork(100, &long_state, Range(1000, 500), &long_r)).ok());
+  ASSERT_TRUE((*sched)->Submit(TokenWork(101, &short_state, Range(2000, 16), &short_r)).ok());
+  hold.Release();
+  for (auto& g : gens) g->Finished().wait();
+  ASSERT_TRUE(short_r.done.get_future().get().ok());
+  ASSERT_TRUE(long_r.done.get_future().get().ok());
+  const auto batches = fake.batches();
+  ASSERT_FALSE(batches.empty());
+  // Step 0: 8 decodes, the short run whole (16), the long one its quarter of the budget (4).
+  for (const auto& [state, n] : batches[0]) {
+    if (state == &short_state) EXPECT_EQ(n, 16);
+    if (state == &long_state) EXPECT_EQ(n, 4);
+  }
+  EXPECT_TRUE(Holds(batches[0], &short_state));
+  EXPECT_EQ(TokensOf(batches[0]), 8 + 16 + 4);
+}
+
 TEST(ContinuousBatchingTest, RejectsAnEmptyDecodeBudget) {
   FakeRunner fake;
   SchedulerOptions opt;

@@ -5,7 +5,7 @@
 #
 #   tools/gpu_check.sh --pack
 #       Here (Debian 12): copies what the engine-only build needs and a GPU machine lacks
-#       (Debian's Abseil headers, shared libraries and CMake files, nlohmann-json, GoogleTest)
+#       (Debian's Abseil headers, shared libraries and CMake files, nlohmann-json, GoogleTest/GoogleMock)
 #       into .gpu_deps/ (git-ignored, ~10 MiB). Carry it to the GPU machine with the tree.
 #   tools/gpu_check.sh [--device=cuda|cpu] [--out=FILE] [--build_dir=DIR] [--quick]
 #       --device=cuda (default) needs a PyTorch built with CUDA and a visible GPU, and exits 3
@@ -27,8 +27,8 @@ pack_deps() {
     die "--pack needs Debian's libabsl-dev and nlohmann-json3-dev (deploy/install-deps.sh build)"
   rm -rf "$dest"
   mkdir -p "$dest/include" "$dest/lib/x86_64-linux-gnu/cmake" "$dest/share/cmake"
-  cp -a /usr/include/absl /usr/include/nlohmann /usr/include/gtest "$dest/include/"
-  cp -a "$lib"/libabsl_*.so* "$lib"/libgtest*.a "$dest/lib/x86_64-linux-gnu/"
+  cp -a /usr/include/absl /usr/include/nlohmann /usr/include/gtest /usr/include/gmock "$dest/include/"
+  cp -a "$lib"/libabsl_*.so* "$lib"/libgtest*.a "$lib"/libgmock*.a "$dest/lib/x86_64-linux-gnu/"
   cp -a "$lib/cmake/absl" "$lib/cmake/GTest" "$dest/lib/x86_64-linux-gnu/cmake/"
   # nlohmann's CMake files live under share/ (or lib/) depending on the Debian release.
   for d in /usr/share/cmake/nlohmann_json "$lib/cmake/nlohmann_json"; do
