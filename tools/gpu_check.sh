@@ -5,13 +5,13 @@
 #
 #   tools/gpu_check.sh --pack
 #       Here (Debian 12): copies what the engine-only build needs and a GPU machine lacks
-#       (Debian's Abseil headers, shared libraries and CMake files, nlohmann-json, GoogleTest/GoogleMock)
-#       into .gpu_deps/ (git-ignored, ~10 MiB). Carry it to the GPU machine with the tree.
+#       (Debian's Abseil headers, shared libraries and CMake files, nlohmann-json, GoogleTest and
+#       GoogleMock) into .gpu_deps/ (git-ignored, ~10 MiB). Carry it to the GPU machine.
 #   tools/gpu_check.sh [--device=cuda|cpu] [--out=FILE] [--build_dir=DIR] [--quick]
 #       --device=cuda (default) needs a PyTorch built with CUDA and a visible GPU, and exits 3
 #       with a message saying so otherwise. --device=cpu runs the same steps on the CPU (with
 #       Debian's LibTorch when the Python torch has no CMake files, as Debian's python3-torch).
-#       --quick: a shorter benchmark (fewer tokens, one larger-shape row).
+#       --quick: a shorter benchmark (256 tokens instead of 1024).
 #       Results: FILE (default <build_dir>/gpu_check_results.txt); logs next to it.
 #
 # Environment: TTT_PYTHON (the Python with torch; default python3, then /usr/bin/python3),
@@ -27,7 +27,7 @@ pack_deps() {
     die "--pack needs Debian's libabsl-dev and nlohmann-json3-dev (deploy/install-deps.sh build)"
   rm -rf "$dest"
   mkdir -p "$dest/include" "$dest/lib/x86_64-linux-gnu/cmake" "$dest/share/cmake"
-  cp -a /usr/include/absl /usr/include/nlohmann /usr/include/gtest /usr/include/gmock "$dest/include/"
+  cp -a /usr/include/{absl,nlohmann,gtest,gmock} "$dest/include/"
   cp -a "$lib"/libabsl_*.so* "$lib"/libgtest*.a "$lib"/libgmock*.a "$dest/lib/x86_64-linux-gnu/"
   cp -a "$lib/cmake/absl" "$lib/cmake/GTest" "$dest/lib/x86_64-linux-gnu/cmake/"
   # nlohmann's CMake files live under share/ (or lib/) depending on the Debian release.
@@ -72,7 +72,8 @@ elif not torch.cuda.is_available():
 EOF
 )
   if [ -n "$why" ]; then
-    die "no CUDA here: $why. Nothing was built. Run on the GPU machine, or with --device=cpu to check the same steps on the CPU." 3
+    die "no CUDA here: $why. Nothing was built. Run on the GPU machine, or with --device=cpu \
+to check the same steps on the CPU." 3
   fi
 }
 
@@ -123,11 +124,13 @@ cmake --build "$build_dir" -j "$jobs" --target golden_test model_test engine_ben
 
 {
   echo "# tools/gpu_check.sh --device=$device, $(date -u '+%Y-%m-%d %H:%M UTC'), $(hostname)"
-  echo "# commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'); torch $("$py" -c 'import torch; print(torch.__version__, "cuda", torch.version.cuda)')"
+  torch_version=$("$py" -c 'import torch; print(torch.__version__, "cuda", torch.version.cuda)')
+  echo "# commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'); torch $torch_version"
   if [ "$device" = cuda ]; then
     "$py" -c 'import torch; print("# gpu:", torch.cuda.get_device_name(0))'
   fi
-  echo "# cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
+  cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)
+  echo "# cpu: $cpu, $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
 } >"$out"
 
 failed=0
@@ -166,7 +169,8 @@ bench() {  # label, then engine_bench flags
 }
 tokens=1024
 if [ "$quick" = 1 ]; then tokens=256; fi
-bench "small shape, 1/8/64 sessions" --shape=small --tokens="$tokens" --sessions=1,8,64 --only=scaling
+bench "small shape, 1/8/64 sessions" --shape=small --tokens="$tokens" --sessions=1,8,64 \
+  --only=scaling
 bench "small shape, all rows" --shape=small --tokens="$tokens" --python="$(command -v "$py")"
 if [ "$device" = cuda ]; then
   bench "24 layers, d_model 2048" --shape=large --tokens="$tokens" --sessions=1,8,64 --only=scaling
