@@ -20,8 +20,9 @@
 // first (up to max_batch_tokens decodes), then fills the step with pieces of the ingests up to a
 // smaller budget (max_decode_batch_tokens; at least a quarter of it however many decodes), so a
 // long ingest advances a piece per step and never stalls decoding; the step time, hence the
-// inter-token latency, stays bounded. A step without decodes uses the whole max_batch_tokens
-// for ingest throughput.
+// inter-token latency, stays bounded. A short run (not started, at most max_decode_batch_tokens
+// tokens: a score, a prompt) goes whole, so what runs beside it does not change its results.
+// A step without decodes uses the whole max_batch_tokens for ingest throughput.
 #pragma once
 
 #include <atomic>
