@@ -4,7 +4,7 @@
 // The session-scaling table (issue 11) times decode steps and streaming pieces for each count in
 // --sessions against one session, TTT on and off, and the two down-projection formulations.
 //
-//   engine_bench [--shape=small|test] [--tokens=N] [--threads=N] [--python=/usr/bin/python3]
+//   engine_bench [--shape=small|test|large] [--tokens=N] [--threads=N] [--python=/usr/bin/python3]
 //                [--device=cpu|cuda] [--sessions=1,4,16,64] [--only=all|scaling|ops]
 //                [--clock=wall|cpu] [--model=DIR]
 //
@@ -95,7 +95,8 @@ Flags ParseFlags(int argc, char** argv) {
   return flags;
 }
 
-// A model shaped like a small real one (GPT-2-small-like widths), or the golden test's.
+// A model shaped like a small real one (GPT-2-small-like widths), the golden test's, or a larger
+// one for GPUs (24 layers, d_model 2048: ~1.3 B parameters, 5 GiB in f32).
 ModelConfig Shape(const std::string& name) {
   ModelConfig c;
   c.model_type = "llama";
@@ -107,6 +108,10 @@ ModelConfig Shape(const std::string& name) {
     c.vocab_size = 97, c.hidden_size = 64, c.intermediate_size = 128, c.num_hidden_layers = 3;
     c.num_attention_heads = 4, c.num_key_value_heads = 2, c.head_dim = 16;
     c.ttt_layers = {0, 2}, c.ttt_chunk = 8;
+  } else if (name == "large") {
+    c.vocab_size = 32000, c.hidden_size = 2048, c.intermediate_size = 5632;
+    c.num_hidden_layers = 24, c.num_attention_heads = 16, c.num_key_value_heads = 8;
+    c.head_dim = 128, c.ttt_layers = {5, 11, 17, 23}, c.ttt_chunk = 256;
   } else {
     c.vocab_size = 8000, c.hidden_size = 768, c.intermediate_size = 2048, c.num_hidden_layers = 6;
     c.num_attention_heads = 12, c.num_key_value_heads = 4, c.head_dim = 64;

@@ -39,3 +39,9 @@ ABSL_FLAG(std::string, out, "", "export: output file");
 ABSL_FLAG(std::string, service, "", "health: service name (\"\" = whole server)");
 ABSL_FLAG(int64_t, doc_tokens, 1024, "loadgen: tokens each session ingests");
 ABSL_FLAG(int64_t, baseline, 1, "loadgen: the session count to compare against");
+ABSL_FLAG(std::string, mix, "default",
+          "loadgen: default (--doc_tokens, --max_tokens) or decode (decode-heavy: each session "
+          "ingests 256 and generates 128)");
+ABSL_FLAG(int64_t, background_ingest_tokens, 0,
+          "loadgen: > 0 compares the N sessions alone with the N sessions while one more "
+          "session ingests this many tokens (inter-token latency under a long ingest)");

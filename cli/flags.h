@@ -39,3 +39,5 @@ ABSL_DECLARE_FLAG(std::string, out);
 ABSL_DECLARE_FLAG(std::string, service);
 ABSL_DECLARE_FLAG(int64_t, doc_tokens);
 ABSL_DECLARE_FLAG(int64_t, baseline);
+ABSL_DECLARE_FLAG(std::string, mix);
+ABSL_DECLARE_FLAG(int64_t, background_ingest_tokens);

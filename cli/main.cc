@@ -44,7 +44,10 @@ constexpr Command kCommands[] = {
     {"restore", "NAME [--session=ID]", RunRestore},
     {"export", "(ID | --checkpoint_id=NAME) --out=FILE", RunExport},
     {"import", "FILE", RunImport},
-    {"loadgen", "N [--doc_tokens=1024 --max_tokens=64 --baseline=1]", RunLoadgen},
+    {"loadgen",
+     "N [--doc_tokens=1024 --max_tokens=64 --baseline=1 --mix=default|decode "
+     "--background_ingest_tokens=0]",
+     RunLoadgen},
     {"stress",
      "[--target=HOST:PORT --clients=N --duration_s=S --seed=N --server_pid=PID "
      "--report_json=PATH ...]   (own flags: cli/stress.h)",

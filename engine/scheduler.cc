@@ -30,6 +30,10 @@ absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(BatchRunner runner,
     return absl::InvalidArgumentError(
         absl::StrCat("max_batch_tokens must be >= 1, got ", options.max_batch_tokens));
   }
+  if (options.max_decode_batch_tokens < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("max_decode_batch_tokens must be >= 1, got ",
+                                                   options.max_decode_batch_tokens));
+  }
   if (options.max_queued_items < 1 || options.max_queued_per_key < 1) {
     return absl::InvalidArgumentError("queue limits must be >= 1");
   }
@@ -263,18 +267,55 @@ std::vector<Scheduler::Slot> Scheduler::PlanBatch() {
 }
 
 void Scheduler::ShareBudget(std::vector<Slot>& slots) const {
-  // Every slot gets a fair share of the budget (first pass), then leftover budget goes to the
-  // ones that want more (second pass), in round-robin order.
-  int64_t budget = options_.max_batch_tokens;
-  const int64_t share = std::max<int64_t>(1, budget / static_cast<int64_t>(slots.size()));
-  for (Slot& s : slots) {
-    s.take = std::min({s.remaining(), share, budget});
-    budget -= s.take;
+  std::vector<Slot*> decodes, ingests;
+  for (Slot& s : slots) (s.pending->work.decode ? decodes : ingests).push_back(&s);
+  // Every ready decode gets its whole run (one token) before any ingest token, in round-robin
+  // order; decodes past the budget wait, and go first next step (served keys move back).
+  int64_t decode_tokens = 0;
+  for (Slot* s : decodes) {
+    s->take = std::min(s->remaining(), options_.max_batch_tokens - decode_tokens);
+    decode_tokens += s->take;
   }
-  for (Slot& s : slots) {
+  int64_t ingest_budget = options_.max_batch_tokens - decode_tokens;
+  if (!decodes.empty()) {
+    // A step that carries decodes stays short: long ingests share what is left of
+    // max_decode_batch_tokens (at least a quarter of it, so they still advance while more
+    // sessions than that decode). A short run (a score, a prompt, an ingest message of at most
+    // that many tokens) goes whole, as it would without decodes: its results do not depend on
+    // what else is running (a split changes them by float rounding).
+    const int64_t cap = options_.max_decode_batch_tokens;
+    std::vector<Slot*> long_runs;
+    int64_t short_tokens = 0;
+    for (Slot* s : ingests) {
+      const bool whole = s->pending->done == 0 && s->remaining() <= cap &&
+                         s->remaining() <= ingest_budget - short_tokens;
+      if (whole) {
+        s->take = s->remaining();
+        short_tokens += s->take;
+      } else {
+        long_runs.push_back(s);
+      }
+    }
+    const int64_t room = ingest_budget - short_tokens;
+    ShareFairly(long_runs, std::min(room, std::max(cap - decode_tokens - short_tokens,
+                                                   (cap + 3) / 4)));
+    return;
+  }
+  ShareFairly(ingests, ingest_budget);
+}
+
+void Scheduler::ShareFairly(const std::vector<Slot*>& slots, int64_t budget) {
+  if (slots.empty() || budget <= 0) return;
+  // A fair share each (first pass), then leftover budget to the ones that want more, in order.
+  const int64_t share = std::max<int64_t>(1, budget / static_cast<int64_t>(slots.size()));
+  for (Slot* s : slots) {
+    s->take = std::min({s->remaining(), share, budget});
+    budget -= s->take;
+  }
+  for (Slot* s : slots) {
     if (budget <= 0) break;
-    const int64_t extra = std::min(s.remaining() - s.take, budget);
-    s.take += extra;
+    const int64_t extra = std::min(s->remaining() - s->take, budget);
+    s->take += extra;
     budget -= extra;
   }
 }

@@ -26,10 +26,17 @@ ABSL_FLAG(std::string, checkpoint_dir, "./checkpoints", "checkpoint files");
 ABSL_FLAG(int64_t, memory_budget_mb, 2048,
           "live session memory before idle sessions are evicted to disk");
 ABSL_FLAG(int64_t, max_sessions, 1024, "sessions per server");
+ABSL_FLAG(int64_t, max_resident_sessions, 0,
+          "sessions held in memory (0: --max_sessions); past it (or --memory_budget_mb) the least "
+          "recently used idle sessions are evicted to disk");
 ABSL_FLAG(int64_t, idle_ttl_s, 3600, "idle sessions are removed after this");
 ABSL_FLAG(std::string, device, "cpu", "cpu or cuda[:N]");
 ABSL_FLAG(std::string, dtype, "f32", "f32 or bf16");
 ABSL_FLAG(int64_t, max_batch_tokens, 2048, "token budget of one engine batch");
+ABSL_FLAG(int64_t, max_decode_batch_tokens, 64,
+          "token budget of an engine batch that carries Generate decode steps: every ready "
+          "decode first, then pieces of ingests up to this in all, at least a quarter of it "
+          "(bounds inter-token latency while long ingests run)");
 ABSL_FLAG(bool, checkpoint_on_shutdown, true, "checkpoint live sessions on SIGTERM");
 ABSL_FLAG(int64_t, drain_timeout_s, 20, "grace for in-flight calls on SIGTERM");
 ABSL_FLAG(int32_t, threads, 0, "CPU threads for the engine (0 = all cores)");
@@ -96,10 +103,12 @@ int main(int argc, char** argv) {
   o.checkpoint_dir = absl::GetFlag(FLAGS_checkpoint_dir);
   o.memory_budget_mb = absl::GetFlag(FLAGS_memory_budget_mb);
   o.max_sessions = absl::GetFlag(FLAGS_max_sessions);
+  o.max_resident_sessions = absl::GetFlag(FLAGS_max_resident_sessions);
   o.idle_ttl_s = absl::GetFlag(FLAGS_idle_ttl_s);
   o.device = absl::GetFlag(FLAGS_device);
   o.dtype = absl::GetFlag(FLAGS_dtype);
   o.max_batch_tokens = absl::GetFlag(FLAGS_max_batch_tokens);
+  o.max_decode_batch_tokens = absl::GetFlag(FLAGS_max_decode_batch_tokens);
   o.checkpoint_on_shutdown = absl::GetFlag(FLAGS_checkpoint_on_shutdown);
   o.drain_timeout_s = absl::GetFlag(FLAGS_drain_timeout_s);
   o.threads = absl::GetFlag(FLAGS_threads);

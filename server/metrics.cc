@@ -176,6 +176,19 @@ Metrics::Metrics(const std::string& version)
                         .Help("Session memory budget (--memory_budget_mb)")
                         .Register(r)
                         .Add({});
+  auto pool_gauge = [&r](const char* name, const char* help) {
+    return &prometheus::BuildGauge().Name(name).Help(help).Register(r).Add({});
+  };
+  pool_resident_sessions_ =
+      pool_gauge("tttserve_pool_resident_sessions", "Sessions whose state is in memory");
+  pool_bytes_ = pool_gauge("tttserve_pool_bytes",
+                           "Bytes the resident sessions' states hold (whole buffers)");
+  pool_limit_sessions_ = pool_gauge(
+      "tttserve_pool_limit_sessions",
+      "Resident sessions before idle ones are evicted to disk (--max_resident_sessions)");
+  pool_limit_bytes_ = pool_gauge(
+      "tttserve_pool_limit_bytes",
+      "Resident bytes before idle sessions are evicted to disk (--memory_budget_mb)");
   checkpoint_bytes_ = &prometheus::BuildCounter()
                            .Name("tttserve_checkpoint_bytes_total")
                            .Help("Bytes written to checkpoint files")
@@ -281,6 +294,14 @@ void Metrics::SetSessions(int64_t active, int64_t memory_bytes, int64_t held_byt
   session_memory_->Set(static_cast<double>(memory_bytes));
   session_memory_held_->Set(static_cast<double>(held_bytes));
   memory_budget_->Set(static_cast<double>(budget_bytes));
+}
+
+void Metrics::SetPool(int64_t resident_sessions, int64_t bytes, int64_t limit_sessions,
+                      int64_t limit_bytes) {
+  pool_resident_sessions_->Set(static_cast<double>(resident_sessions));
+  pool_bytes_->Set(static_cast<double>(bytes));
+  pool_limit_sessions_->Set(static_cast<double>(limit_sessions));
+  pool_limit_bytes_->Set(static_cast<double>(limit_bytes));
 }
 
 void Metrics::OnChunkUpdates(int64_t chunks) {

@@ -73,6 +73,9 @@ class Metrics : public session::SessionListener, public engine::Scheduler::Obser
   // and the budget.
   void SetSessions(int64_t active, int64_t memory_bytes, int64_t held_bytes,
                    int64_t budget_bytes);
+  // The resident-session pool: sessions and bytes in it, and its two limits.
+  void SetPool(int64_t resident_sessions, int64_t bytes, int64_t limit_sessions,
+               int64_t limit_bytes);
 
   // SessionListener
   void OnChunkUpdates(int64_t chunks) override;
@@ -116,6 +119,10 @@ class Metrics : public session::SessionListener, public engine::Scheduler::Obser
   prometheus::Gauge* session_memory_;
   prometheus::Gauge* session_memory_held_;
   prometheus::Gauge* memory_budget_;
+  prometheus::Gauge* pool_resident_sessions_;
+  prometheus::Gauge* pool_bytes_;
+  prometheus::Gauge* pool_limit_sessions_;
+  prometheus::Gauge* pool_limit_bytes_;
   prometheus::Counter* checkpoint_bytes_;
   prometheus::Histogram* checkpoint_duration_;
 

@@ -130,6 +130,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
 
   engine::SchedulerOptions sched;
   sched.max_batch_tokens = options.max_batch_tokens;
+  sched.max_decode_batch_tokens = options.max_decode_batch_tokens;
   sched.max_queued_items = options.max_queued_items;
   auto scheduler = engine::Scheduler::Create(s->model_.get(), sched, s->metrics_.get());
   if (!scheduler.ok()) return scheduler.status();
@@ -139,6 +140,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   mo.checkpoint_dir = options.checkpoint_dir;
   mo.memory_budget_bytes = options.memory_budget_mb << 20;
   mo.max_sessions = options.max_sessions;
+  mo.max_resident_sessions = options.max_resident_sessions;
   mo.idle_ttl_seconds = options.idle_ttl_s;
   mo.reaper_interval_ms = options.reaper_interval_ms;
   mo.replica_id = options.replica_id;
@@ -234,6 +236,9 @@ void Server::GaugeLoop() {
     metrics_->SetQueue(scheduler_->queue_depth(), scheduler_->queue_capacity());
     metrics_->SetSessions(sessions_->session_count(), sessions_->resident_memory_bytes(),
                           sessions_->memory_held_bytes(), sessions_->options().memory_budget_bytes);
+    metrics_->SetPool(sessions_->resident_session_count(), sessions_->resident_memory_bytes(),
+                      sessions_->resident_session_limit(),
+                      sessions_->options().memory_budget_bytes);
     lock.lock();
     cv_.wait_for(lock, std::chrono::milliseconds(500));
   }

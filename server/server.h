@@ -46,10 +46,12 @@ struct ServerOptions {
   std::string checkpoint_dir = "./checkpoints";
   int64_t memory_budget_mb = 2048;
   int64_t max_sessions = 1024;
+  int64_t max_resident_sessions = 0;  // 0: max_sessions
   int64_t idle_ttl_s = 3600;
   std::string device = "cpu";
   std::string dtype = "f32";
   int64_t max_batch_tokens = 2048;
+  int64_t max_decode_batch_tokens = 64;  // budget of a batch carrying decode steps
   bool checkpoint_on_shutdown = true;
   int64_t drain_timeout_s = 20;
   int threads = 0;  // CPU threads for the engine (0 = all cores)

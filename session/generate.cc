@@ -101,6 +101,7 @@ class GenerateOp : public std::enable_shared_from_this<GenerateOp> {
     next.key = session_->key;
     next.state = target();
     next.tokens = {token};
+    next.decode = true;  // planned first in each engine step (continuous batching)
     next.cancel = cancel_;
     next.on_done = [self = shared_from_this()](absl::Status st) { self->Step(std::move(st)); };
     absl::Status submitted = scheduler_->Submit(std::move(next), /*bypass_limits=*/true);

@@ -66,6 +66,7 @@ void SessionManager::ReapNow() {
   std::vector<std::shared_ptr<Session>> expired;
   std::vector<std::shared_ptr<Session>> idle_resident;
   int64_t resident_bytes = 0;
+  int64_t resident_count = 0;
   {
     std::lock_guard<std::mutex> lock(mu_);
     for (auto& [tenant, by_id] : sessions_) {
@@ -84,6 +85,7 @@ void SessionManager::ReapNow() {
         }
         if (s.resident) {
           resident_bytes += s.memory_bytes;
+          ++resident_count;
           if (idle && !s.evicting) idle_resident.push_back(it->second);
         }
         ++it;
@@ -91,7 +93,11 @@ void SessionManager::ReapNow() {
     }
   }
   for (auto& s : expired) DropOnEngine(s);
-  if (resident_bytes <= options_.memory_budget_bytes) return;
+  const int64_t count_limit = resident_session_limit();
+  auto over_limit = [&] {
+    return resident_bytes > options_.memory_budget_bytes || resident_count > count_limit;
+  };
+  if (!over_limit()) return;
   // Least recently used first (times copied out: a comparator must not take two locks).
   std::vector<std::pair<int64_t, std::shared_ptr<Session>>> by_age;
   for (auto& s : idle_resident) {
@@ -101,7 +107,7 @@ void SessionManager::ReapNow() {
   std::sort(by_age.begin(), by_age.end(),
             [](const auto& a, const auto& b) { return a.first < b.first; });
   for (auto& [t, s] : by_age) {
-    if (resident_bytes <= options_.memory_budget_bytes) break;
+    if (!over_limit()) break;
     int64_t bytes;
     {
       std::lock_guard<std::mutex> lock(s->mu);
@@ -109,6 +115,7 @@ void SessionManager::ReapNow() {
     }
     Evict(s);
     resident_bytes -= bytes;
+    --resident_count;
   }
 }
 
@@ -250,6 +257,18 @@ int64_t SessionManager::resident_memory_bytes() const {
     }
   }
   return total;
+}
+
+int64_t SessionManager::resident_session_count() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  int64_t count = 0;
+  for (const auto& [tenant, by_id] : sessions_) {
+    for (const auto& [id, s] : by_id) {
+      std::lock_guard<std::mutex> slock(s->mu);
+      if (s->resident) ++count;
+    }
+  }
+  return count;
 }
 
 int64_t SessionManager::memory_held_bytes() const {

@@ -83,6 +83,11 @@ absl::StatusOr<std::unique_ptr<SessionManager>> SessionManager::Create(
           options.reaper_interval_ms, " ms), got ", options.lease_ms, " ms"));
     }
   }
+  if (options.max_resident_sessions < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "max_resident_sessions must be >= 0 (0: max_sessions), got ",
+        options.max_resident_sessions));
+  }
   std::unique_ptr<SessionManager> m(new SessionManager(model, scheduler, options, listener));
   RETURN_IF_ERROR(m->store_->Init());
   // A shared store's sessions belong to whichever replica their calls reach (Adopt).

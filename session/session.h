@@ -125,6 +125,11 @@ struct ManagerOptions {
   std::filesystem::path checkpoint_dir = "checkpoints";
   int64_t memory_budget_bytes = int64_t{2048} << 20;
   int64_t max_sessions = 1024;
+  // The resident pool's limits: the bytes of the resident states (memory_budget_bytes above)
+  // and the number of resident sessions (0: max_sessions). Past either, the reaper evicts the
+  // least recently used idle sessions to disk, each freeing its place; a session in use is never
+  // evicted, so the pool exceeds a limit only while more sessions than that are busy at once.
+  int64_t max_resident_sessions = 0;
   int64_t idle_ttl_seconds = 3600;
   int64_t reaper_interval_ms = 1000;
   int64_t max_checkpoint_bytes = int64_t{4} << 30;  // refuse larger imports
@@ -268,6 +273,12 @@ class SessionManager {
   // The real figure: resident_memory_bytes() plus the copies in flight (the state a Score or a
   // non-committing Generate runs on), which end with their request and are not budgeted.
   int64_t memory_held_bytes() const;
+  // Sessions whose state is in memory (the resident pool), and the pool's session limit.
+  int64_t resident_session_count() const;
+  int64_t resident_session_limit() const {
+    return options_.max_resident_sessions > 0 ? options_.max_resident_sessions
+                                              : options_.max_sessions;
+  }
   const ManagerOptions& options() const { return options_; }
   const engine::Model& model() const { return *model_; }
 

@@ -7,6 +7,7 @@
 #include <condition_variable>
 #include <functional>
 #include <future>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -146,6 +147,225 @@ TEST(SchedulerTest, ShortWorkIsNotStarvedByALongRun) {
   }
   EXPECT_LE(short_done_at, 1u);
   EXPECT_EQ(long_state.position, 3200);
+}
+
+// Continuous batching (issue 11). A generation submits its next one-token decode step when the
+// previous one is done, as session/generate.cc does.
+class Generation {
+ public:
+  Generation(Scheduler* sched, uint64_t key, int steps) : sched_(sched), key_(key), left_(steps) {}
+  void Start() { SubmitStep(); }
+  std::future<void> Finished() { return finished_.get_future(); }
+  const SequenceState* state() const { return &state_; }
+
+ private:
+  void SubmitStep() {
+    Work w;
+    w.key = key_;
+    w.state = &state_;
+    w.tokens = {static_cast<int32_t>(left_)};
+    w.decode = true;
+    w.on_done = [this](absl::Status s) {
+      if (!s.ok() || --left_ == 0) return finished_.set_value();
+      SubmitStep();
+    };
+    ASSERT_TRUE(sched_->Submit(std::move(w), /*bypass_limits=*/true).ok());
+  }
+  Scheduler* const sched_;
+  const uint64_t key_;
+  int left_;
+  SequenceState state_;
+  std::promise<void> finished_;
+};
+
+// Holds the engine thread in a task until Release, so that everything submitted meanwhile is
+// planned together in the next batch.
+class EngineHold {
+ public:
+  explicit EngineHold(Scheduler* sched) {
+    Work w;
+    w.key = 0;
+    w.task = [this] { release_.get_future().wait(); };
+    w.on_done = [](absl::Status) {};
+    EXPECT_TRUE(sched->Submit(std::move(w)).ok());
+  }
+  void Release() { release_.set_value(); }
+
+ private:
+  std::promise<void> release_;
+};
+
+int64_t TokensOf(const FakeRunner::Batch& batch) {
+  int64_t tokens = 0;
+  for (const auto& [state, n] : batch) tokens += n;
+  return tokens;
+}
+
+bool Holds(const FakeRunner::Batch& batch, const SequenceState* state) {
+  return std::any_of(batch.begin(), batch.end(), [&](const auto& e) { return e.first == state; });
+}
+
+TEST(ContinuousBatchingTest, EveryStepServesEveryDecodeWhileALongIngestRunsInPieces) {
+  FakeRunner fake;
+  SchedulerOptions opt;
+  opt.max_batch_tokens = 2048;
+  opt.max_decode_batch_tokens = 64;
+  auto sched = Scheduler::Create(fake.runner(), opt);
+  ASSERT_TRUE(sched.ok()) << sched.status();
+  constexpr int kGenerations = 8, kSteps = 20, kIngest = 5000;
+  EngineHold hold(sched->get());
+  SequenceState ingest_state;
+  Result ingest;
+  ASSERT_TRUE((*sched)->Submit(TokenWork(100, &ingest_state, Range(1000, kIngest), &ingest)).ok());
+  std::vector<std::unique_ptr<Generation>> gens;
+  for (int g = 0; g < kGenerations; ++g) {
+    gens.push_back(std::make_unique<Generation>(sched->get(), g + 1, kSteps));
+    gens.back()->Start();
+  }
+  hold.Release();
+  for (auto& g : gens) g->Finished().wait();
+  ASSERT_TRUE(ingest.done.get_future().get().ok());
+  EXPECT_EQ(ingest_state.position, kIngest);
+
+  const auto batches = fake.batches();
+  ASSERT_GE(batches.size(), static_cast<size_t>(kSteps));
+  // Each of the first kSteps steps carried one token of every generation plus an ingest piece,
+  // within the decode-step budget: the ingest never stalled a decode, nor inflated its step.
+  for (int i = 0; i < kSteps; ++i) {
+    for (const auto& g : gens) EXPECT_TRUE(Holds(batches[i], g->state())) << "step " << i;
+    EXPECT_TRUE(Holds(batches[i], &ingest_state)) << "step " << i;
+    EXPECT_EQ(TokensOf(batches[i]), opt.max_decode_batch_tokens) << "step " << i;
+  }
+  // Once the decodes are done, the ingest takes whole batches of the full budget.
+  for (size_t i = kSteps; i < batches.size(); ++i) {
+    EXPECT_LE(TokensOf(batches[i]), opt.max_batch_tokens);
+  }
+  ASSERT_GT(batches.size(), static_cast<size_t>(kSteps));
+  EXPECT_EQ(TokensOf(batches[kSteps]), opt.max_batch_tokens);
+  for (const auto& g : gens) EXPECT_EQ(g->state()->position, kSteps);
+}
+
+TEST(ContinuousBatchingTest, DecodesGoFirstWhenTheBudgetIsTight) {
+  FakeRunner fake;
+  SchedulerOptions opt;
+  opt.max_batch_tokens = 4;
+  opt.max_decode_batch_tokens = 4;
+  auto sched = Scheduler::Create(fake.runner(), opt);
+  ASSERT_TRUE(sched.ok());
+  EngineHold hold(sched->get());
+  // The ingest is queued first, so plain round-robin order would serve it before the decodes.
+  SequenceState ingest_state;
+  Result ingest;
+  ASSERT_TRUE((*sched)->Submit(TokenWork(100, &ingest_state, Range(0, 10), &ingest)).ok());
+  std::vector<std::unique_ptr<Generation>> gens;
+  for (int g = 0; g < 4; ++g) {
+    gens.push_back(std::make_unique<Generation>(sched->get(), g + 1, 1));
+    gens.back()->Start();
+  }
+  hold.Release();
+  for (auto& g : gens) g->Finished().wait();
+  ASSERT_TRUE(ingest.done.get_future().get().ok());
+  const auto batches = fake.batches();
+  ASSERT_FALSE(batches.empty());
+  for (const auto& g : gens) EXPECT_TRUE(Holds(batches[0], g->state()));
+  EXPECT_FALSE(Holds(batches[0], &ingest_state));
+  for (const auto& batch : batches) EXPECT_LE(TokensOf(batch), 4);
+}
+
+TEST(ContinuousBatchingTest, DecodesPastTheBudgetGoFirstInTheNextStep) {
+  FakeRunner fake;
+  SchedulerOptions opt;
+  opt.max_batch_tokens = 3;
+  opt.max_decode_batch_tokens = 3;
+  auto sched = Scheduler::Create(fake.runner(), opt);
+  ASSERT_TRUE(sched.ok());
+  EngineHold hold(sched->get());
+  std::vector<std::unique_ptr<Generation>> gens;
+  for (int g = 0; g < 5; ++g) {
+    gens.push_back(std::make_unique<Generation>(sched->get(), g + 1, 2));
+    gens.back()->Start();
+  }
+  hold.Release();
+  for (auto& g : gens) g->Finished().wait();
+  const auto batches = fake.batches();
+  ASSERT_GE(batches.size(), 2u);
+  for (const auto& batch : batches) EXPECT_LE(TokensOf(batch), 3);
+  // The two left out of the first step are in the second.
+  for (const auto& g : gens) {
+    EXPECT_TRUE(Holds(batches[0], g->state()) || Holds(batches[1], g->state()));
+  }
+}
+
+TEST(ContinuousBatchingTest, ManyDecodesAreNotCappedAndTheIngestStillAdvances) {
+  FakeRunner fake;
+  SchedulerOptions opt;
+  opt.max_batch_tokens = 2048;
+  opt.max_decode_batch_tokens = 8;
+  auto sched = Scheduler::Create(fake.runner(), opt);
+  ASSERT_TRUE(sched.ok());
+  EngineHold hold(sched->get());
+  SequenceState ingest_state;
+  Result ingest;
+  ASSERT_TRUE((*sched)->Submit(TokenWork(100, &ingest_state, Range(1000, 50), &ingest)).ok());
+  std::vector<std::unique_ptr<Generation>> gens;
+  for (int g = 0; g < 20; ++g) {
+    gens.push_back(std::make_unique<Generation>(sched->get(), g + 1, 3));
+    gens.back()->Start();
+  }
+  hold.Release();
+  for (auto& g : gens) g->Finished().wait();
+  ASSERT_TRUE(ingest.done.get_future().get().ok());
+  const auto batches = fake.batches();
+  ASSERT_GE(batches.size(), 3u);
+  // 20 decodes in each of the first three steps, beyond the decode-step budget of 8, and the
+  // ingest got its quarter of that budget (2 tokens) in each.
+  for (int i = 0; i < 3; ++i) {
+    for (const auto& g : gens) EXPECT_TRUE(Holds(batches[i], g->state())) << "step " << i;
+    EXPECT_EQ(TokensOf(batches[i]), 22) << "step " << i;
+  }
+}
+
+// A short run (a score of the same tokens on the same state) must give the same bits whatever
+// decodes share its step: it goes whole instead of being split to fit the decode-step budget.
+TEST(ContinuousBatchingTest, AShortRunGoesWholeBesideDecodes) {
+  FakeRunner fake;
+  SchedulerOptions opt;
+  opt.max_batch_tokens = 2048;
+  opt.max_decode_batch_tokens = 16;
+  auto sched = Scheduler::Create(fake.runner(), opt);
+  ASSERT_TRUE(sched.ok());
+  EngineHold hold(sched->get());
+  std::vector<std::unique_ptr<Generation>> gens;
+  for (int g = 0; g < 8; ++g) {
+    gens.push_back(std::make_unique<Generation>(sched->get(), g + 1, 2));
+    gens.back()->Start();
+  }
+  SequenceState short_state, long_state;
+  Result short_r, long_r;
+  ASSERT_TRUE((*sched)->Submit(TokenWork(100, &long_state, Range(1000, 500), &long_r)).ok());
+  ASSERT_TRUE((*sched)->Submit(TokenWork(101, &short_state, Range(2000, 16), &short_r)).ok());
+  hold.Release();
+  for (auto& g : gens) g->Finished().wait();
+  ASSERT_TRUE(short_r.done.get_future().get().ok());
+  ASSERT_TRUE(long_r.done.get_future().get().ok());
+  const auto batches = fake.batches();
+  ASSERT_FALSE(batches.empty());
+  // Step 0: 8 decodes, the short run whole (16), the long one its quarter of the budget (4).
+  for (const auto& [state, n] : batches[0]) {
+    if (state == &short_state) EXPECT_EQ(n, 16);
+    if (state == &long_state) EXPECT_EQ(n, 4);
+  }
+  EXPECT_TRUE(Holds(batches[0], &short_state));
+  EXPECT_EQ(TokensOf(batches[0]), 8 + 16 + 4);
+}
+
+TEST(ContinuousBatchingTest, RejectsAnEmptyDecodeBudget) {
+  FakeRunner fake;
+  SchedulerOptions opt;
+  opt.max_decode_batch_tokens = 0;
+  auto sched = Scheduler::Create(fake.runner(), opt);
+  EXPECT_EQ(sched.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(sched.status().message().find("max_decode_batch_tokens"), std::string::npos);
 }
 
 TEST(SchedulerTest, FullQueueAnswersResourceExhausted) {

@@ -53,7 +53,8 @@ class SessionTest : public ::testing::Test {
  protected:
   void SetUp() override { Open("llama"); }
 
-  void Open(const std::string& which, int64_t max_sessions = 8, int64_t budget = 1 << 30) {
+  void Open(const std::string& which, int64_t max_sessions = 8, int64_t budget = 1 << 30,
+            int64_t max_resident = 0) {
     manager_.reset();
     scheduler_.reset();
     model_.reset();
@@ -73,6 +74,7 @@ class SessionTest : public ::testing::Test {
     opt.checkpoint_dir = dir_;
     opt.max_sessions = max_sessions;
     opt.memory_budget_bytes = budget;
+    opt.max_resident_sessions = max_resident;
     opt.reaper_interval_ms = 3600 * 1000;  // tests call ReapNow()
     auto m = SessionManager::Create(model_.get(), scheduler_.get(), opt);
     ASSERT_TRUE(m.ok()) << m.status();
@@ -357,6 +359,41 @@ TEST_F(SessionTest, IdleSessionsAreEvictedToDiskAndReloadTransparently) {
   auto more = Ingest(a->id, {5, 6});
   ASSERT_TRUE(more.ok());
   EXPECT_EQ(more->counters.position, 2 * chunk_ + 3);
+}
+
+// Issue 11 #3: the resident pool holds at most max_resident_sessions; eviction to disk frees a
+// place, least recently used first, and an evicted session comes back on use.
+TEST_F(SessionTest, ResidentPoolKeepsToItsSessionLimit) {
+  EXPECT_EQ(manager_->resident_session_limit(), 8);  // 0 means max_sessions
+  Open("llama", 8, /*budget=*/1 << 30, /*max_resident=*/2);
+  EXPECT_EQ(manager_->resident_session_limit(), 2);
+  std::vector<std::string> ids;
+  for (int i = 0; i < 4; ++i) {
+    auto s = manager_->CreateSession("t", {});
+    ASSERT_TRUE(s.ok());
+    ASSERT_TRUE(Ingest(s->id, Tokens(5, vocab_, 20 + i)).ok());
+    ids.push_back(s->id);
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));  // distinct last-use times
+  }
+  EXPECT_EQ(manager_->resident_session_count(), 4);
+  auto wait_for_count = [&](int64_t n) {
+    for (int i = 0; i < 200 && manager_->resident_session_count() != n; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return manager_->resident_session_count();
+  };
+  manager_->ReapNow();
+  EXPECT_EQ(wait_for_count(2), 2);
+  EXPECT_FALSE(manager_->GetSession("t", ids[0])->resident);  // the least recently used
+  EXPECT_FALSE(manager_->GetSession("t", ids[1])->resident);
+  EXPECT_TRUE(manager_->GetSession("t", ids[3])->resident);
+  // Using an evicted session brings it back; the next pass evicts the now least recent.
+  ASSERT_TRUE(Score(ids[0], Tokens(3, vocab_, 30)).ok());
+  EXPECT_EQ(manager_->resident_session_count(), 3);
+  manager_->ReapNow();
+  EXPECT_EQ(wait_for_count(2), 2);
+  EXPECT_TRUE(manager_->GetSession("t", ids[0])->resident);
+  EXPECT_FALSE(manager_->GetSession("t", ids[2])->resident);
 }
 
 TEST_F(SessionTest, SessionsPastTheirIdleTtlAreRemoved) {
