@@ -117,25 +117,35 @@ absl::StatusOr<Measured> Measure(const Variant& v, const Corpus& docs, bool full
   Measured m;
   const int64_t piece = absl::GetFlag(FLAGS_piece), len = absl::GetFlag(FLAGS_stream_tokens);
   ASSIGN_OR_RETURN(m.streams, ScoreStreams(*model, docs, len, /*reset=*/false, piece));
-  if (full) {
-    ASSIGN_OR_RETURN(m.reset_streams, ScoreStreams(*model, docs, len, /*reset=*/true, piece));
-  }
+  // Reset at each document's end: every document in a session of its own (the overall loss).
+  ASSIGN_OR_RETURN(m.reset_streams, ScoreStreams(*model, docs, len, /*reset=*/true, piece));
   ASSIGN_OR_RETURN(m.reread, ScoreReread(*model, docs, absl::GetFlag(FLAGS_reread_docs),
                                          absl::GetFlag(FLAGS_reread_len),
                                          full ? absl::GetFlag(FLAGS_reread_others) : 0, piece));
   m.recall = ScoreRecall(*model, docs, full ? absl::GetFlag(FLAGS_recall_episodes) : 64);
-  std::printf("%-44s stream %.4f | re-read %.4f -> %.4f | recall %.3f\n", v.label.c_str(),
+  std::printf("%-44s documents %.4f | stream %.4f | re-read %.4f -> %.4f | recall %.3f\n",
+              v.label.c_str(), m.reset_streams.by_stream_position.MeanAll(),
               m.streams.by_stream_position.MeanAll(), m.reread.first, m.reread.after_doc,
               m.recall.accuracy);
   std::fflush(stdout);
   return m;
 }
 
-// The validation sweep: its table, and the setting with the lowest loss over the validation
-// streams (fed without reset, so a setting whose fast weights drift is penalised).
+// The validation sweep: its table, and its pick: among the settings whose validation streams
+// (fed without reset) do not drift (last 4k tokens no higher than tokens 64-511), the one whose
+// re-reading gains most; when every setting drifts, the lowest stream loss.
 struct Sweep {
   std::string table;
   std::string best;
+};
+
+struct SweepPick {
+  bool steady = false;
+  double reread = 1e30, stream = 1e30;  // re-reading ratio (after / first), stream loss
+  bool Beats(const SweepPick& o) const {
+    if (steady != o.steady) return steady;
+    return steady ? reread < o.reread : stream < o.stream;
+  }
 };
 
 absl::StatusOr<Sweep> RunSweep(const fs::path& model_dir, const Corpus& valid) {
@@ -144,9 +154,10 @@ absl::StatusOr<Sweep> RunSweep(const fs::path& model_dir, const Corpus& valid) {
   if (spec.empty()) return s;
   const int64_t n = absl::GetFlag(FLAGS_stream_tokens);
   std::ostringstream t;
-  t << "| eta | clip | delta cap | stream loss, all | 64-511 | last 4k (" << (n - 4096) / 1024 << "k-"
-    << n / 1024 << "k) | re-read change | recall |\n|---|---|---|---|---|---|---|---|\n";
-  double best = 1e30;
+  t << "| eta | clip | delta cap | documents, all | stream loss, all | 64-511 | last 4k ("
+    << (n - 4096) / 1024 << "k-" << n / 1024
+    << "k) | re-read change | recall |\n|---|---|---|---|---|---|---|---|---|\n";
+  SweepPick best;
   for (absl::string_view item : absl::StrSplit(spec, ',', absl::SkipEmpty())) {
     std::vector<std::string> parts = absl::StrSplit(item, ':');
     double eta, clip, cap = 0;
@@ -160,11 +171,13 @@ absl::StatusOr<Sweep> RunSweep(const fs::path& model_dir, const Corpus& valid) {
     ASSIGN_OR_RETURN(Measured m, Measure(v, valid, /*full=*/false));
     const PositionLoss& p = m.streams.by_stream_position;
     t << "| " << eta << " | " << clip << " | " << (cap > 0 ? absl::StrCat(cap) : "off") << " | "
-      << Fmt(p.MeanAll()) << " | " << Fmt(p.Mean(64, 512))
-      << " | " << Fmt(p.Mean(n - 4096, n)) << " | " << Pct(m.reread.after_doc, m.reread.first)
-      << " | " << Fmt(m.recall.accuracy) << " |\n";
-    if (p.MeanAll() < best) {
-      best = p.MeanAll();
+      << Fmt(m.reset_streams.by_stream_position.MeanAll()) << " | " << Fmt(p.MeanAll()) << " | "
+      << Fmt(p.Mean(64, 512)) << " | " << Fmt(p.Mean(n - 4096, n)) << " | "
+      << Pct(m.reread.after_doc, m.reread.first) << " | " << Fmt(m.recall.accuracy) << " |\n";
+    const SweepPick here{p.Mean(n - 4096, n) <= p.Mean(64, 512),
+                         m.reread.after_doc / m.reread.first, p.MeanAll()};
+    if (s.best.empty() || here.Beats(best)) {
+      best = here;
       s.best = Setting(eta, clip, cap);
     }
   }
@@ -352,9 +365,10 @@ std::string ReportMarkdown(const Report& r) {
   if (!sweep.table.empty()) {
     md << "\n## eta, clip and delta cap, validation split only\n\nThe TTT model's weights served "
        << "with other step sizes, update clips and caps on the accumulated delta (validation "
-       << "streams without reset, re-reading of "
-       << absl::GetFlag(FLAGS_reread_docs) << " validation documents, 64 recall episodes). Lowest "
-       << "validation stream loss: **" << sweep.best << "**; the shipped config has "
+       << "documents one session each, the same documents as streams without reset, re-reading of "
+       << absl::GetFlag(FLAGS_reread_docs) << " validation documents, 64 recall episodes). The "
+       << "pick (among the settings whose streams do not drift, last 4k <= 64-511, the largest "
+       << "re-reading gain): **" << sweep.best << "**; the shipped config has "
        << Setting(config.ttt_lr, config.ttt_clip, config.ttt_delta_cap) << ".\n\n"
        << sweep.table;
   }
@@ -374,7 +388,7 @@ absl::Status Run() {
 
   ASSIGN_OR_RETURN(Sweep sweep, RunSweep(model_dir, valid));
   if (absl::GetFlag(FLAGS_sweep_only)) {
-    std::printf("%s\nlowest validation stream loss: %s\n", sweep.table.c_str(), sweep.best.c_str());
+    std::printf("%s\npick: %s\n", sweep.table.c_str(), sweep.best.c_str());
     return absl::OkStatus();
   }
 
