@@ -268,6 +268,7 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text,
   RETURN_IF_ERROR(r.Int("ttt_chunk", &c.ttt_chunk));
   RETURN_IF_ERROR(r.Bool("ttt_proj", &c.ttt_proj));
   RETURN_IF_ERROR(r.Double("ttt_clip", &c.ttt_clip));
+  RETURN_IF_ERROR(r.Double("ttt_delta_cap", &c.ttt_delta_cap));
   std::string target = "input_embed";
   RETURN_IF_ERROR(r.String("ttt_target", &target));
   if (target == "input_embed") {
@@ -283,6 +284,10 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text,
   }
   if (!(c.ttt_clip >= 0)) {
     return r.Error(absl::StrCat("\"ttt_clip\" must be >= 0 (0 = no clipping), got ", c.ttt_clip));
+  }
+  if (!(c.ttt_delta_cap >= 0)) {
+    return r.Error(
+        absl::StrCat("\"ttt_delta_cap\" must be >= 0 (0 = no cap), got ", c.ttt_delta_cap));
   }
   if (c.ttt_mode) {
     if (c.ttt_chunk <= 0) {
@@ -360,6 +365,8 @@ std::string ModelConfigToJson(const ModelConfig& c) {
   j["ttt_target"] = c.ttt_target == TttTarget::kHiddenStates ? "hidden_states" : "input_embed";
   j["ttt_proj"] = c.ttt_proj;
   j["ttt_clip"] = c.ttt_clip;
+  // Written only when set, so that configs without it keep their text (and fingerprints).
+  if (c.ttt_delta_cap > 0) j["ttt_delta_cap"] = c.ttt_delta_cap;
   return j.dump(2) + "\n";
 }
 

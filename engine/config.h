@@ -43,6 +43,10 @@ struct ModelConfig {
   bool ttt_proj = true;             // W_target present (else identity)
   // Frobenius-norm clip tau of each chunk's update dW_i = V_i^T Z_i (before eta); 0 = off.
   double ttt_clip = 0.0;
+  // Frobenius-norm cap of each layer's accumulated delta: after a chunk's update is added, a delta
+  // longer than this is scaled back to it, so a long session's fast weights stay bounded (old
+  // content fades as new chunks arrive). 0 = off. A serving bound; see docs/model.md.
+  double ttt_delta_cap = 0.0;
 
   bool IsTttLayer(int64_t layer) const;
 };

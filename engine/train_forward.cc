@@ -5,6 +5,7 @@
 #include <limits>
 #include <map>
 #include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 
@@ -12,6 +13,21 @@ namespace ttt::engine {
 namespace {
 
 constexpr int64_t kConvWidth = 5;  // as engine/model.cc: the official code's depthwise kernel
+
+// Running sums over the chunks (dim 1) of `scaled` [B, chunks, d, f], each scaled back to
+// Frobenius norm `cap` when it is longer: the serving path's delta under ttt_delta_cap.
+at::Tensor CappedRunningSums(const at::Tensor& scaled, double cap) {
+  const int64_t batch = scaled.size(0);
+  std::vector<at::Tensor> sums;
+  at::Tensor running = at::zeros_like(scaled.select(1, 0));
+  for (int64_t j = 0; j < scaled.size(1); ++j) {
+    running = running + scaled.select(1, j);
+    at::Tensor norms = running.flatten(1).norm(2, {1}).view({batch, 1, 1});
+    running = running * at::clamp_max(cap / (norms + 1e-12), 1.0);
+    sums.push_back(running);
+  }
+  return at::stack(sums, 1);
+}
 
 class Forward {
  public:
@@ -166,7 +182,9 @@ class Forward {
       at::Tensor norms = updates.flatten(1).norm(2, {1}).view({B_ * chunks, 1, 1});
       updates = updates * at::clamp_max(cfg_.ttt_clip / (norms + 1e-12), 1.0);
     }
-    at::Tensor sums = at::cumsum((updates * s_.eta).view({B_, chunks, d, f}), 1);
+    at::Tensor scaled = (updates * s_.eta).view({B_, chunks, d, f});
+    at::Tensor sums = cfg_.ttt_delta_cap > 0 ? CappedRunningSums(scaled, cfg_.ttt_delta_cap)
+                                             : at::cumsum(scaled, 1);
     at::Tensor deltas = at::cat({at::zeros({B_, 1, d, f}, sums.options()),
                                  sums.slice(1, 0, chunks - 1)}, 1)
                             .view({B_ * chunks, d, f});

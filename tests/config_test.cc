@@ -168,6 +168,7 @@ TEST(ConfigTest, TttDefaultsFollowTheOfficialCode) {
   EXPECT_EQ(c->ttt_target, TttTarget::kInputEmbed);
   EXPECT_TRUE(c->ttt_proj);
   EXPECT_DOUBLE_EQ(c->ttt_clip, 0.0);
+  EXPECT_DOUBLE_EQ(c->ttt_delta_cap, 0.0);
   EXPECT_EQ(c->ttt_layers, (std::vector<int64_t>{0, 6}));  // every sixth of 12 layers
 }
 
@@ -180,6 +181,7 @@ TEST(ConfigTest, TttLayersAreSortedAndQueried) {
   j["ttt_target"] = "hidden_states";
   j["ttt_proj"] = false;
   j["ttt_clip"] = 5.0;
+  j["ttt_delta_cap"] = 30.0;
   auto c = Parse(j);
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->ttt_layers, (std::vector<int64_t>{0, 3, 11}));
@@ -193,6 +195,7 @@ TEST(ConfigTest, TttLayersAreSortedAndQueried) {
   EXPECT_EQ(c->ttt_target, TttTarget::kHiddenStates);
   EXPECT_FALSE(c->ttt_proj);
   EXPECT_DOUBLE_EQ(c->ttt_clip, 5.0);
+  EXPECT_DOUBLE_EQ(c->ttt_delta_cap, 30.0);
 }
 
 TEST(ConfigTest, TttKeysAreInertWithoutTttMode) {
@@ -256,6 +259,13 @@ TEST(ConfigTest, RoundTripsThroughJson) {
   EXPECT_EQ(back->ttt_target, c.ttt_target);
   EXPECT_EQ(back->ttt_proj, c.ttt_proj);
   EXPECT_EQ(back->ttt_clip, c.ttt_clip);
+  EXPECT_EQ(back->ttt_delta_cap, 0.0);
+  EXPECT_EQ(ModelConfigToJson(c).find("ttt_delta_cap"), std::string::npos)
+      << "unset, the key is not written (older configs keep their text and fingerprints)";
+  c.ttt_delta_cap = 12.5;
+  back = ParseModelConfig(ModelConfigToJson(c));
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->ttt_delta_cap, 12.5);
 
   // And the plain defaults (no window, no token ids, no TTT) come back as they were.
   auto plain = Parse(Llama());
@@ -385,6 +395,9 @@ TEST(ConfigTest, RejectsBadTttSettings) {
   j = base;
   j["ttt_clip"] = -1;
   ExpectInvalid(j, "\"ttt_clip\" must be >= 0");
+  j = base;
+  j["ttt_delta_cap"] = -1;
+  ExpectInvalid(j, "\"ttt_delta_cap\" must be >= 0");
 }
 
 // A fresh directory under the system temp dir, removed at the end of the test.

@@ -135,9 +135,11 @@ TEST(DefaultModelTest, ConfigHasTheTttSettings) {
   EXPECT_EQ(config->ttt_layers, (std::vector<int64_t>{1, 3}));
   EXPECT_EQ(config->ttt_target, engine::TttTarget::kInputEmbed);
   EXPECT_EQ(config->ttt_chunk, 64);
-  // eta and the update clip chosen on the validation split (docs/model.md, docs/eval.md).
-  EXPECT_DOUBLE_EQ(config->ttt_lr, 0.5);
+  // eta, the update clip and the delta cap chosen on the validation split (docs/model.md,
+  // docs/eval.md).
+  EXPECT_DOUBLE_EQ(config->ttt_lr, 1.0);
   EXPECT_DOUBLE_EQ(config->ttt_clip, 5.0);
+  EXPECT_DOUBLE_EQ(config->ttt_delta_cap, 15.0);
   EXPECT_EQ(config->sliding_window, std::optional<int64_t>(64));
   EXPECT_EQ(config->vocab_size, 4096);
 }

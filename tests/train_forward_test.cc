@@ -140,5 +140,55 @@ TEST(TrainForwardTest, GradientsReachEveryWeight) {
   }
 }
 
+// ttt_delta_cap (the bound on each layer's accumulated delta): the log-probs of `ids` read by one
+// Ingest call (the parallel chunk form) or in pieces of 1-3 tokens (decode-sized steps, which
+// fold each chunk into the state as it completes), and the state's delta norms at the end.
+struct Read {
+  std::vector<double> logprobs;
+  std::vector<double> delta_norms;
+};
+Read ReadInPieces(const Model& model, const std::vector<int32_t>& ids, bool one_call) {
+  SequenceState state = model.NewSequence();
+  Read out;
+  size_t at = 0;
+  while (at < ids.size()) {
+    const size_t n = one_call ? ids.size() : std::min<size_t>(1 + at % 3, ids.size() - at);
+    std::vector<IngestItem> items(1);
+    items[0].state = &state;
+    items[0].tokens.assign(ids.begin() + at, ids.begin() + at + n);
+    auto lps = model.Ingest(absl::MakeSpan(items));
+    EXPECT_TRUE(lps.ok()) << lps.status();
+    for (size_t i = at == 0 ? 1 : 0; i < n; ++i) out.logprobs.push_back((*lps)[0][i]);
+    at += n;
+  }
+  out.delta_norms = state.DeltaNorms();
+  return out;
+}
+
+TEST(TrainForwardTest, DeltaCapBoundsTheDeltaInEveryPathAndMatchesTheTrainForward) {
+  ModelConfig c = Config();
+  c.sliding_window = 6;
+  std::vector<int32_t> ids;
+  for (int32_t t = 0; t < 43; ++t) ids.push_back((t * 7 + 3) % 41);
+  const Read uncapped = ReadInPieces(*Make(c), ids, /*one_call=*/true);
+  ASSERT_EQ(uncapped.delta_norms.size(), 2u);
+  c.ttt_delta_cap = 0.3 * std::min(uncapped.delta_norms[0], uncapped.delta_norms[1]);
+  auto capped = Make(c);
+  EXPECT_LT(MaxGapToIngest(*capped, 2, 37), 2e-5) << "the training forward applies the cap too";
+  const Read whole = ReadInPieces(*capped, ids, /*one_call=*/true);
+  const Read pieces = ReadInPieces(*capped, ids, /*one_call=*/false);
+  ASSERT_EQ(whole.logprobs.size(), pieces.logprobs.size());
+  double gap = 0, change = 0;
+  for (size_t i = 0; i < whole.logprobs.size(); ++i) {
+    gap = std::max(gap, std::abs(whole.logprobs[i] - pieces.logprobs[i]));
+    change = std::max(change, std::abs(whole.logprobs[i] - uncapped.logprobs[i]));
+  }
+  EXPECT_LT(gap, 2e-5) << "one call and decode-sized pieces accumulate the same capped delta";
+  EXPECT_GT(change, 1e-3) << "the cap is applied";
+  for (const Read* r : {&whole, &pieces}) {
+    for (double norm : r->delta_norms) EXPECT_LE(norm, c.ttt_delta_cap * (1 + 1e-5));
+  }
+}
+
 }  // namespace
 }  // namespace ttt::engine

@@ -21,6 +21,7 @@ using engine::SequenceState;
 absl::StatusOr<std::unique_ptr<Model>> LoadVariant(const VariantSpec& spec) {
   ASSIGN_OR_RETURN(engine::ModelConfig config, engine::LoadModelConfig(spec.dir));
   if (spec.clip) config.ttt_clip = *spec.clip;
+  if (spec.cap) config.ttt_delta_cap = *spec.cap;
   ASSIGN_OR_RETURN(auto store, engine::WeightStore::Open(spec.dir));
   engine::NamedTensors weights;
   for (const std::string& name : store->Names()) {

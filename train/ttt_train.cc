@@ -62,6 +62,9 @@ ABSL_FLAG(int64_t, ttt_chunk, 64, "TTT chunk size C");
 ABSL_FLAG(double, ttt_lr, 1.0, "TTT step size eta");
 ABSL_FLAG(double, ttt_clip, 0.0,
           "Frobenius-norm clip of each chunk's fast-weight update (config ttt_clip); 0 = off");
+ABSL_FLAG(double, ttt_delta_cap, 0.0,
+          "Frobenius-norm cap of each layer's accumulated fast-weight delta (config "
+          "ttt_delta_cap), applied in training as in serving; 0 = off");
 ABSL_FLAG(std::string, ttt_target, "", "input_embed (default from scratch) or hidden_states "
           "(default in continual mode)");
 ABSL_FLAG(int64_t, seq_len, 512, "training sequence length");
@@ -166,6 +169,7 @@ absl::Status AddTttForContinual(ModelConfig& config, NamedTensors& weights) {
                           : engine::TttTarget::kHiddenStates;
   config.ttt_proj = true;
   config.ttt_clip = absl::GetFlag(FLAGS_ttt_clip);
+  config.ttt_delta_cap = absl::GetFlag(FLAGS_ttt_delta_cap);
   for (auto& nt : MissingTttWeights(config, weights)) weights.push_back(std::move(nt));
   return absl::OkStatus();
 }
@@ -184,7 +188,10 @@ absl::StatusOr<ModelConfig> FreshConfig() {
   spec.ttt_chunk = absl::GetFlag(FLAGS_ttt_chunk);
   spec.ttt_lr = absl::GetFlag(FLAGS_ttt_lr);
   ModelConfig config = MakeConfig(spec);
-  if (spec.ttt) config.ttt_clip = absl::GetFlag(FLAGS_ttt_clip);
+  if (spec.ttt) {
+    config.ttt_clip = absl::GetFlag(FLAGS_ttt_clip);
+    config.ttt_delta_cap = absl::GetFlag(FLAGS_ttt_delta_cap);
+  }
   // Validate through the engine's own parser before spending time.
   return engine::ParseModelConfig(engine::ModelConfigToJson(config));
 }

@@ -56,6 +56,26 @@ at::Tensor ChunkConv(const at::Tensor& x, const at::Tensor& weight) {
   return out.transpose(1, 2);
 }
 
+// The factor (<= 1) that brings `delta` back to Frobenius norm `cap` when it is longer: the bound
+// on a layer's accumulated fast weights (config ttt_delta_cap, applied only when it is > 0).
+at::Tensor DeltaCapFactor(const at::Tensor& delta, double cap) {
+  return at::clamp_max(cap / (delta.norm() + 1e-12), 1.0);
+}
+
+// The deltas in force after each of `scaled` [chunks, d, d_ff] (eta applied) is added to `delta`
+// in turn: running sums, each capped when ttt_delta_cap is set (then one chunk at a time).
+at::Tensor RunningDeltas(const at::Tensor& delta, const at::Tensor& scaled, double cap) {
+  if (!(cap > 0)) return at::cumsum(scaled, 0) + delta;
+  std::vector<at::Tensor> sums;
+  at::Tensor running = delta;
+  for (int64_t j = 0; j < scaled.size(0); ++j) {
+    running = running + scaled[j];
+    running = running * DeltaCapFactor(running, cap);
+    sums.push_back(running);
+  }
+  return at::stack(sums, 0);
+}
+
 }  // namespace
 
 ModelAccess::ModelAccess(const Model& model, absl::Span<IngestItem> items)
@@ -314,6 +334,7 @@ void ModelAccess::FoldChunks(const LayerWeights& lw, const std::vector<SequenceS
     } else {
       slot.delta = scaled[i] + slot.delta;
     }
+    if (cfg_.ttt_delta_cap > 0) slot.delta.mul_(DeltaCapFactor(slot.delta, cfg_.ttt_delta_cap));
     internal::ClearRows(slot.pending_z, 0);
     internal::ClearRows(slot.pending_x0, 0);
     if (lw.ttt_slot == 0) states[i]->chunks_applied += 1;  // count each chunk once
@@ -338,7 +359,7 @@ at::Tensor ModelAccess::FastWeightTermOne(const LayerWeights& lw, const at::Tens
     at::Tensor updates =
         ChunkUpdates(lw, z.slice(0, 0, complete * chunk).view({complete, chunk, d_ff}),
                      x0.slice(0, 0, complete * chunk).view({complete, chunk, d_model}));
-    at::Tensor sums = at::cumsum(updates * w_.eta, 0) + slot.delta;
+    at::Tensor sums = RunningDeltas(slot.delta, updates * w_.eta, cfg_.ttt_delta_cap);
     deltas = at::cat({deltas, sums}, 0);  // [complete + 1, d, d_ff]
     slot.delta = sums[complete - 1].clone();  // a copy: the state must not pin every sum
     if (lw.ttt_slot == 0) state.chunks_applied += complete;  // count each chunk once
