@@ -91,14 +91,14 @@ export_sanitizer_env() {
   # those at the server's exit): the stress test reports the RSS slope but does not judge it.
   export TTT_STRESS_MAX_RSS_SLOPE=0
 }
-asan_ctest() {
+asan_ctest() (  # a subshell: the sanitizer settings stay out of the other stages
   export_sanitizer_env
   if [ -n "$kAsanTests" ]; then
     run_ctest build-asan -R "$(as_regex $kAsanTests)"
   else
     run_ctest build-asan -E "$(as_regex $kAsanSkipped)"
   fi
-}
+)
 tsan_ctest() (export_sanitizer_env; run_ctest build-tsan -R "$(as_regex $kTsanTests)")
 clang_configure_build() { CC=clang-14 CXX=clang++-14 configure_build "$@"; }
 
