@@ -15,6 +15,8 @@
 #   tests/deploy/image_test.sh [TTT_CLI_BIN]
 # Environment (all optional):
 #   TTT_IMAGE_TAG            tag to build (default localhost/ttt-serve:image-test)
+#   TTT_IMAGE_DOCKERFILE     Dockerfile to build (default the repository's) and
+#   TTT_IMAGE_CONTEXT        its build context (default the repository root)
 #   TTT_IMAGE_MIRROR         Debian mirror for debootstrap (default http://deb.debian.org/debian)
 #   TTT_IMAGE_BUILD_ARGS     extra `buildah bud` arguments (e.g. "--build-arg CUDA=12.6")
 #   TTT_IMAGE_BASE_TIMEOUT_S debootstrap + commit limit (default 1800)
@@ -24,6 +26,8 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cli="${1:-}"
+dockerfile="${TTT_IMAGE_DOCKERFILE:-$root/Dockerfile}"
+context="${TTT_IMAGE_CONTEXT:-$root}"
 tag="${TTT_IMAGE_TAG:-localhost/ttt-serve:image-test}"
 mirror="${TTT_IMAGE_MIRROR:-http://deb.debian.org/debian}"
 base_timeout="${TTT_IMAGE_BASE_TIMEOUT_S:-1800}"
@@ -61,10 +65,10 @@ for tool in buildah debootstrap timeout; do
   command -v "$tool" >/dev/null || fail "no $tool: run deploy/install-deps.sh image"
 done
 # The Dockerfile's base image: its ARG DEBIAN_IMAGE default, the name both FROM lines use.
-base="$(sed -n 's/^ARG DEBIAN_IMAGE=\(.*\)$/\1/p' "$root/Dockerfile" | head -n1)"
-[ -n "$base" ] || fail "no 'ARG DEBIAN_IMAGE=...' in $root/Dockerfile"
+base="$(sed -n 's/^ARG DEBIAN_IMAGE=\(.*\)$/\1/p' "$dockerfile" | head -n1)"
+[ -n "$base" ] || fail "no 'ARG DEBIAN_IMAGE=...' in $dockerfile"
 for stage in build runtime; do
-  grep -qF "FROM \${DEBIAN_IMAGE} AS $stage" "$root/Dockerfile" ||
+  grep -qF "FROM \${DEBIAN_IMAGE} AS $stage" "$dockerfile" ||
     fail "the Dockerfile's $stage stage is no longer FROM \${DEBIAN_IMAGE}: update this script"
 done
 case "$base" in */*) base_ref="$base" ;; *) base_ref="docker.io/library/$base" ;; esac
@@ -111,7 +115,7 @@ EOF
   buildah add "$base_ctr" "$tmp/rootfs.tar" / >/dev/null
   buildah config --cmd bash --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     "$base_ctr"
-  buildah commit --rm "$base_ctr" "$base_ref" >/dev/null
+  buildah commit --quiet --rm "$base_ctr" "$base_ref" >/dev/null
   ctr=""; rm -f "$tmp/rootfs.tar"
   echo "   base image committed in $((SECONDS - t0)) s"
 fi
@@ -121,7 +125,7 @@ step "build: buildah bud $tag (build + runtime stages; log in $tmp/build.log whi
 t0=$SECONDS
 # shellcheck disable=SC2086  # TTT_IMAGE_BUILD_ARGS is a list of words
 if ! timeout "$build_timeout" buildah bud --isolation chroot --network host --layers --pull=never \
-    ${TTT_IMAGE_BUILD_ARGS:-} -f "$root/Dockerfile" -t "$tag" "$root" >"$tmp/build.log" 2>&1; then
+    ${TTT_IMAGE_BUILD_ARGS:-} -f "$dockerfile" -t "$tag" "$context" >"$tmp/build.log" 2>&1; then
   tail -n 40 "$tmp/build.log" >&2
   fail "buildah bud (exit or timeout after $((SECONDS - t0)) s of at most $build_timeout s)"
 fi
