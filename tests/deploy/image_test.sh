@@ -127,6 +127,7 @@ t0=$SECONDS
 if ! timeout "$build_timeout" buildah bud --isolation chroot --network host --layers --pull=never \
     ${TTT_IMAGE_BUILD_ARGS:-} -f "$dockerfile" -t "$tag" "$context" >"$tmp/build.log" 2>&1; then
   tail -n 40 "$tmp/build.log" >&2
+  echo "(an interrupted bud may leave its working containers: buildah containers; buildah rm ID)" >&2
   fail "buildah bud (exit or timeout after $((SECONDS - t0)) s of at most $build_timeout s)"
 fi
 build_s=$((SECONDS - t0))
@@ -167,6 +168,8 @@ done
 grep -qx SERVING "$tmp/health.out" || healthy=""
 [ -n "$healthy" ] || fail "health not SERVING within $run_timeout s: $(cat "$tmp/health.out")"
 echo "   health: $(tr '\n' ' ' <"$tmp/health.out")(SERVING after $((SECONDS - t0)) s)"
+server="$(pgrep -g "$server_pid" -x ttt-serve | head -n1 || true)"
+[ -n "$server" ] && echo "   server: pid $server, uid $(ps -o uid= -p "$server" | tr -d ' '), root $(readlink "/proc/$server/root")"
 session="image-test-$$"
 ttt create --id="$session" >"$tmp/create.out" 2>&1 || fail "ttt create: $(cat "$tmp/create.out")"
 doc="$tmp/doc.txt"
@@ -184,6 +187,6 @@ grep -q 'mean nll' "$tmp/score.out" || fail "ttt score printed no score"
 
 # Image sizes for the record (deploy/README.md).
 step "sizes"
-buildah images --format '{{.Name}}:{{.Tag}} {{.Size}}' | grep -E "^($base_ref|${tag%:*}):" | sed 's/^/   /' || true
+buildah images --format '{{.Name}}:{{.Tag}} {{.Size}}' | grep -E "^($base_ref|$tag)[[:space:]]" | sed 's/^/   /' || true
 echo "OK: image $tag built (build stage + runtime stage), server SERVING, ingest and score through" \
   "the CLI; total $((SECONDS - t_start)) s"
