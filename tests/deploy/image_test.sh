@@ -34,7 +34,7 @@ base_timeout="${TTT_IMAGE_BASE_TIMEOUT_S:-1800}"
 build_timeout="${TTT_IMAGE_BUILD_TIMEOUT_S:-14400}"
 run_timeout="${TTT_IMAGE_RUN_TIMEOUT_S:-300}"
 
-ctr=""; server_pid=""; tmp="$(mktemp -d /var/tmp/ttt-image-test.XXXXXX)"
+ctr=""; server_pid=""; bounded_pid=""; tmp="$(mktemp -d /var/tmp/ttt-image-test.XXXXXX)"
 t_start=$SECONDS
 step() { echo "== $* ($((SECONDS - t_start)) s)"; }
 fail() {
@@ -42,7 +42,21 @@ fail() {
   if [ -s "$tmp/server.log" ]; then echo "--- server log (last 40 lines)" >&2; tail -n 40 "$tmp/server.log" >&2; fi
   exit 1
 }
+# A long step runs in the background under timeout(1) (its own process group): `wait` returns
+# at once on INT/TERM, and cleanup's TERM to timeout reaches the whole step (debootstrap, buildah).
+bounded() {
+  local limit="$1" rc=0; shift
+  timeout "$limit" "$@" &
+  bounded_pid=$!
+  wait "$bounded_pid" || rc=$?
+  bounded_pid=""
+  return "$rc"
+}
 cleanup() {
+  if [ -n "$bounded_pid" ] && kill -0 "$bounded_pid" 2>/dev/null; then
+    kill -TERM "$bounded_pid" 2>/dev/null || true
+    for _ in $(seq 1 60); do kill -0 "$bounded_pid" 2>/dev/null || break; sleep 0.5; done
+  fi
   if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
     kill -TERM -- "-$server_pid" 2>/dev/null || true
     for _ in $(seq 1 40); do kill -0 "$server_pid" 2>/dev/null || break; sleep 0.5; done
@@ -81,7 +95,7 @@ else
   step "base: debootstrap bookworm (minbase) from $mirror"
   t0=$SECONDS
   rootfs="$tmp/rootfs"
-  timeout "$base_timeout" debootstrap --variant=minbase bookworm "$rootfs" "$mirror" \
+  bounded "$base_timeout" debootstrap --variant=minbase bookworm "$rootfs" "$mirror" \
     >"$tmp/debootstrap.log" 2>&1 || { tail -n 30 "$tmp/debootstrap.log" >&2; fail "debootstrap"; }
   rm -f "$rootfs/etc/apt/sources.list"
   cat >"$rootfs/etc/apt/sources.list.d/debian.sources" <<EOF
@@ -124,7 +138,7 @@ fi
 step "build: buildah bud $tag (build + runtime stages; log in $tmp/build.log while it runs)"
 t0=$SECONDS
 # shellcheck disable=SC2086  # TTT_IMAGE_BUILD_ARGS is a list of words
-if ! timeout "$build_timeout" buildah bud --isolation chroot --network host --layers --pull=never \
+if ! bounded "$build_timeout" buildah bud --isolation chroot --network host --layers --pull=never \
     ${TTT_IMAGE_BUILD_ARGS:-} -f "$dockerfile" -t "$tag" "$context" >"$tmp/build.log" 2>&1; then
   tail -n 40 "$tmp/build.log" >&2
   echo "(an interrupted bud may leave its working containers: buildah containers; buildah rm ID)" >&2
