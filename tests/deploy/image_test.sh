@@ -138,7 +138,7 @@ fi
 step "build: buildah bud $tag (build + runtime stages; log in $tmp/build.log while it runs)"
 t0=$SECONDS
 # shellcheck disable=SC2086  # TTT_IMAGE_BUILD_ARGS is a list of words
-if ! bounded "$build_timeout" buildah bud --isolation chroot --network host --layers --pull=never \
+if ! bounded "$build_timeout" buildah bud --isolation chroot --network host --layers --pull=never --format docker \
     ${TTT_IMAGE_BUILD_ARGS:-} -f "$dockerfile" -t "$tag" "$context" >"$tmp/build.log" 2>&1; then
   tail -n 40 "$tmp/build.log" >&2
   echo "(an interrupted bud may leave its working containers: buildah containers; buildah rm ID)" >&2
@@ -147,6 +147,10 @@ fi
 build_s=$((SECONDS - t0))
 grep -E '^STEP [0-9]+/[0-9]+: FROM' "$tmp/build.log" | sed 's/^/   /' || true
 echo "   built in $build_s s"
+# Docker's image format, as `docker build` makes: the OCI format has no HEALTHCHECK.
+health_cmd="$(buildah inspect --type image --format '{{.Docker.Config.Healthcheck}}' "$tag")"
+case "$health_cmd" in *ttt*health*) echo "   HEALTHCHECK: $health_cmd" ;;
+  *) fail "the image has no HEALTHCHECK running ttt health (got: $health_cmd)" ;; esac
 
 # 3. The runtime image's server, in a working container sharing the host's network.
 step "run: the image's ttt-serve on loopback"
