@@ -3,8 +3,9 @@
 # server: no Docker engine or registry is needed. Steps:
 #   1. base:  the Dockerfile's base image (ARG DEBIAN_IMAGE) made from a debootstrap'd Debian 12
 #             (minbase) and committed under that name, unless buildah already holds it;
-#   2. build: `buildah bud --isolation chroot --network host --layers` (build + runtime stages; the
-#             layer cache makes a re-run cheap);
+#   2. build: `buildah bud --isolation chroot --network host --layers --format docker` (build +
+#             runtime stages; the layer cache makes a re-run cheap; Docker's format keeps the
+#             HEALTHCHECK, which is checked);
 #   3. run:   the runtime image's server in a working container (`buildah run --isolation chroot
 #             --network host`, as the image's user 10001) on a free loopback port;
 #   4. check from outside: `ttt health` SERVING, `ttt create`, one `ttt ingest`, one `ttt score`
