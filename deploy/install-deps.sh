@@ -4,6 +4,8 @@
 #   deploy/install-deps.sh build    # compilers and -dev packages (default)
 #   deploy/install-deps.sh test     # build + what the tests drive (python3-torch, grpcio, prometheus)
 #   deploy/install-deps.sh runtime  # shared libraries only (the container's runtime stage)
+#   deploy/install-deps.sh image    # buildah + debootstrap for tests/deploy/image_test.sh (kept out
+#                                   # of `test`: CI does not build the image, so its set-up skips them)
 # Environment:
 #   TTT_CUDA=12.6        CUDA variant (the Dockerfile's cuda target): Debian's CPU LibTorch is left
 #                        out; `build` adds NVIDIA's Debian 12 CUDA toolkit and a CUDA PyTorch wheel
@@ -37,14 +39,17 @@ test_pkgs+=(clang-14 libclang-rt-14-dev)
 test_pkgs+=(openssl)
 # tests/e2e/scaleout_e2e_test: HAProxy (the chart's router) in front of three replicas.
 test_pkgs+=(haproxy)
+# tests/deploy/image_test.sh: builds the Dockerfile with buildah on a debootstrap'd Debian 12 base.
+image_pkgs=(buildah debootstrap debian-archive-keyring)
 
 case "$what" in
   runtime) pkgs=("${runtime_pkgs[@]}") ;;
   build) pkgs=("${build_pkgs[@]}") ;;
   test) pkgs=("${build_pkgs[@]}" "${test_pkgs[@]}") ;;
-  *) echo "usage: $0 [build|test|runtime]" >&2; exit 2 ;;
+  image) pkgs=("${image_pkgs[@]}") ;;
+  *) echo "usage: $0 [build|test|runtime|image]" >&2; exit 2 ;;
 esac
-if [ -n "$cuda" ]; then  # the CUDA LibTorch comes from a PyTorch wheel, not from Debian
+if [ -n "$cuda" ] && [ "$what" != image ]; then  # the CUDA LibTorch comes from a PyTorch wheel, not from Debian
   kept=(); for p in "${pkgs[@]}"; do case "$p" in libtorch*) ;; *) kept+=("$p") ;; esac; done
   pkgs=("${kept[@]}")
   [ "$what" = runtime ] || pkgs+=(python3-venv curl ca-certificates)
@@ -65,7 +70,7 @@ fi
 
 # CUDA build: NVIDIA's Debian 12 repository for the toolkit (nvcc, headers: Torch's cmake config
 # needs them) and the CUDA PyTorch wheel whose torch.utils.cmake_prefix_path the build points at.
-if [ -n "$cuda" ] && [ "$what" != runtime ]; then
+if [ -n "$cuda" ] && [ "$what" != runtime ] && [ "$what" != image ]; then
   if ! dpkg-query -W -f='${Status}' "cuda-toolkit-${cuda//./-}" 2>/dev/null | grep -q "install ok installed"; then
     tmp="$(mktemp -d)"
     curl -fsSL -o "$tmp/cuda-keyring.deb" \
