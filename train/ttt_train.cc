@@ -206,8 +206,11 @@ absl::StatusOr<Loaded> LoadModel(const fs::path& work) {
     out.config = std::move(c.config);
     weights = std::move(c.weights);
     out.progress = c.progress;
-    std::printf("resuming from %s at step %lld\n", out.resume.c_str(),
-                (long long)out.progress.step);
+    // A cap given on a resume applies from here on: a run can continue with the serving cap.
+    const double cap = absl::GetFlag(FLAGS_ttt_delta_cap);
+    if (cap > 0 && out.config.ttt_mode) out.config.ttt_delta_cap = cap;
+    std::printf("resuming from %s at step %lld (delta cap %g)\n", out.resume.c_str(),
+                (long long)out.progress.step, out.config.ttt_delta_cap);
   } else if (!init_from.empty()) {
     ASSIGN_OR_RETURN(out.config, engine::LoadModelConfig(init_from));
     ASSIGN_OR_RETURN(weights, LoadAll(init_from));
