@@ -16,20 +16,18 @@ retry trailers, usage in GetServerInfo (own tenant; every listed tenant and "*" 
 
 Usage: auth_e2e_test.py --server PATH/ttt-serve --model MODEL_DIR --proto PROTO_DIR
 """
-import argparse
 import hashlib
 import itertools
 import os
 import shutil
 import ssl
 import subprocess
-import sys
 import tempfile
 import time
 import unittest
 import urllib.error
 import urllib.request
-from e2e_support import free_port, load_stubs
+from e2e_support import free_port, parse_unittest_args
 
 ARGS = None
 pb = None
@@ -549,17 +547,9 @@ class NoAuthE2ETest(unittest.TestCase):
 
 def main():
     global ARGS, pb, pb_grpc, grpc
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--server", required=True)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--proto", required=True)
-    ARGS, rest = parser.parse_known_args()
-    stubs = tempfile.mkdtemp(prefix="ttt-stubs-")
-    load_stubs(ARGS.proto, stubs)
-    import grpc as grpc_mod
-    from tttserve.v1 import ttt_service_pb2, ttt_service_pb2_grpc
-    grpc, pb, pb_grpc = grpc_mod, ttt_service_pb2, ttt_service_pb2_grpc
-    unittest.main(argv=[sys.argv[0]] + rest, verbosity=2)
+    ARGS, pb, pb_grpc, argv = parse_unittest_args()
+    import grpc  # binds the module's global (declared above), as pb and pb_grpc
+    unittest.main(argv=argv, verbosity=2)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import sys
 import tempfile
 import threading
 import time
-from e2e_support import free_port, load_stubs
+from e2e_support import free_port, load_stubs, log_tail
 
 ITERATIONS = int(os.environ.get("TTT_CRASH_LOOP_ITERATIONS", "10"))
 SEED = int(os.environ.get("TTT_CRASH_LOOP_SEED", "1"))
@@ -80,8 +80,7 @@ class Harness:
                     raise AssertionError("the server does not answer:\n" + self.log_tail())
 
     def log_tail(self):
-        with open(self.log_path, errors="replace") as f:
-            return "".join(f.readlines()[-30:])
+        return log_tail(self.log_path, 30)
 
     def score(self, session_id):
         return score_bits(self.stub.Score(self.pb.ScoreRequest(session_id=session_id,

@@ -1,8 +1,11 @@
 """What the end-to-end scripts share: free loopback ports, the Python gRPC stubs of the service
-(generated at test time from proto/), waiting for an HTTP endpoint, and a log's last lines."""
+(generated at test time from proto/), the flags of the unittest scripts, waiting for an HTTP
+endpoint, and a log's last lines."""
+import argparse
 import os
 import socket
 import sys
+import tempfile
 import time
 import urllib.request
 
@@ -27,6 +30,18 @@ def load_stubs(proto_dir, out_dir):
         sys.path.insert(0, out_dir)
     from tttserve.v1 import ttt_service_pb2, ttt_service_pb2_grpc
     return ttt_service_pb2, ttt_service_pb2_grpc
+
+
+def parse_unittest_args(*extra_flags):
+    """The unittest scripts' command line: --server (the ttt-serve binary), --model, --proto and
+    --<each of extra_flags>, all required; generates the stubs into a temporary folder. Returns
+    (args, pb, pb_grpc, argv for unittest.main with what was not a flag of ours)."""
+    parser = argparse.ArgumentParser()
+    for flag in ("server", "model", "proto") + extra_flags:
+        parser.add_argument("--" + flag, required=True)
+    args, rest = parser.parse_known_args()
+    pb, pb_grpc = load_stubs(args.proto, tempfile.mkdtemp(prefix="ttt-stubs-"))
+    return args, pb, pb_grpc, [sys.argv[0]] + rest
 
 
 def wait_http(url, timeout):

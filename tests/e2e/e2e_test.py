@@ -8,16 +8,14 @@ reset, delete, export/import, and a few bad inputs.
 
 Usage: e2e_test.py --server PATH/ttt-serve --model MODEL_DIR --proto PROTO_DIR
 """
-import argparse
 import math
 import os
 import shutil
 import struct
 import subprocess
-import sys
 import tempfile
 import unittest
-from e2e_support import free_port, load_stubs
+from e2e_support import free_port, parse_unittest_args
 
 ARGS = None
 pb = None
@@ -250,17 +248,9 @@ class E2ETest(unittest.TestCase):
 
 def main():
     global ARGS, pb, pb_grpc, grpc
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--server", required=True)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--proto", required=True)
-    ARGS, rest = parser.parse_known_args()
-    stubs = tempfile.mkdtemp(prefix="ttt-stubs-")
-    load_stubs(ARGS.proto, stubs)
-    import grpc as grpc_mod
-    from tttserve.v1 import ttt_service_pb2, ttt_service_pb2_grpc
-    grpc, pb, pb_grpc = grpc_mod, ttt_service_pb2, ttt_service_pb2_grpc
-    unittest.main(argv=[sys.argv[0]] + rest, verbosity=2)
+    ARGS, pb, pb_grpc, argv = parse_unittest_args()
+    import grpc  # binds the module's global (declared above), as pb and pb_grpc
+    unittest.main(argv=argv, verbosity=2)
 
 
 if __name__ == "__main__":

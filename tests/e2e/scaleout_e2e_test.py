@@ -20,7 +20,6 @@ Scenario:
 Usage: scaleout_e2e_test.py --server PATH/ttt-serve --model DIR --proto DIR --source REPO_ROOT
 Loopback only, free ports, bounded (a deadline per call, ~60 s in all).
 """
-import argparse
 import json
 import queue
 import os
@@ -34,7 +33,7 @@ import sys
 import tempfile
 import time
 import unittest
-from e2e_support import free_port, load_stubs
+from e2e_support import free_port, parse_unittest_args
 
 ARGS = None
 pb = None
@@ -398,21 +397,12 @@ class ScaleOutTest(unittest.TestCase):
 
 def main():
     global ARGS, pb, pb_grpc, grpc
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--server", required=True)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--proto", required=True)
-    parser.add_argument("--source", required=True)
-    ARGS, rest = parser.parse_known_args()
+    ARGS, pb, pb_grpc, argv = parse_unittest_args("source")
     if shutil.which("haproxy") is None:
         print("haproxy missing: run deploy/install-deps.sh test", file=sys.stderr)
         sys.exit(1)
-    stubs = tempfile.mkdtemp(prefix="ttt-stubs-")
-    load_stubs(ARGS.proto, stubs)
-    import grpc as grpc_mod
-    from tttserve.v1 import ttt_service_pb2, ttt_service_pb2_grpc
-    grpc, pb, pb_grpc = grpc_mod, ttt_service_pb2, ttt_service_pb2_grpc
-    unittest.main(argv=[sys.argv[0]] + rest, verbosity=2)
+    import grpc  # binds the module's global (declared above), as pb and pb_grpc
+    unittest.main(argv=argv, verbosity=2)
 
 
 if __name__ == "__main__":
