@@ -27,7 +27,7 @@ import time
 import unittest
 import urllib.error
 import urllib.request
-from e2e_support import free_port, parse_unittest_args
+from e2e_support import free_port, parse_unittest_args, stop_process
 
 ARGS = None
 pb = None
@@ -149,13 +149,7 @@ class Server:
 
     def stop(self):
         self.health.close()
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.log.close()
 
 

@@ -1,9 +1,11 @@
 """What the end-to-end scripts share: free loopback ports, the Python gRPC stubs of the service
-(generated at test time from proto/), the flags of the unittest scripts, waiting for an HTTP
-endpoint, and a log's last lines."""
+(generated at test time from proto/), the flags of the unittest scripts, stopping a process,
+waiting for an HTTP endpoint, and a log's last lines."""
 import argparse
 import os
+import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -42,6 +44,19 @@ def parse_unittest_args(*extra_flags):
     args, rest = parser.parse_known_args()
     pb, pb_grpc = load_stubs(args.proto, tempfile.mkdtemp(prefix="ttt-stubs-"))
     return args, pb, pb_grpc, [sys.argv[0]] + rest
+
+
+def stop_process(proc, sig=signal.SIGTERM, timeout=30):
+    """Sends sig to proc unless it has exited (SIGTERM: ttt-serve drains and persists its
+    sessions), kills it if it has not exited within timeout seconds; returns its exit status."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
 
 
 def wait_http(url, timeout):

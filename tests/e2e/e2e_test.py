@@ -15,7 +15,7 @@ import struct
 import subprocess
 import tempfile
 import unittest
-from e2e_support import free_port, parse_unittest_args
+from e2e_support import free_port, parse_unittest_args, stop_process
 
 ARGS = None
 pb = None
@@ -48,14 +48,7 @@ class ServerProcess:
 
     def stop(self):
         self.channel.close()
-        if self.proc.poll() is None:
-            self.proc.terminate()  # SIGTERM: drain, persist sessions
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        return stop_process(self.proc)  # SIGTERM: drain, persist sessions
 
 
 def ingest(stub, session_id, pieces, report_loss=True, metadata=None):

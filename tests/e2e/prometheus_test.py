@@ -13,7 +13,7 @@ import tempfile
 import time
 import urllib.parse
 import urllib.request
-from e2e_support import free_port, load_stubs, wait_http
+from e2e_support import free_port, load_stubs, stop_process, wait_http
 
 N_TOKENS = 777
 
@@ -88,11 +88,7 @@ def main():
         return 0
     finally:
         for p in reversed(procs):
-            p.terminate()
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+            stop_process(p)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

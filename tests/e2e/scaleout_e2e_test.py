@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 import unittest
-from e2e_support import free_port, parse_unittest_args
+from e2e_support import free_port, parse_unittest_args, stop_process
 
 ARGS = None
 pb = None
@@ -122,14 +122,7 @@ class Replica:
             return f.read()
 
     def stop(self, sig=signal.SIGTERM):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        return stop_process(self.proc, sig) if self.proc is not None else None
 
 
 def tokens(n, vocab, seed):
