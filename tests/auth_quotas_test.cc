@@ -1,8 +1,6 @@
 // auth/quotas: the quotas file, each quota refused at its limit with its documented message
 // while other tenants go on, the ingest token bucket on a fake clock, stream leases, reloads,
 // and usage grouped by listed tenant (bounded metric labels).
-#include <unistd.h>
-
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -14,6 +12,7 @@
 #include <gtest/gtest.h>
 
 #include "auth/quotas.h"
+#include "tests/dirs_testing.h"
 
 namespace ttt::auth {
 namespace {
@@ -61,10 +60,7 @@ TEST(QuotasFileTest, RefusesBadLinesNamingTheLine) {
 class QuotasTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = fs::temp_directory_path() /
-           ("auth_quotas_test_" + std::to_string(::getpid()) + "_" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
+    dir_ = ttt::testing::FreshTestDir();
     fs::create_directories(dir_);
     path_ = (dir_ / "quotas.txt").string();
   }

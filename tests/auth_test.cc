@@ -23,6 +23,7 @@
 #include "auth/internal/tokens_file.h"
 #include "auth/scopes.h"
 #include "auth/token_store.h"
+#include "tests/dirs_testing.h"
 #include "util/sha256.h"
 
 namespace ttt::auth {
@@ -162,10 +163,7 @@ TEST(ScopesTest, CertificateSubjectOrganizationsGiveTheScope) {
 class TokenStoreTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = fs::temp_directory_path() /
-           ("auth_test_" + std::to_string(::getpid()) + "_" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
+    dir_ = ttt::testing::FreshTestDir();
     fs::create_directories(dir_);
     path_ = (dir_ / "tokens.txt").string();
   }

@@ -2,10 +2,7 @@
 // combinations that cannot work refused at start with the flag named, the plaintext health-only
 // listener, and tokens naming the tenant of the real service's calls. TLS end to end with the
 // real binary: tests/e2e/auth_e2e_test.py.
-#include <unistd.h>
-
 #include <chrono>
-#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -17,6 +14,7 @@
 
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "server/server.h"
+#include "tests/server_testing.h"
 #include "util/sha256.h"
 #include "tttserve/v1/ttt_service.grpc.pb.h"
 
@@ -27,33 +25,16 @@ namespace fs = std::filesystem;
 namespace pb = tttserve::v1;
 using ::testing::HasSubstr;
 
-fs::path GoldenLlama() {
-  const char* dir = std::getenv("TTT_GOLDEN_DIR");
-  return (dir ? fs::path(dir) : fs::path("golden")) / "llama";
-}
-
-class ServerAuthTest : public ::testing::Test {
+class ServerAuthTest : public ttt::testing::ServerFixture {
  protected:
   void SetUp() override {
-    dir_ = fs::temp_directory_path() /
-           ("ttt-server-auth-test-" + std::to_string(::getpid()) + "-" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
+    ServerFixture::SetUp();
     fs::create_directories(dir_);
-    options_.model_dir = GoldenLlama().string();
-    options_.listen = "127.0.0.1:0";
-    options_.metrics_listen = "";
-    options_.checkpoint_dir = (dir_ / "ckpt").string();
-    options_.drain_timeout_s = 2;
     options_.checkpoint_on_shutdown = false;
     tokens_ = (dir_ / "tokens").string();
     std::ofstream(tokens_) << "alice " << util::Sha256Hex("alice-token") << "\n"
                            << "alice " << util::Sha256Hex("alice-read") << " read\n"
                            << "bob " << util::Sha256Hex("bob-token") << "\n";
-  }
-  void TearDown() override {
-    server_.reset();
-    fs::remove_all(dir_);
   }
   void ExpectRefused(absl::StatusCode code, const std::string& fragment) {
     auto s = Server::Start(options_);
@@ -62,10 +43,7 @@ class ServerAuthTest : public ::testing::Test {
     EXPECT_THAT(std::string(s.status().message()), HasSubstr(fragment));
   }
 
-  fs::path dir_;
   std::string tokens_;
-  ServerOptions options_;
-  std::unique_ptr<Server> server_;
 };
 
 TEST_F(ServerAuthTest, RefusesSecurityFlagsThatCannotWork) {

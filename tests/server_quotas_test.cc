@@ -4,10 +4,7 @@
 // released when a call is cancelled, the ingest rate's retry trailers, the file reloaded (a bad
 // one keeps the last good limits), and usage in GetServerInfo. The real binary with
 // authentication and /metrics: tests/e2e/quotas_e2e_test.py.
-#include <unistd.h>
-
 #include <chrono>
-#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -19,6 +16,7 @@
 #include <gtest/gtest.h>
 
 #include "server/server.h"
+#include "tests/server_testing.h"
 #include "tttserve/v1/ttt_service.grpc.pb.h"
 
 namespace ttt::server {
@@ -28,25 +26,15 @@ namespace fs = std::filesystem;
 namespace pb = tttserve::v1;
 using ::testing::HasSubstr;
 
-fs::path GoldenLlama() {
-  const char* dir = std::getenv("TTT_GOLDEN_DIR");
-  return (dir ? fs::path(dir) : fs::path("golden")) / "llama";
-}
-
-class ServerQuotasTest : public ::testing::Test {
+class ServerQuotasTest : public ttt::testing::ServerFixture {
  protected:
   void SetUp() override {
-    dir_ = fs::temp_directory_path() /
-           ("ttt-server-quotas-test-" + std::to_string(::getpid()) + "-" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
+    ServerFixture::SetUp();
     fs::create_directories(dir_);
     quotas_ = (dir_ / "quotas").string();
-  }
-  void TearDown() override {
-    stub_.reset();
-    server_.reset();
-    fs::remove_all(dir_);
+    options_.checkpoint_on_shutdown = false;
+    options_.quotas_file = quotas_;
+    options_.quotas_poll_ms = 20;
   }
   // Replaces the quotas file at once (as a ConfigMap update does).
   void WriteQuotas(const std::string& text) {
@@ -55,25 +43,10 @@ class ServerQuotasTest : public ::testing::Test {
   }
   void Start(const std::string& quotas) {
     WriteQuotas(quotas);
-    ServerOptions o;
-    o.model_dir = GoldenLlama().string();
-    o.listen = "127.0.0.1:0";
-    o.metrics_listen = "";
-    o.checkpoint_dir = (dir_ / "ckpt").string();
-    o.drain_timeout_s = 2;
-    o.checkpoint_on_shutdown = false;
-    o.quotas_file = quotas_;
-    o.quotas_poll_ms = 20;
-    auto s = Server::Start(o);
+    auto s = Server::Start(options_);
     ASSERT_TRUE(s.ok()) << s.status();
     server_ = std::move(*s);
     stub_ = pb::TttService::NewStub(server_->InProcessChannel());
-  }
-  static std::unique_ptr<grpc::ClientContext> Ctx(const std::string& tenant) {
-    auto ctx = std::make_unique<grpc::ClientContext>();
-    ctx->AddMetadata("x-tenant-id", tenant);
-    ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
-    return ctx;
   }
   grpc::Status Create(const std::string& tenant, std::string* id = nullptr) {
     pb::Session s;
@@ -116,14 +89,10 @@ class ServerQuotasTest : public ::testing::Test {
     return pb::TenantUsage();
   }
   static void ExpectExhausted(const grpc::Status& st, const std::string& fragment) {
-    EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << st.error_message();
-    EXPECT_THAT(st.error_message(), HasSubstr(fragment));
+    ttt::testing::ExpectStatus(st, grpc::StatusCode::RESOURCE_EXHAUSTED, fragment);
   }
 
-  fs::path dir_;
   std::string quotas_;
-  std::unique_ptr<Server> server_;
-  std::unique_ptr<pb::TttService::Stub> stub_;
 };
 
 TEST_F(ServerQuotasTest, LiveSessionsRefusedForEveryWayToMakeOneOthersUnaffected) {
@@ -297,18 +266,13 @@ TEST_F(ServerQuotasTest, StreamsAreReleasedWhenACallIsCancelled) {
 }
 
 TEST_F(ServerQuotasTest, AMissingOrBadFileFailsTheStart) {
-  ServerOptions o;
-  o.model_dir = GoldenLlama().string();
-  o.listen = "127.0.0.1:0";
-  o.metrics_listen = "";
-  o.checkpoint_dir = (dir_ / "ckpt").string();
-  o.quotas_file = (dir_ / "missing").string();
-  auto s = Server::Start(o);
+  options_.quotas_file = (dir_ / "missing").string();
+  auto s = Server::Start(options_);
   ASSERT_FALSE(s.ok());
   EXPECT_THAT(std::string(s.status().message()), HasSubstr("cannot read the quotas file"));
   WriteQuotas("alice streams=2\nalice/x streams=1\n");
-  o.quotas_file = quotas_;
-  s = Server::Start(o);
+  options_.quotas_file = quotas_;
+  s = Server::Start(options_);
   ASSERT_FALSE(s.ok());
   EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(s.status().message()), HasSubstr(":2: "));

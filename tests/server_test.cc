@@ -21,6 +21,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "tests/server_testing.h"
+#include "tests/utf8_testing.h"
 #include "tttserve/v1/ttt_service.grpc.pb.h"
 
 namespace ttt::server {
@@ -28,30 +30,11 @@ namespace {
 
 namespace fs = std::filesystem;
 namespace pb = tttserve::v1;
+using ttt::testing::ExpectStatus;
+using ttt::testing::GoldenLlama;
 
-fs::path GoldenLlama() {
-  const char* dir = std::getenv("TTT_GOLDEN_DIR");
-  return (dir ? fs::path(dir) : fs::path("golden")) / "llama";
-}
-
-class ServerTest : public ::testing::Test {
+class ServerTest : public ttt::testing::ServerFixture {
  protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() /
-           ("ttt-server-test-" + std::to_string(::getpid()) + "-" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    options_.model_dir = GoldenLlama().string();
-    options_.listen = "127.0.0.1:0";
-    options_.metrics_listen = "";
-    options_.checkpoint_dir = (dir_ / "ckpt").string();
-    options_.drain_timeout_s = 2;
-  }
-  void TearDown() override {
-    stub_.reset();
-    server_.reset();
-    fs::remove_all(dir_);
-  }
   void Start() {
     stub_.reset();
     server_.reset();
@@ -68,12 +51,6 @@ class ServerTest : public ::testing::Test {
     chunk_ = info.ttt_chunk();
   }
 
-  std::unique_ptr<grpc::ClientContext> Ctx(const std::string& tenant = "") {
-    auto ctx = std::make_unique<grpc::ClientContext>();
-    ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
-    if (!tenant.empty()) ctx->AddMetadata("x-tenant-id", tenant);
-    return ctx;
-  }
   std::string Create(const std::string& tenant = "") {
     pb::Session s;
     grpc::Status st = stub_->CreateSession(Ctx(tenant).get(), pb::CreateSessionRequest(), &s);
@@ -114,12 +91,6 @@ class ServerTest : public ::testing::Test {
     grpc::Status st = stub_->Score(Ctx().get(), req, &resp);
     EXPECT_TRUE(st.ok()) << st.error_message();
     return resp;
-  }
-  static void ExpectStatus(const grpc::Status& st, grpc::StatusCode code,
-                           const std::string& fragment) {
-    EXPECT_EQ(st.error_code(), code) << st.error_message();
-    EXPECT_NE(st.error_message().find(fragment), std::string::npos)
-        << "message '" << st.error_message() << "' lacks '" << fragment << "'";
   }
   grpc::Status GenerateStatus(pb::GenerateRequest req) {
     auto ctx = Ctx();
@@ -169,16 +140,7 @@ class ServerTest : public ::testing::Test {
     {
       // GPT-2's byte-to-unicode table; printable ASCII, then space (U+0120) and newline (U+010A)
       // get the low ids, the other bytes ids past the model's vocabulary (unused by these tests).
-      auto utf8 = [](int cp) {
-        std::string out;
-        if (cp < 0x80) {
-          out += static_cast<char>(cp);
-        } else {
-          out += static_cast<char>(0xC0 | (cp >> 6));
-          out += static_cast<char>(0x80 | (cp & 0x3F));
-        }
-        return out;
-      };
+      auto utf8 = [](int cp) { return ttt::testing::AppendUtf8("", cp); };
       std::vector<int> symbol(256);
       int extra = 0;
       for (int b = 0; b < 256; ++b) {
@@ -221,11 +183,7 @@ class ServerTest : public ::testing::Test {
     Start();
   }
 
-  fs::path dir_;
-  ServerOptions options_;
-  std::unique_ptr<Server> server_;
   std::shared_ptr<grpc::Channel> channel_;
-  std::unique_ptr<pb::TttService::Stub> stub_;
   int64_t vocab_ = 0;
   int64_t chunk_ = 0;
 };

@@ -30,17 +30,15 @@
 
 #include "session/internal/checkpoint.h"
 #include "session/internal/lease.h"
+#include "tests/dirs_testing.h"
 #include "util/sha256.h"
 
 namespace ttt::session {
 namespace {
 
 namespace fs = std::filesystem;
-
-fs::path GoldenDir() {
-  const char* dir = std::getenv("TTT_GOLDEN_DIR");
-  return dir ? fs::path(dir) : fs::path("golden");
-}
+using ttt::testing::FreshTestDir;
+using ttt::testing::GoldenDir;
 
 std::vector<int32_t> Tokens(int n, int vocab, uint32_t seed) {
   std::mt19937 rng(seed);
@@ -64,12 +62,7 @@ class SessionTest : public ::testing::Test {
     auto sched = engine::Scheduler::Create(model_.get(), engine::SchedulerOptions{});
     ASSERT_TRUE(sched.ok());
     scheduler_ = std::move(*sched);
-    if (dir_.empty()) {
-      dir_ = fs::temp_directory_path() /
-             ("ttt-session-test-" + std::to_string(::getpid()) + "-" +
-              ::testing::UnitTest::GetInstance()->current_test_info()->name());
-      fs::remove_all(dir_);
-    }
+    if (dir_.empty()) dir_ = FreshTestDir();
     ManagerOptions opt;
     opt.checkpoint_dir = dir_;
     opt.max_sessions = max_sessions;
@@ -908,10 +901,7 @@ TEST_F(SessionTest, MemoryFiguresCountWhatIsHeld) {
 
 class LeaseTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() / ("ttt-lease-test-" + std::to_string(::getpid()));
-    fs::remove_all(dir_);
-  }
+  void SetUp() override { dir_ = FreshTestDir(); }
   void TearDown() override { fs::remove_all(dir_); }
   internal::LeaseStore Replica(const std::string& id) {
     return internal::LeaseStore(dir_, id, /*lease_ms=*/1000, [this] { return now_; });

@@ -1,0 +1,73 @@
+// Test helper for the tests that run the real gRPC service in-process on the golden llama
+// fixture (server_test, server_auth_test, server_quotas_test): the fixture that owns the test's
+// folder, the server options and the server and makes each call's client context, and the check
+// of a refused call's code and message. Header-only and no heavier than what those tests include
+// anyway (server/server.h, grpcpp, the generated stubs): they are slow to compile already.
+#pragma once
+
+#include <chrono>
+#include <filesystem>
+#include <memory>
+#include <string>
+
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+
+#include "server/server.h"
+#include "tests/dirs_testing.h"
+#include "tttserve/v1/ttt_service.grpc.pb.h"
+
+namespace ttt::testing {
+
+// Options for a server on the golden llama fixture: an ephemeral loopback port, no metrics
+// listener, checkpoints under `dir`/ckpt, a short drain so that a test's shutdown stays quick.
+inline server::ServerOptions LoopbackServerOptions(const std::filesystem::path& dir) {
+  server::ServerOptions options;
+  options.model_dir = GoldenLlama().string();
+  options.listen = "127.0.0.1:0";
+  options.metrics_listen = "";
+  options.checkpoint_dir = (dir / "ckpt").string();
+  options.drain_timeout_s = 2;
+  return options;
+}
+
+// Checks a refused call: its code, and a message that contains `fragment`.
+inline void ExpectStatus(const grpc::Status& st, grpc::StatusCode code,
+                         const std::string& fragment) {
+  EXPECT_EQ(st.error_code(), code) << st.error_message();
+  EXPECT_NE(st.error_message().find(fragment), std::string::npos)
+      << "message '" << st.error_message() << "' lacks '" << fragment << "'";
+}
+
+// A fresh folder per test (FreshTestDir) and options for a server in it
+// (LoopbackServerOptions); a test changes `options_` and starts `server_` itself. TearDown drops
+// the client stub, then the server (which drains and may checkpoint into the folder), then the
+// folder.
+class ServerFixture : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = FreshTestDir();
+    options_ = LoopbackServerOptions(dir_);
+  }
+  void TearDown() override {
+    stub_.reset();
+    server_.reset();
+    std::filesystem::remove_all(dir_);
+  }
+
+  // A context for one call as `tenant` (x-tenant-id; "" for the default tenant) with a 60 s
+  // deadline, so that a server that stops answering fails the test instead of hanging it.
+  static std::unique_ptr<grpc::ClientContext> Ctx(const std::string& tenant = "") {
+    auto ctx = std::make_unique<grpc::ClientContext>();
+    ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+    if (!tenant.empty()) ctx->AddMetadata("x-tenant-id", tenant);
+    return ctx;
+  }
+
+  std::filesystem::path dir_;
+  server::ServerOptions options_;
+  std::unique_ptr<server::Server> server_;
+  std::unique_ptr<tttserve::v1::TttService::Stub> stub_;
+};
+
+}  // namespace ttt::testing
