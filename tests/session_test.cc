@@ -430,6 +430,13 @@ TEST_F(SessionTest, ResidentPoolKeepsToItsByteBudgetWhenASessionBecomesResident)
   ASSERT_TRUE(b.ok());
   EXPECT_FALSE(WaitResident(a->id, false));
   EXPECT_TRUE(manager_->GetSession("t", b->id)->resident);  // the admitted one always stays
+  // A restore into a new session is admitted the same way (as an import is: both Insert).
+  ASSERT_TRUE(Checkpoint(b->id, "ck-b").ok());
+  auto restored = Restore("ck-b");
+  ASSERT_TRUE(restored.ok()) << restored.status();
+  EXPECT_FALSE(WaitResident(b->id, false));
+  EXPECT_TRUE(manager_->GetSession("t", restored->id)->resident);
+  EXPECT_EQ(manager_->resident_session_count(), 1);
 }
 
 // Sessions in use are never evicted: admission proceeds past the limit, and the reaper brings
