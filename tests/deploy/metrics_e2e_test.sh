@@ -45,21 +45,27 @@ done
 [ -n "$ready" ] || fail "no /metrics or no SERVING health within 120 s"
 echo "server up: gRPC 127.0.0.1:$grpc_port, metrics 127.0.0.1:$metrics_port"
 
-rc=0; "${PYTHON:-/usr/bin/python3}" "$root/tests/deploy/drive_traffic.py" "127.0.0.1:$grpc_port" || rc=$?
+# One session with traffic, then 3 more: the 4th admission evicts the first (--max_resident_sessions=3).
+rc=0; "${PYTHON:-/usr/bin/python3}" "$root/tests/deploy/drive_traffic.py" "127.0.0.1:$grpc_port" 3 || rc=$?
 [ "$rc" = 0 ] || [ "$rc" = 77 ] || fail "traffic driver failed ($rc)"
 
 "${PYTHON:-/usr/bin/python3}" "$root/tests/deploy/check_metrics.py" --contract "$root/docs/contract.md" \
   "http://127.0.0.1:$metrics_port/metrics" || fail "metrics check"
-# The pool gauges carry the flags' limits (refreshed every 0.5 s).
-want="tttserve_pool_limit_sessions 3
+# The pool gauges carry the flags' limits (refreshed every 0.5 s) and, after the traffic, the pool
+# kept to its limit by the eviction at the 4th admission.
+want="tttserve_sessions_evicted_total 1
+tttserve_pool_resident_sessions 3
+tttserve_pool_limit_sessions 3
 tttserve_pool_limit_bytes 67108864"
+[ "$rc" = 0 ] || want="$(echo "$want" | grep limit)"  # no traffic: only the limits
+pattern='^tttserve_(sessions_evicted_total|pool_[a-z_]+) '
 got=""
 for _ in $(seq 1 20); do
-  got="$(curl -fsS "http://127.0.0.1:$metrics_port/metrics" | grep -E '^tttserve_pool_limit_(sessions|bytes) ' || true)"
+  got="$(curl -fsS "http://127.0.0.1:$metrics_port/metrics" | grep -E "$pattern" | grep -Fx -f <(echo "$want") || true)"
   [ "$got" = "$want" ] && break
   sleep 0.5
 done
-[ "$got" = "$want" ] || fail "pool limit gauges: got '$got', want '$want'"
+[ "$got" = "$want" ] || fail "pool gauges: got '$got', want '$want' ($(curl -fsS "http://127.0.0.1:$metrics_port/metrics" | grep -E "$pattern" | tr '\n' ' '))"
 
 kill -TERM "$pid"
 for _ in $(seq 1 120); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
