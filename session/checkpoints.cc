@@ -85,13 +85,16 @@ absl::Status SessionManager::Restore(const std::string& tenant, const std::strin
   w.key = s->key;
   w.task = [this, s, shared, writer = std::move(writer), options, done]() mutable {
     s->state = std::move(shared->state);
+    bool admitted;
     {
       std::lock_guard<std::mutex> lock(s->mu);
+      admitted = !s->resident;
       s->resident = true;
       s->counters = shared->meta.counters;
       if (options) s->options = *options;
       s->RefreshLocked();
     }
+    if (admitted) EvictToFit(s.get());
     writer.reset();
     s->EndOp();
     done(s->Info());

@@ -1,6 +1,8 @@
 // Residency: where a session's state lives. Idle sessions past their TTL are removed and idle
-// resident ones are evicted to their session file, least recently used first, while resident
-// memory exceeds the budget; an evicted session reloads on its next use (EnsureResident).
+// resident ones are evicted to their session file, least recently used first, while the resident
+// pool exceeds its limits (bytes, sessions): at once when a session becomes resident
+// (EvictToFit) and at each reaper pass; an evicted session reloads on its next use
+// (EnsureResident). Evictions only queue work; the write runs on the engine thread.
 // PersistAll writes every resident session at shutdown and LoadPersisted registers them again
 // in the next process. A session file is the session's durable copy: it is replaced by the next
 // eviction or shutdown and removed only with the session (delete, TTL), never on reload, so a
@@ -64,9 +66,6 @@ void SessionManager::ReaperLoop() {
 void SessionManager::ReapNow() {
   const int64_t now = NowMs();
   std::vector<std::shared_ptr<Session>> expired;
-  std::vector<std::shared_ptr<Session>> idle_resident;
-  int64_t resident_bytes = 0;
-  int64_t resident_count = 0;
   {
     std::lock_guard<std::mutex> lock(mu_);
     for (auto& [tenant, by_id] : sessions_) {
@@ -75,47 +74,57 @@ void SessionManager::ReapNow() {
         std::lock_guard<std::mutex> slock(s.mu);
         const int64_t ttl =
             s.options.idle_ttl_seconds > 0 ? s.options.idle_ttl_seconds : options_.idle_ttl_seconds;
-        const bool idle = s.inflight == 0 && !s.writer;
-        if (idle && now - s.last_used_ms > ttl * 1000) {
+        if (s.inflight == 0 && !s.writer && now - s.last_used_ms > ttl * 1000) {
           s.deleted = true;
           expired.push_back(it->second);
           it = by_id.erase(it);
           --session_count_;
           continue;
         }
-        if (s.resident) {
-          resident_bytes += s.memory_bytes;
-          ++resident_count;
-          if (idle && !s.evicting) idle_resident.push_back(it->second);
-        }
         ++it;
       }
     }
   }
   for (auto& s : expired) DropOnEngine(s);
-  const int64_t count_limit = resident_session_limit();
-  auto over_limit = [&] {
-    return resident_bytes > options_.memory_budget_bytes || resident_count > count_limit;
-  };
-  if (!over_limit()) return;
-  // Least recently used first (times copied out: a comparator must not take two locks).
-  std::vector<std::pair<int64_t, std::shared_ptr<Session>>> by_age;
-  for (auto& s : idle_resident) {
-    std::lock_guard<std::mutex> lock(s->mu);
-    by_age.emplace_back(s->last_used_ms, s);
-  }
-  std::sort(by_age.begin(), by_age.end(),
-            [](const auto& a, const auto& b) { return a.first < b.first; });
-  for (auto& [t, s] : by_age) {
-    if (!over_limit()) break;
+  // States grow as they ingest, and sessions busy at admission could not make room then.
+  EvictToFit(nullptr);
+}
+
+void SessionManager::EvictToFit(const Session* admitted) {
+  struct Candidate {
+    int64_t last_used_ms;
+    uint64_t key;  // ties: the older admission first
     int64_t bytes;
-    {
-      std::lock_guard<std::mutex> lock(s->mu);
-      bytes = s->memory_bytes;
+    std::shared_ptr<Session> session;
+  };
+  std::vector<Candidate> idle;
+  int64_t bytes = 0;
+  int64_t count = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& [tenant, by_id] : sessions_) {
+      for (auto& [id, s] : by_id) {
+        std::lock_guard<std::mutex> slock(s->mu);
+        if (!s->resident || s->evicting) continue;  // a queued eviction frees its place
+        bytes += s->memory_bytes;
+        ++count;
+        if (s->inflight == 0 && !s->writer && s.get() != admitted) {
+          idle.push_back({s->last_used_ms, s->key, s->memory_bytes, s});
+        }
+      }
     }
-    Evict(s);
-    resident_bytes -= bytes;
-    --resident_count;
+  }
+  const int64_t count_limit = resident_session_limit();
+  auto fits = [&] { return bytes <= options_.memory_budget_bytes && count <= count_limit; };
+  if (fits()) return;
+  std::sort(idle.begin(), idle.end(), [](const Candidate& a, const Candidate& b) {
+    return std::tie(a.last_used_ms, a.key) < std::tie(b.last_used_ms, b.key);
+  });
+  for (const Candidate& c : idle) {
+    if (fits()) break;
+    if (!Evict(c.session)) continue;  // used since it was listed: it stays
+    bytes -= c.bytes;
+    --count;
   }
 }
 
@@ -180,10 +189,10 @@ absl::StatusOr<int64_t> SessionManager::WriteSessionFile(const std::shared_ptr<S
   return static_cast<int64_t>(bytes->size());
 }
 
-void SessionManager::Evict(const std::shared_ptr<Session>& s) {
+bool SessionManager::Evict(const std::shared_ptr<Session>& s) {
   {
     std::lock_guard<std::mutex> lock(s->mu);
-    if (!s->resident || s->inflight > 0 || s->writer || s->evicting || s->deleted) return;
+    if (!s->resident || s->inflight > 0 || s->writer || s->evicting || s->deleted) return false;
     s->evicting = true;
   }
   engine::Work w;
@@ -209,7 +218,10 @@ void SessionManager::Evict(const std::shared_ptr<Session>& s) {
     s->memory_bytes = 0;
     if (listener_ != nullptr) listener_->OnEvicted();
   };
-  (void)scheduler_->Submit(std::move(w), /*bypass_limits=*/true);
+  if (scheduler_->Submit(std::move(w), /*bypass_limits=*/true).ok()) return true;
+  std::lock_guard<std::mutex> lock(s->mu);  // shutting down: nothing will run it
+  s->evicting = false;
+  return false;
 }
 
 absl::Status SessionManager::PersistAll() {
@@ -296,9 +308,12 @@ absl::Status SessionManager::EnsureResident(Session& s) {
   // The file stays: it is the session's durable copy until a newer one replaces it (the next
   // eviction or shutdown) or the session goes; a crash meanwhile brings the session back as of
   // that copy instead of losing it.
-  std::lock_guard<std::mutex> lock(s.mu);
-  s.resident = true;
-  s.RefreshLocked();
+  {
+    std::lock_guard<std::mutex> lock(s.mu);
+    s.resident = true;
+    s.RefreshLocked();
+  }
+  EvictToFit(&s);  // it is in use, so others make room
   return absl::OkStatus();
 }
 

@@ -211,6 +211,16 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::Insert(const std::strin
   RETURN_IF_ERROR(ValidateTenant(tenant));
   RETURN_IF_ERROR(ValidateOptions(options));
   if (!wanted.empty()) RETURN_IF_ERROR(ValidateId(wanted));
+  ASSIGN_OR_RETURN(auto s, Publish(tenant, options, std::move(state), counters, wanted));
+  EvictToFit(s.get());  // the pool makes room for it now, not at the next reaper pass
+  return s;
+}
+
+absl::StatusOr<std::shared_ptr<Session>> SessionManager::Publish(const std::string& tenant,
+                                                                 const SessionOptions& options,
+                                                                 engine::SequenceState state,
+                                                                 const Counters& counters,
+                                                                 const std::string& wanted) {
   std::lock_guard<std::mutex> lock(mu_);
   RETURN_IF_ERROR(CheckSessionLimit(session_count_));
   std::string id = wanted;
@@ -315,12 +325,15 @@ absl::Status SessionManager::Reset(const std::string& tenant, const std::string&
   w.key = s->key;
   w.task = [this, s, writer = std::move(writer), done]() mutable {
     s->state = model_->NewSequence();
+    bool admitted;
     {
       std::lock_guard<std::mutex> lock(s->mu);
+      admitted = !s->resident;
       s->resident = true;
       s->counters = Counters{};
       s->RefreshLocked();
     }
+    if (admitted) EvictToFit(s.get());
     writer.reset();
     s->EndOp();
     done(s->Info());

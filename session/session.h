@@ -126,9 +126,12 @@ struct ManagerOptions {
   int64_t memory_budget_bytes = int64_t{2048} << 20;
   int64_t max_sessions = 1024;
   // The resident pool's limits: the bytes of the resident states (memory_budget_bytes above)
-  // and the number of resident sessions (0: max_sessions). Past either, the reaper evicts the
-  // least recently used idle sessions to disk, each freeing its place; a session in use is never
-  // evicted, so the pool exceeds a limit only while more sessions than that are busy at once.
+  // and the number of resident sessions (0: max_sessions). Whenever a session becomes resident
+  // (create, fork, restore or import into a new session, reload of an evicted one) the least
+  // recently used idle sessions are evicted to disk at once, each freeing its place, until the
+  // pool fits again; the reaper does the same each pass (states grow as they ingest). A session
+  // in use is never evicted, so the pool exceeds a limit only while more sessions than that are
+  // busy at once; admission is never refused for it (only max_sessions refuses).
   int64_t max_resident_sessions = 0;
   int64_t idle_ttl_seconds = 3600;
   int64_t reaper_interval_ms = 1000;
@@ -294,12 +297,19 @@ class SessionManager {
   // refuses it (full queue, shutdown).
   absl::Status SubmitOp(Session& s, engine::Work work,
                         const std::shared_ptr<engine::CancelToken>& cancel);
-  // `id` empty: a fresh generated id; otherwise that id (ALREADY_EXISTS when taken).
+  // `id` empty: a fresh generated id; otherwise that id (ALREADY_EXISTS when taken). Then makes
+  // room for the new resident session in the pool (EvictToFit).
   absl::StatusOr<std::shared_ptr<Session>> Insert(const std::string& tenant,
                                                   const SessionOptions& options,
                                                   engine::SequenceState state,
                                                   const Counters& counters,
                                                   const std::string& id = "");
+  // Insert's map part: checks the session limit and the id, registers the session. Takes mu_.
+  absl::StatusOr<std::shared_ptr<Session>> Publish(const std::string& tenant,
+                                                   const SessionOptions& options,
+                                                   engine::SequenceState state,
+                                                   const Counters& counters,
+                                                   const std::string& id);
   // RESOURCE_EXHAUSTED when `count` sessions leave no room for another, else OK.
   absl::Status CheckSessionLimit(int64_t count) const;
   absl::Status ValidateOptions(const SessionOptions& options) const;
@@ -323,7 +333,15 @@ class SessionManager {
   // Queues, after the session's work, dropping its state and its session file (deleted or
   // expired sessions).
   void DropOnEngine(const std::shared_ptr<Session>& s);
-  void Evict(const std::shared_ptr<Session>& s);
+  // Queues the eviction of an idle resident session (the write runs on the engine thread, in
+  // order with the session's work, and keeps the session if it is used meanwhile). Returns
+  // whether it was queued (false: busy, deleted, evicted or already being evicted).
+  bool Evict(const std::shared_ptr<Session>& s);
+  // Evicts the least recently used idle resident sessions until the pool is within its limits
+  // (sessions whose eviction is queued count as gone). `admitted` (may be null), the session
+  // that just became resident, is never chosen. Only queues work: any thread may call it, the
+  // engine thread included. REQUIRES: neither mu_ nor any session's mu held.
+  void EvictToFit(const Session* admitted);
   void LoadPersisted();
   void ReaperLoop();
   // Shared store (store.cc). A session of the store this replica does not hold: takes its lease

@@ -6,8 +6,9 @@ host:port, or a file holding /metrics text), collects every `tttserve_*` name us
 deploy/prometheus/alerts.yml and deploy/grafana/ttt-serve-dashboard.json, and fails unless each one
 is exported: a plain name as a sample or a declared family (# TYPE), a `_bucket`/`_sum`/`_count`
 name as a sample of a histogram family (a `_bucket` name must belong to a histogram). With
---contract, every used name must also be in docs/contract.md's metric table with the right type.
-Standard library only.
+--contract, every used name must also be in docs/contract.md's metric tables with the right type,
+and every metric of its "Metrics" table (exported whatever the flags) must be exported with its
+type (gauges with a sample), so a metric the contract promises but the server lost fails too. Standard library only.
 
   check_metrics.py http://127.0.0.1:9464/metrics
   check_metrics.py --contract docs/contract.md tests/deploy/testdata/metrics_ok.txt
@@ -64,13 +65,17 @@ def parse_exposition(text):
     return types, samples
 
 
-def contract_metrics(path):
-    """Returns {name: type} from docs/contract.md's metrics table."""
+def contract_metrics(path, section=None):
+    """Returns {name: type} from docs/contract.md's metric tables: all of them, or only those of
+    the `## ` section whose title starts with `section`."""
     out = {}
+    inside = section is None
     with open(path, encoding="utf-8") as f:
         for line in f:
+            if section is not None and line.startswith("## "):
+                inside = line[3:].startswith(section)
             m = re.match(r"\|\s*`(tttserve_[a-z0-9_]+)`\s*\|\s*([a-z]+)", line)
-            if m:
+            if m and inside:
                 out[m.group(1)] = m.group(2)
     return out
 
@@ -117,6 +122,23 @@ def check_contract(used, contract):
     return problems
 
 
+def check_contract_exported(contract, types, samples):
+    """Returns a list of problems: metrics of docs/contract.md's "Metrics" table (those every
+    server exports, whatever its flags) that the exposition lacks or mistypes."""
+    problems = []
+    for name, kind in sorted(contract.items()):
+        declared = types.get(name)
+        if declared is None and name not in samples:
+            problems.append("%s (a %s in docs/contract.md) is not exported" % (name, kind))
+        elif declared is not None and declared != kind:
+            problems.append("%s is exported as a %s, docs/contract.md says %s" % (name, declared, kind))
+        elif kind == "gauge" and name not in samples:
+            # Every gauge of the contract is unlabelled or always set: a bare declaration means
+            # the server never set it.
+            problems.append("%s (a gauge in docs/contract.md) has no sample" % name)
+    return problems
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("source", help="metrics URL, host:port, or a file of /metrics text")
@@ -131,6 +153,7 @@ def main(argv=None):
         print("no tttserve_ metric names found in %s, %s" % (args.alerts, args.dashboard))
         return 1
     problems = []
+    promised = contract_metrics(args.contract, "Metrics") if args.contract else {}
     if args.contract:
         problems += check_contract(used, contract_metrics(args.contract))
     try:
@@ -139,11 +162,13 @@ def main(argv=None):
         print("FAIL: cannot scrape %s: %s" % (args.source, e))
         return 1
     problems += check_exported(used, types, samples)
+    problems += check_contract_exported(promised, types, samples)
     if problems:
         for p in problems:
             print("FAIL:", p)
         return 1
-    print("OK: %d metric names used by the alerts and the dashboard are exported by %s" % (len(used), args.source))
+    print("OK: %d metric names used by the alerts and the dashboard%s are exported by %s" % (
+        len(used), " and the %d of the contract" % len(promised) if promised else "", args.source))
     return 0
 
 

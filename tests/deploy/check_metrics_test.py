@@ -113,6 +113,35 @@ class CheckMetricsTest(unittest.TestCase):
         self.assertIn("is not a docs/contract.md metric", out)
         self.assertIn("is not exported", out)
 
+    def test_contract_fails_naming_a_promised_gauge_the_server_lost(self):
+        # Not used by any alert or dashboard panel: only the contract's table promises it.
+        for gauge in ("tttserve_pool_resident_sessions", "tttserve_pool_limit_bytes"):
+            text = "\n".join(l for l in canned().splitlines() if gauge not in l)
+            with Served(text) as s:
+                rc, out = run("--contract", CONTRACT, s.address)
+            self.assertEqual(rc, 1, out)
+            self.assertIn("FAIL: %s (a gauge in docs/contract.md) is not exported" % gauge, out)
+            rc, out = run(self.write(text))  # without --contract only the used names count
+            self.assertEqual(rc, 0, out)
+
+    def test_contract_fails_on_a_declared_gauge_without_sample_or_a_wrong_type(self):
+        text = re.sub(r"^tttserve_pool_bytes .*\n", "", canned(), flags=re.M)
+        rc, out = run("--contract", CONTRACT, self.write(text))
+        self.assertEqual(rc, 1)
+        self.assertIn("tttserve_pool_bytes (a gauge in docs/contract.md) has no sample", out)
+        text = canned().replace("# TYPE tttserve_pool_limit_sessions gauge",
+                                "# TYPE tttserve_pool_limit_sessions counter")
+        rc, out = run("--contract", CONTRACT, self.write(text))
+        self.assertEqual(rc, 1)
+        self.assertIn("tttserve_pool_limit_sessions is exported as a counter, docs/contract.md says gauge", out)
+
+    def test_contract_metrics_of_optional_features_are_not_required(self):
+        # The quota families (docs/contract.md, "Quotas") exist only with --quotas_file.
+        self.assertNotIn("tttserve_tenant_sessions", canned())
+        rc, out = run("--contract", CONTRACT, OK)
+        self.assertEqual(rc, 0, out)
+        self.assertRegex(out, r"and the \d+ of the contract are exported")
+
     def test_unreachable_server_fails_cleanly(self):
         s = socket.socket()
         s.bind(("127.0.0.1", 0))

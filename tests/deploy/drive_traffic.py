@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Drives a little of every kind of traffic through a ttt-serve (server info, a session, ingest,
 score, generate, checkpoint, one NOT_FOUND) so that its labelled metric families have samples
-before tests/deploy/check_metrics.py scrapes it. Compiles proto/ at run time (Debian's protoc and
+before tests/deploy/check_metrics.py scrapes it; then creates EXTRA_SESSIONS more sessions, one
+after another (to fill the resident pool).
+  drive_traffic.py HOST:PORT [EXTRA_SESSIONS] Compiles proto/ at run time (Debian's protoc and
 grpc_python_plugin, else grpc_tools).
 Exits 0 when the calls ran (individual call errors are printed, not fatal: the metrics check is
 the test), 77 when grpcio or a proto compiler is missing."""
@@ -15,7 +17,7 @@ import tempfile
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
 
-def main(address):
+def main(address, extra_sessions=0):
     try:
         import grpc
     except ImportError as e:
@@ -67,8 +69,10 @@ def main(address):
         call("Generate", lambda: list(stub.Generate(pb.GenerateRequest(session_id=sid, max_tokens=3), timeout=60)))
         call("Checkpoint", lambda: stub.Checkpoint(pb.CheckpointRequest(session_id=sid), timeout=60))
     call("GetSession(unknown)", lambda: stub.GetSession(pb.GetSessionRequest(session_id="s-0"), timeout=30))
+    for _ in range(extra_sessions):
+        call("CreateSession", lambda: stub.CreateSession(pb.CreateSessionRequest(), timeout=30))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    sys.exit(main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 0))

@@ -77,10 +77,12 @@ app.kubernetes.io/part-of: ttt-serve
 - {{ printf "--checkpoint_dir=%s" .Values.persistence.mountPath | quote }}
 - {{ printf "--memory_budget_mb=%d" ($s.memoryBudgetMb | int64) | quote }}
 - {{ printf "--max_sessions=%d" ($s.maxSessions | int64) | quote }}
+- {{ printf "--max_resident_sessions=%d" ($s.maxResidentSessions | int64) | quote }}
 - {{ printf "--idle_ttl_s=%d" ($s.idleTtlS | int64) | quote }}
 - {{ printf "--device=%s" (include "ttt-serve.device" .) | quote }}
 - {{ printf "--dtype=%s" $s.dtype | quote }}
 - {{ printf "--max_batch_tokens=%d" ($s.maxBatchTokens | int64) | quote }}
+- {{ printf "--max_decode_batch_tokens=%d" ($s.maxDecodeBatchTokens | int64) | quote }}
 - {{ printf "--checkpoint_on_shutdown=%t" $s.checkpointOnShutdown | quote }}
 - {{ printf "--drain_timeout_s=%d" ($s.drainTimeoutS | int64) | quote }}
 {{- if eq .Values.persistence.mode "shared" }}

@@ -262,7 +262,8 @@ func TestFlagsArePortsAndNamesOfTheContract(t *testing.T) {
 			}
 		}
 		for _, f := range []string{"listen", "metrics_listen", "checkpoint_dir", "memory_budget_mb", "max_sessions",
-			"idle_ttl_s", "device", "dtype", "max_batch_tokens", "checkpoint_on_shutdown"} {
+			"idle_ttl_s", "device", "dtype", "max_batch_tokens", "max_decode_batch_tokens",
+			"max_resident_sessions", "checkpoint_on_shutdown"} {
 			if _, ok := a[f]; !ok {
 				t.Errorf("%v: --%s is not set from values", sc, f)
 			}
@@ -283,6 +284,28 @@ func TestFlagsArePortsAndNamesOfTheContract(t *testing.T) {
 			if strings.Contains(v, "e+") {
 				t.Errorf("%v: flag value %q printed in float notation", sc, v)
 			}
+		}
+	}
+}
+
+// The engine's step budgets and the resident pool's limit come from values: the defaults are the
+// contract's, and a deployment's values (the GPU scenario's larger pool and steps) reach the flags.
+func TestBatchingAndPoolFlagsFollowValues(t *testing.T) {
+	c := parseContract(t)
+	leadingInt := regexp.MustCompile(`^\d+`)
+	_, ctr := serverContainer(t, render(t))
+	a := args(t, ctr)
+	for _, f := range []string{"max_batch_tokens", "max_decode_batch_tokens", "max_resident_sessions"} {
+		if want := leadingInt.FindString(c.flags[f]); want == "" || a[f] != want {
+			t.Errorf("default --%s=%q, contract default %q", f, a[f], c.flags[f])
+		}
+	}
+	_, ctr = serverContainer(t, render(t, "gpu-monitoring-hpa.yaml"))
+	a = args(t, ctr)
+	for f, want := range map[string]string{"max_batch_tokens": "8192", "max_decode_batch_tokens": "256",
+		"max_resident_sessions": "512", "max_sessions": "4096"} {
+		if a[f] != want {
+			t.Errorf("gpu scenario: --%s=%q, want %s (tests/deploy/values/gpu-monitoring-hpa.yaml)", f, a[f], want)
 		}
 	}
 }
@@ -804,6 +827,8 @@ func TestSchemaRejectsBadValues(t *testing.T) {
 		"rootfs":   "securityContext:\n  readOnlyRootFilesystem: false\n",
 		"typo":     "servr: {}\n",
 		"extraArg": "server:\n  extraArgs: [\"-x\"]\n",
+		"pool":     "server:\n  maxResidentSessions: -1\n",
+		"decode":   "server:\n  maxDecodeBatchTokens: 0\n",
 	} {
 		f := filepath.Join(t.TempDir(), name+".yaml")
 		os.WriteFile(f, []byte(text), 0o644)
