@@ -267,45 +267,59 @@ std::vector<Scheduler::Slot> Scheduler::PlanBatch() {
 }
 
 void Scheduler::ShareBudget(std::vector<Slot>& slots) const {
-  std::vector<Slot*> decodes, ingests;
-  for (Slot& s : slots) (s.pending->work.decode ? decodes : ingests).push_back(&s);
+  std::vector<Slot*> decodes, interactive, bulk;
+  for (Slot& s : slots) {
+    switch (s.pending->work.pace) {
+      case Work::Pace::kDecode: decodes.push_back(&s); break;
+      case Work::Pace::kInteractive: interactive.push_back(&s); break;
+      case Work::Pace::kBulk: bulk.push_back(&s); break;
+    }
+  }
   // Every ready decode gets its whole run (one token) before any ingest token, in round-robin
   // order; decodes past the budget wait, and go first next step (served keys move back).
-  int64_t decode_tokens = 0;
+  int64_t used = 0;
   for (Slot* s : decodes) {
-    s->take = std::min(s->remaining(), options_.max_batch_tokens - decode_tokens);
-    decode_tokens += s->take;
+    s->take = std::min(s->remaining(), options_.max_batch_tokens - used);
+    used += s->take;
   }
-  int64_t ingest_budget = options_.max_batch_tokens - decode_tokens;
-  if (!decodes.empty()) {
-    // A step that carries decodes stays short: long ingests share what is left of
-    // max_decode_batch_tokens (at least a quarter of it, so they still advance while more
-    // sessions than that decode). A short run (a score, a prompt, an ingest message of at most
-    // that many tokens) goes whole, as it would without decodes: its results do not depend on
-    // what else is running (a split changes them by float rounding).
-    const int64_t cap = options_.max_decode_batch_tokens;
+  if (decodes.empty() && interactive.empty()) {
+    ShareFairly(bulk, options_.max_batch_tokens);
+    return;
+  }
+
+  // A step that carries decodes or interactive work stays short. A short run (a score, a prompt,
+  // an ingest message of at most max_decode_batch_tokens) goes whole, as it would alone: its
+  // results do not depend on what else is running (a split changes them by float rounding).
+  const int64_t cap = options_.max_decode_batch_tokens;
+  auto take_short = [&](std::vector<Slot*>& runs) {
     std::vector<Slot*> long_runs;
-    int64_t short_tokens = 0;
-    for (Slot* s : ingests) {
+    for (Slot* s : runs) {
       const bool whole = s->pending->done == 0 && s->remaining() <= cap &&
-                         s->remaining() <= ingest_budget - short_tokens;
+                         s->remaining() <= options_.max_batch_tokens - used;
       if (whole) {
         s->take = s->remaining();
-        short_tokens += s->take;
+        used += s->take;
       } else {
         long_runs.push_back(s);
       }
     }
-    const int64_t room = ingest_budget - short_tokens;
-    ShareFairly(long_runs, std::min(room, std::max(cap - decode_tokens - short_tokens,
-                                                   (cap + 3) / 4)));
-    return;
-  }
-  ShareFairly(ingests, ingest_budget);
+    return long_runs;
+  };
+  std::vector<Slot*> long_interactive = take_short(interactive);
+  std::vector<Slot*> long_bulk = take_short(bulk);
+  // Long prompts and scores, as prefills in vLLM's chunked prefill, share what the step has
+  // left; long ingests then share what is left of max_decode_batch_tokens, at least a quarter of
+  // it (kept back from the prompts), so they still advance however many sessions decode or wait.
+  const int64_t quarter = (cap + 3) / 4;
+  const int64_t room = options_.max_batch_tokens - used;
+  const int64_t kept = long_bulk.empty() ? 0 : std::min(quarter, room);
+  used += ShareFairly(long_interactive, room - kept);
+  ShareFairly(long_bulk, std::min(options_.max_batch_tokens - used, std::max(cap - used, quarter)));
 }
 
-void Scheduler::ShareFairly(const std::vector<Slot*>& slots, int64_t budget) {
-  if (slots.empty() || budget <= 0) return;
+int64_t Scheduler::ShareFairly(const std::vector<Slot*>& slots, int64_t budget) {
+  if (slots.empty() || budget <= 0) return 0;
+  const int64_t given = budget;
   // A fair share each (first pass), then leftover budget to the ones that want more, in order.
   const int64_t share = std::max<int64_t>(1, budget / static_cast<int64_t>(slots.size()));
   for (Slot* s : slots) {
@@ -318,6 +332,7 @@ void Scheduler::ShareFairly(const std::vector<Slot*>& slots, int64_t budget) {
     s->take += extra;
     budget -= extra;
   }
+  return given - budget;
 }
 
 std::vector<absl::StatusOr<IngestLogProbs>> Scheduler::RunBatch(const std::vector<Slot>& slots) {

@@ -16,13 +16,16 @@
 // order. (3) One batch runs, then the progress callbacks. (4) Finished runs are answered.
 //
 // Continuous batching (as vLLM's chunked prefill and Sarathi-Serve): a step that carries decode
-// steps (Work::decode, one token of a running generation) gives every ready decode its token
+// steps (Pace::kDecode, one token of a running generation) gives every ready decode its token
 // first (up to max_batch_tokens decodes), then fills the step with pieces of the ingests up to a
 // smaller budget (max_decode_batch_tokens; at least a quarter of it however many decodes), so a
 // long ingest advances a piece per step and never stalls decoding; the step time, hence the
 // inter-token latency, stays bounded. A short run (not started, at most max_decode_batch_tokens
 // tokens: a score, a prompt) goes whole, so what runs beside it does not change its results.
-// A step without decodes uses the whole max_batch_tokens for ingest throughput.
+// A step that carries interactive work (Pace::kInteractive: a prompt or a score, whose client
+// waits for the whole run) is short in the same way, the interactive runs planned before the bulk
+// ones, so a new generation's first token does not wait behind long ingest steps.
+// A step with neither uses the whole max_batch_tokens for ingest throughput.
 #pragma once
 
 #include <atomic>
@@ -79,10 +82,13 @@ struct Work {
   std::function<void(absl::Status)> on_done;
   // Optional; when set and cancelled the rest of the work is dropped.
   std::shared_ptr<CancelToken> cancel;
-  // A decode step (normally one token of a running generation whose client waits for the next
-  // token): planned before any ingest tokens, and the step that carries it keeps to
-  // SchedulerOptions::max_decode_batch_tokens.
-  bool decode = false;
+  // How the step planner treats a token run (continuous batching, see the file comment).
+  enum class Pace {
+    kBulk,         // an ingest: throughput matters; long runs go in pieces of any size
+    kInteractive,  // a client waits for the whole run (a prompt, a score): the step stays short
+    kDecode,       // one token of a running generation: planned before anything else
+  };
+  Pace pace = Pace::kBulk;
   // Optional, for a token run: called on the engine thread before its first batch (e.g. load an
   // evicted state, or copy the state to score on). No batch touches `state` until it returned
   // OK, however the work arrived; an error finishes the work with it.
@@ -90,9 +96,12 @@ struct Work {
 };
 
 struct SchedulerOptions {
-  // Token budget of one Model::Ingest call (one engine step).
-  int64_t max_batch_tokens = 2048;
-  // Token budget of a step that carries decode steps: the decodes first, then ingest pieces up
+  // Token budget of one Model::Ingest call (one engine step). It bounds how long a new prompt
+  // can wait for the step in flight: 512 cut the time to first token beside a 32k-token ingest
+  // from 1.5-2.5 s (2048) to 15-112 ms at the same ingest speed (bench/RESULTS.md).
+  int64_t max_batch_tokens = 512;
+  // Token budget of a step that carries decode steps or interactive runs (prompts, scores): the
+  // decodes first, then the interactive runs, then ingest pieces up
   // to this in all (at least a quarter of it; never past max_batch_tokens). Smaller keeps
   // inter-token latency low while long ingests run; larger gives those ingests more of each
   // step. 64 kept p99 inter-token latency within 2x beside a 32k-token ingest on the shipped
@@ -182,10 +191,11 @@ class Scheduler {
   // Phase 2: picks the ready token runs at the heads, shares the token budget among them and
   // moves the served keys to the back of rr_.
   std::vector<Slot> PlanBatch();
-  // Decodes first (each its whole run), then the ingest runs share what the step has left.
+  // Decodes first (each its whole run), then interactive runs, then the ingests share what the
+  // step has left.
   void ShareBudget(std::vector<Slot>& slots) const;
-  // Each slot a fair share of `budget`, then the leftover in order.
-  static void ShareFairly(const std::vector<Slot*>& slots, int64_t budget);
+  // Each slot a fair share of `budget`, then the leftover in order. Returns the tokens given.
+  static int64_t ShareFairly(const std::vector<Slot*>& slots, int64_t budget);
   // Phase 3, unlocked: one Model::Ingest call (each item alone if the batch fails, so one bad
   // item fails only itself), then the progress callbacks.
   std::vector<absl::StatusOr<IngestLogProbs>> RunBatch(const std::vector<Slot>& slots);

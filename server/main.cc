@@ -32,7 +32,9 @@ ABSL_FLAG(int64_t, max_resident_sessions, 0,
 ABSL_FLAG(int64_t, idle_ttl_s, 3600, "idle sessions are removed after this");
 ABSL_FLAG(std::string, device, "cpu", "cpu or cuda[:N]");
 ABSL_FLAG(std::string, dtype, "f32", "f32 or bf16");
-ABSL_FLAG(int64_t, max_batch_tokens, 2048, "token budget of one engine batch");
+ABSL_FLAG(int64_t, max_batch_tokens, 512,
+          "token budget of one engine step (a step carrying decodes, prompts or scores keeps to "
+          "--max_decode_batch_tokens for the ingests beside them)");
 ABSL_FLAG(int64_t, max_decode_batch_tokens, 64,
           "token budget of an engine batch that carries Generate decode steps: every ready "
           "decode first, then pieces of ingests up to this in all, at least a quarter of it "

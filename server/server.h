@@ -50,7 +50,7 @@ struct ServerOptions {
   int64_t idle_ttl_s = 3600;
   std::string device = "cpu";
   std::string dtype = "f32";
-  int64_t max_batch_tokens = 2048;
+  int64_t max_batch_tokens = 512;
   int64_t max_decode_batch_tokens = 64;  // budget of a batch carrying decode steps
   bool checkpoint_on_shutdown = true;
   int64_t drain_timeout_s = 20;

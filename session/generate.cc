@@ -89,6 +89,7 @@ class GenerateOp : public std::enable_shared_from_this<GenerateOp> {
     w.key = session_->key;
     w.state = target();
     w.tokens = params_.prompt;
+    w.pace = engine::Work::Pace::kInteractive;  // the client waits for its first token
     w.cancel = cancel_;
     w.prepare = std::move(prepare);
     w.on_done = [self = shared_from_this()](absl::Status st) { self->Step(std::move(st)); };
@@ -101,7 +102,7 @@ class GenerateOp : public std::enable_shared_from_this<GenerateOp> {
     next.key = session_->key;
     next.state = target();
     next.tokens = {token};
-    next.decode = true;  // planned first in each engine step (continuous batching)
+    next.pace = engine::Work::Pace::kDecode;  // planned first in each engine step
     next.cancel = cancel_;
     next.on_done = [self = shared_from_this()](absl::Status st) { self->Step(std::move(st)); };
     absl::Status submitted = scheduler_->Submit(std::move(next), /*bypass_limits=*/true);

@@ -91,6 +91,7 @@ absl::Status SessionManager::Score(const std::string& tenant, const std::string&
   w.key = s->key;
   w.state = scratch.get();
   w.tokens = std::move(tokens);
+  w.pace = engine::Work::Pace::kInteractive;  // the client waits for the whole result
   w.cancel = cancel;
   const size_t count = result->tokens.size();
   auto counted = std::make_shared<int64_t>(0);  // the copy's bytes in scratch_bytes_

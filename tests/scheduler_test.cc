@@ -164,7 +164,7 @@ class Generation {
     w.key = key_;
     w.state = &state_;
     w.tokens = {static_cast<int32_t>(left_)};
-    w.decode = true;
+    w.pace = Work::Pace::kDecode;
     w.on_done = [this](absl::Status s) {
       if (!s.ok() || --left_ == 0) return finished_.set_value();
       SubmitStep();
@@ -357,6 +357,66 @@ TEST(ContinuousBatchingTest, AShortRunGoesWholeBesideDecodes) {
   }
   EXPECT_TRUE(Holds(batches[0], &short_state));
   EXPECT_EQ(TokensOf(batches[0]), 8 + 16 + 4);
+}
+
+// Time to first token beside a long ingest: a prompt or a score (interactive) must not ride in
+// an ingest step of the full budget, and once it is done the ingest gets whole steps again.
+TEST(ContinuousBatchingTest, AnInteractiveRunKeepsItsStepShort) {
+  FakeRunner fake;
+  SchedulerOptions opt;
+  opt.max_batch_tokens = 2048;
+  opt.max_decode_batch_tokens = 64;
+  auto sched = Scheduler::Create(fake.runner(), opt);
+  ASSERT_TRUE(sched.ok());
+  EngineHold hold(sched->get());
+  SequenceState ingest_state, prompt_state;
+  Result ingest, prompt;
+  ASSERT_TRUE((*sched)->Submit(TokenWork(100, &ingest_state, Range(1000, 6000), &ingest)).ok());
+  Work w = TokenWork(101, &prompt_state, Range(2000, 24), &prompt);
+  w.pace = Work::Pace::kInteractive;
+  ASSERT_TRUE((*sched)->Submit(std::move(w)).ok());
+  hold.Release();
+  ASSERT_TRUE(prompt.done.get_future().get().ok());
+  ASSERT_TRUE(ingest.done.get_future().get().ok());
+  const auto batches = fake.batches();
+  ASSERT_GE(batches.size(), 2u);
+  // Step 0: the prompt whole (24) and an ingest piece up to the decode-step budget (40).
+  EXPECT_TRUE(Holds(batches[0], &prompt_state));
+  EXPECT_EQ(TokensOf(batches[0]), 64);
+  EXPECT_EQ(TokensOf(batches[1]), opt.max_batch_tokens);
+  EXPECT_EQ(ingest_state.position, 6000);
+}
+
+// A long interactive run (a 1000-token prompt) is planned before the ingests, as a prefill, and
+// takes what the step has; the ingest keeps its quarter of the decode-step budget.
+TEST(ContinuousBatchingTest, ALongPromptGoesBeforeTheIngests) {
+  FakeRunner fake;
+  SchedulerOptions opt;
+  opt.max_batch_tokens = 512;
+  opt.max_decode_batch_tokens = 64;
+  auto sched = Scheduler::Create(fake.runner(), opt);
+  ASSERT_TRUE(sched.ok());
+  EngineHold hold(sched->get());
+  SequenceState ingest_state, prompt_state;
+  Result ingest, prompt;
+  ASSERT_TRUE((*sched)->Submit(TokenWork(100, &ingest_state, Range(1000, 3000), &ingest)).ok());
+  Work w = TokenWork(101, &prompt_state, Range(5000, 1000), &prompt);
+  w.pace = Work::Pace::kInteractive;
+  ASSERT_TRUE((*sched)->Submit(std::move(w)).ok());
+  hold.Release();
+  ASSERT_TRUE(prompt.done.get_future().get().ok());
+  ASSERT_TRUE(ingest.done.get_future().get().ok());
+  const auto batches = fake.batches();
+  ASSERT_GE(batches.size(), 3u);
+  // The prompt's 1000 tokens: 496 + 496 (+ 8), each step topped up to the budget by the ingest's
+  // quarter (16).
+  for (int i = 0; i < 2; ++i) {
+    for (const auto& [state, n] : batches[i]) {
+      EXPECT_EQ(n, state == &prompt_state ? 496 : 16) << "step " << i;
+    }
+  }
+  EXPECT_EQ(prompt_state.position, 1000);
+  EXPECT_EQ(ingest_state.position, 3000);
 }
 
 TEST(ContinuousBatchingTest, RejectsAnEmptyDecodeBudget) {
