@@ -841,24 +841,36 @@ TEST_F(ServerTest, ConcurrentImportsAreCapped) {
   const std::string id = Create();
   ASSERT_TRUE(IngestAll({Tokens(id, Doc(static_cast<int>(chunk_ + 1)))}).ok());
   const std::string bytes = Export(id);
-  auto ctx = Ctx();
-  pb::Session first_out;
-  auto first = stub_->ImportSession(ctx.get(), &first_out);
-  pb::ImportSessionRequest head;
-  head.set_data(bytes.substr(0, 16));
-  ASSERT_TRUE(first->Write(head));
-  // The first import holds the only slot once the server has started it.
-  grpc::Status st;
-  for (int i = 0; i < 200; ++i) {
-    pb::Session s;
-    st = Import(bytes, &s);
-    if (st.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  // A held import (its first bytes sent, never half-closed) and a second, whole import beside
+  // it. The server may start the second first (its calls start on a pool of threads), so the held
+  // one is what gets refused: then both go and the pair is tried again (bounded).
+  grpc::Status second;
+  std::unique_ptr<grpc::ClientContext> held_ctx;
+  std::unique_ptr<grpc::ClientWriter<pb::ImportSessionRequest>> held;
+  pb::Session held_out;
+  for (int attempt = 0; attempt < 50; ++attempt) {
+    if (held != nullptr) {
+      held_ctx->TryCancel();
+      held->Finish();
+    }
+    held_ctx = Ctx();
+    held = stub_->ImportSession(held_ctx.get(), &held_out);
+    pb::ImportSessionRequest head;
+    head.set_data(bytes.substr(0, 16));
+    ASSERT_TRUE(held->Write(head));
+    for (int i = 0; i < 20; ++i) {  // until the server has started the held one
+      pb::Session s;
+      second = Import(bytes, &s);
+      if (!second.ok()) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    if (second.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) break;
   }
-  ExpectStatus(st, grpc::StatusCode::RESOURCE_EXHAUSTED, "--max_concurrent_imports");
-  ctx->TryCancel();
-  first->Finish();
+  ExpectStatus(second, grpc::StatusCode::RESOURCE_EXHAUSTED, "--max_concurrent_imports");
+  held_ctx->TryCancel();
+  held->Finish();
   // Its slot comes back once the server is done with the cancelled call.
+  grpc::Status st;
   for (int i = 0; i < 200; ++i) {
     pb::Session s;
     st = Import(bytes, &s);
