@@ -4,7 +4,7 @@
 // The session-scaling table (issue 11) times decode steps and streaming pieces for each count in
 // --sessions against one session, TTT on and off, and the two down-projection formulations.
 //
-//   engine_bench [--shape=small|test|large] [--tokens=N] [--threads=N] [--python=/usr/bin/python3]
+//   engine_bench [--shape=small|test|shipped|large] [--tokens=N] [--threads=N] [--python=/usr/bin/python3]
 //                [--device=cpu|cuda] [--sessions=1,4,16,64] [--only=all|scaling|ops]
 //                [--clock=wall|cpu] [--model=DIR]
 //
@@ -108,6 +108,10 @@ ModelConfig Shape(const std::string& name) {
     c.vocab_size = 97, c.hidden_size = 64, c.intermediate_size = 128, c.num_hidden_layers = 3;
     c.num_attention_heads = 4, c.num_key_value_heads = 2, c.head_dim = 16;
     c.ttt_layers = {0, 2}, c.ttt_chunk = 8;
+  } else if (name == "shipped") {  // the dimensions of models/ttt-brown
+    c.vocab_size = 4096, c.hidden_size = 128, c.intermediate_size = 384, c.num_hidden_layers = 4;
+    c.num_attention_heads = 2, c.num_key_value_heads = 2, c.head_dim = 64;
+    c.ttt_layers = {1, 3}, c.ttt_chunk = 64, c.sliding_window = 64, c.tie_word_embeddings = true;
   } else if (name == "large") {
     c.vocab_size = 32000, c.hidden_size = 2048, c.intermediate_size = 5632;
     c.num_hidden_layers = 24, c.num_attention_heads = 16, c.num_key_value_heads = 8;

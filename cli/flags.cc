@@ -38,7 +38,8 @@ ABSL_FLAG(std::string, session, "", "restore: restore over this session instead 
 ABSL_FLAG(std::string, out, "", "export: output file");
 ABSL_FLAG(std::string, service, "", "health: service name (\"\" = whole server)");
 ABSL_FLAG(int64_t, doc_tokens, 1024, "loadgen: tokens each session ingests");
-ABSL_FLAG(int64_t, baseline, 1, "loadgen: the session count to compare against");
+ABSL_FLAG(int64_t, baseline, 1,
+          "loadgen: sessions at a time in the baseline run (which serves as many sessions as N)");
 ABSL_FLAG(std::string, mix, "default",
           "loadgen: default (--doc_tokens, --max_tokens) or decode (decode-heavy: each session "
           "ingests 256 and generates 128)");
