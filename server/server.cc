@@ -234,10 +234,10 @@ void Server::GaugeLoop() {
   while (!shutting_down_) {
     lock.unlock();
     metrics_->SetQueue(scheduler_->queue_depth(), scheduler_->queue_capacity());
-    metrics_->SetSessions(sessions_->session_count(), sessions_->resident_memory_bytes(),
-                          sessions_->memory_held_bytes(), sessions_->options().memory_budget_bytes);
-    metrics_->SetPool(sessions_->resident_session_count(), sessions_->resident_memory_bytes(),
-                      sessions_->resident_session_limit(),
+    const session::SessionManager::ResidentPool pool = sessions_->resident_pool();
+    metrics_->SetSessions(sessions_->session_count(), pool.bytes, pool.held_bytes,
+                          sessions_->options().memory_budget_bytes);
+    metrics_->SetPool(pool.sessions, pool.bytes, sessions_->resident_session_limit(),
                       sessions_->options().memory_budget_bytes);
     lock.lock();
     cv_.wait_for(lock, std::chrono::milliseconds(500));

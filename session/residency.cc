@@ -259,32 +259,21 @@ absl::Status SessionManager::PersistAll() {
   return first;
 }
 
-int64_t SessionManager::resident_memory_bytes() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  int64_t total = 0;
-  for (const auto& [tenant, by_id] : sessions_) {
-    for (const auto& [id, s] : by_id) {
-      std::lock_guard<std::mutex> slock(s->mu);
-      if (s->resident) total += s->memory_bytes;
+SessionManager::ResidentPool SessionManager::resident_pool() const {
+  ResidentPool pool;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& [tenant, by_id] : sessions_) {
+      for (const auto& [id, s] : by_id) {
+        std::lock_guard<std::mutex> slock(s->mu);
+        if (!s->resident) continue;
+        ++pool.sessions;
+        pool.bytes += s->memory_bytes;
+      }
     }
   }
-  return total;
-}
-
-int64_t SessionManager::resident_session_count() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  int64_t count = 0;
-  for (const auto& [tenant, by_id] : sessions_) {
-    for (const auto& [id, s] : by_id) {
-      std::lock_guard<std::mutex> slock(s->mu);
-      if (s->resident) ++count;
-    }
-  }
-  return count;
-}
-
-int64_t SessionManager::memory_held_bytes() const {
-  return resident_memory_bytes() + scratch_bytes_.load(std::memory_order_relaxed);
+  pool.held_bytes = pool.bytes + scratch_bytes_.load(std::memory_order_relaxed);
+  return pool;
 }
 
 absl::Status SessionManager::EnsureResident(Session& s) {

@@ -270,14 +270,21 @@ class SessionManager {
   void MaintainNow();
 
   int64_t session_count() const;
-  // The budgeted figure: bytes of the buffers the resident sessions' states hold (whole
-  // buffers, not only the elements in use); eviction keeps it under memory_budget_bytes.
-  int64_t resident_memory_bytes() const;
-  // The real figure: resident_memory_bytes() plus the copies in flight (the state a Score or a
-  // non-committing Generate runs on), which end with their request and are not budgeted.
-  int64_t memory_held_bytes() const;
-  // Sessions whose state is in memory (the resident pool), and the pool's session limit.
-  int64_t resident_session_count() const;
+  // The resident pool (sessions whose state is in memory), in one walk over the sessions.
+  struct ResidentPool {
+    int64_t sessions = 0;
+    // The budgeted figure: bytes of the buffers the resident sessions' states hold (whole
+    // buffers, not only the elements in use); eviction keeps it under memory_budget_bytes.
+    int64_t bytes = 0;
+    // The real figure: `bytes` plus the copies in flight (the state a Score or a non-committing
+    // Generate runs on), which end with their request and are not budgeted.
+    int64_t held_bytes = 0;
+  };
+  ResidentPool resident_pool() const;
+  int64_t resident_memory_bytes() const { return resident_pool().bytes; }
+  int64_t memory_held_bytes() const { return resident_pool().held_bytes; }
+  int64_t resident_session_count() const { return resident_pool().sessions; }
+  // The pool's session limit.
   int64_t resident_session_limit() const {
     return options_.max_resident_sessions > 0 ? options_.max_resident_sessions
                                               : options_.max_sessions;
