@@ -11,6 +11,7 @@
 #include <limits>
 
 #include "engine/internal/batched_kernels.h"
+#include "engine/internal/row_kernels.h"
 #include "engine/internal/state_buffer.h"
 
 namespace ttt::engine {
@@ -32,6 +33,9 @@ at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
 }
 
 at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  if (internal::RowKernelsApply(x) && weight.scalar_type() == at::kFloat) {
+    return internal::RmsNormRows(x, weight, eps);
+  }
   at::Tensor xf = x.to(at::kFloat);
   xf = xf * at::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps);
   return weight * xf.to(x.scalar_type());
@@ -44,6 +48,7 @@ at::Tensor RotateHalf(const at::Tensor& x) {
 
 // x: [n, heads, head_dim]; cos/sin: [n, 1, head_dim].
 at::Tensor ApplyRope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  if (internal::RowKernelsApply(x)) return internal::RopeRows(x, cos, sin);
   at::Tensor xf = x.to(at::kFloat);
   return (xf * cos + RotateHalf(xf) * sin).to(x.scalar_type());
 }

@@ -1,0 +1,59 @@
+#include "engine/internal/row_kernels.h"
+
+#include <ATen/core/grad_mode.h>
+
+#include <cmath>
+
+namespace ttt::engine::internal {
+
+bool RowKernelsApply(const at::Tensor& x) {
+  return x.device().is_cpu() && x.scalar_type() == at::kFloat && !x.requires_grad() &&
+         !at::GradMode::is_enabled();
+}
+
+at::Tensor RmsNormRows(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  TORCH_CHECK(weight.scalar_type() == at::kFloat && weight.dim() == 1 &&
+              weight.size(0) == x.size(-1), "RmsNormRows: float32 weight [d]");
+  const at::Tensor in = x.contiguous(), w = weight.contiguous();
+  at::Tensor out = at::empty_like(in);
+  const int64_t d = in.size(-1), rows = d == 0 ? 0 : in.numel() / d;
+  const float* src = in.data_ptr<float>();
+  const float* wd = w.data_ptr<float>();
+  float* dst = out.data_ptr<float>();
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = src + r * d;
+    double squares = 0;  // in double: the mean of d squares without float's growing error
+    for (int64_t c = 0; c < d; ++c) squares += static_cast<double>(xr[c]) * xr[c];
+    const float scale = static_cast<float>(1.0 / std::sqrt(squares / d + eps));
+    float* yr = dst + r * d;
+    for (int64_t c = 0; c < d; ++c) yr[c] = wd[c] * (xr[c] * scale);
+  }
+  return out;
+}
+
+at::Tensor RopeRows(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  TORCH_CHECK(x.dim() == 3 && cos.dim() == 3 && cos.sizes() == sin.sizes() &&
+              cos.size(0) == x.size(0) && cos.size(2) == x.size(2) && x.size(2) % 2 == 0 &&
+              cos.scalar_type() == at::kFloat && sin.scalar_type() == at::kFloat,
+              "RopeRows: x [n, heads, hd], cos/sin [n, 1, hd] float32");
+  const at::Tensor in = x.contiguous(), c = cos.contiguous(), s = sin.contiguous();
+  at::Tensor out = at::empty_like(in);
+  const int64_t n = in.size(0), heads = in.size(1), hd = in.size(2), half = hd / 2;
+  const float* src = in.data_ptr<float>();
+  const float* cd = c.data_ptr<float>();
+  const float* sd = s.data_ptr<float>();
+  float* dst = out.data_ptr<float>();
+  for (int64_t i = 0; i < n; ++i) {
+    const float* ci = cd + i * hd;
+    const float* si = sd + i * hd;
+    for (int64_t h = 0; h < heads; ++h) {
+      const float* xr = src + (i * heads + h) * hd;
+      float* yr = dst + (i * heads + h) * hd;
+      for (int64_t k = 0; k < half; ++k) yr[k] = xr[k] * ci[k] + (-xr[k + half]) * si[k];
+      for (int64_t k = half; k < hd; ++k) yr[k] = xr[k] * ci[k] + xr[k - half] * si[k];
+    }
+  }
+  return out;
+}
+
+}  // namespace ttt::engine::internal

@@ -1,0 +1,21 @@
+// Fused per-row kernels for the CPU float32 forward: RMSNorm and RoPE as one call each, in place
+// of the 10-14 LibTorch operations their tensor forms dispatch. A small model's decode step is
+// dispatch-bound (~1 us per operation, hundreds per step), so these set its latency.
+#pragma once
+
+#include <ATen/ATen.h>
+
+namespace ttt::engine::internal {
+
+// True when `x` can take the kernels below: a CPU float32 tensor outside autograd.
+bool RowKernelsApply(const at::Tensor& x);
+
+// weight * x / sqrt(mean(x^2, last dim) + eps) over the last dimension of x [..., d];
+// weight [d] float32.
+at::Tensor RmsNormRows(const at::Tensor& x, const at::Tensor& weight, double eps);
+
+// Rotary embedding, as x * cos + rotate_half(x) * sin with rotate_half(x) = cat(-x[half:],
+// x[:half]): x [n, heads, hd], cos/sin [n, 1, hd] float32.
+at::Tensor RopeRows(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
+
+}  // namespace ttt::engine::internal
