@@ -17,14 +17,19 @@
 namespace ttt::engine {
 namespace {
 
-// Rows of `x` times `weight`^T (+ bias), as at::linear. For a few rows (decode steps) OpenBLAS's
-// GEMM repacks the whole weight on every call; matrix-vector products skip that and measured
-// 3-9x faster here for 1-4 rows of a 768x2048 weight.
-constexpr int64_t kMatVecRows = 4;
+// Rows of `x` times `weight`^T (+ bias), as at::linear. For one or two rows (decode steps)
+// OpenBLAS's GEMM repacks the whole weight on every call; matrix-vector products skip that.
+// Measured with engine_bench (bench/RESULTS.md, session 17): for 768x2048 weights two rows are
+// 10-20 % faster as two products, four rows 17-20 % faster as one GEMM.
+constexpr int64_t kMatVecRows = 2;
 at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias = {}) {
   if (x.size(0) > kMatVecRows || x.scalar_type() != at::kFloat || x.requires_grad() ||
       weight.requires_grad() || !x.device().is_cpu()) {
     return at::linear(x, weight, bias);
+  }
+  if (x.size(0) == 1) {  // one call, no stack: a one-session decode step is dispatch-bound
+    const at::Tensor row = x.view({x.size(1)});  // any [1, k] views as [k]
+    return (bias.defined() ? at::addmv(bias, weight, row) : at::mv(weight, row)).view({1, -1});
   }
   std::vector<at::Tensor> rows;
   for (int64_t i = 0; i < x.size(0); ++i) rows.push_back(at::mv(weight, x[i]));
