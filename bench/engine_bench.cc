@@ -353,7 +353,7 @@ double PythonReferenceRate(const Flags& flags, const ModelConfig& config, const 
   fs::create_directories(dir);
   std::ofstream(dir / "config.json") << ModelConfigToJson(config);
   if (!WriteSafetensors(dir / "model.safetensors", weights).ok()) return 0;
-  fs::path script = fs::path(__FILE__).parent_path() / "python_reference_bench.py";
+  const fs::path script = TTT_PYTHON_REFERENCE_BENCH;
   std::ostringstream cmd;
   cmd << flags.python << " " << script << " --model " << dir << " --tokens " << flags.tokens
       << " --threads " << at::get_num_threads();
