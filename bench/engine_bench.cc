@@ -36,6 +36,7 @@
 
 #include "engine/model.h"
 #include "engine/testing/random_weights.h"
+#include "util/malloc_tuning.h"
 
 namespace ttt::engine {
 namespace {
@@ -442,5 +443,6 @@ int Run(const Flags& flags) {
 }  // namespace ttt::engine
 
 int main(int argc, char** argv) {
+  ttt::util::TuneMallocForTensors();
   return ttt::engine::Run(ttt::engine::ParseFlags(argc, argv));
 }

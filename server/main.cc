@@ -9,6 +9,7 @@
 #include "absl/flags/usage.h"
 #include "auth/token_store.h"
 #include "server/server.h"
+#include "util/malloc_tuning.h"
 
 namespace {
 std::string DefaultModelDir() {
@@ -87,6 +88,7 @@ ABSL_FLAG(std::string, quotas_file, "",
           "SIGHUP (a bad file keeps the last good one)");
 
 int main(int argc, char** argv) {
+  ttt::util::TuneMallocForTensors();
   absl::SetProgramUsageMessage("ttt-serve: gRPC model server with In-Place Test-Time Training");
   absl::ParseCommandLine(argc, argv);
 

@@ -32,6 +32,7 @@
 #include "engine/status_macros.h"
 #include "train/common.h"
 #include "train/eval_lib.h"
+#include "util/malloc_tuning.h"
 
 ABSL_FLAG(std::string, model, "models/ttt-brown", "the TTT model folder");
 ABSL_FLAG(std::string, twin, "models/ttt-brown-baseline",
@@ -438,6 +439,7 @@ absl::Status Run() {
 }  // namespace ttt::train
 
 int main(int argc, char** argv) {
+  ttt::util::TuneMallocForTensors();
   absl::SetProgramUsageMessage("ttt-eval: what TTT does for a session (docs/eval.md)");
   absl::ParseCommandLine(argc, argv);
   absl::Status s = ttt::train::Run();

@@ -33,6 +33,7 @@
 #include "engine/status_macros.h"
 #include "train/checkpoint.h"
 #include "train/common.h"
+#include "util/malloc_tuning.h"
 
 ABSL_FLAG(std::string, out, "models/ttt-brown", "model folder written at the end (HF layout)");
 ABSL_FLAG(std::string, work_dir, "data/run-ttt", "checkpoints (resumed from when present)");
@@ -650,6 +651,7 @@ absl::Status Run() {
 }  // namespace ttt::train
 
 int main(int argc, char** argv) {
+  ttt::util::TuneMallocForTensors();
   absl::SetProgramUsageMessage("ttt-train: train a model with In-Place TTT (docs/model.md)");
   absl::ParseCommandLine(argc, argv);
   absl::Status s = ttt::train::Run();
