@@ -68,9 +68,8 @@ class Metrics : public session::SessionListener, public engine::Scheduler::Obser
   void ObserveTimeToFirstToken(double s) { ttft_->Observe(s); }
   void ObserveInterToken(double s) { inter_token_->Observe(s); }
   void SetQueue(int64_t depth, int64_t capacity);
-  // Sessions that exist; the budgeted bytes of resident states (SessionManager::
-  // resident_memory_bytes), the bytes really held (memory_held_bytes: plus copies in flight),
-  // and the budget.
+  // Sessions that exist; the budgeted bytes of resident states (SessionManager::resident_pool
+  // bytes), the bytes really held (its held_bytes: plus copies in flight), and the budget.
   void SetSessions(int64_t active, int64_t memory_bytes, int64_t held_bytes,
                    int64_t budget_bytes);
   // The resident-session pool: sessions and bytes in it, and its two limits.

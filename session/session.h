@@ -281,9 +281,6 @@ class SessionManager {
     int64_t held_bytes = 0;
   };
   ResidentPool resident_pool() const;
-  int64_t resident_memory_bytes() const { return resident_pool().bytes; }
-  int64_t memory_held_bytes() const { return resident_pool().held_bytes; }
-  int64_t resident_session_count() const { return resident_pool().sessions; }
   // The pool's session limit.
   int64_t resident_session_limit() const {
     return options_.max_resident_sessions > 0 ? options_.max_resident_sessions

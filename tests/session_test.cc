@@ -388,7 +388,7 @@ TEST_F(SessionTest, ResidentPoolMakesRoomWhenASessionBecomesResident) {
   const std::string c = create();
   // The eviction is queued by CreateSession and written on the engine thread: wait for it.
   EXPECT_FALSE(WaitResident(a, false)) << "the least recently used session stayed resident";
-  EXPECT_EQ(manager_->resident_session_count(), 2);
+  EXPECT_EQ(manager_->resident_pool().sessions, 2);
   EXPECT_TRUE(fs::exists(dir_ / "t" / "sessions" / (a + ".safetensors")));
   EXPECT_TRUE(manager_->GetSession("t", b)->resident);
   EXPECT_TRUE(manager_->GetSession("t", c)->resident);
@@ -399,7 +399,7 @@ TEST_F(SessionTest, ResidentPoolMakesRoomWhenASessionBecomesResident) {
   EXPECT_TRUE(SameBits(before->logprobs, after->logprobs));
   EXPECT_EQ(manager_->GetSession("t", a)->counters.tokens_applied, chunk_);
   EXPECT_FALSE(WaitResident(b, false));
-  EXPECT_EQ(manager_->resident_session_count(), 2);
+  EXPECT_EQ(manager_->resident_pool().sessions, 2);
   EXPECT_TRUE(manager_->GetSession("t", a)->resident);
 
   // A fork is admitted on the engine thread: the idle a goes, c (being forked) stays.
@@ -408,7 +408,7 @@ TEST_F(SessionTest, ResidentPoolMakesRoomWhenASessionBecomesResident) {
   auto d = forked.get_future().get();
   ASSERT_TRUE(d.ok()) << d.status();
   EXPECT_FALSE(WaitResident(a, false));
-  EXPECT_EQ(manager_->resident_session_count(), 2);
+  EXPECT_EQ(manager_->resident_pool().sessions, 2);
   EXPECT_TRUE(manager_->GetSession("t", c)->resident);
   EXPECT_TRUE(manager_->GetSession("t", d->id)->resident);
   EXPECT_EQ(manager_->session_count(), 4);  // evicted, not lost
@@ -429,7 +429,7 @@ TEST_F(SessionTest, ResidentPoolKeepsToItsByteBudgetWhenASessionBecomesResident)
   ASSERT_TRUE(restored.ok()) << restored.status();
   EXPECT_FALSE(WaitResident(b->id, false));
   EXPECT_TRUE(manager_->GetSession("t", restored->id)->resident);
-  EXPECT_EQ(manager_->resident_session_count(), 1);
+  EXPECT_EQ(manager_->resident_pool().sessions, 1);
 }
 
 // Sessions in use are never evicted: admission proceeds past the limit, and the reaper brings
@@ -444,14 +444,14 @@ TEST_F(SessionTest, BusySessionsStayAndTheReaperEvictsOnceTheyAreIdle) {
   std::this_thread::sleep_for(std::chrono::milliseconds(5));
   auto c = manager_->CreateSession("t", {});
   ASSERT_TRUE(c.ok()) << c.status();
-  EXPECT_EQ(manager_->resident_session_count(), 3);  // nothing idle to evict but c itself
+  EXPECT_EQ(manager_->resident_pool().sessions, 3);  // nothing idle to evict but c itself
   manager_->ReapNow();
-  EXPECT_EQ(manager_->resident_session_count(), 3);
+  EXPECT_EQ(manager_->resident_pool().sessions, 3);
   wa->reset();  // a writer's end counts as a use: c is now the least recently used
   wb->reset();
   manager_->ReapNow();
   EXPECT_FALSE(WaitResident(c->id, false));
-  EXPECT_EQ(manager_->resident_session_count(), 2);
+  EXPECT_EQ(manager_->resident_pool().sessions, 2);
 }
 
 TEST_F(SessionTest, SessionsPastTheirIdleTtlAreRemoved) {
@@ -933,10 +933,10 @@ TEST_F(SessionTest, MemoryFiguresCountWhatIsHeld) {
   ASSERT_TRUE(Ingest(a->id, Tokens(static_cast<int>(3 * chunk_ + 5), vocab_, 50)).ok());
   auto b = manager_->CreateSession("t", {});
   ASSERT_TRUE(Ingest(b->id, Tokens(7, vocab_, 51)).ok());
-  const int64_t resident = manager_->resident_memory_bytes();
+  const int64_t resident = manager_->resident_pool().bytes;
   EXPECT_EQ(resident, manager_->GetSession("t", a->id)->memory_bytes +
                           manager_->GetSession("t", b->id)->memory_bytes);
-  EXPECT_EQ(manager_->memory_held_bytes(), resident);  // no copy in flight
+  EXPECT_EQ(manager_->resident_pool().held_bytes, resident);  // no copy in flight
   // A non-committing Generate runs on a copy: held while it runs, not budgeted, gone after.
   GenerateParams p;
   p.max_tokens = 2;
@@ -946,8 +946,9 @@ TEST_F(SessionTest, MemoryFiguresCountWhatIsHeld) {
   ASSERT_TRUE(manager_
                   ->Generate("t", a->id, p, nullptr,
                              [&](int32_t, float) {
-                               held_during = manager_->memory_held_bytes();
-                               resident_during = manager_->resident_memory_bytes();
+                               const auto pool = manager_->resident_pool();
+                               held_during = pool.held_bytes;
+                               resident_during = pool.bytes;
                                return true;
                              },
                              [&](absl::Status s, FinishReason, int64_t) { done.set_value(s); })
@@ -956,7 +957,7 @@ TEST_F(SessionTest, MemoryFiguresCountWhatIsHeld) {
   EXPECT_EQ(resident_during, resident);
   // The copy is compact (no spare rows), so it may hold less than the session it copies.
   EXPECT_GT(held_during, resident);
-  EXPECT_EQ(manager_->memory_held_bytes(), resident);
+  EXPECT_EQ(manager_->resident_pool().held_bytes, resident);
 }
 
 
