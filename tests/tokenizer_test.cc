@@ -385,6 +385,14 @@ TEST(TokenizerLoadTest, InvalidArgumentNamingTheMalformedFile) {
   json = BpeTokenizerJson(Llama3PreTokenizer(), false);
   json["model"]["vocab"].erase(ByteSymbol(0x41));
   expect_invalid(json.dump(), "byte 0x41");
+
+  // Found by tokenizer_json_fuzzer: one far id resized the id table to gigabytes (out of memory).
+  json = BpeTokenizerJson(Llama3PreTokenizer(), false);
+  json["model"]["vocab"]["the"] = 300000000;
+  expect_invalid(json.dump(), "has id 300000000, beyond the ids this file can use");
+  json = BpeTokenizerJson(Llama3PreTokenizer(), false);
+  json["added_tokens"][0]["id"] = int64_t{1} << 40;
+  expect_invalid(json.dump(), "added_tokens entry has id 1099511627776");
 }
 
 TEST(TokenizerLoadTest, UnimplementedForUnsupportedPreTokenizer) {

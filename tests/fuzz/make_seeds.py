@@ -76,19 +76,22 @@ def tokenizer_json_seeds():
     for left, right in merges:
         vocab[left + right] = len(vocab)
 
-    def tokenizer(pre, list_merges=False, added=True, extra_model=None):
+    def tokenizer(pre, list_merges=False, added=True, extra_model=None, first_added_id=300):
         model = {"type": "BPE", "vocab": vocab,
                  "merges": [[l, r] if list_merges else f"{l} {r}" for l, r in merges]}
         model.update(extra_model or {})
         return json.dumps({
             "version": "1.0",
-            "added_tokens": [{"id": 300, "content": "<|endoftext|>", "special": True},
-                             {"id": 301, "content": "<|im", "special": False}] if added else [],
+            "added_tokens": [
+                {"id": first_added_id, "content": "<|endoftext|>", "special": True},
+                {"id": first_added_id + 1, "content": "<|im", "special": False}] if added else [],
             "normalizer": None, "pre_tokenizer": pre, "decoder": {"type": "ByteLevel"},
             "model": model}, ensure_ascii=False)
 
     gpt2 = {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}
     write("tokenizer_json_fuzzer", "gpt2_bytelevel.json", tokenizer(gpt2))
+    # Ids with a gap (allowed up to twice the token count plus 256; beyond is refused).
+    write("tokenizer_json_fuzzer", "sparse_ids.json", tokenizer(gpt2, first_added_id=700))
     write("tokenizer_json_fuzzer", "prefix_space_list_merges.json",
           tokenizer(dict(gpt2, add_prefix_space=True), list_merges=True, added=False))
     seq = {"type": "Sequence", "pretokenizers": [

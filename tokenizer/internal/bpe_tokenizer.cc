@@ -94,6 +94,22 @@ bool IsNullOrEmpty(const Json& object, const char* key) {
   return it == object.end() || it->is_null() || (it->is_string() && it->get<std::string>().empty());
 }
 
+// Ids index a dense table (id -> bytes), so an id may not lie far beyond the tokens the file
+// defines: one stray 300000000 would ask for gigabytes. Real files are dense (added tokens follow
+// the vocab); this leaves room for as many gaps as tokens.
+int64_t IdLimit(const Json& vocab, const Json& added_tokens) {
+  const int64_t defined = static_cast<int64_t>(vocab.size()) +
+                          (added_tokens.is_array() ? static_cast<int64_t>(added_tokens.size()) : 0);
+  return 2 * defined + 256;
+}
+
+std::string IdBeyondLimit(std::string_view where, int64_t id, int64_t limit) {
+  return absl::StrFormat(
+      "%s has id %d, beyond the ids this file can use (below %d: twice its %d tokens plus 256); "
+      "number the tokens densely",
+      where, id, limit, (limit - 256) / 2);
+}
+
 bool BoolOr(const Json& object, const char* key, bool fallback) {
   const auto it = object.find(key);
   return it != object.end() && it->is_boolean() ? it->get<bool>() : fallback;
@@ -348,10 +364,15 @@ absl::StatusOr<std::unique_ptr<BpeTokenizer>> BpeTokenizer::Create(std::string_v
     return errors.Malformed("model.vocab is not an object");
   }
   const Json& vocab = model["vocab"];
+  const Json& added = root.contains("added_tokens") ? root["added_tokens"] : null_json;
+  const int64_t id_limit = IdLimit(vocab, added);
   for (const auto& [symbol, id_json] : vocab.items()) {
-    if (!id_json.is_number_integer() || id_json.get<int64_t>() < 0 ||
-        id_json.get<int64_t>() >= (int64_t{1} << 30)) {
+    if (!id_json.is_number_integer() || id_json.get<int64_t>() < 0) {
       return errors.Malformed(absl::StrCat("model.vocab[\"", symbol, "\"] is not a valid id"));
+    }
+    if (id_json.get<int64_t>() >= id_limit) {
+      return errors.Malformed(IdBeyondLimit(absl::StrCat("model.vocab[\"", symbol, "\"]"),
+                                            id_json.get<int64_t>(), id_limit));
     }
     const auto id = static_cast<int32_t>(id_json.get<int64_t>());
     if (static_cast<size_t>(id) >= t.id_to_bytes_.size()) t.id_to_bytes_.resize(id + 1);
@@ -410,15 +431,18 @@ absl::StatusOr<std::unique_ptr<BpeTokenizer>> BpeTokenizer::Create(std::string_v
   }
 
   // Added tokens: matched verbatim before pre-tokenization, decoded as their content.
-  if (root.contains("added_tokens") && !root["added_tokens"].is_null()) {
-    if (!root["added_tokens"].is_array()) return errors.Malformed("added_tokens is not a list");
-    for (const Json& entry : root["added_tokens"]) {
+  if (!added.is_null()) {
+    if (!added.is_array()) return errors.Malformed("added_tokens is not a list");
+    for (const Json& entry : added) {
       if (!entry.is_object() || !entry.contains("id") || !entry["id"].is_number_integer() ||
-          entry["id"].get<int64_t>() < 0 || entry["id"].get<int64_t>() >= (int64_t{1} << 30) ||
-          !entry.contains("content") || !entry["content"].is_string() ||
-          entry["content"].get<std::string>().empty()) {
+          entry["id"].get<int64_t>() < 0 || !entry.contains("content") ||
+          !entry["content"].is_string() || entry["content"].get<std::string>().empty()) {
         return errors.Malformed(
             absl::StrCat("added_tokens entry ", entry.dump(), " lacks a valid id or content"));
+      }
+      if (entry["id"].get<int64_t>() >= id_limit) {
+        return errors.Malformed(
+            IdBeyondLimit("added_tokens entry", entry["id"].get<int64_t>(), id_limit));
       }
       const auto id = static_cast<int32_t>(entry["id"].get<int64_t>());
       std::string content = entry["content"].get<std::string>();
