@@ -74,6 +74,9 @@ ABSL_FLAG(int64_t, reread_batch, 0,
           "re-reading windows per step: bos, a document's start, then its first --reread_len "
           "tokens again (what a session sees when a user sends a document it has read)");
 ABSL_FLAG(int64_t, reread_len, 512, "tokens re-read at the end of a re-reading window");
+ABSL_FLAG(double, reread_weight, 1.0,
+          "weight of the re-read tokens' loss relative to a text token (only memory carried "
+          "across chunks can lower it; upweighting it asks the fast weights to keep a document)");
 ABSL_FLAG(int64_t, recall_batch, 8, "synthetic recall episodes per step (0 = none)");
 ABSL_FLAG(int64_t, recall_pairs, 24, "key-value pairs per recall episode");
 ABSL_FLAG(double, recall_weight, 4.0,
@@ -449,13 +452,19 @@ absl::StatusOr<StepLosses> TrainStep(Model& model, Optimiser& opt, const Data& d
   }
   const int64_t rows = x.size(0);
   auto logits = model.ForwardTrain(x);
-  auto [loss_sum, n] = MaskedLossSum(logits, x, torch::ones({rows, data.T - 1}));
-  out.text = loss_sum.item<double>() / n;
+  torch::Tensor weights = torch::ones({rows, data.T - 1});
   if (data.reread_batch > 0) {
     auto again = RereadMasks(data.reread_batch, data.T, data.reread_len).second;
     auto mask = torch::cat({torch::zeros({data.batch, data.T - 1}), again});
     auto [s, c] = MaskedLossSum(logits.detach(), x, mask);
     out.reread = s.item<double>() / c;
+    weights = weights + (absl::GetFlag(FLAGS_reread_weight) - 1.0) * mask;
+  }
+  auto [loss_sum, n] = MaskedLossSum(logits, x, weights);
+  {
+    auto [plain_sum, plain_n] =
+        MaskedLossSum(logits.detach(), x, torch::ones({rows, data.T - 1}));
+    out.text = plain_sum.item<double>() / plain_n;
   }
   if (data.recall_batch > 0) {
     auto rb = MakeRecallBatch(data.recall, data.train, data.recall_batch, data.bos, rng);
@@ -480,7 +489,7 @@ void PrintSummary(const ModelConfig& config, const Optimiser& opt, const Data& d
       "model: %lld layers, d_model %lld, d_ff %lld, window %s, TTT %s (layers %s, chunk %lld, "
       "eta %g, clip %g); %lld params (%lld trainable)\n"
       "data: %zu train docs (%lld tokens), %zu valid docs; %lld tokens/step ((%lld text + %lld "
-      "re-reading) x %lld + %lld x %lld recall)\n",
+      "re-reading) x %lld + %lld x %lld recall); loss weights: re-read %g, recall values %g\n",
       (long long)config.num_hidden_layers, (long long)config.hidden_size,
       (long long)config.intermediate_size,
       config.sliding_window ? std::to_string(*config.sliding_window).c_str() : "full",
@@ -489,7 +498,8 @@ void PrintSummary(const ModelConfig& config, const Optimiser& opt, const Data& d
       (long long)opt.trainable_params, data.train.docs.size(), (long long)data.train.total_tokens,
       data.valid.docs.size(), (long long)data.StepTokens(), (long long)data.batch,
       (long long)data.reread_batch, (long long)data.T, (long long)data.recall_batch,
-      (long long)RecallLength(data.recall));
+      (long long)RecallLength(data.recall), absl::GetFlag(FLAGS_reread_weight),
+      absl::GetFlag(FLAGS_recall_weight));
   std::fflush(stdout);
 }
 
