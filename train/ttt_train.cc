@@ -305,18 +305,20 @@ absl::StatusOr<Optimiser> MakeOptimiser(const Model& model) {
 // ---------------------------------------------------------------------------------------------
 // 3. The loop.
 
-// Mean next-token loss over masked targets: logits [B, T, V], tokens [B, T], mask [B, T-1]
-// (weights; 0 = not counted). Returns (weighted sum, sum of weights).
-std::pair<torch::Tensor, double> MaskedLossSum(const torch::Tensor& logits,
-                                               const torch::Tensor& tokens,
-                                               const torch::Tensor& mask) {
+// Next-token loss of every target: logits [B, T, V], tokens [B, T] -> [B, T-1] (target t-1
+// predicts token t). Computed once a forward; masks then pick and weight what they count.
+torch::Tensor TokenLosses(const torch::Tensor& logits, const torch::Tensor& tokens) {
   const int64_t V = logits.size(-1);
   auto pred = logits.slice(1, 0, logits.size(1) - 1).reshape({-1, V});
   auto target = tokens.slice(1, 1).reshape({-1});
-  auto m = mask.reshape({-1});
   auto nll = torch::nn::functional::cross_entropy(
       pred, target, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
-  return {(nll * m).sum(), m.sum().item<double>()};
+  return nll.view({tokens.size(0), tokens.size(1) - 1});
+}
+
+// (weighted sum, sum of weights) of `losses` [B, T-1] under `mask` (weights; 0 = not counted).
+std::pair<torch::Tensor, double> MaskedSum(const torch::Tensor& losses, const torch::Tensor& mask) {
+  return {(losses * mask).sum(), mask.sum().item<double>()};
 }
 
 struct RecallBatch {
@@ -398,18 +400,18 @@ ValidResult Validate(const Model& model, const Data& data) {
   for (int64_t done = 0; done < windows; done += 2) {
     auto x = SampleTextWindows(data.valid, std::min<int64_t>(2, windows - done), data.T, data.bos,
                                data.eos, 0.25, rng);
-    auto [s, c] = MaskedLossSum(model.ForwardTrain(x), x, torch::ones({x.size(0), data.T - 1}));
-    sum += s.item<double>();
-    count += c;
+    auto losses = TokenLosses(model.ForwardTrain(x), x);
+    sum += losses.sum().item<double>();
+    count += static_cast<double>(losses.numel());
   }
   ValidResult r;
   r.loss = sum / count;
   if (data.reread_batch > 0) {
     auto x = SampleRereadWindows(data.valid, 4, data.T, data.reread_len, data.bos, data.eos, rng);
-    auto logits = model.ForwardTrain(x);
+    auto losses = TokenLosses(model.ForwardTrain(x), x);
     auto [first, again] = RereadMasks(4, data.T, data.reread_len);
-    auto [fs, fc] = MaskedLossSum(logits, x, first);
-    auto [as, ac] = MaskedLossSum(logits, x, again);
+    auto [fs, fc] = MaskedSum(losses, first);
+    auto [as, ac] = MaskedSum(losses, again);
     r.first_read = fs.item<double>() / fc;
     r.reread = as.item<double>() / ac;
   }
@@ -450,28 +452,23 @@ absl::StatusOr<StepLosses> TrainStep(Model& model, Optimiser& opt, const Data& d
     x = torch::cat({x, SampleRereadWindows(data.train, data.reread_batch, data.T, data.reread_len,
                                            data.bos, data.eos, rng)});
   }
-  const int64_t rows = x.size(0);
-  auto logits = model.ForwardTrain(x);
-  torch::Tensor weights = torch::ones({rows, data.T - 1});
+  auto losses = TokenLosses(model.ForwardTrain(x), x);
+  out.text = losses.detach().mean().item<double>();
+  torch::Tensor weights = torch::ones_like(losses);
   if (data.reread_batch > 0) {
     auto again = RereadMasks(data.reread_batch, data.T, data.reread_len).second;
     auto mask = torch::cat({torch::zeros({data.batch, data.T - 1}), again});
-    auto [s, c] = MaskedLossSum(logits.detach(), x, mask);
+    auto [s, c] = MaskedSum(losses.detach(), mask);
     out.reread = s.item<double>() / c;
     weights = weights + (absl::GetFlag(FLAGS_reread_weight) - 1.0) * mask;
   }
-  auto [loss_sum, n] = MaskedLossSum(logits, x, weights);
-  {
-    auto [plain_sum, plain_n] =
-        MaskedLossSum(logits.detach(), x, torch::ones({rows, data.T - 1}));
-    out.text = plain_sum.item<double>() / plain_n;
-  }
+  auto [loss_sum, n] = MaskedSum(losses, weights);
   if (data.recall_batch > 0) {
     auto rb = MakeRecallBatch(data.recall, data.train, data.recall_batch, data.bos, rng);
-    auto rlogits = model.ForwardTrain(rb.tokens);
+    auto rlosses = TokenLosses(model.ForwardTrain(rb.tokens), rb.tokens);
     const double w = absl::GetFlag(FLAGS_recall_weight);
-    auto [rs, rn] = MaskedLossSum(rlogits, rb.tokens, rb.mask + (w - 1.0) * rb.value_mask);
-    auto [vs, vn] = MaskedLossSum(rlogits.detach(), rb.tokens, rb.value_mask);
+    auto [rs, rn] = MaskedSum(rlosses, rb.mask + (w - 1.0) * rb.value_mask);
+    auto [vs, vn] = MaskedSum(rlosses.detach(), rb.value_mask);
     out.recall_value = vs.item<double>() / vn;
     loss_sum = loss_sum + rs;
     n += rn;
