@@ -97,18 +97,24 @@ bool IsNullOrEmpty(const Json& object, const char* key) {
 // Ids index a dense table (id -> bytes), so an id may not lie far beyond the tokens the file
 // defines: one stray 300000000 would ask for gigabytes. Real files are dense (added tokens follow
 // the vocab); this leaves room for as many gaps as tokens.
-int64_t IdLimit(const Json& vocab, const Json& added_tokens) {
-  const int64_t defined = static_cast<int64_t>(vocab.size()) +
-                          (added_tokens.is_array() ? static_cast<int64_t>(added_tokens.size()) : 0);
-  return 2 * defined + 256;
-}
+class IdBound {
+ public:
+  IdBound(const Json& vocab, const Json& added_tokens)
+      : token_count_(static_cast<int64_t>(vocab.size()) +
+                     (added_tokens.is_array() ? static_cast<int64_t>(added_tokens.size()) : 0)) {}
 
-std::string IdBeyondLimit(std::string_view where, int64_t id, int64_t limit) {
-  return absl::StrFormat(
-      "%s has id %d, beyond the ids this file can use (below %d: twice its %d tokens plus 256); "
-      "number the tokens densely",
-      where, id, limit, (limit - 256) / 2);
-}
+  int64_t limit() const { return 2 * token_count_ + 256; }
+
+  std::string Beyond(std::string_view where, int64_t id) const {
+    return absl::StrFormat(
+        "%s has id %d, beyond the ids this file can use (below %d: twice its %d tokens plus 256); "
+        "number the tokens densely",
+        where, id, limit(), token_count_);
+  }
+
+ private:
+  int64_t token_count_;
+};
 
 bool BoolOr(const Json& object, const char* key, bool fallback) {
   const auto it = object.find(key);
@@ -365,14 +371,14 @@ absl::StatusOr<std::unique_ptr<BpeTokenizer>> BpeTokenizer::Create(std::string_v
   }
   const Json& vocab = model["vocab"];
   const Json& added = root.contains("added_tokens") ? root["added_tokens"] : null_json;
-  const int64_t id_limit = IdLimit(vocab, added);
+  const IdBound id_bound(vocab, added);
   for (const auto& [symbol, id_json] : vocab.items()) {
     if (!id_json.is_number_integer() || id_json.get<int64_t>() < 0) {
       return errors.Malformed(absl::StrCat("model.vocab[\"", symbol, "\"] is not a valid id"));
     }
-    if (id_json.get<int64_t>() >= id_limit) {
-      return errors.Malformed(IdBeyondLimit(absl::StrCat("model.vocab[\"", symbol, "\"]"),
-                                            id_json.get<int64_t>(), id_limit));
+    if (id_json.get<int64_t>() >= id_bound.limit()) {
+      return errors.Malformed(id_bound.Beyond(absl::StrCat("model.vocab[\"", symbol, "\"]"),
+                                               id_json.get<int64_t>()));
     }
     const auto id = static_cast<int32_t>(id_json.get<int64_t>());
     if (static_cast<size_t>(id) >= t.id_to_bytes_.size()) t.id_to_bytes_.resize(id + 1);
@@ -440,9 +446,8 @@ absl::StatusOr<std::unique_ptr<BpeTokenizer>> BpeTokenizer::Create(std::string_v
         return errors.Malformed(
             absl::StrCat("added_tokens entry ", entry.dump(), " lacks a valid id or content"));
       }
-      if (entry["id"].get<int64_t>() >= id_limit) {
-        return errors.Malformed(
-            IdBeyondLimit("added_tokens entry", entry["id"].get<int64_t>(), id_limit));
+      if (entry["id"].get<int64_t>() >= id_bound.limit()) {
+        return errors.Malformed(id_bound.Beyond("added_tokens entry", entry["id"].get<int64_t>()));
       }
       const auto id = static_cast<int32_t>(entry["id"].get<int64_t>());
       std::string content = entry["content"].get<std::string>();
