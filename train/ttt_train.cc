@@ -77,6 +77,11 @@ ABSL_FLAG(int64_t, reread_len, 512, "tokens re-read at the end of a re-reading w
 ABSL_FLAG(double, reread_weight, 1.0,
           "weight of the re-read tokens' loss relative to a text token (only memory carried "
           "across chunks can lower it; upweighting it asks the fast weights to keep a document)");
+ABSL_FLAG(double, fresh_weight, 1.0,
+          "weight of each window's first TTT chunk (read with the initial fast weights, as a "
+          "session reads a document's start) relative to a text token; a long window has one such "
+          "chunk in 64, a served document one in 20-50, so upweighting it keeps the slow weights "
+          "good on their own");
 ABSL_FLAG(int64_t, recall_batch, 8, "synthetic recall episodes per step (0 = none)");
 ABSL_FLAG(int64_t, recall_pairs, 24, "key-value pairs per recall episode");
 ABSL_FLAG(double, recall_weight, 4.0,
@@ -360,6 +365,7 @@ struct Data {
   RecallSpec recall;
   int64_t bos = 1, eos = 2;
   int64_t T = 0, batch = 0, reread_batch = 0, reread_len = 0, recall_batch = 0;
+  int64_t chunk = 0;  // the TTT chunk (0 = no TTT: no fresh chunk to weight)
   int64_t StepTokens() const {
     return (batch + reread_batch) * T + recall_batch * RecallLength(recall);
   }
@@ -379,6 +385,7 @@ absl::StatusOr<Data> LoadData(const ModelConfig& config) {
   d.reread_batch = absl::GetFlag(FLAGS_reread_batch);
   d.reread_len = absl::GetFlag(FLAGS_reread_len);
   d.recall_batch = absl::GetFlag(FLAGS_recall_batch);
+  d.chunk = config.ttt_mode ? config.ttt_chunk : 0;
   if (d.reread_batch > 0 && (d.reread_len < 2 || 2 * d.reread_len >= d.T)) {
     return absl::InvalidArgumentError(absl::StrCat("--reread_len ", d.reread_len,
                                                    " must be in [2, seq_len / 2)"));
@@ -462,6 +469,11 @@ absl::StatusOr<StepLosses> TrainStep(Model& model, Optimiser& opt, const Data& d
     out.reread = s.item<double>() / c;
     weights = weights + (absl::GetFlag(FLAGS_reread_weight) - 1.0) * mask;
   }
+  if (data.chunk > 1 && absl::GetFlag(FLAGS_fresh_weight) != 1.0) {
+    // Targets 0 .. C-2 predict the first chunk's tokens, before any fast-weight update.
+    weights.slice(1, 0, std::min(data.chunk - 1, data.T - 1))
+        .add_(absl::GetFlag(FLAGS_fresh_weight) - 1.0);
+  }
   auto [loss_sum, n] = MaskedSum(losses, weights);
   if (data.recall_batch > 0) {
     auto rb = MakeRecallBatch(data.recall, data.train, data.recall_batch, data.bos, rng);
@@ -486,7 +498,8 @@ void PrintSummary(const ModelConfig& config, const Optimiser& opt, const Data& d
       "model: %lld layers, d_model %lld, d_ff %lld, window %s, TTT %s (layers %s, chunk %lld, "
       "eta %g, clip %g); %lld params (%lld trainable)\n"
       "data: %zu train docs (%lld tokens), %zu valid docs; %lld tokens/step ((%lld text + %lld "
-      "re-reading) x %lld + %lld x %lld recall); loss weights: re-read %g, recall values %g\n",
+      "re-reading) x %lld + %lld x %lld recall); loss weights: re-read %g, recall values %g, "
+      "first chunk %g\n",
       (long long)config.num_hidden_layers, (long long)config.hidden_size,
       (long long)config.intermediate_size,
       config.sliding_window ? std::to_string(*config.sliding_window).c_str() : "full",
@@ -496,7 +509,7 @@ void PrintSummary(const ModelConfig& config, const Optimiser& opt, const Data& d
       data.valid.docs.size(), (long long)data.StepTokens(), (long long)data.batch,
       (long long)data.reread_batch, (long long)data.T, (long long)data.recall_batch,
       (long long)RecallLength(data.recall), absl::GetFlag(FLAGS_reread_weight),
-      absl::GetFlag(FLAGS_recall_weight));
+      absl::GetFlag(FLAGS_recall_weight), absl::GetFlag(FLAGS_fresh_weight));
   std::fflush(stdout);
 }
 
