@@ -16,6 +16,7 @@
 #include <random>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <torch/torch.h>
@@ -371,6 +372,21 @@ struct Data {
   }
 };
 
+// A negative or non-finite weight would turn a loss term into one the optimiser maximises.
+absl::Status CheckLossWeights() {
+  const std::pair<const char*, double> weights[] = {
+      {"--reread_weight", absl::GetFlag(FLAGS_reread_weight)},
+      {"--fresh_weight", absl::GetFlag(FLAGS_fresh_weight)},
+      {"--recall_weight", absl::GetFlag(FLAGS_recall_weight)}};
+  for (const auto& [flag, w] : weights) {
+    if (!std::isfinite(w) || w < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(flag, " ", w, " must be a finite number >= 0"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<Data> LoadData(const ModelConfig& config) {
   Data d;
   ASSIGN_OR_RETURN(d.train, LoadTokenIds(absl::GetFlag(FLAGS_train_tokens), config.vocab_size));
@@ -499,7 +515,7 @@ void PrintSummary(const ModelConfig& config, const Optimiser& opt, const Data& d
       "eta %g, clip %g); %lld params (%lld trainable)\n"
       "data: %zu train docs (%lld tokens), %zu valid docs; %lld tokens/step ((%lld text + %lld "
       "re-reading) x %lld + %lld x %lld recall); loss weights: re-read %g, recall values %g, "
-      "first chunk %g\n",
+      "first chunk %s\n",
       (long long)config.num_hidden_layers, (long long)config.hidden_size,
       (long long)config.intermediate_size,
       config.sliding_window ? std::to_string(*config.sliding_window).c_str() : "full",
@@ -509,7 +525,9 @@ void PrintSummary(const ModelConfig& config, const Optimiser& opt, const Data& d
       data.valid.docs.size(), (long long)data.StepTokens(), (long long)data.batch,
       (long long)data.reread_batch, (long long)data.T, (long long)data.recall_batch,
       (long long)RecallLength(data.recall), absl::GetFlag(FLAGS_reread_weight),
-      absl::GetFlag(FLAGS_recall_weight), absl::GetFlag(FLAGS_fresh_weight));
+      absl::GetFlag(FLAGS_recall_weight),
+      // Without TTT no chunk is read before an update, so --fresh_weight does not apply.
+      data.chunk > 1 ? absl::StrCat(absl::GetFlag(FLAGS_fresh_weight)).c_str() : "n/a (no TTT)");
   std::fflush(stdout);
 }
 
@@ -644,6 +662,7 @@ absl::Status Export(const Loaded& loaded, const Progress& prog, const std::strin
 }
 
 absl::Status Run() {
+  RETURN_IF_ERROR(CheckLossWeights());
   torch::set_num_threads(absl::GetFlag(FLAGS_threads));
   const fs::path work = absl::GetFlag(FLAGS_work_dir);
   std::error_code ec;
