@@ -139,7 +139,7 @@ TEST(DefaultModelTest, ConfigHasTheTttSettings) {
   // docs/eval.md).
   EXPECT_DOUBLE_EQ(config->ttt_lr, 1.0);
   EXPECT_DOUBLE_EQ(config->ttt_clip, 5.0);
-  EXPECT_DOUBLE_EQ(config->ttt_delta_cap, 8.0);
+  EXPECT_DOUBLE_EQ(config->ttt_delta_cap, 9.0);
   EXPECT_EQ(config->sliding_window, std::optional<int64_t>(64));
   EXPECT_EQ(config->vocab_size, 4096);
 }
