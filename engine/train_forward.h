@@ -28,4 +28,10 @@ struct TrainForwardSettings {
 at::Tensor BatchedTrainForward(const ModelConfig& config, const NamedTensors& weights,
                                const TrainForwardSettings& settings, const at::Tensor& tokens);
 
+// Running sums over the chunks (dim 1) of `scaled` [B, chunks, d, f], each scaled back to Frobenius
+// norm `cap` when it is longer: the serving path's accumulated delta under ttt_delta_cap, in a form
+// whose cost barely grows with the number of chunks. Used by BatchedTrainForward; public for its
+// test.
+at::Tensor CappedRunningSums(const at::Tensor& scaled, double cap);
+
 }  // namespace ttt::engine

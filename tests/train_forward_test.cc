@@ -165,6 +165,41 @@ Read ReadInPieces(const Model& model, const std::vector<int32_t>& ids, bool one_
   return out;
 }
 
+// The serving path's rule, written the direct way: add each chunk's update, rescale to the cap.
+at::Tensor DirectCappedSums(const at::Tensor& scaled, double cap) {
+  std::vector<at::Tensor> sums;
+  at::Tensor running = at::zeros_like(scaled.select(1, 0));
+  for (int64_t j = 0; j < scaled.size(1); ++j) {
+    running = running + scaled.select(1, j);
+    at::Tensor norms = running.flatten(1).norm(2, {1}).view({scaled.size(0), 1, 1});
+    running = running * at::clamp_max(cap / (norms + 1e-12), 1.0);
+    sums.push_back(running);
+  }
+  return at::stack(sums, 1);
+}
+
+TEST(TrainForwardTest, CappedRunningSumsMatchTheDirectRuleInValueAndGradient) {
+  at::manual_seed(5);
+  // 40 chunks of 6 x 9 updates, some zero (a fresh TTT layer), some large enough to hit the cap.
+  at::Tensor scaled = at::randn({3, 40, 6, 9}, at::kFloat) * 0.4;
+  scaled.select(1, 0).zero_();
+  scaled.select(0, 2).zero_();
+  scaled.select(1, 7).mul_(6.0);
+  const at::Tensor upstream = at::randn({3, 40, 6, 9});
+  for (double cap : {1.5, 4.0, 1e9}) {
+    at::Tensor a = scaled.clone().requires_grad_(true), b = scaled.clone().requires_grad_(true);
+    const at::Tensor fast = CappedRunningSums(a, cap), direct = DirectCappedSums(b, cap);
+    EXPECT_LT((fast - direct).abs().max().item<double>(), 1e-5) << "cap " << cap;
+    (fast * upstream).sum().backward();
+    (direct * upstream).sum().backward();
+    EXPECT_TRUE(at::isfinite(a.grad()).all().item<bool>()) << "cap " << cap;
+    EXPECT_LT((a.grad() - b.grad()).abs().max().item<double>(), 1e-4) << "cap " << cap;
+    if (cap < 2) {
+      EXPECT_LE(fast.flatten(2).norm(2, {2}).max().item<double>(), cap * (1 + 1e-5));
+    }
+  }
+}
+
 TEST(TrainForwardTest, DeltaCapBoundsTheDeltaInEveryPathAndMatchesTheTrainForward) {
   ModelConfig c = Config();
   c.sliding_window = 6;
