@@ -121,5 +121,38 @@ TEST(TrainDataTest, RereadWindowsRepeatTheDocumentStart) {
   }
 }
 
+// Each pair must lie inside one chunk (the TTT target's conv does not reach across a chunk edge),
+// every query must be out of the attention window of every pair, and a layout that fits one chunk
+// stays as it was (the shipped evaluation's episodes do not change).
+TEST(TrainDataTest, RecallPairsNeverStraddleAChunkEdge) {
+  Corpus filler;
+  std::vector<int32_t> doc;
+  for (int i = 0; i < 400; ++i) doc.push_back(300 + i % 50);
+  filler.docs.push_back(doc);
+  filler.total_tokens = 400;
+  for (int64_t chunk : {64, 32, 16}) {
+    RecallSpec spec;
+    spec.chunk = chunk;
+    std::mt19937_64 rng(7);
+    const RecallEpisode ep = MakeRecallEpisode(spec, filler, /*bos=*/1, rng);
+    ASSERT_EQ(static_cast<int64_t>(ep.tokens.size()), RecallLength(spec)) << "chunk " << chunk;
+    EXPECT_EQ(ep.query_begin % chunk, 0);
+    int64_t pairs = 0, last_value = 0;
+    for (int64_t p = 1; p < ep.filler_begin; ++p) {
+      const int64_t t = ep.tokens[p];
+      if (t < spec.key_base || t >= spec.key_base + spec.num_keys) continue;
+      ++pairs;
+      last_value = p + 1;
+      EXPECT_EQ(p / chunk, (p + 1) / chunk) << "chunk " << chunk << ": pair at " << p;
+      EXPECT_GE(ep.tokens[p + 1], spec.value_base) << "a value follows its key";
+    }
+    EXPECT_EQ(pairs, spec.pairs) << "chunk " << chunk;
+    EXPECT_GE(ep.query_begin - last_value, spec.window) << "chunk " << chunk;
+    if (chunk == 64) {
+      EXPECT_EQ(ep.filler_begin, 1 + 2 * spec.pairs) << "unchanged when it fits";
+    }
+  }
+}
+
 }  // namespace
 }  // namespace ttt::train

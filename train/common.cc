@@ -112,8 +112,30 @@ at::Tensor SampleRereadWindows(const Corpus& corpus, int64_t batch, int64_t leng
   return at::tensor(flat, at::kLong).view({batch, length});
 }
 
+namespace {
+
+// Where each pair's key goes: from position 1, two tokens a pair, a pair that would straddle a
+// chunk edge moved past it (the TTT target's conv does not reach across chunks, so a split pair
+// could not be stored). With 1 + 2 * pairs <= chunk nothing moves.
+std::vector<int64_t> PairStarts(const RecallSpec& spec) {
+  std::vector<int64_t> starts;
+  int64_t at = 1;
+  for (int64_t i = 0; i < spec.pairs; ++i) {
+    if (spec.chunk > 1 && at % spec.chunk == spec.chunk - 1) ++at;
+    starts.push_back(at);
+    at += 2;
+  }
+  return starts;
+}
+
+int64_t PairsEnd(const RecallSpec& spec) {
+  return spec.pairs > 0 ? PairStarts(spec).back() + 2 : 1;
+}
+
+}  // namespace
+
 int64_t RecallLength(const RecallSpec& spec) {
-  const int64_t need = 2 * spec.pairs + spec.window;  // first query must not see any pair
+  const int64_t need = PairsEnd(spec) - 1 + spec.window;  // first query must not see any pair
   const int64_t query_begin = (need + spec.chunk - 1) / spec.chunk * spec.chunk;
   return query_begin + 2 * spec.pairs;
 }
@@ -123,7 +145,7 @@ RecallEpisode MakeRecallEpisode(const RecallSpec& spec, const Corpus& filler, in
   RecallEpisode ep;
   const int64_t length = RecallLength(spec);
   ep.query_begin = length - 2 * spec.pairs;
-  ep.filler_begin = 1 + 2 * spec.pairs;
+  ep.filler_begin = PairsEnd(spec);
   ep.tokens.reserve(length);
   ep.tokens.push_back(bos);
 
@@ -133,8 +155,11 @@ RecallEpisode MakeRecallEpisode(const RecallSpec& spec, const Corpus& filler, in
   keys.resize(spec.pairs);
   std::uniform_int_distribution<int64_t> value(0, spec.num_keys - 1);
   std::vector<int64_t> values(spec.pairs);
+  const std::vector<int64_t> starts = PairStarts(spec);
   for (int64_t i = 0; i < spec.pairs; ++i) {
     values[i] = spec.value_base + value(rng);
+    // A chunk's last position stays free; bos separates documents in the filler too.
+    while (static_cast<int64_t>(ep.tokens.size()) < starts[i]) ep.tokens.push_back(bos);
     ep.tokens.push_back(keys[i]);
     ep.tokens.push_back(values[i]);
   }

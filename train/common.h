@@ -42,8 +42,8 @@ at::Tensor SampleRereadWindows(const Corpus& corpus, int64_t batch, int64_t leng
                                int64_t reread, int64_t bos, int64_t eos, std::mt19937_64& rng);
 
 // Associative recall in the style of MQAR (Arora et al., "Zoology", 2023), laid out so that the
-// memory must live in the fast weights: bos, `pairs` key-value pairs (all inside the first TTT
-// chunk), natural-text filler until the attention window has moved past every pair and a chunk
+// memory must live in the fast weights: bos, `pairs` key-value pairs (inside the first TTT chunk
+// when they fit, otherwise none split by a chunk edge), natural-text filler until the attention window has moved past every pair and a chunk
 // boundary is reached, then every key again in random order, each followed by its value.
 // Keys and values are drawn from two disjoint fixed sets of ordinary vocabulary pieces.
 struct RecallSpec {
@@ -64,7 +64,8 @@ struct RecallEpisode {
 
 // Length of every episode of `spec` (all episodes have the same length).
 int64_t RecallLength(const RecallSpec& spec);
-// REQUIRES: 1 + 2 * spec.pairs <= spec.chunk; filler has documents longer than the filler.
+// The pairs come first, none split by a chunk edge (a bos fills the chunk's last position where
+// one would be); REQUIRES: filler has documents longer than the filler.
 RecallEpisode MakeRecallEpisode(const RecallSpec& spec, const Corpus& filler, int64_t bos,
                                 std::mt19937_64& rng);
 
