@@ -43,8 +43,9 @@ at::Tensor SampleRereadWindows(const Corpus& corpus, int64_t batch, int64_t leng
 
 // Associative recall in the style of MQAR (Arora et al., "Zoology", 2023), laid out so that the
 // memory must live in the fast weights: bos, `pairs` key-value pairs (inside the first TTT chunk
-// when they fit, otherwise none split by a chunk edge), natural-text filler until the attention window has moved past every pair and a chunk
-// boundary is reached, then every key again in random order, each followed by its value.
+// when they fit, otherwise none split by a chunk edge), natural-text filler until the attention
+// window has moved past every pair and a chunk boundary is reached, then every key again in
+// random order, each followed by its value.
 // Keys and values are drawn from two disjoint fixed sets of ordinary vocabulary pieces.
 struct RecallSpec {
   int64_t pairs = 24;
