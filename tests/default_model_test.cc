@@ -48,7 +48,7 @@ bool Recording() {
   return record != nullptr && std::string(record) == "1";
 }
 
-// Longer than one TTT chunk (64 tokens), so the fast weights change inside it.
+// Longer than two TTT chunks (32 tokens each), so the fast weights change inside it.
 constexpr char kText[] =
     "The committee met on Tuesday to review the plans for the new library. Mr. Allen, who has "
     "served on the board for nine years, said that the building would be finished by the end of "
@@ -134,7 +134,7 @@ TEST(DefaultModelTest, ConfigHasTheTttSettings) {
   EXPECT_TRUE(config->ttt_mode);
   EXPECT_EQ(config->ttt_layers, (std::vector<int64_t>{1, 3}));
   EXPECT_EQ(config->ttt_target, engine::TttTarget::kInputEmbed);
-  EXPECT_EQ(config->ttt_chunk, 64);
+  EXPECT_EQ(config->ttt_chunk, 32);
   // eta, the update clip and the delta cap chosen on the validation split (docs/model.md,
   // docs/eval.md).
   EXPECT_DOUBLE_EQ(config->ttt_lr, 1.0);
@@ -155,7 +155,7 @@ TEST(DefaultModelTest, FilesAreSmallAndLoad) {
 TEST(DefaultModelTest, ScoringMatchesRecordedNumbers) {
   // The fixed text's ids, as default_model_tokenizer_test checks the tokenizer produces them.
   const std::vector<int32_t> ids = ReadRecorded<int32_t>(kRecordedIds, "ids");
-  ASSERT_GT(ids.size(), 64u + 37u) << "no recorded ids in " << kRecordedIds;
+  ASSERT_GT(ids.size(), 2u * 32u + 37u) << "no recorded ids in " << kRecordedIds;
 
   auto on = engine::Model::Load(kModelDir);
   ASSERT_TRUE(on.ok()) << on.status();
@@ -186,7 +186,8 @@ TEST(DefaultModelTest, ScoringMatchesRecordedNumbers) {
     diff += std::abs(lp_on[i] - lp_off[i]);
   }
   // The first chunk has no fast-weight update yet, so TTT on and off agree there ...
-  for (size_t i = 0; i + 1 < 64; ++i) EXPECT_NEAR(lp_on[i], lp_off[i], 1e-4) << "token " << i + 1;
+  const size_t chunk = static_cast<size_t>((*on)->config().ttt_chunk);
+  for (size_t i = 0; i + 1 < chunk; ++i) EXPECT_NEAR(lp_on[i], lp_off[i], 1e-4) << "token " << i + 1;
   // ... and after it the fast weights change the scores.
   EXPECT_GT(diff, 1e-2);
 }
