@@ -6,12 +6,12 @@
 //
 //   engine_bench [--shape=small|test|shipped|large] [--tokens=N] [--threads=N] [--python=/usr/bin/python3]
 //                [--device=cpu|cuda] [--sessions=1,4,16,64] [--only=all|scaling|ops]
-//                [--clock=wall|cpu] [--model=DIR]
+//                [--clock=wall|cpu] [--model=DIR] [--chunk=N]
 //
 // --clock=cpu times with the process's CPU time instead of the wall clock: with --threads=1 on a
 // machine shared with other jobs it is far less sensitive to time slicing (it still sees cache
 // and memory-bandwidth contention). --model=DIR also prints the bytes a resident session of that
-// model holds.
+// model holds. --chunk=N serves the shape at another TTT chunk (the cost of updating more often).
 //
 // Benchmarks never assert on time; they print figures. Results go to bench/RESULTS.md.
 #include <ATen/ATen.h>
@@ -52,6 +52,7 @@ struct Flags {
   std::vector<int> sessions = {1, 4, 16, 64};  // session counts of the scaling table
   std::string only = "all";                     // "scaling": the session-scaling table alone
   std::string model;                            // a model folder whose session bytes to print
+  int64_t chunk = 0;                            // > 0: the TTT chunk instead of the shape's
 };
 
 bool cpu_clock = false;  // --clock=cpu
@@ -88,6 +89,7 @@ Flags ParseFlags(int argc, char** argv) {
     else if (auto v = value("only")) flags.only = v;
     else if (auto v = value("clock")) cpu_clock = std::string(v) == "cpu";
     else if (auto v = value("model")) flags.model = v;
+    else if (auto v = value("chunk")) flags.chunk = std::atoll(v);
     else {
       std::cerr << "unknown flag " << arg << "\n";
       std::exit(2);
@@ -112,7 +114,7 @@ ModelConfig Shape(const std::string& name) {
   } else if (name == "shipped") {  // the dimensions of models/ttt-brown
     c.vocab_size = 4096, c.hidden_size = 128, c.intermediate_size = 384, c.num_hidden_layers = 4;
     c.num_attention_heads = 2, c.num_key_value_heads = 2, c.head_dim = 64;
-    c.ttt_layers = {1, 3}, c.ttt_chunk = 64, c.sliding_window = 64, c.tie_word_embeddings = true;
+    c.ttt_layers = {1, 3}, c.ttt_chunk = 32, c.sliding_window = 64, c.tie_word_embeddings = true;
   } else if (name == "large") {
     c.vocab_size = 32000, c.hidden_size = 2048, c.intermediate_size = 5632;
     c.num_hidden_layers = 24, c.num_attention_heads = 16, c.num_key_value_heads = 8;
@@ -372,7 +374,8 @@ double PythonReferenceRate(const Flags& flags, const ModelConfig& config, const 
 int Run(const Flags& flags) {
   // OpenMP may default to one thread on a busy machine; say how many we use.
   SetCpuThreads(flags.threads);
-  const ModelConfig config = Shape(flags.shape);
+  ModelConfig config = Shape(flags.shape);
+  if (flags.chunk > 0) config.ttt_chunk = flags.chunk;
   const NamedTensors weights = RandomWeights(config);
   const int64_t n = flags.tokens;
   std::printf("# engine_bench shape=%s layers=%lld d_model=%lld d_ff=%lld vocab=%lld chunk=%lld "
