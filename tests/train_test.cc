@@ -1,14 +1,16 @@
-// train/: the trainer's checkpoint helpers (Status-returning, progress as JSON) and the layout of
-// its re-reading windows.
+// train/: the trainer's checkpoint helpers (Status-returning, progress as JSON), the layout of
+// its re-reading windows, and the evaluation's per-document losses and paired intervals.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <random>
 
 #include "train/checkpoint.h"
 #include "train/common.h"
+#include "train/eval_lib.h"
 
 namespace ttt::train {
 namespace {
@@ -151,6 +153,81 @@ TEST(TrainDataTest, RecallPairsNeverStraddleAChunkEdge) {
     if (chunk == 64) {
       EXPECT_EQ(ep.filler_begin, 1 + 2 * spec.pairs) << "unchanged when it fits";
     }
+  }
+}
+
+// Per-document losses: `values[d]` are document d's losses at positions 1, 2, ...
+std::vector<PositionLoss> Docs(const std::vector<std::vector<double>>& values) {
+  std::vector<PositionLoss> docs(values.size());
+  for (size_t d = 0; d < values.size(); ++d) {
+    for (size_t i = 0; i < values[d].size(); ++i) docs[d].Add(static_cast<int64_t>(i) + 1, values[d][i]);
+  }
+  return docs;
+}
+
+TEST(EvalTest, BootstrapDifferenceIsThePooledGapWithAnIntervalOverDocuments) {
+  // A constant gap: every resample sees it, so the interval is the point.
+  const auto base = Docs({{4, 5, 6}, {3, 3}, {5}});
+  const auto worse = Docs({{4.5, 5.5, 6.5}, {3.5, 3.5}, {5.5}});
+  PairedDifference d = BootstrapDifference(worse, base, 1, 100);
+  EXPECT_NEAR(d.diff, 0.5, 1e-12);
+  EXPECT_NEAR(d.low, 0.5, 1e-12);
+  EXPECT_NEAR(d.high, 0.5, 1e-12);
+  // Pooled over tokens, not averaged over documents: 3 positions 1 worse, 1 position equal.
+  d = BootstrapDifference(Docs({{2, 2, 2}, {1}}), Docs({{1, 1, 1}, {1}}), 1, 100);
+  EXPECT_NEAR(d.diff, 0.75, 1e-12);
+  // Half the documents better, half worse by as much: no gap, and an interval either side of 0.
+  std::vector<std::vector<double>> a, b;
+  for (int k = 0; k < 20; ++k) {
+    a.push_back({k % 2 ? 5.0 : 3.0, 4.0});
+    b.push_back({4.0, 4.0});
+  }
+  d = BootstrapDifference(Docs(a), Docs(b), 1, 100);
+  EXPECT_NEAR(d.diff, 0.0, 1e-12);
+  EXPECT_LT(d.low, -0.05);
+  EXPECT_GT(d.high, 0.05);
+  // Only the bucket's positions count: position 2 is equal everywhere.
+  d = BootstrapDifference(Docs(a), Docs(b), 2, 3);
+  EXPECT_NEAR(d.diff, 0.0, 1e-12);
+  EXPECT_NEAR(d.high - d.low, 0.0, 1e-12);
+  // Nothing scored in the bucket: NaN, not a number that looks like a result.
+  EXPECT_TRUE(std::isnan(BootstrapDifference(Docs(a), Docs(b), 50, 60).diff));
+}
+
+TEST(EvalTest, PerDocumentLossesAddUpToTheBucketTables) {
+  FreshModelSpec spec;
+  spec.vocab_size = 300;
+  spec.hidden_size = 16;
+  spec.intermediate_size = 24;
+  spec.layers = 2;
+  spec.ttt_layers = {1};
+  spec.ttt_chunk = 8;
+  auto model = engine::Model::FromWeights(MakeConfig(spec), InitWeights(MakeConfig(spec), 5));
+  ASSERT_TRUE(model.ok()) << model.status();
+  Corpus corpus;
+  for (int d = 0; d < 7; ++d) {
+    std::vector<int32_t> doc;
+    for (int i = 0; i < 10 + 7 * d; ++i) doc.push_back(10 + (37 * d + 11 * i) % 280);
+    corpus.total_tokens += doc.size();
+    corpus.docs.push_back(std::move(doc));
+  }
+  for (bool reset : {false, true}) {
+    // Streams of at least 40 tokens: several streams, documents in the middle of each.
+    auto r = ScoreStreams(**model, corpus, 40, reset, /*piece=*/6);
+    ASSERT_TRUE(r.ok()) << r.status();
+    ASSERT_EQ(r->by_document.size(), corpus.docs.size());
+    double sum = 0;
+    int64_t count = 0;
+    for (size_t d = 0; d < corpus.docs.size(); ++d) {
+      const auto [s, n] = r->by_document[d].Total(0, 1 << 30);
+      EXPECT_EQ(n, static_cast<int64_t>(corpus.docs[d].size())) << "document " << d;
+      EXPECT_EQ(r->by_document[d].Total(0, 1).second, 0) << "its bos is not scored";
+      sum += s;
+      count += n;
+    }
+    const auto [all_sum, all_count] = r->by_document_position.Total(0, 1 << 30);
+    EXPECT_EQ(count, all_count);
+    EXPECT_NEAR(sum, all_sum, 1e-6 * std::abs(all_sum));
   }
 }
 

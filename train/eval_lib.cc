@@ -43,13 +43,56 @@ void PositionLoss::Add(int64_t pos, double nll) {
 }
 
 double PositionLoss::Mean(int64_t begin, int64_t end) const {
+  const auto [s, n] = Total(begin, end);
+  return n > 0 ? s / n : std::numeric_limits<double>::quiet_NaN();
+}
+
+std::pair<double, int64_t> PositionLoss::Total(int64_t begin, int64_t end) const {
   double s = 0;
   int64_t n = 0;
   for (int64_t p = std::max<int64_t>(0, begin); p < std::min<int64_t>(end, sum.size()); ++p) {
     s += sum[p];
     n += count[p];
   }
-  return n > 0 ? s / n : std::numeric_limits<double>::quiet_NaN();
+  return {s, n};
+}
+
+PairedDifference BootstrapDifference(const std::vector<PositionLoss>& a,
+                                     const std::vector<PositionLoss>& b, int64_t begin,
+                                     int64_t end, int resamples) {
+  // Per document: summed loss of each model and the count of positions scored in the bucket.
+  struct Doc { double a, b; int64_t n; };
+  std::vector<Doc> docs;
+  for (size_t d = 0; d < std::min(a.size(), b.size()); ++d) {
+    const auto [sa, na] = a[d].Total(begin, end);
+    const auto [sb, nb] = b[d].Total(begin, end);
+    if (na > 0 && na == nb) docs.push_back({sa, sb, na});
+  }
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  if (docs.empty()) return {nan, nan, nan};
+  auto diff_of = [](double sa, double sb, int64_t n) { return (sa - sb) / static_cast<double>(n); };
+  PairedDifference r;
+  double sa = 0, sb = 0;
+  int64_t n = 0;
+  for (const Doc& d : docs) sa += d.a, sb += d.b, n += d.n;
+  r.diff = diff_of(sa, sb, n);
+  std::mt19937_64 rng(12);
+  std::uniform_int_distribution<size_t> pick(0, docs.size() - 1);
+  std::vector<double> draws;
+  for (int i = 0; i < resamples; ++i) {
+    double ra = 0, rb = 0;
+    int64_t rn = 0;
+    for (size_t k = 0; k < docs.size(); ++k) {
+      const Doc& d = docs[pick(rng)];
+      ra += d.a, rb += d.b, rn += d.n;
+    }
+    draws.push_back(diff_of(ra, rb, rn));
+  }
+  std::sort(draws.begin(), draws.end());
+  auto quantile = [&](double q) { return draws[static_cast<size_t>(q * (draws.size() - 1))]; };
+  r.low = resamples > 0 ? quantile(0.025) : r.diff;
+  r.high = resamples > 0 ? quantile(0.975) : r.diff;
+  return r;
 }
 
 namespace {
@@ -62,6 +105,11 @@ int64_t Bos(const Model& model) {
 struct Stream {
   std::vector<int32_t> tokens;
   std::vector<int64_t> doc_starts;  // ascending; doc_starts[0] = 0
+  size_t first_doc = 0;             // the corpus index of its first document
+  size_t DocIndex(int64_t pos) const {  // the corpus index of the document holding `pos`
+    return first_doc + (std::upper_bound(doc_starts.begin(), doc_starts.end(), pos) -
+                        doc_starts.begin() - 1);
+  }
   int64_t DocEnd(int64_t pos) const {  // end of the document holding `pos`
     auto it = std::upper_bound(doc_starts.begin(), doc_starts.end(), pos);
     return it == doc_starts.end() ? static_cast<int64_t>(tokens.size()) : *it;
@@ -73,8 +121,11 @@ struct Stream {
 
 std::vector<Stream> MakeStreams(const Corpus& docs, int64_t min_stream, int32_t bos) {
   std::vector<Stream> streams(1);
-  for (const auto& d : docs.docs) {
-    if (static_cast<int64_t>(streams.back().tokens.size()) >= min_stream) streams.emplace_back();
+  for (size_t i = 0; i < docs.docs.size(); ++i) {
+    const auto& d = docs.docs[i];
+    if (static_cast<int64_t>(streams.back().tokens.size()) >= min_stream) {
+      streams.emplace_back().first_doc = i;
+    }
     Stream& s = streams.back();
     s.doc_starts.push_back(static_cast<int64_t>(s.tokens.size()));
     s.tokens.push_back(bos);
@@ -129,6 +180,7 @@ absl::StatusOr<StreamResult> ScoreStreams(const Model& model, const Corpus& docs
   for (size_t i = 0; i < streams.size(); ++i) states.push_back(model.NewSequence());
   std::vector<int64_t> at(streams.size(), 0);
   StreamResult r;
+  r.by_document.resize(docs.docs.size());
   while (true) {
     std::vector<IngestItem> items;
     std::vector<size_t> owner;
@@ -149,6 +201,7 @@ absl::StatusOr<StreamResult> ScoreStreams(const Model& model, const Corpus& docs
         if (std::isnan(lps[k][j]) || pos == s.DocStart(pos)) continue;  // a document's bos
         r.by_stream_position.Add(pos, -lps[k][j]);
         r.by_document_position.Add(pos - s.DocStart(pos), -lps[k][j]);
+        r.by_document[s.DocIndex(pos)].Add(pos - s.DocStart(pos), -lps[k][j]);
       }
       at[i] += static_cast<int64_t>(items[k].tokens.size());
       if (reset_at_document_end && at[i] == s.DocEnd(at[i] - 1)) model.Reset(states[i]);

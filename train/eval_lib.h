@@ -9,6 +9,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -34,6 +35,8 @@ struct PositionLoss {
   // Mean over positions [begin, end); NaN when nothing was scored there.
   double Mean(int64_t begin, int64_t end) const;
   double MeanAll() const { return Mean(0, static_cast<int64_t>(sum.size())); }
+  // Summed loss and count over positions [begin, end).
+  std::pair<double, int64_t> Total(int64_t begin, int64_t end) const;
 };
 
 // Held-out documents as sessions see them. The documents, in order, are concatenated into
@@ -44,11 +47,23 @@ struct PositionLoss {
 struct StreamResult {
   PositionLoss by_stream_position;    // position in the stream
   PositionLoss by_document_position;  // position in the document (0 = bos)
+  std::vector<PositionLoss> by_document;  // the same, each document alone (corpus order)
   std::vector<double> delta_norms_end;  // |delta| per TTT layer at the end of the first stream
 };
 absl::StatusOr<StreamResult> ScoreStreams(const engine::Model& model, const Corpus& docs,
                                           int64_t min_stream, bool reset_at_document_end,
                                           int64_t piece);
+
+// How far model a's loss over document positions [begin, end) lies above model b's on the same
+// documents (a's pooled mean minus b's; negative = a is better), with a 95 % interval from a
+// paired bootstrap over documents (`resamples` draws of as many documents, with replacement, from
+// a fixed seed): whether a bucket's gap is more than which documents happened to be held out.
+struct PairedDifference {
+  double diff = 0, low = 0, high = 0;
+};
+PairedDifference BootstrapDifference(const std::vector<PositionLoss>& a,
+                                     const std::vector<PositionLoss>& b, int64_t begin,
+                                     int64_t end, int resamples = 2000);
 
 // The re-reading test on the first `num_docs` documents: mean loss on a document's first
 // `length` tokens (targets 1 .. length-1) read in a fresh session (bos + those tokens); again
