@@ -146,6 +146,31 @@ TEST(ModelTest, SlidingWindowCoveringTheSequenceEqualsFullAttention) {
   EXPECT_EQ(c.cache[0].keys.size(1), 7) << "a window of 8 keeps the 7 keys the next token needs";
 }
 
+// A long call attends in blocks of queries, each over the keys its rows can see; one token at a
+// time takes the varlen kernel. Both must give the same numbers, block edges included.
+TEST(ModelTest, LongWindowedIngestEqualsOneTokenAtATime) {
+  auto model = MakeModel({.sliding_window = 5});
+  const auto tokens = RandomTokens(400, 53, 8);
+  SequenceState one_call = model->NewSequence(), pieces = model->NewSequence(),
+                one_by_one = model->NewSequence();
+  IngestLogProbs lp_call = IngestAll(*model, one_call, {tokens.begin(), tokens.begin() + 3});
+  const auto rest = IngestAll(*model, one_call, {tokens.begin() + 3, tokens.end()});  // 397 rows
+  lp_call.insert(lp_call.end(), rest.begin(), rest.end());
+  IngestLogProbs lp_pieces;
+  for (auto [begin, end] : {std::pair{0, 129}, {129, 257}, {257, 400}}) {
+    const auto lp = IngestAll(*model, pieces, {tokens.begin() + begin, tokens.begin() + end});
+    lp_pieces.insert(lp_pieces.end(), lp.begin(), lp.end());
+  }
+  IngestLogProbs lp_one;
+  for (int32_t t : tokens) {
+    const auto lp = IngestAll(*model, one_by_one, {t});
+    lp_one.insert(lp_one.end(), lp.begin(), lp.end());
+  }
+  ExpectClose(lp_call, lp_one, 2e-5);
+  ExpectClose(lp_pieces, lp_one, 2e-5);
+  EXPECT_EQ(one_call.cache[0].keys.size(1), 4) << "a window of 5 keeps 4 keys";
+}
+
 TEST(ModelTest, ResetReturnsToInitialFastWeights) {
   auto model = MakeModel();
   SequenceState s = model->NewSequence();

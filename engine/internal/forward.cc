@@ -216,8 +216,7 @@ at::Tensor ModelAccess::Attend(size_t l, at::Tensor q, at::Tensor k, at::Tensor 
 // applied) over its cache and themselves, with BLAS products; extends the cache.
 at::Tensor ModelAccess::AttendOne(size_t l, at::Tensor q, at::Tensor k, at::Tensor v,
                                   SequenceState& state) {
-  const int64_t n = q.size(0), hd = cfg_.head_dim;
-  const int64_t heads = cfg_.num_attention_heads, kv_heads = cfg_.num_key_value_heads;
+  const int64_t n = q.size(0), hd = cfg_.head_dim, heads = cfg_.num_attention_heads;
   q = q.transpose(0, 1);  // [heads, n, hd]
   k = k.transpose(0, 1);  // [kv_heads, n, hd]
   v = v.transpose(0, 1);
@@ -236,21 +235,23 @@ at::Tensor ModelAccess::AttendOne(size_t l, at::Tensor q, at::Tensor k, at::Tens
   }
   const int64_t total = keys.size(1), cached = total - n;
 
-  // Mask: key j (absolute position start - cached + j) is visible to query i (start + i) when
-  // it is not in the future and, with a window, less than `window` tokens back.
-  at::TensorOptions long_opts = at::TensorOptions().dtype(at::kLong).device(q.device());
-  at::Tensor qpos = at::arange(n, long_opts).unsqueeze(1) + cached;
-  at::Tensor kpos = at::arange(total, long_opts).unsqueeze(0);
-  at::Tensor visible = kpos <= qpos;
-  if (w_.window) visible = visible & (kpos > qpos - *w_.window);
-
-  const int64_t group = heads / kv_heads;
-  at::Tensor qg = q.reshape({kv_heads, group * n, hd}).to(at::kFloat);
-  at::Tensor scores = at::bmm(qg, keys.to(at::kFloat).transpose(1, 2)) / std::sqrt(double(hd));
-  scores = scores.view({kv_heads, group, n, total})
-               .masked_fill(visible.logical_not(), -std::numeric_limits<float>::infinity());
-  at::Tensor probs = at::softmax(scores, -1).view({kv_heads, group * n, total});
-  at::Tensor out = at::bmm(probs, values.to(at::kFloat)).view({heads, n, hd});
+  // Query i sits at row cached + i of the keys. With a window, a query sees fewer than `window`
+  // keys back: blocks of queries, each over the keys its rows can see, keep a long ingest
+  // O(n * window) instead of O(n * (cached + n)).
+  const int64_t block = w_.window ? std::max<int64_t>(2 * *w_.window, 128) : n;
+  at::Tensor out;
+  if (n <= block) {
+    out = MaskedAttention(q, keys, values, cached, 0);
+  } else {
+    std::vector<at::Tensor> parts;
+    for (int64_t q0 = 0; q0 < n; q0 += block) {
+      const int64_t q1 = std::min(n, q0 + block);
+      const int64_t k0 = std::max<int64_t>(0, cached + q0 - *w_.window + 1), k1 = cached + q1;
+      parts.push_back(MaskedAttention(q.slice(1, q0, q1), keys.slice(1, k0, k1),
+                                      values.slice(1, k0, k1), cached + q0, k0));
+    }
+    out = at::cat(parts, 1);
+  }
 
   const int64_t keep = std::min(total, CacheKeep());
   if (in_place_) {
@@ -261,6 +262,28 @@ at::Tensor ModelAccess::AttendOne(size_t l, at::Tensor q, at::Tensor k, at::Tens
     cache.values = keep < total ? values.slice(1, total - keep).clone() : values;
   }
   return out.transpose(0, 1).reshape({n, heads * hd}).to(q.scalar_type());
+}
+
+// Softmax attention of q [heads, n, hd] (query i at key-row position q_first + i) over keys and
+// values [kv_heads, total, hd] (key j at position k_first + j): a key is visible when it is not
+// in the future and, with a window, less than `window` tokens back. Returns [heads, n, hd] fp32.
+at::Tensor ModelAccess::MaskedAttention(const at::Tensor& q, const at::Tensor& keys,
+                                        const at::Tensor& values, int64_t q_first,
+                                        int64_t k_first) const {
+  const int64_t heads = q.size(0), n = q.size(1), hd = q.size(2);
+  const int64_t kv_heads = keys.size(0), total = keys.size(1), group = heads / kv_heads;
+  at::TensorOptions long_opts = at::TensorOptions().dtype(at::kLong).device(q.device());
+  at::Tensor qpos = at::arange(n, long_opts).unsqueeze(1) + q_first;
+  at::Tensor kpos = at::arange(total, long_opts).unsqueeze(0) + k_first;
+  at::Tensor visible = kpos <= qpos;
+  if (w_.window) visible = visible & (kpos > qpos - *w_.window);
+
+  at::Tensor qg = q.reshape({kv_heads, group * n, hd}).to(at::kFloat);
+  at::Tensor scores = at::bmm(qg, keys.to(at::kFloat).transpose(1, 2)) / std::sqrt(double(hd));
+  scores = scores.view({kv_heads, group, n, total})
+               .masked_fill(visible.logical_not(), -std::numeric_limits<float>::infinity());
+  at::Tensor probs = at::softmax(scores, -1).view({kv_heads, group * n, total});
+  return at::bmm(probs, values.to(at::kFloat)).view({heads, n, hd});
 }
 
 // In-Place TTT in one layer for every item: z @ (fast part of W_down)^T per row, [rows, d] fp32.

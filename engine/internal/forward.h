@@ -38,6 +38,8 @@ class ModelAccess {
   at::Tensor Layer(size_t l, const at::Tensor& x, const at::Tensor& embeddings);
   at::Tensor Attend(size_t l, at::Tensor q, at::Tensor k, at::Tensor v);
   at::Tensor AttendOne(size_t l, at::Tensor q, at::Tensor k, at::Tensor v, SequenceState& state);
+  at::Tensor MaskedAttention(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& values,
+                             int64_t q_first, int64_t k_first) const;
   at::Tensor FastWeightTerms(const LayerWeights& lw, const at::Tensor& z, const at::Tensor& x0);
   at::Tensor FastWeightTermOne(const LayerWeights& lw, const at::Tensor& z_new,
                                const at::Tensor& x0_new, SequenceState& state);
