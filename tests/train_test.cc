@@ -24,6 +24,18 @@ fs::path TempDir(const std::string& name) {
   return dir;
 }
 
+// A tiny TTT model's config: 2 layers, TTT in layer 1, chunk 8.
+engine::ModelConfig TinyConfig() {
+  FreshModelSpec spec;
+  spec.vocab_size = 300;
+  spec.hidden_size = 16;
+  spec.intermediate_size = 24;
+  spec.layers = 2;
+  spec.ttt_layers = {1};
+  spec.ttt_chunk = 8;
+  return MakeConfig(spec);
+}
+
 TEST(CheckpointTest, ProgressRoundTripsThroughJson) {
   Progress p;
   p.step = 123;
@@ -71,14 +83,7 @@ TEST(CheckpointTest, ReadFileAndSyncDirReportFailures) {
 
 TEST(CheckpointTest, SavedCheckpointLoadsBackWithItsOptimizer) {
   const fs::path work = TempDir("ckpt");
-  FreshModelSpec spec;
-  spec.vocab_size = 300;
-  spec.hidden_size = 16;
-  spec.intermediate_size = 24;
-  spec.layers = 2;
-  spec.ttt_layers = {1};
-  spec.ttt_chunk = 8;
-  const engine::ModelConfig config = MakeConfig(spec);
+  const engine::ModelConfig config = TinyConfig();
   auto model = engine::Model::FromWeights(config, InitWeights(config, 5));
   ASSERT_TRUE(model.ok()) << model.status();
   std::vector<torch::Tensor> params;
@@ -195,14 +200,7 @@ TEST(EvalTest, BootstrapDifferenceIsThePooledGapWithAnIntervalOverDocuments) {
 }
 
 TEST(EvalTest, PerDocumentLossesAddUpToTheBucketTables) {
-  FreshModelSpec spec;
-  spec.vocab_size = 300;
-  spec.hidden_size = 16;
-  spec.intermediate_size = 24;
-  spec.layers = 2;
-  spec.ttt_layers = {1};
-  spec.ttt_chunk = 8;
-  auto model = engine::Model::FromWeights(MakeConfig(spec), InitWeights(MakeConfig(spec), 5));
+  auto model = engine::Model::FromWeights(TinyConfig(), InitWeights(TinyConfig(), 5));
   ASSERT_TRUE(model.ok()) << model.status();
   Corpus corpus;
   for (int d = 0; d < 7; ++d) {
