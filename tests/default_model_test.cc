@@ -48,7 +48,7 @@ bool Recording() {
   return record != nullptr && std::string(record) == "1";
 }
 
-// Longer than two TTT chunks (32 tokens each), so the fast weights change inside it.
+// Longer than several TTT chunks (16 tokens each), so the fast weights change inside it.
 constexpr char kText[] =
     "The committee met on Tuesday to review the plans for the new library. Mr. Allen, who has "
     "served on the board for nine years, said that the building would be finished by the end of "
@@ -134,12 +134,12 @@ TEST(DefaultModelTest, ConfigHasTheTttSettings) {
   EXPECT_TRUE(config->ttt_mode);
   EXPECT_EQ(config->ttt_layers, (std::vector<int64_t>{1, 3}));
   EXPECT_EQ(config->ttt_target, engine::TttTarget::kInputEmbed);
-  EXPECT_EQ(config->ttt_chunk, 32);
+  EXPECT_EQ(config->ttt_chunk, 16);
   // eta, the update clip and the delta cap chosen on the validation split (docs/model.md,
   // docs/eval.md).
   EXPECT_DOUBLE_EQ(config->ttt_lr, 1.0);
   EXPECT_DOUBLE_EQ(config->ttt_clip, 5.0);
-  EXPECT_DOUBLE_EQ(config->ttt_delta_cap, 9.0);
+  EXPECT_DOUBLE_EQ(config->ttt_delta_cap, 8.5);
   EXPECT_EQ(config->sliding_window, std::optional<int64_t>(64));
   EXPECT_EQ(config->vocab_size, 4096);
 }

@@ -11,6 +11,6 @@ cd "$root"
 bin="${BIN:-build/train/ttt-eval}"
 exec nice "$bin" --model=models/ttt-brown --twin=models/ttt-brown-baseline \
   --valid_tokens=data/brown/valid.tok --test_tokens=data/brown/test.tok \
-  --sweep="${SWEEP:-0.5:5,1:5,1:5:8,1:5:9,1:5:10,1:5:12,1:5:15}" --stream_tokens=16384 --reread_docs=12 \
+  --sweep="${SWEEP:-0.5:5,1:5,1:5:8,1:5:8.5,1:5:8.75,1:5:9,1:5:10,1:5:12,1:5:15}" --stream_tokens=16384 --reread_docs=12 \
   --reread_len=512 --reread_others=2 --recall_episodes=256 --threads=1 \
   --out_md=docs/eval.md --out_dir=docs --work_dir=data/eval --command="tools/run_eval.sh" "$@"
