@@ -187,7 +187,9 @@ TEST(DefaultModelTest, ScoringMatchesRecordedNumbers) {
   }
   // The first chunk has no fast-weight update yet, so TTT on and off agree there ...
   const size_t chunk = static_cast<size_t>((*on)->config().ttt_chunk);
-  for (size_t i = 0; i + 1 < chunk; ++i) EXPECT_NEAR(lp_on[i], lp_off[i], 1e-4) << "token " << i + 1;
+  for (size_t i = 0; i + 1 < chunk; ++i) {
+    EXPECT_NEAR(lp_on[i], lp_off[i], 1e-4) << "token " << i + 1;
+  }
   // ... and after it the fast weights change the scores.
   EXPECT_GT(diff, 1e-2);
 }

@@ -165,7 +165,9 @@ TEST(TrainDataTest, RecallPairsNeverStraddleAChunkEdge) {
 std::vector<PositionLoss> Docs(const std::vector<std::vector<double>>& values) {
   std::vector<PositionLoss> docs(values.size());
   for (size_t d = 0; d < values.size(); ++d) {
-    for (size_t i = 0; i < values[d].size(); ++i) docs[d].Add(static_cast<int64_t>(i) + 1, values[d][i]);
+    for (size_t i = 0; i < values[d].size(); ++i) {
+      docs[d].Add(static_cast<int64_t>(i) + 1, values[d][i]);
+    }
   }
   return docs;
 }

@@ -261,8 +261,10 @@ std::string DifferenceTable(const std::vector<Measured>& m) {
      << "|---|---|---|---|---|\n";
   const auto& on = m[0].reset_streams.by_document;
   for (const auto& b : buckets) {
-    const PairedDifference twin = BootstrapDifference(on, m[2].reset_streams.by_document, b.begin, b.end);
-    const PairedDifference off = BootstrapDifference(on, m[1].reset_streams.by_document, b.begin, b.end);
+    const auto& twin_docs = m[2].reset_streams.by_document;
+    const auto& off_docs = m[1].reset_streams.by_document;
+    const PairedDifference twin = BootstrapDifference(on, twin_docs, b.begin, b.end);
+    const PairedDifference off = BootstrapDifference(on, off_docs, b.begin, b.end);
     md << "| " << b.name << " | " << Signed(twin.diff) << " | " << Interval(twin) << " | "
        << Signed(off.diff) << " | " << Interval(off) << " |\n";
   }
@@ -300,7 +302,8 @@ std::string Goals(const std::vector<Measured>& m, int64_t n) {
         m[2].streams.by_stream_position, StreamBuckets(n), false);
   row("every position bucket (documents; streams without reset): TTT on <= TTT off and <= twin",
       absl::StrCat("above TTT off in ", worse_off, " of ", total, " buckets, above the twin in ",
-                   worse_twin, gaps.empty() ? "" : absl::StrCat(" (", absl::StrJoin(gaps, "; "), ")")),
+                   worse_twin,
+                   gaps.empty() ? "" : absl::StrCat(" (", absl::StrJoin(gaps, "; "), ")")),
       worse_off == 0 && worse_twin == 0);
   const double reread = m[0].reread.after_doc / m[0].reread.first - 1;
   row("re-reading: loss after reading the document >= 10 % below the first reading (moonshot 25 %)",
