@@ -4,7 +4,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
+#include "auth/internal/x509_identity.h"
 
 namespace ttt::auth {
 namespace {
@@ -31,27 +31,18 @@ const char* AuthFailureName(AuthFailure reason) {
       return "malformed_token";
     case AuthFailure::kUnknownToken:
       return "unknown_token";
-    case AuthFailure::kBadCertificateTenant:
-      return "bad_certificate_tenant";
+    case AuthFailure::kBadCertificate:
+      return "bad_certificate";
+    case AuthFailure::kUnknownCertificate:
+      return "unknown_certificate";
+    case AuthFailure::kRevokedCertificate:
+      return "revoked_certificate";
     case AuthFailure::kScopeDenied:
       return "scope_denied";
     case AuthFailure::kTenantMismatch:
       return "tenant_mismatch";
   }
   return "unknown";
-}
-
-Scope ScopeFromSubject(absl::string_view subject) {
-  std::optional<Scope> highest;
-  // RFC 2253 separates RDNs by unescaped commas; scope names hold no escapes, so a plain split
-  // can only mis-split a value that is not a scope name anyway.
-  for (absl::string_view rdn : absl::StrSplit(subject, ',')) {
-    rdn = absl::StripAsciiWhitespace(rdn);
-    if (!absl::ConsumePrefix(&rdn, "O=")) continue;
-    auto scope = ParseScope(rdn);
-    if (scope.ok() && (!highest || *scope > *highest)) highest = *scope;
-  }
-  return highest.value_or(Scope::kWrite);
 }
 
 absl::Status Authorizer::Fail(AuthFailure reason, absl::Status status) const {
@@ -85,27 +76,35 @@ absl::StatusOr<Principal> Authorizer::FromToken(absl::string_view header) const 
                 absl::UnauthenticatedError("unknown bearer token (revoked, mistyped, or not in "
                                            "the server's tokens file)"));
   }
-  return Principal{found->tenant, found->scope, CredentialKind::kBearerToken};
+  return Principal{found->tenant, found->scopes, CredentialKind::kBearerToken, ""};
 }
 
 absl::StatusOr<Principal> Authorizer::FromCertificate(const CallCredentials& call) const {
-  const std::string& cn = *call.cert_common_name;
-  if (options_.validate_tenant) {
-    absl::Status valid = options_.validate_tenant(cn);
-    if (!valid.ok()) {
-      return Fail(AuthFailure::kBadCertificateTenant,
-                  absl::UnauthenticatedError(absl::StrCat(
-                      "the client certificate's subject CN is not a usable tenant: ",
-                      valid.message())));
-    }
+  auto cert = internal::IdentityFromPem(*call.cert_pem);
+  if (!cert.ok()) return Fail(AuthFailure::kBadCertificate, cert.status());
+  if (options_.revocations != nullptr &&
+      options_.revocations->IsRevoked(cert->issuer_der, cert->serial_hex)) {
+    return Fail(AuthFailure::kRevokedCertificate,
+                absl::UnauthenticatedError(absl::StrCat(
+                    "client certificate '", cert->identity, "' (serial ", cert->serial_hex,
+                    ") is revoked by the server's certificate revocation list")));
   }
-  return Principal{cn, ScopeFromSubject(call.cert_subject.value_or("")),
-                   CredentialKind::kClientCertificate};
+  auto found = options_.tokens == nullptr ? std::nullopt
+                                          : options_.tokens->LookupCertificate(cert->identity);
+  if (!found) {
+    return Fail(AuthFailure::kUnknownCertificate,
+                absl::UnauthenticatedError(absl::StrCat(
+                    "client certificate identity '", cert->identity,
+                    "' is not in the server's credentials file (--auth_tokens_file): the "
+                    "operator adds a line '<tenant> ", cert->identity, " <scopes>'")));
+  }
+  return Principal{found->tenant, found->scopes, CredentialKind::kClientCertificate,
+                   cert->identity};
 }
 
 absl::StatusOr<Principal> Authorizer::Authenticate(const CallCredentials& call) const {
   if (call.authorization) return FromToken(*call.authorization);
-  if (options_.client_certificates && call.cert_common_name && !call.cert_common_name->empty()) {
+  if (options_.client_certificates && call.cert_pem && !call.cert_pem->empty()) {
     return FromCertificate(call);
   }
   const char* how = options_.tokens == nullptr ? "a client certificate"
@@ -120,8 +119,8 @@ absl::StatusOr<Principal> Authorizer::Authorize(const CallCredentials& call,
                                                 absl::string_view full_method) const {
   const MethodRule rule = RuleFor(full_method);
   if (!enabled()) {
-    Principal anyone{call.tenant_header.value_or(options_.default_tenant), Scope::kAdmin,
-                     CredentialKind::kNone};
+    Principal anyone{call.tenant_header.value_or(options_.default_tenant),
+                     ScopeSet::Of(Scope::kAdmin), CredentialKind::kNone, ""};
     if (call.tenant_header && options_.validate_tenant) {
       absl::Status valid = options_.validate_tenant(anyone.tenant);
       if (!valid.ok()) return valid;
@@ -131,15 +130,15 @@ absl::StatusOr<Principal> Authorizer::Authorize(const CallCredentials& call,
   if (rule == MethodRule::kPublic) return Principal{};
   auto principal = Authenticate(call);
   if (!principal.ok()) return principal.status();
-  if (!Allows(principal->scope, rule)) {
+  if (!Allows(principal->scopes, rule)) {
     return Fail(AuthFailure::kScopeDenied,
                 absl::PermissionDeniedError(absl::StrCat(
-                    "tenant '", principal->tenant, "' (scope '", ScopeName(principal->scope),
+                    "tenant '", principal->tenant, "' (scope '", ScopeSetName(principal->scopes),
                     "') may not call ", MethodShortName(full_method), ": it needs scope '",
                     RuleName(rule), "'")));
   }
   if (call.tenant_header && *call.tenant_header != principal->tenant) {
-    if (principal->scope != Scope::kAdmin) {
+    if (!principal->scopes.Has(Scope::kAdmin)) {
       return Fail(AuthFailure::kTenantMismatch,
                   absl::PermissionDeniedError(absl::StrCat(
                       "x-tenant-id '", *call.tenant_header, "' does not match the credential's "
@@ -164,10 +163,10 @@ absl::Status Authorizer::AuthorizeScrape(const std::optional<std::string>& autho
   }
   auto principal = FromToken(*authorization);
   if (!principal.ok()) return principal.status();
-  if (!AllowsScrape(principal->scope)) {
+  if (!AllowsScrape(principal->scopes)) {
     return Fail(AuthFailure::kScopeDenied,
                 absl::PermissionDeniedError(absl::StrCat(
-                    "'", principal->tenant, "' (scope '", ScopeName(principal->scope),
+                    "'", principal->tenant, "' (scope '", ScopeSetName(principal->scopes),
                     "') may not read metrics: it needs scope 'metrics' or 'admin'")));
   }
   return absl::OkStatus();
@@ -175,10 +174,10 @@ absl::Status Authorizer::AuthorizeScrape(const std::optional<std::string>& autho
 
 absl::Status Authorizer::RequireScope(const Principal& principal, Scope needed,
                                       absl::string_view what) const {
-  if (!enabled() || principal.scope >= needed) return absl::OkStatus();
+  if (!enabled() || principal.scopes.Has(needed)) return absl::OkStatus();
   return Fail(AuthFailure::kScopeDenied,
               absl::PermissionDeniedError(absl::StrCat(
-                  "tenant '", principal.tenant, "' (scope '", ScopeName(principal.scope),
+                  "tenant '", principal.tenant, "' (scope '", ScopeSetName(principal.scopes),
                   "') may not ", what, ": it needs scope '", ScopeName(needed), "'")));
 }
 

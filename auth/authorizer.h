@@ -6,9 +6,11 @@
 //   1. `authorization: Bearer <token>`: the tokens file's tenant and scope for that token. A
 //      token that is present but unknown or malformed is refused even when a client certificate
 //      would do: an explicit credential that fails is an error, never a fallback.
-//   2. a client certificate verified by mutual TLS: tenant = the certificate's subject Common
-//      Name (CN), as the Kubernetes API server and etcd take the user; scope = the highest scope
-//      named by the subject's Organization (O) entries (Kubernetes' groups), `write` if none.
+//   2. a client certificate verified by mutual TLS: its identity, read from the certificate's
+//      structure (internal/x509_identity.h: the URI SAN, else the one subject CN), names a line
+//      of the credentials file, which gives the tenant and the scopes. A certificate whose
+//      identity has no line, or that is revoked (RevocationCheck), is refused: no certificate
+//      field grants a tenant or a scope by itself.
 //   3. nothing: UNAUTHENTICATED.
 // Then authorization: the method's scope (scopes.h) or PERMISSION_DENIED; `x-tenant-id`, when
 // sent, must equal the credential's tenant (PERMISSION_DENIED otherwise) except for `admin`,
@@ -39,13 +41,16 @@ enum class AuthFailure {
   kMissingCredentials,    // no token, no client certificate
   kMalformedToken,        // `authorization` is not `Bearer <token>`
   kUnknownToken,          // a token not in the tokens file (or tokens not accepted)
-  kBadCertificateTenant,  // the client certificate's CN is not a usable tenant name
-  kScopeDenied,           // the credential's scope does not allow the call
-  kTenantMismatch,        // x-tenant-id names another tenant
+  kBadCertificate,         // no usable identity in the client certificate (x509_identity.h)
+  kUnknownCertificate,     // a certificate identity the credentials file does not list
+  kRevokedCertificate,     // a certificate the revocation list names
+  kScopeDenied,            // the credential's scopes do not allow the call
+  kTenantMismatch,         // x-tenant-id names another tenant
 };
 inline constexpr AuthFailure kAllAuthFailures[] = {
     AuthFailure::kMissingCredentials, AuthFailure::kMalformedToken,
-    AuthFailure::kUnknownToken,       AuthFailure::kBadCertificateTenant,
+    AuthFailure::kUnknownToken,       AuthFailure::kBadCertificate,
+    AuthFailure::kUnknownCertificate, AuthFailure::kRevokedCertificate,
     AuthFailure::kScopeDenied,        AuthFailure::kTenantMismatch};
 // "missing_credentials", "malformed_token", ...
 const char* AuthFailureName(AuthFailure reason);
@@ -54,9 +59,8 @@ const char* AuthFailureName(AuthFailure reason);
 struct CallCredentials {
   std::optional<std::string> authorization;  // the `authorization` header's value
   std::optional<std::string> tenant_header;  // `x-tenant-id`
-  // From a client certificate that the TLS handshake verified; unset otherwise.
-  std::optional<std::string> cert_common_name;
-  std::optional<std::string> cert_subject;  // RFC 2253, e.g. "CN=alice,O=read"
+  // The PEM of the client certificate that the TLS handshake verified; unset otherwise.
+  std::optional<std::string> cert_pem;
 };
 
 enum class CredentialKind { kNone, kBearerToken, kClientCertificate };
@@ -64,14 +68,25 @@ enum class CredentialKind { kNone, kBearerToken, kClientCertificate };
 // The caller, once authorized.
 struct Principal {
   std::string tenant;  // whose sessions the call touches (empty for a public method)
-  Scope scope = Scope::kRead;
+  ScopeSet scopes;
   CredentialKind kind = CredentialKind::kNone;
+  std::string identity;  // a certificate's identity ("cn:alice"); empty for other kinds
+};
+
+// Whether a verified client certificate has been revoked (a CRL; see tls_files.h). Thread-safe.
+class RevocationCheck {
+ public:
+  virtual ~RevocationCheck() = default;
+  // `issuer_der`: the certificate's issuer name, DER; `serial_hex`: its serial, upper-case hex.
+  virtual bool IsRevoked(absl::string_view issuer_der, absl::string_view serial_hex) const = 0;
 };
 
 struct AuthorizerOptions {
-  const TokenStore* tokens = nullptr;  // not owned; null: bearer tokens are not accepted
+  // Not owned; null: neither bearer tokens nor certificate identities are accepted.
+  const TokenStore* tokens = nullptr;
   bool client_certificates = false;    // mutual TLS on: a verified certificate authenticates
-  TenantValidator validate_tenant;     // for x-tenant-id and certificate CNs
+  const RevocationCheck* revocations = nullptr;  // not owned; null: nothing is revoked
+  TenantValidator validate_tenant;     // for x-tenant-id
   std::string default_tenant = "default";  // authentication off, no x-tenant-id
   std::function<void(AuthFailure)> on_failure;  // for metrics; may be null
 };
@@ -108,8 +123,5 @@ class Authorizer {
 
   const AuthorizerOptions options_;
 };
-
-// The scope a certificate subject's O entries name (highest wins), `write` when none does.
-Scope ScopeFromSubject(absl::string_view subject);
 
 }  // namespace ttt::auth

@@ -1,9 +1,6 @@
 // See grpc_auth.h.
 #include "auth/grpc_auth.h"
 
-#include <fstream>
-#include <sstream>
-
 #include <grpc/grpc_security_constants.h>
 #include <grpcpp/security/tls_certificate_provider.h>
 #include <grpcpp/security/tls_credentials_options.h>
@@ -40,27 +37,11 @@ CallCredentials CredentialsFrom(const Metadata& metadata, const grpc::AuthContex
       Property(*context, GRPC_TRANSPORT_SECURITY_TYPE_PROPERTY_NAME);
   if (transport == std::optional<std::string>("tls") ||
       transport == std::optional<std::string>(GRPC_SSL_TRANSPORT_SECURITY_TYPE)) {
-    call.cert_common_name = Property(*context, GRPC_X509_CN_PROPERTY_NAME);
-    call.cert_subject = Property(*context, GRPC_X509_SUBJECT_PROPERTY_NAME);
+    // The leaf certificate itself: the authorizer reads its structure (x509_identity.h), never
+    // gRPC's string forms of its names.
+    call.cert_pem = Property(*context, GRPC_X509_PEM_CERT_PROPERTY_NAME);
   }
   return call;
-}
-
-// A PEM file the flag names, read once at start to fail early: the certificate provider would
-// otherwise only log and fail every handshake.
-absl::Status CheckPemFile(const std::string& path, const char* flag) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(flag, "=", path, ": cannot read the file"));
-  }
-  std::ostringstream text;
-  text << in.rdbuf();
-  if (text.str().find("-----BEGIN ") == std::string::npos) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(flag, "=", path, ": not a PEM file (no '-----BEGIN' line)"));
-  }
-  return absl::OkStatus();
 }
 
 grpc::Status ToGrpc(const absl::Status& status) {
@@ -90,20 +71,15 @@ grpc::Status AuthGate::Process(const InputMetadata& metadata, grpc::AuthContext*
   return principal.ok() ? grpc::Status::OK : ToGrpc(principal.status());
 }
 
-absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> TlsServerCredentials(
-    const TlsFiles& files, std::shared_ptr<const Authorizer> authorizer) {
-  absl::Status st = CheckPemFile(files.cert_file, "--tls_cert_file");
-  if (st.ok()) st = CheckPemFile(files.key_file, "--tls_key_file");
-  if (st.ok() && !files.client_ca_file.empty()) {
-    st = CheckPemFile(files.client_ca_file, "--tls_client_ca_file");
-  }
-  if (!st.ok()) return st;
-  const bool mutual = !files.client_ca_file.empty();
+std::shared_ptr<grpc::ServerCredentials> TlsServerCredentials(
+    const TlsMaterial& material, unsigned refresh_interval_s,
+    std::shared_ptr<const Authorizer> authorizer) {
   auto provider = std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
-      files.key_file, files.cert_file, files.client_ca_file, files.refresh_interval_s);
+      material.staged_key_file(), material.staged_cert_file(), material.staged_client_ca_file(),
+      refresh_interval_s);
   grpc::experimental::TlsServerCredentialsOptions options(provider);
   options.watch_identity_key_cert_pairs();
-  if (mutual) {
+  if (material.mutual()) {
     options.watch_root_certs();
     options.set_cert_request_type(GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
   } else {

@@ -23,6 +23,7 @@
 
 #include "absl/status/statusor.h"
 #include "auth/authorizer.h"
+#include "auth/tls_material.h"
 
 namespace ttt::auth {
 
@@ -30,8 +31,7 @@ inline constexpr char kAuthorizationHeader[] = "authorization";
 inline constexpr char kTenantHeader[] = "x-tenant-id";
 
 // The credentials of a call: its `authorization` and `x-tenant-id` headers and, when the
-// connection is TLS with a client certificate that the handshake verified, the certificate's
-// CN and subject.
+// connection is TLS with a client certificate that the handshake verified, the certificate (PEM).
 CallCredentials CredentialsOf(const grpc::ServerContextBase& context);
 
 // Authorizer::Authorize for a gRPC call (see authorizer.h).
@@ -39,22 +39,15 @@ absl::StatusOr<Principal> AuthorizeCall(const Authorizer& authorizer,
                                         const grpc::ServerContextBase& context,
                                         absl::string_view full_method);
 
-struct TlsFiles {
-  std::string cert_file;       // PEM certificate chain
-  std::string key_file;        // PEM private key
-  std::string client_ca_file;  // PEM CA bundle; non-empty turns on mutual TLS
-  // How often the files are checked for changes. A Kubernetes Secret update reaches the pod
-  // within about a minute, so seconds are plenty.
-  unsigned refresh_interval_s = 5;
-};
-
-// TLS server credentials over `files`, re-read when they change: new handshakes use the new
-// certificate, established connections and their calls go on. With a client CA, clients must
-// present a certificate that CA signed (the handshake fails otherwise). When `authorizer` is
-// given and enabled, its gate refuses every call it would refuse (see the file comment).
-// Errors: INVALID_ARGUMENT when a file is missing, unreadable or not PEM (the flag is named).
-absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> TlsServerCredentials(
-    const TlsFiles& files, std::shared_ptr<const Authorizer> authorizer);
+// TLS server credentials over `material`'s staged files (tls_material.h), which gRPC's provider
+// re-reads every `refresh_interval_s`: new handshakes use the new certificate, established
+// connections and their calls go on; a broken set never reaches them. With a client CA, clients
+// must present a certificate that CA signed (the handshake fails otherwise). When `authorizer`
+// is given and enabled, its gate refuses every call it would refuse (see the file comment).
+// REQUIRES: `material` outlives the credentials and every server built with them.
+std::shared_ptr<grpc::ServerCredentials> TlsServerCredentials(
+    const TlsMaterial& material, unsigned refresh_interval_s,
+    std::shared_ptr<const Authorizer> authorizer);
 
 // The gate installed by TlsServerCredentials, exposed for tests.
 class AuthGate final : public grpc::AuthMetadataProcessor {

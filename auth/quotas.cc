@@ -188,6 +188,7 @@ absl::Status Quotas::Reload() {
     std::fprintf(stderr, "ttt-serve: quotas: keeping the last good quotas: %s\n",
                  std::string(st.message()).c_str());
   }
+  if (options_.on_reload) options_.on_reload(st.ok());
   return st;
 }
 

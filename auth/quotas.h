@@ -84,6 +84,8 @@ struct QuotasOptions {
   internal::TenantValidator validate_tenant;
   int poll_interval_ms = 1000;  // 0: no watcher
   std::function<absl::Time()> now = absl::Now;  // tests drive the bucket with a fake clock
+  // Called after each reload attempt (not the first load) with its result; for metrics.
+  std::function<void(bool ok)> on_reload;
 };
 
 class Quotas {

@@ -5,6 +5,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 
 namespace ttt::auth {
 namespace {
@@ -56,6 +57,46 @@ absl::StatusOr<Scope> ParseScope(absl::string_view name) {
       absl::StrCat("unknown scope '", name, "' (valid: read, write, admin, metrics)"));
 }
 
+ScopeSet ScopeSet::With(Scope scope) const {
+  ScopeSet out = *this;
+  out.bits_ |= static_cast<uint8_t>(1u << static_cast<int>(scope));
+  switch (scope) {
+    case Scope::kAdmin:
+      return out.With(Scope::kWrite).With(Scope::kMetrics);
+    case Scope::kWrite:
+      return out.With(Scope::kRead);
+    case Scope::kRead:
+    case Scope::kMetrics:
+      return out;
+  }
+  return out;
+}
+
+std::string ScopeSetName(ScopeSet scopes) {
+  std::string out;
+  ScopeSet named;  // what the names so far imply
+  for (Scope s : {Scope::kAdmin, Scope::kWrite, Scope::kRead, Scope::kMetrics}) {
+    if (!scopes.Has(s) || named.Has(s)) continue;
+    absl::StrAppend(&out, out.empty() ? "" : ",", ScopeName(s));
+    named = named.With(s);
+  }
+  return out.empty() ? "none" : out;
+}
+
+absl::StatusOr<ScopeSet> ParseScopeSet(absl::string_view names) {
+  ScopeSet scopes;
+  for (absl::string_view name : absl::StrSplit(names, ',')) {
+    if (name.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "empty scope in '", names, "' (a comma-separated list such as 'read,metrics')"));
+    }
+    auto scope = ParseScope(name);
+    if (!scope.ok()) return scope.status();
+    scopes = scopes.With(*scope);
+  }
+  return scopes;
+}
+
 MethodRule RuleFor(absl::string_view full_method) {
   for (absl::string_view m : kPublicMethods) {
     if (full_method == m) return MethodRule::kPublic;
@@ -72,21 +113,21 @@ MethodRule RuleFor(absl::string_view full_method) {
   return MethodRule::kAdmin;
 }
 
-bool Allows(Scope scope, MethodRule rule) {
+bool Allows(ScopeSet scopes, MethodRule rule) {
   switch (rule) {
     case MethodRule::kPublic:
       return true;
     case MethodRule::kRead:
-      return scope >= Scope::kRead;
+      return scopes.Has(Scope::kRead);
     case MethodRule::kWrite:
-      return scope >= Scope::kWrite;
+      return scopes.Has(Scope::kWrite);
     case MethodRule::kAdmin:
-      return scope >= Scope::kAdmin;
+      return scopes.Has(Scope::kAdmin);
   }
   return false;
 }
 
-bool AllowsScrape(Scope scope) { return scope == Scope::kMetrics || scope == Scope::kAdmin; }
+bool AllowsScrape(ScopeSet scopes) { return scopes.Has(Scope::kMetrics); }
 
 const char* RuleName(MethodRule rule) {
   switch (rule) {

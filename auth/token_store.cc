@@ -28,7 +28,7 @@ absl::Status TokenStore::Load() {
   if (!text.ok()) return text.status();
   auto entries = internal::ParseTokensFile(*text, options_.path, options_.validate_tenant);
   if (!entries.ok()) return entries.status();
-  auto fresh = std::make_shared<const std::vector<internal::TokenEntry>>(std::move(*entries));
+  auto fresh = std::make_shared<const internal::CredentialsFile>(std::move(*entries));
   {
     std::lock_guard<std::mutex> lock(mu_);
     entries_ = std::move(fresh);
@@ -53,26 +53,38 @@ absl::Status TokenStore::Reload() {
 
 size_t TokenStore::credential_count() const {
   std::lock_guard<std::mutex> lock(mu_);
-  return entries_ ? entries_->size() : 0;
+  return entries_ ? entries_->tokens.size() + entries_->certificates.size() : 0;
 }
 
 std::optional<TokenPrincipal> TokenStore::Lookup(absl::string_view token) const {
   util::Sha256 hasher;
   hasher.Update(token.data(), token.size());
   const internal::Digest digest = hasher.Final();
-  std::shared_ptr<const std::vector<internal::TokenEntry>> entries;
+  std::shared_ptr<const internal::CredentialsFile> entries;
   {
     std::lock_guard<std::mutex> lock(mu_);
     entries = entries_;
   }
   const internal::TokenEntry* match = nullptr;
-  for (const internal::TokenEntry& e : *entries) {  // every entry: no early exit
+  for (const internal::TokenEntry& e : entries->tokens) {  // every entry: no early exit
     const bool equal =
         internal::ConstantTimeEquals(e.token_sha256.data(), digest.data(), digest.size());
     if (equal) match = &e;
   }
   if (match == nullptr) return std::nullopt;
-  return TokenPrincipal{match->tenant, match->scope};
+  return TokenPrincipal{match->tenant, match->scopes};
+}
+
+std::optional<TokenPrincipal> TokenStore::LookupCertificate(absl::string_view identity) const {
+  std::shared_ptr<const internal::CredentialsFile> entries;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    entries = entries_;
+  }
+  for (const internal::CertificateEntry& e : entries->certificates) {
+    if (e.identity == identity) return TokenPrincipal{e.tenant, e.scopes};
+  }
+  return std::nullopt;
 }
 
 }  // namespace ttt::auth

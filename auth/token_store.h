@@ -1,5 +1,6 @@
-// The bearer-token credentials of the server: the tokens file (internal/tokens_file.h) held in
-// memory and kept current. It re-reads the file when it changes (polled by a watcher thread:
+// The credentials of the server: the credentials file (--auth_tokens_file, format in
+// internal/tokens_file.h: bearer-token hashes and client-certificate identities) held in memory
+// and kept current. It re-reads the file when it changes (polled by a watcher thread:
 // a Kubernetes Secret update swaps a symlink, which inotify on the file would miss) and on
 // SIGHUP. A file that fails to parse leaves the last good credentials in force and says so on
 // stderr: a typo while rotating must not lock every client out, nor let anyone in.
@@ -27,10 +28,10 @@ namespace ttt::auth {
 
 using internal::TenantValidator;
 
-// Whom a token names.
+// Whom a token or a certificate identity names.
 struct TokenPrincipal {
   std::string tenant;
-  Scope scope = Scope::kWrite;
+  ScopeSet scopes = ScopeSet::Of(Scope::kWrite);
 };
 
 struct TokenStoreOptions {
@@ -51,11 +52,15 @@ class TokenStore {
   // The tenant and scope of a presented token, or nullopt. Hashes the token and compares it
   // with every entry in constant time (no early exit). The token is neither kept nor logged.
   std::optional<TokenPrincipal> Lookup(absl::string_view token) const;
+  // The tenant and scopes of a client-certificate identity ("cn:alice", "uri:spiffe://..."; see
+  // internal/x509_identity.h), or nullopt when the file has no line for it. Exact match.
+  std::optional<TokenPrincipal> LookupCertificate(absl::string_view identity) const;
 
   // Re-reads the file now. On error keeps the current credentials, logs one line and returns
   // the error.
   absl::Status Reload();
 
+  // Lines in force (tokens and certificate identities).
   size_t credential_count() const;
   // Successful loads so far (1 after Open).
   uint64_t generation() const { return generation_.load(); }
@@ -68,7 +73,7 @@ class TokenStore {
 
   const TokenStoreOptions options_;
   mutable std::mutex mu_;
-  std::shared_ptr<const std::vector<internal::TokenEntry>> entries_;  // guarded by mu_
+  std::shared_ptr<const internal::CredentialsFile> entries_;  // guarded by mu_
   std::atomic<uint64_t> generation_{0};
   std::atomic<uint64_t> failed_reloads_{0};
   std::unique_ptr<internal::FileWatcher> watcher_;  // last: stops before the rest goes

@@ -65,12 +65,15 @@ ABSL_FLAG(int64_t, grpc_memory_mb, 1024,
 ABSL_FLAG(std::string, tls_cert_file, "", "PEM certificate chain: serve gRPC over TLS");
 ABSL_FLAG(std::string, tls_key_file, "", "PEM private key of --tls_cert_file");
 ABSL_FLAG(std::string, tls_client_ca_file, "",
-          "PEM CA bundle: mutual TLS (clients must present a certificate it signed; the tenant "
-          "is its subject CN)");
+          "PEM CA bundle: mutual TLS (clients must present a certificate it signed, whose "
+          "identity has a line in --auth_tokens_file)");
+ABSL_FLAG(std::string, tls_crl_file, "",
+          "PEM certificate revocation lists of the client CAs: a revoked client certificate is "
+          "refused on its next call (needs --tls_client_ca_file)");
 ABSL_FLAG(int32_t, tls_refresh_s, 5, "how often the TLS files are re-read");
 ABSL_FLAG(std::string, auth_tokens_file, "",
-          "bearer tokens: '<tenant> <sha256-hex-of-token> [scopes]' per line; reloaded on "
-          "change and SIGHUP");
+          "credentials: '<tenant> <sha256-hex-of-token | cn:<cert CN> | uri:<cert URI SAN>> "
+          "[scopes]' per line; reloaded on change and SIGHUP");
 ABSL_FLAG(std::string, health_listen, "",
           "plaintext address serving only grpc.health.v1 (for Kubernetes probes); empty: none");
 ABSL_FLAG(std::string, reflection, "auto",
@@ -133,6 +136,7 @@ int main(int argc, char** argv) {
   o.tls_cert_file = absl::GetFlag(FLAGS_tls_cert_file);
   o.tls_key_file = absl::GetFlag(FLAGS_tls_key_file);
   o.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca_file);
+  o.tls_crl_file = absl::GetFlag(FLAGS_tls_crl_file);
   o.tls_refresh_s = absl::GetFlag(FLAGS_tls_refresh_s);
   o.auth_tokens_file = absl::GetFlag(FLAGS_auth_tokens_file);
   o.health_listen = absl::GetFlag(FLAGS_health_listen);

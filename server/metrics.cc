@@ -228,6 +228,14 @@ Metrics::Metrics(const std::string& version)
   for (auth::AuthFailure reason : auth::kAllAuthFailures) {
     auth_failures_[reason] = &failures.Add({{"reason", auth::AuthFailureName(reason)}});
   }
+  auto& reloads = prometheus::BuildCounter()
+                      .Name("tttserve_config_reload_failures_total")
+                      .Help("Changed configuration files that were not applied (the last good "
+                            "version keeps serving)")
+                      .Register(r);
+  for (const char* file : {"tokens", "quotas", "tls"}) {
+    reload_failures_[file] = &reloads.Add({{"file", file}});
+  }
   auth_enabled_ = &prometheus::BuildGauge()
                        .Name("tttserve_auth_enabled")
                        .Help("1 when callers are authenticated; 0: anyone is any tenant")
@@ -236,6 +244,8 @@ Metrics::Metrics(const std::string& version)
 }
 
 void Metrics::RecordAuthFailure(auth::AuthFailure reason) { auth_failures_.at(reason)->Increment(); }
+
+void Metrics::RecordReloadFailure(const char* file) { reload_failures_.at(file)->Increment(); }
 
 void Metrics::SetBuildInfo(const std::string& model_fingerprint) {
   build_info_->Add({{"version", version_}, {"model_fingerprint", model_fingerprint}}).Set(1);

@@ -48,6 +48,9 @@ class Metrics : public session::SessionListener, public engine::Scheduler::Obser
   void RequireScrapeAuth(ScrapeCheck check) { scrape_check_ = std::move(check); }
   // tttserve_auth_failures_total{reason} (every reason exported from the start, at 0).
   void RecordAuthFailure(auth::AuthFailure reason);
+  // tttserve_config_reload_failures_total{file}: a changed file (`tokens`, `quotas`, `tls`)
+  // that was not applied (the last good one keeps serving). Every file exported at 0.
+  void RecordReloadFailure(const char* file);
   // --quotas_file: the rows of the per-tenant families (tttserve_tenant_*,
   // tttserve_quota_rejections_total, tttserve_tenant_quota_limit), read at each scrape. Their
   // label values are the tenants the quotas file lists and "*" (all others summed), so the
@@ -90,6 +93,7 @@ class Metrics : public session::SessionListener, public engine::Scheduler::Obser
   std::shared_ptr<prometheus::Registry> registry_;
   ScrapeCheck scrape_check_;  // set before the exposer starts
   std::map<auth::AuthFailure, prometheus::Counter*> auth_failures_;  // fixed after construction
+  std::map<std::string, prometheus::Counter*> reload_failures_;       // fixed after construction
   prometheus::Gauge* auth_enabled_;
   std::unique_ptr<HttpExposer> exposer_;  // declared after registry_: stops serving first
   const std::string version_;

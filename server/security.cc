@@ -48,6 +48,12 @@ absl::Status CheckCombinations(const ServerOptions& o) {
     return absl::InvalidArgumentError(
         "--tls_client_ca_file (mutual TLS) needs --tls_cert_file and --tls_key_file");
   }
+  if (!o.tls_client_ca_file.empty() && o.auth_tokens_file.empty()) {
+    return absl::InvalidArgumentError(
+        "--tls_client_ca_file (mutual TLS) needs --auth_tokens_file: a client certificate "
+        "authenticates only through its line there ('<tenant> cn:<subject CN> [scopes]' or "
+        "'<tenant> uri:<URI SAN> [scopes]')");
+  }
   if (o.metrics_auth && o.auth_tokens_file.empty()) {
     return absl::InvalidArgumentError(
         "--metrics_auth checks bearer tokens of scope 'metrics': it needs --auth_tokens_file");
@@ -69,36 +75,50 @@ void DropBuilderPlugins(grpc::ServerBuilder& builder) {
 }
 
 absl::StatusOr<Security> SetUpSecurity(const ServerOptions& o,
-                                       std::function<void(auth::AuthFailure)> on_failure) {
+                                       std::function<void(auth::AuthFailure)> on_failure,
+                                       std::function<void(const char* file)> on_reload_failure) {
   absl::Status combos = CheckCombinations(o);
   if (!combos.ok()) return combos;
+  auto counted = [on_reload_failure](const char* file) {
+    return [on_reload_failure, file](bool ok) {
+      if (!ok && on_reload_failure) on_reload_failure(file);
+    };
+  };
   Security s;
   if (!o.auth_tokens_file.empty()) {
     auth::TokenStoreOptions to;
     to.path = o.auth_tokens_file;
     to.validate_tenant = session::SessionManager::ValidateTenant;
+    to.on_reload = counted("tokens");
     auto tokens = auth::TokenStore::Open(std::move(to));
     if (!tokens.ok()) return tokens.status();
     s.tokens = std::move(*tokens);
   }
-  auth::AuthorizerOptions ao;
-  ao.tokens = s.tokens.get();
-  ao.client_certificates = !o.tls_client_ca_file.empty();
-  ao.validate_tenant = session::SessionManager::ValidateTenant;
-  ao.on_failure = std::move(on_failure);
-  s.authorizer = std::make_shared<const auth::Authorizer>(std::move(ao));
-
   s.tls = !o.tls_cert_file.empty();
   s.client_certificates = !o.tls_client_ca_file.empty();
   if (s.tls) {
-    auth::TlsFiles files{o.tls_cert_file, o.tls_key_file, o.tls_client_ca_file,
-                         static_cast<unsigned>(o.tls_refresh_s)};
-    auto credentials = auth::TlsServerCredentials(files, s.authorizer);
-    if (!credentials.ok()) return credentials.status();
-    s.credentials = std::move(*credentials);
-  } else {
-    s.credentials = grpc::InsecureServerCredentials();
+    auth::TlsMaterialOptions tm;
+    tm.cert_file = o.tls_cert_file;
+    tm.key_file = o.tls_key_file;
+    tm.client_ca_file = o.tls_client_ca_file;
+    tm.crl_file = o.tls_crl_file;
+    tm.poll_interval_ms = 1000;  // a stat() per file; gRPC re-reads the staged copies
+    tm.on_reload = counted("tls");
+    auto material = auth::TlsMaterial::Open(std::move(tm));
+    if (!material.ok()) return material.status();
+    s.tls_material = std::move(*material);
   }
+  auth::AuthorizerOptions ao;
+  ao.tokens = s.tokens.get();
+  ao.client_certificates = s.client_certificates;
+  ao.revocations = s.tls_material.get();
+  ao.validate_tenant = session::SessionManager::ValidateTenant;
+  ao.on_failure = std::move(on_failure);
+  s.authorizer = std::make_shared<const auth::Authorizer>(std::move(ao));
+  s.credentials = s.tls ? auth::TlsServerCredentials(*s.tls_material,
+                                                     static_cast<unsigned>(o.tls_refresh_s),
+                                                     s.authorizer)
+                        : grpc::InsecureServerCredentials();
 
   // Reflection can be put behind authentication only where the gate runs: TLS ports.
   const bool gated = !s.authorizer->enabled() || s.tls;

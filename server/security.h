@@ -13,6 +13,7 @@
 
 #include "absl/status/statusor.h"
 #include "auth/authorizer.h"
+#include "auth/tls_material.h"
 #include "auth/token_store.h"
 
 namespace ttt::server {
@@ -21,6 +22,7 @@ struct ServerOptions;
 
 struct Security {
   std::unique_ptr<auth::TokenStore> tokens;  // null without --auth_tokens_file
+  std::unique_ptr<auth::TlsMaterial> tls_material;  // null without --tls_cert_file
   std::shared_ptr<const auth::Authorizer> authorizer;
   std::shared_ptr<grpc::ServerCredentials> credentials;  // of the gRPC port
   bool tls = false;
@@ -32,9 +34,11 @@ struct Security {
 // without its key, a client CA without TLS, --metrics_auth without tokens, --reflection=on that
 // could not be put behind authentication) and for bad files (the tokens file's errors name the
 // line). Logs a loud warning when no authentication is configured.
-// `on_failure` counts refused calls (tttserve_auth_failures_total); may be null.
-absl::StatusOr<Security> SetUpSecurity(const ServerOptions& options,
-                                       std::function<void(auth::AuthFailure)> on_failure);
+// `on_failure` counts refused calls (tttserve_auth_failures_total); `on_reload_failure` counts
+// reloads of a file ("tokens", "tls") that were not applied; either may be null.
+absl::StatusOr<Security> SetUpSecurity(
+    const ServerOptions& options, std::function<void(auth::AuthFailure)> on_failure,
+    std::function<void(const char* file)> on_reload_failure = nullptr);
 
 // Removes every ServerBuilder plugin (reflection) from a builder: for the health-only listener
 // and for the gRPC port when reflection is off. (gRPC's reflection plugin is process-wide once

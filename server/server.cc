@@ -76,9 +76,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   s->options_ = options;
   s->metrics_ = std::make_unique<Metrics>(kVersion);
   // Bad security flags or files fail before the (slow) model load.
-  auto security = SetUpSecurity(options, [m = s->metrics_.get()](auth::AuthFailure reason) {
-    m->RecordAuthFailure(reason);
-  });
+  Metrics* metrics = s->metrics_.get();
+  auto security = SetUpSecurity(
+      options, [metrics](auth::AuthFailure reason) { metrics->RecordAuthFailure(reason); },
+      [metrics](const char* file) { metrics->RecordReloadFailure(file); });
   if (!security.ok()) return security.status();
   s->security_ = std::make_unique<Security>(std::move(*security));
   s->metrics_->SetAuthEnabled(s->security_->authorizer->enabled());
@@ -87,6 +88,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
     qo.path = options.quotas_file;
     qo.validate_tenant = session::SessionManager::ValidateTenant;
     qo.poll_interval_ms = options.quotas_poll_ms;
+    qo.on_reload = [metrics](bool ok) {
+      if (!ok) metrics->RecordReloadFailure("quotas");
+    };
     auto quotas = auth::Quotas::Open(std::move(qo));
     if (!quotas.ok()) return quotas.status();
     s->quotas_ = std::move(*quotas);

@@ -73,6 +73,7 @@ struct ServerOptions {
   std::string tls_cert_file;
   std::string tls_key_file;
   std::string tls_client_ca_file;  // mutual TLS
+  std::string tls_crl_file;        // revoked client certificates (PEM CRLs)
   int tls_refresh_s = 5;
   std::string auth_tokens_file;
   std::string health_listen;  // plaintext, grpc.health.v1 only; empty: none

@@ -58,7 +58,7 @@ grpc::ServerUnaryReactor* TttServiceImpl::GetServerInfo(Ctx* ctx,
     resp->set_eos_token_id(cfg.eos_token_id);
     *resp->mutable_security() = security_.info;
     auto caller = internal::CallerOf(*security_.authorizer, ctx, "GetServerInfo");
-    const bool admin = caller.ok() && caller->scope == auth::Scope::kAdmin;
+    const bool admin = caller.ok() && caller->scopes.Has(auth::Scope::kAdmin);
     internal::AddTenantUsage(quotas_, tenant, admin, resp);
     finish(absl::OkStatus());
   });

@@ -48,18 +48,38 @@ absl::Status SimpleTenantRule(const std::string& tenant) {
 TEST(TokensFileTest, ParsesTenantsHashesScopesAndComments) {
   const std::string text = "# credentials\n\nalice " + Sha256Hex("a1") + " read  # ci\n" +
                            "alice\t" + Sha256Hex("a2") + "\r\n" + "ops " + Sha256Hex("o") +
-                           " read,admin\n";
-  auto entries = internal::ParseTokensFile(text, "tokens.txt", SimpleTenantRule);
-  ASSERT_TRUE(entries.ok()) << entries.status();
-  ASSERT_EQ(entries->size(), 3u);
-  EXPECT_EQ((*entries)[0].tenant, "alice");
-  EXPECT_EQ((*entries)[0].scope, Scope::kRead);
-  EXPECT_EQ((*entries)[0].line, 3);
-  EXPECT_EQ((*entries)[1].scope, Scope::kWrite);  // no scope: write
-  EXPECT_EQ((*entries)[2].scope, Scope::kAdmin);  // several: the highest
+                           " read,admin\n" + "prom " + Sha256Hex("p") + " read,metrics\n";
+  auto file = internal::ParseTokensFile(text, "tokens.txt", SimpleTenantRule);
+  ASSERT_TRUE(file.ok()) << file.status();
+  const auto& entries = file->tokens;
+  ASSERT_EQ(entries.size(), 4u);
+  EXPECT_TRUE(file->certificates.empty());
+  EXPECT_EQ(entries[0].tenant, "alice");
+  EXPECT_EQ(entries[0].scopes, ScopeSet::Of(Scope::kRead));
+  EXPECT_EQ(entries[0].line, 3);
+  EXPECT_EQ(entries[1].scopes, ScopeSet::Of(Scope::kWrite));  // no scope: write
+  EXPECT_EQ(entries[2].scopes, ScopeSet::Of(Scope::kAdmin));  // admin implies read
+  EXPECT_EQ(entries[3].scopes, ScopeSet::Of(Scope::kRead).With(Scope::kMetrics));  // a set
   util::Sha256 h;
   h.Update("a2");
-  EXPECT_EQ((*entries)[1].token_sha256, h.Final());
+  EXPECT_EQ(entries[1].token_sha256, h.Final());
+}
+
+TEST(TokensFileTest, ParsesCertificateIdentities) {
+  const std::string text =
+      "alice cn:alice-laptop read,metrics\n"
+      "svc uri:spiffe://example.org/ns/prod/sa/svc\n"
+      "bob " + Sha256Hex("b") + "\n";
+  auto file = internal::ParseTokensFile(text, "creds", SimpleTenantRule);
+  ASSERT_TRUE(file.ok()) << file.status();
+  ASSERT_EQ(file->certificates.size(), 2u);
+  ASSERT_EQ(file->tokens.size(), 1u);
+  EXPECT_EQ(file->certificates[0].identity, "cn:alice-laptop");
+  EXPECT_EQ(file->certificates[0].tenant, "alice");
+  EXPECT_EQ(ScopeSetName(file->certificates[0].scopes), "read,metrics");
+  EXPECT_EQ(file->certificates[1].identity, "uri:spiffe://example.org/ns/prod/sa/svc");
+  EXPECT_EQ(file->certificates[1].scopes, ScopeSet::Of(Scope::kWrite));
+  EXPECT_EQ(file->certificates[1].line, 2);
 }
 
 TEST(TokensFileTest, RefusesBadLinesNamingTheLine) {
@@ -67,12 +87,17 @@ TEST(TokensFileTest, RefusesBadLinesNamingTheLine) {
   struct Case {
     std::string text, fragment;
   } cases[] = {
-      {"alice\n", "tokens.txt:1: expected '<tenant> <sha256-hex-of-token> [scopes]', got 1"},
+      {"alice\n", "tokens.txt:1: expected '<tenant> <sha256-hex-of-token | cn:<name> | "
+                   "uri:<uri>> [scopes]', got 1"},
       {"# c\nalice " + good + " read extra\n", "tokens.txt:2: expected"},
       {"alice secret-token\n", "tokens.txt:1: the token hash must be 64 hex digits"},
       {"alice " + std::string(64, 'g') + "\n", "tokens.txt:1: the token hash has a character"},
       {"alice " + good + " wrte\n", "tokens.txt:1: unknown scope 'wrte' (valid: read, write"},
-      {"alice " + good + " read,\n", "tokens.txt:1: unknown scope ''"},
+      {"alice " + good + " read,\n", "tokens.txt:1: empty scope in 'read,'"},
+      {"alice dn:CN=alice\n", "tokens.txt:1: a certificate identity starts with 'cn:'"},
+      {"alice cn:\n", "tokens.txt:1: the certificate identity 'cn:' has an empty value"},
+      {"a cn:x\nb cn:x read\n", "tokens.txt:2: the certificate identity 'cn:x' is already on "
+                               "line 1"},
       {"al/ice " + good + "\n", "tokens.txt:1: tenant id 'al/ice' has a bad character"},
       {"a " + good + "\nb " + good + "\n", "tokens.txt:2: the same token hash is already on line 1"},
   };
@@ -95,7 +120,8 @@ TEST(TokensFileTest, MessagesNeverQuoteTheHashField) {
 TEST(TokensFileTest, EmptyFileHasNoCredentials) {
   auto entries = internal::ParseTokensFile("# nobody yet\n", "f", nullptr);
   ASSERT_TRUE(entries.ok());
-  EXPECT_TRUE(entries->empty());
+  EXPECT_TRUE(entries->tokens.empty());
+  EXPECT_TRUE(entries->certificates.empty());
 }
 
 TEST(TokensFileTest, RefusesAnOversizeFile) {
@@ -135,27 +161,51 @@ TEST(ScopesTest, MethodsNeedTheirScope) {
   EXPECT_EQ(RuleFor(""), MethodRule::kAdmin);
 }
 
-TEST(ScopesTest, ScopesNest) {
-  EXPECT_TRUE(Allows(Scope::kRead, MethodRule::kRead));
-  EXPECT_FALSE(Allows(Scope::kRead, MethodRule::kWrite));
-  EXPECT_TRUE(Allows(Scope::kWrite, MethodRule::kRead));
-  EXPECT_FALSE(Allows(Scope::kWrite, MethodRule::kAdmin));
-  EXPECT_TRUE(Allows(Scope::kAdmin, MethodRule::kWrite));
-  EXPECT_TRUE(Allows(Scope::kRead, MethodRule::kPublic));
-  EXPECT_FALSE(Allows(Scope::kMetrics, MethodRule::kRead));
-  EXPECT_TRUE(AllowsScrape(Scope::kMetrics));
-  EXPECT_TRUE(AllowsScrape(Scope::kAdmin));
-  EXPECT_FALSE(AllowsScrape(Scope::kWrite));
+TEST(ScopesTest, ScopesAreSetsWithImpliedScopes) {
+  const ScopeSet read = ScopeSet::Of(Scope::kRead), write = ScopeSet::Of(Scope::kWrite),
+                 admin = ScopeSet::Of(Scope::kAdmin), metrics = ScopeSet::Of(Scope::kMetrics);
+  EXPECT_TRUE(Allows(read, MethodRule::kRead));
+  EXPECT_FALSE(Allows(read, MethodRule::kWrite));
+  EXPECT_TRUE(Allows(write, MethodRule::kRead));
+  EXPECT_FALSE(Allows(write, MethodRule::kAdmin));
+  EXPECT_TRUE(Allows(admin, MethodRule::kWrite));
+  EXPECT_TRUE(Allows(read, MethodRule::kPublic));
+  EXPECT_FALSE(Allows(metrics, MethodRule::kRead));
+  EXPECT_FALSE(Allows(ScopeSet(), MethodRule::kRead));
+  EXPECT_TRUE(Allows(ScopeSet(), MethodRule::kPublic));
+  EXPECT_TRUE(AllowsScrape(metrics));
+  EXPECT_TRUE(AllowsScrape(admin));
+  EXPECT_FALSE(AllowsScrape(write));
   EXPECT_EQ(*ParseScope("metrics"), Scope::kMetrics);
   auto bad = ParseScope("Admin");
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
 }
 
-TEST(ScopesTest, CertificateSubjectOrganizationsGiveTheScope) {
-  EXPECT_EQ(ScopeFromSubject("CN=alice"), Scope::kWrite);
-  EXPECT_EQ(ScopeFromSubject("CN=alice,O=read"), Scope::kRead);
-  EXPECT_EQ(ScopeFromSubject("CN=ops,O=read,O=admin"), Scope::kAdmin);
-  EXPECT_EQ(ScopeFromSubject("CN=alice,O=Example Corp"), Scope::kWrite);
+// Every combination of the four scopes, as a credentials file may write it: what each may call
+// and whether it may scrape. The matrix the contract documents.
+TEST(ScopesTest, EveryCombinationAllowsExactlyItsMethods) {
+  const Scope all[] = {Scope::kMetrics, Scope::kRead, Scope::kWrite, Scope::kAdmin};
+  for (int mask = 1; mask < 16; ++mask) {
+    std::string names;
+    for (int i = 0; i < 4; ++i) {
+      if (mask >> i & 1) names += (names.empty() ? "" : ",") + std::string(ScopeName(all[i]));
+    }
+    SCOPED_TRACE(names);
+    auto set = ParseScopeSet(names);
+    ASSERT_TRUE(set.ok()) << set.status();
+    const bool admin = mask & 8, write = admin || (mask & 4), read = write || (mask & 2),
+               metrics = admin || (mask & 1);
+    EXPECT_EQ(Allows(*set, MethodRule::kRead), read);
+    EXPECT_EQ(Allows(*set, MethodRule::kWrite), write);
+    EXPECT_EQ(Allows(*set, MethodRule::kAdmin), admin);
+    EXPECT_EQ(AllowsScrape(*set), metrics);
+    EXPECT_EQ(ParseScopeSet(ScopeSetName(*set)).value(), *set);  // the name round-trips
+  }
+  EXPECT_EQ(ScopeSetName(ParseScopeSet("metrics,write").value()), "write,metrics");
+  EXPECT_EQ(ScopeSetName(ParseScopeSet("read,admin").value()), "admin");
+  EXPECT_EQ(ScopeSetName(ScopeSet()), "none");
+  EXPECT_EQ(ParseScopeSet("").status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ParseScopeSet("read,,write").status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 // -------------------------------------------------------------------------- token store
@@ -193,7 +243,7 @@ TEST_F(TokenStoreTest, LooksUpTokensByTheirHash) {
   auto a = (*store)->Lookup("token-a");
   ASSERT_TRUE(a.has_value());
   EXPECT_EQ(a->tenant, "alice");
-  EXPECT_EQ(a->scope, Scope::kRead);
+  EXPECT_EQ(a->scopes, ScopeSet::Of(Scope::kRead));
   EXPECT_EQ((*store)->Lookup("token-b")->tenant, "bob");
   EXPECT_FALSE((*store)->Lookup("token-c").has_value());
   EXPECT_FALSE((*store)->Lookup(Sha256Hex("token-a")).has_value());  // the hash is no token
@@ -421,36 +471,27 @@ TEST_F(AuthorizerTest, TenantHeaderMustMatchUnlessAdmin) {
             absl::StatusCode::kInvalidArgument);
 }
 
-TEST_F(AuthorizerTest, ClientCertificateNamesTheTenantByItsCommonName) {
-  Authorizer a = Make(false, true);
-  CallCredentials c;
-  c.cert_common_name = "carol";
-  c.cert_subject = "CN=carol,O=read";
-  auto p = a.Authorize(c, TttMethod("Score"));
-  ASSERT_TRUE(p.ok()) << p.status();
-  EXPECT_EQ(p->tenant, "carol");
-  EXPECT_EQ(p->kind, CredentialKind::kClientCertificate);
-  EXPECT_EQ(a.Authorize(c, TttMethod("Ingest")).status().code(),
-            absl::StatusCode::kPermissionDenied);
-  c.cert_common_name = "carol smith";
-  auto bad = a.Authorize(c, TttMethod("Score"));
-  EXPECT_EQ(bad.status().code(), absl::StatusCode::kUnauthenticated);
-  EXPECT_THAT(std::string(bad.status().message()),
-              HasSubstr("the client certificate's subject CN is not a usable tenant"));
-  // A token without a tokens file is refused, not ignored in favour of the certificate.
-  CallCredentials both = Bearer("alice-rw");
-  both.cert_common_name = "carol";
-  auto refused = a.Authorize(both, TttMethod("Score"));
-  EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnauthenticated);
-  EXPECT_THAT(std::string(refused.status().message()), HasSubstr("accepts no bearer tokens"));
+TEST_F(AuthorizerTest, TokenWithReadAndMetricsScopesReadsAndScrapes) {
+  Write("prom " + Sha256Hex("prom-rm") + " read,metrics\n");
+  ASSERT_TRUE(store_->Reload().ok());
+  Authorizer a = Make(true, false);
+  EXPECT_TRUE(a.AuthorizeScrape("Bearer prom-rm").ok());
+  EXPECT_TRUE(a.Authorize(Bearer("prom-rm"), TttMethod("Score")).ok());
+  auto ingest = a.Authorize(Bearer("prom-rm"), TttMethod("Ingest"));
+  EXPECT_THAT(std::string(ingest.status().message()), HasSubstr("(scope 'read,metrics')"));
 }
 
-TEST_F(AuthorizerTest, CertificateIgnoredWhenMutualTlsIsOff) {
-  Authorizer a = Make(true, false);
+TEST_F(AuthorizerTest, CertificateWithoutPemOrWithoutMutualTlsIsNoCredential) {
   CallCredentials c;
-  c.cert_common_name = "carol";
-  EXPECT_EQ(a.Authorize(c, TttMethod("Score")).status().code(),
+  c.cert_pem = "";
+  auto none = Make(true, true).Authorize(c, TttMethod("Score"));
+  EXPECT_THAT(std::string(none.status().message()), HasSubstr("missing credentials"));
+  c.cert_pem = "-----BEGIN CERTIFICATE-----";
+  EXPECT_EQ(Make(true, false).Authorize(c, TttMethod("Score")).status().code(),
             absl::StatusCode::kUnauthenticated);
+  auto bad = Make(true, true).Authorize(c, TttMethod("Score"));
+  EXPECT_THAT(std::string(bad.status().message()), HasSubstr("client certificate refused"));
+  EXPECT_EQ(failures_["bad_certificate"], 1);
 }
 
 }  // namespace

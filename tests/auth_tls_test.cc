@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <sstream>
 #include <string>
@@ -25,6 +26,7 @@
 #include "auth/client_credentials.h"
 #include "auth/grpc_auth.h"
 #include "auth/scopes.h"
+#include "auth/tls_material.h"
 #include "auth/token_store.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "util/sha256.h"
@@ -118,12 +120,19 @@ class AuthTlsTest : public ::testing::Test {
     MakeLeaf(d, "ca1", "server1", "/CN=server", "DNS:localhost,IP:127.0.0.1");
     MakeLeaf(d, "ca2", "server2", "/CN=server", "DNS:localhost,IP:127.0.0.1");
     MakeLeaf(d, "ca1", "carol", "/CN=carol", "");
-    MakeLeaf(d, "ca1", "dave", "/O=read/CN=dave", "");
+    MakeLeaf(d, "ca1", "dave", "/O=admin/CN=dave", "");
     MakeLeaf(d, "ca2", "eve", "/CN=eve", "");
+    // The attack of the old string split: an escaped comma in another field, `O=admin`.
+    MakeLeaf(d, "ca1", "mallory", "/CN=mallory/OU=x,O=admin", "");
+    MakeLeaf(d, "ca1", "dave-admin", "/CN=dave/OU=x,O=admin/L=y\\,O=admin", "");
+    MakeLeaf(d, "ca1", "frank", "/CN=carol", "URI:spiffe://example.org/sa/frank");
     std::ofstream(d / "tokens.txt")
         << "alice " << util::Sha256Hex("alice-token") << " write\n"
         << "alice " << util::Sha256Hex("alice-read-token") << " read\n"
-        << "bob " << util::Sha256Hex("bob-token") << "\n";
+        << "bob " << util::Sha256Hex("bob-token") << "\n"
+        << "carol cn:carol\n"
+        << "dave cn:dave read\n"
+        << "frank uri:spiffe://example.org/sa/frank read\n";
     // The served certificate lives behind a directory symlink, as a Kubernetes Secret volume:
     // rotation swaps the link atomically (key and certificate change together).
     for (const char* v : {"v1", "v2"}) fs::create_directories(d / v);
@@ -144,31 +153,37 @@ class AuthTlsTest : public ::testing::Test {
   // Starts a TLS server: tokens when `tokens`, mutual TLS (client CA ca1) when `mutual`.
   // `plaintext`: no TLS at all (tokens behind a mesh that terminates TLS): the handlers alone
   // authorize, as gRPC runs no metadata processor on insecure ports.
-  void StartServer(bool tokens, bool mutual, bool reflection = false, bool plaintext = false) {
+  void StartServer(bool tokens, bool mutual, bool reflection = false, bool plaintext = false,
+                   const std::string& crl = "", const fs::path& tls_dir = "") {
     const fs::path& d = *dir_;
+    const fs::path files = tls_dir.empty() ? d / "current" : tls_dir;
     if (tokens) {
       auto store = TokenStore::Open({(d / "tokens.txt").string(), nullptr, 0, nullptr});
       ASSERT_TRUE(store.ok()) << store.status();
       store_ = std::move(*store);
     }
+    TlsMaterialOptions tls;
+    tls.cert_file = (files / "tls.crt").string();
+    tls.key_file = (files / "tls.key").string();
+    if (mutual) tls.client_ca_file = (tls_dir.empty() ? d / "ca1.pem" : tls_dir / "ca.crt").string();
+    tls.crl_file = crl;
+    tls.poll_interval_ms = 100;
+    auto material = TlsMaterial::Open(std::move(tls));
+    ASSERT_TRUE(material.ok()) << material.status();
+    material_ = std::move(*material);
     AuthorizerOptions options;
     options.tokens = store_.get();
     options.client_certificates = mutual;
+    options.revocations = material_.get();
     authorizer_ = std::make_shared<const Authorizer>(std::move(options));
-    TlsFiles files;
-    files.cert_file = (d / "current/tls.crt").string();
-    files.key_file = (d / "current/tls.key").string();
-    if (mutual) files.client_ca_file = (d / "ca1.pem").string();
-    files.refresh_interval_s = 1;
     auto credentials = plaintext ? grpc::InsecureServerCredentials()
-                                 : TlsServerCredentials(files, authorizer_);
-    ASSERT_TRUE(credentials.ok()) << credentials.status();
+                                 : TlsServerCredentials(*material_, 1, authorizer_);
 
     grpc::EnableDefaultHealthCheckService(true);
     if (reflection) grpc::reflection::InitProtoReflectionServerBuilderPlugin();
     service_ = std::make_unique<EchoTenantService>(authorizer_);
     grpc::ServerBuilder builder;
-    builder.AddListeningPort("127.0.0.1:0", *credentials, &port_);
+    builder.AddListeningPort("127.0.0.1:0", credentials, &port_);
     builder.RegisterService(service_.get());
     server_ = builder.BuildAndStart();
     ASSERT_NE(server_, nullptr);
@@ -233,6 +248,7 @@ class AuthTlsTest : public ::testing::Test {
   }
 
   static fs::path* dir_;
+  std::unique_ptr<TlsMaterial> material_;  // outlives server_
   std::unique_ptr<TokenStore> store_;
   std::shared_ptr<const Authorizer> authorizer_;
   std::unique_ptr<EchoTenantService> service_;
@@ -332,18 +348,40 @@ TEST_F(AuthTlsTest, HealthAnswersWithoutCredentialsAndReflectionDoesNot) {
   EXPECT_GT(authenticated.second, 0u);  // the service list
 }
 
-TEST_F(AuthTlsTest, MutualTlsTakesTheTenantFromTheCertificate) {
+TEST_F(AuthTlsTest, MutualTlsTakesTheTenantFromTheCertificatesLine) {
   StartServer(/*tokens=*/true, /*mutual=*/true);
   Reply carol = Call(Channel("ca1", "carol"), true, "");
   ASSERT_TRUE(carol.status.ok()) << carol.status.error_message();
   EXPECT_EQ(carol.tenant, "carol");
-  // O=read in the subject: a read-only certificate.
+  // The line says read; O=admin in the subject grants nothing.
   auto dave = Channel("ca1", "dave");
   EXPECT_EQ(Call(dave, false, "").tenant, "dave");
   EXPECT_EQ(Call(dave, true, "").status.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(Call(dave, false, "", "bob").status.error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+  // A URI SAN is the identity; its CN (carol) is ignored.
+  auto frank = Channel("ca1", "frank");
+  EXPECT_EQ(Call(frank, false, "").tenant, "frank");
+  EXPECT_EQ(Call(frank, true, "").status.error_code(), grpc::StatusCode::PERMISSION_DENIED);
   // A token on a certificate's connection names its own tenant.
   EXPECT_EQ(Call(Channel("ca1", "carol"), false, "bob-token").tenant, "bob");
   EXPECT_EQ(Call(Channel("ca1", "carol"), false, "", "bob").status.error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+}
+
+TEST_F(AuthTlsTest, EscapedCommasInTheSubjectGrantNothing) {
+  StartServer(/*tokens=*/true, /*mutual=*/true);
+  Reply mallory = Call(Channel("ca1", "mallory"), false, "", "bob");
+  EXPECT_EQ(mallory.status.error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_THAT(mallory.status.error_message(),
+              HasSubstr("client certificate identity 'cn:mallory' is not in the server's "
+                        "credentials file"));
+  EXPECT_EQ(Call(Channel("ca1", "mallory"), true, "").status.error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+  auto dave = Channel("ca1", "dave-admin");  // dave's line says read, whatever O and L say
+  EXPECT_EQ(Call(dave, false, "").tenant, "dave");
+  EXPECT_EQ(Call(dave, true, "").status.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(Call(dave, false, "", "bob").status.error_code(),
             grpc::StatusCode::PERMISSION_DENIED);
 }
 
@@ -434,15 +472,96 @@ TEST(ClientCredentialsTest, RefusesACertificateWithoutItsKeyOrAnUnreadableFile) 
 }
 
 TEST_F(AuthTlsTest, BadCertificateFilesFailAtStartNamingTheFlag) {
-  TlsFiles files;
+  TlsMaterialOptions files;
   files.cert_file = (*dir_ / "missing.pem").string();
   files.key_file = (*dir_ / "server1.key").string();
-  auto missing = TlsServerCredentials(files, nullptr);
+  files.poll_interval_ms = 0;
+  auto missing = TlsMaterial::Open(files);
   EXPECT_EQ(missing.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(missing.status().message()), HasSubstr("--tls_cert_file="));
   files.cert_file = (*dir_ / "tokens.txt").string();
-  auto not_pem = TlsServerCredentials(files, nullptr);
+  auto not_pem = TlsMaterial::Open(files);
   EXPECT_THAT(std::string(not_pem.status().message()), HasSubstr("not a PEM file"));
+  files.cert_file = (*dir_ / "server2.pem").string();  // server1's key
+  auto mismatch = TlsMaterial::Open(files);
+  EXPECT_THAT(std::string(mismatch.status().message()),
+              HasSubstr("the key does not match --tls_cert_file's certificate"));
+  files.cert_file = (*dir_ / "server1.pem").string();
+  files.crl_file = (*dir_ / "server1.pem").string();
+  auto crl_alone = TlsMaterial::Open(files);
+  EXPECT_THAT(std::string(crl_alone.status().message()), HasSubstr("needs --tls_client_ca_file"));
+}
+
+// Writes `text` to `path` by rename, as a Secret update replaces a file.
+void Replace(const fs::path& path, const std::string& text) {
+  std::ofstream(path.string() + ".new", std::ios::binary) << text;
+  fs::rename(path.string() + ".new", path);
+}
+
+bool Eventually(const std::function<bool()>& done) {
+  for (int i = 0; i < 300 && !done(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return done();
+}
+
+TEST_F(AuthTlsTest, BrokenTlsFilesAreNotAppliedAndTheLastGoodSetServes) {
+  const fs::path live = *dir_ / "live-broken";
+  fs::create_directories(live);
+  fs::copy_file(*dir_ / "server1.pem", live / "tls.crt");
+  fs::copy_file(*dir_ / "server1.key", live / "tls.key");
+  fs::copy_file(*dir_ / "ca1.pem", live / "ca.crt");
+  StartServer(true, true, false, false, "", live);
+  ASSERT_EQ(Call(Channel("ca1", "carol"), false, "").tenant, "carol");
+
+  Replace(live / "ca.crt", "-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n");
+  ASSERT_TRUE(Eventually([&] { return material_->failed_reloads() >= 1; }));
+  // A certificate replaced before its key: not applied either.
+  fs::copy_file(*dir_ / "server2.pem", live / "tls.crt", fs::copy_options::overwrite_existing);
+  ASSERT_TRUE(Eventually([&] { return material_->failed_reloads() >= 2; }));
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // past the provider's refresh
+  EXPECT_EQ(Call(Channel("ca1", "carol"), false, "").tenant, "carol");
+
+  // The rest of the rotation arrives: the good new set applies.
+  fs::copy_file(*dir_ / "server2.key", live / "tls.key", fs::copy_options::overwrite_existing);
+  fs::copy_file(*dir_ / "ca1.pem", live / "ca.crt", fs::copy_options::overwrite_existing);
+  EXPECT_TRUE(Eventually([&] { return Call(Channel("ca2", "carol"), false, "").status.ok(); }));
+}
+
+// `openssl ca` over ca1 with a throw-away database, to revoke certificates and write CRLs.
+void GenerateCrl(const fs::path& dir, const fs::path& out) {
+  Openssl(dir, "ca -config ca.cnf -keyfile ca1.key -cert ca1.pem -gencrl -out " + out.string());
+}
+
+TEST_F(AuthTlsTest, RevokedCertificateIsRefusedOnItsNextCallAndTheCrlReloads) {
+  const fs::path d = *dir_;
+  std::ofstream(d / "ca.cnf") << "[ca]\ndefault_ca = test\n[test]\ndatabase = index.txt\n"
+                                 "crlnumber = crlnumber\ndefault_md = sha256\n"
+                                 "default_crl_days = 2\n";
+  std::ofstream(d / "index.txt").close();
+  std::ofstream(d / "crlnumber") << "01\n";
+  GenerateCrl(d, d / "empty.crl");
+  fs::copy_file(d / "empty.crl", d / "clients.crl", fs::copy_options::overwrite_existing);
+  StartServer(true, true, false, false, (d / "clients.crl").string());
+  auto carol = Channel("ca1", "carol");  // one connection, before and after the revocation
+  ASSERT_EQ(Call(carol, false, "").tenant, "carol");
+
+  Openssl(d, "ca -config ca.cnf -keyfile ca1.key -cert ca1.pem -revoke carol.pem");
+  GenerateCrl(d, d / "next.crl");
+  fs::rename(d / "next.crl", d / "clients.crl");
+  ASSERT_TRUE(Eventually([&] { return material_->revoked_count() == 1; }));
+  Reply revoked = Call(carol, false, "");
+  EXPECT_EQ(revoked.status.error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_THAT(revoked.status.error_message(), HasSubstr("is revoked"));
+  EXPECT_EQ(Call(Channel("ca1", "carol"), false, "").status.error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(Call(Channel("ca1", "dave"), false, "").tenant, "dave");
+
+  // A CRL that does not parse, or one from another CA, is not applied: carol stays revoked.
+  Replace(d / "clients.crl", "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n");
+  ASSERT_TRUE(Eventually([&] { return material_->failed_reloads() >= 1; }));
+  EXPECT_EQ(material_->revoked_count(), 1u);
+  EXPECT_EQ(Call(carol, false, "").status.error_code(), grpc::StatusCode::UNAUTHENTICATED);
 }
 
 }  // namespace

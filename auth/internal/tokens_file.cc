@@ -2,8 +2,10 @@
 #include "auth/internal/tokens_file.h"
 
 #include <map>
+#include <optional>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 
@@ -36,52 +38,69 @@ absl::StatusOr<Digest> ParseDigest(absl::string_view hex) {
   return d;
 }
 
-absl::StatusOr<Scope> ParseScopes(absl::string_view field) {
-  Scope highest = Scope::kMetrics;
-  for (absl::string_view name : absl::StrSplit(field, ',')) {
-    auto scope = ParseScope(name);
-    if (!scope.ok()) return scope.status();
-    if (*scope > highest) highest = *scope;
+// A certificate identity field (one with a ':'): "cn:<value>" or "uri:<value>", non-empty.
+absl::Status CheckIdentity(absl::string_view field) {
+  for (absl::string_view prefix : {"cn:", "uri:"}) {
+    if (!absl::StartsWith(field, prefix)) continue;
+    if (field.size() > prefix.size()) return absl::OkStatus();
+    return absl::InvalidArgumentError(
+        absl::StrCat("the certificate identity '", field, "' has an empty value"));
   }
-  return highest;
+  return absl::InvalidArgumentError(
+      "a certificate identity starts with 'cn:' (the subject CN) or 'uri:' (a URI SAN)");
 }
 
-absl::StatusOr<TokenEntry> ParseLine(absl::string_view line, const TenantValidator& validate) {
+// One credential line, as a token or a certificate entry (the other left empty).
+struct ParsedLine {
+  std::optional<TokenEntry> token;
+  std::optional<CertificateEntry> certificate;
+};
+
+absl::StatusOr<ParsedLine> ParseLine(absl::string_view line, const TenantValidator& validate) {
   std::vector<absl::string_view> fields =
       absl::StrSplit(line, absl::ByAnyChar(" \t"), absl::SkipEmpty());
   if (fields.size() < 2 || fields.size() > 3) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "expected '<tenant> <sha256-hex-of-token> [scopes]', got ", fields.size(), " fields"));
+        "expected '<tenant> <sha256-hex-of-token | cn:<name> | uri:<uri>> [scopes]', got ",
+        fields.size(), " fields"));
   }
-  TokenEntry entry;
-  entry.tenant = std::string(fields[0]);
+  const std::string tenant(fields[0]);
   if (validate) {
-    absl::Status valid = validate(entry.tenant);
+    absl::Status valid = validate(tenant);
     if (!valid.ok()) return valid;
+  }
+  ScopeSet scopes = ScopeSet::Of(Scope::kWrite);
+  if (fields.size() == 3) {
+    auto parsed = ParseScopeSet(fields[2]);
+    if (!parsed.ok()) return parsed.status();
+    scopes = *parsed;
+  }
+  ParsedLine out;
+  if (absl::StrContains(fields[1], ':')) {
+    absl::Status identity = CheckIdentity(fields[1]);
+    if (!identity.ok()) return identity;
+    out.certificate = CertificateEntry{tenant, std::string(fields[1]), scopes, 0};
+    return out;
   }
   auto digest = ParseDigest(fields[1]);
   if (!digest.ok()) return digest.status();
-  entry.token_sha256 = *digest;
-  if (fields.size() == 3) {
-    auto scope = ParseScopes(fields[2]);
-    if (!scope.ok()) return scope.status();
-    entry.scope = *scope;
-  }
-  return entry;
+  out.token = TokenEntry{tenant, *digest, scopes, 0};
+  return out;
 }
 
 }  // namespace
 
-absl::StatusOr<std::vector<TokenEntry>> ParseTokensFile(absl::string_view text,
-                                                        absl::string_view source,
-                                                        const TenantValidator& validate_tenant) {
+absl::StatusOr<CredentialsFile> ParseTokensFile(absl::string_view text, absl::string_view source,
+                                                const TenantValidator& validate_tenant) {
   if (text.size() > kMaxTokensFileBytes) {
     return absl::InvalidArgumentError(absl::StrCat(source, ": ", text.size(),
                                                    " bytes is over the limit of ",
                                                    kMaxTokensFileBytes, " for a tokens file"));
   }
-  std::vector<TokenEntry> entries;
-  std::map<Digest, int> line_of;  // duplicate hashes would make the tenant ambiguous
+  CredentialsFile file;
+  // A hash or identity listed twice would make the tenant ambiguous.
+  std::map<Digest, int> line_of_hash;
+  std::map<std::string, int> line_of_identity;
   int number = 0;
   for (absl::string_view line : absl::StrSplit(text, '\n')) {
     ++number;
@@ -89,21 +108,32 @@ absl::StatusOr<std::vector<TokenEntry>> ParseTokensFile(absl::string_view text,
     if (hash != absl::string_view::npos) line = line.substr(0, hash);
     line = absl::StripAsciiWhitespace(line);  // also a trailing '\r'
     if (line.empty()) continue;
-    auto entry = ParseLine(line, validate_tenant);
-    if (!entry.ok()) {
+    auto parsed = ParseLine(line, validate_tenant);
+    if (!parsed.ok()) {
       return absl::InvalidArgumentError(
-          absl::StrCat(source, ":", number, ": ", entry.status().message()));
+          absl::StrCat(source, ":", number, ": ", parsed.status().message()));
     }
-    auto [it, inserted] = line_of.emplace(entry->token_sha256, number);
-    if (!inserted) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          source, ":", number, ": the same token hash is already on line ", it->second,
-          " (one token must name one tenant)"));
+    if (parsed->token) {
+      auto [it, inserted] = line_of_hash.emplace(parsed->token->token_sha256, number);
+      if (!inserted) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            source, ":", number, ": the same token hash is already on line ", it->second,
+            " (one token must name one tenant)"));
+      }
+      parsed->token->line = number;
+      file.tokens.push_back(std::move(*parsed->token));
+    } else {
+      auto [it, inserted] = line_of_identity.emplace(parsed->certificate->identity, number);
+      if (!inserted) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            source, ":", number, ": the certificate identity '", it->first,
+            "' is already on line ", it->second, " (one identity must name one tenant)"));
+      }
+      parsed->certificate->line = number;
+      file.certificates.push_back(std::move(*parsed->certificate));
     }
-    entry->line = number;
-    entries.push_back(std::move(*entry));
   }
-  return entries;
+  return file;
 }
 
 }  // namespace ttt::auth::internal

@@ -93,8 +93,10 @@ class Pki:
         for name, ca in (("server1", "ca1"), ("server2", "ca2")):
             make_leaf(d, ca, name, "/CN=server", "DNS:localhost,IP:127.0.0.1")
         make_leaf(d, "ca1", "carol", "/CN=carol")
-        make_leaf(d, "ca1", "dave", "/O=read/CN=dave")
+        make_leaf(d, "ca1", "dave", "/O=admin/CN=dave")
         make_leaf(d, "ca2", "eve", "/CN=eve")
+        # An escaped comma in another field: the old string split read it as O=admin.
+        make_leaf(d, "ca1", "mallory", "/CN=mallory/OU=x,O=admin")
         for v, server in (("v1", "server1"), ("v2", "server2")):
             os.mkdir(os.path.join(d, v))
             shutil.copy(os.path.join(d, server + ".pem"), os.path.join(d, v, "tls.crt"))
@@ -350,10 +352,14 @@ class MutualTlsE2ETest(unittest.TestCase):
     def setUpClass(cls):
         cls.tmp = tempfile.mkdtemp(prefix="ttt-mtls-e2e-")
         cls.pki = Pki(cls.tmp)
+        # Certificates authenticate through their lines only (no certificate field grants).
+        credentials = os.path.join(cls.tmp, "credentials")
+        write_atomically(credentials, "carol cn:carol\ndave cn:dave read\n")
         cls.server = Server(cls.tmp, [
             "--tls_cert_file=" + os.path.join(cls.tmp, "server1.pem"),
             "--tls_key_file=" + os.path.join(cls.tmp, "server1.key"),
-            "--tls_client_ca_file=" + os.path.join(cls.tmp, "ca1.pem")])
+            "--tls_client_ca_file=" + os.path.join(cls.tmp, "ca1.pem"),
+            "--auth_tokens_file=" + credentials])
 
     @classmethod
     def tearDownClass(cls):
@@ -367,14 +373,22 @@ class MutualTlsE2ETest(unittest.TestCase):
         self.addCleanup(channel.close)
         return pb_grpc.TttServiceStub(channel)
 
-    def test_tenant_from_the_certificate_common_name(self):
+    def test_tenant_from_the_certificate_identity_line(self):
         s = self.stub("carol").CreateSession(pb.CreateSessionRequest(), timeout=10)
         self.assertEqual(s.tenant, "carol")
         info = self.stub("carol").GetServerInfo(pb.GetServerInfoRequest(), timeout=10)
         self.assertTrue(info.security.client_certificates)
-        with self.assertRaises(grpc.RpcError) as cm:  # O=read: a read-only certificate
+        with self.assertRaises(grpc.RpcError) as cm:  # its line says read; O=admin grants nothing
             self.stub("dave").CreateSession(pb.CreateSessionRequest(), timeout=10)
         self.assertEqual(cm.exception.code(), grpc.StatusCode.PERMISSION_DENIED)
+
+    def test_escaped_comma_in_the_subject_is_no_admin(self):
+        with self.assertRaises(grpc.RpcError) as cm:
+            self.stub("mallory").ListSessions(pb.ListSessionsRequest(), timeout=10,
+                                              metadata=(("x-tenant-id", "carol"),))
+        self.assertEqual(cm.exception.code(), grpc.StatusCode.UNAUTHENTICATED)
+        self.assertIn("'cn:mallory' is not in the server's credentials file",
+                      cm.exception.details())
 
     def test_refuses_no_certificate_and_another_ca(self):
         for client in (None, "eve"):

@@ -130,7 +130,15 @@ files; refuses combinations that cannot work. */}}
 - {{ printf "--tls_cert_file=%s/tls.crt" $dir | quote }}
 - {{ printf "--tls_key_file=%s/tls.key" $dir | quote }}
 {{- if $sec.mutualTls }}
+{{- if not $sec.tokens }}
+{{- fail "security.mutualTls needs security.tokens: a client certificate authenticates only through its line in the tokens file" }}
+{{- end }}
 - {{ printf "--tls_client_ca_file=%s/ca.crt" $dir | quote }}
+{{- if $sec.crl }}
+- {{ printf "--tls_crl_file=%s/crl.pem" $dir | quote }}
+{{- end }}
+{{- else if $sec.crl }}
+{{- fail "security.crl revokes client certificates: it needs security.mutualTls" }}
 {{- end }}
 {{- end }}
 {{- if $sec.tokens }}

@@ -481,6 +481,10 @@ func TestSecurityValuesThatCannotWorkAreRefused(t *testing.T) {
 	for name, c := range map[string]struct{ text, fragment string }{
 		"noSecret":   {"security:\n  tls: true\n", "read the Secret"},
 		"mtlsNoTls":  {"secret:\n  existingSecret: s\nsecurity:\n  mutualTls: true\n", "mutualTls needs security.tls"},
+		"mtlsNoTokens": {"secret:\n  existingSecret: s\nsecurity:\n  tls: true\n  mutualTls: true\n",
+			"mutualTls needs security.tokens"},
+		"crlNoMtls": {"secret:\n  existingSecret: s\nsecurity:\n  tls: true\n  crl: true\n",
+			"crl revokes client certificates"},
 		"metricsNoT": {"security:\n  metricsAuth: true\n", "metricsAuth checks tokens"},
 		"smNoToken": {"secret:\n  existingSecret: s\nsecurity:\n  tokens: true\n  metricsAuth: true\nserviceMonitor:\n  enabled: true\n",
 			"bearerTokenSecret.name"},
