@@ -827,6 +827,10 @@ TEST_F(ServerTest, ImportIsCheckedAsItsBytesArrive) {
   const std::string deep = "{\"a\":" + std::string(50000, '[') + std::string(50000, ']') + "}";
   ExpectStatus(import_status({le64(deep.size()) + deep}, true),
                grpc::StatusCode::INVALID_ARGUMENT, "nests objects or arrays more than");
+  // One level past a checkpoint's limit: refused here with the reader's own limit, not later.
+  const std::string five = "{\"a\":[[[[]]]]}";
+  ExpectStatus(import_status({le64(five.size()) + five}, true),
+               grpc::StatusCode::INVALID_ARGUMENT, "more than 4 deep");
   // More bytes than the largest state of this model under this budget: refused mid-stream.
   const std::string header = "{}";
   std::vector<std::string> pieces = {le64(header.size()) + header};

@@ -5,6 +5,7 @@
 #include <openssl/bio.h>
 #include <openssl/bn.h>
 #include <openssl/crypto.h>
+#include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
@@ -125,7 +126,14 @@ std::string IssuerDer(X509* cert) {
 
 }  // namespace
 
+// Clears this thread's OpenSSL error queue when it leaves scope: the authorizer runs on gRPC's
+// transport threads, where a stale error would be read by the next TLS read's SSL_get_error.
+struct ClearErrorsOnExit {
+  ~ClearErrorsOnExit() { ERR_clear_error(); }
+};
+
 absl::StatusOr<CertificateIdentity> IdentityFromPem(absl::string_view pem) {
+  ClearErrorsOnExit clear_errors;
   if (pem.size() > kMaxCertificatePemBytes) {
     return Refuse(absl::StrCat("it is over ", kMaxCertificatePemBytes, " bytes of PEM"));
   }

@@ -20,8 +20,6 @@ namespace {
 using ::ttt::util::Sha256;
 
 constexpr char kShaKey[] = "tttserve.sha256";
-// Deeper JSON than a tensor table ({"name": {"shape": [..]}}) is refused before it is parsed.
-constexpr int kMaxHeaderDepth = 4;
 
 // What a checkpoint's JSON header says, read without LibTorch.
 struct Header {
@@ -39,29 +37,6 @@ uint64_t HeaderLength(std::string_view first8) {
   uint64_t n = 0;
   for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<uint8_t>(first8[i]);
   return n;
-}
-
-// JSON nesting depth, counted outside strings: bounded before a recursive parser sees it.
-bool DepthAtMost(std::string_view json, int max_depth) {
-  int depth = 0;
-  bool in_string = false;
-  for (size_t i = 0; i < json.size(); ++i) {
-    const char c = json[i];
-    if (in_string) {
-      if (c == '\\') {
-        ++i;
-      } else if (c == '"') {
-        in_string = false;
-      }
-    } else if (c == '"') {
-      in_string = true;
-    } else if (c == '[' || c == '{') {
-      if (++depth > max_depth) return false;
-    } else if (c == ']' || c == '}') {
-      --depth;
-    }
-  }
-  return true;
 }
 
 // Appends `s` length-prefixed, so no field can run into the next.
@@ -104,9 +79,10 @@ absl::StatusOr<Header> ParseHeader(std::string_view head, const std::string& sou
   Header h;
   h.data_offset = head.size();
   const std::string_view json = head.substr(8);
-  if (!DepthAtMost(json, kMaxHeaderDepth)) {
-    return Malformed(source, absl::StrCat("its header nests deeper than ", kMaxHeaderDepth));
-  }
+  // The format's limits (checkpoint_format.h), before a recursive parser sees the header.
+  CheckpointHeaderScanner scanner;
+  absl::Status scanned = scanner.Feed(head);
+  if (!scanned.ok()) return Malformed(source, std::string(scanned.message()));
   nlohmann::json j =
       nlohmann::json::parse(json.begin(), json.end(), nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded() || !j.is_object()) {

@@ -17,14 +17,13 @@
 
 #include "absl/status/statusor.h"
 #include "engine/model.h"
+#include "session/checkpoint_format.h"
 #include "session/session.h"
 
 namespace ttt::session::internal {
 
 inline constexpr char kCheckpointFormat[] = "tttserve-checkpoint-2";
 inline constexpr char kCheckpointFormatV1[] = "tttserve-checkpoint-1";
-// A checkpoint header (tensor table + metadata) is a few KiB; larger ones are refused unread.
-inline constexpr uint64_t kMaxCheckpointHeaderBytes = uint64_t{1} << 20;
 
 struct CheckpointMeta {
   std::string model_fingerprint;

@@ -157,9 +157,7 @@ void CheckScore(const pb::ScoreRequest& req) {
 void CheckImport(const pb::ImportSessionRequest& req, size_t cut) {
   if (req.has_options()) CheckOptions(req.options());
   internal::ImportLimits limits;
-  limits.max_header_bytes = 4096;
   limits.max_total_bytes = 1 << 16;
-  limits.max_header_depth = 8;
   internal::ImportGuard guard(limits);
   const std::string& data = req.data();
   cut %= data.size() + 1;

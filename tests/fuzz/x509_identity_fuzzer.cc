@@ -39,8 +39,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     return 0;
   }
   const std::string& s = id->identity;
-  FUZZ_CHECK(absl::StartsWith(s, "cn:") || absl::StartsWith(s, "uri:"), "identity %s", s.c_str());
-  FUZZ_CHECK(s.size() > 4 && s.size() <= 4 + ttt::auth::internal::kMaxIdentityValueBytes,
+  const size_t prefix = absl::StartsWith(s, "cn:") ? 3 : absl::StartsWith(s, "uri:") ? 4 : 0;
+  FUZZ_CHECK(prefix > 0, "identity %s", s.c_str());
+  FUZZ_CHECK(s.size() > prefix && s.size() <= prefix + ttt::auth::internal::kMaxIdentityValueBytes,
              "identity of %zu bytes", s.size());
   for (char c : s) {
     const auto u = static_cast<unsigned char>(c);
