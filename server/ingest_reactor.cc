@@ -3,8 +3,16 @@
 // session's writer; exactly one response per message once the engine applied it. Text still
 // buffered when the client half-closes is applied before the stream ends; the OK status is its
 // acknowledgement (the last message was already answered). Reading pauses while
-// max_inflight_messages submissions are outstanding, so backpressure reaches the client. On an
-// error, everything already accepted is still acknowledged before the stream ends.
+// max_inflight_messages submissions are outstanding, so backpressure reaches the client.
+//
+// Acknowledgements on an error: every message the engine applied is answered, in order, before
+// the stream ends with the error of the first message that failed, whichever way it failed
+// (refused on arrival, by the engine or the store, or by the credential being revoked), and
+// nothing after that message is applied. A client that resends from the message after its last
+// response therefore applies nothing twice (docs/contract.md, "Ingest acknowledgements"). The
+// one exception is the store's: a sync-durability flush whose write failed is applied here but
+// not durable, so not acknowledged. A stream the client cancels stops applying at once; text it
+// left buffered is dropped, not flushed.
 #include <cmath>
 #include <memory>
 #include <mutex>
@@ -41,7 +49,17 @@ class IngestReactor final : public grpc::ServerBidiReactor<pb::IngestRequest, pb
 
   void OnReadDone(bool ok) override {
     std::lock_guard<std::mutex> lock(mu_);
-    if (!ok) return EndOfStreamLocked();
+    if (!ok) {
+      // gRPC marks the call cancelled before this reaction when the read failed for that reason
+      // (ServerContext::IsCancelled), so a cancellation is never taken for a half-close.
+      if (ctx_->IsCancelled()) {
+        reads_done_ = true;
+        CancelLocked(*cancel_, "the client cancelled the stream");
+        MaybeFinishLocked();
+        return;
+      }
+      return EndOfStreamLocked();
+    }
     if (failed_ || finish_called_) return;
     absl::Status st;
     try {
@@ -91,6 +109,29 @@ class IngestReactor final : public grpc::ServerBidiReactor<pb::IngestRequest, pb
     return absl::OkStatus();
   }
 
+  // A stream outlives the credential it opened with: each later message asks the authorizer again
+  // (the tokens file is re-read while the server runs), so a revoked or re-scoped token, or one
+  // moved to another tenant, writes nothing more once the server has read the new file. Its
+  // code (UNAUTHENTICATED for a removed token, PERMISSION_DENIED for a scope or tenant it lost)
+  // and message are the authorizer's, prefixed. Cheap: a hash and a lookup per message.
+  absl::Status StillAuthorized(const std::string& where) const {
+    if (!svc_->authorizer().enabled()) return absl::OkStatus();
+    auto caller = CallerOf(svc_->authorizer(), ctx_, "Ingest");
+    absl::Status why;
+    if (!caller.ok()) {
+      why = caller.status();
+    } else if (caller->tenant != tenant_) {
+      why = absl::PermissionDeniedError(
+          absl::StrCat("it now names tenant ", caller->tenant, ", not ", tenant_));
+    } else {
+      return absl::OkStatus();
+    }
+    return absl::Status(
+        why.code(), absl::StrCat(where, ": the credential this stream opened with was revoked or "
+                                        "changed (", why.message(),
+                                 "); the messages before this one are applied and acknowledged"));
+  }
+
   // The client half-closed: buffered text is flushed, then the stream ends once drained. Every
   // message has its response already (or due), so this submission gets none of its own.
   void EndOfStreamLocked() {
@@ -119,11 +160,13 @@ class IngestReactor final : public grpc::ServerBidiReactor<pb::IngestRequest, pb
     }
   }
 
-  // One request message: validate, take the writer on the first, buffer text, submit tokens.
+  // One request message: re-check the credential, validate, take the writer on the first,
+  // buffer text, submit tokens.
   absl::Status HandleLocked(const pb::IngestRequest& req) {
     const int64_t index = msg_index_++;
     const std::string where = absl::StrCat("Ingest message ", index);
-    absl::Status st = BindSessionLocked(req, where);
+    absl::Status st = index == 0 ? absl::OkStatus() : StillAuthorized(where);
+    if (st.ok()) st = BindSessionLocked(req, where);
     if (st.ok()) st = ValidateIngestMessage(req, svc_->limits(), where);
     if (st.ok()) st = BufferTextLocked(req, where);
     if (!st.ok()) return st;
@@ -230,12 +273,17 @@ class IngestReactor final : public grpc::ServerBidiReactor<pb::IngestRequest, pb
       --outstanding_;
       if (r.ok()) {
         RecordProgressLocked(*r, submitted);
-        if (index != kNoResponse && !finish_called_ && !failed_) {
+        // Answered even when a later message has failed meanwhile: the error status waits for
+        // this response (MaybeFinishLocked). A cancelled stream has nobody left to answer.
+        if (index != kNoResponse && !finish_called_ && !ctx_->IsCancelled()) {
           out_.push_back(ResponseLocked(index, buffered, r->counters));
           MaybeWriteLocked();
         }
       } else {
         FailLocked(r.status());
+        // The submissions queued behind this one must not apply: nobody would acknowledge them.
+        // Submissions of one session run in order, so none of them has started yet.
+        cancel_->Cancel();
       }
       if (read_paused_) MaybeReadLocked();
       MaybeFinishLocked();
@@ -285,7 +333,7 @@ class IngestReactor final : public grpc::ServerBidiReactor<pb::IngestRequest, pb
     writer_.reset();  // release the session before the client hears the end of the stream
     stream_.reset();  // and the stream quota (the client may open its next stream at once)
     if (failed_) AddRetryTrailers(fail_, ctx_);
-    svc_->metrics()->RecordRequest("Ingest", status.error_code(), SecondsSince(start_));
+    RecordCall(svc_->metrics(), *ctx_, "Ingest", status, start_);
     Finish(status);
   }
 
