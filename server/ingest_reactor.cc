@@ -21,6 +21,8 @@
 #include <utility>
 #include <vector>
 
+#include <grpcpp/alarm.h>
+
 #include "absl/strings/str_cat.h"
 #include "server/internal/reactors.h"
 #include "server/internal/response_queue.h"
@@ -44,6 +46,7 @@ class IngestReactor final : public grpc::ServerBidiReactor<pb::IngestRequest, pb
       MaybeFinishLocked();
       return;
     }
+    ArmRecheckLocked();
     StartRead(&req_);
   }
 
@@ -92,7 +95,7 @@ class IngestReactor final : public grpc::ServerBidiReactor<pb::IngestRequest, pb
     {
       std::lock_guard<std::mutex> lock(mu_);
       done_ = true;
-      del = outstanding_ == 0;
+      del = DeletableLocked();
     }
     if (del) delete this;
   }
@@ -109,11 +112,12 @@ class IngestReactor final : public grpc::ServerBidiReactor<pb::IngestRequest, pb
     return absl::OkStatus();
   }
 
-  // A stream outlives the credential it opened with: each later message asks the authorizer again
-  // (the tokens file is re-read while the server runs), so a revoked or re-scoped token, or one
-  // moved to another tenant, writes nothing more once the server has read the new file. Its
-  // code (UNAUTHENTICATED for a removed token, PERMISSION_DENIED for a scope or tenant it lost)
-  // and message are the authorizer's, prefixed. Cheap: a hash and a lookup per message.
+  // A stream outlives the credential it opened with: each later message, and an idle stream every
+  // kRecheckInterval, asks the authorizer again (the tokens file is re-read while the server
+  // runs), so a revoked or re-scoped token, or one moved to another tenant, writes nothing more
+  // once the server has read the new file, and its open streams end. The code (UNAUTHENTICATED
+  // for a removed token, PERMISSION_DENIED for a scope or tenant it lost) and message are the
+  // authorizer's, prefixed. Cheap: a hash and a lookup.
   absl::Status StillAuthorized(const std::string& where) const {
     if (!svc_->authorizer().enabled()) return absl::OkStatus();
     auto caller = CallerOf(svc_->authorizer(), ctx_, "Ingest");
@@ -129,8 +133,48 @@ class IngestReactor final : public grpc::ServerBidiReactor<pb::IngestRequest, pb
     return absl::Status(
         why.code(), absl::StrCat(where, ": the credential this stream opened with was revoked or "
                                         "changed (", why.message(),
-                                 "); the messages before this one are applied and acknowledged"));
+                                 "); everything applied before is acknowledged"));
   }
+
+  // How often an open stream's credential is checked again without a message: the tokens
+  // file's poll period, so a revoked token's idle stream ends within about twice that.
+  static constexpr std::chrono::seconds kRecheckInterval{1};
+
+  // Arms the next check of the credential (authentication on, stream not finished).
+  // REQUIRES: mu_ held.
+  void ArmRecheckLocked() {
+    if (!svc_->authorizer().enabled() || finish_called_) return;
+    // A fresh alarm each time: this may run inside the previous one's callback, which gRPC keeps
+    // alive until it returns.
+    recheck_ = std::make_unique<grpc::Alarm>();
+    recheck_pending_ = true;
+    recheck_->Set(std::chrono::system_clock::now() + kRecheckInterval,
+                  [this](bool fired) { OnRecheck(fired); });
+  }
+
+  // gRPC's executor thread. The alarm is never cancelled (that could run this callback inline,
+  // under mu_): a finished stream's last alarm just fires, and the reactor goes after it.
+  void OnRecheck(bool fired) {
+    bool del;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      recheck_pending_ = false;
+      if (fired && !finish_called_ && !failed_) {
+        absl::Status st = StillAuthorized("the open Ingest stream");
+        if (st.ok()) {
+          ArmRecheckLocked();
+        } else {
+          FailLocked(st);
+          MaybeFinishLocked();
+        }
+      }
+      del = DeletableLocked();
+    }
+    if (del) delete this;
+  }
+
+  // gRPC is done with the call and no engine callback or alarm is due.
+  bool DeletableLocked() const { return done_ && outstanding_ == 0 && !recheck_pending_; }
 
   // The client half-closed: buffered text is flushed, then the stream ends once drained. Every
   // message has its response already (or due), so this submission gets none of its own.
@@ -287,7 +331,7 @@ class IngestReactor final : public grpc::ServerBidiReactor<pb::IngestRequest, pb
       }
       if (read_paused_) MaybeReadLocked();
       MaybeFinishLocked();
-      del = done_ && outstanding_ == 0;
+      del = DeletableLocked();
     }
     if (del) delete this;
   }
@@ -357,6 +401,8 @@ class IngestReactor final : public grpc::ServerBidiReactor<pb::IngestRequest, pb
   bool reads_done_ = false;
   bool read_paused_ = false;
   bool done_ = false;
+  std::unique_ptr<grpc::Alarm> recheck_;  // the next check of the credential (authentication on)
+  bool recheck_pending_ = false;          // its callback is due
 };
 
 }  // namespace

@@ -1120,9 +1120,10 @@ TEST_F(ServerTest, IngestWhoseStoreWriteFailsAppliesNothingAfterIt) {
   EXPECT_EQ(Settled(id).counters().position(), 30 + 75 + 25);
 }
 
-// Issue 21: a token removed from the tokens file ends its open Ingest streams at their next
-// message (UNAUTHENTICATED, after acknowledging what was applied); new calls are refused too.
-TEST_F(ServerTest, RevokedTokenEndsItsOpenIngestStream) {
+// Issue 21: a token removed from the tokens file ends its open Ingest streams (UNAUTHENTICATED,
+// after acknowledging what was applied): one that writes at its next message, an idle one at the
+// next check of its credential (each second); new calls are refused too.
+TEST_F(ServerTest, RevokedTokenEndsItsOpenIngestStreams) {
   fs::create_directories(dir_);
   const std::string tokens = (dir_ / "tokens").string();
   auto write_tokens = [&](const std::string& text) {
@@ -1145,11 +1146,19 @@ TEST_F(ServerTest, RevokedTokenEndsItsOpenIngestStream) {
   ASSERT_TRUE(
       stub_->CreateSession(ctx("alice-revoked").get(), pb::CreateSessionRequest(), &created).ok());
   const std::string id = created.session_id();
+  ASSERT_TRUE(
+      stub_->CreateSession(ctx("alice-revoked").get(), pb::CreateSessionRequest(), &created).ok());
+  const std::string idle_id = created.session_id();
   auto stream_ctx = ctx("alice-revoked");
   auto stream = stub_->Ingest(stream_ctx.get());
   std::vector<pb::IngestResponse> responses(1);
   ASSERT_TRUE(stream->Write(Tokens(id, {5, 6, 7})));
   ASSERT_TRUE(stream->Read(&responses[0]));
+  auto idle_ctx = ctx("alice-revoked");
+  auto idle = stub_->Ingest(idle_ctx.get());
+  std::vector<pb::IngestResponse> idle_responses(1);
+  ASSERT_TRUE(idle->Write(Tokens(idle_id, {5, 6, 7, 8})));
+  ASSERT_TRUE(idle->Read(&idle_responses[0]));
 
   write_tokens(keep);
   // Bounded wait for the server to read the new file (it polls it every second).
@@ -1171,6 +1180,14 @@ TEST_F(ServerTest, RevokedTokenEndsItsOpenIngestStream) {
   EXPECT_EQ(responses.size(), 1u);
   EXPECT_EQ(AckedTokens(responses), 3);
   EXPECT_EQ(Settled(id, "alice-kept").counters().position(), 3);
+
+  // The idle stream sends nothing more: the server ends it (bounded by its 60 s deadline).
+  while (idle->Read(&r)) idle_responses.push_back(r);
+  ExpectStatus(idle->Finish(), grpc::StatusCode::UNAUTHENTICATED,
+               "the open Ingest stream: the credential this stream opened with was revoked");
+  EXPECT_EQ(idle_responses.size(), 1u);
+  EXPECT_EQ(AckedTokens(idle_responses), 4);
+  EXPECT_EQ(Settled(idle_id, "alice-kept").counters().position(), 4);
 }
 
 // The value of the counter `name` in the server's /metrics whose labels contain every fragment
