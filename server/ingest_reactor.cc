@@ -130,10 +130,10 @@ class IngestReactor final : public grpc::ServerBidiReactor<pb::IngestRequest, pb
     } else {
       return absl::OkStatus();
     }
-    return absl::Status(
-        why.code(), absl::StrCat(where, ": the credential this stream opened with was revoked or "
-                                        "changed (", why.message(),
-                                 "); everything applied before is acknowledged"));
+    const std::string message =
+        absl::StrCat(where, ": the credential this stream opened with was revoked or changed (",
+                     why.message(), "); everything applied before is acknowledged");
+    return absl::Status(why.code(), message);
   }
 
   // How often an open stream's credential is checked again without a message: the tokens

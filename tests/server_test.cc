@@ -23,8 +23,8 @@
 
 #include "tests/server_testing.h"
 #include "tests/utf8_testing.h"
-#include "util/sha256.h"
 #include "tttserve/v1/ttt_service.grpc.pb.h"
+#include "util/sha256.h"
 
 namespace ttt::server {
 namespace {
@@ -216,8 +216,7 @@ class ServerTest : public ttt::testing::ServerFixture {
   // is answered, in order, before the error, and the answers add up to the session's position.
   void ExpectEveryAppliedMessageAcknowledged(std::vector<pb::IngestRequest> good,
                                              const pb::IngestRequest& bad, grpc::StatusCode code,
-                                             const std::string& fragment,
-                                             int64_t expected_tokens) {
+                                             const std::string& fragment, int64_t expected_tokens) {
     const std::string id = good.front().session_id();
     const size_t applied = good.size();
     good.push_back(bad);
