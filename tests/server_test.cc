@@ -1211,12 +1211,15 @@ TEST_F(ServerTest, DeadlinesAreCountedAsDeadlineExceededNotCancelled) {
   Start();
   const std::string id = Create();
   {
+    // Long enough for the server to answer the first message even on a loaded machine (the call
+    // must have reached the reactor), then the stream stays open until its deadline passes.
     grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(300));
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(3));
     auto stream = stub_->Ingest(&ctx);
     ASSERT_TRUE(stream->Write(Tokens(id, {5, 6})));
     pb::IngestResponse r;
-    while (stream->Read(&r)) {  // the stream stays open until its deadline passes
+    ASSERT_TRUE(stream->Read(&r));
+    while (stream->Read(&r)) {
     }
     EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
   }
