@@ -21,7 +21,7 @@ class ExportReactor final : public grpc::ServerWriteReactor<pb::ExportSessionRes
  public:
   ExportReactor(TttServiceImpl* svc, grpc::CallbackServerContext* ctx,
                 const pb::ExportSessionRequest* req)
-      : svc_(svc), start_(Clock::now()) {
+      : svc_(svc), ctx_(ctx), start_(Clock::now()) {
     std::lock_guard<std::mutex> lock(mu_);
     StartLocked(ctx, *req);
   }
@@ -109,11 +109,12 @@ class ExportReactor final : public grpc::ServerWriteReactor<pb::ExportSessionRes
     finish_called_ = true;
     stream_.reset();  // before the client hears the end: it may open its next stream at once
     const grpc::Status status = ToGrpcStatus(st);
-    svc_->metrics()->RecordRequest("ExportSession", status.error_code(), SecondsSince(start_));
+    RecordCall(svc_->metrics(), *ctx_, "ExportSession", status, start_);
     Finish(status);
   }
 
   TttServiceImpl* const svc_;
+  grpc::CallbackServerContext* const ctx_;
   const Clock::time_point start_;
   SlotLease slot_;  // released when the reactor is destroyed
   std::mutex mu_;

@@ -25,7 +25,10 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
  public:
   GenerateReactor(TttServiceImpl* svc, grpc::CallbackServerContext* ctx,
                   const pb::GenerateRequest* req)
-      : svc_(svc), start_(Clock::now()), cancel_(std::make_shared<engine::CancelToken>()) {
+      : svc_(svc),
+        ctx_(ctx),
+        start_(Clock::now()),
+        cancel_(std::make_shared<engine::CancelToken>()) {
     std::lock_guard<std::mutex> lock(mu_);
     absl::Status st;
     try {
@@ -199,11 +202,12 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
     finish_called_ = true;
     stream_.reset();  // before the client hears the end: it may open its next stream at once
     const grpc::Status status = failed_ ? ToGrpcStatus(fail_) : grpc::Status::OK;
-    svc_->metrics()->RecordRequest("Generate", status.error_code(), SecondsSince(start_));
+    RecordCall(svc_->metrics(), *ctx_, "Generate", status, start_);
     Finish(status);
   }
 
   TttServiceImpl* const svc_;
+  grpc::CallbackServerContext* const ctx_;
   const Clock::time_point start_;
   const std::shared_ptr<engine::CancelToken> cancel_;
 

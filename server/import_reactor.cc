@@ -101,7 +101,7 @@ class ImportReactor final : public grpc::ServerReadReactor<pb::ImportSessionRequ
     stream_.reset();
     reservation_.reset();
     const grpc::Status status = ToGrpcStatus(st);
-    svc_->metrics()->RecordRequest("ImportSession", status.error_code(), SecondsSince(start_));
+    RecordCall(svc_->metrics(), *ctx_, "ImportSession", status, start_);
     Finish(status);
   }
 

@@ -3,8 +3,16 @@
 // session's writer; exactly one response per message once the engine applied it. Text still
 // buffered when the client half-closes is applied before the stream ends; the OK status is its
 // acknowledgement (the last message was already answered). Reading pauses while
-// max_inflight_messages submissions are outstanding, so backpressure reaches the client. On an
-// error, everything already accepted is still acknowledged before the stream ends.
+// max_inflight_messages submissions are outstanding, so backpressure reaches the client.
+//
+// Acknowledgements on an error: every message the engine applied is answered, in order, before
+// the stream ends with the error of the first message that failed, whichever way it failed
+// (refused on arrival, by the engine or the store, or by the credential being revoked), and
+// nothing after that message is applied. A client that resends from the message after its last
+// response therefore applies nothing twice (docs/contract.md, "Ingest acknowledgements"). The
+// one exception is the store's: a sync-durability flush whose write failed is applied here but
+// not durable, so not acknowledged. A stream the client cancels stops applying at once; text it
+// left buffered is dropped, not flushed.
 #include <cmath>
 #include <memory>
 #include <mutex>
@@ -12,6 +20,8 @@
 #include <string>
 #include <utility>
 #include <vector>
+
+#include <grpcpp/alarm.h>
 
 #include "absl/strings/str_cat.h"
 #include "server/internal/reactors.h"
@@ -36,12 +46,23 @@ class IngestReactor final : public grpc::ServerBidiReactor<pb::IngestRequest, pb
       MaybeFinishLocked();
       return;
     }
+    ArmRecheckLocked();
     StartRead(&req_);
   }
 
   void OnReadDone(bool ok) override {
     std::lock_guard<std::mutex> lock(mu_);
-    if (!ok) return EndOfStreamLocked();
+    if (!ok) {
+      // gRPC marks the call cancelled before this reaction when the read failed for that reason
+      // (ServerContext::IsCancelled), so a cancellation is never taken for a half-close.
+      if (ctx_->IsCancelled()) {
+        reads_done_ = true;
+        CancelLocked(*cancel_, "the client cancelled the stream");
+        MaybeFinishLocked();
+        return;
+      }
+      return EndOfStreamLocked();
+    }
     if (failed_ || finish_called_) return;
     absl::Status st;
     try {
@@ -74,7 +95,7 @@ class IngestReactor final : public grpc::ServerBidiReactor<pb::IngestRequest, pb
     {
       std::lock_guard<std::mutex> lock(mu_);
       done_ = true;
-      del = outstanding_ == 0;
+      del = DeletableLocked();
     }
     if (del) delete this;
   }
@@ -90,6 +111,70 @@ class IngestReactor final : public grpc::ServerBidiReactor<pb::IngestRequest, pb
     if (*stream) stream_.emplace(std::move(**stream));
     return absl::OkStatus();
   }
+
+  // A stream outlives the credential it opened with: each later message, and an idle stream every
+  // kRecheckInterval, asks the authorizer again (the tokens file is re-read while the server
+  // runs), so a revoked or re-scoped token, or one moved to another tenant, writes nothing more
+  // once the server has read the new file, and its open streams end. The code (UNAUTHENTICATED
+  // for a removed token, PERMISSION_DENIED for a scope or tenant it lost) and message are the
+  // authorizer's, prefixed. Cheap: a hash and a lookup.
+  absl::Status StillAuthorized(const std::string& where) const {
+    if (!svc_->authorizer().enabled()) return absl::OkStatus();
+    auto caller = CallerOf(svc_->authorizer(), ctx_, "Ingest");
+    absl::Status why;
+    if (!caller.ok()) {
+      why = caller.status();
+    } else if (caller->tenant != tenant_) {
+      why = absl::PermissionDeniedError(
+          absl::StrCat("it now names tenant ", caller->tenant, ", not ", tenant_));
+    } else {
+      return absl::OkStatus();
+    }
+    const std::string message =
+        absl::StrCat(where, ": the credential this stream opened with was revoked or changed (",
+                     why.message(), "); everything applied before is acknowledged");
+    return absl::Status(why.code(), message);
+  }
+
+  // How often an open stream's credential is checked again without a message: the tokens
+  // file's poll period, so a revoked token's idle stream ends within about twice that.
+  static constexpr std::chrono::seconds kRecheckInterval{1};
+
+  // Arms the next check of the credential (authentication on, stream not finished).
+  // REQUIRES: mu_ held.
+  void ArmRecheckLocked() {
+    if (!svc_->authorizer().enabled() || finish_called_) return;
+    // A fresh alarm each time: this may run inside the previous one's callback, which gRPC keeps
+    // alive until it returns.
+    recheck_ = std::make_unique<grpc::Alarm>();
+    recheck_pending_ = true;
+    recheck_->Set(std::chrono::system_clock::now() + kRecheckInterval,
+                  [this](bool fired) { OnRecheck(fired); });
+  }
+
+  // gRPC's executor thread. The alarm is never cancelled (that could run this callback inline,
+  // under mu_): a finished stream's last alarm just fires, and the reactor goes after it.
+  void OnRecheck(bool fired) {
+    bool del;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      recheck_pending_ = false;
+      if (fired && !finish_called_ && !failed_) {
+        absl::Status st = StillAuthorized("the open Ingest stream");
+        if (st.ok()) {
+          ArmRecheckLocked();
+        } else {
+          FailLocked(st);
+          MaybeFinishLocked();
+        }
+      }
+      del = DeletableLocked();
+    }
+    if (del) delete this;
+  }
+
+  // gRPC is done with the call and no engine callback or alarm is due.
+  bool DeletableLocked() const { return done_ && outstanding_ == 0 && !recheck_pending_; }
 
   // The client half-closed: buffered text is flushed, then the stream ends once drained. Every
   // message has its response already (or due), so this submission gets none of its own.
@@ -119,11 +204,13 @@ class IngestReactor final : public grpc::ServerBidiReactor<pb::IngestRequest, pb
     }
   }
 
-  // One request message: validate, take the writer on the first, buffer text, submit tokens.
+  // One request message: re-check the credential, validate, take the writer on the first,
+  // buffer text, submit tokens.
   absl::Status HandleLocked(const pb::IngestRequest& req) {
     const int64_t index = msg_index_++;
     const std::string where = absl::StrCat("Ingest message ", index);
-    absl::Status st = BindSessionLocked(req, where);
+    absl::Status st = index == 0 ? absl::OkStatus() : StillAuthorized(where);
+    if (st.ok()) st = BindSessionLocked(req, where);
     if (st.ok()) st = ValidateIngestMessage(req, svc_->limits(), where);
     if (st.ok()) st = BufferTextLocked(req, where);
     if (!st.ok()) return st;
@@ -230,16 +317,21 @@ class IngestReactor final : public grpc::ServerBidiReactor<pb::IngestRequest, pb
       --outstanding_;
       if (r.ok()) {
         RecordProgressLocked(*r, submitted);
-        if (index != kNoResponse && !finish_called_ && !failed_) {
+        // Answered even when a later message has failed meanwhile: the error status waits for
+        // this response (MaybeFinishLocked). A cancelled stream has nobody left to answer.
+        if (index != kNoResponse && !finish_called_ && !ctx_->IsCancelled()) {
           out_.push_back(ResponseLocked(index, buffered, r->counters));
           MaybeWriteLocked();
         }
       } else {
         FailLocked(r.status());
+        // The submissions queued behind this one must not apply: nobody would acknowledge them.
+        // Submissions of one session run in order, so none of them has started yet.
+        cancel_->Cancel();
       }
       if (read_paused_) MaybeReadLocked();
       MaybeFinishLocked();
-      del = done_ && outstanding_ == 0;
+      del = DeletableLocked();
     }
     if (del) delete this;
   }
@@ -285,7 +377,7 @@ class IngestReactor final : public grpc::ServerBidiReactor<pb::IngestRequest, pb
     writer_.reset();  // release the session before the client hears the end of the stream
     stream_.reset();  // and the stream quota (the client may open its next stream at once)
     if (failed_) AddRetryTrailers(fail_, ctx_);
-    svc_->metrics()->RecordRequest("Ingest", status.error_code(), SecondsSince(start_));
+    RecordCall(svc_->metrics(), *ctx_, "Ingest", status, start_);
     Finish(status);
   }
 
@@ -309,6 +401,8 @@ class IngestReactor final : public grpc::ServerBidiReactor<pb::IngestRequest, pb
   bool reads_done_ = false;
   bool read_paused_ = false;
   bool done_ = false;
+  std::unique_ptr<grpc::Alarm> recheck_;  // the next check of the credential (authentication on)
+  bool recheck_pending_ = false;          // its callback is due
 };
 
 }  // namespace

@@ -10,6 +10,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include <gmock/gmock.h>
 #include <grpcpp/grpcpp.h>
@@ -222,6 +223,38 @@ TEST_F(ServerQuotasTest, IngestRateRefusesWithRetryTrailersAndKeepsWhatWasApplie
   grpc::ClientContext bob_ctx;
   EXPECT_TRUE(IngestOnce("bob", other, 64, &bob_ctx, &resp).ok());
   EXPECT_EQ(UsageOf("alice").ingest_tokens_total(), 16);
+}
+
+// Issue 21: the messages the rate admitted are all acknowledged, in order, before the refusal,
+// even when the engine is still applying them as the refused one arrives (sent without waiting:
+// 400 + 400 admitted, the third refused, used to give no acknowledgement for 800 tokens applied).
+TEST_F(ServerQuotasTest, IngestRefusedByTheRateAcknowledgesEverythingItApplied) {
+  Start("alice ingest_tokens_per_s=1 ingest_burst=1000\n");
+  std::string id;
+  ASSERT_TRUE(Create("alice", &id).ok());
+  auto stream_ctx = Ctx("alice");
+  auto stream = stub_->Ingest(stream_ctx.get());
+  for (int m = 0; m < 3; ++m) {
+    pb::IngestRequest req;
+    if (m == 0) req.set_session_id(id);
+    for (int i = 0; i < 400; ++i) req.add_token_ids(1 + (i + m) % 90);
+    if (!stream->Write(req)) break;
+  }
+  stream->WritesDone();
+  std::vector<pb::IngestResponse> responses;
+  pb::IngestResponse resp;
+  while (stream->Read(&resp)) responses.push_back(resp);
+  ExpectExhausted(stream->Finish(), "over its ingest quota");
+  ASSERT_EQ(responses.size(), 2u);
+  EXPECT_EQ(responses[0].message_index(), 0);
+  EXPECT_EQ(responses[1].message_index(), 1);
+  EXPECT_EQ(responses[1].stream_tokens(), 800);
+  pb::GetSessionRequest get;
+  get.set_session_id(id);
+  pb::Session session;
+  ASSERT_TRUE(stub_->GetSession(Ctx("alice").get(), get, &session).ok());
+  EXPECT_EQ(session.counters().position(), 800);
+  EXPECT_FALSE(session.writer_active());  // released before the client heard the end
 }
 
 TEST_F(ServerQuotasTest, StreamsAreReleasedWhenACallIsCancelled) {

@@ -24,6 +24,7 @@
 #include "tests/server_testing.h"
 #include "tests/utf8_testing.h"
 #include "tttserve/v1/ttt_service.grpc.pb.h"
+#include "util/sha256.h"
 
 namespace ttt::server {
 namespace {
@@ -181,6 +182,50 @@ class ServerTest : public ttt::testing::ServerFixture {
     }
     options_.model_dir = model.string();
     Start();
+  }
+
+  // The tokens a stream's responses acknowledge (the last one's stream_tokens; 0 without one),
+  // after checking that they answer messages 0, 1, 2, ... in order.
+  static int64_t AckedTokens(const std::vector<pb::IngestResponse>& responses) {
+    for (size_t i = 0; i < responses.size(); ++i) {
+      EXPECT_EQ(responses[i].message_index(), static_cast<int64_t>(i));
+    }
+    return responses.empty() ? 0 : responses.back().stream_tokens();
+  }
+  // The session once no writer holds it (bounded wait: the server winds a stream the client
+  // cancelled down a little after the client's Finish; one that it ended is released already).
+  // `token`: the bearer token to ask with (none when empty).
+  pb::Session Settled(const std::string& id, const std::string& token = "") {
+    pb::GetSessionRequest get;
+    get.set_session_id(id);
+    pb::Session s;
+    for (int i = 0; i < 1000; ++i) {
+      auto ctx = Ctx();
+      if (!token.empty()) ctx->AddMetadata("authorization", "Bearer " + token);
+      grpc::Status st = stub_->GetSession(ctx.get(), get, &s);
+      EXPECT_TRUE(st.ok()) << st.error_message();
+      if (!st.ok() || !s.writer_active()) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    EXPECT_FALSE(s.writer_active());
+    return s;
+  }
+  // Issue 21: `good` messages, each applied, then `bad`, which fails with `code` and
+  // `fragment`, then one more that must never be applied; all sent without waiting for answers,
+  // so the engine is still applying the good ones when the bad one arrives. Every good message
+  // is answered, in order, before the error, and the answers add up to the session's position.
+  void ExpectEveryAppliedMessageAcknowledged(std::vector<pb::IngestRequest> good,
+                                             const pb::IngestRequest& bad, grpc::StatusCode code,
+                                             const std::string& fragment, int64_t expected_tokens) {
+    const std::string id = good.front().session_id();
+    const size_t applied = good.size();
+    good.push_back(bad);
+    good.push_back(Tokens("", Doc(20, 99)));
+    std::vector<pb::IngestResponse> responses;
+    ExpectStatus(IngestAll(good, &responses), code, fragment);
+    EXPECT_EQ(responses.size(), applied);
+    EXPECT_EQ(AckedTokens(responses), expected_tokens);
+    EXPECT_EQ(Settled(id).counters().position(), expected_tokens);
   }
 
   std::shared_ptr<grpc::Channel> channel_;
@@ -758,10 +803,10 @@ TEST_F(ServerTest, FlushInsideACharacterCarriesItsFirstBytes) {
   ExpectStatus(IngestAll({bad}), grpc::StatusCode::INVALID_ARGUMENT, "UTF-8");
 }
 
-// The value of the sample `name` (no labels) in the server's /metrics, or -1 without one.
-double ScrapeGauge(int port, const std::string& name) {
+// The server's /metrics page (empty when it could not be read).
+std::string ScrapeBody(int port) {
   const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return -1;
+  if (fd < 0) return "";
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_port = htons(static_cast<uint16_t>(port));
@@ -775,6 +820,12 @@ double ScrapeGauge(int port, const std::string& name) {
     }
   }
   ::close(fd);
+  return body;
+}
+
+// The value of the sample `name` (no labels) in the server's /metrics, or -1 without one.
+double ScrapeGauge(int port, const std::string& name) {
+  const std::string body = ScrapeBody(port);
   const size_t at = body.find("\n" + name + " ");
   return at == std::string::npos ? -1 : std::strtod(body.c_str() + at + name.size() + 2, nullptr);
 }
@@ -960,6 +1011,246 @@ TEST_F(ServerTest, CancelledImportLeavesNothingBehind) {
   ASSERT_TRUE(stub_->ListSessions(Ctx().get(), pb::ListSessionsRequest(), &list).ok());
   ASSERT_EQ(list.sessions_size(), 1);
   EXPECT_EQ(list.sessions(0).session_id(), id);
+}
+
+// Issue 21: every message the engine applied is acknowledged, in order, before the error of a
+// later message, whichever check refuses it: the vocabulary (the session's), the message's
+// form (the server's edge), its text (the tokenizer). (The ingest rate: server_quotas_test; a
+// revoked credential and a store write that fails: below.)
+TEST_F(ServerTest, IngestAcknowledgesEveryAppliedMessageBeforeABadTokenId) {
+  Start();
+  const std::string id = Create();
+  std::vector<pb::IngestRequest> good;
+  for (int i = 0; i < 10; ++i) good.push_back(Tokens(i == 0 ? id : "", Doc(50, i)));
+  ExpectEveryAppliedMessageAcknowledged(good, Tokens("", {5, static_cast<int32_t>(vocab_)}),
+                                        grpc::StatusCode::INVALID_ARGUMENT,
+                                        "outside the vocabulary", 500);
+}
+
+TEST_F(ServerTest, IngestAcknowledgesEveryAppliedMessageBeforeAMalformedOne) {
+  Start();
+  const std::string id = Create();
+  std::vector<pb::IngestRequest> good;
+  for (int i = 0; i < 10; ++i) good.push_back(Tokens(i == 0 ? id : "", Doc(50, i)));
+  pb::IngestRequest both = Tokens("", {5});
+  both.set_text("text and token ids");
+  ExpectEveryAppliedMessageAcknowledged(good, both, grpc::StatusCode::INVALID_ARGUMENT, "both",
+                                        500);
+  const std::string other = Create();
+  good[0].set_session_id(other);
+  ExpectEveryAppliedMessageAcknowledged(good, pb::IngestRequest(),
+                                        grpc::StatusCode::INVALID_ARGUMENT, "empty", 500);
+}
+
+TEST_F(ServerTest, IngestAcknowledgesEveryAppliedMessageBeforeTextThatIsNotUtf8) {
+  StartWithTokenizer();
+  ASSERT_TRUE(server_ && server_->has_tokenizer());
+  const std::string id = Create();
+  std::vector<pb::IngestRequest> good;
+  for (int i = 0; i < 8; ++i) {
+    pb::IngestRequest m;
+    if (i == 0) m.set_session_id(id);
+    m.set_text("the quick brown fox ");  // one token per byte (the test's tokenizer)
+    m.set_flush(i % 2 == 1);  // every other message only buffers its text
+    good.push_back(m);
+  }
+  pb::IngestRequest bad;
+  bad.set_text(std::string("bad \xff bytes"));
+  bad.set_flush(true);
+  ExpectEveryAppliedMessageAcknowledged(good, bad, grpc::StatusCode::INVALID_ARGUMENT, "UTF-8",
+                                        8 * 20);
+}
+
+// Issue 21: a stream the client cancels applies nothing beyond what it acknowledged: text the
+// client left buffered is dropped, not flushed as at a half-close (gRPC marks the call cancelled
+// before the server's failed read, which may come before OnCancel).
+TEST_F(ServerTest, CancelledIngestDropsBufferedTextAndAppliesOnlyWhatItAcknowledged) {
+  StartWithTokenizer();
+  ASSERT_TRUE(server_ && server_->has_tokenizer());
+  for (int run = 0; run < 5; ++run) {
+    const std::string id = Create();
+    auto ctx = Ctx();
+    auto stream = stub_->Ingest(ctx.get());
+    pb::IngestRequest flushed;
+    flushed.set_session_id(id);
+    flushed.set_text("the quick brown fox ");
+    flushed.set_flush(true);
+    pb::IngestRequest buffered;
+    buffered.set_text("jumps over the lazy dog");
+    std::vector<pb::IngestResponse> responses(2);
+    ASSERT_TRUE(stream->Write(flushed));
+    ASSERT_TRUE(stream->Read(&responses[0]));
+    ASSERT_TRUE(stream->Write(buffered));
+    ASSERT_TRUE(stream->Read(&responses[1]));
+    ASSERT_EQ(responses[1].buffered_text_bytes(), 23);
+    ctx->TryCancel();
+    pb::IngestResponse r;
+    while (stream->Read(&r)) {
+    }
+    EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::CANCELLED);
+    EXPECT_EQ(AckedTokens(responses), 20);
+    EXPECT_EQ(Settled(id).counters().position(), 20) << "run " << run;
+  }
+}
+
+// Issue 21: with --durability=sync, a flush whose store write fails ends the stream UNAVAILABLE
+// after the answers to every message before it, and nothing after it is applied (it was queued
+// behind the flush when the write failed). The flush itself is applied on this replica but not
+// durable, so not acknowledged (docs/contract.md: the store's exception).
+TEST_F(ServerTest, IngestWhoseStoreWriteFailsAppliesNothingAfterIt) {
+  options_.sync_durability = true;
+  Start();
+  const std::string id = Create();
+  std::vector<pb::IngestRequest> first = {Tokens(id, Doc(30, 1))};
+  first[0].set_flush(true);
+  std::vector<pb::IngestResponse> responses;
+  ASSERT_TRUE(IngestAll(first, &responses).ok());
+  // The store cannot write this tenant's session files any more: where its folder was is a file
+  // (a plain permission change would not stop a test running as root).
+  const fs::path sessions = dir_ / "ckpt" / "default" / "sessions";
+  ASSERT_TRUE(fs::is_directory(sessions));
+  fs::remove_all(sessions);
+  std::ofstream(sessions) << "not a folder";
+  std::vector<pb::IngestRequest> msgs;
+  for (int i = 0; i < 4; ++i) msgs.push_back(Tokens(i == 0 ? id : "", Doc(25, i)));
+  msgs[3].set_flush(true);  // the first durable one: its write fails
+  msgs.push_back(Tokens("", Doc(25, 9)));
+  responses.clear();
+  ExpectStatus(IngestAll(msgs, &responses), grpc::StatusCode::UNAVAILABLE,
+               "could not be made durable");
+  EXPECT_EQ(responses.size(), 3u);
+  EXPECT_EQ(AckedTokens(responses), 75);
+  EXPECT_EQ(Settled(id).counters().position(), 30 + 75 + 25);
+}
+
+// Issue 21: a token removed from the tokens file ends its open Ingest streams (UNAUTHENTICATED,
+// after acknowledging what was applied): one that writes at its next message, an idle one at the
+// next check of its credential (each second); new calls are refused too.
+TEST_F(ServerTest, RevokedTokenEndsItsOpenIngestStreams) {
+  fs::create_directories(dir_);
+  const std::string tokens = (dir_ / "tokens").string();
+  auto write_tokens = [&](const std::string& text) {
+    std::ofstream(tokens + ".tmp") << text;
+    fs::rename(tokens + ".tmp", tokens);
+  };
+  const std::string keep = "alice " + util::Sha256Hex("alice-kept") + "\n";
+  write_tokens(keep + "alice " + util::Sha256Hex("alice-revoked") + "\n");
+  options_.auth_tokens_file = tokens;
+  auto started = Server::Start(options_);
+  ASSERT_TRUE(started.ok()) << started.status();
+  server_ = std::move(*started);
+  stub_ = pb::TttService::NewStub(server_->InProcessChannel());
+  auto ctx = [](const std::string& token) {
+    auto c = Ctx();
+    c->AddMetadata("authorization", "Bearer " + token);
+    return c;
+  };
+  pb::Session created;
+  ASSERT_TRUE(
+      stub_->CreateSession(ctx("alice-revoked").get(), pb::CreateSessionRequest(), &created).ok());
+  const std::string id = created.session_id();
+  ASSERT_TRUE(
+      stub_->CreateSession(ctx("alice-revoked").get(), pb::CreateSessionRequest(), &created).ok());
+  const std::string idle_id = created.session_id();
+  auto stream_ctx = ctx("alice-revoked");
+  auto stream = stub_->Ingest(stream_ctx.get());
+  std::vector<pb::IngestResponse> responses(1);
+  ASSERT_TRUE(stream->Write(Tokens(id, {5, 6, 7})));
+  ASSERT_TRUE(stream->Read(&responses[0]));
+  auto idle_ctx = ctx("alice-revoked");
+  auto idle = stub_->Ingest(idle_ctx.get());
+  std::vector<pb::IngestResponse> idle_responses(1);
+  ASSERT_TRUE(idle->Write(Tokens(idle_id, {5, 6, 7, 8})));
+  ASSERT_TRUE(idle->Read(&idle_responses[0]));
+
+  write_tokens(keep);
+  // Bounded wait for the server to read the new file (it polls it every second).
+  pb::GetSessionRequest get;
+  get.set_session_id(id);
+  pb::Session s;
+  grpc::Status refused;
+  for (int i = 0; i < 500 && refused.ok(); ++i) {
+    refused = stub_->GetSession(ctx("alice-revoked").get(), get, &s);
+    if (refused.ok()) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ExpectStatus(refused, grpc::StatusCode::UNAUTHENTICATED, "unknown bearer token");
+
+  stream->Write(Tokens("", {8, 9}));  // may fail once the server has ended the stream
+  pb::IngestResponse r;
+  while (stream->Read(&r)) responses.push_back(r);
+  ExpectStatus(stream->Finish(), grpc::StatusCode::UNAUTHENTICATED,
+               "the credential this stream opened with was revoked or changed");
+  EXPECT_EQ(responses.size(), 1u);
+  EXPECT_EQ(AckedTokens(responses), 3);
+  EXPECT_EQ(Settled(id, "alice-kept").counters().position(), 3);
+
+  // The idle stream sends nothing more: the server ends it (bounded by its 60 s deadline).
+  while (idle->Read(&r)) idle_responses.push_back(r);
+  ExpectStatus(idle->Finish(), grpc::StatusCode::UNAUTHENTICATED,
+               "the open Ingest stream: the credential this stream opened with was revoked");
+  EXPECT_EQ(idle_responses.size(), 1u);
+  EXPECT_EQ(AckedTokens(idle_responses), 4);
+  EXPECT_EQ(Settled(idle_id, "alice-kept").counters().position(), 4);
+}
+
+// The value of the counter `name` in the server's /metrics whose labels contain every fragment
+// of `labels` (e.g. `code="OK"`), or -1 without one.
+double ScrapeCounter(int port, const std::string& name, const std::vector<std::string>& labels) {
+  const std::string body = ScrapeBody(port);
+  for (size_t at = body.find("\n" + name + "{"); at != std::string::npos;
+       at = body.find("\n" + name + "{", at + 1)) {
+    const size_t end = body.find('}', at);
+    const std::string set = body.substr(at, end - at);
+    bool all = end != std::string::npos;
+    for (const std::string& l : labels) all = all && set.find(l) != std::string::npos;
+    if (all) return std::strtod(body.c_str() + end + 2, nullptr);
+  }
+  return -1;
+}
+
+// Issue 21: a call whose client deadline passed is counted DEADLINE_EXCEEDED, not CANCELLED
+// (which stays for calls the client cancelled), so the error-rate alert sees a slow server.
+TEST_F(ServerTest, DeadlinesAreCountedAsDeadlineExceededNotCancelled) {
+  options_.metrics_listen = "127.0.0.1:0";
+  Start();
+  const std::string id = Create();
+  {
+    // Long enough for the server to answer the first message even on a loaded machine (the call
+    // must have reached the reactor), then the stream stays open until its deadline passes.
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(3));
+    auto stream = stub_->Ingest(&ctx);
+    ASSERT_TRUE(stream->Write(Tokens(id, {5, 6})));
+    pb::IngestResponse r;
+    ASSERT_TRUE(stream->Read(&r));
+    while (stream->Read(&r)) {
+    }
+    EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  }
+  {
+    auto ctx = Ctx();
+    auto stream = stub_->Ingest(ctx.get());
+    ASSERT_TRUE(stream->Write(Tokens(id, {5, 6})));
+    pb::IngestResponse first;
+    ASSERT_TRUE(stream->Read(&first));  // the server has the call
+    ctx->TryCancel();
+    pb::IngestResponse r;
+    while (stream->Read(&r)) {
+    }
+    EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  }
+  // Bounded wait: each call is counted when the server has wound it down.
+  const std::string name = "tttserve_requests_total";
+  double deadline = -1, cancelled = -1;
+  for (int i = 0; i < 500 && (deadline < 1 || cancelled < 1); ++i) {
+    deadline = ScrapeCounter(server_->metrics_port(), name,
+                             {"method=\"Ingest\"", "code=\"DEADLINE_EXCEEDED\""});
+    cancelled =
+        ScrapeCounter(server_->metrics_port(), name, {"method=\"Ingest\"", "code=\"CANCELLED\""});
+    if (deadline < 1 || cancelled < 1) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_EQ(deadline, 1);
+  EXPECT_EQ(cancelled, 1);
 }
 
 }  // namespace

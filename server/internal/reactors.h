@@ -31,6 +31,31 @@ inline double SecondsSince(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
 }
 
+// The code a finished call is counted under in tttserve_requests_total: DEADLINE_EXCEEDED when
+// the client's deadline passed before the server finished (the client saw that code, whatever
+// the server then said: gRPC reports a passed deadline to the server only as a cancellation),
+// otherwise `status`'s own. So the error-rate alert sees the timeouts of a slow server.
+inline grpc::StatusCode RecordedCode(const grpc::ServerContextBase& ctx,
+                                     const grpc::Status& status) {
+  const auto now = std::chrono::system_clock::now();
+  const auto deadline = ctx.deadline();  // time_point::max() without one
+  if (now >= deadline) return grpc::StatusCode::DEADLINE_EXCEEDED;
+  // gRPC cancels the call when its deadline timer fires, and the wall clock read here may lag
+  // that timer's clock slightly: a cancellation within that margin of the deadline is the
+  // deadline's.
+  constexpr auto kClockSkew = std::chrono::milliseconds(50);
+  if (ctx.IsCancelled() && now + kClockSkew >= deadline) {
+    return grpc::StatusCode::DEADLINE_EXCEEDED;
+  }
+  return status.error_code();
+}
+
+// Records a finished call of `method` (its code as RecordedCode says, its duration since `start`).
+inline void RecordCall(Metrics* metrics, const grpc::ServerContextBase& ctx, const char* method,
+                       const grpc::Status& status, Clock::time_point start) {
+  metrics->RecordRequest(method, RecordedCode(ctx, status), SecondsSince(start));
+}
+
 // Each returns a reactor that owns itself (deleted in OnDone, or when its last engine callback
 // ran after that). REQUIRES: svc outlives the call.
 grpc::ServerBidiReactor<tttserve::v1::IngestRequest, tttserve::v1::IngestResponse>*
@@ -54,10 +79,10 @@ grpc::ServerUnaryReactor* RunUnary(const TttServiceImpl* svc, grpc::CallbackServ
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   const auto start = Clock::now();
   auto called = std::make_shared<std::atomic<bool>>(false);
-  Finisher finish = [metrics, reactor, method, start, called](absl::Status st) {
+  Finisher finish = [metrics, ctx, reactor, method, start, called](absl::Status st) {
     if (called->exchange(true)) return;
     const grpc::Status status = ToGrpcStatus(st);
-    metrics->RecordRequest(method, status.error_code(), SecondsSince(start));
+    RecordCall(metrics, *ctx, method, status, start);
     reactor->Finish(status);
   };
   try {
