@@ -89,6 +89,12 @@ ABSL_FLAG(std::string, quotas_file, "",
           "per-tenant quotas: '<tenant|*> live_sessions=N checkpoint_bytes=N "
           "ingest_tokens_per_s=R ingest_burst=N streams=N' per line; reloaded on change and "
           "SIGHUP (a bad file keeps the last good one)");
+ABSL_FLAG(std::string, http_listen, "",
+          "HTTP address of the OpenAI-compatible API (/v1/completions, /v1/models) and "
+          "/healthz, /readyz, served through the gRPC service (HTTPS with --tls_cert_file); "
+          "empty: none");
+ABSL_FLAG(int64_t, http_max_body_bytes, int64_t{8} << 20,
+          "largest HTTP request body; larger ones get 413");
 
 int main(int argc, char** argv) {
   ttt::util::TuneMallocForTensors();
@@ -145,6 +151,8 @@ int main(int argc, char** argv) {
   o.quotas_file = absl::GetFlag(FLAGS_quotas_file);
   o.metrics_tls_cert_file = absl::GetFlag(FLAGS_metrics_tls_cert_file);
   o.metrics_tls_key_file = absl::GetFlag(FLAGS_metrics_tls_key_file);
+  o.http_listen = absl::GetFlag(FLAGS_http_listen);
+  o.http_max_body_bytes = absl::GetFlag(FLAGS_http_max_body_bytes);
   // SIGHUP re-reads the tokens and quotas files (they are also re-read when they change).
   ttt::auth::InstallSighupReload();
 
@@ -157,6 +165,10 @@ int main(int argc, char** argv) {
                ttt::server::kVersion, o.model_dir.c_str(),
                (*server)->model_fingerprint().c_str(), (*server)->port(),
                (*server)->metrics_port());
+  if ((*server)->http_port() != 0) {
+    std::fprintf(stderr, "ttt-serve: HTTP (OpenAI-compatible) on port %d\n",
+                 (*server)->http_port());
+  }
   std::fflush(stderr);
 
   int sig = 0;

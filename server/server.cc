@@ -3,6 +3,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <utility>
@@ -15,6 +16,7 @@
 #include "auth/quotas.h"
 #include "engine/model.h"
 #include "engine/scheduler.h"
+#include "http/http_gateway.h"
 #include "server/metrics.h"
 #include "server/security.h"
 #include "server/service.h"
@@ -31,7 +33,8 @@ absl::Status ValidateBounds(const ServerOptions& o) {
       {"--max_concurrent_imports", o.max_concurrent_imports},
       {"--max_concurrent_exports", o.max_concurrent_exports},
       {"--max_concurrent_streams", o.max_concurrent_streams},
-      {"--grpc_memory_mb", o.grpc_memory_mb}};
+      {"--grpc_memory_mb", o.grpc_memory_mb},
+      {"--http_max_body_bytes", o.http_max_body_bytes}};
   for (const auto& [flag, value] : bounds) {
     if (value < 1) {
       return absl::InvalidArgumentError(absl::StrCat(flag, " must be >= 1, got ", value));
@@ -176,6 +179,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   }
   absl::Status grpc_started = s->StartGrpc();
   if (!grpc_started.ok()) return grpc_started;
+  absl::Status http_started = s->StartHttp();
+  if (!http_started.ok()) return http_started;
   s->gauges_ = std::thread([raw = s.get()] { raw->GaugeLoop(); });
   return s;
 }
@@ -209,6 +214,36 @@ absl::Status Server::StartGrpc() {
   return absl::OkStatus();
 }
 
+absl::Status Server::StartHttp() {
+  if (options_.http_listen.empty()) return absl::OkStatus();
+  http::HttpGatewayOptions o;
+  o.listen = options_.http_listen;
+  // The model's name is its folder's ("ttt-brown").
+  const std::filesystem::path dir = std::filesystem::path(options_.model_dir).lexically_normal();
+  o.model_id = (dir.has_filename() ? dir : dir.parent_path()).filename().string();
+  o.max_body_bytes = options_.http_max_body_bytes;
+  if (!options_.tls_cert_file.empty()) {  // the HTTP port is no weaker than the gRPC port
+    auto cert = ReadPem(options_.tls_cert_file, "--tls_cert_file");
+    if (!cert.ok()) return cert.status();
+    auto key = ReadPem(options_.tls_key_file, "--tls_key_file");
+    if (!key.ok()) return key.status();
+    o.tls_cert_pem = std::move(*cert);
+    o.tls_key_pem = std::move(*key);
+  }
+  if (tokenizer_ != nullptr) {
+    o.count_prompt_tokens = [tok = tokenizer_.get()](std::string_view text)
+        -> absl::StatusOr<int64_t> {
+      auto ids = tok->Encode(text);
+      if (!ids.ok()) return ids.status();
+      return static_cast<int64_t>(ids->size());
+    };
+  }
+  auto gateway = http::HttpGateway::Start(std::move(o), InProcessChannel());
+  if (!gateway.ok()) return gateway.status();
+  http_gateway_ = std::move(*gateway);
+  return absl::OkStatus();
+}
+
 Server::~Server() { Shutdown(); }
 
 void Server::SetServing(bool serving) {
@@ -228,6 +263,8 @@ const std::string& Server::model_fingerprint() const { return model_->fingerprin
 int Server::health_port() const { return health_server_ ? health_server_->port() : 0; }
 
 int Server::metrics_port() const { return metrics_ ? metrics_->port() : 0; }
+
+int Server::http_port() const { return http_gateway_ ? http_gateway_->port() : 0; }
 
 std::shared_ptr<grpc::Channel> Server::InProcessChannel() {
   return grpc_server_->InProcessChannel(grpc::ChannelArguments());
@@ -265,6 +302,7 @@ void Server::Shutdown() {
                            std::chrono::seconds(options_.drain_timeout_s));
   }
   health_server_.reset();
+  http_gateway_.reset();  // its calls ended with the gRPC server's drain
   if (sessions_ && options_.checkpoint_on_shutdown) {
     absl::Status st = sessions_->PersistAll();
     if (!st.ok()) {

@@ -18,6 +18,9 @@
 namespace ttt::auth {
 class Quotas;
 }  // namespace ttt::auth
+namespace ttt::http {
+class HttpGateway;
+}  // namespace ttt::http
 namespace ttt::engine {
 class Model;
 class Scheduler;
@@ -86,6 +89,10 @@ struct ServerOptions {
   // none.
   std::string quotas_file;
   int quotas_poll_ms = 1000;  // how often the quotas file is checked for changes
+  // The HTTP front door (http/http_gateway.h): OpenAI-compatible completions, /healthz,
+  // /readyz, over the gRPC service. Empty: none. HTTPS with the gRPC port's certificate.
+  std::string http_listen;
+  int64_t http_max_body_bytes = int64_t{8} << 20;
 };
 
 // Thread-safe.
@@ -101,6 +108,7 @@ class Server {
   int port() const { return port_; }
   int health_port() const;  // 0 without --health_listen
   int metrics_port() const;
+  int http_port() const;  // 0 without --http_listen
   std::shared_ptr<grpc::Channel> InProcessChannel();
   session::SessionManager& sessions() { return *sessions_; }
   const engine::Model& model() const { return *model_; }
@@ -119,6 +127,8 @@ class Server {
   // Builds and starts the gRPC server on options_.listen with the service, health, reflection,
   // and the transport's bounds (resource quota, streams per connection, message size).
   absl::Status StartGrpc();
+  // Starts the HTTP front door on options_.http_listen (when set), over InProcessChannel().
+  absl::Status StartHttp();
   void GaugeLoop();
   // Health of the gRPC port and the health listener: overall, "" and kServiceName.
   void SetServing(bool serving);
@@ -134,6 +144,7 @@ class Server {
   std::unique_ptr<Security> security_;
   std::unique_ptr<grpc::Server> grpc_server_;
   std::unique_ptr<HealthOnlyServer> health_server_;  // --health_listen
+  std::unique_ptr<http::HttpGateway> http_gateway_;  // --http_listen; a client of grpc_server_
   int port_ = 0;
 
   std::mutex mu_;

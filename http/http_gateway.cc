@@ -1,0 +1,542 @@
+// The HTTP front door: libmicrohttpd in front of the in-process gRPC channel (see
+// http_gateway.h). Routing and the libmicrohttpd plumbing live here; the OpenAI protocol's
+// translations in internal/openai.h.
+#include "http/http_gateway.h"
+
+#include <microhttpd.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <optional>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "http/internal/listen_socket.h"
+#include "http/internal/openai.h"
+#include "tttserve/v1/ttt_service.grpc.pb.h"
+
+namespace ttt::http {
+namespace {
+
+namespace pb = tttserve::v1;
+using internal::CompletionBuilder;
+using internal::CompletionCall;
+using internal::Dump;
+using Json = nlohmann::json;
+
+constexpr char kJson[] = "application/json";
+constexpr char kHealthService[] = "tttserve.v1.TttService";
+
+// One request's body, read in pieces before the request is answered.
+struct Request {
+  std::string body;
+};
+
+// The caller's headers that travel to the gRPC service as metadata.
+struct Forwarded {
+  std::optional<std::string> authorization;
+  std::optional<std::string> tenant;
+  std::optional<std::string> session;
+
+  void AttachTo(grpc::ClientContext* ctx) const {
+    if (authorization) ctx->AddMetadata("authorization", *authorization);
+    if (tenant) ctx->AddMetadata("x-tenant-id", *tenant);
+    if (session) ctx->AddMetadata("x-session-id", *session);
+  }
+};
+
+// A header's value, or INVALID_ARGUMENT when gRPC metadata cannot carry it (printable ASCII).
+absl::Status ReadHeader(MHD_Connection* c, const char* name, std::optional<std::string>* out) {
+  const char* value = MHD_lookup_connection_value(c, MHD_HEADER_KIND, name);
+  if (value == nullptr) return absl::OkStatus();
+  for (const char* p = value; *p != '\0'; ++p) {
+    if (*p < 0x20 || *p > 0x7e) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("the ", name, " header must be printable ASCII"));
+    }
+  }
+  *out = value;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Forwarded> ForwardedHeaders(MHD_Connection* c) {
+  Forwarded f;
+  absl::Status st = ReadHeader(c, MHD_HTTP_HEADER_AUTHORIZATION, &f.authorization);
+  if (st.ok()) st = ReadHeader(c, "x-tenant-id", &f.tenant);
+  if (st.ok()) st = ReadHeader(c, "x-session-id", &f.session);
+  if (!st.ok()) return st;
+  return f;
+}
+
+// The service's retry hint for a refusal (server/status.h: `retry-after-ms`), if any.
+std::optional<int64_t> RetryAfterMs(const grpc::ClientContext& ctx) {
+  const auto& trailers = ctx.GetServerTrailingMetadata();
+  auto it = trailers.find("retry-after-ms");
+  if (it == trailers.end()) return std::nullopt;
+  return std::strtoll(std::string(it->second.data(), it->second.size()).c_str(), nullptr, 10);
+}
+
+// A failed call: its status and, for a rate refusal, when to retry.
+struct Failure {
+  grpc::Status status;
+  std::optional<int64_t> retry_after_ms;
+};
+
+MHD_Result Respond(MHD_Connection* c, unsigned code, const std::string& body,
+                   std::optional<int64_t> retry_after_ms = std::nullopt) {
+  MHD_Response* response = MHD_create_response_from_buffer(
+      body.size(), const_cast<char*>(body.data()), MHD_RESPMEM_MUST_COPY);
+  if (response == nullptr) return MHD_NO;  // out of memory: libmicrohttpd closes the connection
+  MHD_add_response_header(response, MHD_HTTP_HEADER_CONTENT_TYPE, kJson);
+  if (code == MHD_HTTP_UNAUTHORIZED) {
+    MHD_add_response_header(response, MHD_HTTP_HEADER_WWW_AUTHENTICATE,
+                            "Bearer realm=\"ttt-serve\"");
+  }
+  if (retry_after_ms) {
+    const std::string seconds = std::to_string(std::max<int64_t>(1, (*retry_after_ms + 999) / 1000));
+    MHD_add_response_header(response, MHD_HTTP_HEADER_RETRY_AFTER, seconds.c_str());
+  }
+  const MHD_Result queued = MHD_queue_response(c, code, response);
+  MHD_destroy_response(response);
+  return queued;
+}
+
+MHD_Result RespondJson(MHD_Connection* c, unsigned code, const Json& body) {
+  return Respond(c, code, Dump(body) + "\n");
+}
+
+MHD_Result RespondError(MHD_Connection* c, const Failure& failure) {
+  return Respond(c, internal::HttpStatusOf(failure.status.error_code()),
+                 Dump(internal::ErrorJson(failure.status)) + "\n", failure.retry_after_ms);
+}
+
+MHD_Result RespondError(MHD_Connection* c, const absl::Status& status) {
+  return RespondError(c, Failure{internal::ToGrpc(status), std::nullopt});
+}
+
+// An error of HTTP itself (no gRPC code): 404 route, 405 method, 413 body.
+MHD_Result RespondHttpError(MHD_Connection* c, unsigned code, const char* name,
+                            const std::string& message) {
+  return RespondJson(
+      c, code,
+      {{"error", {{"message", message}, {"type", "invalid_request_error"}, {"code", name}}}});
+}
+
+int64_t UnixSeconds() {
+  return std::chrono::duration_cast<std::chrono::seconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+}  // namespace
+
+struct HttpGateway::State {
+  HttpGatewayOptions options;
+  std::shared_ptr<grpc::Channel> channel;
+  std::unique_ptr<pb::TttService::Stub> stub;
+  std::unique_ptr<grpc::health::v1::Health::Stub> health;
+  MHD_Daemon* daemon = nullptr;
+
+  MHD_Result Route(MHD_Connection* c, const std::string& path, const std::string& method,
+                   Request* request);
+  MHD_Result Models(MHD_Connection* c);
+  MHD_Result Ready(MHD_Connection* c);
+  MHD_Result Completions(MHD_Connection* c, const std::string& body);
+
+  static MHD_Result Answer(void* cls, MHD_Connection* c, const char* url, const char* method,
+                           const char* version, const char* upload_data,
+                           size_t* upload_data_size, void** request_context);
+  static void Completed(void* cls, MHD_Connection* c, void** request_context,
+                        MHD_RequestTerminationCode code) {
+    delete static_cast<Request*>(*request_context);
+    *request_context = nullptr;
+  }
+};
+
+namespace {
+
+// One completion's gRPC calls: the session (named, or temporary: created first and deleted
+// last), the prompt's ingest when commit_prompt, the Generate stream. Used by one thread at a
+// time (the request's, then the stream's reader callbacks on the same connection thread).
+class CompletionRun {
+ public:
+  // REQUIRES: `stub` and `options` outlive the run.
+  CompletionRun(pb::TttService::Stub* stub, const HttpGatewayOptions& options,
+                Forwarded headers, CompletionCall call)
+      : stub_(stub),
+        options_(options),
+        headers_(std::move(headers)),
+        call_(std::move(call)),
+        builder_(internal::NewCompletionId(), UnixSeconds(), options.model_id, call_.logprobs) {}
+
+  // Cancels a Generate still running (the client went away) and deletes a temporary session.
+  ~CompletionRun() {
+    if (reader_ != nullptr && !finished_) {
+      generate_ctx_->TryCancel();
+      pb::GenerateResponse ignored;
+      while (reader_->Read(&ignored)) {
+      }
+      reader_->Finish();
+    }
+    if (!temporary_session_.empty()) {
+      grpc::ClientContext ctx;
+      headers_.AttachTo(&ctx);
+      pb::DeleteSessionRequest req;
+      req.set_session_id(temporary_session_);
+      pb::DeleteSessionResponse resp;
+      stub_->DeleteSession(&ctx, req, &resp);  // best effort; its idle TTL backs it up
+    }
+  }
+
+  // Opens the session, commits the prompt when asked, starts Generate and reads its first
+  // response, so that a refused call is answered with its HTTP status before any event.
+  std::optional<Failure> Begin() {
+    std::optional<Failure> failed = OpenSession();
+    if (!failed && call_.commit_prompt) failed = CommitPrompt();
+    if (failed) return failed;
+    call_.generate.set_session_id(session_id_);
+    generate_ctx_ = std::make_unique<grpc::ClientContext>();
+    headers_.AttachTo(generate_ctx_.get());
+    reader_ = stub_->Generate(generate_ctx_.get(), call_.generate);
+    if (reader_->Read(&first_)) {
+      have_first_ = true;
+    } else {
+      finished_ = true;
+      grpc::Status st = reader_->Finish();
+      if (!st.ok()) return Failure{st, RetryAfterMs(*generate_ctx_)};
+    }
+    CountPromptTokens();
+    return std::nullopt;
+  }
+
+  // Non-streaming: the rest of the stream, then the completion object (or the failure).
+  std::optional<Failure> ReadAll(Json* completion) {
+    pb::GenerateResponse r;
+    while (Next(&r)) builder_.Add(r);
+    if (!status_.ok()) return Failure{status_, std::nullopt};
+    *completion = builder_.Completion(prompt_tokens_);
+    return std::nullopt;
+  }
+
+  // Streaming: the next server-sent events ("data: {...}\n\n"); false once everything, [DONE]
+  // last, was returned. A failure after the first event is sent as an error event.
+  bool NextEvents(std::string* out) {
+    if (done_) return false;
+    pb::GenerateResponse r;
+    while (out->empty()) {
+      if (!Next(&r)) {
+        if (!status_.ok()) {
+          AppendEvent(Dump(internal::ErrorJson(status_)), out);
+        } else if (call_.include_usage) {
+          AppendEvent(Dump(builder_.UsageChunk(prompt_tokens_)), out);
+        }
+        AppendEvent("[DONE]", out);
+        done_ = true;
+        return true;
+      }
+      if (std::optional<Json> chunk = builder_.Add(r)) AppendEvent(Dump(*chunk), out);
+    }
+    return true;
+  }
+
+ private:
+  static void AppendEvent(const std::string& data, std::string* out) {
+    absl::StrAppend(out, "data: ", data, "\n\n");
+  }
+
+  bool Next(pb::GenerateResponse* r) {
+    if (have_first_) {
+      have_first_ = false;
+      *r = std::move(first_);
+      return true;
+    }
+    if (finished_) return false;
+    if (reader_->Read(r)) return true;
+    finished_ = true;
+    status_ = reader_->Finish();
+    return false;
+  }
+
+  std::optional<Failure> OpenSession() {
+    const std::string header = headers_.session.value_or("");
+    if (!header.empty() && !call_.session_id.empty() && header != call_.session_id) {
+      return Failure{grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                  absl::StrCat("the x-session-id header ('", header,
+                                               "') and the body's session_id ('",
+                                               call_.session_id, "') differ")),
+                     std::nullopt};
+    }
+    session_id_ = header.empty() ? call_.session_id : header;
+    if (!session_id_.empty()) return std::nullopt;
+    grpc::ClientContext ctx;
+    headers_.AttachTo(&ctx);
+    pb::Session session;
+    grpc::Status st = stub_->CreateSession(&ctx, pb::CreateSessionRequest(), &session);
+    if (!st.ok()) return Failure{st, RetryAfterMs(ctx)};
+    session_id_ = temporary_session_ = session.session_id();
+    return std::nullopt;
+  }
+
+  // Ingests the prompt (then Generate runs from the session without one).
+  std::optional<Failure> CommitPrompt() {
+    pb::GenerateRequest& g = call_.generate;
+    if (g.prompt_text().empty() && g.prompt_token_ids().empty()) return std::nullopt;
+    grpc::ClientContext ctx;
+    headers_.AttachTo(&ctx);
+    auto stream = stub_->Ingest(&ctx);
+    pb::IngestRequest req;
+    req.set_session_id(session_id_);
+    req.set_text(g.prompt_text());
+    *req.mutable_token_ids() = g.prompt_token_ids();
+    req.set_flush(true);
+    pb::IngestResponse resp;
+    if (stream->Write(req) && stream->Read(&resp)) prompt_tokens_ = resp.stream_tokens();
+    stream->WritesDone();
+    while (stream->Read(&resp)) {
+    }
+    grpc::Status st = stream->Finish();
+    if (!st.ok()) return Failure{st, RetryAfterMs(ctx)};
+    g.clear_prompt_text();
+    g.clear_prompt_token_ids();
+    return std::nullopt;
+  }
+
+  void CountPromptTokens() {
+    if (prompt_tokens_ > 0 || call_.commit_prompt) return;
+    const pb::GenerateRequest& g = call_.generate;
+    prompt_tokens_ = g.prompt_token_ids_size();
+    if (!g.prompt_text().empty() && options_.count_prompt_tokens) {
+      absl::StatusOr<int64_t> n = options_.count_prompt_tokens(g.prompt_text());
+      prompt_tokens_ = n.ok() ? *n : 0;
+    }
+  }
+
+  pb::TttService::Stub* const stub_;
+  const HttpGatewayOptions& options_;
+  const Forwarded headers_;
+  CompletionCall call_;
+  CompletionBuilder builder_;
+  std::string session_id_;
+  std::string temporary_session_;  // non-empty: created here, deleted by the destructor
+  int64_t prompt_tokens_ = 0;
+  std::unique_ptr<grpc::ClientContext> generate_ctx_;
+  std::unique_ptr<grpc::ClientReader<pb::GenerateResponse>> reader_;
+  pb::GenerateResponse first_;
+  bool have_first_ = false;
+  bool finished_ = false;  // the Generate stream's Finish was called
+  grpc::Status status_;    // its status
+  bool done_ = false;      // streaming: [DONE] sent
+};
+
+// A server-sent-event body: owns the run, feeds libmicrohttpd as Generate's responses arrive.
+struct EventStream {
+  std::unique_ptr<CompletionRun> run;
+  std::string pending;
+  size_t sent = 0;
+
+  static ssize_t Read(void* cls, uint64_t, char* buf, size_t max) {
+    auto* s = static_cast<EventStream*>(cls);
+    try {  // nothing may unwind through libmicrohttpd's C frames
+      if (s->sent == s->pending.size()) {
+        s->pending.clear();
+        s->sent = 0;
+        if (!s->run->NextEvents(&s->pending)) return MHD_CONTENT_READER_END_OF_STREAM;
+      }
+      const size_t n = std::min(max, s->pending.size() - s->sent);
+      std::memcpy(buf, s->pending.data() + s->sent, n);
+      s->sent += n;
+      return static_cast<ssize_t>(n);
+    } catch (const std::exception&) {
+      return MHD_CONTENT_READER_END_WITH_ERROR;
+    }
+  }
+  // Called when the response is done or the client went away: ends the calls.
+  static void Free(void* cls) { delete static_cast<EventStream*>(cls); }
+};
+
+}  // namespace
+
+MHD_Result HttpGateway::State::Completions(MHD_Connection* c, const std::string& body) {
+  absl::StatusOr<Forwarded> headers = ForwardedHeaders(c);
+  if (!headers.ok()) return RespondError(c, headers.status());
+  absl::StatusOr<CompletionCall> call = internal::ParseCompletion(body, options.model_id);
+  if (!call.ok()) return RespondError(c, call.status());
+  const bool stream = call->stream;
+  auto run =
+      std::make_unique<CompletionRun>(stub.get(), options, std::move(*headers), std::move(*call));
+  if (std::optional<Failure> failed = run->Begin()) return RespondError(c, *failed);
+  if (!stream) {
+    Json completion;
+    if (std::optional<Failure> failed = run->ReadAll(&completion)) {
+      return RespondError(c, *failed);
+    }
+    return RespondJson(c, MHD_HTTP_OK, completion);
+  }
+  auto* events = new EventStream{std::move(run), "", 0};
+  MHD_Response* response = MHD_create_response_from_callback(
+      MHD_SIZE_UNKNOWN, 16 * 1024, &EventStream::Read, events, &EventStream::Free);
+  if (response == nullptr) {
+    delete events;
+    return MHD_NO;
+  }
+  MHD_add_response_header(response, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
+  MHD_add_response_header(response, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+  const MHD_Result queued = MHD_queue_response(c, MHD_HTTP_OK, response);
+  MHD_destroy_response(response);
+  return queued;
+}
+
+MHD_Result HttpGateway::State::Models(MHD_Connection* c) {
+  absl::StatusOr<Forwarded> headers = ForwardedHeaders(c);
+  if (!headers.ok()) return RespondError(c, headers.status());
+  grpc::ClientContext ctx;
+  headers->AttachTo(&ctx);
+  pb::ServerInfo info;
+  grpc::Status st = stub->GetServerInfo(&ctx, pb::GetServerInfoRequest(), &info);
+  if (!st.ok()) return RespondError(c, Failure{st, RetryAfterMs(ctx)});
+  Json model = {{"id", options.model_id},
+                {"object", "model"},
+                {"created", 0},
+                {"owned_by", "ttt-serve"},
+                {"model_fingerprint", info.model_fingerprint()},
+                {"vocab_size", info.vocab_size()},
+                {"max_generate_tokens", info.max_generate_tokens()}};
+  return RespondJson(c, MHD_HTTP_OK, {{"object", "list"}, {"data", Json::array({model})}});
+}
+
+// Ready when the gRPC service's own health says SERVING (it turns NOT_SERVING at shutdown).
+MHD_Result HttpGateway::State::Ready(MHD_Connection* c) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  grpc::health::v1::HealthCheckRequest req;
+  req.set_service(kHealthService);
+  grpc::health::v1::HealthCheckResponse resp;
+  grpc::Status st = health->Check(&ctx, req, &resp);
+  if (st.ok() && resp.status() == grpc::health::v1::HealthCheckResponse::SERVING) {
+    return RespondJson(c, MHD_HTTP_OK, {{"status", "serving"}});
+  }
+  return RespondJson(c, MHD_HTTP_SERVICE_UNAVAILABLE,
+                     {{"status", "not serving"},
+                      {"reason", st.ok() ? "the gRPC health service says NOT_SERVING"
+                                         : st.error_message()}});
+}
+
+MHD_Result HttpGateway::State::Route(MHD_Connection* c, const std::string& path,
+                                     const std::string& method, Request* request) {
+  struct Route {
+    const char* path;
+    const char* method;
+  };
+  static const Route kRoutes[] = {{"/healthz", MHD_HTTP_METHOD_GET},
+                                  {"/readyz", MHD_HTTP_METHOD_GET},
+                                  {"/v1/models", MHD_HTTP_METHOD_GET},
+                                  {"/v1/completions", MHD_HTTP_METHOD_POST}};
+  for (const Route& route : kRoutes) {
+    if (path != route.path) continue;
+    if (method != route.method) {
+      return RespondHttpError(c, MHD_HTTP_METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED",
+                              absl::StrCat(path, " takes ", route.method));
+    }
+    if (path == "/healthz") return RespondJson(c, MHD_HTTP_OK, {{"status", "alive"}});
+    if (path == "/readyz") return Ready(c);
+    if (path == "/v1/models") return Models(c);
+    return Completions(c, request->body);
+  }
+  return RespondHttpError(c, MHD_HTTP_NOT_FOUND, "NOT_FOUND",
+                          absl::StrCat("no route ", method, " ", path,
+                                       " (try POST /v1/completions, GET /v1/models, /healthz, "
+                                       "/readyz)"));
+}
+
+// libmicrohttpd calls this once when a request's header is in, then with the body's pieces,
+// then once more with none left, when the request is answered.
+MHD_Result HttpGateway::State::Answer(void* cls, MHD_Connection* c, const char* url,
+                                      const char* method, const char*, const char* upload_data,
+                                      size_t* upload_data_size, void** request_context) {
+  auto* s = static_cast<State*>(cls);
+  const int64_t limit = s->options.max_body_bytes;
+  auto* request = static_cast<Request*>(*request_context);
+  if (request == nullptr) {
+    *request_context = new Request();
+    // A declared oversized body is refused before it is read (and before "100 Continue").
+    const char* length =
+        MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    if (length != nullptr && std::strtoull(length, nullptr, 10) > static_cast<uint64_t>(limit)) {
+      return RespondHttpError(
+          c, MHD_HTTP_CONTENT_TOO_LARGE, "REQUEST_TOO_LARGE",
+          absl::StrCat("the request body is ", length, " bytes; at most ", limit,
+                       " are accepted (--http_max_body_bytes)"));
+    }
+    return MHD_YES;
+  }
+  if (*upload_data_size != 0) {
+    // A chunked body growing past the limit has no Content-Length to refuse it by: the
+    // connection is closed.
+    if (static_cast<int64_t>(request->body.size() + *upload_data_size) > limit) return MHD_NO;
+    request->body.append(upload_data, *upload_data_size);
+    *upload_data_size = 0;
+    return MHD_YES;
+  }
+  try {  // nothing may unwind through libmicrohttpd's C frames
+    return s->Route(c, url, method, request);
+  } catch (const std::exception& e) {
+    return RespondError(c, absl::InternalError(absl::StrCat("request failed: ", e.what())));
+  }
+}
+
+absl::StatusOr<std::unique_ptr<HttpGateway>> HttpGateway::Start(
+    HttpGatewayOptions options, std::shared_ptr<grpc::Channel> channel) {
+  const bool https = !options.tls_cert_pem.empty();
+  if (https != !options.tls_key_pem.empty()) {
+    return absl::InvalidArgumentError("the HTTP port's TLS needs both a certificate and a key");
+  }
+  if (https && MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES) {
+    return absl::FailedPreconditionError(
+        "the gRPC port serves TLS, so --http_listen would too, but this libmicrohttpd was "
+        "built without TLS (GnuTLS)");
+  }
+  absl::StatusOr<int> fd = internal::ListenOn(options.listen, "HTTP (--http_listen)");
+  if (!fd.ok()) return fd.status();
+  std::unique_ptr<HttpGateway> gateway(new HttpGateway());
+  gateway->port_ = internal::BoundPort(*fd);
+  gateway->state_ = std::make_unique<State>();
+  State* s = gateway->state_.get();
+  s->options = std::move(options);
+  s->channel = std::move(channel);
+  s->stub = pb::TttService::NewStub(s->channel);
+  s->health = grpc::health::v1::Health::NewStub(s->channel);
+  // libmicrohttpd keeps pointers to the PEM strings: they live in s->options.
+  MHD_OptionItem tls_options[] = {
+      {https ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, 0,
+       const_cast<char*>(s->options.tls_cert_pem.c_str())},
+      {MHD_OPTION_HTTPS_MEM_KEY, 0, const_cast<char*>(s->options.tls_key_pem.c_str())},
+      {MHD_OPTION_END, 0, nullptr}};
+  s->daemon = MHD_start_daemon(
+      MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL |
+          (https ? MHD_USE_TLS : 0),
+      0, nullptr, nullptr, &State::Answer, s, MHD_OPTION_LISTEN_SOCKET, *fd,
+      MHD_OPTION_CONNECTION_LIMIT, s->options.max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
+      s->options.idle_timeout_s, MHD_OPTION_NOTIFY_COMPLETED, &State::Completed, s,
+      MHD_OPTION_ARRAY, tls_options, MHD_OPTION_END);
+  if (s->daemon == nullptr) {
+    close(*fd);
+    if (https) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("cannot serve HTTPS on ", s->options.listen,
+                       ": libmicrohttpd refused the certificate and key"));
+    }
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot serve HTTP on ", s->options.listen, ": libmicrohttpd did not start"));
+  }
+  return gateway;
+}
+
+HttpGateway::~HttpGateway() {
+  if (state_ != nullptr && state_->daemon != nullptr) MHD_stop_daemon(state_->daemon);
+}
+
+}  // namespace ttt::http
