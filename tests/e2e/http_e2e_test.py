@@ -1,0 +1,395 @@
+#!/usr/bin/python3
+"""End-to-end test of ttt-serve's HTTP front door (--http_listen, issue 25 items 2 and 3) on the
+real binary and the shipped model, driven by curl and urllib, and by the official OpenAI Node
+client (npm `openai`) when the build installed it.
+
+Covers: /healthz and /readyz; /v1/models against GetServerInfo; non-streaming and streaming
+(server-sent events, [DONE] last) completions whose text equals a greedy gRPC Generate of the same
+prompt on an equal session, for a text and a token-id prompt, with usage and logprobs; the
+temporary session of a completion without a session is deleted; x-session-id (and the body's
+session_id) on a session that has ingested a document: the completion sees it, as gRPC does;
+commit_prompt ingests the prompt, its absence leaves the session unchanged; errors as OpenAI's
+error JSON with the HTTP status of the gRPC code (bad JSON 400, a rule of the service 400 with its
+own message, unknown session 404, oversized body 413, wrong route 404 and method 405); with
+bearer tokens: none or a wrong one 401, another tenant's session 404, a read-only token that
+commits 403, probes without a token.
+
+Usage: http_e2e_test.py --server PATH/ttt-serve --model MODEL_DIR --proto PROTO_DIR
+                        --openai_node_modules DIR (empty: npm missing, that test is skipped)
+"""
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import unittest
+import urllib.error
+import urllib.request
+from e2e_support import free_port, parse_unittest_args, stop_process, wait_http, log_tail
+
+ARGS = None
+pb = None
+pb_grpc = None
+grpc = None
+
+PROMPT = "The old man walked to the"
+DOCUMENT = ("The lighthouse keeper counted ships every night. The lighthouse keeper wrote the "
+            "names of the ships in a book. ") * 4
+MAX_BODY = 65536
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+class Server:
+    """ttt-serve with --http_listen on loopback; ready once /readyz answers 200."""
+
+    def __init__(self, tmp, flags=()):
+        self.port, self.http_port = free_port(), free_port()
+        self.log_path = os.path.join(tmp, "server-%d.log" % self.port)
+        self.log = open(self.log_path, "w")
+        cmd = [ARGS.server, "--model=" + ARGS.model, "--listen=127.0.0.1:%d" % self.port,
+               "--metrics_listen=", "--http_listen=127.0.0.1:%d" % self.http_port,
+               "--http_max_body_bytes=%d" % MAX_BODY,
+               "--checkpoint_dir=" + os.path.join(tmp, "ckpt-%d" % self.port),
+               "--drain_timeout_s=2", "--checkpoint_on_shutdown=false"] + list(flags)
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        try:
+            wait_http(self.url("/readyz"), 90)
+        except RuntimeError:
+            self.stop()
+            raise RuntimeError("server did not become ready:\n" + log_tail(self.log_path))
+        self.channel = grpc.insecure_channel("127.0.0.1:%d" % self.port)
+        self.stub = pb_grpc.TttServiceStub(self.channel)
+
+    def url(self, path):
+        return "http://127.0.0.1:%d%s" % (self.http_port, path)
+
+    def stop(self):
+        if hasattr(self, "channel"):
+            self.channel.close()
+        stop_process(self.proc)
+        self.log.close()
+
+
+def http(server, method, path, body=None, headers=None, raw=None):
+    """(status, headers, parsed JSON body) of one request through urllib."""
+    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    req = urllib.request.Request(server.url(path), data=data, method=method,
+                                 headers=dict({"Content-Type": "application/json"},
+                                              **(headers or {})))
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status, r.headers, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, json.loads(e.read())
+
+
+def curl(*args):
+    """curl's stdout; the last line of -w '\\n%{http_code}' is the status."""
+    out = subprocess.run(["curl", "-sS", "-N", "-w", "\n%{http_code}"] + list(args),
+                         check=True, capture_output=True, timeout=120).stdout.decode()
+    body, _, status = out.rpartition("\n")
+    return int(status), body
+
+
+def parse_sse(text):
+    """The data payloads of a server-sent-event body, in order; every event is 'data: ...'."""
+    events = [e for e in text.split("\n\n") if e]
+    datas = []
+    for e in events:
+        assert e.startswith("data: "), "not an SSE data event: %r" % e
+        datas.append(e[len("data: "):])
+    return datas
+
+
+def grpc_generate(stub, session_id, prompt_text=None, prompt_ids=None, max_tokens=12,
+                  metadata=()):
+    """Greedy Generate over gRPC: (text, [logprob per token])."""
+    req = pb.GenerateRequest(session_id=session_id, max_tokens=max_tokens, temperature=0.0)
+    if prompt_text is not None:
+        req.prompt_text = prompt_text.encode()
+    if prompt_ids is not None:
+        req.prompt_token_ids.extend(prompt_ids)
+    text, logprobs = b"", []
+    for r in stub.Generate(req, metadata=metadata, timeout=120):
+        text += r.text
+        if r.HasField("token_id"):
+            logprobs.append(r.logprob)
+    return text.decode(), logprobs
+
+
+def grpc_generate_fresh(stub, **kwargs):
+    """Greedy Generate on a fresh session, as a completion without a session runs."""
+    sid = stub.CreateSession(pb.CreateSessionRequest(), timeout=30).session_id
+    try:
+        return grpc_generate(stub, sid, **kwargs)
+    finally:
+        stub.DeleteSession(pb.DeleteSessionRequest(session_id=sid), timeout=30)
+
+
+def ingest(stub, session_id, text, metadata=()):
+    req = pb.IngestRequest(session_id=session_id, text=text.encode(), flush=True)
+    return list(stub.Ingest(iter([req]), metadata=metadata, timeout=120))[-1]
+
+
+class HttpE2ETest(unittest.TestCase):
+    """Authentication off; one server for the class (starting LibTorch is slow)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="ttt-http-e2e-")
+        cls.server = Server(cls.tmp)
+        cls.stub = cls.server.stub
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.stop()
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def session_count(self):
+        return len(self.stub.ListSessions(pb.ListSessionsRequest(), timeout=30).sessions)
+
+    def assertError(self, status, body, http_status, code, fragment):
+        self.assertEqual(status, http_status, body)
+        self.assertEqual(body["error"]["code"], code, body)
+        self.assertIn(fragment, body["error"]["message"])
+        self.assertTrue(body["error"]["type"])
+
+    def test_probes(self):
+        self.assertEqual(curl(self.server.url("/healthz")), (200, '{"status":"alive"}\n'))
+        self.assertEqual(curl(self.server.url("/readyz")), (200, '{"status":"serving"}\n'))
+
+    def test_models_lists_the_served_model(self):
+        status, _, body = http(self.server, "GET", "/v1/models")
+        self.assertEqual(status, 200)
+        info = self.stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=30)
+        self.assertEqual(body["object"], "list")
+        self.assertEqual([m["id"] for m in body["data"]], [os.path.basename(ARGS.model)])
+        self.assertEqual(body["data"][0]["model_fingerprint"], info.model_fingerprint)
+
+    def test_completion_equals_grpc_generate_and_leaves_no_session(self):
+        expected, logprobs = grpc_generate_fresh(self.stub, prompt_text=PROMPT)
+        self.assertTrue(expected)  # a comparison of two empty texts would prove nothing
+        before = self.session_count()
+        status, _, body = http(self.server, "POST", "/v1/completions",
+                               {"model": os.path.basename(ARGS.model), "prompt": PROMPT,
+                                "max_tokens": 12, "temperature": 0, "logprobs": 1})
+        self.assertEqual(status, 200, body)
+        self.assertEqual(body["object"], "text_completion")
+        self.assertTrue(body["id"].startswith("cmpl-"))
+        choice = body["choices"][0]
+        self.assertEqual(choice["text"], expected)
+        self.assertIn(choice["finish_reason"], ("length", "stop"))
+        self.assertEqual(len(choice["logprobs"]["token_logprobs"]), len(logprobs))
+        for got, want in zip(choice["logprobs"]["token_logprobs"], logprobs):
+            self.assertAlmostEqual(got, want, places=5)
+        usage = body["usage"]
+        self.assertEqual(usage["completion_tokens"], len(logprobs))
+        self.assertGreater(usage["prompt_tokens"], 0)
+        self.assertEqual(usage["total_tokens"], usage["prompt_tokens"] + len(logprobs))
+        self.assertEqual(self.session_count(), before)  # the temporary session is gone
+
+    def test_streaming_completion_is_server_sent_events(self):
+        expected, logprobs = grpc_generate_fresh(self.stub, prompt_text=PROMPT)
+        status, text = curl(self.server.url("/v1/completions"), "-H",
+                            "Content-Type: application/json", "-d",
+                            json.dumps({"prompt": PROMPT, "max_tokens": 12, "temperature": 0,
+                                        "stream": True,
+                                        "stream_options": {"include_usage": True}}))
+        self.assertEqual(status, 200, text)
+        datas = parse_sse(text)
+        self.assertEqual(datas[-1], "[DONE]")
+        chunks = [json.loads(d) for d in datas[:-1]]
+        usage = chunks[-1]
+        self.assertEqual(usage["choices"], [])
+        self.assertEqual(usage["usage"]["completion_tokens"], len(logprobs))
+        pieces = chunks[:-1]
+        self.assertGreater(len(pieces), 1)  # streamed, not one lump
+        self.assertEqual("".join(c["choices"][0]["text"] for c in pieces), expected)
+        self.assertEqual(len({c["id"] for c in chunks}), 1)
+        self.assertTrue(all(c["choices"][0]["finish_reason"] is None for c in pieces[:-1]))
+        self.assertIn(pieces[-1]["choices"][0]["finish_reason"], ("length", "stop"))
+
+    def test_token_id_prompt_equals_grpc(self):
+        ids = [5, 17, 250, 31, 99]
+        expected, _ = grpc_generate_fresh(self.stub, prompt_ids=ids, max_tokens=8)
+        self.assertTrue(expected)
+        status, _, body = http(self.server, "POST", "/v1/completions",
+                               {"prompt": ids, "max_tokens": 8, "temperature": 0})
+        self.assertEqual(status, 200, body)
+        self.assertEqual(body["choices"][0]["text"], expected)
+        self.assertEqual(body["usage"]["prompt_tokens"], len(ids))
+
+    def test_session_header_sees_the_ingested_document(self):
+        sid = self.stub.CreateSession(pb.CreateSessionRequest(), timeout=30).session_id
+        ingest(self.stub, sid, DOCUMENT)
+        prompt = " The lighthouse keeper"
+        expected, logprobs = grpc_generate(self.stub, sid, prompt_text=prompt)
+        self.assertTrue(expected)
+        _, fresh_logprobs = grpc_generate_fresh(self.stub, prompt_text=prompt)
+        self.assertNotAlmostEqual(logprobs[0], fresh_logprobs[0], places=3)
+        request = {"prompt": prompt, "max_tokens": 12, "temperature": 0, "logprobs": 0}
+        for headers, body in (({"x-session-id": sid}, request),
+                              ({}, dict(request, session_id=sid))):
+            status, _, got = http(self.server, "POST", "/v1/completions", body, headers)
+            self.assertEqual(status, 200, got)
+            self.assertEqual(got["choices"][0]["text"], expected)
+            self.assertAlmostEqual(got["choices"][0]["logprobs"]["token_logprobs"][0],
+                                   logprobs[0], places=5)
+        status, _, got = http(self.server, "POST", "/v1/completions",
+                              dict(request, session_id="other"), {"x-session-id": sid})
+        self.assertError(status, got, 400, "INVALID_ARGUMENT", "differ")
+
+    def test_commit_prompt_ingests_the_prompt_and_only_then(self):
+        sid = self.stub.CreateSession(pb.CreateSessionRequest(), timeout=30).session_id
+        counters = lambda: self.stub.GetSession(pb.GetSessionRequest(session_id=sid),
+                                                timeout=30).counters
+        status, _, body = http(self.server, "POST", "/v1/completions",
+                               {"prompt": PROMPT, "max_tokens": 4}, {"x-session-id": sid})
+        self.assertEqual(status, 200, body)
+        self.assertEqual(counters().tokens_received, 0)  # default: the session is unchanged
+        status, _, body = http(self.server, "POST", "/v1/completions",
+                               {"prompt": PROMPT, "max_tokens": 4, "commit_prompt": True},
+                               {"x-session-id": sid})
+        self.assertEqual(status, 200, body)
+        self.assertGreater(body["usage"]["prompt_tokens"], 0)
+        self.assertEqual(counters().tokens_received, body["usage"]["prompt_tokens"])
+
+    def test_errors_are_openai_json_with_mapped_status(self):
+        status, _, body = http(self.server, "POST", "/v1/completions", raw=b"{not json")
+        self.assertError(status, body, 400, "INVALID_ARGUMENT", "not valid JSON")
+        status, _, body = http(self.server, "POST", "/v1/completions",
+                               {"prompt": "x"}, {"x-session-id": "no-such-session"})
+        self.assertError(status, body, 404, "NOT_FOUND", "no-such-session")
+        # A rule of the gRPC service, answered with its own message.
+        status, _, body = http(self.server, "POST", "/v1/completions",
+                               {"prompt": "x", "temperature": 1000})
+        self.assertError(status, body, 400, "INVALID_ARGUMENT", "temperature")
+        status, _, body = http(self.server, "POST", "/v1/completions",
+                               {"prompt": "x", "model": "gpt-4"})
+        self.assertError(status, body, 404, "NOT_FOUND", "not served here")
+        status, _, body = http(self.server, "POST", "/v1/completions", {"prompt": "x", "n": 2})
+        self.assertError(status, body, 400, "INVALID_ARGUMENT", "`n` must be 1")
+        status, _, body = http(self.server, "POST", "/v1/completions",
+                               {"prompt": "x", "stream": "yes"})
+        self.assertError(status, body, 400, "INVALID_ARGUMENT", "`stream` must be true or false")
+        status, _, body = http(self.server, "GET", "/v1/completions")
+        self.assertError(status, body, 405, "METHOD_NOT_ALLOWED", "takes POST")
+        status, _, body = http(self.server, "GET", "/v1/chat")
+        self.assertError(status, body, 404, "NOT_FOUND", "no route")
+
+    def test_oversized_body_is_413(self):
+        path = os.path.join(self.tmp, "big.json")
+        with open(path, "w") as f:
+            json.dump({"prompt": "x" * (MAX_BODY + 1)}, f)
+        status, text = curl(self.server.url("/v1/completions"), "-H",
+                            "Content-Type: application/json", "--data-binary", "@" + path)
+        body = json.loads(text)
+        self.assertError(status, body, 413, "REQUEST_TOO_LARGE", "at most %d" % MAX_BODY)
+        self.assertEqual(curl(self.server.url("/healthz"))[0], 200)  # still serving
+
+
+def sha256_hex(token):
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class HttpAuthE2ETest(unittest.TestCase):
+    """Bearer tokens: the Authorization header reaches the gRPC service's own checks."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="ttt-http-auth-e2e-")
+        tokens = os.path.join(cls.tmp, "tokens")
+        with open(tokens, "w") as f:
+            f.write("alice %s write\nalice %s read\nbob %s\n" % (
+                sha256_hex("alice-token"), sha256_hex("alice-read-token"),
+                sha256_hex("bob-token")))
+        cls.server = Server(cls.tmp, ["--auth_tokens_file=" + tokens])
+        cls.stub = cls.server.stub
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.stop()
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def complete(self, token, body=None, headers=None):
+        h = dict(headers or {})
+        if token is not None:
+            h["Authorization"] = "Bearer " + token
+        return http(self.server, "POST", "/v1/completions",
+                    body or {"prompt": PROMPT, "max_tokens": 4}, h)
+
+    def test_missing_or_wrong_token_is_401(self):
+        for token in (None, "wrong-token"):
+            status, headers, body = self.complete(token)
+            self.assertEqual(status, 401, body)
+            self.assertEqual(body["error"]["code"], "UNAUTHENTICATED")
+            self.assertEqual(body["error"]["type"], "authentication_error")
+            self.assertIn("Bearer", headers["WWW-Authenticate"])
+        status, _, body = http(self.server, "GET", "/v1/models")
+        self.assertEqual(status, 401, body)
+
+    def test_token_completes_and_probes_need_none(self):
+        status, _, body = self.complete("alice-token")
+        self.assertEqual(status, 200, body)
+        self.assertEqual(body["usage"]["completion_tokens"], 4)
+        status, _, body = http(self.server, "GET", "/v1/models",
+                               headers={"Authorization": "Bearer bob-token"})
+        self.assertEqual(status, 200, body)
+        self.assertEqual(curl(self.server.url("/readyz"))[0], 200)
+        self.assertEqual(curl(self.server.url("/healthz"))[0], 200)
+
+    def test_tenants_and_scopes_are_the_grpc_rules(self):
+        alice = (("authorization", "Bearer alice-token"),)
+        sid = self.stub.CreateSession(pb.CreateSessionRequest(), metadata=alice,
+                                      timeout=30).session_id
+        status, _, body = self.complete("bob-token", headers={"x-session-id": sid})
+        self.assertEqual(status, 404, body)  # another tenant's session does not exist for bob
+        self.assertEqual(body["error"]["code"], "NOT_FOUND")
+        status, _, body = self.complete("alice-read-token", headers={"x-session-id": sid})
+        self.assertEqual(status, 200, body)  # reading is allowed
+        status, _, body = self.complete(
+            "alice-read-token", {"prompt": PROMPT, "max_tokens": 4, "commit_prompt": True},
+            {"x-session-id": sid})
+        self.assertEqual(status, 403, body)  # committing writes: the token is read-only
+        self.assertEqual(body["error"]["code"], "PERMISSION_DENIED")
+
+    def test_official_openai_node_client(self):
+        if not ARGS.openai_node_modules:
+            self.skipTest("npm was not found at configure time: the OpenAI Node client test "
+                          "is skipped (install npm and reconfigure)")
+        alice = (("authorization", "Bearer alice-token"),)
+        sid = self.stub.CreateSession(pb.CreateSessionRequest(), metadata=alice,
+                                      timeout=30).session_id
+        ingest(self.stub, sid, DOCUMENT, metadata=alice)
+        expected_fresh = grpc_generate_fresh_as(self.stub, alice, PROMPT)
+        expected_session, _ = grpc_generate(self.stub, sid, prompt_text=PROMPT, metadata=alice)
+        out = subprocess.run(
+            ["node", os.path.join(HERE, "openai_client_test.cjs"), ARGS.openai_node_modules,
+             self.server.url("/v1"), "alice-token", os.path.basename(ARGS.model), PROMPT, sid],
+            capture_output=True, timeout=180)
+        self.assertEqual(out.returncode, 0, out.stderr.decode())
+        got = json.loads(out.stdout)
+        self.assertEqual(got["models"], [os.path.basename(ARGS.model)])
+        self.assertEqual(got["completion"], expected_fresh)
+        self.assertEqual(got["streamed"], expected_fresh)
+        self.assertGreater(got["stream_chunks"], 1)
+        self.assertEqual(got["with_session"], expected_session)
+        self.assertEqual(got["error_status"], 404)
+        self.assertEqual(got["unauthenticated_status"], 401)
+
+
+def grpc_generate_fresh_as(stub, metadata, prompt):
+    sid = stub.CreateSession(pb.CreateSessionRequest(), metadata=metadata, timeout=30).session_id
+    try:
+        return grpc_generate(stub, sid, prompt_text=prompt, metadata=metadata)[0]
+    finally:
+        stub.DeleteSession(pb.DeleteSessionRequest(session_id=sid), metadata=metadata,
+                           timeout=30)
+
+
+if __name__ == "__main__":
+    import grpc as _grpc
+    grpc = _grpc
+    ARGS, pb, pb_grpc, argv = parse_unittest_args("openai_node_modules")
+    unittest.main(argv=argv, verbosity=2)
