@@ -21,12 +21,15 @@ import hashlib
 import json
 import os
 import shutil
+import socket
+import ssl
 import subprocess
 import tempfile
+import time
 import unittest
 import urllib.error
 import urllib.request
-from e2e_support import free_port, parse_unittest_args, stop_process, wait_http, log_tail
+from e2e_support import free_port, parse_unittest_args, stop_process, log_tail
 
 ARGS = None
 pb = None
@@ -40,29 +43,66 @@ MAX_BODY = 65536
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-class Server:
-    """ttt-serve with --http_listen on loopback; ready once /readyz answers 200."""
+def wait_until(predicate, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return predicate()
 
-    def __init__(self, tmp, flags=()):
-        self.port, self.http_port = free_port(), free_port()
+
+class Server:
+    """ttt-serve with --http_listen on loopback; ready once /readyz answers 200. With `ca`
+    (the PEM file that signed the server's certificate) gRPC and HTTP are reached over TLS."""
+
+    def __init__(self, tmp, flags=(), ca=None):
+        self.ca = ca
+        self.ssl = ssl.create_default_context(cafile=ca) if ca else None
+        self.port, self.http_port, self.metrics_port = free_port(), free_port(), free_port()
         self.log_path = os.path.join(tmp, "server-%d.log" % self.port)
         self.log = open(self.log_path, "w")
         cmd = [ARGS.server, "--model=" + ARGS.model, "--listen=127.0.0.1:%d" % self.port,
-               "--metrics_listen=", "--http_listen=127.0.0.1:%d" % self.http_port,
+               "--metrics_listen=127.0.0.1:%d" % self.metrics_port, "--http_listen=127.0.0.1:%d" % self.http_port,
                "--http_max_body_bytes=%d" % MAX_BODY,
                "--checkpoint_dir=" + os.path.join(tmp, "ckpt-%d" % self.port),
                "--drain_timeout_s=2", "--checkpoint_on_shutdown=false"] + list(flags)
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
-        try:
-            wait_http(self.url("/readyz"), 90)
-        except RuntimeError:
+        if not wait_until(self.ready, 90):
             self.stop()
             raise RuntimeError("server did not become ready:\n" + log_tail(self.log_path))
-        self.channel = grpc.insecure_channel("127.0.0.1:%d" % self.port)
+        if ca:
+            with open(ca, "rb") as f:
+                credentials = grpc.ssl_channel_credentials(root_certificates=f.read())
+            self.channel = grpc.secure_channel("localhost:%d" % self.port, credentials)
+        else:
+            self.channel = grpc.insecure_channel("127.0.0.1:%d" % self.port)
         self.stub = pb_grpc.TttServiceStub(self.channel)
 
+    def ready(self):
+        try:
+            with urllib.request.urlopen(self.url("/readyz"), timeout=2, context=self.ssl) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def metric(self, line_prefix):
+        """The value of the /metrics sample whose line starts with line_prefix (0 if none)."""
+        with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % self.metrics_port,
+                                    timeout=10) as r:
+            for line in r.read().decode().splitlines():
+                if line.startswith(line_prefix):
+                    return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
     def url(self, path):
+        if self.ca:
+            return "https://localhost:%d%s" % (self.http_port, path)
         return "http://127.0.0.1:%d%s" % (self.http_port, path)
+
+    def curl(self, path, *args):
+        """(status, body) of curl on path, trusting the server's CA."""
+        return curl(self.url(path), *((["--cacert", self.ca] if self.ca else []) + list(args)))
 
     def stop(self):
         if hasattr(self, "channel"):
@@ -78,7 +118,7 @@ def http(server, method, path, body=None, headers=None, raw=None):
                                  headers=dict({"Content-Type": "application/json"},
                                               **(headers or {})))
     try:
-        with urllib.request.urlopen(req, timeout=120) as r:
+        with urllib.request.urlopen(req, timeout=120, context=server.ssl) as r:
             return r.status, r.headers, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, e.headers, json.loads(e.read())
@@ -156,8 +196,8 @@ class HttpE2ETest(unittest.TestCase):
         self.assertTrue(body["error"]["type"])
 
     def test_probes(self):
-        self.assertEqual(curl(self.server.url("/healthz")), (200, '{"status":"alive"}\n'))
-        self.assertEqual(curl(self.server.url("/readyz")), (200, '{"status":"serving"}\n'))
+        self.assertEqual(self.server.curl("/healthz"), (200, '{"status":"alive"}\n'))
+        self.assertEqual(self.server.curl("/readyz"), (200, '{"status":"serving"}\n'))
 
     def test_models_lists_the_served_model(self):
         status, _, body = http(self.server, "GET", "/v1/models")
@@ -191,7 +231,7 @@ class HttpE2ETest(unittest.TestCase):
 
     def test_streaming_completion_is_server_sent_events(self):
         expected, logprobs = grpc_generate_fresh(self.stub, prompt_text=PROMPT)
-        status, text = curl(self.server.url("/v1/completions"), "-H",
+        status, text = self.server.curl("/v1/completions", "-H",
                             "Content-Type: application/json", "-d",
                             json.dumps({"prompt": PROMPT, "max_tokens": 12, "temperature": 0,
                                         "stream": True,
@@ -282,11 +322,11 @@ class HttpE2ETest(unittest.TestCase):
         path = os.path.join(self.tmp, "big.json")
         with open(path, "w") as f:
             json.dump({"prompt": "x" * (MAX_BODY + 1)}, f)
-        status, text = curl(self.server.url("/v1/completions"), "-H",
+        status, text = self.server.curl("/v1/completions", "-H",
                             "Content-Type: application/json", "--data-binary", "@" + path)
         body = json.loads(text)
         self.assertError(status, body, 413, "REQUEST_TOO_LARGE", "at most %d" % MAX_BODY)
-        self.assertEqual(curl(self.server.url("/healthz"))[0], 200)  # still serving
+        self.assertEqual(self.server.curl("/healthz")[0], 200)  # still serving
 
 
 def sha256_hex(token):
@@ -294,17 +334,30 @@ def sha256_hex(token):
 
 
 class HttpAuthE2ETest(unittest.TestCase):
-    """Bearer tokens: the Authorization header reaches the gRPC service's own checks."""
+    """TLS and bearer tokens: the HTTP port serves HTTPS with the gRPC port's certificate, and
+    the Authorization header reaches the gRPC service's own checks (tenants, scopes, quotas)."""
 
     @classmethod
     def setUpClass(cls):
         cls.tmp = tempfile.mkdtemp(prefix="ttt-http-auth-e2e-")
+        cls.ca = os.path.join(cls.tmp, "server.pem")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2", "-keyout",
+                        os.path.join(cls.tmp, "server.key"), "-out", cls.ca, "-subj",
+                        "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"],
+                       check=True, capture_output=True)
         tokens = os.path.join(cls.tmp, "tokens")
         with open(tokens, "w") as f:
-            f.write("alice %s write\nalice %s read\nbob %s\n" % (
+            f.write("alice %s write\nalice %s read\nbob %s write\ncarol %s write\n" % (
                 sha256_hex("alice-token"), sha256_hex("alice-read-token"),
-                sha256_hex("bob-token")))
-        cls.server = Server(cls.tmp, ["--auth_tokens_file=" + tokens])
+                sha256_hex("bob-token"), sha256_hex("carol-token")))
+        quotas = os.path.join(cls.tmp, "quotas")
+        with open(quotas, "w") as f:
+            f.write("bob ingest_tokens_per_s=1 ingest_burst=20\ncarol live_sessions=1\n")
+        cls.server = Server(cls.tmp, ["--auth_tokens_file=" + tokens, "--quotas_file=" + quotas,
+                                      "--tls_cert_file=" + cls.ca,
+                                      "--tls_key_file=" + os.path.join(cls.tmp, "server.key")],
+                            ca=cls.ca)
         cls.stub = cls.server.stub
 
     @classmethod
@@ -336,8 +389,8 @@ class HttpAuthE2ETest(unittest.TestCase):
         status, _, body = http(self.server, "GET", "/v1/models",
                                headers={"Authorization": "Bearer bob-token"})
         self.assertEqual(status, 200, body)
-        self.assertEqual(curl(self.server.url("/readyz"))[0], 200)
-        self.assertEqual(curl(self.server.url("/healthz"))[0], 200)
+        self.assertEqual(self.server.curl("/readyz")[0], 200)
+        self.assertEqual(self.server.curl("/healthz")[0], 200)
 
     def test_tenants_and_scopes_are_the_grpc_rules(self):
         alice = (("authorization", "Bearer alice-token"),)
@@ -354,6 +407,56 @@ class HttpAuthE2ETest(unittest.TestCase):
         self.assertEqual(status, 403, body)  # committing writes: the token is read-only
         self.assertEqual(body["error"]["code"], "PERMISSION_DENIED")
 
+    def test_plaintext_to_the_https_port_fails(self):
+        with self.assertRaises(OSError):
+            urllib.request.urlopen("http://127.0.0.1:%d/healthz" % self.server.http_port,
+                                   timeout=10).read()
+
+    def test_quotas_answer_429(self):
+        carol = (("authorization", "Bearer carol-token"),)
+        self.stub.CreateSession(pb.CreateSessionRequest(), metadata=carol, timeout=30)
+        # A completion without a session needs a temporary one: over carol's live_sessions.
+        status, _, body = self.complete("carol-token")
+        self.assertEqual(status, 429, body)
+        self.assertEqual(body["error"]["code"], "RESOURCE_EXHAUSTED")
+        self.assertEqual(body["error"]["type"], "rate_limit_error")
+        self.assertIn("live_sessions", body["error"]["message"])
+        # bob's ingest rate: a burst of 20 tokens refilled at 1/s; two 15-token commits.
+        bob = (("authorization", "Bearer bob-token"),)
+        sid = self.stub.CreateSession(pb.CreateSessionRequest(), metadata=bob,
+                                      timeout=30).session_id
+        commit = {"prompt": [5] * 15, "max_tokens": 1, "commit_prompt": True}
+        status, _, body = self.complete("bob-token", commit, {"x-session-id": sid})
+        self.assertEqual(status, 200, body)
+        status, headers, body = self.complete("bob-token", commit, {"x-session-id": sid})
+        self.assertEqual(status, 429, body)
+        self.assertIn("ingest_tokens_per_s", body["error"]["message"])
+        self.assertGreaterEqual(int(headers["Retry-After"]), 1)
+
+    def test_client_that_leaves_a_stream_ends_its_calls(self):
+        alice = (("authorization", "Bearer alice-token"),)
+        sessions = lambda: len(self.stub.ListSessions(pb.ListSessionsRequest(), metadata=alice,
+                                                      timeout=30).sessions)
+        before = sessions()
+        cancelled = 'tttserve_requests_total{code="CANCELLED",method="Generate"}'
+        cancelled_before = self.server.metric(cancelled)
+        request = json.dumps({"prompt": PROMPT, "max_tokens": 4000, "ignore_eos": True,
+                              "stream": True}).encode()
+        with socket.create_connection(("localhost", self.server.http_port)) as raw:
+            with self.server.ssl.wrap_socket(raw, server_hostname="localhost") as tls:
+                tls.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\n"
+                            b"Authorization: Bearer alice-token\r\n"
+                            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                            % (len(request), request))
+                head = b""
+                while b"data: " not in head:
+                    head += tls.recv(4096)
+                self.assertIn(b" 200 ", head.split(b"\r\n")[0])
+                self.assertEqual(sessions(), before + 1)  # the temporary session, mid-stream
+        # Gone: the Generate is cancelled and the temporary session deleted.
+        self.assertTrue(wait_until(lambda: sessions() == before, 60))
+        self.assertEqual(self.server.metric(cancelled), cancelled_before + 1)
+
     def test_official_openai_node_client(self):
         if not ARGS.openai_node_modules:
             self.skipTest("npm was not found at configure time: the OpenAI Node client test "
@@ -367,7 +470,7 @@ class HttpAuthE2ETest(unittest.TestCase):
         out = subprocess.run(
             ["node", os.path.join(HERE, "openai_client_test.cjs"), ARGS.openai_node_modules,
              self.server.url("/v1"), "alice-token", os.path.basename(ARGS.model), PROMPT, sid],
-            capture_output=True, timeout=180)
+            capture_output=True, timeout=180, env=dict(os.environ, NODE_EXTRA_CA_CERTS=self.ca))
         self.assertEqual(out.returncode, 0, out.stderr.decode())
         got = json.loads(out.stdout)
         self.assertEqual(got["models"], [os.path.basename(ARGS.model)])
