@@ -97,7 +97,8 @@ MHD_Result Respond(MHD_Connection* c, unsigned code, const std::string& body,
                             "Bearer realm=\"ttt-serve\"");
   }
   if (retry_after_ms) {
-    const std::string seconds = std::to_string(std::max<int64_t>(1, (*retry_after_ms + 999) / 1000));
+    const std::string seconds =
+        std::to_string(std::max<int64_t>(1, (*retry_after_ms + 999) / 1000));
     MHD_add_response_header(response, MHD_HTTP_HEADER_RETRY_AFTER, seconds.c_str());
   }
   const MHD_Result queued = MHD_queue_response(c, code, response);
@@ -148,8 +149,8 @@ struct HttpGateway::State {
   MHD_Result Completions(MHD_Connection* c, const std::string& body);
 
   static MHD_Result Answer(void* cls, MHD_Connection* c, const char* url, const char* method,
-                           const char* version, const char* upload_data,
-                           size_t* upload_data_size, void** request_context);
+                           const char* version, const char* upload_data, size_t* upload_data_size,
+                           void** request_context);
   static void Completed(void* cls, MHD_Connection* c, void** request_context,
                         MHD_RequestTerminationCode code) {
     delete static_cast<Request*>(*request_context);
@@ -165,8 +166,8 @@ namespace {
 class CompletionRun {
  public:
   // REQUIRES: `stub` and `options` outlive the run.
-  CompletionRun(pb::TttService::Stub* stub, const HttpGatewayOptions& options,
-                Forwarded headers, CompletionCall call)
+  CompletionRun(pb::TttService::Stub* stub, const HttpGatewayOptions& options, Forwarded headers,
+                CompletionCall call)
       : stub_(stub),
         options_(options),
         headers_(std::move(headers)),
@@ -266,8 +267,8 @@ class CompletionRun {
     if (!header.empty() && !call_.session_id.empty() && header != call_.session_id) {
       return Failure{grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                                   absl::StrCat("the x-session-id header ('", header,
-                                               "') and the body's session_id ('",
-                                               call_.session_id, "') differ")),
+                                               "') and the body's session_id ('", call_.session_id,
+                                               "') differ")),
                      std::nullopt};
     }
     session_id_ = header.empty() ? call_.session_id : header;
@@ -419,10 +420,10 @@ MHD_Result HttpGateway::State::Ready(MHD_Connection* c) {
   if (st.ok() && resp.status() == grpc::health::v1::HealthCheckResponse::SERVING) {
     return RespondJson(c, MHD_HTTP_OK, {{"status", "serving"}});
   }
-  return RespondJson(c, MHD_HTTP_SERVICE_UNAVAILABLE,
-                     {{"status", "not serving"},
-                      {"reason", st.ok() ? "the gRPC health service says NOT_SERVING"
-                                         : st.error_message()}});
+  return RespondJson(
+      c, MHD_HTTP_SERVICE_UNAVAILABLE,
+      {{"status", "not serving"},
+       {"reason", st.ok() ? "the gRPC health service says NOT_SERVING" : st.error_message()}});
 }
 
 MHD_Result HttpGateway::State::Route(MHD_Connection* c, const std::string& path,
@@ -466,10 +467,9 @@ MHD_Result HttpGateway::State::Answer(void* cls, MHD_Connection* c, const char* 
     const char* length =
         MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
     if (length != nullptr && std::strtoull(length, nullptr, 10) > static_cast<uint64_t>(limit)) {
-      return RespondHttpError(
-          c, MHD_HTTP_CONTENT_TOO_LARGE, "REQUEST_TOO_LARGE",
-          absl::StrCat("the request body is ", length, " bytes; at most ", limit,
-                       " are accepted (--http_max_body_bytes)"));
+      return RespondHttpError(c, MHD_HTTP_CONTENT_TOO_LARGE, "REQUEST_TOO_LARGE",
+                              absl::StrCat("the request body is ", length, " bytes; at most ",
+                                           limit, " are accepted (--http_max_body_bytes)"));
     }
     return MHD_YES;
   }
@@ -515,13 +515,13 @@ absl::StatusOr<std::unique_ptr<HttpGateway>> HttpGateway::Start(
        const_cast<char*>(s->options.tls_cert_pem.c_str())},
       {MHD_OPTION_HTTPS_MEM_KEY, 0, const_cast<char*>(s->options.tls_key_pem.c_str())},
       {MHD_OPTION_END, 0, nullptr}};
-  s->daemon = MHD_start_daemon(
-      MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL |
-          (https ? MHD_USE_TLS : 0),
-      0, nullptr, nullptr, &State::Answer, s, MHD_OPTION_LISTEN_SOCKET, *fd,
-      MHD_OPTION_CONNECTION_LIMIT, s->options.max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
-      s->options.idle_timeout_s, MHD_OPTION_NOTIFY_COMPLETED, &State::Completed, s,
-      MHD_OPTION_ARRAY, tls_options, MHD_OPTION_END);
+  s->daemon = MHD_start_daemon(MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
+                                   MHD_USE_POLL | (https ? MHD_USE_TLS : 0),
+                               0, nullptr, nullptr, &State::Answer, s, MHD_OPTION_LISTEN_SOCKET,
+                               *fd, MHD_OPTION_CONNECTION_LIMIT, s->options.max_connections,
+                               MHD_OPTION_CONNECTION_TIMEOUT, s->options.idle_timeout_s,
+                               MHD_OPTION_NOTIFY_COMPLETED, &State::Completed, s, MHD_OPTION_ARRAY,
+                               tls_options, MHD_OPTION_END);
   if (s->daemon == nullptr) {
     close(*fd);
     if (https) {

@@ -24,8 +24,8 @@
 namespace ttt::http {
 
 struct HttpGatewayOptions {
-  std::string listen;    // "host:port"; port 0 picks a free one (see port())
-  std::string model_id;  // the name /v1/models lists and `model` must match
+  std::string listen;                         // "host:port"; port 0 picks a free one (see port())
+  std::string model_id;                       // the name /v1/models lists and `model` must match
   int64_t max_body_bytes = int64_t{8} << 20;  // larger request bodies get 413
   unsigned max_connections = 64;              // each holds a thread while open
   unsigned idle_timeout_s = 60;               // a connection idle this long is closed
@@ -45,8 +45,8 @@ class HttpGateway {
   // gateway is destroyed (calls after the server's shutdown fail, answering 503).
   // FAILED_PRECONDITION naming the address when it cannot be bound or the server cannot start;
   // INVALID_ARGUMENT for a certificate and key libmicrohttpd refuses.
-  static absl::StatusOr<std::unique_ptr<HttpGateway>> Start(
-      HttpGatewayOptions options, std::shared_ptr<grpc::Channel> channel);
+  static absl::StatusOr<std::unique_ptr<HttpGateway>> Start(HttpGatewayOptions options,
+                                                            std::shared_ptr<grpc::Channel> channel);
   ~HttpGateway();  // stops accepting, closes every connection, waits for their threads
 
   int port() const { return port_; }

@@ -63,7 +63,8 @@ class Server:
         self.log_path = os.path.join(tmp, "server-%d.log" % self.port)
         self.log = open(self.log_path, "w")
         cmd = [ARGS.server, "--model=" + ARGS.model, "--listen=127.0.0.1:%d" % self.port,
-               "--metrics_listen=127.0.0.1:%d" % self.metrics_port, "--http_listen=127.0.0.1:%d" % self.http_port,
+               "--metrics_listen=127.0.0.1:%d" % self.metrics_port,
+               "--http_listen=127.0.0.1:%d" % self.http_port,
                "--http_max_body_bytes=%d" % MAX_BODY,
                "--checkpoint_dir=" + os.path.join(tmp, "ckpt-%d" % self.port),
                "--drain_timeout_s=2", "--checkpoint_on_shutdown=false"] + list(flags)
