@@ -15,6 +15,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "grpc/health/v1/health.grpc.pb.h"
+#include "http/internal/call_gate.h"
 #include "http/internal/listen_socket.h"
 #include "http/internal/openai.h"
 #include "tttserve/v1/ttt_service.grpc.pb.h"
@@ -23,6 +24,7 @@ namespace ttt::http {
 namespace {
 
 namespace pb = tttserve::v1;
+using internal::CallGate;
 using internal::CompletionBuilder;
 using internal::CompletionCall;
 using internal::Dump;
@@ -127,6 +129,10 @@ MHD_Result RespondHttpError(MHD_Connection* c, unsigned code, const char* name,
       {{"error", {{"message", message}, {"type", "invalid_request_error"}, {"code", name}}}});
 }
 
+grpc::Status ShuttingDown() {
+  return grpc::Status(grpc::StatusCode::UNAVAILABLE, "ttt-serve is shutting down");
+}
+
 int64_t UnixSeconds() {
   return std::chrono::duration_cast<std::chrono::seconds>(
              std::chrono::system_clock::now().time_since_epoch())
@@ -140,6 +146,7 @@ struct HttpGateway::State {
   std::shared_ptr<grpc::Channel> channel;
   std::unique_ptr<pb::TttService::Stub> stub;
   std::unique_ptr<grpc::health::v1::Health::Stub> health;
+  CallGate gate;  // every call on `channel` starts through it
   MHD_Daemon* daemon = nullptr;
 
   MHD_Result Route(MHD_Connection* c, const std::string& path, const std::string& method,
@@ -165,10 +172,11 @@ namespace {
 // time (the request's, then the stream's reader callbacks on the same connection thread).
 class CompletionRun {
  public:
-  // REQUIRES: `stub` and `options` outlive the run.
-  CompletionRun(pb::TttService::Stub* stub, const HttpGatewayOptions& options, Forwarded headers,
-                CompletionCall call)
+  // REQUIRES: `stub`, `gate` and `options` outlive the run.
+  CompletionRun(pb::TttService::Stub* stub, CallGate* gate, const HttpGatewayOptions& options,
+                Forwarded headers, CompletionCall call)
       : stub_(stub),
+        gate_(gate),
         options_(options),
         headers_(std::move(headers)),
         call_(std::move(call)),
@@ -183,7 +191,8 @@ class CompletionRun {
       }
       reader_->Finish();
     }
-    if (!temporary_session_.empty()) {
+    CallGate::Ticket ticket(gate_);
+    if (!temporary_session_.empty() && ticket.admitted()) {
       grpc::ClientContext ctx;
       headers_.AttachTo(&ctx);
       pb::DeleteSessionRequest req;
@@ -202,7 +211,11 @@ class CompletionRun {
     call_.generate.set_session_id(session_id_);
     generate_ctx_ = std::make_unique<grpc::ClientContext>();
     headers_.AttachTo(generate_ctx_.get());
-    reader_ = stub_->Generate(generate_ctx_.get(), call_.generate);
+    {
+      CallGate::Ticket ticket(gate_);
+      if (!ticket.admitted()) return Failure{ShuttingDown(), std::nullopt};
+      reader_ = stub_->Generate(generate_ctx_.get(), call_.generate);
+    }
     if (reader_->Read(&first_)) {
       have_first_ = true;
     } else {
@@ -275,8 +288,13 @@ class CompletionRun {
     if (!session_id_.empty()) return std::nullopt;
     grpc::ClientContext ctx;
     headers_.AttachTo(&ctx);
+    pb::CreateSessionRequest req;
+    // A temporary session left behind (the server stopped mid-completion) expires soon.
+    req.mutable_options()->set_idle_ttl_seconds(kTemporarySessionTtlS);
     pb::Session session;
-    grpc::Status st = stub_->CreateSession(&ctx, pb::CreateSessionRequest(), &session);
+    CallGate::Ticket ticket(gate_);
+    if (!ticket.admitted()) return Failure{ShuttingDown(), std::nullopt};
+    grpc::Status st = stub_->CreateSession(&ctx, req, &session);
     if (!st.ok()) return Failure{st, RetryAfterMs(ctx)};
     session_id_ = temporary_session_ = session.session_id();
     return std::nullopt;
@@ -288,7 +306,12 @@ class CompletionRun {
     if (g.prompt_text().empty() && g.prompt_token_ids().empty()) return std::nullopt;
     grpc::ClientContext ctx;
     headers_.AttachTo(&ctx);
-    auto stream = stub_->Ingest(&ctx);
+    std::unique_ptr<grpc::ClientReaderWriter<pb::IngestRequest, pb::IngestResponse>> stream;
+    {
+      CallGate::Ticket ticket(gate_);
+      if (!ticket.admitted()) return Failure{ShuttingDown(), std::nullopt};
+      stream = stub_->Ingest(&ctx);
+    }
     pb::IngestRequest req;
     req.set_session_id(session_id_);
     req.set_text(g.prompt_text());
@@ -316,7 +339,10 @@ class CompletionRun {
     }
   }
 
+  static constexpr int64_t kTemporarySessionTtlS = 600;
+
   pb::TttService::Stub* const stub_;
+  CallGate* const gate_;
   const HttpGatewayOptions& options_;
   const Forwarded headers_;
   CompletionCall call_;
@@ -367,8 +393,8 @@ MHD_Result HttpGateway::State::Completions(MHD_Connection* c, const std::string&
   absl::StatusOr<CompletionCall> call = internal::ParseCompletion(body, options.model_id);
   if (!call.ok()) return RespondError(c, call.status());
   const bool stream = call->stream;
-  auto run =
-      std::make_unique<CompletionRun>(stub.get(), options, std::move(*headers), std::move(*call));
+  auto run = std::make_unique<CompletionRun>(stub.get(), &gate, options, std::move(*headers),
+                                             std::move(*call));
   if (std::optional<Failure> failed = run->Begin()) return RespondError(c, *failed);
   if (!stream) {
     Json completion;
@@ -397,6 +423,8 @@ MHD_Result HttpGateway::State::Models(MHD_Connection* c) {
   grpc::ClientContext ctx;
   headers->AttachTo(&ctx);
   pb::ServerInfo info;
+  CallGate::Ticket ticket(&gate);
+  if (!ticket.admitted()) return RespondError(c, Failure{ShuttingDown(), std::nullopt});
   grpc::Status st = stub->GetServerInfo(&ctx, pb::GetServerInfoRequest(), &info);
   if (!st.ok()) return RespondError(c, Failure{st, RetryAfterMs(ctx)});
   Json model = {{"id", options.model_id},
@@ -416,7 +444,8 @@ MHD_Result HttpGateway::State::Ready(MHD_Connection* c) {
   grpc::health::v1::HealthCheckRequest req;
   req.set_service(kHealthService);
   grpc::health::v1::HealthCheckResponse resp;
-  grpc::Status st = health->Check(&ctx, req, &resp);
+  CallGate::Ticket ticket(&gate);
+  grpc::Status st = ticket.admitted() ? health->Check(&ctx, req, &resp) : ShuttingDown();
   if (st.ok() && resp.status() == grpc::health::v1::HealthCheckResponse::SERVING) {
     return RespondJson(c, MHD_HTTP_OK, {{"status", "serving"}});
   }
@@ -535,7 +564,12 @@ absl::StatusOr<std::unique_ptr<HttpGateway>> HttpGateway::Start(
   return gateway;
 }
 
+void HttpGateway::StopCalls() {
+  if (state_ != nullptr) state_->gate.Close();
+}
+
 HttpGateway::~HttpGateway() {
+  StopCalls();
   if (state_ != nullptr && state_->daemon != nullptr) MHD_stop_daemon(state_->daemon);
 }
 

@@ -47,7 +47,12 @@ class HttpGateway {
   // INVALID_ARGUMENT for a certificate and key libmicrohttpd refuses.
   static absl::StatusOr<std::unique_ptr<HttpGateway>> Start(HttpGatewayOptions options,
                                                             std::shared_ptr<grpc::Channel> channel);
-  ~HttpGateway();  // stops accepting, closes every connection, waits for their threads
+  // No new gRPC call starts from here on (requests get 503); returns once those being started
+  // have started. REQUIRES: before the gRPC server's Shutdown (gRPC cannot start a call on an
+  // in-process channel whose server is shutting down). Idempotent.
+  void StopCalls();
+  // Stops calls, stops accepting, closes every connection, waits for their threads.
+  ~HttpGateway();
 
   int port() const { return port_; }
 

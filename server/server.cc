@@ -298,6 +298,7 @@ void Server::Shutdown() {
   if (grpc_server_) {
     // Kubernetes stops routing first, then the server stops accepting and drains.
     SetServing(false);
+    if (http_gateway_) http_gateway_->StopCalls();  // before: see http/internal/call_gate.h
     grpc_server_->Shutdown(std::chrono::system_clock::now() +
                            std::chrono::seconds(options_.drain_timeout_s));
   }

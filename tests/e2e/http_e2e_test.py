@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -481,6 +482,38 @@ class HttpAuthE2ETest(unittest.TestCase):
         self.assertEqual(got["with_session"], expected_session)
         self.assertEqual(got["error_status"], 404)
         self.assertEqual(got["unauthenticated_status"], 401)
+
+
+class HttpShutdownE2ETest(unittest.TestCase):
+    """SIGTERM while HTTP streams and requests are in flight: the server drains and exits 0 (gRPC
+    1.51 crashed when the HTTP door started a call on the in-process channel of a server that
+    was shutting down: http/internal/call_gate.h)."""
+
+    def test_sigterm_mid_stream_drains_and_exits_cleanly(self):
+        tmp = tempfile.mkdtemp(prefix="ttt-http-stop-e2e-")
+        server = Server(tmp)
+        try:
+            stream = subprocess.Popen(
+                ["curl", "-sS", "-N", server.url("/v1/completions"), "-d",
+                 json.dumps({"prompt": PROMPT, "max_tokens": 4000, "ignore_eos": True,
+                             "stream": True})], stdout=subprocess.PIPE)
+            self.assertTrue(stream.stdout.readline().startswith(b"data: {"))
+            # Short completions, each a CreateSession, Generate and DeleteSession, keep coming.
+            hammer = subprocess.Popen(
+                ["bash", "-c", "for i in $(seq 200); do curl -s %s -d '%s' >/dev/null; done"
+                 % (server.url("/v1/completions"), json.dumps({"prompt": "a", "max_tokens": 2}))])
+            time.sleep(0.5)
+            server.proc.send_signal(signal.SIGTERM)
+            self.assertEqual(server.proc.wait(timeout=60), 0, log_tail(server.log_path))
+            rest = stream.communicate(timeout=60)[0].decode()
+            self.assertTrue(rest.endswith("data: [DONE]\n\n"), rest[-300:])
+            hammer.kill()
+            hammer.wait()
+            server.stop()
+            self.assertIn("ttt-serve: stopped", log_tail(server.log_path, 5))
+        finally:
+            server.stop()
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def grpc_generate_fresh_as(stub, metadata, prompt):
