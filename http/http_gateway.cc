@@ -231,7 +231,7 @@ class CompletionRun {
   std::optional<Failure> ReadAll(Json* completion) {
     pb::GenerateResponse r;
     while (Next(&r)) builder_.Add(r);
-    if (!status_.ok()) return Failure{status_, std::nullopt};
+    if (!status_.ok()) return Failure{status_, RetryAfterMs(*generate_ctx_)};
     *completion = builder_.Completion(prompt_tokens_);
     return std::nullopt;
   }
