@@ -42,6 +42,10 @@ test_pkgs+=(clang-14 libclang-rt-14-dev)
 test_pkgs+=(openssl)
 # tests/e2e/scaleout_e2e_test: HAProxy (the chart's router) in front of three replicas.
 test_pkgs+=(haproxy)
+# tests/e2e/http_e2e_test drives the HTTP port with the official OpenAI Node client (npm `openai`,
+# installed by the test fixture). Debian's npm only where no npm is present: its nodejs would
+# clash with a NodeSource one that carries its own npm.
+command -v npm >/dev/null 2>&1 || test_pkgs+=(nodejs npm)
 # tests/deploy/image_test.sh: builds the Dockerfile with buildah on a debootstrap'd Debian 12 base.
 image_pkgs=(buildah debootstrap debian-archive-keyring)
 
