@@ -1,0 +1,306 @@
+#include "coord/etcd_client.h"
+
+#include <utility>
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "coord/internal/endpoints.h"
+#include "coord/internal/keep_alive.h"
+
+namespace ttt::coord {
+namespace {
+
+using internal::Clock;
+using internal::Endpoint;
+using internal::Endpoints;
+using internal::Resend;
+
+// Keys per page of a List: bounds each response, whatever the prefix holds.
+constexpr int64_t kListPageSize = 1000;
+
+std::string Quote(const std::string& key) {
+  return absl::StrCat("\"", absl::CHexEscape(key), "\"");
+}
+
+absl::Status CheckKey(absl::string_view what, const std::string& key) {
+  if (!key.empty()) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(what, ": the key is empty; name a key"));
+}
+
+KeyValue FromProto(const mvccpb::KeyValue& kv) {
+  KeyValue result;
+  result.key = kv.key();
+  result.value = kv.value();
+  result.create_revision = kv.create_revision();
+  result.mod_revision = kv.mod_revision();
+  result.version = kv.version();
+  result.lease = kv.lease();
+  return result;
+}
+
+// The end of the range of keys that start with `prefix` (etcd's clientv3.GetPrefixRangeEnd).
+std::string PrefixEnd(const std::string& prefix) {
+  std::string end = prefix;
+  for (size_t i = end.size(); i-- > 0;) {
+    if (static_cast<unsigned char>(end[i]) < 0xff) {
+      end[i] = static_cast<char>(static_cast<unsigned char>(end[i]) + 1);
+      end.resize(i + 1);
+      return end;
+    }
+  }
+  return std::string(1, '\0');  // all 0xff: every key from prefix on
+}
+
+etcdserverpb::Compare CreateRevisionIs(const std::string& key, int64_t revision) {
+  etcdserverpb::Compare compare;
+  compare.set_result(etcdserverpb::Compare::EQUAL);
+  compare.set_target(etcdserverpb::Compare::CREATE);
+  compare.set_key(key);
+  compare.set_create_revision(revision);  // 0: the key does not exist
+  return compare;
+}
+
+void AddRange(const std::string& key,
+              google::protobuf::RepeatedPtrField<etcdserverpb::RequestOp>* ops) {
+  ops->Add()->mutable_request_range()->set_key(key);
+}
+
+absl::StatusOr<etcdserverpb::TxnResponse> RunTxn(const Endpoints& endpoints, absl::string_view what,
+                                                 const etcdserverpb::TxnRequest& request) {
+  etcdserverpb::TxnResponse response;
+  absl::Status status = endpoints.Call(what, Resend::kOnlyIfNotApplied,
+                                       [&](const Endpoint& endpoint, grpc::ClientContext& context) {
+                                         return endpoint.kv->Txn(&context, request, &response);
+                                       });
+  if (!status.ok()) return status;
+  return response;
+}
+
+// The first key of the failure branch's range (the key a comparison looked at), if any.
+const mvccpb::KeyValue* RangedKey(const etcdserverpb::TxnResponse& response) {
+  if (response.responses_size() == 0 || !response.responses(0).has_response_range()) {
+    return nullptr;
+  }
+  const etcdserverpb::RangeResponse& range = response.responses(0).response_range();
+  return range.kvs_size() > 0 ? &range.kvs(0) : nullptr;
+}
+
+// FAILED_PRECONDITION for an owner comparison that failed: what the owner key holds instead.
+absl::Status Fenced(absl::string_view what, const std::string& owner_key, int64_t revision,
+                    const etcdserverpb::TxnResponse& response) {
+  const mvccpb::KeyValue* owner = RangedKey(response);
+  const std::string found =
+      owner == nullptr ? "is absent (its lease expired, or it was deleted)"
+                       : absl::StrCat("was created again at revision ", owner->create_revision(),
+                                      " (lease ", owner->lease(), ")");
+  return absl::FailedPreconditionError(absl::StrCat(what, ": fenced: owner key ", Quote(owner_key),
+                                                    " ", found, "; this owner's revision ",
+                                                    revision, " no longer holds it"));
+}
+
+// Runs `op` on `key` only if `owner_key` was created at `owner_create_revision`; returns the
+// revision after it. `operation` names it in errors.
+absl::StatusOr<int64_t> IfOwner(const Endpoints& endpoints, absl::string_view operation,
+                                const std::string& owner_key, int64_t owner_create_revision,
+                                const std::string& key, etcdserverpb::RequestOp op) {
+  const std::string what = absl::StrCat(operation, " under owner ", Quote(owner_key));
+  if (absl::Status valid = CheckKey(what, key); !valid.ok()) return valid;
+  if (absl::Status valid = CheckKey(what, owner_key); !valid.ok()) return valid;
+  if (owner_create_revision <= 0) {
+    // 0 would compare equal to an absent owner key: anyone would pass the fence.
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, ": owner create revision ", owner_create_revision,
+                     " must be > 0 (the revision CreateIfAbsent returned)"));
+  }
+  etcdserverpb::TxnRequest request;
+  *request.add_compare() = CreateRevisionIs(owner_key, owner_create_revision);
+  *request.add_success() = std::move(op);
+  AddRange(owner_key, request.mutable_failure());
+  absl::StatusOr<etcdserverpb::TxnResponse> response = RunTxn(endpoints, what, request);
+  if (!response.ok()) return response.status();
+  if (!response->succeeded()) return Fenced(what, owner_key, owner_create_revision, *response);
+  return response->header().revision();
+}
+
+struct Grant {
+  int64_t id = 0;
+  Clock::duration ttl;
+  Clock::time_point sent_at;  // the lease lives at least until sent_at + ttl
+};
+
+absl::StatusOr<Grant> GrantLease(const Endpoints& endpoints, absl::Duration ttl) {
+  const int64_t seconds = absl::ToInt64Seconds(ttl);
+  if (seconds < 1 || absl::Seconds(seconds) != ttl) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("etcd LeaseGrant: ttl ", absl::FormatDuration(ttl),
+                     " must be a whole number of seconds >= 1 (etcd's leases count seconds)"));
+  }
+  Grant grant;
+  etcdserverpb::LeaseGrantResponse response;
+  // Resent freely: a grant whose answer was lost leaves a lease nobody knows, bound to no key,
+  // which etcd expires after its TTL.
+  absl::Status status =
+      endpoints.Call("etcd LeaseGrant", Resend::kAlways,
+                     [&](const Endpoint& endpoint, grpc::ClientContext& context) {
+                       etcdserverpb::LeaseGrantRequest request;
+                       request.set_ttl(seconds);
+                       grant.sent_at = Clock::now();
+                       return endpoint.lease->LeaseGrant(&context, request, &response);
+                     });
+  if (!status.ok()) return status;
+  if (!response.error().empty()) {
+    return absl::UnavailableError(absl::StrCat("etcd LeaseGrant: ", response.error()));
+  }
+  grant.id = response.id();
+  grant.ttl = std::chrono::seconds(response.ttl());
+  return grant;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<EtcdClient>> EtcdClient::Create(EtcdClientOptions options) {
+  if (options.call_timeout <= absl::ZeroDuration() ||
+      options.attempt_timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("etcd call timeout (", absl::FormatDuration(options.call_timeout),
+                     ") and attempt timeout (", absl::FormatDuration(options.attempt_timeout),
+                     ") must be positive"));
+  }
+  const internal::CallLimits limits{absl::ToChronoNanoseconds(options.call_timeout),
+                                    absl::ToChronoNanoseconds(options.attempt_timeout)};
+  absl::StatusOr<std::shared_ptr<Endpoints>> endpoints =
+      Endpoints::Create(options.endpoints, limits);
+  if (!endpoints.ok()) return endpoints.status();
+  return std::unique_ptr<EtcdClient>(new EtcdClient(*std::move(endpoints)));
+}
+
+EtcdClient::EtcdClient(std::shared_ptr<Endpoints> endpoints) : endpoints_(std::move(endpoints)) {}
+
+EtcdClient::~EtcdClient() = default;
+
+absl::StatusOr<int64_t> EtcdClient::Grant(absl::Duration ttl) {
+  absl::StatusOr<struct Grant> grant = GrantLease(*endpoints_, ttl);
+  if (!grant.ok()) return grant.status();
+  return grant->id;
+}
+
+absl::StatusOr<std::unique_ptr<KeptLease>> EtcdClient::GrantKept(absl::Duration ttl) {
+  absl::StatusOr<struct Grant> grant = GrantLease(*endpoints_, ttl);
+  if (!grant.ok()) return grant.status();
+  auto loop =
+      std::make_unique<internal::KeepAliveLoop>(endpoints_, grant->id, grant->ttl, grant->sent_at);
+  return std::unique_ptr<KeptLease>(
+      new KeptLease(grant->id, absl::FromChrono(grant->ttl), endpoints_, std::move(loop)));
+}
+
+absl::Status EtcdClient::Revoke(int64_t lease) {
+  return endpoints_->Call(absl::StrCat("etcd LeaseRevoke of lease ", lease), Resend::kAlways,
+                          [&](const Endpoint& endpoint, grpc::ClientContext& context) {
+                            etcdserverpb::LeaseRevokeRequest request;
+                            request.set_id(lease);
+                            etcdserverpb::LeaseRevokeResponse response;
+                            return endpoint.lease->LeaseRevoke(&context, request, &response);
+                          });
+}
+
+absl::StatusOr<KeyValue> EtcdClient::Get(const std::string& key) {
+  const std::string what = absl::StrCat("etcd Get of ", Quote(key));
+  if (absl::Status valid = CheckKey(what, key); !valid.ok()) return valid;
+  etcdserverpb::RangeResponse response;
+  absl::Status status = endpoints_->Call(
+      what, Resend::kAlways, [&](const Endpoint& endpoint, grpc::ClientContext& context) {
+        etcdserverpb::RangeRequest request;
+        request.set_key(key);
+        return endpoint.kv->Range(&context, request, &response);
+      });
+  if (!status.ok()) return status;
+  if (response.kvs_size() == 0) return absl::NotFoundError(absl::StrCat(what, ": no such key"));
+  return FromProto(response.kvs(0));
+}
+
+absl::StatusOr<std::vector<KeyValue>> EtcdClient::List(const std::string& prefix) {
+  const std::string what = absl::StrCat("etcd List of prefix ", Quote(prefix));
+  if (prefix.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": the prefix is empty; name one"));
+  }
+  std::vector<KeyValue> result;
+  const std::string end = PrefixEnd(prefix);
+  std::string from = prefix;
+  int64_t revision = 0;  // the first page's: every page reads the same snapshot
+  for (;;) {
+    etcdserverpb::RangeResponse response;
+    absl::Status status = endpoints_->Call(
+        what, Resend::kAlways, [&](const Endpoint& endpoint, grpc::ClientContext& context) {
+          etcdserverpb::RangeRequest request;
+          request.set_key(from);
+          request.set_range_end(end);
+          request.set_limit(kListPageSize);
+          request.set_revision(revision);
+          return endpoint.kv->Range(&context, request, &response);
+        });
+    if (!status.ok()) return status;
+    if (revision == 0) revision = response.header().revision();
+    for (const mvccpb::KeyValue& kv : response.kvs()) result.push_back(FromProto(kv));
+    if (!response.more() || response.kvs_size() == 0) return result;
+    from = response.kvs(response.kvs_size() - 1).key() + '\0';  // the next key after the page
+  }
+}
+
+absl::StatusOr<int64_t> EtcdClient::CreateIfAbsent(const std::string& key, const std::string& value,
+                                                   int64_t lease) {
+  const std::string what = absl::StrCat("etcd CreateIfAbsent of ", Quote(key));
+  if (absl::Status valid = CheckKey(what, key); !valid.ok()) return valid;
+  etcdserverpb::TxnRequest request;
+  *request.add_compare() = CreateRevisionIs(key, 0);
+  etcdserverpb::PutRequest* put = request.add_success()->mutable_request_put();
+  put->set_key(key);
+  put->set_value(value);
+  put->set_lease(lease);
+  AddRange(key, request.mutable_failure());
+  absl::StatusOr<etcdserverpb::TxnResponse> response = RunTxn(*endpoints_, what, request);
+  if (!response.ok()) return response.status();
+  if (response->succeeded()) return response->header().revision();
+  const mvccpb::KeyValue* existing = RangedKey(*response);
+  return absl::FailedPreconditionError(absl::StrCat(
+      what, ": the key already exists",
+      existing == nullptr ? std::string()
+                          : absl::StrCat(" (created at revision ", existing->create_revision(),
+                                         ", lease ", existing->lease(), ")")));
+}
+
+absl::StatusOr<int64_t> EtcdClient::PutIfOwner(const std::string& owner_key,
+                                               int64_t owner_create_revision,
+                                               const std::string& key, const std::string& value) {
+  etcdserverpb::RequestOp put;
+  put.mutable_request_put()->set_key(key);
+  put.mutable_request_put()->set_value(value);
+  return IfOwner(*endpoints_, absl::StrCat("etcd PutIfOwner of ", Quote(key)), owner_key,
+                 owner_create_revision, key, std::move(put));
+}
+
+absl::Status EtcdClient::DeleteIfOwner(const std::string& owner_key, int64_t owner_create_revision,
+                                       const std::string& key) {
+  etcdserverpb::RequestOp remove;
+  remove.mutable_request_delete_range()->set_key(key);
+  return IfOwner(*endpoints_, absl::StrCat("etcd DeleteIfOwner of ", Quote(key)), owner_key,
+                 owner_create_revision, key, std::move(remove))
+      .status();
+}
+
+absl::StatusOr<MemberStatus> EtcdClient::Status(const std::string& endpoint) {
+  etcdserverpb::StatusResponse response;
+  absl::Status status = endpoints_->CallAt(
+      endpoint, absl::StrCat("etcd Status of ", endpoint),
+      [&](const Endpoint& at, grpc::ClientContext& context) {
+        return at.maintenance->Status(&context, etcdserverpb::StatusRequest(), &response);
+      });
+  if (!status.ok()) return status;
+  MemberStatus result;
+  result.member_id = response.header().member_id();
+  result.leader_id = response.leader();
+  result.raft_term = response.raftterm();
+  result.version = response.version();
+  return result;
+}
+
+}  // namespace ttt::coord
