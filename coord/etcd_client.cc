@@ -1,5 +1,6 @@
 #include "coord/etcd_client.h"
 
+#include <thread>
 #include <utility>
 
 #include "absl/strings/escaping.h"
@@ -17,6 +18,8 @@ using internal::Resend;
 
 // Keys per page of a List: bounds each response, whatever the prefix holds.
 constexpr int64_t kListPageSize = 1000;
+// How often Claim asks again while the key is held.
+constexpr auto kClaimPoll = std::chrono::milliseconds(250);
 
 std::string Quote(const std::string& key) {
   return absl::StrCat("\"", absl::CHexEscape(key), "\"");
@@ -266,6 +269,27 @@ absl::StatusOr<int64_t> EtcdClient::CreateIfAbsent(const std::string& key, const
       existing == nullptr ? std::string()
                           : absl::StrCat(" (created at revision ", existing->create_revision(),
                                          ", lease ", existing->lease(), ")")));
+}
+
+absl::StatusOr<int64_t> EtcdClient::Claim(const std::string& key, const std::string& value,
+                                          int64_t lease, absl::Duration wait) {
+  const Clock::time_point give_up = Clock::now() + absl::ToChronoNanoseconds(wait);
+  for (;;) {
+    absl::StatusOr<int64_t> created = CreateIfAbsent(key, value, lease);
+    if (!absl::IsFailedPrecondition(created.status())) return created;
+    if (Clock::now() >= give_up) break;
+    std::this_thread::sleep_for(kClaimPoll);
+  }
+  const std::string what = absl::StrCat("etcd Claim of ", Quote(key));
+  absl::StatusOr<KeyValue> holder = Get(key);
+  if (!holder.ok()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(what, ": held by another live holder for over ", absl::FormatDuration(wait)));
+  }
+  return absl::FailedPreconditionError(
+      absl::StrCat(what, ": held by another live holder for over ", absl::FormatDuration(wait),
+                   " (value \"", absl::CHexEscape(holder->value), "\", lease ", holder->lease,
+                   ", since revision ", holder->create_revision, ")"));
 }
 
 absl::StatusOr<int64_t> EtcdClient::PutIfOwner(const std::string& owner_key,

@@ -132,6 +132,12 @@ class EtcdClient {
   // exists" (naming its create revision and lease) when it does.
   absl::StatusOr<int64_t> CreateIfAbsent(const std::string& key, const std::string& value,
                                          int64_t lease);
+  // Claims `key` for the holder of `lease`: CreateIfAbsent, retried while the key exists until
+  // `wait` has passed (a holder that died frees it when etcd expires its lease, within that
+  // lease's TTL). Returns the create revision. FAILED_PRECONDITION naming the holder (its value
+  // and lease) when the key is still held after `wait`.
+  absl::StatusOr<int64_t> Claim(const std::string& key, const std::string& value, int64_t lease,
+                                absl::Duration wait);
   // Puts `key` = `value` (unbound to any lease) only if `owner_key` exists with create revision
   // `owner_create_revision`: the fencing token of whoever created the owner key. Returns the
   // revision of the put. FAILED_PRECONDITION "fenced" when the owner key is absent (its lease

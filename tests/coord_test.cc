@@ -480,6 +480,30 @@ TEST_F(EtcdClientTest, PutIfOwnerIsFencedOnceTheOwnerKeyWasCreatedAgain) {
   EXPECT_TRUE(absl::IsNotFound(client_->Get(Key("owner")).status()));
 }
 
+TEST_F(EtcdClientTest, ClaimIsRefusedWhileTheHolderLivesAndGrantedOnceItsLeaseExpired) {
+  std::unique_ptr<EtcdClient> other = MakeClient(cluster_->endpoints());
+  absl::StatusOr<int64_t> holder = client_->Grant(absl::Seconds(2));  // its holder then dies
+  absl::StatusOr<std::unique_ptr<KeptLease>> mine = other->GrantKept(absl::Seconds(10));
+  ASSERT_TRUE(holder.ok() && mine.ok());
+  ASSERT_TRUE(client_->Claim(Key("replica-a"), "pid 1", *holder, absl::ZeroDuration()).ok());
+
+  absl::StatusOr<int64_t> refused =
+      other->Claim(Key("replica-a"), "pid 2", (*mine)->id(), absl::ZeroDuration());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(refused.status().message(), HasSubstr("held by another live holder"));
+  EXPECT_THAT(refused.status().message(),
+              HasSubstr(absl::StrCat("(value \"pid 1\", lease ", *holder)));
+
+  // Waiting long enough: etcd expires the dead holder's lease, and the key is claimed.
+  absl::StatusOr<int64_t> claimed =
+      other->Claim(Key("replica-a"), "pid 2", (*mine)->id(), absl::FromChrono(kPatience));
+  ASSERT_TRUE(claimed.ok()) << claimed.status();
+  absl::StatusOr<KeyValue> key = client_->Get(Key("replica-a"));
+  ASSERT_TRUE(key.ok()) << key.status();
+  EXPECT_EQ(key->value, "pid 2");
+  EXPECT_EQ(key->create_revision, *claimed);
+}
+
 TEST_F(EtcdClientTest, GetAndListReadWhatIsStored) {
   absl::StatusOr<KeyValue> absent = client_->Get(Key("absent"));
   EXPECT_EQ(absent.status().code(), absl::StatusCode::kNotFound);
