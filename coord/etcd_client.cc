@@ -1,10 +1,12 @@
 #include "coord/etcd_client.h"
 
+#include <set>
 #include <thread>
 #include <utility>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "coord/internal/endpoints.h"
 #include "coord/internal/keep_alive.h"
 
@@ -123,6 +125,86 @@ absl::StatusOr<int64_t> IfOwner(const Endpoints& endpoints, absl::string_view op
   if (!response.ok()) return response.status();
   if (!response->succeeded()) return Fenced(what, owner_key, owner_create_revision, *response);
   return response->header().revision();
+}
+
+absl::Status CheckTransaction(absl::string_view what, const std::vector<Condition>& conditions,
+                              const std::vector<Operation>& operations) {
+  if (operations.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": no operation; give at least one"));
+  }
+  for (const Condition& condition : conditions) {
+    if (absl::Status valid = CheckKey(what, condition.key); !valid.ok()) return valid;
+    if (condition.revision < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, ": condition on ", Quote(condition.key), " has revision ",
+                       condition.revision, "; revisions are >= 0 (0: the key is absent)"));
+    }
+  }
+  std::set<std::string> touched;
+  for (const Operation& operation : operations) {
+    if (absl::Status valid = CheckKey(what, operation.key); !valid.ok()) return valid;
+    if (!touched.insert(operation.key).second) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          what, ": two operations on ", Quote(operation.key), "; etcd allows one per key"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+etcdserverpb::Compare ToCompare(const Condition& condition) {
+  if (condition.target == Condition::Revision::kCreate) {
+    return CreateRevisionIs(condition.key, condition.revision);
+  }
+  etcdserverpb::Compare compare;
+  compare.set_result(etcdserverpb::Compare::EQUAL);
+  compare.set_target(etcdserverpb::Compare::MOD);
+  compare.set_key(condition.key);
+  compare.set_mod_revision(condition.revision);
+  return compare;
+}
+
+etcdserverpb::RequestOp ToRequestOp(const Operation& operation) {
+  etcdserverpb::RequestOp op;
+  if (operation.kind == Operation::Kind::kDelete) {
+    op.mutable_request_delete_range()->set_key(operation.key);
+    return op;
+  }
+  etcdserverpb::PutRequest* put = op.mutable_request_put();
+  put->set_key(operation.key);
+  put->set_value(operation.value);
+  put->set_lease(operation.lease);
+  return op;
+}
+
+// FAILED_PRECONDITION for a transaction whose comparisons failed: each failed one, with what its
+// key holds (the failure branch read every condition's key, in order).
+absl::Status ConditionsFailed(absl::string_view what, const std::vector<Condition>& conditions,
+                              const etcdserverpb::TxnResponse& response) {
+  std::vector<std::string> failed;
+  for (size_t i = 0; i < conditions.size(); ++i) {
+    const Condition& condition = conditions[i];
+    const etcdserverpb::RangeResponse* range = i < static_cast<size_t>(response.responses_size()) &&
+                                                       response.responses(i).has_response_range()
+                                                   ? &response.responses(i).response_range()
+                                                   : nullptr;
+    const mvccpb::KeyValue* kv =
+        range != nullptr && range->kvs_size() > 0 ? &range->kvs(0) : nullptr;
+    const bool create = condition.target == Condition::Revision::kCreate;
+    const int64_t actual =
+        kv == nullptr ? 0 : (create ? kv->create_revision() : kv->mod_revision());
+    if (actual == condition.revision) continue;  // this one held
+    const std::string wanted =
+        condition.revision == 0
+            ? "absent"
+            : absl::StrCat(create ? "created" : "modified", " at revision ", condition.revision);
+    const std::string found = kv == nullptr ? "is absent"
+                                            : absl::StrCat("was ", create ? "created" : "modified",
+                                                           " at revision ", actual);
+    failed.push_back(absl::StrCat(Quote(condition.key), " ", found, ", not ", wanted));
+  }
+  if (failed.empty()) failed.push_back("its key changed again after the transaction");
+  return absl::FailedPreconditionError(
+      absl::StrCat(what, ": condition failed: ", absl::StrJoin(failed, "; ")));
 }
 
 struct Grant {
@@ -309,6 +391,24 @@ absl::Status EtcdClient::DeleteIfOwner(const std::string& owner_key, int64_t own
   return IfOwner(*endpoints_, absl::StrCat("etcd DeleteIfOwner of ", Quote(key)), owner_key,
                  owner_create_revision, key, std::move(remove))
       .status();
+}
+
+absl::StatusOr<int64_t> EtcdClient::Transact(const std::vector<Condition>& conditions,
+                                             const std::vector<Operation>& operations) {
+  const std::string what = "etcd Transact";
+  if (absl::Status valid = CheckTransaction(what, conditions, operations); !valid.ok()) {
+    return valid;
+  }
+  etcdserverpb::TxnRequest request;
+  for (const Condition& condition : conditions) {
+    *request.add_compare() = ToCompare(condition);
+    AddRange(condition.key, request.mutable_failure());  // to say which failed, and why
+  }
+  for (const Operation& operation : operations) *request.add_success() = ToRequestOp(operation);
+  absl::StatusOr<etcdserverpb::TxnResponse> response = RunTxn(*endpoints_, what, request);
+  if (!response.ok()) return response.status();
+  if (!response->succeeded()) return ConditionsFailed(what, conditions, *response);
+  return response->header().revision();
 }
 
 absl::StatusOr<MemberStatus> EtcdClient::Status(const std::string& endpoint) {

@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -51,6 +52,39 @@ struct KeyValue {
   int64_t mod_revision = 0;     // revision of its last change
   int64_t version = 0;          // number of puts since it was created
   int64_t lease = 0;            // the lease the key is bound to; 0 = none
+};
+
+// One comparison of a transaction (Transact): a key's create or mod revision equals `revision`.
+// Revision 0 means the key does not exist.
+struct Condition {
+  enum class Revision { kCreate, kMod };
+  std::string key;
+  Revision target = Revision::kCreate;
+  int64_t revision = 0;
+
+  static Condition Absent(std::string key) { return {std::move(key), Revision::kCreate, 0}; }
+  // The key was created at `revision` (a fencing token: an owner key still is its creator's).
+  static Condition CreatedAt(std::string key, int64_t revision) {
+    return {std::move(key), Revision::kCreate, revision};
+  }
+  // The key was last changed at `revision` (read-modify-write: nobody wrote it since the read).
+  static Condition ModifiedAt(std::string key, int64_t revision) {
+    return {std::move(key), Revision::kMod, revision};
+  }
+};
+
+// One operation of a transaction: put `key` = `value` (bound to `lease`, 0 = none) or delete it.
+struct Operation {
+  enum class Kind { kPut, kDelete };
+  Kind kind = Kind::kPut;
+  std::string key;
+  std::string value;
+  int64_t lease = 0;
+
+  static Operation Put(std::string key, std::string value, int64_t lease = 0) {
+    return {Kind::kPut, std::move(key), std::move(value), lease};
+  }
+  static Operation Delete(std::string key) { return {Kind::kDelete, std::move(key), "", 0}; }
 };
 
 // What one member reports about itself and its cluster.
@@ -148,6 +182,15 @@ class EtcdClient {
   // `key` may be `owner_key` itself: releasing ownership without waiting for the lease.
   absl::Status DeleteIfOwner(const std::string& owner_key, int64_t owner_create_revision,
                              const std::string& key);
+
+  // Applies every operation, in order, if every condition holds, as one etcd transaction (the
+  // multi-key form of the helpers above: e.g. create a session's owner and head and bump a
+  // tenant's count only if neither exists and the count is unchanged). Returns the revision after
+  // it. FAILED_PRECONDITION naming each condition that failed and what the key holds instead.
+  // INVALID_ARGUMENT for no operation, an empty key, a negative revision, or a key that two
+  // operations touch (etcd refuses those).
+  absl::StatusOr<int64_t> Transact(const std::vector<Condition>& conditions,
+                                   const std::vector<Operation>& operations);
 
   // --- Operations. ---
   // Asks one endpoint (one of options.endpoints, as given) about its member, without failover.

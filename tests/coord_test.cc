@@ -504,6 +504,87 @@ TEST_F(EtcdClientTest, ClaimIsRefusedWhileTheHolderLivesAndGrantedOnceItsLeaseEx
   EXPECT_EQ(key->create_revision, *claimed);
 }
 
+TEST_F(EtcdClientTest, TransactAppliesEverythingOrNothingAndSaysWhichConditionFailed) {
+  absl::StatusOr<std::unique_ptr<KeptLease>> lease = client_->GrantKept(absl::Seconds(10));
+  ASSERT_TRUE(lease.ok()) << lease.status();
+  ASSERT_TRUE(client_->CreateIfAbsent(Key("count"), "0", 0).ok());
+  absl::StatusOr<KeyValue> count = client_->Get(Key("count"));
+  ASSERT_TRUE(count.ok());
+  // The shape of a session's creation: owner and head absent, the tenant's count unchanged.
+  const std::vector<Condition> create = {Condition::Absent(Key("s1/owner")),
+                                         Condition::Absent(Key("s1/head")),
+                                         Condition::ModifiedAt(Key("count"), count->mod_revision)};
+  const std::vector<Operation> writes = {Operation::Put(Key("s1/owner"), "r1", (*lease)->id()),
+                                         Operation::Put(Key("s1/head"), "blob-0"),
+                                         Operation::Put(Key("count"), "1")};
+  absl::StatusOr<int64_t> created = client_->Transact(create, writes);
+  ASSERT_TRUE(created.ok()) << created.status();
+  absl::StatusOr<KeyValue> owner = client_->Get(Key("s1/owner"));
+  ASSERT_TRUE(owner.ok());
+  EXPECT_EQ(owner->create_revision, *created);
+  EXPECT_EQ(owner->lease, (*lease)->id());
+  EXPECT_EQ(client_->Get(Key("count"))->value, "1");
+
+  // Again: every condition now fails, and nothing is written.
+  absl::StatusOr<int64_t> again = client_->Transact(create, {Operation::Put(Key("count"), "2")});
+  EXPECT_EQ(again.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(again.status().message(),
+              HasSubstr(absl::StrCat("\"", Key("s1/owner"), "\" was created at revision ", *created,
+                                     ", not absent")));
+  EXPECT_THAT(again.status().message(),
+              HasSubstr(absl::StrCat("\"", Key("count"), "\" was modified at revision ", *created,
+                                     ", not modified at revision ", count->mod_revision)));
+  EXPECT_EQ(client_->Get(Key("count"))->value, "1");
+
+  // Deleting under a fence: the owner's create revision.
+  ASSERT_TRUE(client_
+                  ->Transact({Condition::CreatedAt(Key("s1/owner"), *created)},
+                             {Operation::Delete(Key("s1/head")), Operation::Delete(Key("s1/owner")),
+                              Operation::Put(Key("count"), "0")})
+                  .ok());
+  EXPECT_TRUE(absl::IsNotFound(client_->Get(Key("s1/owner")).status()));
+  EXPECT_TRUE(absl::IsNotFound(client_->Get(Key("s1/head")).status()));
+
+  EXPECT_EQ(client_->Transact(create, {}).status().code(), absl::StatusCode::kInvalidArgument);
+  absl::StatusOr<int64_t> twice =
+      client_->Transact({}, {Operation::Put(Key("x"), "1"), Operation::Delete(Key("x"))});
+  EXPECT_EQ(twice.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(twice.status().message(), HasSubstr("two operations on"));
+  EXPECT_EQ(client_->Transact({Condition::ModifiedAt(Key("x"), -1)}, writes).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+// Two replicas creating sessions under a tenant quota of 2 (issue 23: two replicas once gave 4):
+// each reads the count and creates only if it is under the quota and unchanged since the read.
+TEST_F(EtcdClientTest, TransactKeepsACountedQuotaAcrossRacingClients) {
+  constexpr int kQuota = 2;
+  ASSERT_TRUE(client_->CreateIfAbsent(Key("count"), "0", 0).ok());
+  std::unique_ptr<EtcdClient> rival = MakeClient(cluster_->endpoints());
+  auto create_sessions = [&](EtcdClient* client, const std::string& replica) {
+    for (int i = 0; i < 3; ++i) {
+      const std::string session = Key(absl::StrCat("sessions/", replica, "-", i));
+      for (;;) {  // until created or over quota; each retry follows another client's write
+        absl::StatusOr<KeyValue> count = client->Get(Key("count"));
+        ASSERT_TRUE(count.ok()) << count.status();
+        const int n = std::stoi(count->value);
+        if (n >= kQuota) return;
+        absl::StatusOr<int64_t> done = client->Transact(
+            {Condition::ModifiedAt(Key("count"), count->mod_revision), Condition::Absent(session)},
+            {Operation::Put(Key("count"), std::to_string(n + 1)),
+             Operation::Put(session, replica)});
+        if (done.ok()) break;
+        ASSERT_EQ(done.status().code(), absl::StatusCode::kFailedPrecondition) << done.status();
+      }
+    }
+  };
+  std::thread first([&] { create_sessions(client_.get(), "a"); });
+  std::thread second([&] { create_sessions(rival.get(), "b"); });
+  first.join();
+  second.join();
+  EXPECT_EQ(client_->Get(Key("count"))->value, std::to_string(kQuota));
+  EXPECT_EQ(client_->List(Key("sessions/"))->size(), static_cast<size_t>(kQuota));
+}
+
 TEST_F(EtcdClientTest, GetAndListReadWhatIsStored) {
   absl::StatusOr<KeyValue> absent = client_->Get(Key("absent"));
   EXPECT_EQ(absent.status().code(), absl::StatusCode::kNotFound);
