@@ -22,19 +22,23 @@ fail() {
   exit 1
 }
 [ -x "$etcd" ] || fail "no etcd at $etcd (deploy/install-deps.sh test installs etcd-server)"
-free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+free_port() {
+  /usr/bin/python3 -c \
+    'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
 
 client_port="$(free_port)"; peer_port="$(free_port)"
+client_url="http://127.0.0.1:$client_port"; peer_url="http://127.0.0.1:$peer_port"
 "$etcd" --name e0 --data-dir "$tmp/etcd" \
-  --listen-client-urls "http://127.0.0.1:$client_port" --advertise-client-urls "http://127.0.0.1:$client_port" \
-  --listen-peer-urls "http://127.0.0.1:$peer_port" --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
-  --initial-cluster "e0=http://127.0.0.1:$peer_port" --logger zap --log-outputs stderr >"$tmp/etcd.log" 2>&1 &
+  --listen-client-urls "$client_url" --advertise-client-urls "$client_url" \
+  --listen-peer-urls "$peer_url" --initial-advertise-peer-urls "$peer_url" \
+  --initial-cluster "e0=$peer_url" --logger zap --log-outputs stderr >"$tmp/etcd.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 120); do
-  curl -fsS "http://127.0.0.1:$client_port/health" 2>/dev/null | grep -q '"health":"true"' && break
+  curl -fsS "$client_url/health" 2>/dev/null | grep -q '"health":"true"' && break
   sleep 0.25
 done
-curl -fsS "http://127.0.0.1:$client_port/health" | grep -q '"health":"true"' || fail "etcd not healthy"
+curl -fsS "$client_url/health" | grep -q '"health":"true"' || fail "etcd not healthy"
 etcd_flag="--etcd_endpoints=127.0.0.1:$client_port"
 
 # start NAME REPLICA_ID: a server in the background; its pid in $last_pid.
@@ -64,7 +68,7 @@ wait_exit() {
 key_count() {
   local key; key="$(printf '%s' "$1" | base64 -w0)"
   curl -fsS -X POST -d "{\"key\":\"$key\",\"count_only\":true}" \
-    "http://127.0.0.1:$client_port/v3/kv/range" | /usr/bin/python3 -c \
+    "$client_url/v3/kv/range" | /usr/bin/python3 -c \
     'import json,sys; print(json.load(sys.stdin).get("count", "0"))'
 }
 
