@@ -253,8 +253,9 @@ absl::StatusOr<std::unique_ptr<EtcdClient>> EtcdClient::Create(EtcdClientOptions
   }
   const internal::CallLimits limits{absl::ToChronoNanoseconds(options.call_timeout),
                                     absl::ToChronoNanoseconds(options.attempt_timeout)};
+  const internal::TlsFiles tls{options.tls_ca_file, options.tls_cert_file, options.tls_key_file};
   absl::StatusOr<std::shared_ptr<Endpoints>> endpoints =
-      Endpoints::Create(options.endpoints, limits);
+      Endpoints::Create(options.endpoints, limits, tls);
   if (!endpoints.ok()) return endpoints.status();
   return std::unique_ptr<EtcdClient>(new EtcdClient(*std::move(endpoints)));
 }

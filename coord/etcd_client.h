@@ -36,8 +36,15 @@ class KeepAliveLoop;
 }  // namespace internal
 
 struct EtcdClientOptions {
-  // Client URLs of the members of one cluster: "host:port" or "http://host:port". Required.
+  // Client URLs of the members of one cluster: "host:port", "http://host:port", or
+  // "https://host:port" for TLS (one scheme for all). Required.
   std::vector<std::string> endpoints;
+  // TLS (https:// endpoints only), PEM files: the CA bundle that signed the members' server
+  // certificates (empty: the system's roots), and this client's certificate chain and key for
+  // etcd's --client-cert-auth (both or neither).
+  std::string tls_ca_file;
+  std::string tls_cert_file;
+  std::string tls_key_file;
   // Bound on one call, failover across endpoints included.
   absl::Duration call_timeout = absl::Seconds(5);
   // Bound on one endpoint's attempt (connecting included) before the next endpoint is tried.
@@ -137,8 +144,8 @@ class KeptLease {
 class EtcdClient {
  public:
   // Validates the options and sets up one channel per endpoint; connects lazily (no call is
-  // made here). INVALID_ARGUMENT for no endpoint, a malformed one, https:// (TLS is not
-  // supported yet) or non-positive timeouts.
+  // made here). INVALID_ARGUMENT for no endpoint, a malformed one, mixed schemes, TLS files that
+  // cannot be read or that come without https://, or non-positive timeouts.
   static absl::StatusOr<std::unique_ptr<EtcdClient>> Create(EtcdClientOptions options);
   ~EtcdClient();
   EtcdClient(const EtcdClient&) = delete;

@@ -23,6 +23,7 @@
 #include <iostream>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -78,52 +79,63 @@ std::string ReadFile(const std::filesystem::path& path) {
   return text.str();
 }
 
+// TLS for a member's client port: its server certificate and key, and the CA its clients'
+// certificates must be signed by (etcd's --client-cert-auth).
+struct MemberTls {
+  std::filesystem::path cert;
+  std::filesystem::path key;
+  std::filesystem::path client_ca;
+};
+
 // One etcd member on loopback, its data and log in `dir`. Killed (SIGKILL) at destruction, and by
 // the kernel should the test process die first.
 class EtcdMember {
  public:
-  EtcdMember(std::string name, std::filesystem::path dir)
+  EtcdMember(std::string name, std::filesystem::path dir, std::optional<MemberTls> tls = {})
       : name_(std::move(name)),
         dir_(std::move(dir)),
+        tls_(std::move(tls)),
         client_port_(FreePort()),
         peer_port_(FreePort()) {}
   ~EtcdMember() { Kill(); }
 
-  std::string endpoint() const { return absl::StrCat("127.0.0.1:", client_port_); }
+  std::string endpoint() const {
+    return absl::StrCat(tls_ ? "https://" : "", "127.0.0.1:", client_port_);
+  }
   std::string peer() const { return absl::StrCat(name_, "=http://127.0.0.1:", peer_port_); }
   std::string log() const { return ReadFile(dir_ / (name_ + ".log")); }
 
   // `cluster`: every member's peer(), comma-separated.
   void Start(const std::string& cluster, const std::string& token) {
-    ASSERT_EQ(access(TTT_ETCD_BINARY, X_OK), 0) << "etcd not found at " TTT_ETCD_BINARY
-                                                   "; deploy/install-deps.sh test installs "
-                                                   "etcd-server";
+    ASSERT_EQ(access(TTT_ETCD_BINARY, X_OK), 0)
+        << "etcd not found at " TTT_ETCD_BINARY
+           "; deploy/install-deps.sh test installs etcd-server";
     std::filesystem::create_directories(dir_);
-    const std::string client_url = absl::StrCat("http://127.0.0.1:", client_port_);
+    const std::string client_url =
+        absl::StrCat(tls_ ? "https" : "http", "://127.0.0.1:", client_port_);
     const std::string peer_url = absl::StrCat("http://127.0.0.1:", peer_port_);
-    std::vector<std::string> args = {TTT_ETCD_BINARY,
-                                     "--name",
-                                     name_,
-                                     "--data-dir",
-                                     (dir_ / (name_ + ".etcd")).string(),
-                                     "--listen-client-urls",
-                                     client_url,
-                                     "--advertise-client-urls",
-                                     client_url,
-                                     "--listen-peer-urls",
-                                     peer_url,
-                                     "--initial-advertise-peer-urls",
-                                     peer_url,
-                                     "--initial-cluster",
-                                     cluster,
-                                     "--initial-cluster-token",
-                                     token,
-                                     "--initial-cluster-state",
-                                     "new",
-                                     "--logger",
-                                     "zap",
-                                     "--log-outputs",
-                                     "stderr"};
+    std::vector<std::string> args = {TTT_ETCD_BINARY};
+    auto flag = [&args](const char* name, std::string value) {
+      args.push_back(name);
+      args.push_back(std::move(value));
+    };
+    flag("--name", name_);
+    flag("--data-dir", (dir_ / (name_ + ".etcd")).string());
+    flag("--listen-client-urls", client_url);
+    flag("--advertise-client-urls", client_url);
+    flag("--listen-peer-urls", peer_url);
+    flag("--initial-advertise-peer-urls", peer_url);
+    flag("--initial-cluster", cluster);
+    flag("--initial-cluster-token", token);
+    flag("--initial-cluster-state", "new");
+    flag("--logger", "zap");
+    flag("--log-outputs", "stderr");
+    if (tls_) {
+      flag("--cert-file", tls_->cert.string());
+      flag("--key-file", tls_->key.string());
+      flag("--trusted-ca-file", tls_->client_ca.string());
+      args.push_back("--client-cert-auth");
+    }
     const std::string log_path = (dir_ / (name_ + ".log")).string();
     const int log = open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     ASSERT_GE(log, 0) << "cannot write " << log_path;
@@ -154,29 +166,40 @@ class EtcdMember {
  private:
   const std::string name_;
   const std::filesystem::path dir_;
+  const std::optional<MemberTls> tls_;
   const int client_port_;
   const int peer_port_;
   pid_t pid_ = -1;
 };
 
-std::unique_ptr<EtcdClient> MakeClient(std::vector<std::string> endpoints,
-                                       absl::Duration call_timeout = absl::Seconds(5),
-                                       absl::Duration attempt_timeout = absl::Seconds(2)) {
-  EtcdClientOptions options;
+// `options` with `endpoints`; a failed Create fails the test.
+std::unique_ptr<EtcdClient> MakeClient(EtcdClientOptions options,
+                                       std::vector<std::string> endpoints) {
   options.endpoints = std::move(endpoints);
-  options.call_timeout = call_timeout;
-  options.attempt_timeout = attempt_timeout;
   absl::StatusOr<std::unique_ptr<EtcdClient>> client = EtcdClient::Create(std::move(options));
   EXPECT_TRUE(client.ok()) << client.status();
   return client.ok() ? *std::move(client) : nullptr;
 }
 
+std::unique_ptr<EtcdClient> MakeClient(std::vector<std::string> endpoints,
+                                       absl::Duration call_timeout = absl::Seconds(5),
+                                       absl::Duration attempt_timeout = absl::Seconds(2)) {
+  EtcdClientOptions options;
+  options.call_timeout = call_timeout;
+  options.attempt_timeout = attempt_timeout;
+  return MakeClient(std::move(options), std::move(endpoints));
+}
+
 // Members of one cluster, started together; healthy (a leader elected) when Start returns.
+// `tls`: the members' client ports take TLS, and `probe_options` (its TLS files) is how the
+// cluster's own health probes connect.
 class EtcdCluster {
  public:
-  EtcdCluster(int size, const std::filesystem::path& dir) {
+  EtcdCluster(int size, const std::filesystem::path& dir, std::optional<MemberTls> tls = {},
+              EtcdClientOptions probe_options = {})
+      : probe_options_(std::move(probe_options)) {
     for (int i = 0; i < size; ++i) {
-      members_.push_back(std::make_unique<EtcdMember>(absl::StrCat("m", i), dir));
+      members_.push_back(std::make_unique<EtcdMember>(absl::StrCat("m", i), dir, tls));
     }
   }
 
@@ -188,7 +211,7 @@ class EtcdCluster {
       ASSERT_NO_FATAL_FAILURE(member->Start(absl::StrJoin(peers, ","), token));
     }
     for (const auto& member : members_) {
-      std::unique_ptr<EtcdClient> probe = MakeClient({member->endpoint()});
+      std::unique_ptr<EtcdClient> probe = MakeClient(probe_options_, {member->endpoint()});
       absl::StatusOr<MemberStatus> status;
       ASSERT_TRUE(WaitFor([&] {
         status = probe->Status(member->endpoint());
@@ -208,7 +231,7 @@ class EtcdCluster {
   // The index of the member that leads, as the members that answer report it; -1 while one of
   // them has no leader.
   int Leader() const {
-    std::unique_ptr<EtcdClient> probe = MakeClient(endpoints());
+    std::unique_ptr<EtcdClient> probe = MakeClient(probe_options_, endpoints());
     int leader = -1;
     for (size_t i = 0; i < members_.size(); ++i) {
       absl::StatusOr<MemberStatus> status = probe->Status(members_[i]->endpoint());
@@ -220,6 +243,7 @@ class EtcdCluster {
   }
 
  private:
+  const EtcdClientOptions probe_options_;
   std::vector<std::unique_ptr<EtcdMember>> members_;
 };
 
@@ -255,11 +279,33 @@ TEST(EtcdClientOptionsTest, CreateRejectsMissingOrMalformedEndpoints) {
     EXPECT_EQ(client.status().code(), absl::StatusCode::kInvalidArgument) << bad;
     EXPECT_THAT(client.status().message(), HasSubstr("is not host:port")) << bad;
   }
-  EtcdClientOptions tls;
-  tls.endpoints = {"https://127.0.0.1:2379"};
-  client = EtcdClient::Create(tls);
+  EtcdClientOptions mixed;
+  mixed.endpoints = {"https://127.0.0.1:2379", "127.0.0.1:2380"};
+  client = EtcdClient::Create(mixed);
   EXPECT_EQ(client.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(client.status().message(), HasSubstr("TLS to etcd is not supported yet"));
+  EXPECT_THAT(client.status().message(), HasSubstr("mix https:// and plain ones"));
+
+  EtcdClientOptions tls_without_https;
+  tls_without_https.endpoints = {"http://127.0.0.1:2379"};
+  tls_without_https.tls_ca_file = "/etc/hostname";
+  client = EtcdClient::Create(tls_without_https);
+  EXPECT_EQ(client.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(client.status().message(), HasSubstr("the endpoints are not https://"));
+
+  EtcdClientOptions cert_without_key;
+  cert_without_key.endpoints = {"https://127.0.0.1:2379"};
+  cert_without_key.tls_cert_file = "/etc/hostname";
+  client = EtcdClient::Create(cert_without_key);
+  EXPECT_EQ(client.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(client.status().message(), HasSubstr("give both files or neither"));
+
+  EtcdClientOptions missing_ca;
+  missing_ca.endpoints = {"https://127.0.0.1:2379"};
+  missing_ca.tls_ca_file = "/nonexistent/ca.pem";
+  client = EtcdClient::Create(missing_ca);
+  EXPECT_EQ(client.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(client.status().message(),
+              HasSubstr("etcd TLS CA file \"/nonexistent/ca.pem\" cannot be read"));
 
   EtcdClientOptions zero;
   zero.endpoints = {"http://127.0.0.1:2379"};
@@ -609,6 +655,73 @@ TEST_F(EtcdClientTest, GetAndListReadWhatIsStored) {
   EXPECT_EQ(first->mod_revision, first->create_revision);
   EXPECT_EQ(first->version, 1);
   EXPECT_TRUE(client_->List(Key("none/"))->empty());
+}
+
+// ----- A member whose client port takes TLS with client certificates. -----
+
+// Runs one openssl command in `dir`; the test fails (and says which) when it does.
+void Openssl(const std::filesystem::path& dir, const std::string& args) {
+  const std::string command =
+      absl::StrCat("cd '", dir.string(), "' && openssl ", args, " >openssl.log 2>&1");
+  ASSERT_EQ(std::system(command.c_str()), 0) << command << "\n" << ReadFile(dir / "openssl.log");
+}
+
+// A CA `name`.pem/.key (EC P-256: fast to make).
+void MakeCa(const std::filesystem::path& dir, const std::string& name) {
+  Openssl(dir, absl::StrCat("req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes ",
+                            "-days 2 -keyout ", name, ".key -out ", name, ".pem -subj /CN=", name));
+}
+
+// A certificate `name`.pem/.key signed by `ca`, for `san` (e.g. "IP:127.0.0.1"; empty: none).
+void MakeLeaf(const std::filesystem::path& dir, const std::string& ca, const std::string& name,
+              const std::string& san) {
+  Openssl(dir, absl::StrCat("req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout ",
+                            name, ".key -out ", name, ".csr -subj /CN=", name));
+  std::ofstream(dir / (name + ".ext")) << (san.empty() ? "" : "subjectAltName=" + san + "\n");
+  Openssl(dir,
+          absl::StrCat("x509 -req -in ", name, ".csr -CA ", ca, ".pem -CAkey ", ca,
+                       ".key -CAcreateserial -days 2 -out ", name, ".pem -extfile ", name, ".ext"));
+}
+
+TEST(EtcdTlsTest, ConnectsWithAClientCertificateAndOnlyToATrustedServer) {
+  const TempDir dir("tls");
+  const std::filesystem::path& files = dir.path();
+  std::filesystem::create_directories(files);
+  ASSERT_NO_FATAL_FAILURE(MakeCa(files, "ca"));
+  ASSERT_NO_FATAL_FAILURE(MakeCa(files, "other-ca"));
+  ASSERT_NO_FATAL_FAILURE(MakeLeaf(files, "ca", "server", "IP:127.0.0.1"));
+  ASSERT_NO_FATAL_FAILURE(MakeLeaf(files, "ca", "client", ""));
+  EtcdClientOptions trusted;
+  trusted.tls_ca_file = (files / "ca.pem").string();
+  trusted.tls_cert_file = (files / "client.pem").string();
+  trusted.tls_key_file = (files / "client.key").string();
+  EtcdCluster cluster(1, files / "etcd",
+                      MemberTls{files / "server.pem", files / "server.key", files / "ca.pem"},
+                      trusted);
+  ASSERT_NO_FATAL_FAILURE(cluster.Start());
+  ASSERT_THAT(cluster.endpoints()[0], ::testing::StartsWith("https://"));
+
+  std::unique_ptr<EtcdClient> client = MakeClient(trusted, cluster.endpoints());
+  ASSERT_TRUE(client->CreateIfAbsent("k", "v", 0).ok());
+  EXPECT_EQ(client->Get("k")->value, "v");
+  absl::StatusOr<std::unique_ptr<KeptLease>> lease = client->GrantKept(absl::Seconds(5));
+  ASSERT_TRUE(lease.ok()) << lease.status();
+
+  // Without a client certificate etcd refuses the connection; trusting another CA, the client
+  // refuses etcd's certificate. Either way no call is answered.
+  EtcdClientOptions anonymous = trusted;
+  anonymous.tls_cert_file.clear();
+  anonymous.tls_key_file.clear();
+  EtcdClientOptions distrustful = trusted;
+  distrustful.tls_ca_file = (files / "other-ca.pem").string();
+  for (EtcdClientOptions options : {anonymous, distrustful}) {
+    options.call_timeout = absl::Seconds(1);
+    options.attempt_timeout = absl::Milliseconds(500);
+    std::unique_ptr<EtcdClient> refused = MakeClient(options, cluster.endpoints());
+    absl::StatusOr<KeyValue> got = refused->Get("k");
+    EXPECT_EQ(got.status().code(), absl::StatusCode::kUnavailable) << got.status();
+    EXPECT_THAT(got.status().message(), HasSubstr("no etcd endpoint answered"));
+  }
 }
 
 // ----- A member of its own, stopped with SIGSTOP. -----

@@ -1,13 +1,17 @@
 #include "coord/internal/endpoints.h"
 
 #include <algorithm>
+#include <filesystem>
+#include <fstream>
 #include <optional>
+#include <sstream>
 #include <thread>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
 #include "absl/time/time.h"
 
 namespace ttt::coord::internal {
@@ -17,29 +21,87 @@ namespace {
 // can reconnect (their reconnect backoff is capped at a second below).
 constexpr auto kPassPause = std::chrono::milliseconds(50);
 
-// Validates `address` and returns the gRPC target for it ("host:port").
-absl::StatusOr<std::string> TargetOf(const std::string& address) {
+// One endpoint as given: whether it asks for TLS, and its gRPC target ("host:port").
+struct Parsed {
+  bool tls = false;
+  std::string target;
+};
+
+absl::StatusOr<Parsed> Parse(const std::string& address) {
+  Parsed parsed;
   absl::string_view rest = address;
-  if (absl::StartsWith(rest, "https://")) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "etcd endpoint \"", address, "\": TLS to etcd is not supported yet; use http://"));
+  if (absl::ConsumePrefix(&rest, "https://")) {
+    parsed.tls = true;
+  } else {
+    absl::ConsumePrefix(&rest, "http://");
   }
-  if (absl::StartsWith(rest, "http://")) rest.remove_prefix(7);
-  if (!rest.empty() && rest.back() == '/') rest.remove_suffix(1);
+  absl::ConsumeSuffix(&rest, "/");
   const size_t colon = rest.rfind(':');
   int port = 0;
   const bool valid = colon != absl::string_view::npos && colon > 0 &&
                      rest.find('/') == absl::string_view::npos &&
                      absl::SimpleAtoi(rest.substr(colon + 1), &port) && port > 0 && port < 65536;
   if (!valid) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("etcd endpoint \"", address,
-                     "\" is not host:port or http://host:port with a port in 1..65535"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "etcd endpoint \"", address,
+        "\" is not host:port, http://host:port or https://host:port with a port in 1..65535"));
   }
-  return std::string(rest);
+  parsed.target = std::string(rest);
+  return parsed;
 }
 
-std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target) {
+// A whole PEM file (at most kMaxPemBytes). INVALID_ARGUMENT naming `what` and the path.
+absl::StatusOr<std::string> ReadPem(const std::string& path, absl::string_view what) {
+  constexpr std::uintmax_t kMaxPemBytes = 1 << 20;
+  std::error_code error;
+  const bool regular = std::filesystem::is_regular_file(path, error);
+  const std::uintmax_t size = regular ? std::filesystem::file_size(path, error) : 0;
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream text;
+  if (regular && !error && size <= kMaxPemBytes && in) text << in.rdbuf();
+  if (!regular || error || size > kMaxPemBytes || !in || text.str().empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("etcd TLS ", what, " file \"", path,
+                     "\" cannot be read (a regular PEM file of at most ", kMaxPemBytes, " bytes)"));
+  }
+  return text.str();
+}
+
+// The channel credentials for endpoints that all ask for TLS (`tls`) or none do.
+absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> Credentials(bool tls,
+                                                                      const TlsFiles& files) {
+  const bool any_file =
+      !files.ca_file.empty() || !files.cert_file.empty() || !files.key_file.empty();
+  if (!tls) {
+    if (any_file) {
+      return absl::InvalidArgumentError(
+          "etcd TLS files are given but the endpoints are not https://; use https:// endpoints");
+    }
+    return grpc::InsecureChannelCredentials();
+  }
+  if (files.cert_file.empty() != files.key_file.empty()) {
+    return absl::InvalidArgumentError(
+        "etcd TLS client certificate and key go together: give both files or neither");
+  }
+  grpc::SslCredentialsOptions ssl;  // empty roots: the system's
+  if (!files.ca_file.empty()) {
+    absl::StatusOr<std::string> ca = ReadPem(files.ca_file, "CA");
+    if (!ca.ok()) return ca.status();
+    ssl.pem_root_certs = *std::move(ca);
+  }
+  if (!files.cert_file.empty()) {
+    absl::StatusOr<std::string> cert = ReadPem(files.cert_file, "client certificate");
+    if (!cert.ok()) return cert.status();
+    absl::StatusOr<std::string> key = ReadPem(files.key_file, "client key");
+    if (!key.ok()) return key.status();
+    ssl.pem_cert_chain = *std::move(cert);
+    ssl.pem_private_key = *std::move(key);
+  }
+  return grpc::SslCredentials(ssl);
+}
+
+std::shared_ptr<grpc::Channel> MakeChannel(
+    const std::string& target, const std::shared_ptr<grpc::ChannelCredentials>& credentials) {
   grpc::ChannelArguments args;
   // Each client its own connections: two clients in one process (tests, or two roles) must not
   // share a connection's fate.
@@ -50,7 +112,7 @@ std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target) {
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
   // etcd bounds requests (1.5 MiB by default), not responses: a List may be large.
   args.SetMaxReceiveMessageSize(256 << 20);
-  return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+  return grpc::CreateCustomChannel(target, credentials, args);
 }
 
 // Waits until `channel` is connected. False when it failed to connect (refused, reset: nothing
@@ -136,20 +198,32 @@ absl::Status FromGrpc(absl::string_view what, const grpc::Status& status) {
 }
 
 absl::StatusOr<std::shared_ptr<Endpoints>> Endpoints::Create(
-    const std::vector<std::string>& addresses, CallLimits limits) {
+    const std::vector<std::string>& addresses, CallLimits limits, const TlsFiles& tls) {
   if (addresses.empty()) {
     return absl::InvalidArgumentError("no etcd endpoint given; pass at least one host:port");
   }
   if (limits.call <= Clock::duration::zero() || limits.attempt <= Clock::duration::zero()) {
     return absl::InvalidArgumentError("etcd call and attempt timeouts must be positive");
   }
-  std::vector<Endpoint> endpoints;
+  std::vector<Parsed> parsed;
   for (const std::string& address : addresses) {
-    absl::StatusOr<std::string> target = TargetOf(address);
-    if (!target.ok()) return target.status();
+    absl::StatusOr<Parsed> one = Parse(address);
+    if (!one.ok()) return one.status();
+    if (!parsed.empty() && one->tls != parsed.front().tls) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("etcd endpoints mix https:// and plain ones (\"", addresses.front(),
+                       "\", \"", address, "\"); the members of one cluster share one scheme"));
+    }
+    parsed.push_back(*std::move(one));
+  }
+  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials =
+      Credentials(parsed.front().tls, tls);
+  if (!credentials.ok()) return credentials.status();
+  std::vector<Endpoint> endpoints;
+  for (size_t i = 0; i < addresses.size(); ++i) {
     Endpoint endpoint;
-    endpoint.address = address;
-    endpoint.channel = MakeChannel(*target);
+    endpoint.address = addresses[i];
+    endpoint.channel = MakeChannel(parsed[i].target, *credentials);
     endpoint.kv = etcdserverpb::KV::NewStub(endpoint.channel);
     endpoint.lease = etcdserverpb::Lease::NewStub(endpoint.channel);
     endpoint.maintenance = etcdserverpb::Maintenance::NewStub(endpoint.channel);

@@ -46,6 +46,13 @@ struct CallLimits {
   Clock::duration attempt;  // one endpoint, connecting included
 };
 
+// PEM files for https:// endpoints (EtcdClientOptions says what each is).
+struct TlsFiles {
+  std::string ca_file;
+  std::string cert_file;
+  std::string key_file;
+};
+
 // Thread-safe: endpoints are fixed at construction; the preferred endpoint is atomic.
 class Endpoints {
  public:
@@ -53,10 +60,11 @@ class Endpoints {
   using Attempt =
       std::function<grpc::Status(const Endpoint& endpoint, grpc::ClientContext& context)>;
 
-  // Validates "host:port" / "http://host:port" addresses (INVALID_ARGUMENT saying what to fix)
-  // and creates one channel per address.
+  // Validates "host:port" / "http://host:port" / "https://host:port" addresses, one scheme for
+  // all, and the TLS files (INVALID_ARGUMENT saying what to fix), and creates one channel per
+  // address.
   static absl::StatusOr<std::shared_ptr<Endpoints>> Create(
-      const std::vector<std::string>& addresses, CallLimits limits);
+      const std::vector<std::string>& addresses, CallLimits limits, const TlsFiles& tls);
 
   const CallLimits& default_limits() const { return limits_; }
 
