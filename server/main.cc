@@ -65,6 +65,12 @@ ABSL_FLAG(std::vector<std::string>, etcd_endpoints, {},
           "lease of --lease_s kept alive, under which --replica_id (then required) is claimed; "
           "the process refuses to start while another live process holds that --replica_id");
 ABSL_FLAG(std::string, etcd_prefix, "/ttt/v1/", "prefix of this deployment's keys in etcd");
+ABSL_FLAG(std::string, etcd_ca_file, "",
+          "https:// --etcd_endpoints: PEM CA bundle that signed etcd's certificates (empty: the "
+          "system's roots)");
+ABSL_FLAG(std::string, etcd_cert_file, "",
+          "https:// --etcd_endpoints: PEM client certificate for etcd's --client-cert-auth");
+ABSL_FLAG(std::string, etcd_key_file, "", "PEM private key of --etcd_cert_file");
 ABSL_FLAG(int64_t, persist_interval_s, 5,
           "write-behind: a changed session is written to the store at most this long after its "
           "last copy (0 = only at eviction and shutdown)");
@@ -106,16 +112,14 @@ namespace {
 // when etcd expires its lease, so the claim waits one lease and a second before it gives up.
 // Null without --etcd_endpoints.
 absl::StatusOr<std::unique_ptr<ttt::coord::KeptLease>> ClaimProcessIdentity(
-    const std::vector<std::string>& endpoints, const std::string& prefix,
-    const std::string& replica_id, int64_t lease_s) {
-  if (endpoints.empty()) return nullptr;
+    ttt::coord::EtcdClientOptions options, const std::string& prefix, const std::string& replica_id,
+    int64_t lease_s) {
+  if (options.endpoints.empty()) return nullptr;
   if (replica_id.empty()) {
     return absl::InvalidArgumentError(
         "--etcd_endpoints needs --replica_id: this process's label (e.g. the pod name), unique "
         "among live processes");
   }
-  ttt::coord::EtcdClientOptions options;
-  options.endpoints = endpoints;
   auto client = ttt::coord::EtcdClient::Create(options);
   if (!client.ok()) return client.status();
   auto lease = (*client)->GrantKept(absl::Seconds(lease_s));
@@ -195,8 +199,13 @@ int main(int argc, char** argv) {
   // SIGHUP re-reads the tokens and quotas files (they are also re-read when they change).
   ttt::auth::InstallSighupReload();
 
-  auto identity = ClaimProcessIdentity(absl::GetFlag(FLAGS_etcd_endpoints),
-                                       absl::GetFlag(FLAGS_etcd_prefix), o.replica_id, o.lease_s);
+  ttt::coord::EtcdClientOptions etcd;
+  etcd.endpoints = absl::GetFlag(FLAGS_etcd_endpoints);
+  etcd.tls_ca_file = absl::GetFlag(FLAGS_etcd_ca_file);
+  etcd.tls_cert_file = absl::GetFlag(FLAGS_etcd_cert_file);
+  etcd.tls_key_file = absl::GetFlag(FLAGS_etcd_key_file);
+  auto identity = ClaimProcessIdentity(std::move(etcd), absl::GetFlag(FLAGS_etcd_prefix),
+                                       o.replica_id, o.lease_s);
   if (!identity.ok()) {
     std::fprintf(stderr, "ttt-serve: %s\n", identity.status().ToString().c_str());
     return absl::IsInvalidArgument(identity.status()) ? 2 : 1;
