@@ -13,6 +13,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -803,6 +804,54 @@ TEST(EtcdClusterTest, ClientWorksThroughAnotherEndpointWhenTheLeaderIsKilled) {
   const int new_leader = cluster.Leader();
   EXPECT_GE(new_leader, 0);
   EXPECT_NE(new_leader, leader);
+}
+
+// ----- Measurement, not run by default: the etcd cost of a commit (issue 23 asks for it). -----
+// ./coord_test --gtest_also_run_disabled_tests --gtest_filter='EtcdCommitCost.*'
+
+// Commits `count` times (PutIfOwner of a head under an owner key), from `writers` threads at once,
+// and prints p50/p99 latency and the rate.
+void MeasureCommits(EtcdCluster& cluster, const std::string& label, int writers, int count) {
+  std::unique_ptr<EtcdClient> client = MakeClient(cluster.endpoints());
+  absl::StatusOr<std::unique_ptr<KeptLease>> lease = client->GrantKept(absl::Seconds(10));
+  ASSERT_TRUE(lease.ok()) << lease.status();
+  std::vector<std::vector<double>> latencies(writers);
+  const Clock::time_point start = Clock::now();
+  std::vector<std::thread> threads;
+  for (int w = 0; w < writers; ++w) {
+    threads.emplace_back([&, w] {
+      const std::string owner = absl::StrCat(label, "/", w, "/owner");
+      absl::StatusOr<int64_t> revision = client->CreateIfAbsent(owner, "r", (*lease)->id());
+      ASSERT_TRUE(revision.ok()) << revision.status();
+      for (int i = 0; i < count / writers; ++i) {
+        const Clock::time_point before = Clock::now();
+        ASSERT_TRUE(
+            client->PutIfOwner(owner, *revision, owner + "/head", std::string(200, 'h')).ok());
+        latencies[w].push_back(
+            std::chrono::duration<double, std::milli>(Clock::now() - before).count());
+      }
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  std::vector<double> all;
+  for (const auto& one : latencies) all.insert(all.end(), one.begin(), one.end());
+  std::sort(all.begin(), all.end());
+  ASSERT_FALSE(all.empty());
+  std::cout << label << ", " << writers << " writer(s): " << all.size() << " commits, p50 "
+            << all[all.size() / 2] << " ms, p99 " << all[all.size() * 99 / 100] << " ms, "
+            << all.size() / seconds << " commits/s\n";
+}
+
+TEST(EtcdCommitCost, DISABLED_OneMemberAndThreeMembers) {
+  for (int members : {1, 3}) {
+    const TempDir dir(absl::StrCat("cost-", members));
+    EtcdCluster cluster(members, dir.path());
+    ASSERT_NO_FATAL_FAILURE(cluster.Start());
+    const std::string label = absl::StrCat(members, " member(s)");
+    ASSERT_NO_FATAL_FAILURE(MeasureCommits(cluster, label, 1, 500));
+    ASSERT_NO_FATAL_FAILURE(MeasureCommits(cluster, label + " x8", 8, 2000));
+  }
 }
 
 }  // namespace
