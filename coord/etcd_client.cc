@@ -359,6 +359,11 @@ absl::StatusOr<int64_t> EtcdClient::Claim(const std::string& key, const std::str
   const Clock::time_point give_up = Clock::now() + absl::ToChronoNanoseconds(wait);
   for (;;) {
     absl::StatusOr<int64_t> created = CreateIfAbsent(key, value, lease);
+    if (absl::IsUnavailable(created.status()) && lease != 0) {
+      // Perhaps applied ("outcome unknown"): the key bound to this very lease is this claim's.
+      absl::StatusOr<KeyValue> held = Get(key);
+      if (held.ok() && held->lease == lease && held->value == value) return held->create_revision;
+    }
     if (!absl::IsFailedPrecondition(created.status())) return created;
     if (Clock::now() >= give_up) break;
     std::this_thread::sleep_for(kClaimPoll);

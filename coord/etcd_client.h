@@ -176,7 +176,8 @@ class EtcdClient {
   // Claims `key` for the holder of `lease`: CreateIfAbsent, retried while the key exists until
   // `wait` has passed (a holder that died frees it when etcd expires its lease, within that
   // lease's TTL). Returns the create revision. FAILED_PRECONDITION naming the holder (its value
-  // and lease) when the key is still held after `wait`.
+  // and lease) when the key is still held after `wait`. A create of unknown outcome counts as
+  // done when the key then holds `value` under `lease`.
   absl::StatusOr<int64_t> Claim(const std::string& key, const std::string& value, int64_t lease,
                                 absl::Duration wait);
   // Puts `key` = `value` (unbound to any lease) only if `owner_key` exists with create revision
