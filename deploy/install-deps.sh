@@ -29,6 +29,10 @@ build_pkgs=(build-essential cmake ninja-build pkg-config libtorch-dev libgrpc++-
 # auth/ reads client certificates with OpenSSL's X.509 API.
 build_pkgs+=(libssl-dev)
 runtime_pkgs+=(libssl3)
+# coord/ compiles etcd's own v3 API definitions (etcd's Go source package) and their imports
+# (gogoproto, google/api annotations) at build time.
+build_pkgs+=(golang-etcd-server-dev golang-github-gogo-protobuf-dev
+  golang-github-grpc-ecosystem-grpc-gateway-dev)
 test_pkgs=(python3 python3-torch python3-grpcio python3-grpc-tools python3-protobuf grpc-proto prometheus
   curl)
 # tests/deploy: the Helm chart renderer (Go text/template + sprig, as Helm) and linters.
@@ -42,6 +46,8 @@ test_pkgs+=(clang-14 libclang-rt-14-dev)
 test_pkgs+=(openssl)
 # tests/e2e/scaleout_e2e_test: HAProxy (the chart's router) in front of three replicas.
 test_pkgs+=(haproxy)
+# tests/coord_test: real etcd members on loopback (one, and a cluster of three).
+test_pkgs+=(etcd-server)
 # tests/deploy/image_test.sh: builds the Dockerfile with buildah on a debootstrap'd Debian 12 base.
 image_pkgs=(buildah debootstrap debian-archive-keyring)
 

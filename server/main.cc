@@ -1,13 +1,19 @@
 // ttt-serve: the gRPC session server. Flags: docs/contract.md. SIGTERM/SIGINT drain gracefully.
+#include <unistd.h>
+
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
+#include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
 #include "auth/token_store.h"
+#include "coord/etcd_client.h"
 #include "server/server.h"
 #include "util/malloc_tuning.h"
 
@@ -53,6 +59,18 @@ ABSL_FLAG(std::string, replica_id, "",
 ABSL_FLAG(int64_t, lease_s, 15,
           "shared store: a session's lease; another replica takes it over this long after its "
           "owner stops renewing (dies)");
+ABSL_FLAG(std::vector<std::string>, etcd_endpoints, {},
+          "etcd client URLs, comma-separated (host:port or http://host:port): the coordinator of "
+          "replicas (docs/coordination.md). So far it gives the process its identity: one etcd "
+          "lease of --lease_s kept alive, under which --replica_id (then required) is claimed; "
+          "the process refuses to start while another live process holds that --replica_id");
+ABSL_FLAG(std::string, etcd_prefix, "/ttt/v1/", "prefix of this deployment's keys in etcd");
+ABSL_FLAG(std::string, etcd_ca_file, "",
+          "https:// --etcd_endpoints: PEM CA bundle that signed etcd's certificates (empty: the "
+          "system's roots)");
+ABSL_FLAG(std::string, etcd_cert_file, "",
+          "https:// --etcd_endpoints: PEM client certificate for etcd's --client-cert-auth");
+ABSL_FLAG(std::string, etcd_key_file, "", "PEM private key of --etcd_cert_file");
 ABSL_FLAG(int64_t, persist_interval_s, 5,
           "write-behind: a changed session is written to the store at most this long after its "
           "last copy (0 = only at eviction and shutdown)");
@@ -89,6 +107,43 @@ ABSL_FLAG(std::string, quotas_file, "",
           "per-tenant quotas: '<tenant|*> live_sessions=N checkpoint_bytes=N "
           "ingest_tokens_per_s=R ingest_burst=N streams=N' per line; reloaded on change and "
           "SIGHUP (a bad file keeps the last good one)");
+
+namespace {
+
+// With --etcd_endpoints: the process's etcd lease, kept alive, with --replica_id claimed under it
+// (docs/coordination.md, "Process identity"). A previous incarnation that died frees the label
+// when etcd expires its lease, so the claim waits one lease and a second before it gives up.
+// Null without --etcd_endpoints.
+absl::StatusOr<std::unique_ptr<ttt::coord::KeptLease>> ClaimProcessIdentity(
+    ttt::coord::EtcdClientOptions options, const std::string& prefix, const std::string& replica_id,
+    int64_t lease_s) {
+  if (options.endpoints.empty()) return nullptr;
+  if (replica_id.empty()) {
+    return absl::InvalidArgumentError(
+        "--etcd_endpoints needs --replica_id: this process's label (e.g. the pod name), unique "
+        "among live processes");
+  }
+  auto client = ttt::coord::EtcdClient::Create(options);
+  if (!client.ok()) return client.status();
+  auto lease = (*client)->GrantKept(absl::Seconds(lease_s));
+  if (!lease.ok()) return lease.status();
+  char host[256] = "?";
+  gethostname(host, sizeof(host) - 1);
+  const std::string key = absl::StrCat(prefix, "replicas/", replica_id);
+  auto claimed = (*client)->Claim(key, absl::StrCat("pid ", getpid(), " on ", host), (*lease)->id(),
+                                  absl::Seconds(lease_s + 1));
+  if (absl::IsFailedPrecondition(claimed.status())) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("another live process holds --replica_id ", replica_id,
+                     "; give each process its own: ", claimed.status().message()));
+  }
+  if (!claimed.ok()) return claimed.status();
+  std::fprintf(stderr, "ttt-serve: replica %s holds etcd lease %lld (key %s)\n", replica_id.c_str(),
+               static_cast<long long>((*lease)->id()), key.c_str());
+  return std::move(*lease);
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   ttt::util::TuneMallocForTensors();
@@ -148,6 +203,18 @@ int main(int argc, char** argv) {
   // SIGHUP re-reads the tokens and quotas files (they are also re-read when they change).
   ttt::auth::InstallSighupReload();
 
+  ttt::coord::EtcdClientOptions etcd;
+  etcd.endpoints = absl::GetFlag(FLAGS_etcd_endpoints);
+  etcd.tls_ca_file = absl::GetFlag(FLAGS_etcd_ca_file);
+  etcd.tls_cert_file = absl::GetFlag(FLAGS_etcd_cert_file);
+  etcd.tls_key_file = absl::GetFlag(FLAGS_etcd_key_file);
+  auto identity = ClaimProcessIdentity(std::move(etcd), absl::GetFlag(FLAGS_etcd_prefix),
+                                       o.replica_id, o.lease_s);
+  if (!identity.ok()) {
+    std::fprintf(stderr, "ttt-serve: %s\n", identity.status().ToString().c_str());
+    return absl::IsInvalidArgument(identity.status()) ? 2 : 1;
+  }
+
   auto server = ttt::server::Server::Start(o);
   if (!server.ok()) {
     std::fprintf(stderr, "ttt-serve: %s\n", server.status().ToString().c_str());
@@ -164,6 +231,11 @@ int main(int argc, char** argv) {
   std::fprintf(stderr, "ttt-serve: signal %d: draining (up to %lds)\n", sig,
                static_cast<long>(o.drain_timeout_s));
   (*server)->Shutdown();
+  if (*identity != nullptr) {
+    // Frees --replica_id at once for the next process (a killed one frees it at lease expiry).
+    const absl::Status revoked = (*identity)->Revoke();
+    if (!revoked.ok()) std::fprintf(stderr, "ttt-serve: %s\n", revoked.ToString().c_str());
+  }
   std::fprintf(stderr, "ttt-serve: stopped\n");
   return 0;
 }
