@@ -173,8 +173,14 @@ MHD_Result HttpExposer::State::Answer(void* cls, MHD_Connection* c, const char* 
     *upload_data_size = 0;
     return MHD_YES;
   }
-  if (path != "/metrics" && path != "/") return Respond(c, MHD_HTTP_NOT_FOUND, "try /metrics\n");
   try {  // nothing may unwind through libmicrohttpd's C frames
+    if (path == "/readyz" && s->options.ready) {
+      return s->options.ready() ? Respond(c, MHD_HTTP_OK, "ready\n")
+                                : Respond(c, MHD_HTTP_SERVICE_UNAVAILABLE, "not ready\n");
+    }
+    if (path != "/metrics" && path != "/") {
+      return Respond(c, MHD_HTTP_NOT_FOUND, "try /metrics\n");
+    }
     if (s->options.authorize) {
       const char* header =
           MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);

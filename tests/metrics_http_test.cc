@@ -1,7 +1,7 @@
 // server/metrics_http: the /metrics endpoint against hostile clients over real loopback sockets.
 // Functional checks only (no timed assertions): a scrape is answered while slow and idle
 // connections are still open; a client that trickles bytes is cut off by the request deadline
-// although it is never idle; an oversized header gets 431; routes and methods.
+// although it is never idle; an oversized header gets 431; routes and methods; /readyz.
 #include "server/metrics_http.h"
 
 #include <arpa/inet.h>
@@ -12,6 +12,8 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstring>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -128,6 +130,35 @@ TEST(HttpExposerTest, AnswersNotFoundAndMethodNotAllowed) {
       "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
   EXPECT_EQ(post.rfind("HTTP/1.1 405", 0), 0u) << post;
   EXPECT_NE(post.find("Allow: GET, HEAD"), std::string::npos) << post;
+}
+
+// /readyz follows options.ready (SIGTERM: 503 while the server still answers calls) and is not
+// behind the scrape's authorization: probes carry no token.
+TEST(HttpExposerTest, ReadyzAnswersFromTheReadyCallbackWithoutAuthorization) {
+  std::atomic<bool> ready{true};
+  HttpExposerOptions options;
+  options.ready = [&ready] { return ready.load(); };
+  options.authorize = [](const std::optional<std::string>&) {
+    return absl::UnauthenticatedError("no token");
+  };
+  auto exposer = HttpExposer::Start("127.0.0.1:0", Body("x 1\n"), options);
+  ASSERT_TRUE(exposer.ok()) << exposer.status();
+  const int port = (*exposer)->port();
+  const std::string serving = Get(port, "/readyz");
+  EXPECT_EQ(serving.rfind("HTTP/1.1 200", 0), 0u) << serving;
+  EXPECT_NE(serving.find("\r\n\r\nready\n"), std::string::npos) << serving;
+  ready = false;
+  const std::string draining = Get(port, "/readyz");
+  EXPECT_EQ(draining.rfind("HTTP/1.1 503", 0), 0u) << draining;
+  EXPECT_NE(draining.find("\r\n\r\nnot ready\n"), std::string::npos) << draining;
+  EXPECT_EQ(Get(port, "/metrics").rfind("HTTP/1.1 401", 0), 0u);
+}
+
+TEST(HttpExposerTest, ReadyzIsNotFoundWithoutAReadyCallback) {
+  auto exposer = HttpExposer::Start("127.0.0.1:0", Body("x 1\n"));
+  ASSERT_TRUE(exposer.ok()) << exposer.status();
+  const std::string r = Get((*exposer)->port(), "/readyz");
+  EXPECT_EQ(r.rfind("HTTP/1.1 404", 0), 0u) << r;
 }
 
 TEST(HttpExposerTest, OversizedHeaderGets431) {
