@@ -2,8 +2,9 @@
 """Scale-out end to end (issue 13, item 4): three ttt-serve replicas on loopback sharing one
 session store, behind Debian's HAProxy 2.6 running the haproxy.cfg RENDERED FROM THE HELM CHART
 (helm/ttt-serve/templates/haproxy.yaml, values tests/deploy/values/scaleout-haproxy.yaml; only the
-bind and server addresses are replaced by loopback ones). The replicas' store flags
-(--durability, --lease_s, --persist_interval_s) come from the rendered StatefulSet too.
+bind and server addresses and each server's check port are replaced by loopback ones), which
+checks each replica's /readyz. The replicas' store flags (--durability, --lease_s,
+--persist_interval_s) and --shutdown_delay_s come from the rendered StatefulSet too.
 
 Scenario:
   1. Clients create sessions with their own ids and ingest through the proxy (sync durability:
@@ -13,7 +14,8 @@ Scenario:
      over once the dead replica's lease expires. On resuming, every acknowledged token is there
      (the session's position in the store is at least what was acknowledged).
   3. A rolling restart (SIGTERM, start again, one replica at a time) while clients keep
-     ingesting and scoring: no call fails beyond UNAVAILABLEs that a retry gets past.
+     ingesting and scoring, also during each replica's shutdown delay (not ready, still taking
+     calls): no call fails beyond UNAVAILABLEs that a retry gets past.
   4. Every score along the way is bit-identical (float32 bits) to the same stream on a single
      server. Calls are made one at a time, so batches hold one session's message, as there.
 
@@ -81,28 +83,30 @@ def render_chart(tmp):
         if doc["kind"] == "StatefulSet":
             args = doc["spec"]["template"]["spec"]["containers"][0]["args"]
             flags = [a for a in args if a.split("=")[0] in
-                     ("--durability", "--lease_s", "--persist_interval_s")]
-    if cfg is None or len(flags) != 3:
+                     ("--durability", "--lease_s", "--persist_interval_s", "--shutdown_delay_s")]
+    if cfg is None or len(flags) != 4:
         raise RuntimeError("the chart rendered no haproxy.cfg or no store flags:\n" + out[:2000])
     return cfg, flags
 
 
-def loopback_cfg(cfg, proxy_port, replica_ports):
-    """The rendered config with loopback addresses: the bind line and each server's address."""
+def loopback_cfg(cfg, proxy_port, replicas):
+    """The rendered config with loopback addresses: the bind line, each server's address and the
+    port its /readyz check goes to (replicas: (gRPC port, metrics port) each)."""
     cfg, n = re.subn(r"(?m)^(\s*bind )\S+( proto h2)$", r"\g<1>127.0.0.1:%d\2" % proxy_port, cfg)
     assert n == 1, cfg
-    servers = iter(replica_ports)
+    servers = iter(replicas)
 
     def server(m):
-        return "%sserver %s 127.0.0.1:%d" % (m.group(1), m.group(2), next(servers))
+        return "%sserver %s 127.0.0.1:%d port %d" % ((m.group(1), m.group(2)) + next(servers))
     cfg, n = re.subn(r"(?m)^(\s*)server (\S+) \S+$", server, cfg)
-    assert n == len(replica_ports), cfg
+    assert n == len(replicas), cfg
     return cfg
 
 
 class Replica:
     def __init__(self, name, port, store, flags, log_dir):
         self.name, self.port, self.store, self.flags = name, port, store, flags
+        self.metrics_port = free_port()
         self.log_path = os.path.join(log_dir, name + ".log")
         self.proc = None
 
@@ -110,8 +114,9 @@ class Replica:
         with open(self.log_path, "a") as log:
             self.proc = subprocess.Popen(
                 [ARGS.server, "--model=" + ARGS.model, "--listen=127.0.0.1:%d" % self.port,
-                 "--metrics_listen=127.0.0.1:%d" % free_port(), "--checkpoint_dir=" + self.store,
-                 "--drain_timeout_s=5"] + (["--replica_id=" + self.name] if self.flags else [])
+                 "--metrics_listen=127.0.0.1:%d" % self.metrics_port,
+                 "--checkpoint_dir=" + self.store, "--drain_timeout_s=5"]
+                + (["--replica_id=" + self.name] if self.flags else ["--shutdown_delay_s=0"])
                 + self.flags,
                 stdout=log, stderr=subprocess.STDOUT)
         if not wait_port(self.port, self.proc, 60):
@@ -251,7 +256,7 @@ class ScaleOutTest(unittest.TestCase):
 
     def start_proxy(self, cfg_text):
         port = free_port()
-        cfg = loopback_cfg(cfg_text, port, [r.port for r in self.replicas])
+        cfg = loopback_cfg(cfg_text, port, [(r.port, r.metrics_port) for r in self.replicas])
         path = os.path.join(self.tmp, "haproxy.cfg")
         with open(path, "w") as f:
             f.write(cfg)
@@ -286,6 +291,7 @@ class ScaleOutTest(unittest.TestCase):
         self.assertIn("--durability=sync", flags)
         self.assertIn("balance hdr(x-session-id)", cfg_text)
         self.assertIn("hash-type consistent", cfg_text)
+        self.assertIn("http-check send meth GET uri /readyz", cfg_text)
 
         # The reference: one server, no store sharing.
         self.single = Replica("single", free_port(), os.path.join(self.tmp, "single"), [],
@@ -347,16 +353,23 @@ class ScaleOutTest(unittest.TestCase):
         unavailable_after_kill, resets_after_kill = client.unavailable, client.resets
         victim.start()  # back on the same port and name: the ring is whole again
 
-        # 3. Rolling restart, one replica at a time, while the client keeps going.
+        # 3. Rolling restart, one replica at a time, while the client keeps going: first during
+        # the replica's shutdown delay (it reports not ready, HAProxy's /readyz check takes it out
+        # of the ring, it still answers what reaches it), then while it is down.
         pending = {sid: PHASE_A for sid in SESSIONS}
         restart_log = []
+        unavailable_before_restart = client.unavailable
         for r in self.replicas:
-            self.assertEqual(r.stop(signal.SIGTERM), 0, r.output()[-2000:])
-            # Calls while it is down: its sessions move to the others.
+            r.proc.send_signal(signal.SIGTERM)
             for sid in SESSIONS[:3]:
                 if pending[sid] < PIECES:
                     pending[sid] += 1
                     client.ingest(sid, pending[sid])
+                check_score(sid)
+            self.assertEqual(r.proc.wait(timeout=120), 0, r.output()[-2000:])
+            self.assertIn("not serving; taking calls", r.output())
+            # Calls while it is down: its sessions move to the others.
+            for sid in SESSIONS[:3]:
                 check_score(sid)
             r.start()
             restart_log.append(r.name)
@@ -379,11 +392,13 @@ class ScaleOutTest(unittest.TestCase):
         client.channel.close()
         print("scaleout: %d sessions, %d replicas; SIGKILL of %s (held %s) -> %s took %s over, "
               "its stream resumed and done %.2f s after the kill (lease %s); %d UNAVAILABLE and %d "
-              "stream resets retried by then, %d UNAVAILABLE in all (rolling restart of %s, %d "
-              "sessions handed back on request); whole test %.1f s"
+              "stream resets retried by then, %d UNAVAILABLE in all, %d of them in the rolling "
+              "restart of %s (%s; %d sessions handed back on request); whole test %.1f s"
               % (len(SESSIONS), len(self.replicas), victim.name, moved, new_owner, victim_sid,
                  failover_s, [f for f in flags if f.startswith("--lease_s")][0],
-                 unavailable_after_kill, resets_after_kill, client.unavailable, restart_log,
+                 unavailable_after_kill, resets_after_kill, client.unavailable,
+                 client.unavailable - unavailable_before_restart, restart_log,
+                 [f for f in flags if f.startswith("--shutdown_delay_s")][0],
                  handovers, time.time() - started), file=sys.stderr)
         self._ok = True
 

@@ -84,7 +84,15 @@ app.kubernetes.io/part-of: ttt-serve
 - {{ printf "--max_batch_tokens=%d" ($s.maxBatchTokens | int64) | quote }}
 - {{ printf "--max_decode_batch_tokens=%d" ($s.maxDecodeBatchTokens | int64) | quote }}
 - {{ printf "--checkpoint_on_shutdown=%t" $s.checkpointOnShutdown | quote }}
+- {{ printf "--shutdown_delay_s=%d" ($s.shutdownDelayS | int64) | quote }}
 - {{ printf "--drain_timeout_s=%d" ($s.drainTimeoutS | int64) | quote }}
+{{- /* The engine's threads: server.torchThreads, else the CPU request (TTT_CPU_REQUEST, the
+downward API; Kubernetes expands $(...) in args). */}}
+{{- if $s.torchThreads }}
+- {{ printf "--threads=%v" $s.torchThreads | quote }}
+{{- else }}
+- "--threads=$(TTT_CPU_REQUEST)"
+{{- end }}
 {{- if eq .Values.persistence.mode "shared" }}
 {{- /* The shared volume is a session store: each replica leases the sessions it serves. */}}
 - "--replica_id=$(POD_NAME)"
