@@ -18,7 +18,9 @@
 namespace ttt::server {
 
 struct HttpExposerOptions {
-  // Connections open at once; further ones wait in the listen backlog (a scraper retries).
+  // Connections open at once. A new connection past it closes the connection idle longest (no
+  // request in flight: connected and silent, or between requests), so idle clients cannot lock a
+  // scraper out; with none idle the new connection is closed.
   unsigned max_connections = 128;
   // A connection that sends or reads nothing for this long is closed.
   unsigned idle_timeout_s = 15;

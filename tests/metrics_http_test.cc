@@ -203,6 +203,82 @@ TEST(HttpExposerTest, ScrapeIsAnsweredWhileSlowAndIdleConnectionsStayOpen) {
   close(slow);
 }
 
+// 200 idle connections against a cap of 128 (idle timeout and deadline far away): each newcomer
+// past the cap closes the connection idle longest, so a scrape is still answered (before, the cap
+// left it unanswered until idle connections timed out), and the newest connections stay open.
+TEST(HttpExposerTest, ScrapeIsAnsweredWithTheConnectionCapFullOfIdleClients) {
+  HttpExposerOptions options;
+  options.max_connections = 128;
+  options.idle_timeout_s = 600;
+  options.request_deadline = std::chrono::seconds(600);
+  auto exposer = HttpExposer::Start("127.0.0.1:0", Body("x 1\n"), options);
+  ASSERT_TRUE(exposer.ok()) << exposer.status();
+  const int port = (*exposer)->port();
+  std::vector<int> idle;
+  for (int i = 0; i < 200; ++i) idle.push_back(Connect(port));
+
+  const int scrape = Connect(port);
+  const timeval wait{60, 0};  // far less than the idle timeout that freed slots before
+  setsockopt(scrape, SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof(wait));
+  SendAll(scrape, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  const std::string r = ReadAll(scrape);
+  close(scrape);
+  EXPECT_EQ(r.rfind("HTTP/1.1 200", 0), 0u) << "no answer with 200 idle connections: " << r;
+
+  // The oldest were closed to make room, never the newest; at most the cap stays open.
+  int open = 0;
+  for (int fd : idle) open += StillOpen(fd) ? 1 : 0;
+  EXPECT_LE(open, 128);
+  EXPECT_FALSE(StillOpen(idle.front())) << "the connection idle longest is still open";
+  EXPECT_TRUE(StillOpen(idle.back())) << "the newest idle connection was closed";
+  for (int fd : idle) close(fd);
+}
+
+// True once the server has closed `fd` (EOF or reset), waiting up to 60 s for it.
+bool ClosedByServer(int fd) {
+  pollfd p{fd, POLLIN, 0};
+  if (poll(&p, 1, 60000) != 1) return false;
+  char c;
+  return recv(fd, &c, 1, MSG_DONTWAIT | MSG_PEEK) <= 0;
+}
+
+// A connection with a response in flight is never the one closed to make room: with the cap
+// (1) taken by a client that has not read its 32 MiB answer yet, the newcomer is closed; once
+// the answer is read, that connection is idle and the next newcomer closes it instead.
+TEST(HttpExposerTest, AtTheCapAResponseInFlightIsKeptAndTheNewcomerClosed) {
+  HttpExposerOptions options;
+  options.max_connections = 1;
+  options.idle_timeout_s = 600;
+  options.request_deadline = std::chrono::seconds(600);
+  std::atomic<int> renders{0};
+  auto exposer = HttpExposer::Start(
+      "127.0.0.1:0",
+      [&renders] {
+        ++renders;
+        return std::string(32 << 20, 'x');  // more than the loopback socket buffers hold
+      },
+      options);
+  ASSERT_TRUE(exposer.ok()) << exposer.status();
+  const int port = (*exposer)->port();
+  const int busy = Connect(port);
+  SendAll(busy, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  for (int i = 0; i < 6000 && renders == 0; ++i) std::this_thread::sleep_for(milliseconds(10));
+  ASSERT_EQ(renders, 1);
+
+  const int newcomer = Connect(port);
+  EXPECT_TRUE(ClosedByServer(newcomer)) << "the newcomer past the cap was kept";
+  close(newcomer);
+  EXPECT_TRUE(StillOpen(busy)) << "a connection with its response in flight was closed";
+
+  EXPECT_GE(ReadAll(busy).size(), size_t{32 << 20});  // the server closes it after the answer
+  close(busy);
+  const int next = Connect(port);
+  const std::string r = Get(port, "/metrics");  // room again: `next` is idle, so this one stays
+  EXPECT_EQ(r.rfind("HTTP/1.1 200", 0), 0u) << r.substr(0, 100);
+  EXPECT_TRUE(ClosedByServer(next)) << "the idle connection was kept over a scrape";
+  close(next);
+}
+
 TEST(HttpExposerTest, RequestDeadlineCutsOffAClientThatIsNeverIdle) {
   HttpExposerOptions options;
   options.idle_timeout_s = 60;
