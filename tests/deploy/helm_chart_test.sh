@@ -43,5 +43,6 @@ render scaleout scaleout.yaml
 render secured secured.yaml
 render scaleout-haproxy scaleout-haproxy.yaml
 render hpa-haproxy hpa-haproxy.yaml
+render haproxy-tls haproxy-tls.yaml
 
 go test -p 1 -count=1 .

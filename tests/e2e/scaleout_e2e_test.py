@@ -19,6 +19,10 @@ Scenario:
   4. Every score along the way is bit-identical (float32 bits) to the same stream on a single
      server. Calls are made one at a time, so batches hold one session's message, as there.
 
+A second test runs the chart's TLS router (values tests/deploy/values/haproxy-tls.yaml, certificates
+made by openssl at test time): clients speak TLS to HAProxy, which re-encrypts to two TLS replicas
+and verifies them against the CA; sessions still spread by their header; plaintext is refused.
+
 Usage: scaleout_e2e_test.py --server PATH/ttt-serve --model DIR --proto DIR --source REPO_ROOT
 Loopback only, free ports, bounded (a deadline per call, ~60 s in all).
 """
@@ -60,7 +64,7 @@ def wait_port(port, proc, timeout):
     return False
 
 
-def render_chart(tmp):
+def render_chart(tmp, values="scaleout-haproxy.yaml"):
     """Renders the chart with the repo's renderer (tests/deploy/helmrender, as helm_chart_test.sh)
     and returns (haproxy.cfg text, store flags of the StatefulSet's server)."""
     import yaml
@@ -72,7 +76,7 @@ def render_chart(tmp):
     out = subprocess.run(
         [binary, "-chart", os.path.join(ARGS.source, "helm/ttt-serve"), "-release", "ttt",
          "-namespace", "serving", "-f",
-         os.path.join(ARGS.source, "tests/deploy/values/scaleout-haproxy.yaml")],
+         os.path.join(ARGS.source, "tests/deploy/values", values)],
         check=True, capture_output=True, text=True, timeout=60).stdout
     cfg, flags = None, []
     for doc in yaml.safe_load_all(out):
@@ -92,7 +96,7 @@ def render_chart(tmp):
 def loopback_cfg(cfg, proxy_port, replicas):
     """The rendered config with loopback addresses: the bind line, each server's address and the
     port its /readyz check goes to (replicas: (gRPC port, metrics port) each)."""
-    cfg, n = re.subn(r"(?m)^(\s*bind )\S+( proto h2)$", r"\g<1>127.0.0.1:%d\2" % proxy_port, cfg)
+    cfg, n = re.subn(r"(?m)^(\s*bind ):\d+( .*)$", r"\g<1>127.0.0.1:%d\2" % proxy_port, cfg)
     assert n == 1, cfg
     servers = iter(replicas)
 
@@ -104,9 +108,10 @@ def loopback_cfg(cfg, proxy_port, replicas):
 
 
 class Replica:
-    def __init__(self, name, port, store, flags, log_dir):
+    def __init__(self, name, port, store, flags, log_dir, tls_flags=()):
         self.name, self.port, self.store, self.flags = name, port, store, flags
         self.metrics_port = free_port()
+        self.tls_flags = list(tls_flags)
         self.log_path = os.path.join(log_dir, name + ".log")
         self.proc = None
 
@@ -117,7 +122,7 @@ class Replica:
                  "--metrics_listen=127.0.0.1:%d" % self.metrics_port,
                  "--checkpoint_dir=" + self.store, "--drain_timeout_s=5"]
                 + (["--replica_id=" + self.name] if self.flags else ["--shutdown_delay_s=0"])
-                + self.flags,
+                + self.flags + self.tls_flags,
                 stdout=log, stderr=subprocess.STDOUT)
         if not wait_port(self.port, self.proc, 60):
             raise RuntimeError("%s did not start:\n%s" % (self.name, self.output()))
@@ -146,8 +151,9 @@ class Client:
     """Calls through the proxy, one at a time, retrying UNAVAILABLE (and only that) with backoff.
     Every call carries x-session-id, the key HAProxy hashes."""
 
-    def __init__(self, port, pieces, probe):
-        self.channel = grpc.insecure_channel("127.0.0.1:%d" % port)
+    def __init__(self, port, pieces, probe, ca=None):
+        self.channel = (grpc.secure_channel("localhost:%d" % port, grpc.ssl_channel_credentials(ca))
+                        if ca else grpc.insecure_channel("127.0.0.1:%d" % port))
         self.stub = pb_grpc.TttServiceStub(self.channel)
         self.pieces, self.probe = pieces, probe
         self.acked = {sid: 0 for sid in pieces}    # pieces acknowledged per session
@@ -254,9 +260,11 @@ class ScaleOutTest(unittest.TestCase):
                     print("---- haproxy\n" + f.read()[-3000:], file=sys.stderr)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
-    def start_proxy(self, cfg_text):
+    def start_proxy(self, cfg_text, tls_dir=None):
         port = free_port()
         cfg = loopback_cfg(cfg_text, port, [(r.port, r.metrics_port) for r in self.replicas])
+        if tls_dir is not None:  # where the router's Deployment mounts the Secret
+            cfg = cfg.replace("/usr/local/etc/haproxy-tls", tls_dir)
         path = os.path.join(self.tmp, "haproxy.cfg")
         with open(path, "w") as f:
             f.write(cfg)
@@ -400,6 +408,53 @@ class ScaleOutTest(unittest.TestCase):
                  client.unavailable - unavailable_before_restart, restart_log,
                  [f for f in flags if f.startswith("--shutdown_delay_s")][0],
                  handovers, time.time() - started), file=sys.stderr)
+        self._ok = True
+
+
+    def test_tls_through_haproxy(self):
+        cfg_text, flags = render_chart(self.tmp, "haproxy-tls.yaml")
+        self.assertIn("ssl crt /usr/local/etc/haproxy-tls/tls.crt alpn h2", cfg_text)
+        self.assertIn("ssl alpn h2 verify required ca-file", cfg_text)
+        # The Secret as the router mounts it: tls.crt, its key as tls.crt.key, ca.crt.
+        tls = os.path.join(self.tmp, "tls")
+        os.makedirs(tls)
+
+        def openssl(*args):
+            subprocess.run(["openssl"] + list(args), cwd=tls, check=True, capture_output=True)
+        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        openssl("req", "-x509", *ec, "-days", "2", "-keyout", "ca.key", "-out", "ca.crt",
+                "-subj", "/CN=test-ca")
+        openssl("req", *ec, "-keyout", "tls.crt.key", "-out", "tls.csr", "-subj", "/CN=ttt-serve")
+        with open(os.path.join(tls, "san.ext"), "w") as f:
+            f.write("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+        openssl("x509", "-req", "-in", "tls.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+                "-CAcreateserial", "-days", "2", "-out", "tls.crt", "-extfile", "san.ext")
+        with open(os.path.join(tls, "ca.crt"), "rb") as f:
+            ca = f.read()
+
+        self.store = os.path.join(self.tmp, "store")
+        tls_flags = ["--tls_cert_file=" + os.path.join(tls, "tls.crt"),
+                     "--tls_key_file=" + os.path.join(tls, "tls.crt.key")]
+        self.replicas = [Replica("r%d" % i, free_port(), self.store, flags, self.tmp, tls_flags)
+                         for i in range(2)]
+        for r in self.replicas:
+            r.start()
+        port = self.start_proxy(cfg_text, tls)
+
+        sids = ["tls-%d" % i for i in range(8)]
+        client = Client(port, {sid: [] for sid in sids}, [], ca=ca)
+        for sid in sids:
+            client.create(sid)
+            self.assertEqual(client.position(sid), 0)
+        self.assertEqual(client.errors, [])
+        owners = {self.owner_of(sid) for sid in sids}
+        self.assertEqual(owners, {"r0", "r1"}, "the TLS router spread no sessions")
+        client.channel.close()
+        # Plaintext to the router is refused (it speaks only TLS).
+        with grpc.insecure_channel("127.0.0.1:%d" % port) as plain:
+            with self.assertRaises(grpc.RpcError) as refused:
+                pb_grpc.TttServiceStub(plain).GetServerInfo(pb.GetServerInfoRequest(), timeout=10)
+            self.assertEqual(refused.exception.code(), grpc.StatusCode.UNAVAILABLE)
         self._ok = True
 
 

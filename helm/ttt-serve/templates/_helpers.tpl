@@ -128,8 +128,8 @@ files; refuses combinations that cannot work. */}}
 {{- if and $sec.tls .Values.routing.envoy.enabled }}
 {{- fail "routing.envoy speaks plaintext to the replicas: it cannot front security.tls yet" }}
 {{- end }}
-{{- if and $sec.tls .Values.routing.haproxy.enabled }}
-{{- fail "routing.haproxy speaks plaintext (h2c) to the replicas: it cannot front security.tls yet" }}
+{{- if and $sec.mutualTls .Values.routing.haproxy.enabled }}
+{{- fail "routing.haproxy terminates TLS: the replicas would see the router's connection, not the client's certificate (the tenant under security.mutualTls); behind the router use security.tokens for tenants" }}
 {{- end }}
 {{- if gt (int $sec.healthPort) 0 }}
 - {{ printf "--health_listen=0.0.0.0:%d" ($sec.healthPort | int64) | quote }}

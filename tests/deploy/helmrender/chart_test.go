@@ -248,7 +248,7 @@ func containerPort(c obj, name string) int {
 }
 
 var scenarios = [][]string{{}, {"gpu-monitoring-hpa.yaml"}, {"scaleout.yaml"}, {"secured.yaml"},
-	{"scaleout-haproxy.yaml"}, {"hpa-haproxy.yaml"}}
+	{"scaleout-haproxy.yaml"}, {"hpa-haproxy.yaml"}, {"haproxy-tls.yaml"}}
 
 func TestFlagsArePortsAndNamesOfTheContract(t *testing.T) {
 	c := parseContract(t)
@@ -487,6 +487,8 @@ func TestSecurityValuesThatCannotWorkAreRefused(t *testing.T) {
 		"metricsTls": {"security:\n  metricsTls: true\n", "metricsTls reads tls.crt"},
 		"quotasNone": {"quotas:\n  enabled: true\n", "set quotas.rules"},
 		"envoyTls": {"secret:\n  existingSecret: s\nsecurity:\n  tls: true\nrouting:\n  envoy:\n    enabled: true\n", "cannot front security.tls"},
+		"haproxyMtls": {"secret:\n  existingSecret: s\nsecurity:\n  tls: true\n  mutualTls: true\nrouting:\n  haproxy:\n    enabled: true\n",
+			"not the client's certificate"},
 	} {
 		f := filepath.Join(t.TempDir(), name+".yaml")
 		os.WriteFile(f, []byte(c.text), 0o644)
@@ -876,6 +878,61 @@ func TestHaproxyFollowsThePodsTheHpaCanAddAndChecksReadyz(t *testing.T) {
 	}
 	if !router {
 		t.Errorf("the NetworkPolicy keeps the router from the metrics port (/readyz): %v", get(np.o, "spec", "ingress"))
+	}
+}
+
+// With security.tls the HAProxy router terminates TLS with the Secret's certificate (its key
+// projected where HAProxy looks: tls.crt.key) and re-encrypts to the replicas, verifying them
+// against ca.crt unless routing.haproxy.verifyReplicas is off.
+func TestHaproxyTerminatesTlsAndReencryptsToTheReplicas(t *testing.T) {
+	r := render(t, "haproxy-tls.yaml")
+	cfg := haproxyCfg(r)
+	for _, want := range []string{"bind :8080 ssl crt /usr/local/etc/haproxy-tls/tls.crt alpn h2\n",
+		"default-server ssl alpn h2 verify required ca-file /usr/local/etc/haproxy-tls/ca.crt\n",
+		"default-server proto h2 check port "} {
+		if !strings.Contains(cfg, want) {
+			t.Errorf("haproxy.cfg lacks %q:\n%s", want, cfg)
+		}
+	}
+	var router manifest
+	for _, d := range r.find("Deployment") {
+		if strings.HasSuffix(d.name(), "-haproxy") {
+			router = d
+		}
+	}
+	pod := get(router.o, "spec", "template", "spec")
+	if num(pod, "securityContext", "fsGroup") != 99 {
+		t.Errorf("router fsGroup %v: HAProxy (uid 99) cannot read the Secret's 0440 files", get(pod, "securityContext"))
+	}
+	items := map[string]string{}
+	for _, v := range list(pod, "volumes") {
+		if str(v, "name") == "tls" && str(v, "secret", "secretName") == "ttt-serve-tls" {
+			for _, it := range list(v, "secret", "items") {
+				items[str(it, "key")] = str(it, "path")
+			}
+		}
+	}
+	if items["tls.crt"] != "tls.crt" || items["tls.key"] != "tls.crt.key" || items["ca.crt"] != "ca.crt" {
+		t.Errorf("router's Secret items %v, want tls.crt, tls.key as tls.crt.key, ca.crt", items)
+	}
+	mounted := false
+	for _, m := range list(pod, "containers", 0, "volumeMounts") {
+		mounted = mounted || (str(m, "name") == "tls" && str(m, "mountPath") == "/usr/local/etc/haproxy-tls")
+	}
+	if !mounted {
+		t.Errorf("the router does not mount the Secret where haproxy.cfg reads it")
+	}
+
+	f := filepath.Join(t.TempDir(), "noverify.yaml")
+	os.WriteFile(f, []byte("routing:\n  haproxy:\n    verifyReplicas: false\n"), 0o644)
+	root := repoRoot(t)
+	out, err := Render(filepath.Join(root, "helm/ttt-serve"), Options{ValuesFiles: []string{
+		filepath.Join(root, "tests/deploy/values/haproxy-tls.yaml"), f}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if text := out.Stream(); !strings.Contains(text, "default-server ssl alpn h2 verify none\n") || strings.Contains(text, "key: ca.crt") {
+		t.Errorf("verifyReplicas false: want verify none and no ca.crt item")
 	}
 }
 
