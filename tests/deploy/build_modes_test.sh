@@ -26,7 +26,8 @@ check_serve() {
       cat "$scratch/ctest.log"
       fail "ctest --no-tests=error passed in a build folder with no tests"
     fi
-    grep -q 'No tests were found' "$scratch/ctest.log" || { cat "$scratch/ctest.log"; fail "ctest"; }
+    grep -q 'No tests were found' "$scratch/ctest.log" \
+      || { cat "$scratch/ctest.log"; fail "ctest did not say why it failed"; }
     echo "serve: tests off, ctest --no-tests=error refuses: ok"
   else
     echo "serve: tests off: ok"
