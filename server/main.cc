@@ -1,8 +1,13 @@
-// ttt-serve: the gRPC session server. Flags: docs/contract.md. SIGTERM/SIGINT drain gracefully.
+// ttt-serve: the gRPC session server. Flags: docs/contract.md. SIGTERM/SIGINT stop gracefully:
+// not ready at once (health NOT_SERVING, /readyz 503) while still taking calls for
+// --shutdown_delay_s, so load balancers move away first; then drain and persist. A second signal
+// cuts the delay short.
 #include <unistd.h>
 
+#include <cerrno>
 #include <csignal>
 #include <cstdio>
+#include <ctime>
 #include <filesystem>
 #include <memory>
 #include <string>
@@ -47,7 +52,11 @@ ABSL_FLAG(int64_t, max_decode_batch_tokens, 64,
           "decode first, then pieces of ingests up to this in all, at least a quarter of it "
           "(bounds inter-token latency while long ingests run)");
 ABSL_FLAG(bool, checkpoint_on_shutdown, true, "checkpoint live sessions on SIGTERM");
-ABSL_FLAG(int64_t, drain_timeout_s, 20, "grace for in-flight calls on SIGTERM");
+ABSL_FLAG(int64_t, shutdown_delay_s, 5,
+          "on SIGTERM, report NOT_SERVING (gRPC health, /readyz) but keep accepting calls this "
+          "long, so load balancers stop routing here before the listener closes; then drain");
+ABSL_FLAG(int64_t, drain_timeout_s, 20,
+          "grace for in-flight calls on SIGTERM, after --shutdown_delay_s");
 ABSL_FLAG(int32_t, threads, 0, "CPU threads for the engine (0 = all cores)");
 ABSL_FLAG(int64_t, max_concurrent_imports, 4,
           "ImportSession calls at once; more get RESOURCE_EXHAUSTED");
@@ -143,6 +152,24 @@ absl::StatusOr<std::unique_ptr<ttt::coord::KeptLease>> ClaimProcessIdentity(
   return std::move(*lease);
 }
 
+// Waits up to `seconds` for another of `signals`; true when one came.
+bool AwaitSignal(const sigset_t& signals, int64_t seconds) {
+  timespec until{};
+  clock_gettime(CLOCK_MONOTONIC, &until);
+  until.tv_sec += seconds;
+  for (;;) {
+    timespec now{};
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    timespec left{until.tv_sec - now.tv_sec, until.tv_nsec - now.tv_nsec};
+    if (left.tv_nsec < 0) {
+      left.tv_nsec += 1000000000L;
+      --left.tv_sec;
+    }
+    if (left.tv_sec < 0) return false;
+    if (sigtimedwait(&signals, nullptr, &left) >= 0) return true;
+    if (errno == EAGAIN) return false;  // EINTR (another signal, e.g. SIGHUP): wait the rest
+  }
+}
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -188,6 +215,12 @@ int main(int argc, char** argv) {
     return 2;
   }
   o.sync_durability = durability == "sync";
+  const int64_t shutdown_delay_s = absl::GetFlag(FLAGS_shutdown_delay_s);
+  if (shutdown_delay_s < 0) {
+    std::fprintf(stderr, "ttt-serve: --shutdown_delay_s must be >= 0 (0: drain at once), got %ld\n",
+                 static_cast<long>(shutdown_delay_s));
+    return 2;
+  }
   o.tls_cert_file = absl::GetFlag(FLAGS_tls_cert_file);
   o.tls_key_file = absl::GetFlag(FLAGS_tls_key_file);
   o.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca_file);
@@ -228,8 +261,17 @@ int main(int argc, char** argv) {
 
   int sig = 0;
   sigwait(&signals, &sig);
-  std::fprintf(stderr, "ttt-serve: signal %d: draining (up to %lds)\n", sig,
-               static_cast<long>(o.drain_timeout_s));
+  if (shutdown_delay_s > 0) {
+    (*server)->BeginShutdown();
+    std::fprintf(stderr, "ttt-serve: signal %d: not serving; taking calls for %lds more\n", sig,
+                 static_cast<long>(shutdown_delay_s));
+    std::fflush(stderr);
+    if (AwaitSignal(signals, shutdown_delay_s)) {
+      std::fprintf(stderr, "ttt-serve: second signal: ending the shutdown delay\n");
+    }
+  }
+  std::fprintf(stderr, "ttt-serve: draining (up to %lds)\n", static_cast<long>(o.drain_timeout_s));
+  std::fflush(stderr);
   (*server)->Shutdown();
   if (*identity != nullptr) {
     // Frees --replica_id at once for the next process (a killed one frees it at lease expiry).

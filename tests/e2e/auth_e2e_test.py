@@ -125,7 +125,8 @@ class Server:
                "--metrics_listen=127.0.0.1:%d" % self.metrics_port,
                "--health_listen=127.0.0.1:%d" % self.health_port,
                "--checkpoint_dir=" + os.path.join(tmp, "ckpt-%d" % self.port),
-               "--drain_timeout_s=2", "--checkpoint_on_shutdown=false"] + list(flags)
+               "--drain_timeout_s=2", "--shutdown_delay_s=0",
+               "--checkpoint_on_shutdown=false"] + list(flags)
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
         self.health = grpc.insecure_channel("127.0.0.1:%d" % self.health_port)
         try:
