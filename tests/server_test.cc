@@ -339,6 +339,37 @@ TEST_F(ServerTest, BadInputGetsAClearStatusAndNothingAppliedIsLost) {
   ExpectStatus(IngestAll({Tokens(id, {5})}), grpc::StatusCode::NOT_FOUND, "not found");
 }
 
+// Issue 23 #4: an idempotent resend. A stream whose first message says how many tokens the
+// session has received applies only when that is so; otherwise nothing of it applies and the
+// status names the session's value, from which the client resends.
+TEST_F(ServerTest, ExpectedTokensReceivedMakesAResendIdempotent) {
+  Start();
+  const std::string id = Create();
+  ASSERT_TRUE(IngestAll({Tokens(id, Doc(40))}).ok());
+  auto resend = [&](int64_t expected, std::vector<int32_t> tokens) {
+    pb::IngestRequest first = Tokens(id, std::move(tokens));
+    first.set_expected_tokens_received(expected);
+    pb::IngestRequest more = Tokens(id, Doc(5, 1));
+    return IngestAll({first, more});
+  };
+  // A client that believes the session is at 20 (its acknowledgement of 40 was lost... or not):
+  // refused, nothing applied, the message says where to resume.
+  ExpectStatus(resend(20, Doc(20, 2)), grpc::StatusCode::FAILED_PRECONDITION,
+               "has received 40 tokens, not 20");
+  EXPECT_EQ(Settled(id).counters().tokens_received(), 40);
+  // Resent from the session's value: applied once, with the messages after it.
+  ASSERT_TRUE(resend(40, Doc(10, 3)).ok());
+  EXPECT_EQ(Settled(id).counters().tokens_received(), 55);
+  // A second resend of the same input is refused: nothing is applied twice.
+  ExpectStatus(resend(40, Doc(10, 3)), grpc::StatusCode::FAILED_PRECONDITION, "resend from token 55");
+  EXPECT_EQ(Settled(id).counters().tokens_received(), 55);
+  // Only the first message may carry it.
+  pb::IngestRequest later = Tokens(id, Doc(3));
+  later.set_expected_tokens_received(55);
+  ExpectStatus(IngestAll({Tokens(id, Doc(3)), later}), grpc::StatusCode::INVALID_ARGUMENT,
+               "only the first message");
+}
+
 TEST_F(ServerTest, OversizeMessageIsResourceExhausted) {
   options_.max_message_bytes = 1 << 20;
   Start();
