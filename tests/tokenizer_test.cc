@@ -339,6 +339,139 @@ TEST(BpeTokenizerFormatTest, DigitsAndSplitBehaviors) {
   EXPECT_THAT(EncodeOrDie(*tokenizer, "the 123"), ElementsAre(267, 49, 50, 51));
 }
 
+// The fixture with a normalizer and Llama-3's pre-tokenizer. Expected ids follow from the
+// Unicode data (UnicodeData.txt decompositions, case mappings), never from the code under test.
+std::unique_ptr<Tokenizer> LoadBpeWithNormalizer(const Json& normalizer) {
+  Json json = BpeTokenizerJson(Llama3PreTokenizer(), /*list_merges=*/false);
+  json["normalizer"] = normalizer;
+  const fs::path dir = MakeTempDir();
+  WriteFile(dir / "tokenizer.json", json.dump());
+  return LoadOrDie(dir);
+}
+
+TEST(BpeNormalizerTest, NfcComposesBeforeMerging) {
+  std::unique_ptr<Tokenizer> tokenizer = LoadBpeWithNormalizer({{"type", "NFC"}});
+  ASSERT_NE(tokenizer, nullptr);
+  // e + U+0301 COMBINING ACUTE composes to U+00E9 (C3 A9), which the fixture merges into 264.
+  EXPECT_THAT(EncodeOrDie(*tokenizer, "e\u0301"), ElementsAre(264));
+  EXPECT_THAT(EncodeOrDie(*tokenizer, "caf" "e\u0301"), ElementsAre(99, 97, 102, 264));
+  // U+212B ANGSTROM SIGN is canonically U+00C5 (C3 85); U+F900 is U+8C48 (E8 B1 88).
+  EXPECT_THAT(EncodeOrDie(*tokenizer, "\u212B"), ElementsAre(0xC3, 0x85));
+  EXPECT_THAT(EncodeOrDie(*tokenizer, "\uF900"), ElementsAre(0xE8, 0xB1, 0x88));
+  // NFC leaves compatibility characters alone: U+FB01 LATIN SMALL LIGATURE FI stays.
+  EXPECT_THAT(EncodeOrDie(*tokenizer, "\uFB01"), ElementsAre(0xEF, 0xAC, 0x81));
+
+  std::unique_ptr<Tokenizer> unnormalized = LoadBpe(Llama3PreTokenizer());
+  ASSERT_NE(unnormalized, nullptr);
+  EXPECT_THAT(EncodeOrDie(*unnormalized, "e\u0301"), ElementsAre(101, 0xCC, 0x81));
+}
+
+TEST(BpeNormalizerTest, NfdAndNfkdDecompose) {
+  std::unique_ptr<Tokenizer> nfd = LoadBpeWithNormalizer({{"type", "NFD"}});
+  ASSERT_NE(nfd, nullptr);
+  EXPECT_THAT(EncodeOrDie(*nfd, "\u00E9"), ElementsAre(101, 0xCC, 0x81));
+  EXPECT_THAT(EncodeOrDie(*nfd, "\uFB01"), ElementsAre(0xEF, 0xAC, 0x81));
+  std::unique_ptr<Tokenizer> nfkd = LoadBpeWithNormalizer({{"type", "NFKD"}});
+  ASSERT_NE(nfkd, nullptr);
+  EXPECT_THAT(EncodeOrDie(*nfkd, "\u00E9"), ElementsAre(101, 0xCC, 0x81));
+  EXPECT_THAT(EncodeOrDie(*nfkd, "\uFB01"), ElementsAre(102, 105));  // "fi"
+}
+
+TEST(BpeNormalizerTest, NfkcFoldsCompatibilityCharacters) {
+  std::unique_ptr<Tokenizer> tokenizer = LoadBpeWithNormalizer({{"type", "NFKC"}});
+  ASSERT_NE(tokenizer, nullptr);
+  EXPECT_THAT(EncodeOrDie(*tokenizer, "\uFB01"), ElementsAre(102, 105));          // "fi"
+  EXPECT_THAT(EncodeOrDie(*tokenizer, "\uFF11\uFF12\uFF13"), ElementsAre(262));  // "123"
+  EXPECT_THAT(EncodeOrDie(*tokenizer, "\u2460"), ElementsAre(49));               // "1"
+  EXPECT_THAT(EncodeOrDie(*tokenizer, "e\u0301"), ElementsAre(264));             // composed
+}
+
+TEST(BpeNormalizerTest, LowercaseMapsEachCharacter) {
+  std::unique_ptr<Tokenizer> tokenizer = LoadBpeWithNormalizer({{"type", "Lowercase"}});
+  ASSERT_NE(tokenizer, nullptr);
+  EXPECT_THAT(EncodeOrDie(*tokenizer, "THE"), ElementsAre(267));
+  EXPECT_THAT(EncodeOrDie(*tokenizer, "\u00C9"), ElementsAre(264));  // É -> é
+  // U+0130 lowercases to two characters, i + U+0307 (SpecialCasing.txt).
+  EXPECT_THAT(EncodeOrDie(*tokenizer, "\u0130"), ElementsAre(105, 0xCC, 0x87));
+  // Added tokens are matched on the raw text and are not lowercased.
+  EXPECT_THAT(EncodeOrDie(*tokenizer, "<|endoftext|>THE"), ElementsAre(kEndOfText, 267));
+}
+
+TEST(BpeNormalizerTest, StripRemovesWhiteSpaceAtTheChosenEnds) {
+  std::unique_ptr<Tokenizer> both =
+      LoadBpeWithNormalizer({{"type", "Strip"}, {"strip_left", true}, {"strip_right", true}});
+  ASSERT_NE(both, nullptr);
+  EXPECT_THAT(EncodeOrDie(*both, " \t\u3000the \n"), ElementsAre(267));
+  EXPECT_THAT(EncodeOrDie(*both, "  "), ElementsAre());
+  std::unique_ptr<Tokenizer> left =
+      LoadBpeWithNormalizer({{"type", "Strip"}, {"strip_left", true}, {"strip_right", false}});
+  ASSERT_NE(left, nullptr);
+  EXPECT_THAT(EncodeOrDie(*left, "  the "), ElementsAre(267, 32));
+}
+
+TEST(BpeNormalizerTest, ReplaceSubstitutesStringsAndRegexMatches) {
+  std::unique_ptr<Tokenizer> literal = LoadBpeWithNormalizer(
+      {{"type", "Replace"}, {"pattern", {{"String", "a"}}}, {"content", "the"}});
+  ASSERT_NE(literal, nullptr);
+  EXPECT_THAT(EncodeOrDie(*literal, "a a"), ElementsAre(267, 258));
+  std::unique_ptr<Tokenizer> regex = LoadBpeWithNormalizer(
+      {{"type", "Replace"}, {"pattern", {{"Regex", "\\s+"}}}, {"content", " "}});
+  ASSERT_NE(regex, nullptr);
+  EXPECT_THAT(EncodeOrDie(*regex, "the\n\n\tthe"), ElementsAre(267, 258));
+}
+
+TEST(BpeNormalizerTest, PrependSkipsEmptySegments) {
+  std::unique_ptr<Tokenizer> tokenizer =
+      LoadBpeWithNormalizer({{"type", "Prepend"}, {"prepend", " "}});
+  ASSERT_NE(tokenizer, nullptr);
+  EXPECT_THAT(EncodeOrDie(*tokenizer, "the"), ElementsAre(258));
+  EXPECT_THAT(EncodeOrDie(*tokenizer, ""), ElementsAre());
+  // Each segment between added tokens is normalized on its own.
+  EXPECT_THAT(EncodeOrDie(*tokenizer, "hi<|endoftext|>the"),
+              ElementsAre(32, 104, 105, kEndOfText, 258));
+  EXPECT_THAT(EncodeOrDie(*tokenizer, "<|endoftext|>"), ElementsAre(kEndOfText));
+}
+
+TEST(BpeNormalizerTest, SequenceRunsInOrder) {
+  const Json lowercase = {{"type", "Lowercase"}};
+  const Json prepend = {{"type", "Prepend"}, {"prepend", " "}};
+  const Json strip = {{"type", "Strip"}, {"strip_left", true}, {"strip_right", true}};
+  std::unique_ptr<Tokenizer> prepend_last = LoadBpeWithNormalizer(
+      {{"type", "Sequence"}, {"normalizers", {{{"type", "NFD"}}, lowercase, strip, prepend}}});
+  ASSERT_NE(prepend_last, nullptr);
+  EXPECT_THAT(EncodeOrDie(*prepend_last, " THE "), ElementsAre(258));
+  std::unique_ptr<Tokenizer> strip_last = LoadBpeWithNormalizer(
+      {{"type", "Sequence"}, {"normalizers", {lowercase, prepend, strip}}});
+  ASSERT_NE(strip_last, nullptr);
+  EXPECT_THAT(EncodeOrDie(*strip_last, "THE"), ElementsAre(267));
+}
+
+TEST(TokenizerLoadTest, RefusesNormalizersItDoesNotRunNamingThem) {
+  const fs::path dir = MakeTempDir();
+  const auto expect_refused = [&](const Json& normalizer, absl::StatusCode code,
+                                  const std::string& fragment) {
+    Json json = BpeTokenizerJson(Llama3PreTokenizer(), /*list_merges=*/false);
+    json["normalizer"] = normalizer;
+    WriteFile(dir / "tokenizer.json", json.dump());
+    absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = Tokenizer::Load(dir);
+    EXPECT_EQ(tokenizer.status().code(), code) << fragment;
+    EXPECT_THAT(tokenizer.status().message(), HasSubstr("tokenizer.json"));
+    EXPECT_THAT(tokenizer.status().message(), HasSubstr(fragment));
+  };
+  expect_refused({{"type", "BertNormalizer"}}, absl::StatusCode::kUnimplemented,
+                 "unsupported normalizer type BertNormalizer");
+  expect_refused({{"type", "Sequence"}, {"normalizers", {{{"type", "NFC"}}, {{"type", "Nmt"}}}}},
+                 absl::StatusCode::kUnimplemented, "unsupported normalizer type Nmt");
+  expect_refused({{"type", "Replace"}, {"content", "x"}}, absl::StatusCode::kInvalidArgument,
+                 "Replace normalizer needs a pattern");
+  expect_refused({{"type", "Replace"}, {"pattern", {{"Regex", "(x"}}}, {"content", "x"}},
+                 absl::StatusCode::kInvalidArgument, "Replace normalizer pattern");
+  expect_refused({{"type", "Sequence"}}, absl::StatusCode::kInvalidArgument,
+                 "Sequence normalizer without a normalizers list");
+  expect_refused({{"strip_left", true}}, absl::StatusCode::kInvalidArgument,
+                 "normalizer without a type");
+}
+
 TEST(BpeTokenizerConfigTest, ReadsBosAndEosFromTokenizerConfig) {
   const fs::path dir = MakeTempDir();
   WriteFile(dir / "tokenizer.json", BpeTokenizerJson(Llama3PreTokenizer(), false).dump());

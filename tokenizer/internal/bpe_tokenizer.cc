@@ -212,25 +212,6 @@ absl::Status ParsePreTokenizer(const Json& node, const ErrorFactory& errors,
   return errors.Unsupported(absl::StrCat("unsupported pre_tokenizer type ", type));
 }
 
-// Only normalizers that leave (NFC) text unchanged are accepted. NFC itself is taken as the
-// identity: input is assumed to be NFC already, which holds for nearly all real text.
-absl::Status CheckNormalizer(const Json& node, const ErrorFactory& errors) {
-  if (node.is_null()) return absl::OkStatus();
-  if (!node.is_object() || !node.contains("type") || !node["type"].is_string()) {
-    return errors.Malformed("normalizer without a type");
-  }
-  const std::string type = node["type"].get<std::string>();
-  if (type == "NFC") return absl::OkStatus();
-  if (type == "Sequence" && node.contains("normalizers") && node["normalizers"].is_array()) {
-    for (const Json& child : node["normalizers"]) {
-      absl::Status status = CheckNormalizer(child, errors);
-      if (!status.ok()) return status;
-    }
-    return absl::OkStatus();
-  }
-  return errors.Unsupported(absl::StrCat("unsupported normalizer type ", type));
-}
-
 // Splits `piece` by a stage's regex the way tokenizers' NormalizedString::split does.
 absl::Status SplitPiece(const BpeTokenizer::PreTokenizerStage& stage, std::string_view piece,
                         std::vector<std::string>* out) {
@@ -361,9 +342,13 @@ absl::StatusOr<std::unique_ptr<BpeTokenizer>> BpeTokenizer::Create(std::string_v
     if (!status.ok()) return status;
   }
   if (!saw_byte_level) return errors.Unsupported("no ByteLevel pre_tokenizer: not byte-level BPE");
-  absl::Status status =
-      CheckNormalizer(root.contains("normalizer") ? root["normalizer"] : null_json, errors);
-  if (!status.ok()) return status;
+  auto normalizer =
+      Normalizer::Parse(root.contains("normalizer") ? root["normalizer"] : null_json);
+  if (!normalizer.ok()) {
+    return absl::Status(normalizer.status().code(),
+                        absl::StrCat(source, ": ", normalizer.status().message()));
+  }
+  t.normalizer_ = *std::move(normalizer);
 
   // Vocab: byte-level symbols -> raw bytes.
   if (!model.contains("vocab") || !model["vocab"].is_object()) {
@@ -519,7 +504,15 @@ absl::StatusOr<std::vector<int32_t>> BpeTokenizer::Encode(std::string_view text)
 absl::Status BpeTokenizer::EncodeSegment(std::string_view segment,
                                          std::vector<int32_t>* ids) const {
   if (segment.empty()) return absl::OkStatus();
-  std::vector<std::string> pieces = {std::string(segment)};
+  std::vector<std::string> pieces;
+  if (normalizer_->is_identity()) {
+    pieces.emplace_back(segment);
+  } else {
+    absl::StatusOr<std::string> normalized = normalizer_->Normalize(segment);
+    if (!normalized.ok()) return normalized.status();
+    if (normalized->empty()) return absl::OkStatus();
+    pieces.push_back(*std::move(normalized));
+  }
   for (const PreTokenizerStage& stage : stages_) {
     std::vector<std::string> next;
     for (std::string& piece : pieces) {
