@@ -21,6 +21,7 @@
 #include "gtest/gtest.h"
 
 #include "tests/utf8_testing.h"
+#include "tokenizer/internal/regex.h"
 
 namespace ttt::tokenizer {
 namespace {
@@ -354,7 +355,7 @@ TEST(BpeNormalizerTest, NfcComposesBeforeMerging) {
   ASSERT_NE(tokenizer, nullptr);
   // e + U+0301 COMBINING ACUTE composes to U+00E9 (C3 A9), which the fixture merges into 264.
   EXPECT_THAT(EncodeOrDie(*tokenizer, "e\u0301"), ElementsAre(264));
-  EXPECT_THAT(EncodeOrDie(*tokenizer, "caf" "e\u0301"), ElementsAre(99, 97, 102, 264));
+  EXPECT_THAT(EncodeOrDie(*tokenizer, "cafe\u0301"), ElementsAre(99, 97, 102, 264));
   // U+212B ANGSTROM SIGN is canonically U+00C5 (C3 85); U+F900 is U+8C48 (E8 B1 88).
   EXPECT_THAT(EncodeOrDie(*tokenizer, "\u212B"), ElementsAre(0xC3, 0x85));
   EXPECT_THAT(EncodeOrDie(*tokenizer, "\uF900"), ElementsAre(0xE8, 0xB1, 0x88));
@@ -366,11 +367,29 @@ TEST(BpeNormalizerTest, NfcComposesBeforeMerging) {
   EXPECT_THAT(EncodeOrDie(*unnormalized, "e\u0301"), ElementsAre(101, 0xCC, 0x81));
 }
 
+// Texts that the normalizer's fast path must not pass through unchanged: Hangul jamo compose
+// algorithmically, U+0B3E and U+11A8 are composition seconds with combining class 0, U+0F73
+// decomposes to non-starters, marks reorder by combining class (220 before 230).
+TEST(BpeNormalizerTest, NfcHandlesJamoSecondsAndReordering) {
+  std::unique_ptr<Tokenizer> tokenizer = LoadBpeWithNormalizer({{"type", "NFC"}});
+  ASSERT_NE(tokenizer, nullptr);
+  EXPECT_THAT(EncodeOrDie(*tokenizer, "\u1100\u1161"), ElementsAre(0xEA, 0xB0, 0x80));  // U+AC00
+  EXPECT_THAT(EncodeOrDie(*tokenizer, "\uAC00\u11A8"), ElementsAre(0xEA, 0xB0, 0x81));  // U+AC01
+  EXPECT_THAT(EncodeOrDie(*tokenizer, "\u0B47\u0B3E"), ElementsAre(0xE0, 0xAD, 0x8B));  // U+0B4B
+  EXPECT_THAT(EncodeOrDie(*tokenizer, "\u0F73"), ElementsAre(0xE0, 0xBD, 0xB1, 0xE0, 0xBD, 0xB2));
+  // a + U+0301 + U+0323 -> U+1EA1 (a with dot below) + U+0301.
+  EXPECT_THAT(EncodeOrDie(*tokenizer, "a\u0301\u0323"), ElementsAre(0xE1, 0xBA, 0xA1, 0xCC, 0x81));
+  // Text already in NFC is unchanged: é, a CJK ideograph, a Hangul syllable, NBSP (compat only).
+  EXPECT_THAT(EncodeOrDie(*tokenizer, "\u00E9\u4E00\uAC00\u00A0"),
+              ElementsAre(264, 0xE4, 0xB8, 0x80, 0xEA, 0xB0, 0x80, 0xC2, 0xA0));
+}
+
 TEST(BpeNormalizerTest, NfdAndNfkdDecompose) {
   std::unique_ptr<Tokenizer> nfd = LoadBpeWithNormalizer({{"type", "NFD"}});
   ASSERT_NE(nfd, nullptr);
   EXPECT_THAT(EncodeOrDie(*nfd, "\u00E9"), ElementsAre(101, 0xCC, 0x81));
   EXPECT_THAT(EncodeOrDie(*nfd, "\uFB01"), ElementsAre(0xEF, 0xAC, 0x81));
+  EXPECT_THAT(EncodeOrDie(*nfd, "\uAC00"), ElementsAre(0xE1, 0x84, 0x80, 0xE1, 0x85, 0xA1));
   std::unique_ptr<Tokenizer> nfkd = LoadBpeWithNormalizer({{"type", "NFKD"}});
   ASSERT_NE(nfkd, nullptr);
   EXPECT_THAT(EncodeOrDie(*nfkd, "\u00E9"), ElementsAre(101, 0xCC, 0x81));
@@ -380,10 +399,11 @@ TEST(BpeNormalizerTest, NfdAndNfkdDecompose) {
 TEST(BpeNormalizerTest, NfkcFoldsCompatibilityCharacters) {
   std::unique_ptr<Tokenizer> tokenizer = LoadBpeWithNormalizer({{"type", "NFKC"}});
   ASSERT_NE(tokenizer, nullptr);
-  EXPECT_THAT(EncodeOrDie(*tokenizer, "\uFB01"), ElementsAre(102, 105));          // "fi"
+  EXPECT_THAT(EncodeOrDie(*tokenizer, "\uFB01"), ElementsAre(102, 105));         // "fi"
   EXPECT_THAT(EncodeOrDie(*tokenizer, "\uFF11\uFF12\uFF13"), ElementsAre(262));  // "123"
   EXPECT_THAT(EncodeOrDie(*tokenizer, "\u2460"), ElementsAre(49));               // "1"
   EXPECT_THAT(EncodeOrDie(*tokenizer, "e\u0301"), ElementsAre(264));             // composed
+  EXPECT_THAT(EncodeOrDie(*tokenizer, "\u00A0"), ElementsAre(32));               // NBSP -> space
 }
 
 TEST(BpeNormalizerTest, LowercaseMapsEachCharacter) {
@@ -440,8 +460,8 @@ TEST(BpeNormalizerTest, SequenceRunsInOrder) {
       {{"type", "Sequence"}, {"normalizers", {{{"type", "NFD"}}, lowercase, strip, prepend}}});
   ASSERT_NE(prepend_last, nullptr);
   EXPECT_THAT(EncodeOrDie(*prepend_last, " THE "), ElementsAre(258));
-  std::unique_ptr<Tokenizer> strip_last = LoadBpeWithNormalizer(
-      {{"type", "Sequence"}, {"normalizers", {lowercase, prepend, strip}}});
+  std::unique_ptr<Tokenizer> strip_last =
+      LoadBpeWithNormalizer({{"type", "Sequence"}, {"normalizers", {lowercase, prepend, strip}}});
   ASSERT_NE(strip_last, nullptr);
   EXPECT_THAT(EncodeOrDie(*strip_last, "THE"), ElementsAre(267));
 }
@@ -470,6 +490,80 @@ TEST(TokenizerLoadTest, RefusesNormalizersItDoesNotRunNamingThem) {
                  "Sequence normalizer without a normalizers list");
   expect_refused({{"strip_left", true}}, absl::StatusCode::kInvalidArgument,
                  "normalizer without a type");
+}
+
+// U+180E MONGOLIAN VOWEL SEPARATOR has been Cf, not white space, since Unicode 6.3; PCRE2's own
+// \s still matches it. With it white space, \s+(?!\S) would take "  \u180E" whole and merge the
+// two spaces (266); as a format character it goes with " ?[^\s\p{L}\p{N}]+".
+TEST_F(BpeTokenizerTest, MongolianVowelSeparatorIsNotWhiteSpace) {
+  EXPECT_THAT(Encode("  \u180E"), ElementsAre(32, 32, 0xE1, 0xA0, 0x8E));
+  EXPECT_THAT(Encode("  \u3000"), ElementsAre(266, 0xE3, 0x80, 0x80));  // U+3000 is white space
+  std::unique_ptr<Tokenizer> gpt2 = LoadBpe(Gpt2PreTokenizer(/*add_prefix_space=*/false));
+  ASSERT_NE(gpt2, nullptr);
+  EXPECT_THAT(EncodeOrDie(*gpt2, "  \u180E"), ElementsAre(32, 32, 0xE1, 0xA0, 0x8E));
+  std::unique_ptr<Tokenizer> strip =
+      LoadBpeWithNormalizer({{"type", "Strip"}, {"strip_left", true}, {"strip_right", true}});
+  ASSERT_NE(strip, nullptr);
+  EXPECT_THAT(EncodeOrDie(*strip, "\u3000\u180Ethe"), ElementsAre(0xE1, 0xA0, 0x8E, 267));
+}
+
+// Pre-tokenizer and Replace patterns run on PCRE2 with their \s rewritten to White_Space.
+TEST(TokenizerRegexTest, WhiteSpaceClassesExcludeU180E) {
+  const auto matches = [](std::string_view pattern, std::string_view text) {
+    auto regex = internal::Regex::Compile(pattern, /*literal=*/false);
+    EXPECT_TRUE(regex.ok()) << regex.status();
+    auto found = (*regex)->FindAll(text);
+    EXPECT_TRUE(found.ok()) << found.status();
+    return *found;
+  };
+  using Spans = std::vector<std::pair<size_t, size_t>>;
+  EXPECT_EQ(matches(R"(\s+)", "a\u180E\u2003\u0085b"), (Spans{{4, 9}}));
+  EXPECT_EQ(matches(R"(\S+)", "\u180E a"), (Spans{{0, 3}, {4, 5}}));
+  EXPECT_EQ(matches(R"([\s]+)", "\u180E\t"), (Spans{{3, 4}}));
+  EXPECT_EQ(matches(R"([^\s]+)", "\u180E\t"), (Spans{{0, 3}}));
+  EXPECT_EQ(matches(R"([\S]+)", "\u180E\t"), (Spans{{0, 3}}));
+  // Escaped and literal text is left alone.
+  EXPECT_EQ(matches(R"(\\s)", "\\s"), (Spans{{0, 2}}));
+  EXPECT_EQ(matches(R"(\Q\s\E)", "\\s"), (Spans{{0, 2}}));
+  EXPECT_EQ(matches(R"([]\s]+)", "]\u180E "), (Spans{{0, 1}, {4, 5}}));
+}
+
+// Characters assigned in Unicode 15 (PCRE2 10.42 knows 14): U+31350 (CJK Extension H) and
+// U+11F04 KAWI LETTER A are Lo, U+11F50..U+11F59 KAWI DIGITs are Nd (UnicodeData.txt 15.0).
+TEST(TokenizerRegexTest, GeneralCategoriesFollowUnicode15) {
+  const auto matches = [](std::string_view pattern, std::string_view text) {
+    auto regex = internal::Regex::Compile(pattern, /*literal=*/false);
+    EXPECT_TRUE(regex.ok()) << regex.status();
+    auto found = (*regex)->FindAll(text);
+    EXPECT_TRUE(found.ok()) << found.status();
+    return *found;
+  };
+  using Spans = std::vector<std::pair<size_t, size_t>>;
+  const std::string ext_h = "\U00031350", kawi_a = "\U00011F04";
+  const std::string kawi_digits = "\U00011F50\U00011F51";
+  EXPECT_EQ(matches(R"(\p{L}+)", "a" + ext_h + kawi_a), (Spans{{0, 9}}));
+  EXPECT_EQ(matches(R"(\p{Lo}+)", ext_h), (Spans{{0, 4}}));
+  EXPECT_EQ(matches(R"(\pL+)", ext_h), (Spans{{0, 4}}));
+  EXPECT_EQ(matches(R"([\p{L}]+)", ext_h + "!"), (Spans{{0, 4}}));
+  EXPECT_EQ(matches(R"([^\s\p{L}\p{N}]+)", "!" + ext_h + kawi_digits + "?"),
+            (Spans{{0, 1}, {13, 14}}));
+  EXPECT_EQ(matches(R"(\P{L}+)", ext_h + "!"), (Spans{{4, 5}}));
+  EXPECT_EQ(matches(R"(\p{^L}+)", ext_h + "!"), (Spans{{4, 5}}));
+  EXPECT_EQ(matches(R"([\P{L}]+)", ext_h + "!"), (Spans{{4, 5}}));
+  EXPECT_EQ(matches(R"(\p{N}+)", "1" + kawi_digits), (Spans{{0, 9}}));
+  EXPECT_EQ(matches(R"(\d+)", kawi_digits + "x"), (Spans{{0, 8}}));
+  EXPECT_EQ(matches(R"(\D+)", kawi_digits + "x"), (Spans{{8, 9}}));
+  // Unassigned code points stay outside every class but Cn and C.
+  EXPECT_EQ(matches(R"(\p{L}+)", "\U0003FFFD"), Spans{});
+  EXPECT_EQ(matches(R"(\p{Cn}+)", ext_h + "\U0003FFFD"), (Spans{{4, 8}}));
+  EXPECT_EQ(matches(R"(\p{C}+)", ext_h + "\U0003FFFD"), (Spans{{4, 8}}));
+}
+
+// Llama 3's pattern on a Unicode 15 letter before "'s": the letter is a word of its own and "'s"
+// splits off (merge 263), as on any letter; as an unknown character it took the "'" with it.
+TEST_F(BpeTokenizerTest, SplitsAroundUnicode15Letters) {
+  EXPECT_THAT(Encode("\U00031350's"), ElementsAre(0xF0, 0xB1, 0x8D, 0x90, 263));
+  EXPECT_THAT(Encode("\u00E9's"), ElementsAre(264, 263));  // the same as a Unicode 1.1 letter
 }
 
 TEST(BpeTokenizerConfigTest, ReadsBosAndEosFromTokenizerConfig) {

@@ -342,8 +342,7 @@ absl::StatusOr<std::unique_ptr<BpeTokenizer>> BpeTokenizer::Create(std::string_v
     if (!status.ok()) return status;
   }
   if (!saw_byte_level) return errors.Unsupported("no ByteLevel pre_tokenizer: not byte-level BPE");
-  auto normalizer =
-      Normalizer::Parse(root.contains("normalizer") ? root["normalizer"] : null_json);
+  auto normalizer = Normalizer::Parse(root.contains("normalizer") ? root["normalizer"] : null_json);
   if (!normalizer.ok()) {
     return absl::Status(normalizer.status().code(),
                         absl::StrCat(source, ": ", normalizer.status().message()));

@@ -54,19 +54,96 @@ void AppendCodePoint(utf8proc_int32_t cp, std::string* out) {
   out->append(reinterpret_cast<const char*>(buffer), static_cast<size_t>(length));
 }
 
-absl::StatusOr<std::string> UnicodeForm(std::string_view text, int options) {
-  if (IsAscii(text)) return std::string(text);  // ASCII is invariant under all four forms
+absl::StatusOr<std::string> MapWithUtf8proc(std::string_view text, int options) {
   utf8proc_uint8_t* result = nullptr;
-  const utf8proc_ssize_t length =
-      utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(text.data()),
-                   static_cast<utf8proc_ssize_t>(text.size()),
-                   &result, static_cast<utf8proc_option_t>(options));
+  const utf8proc_ssize_t length = utf8proc_map(
+      reinterpret_cast<const utf8proc_uint8_t*>(text.data()),
+      static_cast<utf8proc_ssize_t>(text.size()), &result, static_cast<utf8proc_option_t>(options));
   if (length < 0) {
     return absl::InternalError(absl::StrCat("utf8proc: ", utf8proc_errmsg(length)));
   }
   std::string normalized(reinterpret_cast<const char*>(result), static_cast<size_t>(length));
   std::free(result);
   return normalized;
+}
+
+// The characters a Unicode form leaves alone wherever they stand: combining class 0, never the
+// second character of a canonical composition, and unchanged when normalized on their own. A
+// text made only of them is already in that form (nothing to reorder, decompose or compose), so
+// the common case skips utf8proc's decompose-and-recompose. Built once per form (~10 ms).
+class StableCharacters {
+ public:
+  explicit StableCharacters(int options) : stable_(kCodePoints, false) {
+    for (utf8proc_int32_t cp = 0; cp < kCodePoints; ++cp) {
+      if (cp >= 0xD800 && cp <= 0xDFFF) continue;  // never in valid UTF-8
+      const utf8proc_property_t* property = utf8proc_get_property(cp);
+      const bool composition_second =
+          property->comb_index != UINT16_MAX && (property->comb_index & 0x8000) != 0;
+      const bool hangul_vowel_or_trailing =
+          (cp >= 0x1161 && cp <= 0x1175) || (cp >= 0x11A8 && cp <= 0x11C2);  // algorithmic
+      const bool hangul_syllable = cp >= 0xAC00 && cp <= 0xD7A3;
+      if (property->combining_class != 0 || composition_second || hangul_vowel_or_trailing) {
+        continue;
+      }
+      if (property->decomp_seqindex == UINT16_MAX && !hangul_syllable) {
+        stable_[cp] = true;
+        continue;
+      }
+      utf8proc_uint8_t bytes[4];
+      const auto length = utf8proc_encode_char(cp, bytes);
+      const std::string_view alone(reinterpret_cast<const char*>(bytes), length);
+      const absl::StatusOr<std::string> normalized = MapWithUtf8proc(alone, options);
+      stable_[cp] = normalized.ok() && *normalized == alone;
+    }
+  }
+
+  // REQUIRES: valid UTF-8.
+  bool AllStable(std::string_view text) const {
+    const auto* bytes = reinterpret_cast<const utf8proc_uint8_t*>(text.data());
+    for (size_t pos = 0; pos < text.size();) {
+      utf8proc_int32_t cp = 0;
+      pos += static_cast<size_t>(
+          utf8proc_iterate(bytes + pos, static_cast<utf8proc_ssize_t>(text.size() - pos), &cp));
+      if (!stable_[cp]) return false;
+    }
+    return true;
+  }
+
+ private:
+  static constexpr utf8proc_int32_t kCodePoints = 0x110000;
+  std::vector<bool> stable_;
+};
+
+// REQUIRES: `options` is one of the four forms' (see kForms below).
+const StableCharacters& StableFor(int options) {
+  const auto build = [](int form) { return new StableCharacters(form); };
+  switch (options) {
+    case UTF8PROC_STABLE | UTF8PROC_COMPOSE: {
+      static const StableCharacters* const nfc = build(options);
+      return *nfc;
+    }
+    case UTF8PROC_STABLE | UTF8PROC_DECOMPOSE: {
+      static const StableCharacters* const nfd = build(options);
+      return *nfd;
+    }
+    case UTF8PROC_STABLE | UTF8PROC_COMPOSE | UTF8PROC_COMPAT: {
+      static const StableCharacters* const nfkc = build(options);
+      return *nfkc;
+    }
+    default: {
+      static const StableCharacters* const nfkd = build(options);
+      return *nfkd;
+    }
+  }
+}
+
+absl::Status UnicodeForm(int options, std::string* text) {
+  // ASCII is invariant under all four forms.
+  if (IsAscii(*text) || StableFor(options).AllStable(*text)) return absl::OkStatus();
+  absl::StatusOr<std::string> normalized = MapWithUtf8proc(*text, options);
+  if (!normalized.ok()) return normalized.status();
+  *text = *std::move(normalized);
+  return absl::OkStatus();
 }
 
 // Rust's char::to_lowercase, which tokenizers' Lowercase applies per character: the simple
@@ -190,6 +267,7 @@ absl::Status AppendSteps(const Json& node, std::vector<std::unique_ptr<Step>>* s
     if (type == name) {
       step->kind = Step::Kind::kUnicodeForm;
       step->utf8proc_options = options;
+      StableFor(options);  // built at load rather than on the first request
     }
   }
   if (type == "Lowercase") {
@@ -232,9 +310,8 @@ absl::StatusOr<std::string> Normalizer::Normalize(std::string_view text) const {
   for (const std::unique_ptr<Step>& step : steps_) {
     switch (step->kind) {
       case Step::Kind::kUnicodeForm: {
-        auto normalized = UnicodeForm(current, step->utf8proc_options);
-        if (!normalized.ok()) return normalized.status();
-        current = *std::move(normalized);
+        absl::Status status = UnicodeForm(step->utf8proc_options, &current);
+        if (!status.ok()) return status;
         break;
       }
       case Step::Kind::kLowercase:
@@ -256,7 +333,5 @@ absl::StatusOr<std::string> Normalizer::Normalize(std::string_view text) const {
   }
   return current;
 }
-
-std::string UnicodeVersion() { return utf8proc_unicode_version(); }
 
 }  // namespace ttt::tokenizer::internal

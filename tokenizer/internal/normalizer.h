@@ -43,8 +43,4 @@ class Normalizer {
   std::vector<std::unique_ptr<Step>> steps_;  // flattened: a Sequence contributes its children
 };
 
-// The Unicode version of utf8proc's tables ("15.0.0"), which the normalizer and the pre-tokenizer
-// character classes follow.
-std::string UnicodeVersion();
-
 }  // namespace ttt::tokenizer::internal
