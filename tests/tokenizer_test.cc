@@ -252,6 +252,26 @@ TEST_F(BpeTokenizerTest, KeepsAddedTokensWholeWithLongestMatch) {
   EXPECT_THAT(Encode("<|endoftext|><|endoftext|>"), ElementsAre(kEndOfText, kEndOfText));
 }
 
+TEST_F(BpeTokenizerTest, SpecialTokensAsTextAreOrdinaryCharacters) {
+  const auto as_text = [&](std::string_view text) {
+    absl::StatusOr<std::vector<int32_t>> ids = tokenizer_->Encode(text, SpecialTokens::kAsText);
+    EXPECT_TRUE(ids.ok()) << ids.status();
+    return ids.ok() ? *ids : std::vector<int32_t>{};
+  };
+  // "<|" "endoftext" "|>" "the" through Llama-3's pattern; no merge applies inside.
+  EXPECT_THAT(as_text("<|endoftext|>the"),
+              ElementsAre(60, 124, 101, 110, 100, 111, 102, 116, 101, 120, 116, 124, 62, 267));
+  // The special <|im_start|> stays text, and so does the non-special "<|im" inside it...
+  EXPECT_THAT(as_text("<|im_start|>"),
+              ElementsAre(60, 124, 105, 109, 95, 115, 116, 97, 114, 116, 124, 62));
+  // ...which still becomes its id where it stands alone: only special tokens are affected.
+  EXPECT_THAT(as_text("<|imx"), ElementsAre(kIm, 120));
+  // Parsing is the default.
+  EXPECT_THAT(Encode("<|im_start|>"), ElementsAre(kImStart));
+  EXPECT_EQ(EncodeOrDie(*tokenizer_, "a<|endoftext|>"),
+            *tokenizer_->Encode("a<|endoftext|>", SpecialTokens::kParse));
+}
+
 TEST_F(BpeTokenizerTest, MergesLongWordsByRank) {
   std::string text;
   for (int i = 0; i < 2000; ++i) text += "the";
@@ -610,6 +630,15 @@ TEST_P(TokenizerParityTest, EncodesLikeHuggingFaceTokenizers) {
   EXPECT_LE(exempt, 5) << "texts with characters newer than Unicode " << internal::UnicodeVersion();
   RecordProperty("exempt_texts", exempt);
   EXPECT_GE(reference["cases"].size(), 1000u);
+
+  // The same texts' special tokens as plain text (tokenizers' encode_special_tokens).
+  for (const Json& entry : reference["special_as_text"]) {
+    const std::string text = entry["text"].get<std::string>();
+    absl::StatusOr<std::vector<int32_t>> ids = tokenizer->Encode(text, SpecialTokens::kAsText);
+    ASSERT_TRUE(ids.ok()) << ids.status();
+    EXPECT_EQ(*ids, entry["ids"].get<std::vector<int32_t>>()) << Json(text).dump();
+  }
+  EXPECT_GE(reference["special_as_text"].size(), 5u);
 }
 
 INSTANTIATE_TEST_SUITE_P(RealVocabularies, TokenizerParityTest,

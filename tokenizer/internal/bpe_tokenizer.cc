@@ -437,7 +437,9 @@ absl::StatusOr<std::unique_ptr<BpeTokenizer>> BpeTokenizer::Create(std::string_v
       std::string content = entry["content"].get<std::string>();
       if (static_cast<size_t>(id) >= t.id_to_bytes_.size()) t.id_to_bytes_.resize(id + 1);
       t.id_to_bytes_[id] = content;
-      t.added_tokens_.push_back({std::move(content), id});
+      const bool special = entry.contains("special") && entry["special"].is_boolean() &&
+                           entry["special"].get<bool>();  // tokenizers' default: false
+      t.added_tokens_.push_back({std::move(content), id, special});
     }
   }
   for (size_t i = 0; i < t.added_tokens_.size(); ++i) {
@@ -471,7 +473,9 @@ absl::StatusOr<std::unique_ptr<BpeTokenizer>> BpeTokenizer::Create(std::string_v
   return tokenizer;
 }
 
-absl::StatusOr<std::vector<int32_t>> BpeTokenizer::Encode(std::string_view text) const {
+absl::StatusOr<std::vector<int32_t>> BpeTokenizer::Encode(std::string_view text,
+                                                          SpecialTokens special) const {
+  const bool parse_special = special == SpecialTokens::kParse;
   absl::Status status = ValidateUtf8(text);
   if (!status.ok()) return status;
   std::vector<int32_t> ids;
@@ -487,6 +491,12 @@ absl::StatusOr<std::vector<int32_t>> BpeTokenizer::Encode(std::string_view text)
     }
     if (match == nullptr) {
       ++pos;
+      continue;
+    }
+    if (match->special && !parse_special) {
+      // As tokenizers' encode_special_tokens: the match is found and then left as text, so a
+      // shorter added token inside it is not matched either.
+      pos += match->content.size();
       continue;
     }
     status = EncodeSegment(text.substr(segment_begin, pos - segment_begin), &ids);

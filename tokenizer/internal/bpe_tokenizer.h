@@ -46,7 +46,9 @@ class BpeTokenizer final : public Tokenizer {
                                                               const std::string& source,
                                                               const SpecialTokenNames& names);
 
-  absl::StatusOr<std::vector<int32_t>> Encode(std::string_view text) const override;
+  using Tokenizer::Encode;
+  absl::StatusOr<std::vector<int32_t>> Encode(std::string_view text,
+                                              SpecialTokens special) const override;
   std::string Decode(absl::Span<const int32_t> ids) const override;
   std::string TokenBytes(int32_t id, bool* at_text_start) const override;
   int32_t vocab_size() const override { return static_cast<int32_t>(id_to_bytes_.size()); }
@@ -71,6 +73,7 @@ class BpeTokenizer final : public Tokenizer {
   struct AddedToken {
     std::string content;
     int32_t id;
+    bool special;  // tokenizer.json's "special": not matched when encoding SpecialTokens::kAsText
   };
   struct Merge {
     int32_t rank;
