@@ -97,13 +97,29 @@ class StableCharacters {
     }
   }
 
-  // REQUIRES: valid UTF-8.
+  // REQUIRES: valid UTF-8. Decodes inline rather than through utf8proc_iterate: this scan is the
+  // whole cost of normalizing text that is already normal, the common case.
   bool AllStable(std::string_view text) const {
-    const auto* bytes = reinterpret_cast<const utf8proc_uint8_t*>(text.data());
-    for (size_t pos = 0; pos < text.size();) {
-      utf8proc_int32_t cp = 0;
-      pos += static_cast<size_t>(
-          utf8proc_iterate(bytes + pos, static_cast<utf8proc_ssize_t>(text.size() - pos), &cp));
+    const auto* bytes = reinterpret_cast<const uint8_t*>(text.data());
+    const size_t size = text.size();
+    for (size_t pos = 0; pos < size;) {
+      const uint8_t lead = bytes[pos];
+      if (lead < 0x80) {  // ASCII is stable under every form
+        ++pos;
+        continue;
+      }
+      uint32_t cp;
+      if (lead < 0xE0) {
+        cp = ((lead & 0x1Fu) << 6) | (bytes[pos + 1] & 0x3Fu);
+        pos += 2;
+      } else if (lead < 0xF0) {
+        cp = ((lead & 0x0Fu) << 12) | ((bytes[pos + 1] & 0x3Fu) << 6) | (bytes[pos + 2] & 0x3Fu);
+        pos += 3;
+      } else {
+        cp = ((lead & 0x07u) << 18) | ((bytes[pos + 1] & 0x3Fu) << 12) |
+             ((bytes[pos + 2] & 0x3Fu) << 6) | (bytes[pos + 3] & 0x3Fu);
+        pos += 4;
+      }
       if (!stable_[cp]) return false;
     }
     return true;
