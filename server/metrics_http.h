@@ -18,7 +18,9 @@
 namespace ttt::server {
 
 struct HttpExposerOptions {
-  // Connections open at once; further ones wait in the listen backlog (a scraper retries).
+  // Connections open at once. A new connection past it closes the connection idle longest (no
+  // request in flight: connected and silent, or between requests), so idle clients cannot lock a
+  // scraper out; with none idle the new connection is closed.
   unsigned max_connections = 128;
   // A connection that sends or reads nothing for this long is closed.
   unsigned idle_timeout_s = 15;
@@ -31,15 +33,21 @@ struct HttpExposerOptions {
   // UNAUTHENTICATED status answers 401 with `WWW-Authenticate: Bearer`, any other error 403,
   // the status message as the body (--metrics_auth). Runs on the server's thread.
   std::function<absl::Status(const std::optional<std::string>&)> authorize;
+  // When set, GET /readyz answers 200 "ready" while it returns true and 503 "not ready" otherwise
+  // (the server loading its model, or draining after SIGTERM): a readiness check that needs the
+  // server process itself to answer. Not behind `authorize` (probes and routers carry no token,
+  // and it says nothing more than the gRPC health service). Runs on the server's thread.
+  std::function<bool()> ready;
   // PEM certificate chain and key: serve HTTPS (--metrics_tls_cert_file/--metrics_tls_key_file).
   // Both or neither. Read once at start: rotating them needs a restart.
   std::string tls_cert_pem;
   std::string tls_key_pem;
 };
 
-// Serves GET/HEAD /metrics (and /) with the body `render` returns, 404 elsewhere, 405 for other
-// methods. Thread-safety: `render` runs on the server's thread, concurrently with the caller's
-// threads; the object itself is only created and destroyed.
+// Serves GET/HEAD /metrics (and /) with the body `render` returns, /readyz when options.ready is
+// set, 404 elsewhere, 405 for other methods. Thread-safety: `render` runs on the server's
+// thread, concurrently with the caller's threads; the object itself is only created and
+// destroyed.
 class HttpExposer {
  public:
   using Render = std::function<std::string()>;

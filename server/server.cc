@@ -53,9 +53,12 @@ absl::StatusOr<std::string> ReadPem(const std::string& path, const char* flag) {
   return text.str();
 }
 
-// The metrics endpoint's TLS files (--metrics_tls_cert_file / --metrics_tls_key_file).
-absl::StatusOr<HttpExposerOptions> MetricsExposerOptions(const ServerOptions& o) {
+// The metrics endpoint's TLS files (--metrics_tls_cert_file / --metrics_tls_key_file), and its
+// /readyz, which answers from `ready`.
+absl::StatusOr<HttpExposerOptions> MetricsExposerOptions(
+    const ServerOptions& o, std::shared_ptr<const std::atomic<bool>> ready) {
   HttpExposerOptions exposer;
+  exposer.ready = [ready = std::move(ready)] { return ready->load(); };
   if (o.metrics_tls_cert_file.empty() != o.metrics_tls_key_file.empty()) {
     return absl::InvalidArgumentError(
         "--metrics_tls_cert_file and --metrics_tls_key_file go together (the certificate and "
@@ -106,7 +109,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   }
   // The metrics endpoint starts first, so a bad --metrics_listen fails before the model loads.
   if (!options.metrics_listen.empty()) {
-    auto exposer_options = MetricsExposerOptions(options);
+    auto exposer_options = MetricsExposerOptions(options, s->ready_);
     if (!exposer_options.ok()) return exposer_options.status();
     absl::Status st = s->metrics_->StartExposer(options.metrics_listen, *exposer_options);
     if (!st.ok()) return st;
@@ -247,6 +250,7 @@ absl::Status Server::StartHttp() {
 Server::~Server() { Shutdown(); }
 
 void Server::SetServing(bool serving) {
+  ready_->store(serving);
   grpc::Server* health_listener = health_server_ ? health_server_->server() : nullptr;
   for (grpc::Server* server : {grpc_server_.get(), health_listener}) {
     if (server == nullptr) continue;
@@ -283,6 +287,12 @@ void Server::GaugeLoop() {
     lock.lock();
     cv_.wait_for(lock, std::chrono::milliseconds(500));
   }
+}
+
+void Server::BeginShutdown() {
+  std::lock_guard<std::mutex> lock(mu_);
+  // After Shutdown() has begun, grpc_server_'s health service may already be gone.
+  if (!shutting_down_) SetServing(false);
 }
 
 void Server::Shutdown() {

@@ -115,9 +115,14 @@ class Server {
   const std::string& model_fingerprint() const;
   bool has_tokenizer() const { return tokenizer_ != nullptr; }
 
-  // Graceful stop: health turns NOT_SERVING, the server stops accepting calls, in-flight calls
-  // get until the drain deadline (then are cancelled), live sessions are written to the
-  // checkpoint directory when checkpoint_on_shutdown, the engine stops. Idempotent.
+  // The first step of a graceful stop (SIGTERM, --shutdown_delay_s): gRPC health turns
+  // NOT_SERVING and /readyz answers 503, so load balancers stop sending calls, while the server
+  // still accepts and answers every call until Shutdown(). Idempotent.
+  void BeginShutdown();
+  // Graceful stop: health turns NOT_SERVING (if BeginShutdown() has not), the server stops
+  // accepting calls, in-flight calls get until the drain deadline (then are cancelled), live
+  // sessions are written to the checkpoint directory when checkpoint_on_shutdown, the engine
+  // stops. Idempotent.
   void Shutdown();
   // Blocks until Shutdown() finished.
   void Wait();
@@ -130,7 +135,7 @@ class Server {
   // Starts the HTTP front door on options_.http_listen (when set), over InProcessChannel().
   absl::Status StartHttp();
   void GaugeLoop();
-  // Health of the gRPC port and the health listener: overall, "" and kServiceName.
+  // Health of the gRPC port and the health listener (overall, "" and kServiceName) and /readyz.
   void SetServing(bool serving);
 
   ServerOptions options_;
@@ -146,6 +151,9 @@ class Server {
   std::unique_ptr<HealthOnlyServer> health_server_;  // --health_listen
   std::unique_ptr<http::HttpGateway> http_gateway_;  // --http_listen; a client of grpc_server_
   int port_ = 0;
+  // What /readyz answers: true from the start of serving until BeginShutdown(). Shared with the
+  // metrics endpoint's thread, which starts before the model loads.
+  std::shared_ptr<std::atomic<bool>> ready_ = std::make_shared<std::atomic<bool>>(false);
 
   std::mutex mu_;
   std::condition_variable cv_;

@@ -31,6 +31,11 @@ Writer::~Writer() {
 
 const std::string& Writer::session_id() const { return session_->id; }
 
+Counters Writer::counters() const {
+  std::lock_guard<std::mutex> lock(session_->mu);
+  return session_->counters;
+}
+
 absl::Status Writer::Ingest(std::vector<int32_t> tokens, bool end_of_document,
                             std::shared_ptr<engine::CancelToken> cancel,
                             std::function<void(absl::StatusOr<IngestProgress>)> done,

@@ -162,6 +162,9 @@ class Writer {
   Writer& operator=(const Writer&) = delete;
 
   const std::string& session_id() const;
+  // The session's counters now. While this lease lives nobody else changes them, so they are
+  // the starting point of this writer's submissions (an idempotent resend checks them).
+  Counters counters() const;
 
   // Queues `tokens` (validated against the vocabulary: INVALID_ARGUMENT names the first bad one,
   // nothing queued) then, if `end_of_document`, the document end (resetting the session when its

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The stages of `./build.sh test` (and so of CI, .ci/run), each in its own build folder, each
-# timed (build and run) in a summary at the end:
+# The stages of `./build.sh ci` (and so of CI, .ci/run), each in its own build folder, each
+# timed (build and run) in a summary at the end; `./build.sh test` runs the first alone:
 #   normal  Release build in build/ (or $TTT_BUILD_DIR), the whole suite (ctest); extra
 #           arguments go to this ctest
 #   asan    AddressSanitizer + UndefinedBehaviorSanitizer, -O1, build-asan/: the whole suite
@@ -11,6 +11,10 @@
 #   TTT_CI_STAGES="normal asan tsan fuzz"   the stages to run, in order (default: all four)
 #   TTT_FUZZ_SECONDS=60                    per fuzz target
 #   TTT_JOBS                               build and ctest parallelism (default: nproc)
+#   TTT_CONFIGURE_ONLY=1                   configure each stage and list its tests (ctest -N)
+#                                          instead of building and running them
+# Each stage configures with every option explicit (a folder configured by another mode keeps
+# nothing of it), and ctest fails when it finds no test (--no-tests=error).
 # Sanitizer settings and suppressions (third-party code only, each with its reason):
 # tests/sanitizers/. Stops at the first failing stage (set -e); the summary still prints.
 set -euo pipefail
@@ -28,7 +32,8 @@ summary=()
 kAsanTests="${TTT_ASAN_TESTS:-}"
 # Not under ASan: tests that run none of our C++ or check the release binary's runtime libraries
 # (a sanitized binary links libasan on purpose).
-kAsanSkipped="helm_chart_test prometheus_rules_test install_deps_test check_metrics_test runtime_deps_test"
+kAsanSkipped="helm_chart_test prometheus_rules_test install_deps_test check_metrics_test runtime_deps_test
+  build_modes_test"
 # server_test is not among them: Debian's gRPC is not built with TSan, so TSan cannot see the
 # synchronisation inside its callback machinery and reports ~1,700 races in gRPC's own headers
 # and generated code on every run (docs/fuzzing.md). The reactors run concurrently in the stress
@@ -38,7 +43,11 @@ as_regex() { local t; t="$*"; echo "^(${t// /|})\$"; }
 
 # -O1 keeps sanitized builds and runs quick while keeping stack traces usable.
 kSanitizedFlags=(-DCMAKE_BUILD_TYPE=RelWithDebInfo "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -g1"
-                 -DTTT_BUILD_BENCH=OFF)
+                 -DTTT_ENGINE_ONLY=OFF -DTTT_BUILD_BENCH=OFF)
+# The plain suite: Release, every test and the benchmark (built so that it keeps compiling).
+kNormalFlags=(-DCMAKE_BUILD_TYPE=Release -DTTT_ENGINE_ONLY=OFF -DTTT_BUILD_TESTS=ON
+              -DTTT_BUILD_BENCH=ON -DTTT_SANITIZE= -DTTT_FUZZ=OFF)
+configure_only="${TTT_CONFIGURE_ONLY:-}"
 
 now() { date +%s; }
 # time_step <label> <command...>: runs it, records "<label> <seconds>s" for the summary.
@@ -61,6 +70,7 @@ configure_build() {  # <dir> <targets or ""> <cmake args...>
   local dir="$1" targets="$2"
   shift 2
   cmake -S . -B "$dir" -G Ninja "$@" >/dev/null
+  [ -z "$configure_only" ] || return 0
   # shellcheck disable=SC2086
   cmake --build "$dir" -j "$jobs" ${targets:+--target $targets}
 }
@@ -68,11 +78,15 @@ configure_build() {  # <dir> <targets or ""> <cmake args...>
 run_ctest() {  # <dir> <ctest args...>
   local dir="$1"
   shift
-  (cd "$dir" && ctest --output-on-failure --timeout 900 -j "$jobs" "$@")
+  if [ -n "$configure_only" ]; then
+    (cd "$dir" && ctest -N "$@")  # -N ignores --no-tests; tests/deploy/build_modes_test.sh counts
+  else
+    (cd "$dir" && ctest --no-tests=error --output-on-failure --timeout 900 -j "$jobs" "$@")
+  fi
 }
 
 stage_normal() {
-  time_step "normal build" configure_build "$normal_dir" "" -DCMAKE_BUILD_TYPE=Release
+  time_step "normal build" configure_build "$normal_dir" "" "${kNormalFlags[@]}"
   time_step "normal run" run_ctest "$normal_dir" "$@"
 }
 
@@ -104,20 +118,21 @@ clang_configure_build() { CC=clang-14 CXX=clang++-14 configure_build "$@"; }
 
 stage_asan() {
   time_step "asan build" configure_build build-asan "$kAsanTests" "${kSanitizedFlags[@]}" \
-    -DTTT_SANITIZE=address,undefined
+    -DTTT_BUILD_TESTS=ON -DTTT_FUZZ=OFF -DTTT_SANITIZE=address,undefined
   time_step "asan run" asan_ctest
 }
 
 stage_tsan() {
   # Only what the tests need; ctest adds any fixture setup they require.
   time_step "tsan build" configure_build build-tsan "$kTsanTests" \
-    "${kSanitizedFlags[@]}" -DTTT_SANITIZE=thread
+    "${kSanitizedFlags[@]}" -DTTT_BUILD_TESTS=ON -DTTT_FUZZ=OFF -DTTT_SANITIZE=thread
   time_step "tsan run" tsan_ctest
 }
 
 stage_fuzz() {
   time_step "fuzz build" clang_configure_build build-fuzz fuzzers "${kSanitizedFlags[@]}" \
-    -DTTT_FUZZ=ON -DTTT_BUILD_TESTS=OFF
+    -DTTT_FUZZ=ON -DTTT_BUILD_TESTS=OFF -DTTT_SANITIZE=
+  [ -z "$configure_only" ] || return 0
   time_step "fuzz run" tests/fuzz/run_fuzzers.sh -s "$fuzz_seconds" -b build-fuzz
 }
 

@@ -1,7 +1,7 @@
 // server/metrics_http: the /metrics endpoint against hostile clients over real loopback sockets.
 // Functional checks only (no timed assertions): a scrape is answered while slow and idle
 // connections are still open; a client that trickles bytes is cut off by the request deadline
-// although it is never idle; an oversized header gets 431; routes and methods.
+// although it is never idle; an oversized header gets 431; routes and methods; /readyz.
 #include "server/metrics_http.h"
 
 #include <arpa/inet.h>
@@ -12,6 +12,8 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstring>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -130,6 +132,35 @@ TEST(HttpExposerTest, AnswersNotFoundAndMethodNotAllowed) {
   EXPECT_NE(post.find("Allow: GET, HEAD"), std::string::npos) << post;
 }
 
+// /readyz follows options.ready (SIGTERM: 503 while the server still answers calls) and is not
+// behind the scrape's authorization: probes carry no token.
+TEST(HttpExposerTest, ReadyzAnswersFromTheReadyCallbackWithoutAuthorization) {
+  std::atomic<bool> ready{true};
+  HttpExposerOptions options;
+  options.ready = [&ready] { return ready.load(); };
+  options.authorize = [](const std::optional<std::string>&) {
+    return absl::UnauthenticatedError("no token");
+  };
+  auto exposer = HttpExposer::Start("127.0.0.1:0", Body("x 1\n"), options);
+  ASSERT_TRUE(exposer.ok()) << exposer.status();
+  const int port = (*exposer)->port();
+  const std::string serving = Get(port, "/readyz");
+  EXPECT_EQ(serving.rfind("HTTP/1.1 200", 0), 0u) << serving;
+  EXPECT_NE(serving.find("\r\n\r\nready\n"), std::string::npos) << serving;
+  ready = false;
+  const std::string draining = Get(port, "/readyz");
+  EXPECT_EQ(draining.rfind("HTTP/1.1 503", 0), 0u) << draining;
+  EXPECT_NE(draining.find("\r\n\r\nnot ready\n"), std::string::npos) << draining;
+  EXPECT_EQ(Get(port, "/metrics").rfind("HTTP/1.1 401", 0), 0u);
+}
+
+TEST(HttpExposerTest, ReadyzIsNotFoundWithoutAReadyCallback) {
+  auto exposer = HttpExposer::Start("127.0.0.1:0", Body("x 1\n"));
+  ASSERT_TRUE(exposer.ok()) << exposer.status();
+  const std::string r = Get((*exposer)->port(), "/readyz");
+  EXPECT_EQ(r.rfind("HTTP/1.1 404", 0), 0u) << r;
+}
+
 TEST(HttpExposerTest, OversizedHeaderGets431) {
   auto exposer = HttpExposer::Start("127.0.0.1:0", Body("x 1\n"));
   ASSERT_TRUE(exposer.ok()) << exposer.status();
@@ -170,6 +201,82 @@ TEST(HttpExposerTest, ScrapeIsAnsweredWhileSlowAndIdleConnectionsStayOpen) {
   trickle.join();
   for (int fd : idle) close(fd);
   close(slow);
+}
+
+// 200 idle connections against a cap of 128 (idle timeout and deadline far away): each newcomer
+// past the cap closes the connection idle longest, so a scrape is still answered (before, the cap
+// left it unanswered until idle connections timed out), and the newest connections stay open.
+TEST(HttpExposerTest, ScrapeIsAnsweredWithTheConnectionCapFullOfIdleClients) {
+  HttpExposerOptions options;
+  options.max_connections = 128;
+  options.idle_timeout_s = 600;
+  options.request_deadline = std::chrono::seconds(600);
+  auto exposer = HttpExposer::Start("127.0.0.1:0", Body("x 1\n"), options);
+  ASSERT_TRUE(exposer.ok()) << exposer.status();
+  const int port = (*exposer)->port();
+  std::vector<int> idle;
+  for (int i = 0; i < 200; ++i) idle.push_back(Connect(port));
+
+  const int scrape = Connect(port);
+  const timeval wait{60, 0};  // far less than the idle timeout that freed slots before
+  setsockopt(scrape, SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof(wait));
+  SendAll(scrape, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  const std::string r = ReadAll(scrape);
+  close(scrape);
+  EXPECT_EQ(r.rfind("HTTP/1.1 200", 0), 0u) << "no answer with 200 idle connections: " << r;
+
+  // The oldest were closed to make room, never the newest; at most the cap stays open.
+  int open = 0;
+  for (int fd : idle) open += StillOpen(fd) ? 1 : 0;
+  EXPECT_LE(open, 128);
+  EXPECT_FALSE(StillOpen(idle.front())) << "the connection idle longest is still open";
+  EXPECT_TRUE(StillOpen(idle.back())) << "the newest idle connection was closed";
+  for (int fd : idle) close(fd);
+}
+
+// True once the server has closed `fd` (EOF or reset), waiting up to 60 s for it.
+bool ClosedByServer(int fd) {
+  pollfd p{fd, POLLIN, 0};
+  if (poll(&p, 1, 60000) != 1) return false;
+  char c;
+  return recv(fd, &c, 1, MSG_DONTWAIT | MSG_PEEK) <= 0;
+}
+
+// A connection with a response in flight is never the one closed to make room: with the cap
+// (1) taken by a client that has not read its 32 MiB answer yet, the newcomer is closed; once
+// the answer is read, that connection is idle and the next newcomer closes it instead.
+TEST(HttpExposerTest, AtTheCapAResponseInFlightIsKeptAndTheNewcomerClosed) {
+  HttpExposerOptions options;
+  options.max_connections = 1;
+  options.idle_timeout_s = 600;
+  options.request_deadline = std::chrono::seconds(600);
+  std::atomic<int> renders{0};
+  auto exposer = HttpExposer::Start(
+      "127.0.0.1:0",
+      [&renders] {
+        ++renders;
+        return std::string(32 << 20, 'x');  // more than the loopback socket buffers hold
+      },
+      options);
+  ASSERT_TRUE(exposer.ok()) << exposer.status();
+  const int port = (*exposer)->port();
+  const int busy = Connect(port);
+  SendAll(busy, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  for (int i = 0; i < 6000 && renders == 0; ++i) std::this_thread::sleep_for(milliseconds(10));
+  ASSERT_EQ(renders, 1);
+
+  const int newcomer = Connect(port);
+  EXPECT_TRUE(ClosedByServer(newcomer)) << "the newcomer past the cap was kept";
+  close(newcomer);
+  EXPECT_TRUE(StillOpen(busy)) << "a connection with its response in flight was closed";
+
+  EXPECT_GE(ReadAll(busy).size(), size_t{32 << 20});  // the server closes it after the answer
+  close(busy);
+  const int next = Connect(port);
+  const std::string r = Get(port, "/metrics");  // room again: `next` is idle, so this one stays
+  EXPECT_EQ(r.rfind("HTTP/1.1 200", 0), 0u) << r.substr(0, 100);
+  EXPECT_TRUE(ClosedByServer(next)) << "the idle connection was kept over a scrape";
+  close(next);
 }
 
 TEST(HttpExposerTest, RequestDeadlineCutsOffAClientThatIsNeverIdle) {

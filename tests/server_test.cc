@@ -339,6 +339,37 @@ TEST_F(ServerTest, BadInputGetsAClearStatusAndNothingAppliedIsLost) {
   ExpectStatus(IngestAll({Tokens(id, {5})}), grpc::StatusCode::NOT_FOUND, "not found");
 }
 
+// Issue 23 #4: an idempotent resend. A stream whose first message says how many tokens the
+// session has received applies only when that is so; otherwise nothing of it applies and the
+// status names the session's value, from which the client resends.
+TEST_F(ServerTest, ExpectedTokensReceivedMakesAResendIdempotent) {
+  Start();
+  const std::string id = Create();
+  ASSERT_TRUE(IngestAll({Tokens(id, Doc(40))}).ok());
+  auto resend = [&](int64_t expected, std::vector<int32_t> tokens) {
+    pb::IngestRequest first = Tokens(id, std::move(tokens));
+    first.set_expected_tokens_received(expected);
+    pb::IngestRequest more = Tokens(id, Doc(5, 1));
+    return IngestAll({first, more});
+  };
+  // A client that believes the session is at 20 (its acknowledgement of 40 was lost... or not):
+  // refused, nothing applied, the message says where to resume.
+  ExpectStatus(resend(20, Doc(20, 2)), grpc::StatusCode::FAILED_PRECONDITION,
+               "has received 40 tokens, not 20");
+  EXPECT_EQ(Settled(id).counters().tokens_received(), 40);
+  // Resent from the session's value: applied once, with the messages after it.
+  ASSERT_TRUE(resend(40, Doc(10, 3)).ok());
+  EXPECT_EQ(Settled(id).counters().tokens_received(), 55);
+  // A second resend of the same input is refused: nothing is applied twice.
+  ExpectStatus(resend(40, Doc(10, 3)), grpc::StatusCode::FAILED_PRECONDITION, "resend from token 55");
+  EXPECT_EQ(Settled(id).counters().tokens_received(), 55);
+  // Only the first message may carry it.
+  pb::IngestRequest later = Tokens(id, Doc(3));
+  later.set_expected_tokens_received(55);
+  ExpectStatus(IngestAll({Tokens(id, Doc(3)), later}), grpc::StatusCode::INVALID_ARGUMENT,
+               "only the first message");
+}
+
 TEST_F(ServerTest, OversizeMessageIsResourceExhausted) {
   options_.max_message_bytes = 1 << 20;
   Start();
@@ -952,7 +983,13 @@ TEST_F(ServerTest, UnreadExportsAreCapped) {
   // A state of ~12 MB (the fixture caches 768 bytes per token): more than a client's transport
   // takes in without reading (it took a whole 0.4 MB state unread, BDP probing off or not, so an
   // "unread" export of a small state could finish and free its slot at once: the test flaked).
-  ASSERT_TRUE(IngestAll({Tokens(id, Doc(16000))}).ok());
+  // In pieces, each its own call: the fixture has no attention window, so one 16k-token call
+  // could outlast a call's deadline on a loaded machine.
+  const std::vector<int32_t> doc = Doc(16000);
+  for (size_t at = 0; at < doc.size(); at += 2000) {
+    std::vector<int32_t> piece(doc.begin() + at, doc.begin() + std::min(doc.size(), at + 2000));
+    ASSERT_TRUE(IngestAll({Tokens(id, piece)}).ok()) << "at " << at;
+  }
   std::vector<std::unique_ptr<grpc::ClientContext>> ctxs;
   std::vector<std::unique_ptr<grpc::ClientReader<pb::ExportSessionResponse>>> stalled;
   pb::ExportSessionRequest er;

@@ -30,6 +30,17 @@ absl::Status ValidateUtf8(std::string_view text);
 // those). Lets a stream of text split anywhere be tokenized up to its last whole character.
 size_t IncompleteUtf8Tail(std::string_view text);
 
+// Whether special tokens written in a text (e.g. "<|im_start|>" in a chat template) become their
+// single id. Text from users should be encoded kAsText, so that nobody can forge the control
+// tokens of a conversation by typing them.
+enum class SpecialTokens {
+  kParse,   // become their id: Hugging Face tokenizers' default (and this module's Encode(text))
+  kAsText,  // encoded as the characters they are written with, as tokenizers does when its
+            // encode_special_tokens is set: where an added token marked "special" matches, its
+            // text stays plain text (other added tokens still become their id). SentencePiece
+            // never parses its control tokens, so both modes give the same ids there.
+};
+
 // A loaded tokenizer. Immutable after Load and thread-safe: every method may be called
 // concurrently from any thread.
 class Tokenizer {
@@ -44,10 +55,15 @@ class Tokenizer {
   // unsupported normalizer or pre-tokenizer) and there is no `tokenizer.model` to fall back to.
   static absl::StatusOr<std::unique_ptr<Tokenizer>> Load(const std::filesystem::path& model_dir);
 
-  // The ids of `text`, without bos/eos (callers add those; see bos_id()). Special tokens written
-  // in the text (e.g. "<|endoftext|>") become their single id.
+  // The ids of `text`, without bos/eos (callers add those; see bos_id()). `special` says whether
+  // special tokens written in the text become their single id (see SpecialTokens).
   // INVALID_ARGUMENT when `text` is not valid UTF-8 (the message names the byte offset).
-  virtual absl::StatusOr<std::vector<int32_t>> Encode(std::string_view text) const = 0;
+  virtual absl::StatusOr<std::vector<int32_t>> Encode(std::string_view text,
+                                                      SpecialTokens special) const = 0;
+  // Encode(text, SpecialTokens::kParse): for trusted text such as a chat template's output.
+  absl::StatusOr<std::vector<int32_t>> Encode(std::string_view text) const {
+    return Encode(text, SpecialTokens::kParse);
+  }
 
   // The text of `ids`. Special tokens render as their content for byte-level BPE and as nothing
   // for SentencePiece control tokens (each library's default). Ids outside [0, vocab_size())

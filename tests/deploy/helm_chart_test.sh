@@ -42,5 +42,7 @@ render gpu-monitoring-hpa gpu-monitoring-hpa.yaml
 render scaleout scaleout.yaml
 render secured secured.yaml
 render scaleout-haproxy scaleout-haproxy.yaml
+render hpa-haproxy hpa-haproxy.yaml
+render haproxy-tls haproxy-tls.yaml
 
 go test -p 1 -count=1 .

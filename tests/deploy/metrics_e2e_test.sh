@@ -27,8 +27,8 @@ grpc_port="$(free_port)"; metrics_port="$(free_port)"
 while [ "$metrics_port" = "$grpc_port" ]; do metrics_port="$(free_port)"; done
 
 "$server" --model="$model" --listen="127.0.0.1:$grpc_port" --metrics_listen="127.0.0.1:$metrics_port" \
-  --checkpoint_dir="$tmp/checkpoints" --drain_timeout_s=5 --max_resident_sessions=3 \
-  --memory_budget_mb=64 >"$tmp/server.log" 2>&1 &
+  --checkpoint_dir="$tmp/checkpoints" --drain_timeout_s=5 --shutdown_delay_s=0 \
+  --max_resident_sessions=3 --memory_budget_mb=64 >"$tmp/server.log" 2>&1 &
 pid=$!
 
 fail() { echo "FAIL: $*"; echo "--- server log"; tail -n 50 "$tmp/server.log"; exit 1; }

@@ -125,7 +125,8 @@ class Server:
                "--metrics_listen=127.0.0.1:%d" % self.metrics_port,
                "--health_listen=127.0.0.1:%d" % self.health_port,
                "--checkpoint_dir=" + os.path.join(tmp, "ckpt-%d" % self.port),
-               "--drain_timeout_s=2", "--checkpoint_on_shutdown=false"] + list(flags)
+               "--drain_timeout_s=2", "--shutdown_delay_s=0",
+               "--checkpoint_on_shutdown=false"] + list(flags)
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
         self.health = grpc.insecure_channel("127.0.0.1:%d" % self.health_port)
         try:
@@ -295,10 +296,11 @@ class AuthE2ETest(unittest.TestCase):
         self.assertIn('tttserve_auth_failures_total{reason="unknown_token"}', text)
         self.assertIn("tttserve_auth_enabled 1", text)
 
-    def test_rotations_take_effect_while_a_stream_stays_open(self):
-        s = self.stub.CreateSession(pb.CreateSessionRequest(), metadata=bearer("bob-token"))
-        # An Ingest stream opened before both rotations, fed one message at a time.
+    def _open_ingest(self, token):
+        """A session of `token`'s tenant and an Ingest stream into it, fed one message at a
+        time through the returned queue (None ends it)."""
         import queue
+        s = self.stub.CreateSession(pb.CreateSessionRequest(), metadata=bearer(token))
         q = queue.Queue()
 
         def requests():
@@ -307,9 +309,16 @@ class AuthE2ETest(unittest.TestCase):
                 if item is None:
                     return
                 yield item
-        stream = self.stub.Ingest(requests(), metadata=bearer("bob-token"))
+        stream = self.stub.Ingest(requests(), metadata=bearer(token))
         q.put(pb.IngestRequest(session_id=s.session_id, token_ids=self.ids(8)))
         self.assertEqual(next(stream).stream_tokens, 8)
+        return q, stream
+
+    def test_rotations_take_effect_while_a_stream_stays_open(self):
+        # Ingest streams opened before both rotations: bob's (his token is then revoked) and
+        # alice's (her token stays).
+        bob_q, bob_stream = self._open_ingest("bob-token")
+        alice_q, alice_stream = self._open_ingest("alice-token")
 
         # Token rotation: bob's old token revoked, a new one added, no restart.
         with open(self.tokens) as f:
@@ -320,17 +329,24 @@ class AuthE2ETest(unittest.TestCase):
         self.assertCode(lambda: self.stub.ListSessions(pb.ListSessionsRequest(),
                                                        metadata=bearer("bob-token")),
                         grpc.StatusCode.UNAUTHENTICATED, "unknown bearer token")
+        # The revoked token's open stream ends (within a second even when idle), having
+        # acknowledged everything it applied.
+        with self.assertRaises(grpc.RpcError) as cm:
+            next(bob_stream)
+        self.assertEqual(cm.exception.code(), grpc.StatusCode.UNAUTHENTICATED)
+        self.assertIn("was revoked or changed", cm.exception.details())
+        bob_q.put(None)
 
         # Certificate rotation to one from ca2: new connections need ca2, no restart.
         self.pki.serve("v2")
         self.assertTrue(wait_until(lambda: self._lists("bob-token-2", ca="ca2")),
                         self.server.output())
 
-        # The stream opened before both goes on.
-        q.put(pb.IngestRequest(token_ids=self.ids(8)))
-        self.assertEqual(next(stream).stream_tokens, 16)
-        q.put(None)
-        self.assertEqual(list(stream), [])
+        # A stream whose credential stays valid goes on across both rotations.
+        alice_q.put(pb.IngestRequest(token_ids=self.ids(8)))
+        self.assertEqual(next(alice_stream).stream_tokens, 16)
+        alice_q.put(None)
+        self.assertEqual(list(alice_stream), [])
         self.pki.serve("v1")
         write_atomically(self.tokens, old)
         self.assertTrue(wait_until(lambda: self._lists("bob-token", ca="ca1")))

@@ -59,7 +59,7 @@ class Harness:
         self.proc = subprocess.Popen(
             [self.server_bin, "--model=" + self.model, "--listen=127.0.0.1:%d" % port,
              "--metrics_listen=", "--threads=1", "--checkpoint_dir=" + self.ckpt_dir,
-             "--checkpoint_on_shutdown=true", "--drain_timeout_s=2"],
+             "--checkpoint_on_shutdown=true", "--drain_timeout_s=2", "--shutdown_delay_s=0"],
             stdout=log, stderr=subprocess.STDOUT)
         self.channel = grpc.insecure_channel("127.0.0.1:%d" % port)
         self.stub = self.pb_grpc.TttServiceStub(self.channel)

@@ -32,7 +32,8 @@ class ServerProcess:
         self.log = tempfile.NamedTemporaryFile(prefix="ttt-serve-", suffix=".log", delete=False)
         cmd = [ARGS.server, "--model=" + ARGS.model, "--listen=127.0.0.1:%d" % self.port,
                "--metrics_listen=127.0.0.1:%d" % self.metrics_port,
-               "--checkpoint_dir=" + ckpt_dir, "--drain_timeout_s=5"] + list(extra)
+               "--checkpoint_dir=" + ckpt_dir, "--drain_timeout_s=5",
+               "--shutdown_delay_s=0"] + list(extra)
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
         self.channel = grpc.insecure_channel("127.0.0.1:%d" % self.port)
         try:

@@ -68,7 +68,8 @@ class Server:
                "--http_listen=127.0.0.1:%d" % self.http_port,
                "--http_max_body_bytes=%d" % MAX_BODY,
                "--checkpoint_dir=" + os.path.join(tmp, "ckpt-%d" % self.port),
-               "--drain_timeout_s=2", "--checkpoint_on_shutdown=false"] + list(flags)
+               "--shutdown_delay_s=0", "--drain_timeout_s=2",
+               "--checkpoint_on_shutdown=false"] + list(flags)
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
         if not wait_until(self.ready, 90):
             self.stop()

@@ -2,8 +2,9 @@
 """Scale-out end to end (issue 13, item 4): three ttt-serve replicas on loopback sharing one
 session store, behind Debian's HAProxy 2.6 running the haproxy.cfg RENDERED FROM THE HELM CHART
 (helm/ttt-serve/templates/haproxy.yaml, values tests/deploy/values/scaleout-haproxy.yaml; only the
-bind and server addresses are replaced by loopback ones). The replicas' store flags
-(--durability, --lease_s, --persist_interval_s) come from the rendered StatefulSet too.
+bind and server addresses and each server's check port are replaced by loopback ones), which
+checks each replica's /readyz. The replicas' store flags (--durability, --lease_s,
+--persist_interval_s) and --shutdown_delay_s come from the rendered StatefulSet too.
 
 Scenario:
   1. Clients create sessions with their own ids and ingest through the proxy (sync durability:
@@ -13,9 +14,14 @@ Scenario:
      over once the dead replica's lease expires. On resuming, every acknowledged token is there
      (the session's position in the store is at least what was acknowledged).
   3. A rolling restart (SIGTERM, start again, one replica at a time) while clients keep
-     ingesting and scoring: no call fails beyond UNAVAILABLEs that a retry gets past.
+     ingesting and scoring, also during each replica's shutdown delay (not ready, still taking
+     calls): no call fails beyond UNAVAILABLEs that a retry gets past.
   4. Every score along the way is bit-identical (float32 bits) to the same stream on a single
      server. Calls are made one at a time, so batches hold one session's message, as there.
+
+A second test runs the chart's TLS router (values tests/deploy/values/haproxy-tls.yaml, certificates
+made by openssl at test time): clients speak TLS to HAProxy, which re-encrypts to two TLS replicas
+and verifies them against the CA; sessions still spread by their header; plaintext is refused.
 
 Usage: scaleout_e2e_test.py --server PATH/ttt-serve --model DIR --proto DIR --source REPO_ROOT
 Loopback only, free ports, bounded (a deadline per call, ~60 s in all).
@@ -58,7 +64,7 @@ def wait_port(port, proc, timeout):
     return False
 
 
-def render_chart(tmp):
+def render_chart(tmp, values="scaleout-haproxy.yaml"):
     """Renders the chart with the repo's renderer (tests/deploy/helmrender, as helm_chart_test.sh)
     and returns (haproxy.cfg text, store flags of the StatefulSet's server)."""
     import yaml
@@ -70,7 +76,7 @@ def render_chart(tmp):
     out = subprocess.run(
         [binary, "-chart", os.path.join(ARGS.source, "helm/ttt-serve"), "-release", "ttt",
          "-namespace", "serving", "-f",
-         os.path.join(ARGS.source, "tests/deploy/values/scaleout-haproxy.yaml")],
+         os.path.join(ARGS.source, "tests/deploy/values", values)],
         check=True, capture_output=True, text=True, timeout=60).stdout
     cfg, flags = None, []
     for doc in yaml.safe_load_all(out):
@@ -81,28 +87,31 @@ def render_chart(tmp):
         if doc["kind"] == "StatefulSet":
             args = doc["spec"]["template"]["spec"]["containers"][0]["args"]
             flags = [a for a in args if a.split("=")[0] in
-                     ("--durability", "--lease_s", "--persist_interval_s")]
-    if cfg is None or len(flags) != 3:
+                     ("--durability", "--lease_s", "--persist_interval_s", "--shutdown_delay_s")]
+    if cfg is None or len(flags) != 4:
         raise RuntimeError("the chart rendered no haproxy.cfg or no store flags:\n" + out[:2000])
     return cfg, flags
 
 
-def loopback_cfg(cfg, proxy_port, replica_ports):
-    """The rendered config with loopback addresses: the bind line and each server's address."""
-    cfg, n = re.subn(r"(?m)^(\s*bind )\S+( proto h2)$", r"\g<1>127.0.0.1:%d\2" % proxy_port, cfg)
+def loopback_cfg(cfg, proxy_port, replicas):
+    """The rendered config with loopback addresses: the bind line, each server's address and the
+    port its /readyz check goes to (replicas: (gRPC port, metrics port) each)."""
+    cfg, n = re.subn(r"(?m)^(\s*bind ):\d+( .*)$", r"\g<1>127.0.0.1:%d\2" % proxy_port, cfg)
     assert n == 1, cfg
-    servers = iter(replica_ports)
+    servers = iter(replicas)
 
     def server(m):
-        return "%sserver %s 127.0.0.1:%d" % (m.group(1), m.group(2), next(servers))
+        return "%sserver %s 127.0.0.1:%d port %d" % ((m.group(1), m.group(2)) + next(servers))
     cfg, n = re.subn(r"(?m)^(\s*)server (\S+) \S+$", server, cfg)
-    assert n == len(replica_ports), cfg
+    assert n == len(replicas), cfg
     return cfg
 
 
 class Replica:
-    def __init__(self, name, port, store, flags, log_dir):
+    def __init__(self, name, port, store, flags, log_dir, tls_flags=()):
         self.name, self.port, self.store, self.flags = name, port, store, flags
+        self.metrics_port = free_port()
+        self.tls_flags = list(tls_flags)
         self.log_path = os.path.join(log_dir, name + ".log")
         self.proc = None
 
@@ -110,9 +119,10 @@ class Replica:
         with open(self.log_path, "a") as log:
             self.proc = subprocess.Popen(
                 [ARGS.server, "--model=" + ARGS.model, "--listen=127.0.0.1:%d" % self.port,
-                 "--metrics_listen=127.0.0.1:%d" % free_port(), "--checkpoint_dir=" + self.store,
-                 "--drain_timeout_s=5"] + (["--replica_id=" + self.name] if self.flags else [])
-                + self.flags,
+                 "--metrics_listen=127.0.0.1:%d" % self.metrics_port,
+                 "--checkpoint_dir=" + self.store, "--drain_timeout_s=5"]
+                + (["--replica_id=" + self.name] if self.flags else ["--shutdown_delay_s=0"])
+                + self.flags + self.tls_flags,
                 stdout=log, stderr=subprocess.STDOUT)
         if not wait_port(self.port, self.proc, 60):
             raise RuntimeError("%s did not start:\n%s" % (self.name, self.output()))
@@ -141,8 +151,9 @@ class Client:
     """Calls through the proxy, one at a time, retrying UNAVAILABLE (and only that) with backoff.
     Every call carries x-session-id, the key HAProxy hashes."""
 
-    def __init__(self, port, pieces, probe):
-        self.channel = grpc.insecure_channel("127.0.0.1:%d" % port)
+    def __init__(self, port, pieces, probe, ca=None):
+        self.channel = (grpc.secure_channel("localhost:%d" % port, grpc.ssl_channel_credentials(ca))
+                        if ca else grpc.insecure_channel("127.0.0.1:%d" % port))
         self.stub = pb_grpc.TttServiceStub(self.channel)
         self.pieces, self.probe = pieces, probe
         self.acked = {sid: 0 for sid in pieces}    # pieces acknowledged per session
@@ -249,9 +260,11 @@ class ScaleOutTest(unittest.TestCase):
                     print("---- haproxy\n" + f.read()[-3000:], file=sys.stderr)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
-    def start_proxy(self, cfg_text):
+    def start_proxy(self, cfg_text, tls_dir=None):
         port = free_port()
-        cfg = loopback_cfg(cfg_text, port, [r.port for r in self.replicas])
+        cfg = loopback_cfg(cfg_text, port, [(r.port, r.metrics_port) for r in self.replicas])
+        if tls_dir is not None:  # where the router's Deployment mounts the Secret
+            cfg = cfg.replace("/usr/local/etc/haproxy-tls", tls_dir)
         path = os.path.join(self.tmp, "haproxy.cfg")
         with open(path, "w") as f:
             f.write(cfg)
@@ -286,6 +299,7 @@ class ScaleOutTest(unittest.TestCase):
         self.assertIn("--durability=sync", flags)
         self.assertIn("balance hdr(x-session-id)", cfg_text)
         self.assertIn("hash-type consistent", cfg_text)
+        self.assertIn("http-check send meth GET uri /readyz", cfg_text)
 
         # The reference: one server, no store sharing.
         self.single = Replica("single", free_port(), os.path.join(self.tmp, "single"), [],
@@ -347,16 +361,23 @@ class ScaleOutTest(unittest.TestCase):
         unavailable_after_kill, resets_after_kill = client.unavailable, client.resets
         victim.start()  # back on the same port and name: the ring is whole again
 
-        # 3. Rolling restart, one replica at a time, while the client keeps going.
+        # 3. Rolling restart, one replica at a time, while the client keeps going: first during
+        # the replica's shutdown delay (it reports not ready, HAProxy's /readyz check takes it out
+        # of the ring, it still answers what reaches it), then while it is down.
         pending = {sid: PHASE_A for sid in SESSIONS}
         restart_log = []
+        unavailable_before_restart = client.unavailable
         for r in self.replicas:
-            self.assertEqual(r.stop(signal.SIGTERM), 0, r.output()[-2000:])
-            # Calls while it is down: its sessions move to the others.
+            r.proc.send_signal(signal.SIGTERM)
             for sid in SESSIONS[:3]:
                 if pending[sid] < PIECES:
                     pending[sid] += 1
                     client.ingest(sid, pending[sid])
+                check_score(sid)
+            self.assertEqual(r.proc.wait(timeout=120), 0, r.output()[-2000:])
+            self.assertIn("not serving; taking calls", r.output())
+            # Calls while it is down: its sessions move to the others.
+            for sid in SESSIONS[:3]:
                 check_score(sid)
             r.start()
             restart_log.append(r.name)
@@ -379,12 +400,61 @@ class ScaleOutTest(unittest.TestCase):
         client.channel.close()
         print("scaleout: %d sessions, %d replicas; SIGKILL of %s (held %s) -> %s took %s over, "
               "its stream resumed and done %.2f s after the kill (lease %s); %d UNAVAILABLE and %d "
-              "stream resets retried by then, %d UNAVAILABLE in all (rolling restart of %s, %d "
-              "sessions handed back on request); whole test %.1f s"
+              "stream resets retried by then, %d UNAVAILABLE in all, %d of them in the rolling "
+              "restart of %s (%s; %d sessions handed back on request); whole test %.1f s"
               % (len(SESSIONS), len(self.replicas), victim.name, moved, new_owner, victim_sid,
                  failover_s, [f for f in flags if f.startswith("--lease_s")][0],
-                 unavailable_after_kill, resets_after_kill, client.unavailable, restart_log,
+                 unavailable_after_kill, resets_after_kill, client.unavailable,
+                 client.unavailable - unavailable_before_restart, restart_log,
+                 [f for f in flags if f.startswith("--shutdown_delay_s")][0],
                  handovers, time.time() - started), file=sys.stderr)
+        self._ok = True
+
+
+    def test_tls_through_haproxy(self):
+        cfg_text, flags = render_chart(self.tmp, "haproxy-tls.yaml")
+        self.assertIn("ssl crt /usr/local/etc/haproxy-tls/tls.crt alpn h2", cfg_text)
+        self.assertIn("ssl alpn h2 verify required ca-file", cfg_text)
+        # The Secret as the router mounts it: tls.crt, its key as tls.crt.key, ca.crt.
+        tls = os.path.join(self.tmp, "tls")
+        os.makedirs(tls)
+
+        def openssl(*args):
+            subprocess.run(["openssl"] + list(args), cwd=tls, check=True, capture_output=True)
+        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        openssl("req", "-x509", *ec, "-days", "2", "-keyout", "ca.key", "-out", "ca.crt",
+                "-subj", "/CN=test-ca")
+        openssl("req", *ec, "-keyout", "tls.crt.key", "-out", "tls.csr", "-subj", "/CN=ttt-serve")
+        with open(os.path.join(tls, "san.ext"), "w") as f:
+            f.write("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+        openssl("x509", "-req", "-in", "tls.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+                "-CAcreateserial", "-days", "2", "-out", "tls.crt", "-extfile", "san.ext")
+        with open(os.path.join(tls, "ca.crt"), "rb") as f:
+            ca = f.read()
+
+        self.store = os.path.join(self.tmp, "store")
+        tls_flags = ["--tls_cert_file=" + os.path.join(tls, "tls.crt"),
+                     "--tls_key_file=" + os.path.join(tls, "tls.crt.key")]
+        self.replicas = [Replica("r%d" % i, free_port(), self.store, flags, self.tmp, tls_flags)
+                         for i in range(2)]
+        for r in self.replicas:
+            r.start()
+        port = self.start_proxy(cfg_text, tls)
+
+        sids = ["tls-%d" % i for i in range(8)]
+        client = Client(port, {sid: [] for sid in sids}, [], ca=ca)
+        for sid in sids:
+            client.create(sid)
+            self.assertEqual(client.position(sid), 0)
+        self.assertEqual(client.errors, [])
+        owners = {self.owner_of(sid) for sid in sids}
+        self.assertEqual(owners, {"r0", "r1"}, "the TLS router spread no sessions")
+        client.channel.close()
+        # Plaintext to the router is refused (it speaks only TLS).
+        with grpc.insecure_channel("127.0.0.1:%d" % port) as plain:
+            with self.assertRaises(grpc.RpcError) as refused:
+                pb_grpc.TttServiceStub(plain).GetServerInfo(pb.GetServerInfoRequest(), timeout=10)
+            self.assertEqual(refused.exception.code(), grpc.StatusCode.UNAVAILABLE)
         self._ok = True
 
 

@@ -44,7 +44,7 @@ def secured_run(server_bin, model, stress_cmd, tmp):
         server = subprocess.Popen(
             [server_bin, "--model=" + model, "--listen=127.0.0.1:%d" % port, "--metrics_listen=",
              "--threads=1", "--checkpoint_dir=" + os.path.join(tmp, "secured-ckpt"),
-             "--checkpoint_on_shutdown=false", "--drain_timeout_s=5",
+             "--checkpoint_on_shutdown=false", "--drain_timeout_s=5", "--shutdown_delay_s=0",
              "--tls_cert_file=" + os.path.join(tmp, "server.pem"),
              "--tls_key_file=" + os.path.join(tmp, "server.key"),
              "--auth_tokens_file=" + os.path.join(tmp, "tokens")],
@@ -94,7 +94,7 @@ def main():
     server = subprocess.Popen(
         [server_bin, "--model=" + model, "--listen=127.0.0.1:%d" % port, "--metrics_listen=",
          "--threads=1", "--checkpoint_dir=" + os.path.join(tmp, "ckpt"),
-         "--checkpoint_on_shutdown=false", "--drain_timeout_s=5"],
+         "--checkpoint_on_shutdown=false", "--drain_timeout_s=5", "--shutdown_delay_s=0"],
         stdout=log, stderr=subprocess.STDOUT)
     try:
         cmd = stress_cmd + ["--target=127.0.0.1:%d" % port, "--clients=%d" % clients,

@@ -212,25 +212,6 @@ absl::Status ParsePreTokenizer(const Json& node, const ErrorFactory& errors,
   return errors.Unsupported(absl::StrCat("unsupported pre_tokenizer type ", type));
 }
 
-// Only normalizers that leave (NFC) text unchanged are accepted. NFC itself is taken as the
-// identity: input is assumed to be NFC already, which holds for nearly all real text.
-absl::Status CheckNormalizer(const Json& node, const ErrorFactory& errors) {
-  if (node.is_null()) return absl::OkStatus();
-  if (!node.is_object() || !node.contains("type") || !node["type"].is_string()) {
-    return errors.Malformed("normalizer without a type");
-  }
-  const std::string type = node["type"].get<std::string>();
-  if (type == "NFC") return absl::OkStatus();
-  if (type == "Sequence" && node.contains("normalizers") && node["normalizers"].is_array()) {
-    for (const Json& child : node["normalizers"]) {
-      absl::Status status = CheckNormalizer(child, errors);
-      if (!status.ok()) return status;
-    }
-    return absl::OkStatus();
-  }
-  return errors.Unsupported(absl::StrCat("unsupported normalizer type ", type));
-}
-
 // Splits `piece` by a stage's regex the way tokenizers' NormalizedString::split does.
 absl::Status SplitPiece(const BpeTokenizer::PreTokenizerStage& stage, std::string_view piece,
                         std::vector<std::string>* out) {
@@ -361,9 +342,12 @@ absl::StatusOr<std::unique_ptr<BpeTokenizer>> BpeTokenizer::Create(std::string_v
     if (!status.ok()) return status;
   }
   if (!saw_byte_level) return errors.Unsupported("no ByteLevel pre_tokenizer: not byte-level BPE");
-  absl::Status status =
-      CheckNormalizer(root.contains("normalizer") ? root["normalizer"] : null_json, errors);
-  if (!status.ok()) return status;
+  auto normalizer = Normalizer::Parse(root.contains("normalizer") ? root["normalizer"] : null_json);
+  if (!normalizer.ok()) {
+    return absl::Status(normalizer.status().code(),
+                        absl::StrCat(source, ": ", normalizer.status().message()));
+  }
+  t.normalizer_ = *std::move(normalizer);
 
   // Vocab: byte-level symbols -> raw bytes.
   if (!model.contains("vocab") || !model["vocab"].is_object()) {
@@ -453,7 +437,9 @@ absl::StatusOr<std::unique_ptr<BpeTokenizer>> BpeTokenizer::Create(std::string_v
       std::string content = entry["content"].get<std::string>();
       if (static_cast<size_t>(id) >= t.id_to_bytes_.size()) t.id_to_bytes_.resize(id + 1);
       t.id_to_bytes_[id] = content;
-      t.added_tokens_.push_back({std::move(content), id});
+      const bool special = entry.contains("special") && entry["special"].is_boolean() &&
+                           entry["special"].get<bool>();  // tokenizers' default: false
+      t.added_tokens_.push_back({std::move(content), id, special});
     }
   }
   for (size_t i = 0; i < t.added_tokens_.size(); ++i) {
@@ -487,7 +473,9 @@ absl::StatusOr<std::unique_ptr<BpeTokenizer>> BpeTokenizer::Create(std::string_v
   return tokenizer;
 }
 
-absl::StatusOr<std::vector<int32_t>> BpeTokenizer::Encode(std::string_view text) const {
+absl::StatusOr<std::vector<int32_t>> BpeTokenizer::Encode(std::string_view text,
+                                                          SpecialTokens special) const {
+  const bool parse_special = special == SpecialTokens::kParse;
   absl::Status status = ValidateUtf8(text);
   if (!status.ok()) return status;
   std::vector<int32_t> ids;
@@ -505,6 +493,12 @@ absl::StatusOr<std::vector<int32_t>> BpeTokenizer::Encode(std::string_view text)
       ++pos;
       continue;
     }
+    if (match->special && !parse_special) {
+      // As tokenizers' encode_special_tokens: the match is found and then left as text, so a
+      // shorter added token inside it is not matched either.
+      pos += match->content.size();
+      continue;
+    }
     status = EncodeSegment(text.substr(segment_begin, pos - segment_begin), &ids);
     if (!status.ok()) return status;
     ids.push_back(match->id);
@@ -519,7 +513,15 @@ absl::StatusOr<std::vector<int32_t>> BpeTokenizer::Encode(std::string_view text)
 absl::Status BpeTokenizer::EncodeSegment(std::string_view segment,
                                          std::vector<int32_t>* ids) const {
   if (segment.empty()) return absl::OkStatus();
-  std::vector<std::string> pieces = {std::string(segment)};
+  std::vector<std::string> pieces;
+  if (normalizer_->is_identity()) {
+    pieces.emplace_back(segment);
+  } else {
+    absl::StatusOr<std::string> normalized = normalizer_->Normalize(segment);
+    if (!normalized.ok()) return normalized.status();
+    if (normalized->empty()) return absl::OkStatus();
+    pieces.push_back(*std::move(normalized));
+  }
   for (const PreTokenizerStage& stage : stages_) {
     std::vector<std::string> next;
     for (std::string& piece : pieces) {

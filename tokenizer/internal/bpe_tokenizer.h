@@ -1,6 +1,7 @@
 // Byte-level BPE from a Hugging Face `tokenizer.json` (GPT-2, Llama-3, Qwen2 families): added
 // tokens are matched first (longest match) and never split; the rest goes through the file's
-// pre-tokenizer (Split regexes, Digits, ByteLevel), then BPE merges by rank over raw bytes.
+// normalizer (see normalizer.h), its pre-tokenizer (Split regexes, Digits, ByteLevel), then BPE
+// merges by rank over raw bytes.
 #pragma once
 
 #include <array>
@@ -15,6 +16,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "tokenizer/internal/normalizer.h"
 #include "tokenizer/internal/regex.h"
 #include "tokenizer/tokenizer.h"
 
@@ -44,7 +46,9 @@ class BpeTokenizer final : public Tokenizer {
                                                               const std::string& source,
                                                               const SpecialTokenNames& names);
 
-  absl::StatusOr<std::vector<int32_t>> Encode(std::string_view text) const override;
+  using Tokenizer::Encode;
+  absl::StatusOr<std::vector<int32_t>> Encode(std::string_view text,
+                                              SpecialTokens special) const override;
   std::string Decode(absl::Span<const int32_t> ids) const override;
   std::string TokenBytes(int32_t id, bool* at_text_start) const override;
   int32_t vocab_size() const override { return static_cast<int32_t>(id_to_bytes_.size()); }
@@ -69,6 +73,7 @@ class BpeTokenizer final : public Tokenizer {
   struct AddedToken {
     std::string content;
     int32_t id;
+    bool special;  // tokenizer.json's "special": not matched when encoding SpecialTokens::kAsText
   };
   struct Merge {
     int32_t rank;
@@ -91,6 +96,7 @@ class BpeTokenizer final : public Tokenizer {
   std::array<int32_t, 256> byte_ids_{};              // the single-byte symbols
   std::vector<AddedToken> added_tokens_;
   std::array<std::vector<int>, 256> added_by_first_byte_;  // indices, longest content first
+  std::unique_ptr<Normalizer> normalizer_;  // runs on each segment between added tokens
   std::vector<PreTokenizerStage> stages_;
   bool ignore_merges_ = false;  // Llama-3: a piece that is itself in the vocab is one token
   std::optional<int32_t> bos_id_;

@@ -8,6 +8,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "tokenizer/internal/unicode_classes.h"
 #include "tokenizer/internal/utf8.h"
 
 namespace ttt::tokenizer::internal {
@@ -27,6 +28,8 @@ pcre2_code* Code(void* code) { return static_cast<pcre2_code*>(code); }
 absl::StatusOr<std::unique_ptr<Regex>> Regex::Compile(std::string_view pattern, bool literal) {
   // PCRE2_LITERAL admits no UCP (which only matters to classes a literal lacks).
   const uint32_t options = literal ? PCRE2_UTF | PCRE2_LITERAL : PCRE2_UTF | PCRE2_UCP;
+  // The pattern as written is compiled first so that errors point into it; the rewrite of its
+  // Unicode classes (see unicode_classes.h) is what runs.
   int error = 0;
   PCRE2_SIZE error_offset = 0;
   pcre2_code* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(),
@@ -34,6 +37,19 @@ absl::StatusOr<std::unique_ptr<Regex>> Regex::Compile(std::string_view pattern, 
   if (code == nullptr) {
     return absl::InvalidArgumentError(
         absl::StrCat("regex does not compile at offset ", error_offset, ": ", Pcre2Message(error)));
+  }
+  if (!literal) {
+    const std::string translated = TranslateUnicodeClasses(pattern);
+    if (translated != pattern) {
+      pcre2_code_free(code);
+      code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(translated.data()), translated.size(),
+                           options, &error, &error_offset, nullptr);
+      if (code == nullptr) {
+        return absl::InternalError(
+            absl::StrCat("regex with Unicode ", UnicodeVersion(),
+                         " classes does not compile: ", Pcre2Message(error)));
+      }
+    }
   }
   // JIT is an optimisation only: the interpreter gives the same matches when it is unavailable.
   pcre2_jit_compile(code, PCRE2_JIT_COMPLETE);

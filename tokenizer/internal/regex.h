@@ -1,5 +1,7 @@
 // A compiled PCRE2 pattern in UTF + UCP mode (\s, \w, \d and the POSIX classes are Unicode-aware),
-// used for the pre-tokenizer regexes of tokenizer.json. Keeps pcre2.h out of other headers.
+// used for the pre-tokenizer and Replace regexes of tokenizer.json. Its \s, \d and general-category
+// classes follow utf8proc's Unicode version rather than PCRE2's (see unicode_classes.h). Keeps
+// pcre2.h out of other headers.
 #pragma once
 
 #include <cstddef>

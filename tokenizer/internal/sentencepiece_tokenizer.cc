@@ -373,7 +373,8 @@ std::vector<SentencePieceTokenizer::Segment> SentencePieceTokenizer::EncodeChar(
   return output;
 }
 
-absl::StatusOr<std::vector<int32_t>> SentencePieceTokenizer::Encode(std::string_view text) const {
+absl::StatusOr<std::vector<int32_t>> SentencePieceTokenizer::Encode(std::string_view text,
+                                                                    SpecialTokens) const {
   absl::Status status = ValidateUtf8(text);
   if (!status.ok()) return status;
   const std::string normalized = normalizer_->Normalize(text);

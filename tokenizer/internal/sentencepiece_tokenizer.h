@@ -34,7 +34,11 @@ class SentencePieceTokenizer final : public Tokenizer {
   static absl::StatusOr<std::unique_ptr<SentencePieceTokenizer>> CreateFromBytes(
       std::string_view bytes, const std::string& source);
 
-  absl::StatusOr<std::vector<int32_t>> Encode(std::string_view text) const override;
+  using Tokenizer::Encode;
+  // `special` changes nothing: control pieces are never matched in text (libsentencepiece's rule)
+  // and user-defined pieces always are.
+  absl::StatusOr<std::vector<int32_t>> Encode(std::string_view text,
+                                              SpecialTokens special) const override;
   std::string Decode(absl::Span<const int32_t> ids) const override;
   std::string TokenBytes(int32_t id, bool* at_text_start) const override;
   int32_t vocab_size() const override { return static_cast<int32_t>(model_.pieces.size()); }

@@ -84,7 +84,15 @@ app.kubernetes.io/part-of: ttt-serve
 - {{ printf "--max_batch_tokens=%d" ($s.maxBatchTokens | int64) | quote }}
 - {{ printf "--max_decode_batch_tokens=%d" ($s.maxDecodeBatchTokens | int64) | quote }}
 - {{ printf "--checkpoint_on_shutdown=%t" $s.checkpointOnShutdown | quote }}
+- {{ printf "--shutdown_delay_s=%d" ($s.shutdownDelayS | int64) | quote }}
 - {{ printf "--drain_timeout_s=%d" ($s.drainTimeoutS | int64) | quote }}
+{{- /* The engine's threads: server.torchThreads, else the CPU request (TTT_CPU_REQUEST, the
+downward API; Kubernetes expands $(...) in args). */}}
+{{- if $s.torchThreads }}
+- {{ printf "--threads=%v" $s.torchThreads | quote }}
+{{- else }}
+- "--threads=$(TTT_CPU_REQUEST)"
+{{- end }}
 {{- if eq .Values.persistence.mode "shared" }}
 {{- /* The shared volume is a session store: each replica leases the sessions it serves. */}}
 - "--replica_id=$(POD_NAME)"
@@ -120,8 +128,8 @@ files; refuses combinations that cannot work. */}}
 {{- if and $sec.tls .Values.routing.envoy.enabled }}
 {{- fail "routing.envoy speaks plaintext to the replicas: it cannot front security.tls yet" }}
 {{- end }}
-{{- if and $sec.tls .Values.routing.haproxy.enabled }}
-{{- fail "routing.haproxy speaks plaintext (h2c) to the replicas: it cannot front security.tls yet" }}
+{{- if and $sec.mutualTls .Values.routing.haproxy.enabled }}
+{{- fail "routing.haproxy terminates TLS: the replicas would see the router's connection, not the client's certificate (the tenant under security.mutualTls); behind the router use security.tokens for tenants" }}
 {{- end }}
 {{- if gt (int $sec.healthPort) 0 }}
 - {{ printf "--health_listen=0.0.0.0:%d" ($sec.healthPort | int64) | quote }}

@@ -248,7 +248,7 @@ func containerPort(c obj, name string) int {
 }
 
 var scenarios = [][]string{{}, {"gpu-monitoring-hpa.yaml"}, {"scaleout.yaml"}, {"secured.yaml"},
-	{"scaleout-haproxy.yaml"}}
+	{"scaleout-haproxy.yaml"}, {"hpa-haproxy.yaml"}, {"haproxy-tls.yaml"}}
 
 func TestFlagsArePortsAndNamesOfTheContract(t *testing.T) {
 	c := parseContract(t)
@@ -491,6 +491,8 @@ func TestSecurityValuesThatCannotWorkAreRefused(t *testing.T) {
 		"metricsTls": {"security:\n  metricsTls: true\n", "metricsTls reads tls.crt"},
 		"quotasNone": {"quotas:\n  enabled: true\n", "set quotas.rules"},
 		"envoyTls": {"secret:\n  existingSecret: s\nsecurity:\n  tls: true\nrouting:\n  envoy:\n    enabled: true\n", "cannot front security.tls"},
+		"haproxyMtls": {"secret:\n  existingSecret: s\nsecurity:\n  tls: true\n  mutualTls: true\nrouting:\n  haproxy:\n    enabled: true\n",
+			"not the client's certificate"},
 	} {
 		f := filepath.Join(t.TempDir(), name+".yaml")
 		os.WriteFile(f, []byte(c.text), 0o644)
@@ -623,9 +625,13 @@ func TestGracefulTerminationCoversDrainAndCheckpoint(t *testing.T) {
 		if err != nil {
 			drain = c.drainTimeoutS
 		}
+		delay, err := strconv.Atoi(a["shutdown_delay_s"])
+		if err != nil || delay < 1 {
+			t.Errorf("%v: --shutdown_delay_s=%q: want a delay, so endpoints and routers move first", sc, a["shutdown_delay_s"])
+		}
 		grace := num(sts.o, "spec", "template", "spec", "terminationGracePeriodSeconds")
-		if grace < drain+30 {
-			t.Errorf("%v: terminationGracePeriodSeconds %d leaves under 30 s to checkpoint after a %d s drain", sc, grace, drain)
+		if grace < delay+drain+30 {
+			t.Errorf("%v: terminationGracePeriodSeconds %d leaves under 30 s to checkpoint after a %d s delay and a %d s drain", sc, grace, delay, drain)
 		}
 		if a["checkpoint_on_shutdown"] != "true" {
 			t.Errorf("%v: --checkpoint_on_shutdown=%s", sc, a["checkpoint_on_shutdown"])
@@ -637,6 +643,41 @@ func TestGracefulTerminationCoversDrainAndCheckpoint(t *testing.T) {
 	_, err := Render(filepath.Join(root, "helm/ttt-serve"), Options{ValuesFiles: []string{bad}})
 	if err == nil || !strings.Contains(err.Error(), "terminationGracePeriodSeconds must exceed") {
 		t.Errorf("grace 10 s with a 20 s drain: want a render failure, got %v", err)
+	}
+	os.WriteFile(bad, []byte("terminationGracePeriodSeconds: 22\nserver:\n  shutdownDelayS: 5\n"), 0o644)
+	_, err = Render(filepath.Join(root, "helm/ttt-serve"), Options{ValuesFiles: []string{bad}})
+	if err == nil || !strings.Contains(err.Error(), "server.shutdownDelayS plus server.drainTimeoutS") {
+		t.Errorf("grace 22 s with a 5 s delay and a 20 s drain: want a render failure, got %v", err)
+	}
+}
+
+// --threads follows the container's CPU request through the downward API (rounded up to whole
+// cores), unless server.torchThreads names a count.
+func TestThreadsFollowTheCpuRequest(t *testing.T) {
+	for _, sc := range [][]string{{}, {"hpa-haproxy.yaml"}} {
+		_, ctr := serverContainer(t, render(t, sc...))
+		if a := args(t, ctr); a["threads"] != "$(TTT_CPU_REQUEST)" {
+			t.Errorf("%v: --threads=%q, want $(TTT_CPU_REQUEST)", sc, a["threads"])
+		}
+		var ref interface{}
+		for _, e := range list(ctr, "env") {
+			if str(e, "name") == "TTT_CPU_REQUEST" {
+				ref = get(e, "valueFrom", "resourceFieldRef")
+			}
+		}
+		if str(ref, "resource") != "requests.cpu" || str(ref, "containerName") != "ttt-serve" ||
+			str(ref, "divisor") != "1" {
+			t.Errorf("%v: TTT_CPU_REQUEST from %v, want requests.cpu of ttt-serve in whole cores", sc, ref)
+		}
+	}
+	f := filepath.Join(t.TempDir(), "threads.yaml")
+	os.WriteFile(f, []byte("server:\n  torchThreads: 3\n"), 0o644)
+	r, err := Render(filepath.Join(repoRoot(t), "helm/ttt-serve"), Options{ValuesFiles: []string{f}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(r.Stream(), `- "--threads=3"`) || !strings.Contains(r.Stream(), "OMP_NUM_THREADS") {
+		t.Errorf("server.torchThreads 3: want --threads=3 and OMP_NUM_THREADS")
 	}
 }
 
@@ -768,6 +809,137 @@ func TestHaproxyHashesTheSessionHeaderOverEveryReplica(t *testing.T) {
 	}
 }
 
+// haproxyCfg is the router's haproxy.cfg in a render ("" without one).
+func haproxyCfg(r rendered) string {
+	for _, cm := range r.find("ConfigMap") {
+		if text := str(cm.o, "data", "haproxy.cfg"); text != "" {
+			return text
+		}
+	}
+	return ""
+}
+
+// seconds parses an HAProxy duration ("1s", "500ms", "1m").
+func seconds(t *testing.T, d string) float64 {
+	m := regexp.MustCompile(`^(\d+)(ms|s|m)$`).FindStringSubmatch(d)
+	if m == nil {
+		t.Fatalf("bad HAProxy duration %q", d)
+	}
+	n, _ := strconv.Atoi(m[1])
+	return float64(n) * map[string]float64{"ms": 0.001, "s": 1, "m": 60}[m[2]]
+}
+
+// With the HPA the router lists every pod the HPA can add (maxReplicas), each resolved at run time
+// through the headless Service; every replica is checked over HTTP on its own /readyz (metrics
+// port), and leaves the ring well inside the shutdown delay and the lease; the NetworkPolicy lets
+// the router reach the metrics port.
+func TestHaproxyFollowsThePodsTheHpaCanAddAndChecksReadyz(t *testing.T) {
+	c := parseContract(t)
+	r := render(t, "hpa-haproxy.yaml")
+	sts, ctr := serverContainer(t, r)
+	cfg := haproxyCfg(r)
+	for i := 0; i < 5; i++ {
+		pod := fmt.Sprintf("%s-%d", sts.name(), i)
+		want := fmt.Sprintf("server %s %s.%s.serving.svc:%d\n", pod, pod, str(sts.o, "spec", "serviceName"), c.grpcPort)
+		if !strings.Contains(cfg, want) {
+			t.Errorf("haproxy.cfg lacks %q:\n%s", want, cfg)
+		}
+	}
+	if n := strings.Count(cfg, "\n  server "); n != 5 {
+		t.Errorf("%d server lines, want autoscaling.maxReplicas (5)", n)
+	}
+	for _, want := range []string{"option httpchk\n", "http-check connect default proto h1\n",
+		"http-check send meth GET uri /readyz ", "http-check expect status 200\n",
+		fmt.Sprintf(" check port %d ", c.metricsPort), "resolvers cluster init-addr last,libc,none"} {
+		if !strings.Contains(cfg, want) {
+			t.Errorf("haproxy.cfg lacks %q:\n%s", want, cfg)
+		}
+	}
+	m := regexp.MustCompile(`inter (\S+) fall (\d+) rise \d+`).FindStringSubmatch(cfg)
+	tm := regexp.MustCompile(`timeout check (\S+)`).FindStringSubmatch(cfg)
+	if m == nil || tm == nil {
+		t.Fatalf("haproxy.cfg has no check interval or timeout:\n%s", cfg)
+	}
+	fall, _ := strconv.Atoi(m[2])
+	detect := seconds(t, m[1])*float64(fall) + seconds(t, tm[1])
+	a := args(t, ctr)
+	delay, _ := strconv.Atoi(a["shutdown_delay_s"])
+	lease, _ := strconv.Atoi(a["lease_s"])
+	if detect >= float64(delay) || detect >= float64(lease)/2 {
+		t.Errorf("a replica leaves the ring after up to %.1f s: want under --shutdown_delay_s=%d and half of --lease_s=%d", detect, delay, lease)
+	}
+	np := r.one(t, "NetworkPolicy")
+	router := false
+	for _, rule := range list(np.o, "spec", "ingress") {
+		if str(rule, "ports", 0, "port") != "metrics" {
+			continue
+		}
+		for _, from := range list(rule, "from") {
+			if strings.HasSuffix(str(from, "podSelector", "matchLabels", "app.kubernetes.io/name"), "-haproxy") {
+				router = true
+			}
+		}
+	}
+	if !router {
+		t.Errorf("the NetworkPolicy keeps the router from the metrics port (/readyz): %v", get(np.o, "spec", "ingress"))
+	}
+}
+
+// With security.tls the HAProxy router terminates TLS with the Secret's certificate (its key
+// projected where HAProxy looks: tls.crt.key) and re-encrypts to the replicas, verifying them
+// against ca.crt unless routing.haproxy.verifyReplicas is off.
+func TestHaproxyTerminatesTlsAndReencryptsToTheReplicas(t *testing.T) {
+	r := render(t, "haproxy-tls.yaml")
+	cfg := haproxyCfg(r)
+	for _, want := range []string{"bind :8080 ssl crt /usr/local/etc/haproxy-tls/tls.crt alpn h2\n",
+		"default-server ssl alpn h2 verify required ca-file /usr/local/etc/haproxy-tls/ca.crt\n",
+		"default-server proto h2 check port "} {
+		if !strings.Contains(cfg, want) {
+			t.Errorf("haproxy.cfg lacks %q:\n%s", want, cfg)
+		}
+	}
+	var router manifest
+	for _, d := range r.find("Deployment") {
+		if strings.HasSuffix(d.name(), "-haproxy") {
+			router = d
+		}
+	}
+	pod := get(router.o, "spec", "template", "spec")
+	if num(pod, "securityContext", "fsGroup") != 99 {
+		t.Errorf("router fsGroup %v: HAProxy (uid 99) cannot read the Secret's 0440 files", get(pod, "securityContext"))
+	}
+	items := map[string]string{}
+	for _, v := range list(pod, "volumes") {
+		if str(v, "name") == "tls" && str(v, "secret", "secretName") == "ttt-serve-tls" {
+			for _, it := range list(v, "secret", "items") {
+				items[str(it, "key")] = str(it, "path")
+			}
+		}
+	}
+	if items["tls.crt"] != "tls.crt" || items["tls.key"] != "tls.crt.key" || items["ca.crt"] != "ca.crt" {
+		t.Errorf("router's Secret items %v, want tls.crt, tls.key as tls.crt.key, ca.crt", items)
+	}
+	mounted := false
+	for _, m := range list(pod, "containers", 0, "volumeMounts") {
+		mounted = mounted || (str(m, "name") == "tls" && str(m, "mountPath") == "/usr/local/etc/haproxy-tls")
+	}
+	if !mounted {
+		t.Errorf("the router does not mount the Secret where haproxy.cfg reads it")
+	}
+
+	f := filepath.Join(t.TempDir(), "noverify.yaml")
+	os.WriteFile(f, []byte("routing:\n  haproxy:\n    verifyReplicas: false\n"), 0o644)
+	root := repoRoot(t)
+	out, err := Render(filepath.Join(root, "helm/ttt-serve"), Options{ValuesFiles: []string{
+		filepath.Join(root, "tests/deploy/values/haproxy-tls.yaml"), f}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if text := out.Stream(); !strings.Contains(text, "default-server ssl alpn h2 verify none\n") || strings.Contains(text, "key: ca.crt") {
+		t.Errorf("verifyReplicas false: want verify none and no ca.crt item")
+	}
+}
+
 func TestEnvoyRoutesBySessionHeaderToTheReplicas(t *testing.T) {
 	c := parseContract(t)
 	r := render(t, "scaleout.yaml")
@@ -833,6 +1005,9 @@ func TestSchemaRejectsBadValues(t *testing.T) {
 		"extraArg": "server:\n  extraArgs: [\"-x\"]\n",
 		"pool":     "server:\n  maxResidentSessions: -1\n",
 		"decode":   "server:\n  maxDecodeBatchTokens: 0\n",
+		"delay":    "server:\n  shutdownDelayS: -1\n",
+		"threads":  "server:\n  torchThreads: all\n",
+		"check":    "routing:\n  haproxy:\n    healthCheck:\n      timeout: soon\n",
 	} {
 		f := filepath.Join(t.TempDir(), name+".yaml")
 		os.WriteFile(f, []byte(text), 0o644)
