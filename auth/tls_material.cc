@@ -13,29 +13,18 @@
 #include <fstream>
 
 #include "absl/strings/str_cat.h"
+#include "auth/internal/openssl_util.h"
 
 namespace ttt::auth {
 namespace {
 
 namespace fs = std::filesystem;
 
-struct BioFree {
-  void operator()(BIO* b) const { BIO_free(b); }
-};
-struct X509Free {
-  void operator()(X509* x) const { X509_free(x); }
-};
-struct CrlFree {
-  void operator()(X509_CRL* c) const { X509_CRL_free(c); }
-};
-struct KeyFree {
-  void operator()(EVP_PKEY* k) const { EVP_PKEY_free(k); }
-};
-using Certificates = std::vector<std::unique_ptr<X509, X509Free>>;
-
-std::unique_ptr<BIO, BioFree> MemoryBio(const std::string& text) {
-  return std::unique_ptr<BIO, BioFree>(BIO_new_mem_buf(text.data(), static_cast<int>(text.size())));
-}
+using internal::MemoryBio;
+using internal::NameDer;
+using internal::OpenSslPtr;
+using internal::SerialHex;
+using Certificates = std::vector<OpenSslPtr<X509>>;
 
 absl::Status Bad(absl::string_view flag, const std::string& path, absl::string_view why) {
   return absl::InvalidArgumentError(absl::StrCat(flag, "=", path, ": ", why));
@@ -67,24 +56,6 @@ absl::StatusOr<std::string> Read(const std::string& path, absl::string_view flag
   return text;
 }
 
-std::string IssuerDer(const X509_NAME* name) {
-  unsigned char* der = nullptr;
-  const int length = i2d_X509_NAME(name, &der);
-  if (length <= 0) return "";
-  std::string out(reinterpret_cast<const char*>(der), static_cast<size_t>(length));
-  OPENSSL_free(der);
-  return out;
-}
-
-std::string SerialHex(const ASN1_INTEGER* serial) {
-  BIGNUM* bn = ASN1_INTEGER_to_BN(serial, nullptr);
-  char* hex = bn == nullptr ? nullptr : BN_bn2hex(bn);
-  std::string out = hex == nullptr ? "" : hex;
-  OPENSSL_free(hex);
-  BN_free(bn);
-  return out;
-}
-
 // The revoked (issuer, serial) pairs of every CRL in `text`; each CRL must be signed by a CA
 // of `cas` whose subject is its issuer.
 absl::StatusOr<std::set<std::pair<std::string, std::string>>> ReadCrls(
@@ -94,7 +65,7 @@ absl::StatusOr<std::set<std::pair<std::string, std::string>>> ReadCrls(
   auto bio = MemoryBio(text);
   int count = 0;
   while (X509_CRL* raw = PEM_read_bio_X509_CRL(bio.get(), nullptr, nullptr, nullptr)) {
-    std::unique_ptr<X509_CRL, CrlFree> crl(raw);
+    OpenSslPtr<X509_CRL> crl(raw);
     ++count;
     bool signed_by_a_ca = false;
     for (const auto& ca : cas) {
@@ -107,7 +78,7 @@ absl::StatusOr<std::set<std::pair<std::string, std::string>>> ReadCrls(
       return Bad(kFlag, path, absl::StrCat("CRL ", count, " is not signed by a CA of "
                                            "--tls_client_ca_file"));
     }
-    const std::string issuer = IssuerDer(X509_CRL_get_issuer(crl.get()));
+    const std::string issuer = NameDer(X509_CRL_get_issuer(crl.get()));
     STACK_OF(X509_REVOKED)* entries = X509_CRL_get_REVOKED(crl.get());
     for (int i = 0; entries != nullptr && i < sk_X509_REVOKED_num(entries); ++i) {
       const X509_REVOKED* entry = sk_X509_REVOKED_value(entries, i);
@@ -124,8 +95,7 @@ absl::StatusOr<std::set<std::pair<std::string, std::string>>> ReadCrls(
 
 absl::Status CheckKeyMatches(const std::string& key_text, X509* leaf, const std::string& path) {
   auto bio = MemoryBio(key_text);
-  std::unique_ptr<EVP_PKEY, KeyFree> key(
-      PEM_read_bio_PrivateKey(bio.get(), nullptr, nullptr, nullptr));
+  OpenSslPtr<EVP_PKEY> key(PEM_read_bio_PrivateKey(bio.get(), nullptr, nullptr, nullptr));
   ERR_clear_error();
   if (key == nullptr) return Bad("--tls_key_file", path, "not a PEM private key");
   if (X509_check_private_key(leaf, key.get()) != 1) {

@@ -3,7 +3,6 @@
 
 #include <openssl/asn1.h>
 #include <openssl/bio.h>
-#include <openssl/bn.h>
 #include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
@@ -15,19 +14,10 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "auth/internal/openssl_util.h"
 
 namespace ttt::auth::internal {
 namespace {
-
-struct X509Free {
-  void operator()(X509* x) const { X509_free(x); }
-};
-struct BioFree {
-  void operator()(BIO* b) const { BIO_free(b); }
-};
-struct NamesFree {
-  void operator()(GENERAL_NAMES* n) const { GENERAL_NAMES_free(n); }
-};
 
 absl::Status Refuse(absl::string_view why) {
   return absl::UnauthenticatedError(absl::StrCat("client certificate refused: ", why));
@@ -73,7 +63,7 @@ bool IsUsableValue(absl::string_view value) {
 // The URI SANs of `cert` (their bytes as stored; checked by the caller).
 absl::StatusOr<std::vector<std::string>> UriNames(X509* cert) {
   int critical = 0;
-  std::unique_ptr<GENERAL_NAMES, NamesFree> names(static_cast<GENERAL_NAMES*>(
+  OpenSslPtr<GENERAL_NAMES> names(static_cast<GENERAL_NAMES*>(
       X509_get_ext_d2i(cert, NID_subject_alt_name, &critical, nullptr)));
   if (names == nullptr && critical == -2) {
     return Refuse("it has several subjectAltName extensions");
@@ -106,24 +96,6 @@ absl::StatusOr<std::string> OnlyCommonName(X509* cert) {
   return cn;
 }
 
-std::string SerialHex(X509* cert) {
-  BIGNUM* bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(cert), nullptr);
-  char* hex = bn == nullptr ? nullptr : BN_bn2hex(bn);
-  std::string out = hex == nullptr ? "" : hex;
-  OPENSSL_free(hex);
-  BN_free(bn);
-  return out;
-}
-
-std::string IssuerDer(X509* cert) {
-  unsigned char* der = nullptr;
-  const int length = i2d_X509_NAME(X509_get_issuer_name(cert), &der);
-  if (length <= 0) return "";
-  std::string out(reinterpret_cast<const char*>(der), static_cast<size_t>(length));
-  OPENSSL_free(der);
-  return out;
-}
-
 }  // namespace
 
 // Clears this thread's OpenSSL error queue when it leaves scope: the authorizer runs on gRPC's
@@ -137,8 +109,9 @@ absl::StatusOr<CertificateIdentity> IdentityFromPem(absl::string_view pem) {
   if (pem.size() > kMaxCertificatePemBytes) {
     return Refuse(absl::StrCat("it is over ", kMaxCertificatePemBytes, " bytes of PEM"));
   }
-  std::unique_ptr<BIO, BioFree> bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
-  std::unique_ptr<X509, X509Free> cert(
+  const std::string text(pem);
+  OpenSslPtr<BIO> bio = MemoryBio(text);
+  OpenSslPtr<X509> cert(
       bio == nullptr ? nullptr : PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr));
   if (cert == nullptr) return Refuse("it cannot be parsed as a PEM X.509 certificate");
 
@@ -167,8 +140,8 @@ absl::StatusOr<CertificateIdentity> IdentityFromPem(absl::string_view pem) {
     }
     out.identity = absl::StrCat("cn:", *cn);
   }
-  out.issuer_der = IssuerDer(cert.get());
-  out.serial_hex = SerialHex(cert.get());
+  out.issuer_der = NameDer(X509_get_issuer_name(cert.get()));
+  out.serial_hex = SerialHex(X509_get0_serialNumber(cert.get()));
   return out;
 }
 
