@@ -16,9 +16,9 @@
 #include "absl/strings/str_cat.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "http/internal/call_gate.h"
-#include "http/internal/listen_socket.h"
 #include "http/internal/openai.h"
 #include "tttserve/v1/ttt_service.grpc.pb.h"
+#include "util/listen_socket.h"
 
 namespace ttt::http {
 namespace {
@@ -528,10 +528,10 @@ absl::StatusOr<std::unique_ptr<HttpGateway>> HttpGateway::Start(
         "the gRPC port serves TLS, so --http_listen would too, but this libmicrohttpd was "
         "built without TLS (GnuTLS)");
   }
-  absl::StatusOr<int> fd = internal::ListenOn(options.listen, "HTTP (--http_listen)");
+  absl::StatusOr<int> fd = util::ListenOn(options.listen, "HTTP (--http_listen)");
   if (!fd.ok()) return fd.status();
   std::unique_ptr<HttpGateway> gateway(new HttpGateway());
-  gateway->port_ = internal::BoundPort(*fd);
+  gateway->port_ = util::BoundPort(*fd);
   gateway->state_ = std::make_unique<State>();
   State* s = gateway->state_.get();
   s->options = std::move(options);

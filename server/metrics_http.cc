@@ -2,20 +2,18 @@
 #include "server/metrics_http.h"
 
 #include <microhttpd.h>
-#include <netdb.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <cerrno>
 #include <condition_variable>
-#include <cstring>
 #include <mutex>
 #include <thread>
 #include <unordered_map>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
+#include "util/listen_socket.h"
 
 namespace ttt::server {
 namespace {
@@ -23,48 +21,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 constexpr char kContentType[] = "text/plain; version=0.0.4; charset=utf-8";
 
-// A listening socket bound to `address`, or an error naming it. libmicrohttpd takes it over
-// (MHD_OPTION_LISTEN_SOCKET): binding here keeps one address syntax for both endpoints and
-// lets port 0 be read back before the server starts.
-absl::StatusOr<int> Listen(const std::string& address) {
-  const size_t colon = address.rfind(':');
-  std::string host = colon == std::string::npos ? "" : address.substr(0, colon);
-  const std::string port = colon == std::string::npos ? address : address.substr(colon + 1);
-  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
-    host = host.substr(1, host.size() - 2);
-  }
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_PASSIVE;
-  addrinfo* res = nullptr;
-  if (getaddrinfo(host.empty() ? nullptr : host.c_str(), port.c_str(), &hints, &res) != 0 ||
-      res == nullptr) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("cannot serve metrics on ", address, ": bad address"));
-  }
-  const int fd = socket(res->ai_family, res->ai_socktype | SOCK_CLOEXEC, res->ai_protocol);
-  int one = 1;
-  if (fd >= 0) setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-  const bool bound =
-      fd >= 0 && bind(fd, res->ai_addr, res->ai_addrlen) == 0 && listen(fd, 128) == 0;
-  freeaddrinfo(res);
-  if (!bound) {
-    const std::string err = std::strerror(errno);
-    if (fd >= 0) close(fd);
-    return absl::FailedPreconditionError(
-        absl::StrCat("cannot serve metrics on ", address, ": ", err));
-  }
-  return fd;
-}
-
-int BoundPort(int fd) {
-  sockaddr_storage ss{};
-  socklen_t len = sizeof(ss);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
-  return ntohs(ss.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port
-                                        : reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
-}
 
 }  // namespace
 
@@ -262,10 +218,10 @@ absl::StatusOr<std::unique_ptr<HttpExposer>> HttpExposer::Start(
     const std::string& address, Render render, const HttpExposerOptions& options) {
   absl::Status tls = CheckTls(options);
   if (!tls.ok()) return tls;
-  absl::StatusOr<int> fd = Listen(address);
+  absl::StatusOr<int> fd = util::ListenOn(address, "metrics");
   if (!fd.ok()) return fd.status();
   std::unique_ptr<HttpExposer> exposer(new HttpExposer());
-  exposer->port_ = BoundPort(*fd);
+  exposer->port_ = util::BoundPort(*fd);
   exposer->state_ = std::make_unique<State>();
   State* s = exposer->state_.get();
   s->render = std::move(render);

@@ -1,5 +1,5 @@
-// Binding the HTTP front door's listening socket (see listen_socket.h).
-#include "http/internal/listen_socket.h"
+// Binding a listening socket for libmicrohttpd (see listen_socket.h).
+#include "util/listen_socket.h"
 
 #include <netdb.h>
 #include <netinet/in.h>
@@ -11,7 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 
-namespace ttt::http::internal {
+namespace ttt::util {
 
 absl::StatusOr<int> ListenOn(const std::string& address, const std::string& what) {
   const size_t colon = address.rfind(':');
@@ -53,4 +53,4 @@ int BoundPort(int fd) {
                                         : reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
 }
 
-}  // namespace ttt::http::internal
+}  // namespace ttt::util
