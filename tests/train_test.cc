@@ -452,5 +452,36 @@ TEST(EvalTest, MemoryReportChecksTheGoalsOnEachCorpus) {
   fs::remove_all(dir);
 }
 
+// A report stopped half-way resumes: each (variant, corpus) is kept under a key of everything its
+// numbers depend on; a rerun reads them back to the same report, a changed option measures anew.
+TEST(EvalTest, MemoryReportResumesFromItsCache) {
+  const fs::path dir = TempDir("memory_cache");
+  ASSERT_TRUE(WriteHfModel(dir / "model", TinyWindowConfig(), ActiveTttWeights(), "f32", {}).ok());
+  MemoryReportOptions o;
+  o.variants = {{"TTT on", {dir / "model"}}, {"TTT off", {dir / "model", 0.0}}};
+  o.corpora.push_back({"A", MakeCorpus({50, 30, 44}, 10)});
+  o.corpora.push_back({"B", MakeCorpus({35, 41, 25}, 150)});
+  o.split = "validation";
+  o.distances = {20};
+  o.length = 16;
+  o.cache_dir = dir / "cache";
+  auto files = [&] {
+    return std::distance(fs::directory_iterator(o.cache_dir), fs::directory_iterator());
+  };
+  auto first = MemoryReport(o);
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(files(), 4) << "two variants x two corpora";
+  auto again = MemoryReport(o);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(*again, *first);
+  EXPECT_EQ(files(), 4);
+  o.distances = {20, 40};
+  auto longer = MemoryReport(o);
+  ASSERT_TRUE(longer.ok()) << longer.status();
+  EXPECT_EQ(files(), 8);
+  EXPECT_NE(*longer, *first);
+  fs::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace ttt::train

@@ -2,11 +2,17 @@
 
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <memory>
+#include <optional>
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "engine/safetensors.h"
 #include "engine/status_macros.h"
 
 namespace ttt::train {
@@ -69,6 +75,129 @@ absl::StatusOr<CorpusMeasures> MeasureCorpus(const engine::Model& model,
   return m;
 }
 
+// The cache that makes a long report resumable: one text file per (variant, corpus) in
+// o.cache_dir, named by a hash of everything its numbers depend on, that key on its first line.
+namespace fs = std::filesystem;
+
+std::string CacheKey(const std::string& label, const VariantSpec& spec,
+                     const MemoryReportOptions& o, size_t c) {
+  std::error_code ec;
+  const fs::path weights = spec.dir / "model.safetensors";
+  const auto size = fs::file_size(weights, ec);
+  const auto mtime = fs::last_write_time(weights, ec).time_since_epoch().count();
+  const Corpus& corpus = o.corpora[c].corpus;
+  return absl::StrCat(label, "|", fs::absolute(spec.dir).string(), "|", size, "|", mtime, "|",
+                      spec.eta.value_or(-1), "|", spec.clip.value_or(-1), "|",
+                      spec.cap.value_or(-1), "|", o.corpora[c].name, "|", corpus.docs.size(), "|",
+                      corpus.total_tokens, "|", o.corpora[(c + 1) % o.corpora.size()].name, "|",
+                      absl::StrJoin(o.distances, ","), "|", o.length, "|", o.before, "|",
+                      o.max_docs);
+}
+
+fs::path CachePath(const MemoryReportOptions& o, const std::string& key) {
+  return o.cache_dir / absl::StrFormat("memory-%016x.txt", std::hash<std::string>{}(key));
+}
+
+void WriteLosses(std::ostream& out, const std::vector<PositionLoss>& v) {
+  out << v.size() << "\n";
+  for (const PositionLoss& p : v) {
+    out << p.sum.size();
+    for (size_t i = 0; i < p.sum.size(); ++i) {
+      out << " " << absl::StrFormat("%.17g", p.sum[i]) << " " << p.count[i];
+    }
+    out << "\n";
+  }
+}
+
+bool ReadLosses(std::istream& in, std::vector<PositionLoss>& v) {
+  size_t n = 0;
+  if (!(in >> n)) return false;
+  v.assign(n, {});
+  for (PositionLoss& p : v) {
+    size_t size = 0;
+    if (!(in >> size)) return false;
+    p.sum.resize(size);
+    p.count.resize(size);
+    for (size_t i = 0; i < size; ++i) {
+      if (!(in >> p.sum[i] >> p.count[i])) return false;
+    }
+  }
+  return true;
+}
+
+std::string SerializeMeasures(const std::string& key, const CorpusMeasures& m) {
+  std::ostringstream out;
+  out << key << "\n" << m.reach << " " << m.carry.before << " " << m.carry.in_stream.size() << "\n";
+  WriteLosses(out, m.carry.fresh);
+  for (const auto& v : m.carry.in_stream) WriteLosses(out, v);
+  out << m.curve.size() << "\n";
+  for (const MemoryPoint& p : m.curve) {
+    out << p.distance << " " << p.docs << "\n";
+    WriteLosses(out, p.again);
+    WriteLosses(out, p.first);
+  }
+  return out.str();
+}
+
+// The measures cached under `key`, or nullopt when there are none (or they are for another key).
+std::optional<CorpusMeasures> LoadCachedMeasures(const fs::path& path, const std::string& key) {
+  std::ifstream in(path);
+  std::string line;
+  if (!in || !std::getline(in, line) || line != key) return std::nullopt;
+  CorpusMeasures m;
+  size_t conditions = 0, points = 0;
+  if (!(in >> m.reach >> m.carry.before >> conditions) || !ReadLosses(in, m.carry.fresh)) {
+    return std::nullopt;
+  }
+  m.carry.in_stream.resize(conditions);
+  for (auto& v : m.carry.in_stream) {
+    if (!ReadLosses(in, v)) return std::nullopt;
+  }
+  if (!(in >> points)) return std::nullopt;
+  m.curve.resize(points);
+  for (MemoryPoint& p : m.curve) {
+    if (!(in >> p.distance >> p.docs) || !ReadLosses(in, p.again) || !ReadLosses(in, p.first)) {
+      return std::nullopt;
+    }
+  }
+  return m;
+}
+
+// Every corpus measured with one variant: from the cache where it holds them, else measured
+// (the model loaded only then) and cached.
+absl::StatusOr<std::vector<CorpusMeasures>> MeasureVariant(const std::string& label,
+                                                           const VariantSpec& spec,
+                                                           const MemoryReportOptions& o) {
+  std::vector<CorpusMeasures> out;
+  std::unique_ptr<engine::Model> model;
+  for (size_t c = 0; c < o.corpora.size(); ++c) {
+    const std::string key = CacheKey(label, spec, o, c);
+    const fs::path path = o.cache_dir.empty() ? fs::path() : CachePath(o, key);
+    std::optional<CorpusMeasures> cached;
+    if (!path.empty()) cached = LoadCachedMeasures(path, key);
+    if (!cached) {
+      if (!model) {
+        ASSIGN_OR_RETURN(model, LoadVariant(spec));
+      }
+      ASSIGN_OR_RETURN(cached, MeasureCorpus(*model, o, c));
+      if (!path.empty()) {
+        std::error_code ec;
+        fs::create_directories(o.cache_dir, ec);
+        RETURN_IF_ERROR(engine::WriteFileAtomically(path, SerializeMeasures(key, *cached)));
+      }
+    }
+    const MemoryPoint* whole = PointAt(cached->curve, kWholeDocument);
+    std::printf("%-40s %-30s carry-over unrelated %s related %s | re-read after the document %s%s\n",
+                label.c_str(), o.corpora[c].name.c_str(),
+                Signed(cached->carry.Difference(0, 1, 1 << 30).diff).c_str(),
+                Signed(cached->carry.Difference(1, 1, 1 << 30).diff).c_str(),
+                whole ? CurveCell(*whole).c_str() : "–", model ? "" : " (cached)");
+    std::fflush(stdout);
+    out.push_back(std::move(*cached));
+  }
+  return out;
+}
+
 std::string Goals(const std::vector<CorpusMeasures>& m, const MemoryReportOptions& o) {
   std::ostringstream md;
   md << "| goal (issue 28), " << o.variants[0].first << " | corpus | measured | met |\n"
@@ -106,20 +235,8 @@ absl::StatusOr<std::string> MemoryReport(const MemoryReportOptions& o) {
   if (o.variants.empty()) return absl::InvalidArgumentError("the memory report needs a model");
   std::vector<std::vector<CorpusMeasures>> m;  // [variant][corpus]
   for (const auto& [label, spec] : o.variants) {
-    ASSIGN_OR_RETURN(auto model, LoadVariant(spec));
-    auto& per_corpus = m.emplace_back();
-    for (size_t c = 0; c < o.corpora.size(); ++c) {
-      ASSIGN_OR_RETURN(CorpusMeasures x, MeasureCorpus(*model, o, c));
-      const MemoryPoint* whole = PointAt(x.curve, kWholeDocument);
-      std::printf(
-          "%-40s %-28s carry-over unrelated %s related %s | re-read after the document %s\n",
-          label.c_str(), o.corpora[c].name.c_str(),
-          Signed(x.carry.Difference(0, 1, 1 << 30).diff).c_str(),
-          Signed(x.carry.Difference(1, 1, 1 << 30).diff).c_str(),
-          whole ? CurveCell(*whole).c_str() : "–");
-      std::fflush(stdout);
-      per_corpus.push_back(std::move(x));
-    }
+    ASSIGN_OR_RETURN(auto per_corpus, MeasureVariant(label, spec, o));
+    m.push_back(std::move(per_corpus));
   }
   std::ostringstream md;
   md << "# Memory and carry-over, " << o.split << " split (generated)\n\n"

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -30,6 +31,9 @@ struct MemoryReportOptions {
   int64_t max_docs = 0;  // documents per corpus (0 = all)
   int64_t piece = 256;
   std::string command;  // recorded in the report
+  // Where each (variant, corpus)'s measures are kept, keyed by everything they depend on, so that
+  // a stopped report resumes where it was (empty = no cache).
+  std::filesystem::path cache_dir;
 };
 
 // Measures every variant on every corpus and returns the report (progress goes to stdout).

@@ -476,6 +476,7 @@ absl::Status RunMemory(const fs::path& model_dir, const engine::ModelConfig& con
   o.max_docs = absl::GetFlag(FLAGS_memory_docs);
   o.piece = absl::GetFlag(FLAGS_piece);
   o.command = absl::GetFlag(FLAGS_command);
+  o.cache_dir = fs::path(absl::GetFlag(FLAGS_work_dir)) / "memory-cache";
   o.variants.push_back(
       {"TTT on (" + Setting(config.ttt_lr, config.ttt_clip, config.ttt_delta_cap) + ")",
        {model_dir}});
