@@ -5,6 +5,8 @@
 // same budget (optionally a reference model too). eta and the update clip are swept on the
 // validation split only; the test split is used once, for the tables. Writes a markdown report
 // with the issue-12 goals checked, and PNG plots (gnuplot). tools/run_eval.sh calls this.
+// --mode=memory writes the issue-28 report instead (train/memory_eval.h: carry-over and the
+// memory curve on one split of Brown and of an out-of-domain corpus); tools/run_eval_memory.sh.
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -490,8 +492,8 @@ absl::Status RunMemory(const fs::path& model_dir, const engine::ModelConfig& con
   for (absl::string_view item :
        absl::StrSplit(absl::GetFlag(FLAGS_sweep), ',', absl::SkipEmpty())) {
     ASSIGN_OR_RETURN(const SweepEntry e, ParseSweepEntry(item));
-    const double eta = e.eta, clip = e.clip, cap = e.cap;
-    o.variants.push_back({"TTT on, " + Setting(eta, clip, cap), {model_dir, eta, clip, cap}});
+    o.variants.push_back(
+        {"TTT on, " + Setting(e.eta, e.clip, e.cap), {model_dir, e.eta, e.clip, e.cap}});
   }
   ASSIGN_OR_RETURN(std::string md, MemoryReport(o));
   RETURN_IF_ERROR(engine::WriteFileAtomically(absl::GetFlag(FLAGS_out_md), md));
