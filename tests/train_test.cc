@@ -392,6 +392,30 @@ TEST(EvalTest, MemoryCurveForksReadTheHeadAgainAfterEachDistance) {
       EXPECT_NEAR(again.sum[j], direct[1 + k + j], 1e-4) << "document " << d << " at " << k;
     }
   }
+  // After the whole document and one document of another corpus (document 1 reads others[0]).
+  const Corpus others = MakeCorpus({30, 22}, 150);
+  auto after = ScoreMemoryCurve(*on, docs, {20, kWholeDocument}, kLength, 5, 7, {&others, 1});
+  ASSERT_TRUE(after.ok()) << after.status();
+  ASSERT_EQ(after->size(), 3u);
+  const MemoryPoint& last = after->back();
+  EXPECT_EQ(last.distance, kWholeDocument);
+  EXPECT_EQ(last.others, 1);
+  EXPECT_EQ(last.docs, 3);
+  std::vector<int32_t> through = {1};
+  through.insert(through.end(), docs.docs[1].begin(), docs.docs[1].end());
+  through.push_back(1);
+  through.insert(through.end(), others.docs[0].begin(), others.docs[0].end());
+  const size_t head_at = through.size();
+  through.insert(through.end(), docs.docs[1].begin(), docs.docs[1].begin() + kLength);
+  const std::vector<double> direct_after = OneSessionLosses(*on, through);
+  for (int64_t j = 1; j < kLength; ++j) {
+    EXPECT_NEAR(last.again[1].sum[j], direct_after[head_at + j], 1e-4) << "position " << j;
+  }
+  auto no_whole = ScoreMemoryCurve(*on, docs, {20}, kLength, 5, 7, {&others, 1});
+  EXPECT_EQ(no_whole.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(no_whole.status().message().find("needs the whole-document distance"),
+            std::string::npos);
+
   const std::vector<double> first = OneSessionLosses(*on, session(0, 0));
   for (int64_t j = 1; j < kLength; ++j) {
     EXPECT_NEAR((*curve)[0].first[0].sum[j], first[1 + j], 1e-4);
@@ -445,8 +469,10 @@ TEST(EvalTest, MemoryReportChecksTheGoalsOnEachCorpus) {
        {std::string("# Memory and carry-over, validation split"), std::string("## Goals"),
         std::string("| re-reading after the whole document >= 15 % lower (moonshot 25 %) | A |"),
         std::string("| carry-over from unrelated documents <= 0.01 nats/token | B |"),
-        std::string("| model | corpus | 20 | 40 | whole document |"), std::string("(3) | "),
-        std::string("(2) | "), std::string("| TTT off | B |")}) {
+        std::string("| model | corpus | 20 | 40 | whole document | then 2 unrelated documents |"),
+        std::string("| re-reading after the document and 2 unrelated documents >= 3 % lower | "
+                    "B |"),
+        std::string("(3) | "), std::string("(2) | "), std::string("| TTT off | B |")}) {
     EXPECT_NE(md->find(part), std::string::npos) << part << "\n" << *md;
   }
   fs::remove_all(dir);

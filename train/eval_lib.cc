@@ -374,13 +374,19 @@ double MemoryPoint::AgainMean() const {
 absl::StatusOr<std::vector<MemoryPoint>> ScoreMemoryCurve(const Model& model, const Corpus& docs,
                                                           const std::vector<int64_t>& distances,
                                                           int64_t length, int64_t num_docs,
-                                                          int64_t piece) {
+                                                          int64_t piece, AfterOthers after_others) {
   c10::InferenceMode guard;
   if (length < 2) return absl::InvalidArgumentError("the memory curve re-reads at least 2 tokens");
   std::vector<int64_t> ks = distances;
   std::sort(ks.begin(), ks.end());
   if (ks.empty() || ks.front() < 1) {
     return absl::InvalidArgumentError("memory-curve distances must be >= 1 token");
+  }
+  if (after_others.docs > 0 &&
+      (ks.back() != kWholeDocument || !after_others.corpus || after_others.corpus->docs.empty())) {
+    return absl::InvalidArgumentError(
+        "re-reading after other documents needs the whole-document distance and a non-empty "
+        "corpus of other documents");
   }
   const int32_t bos = static_cast<int32_t>(Bos(model));
   const size_t n = std::min<size_t>(num_docs, docs.docs.size());
@@ -407,6 +413,28 @@ absl::StatusOr<std::vector<MemoryPoint>> ScoreMemoryCurve(const Model& model, co
       if (j >= 2) first[i].Add(static_cast<int64_t>(j) - 1, -lp);
     }));
   }
+  // Feeds each of `states` its prefix, then its document's head, and scores the head's targets
+  // 1.. (state e belongs to document eligible[e]).
+  auto reread = [&](const std::vector<SequenceState*>& states,
+                    const std::vector<std::vector<int32_t>>& prefixes,
+                    const std::vector<size_t>& eligible) -> absl::StatusOr<MemoryPoint> {
+    MemoryPoint p;
+    p.docs = static_cast<int64_t>(eligible.size());
+    p.first = first;
+    p.again.resize(n);
+    std::vector<std::vector<int32_t>> tokens;
+    for (size_t e = 0; e < eligible.size(); ++e) {
+      std::vector<int32_t> t = prefixes[e];
+      const auto h = head(eligible[e]);
+      t.insert(t.end(), h.begin(), h.end());
+      tokens.push_back(std::move(t));
+    }
+    RETURN_IF_ERROR(FeedAll(model, states, tokens, piece, [&](size_t e, size_t j, float lp) {
+      const size_t skip = prefixes[e].size() + 1;  // the head's first token is not compared
+      if (j >= skip) p.again[eligible[e]].Add(static_cast<int64_t>(j - skip) + 1, -lp);
+    }));
+    return p;
+  };
   // One session per document reads it up to each distance in turn; each distance forks it.
   std::vector<SequenceState> reading;
   reading.reserve(n);
@@ -431,23 +459,39 @@ absl::StatusOr<std::vector<MemoryPoint>> ScoreMemoryCurve(const Model& model, co
       eligible.push_back(i);
     }
     RETURN_IF_ERROR(FeedAll(model, ptrs, tokens, piece, [](size_t, size_t, float) {}));
-    MemoryPoint p;
-    p.distance = k;
-    p.docs = static_cast<int64_t>(eligible.size());
-    p.first = first;
-    p.again.resize(n);
     std::vector<SequenceState> forks;
     forks.reserve(eligible.size());
     ptrs.clear();
-    tokens.clear();
     for (size_t i : eligible) {
       forks.push_back(reading[i].Clone());
       ptrs.push_back(&forks.back());
-      tokens.push_back(head(i));
     }
-    RETURN_IF_ERROR(FeedAll(model, ptrs, tokens, piece, [&](size_t e, size_t j, float lp) {
-      if (j >= 1) p.again[eligible[e]].Add(static_cast<int64_t>(j), -lp);
-    }));
+    ASSIGN_OR_RETURN(MemoryPoint p, reread(ptrs, std::vector<std::vector<int32_t>>(eligible.size()),
+                                           eligible));
+    p.distance = k;
+    curve.push_back(std::move(p));
+  }
+  if (after_others.docs > 0) {
+    // Every session has read its whole document: now other documents, then the head (no fork:
+    // the sessions are not needed after this).
+    const Corpus& others = *after_others.corpus;
+    std::vector<SequenceState*> ptrs;
+    std::vector<std::vector<int32_t>> prefixes;
+    std::vector<size_t> all;
+    for (size_t i = 0; i < n; ++i) {
+      std::vector<int32_t> t;
+      for (int64_t j = 0; j < after_others.docs; ++j) {
+        const auto& d = others.docs[(i + 1 + j) % others.docs.size()];
+        t.push_back(bos);
+        t.insert(t.end(), d.begin(), d.end());
+      }
+      ptrs.push_back(&reading[i]);
+      prefixes.push_back(std::move(t));
+      all.push_back(i);
+    }
+    ASSIGN_OR_RETURN(MemoryPoint p, reread(ptrs, prefixes, all));
+    p.distance = kWholeDocument;
+    p.others = after_others.docs;
     curve.push_back(std::move(p));
   }
   return curve;

@@ -113,6 +113,7 @@ absl::StatusOr<CarryOverResult> ScoreCarryOver(const engine::Model& model, const
 inline constexpr int64_t kWholeDocument = std::numeric_limits<int64_t>::max();
 struct MemoryPoint {
   int64_t distance = 0;
+  int64_t others = 0;               // unrelated documents read after the whole document
   int64_t docs = 0;                 // documents long enough for this distance
   std::vector<PositionLoss> again;  // per document (empty when too short), position in head
   std::vector<PositionLoss> first;  // per document, the first reading (same positions)
@@ -121,11 +122,19 @@ struct MemoryPoint {
   double AgainMean() const;
   PairedDifference Difference() const { return BootstrapDifference(again, first, 0, 1 << 30); }
 };
+// With `after_others.docs` > 0 (REQUIRES kWholeDocument among the distances), one more point:
+// after the whole document the session reads that many documents of `after_others.corpus`
+// (document i: its documents (i + 1 + j) mod size, each bos + text), then re-reads the head.
+struct AfterOthers {
+  const Corpus* corpus = nullptr;
+  int64_t docs = 0;
+};
 absl::StatusOr<std::vector<MemoryPoint>> ScoreMemoryCurve(const engine::Model& model,
                                                           const Corpus& docs,
                                                           const std::vector<int64_t>& distances,
                                                           int64_t length, int64_t num_docs,
-                                                          int64_t piece);
+                                                          int64_t piece,
+                                                          AfterOthers after_others = {});
 
 // Synthetic associative recall (train/common.h) with every pair outside the attention window
 // when queried; episodes drawn with a fixed seed from `filler`.

@@ -54,9 +54,9 @@ std::string DistanceName(int64_t k) {
   return k % 1024 == 0 ? absl::StrCat(k / 1024, "k") : absl::StrCat(k);
 }
 
-const MemoryPoint* PointAt(const std::vector<MemoryPoint>& curve, int64_t k) {
+const MemoryPoint* PointAt(const std::vector<MemoryPoint>& curve, int64_t k, int64_t others = 0) {
   for (const MemoryPoint& p : curve) {
-    if (p.distance == k) return &p;
+    if (p.distance == k && p.others == others) return &p;
   }
   return nullptr;
 }
@@ -71,7 +71,8 @@ absl::StatusOr<CorpusMeasures> MeasureCorpus(const engine::Model& model,
   ASSIGN_OR_RETURN(m.carry, ScoreCarryOver(model, docs, {&unrelated, &docs}, o.before, n, o.piece));
   std::vector<int64_t> distances = o.distances;
   distances.push_back(kWholeDocument);
-  ASSIGN_OR_RETURN(m.curve, ScoreMemoryCurve(model, docs, distances, o.length, n, o.piece));
+  ASSIGN_OR_RETURN(m.curve, ScoreMemoryCurve(model, docs, distances, o.length, n, o.piece,
+                                             {&unrelated, o.after_others}));
   return m;
 }
 
@@ -91,7 +92,7 @@ std::string CacheKey(const std::string& label, const VariantSpec& spec,
                       spec.cap.value_or(-1), "|", o.corpora[c].name, "|", corpus.docs.size(), "|",
                       corpus.total_tokens, "|", o.corpora[(c + 1) % o.corpora.size()].name, "|",
                       absl::StrJoin(o.distances, ","), "|", o.length, "|", o.before, "|",
-                      o.max_docs);
+                      o.max_docs, "|", o.after_others);
 }
 
 fs::path CachePath(const MemoryReportOptions& o, const std::string& key) {
@@ -132,7 +133,7 @@ std::string SerializeMeasures(const std::string& key, const CorpusMeasures& m) {
   for (const auto& v : m.carry.in_stream) WriteLosses(out, v);
   out << m.curve.size() << "\n";
   for (const MemoryPoint& p : m.curve) {
-    out << p.distance << " " << p.docs << "\n";
+    out << p.distance << " " << p.others << " " << p.docs << "\n";
     WriteLosses(out, p.again);
     WriteLosses(out, p.first);
   }
@@ -156,7 +157,8 @@ std::optional<CorpusMeasures> LoadCachedMeasures(const fs::path& path, const std
   if (!(in >> points)) return std::nullopt;
   m.curve.resize(points);
   for (MemoryPoint& p : m.curve) {
-    if (!(in >> p.distance >> p.docs) || !ReadLosses(in, p.again) || !ReadLosses(in, p.first)) {
+    if (!(in >> p.distance >> p.others >> p.docs) || !ReadLosses(in, p.again) ||
+        !ReadLosses(in, p.first)) {
       return std::nullopt;
     }
   }
@@ -187,11 +189,12 @@ absl::StatusOr<std::vector<CorpusMeasures>> MeasureVariant(const std::string& la
       }
     }
     const MemoryPoint* whole = PointAt(cached->curve, kWholeDocument);
-    std::printf("%-40s %-30s carry-over unrelated %s related %s | re-read after the document %s%s\n",
-                label.c_str(), o.corpora[c].name.c_str(),
-                Signed(cached->carry.Difference(0, 1, 1 << 30).diff).c_str(),
-                Signed(cached->carry.Difference(1, 1, 1 << 30).diff).c_str(),
-                whole ? CurveCell(*whole).c_str() : "–", model ? "" : " (cached)");
+    std::printf(
+        "%-40s %-30s carry-over unrelated %s related %s | re-read after the document %s%s\n",
+        label.c_str(), o.corpora[c].name.c_str(),
+        Signed(cached->carry.Difference(0, 1, 1 << 30).diff).c_str(),
+        Signed(cached->carry.Difference(1, 1, 1 << 30).diff).c_str(),
+        whole ? CurveCell(*whole).c_str() : "–", model ? "" : " (cached)");
     std::fflush(stdout);
     out.push_back(std::move(*cached));
   }
@@ -216,6 +219,12 @@ std::string Goals(const std::vector<CorpusMeasures>& m, const MemoryReportOption
     if (at8k && at8k->docs > 0) {
       md << "| memory curve at 8000 tokens >= 10 % | " << corpus << " | " << CurveCell(*at8k)
          << " | " << (change(at8k) <= -0.10 ? "yes" : "**no**") << " |\n";
+    }
+    const MemoryPoint* after = PointAt(m[c].curve, kWholeDocument, o.after_others);
+    if (after) {
+      md << "| re-reading after the document and " << o.after_others
+         << " unrelated documents >= 3 % lower | " << corpus << " | " << CurveCell(*after) << " | "
+         << (change(after) <= -0.03 ? "yes" : "**no**") << " |\n";
     }
     const PairedDifference carry = m[c].carry.Difference(0, 1, 1 << 30);
     md << "| carry-over from unrelated documents <= 0.01 nats/token | " << corpus << " | "
@@ -277,21 +286,27 @@ absl::StatusOr<std::string> MemoryReport(const MemoryReportOptions& o) {
     }
   }
   md << "\n## Memory curve by distance\n\nThe first " << o.length << " tokens of a document "
-     << "re-read after the session has read the first k tokens of it (and after all of it), "
+     << "re-read after the session has read the first k tokens of it (and after all of it, and "
+     << "after all of it and then " << o.after_others << " documents of the other corpus), "
      << "against the same tokens read first in a fresh session (targets 2.." << o.length
      << "): the change of their mean loss, a 95 % interval (paired bootstrap over documents), "
      << "and in parentheses how many documents are long enough for k.\n\n| model | corpus |";
   std::vector<int64_t> distances = o.distances;
   distances.push_back(kWholeDocument);
   for (int64_t k : distances) md << " " << DistanceName(k) << " |";
+  if (o.after_others > 0) md << " then " << o.after_others << " unrelated documents |";
   md << "\n|---|---|";
-  for (size_t i = 0; i < distances.size(); ++i) md << "---|";
+  for (size_t i = 0; i < distances.size() + (o.after_others > 0); ++i) md << "---|";
   md << "\n";
   for (size_t v = 0; v < m.size(); ++v) {
     for (size_t c = 0; c < m[v].size(); ++c) {
       md << "| " << o.variants[v].first << " | " << o.corpora[c].name << " |";
       for (int64_t k : distances) {
         const MemoryPoint* p = PointAt(m[v][c].curve, k);
+        md << " " << (p ? CurveCell(*p) : "–") << " |";
+      }
+      if (o.after_others > 0) {
+        const MemoryPoint* p = PointAt(m[v][c].curve, kWholeDocument, o.after_others);
         md << " " << (p ? CurveCell(*p) : "–") << " |";
       }
       md << "\n";

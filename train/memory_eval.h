@@ -26,9 +26,10 @@ struct MemoryReportOptions {
   std::vector<NamedCorpus> corpora;  // two or more: each is the others' unrelated text
   std::string split;                 // "validation" or "test", for the report's wording
   std::vector<int64_t> distances = {512, 2048, 3300, 6000, 8000};
-  int64_t length = 512;  // tokens re-read
-  int64_t before = 2;    // documents read before a carry-over target
-  int64_t max_docs = 0;  // documents per corpus (0 = all)
+  int64_t length = 512;      // tokens re-read
+  int64_t before = 2;        // documents read before a carry-over target
+  int64_t after_others = 2;  // unrelated documents read between a document and its last re-read
+  int64_t max_docs = 0;      // documents per corpus (0 = all)
   int64_t piece = 256;
   std::string command;  // recorded in the report
   // Where each (variant, corpus)'s measures are kept, keyed by everything they depend on, so that

@@ -74,6 +74,8 @@ ABSL_FLAG(std::string, memory_distances, "512,2048,3300,6000,8000",
           "memory mode: tokens of a document read before its start is re-read");
 ABSL_FLAG(int64_t, carry_before, 2, "memory mode: documents read before a carry-over target");
 ABSL_FLAG(int64_t, memory_docs, 0, "memory mode: documents per corpus (0 = all)");
+ABSL_FLAG(int64_t, after_others, 2,
+          "memory mode: unrelated documents read between a document and its last re-reading");
 
 namespace ttt::train {
 namespace {
@@ -475,6 +477,7 @@ absl::Status RunMemory(const fs::path& model_dir, const engine::ModelConfig& con
   ASSIGN_OR_RETURN(o.distances, ParseDistances(absl::GetFlag(FLAGS_memory_distances)));
   o.length = absl::GetFlag(FLAGS_reread_len);
   o.before = absl::GetFlag(FLAGS_carry_before);
+  o.after_others = absl::GetFlag(FLAGS_after_others);
   o.max_docs = absl::GetFlag(FLAGS_memory_docs);
   o.piece = absl::GetFlag(FLAGS_piece);
   o.command = absl::GetFlag(FLAGS_command);
