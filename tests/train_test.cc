@@ -6,11 +6,15 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <memory>
+#include <optional>
 #include <random>
+#include <tuple>
 
 #include "train/checkpoint.h"
 #include "train/common.h"
 #include "train/eval_lib.h"
+#include "train/memory_eval.h"
 
 namespace ttt::train {
 namespace {
@@ -34,6 +38,71 @@ engine::ModelConfig TinyConfig() {
   spec.ttt_layers = {1};
   spec.ttt_chunk = 8;
   return MakeConfig(spec);
+}
+
+// The tiny model with an attention window of 8 and TTT that acts (a fresh model's zero conv makes
+// every update 0; its N(0, 0.02) weights predict nearly uniformly): random weights at the scale
+// of tests/train_forward_test.cc, so that memory carried across chunks shows.
+constexpr int64_t kTinyWindow = 8;
+// What attention alone can reach back: 2 layers of 7 earlier tokens each. A token predicted at
+// document position >= kTinyReach sees nothing before its document's bos but through the fast
+// weights.
+constexpr int64_t kTinyReach = 2 * (kTinyWindow - 1) + 1;
+
+engine::ModelConfig TinyWindowConfig() {
+  engine::ModelConfig config = TinyConfig();
+  config.sliding_window = kTinyWindow;
+  return config;
+}
+
+engine::NamedTensors ActiveTttWeights() {
+  engine::NamedTensors weights = InitWeights(TinyWindowConfig(), 5);
+  at::manual_seed(9);
+  for (auto& [name, t] : weights) {
+    if (name.find("embed_tokens") != std::string::npos) {
+      t = at::randn_like(t);
+    } else if (name.find("ttt_conv") != std::string::npos) {
+      t = at::randn_like(t) * 0.4;
+    } else if (t.dim() == 2) {
+      t = at::randn_like(t) * 0.3;
+    }
+  }
+  return weights;
+}
+
+std::unique_ptr<engine::Model> ActiveTttModel(std::optional<double> eta = std::nullopt) {
+  engine::ModelOptions options;
+  options.ttt_lr = eta;
+  auto model = engine::Model::FromWeights(TinyWindowConfig(), ActiveTttWeights(), options);
+  EXPECT_TRUE(model.ok()) << model.status();
+  return std::move(model).value();
+}
+
+// `sizes.size()` documents of those lengths, ids from `base` on, distinct between corpora.
+Corpus MakeCorpus(const std::vector<int>& sizes, int base) {
+  Corpus c;
+  for (size_t d = 0; d < sizes.size(); ++d) {
+    std::vector<int32_t> doc;
+    for (int i = 0; i < sizes[d]; ++i)
+      doc.push_back(base + (37 * static_cast<int>(d) + 11 * i) % 90);
+    c.total_tokens += doc.size();
+    c.docs.push_back(std::move(doc));
+  }
+  return c;
+}
+
+// -log p of each token of `tokens` read in one fresh session, in one Ingest call (index 0: NaN).
+std::vector<double> OneSessionLosses(const engine::Model& model,
+                                     const std::vector<int32_t>& tokens) {
+  engine::SequenceState state = model.NewSequence();
+  std::vector<engine::IngestItem> items(1);
+  items[0].state = &state;
+  items[0].tokens = tokens;
+  auto lps = model.Ingest(absl::MakeSpan(items));
+  EXPECT_TRUE(lps.ok()) << lps.status();
+  std::vector<double> out;
+  for (float lp : (*lps)[0]) out.push_back(-lp);
+  return out;
 }
 
 TEST(CheckpointTest, ProgressRoundTripsThroughJson) {
@@ -229,6 +298,215 @@ TEST(EvalTest, PerDocumentLossesAddUpToTheBucketTables) {
     EXPECT_EQ(count, all_count);
     EXPECT_NEAR(sum, all_sum, 1e-6 * std::abs(all_sum));
   }
+}
+
+// The carry-over scores each target as one session reading the documents before it would, and
+// with TTT off nothing but attention carries over: past its reach the target reads exactly as in
+// a fresh session; with TTT on the fast weights carry the other documents there.
+TEST(EvalTest, CarryOverIsTheSameTextReadAfterOtherDocumentsMinusReadFresh) {
+  const Corpus targets = MakeCorpus({40, 33, 45, 28}, 10);
+  const Corpus others = MakeCorpus({30, 26, 35}, 150);
+  const auto on = ActiveTttModel();
+  auto r = ScoreCarryOver(*on, targets, {&others, &targets}, 2, /*num_docs=*/10, /*piece=*/6);
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->fresh.size(), targets.docs.size());
+  ASSERT_EQ(r->in_stream.size(), 2u);
+  // Target 1 after the unrelated documents 2 and 0 (i + 1 + j mod 3), read in one call.
+  std::vector<int32_t> session;
+  for (int d : {2, 0}) {
+    session.push_back(1);
+    session.insert(session.end(), others.docs[d].begin(), others.docs[d].end());
+  }
+  const size_t start = session.size();
+  session.push_back(1);
+  session.insert(session.end(), targets.docs[1].begin(), targets.docs[1].end());
+  const std::vector<double> direct = OneSessionLosses(*on, session);
+  const PositionLoss& scored = r->in_stream[0][1];
+  ASSERT_EQ(scored.Total(0, 1 << 30).second, 33) << "every target token once, its bos not";
+  for (size_t p = 1; p <= 33; ++p) {
+    EXPECT_NEAR(scored.sum[p], direct[start + p], 1e-4) << "position " << p;
+  }
+  std::vector<int32_t> alone = {1};
+  alone.insert(alone.end(), targets.docs[1].begin(), targets.docs[1].end());
+  const std::vector<double> fresh = OneSessionLosses(*on, alone);
+  for (size_t p = 1; p <= 33; ++p) EXPECT_NEAR(r->fresh[1].sum[p], fresh[p], 1e-4);
+  // TTT on: the carried fast weights change the target past the window.
+  EXPECT_GT(std::abs(r->Difference(0, kTinyReach, 1 << 30).diff), 1e-3);
+
+  const auto off = ActiveTttModel(/*eta=*/0.0);
+  auto o = ScoreCarryOver(*off, targets, {&others, &targets}, 2, 10, 6);
+  ASSERT_TRUE(o.ok()) << o.status();
+  for (size_t c = 0; c < 2; ++c) {
+    const PairedDifference beyond = o->Difference(c, kTinyReach, 1 << 30);
+    EXPECT_NEAR(beyond.diff, 0.0, 1e-5) << "corpus " << c;
+    EXPECT_NEAR(beyond.low, 0.0, 1e-5);
+    EXPECT_NEAR(beyond.high, 0.0, 1e-5);
+    EXPECT_GT(std::abs(o->Difference(c, 1, kTinyWindow).diff), 1e-4)
+        << "inside the window the previous document's tail is seen";
+    EXPECT_EQ(o->in_stream[c][3].Total(kTinyReach, 1 << 30).second, 28 - kTinyReach + 1);
+  }
+}
+
+TEST(EvalTest, CarryOverRefusesATargetThatWouldFollowItself) {
+  const auto model = ActiveTttModel();
+  const Corpus two = MakeCorpus({20, 20}, 10);
+  auto self = ScoreCarryOver(*model, two, {&two}, 2, 10, 8);
+  EXPECT_EQ(self.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(self.status().message().find("a target must not follow itself"), std::string::npos);
+  const Corpus empty;
+  auto none = ScoreCarryOver(*model, two, {&empty}, 1, 10, 8);
+  EXPECT_EQ(none.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(none.status().message().find("has only 0"), std::string::npos);
+}
+
+// Each distance's fork re-reads as one session reading the document's start and then its head
+// would; documents too short for a distance are left out of it; with TTT off the re-read tokens
+// past attention's reach score exactly as on the first reading (only fast weights remember).
+TEST(EvalTest, MemoryCurveForksReadTheHeadAgainAfterEachDistance) {
+  const Corpus docs = MakeCorpus({70, 45, 26}, 10);
+  const auto on = ActiveTttModel();
+  constexpr int64_t kLength = 24;
+  auto curve = ScoreMemoryCurve(*on, docs, {40, 20, 60, kWholeDocument}, kLength,  // any order
+                                /*num_docs=*/5, /*piece=*/7);
+  ASSERT_TRUE(curve.ok()) << curve.status();
+  ASSERT_EQ(curve->size(), 4u);
+  EXPECT_EQ((*curve)[0].distance, 20);
+  EXPECT_EQ((*curve)[3].distance, kWholeDocument);
+  EXPECT_EQ((*curve)[0].docs, 3);
+  EXPECT_EQ((*curve)[1].docs, 2);
+  EXPECT_EQ((*curve)[2].docs, 1);
+  EXPECT_EQ((*curve)[3].docs, 3);
+  EXPECT_TRUE((*curve)[2].again[1].sum.empty()) << "45 tokens are too short for 60";
+  auto session = [&](size_t d, int64_t k) {
+    std::vector<int32_t> t = {1};
+    t.insert(t.end(), docs.docs[d].begin(), docs.docs[d].begin() + k);
+    t.insert(t.end(), docs.docs[d].begin(), docs.docs[d].begin() + kLength);
+    return t;
+  };
+  for (auto [point, d, k] :
+       {std::tuple<size_t, size_t, int64_t>{1, 0, 40}, {3, 1, 45}, {3, 2, 26}}) {
+    const std::vector<double> direct = OneSessionLosses(*on, session(d, k));
+    const PositionLoss& again = (*curve)[point].again[d];
+    ASSERT_EQ(again.Total(0, 1 << 30).second, kLength - 1) << "targets 1.. of the head";
+    for (int64_t j = 1; j < kLength; ++j) {
+      EXPECT_NEAR(again.sum[j], direct[1 + k + j], 1e-4) << "document " << d << " at " << k;
+    }
+  }
+  // After the whole document and one document of another corpus (document 1 reads others[0]).
+  const Corpus others = MakeCorpus({30, 22}, 150);
+  auto after = ScoreMemoryCurve(*on, docs, {20, kWholeDocument}, kLength, 5, 7, {&others, 1});
+  ASSERT_TRUE(after.ok()) << after.status();
+  ASSERT_EQ(after->size(), 3u);
+  const MemoryPoint& last = after->back();
+  EXPECT_EQ(last.distance, kWholeDocument);
+  EXPECT_EQ(last.others, 1);
+  EXPECT_EQ(last.docs, 3);
+  std::vector<int32_t> through = {1};
+  through.insert(through.end(), docs.docs[1].begin(), docs.docs[1].end());
+  through.push_back(1);
+  through.insert(through.end(), others.docs[0].begin(), others.docs[0].end());
+  const size_t head_at = through.size();
+  through.insert(through.end(), docs.docs[1].begin(), docs.docs[1].begin() + kLength);
+  const std::vector<double> direct_after = OneSessionLosses(*on, through);
+  for (int64_t j = 1; j < kLength; ++j) {
+    EXPECT_NEAR(last.again[1].sum[j], direct_after[head_at + j], 1e-4) << "position " << j;
+  }
+  auto no_whole = ScoreMemoryCurve(*on, docs, {20}, kLength, 5, 7, {&others, 1});
+  EXPECT_EQ(no_whole.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(no_whole.status().message().find("needs the whole-document distance"),
+            std::string::npos);
+
+  const std::vector<double> first = OneSessionLosses(*on, session(0, 0));
+  for (int64_t j = 1; j < kLength; ++j) {
+    EXPECT_NEAR((*curve)[0].first[0].sum[j], first[1 + j], 1e-4);
+  }
+  EXPECT_FALSE(std::isnan((*curve)[1].Difference().diff));
+  EXPECT_GT(std::abs((*curve)[1].Difference().diff), 1e-3) << "TTT on remembers something";
+
+  const auto off = ActiveTttModel(/*eta=*/0.0);
+  auto off_curve = ScoreMemoryCurve(*off, docs, {20, kWholeDocument}, kLength, 5, 7);
+  ASSERT_TRUE(off_curve.ok()) << off_curve.status();
+  for (const MemoryPoint& p : *off_curve) {
+    for (size_t d = 0; d < docs.docs.size(); ++d) {
+      for (int64_t j = kTinyReach; j < kLength; ++j) {
+        EXPECT_NEAR(p.again[d].sum[j], p.first[d].sum[j], 1e-4) << "document " << d << " at " << j;
+      }
+    }
+  }
+}
+
+TEST(EvalTest, MemoryCurveRefusesADistanceOrLengthItCannotMeasure) {
+  const auto model = ActiveTttModel();
+  const Corpus docs = MakeCorpus({30}, 10);
+  auto zero = ScoreMemoryCurve(*model, docs, {0, 10}, 8, 1, 8);
+  EXPECT_EQ(zero.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(zero.status().message().find("distances must be >= 1"), std::string::npos);
+  auto short_head = ScoreMemoryCurve(*model, docs, {10}, 1, 1, 8);
+  EXPECT_EQ(short_head.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(short_head.status().message().find("at least 2 tokens"), std::string::npos);
+}
+
+// The report end to end on two tiny corpora and a model written to disk: the goals, both tables,
+// the TTT-off control reading 0 past the window.
+TEST(EvalTest, MemoryReportChecksTheGoalsOnEachCorpus) {
+  const fs::path dir = TempDir("memory_report");
+  ASSERT_TRUE(WriteHfModel(dir, TinyWindowConfig(), ActiveTttWeights(), "f32", {}).ok());
+  MemoryReportOptions o;
+  o.variants = {{"TTT on", {dir}}, {"TTT off", {dir, 0.0}}};
+  o.split = "validation";
+  o.distances = {20, 40};
+  o.length = 16;
+  o.piece = 9;
+  o.command = "train_test";
+  auto one = MemoryReport(o);
+  EXPECT_EQ(one.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(one.status().message().find("two corpora"), std::string::npos);
+  o.corpora.push_back({"A", MakeCorpus({50, 30, 44}, 10)});
+  o.corpora.push_back({"B", MakeCorpus({35, 41, 25}, 150)});
+  auto md = MemoryReport(o);
+  ASSERT_TRUE(md.ok()) << md.status();
+  for (const std::string& part :
+       {std::string("# Memory and carry-over, validation split"), std::string("## Goals"),
+        std::string("| re-reading after the whole document >= 15 % lower (moonshot 25 %) | A |"),
+        std::string("| carry-over from unrelated documents <= 0.01 nats/token | B |"),
+        std::string("| model | corpus | 20 | 40 | whole document | then 2 unrelated documents |"),
+        std::string("| re-reading after the document and 2 unrelated documents >= 3 % lower | "
+                    "B |"),
+        std::string("(3) | "), std::string("(2) | "), std::string("| TTT off | B |")}) {
+    EXPECT_NE(md->find(part), std::string::npos) << part << "\n" << *md;
+  }
+  fs::remove_all(dir);
+}
+
+// A report stopped half-way resumes: each (variant, corpus) is kept under a key of everything its
+// numbers depend on; a rerun reads them back to the same report, a changed option measures anew.
+TEST(EvalTest, MemoryReportResumesFromItsCache) {
+  const fs::path dir = TempDir("memory_cache");
+  ASSERT_TRUE(WriteHfModel(dir / "model", TinyWindowConfig(), ActiveTttWeights(), "f32", {}).ok());
+  MemoryReportOptions o;
+  o.variants = {{"TTT on", {dir / "model"}}, {"TTT off", {dir / "model", 0.0}}};
+  o.corpora.push_back({"A", MakeCorpus({50, 30, 44}, 10)});
+  o.corpora.push_back({"B", MakeCorpus({35, 41, 25}, 150)});
+  o.split = "validation";
+  o.distances = {20};
+  o.length = 16;
+  o.cache_dir = dir / "cache";
+  auto files = [&] {
+    return std::distance(fs::directory_iterator(o.cache_dir), fs::directory_iterator());
+  };
+  auto first = MemoryReport(o);
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(files(), 4) << "two variants x two corpora";
+  auto again = MemoryReport(o);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(*again, *first);
+  EXPECT_EQ(files(), 4);
+  o.distances = {20, 40};
+  auto longer = MemoryReport(o);
+  ASSERT_TRUE(longer.ok()) << longer.status();
+  EXPECT_EQ(files(), 8);
+  EXPECT_NE(*longer, *first);
+  fs::remove_all(dir);
 }
 
 }  // namespace

@@ -282,6 +282,221 @@ absl::StatusOr<RereadResult> ScoreReread(const Model& model, const Corpus& docs,
   return r;
 }
 
+namespace {
+
+std::vector<SequenceState*> Pointers(std::vector<SequenceState>& states) {
+  std::vector<SequenceState*> p;
+  for (auto& s : states) p.push_back(&s);
+  return p;
+}
+
+// Per target, its losses (position in the target, bos = 0) after `before` documents of `other`.
+absl::StatusOr<std::vector<PositionLoss>> ScoreAfter(const Model& model, const Corpus& targets,
+                                                     const Corpus& other, int64_t before, int64_t n,
+                                                     int64_t piece) {
+  const int32_t bos = static_cast<int32_t>(Bos(model));
+  std::vector<PositionLoss> out(n);
+  std::vector<SequenceState> states;
+  std::vector<std::vector<int32_t>> tokens;
+  std::vector<size_t> target_start;  // index of the target's bos in its session
+  for (int64_t i = 0; i < n; ++i) {
+    std::vector<int32_t> t;
+    for (int64_t j = 0; j < before; ++j) {
+      const auto& d = other.docs[(i + 1 + j) % other.docs.size()];
+      t.push_back(bos);
+      t.insert(t.end(), d.begin(), d.end());
+    }
+    target_start.push_back(t.size());
+    t.push_back(bos);
+    t.insert(t.end(), targets.docs[i].begin(), targets.docs[i].end());
+    tokens.push_back(std::move(t));
+    states.push_back(model.NewSequence());
+  }
+  RETURN_IF_ERROR(
+      FeedAll(model, Pointers(states), tokens, piece, [&](size_t i, size_t j, float lp) {
+        if (j > target_start[i]) out[i].Add(j - target_start[i], -lp);
+      }));
+  return out;
+}
+
+}  // namespace
+
+absl::StatusOr<CarryOverResult> ScoreCarryOver(const Model& model, const Corpus& targets,
+                                               const std::vector<const Corpus*>& preceding,
+                                               int64_t before, int64_t num_docs, int64_t piece) {
+  c10::InferenceMode guard;
+  if (before < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("carry-over: before ", before, " is negative"));
+  }
+  for (const Corpus* c : preceding) {
+    const bool self = c == &targets;
+    if (c->docs.empty() || (self && static_cast<int64_t>(c->docs.size()) <= before)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("carry-over reads ", before,
+                       " documents before each target, but a preceding corpus "
+                       "has only ",
+                       c->docs.size(),
+                       self ? " (the targets' own, where a target must not follow itself)" : ""));
+    }
+  }
+  const int64_t n = std::min<int64_t>(num_docs, targets.docs.size());
+  CarryOverResult r;
+  r.before = before;
+  ASSIGN_OR_RETURN(r.fresh, ScoreAfter(model, targets, targets, 0, n, piece));
+  for (const Corpus* c : preceding) {
+    ASSIGN_OR_RETURN(auto after, ScoreAfter(model, targets, *c, before, n, piece));
+    r.in_stream.push_back(std::move(after));
+  }
+  return r;
+}
+
+double MemoryPoint::FirstMean() const {
+  double s = 0;
+  int64_t c = 0;
+  for (size_t d = 0; d < std::min(first.size(), again.size()); ++d) {
+    if (again[d].sum.empty()) continue;  // too short for this distance
+    const auto [ds, dc] = first[d].Total(0, 1 << 30);
+    s += ds, c += dc;
+  }
+  return c > 0 ? s / c : std::numeric_limits<double>::quiet_NaN();
+}
+
+double MemoryPoint::AgainMean() const {
+  double s = 0;
+  int64_t c = 0;
+  for (const PositionLoss& p : again) {
+    const auto [ds, dc] = p.Total(0, 1 << 30);
+    s += ds, c += dc;
+  }
+  return c > 0 ? s / c : std::numeric_limits<double>::quiet_NaN();
+}
+
+absl::StatusOr<std::vector<MemoryPoint>> ScoreMemoryCurve(const Model& model, const Corpus& docs,
+                                                          const std::vector<int64_t>& distances,
+                                                          int64_t length, int64_t num_docs,
+                                                          int64_t piece, AfterOthers after_others) {
+  c10::InferenceMode guard;
+  if (length < 2) return absl::InvalidArgumentError("the memory curve re-reads at least 2 tokens");
+  std::vector<int64_t> ks = distances;
+  std::sort(ks.begin(), ks.end());
+  if (ks.empty() || ks.front() < 1) {
+    return absl::InvalidArgumentError("memory-curve distances must be >= 1 token");
+  }
+  if (after_others.docs > 0 &&
+      (ks.back() != kWholeDocument || !after_others.corpus || after_others.corpus->docs.empty())) {
+    return absl::InvalidArgumentError(
+        "re-reading after other documents needs the whole-document distance and a non-empty "
+        "corpus of other documents");
+  }
+  const int32_t bos = static_cast<int32_t>(Bos(model));
+  const size_t n = std::min<size_t>(num_docs, docs.docs.size());
+  auto head = [&](size_t i) {
+    const auto& d = docs.docs[i];
+    return std::vector<int32_t>(d.begin(), d.begin() + std::min<int64_t>(length, d.size()));
+  };
+  // The first reading, once per document.
+  std::vector<PositionLoss> first(n);
+  {
+    std::vector<SequenceState> states;
+    std::vector<SequenceState*> ptrs;
+    std::vector<std::vector<int32_t>> tokens;
+    states.reserve(n);
+    for (size_t i = 0; i < n; ++i) {
+      states.push_back(model.NewSequence());
+      ptrs.push_back(&states.back());
+      std::vector<int32_t> t = {bos};
+      const auto h = head(i);
+      t.insert(t.end(), h.begin(), h.end());
+      tokens.push_back(std::move(t));
+    }
+    RETURN_IF_ERROR(FeedAll(model, ptrs, tokens, piece, [&](size_t i, size_t j, float lp) {
+      if (j >= 2) first[i].Add(static_cast<int64_t>(j) - 1, -lp);
+    }));
+  }
+  // Feeds each of `states` its prefix, then its document's head, and scores the head's targets
+  // 1.. (state e belongs to document eligible[e]).
+  auto reread = [&](const std::vector<SequenceState*>& states,
+                    const std::vector<std::vector<int32_t>>& prefixes,
+                    const std::vector<size_t>& eligible) -> absl::StatusOr<MemoryPoint> {
+    MemoryPoint p;
+    p.docs = static_cast<int64_t>(eligible.size());
+    p.first = first;
+    p.again.resize(n);
+    std::vector<std::vector<int32_t>> tokens;
+    for (size_t e = 0; e < eligible.size(); ++e) {
+      std::vector<int32_t> t = prefixes[e];
+      const auto h = head(eligible[e]);
+      t.insert(t.end(), h.begin(), h.end());
+      tokens.push_back(std::move(t));
+    }
+    RETURN_IF_ERROR(FeedAll(model, states, tokens, piece, [&](size_t e, size_t j, float lp) {
+      const size_t skip = prefixes[e].size() + 1;  // the head's first token is not compared
+      if (j >= skip) p.again[eligible[e]].Add(static_cast<int64_t>(j - skip) + 1, -lp);
+    }));
+    return p;
+  };
+  // One session per document reads it up to each distance in turn; each distance forks it.
+  std::vector<SequenceState> reading;
+  reading.reserve(n);
+  for (size_t i = 0; i < n; ++i) reading.push_back(model.NewSequence());
+  std::vector<int64_t> read(n, 0);  // document tokens each session has read so far
+  std::vector<MemoryPoint> curve;
+  for (int64_t k : ks) {
+    std::vector<SequenceState*> ptrs;
+    std::vector<std::vector<int32_t>> tokens;
+    std::vector<size_t> eligible;
+    for (size_t i = 0; i < n; ++i) {
+      const auto& d = docs.docs[i];
+      const int64_t size = static_cast<int64_t>(d.size());
+      const int64_t upto = k == kWholeDocument ? size : k;
+      if (size < upto) continue;
+      std::vector<int32_t> t;
+      if (read[i] == 0) t.push_back(bos);
+      t.insert(t.end(), d.begin() + read[i], d.begin() + upto);
+      read[i] = upto;
+      ptrs.push_back(&reading[i]);
+      tokens.push_back(std::move(t));
+      eligible.push_back(i);
+    }
+    RETURN_IF_ERROR(FeedAll(model, ptrs, tokens, piece, [](size_t, size_t, float) {}));
+    std::vector<SequenceState> forks;
+    forks.reserve(eligible.size());
+    ptrs.clear();
+    for (size_t i : eligible) {
+      forks.push_back(reading[i].Clone());
+      ptrs.push_back(&forks.back());
+    }
+    ASSIGN_OR_RETURN(MemoryPoint p, reread(ptrs, std::vector<std::vector<int32_t>>(eligible.size()),
+                                           eligible));
+    p.distance = k;
+    curve.push_back(std::move(p));
+  }
+  if (after_others.docs > 0) {
+    // Every session has read its whole document: now other documents, then the head (no fork:
+    // the sessions are not needed after this).
+    const Corpus& others = *after_others.corpus;
+    std::vector<SequenceState*> ptrs;
+    std::vector<std::vector<int32_t>> prefixes;
+    std::vector<size_t> all;
+    for (size_t i = 0; i < n; ++i) {
+      std::vector<int32_t> t;
+      for (int64_t j = 0; j < after_others.docs; ++j) {
+        const auto& d = others.docs[(i + 1 + j) % others.docs.size()];
+        t.push_back(bos);
+        t.insert(t.end(), d.begin(), d.end());
+      }
+      ptrs.push_back(&reading[i]);
+      prefixes.push_back(std::move(t));
+      all.push_back(i);
+    }
+    ASSIGN_OR_RETURN(MemoryPoint p, reread(ptrs, prefixes, all));
+    p.distance = kWholeDocument;
+    p.others = after_others.docs;
+    curve.push_back(std::move(p));
+  }
+  return curve;
+}
+
 RecallResult ScoreRecall(const Model& model, const Corpus& filler, int64_t episodes) {
   c10::InferenceMode guard;
   RecallSpec spec;

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <string>
@@ -76,6 +77,64 @@ struct RereadResult {
 absl::StatusOr<RereadResult> ScoreReread(const engine::Model& model, const Corpus& docs,
                                          int64_t num_docs, int64_t length, int64_t others,
                                          int64_t piece);
+
+// Carry-over (issue 28): what reading other documents first costs a document. For each of the
+// first `num_docs` targets and each corpus c of `preceding`, a session reads `before` documents
+// of c (for target i the documents (i + 1 + j) mod |c|, j = 0 .. before-1: its next neighbours
+// when c is `targets` itself, related text; arbitrary documents of another corpus, unrelated
+// text), each as bos + text with no reset, then bos + the target; and the target alone in a fresh
+// session. The same text scored twice: the difference is what the carried state (the fast
+// weights and the attention window's tail) does to it. Positions as in
+// StreamResult::by_document (0 = bos, not scored).
+struct CarryOverResult {
+  std::vector<PositionLoss> fresh;                   // per target, read in a fresh session
+  std::vector<std::vector<PositionLoss>> in_stream;  // per preceding corpus, per target
+  int64_t before = 0;
+  // In-stream (after corpus `c`) minus fresh over target positions [begin, end), pooled over
+  // tokens, with a 95 % paired-bootstrap interval over targets (nats/token; positive = the
+  // carried state costs).
+  PairedDifference Difference(size_t c, int64_t begin, int64_t end) const {
+    return BootstrapDifference(in_stream[c], fresh, begin, end);
+  }
+};
+// INVALID_ARGUMENT when a preceding corpus is empty, or is `targets` with no more than `before`
+// documents (a target would follow itself).
+absl::StatusOr<CarryOverResult> ScoreCarryOver(const engine::Model& model, const Corpus& targets,
+                                               const std::vector<const Corpus*>& preceding,
+                                               int64_t before, int64_t num_docs, int64_t piece);
+
+// The memory curve by distance (issue 28): how well a session still knows a document's start
+// after reading `distance` tokens of it. For each distance k and each of the first `num_docs`
+// documents with at least k tokens: the session reads bos + the first k tokens, then the first
+// `length` tokens again, scored on targets 1 .. length-1 of that re-reading; against the same
+// targets read first in a fresh session (bos + the first `length` tokens). One session per
+// document reads it once; each distance forks it (SequenceState::Clone) for its re-reading.
+// kWholeDocument as a distance: after the whole document, every document (the last point).
+inline constexpr int64_t kWholeDocument = std::numeric_limits<int64_t>::max();
+struct MemoryPoint {
+  int64_t distance = 0;
+  int64_t others = 0;               // unrelated documents read after the whole document
+  int64_t docs = 0;                 // documents long enough for this distance
+  std::vector<PositionLoss> again;  // per document (empty when too short), position in head
+  std::vector<PositionLoss> first;  // per document, the first reading (same positions)
+  // Pooled means over the documents long enough for this distance.
+  double FirstMean() const;
+  double AgainMean() const;
+  PairedDifference Difference() const { return BootstrapDifference(again, first, 0, 1 << 30); }
+};
+// With `after_others.docs` > 0 (REQUIRES kWholeDocument among the distances), one more point:
+// after the whole document the session reads that many documents of `after_others.corpus`
+// (document i: its documents (i + 1 + j) mod size, each bos + text), then re-reads the head.
+struct AfterOthers {
+  const Corpus* corpus = nullptr;
+  int64_t docs = 0;
+};
+absl::StatusOr<std::vector<MemoryPoint>> ScoreMemoryCurve(const engine::Model& model,
+                                                          const Corpus& docs,
+                                                          const std::vector<int64_t>& distances,
+                                                          int64_t length, int64_t num_docs,
+                                                          int64_t piece,
+                                                          AfterOthers after_others = {});
 
 // Synthetic associative recall (train/common.h) with every pair outside the attention window
 // when queried; episodes drawn with a fixed seed from `filler`.

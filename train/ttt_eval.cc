@@ -5,6 +5,8 @@
 // same budget (optionally a reference model too). eta and the update clip are swept on the
 // validation split only; the test split is used once, for the tables. Writes a markdown report
 // with the issue-12 goals checked, and PNG plots (gnuplot). tools/run_eval.sh calls this.
+// --mode=memory writes the issue-28 report instead (train/memory_eval.h: carry-over and the
+// memory curve on one split of Brown and of an out-of-domain corpus); tools/run_eval_memory.sh.
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -32,6 +34,7 @@
 #include "engine/status_macros.h"
 #include "train/common.h"
 #include "train/eval_lib.h"
+#include "train/memory_eval.h"
 #include "util/malloc_tuning.h"
 
 ABSL_FLAG(std::string, model, "models/ttt-brown", "the TTT model folder");
@@ -57,6 +60,22 @@ ABSL_FLAG(std::string, out_dir, "docs", "folder of the plots (eval_*.png)");
 ABSL_FLAG(std::string, work_dir, "data/eval", "intermediate data (plot tables)");
 ABSL_FLAG(int, threads, 2, "intra-op threads");
 ABSL_FLAG(std::string, command, "tools/run_eval.sh", "the command line recorded in the report");
+ABSL_FLAG(std::string, mode, "full",
+          "full: docs/eval.md (the Brown test split, the sweep on validation); memory: the "
+          "issue-28 report (carry-over, memory curve) on --split of Brown and the out-of-domain "
+          "corpus, for the model, TTT off, the twin, the reference and each --sweep setting");
+ABSL_FLAG(std::string, split, "valid",
+          "memory mode: valid (choosing between models) or test (once per shipped model)");
+ABSL_FLAG(std::string, ood_valid_tokens, "data/sotu/valid.tok",
+          "out-of-domain validation ids (tools/fetch_ood_corpus.sh)");
+ABSL_FLAG(std::string, ood_test_tokens, "data/sotu/test.tok", "out-of-domain test ids");
+ABSL_FLAG(std::string, ood_name, "State of the Union", "the out-of-domain corpus in the report");
+ABSL_FLAG(std::string, memory_distances, "512,2048,3300,6000,8000",
+          "memory mode: tokens of a document read before its start is re-read");
+ABSL_FLAG(int64_t, carry_before, 2, "memory mode: documents read before a carry-over target");
+ABSL_FLAG(int64_t, memory_docs, 0, "memory mode: documents per corpus (0 = all)");
+ABSL_FLAG(int64_t, after_others, 2,
+          "memory mode: unrelated documents read between a document and its last re-reading");
 
 namespace ttt::train {
 namespace {
@@ -132,6 +151,23 @@ absl::StatusOr<Measured> Measure(const Variant& v, const Corpus& docs, bool full
   return m;
 }
 
+// One --sweep entry, eta:clip or eta:clip:cap (cap 0 = none).
+struct SweepEntry {
+  double eta = 0, clip = 0, cap = 0;
+};
+
+absl::StatusOr<SweepEntry> ParseSweepEntry(absl::string_view item) {
+  std::vector<std::string> parts = absl::StrSplit(item, ':');
+  SweepEntry e;
+  if (parts.size() < 2 || parts.size() > 3 || !absl::SimpleAtod(parts[0], &e.eta) ||
+      !absl::SimpleAtod(parts[1], &e.clip) ||
+      (parts.size() == 3 && !absl::SimpleAtod(parts[2], &e.cap))) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--sweep entry '", item, "' is not eta:clip or eta:clip:cap"));
+  }
+  return e;
+}
+
 // The validation sweep: its table, and its pick: among the settings whose validation streams
 // (fed without reset) do not drift (last 4k tokens no higher than tokens 64-511), the one whose
 // re-reading gains most; when every setting drifts, the lowest stream loss.
@@ -160,14 +196,8 @@ absl::StatusOr<Sweep> RunSweep(const fs::path& model_dir, const Corpus& valid) {
     << "k) | re-read change | recall |\n|---|---|---|---|---|---|---|---|---|\n";
   SweepPick best;
   for (absl::string_view item : absl::StrSplit(spec, ',', absl::SkipEmpty())) {
-    std::vector<std::string> parts = absl::StrSplit(item, ':');
-    double eta, clip, cap = 0;
-    if (parts.size() < 2 || parts.size() > 3 || !absl::SimpleAtod(parts[0], &eta) ||
-        !absl::SimpleAtod(parts[1], &clip) ||
-        (parts.size() == 3 && !absl::SimpleAtod(parts[2], &cap))) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--sweep entry '", item, "' is not eta:clip or eta:clip:cap"));
-    }
+    ASSIGN_OR_RETURN(const SweepEntry e, ParseSweepEntry(item));
+    const double eta = e.eta, clip = e.clip, cap = e.cap;
     Variant v{"valid: " + Setting(eta, clip, cap), {model_dir, eta, clip, cap}};
     ASSIGN_OR_RETURN(Measured m, Measure(v, valid, /*full=*/false));
     const PositionLoss& p = m.streams.by_stream_position;
@@ -414,11 +444,76 @@ std::string ReportMarkdown(const Report& r) {
   return md.str();
 }
 
+absl::StatusOr<std::vector<int64_t>> ParseDistances(const std::string& s) {
+  std::vector<int64_t> out;
+  for (absl::string_view part : absl::StrSplit(s, ',', absl::SkipEmpty())) {
+    int64_t v;
+    if (!absl::SimpleAtoi(part, &v) || v < 1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--memory_distances entry '", part, "' is not a token count >= 1"));
+    }
+    out.push_back(v);
+  }
+  return out;
+}
+
+// --mode=memory: the issue-28 report on one split of Brown and of the out-of-domain corpus.
+absl::Status RunMemory(const fs::path& model_dir, const engine::ModelConfig& config) {
+  const std::string split = absl::GetFlag(FLAGS_split);
+  if (split != "valid" && split != "test") {
+    return absl::InvalidArgumentError(absl::StrCat("--split '", split, "' is not valid or test"));
+  }
+  const bool test = split == "test";
+  MemoryReportOptions o;
+  o.split = test ? "test" : "validation";
+  for (auto [name, flag] :
+       {std::pair<std::string, std::string>{
+            "Brown", absl::GetFlag(test ? FLAGS_test_tokens : FLAGS_valid_tokens)},
+        {absl::GetFlag(FLAGS_ood_name),
+         absl::GetFlag(test ? FLAGS_ood_test_tokens : FLAGS_ood_valid_tokens)}}) {
+    ASSIGN_OR_RETURN(Corpus c, Load(flag, config.vocab_size));
+    o.corpora.push_back({absl::StrCat(name, ", ", o.split), std::move(c)});
+  }
+  ASSIGN_OR_RETURN(o.distances, ParseDistances(absl::GetFlag(FLAGS_memory_distances)));
+  o.length = absl::GetFlag(FLAGS_reread_len);
+  o.before = absl::GetFlag(FLAGS_carry_before);
+  o.after_others = absl::GetFlag(FLAGS_after_others);
+  o.max_docs = absl::GetFlag(FLAGS_memory_docs);
+  o.piece = absl::GetFlag(FLAGS_piece);
+  o.command = absl::GetFlag(FLAGS_command);
+  o.cache_dir = fs::path(absl::GetFlag(FLAGS_work_dir)) / "memory-cache";
+  o.variants.push_back(
+      {"TTT on (" + Setting(config.ttt_lr, config.ttt_clip, config.ttt_delta_cap) + ")",
+       {model_dir}});
+  o.variants.push_back({"same weights, TTT off", {model_dir, 0.0}});
+  if (!absl::GetFlag(FLAGS_twin).empty()) {
+    o.variants.push_back({"plain twin", {absl::GetFlag(FLAGS_twin)}});
+  }
+  if (!absl::GetFlag(FLAGS_reference).empty()) {
+    o.variants.push_back({absl::GetFlag(FLAGS_reference_label), {absl::GetFlag(FLAGS_reference)}});
+  }
+  for (absl::string_view item :
+       absl::StrSplit(absl::GetFlag(FLAGS_sweep), ',', absl::SkipEmpty())) {
+    ASSIGN_OR_RETURN(const SweepEntry e, ParseSweepEntry(item));
+    o.variants.push_back(
+        {"TTT on, " + Setting(e.eta, e.clip, e.cap), {model_dir, e.eta, e.clip, e.cap}});
+  }
+  ASSIGN_OR_RETURN(std::string md, MemoryReport(o));
+  RETURN_IF_ERROR(engine::WriteFileAtomically(absl::GetFlag(FLAGS_out_md), md));
+  std::printf("wrote %s\n", absl::GetFlag(FLAGS_out_md).c_str());
+  return absl::OkStatus();
+}
+
 absl::Status Run() {
   at::set_num_threads(absl::GetFlag(FLAGS_threads));
   engine::SetCpuThreads(absl::GetFlag(FLAGS_threads));
   const fs::path model_dir = absl::GetFlag(FLAGS_model), twin_dir = absl::GetFlag(FLAGS_twin);
   ASSIGN_OR_RETURN(auto config, engine::LoadModelConfig(model_dir));
+  const std::string mode = absl::GetFlag(FLAGS_mode);
+  if (mode == "memory") return RunMemory(model_dir, config);
+  if (mode != "full") {
+    return absl::InvalidArgumentError(absl::StrCat("--mode '", mode, "' is not full or memory"));
+  }
   if (twin_dir.empty()) return absl::InvalidArgumentError("--twin is required");
   ASSIGN_OR_RETURN(Corpus valid, Load(absl::GetFlag(FLAGS_valid_tokens), config.vocab_size));
   ASSIGN_OR_RETURN(Corpus test, Load(absl::GetFlag(FLAGS_test_tokens), config.vocab_size));
