@@ -8,6 +8,8 @@
 
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
 #include "cli/client.h"
 #include "cli/commands.h"
 #include "cli/stress.h"
@@ -72,6 +74,18 @@ int Usage(const std::string& why) {
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(ttt::cli::UsageText());
+  // --help lists the CLI's own flags (defined in cli/flags.cc; absl looks for a file named after
+  // the binary); --helpfull adds gRPC's and Abseil's.
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view file) {
+    return absl::StrContains(file, "cli/flags.cc");
+  };
+  usage.contains_helpshort_flags = usage.contains_help_flags;
+  usage.normalize_filename = [](absl::string_view file) {  // no build machine's path
+    const size_t at = file.rfind("cli/flags.cc");
+    return std::string(at == absl::string_view::npos ? file : file.substr(at));
+  };
+  absl::SetFlagsUsageConfig(usage);
   // `stress` parses its own flags (its --seed is not the CLI's), so it runs before absl's parser.
   if (argc >= 2 && std::string(argv[1]) == "stress") return ttt::cli::RunStress(argc - 1, argv + 1);
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);

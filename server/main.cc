@@ -16,6 +16,8 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "auth/token_store.h"
 #include "coord/etcd_client.h"
@@ -181,6 +183,18 @@ bool AwaitSignal(const sigset_t& signals, int64_t seconds) {
 int main(int argc, char** argv) {
   ttt::util::TuneMallocForTensors();
   absl::SetProgramUsageMessage("ttt-serve: gRPC model server with In-Place Test-Time Training");
+  // --help lists this binary's own flags (absl matches them by the defining file's name, which is
+  // main.cc, not ttt-serve.cc); --helpfull adds gRPC's and Abseil's.
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view file) {
+    return absl::StrContains(file, "server/main.cc");
+  };
+  usage.contains_helpshort_flags = usage.contains_help_flags;
+  usage.normalize_filename = [](absl::string_view file) {  // no build machine's path
+    const size_t at = file.rfind("server/main.cc");
+    return std::string(at == absl::string_view::npos ? file : file.substr(at));
+  };
+  absl::SetFlagsUsageConfig(usage);
   absl::ParseCommandLine(argc, argv);
 
   // Signals are taken synchronously by this thread (sigwait); every thread started from here
