@@ -190,6 +190,9 @@ int main(int argc, char** argv) {
     return absl::StrContains(file, "server/main.cc");
   };
   usage.contains_helpshort_flags = usage.contains_help_flags;
+  usage.version_string = [] {  // absl's default names only its own build type
+    return absl::StrCat("ttt-serve ", ttt::server::kVersion, " (", TTT_GIT_DESCRIBE, ")\n");
+  };
   usage.normalize_filename = [](absl::string_view file) {  // no build machine's path
     const size_t at = file.rfind("server/main.cc");
     return std::string(at == absl::string_view::npos ? file : file.substr(at));
