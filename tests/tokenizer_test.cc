@@ -528,15 +528,19 @@ TEST_F(BpeTokenizerTest, MongolianVowelSeparatorIsNotWhiteSpace) {
   EXPECT_THAT(EncodeOrDie(*strip, "\u3000\u180Ethe"), ElementsAre(0xE1, 0xA0, 0x8E, 267));
 }
 
+// The spans `pattern` (a tokenizer.json regex) matches in `text`.
+std::vector<std::pair<size_t, size_t>> RegexMatches(std::string_view pattern,
+                                                    std::string_view text) {
+  auto regex = internal::Regex::Compile(pattern, /*literal=*/false);
+  EXPECT_TRUE(regex.ok()) << regex.status();
+  auto found = (*regex)->FindAll(text);
+  EXPECT_TRUE(found.ok()) << found.status();
+  return *found;
+}
+
 // Pre-tokenizer and Replace patterns run on PCRE2 with their \s rewritten to White_Space.
 TEST(TokenizerRegexTest, WhiteSpaceClassesExcludeU180E) {
-  const auto matches = [](std::string_view pattern, std::string_view text) {
-    auto regex = internal::Regex::Compile(pattern, /*literal=*/false);
-    EXPECT_TRUE(regex.ok()) << regex.status();
-    auto found = (*regex)->FindAll(text);
-    EXPECT_TRUE(found.ok()) << found.status();
-    return *found;
-  };
+  const auto matches = RegexMatches;
   using Spans = std::vector<std::pair<size_t, size_t>>;
   EXPECT_EQ(matches(R"(\s+)", "a\u180E\u2003\u0085b"), (Spans{{4, 9}}));
   EXPECT_EQ(matches(R"(\S+)", "\u180E a"), (Spans{{0, 3}, {4, 5}}));
@@ -552,13 +556,7 @@ TEST(TokenizerRegexTest, WhiteSpaceClassesExcludeU180E) {
 // Characters assigned in Unicode 15 (PCRE2 10.42 knows 14): U+31350 (CJK Extension H) and
 // U+11F04 KAWI LETTER A are Lo, U+11F50..U+11F59 KAWI DIGITs are Nd (UnicodeData.txt 15.0).
 TEST(TokenizerRegexTest, GeneralCategoriesFollowUnicode15) {
-  const auto matches = [](std::string_view pattern, std::string_view text) {
-    auto regex = internal::Regex::Compile(pattern, /*literal=*/false);
-    EXPECT_TRUE(regex.ok()) << regex.status();
-    auto found = (*regex)->FindAll(text);
-    EXPECT_TRUE(found.ok()) << found.status();
-    return *found;
-  };
+  const auto matches = RegexMatches;
   using Spans = std::vector<std::pair<size_t, size_t>>;
   const std::string ext_h = "\U00031350", kawi_a = "\U00011F04";
   const std::string kawi_digits = "\U00011F50\U00011F51";
