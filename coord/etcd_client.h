@@ -126,6 +126,11 @@ class KeptLease {
   // long, or etcd reported the lease gone).
   absl::Status CheckLive(absl::Duration margin) const;
 
+  // Whether the lease is gone for good: etcd answered a keep-alive that it no longer knows it
+  // (it expired: this process was paused or cut off from etcd for longer than the TTL), or it was
+  // revoked. Keys bound to it are gone too; a process that wants to go on needs a new lease.
+  bool Lost() const;
+
   // Stops keeping the lease alive and revokes it, which deletes every key bound to it. A lease
   // etcd no longer knows (expired, revoked before) counts as revoked: OK.
   absl::Status Revoke();

@@ -20,6 +20,8 @@ absl::Status KeptLease::CheckLive(absl::Duration margin) const {
   return loop_->CheckLive(absl::ToChronoNanoseconds(margin));
 }
 
+bool KeptLease::Lost() const { return !loop_->Gone().ok(); }
+
 absl::Status KeptLease::Revoke() {
   loop_->Stop();
   loop_->MarkGone(

@@ -65,16 +65,19 @@ ABSL_FLAG(int64_t, max_concurrent_imports, 4,
 ABSL_FLAG(int64_t, max_concurrent_exports, 16,
           "ExportSession calls at once; more get RESOURCE_EXHAUSTED");
 ABSL_FLAG(std::string, replica_id, "",
-          "set when --checkpoint_dir is a store shared by several replicas: this replica's "
-          "unique name (e.g. the pod name); sessions are then owned through leases in the store");
+          "with --etcd_endpoints: this process's label (e.g. the pod name), unique among live "
+          "processes; the process refuses to start while another holds it");
 ABSL_FLAG(int64_t, lease_s, 15,
-          "shared store: a session's lease; another replica takes it over this long after its "
-          "owner stops renewing (dies)");
+          "with --etcd_endpoints: the TTL of this process's etcd lease; its sessions move to "
+          "other replicas this long after it dies or loses etcd");
+ABSL_FLAG(int64_t, lease_margin_s, 0,
+          "with --etcd_endpoints: stop answering for this process's sessions this long before "
+          "its lease may expire (0: a third of --lease_s)");
 ABSL_FLAG(std::vector<std::string>, etcd_endpoints, {},
-          "etcd client URLs, comma-separated (host:port or http://host:port): the coordinator of "
-          "replicas (docs/coordination.md). So far it gives the process its identity: one etcd "
-          "lease of --lease_s kept alive, under which --replica_id (then required) is claimed; "
-          "the process refuses to start while another live process holds that --replica_id");
+          "etcd client URLs, comma-separated (host:port, http://host:port or https://host:port): "
+          "replicas then share sessions through etcd, each session owned by one process at a "
+          "time and committed as a blob in --checkpoint_dir, a volume every replica mounts "
+          "(docs/coordination.md). Empty: one server alone on its folder");
 ABSL_FLAG(std::string, etcd_prefix, "/ttt/v1/", "prefix of this deployment's keys in etcd");
 ABSL_FLAG(std::string, etcd_ca_file, "",
           "https:// --etcd_endpoints: PEM CA bundle that signed etcd's certificates (empty: the "
@@ -127,14 +130,19 @@ ABSL_FLAG(int64_t, http_max_body_bytes, int64_t{8} << 20,
 
 namespace {
 
-// With --etcd_endpoints: the process's etcd lease, kept alive, with --replica_id claimed under it
-// (docs/coordination.md, "Process identity"). A previous incarnation that died frees the label
-// when etcd expires its lease, so the claim waits one lease and a second before it gives up.
-// Null without --etcd_endpoints.
-absl::StatusOr<std::unique_ptr<ttt::coord::KeptLease>> ClaimProcessIdentity(
-    ttt::coord::EtcdClientOptions options, const std::string& prefix, const std::string& replica_id,
-    int64_t lease_s) {
-  if (options.endpoints.empty()) return nullptr;
+// With --etcd_endpoints: the etcd client and the process's lease, kept alive, with --replica_id
+// claimed under it (docs/coordination.md, "Process identity"). A previous incarnation that died
+// frees the label when etcd expires its lease, so the claim waits one lease and a second before it
+// gives up. Null members without --etcd_endpoints.
+struct Cluster {
+  std::shared_ptr<ttt::coord::EtcdClient> etcd;
+  std::shared_ptr<ttt::coord::KeptLease> lease;
+};
+
+absl::StatusOr<Cluster> JoinCluster(ttt::coord::EtcdClientOptions options,
+                                    const std::string& prefix, const std::string& replica_id,
+                                    int64_t lease_s) {
+  if (options.endpoints.empty()) return Cluster{};
   if (replica_id.empty()) {
     return absl::InvalidArgumentError(
         "--etcd_endpoints needs --replica_id: this process's label (e.g. the pod name), unique "
@@ -157,7 +165,19 @@ absl::StatusOr<std::unique_ptr<ttt::coord::KeptLease>> ClaimProcessIdentity(
   if (!claimed.ok()) return claimed.status();
   std::fprintf(stderr, "ttt-serve: replica %s holds etcd lease %lld (key %s)\n", replica_id.c_str(),
                static_cast<long long>((*lease)->id()), key.c_str());
-  return std::move(*lease);
+  return Cluster{std::move(*client), std::move(*lease)};
+}
+
+// Waits for one of `signals`, or until etcd has expired `lease` (non-null): a process whose
+// sessions other replicas may own by now stops, and its orchestrator starts it again with a new
+// lease. Returns the signal, or 0 when the lease was lost.
+int AwaitSignalOrLostLease(const sigset_t& signals, const ttt::coord::KeptLease* lease) {
+  for (;;) {
+    timespec second{1, 0};
+    const int sig = sigtimedwait(&signals, nullptr, lease != nullptr ? &second : nullptr);
+    if (sig > 0) return sig;
+    if (lease != nullptr && lease->Lost()) return 0;
+  }
 }
 
 // Waits up to `seconds` for another of `signals`; true when one came.
@@ -229,7 +249,16 @@ int main(int argc, char** argv) {
   o.max_concurrent_streams = absl::GetFlag(FLAGS_max_concurrent_streams);
   o.grpc_memory_mb = absl::GetFlag(FLAGS_grpc_memory_mb);
   o.replica_id = absl::GetFlag(FLAGS_replica_id);
-  o.lease_s = absl::GetFlag(FLAGS_lease_s);
+  const int64_t lease_s = absl::GetFlag(FLAGS_lease_s);
+  const int64_t lease_margin_s = absl::GetFlag(FLAGS_lease_margin_s);
+  if (lease_s < 2 || lease_margin_s < 0 || lease_margin_s >= lease_s) {
+    std::fprintf(stderr,
+                 "ttt-serve: --lease_s must be >= 2 and --lease_margin_s in [0, --lease_s), got "
+                 "%ld and %ld\n",
+                 static_cast<long>(lease_s), static_cast<long>(lease_margin_s));
+    return 2;
+  }
+  o.lease_margin_ms = (lease_margin_s > 0 ? lease_margin_s * 1000 : lease_s * 1000 / 3);
   o.persist_interval_s = absl::GetFlag(FLAGS_persist_interval_s);
   const std::string durability = absl::GetFlag(FLAGS_durability);
   if (durability != "write_behind" && durability != "sync") {
@@ -266,12 +295,14 @@ int main(int argc, char** argv) {
   etcd.tls_ca_file = absl::GetFlag(FLAGS_etcd_ca_file);
   etcd.tls_cert_file = absl::GetFlag(FLAGS_etcd_cert_file);
   etcd.tls_key_file = absl::GetFlag(FLAGS_etcd_key_file);
-  auto identity = ClaimProcessIdentity(std::move(etcd), absl::GetFlag(FLAGS_etcd_prefix),
-                                       o.replica_id, o.lease_s);
-  if (!identity.ok()) {
-    std::fprintf(stderr, "ttt-serve: %s\n", identity.status().ToString().c_str());
-    return absl::IsInvalidArgument(identity.status()) ? 2 : 1;
+  o.etcd_prefix = absl::GetFlag(FLAGS_etcd_prefix);
+  auto cluster = JoinCluster(std::move(etcd), o.etcd_prefix, o.replica_id, lease_s);
+  if (!cluster.ok()) {
+    std::fprintf(stderr, "ttt-serve: %s\n", cluster.status().ToString().c_str());
+    return absl::IsInvalidArgument(cluster.status()) ? 2 : 1;
   }
+  o.etcd = cluster->etcd;
+  o.etcd_lease = cluster->lease;
 
   auto server = ttt::server::Server::Start(o);
   if (!server.ok()) {
@@ -288,9 +319,15 @@ int main(int argc, char** argv) {
   }
   std::fflush(stderr);
 
-  int sig = 0;
-  sigwait(&signals, &sig);
-  if (shutdown_delay_s > 0) {
+  const int sig = AwaitSignalOrLostLease(signals, cluster->lease.get());
+  if (sig == 0) {
+    std::fprintf(stderr,
+                 "ttt-serve: etcd expired this process's lease (it was paused or cut off from "
+                 "etcd for longer than --lease_s): its sessions belong to other replicas now; "
+                 "stopping, to be started again with a new lease\n");
+    std::fflush(stderr);
+  }
+  if (sig != 0 && shutdown_delay_s > 0) {
     (*server)->BeginShutdown();
     std::fprintf(stderr, "ttt-serve: signal %d: not serving; taking calls for %lds more\n", sig,
                  static_cast<long>(shutdown_delay_s));
@@ -302,11 +339,12 @@ int main(int argc, char** argv) {
   std::fprintf(stderr, "ttt-serve: draining (up to %lds)\n", static_cast<long>(o.drain_timeout_s));
   std::fflush(stderr);
   (*server)->Shutdown();
-  if (*identity != nullptr) {
-    // Frees --replica_id at once for the next process (a killed one frees it at lease expiry).
-    const absl::Status revoked = (*identity)->Revoke();
+  if (cluster->lease != nullptr) {
+    // Frees --replica_id and every session still owned here at once for the next process (a
+    // killed one frees them at lease expiry).
+    const absl::Status revoked = cluster->lease->Revoke();
     if (!revoked.ok()) std::fprintf(stderr, "ttt-serve: %s\n", revoked.ToString().c_str());
   }
   std::fprintf(stderr, "ttt-serve: stopped\n");
-  return 0;
+  return sig == 0 ? 3 : 0;
 }

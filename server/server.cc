@@ -14,6 +14,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "auth/quotas.h"
+#include "coord/etcd_client.h"
 #include "engine/model.h"
 #include "engine/scheduler.h"
 #include "http/http_gateway.h"
@@ -58,7 +59,12 @@ absl::StatusOr<std::string> ReadPem(const std::string& path, const char* flag) {
 absl::StatusOr<HttpExposerOptions> MetricsExposerOptions(
     const ServerOptions& o, std::shared_ptr<const std::atomic<bool>> ready) {
   HttpExposerOptions exposer;
-  exposer.ready = [ready = std::move(ready)] { return ready->load(); };
+  // Not ready either while the etcd lease may have expired: the proxy routes the sessions'
+  // calls to replicas that can take them over.
+  exposer.ready = [ready = std::move(ready), lease = o.etcd_lease,
+                   margin = absl::Milliseconds(o.lease_margin_ms)] {
+    return ready->load() && (lease == nullptr || lease->LeaseLive(margin));
+  };
   if (o.metrics_tls_cert_file.empty() != o.metrics_tls_key_file.empty()) {
     return absl::InvalidArgumentError(
         "--metrics_tls_cert_file and --metrics_tls_key_file go together (the certificate and "
@@ -153,8 +159,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   mo.max_resident_sessions = options.max_resident_sessions;
   mo.idle_ttl_seconds = options.idle_ttl_s;
   mo.reaper_interval_ms = options.reaper_interval_ms;
-  mo.replica_id = options.replica_id;
-  mo.lease_ms = options.lease_s * 1000;
+  mo.cluster.etcd = options.etcd;
+  mo.cluster.lease = options.etcd_lease;
+  mo.cluster.prefix = options.etcd_prefix;
+  mo.cluster.replica_id = options.replica_id;
+  mo.cluster.margin = absl::Milliseconds(options.lease_margin_ms);
   mo.persist_interval_ms = options.persist_interval_s * 1000;
   auto sessions = session::SessionManager::Create(s->model_.get(), s->scheduler_.get(), mo,
                                                   s->metrics_.get());

@@ -21,6 +21,10 @@ class Quotas;
 namespace ttt::http {
 class HttpGateway;
 }  // namespace ttt::http
+namespace ttt::coord {
+class EtcdClient;
+class KeptLease;
+}  // namespace ttt::coord
 namespace ttt::engine {
 class Model;
 class Scheduler;
@@ -65,10 +69,16 @@ struct ServerOptions {
   int64_t max_concurrent_exports = 16;  // ExportSession calls at once; more: RESOURCE_EXHAUSTED
   int64_t max_concurrent_streams = 100;  // HTTP/2 streams per client connection
   int64_t grpc_memory_mb = 1024;  // gRPC's resource quota: transport buffers of every call
-  // The session store (issue 13). replica_id non-empty: checkpoint_dir is shared by replicas
-  // and sessions are leased (session.h, ManagerOptions).
+  // Sessions shared by replicas through etcd (docs/coordination.md; session.h,
+  // ManagerOptions::Cluster): the client, this process's lease kept alive (its identity), the
+  // deployment's key prefix and this replica's label. Null etcd: one server alone on its folder.
+  // While the lease is not certainly live for `lease_margin_ms` more, the process answers for
+  // none of its sessions and /readyz answers 503.
+  std::shared_ptr<coord::EtcdClient> etcd;
+  std::shared_ptr<const coord::KeptLease> etcd_lease;
+  std::string etcd_prefix = "/ttt/v1/";
   std::string replica_id;
-  int64_t lease_s = 15;
+  int64_t lease_margin_ms = 5000;
   int64_t persist_interval_s = 5;  // write-behind period (0: only at eviction and shutdown)
   bool sync_durability = false;    // --durability=sync
   // Authentication and TLS (server/security.h, docs/contract.md "Authentication"). All empty:

@@ -60,7 +60,12 @@ absl::Status SessionManager::SubmitIngest(
       // Sync durability: acknowledged only once the store has it. The engine thread waits for
       // the write, which is the price of this mode (deploy/README.md).
       absl::StatusOr<int64_t> written = WriteSessionFile(s);
-      if (!written.ok()) {
+      if (cluster_ != nullptr && absl::IsFailedPrecondition(written.status())) {
+        // Fenced: this process lost the session; its successor's state does not have these.
+        st = absl::UnavailableError(absl::StrCat(
+            "session ", s->id, " is now owned by another replica (", written.status().message(),
+            "); nothing of this input was committed: retry the unacknowledged input there"));
+      } else if (!written.ok()) {
         st = absl::UnavailableError(absl::StrCat(
             "the tokens were applied but could not be made durable in the session store (",
             written.status().message(), "); retry the unacknowledged input"));

@@ -16,7 +16,7 @@
 #include "engine/status_macros.h"
 #include "session/internal/checkpoint.h"
 #include "session/internal/checkpoint_store.h"
-#include "session/internal/lease.h"
+#include "session/internal/cluster_store.h"
 #include "session/internal/session_record.h"
 #include "session/session.h"
 
@@ -133,15 +133,25 @@ void SessionManager::DropOnEngine(const std::shared_ptr<Session>& s) {
   w.key = s->key;
   // Captures the stores and the link, not `this`: a delete's clean-up may run after the manager
   // is destroyed.
-  w.task = [s, store = store_, leases = leases_, link = link_] {
-    std::lock_guard<std::mutex> lock(link->mu);
-    // A client may have created a new session of the same id meanwhile (ids can be chosen):
-    // its file is not this session's to remove.
-    if (link->manager == nullptr || !link->manager->Holds(s->tenant, s->id)) {
-      store->RemoveSession(s->tenant, s->id);
-      if (leases != nullptr) {
-        std::lock_guard<std::mutex> slock(s->mu);
-        leases->Release(s->tenant, s->id, s->lease_generation);
+  w.task = [s, store = store_, cluster = cluster_, link = link_] {
+    if (cluster != nullptr) {
+      // Expired here: gone from the cluster too, while still this process's (a delete has
+      // cleared the fence already).
+      int64_t fence;
+      std::string blob;
+      {
+        std::lock_guard<std::mutex> lock(s->mu);
+        fence = s->fence;
+        blob = s->head_blob;
+        s->fence = 0;
+      }
+      if (fence > 0) (void)cluster->Delete(s->tenant, s->id, fence, blob);
+    } else {
+      std::lock_guard<std::mutex> lock(link->mu);
+      // A client may have created a new session of the same id meanwhile (ids can be chosen):
+      // its file is not this session's to remove.
+      if (link->manager == nullptr || !link->manager->Holds(s->tenant, s->id)) {
+        store->RemoveSession(s->tenant, s->id);
       }
     }
     s->state = engine::SequenceState{};
@@ -151,11 +161,15 @@ void SessionManager::DropOnEngine(const std::shared_ptr<Session>& s) {
 
 absl::StatusOr<int64_t> SessionManager::WriteSessionFile(const std::shared_ptr<Session>& s) {
   const auto start = std::chrono::steady_clock::now();
-  int64_t generation = 0;
+  int64_t fence = 0;
+  int64_t sequence = 0;
+  std::string previous_blob;
   int64_t dirty_since = 0;
   {
     std::lock_guard<std::mutex> lock(s->mu);
-    generation = s->lease_generation;
+    fence = s->fence;
+    sequence = ++s->commits;
+    previous_blob = s->head_blob;
     dirty_since = s->persisted_ms > 0 ? s->persisted_ms : s->created_ms;
     s->dirty = false;  // a write after this point marks it again
   }
@@ -164,18 +178,24 @@ absl::StatusOr<int64_t> SessionManager::WriteSessionFile(const std::shared_ptr<S
     s->dirty = true;
     return st;
   };
-  auto bytes = EncodeSession(*s, "");
+  const internal::CheckpointMeta meta = MetaOf(*s, "");
+  auto bytes = internal::EncodeCheckpoint(s->state, meta);
   if (!bytes.ok()) return fail(bytes.status());
-  if (leases_ != nullptr) {
-    // The fence: a replica that lost the session must not overwrite its new owner's copy.
-    absl::Status fence = leases_->CheckFence(s->tenant, s->id, generation);
-    if (!fence.ok()) {
-      Disown(s, fence);
-      return fence;
+  if (cluster_ != nullptr) {
+    auto head =
+        cluster_->Commit(s->tenant, s->id, fence, sequence, *bytes, meta, previous_blob);
+    if (absl::IsFailedPrecondition(head.status())) {
+      // Fenced: another process owns the session; nothing of this state was committed.
+      Disown(s, head.status());
+      return head.status();
     }
+    if (!head.ok()) return fail(head.status());
+    std::lock_guard<std::mutex> lock(s->mu);
+    s->head_blob = head->blob;
+  } else {
+    absl::Status written = store_->WriteSession(s->tenant, s->id, *bytes);
+    if (!written.ok()) return fail(written);
   }
-  absl::Status written = store_->WriteSession(s->tenant, s->id, *bytes);
-  if (!written.ok()) return fail(written);
   const int64_t now = NowMs();
   {
     std::lock_guard<std::mutex> lock(s->mu);
@@ -246,14 +266,16 @@ absl::Status SessionManager::PersistAll() {
     });
     if (!ran.ok()) result = ran;
     if (!result.ok() && first.ok()) first = result;
-    if (leases_ != nullptr && result.ok()) {
-      // Its last state is in the store: another replica may take it over now, and this one
-      // forgets it (a later call here loads it again if the proxy still routes it here).
+    if (cluster_ != nullptr && result.ok()) {
+      // Its last state is committed: another replica may take it over now, and this one
+      // forgets it (a later call here takes it back if the proxy still routes it here).
+      int64_t fence;
       {
         std::lock_guard<std::mutex> lock(s->mu);
-        leases_->Release(s->tenant, s->id, s->lease_generation);
+        fence = s->fence;
       }
       Disown(s, absl::OkStatus());
+      cluster_->Release(s->tenant, s->id, fence);
     }
   }
   return first;
@@ -281,8 +303,23 @@ absl::Status SessionManager::EnsureResident(Session& s) {
     std::lock_guard<std::mutex> lock(s.mu);
     if (s.resident) return absl::OkStatus();
   }
-  const std::string source = store_->SessionFileName(s.tenant, s.id);
-  auto bytes = store_->ReadSession(s.tenant, s.id);
+  std::string blob;
+  {
+    std::lock_guard<std::mutex> lock(s.mu);
+    blob = s.head_blob;
+  }
+  if (cluster_ != nullptr && blob.empty()) {  // created empty, never committed since
+    s.state = model_->NewSequence();
+    std::lock_guard<std::mutex> lock(s.mu);
+    s.resident = true;
+    s.RefreshLocked();
+    return absl::OkStatus();
+  }
+  const std::string source = cluster_ != nullptr
+                                 ? absl::StrCat("blob ", blob, " of session ", s.id)
+                                 : store_->SessionFileName(s.tenant, s.id);
+  auto bytes = cluster_ != nullptr ? cluster_->ReadBlob(s.tenant, s.id, blob)
+                                   : store_->ReadSession(s.tenant, s.id);
   if (!bytes.ok()) {
     return absl::DataLossError(absl::StrCat(
         "session ", s.id, " could not be reloaded from disk: ", bytes.status().message()));
@@ -306,21 +343,25 @@ absl::Status SessionManager::EnsureResident(Session& s) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::string> SessionManager::EncodeSession(Session& s,
-                                                          const std::string& checkpoint_id) {
+internal::CheckpointMeta SessionManager::MetaOf(Session& s,
+                                                const std::string& checkpoint_id) const {
   internal::CheckpointMeta meta;
   meta.model_fingerprint = model_->fingerprint();
   meta.tenant = s.tenant;
   meta.session_id = s.id;
   meta.checkpoint_id = checkpoint_id;
-  meta.created_unix_ms = NowMs();
-  {
-    std::lock_guard<std::mutex> lock(s.mu);
-    meta.last_used_unix_ms = s.last_used_ms;
-    meta.counters = s.counters;
-    meta.options = s.options;
-  }
-  return internal::EncodeCheckpoint(s.state, meta);
+  std::lock_guard<std::mutex> lock(s.mu);
+  // A checkpoint's creation, or the session's own (what a takeover or a restart restores).
+  meta.created_unix_ms = checkpoint_id.empty() ? s.created_ms : NowMs();
+  meta.last_used_unix_ms = s.last_used_ms;
+  meta.counters = s.counters;
+  meta.options = s.options;
+  return meta;
+}
+
+absl::StatusOr<std::string> SessionManager::EncodeSession(Session& s,
+                                                          const std::string& checkpoint_id) {
+  return internal::EncodeCheckpoint(s.state, MetaOf(s, checkpoint_id));
 }
 
 }  // namespace ttt::session

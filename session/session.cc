@@ -4,11 +4,14 @@
 // (eviction, reaper, persistence) in residency.cc, checkpoints in checkpoints.cc.
 #include "session/session.h"
 
+#include <cstdio>
+#include <set>
+
 #include "absl/strings/str_cat.h"
 #include "engine/decode.h"
 #include "engine/status_macros.h"
 #include "session/internal/checkpoint_store.h"
-#include "session/internal/lease.h"
+#include "session/internal/cluster_store.h"
 #include "session/internal/names.h"
 #include "session/internal/session_record.h"
 
@@ -79,14 +82,11 @@ absl::StatusOr<std::unique_ptr<SessionManager>> SessionManager::Create(
   if (options.memory_budget_bytes < 0 || options.idle_ttl_seconds < 1) {
     return absl::InvalidArgumentError("memory budget must be >= 0 and idle TTL >= 1 s");
   }
-  if (!options.replica_id.empty()) {
-    RETURN_IF_ERROR(ValidateName(options.replica_id, "replica id (--replica_id)", 64));
-    // Renewed at half the lease each reaper pass: the lease must span at least two passes.
-    if (options.lease_ms < 2 * options.reaper_interval_ms || options.lease_ms < 1000) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "the lease (--lease_s) must be >= 1 s and at least twice the reaper interval (",
-          options.reaper_interval_ms, " ms), got ", options.lease_ms, " ms"));
+  if (options.cluster.etcd != nullptr) {
+    if (options.cluster.lease == nullptr) {
+      return absl::InvalidArgumentError("sessions shared through etcd need this process's lease");
     }
+    RETURN_IF_ERROR(ValidateName(options.cluster.replica_id, "replica id (--replica_id)", 64));
   }
   if (options.max_resident_sessions < 0) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -95,8 +95,8 @@ absl::StatusOr<std::unique_ptr<SessionManager>> SessionManager::Create(
   }
   std::unique_ptr<SessionManager> m(new SessionManager(model, scheduler, options, listener));
   RETURN_IF_ERROR(m->store_->Init());
-  // A shared store's sessions belong to whichever replica their calls reach (Adopt).
-  if (m->leases_ == nullptr) m->LoadPersisted();
+  // A cluster's sessions belong to whichever replica their calls reach (Adopt).
+  if (m->cluster_ == nullptr) m->LoadPersisted();
   m->reaper_ = std::thread([raw = m.get()] { raw->ReaperLoop(); });
   return m;
 }
@@ -105,11 +105,11 @@ SessionManager::SessionManager(const engine::Model* model, engine::Scheduler* sc
                                const ManagerOptions& options, SessionListener* listener)
     : model_(model), scheduler_(scheduler), options_(options), listener_(listener),
       store_(std::make_shared<internal::CheckpointStore>(options.checkpoint_dir)),
-      leases_(options.replica_id.empty()
-                  ? nullptr
-                  : std::make_shared<const internal::LeaseStore>(
-                        options.checkpoint_dir, options.replica_id, options.lease_ms,
-                        options.lease_clock)),
+      cluster_(options.cluster.etcd == nullptr
+                   ? nullptr
+                   : std::make_shared<internal::ClusterStore>(
+                         options.cluster.etcd, options.cluster.lease, options.cluster.prefix,
+                         options.cluster.replica_id, options.cluster.margin, store_)),
       link_(std::make_shared<Link>()) {
   std::lock_guard<std::mutex> lock(link_->mu);
   link_->manager = this;
@@ -154,6 +154,9 @@ absl::Status SessionManager::SubmitOp(Session& s, engine::Work work,
 absl::StatusOr<std::shared_ptr<Session>> SessionManager::Find(const std::string& tenant,
                                                               const std::string& id) {
   if (id.empty()) return absl::InvalidArgumentError("session_id is required");
+  // Shared through etcd: nothing is answered for a session while this process's lease may
+  // have expired (another process may own it by then).
+  if (cluster_ != nullptr) RETURN_IF_ERROR(cluster_->CheckServing());
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto t = sessions_.find(tenant);
@@ -162,8 +165,8 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::Find(const std::string&
       if (it != t->second.end()) return it->second;
     }
   }
-  // A shared store may hold it: this replica takes it over (the proxy sent its call here).
-  if (leases_ != nullptr && ValidateTenant(tenant).ok() && ValidateId(id).ok()) {
+  // The cluster may have it: this process takes it over (the proxy sent its call here).
+  if (cluster_ != nullptr && ValidateTenant(tenant).ok() && ValidateId(id).ok()) {
     auto adopted = Adopt(tenant, id);
     if (!absl::IsNotFound(adopted.status())) return adopted;
   }
@@ -216,7 +219,9 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::Insert(const std::strin
   RETURN_IF_ERROR(ValidateTenant(tenant));
   RETURN_IF_ERROR(ValidateOptions(options));
   if (!wanted.empty()) RETURN_IF_ERROR(ValidateId(wanted));
-  ASSIGN_OR_RETURN(auto s, Publish(tenant, options, std::move(state), counters, wanted));
+  ASSIGN_OR_RETURN(auto s, cluster_ != nullptr
+                               ? PublishShared(tenant, options, std::move(state), counters, wanted)
+                               : Publish(tenant, options, std::move(state), counters, wanted));
   EvictToFit(s.get());  // the pool makes room for it now, not at the next reaper pass
   return s;
 }
@@ -236,23 +241,37 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::Publish(const std::stri
   } else {
     RETURN_IF_ERROR(CheckIdFreeLocked(tenant, id));
   }
-  int64_t generation = 0;
-  if (leases_ != nullptr) {
-    ASSIGN_OR_RETURN(generation, LeaseNewLocked(tenant, id));
-  }
-  auto s = std::make_shared<Session>(id, tenant, next_key_++, options, NowMs());
+  ASSIGN_OR_RETURN(auto s, RegisterLocked(tenant, id, options, NowMs()));
   s->state = std::move(state);
-  {
-    std::lock_guard<std::mutex> slock(s->mu);
-    s->counters = counters;
-    s->RefreshLocked();
-    s->dirty = true;  // not in the store yet
-    s->lease_generation = generation;
-    s->lease_renewed_ms = leases_ != nullptr ? leases_->Now() : 0;
-  }
-  sessions_[tenant][id] = s;
-  ++session_count_;
+  std::lock_guard<std::mutex> slock(s->mu);
+  s->counters = counters;
+  s->RefreshLocked();
+  s->dirty = true;  // not in the store yet
   return s;
+}
+
+void SessionManager::AddClusterSessions(const std::string& tenant,
+                                        std::vector<SessionInfo>& infos) {
+  auto heads = cluster_->ListHeads(tenant);
+  if (!heads.ok()) {
+    std::fprintf(stderr, "ttt-serve: listing tenant %s's sessions on etcd failed: %s\n",
+                 tenant.c_str(), std::string(heads.status().message()).c_str());
+    return;
+  }
+  std::set<std::string> here;
+  for (const SessionInfo& info : infos) here.insert(info.id);
+  for (internal::Head& head : *heads) {
+    if (here.count(head.meta.session_id) > 0) continue;  // the copy here is newer
+    SessionInfo info;
+    info.id = head.meta.session_id;
+    info.tenant = tenant;
+    info.options = std::move(head.meta.options);
+    info.counters = head.meta.counters;
+    info.create_time_unix_ms = head.meta.created_unix_ms;
+    info.last_used_unix_ms = head.meta.last_used_unix_ms;
+    info.resident = false;
+    infos.push_back(std::move(info));
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -281,9 +300,11 @@ std::vector<SessionInfo> SessionManager::ListSessions(
       for (auto& [id, s] : t->second) found.push_back(s);
     }
   }
+  std::vector<SessionInfo> infos;
+  for (auto& s : found) infos.push_back(s->Info());
+  if (cluster_ != nullptr) AddClusterSessions(tenant, infos);
   std::vector<SessionInfo> out;
-  for (auto& s : found) {
-    SessionInfo info = s->Info();
+  for (SessionInfo& info : infos) {
     bool match = true;
     for (const auto& [k, v] : selector) {
       auto it = info.options.labels.find(k);
@@ -296,6 +317,28 @@ std::vector<SessionInfo> SessionManager::ListSessions(
 
 absl::Status SessionManager::DeleteSession(const std::string& tenant, const std::string& id) {
   ASSIGN_OR_RETURN(auto s, Find(tenant, id));
+  if (cluster_ != nullptr) {
+    // On the cluster first: a delete that etcd did not take leaves the session whole here.
+    int64_t fence;
+    std::string blob;
+    {
+      std::lock_guard<std::mutex> lock(s->mu);
+      fence = s->fence;
+      blob = s->head_blob;
+      s->fence = 0;  // DropOnEngine has nothing left to delete
+    }
+    absl::Status deleted = cluster_->Delete(tenant, id, fence, blob);
+    if (absl::IsFailedPrecondition(deleted)) {
+      Disown(s, deleted);
+      return absl::UnavailableError(absl::StrCat(
+          "session ", Quote(id), " is no longer owned by this replica; retry"));
+    }
+    if (!deleted.ok()) {
+      std::lock_guard<std::mutex> lock(s->mu);
+      s->fence = fence;
+      return deleted;
+    }
+  }
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto& by_id = sessions_[tenant];
@@ -313,11 +356,7 @@ absl::Status SessionManager::DeleteSession(const std::string& tenant, const std:
   }
   // Removed now as well as after the session's queued work (DropOnEngine, which catches an
   // eviction that was writing): the id is free for CreateSession as soon as Delete returns.
-  store_->RemoveSession(tenant, id);
-  if (leases_ != nullptr) {
-    std::lock_guard<std::mutex> lock(s->mu);
-    leases_->Release(tenant, id, s->lease_generation);
-  }
+  if (cluster_ == nullptr) store_->RemoveSession(tenant, id);
   DropOnEngine(s);
   return absl::OkStatus();
 }
@@ -337,6 +376,7 @@ absl::Status SessionManager::Reset(const std::string& tenant, const std::string&
       s->resident = true;
       s->counters = Counters{};
       s->RefreshLocked();
+      s->dirty = true;
     }
     if (admitted) EvictToFit(s.get());
     writer.reset();

@@ -35,15 +35,22 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "engine/model.h"
 #include "engine/sampler.h"
 #include "engine/scheduler.h"
+
+namespace ttt::coord {
+class EtcdClient;
+class KeptLease;
+}  // namespace ttt::coord
 
 namespace ttt::session {
 
 namespace internal {
 class CheckpointStore;
-class LeaseStore;
+class ClusterStore;
+struct CheckpointMeta;
 }  // namespace internal
 
 struct SessionOptions {
@@ -140,14 +147,22 @@ struct ManagerOptions {
   // Write-behind: a resident session a writer changed is written to its session file this long
   // after its last copy (0: only at eviction and shutdown). Bounds what a crash loses.
   int64_t persist_interval_ms = 5000;
-  // A shared session store (issue 13): non-empty when checkpoint_dir is shared by several
-  // replicas ([A-Za-z0-9._-], unique per replica). Sessions are then owned through leases
-  // (internal/lease.h): a replica loads a session it does not hold from the store on its first
-  // call, holds it while the lease is renewed, and every write to the store is fenced. Persisted
-  // sessions are not registered at start; each is loaded by the replica its calls reach.
-  std::string replica_id;
-  int64_t lease_ms = 15000;
-  std::function<int64_t()> lease_clock;  // ms since the epoch; empty = the system clock (tests)
+  // Sessions shared by the replicas of a deployment through etcd (docs/coordination.md). With
+  // `etcd` set, a session is owned by one process at a time (its owner key, bound to `lease`, this
+  // process's etcd lease kept alive), every commit of its state is a new blob in checkpoint_dir
+  // (a volume all replicas mount) and one compare-and-swap of its head on etcd, and a process
+  // answers for its sessions only while its lease is certainly live. Persisted sessions are not
+  // registered at start; each is taken over by the replica its calls reach. Without `etcd`: one
+  // server alone on its folder.
+  struct Cluster {
+    std::shared_ptr<coord::EtcdClient> etcd;
+    std::shared_ptr<const coord::KeptLease> lease;
+    std::string prefix = "/ttt/v1/";  // etcd keys of this deployment
+    std::string replica_id;           // this process's label in owner keys and messages
+    // How long a call may take between the lease check and its answer.
+    absl::Duration margin = absl::Seconds(5);
+  };
+  Cluster cluster;
 };
 
 class Session;
@@ -262,14 +277,15 @@ class SessionManager {
                                             std::optional<SessionOptions> options);
 
   // Writes every resident session to disk (shutdown). Blocks; call from a non-engine thread.
-  // With a shared store, then gives up this replica's leases, so other replicas take its
-  // sessions over at once instead of after the lease expires.
+  // Shared through etcd: commits them, then gives their ownership up, so other replicas take
+  // them over at once instead of after this process's lease expires.
   absl::Status PersistAll();
   // One reaper pass now (tests): TTL removal, then eviction down to the budget.
   void ReapNow();
-  // One maintenance pass now (tests; the reaper runs it too): renews this replica's leases
-  // (dropping sessions whose lease was taken over), then queues the write-behind of dirty
-  // sessions whose last copy is older than persist_interval_ms.
+  // One maintenance pass now (tests; the reaper runs it too): with etcd, drops every session
+  // when this process's lease is lost and hands over idle sessions other replicas asked for;
+  // then queues the write-behind of dirty sessions whose last copy is older than
+  // persist_interval_ms.
   void MaintainNow();
 
   int64_t session_count() const;
@@ -333,9 +349,9 @@ class SessionManager {
   absl::Status EnsureResident(Session& s);
   // Engine thread: checkpoint-format bytes of the session's state.
   absl::StatusOr<std::string> EncodeSession(Session& s, const std::string& checkpoint_id);
-  // Engine thread: writes the session's state to its session file, fenced by the session's
-  // lease with a shared store; returns the bytes written. A failed fence (FAILED_PRECONDITION,
-  // "stale generation") disowns the session.
+  // Engine thread: writes the session's state to its session file, or, shared through etcd,
+  // commits it (a new blob, then the head moved if this process still owns the session);
+  // returns the bytes written. A fenced commit (FAILED_PRECONDITION) disowns the session.
   absl::StatusOr<int64_t> WriteSessionFile(const std::shared_ptr<Session>& s);
   // Queues, after the session's work, dropping its state and its session file (deleted or
   // expired sessions).
@@ -351,21 +367,37 @@ class SessionManager {
   void EvictToFit(const Session* admitted);
   void LoadPersisted();
   void ReaperLoop();
-  // Shared store (store.cc). A session of the store this replica does not hold: takes its lease
-  // and registers it (its state loads on first use). NOT_FOUND when the store has no such
-  // session; UNAVAILABLE while another replica holds it.
+  // Shared through etcd (store.cc). A session of the cluster this process does not own: takes
+  // it over and registers it (its state loads on first use). NOT_FOUND when the cluster has no
+  // such session; UNAVAILABLE while another live process owns it.
   absl::StatusOr<std::shared_ptr<Session>> Adopt(const std::string& tenant, const std::string& id);
-  // Mu_ held: ALREADY_EXISTS when `id` is taken (map, store, or another replica's lease).
+  // ListSessions' cluster part: adds the tenant's sessions committed on etcd that `infos` (those
+  // held here) lacks.
+  void AddClusterSessions(const std::string& tenant, std::vector<SessionInfo>& infos);
+  // Insert's cluster part: creates the session on etcd (owned here, its state committed), then
+  // registers it.
+  absl::StatusOr<std::shared_ptr<Session>> PublishShared(const std::string& tenant,
+                                                         const SessionOptions& options,
+                                                         engine::SequenceState state,
+                                                         const Counters& counters,
+                                                         const std::string& id);
+  // Mu_ held: ALREADY_EXISTS when `id` is taken (map or session file).
   absl::Status CheckIdFreeLocked(const std::string& tenant, const std::string& id) const;
-  // Takes the lease on a new session's id (shared store). Mu_ held.
-  absl::StatusOr<int64_t> LeaseNewLocked(const std::string& tenant, const std::string& id);
-  // Forgets a session whose lease this replica lost, leaving its files to the new owner.
+  // Registers a new session under mu_ (RESOURCE_EXHAUSTED at the session limit).
+  absl::StatusOr<std::shared_ptr<Session>> RegisterLocked(const std::string& tenant,
+                                                          const std::string& id,
+                                                          const SessionOptions& options,
+                                                          int64_t created_ms);
+  // Forgets a session this process no longer owns, leaving its state to the new owner.
   void Disown(const std::shared_ptr<Session>& s, const absl::Status& why);
-  // Renews this replica's leases; hands over idle sessions another replica asked for.
-  void RenewLeases();
-  // Queues on the engine: writes an idle session to the store, releases its lease, forgets it.
+  // Drops every session when the process lease is lost; hands over the idle sessions other
+  // replicas asked for.
+  void CheckOwnership();
+  // Queues on the engine: commits an idle session, gives its ownership up, forgets it.
   void HandOver(const std::shared_ptr<Session>& s);
   void WriteBehind();
+  // The checkpoint metadata of the session now (a checkpoint's when `checkpoint_id` is set).
+  internal::CheckpointMeta MetaOf(Session& s, const std::string& checkpoint_id) const;
 
   const engine::Model* model_;
   engine::Scheduler* scheduler_;
@@ -373,7 +405,8 @@ class SessionManager {
   SessionListener* listener_;
   // Shared with work queued on the engine (DropOnEngine), which may run after this manager is gone.
   const std::shared_ptr<internal::CheckpointStore> store_;
-  const std::shared_ptr<const internal::LeaseStore> leases_;  // null unless replica_id is set
+  const std::shared_ptr<internal::ClusterStore> cluster_;  // null unless options.cluster.etcd
+  std::mutex adopt_mu_;  // one takeover at a time: a second call for the session finds it here
   // How such work asks this manager whether an id was reused; unlinked by the destructor.
   struct Link {
     std::mutex mu;

@@ -1,13 +1,14 @@
-// The session store beyond one process: write-behind of changed sessions, and, when several
-// replicas share the store (ManagerOptions::replica_id), ownership through leases: taking over
-// a session this replica does not hold, renewing the leases it holds, and letting go of a session
-// whose lease another replica took (internal/lease.h says what the store relies on).
+// The session store beyond one process: write-behind of changed sessions, and, when the replicas
+// of a deployment share sessions through etcd (ManagerOptions::cluster), ownership: creating a
+// session on the cluster, taking over one this process does not own, letting go of one it lost
+// or was asked to hand over (internal/cluster_store.h says what etcd guarantees).
 #include <cstdio>
 
 #include "absl/strings/str_cat.h"
 #include "engine/status_macros.h"
+#include "session/internal/checkpoint.h"
 #include "session/internal/checkpoint_store.h"
-#include "session/internal/lease.h"
+#include "session/internal/cluster_store.h"
 #include "session/internal/names.h"
 #include "session/internal/session_record.h"
 #include "session/session.h"
@@ -15,94 +16,117 @@
 namespace ttt::session {
 
 using internal::Quote;
+using internal::RandomHex;
 
 absl::Status SessionManager::CheckIdFreeLocked(const std::string& tenant,
                                                const std::string& id) const {
   auto t = sessions_.find(tenant);
   const bool here = t != sessions_.end() && t->second.count(id) > 0;
-  // The store counts too: a session persisted there (by a previous process, or by another
-  // replica sharing the store) still owns its id, and a new session would overwrite it; so does
-  // a session another replica created and has not written yet (its lease names it).
-  if (here || store_->HasSession(tenant, id) ||
-      (leases_ != nullptr && leases_->HeldElsewhere(tenant, id))) {
+  // The store counts too: a session persisted there by a previous process still owns its id,
+  // and a new session would overwrite it.
+  if (here || store_->HasSession(tenant, id)) {
     return absl::AlreadyExistsError(absl::StrCat(
         "session ", Quote(id), " already exists for tenant ", Quote(tenant),
-        " (resident, evicted or persisted in the session store, or held by another replica); "
-        "choose another id, or use the existing session"));
+        " (resident, evicted or persisted in the session store); choose another id, or use the "
+        "existing session"));
   }
   return absl::OkStatus();
 }
 
-absl::StatusOr<int64_t> SessionManager::LeaseNewLocked(const std::string& tenant,
-                                                       const std::string& id) {
-  auto generation = leases_->Acquire(tenant, id);
-  if (absl::IsUnavailable(generation.status())) {
-    // Another replica took the id between the check and the lease: it is not free.
-    return absl::AlreadyExistsError(absl::StrCat("session ", Quote(id), " already exists: ",
-                                                 generation.status().message()));
+absl::StatusOr<std::shared_ptr<Session>> SessionManager::RegisterLocked(
+    const std::string& tenant, const std::string& id, const SessionOptions& options,
+    int64_t created_ms) {
+  RETURN_IF_ERROR(CheckSessionLimit(session_count_));
+  auto s = std::make_shared<Session>(id, tenant, next_key_++, options, created_ms);
+  sessions_[tenant][id] = s;
+  ++session_count_;
+  return s;
+}
+
+absl::StatusOr<std::shared_ptr<Session>> SessionManager::PublishShared(
+    const std::string& tenant, const SessionOptions& options, engine::SequenceState state,
+    const Counters& counters, const std::string& wanted) {
+  RETURN_IF_ERROR(CheckSessionLimit(session_count()));
+  const std::string id = wanted.empty() ? "s-" + RandomHex(16) : wanted;
+  const int64_t now = NowMs();
+  auto s = std::make_shared<Session>(id, tenant, 0, options, now);
+  s->state = std::move(state);
+  {
+    std::lock_guard<std::mutex> lock(s->mu);
+    s->counters = counters;
   }
-  return generation;
+  // A state with content (fork, restore, import) is committed with the session: its creation is
+  // as durable as the session itself. An empty one needs no blob.
+  std::string bytes;
+  if (counters.tokens_received > 0 || counters.position > 0) {
+    ASSIGN_OR_RETURN(bytes, internal::EncodeCheckpoint(s->state, MetaOf(*s, "")));
+  }
+  ASSIGN_OR_RETURN(internal::Owned owned, cluster_->Create(tenant, id, bytes, MetaOf(*s, "")));
+  absl::StatusOr<std::shared_ptr<Session>> registered;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    registered = RegisterLocked(tenant, id, options, now);
+  }
+  if (!registered.ok()) {
+    (void)cluster_->Delete(tenant, id, owned.fence, owned.head.blob);
+    return registered.status();
+  }
+  std::shared_ptr<Session> r = *registered;
+  r->state = std::move(s->state);
+  std::lock_guard<std::mutex> lock(r->mu);
+  r->counters = counters;
+  r->RefreshLocked();
+  r->fence = owned.fence;
+  r->head_blob = owned.head.blob;
+  r->persisted_ms = now;
+  return r;
 }
 
 absl::StatusOr<std::shared_ptr<Session>> SessionManager::Adopt(const std::string& tenant,
                                                                const std::string& id) {
-  if (!store_->HasSession(tenant, id)) {
-    auto lease = leases_->Read(tenant, id);
-    if (lease.ok() && leases_->HeldElsewhere(tenant, id)) {
-      leases_->RequestHandover(tenant, id);
-      return absl::UnavailableError(absl::StrCat(
-          "session ", Quote(id), " lives on replica ", Quote(lease->owner),
-          " and is not in the shared store yet; asked it to hand the session over, retry"));
+  std::lock_guard<std::mutex> adopting(adopt_mu_);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto t = sessions_.find(tenant);
+    if (t != sessions_.end()) {
+      if (auto it = t->second.find(id); it != t->second.end()) return it->second;  // meanwhile
     }
-    return absl::NotFoundError("not in the store");
   }
-  auto acquired = leases_->Acquire(tenant, id);
-  if (absl::IsUnavailable(acquired.status())) {
-    // The proxy sends the session's calls here now: its owner hands it over once idle.
-    leases_->RequestHandover(tenant, id);
-    return absl::UnavailableError(absl::StrCat(acquired.status().message(),
-                                               " (asked it to hand the session over)"));
-  }
-  if (!acquired.ok()) return acquired.status();
-  const int64_t generation = *acquired;
-  leases_->ClearHandover(tenant, id);
-  auto meta = store_->InspectSession(tenant, id);
+  RETURN_IF_ERROR(CheckSessionLimit(session_count()));
+  ASSIGN_OR_RETURN(internal::Owned owned, cluster_->TakeOver(tenant, id));
+  const internal::CheckpointMeta& meta = owned.head.meta;
   absl::Status refused;
-  if (!meta.ok()) {
-    refused = absl::DataLossError(absl::StrCat("session ", Quote(id),
-                                               " in the shared store cannot be loaded: ",
-                                               meta.status().message()));
-  } else if (meta->model_fingerprint != model_->fingerprint()) {
+  if (meta.model_fingerprint != model_->fingerprint()) {
     refused = absl::FailedPreconditionError(absl::StrCat(
-        "session ", Quote(id), " in the shared store was written by another model (",
-        meta->model_fingerprint, "); replicas sharing a store must serve the same model"));
+        "session ", Quote(id), " was committed by another model (", meta.model_fingerprint,
+        "); replicas sharing sessions must serve the same model"));
   }
-  std::lock_guard<std::mutex> lock(mu_);
-  auto& by_id = sessions_[tenant];
-  if (auto it = by_id.find(id); it != by_id.end()) return it->second;  // adopted meanwhile
-  if (refused.ok()) refused = CheckSessionLimit(session_count_);
-  if (!refused.ok()) {
-    leases_->Release(tenant, id, generation);
-    return refused;
+  absl::StatusOr<std::shared_ptr<Session>> registered = absl::UnknownError("not registered");
+  if (refused.ok()) {
+    std::lock_guard<std::mutex> lock(mu_);
+    registered = RegisterLocked(tenant, id, meta.options, meta.created_unix_ms);
+  } else {
+    registered = refused;
   }
-  auto s = std::make_shared<Session>(id, tenant, next_key_++, meta->options,
-                                     meta->created_unix_ms);
+  if (!registered.ok()) {
+    cluster_->Release(tenant, id, owned.fence);
+    return registered.status();
+  }
+  std::shared_ptr<Session> s = *registered;
   {
     std::lock_guard<std::mutex> slock(s->mu);
-    s->counters = meta->counters;
+    s->counters = meta.counters;
     s->resident = false;  // its state loads on first use (EnsureResident)
-    s->lease_generation = generation;
-    s->lease_renewed_ms = leases_->Now();
+    s->fence = owned.fence;
+    s->head_blob = owned.head.blob;
     s->persisted_ms = NowMs();
   }
-  by_id[id] = s;
-  ++session_count_;
-  std::fprintf(stderr, "ttt-serve: took over session %s of tenant %s (lease generation %lld)\n",
-               id.c_str(), tenant.c_str(), static_cast<long long>(generation));
+  std::fprintf(stderr, "ttt-serve: took over session %s of tenant %s (fencing revision %lld)\n",
+               id.c_str(), tenant.c_str(), static_cast<long long>(owned.fence));
   return s;
 }
 
-// `why` OK: handed over on purpose (shutdown), nothing to log.
+// `why` OK: handed over on purpose (shutdown, request), nothing to log.
 void SessionManager::Disown(const std::shared_ptr<Session>& s, const absl::Status& why) {
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -119,7 +143,7 @@ void SessionManager::Disown(const std::shared_ptr<Session>& s, const absl::Statu
     std::lock_guard<std::mutex> lock(s->mu);
     if (s->deleted) return;
     s->deleted = true;
-    s->lease_generation = 0;  // every later write of it here fails its fence
+    s->fence = 0;  // every later commit of it here fails
     for (auto& w : s->cancels) {
       if (auto c = w.lock()) c->Cancel();
     }
@@ -128,7 +152,7 @@ void SessionManager::Disown(const std::shared_ptr<Session>& s, const absl::Statu
     std::fprintf(stderr, "ttt-serve: session %s of tenant %s is no longer this replica's: %s\n",
                  s->id.c_str(), s->tenant.c_str(), std::string(why.message()).c_str());
   }
-  // Its files are the new owner's; only the state here goes, after the work queued on it.
+  // Its committed state is the new owner's; only the copy here goes, after the work queued on it.
   engine::Work w;
   w.key = s->key;
   w.task = [s] { s->state = engine::SequenceState{}; };
@@ -136,67 +160,65 @@ void SessionManager::Disown(const std::shared_ptr<Session>& s, const absl::Statu
 }
 
 void SessionManager::MaintainNow() {
-  RenewLeases();
+  CheckOwnership();
   WriteBehind();
 }
 
-void SessionManager::RenewLeases() {
-  if (leases_ == nullptr) return;
-  std::vector<std::pair<std::shared_ptr<Session>, int64_t>> due;
-  const int64_t now = leases_->Now();
+void SessionManager::CheckOwnership() {
+  if (cluster_ == nullptr) return;
+  std::vector<std::shared_ptr<Session>> lost;
+  std::vector<std::shared_ptr<Session>> wanted;
+  const bool lease_lost = cluster_->LeaseLost();
+  std::vector<std::pair<std::string, std::string>> asked;
+  if (!lease_lost) {
+    auto listed = cluster_->Wanted();
+    if (listed.ok()) asked = std::move(*listed);
+  }
   {
     std::lock_guard<std::mutex> lock(mu_);
-    for (auto& [tenant, by_id] : sessions_) {
-      for (auto& [id, s] : by_id) {
-        std::lock_guard<std::mutex> slock(s->mu);
-        // A third of the lease: the reaper passes at most every half lease (Create checks),
-        // so a lease is renewed well before it ends.
-        if (s->lease_generation > 0 && now - s->lease_renewed_ms >= leases_->lease_ms() / 3) {
-          due.emplace_back(s, s->lease_generation);
-        }
+    if (lease_lost) {
+      for (auto& [tenant, by_id] : sessions_) {
+        for (auto& [id, s] : by_id) lost.push_back(s);
       }
     }
-  }
-  for (auto& [s, generation] : due) {
-    absl::Status renewed = leases_->Renew(s->tenant, s->id, generation);
-    if (!renewed.ok()) {
-      Disown(s, renewed);
-      continue;
+    for (const auto& [tenant, id] : asked) {
+      auto t = sessions_.find(tenant);
+      if (t == sessions_.end()) continue;
+      if (auto it = t->second.find(id); it != t->second.end()) wanted.push_back(it->second);
     }
-    {
-      std::lock_guard<std::mutex> lock(s->mu);
-      s->lease_renewed_ms = now;
-    }
-    if (leases_->HandoverRequested(s->tenant, s->id)) HandOver(s);
   }
+  // etcd deleted every owner key of the lost lease: other replicas may own these already.
+  const absl::Status why = absl::UnavailableError("etcd expired this process's lease");
+  for (auto& s : lost) Disown(s, why);
+  for (auto& s : wanted) HandOver(s);
 }
 
 void SessionManager::HandOver(const std::shared_ptr<Session>& s) {
   engine::Work w;
   w.key = s->key;
-  // On the engine, after the work queued on the session: the copy written is its latest state.
-  w.task = [this, s, leases = leases_] {
-    bool changed;  // since its store copy
+  // On the engine, after the work queued on the session: the state committed is its latest.
+  w.task = [this, s, cluster = cluster_] {
+    bool changed;  // since its last commit
     {
       std::lock_guard<std::mutex> lock(s->mu);
-      if (s->deleted || s->inflight > 0 || s->writer) return;  // busy: asked again next renewal
+      if (s->deleted || s->inflight > 0 || s->writer) return;  // busy: asked again next pass
       changed = s->resident && s->dirty;
     }
     if (changed) {
       absl::StatusOr<int64_t> written = WriteSessionFile(s);
-      if (!written.ok()) return;  // kept (a failed fence has disowned it already)
+      if (!written.ok()) return;  // kept (a fenced commit has disowned it already)
     }
-    int64_t generation;
+    int64_t fence;
     {
       std::lock_guard<std::mutex> lock(s->mu);
-      generation = s->lease_generation;
+      fence = s->fence;
     }
-    // Forgotten here before the lease goes: the other replica may take it over at once, and
+    // Forgotten here before ownership goes: the other replica may take it over at once, and
     // nothing of this manager is touched after the release.
     Disown(s, absl::OkStatus());
     std::fprintf(stderr, "ttt-serve: handing session %s of tenant %s over on request\n",
                  s->id.c_str(), s->tenant.c_str());
-    leases->Release(s->tenant, s->id, generation);
+    cluster->Release(s->tenant, s->id, fence);
   };
   (void)scheduler_->Submit(std::move(w), /*bypass_limits=*/true);
 }

@@ -14,6 +14,8 @@
 
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "server/server.h"
+#include "coord/etcd_client.h"
+#include "tests/etcd_testing.h"
 #include "tests/server_testing.h"
 #include "util/sha256.h"
 #include "tttserve/v1/ttt_service.grpc.pb.h"
@@ -129,16 +131,22 @@ TEST_F(ServerAuthTest, HealthListenerAddressInUseIsRefused) {
 // and the shared store are both scoped by it, so no id and no store file lets one tenant reach
 // another tenant's session (nor take it over on another replica).
 TEST_F(ServerAuthTest, ChosenIdsAndTheSharedStoreStayWithinTheCredentialsTenant) {
+  testing::TempDir etcd_dir("server_auth_test");
+  testing::EtcdCluster etcd(1, etcd_dir.path());
+  ASSERT_NO_FATAL_FAILURE(etcd.Start());
+  auto on_cluster = [&](ServerOptions o, const std::string& name) {
+    testing::ClusterIdentity identity = testing::JoinCluster(etcd.endpoints());
+    o.etcd = identity.etcd;
+    o.etcd_lease = identity.lease;
+    o.replica_id = name;
+    return o;
+  };
   options_.auth_tokens_file = tokens_;
-  options_.replica_id = "replica-a";
   options_.sync_durability = true;
-  options_.lease_s = 30;
   options_.checkpoint_on_shutdown = true;  // a shutdown hands the sessions over
-  auto a = Server::Start(options_);
+  auto a = Server::Start(on_cluster(options_, "replica-a"));
   ASSERT_TRUE(a.ok()) << a.status();
-  ServerOptions other = options_;
-  other.replica_id = "replica-b";
-  auto b = Server::Start(other);
+  auto b = Server::Start(on_cluster(options_, "replica-b"));
   ASSERT_TRUE(b.ok()) << b.status();
   auto stub = [](const std::unique_ptr<Server>& s) {
     return pb::TttService::NewStub(grpc::CreateChannel(
@@ -179,7 +187,7 @@ TEST_F(ServerAuthTest, ChosenIdsAndTheSharedStoreStayWithinTheCredentialsTenant)
   // Replica-a holds alice's "doc"; bob asking it gets his own, held by replica-b.
   grpc::Status held = stub_a->GetSession(ctx("bob-token").get(), get, &s);
   EXPECT_EQ(held.error_code(), grpc::StatusCode::UNAVAILABLE);
-  EXPECT_THAT(held.error_message(), HasSubstr("lives on replica 'replica-b'"));
+  EXPECT_THAT(held.error_message(), HasSubstr("is owned by replica 'replica-b'"));
   // Naming alice's tenant with bob's credential is refused before any session is looked at.
   grpc::Status st = stub_b->GetSession(ctx("bob-token", "alice").get(), get, &s);
   EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED);

@@ -21,6 +21,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "coord/etcd_client.h"
+#include "tests/etcd_testing.h"
 #include "tests/server_testing.h"
 #include "tests/utf8_testing.h"
 #include "tttserve/v1/ttt_service.grpc.pb.h"
@@ -464,13 +466,22 @@ TEST_F(ServerTest, CreateSessionTakesAClientChosenId) {
                "1..128 characters");
 }
 
-// Issue 13: two replicas on one shared store. Sync durability acknowledges end_of_document only
-// once the state is in the store; the owner's lease keeps the other replica out, and a shutdown
-// hands the session over with bit-identical scores.
-TEST_F(ServerTest, ReplicasSharingAStoreHandASessionOverWithItsSyncedState) {
-  options_.replica_id = "replica-a";
+// Issues 13 and 23: two replicas sharing sessions through etcd (one real member). Sync durability
+// acknowledges end_of_document only once the state is committed; the owner keeps the other replica
+// out, and a shutdown hands the session over with bit-identical scores.
+TEST_F(ServerTest, ReplicasSharingSessionsThroughEtcdHandASessionOverWithItsCommittedState) {
+  testing::TempDir etcd_dir("server_test");
+  testing::EtcdCluster etcd(1, etcd_dir.path());
+  ASSERT_NO_FATAL_FAILURE(etcd.Start());
+  auto on_cluster = [&](ServerOptions o, const std::string& name) {
+    testing::ClusterIdentity identity = testing::JoinCluster(etcd.endpoints());
+    o.etcd = identity.etcd;
+    o.etcd_lease = identity.lease;
+    o.replica_id = name;
+    return o;
+  };
+  options_ = on_cluster(options_, "replica-a");
   options_.sync_durability = true;
-  options_.lease_s = 30;
   Start();
   pb::CreateSessionRequest create;
   create.set_session_id("doc-1");
@@ -479,17 +490,19 @@ TEST_F(ServerTest, ReplicasSharingAStoreHandASessionOverWithItsSyncedState) {
   pb::IngestRequest doc = Tokens("doc-1", Doc(static_cast<int>(2 * chunk_ + 5)));
   doc.set_end_of_document(true);
   ASSERT_TRUE(IngestAll({doc}).ok());
-  // Acknowledged, so already in the store (no shutdown, no write-behind pass needed).
-  bool stored = false;
+  // Acknowledged, so already committed (no shutdown, no write-behind pass needed): one blob.
+  int blobs = 0;
   for (const auto& tenant : fs::directory_iterator(dir_ / "ckpt")) {
-    stored = stored || fs::exists(tenant.path() / "sessions" / "doc-1.safetensors");
+    if (!fs::exists(tenant.path() / "blobs" / "doc-1")) continue;
+    for (const auto& blob : fs::directory_iterator(tenant.path() / "blobs" / "doc-1")) {
+      blobs += blob.path().extension() == ".safetensors";
+    }
   }
-  EXPECT_TRUE(stored);
+  EXPECT_EQ(blobs, 1);
   const auto probe = Doc(static_cast<int>(chunk_ + 2), 5);
   const auto before = Score("doc-1", probe);
 
-  ServerOptions other = options_;
-  other.replica_id = "replica-b";
+  ServerOptions other = on_cluster(options_, "replica-b");
   auto b = Server::Start(other);
   ASSERT_TRUE(b.ok()) << b.status();
   auto stub_b = pb::TttService::NewStub(grpc::CreateChannel(
@@ -502,7 +515,7 @@ TEST_F(ServerTest, ReplicasSharingAStoreHandASessionOverWithItsSyncedState) {
                "already exists");
 
   stub_.reset();
-  server_.reset();  // SIGTERM-like shutdown: persists and gives the lease up
+  server_.reset();  // SIGTERM-like shutdown: commits and gives the session up
   ASSERT_TRUE(stub_b->GetSession(Ctx().get(), get, &s).ok());
   EXPECT_EQ(s.counters().tokens_received(), 2 * chunk_ + 5);
   EXPECT_EQ(s.counters().documents_completed(), 1);

@@ -53,6 +53,11 @@ absl::Status KeepAliveLoop::CheckLive(Clock::duration margin) const {
       Format(since), " ago (ttl ", Format(ttl_), ", safety margin ", Format(margin), ")"));
 }
 
+absl::Status KeepAliveLoop::Gone() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return gone_;
+}
+
 void KeepAliveLoop::Run() {
   for (;;) {
     const bool answered = KeepAliveOnce();

@@ -32,6 +32,8 @@ class KeepAliveLoop {
   // OK while the lease certainly lives for `margin` more; UNAVAILABLE or the recorded reason it
   // is gone otherwise.
   absl::Status CheckLive(Clock::duration margin) const;
+  // Non-OK once the lease is gone for good (etcd answered so, or it was revoked here).
+  absl::Status Gone() const;
 
  private:
   void Run();

@@ -201,6 +201,14 @@ absl::Status CheckCounters(const Counters& c, const std::string& source) {
 std::map<std::string, std::string> MetaMap(const engine::SequenceState& state,
                                            const CheckpointMeta& meta) {
   std::map<std::string, std::string> m = state.Metadata();
+  m.merge(MetaEntries(meta));
+  return m;
+}
+
+}  // namespace
+
+std::map<std::string, std::string> MetaEntries(const CheckpointMeta& meta) {
+  std::map<std::string, std::string> m;
   m["tttserve.format"] = kCheckpointFormat;
   m["tttserve.model_fingerprint"] = meta.model_fingerprint;
   m["tttserve.tenant"] = meta.tenant;
@@ -252,6 +260,8 @@ absl::StatusOr<CheckpointMeta> ParseMeta(const std::map<std::string, std::string
   RETURN_IF_ERROR(CheckCounters(meta.counters, source));
   return meta;
 }
+
+namespace {
 
 // Header, size and format checks shared by VerifyCheckpoint and InspectCheckpoint.
 absl::StatusOr<Header> ReadHeader(std::string_view head, uint64_t file_size,

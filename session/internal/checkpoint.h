@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <string_view>
 
@@ -35,6 +36,13 @@ struct CheckpointMeta {
   Counters counters;
   SessionOptions options;
 };
+
+// `meta` as the checkpoint's "tttserve.*" metadata entries, and back (also the form a session's
+// head takes on etcd: cluster_store.h). ParseMeta: INVALID_ARGUMENT when the format entry is not
+// a ttt-serve checkpoint's, DATA_LOSS when an entry is malformed; `source` names it.
+std::map<std::string, std::string> MetaEntries(const CheckpointMeta& meta);
+absl::StatusOr<CheckpointMeta> ParseMeta(const std::map<std::string, std::string>& entries,
+                                         const std::string& source);
 
 // The file bytes of `state` with `meta`. Engine thread (reads the state's tensors).
 absl::StatusOr<std::string> EncodeCheckpoint(const engine::SequenceState& state,

@@ -28,6 +28,7 @@ namespace {
 constexpr char kExtension[] = ".safetensors";
 constexpr char kCheckpoints[] = "checkpoints";
 constexpr char kSessions[] = "sessions";
+constexpr char kBlobs[] = "blobs";
 
 // An owned file descriptor.
 class Fd {
@@ -131,6 +132,33 @@ absl::Status WriteAtomically(const fs::path& path, const std::string& bytes) {
   return engine::WriteFileAtomically(path, bytes);
 }
 
+// Creates `path` with `bytes`, failing if it exists; durable (file and folder fsync'd) on OK.
+absl::Status WriteExclusively(const fs::path& path, const std::string& bytes) {
+  std::error_code ec;
+  fs::create_directories(path.parent_path(), ec);
+  Fd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644));
+  if (!fd.ok()) {
+    if (errno == EEXIST) return absl::AlreadyExistsError(absl::StrCat(path.string(), " exists"));
+    return absl::ErrnoToStatus(errno, absl::StrCat("creating ", path.string()));
+  }
+  absl::Status status;
+  for (size_t done = 0; done < bytes.size() && status.ok();) {
+    const ssize_t n = ::write(fd.get(), bytes.data() + done, bytes.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) status = absl::ErrnoToStatus(errno, absl::StrCat("writing ", path.string()));
+    if (n > 0) done += static_cast<size_t>(n);
+  }
+  if (status.ok() && ::fsync(fd.get()) != 0) {
+    status = absl::ErrnoToStatus(errno, absl::StrCat("fsync ", path.string()));
+  }
+  Fd dir(::open(path.parent_path().c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+  if (status.ok() && (!dir.ok() || ::fsync(dir.get()) != 0)) {
+    status = absl::ErrnoToStatus(errno, absl::StrCat("fsync ", path.parent_path().string()));
+  }
+  if (!status.ok()) ::unlink(path.c_str());  // a torn blob is nobody's
+  return status;
+}
+
 absl::Status CheckpointNotFound(const std::string& id) {
   return absl::NotFoundError(absl::StrCat("checkpoint ", Quote(id), " not found"));
 }
@@ -176,17 +204,48 @@ std::string CheckpointStore::SessionFileName(const std::string& tenant,
 
 absl::StatusOr<std::string> CheckpointStore::ReadWhole(const std::string& tenant, const char* kind,
                                                        const std::string& id) const {
-  Fd root(::open(root_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  Fd tenant_dir = root.ok() ? OpenSubdir(root.get(), tenant) : Fd();
-  Fd dir = tenant_dir.ok() ? OpenSubdir(tenant_dir.get(), kind) : Fd();
-  if (!dir.ok()) return absl::NotFoundError(absl::StrCat(kind, " folder of ", tenant));
-  ASSIGN_OR_RETURN(RegularFile f, OpenRegular(dir.get(), id + kExtension));
-  ASSIGN_OR_RETURN(std::string bytes, ReadPrefix(f.fd.get(), f.size, Path(tenant, kind, id)));
+  return ReadWholeIn({tenant, kind}, id);
+}
+
+absl::StatusOr<std::string> CheckpointStore::ReadWholeIn(const std::vector<std::string>& folders,
+                                                         const std::string& name) const {
+  fs::path path = root_;
+  Fd dir(::open(root_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  for (const std::string& folder : folders) {
+    path /= folder;
+    if (dir.ok()) dir = OpenSubdir(dir.get(), folder);
+  }
+  path /= name + kExtension;
+  if (!dir.ok()) return absl::NotFoundError(absl::StrCat("no folder for ", path.string()));
+  ASSIGN_OR_RETURN(RegularFile f, OpenRegular(dir.get(), name + kExtension));
+  ASSIGN_OR_RETURN(std::string bytes, ReadPrefix(f.fd.get(), f.size, path.string()));
   if (bytes.size() != f.size) {
     return absl::DataLossError(
-        absl::StrCat("cannot read ", Path(tenant, kind, id).string(), ": it shrank while read"));
+        absl::StrCat("cannot read ", path.string(), ": it shrank while read"));
   }
   return bytes;
+}
+
+fs::path CheckpointStore::BlobPath(const std::string& tenant, const std::string& id,
+                                   const std::string& name) const {
+  return root_ / tenant / kBlobs / id / (name + kExtension);
+}
+
+absl::Status CheckpointStore::WriteBlob(const std::string& tenant, const std::string& id,
+                                        const std::string& name, const std::string& bytes) const {
+  return WriteExclusively(BlobPath(tenant, id, name), bytes);
+}
+
+absl::StatusOr<std::string> CheckpointStore::ReadBlob(const std::string& tenant,
+                                                      const std::string& id,
+                                                      const std::string& name) const {
+  return ReadWholeIn({tenant, kBlobs, id}, name);
+}
+
+void CheckpointStore::DeleteBlob(const std::string& tenant, const std::string& id,
+                                 const std::string& name) const {
+  std::error_code ec;
+  fs::remove(BlobPath(tenant, id, name), ec);
 }
 
 std::vector<std::pair<std::string, absl::StatusOr<CheckpointMeta>>> CheckpointStore::InspectAll(

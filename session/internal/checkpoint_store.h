@@ -2,7 +2,9 @@
 //
 //   <root>/<tenant>/checkpoints/<checkpoint id>.safetensors   named checkpoints (clients)
 //   <root>/<tenant>/sessions/<session id>.safetensors         session states evicted to disk or
-//                                                              persisted at shutdown
+//                                                              persisted at shutdown (one server)
+//   <root>/<tenant>/blobs/<session id>/<name>.safetensors     committed session states of a store
+//                                                              shared through etcd (immutable)
 //
 // Files are in the checkpoint format (checkpoint.h) and written atomically (a temporary file
 // beside the final name, fsync, rename, fsync the folder), so a crash leaves the old file or the
@@ -59,6 +61,17 @@ class CheckpointStore {
   // Names a session file in messages.
   std::string SessionFileName(const std::string& tenant, const std::string& id) const;
 
+  // Blobs: the committed states of sessions shared through etcd (cluster_store.h). A blob is
+  // created exclusively (O_EXCL: never overwritten, never renamed over), fsync'd with its folder,
+  // and never changed: which one is current is etcd's to say, so the volume needs no atomic
+  // coordination. WriteBlob answers ALREADY_EXISTS when the name is taken.
+  absl::Status WriteBlob(const std::string& tenant, const std::string& id, const std::string& name,
+                         const std::string& bytes) const;
+  // NOT_FOUND when there is no regular file of that name.
+  absl::StatusOr<std::string> ReadBlob(const std::string& tenant, const std::string& id,
+                                       const std::string& name) const;
+  void DeleteBlob(const std::string& tenant, const std::string& id, const std::string& name) const;
+
   // Turns a session file into the tenant's checkpoint of the same id (sessions that do not fit
   // under --max_sessions at start). ALREADY_EXISTS when a checkpoint has that id.
   absl::Status MoveSessionToCheckpoints(const std::string& tenant, const std::string& id) const;
@@ -79,6 +92,12 @@ class CheckpointStore {
   // The whole file <root>/<tenant>/<kind>/<id>.safetensors; NOT_FOUND unless a regular file.
   absl::StatusOr<std::string> ReadWhole(const std::string& tenant, const char* kind,
                                         const std::string& id) const;
+  // The whole file <root>/<folders...>/<name>.safetensors, each folder opened without following
+  // a symbolic link; NOT_FOUND unless a regular file.
+  absl::StatusOr<std::string> ReadWholeIn(const std::vector<std::string>& folders,
+                                          const std::string& name) const;
+  std::filesystem::path BlobPath(const std::string& tenant, const std::string& id,
+                                 const std::string& name) const;
   // Every <root>/<tenant>/<kind>/*.safetensors by id, with its metadata or why it is not whole;
   // `sizes` (optional) receives the file sizes in the same order.
   std::vector<std::pair<std::string, absl::StatusOr<CheckpointMeta>>> InspectAll(

@@ -53,10 +53,12 @@ class Session {
   bool dirty = false;
   int64_t persisted_ms = 0;  // when its state was last written to the store; guarded by mu
   bool persist_queued = false;  // a write-behind is queued; guarded by mu
-  // Shared store (ManagerOptions::replica_id): the generation of this replica's lease on the
-  // session (0: none, so every fenced write fails) and when it was last renewed; guarded by mu.
-  int64_t lease_generation = 0;
-  int64_t lease_renewed_ms = 0;
+  // Shared through etcd (ManagerOptions::cluster): the fencing revision of this process's
+  // ownership (0: not owned, so every later commit here fails), the blob its committed head
+  // names, and the commits made under this ownership (they name the next blob); guarded by mu.
+  int64_t fence = 0;
+  std::string head_blob;
+  int64_t commits = 0;
   std::vector<std::weak_ptr<engine::CancelToken>> cancels;  // guarded by mu
 
   // Engine thread only.

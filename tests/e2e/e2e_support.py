@@ -74,3 +74,43 @@ def wait_http(url, timeout):
 def log_tail(path, n=40):
     with open(path, errors="replace") as f:
         return "".join(f.readlines()[-n:])
+
+
+class Etcd:
+    """One etcd member (Debian's etcd-server) on loopback ports, its data and log in `folder`:
+    the coordinator of replicas that share sessions (docs/coordination.md). Reads keys through
+    etcd's own v3 JSON gateway. Kill it with stop()."""
+
+    def __init__(self, folder, binary="/usr/bin/etcd"):
+        if not os.access(binary, os.X_OK):
+            raise RuntimeError("no etcd at %s (deploy/install-deps.sh test installs etcd-server)"
+                               % binary)
+        os.makedirs(folder, exist_ok=True)
+        client, peer = free_port(), free_port()
+        self.endpoint = "127.0.0.1:%d" % client
+        self.url = "http://" + self.endpoint
+        peer_url = "http://127.0.0.1:%d" % peer
+        self.log_path = os.path.join(folder, "etcd.log")
+        with open(self.log_path, "w") as log:
+            self.proc = subprocess.Popen(
+                [binary, "--name", "e0", "--data-dir", os.path.join(folder, "etcd.data"),
+                 "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
+                 "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
+                 "--initial-cluster", "e0=" + peer_url, "--logger", "zap",
+                 "--log-outputs", "stderr"], stdout=log, stderr=subprocess.STDOUT)
+        if '"health":"true"' not in wait_http(self.url + "/health", 30):
+            raise RuntimeError("etcd did not become healthy:\n" + log_tail(self.log_path))
+
+    def get(self, key):
+        """The value of `key` (str), or None when etcd has no such key."""
+        import base64
+        import json
+        body = json.dumps({"key": base64.b64encode(key.encode()).decode()}).encode()
+        request = urllib.request.Request(self.url + "/v3/kv/range", data=body,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=5) as r:
+            kvs = json.load(r).get("kvs", [])
+        return base64.b64decode(kvs[0]["value"]).decode() if kvs else None
+
+    def stop(self):
+        stop_process(self.proc, signal.SIGKILL)

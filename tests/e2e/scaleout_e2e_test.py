@@ -1,17 +1,19 @@
 #!/usr/bin/python3
-"""Scale-out end to end (issue 13, item 4): three ttt-serve replicas on loopback sharing one
-session store, behind Debian's HAProxy 2.6 running the haproxy.cfg RENDERED FROM THE HELM CHART
+"""Scale-out end to end (issues 13 and 23): three ttt-serve replicas on loopback sharing sessions
+through one etcd member (each session owned by one replica, its states committed as blobs in one
+shared folder), behind Debian's HAProxy 2.6 running the haproxy.cfg RENDERED FROM THE HELM CHART
 (helm/ttt-serve/templates/haproxy.yaml, values tests/deploy/values/scaleout-haproxy.yaml; only the
 bind and server addresses and each server's check port are replaced by loopback ones), which
 checks each replica's /readyz. The replicas' store flags (--durability, --lease_s,
---persist_interval_s) and --shutdown_delay_s come from the rendered StatefulSet too.
+--persist_interval_s) and --shutdown_delay_s come from the rendered StatefulSet too, which must
+also pass --etcd_endpoints (replaced here by the loopback member's).
 
 Scenario:
   1. Clients create sessions with their own ids and ingest through the proxy (sync durability:
      every message has `flush`, so each acknowledgement means "in the store").
   2. Mid-stream, the replica holding one session is killed with SIGKILL. The client retries
      UNAVAILABLE; the proxy moves the session's key to another replica, which takes the session
-     over once the dead replica's lease expires. On resuming, every acknowledged token is there
+     over once etcd expires the dead replica's lease. On resuming, every acknowledged token is there
      (the session's position in the store is at least what was acknowledged).
   3. A rolling restart (SIGTERM, start again, one replica at a time) while clients keep
      ingesting and scoring, also during each replica's shutdown delay (not ready, still taking
@@ -26,7 +28,6 @@ and verifies them against the CA; sessions still spread by their header; plainte
 Usage: scaleout_e2e_test.py --server PATH/ttt-serve --model DIR --proto DIR --source REPO_ROOT
 Loopback only, free ports, bounded (a deadline per call, ~60 s in all).
 """
-import json
 import queue
 import os
 import re
@@ -39,7 +40,7 @@ import sys
 import tempfile
 import time
 import unittest
-from e2e_support import free_port, parse_unittest_args, stop_process
+from e2e_support import Etcd, free_port, parse_unittest_args, stop_process
 
 ARGS = None
 pb = None
@@ -78,7 +79,7 @@ def render_chart(tmp, values="scaleout-haproxy.yaml"):
          "-namespace", "serving", "-f",
          os.path.join(ARGS.source, "tests/deploy/values", values)],
         check=True, capture_output=True, text=True, timeout=60).stdout
-    cfg, flags = None, []
+    cfg, flags, etcd = None, [], False
     for doc in yaml.safe_load_all(out):
         if not doc:
             continue
@@ -88,7 +89,8 @@ def render_chart(tmp, values="scaleout-haproxy.yaml"):
             args = doc["spec"]["template"]["spec"]["containers"][0]["args"]
             flags = [a for a in args if a.split("=")[0] in
                      ("--durability", "--lease_s", "--persist_interval_s", "--shutdown_delay_s")]
-    if cfg is None or len(flags) != 4:
+            etcd = any(a.startswith("--etcd_endpoints=") for a in args)
+    if cfg is None or len(flags) != 4 or (values == "scaleout-haproxy.yaml" and not etcd):
         raise RuntimeError("the chart rendered no haproxy.cfg or no store flags:\n" + out[:2000])
     return cfg, flags
 
@@ -108,8 +110,9 @@ def loopback_cfg(cfg, proxy_port, replicas):
 
 
 class Replica:
-    def __init__(self, name, port, store, flags, log_dir, tls_flags=()):
+    def __init__(self, name, port, store, flags, log_dir, tls_flags=(), etcd=None):
         self.name, self.port, self.store, self.flags = name, port, store, flags
+        self.etcd_flags = ["--etcd_endpoints=" + etcd.endpoint] if etcd else []
         self.metrics_port = free_port()
         self.tls_flags = list(tls_flags)
         self.log_path = os.path.join(log_dir, name + ".log")
@@ -122,7 +125,7 @@ class Replica:
                  "--metrics_listen=127.0.0.1:%d" % self.metrics_port,
                  "--checkpoint_dir=" + self.store, "--drain_timeout_s=5"]
                 + (["--replica_id=" + self.name] if self.flags else ["--shutdown_delay_s=0"])
-                + self.flags + self.tls_flags,
+                + self.flags + self.etcd_flags + self.tls_flags,
                 stdout=log, stderr=subprocess.STDOUT)
         if not wait_port(self.port, self.proc, 60):
             raise RuntimeError("%s did not start:\n%s" % (self.name, self.output()))
@@ -245,10 +248,12 @@ class ScaleOutTest(unittest.TestCase):
     def setUp(self):
         self.tmp = tempfile.mkdtemp(prefix="ttt-scaleout-")
         self.replicas, self.proxy, self.single = [], None, None
+        self.etcd = Etcd(os.path.join(self.tmp, "etcd"))
 
     def tearDown(self):
         for r in self.replicas + ([self.single] if self.single else []):
             r.stop(signal.SIGKILL)
+        self.etcd.stop()
         if self.proxy is not None and self.proxy.poll() is None:
             self.proxy.kill()
             self.proxy.wait()
@@ -290,8 +295,7 @@ class ScaleOutTest(unittest.TestCase):
         return want
 
     def owner_of(self, sid):
-        with open(os.path.join(self.store, "default", "leases", sid + ".lease")) as f:
-            return json.load(f)["owner"]
+        return self.etcd.get("/ttt/v1/sessions/default/%s/owner" % sid)
 
     def test_failover_and_rolling_restart_through_haproxy(self):
         started = time.time()
@@ -317,8 +321,8 @@ class ScaleOutTest(unittest.TestCase):
         self.single = None
 
         self.store = os.path.join(self.tmp, "store")
-        self.replicas = [Replica("r%d" % i, free_port(), self.store, flags, self.tmp)
-                         for i in range(3)]
+        self.replicas = [Replica("r%d" % i, free_port(), self.store, flags, self.tmp,
+                                 etcd=self.etcd) for i in range(3)]
         for r in self.replicas:
             r.start()
         client = Client(self.start_proxy(cfg_text), pieces, probe)
@@ -391,7 +395,7 @@ class ScaleOutTest(unittest.TestCase):
             client.ingest(sid, PIECES)
             self.assertEqual(client.position(sid), sum(map(len, pieces[sid])))
             check_score(sid)
-        # The replicas that came back got their sessions back on request (lease handover).
+        # The replicas that came back got their sessions back on request (handover via etcd).
         handovers = sum(r.output().count("over on request") for r in self.replicas)
         self.assertGreater(handovers, 0)
         self.assertEqual(client.errors, [])
@@ -435,8 +439,8 @@ class ScaleOutTest(unittest.TestCase):
         self.store = os.path.join(self.tmp, "store")
         tls_flags = ["--tls_cert_file=" + os.path.join(tls, "tls.crt"),
                      "--tls_key_file=" + os.path.join(tls, "tls.crt.key")]
-        self.replicas = [Replica("r%d" % i, free_port(), self.store, flags, self.tmp, tls_flags)
-                         for i in range(2)]
+        self.replicas = [Replica("r%d" % i, free_port(), self.store, flags, self.tmp, tls_flags,
+                                 etcd=self.etcd) for i in range(2)]
         for r in self.replicas:
             r.start()
         port = self.start_proxy(cfg_text, tls)
