@@ -93,19 +93,101 @@ downward API; Kubernetes expands $(...) in args). */}}
 {{- else }}
 - "--threads=$(TTT_CPU_REQUEST)"
 {{- end }}
-{{- if eq .Values.persistence.mode "shared" }}
-{{- /* The shared volume is a session store: each replica leases the sessions it serves. */}}
-- "--replica_id=$(POD_NAME)"
-{{- with .Values.persistence.store }}
-- {{ printf "--durability=%s" .durability | quote }}
-- {{ printf "--lease_s=%d" (.leaseS | int64) | quote }}
-- {{ printf "--persist_interval_s=%d" (.persistIntervalS | int64) | quote }}
-{{- end }}
-{{- end }}
+{{- include "ttt-serve.storeArgs" . }}
 {{- include "ttt-serve.securityArgs" . }}
 {{- range $s.extraArgs }}
 - {{ . | quote }}
 {{- end }}
+{{- end }}
+
+{{/* persistence.mode=shared: the volume holds state blobs and etcd coordinates the replicas
+(docs/coordination.md): each process holds one etcd lease of --lease_s, labelled with its pod
+name. perPod: no flag, each server runs alone on its own volume. */}}
+{{- define "ttt-serve.storeArgs" -}}
+{{- $e := .Values.etcd -}}
+{{- if ne .Values.persistence.mode "shared" }}
+{{- if or $e.endpoints $e.deploy }}
+{{- fail "etcd.endpoints and etcd.deploy are for persistence.mode=shared: with perPod volumes each replica runs alone and uses no etcd" }}
+{{- end }}
+{{- else }}
+{{- $endpoints := include "ttt-serve.etcdEndpoints" . }}
+- "--replica_id=$(POD_NAME)"
+- {{ printf "--etcd_endpoints=%s" $endpoints | quote }}
+- {{ printf "--etcd_prefix=%s" $e.prefix | quote }}
+{{- if $e.tls.secretName }}
+- {{ printf "--etcd_ca_file=%s/ca.crt" $e.tls.mountPath | quote }}
+- {{ printf "--etcd_cert_file=%s/tls.crt" $e.tls.mountPath | quote }}
+- {{ printf "--etcd_key_file=%s/tls.key" $e.tls.mountPath | quote }}
+{{- end }}
+{{- with .Values.persistence.store }}
+{{- if ge (int .leaseMarginS) (int .leaseS) }}
+{{- fail "persistence.store.leaseMarginS must be under leaseS: a replica stops serving leaseMarginS before its etcd lease could expire" }}
+{{- end }}
+- {{ printf "--durability=%s" .durability | quote }}
+- {{ printf "--lease_s=%d" (.leaseS | int64) | quote }}
+{{- if gt (int .leaseMarginS) 0 }}
+- {{ printf "--lease_margin_s=%d" (.leaseMarginS | int64) | quote }}
+{{- end }}
+- {{ printf "--persist_interval_s=%d" (.persistIntervalS | int64) | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* --etcd_endpoints: every member of the chart's own etcd, or etcd.endpoints; refuses shared mode
+without either, both at once, and TLS files for plaintext endpoints. */}}
+{{- define "ttt-serve.etcdEndpoints" -}}
+{{- $e := .Values.etcd -}}
+{{- if and $e.deploy $e.endpoints }}
+{{- fail "etcd: set etcd.endpoints (an existing cluster) or etcd.deploy=true (the chart's own), not both" }}
+{{- end }}
+{{- if $e.deploy }}
+{{- if $e.tls.secretName }}
+{{- fail "etcd.tls.secretName is for an existing cluster's https:// endpoints: the chart's own etcd (etcd.deploy) speaks plaintext inside the namespace" }}
+{{- end }}
+{{- $urls := list }}
+{{- range $i := until (int $e.members) }}
+{{- $urls = append $urls (printf "http://%s:%d" (include "ttt-serve.etcdMemberHost" (list $ $i)) (int $e.clientPort)) }}
+{{- end }}
+{{- join "," $urls }}
+{{- else if $e.endpoints }}
+{{- if $e.tls.secretName }}
+{{- range $e.endpoints }}
+{{- if not (hasPrefix "https://" .) }}
+{{- fail (printf "etcd.tls.secretName gives client certificates for https:// endpoints: etcd.endpoints has %q" .) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- join "," $e.endpoints }}
+{{- else }}
+{{- fail "persistence.mode=shared: replicas share sessions only through etcd: set etcd.endpoints (an existing cluster's client URLs) or etcd.deploy=true (a 3-member etcd StatefulSet of this chart)" }}
+{{- end }}
+{{- end }}
+
+{{/* The chart's own etcd (etcd.deploy): names, labels, one member's stable DNS name. */}}
+{{- define "ttt-serve.etcdName" -}}
+{{- printf "%s-etcd" (include "ttt-serve.fullname" .) }}
+{{- end }}
+
+{{- define "ttt-serve.etcdSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "ttt-serve.name" . }}-etcd
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* (list $ ordinal) -> <etcd>-N.<etcd>.<namespace>.svc, through the headless Service. */}}
+{{- define "ttt-serve.etcdMemberHost" -}}
+{{- $root := index . 0 }}
+{{- $name := include "ttt-serve.etcdName" $root }}
+{{- printf "%s-%d.%s.%s.svc" $name (index . 1) $name $root.Release.Namespace }}
+{{- end }}
+
+{{/* --initial-cluster: <etcd>-N=http://<member N>:<peer port> for every ordinal. */}}
+{{- define "ttt-serve.etcdInitialCluster" -}}
+{{- $e := .Values.etcd }}
+{{- $peers := list }}
+{{- range $i := until (int $e.members) }}
+{{- $peers = append $peers (printf "%s-%d=http://%s:%d" (include "ttt-serve.etcdName" $) $i (include "ttt-serve.etcdMemberHost" (list $ $i)) (int $e.peerPort)) }}
+{{- end }}
+{{- join "," $peers }}
 {{- end }}
 
 {{/* The security flags (docs/contract.md, "Authentication"), from security: and the Secret's

@@ -51,11 +51,15 @@ func parseContract(t *testing.T) contract {
 	}
 	defer f.Close()
 	c := contract{flags: map[string]string{}}
-	rowRe := regexp.MustCompile("^\\|\\s*`--([a-z0-9_]+)`\\s*\\|\\s*(.*?)\\s*\\|")
+	// A row names one flag or several ("`--a`, `--b`") in its first cell.
+	rowRe := regexp.MustCompile("^\\|\\s*((?:`--[a-z0-9_]+`,?\\s*)+)\\|\\s*(.*?)\\s*\\|")
+	nameRe := regexp.MustCompile("`--([a-z0-9_]+)`")
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		if m := rowRe.FindStringSubmatch(sc.Text()); m != nil {
-			c.flags[m[1]] = m[2]
+			for _, name := range nameRe.FindAllStringSubmatch(m[1], -1) {
+				c.flags[name[1]] = m[2]
+			}
 		}
 	}
 	port := func(flag string) int {
@@ -154,16 +158,40 @@ func (r rendered) one(t *testing.T, kind string) manifest {
 // render renders the chart with the given scenario files and parses every document.
 func render(t *testing.T, scenarios ...string) rendered {
 	t.Helper()
+	r, err := renderOverlay(t, "", scenarios...)
+	if err != nil {
+		t.Fatalf("render %v: %v", scenarios, err)
+	}
+	return r
+}
+
+// renderOverlay renders the scenario files and then the values in overlay (YAML text, "" for
+// none) over them; it returns the renderer's error (a schema error or a template's fail).
+func renderOverlay(t *testing.T, overlay string, scenarios ...string) (rendered, error) {
+	t.Helper()
 	root := repoRoot(t)
 	var files []string
 	for _, s := range scenarios {
 		files = append(files, filepath.Join(root, "tests/deploy/values", s))
 	}
+	if overlay != "" {
+		f := filepath.Join(t.TempDir(), "overlay.yaml")
+		if err := os.WriteFile(f, []byte(overlay), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		files = append(files, f)
+	}
 	r, err := Render(filepath.Join(root, "helm/ttt-serve"), Options{ValuesFiles: files, ReleaseName: "ttt",
 		Namespace: "serving", APIVersions: []string{"monitoring.coreos.com/v1"}})
 	if err != nil {
-		t.Fatalf("render %v: %v", scenarios, err)
+		return rendered{}, err
 	}
+	return parseRendered(t, r), nil
+}
+
+// parseRendered parses every document of a render; kinds and names must be set and unique.
+func parseRendered(t *testing.T, r *Rendered) rendered {
+	t.Helper()
 	out := rendered{text: r.Stream()}
 	seen := map[string]bool{}
 	for _, src := range r.Sorted() {
@@ -202,17 +230,38 @@ func render(t *testing.T, scenarios ...string) rendered {
 	return out
 }
 
-// serverContainer returns the StatefulSet and its ttt-serve container.
+// serverContainer returns the server's StatefulSet (the one with a ttt-serve container; the
+// chart's etcd is another) and that container.
 func serverContainer(t *testing.T, r rendered) (manifest, obj) {
 	t.Helper()
-	sts := r.one(t, "StatefulSet")
-	for _, c := range list(sts.o, "spec", "template", "spec", "containers") {
-		if str(c, "name") == "ttt-serve" {
-			return sts, c.(obj)
+	var sts manifest
+	var ctr obj
+	for _, s := range r.find("StatefulSet") {
+		for _, c := range list(s.o, "spec", "template", "spec", "containers") {
+			if str(c, "name") == "ttt-serve" {
+				if ctr != nil {
+					t.Fatalf("two StatefulSets run ttt-serve: %s and %s", sts.name(), s.name())
+				}
+				sts, ctr = s, c.(obj)
+			}
 		}
 	}
-	t.Fatal("StatefulSet has no ttt-serve container")
-	return sts, nil
+	if ctr == nil {
+		t.Fatal("no StatefulSet has a ttt-serve container")
+	}
+	return sts, ctr
+}
+
+// named returns the manifest of that kind and name.
+func (r rendered) named(t *testing.T, kind, name string) manifest {
+	t.Helper()
+	for _, m := range r.find(kind) {
+		if m.name() == name {
+			return m
+		}
+	}
+	t.Fatalf("no %s %s", kind, name)
+	return manifest{}
 }
 
 // args maps --flag=value arguments of the container.
@@ -759,7 +808,7 @@ func TestMonitoringAndAutoscalingAreOptional(t *testing.T) {
 		t.Errorf("ServiceMonitor selects Services %v, want [ttt-ttt-serve]", picked)
 	}
 	hpa := r.one(t, "HorizontalPodAutoscaler")
-	sts := r.one(t, "StatefulSet")
+	sts, _ := serverContainer(t, r)
 	if str(hpa.o, "spec", "scaleTargetRef", "kind") != "StatefulSet" || str(hpa.o, "spec", "scaleTargetRef", "name") != sts.name() {
 		t.Errorf("HPA targets %v", get(hpa.o, "spec", "scaleTargetRef"))
 	}
@@ -868,7 +917,7 @@ func TestHaproxyFollowsThePodsTheHpaCanAddAndChecksReadyz(t *testing.T) {
 	if detect >= float64(delay) || detect >= float64(lease)/2 {
 		t.Errorf("a replica leaves the ring after up to %.1f s: want under --shutdown_delay_s=%d and half of --lease_s=%d", detect, delay, lease)
 	}
-	np := r.one(t, "NetworkPolicy")
+	np := r.named(t, "NetworkPolicy", sts.name())
 	router := false
 	for _, rule := range list(np.o, "spec", "ingress") {
 		if str(rule, "ports", 0, "port") != "metrics" {
