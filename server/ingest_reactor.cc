@@ -217,9 +217,9 @@ class IngestReactor final : public grpc::ServerBidiReactor<pb::IngestRequest, pb
     if (req.report_loss()) report_loss_ = true;
     auto tokens = TakeTokensLocked(req, where);
     if (!tokens.ok()) return tokens.status();
-    const bool durable =
-        svc_->limits().sync_durability && (req.flush() || req.end_of_document());
-    return Submit(index, std::move(*tokens), req.end_of_document(), durable);
+    // Sync durability: every acknowledgement means committed, flush or not (issue 23).
+    return Submit(index, std::move(*tokens), req.end_of_document(),
+                  svc_->limits().sync_durability);
   }
 
   // The first message names the session and takes its writer lease; later ones may repeat it.

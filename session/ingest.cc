@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "engine/decode.h"
 #include "engine/status_macros.h"
+#include "session/internal/cluster_store.h"
 #include "session/internal/session_record.h"
 #include "session/session.h"
 
@@ -65,6 +66,19 @@ absl::Status SessionManager::SubmitIngest(
         st = absl::UnavailableError(absl::StrCat(
             "session ", s->id, " is now owned by another replica (", written.status().message(),
             "); nothing of this input was committed: retry the unacknowledged input there"));
+      } else if (!written.ok() && cluster_ != nullptr) {
+        // Applied here but not committed: the session goes back to its last commit, which is
+        // where the client's resend (expected_tokens_received) will find it, on any replica.
+        int64_t fence;
+        {
+          std::lock_guard<std::mutex> lock(s->mu);
+          fence = s->fence;
+        }
+        Disown(s, written.status());
+        cluster_->Release(s->tenant, s->id, fence);
+        st = absl::UnavailableError(absl::StrCat(
+            "the tokens could not be committed (", written.status().message(),
+            "); the session continues from its last commit: retry the unacknowledged input"));
       } else if (!written.ok()) {
         st = absl::UnavailableError(absl::StrCat(
             "the tokens were applied but could not be made durable in the session store (",
