@@ -94,6 +94,10 @@ Metrics::Metrics(const std::string& version)
                            .Name("tttserve_request_duration_seconds")
                            .Help("gRPC request latency by method (whole call, streams included)")
                            .Register(r);
+  requests_in_flight_ = &prometheus::BuildGauge()
+                             .Name("tttserve_requests_in_flight")
+                             .Help("gRPC calls started and not yet ended, by method")
+                             .Register(r);
   ingest_chunk_ = &prometheus::BuildHistogram()
                        .Name("tttserve_ingest_chunk_seconds")
                        .Help("Time from receiving an ingest message to its tokens being applied")

@@ -64,6 +64,11 @@ class Metrics : public session::SessionListener, public engine::Scheduler::Obser
   void SetAuthEnabled(bool enabled) { auth_enabled_->Set(enabled ? 1 : 0); }
 
   void RecordRequest(const std::string& method, grpc::StatusCode code, double seconds);
+  // tttserve_requests_in_flight{method}: calls of `method` (access_log.h's MethodLabel) that
+  // have started and not yet ended. The caller increments and decrements it.
+  prometheus::Gauge* RequestsInFlight(const std::string& method) {
+    return &requests_in_flight_->Add({{"method", method}});
+  }
   void AddTokensIngested(int64_t n) { tokens_ingested_->Increment(static_cast<double>(n)); }
   void AddTokensGenerated(int64_t n) { tokens_generated_->Increment(static_cast<double>(n)); }
   void AddTokensScored(int64_t n) { tokens_scored_->Increment(static_cast<double>(n)); }
@@ -101,6 +106,7 @@ class Metrics : public session::SessionListener, public engine::Scheduler::Obser
 
   prometheus::Family<prometheus::Counter>* requests_;
   prometheus::Family<prometheus::Histogram>* request_duration_;
+  prometheus::Family<prometheus::Gauge>* requests_in_flight_;
   std::mutex mu_;
   std::map<std::string, prometheus::Histogram*> duration_by_method_;  // guarded by mu_
 
