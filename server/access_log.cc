@@ -144,7 +144,7 @@ class AccessLogInterceptor final : public grpc::experimental::Interceptor {
  public:
   AccessLogInterceptor(grpc::experimental::ServerRpcInfo* info, Metrics* metrics)
       : ctx_(info->server_context()),
-        method_(MethodLabel(info->method())),
+        method_(MethodLabel(info->method() == nullptr ? "" : info->method())),
         start_(Clock::now()),
         in_flight_(metrics->RequestsInFlight(method_)) {
     auto it = TttMethods().find(method_);
@@ -153,7 +153,9 @@ class AccessLogInterceptor final : public grpc::experimental::Interceptor {
     TenantNotes::Get().Open(ctx_);
   }
   ~AccessLogInterceptor() override {
-    if (!logged_) WriteLine(grpc::StatusCode::CANCELLED);  // ended without a status sent
+    // A call that ended without a status sent still gets its line (WriteLine writes one line
+    // per call). The call is being torn down: its context is not asked for its peer any more.
+    WriteLine(grpc::StatusCode::CANCELLED, /*peer=*/"-");
     TenantNotes::Get().Close(ctx_);
     in_flight_->Decrement();
   }
@@ -178,7 +180,7 @@ class AccessLogInterceptor final : public grpc::experimental::Interceptor {
         id = request_id_;
       }
       methods->GetSendTrailingMetadata()->emplace(kRequestIdHeader, id);
-      WriteLine(internal::RecordedCode(*ctx_, methods->GetSendStatus()));
+      WriteLine(internal::RecordedCode(*ctx_, methods->GetSendStatus()), ctx_->peer());
     }
     methods->Proceed();
   }
@@ -216,7 +218,7 @@ class AccessLogInterceptor final : public grpc::experimental::Interceptor {
     }
   }
 
-  void WriteLine(grpc::StatusCode code) {
+  void WriteLine(grpc::StatusCode code, const std::string& peer) {
     const std::string tenant = TenantNotes::Get().Read(ctx_);
     std::lock_guard<std::mutex> lock(mu_);
     if (logged_) return;
@@ -236,7 +238,7 @@ class AccessLogInterceptor final : public grpc::experimental::Interceptor {
                {"bytes_in", bytes_in_},
                {"messages_out", messages_out_},
                {"bytes_out", bytes_out_},
-               {"peer", ctx_->peer()},
+               {"peer", peer.empty() ? "-" : peer},
                {"request_id", request_id_.empty() ? "-" : request_id_}});
   }
 
