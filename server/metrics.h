@@ -91,6 +91,7 @@ class Metrics : public session::SessionListener, public engine::Scheduler::Obser
   void OnSessionPersisted(double seconds, double lag_seconds) override;
   // Scheduler::Observer
   void OnBatch(int64_t tokens, int64_t sequences, double seconds) override;
+  void OnQueueWait(const char* kind, double seconds) override;
 
   std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
 
@@ -119,6 +120,7 @@ class Metrics : public session::SessionListener, public engine::Scheduler::Obser
   prometheus::Counter* chunk_updates_;
   prometheus::Histogram* batch_tokens_;
   prometheus::Histogram* batch_sequences_;
+  std::map<std::string, prometheus::Histogram*> queue_wait_;  // by kind; fixed after construction
   prometheus::Histogram* persist_duration_;
   prometheus::Histogram* persist_lag_;
   prometheus::Gauge* queue_depth_;
