@@ -132,7 +132,8 @@ absl::StatusOr<Security> SetUpSecurity(const ServerOptions& o,
 
   if (!s.authorizer->enabled()) {
     util::LogWarning("security",
-                     absl::StrCat("no authentication configured: anyone who can reach ", o.listen,
+                     absl::StrCat("WARNING: no authentication configured: anyone who can reach ",
+                                  o.listen,
                                   " acts as any tenant it names in x-tenant-id. Set "
                                   "--auth_tokens_file and/or --tls_client_ca_file "
                                   "(docs/contract.md, \"Authentication\")."));

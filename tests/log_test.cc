@@ -49,6 +49,10 @@ TEST(LogTest, ValuesFromClientsCannotStartALineOrEndTheObject) {
             std::string::npos)
       << text;
   EXPECT_NE(text.find(R"(empty="")"), std::string::npos) << text;
+  // A text line's message keeps its quotes; a newline in it is still escaped.
+  EXPECT_EQ(FormatLogLine(LogFormat::kText, kNoonMicros, LogLevel::kError, "server",
+                          "see \"Authentication\"\nnext", {}),
+            "2026-12-06T12:00:00.123456Z ERROR   server: see \"Authentication\"\\nnext\n");
 }
 
 TEST(LogTest, NonFiniteNumbersStayValidJson) {

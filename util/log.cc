@@ -45,13 +45,13 @@ std::string Timestamp(int64_t micros_since_epoch) {
                          static_cast<int>(micros_since_epoch % 1000000));
 }
 
-// Appends `s` escaped as the inside of a JSON string; the text format uses the same escapes, so
-// no value can break a line.
-void AppendEscaped(std::string& out, absl::string_view s) {
+// Appends `s` escaped as the inside of a JSON string (`quotes`: also '"' and '\\'); the text
+// format uses the same escapes, so no value or message can break a line.
+void AppendEscaped(std::string& out, absl::string_view s, bool quotes = true) {
   for (const char c : s) {
     switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
+      case '"': out += quotes ? "\\\"" : "\""; break;
+      case '\\': out += quotes ? "\\\\" : "\\"; break;
       case '\n': out += "\\n"; break;
       case '\r': out += "\\r"; break;
       case '\t': out += "\\t"; break;
@@ -108,7 +108,7 @@ std::string TextLine(const std::string& ts, LogLevel level, absl::string_view co
   std::string level_name = absl::AsciiStrToUpper(LevelName(level));
   level_name.resize(7, ' ');  // aligned columns: "WARNING" is the longest
   std::string out = absl::StrCat(ts, " ", level_name, " ", component, ": ");
-  AppendEscaped(out, message);
+  AppendEscaped(out, message, /*quotes=*/false);  // the message is not quoted: only controls
   for (const LogField& f : fields) {
     absl::StrAppend(&out, " ", f.key(), "=");
     AppendTextValue(out, f.value());
