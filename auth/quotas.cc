@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "util/log.h"
 
 namespace ttt::auth {
 namespace {
@@ -183,10 +184,10 @@ absl::Status Quotas::Load() {
 absl::Status Quotas::Reload() {
   absl::Status st = Load();
   if (st.ok()) {
-    std::fprintf(stderr, "ttt-serve: quotas: reloaded %s\n", options_.path.c_str());
+    util::LogInfo("quotas", "reloaded", {{"path", options_.path}});
   } else {
-    std::fprintf(stderr, "ttt-serve: quotas: keeping the last good quotas: %s\n",
-                 std::string(st.message()).c_str());
+    util::LogError("quotas", absl::StrCat("keeping the last good quotas: ", st.message()),
+                   {{"path", options_.path}});
   }
   if (options_.on_reload) options_.on_reload(st.ok());
   return st;

@@ -14,6 +14,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "auth/internal/openssl_util.h"
+#include "util/log.h"
 
 namespace ttt::auth {
 namespace {
@@ -204,12 +205,11 @@ absl::Status TlsMaterial::Load() {
 absl::Status TlsMaterial::Reload() {
   absl::Status st = Load();
   if (st.ok()) {
-    std::fprintf(stderr, "ttt-serve: tls: reloaded the TLS files (%zu revoked certificates)\n",
-                 revoked_count());
+    util::LogInfo("tls", "reloaded the TLS files",
+                  {{"revoked_certificates", static_cast<int64_t>(revoked_count())}});
   } else {
     failed_reloads_.fetch_add(1);
-    std::fprintf(stderr, "ttt-serve: tls: keeping the last good TLS files: %s\n",
-                 std::string(st.message()).c_str());
+    util::LogError("tls", absl::StrCat("keeping the last good TLS files: ", st.message()));
   }
   if (options_.on_reload) options_.on_reload(st.ok());
   return st;

@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "auth/internal/constant_time.h"
+#include "util/log.h"
 #include "util/sha256.h"
 
 namespace ttt::auth {
@@ -40,12 +41,14 @@ absl::Status TokenStore::Load() {
 absl::Status TokenStore::Reload() {
   absl::Status st = Load();
   if (st.ok()) {
-    std::fprintf(stderr, "ttt-serve: auth: reloaded %s (%zu credentials)\n",
-                 options_.path.c_str(), credential_count());
+    util::LogInfo("auth", "reloaded the credentials",
+                  {{"path", options_.path},
+                   {"credentials", static_cast<int64_t>(credential_count())}});
   } else {
     failed_reloads_.fetch_add(1);
-    std::fprintf(stderr, "ttt-serve: auth: keeping the last good credentials (%zu): %s\n",
-                 credential_count(), std::string(st.message()).c_str());
+    util::LogError("auth", absl::StrCat("keeping the last good credentials: ", st.message()),
+                   {{"path", options_.path},
+                    {"credentials", static_cast<int64_t>(credential_count())}});
   }
   if (options_.on_reload) options_.on_reload(st.ok());
   return st;

@@ -5,6 +5,8 @@
 #include <iterator>
 #include <string>
 
+#include <nlohmann/json.hpp>
+
 #include "absl/flags/flag.h"
 #include "cli/client.h"
 #include "cli/commands.h"
@@ -21,7 +23,11 @@ int RunCheckpoint(int argc, char** argv) {
   pb::CheckpointInfo resp;
   grpc::Status st = Stub()->Checkpoint(Context(req.session_id()).get(), req, &resp);
   if (!st.ok()) return Fail(st);
-  PrintCheckpoint(resp);
+  if (JsonOutput()) {
+    PrintJson(resp);
+  } else {
+    PrintCheckpoint(resp);
+  }
   return 0;
 }
 
@@ -30,6 +36,10 @@ int RunCheckpoints(int, char**) {
   grpc::Status st =
       Stub()->ListCheckpoints(Context().get(), pb::ListCheckpointsRequest(), &resp);
   if (!st.ok()) return Fail(st);
+  if (JsonOutput()) {
+    PrintJson(resp);
+    return 0;
+  }
   for (const auto& c : resp.checkpoints()) PrintCheckpoint(c);
   return 0;
 }
@@ -40,7 +50,11 @@ int RunDeleteCheckpoint(int argc, char** argv) {
   pb::DeleteCheckpointResponse resp;
   grpc::Status st = Stub()->DeleteCheckpoint(Context().get(), req, &resp);
   if (!st.ok()) return Fail(st);
-  std::printf("deleted checkpoint %s\n", req.checkpoint_id().c_str());
+  if (JsonOutput()) {
+    PrintJsonText(nlohmann::json{{"deleted_checkpoint_id", req.checkpoint_id()}}.dump());
+  } else {
+    std::printf("deleted checkpoint %s\n", req.checkpoint_id().c_str());
+  }
   return 0;
 }
 
@@ -51,7 +65,7 @@ int RunRestore(int argc, char** argv) {
   pb::Session s;
   grpc::Status st = Stub()->Restore(Context().get(), req, &s);
   if (!st.ok()) return Fail(st);
-  PrintSession(s);
+  PrintCreatedSession(s);  // the restored session's id alone: `id=$(ttt restore NAME)`
   return 0;
 }
 
@@ -72,7 +86,11 @@ int RunExport(int argc, char** argv) {
   std::ofstream out(path, std::ios::binary);
   out << data;
   if (!out) return Usage("cannot write " + path);
-  std::printf("exported %zu bytes to %s\n", data.size(), path.c_str());
+  if (JsonOutput()) {
+    PrintJsonText(nlohmann::json{{"bytes", data.size()}, {"path", path}}.dump());
+  } else {
+    std::printf("exported %zu bytes to %s\n", data.size(), path.c_str());
+  }
   return 0;
 }
 
@@ -94,7 +112,7 @@ int RunImport(int argc, char** argv) {
   writer->WritesDone();
   grpc::Status st = writer->Finish();
   if (!st.ok()) return Fail(st);
-  PrintSession(s);
+  PrintCreatedSession(s);  // the imported session's id alone
   return 0;
 }
 

@@ -5,7 +5,10 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include <google/protobuf/util/json_util.h>
+
 #include "absl/flags/flag.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "auth/client_credentials.h"
@@ -19,19 +22,40 @@ std::string Arg(int argc, char** argv, int i) { return i < argc ? argv[i] : ""; 
 
 // The channel's credentials from --tls, --ca_file, --cert_file/--key_file and --token or
 // TTT_TOKEN (auth/client_credentials.h). A file that cannot be read is a usage error (exit 2).
+// A flag's value, else the environment variable's, else `fallback`.
+std::string FlagOrEnvironment(const std::string& flag, const char* variable,
+                              const std::string& fallback = "") {
+  if (!flag.empty()) return flag;
+  const char* value = std::getenv(variable);
+  return value != nullptr && *value != '\0' ? value : fallback;
+}
+
+// --ca_file, else TTT_CA_FILE.
+std::string CaFile() { return FlagOrEnvironment(absl::GetFlag(FLAGS_ca_file), "TTT_CA_FILE"); }
+
+// Whether the channel speaks TLS (auth/client_credentials.h: --tls, implied by a CA or a
+// client certificate).
+bool UsesTls() {
+  return absl::GetFlag(FLAGS_tls) || !CaFile().empty() || !absl::GetFlag(FLAGS_cert_file).empty();
+}
+
 std::shared_ptr<grpc::Channel> MakeChannel() {
   auth::ClientAuthOptions options;
   options.tls = absl::GetFlag(FLAGS_tls);
-  options.ca_file = absl::GetFlag(FLAGS_ca_file);
+  options.ca_file = CaFile();
   options.cert_file = absl::GetFlag(FLAGS_cert_file);
   options.key_file = absl::GetFlag(FLAGS_key_file);
   options.token = auth::TokenFromFlagOrEnvironment(absl::GetFlag(FLAGS_token));
-  auto channel = auth::CreateAuthChannel(absl::GetFlag(FLAGS_address), options);
+  auto channel = auth::CreateAuthChannel(Address(), options);
   if (!channel.ok()) {
     std::fprintf(stderr, "ttt: %s\n", std::string(channel.status().message()).c_str());
     std::exit(2);
   }
   return *channel;
+}
+
+std::string Address() {
+  return FlagOrEnvironment(absl::GetFlag(FLAGS_address), "TTT_ADDRESS", "localhost:50051");
 }
 
 std::shared_ptr<grpc::Channel> Channel() {
@@ -60,9 +84,65 @@ int Fail(const grpc::Status& s) {
                                  "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL",
                                  "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"};
   const int code = static_cast<int>(s.error_code());
+  std::fflush(stdout);  // what was printed before comes first when both go to one pipe
   std::fprintf(stderr, "ttt: %s: %s\n", code >= 0 && code <= 16 ? kNames[code] : "?",
                s.error_message().c_str());
+  const std::string hint = ConnectionHint(s, UsesTls(), Address());
+  if (!hint.empty()) std::fprintf(stderr, "ttt: hint: %s\n", hint.c_str());
   return 1;
+}
+
+std::string ConnectionHint(const grpc::Status& s, bool tls, const std::string& address) {
+  if (s.error_code() != grpc::StatusCode::UNAVAILABLE) return "";
+  const std::string& m = s.error_message();
+  if (absl::StrContains(m, "failed to connect to all addresses") &&
+      (absl::StrContains(m, "Connection refused") || absl::StrContains(m, "No route"))) {
+    return "nothing answers at " + address + ": is ttt-serve running there? (--address or "
+           "TTT_ADDRESS)";
+  }
+  if (!tls && (absl::StrContains(m, "Socket closed") || absl::StrContains(m, "Connection reset") ||
+               absl::StrContains(m, "Broken pipe"))) {
+    return "the server closed a plaintext connection: if " + address +
+           " serves TLS, add --tls (and --ca_file, or TTT_CA_FILE, unless the system's roots "
+           "signed its certificate)";
+  }
+  if (tls && (absl::StrContains(m, "andshake") || absl::StrContains(m, "WRONG_VERSION_NUMBER") ||
+              absl::StrContains(m, "SSL"))) {
+    return "the TLS handshake failed: check --ca_file (or TTT_CA_FILE) against the server's "
+           "certificate, or drop --tls if " + address + " serves plaintext";
+  }
+  return "";
+}
+
+bool JsonOutput() { return absl::GetFlag(FLAGS_output) == "json"; }
+
+bool ValidOutputFlag() {
+  const std::string output = absl::GetFlag(FLAGS_output);
+  return output == "text" || output == "json";
+}
+
+void PrintJson(const google::protobuf::Message& message) {
+  google::protobuf::util::JsonPrintOptions options;
+  options.always_print_primitive_fields = true;
+  options.preserve_proto_field_names = true;
+  std::string json;
+  if (!google::protobuf::util::MessageToJsonString(message, &json, options).ok()) json = "{}";
+  PrintJsonText(json);
+}
+
+void PrintJsonText(const std::string& json) {
+  std::fwrite(json.data(), 1, json.size(), stdout);
+  std::fputc('\n', stdout);
+}
+
+void PrintCreatedSession(const pb::Session& s) {
+  if (JsonOutput()) return PrintJson(s);
+  std::printf("%s\n", s.session_id().c_str());
+}
+
+void PrintSessionResult(const pb::Session& s) {
+  if (JsonOutput()) return PrintJson(s);
+  PrintSession(s);
 }
 
 bool ParseIds(const std::string& s, std::vector<int32_t>* out) {

@@ -3,10 +3,17 @@
 
 #include "absl/flags/flag.h"
 
-ABSL_FLAG(std::string, address, "localhost:50051", "ttt-serve gRPC address");
+ABSL_FLAG(std::string, address, "",
+          "ttt-serve gRPC address (empty: the TTT_ADDRESS environment variable, else "
+          "localhost:50051)");
+ABSL_FLAG(std::string, output, "text",
+          "text, or json: each command's result as one JSON object on stdout (diagnostics stay "
+          "on stderr)");
 ABSL_FLAG(std::string, tenant, "", "tenant (sent as x-tenant-id; empty = server default)");
 ABSL_FLAG(bool, tls, false, "connect with TLS (implied by --ca_file, --cert_file)");
-ABSL_FLAG(std::string, ca_file, "", "PEM roots that sign the server's certificate (TLS)");
+ABSL_FLAG(std::string, ca_file, "",
+          "PEM roots that sign the server's certificate (TLS; empty: the TTT_CA_FILE environment "
+          "variable, else the system's roots)");
 ABSL_FLAG(std::string, cert_file, "", "PEM client certificate for mutual TLS (with --key_file)");
 ABSL_FLAG(std::string, key_file, "", "PEM private key of --cert_file");
 ABSL_FLAG(std::string, token, "",

@@ -3,6 +3,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
 #include "cli/client.h"
@@ -38,7 +40,8 @@ void SetSampling(pb::GenerateRequest* req) {
 }  // namespace
 
 // Text streams to stdout as it arrives; the token ids and finish reason follow (on stderr when
-// there was text, so stdout holds just the text).
+// there was text, so stdout holds just the text, and after it when both go to one pipe). With
+// --output=json: one object {text, token_ids, finish_reason} once the stream ends.
 int RunGenerate(int argc, char** argv) {
   pb::GenerateRequest req;
   req.set_session_id(Arg(argc, argv, 1));
@@ -53,18 +56,31 @@ int RunGenerate(int argc, char** argv) {
   std::vector<int32_t> ids;
   bool any_text = false;
   pb::FinishReason reason = pb::FINISH_REASON_UNSPECIFIED;
+  const bool json = JsonOutput();
+  std::string text;
   while (reader->Read(&resp)) {
     if (resp.has_token_id()) ids.push_back(resp.token_id());
     if (!resp.text().empty()) {
       any_text = true;
-      std::fwrite(resp.text().data(), 1, resp.text().size(), stdout);
-      std::fflush(stdout);
+      text += resp.text();
+      if (!json) {
+        std::fwrite(resp.text().data(), 1, resp.text().size(), stdout);
+        std::fflush(stdout);
+      }
     }
     if (resp.finish_reason() != pb::FINISH_REASON_UNSPECIFIED) reason = resp.finish_reason();
   }
   grpc::Status st = reader->Finish();
   if (!st.ok()) return Fail(st);
+  if (json) {
+    PrintJsonText(nlohmann::json{{"text", text},
+                                 {"token_ids", ids},
+                                 {"finish_reason", pb::FinishReason_Name(reason)}}
+                      .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+    return 0;
+  }
   if (any_text) std::printf("\n");
+  std::fflush(stdout);  // the text before the summary when both go to one pipe
   std::string joined;
   for (int32_t t : ids) absl::StrAppend(&joined, joined.empty() ? "" : " ", t);
   std::fprintf(any_text ? stderr : stdout, "tokens: %s\nfinish: %s\n", joined.c_str(),
@@ -81,6 +97,10 @@ int RunScore(int argc, char** argv) {
   pb::ScoreResponse resp;
   grpc::Status st = Stub()->Score(Context(req.session_id()).get(), req, &resp);
   if (!st.ok()) return Fail(st);
+  if (JsonOutput()) {
+    PrintJson(resp);
+    return 0;
+  }
   for (int i = 0; i < resp.token_ids_size(); ++i) {
     std::printf("%d\t%.6f\n", resp.token_ids(i), resp.logprobs(i));
   }

@@ -129,6 +129,10 @@ int RunIngest(int argc, char** argv) {
   grpc::Status st = stream->Finish();
   if (tty) std::fprintf(stderr, "\n");
   if (!st.ok()) return Fail(st);
+  if (JsonOutput()) {
+    PrintJson(last);  // the last acknowledgement: tokens, loss, counters
+    return 0;
+  }
   std::printf("ingested %lld tokens into %s; loss %.4f (perplexity %.3f over %lld tokens)\n",
               static_cast<long long>(last.stream_tokens()), id.c_str(), last.loss(),
               last.perplexity(), static_cast<long long>(last.loss_tokens()));

@@ -6,13 +6,11 @@
 #include <string>
 #include <vector>
 
-#include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
-#include "absl/flags/usage_config.h"
-#include "absl/strings/match.h"
 #include "cli/client.h"
 #include "cli/commands.h"
 #include "cli/stress.h"
+#include "util/command_line.h"
 
 namespace ttt::cli {
 namespace {
@@ -59,7 +57,10 @@ constexpr Command kCommands[] = {
 std::string UsageText() {
   std::string out = "ttt: client for ttt-serve.\n\n";
   for (const Command& c : kCommands) out += "  ttt " + std::string(c.name) + " " + c.usage + "\n";
-  out += "Common flags: --address=HOST:PORT (default localhost:50051) --tenant=NAME --timeout_s=S";
+  out += "Common flags: --address=HOST:PORT (default: $TTT_ADDRESS, else localhost:50051) "
+         "--output=text|json --tenant=NAME --timeout_s=S --tls --ca_file=PEM ($TTT_CA_FILE) "
+         "--token ($TTT_TOKEN). Results on stdout, diagnostics on stderr; exit 0 ok, 1 a failed "
+         "call, 2 a usage error.";
   return out;
 }
 
@@ -73,22 +74,15 @@ int Usage(const std::string& why) {
 }  // namespace ttt::cli
 
 int main(int argc, char** argv) {
+  // Lines reach a pipe in the order they were written, stdout's among stderr's.
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
   absl::SetProgramUsageMessage(ttt::cli::UsageText());
-  // --help lists the CLI's own flags (defined in cli/flags.cc; absl looks for a file named after
-  // the binary); --helpfull adds gRPC's and Abseil's.
-  absl::FlagsUsageConfig usage;
-  usage.contains_help_flags = [](absl::string_view file) {
-    return absl::StrContains(file, "cli/flags.cc");
-  };
-  usage.contains_helpshort_flags = usage.contains_help_flags;
-  usage.normalize_filename = [](absl::string_view file) {  // no build machine's path
-    const size_t at = file.rfind("cli/flags.cc");
-    return std::string(at == absl::string_view::npos ? file : file.substr(at));
-  };
-  absl::SetFlagsUsageConfig(usage);
   // `stress` parses its own flags (its --seed is not the CLI's), so it runs before absl's parser.
   if (argc >= 2 && std::string(argv[1]) == "stress") return ttt::cli::RunStress(argc - 1, argv + 1);
-  std::vector<char*> args = absl::ParseCommandLine(argc, argv);
+  std::vector<char*> args = ttt::util::ParseFlagsWithHelp(argc, argv, "cli/flags.cc", [] {
+    return std::string("ttt ") + TTT_VERSION + " (" + TTT_GIT_DESCRIBE + ")\n";
+  });
+  if (!ttt::cli::ValidOutputFlag()) return ttt::cli::Usage("--output must be text or json");
   if (args.size() < 2) return ttt::cli::Usage("no command");
   const std::string name = args[1];
   for (const auto& c : ttt::cli::kCommands) {

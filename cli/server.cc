@@ -22,7 +22,11 @@ int RunHealth(int, char**) {
   grpc::Status st = health->Check(&ctx, req, &resp);
   if (!st.ok()) return Fail(st);
   const bool serving = resp.status() == grpc::health::v1::HealthCheckResponse::SERVING;
-  std::printf("%s\n", serving ? "SERVING" : "NOT_SERVING");
+  if (JsonOutput()) {
+    PrintJson(resp);
+  } else {
+    std::printf("%s\n", serving ? "SERVING" : "NOT_SERVING");
+  }
   return serving ? 0 : 1;
 }
 
@@ -30,7 +34,11 @@ int RunInfo(int, char**) {
   pb::ServerInfo info;
   grpc::Status st = Stub()->GetServerInfo(Context().get(), pb::GetServerInfoRequest(), &info);
   if (!st.ok()) return Fail(st);
-  std::printf("%s", info.DebugString().c_str());
+  if (JsonOutput()) {
+    PrintJson(info);
+  } else {
+    std::printf("%s", info.DebugString().c_str());
+  }
   return 0;
 }
 

@@ -2,6 +2,8 @@
 #include <cstdio>
 #include <string>
 
+#include <nlohmann/json.hpp>
+
 #include "absl/flags/flag.h"
 #include "cli/client.h"
 #include "cli/commands.h"
@@ -12,9 +14,9 @@ namespace ttt::cli {
 namespace pb = tttserve::v1;
 
 namespace {
-// get / reset / fork: one session id in, one Session out.
+// get / reset / fork: one session id in, one Session out, printed by `print`.
 template <typename Request, typename Call>
-int SessionCall(int argc, char** argv, Call call) {
+int SessionCall(int argc, char** argv, Call call, void (*print)(const pb::Session&)) {
   const std::string id = Arg(argc, argv, 1);
   if (id.empty()) return Usage(std::string(argv[0]) + " needs a session id");
   Request req;
@@ -23,7 +25,7 @@ int SessionCall(int argc, char** argv, Call call) {
   auto stub = Stub();
   grpc::Status st = ((*stub).*call)(Context(id).get(), req, &s);
   if (!st.ok()) return Fail(st);
-  PrintSession(s);
+  print(s);
   return 0;
 }
 }  // namespace
@@ -39,20 +41,24 @@ int RunCreate(int, char**) {
   pb::Session s;
   grpc::Status st = Stub()->CreateSession(Context(req.session_id()).get(), req, &s);
   if (!st.ok()) return Fail(st);
-  std::printf("%s\n", s.session_id().c_str());
+  PrintCreatedSession(s);
   return 0;
 }
 
 int RunGet(int argc, char** argv) {
-  return SessionCall<pb::GetSessionRequest>(argc, argv, &pb::TttService::Stub::GetSession);
+  return SessionCall<pb::GetSessionRequest>(argc, argv, &pb::TttService::Stub::GetSession,
+                                            PrintSessionResult);
 }
 
 int RunReset(int argc, char** argv) {
-  return SessionCall<pb::ResetRequest>(argc, argv, &pb::TttService::Stub::Reset);
+  return SessionCall<pb::ResetRequest>(argc, argv, &pb::TttService::Stub::Reset,
+                                       PrintSessionResult);
 }
 
 int RunFork(int argc, char** argv) {
-  return SessionCall<pb::ForkRequest>(argc, argv, &pb::TttService::Stub::Fork);
+  // The new session's id alone: `copy=$(ttt fork "$id")`.
+  return SessionCall<pb::ForkRequest>(argc, argv, &pb::TttService::Stub::Fork,
+                                      PrintCreatedSession);
 }
 
 int RunList(int, char**) {
@@ -63,6 +69,10 @@ int RunList(int, char**) {
   pb::ListSessionsResponse resp;
   grpc::Status st = Stub()->ListSessions(Context().get(), req, &resp);
   if (!st.ok()) return Fail(st);
+  if (JsonOutput()) {
+    PrintJson(resp);
+    return 0;
+  }
   for (const auto& s : resp.sessions()) PrintSession(s);
   return 0;
 }
@@ -73,7 +83,11 @@ int RunDelete(int argc, char** argv) {
   pb::DeleteSessionResponse resp;
   grpc::Status st = Stub()->DeleteSession(Context(req.session_id()).get(), req, &resp);
   if (!st.ok()) return Fail(st);
-  std::printf("deleted %s\n", req.session_id().c_str());
+  if (JsonOutput()) {
+    PrintJsonText(nlohmann::json{{"deleted_session_id", req.session_id()}}.dump());
+  } else {
+    std::printf("deleted %s\n", req.session_id().c_str());
+  }
   return 0;
 }
 

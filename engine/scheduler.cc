@@ -99,7 +99,8 @@ absl::Status Scheduler::Submit(Work work, bool bypass_limits) {
       }
     }
     const bool needs_prepare = static_cast<bool>(work.prepare);
-    q.items.push_back(Pending{std::move(work), 0, /*prepared=*/!needs_prepare});
+    q.items.push_back(Pending{std::move(work), 0, /*prepared=*/!needs_prepare,
+                              std::chrono::steady_clock::now()});
     ++queued_;
     if (!q.in_rr) {
       q.in_rr = true;
@@ -183,8 +184,11 @@ bool Scheduler::ServeHead(std::unique_lock<std::mutex>& lock, KeyQueue& q) {
       status = absl::CancelledError("the request was cancelled");
     } else if (!head.work.task) {
       if (head.prepared) return true;  // a token run ready for the batch
+      NoteStarted(head);
       status = PrepareHead(lock, head);
       if (status.ok()) continue;  // look again: it may have been cancelled meanwhile
+    } else {
+      NoteStarted(head);  // a task, about to run
     }
     Work work = PopHead(q);
     lock.unlock();
@@ -340,6 +344,7 @@ std::vector<absl::StatusOr<IngestLogProbs>> Scheduler::RunBatch(const std::vecto
   items.reserve(slots.size());
   int64_t batch_tokens = 0;
   for (const Slot& s : slots) {
+    NoteStarted(*s.pending);
     const auto& toks = s.pending->work.tokens;
     IngestItem item;
     item.state = s.pending->work.state;
@@ -374,6 +379,22 @@ std::vector<absl::StatusOr<IngestLogProbs>> Scheduler::RunBatch(const std::vecto
     observer_->OnBatch(batch_tokens, static_cast<int64_t>(items.size()), seconds);
   }
   return results;
+}
+
+void Scheduler::NoteStarted(Pending& p) {
+  if (p.started) return;
+  p.started = true;
+  if (observer_ == nullptr) return;
+  const char* kind = kQueueWaitKinds[0];
+  if (!p.work.task) {
+    switch (p.work.pace) {
+      case Work::Pace::kBulk: kind = kQueueWaitKinds[1]; break;
+      case Work::Pace::kInteractive: kind = kQueueWaitKinds[2]; break;
+      case Work::Pace::kDecode: kind = kQueueWaitKinds[3]; break;
+    }
+  }
+  observer_->OnQueueWait(
+      kind, std::chrono::duration<double>(std::chrono::steady_clock::now() - p.submitted).count());
 }
 
 absl::StatusOr<std::vector<IngestLogProbs>> Scheduler::RunCatching(absl::Span<IngestItem> items) {

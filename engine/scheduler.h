@@ -29,6 +29,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -119,7 +120,13 @@ class Scheduler {
   struct Observer {
     virtual ~Observer() = default;
     virtual void OnBatch(int64_t tokens, int64_t sequences, double seconds) {}
+    // Once per work item, when the engine thread first takes it up (a task runs, a token run's
+    // prepare or first batch starts): how long it waited since Submit. `kind` is one of
+    // kQueueWaitKinds: "task", "ingest" (Pace::kBulk), "prompt" (kInteractive), "decode".
+    // Cancelled work that never started is not reported.
+    virtual void OnQueueWait(const char* kind, double seconds) {}
   };
+  static constexpr const char* kQueueWaitKinds[] = {"task", "ingest", "prompt", "decode"};
 
   // Starts the engine thread over `model` (not owned; must outlive the scheduler).
   static absl::StatusOr<std::unique_ptr<Scheduler>> Create(const Model* model,
@@ -157,6 +164,8 @@ class Scheduler {
     int64_t done = 0;       // tokens of work.tokens already applied
     // work.prepare ran (or there is none). A token run is batched only once this is set.
     bool prepared = false;
+    std::chrono::steady_clock::time_point submitted;  // when Submit queued it
+    bool started = false;  // the engine thread took it up (its queue wait is reported)
   };
   struct KeyQueue {
     std::deque<Pending> items;
@@ -205,6 +214,10 @@ class Scheduler {
   // Phase 4: advances the runs, pops and answers those complete or failed.
   void CompleteBatch(std::unique_lock<std::mutex>& lock, const std::vector<Slot>& slots,
                      std::vector<absl::StatusOr<IngestLogProbs>>& results);
+
+  // Reports `p`'s queue wait to the observer the first time the engine thread takes it up.
+  // Engine thread only.
+  void NoteStarted(Pending& p);
 
   // Removes the head of `q` from the queue. REQUIRES: mu_ held, q not empty.
   Work PopHead(KeyQueue& q);

@@ -14,14 +14,15 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
-#include "absl/flags/usage_config.h"
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "auth/token_store.h"
 #include "coord/etcd_client.h"
+#include "server/access_log.h"
 #include "server/server.h"
+#include "util/command_line.h"
+#include "util/log.h"
 #include "util/malloc_tuning.h"
 
 namespace {
@@ -128,6 +129,13 @@ ABSL_FLAG(std::string, http_listen, "",
 ABSL_FLAG(int64_t, http_max_body_bytes, int64_t{8} << 20,
           "largest HTTP request body; larger ones get 413");
 
+ABSL_FLAG(std::string, log_format, "text",
+          "text (a line per event: time, level, component, message, key=value fields) or json "
+          "(one object per line); every call gets an access line (docs/operations.md)");
+ABSL_FLAG(std::string, log_level, "info",
+          "debug, info, warning or error: the least severe lines written (debug adds health "
+          "checks' access lines and gRPC's debug lines)");
+
 namespace {
 
 // With --etcd_endpoints: the etcd client and the process's lease, kept alive, with --replica_id
@@ -163,8 +171,8 @@ absl::StatusOr<Cluster> JoinCluster(ttt::coord::EtcdClientOptions options,
                      "; give each process its own: ", claimed.status().message()));
   }
   if (!claimed.ok()) return claimed.status();
-  std::fprintf(stderr, "ttt-serve: replica %s holds etcd lease %lld (key %s)\n", replica_id.c_str(),
-               static_cast<long long>((*lease)->id()), key.c_str());
+  ttt::util::LogInfo("ttt-serve", absl::StrFormat("replica %s holds etcd lease %lld (key %s)",
+                                                  replica_id, (*lease)->id(), key));
   return Cluster{std::move(*client), std::move(*lease)};
 }
 
@@ -179,6 +187,31 @@ int AwaitSignalOrLostLease(const sigset_t& signals, const ttt::coord::KeptLease*
     if (lease != nullptr && lease->Lost()) return 0;
   }
 }
+
+// --log_format and --log_level, then gRPC's own lines into the same log. False (after saying
+// why) for a bad value.
+bool SetUpLog() {
+  auto format = ttt::util::ParseLogFormat(absl::GetFlag(FLAGS_log_format));
+  auto level = ttt::util::ParseLogLevel(absl::GetFlag(FLAGS_log_level));
+  for (const absl::Status& st : {format.status(), level.status()}) {
+    if (!st.ok()) {
+      std::fprintf(stderr, "ttt-serve: --log_format/--log_level: %s\n",
+                   std::string(st.message()).c_str());
+      return false;
+    }
+  }
+  ttt::util::ConfigureLog({*format, *level});
+  ttt::server::RouteGrpcLogsToLog();
+  return true;
+}
+
+// Lines of the process itself, under the component "ttt-serve".
+void Say(ttt::util::LogLevel level, const std::string& message,
+        std::initializer_list<ttt::util::LogField> fields = {}) {
+  ttt::util::Log(level, "ttt-serve", message, fields);
+}
+constexpr auto kInfo = ttt::util::LogLevel::kInfo;
+constexpr auto kError = ttt::util::LogLevel::kError;
 
 // Waits up to `seconds` for another of `signals`; true when one came.
 bool AwaitSignal(const sigset_t& signals, int64_t seconds) {
@@ -203,22 +236,10 @@ bool AwaitSignal(const sigset_t& signals, int64_t seconds) {
 int main(int argc, char** argv) {
   ttt::util::TuneMallocForTensors();
   absl::SetProgramUsageMessage("ttt-serve: gRPC model server with In-Place Test-Time Training");
-  // --help lists this binary's own flags (absl matches them by the defining file's name, which is
-  // main.cc, not ttt-serve.cc); --helpfull adds gRPC's and Abseil's.
-  absl::FlagsUsageConfig usage;
-  usage.contains_help_flags = [](absl::string_view file) {
-    return absl::StrContains(file, "server/main.cc");
-  };
-  usage.contains_helpshort_flags = usage.contains_help_flags;
-  usage.version_string = [] {  // absl's default names only its own build type
+  ttt::util::ParseFlagsWithHelp(argc, argv, "server/main.cc", [] {
     return absl::StrCat("ttt-serve ", ttt::server::kVersion, " (", TTT_GIT_DESCRIBE, ")\n");
-  };
-  usage.normalize_filename = [](absl::string_view file) {  // no build machine's path
-    const size_t at = file.rfind("server/main.cc");
-    return std::string(at == absl::string_view::npos ? file : file.substr(at));
-  };
-  absl::SetFlagsUsageConfig(usage);
-  absl::ParseCommandLine(argc, argv);
+  });
+  if (!SetUpLog()) return 2;
 
   // Signals are taken synchronously by this thread (sigwait); every thread started from here
   // on inherits the blocked mask.
@@ -252,25 +273,22 @@ int main(int argc, char** argv) {
   const int64_t lease_s = absl::GetFlag(FLAGS_lease_s);
   const int64_t lease_margin_s = absl::GetFlag(FLAGS_lease_margin_s);
   if (lease_s < 2 || lease_margin_s < 0 || lease_margin_s >= lease_s) {
-    std::fprintf(stderr,
-                 "ttt-serve: --lease_s must be >= 2 and --lease_margin_s in [0, --lease_s), got "
-                 "%ld and %ld\n",
-                 static_cast<long>(lease_s), static_cast<long>(lease_margin_s));
+    Say(kError, absl::StrFormat("--lease_s must be >= 2 and --lease_margin_s in [0, --lease_s), "
+                                "got %d and %d", lease_s, lease_margin_s));
     return 2;
   }
   o.lease_margin_ms = (lease_margin_s > 0 ? lease_margin_s * 1000 : lease_s * 1000 / 3);
   o.persist_interval_s = absl::GetFlag(FLAGS_persist_interval_s);
   const std::string durability = absl::GetFlag(FLAGS_durability);
   if (durability != "write_behind" && durability != "sync") {
-    std::fprintf(stderr, "ttt-serve: --durability must be write_behind or sync, got '%s'\n",
-                 durability.c_str());
+    Say(kError, absl::StrCat("--durability must be write_behind or sync, got '", durability, "'"));
     return 2;
   }
   o.sync_durability = durability == "sync";
   const int64_t shutdown_delay_s = absl::GetFlag(FLAGS_shutdown_delay_s);
   if (shutdown_delay_s < 0) {
-    std::fprintf(stderr, "ttt-serve: --shutdown_delay_s must be >= 0 (0: drain at once), got %ld\n",
-                 static_cast<long>(shutdown_delay_s));
+    Say(kError, absl::StrCat("--shutdown_delay_s must be >= 0 (0: drain at once), got ",
+                             shutdown_delay_s));
     return 2;
   }
   o.tls_cert_file = absl::GetFlag(FLAGS_tls_cert_file);
@@ -298,7 +316,7 @@ int main(int argc, char** argv) {
   o.etcd_prefix = absl::GetFlag(FLAGS_etcd_prefix);
   auto cluster = JoinCluster(std::move(etcd), o.etcd_prefix, o.replica_id, lease_s);
   if (!cluster.ok()) {
-    std::fprintf(stderr, "ttt-serve: %s\n", cluster.status().ToString().c_str());
+    Say(kError, cluster.status().ToString());
     return absl::IsInvalidArgument(cluster.status()) ? 2 : 1;
   }
   o.etcd = cluster->etcd;
@@ -306,45 +324,42 @@ int main(int argc, char** argv) {
 
   auto server = ttt::server::Server::Start(o);
   if (!server.ok()) {
-    std::fprintf(stderr, "ttt-serve: %s\n", server.status().ToString().c_str());
+    Say(kError, server.status().ToString());
     return 1;
   }
-  std::fprintf(stderr, "ttt-serve %s: model %s (fingerprint %s), gRPC on port %d, metrics on %d\n",
-               ttt::server::kVersion, o.model_dir.c_str(),
-               (*server)->model_fingerprint().c_str(), (*server)->port(),
-               (*server)->metrics_port());
+  Say(kInfo,
+      absl::StrFormat("ttt-serve %s: model %s (fingerprint %s), gRPC on port %d, metrics on %d",
+                      ttt::server::kVersion, o.model_dir, (*server)->model_fingerprint(),
+                      (*server)->port(), (*server)->metrics_port()),
+      {{"grpc_port", (*server)->port()}, {"metrics_port", (*server)->metrics_port()}});
   if ((*server)->http_port() != 0) {
-    std::fprintf(stderr, "ttt-serve: HTTP (OpenAI-compatible) on port %d\n",
-                 (*server)->http_port());
+    Say(kInfo, absl::StrCat("HTTP (OpenAI-compatible) on port ", (*server)->http_port()),
+        {{"http_port", (*server)->http_port()}});
   }
-  std::fflush(stderr);
 
   const int sig = AwaitSignalOrLostLease(signals, cluster->lease.get());
   if (sig == 0) {
-    std::fprintf(stderr,
-                 "ttt-serve: etcd expired this process's lease (it was paused or cut off from "
-                 "etcd for longer than --lease_s): its sessions belong to other replicas now; "
-                 "stopping, to be started again with a new lease\n");
-    std::fflush(stderr);
+    Say(kError,
+        "etcd expired this process's lease (it was paused or cut off from etcd for longer than "
+        "--lease_s): its sessions belong to other replicas now; stopping, to be started again "
+        "with a new lease");
   }
   if (sig != 0 && shutdown_delay_s > 0) {
     (*server)->BeginShutdown();
-    std::fprintf(stderr, "ttt-serve: signal %d: not serving; taking calls for %lds more\n", sig,
-                 static_cast<long>(shutdown_delay_s));
-    std::fflush(stderr);
+    Say(kInfo, absl::StrFormat("signal %d: not serving; taking calls for %ds more", sig,
+                               shutdown_delay_s));
     if (AwaitSignal(signals, shutdown_delay_s)) {
-      std::fprintf(stderr, "ttt-serve: second signal: ending the shutdown delay\n");
+      Say(kInfo, "second signal: ending the shutdown delay");
     }
   }
-  std::fprintf(stderr, "ttt-serve: draining (up to %lds)\n", static_cast<long>(o.drain_timeout_s));
-  std::fflush(stderr);
+  Say(kInfo, absl::StrFormat("draining (up to %ds)", o.drain_timeout_s));
   (*server)->Shutdown();
   if (cluster->lease != nullptr) {
     // Frees --replica_id and every session still owned here at once for the next process (a
     // killed one frees them at lease expiry).
     const absl::Status revoked = cluster->lease->Revoke();
-    if (!revoked.ok()) std::fprintf(stderr, "ttt-serve: %s\n", revoked.ToString().c_str());
+    if (!revoked.ok()) Say(kError, revoked.ToString());
   }
-  std::fprintf(stderr, "ttt-serve: stopped\n");
+  Say(kInfo, "stopped");
   return sig == 0 ? 3 : 0;
 }

@@ -8,6 +8,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "server/internal/process_metrics.h"
 #include "server/status.h"
 
 namespace ttt::server {
@@ -94,6 +95,10 @@ Metrics::Metrics(const std::string& version)
                            .Name("tttserve_request_duration_seconds")
                            .Help("gRPC request latency by method (whole call, streams included)")
                            .Register(r);
+  requests_in_flight_ = &prometheus::BuildGauge()
+                             .Name("tttserve_requests_in_flight")
+                             .Help("gRPC calls started and not yet ended, by method")
+                             .Register(r);
   ingest_chunk_ = &prometheus::BuildHistogram()
                        .Name("tttserve_ingest_chunk_seconds")
                        .Help("Time from receiving an ingest message to its tokens being applied")
@@ -139,6 +144,15 @@ Metrics::Metrics(const std::string& version)
                           .Help("Sequences per engine batch")
                           .Register(r)
                           .Add({}, CountBuckets());
+  auto& queue_wait = prometheus::BuildHistogram()
+                         .Name("tttserve_queue_wait_seconds")
+                         .Help("Time work waited in the engine queue, from submission to the "
+                               "engine thread taking it up, by kind (task, ingest, prompt, "
+                               "decode: one per generated token)")
+                         .Register(r);
+  for (const char* kind : engine::Scheduler::kQueueWaitKinds) {
+    queue_wait_[kind] = &queue_wait.Add({{"kind", kind}}, LatencyBuckets());
+  }
   queue_depth_ = &prometheus::BuildGauge()
                       .Name("tttserve_queue_depth")
                       .Help("Work items queued for the engine")
@@ -272,6 +286,10 @@ void Metrics::SetTenantUsageSource(TenantUsageSource source) {
 
 std::string Metrics::Render() {
   std::vector<prometheus::MetricFamily> families = registry_->Collect();
+  auto process = internal::ReadProcessStats();  // unreadable /proc: the families are left out
+  if (process.ok()) {
+    for (auto& family : internal::ProcessFamilies(*process)) families.push_back(std::move(family));
+  }
   std::lock_guard<std::mutex> lock(tenant_mu_);
   if (tenant_usage_) {
     for (auto& family : TenantFamilies(tenant_usage_())) families.push_back(std::move(family));
@@ -325,6 +343,9 @@ void Metrics::OnCheckpointWritten(int64_t bytes, double seconds) {
 void Metrics::OnSessionPersisted(double seconds, double lag_seconds) {
   persist_duration_->Observe(seconds);
   persist_lag_->Observe(lag_seconds);
+}
+void Metrics::OnQueueWait(const char* kind, double seconds) {
+  queue_wait_.at(kind)->Observe(seconds);
 }
 void Metrics::OnBatch(int64_t tokens, int64_t sequences, double seconds) {
   batch_tokens_->Observe(static_cast<double>(tokens));

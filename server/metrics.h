@@ -64,6 +64,11 @@ class Metrics : public session::SessionListener, public engine::Scheduler::Obser
   void SetAuthEnabled(bool enabled) { auth_enabled_->Set(enabled ? 1 : 0); }
 
   void RecordRequest(const std::string& method, grpc::StatusCode code, double seconds);
+  // tttserve_requests_in_flight{method}: calls of `method` (access_log.h's MethodLabel) that
+  // have started and not yet ended. The caller increments and decrements it.
+  prometheus::Gauge* RequestsInFlight(const std::string& method) {
+    return &requests_in_flight_->Add({{"method", method}});
+  }
   void AddTokensIngested(int64_t n) { tokens_ingested_->Increment(static_cast<double>(n)); }
   void AddTokensGenerated(int64_t n) { tokens_generated_->Increment(static_cast<double>(n)); }
   void AddTokensScored(int64_t n) { tokens_scored_->Increment(static_cast<double>(n)); }
@@ -86,6 +91,7 @@ class Metrics : public session::SessionListener, public engine::Scheduler::Obser
   void OnSessionPersisted(double seconds, double lag_seconds) override;
   // Scheduler::Observer
   void OnBatch(int64_t tokens, int64_t sequences, double seconds) override;
+  void OnQueueWait(const char* kind, double seconds) override;
 
   std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
 
@@ -101,6 +107,7 @@ class Metrics : public session::SessionListener, public engine::Scheduler::Obser
 
   prometheus::Family<prometheus::Counter>* requests_;
   prometheus::Family<prometheus::Histogram>* request_duration_;
+  prometheus::Family<prometheus::Gauge>* requests_in_flight_;
   std::mutex mu_;
   std::map<std::string, prometheus::Histogram*> duration_by_method_;  // guarded by mu_
 
@@ -113,6 +120,7 @@ class Metrics : public session::SessionListener, public engine::Scheduler::Obser
   prometheus::Counter* chunk_updates_;
   prometheus::Histogram* batch_tokens_;
   prometheus::Histogram* batch_sequences_;
+  std::map<std::string, prometheus::Histogram*> queue_wait_;  // by kind; fixed after construction
   prometheus::Histogram* persist_duration_;
   prometheus::Histogram* persist_lag_;
   prometheus::Gauge* queue_depth_;

@@ -12,6 +12,7 @@
 #include "auth/grpc_auth.h"
 #include "server/server.h"
 #include "session/session.h"
+#include "util/log.h"
 
 namespace ttt::server {
 namespace {
@@ -130,16 +131,16 @@ absl::StatusOr<Security> SetUpSecurity(const ServerOptions& o,
   s.reflection = o.reflection == "on" || (o.reflection == "auto" && gated);
 
   if (!s.authorizer->enabled()) {
-    std::fprintf(stderr,
-                 "ttt-serve: WARNING: no authentication configured: anyone who can reach %s "
-                 "acts as any tenant it names in x-tenant-id. Set --auth_tokens_file and/or "
-                 "--tls_client_ca_file (docs/contract.md, \"Authentication\").\n",
-                 o.listen.c_str());
+    util::LogWarning("security",
+                     absl::StrCat("WARNING: no authentication configured: anyone who can reach ",
+                                  o.listen,
+                                  " acts as any tenant it names in x-tenant-id. Set "
+                                  "--auth_tokens_file and/or --tls_client_ca_file "
+                                  "(docs/contract.md, \"Authentication\")."));
   } else if (!s.tls && s.tokens) {
-    std::fprintf(stderr,
-                 "ttt-serve: warning: bearer tokens travel in plaintext to %s: add "
-                 "--tls_cert_file unless a mesh encrypts this hop.\n",
-                 o.listen.c_str());
+    util::LogWarning("security", absl::StrCat("bearer tokens travel in plaintext to ", o.listen,
+                                              ": add --tls_cert_file unless a mesh encrypts "
+                                              "this hop."));
   }
   return s;
 }

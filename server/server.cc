@@ -7,6 +7,7 @@
 #include <fstream>
 #include <sstream>
 #include <utility>
+#include <vector>
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
@@ -18,11 +19,13 @@
 #include "engine/model.h"
 #include "engine/scheduler.h"
 #include "http/http_gateway.h"
+#include "server/access_log.h"
 #include "server/metrics.h"
 #include "server/security.h"
 #include "server/service.h"
 #include "session/session.h"
 #include "tokenizer/tokenizer.h"
+#include "util/log.h"
 
 namespace ttt::server {
 
@@ -205,6 +208,9 @@ absl::Status Server::StartGrpc() {
   builder.AddListeningPort(options_.listen, security_->credentials, &port_);
   builder.RegisterService(service_.get());
   builder.SetMaxReceiveMessageSize(static_cast<int>(options_.max_message_bytes));
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> creators;
+  creators.push_back(NewAccessLogFactory(metrics_.get()));  // access lines, in-flight gauge
+  builder.experimental().SetInterceptorCreators(std::move(creators));
   // What slow or stalled clients can pin in the transport: every call's buffers come out of one
   // quota, and one connection opens at most so many streams at once.
   grpc::ResourceQuota quota("ttt-serve");
@@ -326,8 +332,7 @@ void Server::Shutdown() {
   if (sessions_ && options_.checkpoint_on_shutdown) {
     absl::Status st = sessions_->PersistAll();
     if (!st.ok()) {
-      std::fprintf(stderr, "ttt-serve: persisting sessions: %s\n",
-                   std::string(st.message()).c_str());
+      util::LogError("server", absl::StrCat("persisting sessions: ", st.message()));
     }
   }
   // Scrapes stop reading per-tenant usage from the session manager before it goes.

@@ -465,6 +465,65 @@ TEST(SchedulerTest, CancelledWorkIsDroppedBeforeItRuns) {
   EXPECT_EQ(b.position, 0);
 }
 
+// Records the queue waits the scheduler reports; Await blocks until `n` have come.
+class WaitRecorder : public Scheduler::Observer {
+ public:
+  void OnQueueWait(const char* kind, double seconds) override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      waits_.emplace_back(kind, seconds);
+    }
+    cv_.notify_all();
+  }
+  std::vector<std::pair<std::string, double>> Await(size_t n) {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return waits_.size() >= n; });
+    return waits_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<std::pair<std::string, double>> waits_;
+};
+
+TEST(SchedulerTest, ReportsEachWorkItemsQueueWaitOnceWithItsKind) {
+  FakeRunner fake;
+  WaitRecorder waits;
+  auto sched = Scheduler::Create(fake.runner(), SchedulerOptions{}, &waits);
+  ASSERT_TRUE(sched.ok());
+  fake.Close();
+  SequenceState a, d;
+  Result ra, rd;
+  ASSERT_TRUE((*sched)->Submit(TokenWork(1, &a, Range(1, 40), &ra)).ok());
+  waits.Await(1);  // the engine thread took the ingest up and now waits in the closed runner
+  std::promise<absl::Status> task_done;
+  Work task;
+  task.key = 2;
+  task.task = [] {};
+  task.on_done = [&task_done](absl::Status st) { task_done.set_value(st); };
+  ASSERT_TRUE((*sched)->Submit(std::move(task)).ok());
+  Work decode = TokenWork(3, &d, {7}, &rd);
+  decode.pace = Work::Pace::kDecode;
+  ASSERT_TRUE((*sched)->Submit(std::move(decode)).ok());
+  const auto queued = std::chrono::steady_clock::now();
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  const double held =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - queued).count();
+  fake.Open();  // only now can the engine thread reach the task and the decode
+  EXPECT_TRUE(ra.done.get_future().get().ok());
+  EXPECT_TRUE(task_done.get_future().get().ok());
+  EXPECT_TRUE(rd.done.get_future().get().ok());
+  const auto seen = waits.Await(3);
+  ASSERT_EQ(seen.size(), 3u);
+  EXPECT_EQ(seen[0].first, "ingest");
+  std::vector<std::string> later = {seen[1].first, seen[2].first};
+  std::sort(later.begin(), later.end());
+  EXPECT_EQ(later, (std::vector<std::string>{"decode", "task"}));
+  EXPECT_GE(seen[1].second, held);  // both waited at least while the runner was closed
+  EXPECT_GE(seen[2].second, held);
+}
+
 TEST(SchedulerTest, ABadItemDoesNotFailItsBatchNeighbours) {
   FakeRunner fake;
   auto sched = Scheduler::Create(fake.runner(), SchedulerOptions{});

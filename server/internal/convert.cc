@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "auth/grpc_auth.h"
+#include "server/access_log.h"
 #include "tokenizer/tokenizer.h"
 
 namespace ttt::server::internal {
@@ -15,7 +16,9 @@ namespace pb = tttserve::v1;
 absl::StatusOr<auth::Principal> CallerOf(const auth::Authorizer& authorizer,
                                          const grpc::CallbackServerContext* ctx,
                                          const char* method) {
-  return auth::AuthorizeCall(authorizer, *ctx, auth::TttMethod(method));
+  auto caller = auth::AuthorizeCall(authorizer, *ctx, auth::TttMethod(method));
+  if (caller.ok()) NoteCallTenant(*ctx, caller->tenant);  // for the call's access line
+  return caller;
 }
 
 absl::StatusOr<std::string> TenantOf(const auth::Authorizer& authorizer,

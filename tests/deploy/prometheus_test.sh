@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # CTest entry for deploy/prometheus: the alerting rules parse (promtool check rules), fire as
 # intended on synthetic series (promtool test rules tests/deploy/alerts_test.yml), and the scrape
-# configuration parses. Debian's prometheus package is built without Kubernetes service discovery,
+# configurations parse. Debian's prometheus package is built without Kubernetes service discovery,
 # so the kubernetes_sd_configs jobs are checked by an upstream promtool only; here they are removed
 # before `promtool check config` and the rest is checked.
 set -euo pipefail
@@ -10,6 +10,8 @@ command -v promtool >/dev/null || { echo "promtool missing: run deploy/install-d
 tmp="$(mktemp -d)"; trap 'rm -rf "$tmp"' EXIT
 
 promtool check rules "$root/deploy/prometheus/alerts.yml"
+# The local configuration must be accepted as it is, by this (Debian's) promtool as by upstream's.
+promtool check config "$root/deploy/prometheus/prometheus-local.yml"
 (cd "$root/tests/deploy" && promtool test rules alerts_test.yml)
 
 cp "$root/deploy/prometheus/alerts.yml" "$tmp/"
