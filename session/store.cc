@@ -66,20 +66,19 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::PublishShared(
   {
     std::lock_guard<std::mutex> lock(mu_);
     registered = RegisterLocked(tenant, id, options, now);
+    if (registered.ok()) {  // whole before anyone can find it
+      Session& r = **registered;
+      r.state = std::move(s->state);
+      std::lock_guard<std::mutex> slock(r.mu);
+      r.counters = counters;
+      r.RefreshLocked();
+      r.fence = owned.fence;
+      r.head_blob = owned.head.blob;
+      r.persisted_ms = now;
+    }
   }
-  if (!registered.ok()) {
-    (void)cluster_->Delete(tenant, id, owned.fence, owned.head.blob);
-    return registered.status();
-  }
-  std::shared_ptr<Session> r = *registered;
-  r->state = std::move(s->state);
-  std::lock_guard<std::mutex> lock(r->mu);
-  r->counters = counters;
-  r->RefreshLocked();
-  r->fence = owned.fence;
-  r->head_blob = owned.head.blob;
-  r->persisted_ms = now;
-  return r;
+  if (!registered.ok()) (void)cluster_->Delete(tenant, id, owned.fence, owned.head.blob);
+  return registered;
 }
 
 absl::StatusOr<std::shared_ptr<Session>> SessionManager::Adopt(const std::string& tenant,
@@ -101,26 +100,27 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::Adopt(const std::string
         "session ", Quote(id), " was committed by another model (", meta.model_fingerprint,
         "); replicas sharing sessions must serve the same model"));
   }
-  absl::StatusOr<std::shared_ptr<Session>> registered = absl::UnknownError("not registered");
+  // (A StatusOr cannot hold an OK status without a value.)
+  absl::StatusOr<std::shared_ptr<Session>> registered =
+      refused.ok() ? absl::UnknownError("not registered") : refused;
   if (refused.ok()) {
     std::lock_guard<std::mutex> lock(mu_);
     registered = RegisterLocked(tenant, id, meta.options, meta.created_unix_ms);
-  } else {
-    registered = refused;
+    if (registered.ok()) {  // whole before anyone can find it
+      Session& r = **registered;
+      std::lock_guard<std::mutex> slock(r.mu);
+      r.counters = meta.counters;
+      r.resident = false;  // its state loads on first use (EnsureResident)
+      r.fence = owned.fence;
+      r.head_blob = owned.head.blob;
+      r.persisted_ms = NowMs();
+    }
   }
   if (!registered.ok()) {
     cluster_->Release(tenant, id, owned.fence);
     return registered.status();
   }
   std::shared_ptr<Session> s = *registered;
-  {
-    std::lock_guard<std::mutex> slock(s->mu);
-    s->counters = meta.counters;
-    s->resident = false;  // its state loads on first use (EnsureResident)
-    s->fence = owned.fence;
-    s->head_blob = owned.head.blob;
-    s->persisted_ms = NowMs();
-  }
   std::fprintf(stderr, "ttt-serve: took over session %s of tenant %s (fencing revision %lld)\n",
                id.c_str(), tenant.c_str(), static_cast<long long>(owned.fence));
   return s;
