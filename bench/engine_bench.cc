@@ -7,7 +7,7 @@
 // this machine allows: its single-thread read bandwidth and sgemm peak, measured in the same run.
 //
 //   engine_bench [--shape=small|test|shipped|large] [--tokens=N] [--threads=N] [--python=/usr/bin/python3]
-//                [--device=cpu|cuda] [--sessions=1,4,16,64] [--only=all|scaling|ops|digest]
+//                [--device=cpu|cuda] [--sessions=1,4,16,64] [--only=all|scaling|ops|decode|digest]
 //                [--clock=wall|cpu] [--model=DIR] [--chunk=N]
 //
 // --clock=cpu times with the process's CPU time instead of the wall clock: with --threads=1 on a
@@ -15,10 +15,11 @@
 // and memory-bandwidth contention). --model=DIR also prints the bytes a resident session of that
 // model holds. --chunk=N serves the shape at another TTT chunk (the cost of updating more often).
 //
-// --only=ops also lists the operations of a one-session decode step by name. --only=digest prints
+// --only=ops also lists the operations of a one-session decode step by name; --only=decode times
+// 512 decode steps per session count (steadier than the scaling table's 32). --only=digest prints
 // a SHA-256 of the log-probabilities and final states of a fixed mix of calls (decode steps, short
 // and long pieces, several sessions per call): two builds of the engine that print the same
-// digest compute bit-identical results on this machine.
+// digest compute bit-identical results on this machine (with --model=DIR, for that model too).
 //
 // Benchmarks never assert on time; they print figures. Results go to bench/RESULTS.md.
 #include <ATen/ATen.h>
@@ -377,6 +378,29 @@ void ScalingTable(const Flags& flags, const Model& ttt, const Model& plain) {
               (long long)steps, (long long)prefix_tokens, flags.sessions.front());
 }
 
+// Decode steps alone, longer than the scaling table's (512 steps, best of 3): the steadier
+// figure for one engine change against another, and the loop to profile.
+void DecodeTable(const Flags& flags, const Model& ttt, const Model& plain) {
+  const ModelConfig& c = ttt.config();
+  const int64_t prefix_tokens = c.ttt_chunk + c.ttt_chunk / 4, steps = 512;
+  std::printf("\n| sessions | decode TTT on | TTT off | on/off |\n|---|---|---|---|\n");
+  for (int n : flags.sessions) {
+    double rates[2];
+    for (int on = 1; on >= 0; --on) {
+      const Model& model = on ? ttt : plain;
+      SequenceState prefix = model.NewSequence();
+      std::vector<IngestItem> items{{&prefix, Tokens(prefix_tokens, c.vocab_size, 3)}};
+      Check(model.Ingest(absl::MakeSpan(items)));
+      rates[on] = DecodeRate(model, prefix, n, steps, 3);
+      AddRoofline("decode (512 steps), " + std::to_string(n) + " session(s), TTT " +
+                  (on ? "on" : "off"), rates[on], c, n, prefix_tokens, steps, 1, on);
+    }
+    std::printf("| %d | %.0f tok/s | %.0f tok/s | %.3f |\n", n, rates[1], rates[0],
+                rates[1] / rates[0]);
+    std::fflush(stdout);
+  }
+}
+
 // The down projection of a TTT layer for B decode rows, two ways (DESIGN.md section 3): the
 // shared W_down^(0) product over all rows plus one batched z @ delta^T over the B sessions'
 // deltas, against one batched product with each session's full W_down = W_down^(0) + delta.
@@ -435,10 +459,9 @@ std::string Digest(const Model& model) {
   return hash.HexFinal();
 }
 
-int PrintDigests(const Model& ttt, const Model& plain) {
-  std::printf("digest TTT on:  %s\ndigest TTT off: %s\n", Digest(ttt).c_str(),
-              Digest(plain).c_str());
-  return 0;
+void PrintDigests(const std::string& label, const Model& ttt, const Model& plain) {
+  std::printf("digest %s, TTT on:  %s\ndigest %s, TTT off: %s\n", label.c_str(),
+              Digest(ttt).c_str(), label.c_str(), Digest(plain).c_str());
 }
 
 std::unique_ptr<Model> Build(const ModelConfig& config, const NamedTensors& weights,
@@ -489,7 +512,19 @@ int Run(const Flags& flags) {
 
   auto ttt = Build(config, weights, {.device = flags.device});
   auto plain = Build(config, weights, {.device = flags.device, .ttt_lr = 0.0});
-  if (flags.only == "digest") return PrintDigests(*ttt, *plain);
+  if (flags.only == "digest") {
+    PrintDigests(flags.shape, *ttt, *plain);
+    if (!flags.model.empty()) {
+      auto loaded = Model::Load(flags.model, {.device = flags.device});
+      auto loaded_plain = Model::Load(flags.model, {.device = flags.device, .ttt_lr = 0.0});
+      if (!loaded.ok() || !loaded_plain.ok()) {
+        std::cerr << (loaded.ok() ? loaded_plain.status() : loaded.status()) << "\n";
+        return 1;
+      }
+      PrintDigests(flags.model, **loaded, **loaded_plain);
+    }
+    return 0;
+  }
   if (flags.only != "ops") {
     std::printf("\n| model | tokens | bytes per resident session |\n|---|---|---|\n");
     PrintSessionBytes("bench shape " + flags.shape, *ttt);
@@ -506,6 +541,11 @@ int Run(const Flags& flags) {
   if (flags.only != "ops" && flags.device == "cpu") {
     machine.MeasureReadBandwidth();
     roofline = &machine;
+  }
+  if (flags.only == "decode") {
+    DecodeTable(flags, *ttt, *plain);
+    if (roofline != nullptr) roofline->Print();
+    return 0;
   }
   if (flags.only == "scaling" || flags.only == "ops") {
     ScalingTable(flags, *ttt, *plain);
