@@ -7,7 +7,7 @@
 // this machine allows: its single-thread read bandwidth and sgemm peak, measured in the same run.
 //
 //   engine_bench [--shape=small|test|shipped|large] [--tokens=N] [--threads=N] [--python=/usr/bin/python3]
-//                [--device=cpu|cuda] [--sessions=1,4,16,64] [--only=all|scaling|ops|decode|digest]
+//                [--device=cpu|cuda] [--sessions=1,4,16,64] [--only=all|scaling|ops|decode|ingest|digest]
 //                [--clock=wall|cpu] [--model=DIR] [--chunk=N]
 //
 // --clock=cpu times with the process's CPU time instead of the wall clock: with --threads=1 on a
@@ -16,7 +16,8 @@
 // model holds. --chunk=N serves the shape at another TTT chunk (the cost of updating more often).
 //
 // --only=ops also lists the operations of a one-session decode step by name; --only=decode times
-// 512 decode steps per session count (steadier than the scaling table's 32). --only=digest prints
+// 512 decode steps per session count (steadier than the scaling table's 32); --only=ingest one
+// call of --tokens tokens, TTT on and off. --only=digest prints
 // a SHA-256 of the log-probabilities and final states of a fixed mix of calls (decode steps, short
 // and long pieces, several sessions per call): two builds of the engine that print the same
 // digest compute bit-identical results on this machine (with --model=DIR, for that model too).
@@ -79,7 +80,8 @@ double Now() {
   return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-// The run's roofline (measured in Run before any timed row; null with --only=ops or digest).
+// The run's roofline (measured in Run before any timed row; null with --only=ops or digest and
+// off the CPU, where the bandwidth probe would measure the host, not the device).
 bench::Roofline* roofline = nullptr;
 
 // Records a measured row in the roofline table: `rate` tokens/s of `sessions` streams, each fed
@@ -401,6 +403,20 @@ void DecodeTable(const Flags& flags, const Model& ttt, const Model& plain) {
   }
 }
 
+// One ingest of --tokens tokens in one call (a served step is up to 512), TTT on and off, best
+// of 5: the per-chunk TTT work of one call against the same model without it.
+void IngestTable(const Flags& flags, const Model& ttt, const Model& plain) {
+  const ModelConfig& c = ttt.config();
+  const int64_t n = flags.tokens;
+  const double on = IngestRate(ttt, 1, n, n, 5), off = IngestRate(plain, 1, n, n, 5);
+  std::printf("\n| ingest %lld tokens in one call, chunk %lld | TTT on | TTT off | on/off |\n"
+              "|---|---|---|---|\n| | %.0f tok/s | %.0f tok/s | %.3f |\n", (long long)n,
+              (long long)c.ttt_chunk, on, off, on / off);
+  const std::string label = "ingest " + std::to_string(n) + " tokens in one call, TTT ";
+  AddRoofline(label + "on", on, c, 1, 0, n, n, true);
+  AddRoofline(label + "off", off, c, 1, 0, n, n, false);
+}
+
 // The down projection of a TTT layer for B decode rows, two ways (DESIGN.md section 3): the
 // shared W_down^(0) product over all rows plus one batched z @ delta^T over the B sessions'
 // deltas, against one batched product with each session's full W_down = W_down^(0) + delta.
@@ -451,7 +467,7 @@ std::string Digest(const Model& model) {
   }
   for (const SequenceState& state : states) {
     for (const auto& [name, tensor] : state.ToTensors()) {
-      const at::Tensor bytes = tensor.contiguous();
+      const at::Tensor bytes = tensor.contiguous().cpu();
       hash.Update(name);
       hash.Update(bytes.data_ptr(), bytes.nbytes());
     }
@@ -542,8 +558,12 @@ int Run(const Flags& flags) {
     machine.MeasureReadBandwidth();
     roofline = &machine;
   }
-  if (flags.only == "decode") {
-    DecodeTable(flags, *ttt, *plain);
+  if (flags.only == "decode" || flags.only == "ingest") {
+    if (flags.only == "decode") {
+      DecodeTable(flags, *ttt, *plain);
+    } else {
+      IngestTable(flags, *ttt, *plain);
+    }
     if (roofline != nullptr) roofline->Print();
     return 0;
   }
