@@ -234,7 +234,8 @@ void RecordLogProbsCpu(absl::Span<IngestItem> items, const std::vector<size_t>& 
     count += static_cast<int64_t>(items[r].tokens.size()) - 1 +
              (items[r].state->last_logits.defined() ? 1 : 0);
   }
-  float* predictors = ws.Floats(internal::Slot::kPredictors, count * vocab);
+  const at::Tensor predictor_rows = ws.Tensor(internal::Slot::kPredictors, {count, vocab});
+  float* predictors = predictor_rows.data_ptr<float>();
   std::vector<int64_t> targets;
   float* row = predictors;
   for (size_t r = 0; r < items.size(); ++r) {
@@ -254,12 +255,12 @@ void RecordLogProbsCpu(absl::Span<IngestItem> items, const std::vector<size_t>& 
     }
     targets.insert(targets.end(), tokens.begin() + 1, tokens.end());
   }
-  const float* log_probs = nullptr;
+  at::Tensor log_prob_rows;
   if (count > 0) {
-    at::Tensor out = ws.Tensor(internal::Slot::kLogProbs, {count, vocab});
-    at::_log_softmax_out(out, internal::FloatView(predictors, {count, vocab}), 1, false);
-    log_probs = out.data_ptr<float>();
+    log_prob_rows = ws.Tensor(internal::Slot::kLogProbs, {count, vocab});
+    at::_log_softmax_out(log_prob_rows, predictor_rows, 1, false);
   }
+  const float* log_probs = count > 0 ? log_prob_rows.data_ptr<float>() : nullptr;
   int64_t at = 0;
   for (size_t r = 0; r < items.size(); ++r) {
     SequenceState& state = *items[r].state;

@@ -26,7 +26,7 @@ struct ShortBuffers {
   at::Tensor normed;      // RMSNorm outputs
   at::Tensor q, k, v, attended, projected, gate, up, fast;
   at::Tensor cos, sin;    // RoPE factors [rows, head_dim]
-  float* rotated = nullptr;  // one head of scratch for RoPE
+  at::Tensor rotated;     // one head of scratch for RoPE
 };
 
 }  // namespace internal
@@ -86,8 +86,9 @@ void RopeInPlace(const at::Tensor& x, int64_t heads, const internal::ShortBuffer
   for (int64_t r = 0; r < buf.rows; ++r) {
     for (int64_t h = 0; h < heads; ++h) {
       float* head = data + (r * heads + h) * hd;
-      std::memcpy(buf.rotated, head, hd * sizeof(float));
-      internal::RopeRow(buf.rotated, Row(buf.cos, r), Row(buf.sin, r), hd, head);
+      float* scratch = buf.rotated.data_ptr<float>();
+      std::memcpy(scratch, head, hd * sizeof(float));
+      internal::RopeRow(scratch, Row(buf.cos, r), Row(buf.sin, r), hd, head);
     }
   }
 }
@@ -120,7 +121,7 @@ std::vector<at::Tensor> ModelAccess::RunShort(const std::vector<int64_t>& tokens
   buf.fast = ws.Tensor(Slot::kFast, {rows, d});
   buf.cos = ws.Tensor(Slot::kCos, {rows, hd});
   buf.sin = ws.Tensor(Slot::kSin, {rows, hd});
-  buf.rotated = ws.Floats(Slot::kRotated, hd);
+  buf.rotated = ws.Tensor(Slot::kRotated, {hd});
 
   // The embedding rows (index_select's copy).
   const at::Tensor embed = w_.embed.contiguous();
@@ -148,7 +149,7 @@ std::vector<at::Tensor> ModelAccess::RunShort(const std::vector<int64_t>& tokens
   LinearInto(buf.normed, w_.lm_head, {}, logits);
   std::vector<at::Tensor> per_item;
   for (size_t b = 0; b < items_.size(); ++b) {
-    per_item.push_back(FloatView(Row(logits, offsets_[b]), {Count(b), vocab}));
+    per_item.push_back(FloatView(logits, Row(logits, offsets_[b]), {Count(b), vocab}));
     items_[b].state->position += Count(b);
   }
   return per_item;
