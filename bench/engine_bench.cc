@@ -3,9 +3,11 @@
 // bf16 vs. f32, and the engine vs. the plain PyTorch reference (tests/reference) at batch 1.
 // The session-scaling table (issue 11) times decode steps and streaming pieces for each count in
 // --sessions against one session, TTT on and off, and the two down-projection formulations.
+// The roofline table (issue 26, bench/roofline.h) puts every decode and ingest row against what
+// this machine allows: its single-thread read bandwidth and sgemm peak, measured in the same run.
 //
 //   engine_bench [--shape=small|test|shipped|large] [--tokens=N] [--threads=N] [--python=/usr/bin/python3]
-//                [--device=cpu|cuda] [--sessions=1,4,16,64] [--only=all|scaling|ops]
+//                [--device=cpu|cuda] [--sessions=1,4,16,64] [--only=all|scaling|ops|decode|ingest|digest]
 //                [--clock=wall|cpu] [--model=DIR] [--chunk=N]
 //
 // --clock=cpu times with the process's CPU time instead of the wall clock: with --threads=1 on a
@@ -13,13 +15,22 @@
 // and memory-bandwidth contention). --model=DIR also prints the bytes a resident session of that
 // model holds. --chunk=N serves the shape at another TTT chunk (the cost of updating more often).
 //
+// --only=ops also lists the operations of a one-session decode step by name; --only=decode times
+// 512 decode steps per session count (steadier than the scaling table's 32); --only=ingest one
+// call of --tokens tokens, TTT on and off. --only=digest prints
+// a SHA-256 of the log-probabilities and final states of a fixed mix of calls (decode steps, short
+// and long pieces, several sessions per call): two builds of the engine that print the same
+// digest compute bit-identical results on this machine (with --model=DIR, for that model too).
+//
 // Benchmarks never assert on time; they print figures. Results go to bench/RESULTS.md.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/record_function.h>
+#include <unistd.h>
 
 #include <time.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -28,15 +39,19 @@
 #include <fstream>
 #include <functional>
 #include <iostream>
+#include <map>
+#include <mutex>
 #include <random>
 #include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "bench/roofline.h"
 #include "engine/model.h"
 #include "engine/testing/random_weights.h"
 #include "util/malloc_tuning.h"
+#include "util/sha256.h"
 
 namespace ttt::engine {
 namespace {
@@ -63,6 +78,20 @@ double Now() {
   timespec ts;
   clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
   return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+// The run's roofline (measured in Run before any timed row; null with --only=ops or digest and
+// off the CPU, where the bandwidth probe would measure the host, not the device).
+bench::Roofline* roofline = nullptr;
+
+// Records a measured row in the roofline table: `rate` tokens/s of `sessions` streams, each fed
+// `tokens` tokens from position `start` in pieces of `piece`, TTT updating or not.
+void AddRoofline(const std::string& label, double rate, const ModelConfig& c, int sessions,
+                 int64_t start, int64_t tokens, int64_t piece, bool ttt) {
+  if (roofline == nullptr) return;
+  roofline->Add(label, rate, sessions * tokens / rate,
+                bench::RunCosts(c, sessions, start, tokens, piece, ttt),
+                sessions * std::min(piece, tokens), c);
 }
 
 std::vector<int> ParseList(const std::string& text) {
@@ -111,10 +140,11 @@ ModelConfig Shape(const std::string& name) {
     c.vocab_size = 97, c.hidden_size = 64, c.intermediate_size = 128, c.num_hidden_layers = 3;
     c.num_attention_heads = 4, c.num_key_value_heads = 2, c.head_dim = 16;
     c.ttt_layers = {0, 2}, c.ttt_chunk = 8;
-  } else if (name == "shipped") {  // the dimensions of models/ttt-brown
+  } else if (name == "shipped") {  // the dimensions and TTT settings of models/ttt-brown
     c.vocab_size = 4096, c.hidden_size = 128, c.intermediate_size = 384, c.num_hidden_layers = 4;
     c.num_attention_heads = 2, c.num_key_value_heads = 2, c.head_dim = 64;
-    c.ttt_layers = {1, 3}, c.ttt_chunk = 32, c.sliding_window = 64, c.tie_word_embeddings = true;
+    c.ttt_layers = {1, 3}, c.ttt_chunk = 16, c.sliding_window = 64, c.tie_word_embeddings = true;
+    c.ttt_target = TttTarget::kInputEmbed, c.ttt_clip = 5.0, c.ttt_delta_cap = 8.5;
   } else if (name == "large") {
     c.vocab_size = 32000, c.hidden_size = 2048, c.intermediate_size = 5632;
     c.num_hidden_layers = 24, c.num_attention_heads = 16, c.num_key_value_heads = 8;
@@ -249,30 +279,50 @@ void PrintSessionBytes(const std::string& label, const Model& model) {
 // LibTorch operator calls (every dispatched op, nested ones included, via a RecordFunction
 // callback) per decode step for `sessions` sessions starting from copies of `prefix`: the
 // machine-independent measure of how a step's operation count grows with the sessions in it.
+constexpr int kOpSteps = 2;  // decode steps counted per figure
 std::atomic<int64_t> op_calls{0};
+std::map<std::string, int64_t>* op_names = nullptr;  // when set: calls per operation name
+std::mutex op_names_mu;
 double OpsPerDecodeStep(const Model& model, const SequenceState& prefix, int sessions) {
   std::vector<SequenceState> states;
   for (int s = 0; s < sessions; ++s) states.push_back(prefix.Clone());
-  constexpr int kSteps = 2;
-  const auto stream = Tokens(kSteps + 1, model.config().vocab_size, 6);
+  const auto stream = Tokens(kOpSteps + 1, model.config().vocab_size, 6);
   // One step first: the copies are compact, and the first step moves them into buffers with
   // spare rows (once per session, not per step).
   std::vector<IngestItem> first;
-  for (auto& state : states) first.push_back({&state, {stream[kSteps]}});
+  for (auto& state : states) first.push_back({&state, {stream[kOpSteps]}});
   Check(model.Ingest(absl::MakeSpan(first)));
   auto handle = at::addGlobalCallback(at::RecordFunctionCallback(
-      [](const at::RecordFunction&) -> std::unique_ptr<at::ObserverContext> {
+      [](const at::RecordFunction& fn) -> std::unique_ptr<at::ObserverContext> {
         op_calls.fetch_add(1, std::memory_order_relaxed);
+        if (op_names != nullptr) {
+          std::lock_guard<std::mutex> lock(op_names_mu);
+          ++(*op_names)[fn.name()];
+        }
         return nullptr;
       }));
   op_calls = 0;
-  for (int t = 0; t < kSteps; ++t) {
+  for (int t = 0; t < kOpSteps; ++t) {
     std::vector<IngestItem> items;
     for (auto& state : states) items.push_back({&state, {stream[t]}});
     Check(model.Ingest(absl::MakeSpan(items)));
   }
   at::removeCallback(handle);
-  return static_cast<double>(op_calls.load()) / kSteps;
+  return static_cast<double>(op_calls.load()) / kOpSteps;
+}
+
+// Operations of one decode step of `sessions` sessions (TTT on) by name, most called first.
+void PrintOpNames(const Model& model, const SequenceState& prefix, int sessions) {
+  std::map<std::string, int64_t> names;
+  op_names = &names;
+  const double total = OpsPerDecodeStep(model, prefix, sessions);
+  op_names = nullptr;
+  std::vector<std::pair<int64_t, std::string>> sorted;
+  for (const auto& [name, calls] : names) sorted.push_back({calls, name});
+  std::sort(sorted.rbegin(), sorted.rend());
+  std::printf("\n| operation (decode step, %d session(s), TTT on: %.0f in all) | calls per step |\n"
+              "|---|---|\n", sessions, total);
+  for (const auto& [calls, name] : sorted) std::printf("| %s | %.1f |\n", name.c_str(), double(calls) / kOpSteps);
 }
 
 // The session-scaling table: decode steps after a prefix that completed a chunk (so the fast
@@ -296,7 +346,10 @@ void ScalingTable(const Flags& flags, const Model& ttt, const Model& plain) {
     std::printf("| %d | %.0f | %.1f | %.0f | %.1f |\n", n, on, on / n, off, off / n);
     std::fflush(stdout);
   }
-  if (flags.only == "ops") return;
+  if (flags.only == "ops") {
+    PrintOpNames(ttt, prefix_on, flags.sessions.front());
+    return;
+  }
   std::printf("\n| sessions | decode TTT on | ratio vs 1 | decode TTT off | ratio vs 1 | "
               "TTT on/off | pieces of %lld, TTT on | ratio vs 1 | pieces, TTT off | ratio vs 1 |\n"
               "|---|---|---|---|---|---|---|---|---|---|\n", (long long)piece);
@@ -310,6 +363,14 @@ void ScalingTable(const Flags& flags, const Model& ttt, const Model& plain) {
     for (int i = 0; i < 4; ++i) {
       if (base[i] == 0) base[i] = rates[i];
     }
+    const std::string sessions = std::to_string(n) + (n == 1 ? " session" : " sessions");
+    AddRoofline("decode, " + sessions + ", TTT on", rates[0], c, n, prefix_tokens, steps, 1, true);
+    AddRoofline("decode, " + sessions + ", TTT off", rates[1], c, n, prefix_tokens, steps, 1,
+                false);
+    AddRoofline("pieces of " + std::to_string(piece) + ", " + sessions + ", TTT on", rates[2], c,
+                n, 0, stream_tokens, piece, true);
+    AddRoofline("pieces of " + std::to_string(piece) + ", " + sessions + ", TTT off", rates[3], c,
+                n, 0, stream_tokens, piece, false);
     std::printf("| %d | %.0f tok/s | %.2f | %.0f tok/s | %.2f | %.3f | %.0f tok/s | %.2f | %.0f tok/s "
                 "| %.2f |\n", n, rates[0], rates[0] / base[0], rates[1], rates[1] / base[1],
                 rates[0] / rates[1], rates[2], rates[2] / base[2], rates[3], rates[3] / base[3]);
@@ -317,6 +378,43 @@ void ScalingTable(const Flags& flags, const Model& ttt, const Model& plain) {
   }
   std::printf("(decode: %lld steps after a %lld-token prefix; ratios vs the first row, %d session(s))\n",
               (long long)steps, (long long)prefix_tokens, flags.sessions.front());
+}
+
+// Decode steps alone, longer than the scaling table's (512 steps, best of 3): the steadier
+// figure for one engine change against another, and the loop to profile.
+void DecodeTable(const Flags& flags, const Model& ttt, const Model& plain) {
+  const ModelConfig& c = ttt.config();
+  const int64_t prefix_tokens = c.ttt_chunk + c.ttt_chunk / 4, steps = 512;
+  std::printf("\n| sessions | decode TTT on | TTT off | on/off |\n|---|---|---|---|\n");
+  for (int n : flags.sessions) {
+    double rates[2];
+    for (int on = 1; on >= 0; --on) {
+      const Model& model = on ? ttt : plain;
+      SequenceState prefix = model.NewSequence();
+      std::vector<IngestItem> items{{&prefix, Tokens(prefix_tokens, c.vocab_size, 3)}};
+      Check(model.Ingest(absl::MakeSpan(items)));
+      rates[on] = DecodeRate(model, prefix, n, steps, 3);
+      AddRoofline("decode (512 steps), " + std::to_string(n) + " session(s), TTT " +
+                  (on ? "on" : "off"), rates[on], c, n, prefix_tokens, steps, 1, on);
+    }
+    std::printf("| %d | %.0f tok/s | %.0f tok/s | %.3f |\n", n, rates[1], rates[0],
+                rates[1] / rates[0]);
+    std::fflush(stdout);
+  }
+}
+
+// One ingest of --tokens tokens in one call (a served step is up to 512), TTT on and off, best
+// of 5: the per-chunk TTT work of one call against the same model without it.
+void IngestTable(const Flags& flags, const Model& ttt, const Model& plain) {
+  const ModelConfig& c = ttt.config();
+  const int64_t n = flags.tokens;
+  const double on = IngestRate(ttt, 1, n, n, 5), off = IngestRate(plain, 1, n, n, 5);
+  std::printf("\n| ingest %lld tokens in one call, chunk %lld | TTT on | TTT off | on/off |\n"
+              "|---|---|---|---|\n| | %.0f tok/s | %.0f tok/s | %.3f |\n", (long long)n,
+              (long long)c.ttt_chunk, on, off, on / off);
+  const std::string label = "ingest " + std::to_string(n) + " tokens in one call, TTT ";
+  AddRoofline(label + "on", on, c, 1, 0, n, n, true);
+  AddRoofline(label + "off", off, c, 1, 0, n, n, false);
 }
 
 // The down projection of a TTT layer for B decode rows, two ways (DESIGN.md section 3): the
@@ -337,6 +435,49 @@ void DownProjectionFormulations(const Flags& flags, const ModelConfig& c) {
     std::printf("| %d | %.3f ms | %.3f ms | %.2f |\n", n, shared * 1e3, per_session * 1e3,
                 per_session / shared);
   }
+}
+
+// SHA-256 of every log-probability of a fixed mix of calls on `model` and of the final states:
+// three streams fed, in turn, a long piece (several chunks, the per-item path), a piece longer
+// than the varlen limit, short pieces and decode steps, alone and together in one call.
+std::string Digest(const Model& model) {
+  util::Sha256 hash;
+  std::vector<SequenceState> states;
+  for (int s = 0; s < 3; ++s) states.push_back(model.NewSequence());
+  const int64_t chunk = std::max<int64_t>(model.config().ttt_chunk, 1);
+  // Per call: the tokens each stream gets (0: the stream sits the call out).
+  const std::vector<std::vector<int64_t>> calls = {
+      {3 * chunk + 5, 0, 1}, {1, 17, 1}, {1, 1, 5}, {chunk, 1, 1}, {0, 3, 0}, {2, 2, 2},
+      {1, 1, 1}, {1, 1, 1}, {chunk / 2 + 1, 1, 1}, {1, 1, 2 * chunk + 3}};
+  uint32_t seed = 100;
+  for (int round = 0; round < 3; ++round) {
+    for (const std::vector<int64_t>& counts : calls) {
+      std::vector<IngestItem> items;
+      for (size_t s = 0; s < counts.size(); ++s) {
+        if (counts[s] > 0) {
+          items.push_back({&states[s], Tokens(counts[s], model.config().vocab_size, ++seed)});
+        }
+      }
+      auto result = model.Ingest(absl::MakeSpan(items));
+      Check(result);
+      for (const IngestLogProbs& logprobs : *result) {
+        hash.Update(logprobs.data(), logprobs.size() * sizeof(float));
+      }
+    }
+  }
+  for (const SequenceState& state : states) {
+    for (const auto& [name, tensor] : state.ToTensors()) {
+      const at::Tensor bytes = tensor.contiguous().cpu();
+      hash.Update(name);
+      hash.Update(bytes.data_ptr(), bytes.nbytes());
+    }
+  }
+  return hash.HexFinal();
+}
+
+void PrintDigests(const std::string& label, const Model& ttt, const Model& plain) {
+  std::printf("digest %s, TTT on:  %s\ndigest %s, TTT off: %s\n", label.c_str(),
+              Digest(ttt).c_str(), label.c_str(), Digest(plain).c_str());
 }
 
 std::unique_ptr<Model> Build(const ModelConfig& config, const NamedTensors& weights,
@@ -387,6 +528,19 @@ int Run(const Flags& flags) {
 
   auto ttt = Build(config, weights, {.device = flags.device});
   auto plain = Build(config, weights, {.device = flags.device, .ttt_lr = 0.0});
+  if (flags.only == "digest") {
+    PrintDigests(flags.shape, *ttt, *plain);
+    if (!flags.model.empty()) {
+      auto loaded = Model::Load(flags.model, {.device = flags.device});
+      auto loaded_plain = Model::Load(flags.model, {.device = flags.device, .ttt_lr = 0.0});
+      if (!loaded.ok() || !loaded_plain.ok()) {
+        std::cerr << (loaded.ok() ? loaded_plain.status() : loaded.status()) << "\n";
+        return 1;
+      }
+      PrintDigests(flags.model, **loaded, **loaded_plain);
+    }
+    return 0;
+  }
   if (flags.only != "ops") {
     std::printf("\n| model | tokens | bytes per resident session |\n|---|---|---|\n");
     PrintSessionBytes("bench shape " + flags.shape, *ttt);
@@ -399,9 +553,24 @@ int Run(const Flags& flags) {
     }
     PrintSessionBytes(flags.model, **loaded);
   }
+  bench::Roofline machine(Now);
+  if (flags.only != "ops" && flags.device == "cpu") {
+    machine.MeasureReadBandwidth();
+    roofline = &machine;
+  }
+  if (flags.only == "decode" || flags.only == "ingest") {
+    if (flags.only == "decode") {
+      DecodeTable(flags, *ttt, *plain);
+    } else {
+      IngestTable(flags, *ttt, *plain);
+    }
+    if (roofline != nullptr) roofline->Print();
+    return 0;
+  }
   if (flags.only == "scaling" || flags.only == "ops") {
     ScalingTable(flags, *ttt, *plain);
     if (flags.device == "cpu" && flags.only == "scaling") DownProjectionFormulations(flags, config);
+    if (roofline != nullptr) roofline->Print();
     return 0;
   }
   const double peak = SgemmGflops(n, config.hidden_size, config.intermediate_size);
@@ -418,6 +587,17 @@ int Run(const Flags& flags) {
   const double decode_one = IngestRate(*ttt, 1, steps, 1);
   const double decode_eight = IngestRate(*ttt, 8, steps, 1);
   const double python = flags.python.empty() ? 0 : PythonReferenceRate(flags, config, weights);
+  const std::string tokens = std::to_string(n);
+  AddRoofline("ingest " + tokens + " tokens in one call, TTT on", on, config, 1, 0, n, n, true);
+  AddRoofline("ingest " + tokens + " tokens in one call, TTT off", off, config, 1, 0, n, n, false);
+  const std::string pieces = "pieces of " + std::to_string(piece) + " (" + std::to_string(n / 4) +
+                             " tokens), ";
+  AddRoofline(pieces + "1 sequence, TTT on", stream_one, config, 1, 0, n / 4, piece, true);
+  AddRoofline(pieces + "8 sequences, TTT on", stream_eight, config, 8, 0, n / 4, piece, true);
+  AddRoofline("decode " + std::to_string(steps) + " steps from empty, 1 sequence, TTT on",
+              decode_one, config, 1, 0, steps, 1, true);
+  AddRoofline("decode " + std::to_string(steps) + " steps from empty, 8 sequences, TTT on",
+              decode_eight, config, 8, 0, steps, 1, true);
 
   std::printf("| measurement | figure | baseline | ratio |\n|---|---|---|---|\n");
   std::printf("| sgemm peak (%lldx%lldx%lld) | %.1f GFLOP/s | | |\n", (long long)n,
@@ -439,6 +619,7 @@ int Run(const Flags& flags) {
   }
   ScalingTable(flags, *ttt, *plain);
   if (flags.device == "cpu") DownProjectionFormulations(flags, config);
+  if (roofline != nullptr) roofline->Print();
   return 0;
 }
 

@@ -20,6 +20,8 @@
 #include "engine/decode.h"
 #include "engine/internal/forward.h"
 #include "engine/internal/model_weights.h"
+#include "engine/internal/state_buffer.h"
+#include "engine/internal/workspace.h"
 #include "engine/status_macros.h"
 #include "util/sha256.h"
 #include "engine/train_forward.h"
@@ -218,9 +220,76 @@ SequenceState Model::NewSequence() const {
 // for the first), in one log_softmax over every item's predicting rows; then each state keeps
 // its new last logits.
 namespace {
+
+// RecordLogProbs on the CPU in float32: the same log_softmax over the same rows, with the rows
+// gathered into and read from this thread's workspace, and each state's last logits rewritten
+// in place when it owns them: a decode step dispatches one operation here instead of a dozen.
+void RecordLogProbsCpu(absl::Span<IngestItem> items, const std::vector<size_t>& owner,
+                       const std::vector<at::Tensor>& logits,
+                       std::vector<IngestLogProbs>& results) {
+  const int64_t vocab = logits.front().size(1);
+  internal::Workspace& ws = internal::Workspace::ForThisThread();
+  int64_t count = 0;
+  for (size_t r = 0; r < items.size(); ++r) {
+    count += static_cast<int64_t>(items[r].tokens.size()) - 1 +
+             (items[r].state->last_logits.defined() ? 1 : 0);
+  }
+  const at::Tensor predictor_rows = ws.Tensor(internal::Slot::kPredictors, {count, vocab});
+  float* predictors = predictor_rows.data_ptr<float>();
+  std::vector<int64_t> targets;
+  float* row = predictors;
+  for (size_t r = 0; r < items.size(); ++r) {
+    const SequenceState& state = *items[r].state;
+    const std::vector<int32_t>& tokens = items[r].tokens;
+    const int64_t n = static_cast<int64_t>(tokens.size());
+    if (state.last_logits.defined()) {
+      const at::Tensor last = state.last_logits.contiguous();
+      std::memcpy(row, last.data_ptr<float>(), vocab * sizeof(float));
+      row += vocab;
+      targets.push_back(tokens[0]);
+    }
+    if (n > 1) {
+      const at::Tensor rows = logits[r].contiguous();
+      std::memcpy(row, rows.data_ptr<float>(), (n - 1) * vocab * sizeof(float));
+      row += (n - 1) * vocab;
+    }
+    targets.insert(targets.end(), tokens.begin() + 1, tokens.end());
+  }
+  at::Tensor log_prob_rows;
+  if (count > 0) {
+    log_prob_rows = ws.Tensor(internal::Slot::kLogProbs, {count, vocab});
+    at::_log_softmax_out(log_prob_rows, predictor_rows, 1, false);
+  }
+  const float* log_probs = count > 0 ? log_prob_rows.data_ptr<float>() : nullptr;
+  int64_t at = 0;
+  for (size_t r = 0; r < items.size(); ++r) {
+    SequenceState& state = *items[r].state;
+    const int64_t n = static_cast<int64_t>(items[r].tokens.size());
+    IngestLogProbs& out = results[owner[r]];
+    const int64_t picked = state.last_logits.defined() ? n : n - 1;
+    if (!state.last_logits.defined()) out.push_back(std::numeric_limits<float>::quiet_NaN());
+    for (int64_t i = 0; i < picked; ++i, ++at) out.push_back(log_probs[at * vocab + targets[at]]);
+    const at::Tensor rows = logits[r].contiguous();
+    at::Tensor& last = state.last_logits;
+    if (!internal::OwnsBuffer(last) || !last.is_contiguous() || last.numel() != vocab) {
+      last = at::empty({vocab}, at::TensorOptions().dtype(at::kFloat));
+    }
+    std::memcpy(last.data_ptr<float>(), rows.data_ptr<float>() + (n - 1) * vocab,
+                vocab * sizeof(float));
+  }
+}
+
 void RecordLogProbs(at::Device device, absl::Span<IngestItem> items,
                     const std::vector<size_t>& owner, const std::vector<at::Tensor>& logits,
                     std::vector<IngestLogProbs>& results) {
+  const bool cpu_floats =
+      device.is_cpu() && std::all_of(items.begin(), items.end(), [](const IngestItem& item) {
+        const at::Tensor& last = item.state->last_logits;
+        return !last.defined() || (last.scalar_type() == at::kFloat && last.device().is_cpu());
+      });
+  if (cpu_floats && logits.front().scalar_type() == at::kFloat) {
+    return RecordLogProbsCpu(items, owner, logits, results);
+  }
   std::vector<at::Tensor> predictors;
   std::vector<int64_t> targets;
   for (size_t r = 0; r < items.size(); ++r) {

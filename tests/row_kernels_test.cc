@@ -6,6 +6,9 @@
 #include <c10/core/InferenceMode.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <vector>
+
 namespace ttt::engine::internal {
 namespace {
 
@@ -54,6 +57,35 @@ TEST(RowKernelsTest, RopeMatchesTheTensorForm) {
     ASSERT_EQ(got.sizes(), x.sizes());
     EXPECT_LT(MaxDiff(got, RopeTensors(x, angles.cos(), angles.sin())), 1e-6);
   }
+}
+
+// The raw-row forms the short-step forward uses: in place (norms of q and k heads, RoPE through a
+// scratch row) they give the tensor forms' values bit for bit.
+TEST(RowKernelsTest, RawRowsInPlaceEqualTheTensorFormsExactly) {
+  c10::InferenceMode inference;
+  at::manual_seed(3);
+  const at::Tensor x = at::randn({3, 2, 64}) * 3, w = at::randn({64});
+  at::Tensor in_place = x.clone();
+  float* data = in_place.data_ptr<float>();
+  for (int64_t r = 0; r < 6; ++r) {
+    RmsNormRow(data + r * 64, w.data_ptr<float>(), 64, 1e-6, data + r * 64);
+  }
+  EXPECT_TRUE(at::equal(in_place, RmsNormRows(x, w, 1e-6)));
+
+  const at::Tensor angles = at::randn({3, 1, 64}) * 10;
+  const at::Tensor cos = angles.cos(), sin = angles.sin();
+  at::Tensor rotated = x.clone();
+  std::vector<float> scratch(64);
+  for (int64_t i = 0; i < 3; ++i) {
+    for (int64_t h = 0; h < 2; ++h) {
+      float* head = rotated.data_ptr<float>() + (i * 2 + h) * 64;
+      std::copy(head, head + 64, scratch.begin());
+      RopeRow(scratch.data(), cos.data_ptr<float>() + i * 64, sin.data_ptr<float>() + i * 64, 64,
+              head);
+    }
+  }
+  EXPECT_TRUE(at::equal(rotated, RopeRows(x, cos, sin)));
+  EXPECT_LT(MaxDiff(rotated, RopeTensors(x, cos, sin)), 1e-6);
 }
 
 TEST(RowKernelsTest, ApplyOnlyToFloatOutsideAutograd) {

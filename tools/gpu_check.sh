@@ -172,6 +172,13 @@ if [ "$quick" = 1 ]; then tokens=256; fi
 bench "small shape, 1/8/64 sessions" --shape=small --tokens="$tokens" --sessions=1,8,64 \
   --only=scaling
 bench "small shape, all rows" --shape=small --tokens="$tokens" --python="$(command -v "$py")"
+# Issue 26: decode steps of the shipped model's shape (chunk 16) and the LibTorch operations a
+# step dispatches (on the CPU the short-step form; on CUDA the general path, which a CUDA-graph
+# capture of the decode step would replace), and the digest of a fixed mix of calls.
+bench "shipped shape, 512 decode steps, 1/16/64 sessions" --shape=shipped --only=decode \
+  --sessions=1,16,64
+bench "shipped shape, operations per decode step" --shape=shipped --only=ops --sessions=1,16
+bench "shipped shape, digest of a fixed mix of calls" --shape=shipped --only=digest
 if [ "$device" = cuda ]; then
   bench "24 layers, d_model 2048" --shape=large --tokens="$tokens" --sessions=1,8,64 --only=scaling
 else

@@ -15,14 +15,8 @@
 #include "engine/internal/state_buffer.h"
 
 namespace ttt::engine {
-namespace {
 
-// Rows of `x` times `weight`^T (+ bias), as at::linear. For one or two rows (decode steps)
-// OpenBLAS's GEMM repacks the whole weight on every call; matrix-vector products skip that.
-// Measured with engine_bench (bench/RESULTS.md, session 17): for 768x2048 weights two rows are
-// 10-20 % faster as two products, four rows 17-20 % faster as one GEMM.
-constexpr int64_t kMatVecRows = 2;
-at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias = {}) {
+at::Tensor internal::Linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
   if (x.size(0) > kMatVecRows || x.scalar_type() != at::kFloat || x.requires_grad() ||
       weight.requires_grad() || !x.device().is_cpu()) {
     return at::linear(x, weight, bias);
@@ -36,6 +30,10 @@ at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
   at::Tensor out = at::stack(rows, 0);
   return bias.defined() ? out + bias : out;
 }
+
+namespace {
+
+using internal::Linear;
 
 at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   if (internal::RowKernelsApply(x) && weight.scalar_type() == at::kFloat) {
@@ -111,6 +109,9 @@ std::vector<at::Tensor> ModelAccess::Run() {
     varlen_.push_back(kernels && Count(b) <= kVarlenRows && fits);
     any_varlen_ = any_varlen_ || varlen_.back();
   }
+  if (kernels && std::all_of(varlen_.begin(), varlen_.end(), [](bool v) { return v; })) {
+    return RunShort(flat, positions);
+  }
 
   // RoPE factors once for every row of the step (each row at its own sequence's position).
   at::Tensor pos = at::tensor(positions, at::kFloat).to(model_.device_);
@@ -185,9 +186,20 @@ at::Tensor ModelAccess::Attend(size_t l, at::Tensor q, at::Tensor k, at::Tensor 
     return at::cat(attended, 0);
   }
 
-  // One varlen call for the short items: it writes their new keys and values into their grown
-  // caches and reads the caches in place.
   at::Tensor out = at::empty({rows, heads * hd}, q.options());
+  AttendVarlen(l, q.contiguous(), k.contiguous(), v.contiguous(), out);
+  for (size_t b = 0; b < items_.size(); ++b) {
+    if (!varlen_[b]) {
+      Rows(out, b).copy_(AttendOne(l, Rows(q, b), Rows(k, b), Rows(v, b), *items_[b].state));
+    }
+  }
+  return out;
+}
+
+// One varlen call for the short items: it writes their new keys and values into their grown
+// caches and reads the caches in place.
+void ModelAccess::AttendVarlen(size_t l, const at::Tensor& q, const at::Tensor& k,
+                               const at::Tensor& v, at::Tensor& out) {
   std::vector<internal::AttentionSeq> seqs;
   for (size_t b = 0; b < items_.size(); ++b) {
     if (!varlen_[b]) continue;
@@ -197,19 +209,13 @@ at::Tensor ModelAccess::Attend(size_t l, at::Tensor q, at::Tensor k, at::Tensor 
     internal::GrowRows(cache.values, 1, Count(b), reserve);
     seqs.push_back({offsets_[b], Count(b), &cache.keys, &cache.values});
   }
-  internal::VarlenAttention(q.contiguous(), k.contiguous(), v.contiguous(), seqs, kv_heads,
-                            w_.window.value_or(0), out);
+  internal::VarlenAttention(q, k, v, seqs, cfg_.num_key_value_heads, w_.window.value_or(0), out);
   for (size_t b = 0; b < items_.size(); ++b) {
-    SequenceState& state = *items_[b].state;
-    if (varlen_[b]) {
-      LayerCache& cache = state.cache[l];
-      internal::KeepLastRows(cache.keys, 1, CacheKeep(), CacheReserve(0));
-      internal::KeepLastRows(cache.values, 1, CacheKeep(), CacheReserve(0));
-    } else {
-      Rows(out, b).copy_(AttendOne(l, Rows(q, b), Rows(k, b), Rows(v, b), state));
-    }
+    if (!varlen_[b]) continue;
+    LayerCache& cache = items_[b].state->cache[l];
+    internal::KeepLastRows(cache.keys, 1, CacheKeep(), CacheReserve(0));
+    internal::KeepLastRows(cache.values, 1, CacheKeep(), CacheReserve(0));
   }
-  return out;
 }
 
 // Self-attention of one sequence's new rows (q [n, heads, hd], k/v [n, kv_heads, hd], RoPE
@@ -296,11 +302,22 @@ at::Tensor ModelAccess::FastWeightTerms(const LayerWeights& lw, const at::Tensor
     }
     return at::cat(corrections, 0);
   }
-  // Short items' rows all lie in their current chunk, so each row uses its state's delta as it
-  // stands: one batched product over every short item's delta, then the rows join the unfinished
-  // chunks, and the chunks that complete are folded in together.
   at::Tensor zf = z.to(at::kFloat).contiguous(), x0f = x0.to(at::kFloat).contiguous();
   at::Tensor out = at::empty({z.size(0), cfg_.hidden_size}, zf.options());
+  FastWeightTermsVarlen(lw, zf, x0f, out);
+  for (size_t b = 0; b < items_.size(); ++b) {
+    if (!varlen_[b]) {
+      Rows(out, b).copy_(FastWeightTermOne(lw, Rows(z, b), Rows(x0, b), *items_[b].state));
+    }
+  }
+  return out;
+}
+
+// Short items' rows all lie in their current chunk, so each row uses its state's delta as it
+// stands: one batched product over every short item's delta, then the rows join the unfinished
+// chunks, and the chunks that complete are folded in together.
+void ModelAccess::FastWeightTermsVarlen(const LayerWeights& lw, const at::Tensor& zf,
+                                        const at::Tensor& x0f, at::Tensor& out) {
   std::vector<internal::DeltaSeq> seqs;
   for (size_t b = 0; b < items_.size(); ++b) {
     if (!varlen_[b]) continue;
@@ -311,18 +328,13 @@ at::Tensor ModelAccess::FastWeightTerms(const LayerWeights& lw, const at::Tensor
   internal::BatchedDeltaProduct(zf, seqs, out);
   std::vector<SequenceState*> completing;
   for (size_t b = 0; b < items_.size(); ++b) {
-    SequenceState& state = *items_[b].state;
-    if (!varlen_[b]) {
-      Rows(out, b).copy_(FastWeightTermOne(lw, Rows(z, b), Rows(x0, b), state));
-      continue;
-    }
-    TttLayerState& slot = state.ttt[lw.ttt_slot];
+    if (!varlen_[b]) continue;
+    TttLayerState& slot = items_[b].state->ttt[lw.ttt_slot];
     AppendFloatRows(slot.pending_z, zf, offsets_[b], Count(b));
     AppendFloatRows(slot.pending_x0, x0f, offsets_[b], Count(b));
-    if (slot.pending_z.size(0) == cfg_.ttt_chunk) completing.push_back(&state);
+    if (slot.pending_z.size(0) == cfg_.ttt_chunk) completing.push_back(items_[b].state);
   }
   if (!completing.empty()) FoldChunks(lw, completing);
-  return out;
 }
 
 // Appends rows [row0, row0 + n) of `source` (f32, contiguous, on the CPU) to the unfinished

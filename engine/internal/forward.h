@@ -12,19 +12,35 @@
 
 namespace ttt::engine {
 
+// Rows up to which a dense product runs as one matrix-vector product per row instead of one
+// GEMM: for one or two rows (decode steps) OpenBLAS's GEMM repacks the whole weight on every
+// call. Measured with engine_bench (bench/RESULTS.md, session 17): for 768x2048 weights two rows
+// are 10-20 % faster as two products, four rows 17-20 % faster as one GEMM.
+constexpr int64_t kMatVecRows = 2;
+
+namespace internal {
+struct ShortBuffers;  // internal/short_step.cc
+// Rows of `x` times `weight`^T (+ bias), as at::linear; up to kMatVecRows rows of a CPU float32
+// `x` outside autograd as matrix-vector products.
+at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias = {});
+}  // namespace internal
+
 // Runs the model over `items` (each non-empty) and advances their states. Dense products
 // (projections, MLP, LM head) run once over the concatenated rows of every item. In inference
 // (grad mode off) on a CPU in float32, items of up to kVarlenRows new tokens that stay inside
 // their TTT chunk (decode steps, small pieces) also share one varlen attention call and one
 // fast-weight product, and their state tensors grow in place; longer items run attention and the
-// fast-weight term per item (their work dwarfs a call's overhead). Under grad mode everything is
-// out of place, so ForwardTrain stays differentiable. Not thread-safe: one forward per states.
+// fast-weight term per item (their work dwarfs a call's overhead). A step whose items are all
+// short runs the short-step form (internal/short_step.cc): the same arithmetic over per-thread
+// buffers, a few LibTorch operations per layer. Under grad mode everything is out of place, so
+// ForwardTrain stays differentiable. Not thread-safe: one forward per states.
 class ModelAccess {
  public:
   static constexpr int64_t kVarlenRows = 16;
 
   ModelAccess(const Model& model, absl::Span<IngestItem> items);
-  // Returns per item the logits [n_i, vocab] (fp32) of its new tokens.
+  // Returns per item the logits [n_i, vocab] (fp32) of its new tokens. After a short step they
+  // view this thread's workspace: valid until the thread's next forward.
   std::vector<at::Tensor> Run();
 
  private:
@@ -37,16 +53,25 @@ class ModelAccess {
 
   at::Tensor Layer(size_t l, const at::Tensor& x, const at::Tensor& embeddings);
   at::Tensor Attend(size_t l, at::Tensor q, at::Tensor k, at::Tensor v);
+  void AttendVarlen(size_t l, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                    at::Tensor& out);
   at::Tensor AttendOne(size_t l, at::Tensor q, at::Tensor k, at::Tensor v, SequenceState& state);
   at::Tensor MaskedAttention(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& values,
                              int64_t q_first, int64_t k_first) const;
   at::Tensor FastWeightTerms(const LayerWeights& lw, const at::Tensor& z, const at::Tensor& x0);
+  void FastWeightTermsVarlen(const LayerWeights& lw, const at::Tensor& zf, const at::Tensor& x0f,
+                             at::Tensor& out);
   at::Tensor FastWeightTermOne(const LayerWeights& lw, const at::Tensor& z_new,
                                const at::Tensor& x0_new, SequenceState& state);
   void AppendFloatRows(at::Tensor& pending, const at::Tensor& source, int64_t row0,
                        int64_t n) const;
   at::Tensor ChunkUpdates(const LayerWeights& lw, const at::Tensor& z, const at::Tensor& x0) const;
   void FoldChunks(const LayerWeights& lw, const std::vector<SequenceState*>& states);
+
+  // The short-step form (internal/short_step.cc). REQUIRES: every item varlen.
+  std::vector<at::Tensor> RunShort(const std::vector<int64_t>& tokens,
+                                   const std::vector<float>& positions);
+  void ShortLayer(size_t l, const internal::ShortBuffers& buffers);
 
   const Model& model_;
   const Model::Weights& w_;

@@ -20,15 +20,21 @@ at::Tensor RmsNormRows(const at::Tensor& x, const at::Tensor& weight, double eps
   const float* src = in.data_ptr<float>();
   const float* wd = w.data_ptr<float>();
   float* dst = out.data_ptr<float>();
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* xr = src + r * d;
-    double squares = 0;  // in double: the mean of d squares without float's growing error
-    for (int64_t c = 0; c < d; ++c) squares += static_cast<double>(xr[c]) * xr[c];
-    const float scale = static_cast<float>(1.0 / std::sqrt(squares / d + eps));
-    float* yr = dst + r * d;
-    for (int64_t c = 0; c < d; ++c) yr[c] = wd[c] * (xr[c] * scale);
-  }
+  for (int64_t r = 0; r < rows; ++r) RmsNormRow(src + r * d, wd, d, eps, dst + r * d);
   return out;
+}
+
+void RmsNormRow(const float* x, const float* weight, int64_t d, double eps, float* y) {
+  double squares = 0;  // in double: the mean of d squares without float's growing error
+  for (int64_t c = 0; c < d; ++c) squares += static_cast<double>(x[c]) * x[c];
+  const float scale = static_cast<float>(1.0 / std::sqrt(squares / d + eps));
+  for (int64_t c = 0; c < d; ++c) y[c] = weight[c] * (x[c] * scale);
+}
+
+void RopeRow(const float* x, const float* cos, const float* sin, int64_t hd, float* y) {
+  const int64_t half = hd / 2;
+  for (int64_t k = 0; k < half; ++k) y[k] = x[k] * cos[k] + (-x[k + half]) * sin[k];
+  for (int64_t k = half; k < hd; ++k) y[k] = x[k] * cos[k] + x[k - half] * sin[k];
 }
 
 at::Tensor RopeRows(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
@@ -38,19 +44,15 @@ at::Tensor RopeRows(const at::Tensor& x, const at::Tensor& cos, const at::Tensor
               "RopeRows: x [n, heads, hd], cos/sin [n, 1, hd] float32");
   const at::Tensor in = x.contiguous(), c = cos.contiguous(), s = sin.contiguous();
   at::Tensor out = at::empty_like(in);
-  const int64_t n = in.size(0), heads = in.size(1), hd = in.size(2), half = hd / 2;
+  const int64_t n = in.size(0), heads = in.size(1), hd = in.size(2);
   const float* src = in.data_ptr<float>();
   const float* cd = c.data_ptr<float>();
   const float* sd = s.data_ptr<float>();
   float* dst = out.data_ptr<float>();
   for (int64_t i = 0; i < n; ++i) {
-    const float* ci = cd + i * hd;
-    const float* si = sd + i * hd;
     for (int64_t h = 0; h < heads; ++h) {
-      const float* xr = src + (i * heads + h) * hd;
-      float* yr = dst + (i * heads + h) * hd;
-      for (int64_t k = 0; k < half; ++k) yr[k] = xr[k] * ci[k] + (-xr[k + half]) * si[k];
-      for (int64_t k = half; k < hd; ++k) yr[k] = xr[k] * ci[k] + xr[k - half] * si[k];
+      const int64_t at = (i * heads + h) * hd;
+      RopeRow(src + at, cd + i * hd, sd + i * hd, hd, dst + at);
     }
   }
   return out;

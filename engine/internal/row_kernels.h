@@ -18,4 +18,11 @@ at::Tensor RmsNormRows(const at::Tensor& x, const at::Tensor& weight, double eps
 // x[:half]): x [n, heads, hd], cos/sin [n, 1, hd] float32.
 at::Tensor RopeRows(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
 
+// The same two kernels on raw rows, for callers that keep their activations in their own buffers
+// (the short-step forward): the tensor forms above run exactly these loops.
+// y[0, d) = weight * x / sqrt(mean(x^2) + eps); y may be x.
+void RmsNormRow(const float* x, const float* weight, int64_t d, double eps, float* y);
+// y[0, hd) = the rotary embedding of x[0, hd) with factors cos/sin[0, hd); y must not alias x.
+void RopeRow(const float* x, const float* cos, const float* sin, int64_t hd, float* y);
+
 }  // namespace ttt::engine::internal
