@@ -20,9 +20,9 @@
 #include "engine/decode.h"
 #include "engine/internal/forward.h"
 #include "engine/internal/model_weights.h"
-#include "engine/status_macros.h"
-#include "util/sha256.h"
 #include "engine/train_forward.h"
+#include "util/sha256.h"
+#include "util/status_macros.h"
 
 namespace ttt::engine {
 namespace {

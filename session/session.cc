@@ -6,11 +6,11 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/decode.h"
-#include "engine/status_macros.h"
 #include "session/internal/checkpoint_store.h"
 #include "session/internal/lease.h"
 #include "session/internal/names.h"
 #include "session/internal/session_record.h"
+#include "util/status_macros.h"
 
 namespace ttt::session {
 

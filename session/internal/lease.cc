@@ -9,8 +9,8 @@
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
-#include "engine/safetensors.h"
 #include "session/internal/names.h"
+#include "util/files.h"
 
 namespace ttt::session::internal {
 
@@ -69,7 +69,7 @@ absl::Status LeaseStore::Write(const std::string& tenant, const std::string& id,
   const nlohmann::json j = {{"owner", record.owner},
                             {"generation", record.generation},
                             {"expires_unix_ms", record.expires_unix_ms}};
-  return engine::WriteFileAtomically(path, j.dump());
+  return util::WriteFileAtomically(path, j.dump());
 }
 
 absl::StatusOr<int64_t> LeaseStore::Acquire(const std::string& tenant,
@@ -155,7 +155,7 @@ void LeaseStore::RequestHandover(const std::string& tenant, const std::string& i
   std::error_code ec;
   fs::create_directories(WantPath(tenant, id).parent_path(), ec);
   // Best effort: a lost request is asked again by the client's retry.
-  (void)engine::WriteFileAtomically(WantPath(tenant, id), replica_id_);
+  (void)util::WriteFileAtomically(WantPath(tenant, id), replica_id_);
 }
 
 bool LeaseStore::HandoverRequested(const std::string& tenant, const std::string& id) const {
