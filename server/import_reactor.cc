@@ -61,9 +61,8 @@ class ImportReactor final : public grpc::ServerReadReactor<pb::ImportSessionRequ
     if (!tenant.ok()) return tenant.status();
     tenant_ = *tenant;
     // Quotas before any byte is read: an open stream, and a place for the new session.
-    auto stream = svc_->quotas()->AcquireStream(tenant_);
-    if (!stream.ok()) return stream.status();
-    if (*stream) stream_.emplace(std::move(**stream));
+    absl::Status stream = AcquireStream(*svc_->quotas(), tenant_, &stream_);
+    if (!stream.ok()) return stream;
     auto reservation = svc_->quotas()->ReserveSession(tenant_);
     if (!reservation.ok()) return reservation.status();
     reservation_ = std::move(*reservation);
