@@ -10,22 +10,22 @@
 #include <vector>
 
 #include "server/core/generation_text.h"
-#include "server/internal/reactor_lifetime.h"
 #include "server/internal/reactors.h"
-#include "server/internal/response_queue.h"
+#include "server/internal/streaming_reactor.h"
 
 namespace ttt::server::internal {
 namespace {
 
 namespace pb = tttserve::v1;
 
-class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateResponse>,
-                              public ResponseQueue<GenerateReactor, pb::GenerateResponse> {
+class GenerateReactor final
+    : public StreamingReactor<grpc::ServerWriteReactor<pb::GenerateResponse>,
+                              pb::GenerateResponse> {
  public:
   GenerateReactor(TttServiceImpl* svc, grpc::CallbackServerContext* ctx,
                   const pb::GenerateRequest* req)
-      : svc_(svc), ctx_(ctx), start_(Clock::now()),
-        cancel_(std::make_shared<engine::CancelToken>()) {
+      : StreamingReactor("the client cancelled the call"), svc_(svc), ctx_(ctx),
+        start_(Clock::now()) {
     std::lock_guard<std::mutex> lock(mu_);
     absl::Status st = Guarded("generate", [&] { return StartLocked(ctx, *req); });
     if (!st.ok()) {
@@ -33,22 +33,6 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
       FailLocked(st);
       MaybeFinishLocked();
     }
-  }
-
-  void OnWriteDone(bool ok) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    WriteDoneLocked(ok, *cancel_);
-    MaybeFinishLocked();
-  }
-
-  void OnCancel() override {
-    std::lock_guard<std::mutex> lock(mu_);
-    CancelLocked(*cancel_, "the client cancelled the call");
-    MaybeFinishLocked();
-  }
-
-  void OnDone() override {
-    ReactThenMaybeDelete(this, mu_, lifetime_, [this] { lifetime_.GrpcDone(); });
   }
 
  private:
@@ -133,7 +117,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
     });
   }
 
-  void MaybeFinishLocked() {
+  void MaybeFinishLocked() override {
     // The engine's callback is the only one due: the generation still runs.
     if (finish_called_ || writing_ || lifetime_.due() > 0) return;
     if (!failed_ && !out_.empty()) return;
@@ -147,12 +131,9 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
   TttServiceImpl* const svc_;
   grpc::CallbackServerContext* const ctx_;
   const Clock::time_point start_;
-  const std::shared_ptr<engine::CancelToken> cancel_;
-
-  std::mutex mu_;  // guards everything below and ResponseQueue's members
+  // Guarded by mu_ (the base's), as the base's members. lifetime_ counts OnEngineDone.
   std::optional<auth::Quotas::StreamLease> stream_;  // --quotas_file streams
   std::unique_ptr<core::GenerationText> text_;       // set before the engine starts
-  ReactorLifetime lifetime_;                         // the engine's OnEngineDone due
   int64_t generated_ = 0;
   Clock::time_point last_token_;
 };

@@ -21,23 +21,22 @@
 
 #include "absl/strings/str_cat.h"
 #include "server/core/ingest_stream.h"
-#include "server/internal/reactor_lifetime.h"
 #include "server/internal/reactors.h"
-#include "server/internal/response_queue.h"
 #include "server/internal/stream_credential.h"
+#include "server/internal/streaming_reactor.h"
 
 namespace ttt::server::internal {
 namespace {
 
 namespace pb = tttserve::v1;
 
-class IngestReactor final : public grpc::ServerBidiReactor<pb::IngestRequest, pb::IngestResponse>,
-                            public ResponseQueue<IngestReactor, pb::IngestResponse> {
+class IngestReactor final
+    : public StreamingReactor<grpc::ServerBidiReactor<pb::IngestRequest, pb::IngestResponse>,
+                              pb::IngestResponse> {
  public:
   IngestReactor(TttServiceImpl* svc, grpc::CallbackServerContext* ctx)
-      : svc_(svc), ctx_(ctx), start_(Clock::now()),
-        cancel_(std::make_shared<engine::CancelToken>()),
-        credential_(svc->authorizer(), ctx, "Ingest"),
+      : StreamingReactor("the client cancelled the stream"), svc_(svc), ctx_(ctx),
+        start_(Clock::now()), credential_(svc->authorizer(), ctx, "Ingest"),
         text_(StreamOptions(*svc), [this](int64_t n) {
           return svc_->quotas()->TakeIngestTokens(credential_.tenant(), n);
         }) {
@@ -58,7 +57,7 @@ class IngestReactor final : public grpc::ServerBidiReactor<pb::IngestRequest, pb
     // (ServerContext::IsCancelled), so a cancellation is never taken for a half-close.
     if (!ok && ctx_->IsCancelled()) {
       reads_done_ = true;
-      CancelLocked(*cancel_, "the client cancelled the stream");
+      CancelLocked();
     } else if (!ok) {
       EndOfStreamLocked();
     } else if (!failed_ && !finish_called_) {
@@ -67,22 +66,6 @@ class IngestReactor final : public grpc::ServerBidiReactor<pb::IngestRequest, pb
       MaybeReadLocked();
     }
     MaybeFinishLocked();
-  }
-
-  void OnWriteDone(bool ok) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    WriteDoneLocked(ok, *cancel_);
-    MaybeFinishLocked();
-  }
-
-  void OnCancel() override {
-    std::lock_guard<std::mutex> lock(mu_);
-    CancelLocked(*cancel_, "the client cancelled the stream");
-    MaybeFinishLocked();
-  }
-
-  void OnDone() override {
-    ReactThenMaybeDelete(this, mu_, lifetime_, [this] { lifetime_.GrpcDone(); });
   }
 
  private:
@@ -208,7 +191,7 @@ class IngestReactor final : public grpc::ServerBidiReactor<pb::IngestRequest, pb
     });
   }
 
-  void MaybeFinishLocked() {
+  void MaybeFinishLocked() override {
     if (finish_called_ || writing_) return;
     // Acknowledge everything already accepted before reporting an error (nothing applied is
     // lost, and the client learns exactly how far it got).
@@ -225,15 +208,12 @@ class IngestReactor final : public grpc::ServerBidiReactor<pb::IngestRequest, pb
   TttServiceImpl* const svc_;
   grpc::CallbackServerContext* const ctx_;
   const Clock::time_point start_;
-  const std::shared_ptr<engine::CancelToken> cancel_;
-
-  std::mutex mu_;  // guards everything below and ResponseQueue's members
+  // Guarded by mu_ (the base's), as the base's members.
   StreamCredential credential_;
   core::IngestStream text_;
   std::optional<auth::Quotas::StreamLease> stream_;  // --quotas_file streams
   pb::IngestRequest req_;
   std::unique_ptr<session::Writer> writer_;
-  ReactorLifetime lifetime_;  // engine callbacks and credential alarms due
   int64_t msg_index_ = 0;
   int64_t outstanding_ = 0;  // submissions whose engine callback is due
   bool reads_done_ = false;
