@@ -15,6 +15,7 @@
 #include <gtest/gtest.h>
 
 #include "absl/status/status.h"
+#include "tests/testing/dirs.h"
 
 namespace ttt::util {
 namespace {
@@ -26,9 +27,8 @@ using ::testing::UnorderedElementsAre;
 class FilesTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    char tmpl[] = "/tmp/ttt_files_test_XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
+    dir_ = ttt::testing::FreshTestDir();
+    fs::create_directories(dir_);
   }
   void TearDown() override { fs::remove_all(dir_); }
 

@@ -14,9 +14,9 @@
 
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "server/server.h"
-#include "tests/server_testing.h"
-#include "util/sha256.h"
+#include "tests/testing/server_fixture.h"
 #include "tttserve/v1/ttt_service.grpc.pb.h"
+#include "util/sha256.h"
 
 namespace ttt::server {
 namespace {

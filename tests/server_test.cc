@@ -21,8 +21,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "tests/server_testing.h"
 #include "tests/testing/byte_level_tokenizer.h"
+#include "tests/testing/server_fixture.h"
 #include "tttserve/v1/ttt_service.grpc.pb.h"
 #include "util/sha256.h"
 

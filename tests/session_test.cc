@@ -30,7 +30,7 @@
 
 #include "session/internal/checkpoint.h"
 #include "session/internal/lease.h"
-#include "tests/dirs_testing.h"
+#include "tests/testing/dirs.h"
 #include "util/sha256.h"
 
 namespace ttt::session {

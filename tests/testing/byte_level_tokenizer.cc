@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "tests/utf8_testing.h"
+#include "tests/testing/utf8.h"
 
 namespace ttt::testing {
 
