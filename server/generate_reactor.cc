@@ -12,6 +12,7 @@
 #include "server/core/generation_text.h"
 #include "server/internal/reactors.h"
 #include "server/internal/streaming_reactor.h"
+#include "util/status_macros.h"
 
 namespace ttt::server::internal {
 namespace {
@@ -39,23 +40,20 @@ class GenerateReactor final
   // Converts and checks the request (the server's part: prompt size, stop strings), then hands
   // it to the session manager, which validates the sampling parameters and max_tokens.
   absl::Status StartLocked(grpc::CallbackServerContext* ctx, const pb::GenerateRequest& req) {
-    auto caller = CallerOf(svc_->authorizer(), ctx, "Generate");
-    if (!caller.ok()) return caller.status();
+    ASSIGN_OR_RETURN(auto caller, CallerOf(svc_->authorizer(), ctx, "Generate"));
     if (req.commit()) {  // a committing Generate writes to the session
-      absl::Status may = svc_->authorizer().RequireScope(*caller, auth::Scope::kWrite,
+      absl::Status may = svc_->authorizer().RequireScope(caller, auth::Scope::kWrite,
                                                          "commit a Generate");
       if (!may.ok()) return may;
     }
-    const std::string& tenant = caller->tenant;
-    absl::Status stream = AcquireStream(*svc_->quotas(), tenant, &stream_);
-    if (!stream.ok()) return stream;
+    const std::string& tenant = caller.tenant;
+    RETURN_IF_ERROR(AcquireStream(*svc_->quotas(), tenant, &stream_));
     auto prompt = InputTokens(svc_->limits(), svc_->tokenizer(), req.prompt_text(),
                               req.prompt_token_ids(), "the prompt");
     if (!prompt.ok()) return prompt.status();
     session::GenerateParams params = GenerateParamsFromProto(req);
     params.prompt = std::move(*prompt);
-    absl::Status stops = ValidateStops(req);
-    if (!stops.ok()) return stops;
+    RETURN_IF_ERROR(ValidateStops(req));
     auto text = core::GenerationText::Create(
         svc_->tokenizer(), std::vector<std::string>(req.stop().begin(), req.stop().end()));
     if (!text.ok()) return text.status();

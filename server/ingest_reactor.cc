@@ -24,6 +24,7 @@
 #include "server/internal/reactors.h"
 #include "server/internal/stream_credential.h"
 #include "server/internal/streaming_reactor.h"
+#include "util/status_macros.h"
 
 namespace ttt::server::internal {
 namespace {
@@ -75,8 +76,7 @@ class IngestReactor final
 
   // The caller, and its tenant's stream quota.
   absl::Status StartLocked() {
-    absl::Status st = credential_.Open();
-    if (!st.ok()) return st;
+    RETURN_IF_ERROR(credential_.Open());
     return AcquireStream(*svc_->quotas(), credential_.tenant(), &stream_);
   }
 
@@ -136,9 +136,7 @@ class IngestReactor final
   // expected_tokens_received); later ones may repeat the name.
   absl::Status BindSessionLocked(const pb::IngestRequest& req, const std::string& where) {
     if (writer_) return CheckIngestSession(req, writer_->session_id(), where);
-    auto writer = OpenIngestWriter(*svc_->sessions(), credential_.tenant(), req);
-    if (!writer.ok()) return writer.status();
-    writer_ = std::move(*writer);
+    ASSIGN_OR_RETURN(writer_, OpenIngestWriter(*svc_->sessions(), credential_.tenant(), req));
     return absl::OkStatus();
   }
 

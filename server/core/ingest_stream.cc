@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "util/status_macros.h"
 
 namespace ttt::server::core {
 
@@ -31,8 +32,7 @@ IngestStream::IngestStream(Options options, ChargeTokens charge)
 
 absl::StatusOr<IngestSubmission> IngestStream::Accept(const IngestMessage& msg,
                                                       const std::string& where) {
-  absl::Status st = Buffer(msg.text, where);
-  if (!st.ok()) return st;
+  RETURN_IF_ERROR(Buffer(msg.text, where));
   if (msg.report_loss) report_loss_ = true;
   auto tokens = TakeTokens(msg, where);
   if (!tokens.ok()) return tokens.status();
@@ -51,9 +51,8 @@ absl::StatusOr<std::optional<IngestSubmission>> IngestStream::TakeRest() {
   IngestSubmission submission;
   submission.tokens = std::move(*tokens);
   submission.durable = options_.sync_durability;  // an implicit flush
-  auto charged = Charged(std::move(submission));
-  if (!charged.ok()) return charged.status();
-  return std::optional<IngestSubmission>(std::move(*charged));
+  ASSIGN_OR_RETURN(auto charged, Charged(std::move(submission)));
+  return std::optional<IngestSubmission>(std::move(charged));
 }
 
 void IngestStream::Applied(int64_t tokens, double nll_sum, int64_t nll_count) {
@@ -95,9 +94,7 @@ absl::StatusOr<std::vector<int32_t>> IngestStream::TakeTokens(const IngestMessag
     const size_t carry = text_goes_on ? tokenizer::IncompleteUtf8Tail(text_) : 0;
     const std::string whole = text_.substr(0, text_.size() - carry);
     if (!whole.empty()) {
-      auto text_tokens = Tokenize(options_.tokenizer, whole, where);
-      if (!text_tokens.ok()) return text_tokens.status();
-      tokens = std::move(*text_tokens);
+      ASSIGN_OR_RETURN(tokens, Tokenize(options_.tokenizer, whole, where));
     }
     text_.erase(0, whole.size());
   }
@@ -107,8 +104,7 @@ absl::StatusOr<std::vector<int32_t>> IngestStream::TakeTokens(const IngestMessag
 
 // The ingest rate counts tokens as tokenized; a refused submission is not applied.
 absl::StatusOr<IngestSubmission> IngestStream::Charged(IngestSubmission submission) {
-  absl::Status rate = charge_(static_cast<int64_t>(submission.tokens.size()));
-  if (!rate.ok()) return rate;
+  RETURN_IF_ERROR(charge_(static_cast<int64_t>(submission.tokens.size())));
   submission.buffered_text_bytes = static_cast<int64_t>(text_.size());
   return submission;
 }

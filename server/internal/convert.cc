@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "auth/grpc_auth.h"
 #include "tokenizer/tokenizer.h"
+#include "util/status_macros.h"
 
 namespace ttt::server::internal {
 
@@ -20,9 +21,8 @@ absl::StatusOr<auth::Principal> CallerOf(const auth::Authorizer& authorizer,
 
 absl::StatusOr<std::string> TenantOf(const auth::Authorizer& authorizer,
                                      const grpc::CallbackServerContext* ctx, const char* method) {
-  auto caller = CallerOf(authorizer, ctx, method);
-  if (!caller.ok()) return caller.status();
-  return std::move(caller->tenant);
+  ASSIGN_OR_RETURN(auto caller, CallerOf(authorizer, ctx, method));
+  return std::move(caller.tenant);
 }
 
 void ToProto(const session::Counters& c, pb::SessionCounters* out) {

@@ -5,13 +5,12 @@
 
 #include "absl/strings/str_cat.h"
 #include "server/internal/convert.h"
+#include "util/status_macros.h"
 
 namespace ttt::server::internal {
 
 absl::Status StreamCredential::Open() {
-  auto tenant = TenantOf(authorizer_, ctx_, method_);
-  if (!tenant.ok()) return tenant.status();
-  tenant_ = *tenant;
+  ASSIGN_OR_RETURN(tenant_, TenantOf(authorizer_, ctx_, method_));
   return absl::OkStatus();
 }
 
