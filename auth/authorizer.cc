@@ -5,6 +5,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "auth/internal/x509_identity.h"
+#include "util/status_macros.h"
 
 namespace ttt::auth {
 namespace {
@@ -122,8 +123,7 @@ absl::StatusOr<Principal> Authorizer::Authorize(const CallCredentials& call,
     Principal anyone{call.tenant_header.value_or(options_.default_tenant),
                      ScopeSet::Of(Scope::kAdmin), CredentialKind::kNone, ""};
     if (call.tenant_header && options_.validate_tenant) {
-      absl::Status valid = options_.validate_tenant(anyone.tenant);
-      if (!valid.ok()) return valid;
+      RETURN_IF_ERROR(options_.validate_tenant(anyone.tenant));
     }
     return anyone;
   }
@@ -146,8 +146,7 @@ absl::StatusOr<Principal> Authorizer::Authorize(const CallCredentials& call,
                       "the tenant) or use an admin credential")));
     }
     if (options_.validate_tenant) {
-      absl::Status valid = options_.validate_tenant(*call.tenant_header);
-      if (!valid.ok()) return valid;
+      RETURN_IF_ERROR(options_.validate_tenant(*call.tenant_header));
     }
     principal->tenant = *call.tenant_header;  // an admin acting for a tenant
   }
@@ -161,12 +160,11 @@ absl::Status Authorizer::AuthorizeScrape(const std::optional<std::string>& autho
                     "missing credentials: send 'Authorization: Bearer <token>' with a token of "
                     "scope 'metrics'"));
   }
-  auto principal = FromToken(*authorization);
-  if (!principal.ok()) return principal.status();
-  if (!AllowsScrape(principal->scopes)) {
+  ASSIGN_OR_RETURN(auto principal, FromToken(*authorization));
+  if (!AllowsScrape(principal.scopes)) {
     return Fail(AuthFailure::kScopeDenied,
                 absl::PermissionDeniedError(absl::StrCat(
-                    "'", principal->tenant, "' (scope '", ScopeSetName(principal->scopes),
+                    "'", principal.tenant, "' (scope '", ScopeSetName(principal.scopes),
                     "') may not read metrics: it needs scope 'metrics' or 'admin'")));
   }
   return absl::OkStatus();

@@ -9,6 +9,7 @@
 #include <grpcpp/support/client_interceptor.h>
 
 #include "absl/strings/str_cat.h"
+#include "util/status_macros.h"
 
 namespace ttt::auth {
 namespace {
@@ -63,17 +64,13 @@ absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> CredentialsFor(
   }
   grpc::SslCredentialsOptions ssl;
   if (!o.ca_file.empty()) {
-    auto roots = ReadPem(o.ca_file, "--ca_file");
-    if (!roots.ok()) return roots.status();
-    ssl.pem_root_certs = std::move(*roots);
+    ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadPem(o.ca_file, "--ca_file"));
   }
   if (!o.cert_file.empty()) {
-    auto cert = ReadPem(o.cert_file, "--cert_file");
-    if (!cert.ok()) return cert.status();
-    auto key = ReadPem(o.key_file, "--key_file");
-    if (!key.ok()) return key.status();
-    ssl.pem_cert_chain = std::move(*cert);
-    ssl.pem_private_key = std::move(*key);
+    ASSIGN_OR_RETURN(auto cert, ReadPem(o.cert_file, "--cert_file"));
+    ASSIGN_OR_RETURN(auto key, ReadPem(o.key_file, "--key_file"));
+    ssl.pem_cert_chain = std::move(cert);
+    ssl.pem_private_key = std::move(key);
   }
   return grpc::SslCredentials(ssl);
 }
@@ -89,13 +86,12 @@ std::string TokenFromFlagOrEnvironment(const std::string& flag) {
 absl::StatusOr<std::shared_ptr<grpc::Channel>> CreateAuthChannel(
     const std::string& target, const ClientAuthOptions& options,
     const grpc::ChannelArguments& args) {
-  auto credentials = CredentialsFor(options);
-  if (!credentials.ok()) return credentials.status();
+  ASSIGN_OR_RETURN(auto credentials, CredentialsFor(options));
   std::vector<std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface>> factories;
   if (!options.token.empty()) {
     factories.push_back(std::make_unique<BearerInterceptorFactory>(options.token));
   }
-  return grpc::experimental::CreateCustomChannelWithInterceptors(target, *credentials, args,
+  return grpc::experimental::CreateCustomChannelWithInterceptors(target, credentials, args,
                                                                   std::move(factories));
 }
 

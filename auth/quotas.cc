@@ -13,6 +13,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "util/log.h"
+#include "util/status_macros.h"
 
 namespace ttt::auth {
 namespace {
@@ -164,17 +165,14 @@ absl::StatusOr<std::unique_ptr<Quotas>> Quotas::Open(QuotasOptions options) {
     quotas->watcher_ = std::make_unique<internal::FileWatcher>(
         quotas->options_.path, poll_ms, [raw = quotas.get()] { raw->Reload().IgnoreError(); });
   }
-  absl::Status loaded = quotas->Load();
-  if (!loaded.ok()) return loaded;
+  RETURN_IF_ERROR(quotas->Load());
   return quotas;
 }
 
 absl::Status Quotas::Load() {
-  auto text = internal::ReadConfigFile(options_.path, "quotas file");
-  if (!text.ok()) return text.status();
-  auto table = ParseQuotasFile(*text, options_.path, options_.validate_tenant);
-  if (!table.ok()) return table.status();
-  auto fresh = std::make_shared<const QuotaTable>(std::move(*table));
+  ASSIGN_OR_RETURN(auto text, internal::ReadConfigFile(options_.path, "quotas file"));
+  ASSIGN_OR_RETURN(auto table, ParseQuotasFile(text, options_.path, options_.validate_tenant));
+  auto fresh = std::make_shared<const QuotaTable>(std::move(table));
   std::lock_guard<std::mutex> lock(mu_);
   table_ = std::move(fresh);
   ++generation_;

@@ -6,6 +6,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "util/status_macros.h"
 
 namespace ttt::auth {
 namespace {
@@ -90,9 +91,8 @@ absl::StatusOr<ScopeSet> ParseScopeSet(absl::string_view names) {
       return absl::InvalidArgumentError(absl::StrCat(
           "empty scope in '", names, "' (a comma-separated list such as 'read,metrics')"));
     }
-    auto scope = ParseScope(name);
-    if (!scope.ok()) return scope.status();
-    scopes = scopes.With(*scope);
+    ASSIGN_OR_RETURN(auto scope, ParseScope(name));
+    scopes = scopes.With(scope);
   }
   return scopes;
 }

@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "auth/internal/openssl_util.h"
 #include "util/log.h"
+#include "util/status_macros.h"
 
 namespace ttt::auth {
 namespace {
@@ -140,8 +141,7 @@ absl::StatusOr<std::unique_ptr<TlsMaterial>> TlsMaterial::Open(TlsMaterialOption
         absl::StrCat("cannot make the TLS staging folder ", dir_template, " (set TMPDIR)"));
   }
   m->staging_dir_ = dir_template;
-  absl::Status loaded = m->Load();
-  if (!loaded.ok()) return loaded;
+  RETURN_IF_ERROR(m->Load());
   const int poll_ms = m->options_.poll_interval_ms;
   if (poll_ms > 0) {
     for (const std::string* path : {&m->options_.cert_file, &m->options_.key_file,
@@ -167,33 +167,23 @@ std::string TlsMaterial::staged_client_ca_file() const {
 absl::Status TlsMaterial::Load() {
   std::lock_guard<std::mutex> one_at_a_time(load_mu_);
   const TlsMaterialOptions& o = options_;
-  auto cert_text = Read(o.cert_file, "--tls_cert_file");
-  if (!cert_text.ok()) return cert_text.status();
-  auto key_text = Read(o.key_file, "--tls_key_file");
-  if (!key_text.ok()) return key_text.status();
-  auto chain = ReadCertificates(*cert_text, "--tls_cert_file", o.cert_file);
-  if (!chain.ok()) return chain.status();
-  absl::Status key_ok = CheckKeyMatches(*key_text, chain->front().get(), o.key_file);
-  if (!key_ok.ok()) return key_ok;
+  ASSIGN_OR_RETURN(auto cert_text, Read(o.cert_file, "--tls_cert_file"));
+  ASSIGN_OR_RETURN(auto key_text, Read(o.key_file, "--tls_key_file"));
+  ASSIGN_OR_RETURN(auto chain, ReadCertificates(cert_text, "--tls_cert_file", o.cert_file));
+  RETURN_IF_ERROR(CheckKeyMatches(key_text, chain.front().get(), o.key_file));
   std::string ca_text;
   Revoked revoked;
   if (mutual()) {
-    auto ca = Read(o.client_ca_file, "--tls_client_ca_file");
-    if (!ca.ok()) return ca.status();
-    ca_text = std::move(*ca);
-    auto cas = ReadCertificates(ca_text, "--tls_client_ca_file", o.client_ca_file);
-    if (!cas.ok()) return cas.status();
+    ASSIGN_OR_RETURN(ca_text, Read(o.client_ca_file, "--tls_client_ca_file"));
+    ASSIGN_OR_RETURN(auto cas, ReadCertificates(ca_text, "--tls_client_ca_file", o.client_ca_file));
     if (!o.crl_file.empty()) {
-      auto crl_text = Read(o.crl_file, "--tls_crl_file");
-      if (!crl_text.ok()) return crl_text.status();
-      auto crls = ReadCrls(*crl_text, *cas, o.crl_file);
-      if (!crls.ok()) return crls.status();
-      revoked = std::move(*crls);
+      ASSIGN_OR_RETURN(auto crl_text, Read(o.crl_file, "--tls_crl_file"));
+      ASSIGN_OR_RETURN(revoked, ReadCrls(crl_text, cas, o.crl_file));
     }
   }
   // Key first, then the certificate: the provider re-reads both every refresh.
-  absl::Status staged = WriteStaged(staged_key_file(), *key_text);
-  if (staged.ok()) staged = WriteStaged(staged_cert_file(), *cert_text);
+  absl::Status staged = WriteStaged(staged_key_file(), key_text);
+  if (staged.ok()) staged = WriteStaged(staged_cert_file(), cert_text);
   if (staged.ok() && mutual()) staged = WriteStaged(staged_client_ca_file(), ca_text);
   if (!staged.ok()) return staged;
   auto fresh = std::make_shared<const Revoked>(std::move(revoked));

@@ -7,6 +7,7 @@
 #include "auth/internal/constant_time.h"
 #include "util/log.h"
 #include "util/sha256.h"
+#include "util/status_macros.h"
 
 namespace ttt::auth {
 
@@ -19,15 +20,13 @@ absl::StatusOr<std::unique_ptr<TokenStore>> TokenStore::Open(TokenStoreOptions o
           raw->Reload().IgnoreError();  // logged; the last good credentials stay
         });
   }
-  absl::Status loaded = store->Load();
-  if (!loaded.ok()) return loaded;
+  RETURN_IF_ERROR(store->Load());
   return store;
 }
 
 absl::Status TokenStore::Load() {
-  auto text = internal::ReadConfigFile(options_.path, "tokens file");
-  if (!text.ok()) return text.status();
-  auto entries = internal::ParseTokensFile(*text, options_.path, options_.validate_tenant);
+  ASSIGN_OR_RETURN(auto text, internal::ReadConfigFile(options_.path, "tokens file"));
+  auto entries = internal::ParseTokensFile(text, options_.path, options_.validate_tenant);
   if (!entries.ok()) return entries.status();
   auto fresh = std::make_shared<const internal::CredentialsFile>(std::move(*entries));
   {

@@ -22,9 +22,9 @@
 #include "engine/internal/model_weights.h"
 #include "engine/internal/state_buffer.h"
 #include "engine/internal/workspace.h"
-#include "engine/status_macros.h"
-#include "util/sha256.h"
 #include "engine/train_forward.h"
+#include "util/sha256.h"
+#include "util/status_macros.h"
 
 namespace ttt::engine {
 namespace {

@@ -96,10 +96,9 @@ using NamedTensors = std::vector<std::pair<std::string, at::Tensor>>;
 // string `metadata` under "__metadata__". Names must be unique (INVALID_ARGUMENT otherwise).
 absl::StatusOr<std::string> EncodeSafetensors(const NamedTensors& tensors,
                                               const std::map<std::string, std::string>& metadata = {});
-// Writes the encoding atomically: a temporary file beside `path`, fsync, rename, fsync the folder.
+// Writes the encoding atomically (util::WriteFileAtomically): a temporary file beside `path`,
+// fsync, rename, fsync the folder.
 absl::Status WriteSafetensors(const std::filesystem::path& path, const NamedTensors& tensors,
                               const std::map<std::string, std::string>& metadata = {});
-// Atomic write of arbitrary bytes, as above (also used for checkpoint files).
-absl::Status WriteFileAtomically(const std::filesystem::path& path, const std::string& bytes);
 
 }  // namespace ttt::engine

@@ -9,7 +9,7 @@
 #include "absl/strings/str_join.h"
 #include "engine/internal/state_buffer.h"
 #include "engine/model.h"
-#include "engine/status_macros.h"
+#include "util/status_macros.h"
 
 namespace ttt::engine {
 

@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "server/internal/call_slots.h"
+#include "server/internal/reactor_lifetime.h"
 #include "server/internal/reactors.h"
 
 namespace ttt::server::internal {
@@ -35,13 +36,7 @@ class ExportReactor final : public grpc::ServerWriteReactor<pb::ExportSessionRes
   void OnCancel() override {}
 
   void OnDone() override {
-    bool del;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      done_ = true;
-      del = !pending_;
-    }
-    if (del) delete this;
+    ReactThenMaybeDelete(this, mu_, lifetime_, [this] { lifetime_.GrpcDone(); });
   }
 
  private:
@@ -53,9 +48,8 @@ class ExportReactor final : public grpc::ServerWriteReactor<pb::ExportSessionRes
       return FinishLocked(absl::InvalidArgumentError(
           "ExportSession needs exactly one of session_id and checkpoint_id"));
     }
-    auto stream = svc_->quotas()->AcquireStream(*tenant);
-    if (!stream.ok()) return FinishLocked(stream.status());
-    if (*stream) stream_.emplace(std::move(**stream));
+    absl::Status stream = AcquireStream(*svc_->quotas(), *tenant, &stream_);
+    if (!stream.ok()) return FinishLocked(stream);
     absl::Status slot = slot_.Acquire(svc_->export_slots());
     if (!slot.ok()) return FinishLocked(slot);
     if (!req.checkpoint_id().empty()) {
@@ -64,33 +58,25 @@ class ExportReactor final : public grpc::ServerWriteReactor<pb::ExportSessionRes
       data_ = std::move(*bytes);
       return WriteNextLocked();
     }
-    pending_ = true;
+    lifetime_.Due();
     absl::Status st = svc_->sessions()->ExportSession(
         *tenant, req.session_id(),
         [this](absl::StatusOr<std::string> bytes) { OnEncoded(std::move(bytes)); });
     if (!st.ok()) {
-      pending_ = false;
+      lifetime_.Ran();  // refused: no callback comes
       FinishLocked(st);
     }
   }
 
   // Engine thread: the live session's bytes.
   void OnEncoded(absl::StatusOr<std::string> bytes) {
-    bool del;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      pending_ = false;
-      if (!finish_called_) {
-        if (bytes.ok()) {
-          data_ = std::move(*bytes);
-          WriteNextLocked();
-        } else {
-          FinishLocked(bytes.status());
-        }
-      }
-      del = done_;
-    }
-    if (del) delete this;
+    ReactThenMaybeDelete(this, mu_, lifetime_, [&] {
+      lifetime_.Ran();
+      if (finish_called_) return;
+      if (!bytes.ok()) return FinishLocked(bytes.status());
+      data_ = std::move(*bytes);
+      WriteNextLocked();
+    });
   }
 
   void WriteNextLocked() {
@@ -122,9 +108,8 @@ class ExportReactor final : public grpc::ServerWriteReactor<pb::ExportSessionRes
   std::string data_;
   size_t offset_ = 0;
   pb::ExportSessionResponse resp_;
-  bool pending_ = false;
+  ReactorLifetime lifetime_;  // the engine's OnEncoded due
   bool finish_called_ = false;
-  bool done_ = false;
 };
 
 }  // namespace

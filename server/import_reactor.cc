@@ -13,6 +13,7 @@
 #include "server/internal/call_slots.h"
 #include "server/internal/import_guard.h"
 #include "server/internal/reactors.h"
+#include "util/status_macros.h"
 
 namespace ttt::server::internal {
 namespace {
@@ -57,18 +58,11 @@ class ImportReactor final : public grpc::ServerReadReactor<pb::ImportSessionRequ
 
  private:
   absl::Status Start() {
-    auto tenant = TenantOf(svc_->authorizer(), ctx_, "ImportSession");
-    if (!tenant.ok()) return tenant.status();
-    tenant_ = *tenant;
+    ASSIGN_OR_RETURN(tenant_, TenantOf(svc_->authorizer(), ctx_, "ImportSession"));
     // Quotas before any byte is read: an open stream, and a place for the new session.
-    auto stream = svc_->quotas()->AcquireStream(tenant_);
-    if (!stream.ok()) return stream.status();
-    if (*stream) stream_.emplace(std::move(**stream));
-    auto reservation = svc_->quotas()->ReserveSession(tenant_);
-    if (!reservation.ok()) return reservation.status();
-    reservation_ = std::move(*reservation);
-    absl::Status slot = slot_.Acquire(svc_->import_slots());
-    if (!slot.ok()) return slot;
+    RETURN_IF_ERROR(AcquireStream(*svc_->quotas(), tenant_, &stream_));
+    ASSIGN_OR_RETURN(reservation_, svc_->quotas()->ReserveSession(tenant_));
+    RETURN_IF_ERROR(slot_.Acquire(svc_->import_slots()));
     StartRead(&req_);
     return absl::OkStatus();
   }

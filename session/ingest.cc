@@ -4,10 +4,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/decode.h"
-#include "engine/status_macros.h"
 #include "session/internal/cluster_store.h"
 #include "session/internal/session_record.h"
 #include "session/session.h"
+#include "util/status_macros.h"
 
 namespace ttt::session {
 

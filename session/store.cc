@@ -5,13 +5,13 @@
 #include <cstdio>
 
 #include "absl/strings/str_cat.h"
-#include "engine/status_macros.h"
 #include "session/internal/checkpoint.h"
 #include "session/internal/checkpoint_store.h"
 #include "session/internal/cluster_store.h"
 #include "session/internal/names.h"
 #include "session/internal/session_record.h"
 #include "session/session.h"
+#include "util/status_macros.h"
 
 namespace ttt::session {
 

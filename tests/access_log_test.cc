@@ -12,7 +12,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
-#include "tests/server_testing.h"
+#include "tests/testing/server_fixture.h"
 #include "util/log.h"
 
 namespace ttt::server {

@@ -12,7 +12,7 @@
 #include <gtest/gtest.h>
 
 #include "auth/quotas.h"
-#include "tests/dirs_testing.h"
+#include "tests/testing/dirs.h"
 
 namespace ttt::auth {
 namespace {

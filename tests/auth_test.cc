@@ -23,7 +23,7 @@
 #include "auth/internal/tokens_file.h"
 #include "auth/scopes.h"
 #include "auth/token_store.h"
-#include "tests/dirs_testing.h"
+#include "tests/testing/dirs.h"
 #include "util/sha256.h"
 
 namespace ttt::auth {

@@ -16,8 +16,8 @@
 #include "auth/internal/x509_identity.h"
 #include "auth/scopes.h"
 #include "auth/token_store.h"
-#include "tests/dirs_testing.h"
-#include "tests/x509_testing.h"
+#include "tests/testing/dirs.h"
+#include "tests/testing/x509.h"
 
 namespace ttt::auth {
 namespace {

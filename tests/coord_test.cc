@@ -33,7 +33,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "coord/etcd_client.h"
-#include "tests/etcd_testing.h"
+#include "tests/testing/etcd.h"
 
 namespace ttt::coord {
 namespace {

@@ -1,5 +1,5 @@
 // Tests of engine/safetensors on real temporary files: round trips in every supported dtype,
-// the WeightStore over single and sharded checkpoints, atomic writes, and each validation error
+// the WeightStore over single and sharded checkpoints, and each validation error
 // (code and message) for malformed or truncated files. Corrupted inputs must never crash.
 #include "engine/safetensors.h"
 
@@ -411,25 +411,6 @@ TEST_F(SafetensorsTest, EncodeRejectsDuplicateNamesAndUnsupportedDtypes) {
   bytes = EncodeSafetensors({{"u", at::Tensor()}});
   EXPECT_EQ(bytes.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(bytes.status().message(), HasSubstr("tensor 'u': undefined"));
-}
-
-TEST_F(SafetensorsTest, WriteFileAtomicallyReplacesAndLeavesNoTemporaries) {
-  const std::filesystem::path path = dir_ / "ckpt.bin";
-  ASSERT_TRUE(WriteFileAtomically(path, "first").ok());
-  ASSERT_TRUE(WriteFileAtomically(path, std::string("second\0x", 8)).ok());
-  std::ifstream in(path, std::ios::binary);
-  std::string got((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  EXPECT_EQ(got, std::string("second\0x", 8));
-  int files = 0;
-  for (const auto& e : std::filesystem::directory_iterator(dir_)) {
-    ++files;
-    EXPECT_EQ(e.path().filename(), "ckpt.bin");
-  }
-  EXPECT_EQ(files, 1);
-
-  auto status = WriteFileAtomically(dir_ / "no_such_dir" / "f", "x");
-  EXPECT_EQ(status.code(), absl::StatusCode::kNotFound) << status;
-  EXPECT_THAT(status.message(), HasSubstr("no_such_dir"));
 }
 
 // --- WeightStore -------------------------------------------------------------------------------

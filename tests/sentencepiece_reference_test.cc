@@ -23,7 +23,7 @@
 #include "gtest/gtest.h"
 #include "tokenizer/tokenizer.h"
 
-#include "tests/utf8_testing.h"
+#include "tests/testing/utf8.h"
 
 namespace ttt::tokenizer {
 namespace {

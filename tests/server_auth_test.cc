@@ -15,8 +15,8 @@
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "server/server.h"
 #include "coord/etcd_client.h"
-#include "tests/etcd_testing.h"
-#include "tests/server_testing.h"
+#include "tests/testing/etcd.h"
+#include "tests/testing/server_fixture.h"
 #include "util/sha256.h"
 #include "tttserve/v1/ttt_service.grpc.pb.h"
 

@@ -17,7 +17,7 @@
 #include <gtest/gtest.h>
 
 #include "server/server.h"
-#include "tests/server_testing.h"
+#include "tests/testing/server_fixture.h"
 #include "tttserve/v1/ttt_service.grpc.pb.h"
 
 namespace ttt::server {

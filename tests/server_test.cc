@@ -22,9 +22,9 @@
 #include <unistd.h>
 
 #include "coord/etcd_client.h"
-#include "tests/etcd_testing.h"
-#include "tests/server_testing.h"
-#include "tests/utf8_testing.h"
+#include "tests/testing/etcd.h"
+#include "tests/testing/byte_level_tokenizer.h"
+#include "tests/testing/server_fixture.h"
 #include "tttserve/v1/ttt_service.grpc.pb.h"
 #include "util/sha256.h"
 
@@ -130,58 +130,15 @@ class ServerTest : public ttt::testing::ServerFixture {
     return w->Finish();
   }
 
-  // A model folder with a tokenizer: the llama fixture plus a tiny byte-level BPE tokenizer.json
-  // written here (the 94 printable ASCII bytes, space, newline and "é": the 97 ids of the
-  // fixture's vocabulary). Not SentencePiece: Debian's libsentencepiece carries its own protobuf
-  // 3.14 and cannot run in a process that uses libprotobuf 3.21 (gRPC, LibTorch).
+  // A model folder with a tokenizer: the llama fixture plus the byte-level test tokenizer (the 97
+  // ids of the fixture's vocabulary: printable ASCII, space, newline and "é").
   void StartWithTokenizer() {
     const fs::path model = dir_ / "model";
     fs::create_directories(model);
     for (const char* f : {"config.json", "model.safetensors"}) {
       fs::copy_file(GoldenLlama() / f, model / f);
     }
-    {
-      // GPT-2's byte-to-unicode table; printable ASCII, then space (U+0120) and newline (U+010A)
-      // get the low ids, the other bytes ids past the model's vocabulary (unused by these tests).
-      auto utf8 = [](int cp) { return ttt::testing::AppendUtf8("", cp); };
-      std::vector<int> symbol(256);
-      int extra = 0;
-      for (int b = 0; b < 256; ++b) {
-        const bool keep = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174);
-        symbol[b] = keep ? b : 256 + extra++;
-      }
-      std::vector<int> order;
-      for (int b = 33; b <= 126; ++b) order.push_back(b);
-      order.push_back(' ');
-      order.push_back('\n');
-      for (int b = 0; b < 256; ++b) {
-        if (std::find(order.begin(), order.end(), b) == order.end()) order.push_back(b);
-      }
-      std::vector<std::string> keys;
-      for (int b : order) keys.push_back(utf8(symbol[b]));
-      // Id 96, the last inside the model's vocabulary: "é" (bytes C3 A9), by the one merge.
-      const std::string e_acute = utf8(symbol[0xC3]) + utf8(symbol[0xA9]);
-      keys.insert(keys.begin() + 96, e_acute);
-      std::string vocab;
-      for (size_t id = 0; id < keys.size(); ++id) {
-        std::string key = keys[id];
-        if (key == "\"" || key == "\\") key = "\\" + key;
-        vocab += (id ? ", \"" : "\"") + key + "\": " + std::to_string(id);
-      }
-      const std::string merges =
-          "\"" + utf8(symbol[0xC3]) + " " + utf8(symbol[0xA9]) + "\"";
-      std::ofstream out(model / "tokenizer.json");
-      out << R"({"version": "1.0", "added_tokens": [], "normalizer": null,
-        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true,
-                          "use_regex": true},
-        "post_processor": null,
-        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true,
-                    "use_regex": true},
-        "model": {"type": "BPE", "dropout": null, "unk_token": null,
-                  "continuing_subword_prefix": null, "end_of_word_suffix": null,
-                  "fuse_unk": false, "byte_fallback": false, "vocab": {)"
-          << vocab << R"(}, "merges": [)" << merges << "]}}";
-    }
+    ttt::testing::WriteByteLevelTokenizer(model);
     options_.model_dir = model.string();
     Start();
   }

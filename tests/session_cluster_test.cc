@@ -18,8 +18,8 @@
 #include "engine/model.h"
 #include "engine/scheduler.h"
 #include "session/session.h"
-#include "tests/dirs_testing.h"
-#include "tests/etcd_testing.h"
+#include "tests/testing/dirs.h"
+#include "tests/testing/etcd.h"
 
 namespace ttt::session {
 namespace {

@@ -29,7 +29,7 @@
 #include <nlohmann/json.hpp>
 
 #include "session/internal/checkpoint.h"
-#include "tests/dirs_testing.h"
+#include "tests/testing/dirs.h"
 #include "util/sha256.h"
 
 namespace ttt::session {
@@ -820,7 +820,7 @@ TEST_F(SessionTest, CheckpointFolderListsAndServesOnlyWholeRegularFiles) {
 
 // Issue 9: the temporary files of checkpoint and session writes killed midway
 // ("<id>.safetensors.tmp.<pid>.<hex>") are removed when a manager starts on the folder; a temporary
-// file a live writer holds (locked, as engine::WriteFileAtomically does) and every other file stay.
+// file a live writer holds (locked, as util::WriteFileAtomically does) and every other file stay.
 TEST_F(SessionTest, TemporaryFilesOfKilledWritesAreRemovedAtStart) {
   auto a = manager_->CreateSession("t", {});
   ASSERT_TRUE(Ingest(a->id, Tokens(static_cast<int>(chunk_ + 2), vocab_, 41)).ok());

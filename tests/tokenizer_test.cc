@@ -20,7 +20,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
-#include "tests/utf8_testing.h"
+#include "tests/testing/utf8.h"
 #include "tokenizer/internal/regex.h"
 #include "tokenizer/internal/unicode_classes.h"
 

@@ -11,7 +11,8 @@
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
-#include "engine/status_macros.h"
+#include "util/files.h"
+#include "util/status_macros.h"
 
 namespace ttt::train {
 
@@ -87,9 +88,9 @@ absl::Status SaveCheckpoint(const fs::path& work, const engine::ModelConfig& con
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat("saving optimizer state: ", e.what_without_backtrace()));
   }
-  RETURN_IF_ERROR(engine::WriteFileAtomically(tmp / "config.json",
-                                              engine::ModelConfigToJson(config) + "\n"));
-  RETURN_IF_ERROR(engine::WriteFileAtomically(tmp / "progress.json", ProgressToJson(progress)));
+  RETURN_IF_ERROR(util::WriteFileAtomically(tmp / "config.json",
+                                            engine::ModelConfigToJson(config) + "\n"));
+  RETURN_IF_ERROR(util::WriteFileAtomically(tmp / "progress.json", ProgressToJson(progress)));
   RETURN_IF_ERROR(SyncDir(tmp));
   fs::remove_all(old, ec);
   if (fs::exists(cur)) fs::rename(cur, old, ec);

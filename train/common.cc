@@ -8,7 +8,8 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
-#include "engine/status_macros.h"
+#include "util/files.h"
+#include "util/status_macros.h"
 
 namespace ttt::train {
 
@@ -287,7 +288,7 @@ absl::Status WriteHfModel(const fs::path& dir, const ModelConfig& config,
   auto meta = metadata;
   meta["format"] = "pt";
   RETURN_IF_ERROR(engine::WriteSafetensors(dir / "model.safetensors", cast, meta));
-  return engine::WriteFileAtomically(dir / "config.json", engine::ModelConfigToJson(config) + "\n");
+  return util::WriteFileAtomically(dir / "config.json", engine::ModelConfigToJson(config) + "\n");
 }
 
 absl::Status CopyTokenizer(const fs::path& from, const fs::path& to) {
@@ -310,7 +311,7 @@ absl::Status CopyTokenizer(const fs::path& from, const fs::path& to) {
     std::ifstream in(f, std::ios::binary);
     std::stringstream bytes;
     bytes << in.rdbuf();
-    RETURN_IF_ERROR(engine::WriteFileAtomically(to / f.filename(), bytes.str()));
+    RETURN_IF_ERROR(util::WriteFileAtomically(to / f.filename(), bytes.str()));
   }
   return absl::OkStatus();
 }

@@ -9,7 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/safetensors.h"
-#include "engine/status_macros.h"
+#include "util/status_macros.h"
 
 namespace ttt::train {
 

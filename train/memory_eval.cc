@@ -12,8 +12,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
-#include "engine/safetensors.h"
-#include "engine/status_macros.h"
+#include "util/files.h"
+#include "util/status_macros.h"
 
 namespace ttt::train {
 namespace {
@@ -185,7 +185,7 @@ absl::StatusOr<std::vector<CorpusMeasures>> MeasureVariant(const std::string& la
       if (!path.empty()) {
         std::error_code ec;
         fs::create_directories(o.cache_dir, ec);
-        RETURN_IF_ERROR(engine::WriteFileAtomically(path, SerializeMeasures(key, *cached)));
+        RETURN_IF_ERROR(util::WriteFileAtomically(path, SerializeMeasures(key, *cached)));
       }
     }
     const MemoryPoint* whole = PointAt(cached->curve, kWholeDocument);

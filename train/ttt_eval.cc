@@ -31,11 +31,12 @@
 #include "absl/strings/str_split.h"
 #include "engine/model.h"
 #include "engine/safetensors.h"
-#include "engine/status_macros.h"
 #include "train/common.h"
 #include "train/eval_lib.h"
 #include "train/memory_eval.h"
+#include "util/files.h"
 #include "util/malloc_tuning.h"
+#include "util/status_macros.h"
 
 ABSL_FLAG(std::string, model, "models/ttt-brown", "the TTT model folder");
 ABSL_FLAG(std::string, twin, "models/ttt-brown-baseline",
@@ -499,7 +500,7 @@ absl::Status RunMemory(const fs::path& model_dir, const engine::ModelConfig& con
         {"TTT on, " + Setting(e.eta, e.clip, e.cap), {model_dir, e.eta, e.clip, e.cap}});
   }
   ASSIGN_OR_RETURN(std::string md, MemoryReport(o));
-  RETURN_IF_ERROR(engine::WriteFileAtomically(absl::GetFlag(FLAGS_out_md), md));
+  RETURN_IF_ERROR(util::WriteFileAtomically(absl::GetFlag(FLAGS_out_md), md));
   std::printf("wrote %s\n", absl::GetFlag(FLAGS_out_md).c_str());
   return absl::OkStatus();
 }
@@ -563,7 +564,7 @@ absl::Status Run() {
 
   const Report report{model_dir, twin_dir, &config, &vs, &m, docs, streams, reset, &test, &valid,
                       n, window, &sweep};
-  RETURN_IF_ERROR(engine::WriteFileAtomically(absl::GetFlag(FLAGS_out_md), ReportMarkdown(report)));
+  RETURN_IF_ERROR(util::WriteFileAtomically(absl::GetFlag(FLAGS_out_md), ReportMarkdown(report)));
   std::printf("wrote %s\n", absl::GetFlag(FLAGS_out_md).c_str());
   return absl::OkStatus();
 }

@@ -31,10 +31,10 @@
 #include "engine/config.h"
 #include "engine/model.h"
 #include "engine/safetensors.h"
-#include "engine/status_macros.h"
 #include "train/checkpoint.h"
 #include "train/common.h"
 #include "util/malloc_tuning.h"
+#include "util/status_macros.h"
 
 ABSL_FLAG(std::string, out, "models/ttt-brown", "model folder written at the end (HF layout)");
 ABSL_FLAG(std::string, work_dir, "data/run-ttt", "checkpoints (resumed from when present)");

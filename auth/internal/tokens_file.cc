@@ -8,6 +8,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "util/status_macros.h"
 
 namespace ttt::auth::internal {
 namespace {
@@ -66,25 +67,20 @@ absl::StatusOr<ParsedLine> ParseLine(absl::string_view line, const TenantValidat
   }
   const std::string tenant(fields[0]);
   if (validate) {
-    absl::Status valid = validate(tenant);
-    if (!valid.ok()) return valid;
+    RETURN_IF_ERROR(validate(tenant));
   }
   ScopeSet scopes = ScopeSet::Of(Scope::kWrite);
   if (fields.size() == 3) {
-    auto parsed = ParseScopeSet(fields[2]);
-    if (!parsed.ok()) return parsed.status();
-    scopes = *parsed;
+    ASSIGN_OR_RETURN(scopes, ParseScopeSet(fields[2]));
   }
   ParsedLine out;
   if (absl::StrContains(fields[1], ':')) {
-    absl::Status identity = CheckIdentity(fields[1]);
-    if (!identity.ok()) return identity;
+    RETURN_IF_ERROR(CheckIdentity(fields[1]));
     out.certificate = CertificateEntry{tenant, std::string(fields[1]), scopes, 0};
     return out;
   }
-  auto digest = ParseDigest(fields[1]);
-  if (!digest.ok()) return digest.status();
-  out.token = TokenEntry{tenant, *digest, scopes, 0};
+  ASSIGN_OR_RETURN(auto digest, ParseDigest(fields[1]));
+  out.token = TokenEntry{tenant, digest, scopes, 0};
   return out;
 }
 

@@ -15,6 +15,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "auth/internal/openssl_util.h"
+#include "util/status_macros.h"
 
 namespace ttt::auth::internal {
 namespace {
@@ -115,14 +116,13 @@ absl::StatusOr<CertificateIdentity> IdentityFromPem(absl::string_view pem) {
       bio == nullptr ? nullptr : PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr));
   if (cert == nullptr) return Refuse("it cannot be parsed as a PEM X.509 certificate");
 
-  auto uris = UriNames(cert.get());
-  if (!uris.ok()) return uris.status();
+  ASSIGN_OR_RETURN(auto uris, UriNames(cert.get()));
   CertificateIdentity out;
-  if (uris->size() > 1) {
+  if (uris.size() > 1) {
     return Refuse("it has several URI subjectAltNames (exactly one may name the client)");
   }
-  if (uris->size() == 1) {
-    const std::string& uri = uris->front();
+  if (uris.size() == 1) {
+    const std::string& uri = uris.front();
     bool ascii = true;
     for (char c : uri) ascii = ascii && static_cast<unsigned char>(c) < 0x80;
     if (!ascii || !IsUsableValue(uri)) {

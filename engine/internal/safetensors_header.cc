@@ -9,7 +9,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "engine/status_macros.h"
+#include "util/status_macros.h"
 
 namespace ttt::engine::internal {
 namespace {

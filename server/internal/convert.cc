@@ -8,6 +8,7 @@
 #include "auth/grpc_auth.h"
 #include "server/access_log.h"
 #include "tokenizer/tokenizer.h"
+#include "util/status_macros.h"
 
 namespace ttt::server::internal {
 
@@ -23,9 +24,8 @@ absl::StatusOr<auth::Principal> CallerOf(const auth::Authorizer& authorizer,
 
 absl::StatusOr<std::string> TenantOf(const auth::Authorizer& authorizer,
                                      const grpc::CallbackServerContext* ctx, const char* method) {
-  auto caller = CallerOf(authorizer, ctx, method);
-  if (!caller.ok()) return caller.status();
-  return std::move(caller->tenant);
+  ASSIGN_OR_RETURN(auto caller, CallerOf(authorizer, ctx, method));
+  return std::move(caller.tenant);
 }
 
 void ToProto(const session::Counters& c, pb::SessionCounters* out) {
@@ -107,24 +107,6 @@ session::SessionOptions FromProto(const pb::SessionOptions& o) {
   return out;
 }
 
-absl::StatusOr<std::vector<int32_t>> Tokenize(const tokenizer::Tokenizer* tok,
-                                              const std::string& text, const std::string& where) {
-  if (tok == nullptr) {
-    return absl::FailedPreconditionError(
-        absl::StrCat(where, ": the model has no tokenizer; send token_ids instead of text"));
-  }
-  absl::Status utf8 = tokenizer::ValidateUtf8(text);
-  if (!utf8.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat(where, ": text is not valid UTF-8 (",
-                                                   utf8.message(), ")"));
-  }
-  auto ids = tok->Encode(text);
-  if (!ids.ok()) {
-    return absl::Status(ids.status().code(), absl::StrCat(where, ": ", ids.status().message()));
-  }
-  return ids;
-}
-
 namespace {
 // The per-message size limits shared by every request that carries input.
 absl::Status CheckMessageLimits(int64_t ids, int64_t text_bytes, const ServiceLimits& limits,
@@ -153,7 +135,7 @@ absl::StatusOr<std::vector<int32_t>> InputTokens(
   absl::Status limits_ok = CheckMessageLimits(ids.size(), static_cast<int64_t>(text.size()),
                                               limits, what);
   if (!limits_ok.ok()) return limits_ok;
-  if (!text.empty()) return Tokenize(tok, text, what);
+  if (!text.empty()) return core::Tokenize(tok, text, what);
   return std::vector<int32_t>(ids.begin(), ids.end());
 }
 
@@ -169,6 +151,50 @@ absl::Status ValidateIngestMessage(const pb::IngestRequest& req, const ServiceLi
   }
   return CheckMessageLimits(req.token_ids_size(), static_cast<int64_t>(req.text().size()), limits,
                             where);
+}
+
+absl::StatusOr<std::unique_ptr<session::Writer>> OpenIngestWriter(
+    session::SessionManager& sessions, const std::string& tenant, const pb::IngestRequest& first) {
+  if (first.session_id().empty()) {
+    return absl::InvalidArgumentError(
+        "the first Ingest message must name the session (session_id)");
+  }
+  auto writer = sessions.OpenWriter(tenant, first.session_id(), "an Ingest");
+  if (!writer.ok() || !first.has_expected_tokens_received()) return writer;
+  const int64_t have = (*writer)->counters().tokens_received;
+  if (have == first.expected_tokens_received()) return writer;
+  return absl::FailedPreconditionError(absl::StrCat(
+      "session ", (*writer)->session_id(), " has received ", have, " tokens, not ",
+      first.expected_tokens_received(), " as expected_tokens_received says; nothing of this "
+      "stream was applied: resend from token ", have, " with expected_tokens_received=", have));
+}
+
+absl::Status CheckIngestSession(const pb::IngestRequest& req, const std::string& bound,
+                                const std::string& where) {
+  if (req.has_expected_tokens_received()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        where, " sets expected_tokens_received: only the first message of a stream may"));
+  }
+  if (req.session_id().empty() || req.session_id() == bound) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(where, " names session ", req.session_id(),
+                                                 " but this stream writes ", bound,
+                                                 "; open one stream per session"));
+}
+
+pb::IngestResponse IngestResponseFor(int64_t index, int64_t buffered_text_bytes,
+                                     const session::Counters& counters,
+                                     const core::IngestStream& stream) {
+  pb::IngestResponse resp;
+  resp.set_message_index(index);
+  resp.set_stream_tokens(stream.stream_tokens());
+  resp.set_buffered_text_bytes(buffered_text_bytes);
+  ToProto(counters, resp.mutable_counters());
+  if (const auto loss = stream.loss()) {
+    resp.set_loss(loss->loss);
+    resp.set_perplexity(loss->perplexity);
+    resp.set_loss_tokens(loss->tokens);
+  }
+  return resp;
 }
 
 session::GenerateParams GenerateParamsFromProto(const pb::GenerateRequest& req) {

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -14,6 +15,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "auth/authorizer.h"
+#include "server/core/ingest_stream.h"
 #include "server/internal/quota_gate.h"
 #include "server/service.h"
 #include "session/session.h"
@@ -50,12 +52,6 @@ void ToProto(const session::ScoreResult& result, tttserve::v1::ScoreResponse* ou
 tttserve::v1::FinishReason ToProto(session::FinishReason reason);
 session::SessionOptions FromProto(const tttserve::v1::SessionOptions& o);
 
-// Text to token ids with the model's tokenizer: FAILED_PRECONDITION without one,
-// INVALID_ARGUMENT for malformed UTF-8 (the message names the byte offset). `where` prefixes
-// every message ("Ingest message 3").
-absl::StatusOr<std::vector<int32_t>> Tokenize(const tokenizer::Tokenizer* tok,
-                                              const std::string& text, const std::string& where);
-
 // Text or token ids of a unary request (at most one kind; both empty gives no tokens), checked
 // against the per-message limits. INVALID_ARGUMENT names `what` and the limit.
 absl::StatusOr<std::vector<int32_t>> InputTokens(
@@ -66,6 +62,24 @@ absl::StatusOr<std::vector<int32_t>> InputTokens(
 // limits. INVALID_ARGUMENT prefixed with `where`.
 absl::Status ValidateIngestMessage(const tttserve::v1::IngestRequest& req,
                                    const ServiceLimits& limits, const std::string& where);
+
+// An Ingest stream's session: its first message names it and takes its writer lease
+// (INVALID_ARGUMENT without a name; the session manager's codes). With expected_tokens_received
+// (an idempotent resend) the session must have received exactly that many tokens, else
+// FAILED_PRECONDITION saying where to resume; under the lease nothing else changes the counters,
+// so the check holds for the whole stream.
+absl::StatusOr<std::unique_ptr<session::Writer>> OpenIngestWriter(
+    session::SessionManager& sessions, const std::string& tenant,
+    const tttserve::v1::IngestRequest& first);
+// A later message of a stream that writes session `bound`: it may repeat that name but not name
+// another or set expected_tokens_received (INVALID_ARGUMENT prefixed with `where`).
+absl::Status CheckIngestSession(const tttserve::v1::IngestRequest& req, const std::string& bound,
+                                const std::string& where);
+// The response to Ingest message `index` once applied: the stream's totals (and loss when asked),
+// the text still buffered behind it, the session's counters.
+tttserve::v1::IngestResponse IngestResponseFor(int64_t index, int64_t buffered_text_bytes,
+                                               const session::Counters& counters,
+                                               const core::IngestStream& stream);
 
 // A Generate request without its prompt (the caller converts that with InputTokens):
 // max_tokens 0 means the default of 64, unset temperature and top_p mean 1. Sampling values are

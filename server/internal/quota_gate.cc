@@ -7,6 +7,8 @@
 #include <system_error>
 #include <utility>
 
+#include "util/status_macros.h"
+
 namespace ttt::server::internal {
 namespace {
 constexpr char kOthers[] = "*";  // the label of every tenant the quotas file does not list
@@ -30,8 +32,7 @@ absl::StatusOr<std::shared_ptr<QuotaGate::SessionReservation>> QuotaGate::Reserv
     const std::string& tenant) {
   if (quotas_ == nullptr) return nullptr;
   std::lock_guard<std::mutex> lock(mu_);
-  absl::Status st = quotas_->CheckLiveSessions(tenant, LiveSessions(tenant));
-  if (!st.ok()) return st;
+  RETURN_IF_ERROR(quotas_->CheckLiveSessions(tenant, LiveSessions(tenant)));
   ++creating_[tenant];
   return std::shared_ptr<SessionReservation>(new SessionReservation(this, tenant));
 }
@@ -80,9 +81,8 @@ absl::Status QuotaGate::AfterCheckpoint(const std::string& tenant,
 absl::StatusOr<std::optional<auth::Quotas::StreamLease>> QuotaGate::AcquireStream(
     const std::string& tenant) {
   if (quotas_ == nullptr) return std::optional<auth::Quotas::StreamLease>();
-  auto lease = quotas_->AcquireStream(tenant);
-  if (!lease.ok()) return lease.status();
-  return std::optional<auth::Quotas::StreamLease>(std::move(*lease));
+  ASSIGN_OR_RETURN(auto lease, quotas_->AcquireStream(tenant));
+  return std::optional<auth::Quotas::StreamLease>(std::move(lease));
 }
 
 absl::Status QuotaGate::TakeIngestTokens(const std::string& tenant, int64_t tokens) {

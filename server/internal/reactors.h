@@ -3,7 +3,7 @@
 // throughout: one read and one write in flight at a time; state shared by reactions and engine
 // callbacks is guarded by the reactor's mutex; Finish is never called with a write outstanding;
 // a reactor deletes itself only when gRPC is done with it (OnDone) and no engine callback is
-// still due.
+// still due (reactor_lifetime.h).
 #pragma once
 
 #include <atomic>
@@ -11,7 +11,9 @@
 #include <exception>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
+#include <utility>
 
 #include <grpcpp/grpcpp.h>
 
@@ -54,6 +56,27 @@ inline grpc::StatusCode RecordedCode(const grpc::ServerContextBase& ctx,
 inline void RecordCall(Metrics* metrics, const grpc::ServerContextBase& ctx, const char* method,
                        const grpc::Status& status, Clock::time_point start) {
   metrics->RecordRequest(method, RecordedCode(ctx, status), SecondsSince(start));
+}
+
+// Takes one of `tenant`'s open streams (--quotas_file) into `*lease`, which holds it until reset
+// (left empty without quotas). RESOURCE_EXHAUSTED at the tenant's limit.
+inline absl::Status AcquireStream(QuotaGate& quotas, const std::string& tenant,
+                                  std::optional<auth::Quotas::StreamLease>* lease) {
+  auto stream = quotas.AcquireStream(tenant);
+  if (!stream.ok()) return stream.status();
+  if (*stream) lease->emplace(std::move(**stream));
+  return absl::OkStatus();
+}
+
+// Runs `body` (returning absl::Status) so that nothing escapes a reactor: an exception becomes
+// INTERNAL "<what> failed: ...".
+template <typename Body>
+absl::Status Guarded(const char* what, Body&& body) {
+  try {
+    return body();
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat(what, " failed: ", e.what()));
+  }
 }
 
 // Each returns a reactor that owns itself (deleted in OnDone, or when its last engine callback

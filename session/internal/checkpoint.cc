@@ -10,9 +10,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "engine/safetensors.h"
-#include "engine/status_macros.h"
 #include "session/internal/names.h"
 #include "util/sha256.h"
+#include "util/status_macros.h"
 
 namespace ttt::session::internal {
 namespace {

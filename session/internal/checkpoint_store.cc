@@ -14,10 +14,9 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "engine/safetensors.h"
-#include "engine/status_macros.h"
-#include "engine/temp_files.h"
 #include "session/internal/names.h"
+#include "util/files.h"
+#include "util/status_macros.h"
 
 namespace ttt::session::internal {
 
@@ -129,7 +128,7 @@ std::vector<std::string> IdsIn(int dir_fd) {
 absl::Status WriteAtomically(const fs::path& path, const std::string& bytes) {
   std::error_code ec;
   fs::create_directories(path.parent_path(), ec);
-  return engine::WriteFileAtomically(path, bytes);
+  return util::WriteFileAtomically(path, bytes);
 }
 
 // Creates `path` with `bytes`, failing if it exists; durable (file and folder fsync'd) on OK.
@@ -183,7 +182,7 @@ void CheckpointStore::RemoveAbandonedTempFiles() const {
     if (tenant_dir.is_symlink(ec) || !ValidateName(tenant, "tenant", 64).ok()) continue;
     for (const char* kind : {kCheckpoints, kSessions}) {
       const fs::path dir = root_ / tenant / kind;
-      const int removed = engine::RemoveAbandonedTempFiles(dir);
+      const int removed = util::RemoveAbandonedTempFiles(dir);
       if (removed > 0) {
         std::fprintf(stderr, "ttt-serve: removed %d temporary files of interrupted writes in %s\n",
                      removed, dir.c_str());

@@ -35,7 +35,7 @@ class CheckpointStore {
   explicit CheckpointStore(std::filesystem::path root) : root_(std::move(root)) {}
 
   // Creates the root folder and removes the temporary files of writes a killed process left
-  // (those no live writer holds: engine::RemoveAbandonedTempFiles). FAILED_PRECONDITION when the
+  // (those no live writer holds: util::RemoveAbandonedTempFiles). FAILED_PRECONDITION when the
   // folder cannot be created.
   absl::Status Init() const;
 

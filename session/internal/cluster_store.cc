@@ -5,8 +5,8 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "engine/status_macros.h"
 #include "session/internal/names.h"
+#include "util/status_macros.h"
 
 namespace ttt::session::internal {
 

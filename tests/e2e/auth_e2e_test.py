@@ -23,11 +23,10 @@ import shutil
 import ssl
 import subprocess
 import tempfile
-import time
 import unittest
 import urllib.error
 import urllib.request
-from e2e_support import free_port, parse_unittest_args, stop_process
+from e2e_support import free_port, parse_unittest_args, stop_process, wait_until
 
 ARGS = None
 pb = None
@@ -71,15 +70,6 @@ def write_atomically(path, text):
     with open(path + ".tmp", "w") as f:
         f.write(text)
     os.rename(path + ".tmp", path)
-
-
-def wait_until(predicate, timeout=30):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return predicate()
 
 
 class Pki:
@@ -136,7 +126,7 @@ class Server:
             raise RuntimeError("server did not start:\n" + self.output())
         # The health listener comes up with the main port; wait for SERVING.
         check = self.health.unary_unary(HEALTH_CHECK)
-        if not wait_until(lambda: self._serving(check)):
+        if not wait_until(lambda: self._serving(check), 30):
             raise RuntimeError("server never SERVING:\n" + self.output())
 
     @staticmethod
@@ -325,7 +315,7 @@ class AuthE2ETest(unittest.TestCase):
             old = f.read()
         write_atomically(self.tokens, old.replace(sha256_hex("bob-token"),
                                                   sha256_hex("bob-token-2")))
-        self.assertTrue(wait_until(lambda: self._lists("bob-token-2")), self.server.output())
+        self.assertTrue(wait_until(lambda: self._lists("bob-token-2"), 30), self.server.output())
         self.assertCode(lambda: self.stub.ListSessions(pb.ListSessionsRequest(),
                                                        metadata=bearer("bob-token")),
                         grpc.StatusCode.UNAUTHENTICATED, "unknown bearer token")
@@ -339,7 +329,7 @@ class AuthE2ETest(unittest.TestCase):
 
         # Certificate rotation to one from ca2: new connections need ca2, no restart.
         self.pki.serve("v2")
-        self.assertTrue(wait_until(lambda: self._lists("bob-token-2", ca="ca2")),
+        self.assertTrue(wait_until(lambda: self._lists("bob-token-2", ca="ca2"), 30),
                         self.server.output())
 
         # A stream whose credential stays valid goes on across both rotations.
@@ -349,7 +339,7 @@ class AuthE2ETest(unittest.TestCase):
         self.assertEqual(list(alice_stream), [])
         self.pki.serve("v1")
         write_atomically(self.tokens, old)
-        self.assertTrue(wait_until(lambda: self._lists("bob-token", ca="ca1")))
+        self.assertTrue(wait_until(lambda: self._lists("bob-token", ca="ca1"), 30))
 
     def _lists(self, token, ca="ca1"):
         channel = self.secure_channel(ca)
@@ -540,7 +530,7 @@ class QuotasE2ETest(unittest.TestCase):
     def test_quotas_file_reloads_without_a_restart(self):
         self.assertExhausted(lambda: self.create("carol"), "at its quota of 0 (live_sessions)")
         write_atomically(self.quotas, QUOTAS % 1)
-        self.assertTrue(wait_until(lambda: self._creates("carol")), self.server.output())
+        self.assertTrue(wait_until(lambda: self._creates("carol"), 30), self.server.output())
         self.assertIn("quotas: reloaded", self.server.output())
 
     def _creates(self, tenant):

@@ -1,6 +1,6 @@
 """What the end-to-end scripts share: free loopback ports, the Python gRPC stubs of the service
 (generated at test time from proto/), the flags of the unittest scripts, stopping a process,
-waiting for an HTTP endpoint, and a log's last lines."""
+waiting for a condition or an HTTP endpoint, and a log's last lines."""
 import argparse
 import os
 import signal
@@ -57,6 +57,17 @@ def stop_process(proc, sig=signal.SIGTERM, timeout=30):
             proc.kill()
             proc.wait()
     return proc.returncode
+
+
+def wait_until(predicate, timeout):
+    """Whether predicate() became true within timeout seconds (polled every 0.2 s; asked once
+    more at the end, so a slow last poll still counts)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return predicate()
 
 
 def wait_http(url, timeout):

@@ -30,7 +30,7 @@ import time
 import unittest
 import urllib.error
 import urllib.request
-from e2e_support import free_port, parse_unittest_args, stop_process, log_tail
+from e2e_support import free_port, parse_unittest_args, stop_process, log_tail, wait_until
 
 ARGS = None
 pb = None
@@ -42,15 +42,6 @@ DOCUMENT = ("The lighthouse keeper counted ships every night. The lighthouse kee
             "names of the ships in a book. ") * 4
 MAX_BODY = 65536
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def wait_until(predicate, timeout=60):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return predicate()
 
 
 class Server:

@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "tokenizer/internal/utf8.h"
+#include "util/status_macros.h"
 
 namespace ttt::tokenizer::internal {
 namespace {
@@ -151,17 +152,14 @@ absl::Status ParsePreTokenizer(const Json& node, const ErrorFactory& errors,
       return errors.Malformed("Sequence pre_tokenizer without a pretokenizers list");
     }
     for (const Json& child : *it) {
-      absl::Status status = ParsePreTokenizer(child, errors, stages, saw_byte_level);
-      if (!status.ok()) return status;
+      RETURN_IF_ERROR(ParsePreTokenizer(child, errors, stages, saw_byte_level));
     }
     return absl::OkStatus();
   }
   if (type == "ByteLevel") {
     BpeTokenizer::PreTokenizerStage stage;
     if (BoolOr(node, "use_regex", true)) {
-      auto regex_stage = RegexStage(kGpt2Pattern, /*literal=*/false, errors);
-      if (!regex_stage.ok()) return regex_stage.status();
-      stage = *std::move(regex_stage);
+      ASSIGN_OR_RETURN(stage, RegexStage(kGpt2Pattern, /*literal=*/false, errors));
     }
     stage.add_prefix_space = BoolOr(node, "add_prefix_space", false);
     stages->push_back(std::move(stage));
@@ -215,15 +213,14 @@ absl::Status ParsePreTokenizer(const Json& node, const ErrorFactory& errors,
 // Splits `piece` by a stage's regex the way tokenizers' NormalizedString::split does.
 absl::Status SplitPiece(const BpeTokenizer::PreTokenizerStage& stage, std::string_view piece,
                         std::vector<std::string>* out) {
-  auto matches = stage.regex->FindAll(piece);
-  if (!matches.ok()) return matches.status();
+  ASSIGN_OR_RETURN(auto matches, stage.regex->FindAll(piece));
   struct Span {
     size_t begin, end;
     bool is_match;
   };
   std::vector<Span> spans;
   size_t last = 0;
-  for (const auto& [begin, end] : *matches) {
+  for (const auto& [begin, end] : matches) {
     if (begin > last) spans.push_back({last, begin, false});
     spans.push_back({begin, end, true});
     last = end;
@@ -338,8 +335,7 @@ absl::StatusOr<std::unique_ptr<BpeTokenizer>> BpeTokenizer::Create(std::string_v
   bool saw_byte_level = false;
   const Json& pre = root.contains("pre_tokenizer") ? root["pre_tokenizer"] : null_json;
   if (!pre.is_null()) {
-    absl::Status status = ParsePreTokenizer(pre, errors, &t.stages_, &saw_byte_level);
-    if (!status.ok()) return status;
+    RETURN_IF_ERROR(ParsePreTokenizer(pre, errors, &t.stages_, &saw_byte_level));
   }
   if (!saw_byte_level) return errors.Unsupported("no ByteLevel pre_tokenizer: not byte-level BPE");
   auto normalizer = Normalizer::Parse(root.contains("normalizer") ? root["normalizer"] : null_json);
@@ -530,8 +526,7 @@ absl::Status BpeTokenizer::EncodeSegment(std::string_view segment,
         next.push_back(std::move(piece));
         continue;
       }
-      absl::Status status = SplitPiece(stage, piece, &next);
-      if (!status.ok()) return status;
+      RETURN_IF_ERROR(SplitPiece(stage, piece, &next));
     }
     pieces = std::move(next);
   }

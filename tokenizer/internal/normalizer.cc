@@ -13,6 +13,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "tokenizer/internal/unicode_classes.h"
+#include "util/status_macros.h"
 
 namespace ttt::tokenizer::internal {
 
@@ -208,11 +209,10 @@ std::string Strip(std::string_view text, bool left, bool right) {
 }
 
 absl::StatusOr<std::string> Replace(const Step& step, std::string_view text) {
-  auto matches = step.regex->FindAll(text);
-  if (!matches.ok()) return matches.status();
+  ASSIGN_OR_RETURN(auto matches, step.regex->FindAll(text));
   std::string out;
   size_t last = 0;
-  for (const auto& [begin, end] : *matches) {
+  for (const auto& [begin, end] : matches) {
     out.append(text.substr(last, begin - last));
     out.append(step.text);
     last = end;
@@ -268,8 +268,7 @@ absl::Status AppendSteps(const Json& node, std::vector<std::unique_ptr<Step>>* s
       return absl::InvalidArgumentError("Sequence normalizer without a normalizers list");
     }
     for (const Json& child : *children) {
-      absl::Status status = AppendSteps(child, steps);
-      if (!status.ok()) return status;
+      RETURN_IF_ERROR(AppendSteps(child, steps));
     }
     return absl::OkStatus();
   }
@@ -298,9 +297,7 @@ absl::Status AppendSteps(const Json& node, std::vector<std::unique_ptr<Step>>* s
     step->kind = Step::Kind::kPrepend;
     step->text = prepend->get<std::string>();
   } else if (type == "Replace") {
-    auto replace = ParseReplace(node);
-    if (!replace.ok()) return replace.status();
-    step = *std::move(replace);
+    ASSIGN_OR_RETURN(step, ParseReplace(node));
   } else if (step->utf8proc_options == 0) {
     return absl::UnimplementedError(absl::StrCat(
         "unsupported normalizer type ", type,
@@ -316,8 +313,7 @@ Normalizer::~Normalizer() = default;
 
 absl::StatusOr<std::unique_ptr<Normalizer>> Normalizer::Parse(const Json& node) {
   auto normalizer = std::unique_ptr<Normalizer>(new Normalizer());
-  absl::Status status = AppendSteps(node, &normalizer->steps_);
-  if (!status.ok()) return status;
+  RETURN_IF_ERROR(AppendSteps(node, &normalizer->steps_));
   return normalizer;
 }
 
@@ -326,8 +322,7 @@ absl::StatusOr<std::string> Normalizer::Normalize(std::string_view text) const {
   for (const std::unique_ptr<Step>& step : steps_) {
     switch (step->kind) {
       case Step::Kind::kUnicodeForm: {
-        absl::Status status = UnicodeForm(step->utf8proc_options, &current);
-        if (!status.ok()) return status;
+        RETURN_IF_ERROR(UnicodeForm(step->utf8proc_options, &current));
         break;
       }
       case Step::Kind::kLowercase:
@@ -337,9 +332,7 @@ absl::StatusOr<std::string> Normalizer::Normalize(std::string_view text) const {
         current = Strip(current, step->left, step->right);
         break;
       case Step::Kind::kReplace: {
-        auto replaced = Replace(*step, current);
-        if (!replaced.ok()) return replaced.status();
-        current = *std::move(replaced);
+        ASSIGN_OR_RETURN(current, Replace(*step, current));
         break;
       }
       case Step::Kind::kPrepend:

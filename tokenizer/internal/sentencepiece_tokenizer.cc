@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "tokenizer/internal/utf8.h"
+#include "util/status_macros.h"
 
 namespace ttt::tokenizer::internal {
 namespace {
@@ -375,8 +376,7 @@ std::vector<SentencePieceTokenizer::Segment> SentencePieceTokenizer::EncodeChar(
 
 absl::StatusOr<std::vector<int32_t>> SentencePieceTokenizer::Encode(std::string_view text,
                                                                     SpecialTokens) const {
-  absl::Status status = ValidateUtf8(text);
-  if (!status.ok()) return status;
+  RETURN_IF_ERROR(ValidateUtf8(text));
   const std::string normalized = normalizer_->Normalize(text);
   if (normalized.empty()) return std::vector<int32_t>();
   std::vector<Segment> segments;

@@ -1,4 +1,5 @@
-// Local absl::Status helpers: Debian's Abseil (20220623) ships no status macros.
+// Local absl::Status helpers: Debian's Abseil (20220623) ships no status macros. Header-only, in
+// util/ because every module above it (engine, session, server, auth, train) uses them.
 #pragma once
 
 #include "absl/status/status.h"

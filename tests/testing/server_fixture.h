@@ -19,7 +19,7 @@
 #include <gtest/gtest.h>
 
 #include "server/server.h"
-#include "tests/dirs_testing.h"
+#include "tests/testing/dirs.h"
 #include "tttserve/v1/ttt_service.grpc.pb.h"
 
 namespace ttt::testing {
