@@ -9,10 +9,10 @@
 // the stream ends with the error of the first message that failed, whichever way it failed
 // (refused on arrival, by the engine or the store, or by the credential being revoked), and
 // nothing after that message is applied. A client that resends from the message after its last
-// response therefore applies nothing twice (docs/contract.md, "Ingest acknowledgements"). The
-// one exception is the store's: a sync-durability flush whose write failed is applied here but
-// not durable, so not acknowledged. A stream the client cancels stops applying at once; text it
-// left buffered is dropped, not flushed.
+// response therefore applies nothing twice (docs/contract.md, "Ingest acknowledgements"); a
+// sync-durability message whose write failed is undone by the session manager (the session goes
+// back to its last durable copy), so it is neither applied nor acknowledged. A stream the client
+// cancels stops applying at once; text it left buffered is dropped, not flushed.
 #include <memory>
 #include <mutex>
 #include <optional>

@@ -80,9 +80,11 @@ absl::Status SessionManager::SubmitIngest(
             "the tokens could not be committed (", written.status().message(),
             "); the session continues from its last commit: retry the unacknowledged input"));
       } else if (!written.ok()) {
+        RewindToDurable(*s);
         st = absl::UnavailableError(absl::StrCat(
-            "the tokens were applied but could not be made durable in the session store (",
-            written.status().message(), "); retry the unacknowledged input"));
+            "the tokens could not be made durable in the session store (",
+            written.status().message(), "); the session is back at its last durable copy: "
+            "read its position (GetSession) and resend from there"));
       }
     }
     s->EndOp();

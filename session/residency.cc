@@ -44,6 +44,8 @@ void SessionManager::LoadPersisted() {
     auto s = std::make_shared<Session>(p.id, p.tenant, next_key_++, p.meta.options,
                                        p.meta.created_unix_ms);
     s->counters = p.meta.counters;
+    s->durable_counters = p.meta.counters;
+    s->persisted_ms = NowMs();
     s->resident = false;
     std::lock_guard<std::mutex> lock(mu_);
     sessions_[p.tenant][p.id] = std::move(s);
@@ -200,6 +202,7 @@ absl::StatusOr<int64_t> SessionManager::WriteSessionFile(const std::shared_ptr<S
   {
     std::lock_guard<std::mutex> lock(s->mu);
     s->persisted_ms = now;
+    s->durable_counters = meta.counters;
   }
   if (listener_ != nullptr) {
     const double seconds =
@@ -341,6 +344,20 @@ absl::Status SessionManager::EnsureResident(Session& s) {
   }
   EvictToFit(&s);  // it is in use, so others make room
   return absl::OkStatus();
+}
+
+void SessionManager::RewindToDurable(Session& s) {
+  std::lock_guard<std::mutex> lock(s.mu);
+  s.counters = s.durable_counters;
+  s.dirty = false;
+  if (s.persisted_ms == 0) {  // never written: its durable copy is the empty state
+    s.state = model_->NewSequence();
+    s.RefreshLocked();
+    return;
+  }
+  s.state = engine::SequenceState{};  // its next use reloads the durable copy
+  s.resident = false;
+  s.memory_bytes = 0;
 }
 
 internal::CheckpointMeta SessionManager::MetaOf(Session& s,

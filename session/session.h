@@ -353,6 +353,9 @@ class SessionManager {
   // commits it (a new blob, then the head moved if this process still owns the session);
   // returns the bytes written. A fenced commit (FAILED_PRECONDITION) disowns the session.
   absl::StatusOr<int64_t> WriteSessionFile(const std::shared_ptr<Session>& s);
+  // Engine thread: a sync Ingest whose write failed takes the session back to its last durable
+  // copy (counters now, state at its next use), so what is applied is what was acknowledged.
+  void RewindToDurable(Session& s);
   // Queues, after the session's work, dropping its state and its session file (deleted or
   // expired sessions).
   void DropOnEngine(const std::shared_ptr<Session>& s);

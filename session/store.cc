@@ -75,6 +75,7 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::PublishShared(
       r.fence = owned.fence;
       r.head_blob = owned.head.blob;
       r.persisted_ms = now;
+      r.durable_counters = counters;
     }
   }
   if (!registered.ok()) (void)cluster_->Delete(tenant, id, owned.fence, owned.head.blob);
@@ -114,6 +115,7 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::Adopt(const std::string
       r.fence = owned.fence;
       r.head_blob = owned.head.blob;
       r.persisted_ms = NowMs();
+      r.durable_counters = meta.counters;
     }
   }
   if (!registered.ok()) {

@@ -7,6 +7,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <fstream>
 #include <future>
 #include <memory>
 #include <random>
@@ -269,6 +270,26 @@ TEST_F(ClusterTest, ListingAndDeletingSpanTheCluster) {
   ASSERT_TRUE(a_->sessions->DeleteSession("t", "s1").ok());
   EXPECT_TRUE(b_->sessions->CreateSession("t", {}, "s1").ok());  // the id is free again
   EXPECT_EQ(a_->sessions->GetSession("t", "s1").status().code(), absl::StatusCode::kUnavailable);
+}
+
+TEST_F(ClusterTest, AFailedCommitUndoesTheMessageOnEveryReplica) {
+  const auto first = Tokens(chunk_ + 1, vocab_, 11);
+  const auto lost = Tokens(chunk_ + 2, vocab_, 12);
+  ASSERT_TRUE(a_->sessions->CreateSession("t", {}, "s1").ok());
+  ASSERT_TRUE(IngestOn(*a_->sessions, "s1", first, true).ok());
+  // The session's blob folder becomes a file: the next blob cannot be written.
+  const fs::path blobs = dir_ / "t" / "blobs" / "s1";
+  fs::rename(blobs, dir_ / "kept");
+  std::ofstream(blobs) << "not a folder";
+  auto failed = IngestOn(*a_->sessions, "s1", lost, true);
+  EXPECT_EQ(failed.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(failed.status().message(), HasSubstr("could not be committed"));
+  fs::remove(blobs);
+  fs::rename(dir_ / "kept", blobs);
+  // A let the session go; whoever serves it next has exactly the acknowledged input.
+  auto info = b_->sessions->GetSession("t", "s1");
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->counters.tokens_received, static_cast<int64_t>(first.size()));
 }
 
 TEST_F(ClusterTest, AForkIsCommittedWithItsCreation) {

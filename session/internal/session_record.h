@@ -52,6 +52,8 @@ class Session {
   // Written by a writer since its last copy in the store (write-behind picks it up); mu.
   bool dirty = false;
   int64_t persisted_ms = 0;  // when its state was last written to the store; guarded by mu
+  // The counters of that copy: where a sync Ingest whose write failed goes back to; mu.
+  Counters durable_counters;
   bool persist_queued = false;  // a write-behind is queued; guarded by mu
   // Shared through etcd (ManagerOptions::cluster): the fencing revision of this process's
   // ownership (0: not owned, so every later commit here fails), the blob its committed head
