@@ -234,20 +234,21 @@ bool AwaitSignal(const sigset_t& signals, int64_t seconds) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Signals are taken synchronously by this thread (sigwait). Blocked first of all: every thread
+  // inherits the mask, and one started without it (gRPC's, once its log is routed) would let a
+  // SIGTERM that comes during start-up kill the process instead of draining it.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
   ttt::util::TuneMallocForTensors();
   absl::SetProgramUsageMessage("ttt-serve: gRPC model server with In-Place Test-Time Training");
   ttt::util::ParseFlagsWithHelp(argc, argv, "server/main.cc", [] {
     return absl::StrCat("ttt-serve ", ttt::server::kVersion, " (", TTT_GIT_DESCRIBE, ")\n");
   });
   if (!SetUpLog()) return 2;
-
-  // Signals are taken synchronously by this thread (sigwait); every thread started from here
-  // on inherits the blocked mask.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   ttt::server::ServerOptions o;
   o.model_dir = absl::GetFlag(FLAGS_model);
