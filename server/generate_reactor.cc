@@ -80,8 +80,12 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
     auto stream = svc_->quotas()->AcquireStream(tenant);
     if (!stream.ok()) return stream.status();
     if (*stream) stream_.emplace(std::move(**stream));
+    const TextEncoding encoding = TextEncodingOf(svc_->tokenizer(), req.text_options());
+    auto starts = TextStartsContext(*svc_->sessions(), tenant, req.session_id(),
+                                    req.prompt_text(), encoding);
+    if (!starts.ok()) return starts.status();
     auto prompt = InputTokens(svc_->limits(), svc_->tokenizer(), req.prompt_text(),
-                              req.prompt_token_ids(), "the prompt");
+                              req.prompt_token_ids(), "the prompt", encoding, *starts);
     if (!prompt.ok()) return prompt.status();
     session::GenerateParams params = GenerateParamsFromProto(req);
     params.prompt = std::move(*prompt);

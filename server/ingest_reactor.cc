@@ -181,8 +181,7 @@ class IngestReactor final : public grpc::ServerBidiReactor<pb::IngestRequest, pb
   void EndOfStreamLocked() {
     reads_done_ = true;
     if (!failed_ && !text_buf_.empty() && writer_) {
-      auto tokens =
-          Tokenize(svc_->tokenizer(), text_buf_, "text buffered at the end of the stream");
+      auto tokens = EncodeTextLocked(text_buf_, "text buffered at the end of the stream");
       text_buf_.clear();
       absl::Status st =
           tokens.ok() ? Submit(kNoResponse, std::move(*tokens), false,
@@ -225,9 +224,11 @@ class IngestReactor final : public grpc::ServerBidiReactor<pb::IngestRequest, pb
   // The first message names the session and takes its writer lease; later ones may repeat it.
   absl::Status BindSessionLocked(const pb::IngestRequest& req, const std::string& where) {
     if (writer_) {
-      if (req.has_expected_tokens_received()) {
+      if (req.has_expected_tokens_received() || req.has_text_options()) {
         return absl::InvalidArgumentError(absl::StrCat(
-            where, " sets expected_tokens_received: only the first message of a stream may"));
+            where, " sets ",
+            req.has_text_options() ? "text_options" : "expected_tokens_received",
+            ": only the first message of a stream may"));
       }
       if (req.session_id().empty() || req.session_id() == writer_->session_id()) {
         return absl::OkStatus();
@@ -243,7 +244,17 @@ class IngestReactor final : public grpc::ServerBidiReactor<pb::IngestRequest, pb
     auto writer = svc_->sessions()->OpenWriter(tenant_, req.session_id(), "an Ingest");
     if (!writer.ok()) return writer.status();
     writer_ = std::move(*writer);
+    encoding_ = TextEncodingOf(svc_->tokenizer(), req.text_options());
+    bos_due_ = encoding_.bos_at_start.has_value() && writer_->counters().position == 0;
     return CheckExpectedLocked(req);
+  }
+
+  // `text`'s ids as this stream encodes text; bos first when they start the session's context.
+  absl::StatusOr<std::vector<int32_t>> EncodeTextLocked(const std::string& text,
+                                                        const std::string& where) {
+    auto ids = Tokenize(svc_->tokenizer(), text, where, encoding_.special);
+    if (ids.ok() && bos_due_ && !ids->empty()) ids->insert(ids->begin(), *encoding_.bos_at_start);
+    return ids;
   }
 
   // An idempotent resend: the session must have received exactly what the client believes.
@@ -290,7 +301,7 @@ class IngestReactor final : public grpc::ServerBidiReactor<pb::IngestRequest, pb
       const size_t carry = text_goes_on ? tokenizer::IncompleteUtf8Tail(text_buf_) : 0;
       const std::string whole = text_buf_.substr(0, text_buf_.size() - carry);
       if (!whole.empty()) {
-        auto text_tokens = Tokenize(svc_->tokenizer(), whole, where);
+        auto text_tokens = EncodeTextLocked(whole, where);
         if (!text_tokens.ok()) return text_tokens.status();
         tokens = std::move(*text_tokens);
       }
@@ -312,6 +323,7 @@ class IngestReactor final : public grpc::ServerBidiReactor<pb::IngestRequest, pb
     absl::Status rate =
         svc_->quotas()->TakeIngestTokens(tenant_, static_cast<int64_t>(tokens.size()));
     if (!rate.ok()) return rate;
+    if (!tokens.empty()) bos_due_ = false;  // the context has begun
     const int64_t buffered = static_cast<int64_t>(text_buf_.size());
     const auto submitted = Clock::now();
     ++outstanding_;
@@ -409,6 +421,8 @@ class IngestReactor final : public grpc::ServerBidiReactor<pb::IngestRequest, pb
   pb::IngestRequest req_;
   std::unique_ptr<session::Writer> writer_;
   std::string text_buf_;     // text awaiting flush / end_of_document / stream end
+  TextEncoding encoding_;    // the first message's text_options
+  bool bos_due_ = false;     // the session was at position 0 and this stream applied nothing yet
   int64_t msg_index_ = 0;
   int64_t outstanding_ = 0;  // submissions whose engine callback is due
   int64_t stream_tokens_ = 0;

@@ -56,6 +56,12 @@ grpc::ServerUnaryReactor* TttServiceImpl::GetServerInfo(Ctx* ctx,
     resp->set_max_generate_tokens(sessions_->options().max_generate_tokens);
     resp->set_sliding_window(model.attention_window().value_or(0));
     resp->set_eos_token_id(cfg.eos_token_id);
+    if (tokenizer_ != nullptr) {
+      pb::TokenizerInfo* info = resp->mutable_tokenizer_info();
+      info->set_unicode_version(tokenizer::UnicodeVersion());
+      info->set_bos_token_id(tokenizer_->bos_id().value_or(-1));
+      info->set_adds_bos(tokenizer_->adds_bos());
+    }
     *resp->mutable_security() = security_.info;
     auto caller = internal::CallerOf(*security_.authorizer, ctx, "GetServerInfo");
     const bool admin = caller.ok() && caller->scopes.Has(auth::Scope::kAdmin);
@@ -110,8 +116,13 @@ grpc::ServerUnaryReactor* TttServiceImpl::DeleteSession(Ctx* ctx,
 grpc::ServerUnaryReactor* TttServiceImpl::Score(Ctx* ctx, const pb::ScoreRequest* req,
                                                 pb::ScoreResponse* resp) {
   return RunUnary(this, ctx, "Score", [&](const std::string& tenant, Finisher finish) {
+    const internal::TextEncoding encoding =
+        internal::TextEncodingOf(tokenizer_, req->text_options());
+    auto starts = internal::TextStartsContext(*sessions_, tenant, req->session_id(), req->text(),
+                                              encoding);
+    if (!starts.ok()) return finish(starts.status());
     auto tokens = internal::InputTokens(limits_, tokenizer_, req->text(), req->token_ids(),
-                                        "the Score request");
+                                        "the Score request", encoding, *starts);
     if (!tokens.ok()) return finish(tokens.status());
     Metrics* metrics = metrics_;
     absl::Status st = sessions_->Score(

@@ -23,6 +23,7 @@
 
 #include "tests/server_testing.h"
 #include "tests/utf8_testing.h"
+#include "tokenizer/tokenizer.h"
 #include "tttserve/v1/ttt_service.grpc.pb.h"
 #include "util/sha256.h"
 
@@ -132,7 +133,9 @@ class ServerTest : public ttt::testing::ServerFixture {
   // written here (the 94 printable ASCII bytes, space, newline and "é": the 97 ids of the
   // fixture's vocabulary). Not SentencePiece: Debian's libsentencepiece carries its own protobuf
   // 3.14 and cannot run in a process that uses libprotobuf 3.21 (gRPC, LibTorch).
-  void StartWithTokenizer() {
+  // `added_tokens` (tokenizer.json's JSON array) and `config` (tokenizer_config.json's text,
+  // none when empty) let a test add special tokens and a bos.
+  void StartWithTokenizer(const std::string& added_tokens = "[]", const std::string& config = "") {
     const fs::path model = dir_ / "model";
     fs::create_directories(model);
     for (const char* f : {"config.json", "model.safetensors"}) {
@@ -169,7 +172,7 @@ class ServerTest : public ttt::testing::ServerFixture {
       const std::string merges =
           "\"" + utf8(symbol[0xC3]) + " " + utf8(symbol[0xA9]) + "\"";
       std::ofstream out(model / "tokenizer.json");
-      out << R"({"version": "1.0", "added_tokens": [], "normalizer": null,
+      out << R"({"version": "1.0", "added_tokens": )" << added_tokens << R"(, "normalizer": null,
         "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true,
                           "use_regex": true},
         "post_processor": null,
@@ -180,6 +183,7 @@ class ServerTest : public ttt::testing::ServerFixture {
                   "fuse_unk": false, "byte_fallback": false, "vocab": {)"
           << vocab << R"(}, "merges": [)" << merges << "]}}";
     }
+    if (!config.empty()) std::ofstream(model / "tokenizer_config.json") << config;
     options_.model_dir = model.string();
     Start();
   }
@@ -733,6 +737,66 @@ TEST_F(ServerTest, TextInputIsTokenizedAndInvalidUtf8IsRefused) {
   run(g, &cut, &reason);
   EXPECT_EQ(reason, pb::FINISH_REASON_STOP);
   EXPECT_EQ(cut, full.substr(0, full.find(stop)));
+}
+
+// Issue 29: special tokens in text stay text unless the request parses them, and the model's
+// bos goes before text that starts a context (by default as tokenizer_config.json says).
+TEST_F(ServerTest, TextOptionsChooseSpecialTokensAndBos) {
+  // "<s>" is special token 93 (the fixture's "~") and the bos; add_bos_token says to add it.
+  StartWithTokenizer(R"([{"id": 93, "content": "<s>", "special": true}])",
+                     R"({"bos_token": "<s>", "add_bos_token": true})");
+  pb::ServerInfo info;
+  ASSERT_TRUE(stub_->GetServerInfo(Ctx().get(), pb::GetServerInfoRequest(), &info).ok());
+  EXPECT_EQ(info.tokenizer_info().unicode_version(), ttt::tokenizer::UnicodeVersion());
+  EXPECT_EQ(info.tokenizer_info().unicode_version().rfind("15.", 0), 0u);
+  EXPECT_EQ(info.tokenizer_info().bos_token_id(), 93);
+  EXPECT_TRUE(info.tokenizer_info().adds_bos());
+
+  const auto score_ids = [&](const std::string& id, const std::string& text,
+                             const pb::TextOptions& options) {
+    pb::ScoreRequest req;
+    req.set_session_id(id);
+    req.set_text(text);
+    *req.mutable_text_options() = options;
+    pb::ScoreResponse resp;
+    grpc::Status st = stub_->Score(Ctx().get(), req, &resp);
+    EXPECT_TRUE(st.ok()) << st.error_message();
+    return std::vector<int32_t>(resp.token_ids().begin(), resp.token_ids().end());
+  };
+  const int32_t kLt = '<' - 33, kS = 's' - 33, kGt = '>' - 33, kA = 'a' - 33, kB = 'b' - 33;
+  const std::string fresh = Create();
+  pb::TextOptions defaults;
+  EXPECT_EQ(score_ids(fresh, "<s>ab", defaults),
+            (std::vector<int32_t>{93, kLt, kS, kGt, kA, kB}));  // bos, then "<s>" as text
+  pb::TextOptions parse_no_bos;
+  parse_no_bos.set_parse_special_tokens(true);
+  parse_no_bos.set_add_bos(false);
+  EXPECT_EQ(score_ids(fresh, "<s>ab", parse_no_bos), (std::vector<int32_t>{93, kA, kB}));
+
+  // Ingest: bos before the first text of a session at position 0, never later in its context.
+  const std::string read = Create();
+  pb::IngestRequest first;
+  first.set_session_id(read);
+  first.set_text("ab");
+  first.set_flush(true);
+  std::vector<pb::IngestResponse> acks;
+  ASSERT_TRUE(IngestAll({first}, &acks).ok());
+  EXPECT_EQ(acks.back().counters().position(), 3);  // bos, a, b
+  ASSERT_TRUE(IngestAll({first}, &acks).ok());
+  EXPECT_EQ(acks.back().counters().position(), 5);  // a, b: the context had begun
+  EXPECT_EQ(score_ids(read, "ab", defaults), (std::vector<int32_t>{kA, kB}));
+  const std::string no_bos = Create();
+  first.set_session_id(no_bos);
+  first.mutable_text_options()->set_add_bos(false);
+  ASSERT_TRUE(IngestAll({first}, &acks).ok());
+  EXPECT_EQ(acks.back().counters().position(), 2);
+
+  // Only a stream's first message chooses how its text is encoded.
+  pb::IngestRequest later;
+  later.set_text("ab");
+  later.mutable_text_options()->set_parse_special_tokens(true);
+  ExpectStatus(IngestAll({Tokens(no_bos, {kA}), later}), grpc::StatusCode::INVALID_ARGUMENT,
+               "Ingest message 1 sets text_options: only the first message of a stream may");
 }
 
 // Issue 9: a stream that ends with text still buffered (no flush on its last message) applies

@@ -104,8 +104,18 @@ session::SessionOptions FromProto(const pb::SessionOptions& o) {
   return out;
 }
 
+TextEncoding TextEncodingOf(const tokenizer::Tokenizer* tok, const pb::TextOptions& options) {
+  TextEncoding encoding;
+  if (options.parse_special_tokens()) encoding.special = tokenizer::SpecialTokens::kParse;
+  if (tok == nullptr) return encoding;
+  const bool add_bos = options.has_add_bos() ? options.add_bos() : tok->adds_bos();
+  if (add_bos) encoding.bos_at_start = tok->bos_id();
+  return encoding;
+}
+
 absl::StatusOr<std::vector<int32_t>> Tokenize(const tokenizer::Tokenizer* tok,
-                                              const std::string& text, const std::string& where) {
+                                              const std::string& text, const std::string& where,
+                                              tokenizer::SpecialTokens special) {
   if (tok == nullptr) {
     return absl::FailedPreconditionError(
         absl::StrCat(where, ": the model has no tokenizer; send token_ids instead of text"));
@@ -115,11 +125,20 @@ absl::StatusOr<std::vector<int32_t>> Tokenize(const tokenizer::Tokenizer* tok,
     return absl::InvalidArgumentError(absl::StrCat(where, ": text is not valid UTF-8 (",
                                                    utf8.message(), ")"));
   }
-  auto ids = tok->Encode(text);
+  auto ids = tok->Encode(text, special);
   if (!ids.ok()) {
     return absl::Status(ids.status().code(), absl::StrCat(where, ": ", ids.status().message()));
   }
   return ids;
+}
+
+absl::StatusOr<bool> TextStartsContext(session::SessionManager& sessions, const std::string& tenant,
+                                       const std::string& id, const std::string& text,
+                                       const TextEncoding& encoding) {
+  if (text.empty() || !encoding.bos_at_start) return false;
+  auto info = sessions.GetSession(tenant, id);
+  if (!info.ok()) return info.status();
+  return info->counters.position == 0;
 }
 
 namespace {
@@ -142,7 +161,8 @@ absl::Status CheckMessageLimits(int64_t ids, int64_t text_bytes, const ServiceLi
 
 absl::StatusOr<std::vector<int32_t>> InputTokens(
     const ServiceLimits& limits, const tokenizer::Tokenizer* tok, const std::string& text,
-    const google::protobuf::RepeatedField<int32_t>& ids, const std::string& what) {
+    const google::protobuf::RepeatedField<int32_t>& ids, const std::string& what,
+    const TextEncoding& encoding, bool starts_context) {
   if (!text.empty() && !ids.empty()) {
     return absl::InvalidArgumentError(
         absl::StrCat(what, " carries both text and token ids; send one of them"));
@@ -150,8 +170,12 @@ absl::StatusOr<std::vector<int32_t>> InputTokens(
   absl::Status limits_ok = CheckMessageLimits(ids.size(), static_cast<int64_t>(text.size()),
                                               limits, what);
   if (!limits_ok.ok()) return limits_ok;
-  if (!text.empty()) return Tokenize(tok, text, what);
-  return std::vector<int32_t>(ids.begin(), ids.end());
+  if (text.empty()) return std::vector<int32_t>(ids.begin(), ids.end());
+  auto tokens = Tokenize(tok, text, what, encoding.special);
+  if (tokens.ok() && starts_context && encoding.bos_at_start) {
+    tokens->insert(tokens->begin(), *encoding.bos_at_start);
+  }
+  return tokens;
 }
 
 absl::Status ValidateIngestMessage(const pb::IngestRequest& req, const ServiceLimits& limits,

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -17,11 +18,8 @@
 #include "server/internal/quota_gate.h"
 #include "server/service.h"
 #include "session/session.h"
+#include "tokenizer/tokenizer.h"
 #include "tttserve/v1/ttt_service.pb.h"
-
-namespace ttt::tokenizer {
-class Tokenizer;
-}
 
 namespace ttt::server::internal {
 
@@ -50,17 +48,38 @@ void ToProto(const session::ScoreResult& result, tttserve::v1::ScoreResponse* ou
 tttserve::v1::FinishReason ToProto(session::FinishReason reason);
 session::SessionOptions FromProto(const tttserve::v1::SessionOptions& o);
 
+// A request's TextOptions resolved against the model's tokenizer (docs/contract.md, "Text:
+// special tokens and bos"): whether special tokens are parsed, and the bos id to put before text
+// that starts a context (none when add_bos resolves false or the tokenizer has no bos).
+struct TextEncoding {
+  tokenizer::SpecialTokens special = tokenizer::SpecialTokens::kAsText;
+  std::optional<int32_t> bos_at_start;
+};
+TextEncoding TextEncodingOf(const tokenizer::Tokenizer* tok,
+                            const tttserve::v1::TextOptions& options);
+
 // Text to token ids with the model's tokenizer: FAILED_PRECONDITION without one,
 // INVALID_ARGUMENT for malformed UTF-8 (the message names the byte offset). `where` prefixes
-// every message ("Ingest message 3").
+// every message ("Ingest message 3"). Adds no bos (see TextEncoding::bos_at_start).
 absl::StatusOr<std::vector<int32_t>> Tokenize(const tokenizer::Tokenizer* tok,
-                                              const std::string& text, const std::string& where);
+                                              const std::string& text, const std::string& where,
+                                              tokenizer::SpecialTokens special);
+
+// Whether `text` sent now to session `id` starts its context (the session's position is 0).
+// Asked of the session manager only when the answer matters (non-empty text, a bos to add);
+// its errors (NOT_FOUND, ...) are returned.
+absl::StatusOr<bool> TextStartsContext(session::SessionManager& sessions, const std::string& tenant,
+                                       const std::string& id, const std::string& text,
+                                       const TextEncoding& encoding);
 
 // Text or token ids of a unary request (at most one kind; both empty gives no tokens), checked
-// against the per-message limits. INVALID_ARGUMENT names `what` and the limit.
+// against the per-message limits. INVALID_ARGUMENT names `what` and the limit. Text is encoded
+// as `encoding` says; `starts_context` says whether it starts the session's context (then
+// encoding.bos_at_start goes first).
 absl::StatusOr<std::vector<int32_t>> InputTokens(
     const ServiceLimits& limits, const tokenizer::Tokenizer* tok, const std::string& text,
-    const google::protobuf::RepeatedField<int32_t>& ids, const std::string& what);
+    const google::protobuf::RepeatedField<int32_t>& ids, const std::string& what,
+    const TextEncoding& encoding, bool starts_context);
 
 // The shape of one Ingest message: not empty, not both text and ids, within the per-message
 // limits. INVALID_ARGUMENT prefixed with `where`.
