@@ -393,7 +393,9 @@ TEST_F(ServerTest, SecondConcurrentWriterIsAborted) {
   ASSERT_TRUE(first->Write(Tokens(id, {5, 6})));
   pb::IngestResponse r;
   ASSERT_TRUE(first->Read(&r));  // the first writer holds the session now
-  ExpectStatus(IngestAll({Tokens(id, {7})}), grpc::StatusCode::ABORTED, "busy");
+  const grpc::Status busy = IngestAll({Tokens(id, {7})});
+  ExpectStatus(busy, grpc::StatusCode::ABORTED, "busy");
+  ttt::testing::ExpectReason(busy, "SESSION_BUSY", 1000);  // issue 25: a program can act on it
   pb::GenerateRequest g;
   g.set_session_id(id);
   g.set_commit(true);
@@ -663,8 +665,9 @@ TEST_F(ServerTest, AnotherModelsCheckpointIsRefused) {
   pb::RestoreRequest rr;
   rr.set_checkpoint_id("llama-ck");
   pb::Session s;
-  ExpectStatus(stub_->Restore(Ctx().get(), rr, &s), grpc::StatusCode::FAILED_PRECONDITION,
-               "another model");
+  const grpc::Status other = stub_->Restore(Ctx().get(), rr, &s);
+  ExpectStatus(other, grpc::StatusCode::FAILED_PRECONDITION, "another model");
+  ttt::testing::ExpectReason(other, "STATE_FROM_OTHER_MODEL", std::nullopt);
   auto ctx = Ctx();
   auto w = stub_->ImportSession(ctx.get(), &s);
   pb::ImportSessionRequest ir;
@@ -737,6 +740,31 @@ TEST_F(ServerTest, TextInputIsTokenizedAndInvalidUtf8IsRefused) {
   run(g, &cut, &reason);
   EXPECT_EQ(reason, pb::FINISH_REASON_STOP);
   EXPECT_EQ(cut, full.substr(0, full.find(stop)));
+}
+
+// Issue 25 item 5: every error carries google.rpc.ErrorInfo (a tagged reason, else the code's
+// default), and RetryInfo only where retrying the same call later can succeed.
+TEST_F(ServerTest, ErrorsCarryErrorInfoAndRetryInfo) {
+  options_.max_sessions = 1;
+  Start();
+  const std::string id = Create();
+  const grpc::Status vocab = IngestAll({Tokens(id, {5, static_cast<int32_t>(vocab_) + 3})});
+  ExpectStatus(vocab, grpc::StatusCode::INVALID_ARGUMENT, "outside the vocabulary");
+  ttt::testing::ExpectReason(vocab, "TOKEN_OUT_OF_VOCAB", std::nullopt);
+  EXPECT_EQ(ttt::testing::DetailsOf(vocab).metadata["token_id"], std::to_string(vocab_ + 3));
+  EXPECT_EQ(ttt::testing::DetailsOf(vocab).metadata["vocab_size"], std::to_string(vocab_));
+
+  pb::GetSessionRequest get;
+  get.set_session_id("no-such-session");
+  pb::Session s;
+  const grpc::Status missing = stub_->GetSession(Ctx().get(), get, &s);
+  ExpectStatus(missing, grpc::StatusCode::NOT_FOUND, "not found");
+  ttt::testing::ExpectReason(missing, "NOT_FOUND", std::nullopt);
+
+  // Full: waiting does not free a session, so no RetryInfo.
+  const grpc::Status full = stub_->CreateSession(Ctx().get(), pb::CreateSessionRequest(), &s);
+  ExpectStatus(full, grpc::StatusCode::RESOURCE_EXHAUSTED, "max_sessions");
+  ttt::testing::ExpectReason(full, "RESOURCE_EXHAUSTED", std::nullopt);
 }
 
 // Issue 29: special tokens in text stay text unless the request parses them, and the model's
