@@ -23,8 +23,8 @@ ABSL_FLAG(bool, reset_at_document_end, false, "create: reset fast weights at doc
 ABSL_FLAG(std::string, labels, "", "create/list: labels k=v,k2=v2");
 ABSL_FLAG(int64_t, idle_ttl_s, 0, "create: idle TTL in seconds (0 = server default)");
 ABSL_FLAG(std::string, id, "",
-          "create: the session id to create (the proxy's x-session-id routing key; empty = the "
-          "server picks one)");
+          "create/fork/restore/import: the id of the session to create (the proxy's x-session-id "
+          "routing key; empty = the server picks one)");
 ABSL_FLAG(int32_t, max_tokens, 64, "generate: tokens to generate");
 ABSL_FLAG(double, temperature, 1.0, "generate: temperature (0 = greedy)");
 ABSL_FLAG(int32_t, top_k, 0, "generate: top-k (0 = all)");

@@ -51,8 +51,19 @@ int RunReset(int argc, char** argv) {
   return SessionCall<pb::ResetRequest>(argc, argv, &pb::TttService::Stub::Reset);
 }
 
+// The x-session-id header routes by the new session's id when the client chose one.
 int RunFork(int argc, char** argv) {
-  return SessionCall<pb::ForkRequest>(argc, argv, &pb::TttService::Stub::Fork);
+  pb::ForkRequest req;
+  req.set_session_id(Arg(argc, argv, 1));
+  if (req.session_id().empty()) return Usage("fork needs a session id");
+  req.set_new_session_id(absl::GetFlag(FLAGS_id));
+  const std::string& routed =
+      req.new_session_id().empty() ? req.session_id() : req.new_session_id();
+  pb::Session s;
+  grpc::Status st = Stub()->Fork(Context(routed).get(), req, &s);
+  if (!st.ok()) return Fail(st);
+  PrintSession(s);
+  return 0;
 }
 
 int RunList(int, char**) {

@@ -77,6 +77,8 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
       if (!may.ok()) return may;
     }
     const std::string& tenant = caller->tenant;
+    absl::Status routed = CheckSessionHeader(ctx, {req.session_id()});
+    if (!routed.ok()) return routed;
     auto stream = svc_->quotas()->AcquireStream(tenant);
     if (!stream.ok()) return stream.status();
     if (*stream) stream_.emplace(std::move(**stream));

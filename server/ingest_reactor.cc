@@ -241,6 +241,8 @@ class IngestReactor final : public grpc::ServerBidiReactor<pb::IngestRequest, pb
       return absl::InvalidArgumentError(
           "the first Ingest message must name the session (session_id)");
     }
+    absl::Status routed = CheckSessionHeader(ctx_, {req.session_id()});
+    if (!routed.ok()) return routed;
     auto writer = svc_->sessions()->OpenWriter(tenant_, req.session_id(), "an Ingest");
     if (!writer.ok()) return writer.status();
     writer_ = std::move(*writer);

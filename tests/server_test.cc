@@ -760,11 +760,134 @@ TEST_F(ServerTest, ErrorsCarryErrorInfoAndRetryInfo) {
   const grpc::Status missing = stub_->GetSession(Ctx().get(), get, &s);
   ExpectStatus(missing, grpc::StatusCode::NOT_FOUND, "not found");
   ttt::testing::ExpectReason(missing, "NOT_FOUND", std::nullopt);
+  pb::TokenizeRequest tokenize;
+  tokenize.set_text("hello");
+  pb::TokenizeResponse ids;
+  ExpectStatus(stub_->Tokenize(Ctx().get(), tokenize, &ids),
+               grpc::StatusCode::FAILED_PRECONDITION, "the model has no tokenizer");
 
   // Full: waiting does not free a session, so no RetryInfo.
   const grpc::Status full = stub_->CreateSession(Ctx().get(), pb::CreateSessionRequest(), &s);
   ExpectStatus(full, grpc::StatusCode::RESOURCE_EXHAUSTED, "max_sessions");
   ttt::testing::ExpectReason(full, "RESOURCE_EXHAUSTED", std::nullopt);
+}
+
+// Issue 25 item 6: Fork, Restore and Import take the new session's id from the client, as
+// CreateSession does, so a proxy hashing x-session-id routes the new session's calls.
+TEST_F(ServerTest, ForkRestoreAndImportTakeAClientChosenId) {
+  Start();
+  const std::string source = Create();
+  ASSERT_TRUE(IngestAll({Tokens(source, Doc(static_cast<int>(chunk_ + 3)))}).ok());
+  pb::ForkRequest fork;
+  fork.set_session_id(source);
+  fork.set_new_session_id("fork.1");
+  pb::Session s;
+  ASSERT_TRUE(stub_->Fork(Ctx().get(), fork, &s).ok());
+  EXPECT_EQ(s.session_id(), "fork.1");
+  EXPECT_EQ(s.counters().tokens_received(), chunk_ + 3);
+  ExpectStatus(stub_->Fork(Ctx().get(), fork, &s), grpc::StatusCode::ALREADY_EXISTS,
+               "already exists");
+  fork.set_new_session_id("bad id");
+  ExpectStatus(stub_->Fork(Ctx().get(), fork, &s), grpc::StatusCode::INVALID_ARGUMENT,
+               "outside [A-Za-z0-9._-]");
+
+  pb::CheckpointRequest ck;
+  ck.set_session_id(source);
+  ck.set_checkpoint_id("ck");
+  pb::CheckpointInfo info;
+  ASSERT_TRUE(stub_->Checkpoint(Ctx().get(), ck, &info).ok());
+  pb::RestoreRequest restore;
+  restore.set_checkpoint_id("ck");
+  restore.set_new_session_id("restored-1");
+  ASSERT_TRUE(stub_->Restore(Ctx().get(), restore, &s).ok());
+  EXPECT_EQ(s.session_id(), "restored-1");
+  ExpectStatus(stub_->Restore(Ctx().get(), restore, &s), grpc::StatusCode::ALREADY_EXISTS,
+               "already exists");
+  restore.set_session_id(source);
+  ExpectStatus(stub_->Restore(Ctx().get(), restore, &s), grpc::StatusCode::INVALID_ARGUMENT,
+               "set one of them");
+
+  const std::string bytes = Export(source);
+  auto ctx = Ctx();
+  auto writer = stub_->ImportSession(ctx.get(), &s);
+  pb::ImportSessionRequest piece;
+  piece.set_data(bytes);
+  piece.set_session_id("imported-1");
+  ASSERT_TRUE(writer->Write(piece));
+  writer->WritesDone();
+  ASSERT_TRUE(writer->Finish().ok());
+  EXPECT_EQ(s.session_id(), "imported-1");
+  EXPECT_EQ(s.counters().tokens_received(), chunk_ + 3);
+}
+
+// Issue 25 item 6: behind a proxy that routes by x-session-id, a header naming another session
+// than the body would reach the wrong replica: refused, naming both.
+TEST_F(ServerTest, SessionHeaderThatDisagreesWithTheBodyIsInvalid) {
+  Start();
+  const std::string id = Create();
+  const auto routed_to = [](const std::string& header) {
+    auto ctx = Ctx();
+    ctx->AddMetadata("x-session-id", header);
+    return ctx;
+  };
+  pb::GetSessionRequest get;
+  get.set_session_id(id);
+  pb::Session s;
+  EXPECT_TRUE(stub_->GetSession(routed_to(id).get(), get, &s).ok());
+  const std::string expected = "the x-session-id header names session 'elsewhere' but the "
+                               "request names '" + id + "'";
+  ExpectStatus(stub_->GetSession(routed_to("elsewhere").get(), get, &s),
+               grpc::StatusCode::INVALID_ARGUMENT, expected);
+  {
+    auto ctx = routed_to("elsewhere");
+    auto stream = stub_->Ingest(ctx.get());
+    stream->Write(Tokens(id, {5}));
+    stream->WritesDone();
+    pb::IngestResponse r;
+    while (stream->Read(&r)) {
+    }
+    ExpectStatus(stream->Finish(), grpc::StatusCode::INVALID_ARGUMENT, expected);
+  }
+  EXPECT_EQ(Settled(id).counters().tokens_received(), 0);  // nothing applied
+  // Fork names two sessions: the header may route by either.
+  pb::ForkRequest fork;
+  fork.set_session_id(id);
+  fork.set_new_session_id("child");
+  EXPECT_TRUE(stub_->Fork(routed_to("child").get(), fork, &s).ok());
+  fork.set_new_session_id("child2");
+  EXPECT_TRUE(stub_->Fork(routed_to(id).get(), fork, &s).ok());
+  fork.set_new_session_id("child3");
+  ExpectStatus(stub_->Fork(routed_to("elsewhere").get(), fork, &s),
+               grpc::StatusCode::INVALID_ARGUMENT, "x-session-id header names session");
+}
+
+// Issue 25 item 6: the model's tokenizer as an RPC, converting as the other RPCs do.
+TEST_F(ServerTest, TokenizeAndDetokenizeUseTheServedTokenizer) {
+  StartWithTokenizer(R"([{"id": 93, "content": "<s>", "special": true}])",
+                     R"({"bos_token": "<s>", "add_bos_token": true})");
+  const int32_t kA = 'a' - 33, kB = 'b' - 33, kSpace = 94, kEAcute = 96;
+  pb::TokenizeRequest tokenize;
+  tokenize.set_text("ab é");
+  pb::TokenizeResponse ids;
+  ASSERT_TRUE(stub_->Tokenize(Ctx().get(), tokenize, &ids).ok());
+  EXPECT_EQ(std::vector<int32_t>(ids.token_ids().begin(), ids.token_ids().end()),
+            (std::vector<int32_t>{93, kA, kB, kSpace, kEAcute}));  // bos: a text stands alone
+  tokenize.mutable_text_options()->set_add_bos(false);
+  ASSERT_TRUE(stub_->Tokenize(Ctx().get(), tokenize, &ids).ok());
+  EXPECT_EQ(ids.token_ids_size(), 4);
+
+  pb::DetokenizeRequest detokenize;
+  detokenize.mutable_token_ids()->CopyFrom(ids.token_ids());
+  pb::DetokenizeResponse text;
+  ASSERT_TRUE(stub_->Detokenize(Ctx().get(), detokenize, &text).ok());
+  EXPECT_EQ(text.text(), "ab é");
+  detokenize.add_token_ids(static_cast<int32_t>(vocab_));
+  const grpc::Status outside = stub_->Detokenize(Ctx().get(), detokenize, &text);
+  ExpectStatus(outside, grpc::StatusCode::INVALID_ARGUMENT, "outside the vocabulary");
+  ttt::testing::ExpectReason(outside, "TOKEN_OUT_OF_VOCAB", std::nullopt);
+  tokenize.set_text("bad \xff");
+  ExpectStatus(stub_->Tokenize(Ctx().get(), tokenize, &ids), grpc::StatusCode::INVALID_ARGUMENT,
+               "the Tokenize request: text is not valid UTF-8");
 }
 
 // Issue 29: special tokens in text stay text unless the request parses them, and the model's

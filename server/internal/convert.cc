@@ -4,6 +4,7 @@
 #include <cmath>
 #include <utility>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "auth/grpc_auth.h"
 #include "tokenizer/tokenizer.h"
@@ -23,6 +24,34 @@ absl::StatusOr<std::string> TenantOf(const auth::Authorizer& authorizer,
   auto caller = CallerOf(authorizer, ctx, method);
   if (!caller.ok()) return caller.status();
   return std::move(caller->tenant);
+}
+
+namespace {
+// A client's id as messages echo it (as session/'s Quote does): quoted, escaped, at most 64 bytes.
+std::string QuoteId(absl::string_view id) {
+  std::string out = absl::StrCat("'", absl::CHexEscape(id.substr(0, 64)), "'");
+  if (id.size() > 64) absl::StrAppend(&out, "... (", id.size(), " bytes)");
+  return out;
+}
+}  // namespace
+
+absl::Status CheckSessionHeader(const grpc::CallbackServerContext* ctx,
+                                std::initializer_list<std::string> ids) {
+  const auto& metadata = ctx->client_metadata();
+  const auto header = metadata.find("x-session-id");
+  if (header == metadata.end()) return absl::OkStatus();
+  const std::string routed(header->second.data(), header->second.size());
+  std::string named;
+  for (const std::string& id : ids) {
+    if (id.empty()) continue;
+    if (id == routed) return absl::OkStatus();
+    if (named.empty()) named = id;
+  }
+  if (named.empty()) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      "the x-session-id header names session ", QuoteId(routed),
+      " but the request names ", QuoteId(named),
+      ": a proxy routes the call by the header, so send the same id in both (or no header)"));
 }
 
 void ToProto(const session::Counters& c, pb::SessionCounters* out) {

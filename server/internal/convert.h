@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <initializer_list>
 #include <optional>
 #include <string>
 #include <vector>
@@ -32,6 +33,13 @@ absl::StatusOr<auth::Principal> CallerOf(const auth::Authorizer& authorizer,
 // CallerOf's tenant.
 absl::StatusOr<std::string> TenantOf(const auth::Authorizer& authorizer,
                                      const grpc::CallbackServerContext* ctx, const char* method);
+
+// The x-session-id header, the routing key of a proxy in front of replicas, must agree with the
+// request: when the call has one and the request names sessions (`ids`, empty ones skipped), it
+// must be one of them (Fork and Restore name two: the source or target, and the new one).
+// INVALID_ARGUMENT naming both otherwise. No header, or no id in the request: OK.
+absl::Status CheckSessionHeader(const grpc::CallbackServerContext* ctx,
+                                std::initializer_list<std::string> ids);
 
 // GetServerInfo's tenant_usage: `tenant`'s own row, then for an admin the rows of every listed
 // tenant and "*" (none without quotas).
