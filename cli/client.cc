@@ -7,9 +7,12 @@
 
 #include "absl/flags/flag.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "auth/client_credentials.h"
 #include "cli/flags.h"
+#include "google/rpc/error_details.pb.h"
+#include "google/rpc/status.pb.h"
 
 namespace ttt::cli {
 
@@ -60,8 +63,24 @@ int Fail(const grpc::Status& s) {
                                  "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL",
                                  "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"};
   const int code = static_cast<int>(s.error_code());
-  std::fprintf(stderr, "ttt: %s: %s\n", code >= 0 && code <= 16 ? kNames[code] : "?",
-               s.error_message().c_str());
+  // The service's machine-readable details (docs/contract.md, "Error reasons"): the reason, and
+  // when retrying helps, after how long: "ttt: ABORTED [SESSION_BUSY, retry in 1s]: ...".
+  std::string reason, retry_in;
+  google::rpc::Status status;
+  if (!s.error_details().empty() && status.ParseFromString(s.error_details())) {
+    for (const google::protobuf::Any& any : status.details()) {
+      google::rpc::ErrorInfo info;
+      google::rpc::RetryInfo retry;
+      if (any.UnpackTo(&info)) reason = info.reason();
+      if (any.UnpackTo(&retry)) {
+        retry_in = absl::StrCat(
+            ", retry in ", retry.retry_delay().seconds() + retry.retry_delay().nanos() / 1e9, "s");
+      }
+    }
+  }
+  const std::string details = reason.empty() ? "" : absl::StrCat(" [", reason, retry_in, "]");
+  std::fprintf(stderr, "ttt: %s%s: %s\n", code >= 0 && code <= 16 ? kNames[code] : "?",
+               details.c_str(), s.error_message().c_str());
   return 1;
 }
 
