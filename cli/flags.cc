@@ -40,6 +40,12 @@ ABSL_FLAG(std::string, service, "", "health: service name (\"\" = whole server)"
 ABSL_FLAG(int64_t, doc_tokens, 1024, "loadgen: tokens each session ingests");
 ABSL_FLAG(int64_t, baseline, 1,
           "loadgen: sessions at a time in the baseline run (which serves as many sessions as N)");
+ABSL_FLAG(std::string, protocol, "grpc",
+          "loadgen: how sessions generate: grpc (Generate) or http (the OpenAI-compatible "
+          "POST /v1/completions with server-sent events at --http_address; sessions are still "
+          "created and ingested over gRPC)");
+ABSL_FLAG(std::string, http_address, "127.0.0.1:8080",
+          "loadgen --protocol=http: the server's --http_listen address (plaintext)");
 ABSL_FLAG(std::string, mix, "default",
           "loadgen: default (--doc_tokens, --max_tokens) or decode (decode-heavy: each session "
           "ingests 256 and generates 128)");
