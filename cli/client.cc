@@ -56,6 +56,17 @@ std::unique_ptr<grpc::ClientContext> Context(const std::string& session_id) {
   return ctx;
 }
 
+bool TextOptionsFromFlags(pb::TextOptions* out) {
+  out->set_parse_special_tokens(absl::GetFlag(FLAGS_parse_special_tokens));
+  const std::string add_bos = absl::GetFlag(FLAGS_add_bos);
+  if (add_bos == "true" || add_bos == "false") {
+    out->set_add_bos(add_bos == "true");
+  } else if (!add_bos.empty()) {
+    return false;
+  }
+  return true;
+}
+
 int Fail(const grpc::Status& s) {
   static const char* kNames[] = {"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT",
                                  "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",

@@ -27,6 +27,10 @@ std::unique_ptr<tttserve::v1::TttService::Stub> Stub();
 // header, the routing key a proxy in front of several replicas hashes (deploy/README.md).
 std::unique_ptr<grpc::ClientContext> Context(const std::string& session_id = "");
 
+// TextOptions from --parse_special_tokens and --add_bos; false when --add_bos is neither empty,
+// true nor false.
+bool TextOptionsFromFlags(tttserve::v1::TextOptions* out);
+
 // Prints "ttt: CODE: message" to stderr; returns 1.
 int Fail(const grpc::Status& s);
 // Prints why and the usage of every subcommand (main.cc); returns 2.

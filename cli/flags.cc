@@ -14,6 +14,12 @@ ABSL_FLAG(std::string, token, "",
           "shows in ps)");
 ABSL_FLAG(double, timeout_s, 600, "deadline of each call in seconds");
 ABSL_FLAG(std::string, text, "", "text input (score, generate prompt)");
+ABSL_FLAG(bool, parse_special_tokens, false,
+          "ingest/generate/score: special tokens written in the text become their id (default: "
+          "encoded as plain text; docs/contract.md, \"Text: special tokens and bos\")");
+ABSL_FLAG(std::string, add_bos, "",
+          "ingest/generate/score: true or false: the bos token before text that starts a "
+          "session's context (empty = as the model's tokenizer files say)");
 ABSL_FLAG(std::string, tokens, "", "token ids input, separated by spaces or commas");
 ABSL_FLAG(bool, token_file, false, "ingest: FILE holds token ids (whitespace separated), not text");
 ABSL_FLAG(bool, end_of_document, true, "ingest: mark the end of a document after the file");

@@ -33,13 +33,13 @@ constexpr Command kCommands[] = {
     {"delete", "ID", RunDelete},
     {"reset", "ID", RunReset},
     {"fork", "ID [--id=NEW_ID]", RunFork},
-    {"ingest", "ID FILE [--token_file] [--end_of_document=false]   (progress bar on stderr)",
+    {"ingest", "ID FILE [--token_file] [--end_of_document=false] [--parse_special_tokens --add_bos=true|false]   (progress bar on stderr)",
      RunIngest},
     {"generate",
      "ID [--text=PROMPT | --tokens=IDS] [--max_tokens --temperature --top_k --top_p --seed "
-     "--stop=a,b --commit --ignore_eos]",
+     "--stop=a,b --commit --ignore_eos --parse_special_tokens --add_bos=true|false]",
      RunGenerate},
-    {"score", "ID (--text=TEXT | --tokens=IDS)", RunScore},
+    {"score", "ID (--text=TEXT | --tokens=IDS) [--parse_special_tokens --add_bos=true|false]", RunScore},
     {"checkpoint", "ID [--checkpoint_id=NAME]", RunCheckpoint},
     {"checkpoints", "", RunCheckpoints},
     {"delete-checkpoint", "NAME", RunDeleteCheckpoint},
@@ -48,7 +48,7 @@ constexpr Command kCommands[] = {
     {"import", "FILE [--id=NEW_ID]", RunImport},
     {"loadgen",
      "N [--doc_tokens=1024 --max_tokens=64 --baseline=1 --mix=default|decode "
-     "--background_ingest_tokens=0]",
+     "--background_ingest_tokens=0 --protocol=grpc|http --http_address=HOST:PORT]",
      RunLoadgen},
     {"stress",
      "[--target=HOST:PORT --clients=N --duration_s=S --seed=N --server_pid=PID "
