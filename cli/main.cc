@@ -33,13 +33,16 @@ constexpr Command kCommands[] = {
     {"delete", "ID", RunDelete},
     {"reset", "ID", RunReset},
     {"fork", "ID [--id=NEW_ID]", RunFork},
-    {"ingest", "ID FILE [--token_file] [--end_of_document=false] [--parse_special_tokens --add_bos=true|false]   (progress bar on stderr)",
+    {"ingest",
+     "ID FILE [--token_file] [--end_of_document=false] [--parse_special_tokens "
+     "--add_bos=true|false]   (progress bar on stderr)",
      RunIngest},
     {"generate",
      "ID [--text=PROMPT | --tokens=IDS] [--max_tokens --temperature --top_k --top_p --seed "
      "--stop=a,b --commit --ignore_eos --parse_special_tokens --add_bos=true|false]",
      RunGenerate},
-    {"score", "ID (--text=TEXT | --tokens=IDS) [--parse_special_tokens --add_bos=true|false]", RunScore},
+    {"score", "ID (--text=TEXT | --tokens=IDS) [--parse_special_tokens --add_bos=true|false]",
+     RunScore},
     {"checkpoint", "ID [--checkpoint_id=NAME]", RunCheckpoint},
     {"checkpoints", "", RunCheckpoints},
     {"delete-checkpoint", "NAME", RunDeleteCheckpoint},
