@@ -1,10 +1,11 @@
 """A notebook-style tour of the Python client (clients/python), cell by cell.
 
-Install (Debian's python3-grpcio, python3-protobuf and python3-grpc-tools provide what it needs):
-    pip install --no-build-isolation --no-deps ./clients/python
+Install with Debian's Python (its python3-grpcio, python3-protobuf and python3-grpc-tools
+provide what the package needs; the build generates the stubs from proto/):
+    /usr/bin/python3 -m pip install --no-build-isolation --no-deps ./clients/python
 Run against a server with a tokenizer, e.g. the shipped model:
     build/server/ttt-serve --model=models/ttt-brown --listen=127.0.0.1:50051 &
-    python3 docs/python_client_example.py 127.0.0.1:50051
+    /usr/bin/python3 docs/python_client_example.py 127.0.0.1:50051
 """
 import sys
 
