@@ -114,9 +114,12 @@ int Fail(const grpc::Status& s) {
       }
     }
   }
-  const std::string details = reason.empty() ? "" : absl::StrCat(" [", reason, retry_in, "]");
-  std::fprintf(stderr, "ttt: %s%s: %s\n", code >= 0 && code <= 16 ? kNames[code] : "?",
-               details.c_str(), s.error_message().c_str());
+  const char* name = code >= 0 && code <= 16 ? kNames[code] : "?";
+  // A reason that only repeats the code (the server's default) is left out unless a retry time
+  // comes with it: "ttt: NOT_FOUND: ...".
+  const bool says_more = !reason.empty() && (reason != name || !retry_in.empty());
+  const std::string details = says_more ? absl::StrCat(" [", reason, retry_in, "]") : "";
+  std::fprintf(stderr, "ttt: %s%s: %s\n", name, details.c_str(), s.error_message().c_str());
   const std::string hint = ConnectionHint(s, UsesTls(), Address());
   if (!hint.empty()) std::fprintf(stderr, "ttt: hint: %s\n", hint.c_str());
   return 1;
