@@ -63,7 +63,8 @@ void CheckRefusal(const absl::Status& st, std::initializer_list<absl::StatusCode
 // Text as Ingest and Score take it: tokenized (ids inside the vocabulary), or refused as
 // malformed UTF-8 exactly when ValidateUtf8 refuses it.
 void CheckText(const std::string& text) {
-  auto ids = internal::Tokenize(Tok(), text, "fuzz text", ttt::tokenizer::SpecialTokens::kAsText);
+  auto ids = ttt::server::core::Tokenize(Tok(), text, "fuzz text",
+                                         ttt::tokenizer::SpecialTokens::kAsText);
   const bool utf8 = ttt::tokenizer::ValidateUtf8(text).ok();
   FUZZ_CHECK(ids.ok() == utf8, "Tokenize %s text that ValidateUtf8 %s", ids.ok() ? "took" : "refused",
              utf8 ? "accepts" : "refuses");
