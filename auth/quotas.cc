@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "util/error_reason.h"
 #include "util/log.h"
 #include "util/status_macros.h"
 
@@ -202,7 +203,8 @@ Quotas::Counters& Quotas::CountersFor(const std::string& tenant) {
 
 absl::Status Quotas::Refuse(const std::string& tenant, const char* quota, std::string message) {
   CountersFor(tenant).refusals[quota]++;
-  return absl::ResourceExhaustedError(std::move(message));
+  return util::WithReason(absl::ResourceExhaustedError(std::move(message)),
+                          util::kReasonQuotaExceeded, {{"quota", quota}, {"tenant", tenant}});
 }
 
 absl::Status Quotas::CheckLiveSessions(const std::string& tenant, int64_t live_now) {

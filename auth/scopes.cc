@@ -32,6 +32,7 @@ constexpr std::pair<absl::string_view, MethodRule> kTttMethods[] = {
     {"Checkpoint", MethodRule::kWrite},     {"Restore", MethodRule::kWrite},
     {"Reset", MethodRule::kWrite},          {"Fork", MethodRule::kWrite},
     {"DeleteCheckpoint", MethodRule::kWrite}, {"ImportSession", MethodRule::kWrite},
+    {"Tokenize", MethodRule::kRead},        {"Detokenize", MethodRule::kRead},
 };
 
 }  // namespace

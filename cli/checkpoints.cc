@@ -62,8 +62,10 @@ int RunRestore(int argc, char** argv) {
   pb::RestoreRequest req;
   req.set_checkpoint_id(Arg(argc, argv, 1));
   req.set_session_id(absl::GetFlag(FLAGS_session));
+  req.set_new_session_id(absl::GetFlag(FLAGS_id));
   pb::Session s;
-  grpc::Status st = Stub()->Restore(Context().get(), req, &s);
+  grpc::Status st = Stub()->Restore(
+      Context(req.session_id().empty() ? req.new_session_id() : req.session_id()).get(), req, &s);
   if (!st.ok()) return Fail(st);
   PrintCreatedSession(s);  // the restored session's id alone: `id=$(ttt restore NAME)`
   return 0;
@@ -99,13 +101,15 @@ int RunImport(int argc, char** argv) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return Usage("cannot open " + path);
   std::string data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::string new_id = absl::GetFlag(FLAGS_id);
   auto stub = Stub();
-  auto ctx = Context();
+  auto ctx = Context(new_id);
   pb::Session s;
   auto writer = stub->ImportSession(ctx.get(), &s);
   constexpr size_t kPiece = size_t{1} << 20;
   for (size_t i = 0; i < data.size(); i += kPiece) {
     pb::ImportSessionRequest req;
+    if (i == 0) req.set_session_id(new_id);
     req.set_data(data.substr(i, kPiece));
     if (!writer->Write(req)) break;
   }

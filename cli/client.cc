@@ -10,9 +10,12 @@
 #include "absl/flags/flag.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "auth/client_credentials.h"
 #include "cli/flags.h"
+#include "google/rpc/error_details.pb.h"
+#include "google/rpc/status.pb.h"
 
 namespace ttt::cli {
 
@@ -77,6 +80,17 @@ std::unique_ptr<grpc::ClientContext> Context(const std::string& session_id) {
   return ctx;
 }
 
+bool TextOptionsFromFlags(pb::TextOptions* out) {
+  out->set_parse_special_tokens(absl::GetFlag(FLAGS_parse_special_tokens));
+  const std::string add_bos = absl::GetFlag(FLAGS_add_bos);
+  if (add_bos == "true" || add_bos == "false") {
+    out->set_add_bos(add_bos == "true");
+  } else if (!add_bos.empty()) {
+    return false;
+  }
+  return true;
+}
+
 int Fail(const grpc::Status& s) {
   static const char* kNames[] = {"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT",
                                  "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
@@ -85,8 +99,27 @@ int Fail(const grpc::Status& s) {
                                  "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"};
   const int code = static_cast<int>(s.error_code());
   std::fflush(stdout);  // what was printed before comes first when both go to one pipe
-  std::fprintf(stderr, "ttt: %s: %s\n", code >= 0 && code <= 16 ? kNames[code] : "?",
-               s.error_message().c_str());
+  // The service's machine-readable details (docs/contract.md, "Error reasons"): the reason, and
+  // when retrying helps, after how long: "ttt: ABORTED [SESSION_BUSY, retry in 1s]: ...".
+  std::string reason, retry_in;
+  google::rpc::Status status;
+  if (!s.error_details().empty() && status.ParseFromString(s.error_details())) {
+    for (const google::protobuf::Any& any : status.details()) {
+      google::rpc::ErrorInfo info;
+      google::rpc::RetryInfo retry;
+      if (any.UnpackTo(&info)) reason = info.reason();
+      if (any.UnpackTo(&retry)) {
+        retry_in = absl::StrCat(
+            ", retry in ", retry.retry_delay().seconds() + retry.retry_delay().nanos() / 1e9, "s");
+      }
+    }
+  }
+  const char* name = code >= 0 && code <= 16 ? kNames[code] : "?";
+  // A reason that only repeats the code (the server's default) is left out unless a retry time
+  // comes with it: "ttt: NOT_FOUND: ...".
+  const bool says_more = !reason.empty() && (reason != name || !retry_in.empty());
+  const std::string details = says_more ? absl::StrCat(" [", reason, retry_in, "]") : "";
+  std::fprintf(stderr, "ttt: %s%s: %s\n", name, details.c_str(), s.error_message().c_str());
   const std::string hint = ConnectionHint(s, UsesTls(), Address());
   if (!hint.empty()) std::fprintf(stderr, "ttt: hint: %s\n", hint.c_str());
   return 1;

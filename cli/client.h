@@ -29,8 +29,12 @@ std::unique_ptr<tttserve::v1::TttService::Stub> Stub();
 // header, the routing key a proxy in front of several replicas hashes (deploy/README.md).
 std::unique_ptr<grpc::ClientContext> Context(const std::string& session_id = "");
 
-// Prints "ttt: CODE: message" to stderr (after what stdout holds), with a hint for connection
-// failures whose gRPC message says nothing useful (ConnectionHint); returns 1.
+// TextOptions from --parse_special_tokens and --add_bos; false when --add_bos is neither empty,
+// true nor false.
+bool TextOptionsFromFlags(tttserve::v1::TextOptions* out);
+
+// Prints "ttt: CODE [REASON, retry in Ns]: message" to stderr (after what stdout holds), with a
+// hint for connection failures whose gRPC message says nothing useful (ConnectionHint); returns 1.
 int Fail(const grpc::Status& s);
 // What to try when `s` is a connection failure: a TLS port dialled in plaintext ("Socket
 // closed"), a plaintext port dialled with TLS (a failed handshake), or nothing listening. "" for

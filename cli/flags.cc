@@ -21,6 +21,12 @@ ABSL_FLAG(std::string, token, "",
           "shows in ps)");
 ABSL_FLAG(double, timeout_s, 600, "deadline of each call in seconds");
 ABSL_FLAG(std::string, text, "", "text input (score, generate prompt)");
+ABSL_FLAG(bool, parse_special_tokens, false,
+          "ingest/generate/score: special tokens written in the text become their id (default: "
+          "encoded as plain text; docs/contract.md, \"Text: special tokens and bos\")");
+ABSL_FLAG(std::string, add_bos, "",
+          "ingest/generate/score: true or false: the bos token before text that starts a "
+          "session's context (empty = as the model's tokenizer files say)");
 ABSL_FLAG(std::string, tokens, "", "token ids input, separated by spaces or commas");
 ABSL_FLAG(bool, token_file, false, "ingest: FILE holds token ids (whitespace separated), not text");
 ABSL_FLAG(bool, end_of_document, true, "ingest: mark the end of a document after the file");
@@ -30,8 +36,8 @@ ABSL_FLAG(bool, reset_at_document_end, false, "create: reset fast weights at doc
 ABSL_FLAG(std::string, labels, "", "create/list: labels k=v,k2=v2");
 ABSL_FLAG(int64_t, idle_ttl_s, 0, "create: idle TTL in seconds (0 = server default)");
 ABSL_FLAG(std::string, id, "",
-          "create: the session id to create (the proxy's x-session-id routing key; empty = the "
-          "server picks one)");
+          "create/fork/restore/import: the id of the session to create (the proxy's x-session-id "
+          "routing key; empty = the server picks one)");
 ABSL_FLAG(int32_t, max_tokens, 64, "generate: tokens to generate");
 ABSL_FLAG(double, temperature, 1.0, "generate: temperature (0 = greedy)");
 ABSL_FLAG(int32_t, top_k, 0, "generate: top-k (0 = all)");
@@ -47,6 +53,12 @@ ABSL_FLAG(std::string, service, "", "health: service name (\"\" = whole server)"
 ABSL_FLAG(int64_t, doc_tokens, 1024, "loadgen: tokens each session ingests");
 ABSL_FLAG(int64_t, baseline, 1,
           "loadgen: sessions at a time in the baseline run (which serves as many sessions as N)");
+ABSL_FLAG(std::string, protocol, "grpc",
+          "loadgen: how sessions generate: grpc (Generate) or http (the OpenAI-compatible "
+          "POST /v1/completions with server-sent events at --http_address; sessions are still "
+          "created and ingested over gRPC)");
+ABSL_FLAG(std::string, http_address, "127.0.0.1:8080",
+          "loadgen --protocol=http: the server's --http_listen address (plaintext)");
 ABSL_FLAG(std::string, mix, "default",
           "loadgen: default (--doc_tokens, --max_tokens) or decode (decode-heavy: each session "
           "ingests 256 and generates 128)");

@@ -41,4 +41,8 @@ ABSL_DECLARE_FLAG(std::string, service);
 ABSL_DECLARE_FLAG(int64_t, doc_tokens);
 ABSL_DECLARE_FLAG(int64_t, baseline);
 ABSL_DECLARE_FLAG(std::string, mix);
+ABSL_DECLARE_FLAG(bool, parse_special_tokens);
+ABSL_DECLARE_FLAG(std::string, add_bos);
+ABSL_DECLARE_FLAG(std::string, protocol);
+ABSL_DECLARE_FLAG(std::string, http_address);
 ABSL_DECLARE_FLAG(int64_t, background_ingest_tokens);

@@ -45,6 +45,9 @@ void SetSampling(pb::GenerateRequest* req) {
 int RunGenerate(int argc, char** argv) {
   pb::GenerateRequest req;
   req.set_session_id(Arg(argc, argv, 1));
+  if (!TextOptionsFromFlags(req.mutable_text_options())) {
+    return Usage("--add_bos must be true, false or empty");
+  }
   if (!SetInput(&req, &pb::GenerateRequest::set_prompt_text, req.mutable_prompt_token_ids())) {
     return Usage("--tokens must be integers");
   }
@@ -91,6 +94,9 @@ int RunGenerate(int argc, char** argv) {
 int RunScore(int argc, char** argv) {
   pb::ScoreRequest req;
   req.set_session_id(Arg(argc, argv, 1));
+  if (!TextOptionsFromFlags(req.mutable_text_options())) {
+    return Usage("--add_bos must be true, false or empty");
+  }
   if (!SetInput(&req, &pb::ScoreRequest::set_text, req.mutable_token_ids())) {
     return Usage("--tokens must be integers");
   }

@@ -108,6 +108,9 @@ int RunIngest(int argc, char** argv) {
     PlanText(content, &plan);
   }
   FinishPlan(id, &plan);
+  if (!TextOptionsFromFlags(plan.msgs.front().mutable_text_options())) {
+    return Usage("--add_bos must be true, false or empty");
+  }
 
   auto stub = Stub();
   auto ctx = Context(id);

@@ -5,7 +5,9 @@
 // and the N vs baseline throughput ratio. --mix=decode is the decode-heavy mix (ingest 256,
 // generate 128). --background_ingest_tokens=T instead runs the N sessions alone, then again
 // while one more session ingests T tokens, and prints the inter-token latency ratio: how much
-// a long ingest slows decoding (continuous batching keeps it small).
+// a long ingest slows decoding (continuous batching keeps it small). --protocol=http generates
+// through the OpenAI-compatible endpoint (SSE) instead of gRPC's Generate, for the cost of the
+// HTTP front door against gRPC under the same load (bench/RESULTS.md).
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -15,15 +17,20 @@
 #include <optional>
 #include <random>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "absl/flags/flag.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/numbers.h"
+#include "auth/client_credentials.h"
 #include "cli/client.h"
 #include "cli/commands.h"
 #include "cli/flags.h"
+#include "cli/http_client.h"
 
 namespace ttt::cli {
 
@@ -131,6 +138,53 @@ void GenerateTimed(pb::TttService::Stub& stub, const std::string& id, int32_t ge
   mine->gen_latency.push_back(Seconds(t0));
 }
 
+// GenerateTimed through POST /v1/completions (stream, logprobs 1: one event per token), the
+// session chosen by x-session-id, timed per event as GenerateTimed times responses.
+void GenerateOverHttp(const std::string& id, int32_t gen_tokens, int seed, LoadResult* mine) {
+  std::vector<std::pair<std::string, std::string>> headers = {{"x-session-id", id}};
+  if (!absl::GetFlag(FLAGS_tenant).empty()) {
+    headers.emplace_back("x-tenant-id", absl::GetFlag(FLAGS_tenant));
+  }
+  const std::string token = auth::TokenFromFlagOrEnvironment(absl::GetFlag(FLAGS_token));
+  if (!token.empty()) headers.emplace_back("Authorization", "Bearer " + token);
+  const nlohmann::json body = {{"max_tokens", gen_tokens}, {"temperature", 0.8}, {"seed", seed},
+                               {"ignore_eos", true}, {"stream", true}, {"logprobs", 1}};
+  const auto t0 = Clock::now();
+  std::optional<Clock::time_point> last;
+  std::string failure;
+  auto status = PostStreaming(
+      absl::GetFlag(FLAGS_http_address), "/v1/completions", headers, body.dump(),
+      [&](std::string_view data) {
+        if (data == "[DONE]") return;
+        const nlohmann::json event = nlohmann::json::parse(data, nullptr, false);
+        if (event.is_discarded() || !event.contains("choices")) {
+          failure = std::string(data.substr(0, 200));
+          return;
+        }
+        for (const auto& choice : event["choices"]) {
+          if (!choice.contains("logprobs") || !choice["logprobs"].is_object()) continue;
+          const size_t n = choice["logprobs"]["token_logprobs"].size();
+          for (size_t k = 0; k < n; ++k) {
+            const auto now = Clock::now();
+            if (last) {
+              mine->itl.push_back(std::chrono::duration<double>(now - *last).count());
+            } else {
+              mine->ttft.push_back(std::chrono::duration<double>(now - t0).count());
+            }
+            last = now;
+            ++mine->tokens;
+          }
+        }
+      });
+  if (!status.ok() || *status != 200 || !failure.empty()) {
+    std::fprintf(stderr, "ttt: loadgen over HTTP: %s\n",
+                 !status.ok() ? std::string(status.status().message()).c_str()
+                              : failure.c_str());
+    ++mine->errors;
+  }
+  mine->gen_latency.push_back(Seconds(t0));
+}
+
 std::optional<std::string> CreateSession(pb::TttService::Stub& stub) {
   pb::Session s;
   grpc::Status st = stub.CreateSession(Context().get(), pb::CreateSessionRequest(), &s);
@@ -158,7 +212,11 @@ LoadResult RunClient(pb::TttService::Stub& stub, int i, int64_t vocab, const Mix
     return mine;
   }
   IngestRandom(stub, *id, vocab, mix.doc_tokens, rng, &mine);
-  GenerateTimed(stub, *id, mix.gen_tokens, i, &mine);
+  if (absl::GetFlag(FLAGS_protocol) == "http") {
+    GenerateOverHttp(*id, mix.gen_tokens, i, &mine);
+  } else {
+    GenerateTimed(stub, *id, mix.gen_tokens, i, &mine);
+  }
   DeleteSession(stub, *id);
   return mine;
 }
@@ -279,6 +337,10 @@ int RunLoadgen(int argc, char** argv) {
   }
   absl::StatusOr<Mix> mix = MixFromFlags();
   if (!mix.ok()) return Usage(std::string(mix.status().message()));
+  const std::string protocol = absl::GetFlag(FLAGS_protocol);
+  if (protocol != "grpc" && protocol != "http") {
+    return Usage("--protocol must be grpc or http, not '" + protocol + "'");
+  }
   const int64_t background = absl::GetFlag(FLAGS_background_ingest_tokens);
   if (background < 0) return Usage("--background_ingest_tokens must be >= 0");
   auto stub = Stub();

@@ -14,7 +14,7 @@ namespace ttt::cli {
 namespace pb = tttserve::v1;
 
 namespace {
-// get / reset / fork: one session id in, one Session out, printed by `print`.
+// get / reset: one session id in, one Session out, printed by `print`.
 template <typename Request, typename Call>
 int SessionCall(int argc, char** argv, Call call, void (*print)(const pb::Session&)) {
   const std::string id = Arg(argc, argv, 1);
@@ -55,10 +55,19 @@ int RunReset(int argc, char** argv) {
                                        PrintSessionResult);
 }
 
+// The x-session-id header routes by the new session's id when the client chose one.
 int RunFork(int argc, char** argv) {
-  // The new session's id alone: `copy=$(ttt fork "$id")`.
-  return SessionCall<pb::ForkRequest>(argc, argv, &pb::TttService::Stub::Fork,
-                                      PrintCreatedSession);
+  pb::ForkRequest req;
+  req.set_session_id(Arg(argc, argv, 1));
+  if (req.session_id().empty()) return Usage("fork needs a session id");
+  req.set_new_session_id(absl::GetFlag(FLAGS_id));
+  const std::string& routed =
+      req.new_session_id().empty() ? req.session_id() : req.new_session_id();
+  pb::Session s;
+  grpc::Status st = Stub()->Fork(Context(routed).get(), req, &s);
+  if (!st.ok()) return Fail(st);
+  PrintCreatedSession(s);  // the new session's id alone: `copy=$(ttt fork "$id")`
+  return 0;
 }
 
 int RunList(int, char**) {

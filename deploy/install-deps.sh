@@ -36,6 +36,11 @@ runtime_pkgs+=(libssl3)
 # (gogoproto, google/api annotations) at build time.
 build_pkgs+=(golang-etcd-server-dev golang-github-gogo-protobuf-dev
   golang-github-grpc-ecosystem-grpc-gateway-dev)
+# proto/ compiles google.rpc.Status, ErrorInfo and RetryInfo (the status details of every error)
+# from Google's googleapis files as Debian ships them.
+build_pkgs+=(golang-github-gogo-googleapis-dev)
+# proto/ compiles the gRPC health protocol from Debian's copy of grpc/grpc-proto.
+build_pkgs+=(grpc-proto)
 test_pkgs=(python3 python3-torch python3-grpcio python3-grpc-tools python3-protobuf grpc-proto prometheus
   curl)
 # tests/deploy: the Helm chart renderer (Go text/template + sprig, as Helm) and linters.

@@ -7,15 +7,19 @@
 #include <exception>
 
 #include "absl/strings/str_cat.h"
+#include "util/error_reason.h"
 
 namespace ttt::engine {
 
 absl::Status ValidateTokens(const ModelConfig& config, absl::Span<const int32_t> tokens) {
   for (size_t i = 0; i < tokens.size(); ++i) {
     if (tokens[i] < 0 || tokens[i] >= config.vocab_size) {
-      return absl::InvalidArgumentError(absl::StrCat("token id ", tokens[i], " at index ", i,
-                                                     " is outside the vocabulary [0, ",
-                                                     config.vocab_size, ")"));
+      return util::WithReason(
+          absl::InvalidArgumentError(absl::StrCat("token id ", tokens[i], " at index ", i,
+                                                  " is outside the vocabulary [0, ",
+                                                  config.vocab_size, ")")),
+          util::kReasonTokenOutOfVocab,
+          {{"token_id", absl::StrCat(tokens[i])}, {"vocab_size", absl::StrCat(config.vocab_size)}});
     }
   }
   return absl::OkStatus();

@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "util/error_reason.h"
 
 namespace ttt::engine {
 
@@ -87,15 +88,18 @@ absl::Status Scheduler::Submit(Work work, bool bypass_limits) {
     if (!bypass_limits) {
       if (queued_ >= options_.max_queued_items) {
         if (q.items.empty() && !q.in_rr) queues_.erase(work.key);
-        return absl::ResourceExhaustedError(absl::StrCat(
-            "engine queue is full (", queued_, " work items queued, capacity ",
-            options_.max_queued_items, "); retry later or lower the request rate"));
+        return util::WithReason(
+            absl::ResourceExhaustedError(absl::StrCat(
+                "engine queue is full (", queued_, " work items queued, capacity ",
+                options_.max_queued_items, "); retry later or lower the request rate")),
+            util::kReasonEngineBusy);
       }
       if (static_cast<int64_t>(q.items.size()) >= options_.max_queued_per_key) {
-        return absl::ResourceExhaustedError(absl::StrCat(
-            "this session already has ", q.items.size(),
-            " work items queued (limit ", options_.max_queued_per_key,
-            "); wait for earlier requests to finish"));
+        return util::WithReason(
+            absl::ResourceExhaustedError(absl::StrCat(
+                "this session already has ", q.items.size(), " work items queued (limit ",
+                options_.max_queued_per_key, "); wait for earlier requests to finish")),
+            util::kReasonEngineBusy);
       }
     }
     const bool needs_prepare = static_cast<bool>(work.prepare);

@@ -70,6 +70,8 @@ const absl::flat_hash_map<std::string, MethodTypes>& TttMethods() {
       {"DeleteCheckpoint", Types<pb::DeleteCheckpointRequest, pb::DeleteCheckpointResponse>()},
       {"ExportSession", Types<pb::ExportSessionRequest, pb::ExportSessionResponse>()},
       {"ImportSession", Types<pb::ImportSessionRequest, pb::Session>()},
+      {"Tokenize", Types<pb::TokenizeRequest, pb::TokenizeResponse>()},
+      {"Detokenize", Types<pb::DetokenizeRequest, pb::DetokenizeResponse>()},
   };
   return *table;
 }

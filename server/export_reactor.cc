@@ -44,6 +44,8 @@ class ExportReactor final : public grpc::ServerWriteReactor<pb::ExportSessionRes
   void StartLocked(grpc::CallbackServerContext* ctx, const pb::ExportSessionRequest& req) {
     auto tenant = TenantOf(svc_->authorizer(), ctx, "ExportSession");
     if (!tenant.ok()) return FinishLocked(tenant.status());
+    absl::Status routed = CheckSessionHeader(ctx, {req.session_id()});
+    if (!routed.ok()) return FinishLocked(routed);
     if (req.session_id().empty() == req.checkpoint_id().empty()) {
       return FinishLocked(absl::InvalidArgumentError(
           "ExportSession needs exactly one of session_id and checkpoint_id"));

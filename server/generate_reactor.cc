@@ -47,9 +47,14 @@ class GenerateReactor final
       if (!may.ok()) return may;
     }
     const std::string& tenant = caller.tenant;
+    RETURN_IF_ERROR(CheckSessionHeader(ctx, {req.session_id()}));
     RETURN_IF_ERROR(AcquireStream(*svc_->quotas(), tenant, &stream_));
+    const TextEncoding encoding = TextEncodingOf(svc_->tokenizer(), req.text_options());
+    ASSIGN_OR_RETURN(const bool starts_context,
+                     TextStartsContext(*svc_->sessions(), tenant, req.session_id(),
+                                       req.prompt_text(), encoding));
     auto prompt = InputTokens(svc_->limits(), svc_->tokenizer(), req.prompt_text(),
-                              req.prompt_token_ids(), "the prompt");
+                              req.prompt_token_ids(), "the prompt", encoding, starts_context);
     if (!prompt.ok()) return prompt.status();
     session::GenerateParams params = GenerateParamsFromProto(req);
     params.prompt = std::move(*prompt);

@@ -30,7 +30,12 @@ class ImportReactor final : public grpc::ServerReadReactor<pb::ImportSessionRequ
 
   void OnReadDone(bool ok) override {
     if (!ok) return ImportReceived();
-    if (first_ && req_.has_options()) options_ = FromProto(req_.options());
+    if (first_) {
+      if (req_.has_options()) options_ = FromProto(req_.options());
+      new_id_ = req_.session_id();
+      absl::Status routed = CheckSessionHeader(ctx_, {new_id_});
+      if (!routed.ok()) return FinishWith(routed);
+    }
     first_ = false;
     absl::Status st = guard_.Append(req_.data());
     if (!st.ok()) return FinishWith(st);
@@ -78,7 +83,7 @@ class ImportReactor final : public grpc::ServerReadReactor<pb::ImportSessionRequ
     if (Cancelled()) return FinishWith(absl::CancelledError("the client cancelled the import"));
     absl::StatusOr<session::SessionInfo> info;
     try {
-      info = svc_->sessions()->ImportSession(tenant_, guard_.Take(), options_);
+      info = svc_->sessions()->ImportSession(tenant_, guard_.Take(), options_, new_id_);
     } catch (const std::exception& e) {
       info = absl::InternalError(absl::StrCat("import failed: ", e.what()));
     }
@@ -110,6 +115,7 @@ class ImportReactor final : public grpc::ServerReadReactor<pb::ImportSessionRequ
   pb::ImportSessionRequest req_;
   ImportGuard guard_;
   std::optional<session::SessionOptions> options_;
+  std::string new_id_;  // the first message's session_id: the new session's id (empty: picked)
   bool first_ = true;
   std::string created_;  // the session this call created, if any
 

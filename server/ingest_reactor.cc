@@ -37,10 +37,7 @@ class IngestReactor final
  public:
   IngestReactor(TttServiceImpl* svc, grpc::CallbackServerContext* ctx)
       : StreamingReactor("the client cancelled the stream"), svc_(svc), ctx_(ctx),
-        start_(Clock::now()), credential_(svc->authorizer(), ctx, "Ingest"),
-        text_(StreamOptions(*svc), [this](int64_t n) {
-          return svc_->quotas()->TakeIngestTokens(credential_.tenant(), n);
-        }) {
+        start_(Clock::now()), credential_(svc->authorizer(), ctx, "Ingest") {
     std::lock_guard<std::mutex> lock(mu_);
     absl::Status st = StartLocked();
     if (!st.ok()) {
@@ -70,8 +67,17 @@ class IngestReactor final
   }
 
  private:
-  static core::IngestStream::Options StreamOptions(const TttServiceImpl& svc) {
-    return {svc.tokenizer(), svc.limits().max_buffered_text_bytes, svc.limits().sync_durability};
+  // `starts_context`: the session is at position 0 as the stream opens.
+  static core::IngestStream::Options StreamOptions(const TttServiceImpl& svc,
+                                                   const TextEncoding& encoding,
+                                                   bool starts_context) {
+    core::IngestStream::Options options;
+    options.tokenizer = svc.tokenizer();
+    options.max_buffered_text_bytes = svc.limits().max_buffered_text_bytes;
+    options.sync_durability = svc.limits().sync_durability;
+    options.special = encoding.special;
+    if (starts_context) options.bos_at_start = encoding.bos_at_start;
+    return options;
   }
 
   // The caller, and its tenant's stream quota.
@@ -103,7 +109,7 @@ class IngestReactor final
   void EndOfStreamLocked() {
     reads_done_ = true;
     if (failed_ || !writer_) return;
-    auto rest = text_.TakeRest();
+    auto rest = text_->TakeRest();
     absl::Status st = rest.status();
     if (rest.ok() && rest->has_value()) st = SubmitLocked(kNoResponse, std::move(**rest));
     if (!st.ok()) FailLocked(st);
@@ -125,18 +131,26 @@ class IngestReactor final
     if (st.ok()) st = BindSessionLocked(req, where);
     if (st.ok()) st = ValidateIngestMessage(req, svc_->limits(), where);
     if (!st.ok()) return st;
-    auto submission = text_.Accept(
+    auto submission = text_->Accept(
         {req.text(), req.token_ids(), req.flush(), req.end_of_document(), req.report_loss()},
         where);
     if (!submission.ok()) return submission.status();
     return SubmitLocked(index, std::move(*submission));
   }
 
-  // The first message names the session and takes its writer lease (checking the client's
-  // expected_tokens_received); later ones may repeat the name.
+  // The first message names the session, takes its writer lease (checking the client's
+  // expected_tokens_received) and sets the stream's text options; later ones may repeat the name.
   absl::Status BindSessionLocked(const pb::IngestRequest& req, const std::string& where) {
     if (writer_) return CheckIngestSession(req, writer_->session_id(), where);
-    ASSIGN_OR_RETURN(writer_, OpenIngestWriter(*svc_->sessions(), credential_.tenant(), req));
+    ASSIGN_OR_RETURN(writer_,
+                     OpenIngestWriter(ctx_, *svc_->sessions(), credential_.tenant(), req));
+    // The text protocol starts here: it needs the first message's text_options, and whether
+    // this stream starts the session's context (for the bos).
+    text_.emplace(StreamOptions(*svc_, TextEncodingOf(svc_->tokenizer(), req.text_options()),
+                                writer_->counters().position == 0),
+                  [this](int64_t n) {
+                    return svc_->quotas()->TakeIngestTokens(credential_.tenant(), n);
+                  });
     return absl::OkStatus();
   }
 
@@ -169,13 +183,13 @@ class IngestReactor final
       lifetime_.Ran();
       --outstanding_;
       if (r.ok()) {
-        text_.Applied(r->tokens, r->nll_sum, r->nll_count);
+        text_->Applied(r->tokens, r->nll_sum, r->nll_count);
         svc_->metrics()->AddTokensIngested(r->tokens);
         svc_->metrics()->ObserveIngestChunk(SecondsSince(submitted));
         // Answered even when a later message has failed meanwhile: the error status waits for
         // this response (MaybeFinishLocked). A cancelled stream has nobody left to answer.
         if (index != kNoResponse && !finish_called_ && !ctx_->IsCancelled()) {
-          out_.push_back(IngestResponseFor(index, buffered, r->counters, text_));
+          out_.push_back(IngestResponseFor(index, buffered, r->counters, *text_));
           MaybeWriteLocked();
         }
       } else {
@@ -208,7 +222,7 @@ class IngestReactor final
   const Clock::time_point start_;
   // Guarded by mu_ (the base's), as the base's members.
   StreamCredential credential_;
-  core::IngestStream text_;
+  std::optional<core::IngestStream> text_;  // from the first message on (BindSessionLocked)
   std::optional<auth::Quotas::StreamLease> stream_;  // --quotas_file streams
   pb::IngestRequest req_;
   std::unique_ptr<session::Writer> writer_;

@@ -251,7 +251,8 @@ absl::Status Server::StartHttp() {
   if (tokenizer_ != nullptr) {
     o.count_prompt_tokens = [tok = tokenizer_.get()](std::string_view text)
         -> absl::StatusOr<int64_t> {
-      auto ids = tok->Encode(text);
+      // As Generate encodes a prompt by default (docs/contract.md): special tokens as text.
+      auto ids = tok->Encode(text, tokenizer::SpecialTokens::kAsText);
       if (!ids.ok()) return ids.status();
       return static_cast<int64_t>(ids->size());
     };

@@ -91,6 +91,10 @@ class TttServiceImpl final : public tttserve::v1::TttService::CallbackService {
       Ctx* ctx, const tttserve::v1::ExportSessionRequest* req) override;
   grpc::ServerReadReactor<tttserve::v1::ImportSessionRequest>* ImportSession(
       Ctx* ctx, tttserve::v1::Session* resp) override;
+  grpc::ServerUnaryReactor* Tokenize(Ctx* ctx, const tttserve::v1::TokenizeRequest* req,
+                                     tttserve::v1::TokenizeResponse* resp) override;
+  grpc::ServerUnaryReactor* Detokenize(Ctx* ctx, const tttserve::v1::DetokenizeRequest* req,
+                                       tttserve::v1::DetokenizeResponse* resp) override;
 
   // Plumbing shared with the reactors (server/internal/reactors.h).
   session::SessionManager* sessions() const { return sessions_; }

@@ -56,6 +56,12 @@ grpc::ServerUnaryReactor* TttServiceImpl::GetServerInfo(Ctx* ctx,
     resp->set_max_generate_tokens(sessions_->options().max_generate_tokens);
     resp->set_sliding_window(model.attention_window().value_or(0));
     resp->set_eos_token_id(cfg.eos_token_id);
+    if (tokenizer_ != nullptr) {
+      pb::TokenizerInfo* info = resp->mutable_tokenizer_info();
+      info->set_unicode_version(tokenizer::UnicodeVersion());
+      info->set_bos_token_id(tokenizer_->bos_id().value_or(-1));
+      info->set_adds_bos(tokenizer_->adds_bos());
+    }
     *resp->mutable_security() = security_.info;
     auto caller = internal::CallerOf(*security_.authorizer, ctx, "GetServerInfo");
     const bool admin = caller.ok() && caller->scopes.Has(auth::Scope::kAdmin);
@@ -68,6 +74,8 @@ grpc::ServerUnaryReactor* TttServiceImpl::CreateSession(Ctx* ctx,
                                                         const pb::CreateSessionRequest* req,
                                                         pb::Session* resp) {
   return RunUnary(this, ctx, "CreateSession", [&](const std::string& tenant, Finisher finish) {
+    absl::Status routed = internal::CheckSessionHeader(ctx, {req->session_id()});
+    if (!routed.ok()) return finish(routed);
     auto reservation = quotas_.ReserveSession(tenant);
     if (!reservation.ok()) return finish(reservation.status());
     auto info = sessions_->CreateSession(tenant, FromProto(req->options()), req->session_id());
@@ -79,6 +87,8 @@ grpc::ServerUnaryReactor* TttServiceImpl::CreateSession(Ctx* ctx,
 grpc::ServerUnaryReactor* TttServiceImpl::GetSession(Ctx* ctx, const pb::GetSessionRequest* req,
                                                      pb::Session* resp) {
   return RunUnary(this, ctx, "GetSession", [&](const std::string& tenant, Finisher finish) {
+    absl::Status routed = internal::CheckSessionHeader(ctx, {req->session_id()});
+    if (!routed.ok()) return finish(routed);
     auto info = sessions_->GetSession(tenant, req->session_id());
     if (info.ok()) ToProto(*info, resp);
     finish(info.status());
@@ -102,6 +112,8 @@ grpc::ServerUnaryReactor* TttServiceImpl::DeleteSession(Ctx* ctx,
                                                         const pb::DeleteSessionRequest* req,
                                                         pb::DeleteSessionResponse*) {
   return RunUnary(this, ctx, "DeleteSession", [&](const std::string& tenant, Finisher finish) {
+    absl::Status routed = internal::CheckSessionHeader(ctx, {req->session_id()});
+    if (!routed.ok()) return finish(routed);
     finish(sessions_->DeleteSession(tenant, req->session_id()));
   });
 }
@@ -110,8 +122,15 @@ grpc::ServerUnaryReactor* TttServiceImpl::DeleteSession(Ctx* ctx,
 grpc::ServerUnaryReactor* TttServiceImpl::Score(Ctx* ctx, const pb::ScoreRequest* req,
                                                 pb::ScoreResponse* resp) {
   return RunUnary(this, ctx, "Score", [&](const std::string& tenant, Finisher finish) {
+    absl::Status routed = internal::CheckSessionHeader(ctx, {req->session_id()});
+    if (!routed.ok()) return finish(routed);
+    const internal::TextEncoding encoding =
+        internal::TextEncodingOf(tokenizer_, req->text_options());
+    auto starts = internal::TextStartsContext(*sessions_, tenant, req->session_id(), req->text(),
+                                              encoding);
+    if (!starts.ok()) return finish(starts.status());
     auto tokens = internal::InputTokens(limits_, tokenizer_, req->text(), req->token_ids(),
-                                        "the Score request");
+                                        "the Score request", encoding, *starts);
     if (!tokens.ok()) return finish(tokens.status());
     Metrics* metrics = metrics_;
     absl::Status st = sessions_->Score(
@@ -129,6 +148,8 @@ grpc::ServerUnaryReactor* TttServiceImpl::Score(Ctx* ctx, const pb::ScoreRequest
 grpc::ServerUnaryReactor* TttServiceImpl::Checkpoint(Ctx* ctx, const pb::CheckpointRequest* req,
                                                      pb::CheckpointInfo* resp) {
   return RunUnary(this, ctx, "Checkpoint", [&](const std::string& tenant, Finisher finish) {
+    absl::Status routed = internal::CheckSessionHeader(ctx, {req->session_id()});
+    if (!routed.ok()) return finish(routed);
     absl::Status fits = quotas_.CheckCheckpoint(tenant, req->checkpoint_id());
     if (!fits.ok()) return finish(fits);
     const bool existed = quotas_.CheckpointExists(tenant, req->checkpoint_id());
@@ -151,6 +172,14 @@ grpc::ServerUnaryReactor* TttServiceImpl::Restore(Ctx* ctx, const pb::RestoreReq
     if (req->checkpoint_id().empty()) {
       return finish(absl::InvalidArgumentError("checkpoint_id is required"));
     }
+    if (!req->session_id().empty() && !req->new_session_id().empty()) {
+      return finish(absl::InvalidArgumentError(
+          "Restore sets both session_id (restore over that session) and new_session_id (restore "
+          "into a new session of that id): set one of them"));
+    }
+    absl::Status routed =
+        internal::CheckSessionHeader(ctx, {req->session_id(), req->new_session_id()});
+    if (!routed.ok()) return finish(routed);
     std::shared_ptr<internal::QuotaGate::SessionReservation> reservation;
     if (req->session_id().empty()) {  // into a new session
       auto reserved = quotas_.ReserveSession(tenant);
@@ -159,7 +188,8 @@ grpc::ServerUnaryReactor* TttServiceImpl::Restore(Ctx* ctx, const pb::RestoreReq
     }
     absl::Status st = sessions_->Restore(tenant, req->checkpoint_id(), req->session_id(),
                                          OptionsOf(req->has_options(), req->options()),
-                                         SessionReply(resp, finish, reservation));
+                                         SessionReply(resp, finish, reservation),
+                                         req->new_session_id());
     if (!st.ok()) finish(st);
   });
 }
@@ -167,6 +197,8 @@ grpc::ServerUnaryReactor* TttServiceImpl::Restore(Ctx* ctx, const pb::RestoreReq
 grpc::ServerUnaryReactor* TttServiceImpl::Reset(Ctx* ctx, const pb::ResetRequest* req,
                                                 pb::Session* resp) {
   return RunUnary(this, ctx, "Reset", [&](const std::string& tenant, Finisher finish) {
+    absl::Status routed = internal::CheckSessionHeader(ctx, {req->session_id()});
+    if (!routed.ok()) return finish(routed);
     absl::Status st = sessions_->Reset(tenant, req->session_id(), SessionReply(resp, finish));
     if (!st.ok()) finish(st);
   });
@@ -175,11 +207,15 @@ grpc::ServerUnaryReactor* TttServiceImpl::Reset(Ctx* ctx, const pb::ResetRequest
 grpc::ServerUnaryReactor* TttServiceImpl::Fork(Ctx* ctx, const pb::ForkRequest* req,
                                                pb::Session* resp) {
   return RunUnary(this, ctx, "Fork", [&](const std::string& tenant, Finisher finish) {
+    absl::Status routed =
+        internal::CheckSessionHeader(ctx, {req->session_id(), req->new_session_id()});
+    if (!routed.ok()) return finish(routed);
     auto reservation = quotas_.ReserveSession(tenant);
     if (!reservation.ok()) return finish(reservation.status());
     absl::Status st = sessions_->Fork(tenant, req->session_id(),
                                       OptionsOf(req->has_options(), req->options()),
-                                      SessionReply(resp, finish, std::move(*reservation)));
+                                      SessionReply(resp, finish, std::move(*reservation)),
+                                      req->new_session_id());
     if (!st.ok()) finish(st);
   });
 }
@@ -204,6 +240,48 @@ grpc::ServerUnaryReactor* TttServiceImpl::DeleteCheckpoint(Ctx* ctx,
                   [&](const std::string& tenant, Finisher finish) {
                     finish(sessions_->DeleteCheckpoint(tenant, req->checkpoint_id()));
                   });
+}
+
+// The tokenizer as the other RPCs use it: text checked and encoded as InputTokens does (a
+// standalone text starts a context, so add_bos applies); ids checked against the model's
+// vocabulary and decoded as Generate streams them.
+grpc::ServerUnaryReactor* TttServiceImpl::Tokenize(Ctx* ctx, const pb::TokenizeRequest* req,
+                                                   pb::TokenizeResponse* resp) {
+  return RunUnary(this, ctx, "Tokenize", [&](const std::string&, Finisher finish) {
+    if (tokenizer_ == nullptr) {
+      return finish(absl::FailedPreconditionError(
+          "Tokenize: the model has no tokenizer (its folder has no tokenizer.json or "
+          "tokenizer.model)"));
+    }
+    auto ids = internal::InputTokens(limits_, tokenizer_, req->text(), {}, "the Tokenize request",
+                                     internal::TextEncodingOf(tokenizer_, req->text_options()),
+                                     /*starts_context=*/true);
+    if (!ids.ok()) return finish(ids.status());
+    resp->mutable_token_ids()->Add(ids->begin(), ids->end());
+    finish(absl::OkStatus());
+  });
+}
+
+grpc::ServerUnaryReactor* TttServiceImpl::Detokenize(Ctx* ctx, const pb::DetokenizeRequest* req,
+                                                     pb::DetokenizeResponse* resp) {
+  return RunUnary(this, ctx, "Detokenize", [&](const std::string&, Finisher finish) {
+    if (tokenizer_ == nullptr) {
+      return finish(absl::FailedPreconditionError(
+          "Detokenize: the model has no tokenizer (its folder has no tokenizer.json or "
+          "tokenizer.model)"));
+    }
+    auto ids = internal::InputTokens(limits_, tokenizer_, "", req->token_ids(),
+                                     "the Detokenize request", {}, false);
+    if (!ids.ok()) return finish(ids.status());
+    absl::Status in_vocab = sessions_->ValidateTokens(*ids);
+    if (!in_vocab.ok()) return finish(in_vocab);
+    tokenizer::StreamDecoder decoder(*tokenizer_);
+    std::string text;
+    for (int32_t id : *ids) text += decoder.Push(id);
+    text += decoder.Flush();
+    resp->set_text(std::move(text));
+    finish(absl::OkStatus());
+  });
 }
 
 }  // namespace ttt::server

@@ -65,7 +65,8 @@ absl::Status SessionManager::Checkpoint(const std::string& tenant, const std::st
 absl::Status SessionManager::Restore(const std::string& tenant, const std::string& checkpoint_id,
                                      const std::string& target_session,
                                      std::optional<SessionOptions> options,
-                                     std::function<void(absl::StatusOr<SessionInfo>)> done) {
+                                     std::function<void(absl::StatusOr<SessionInfo>)> done,
+                                     const std::string& new_id) {
   RETURN_IF_ERROR(ValidateTenant(tenant));
   RETURN_IF_ERROR(ValidateCheckpointId(checkpoint_id));
   if (options) RETURN_IF_ERROR(ValidateOptions(*options));
@@ -74,7 +75,7 @@ absl::Status SessionManager::Restore(const std::string& tenant, const std::strin
                                      std::move(bytes), internal::Quote(checkpoint_id), *model_));
   if (target_session.empty()) {
     ASSIGN_OR_RETURN(auto s, Insert(tenant, options ? *options : decoded.meta.options,
-                                    std::move(decoded.state), decoded.meta.counters));
+                                    std::move(decoded.state), decoded.meta.counters, new_id));
     done(s->Info());
     return absl::OkStatus();
   }
@@ -142,7 +143,8 @@ absl::StatusOr<std::string> SessionManager::ExportCheckpoint(const std::string& 
 
 absl::StatusOr<SessionInfo> SessionManager::ImportSession(const std::string& tenant,
                                                           std::string bytes,
-                                                          std::optional<SessionOptions> options) {
+                                                          std::optional<SessionOptions> options,
+                                                          const std::string& new_id) {
   RETURN_IF_ERROR(ValidateTenant(tenant));
   if (static_cast<int64_t>(bytes.size()) > options_.max_checkpoint_bytes) {
     return absl::ResourceExhaustedError(absl::StrCat("import of ", bytes.size(),
@@ -154,7 +156,7 @@ absl::StatusOr<SessionInfo> SessionManager::ImportSession(const std::string& ten
                    internal::DecodeCheckpoint(std::move(bytes), "(imported bytes)", *model_));
   if (options) RETURN_IF_ERROR(ValidateOptions(*options));
   ASSIGN_OR_RETURN(auto s, Insert(tenant, options ? *options : decoded.meta.options,
-                                  std::move(decoded.state), decoded.meta.counters));
+                                  std::move(decoded.state), decoded.meta.counters, new_id));
   return s->Info();
 }
 

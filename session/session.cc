@@ -386,15 +386,21 @@ absl::Status SessionManager::Reset(const std::string& tenant, const std::string&
   return SubmitOp(*s, std::move(w), nullptr);
 }
 
+absl::Status SessionManager::ValidateTokens(absl::Span<const int32_t> tokens) const {
+  return engine::ValidateTokens(model_->config(), tokens);
+}
+
 absl::Status SessionManager::Fork(const std::string& tenant, const std::string& id,
                                   std::optional<SessionOptions> options,
-                                  std::function<void(absl::StatusOr<SessionInfo>)> done) {
+                                  std::function<void(absl::StatusOr<SessionInfo>)> done,
+                                  const std::string& new_id) {
   ASSIGN_OR_RETURN(auto s, Find(tenant, id));
   if (options) RETURN_IF_ERROR(ValidateOptions(*options));
+  if (!new_id.empty()) RETURN_IF_ERROR(ValidateId(new_id));
   RETURN_IF_ERROR(CheckSessionLimit(session_count()));
   engine::Work w;
   w.key = s->key;
-  w.task = [this, s, tenant, options, done]() {
+  w.task = [this, s, tenant, options, done, new_id]() {
     absl::Status loaded = EnsureResident(*s);
     if (!loaded.ok()) {
       s->EndOp();
@@ -407,7 +413,7 @@ absl::Status SessionManager::Fork(const std::string& tenant, const std::string& 
       counters = s->counters;
       opts = options ? *options : s->options;
     }
-    auto forked = Insert(tenant, opts, s->state.Clone(), counters);
+    auto forked = Insert(tenant, opts, s->state.Clone(), counters, new_id);
     s->EndOp();
     if (!forked.ok()) return done(forked.status());
     done((*forked)->Info());

@@ -36,6 +36,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "absl/types/span.h"
 #include "engine/model.h"
 #include "engine/sampler.h"
 #include "engine/scheduler.h"
@@ -223,6 +224,9 @@ class SessionManager {
                                             const std::string& id = "");
   // Session ids a client may choose: [A-Za-z0-9._-], 1..128 chars, not starting with '.'.
   static absl::Status ValidateId(const std::string& id);
+  // INVALID_ARGUMENT (TOKEN_OUT_OF_VOCAB) unless every id lies in [0, vocab_size) of the model,
+  // as Ingest checks them (for the Detokenize RPC, which needs no session).
+  absl::Status ValidateTokens(absl::Span<const int32_t> tokens) const;
   absl::StatusOr<SessionInfo> GetSession(const std::string& tenant, const std::string& id);
   std::vector<SessionInfo> ListSessions(const std::string& tenant,
                                         const std::map<std::string, std::string>& selector = {});
@@ -252,18 +256,22 @@ class SessionManager {
 
   absl::Status Reset(const std::string& tenant, const std::string& id,
                      std::function<void(absl::StatusOr<SessionInfo>)> done);
+  // `new_id`: the new session's id as in CreateSession (empty: the manager picks one).
   absl::Status Fork(const std::string& tenant, const std::string& id,
                     std::optional<SessionOptions> options,
-                    std::function<void(absl::StatusOr<SessionInfo>)> done);
+                    std::function<void(absl::StatusOr<SessionInfo>)> done,
+                    const std::string& new_id = "");
 
   // Checkpoints. Ids: [A-Za-z0-9._-], 1..128 chars, not starting with '.'; generated when empty.
   absl::Status Checkpoint(const std::string& tenant, const std::string& id,
                           const std::string& checkpoint_id,
                           std::function<void(absl::StatusOr<CheckpointInfo>)> done);
-  // Into a new session (`target_session` empty) or over an existing one (a writer).
+  // Into a new session (`target_session` empty; its id `new_id` as in CreateSession) or over an
+  // existing one (a writer).
   absl::Status Restore(const std::string& tenant, const std::string& checkpoint_id,
                        const std::string& target_session, std::optional<SessionOptions> options,
-                       std::function<void(absl::StatusOr<SessionInfo>)> done);
+                       std::function<void(absl::StatusOr<SessionInfo>)> done,
+                       const std::string& new_id = "");
   absl::StatusOr<std::vector<CheckpointInfo>> ListCheckpoints(const std::string& tenant);
   absl::Status DeleteCheckpoint(const std::string& tenant, const std::string& checkpoint_id);
 
@@ -274,7 +282,8 @@ class SessionManager {
                                                const std::string& checkpoint_id);
   // Verifies checkpoint-format bytes and creates a session from them.
   absl::StatusOr<SessionInfo> ImportSession(const std::string& tenant, std::string bytes,
-                                            std::optional<SessionOptions> options);
+                                            std::optional<SessionOptions> options,
+                                            const std::string& new_id = "");
 
   // Writes every resident session to disk (shutdown). Blocks; call from a non-engine thread.
   // Shared through etcd: commits them, then gives their ownership up, so other replicas take

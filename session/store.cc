@@ -11,6 +11,7 @@
 #include "session/internal/names.h"
 #include "session/internal/session_record.h"
 #include "session/session.h"
+#include "util/error_reason.h"
 #include "util/status_macros.h"
 
 namespace ttt::session {
@@ -97,9 +98,11 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::Adopt(const std::string
   const internal::CheckpointMeta& meta = owned.head.meta;
   absl::Status refused;
   if (meta.model_fingerprint != model_->fingerprint()) {
-    refused = absl::FailedPreconditionError(absl::StrCat(
-        "session ", Quote(id), " was committed by another model (", meta.model_fingerprint,
-        "); replicas sharing sessions must serve the same model"));
+    refused = util::WithReason(
+        absl::FailedPreconditionError(absl::StrCat(
+            "session ", Quote(id), " was committed by another model (", meta.model_fingerprint,
+            "); replicas sharing sessions must serve the same model")),
+        util::kReasonStateFromOtherModel);
   }
   // (A StatusOr cannot hold an OK status without a value.)
   absl::StatusOr<std::shared_ptr<Session>> registered =

@@ -6,6 +6,9 @@
 
 #include <gtest/gtest.h>
 
+#include "google/rpc/error_details.pb.h"
+#include "google/rpc/status.pb.h"
+
 namespace ttt::http::internal {
 namespace {
 
@@ -161,6 +164,17 @@ TEST(OpenAiTest, GrpcCodesBecomeHttpStatusesAndErrorObjects) {
                            {"type", "rate_limit_error"},
                            {"code", "RESOURCE_EXHAUSTED"}}}}));
   EXPECT_STREQ(CodeName(StatusCode::UNAUTHENTICATED), "UNAUTHENTICATED");
+  // The service's ErrorInfo reason rides along (issue 25 item 5).
+  google::rpc::ErrorInfo info;
+  info.set_reason("SESSION_BUSY");
+  info.set_domain("ttt-serve");
+  google::rpc::Status details;
+  details.set_code(static_cast<int>(StatusCode::ABORTED));
+  details.add_details()->PackFrom(info);
+  const Json busy =
+      ErrorJson(grpc::Status(StatusCode::ABORTED, "busy", details.SerializeAsString()));
+  EXPECT_EQ(busy["error"]["reason"], "SESSION_BUSY");
+  EXPECT_EQ(busy["error"]["code"], "ABORTED");
 }
 
 TEST(OpenAiTest, CompletionIdsAreFreshAndShaped) {

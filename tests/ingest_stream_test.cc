@@ -1,11 +1,13 @@
 // Tests of server/core/ingest_stream without gRPC: text buffered until something ends it, a
 // character split by a flush carried to the next message, the buffer's limit, malformed UTF-8
-// where the text ends, the ingest rate charged per submission, and the running loss. The
-// tokenizer is the byte-level test tokenizer (one id per ASCII byte, "é" one id by a merge).
+// where the text ends, the ingest rate charged per submission, the bos of a stream that starts
+// the context, and the running loss. The tokenizer is the byte-level test tokenizer (one id per
+// ASCII byte, "é" one id by a merge).
 #include "server/core/ingest_stream.h"
 
 #include <cmath>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -27,8 +29,10 @@ constexpr int kEAcute = 96;  // "é" in the test tokenizer
 class IngestStreamTest : public ::testing::Test {
  protected:
   // A stream over the test tokenizer whose charges are recorded in charged_.
-  std::unique_ptr<IngestStream> Stream(int64_t max_buffered = 1 << 20, bool sync = false) {
+  std::unique_ptr<IngestStream> Stream(int64_t max_buffered = 1 << 20, bool sync = false,
+                                       std::optional<int32_t> bos_at_start = std::nullopt) {
     IngestStream::Options options;
+    options.bos_at_start = bos_at_start;
     options.tokenizer = tokenizer_.get();
     options.max_buffered_text_bytes = max_buffered;
     options.sync_durability = sync;
@@ -140,6 +144,32 @@ TEST_F(IngestStreamTest, ARefusedChargeRefusesTheSubmission) {
   EXPECT_EQ(got.status().code(), absl::StatusCode::kResourceExhausted);
   EXPECT_THAT(got.status().message(), HasSubstr("ingest rate exceeded"));
   EXPECT_THAT(charged_, ElementsAre(2));
+}
+
+// A stream that starts the session's context puts the bos before its first text tokens, once.
+TEST_F(IngestStreamTest, BosGoesBeforeTheFirstTextOnly) {
+  constexpr int32_t kBos = 7;
+  auto stream = Stream(1 << 20, /*sync=*/false, kBos);
+  auto first = stream->Accept(Text("ab", /*flush=*/true), "m0");
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_THAT(first->tokens, ElementsAre(kBos, ByteLevelId('a'), ByteLevelId('b')));
+  auto second = stream->Accept(Text("c", /*flush=*/true), "m1");
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_THAT(second->tokens, ElementsAre(ByteLevelId('c')));
+}
+
+// Token ids chosen by the client begin the context themselves: no bos before later text.
+TEST_F(IngestStreamTest, TokenIdsFirstTakeNoBos) {
+  auto stream = Stream(1 << 20, /*sync=*/false, /*bos_at_start=*/7);
+  const int32_t ids[] = {3};
+  IngestMessage m;
+  m.token_ids = ids;
+  auto first = stream->Accept(m, "m0");
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_THAT(first->tokens, ElementsAre(3));
+  auto second = stream->Accept(Text("a", /*flush=*/true), "m1");
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_THAT(second->tokens, ElementsAre(ByteLevelId('a')));
 }
 
 TEST_F(IngestStreamTest, TakeRestFlushesWhatIsBufferedOnce) {

@@ -204,6 +204,11 @@ TEST_F(ServerQuotasTest, IngestRateRefusesWithRetryTrailersAndKeepsWhatWasApplie
   grpc::Status st = stream->Finish();
   ExpectExhausted(st, "tenant 'alice' is over its ingest quota of 1 tokens/s (ingest_tokens_per_s");
   EXPECT_THAT(st.error_message(), HasSubstr("retry in"));
+  const ttt::testing::StatusDetails details = ttt::testing::DetailsOf(st);  // issue 25
+  EXPECT_EQ(details.reason, "QUOTA_EXCEEDED");
+  EXPECT_EQ(details.metadata.at("quota"), "ingest_tokens_per_s");
+  EXPECT_EQ(details.metadata.at("tenant"), "alice");
+  ASSERT_TRUE(details.retry_ms.has_value());
   const auto& trailers = stream_ctx->GetServerTrailingMetadata();
   for (const char* key : {"retry-after-ms", "grpc-retry-pushback-ms"}) {
     auto it = trailers.find(key);
@@ -211,6 +216,7 @@ TEST_F(ServerQuotasTest, IngestRateRefusesWithRetryTrailersAndKeepsWhatWasApplie
     const int ms = std::stoi(std::string(it->second.data(), it->second.size()));
     EXPECT_GT(ms, 0);
     EXPECT_LE(ms, 16000);
+    EXPECT_EQ(ms, *details.retry_ms);  // RetryInfo says the same wait
   }
   pb::GetSessionRequest get;
   get.set_session_id(id);

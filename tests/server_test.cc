@@ -25,6 +25,7 @@
 #include "tests/testing/etcd.h"
 #include "tests/testing/byte_level_tokenizer.h"
 #include "tests/testing/server_fixture.h"
+#include "tokenizer/tokenizer.h"
 #include "tttserve/v1/ttt_service.grpc.pb.h"
 #include "util/sha256.h"
 
@@ -131,14 +132,17 @@ class ServerTest : public ttt::testing::ServerFixture {
   }
 
   // A model folder with a tokenizer: the llama fixture plus the byte-level test tokenizer (the 97
-  // ids of the fixture's vocabulary: printable ASCII, space, newline and "é").
-  void StartWithTokenizer() {
+  // ids of the fixture's vocabulary: printable ASCII, space, newline and "é"). `added_tokens`
+  // (tokenizer.json's JSON array) and `config` (tokenizer_config.json's text, none when empty)
+  // let a test add special tokens and a bos.
+  void StartWithTokenizer(const std::string& added_tokens = "[]", const std::string& config = "") {
     const fs::path model = dir_ / "model";
     fs::create_directories(model);
     for (const char* f : {"config.json", "model.safetensors"}) {
       fs::copy_file(GoldenLlama() / f, model / f);
     }
-    ttt::testing::WriteByteLevelTokenizer(model);
+    ttt::testing::WriteByteLevelTokenizer(model, added_tokens);
+    if (!config.empty()) std::ofstream(model / "tokenizer_config.json") << config;
     options_.model_dir = model.string();
     Start();
   }
@@ -348,7 +352,9 @@ TEST_F(ServerTest, SecondConcurrentWriterIsAborted) {
   ASSERT_TRUE(first->Write(Tokens(id, {5, 6})));
   pb::IngestResponse r;
   ASSERT_TRUE(first->Read(&r));  // the first writer holds the session now
-  ExpectStatus(IngestAll({Tokens(id, {7})}), grpc::StatusCode::ABORTED, "busy");
+  const grpc::Status busy = IngestAll({Tokens(id, {7})});
+  ExpectStatus(busy, grpc::StatusCode::ABORTED, "busy");
+  ttt::testing::ExpectReason(busy, "SESSION_BUSY", 1000);  // issue 25: a program can act on it
   pb::GenerateRequest g;
   g.set_session_id(id);
   g.set_commit(true);
@@ -629,8 +635,9 @@ TEST_F(ServerTest, AnotherModelsCheckpointIsRefused) {
   pb::RestoreRequest rr;
   rr.set_checkpoint_id("llama-ck");
   pb::Session s;
-  ExpectStatus(stub_->Restore(Ctx().get(), rr, &s), grpc::StatusCode::FAILED_PRECONDITION,
-               "another model");
+  const grpc::Status other = stub_->Restore(Ctx().get(), rr, &s);
+  ExpectStatus(other, grpc::StatusCode::FAILED_PRECONDITION, "another model");
+  ttt::testing::ExpectReason(other, "STATE_FROM_OTHER_MODEL", std::nullopt);
   auto ctx = Ctx();
   auto w = stub_->ImportSession(ctx.get(), &s);
   pb::ImportSessionRequest ir;
@@ -703,6 +710,214 @@ TEST_F(ServerTest, TextInputIsTokenizedAndInvalidUtf8IsRefused) {
   run(g, &cut, &reason);
   EXPECT_EQ(reason, pb::FINISH_REASON_STOP);
   EXPECT_EQ(cut, full.substr(0, full.find(stop)));
+}
+
+// Issue 25 item 5: every error carries google.rpc.ErrorInfo (a tagged reason, else the code's
+// default), and RetryInfo only where retrying the same call later can succeed.
+TEST_F(ServerTest, ErrorsCarryErrorInfoAndRetryInfo) {
+  options_.max_sessions = 1;
+  Start();
+  const std::string id = Create();
+  const grpc::Status vocab = IngestAll({Tokens(id, {5, static_cast<int32_t>(vocab_) + 3})});
+  ExpectStatus(vocab, grpc::StatusCode::INVALID_ARGUMENT, "outside the vocabulary");
+  ttt::testing::ExpectReason(vocab, "TOKEN_OUT_OF_VOCAB", std::nullopt);
+  EXPECT_EQ(ttt::testing::DetailsOf(vocab).metadata["token_id"], std::to_string(vocab_ + 3));
+  EXPECT_EQ(ttt::testing::DetailsOf(vocab).metadata["vocab_size"], std::to_string(vocab_));
+
+  pb::GetSessionRequest get;
+  get.set_session_id("no-such-session");
+  pb::Session s;
+  const grpc::Status missing = stub_->GetSession(Ctx().get(), get, &s);
+  ExpectStatus(missing, grpc::StatusCode::NOT_FOUND, "not found");
+  ttt::testing::ExpectReason(missing, "NOT_FOUND", std::nullopt);
+  pb::TokenizeRequest tokenize;
+  tokenize.set_text("hello");
+  pb::TokenizeResponse ids;
+  ExpectStatus(stub_->Tokenize(Ctx().get(), tokenize, &ids),
+               grpc::StatusCode::FAILED_PRECONDITION, "the model has no tokenizer");
+
+  // Full: waiting does not free a session, so no RetryInfo.
+  const grpc::Status full = stub_->CreateSession(Ctx().get(), pb::CreateSessionRequest(), &s);
+  ExpectStatus(full, grpc::StatusCode::RESOURCE_EXHAUSTED, "max_sessions");
+  ttt::testing::ExpectReason(full, "RESOURCE_EXHAUSTED", std::nullopt);
+}
+
+// Issue 25 item 6: Fork, Restore and Import take the new session's id from the client, as
+// CreateSession does, so a proxy hashing x-session-id routes the new session's calls.
+TEST_F(ServerTest, ForkRestoreAndImportTakeAClientChosenId) {
+  Start();
+  const std::string source = Create();
+  ASSERT_TRUE(IngestAll({Tokens(source, Doc(static_cast<int>(chunk_ + 3)))}).ok());
+  pb::ForkRequest fork;
+  fork.set_session_id(source);
+  fork.set_new_session_id("fork.1");
+  pb::Session s;
+  ASSERT_TRUE(stub_->Fork(Ctx().get(), fork, &s).ok());
+  EXPECT_EQ(s.session_id(), "fork.1");
+  EXPECT_EQ(s.counters().tokens_received(), chunk_ + 3);
+  ExpectStatus(stub_->Fork(Ctx().get(), fork, &s), grpc::StatusCode::ALREADY_EXISTS,
+               "already exists");
+  fork.set_new_session_id("bad id");
+  ExpectStatus(stub_->Fork(Ctx().get(), fork, &s), grpc::StatusCode::INVALID_ARGUMENT,
+               "outside [A-Za-z0-9._-]");
+
+  pb::CheckpointRequest ck;
+  ck.set_session_id(source);
+  ck.set_checkpoint_id("ck");
+  pb::CheckpointInfo info;
+  ASSERT_TRUE(stub_->Checkpoint(Ctx().get(), ck, &info).ok());
+  pb::RestoreRequest restore;
+  restore.set_checkpoint_id("ck");
+  restore.set_new_session_id("restored-1");
+  ASSERT_TRUE(stub_->Restore(Ctx().get(), restore, &s).ok());
+  EXPECT_EQ(s.session_id(), "restored-1");
+  ExpectStatus(stub_->Restore(Ctx().get(), restore, &s), grpc::StatusCode::ALREADY_EXISTS,
+               "already exists");
+  restore.set_session_id(source);
+  ExpectStatus(stub_->Restore(Ctx().get(), restore, &s), grpc::StatusCode::INVALID_ARGUMENT,
+               "set one of them");
+
+  const std::string bytes = Export(source);
+  auto ctx = Ctx();
+  auto writer = stub_->ImportSession(ctx.get(), &s);
+  pb::ImportSessionRequest piece;
+  piece.set_data(bytes);
+  piece.set_session_id("imported-1");
+  ASSERT_TRUE(writer->Write(piece));
+  writer->WritesDone();
+  ASSERT_TRUE(writer->Finish().ok());
+  EXPECT_EQ(s.session_id(), "imported-1");
+  EXPECT_EQ(s.counters().tokens_received(), chunk_ + 3);
+}
+
+// Issue 25 item 6: behind a proxy that routes by x-session-id, a header naming another session
+// than the body would reach the wrong replica: refused, naming both.
+TEST_F(ServerTest, SessionHeaderThatDisagreesWithTheBodyIsInvalid) {
+  Start();
+  const std::string id = Create();
+  const auto routed_to = [](const std::string& header) {
+    auto ctx = Ctx();
+    ctx->AddMetadata("x-session-id", header);
+    return ctx;
+  };
+  pb::GetSessionRequest get;
+  get.set_session_id(id);
+  pb::Session s;
+  EXPECT_TRUE(stub_->GetSession(routed_to(id).get(), get, &s).ok());
+  const std::string expected = "the x-session-id header names session 'elsewhere' but the "
+                               "request names '" + id + "'";
+  ExpectStatus(stub_->GetSession(routed_to("elsewhere").get(), get, &s),
+               grpc::StatusCode::INVALID_ARGUMENT, expected);
+  {
+    auto ctx = routed_to("elsewhere");
+    auto stream = stub_->Ingest(ctx.get());
+    stream->Write(Tokens(id, {5}));
+    stream->WritesDone();
+    pb::IngestResponse r;
+    while (stream->Read(&r)) {
+    }
+    ExpectStatus(stream->Finish(), grpc::StatusCode::INVALID_ARGUMENT, expected);
+  }
+  EXPECT_EQ(Settled(id).counters().tokens_received(), 0);  // nothing applied
+  // Fork names two sessions: the header may route by either.
+  pb::ForkRequest fork;
+  fork.set_session_id(id);
+  fork.set_new_session_id("child");
+  EXPECT_TRUE(stub_->Fork(routed_to("child").get(), fork, &s).ok());
+  fork.set_new_session_id("child2");
+  EXPECT_TRUE(stub_->Fork(routed_to(id).get(), fork, &s).ok());
+  fork.set_new_session_id("child3");
+  ExpectStatus(stub_->Fork(routed_to("elsewhere").get(), fork, &s),
+               grpc::StatusCode::INVALID_ARGUMENT, "x-session-id header names session");
+}
+
+// Issue 25 item 6: the model's tokenizer as an RPC, converting as the other RPCs do.
+TEST_F(ServerTest, TokenizeAndDetokenizeUseTheServedTokenizer) {
+  StartWithTokenizer(R"([{"id": 93, "content": "<s>", "special": true}])",
+                     R"({"bos_token": "<s>", "add_bos_token": true})");
+  const int32_t kA = 'a' - 33, kB = 'b' - 33, kSpace = 94, kEAcute = 96;
+  pb::TokenizeRequest tokenize;
+  tokenize.set_text("ab é");
+  pb::TokenizeResponse ids;
+  ASSERT_TRUE(stub_->Tokenize(Ctx().get(), tokenize, &ids).ok());
+  EXPECT_EQ(std::vector<int32_t>(ids.token_ids().begin(), ids.token_ids().end()),
+            (std::vector<int32_t>{93, kA, kB, kSpace, kEAcute}));  // bos: a text stands alone
+  tokenize.mutable_text_options()->set_add_bos(false);
+  ASSERT_TRUE(stub_->Tokenize(Ctx().get(), tokenize, &ids).ok());
+  EXPECT_EQ(ids.token_ids_size(), 4);
+
+  pb::DetokenizeRequest detokenize;
+  detokenize.mutable_token_ids()->CopyFrom(ids.token_ids());
+  pb::DetokenizeResponse text;
+  ASSERT_TRUE(stub_->Detokenize(Ctx().get(), detokenize, &text).ok());
+  EXPECT_EQ(text.text(), "ab é");
+  detokenize.add_token_ids(static_cast<int32_t>(vocab_));
+  const grpc::Status outside = stub_->Detokenize(Ctx().get(), detokenize, &text);
+  ExpectStatus(outside, grpc::StatusCode::INVALID_ARGUMENT, "outside the vocabulary");
+  ttt::testing::ExpectReason(outside, "TOKEN_OUT_OF_VOCAB", std::nullopt);
+  tokenize.set_text("bad \xff");
+  ExpectStatus(stub_->Tokenize(Ctx().get(), tokenize, &ids), grpc::StatusCode::INVALID_ARGUMENT,
+               "the Tokenize request: text is not valid UTF-8");
+}
+
+// Issue 29: special tokens in text stay text unless the request parses them, and the model's
+// bos goes before text that starts a context (by default as tokenizer_config.json says).
+TEST_F(ServerTest, TextOptionsChooseSpecialTokensAndBos) {
+  // "<s>" is special token 93 (the fixture's "~") and the bos; add_bos_token says to add it.
+  StartWithTokenizer(R"([{"id": 93, "content": "<s>", "special": true}])",
+                     R"({"bos_token": "<s>", "add_bos_token": true})");
+  pb::ServerInfo info;
+  ASSERT_TRUE(stub_->GetServerInfo(Ctx().get(), pb::GetServerInfoRequest(), &info).ok());
+  EXPECT_EQ(info.tokenizer_info().unicode_version(), ttt::tokenizer::UnicodeVersion());
+  EXPECT_EQ(info.tokenizer_info().unicode_version().rfind("15.", 0), 0u);
+  EXPECT_EQ(info.tokenizer_info().bos_token_id(), 93);
+  EXPECT_TRUE(info.tokenizer_info().adds_bos());
+
+  const auto score_ids = [&](const std::string& id, const std::string& text,
+                             const pb::TextOptions& options) {
+    pb::ScoreRequest req;
+    req.set_session_id(id);
+    req.set_text(text);
+    *req.mutable_text_options() = options;
+    pb::ScoreResponse resp;
+    grpc::Status st = stub_->Score(Ctx().get(), req, &resp);
+    EXPECT_TRUE(st.ok()) << st.error_message();
+    return std::vector<int32_t>(resp.token_ids().begin(), resp.token_ids().end());
+  };
+  const int32_t kLt = '<' - 33, kS = 's' - 33, kGt = '>' - 33, kA = 'a' - 33, kB = 'b' - 33;
+  const std::string fresh = Create();
+  pb::TextOptions defaults;
+  EXPECT_EQ(score_ids(fresh, "<s>ab", defaults),
+            (std::vector<int32_t>{93, kLt, kS, kGt, kA, kB}));  // bos, then "<s>" as text
+  pb::TextOptions parse_no_bos;
+  parse_no_bos.set_parse_special_tokens(true);
+  parse_no_bos.set_add_bos(false);
+  EXPECT_EQ(score_ids(fresh, "<s>ab", parse_no_bos), (std::vector<int32_t>{93, kA, kB}));
+
+  // Ingest: bos before the first text of a session at position 0, never later in its context.
+  const std::string read = Create();
+  pb::IngestRequest first;
+  first.set_session_id(read);
+  first.set_text("ab");
+  first.set_flush(true);
+  std::vector<pb::IngestResponse> acks;
+  ASSERT_TRUE(IngestAll({first}, &acks).ok());
+  EXPECT_EQ(acks.back().counters().position(), 3);  // bos, a, b
+  ASSERT_TRUE(IngestAll({first}, &acks).ok());
+  EXPECT_EQ(acks.back().counters().position(), 5);  // a, b: the context had begun
+  EXPECT_EQ(score_ids(read, "ab", defaults), (std::vector<int32_t>{kA, kB}));
+  const std::string no_bos = Create();
+  first.set_session_id(no_bos);
+  first.mutable_text_options()->set_add_bos(false);
+  ASSERT_TRUE(IngestAll({first}, &acks).ok());
+  EXPECT_EQ(acks.back().counters().position(), 2);
+
+  // Only a stream's first message chooses how its text is encoded.
+  pb::IngestRequest later;
+  later.set_text("ab");
+  later.mutable_text_options()->set_parse_special_tokens(true);
+  ExpectStatus(IngestAll({Tokens(no_bos, {kA}), later}), grpc::StatusCode::INVALID_ARGUMENT,
+               "Ingest message 1 sets text_options: only the first message of a stream may");
 }
 
 // Issue 9: a stream that ends with text still buffered (no flush on its last message) applies

@@ -21,6 +21,7 @@
 #include "session/session.h"
 #include "tests/testing/dirs.h"
 #include "tests/testing/etcd.h"
+#include "util/error_reason.h"
 
 namespace ttt::session {
 namespace {
@@ -169,6 +170,9 @@ TEST_F(ClusterTest, AnIdIsCreatedOnceOnTheClusterAndOnlyItsOwnerServesIt) {
   auto elsewhere = b_->sessions->GetSession("t", "s1");
   EXPECT_EQ(elsewhere.status().code(), absl::StatusCode::kUnavailable);
   EXPECT_THAT(elsewhere.status().message(), HasSubstr("is owned by replica 'a'"));
+  const auto reason = util::ReasonOf(elsewhere.status());  // the client's ErrorInfo reason
+  ASSERT_TRUE(reason.has_value());
+  EXPECT_EQ(reason->reason, util::kReasonSessionOwnedElsewhere);
   // It asked the owner to hand the session over, under its own lease.
   auto want = observer_->Get(Key("wants/t/s1"));
   ASSERT_TRUE(want.ok()) << want.status();

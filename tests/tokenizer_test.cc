@@ -659,6 +659,45 @@ TEST(BpeTokenizerConfigTest, ReadsBosAndEosFromTokenizerConfig) {
   EXPECT_EQ(tokenizer->eos_id(), kIm);
 }
 
+// Issue 29: whether bos goes before a text, as Hugging Face decides it from the same files.
+TEST(BpeTokenizerConfigTest, AddsBosAsTheTokenizerFilesSay) {
+  const fs::path dir = MakeTempDir();
+  Json json = BpeTokenizerJson(Llama3PreTokenizer(), false);
+  WriteFile(dir / "tokenizer.json", json.dump());
+  WriteFile(dir / "tokenizer_config.json", R"({"bos_token": "<|im_start|>"})");
+  EXPECT_FALSE(LoadOrDie(dir)->adds_bos());  // neither add_bos_token nor a template
+
+  // Llama 3's post-processor: a template that starts with the bos token, inside a Sequence.
+  json["post_processor"] = Json::parse(R"({"type": "Sequence", "processors": [
+      {"type": "ByteLevel"},
+      {"type": "TemplateProcessing",
+       "single": [{"SpecialToken": {"id": "<|im_start|>", "type_id": 0}},
+                  {"Sequence": {"id": "A", "type_id": 0}}],
+       "special_tokens": {"<|im_start|>": {"id": "<|im_start|>", "ids": [301]}}}]})");
+  WriteFile(dir / "tokenizer.json", json.dump());
+  std::unique_ptr<Tokenizer> tokenizer = LoadOrDie(dir);
+  ASSERT_EQ(kImStart, 301);
+  EXPECT_TRUE(tokenizer->adds_bos());
+  EXPECT_NE(EncodeOrDie(*tokenizer, "the").front(), kImStart);  // Encode itself adds none
+
+  // tokenizer_config.json's add_bos_token wins over the template; no bos token, no bos.
+  WriteFile(dir / "tokenizer_config.json",
+            R"({"bos_token": "<|im_start|>", "add_bos_token": false})");
+  EXPECT_FALSE(LoadOrDie(dir)->adds_bos());
+  WriteFile(dir / "tokenizer_config.json", R"({"bos_token": null, "add_bos_token": true})");
+  EXPECT_FALSE(LoadOrDie(dir)->adds_bos());
+  WriteFile(dir / "tokenizer_config.json",
+            R"({"bos_token": "<|im_start|>", "add_bos_token": true})");
+  json.erase("post_processor");
+  WriteFile(dir / "tokenizer.json", json.dump());
+  EXPECT_TRUE(LoadOrDie(dir)->adds_bos());
+}
+
+TEST(TokenizerUnicodeTest, ReportsUtf8procsUnicodeVersion) {
+  EXPECT_EQ(ttt::tokenizer::UnicodeVersion(), internal::UnicodeVersion());
+  EXPECT_EQ(ttt::tokenizer::UnicodeVersion().rfind("15.", 0), 0u) << UnicodeVersion();
+}
+
 TEST(TokenizerLoadTest, NotFoundWithoutTokenizerFiles) {
   absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = Tokenizer::Load(MakeTempDir());
   EXPECT_EQ(tokenizer.status().code(), absl::StatusCode::kNotFound);

@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "tokenizer/internal/bpe_tokenizer.h"
 #include "tokenizer/internal/sentencepiece_tokenizer.h"
+#include "tokenizer/internal/unicode_classes.h"
 #include "tokenizer/internal/utf8.h"
 
 namespace ttt::tokenizer {
@@ -68,30 +69,43 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const fs::path& model
     return absl::NotFoundError(
         absl::StrCat("no tokenizer.json or tokenizer.model in ", model_dir.string()));
   }
+  internal::SpecialTokenNames names;
+  const fs::path config_path = model_dir / "tokenizer_config.json";
+  if (IsFile(config_path)) {
+    absl::StatusOr<std::string> config = ReadFile(config_path);
+    if (!config.ok()) return config.status();
+    absl::StatusOr<internal::SpecialTokenNames> parsed =
+        internal::ParseSpecialTokenNames(*config, config_path.string());
+    if (!parsed.ok()) return parsed.status();
+    names = *std::move(parsed);
+  }
+  std::unique_ptr<Tokenizer> tokenizer;
+  bool template_adds_bos = false;
   if (has_json) {
-    internal::SpecialTokenNames names;
-    const fs::path config_path = model_dir / "tokenizer_config.json";
-    if (IsFile(config_path)) {
-      absl::StatusOr<std::string> config = ReadFile(config_path);
-      if (!config.ok()) return config.status();
-      absl::StatusOr<internal::SpecialTokenNames> parsed =
-          internal::ParseSpecialTokenNames(*config, config_path.string());
-      if (!parsed.ok()) return parsed.status();
-      names = *std::move(parsed);
-    }
     absl::StatusOr<std::string> json = ReadFile(json_path);
     if (!json.ok()) return json.status();
     absl::StatusOr<std::unique_ptr<internal::BpeTokenizer>> bpe =
         internal::BpeTokenizer::Create(*json, json_path.string(), names);
-    if (bpe.ok()) return std::unique_ptr<Tokenizer>(*std::move(bpe));
-    // A well-formed tokenizer.json of another kind defers to the SentencePiece model beside it.
-    if (!absl::IsUnimplemented(bpe.status()) || !has_model) return bpe.status();
+    if (bpe.ok()) {
+      template_adds_bos = (*bpe)->template_starts_with_bos();
+      tokenizer = *std::move(bpe);
+    } else if (!absl::IsUnimplemented(bpe.status()) || !has_model) {
+      // A well-formed tokenizer.json of another kind defers to the SentencePiece model beside it.
+      return bpe.status();
+    }
   }
-  absl::StatusOr<std::unique_ptr<internal::SentencePieceTokenizer>> sp =
-      internal::SentencePieceTokenizer::Create(model_path);
-  if (!sp.ok()) return sp.status();
-  return std::unique_ptr<Tokenizer>(*std::move(sp));
+  if (tokenizer == nullptr) {
+    absl::StatusOr<std::unique_ptr<internal::SentencePieceTokenizer>> sp =
+        internal::SentencePieceTokenizer::Create(model_path);
+    if (!sp.ok()) return sp.status();
+    tokenizer = *std::move(sp);
+  }
+  tokenizer->adds_bos_ =
+      tokenizer->bos_id().has_value() && names.add_bos.value_or(template_adds_bos);
+  return tokenizer;
 }
+
+std::string UnicodeVersion() { return internal::UnicodeVersion(); }
 
 std::string StreamDecoder::Push(int32_t id) {
   const std::string bytes = tokenizer_.TokenBytes(id, &at_text_start_);

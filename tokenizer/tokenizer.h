@@ -83,7 +83,21 @@ class Tokenizer {
   virtual int32_t vocab_size() const = 0;
   virtual std::optional<int32_t> bos_id() const = 0;
   virtual std::optional<int32_t> eos_id() const = 0;
+
+  // Whether the model's tokenizer files put bos before a text, i.e. what Hugging Face's
+  // tokenizer does by default: tokenizer_config.json's add_bos_token when it says, else whether
+  // tokenizer.json's post-processor template starts with the bos token (Llama 3's does);
+  // false without either (libsentencepiece's default) and whenever there is no bos token.
+  // Encode never adds it: callers do, where a text starts a sequence (docs/contract.md).
+  bool adds_bos() const { return adds_bos_; }
+
+ private:
+  bool adds_bos_ = false;  // set once by Load
 };
+
+// The Unicode version the tokenizer's normalizers and character classes follow ("15.0.0": that
+// of Debian's utf8proc), for clients comparing ids with another tokenizer.
+std::string UnicodeVersion();
 
 // Streaming detokenization for generation: Push() each generated token and send what it
 // returns. The concatenation of all Push() results followed by Flush() equals

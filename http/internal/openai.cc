@@ -7,6 +7,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "google/rpc/error_details.pb.h"
+#include "google/rpc/status.pb.h"
 
 namespace ttt::http::internal {
 namespace {
@@ -339,10 +341,18 @@ Json ErrorJson(const grpc::Status& status) {
                      : http == 413 ? "invalid_request_error"
                      : http == 429 ? "rate_limit_error"
                                    : "server_error";
-  return {{"error",
-           {{"message", status.error_message()},
-            {"type", type},
-            {"code", CodeName(status.error_code())}}}};
+  Json error = {{"message", status.error_message()},
+                {"type", type},
+                {"code", CodeName(status.error_code())}};
+  // The service's google.rpc.ErrorInfo reason, when its status details carry one.
+  google::rpc::Status details;
+  if (!status.error_details().empty() && details.ParseFromString(status.error_details())) {
+    for (const google::protobuf::Any& any : details.details()) {
+      google::rpc::ErrorInfo info;
+      if (any.UnpackTo(&info)) error["reason"] = info.reason();
+    }
+  }
+  return {{"error", std::move(error)}};
 }
 
 grpc::Status ToGrpc(const absl::Status& status) {

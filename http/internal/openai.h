@@ -81,7 +81,8 @@ std::string NewCompletionId();
 int HttpStatusOf(grpc::StatusCode code);
 // The canonical name of a gRPC code ("NOT_FOUND").
 const char* CodeName(grpc::StatusCode code);
-// OpenAI's error object: {"error": {"message", "type", "code"}}, code the gRPC code's name.
+// OpenAI's error object: {"error": {"message", "type", "code", "reason"}}, code the gRPC code's
+// name, reason the google.rpc.ErrorInfo reason of the status details (absent without one).
 nlohmann::json ErrorJson(const grpc::Status& status);
 grpc::Status ToGrpc(const absl::Status& status);
 

@@ -10,7 +10,8 @@
 namespace ttt::server::core {
 
 absl::StatusOr<std::vector<int32_t>> Tokenize(const tokenizer::Tokenizer* tok,
-                                              const std::string& text, const std::string& where) {
+                                              const std::string& text, const std::string& where,
+                                              tokenizer::SpecialTokens special) {
   if (tok == nullptr) {
     return absl::FailedPreconditionError(
         absl::StrCat(where, ": the model has no tokenizer; send token_ids instead of text"));
@@ -20,7 +21,7 @@ absl::StatusOr<std::vector<int32_t>> Tokenize(const tokenizer::Tokenizer* tok,
     return absl::InvalidArgumentError(absl::StrCat(where, ": text is not valid UTF-8 (",
                                                    utf8.message(), ")"));
   }
-  auto ids = tok->Encode(text);
+  auto ids = tok->Encode(text, special);
   if (!ids.ok()) {
     return absl::Status(ids.status().code(), absl::StrCat(where, ": ", ids.status().message()));
   }
@@ -28,7 +29,8 @@ absl::StatusOr<std::vector<int32_t>> Tokenize(const tokenizer::Tokenizer* tok,
 }
 
 IngestStream::IngestStream(Options options, ChargeTokens charge)
-    : options_(options), charge_(std::move(charge)) {}
+    : options_(std::move(options)), charge_(std::move(charge)),
+      bos_due_(options_.bos_at_start.has_value()) {}
 
 absl::StatusOr<IngestSubmission> IngestStream::Accept(const IngestMessage& msg,
                                                       const std::string& where) {
@@ -48,7 +50,7 @@ absl::StatusOr<IngestSubmission> IngestStream::Accept(const IngestMessage& msg,
 
 absl::StatusOr<std::optional<IngestSubmission>> IngestStream::TakeRest() {
   if (text_.empty()) return std::nullopt;
-  auto tokens = Tokenize(options_.tokenizer, text_, "text buffered at the end of the stream");
+  auto tokens = EncodeText(text_, "text buffered at the end of the stream");
   text_.clear();
   if (!tokens.ok()) return tokens.status();
   IngestSubmission submission;
@@ -97,7 +99,7 @@ absl::StatusOr<std::vector<int32_t>> IngestStream::TakeTokens(const IngestMessag
     const size_t carry = text_goes_on ? tokenizer::IncompleteUtf8Tail(text_) : 0;
     const std::string whole = text_.substr(0, text_.size() - carry);
     if (!whole.empty()) {
-      ASSIGN_OR_RETURN(tokens, Tokenize(options_.tokenizer, whole, where));
+      ASSIGN_OR_RETURN(tokens, EncodeText(whole, where));
     }
     text_.erase(0, whole.size());
   }
@@ -105,9 +107,19 @@ absl::StatusOr<std::vector<int32_t>> IngestStream::TakeTokens(const IngestMessag
   return tokens;
 }
 
+// Text's ids as this stream encodes it: bos first when they are the first tokens of a stream that
+// starts the session's context. Token ids sent as such get no bos (the client chose them).
+absl::StatusOr<std::vector<int32_t>> IngestStream::EncodeText(const std::string& text,
+                                                              const std::string& where) {
+  ASSIGN_OR_RETURN(auto ids, Tokenize(options_.tokenizer, text, where, options_.special));
+  if (bos_due_ && !ids.empty()) ids.insert(ids.begin(), *options_.bos_at_start);
+  return ids;
+}
+
 // The ingest rate counts tokens as tokenized; a refused submission is not applied.
 absl::StatusOr<IngestSubmission> IngestStream::Charged(IngestSubmission submission) {
   RETURN_IF_ERROR(charge_(static_cast<int64_t>(submission.tokens.size())));
+  if (!submission.tokens.empty()) bos_due_ = false;  // the context has begun
   submission.buffered_text_bytes = static_cast<int64_t>(text_.size());
   return submission;
 }

@@ -52,6 +52,12 @@ class IngestStream {
     const tokenizer::Tokenizer* tokenizer = nullptr;  // null: the model has no tokenizer
     int64_t max_buffered_text_bytes = int64_t{16} << 20;
     bool sync_durability = false;  // --durability=sync
+    // The first message's text_options (docs/contract.md, "Text: special tokens and bos"):
+    // whether special tokens written in the text become their id, and the bos id to put before
+    // the stream's first tokens when it starts the session's context (set only when the session
+    // was at position 0 as the stream opened; the caller resolves add_bos against the tokenizer).
+    tokenizer::SpecialTokens special = tokenizer::SpecialTokens::kAsText;
+    std::optional<int32_t> bos_at_start;
   };
   // Takes `tokens` from the tenant's ingest rate; an error refuses the submission (the client
   // resends it, and what follows, after the retry time the status carries).
@@ -86,12 +92,15 @@ class IngestStream {
   absl::Status Buffer(std::string_view text, const std::string& where);
   absl::StatusOr<std::vector<int32_t>> TakeTokens(const IngestMessage& msg,
                                                   const std::string& where);
+  absl::StatusOr<std::vector<int32_t>> EncodeText(const std::string& text,
+                                                  const std::string& where);
   absl::StatusOr<IngestSubmission> Charged(IngestSubmission submission);
 
   const Options options_;
   const ChargeTokens charge_;
   std::string text_;  // text awaiting a flush / end_of_document / token ids / stream end
   bool report_loss_ = false;
+  bool bos_due_;  // options_.bos_at_start is set and this stream has submitted no token yet
   int64_t stream_tokens_ = 0;
   double nll_sum_ = 0.0;
   int64_t nll_count_ = 0;
@@ -99,8 +108,10 @@ class IngestStream {
 
 // Text to token ids with the model's tokenizer: FAILED_PRECONDITION without one,
 // INVALID_ARGUMENT for malformed UTF-8 (the message names the byte offset). `where` prefixes
-// every message ("Ingest message 3").
+// every message ("Ingest message 3"). `special`: whether special tokens written in the text become
+// their id (kAsText for text from users). Adds no bos.
 absl::StatusOr<std::vector<int32_t>> Tokenize(const tokenizer::Tokenizer* tok,
-                                              const std::string& text, const std::string& where);
+                                              const std::string& text, const std::string& where,
+                                              tokenizer::SpecialTokens special);
 
 }  // namespace ttt::server::core

@@ -10,6 +10,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "util/error_reason.h"
 
 namespace ttt::server::internal {
 
@@ -25,9 +26,11 @@ class CallSlots {
   absl::Status Acquire() {
     std::lock_guard<std::mutex> lock(mu_);
     if (in_use_ >= max_) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "too many concurrent ", what_, ": the limit is ", max_, " (", flag_,
-          "); retry when one has finished"));
+      return util::WithReason(
+          absl::ResourceExhaustedError(absl::StrCat("too many concurrent ", what_,
+                                                    ": the limit is ", max_, " (", flag_,
+                                                    "); retry when one has finished")),
+          util::kReasonTooManyConcurrentCalls, {{"limit_flag", flag_}});
     }
     ++in_use_;
     return absl::OkStatus();

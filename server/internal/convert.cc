@@ -4,6 +4,7 @@
 #include <cmath>
 #include <utility>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "auth/grpc_auth.h"
 #include "server/access_log.h"
@@ -26,6 +27,34 @@ absl::StatusOr<std::string> TenantOf(const auth::Authorizer& authorizer,
                                      const grpc::CallbackServerContext* ctx, const char* method) {
   ASSIGN_OR_RETURN(auto caller, CallerOf(authorizer, ctx, method));
   return std::move(caller.tenant);
+}
+
+namespace {
+// A client's id as messages echo it (as session/'s Quote does): quoted, escaped, at most 64 bytes.
+std::string QuoteId(absl::string_view id) {
+  std::string out = absl::StrCat("'", absl::CHexEscape(id.substr(0, 64)), "'");
+  if (id.size() > 64) absl::StrAppend(&out, "... (", id.size(), " bytes)");
+  return out;
+}
+}  // namespace
+
+absl::Status CheckSessionHeader(const grpc::CallbackServerContext* ctx,
+                                std::initializer_list<std::string> ids) {
+  const auto& metadata = ctx->client_metadata();
+  const auto header = metadata.find("x-session-id");
+  if (header == metadata.end()) return absl::OkStatus();
+  const std::string routed(header->second.data(), header->second.size());
+  std::string named;
+  for (const std::string& id : ids) {
+    if (id.empty()) continue;
+    if (id == routed) return absl::OkStatus();
+    if (named.empty()) named = id;
+  }
+  if (named.empty()) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      "the x-session-id header names session ", QuoteId(routed),
+      " but the request names ", QuoteId(named),
+      ": a proxy routes the call by the header, so send the same id in both (or no header)"));
 }
 
 void ToProto(const session::Counters& c, pb::SessionCounters* out) {
@@ -107,6 +136,24 @@ session::SessionOptions FromProto(const pb::SessionOptions& o) {
   return out;
 }
 
+TextEncoding TextEncodingOf(const tokenizer::Tokenizer* tok, const pb::TextOptions& options) {
+  TextEncoding encoding;
+  if (options.parse_special_tokens()) encoding.special = tokenizer::SpecialTokens::kParse;
+  if (tok == nullptr) return encoding;
+  const bool add_bos = options.has_add_bos() ? options.add_bos() : tok->adds_bos();
+  if (add_bos) encoding.bos_at_start = tok->bos_id();
+  return encoding;
+}
+
+absl::StatusOr<bool> TextStartsContext(session::SessionManager& sessions, const std::string& tenant,
+                                       const std::string& id, const std::string& text,
+                                       const TextEncoding& encoding) {
+  if (text.empty() || !encoding.bos_at_start) return false;
+  auto info = sessions.GetSession(tenant, id);
+  if (!info.ok()) return info.status();
+  return info->counters.position == 0;
+}
+
 namespace {
 // The per-message size limits shared by every request that carries input.
 absl::Status CheckMessageLimits(int64_t ids, int64_t text_bytes, const ServiceLimits& limits,
@@ -127,7 +174,8 @@ absl::Status CheckMessageLimits(int64_t ids, int64_t text_bytes, const ServiceLi
 
 absl::StatusOr<std::vector<int32_t>> InputTokens(
     const ServiceLimits& limits, const tokenizer::Tokenizer* tok, const std::string& text,
-    const google::protobuf::RepeatedField<int32_t>& ids, const std::string& what) {
+    const google::protobuf::RepeatedField<int32_t>& ids, const std::string& what,
+    const TextEncoding& encoding, bool starts_context) {
   if (!text.empty() && !ids.empty()) {
     return absl::InvalidArgumentError(
         absl::StrCat(what, " carries both text and token ids; send one of them"));
@@ -135,8 +183,12 @@ absl::StatusOr<std::vector<int32_t>> InputTokens(
   absl::Status limits_ok = CheckMessageLimits(ids.size(), static_cast<int64_t>(text.size()),
                                               limits, what);
   if (!limits_ok.ok()) return limits_ok;
-  if (!text.empty()) return core::Tokenize(tok, text, what);
-  return std::vector<int32_t>(ids.begin(), ids.end());
+  if (text.empty()) return std::vector<int32_t>(ids.begin(), ids.end());
+  auto tokens = core::Tokenize(tok, text, what, encoding.special);
+  if (tokens.ok() && starts_context && encoding.bos_at_start) {
+    tokens->insert(tokens->begin(), *encoding.bos_at_start);
+  }
+  return tokens;
 }
 
 absl::Status ValidateIngestMessage(const pb::IngestRequest& req, const ServiceLimits& limits,
@@ -154,11 +206,13 @@ absl::Status ValidateIngestMessage(const pb::IngestRequest& req, const ServiceLi
 }
 
 absl::StatusOr<std::unique_ptr<session::Writer>> OpenIngestWriter(
-    session::SessionManager& sessions, const std::string& tenant, const pb::IngestRequest& first) {
+    const grpc::CallbackServerContext* ctx, session::SessionManager& sessions,
+    const std::string& tenant, const pb::IngestRequest& first) {
   if (first.session_id().empty()) {
     return absl::InvalidArgumentError(
         "the first Ingest message must name the session (session_id)");
   }
+  RETURN_IF_ERROR(CheckSessionHeader(ctx, {first.session_id()}));
   auto writer = sessions.OpenWriter(tenant, first.session_id(), "an Ingest");
   if (!writer.ok() || !first.has_expected_tokens_received()) return writer;
   const int64_t have = (*writer)->counters().tokens_received;
@@ -171,9 +225,10 @@ absl::StatusOr<std::unique_ptr<session::Writer>> OpenIngestWriter(
 
 absl::Status CheckIngestSession(const pb::IngestRequest& req, const std::string& bound,
                                 const std::string& where) {
-  if (req.has_expected_tokens_received()) {
+  if (req.has_expected_tokens_received() || req.has_text_options()) {
     return absl::InvalidArgumentError(absl::StrCat(
-        where, " sets expected_tokens_received: only the first message of a stream may"));
+        where, " sets ", req.has_text_options() ? "text_options" : "expected_tokens_received",
+        ": only the first message of a stream may"));
   }
   if (req.session_id().empty() || req.session_id() == bound) return absl::OkStatus();
   return absl::InvalidArgumentError(absl::StrCat(where, " names session ", req.session_id(),

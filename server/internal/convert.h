@@ -6,7 +6,9 @@
 #pragma once
 
 #include <cstdint>
+#include <initializer_list>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -19,11 +21,8 @@
 #include "server/internal/quota_gate.h"
 #include "server/service.h"
 #include "session/session.h"
+#include "tokenizer/tokenizer.h"
 #include "tttserve/v1/ttt_service.pb.h"
-
-namespace ttt::tokenizer {
-class Tokenizer;
-}
 
 namespace ttt::server::internal {
 
@@ -36,6 +35,13 @@ absl::StatusOr<auth::Principal> CallerOf(const auth::Authorizer& authorizer,
 // CallerOf's tenant.
 absl::StatusOr<std::string> TenantOf(const auth::Authorizer& authorizer,
                                      const grpc::CallbackServerContext* ctx, const char* method);
+
+// The x-session-id header, the routing key of a proxy in front of replicas, must agree with the
+// request: when the call has one and the request names sessions (`ids`, empty ones skipped), it
+// must be one of them (Fork and Restore name two: the source or target, and the new one).
+// INVALID_ARGUMENT naming both otherwise. No header, or no id in the request: OK.
+absl::Status CheckSessionHeader(const grpc::CallbackServerContext* ctx,
+                                std::initializer_list<std::string> ids);
 
 // GetServerInfo's tenant_usage: `tenant`'s own row, then for an admin the rows of every listed
 // tenant and "*" (none without quotas).
@@ -52,11 +58,31 @@ void ToProto(const session::ScoreResult& result, tttserve::v1::ScoreResponse* ou
 tttserve::v1::FinishReason ToProto(session::FinishReason reason);
 session::SessionOptions FromProto(const tttserve::v1::SessionOptions& o);
 
+// A request's TextOptions resolved against the model's tokenizer (docs/contract.md, "Text:
+// special tokens and bos"): whether special tokens are parsed, and the bos id to put before text
+// that starts a context (none when add_bos resolves false or the tokenizer has no bos).
+struct TextEncoding {
+  tokenizer::SpecialTokens special = tokenizer::SpecialTokens::kAsText;
+  std::optional<int32_t> bos_at_start;
+};
+TextEncoding TextEncodingOf(const tokenizer::Tokenizer* tok,
+                            const tttserve::v1::TextOptions& options);
+
+// Whether `text` sent now to session `id` starts its context (the session's position is 0).
+// Asked of the session manager only when the answer matters (non-empty text, a bos to add);
+// its errors (NOT_FOUND, ...) are returned.
+absl::StatusOr<bool> TextStartsContext(session::SessionManager& sessions, const std::string& tenant,
+                                       const std::string& id, const std::string& text,
+                                       const TextEncoding& encoding);
+
 // Text or token ids of a unary request (at most one kind; both empty gives no tokens), checked
-// against the per-message limits. INVALID_ARGUMENT names `what` and the limit.
+// against the per-message limits. INVALID_ARGUMENT names `what` and the limit. Text is encoded
+// as `encoding` says; `starts_context` says whether it starts the session's context (then
+// encoding.bos_at_start goes first).
 absl::StatusOr<std::vector<int32_t>> InputTokens(
     const ServiceLimits& limits, const tokenizer::Tokenizer* tok, const std::string& text,
-    const google::protobuf::RepeatedField<int32_t>& ids, const std::string& what);
+    const google::protobuf::RepeatedField<int32_t>& ids, const std::string& what,
+    const TextEncoding& encoding, bool starts_context);
 
 // The shape of one Ingest message: not empty, not both text and ids, within the per-message
 // limits. INVALID_ARGUMENT prefixed with `where`.
@@ -64,15 +90,16 @@ absl::Status ValidateIngestMessage(const tttserve::v1::IngestRequest& req,
                                    const ServiceLimits& limits, const std::string& where);
 
 // An Ingest stream's session: its first message names it and takes its writer lease
-// (INVALID_ARGUMENT without a name; the session manager's codes). With expected_tokens_received
+// (INVALID_ARGUMENT without a name or when the call's x-session-id header names another
+// (CheckSessionHeader); the session manager's codes). With expected_tokens_received
 // (an idempotent resend) the session must have received exactly that many tokens, else
 // FAILED_PRECONDITION saying where to resume; under the lease nothing else changes the counters,
 // so the check holds for the whole stream.
 absl::StatusOr<std::unique_ptr<session::Writer>> OpenIngestWriter(
-    session::SessionManager& sessions, const std::string& tenant,
-    const tttserve::v1::IngestRequest& first);
+    const grpc::CallbackServerContext* ctx, session::SessionManager& sessions,
+    const std::string& tenant, const tttserve::v1::IngestRequest& first);
 // A later message of a stream that writes session `bound`: it may repeat that name but not name
-// another or set expected_tokens_received (INVALID_ARGUMENT prefixed with `where`).
+// another or set expected_tokens_received or text_options (INVALID_ARGUMENT prefixed with `where`).
 absl::Status CheckIngestSession(const tttserve::v1::IngestRequest& req, const std::string& bound,
                                 const std::string& where);
 // The response to Ingest message `index` once applied: the stream's totals (and loss when asked),

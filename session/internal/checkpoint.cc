@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "absl/strings/numbers.h"
+#include "util/error_reason.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "engine/safetensors.h"
@@ -314,9 +315,11 @@ absl::StatusOr<DecodedCheckpoint> DecodeCheckpoint(std::string bytes, const std:
                                                    const engine::Model& model) {
   ASSIGN_OR_RETURN(CheckpointMeta meta, VerifyCheckpoint(bytes, source));
   if (meta.model_fingerprint != model.fingerprint()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "checkpoint ", source, " belongs to another model (fingerprint ",
-        Quote(meta.model_fingerprint), "); this server runs model ", model.fingerprint()));
+    return util::WithReason(
+        absl::FailedPreconditionError(absl::StrCat(
+            "checkpoint ", source, " belongs to another model (fingerprint ",
+            Quote(meta.model_fingerprint), "); this server runs model ", model.fingerprint())),
+        util::kReasonStateFromOtherModel);
   }
   auto file = engine::SafetensorsFile::FromBytes(std::move(bytes), source);
   if (!file.ok()) {

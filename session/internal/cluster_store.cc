@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "session/internal/names.h"
+#include "util/error_reason.h"
 #include "util/status_macros.h"
 
 namespace ttt::session::internal {
@@ -133,9 +134,11 @@ absl::StatusOr<Owned> ClusterStore::TakeOver(const std::string& tenant, const st
   }
   // Ask the owner to hand it over once idle (the proxy routes its calls here now).
   (void)etcd_->Transact({}, {Operation::Put(WantKey(tenant, id), replica_id_, lease_->id())});
-  return absl::UnavailableError(absl::StrCat(
-      "session ", Quote(id), " is owned by replica ", Quote(holder->value),
-      "; asked it to hand the session over, retry (or send the call to that replica)"));
+  return util::WithReason(
+      absl::UnavailableError(absl::StrCat(
+          "session ", Quote(id), " is owned by replica ", Quote(holder->value),
+          "; asked it to hand the session over, retry (or send the call to that replica)")),
+      util::kReasonSessionOwnedElsewhere);
 }
 
 absl::StatusOr<Head> ClusterStore::Commit(const std::string& tenant, const std::string& id,

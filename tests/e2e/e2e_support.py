@@ -19,8 +19,15 @@ def free_port():
         return s.getsockname()[1]
 
 
+# google.rpc's Status, ErrorInfo and RetryInfo as Debian ships them (golang-github-gogo-googleapis-dev),
+# the definitions the server's status details are built from.
+GOOGLE_RPC_PROTO_DIR = "/usr/share/gocode/src/github.com/gogo/googleapis"
+
+
 def load_stubs(proto_dir, out_dir):
-    """Generates tttserve.v1's Python stubs into out_dir and returns (pb, pb_grpc)."""
+    """Generates tttserve.v1's Python stubs (and google.rpc's status details) into out_dir and
+    returns (pb, pb_grpc)."""
+    import grpc_tools
     from grpc_tools import protoc
     os.makedirs(out_dir, exist_ok=True)
     rc = protoc.main(["protoc", "-I" + proto_dir, "--python_out=" + out_dir,
@@ -28,10 +35,39 @@ def load_stubs(proto_dir, out_dir):
                       os.path.join(proto_dir, "tttserve/v1/ttt_service.proto")])
     if rc != 0:
         raise RuntimeError("grpc_tools.protoc failed with %d" % rc)
+    well_known = os.path.join(os.path.dirname(grpc_tools.__file__), "_proto")
+    rc = protoc.main(["protoc", "-I" + GOOGLE_RPC_PROTO_DIR, "-I" + well_known,
+                      "--python_out=" + out_dir,
+                      os.path.join(GOOGLE_RPC_PROTO_DIR, "google/rpc/status.proto"),
+                      os.path.join(GOOGLE_RPC_PROTO_DIR, "google/rpc/error_details.proto")])
+    if rc != 0:
+        raise RuntimeError("grpc_tools.protoc failed with %d on google/rpc" % rc)
     if out_dir not in sys.path:
         sys.path.insert(0, out_dir)
     from tttserve.v1 import ttt_service_pb2, ttt_service_pb2_grpc
     return ttt_service_pb2, ttt_service_pb2_grpc
+
+
+def error_details(rpc_error):
+    """The google.rpc details of a failed call, as a program acts on them: (ErrorInfo reason,
+    domain, metadata dict, RetryInfo delay in seconds or None). Needs load_stubs first."""
+    # google.rpc is generated into the stubs folder, beside google.protobuf's installed package.
+    import importlib
+    status_pb2 = importlib.import_module("google.rpc.status_pb2")
+    details_pb2 = importlib.import_module("google.rpc.error_details_pb2")
+    raw = dict(rpc_error.trailing_metadata() or ()).get("grpc-status-details-bin")
+    if raw is None:
+        raise AssertionError("no grpc-status-details-bin in %r" % (rpc_error,))
+    status = status_pb2.Status.FromString(raw)
+    reason, domain, metadata, delay = None, None, {}, None
+    for any_detail in status.details:
+        info = details_pb2.ErrorInfo()
+        retry = details_pb2.RetryInfo()
+        if any_detail.Unpack(info):
+            reason, domain, metadata = info.reason, info.domain, dict(info.metadata)
+        elif any_detail.Unpack(retry):
+            delay = retry.retry_delay.seconds + retry.retry_delay.nanos / 1e9
+    return reason, domain, metadata, delay
 
 
 def parse_unittest_args(*extra_flags):

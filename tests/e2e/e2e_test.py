@@ -14,8 +14,9 @@ import shutil
 import struct
 import subprocess
 import tempfile
+import threading
 import unittest
-from e2e_support import free_port, parse_unittest_args, stop_process
+from e2e_support import error_details, free_port, parse_unittest_args, stop_process
 
 ARGS = None
 pb = None
@@ -238,6 +239,37 @@ class E2ETest(unittest.TestCase):
                 self.stub.Score(pb.ScoreRequest(session_id=s.session_id, text=b"hello"))
             self.assertEqual(e.exception.code(), grpc.StatusCode.FAILED_PRECONDITION)
             self.assertIn("no tokenizer", e.exception.details())
+
+    def test_errors_carry_reason_and_retry_delay(self):
+        """Issue 25 item 5: google.rpc.ErrorInfo on every error, RetryInfo where retrying helps,
+        read the way a program would (grpc-status-details-bin)."""
+        s = self.stub.CreateSession(pb.CreateSessionRequest())
+        with self.assertRaises(grpc.RpcError) as e:
+            ingest(self.stub, s.session_id, [[self.info.vocab_size + 5]])
+        reason, domain, metadata, delay = error_details(e.exception)
+        self.assertEqual((reason, domain, delay), ("TOKEN_OUT_OF_VOCAB", "ttt-serve", None))
+        self.assertEqual(metadata["token_id"], str(self.info.vocab_size + 5))
+        with self.assertRaises(grpc.RpcError) as e:
+            self.stub.GetSession(pb.GetSessionRequest(session_id="no-such-session"))
+        self.assertEqual(error_details(e.exception)[0::3], ("NOT_FOUND", None))
+        # A second writer while an Ingest stream holds the session: busy, retry in 1 s.
+        release = threading.Event()
+
+        def held_stream():
+            yield pb.IngestRequest(session_id=s.session_id, token_ids=[5, 6], flush=True)
+            release.wait(30)
+
+        responses = self.stub.Ingest(held_stream())
+        try:
+            next(responses)  # the stream holds the writer now
+            with self.assertRaises(grpc.RpcError) as e:
+                self.stub.Reset(pb.ResetRequest(session_id=s.session_id))
+            self.assertEqual(e.exception.code(), grpc.StatusCode.ABORTED)
+            reason, _, _, delay = error_details(e.exception)
+            self.assertEqual((reason, delay), ("SESSION_BUSY", 1.0))
+        finally:
+            release.set()
+            list(responses)
 
 
 def main():

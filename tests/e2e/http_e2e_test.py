@@ -413,6 +413,7 @@ class HttpAuthE2ETest(unittest.TestCase):
         status, _, body = self.complete("carol-token")
         self.assertEqual(status, 429, body)
         self.assertEqual(body["error"]["code"], "RESOURCE_EXHAUSTED")
+        self.assertEqual(body["error"]["reason"], "QUOTA_EXCEEDED")  # the service's ErrorInfo
         self.assertEqual(body["error"]["type"], "rate_limit_error")
         self.assertIn("live_sessions", body["error"]["message"])
         # bob's ingest rate: a burst of 20 tokens refilled at 1/s; two 15-token commits.

@@ -63,7 +63,8 @@ void CheckRefusal(const absl::Status& st, std::initializer_list<absl::StatusCode
 // Text as Ingest and Score take it: tokenized (ids inside the vocabulary), or refused as
 // malformed UTF-8 exactly when ValidateUtf8 refuses it.
 void CheckText(const std::string& text) {
-  auto ids = internal::Tokenize(Tok(), text, "fuzz text");
+  auto ids = ttt::server::core::Tokenize(Tok(), text, "fuzz text",
+                                         ttt::tokenizer::SpecialTokens::kAsText);
   const bool utf8 = ttt::tokenizer::ValidateUtf8(text).ok();
   FUZZ_CHECK(ids.ok() == utf8, "Tokenize %s text that ValidateUtf8 %s", ids.ok() ? "took" : "refused",
              utf8 ? "accepts" : "refuses");
@@ -128,8 +129,9 @@ void CheckIngest(const pb::IngestRequest& req, size_t cut) {
 
 void CheckGenerate(const pb::GenerateRequest& req) {
   CheckId(req.session_id(), "session id", 128);
+  const auto encoding = internal::TextEncodingOf(Tok(), req.text_options());
   auto prompt = internal::InputTokens(Limits(), Tok(), req.prompt_text(), req.prompt_token_ids(),
-                                      "the prompt");
+                                      "the prompt", encoding, /*starts_context=*/true);
   CheckRefusal(prompt.status(), {absl::StatusCode::kInvalidArgument}, "the prompt");
   const ttt::session::GenerateParams p = internal::GenerateParamsFromProto(req);
   FUZZ_CHECK(req.max_tokens() != 0 || p.max_tokens == 64, "max_tokens 0 is not the default 64");
@@ -145,8 +147,9 @@ void CheckGenerate(const pb::GenerateRequest& req) {
 
 void CheckScore(const pb::ScoreRequest& req) {
   CheckId(req.session_id(), "session id", 128);
-  auto tokens =
-      internal::InputTokens(Limits(), Tok(), req.text(), req.token_ids(), "the Score request");
+  const auto encoding = internal::TextEncodingOf(Tok(), req.text_options());
+  auto tokens = internal::InputTokens(Limits(), Tok(), req.text(), req.token_ids(),
+                                      "the Score request", encoding, /*starts_context=*/false);
   CheckRefusal(tokens.status(), {absl::StatusCode::kInvalidArgument}, "the Score request");
   if (tokens.ok() && req.text().empty()) {
     FUZZ_CHECK(static_cast<int>(tokens->size()) == req.token_ids_size(), "ids changed");

@@ -15,7 +15,7 @@
 
 namespace ttt::testing {
 
-void WriteByteLevelTokenizer(const std::filesystem::path& dir) {
+void WriteByteLevelTokenizer(const std::filesystem::path& dir, const std::string& added_tokens) {
   // GPT-2's byte-to-unicode table; printable ASCII, then space (U+0120) and newline (U+010A)
   // get the low ids, the other bytes ids past the model's vocabulary.
   auto utf8 = [](int cp) { return AppendUtf8("", cp); };
@@ -45,7 +45,7 @@ void WriteByteLevelTokenizer(const std::filesystem::path& dir) {
   }
   const std::string merges = "\"" + utf8(symbol[0xC3]) + " " + utf8(symbol[0xA9]) + "\"";
   std::ofstream out(dir / "tokenizer.json");
-  out << R"({"version": "1.0", "added_tokens": [], "normalizer": null,
+  out << R"({"version": "1.0", "added_tokens": )" << added_tokens << R"(, "normalizer": null,
     "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true,
                       "use_regex": true},
     "post_processor": null,

@@ -4,6 +4,7 @@
 
 #include <filesystem>
 #include <memory>
+#include <string>
 
 #include "tokenizer/tokenizer.h"
 
@@ -14,8 +15,10 @@ namespace ttt::testing {
 // "é" (96, the bytes C3 A9 by the one merge): the 97 ids of the golden fixtures' vocabulary. The
 // other 161 bytes follow from id 97 on (past those models' vocabulary). Not SentencePiece:
 // Debian's libsentencepiece carries its own protobuf 3.14 and cannot share a process with
-// libprotobuf 3.21 (gRPC, LibTorch).
-void WriteByteLevelTokenizer(const std::filesystem::path& dir);
+// libprotobuf 3.21 (gRPC, LibTorch). `added_tokens`: tokenizer.json's added_tokens (a JSON
+// array), for tests that need special tokens.
+void WriteByteLevelTokenizer(const std::filesystem::path& dir,
+                             const std::string& added_tokens = "[]");
 
 // That tokenizer, loaded (written to a temporary folder that is removed again). Aborts the
 // test binary when it does not load: every test that asks for it would fail anyway.

@@ -6,8 +6,11 @@
 #pragma once
 
 #include <chrono>
+#include <cstdint>
 #include <filesystem>
+#include <map>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include <arpa/inet.h>
@@ -18,6 +21,8 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
+#include "google/rpc/error_details.pb.h"
+#include "google/rpc/status.pb.h"
 #include "server/server.h"
 #include "tests/testing/dirs.h"
 #include "tttserve/v1/ttt_service.grpc.pb.h"
@@ -62,6 +67,42 @@ inline std::string ScrapeMetrics(int port) {
   }
   ::close(fd);
   return body;
+}
+
+// What a program reads from a failed call's details (grpc-status-details-bin, a
+// google.rpc.Status): ErrorInfo's reason, domain and metadata, RetryInfo's delay in ms.
+struct StatusDetails {
+  std::string reason;
+  std::string domain;
+  std::map<std::string, std::string> metadata;
+  std::optional<int64_t> retry_ms;
+};
+inline StatusDetails DetailsOf(const grpc::Status& st) {
+  StatusDetails out;
+  google::rpc::Status details;
+  EXPECT_TRUE(details.ParseFromString(st.error_details())) << st.error_message();
+  EXPECT_EQ(details.code(), static_cast<int>(st.error_code()));
+  for (const google::protobuf::Any& any : details.details()) {
+    google::rpc::ErrorInfo info;
+    google::rpc::RetryInfo retry;
+    if (any.UnpackTo(&info)) {
+      out.reason = info.reason();
+      out.domain = info.domain();
+      out.metadata.insert(info.metadata().begin(), info.metadata().end());
+    } else if (any.UnpackTo(&retry)) {
+      out.retry_ms = retry.retry_delay().seconds() * 1000 + retry.retry_delay().nanos() / 1000000;
+    }
+  }
+  return out;
+}
+// Checks a refused call's ErrorInfo reason (domain "ttt-serve") and RetryInfo delay (none:
+// nullopt).
+inline void ExpectReason(const grpc::Status& st, const std::string& reason,
+                         std::optional<int64_t> retry_ms) {
+  const StatusDetails details = DetailsOf(st);
+  EXPECT_EQ(details.reason, reason) << st.error_message();
+  EXPECT_EQ(details.domain, "ttt-serve");
+  EXPECT_EQ(details.retry_ms, retry_ms) << st.error_message();
 }
 
 // A fresh folder per test (FreshTestDir) and options for a server in it

@@ -290,6 +290,33 @@ std::optional<std::string> TokenName(const Json& config, const char* key) {
   return std::nullopt;
 }
 
+// Whether `processor` (tokenizer.json's post_processor) puts token `bos` first in a single
+// text's template: {"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": NAME}},
+// ...], "special_tokens": {NAME: {"ids": [bos]}}}, alone or inside a "Sequence".
+bool TemplateStartsWith(const Json& processor, int32_t bos) {
+  if (!processor.is_object()) return false;
+  const std::string type = processor.value("type", "");
+  if (type == "Sequence" && processor.contains("processors") &&
+      processor["processors"].is_array()) {
+    for (const Json& p : processor["processors"]) {
+      if (TemplateStartsWith(p, bos)) return true;
+    }
+    return false;
+  }
+  if (type != "TemplateProcessing" || !processor.contains("single")) return false;
+  const Json& single = processor["single"];
+  if (!single.is_array() || single.empty() || !single[0].is_object()) return false;
+  const Json& first = single[0];
+  if (!first.contains("SpecialToken") || !first["SpecialToken"].is_object()) return false;
+  const Json& name = first["SpecialToken"]["id"];
+  if (!name.is_string() || !processor.contains("special_tokens")) return false;
+  const Json& specials = processor["special_tokens"];
+  if (!specials.is_object() || !specials.contains(name.get<std::string>())) return false;
+  const Json& ids = specials[name.get<std::string>()]["ids"];
+  return ids.is_array() && ids.size() == 1 && ids[0].is_number_integer() &&
+         ids[0].get<int64_t>() == bos;
+}
+
 }  // namespace
 
 absl::StatusOr<SpecialTokenNames> ParseSpecialTokenNames(std::string_view json_text,
@@ -302,6 +329,8 @@ absl::StatusOr<SpecialTokenNames> ParseSpecialTokenNames(std::string_view json_t
   names.from_config = true;
   names.bos = TokenName(config, "bos_token");
   names.eos = TokenName(config, "eos_token");
+  const auto add_bos = config.find("add_bos_token");
+  if (add_bos != config.end() && add_bos->is_boolean()) names.add_bos = add_bos->get<bool>();
   return names;
 }
 
@@ -466,6 +495,9 @@ absl::StatusOr<std::unique_ptr<BpeTokenizer>> BpeTokenizer::Create(std::string_v
   };
   t.bos_id_ = resolve(names.bos, {"<|begin_of_text|>", "<s>", "<|startoftext|>"});
   t.eos_id_ = resolve(names.eos, {"<|end_of_text|>", "</s>", "<|endoftext|>"});
+  t.template_starts_with_bos_ =
+      t.bos_id_.has_value() && root.contains("post_processor") &&
+      TemplateStartsWith(root["post_processor"], *t.bos_id_);
   return tokenizer;
 }
 

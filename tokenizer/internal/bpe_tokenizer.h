@@ -28,10 +28,12 @@ struct SpecialTokenNames {
   bool from_config = false;
   std::optional<std::string> bos;
   std::optional<std::string> eos;
+  // tokenizer_config.json's add_bos_token, when it says.
+  std::optional<bool> add_bos;
 };
 
 // Parses tokenizer_config.json text: its bos_token / eos_token (a string, {"content": ...} or
-// null). `source` names the file in errors; INVALID_ARGUMENT when malformed.
+// null) and add_bos_token. `source` names the file in errors; INVALID_ARGUMENT when malformed.
 absl::StatusOr<SpecialTokenNames> ParseSpecialTokenNames(std::string_view json_text,
                                                          const std::string& source);
 
@@ -54,6 +56,9 @@ class BpeTokenizer final : public Tokenizer {
   int32_t vocab_size() const override { return static_cast<int32_t>(id_to_bytes_.size()); }
   std::optional<int32_t> bos_id() const override { return bos_id_; }
   std::optional<int32_t> eos_id() const override { return eos_id_; }
+  // Whether tokenizer.json's post-processor template puts the bos token before a single text
+  // (TemplateProcessing, alone or in a Sequence, starting with it), as Llama 3's does.
+  bool template_starts_with_bos() const { return template_starts_with_bos_; }
 
   // One pre-tokenizer stage: split each piece by `regex` (see tokenizers' SplitDelimiterBehavior),
   // after prepending a space to pieces that lack one when `add_prefix_space` (ByteLevel's option).
@@ -101,6 +106,7 @@ class BpeTokenizer final : public Tokenizer {
   bool ignore_merges_ = false;  // Llama-3: a piece that is itself in the vocab is one token
   std::optional<int32_t> bos_id_;
   std::optional<int32_t> eos_id_;
+  bool template_starts_with_bos_ = false;
 
   mutable absl::Mutex cache_mu_;
   mutable absl::flat_hash_map<std::string, std::vector<int32_t>> cache_ ABSL_GUARDED_BY(cache_mu_);
