@@ -9,7 +9,6 @@
 // crash brings a session back as of its last copy. Files go through the CheckpointStore.
 #include <algorithm>
 #include <chrono>
-#include <cstdio>
 #include <tuple>
 
 #include "absl/strings/str_cat.h"
@@ -18,6 +17,7 @@
 #include "session/internal/cluster_store.h"
 #include "session/internal/session_record.h"
 #include "session/session.h"
+#include "util/log.h"
 #include "util/status_macros.h"
 
 namespace ttt::session {
@@ -33,11 +33,13 @@ void SessionManager::LoadPersisted() {
     if (!CheckSessionLimit(session_count()).ok()) {
       // Kept, not lost: the tenant can restore it by the session id once there is room.
       absl::Status moved = store_->MoveSessionToCheckpoints(p.tenant, p.id);
-      std::fprintf(
-          stderr, "ttt-serve: --max_sessions=%lld reached: persisted session %s of tenant %s %s\n",
-          static_cast<long long>(options_.max_sessions), p.id.c_str(), p.tenant.c_str(),
-          moved.ok() ? "is kept as the checkpoint of the same id"
-                     : ("stays on disk unloaded: " + std::string(moved.message())).c_str());
+      util::LogWarning(
+          "session",
+          absl::StrCat("--max_sessions=", options_.max_sessions, " reached: persisted session ",
+                       p.id, " of tenant ", p.tenant, " ",
+                       moved.ok() ? "is kept as the checkpoint of the same id"
+                                  : absl::StrCat("stays on disk unloaded: ", moved.message())),
+          {{"tenant", p.tenant}, {"session", p.id}});
       continue;
     }
     if (!ValidateOptions(p.meta.options).ok()) continue;
@@ -232,8 +234,9 @@ bool SessionManager::Evict(const std::shared_ptr<Session>& s) {
     std::lock_guard<std::mutex> lock(s->mu);
     s->evicting = false;
     if (!written.ok()) {
-      std::fprintf(stderr, "ttt-serve: eviction of %s failed: %s\n", s->id.c_str(),
-                   std::string(written.status().message()).c_str());
+      util::LogWarning("session",
+                       absl::StrCat("eviction of ", s->id, " failed: ", written.status().message()),
+                       {{"tenant", s->tenant}, {"session", s->id}});
       return;
     }
     s->state = engine::SequenceState{};

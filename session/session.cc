@@ -4,7 +4,6 @@
 // (eviction, reaper, persistence) in residency.cc, checkpoints in checkpoints.cc.
 #include "session/session.h"
 
-#include <cstdio>
 #include <set>
 
 #include "absl/strings/str_cat.h"
@@ -13,6 +12,7 @@
 #include "session/internal/cluster_store.h"
 #include "session/internal/names.h"
 #include "session/internal/session_record.h"
+#include "util/log.h"
 #include "util/status_macros.h"
 
 namespace ttt::session {
@@ -254,8 +254,9 @@ void SessionManager::AddClusterSessions(const std::string& tenant,
                                         std::vector<SessionInfo>& infos) {
   auto heads = cluster_->ListHeads(tenant);
   if (!heads.ok()) {
-    std::fprintf(stderr, "ttt-serve: listing tenant %s's sessions on etcd failed: %s\n",
-                 tenant.c_str(), std::string(heads.status().message()).c_str());
+    util::LogWarning("session", absl::StrCat("listing tenant ", tenant,
+                                             "'s sessions on etcd failed: ",
+                                             heads.status().message()));
     return;
   }
   std::set<std::string> here;

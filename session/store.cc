@@ -2,7 +2,6 @@
 // of a deployment share sessions through etcd (ManagerOptions::cluster), ownership: creating a
 // session on the cluster, taking over one this process does not own, letting go of one it lost
 // or was asked to hand over (internal/cluster_store.h says what etcd guarantees).
-#include <cstdio>
 
 #include "absl/strings/str_cat.h"
 #include "session/internal/checkpoint.h"
@@ -12,6 +11,7 @@
 #include "session/internal/session_record.h"
 #include "session/session.h"
 #include "util/error_reason.h"
+#include "util/log.h"
 #include "util/status_macros.h"
 
 namespace ttt::session {
@@ -126,8 +126,10 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::Adopt(const std::string
     return registered.status();
   }
   std::shared_ptr<Session> s = *registered;
-  std::fprintf(stderr, "ttt-serve: took over session %s of tenant %s (fencing revision %lld)\n",
-               id.c_str(), tenant.c_str(), static_cast<long long>(owned.fence));
+  util::LogInfo("session",
+                absl::StrCat("took over session ", id, " of tenant ", tenant,
+                             " (fencing revision ", owned.fence, ")"),
+                {{"tenant", tenant}, {"session", id}, {"fence", owned.fence}});
   return s;
 }
 
@@ -154,8 +156,10 @@ void SessionManager::Disown(const std::shared_ptr<Session>& s, const absl::Statu
     }
   }
   if (!why.ok()) {
-    std::fprintf(stderr, "ttt-serve: session %s of tenant %s is no longer this replica's: %s\n",
-                 s->id.c_str(), s->tenant.c_str(), std::string(why.message()).c_str());
+    util::LogWarning("session",
+                     absl::StrCat("session ", s->id, " of tenant ", s->tenant,
+                                  " is no longer this replica's: ", why.message()),
+                     {{"tenant", s->tenant}, {"session", s->id}});
   }
   // Its committed state is the new owner's; only the copy here goes, after the work queued on it.
   engine::Work w;
@@ -221,8 +225,10 @@ void SessionManager::HandOver(const std::shared_ptr<Session>& s) {
     // Forgotten here before ownership goes: the other replica may take it over at once, and
     // nothing of this manager is touched after the release.
     Disown(s, absl::OkStatus());
-    std::fprintf(stderr, "ttt-serve: handing session %s of tenant %s over on request\n",
-                 s->id.c_str(), s->tenant.c_str());
+    util::LogInfo("session",
+                  absl::StrCat("handing session ", s->id, " of tenant ", s->tenant,
+                               " over on request"),
+                  {{"tenant", s->tenant}, {"session", s->id}});
     cluster->Release(s->tenant, s->id, fence);
   };
   (void)scheduler_->Submit(std::move(w), /*bypass_limits=*/true);
@@ -258,8 +264,10 @@ void SessionManager::WriteBehind() {
       }
       absl::StatusOr<int64_t> written = WriteSessionFile(s);
       if (!written.ok()) {
-        std::fprintf(stderr, "ttt-serve: write-behind of session %s failed: %s\n", s->id.c_str(),
-                     std::string(written.status().message()).c_str());
+        util::LogWarning("session",
+                         absl::StrCat("write-behind of session ", s->id, " failed: ",
+                                      written.status().message()),
+                         {{"tenant", s->tenant}, {"session", s->id}});
       }
     };
     if (!scheduler_->Submit(std::move(w), /*bypass_limits=*/true).ok()) {

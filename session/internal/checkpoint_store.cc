@@ -8,7 +8,6 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <cstdio>
 #include <cstring>
 #include <system_error>
 
@@ -16,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "session/internal/names.h"
 #include "util/files.h"
+#include "util/log.h"
 #include "util/status_macros.h"
 
 namespace ttt::session::internal {
@@ -184,8 +184,9 @@ void CheckpointStore::RemoveAbandonedTempFiles() const {
       const fs::path dir = root_ / tenant / kind;
       const int removed = util::RemoveAbandonedTempFiles(dir);
       if (removed > 0) {
-        std::fprintf(stderr, "ttt-serve: removed %d temporary files of interrupted writes in %s\n",
-                     removed, dir.c_str());
+        util::LogInfo("session", absl::StrCat("removed ", removed,
+                                              " temporary files of interrupted writes in ",
+                                              dir.string()));
       }
     }
   }
@@ -355,13 +356,13 @@ std::vector<CheckpointStore::PersistedSession> CheckpointStore::ListSessions(
     for (auto& [id, meta] : InspectAll(tenant, kSessions, nullptr)) {
       const std::string path = Path(tenant, kSessions, id).string();
       if (!meta.ok()) {
-        std::fprintf(stderr, "ttt-serve: skipping persisted session %s: %s\n", path.c_str(),
-                     std::string(meta.status().message()).c_str());
+        util::LogWarning("session", absl::StrCat("skipping persisted session ", path, ": ",
+                                                 meta.status().message()));
         continue;
       }
       if (meta->model_fingerprint != model_fingerprint) {
-        std::fprintf(stderr, "ttt-serve: skipping persisted session %s: another model's\n",
-                     path.c_str());
+        util::LogWarning("session",
+                         absl::StrCat("skipping persisted session ", path, ": another model's"));
         continue;
       }
       if (meta->session_id != id) continue;
