@@ -134,19 +134,12 @@ TEST_F(ServerAuthTest, ChosenIdsAndTheSharedStoreStayWithinTheCredentialsTenant)
   testing::TempDir etcd_dir("server_auth_test");
   testing::EtcdCluster etcd(1, etcd_dir.path());
   ASSERT_NO_FATAL_FAILURE(etcd.Start());
-  auto on_cluster = [&](ServerOptions o, const std::string& name) {
-    testing::ClusterIdentity identity = testing::JoinCluster(etcd.endpoints());
-    o.etcd = identity.etcd;
-    o.etcd_lease = identity.lease;
-    o.replica_id = name;
-    return o;
-  };
   options_.auth_tokens_file = tokens_;
   options_.sync_durability = true;
   options_.checkpoint_on_shutdown = true;  // a shutdown hands the sessions over
-  auto a = Server::Start(on_cluster(options_, "replica-a"));
+  auto a = Server::Start(testing::OnCluster(options_, etcd, "replica-a"));
   ASSERT_TRUE(a.ok()) << a.status();
-  auto b = Server::Start(on_cluster(options_, "replica-b"));
+  auto b = Server::Start(testing::OnCluster(options_, etcd, "replica-b"));
   ASSERT_TRUE(b.ok()) << b.status();
   auto stub = [](const std::unique_ptr<Server>& s) {
     return pb::TttService::NewStub(grpc::CreateChannel(

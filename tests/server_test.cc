@@ -436,14 +436,7 @@ TEST_F(ServerTest, ReplicasSharingSessionsThroughEtcdHandASessionOverWithItsComm
   testing::TempDir etcd_dir("server_test");
   testing::EtcdCluster etcd(1, etcd_dir.path());
   ASSERT_NO_FATAL_FAILURE(etcd.Start());
-  auto on_cluster = [&](ServerOptions o, const std::string& name) {
-    testing::ClusterIdentity identity = testing::JoinCluster(etcd.endpoints());
-    o.etcd = identity.etcd;
-    o.etcd_lease = identity.lease;
-    o.replica_id = name;
-    return o;
-  };
-  options_ = on_cluster(options_, "replica-a");
+  options_ = testing::OnCluster(options_, etcd, "replica-a");
   options_.sync_durability = true;
   Start();
   pb::CreateSessionRequest create;
@@ -465,7 +458,7 @@ TEST_F(ServerTest, ReplicasSharingSessionsThroughEtcdHandASessionOverWithItsComm
   const auto probe = Doc(static_cast<int>(chunk_ + 2), 5);
   const auto before = Score("doc-1", probe);
 
-  ServerOptions other = on_cluster(options_, "replica-b");
+  ServerOptions other = testing::OnCluster(options_, etcd, "replica-b");
   auto b = Server::Start(other);
   ASSERT_TRUE(b.ok()) << b.status();
   auto stub_b = pb::TttService::NewStub(grpc::CreateChannel(

@@ -1,15 +1,31 @@
-"""What the end-to-end scripts share: free loopback ports, the Python gRPC stubs of the service
-(generated at test time from proto/), the flags of the unittest scripts, stopping a process,
-waiting for a condition or an HTTP endpoint, and a log's last lines."""
+"""What the end-to-end scripts share: test token streams and float bits, free loopback ports, the
+Python gRPC stubs of the service (generated at test time from proto/), the flags of the unittest
+scripts, stopping a process, waiting for a condition or an HTTP endpoint, a log's last lines, and
+an etcd member."""
 import argparse
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+
+
+def tokens(n, vocab, seed):
+    """n pseudo-random token ids in [3, vocab) from `seed` (a fixed LCG: the same in every run)."""
+    out, x = [], seed
+    for _ in range(n):
+        x = (x * 1103515245 + 12345) % (1 << 31)
+        out.append(3 + x % (vocab - 3))
+    return out
+
+
+def bits(floats):
+    """The float32 bit patterns of `floats`: scores compared bit for bit."""
+    return [struct.pack("<f", x) for x in floats]
 
 
 def free_port():

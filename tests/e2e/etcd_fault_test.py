@@ -24,13 +24,13 @@ Loopback only, free ports, bounded: every call has a deadline and every retry lo
 import os
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import tempfile
 import time
 import unittest
-from e2e_support import Etcd, free_port, parse_unittest_args, stop_process, wait_http
+from e2e_support import (Etcd, bits, free_port, parse_unittest_args, stop_process, tokens,
+                         wait_http)
 
 ARGS = None
 pb = None
@@ -42,18 +42,6 @@ FAKETIME_LIB = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1"  # Debian
 PIECES = 12
 CALL_S = 3        # one call's deadline: well under the lease, so a stalled owner is left soon
 BUDGET_S = 60     # one operation's retries across replicas
-
-
-def tokens(n, vocab, seed):
-    out, x = [], seed
-    for _ in range(n):
-        x = (x * 1103515245 + 12345) % (1 << 31)
-        out.append(3 + x % (vocab - 3))
-    return out
-
-
-def bits(floats):
-    return [struct.pack("<f", x) for x in floats]
 
 
 class Replica:

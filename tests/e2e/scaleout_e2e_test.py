@@ -34,13 +34,12 @@ import re
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
 import time
 import unittest
-from e2e_support import Etcd, free_port, parse_unittest_args, stop_process
+from e2e_support import Etcd, bits, free_port, parse_unittest_args, stop_process, tokens
 
 ARGS = None
 pb = None
@@ -136,18 +135,6 @@ class Replica:
 
     def stop(self, sig=signal.SIGTERM):
         return stop_process(self.proc, sig) if self.proc is not None else None
-
-
-def tokens(n, vocab, seed):
-    out, x = [], seed
-    for _ in range(n):
-        x = (x * 1103515245 + 12345) % (1 << 31)
-        out.append(3 + x % (vocab - 3))
-    return out
-
-
-def bits(floats):
-    return [struct.pack("<f", x) for x in floats]
 
 
 class Client:

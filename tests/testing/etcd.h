@@ -274,4 +274,15 @@ inline ClusterIdentity JoinCluster(const std::vector<std::string>& endpoints,
   return identity;
 }
 
+// `options` (a server's) joined to `cluster` as replica `name`: its own client and lease.
+template <typename ServerOptions>
+ServerOptions OnCluster(ServerOptions options, const EtcdCluster& cluster,
+                        const std::string& name) {
+  ClusterIdentity identity = JoinCluster(cluster.endpoints());
+  options.etcd = identity.etcd;
+  options.etcd_lease = identity.lease;
+  options.replica_id = name;
+  return options;
+}
+
 }  // namespace ttt::testing
