@@ -140,16 +140,9 @@ void SessionManager::DropOnEngine(const std::shared_ptr<Session>& s) {
   w.task = [s, store = store_, cluster = cluster_, link = link_] {
     if (cluster != nullptr) {
       // Expired here: gone from the cluster too, while still this process's (a delete has
-      // cleared the fence already).
-      int64_t fence;
-      std::string blob;
-      {
-        std::lock_guard<std::mutex> lock(s->mu);
-        fence = s->fence;
-        blob = s->head_blob;
-        s->fence = 0;
-      }
-      if (fence > 0) (void)cluster->Delete(s->tenant, s->id, fence, blob);
+      // taken the ownership already).
+      const Session::Ownership owned = s->TakeOwnership();
+      if (owned.fence > 0) (void)cluster->Delete(s->tenant, s->id, owned.fence, owned.blob);
     } else {
       std::lock_guard<std::mutex> lock(link->mu);
       // A client may have created a new session of the same id meanwhile (ids can be chosen):

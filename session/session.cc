@@ -319,16 +319,10 @@ std::vector<SessionInfo> SessionManager::ListSessions(
 absl::Status SessionManager::DeleteSession(const std::string& tenant, const std::string& id) {
   ASSIGN_OR_RETURN(auto s, Find(tenant, id));
   if (cluster_ != nullptr) {
-    // On the cluster first: a delete that etcd did not take leaves the session whole here.
-    int64_t fence;
-    std::string blob;
-    {
-      std::lock_guard<std::mutex> lock(s->mu);
-      fence = s->fence;
-      blob = s->head_blob;
-      s->fence = 0;  // DropOnEngine has nothing left to delete
-    }
-    absl::Status deleted = cluster_->Delete(tenant, id, fence, blob);
+    // On the cluster first: a delete that etcd did not take leaves the session whole here
+    // (and DropOnEngine, below, finds nothing left to delete).
+    const Session::Ownership owned = s->TakeOwnership();
+    absl::Status deleted = cluster_->Delete(tenant, id, owned.fence, owned.blob);
     if (absl::IsFailedPrecondition(deleted)) {
       Disown(s, deleted);
       return absl::UnavailableError(absl::StrCat(
@@ -336,7 +330,7 @@ absl::Status SessionManager::DeleteSession(const std::string& tenant, const std:
     }
     if (!deleted.ok()) {
       std::lock_guard<std::mutex> lock(s->mu);
-      s->fence = fence;
+      s->fence = owned.fence;
       return deleted;
     }
   }

@@ -84,6 +84,19 @@ class Session {
     std::lock_guard<std::mutex> lock(mu);
     return InfoLocked();
   }
+  // Shared through etcd: what deleting the session on the cluster needs (the fence and the
+  // head's blob), taken once: the fence here becomes 0, so nothing deletes it twice.
+  struct Ownership {
+    int64_t fence = 0;
+    std::string blob;
+  };
+  Ownership TakeOwnership() {
+    std::lock_guard<std::mutex> lock(mu);
+    Ownership owned{fence, head_blob};
+    fence = 0;
+    return owned;
+  }
+
   // Engine thread (or before publication), mu held: derived figures from the state.
   void RefreshLocked() {
     counters.position = state.position;
