@@ -43,6 +43,9 @@ build_pkgs+=(golang-github-gogo-googleapis-dev)
 build_pkgs+=(grpc-proto)
 test_pkgs=(python3 python3-torch python3-grpcio python3-grpc-tools python3-protobuf grpc-proto prometheus
   curl)
+# clients/python/tests/client_test.py pip-installs the client package (setuptools backend) with
+# Debian's python3: pip and setuptools are not in a minimal Debian 12.
+test_pkgs+=(python3-pip python3-setuptools)
 # tests/deploy: the Helm chart renderer (Go text/template + sprig, as Helm) and linters.
 test_pkgs+=(golang-go golang-github-masterminds-sprig-dev golang-gopkg-yaml.v3-dev
   golang-github-xeipuuv-gojsonschema-dev yamllint python3-yaml)

@@ -1012,29 +1012,9 @@ TEST_F(ServerTest, FlushInsideACharacterCarriesItsFirstBytes) {
   ExpectStatus(IngestAll({bad}), grpc::StatusCode::INVALID_ARGUMENT, "UTF-8");
 }
 
-// The server's /metrics page (empty when it could not be read).
-std::string ScrapeBody(int port) {
-  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return "";
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  std::string body;
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
-    const std::string req = "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
-    if (::send(fd, req.data(), req.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(req.size())) {
-      char buf[8192];
-      for (ssize_t n; (n = ::recv(fd, buf, sizeof(buf), 0)) > 0;) body.append(buf, n);
-    }
-  }
-  ::close(fd);
-  return body;
-}
-
 // The value of the sample `name` (no labels) in the server's /metrics, or -1 without one.
 double ScrapeGauge(int port, const std::string& name) {
-  const std::string body = ScrapeBody(port);
+  const std::string body = testing::ScrapeMetrics(port);
   const size_t at = body.find("\n" + name + " ");
   return at == std::string::npos ? -1 : std::strtod(body.c_str() + at + name.size() + 2, nullptr);
 }
@@ -1412,7 +1392,7 @@ TEST_F(ServerTest, RevokedTokenEndsItsOpenIngestStreams) {
 // The value of the counter `name` in the server's /metrics whose labels contain every fragment
 // of `labels` (e.g. `code="OK"`), or -1 without one.
 double ScrapeCounter(int port, const std::string& name, const std::vector<std::string>& labels) {
-  const std::string body = ScrapeBody(port);
+  const std::string body = testing::ScrapeMetrics(port);
   for (size_t at = body.find("\n" + name + "{"); at != std::string::npos;
        at = body.find("\n" + name + "{", at + 1)) {
     const size_t end = body.find('}', at);
