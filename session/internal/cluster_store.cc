@@ -200,15 +200,6 @@ void ClusterStore::Release(const std::string& tenant, const std::string& id, int
   (void)etcd_->DeleteIfOwner(owner, fence, owner);
 }
 
-absl::StatusOr<bool> ClusterStore::Exists(const std::string& tenant, const std::string& id) {
-  for (const char* which : {"head", "owner"}) {
-    auto kv = etcd_->Get(SessionKey(tenant, id, which));
-    if (kv.ok()) return true;
-    if (!absl::IsNotFound(kv.status())) return kv.status();
-  }
-  return false;
-}
-
 absl::StatusOr<std::vector<std::pair<std::string, std::string>>> ClusterStore::Wanted() {
   const std::string wants = absl::StrCat(prefix_, "wants/");
   ASSIGN_OR_RETURN(std::vector<coord::KeyValue> keys, etcd_->List(wants));

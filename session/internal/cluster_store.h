@@ -52,8 +52,6 @@ class ClusterStore {
                std::string prefix, std::string replica_id, absl::Duration margin,
                std::shared_ptr<const CheckpointStore> files);
 
-  const std::string& replica_id() const { return replica_id_; }
-
   // OK while this process's lease certainly lives `margin` more: only then may it answer for a
   // session it owns. UNAVAILABLE ("this replica lost contact with etcd ...") otherwise.
   absl::Status CheckServing() const;
@@ -88,10 +86,6 @@ class ClusterStore {
                       const std::string& head_blob);
   // Gives ownership up (the head stays): another process may take the session over at once.
   void Release(const std::string& tenant, const std::string& id, int64_t fence);
-  // Whether the id is taken on the cluster (a head or an owner key exists). UNAVAILABLE when
-  // etcd does not answer.
-  absl::StatusOr<bool> Exists(const std::string& tenant, const std::string& id);
-
   // Handover requests: the sessions other processes asked for (tenant, id).
   absl::StatusOr<std::vector<std::pair<std::string, std::string>>> Wanted();
   void ClearWant(const std::string& tenant, const std::string& id);
