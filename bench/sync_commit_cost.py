@@ -58,3 +58,6 @@ finally:
 for m, (p50, p99, rate) in res.items():
     print("%-12s p50 %.2f ms  p99 %.2f ms  %.0f messages/s" % (m, p50, p99, rate))
 print("sync / write_behind messages/s: %.2f" % (res["sync"][2] / res["write_behind"][2]))
+print("machine: %s, %d cores, load average %.1f" % (
+    next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+          if line.startswith("model name")), "?"), os.cpu_count(), os.getloadavg()[0]))
