@@ -14,7 +14,8 @@ piece twice or skip one. The checker holds, for every session, at every resume a
     single server replaying exactly the pieces, in order (sessions are written one at a time
     wherever they could share a replica's batches: only the same batches give the same bits).
 
-Faults, one test each (one trial per fault; TTT_FAULT_TRIALS=N repeats them):
+Faults, one test each (the quick mode, for ctest: one trial per fault, three of the five fault
+points; TTT_FAULT_TRIALS=N by hand: N trials, all five points):
   - kill -9 of a session's owner (restarted afterwards), and SIGSTOP of the owner for longer than
     its lease, then SIGCONT (the resumed process must acknowledge nothing more: etcd expired its
     lease, so it exits 3, and is restarted);
@@ -33,8 +34,10 @@ Faults, one test each (one trial per fault; TTT_FAULT_TRIALS=N repeats them):
     libfaketime, preloaded) in every test, which must change nothing, since no wall clock is
     compared.
 
-Usage: etcd_fault_test.py --server PATH/ttt-serve --model DIR --proto DIR
-Loopback only, free ports, bounded: every call has a deadline and every retry loop a budget.
+Usage: etcd_fault_test.py --server PATH/ttt-serve --model DIR --proto DIR [EtcdFaultTest.test_x]
+Loopback only (and the test's own network namespace), free ports, bounded: every call has a
+deadline and every retry loop a budget. The namespace and the tmpfs need root (skipped
+otherwise); the fault points need a ttt-serve built with TTT_BUILD_TESTS=ON.
 """
 import errno
 import os
@@ -483,18 +486,17 @@ class EtcdFaultTest(unittest.TestCase):
                 victim.start()
             w.position()
             self.assertEqual(self.owner(sid).name, victim.name)
-            cut = []
+            cut, not_ready = [], []
 
-            def after_ack(acked, cut=cut):
+            def watch_ready(not_ready=not_ready):
+                if wait_until(lambda: victim.ready_status() == 503, 30):
+                    not_ready.append(time.time())
+
+            def after_ack(acked, cut=cut, watch_ready=watch_ready):
                 if not cut and acked >= 4:
                     net.cut()
                     cut.append(time.time())
                     threading.Thread(target=watch_ready, daemon=True).start()
-            not_ready = []
-
-            def watch_ready():
-                if wait_until(lambda: victim.ready_status() == 503, 30):
-                    not_ready.append(time.time())
             w.write(SHORT - 2, after_ack=after_ack)
             self.assertTrue(cut, "%s: not cut" % sid)
             self.assertTrue(wait_until(lambda: not_ready, 30), "%s: /readyz never 503" % sid)
@@ -621,15 +623,19 @@ class NetNamespace:
         self.etcd_link = "tf%de" % os.getpid()
         ip = lambda *args: subprocess.run(("ip",) + args, check=True)
         ip("netns", "add", self.name)
-        ip("-n", self.name, "link", "set", "lo", "up")
-        for subnet, host_side, inside in ((1, "tf%dc" % os.getpid(), "client"),
-                                          (2, self.etcd_link, "etcd")):
-            ip("link", "add", host_side, "type", "veth", "peer", "name", inside,
-               "netns", self.name)
-            ip("addr", "add", "10.%d.%d.1/30" % (n, subnet), "dev", host_side)
-            ip("link", "set", host_side, "up")
-            ip("-n", self.name, "addr", "add", "10.%d.%d.2/30" % (n, subnet), "dev", inside)
-            ip("-n", self.name, "link", "set", inside, "up")
+        try:
+            ip("-n", self.name, "link", "set", "lo", "up")
+            for subnet, host_side, inside in ((1, "tf%dc" % os.getpid(), "client"),
+                                              (2, self.etcd_link, "etcd")):
+                ip("link", "add", host_side, "type", "veth", "peer", "name", inside,
+                   "netns", self.name)
+                ip("addr", "add", "10.%d.%d.1/30" % (n, subnet), "dev", host_side)
+                ip("link", "set", host_side, "up")
+                ip("-n", self.name, "addr", "add", "10.%d.%d.2/30" % (n, subnet), "dev", inside)
+                ip("-n", self.name, "link", "set", inside, "up")
+        except subprocess.CalledProcessError:
+            self.delete()
+            raise
 
     def cut(self):
         subprocess.run(["ip", "link", "set", self.etcd_link, "down"], check=True)
