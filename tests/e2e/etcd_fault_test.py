@@ -420,6 +420,18 @@ class EtcdFaultTest(unittest.TestCase):
             self.assertEqual(w.score(probe), want[sid],
                              "%s: the cluster's state is not the acknowledged history" % sid)
 
+    def refused_read(self, replica, sid):
+        """A read on `replica` of a session it no longer holds: must be refused, never answered
+        from a stale copy. Returns the error's details."""
+        try:
+            got = self.stub(replica).GetSession(pb.GetSessionRequest(session_id=sid),
+                                                timeout=CALL_S)
+            self.fail("%s answered a read of %s (position %d) after losing it" % (
+                replica.name, sid, got.counters.tokens_received))
+        except grpc.RpcError as e:
+            self.assertEqual(e.code(), grpc.StatusCode.UNAVAILABLE, e.details())
+            return e.details() or ""
+
     def expect_exit_3(self, replica):
         """A replica whose lease etcd expired while it was stalled or cut off stops by itself."""
         self.assertEqual(replica.proc.wait(timeout=30), 3, replica.output()[-2000:])
@@ -501,6 +513,7 @@ class EtcdFaultTest(unittest.TestCase):
             self.assertTrue(cut, "%s: not cut" % sid)
             self.assertTrue(wait_until(lambda: not_ready, 30), "%s: /readyz never 503" % sid)
             self.assertIsNone(victim.proc.poll(), "cut off, it cannot know its lease expired")
+            self.assertIn("lost contact with etcd", self.refused_read(victim, sid))
             self.assertNotEqual(self.owner(sid).name, victim.name)
             last_by_victim = max(t for t, r, _ in w.log if r == victim.name)
             first_elsewhere = min(t for t, r, _ in w.log if r != victim.name and t > cut[0])
@@ -604,6 +617,8 @@ class EtcdFaultTest(unittest.TestCase):
         for victim, point in zip(victims, points):
             os.remove(arm + point)
             victim.proc.send_signal(signal.SIGCONT)
+            refused = self.refused_read(victim, victim.name)  # never a stale read
+            figures.append("%s resumed: read refused (%s)" % (point, refused[:70]))
         for victim in victims:  # each must acknowledge nothing more, and exit 3
             self.expect_exit_3(victim)
         self.check_history(writers, pieces, probe)
