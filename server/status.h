@@ -16,7 +16,7 @@
 
 namespace ttt::server {
 
-inline constexpr char kErrorDomain[] = "ttt-serve";
+using util::kErrorDomain;
 // The retry delay of a refusal that says nothing more precise.
 inline constexpr int64_t kDefaultRetryDelayMs = 1000;
 

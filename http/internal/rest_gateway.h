@@ -1,0 +1,74 @@
+// HTTP/JSON transcoding of every tttserve.v1 RPC (issue 25 item 1): a REST route per RPC,
+// following Google's HTTP/JSON conventions (resources under /v1, custom methods as ":verb"),
+// each translated into the same gRPC call over the server's in-process channel, so that every
+// rule (authentication, tenants, quotas, validation, metrics) stays the gRPC path's. Bodies are
+// the RPCs' messages in protobuf's JSON mapping (rest_json.h). docs/contract.md, "HTTP/JSON
+// routes", is the user's contract.
+//
+// Streaming RPCs: Ingest takes newline-delimited JSON messages (or a text/plain body) and
+// answers newline-delimited JSON; Generate answers server-sent events; ExportSession and
+// ImportSession carry the checkpoint bytes as application/octet-stream. A failure after the
+// first response ends the body with {"error": google.rpc.Status} (events and lines) or cuts the
+// connection (bytes); one before it is the reply's HTTP status.
+#pragma once
+
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "http/internal/call_gate.h"
+#include "http/internal/http_call.h"
+#include "http/internal/rest_json.h"
+#include "tttserve/v1/ttt_service.grpc.pb.h"
+
+namespace ttt::http::internal {
+
+struct RestRequest {
+  std::string method;
+  std::string path;          // decoded, without the query
+  std::string content_type;  // "" when absent
+  std::string body;
+  QueryParams query;
+  Forwarded headers;
+};
+
+// Thread-safe: requests are handled on their connections' threads at once.
+class RestGateway {
+ public:
+  // REQUIRES: `stub` and `gate` outlive the gateway; every call starts through `gate`.
+  RestGateway(tttserve::v1::TttService::Stub* stub, CallGate* gate);
+
+  // The reply, or nullopt when no route's path matches (a matching path with another method
+  // gets 405).
+  std::optional<Reply> Handle(RestRequest request) const;
+
+  // "GET /v1/sessions, POST /v1/sessions, ...": for a refusal that lists them.
+  std::string RouteList() const;
+
+ private:
+  using Handler = std::function<Reply(RestRequest&, const std::string& path_value)>;
+  struct Route {
+    const char* method;
+    const char* pattern;
+    Handler handle;
+  };
+
+  template <typename Req, typename Resp>
+  void AddUnary(const char* method, const char* pattern, const char* path_field,
+                grpc::Status (tttserve::v1::TttService::Stub::*rpc)(grpc::ClientContext*,
+                                                                     const Req&, Resp*));
+  Reply Ingest(RestRequest& request, const std::string& session_id) const;
+  Reply Generate(RestRequest& request, const std::string& session_id) const;
+  Reply Export(RestRequest& request, const char* field, const std::string& id) const;
+  Reply Import(RestRequest& request) const;
+
+  tttserve::v1::TttService::Stub* const stub_;
+  CallGate* const gate_;
+  std::vector<Route> routes_;  // fixed at construction
+};
+
+// The reply for a failed call: google.rpc.Status JSON, the HTTP status of its code.
+Reply ErrorReply(const grpc::Status& status, std::optional<int64_t> retry_after_ms = {});
+
+}  // namespace ttt::http::internal
