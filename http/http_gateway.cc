@@ -42,9 +42,12 @@ using Json = nlohmann::json;
 constexpr char kJson[] = "application/json";
 constexpr char kHealthService[] = "tttserve.v1.TttService";
 
-// One request's body, read in pieces before the request is answered.
+// One request's body, read in pieces before the request is answered (or streamed into its
+// call as it arrives: an import).
 struct Request {
   std::string body;
+  std::unique_ptr<internal::ImportUpload> upload;
+  int64_t discarded = 0;  // bytes of an import's body that arrived after it was refused
 };
 
 // A header's value, or INVALID_ARGUMENT when gRPC metadata cannot carry it (printable ASCII).
@@ -134,6 +137,19 @@ MHD_Result Send(MHD_Connection* c, Reply reply) {
   return queued;
 }
 
+// The query parameters, in order (a repeated one as often as it is given).
+internal::QueryParams QueryOf(MHD_Connection* c) {
+  internal::QueryParams query;
+  MHD_get_connection_values(
+      c, MHD_GET_ARGUMENT_KIND,
+      [](void* out, MHD_ValueKind, const char* key, const char* value) {
+        static_cast<internal::QueryParams*>(out)->emplace_back(key, value ? value : "");
+        return MHD_YES;
+      },
+      &query);
+  return query;
+}
+
 MHD_Result Respond(MHD_Connection* c, unsigned code, std::string body,
                    std::optional<int64_t> retry_after_ms = std::nullopt) {
   Reply reply;
@@ -193,6 +209,9 @@ struct HttpGateway::State {
   std::unique_ptr<internal::RestGateway> rest;  // the HTTP/JSON routes of every RPC
   MHD_Daemon* daemon = nullptr;
 
+  // Route, with a last-resort catch.
+  MHD_Result Dispatch(MHD_Connection* c, const std::string& path, const std::string& method,
+                      Request* request);
   MHD_Result Route(MHD_Connection* c, const std::string& path, const std::string& method,
                    Request* request);
   MHD_Result Models(MHD_Connection* c);
@@ -502,13 +521,8 @@ MHD_Result HttpGateway::State::Rest(MHD_Connection* c, const std::string& path,
   const char* type = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
   rest_request.content_type = type == nullptr ? "" : type;
   rest_request.body = std::move(request->body);
-  MHD_get_connection_values(
-      c, MHD_GET_ARGUMENT_KIND,
-      [](void* query, MHD_ValueKind, const char* key, const char* value) {
-        static_cast<internal::QueryParams*>(query)->emplace_back(key, value ? value : "");
-        return MHD_YES;
-      },
-      &rest_request.query);
+  rest_request.query = QueryOf(c);
+  rest_request.upload = request->upload.get();
   std::optional<Reply> reply = rest->Handle(std::move(rest_request));
   if (reply) return Send(c, std::move(*reply));
   return RespondHttpError(c, MHD_HTTP_NOT_FOUND, "NOT_FOUND",
@@ -526,7 +540,17 @@ MHD_Result HttpGateway::State::Answer(void* cls, MHD_Connection* c, const char* 
   const int64_t limit = s->options.max_body_bytes;
   auto* request = static_cast<Request*>(*request_context);
   if (request == nullptr) {
-    *request_context = new Request();
+    request = new Request();
+    *request_context = request;
+    if (internal::RestGateway::IsUpload(method, url)) {
+      absl::StatusOr<Forwarded> headers = ForwardedHeaders(c);
+      // A bad header: the body is read as any other and Rest() answers the refusal.
+      if (headers.ok()) request->upload = s->rest->StartImport(*headers, QueryOf(c));
+      if (request->upload != nullptr && request->upload->refused()) {
+        return s->Dispatch(c, url, method, request);  // before the body is read
+      }
+      if (request->upload != nullptr) return MHD_YES;
+    }
     // A declared oversized body is refused before it is read (and before "100 Continue").
     const char* length =
         MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
@@ -537,6 +561,14 @@ MHD_Result HttpGateway::State::Answer(void* cls, MHD_Connection* c, const char* 
     }
     return MHD_YES;
   }
+  if (*upload_data_size != 0 && request->upload != nullptr) {
+    const size_t size = std::exchange(*upload_data_size, 0);
+    if (request->upload->Append(upload_data, size)) return MHD_YES;
+    // Refused mid-body: libmicrohttpd answers only once the body is in, so the rest is read
+    // and dropped, up to the body limit; past that the connection is closed.
+    request->discarded += static_cast<int64_t>(size);
+    return request->discarded > limit ? MHD_NO : MHD_YES;
+  }
   if (*upload_data_size != 0) {
     // A chunked body growing past the limit has no Content-Length to refuse it by: the
     // connection is closed.
@@ -545,8 +577,13 @@ MHD_Result HttpGateway::State::Answer(void* cls, MHD_Connection* c, const char* 
     *upload_data_size = 0;
     return MHD_YES;
   }
+  return s->Dispatch(c, url, method, request);
+}
+
+MHD_Result HttpGateway::State::Dispatch(MHD_Connection* c, const std::string& path,
+                                        const std::string& method, Request* request) {
   try {  // nothing may unwind through libmicrohttpd's C frames
-    return s->Route(c, url, method, request);
+    return Route(c, path, method, request);
   } catch (const std::exception& e) {
     return RespondError(c, absl::InternalError(absl::StrCat("request failed: ", e.what())));
   }

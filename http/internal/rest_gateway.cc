@@ -21,6 +21,7 @@ using Step = ChunkSource::Step;
 
 constexpr char kNdJson[] = "application/x-ndjson";
 constexpr size_t kImportPieceBytes = size_t{1} << 20;  // as ExportSession sends them
+constexpr char kImportPath[] = "/v1/sessions:import";
 
 Reply JsonReply(std::string json) {
   Reply reply;
@@ -239,7 +240,7 @@ RestGateway::RestGateway(Stub* stub, CallGate* gate) : stub_(stub), gate_(gate) 
                        return Export(r, "session_id", id);
                      }});
   routes_.push_back(
-      {"POST", "/v1/sessions:import", [this](RestRequest& r, const std::string&) {
+      {"POST", kImportPath, [this](RestRequest& r, const std::string&) {
          return Import(r);
        }});
   AddUnary("GET", "/v1/checkpoints", nullptr, &Stub::ListCheckpoints);
@@ -340,32 +341,72 @@ Reply RestGateway::Export(RestRequest& request, const char* field, const std::st
 }
 
 Reply RestGateway::Import(RestRequest& request) const {
-  pb::ImportSessionRequest first;  // options and session_id from the query
-  absl::Status built = ApplyQuery(request.query, &first);
-  if (!built.ok()) return ErrorReply(ToGrpc(built));
-  grpc::ClientContext ctx;
-  request.headers.AttachTo(&ctx);
-  pb::Session session;
-  std::unique_ptr<grpc::ClientWriter<pb::ImportSessionRequest>> writer;
-  {
-    CallGate::Ticket ticket(gate_);
-    if (!ticket.admitted()) return ErrorReply(ShuttingDown());
-    writer = stub_->ImportSession(&ctx, &session);
+  if (request.upload == nullptr) {  // not expected: the gateway streams every import body
+    return ErrorReply(grpc::Status(grpc::StatusCode::INTERNAL, "the import body was not streamed"));
   }
-  const std::string_view bytes = request.body;
-  size_t offset = 0;
-  pb::ImportSessionRequest piece = std::move(first);
-  do {
-    const size_t n = std::min(kImportPieceBytes, bytes.size() - offset);
-    piece.set_data(std::string(bytes.substr(offset, n)));
-    offset += n;
-    if (!writer->Write(piece)) break;  // the call ended: Finish says why
-    piece.Clear();
-  } while (offset < bytes.size());
-  writer->WritesDone();
-  grpc::Status st = writer->Finish();
-  if (!st.ok()) return ErrorReply(st, RetryAfterMs(ctx));
-  return JsonReply(ToJson(session));
+  return request.upload->Finish();
+}
+
+bool RestGateway::IsUpload(const std::string& method, const std::string& path) {
+  return method == "POST" && path == kImportPath;
+}
+
+std::unique_ptr<ImportUpload> RestGateway::StartImport(const Forwarded& headers,
+                                                       const QueryParams& query) const {
+  std::unique_ptr<ImportUpload> upload(new ImportUpload());
+  absl::Status built = ApplyQuery(query, &upload->pending_);
+  if (!built.ok()) {
+    upload->refused_ = ErrorReply(ToGrpc(built));
+    return upload;
+  }
+  headers.AttachTo(&upload->ctx_);
+  CallGate::Ticket ticket(gate_);
+  if (!ticket.admitted()) {
+    upload->refused_ = ErrorReply(ShuttingDown());
+    return upload;
+  }
+  upload->writer_ = stub_->ImportSession(&upload->ctx_, &upload->session_);
+  return upload;
+}
+
+ImportUpload::~ImportUpload() {
+  if (writer_ == nullptr || finished_) return;
+  ctx_.TryCancel();  // the client went away: no session is left behind
+  writer_->Finish();
+}
+
+bool ImportUpload::WritePending() {
+  if (!writer_->Write(pending_)) {
+    ended_ = true;
+    return false;
+  }
+  pending_.Clear();
+  return true;
+}
+
+bool ImportUpload::Append(const char* data, size_t size) {
+  if (refused_ || ended_) return false;
+  while (size > 0) {
+    const size_t n = std::min(size, kImportPieceBytes - pending_.data().size());
+    pending_.mutable_data()->append(data, n);
+    data += n;
+    size -= n;
+    if (pending_.data().size() == kImportPieceBytes && !WritePending()) return false;
+  }
+  return true;
+}
+
+Reply ImportUpload::Finish() {
+  if (refused_) return *std::move(refused_);
+  if (finished_) {
+    return ErrorReply(grpc::Status(grpc::StatusCode::INTERNAL, "the import was answered"));
+  }
+  if (!ended_ && pending_.ByteSizeLong() > 0) WritePending();
+  if (!ended_) writer_->WritesDone();
+  finished_ = true;
+  grpc::Status st = writer_->Finish();
+  if (!st.ok()) return ErrorReply(st, RetryAfterMs(ctx_));
+  return JsonReply(ToJson(session_));
 }
 
 }  // namespace ttt::http::internal

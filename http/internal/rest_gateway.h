@@ -24,6 +24,8 @@
 
 namespace ttt::http::internal {
 
+class ImportUpload;
+
 struct RestRequest {
   std::string method;
   std::string path;          // decoded, without the query
@@ -31,6 +33,35 @@ struct RestRequest {
   std::string body;
   QueryParams query;
   Forwarded headers;
+  ImportUpload* upload = nullptr;  // POST /v1/sessions:import: its body, fed as it arrived
+};
+
+// ImportSession fed from an HTTP body as it arrives, in pieces of 1 MiB: the body is not
+// bounded by --http_max_body_bytes (checkpoints outgrow it) but by the service's own import
+// limits, checked as the bytes arrive. Used by one connection thread.
+class ImportUpload {
+ public:
+  ~ImportUpload();
+  // Takes the next bytes of the body. False once the call has ended (refused, or never
+  // started): the rest of the body is not wanted, Finish() answers why.
+  bool Append(const char* data, size_t size);
+  // Sends what is buffered, ends the call, and answers: the new Session, or the refusal.
+  Reply Finish();
+  // The call could not start (a bad query, shutting down): Finish() answers why.
+  bool refused() const { return refused_.has_value(); }
+
+ private:
+  friend class RestGateway;
+  ImportUpload() = default;
+  bool WritePending();
+
+  std::optional<Reply> refused_;  // the call could not start
+  grpc::ClientContext ctx_;
+  tttserve::v1::Session session_;
+  std::unique_ptr<grpc::ClientWriter<tttserve::v1::ImportSessionRequest>> writer_;
+  tttserve::v1::ImportSessionRequest pending_;  // the first carries the query's fields
+  bool ended_ = false;                          // a Write failed: Finish says why
+  bool finished_ = false;
 };
 
 // Thread-safe: requests are handled on their connections' threads at once.
@@ -42,6 +73,12 @@ class RestGateway {
   // The reply, or nullopt when no route's path matches (a matching path with another method
   // gets 405).
   std::optional<Reply> Handle(RestRequest request) const;
+
+  // True for the route whose body streams into its call (ImportUpload).
+  static bool IsUpload(const std::string& method, const std::string& path);
+  // Starts ImportSession for a request's head (its query: session_id, options.*).
+  std::unique_ptr<ImportUpload> StartImport(const Forwarded& headers,
+                                            const QueryParams& query) const;
 
   // "GET /v1/sessions, POST /v1/sessions, ...": for a refusal that lists them.
   std::string RouteList() const;
