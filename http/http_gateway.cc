@@ -110,9 +110,9 @@ MHD_Result Send(MHD_Connection* c, Reply reply) {
   MHD_Response* response = nullptr;
   if (reply.stream != nullptr) {
     auto* body = new BodyStream{std::move(reply.stream), "", 0};
-    response = MHD_create_response_from_callback(reply.content_length.value_or(MHD_SIZE_UNKNOWN),
-                                                 16 * 1024, &BodyStream::Read, body,
-                                                 &BodyStream::Free);
+    response =
+        MHD_create_response_from_callback(reply.content_length.value_or(MHD_SIZE_UNKNOWN),
+                                          16 * 1024, &BodyStream::Read, body, &BodyStream::Free);
     if (response == nullptr) delete body;
   } else {
     response = MHD_create_response_from_buffer(
@@ -186,8 +186,8 @@ MHD_Result RespondTooLarge(MHD_Connection* c, const std::string& path, const std
   if (path == "/v1/completions" || path == "/v1/models" || !absl::StartsWith(path, "/v1/")) {
     return RespondHttpError(c, MHD_HTTP_CONTENT_TOO_LARGE, "REQUEST_TOO_LARGE", message);
   }
-  Reply reply = internal::ErrorReply(internal::LayerStatus(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                                                           message, "REQUEST_TOO_LARGE"));
+  Reply reply = internal::ErrorReply(
+      internal::LayerStatus(grpc::StatusCode::RESOURCE_EXHAUSTED, message, "REQUEST_TOO_LARGE"));
   reply.status = MHD_HTTP_CONTENT_TOO_LARGE;
   return Send(c, std::move(reply));
 }
@@ -527,8 +527,9 @@ MHD_Result HttpGateway::State::Rest(MHD_Connection* c, const std::string& path,
   if (reply) return Send(c, std::move(*reply));
   return RespondHttpError(c, MHD_HTTP_NOT_FOUND, "NOT_FOUND",
                           absl::StrCat("no route ", method, " ", path,
-                                       " (routes: POST /v1/completions, GET /v1/models, /healthz, "
-                                       "/readyz, ", rest->RouteList(), ")"));
+                                       " (routes: POST /v1/completions, GET /v1/models, "
+                                       "/healthz, /readyz, ",
+                                       rest->RouteList(), ")"));
 }
 
 // libmicrohttpd calls this once when a request's header is in, then with the body's pieces,
@@ -555,9 +556,9 @@ MHD_Result HttpGateway::State::Answer(void* cls, MHD_Connection* c, const char* 
     const char* length =
         MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
     if (length != nullptr && std::strtoull(length, nullptr, 10) > static_cast<uint64_t>(limit)) {
-      return RespondTooLarge(c, url, absl::StrCat("the request body is ", length,
-                                                  " bytes; at most ", limit,
-                                                  " are accepted (--http_max_body_bytes)"));
+      return RespondTooLarge(c, url,
+                             absl::StrCat("the request body is ", length, " bytes; at most ", limit,
+                                          " are accepted (--http_max_body_bytes)"));
     }
     return MHD_YES;
   }

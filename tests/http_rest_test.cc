@@ -1,13 +1,13 @@
 // The HTTP/JSON transcoding translations of the HTTP front door (http/internal/rest_json.h):
 // route patterns, JSON bodies and query parameters into request messages, path variables,
 // google.rpc.Status JSON. Every route against the real server: tests/e2e/http_e2e_test.py.
-#include "http/internal/rest_json.h"
-
 #include <gtest/gtest.h>
+
 #include <nlohmann/json.hpp>
 
 #include "google/rpc/error_details.pb.h"
 #include "google/rpc/status.pb.h"
+#include "http/internal/rest_json.h"
 #include "tttserve/v1/ttt_service.pb.h"
 
 namespace ttt::http::internal {
@@ -94,7 +94,7 @@ TEST(RestJsonTest, ToJsonUsesProtoNamesAndPrintsDefaults) {
   const Json json = Json::parse(ToJson(session));
   EXPECT_EQ(json["session_id"], "s-1");
   EXPECT_FALSE(json.contains("counters"));  // an unset message stays absent
-  EXPECT_EQ(json["memory_bytes"], "0");  // int64 as a string, printed at its default
+  EXPECT_EQ(json["memory_bytes"], "0");     // int64 as a string, printed at its default
   EXPECT_EQ(json["resident"], false);
 }
 
@@ -109,8 +109,8 @@ TEST(RestJsonTest, StatusJsonCarriesTheServiceDetailsOrTheCodeAsReason) {
   google::rpc::RetryInfo retry;
   retry.mutable_retry_delay()->set_seconds(1);
   details.add_details()->PackFrom(retry);
-  Json json = Json::parse(StatusJson(
-      grpc::Status(grpc::StatusCode::ABORTED, "busy", details.SerializeAsString())));
+  Json json = Json::parse(
+      StatusJson(grpc::Status(grpc::StatusCode::ABORTED, "busy", details.SerializeAsString())));
   EXPECT_EQ(json["code"], 10);
   EXPECT_EQ(json["message"], "busy");
   ASSERT_EQ(json["details"].size(), 2u);

@@ -4,14 +4,14 @@
 // http_gateway.cc turns a Reply into its response.
 #pragma once
 
+#include <grpcpp/client_context.h>
+#include <grpcpp/support/status.h>
+
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
 #include <optional>
 #include <string>
-
-#include <grpcpp/client_context.h>
-#include <grpcpp/support/status.h>
 
 namespace ttt::http::internal {
 

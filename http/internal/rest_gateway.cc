@@ -173,9 +173,9 @@ absl::StatusOr<std::vector<pb::IngestRequest>> IngestMessages(const RestRequest&
       ++line_number;
       if (absl::StripAsciiWhitespace(line).empty()) continue;
       messages.emplace_back();
-      absl::Status parsed = ParseJsonBody(std::string_view(line.data(), line.size()),
-                                          &messages.back(),
-                                          absl::StrCat("line ", line_number, " of the body"));
+      absl::Status parsed =
+          ParseJsonBody(std::string_view(line.data(), line.size()), &messages.back(),
+                        absl::StrCat("line ", line_number, " of the body"));
       if (!parsed.ok()) return parsed;
     }
     if (messages.empty()) {
@@ -203,21 +203,27 @@ Reply ErrorReply(const grpc::Status& status, std::optional<int64_t> retry_after_
 
 template <typename Req, typename Resp>
 void RestGateway::AddUnary(const char* method, const char* pattern, const char* path_field,
-                           grpc::Status (Stub::*rpc)(grpc::ClientContext*, const Req&, Resp*)) {
-  routes_.push_back({method, pattern,
-                     [this, path_field, rpc](RestRequest& request, const std::string& value) {
-                       Req req;
-                       absl::Status built = BuildRequest(request, path_field, value, &req);
-                       if (!built.ok()) return ErrorReply(ToGrpc(built));
-                       grpc::ClientContext ctx;
-                       request.headers.AttachTo(&ctx);
-                       Resp resp;
-                       CallGate::Ticket ticket(gate_);
-                       if (!ticket.admitted()) return ErrorReply(ShuttingDown());
-                       grpc::Status st = (stub_->*rpc)(&ctx, req, &resp);
-                       if (!st.ok()) return ErrorReply(st, RetryAfterMs(ctx));
-                       return JsonReply(ToJson(resp));
-                     }});
+                           UnaryRpc<Req, Resp> rpc) {
+  routes_.push_back(
+      {method, pattern, [this, path_field, rpc](RestRequest& request, const std::string& value) {
+         return Unary(request, path_field, value, rpc);
+       }});
+}
+
+template <typename Req, typename Resp>
+Reply RestGateway::Unary(RestRequest& request, const char* path_field,
+                         const std::string& path_value, UnaryRpc<Req, Resp> rpc) const {
+  Req req;
+  absl::Status built = BuildRequest(request, path_field, path_value, &req);
+  if (!built.ok()) return ErrorReply(ToGrpc(built));
+  grpc::ClientContext ctx;
+  request.headers.AttachTo(&ctx);
+  Resp resp;
+  CallGate::Ticket ticket(gate_);
+  if (!ticket.admitted()) return ErrorReply(ShuttingDown());
+  grpc::Status st = (stub_->*rpc)(&ctx, req, &resp);
+  if (!st.ok()) return ErrorReply(st, RetryAfterMs(ctx));
+  return JsonReply(ToJson(resp));
 }
 
 RestGateway::RestGateway(Stub* stub, CallGate* gate) : stub_(stub), gate_(gate) {
@@ -235,21 +241,17 @@ RestGateway::RestGateway(Stub* stub, CallGate* gate) : stub_(stub), gate_(gate) 
   AddUnary("POST", "/v1/sessions/{session_id}:restore", "session_id", &Stub::Restore);
   AddUnary("POST", "/v1/sessions/{session_id}:reset", "session_id", &Stub::Reset);
   AddUnary("POST", "/v1/sessions/{session_id}:fork", "session_id", &Stub::Fork);
-  routes_.push_back({"GET", "/v1/sessions/{session_id}:export",
-                     [this](RestRequest& r, const std::string& id) {
-                       return Export(r, "session_id", id);
-                     }});
   routes_.push_back(
-      {"POST", kImportPath, [this](RestRequest& r, const std::string&) {
-         return Import(r);
-       }});
+      {"GET", "/v1/sessions/{session_id}:export",
+       [this](RestRequest& r, const std::string& id) { return Export(r, "session_id", id); }});
+  routes_.push_back(
+      {"POST", kImportPath, [this](RestRequest& r, const std::string&) { return Import(r); }});
   AddUnary("GET", "/v1/checkpoints", nullptr, &Stub::ListCheckpoints);
   AddUnary("DELETE", "/v1/checkpoints/{checkpoint_id}", "checkpoint_id", &Stub::DeleteCheckpoint);
   AddUnary("POST", "/v1/checkpoints/{checkpoint_id}:restore", "checkpoint_id", &Stub::Restore);
-  routes_.push_back({"GET", "/v1/checkpoints/{checkpoint_id}:export",
-                     [this](RestRequest& r, const std::string& id) {
-                       return Export(r, "checkpoint_id", id);
-                     }});
+  routes_.push_back(
+      {"GET", "/v1/checkpoints/{checkpoint_id}:export",
+       [this](RestRequest& r, const std::string& id) { return Export(r, "checkpoint_id", id); }});
   AddUnary("POST", "/v1/tokenize", nullptr, &Stub::Tokenize);
   AddUnary("POST", "/v1/detokenize", nullptr, &Stub::Detokenize);
 }
@@ -263,17 +265,18 @@ std::optional<Reply> RestGateway::Handle(RestRequest request) const {
     allowed.push_back(route.method);
   }
   if (allowed.empty()) return std::nullopt;
-  Reply reply = ErrorReply(grpc::Status(
-      grpc::StatusCode::UNIMPLEMENTED,
-      absl::StrCat(request.path, " takes ", absl::StrJoin(allowed, " or "), ", not ",
-                   request.method)));
+  Reply reply =
+      ErrorReply(grpc::Status(grpc::StatusCode::UNIMPLEMENTED,
+                              absl::StrCat(request.path, " takes ", absl::StrJoin(allowed, " or "),
+                                           ", not ", request.method)));
   reply.status = 405;
   return reply;
 }
 
 std::string RestGateway::RouteList() const {
   std::vector<std::string> routes;
-  for (const Route& route : routes_) routes.push_back(absl::StrCat(route.method, " ", route.pattern));
+  for (const Route& route : routes_)
+    routes.push_back(absl::StrCat(route.method, " ", route.pattern));
   return absl::StrJoin(routes, ", ");
 }
 

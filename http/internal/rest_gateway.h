@@ -92,9 +92,15 @@ class RestGateway {
   };
 
   template <typename Req, typename Resp>
+  using UnaryRpc = grpc::Status (tttserve::v1::TttService::Stub::*)(grpc::ClientContext*,
+                                                                    const Req&, Resp*);
+  // A route whose path variable (if any) goes into `path_field` of a unary call's request.
+  template <typename Req, typename Resp>
   void AddUnary(const char* method, const char* pattern, const char* path_field,
-                grpc::Status (tttserve::v1::TttService::Stub::*rpc)(grpc::ClientContext*,
-                                                                     const Req&, Resp*));
+                UnaryRpc<Req, Resp> rpc);
+  template <typename Req, typename Resp>
+  Reply Unary(RestRequest& request, const char* path_field, const std::string& path_value,
+              UnaryRpc<Req, Resp> rpc) const;
   Reply Ingest(RestRequest& request, const std::string& session_id) const;
   Reply Generate(RestRequest& request, const std::string& session_id) const;
   Reply Export(RestRequest& request, const char* field, const std::string& id) const;

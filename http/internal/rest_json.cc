@@ -5,7 +5,6 @@
 #include <google/protobuf/util/json_util.h>
 
 #include <memory>
-
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/ascii.h"
@@ -50,15 +49,15 @@ absl::Status AddQueryParam(const Descriptor* type, const std::string& name,
   for (size_t i = 0; i < path.size(); ++i) {
     const FieldDescriptor* field = FindField(type, path[i]);
     if (field == nullptr) {
-      return absl::InvalidArgumentError(absl::StrCat("the query parameter '", name,
-                                                     "' names no field of ", type->full_name()));
+      return absl::InvalidArgumentError(
+          absl::StrCat("the query parameter '", name, "' names no field of ", type->full_name()));
     }
     Json& slot = (*node)[field->name()];
     const bool last = i + 1 == path.size();
     if (field->is_map()) {
       if (i + 2 != path.size()) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "the query parameter '", name, "' must be ", field->name(), ".<key>=<value>"));
+        return absl::InvalidArgumentError(absl::StrCat("the query parameter '", name, "' must be ",
+                                                       field->name(), ".<key>=<value>"));
       }
       slot[path[i + 1]] = QueryValue(field->message_type()->map_value(), value);
       return absl::OkStatus();
@@ -69,8 +68,8 @@ absl::Status AddQueryParam(const Descriptor* type, const std::string& name,
       continue;
     }
     if (!last) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "the query parameter '", name, "': ", field->name(), " has no fields"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("the query parameter '", name, "': ", field->name(), " has no fields"));
     }
     if (field->is_repeated()) {
       slot.push_back(QueryValue(field, value));
@@ -110,10 +109,10 @@ absl::Status ParseJsonBody(std::string_view body, Message* message, const std::s
   const auto st = google::protobuf::util::JsonStringToMessage(
       google::protobuf::StringPiece(body.data(), body.size()), message, options);
   if (st.ok()) return absl::OkStatus();
-  return absl::InvalidArgumentError(absl::StrCat(
-      what, " is not a JSON ", message->GetDescriptor()->full_name(),
-      " (fields as in proto/tttserve/v1/ttt_service.proto, bytes fields in base64): ",
-      std::string(st.message())));
+  return absl::InvalidArgumentError(
+      absl::StrCat(what, " is not a JSON ", message->GetDescriptor()->full_name(),
+                   " (fields as in proto/tttserve/v1/ttt_service.proto, bytes fields in base64): ",
+                   std::string(st.message())));
 }
 
 absl::Status ApplyQuery(const QueryParams& query, Message* message) {
@@ -134,8 +133,8 @@ absl::Status BindPathField(const std::string& field_name, const std::string& val
                            Message* message) {
   const FieldDescriptor* field = message->GetDescriptor()->FindFieldByName(field_name);
   if (field == nullptr || field->cpp_type() != FieldDescriptor::CPPTYPE_STRING) {
-    return absl::InternalError(absl::StrCat(message->GetDescriptor()->full_name(),
-                                            " has no string field ", field_name));
+    return absl::InternalError(
+        absl::StrCat(message->GetDescriptor()->full_name(), " has no string field ", field_name));
   }
   const google::protobuf::Reflection* reflection = message->GetReflection();
   const std::string body_value = reflection->GetString(*message, field);
@@ -169,8 +168,8 @@ std::string StatusJson(const grpc::Status& status) {
   }
   // A refusal of this layer, or one gRPC makes itself (a message over its size limit): the
   // code's name as the reason, as the service's untagged refusals have (server/status.h).
-  return StatusJson(LayerStatus(status.error_code(), status.error_message(),
-                                CodeName(status.error_code())));
+  return StatusJson(
+      LayerStatus(status.error_code(), status.error_message(), CodeName(status.error_code())));
 }
 
 grpc::Status LayerStatus(grpc::StatusCode code, std::string message, std::string reason) {

@@ -6,14 +6,14 @@
 // service validates what it receives; this refuses only what cannot be translated.
 #pragma once
 
+#include <google/protobuf/message.h>
+#include <grpcpp/support/status.h>
+
 #include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
-
-#include <google/protobuf/message.h>
-#include <grpcpp/support/status.h>
 
 #include "absl/status/status.h"
 
