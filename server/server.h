@@ -154,8 +154,9 @@ class Server {
   std::unique_ptr<tokenizer::Tokenizer> tokenizer_;
   std::unique_ptr<Metrics> metrics_;
   std::unique_ptr<engine::Scheduler> scheduler_;
+  // --quotas_file; outlives the session manager (its admit_session) and the service.
+  std::unique_ptr<auth::Quotas> quotas_;
   std::unique_ptr<session::SessionManager> sessions_;
-  std::unique_ptr<auth::Quotas> quotas_;  // --quotas_file; outlives the service
   std::unique_ptr<TttServiceImpl> service_;
   std::unique_ptr<Security> security_;
   std::unique_ptr<grpc::CallbackGenericService> unknown_methods_;  // outlives grpc_server_

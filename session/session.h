@@ -162,6 +162,11 @@ struct ManagerOptions {
     std::string replica_id;           // this process's label in owner keys and messages
     // How long a call may take between the lease check and its answer.
     absl::Duration margin = absl::Seconds(5);
+    // The live_sessions quota across the cluster (may be empty: no limit): asked with the
+    // tenant's session count on the cluster before each creation (create, fork, restore or
+    // import into a new session), in the same compare-and-swap as the creation, so replicas
+    // creating at the same instant cannot together pass it. Its refusal is the creation's answer.
+    std::function<absl::Status(const std::string& tenant, int64_t live_now)> admit_session;
   };
   Cluster cluster;
 };

@@ -125,6 +125,14 @@ class ClusterTest : public ::testing::Test {
       options.cluster.prefix = prefix_;
       options.cluster.replica_id = name;
       options.cluster.margin = absl::Seconds(5);
+      if (session_quota_ > 0) {
+        options.cluster.admit_session = [limit = session_quota_](const std::string& tenant,
+                                                                 int64_t live_now) {
+          if (live_now < limit) return absl::OkStatus();
+          return absl::ResourceExhaustedError(
+              absl::StrCat("tenant ", tenant, " has ", live_now, " live sessions"));
+        };
+      }
     }
     auto sessions = SessionManager::Create(model_.get(), r->scheduler.get(), options);
     EXPECT_TRUE(sessions.ok()) << sessions.status();
@@ -154,6 +162,7 @@ class ClusterTest : public ::testing::Test {
   int chunk_ = 0;
   fs::path dir_;
   std::string prefix_;
+  int64_t session_quota_ = 0;  // live_sessions for replicas started from now on; 0: none
   std::unique_ptr<coord::EtcdClient> observer_;  // reads and changes keys as a test needs
   std::unique_ptr<Replica> a_;
   std::unique_ptr<Replica> b_;
@@ -310,6 +319,57 @@ TEST_F(ClusterTest, AForkIsCommittedWithItsCreation) {
   auto on_b = ScoreOn(*b_->sessions, child->id, probe);
   ASSERT_TRUE(on_b.ok()) << on_b.status();
   EXPECT_EQ(on_b->logprobs, Replayed({tokens}, probe));
+}
+
+TEST_F(ClusterTest, TheSessionQuotaHoldsForReplicasCreatingAtTheSameInstant) {
+  session_quota_ = 2;
+  a_ = Start("a");
+  b_ = Start("b");
+  ASSERT_TRUE(a_ && b_);
+  // Four creations at once, two on each replica: the count key lets exactly two through.
+  std::vector<std::future<absl::StatusOr<SessionInfo>>> creations;
+  for (int i = 0; i < 4; ++i) {
+    SessionManager* on = (i % 2 == 0 ? a_ : b_)->sessions.get();
+    creations.push_back(std::async(std::launch::async, [on, i] {
+      return on->CreateSession("t", {}, absl::StrCat("s", i));
+    }));
+  }
+  int created = 0;
+  for (auto& c : creations) {
+    auto r = c.get();
+    if (r.ok()) {
+      ++created;
+    } else {
+      EXPECT_EQ(r.status().code(), absl::StatusCode::kResourceExhausted) << r.status();
+    }
+  }
+  EXPECT_EQ(created, 2);
+  EXPECT_EQ(observer_->Get(Key("tenants/t/sessions"))->value, "2");
+  // A fork is a creation too; a delete gives its place back, on whichever replica.
+  std::vector<std::string> ids;
+  for (const auto& info : a_->sessions->ListSessions("t")) ids.push_back(info.id);
+  ASSERT_EQ(ids.size(), 2u);
+  std::promise<absl::StatusOr<SessionInfo>> forked;
+  auto& owner_of_first = a_->sessions->GetSession("t", ids[0]).ok() ? a_ : b_;
+  ASSERT_TRUE(owner_of_first->sessions
+                  ->Fork("t", ids[0], std::nullopt, [&](auto r) { forked.set_value(r); })
+                  .ok());
+  EXPECT_EQ(forked.get_future().get().status().code(), absl::StatusCode::kResourceExhausted);
+  ASSERT_TRUE(owner_of_first->sessions->DeleteSession("t", ids[0]).ok());
+  EXPECT_EQ(observer_->Get(Key("tenants/t/sessions"))->value, "1");
+  EXPECT_TRUE(b_->sessions->CreateSession("t", {}, "again").ok());
+}
+
+TEST_F(ClusterTest, ATenantWithoutACountIsCountedFromItsHeadsOnce) {
+  ASSERT_TRUE(a_->sessions->CreateSession("t", {}, "s1").ok());
+  ASSERT_TRUE(b_->sessions->CreateSession("t", {}, "s2").ok());
+  // As a cluster whose sessions predate the count key (or whose key an operator removed).
+  ASSERT_TRUE(observer_->Transact({}, {coord::Operation::Delete(Key("tenants/t/sessions"))}).ok());
+  ASSERT_TRUE(a_->sessions->CreateSession("t", {}, "s3").ok());
+  EXPECT_EQ(observer_->Get(Key("tenants/t/sessions"))->value, "3");
+  ASSERT_TRUE(observer_->Transact({}, {coord::Operation::Delete(Key("tenants/t/sessions"))}).ok());
+  ASSERT_TRUE(b_->sessions->DeleteSession("t", "s2").ok());
+  EXPECT_EQ(observer_->Get(Key("tenants/t/sessions"))->value, "2");
 }
 
 }  // namespace

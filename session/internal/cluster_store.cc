@@ -1,8 +1,11 @@
 #include "session/internal/cluster_store.h"
 
+#include <algorithm>
+
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "session/internal/names.h"
@@ -14,12 +17,19 @@ namespace ttt::session::internal {
 using coord::Condition;
 using coord::Operation;
 
+namespace {
+// A create or delete whose transaction found the tenant's count moved (another create or delete
+// of the tenant in between) reads it again; this many times at most.
+constexpr int kCountAttempts = 16;
+}  // namespace
+
 ClusterStore::ClusterStore(std::shared_ptr<coord::EtcdClient> etcd,
                            std::shared_ptr<const coord::KeptLease> lease, std::string prefix,
                            std::string replica_id, absl::Duration margin,
-                           std::shared_ptr<const CheckpointStore> files)
+                           std::shared_ptr<const CheckpointStore> files, AdmitSession admit)
     : etcd_(std::move(etcd)), lease_(std::move(lease)), prefix_(std::move(prefix)),
-      replica_id_(std::move(replica_id)), margin_(margin), files_(std::move(files)) {}
+      replica_id_(std::move(replica_id)), margin_(margin), files_(std::move(files)),
+      admit_(std::move(admit)) {}
 
 std::string ClusterStore::SessionKey(const std::string& tenant, const std::string& id,
                                      const char* which) const {
@@ -28,6 +38,32 @@ std::string ClusterStore::SessionKey(const std::string& tenant, const std::strin
 
 std::string ClusterStore::WantKey(const std::string& tenant, const std::string& id) const {
   return absl::StrCat(prefix_, "wants/", tenant, "/", id);
+}
+
+std::string ClusterStore::CountKey(const std::string& tenant) const {
+  return absl::StrCat(prefix_, "tenants/", tenant, "/sessions");
+}
+
+absl::StatusOr<ClusterStore::Count> ClusterStore::ReadCount(const std::string& tenant) {
+  const std::string key = CountKey(tenant);
+  auto kv = etcd_->Get(key);
+  if (kv.ok()) {
+    int64_t sessions = 0;
+    if (!absl::SimpleAtoi(kv->value, &sessions) || sessions < 0) {
+      return absl::DataLossError(absl::StrCat("etcd key ", key, " does not hold a session count"));
+    }
+    return Count{sessions, Condition::ModifiedAt(key, kv->mod_revision)};
+  }
+  if (!absl::IsNotFound(kv.status())) return kv.status();
+  ASSIGN_OR_RETURN(std::vector<Head> heads, ListHeads(tenant));
+  return Count{static_cast<int64_t>(heads.size()), Condition::Absent(key)};
+}
+
+absl::StatusOr<bool> ClusterStore::Exists(const std::string& key) {
+  auto kv = etcd_->Get(key);
+  if (absl::IsNotFound(kv.status())) return false;
+  if (!kv.ok()) return kv.status();
+  return true;
 }
 
 std::string ClusterStore::EncodeHead(const Head& head) const {
@@ -78,8 +114,6 @@ absl::StatusOr<Owned> ClusterStore::Create(const std::string& tenant, const std:
                                            const std::string& state_bytes,
                                            const CheckpointMeta& meta) {
   RETURN_IF_ERROR(CheckServing());
-  const std::string owner = SessionKey(tenant, id, "owner");
-  const std::string head_key = SessionKey(tenant, id, "head");
   Head head;
   head.meta = meta;
   if (!state_bytes.empty()) {
@@ -87,20 +121,43 @@ absl::StatusOr<Owned> ClusterStore::Create(const std::string& tenant, const std:
     head.blob = absl::StrCat("c", lease_->id(), "-", absl::ToUnixMicros(absl::Now()));
     RETURN_IF_ERROR(files_->WriteBlob(tenant, id, head.blob, state_bytes));
   }
-  auto created = etcd_->Transact({Condition::Absent(owner), Condition::Absent(head_key)},
-                                 {Operation::Put(owner, replica_id_, lease_->id()),
-                                  Operation::Put(head_key, EncodeHead(head))});
+  absl::StatusOr<int64_t> created = CreateKeys(tenant, id, head);
   if (!created.ok()) {
     if (!head.blob.empty()) files_->DeleteBlob(tenant, id, head.blob);
-    if (absl::IsFailedPrecondition(created.status())) {
-      return absl::AlreadyExistsError(absl::StrCat(
-          "session ", Quote(id), " already exists for tenant ", Quote(tenant),
-          " on this cluster; choose another id, or use the existing session"));
-    }
     return created.status();
   }
   head.fence = *created;
   return Owned{*created, std::move(head)};
+}
+
+absl::StatusOr<int64_t> ClusterStore::CreateKeys(const std::string& tenant, const std::string& id,
+                                                 const Head& head) {
+  const std::string owner = SessionKey(tenant, id, "owner");
+  const std::string head_key = SessionKey(tenant, id, "head");
+  for (int attempt = 1;; ++attempt) {
+    ASSIGN_OR_RETURN(Count count, ReadCount(tenant));
+    if (admit_) RETURN_IF_ERROR(admit_(tenant, count.sessions));
+    auto created = etcd_->Transact(
+        {Condition::Absent(owner), Condition::Absent(head_key), count.unchanged},
+        {Operation::Put(owner, replica_id_, lease_->id()),
+         Operation::Put(head_key, EncodeHead(head)),
+         Operation::Put(CountKey(tenant), absl::StrCat(count.sessions + 1))});
+    if (created.ok() || !absl::IsFailedPrecondition(created.status())) return created;
+    ASSIGN_OR_RETURN(const bool owned, Exists(owner));
+    ASSIGN_OR_RETURN(const bool headed, Exists(head_key));
+    if (owned || headed) {
+      return absl::AlreadyExistsError(absl::StrCat(
+          "session ", Quote(id), " already exists for tenant ", Quote(tenant),
+          " on this cluster; choose another id, or use the existing session"));
+    }
+    if (attempt == kCountAttempts) return CountKeptMoving(tenant);
+  }
+}
+
+absl::Status ClusterStore::CountKeptMoving(const std::string& tenant) {
+  return absl::UnavailableError(absl::StrCat(
+      "tenant ", Quote(tenant), "'s sessions were created or deleted on other replicas during ",
+      kCountAttempts, " tries of this change; retry"));
 }
 
 absl::StatusOr<Owned> ClusterStore::TakeOver(const std::string& tenant, const std::string& id) {
@@ -186,10 +243,21 @@ absl::Status ClusterStore::Delete(const std::string& tenant, const std::string& 
                                   int64_t fence, const std::string& head_blob) {
   RETURN_IF_ERROR(CheckOwned(fence));
   const std::string owner = SessionKey(tenant, id, "owner");
-  auto deleted = etcd_->Transact(
-      {Condition::CreatedAt(owner, fence)},
-      {Operation::Delete(SessionKey(tenant, id, "head")), Operation::Delete(owner)});
-  if (!deleted.ok()) return deleted.status();
+  for (int attempt = 1;; ++attempt) {
+    ASSIGN_OR_RETURN(Count count, ReadCount(tenant));
+    auto deleted = etcd_->Transact(
+        {Condition::CreatedAt(owner, fence), count.unchanged},
+        {Operation::Delete(SessionKey(tenant, id, "head")), Operation::Delete(owner),
+         Operation::Put(CountKey(tenant), absl::StrCat(std::max<int64_t>(0, count.sessions - 1)))});
+    if (deleted.ok()) break;
+    if (!absl::IsFailedPrecondition(deleted.status())) return deleted.status();
+    auto holder = etcd_->Get(owner);
+    if (absl::IsNotFound(holder.status()) || (holder.ok() && holder->create_revision != fence)) {
+      return deleted.status();  // fenced: another process owns it, or nobody does
+    }
+    if (!holder.ok()) return holder.status();
+    if (attempt == kCountAttempts) return CountKeptMoving(tenant);
+  }
   if (!head_blob.empty()) files_->DeleteBlob(tenant, id, head_blob);
   return absl::OkStatus();
 }
