@@ -250,11 +250,7 @@ class CompletionRun : public ChunkSource {
   // Cancels a Generate still running (the client went away) and deletes a temporary session.
   ~CompletionRun() override {
     if (reader_ != nullptr && !finished_) {
-      generate_ctx_->TryCancel();
-      pb::GenerateResponse ignored;
-      while (reader_->Read(&ignored)) {
-      }
-      reader_->Finish();
+      internal::CancelStream(generate_ctx_.get(), reader_.get());
     }
     CallGate::Ticket ticket(gate_);
     if (!temporary_session_.empty() && ticket.admitted()) {

@@ -6,6 +6,7 @@
 
 #include <grpcpp/client_context.h>
 #include <grpcpp/support/status.h>
+#include <grpcpp/support/sync_stream.h>
 
 #include <cstdint>
 #include <cstdlib>
@@ -34,6 +35,17 @@ inline std::optional<int64_t> RetryAfterMs(const grpc::ClientContext& ctx) {
   auto it = trailers.find("retry-after-ms");
   if (it == trailers.end()) return std::nullopt;
   return std::strtoll(std::string(it->second.data(), it->second.size()).c_str(), nullptr, 10);
+}
+
+// Ends a server stream whose reader went away: cancels the call and drains it. REQUIRES: the
+// stream's Finish was not called yet.
+template <typename Response>
+void CancelStream(grpc::ClientContext* ctx, grpc::ClientReader<Response>* reader) {
+  ctx->TryCancel();
+  Response ignored;
+  while (reader->Read(&ignored)) {
+  }
+  reader->Finish();
 }
 
 // A failed call: its status and, for a rate refusal, when to retry.

@@ -5,11 +5,11 @@
 #include <thread>
 #include <utility>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
-#include "absl/strings/strip.h"
 #include "http/internal/openai.h"
 
 namespace ttt::http::internal {
@@ -50,12 +50,7 @@ class GenerateEvents : public ChunkSource {
 
   // Cancels a Generate still running (the client went away).
   ~GenerateEvents() override {
-    if (reader_ == nullptr || finished_) return;
-    ctx_.TryCancel();
-    pb::GenerateResponse ignored;
-    while (reader_->Read(&ignored)) {
-    }
-    reader_->Finish();
+    if (reader_ != nullptr && !finished_) CancelStream(&ctx_, reader_.get());
   }
 
   // Starts Generate and reads its first response, so that a refused call is answered with its
@@ -106,12 +101,7 @@ class ExportBytes : public ChunkSource {
   explicit ExportBytes(const Forwarded& headers) { headers.AttachTo(&ctx_); }
 
   ~ExportBytes() override {
-    if (reader_ == nullptr || finished_) return;
-    ctx_.TryCancel();
-    pb::ExportSessionResponse ignored;
-    while (reader_->Read(&ignored)) {
-    }
-    reader_->Finish();
+    if (reader_ != nullptr && !finished_) CancelStream(&ctx_, reader_.get());
   }
 
   // Starts the export and reads its first piece (which carries the total size).
