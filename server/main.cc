@@ -74,6 +74,9 @@ ABSL_FLAG(int64_t, lease_s, 15,
 ABSL_FLAG(int64_t, lease_margin_s, 0,
           "with --etcd_endpoints: stop answering for this process's sessions this long before "
           "its lease may expire (0: a third of --lease_s)");
+ABSL_FLAG(int64_t, gc_grace_s, 600,
+          "with --etcd_endpoints: the garbage sweep deletes unreferenced state blobs written "
+          "longer ago than this (at least twice --lease_s; more than the volume's clock skew)");
 ABSL_FLAG(std::vector<std::string>, etcd_endpoints, {},
           "etcd client URLs, comma-separated (host:port, http://host:port or https://host:port): "
           "replicas then share sessions through etcd, each session owned by one process at a "
@@ -279,6 +282,13 @@ int main(int argc, char** argv) {
     return 2;
   }
   o.lease_margin_ms = (lease_margin_s > 0 ? lease_margin_s * 1000 : lease_s * 1000 / 3);
+  o.gc_grace_s = absl::GetFlag(FLAGS_gc_grace_s);
+  if (o.gc_grace_s < 2 * lease_s) {
+    Say(kError, absl::StrFormat("--gc_grace_s must be at least twice --lease_s (%d), got %d: a "
+                                "blob younger than that may still be committed",
+                                lease_s, o.gc_grace_s));
+    return 2;
+  }
   o.persist_interval_s = absl::GetFlag(FLAGS_persist_interval_s);
   const std::string durability = absl::GetFlag(FLAGS_durability);
   if (durability != "write_behind" && durability != "sync") {

@@ -80,6 +80,7 @@ struct ServerOptions {
   std::string etcd_prefix = "/ttt/v1/";
   std::string replica_id;
   int64_t lease_margin_ms = 5000;
+  int64_t gc_grace_s = 600;  // unreferenced blobs older than this are garbage
   int64_t persist_interval_s = 5;  // write-behind period (0: only at eviction and shutdown)
   bool sync_durability = false;    // --durability=sync
   // Authentication and TLS (server/security.h, docs/contract.md "Authentication"). All empty:

@@ -297,3 +297,60 @@ absl::StatusOr<std::vector<Head>> ClusterStore::ListHeads(const std::string& ten
 }
 
 }  // namespace ttt::session::internal
+
+namespace ttt::session::internal {
+
+absl::StatusOr<std::set<std::string>> ClusterStore::NamedBlobs() {
+  const std::string sessions = absl::StrCat(prefix_, "sessions/");
+  ASSIGN_OR_RETURN(std::vector<coord::KeyValue> keys, etcd_->List(sessions));
+  std::set<std::string> named;
+  for (const coord::KeyValue& kv : keys) {
+    if (!absl::EndsWith(kv.key, "/head")) continue;
+    // <tenant>/<id>/head
+    const std::string path = kv.key.substr(sessions.size(), kv.key.size() - sessions.size() - 4);
+    auto head = DecodeHead(kv.value, kv.key);
+    if (!head.ok()) {
+      // A head that cannot be read may still name a blob: sweep nothing rather than guess.
+      return absl::DataLossError(absl::StrCat("garbage sweep stopped: ", head.status().message()));
+    }
+    if (!head->blob.empty()) named.insert(absl::StrCat(path, head->blob));
+  }
+  return named;
+}
+
+absl::StatusOr<int64_t> ClusterStore::SweepGarbage(absl::Duration grace) {
+  RETURN_IF_ERROR(CheckServing());
+  const std::string gc_key = absl::StrCat(prefix_, "gc");
+  absl::StatusOr<int64_t> claimed = etcd_->CreateIfAbsent(gc_key, replica_id_, lease_->id());
+  if (absl::IsFailedPrecondition(claimed.status())) {
+    // Ours still when an earlier release did not reach etcd.
+    auto holder = etcd_->Get(gc_key);
+    if (holder.ok() && holder->lease == lease_->id()) claimed = holder->create_revision;
+  }
+  if (!claimed.ok()) return claimed.status();
+  // The folders first, then the heads: a blob written after the listing of heads is young, and
+  // one a head named when the folders were listed may only have been superseded since.
+  const std::vector<CheckpointStore::BlobFolder> folders = files_->ListBlobFolders();
+  const absl::Time written_before = absl::Now() - grace;
+  absl::StatusOr<std::set<std::string>> named = NamedBlobs();
+  int64_t deleted = 0;
+  for (const CheckpointStore::BlobFolder& folder : folders) {
+    if (!named.ok()) break;
+    const std::string path = absl::StrCat(folder.tenant, "/", folder.id, "/");
+    bool headless = true;
+    for (const auto& [name, modified] : folder.blobs) {
+      const bool referenced = named->count(path + name) > 0;
+      headless = headless && !referenced;
+      if (!referenced && modified < written_before) {
+        files_->DeleteBlob(folder.tenant, folder.id, name);
+        ++deleted;
+      }
+    }
+    if (headless) files_->RemoveEmptyBlobFolder(folder.tenant, folder.id);
+  }
+  (void)etcd_->DeleteIfOwner(gc_key, *claimed, gc_key);
+  if (!named.ok()) return named.status();
+  return deleted;
+}
+
+}  // namespace ttt::session::internal

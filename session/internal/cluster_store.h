@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -104,6 +105,15 @@ class ClusterStore {
   // The committed heads of a tenant's sessions, on the whole cluster.
   absl::StatusOr<std::vector<Head>> ListHeads(const std::string& tenant);
 
+  // The garbage sweep, by one process of the cluster at a time (the `gc` key, bound to this
+  // process's lease; FAILED_PRECONDITION while another holds it): deletes the blobs no head names
+  // that were last written more than `grace` ago (a crash between a blob's write and its commit
+  // leaves them; their owners delete every other superseded blob at once), and the empty blob
+  // folders of sessions that have no head. `grace` must exceed the lease's TTL by far: a blob
+  // older than that can no longer be committed (its writer's lease, and so its fence, expired).
+  // Returns how many blobs it deleted.
+  absl::StatusOr<int64_t> SweepGarbage(absl::Duration grace);
+
  private:
   // FAILED_PRECONDITION for fence 0 (a session disowned here).
   static absl::Status CheckOwned(int64_t fence);
@@ -120,6 +130,8 @@ class ClusterStore {
   };
   absl::StatusOr<Count> ReadCount(const std::string& tenant);
   absl::StatusOr<bool> Exists(const std::string& key);
+  // Every blob a head names, as "<tenant>/<id>/<blob>", on the whole cluster.
+  absl::StatusOr<std::set<std::string>> NamedBlobs();
   // Create's transaction: owner, head and count + 1, retried while only the count moved.
   absl::StatusOr<int64_t> CreateKeys(const std::string& tenant, const std::string& id,
                                      const Head& head);
