@@ -3,9 +3,11 @@
 latency of one 16-token Ingest message (a stream each) with --durability=sync (every message
 committed: a blob written and fsync'd, then one etcd transaction) against write_behind, and the
 rate of 400 such messages streamed without waiting (those queued behind a commit are committed
-together by the next one), in the same run, on one etcd member (Debian's etcd-server) on loopback.
+together by the next one), in the same run, on one etcd member (Debian's etcd-server) on loopback,
+or a cluster of three (--etcd_members=3: each transaction then waits for a quorum's fsync).
 
 Usage: bench/sync_commit_cost.py [--server build/server/ttt-serve] [--model models/ttt-brown]
+                                 [--etcd_members 1|3]
 """
 import argparse
 import os
@@ -23,11 +25,12 @@ from e2e_support import Etcd, free_port, load_stubs, stop_process, wait_http  # 
 parser = argparse.ArgumentParser()
 parser.add_argument("--server", default=os.path.join(root, "build/server/ttt-serve"))
 parser.add_argument("--model", default=os.path.join(root, "models/ttt-brown"))
+parser.add_argument("--etcd_members", type=int, default=1, choices=(1, 3))
 args = parser.parse_args()
 pb, pb_grpc = load_stubs(os.path.join(root, "proto"), tempfile.mkdtemp())
 import grpc  # noqa: E402
 tmp = tempfile.mkdtemp(prefix="synccost-")
-etcd = Etcd(os.path.join(tmp, "etcd"))
+etcd = Etcd(os.path.join(tmp, "etcd"), members=args.etcd_members)
 server, model = args.server, args.model
 res = {}
 try:
@@ -37,7 +40,7 @@ try:
         p = subprocess.Popen([server, "--model=" + model, "--listen=127.0.0.1:%d" % port,
                               "--metrics_listen=127.0.0.1:%d" % mport,
                               "--checkpoint_dir=" + os.path.join(tmp, "store"),
-                              "--etcd_endpoints=" + etcd.endpoint, "--replica_id=" + mode,
+                              "--etcd_endpoints=" + etcd.endpoints(), "--replica_id=" + mode,
                               "--durability=" + mode, "--shutdown_delay_s=0", "--threads=1"],
                              stdout=log, stderr=subprocess.STDOUT)
         wait_http("http://127.0.0.1:%d/readyz" % mport, 120)
@@ -67,6 +70,7 @@ finally:
 for m, (p50, p99, rate, streamed) in res.items():
     print("%-12s one message a stream: p50 %.2f ms  p99 %.2f ms  %.0f messages/s;  "
           "400 messages in one stream: %.0f messages/s" % (m, p50, p99, rate, streamed))
+print("etcd members: %d" % args.etcd_members)
 print("sync / write_behind messages/s: one a stream %.2f, streamed %.2f" % (
     res["sync"][2] / res["write_behind"][2], res["sync"][3] / res["write_behind"][3]))
 print("machine: %s, %d cores, load average %.1f" % (

@@ -4,6 +4,7 @@
 // cuts the delay short.
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <csignal>
 #include <cstdio>
@@ -88,7 +89,9 @@ ABSL_FLAG(std::string, etcd_ca_file, "",
           "system's roots)");
 ABSL_FLAG(std::string, etcd_cert_file, "",
           "https:// --etcd_endpoints: PEM client certificate for etcd's --client-cert-auth");
-ABSL_FLAG(std::string, etcd_key_file, "", "PEM private key of --etcd_cert_file");
+ABSL_FLAG(std::string, etcd_key_file, "",
+          "PEM private key of --etcd_cert_file. The three etcd TLS files are read again every "
+          "--tls_refresh_s: rotated files apply to new connections without a restart");
 ABSL_FLAG(int64_t, persist_interval_s, 5,
           "write-behind: a changed session is written to the store at most this long after its "
           "last copy (0 = only at eviction and shutdown)");
@@ -324,6 +327,7 @@ int main(int argc, char** argv) {
   etcd.tls_ca_file = absl::GetFlag(FLAGS_etcd_ca_file);
   etcd.tls_cert_file = absl::GetFlag(FLAGS_etcd_cert_file);
   etcd.tls_key_file = absl::GetFlag(FLAGS_etcd_key_file);
+  etcd.tls_refresh_interval = absl::Seconds(std::max(1, o.tls_refresh_s));
   o.etcd_prefix = absl::GetFlag(FLAGS_etcd_prefix);
   auto cluster = JoinCluster(std::move(etcd), o.etcd_prefix, o.replica_id, lease_s);
   if (!cluster.ok()) {

@@ -10,6 +10,7 @@
 #include "absl/strings/str_split.h"
 #include "session/internal/names.h"
 #include "util/error_reason.h"
+#include "util/fault_point.h"
 #include "util/status_macros.h"
 
 namespace ttt::session::internal {
@@ -208,6 +209,7 @@ absl::StatusOr<Head> ClusterStore::Commit(const std::string& tenant, const std::
   head.blob = absl::StrCat(fence, "-", sequence);
   head.meta = meta;
   head.fence = fence;
+  TTT_FAULT_POINT("commit_before_blob");
   if (absl::Status written = files_->WriteBlob(tenant, id, head.blob, state_bytes);
       !written.ok()) {
     // Never FAILED_PRECONDITION (errno's ENOTDIR maps to it): that code means "fenced" here.
@@ -216,6 +218,7 @@ absl::StatusOr<Head> ClusterStore::Commit(const std::string& tenant, const std::
   }
   const std::string owner = SessionKey(tenant, id, "owner");
   const std::string head_key = SessionKey(tenant, id, "head");
+  TTT_FAULT_POINT("commit_before_txn");
   auto put = etcd_->PutIfOwner(owner, fence, head_key, EncodeHead(head));
   if (!put.ok() && absl::IsUnavailable(put.status())) {
     // Outcome unknown: the head says whether the transaction happened.
@@ -230,6 +233,7 @@ absl::StatusOr<Head> ClusterStore::Commit(const std::string& tenant, const std::
   if (!previous_blob.empty() && previous_blob != head.blob) {
     files_->DeleteBlob(tenant, id, previous_blob);
   }
+  TTT_FAULT_POINT("commit_after_txn");  // committed, not yet acknowledged
   return head;
 }
 
