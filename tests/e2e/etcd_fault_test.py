@@ -243,8 +243,12 @@ class Writer:
                 if e.code() == grpc.StatusCode.FAILED_PRECONDITION and \
                         "expected_tokens_received" in (e.details() or ""):
                     return  # the session moved on meanwhile: resume from where it is
-                if e.code() not in (grpc.StatusCode.UNAVAILABLE,
-                                    grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
+                # ABORTED "busy": the writer of a stream this client gave up on (its deadline
+                # passed while a commit waited out an etcd election) has not finished yet.
+                busy = e.code() == grpc.StatusCode.ABORTED and "is busy" in (e.details() or "")
+                if not busy and e.code() not in (grpc.StatusCode.UNAVAILABLE,
+                                                 grpc.StatusCode.DEADLINE_EXCEEDED,
+                                                 grpc.StatusCode.CANCELLED):
                     raise AssertionError("Ingest %s on %s: %s %s" % (
                         self.sid, replica.name, e.code(), e.details()))
                 self.retries += 1
