@@ -258,7 +258,7 @@ void RecordLogProbsCpu(absl::Span<TensorItem> items, const std::vector<size_t>& 
   float* row = predictors;
   for (size_t r = 0; r < items.size(); ++r) {
     const SequenceTensors& state = *items[r].state;
-    const std::vector<int32_t>& tokens = items[r].tokens;
+    const absl::Span<const int32_t> tokens = items[r].tokens;
     const int64_t n = static_cast<int64_t>(tokens.size());
     if (state.last_logits.defined()) {
       const at::Tensor last = state.last_logits.contiguous();
@@ -312,7 +312,7 @@ void RecordLogProbs(at::Device device, absl::Span<TensorItem> items,
   std::vector<int64_t> targets;
   for (size_t r = 0; r < items.size(); ++r) {
     const SequenceTensors& state = *items[r].state;
-    const std::vector<int32_t>& tokens = items[r].tokens;
+    const absl::Span<const int32_t> tokens = items[r].tokens;
     const int64_t n = static_cast<int64_t>(tokens.size());
     // Row i predicts token i+1; the state's last logits predict token 0.
     if (state.last_logits.defined()) {
@@ -352,11 +352,11 @@ absl::StatusOr<std::vector<IngestLogProbs>> IngestTensors(const Model& model,
       std::vector<TensorItem> round;
       std::vector<size_t> owner;
       for (size_t b = 0; b < items.size(); ++b) {
-        const std::vector<int32_t>& tokens = items[b].tokens;
+        const absl::Span<const int32_t> tokens = items[b].tokens;
         if (done[b] == tokens.size()) continue;
         const int64_t room = config.ttt_chunk - items[b].state->position % config.ttt_chunk;
         const size_t take = std::min<size_t>(room, tokens.size() - done[b]);
-        round.push_back({items[b].state, {tokens.begin() + done[b], tokens.begin() + done[b] + take}});
+        round.push_back({items[b].state, tokens.subspan(done[b], take)});
         owner.push_back(b);
         done[b] += take;
       }

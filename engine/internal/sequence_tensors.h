@@ -11,6 +11,7 @@
 
 #include <ATen/ATen.h>  // not <torch/torch.h>: a third of the compile time
 
+#include "absl/types/span.h"
 #include "engine/internal/safetensors.h"
 #include "engine/sequence.h"
 
@@ -54,8 +55,8 @@ NamedTensors StateTensors(const SequenceState& state);
 
 // One sequence's part of a batched forward (Model::Ingest's IngestItem, on the tensors).
 struct TensorItem {
-  SequenceTensors* state = nullptr;  // advanced in place
-  std::vector<int32_t> tokens;
+  SequenceTensors* state = nullptr;    // advanced in place
+  absl::Span<const int32_t> tokens;  // the caller's IngestItem::tokens (or a piece of them)
 };
 
 }  // namespace ttt::engine
