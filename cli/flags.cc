@@ -62,6 +62,10 @@ ABSL_FLAG(std::string, http_address, "127.0.0.1:8080",
 ABSL_FLAG(std::string, mix, "default",
           "loadgen: default (--doc_tokens, --max_tokens) or decode (decode-heavy: each session "
           "ingests 256 and generates 128)");
+ABSL_FLAG(std::string, measure, "all",
+          "loadgen: all (each session's whole life is timed) or decode (every session ingests "
+          "first; then only the generation, all sessions at once and greedy, is timed: the "
+          "server's decode tokens/s, for bench/server_overhead.sh against engine_bench)");
 ABSL_FLAG(int64_t, background_ingest_tokens, 0,
           "loadgen: > 0 compares the N sessions alone with the N sessions while one more "
           "session ingests this many tokens (inter-token latency under a long ingest)");

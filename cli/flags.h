@@ -46,3 +46,4 @@ ABSL_DECLARE_FLAG(std::string, add_bos);
 ABSL_DECLARE_FLAG(std::string, protocol);
 ABSL_DECLARE_FLAG(std::string, http_address);
 ABSL_DECLARE_FLAG(int64_t, background_ingest_tokens);
+ABSL_DECLARE_FLAG(std::string, measure);

@@ -7,11 +7,14 @@
 // while one more session ingests T tokens, and prints the inter-token latency ratio: how much
 // a long ingest slows decoding (continuous batching keeps it small). --protocol=http generates
 // through the OpenAI-compatible endpoint (SSE) instead of gRPC's Generate, for the cost of the
-// HTTP front door against gRPC under the same load (bench/RESULTS.md).
+// HTTP front door against gRPC under the same load (bench/RESULTS.md). --measure=decode times
+// only the generation phase (all sessions ingested first, then all generate greedily at once):
+// the server's decode tokens/s, which bench/server_overhead.sh puts against engine_bench's.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <functional>
 #include <future>
 #include <mutex>
 #include <optional>
@@ -110,13 +113,14 @@ void IngestRandom(pb::TttService::Stub& stub, const std::string& id, int64_t voc
   if (!stream->Finish().ok()) ++mine->errors;
 }
 
+// `greedy`: temperature 0 (the cheapest sampling: what engine_bench's decode rows compare with).
 void GenerateTimed(pb::TttService::Stub& stub, const std::string& id, int32_t gen_tokens,
-                   int seed, LoadResult* mine) {
+                   int seed, LoadResult* mine, bool greedy = false) {
   auto ctx = Context();
   pb::GenerateRequest g;
   g.set_session_id(id);
   g.set_max_tokens(gen_tokens);
-  g.set_temperature(0.8);
+  g.set_temperature(greedy ? 0.0 : 0.8);
   g.set_seed(seed);
   g.set_ignore_eos(true);
   const auto t0 = Clock::now();
@@ -283,6 +287,56 @@ LoadResult RunLoad(pb::TttService::Stub& stub, int n, int64_t vocab, const Mix& 
   return total;
 }
 
+// --measure=decode: n sessions are created and ingest their document (untimed); then all of them
+// generate at once, greedily, and only that phase is timed. tokens: the generated ones.
+LoadResult RunDecodePhase(pb::TttService::Stub& stub, int n, int64_t vocab, const Mix& mix) {
+  std::vector<std::optional<std::string>> ids(n);
+  LoadResult untimed;
+  std::mutex mu;
+  auto in_parallel = [n](const std::function<void(int)>& each) {
+    std::vector<std::thread> threads;
+    for (int i = 0; i < n; ++i) threads.emplace_back(each, i);
+    for (auto& t : threads) t.join();
+  };
+  in_parallel([&](int i) {
+    std::mt19937 rng(1234 + i);
+    LoadResult mine;
+    ids[i] = CreateSession(stub);
+    if (ids[i]) IngestRandom(stub, *ids[i], vocab, mix.doc_tokens, rng, &mine);
+    std::lock_guard<std::mutex> lock(mu);
+    untimed.errors += mine.errors + (ids[i] ? 0 : 1);
+  });
+  LoadResult total;
+  total.errors = untimed.errors;
+  const auto start = Clock::now();
+  in_parallel([&](int i) {
+    if (!ids[i]) return;
+    LoadResult mine;
+    GenerateTimed(stub, *ids[i], mix.gen_tokens, i, &mine, /*greedy=*/true);
+    std::lock_guard<std::mutex> lock(mu);
+    total.Add(mine);
+  });
+  total.seconds = Seconds(start);
+  in_parallel([&](int i) {
+    if (ids[i]) DeleteSession(stub, *ids[i]);
+  });
+  return total;
+}
+
+int CompareDecode(pb::TttService::Stub& stub, int n, int base, int64_t vocab, const Mix& mix) {
+  const LoadResult one = RunDecodePhase(stub, base, vocab, mix);
+  const LoadResult many = RunDecodePhase(stub, n, vocab, mix);
+  for (const auto& [count, r] : {std::pair<int, const LoadResult&>(base, one), {n, many}}) {
+    std::printf("decode N=%-3d %8.0f tokens/s  (%lld generated in %.2fs, %d errors)  ITL p50 "
+                "%.2fms p99 %.2fms\n",
+                count, r.tokens / r.seconds, static_cast<long long>(r.tokens), r.seconds,
+                r.errors, 1e3 * Percentile(r.itl, 0.5), 1e3 * Percentile(r.itl, 0.99));
+  }
+  std::printf("decode throughput ratio N=%d / N=%d: %.2fx\n", n, base,
+              (many.tokens / many.seconds) / (one.tokens / one.seconds));
+  return one.errors + many.errors == 0 ? 0 : 1;
+}
+
 // The N sessions while one more session ingests `tokens` (started first, so it is queued when
 // the sessions' own work arrives).
 LoadResult RunLoadBesideIngest(pb::TttService::Stub& stub, int n, int64_t vocab, const Mix& mix,
@@ -349,6 +403,9 @@ int RunLoadgen(int argc, char** argv) {
   if (!st.ok()) return Fail(st);
   if (background > 0) return CompareBesideIngest(*stub, n, info.vocab_size(), *mix, background);
   const int base = static_cast<int>(std::max<int64_t>(1, absl::GetFlag(FLAGS_baseline)));
+  const std::string measure = absl::GetFlag(FLAGS_measure);
+  if (measure == "decode") return CompareDecode(*stub, n, base, info.vocab_size(), *mix);
+  if (measure != "all") return Usage("--measure must be all or decode, not '" + measure + "'");
   // The baseline serves as many sessions as the N run, `base` at a time: the same work, so that
   // its figure is not a fraction of a second of one session (noise on a busy machine).
   const int rounds = (n + base - 1) / base;

@@ -49,7 +49,8 @@ constexpr Command kCommands[] = {
     {"import", "FILE [--id=NEW_ID]", RunImport},
     {"loadgen",
      "N [--doc_tokens=1024 --max_tokens=64 --baseline=1 --mix=default|decode "
-     "--background_ingest_tokens=0 --protocol=grpc|http --http_address=HOST:PORT]",
+     "--background_ingest_tokens=0 --protocol=grpc|http --http_address=HOST:PORT "
+     "--measure=all|decode]",
      RunLoadgen},
     {"stress",
      "[--target=HOST:PORT --clients=N --duration_s=S --seed=N --server_pid=PID "

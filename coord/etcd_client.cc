@@ -253,7 +253,13 @@ absl::StatusOr<std::unique_ptr<EtcdClient>> EtcdClient::Create(EtcdClientOptions
   }
   const internal::CallLimits limits{absl::ToChronoNanoseconds(options.call_timeout),
                                     absl::ToChronoNanoseconds(options.attempt_timeout)};
-  const internal::TlsFiles tls{options.tls_ca_file, options.tls_cert_file, options.tls_key_file};
+  if (options.tls_refresh_interval < absl::Seconds(1)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("etcd TLS refresh interval must be at least 1s, got ",
+                     absl::FormatDuration(options.tls_refresh_interval)));
+  }
+  const internal::TlsFiles tls{options.tls_ca_file, options.tls_cert_file, options.tls_key_file,
+                               options.tls_refresh_interval};
   absl::StatusOr<std::shared_ptr<Endpoints>> endpoints =
       Endpoints::Create(options.endpoints, limits, tls);
   if (!endpoints.ok()) return endpoints.status();

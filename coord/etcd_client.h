@@ -45,6 +45,9 @@ struct EtcdClientOptions {
   std::string tls_ca_file;
   std::string tls_cert_file;
   std::string tls_key_file;
+  // How often those files are read again: rotated certificates (cert-manager, or an operator
+  // replacing the files) take effect on the next connection without a restart.
+  absl::Duration tls_refresh_interval = absl::Seconds(60);
   // Bound on one call, failover across endpoints included.
   absl::Duration call_timeout = absl::Seconds(5);
   // Bound on one endpoint's attempt (connecting included) before the next endpoint is tried.

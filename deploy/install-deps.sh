@@ -58,8 +58,9 @@ test_pkgs+=(openssl)
 # tests/e2e/scaleout_e2e_test: HAProxy (the chart's router) in front of three replicas.
 test_pkgs+=(haproxy)
 # tests/coord_test, session_cluster_test, etcd_fault_test: real etcd members on loopback (one,
-# and a cluster of three); etcd_fault_test runs one replica 60 s ahead under libfaketime.
-test_pkgs+=(etcd-server faketime)
+# and a cluster of three); etcd_fault_test runs replicas 60 s ahead and behind under libfaketime,
+# and cuts one off from etcd in a network namespace of its own (iproute2's ip netns, as root).
+test_pkgs+=(etcd-server faketime iproute2)
 # tests/deploy/image_test.sh: builds the Dockerfile with buildah on a debootstrap'd Debian 12 base.
 image_pkgs=(buildah debootstrap debian-archive-keyring)
 

@@ -67,16 +67,19 @@ class IngestReactor final
   }
 
  private:
-  // `starts_context`: the session is at position 0 as the stream opens.
+  // `starts_context`: the session is at position 0 as the stream opens; `resets`: its
+  // reset_at_document_end.
   static core::IngestStream::Options StreamOptions(const TttServiceImpl& svc,
                                                    const TextEncoding& encoding,
-                                                   bool starts_context) {
+                                                   bool starts_context, bool resets) {
     core::IngestStream::Options options;
     options.tokenizer = svc.tokenizer();
     options.max_buffered_text_bytes = svc.limits().max_buffered_text_bytes;
     options.sync_durability = svc.limits().sync_durability;
     options.special = encoding.special;
-    if (starts_context) options.bos_at_start = encoding.bos_at_start;
+    options.bos = encoding.bos_at_start;
+    options.starts_context = starts_context;
+    options.resets_at_document_end = resets;
     return options;
   }
 
@@ -144,10 +147,14 @@ class IngestReactor final
     if (writer_) return CheckIngestSession(req, writer_->session_id(), where);
     ASSIGN_OR_RETURN(writer_,
                      OpenIngestWriter(ctx_, *svc_->sessions(), credential_.tenant(), req));
-    // The text protocol starts here: it needs the first message's text_options, and whether
-    // this stream starts the session's context (for the bos).
+    // The text protocol starts here: it needs the first message's text_options, and where
+    // contexts start in this stream (for the bos): now, if the session is at position 0, and
+    // after each end_of_document if the session resets there.
+    ASSIGN_OR_RETURN(const session::SessionInfo info,
+                     svc_->sessions()->GetSession(credential_.tenant(), writer_->session_id()));
     text_.emplace(StreamOptions(*svc_, TextEncodingOf(svc_->tokenizer(), req.text_options()),
-                                writer_->counters().position == 0),
+                                writer_->counters().position == 0,
+                                info.options.reset_at_document_end),
                   [this](int64_t n) {
                     return svc_->quotas()->TakeIngestTokens(credential_.tenant(), n);
                   });

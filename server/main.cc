@@ -4,6 +4,7 @@
 // cuts the delay short.
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <csignal>
 #include <cstdio>
@@ -74,6 +75,9 @@ ABSL_FLAG(int64_t, lease_s, 15,
 ABSL_FLAG(int64_t, lease_margin_s, 0,
           "with --etcd_endpoints: stop answering for this process's sessions this long before "
           "its lease may expire (0: a third of --lease_s)");
+ABSL_FLAG(int64_t, gc_grace_s, 600,
+          "with --etcd_endpoints: the garbage sweep deletes unreferenced state blobs written "
+          "longer ago than this (at least twice --lease_s; more than the volume's clock skew)");
 ABSL_FLAG(std::vector<std::string>, etcd_endpoints, {},
           "etcd client URLs, comma-separated (host:port, http://host:port or https://host:port): "
           "replicas then share sessions through etcd, each session owned by one process at a "
@@ -85,7 +89,9 @@ ABSL_FLAG(std::string, etcd_ca_file, "",
           "system's roots)");
 ABSL_FLAG(std::string, etcd_cert_file, "",
           "https:// --etcd_endpoints: PEM client certificate for etcd's --client-cert-auth");
-ABSL_FLAG(std::string, etcd_key_file, "", "PEM private key of --etcd_cert_file");
+ABSL_FLAG(std::string, etcd_key_file, "",
+          "PEM private key of --etcd_cert_file. The three etcd TLS files are read again every "
+          "--tls_refresh_s: rotated files apply to new connections without a restart");
 ABSL_FLAG(int64_t, persist_interval_s, 5,
           "write-behind: a changed session is written to the store at most this long after its "
           "last copy (0 = only at eviction and shutdown)");
@@ -279,6 +285,13 @@ int main(int argc, char** argv) {
     return 2;
   }
   o.lease_margin_ms = (lease_margin_s > 0 ? lease_margin_s * 1000 : lease_s * 1000 / 3);
+  o.gc_grace_s = absl::GetFlag(FLAGS_gc_grace_s);
+  if (o.gc_grace_s < 2 * lease_s) {
+    Say(kError, absl::StrFormat("--gc_grace_s must be at least twice --lease_s (%d), got %d: a "
+                                "blob younger than that may still be committed",
+                                lease_s, o.gc_grace_s));
+    return 2;
+  }
   o.persist_interval_s = absl::GetFlag(FLAGS_persist_interval_s);
   const std::string durability = absl::GetFlag(FLAGS_durability);
   if (durability != "write_behind" && durability != "sync") {
@@ -314,6 +327,7 @@ int main(int argc, char** argv) {
   etcd.tls_ca_file = absl::GetFlag(FLAGS_etcd_ca_file);
   etcd.tls_cert_file = absl::GetFlag(FLAGS_etcd_cert_file);
   etcd.tls_key_file = absl::GetFlag(FLAGS_etcd_key_file);
+  etcd.tls_refresh_interval = absl::Seconds(std::max(1, o.tls_refresh_s));
   o.etcd_prefix = absl::GetFlag(FLAGS_etcd_prefix);
   auto cluster = JoinCluster(std::move(etcd), o.etcd_prefix, o.replica_id, lease_s);
   if (!cluster.ok()) {

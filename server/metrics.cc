@@ -173,6 +173,12 @@ Metrics::Metrics(const std::string& version)
                            .Help("Idle sessions evicted to disk under the memory budget")
                            .Register(r)
                            .Add({});
+  blobs_collected_ = &prometheus::BuildCounter()
+                          .Name("tttserve_session_blobs_collected_total")
+                          .Help("Unreferenced session state blobs deleted by this replica's "
+                                "garbage sweeps (--etcd_endpoints; crash leftovers)")
+                          .Register(r)
+                          .Add({});
   session_memory_ = &prometheus::BuildGauge()
                          .Name("tttserve_session_memory_bytes")
                          .Help("Bytes of resident sessions' states, as budgeted against "
@@ -336,6 +342,9 @@ void Metrics::OnChunkUpdates(int64_t chunks) {
   chunk_updates_->Increment(static_cast<double>(chunks));
 }
 void Metrics::OnEvicted() { sessions_evicted_->Increment(); }
+void Metrics::OnBlobsCollected(int64_t blobs) {
+  blobs_collected_->Increment(static_cast<double>(blobs));
+}
 void Metrics::OnCheckpointWritten(int64_t bytes, double seconds) {
   checkpoint_bytes_->Increment(static_cast<double>(bytes));
   checkpoint_duration_->Observe(seconds);

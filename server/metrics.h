@@ -89,6 +89,7 @@ class Metrics : public session::SessionListener, public engine::Scheduler::Obser
   void OnEvicted() override;
   void OnCheckpointWritten(int64_t bytes, double seconds) override;
   void OnSessionPersisted(double seconds, double lag_seconds) override;
+  void OnBlobsCollected(int64_t blobs) override;
   // Scheduler::Observer
   void OnBatch(int64_t tokens, int64_t sequences, double seconds) override;
   void OnQueueWait(const char* kind, double seconds) override;
@@ -127,6 +128,7 @@ class Metrics : public session::SessionListener, public engine::Scheduler::Obser
   prometheus::Gauge* queue_capacity_;
   prometheus::Gauge* sessions_active_;
   prometheus::Counter* sessions_evicted_;
+  prometheus::Counter* blobs_collected_;
   prometheus::Gauge* session_memory_;
   prometheus::Gauge* session_memory_held_;
   prometheus::Gauge* memory_budget_;

@@ -167,6 +167,14 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   mo.cluster.prefix = options.etcd_prefix;
   mo.cluster.replica_id = options.replica_id;
   mo.cluster.margin = absl::Milliseconds(options.lease_margin_ms);
+  mo.cluster.gc_grace = absl::Seconds(options.gc_grace_s);
+  mo.cluster.gc_interval = mo.cluster.gc_grace / 2;
+  if (s->quotas_ != nullptr && options.etcd != nullptr) {
+    mo.cluster.admit_session = [quotas = s->quotas_.get()](const std::string& tenant,
+                                                           int64_t live_now) {
+      return quotas->CheckLiveSessions(tenant, live_now);
+    };
+  }
   mo.persist_interval_ms = options.persist_interval_s * 1000;
   auto sessions = session::SessionManager::Create(s->model_.get(), s->scheduler_.get(), mo,
                                                   s->metrics_.get());

@@ -79,6 +79,7 @@ struct ServerOptions {
   std::string etcd_prefix = "/ttt/v1/";
   std::string replica_id;
   int64_t lease_margin_ms = 5000;
+  int64_t gc_grace_s = 600;  // unreferenced blobs older than this are garbage
   int64_t persist_interval_s = 5;  // write-behind period (0: only at eviction and shutdown)
   bool sync_durability = false;    // --durability=sync
   // Authentication and TLS (server/security.h, docs/contract.md "Authentication"). All empty:
@@ -153,8 +154,9 @@ class Server {
   std::unique_ptr<tokenizer::Tokenizer> tokenizer_;
   std::unique_ptr<Metrics> metrics_;
   std::unique_ptr<engine::Scheduler> scheduler_;
+  // --quotas_file; outlives the session manager (its admit_session) and the service.
+  std::unique_ptr<auth::Quotas> quotas_;
   std::unique_ptr<session::SessionManager> sessions_;
-  std::unique_ptr<auth::Quotas> quotas_;  // --quotas_file; outlives the service
   std::unique_ptr<TttServiceImpl> service_;
   std::unique_ptr<Security> security_;
   std::unique_ptr<grpc::Server> grpc_server_;

@@ -1,5 +1,6 @@
 // Ingest (a writer folding tokens into the session) and scoring (log-probabilities of tokens
 // continuing the session, computed on a copy, so the session does not change).
+#include <algorithm>
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
@@ -57,44 +58,104 @@ absl::Status SessionManager::SubmitIngest(
       op->progress.counters = s->counters;
     }
     if (listener_ != nullptr && chunks > 0) listener_->OnChunkUpdates(chunks);
-    if (st.ok() && durable) {
-      // Sync durability: acknowledged only once the store has it. The engine thread waits for
-      // the write, which is the price of this mode (deploy/README.md).
-      absl::StatusOr<int64_t> written = WriteSessionFile(s);
-      if (cluster_ != nullptr && absl::IsFailedPrecondition(written.status())) {
-        // Fenced: this process lost the session; its successor's state does not have these.
-        st = absl::UnavailableError(absl::StrCat(
-            "session ", s->id, " is now owned by another replica (", written.status().message(),
-            "); nothing of this input was committed: retry the unacknowledged input there"));
-      } else if (!written.ok() && cluster_ != nullptr) {
-        // Applied here but not committed: the session goes back to its last commit, which is
-        // where the client's resend (expected_tokens_received) will find it, on any replica.
-        int64_t fence;
-        {
-          std::lock_guard<std::mutex> lock(s->mu);
-          fence = s->fence;
-        }
-        Disown(s, written.status());
-        cluster_->Release(s->tenant, s->id, fence);
-        st = absl::UnavailableError(absl::StrCat(
-            "the tokens could not be committed (", written.status().message(),
-            "); the session continues from its last commit: retry the unacknowledged input"));
-      } else if (!written.ok()) {
-        RewindToDurable(*s);
-        st = absl::UnavailableError(absl::StrCat(
-            "the tokens could not be made durable in the session store (",
-            written.status().message(), "); the session is back at its last durable copy: "
-            "read its position (GetSession) and resend from there"));
+    PendingIngestAck ack;
+    ack.needs_commit = st.ok() && durable;
+    ack.acknowledge = [op, st, done](const absl::Status& committed) {
+      const absl::Status result = st.ok() ? committed : st;
+      if (result.ok()) {
+        done(op->progress);
+      } else {
+        done(result);
       }
-    }
+    };
+    std::vector<PendingIngestAck> due = SettleIngest(*s, std::move(ack));
+    const absl::Status committed = CommitFor(s, due);
     s->EndOp();
-    if (st.ok()) {
-      done(op->progress);
-    } else {
-      done(st);
+    for (PendingIngestAck& a : due) a.acknowledge(a.needs_commit ? committed : absl::OkStatus());
+  };
+  {
+    std::lock_guard<std::mutex> lock(s->mu);
+    ++s->ingests_queued;
+  }
+  absl::Status submitted = SubmitOp(*s, std::move(w), cancel);
+  if (!submitted.ok()) AcknowledgeOrphans(s);
+  return submitted;
+}
+
+std::vector<PendingIngestAck> SessionManager::SettleIngest(Session& s, PendingIngestAck ack) {
+  std::lock_guard<std::mutex> lock(s.mu);
+  --s.ingests_queued;
+  // Nothing waits, and this one needs no commit: acknowledged at once (write-behind).
+  if (!ack.needs_commit && s.awaiting_commit.empty()) return {std::move(ack)};
+  s.awaiting_commit.push_back(std::move(ack));
+  // A later message of the run is queued: its commit will cover this one too.
+  if (s.ingests_queued > 0) return {};
+  std::vector<PendingIngestAck> due;
+  due.swap(s.awaiting_commit);
+  return due;
+}
+
+absl::Status SessionManager::CommitFor(const std::shared_ptr<Session>& s,
+                                       const std::vector<PendingIngestAck>& acks) {
+  const bool needed = std::any_of(acks.begin(), acks.end(),
+                                  [](const PendingIngestAck& a) { return a.needs_commit; });
+  return needed ? CommitIngested(s) : absl::OkStatus();
+}
+
+void SessionManager::AcknowledgeOrphans(const std::shared_ptr<Session>& s) {
+  std::vector<PendingIngestAck> orphans;
+  {
+    std::lock_guard<std::mutex> lock(s->mu);
+    // A refused message was the run's last: what waited for its commit is committed now.
+    if (--s->ingests_queued == 0) orphans.swap(s->awaiting_commit);
+  }
+  if (orphans.empty()) return;
+  auto shared = std::make_shared<std::vector<PendingIngestAck>>(std::move(orphans));
+  engine::Work w;
+  w.key = s->key;
+  w.task = [this, s, shared] {
+    const absl::Status committed = CommitFor(s, *shared);
+    for (PendingIngestAck& a : *shared) {
+      a.acknowledge(a.needs_commit ? committed : absl::OkStatus());
     }
   };
-  return SubmitOp(*s, std::move(w), cancel);
+  if (scheduler_->Submit(std::move(w), /*bypass_limits=*/true).ok()) return;
+  for (PendingIngestAck& a : *shared) {  // shutting down: nothing was committed for them
+    a.acknowledge(absl::UnavailableError(
+        "the server is shutting down before this input was committed; resend it"));
+  }
+}
+
+absl::Status SessionManager::CommitIngested(const std::shared_ptr<Session>& s) {
+  // Sync durability: acknowledged only once the store has it. The engine thread waits for the
+  // write, which is the price of this mode (deploy/README.md).
+  absl::StatusOr<int64_t> written = WriteSessionFile(s);
+  if (written.ok()) return absl::OkStatus();
+  if (cluster_ != nullptr && absl::IsFailedPrecondition(written.status())) {
+    // Fenced: this process lost the session; its successor's state does not have these.
+    return absl::UnavailableError(absl::StrCat(
+        "session ", s->id, " is now owned by another replica (", written.status().message(),
+        "); nothing of this input was committed: retry the unacknowledged input there"));
+  }
+  if (cluster_ != nullptr) {
+    // Applied here but not committed: the session goes back to its last commit, which is where
+    // the client's resend (expected_tokens_received) will find it, on any replica.
+    int64_t fence;
+    {
+      std::lock_guard<std::mutex> lock(s->mu);
+      fence = s->fence;
+    }
+    Disown(s, written.status());
+    cluster_->Release(s->tenant, s->id, fence);
+    return absl::UnavailableError(absl::StrCat(
+        "the tokens could not be committed (", written.status().message(),
+        "); the session continues from its last commit: retry the unacknowledged input"));
+  }
+  RewindToDurable(*s);
+  return absl::UnavailableError(absl::StrCat(
+      "the tokens could not be made durable in the session store (", written.status().message(),
+      "); the session is back at its last durable copy: read its position (GetSession) and "
+      "resend from there"));
 }
 
 absl::Status SessionManager::Score(const std::string& tenant, const std::string& id,

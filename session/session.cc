@@ -109,7 +109,8 @@ SessionManager::SessionManager(const engine::Model* model, engine::Scheduler* sc
                    ? nullptr
                    : std::make_shared<internal::ClusterStore>(
                          options.cluster.etcd, options.cluster.lease, options.cluster.prefix,
-                         options.cluster.replica_id, options.cluster.margin, store_)),
+                         options.cluster.replica_id, options.cluster.margin, store_,
+                         options.cluster.admit_session)),
       link_(std::make_shared<Link>()) {
   std::lock_guard<std::mutex> lock(link_->mu);
   link_->manager = this;

@@ -127,6 +127,8 @@ class SessionListener {
   // how long the write took, and the age of the copy it replaced (the lag: at most what a crash
   // just before would have lost).
   virtual void OnSessionPersisted(double seconds, double lag_seconds) {}
+  // The garbage sweep deleted `blobs` unreferenced state blobs (sessions shared through etcd).
+  virtual void OnBlobsCollected(int64_t blobs) {}
 };
 
 struct ManagerOptions {
@@ -162,12 +164,24 @@ struct ManagerOptions {
     std::string replica_id;           // this process's label in owner keys and messages
     // How long a call may take between the lease check and its answer.
     absl::Duration margin = absl::Seconds(5);
+    // The live_sessions quota across the cluster (may be empty: no limit): asked with the
+    // tenant's session count on the cluster before each creation (create, fork, restore or
+    // import into a new session), in the same compare-and-swap as the creation, so replicas
+    // creating at the same instant cannot together pass it. Its refusal is the creation's answer.
+    std::function<absl::Status(const std::string& tenant, int64_t live_now)> admit_session;
+    // The garbage sweep (one replica at a time): every `gc_interval`, blobs that no head names
+    // and that were written more than `gc_grace` ago are deleted (crash leftovers between a
+    // blob's write and its commit). `gc_grace` must exceed the lease's TTL by far, and the clock
+    // skew between the machines writing to the volume.
+    absl::Duration gc_grace = absl::Minutes(10);
+    absl::Duration gc_interval = absl::Minutes(5);
   };
   Cluster cluster;
 };
 
 class Session;
 class SessionManager;
+struct PendingIngestAck;
 
 // A writer lease on one session: while it lives, nobody else can write the session. Submitted
 // work completes even after the lease is dropped; drop it after the last callback. Thread-safe.
@@ -292,9 +306,9 @@ class SessionManager {
   // One reaper pass now (tests): TTL removal, then eviction down to the budget.
   void ReapNow();
   // One maintenance pass now (tests; the reaper runs it too): with etcd, drops every session
-  // when this process's lease is lost and hands over idle sessions other replicas asked for;
-  // then queues the write-behind of dirty sessions whose last copy is older than
-  // persist_interval_ms.
+  // when this process's lease is lost, hands over idle sessions other replicas asked for and,
+  // when due, sweeps the cluster's garbage blobs; then queues the write-behind of dirty sessions
+  // whose last copy is older than persist_interval_ms.
   void MaintainNow();
 
   int64_t session_count() const;
@@ -362,6 +376,18 @@ class SessionManager {
   // commits it (a new blob, then the head moved if this process still owns the session);
   // returns the bytes written. A fenced commit (FAILED_PRECONDITION) disowns the session.
   absl::StatusOr<int64_t> WriteSessionFile(const std::shared_ptr<Session>& s);
+  // Sync durability, one commit per run of queued Ingest messages (ingest.cc): a done message's
+  // acknowledgement waits while a later message of the session is queued; the last one returns
+  // every acknowledgement due, in order, for CommitFor and then each its outcome.
+  std::vector<PendingIngestAck> SettleIngest(Session& s, PendingIngestAck ack);
+  // Commits when one of `acks` needs it (CommitIngested); OK otherwise.
+  absl::Status CommitFor(const std::shared_ptr<Session>& s,
+                         const std::vector<PendingIngestAck>& acks);
+  // WriteSessionFile for acknowledgements; on failure the session goes back to its last commit
+  // (or, on the cluster, to whoever takes it next) and the answer says how to resend.
+  absl::Status CommitIngested(const std::shared_ptr<Session>& s);
+  // After a refused submission: commits and acknowledges what waited for it, on the engine.
+  void AcknowledgeOrphans(const std::shared_ptr<Session>& s);
   // Engine thread: a sync Ingest whose write failed takes the session back to its last durable
   // copy (counters now, state at its next use), so what is applied is what was acknowledged.
   void RewindToDurable(Session& s);
@@ -408,6 +434,8 @@ class SessionManager {
   // Queues on the engine: commits an idle session, gives its ownership up, forgets it.
   void HandOver(const std::shared_ptr<Session>& s);
   void WriteBehind();
+  // The cluster's garbage sweep, when gc_interval has passed since this process's last one.
+  void SweepGarbageIfDue();
   // The checkpoint metadata of the session now (a checkpoint's when `checkpoint_id` is set).
   internal::CheckpointMeta MetaOf(Session& s, const std::string& checkpoint_id) const;
 
@@ -437,6 +465,7 @@ class SessionManager {
   std::condition_variable reaper_cv_;
   bool stop_reaper_ = false;  // guarded by reaper_mu_
   std::thread reaper_;
+  absl::Time next_sweep_ = absl::InfinitePast();  // reaper thread only
 };
 
 }  // namespace ttt::session

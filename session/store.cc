@@ -170,7 +170,25 @@ void SessionManager::Disown(const std::shared_ptr<Session>& s, const absl::Statu
 
 void SessionManager::MaintainNow() {
   CheckOwnership();
+  SweepGarbageIfDue();
   WriteBehind();
+}
+
+void SessionManager::SweepGarbageIfDue() {
+  if (cluster_ == nullptr || absl::Now() < next_sweep_) return;
+  next_sweep_ = absl::Now() + options_.cluster.gc_interval;
+  absl::StatusOr<int64_t> deleted = cluster_->SweepGarbage(options_.cluster.gc_grace);
+  if (!deleted.ok()) {
+    // Another replica sweeping, or etcd away: the next interval tries again.
+    if (!absl::IsFailedPrecondition(deleted.status())) {
+      util::LogWarning("session", absl::StrCat("garbage sweep: ", deleted.status().ToString()));
+    }
+    return;
+  }
+  if (*deleted == 0) return;
+  util::LogInfo("session", absl::StrCat("garbage sweep deleted ", *deleted, " unreferenced blobs"),
+                {{"blobs", *deleted}});
+  if (listener_ != nullptr) listener_->OnBlobsCollected(*deleted);
 }
 
 void SessionManager::CheckOwnership() {

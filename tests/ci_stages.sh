@@ -31,10 +31,11 @@ summary=()
 # thread, reaper, concurrent sessions). Empty means the whole suite. TTT_ASAN_TESTS / TTT_TSAN_TESTS override (space-separated test names).
 kAsanTests="${TTT_ASAN_TESTS:-}"
 # Not under ASan: tests that run none of our C++ or check the release binary's runtime libraries
-# (a sanitized binary links libasan on purpose); and the etcd fault suite, a minute of lease
+# (a sanitized binary links libasan on purpose); and the etcd fault suite, minutes of lease
 # expiries whose C++ paths session_cluster_test runs under ASan in seconds.
 kAsanSkipped="helm_chart_test prometheus_rules_test install_deps_test check_metrics_test runtime_deps_test
-  build_modes_test etcd_fault_e2e_test"
+  build_modes_test etcd_fault_e2e_test etcd_members_e2e_test etcd_partition_e2e_test
+  etcd_full_volume_e2e_test etcd_stall_e2e_test"
 # server_test is not among them: Debian's gRPC is not built with TSan, so TSan cannot see the
 # synchronisation inside its callback machinery and reports ~1,700 races in gRPC's own headers
 # and generated code on every run (docs/fuzzing.md). The reactors run concurrently in the stress

@@ -512,6 +512,61 @@ TEST(EtcdTlsTest, ConnectsWithAClientCertificateAndOnlyToATrustedServer) {
   }
 }
 
+// Copies `from` over `to` as an operator's rotation does: a new file renamed into place.
+void Replace(const std::filesystem::path& from, const std::filesystem::path& to) {
+  const std::filesystem::path staged = to.string() + ".new";
+  std::filesystem::copy_file(from, staged, std::filesystem::copy_options::overwrite_existing);
+  std::filesystem::rename(staged, to);
+}
+
+TEST(EtcdTlsTest, RotatedFilesApplyWithoutARestartAndTheServerNameIsChecked) {
+  const TempDir dir("tls-rotate");
+  const std::filesystem::path& files = dir.path();
+  std::filesystem::create_directories(files / "live");
+  ASSERT_NO_FATAL_FAILURE(MakeCa(files, "ca"));
+  ASSERT_NO_FATAL_FAILURE(MakeCa(files, "other-ca"));
+  ASSERT_NO_FATAL_FAILURE(MakeLeaf(files, "ca", "server", "IP:127.0.0.1"));
+  ASSERT_NO_FATAL_FAILURE(MakeLeaf(files, "ca", "client", ""));
+  ASSERT_NO_FATAL_FAILURE(MakeLeaf(files, "other-ca", "stale", ""));
+  EtcdClientOptions trusted;
+  trusted.tls_ca_file = (files / "ca.pem").string();
+  trusted.tls_cert_file = (files / "client.pem").string();
+  trusted.tls_key_file = (files / "client.key").string();
+  EtcdCluster cluster(1, files / "etcd",
+                      MemberTls{files / "server.pem", files / "server.key", files / "ca.pem"},
+                      trusted);
+  ASSERT_NO_FATAL_FAILURE(cluster.Start());
+
+  // The client starts with files etcd and it cannot agree on: roots of another CA (etcd's
+  // certificate is refused) and a certificate of another CA (etcd refuses it).
+  Replace(files / "other-ca.pem", files / "live" / "ca.pem");
+  Replace(files / "stale.pem", files / "live" / "client.pem");
+  Replace(files / "stale.key", files / "live" / "client.key");
+  EtcdClientOptions live;
+  live.tls_ca_file = (files / "live" / "ca.pem").string();
+  live.tls_cert_file = (files / "live" / "client.pem").string();
+  live.tls_key_file = (files / "live" / "client.key").string();
+  live.tls_refresh_interval = absl::Seconds(1);
+  live.call_timeout = absl::Seconds(1);
+  live.attempt_timeout = absl::Milliseconds(500);
+  std::unique_ptr<EtcdClient> client = MakeClient(live, cluster.endpoints());
+  EXPECT_EQ(client->Get("k").status().code(), absl::StatusCode::kUnavailable);
+
+  // Both rotated: the same client gets answers once its refresh has read them (bounded wait).
+  Replace(files / "ca.pem", files / "live" / "ca.pem");
+  Replace(files / "client.pem", files / "live" / "client.pem");
+  Replace(files / "client.key", files / "live" / "client.key");
+  absl::Status got = client->Get("k").status();
+  for (int i = 0; i < 20 && absl::IsUnavailable(got); ++i) got = client->Get("k").status();
+  EXPECT_EQ(got.code(), absl::StatusCode::kNotFound) << got;
+
+  // The member's certificate names 127.0.0.1 only: reached as "localhost" it is refused.
+  std::string by_name = cluster.endpoints()[0];
+  by_name.replace(by_name.find("127.0.0.1"), 9, "localhost");
+  std::unique_ptr<EtcdClient> checking = MakeClient(live, {by_name});
+  EXPECT_EQ(checking->Get("k").status().code(), absl::StatusCode::kUnavailable);
+}
+
 // ----- A member of its own, stopped with SIGSTOP. -----
 
 TEST(EtcdStallTest, LeaseLiveTurnsFalseWithinTtlMinusMarginOfAStall) {

@@ -29,10 +29,16 @@ constexpr int kEAcute = 96;  // "é" in the test tokenizer
 class IngestStreamTest : public ::testing::Test {
  protected:
   // A stream over the test tokenizer whose charges are recorded in charged_.
+  // `bos`: the stream starts the session's context with this bos.
   std::unique_ptr<IngestStream> Stream(int64_t max_buffered = 1 << 20, bool sync = false,
-                                       std::optional<int32_t> bos_at_start = std::nullopt) {
+                                       std::optional<int32_t> bos = std::nullopt) {
     IngestStream::Options options;
-    options.bos_at_start = bos_at_start;
+    options.bos = bos;
+    options.starts_context = bos.has_value();
+    return StreamWith(options, max_buffered, sync);
+  }
+  std::unique_ptr<IngestStream> StreamWith(IngestStream::Options options,
+                                           int64_t max_buffered = 1 << 20, bool sync = false) {
     options.tokenizer = tokenizer_.get();
     options.max_buffered_text_bytes = max_buffered;
     options.sync_durability = sync;
@@ -48,6 +54,23 @@ class IngestStreamTest : public ::testing::Test {
     m.text = text;
     m.flush = flush;
     return m;
+  }
+  static IngestMessage DocumentEnd(std::string_view text) {
+    IngestMessage m;
+    m.text = text;
+    m.end_of_document = true;
+    return m;
+  }
+  // The tokens each message submits, in order (an error fails the test and gives {-1}).
+  static std::vector<std::vector<int32_t>> Submit(IngestStream& stream,
+                                                  const std::vector<IngestMessage>& msgs) {
+    std::vector<std::vector<int32_t>> out;
+    for (const IngestMessage& m : msgs) {
+      auto got = stream.Accept(m, "m");
+      EXPECT_TRUE(got.ok()) << got.status();
+      out.push_back(got.ok() ? got->tokens : std::vector<int32_t>{-1});
+    }
+    return out;
   }
 
   const std::unique_ptr<tokenizer::Tokenizer> tokenizer_ = ttt::testing::LoadByteLevelTokenizer();
@@ -160,7 +183,7 @@ TEST_F(IngestStreamTest, BosGoesBeforeTheFirstTextOnly) {
 
 // Token ids chosen by the client begin the context themselves: no bos before later text.
 TEST_F(IngestStreamTest, TokenIdsFirstTakeNoBos) {
-  auto stream = Stream(1 << 20, /*sync=*/false, /*bos_at_start=*/7);
+  auto stream = Stream(1 << 20, /*sync=*/false, /*bos=*/7);
   const int32_t ids[] = {3};
   IngestMessage m;
   m.token_ids = ids;
@@ -170,6 +193,61 @@ TEST_F(IngestStreamTest, TokenIdsFirstTakeNoBos) {
   auto second = stream->Accept(Text("a", /*flush=*/true), "m1");
   ASSERT_TRUE(second.ok()) << second.status();
   EXPECT_THAT(second->tokens, ElementsAre(ByteLevelId('a')));
+}
+
+// In a session that resets at each document end, the text after an end_of_document starts a new
+// context and gets the bos exactly as at position 0: once, before its first tokens.
+TEST_F(IngestStreamTest, BosStartsEachContextAfterAResettingDocumentEnd) {
+  constexpr int32_t kBos = 7;
+  const int32_t a = ByteLevelId('a'), b = ByteLevelId('b'), c = ByteLevelId('c');
+  IngestStream::Options options;
+  options.bos = kBos;
+  options.starts_context = true;
+  options.resets_at_document_end = true;
+  auto stream = StreamWith(options);
+  EXPECT_THAT(Submit(*stream, {DocumentEnd("ab"), Text("c"), DocumentEnd("a"), DocumentEnd(""),
+                               Text("b", /*flush=*/true), Text("c", /*flush=*/true)}),
+              ElementsAre(ElementsAre(kBos, a, b), IsEmpty(), ElementsAre(kBos, c, a), IsEmpty(),
+                          ElementsAre(kBos, b), ElementsAre(c)));
+  // The rest at the end of the stream, after a document end, starts a context too.
+  ASSERT_TRUE(stream->Accept(DocumentEnd(""), "m").ok());
+  ASSERT_TRUE(stream->Accept(Text("a"), "m").ok());
+  auto rest = stream->TakeRest();
+  ASSERT_TRUE(rest.ok() && rest->has_value()) << rest.status();
+  EXPECT_THAT((*rest)->tokens, ElementsAre(kBos, a));
+}
+
+// A stream that opens inside a context gets no bos until a resetting document end; token ids
+// after one begin the next context themselves.
+TEST_F(IngestStreamTest, BosAfterAResetOnlyWhereTextStartsTheContext) {
+  constexpr int32_t kBos = 7;
+  const int32_t a = ByteLevelId('a'), b = ByteLevelId('b');
+  IngestStream::Options options;
+  options.bos = kBos;
+  options.starts_context = false;
+  options.resets_at_document_end = true;
+  auto stream = StreamWith(options);
+  const int32_t ids[] = {3};
+  IngestMessage tokens;
+  tokens.token_ids = ids;
+  EXPECT_THAT(Submit(*stream, {DocumentEnd("a"), Text("b", /*flush=*/true), DocumentEnd(""),
+                               tokens, Text("a", /*flush=*/true)}),
+              ElementsAre(ElementsAre(a), ElementsAre(kBos, b), IsEmpty(), ElementsAre(3),
+                          ElementsAre(a)));
+}
+
+// Without a reset the document end continues the context: no bos; nor without a bos id at all.
+TEST_F(IngestStreamTest, NoBosAfterADocumentEndThatKeepsTheContext) {
+  const int32_t a = ByteLevelId('a'), b = ByteLevelId('b');
+  auto kept = Stream(1 << 20, /*sync=*/false, /*bos=*/7);
+  EXPECT_THAT(Submit(*kept, {DocumentEnd("a"), Text("b", /*flush=*/true)}),
+              ElementsAre(ElementsAre(7, a), ElementsAre(b)));
+  IngestStream::Options no_bos;
+  no_bos.starts_context = true;
+  no_bos.resets_at_document_end = true;
+  auto none = StreamWith(no_bos);
+  EXPECT_THAT(Submit(*none, {DocumentEnd("a"), Text("b", /*flush=*/true)}),
+              ElementsAre(ElementsAre(a), ElementsAre(b)));
 }
 
 TEST_F(IngestStreamTest, TakeRestFlushesWhatIsBufferedOnce) {

@@ -905,6 +905,26 @@ TEST_F(ServerTest, TextOptionsChooseSpecialTokensAndBos) {
   ASSERT_TRUE(IngestAll({first}, &acks).ok());
   EXPECT_EQ(acks.back().counters().position(), 2);
 
+  // A session that resets at each document end: the text after one starts a new context and
+  // gets the bos again, within the same stream.
+  pb::CreateSessionRequest resetting;
+  resetting.mutable_options()->set_reset_at_document_end(true);
+  pb::Session created;
+  ASSERT_TRUE(stub_->CreateSession(Ctx().get(), resetting, &created).ok());
+  pb::IngestRequest document;
+  document.set_session_id(created.session_id());
+  document.set_text("ab");
+  document.set_end_of_document(true);
+  pb::IngestRequest next;
+  next.set_text("a");
+  next.set_flush(true);
+  std::vector<pb::IngestResponse> doc_acks;
+  ASSERT_TRUE(IngestAll({document, next}, &doc_acks).ok());
+  ASSERT_EQ(doc_acks.size(), 2u);
+  EXPECT_EQ(doc_acks[0].counters().position(), 0);  // reset after bos, a, b
+  EXPECT_EQ(doc_acks[1].counters().position(), 2);  // bos, a
+  EXPECT_EQ(doc_acks[1].stream_tokens(), 5);
+
   // Only a stream's first message chooses how its text is encoded.
   pb::IngestRequest later;
   later.set_text("ab");

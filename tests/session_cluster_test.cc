@@ -7,9 +7,11 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <fstream>
 #include <future>
 #include <memory>
+#include <mutex>
 #include <random>
 #include <string>
 #include <vector>
@@ -125,6 +127,15 @@ class ClusterTest : public ::testing::Test {
       options.cluster.prefix = prefix_;
       options.cluster.replica_id = name;
       options.cluster.margin = absl::Seconds(5);
+      options.cluster.gc_interval = absl::ZeroDuration();  // a sweep in every MaintainNow()
+      if (session_quota_ > 0) {
+        options.cluster.admit_session = [limit = session_quota_](const std::string& tenant,
+                                                                 int64_t live_now) {
+          if (live_now < limit) return absl::OkStatus();
+          return absl::ResourceExhaustedError(
+              absl::StrCat("tenant ", tenant, " has ", live_now, " live sessions"));
+        };
+      }
     }
     auto sessions = SessionManager::Create(model_.get(), r->scheduler.get(), options);
     EXPECT_TRUE(sessions.ok()) << sessions.status();
@@ -154,6 +165,7 @@ class ClusterTest : public ::testing::Test {
   int chunk_ = 0;
   fs::path dir_;
   std::string prefix_;
+  int64_t session_quota_ = 0;  // live_sessions for replicas started from now on; 0: none
   std::unique_ptr<coord::EtcdClient> observer_;  // reads and changes keys as a test needs
   std::unique_ptr<Replica> a_;
   std::unique_ptr<Replica> b_;
@@ -308,6 +320,154 @@ TEST_F(ClusterTest, AForkIsCommittedWithItsCreation) {
   ASSERT_TRUE(child.ok()) << child.status();
   ASSERT_TRUE(a_->lease->Revoke().ok());  // the fork was never written by write-behind
   auto on_b = ScoreOn(*b_->sessions, child->id, probe);
+  ASSERT_TRUE(on_b.ok()) << on_b.status();
+  EXPECT_EQ(on_b->logprobs, Replayed({tokens}, probe));
+}
+
+TEST_F(ClusterTest, TheSessionQuotaHoldsForReplicasCreatingAtTheSameInstant) {
+  session_quota_ = 2;
+  a_ = Start("a");
+  b_ = Start("b");
+  ASSERT_TRUE(a_ && b_);
+  // Four creations at once, two on each replica: the count key lets exactly two through.
+  std::vector<std::future<absl::StatusOr<SessionInfo>>> creations;
+  for (int i = 0; i < 4; ++i) {
+    SessionManager* on = (i % 2 == 0 ? a_ : b_)->sessions.get();
+    creations.push_back(std::async(std::launch::async, [on, i] {
+      return on->CreateSession("t", {}, absl::StrCat("s", i));
+    }));
+  }
+  int created = 0;
+  for (auto& c : creations) {
+    auto r = c.get();
+    if (r.ok()) {
+      ++created;
+    } else {
+      EXPECT_EQ(r.status().code(), absl::StatusCode::kResourceExhausted) << r.status();
+    }
+  }
+  EXPECT_EQ(created, 2);
+  EXPECT_EQ(observer_->Get(Key("tenants/t/sessions"))->value, "2");
+  // A fork is a creation too; a delete gives its place back, on whichever replica.
+  std::vector<std::string> ids;
+  for (const auto& info : a_->sessions->ListSessions("t")) ids.push_back(info.id);
+  ASSERT_EQ(ids.size(), 2u);
+  std::promise<absl::StatusOr<SessionInfo>> forked;
+  auto& owner_of_first = a_->sessions->GetSession("t", ids[0]).ok() ? a_ : b_;
+  ASSERT_TRUE(owner_of_first->sessions
+                  ->Fork("t", ids[0], std::nullopt, [&](auto r) { forked.set_value(r); })
+                  .ok());
+  EXPECT_EQ(forked.get_future().get().status().code(), absl::StatusCode::kResourceExhausted);
+  ASSERT_TRUE(owner_of_first->sessions->DeleteSession("t", ids[0]).ok());
+  EXPECT_EQ(observer_->Get(Key("tenants/t/sessions"))->value, "1");
+  EXPECT_TRUE(b_->sessions->CreateSession("t", {}, "again").ok());
+}
+
+TEST_F(ClusterTest, ATenantWithoutACountIsCountedFromItsHeadsOnce) {
+  ASSERT_TRUE(a_->sessions->CreateSession("t", {}, "s1").ok());
+  ASSERT_TRUE(b_->sessions->CreateSession("t", {}, "s2").ok());
+  // As a cluster whose sessions predate the count key (or whose key an operator removed).
+  ASSERT_TRUE(observer_->Transact({}, {coord::Operation::Delete(Key("tenants/t/sessions"))}).ok());
+  ASSERT_TRUE(a_->sessions->CreateSession("t", {}, "s3").ok());
+  EXPECT_EQ(observer_->Get(Key("tenants/t/sessions"))->value, "3");
+  ASSERT_TRUE(observer_->Transact({}, {coord::Operation::Delete(Key("tenants/t/sessions"))}).ok());
+  ASSERT_TRUE(b_->sessions->DeleteSession("t", "s2").ok());
+  EXPECT_EQ(observer_->Get(Key("tenants/t/sessions"))->value, "2");
+}
+
+TEST_F(ClusterTest, SyncMessagesQueuedTogetherAreCommittedOnceAndAllAcknowledged) {
+  const std::vector<std::vector<int32_t>> pieces = {Tokens(chunk_ + 1, vocab_, 31),
+                                                    Tokens(3, vocab_, 32),
+                                                    Tokens(chunk_ * 2, vocab_, 33),
+                                                    Tokens(5, vocab_, 34)};
+  const auto probe = Tokens(9, vocab_, 35);
+  ASSERT_TRUE(a_->sessions->CreateSession("t", {}, "s1").ok());
+  auto writer = a_->sessions->OpenWriter("t", "s1", "test");
+  ASSERT_TRUE(writer.ok()) << writer.status();
+  // The engine thread is held until every message is queued behind it.
+  std::promise<void> gate;
+  engine::Work hold;
+  hold.key = 987654321;
+  hold.task = [opened = gate.get_future().share()] { opened.wait(); };
+  ASSERT_TRUE(a_->scheduler->Submit(std::move(hold), /*bypass_limits=*/true).ok());
+  std::vector<std::promise<absl::StatusOr<IngestProgress>>> acks(pieces.size());
+  std::vector<int> order;
+  std::mutex order_mu;
+  for (size_t i = 0; i < pieces.size(); ++i) {
+    ASSERT_TRUE((*writer)
+                    ->Ingest(pieces[i], false, nullptr,
+                             [&, i](absl::StatusOr<IngestProgress> r) {
+                               {
+                                 std::lock_guard<std::mutex> lock(order_mu);
+                                 order.push_back(static_cast<int>(i));
+                               }
+                               acks[i].set_value(r);
+                             },
+                             /*durable=*/true)
+                    .ok());
+  }
+  gate.set_value();
+  int64_t received = 0;
+  for (size_t i = 0; i < pieces.size(); ++i) {
+    auto ack = acks[i].get_future().get();
+    ASSERT_TRUE(ack.ok()) << ack.status();
+    received += static_cast<int64_t>(pieces[i].size());
+    EXPECT_EQ(ack->counters.tokens_received, received);  // each its own position
+  }
+  EXPECT_EQ(order, (std::vector<int>{0, 1, 2, 3}));
+  writer->reset();
+  // One commit for the four (the blob is named <fence>-<commit number>), holding all of them.
+  auto head = observer_->Get(Key("sessions/t/s1/head"));
+  ASSERT_TRUE(head.ok()) << head.status();
+  EXPECT_THAT(head->value, HasSubstr("-1\""));
+  ASSERT_TRUE(a_->lease->Revoke().ok());
+  auto on_b = ScoreOn(*b_->sessions, "s1", probe);
+  ASSERT_TRUE(on_b.ok()) << on_b.status();
+  EXPECT_EQ(on_b->logprobs, Replayed(pieces, probe));
+}
+
+// A blob file in the shared folder, last written `age` ago.
+fs::path Blob(const fs::path& dir, const std::string& id, const std::string& name,
+              std::chrono::seconds age) {
+  const fs::path path = dir / "t" / "blobs" / id / (name + ".safetensors");
+  fs::create_directories(path.parent_path());
+  std::ofstream(path) << "leftover";
+  fs::last_write_time(path, fs::file_time_type::clock::now() - age);
+  return path;
+}
+
+TEST_F(ClusterTest, TheGarbageSweepDeletesOnlyOldBlobsThatNoHeadNames) {
+  const auto tokens = Tokens(chunk_ + 3, vocab_, 21);
+  const auto probe = Tokens(9, vocab_, 22);
+  ASSERT_TRUE(a_->sessions->CreateSession("t", {}, "s1").ok());
+  ASSERT_TRUE(IngestOn(*a_->sessions, "s1", tokens, true).ok());
+  std::vector<fs::path> committed;
+  for (const auto& e : fs::directory_iterator(dir_ / "t" / "blobs" / "s1")) {
+    committed.push_back(e.path());
+  }
+  ASSERT_EQ(committed.size(), 1u);
+  const auto hour = std::chrono::hours(1);
+  fs::last_write_time(committed[0], fs::file_time_type::clock::now() - hour);  // old, yet named
+  const fs::path crashed = Blob(dir_, "s1", "999-1", hour);  // a commit a crash interrupted
+  const fs::path in_flight = Blob(dir_, "s1", "999-2", std::chrono::seconds(1));
+  const fs::path deleted = Blob(dir_, "gone", "5-1", hour);  // a deleted session's leftover
+
+  // While another process holds the sweep's key, this one sweeps nothing.
+  ASSERT_TRUE(observer_->CreateIfAbsent(Key("gc"), "elsewhere", 0).ok());
+  a_->sessions->MaintainNow();
+  EXPECT_TRUE(fs::exists(crashed));
+  ASSERT_TRUE(observer_->Transact({}, {coord::Operation::Delete(Key("gc"))}).ok());
+
+  b_->sessions->MaintainNow();
+  EXPECT_FALSE(fs::exists(crashed));
+  EXPECT_FALSE(fs::exists(deleted));
+  EXPECT_FALSE(fs::exists(deleted.parent_path()));
+  EXPECT_TRUE(fs::exists(in_flight));
+  EXPECT_TRUE(fs::exists(committed[0]));
+  // The sweep released its key; the session still loads from its head on the next owner.
+  EXPECT_EQ(observer_->Get(Key("gc")).status().code(), absl::StatusCode::kNotFound);
+  ASSERT_TRUE(a_->lease->Revoke().ok());
+  auto on_b = ScoreOn(*b_->sessions, "s1", probe);
   ASSERT_TRUE(on_b.ok()) << on_b.status();
   EXPECT_EQ(on_b->logprobs, Replayed({tokens}, probe));
 }

@@ -6,6 +6,7 @@
 
 #include <stdlib.h>
 #include <unistd.h>
+#include <utf8proc.h>
 
 #include <cstdlib>
 #include <filesystem>
@@ -21,6 +22,7 @@
 #include "gtest/gtest.h"
 
 #include "tests/testing/utf8.h"
+#include "tokenizer/internal/normalizer.h"
 #include "tokenizer/internal/regex.h"
 #include "tokenizer/internal/unicode_classes.h"
 
@@ -403,6 +405,61 @@ TEST(BpeNormalizerTest, NfcHandlesJamoSecondsAndReordering) {
   // Text already in NFC is unchanged: é, a CJK ideograph, a Hangul syllable, NBSP (compat only).
   EXPECT_THAT(EncodeOrDie(*tokenizer, "\u00E9\u4E00\uAC00\u00A0"),
               ElementsAre(264, 0xE4, 0xB8, 0x80, 0xEA, 0xB0, 0x80, 0xC2, 0xA0));
+}
+
+// The Unicode forms normalize only the spans around characters that may change; the result must
+// be utf8proc's normalization of the whole text, for every form. Random texts from characters
+// chosen to meet at span edges: starters that compose with what follows, composition seconds
+// (combining marks, Hangul vowels and trailing consonants, U+0CD5 and U+0DCF with combining
+// class 0), marks that compose with nothing in and out of canonical order (Arabic, Devanagari,
+// Thai, Hebrew), composition exclusions, compatibility characters, and ASCII.
+TEST(BpeNormalizerTest, UnicodeFormsEqualUtf8procOnTheWholeText) {
+  const std::vector<char32_t> pool = {
+      'a', 'e', 'A', ' ', 'k', 0x00E9, 0x00C5, 0x0301, 0x0323, 0x0308, 0x030A, 0x0344, 0x0345,
+      0x0315, 0x05B0, 0x0958, 0x212B, 0x2126, 0xF900, 0x1100, 0x1161, 0x11A8, 0xAC00, 0xAC01,
+      0x0CBF, 0x0CD5, 0x0DD9, 0x0DCF, 0x0B47, 0x0B3E, 0xFB01, 0x00A0, 0x1E9B, 0x3099, 0x304B,
+      0xFF76, 0x0F71, 0x0F72, 0x0F73, 0x0391, 0x0313, 0x1F01, 0x4E00, 0x1F600, 0x1D15E, 0x2ADC,
+      0x0628, 0x064E, 0x0651, 0x0915, 0x093C, 0x094D, 0x0E01, 0x0E38, 0x0E48};
+  const std::pair<const char*, int> forms[] = {
+      {"NFC", UTF8PROC_STABLE | UTF8PROC_COMPOSE},
+      {"NFD", UTF8PROC_STABLE | UTF8PROC_DECOMPOSE},
+      {"NFKC", UTF8PROC_STABLE | UTF8PROC_COMPOSE | UTF8PROC_COMPAT},
+      {"NFKD", UTF8PROC_STABLE | UTF8PROC_DECOMPOSE | UTF8PROC_COMPAT}};
+  std::mt19937 random(29);
+  std::vector<std::string> texts;
+  for (int i = 0; i < 4000; ++i) {
+    std::string text;
+    const int length = 1 + static_cast<int>(random() % 12);
+    for (int j = 0; j < length; ++j) text = ttt::testing::AppendUtf8(text, pool[random() % pool.size()]);
+    texts.push_back(std::move(text));
+  }
+  for (const auto& [name, options] : forms) {
+    auto normalizer = internal::Normalizer::Parse(Json{{"type", name}});
+    ASSERT_TRUE(normalizer.ok()) << normalizer.status();
+    int differences = 0;
+    for (const std::string& text : texts) {
+      utf8proc_uint8_t* whole = nullptr;
+      const utf8proc_ssize_t length =
+          utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(text.data()),
+                       static_cast<utf8proc_ssize_t>(text.size()), &whole,
+                       static_cast<utf8proc_option_t>(options));
+      ASSERT_GE(length, 0);
+      const std::string expected(reinterpret_cast<const char*>(whole), static_cast<size_t>(length));
+      std::free(whole);
+      auto got = (*normalizer)->Normalize(text);
+      ASSERT_TRUE(got.ok()) << got.status();
+      if (*got != expected && ++differences <= 5) {
+        const auto hex = [](const std::string& bytes) {
+          std::string out;
+          for (unsigned char c : bytes) absl::StrAppend(&out, absl::Hex(c, absl::kZeroPad2), " ");
+          return out;
+        };
+        ADD_FAILURE() << name << " of " << hex(text) << ": got " << hex(*got)
+                      << "; utf8proc gives " << hex(expected);
+      }
+    }
+    EXPECT_EQ(differences, 0) << name;
+  }
 }
 
 TEST(BpeNormalizerTest, NfdAndNfkdDecompose) {

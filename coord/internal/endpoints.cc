@@ -13,6 +13,9 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
 #include "absl/time/time.h"
+#include "grpcpp/security/tls_certificate_provider.h"
+#include "grpcpp/security/tls_credentials_options.h"
+#include "util/status_macros.h"
 
 namespace ttt::coord::internal {
 namespace {
@@ -83,21 +86,34 @@ absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> Credentials(bool tls,
     return absl::InvalidArgumentError(
         "etcd TLS client certificate and key go together: give both files or neither");
   }
-  grpc::SslCredentialsOptions ssl;  // empty roots: the system's
-  if (!files.ca_file.empty()) {
-    absl::StatusOr<std::string> ca = ReadPem(files.ca_file, "CA");
-    if (!ca.ok()) return ca.status();
-    ssl.pem_root_certs = *std::move(ca);
+  // Read once here for a clear error at start; gRPC's provider then reads them again every
+  // refresh interval (a key that does not match its certificate is not taken).
+  const bool roots = !files.ca_file.empty();
+  const bool identity = !files.cert_file.empty();
+  if (roots) RETURN_IF_ERROR(ReadPem(files.ca_file, "CA").status());
+  if (identity) {
+    RETURN_IF_ERROR(ReadPem(files.cert_file, "client certificate").status());
+    RETURN_IF_ERROR(ReadPem(files.key_file, "client key").status());
   }
-  if (!files.cert_file.empty()) {
-    absl::StatusOr<std::string> cert = ReadPem(files.cert_file, "client certificate");
-    if (!cert.ok()) return cert.status();
-    absl::StatusOr<std::string> key = ReadPem(files.key_file, "client key");
-    if (!key.ok()) return key.status();
-    ssl.pem_cert_chain = *std::move(cert);
-    ssl.pem_private_key = *std::move(key);
+  if (!roots && !identity) return grpc::SslCredentials({});  // the system's roots, no identity
+  const auto refresh = static_cast<unsigned>(absl::ToInt64Seconds(files.refresh_interval));
+  std::shared_ptr<grpc::experimental::CertificateProviderInterface> provider;
+  if (roots && identity) {
+    provider = std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
+        files.key_file, files.cert_file, files.ca_file, refresh);
+  } else if (roots) {
+    provider = std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
+        files.ca_file, refresh);
+  } else {
+    provider = std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
+        files.key_file, files.cert_file, refresh);
   }
-  return grpc::SslCredentials(ssl);
+  // Without watched roots gRPC uses the system's; the server's name is checked either way.
+  grpc::experimental::TlsChannelCredentialsOptions options;
+  options.set_certificate_provider(std::move(provider));
+  if (roots) options.watch_root_certs();
+  if (identity) options.watch_identity_key_cert_pairs();
+  return grpc::experimental::TlsCredentials(options);
 }
 
 std::shared_ptr<grpc::Channel> MakeChannel(

@@ -16,6 +16,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/time.h"
 #include "etcd/etcdserver/etcdserverpb/rpc.grpc.pb.h"
 
 namespace ttt::coord::internal {
@@ -51,6 +52,7 @@ struct TlsFiles {
   std::string ca_file;
   std::string cert_file;
   std::string key_file;
+  absl::Duration refresh_interval = absl::Seconds(60);  // how often they are read again
 };
 
 // Thread-safe: endpoints are fixed at construction; the preferred endpoint is atomic.

@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "util/fault_point.h"
 
 namespace ttt::coord::internal {
 namespace {
@@ -80,6 +81,7 @@ bool KeepAliveLoop::KeepAliveOnce() {
   const CallLimits limits{ttl / 3, std::min(endpoints_->default_limits().attempt, ttl / 6)};
   Clock::time_point sent_at;
   etcdserverpb::LeaseKeepAliveResponse response;
+  TTT_FAULT_POINT("keepalive_before_send");
   const absl::Status status = endpoints_->Call(
       "etcd LeaseKeepAlive", Resend::kAlways, limits,
       [&](const Endpoint& endpoint, grpc::ClientContext& context) {
@@ -97,6 +99,7 @@ bool KeepAliveLoop::KeepAliveOnce() {
         return finished;
       });
   if (!status.ok()) return false;
+  TTT_FAULT_POINT("keepalive_after_answer");  // answered, alive_since_ not yet moved
   std::lock_guard<std::mutex> lock(mu_);
   if (response.ttl() <= 0) {
     // etcd answers TTL 0 for a lease it does not know: expired (or revoked elsewhere).

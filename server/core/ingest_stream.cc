@@ -30,7 +30,7 @@ absl::StatusOr<std::vector<int32_t>> Tokenize(const tokenizer::Tokenizer* tok,
 
 IngestStream::IngestStream(Options options, ChargeTokens charge)
     : options_(std::move(options)), charge_(std::move(charge)),
-      bos_due_(options_.bos_at_start.has_value()) {}
+      bos_due_(options_.bos.has_value() && options_.starts_context) {}
 
 absl::StatusOr<IngestSubmission> IngestStream::Accept(const IngestMessage& msg,
                                                       const std::string& where) {
@@ -107,12 +107,12 @@ absl::StatusOr<std::vector<int32_t>> IngestStream::TakeTokens(const IngestMessag
   return tokens;
 }
 
-// Text's ids as this stream encodes it: bos first when they are the first tokens of a stream that
-// starts the session's context. Token ids sent as such get no bos (the client chose them).
+// Text's ids as this stream encodes it: bos first when they are the first tokens of a context
+// (the stream's, or a reset's). Token ids sent as such get no bos (the client chose them).
 absl::StatusOr<std::vector<int32_t>> IngestStream::EncodeText(const std::string& text,
                                                               const std::string& where) {
   ASSIGN_OR_RETURN(auto ids, Tokenize(options_.tokenizer, text, where, options_.special));
-  if (bos_due_ && !ids.empty()) ids.insert(ids.begin(), *options_.bos_at_start);
+  if (bos_due_ && !ids.empty()) ids.insert(ids.begin(), *options_.bos);
   return ids;
 }
 
@@ -120,6 +120,11 @@ absl::StatusOr<std::vector<int32_t>> IngestStream::EncodeText(const std::string&
 absl::StatusOr<IngestSubmission> IngestStream::Charged(IngestSubmission submission) {
   RETURN_IF_ERROR(charge_(static_cast<int64_t>(submission.tokens.size())));
   if (!submission.tokens.empty()) bos_due_ = false;  // the context has begun
+  // The session resets after this submission's tokens: what follows starts a context again,
+  // exactly as at position 0.
+  if (submission.end_of_document && options_.resets_at_document_end) {
+    bos_due_ = options_.bos.has_value();
+  }
   submission.buffered_text_bytes = static_cast<int64_t>(text_.size());
   return submission;
 }

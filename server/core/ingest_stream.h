@@ -54,10 +54,15 @@ class IngestStream {
     bool sync_durability = false;  // --durability=sync
     // The first message's text_options (docs/contract.md, "Text: special tokens and bos"):
     // whether special tokens written in the text become their id, and the bos id to put before
-    // the stream's first tokens when it starts the session's context (set only when the session
-    // was at position 0 as the stream opened; the caller resolves add_bos against the tokenizer).
+    // text that starts a context (the caller resolves add_bos against the tokenizer; nullopt:
+    // no bos ever).
     tokenizer::SpecialTokens special = tokenizer::SpecialTokens::kAsText;
-    std::optional<int32_t> bos_at_start;
+    std::optional<int32_t> bos;
+    // Where contexts start within the stream: at its first tokens when the session was at
+    // position 0 as the stream opened, and after each end_of_document when the session resets
+    // there (its reset_at_document_end).
+    bool starts_context = false;
+    bool resets_at_document_end = false;
   };
   // Takes `tokens` from the tenant's ingest rate; an error refuses the submission (the client
   // resends it, and what follows, after the retry time the status carries).
@@ -100,7 +105,9 @@ class IngestStream {
   const ChargeTokens charge_;
   std::string text_;  // text awaiting a flush / end_of_document / token ids / stream end
   bool report_loss_ = false;
-  bool bos_due_;  // options_.bos_at_start is set and this stream has submitted no token yet
+  // options_.bos is set and no token has been submitted since a context started (the stream's
+  // start, or a resetting end_of_document).
+  bool bos_due_;
   int64_t stream_tokens_ = 0;
   double nll_sum_ = 0.0;
   int64_t nll_count_ = 0;

@@ -132,10 +132,36 @@ absl::Status WriteAtomically(const fs::path& path, const std::string& bytes) {
 }
 
 // Creates `path` with `bytes`, failing if it exists; durable (file and folder fsync'd) on OK.
+// Subfolders of `dir_fd` with valid names (names.h), symbolic links left out.
+std::vector<std::string> FoldersIn(int dir_fd) {
+  std::vector<std::string> out;
+  const int dup = ::dup(dir_fd);
+  DIR* dir = dup < 0 ? nullptr : ::fdopendir(dup);
+  if (dir == nullptr) {
+    if (dup >= 0) ::close(dup);
+    return out;
+  }
+  while (const dirent* e = ::readdir(dir)) {
+    struct stat st;
+    if (ValidateName(e->d_name, "name", 128).ok() &&
+        ::fstatat(dir_fd, e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode)) {
+      out.emplace_back(e->d_name);
+    }
+  }
+  ::closedir(dir);
+  return out;
+}
+
 absl::Status WriteExclusively(const fs::path& path, const std::string& bytes) {
-  std::error_code ec;
-  fs::create_directories(path.parent_path(), ec);
-  Fd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644));
+  Fd fd;
+  // The garbage sweep removes empty folders of deleted sessions; a new session of the same id
+  // may find its folder gone between creating it and opening the file: create it again.
+  for (int attempt = 0; attempt < 3 && !fd.ok(); ++attempt) {
+    std::error_code ec;
+    fs::create_directories(path.parent_path(), ec);
+    fd = Fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644));
+    if (!fd.ok() && errno != ENOENT) break;
+  }
   if (!fd.ok()) {
     if (errno == EEXIST) return absl::AlreadyExistsError(absl::StrCat(path.string(), " exists"));
     return absl::ErrnoToStatus(errno, absl::StrCat("creating ", path.string()));
@@ -246,6 +272,38 @@ void CheckpointStore::DeleteBlob(const std::string& tenant, const std::string& i
                                  const std::string& name) const {
   std::error_code ec;
   fs::remove(BlobPath(tenant, id, name), ec);
+}
+
+std::vector<CheckpointStore::BlobFolder> CheckpointStore::ListBlobFolders() const {
+  std::vector<BlobFolder> out;
+  Fd root(::open(root_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!root.ok()) return out;
+  for (const std::string& tenant : FoldersIn(root.get())) {
+    Fd tenant_dir = OpenSubdir(root.get(), tenant);
+    Fd blobs = tenant_dir.ok() ? OpenSubdir(tenant_dir.get(), kBlobs) : Fd();
+    if (!blobs.ok()) continue;
+    for (const std::string& id : FoldersIn(blobs.get())) {
+      Fd session_dir = OpenSubdir(blobs.get(), id);
+      if (!session_dir.ok()) continue;
+      BlobFolder folder{tenant, id, {}};
+      for (const std::string& name : IdsIn(session_dir.get())) {
+        struct stat st;
+        const std::string file = name + kExtension;
+        if (::fstatat(session_dir.get(), file.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+            S_ISREG(st.st_mode)) {
+          folder.blobs.emplace_back(name, absl::TimeFromTimespec(st.st_mtim));
+        }
+      }
+      out.push_back(std::move(folder));
+    }
+  }
+  return out;
+}
+
+void CheckpointStore::RemoveEmptyBlobFolder(const std::string& tenant,
+                                            const std::string& id) const {
+  std::error_code ec;
+  fs::remove(root_ / tenant / kBlobs / id, ec);  // fails, harmlessly, unless empty
 }
 
 std::vector<std::pair<std::string, absl::StatusOr<CheckpointMeta>>> CheckpointStore::InspectAll(

@@ -25,6 +25,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "session/internal/checkpoint.h"
 #include "session/session.h"
 
@@ -71,6 +72,17 @@ class CheckpointStore {
   absl::StatusOr<std::string> ReadBlob(const std::string& tenant, const std::string& id,
                                        const std::string& name) const;
   void DeleteBlob(const std::string& tenant, const std::string& id, const std::string& name) const;
+  // One session's blob folder, as the garbage sweep sees it.
+  struct BlobFolder {
+    std::string tenant;
+    std::string id;
+    std::vector<std::pair<std::string, absl::Time>> blobs;  // name, when last written
+  };
+  // Every blob folder of every tenant (folders and files with invalid names, symbolic links and
+  // anything but regular files are left out).
+  std::vector<BlobFolder> ListBlobFolders() const;
+  // Removes a session's blob folder if it is empty (a deleted session's).
+  void RemoveEmptyBlobFolder(const std::string& tenant, const std::string& id) const;
 
   // Turns a session file into the tenant's checkpoint of the same id (sessions that do not fit
   // under --max_sessions at start). ALREADY_EXISTS when a checkpoint has that id.

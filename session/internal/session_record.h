@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -22,6 +23,12 @@ inline int64_t NowMs() {
              std::chrono::system_clock::now().time_since_epoch())
       .count();
 }
+
+// The acknowledgement of one done Ingest message.
+struct PendingIngestAck {
+  bool needs_commit = false;  // applied in sync mode: acknowledged only once committed
+  std::function<void(const absl::Status& committed)> acknowledge;
+};
 
 // One session. Bookkeeping is guarded by mu; `state` belongs to the engine thread (only work
 // queued under `key` touches it), except before the session is published.
@@ -62,6 +69,11 @@ class Session {
   std::string head_blob;
   int64_t commits = 0;
   std::vector<std::weak_ptr<engine::CancelToken>> cancels;  // guarded by mu
+  // Sync durability commits a run of queued Ingest messages once, after the last of them: the
+  // messages submitted and not yet done, and the acknowledgements of those done that wait for
+  // that commit (in submission order; each takes the commit's outcome). Guarded by mu.
+  int64_t ingests_queued = 0;
+  std::vector<PendingIngestAck> awaiting_commit;
 
   // Engine thread only.
   engine::SequenceState state;

@@ -21,6 +21,9 @@ check_serve() {
   "$root/build.sh" serve >"$scratch/serve.log" 2>&1 || { cat "$scratch/serve.log"; fail "serve"; }
   grep -qx 'TTT_BUILD_TESTS:BOOL=OFF' "$TTT_BUILD_DIR/CMakeCache.txt" \
     || fail "serve left TTT_BUILD_TESTS on in $TTT_BUILD_DIR/CMakeCache.txt"
+  # util/fault_point.h: test builds only (a point stops the whole process when asked).
+  ! grep -q TTT_FAULT_POINTS "$TTT_BUILD_DIR/build.ninja" \
+    || fail "serve compiles fault points (TTT_FAULT_POINTS in $TTT_BUILD_DIR/build.ninja)"
   if [ "${1:-}" = fresh ]; then
     if (cd "$TTT_BUILD_DIR" && ctest --no-tests=error) >"$scratch/ctest.log" 2>&1; then
       cat "$scratch/ctest.log"
@@ -44,6 +47,8 @@ check_test() {
   for t in server_test service_e2e_test build_modes_test; do
     grep -qE "Test +#[0-9]+: $t\$" "$scratch/test.log" || fail "./build.sh test does not list $t"
   done
+  grep -q TTT_FAULT_POINTS "$TTT_BUILD_DIR/build.ninja" \
+    || fail "test builds no fault points (no TTT_FAULT_POINTS in $TTT_BUILD_DIR/build.ninja)"
   echo "test: $total tests listed: ok"
 }
 

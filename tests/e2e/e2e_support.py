@@ -140,40 +140,101 @@ def log_tail(path, n=40):
 
 
 class Etcd:
-    """One etcd member (Debian's etcd-server) on loopback ports, its data and log in `folder`:
-    the coordinator of replicas that share sessions (docs/coordination.md). Reads keys through
-    etcd's own v3 JSON gateway. Kill it with stop()."""
+    """An etcd cluster of `members` (Debian's etcd-server; one by default) on loopback ports, its
+    data and logs in `folder`: the coordinator of replicas that share sessions
+    (docs/coordination.md). `also_on`: one more address every member serves clients on (a test's
+    network namespace reaches etcd there). Reads keys and member status through etcd's own v3
+    JSON gateway; kill() and restart() one member; stop() kills them all."""
 
-    def __init__(self, folder, binary="/usr/bin/etcd"):
+    def __init__(self, folder, binary="/usr/bin/etcd", members=1, also_on=None):
         if not os.access(binary, os.X_OK):
             raise RuntimeError("no etcd at %s (deploy/install-deps.sh test installs etcd-server)"
                                % binary)
         os.makedirs(folder, exist_ok=True)
-        client, peer = free_port(), free_port()
-        self.endpoint = "127.0.0.1:%d" % client
-        self.url = "http://" + self.endpoint
-        peer_url = "http://127.0.0.1:%d" % peer
-        self.log_path = os.path.join(folder, "etcd.log")
-        with open(self.log_path, "w") as log:
-            self.proc = subprocess.Popen(
-                [binary, "--name", "e0", "--data-dir", os.path.join(folder, "etcd.data"),
-                 "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
-                 "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
-                 "--initial-cluster", "e0=" + peer_url, "--logger", "zap",
-                 "--log-outputs", "stderr"], stdout=log, stderr=subprocess.STDOUT)
-        if '"health":"true"' not in wait_http(self.url + "/health", 30):
-            raise RuntimeError("etcd did not become healthy:\n" + log_tail(self.log_path))
+        self.binary, self.folder, self.also_on = binary, folder, also_on
+        self.ports = [(free_port(), free_port()) for _ in range(members)]
+        self.procs = [None] * members
+        self.cluster = ",".join("e%d=http://127.0.0.1:%d" % (i, peer)
+                                for i, (_, peer) in enumerate(self.ports))
+        for i in range(members):  # all at once: a member waits for a quorum to become healthy
+            self.start(i, wait=False)
+        for i in range(members):
+            self.wait_healthy(i)
+        self.url = self.urls()[0]
+        self.endpoint = self.url[len("http://"):]
 
-    def get(self, key):
-        """The value of `key` (str), or None when etcd has no such key."""
-        import base64
+    def urls(self, host="127.0.0.1"):
+        """Every member's client URL on `host` (127.0.0.1 or also_on)."""
+        return ["http://%s:%d" % (host, client) for client, _ in self.ports]
+
+    def endpoints(self, host="127.0.0.1"):
+        """Every member's endpoint on `host`, comma-separated, as --etcd_endpoints takes them."""
+        return ",".join(url[len("http://"):] for url in self.urls(host))
+
+    def start(self, i, wait=True):
+        """Starts member i (again, on its data, after kill(i))."""
+        client, peer = self.ports[i]
+        listen = "http://127.0.0.1:%d" % client
+        if self.also_on:
+            listen += ",http://%s:%d" % (self.also_on, client)
+        peer_url = "http://127.0.0.1:%d" % peer
+        with open(os.path.join(self.folder, "e%d.log" % i), "a") as log:
+            self.procs[i] = subprocess.Popen(
+                [self.binary, "--name", "e%d" % i,
+                 "--data-dir", os.path.join(self.folder, "e%d.data" % i),
+                 "--listen-client-urls", listen, "--advertise-client-urls", listen,
+                 "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
+                 "--initial-cluster", self.cluster, "--initial-cluster-token", self.folder,
+                 "--logger", "zap", "--log-outputs", "stderr"],
+                stdout=log, stderr=subprocess.STDOUT)
+        if wait:
+            self.wait_healthy(i)
+
+    def wait_healthy(self, i):
+        url = self.urls()[i]
+        if '"health":"true"' not in wait_http(url + "/health", 30):
+            raise RuntimeError("etcd member e%d did not become healthy:\n%s" % (
+                i, log_tail(os.path.join(self.folder, "e%d.log" % i))))
+
+    def kill(self, i):
+        stop_process(self.procs[i], signal.SIGKILL)
+
+    def live(self):
+        return [i for i, p in enumerate(self.procs) if p is not None and p.poll() is None]
+
+    def _post(self, i, path, body):
         import json
-        body = json.dumps({"key": base64.b64encode(key.encode()).decode()}).encode()
-        request = urllib.request.Request(self.url + "/v3/kv/range", data=body,
+        request = urllib.request.Request(self.urls()[i] + path, data=json.dumps(body).encode(),
                                          headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=5) as r:
-            kvs = json.load(r).get("kvs", [])
+            return json.load(r)
+
+    def get(self, key):
+        """The value of `key` (str), or None when etcd has no such key (asks a live member)."""
+        import base64
+        answer = self._post(self.live()[0], "/v3/kv/range",
+                            {"key": base64.b64encode(key.encode()).decode()})
+        kvs = answer.get("kvs", [])
         return base64.b64decode(kvs[0]["value"]).decode() if kvs else None
 
+    def leader(self):
+        """The index of the member that leads now, as the live members report it (bounded wait
+        while they elect one)."""
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                ids = {self._post(i, "/v3/maintenance/status", {})["header"]["member_id"]: i
+                       for i in self.live()}
+                leaders = {self._post(i, "/v3/maintenance/status", {}).get("leader")
+                           for i in self.live()}
+                if len(leaders) == 1 and next(iter(leaders)) in ids:
+                    return ids[next(iter(leaders))]
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError("the etcd members agree on no leader")
+
     def stop(self):
-        stop_process(self.proc, signal.SIGKILL)
+        for proc in self.procs:
+            if proc is not None:
+                stop_process(proc, signal.SIGKILL)

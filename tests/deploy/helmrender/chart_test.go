@@ -528,8 +528,8 @@ func TestSecuredConfigWiresTheSecretToTheFlags(t *testing.T) {
 func TestSecurityValuesThatCannotWorkAreRefused(t *testing.T) {
 	root := repoRoot(t)
 	for name, c := range map[string]struct{ text, fragment string }{
-		"noSecret":   {"security:\n  tls: true\n", "read the Secret"},
-		"mtlsNoTls":  {"secret:\n  existingSecret: s\nsecurity:\n  mutualTls: true\n", "mutualTls needs security.tls"},
+		"noSecret":  {"security:\n  tls: true\n", "read the Secret"},
+		"mtlsNoTls": {"secret:\n  existingSecret: s\nsecurity:\n  mutualTls: true\n", "mutualTls needs security.tls"},
 		"mtlsNoTokens": {"secret:\n  existingSecret: s\nsecurity:\n  tls: true\n  mutualTls: true\n",
 			"mutualTls needs security.tokens"},
 		"crlNoMtls": {"secret:\n  existingSecret: s\nsecurity:\n  tls: true\n  crl: true\n",
@@ -539,7 +539,7 @@ func TestSecurityValuesThatCannotWorkAreRefused(t *testing.T) {
 			"bearerTokenSecret.name"},
 		"metricsTls": {"security:\n  metricsTls: true\n", "metricsTls reads tls.crt"},
 		"quotasNone": {"quotas:\n  enabled: true\n", "set quotas.rules"},
-		"envoyTls": {"secret:\n  existingSecret: s\nsecurity:\n  tls: true\nrouting:\n  envoy:\n    enabled: true\n", "cannot front security.tls"},
+		"envoyTls":   {"secret:\n  existingSecret: s\nsecurity:\n  tls: true\nrouting:\n  envoy:\n    enabled: true\n", "cannot front security.tls"},
 		"haproxyMtls": {"secret:\n  existingSecret: s\nsecurity:\n  tls: true\n  mutualTls: true\nrouting:\n  haproxy:\n    enabled: true\n",
 			"not the client's certificate"},
 	} {
@@ -1057,6 +1057,8 @@ func TestSchemaRejectsBadValues(t *testing.T) {
 		"delay":    "server:\n  shutdownDelayS: -1\n",
 		"threads":  "server:\n  torchThreads: all\n",
 		"check":    "routing:\n  haproxy:\n    healthCheck:\n      timeout: soon\n",
+		"rule":     "prometheusRule:\n  enabled: true\n  labels: {release: 1}\n",
+		"folder":   "grafanaDashboard:\n  folder: ttt\n",
 	} {
 		f := filepath.Join(t.TempDir(), name+".yaml")
 		os.WriteFile(f, []byte(text), 0o644)

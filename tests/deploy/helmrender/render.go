@@ -1,7 +1,7 @@
 // A small Helm chart renderer for tests: loads Chart.yaml, values.yaml (+ overrides) and
 // values.schema.json, and renders templates/ with Go's text/template and sprig, the engine Helm
 // itself uses, plus the Helm built-ins the ttt-serve chart relies on (include, tpl, required, fail,
-// toYaml, toJson, fromYaml, lookup, .Values/.Release/.Chart/.Capabilities/.Template). No helm binary
+// toYaml, toJson, fromYaml, lookup, .Values/.Release/.Chart/.Capabilities/.Template/.Files). No helm binary
 // is packaged for Debian 12, so CI renders with this. Where Helm has a quirk that charts must guard
 // against, this copies it: numbers in values are float64 (so large ints print as 1e+07 unless cast),
 // missing keys render as empty strings, and values are validated against the schema
@@ -69,6 +69,49 @@ func (a APIVersions) Has(v string) bool {
 type Capabilities struct {
 	KubeVersion KubeVersion
 	APIVersions APIVersions
+}
+
+// Files mirrors Helm's .Files: the chart's files outside templates/ by path relative to the chart,
+// symbolic links read through as Helm's loader does.
+type Files map[string][]byte
+
+// Get returns the file's text, or "" when the chart has no such file (as Helm does).
+func (f Files) Get(name string) string { return string(f[name]) }
+
+// GetBytes returns the file's bytes, or nil.
+func (f Files) GetBytes(name string) []byte { return f[name] }
+
+// loadFiles reads every file of chartDir that Helm exposes through .Files: not templates/, not
+// Chart.yaml, values.yaml or values.schema.json.
+func loadFiles(chartDir string) (Files, error) {
+	files := Files{}
+	err := filepath.WalkDir(chartDir, func(path string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(chartDir, path)
+		if err != nil {
+			return err
+		}
+		rel = filepath.ToSlash(rel)
+		if d.IsDir() {
+			if rel == "templates" || rel == "charts" {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		switch rel {
+		case "Chart.yaml", "values.yaml", "values.schema.json", ".helmignore":
+			return nil
+		}
+		data, err := os.ReadFile(path) // follows a link; a dangling one fails, as in Helm
+		if err != nil {
+			return fmt.Errorf("chart file %s: %w", rel, err)
+		}
+		files[rel] = data
+		return nil
+	})
+	return files, err
 }
 
 // Options select the release, cluster capabilities and value overrides of one render.
@@ -363,6 +406,11 @@ func Render(chartDir string, opts Options) (*Rendered, error) {
 	}
 	root.Funcs(funcs)
 
+	files, err := loadFiles(chartDir)
+	if err != nil {
+		return nil, err
+	}
+
 	tdir := filepath.Join(chartDir, "templates")
 	entries, err := os.ReadDir(tdir)
 	if err != nil {
@@ -397,7 +445,7 @@ func Render(chartDir string, opts Options) (*Rendered, error) {
 			"Chart":        meta,
 			"Capabilities": caps,
 			"Template":     map[string]interface{}{"Name": name, "BasePath": meta.Name + "/templates"},
-			"Files":        map[string]interface{}{},
+			"Files":        files,
 		}
 		var b bytes.Buffer
 		if err := root.ExecuteTemplate(&b, name, top); err != nil {
