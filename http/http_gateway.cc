@@ -13,10 +13,13 @@
 #include <optional>
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "http/internal/call_gate.h"
+#include "http/internal/http_call.h"
 #include "http/internal/openai.h"
+#include "http/internal/rest_gateway.h"
 #include "tttserve/v1/ttt_service.grpc.pb.h"
 #include "util/listen_socket.h"
 
@@ -26,29 +29,25 @@ namespace {
 namespace pb = tttserve::v1;
 using internal::CallGate;
 using internal::CompletionBuilder;
+using internal::ChunkSource;
 using internal::CompletionCall;
 using internal::Dump;
+using internal::Failure;
+using internal::Forwarded;
+using internal::Reply;
+using internal::RetryAfterMs;
+using internal::ShuttingDown;
 using Json = nlohmann::json;
 
 constexpr char kJson[] = "application/json";
 constexpr char kHealthService[] = "tttserve.v1.TttService";
 
-// One request's body, read in pieces before the request is answered.
+// One request's body, read in pieces before the request is answered (or streamed into its
+// call as it arrives: an import).
 struct Request {
   std::string body;
-};
-
-// The caller's headers that travel to the gRPC service as metadata.
-struct Forwarded {
-  std::optional<std::string> authorization;
-  std::optional<std::string> tenant;
-  std::optional<std::string> session;
-
-  void AttachTo(grpc::ClientContext* ctx) const {
-    if (authorization) ctx->AddMetadata("authorization", *authorization);
-    if (tenant) ctx->AddMetadata("x-tenant-id", *tenant);
-    if (session) ctx->AddMetadata("x-session-id", *session);
-  }
+  std::unique_ptr<internal::ImportUpload> upload;
+  int64_t discarded = 0;  // bytes of an import's body that arrived after it was refused
 };
 
 // A header's value, or INVALID_ARGUMENT when gRPC metadata cannot carry it (printable ASCII).
@@ -74,38 +73,90 @@ absl::StatusOr<Forwarded> ForwardedHeaders(MHD_Connection* c) {
   return f;
 }
 
-// The service's retry hint for a refusal (server/status.h: `retry-after-ms`), if any.
-std::optional<int64_t> RetryAfterMs(const grpc::ClientContext& ctx) {
-  const auto& trailers = ctx.GetServerTrailingMetadata();
-  auto it = trailers.find("retry-after-ms");
-  if (it == trailers.end()) return std::nullopt;
-  return std::strtoll(std::string(it->second.data(), it->second.size()).c_str(), nullptr, 10);
-}
+// A streamed body: owns its source and feeds libmicrohttpd as the source produces pieces.
+struct BodyStream {
+  std::unique_ptr<ChunkSource> source;
+  std::string pending;
+  size_t sent = 0;
 
-// A failed call: its status and, for a rate refusal, when to retry.
-struct Failure {
-  grpc::Status status;
-  std::optional<int64_t> retry_after_ms;
+  static ssize_t Read(void* cls, uint64_t, char* buf, size_t max) {
+    auto* s = static_cast<BodyStream*>(cls);
+    try {  // nothing may unwind through libmicrohttpd's C frames
+      if (s->sent == s->pending.size()) {
+        s->pending.clear();
+        s->sent = 0;
+        switch (s->source->Next(&s->pending)) {
+          case ChunkSource::Step::kData:
+            break;
+          case ChunkSource::Step::kEnd:
+            return MHD_CONTENT_READER_END_OF_STREAM;
+          case ChunkSource::Step::kAbort:
+            return MHD_CONTENT_READER_END_WITH_ERROR;
+        }
+      }
+      const size_t n = std::min(max, s->pending.size() - s->sent);
+      std::memcpy(buf, s->pending.data() + s->sent, n);
+      s->sent += n;
+      return static_cast<ssize_t>(n);
+    } catch (const std::exception&) {
+      return MHD_CONTENT_READER_END_WITH_ERROR;
+    }
+  }
+  // Called when the response is done or the client went away: ends the calls.
+  static void Free(void* cls) { delete static_cast<BodyStream*>(cls); }
 };
 
-MHD_Result Respond(MHD_Connection* c, unsigned code, const std::string& body,
-                   std::optional<int64_t> retry_after_ms = std::nullopt) {
-  MHD_Response* response = MHD_create_response_from_buffer(
-      body.size(), const_cast<char*>(body.data()), MHD_RESPMEM_MUST_COPY);
+MHD_Result Send(MHD_Connection* c, Reply reply) {
+  MHD_Response* response = nullptr;
+  if (reply.stream != nullptr) {
+    auto* body = new BodyStream{std::move(reply.stream), "", 0};
+    response =
+        MHD_create_response_from_callback(reply.content_length.value_or(MHD_SIZE_UNKNOWN),
+                                          16 * 1024, &BodyStream::Read, body, &BodyStream::Free);
+    if (response == nullptr) delete body;
+  } else {
+    response = MHD_create_response_from_buffer(
+        reply.body.size(), const_cast<char*>(reply.body.data()), MHD_RESPMEM_MUST_COPY);
+  }
   if (response == nullptr) return MHD_NO;  // out of memory: libmicrohttpd closes the connection
-  MHD_add_response_header(response, MHD_HTTP_HEADER_CONTENT_TYPE, kJson);
-  if (code == MHD_HTTP_UNAUTHORIZED) {
+  MHD_add_response_header(response, MHD_HTTP_HEADER_CONTENT_TYPE, reply.content_type.c_str());
+  if (reply.content_type == "text/event-stream") {
+    MHD_add_response_header(response, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+  }
+  if (reply.status == MHD_HTTP_UNAUTHORIZED) {
     MHD_add_response_header(response, MHD_HTTP_HEADER_WWW_AUTHENTICATE,
                             "Bearer realm=\"ttt-serve\"");
   }
-  if (retry_after_ms) {
+  if (reply.retry_after_ms) {
     const std::string seconds =
-        std::to_string(std::max<int64_t>(1, (*retry_after_ms + 999) / 1000));
+        std::to_string(std::max<int64_t>(1, (*reply.retry_after_ms + 999) / 1000));
     MHD_add_response_header(response, MHD_HTTP_HEADER_RETRY_AFTER, seconds.c_str());
   }
-  const MHD_Result queued = MHD_queue_response(c, code, response);
+  const MHD_Result queued = MHD_queue_response(c, reply.status, response);
   MHD_destroy_response(response);
   return queued;
+}
+
+// The query parameters, in order (a repeated one as often as it is given).
+internal::QueryParams QueryOf(MHD_Connection* c) {
+  internal::QueryParams query;
+  MHD_get_connection_values(
+      c, MHD_GET_ARGUMENT_KIND,
+      [](void* out, MHD_ValueKind, const char* key, const char* value) {
+        static_cast<internal::QueryParams*>(out)->emplace_back(key, value ? value : "");
+        return MHD_YES;
+      },
+      &query);
+  return query;
+}
+
+MHD_Result Respond(MHD_Connection* c, unsigned code, std::string body,
+                   std::optional<int64_t> retry_after_ms = std::nullopt) {
+  Reply reply;
+  reply.status = code;
+  reply.body = std::move(body);
+  reply.retry_after_ms = retry_after_ms;
+  return Send(c, std::move(reply));
 }
 
 MHD_Result RespondJson(MHD_Connection* c, unsigned code, const Json& body) {
@@ -129,8 +180,16 @@ MHD_Result RespondHttpError(MHD_Connection* c, unsigned code, const char* name,
       {{"error", {{"message", message}, {"type", "invalid_request_error"}, {"code", name}}}});
 }
 
-grpc::Status ShuttingDown() {
-  return grpc::Status(grpc::StatusCode::UNAVAILABLE, "ttt-serve is shutting down");
+// A body over the limit: 413, in the error shape of the route's protocol (OpenAI's, or
+// google.rpc.Status with reason REQUEST_TOO_LARGE).
+MHD_Result RespondTooLarge(MHD_Connection* c, const std::string& path, const std::string& message) {
+  if (path == "/v1/completions" || path == "/v1/models" || !absl::StartsWith(path, "/v1/")) {
+    return RespondHttpError(c, MHD_HTTP_CONTENT_TOO_LARGE, "REQUEST_TOO_LARGE", message);
+  }
+  Reply reply = internal::ErrorReply(
+      internal::LayerStatus(grpc::StatusCode::RESOURCE_EXHAUSTED, message, "REQUEST_TOO_LARGE"));
+  reply.status = MHD_HTTP_CONTENT_TOO_LARGE;
+  return Send(c, std::move(reply));
 }
 
 int64_t UnixSeconds() {
@@ -147,13 +206,19 @@ struct HttpGateway::State {
   std::unique_ptr<pb::TttService::Stub> stub;
   std::unique_ptr<grpc::health::v1::Health::Stub> health;
   CallGate gate;  // every call on `channel` starts through it
+  std::unique_ptr<internal::RestGateway> rest;  // the HTTP/JSON routes of every RPC
   MHD_Daemon* daemon = nullptr;
 
+  // Route, with a last-resort catch.
+  MHD_Result Dispatch(MHD_Connection* c, const std::string& path, const std::string& method,
+                      Request* request);
   MHD_Result Route(MHD_Connection* c, const std::string& path, const std::string& method,
                    Request* request);
   MHD_Result Models(MHD_Connection* c);
   MHD_Result Ready(MHD_Connection* c);
   MHD_Result Completions(MHD_Connection* c, const std::string& body);
+  MHD_Result Rest(MHD_Connection* c, const std::string& path, const std::string& method,
+                  Request* request);
 
   static MHD_Result Answer(void* cls, MHD_Connection* c, const char* url, const char* method,
                            const char* version, const char* upload_data, size_t* upload_data_size,
@@ -170,7 +235,7 @@ namespace {
 // One completion's gRPC calls: the session (named, or temporary: created first and deleted
 // last), the prompt's ingest when commit_prompt, the Generate stream. Used by one thread at a
 // time (the request's, then the stream's reader callbacks on the same connection thread).
-class CompletionRun {
+class CompletionRun : public ChunkSource {
  public:
   // REQUIRES: `stub`, `gate` and `options` outlive the run.
   CompletionRun(pb::TttService::Stub* stub, CallGate* gate, const HttpGatewayOptions& options,
@@ -183,13 +248,9 @@ class CompletionRun {
         builder_(internal::NewCompletionId(), UnixSeconds(), options.model_id, call_.logprobs) {}
 
   // Cancels a Generate still running (the client went away) and deletes a temporary session.
-  ~CompletionRun() {
+  ~CompletionRun() override {
     if (reader_ != nullptr && !finished_) {
-      generate_ctx_->TryCancel();
-      pb::GenerateResponse ignored;
-      while (reader_->Read(&ignored)) {
-      }
-      reader_->Finish();
+      internal::CancelStream(generate_ctx_.get(), reader_.get());
     }
     CallGate::Ticket ticket(gate_);
     if (!temporary_session_.empty() && ticket.admitted()) {
@@ -230,19 +291,19 @@ class CompletionRun {
   // Non-streaming: the rest of the stream, then the completion object (or the failure).
   std::optional<Failure> ReadAll(Json* completion) {
     pb::GenerateResponse r;
-    while (Next(&r)) builder_.Add(r);
+    while (NextResponse(&r)) builder_.Add(r);
     if (!status_.ok()) return Failure{status_, RetryAfterMs(*generate_ctx_)};
     *completion = builder_.Completion(prompt_tokens_);
     return std::nullopt;
   }
 
-  // Streaming: the next server-sent events ("data: {...}\n\n"); false once everything, [DONE]
-  // last, was returned. A failure after the first event is sent as an error event.
-  bool NextEvents(std::string* out) {
-    if (done_) return false;
+  // Streaming: the next server-sent events ("data: {...}\n\n"), [DONE] last. A failure after
+  // the first event is sent as an error event.
+  Step Next(std::string* out) override {
+    if (done_) return Step::kEnd;
     pb::GenerateResponse r;
     while (out->empty()) {
-      if (!Next(&r)) {
+      if (!NextResponse(&r)) {
         if (!status_.ok()) {
           AppendEvent(Dump(internal::ErrorJson(status_)), out);
         } else if (call_.include_usage) {
@@ -250,11 +311,11 @@ class CompletionRun {
         }
         AppendEvent("[DONE]", out);
         done_ = true;
-        return true;
+        return Step::kData;
       }
       if (std::optional<Json> chunk = builder_.Add(r)) AppendEvent(Dump(*chunk), out);
     }
-    return true;
+    return Step::kData;
   }
 
  private:
@@ -262,7 +323,7 @@ class CompletionRun {
     absl::StrAppend(out, "data: ", data, "\n\n");
   }
 
-  bool Next(pb::GenerateResponse* r) {
+  bool NextResponse(pb::GenerateResponse* r) {
     if (have_first_) {
       have_first_ = false;
       *r = std::move(first_);
@@ -359,32 +420,6 @@ class CompletionRun {
   bool done_ = false;      // streaming: [DONE] sent
 };
 
-// A server-sent-event body: owns the run, feeds libmicrohttpd as Generate's responses arrive.
-struct EventStream {
-  std::unique_ptr<CompletionRun> run;
-  std::string pending;
-  size_t sent = 0;
-
-  static ssize_t Read(void* cls, uint64_t, char* buf, size_t max) {
-    auto* s = static_cast<EventStream*>(cls);
-    try {  // nothing may unwind through libmicrohttpd's C frames
-      if (s->sent == s->pending.size()) {
-        s->pending.clear();
-        s->sent = 0;
-        if (!s->run->NextEvents(&s->pending)) return MHD_CONTENT_READER_END_OF_STREAM;
-      }
-      const size_t n = std::min(max, s->pending.size() - s->sent);
-      std::memcpy(buf, s->pending.data() + s->sent, n);
-      s->sent += n;
-      return static_cast<ssize_t>(n);
-    } catch (const std::exception&) {
-      return MHD_CONTENT_READER_END_WITH_ERROR;
-    }
-  }
-  // Called when the response is done or the client went away: ends the calls.
-  static void Free(void* cls) { delete static_cast<EventStream*>(cls); }
-};
-
 }  // namespace
 
 MHD_Result HttpGateway::State::Completions(MHD_Connection* c, const std::string& body) {
@@ -403,18 +438,10 @@ MHD_Result HttpGateway::State::Completions(MHD_Connection* c, const std::string&
     }
     return RespondJson(c, MHD_HTTP_OK, completion);
   }
-  auto* events = new EventStream{std::move(run), "", 0};
-  MHD_Response* response = MHD_create_response_from_callback(
-      MHD_SIZE_UNKNOWN, 16 * 1024, &EventStream::Read, events, &EventStream::Free);
-  if (response == nullptr) {
-    delete events;
-    return MHD_NO;
-  }
-  MHD_add_response_header(response, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
-  MHD_add_response_header(response, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
-  const MHD_Result queued = MHD_queue_response(c, MHD_HTTP_OK, response);
-  MHD_destroy_response(response);
-  return queued;
+  Reply reply;
+  reply.content_type = "text/event-stream";
+  reply.stream = std::move(run);
+  return Send(c, std::move(reply));
 }
 
 MHD_Result HttpGateway::State::Models(MHD_Connection* c) {
@@ -476,10 +503,29 @@ MHD_Result HttpGateway::State::Route(MHD_Connection* c, const std::string& path,
     if (path == "/v1/models") return Models(c);
     return Completions(c, request->body);
   }
+  return Rest(c, path, method, request);
+}
+
+MHD_Result HttpGateway::State::Rest(MHD_Connection* c, const std::string& path,
+                                    const std::string& method, Request* request) {
+  internal::RestRequest rest_request;
+  absl::StatusOr<Forwarded> headers = ForwardedHeaders(c);
+  if (!headers.ok()) return Send(c, internal::ErrorReply(internal::ToGrpc(headers.status())));
+  rest_request.headers = std::move(*headers);
+  rest_request.method = method;
+  rest_request.path = path;
+  const char* type = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
+  rest_request.content_type = type == nullptr ? "" : type;
+  rest_request.body = std::move(request->body);
+  rest_request.query = QueryOf(c);
+  rest_request.upload = request->upload.get();
+  std::optional<Reply> reply = rest->Handle(std::move(rest_request));
+  if (reply) return Send(c, std::move(*reply));
   return RespondHttpError(c, MHD_HTTP_NOT_FOUND, "NOT_FOUND",
                           absl::StrCat("no route ", method, " ", path,
-                                       " (try POST /v1/completions, GET /v1/models, /healthz, "
-                                       "/readyz)"));
+                                       " (routes: POST /v1/completions, GET /v1/models, "
+                                       "/healthz, /readyz, ",
+                                       rest->RouteList(), ")"));
 }
 
 // libmicrohttpd calls this once when a request's header is in, then with the body's pieces,
@@ -491,16 +537,34 @@ MHD_Result HttpGateway::State::Answer(void* cls, MHD_Connection* c, const char* 
   const int64_t limit = s->options.max_body_bytes;
   auto* request = static_cast<Request*>(*request_context);
   if (request == nullptr) {
-    *request_context = new Request();
+    request = new Request();
+    *request_context = request;
+    if (internal::RestGateway::IsUpload(method, url)) {
+      absl::StatusOr<Forwarded> headers = ForwardedHeaders(c);
+      // A bad header: the body is read as any other and Rest() answers the refusal.
+      if (headers.ok()) request->upload = s->rest->StartImport(*headers, QueryOf(c));
+      if (request->upload != nullptr && request->upload->refused()) {
+        return s->Dispatch(c, url, method, request);  // before the body is read
+      }
+      if (request->upload != nullptr) return MHD_YES;
+    }
     // A declared oversized body is refused before it is read (and before "100 Continue").
     const char* length =
         MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
     if (length != nullptr && std::strtoull(length, nullptr, 10) > static_cast<uint64_t>(limit)) {
-      return RespondHttpError(c, MHD_HTTP_CONTENT_TOO_LARGE, "REQUEST_TOO_LARGE",
-                              absl::StrCat("the request body is ", length, " bytes; at most ",
-                                           limit, " are accepted (--http_max_body_bytes)"));
+      return RespondTooLarge(c, url,
+                             absl::StrCat("the request body is ", length, " bytes; at most ", limit,
+                                          " are accepted (--http_max_body_bytes)"));
     }
     return MHD_YES;
+  }
+  if (*upload_data_size != 0 && request->upload != nullptr) {
+    const size_t size = std::exchange(*upload_data_size, 0);
+    if (request->upload->Append(upload_data, size)) return MHD_YES;
+    // Refused mid-body: libmicrohttpd answers only once the body is in, so the rest is read
+    // and dropped, up to the body limit; past that the connection is closed.
+    request->discarded += static_cast<int64_t>(size);
+    return request->discarded > limit ? MHD_NO : MHD_YES;
   }
   if (*upload_data_size != 0) {
     // A chunked body growing past the limit has no Content-Length to refuse it by: the
@@ -510,8 +574,13 @@ MHD_Result HttpGateway::State::Answer(void* cls, MHD_Connection* c, const char* 
     *upload_data_size = 0;
     return MHD_YES;
   }
+  return s->Dispatch(c, url, method, request);
+}
+
+MHD_Result HttpGateway::State::Dispatch(MHD_Connection* c, const std::string& path,
+                                        const std::string& method, Request* request) {
   try {  // nothing may unwind through libmicrohttpd's C frames
-    return s->Route(c, url, method, request);
+    return Route(c, path, method, request);
   } catch (const std::exception& e) {
     return RespondError(c, absl::InternalError(absl::StrCat("request failed: ", e.what())));
   }
@@ -538,6 +607,7 @@ absl::StatusOr<std::unique_ptr<HttpGateway>> HttpGateway::Start(
   s->channel = std::move(channel);
   s->stub = pb::TttService::NewStub(s->channel);
   s->health = grpc::health::v1::Health::NewStub(s->channel);
+  s->rest = std::make_unique<internal::RestGateway>(s->stub.get(), &s->gate);
   // libmicrohttpd keeps pointers to the PEM strings: they live in s->options.
   MHD_OptionItem tls_options[] = {
       {https ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, 0,

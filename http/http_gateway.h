@@ -1,5 +1,6 @@
 // The HTTP front door of ttt-serve (--http_listen): OpenAI-compatible POST /v1/completions and
-// GET /v1/models, and GET /healthz and /readyz. Every request becomes calls of the server's own
+// GET /v1/models, an HTTP/JSON route for every RPC (internal/rest_gateway.h), and GET /healthz
+// and /readyz. Every request becomes calls of the server's own
 // tttserve.v1 gRPC service over an in-process channel, with the caller's `Authorization` (and
 // `x-tenant-id`, `x-session-id`) headers passed through as gRPC metadata: authentication,
 // tenants, quotas, metrics and every validation are the gRPC path's, with no second copy here.
@@ -8,7 +9,7 @@
 // Server: libmicrohttpd (already linked for /metrics) with a thread per connection, at most
 // max_connections of them: each request makes blocking gRPC calls on its connection's thread
 // and a stream writes its server-sent events as Generate's responses arrive. Simple and
-// bounded; REST transcoding of every RPC (issue 25 item 1) grows from the same routing.
+// bounded.
 #pragma once
 
 #include <cstdint>
@@ -26,7 +27,7 @@ namespace ttt::http {
 struct HttpGatewayOptions {
   std::string listen;                         // "host:port"; port 0 picks a free one (see port())
   std::string model_id;                       // the name /v1/models lists and `model` must match
-  int64_t max_body_bytes = int64_t{8} << 20;  // larger request bodies get 413
+  int64_t max_body_bytes = int64_t{8} << 20;  // larger bodies get 413 (an import streams)
   unsigned max_connections = 64;              // each holds a thread while open
   unsigned idle_timeout_s = 60;               // a connection idle this long is closed
   // PEM certificate chain and key: serve HTTPS (both or neither; read once at start).

@@ -23,6 +23,7 @@
 #include "server/metrics.h"
 #include "server/security.h"
 #include "server/service.h"
+#include "server/status.h"
 #include "session/session.h"
 #include "tokenizer/tokenizer.h"
 #include "util/log.h"
@@ -215,8 +216,11 @@ absl::Status Server::StartGrpc() {
   if (!security_->reflection) DropBuilderPlugins(builder);
   builder.AddListeningPort(options_.listen, security_->credentials, &port_);
   builder.RegisterService(service_.get());
+  unknown_methods_ = NewUnknownMethodService();  // every method no service above registers
+  builder.RegisterCallbackGenericService(unknown_methods_.get());
   builder.SetMaxReceiveMessageSize(static_cast<int>(options_.max_message_bytes));
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> creators;
+  creators.push_back(NewStatusDetailsFactory());  // gRPC's own refusals get ErrorInfo too
   creators.push_back(NewAccessLogFactory(metrics_.get()));  // access lines, in-flight gauge
   builder.experimental().SetInterceptorCreators(std::move(creators));
   // What slow or stalled clients can pin in the transport: every call's buffers come out of one

@@ -11,6 +11,7 @@
 #include <string>
 #include <thread>
 
+#include <grpcpp/generic/async_generic_service.h>
 #include <grpcpp/grpcpp.h>
 
 #include "absl/status/statusor.h"
@@ -159,6 +160,7 @@ class Server {
   std::unique_ptr<session::SessionManager> sessions_;
   std::unique_ptr<TttServiceImpl> service_;
   std::unique_ptr<Security> security_;
+  std::unique_ptr<grpc::CallbackGenericService> unknown_methods_;  // outlives grpc_server_
   std::unique_ptr<grpc::Server> grpc_server_;
   std::unique_ptr<HealthOnlyServer> health_server_;  // --health_listen
   std::unique_ptr<http::HttpGateway> http_gateway_;  // --http_listen; a client of grpc_server_

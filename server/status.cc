@@ -76,6 +76,56 @@ void AddRetryTrailers(const absl::Status& status, grpc::ServerContextBase* ctx) 
   ctx->AddTrailingMetadata("retry-after-ms", absl::StrCat(*ms));
   ctx->AddTrailingMetadata("grpc-retry-pushback-ms", absl::StrCat(*ms));
 }
+namespace {
+
+class StatusDetailsInterceptor final : public grpc::experimental::Interceptor {
+ public:
+  void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
+    using grpc::experimental::InterceptionHookPoints;
+    if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_STATUS)) {
+      const grpc::Status sent = methods->GetSendStatus();
+      if (!sent.ok() && sent.error_details().empty()) {
+        methods->ModifySendStatus(ToGrpcStatus(
+            absl::Status(static_cast<absl::StatusCode>(sent.error_code()), sent.error_message())));
+      }
+    }
+    methods->Proceed();
+  }
+};
+
+class StatusDetailsFactory final : public grpc::experimental::ServerInterceptorFactoryInterface {
+  grpc::experimental::Interceptor* CreateServerInterceptor(
+      grpc::experimental::ServerRpcInfo*) override {
+    return new StatusDetailsInterceptor();
+  }
+};
+
+class UnknownMethodService final : public grpc::CallbackGenericService {
+  grpc::ServerGenericBidiReactor* CreateReactor(grpc::GenericCallbackServerContext* ctx) override {
+    class Refuse final : public grpc::ServerGenericBidiReactor {
+     public:
+      explicit Refuse(const std::string& method) {
+        Finish(ToGrpcStatus(absl::UnimplementedError(absl::StrCat(
+            "this server has no method ", method,
+            " (it serves tttserve.v1.TttService, grpc.health.v1.Health and, where enabled, "
+            "server reflection)"))));
+      }
+      void OnDone() override { delete this; }
+    };
+    return new Refuse(ctx->method());
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface> NewStatusDetailsFactory() {
+  return std::make_unique<StatusDetailsFactory>();
+}
+
+std::unique_ptr<grpc::CallbackGenericService> NewUnknownMethodService() {
+  return std::make_unique<UnknownMethodService>();
+}
+
 const char* GrpcCodeName(grpc::StatusCode code) {
   switch (code) {
     case grpc::StatusCode::OK: return "OK";

@@ -6,9 +6,12 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 
+#include <grpcpp/generic/async_generic_service.h>
 #include <grpcpp/server_context.h>
+#include <grpcpp/support/server_interceptor.h>
 #include <grpcpp/support/status.h>
 
 #include "absl/status/status.h"
@@ -16,7 +19,7 @@
 
 namespace ttt::server {
 
-inline constexpr char kErrorDomain[] = "ttt-serve";
+using util::kErrorDomain;
 // The retry delay of a refusal that says nothing more precise.
 inline constexpr int64_t kDefaultRetryDelayMs = 1000;
 
@@ -34,5 +37,14 @@ std::optional<int64_t> RetryDelayMs(const absl::Status& status);
 void AddRetryTrailers(const absl::Status& status, grpc::ServerContextBase* ctx);
 // The canonical name of a gRPC code ("OK", "INVALID_ARGUMENT", ...), for metric labels.
 const char* GrpcCodeName(grpc::StatusCode code);
+
+// For refusals gRPC makes itself, so that they carry ErrorInfo too (the code's name as reason):
+// an interceptor that gives every non-OK status sent without details ToGrpcStatus's (e.g. a
+// request gRPC cannot parse), and a generic service that answers methods no service registers
+// UNIMPLEMENTED naming the method (gRPC's own answer has neither a message nor details). A
+// message over the receive limit is refused inside gRPC's core, before either sees the call:
+// that refusal stays bare (docs/contract.md, "Error reasons").
+std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface> NewStatusDetailsFactory();
+std::unique_ptr<grpc::CallbackGenericService> NewUnknownMethodService();
 
 }  // namespace ttt::server

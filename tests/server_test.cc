@@ -12,10 +12,12 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <future>
 #include <thread>
 
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -25,6 +27,7 @@
 #include "tests/testing/etcd.h"
 #include "tests/testing/byte_level_tokenizer.h"
 #include "tests/testing/server_fixture.h"
+#include "server/status.h"
 #include "tokenizer/tokenizer.h"
 #include "tttserve/v1/ttt_service.grpc.pb.h"
 #include "util/sha256.h"
@@ -733,6 +736,34 @@ TEST_F(ServerTest, ErrorsCarryErrorInfoAndRetryInfo) {
   const grpc::Status full = stub_->CreateSession(Ctx().get(), pb::CreateSessionRequest(), &s);
   ExpectStatus(full, grpc::StatusCode::RESOURCE_EXHAUSTED, "max_sessions");
   ttt::testing::ExpectReason(full, "RESOURCE_EXHAUSTED", std::nullopt);
+}
+
+// Refusals gRPC makes itself carry ErrorInfo too: a method no service registers (the server's
+// generic service answers it) and a request gRPC cannot parse (the status-details interceptor).
+TEST_F(ServerTest, GrpcsOwnRefusalsCarryErrorInfo) {
+  Start();
+  grpc::GenericStub generic(channel_);
+  auto call = [&generic](const std::string& method, const std::string& bytes) {
+    grpc::Slice slice(bytes);
+    grpc::ByteBuffer request(&slice, 1), response;
+    grpc::ClientContext ctx;
+    std::promise<grpc::Status> done;
+    generic.UnaryCall(&ctx, method, grpc::StubOptions(), &request, &response,
+                      [&done](grpc::Status st) { done.set_value(std::move(st)); });
+    return done.get_future().get();
+  };
+  for (const char* method : {"/tttserve.v1.TttService/NoSuchMethod", "/no.Such/Method"}) {
+    const grpc::Status unknown = call(method, "");
+    ExpectStatus(unknown, grpc::StatusCode::UNIMPLEMENTED, method);
+    ttt::testing::ExpectReason(unknown, "UNIMPLEMENTED", std::nullopt);
+  }
+  const grpc::Status garbled = call("/tttserve.v1.TttService/GetSession", "\xff\xff\xff");
+  EXPECT_NE(garbled.error_code(), grpc::StatusCode::OK);
+  ttt::testing::ExpectReason(garbled, ttt::server::GrpcCodeName(garbled.error_code()),
+                             std::nullopt);
+  // The services that are registered still answer.
+  pb::Session s;
+  EXPECT_TRUE(stub_->CreateSession(Ctx().get(), pb::CreateSessionRequest(), &s).ok());
 }
 
 // Issue 25 item 6: Fork, Restore and Import take the new session's id from the client, as

@@ -17,6 +17,9 @@
 
 namespace ttt::util {
 
+// google.rpc.ErrorInfo.domain of every refusal (the server's and the HTTP layer's own).
+inline constexpr char kErrorDomain[] = "ttt-serve";
+
 // The reasons modules below the server tag; the server adds its own and the code defaults.
 inline constexpr char kReasonSessionBusy[] = "SESSION_BUSY";
 inline constexpr char kReasonSessionOwnedElsewhere[] = "SESSION_OWNED_ELSEWHERE";

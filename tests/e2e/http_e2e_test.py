@@ -14,9 +14,17 @@ own message, unknown session 404, oversized body 413, wrong route 404 and method
 bearer tokens: none or a wrong one 401, another tenant's session 404, a read-only token that
 commits 403, probes without a token.
 
+The HTTP/JSON routes of every RPC (issue 25 item 1): each route's happy path against the gRPC
+call it maps to (same counters, scores, greedy tokens, export bytes, token ids), and the
+refusals as google.rpc.Status JSON with ErrorInfo: bad JSON 400 naming the type, unknown
+session 404, a rule of the service 400, the path's id against the body's 400, wrong method 405,
+an ingest failing mid-stream ({"error": ...} as its last line), oversized body 413, no token 401,
+another tenant's session 404, a read-only token that writes 403.
+
 Usage: http_e2e_test.py --server PATH/ttt-serve --model MODEL_DIR --proto PROTO_DIR
                         --openai_node_modules DIR (empty: npm missing, that test is skipped)
 """
+import base64
 import hashlib
 import json
 import os
@@ -30,7 +38,8 @@ import time
 import unittest
 import urllib.error
 import urllib.request
-from e2e_support import free_port, parse_unittest_args, stop_process, log_tail, wait_until
+from e2e_support import (bits, free_port, parse_unittest_args, stop_process, log_tail,
+                         wait_until)
 
 ARGS = None
 pb = None
@@ -116,6 +125,37 @@ def http(server, method, path, body=None, headers=None, raw=None):
             return r.status, r.headers, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, e.headers, json.loads(e.read())
+
+
+def rest(server, method, path, body=None, headers=None, raw=None,
+         content_type="application/json"):
+    """(status, headers, body bytes) of one request to an HTTP/JSON route."""
+    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    req = urllib.request.Request(server.url(path), data=data, method=method,
+                                 headers=dict({"Content-Type": content_type}, **(headers or {})))
+    try:
+        with urllib.request.urlopen(req, timeout=120, context=server.ssl) as r:
+            return r.status, r.headers, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, e.read()
+
+
+def rest_json(server, method, path, body=None, **kwargs):
+    status, headers, raw = rest(server, method, path, body, **kwargs)
+    return status, headers, json.loads(raw)
+
+
+def b64(text):
+    """A `bytes` field's JSON: base64 (protobuf's JSON mapping)."""
+    return base64.b64encode(text.encode()).decode()
+
+
+def error_info(status_json):
+    """The ErrorInfo of a google.rpc.Status JSON."""
+    infos = [d for d in status_json["details"]
+             if d["@type"] == "type.googleapis.com/google.rpc.ErrorInfo"]
+    assert len(infos) == 1, status_json
+    return infos[0]
 
 
 def curl(*args):
@@ -322,6 +362,152 @@ class HttpE2ETest(unittest.TestCase):
         self.assertError(status, body, 413, "REQUEST_TOO_LARGE", "at most %d" % MAX_BODY)
         self.assertEqual(self.server.curl("/healthz")[0], 200)  # still serving
 
+    # ---- HTTP/JSON routes of every RPC (issue 25 item 1) ----
+
+    def assertStatus(self, status, body, http_status, code, reason, fragment):
+        """A google.rpc.Status JSON refusal with its ErrorInfo."""
+        self.assertEqual(status, http_status, body)
+        self.assertEqual(body["code"], code, body)
+        self.assertIn(fragment, body["message"])
+        self.assertEqual(error_info(body)["reason"], reason)
+        self.assertEqual(error_info(body)["domain"], "ttt-serve")
+
+    def test_rest_session_routes_are_the_grpc_calls(self):
+        s = self.server
+        status, _, created = rest_json(s, "POST", "/v1/sessions", {
+            "session_id": "rest-a", "options": {"labels": {"suite": "rest"}}})
+        self.assertEqual(status, 200, created)
+        self.assertEqual(created["session_id"], "rest-a")
+        # Ingest: one JSON message per line in, one acknowledgement per line out.
+        lines = "%s\n%s\n" % (json.dumps({"token_ids": [5, 6, 7]}),
+                              json.dumps({"text": b64(DOCUMENT), "flush": True}))
+        status, headers, raw = rest(s, "POST", "/v1/sessions/rest-a:ingest", raw=lines.encode())
+        self.assertEqual(status, 200, raw)
+        self.assertEqual(headers["Content-Type"], "application/x-ndjson")
+        acks = [json.loads(line) for line in raw.decode().splitlines()]
+        self.assertEqual([a["message_index"] for a in acks], ["0", "1"])
+        counters = self.stub.GetSession(pb.GetSessionRequest(session_id="rest-a"),
+                                        timeout=30).counters
+        self.assertEqual(int(acks[-1]["counters"]["tokens_received"]), counters.tokens_received)
+        # A text/plain body: the text, flushed.
+        status, _, raw = rest(s, "POST", "/v1/sessions/rest-a:ingest", raw=b" More ships.",
+                              content_type="text/plain")
+        self.assertEqual(status, 200, raw)
+        received = int(json.loads(raw)["counters"]["tokens_received"])
+        self.assertGreater(received, counters.tokens_received)
+        status, _, got = rest_json(s, "GET", "/v1/sessions/rest-a")
+        self.assertEqual((status, int(got["counters"]["tokens_received"])), (200, received))
+        status, _, listed = rest_json(s, "GET", "/v1/sessions?label_selector.suite=rest")
+        self.assertEqual([x["session_id"] for x in listed["sessions"]], ["rest-a"])
+        # Score and Generate: the gRPC answers, to the bit and to the token.
+        status, _, score = rest_json(s, "POST", "/v1/sessions/rest-a:score", {"text": b64(PROMPT)})
+        expected = self.stub.Score(pb.ScoreRequest(session_id="rest-a", text=PROMPT.encode()),
+                                   timeout=60)
+        self.assertEqual(status, 200, score)
+        self.assertEqual(score["token_ids"], list(expected.token_ids))
+        self.assertEqual(bits(score["logprobs"]), bits(expected.logprobs))
+        status, headers, raw = rest(s, "POST", "/v1/sessions/rest-a:generate", {
+            "prompt_text": b64(PROMPT), "max_tokens": 8, "temperature": 0})
+        self.assertEqual(status, 200, raw)
+        self.assertEqual(headers["Content-Type"], "text/event-stream")
+        events = [json.loads(data) for data in parse_sse(raw.decode())]
+        self.assertEqual(events[-1]["finish_reason"], "FINISH_REASON_LENGTH")
+        text = b"".join(base64.b64decode(e["text"]) for e in events).decode()
+        self.assertEqual(text, grpc_generate(self.stub, "rest-a", prompt_text=PROMPT,
+                                             max_tokens=8)[0])
+        # Checkpoint, fork, reset, restore over a session and into a new one.
+        status, _, ckpt = rest_json(s, "POST", "/v1/sessions/rest-a:checkpoint",
+                                    {"checkpoint_id": "rest-ck"})
+        self.assertEqual((status, ckpt["checkpoint_id"]), (200, "rest-ck"), ckpt)
+        status, _, fork = rest_json(s, "POST", "/v1/sessions/rest-a:fork",
+                                    {"new_session_id": "rest-b"})
+        self.assertEqual((status, fork["counters"]), (200, ckpt["counters"]), fork)
+        status, _, reset = rest_json(s, "POST", "/v1/sessions/rest-b:reset")
+        self.assertEqual((status, reset["counters"]["tokens_received"]), (200, "0"), reset)
+        status, _, restored = rest_json(s, "POST", "/v1/sessions/rest-b:restore",
+                                        {"checkpoint_id": "rest-ck"})
+        self.assertEqual((status, restored["counters"]), (200, ckpt["counters"]), restored)
+        status, _, restored = rest_json(s, "POST", "/v1/checkpoints/rest-ck:restore",
+                                        {"new_session_id": "rest-c"})
+        self.assertEqual((status, restored["session_id"]), (200, "rest-c"), restored)
+        status, _, listed = rest_json(s, "GET", "/v1/checkpoints")
+        self.assertIn("rest-ck", [c["checkpoint_id"] for c in listed["checkpoints"]])
+        # Export as bytes (gRPC's, exactly), import them back under a chosen id and options:
+        # the body streams into the call, so it may exceed --http_max_body_bytes (MAX_BODY).
+        status, _, exported = rest(s, "GET", "/v1/checkpoints/rest-ck:export")
+        self.assertEqual(status, 200)
+        self.assertEqual(exported, b"".join(r.data for r in self.stub.ExportSession(
+            pb.ExportSessionRequest(checkpoint_id="rest-ck"), timeout=60)))
+        status, headers, live = rest(s, "GET", "/v1/sessions/rest-c:export")
+        self.assertEqual((status, int(headers["Content-Length"])), (200, len(live)))
+        self.assertGreater(len(exported), MAX_BODY)
+        status, _, imported = rest_json(
+            s, "POST", "/v1/sessions:import?session_id=rest-d&options.idle_ttl_seconds=120",
+            raw=exported, content_type="application/octet-stream")
+        self.assertEqual(status, 200, imported)
+        self.assertEqual((imported["session_id"], imported["options"]["idle_ttl_seconds"]),
+                         ("rest-d", "120"))
+        self.assertEqual(imported["counters"], ckpt["counters"])
+        # Deletes; then the session is gone.
+        for sid in ("rest-a", "rest-b", "rest-c", "rest-d"):
+            self.assertEqual(rest_json(s, "DELETE", "/v1/sessions/" + sid)[::2], (200, {}))
+        self.assertEqual(rest_json(s, "DELETE", "/v1/checkpoints/rest-ck")[::2], (200, {}))
+        status, _, body = rest_json(s, "GET", "/v1/sessions/rest-a")
+        self.assertStatus(status, body, 404, 5, "NOT_FOUND", "rest-a")
+
+    def test_rest_server_routes_are_the_grpc_calls(self):
+        status, _, info = rest_json(self.server, "GET", "/v1/serverInfo")
+        expected = self.stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=30)
+        self.assertEqual(status, 200, info)
+        self.assertEqual(info["model_fingerprint"], expected.model_fingerprint)
+        self.assertEqual(int(info["vocab_size"]), expected.vocab_size)
+        status, _, tokens = rest_json(self.server, "POST", "/v1/tokenize", {"text": b64(PROMPT)})
+        self.assertEqual(tokens["token_ids"], list(self.stub.Tokenize(
+            pb.TokenizeRequest(text=PROMPT.encode()), timeout=30).token_ids))
+        status, _, text = rest_json(self.server, "POST", "/v1/detokenize", tokens)
+        self.assertEqual(base64.b64decode(text["text"]), self.stub.Detokenize(
+            pb.DetokenizeRequest(token_ids=tokens["token_ids"]), timeout=30).text)
+
+    def test_rest_refusals_are_google_rpc_status_json(self):
+        s = self.server
+        status, _, body = rest_json(s, "POST", "/v1/sessions", raw=b"{not json")
+        self.assertStatus(status, body, 400, 3, "INVALID_ARGUMENT",
+                          "not a JSON tttserve.v1.CreateSessionRequest")
+        status, _, body = rest_json(s, "POST", "/v1/sessions", {"sesion_id": "x"})
+        self.assertStatus(status, body, 400, 3, "INVALID_ARGUMENT", "sesion_id")
+        status, _, body = rest_json(s, "POST", "/v1/sessions/no-such-session:score",
+                                    {"token_ids": [1]})
+        self.assertStatus(status, body, 404, 5, "NOT_FOUND", "no-such-session")
+        self.assertEqual(rest_json(s, "POST", "/v1/sessions", {"session_id": "rest-e"})[0], 200)
+        try:
+            status, _, body = rest_json(s, "POST", "/v1/sessions/rest-e:generate",
+                                        {"temperature": 1000})
+            self.assertStatus(status, body, 400, 3, "INVALID_ARGUMENT", "temperature")
+            status, _, body = rest_json(s, "POST", "/v1/sessions/rest-e:score",
+                                        {"session_id": "rest-other"})
+            self.assertStatus(status, body, 400, 3, "INVALID_ARGUMENT",
+                              "leave it out of the body")
+            status, _, body = rest_json(s, "PUT", "/v1/sessions/rest-e")
+            self.assertStatus(status, body, 405, 12, "UNIMPLEMENTED", "takes GET or DELETE")
+            # A failure after the first acknowledgement: 200, and the error as the last line.
+            lines = b'{"token_ids": [1, 2]}\n{"token_ids": [99999]}\n'
+            status, _, raw = rest(s, "POST", "/v1/sessions/rest-e:ingest", raw=lines)
+            self.assertEqual(status, 200, raw)
+            last = json.loads(raw.decode().splitlines()[-1])
+            self.assertEqual(error_info(last["error"])["reason"], "TOKEN_OUT_OF_VOCAB")
+            status, text = s.curl("/v1/sessions/rest-e:ingest", "-H", "Content-Type: text/plain",
+                                  "--data-binary", "@" + self.big_body())
+            self.assertStatus(status, json.loads(text), 413, 8, "REQUEST_TOO_LARGE",
+                              "at most %d" % MAX_BODY)
+        finally:
+            rest(s, "DELETE", "/v1/sessions/rest-e")
+
+    def big_body(self):
+        path = os.path.join(self.tmp, "big.txt")
+        with open(path, "w") as f:
+            f.write("x" * (MAX_BODY + 1))
+        return path
+
 
 def sha256_hex(token):
     return hashlib.sha256(token.encode()).hexdigest()
@@ -400,6 +586,24 @@ class HttpAuthE2ETest(unittest.TestCase):
             {"x-session-id": sid})
         self.assertEqual(status, 403, body)  # committing writes: the token is read-only
         self.assertEqual(body["error"]["code"], "PERMISSION_DENIED")
+
+    def test_rest_routes_take_the_same_tokens_and_tenants(self):
+        status, headers, body = rest_json(self.server, "POST", "/v1/sessions", {})
+        self.assertEqual((status, body["code"]), (401, 16), body)
+        self.assertEqual(error_info(body)["reason"], "UNAUTHENTICATED")
+        self.assertIn("Bearer", headers["WWW-Authenticate"])
+        alice = {"Authorization": "Bearer alice-token"}
+        status, _, body = rest_json(self.server, "POST", "/v1/sessions",
+                                    {"session_id": "rest-alice"}, headers=alice)
+        self.assertEqual((status, body["tenant"]), (200, "alice"), body)
+        status, _, body = rest_json(self.server, "GET", "/v1/sessions/rest-alice",
+                                    headers={"Authorization": "Bearer bob-token"})
+        self.assertEqual((status, body["code"]), (404, 5), body)
+        status, _, body = rest_json(self.server, "POST", "/v1/sessions/rest-alice:reset",
+                                    headers={"Authorization": "Bearer alice-read-token"})
+        self.assertEqual((status, body["code"]), (403, 7), body)
+        self.assertEqual(rest(self.server, "DELETE", "/v1/sessions/rest-alice",
+                              headers=alice)[0], 200)
 
     def test_plaintext_to_the_https_port_fails(self):
         with self.assertRaises(OSError):
