@@ -48,6 +48,7 @@
 #include <vector>
 
 #include "bench/roofline.h"
+#include "engine/internal/model_tensors.h"
 #include "engine/model.h"
 #include "engine/testing/random_weights.h"
 #include "util/malloc_tuning.h"
@@ -466,7 +467,7 @@ std::string Digest(const Model& model) {
     }
   }
   for (const SequenceState& state : states) {
-    for (const auto& [name, tensor] : state.ToTensors()) {
+    for (const auto& [name, tensor] : StateTensors(state)) {
       const at::Tensor bytes = tensor.contiguous().cpu();
       hash.Update(name);
       hash.Update(bytes.data_ptr(), bytes.nbytes());
@@ -482,7 +483,7 @@ void PrintDigests(const std::string& label, const Model& ttt, const Model& plain
 
 std::unique_ptr<Model> Build(const ModelConfig& config, const NamedTensors& weights,
                              ModelOptions options) {
-  auto model = Model::FromWeights(config, weights, options);
+  auto model = ModelFromWeights(config, weights, options);
   if (!model.ok()) {
     std::cerr << model.status() << "\n";
     std::exit(1);

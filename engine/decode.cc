@@ -7,6 +7,7 @@
 #include <exception>
 
 #include "absl/strings/str_cat.h"
+#include "engine/internal/sequence_tensors.h"
 #include "util/error_reason.h"
 
 namespace ttt::engine {
@@ -25,7 +26,9 @@ absl::Status ValidateTokens(const ModelConfig& config, absl::Span<const int32_t>
   return absl::OkStatus();
 }
 
-bool HasNextTokenLogits(const SequenceState& state) { return state.last_logits.defined(); }
+bool HasNextTokenLogits(const SequenceState& state) {
+  return TensorsOf(state).last_logits.defined();
+}
 
 absl::StatusOr<DecodedToken> DecodeNext(const SequenceState& state, Sampler& sampler) {
   if (!HasNextTokenLogits(state)) {
@@ -33,9 +36,10 @@ absl::StatusOr<DecodedToken> DecodeNext(const SequenceState& state, Sampler& sam
   }
   try {
     c10::InferenceMode guard;
-    at::Tensor logits = state.last_logits.to(at::kFloat).reshape({-1});
+    at::Tensor logits = TensorsOf(state).last_logits.to(at::kFloat).reshape({-1});
+    const at::Tensor cpu = logits.detach().cpu().contiguous();
     DecodedToken out;
-    out.token = sampler.Sample(logits);
+    out.token = sampler.Sample(absl::MakeConstSpan(cpu.data_ptr<float>(), cpu.numel()));
     out.logprob = at::log_softmax(logits, 0)[out.token].item<float>();
     return out;
   } catch (const std::exception& e) {

@@ -19,10 +19,11 @@
 #include "absl/strings/str_join.h"
 #include "engine/decode.h"
 #include "engine/internal/forward.h"
+#include "engine/internal/model_tensors.h"
 #include "engine/internal/model_weights.h"
 #include "engine/internal/state_buffer.h"
 #include "engine/internal/workspace.h"
-#include "engine/train_forward.h"
+#include "engine/internal/train_forward.h"
 #include "util/sha256.h"
 #include "util/status_macros.h"
 
@@ -90,11 +91,25 @@ void SetCpuThreads(int threads) {
   }
 }
 
-Model::Model(ModelConfig config, std::unique_ptr<Weights> weights, at::Device device,
-             at::ScalarType dtype)
-    : config_(std::move(config)), weights_(std::move(weights)), device_(device), dtype_(dtype) {}
+Model::Model(ModelConfig config, std::unique_ptr<Weights> weights)
+    : config_(std::move(config)), weights_(std::move(weights)) {}
 
 Model::~Model() = default;
+
+std::unique_ptr<Model> ModelAccess::NewModel(ModelConfig config,
+                                             std::unique_ptr<Model::Weights> weights) {
+  return std::unique_ptr<Model>(new Model(std::move(config), std::move(weights)));
+}
+
+const std::string& Model::fingerprint() const { return weights_->fingerprint; }
+
+const std::vector<int64_t>& Model::active_ttt_layers() const {
+  return weights_->active_ttt_layers;
+}
+
+at::Device ModelDevice(const Model& model) { return ModelAccess::WeightsOf(model).device; }
+
+at::ScalarType ModelDtype(const Model& model) { return ModelAccess::WeightsOf(model).dtype; }
 
 absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::filesystem::path& dir,
                                                    const ModelOptions& options) {
@@ -105,12 +120,12 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::filesystem::path& 
     ASSIGN_OR_RETURN(at::Tensor tensor, store->Load(name));
     weights.emplace_back(name, std::move(tensor));
   }
-  return FromWeights(std::move(config), weights, options);
+  return ModelFromWeights(std::move(config), weights, options);
 }
 
-absl::StatusOr<std::unique_ptr<Model>> Model::FromWeights(ModelConfig config,
-                                                          const NamedTensors& weights,
-                                                          const ModelOptions& options) {
+absl::StatusOr<std::unique_ptr<Model>> ModelFromWeights(ModelConfig config,
+                                                        const NamedTensors& weights,
+                                                        const ModelOptions& options) {
   ASSIGN_OR_RETURN(at::Device device, ParseDevice(options.device));
   ASSIGN_OR_RETURN(at::ScalarType dtype, ParseDtype(options.dtype));
   std::map<std::string, at::Tensor> by_name(weights.begin(), weights.end());
@@ -132,7 +147,9 @@ absl::StatusOr<std::unique_ptr<Model>> Model::FromWeights(ModelConfig config,
     return it->second.to(device, type);
   };
 
-  auto w = std::make_unique<Weights>();
+  auto w = std::make_unique<Model::Weights>();
+  w->device = device;
+  w->dtype = dtype;
   ASSIGN_OR_RETURN(w->embed, take("model.embed_tokens.weight", {config.vocab_size, d}, dtype));
   ASSIGN_OR_RETURN(w->final_norm, take("model.norm.weight", {d}, dtype));
   // As Hugging Face's tie_weights(): a tied model uses embed_tokens as its head and ignores any
@@ -155,8 +172,9 @@ absl::StatusOr<std::unique_ptr<Model>> Model::FromWeights(ModelConfig config,
                     .reciprocal()
                     .to(device);
 
-  auto model = std::unique_ptr<Model>(new Model(std::move(config), std::move(w), device, dtype));
-  const ModelConfig& cfg = model->config_;
+  std::unique_ptr<Model> model = ModelAccess::NewModel(std::move(config), std::move(w));
+  const ModelConfig& cfg = model->config();
+  Model::Weights& mw = ModelAccess::WeightsOf(*model);
   for (int64_t l = 0; l < cfg.num_hidden_layers; ++l) {
     const std::string p = absl::StrCat("model.layers.", l, ".");
     LayerWeights lw;
@@ -185,15 +203,15 @@ absl::StatusOr<std::unique_ptr<Model>> Model::FromWeights(ModelConfig config,
       if (cfg.ttt_proj) {
         ASSIGN_OR_RETURN(lw.ttt_proj, take(p + "mlp.ttt_proj.weight", {d, d}, at::kFloat));
       }
-      if (model->weights_->eta > 0) {
-        lw.ttt_slot = static_cast<int64_t>(model->active_ttt_layers_.size());
-        model->active_ttt_layers_.push_back(l);
+      if (mw.eta > 0) {
+        lw.ttt_slot = static_cast<int64_t>(mw.active_ttt_layers.size());
+        mw.active_ttt_layers.push_back(l);
       }
     }
-    model->weights_->layers.push_back(std::move(lw));
+    mw.layers.push_back(std::move(lw));
   }
 
-  model->fingerprint_ = Fingerprint(ModelConfigToJson(cfg), by_name,
+  mw.fingerprint = Fingerprint(ModelConfigToJson(cfg), by_name,
                                     cfg.tie_word_embeddings ? "lm_head.weight" : "");
   return model;
 }
@@ -201,19 +219,19 @@ absl::StatusOr<std::unique_ptr<Model>> Model::FromWeights(ModelConfig config,
 std::optional<int64_t> Model::attention_window() const { return weights_->window; }
 
 SequenceState Model::NewSequence() const {
-  SequenceState state;
-  at::TensorOptions opts = at::TensorOptions().dtype(dtype_).device(device_);
+  SequenceTensors state;
+  at::TensorOptions opts = at::TensorOptions().dtype(weights_->dtype).device(weights_->device);
   for (int64_t l = 0; l < config_.num_hidden_layers; ++l) {
     state.cache.push_back({at::zeros({config_.num_key_value_heads, 0, config_.head_dim}, opts),
                            at::zeros({config_.num_key_value_heads, 0, config_.head_dim}, opts)});
   }
-  at::TensorOptions f32 = at::TensorOptions().dtype(at::kFloat).device(device_);
-  for (int64_t layer : active_ttt_layers_) {
+  at::TensorOptions f32 = at::TensorOptions().dtype(at::kFloat).device(weights_->device);
+  for (int64_t layer : weights_->active_ttt_layers) {
     state.ttt.push_back({layer, at::zeros({config_.hidden_size, config_.intermediate_size}, f32),
                          at::zeros({0, config_.intermediate_size}, f32),
                          at::zeros({0, config_.hidden_size}, f32)});
   }
-  return state;
+  return MakeSequenceState(std::move(state));
 }
 
 // Per item: log p(token) for each new token from the logits before it (the state's last logits
@@ -224,7 +242,7 @@ namespace {
 // RecordLogProbs on the CPU in float32: the same log_softmax over the same rows, with the rows
 // gathered into and read from this thread's workspace, and each state's last logits rewritten
 // in place when it owns them: a decode step dispatches one operation here instead of a dozen.
-void RecordLogProbsCpu(absl::Span<IngestItem> items, const std::vector<size_t>& owner,
+void RecordLogProbsCpu(absl::Span<TensorItem> items, const std::vector<size_t>& owner,
                        const std::vector<at::Tensor>& logits,
                        std::vector<IngestLogProbs>& results) {
   const int64_t vocab = logits.front().size(1);
@@ -239,8 +257,8 @@ void RecordLogProbsCpu(absl::Span<IngestItem> items, const std::vector<size_t>& 
   std::vector<int64_t> targets;
   float* row = predictors;
   for (size_t r = 0; r < items.size(); ++r) {
-    const SequenceState& state = *items[r].state;
-    const std::vector<int32_t>& tokens = items[r].tokens;
+    const SequenceTensors& state = *items[r].state;
+    const absl::Span<const int32_t> tokens = items[r].tokens;
     const int64_t n = static_cast<int64_t>(tokens.size());
     if (state.last_logits.defined()) {
       const at::Tensor last = state.last_logits.contiguous();
@@ -263,7 +281,7 @@ void RecordLogProbsCpu(absl::Span<IngestItem> items, const std::vector<size_t>& 
   const float* log_probs = count > 0 ? log_prob_rows.data_ptr<float>() : nullptr;
   int64_t at = 0;
   for (size_t r = 0; r < items.size(); ++r) {
-    SequenceState& state = *items[r].state;
+    SequenceTensors& state = *items[r].state;
     const int64_t n = static_cast<int64_t>(items[r].tokens.size());
     IngestLogProbs& out = results[owner[r]];
     const int64_t picked = state.last_logits.defined() ? n : n - 1;
@@ -279,11 +297,11 @@ void RecordLogProbsCpu(absl::Span<IngestItem> items, const std::vector<size_t>& 
   }
 }
 
-void RecordLogProbs(at::Device device, absl::Span<IngestItem> items,
+void RecordLogProbs(at::Device device, absl::Span<TensorItem> items,
                     const std::vector<size_t>& owner, const std::vector<at::Tensor>& logits,
                     std::vector<IngestLogProbs>& results) {
   const bool cpu_floats =
-      device.is_cpu() && std::all_of(items.begin(), items.end(), [](const IngestItem& item) {
+      device.is_cpu() && std::all_of(items.begin(), items.end(), [](const TensorItem& item) {
         const at::Tensor& last = item.state->last_logits;
         return !last.defined() || (last.scalar_type() == at::kFloat && last.device().is_cpu());
       });
@@ -293,8 +311,8 @@ void RecordLogProbs(at::Device device, absl::Span<IngestItem> items,
   std::vector<at::Tensor> predictors;
   std::vector<int64_t> targets;
   for (size_t r = 0; r < items.size(); ++r) {
-    const SequenceState& state = *items[r].state;
-    const std::vector<int32_t>& tokens = items[r].tokens;
+    const SequenceTensors& state = *items[r].state;
+    const absl::Span<const int32_t> tokens = items[r].tokens;
     const int64_t n = static_cast<int64_t>(tokens.size());
     // Row i predicts token i+1; the state's last logits predict token 0.
     if (state.last_logits.defined()) {
@@ -311,7 +329,7 @@ void RecordLogProbs(at::Device device, absl::Span<IngestItem> items,
   }
   const float* data = picked.defined() ? picked.data_ptr<float>() : nullptr;
   for (size_t r = 0; r < items.size(); ++r) {
-    SequenceState& state = *items[r].state;
+    SequenceTensors& state = *items[r].state;
     const int64_t n = static_cast<int64_t>(items[r].tokens.size());
     IngestLogProbs& out = results[owner[r]];
     const int64_t count = state.last_logits.defined() ? n : n - 1;
@@ -321,32 +339,30 @@ void RecordLogProbs(at::Device device, absl::Span<IngestItem> items,
     state.last_logits = logits[r][n - 1].clone();
   }
 }
-}  // namespace
-
-absl::StatusOr<std::vector<IngestLogProbs>> Model::Ingest(absl::Span<IngestItem> items,
-                                                          IngestMode mode) const {
-  for (const IngestItem& item : items) {
-    if (item.state == nullptr) return absl::InvalidArgumentError("ingest item without a state");
-    RETURN_IF_ERROR(ValidateTokens(config_, item.tokens));
-  }
+// Model::Ingest on the tensors of its items, already validated.
+absl::StatusOr<std::vector<IngestLogProbs>> IngestTensors(const Model& model,
+                                                          absl::Span<TensorItem> items,
+                                                          IngestMode mode) {
+  const ModelConfig& config = model.config();
   std::vector<IngestLogProbs> results(items.size());
-  if (mode == IngestMode::kSequential && !active_ttt_layers_.empty()) {
+  if (mode == IngestMode::kSequential && !model.active_ttt_layers().empty()) {
     // Incremental form: each round feeds every sequence up to its next chunk boundary.
     std::vector<size_t> done(items.size(), 0);
     while (true) {
-      std::vector<IngestItem> round;
+      std::vector<TensorItem> round;
       std::vector<size_t> owner;
       for (size_t b = 0; b < items.size(); ++b) {
-        const std::vector<int32_t>& tokens = items[b].tokens;
+        const absl::Span<const int32_t> tokens = items[b].tokens;
         if (done[b] == tokens.size()) continue;
-        const int64_t room = config_.ttt_chunk - items[b].state->position % config_.ttt_chunk;
+        const int64_t room = config.ttt_chunk - items[b].state->position % config.ttt_chunk;
         const size_t take = std::min<size_t>(room, tokens.size() - done[b]);
-        round.push_back({items[b].state, {tokens.begin() + done[b], tokens.begin() + done[b] + take}});
+        round.push_back({items[b].state, tokens.subspan(done[b], take)});
         owner.push_back(b);
         done[b] += take;
       }
       if (round.empty()) break;
-      ASSIGN_OR_RETURN(std::vector<IngestLogProbs> partial, Ingest(absl::MakeSpan(round)));
+      ASSIGN_OR_RETURN(std::vector<IngestLogProbs> partial,
+                       IngestTensors(model, absl::MakeSpan(round), IngestMode::kParallel));
       for (size_t r = 0; r < round.size(); ++r) {
         IngestLogProbs& out = results[owner[r]];
         out.insert(out.end(), partial[r].begin(), partial[r].end());
@@ -357,7 +373,7 @@ absl::StatusOr<std::vector<IngestLogProbs>> Model::Ingest(absl::Span<IngestItem>
 
   try {
     c10::InferenceMode guard;
-    std::vector<IngestItem> nonempty;
+    std::vector<TensorItem> nonempty;
     std::vector<size_t> owner;
     for (size_t b = 0; b < items.size(); ++b) {
       if (!items[b].tokens.empty()) {
@@ -367,27 +383,43 @@ absl::StatusOr<std::vector<IngestLogProbs>> Model::Ingest(absl::Span<IngestItem>
     }
     if (nonempty.empty()) return results;
     // The items are copies sharing the states: the forward advances the callers' states.
-    std::vector<at::Tensor> logits = ModelAccess(*this, absl::MakeSpan(nonempty)).Run();
-    RecordLogProbs(device_, absl::MakeSpan(nonempty), owner, logits, results);
+    std::vector<at::Tensor> logits = ModelAccess(model, absl::MakeSpan(nonempty)).Run();
+    RecordLogProbs(ModelDevice(model), absl::MakeSpan(nonempty), owner, logits, results);
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat("engine forward failed: ", e.what_without_backtrace()));
   }
   return results;
 }
 
-at::Tensor Model::ForwardTrain(const at::Tensor& tokens) const {
-  TrainForwardSettings settings;
-  settings.eta = active_ttt_layers_.empty() ? 0.0 : weights_->eta;
-  settings.window = weights_->window;
-  settings.active_ttt_layers = active_ttt_layers_;
-  return BatchedTrainForward(config_, NamedWeights(), settings, tokens.to(device_));
+}  // namespace
+
+absl::StatusOr<std::vector<IngestLogProbs>> Model::Ingest(absl::Span<IngestItem> items,
+                                                          IngestMode mode) const {
+  std::vector<TensorItem> tensor_items;
+  tensor_items.reserve(items.size());
+  for (const IngestItem& item : items) {
+    if (item.state == nullptr) return absl::InvalidArgumentError("ingest item without a state");
+    RETURN_IF_ERROR(ValidateTokens(config_, item.tokens));
+    tensor_items.push_back({&TensorsOf(*item.state), item.tokens});
+  }
+  return IngestTensors(*this, absl::MakeSpan(tensor_items), mode);
 }
 
-NamedTensors Model::NamedWeights() const {
+at::Tensor ForwardTrain(const Model& model, const at::Tensor& tokens) {
+  const Model::Weights& w = ModelAccess::WeightsOf(model);
+  TrainForwardSettings settings;
+  settings.eta = w.active_ttt_layers.empty() ? 0.0 : w.eta;
+  settings.window = w.window;
+  settings.active_ttt_layers = w.active_ttt_layers;
+  return BatchedTrainForward(model.config(), NamedWeights(model), settings, tokens.to(w.device));
+}
+
+NamedTensors NamedWeights(const Model& model) {
+  const Model::Weights& w = ModelAccess::WeightsOf(model);
   NamedTensors out;
-  out.emplace_back("model.embed_tokens.weight", weights_->embed);
-  for (size_t l = 0; l < weights_->layers.size(); ++l) {
-    const LayerWeights& lw = weights_->layers[l];
+  out.emplace_back("model.embed_tokens.weight", w.embed);
+  for (size_t l = 0; l < w.layers.size(); ++l) {
+    const LayerWeights& lw = w.layers[l];
     const std::string p = absl::StrCat("model.layers.", l, ".");
     out.emplace_back(p + "input_layernorm.weight", lw.input_norm);
     out.emplace_back(p + "post_attention_layernorm.weight", lw.post_norm);
@@ -410,9 +442,9 @@ NamedTensors Model::NamedWeights() const {
     if (lw.ttt_conv.defined()) out.emplace_back(p + "mlp.ttt_conv.weight", lw.ttt_conv);
     if (lw.ttt_proj.defined()) out.emplace_back(p + "mlp.ttt_proj.weight", lw.ttt_proj);
   }
-  out.emplace_back("model.norm.weight", weights_->final_norm);
-  if (!weights_->lm_head.is_same(weights_->embed)) {
-    out.emplace_back("lm_head.weight", weights_->lm_head);
+  out.emplace_back("model.norm.weight", w.final_norm);
+  if (!w.lm_head.is_same(w.embed)) {
+    out.emplace_back("lm_head.weight", w.lm_head);
   }
   return out;
 }

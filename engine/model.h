@@ -1,5 +1,7 @@
 // The decoder (Llama / Qwen3 family) with In-Place TTT in its configured layers, run on batches of
-// independent sequences. DESIGN.md section 1 is the method; this file is its contract.
+// independent sequences. DESIGN.md section 1 is the method; this file is its contract. Plain
+// types only: the tensors sit behind Model::Weights and SequenceState; LibTorch programs (the
+// trainer, benchmarks, engine tests) reach them through engine/internal/model_tensors.h.
 #pragma once
 
 #include <filesystem>
@@ -8,12 +10,9 @@
 #include <string>
 #include <vector>
 
-#include <ATen/ATen.h>  // not <torch/torch.h>: a third of the compile time
-
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "engine/config.h"
-#include "engine/safetensors.h"
 #include "engine/sequence.h"
 
 namespace ttt::engine {
@@ -55,25 +54,22 @@ class Model {
   // INVALID_ARGUMENT (config or weights malformed, a tensor missing or misshapen, bad options).
   static absl::StatusOr<std::unique_ptr<Model>> Load(const std::filesystem::path& dir,
                                                      const ModelOptions& options = {});
-  // Builds from tensors named as in Hugging Face checkpoints (the trainer uses this).
-  static absl::StatusOr<std::unique_ptr<Model>> FromWeights(ModelConfig config,
-                                                            const NamedTensors& weights,
-                                                            const ModelOptions& options = {});
+  // (ModelFromWeights in engine/internal/model_tensors.h builds one from tensors.)
 
   const ModelConfig& config() const { return config_; }
   // Identifies config + weights: lower-case hex SHA-256 over the normalised config JSON and, in
   // name order, each weight tensor of the file as loaded (name, dtype, shape, bytes; an lm_head
   // a tied model ignores is left out). Independent of --device/--dtype; costs one pass over the
   // weights at load.
-  const std::string& fingerprint() const { return fingerprint_; }
-  at::Device device() const { return device_; }
-  at::ScalarType dtype() const { return dtype_; }
+  const std::string& fingerprint() const;
 
   // A fresh stream at position 0 with fast weights W_down^(0).
   SequenceState NewSequence() const;
-  // Rebuilds a state saved with SequenceState::ToTensors()/Metadata() (a checkpoint file),
-  // bit-exactly, on this model's device. INVALID_ARGUMENT names what does not fit this model.
-  absl::StatusOr<SequenceState> RestoreSequence(const SafetensorsFile& file) const;
+  // Rebuilds a state from its EncodeSequence bytes (a checkpoint file), bit-exactly, on this
+  // model's device; `source` names the bytes in messages. DATA_LOSS when the bytes are not a
+  // readable safetensors file; INVALID_ARGUMENT names what does not fit this model.
+  absl::StatusOr<SequenceState> RestoreSequence(std::string bytes,
+                                                const std::string& source) const;
   // The largest stream position a state may hold: positions stay exact in every product that
   // uses them (2^48 tokens is years of streaming at any speed this engine reaches).
   static constexpr int64_t kMaxPosition = int64_t{1} << 48;
@@ -83,7 +79,7 @@ class Model {
   // > 0; every value finite. INVALID_ARGUMENT naming `source` and the rule otherwise.
   absl::Status CheckSequence(const SequenceState& state, const std::string& source) const;
   // Layer indices where TTT is active (empty when eta = 0 or the checkpoint has no TTT params).
-  const std::vector<int64_t>& active_ttt_layers() const { return active_ttt_layers_; }
+  const std::vector<int64_t>& active_ttt_layers() const;
   // Attention window in tokens (nullopt = full attention), after ModelOptions overrides.
   std::optional<int64_t> attention_window() const;
   // Back to the fresh state, keeping nothing.
@@ -96,28 +92,17 @@ class Model {
   absl::StatusOr<std::vector<IngestLogProbs>> Ingest(absl::Span<IngestItem> items,
                                                      IngestMode mode = IngestMode::kParallel) const;
 
-  // Named parameters as in a Hugging Face checkpoint (for the trainer and for writing models).
-  // The tensors alias the model's own: the trainer sets requires_grad and optimises them.
-  NamedTensors NamedWeights() const;
-
-  // Training forward: logits [B, T, vocab] for fresh streams `tokens` [B, T] (int64), parallel
-  // form, differentiable in the weights (call outside InferenceMode).
-  at::Tensor ForwardTrain(const at::Tensor& tokens) const;
-
   ~Model();
 
- private:
+  // The tensors, device and serving settings (engine/internal/model_weights.h).
   struct Weights;
-  Model(ModelConfig config, std::unique_ptr<Weights> weights, at::Device device,
-        at::ScalarType dtype);
+
+ private:
+  Model(ModelConfig config, std::unique_ptr<Weights> weights);
   friend class ModelAccess;
 
   ModelConfig config_;
   std::unique_ptr<Weights> weights_;
-  at::Device device_;
-  at::ScalarType dtype_;
-  std::string fingerprint_;
-  std::vector<int64_t> active_ttt_layers_;
 };
 
 }  // namespace ttt::engine

@@ -3,7 +3,7 @@
 // checkpoint folder (one file or an index of shards). Every check happens in Parse() before any tensor is handed out, so a
 // truncated or hostile file yields a status naming the file and the tensor, never a crash or an
 // out-of-bounds read.
-#include "engine/safetensors.h"
+#include "engine/internal/safetensors.h"
 
 #include <fcntl.h>
 #include <sys/mman.h>

@@ -57,10 +57,9 @@ absl::Status ValidateSamplingParams(const SamplingParams& params) {
   return absl::OkStatus();
 }
 
-int32_t Sampler::Sample(const at::Tensor& logits) {
-  at::Tensor cpu = logits.detach().to(at::kFloat).cpu().contiguous();
-  const float* data = cpu.data_ptr<float>();
-  const int64_t vocab = cpu.numel();
+int32_t Sampler::Sample(absl::Span<const float> logits) {
+  const float* data = logits.data();
+  const int64_t vocab = static_cast<int64_t>(logits.size());
   if (params_.temperature == 0) {
     return static_cast<int32_t>(std::max_element(data, data + vocab) - data);
   }

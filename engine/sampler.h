@@ -5,9 +5,8 @@
 #include <cstdint>
 #include <random>
 
-#include <ATen/ATen.h>  // not <torch/torch.h>: a third of the compile time
-
 #include "absl/status/status.h"
+#include "absl/types/span.h"
 
 namespace ttt::engine {
 
@@ -25,8 +24,8 @@ absl::Status ValidateSamplingParams(const SamplingParams& params);
 class Sampler {
  public:
   explicit Sampler(const SamplingParams& params) : params_(params), rng_(params.seed) {}
-  // REQUIRES: logits is a 1-D float tensor. Returns the chosen token id.
-  int32_t Sample(const at::Tensor& logits);
+  // REQUIRES: logits is not empty (one per vocabulary entry). Returns the chosen token id.
+  int32_t Sample(absl::Span<const float> logits);
 
  private:
   SamplingParams params_;

@@ -2,42 +2,74 @@
 // the shapes a state must have.
 #include "engine/sequence.h"
 
+#include <memory>
 #include <set>
+#include <utility>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "engine/internal/model_tensors.h"
+#include "engine/internal/sequence_tensors.h"
 #include "engine/internal/state_buffer.h"
 #include "engine/model.h"
 #include "util/status_macros.h"
 
 namespace ttt::engine {
 
+SequenceState::SequenceState() = default;
+SequenceState::~SequenceState() = default;
+SequenceState::SequenceState(SequenceState&& other) noexcept = default;
+SequenceState& SequenceState::operator=(SequenceState&& other) noexcept = default;
+
+SequenceTensors& TensorsOf(SequenceState& state) {
+  if (state.tensors_ == nullptr) state.tensors_ = std::make_unique<SequenceTensors>();
+  return *state.tensors_;
+}
+
+const SequenceTensors& TensorsOf(const SequenceState& state) {
+  static const SequenceTensors* const kEmpty = new SequenceTensors();
+  return state.tensors_ == nullptr ? *kEmpty : *state.tensors_;
+}
+
+SequenceState MakeSequenceState(SequenceTensors tensors) {
+  SequenceState state;
+  TensorsOf(state) = std::move(tensors);
+  return state;
+}
+
+int64_t SequenceState::position() const { return TensorsOf(*this).position; }
+int64_t SequenceState::chunks_applied() const { return TensorsOf(*this).chunks_applied; }
+int64_t SequenceState::PendingTokens() const { return TensorsOf(*this).PendingTokens(); }
+
 SequenceState SequenceState::Clone() const {
-  SequenceState copy;
-  copy.position = position;
-  copy.chunks_applied = chunks_applied;
-  for (const LayerCache& c : cache) copy.cache.push_back({c.keys.clone(), c.values.clone()});
-  for (const TttLayerState& t : ttt) {
+  const SequenceTensors& from = TensorsOf(*this);
+  SequenceTensors copy;
+  copy.position = from.position;
+  copy.chunks_applied = from.chunks_applied;
+  for (const LayerCache& c : from.cache) copy.cache.push_back({c.keys.clone(), c.values.clone()});
+  for (const TttLayerState& t : from.ttt) {
     copy.ttt.push_back({t.layer, t.delta.clone(), t.pending_z.clone(), t.pending_x0.clone()});
   }
-  if (last_logits.defined()) copy.last_logits = last_logits.clone();
-  return copy;
+  if (from.last_logits.defined()) copy.last_logits = from.last_logits.clone();
+  return MakeSequenceState(std::move(copy));
 }
 
 // The elements of its tensors: what a valid state of this shape needs (and what it serializes
 // to); HeldBytes adds the spare rows of buffers grown in place (internal/state_buffer.h).
 int64_t SequenceState::MemoryBytes() const {
+  const SequenceTensors& s = TensorsOf(*this);
   auto elements = [](const at::Tensor& t) -> int64_t { return t.defined() ? t.nbytes() : 0; };
-  int64_t bytes = elements(last_logits);
-  for (const LayerCache& c : cache) bytes += elements(c.keys) + elements(c.values);
-  for (const TttLayerState& t : ttt) {
+  int64_t bytes = elements(s.last_logits);
+  for (const LayerCache& c : s.cache) bytes += elements(c.keys) + elements(c.values);
+  for (const TttLayerState& t : s.ttt) {
     bytes += elements(t.delta) + elements(t.pending_z) + elements(t.pending_x0);
   }
   return bytes;
 }
 
 int64_t SequenceState::HeldBytes() const {
+  const SequenceTensors& s = TensorsOf(*this);
   std::set<const void*> seen;
   int64_t bytes = 0;
   auto add = [&](const at::Tensor& t) {
@@ -47,12 +79,12 @@ int64_t SequenceState::HeldBytes() const {
       bytes += static_cast<int64_t>(storage.nbytes());
     }
   };
-  add(last_logits);
-  for (const LayerCache& c : cache) {
+  add(s.last_logits);
+  for (const LayerCache& c : s.cache) {
     add(c.keys);
     add(c.values);
   }
-  for (const TttLayerState& t : ttt) {
+  for (const TttLayerState& t : s.ttt) {
     add(t.delta);
     add(t.pending_z);
     add(t.pending_x0);
@@ -60,34 +92,51 @@ int64_t SequenceState::HeldBytes() const {
   return bytes;
 }
 
+std::vector<int64_t> SequenceState::TttLayers() const {
+  std::vector<int64_t> layers;
+  for (const TttLayerState& t : TensorsOf(*this).ttt) layers.push_back(t.layer);
+  return layers;
+}
+
 std::vector<double> SequenceState::DeltaNorms() const {
   std::vector<double> norms;
-  for (const TttLayerState& t : ttt) norms.push_back(t.delta.norm().item<double>());
+  for (const TttLayerState& t : TensorsOf(*this).ttt) {
+    norms.push_back(t.delta.norm().item<double>());
+  }
   return norms;
 }
 
-NamedTensors SequenceState::ToTensors() const {
+NamedTensors StateTensors(const SequenceState& state) {
+  const SequenceTensors& s = TensorsOf(state);
   NamedTensors out;
-  for (size_t l = 0; l < cache.size(); ++l) {
-    out.emplace_back(absl::StrCat("cache.", l, ".keys"), cache[l].keys);
-    out.emplace_back(absl::StrCat("cache.", l, ".values"), cache[l].values);
+  for (size_t l = 0; l < s.cache.size(); ++l) {
+    out.emplace_back(absl::StrCat("cache.", l, ".keys"), s.cache[l].keys);
+    out.emplace_back(absl::StrCat("cache.", l, ".values"), s.cache[l].values);
   }
-  for (const TttLayerState& t : ttt) {
+  for (const TttLayerState& t : s.ttt) {
     out.emplace_back(absl::StrCat("ttt.", t.layer, ".delta"), t.delta);
     out.emplace_back(absl::StrCat("ttt.", t.layer, ".pending_z"), t.pending_z);
     out.emplace_back(absl::StrCat("ttt.", t.layer, ".pending_x0"), t.pending_x0);
   }
-  if (last_logits.defined()) out.emplace_back("last_logits", last_logits);
+  if (s.last_logits.defined()) out.emplace_back("last_logits", s.last_logits);
   return out;
 }
 
 std::map<std::string, std::string> SequenceState::Metadata() const {
-  return {{"state.position", absl::StrCat(position)},
-          {"state.chunks_applied", absl::StrCat(chunks_applied)}};
+  const SequenceTensors& s = TensorsOf(*this);
+  return {{"state.position", absl::StrCat(s.position)},
+          {"state.chunks_applied", absl::StrCat(s.chunks_applied)}};
 }
 
-absl::StatusOr<SequenceState> Model::RestoreSequence(const SafetensorsFile& file) const {
-  SequenceState state = NewSequence();
+absl::StatusOr<std::string> EncodeSequence(const SequenceState& state,
+                                           const std::map<std::string, std::string>& metadata) {
+  return EncodeSafetensors(StateTensors(state), metadata);
+}
+
+absl::StatusOr<SequenceState> RestoreSequence(const Model& model, const SafetensorsFile& file) {
+  const ModelConfig& config = model.config();
+  SequenceState restored = model.NewSequence();
+  SequenceTensors& state = TensorsOf(restored);
   const auto& meta = file.metadata();
   auto number = [&](const std::string& key, int64_t& out) -> absl::Status {
     auto it = meta.find(key);
@@ -113,26 +162,27 @@ absl::StatusOr<SequenceState> Model::RestoreSequence(const SafetensorsFile& file
           file.source(), ": tensor '", name, "' has dtype ", c10::toString(t.scalar_type()),
           " shape [", absl::StrJoin(t.sizes(), ","), "], which does not fit this model"));
     }
-    return t.to(device_);
+    return t.to(ModelDevice(model));
   };
-  const int64_t kv = config_.num_key_value_heads, hd = config_.head_dim;
-  const std::optional<int64_t> window = attention_window();
+  const int64_t kv = config.num_key_value_heads, hd = config.head_dim;
+  const at::ScalarType dtype = ModelDtype(model);
+  const std::optional<int64_t> window = model.attention_window();
   const int64_t max_cache = window ? std::max<int64_t>(*window - 1, 0) : state.position;
   for (size_t l = 0; l < state.cache.size(); ++l) {
-    ASSIGN_OR_RETURN(state.cache[l].keys, load(absl::StrCat("cache.", l, ".keys"), dtype_,
+    ASSIGN_OR_RETURN(state.cache[l].keys, load(absl::StrCat("cache.", l, ".keys"), dtype,
                                                {kv, 0, hd}, 1, max_cache));
-    ASSIGN_OR_RETURN(state.cache[l].values, load(absl::StrCat("cache.", l, ".values"), dtype_,
+    ASSIGN_OR_RETURN(state.cache[l].values, load(absl::StrCat("cache.", l, ".values"), dtype,
                                                  {kv, 0, hd}, 1, max_cache));
   }
-  const int64_t d = config_.hidden_size, d_ff = config_.intermediate_size;
+  const int64_t d = config.hidden_size, d_ff = config.intermediate_size;
   for (TttLayerState& t : state.ttt) {
     const std::string p = absl::StrCat("ttt.", t.layer, ".");
     ASSIGN_OR_RETURN(t.delta, load(p + "delta", at::kFloat, {d, d_ff}, -1, 0));
     ASSIGN_OR_RETURN(t.pending_z, load(p + "pending_z", at::kFloat, {0, d_ff}, 0,
-                                       config_.ttt_chunk - 1));
+                                       config.ttt_chunk - 1));
     ASSIGN_OR_RETURN(t.pending_x0, load(p + "pending_x0", at::kFloat, {0, d}, 0,
-                                        config_.ttt_chunk - 1));
-    if (t.pending_z.size(0) != state.position % config_.ttt_chunk ||
+                                        config.ttt_chunk - 1));
+    if (t.pending_z.size(0) != state.position % config.ttt_chunk ||
         t.pending_x0.size(0) != t.pending_z.size(0)) {
       return absl::InvalidArgumentError(absl::StrCat(
           file.source(), ": the unfinished chunk of TTT layer ", t.layer,
@@ -141,7 +191,7 @@ absl::StatusOr<SequenceState> Model::RestoreSequence(const SafetensorsFile& file
   }
   if (file.Contains("last_logits")) {
     ASSIGN_OR_RETURN(state.last_logits,
-                     load("last_logits", at::kFloat, {config_.vocab_size}, -1, 0));
+                     load("last_logits", at::kFloat, {config.vocab_size}, -1, 0));
   } else if (state.position > 0) {
     return absl::InvalidArgumentError(
         absl::StrCat(file.source(), ": 'last_logits' is missing for a stream at position ",
@@ -161,8 +211,15 @@ absl::StatusOr<SequenceState> Model::RestoreSequence(const SafetensorsFile& file
         file.source(), ": holds ", state_tensors, " state tensors, this model expects ", expected,
         " (a state from a model with other layers or TTT settings?)"));
   }
-  RETURN_IF_ERROR(CheckSequence(state, file.source()));
-  return state;
+  RETURN_IF_ERROR(model.CheckSequence(restored, file.source()));
+  return restored;
+}
+
+absl::StatusOr<SequenceState> Model::RestoreSequence(std::string bytes,
+                                                     const std::string& source) const {
+  auto file = SafetensorsFile::FromBytes(std::move(bytes), source);
+  if (!file.ok()) return absl::DataLossError(file.status().message());
+  return engine::RestoreSequence(*this, **file);
 }
 
 }  // namespace ttt::engine

@@ -1,42 +1,38 @@
 // What one sequence (a session's stream) carries between calls: its position, KV cache, and per
-// TTT layer the fast-weight delta and the unfinished chunk's buffer. Plain data: a session owns
-// one; the Model reads and advances it. Not thread-safe; one user at a time.
+// TTT layer the fast-weight delta and the unfinished chunk's buffer. An opaque handle: a session
+// owns one and sees plain numbers; the Model reads and advances its tensors
+// (engine/internal/sequence_tensors.h). Not thread-safe; one user at a time.
 #pragma once
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
-#include <ATen/ATen.h>  // not <torch/torch.h>: a third of the compile time
-
 #include "absl/status/statusor.h"
-#include "engine/config.h"
-#include "engine/safetensors.h"
 
 namespace ttt::engine {
 
-struct LayerCache {
-  at::Tensor keys;    // [kv_heads, n, head_dim], RoPE applied; n <= window when windowed
-  at::Tensor values;  // [kv_heads, n, head_dim]
-};
+struct SequenceTensors;  // engine/internal/sequence_tensors.h
 
-struct TttLayerState {
-  int64_t layer = 0;          // decoder layer index
-  at::Tensor delta;        // [d_model, d_ff] fp32: eta * sum of the completed chunks' updates
-  at::Tensor pending_z;    // [p, d_ff] fp32: Z rows of the unfinished chunk (p < chunk)
-  at::Tensor pending_x0;   // [p, d_model] fp32: X0 rows of the unfinished chunk
-};
+class SequenceState {
+ public:
+  // A state holding nothing (what a session keeps while its state is released or evicted).
+  // Model::NewSequence gives a fresh stream.
+  SequenceState();
+  ~SequenceState();
+  SequenceState(SequenceState&& other) noexcept;
+  SequenceState& operator=(SequenceState&& other) noexcept;
+  SequenceState(const SequenceState&) = delete;  // Clone() makes the copy explicit
+  SequenceState& operator=(const SequenceState&) = delete;
 
-struct SequenceState {
-  int64_t position = 0;        // tokens consumed so far (absolute position of the next token)
-  int64_t chunks_applied = 0;  // chunk updates folded into the fast weights
-  std::vector<LayerCache> cache;  // one per decoder layer
-  std::vector<TttLayerState> ttt;  // one per TTT layer, in layer order
-  at::Tensor last_logits;   // [vocab] fp32: next-token logits; undefined before any token
-
+  // Tokens consumed so far (the absolute position of the next token).
+  int64_t position() const;
+  // Chunk updates folded into the fast weights.
+  int64_t chunks_applied() const;
   // Tokens of the unfinished chunk (0 when the stream sits on a chunk boundary).
-  int64_t PendingTokens() const { return ttt.empty() ? 0 : ttt.front().pending_z.size(0); }
+  int64_t PendingTokens() const;
   // A deep copy (a fork): nothing is shared with the original.
   SequenceState Clone() const;
   // Bytes of its tensors' elements (what it serializes to).
@@ -44,13 +40,25 @@ struct SequenceState {
   // Bytes of the buffers its tensors keep alive, each buffer once, whole: more than MemoryBytes
   // by the spare rows of caches grown in place. What the state really holds (the budget's figure).
   int64_t HeldBytes() const;
-  // Frobenius norm of each TTT layer's delta, in layer order.
+  // The decoder layers with TTT state, in order.
+  std::vector<int64_t> TttLayers() const;
+  // Frobenius norm of each TTT layer's delta, in TttLayers() order.
   std::vector<double> DeltaNorms() const;
 
-  // Tensors and metadata that restore this state bit-exactly (see Deserialize).
-  NamedTensors ToTensors() const;
+  // The state's own metadata entries ("state.position", "state.chunks_applied") that, with its
+  // tensors, restore it bit-exactly (EncodeSequence, Model::RestoreSequence).
   std::map<std::string, std::string> Metadata() const;
-  // The inverse is Model::RestoreSequence, which checks every shape against the model.
+
+ private:
+  friend SequenceTensors& TensorsOf(SequenceState& state);
+  friend const SequenceTensors& TensorsOf(const SequenceState& state);
+  std::unique_ptr<SequenceTensors> tensors_;  // null while it holds nothing
 };
+
+// The safetensors encoding of `state`'s tensors with string `metadata` under "__metadata__"
+// (pass Metadata() merged with the caller's own entries). INVALID_ARGUMENT when `metadata` is not
+// valid UTF-8; INTERNAL when LibTorch fails. Engine thread (reads the state's tensors).
+absl::StatusOr<std::string> EncodeSequence(const SequenceState& state,
+                                           const std::map<std::string, std::string>& metadata);
 
 }  // namespace ttt::engine

@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 
 #include "absl/strings/str_cat.h"
+#include "engine/internal/sequence_tensors.h"
 #include "engine/model.h"
 
 namespace ttt::engine {
@@ -18,7 +19,9 @@ bool AllFinite(const at::Tensor& t) {
 
 }  // namespace
 
-absl::Status Model::CheckSequence(const SequenceState& state, const std::string& source) const {
+absl::Status Model::CheckSequence(const SequenceState& sequence,
+                                  const std::string& source) const {
+  const SequenceTensors& state = TensorsOf(sequence);
   auto invalid = [&](const std::string& why) {
     return absl::InvalidArgumentError(absl::StrCat(source, ": ", why));
   };

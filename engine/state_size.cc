@@ -5,6 +5,8 @@
 
 #include <c10/core/ScalarType.h>
 
+#include "engine/internal/model_tensors.h"
+
 namespace ttt::engine {
 
 StateSizeBound MaxStateSize(const Model& model) {
@@ -18,7 +20,7 @@ StateSizeBound MaxStateSize(const Model& model) {
                        pending_rows * (c.intermediate_size + c.hidden_size)) +
                   kF32 * c.vocab_size;
   b.bytes_per_cached_token = c.num_hidden_layers * 2 * c.num_key_value_heads * c.head_dim *
-                             static_cast<int64_t>(c10::elementSize(model.dtype()));
+                             static_cast<int64_t>(c10::elementSize(ModelDtype(model)));
   if (auto window = model.attention_window()) {
     b.max_cached_tokens = std::max<int64_t>(*window - 1, 0);
   }

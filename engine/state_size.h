@@ -18,7 +18,7 @@ struct StateSizeBound {
   // The most tokens a valid state caches: window - 1 for a windowed model, nullopt for full
   // attention (the cache grows with the stream).
   std::optional<int64_t> max_cached_tokens;
-  // Tensors a state serialises to (SequenceState::ToTensors).
+  // Tensors a state serialises to (StateTensors, engine/internal/sequence_tensors.h).
   int64_t tensor_count = 0;
 
   // The bound on the tensors' bytes when at most `cached_tokens` are cached.

@@ -1,4 +1,4 @@
-#include "engine/train_forward.h"
+#include "engine/internal/train_forward.h"
 
 #include <algorithm>
 #include <cmath>

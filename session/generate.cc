@@ -55,8 +55,8 @@ class GenerateOp : public std::enable_shared_from_this<GenerateOp> {
       counted_ = scratch_.HeldBytes();
       *scratch_bytes_ += counted_;
     }
-    position_before_ = target()->position;
-    chunks_before_ = target()->chunks_applied;
+    position_before_ = target()->position();
+    chunks_before_ = target()->chunks_applied();
   }
 
   // Runs after each ingest (the prompt, then every drawn token): draws the next token.
@@ -116,7 +116,7 @@ class GenerateOp : public std::enable_shared_from_this<GenerateOp> {
     if (params_.commit) {
       std::lock_guard<std::mutex> lock(sess.mu);
       if (sess.resident) {
-        const int64_t tokens = std::max<int64_t>(0, sess.state.position - position_before_);
+        const int64_t tokens = std::max<int64_t>(0, sess.state.position() - position_before_);
         const int64_t chunks = sess.AccountWriteLocked(tokens, chunks_before_, chunk_);
         sess.counters.tokens_generated += generated_;
         sess.RefreshLocked();

@@ -29,7 +29,7 @@ absl::Status SessionManager::SubmitIngest(
   w.cancel = cancel;
   w.prepare = [this, s, op]() -> absl::Status {
     RETURN_IF_ERROR(EnsureResident(*s));
-    op->chunks_before = s->state.chunks_applied;
+    op->chunks_before = s->state.chunks_applied();
     return absl::OkStatus();
   };
   w.on_progress = [op](absl::Span<const float> logprobs, int64_t) {
@@ -181,7 +181,7 @@ absl::Status SessionManager::Score(const std::string& tenant, const std::string&
     RETURN_IF_ERROR(EnsureResident(*s));
     // Checked here, in order with the session's writes: an empty session's first token has no
     // context, so one token alone would predict nothing (and a perplexity over nothing).
-    if (s->state.position == 0 && count < 2) {
+    if (s->state.position() == 0 && count < 2) {
       return absl::InvalidArgumentError(
           "score needs at least 2 tokens on an empty session: its first token has no context, "
           "so nothing would be predicted; ingest context first or score more tokens");

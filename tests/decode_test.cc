@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <vector>
 
+#include "engine/internal/sequence_tensors.h"
 #include "engine/model.h"
 
 namespace ttt::engine {
@@ -45,12 +46,12 @@ TEST(DecodeTest, GreedyTakesTheArgmaxWithItsLogProbability) {
   Sampler sampler(greedy);
   auto next = DecodeNext(state, sampler);
   ASSERT_TRUE(next.ok()) << next.status();
-  at::Tensor logp = at::log_softmax(state.last_logits.to(at::kFloat), 0);
+  at::Tensor logp = at::log_softmax(TensorsOf(state).last_logits.to(at::kFloat), 0);
   EXPECT_EQ(next->token, logp.argmax().item<int64_t>());
   EXPECT_FLOAT_EQ(next->logprob, logp[next->token].item<float>());
   EXPECT_LE(next->logprob, 0.0f);
   // The state is unchanged by a decode step.
-  EXPECT_EQ(state.position, 4);
+  EXPECT_EQ(state.position(), 4);
 }
 
 TEST(DecodeTest, ValidateTokensNamesTheFirstTokenOutsideTheVocabulary) {
@@ -69,7 +70,8 @@ TEST(DecodeTest, ValidateTokensNamesTheFirstTokenOutsideTheVocabulary) {
 std::vector<int64_t> Counts(const SamplingParams& params, const std::vector<float>& logits,
                             int draws) {
   Sampler sampler(params);
-  at::Tensor t = at::tensor(logits, at::kFloat);
+  const at::Tensor tensor = at::tensor(logits, at::kFloat);
+  const absl::Span<const float> t(tensor.data_ptr<float>(), tensor.numel());
   std::vector<int64_t> counts(logits.size(), 0);
   for (int i = 0; i < draws; ++i) ++counts.at(sampler.Sample(t));
   return counts;
@@ -149,7 +151,8 @@ TEST(SamplerTest, TheSameSeedDrawsTheSameTokens) {
   SamplingParams params;
   params.seed = 99;
   Sampler a(params), b(params);
-  at::Tensor t = at::tensor(kLogits, at::kFloat);
+  const at::Tensor tensor = at::tensor(kLogits, at::kFloat);
+  const absl::Span<const float> t(tensor.data_ptr<float>(), tensor.numel());
   for (int i = 0; i < 200; ++i) EXPECT_EQ(a.Sample(t), b.Sample(t)) << "draw " << i;
 }
 

@@ -26,9 +26,10 @@
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "engine/internal/model_tensors.h"
 #include "engine/config.h"
 #include "engine/model.h"
-#include "engine/safetensors.h"
+#include "engine/internal/safetensors.h"
 #include "engine/sequence.h"
 
 namespace ttt::engine {
@@ -219,15 +220,16 @@ class GoldenTest : public ::testing::TestWithParam<std::string> {
   // Position, chunk counters and each TTT layer's fast-weight delta after the whole stream.
   void ExpectTttState(const Model& model, const SequenceState& state) {
     const int64_t chunk = model.config().ttt_chunk;
-    EXPECT_EQ(state.position, T());
+    EXPECT_EQ(state.position(), T());
     ASSERT_GT(chunk, 0);
-    EXPECT_EQ(state.chunks_applied, T() / chunk);
+    EXPECT_EQ(state.chunks_applied(), T() / chunk);
     EXPECT_EQ(state.PendingTokens(), T() % chunk);
-    ASSERT_EQ(state.ttt.size(), golden_.deltas.size()) << "one TTT state per TTT layer";
+    ASSERT_EQ(TensorsOf(state).ttt.size(), golden_.deltas.size()) << "one TTT state per TTT layer";
     size_t k = 0;
     for (const auto& [layer, want] : golden_.deltas) {
-      EXPECT_EQ(state.ttt[k].layer, layer);
-      EXPECT_TRUE(TensorsMatch(state.ttt[k].delta, want, "delta of layer " + std::to_string(layer)));
+      EXPECT_EQ(TensorsOf(state).ttt[k].layer, layer);
+      EXPECT_TRUE(TensorsMatch(TensorsOf(state).ttt[k].delta, want,
+                               "delta of layer " + std::to_string(layer)));
       ++k;
     }
   }
@@ -235,7 +237,7 @@ class GoldenTest : public ::testing::TestWithParam<std::string> {
   void ExpectGolden(const Model& model, const SequenceState& state, const std::vector<float>& lp) {
     EXPECT_TRUE(LogProbsMatch(lp, golden_.logprobs_ttt));
     ExpectTttState(model, state);
-    EXPECT_TRUE(ValuesMatch(state.last_logits, golden_.logits_last, "last_logits"));
+    EXPECT_TRUE(ValuesMatch(TensorsOf(state).last_logits, golden_.logits_last, "last_logits"));
   }
 
   fs::path model_dir_;
@@ -338,7 +340,7 @@ TEST_P(GoldenTest, EtaZeroIsPlainModel) {
                                 std::vector<size_t>(golden_.tokens.size(), 1))
                  : IngestOne(*model, state, golden_.tokens, IngestMode::kParallel);
     EXPECT_TRUE(LogProbsMatch(lp, golden_.logprobs_plain));
-    EXPECT_EQ(state.position, T());
+    EXPECT_EQ(state.position(), T());
     for (double norm : state.DeltaNorms()) EXPECT_EQ(norm, 0.0);
   }
 }
@@ -361,7 +363,7 @@ TEST_P(GoldenTest, SlidingWindowOverride) {
       std::vector<float> lp = IngestPieces(*model, state, golden_.tokens,
                                            std::vector<size_t>(golden_.tokens.size(), 1));
       EXPECT_TRUE(LogProbsMatch(lp, want));
-      for (const LayerCache& c : state.cache) {
+      for (const LayerCache& c : TensorsOf(state).cache) {
         if (c.keys.defined()) {
           EXPECT_LE(c.keys.size(1), window) << "KV cache beyond the window";
         }

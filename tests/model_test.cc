@@ -1,5 +1,6 @@
 // Invariants of the engine on a small random model built in C++ (the golden test checks the
 // numbers themselves against the independent PyTorch reference).
+#include "engine/internal/model_tensors.h"
 #include "engine/model.h"
 
 #include <gtest/gtest.h>
@@ -41,7 +42,7 @@ NamedTensors RandomWeights(const ModelConfig& c, bool with_ttt) {
 
 std::unique_ptr<Model> MakeModel(const ModelOptions& options = {}, bool with_ttt = true,
                                  ModelConfig config = TinyConfig()) {
-  auto model = Model::FromWeights(config, RandomWeights(config, with_ttt), options);
+  auto model = ModelFromWeights(config, RandomWeights(config, with_ttt), options);
   EXPECT_TRUE(model.ok()) << model.status();
   return std::move(model).value();
 }
@@ -105,18 +106,18 @@ TEST(ModelTest, AnySplitEqualsWholeAndSequentialEqualsParallel) {
   ExpectClose(seq.value()[0], expected, 2e-5);
 
   for (SequenceState* s : {&one_by_one, &sequential}) {
-    EXPECT_EQ(s->position, 45);
-    EXPECT_EQ(s->chunks_applied, 7);
+    EXPECT_EQ(s->position(), 45);
+    EXPECT_EQ(s->chunks_applied(), 7);
     EXPECT_EQ(s->PendingTokens(), 3);
-    for (size_t k = 0; k < s->ttt.size(); ++k) {
-      EXPECT_LT(MaxDiff(s->ttt[k].delta, whole.ttt[k].delta), 1e-4);
+    for (size_t k = 0; k < TensorsOf(*s).ttt.size(); ++k) {
+      EXPECT_LT(MaxDiff(TensorsOf(*s).ttt[k].delta, TensorsOf(whole).ttt[k].delta), 1e-4);
     }
   }
 }
 
 TEST(ModelTest, BatchedEqualsOneAtATime) {
   auto model = MakeModel();
-  std::vector<SequenceState> batched(3, SequenceState{});
+  std::vector<SequenceState> batched(3);
   std::vector<std::vector<int32_t>> streams = {RandomTokens(20, 53, 3), RandomTokens(7, 53, 4),
                                                RandomTokens(13, 53, 5)};
   std::vector<IngestItem> items;
@@ -129,7 +130,7 @@ TEST(ModelTest, BatchedEqualsOneAtATime) {
   for (int b = 0; b < 3; ++b) {
     SequenceState alone = model->NewSequence();
     ExpectClose(together.value()[b], IngestAll(*model, alone, streams[b]), 2e-5);
-    EXPECT_LT(MaxDiff(alone.last_logits, batched[b].last_logits), 1e-4);
+    EXPECT_LT(MaxDiff(TensorsOf(alone).last_logits, TensorsOf(batched[b]).last_logits), 1e-4);
   }
 }
 
@@ -143,7 +144,8 @@ TEST(ModelTest, SlidingWindowCoveringTheSequenceEqualsFullAttention) {
   ExpectClose(IngestAll(*wide, b, tokens), lp_full, 1e-6);
   const auto lp_narrow = IngestAll(*narrow, c, tokens);
   EXPECT_GT(std::abs(lp_narrow.back() - lp_full.back()), 1e-6) << "a narrow window must matter";
-  EXPECT_EQ(c.cache[0].keys.size(1), 7) << "a window of 8 keeps the 7 keys the next token needs";
+  EXPECT_EQ(TensorsOf(c).cache[0].keys.size(1), 7)
+      << "a window of 8 keeps the 7 keys the next token needs";
 }
 
 // A long call attends in blocks of queries, each over the keys its rows can see; one token at a
@@ -168,7 +170,7 @@ TEST(ModelTest, LongWindowedIngestEqualsOneTokenAtATime) {
   }
   ExpectClose(lp_call, lp_one, 2e-5);
   ExpectClose(lp_pieces, lp_one, 2e-5);
-  EXPECT_EQ(one_call.cache[0].keys.size(1), 4) << "a window of 5 keeps 4 keys";
+  EXPECT_EQ(TensorsOf(one_call).cache[0].keys.size(1), 4) << "a window of 5 keeps 4 keys";
 }
 
 TEST(ModelTest, ResetReturnsToInitialFastWeights) {
@@ -177,7 +179,7 @@ TEST(ModelTest, ResetReturnsToInitialFastWeights) {
   const auto first = IngestAll(*model, s, RandomTokens(25, 53, 7));
   EXPECT_GT(s.DeltaNorms()[0], 0);
   model->Reset(s);
-  EXPECT_EQ(s.position, 0);
+  EXPECT_EQ(s.position(), 0);
   EXPECT_EQ(s.DeltaNorms()[0], 0);
   ExpectClose(IngestAll(*model, s, RandomTokens(25, 53, 7)), first, 0);
 }
@@ -189,10 +191,10 @@ TEST(ModelTest, CloneThenDivergeLeavesOriginalUntouched) {
   SequenceState snapshot = original.Clone();
   SequenceState fork = original.Clone();
   IngestAll(*model, fork, RandomTokens(20, 53, 9));
-  EXPECT_EQ(original.position, 17);
-  EXPECT_EQ(MaxDiff(original.ttt[0].delta, snapshot.ttt[0].delta), 0);
-  EXPECT_EQ(MaxDiff(original.cache[1].keys, snapshot.cache[1].keys), 0);
-  EXPECT_GT(MaxDiff(fork.ttt[0].delta, original.ttt[0].delta), 0);
+  EXPECT_EQ(original.position(), 17);
+  EXPECT_EQ(MaxDiff(TensorsOf(original).ttt[0].delta, TensorsOf(snapshot).ttt[0].delta), 0);
+  EXPECT_EQ(MaxDiff(TensorsOf(original).cache[1].keys, TensorsOf(snapshot).cache[1].keys), 0);
+  EXPECT_GT(MaxDiff(TensorsOf(fork).ttt[0].delta, TensorsOf(original).ttt[0].delta), 0);
 }
 
 TEST(ModelTest, SerializeRoundTripsBitExactly) {
@@ -200,15 +202,15 @@ TEST(ModelTest, SerializeRoundTripsBitExactly) {
     auto model = MakeModel({.dtype = dtype, .sliding_window = 10});
     SequenceState s = model->NewSequence();
     IngestAll(*model, s, RandomTokens(23, 53, 10));
-    auto bytes = EncodeSafetensors(s.ToTensors(), s.Metadata());
+    auto bytes = EncodeSafetensors(StateTensors(s), s.Metadata());
     ASSERT_TRUE(bytes.ok()) << bytes.status();
     auto file = SafetensorsFile::FromBytes(*bytes, "state");
     ASSERT_TRUE(file.ok()) << file.status();
-    auto restored = model->RestoreSequence(**file);
+    auto restored = RestoreSequence(*model, **file);
     ASSERT_TRUE(restored.ok()) << restored.status();
-    EXPECT_EQ(restored->position, s.position);
-    EXPECT_EQ(restored->chunks_applied, s.chunks_applied);
-    auto again = EncodeSafetensors(restored->ToTensors(), restored->Metadata());
+    EXPECT_EQ(restored->position(), s.position());
+    EXPECT_EQ(restored->chunks_applied(), s.chunks_applied());
+    auto again = EncodeSafetensors(StateTensors(*restored), restored->Metadata());
     EXPECT_EQ(*again, *bytes) << dtype;
     // And it continues exactly as the original would.
     SequenceState copy = std::move(restored).value();
@@ -225,9 +227,10 @@ TEST(ModelTest, RestoreRejectsAStateFromAnotherModel) {
   auto other_model = MakeModel({}, true, other);
   SequenceState s = other_model->NewSequence();
   IngestAll(*other_model, s, RandomTokens(8, 53, 12));
-  auto file = SafetensorsFile::FromBytes(*EncodeSafetensors(s.ToTensors(), s.Metadata()), "x.ckpt");
+  auto file =
+      SafetensorsFile::FromBytes(*EncodeSafetensors(StateTensors(s), s.Metadata()), "x.ckpt");
   ASSERT_TRUE(file.ok());
-  auto restored = model->RestoreSequence(**file);
+  auto restored = RestoreSequence(*model, **file);
   ASSERT_FALSE(restored.ok());
   EXPECT_EQ(restored.status().code(), absl::StatusCode::kNotFound) << restored.status();
   EXPECT_NE(restored.status().message().find("ttt.0.delta"), std::string::npos);
@@ -242,7 +245,7 @@ TEST(ModelTest, OutOfVocabularyTokenIsRejectedAndNothingChanges) {
   ASSERT_FALSE(result.ok());
   EXPECT_EQ(result.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(result.status().message().find("token id 53"), std::string::npos);
-  EXPECT_EQ(s.position, 3);
+  EXPECT_EQ(s.position(), 3);
 }
 
 TEST(ModelTest, Bf16TracksF32) {
@@ -251,21 +254,22 @@ TEST(ModelTest, Bf16TracksF32) {
   const auto tokens = RandomTokens(30, 53, 13);
   SequenceState a = f32->NewSequence(), b = bf16->NewSequence();
   ExpectClose(IngestAll(*bf16, b, tokens), IngestAll(*f32, a, tokens), 0.15);
-  EXPECT_EQ(b.ttt[0].delta.scalar_type(), at::kFloat) << "fast weights accumulate in fp32";
+  EXPECT_EQ(TensorsOf(b).ttt[0].delta.scalar_type(), at::kFloat)
+      << "fast weights accumulate in fp32";
 }
 
 TEST(ModelTest, TrainingForwardMatchesIngestAndHasGradients) {
   auto model = MakeModel();
-  for (auto& [name, t] : model->NamedWeights()) t.requires_grad_(true);
+  for (auto& [name, t] : NamedWeights(*model)) t.requires_grad_(true);
   const auto tokens = RandomTokens(20, 53, 14);
   at::Tensor ids = at::tensor(std::vector<int64_t>(tokens.begin(), tokens.end())).view({1, 20});
-  at::Tensor logits = model->ForwardTrain(ids);
+  at::Tensor logits = ForwardTrain(*model, ids);
   ASSERT_EQ(logits.sizes().vec(), (std::vector<int64_t>{1, 20, 53}));
   logits.logsumexp(-1).sum().backward();
-  for (auto& [name, t] : model->NamedWeights()) {
+  for (auto& [name, t] : NamedWeights(*model)) {
     ASSERT_TRUE(t.grad().defined()) << name;
   }
-  at::Tensor conv_grad = model->NamedWeights()[11].second.grad();
+  at::Tensor conv_grad = NamedWeights(*model)[11].second.grad();
   EXPECT_GT(conv_grad.abs().sum().item<double>(), 0) << "TTT parameters learn";
   SequenceState s = model->NewSequence();
   const auto lp = IngestAll(*model, s, tokens);
@@ -327,19 +331,21 @@ TEST(ModelTest, ResultsDoNotDependOnWhatSharesTheBatch) {
         }
       }
     }
-    EXPECT_EQ(shared.position, alone.position) << v.name;
-    EXPECT_EQ(shared.chunks_applied, alone.chunks_applied) << v.name;
-    EXPECT_LT(MaxDiff(shared.last_logits, alone.last_logits), 1e-4) << v.name;
-    for (size_t l = 0; l < alone.cache.size(); ++l) {
-      ASSERT_EQ(shared.cache[l].keys.sizes(), alone.cache[l].keys.sizes()) << v.name;
-      EXPECT_LT(MaxDiff(shared.cache[l].keys, alone.cache[l].keys), 1e-4) << v.name;
-      EXPECT_LT(MaxDiff(shared.cache[l].values, alone.cache[l].values), 1e-4) << v.name;
+    EXPECT_EQ(shared.position(), alone.position()) << v.name;
+    EXPECT_EQ(shared.chunks_applied(), alone.chunks_applied()) << v.name;
+    const SequenceTensors& got = TensorsOf(shared);
+    const SequenceTensors& want = TensorsOf(alone);
+    EXPECT_LT(MaxDiff(got.last_logits, want.last_logits), 1e-4) << v.name;
+    for (size_t l = 0; l < want.cache.size(); ++l) {
+      ASSERT_EQ(got.cache[l].keys.sizes(), want.cache[l].keys.sizes()) << v.name;
+      EXPECT_LT(MaxDiff(got.cache[l].keys, want.cache[l].keys), 1e-4) << v.name;
+      EXPECT_LT(MaxDiff(got.cache[l].values, want.cache[l].values), 1e-4) << v.name;
     }
-    for (size_t k = 0; k < alone.ttt.size(); ++k) {
-      EXPECT_LT(MaxDiff(shared.ttt[k].delta, alone.ttt[k].delta), 1e-4) << v.name;
-      ASSERT_EQ(shared.ttt[k].pending_z.sizes(), alone.ttt[k].pending_z.sizes()) << v.name;
-      if (shared.ttt[k].pending_z.numel() > 0) {
-        EXPECT_LT(MaxDiff(shared.ttt[k].pending_z, alone.ttt[k].pending_z), 1e-4) << v.name;
+    for (size_t k = 0; k < want.ttt.size(); ++k) {
+      EXPECT_LT(MaxDiff(got.ttt[k].delta, want.ttt[k].delta), 1e-4) << v.name;
+      ASSERT_EQ(got.ttt[k].pending_z.sizes(), want.ttt[k].pending_z.sizes()) << v.name;
+      if (got.ttt[k].pending_z.numel() > 0) {
+        EXPECT_LT(MaxDiff(got.ttt[k].pending_z, want.ttt[k].pending_z), 1e-4) << v.name;
       }
     }
   }
@@ -352,7 +358,7 @@ TEST(ModelTest, TensorsHandedOutAreNotChangedByLaterSteps) {
   SequenceState s = model->NewSequence();
   IngestAll(*model, s, RandomTokens(4, 53, 40));
   for (int round = 0; round < 3; ++round) {
-    const NamedTensors handed_out = s.ToTensors();
+    const NamedTensors handed_out = StateTensors(s);
     std::vector<at::Tensor> copies;
     for (const auto& [name, t] : handed_out) copies.push_back(t.clone());
     for (int32_t t : RandomTokens(7, 53, 41 + round)) IngestAll(*model, s, {t});  // completes a chunk
@@ -361,19 +367,20 @@ TEST(ModelTest, TensorsHandedOutAreNotChangedByLaterSteps) {
       EXPECT_TRUE(at::equal(handed_out[i].second, copies[i])) << handed_out[i].first;
     }
   }
-  EXPECT_EQ(s.chunks_applied, 4);
-  EXPECT_EQ(s.cache[0].keys.size(1), 8);
+  EXPECT_EQ(s.chunks_applied(), 4);
+  EXPECT_EQ(TensorsOf(s).cache[0].keys.size(1), 8);
   // The state's buffers (spare rows included) are what it holds.
   int64_t views = 0;
-  for (const auto& [name, t] : s.ToTensors()) views += t.nbytes();
+  for (const auto& [name, t] : StateTensors(s)) views += t.nbytes();
   EXPECT_EQ(s.MemoryBytes(), views);
   EXPECT_GE(s.HeldBytes(), views);
 }
 
 TEST(SamplerTest, SameSeedSameTokensAndGreedyIsArgmax) {
   at::manual_seed(0);
-  at::Tensor logits = at::randn({100});
-  const int64_t argmax = logits.argmax().item<int64_t>();
+  const at::Tensor logit_tensor = at::randn({100});
+  const int64_t argmax = logit_tensor.argmax().item<int64_t>();
+  const absl::Span<const float> logits(logit_tensor.data_ptr<float>(), logit_tensor.numel());
   EXPECT_EQ(Sampler({.temperature = 0}).Sample(logits), argmax);
   EXPECT_EQ(Sampler({.temperature = 1, .top_k = 1}).Sample(logits), argmax);
   Sampler a({.temperature = 0.8, .top_k = 20, .top_p = 0.9, .seed = 42});
@@ -388,7 +395,7 @@ TEST(SamplerTest, SameSeedSameTokensAndGreedyIsArgmax) {
   EXPECT_EQ(xs, ys);
   EXPECT_NE(xs, zs);
   // top_k bounds the candidates.
-  at::Tensor top = std::get<1>(logits.topk(5));
+  at::Tensor top = std::get<1>(logit_tensor.topk(5));
   Sampler k5({.temperature = 5, .top_k = 5, .seed = 1});
   for (int i = 0; i < 100; ++i) {
     EXPECT_TRUE((top == k5.Sample(logits)).any().item<bool>());
@@ -414,8 +421,8 @@ TEST(ModelTest, TiedModelIgnoresAStaleLmHeadInTheFile) {
   for (const auto& [name, tensor] : with_head) {
     if (name != "lm_head.weight") without_head.emplace_back(name, tensor);
   }
-  auto stale = Model::FromWeights(tied, with_head, {});
-  auto clean = Model::FromWeights(tied, without_head, {});
+  auto stale = ModelFromWeights(tied, with_head, {});
+  auto clean = ModelFromWeights(tied, without_head, {});
   ASSERT_TRUE(stale.ok()) << stale.status();
   ASSERT_TRUE(clean.ok()) << clean.status();
   auto untied = MakeModel();  // the same weights, scored with the file's lm_head
@@ -432,7 +439,7 @@ TEST(ModelTest, TiedModelIgnoresAStaleLmHeadInTheFile) {
   }
   EXPECT_GT(largest, 1e-2) << "the fixture's lm_head must differ from embed_tokens";
   // The head it ignores is no part of the model: not exported, not in the fingerprint.
-  for (const auto& [name, tensor] : (*stale)->NamedWeights()) EXPECT_NE(name, "lm_head.weight");
+  for (const auto& [name, tensor] : NamedWeights(**stale)) EXPECT_NE(name, "lm_head.weight");
   EXPECT_EQ((*stale)->fingerprint(), (*clean)->fingerprint());
 }
 
@@ -450,12 +457,12 @@ TEST(ModelTest, FingerprintIsSha256OfConfigAndWeights) {
   w[3].second = w[3].second.clone();
   float* first = w[3].second.data_ptr<float>();
   *first = std::nextafter(*first, 1e9f);
-  auto nudged = Model::FromWeights(c, w, {});
+  auto nudged = ModelFromWeights(c, w, {});
   ASSERT_TRUE(nudged.ok()) << nudged.status();
   EXPECT_NE((*nudged)->fingerprint(), fp);
   // Another config over the same weights.
   c.ttt_chunk = 8;
-  auto rechunked = Model::FromWeights(c, RandomWeights(c, true), {});
+  auto rechunked = ModelFromWeights(c, RandomWeights(c, true), {});
   ASSERT_TRUE(rechunked.ok()) << rechunked.status();
   EXPECT_NE((*rechunked)->fingerprint(), fp);
 }

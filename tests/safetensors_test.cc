@@ -1,7 +1,7 @@
 // Tests of engine/safetensors on real temporary files: round trips in every supported dtype,
 // the WeightStore over single and sharded checkpoints, and each validation error
 // (code and message) for malformed or truncated files. Corrupted inputs must never crash.
-#include "engine/safetensors.h"
+#include "engine/internal/safetensors.h"
 
 #include <unistd.h>
 

@@ -15,6 +15,8 @@
 
 #include <gtest/gtest.h>
 
+#include "engine/internal/sequence_tensors.h"
+
 namespace ttt::engine {
 namespace {
 
@@ -35,7 +37,7 @@ class FakeRunner {
       Batch batch;
       for (auto& item : items) {
         batch.push_back({item.state, static_cast<int64_t>(item.tokens.size())});
-        item.state->position += static_cast<int64_t>(item.tokens.size());
+        TensorsOf(*item.state).position += static_cast<int64_t>(item.tokens.size());
         IngestLogProbs lp;
         for (int32_t t : item.tokens) lp.push_back(static_cast<float>(t));
         out.push_back(std::move(lp));
@@ -107,7 +109,7 @@ TEST(SchedulerTest, BatchesStayWithinTheTokenBudgetAndKeepOrder) {
   fake.Open();
   for (int i = 0; i < 3; ++i) {
     EXPECT_TRUE(results[i].done.get_future().get().ok());
-    EXPECT_EQ(states[i].position, 100);
+    EXPECT_EQ(states[i].position(), 100);
     std::vector<float> expected;
     for (int32_t t : Range(100 * i, 100)) expected.push_back(static_cast<float>(t));
     EXPECT_EQ(results[i].logprobs, expected);  // in order, each token once
@@ -146,7 +148,7 @@ TEST(SchedulerTest, ShortWorkIsNotStarvedByALongRun) {
     }
   }
   EXPECT_LE(short_done_at, 1u);
-  EXPECT_EQ(long_state.position, 3200);
+  EXPECT_EQ(long_state.position(), 3200);
 }
 
 // Continuous batching (issue 11). A generation submits its next one-token decode step when the
@@ -225,7 +227,7 @@ TEST(ContinuousBatchingTest, EveryStepServesEveryDecodeWhileALongIngestRunsInPie
   hold.Release();
   for (auto& g : gens) g->Finished().wait();
   ASSERT_TRUE(ingest.done.get_future().get().ok());
-  EXPECT_EQ(ingest_state.position, kIngest);
+  EXPECT_EQ(ingest_state.position(), kIngest);
 
   const auto batches = fake.batches();
   ASSERT_GE(batches.size(), static_cast<size_t>(kSteps));
@@ -242,7 +244,7 @@ TEST(ContinuousBatchingTest, EveryStepServesEveryDecodeWhileALongIngestRunsInPie
   }
   ASSERT_GT(batches.size(), static_cast<size_t>(kSteps));
   EXPECT_EQ(TokensOf(batches[kSteps]), opt.max_batch_tokens);
-  for (const auto& g : gens) EXPECT_EQ(g->state()->position, kSteps);
+  for (const auto& g : gens) EXPECT_EQ(g->state()->position(), kSteps);
 }
 
 TEST(ContinuousBatchingTest, DecodesGoFirstWhenTheBudgetIsTight) {
@@ -377,8 +379,8 @@ std::vector<FakeRunner::Batch> IngestBesidePrompt(const SchedulerOptions& opt, i
   hold.Release();
   EXPECT_TRUE(prompt_r.done.get_future().get().ok());
   EXPECT_TRUE(ingest_r.done.get_future().get().ok());
-  EXPECT_EQ(ingest_state->position, ingest);
-  EXPECT_EQ(prompt_state->position, prompt);
+  EXPECT_EQ(ingest_state->position(), ingest);
+  EXPECT_EQ(prompt_state->position(), prompt);
   return fake.batches();
 }
 
@@ -462,7 +464,7 @@ TEST(SchedulerTest, CancelledWorkIsDroppedBeforeItRuns) {
   fake.Open();
   EXPECT_TRUE(ra.done.get_future().get().ok());
   EXPECT_EQ(rb.done.get_future().get().code(), absl::StatusCode::kCancelled);
-  EXPECT_EQ(b.position, 0);
+  EXPECT_EQ(b.position(), 0);
 }
 
 // Records the queue waits the scheduler reports; Await blocks until `n` have come.
@@ -538,8 +540,8 @@ TEST(SchedulerTest, ABadItemDoesNotFailItsBatchNeighbours) {
   absl::Status bad_status = rb.done.get_future().get();
   EXPECT_EQ(bad_status.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(bad_status.message().find("999"), std::string::npos);
-  EXPECT_EQ(good.position, 3);
-  EXPECT_EQ(bad.position, 0);
+  EXPECT_EQ(good.position(), 3);
+  EXPECT_EQ(bad.position(), 0);
 }
 
 TEST(SchedulerTest, TasksRunInOrderWithTheKeysTokenWork) {
@@ -554,7 +556,7 @@ TEST(SchedulerTest, TasksRunInOrderWithTheKeysTokenWork) {
   std::promise<void> ran;
   Work task;
   task.key = 7;
-  task.task = [&] { seen = s.position; };
+  task.task = [&] { seen = s.position(); };
   task.on_done = [&](absl::Status) { ran.set_value(); };
   ASSERT_TRUE((*sched)->Submit(std::move(task)).ok());
   fake.Open();
@@ -572,7 +574,7 @@ TEST(SchedulerTest, PrepareFailureFinishesTheWorkWithItsStatus) {
   w.prepare = [] { return absl::DataLossError("spill file corrupt"); };
   ASSERT_TRUE((*sched)->Submit(std::move(w)).ok());
   EXPECT_EQ(r.done.get_future().get().code(), absl::StatusCode::kDataLoss);
-  EXPECT_EQ(s.position, 0);
+  EXPECT_EQ(s.position(), 0);
 }
 
 TEST(SchedulerTest, ShutdownAnswersQueuedWorkUnavailable) {
@@ -606,7 +608,7 @@ class PrepareOrderTest : public ::testing::TestWithParam<bool> {
     return [this](absl::Span<IngestItem> items) -> absl::StatusOr<std::vector<IngestLogProbs>> {
       std::vector<IngestLogProbs> out;
       for (auto& item : items) {
-        Record("batch " + std::to_string(item.state->position));
+        Record("batch " + std::to_string(item.state->position()));
         out.push_back(IngestLogProbs(item.tokens.size(), 0.0f));
       }
       return out;
@@ -653,7 +655,7 @@ TEST_P(PrepareOrderTest, ATokenRunIsNeverBatchedBeforeItsPrepareRan) {
     Work w = TokenWork(2, &state2, {5, 6}, &r2);
     w.prepare = [&] {
       Record("prepare 2");
-      state2.position = 2;
+      TensorsOf(state2).position = 2;
       return absl::OkStatus();
     };
     EXPECT_TRUE((*sched)->Submit(std::move(w)).ok());
@@ -661,7 +663,7 @@ TEST_P(PrepareOrderTest, ATokenRunIsNeverBatchedBeforeItsPrepareRan) {
   Work w1 = TokenWork(1, &state1, {1, 2, 3}, &r1);
   w1.prepare = [&] {
     Record("prepare 1");
-    state1.position = 1;
+    TensorsOf(state1).position = 1;
     if (!from_task) submit_to_2();
     return absl::OkStatus();
   };

@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <random>
 
+#include "engine/internal/sequence_tensors.h"
 #include "engine/model.h"
 
 namespace ttt::engine {
@@ -27,10 +28,10 @@ TEST(SequenceTest, AStateHoldsOnlyTheBuffersItNeeds) {
   SequenceState state = (*model)->NewSequence();
   IngestItem item{&state, tokens};  // three chunks complete in one call
   ASSERT_TRUE((*model)->Ingest(absl::MakeSpan(&item, 1)).ok());
-  ASSERT_EQ(state.chunks_applied, 3);
+  ASSERT_EQ(state.chunks_applied(), 3);
   // No delta is a view into a larger buffer of the call (each was once a slice of every
   // chunk's running sum: three times its size held per TTT layer).
-  for (const TttLayerState& t : state.ttt) {
+  for (const TttLayerState& t : TensorsOf(state).ttt) {
     EXPECT_EQ(static_cast<int64_t>(t.delta.storage().nbytes()), t.delta.nbytes());
   }
   // Caches grown in place hold spare rows (at most about half again); a copy holds none.

@@ -28,6 +28,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "engine/internal/sequence_tensors.h"
 #include "session/internal/checkpoint.h"
 #include "tests/testing/dirs.h"
 #include "util/sha256.h"
@@ -683,7 +684,7 @@ absl::StatusOr<std::string> CraftedCheckpoint(const engine::Model& model, int64_
   engine::IngestItem item{&state, Tokens(static_cast<int>(ingest), model.config().vocab_size, 24)};
   auto ran = model.Ingest(absl::MakeSpan(&item, 1));
   if (!ran.ok()) return ran.status();
-  state.position = position;
+  engine::TensorsOf(state).position = position;
   internal::CheckpointMeta meta;
   meta.model_fingerprint = model.fingerprint();
   return internal::EncodeCheckpoint(state, meta);

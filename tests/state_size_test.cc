@@ -2,6 +2,7 @@
 // fixtures (the windowed Qwen3 one at its largest, the full-attention Llama one per cached
 // token), and counts the tensors a state serialises to.
 #include "engine/state_size.h"
+#include "engine/internal/model_tensors.h"
 
 #include <c10/core/InferenceMode.h>
 #include <gtest/gtest.h>
@@ -53,7 +54,7 @@ TEST(StateSizeTest, WindowedModelStateNeverExceedsTheBound) {
     const SequenceState state = Ingested(*model, n);
     EXPECT_LE(state.MemoryBytes(), largest) << n << " tokens";
     seen = std::max(seen, state.MemoryBytes());
-    EXPECT_EQ(static_cast<int64_t>(state.ToTensors().size()), bound.tensor_count);
+    EXPECT_EQ(static_cast<int64_t>(StateTensors(state).size()), bound.tensor_count);
   }
   // The bound is tight up to the unfinished chunk's rows (a full window is reached).
   EXPECT_GE(seen, largest - bound.fixed_bytes);

@@ -1,14 +1,15 @@
-// The batched training forward (engine/train_forward.h) is the serving path's function: its
+// The batched training forward (engine/internal/train_forward.h) is the serving path's function: its
 // log-probs match Model::Ingest on fresh streams in every layout it has a separate branch for
 // (sliding window shorter and longer than the sequence, both TTT targets, update clipping, a
 // trailing partial chunk, grouped-query attention, Qwen3's q/k norm and biases), and gradients
 // reach every weight, the TTT ones included.
-#include "engine/train_forward.h"
+#include "engine/internal/train_forward.h"
 
 #include <gtest/gtest.h>
 
 #include <random>
 
+#include "engine/internal/model_tensors.h"
 #include "engine/model.h"
 
 namespace ttt::engine {
@@ -64,7 +65,7 @@ std::unique_ptr<Model> Make(const ModelConfig& c) {
       w.emplace_back(p + "mlp.ttt_proj.weight", rnd({d, d}, 0.3));
     }
   }
-  auto model = Model::FromWeights(c, w);
+  auto model = ModelFromWeights(c, w);
   EXPECT_TRUE(model.ok()) << model.status();
   return std::move(model).value();
 }
@@ -76,7 +77,7 @@ double MaxGapToIngest(const Model& model, int64_t batch, int64_t length) {
   for (int64_t b = 0; b < batch; ++b) {
     for (int64_t t = 0; t < length; ++t) ids[b][t] = static_cast<int64_t>(rng() % 41);
   }
-  at::Tensor logp = at::log_softmax(model.ForwardTrain(ids), -1);
+  at::Tensor logp = at::log_softmax(ForwardTrain(model, ids), -1);
   EXPECT_EQ(logp.sizes().vec(), (std::vector<int64_t>{batch, length, 41}));
   double gap = 0;
   for (int64_t b = 0; b < batch; ++b) {
@@ -121,7 +122,7 @@ TEST(TrainForwardTest, MatchesIngestWithClippingHiddenStateTargetQwenLayout) {
   c.ttt_clip = 0;
   auto unclipped = Make(c);
   at::Tensor ids = at::arange(32, at::kLong).remainder(41).view({1, 32});
-  EXPECT_GT((clipped->ForwardTrain(ids) - unclipped->ForwardTrain(ids)).abs().max().item<double>(),
+  EXPECT_GT((ForwardTrain(*clipped, ids) - ForwardTrain(*unclipped, ids)).abs().max().item<double>(),
             1e-3)
       << "the clip is applied";
 }
@@ -131,10 +132,10 @@ TEST(TrainForwardTest, GradientsReachEveryWeight) {
   c.sliding_window = 4;
   c.ttt_clip = 0.5;
   auto model = Make(c);
-  for (auto& [name, t] : model->NamedWeights()) t.requires_grad_(true);
+  for (auto& [name, t] : NamedWeights(*model)) t.requires_grad_(true);
   at::Tensor ids = at::arange(30, at::kLong).remainder(41).view({2, 15});
-  model->ForwardTrain(ids).logsumexp(-1).sum().backward();
-  for (auto& [name, t] : model->NamedWeights()) {
+  ForwardTrain(*model, ids).logsumexp(-1).sum().backward();
+  for (auto& [name, t] : NamedWeights(*model)) {
     ASSERT_TRUE(t.grad().defined()) << name;
     EXPECT_GT(t.grad().abs().sum().item<double>(), 0) << name;
   }

@@ -73,7 +73,7 @@ engine::NamedTensors ActiveTttWeights() {
 std::unique_ptr<engine::Model> ActiveTttModel(std::optional<double> eta = std::nullopt) {
   engine::ModelOptions options;
   options.ttt_lr = eta;
-  auto model = engine::Model::FromWeights(TinyWindowConfig(), ActiveTttWeights(), options);
+  auto model = engine::ModelFromWeights(TinyWindowConfig(), ActiveTttWeights(), options);
   EXPECT_TRUE(model.ok()) << model.status();
   return std::move(model).value();
 }
@@ -153,10 +153,10 @@ TEST(CheckpointTest, ReadFileAndSyncDirReportFailures) {
 TEST(CheckpointTest, SavedCheckpointLoadsBackWithItsOptimizer) {
   const fs::path work = TempDir("ckpt");
   const engine::ModelConfig config = TinyConfig();
-  auto model = engine::Model::FromWeights(config, InitWeights(config, 5));
+  auto model = engine::ModelFromWeights(config, InitWeights(config, 5));
   ASSERT_TRUE(model.ok()) << model.status();
   std::vector<torch::Tensor> params;
-  for (auto& [name, t] : (*model)->NamedWeights()) params.push_back(t.requires_grad_(true));
+  for (auto& [name, t] : NamedWeights(**model)) params.push_back(t.requires_grad_(true));
   torch::optim::AdamW opt(params, torch::optim::AdamWOptions(1e-3));
   Progress p;
   p.step = 7;
@@ -167,7 +167,7 @@ TEST(CheckpointTest, SavedCheckpointLoadsBackWithItsOptimizer) {
   ASSERT_TRUE(loaded.ok()) << loaded.status();
   EXPECT_EQ(loaded->progress.step, 7);
   EXPECT_EQ(loaded->config.ttt_layers, (std::vector<int64_t>{1}));
-  EXPECT_EQ(loaded->weights.size(), (*model)->NamedWeights().size());
+  EXPECT_EQ(loaded->weights.size(), NamedWeights(**model).size());
   EXPECT_TRUE(LoadOptimizer(work / "ckpt", opt).ok());
   std::ofstream(work / "ckpt" / "optimizer.pt") << "garbage";
   const absl::Status bad = LoadOptimizer(work / "ckpt", opt);
@@ -271,7 +271,7 @@ TEST(EvalTest, BootstrapDifferenceIsThePooledGapWithAnIntervalOverDocuments) {
 }
 
 TEST(EvalTest, PerDocumentLossesAddUpToTheBucketTables) {
-  auto model = engine::Model::FromWeights(TinyConfig(), InitWeights(TinyConfig(), 5));
+  auto model = engine::ModelFromWeights(TinyConfig(), InitWeights(TinyConfig(), 5));
   ASSERT_TRUE(model.ok()) << model.status();
   Corpus corpus;
   for (int d = 0; d < 7; ++d) {

@@ -81,7 +81,7 @@ absl::Status SaveCheckpoint(const fs::path& work, const engine::ModelConfig& con
   fs::create_directories(tmp, ec);
   if (ec) return absl::InternalError(absl::StrCat("creating ", tmp.string(), ": ", ec.message()));
   engine::NamedTensors weights;
-  for (const auto& [name, t] : model.NamedWeights()) weights.emplace_back(name, t.detach());
+  for (const auto& [name, t] : NamedWeights(model)) weights.emplace_back(name, t.detach());
   RETURN_IF_ERROR(engine::WriteSafetensors(tmp / "weights.safetensors", weights));
   try {
     torch::save(opt, (tmp / "optimizer.pt").string());

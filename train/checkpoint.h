@@ -12,8 +12,8 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "engine/config.h"
-#include "engine/model.h"
-#include "engine/safetensors.h"
+#include "engine/internal/model_tensors.h"
+#include "engine/internal/safetensors.h"
 
 namespace ttt::train {
 

@@ -8,7 +8,7 @@
 #include <random>
 
 #include "absl/strings/str_cat.h"
-#include "engine/safetensors.h"
+#include "engine/internal/safetensors.h"
 #include "util/status_macros.h"
 
 namespace ttt::train {
@@ -30,7 +30,7 @@ absl::StatusOr<std::unique_ptr<Model>> LoadVariant(const VariantSpec& spec) {
   }
   engine::ModelOptions options;
   options.ttt_lr = spec.eta;
-  return Model::FromWeights(std::move(config), weights, options);
+  return ModelFromWeights(std::move(config), weights, options);
 }
 
 void PositionLoss::Add(int64_t pos, double nll) {
@@ -516,7 +516,7 @@ RecallResult ScoreRecall(const Model& model, const Corpus& filler, int64_t episo
     }
     // The batched training forward computes what Ingest does (tests/train_forward_test.cc).
     at::Tensor x = at::tensor(flat, at::kLong).view({n, -1});
-    at::Tensor logp = at::log_softmax(model.ForwardTrain(x).to(at::kFloat), -1);
+    at::Tensor logp = at::log_softmax(ForwardTrain(model, x).to(at::kFloat), -1);
     at::Tensor pred = logp.argmax(-1);
     for (int64_t i = 0; i < n; ++i) {
       for (int64_t t : eps[i].value_positions) {

@@ -14,7 +14,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "engine/model.h"
+#include "engine/internal/model_tensors.h"
 #include "train/common.h"
 
 namespace ttt::train {

@@ -30,7 +30,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "engine/model.h"
-#include "engine/safetensors.h"
+#include "engine/internal/safetensors.h"
 #include "train/common.h"
 #include "train/eval_lib.h"
 #include "train/memory_eval.h"

@@ -1,6 +1,6 @@
 // ttt-train: trains a small Llama-style model with In-Place TTT layers from scratch, or continues
 // an existing Hugging Face checkpoint (--init_from) with TTT parameters added (or plainly, with
-// --no_ttt), using the engine's differentiable batched forward (Model::ForwardTrain). AdamW, linear warm-up and
+// --no_ttt), using the engine's differentiable batched forward (ForwardTrain, engine/internal/model_tensors.h). AdamW, linear warm-up and
 // cosine decay, gradient clipping, periodic validation (held-out loss and synthetic recall),
 // resumable checkpoints (weights + optimizer state + step, swapped in atomically), and a progress
 // line with loss, tokens/s and ETA. Writes the Hugging Face layout (config.json with the TTT keys,
@@ -30,7 +30,7 @@
 #include "absl/strings/str_split.h"
 #include "engine/config.h"
 #include "engine/model.h"
-#include "engine/safetensors.h"
+#include "engine/internal/safetensors.h"
 #include "train/checkpoint.h"
 #include "train/common.h"
 #include "util/malloc_tuning.h"
@@ -231,7 +231,7 @@ absl::StatusOr<Loaded> LoadModel(const fs::path& work) {
     ASSIGN_OR_RETURN(out.config, FreshConfig());
     weights = InitWeights(out.config, absl::GetFlag(FLAGS_seed));
   }
-  ASSIGN_OR_RETURN(out.model, Model::FromWeights(out.config, weights));
+  ASSIGN_OR_RETURN(out.model, ModelFromWeights(out.config, weights));
   out.tokenizer = absl::GetFlag(FLAGS_tokenizer);
   if (out.tokenizer.empty()) {
     out.tokenizer = init_from.empty() ? fs::path("models/ttt-brown/tokenizer.model")
@@ -279,7 +279,7 @@ absl::StatusOr<Optimiser> MakeOptimiser(const Model& model) {
   Optimiser o;
   std::vector<torch::Tensor> decay, no_decay;
   std::set<const void*> seen;
-  for (auto& [name, t] : model.NamedWeights()) {
+  for (auto& [name, t] : NamedWeights(model)) {
     if (!seen.insert(t.unsafeGetTensorImpl()).second) continue;  // tied weights listed twice
     o.total_params += t.numel();
     if (freeze_base && !IsTttParam(name)) continue;
@@ -423,7 +423,7 @@ ValidResult Validate(const Model& model, const Data& data) {
   for (int64_t done = 0; done < windows; done += 2) {
     auto x = SampleTextWindows(data.valid, std::min<int64_t>(2, windows - done), data.T, data.bos,
                                data.eos, 0.25, rng);
-    auto losses = TokenLosses(model.ForwardTrain(x), x);
+    auto losses = TokenLosses(ForwardTrain(model, x), x);
     sum += losses.sum().item<double>();
     count += static_cast<double>(losses.numel());
   }
@@ -431,7 +431,7 @@ ValidResult Validate(const Model& model, const Data& data) {
   r.loss = sum / count;
   if (data.reread_batch > 0) {
     auto x = SampleRereadWindows(data.valid, 4, data.T, data.reread_len, data.bos, data.eos, rng);
-    auto losses = TokenLosses(model.ForwardTrain(x), x);
+    auto losses = TokenLosses(ForwardTrain(model, x), x);
     auto [first, again] = RereadMasks(4, data.T, data.reread_len);
     auto [fs, fc] = MaskedSum(losses, first);
     auto [as, ac] = MaskedSum(losses, again);
@@ -441,7 +441,7 @@ ValidResult Validate(const Model& model, const Data& data) {
   const int64_t episodes = absl::GetFlag(FLAGS_eval_episodes);
   if (data.recall_batch > 0 && episodes > 0) {
     auto rb = MakeRecallBatch(data.recall, data.valid, episodes, data.bos, rng);
-    auto logits = model.ForwardTrain(rb.tokens);
+    auto logits = ForwardTrain(model, rb.tokens);
     auto pred = logits.slice(1, 0, logits.size(1) - 1).argmax(-1);
     auto hit = (pred == rb.tokens.slice(1, 1)).to(torch::kFloat) * rb.value_mask;
     r.recall_acc = hit.sum().item<double>() / rb.value_mask.sum().item<double>();
@@ -475,7 +475,7 @@ absl::StatusOr<StepLosses> TrainStep(Model& model, Optimiser& opt, const Data& d
     x = torch::cat({x, SampleRereadWindows(data.train, data.reread_batch, data.T, data.reread_len,
                                            data.bos, data.eos, rng)});
   }
-  auto losses = TokenLosses(model.ForwardTrain(x), x);
+  auto losses = TokenLosses(ForwardTrain(model, x), x);
   out.text = losses.detach().mean().item<double>();
   torch::Tensor weights = torch::ones_like(losses);
   if (data.reread_batch > 0) {
@@ -493,7 +493,7 @@ absl::StatusOr<StepLosses> TrainStep(Model& model, Optimiser& opt, const Data& d
   auto [loss_sum, n] = MaskedSum(losses, weights);
   if (data.recall_batch > 0) {
     auto rb = MakeRecallBatch(data.recall, data.train, data.recall_batch, data.bos, rng);
-    auto rlosses = TokenLosses(model.ForwardTrain(rb.tokens), rb.tokens);
+    auto rlosses = TokenLosses(ForwardTrain(model, rb.tokens), rb.tokens);
     const double w = absl::GetFlag(FLAGS_recall_weight);
     auto [rs, rn] = MaskedSum(rlosses, rb.mask + (w - 1.0) * rb.value_mask);
     auto [vs, vn] = MaskedSum(rlosses.detach(), rb.value_mask);
@@ -654,7 +654,7 @@ absl::Status Export(const Loaded& loaded, const Progress& prog, const std::strin
   std::map<std::string, std::string> meta = {
       {"trained_by", "ttt-train"}, {"steps", std::to_string(prog.step)},
       {"tokens", std::to_string(prog.tokens)}, {"stopped", reason}};
-  RETURN_IF_ERROR(WriteHfModel(out, loaded.config, loaded.model->NamedWeights(),
+  RETURN_IF_ERROR(WriteHfModel(out, loaded.config, NamedWeights(*loaded.model),
                                absl::GetFlag(FLAGS_export_dtype), meta));
   RETURN_IF_ERROR(CopyTokenizer(loaded.tokenizer, out));
   std::printf("wrote %s (step %lld)\n", out.c_str(), (long long)prog.step);

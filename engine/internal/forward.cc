@@ -86,13 +86,13 @@ at::Tensor RunningDeltas(const at::Tensor& delta, const at::Tensor& scaled, doub
 
 }  // namespace
 
-ModelAccess::ModelAccess(const Model& model, absl::Span<IngestItem> items)
+ModelAccess::ModelAccess(const Model& model, absl::Span<TensorItem> items)
     : model_(model), w_(*model.weights_), cfg_(model.config_), items_(items) {}
 
 std::vector<at::Tensor> ModelAccess::Run() {
   std::vector<int64_t> flat;
   std::vector<float> positions;
-  for (const IngestItem& item : items_) {
+  for (const TensorItem& item : items_) {
     offsets_.push_back(static_cast<int64_t>(flat.size()));
     flat.insert(flat.end(), item.tokens.begin(), item.tokens.end());
     for (size_t i = 0; i < item.tokens.size(); ++i) {
@@ -102,8 +102,8 @@ std::vector<at::Tensor> ModelAccess::Run() {
   offsets_.push_back(static_cast<int64_t>(flat.size()));
 
   in_place_ = !at::GradMode::is_enabled();
-  const bool kernels = in_place_ && model_.device_.is_cpu() && model_.dtype_ == at::kFloat;
-  const bool ttt = !model_.active_ttt_layers_.empty();
+  const bool kernels = in_place_ && w_.device.is_cpu() && w_.dtype == at::kFloat;
+  const bool ttt = !w_.active_ttt_layers.empty();
   for (size_t b = 0; b < items_.size(); ++b) {
     const bool fits = !ttt || items_[b].state->PendingTokens() + Count(b) <= cfg_.ttt_chunk;
     varlen_.push_back(kernels && Count(b) <= kVarlenRows && fits);
@@ -114,13 +114,13 @@ std::vector<at::Tensor> ModelAccess::Run() {
   }
 
   // RoPE factors once for every row of the step (each row at its own sequence's position).
-  at::Tensor pos = at::tensor(positions, at::kFloat).to(model_.device_);
+  at::Tensor pos = at::tensor(positions, at::kFloat).to(w_.device);
   at::Tensor freqs = at::outer(pos, w_.inv_freq);
   at::Tensor angles = at::cat({freqs, freqs}, -1).unsqueeze(1);  // [rows, 1, hd]
   cos_ = angles.cos();
   sin_ = angles.sin();
 
-  at::Tensor ids = at::tensor(flat, at::kLong).to(model_.device_);
+  at::Tensor ids = at::tensor(flat, at::kLong).to(w_.device);
   at::Tensor x = w_.embed.index_select(0, ids);
   at::Tensor embeddings = x;
   for (size_t l = 0; l < w_.layers.size(); ++l) x = Layer(l, x, embeddings);
@@ -221,7 +221,7 @@ void ModelAccess::AttendVarlen(size_t l, const at::Tensor& q, const at::Tensor& 
 // Self-attention of one sequence's new rows (q [n, heads, hd], k/v [n, kv_heads, hd], RoPE
 // applied) over its cache and themselves, with BLAS products; extends the cache.
 at::Tensor ModelAccess::AttendOne(size_t l, at::Tensor q, at::Tensor k, at::Tensor v,
-                                  SequenceState& state) {
+                                  SequenceTensors& state) {
   const int64_t n = q.size(0), hd = cfg_.head_dim, heads = cfg_.num_attention_heads;
   q = q.transpose(0, 1);  // [heads, n, hd]
   k = k.transpose(0, 1);  // [kv_heads, n, hd]
@@ -326,7 +326,7 @@ void ModelAccess::FastWeightTermsVarlen(const LayerWeights& lw, const at::Tensor
     seqs.push_back({offsets_[b], Count(b), &slot.delta});
   }
   internal::BatchedDeltaProduct(zf, seqs, out);
-  std::vector<SequenceState*> completing;
+  std::vector<SequenceTensors*> completing;
   for (size_t b = 0; b < items_.size(); ++b) {
     if (!varlen_[b]) continue;
     TttLayerState& slot = items_[b].state->ttt[lw.ttt_slot];
@@ -362,9 +362,9 @@ at::Tensor ModelAccess::ChunkUpdates(const LayerWeights& lw, const at::Tensor& z
 }
 
 // Folds the full unfinished chunk of each of `states` into its delta, in one batched update.
-void ModelAccess::FoldChunks(const LayerWeights& lw, const std::vector<SequenceState*>& states) {
+void ModelAccess::FoldChunks(const LayerWeights& lw, const std::vector<SequenceTensors*>& states) {
   std::vector<at::Tensor> zs, xs;
-  for (SequenceState* state : states) {
+  for (SequenceTensors* state : states) {
     zs.push_back(state->ttt[lw.ttt_slot].pending_z);
     xs.push_back(state->ttt[lw.ttt_slot].pending_x0);
   }
@@ -390,7 +390,7 @@ void ModelAccess::FoldChunks(const LayerWeights& lw, const std::vector<SequenceS
 // W_down^(0) + delta + (eta * sum of updates of chunks completed earlier in this segment);
 // every chunk completed here is folded into the state's delta. Returns z @ (fast part)^T.
 at::Tensor ModelAccess::FastWeightTermOne(const LayerWeights& lw, const at::Tensor& z_new,
-                                          const at::Tensor& x0_new, SequenceState& state) {
+                                          const at::Tensor& x0_new, SequenceTensors& state) {
   TttLayerState& slot = state.ttt[lw.ttt_slot];
   const int64_t chunk = cfg_.ttt_chunk, pending = slot.pending_z.size(0), n = z_new.size(0);
   at::Tensor z = at::cat({slot.pending_z, z_new.to(at::kFloat)}, 0);

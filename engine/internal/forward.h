@@ -8,6 +8,7 @@
 
 #include "absl/types/span.h"
 #include "engine/internal/model_weights.h"
+#include "engine/internal/sequence_tensors.h"
 #include "engine/model.h"
 
 namespace ttt::engine {
@@ -38,7 +39,11 @@ class ModelAccess {
  public:
   static constexpr int64_t kVarlenRows = 16;
 
-  ModelAccess(const Model& model, absl::Span<IngestItem> items);
+  ModelAccess(const Model& model, absl::Span<TensorItem> items);
+  // What Model keeps private, for the engine's own files (model.cc, sequence.cc, state_size.cc).
+  static std::unique_ptr<Model> NewModel(ModelConfig config,
+                                         std::unique_ptr<Model::Weights> weights);
+  static Model::Weights& WeightsOf(const Model& model) { return *model.weights_; }
   // Returns per item the logits [n_i, vocab] (fp32) of its new tokens. After a short step they
   // view this thread's workspace: valid until the thread's next forward.
   std::vector<at::Tensor> Run();
@@ -55,18 +60,18 @@ class ModelAccess {
   at::Tensor Attend(size_t l, at::Tensor q, at::Tensor k, at::Tensor v);
   void AttendVarlen(size_t l, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                     at::Tensor& out);
-  at::Tensor AttendOne(size_t l, at::Tensor q, at::Tensor k, at::Tensor v, SequenceState& state);
+  at::Tensor AttendOne(size_t l, at::Tensor q, at::Tensor k, at::Tensor v, SequenceTensors& state);
   at::Tensor MaskedAttention(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& values,
                              int64_t q_first, int64_t k_first) const;
   at::Tensor FastWeightTerms(const LayerWeights& lw, const at::Tensor& z, const at::Tensor& x0);
   void FastWeightTermsVarlen(const LayerWeights& lw, const at::Tensor& zf, const at::Tensor& x0f,
                              at::Tensor& out);
   at::Tensor FastWeightTermOne(const LayerWeights& lw, const at::Tensor& z_new,
-                               const at::Tensor& x0_new, SequenceState& state);
+                               const at::Tensor& x0_new, SequenceTensors& state);
   void AppendFloatRows(at::Tensor& pending, const at::Tensor& source, int64_t row0,
                        int64_t n) const;
   at::Tensor ChunkUpdates(const LayerWeights& lw, const at::Tensor& z, const at::Tensor& x0) const;
-  void FoldChunks(const LayerWeights& lw, const std::vector<SequenceState*>& states);
+  void FoldChunks(const LayerWeights& lw, const std::vector<SequenceTensors*>& states);
 
   // The short-step form (internal/short_step.cc). REQUIRES: every item varlen.
   std::vector<at::Tensor> RunShort(const std::vector<int64_t>& tokens,
@@ -76,7 +81,7 @@ class ModelAccess {
   const Model& model_;
   const Model::Weights& w_;
   const ModelConfig& cfg_;
-  absl::Span<IngestItem> items_;
+  absl::Span<TensorItem> items_;
   std::vector<int64_t> offsets_;
   std::vector<bool> varlen_;    // per item: takes the batched varlen path
   bool any_varlen_ = false;

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -22,10 +23,14 @@ struct LayerWeights {
   at::Tensor gate_proj, up_proj, down_proj;
   at::Tensor ttt_conv;  // [d, 1, 5] fp32; undefined where TTT is off
   at::Tensor ttt_proj;  // [d, d] fp32 (used as stored); undefined without ttt_proj
-  int64_t ttt_slot = -1;  // index into SequenceState::ttt, -1 for a plain layer
+  int64_t ttt_slot = -1;  // index into SequenceTensors::ttt, -1 for a plain layer
 };
 
 struct Model::Weights {
+  at::Device device = at::kCPU;
+  at::ScalarType dtype = at::kFloat;  // of the weights and KV cache (fast weights stay fp32)
+  std::string fingerprint;            // Model::fingerprint()
+  std::vector<int64_t> active_ttt_layers;  // Model::active_ttt_layers()
   at::Tensor embed;  // [vocab, d]
   std::vector<LayerWeights> layers;
   at::Tensor final_norm;

@@ -12,7 +12,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "engine/safetensors.h"
+#include "engine/internal/safetensors.h"
 
 namespace ttt::engine::internal {
 

@@ -6,7 +6,7 @@
 #include <cstdint>
 
 #include "engine/config.h"
-#include "engine/safetensors.h"
+#include "engine/internal/safetensors.h"
 
 namespace ttt::engine::testing {
 

@@ -10,7 +10,6 @@
 #include "util/error_reason.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "engine/safetensors.h"
 #include "session/internal/names.h"
 #include "util/sha256.h"
 #include "util/status_macros.h"
@@ -280,15 +279,14 @@ absl::StatusOr<Header> ReadHeader(std::string_view head, uint64_t file_size,
 
 absl::StatusOr<std::string> EncodeCheckpoint(const engine::SequenceState& state,
                                              const CheckpointMeta& meta) {
-  const engine::NamedTensors tensors = state.ToTensors();
   std::map<std::string, std::string> m = MetaMap(state, meta);
   // The tensor table and the data section do not depend on the metadata: encode once to hash
   // them, then again with the hash.
-  ASSIGN_OR_RETURN(std::string first, engine::EncodeSafetensors(tensors, m));
+  ASSIGN_OR_RETURN(std::string first, engine::EncodeSequence(state, m));
   ASSIGN_OR_RETURN(uint64_t head, HeadSize(first, first.size(), "being written"));
   ASSIGN_OR_RETURN(Header h, ParseHeader(std::string_view(first).substr(0, head), "being written"));
   m[kShaKey] = DigestV2(h.table, std::string_view(first).substr(head), m);
-  return engine::EncodeSafetensors(tensors, m);
+  return engine::EncodeSequence(state, m);
 }
 
 absl::StatusOr<CheckpointMeta> VerifyCheckpoint(std::string_view bytes, const std::string& source) {
@@ -321,12 +319,11 @@ absl::StatusOr<DecodedCheckpoint> DecodeCheckpoint(std::string bytes, const std:
             Quote(meta.model_fingerprint), "); this server runs model ", model.fingerprint())),
         util::kReasonStateFromOtherModel);
   }
-  auto file = engine::SafetensorsFile::FromBytes(std::move(bytes), source);
-  if (!file.ok()) {
-    return absl::DataLossError(
-        absl::StrCat("checkpoint ", source, " is corrupt or truncated: ", file.status().message()));
+  auto state = model.RestoreSequence(std::move(bytes), source);
+  if (absl::IsDataLoss(state.status())) {
+    return absl::DataLossError(absl::StrCat("checkpoint ", source, " is corrupt or truncated: ",
+                                            state.status().message()));
   }
-  auto state = model.RestoreSequence(**file);
   if (!state.ok()) {
     return absl::InvalidArgumentError(
         absl::StrCat("checkpoint ", source, " does not fit the model: ", state.status().message()));

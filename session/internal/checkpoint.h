@@ -1,5 +1,5 @@
 // The checkpoint file format: a safetensors file holding the SequenceState's tensors
-// (SequenceState::ToTensors) and, under "__metadata__", the state's own metadata plus ttt-serve's
+// (engine::EncodeSequence) and, under "__metadata__", the state's own metadata plus ttt-serve's
 // keys "tttserve.*": format, model fingerprint, tenant, session and checkpoint ids, creation and
 // last-use times, counters and options (JSON), and "tttserve.sha256".
 //

@@ -111,19 +111,20 @@ class Session {
 
   // Engine thread (or before publication), mu held: derived figures from the state.
   void RefreshLocked() {
-    counters.position = state.position;
+    counters.position = state.position();
     counters.tokens_pending = state.PendingTokens();
     memory_bytes = state.HeldBytes();
     const std::vector<double> norms = state.DeltaNorms();
+    const std::vector<int64_t> layers = state.TttLayers();
     delta_norms.clear();
-    for (size_t i = 0; i < norms.size() && i < state.ttt.size(); ++i) {
-      delta_norms.emplace_back(state.ttt[i].layer, norms[i]);
+    for (size_t i = 0; i < norms.size() && i < layers.size(); ++i) {
+      delta_norms.emplace_back(layers[i], norms[i]);
     }
   }
   // Engine thread, mu held, after a write: counts `tokens` received and the chunk updates since
   // `chunks_before` (each of `chunk` tokens). Returns the chunks; the caller refreshes.
   int64_t AccountWriteLocked(int64_t tokens, int64_t chunks_before, int64_t chunk) {
-    const int64_t chunks = std::max<int64_t>(0, state.chunks_applied - chunks_before);
+    const int64_t chunks = std::max<int64_t>(0, state.chunks_applied() - chunks_before);
     dirty = true;
     counters.tokens_received += tokens;
     counters.chunks_applied += chunks;

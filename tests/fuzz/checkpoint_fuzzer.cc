@@ -8,8 +8,9 @@
 #include <string>
 #include <vector>
 
+#include "engine/internal/model_tensors.h"
 #include "engine/model.h"
-#include "engine/safetensors.h"
+#include "engine/internal/safetensors.h"
 #include "tests/fuzz/fuzz_check.h"
 #include "tests/fuzz/tiny_model.h"
 
@@ -18,7 +19,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   auto file = ttt::engine::SafetensorsFile::FromBytes(
       std::string(reinterpret_cast<const char*>(data), size), "fuzz.ckpt");
   if (!file.ok()) return 0;
-  auto state = model->RestoreSequence(**file);
+  auto state = RestoreSequence(*model, **file);
   if (!state.ok()) {
     // NOT_FOUND: a state tensor is missing (model_test's RestoreRejectsAStateFromAnotherModel).
     const absl::StatusCode code = state.status().code();

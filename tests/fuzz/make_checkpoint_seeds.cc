@@ -6,8 +6,9 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "engine/internal/model_tensors.h"
 #include "engine/model.h"
-#include "engine/safetensors.h"
+#include "engine/internal/safetensors.h"
 #include "tests/fuzz/tiny_model.h"
 
 int main(int argc, char** argv) {
@@ -28,7 +29,7 @@ int main(int argc, char** argv) {
       }
     }
     const std::string path = absl::StrCat(argv[1], "/state_", tokens, "_tokens.safetensors");
-    auto status = ttt::engine::WriteSafetensors(path, state.ToTensors(), state.Metadata());
+    auto status = ttt::engine::WriteSafetensors(path, StateTensors(state), state.Metadata());
     if (!status.ok()) {
       std::fprintf(stderr, "%s\n", status.ToString().c_str());
       return 1;

@@ -32,7 +32,7 @@ engine::ModelConfig TinyConfig() {
 
 std::unique_ptr<engine::Model> TinyModel() {
   const engine::ModelConfig config = TinyConfig();
-  auto model = engine::Model::FromWeights(config, engine::testing::RandomWeights(config, {}));
+  auto model = engine::ModelFromWeights(config, engine::testing::RandomWeights(config, {}));
   if (!model.ok()) {
     std::fprintf(stderr, "tiny model: %s\n", model.status().ToString().c_str());
     std::abort();

@@ -6,7 +6,7 @@
 
 #include <memory>
 
-#include "engine/model.h"
+#include "engine/internal/model_tensors.h"
 
 namespace ttt::fuzz {
 

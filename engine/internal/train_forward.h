@@ -12,7 +12,7 @@
 #include <ATen/ATen.h>
 
 #include "engine/config.h"
-#include "engine/safetensors.h"
+#include "engine/internal/safetensors.h"
 
 namespace ttt::engine {
 

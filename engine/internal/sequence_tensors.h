@@ -1,0 +1,62 @@
+// The tensors behind a SequenceState: what the forward reads and advances (KV cache, per TTT
+// layer the fast-weight delta and the unfinished chunk's buffer, the last logits). Only engine/
+// and LibTorch programs (train/, bench/, engine tests) include this; everyone else holds the
+// opaque engine::SequenceState (engine/sequence.h). Not thread-safe; one user at a time.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <ATen/ATen.h>  // not <torch/torch.h>: a third of the compile time
+
+#include "absl/types/span.h"
+#include "engine/internal/safetensors.h"
+#include "engine/sequence.h"
+
+namespace ttt::engine {
+
+struct LayerCache {
+  at::Tensor keys;    // [kv_heads, n, head_dim], RoPE applied; n <= window when windowed
+  at::Tensor values;  // [kv_heads, n, head_dim]
+};
+
+struct TttLayerState {
+  int64_t layer = 0;       // decoder layer index
+  at::Tensor delta;        // [d_model, d_ff] fp32: eta * sum of the completed chunks' updates
+  at::Tensor pending_z;    // [p, d_ff] fp32: Z rows of the unfinished chunk (p < chunk)
+  at::Tensor pending_x0;   // [p, d_model] fp32: X0 rows of the unfinished chunk
+};
+
+// Plain data; a copy shares the tensors (SequenceState::Clone copies them).
+struct SequenceTensors {
+  int64_t position = 0;        // tokens consumed so far (absolute position of the next token)
+  int64_t chunks_applied = 0;  // chunk updates folded into the fast weights
+  std::vector<LayerCache> cache;   // one per decoder layer
+  std::vector<TttLayerState> ttt;  // one per TTT layer, in layer order
+  at::Tensor last_logits;          // [vocab] fp32: next-token logits; undefined before any token
+
+  // Tokens of the unfinished chunk (0 when the stream sits on a chunk boundary).
+  int64_t PendingTokens() const { return ttt.empty() ? 0 : ttt.front().pending_z.size(0); }
+};
+
+// The state's tensors. The mutable form gives a state that holds none (default-constructed or
+// moved from) an empty set first; the const form sees an empty set then.
+SequenceTensors& TensorsOf(SequenceState& state);
+const SequenceTensors& TensorsOf(const SequenceState& state);
+
+// A state holding `tensors` (the engine builds states this way).
+SequenceState MakeSequenceState(SequenceTensors tensors);
+
+// The tensors that restore the state bit-exactly (with SequenceState::Metadata(); the inverse is
+// RestoreSequence in engine/internal/model_tensors.h). The tensors alias the state's.
+NamedTensors StateTensors(const SequenceState& state);
+
+// One sequence's part of a batched forward (Model::Ingest's IngestItem, on the tensors).
+struct TensorItem {
+  SequenceTensors* state = nullptr;    // advanced in place
+  absl::Span<const int32_t> tokens;  // the caller's IngestItem::tokens (or a piece of them)
+};
+
+}  // namespace ttt::engine
