@@ -471,22 +471,32 @@ void MakeLeaf(const std::filesystem::path& dir, const std::string& ca, const std
                        ".key -CAcreateserial -days 2 -out ", name, ".pem -extfile ", name, ".ext"));
 }
 
-TEST(EtcdTlsTest, ConnectsWithAClientCertificateAndOnlyToATrustedServer) {
-  const TempDir dir("tls");
-  const std::filesystem::path& files = dir.path();
-  std::filesystem::create_directories(files);
+// The files both TLS tests use, made in `files`: a CA "ca" and another "other-ca", etcd's
+// certificate for 127.0.0.1 and a client certificate, both from "ca"; then one member that takes
+// them. `trusted`: how a client reaches it.
+void StartTlsMember(const std::filesystem::path& files, EtcdClientOptions* trusted,
+                    std::unique_ptr<EtcdCluster>* cluster) {
   ASSERT_NO_FATAL_FAILURE(MakeCa(files, "ca"));
   ASSERT_NO_FATAL_FAILURE(MakeCa(files, "other-ca"));
   ASSERT_NO_FATAL_FAILURE(MakeLeaf(files, "ca", "server", "IP:127.0.0.1"));
   ASSERT_NO_FATAL_FAILURE(MakeLeaf(files, "ca", "client", ""));
+  trusted->tls_ca_file = (files / "ca.pem").string();
+  trusted->tls_cert_file = (files / "client.pem").string();
+  trusted->tls_key_file = (files / "client.key").string();
+  *cluster = std::make_unique<EtcdCluster>(
+      1, files / "etcd", MemberTls{files / "server.pem", files / "server.key", files / "ca.pem"},
+      *trusted);
+  ASSERT_NO_FATAL_FAILURE((*cluster)->Start());
+}
+
+TEST(EtcdTlsTest, ConnectsWithAClientCertificateAndOnlyToATrustedServer) {
+  const TempDir dir("tls");
+  const std::filesystem::path& files = dir.path();
+  std::filesystem::create_directories(files);
   EtcdClientOptions trusted;
-  trusted.tls_ca_file = (files / "ca.pem").string();
-  trusted.tls_cert_file = (files / "client.pem").string();
-  trusted.tls_key_file = (files / "client.key").string();
-  EtcdCluster cluster(1, files / "etcd",
-                      MemberTls{files / "server.pem", files / "server.key", files / "ca.pem"},
-                      trusted);
-  ASSERT_NO_FATAL_FAILURE(cluster.Start());
+  std::unique_ptr<EtcdCluster> member;
+  ASSERT_NO_FATAL_FAILURE(StartTlsMember(files, &trusted, &member));
+  EtcdCluster& cluster = *member;
   ASSERT_THAT(cluster.endpoints()[0], ::testing::StartsWith("https://"));
 
   std::unique_ptr<EtcdClient> client = MakeClient(trusted, cluster.endpoints());
@@ -523,19 +533,11 @@ TEST(EtcdTlsTest, RotatedFilesApplyWithoutARestartAndTheServerNameIsChecked) {
   const TempDir dir("tls-rotate");
   const std::filesystem::path& files = dir.path();
   std::filesystem::create_directories(files / "live");
-  ASSERT_NO_FATAL_FAILURE(MakeCa(files, "ca"));
-  ASSERT_NO_FATAL_FAILURE(MakeCa(files, "other-ca"));
-  ASSERT_NO_FATAL_FAILURE(MakeLeaf(files, "ca", "server", "IP:127.0.0.1"));
-  ASSERT_NO_FATAL_FAILURE(MakeLeaf(files, "ca", "client", ""));
-  ASSERT_NO_FATAL_FAILURE(MakeLeaf(files, "other-ca", "stale", ""));
   EtcdClientOptions trusted;
-  trusted.tls_ca_file = (files / "ca.pem").string();
-  trusted.tls_cert_file = (files / "client.pem").string();
-  trusted.tls_key_file = (files / "client.key").string();
-  EtcdCluster cluster(1, files / "etcd",
-                      MemberTls{files / "server.pem", files / "server.key", files / "ca.pem"},
-                      trusted);
-  ASSERT_NO_FATAL_FAILURE(cluster.Start());
+  std::unique_ptr<EtcdCluster> member;
+  ASSERT_NO_FATAL_FAILURE(StartTlsMember(files, &trusted, &member));
+  EtcdCluster& cluster = *member;
+  ASSERT_NO_FATAL_FAILURE(MakeLeaf(files, "other-ca", "stale", ""));
 
   // The client starts with files etcd and it cannot agree on: roots of another CA (etcd's
   // certificate is refused) and a certificate of another CA (etcd refuses it).
