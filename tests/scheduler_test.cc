@@ -354,8 +354,12 @@ TEST(ContinuousBatchingTest, AShortRunGoesWholeBesideDecodes) {
   ASSERT_FALSE(batches.empty());
   // Step 0: 8 decodes, the short run whole (16), the long one its quarter of the budget (4).
   for (const auto& [state, n] : batches[0]) {
-    if (state == &short_state) EXPECT_EQ(n, 16);
-    if (state == &long_state) EXPECT_EQ(n, 4);
+    if (state == &short_state) {
+      EXPECT_EQ(n, 16);
+    }
+    if (state == &long_state) {
+      EXPECT_EQ(n, 4);
+    }
   }
   EXPECT_TRUE(Holds(batches[0], &short_state));
   EXPECT_EQ(TokensOf(batches[0]), 8 + 16 + 4);
