@@ -78,6 +78,15 @@ TEST(RestJsonTest, QueryParamsRefuseUnknownFieldsAndBadValues) {
   pb::ImportSessionRequest import;
   ExpectInvalid(ApplyQuery({{"options.idle_ttl_seconds", "soon"}}, &import),
                 "the query parameters");
+  // Found by rest_json_fuzzer: bytes that are not UTF-8 (a percent-decoded %FF) threw out of
+  // the JSON printer and ended the process.
+  ExpectInvalid(ApplyQuery({{"label_selector.user", "al\xffice"}}, &list), "not valid UTF-8");
+  ExpectInvalid(ApplyQuery({{"label_selector.\xff", "x"}}, &list), "not valid UTF-8");
+  // Also found by it: a percent-decoded path id that is not UTF-8 went into a proto string.
+  pb::IngestRequest ingest;
+  ExpectInvalid(BindPathField("session_id", "ab\xc0\xafc", &ingest), "not valid UTF-8");
+  ExpectInvalid(BindPathField("session_id", "\xed\xa0\x80", &ingest), "not valid UTF-8");
+  EXPECT_TRUE(BindPathField("session_id", "caf\xc3\xa9-\xf0\x9f\x98\x80", &ingest).ok());
 }
 
 TEST(RestJsonTest, PathVariableFillsTheFieldAndRefusesAnotherInTheBody) {

@@ -4,7 +4,9 @@
 #include <google/protobuf/descriptor.h>
 #include <google/protobuf/util/json_util.h>
 
+#include <cstdint>
 #include <memory>
+#include <string_view>
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/ascii.h"
@@ -17,6 +19,27 @@
 
 namespace ttt::http::internal {
 namespace {
+
+// Whether `text` is well-formed UTF-8 (no overlong forms, surrogates or values past U+10FFFF):
+// what a proto string field may hold. A percent-decoded path or query can be any bytes.
+bool IsUtf8(std::string_view text) {
+  size_t i = 0;
+  while (i < text.size()) {
+    const auto byte = [&](size_t k) { return static_cast<unsigned char>(text[k]); };
+    const unsigned char c = byte(i);
+    size_t n = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 0;
+    if (n == 0 || i + n > text.size()) return false;
+    uint32_t cp = n == 1 ? c : c & (0x7F >> n);
+    for (size_t k = 1; k < n; ++k) {
+      if ((byte(i + k) & 0xC0) != 0x80) return false;
+      cp = (cp << 6) | (byte(i + k) & 0x3F);
+    }
+    constexpr uint32_t kMin[] = {0, 0, 0x80, 0x800, 0x10000};
+    if (cp < kMin[n] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return false;
+    i += n;
+  }
+  return true;
+}
 
 using google::protobuf::Descriptor;
 using google::protobuf::FieldDescriptor;
@@ -119,6 +142,11 @@ absl::Status ApplyQuery(const QueryParams& query, Message* message) {
   if (query.empty()) return absl::OkStatus();
   Json root = Json::object();
   for (const auto& [name, value] : query) {
+    // (Also what the JSON printer below needs: it throws on other bytes.)
+    if (!IsUtf8(name) || !IsUtf8(value)) {
+      return absl::InvalidArgumentError(
+          "the query parameters are not valid UTF-8 (percent-encode UTF-8 bytes only)");
+    }
     absl::Status added = AddQueryParam(message->GetDescriptor(), name, value, &root);
     if (!added.ok()) return added;
   }
@@ -135,6 +163,11 @@ absl::Status BindPathField(const std::string& field_name, const std::string& val
   if (field == nullptr || field->cpp_type() != FieldDescriptor::CPPTYPE_STRING) {
     return absl::InternalError(
         absl::StrCat(message->GetDescriptor()->full_name(), " has no string field ", field_name));
+  }
+  if (!IsUtf8(value)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the path's ", field_name, " is not valid UTF-8 (ids are letters, digits, "
+                     "'.', '_' and '-')"));
   }
   const google::protobuf::Reflection* reflection = message->GetReflection();
   const std::string body_value = reflection->GetString(*message, field);

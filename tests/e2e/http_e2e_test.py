@@ -475,6 +475,11 @@ class HttpE2ETest(unittest.TestCase):
                           "not a JSON tttserve.v1.CreateSessionRequest")
         status, _, body = rest_json(s, "POST", "/v1/sessions", {"sesion_id": "x"})
         self.assertStatus(status, body, 400, 3, "INVALID_ARGUMENT", "sesion_id")
+        # rest_json_fuzzer's finding: a query value that decodes to bytes that are not UTF-8
+        # threw out of the JSON printer and ended the server.
+        status, _, body = rest_json(s, "GET", "/v1/sessions?label_selector.user=al%FFice")
+        self.assertStatus(status, body, 400, 3, "INVALID_ARGUMENT", "not valid UTF-8")
+        self.assertEqual(rest_json(s, "GET", "/v1/sessions")[0], 200)  # still serving
         status, _, body = rest_json(s, "POST", "/v1/sessions/no-such-session:score",
                                     {"token_ids": [1]})
         self.assertStatus(status, body, 404, 5, "NOT_FOUND", "no-such-session")

@@ -26,7 +26,8 @@ work="${work:-$build/fuzz-work}"
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
   targets=(safetensors_fuzzer checkpoint_fuzzer sentencepiece_model_fuzzer tokenizer_json_fuzzer
-           sentencepiece_encode_fuzzer bpe_encode_fuzzer request_fuzzer x509_identity_fuzzer)
+           sentencepiece_encode_fuzzer bpe_encode_fuzzer request_fuzzer x509_identity_fuzzer
+           rest_json_fuzzer)
 fi
 
 # LibTorch's OpenMP pool is not needed for one tiny model and is not instrumented.
