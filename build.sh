@@ -41,7 +41,7 @@ case "$mode" in
     ;;
   ci)
     bash deploy/install-deps.sh test
-    TTT_JOBS="$jobs" exec bash tests/ci_stages.sh "$@"
+    TTT_JOBS="$jobs" TTT_WERROR="${TTT_WERROR:-ON}" exec bash tests/ci_stages.sh "$@"
     ;;
   *)
     echo "usage: $0 serve [server flags...] | test [ctest args...] | ci [ctest args...]" >&2

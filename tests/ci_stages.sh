@@ -47,8 +47,10 @@ as_regex() { local t; t="$*"; echo "^(${t// /|})\$"; }
 kSanitizedFlags=(-DCMAKE_BUILD_TYPE=RelWithDebInfo "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -g1"
                  -DTTT_ENGINE_ONLY=OFF -DTTT_BUILD_BENCH=OFF)
 # The plain suite: Release, every test and the benchmark (built so that it keeps compiling).
+# TTT_WERROR=ON (`./build.sh ci`, so CI): compiler warnings fail the build.
 kNormalFlags=(-DCMAKE_BUILD_TYPE=Release -DTTT_ENGINE_ONLY=OFF -DTTT_BUILD_TESTS=ON
-              -DTTT_BUILD_BENCH=ON -DTTT_SANITIZE= -DTTT_FUZZ=OFF)
+              -DTTT_BUILD_BENCH=ON -DTTT_SANITIZE= -DTTT_FUZZ=OFF
+              "-DTTT_WERROR=${TTT_WERROR:-OFF}")
 configure_only="${TTT_CONFIGURE_ONLY:-}"
 
 now() { date +%s; }
