@@ -11,6 +11,14 @@
 #include "util/status_macros.h"
 
 namespace ttt::session {
+namespace {
+
+// Each in order: a message that waited for `committed` takes its outcome, the others their own.
+void Acknowledge(std::vector<PendingIngestAck>& acks, const absl::Status& committed) {
+  for (PendingIngestAck& a : acks) a.acknowledge(a.needs_commit ? committed : absl::OkStatus());
+}
+
+}  // namespace
 
 absl::Status SessionManager::SubmitIngest(
     const std::shared_ptr<Session>& s, std::vector<int32_t> tokens, bool end_of_document,
@@ -71,7 +79,7 @@ absl::Status SessionManager::SubmitIngest(
     std::vector<PendingIngestAck> due = SettleIngest(*s, std::move(ack));
     const absl::Status committed = CommitFor(s, due);
     s->EndOp();
-    for (PendingIngestAck& a : due) a.acknowledge(a.needs_commit ? committed : absl::OkStatus());
+    Acknowledge(due, committed);
   };
   {
     std::lock_guard<std::mutex> lock(s->mu);
@@ -114,10 +122,7 @@ void SessionManager::AcknowledgeOrphans(const std::shared_ptr<Session>& s) {
   engine::Work w;
   w.key = s->key;
   w.task = [this, s, shared] {
-    const absl::Status committed = CommitFor(s, *shared);
-    for (PendingIngestAck& a : *shared) {
-      a.acknowledge(a.needs_commit ? committed : absl::OkStatus());
-    }
+    Acknowledge(*shared, CommitFor(s, *shared));
   };
   if (scheduler_->Submit(std::move(w), /*bypass_limits=*/true).ok()) return;
   for (PendingIngestAck& a : *shared) {  // shutting down: nothing was committed for them
