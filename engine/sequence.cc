@@ -9,6 +9,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "engine/internal/fast_weight.h"
 #include "engine/internal/model_tensors.h"
 #include "engine/internal/sequence_tensors.h"
 #include "engine/internal/state_buffer.h"
@@ -49,11 +50,21 @@ SequenceState SequenceState::Clone() const {
   copy.chunks_applied = from.chunks_applied;
   for (const LayerCache& c : from.cache) copy.cache.push_back({c.keys.clone(), c.values.clone()});
   for (const TttLayerState& t : from.ttt) {
-    copy.ttt.push_back({t.layer, t.delta.clone(), t.pending_z.clone(), t.pending_x0.clone()});
+    DeltaIncrements increments = t.increments;
+    if (!increments.empty()) {
+      increments.v = increments.v.clone();
+      increments.z = increments.z.clone();
+    }
+    copy.ttt.push_back({t.layer, t.delta.clone(), t.pending_z.clone(), t.pending_x0.clone(),
+                        std::move(increments)});
   }
   if (from.last_logits.defined()) copy.last_logits = from.last_logits.clone();
   return MakeSequenceState(std::move(copy));
 }
+
+// A copy of the handles: sound because no write reaches a buffer that another handle can see
+// (internal/state_buffer.h's OwnsBuffer guards every in-place write).
+SequenceState SequenceState::Fork() const { return MakeSequenceState(TensorsOf(*this)); }
 
 // The elements of its tensors: what a valid state of this shape needs (and what it serializes
 // to); HeldBytes adds the spare rows of buffers grown in place (internal/state_buffer.h).
@@ -63,20 +74,28 @@ int64_t SequenceState::MemoryBytes() const {
   int64_t bytes = elements(s.last_logits);
   for (const LayerCache& c : s.cache) bytes += elements(c.keys) + elements(c.values);
   for (const TttLayerState& t : s.ttt) {
-    bytes += elements(t.delta) + elements(t.pending_z) + elements(t.pending_x0);
+    bytes += elements(t.delta) + elements(t.pending_z) + elements(t.pending_x0) +
+             elements(t.increments.v) + elements(t.increments.z);
   }
   return bytes;
 }
 
 int64_t SequenceState::HeldBytes() const {
-  const SequenceTensors& s = TensorsOf(*this);
-  std::set<const void*> seen;
   int64_t bytes = 0;
+  for (const HeldBuffer& buffer : HeldBuffers()) bytes += buffer.bytes;
+  return bytes;
+}
+
+std::vector<HeldBuffer> SequenceState::HeldBuffers() const {
+  const SequenceTensors& s = TensorsOf(*this);
+  std::set<uintptr_t> seen;
+  std::vector<HeldBuffer> buffers;
   auto add = [&](const at::Tensor& t) {
     if (!t.defined() || !t.has_storage()) return;
     const c10::Storage& storage = t.storage();
-    if (seen.insert(storage.unsafeGetStorageImpl()).second) {
-      bytes += static_cast<int64_t>(storage.nbytes());
+    const auto identity = reinterpret_cast<uintptr_t>(storage.unsafeGetStorageImpl());
+    if (seen.insert(identity).second) {
+      buffers.push_back({identity, static_cast<int64_t>(storage.nbytes())});
     }
   };
   add(s.last_logits);
@@ -88,8 +107,10 @@ int64_t SequenceState::HeldBytes() const {
     add(t.delta);
     add(t.pending_z);
     add(t.pending_x0);
+    add(t.increments.v);
+    add(t.increments.z);
   }
-  return bytes;
+  return buffers;
 }
 
 std::vector<int64_t> SequenceState::TttLayers() const {
@@ -101,7 +122,7 @@ std::vector<int64_t> SequenceState::TttLayers() const {
 std::vector<double> SequenceState::DeltaNorms() const {
   std::vector<double> norms;
   for (const TttLayerState& t : TensorsOf(*this).ttt) {
-    norms.push_back(t.delta.norm().item<double>());
+    norms.push_back(internal::EffectiveDeltaNorm(t));
   }
   return norms;
 }
@@ -114,7 +135,8 @@ NamedTensors StateTensors(const SequenceState& state) {
     out.emplace_back(absl::StrCat("cache.", l, ".values"), s.cache[l].values);
   }
   for (const TttLayerState& t : s.ttt) {
-    out.emplace_back(absl::StrCat("ttt.", t.layer, ".delta"), t.delta);
+    // Dense even when factored: a checkpoint or export needs nothing but itself.
+    out.emplace_back(absl::StrCat("ttt.", t.layer, ".delta"), internal::EffectiveDelta(t));
     out.emplace_back(absl::StrCat("ttt.", t.layer, ".pending_z"), t.pending_z);
     out.emplace_back(absl::StrCat("ttt.", t.layer, ".pending_x0"), t.pending_x0);
   }

@@ -16,6 +16,15 @@ namespace ttt::engine {
 
 struct SequenceTensors;  // engine/internal/sequence_tensors.h
 
+// One buffer a state keeps alive: `identity` is the same for every state holding that buffer
+// (states forked from one another share buffers until they write), so summing `bytes` over
+// distinct identities counts shared memory once. An identity may be reused once no state holds
+// its buffer any more.
+struct HeldBuffer {
+  uintptr_t identity = 0;
+  int64_t bytes = 0;
+};
+
 class SequenceState {
  public:
   // A state holding nothing (what a session keeps while its state is released or evicted).
@@ -33,13 +42,22 @@ class SequenceState {
   int64_t chunks_applied() const;
   // Tokens of the unfinished chunk (0 when the stream sits on a chunk boundary).
   int64_t PendingTokens() const;
-  // A deep copy (a fork): nothing is shared with the original.
+  // A deep copy: nothing is shared with the original.
   SequenceState Clone() const;
+  // A copy-on-write fork: shares every buffer with the original until one of them writes (each
+  // write to a state tensor goes in place only into a buffer its state alone holds, else into a
+  // fresh one), and a fork whose fast weights then learn keeps its chunk updates as low-rank
+  // increments on the shared base (engine/internal/fast_weight.h). Neither ever sees the other's
+  // writes. Costs no tensor memory until a write.
+  SequenceState Fork() const;
   // Bytes of its tensors' elements (what it serializes to).
   int64_t MemoryBytes() const;
   // Bytes of the buffers its tensors keep alive, each buffer once, whole: more than MemoryBytes
   // by the spare rows of caches grown in place. What the state really holds (the budget's figure).
   int64_t HeldBytes() const;
+  // The buffers behind HeldBytes, each once, with their identities (shared bytes counted once
+  // across states: session/ accounts resident memory by these).
+  std::vector<HeldBuffer> HeldBuffers() const;
   // The decoder layers with TTT state, in order.
   std::vector<int64_t> TttLayers() const;
   // Frobenius norm of each TTT layer's delta, in TttLayers() order.

@@ -11,6 +11,7 @@
 #include <limits>
 
 #include "engine/internal/batched_kernels.h"
+#include "engine/internal/fast_weight.h"
 #include "engine/internal/row_kernels.h"
 #include "engine/internal/state_buffer.h"
 
@@ -326,6 +327,10 @@ void ModelAccess::FastWeightTermsVarlen(const LayerWeights& lw, const at::Tensor
     seqs.push_back({offsets_[b], Count(b), &slot.delta});
   }
   internal::BatchedDeltaProduct(zf, seqs, out);
+  for (size_t b = 0; b < items_.size(); ++b) {  // a fork's own chunk updates, when factored
+    if (varlen_[b]) internal::AddIncrementTerms(items_[b].state->ttt[lw.ttt_slot], Rows(zf, b),
+                                                Rows(out, b));
+  }
   std::vector<SequenceTensors*> completing;
   for (size_t b = 0; b < items_.size(); ++b) {
     if (!varlen_[b]) continue;
@@ -347,13 +352,22 @@ void ModelAccess::AppendFloatRows(at::Tensor& pending, const at::Tensor& source,
               n * width * sizeof(float));
 }
 
+// The targets V_hat [chunks, C, d] of whole chunks x0 [chunks, C, d] (fp32).
+at::Tensor ModelAccess::ChunkTargets(const LayerWeights& lw, const at::Tensor& x0) const {
+  at::Tensor target = ChunkConv(x0, lw.ttt_conv);
+  if (lw.ttt_proj.defined()) target = at::matmul(target, lw.ttt_proj);
+  return target;
+}
+
+internal::FoldParams ModelAccess::FoldParamsOf() const {
+  return {.eta = w_.eta, .clip = cfg_.ttt_clip, .cap = cfg_.ttt_delta_cap};
+}
+
 // Per-chunk updates V_hat^T Z (clipped), [chunks, d, d_ff], for whole chunks z [chunks, C, d_ff]
 // and x0 [chunks, C, d] (fp32).
 at::Tensor ModelAccess::ChunkUpdates(const LayerWeights& lw, const at::Tensor& z,
                                      const at::Tensor& x0) const {
-  at::Tensor target = ChunkConv(x0, lw.ttt_conv);
-  if (lw.ttt_proj.defined()) target = at::matmul(target, lw.ttt_proj);
-  at::Tensor updates = at::bmm(target.transpose(1, 2), z);
+  at::Tensor updates = at::bmm(ChunkTargets(lw, x0).transpose(1, 2), z);
   if (cfg_.ttt_clip > 0) {
     at::Tensor norms = updates.flatten(1).norm(2, {1}).view({updates.size(0), 1, 1});
     updates = updates * at::clamp_max(cfg_.ttt_clip / (norms + 1e-12), 1.0);
@@ -373,13 +387,19 @@ void ModelAccess::FoldChunks(const LayerWeights& lw, const std::vector<SequenceT
   xs.clear();
   for (size_t i = 0; i < states.size(); ++i) {
     TttLayerState& slot = states[i]->ttt[lw.ttt_slot];
-    // In place only when no one else holds the delta (a checkpoint being written, say).
-    if (internal::OwnsBuffer(slot.delta)) {
-      slot.delta.add_(scaled[i]);
+    if (internal::FoldsFactored(slot, cfg_.ttt_chunk)) {  // a shared base: an increment of its own
+      internal::FoldIncrement(slot, ChunkTargets(lw, slot.pending_x0.unsqueeze(0))[0],
+                              slot.pending_z, FoldParamsOf());
     } else {
-      slot.delta = scaled[i] + slot.delta;
+      internal::MaterialiseDelta(slot);
+      // In place only when no one else holds the delta (a fork, a checkpoint being written).
+      if (internal::OwnsBuffer(slot.delta)) {
+        slot.delta.add_(scaled[i]);
+      } else {
+        slot.delta = scaled[i] + slot.delta;
+      }
+      if (cfg_.ttt_delta_cap > 0) slot.delta.mul_(DeltaCapFactor(slot.delta, cfg_.ttt_delta_cap));
     }
-    if (cfg_.ttt_delta_cap > 0) slot.delta.mul_(DeltaCapFactor(slot.delta, cfg_.ttt_delta_cap));
     internal::ClearRows(slot.pending_z, 0);
     internal::ClearRows(slot.pending_x0, 0);
     if (lw.ttt_slot == 0) states[i]->chunks_applied += 1;  // count each chunk once
@@ -397,6 +417,18 @@ at::Tensor ModelAccess::FastWeightTermOne(const LayerWeights& lw, const at::Tens
   at::Tensor x0 = at::cat({slot.pending_x0, x0_new.to(at::kFloat)}, 0);
   const int64_t rows = pending + n, complete = rows / chunk;
   const int64_t d_model = cfg_.hidden_size, d_ff = cfg_.intermediate_size;
+  if (in_place_ && internal::FoldsFactored(slot, complete * chunk)) {
+    // A shared base delta (a copy-on-write fork): the segment's chunks become increments.
+    at::Tensor targets = ChunkTargets(
+        lw, x0.slice(0, 0, complete * chunk).view({complete, chunk, d_model}));
+    at::Tensor term =
+        internal::FactoredSegmentTerms(slot, z, targets, pending, chunk, FoldParamsOf());
+    if (lw.ttt_slot == 0) state.chunks_applied += complete;  // count each chunk once
+    slot.pending_z = z.slice(0, complete * chunk).clone();
+    slot.pending_x0 = x0.slice(0, complete * chunk).clone();
+    return term;
+  }
+  internal::MaterialiseDelta(slot);  // increments that would cost more than a dense delta
 
   // Deltas in force for chunk 0 (the one the pending rows belong to) .. chunk `complete`.
   at::Tensor deltas = slot.delta.unsqueeze(0);

@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 
 #include "absl/types/span.h"
+#include "engine/internal/fast_weight.h"
 #include "engine/internal/model_weights.h"
 #include "engine/internal/sequence_tensors.h"
 #include "engine/model.h"
@@ -70,7 +71,9 @@ class ModelAccess {
                                const at::Tensor& x0_new, SequenceTensors& state);
   void AppendFloatRows(at::Tensor& pending, const at::Tensor& source, int64_t row0,
                        int64_t n) const;
+  at::Tensor ChunkTargets(const LayerWeights& lw, const at::Tensor& x0) const;
   at::Tensor ChunkUpdates(const LayerWeights& lw, const at::Tensor& z, const at::Tensor& x0) const;
+  internal::FoldParams FoldParamsOf() const;
   void FoldChunks(const LayerWeights& lw, const std::vector<SequenceTensors*>& states);
 
   // The short-step form (internal/short_step.cc). REQUIRES: every item varlen.

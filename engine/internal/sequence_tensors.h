@@ -22,14 +22,34 @@ struct LayerCache {
   at::Tensor values;  // [kv_heads, n, head_dim]
 };
 
+// Chunk updates kept factored on top of a base delta that other states share (a copy-on-write
+// fork, internal/fast_weight.h): the layer's fast weight is then
+//   base_scale * delta + sum_i scales[i] * v_i^T z_i
+// where increment i is rows [i * chunk, (i + 1) * chunk) of `v` and `z` (a chunk's targets and Z
+// rows: its update V^T Z has rank <= chunk). Empty (no rows, base_scale 1) while the delta is
+// dense. Rows are only ever appended (internal/state_buffer.h), so states may share them too.
+struct DeltaIncrements {
+  double base_scale = 1;        // the delta cap's factors applied since the base was shared
+  std::vector<double> scales;   // per increment: eta * its clip factor * the cap's factors since
+  at::Tensor v;                 // [k * chunk, d_model] fp32: targets V of each increment
+  at::Tensor z;                 // [k * chunk, d_ff] fp32: Z rows of each increment
+  double norm_sq = 0;           // squared Frobenius norm of the effective delta (the cap's input)
+
+  bool empty() const { return scales.empty(); }
+};
+
 struct TttLayerState {
   int64_t layer = 0;       // decoder layer index
   at::Tensor delta;        // [d_model, d_ff] fp32: eta * sum of the completed chunks' updates
+                           // (with increments: their base, shared with other states)
   at::Tensor pending_z;    // [p, d_ff] fp32: Z rows of the unfinished chunk (p < chunk)
   at::Tensor pending_x0;   // [p, d_model] fp32: X0 rows of the unfinished chunk
+  DeltaIncrements increments;  // empty unless the chunk updates since a fork sit on a shared base
 };
 
-// Plain data; a copy shares the tensors (SequenceState::Clone copies them).
+// Plain data; a copy shares the tensors. Every write to a state tensor either owns its buffer
+// (internal/state_buffer.h: OwnsBuffer) or replaces the tensor, so a copy is a copy-on-write
+// fork (SequenceState::Fork); SequenceState::Clone copies the tensors.
 struct SequenceTensors {
   int64_t position = 0;        // tokens consumed so far (absolute position of the next token)
   int64_t chunks_applied = 0;  // chunk updates folded into the fast weights
@@ -50,7 +70,8 @@ const SequenceTensors& TensorsOf(const SequenceState& state);
 SequenceState MakeSequenceState(SequenceTensors tensors);
 
 // The tensors that restore the state bit-exactly (with SequenceState::Metadata(); the inverse is
-// RestoreSequence in engine/internal/model_tensors.h). The tensors alias the state's.
+// RestoreSequence in engine/internal/model_tensors.h). The tensors alias the state's (a factored
+// delta, internal/fast_weight.h, comes materialised: the tensors need nothing else).
 NamedTensors StateTensors(const SequenceState& state);
 
 // One sequence's part of a batched forward (Model::Ingest's IngestItem, on the tensors).

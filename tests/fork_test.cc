@@ -1,0 +1,212 @@
+// Copy-on-write forks (SequenceState::Fork, engine/internal/fast_weight.h): a fork shares its
+// parent's buffers until one writes, neither ever sees the other's writes, a fork whose fast
+// weights learn keeps low-rank increments on the shared base (and goes dense once they would cost
+// more), and its results agree with a deep copy's within the contract's float tolerance.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <set>
+
+#include "engine/internal/fast_weight.h"
+#include "engine/internal/model_tensors.h"
+#include "engine/internal/sequence_tensors.h"
+#include "engine/internal/state_buffer.h"
+#include "engine/model.h"
+#include "engine/testing/random_weights.h"
+
+namespace ttt::engine {
+namespace {
+
+// Small, with the clip and the delta cap biting (as models/ttt-brown's do), and d_ff wide enough
+// that three chunks of increments cost less than a dense delta (the fourth goes dense).
+ModelConfig ForkConfig() {
+  ModelConfig c;
+  c.model_type = "llama";
+  c.vocab_size = 53;
+  c.hidden_size = 32;
+  c.intermediate_size = 96;
+  c.num_hidden_layers = 3;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 2;
+  c.head_dim = 8;
+  c.rms_norm_eps = 1e-5;
+  c.ttt_mode = true;
+  c.ttt_layers = {0, 2};
+  c.ttt_lr = 0.5;
+  c.ttt_chunk = 6;
+  c.ttt_proj = true;
+  c.ttt_clip = 0.5;
+  c.ttt_delta_cap = 0.6;
+  return c;
+}
+
+std::unique_ptr<Model> MakeModel() {
+  const ModelConfig config = ForkConfig();
+  auto model = ModelFromWeights(config, testing::RandomWeights(config, {}), {});
+  EXPECT_TRUE(model.ok()) << model.status();
+  return std::move(model).value();
+}
+
+std::vector<int32_t> Tokens(int n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<int32_t> tokens(n);
+  for (int32_t& t : tokens) t = static_cast<int32_t>(rng() % 53);
+  return tokens;
+}
+
+// Ingests `tokens` in pieces of `piece` (1: decode steps, the batched short-step path; more than
+// 16: the long path) and returns their log-probabilities.
+IngestLogProbs Ingest(const Model& model, SequenceState& state, const std::vector<int32_t>& tokens,
+                      size_t piece) {
+  IngestLogProbs all;
+  for (size_t i = 0; i < tokens.size(); i += piece) {
+    std::vector<IngestItem> items{
+        {&state, std::vector<int32_t>(tokens.begin() + i,
+                                      tokens.begin() + std::min(tokens.size(), i + piece))}};
+    auto got = model.Ingest(absl::MakeSpan(items));
+    EXPECT_TRUE(got.ok()) << got.status();
+    if (got.ok()) all.insert(all.end(), (*got)[0].begin(), (*got)[0].end());
+  }
+  return all;
+}
+
+// Every state tensor (factored deltas materialised) equals the other state's, to the bit.
+void ExpectBitIdentical(const SequenceState& a, const SequenceState& b) {
+  const NamedTensors ta = StateTensors(a), tb = StateTensors(b);
+  ASSERT_EQ(ta.size(), tb.size());
+  EXPECT_EQ(a.position(), b.position());
+  for (size_t i = 0; i < ta.size(); ++i) {
+    EXPECT_TRUE(at::equal(ta[i].second, tb[i].second)) << ta[i].first;
+  }
+}
+
+double MaxRelativeDiff(const at::Tensor& a, const at::Tensor& b) {
+  return ((a - b).abs().max() / (b.abs().max() + 1e-30)).item<double>();
+}
+
+// Bytes of the buffers `state` holds that `other` does not.
+int64_t OwnBytes(const SequenceState& state, const SequenceState& other) {
+  std::set<uintptr_t> theirs;
+  for (const HeldBuffer& b : other.HeldBuffers()) theirs.insert(b.identity);
+  int64_t bytes = 0;
+  for (const HeldBuffer& b : state.HeldBuffers()) {
+    if (!theirs.count(b.identity)) bytes += b.bytes;
+  }
+  return bytes;
+}
+
+TEST(ForkTest, AThousandForksHoldTheParentsBuffersOnce) {
+  auto model = MakeModel();
+  SequenceState parent = model->NewSequence();
+  Ingest(*model, parent, Tokens(40, 1), 40);
+  std::vector<SequenceState> forks;
+  for (int i = 0; i < 1000; ++i) forks.push_back(parent.Fork());
+  std::set<uintptr_t> distinct;
+  int64_t bytes = 0;
+  for (const SequenceState* s : {&parent, &forks.front(), &forks.back()}) {
+    for (const HeldBuffer& b : s->HeldBuffers()) {
+      if (distinct.insert(b.identity).second) bytes += b.bytes;
+    }
+  }
+  EXPECT_EQ(bytes, parent.HeldBytes());
+  EXPECT_EQ(OwnBytes(forks.back(), parent), 0);
+  EXPECT_EQ(forks.back().position(), 40);
+  EXPECT_EQ(forks.back().DeltaNorms(), parent.DeltaNorms());
+}
+
+TEST(ForkTest, NeitherSideSeesTheOthersWritesOnAnyPath) {
+  auto model = MakeModel();
+  for (size_t piece : {size_t{1}, size_t{4}, size_t{25}}) {
+    SequenceState parent = model->NewSequence();
+    Ingest(*model, parent, Tokens(22, 2), 22);  // mid-chunk: pending rows are shared too
+    const SequenceState parent_before = parent.Clone();
+    SequenceState fork = parent.Fork();
+    const SequenceState fork_before = fork.Clone();
+    Ingest(*model, fork, Tokens(25, 3), piece);  // the fork writes: the parent stays
+    ExpectBitIdentical(parent, parent_before);
+    const SequenceState fork_after = fork.Clone();
+    Ingest(*model, parent, Tokens(25, 4), piece);  // the parent writes: the fork stays
+    ExpectBitIdentical(fork, fork_after);
+    model->Reset(parent);  // a reset replaces, never clears in place
+    ExpectBitIdentical(fork, fork_after);
+    SequenceState grandchild = fork.Fork();  // a fork of a factored fork shares its increments
+    Ingest(*model, grandchild, Tokens(13, 5), piece);
+    ExpectBitIdentical(fork, fork_after);
+    EXPECT_FALSE(fork_before.position() == fork.position());
+  }
+}
+
+TEST(ForkTest, AgreesWithADeepCopyWithinFloatTolerance) {
+  auto model = MakeModel();
+  for (size_t piece : {size_t{1}, size_t{5}, size_t{18}}) {
+    SequenceState parent = model->NewSequence();
+    Ingest(*model, parent, Tokens(40, 6), 40);
+    SequenceState fork = parent.Fork(), copy = parent.Clone();
+    const std::vector<int32_t> tokens = Tokens(17, 7);  // three chunks: stays factored
+    const IngestLogProbs got = Ingest(*model, fork, tokens, piece);
+    const IngestLogProbs want = Ingest(*model, copy, tokens, piece);
+    ASSERT_EQ(got.size(), want.size());
+    for (size_t i = 0; i < got.size(); ++i) EXPECT_NEAR(got[i], want[i], 2e-5) << "token " << i;
+    for (size_t k = 0; k < TensorsOf(fork).ttt.size(); ++k) {
+      const TttLayerState& slot = TensorsOf(fork).ttt[k];
+      EXPECT_FALSE(slot.increments.empty()) << "piece " << piece;
+      EXPECT_LT(MaxRelativeDiff(internal::EffectiveDelta(slot), TensorsOf(copy).ttt[k].delta),
+                1e-5);
+      EXPECT_NEAR(fork.DeltaNorms()[k], copy.DeltaNorms()[k], 1e-5 * copy.DeltaNorms()[k]);
+    }
+    EXPECT_EQ(fork.chunks_applied(), copy.chunks_applied());
+    EXPECT_EQ(fork.PendingTokens(), copy.PendingTokens());
+  }
+}
+
+TEST(ForkTest, GrowsByItsIncrementsThenGoesDenseWhenThatIsCheaper) {
+  auto model = MakeModel();
+  const ModelConfig& c = model->config();
+  const int64_t dense_bytes = c.hidden_size * c.intermediate_size * 4;
+  const int64_t increment_bytes = c.ttt_chunk * (c.hidden_size + c.intermediate_size) * 4;
+  SequenceState parent = model->NewSequence();
+  Ingest(*model, parent, Tokens(42, 8), 42);  // on a chunk boundary
+  SequenceState fork = parent.Fork();
+  Ingest(*model, fork, Tokens(12, 9), 12);  // two chunks
+  for (const TttLayerState& slot : TensorsOf(fork).ttt) {
+    EXPECT_EQ(slot.increments.scales.size(), 2u);
+    EXPECT_TRUE(slot.delta.is_same(TensorsOf(parent).ttt[0].delta) ||
+                slot.delta.is_same(TensorsOf(parent).ttt[1].delta));
+  }
+  // Its own fast-weight bytes: two increments per TTT layer, no dense copy.
+  int64_t own_fast = 0;
+  for (const TttLayerState& slot : TensorsOf(fork).ttt) {
+    own_fast += slot.increments.v.nbytes() + slot.increments.z.nbytes();
+  }
+  EXPECT_EQ(own_fast, 2 * 2 * increment_bytes);
+  EXPECT_LT(own_fast, 2 * dense_bytes);
+  Ingest(*model, fork, Tokens(12, 10), 1);  // two more: four would outweigh a dense delta
+  for (const TttLayerState& slot : TensorsOf(fork).ttt) {
+    EXPECT_TRUE(slot.increments.empty());
+    EXPECT_TRUE(internal::OwnsBuffer(slot.delta));
+  }
+}
+
+TEST(ForkTest, ExportsOfAFactoredForkAreSelfContained) {
+  auto model = MakeModel();
+  SequenceState parent = model->NewSequence();
+  Ingest(*model, parent, Tokens(30, 11), 30);
+  SequenceState fork = parent.Fork();
+  Ingest(*model, fork, Tokens(9, 12), 9);
+  ASSERT_FALSE(TensorsOf(fork).ttt[0].increments.empty());
+  auto bytes = EncodeSequence(fork, fork.Metadata());
+  ASSERT_TRUE(bytes.ok()) << bytes.status();
+  parent = SequenceState();  // the shared base is gone: the export needs nothing of it
+  auto restored = model->RestoreSequence(*bytes, "export");
+  ASSERT_TRUE(restored.ok()) << restored.status();
+  ExpectBitIdentical(*restored, fork);
+  for (const TttLayerState& slot : TensorsOf(*restored).ttt) EXPECT_TRUE(slot.increments.empty());
+  const std::vector<int32_t> next = Tokens(14, 13);
+  const IngestLogProbs want = Ingest(*model, fork, next, 14);
+  const IngestLogProbs got = Ingest(*model, *restored, next, 14);
+  for (size_t i = 0; i < got.size(); ++i) EXPECT_NEAR(got[i], want[i], 2e-5) << "token " << i;
+}
+
+}  // namespace
+}  // namespace ttt::engine
