@@ -51,9 +51,8 @@ class GenerateOp : public std::enable_shared_from_this<GenerateOp> {
   // and notes where the stream starts.
   void Begin() {
     if (!params_.commit) {
-      scratch_ = session_->state.Clone();
-      counted_ = scratch_.HeldBytes();
-      *scratch_bytes_ += counted_;
+      scratch_ = session_->state.Fork();  // copy-on-write: costs what generating writes
+      counted_ = 0;
     }
     position_before_ = target()->position();
     chunks_before_ = target()->chunks_applied();
@@ -61,6 +60,11 @@ class GenerateOp : public std::enable_shared_from_this<GenerateOp> {
 
   // Runs after each ingest (the prompt, then every drawn token): draws the next token.
   void Step(absl::Status st) {
+    if (!params_.commit) {  // the copy's own buffers, as it grows
+      const int64_t now = session_->BytesBeyond(scratch_);
+      *scratch_bytes_ += now - counted_;
+      counted_ = now;
+    }
     if (!st.ok()) return Finish(st, FinishReason::kLength);
     if (cancel_->cancelled()) {
       return Finish(absl::CancelledError("the request was cancelled"), FinishReason::kLength);

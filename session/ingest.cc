@@ -191,13 +191,14 @@ absl::Status SessionManager::Score(const std::string& tenant, const std::string&
           "score needs at least 2 tokens on an empty session: its first token has no context, "
           "so nothing would be predicted; ingest context first or score more tokens");
     }
-    *scratch = s->state.Clone();
-    *counted = scratch->HeldBytes();
-    scratch_bytes_ += *counted;
+    *scratch = s->state.Fork();  // copy-on-write: costs what scoring writes
     return absl::OkStatus();
   };
-  w.on_progress = [result](absl::Span<const float> logprobs, int64_t) {
+  w.on_progress = [this, s, scratch, counted, result](absl::Span<const float> logprobs, int64_t) {
     result->logprobs.insert(result->logprobs.end(), logprobs.begin(), logprobs.end());
+    const int64_t now = s->BytesBeyond(*scratch);
+    scratch_bytes_ += now - *counted;
+    *counted = now;
   };
   w.on_done = [this, s, scratch, counted, result, done = std::move(done)](absl::Status st) {
     *scratch = engine::SequenceState{};

@@ -44,7 +44,7 @@ void SessionManager::LoadPersisted() {
     }
     if (!ValidateOptions(p.meta.options).ok()) continue;
     auto s = std::make_shared<Session>(p.id, p.tenant, next_key_++, p.meta.options,
-                                       p.meta.created_unix_ms);
+                                       p.meta.created_unix_ms, census_);
     s->counters = p.meta.counters;
     s->durable_counters = p.meta.counters;
     s->persisted_ms = NowMs();
@@ -98,11 +98,11 @@ void SessionManager::EvictToFit(const Session* admitted) {
   struct Candidate {
     int64_t last_used_ms;
     uint64_t key;  // ties: the older admission first
-    int64_t bytes;
+    std::vector<engine::HeldBuffer> held;
     std::shared_ptr<Session> session;
   };
   std::vector<Candidate> idle;
-  int64_t bytes = 0;
+  internal::SharedBytes pool;  // a buffer forks share counts once, and goes with its last holder
   int64_t count = 0;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -110,16 +110,16 @@ void SessionManager::EvictToFit(const Session* admitted) {
       for (auto& [id, s] : by_id) {
         std::lock_guard<std::mutex> slock(s->mu);
         if (!s->resident || s->evicting) continue;  // a queued eviction frees its place
-        bytes += s->memory_bytes;
+        pool.Add(s->held);
         ++count;
         if (s->inflight == 0 && !s->writer && s.get() != admitted) {
-          idle.push_back({s->last_used_ms, s->key, s->memory_bytes, s});
+          idle.push_back({s->last_used_ms, s->key, s->held, s});
         }
       }
     }
   }
   const int64_t count_limit = resident_session_limit();
-  auto fits = [&] { return bytes <= options_.memory_budget_bytes && count <= count_limit; };
+  auto fits = [&] { return pool.bytes() <= options_.memory_budget_bytes && count <= count_limit; };
   if (fits()) return;
   std::sort(idle.begin(), idle.end(), [](const Candidate& a, const Candidate& b) {
     return std::tie(a.last_used_ms, a.key) < std::tie(b.last_used_ms, b.key);
@@ -127,7 +127,7 @@ void SessionManager::EvictToFit(const Session* admitted) {
   for (const Candidate& c : idle) {
     if (fits()) break;
     if (!Evict(c.session)) continue;  // used since it was listed: it stays
-    bytes -= c.bytes;
+    pool.Remove(c.held);  // frees only what no remaining session shares
     --count;
   }
 }
@@ -152,6 +152,8 @@ void SessionManager::DropOnEngine(const std::shared_ptr<Session>& s) {
       }
     }
     s->state = engine::SequenceState{};
+    std::lock_guard<std::mutex> lock(s->mu);
+    s->SetHeldLocked({});
   };
   (void)scheduler_->Submit(std::move(w), /*bypass_limits=*/true);
 }
@@ -234,7 +236,7 @@ bool SessionManager::Evict(const std::shared_ptr<Session>& s) {
     }
     s->state = engine::SequenceState{};
     s->resident = false;
-    s->memory_bytes = 0;
+    s->SetHeldLocked({});
     if (listener_ != nullptr) listener_->OnEvicted();
   };
   if (scheduler_->Submit(std::move(w), /*bypass_limits=*/true).ok()) return true;
@@ -282,6 +284,7 @@ absl::Status SessionManager::PersistAll() {
 
 SessionManager::ResidentPool SessionManager::resident_pool() const {
   ResidentPool pool;
+  internal::SharedBytes distinct;  // forks' shared buffers once
   {
     std::lock_guard<std::mutex> lock(mu_);
     for (const auto& [tenant, by_id] : sessions_) {
@@ -289,10 +292,11 @@ SessionManager::ResidentPool SessionManager::resident_pool() const {
         std::lock_guard<std::mutex> slock(s->mu);
         if (!s->resident) continue;
         ++pool.sessions;
-        pool.bytes += s->memory_bytes;
+        distinct.Add(s->held);
       }
     }
   }
+  pool.bytes = distinct.bytes();
   pool.held_bytes = pool.bytes + scratch_bytes_.load(std::memory_order_relaxed);
   return pool;
 }
@@ -353,7 +357,7 @@ void SessionManager::RewindToDurable(Session& s) {
   }
   s.state = engine::SequenceState{};  // its next use reloads the durable copy
   s.resident = false;
-  s.memory_bytes = 0;
+  s.SetHeldLocked({});
 }
 
 internal::CheckpointMeta SessionManager::MetaOf(Session& s,

@@ -111,7 +111,8 @@ SessionManager::SessionManager(const engine::Model* model, engine::Scheduler* sc
                          options.cluster.etcd, options.cluster.lease, options.cluster.prefix,
                          options.cluster.replica_id, options.cluster.margin, store_,
                          options.cluster.admit_session)),
-      link_(std::make_shared<Link>()) {
+      link_(std::make_shared<Link>()),
+      census_(std::make_shared<internal::BufferCensus>()) {
   std::lock_guard<std::mutex> lock(link_->mu);
   link_->manager = this;
 }
@@ -409,7 +410,8 @@ absl::Status SessionManager::Fork(const std::string& tenant, const std::string& 
       counters = s->counters;
       opts = options ? *options : s->options;
     }
-    auto forked = Insert(tenant, opts, s->state.Clone(), counters, new_id);
+    // Copy-on-write: the fork shares every buffer until one of the two writes.
+    auto forked = Insert(tenant, opts, s->state.Fork(), counters, new_id);
     s->EndOp();
     if (!forked.ok()) return done(forked.status());
     done((*forked)->Info());

@@ -49,6 +49,7 @@ class KeptLease;
 namespace ttt::session {
 
 namespace internal {
+class BufferCensus;
 class CheckpointStore;
 class ClusterStore;
 struct CheckpointMeta;
@@ -75,7 +76,9 @@ struct SessionInfo {
   std::string tenant;
   SessionOptions options;
   Counters counters;
-  int64_t memory_bytes = 0;  // bytes of the buffers its state holds (0 while evicted)
+  // Bytes of the buffers its state holds (0 while evicted), a buffer it shares with k resident
+  // sessions (copy-on-write forks) counted as 1/k: the sessions' figures add up to the pool's.
+  int64_t memory_bytes = 0;
   std::vector<std::pair<int64_t, double>> delta_norms;  // (layer, Frobenius norm of the delta)
   int64_t create_time_unix_ms = 0;
   int64_t last_used_unix_ms = 0;
@@ -316,7 +319,8 @@ class SessionManager {
   struct ResidentPool {
     int64_t sessions = 0;
     // The budgeted figure: bytes of the buffers the resident sessions' states hold (whole
-    // buffers, not only the elements in use); eviction keeps it under memory_budget_bytes.
+    // buffers, not only the elements in use; a buffer forks share, once); eviction keeps it
+    // under memory_budget_bytes.
     int64_t bytes = 0;
     // The real figure: `bytes` plus the copies in flight (the state a Score or a non-committing
     // Generate runs on), which end with their request and are not budgeted.
@@ -459,6 +463,8 @@ class SessionManager {
   std::map<std::string, std::map<std::string, std::shared_ptr<Session>>> sessions_;
   int64_t session_count_ = 0;  // guarded by mu_
   std::atomic<int64_t> scratch_bytes_{0};  // copies in flight (memory_held_bytes)
+  // The buffers the sessions' states hold, shared ones once (forks): their memory_bytes shares.
+  const std::shared_ptr<internal::BufferCensus> census_;
   std::atomic<uint64_t> next_key_{1};
 
   std::mutex reaper_mu_;

@@ -38,7 +38,7 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::RegisterLocked(
     const std::string& tenant, const std::string& id, const SessionOptions& options,
     int64_t created_ms) {
   RETURN_IF_ERROR(CheckSessionLimit(session_count_));
-  auto s = std::make_shared<Session>(id, tenant, next_key_++, options, created_ms);
+  auto s = std::make_shared<Session>(id, tenant, next_key_++, options, created_ms, census_);
   sessions_[tenant][id] = s;
   ++session_count_;
   return s;
@@ -164,7 +164,11 @@ void SessionManager::Disown(const std::shared_ptr<Session>& s, const absl::Statu
   // Its committed state is the new owner's; only the copy here goes, after the work queued on it.
   engine::Work w;
   w.key = s->key;
-  w.task = [s] { s->state = engine::SequenceState{}; };
+  w.task = [s] {
+    s->state = engine::SequenceState{};
+    std::lock_guard<std::mutex> lock(s->mu);
+    s->SetHeldLocked({});
+  };
   (void)scheduler_->Submit(std::move(w), /*bypass_limits=*/true);
 }
 

@@ -961,5 +961,103 @@ TEST_F(SessionTest, MemoryFiguresCountWhatIsHeld) {
 }
 
 
+// Issue 27: a fork shares its parent's buffers (copy-on-write) and the pool counts them once; a
+// session's memory_bytes is its share, so the sessions' figures add up to the pool's.
+TEST_F(SessionTest, ForksShareTheirParentsMemoryAndThePoolCountsItOnce) {
+  Open("llama", /*max_sessions=*/64);
+  auto a = manager_->CreateSession("t", {});
+  ASSERT_TRUE(Ingest(a->id, Tokens(static_cast<int>(3 * chunk_ + 5), vocab_, 60)).ok());
+  const int64_t one = manager_->resident_pool().bytes;
+  std::vector<std::string> ids{a->id};
+  for (int i = 0; i < 40; ++i) {
+    std::promise<absl::StatusOr<SessionInfo>> p;
+    ASSERT_TRUE(manager_->Fork("t", a->id, std::nullopt, [&](auto r) { p.set_value(r); }).ok());
+    auto fork = p.get_future().get();
+    ASSERT_TRUE(fork.ok()) << fork.status();
+    ids.push_back(fork->id);
+  }
+  EXPECT_EQ(manager_->resident_pool().bytes, one);
+  EXPECT_EQ(manager_->resident_pool().sessions, 41);
+  int64_t shares = 0;
+  for (const std::string& id : ids) shares += manager_->GetSession("t", id)->memory_bytes;
+  EXPECT_LE(shares, one);
+  EXPECT_GE(shares, one - 41 * 64);  // each buffer's share rounds down
+  // A fork that ingests holds its own increments and cache, not another copy of everything.
+  ASSERT_TRUE(Ingest(ids[1], Tokens(static_cast<int>(chunk_), vocab_, 61)).ok());
+  const int64_t grown = manager_->resident_pool().bytes - one;
+  EXPECT_GT(grown, 0);
+  EXPECT_LT(grown, one);
+  // The parent's buffers stay while its forks hold them.
+  ASSERT_TRUE(manager_->DeleteSession("t", a->id).ok());
+  for (int i = 0; i < 100 && manager_->resident_pool().sessions > 40; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_EQ(manager_->resident_pool().bytes, one + grown);
+}
+
+// Issue 27: a parent and its fork never see each other's writes, whatever either does next.
+TEST_F(SessionTest, ParentAndForkNeverSeeEachOthersWrites) {
+  auto a = manager_->CreateSession("t", {});
+  ASSERT_TRUE(Ingest(a->id, Tokens(static_cast<int>(2 * chunk_ + 3), vocab_, 62)).ok());
+  const auto probe = Tokens(static_cast<int>(chunk_ + 2), vocab_, 63);
+  const auto parent_before = Score(a->id, probe)->logprobs;
+  std::promise<absl::StatusOr<SessionInfo>> fp;
+  ASSERT_TRUE(manager_->Fork("t", a->id, std::nullopt, [&](auto r) { fp.set_value(r); }).ok());
+  const std::string f = fp.get_future().get()->id;
+  EXPECT_TRUE(SameBits(Score(f, probe)->logprobs, parent_before));
+
+  ASSERT_TRUE(Ingest(f, Tokens(static_cast<int>(chunk_ + 2), vocab_, 64)).ok());  // fork writes
+  EXPECT_TRUE(SameBits(Score(a->id, probe)->logprobs, parent_before));
+  const auto fork_after = Score(f, probe)->logprobs;
+  ASSERT_TRUE(Ingest(a->id, Tokens(static_cast<int>(chunk_ + 2), vocab_, 65)).ok());  // parent
+  EXPECT_TRUE(SameBits(Score(f, probe)->logprobs, fork_after));
+
+  // An export of the fork is whole: imported, it scores as the fork (its increments
+  // materialised: within float tolerance).
+  std::promise<absl::StatusOr<std::string>> ep;
+  ASSERT_TRUE(manager_->ExportSession("t", f, [&](auto r) { ep.set_value(r); }).ok());
+  auto exported = ep.get_future().get();
+  ASSERT_TRUE(exported.ok()) << exported.status();
+  auto imported = manager_->ImportSession("t", *exported, std::nullopt);
+  ASSERT_TRUE(imported.ok()) << imported.status();
+  const auto from_import = Score(imported->id, probe)->logprobs;
+  ASSERT_EQ(from_import.size(), fork_after.size());
+  for (size_t i = 1; i < from_import.size(); ++i) EXPECT_NEAR(from_import[i], fork_after[i], 2e-5);
+
+  // Restoring the fork's checkpoint over the parent, then resetting the fork: each stays.
+  ASSERT_TRUE(Checkpoint(f, "fork").ok());
+  ASSERT_TRUE(Restore("fork", a->id).ok());
+  const auto parent_restored = Score(a->id, probe)->logprobs;
+  std::promise<absl::StatusOr<SessionInfo>> rp;
+  ASSERT_TRUE(manager_->Reset("t", f, [&](auto r) { rp.set_value(r); }).ok());
+  ASSERT_TRUE(rp.get_future().get().ok());
+  EXPECT_TRUE(SameBits(Score(a->id, probe)->logprobs, parent_restored));
+  EXPECT_TRUE(SameBits(Score(imported->id, probe)->logprobs, from_import));
+}
+
+// Issue 27: eviction writes a shared state whole; the sessions sharing it are untouched.
+TEST_F(SessionTest, EvictingAParentOrAForkLeavesTheOtherAsItWas) {
+  Open("llama", 8, 1 << 30, /*max_resident=*/1);  // one resident session at a time
+  auto a = manager_->CreateSession("t", {});
+  ASSERT_TRUE(Ingest(a->id, Tokens(static_cast<int>(2 * chunk_ + 3), vocab_, 66)).ok());
+  const auto probe = Tokens(static_cast<int>(chunk_ + 2), vocab_, 67);
+  const auto parent_before = Score(a->id, probe)->logprobs;
+  std::promise<absl::StatusOr<SessionInfo>> fp;
+  ASSERT_TRUE(manager_->Fork("t", a->id, std::nullopt, [&](auto r) { fp.set_value(r); }).ok());
+  const std::string f = fp.get_future().get()->id;
+  manager_->ReapNow();  // the parent, least recently used, goes; the fork keeps the buffers
+  EXPECT_FALSE(WaitResident(a->id, false));
+  EXPECT_TRUE(WaitResident(f, true));
+  ASSERT_TRUE(Ingest(f, Tokens(static_cast<int>(chunk_ + 2), vocab_, 68)).ok());
+  const auto fork_after = Score(f, probe)->logprobs;
+  // The parent reloads as it was (evicting the fork, whose increments are written whole).
+  EXPECT_TRUE(SameBits(Score(a->id, probe)->logprobs, parent_before));
+  EXPECT_FALSE(WaitResident(f, false));
+  const auto fork_reloaded = Score(f, probe)->logprobs;
+  ASSERT_EQ(fork_reloaded.size(), fork_after.size());
+  for (size_t i = 1; i < fork_after.size(); ++i) EXPECT_NEAR(fork_reloaded[i], fork_after[i], 2e-5);
+  EXPECT_TRUE(SameBits(Score(a->id, probe)->logprobs, parent_before));
+}
+
 }  // namespace
 }  // namespace ttt::session

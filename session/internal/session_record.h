@@ -14,6 +14,7 @@
 
 #include "engine/scheduler.h"
 #include "engine/sequence.h"
+#include "session/internal/buffer_census.h"
 #include "session/session.h"
 
 namespace ttt::session {
@@ -34,19 +35,28 @@ struct PendingIngestAck {
 // queued under `key` touches it), except before the session is published.
 class Session {
  public:
+  // `census` (may be null: a record never published) counts the buffers its state holds.
   Session(std::string id_in, std::string tenant_in, uint64_t key_in, SessionOptions opts,
-          int64_t created)
-      : id(std::move(id_in)), tenant(std::move(tenant_in)), key(key_in), options(std::move(opts)),
-        created_ms(created), last_used_ms(created) {}
+          int64_t created, std::shared_ptr<internal::BufferCensus> census_in = nullptr)
+      : id(std::move(id_in)), tenant(std::move(tenant_in)), key(key_in),
+        census(std::move(census_in)), options(std::move(opts)), created_ms(created),
+        last_used_ms(created) {}
+  ~Session() {
+    if (census != nullptr) census->Replace(held, {});
+  }
 
   const std::string id;
   const std::string tenant;
   const uint64_t key;  // scheduler key
+  const std::shared_ptr<internal::BufferCensus> census;
 
   mutable std::mutex mu;
   SessionOptions options;                               // guarded by mu
   Counters counters;                                    // guarded by mu
-  int64_t memory_bytes = 0;  // the state's buffers (HeldBytes); guarded by mu
+  // The buffers its state holds (empty while evicted), as the census and the pool see them;
+  // a fork shares its parent's until one of them writes. Guarded by mu.
+  std::vector<engine::HeldBuffer> held;
+  int64_t memory_bytes = 0;  // bytes of `held`, shared ones whole; guarded by mu
   std::vector<std::pair<int64_t, double>> delta_norms;  // guarded by mu
   int64_t created_ms;                                   // guarded by mu
   int64_t last_used_ms;                                 // guarded by mu
@@ -84,7 +94,8 @@ class Session {
     info.tenant = tenant;
     info.options = options;
     info.counters = counters;
-    info.memory_bytes = memory_bytes;
+    // Its share: a buffer held with forks counts in part, so the sessions' figures add up.
+    info.memory_bytes = census != nullptr ? census->ShareOf(held) : memory_bytes;
     info.delta_norms = delta_norms;
     info.create_time_unix_ms = created_ms;
     info.last_used_unix_ms = last_used_ms;
@@ -113,13 +124,33 @@ class Session {
   void RefreshLocked() {
     counters.position = state.position();
     counters.tokens_pending = state.PendingTokens();
-    memory_bytes = state.HeldBytes();
+    SetHeldLocked(state.HeldBuffers());
     const std::vector<double> norms = state.DeltaNorms();
     const std::vector<int64_t> layers = state.TttLayers();
     delta_norms.clear();
     for (size_t i = 0; i < norms.size() && i < layers.size(); ++i) {
       delta_norms.emplace_back(layers[i], norms[i]);
     }
+  }
+  // Engine thread: bytes of the buffers `copy` (a fork of this session's state) holds that the
+  // session's state does not: what the copy costs beyond the session.
+  int64_t BytesBeyond(const engine::SequenceState& copy) const {
+    std::lock_guard<std::mutex> lock(mu);
+    int64_t bytes = 0;
+    for (const engine::HeldBuffer& b : copy.HeldBuffers()) {
+      const bool shared = std::any_of(held.begin(), held.end(), [&](const engine::HeldBuffer& h) {
+        return h.identity == b.identity;
+      });
+      if (!shared) bytes += b.bytes;
+    }
+    return bytes;
+  }
+  // mu held: the state now holds `now` (empty once it is released or evicted).
+  void SetHeldLocked(std::vector<engine::HeldBuffer> now) {
+    if (census != nullptr) census->Replace(held, now);
+    held = std::move(now);
+    memory_bytes = 0;
+    for (const engine::HeldBuffer& b : held) memory_bytes += b.bytes;
   }
   // Engine thread, mu held, after a write: counts `tokens` received and the chunk updates since
   // `chunks_before` (each of `chunk` tokens). Returns the chunks; the caller refreshes.
