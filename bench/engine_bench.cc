@@ -7,7 +7,8 @@
 // this machine allows: its single-thread read bandwidth and sgemm peak, measured in the same run.
 //
 //   engine_bench [--shape=small|test|shipped|large] [--tokens=N] [--threads=N] [--python=/usr/bin/python3]
-//                [--device=cpu|cuda] [--sessions=1,4,16,64] [--only=all|scaling|ops|decode|ingest|digest]
+//                [--device=cpu|cuda] [--sessions=1,4,16,64]
+//                [--only=all|scaling|ops|decode|ingest|digest|fork]
 //                [--clock=wall|cpu] [--model=DIR] [--chunk=N]
 //
 // --clock=cpu times with the process's CPU time instead of the wall clock: with --threads=1 on a
@@ -17,7 +18,9 @@
 //
 // --only=ops also lists the operations of a one-session decode step by name; --only=decode times
 // 512 decode steps per session count (steadier than the scaling table's 32); --only=ingest one
-// call of --tokens tokens, TTT on and off. --only=digest prints
+// call of --tokens tokens, TTT on and off. --only=fork: memory and time per fork of a session
+// after --tokens tokens (1,000 copy-on-write forks; with a 256-token ingest after each), against
+// the deep copy (issue 27; with --model=DIR for that model too). --only=digest prints
 // a SHA-256 of the log-probabilities and final states of a fixed mix of calls (decode steps, short
 // and long pieces, several sessions per call): two builds of the engine that print the same
 // digest compute bit-identical results on this machine (with --model=DIR, for that model too).
@@ -42,6 +45,7 @@
 #include <map>
 #include <mutex>
 #include <random>
+#include <set>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -268,6 +272,56 @@ int64_t SessionBytes(const Model& model, int64_t prefix, int64_t steps) {
     Check(model.Ingest(absl::MakeSpan(step)));
   }
   return state.HeldBytes();
+}
+
+// Bytes of the distinct buffers `states` hold (a buffer forks share, once).
+int64_t DistinctBytes(const std::vector<const SequenceState*>& states) {
+  std::set<uintptr_t> seen;
+  int64_t bytes = 0;
+  for (const SequenceState* state : states) {
+    for (const HeldBuffer& b : state->HeldBuffers()) {
+      if (seen.insert(b.identity).second) bytes += b.bytes;
+    }
+  }
+  return bytes;
+}
+
+// Issue 27's fork rows: memory and time per fork of an adapted session (--tokens tokens), without
+// and with a 256-token ingest after it, for the copy-on-write Fork against the deep copy (Clone,
+// what a fork was before). Memory is what the copies add to the parent, shared buffers once.
+void ForkTable(const std::string& label, const Model& model, int64_t prefix) {
+  const int64_t vocab = model.config().vocab_size;
+  SequenceState parent = model.NewSequence();
+  std::vector<IngestItem> first{{&parent, Tokens(prefix, vocab, 4)}};
+  Check(model.Ingest(absl::MakeSpan(first)));
+  const int64_t one = parent.HeldBytes();
+  std::printf("\n%s, parent after %lld tokens: %.2f MiB\n", label.c_str(), (long long)prefix,
+              one / 1048576.0);
+  std::printf("| copy | copies | then ingests | added per copy | total vs parent | time per copy "
+              "|\n|---|---|---|---|---|---|\n");
+  auto row = [&](const char* kind, int copies, int64_t ingest) {
+    std::vector<SequenceState> states;
+    states.reserve(copies);
+    const double start = Now();
+    for (int i = 0; i < copies; ++i) {
+      states.push_back(kind[0] == 'f' ? parent.Fork() : parent.Clone());
+      if (ingest > 0) {
+        std::vector<IngestItem> items{{&states.back(), Tokens(ingest, vocab, 100 + i)}};
+        Check(model.Ingest(absl::MakeSpan(items)));
+      }
+    }
+    const double seconds = (Now() - start) / copies;
+    std::vector<const SequenceState*> all{&parent};
+    for (const SequenceState& s : states) all.push_back(&s);
+    const int64_t total = DistinctBytes(all);
+    std::printf("| %s | %d | %lld tokens | %.3f MiB | %.2fx | %.3f ms |\n", kind, copies,
+                (long long)ingest, (total - one) / double(copies) / 1048576.0,
+                total / double(one), seconds * 1e3);
+  };
+  row("fork (copy-on-write)", 1000, 0);
+  row("clone (deep copy)", 10, 0);
+  row("fork (copy-on-write)", 8, 256);
+  row("clone (deep copy)", 8, 256);
 }
 
 void PrintSessionBytes(const std::string& label, const Model& model) {
@@ -539,6 +593,18 @@ int Run(const Flags& flags) {
         return 1;
       }
       PrintDigests(flags.model, **loaded, **loaded_plain);
+    }
+    return 0;
+  }
+  if (flags.only == "fork") {
+    ForkTable("bench shape " + flags.shape, *ttt, n);
+    if (!flags.model.empty()) {
+      auto loaded = Model::Load(flags.model, {.device = flags.device});
+      if (!loaded.ok()) {
+        std::cerr << loaded.status() << "\n";
+        return 1;
+      }
+      ForkTable(flags.model, **loaded, n);
     }
     return 0;
   }
