@@ -1053,10 +1053,13 @@ TEST_F(SessionTest, EvictingAParentOrAForkLeavesTheOtherAsItWas) {
   // The parent reloads as it was (evicting the fork, whose increments are written whole).
   EXPECT_TRUE(SameBits(Score(a->id, probe)->logprobs, parent_before));
   EXPECT_FALSE(WaitResident(f, false));
-  const auto fork_reloaded = Score(f, probe)->logprobs;
+  const auto fork_reloaded = Score(f, probe)->logprobs;  // evicts the parent again
   ASSERT_EQ(fork_reloaded.size(), fork_after.size());
   for (size_t i = 1; i < fork_after.size(); ++i) EXPECT_NEAR(fork_reloaded[i], fork_after[i], 2e-5);
+  EXPECT_FALSE(WaitResident(a->id, false));  // (else the next Score keeps it, evicting nothing)
   EXPECT_TRUE(SameBits(Score(a->id, probe)->logprobs, parent_before));
+  // That reload queued the fork's eviction, whose task uses the manager: let it finish first.
+  EXPECT_FALSE(WaitResident(f, false));
 }
 
 }  // namespace
