@@ -136,7 +136,8 @@ ABSL_FLAG(std::string, http_listen, "",
           "/healthz, /readyz, served through the gRPC service (HTTPS with --tls_cert_file); "
           "empty: none");
 ABSL_FLAG(int64_t, http_max_body_bytes, int64_t{8} << 20,
-          "largest HTTP request body; larger ones get 413");
+          "largest HTTP request body, larger ones get 413; for an NDJSON :ingest (streamed into "
+          "the call, any length) the largest line, and the most answer lines kept");
 
 ABSL_FLAG(std::string, log_format, "text",
           "text (a line per event: time, level, component, message, key=value fields) or json "
