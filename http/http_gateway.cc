@@ -39,7 +39,6 @@ using internal::RetryAfterMs;
 using internal::ShuttingDown;
 using Json = nlohmann::json;
 
-constexpr char kJson[] = "application/json";
 constexpr char kHealthService[] = "tttserve.v1.TttService";
 
 // One request's body, read in pieces before the request is answered (or streamed into its
