@@ -1045,6 +1045,7 @@ TEST_F(SessionTest, EvictingAParentOrAForkLeavesTheOtherAsItWas) {
   std::promise<absl::StatusOr<SessionInfo>> fp;
   ASSERT_TRUE(manager_->Fork("t", a->id, std::nullopt, [&](auto r) { fp.set_value(r); }).ok());
   const std::string f = fp.get_future().get()->id;
+  EXPECT_TRUE(SameBits(Score(f, probe)->logprobs, parent_before));  // used after the parent
   manager_->ReapNow();  // the parent, least recently used, goes; the fork keeps the buffers
   EXPECT_FALSE(WaitResident(a->id, false));
   EXPECT_TRUE(WaitResident(f, true));
