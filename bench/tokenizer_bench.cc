@@ -23,7 +23,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "tests/sentencepiece_reference.h"
+#include "tests/testing/sentencepiece_reference.h"
 #include "tokenizer/tokenizer.h"
 
 namespace {

@@ -514,7 +514,7 @@ RecallResult ScoreRecall(const Model& model, const Corpus& filler, int64_t episo
       eps.push_back(MakeRecallEpisode(spec, filler, Bos(model), rng));
       flat.insert(flat.end(), eps.back().tokens.begin(), eps.back().tokens.end());
     }
-    // The batched training forward computes what Ingest does (tests/train_forward_test.cc).
+    // The batched training forward computes what Ingest does (tests/engine/train_forward_test.cc).
     at::Tensor x = at::tensor(flat, at::kLong).view({n, -1});
     at::Tensor logp = at::log_softmax(ForwardTrain(model, x).to(at::kFloat), -1);
     at::Tensor pred = logp.argmax(-1);

@@ -2,7 +2,7 @@
 // path in engine/model.cc), written for a [batch, T] block of equal-length sequences so that
 // attention and the In-Place TTT terms run as a few batched products instead of a loop over
 // sequences, and so that a sliding window costs O(T * window) rather than O(T^2).
-// Model::ForwardTrain calls it; tests/train_forward_test.cc checks it against Ingest.
+// Model::ForwardTrain calls it; tests/engine/train_forward_test.cc checks it against Ingest.
 #pragma once
 
 #include <cstdint>

@@ -8,18 +8,17 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <filesystem>
 #include <vector>
 
 #include "absl/types/span.h"
+#include "tests/testing/dirs.h"
 
 namespace ttt::engine {
 namespace {
 
 std::filesystem::path Fixture(const char* name) {
-  const char* dir = std::getenv("TTT_GOLDEN_DIR");
-  return (dir ? std::filesystem::path(dir) : std::filesystem::path("golden")) / name;
+  return ttt::testing::GoldenDir() / name;
 }
 
 std::unique_ptr<Model> LoadFixture(const char* name) {

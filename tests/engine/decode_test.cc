@@ -6,19 +6,18 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <cstdlib>
 #include <filesystem>
 #include <vector>
 
 #include "engine/internal/sequence_tensors.h"
 #include "engine/model.h"
+#include "tests/testing/dirs.h"
 
 namespace ttt::engine {
 namespace {
 
 std::unique_ptr<Model> Golden() {
-  const char* dir = std::getenv("TTT_GOLDEN_DIR");
-  auto model = Model::Load(std::filesystem::path(dir ? dir : "golden") / "llama");
+  auto model = Model::Load(ttt::testing::GoldenLlama());
   EXPECT_TRUE(model.ok()) << model.status();
   return model.ok() ? std::move(*model) : nullptr;
 }

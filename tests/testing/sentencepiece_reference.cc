@@ -1,5 +1,5 @@
 // See sentencepiece_reference.h. Must not include any Abseil header (directly or indirectly).
-#include "tests/sentencepiece_reference.h"
+#include "tests/testing/sentencepiece_reference.h"
 
 #include <sentencepiece_processor.h>
 

@@ -1,5 +1,5 @@
-// Debian's libsentencepiece as the reference for tests/sentencepiece_reference_test.cc, behind
-// an Abseil-free face: Debian's sentencepiece_processor.h declares `absl::string_view` as
+// Debian's libsentencepiece as the reference for tests/tokenizer/sentencepiece_reference_test.cc,
+// behind an Abseil-free face: Debian's sentencepiece_processor.h declares `absl::string_view` as
 // std::string_view, which clashes with Debian's Abseil (its own string_view class), so only
 // sentencepiece_reference.cc, which includes no Abseil header, may include it. The test binary
 // links libsentencepiece (and its private protobuf 3.14) but no libprotobuf 3.21.

@@ -4,19 +4,18 @@
 
 #include <gtest/gtest.h>
 
-#include <cstdlib>
 #include <filesystem>
 #include <random>
 
 #include "engine/internal/sequence_tensors.h"
 #include "engine/model.h"
+#include "tests/testing/dirs.h"
 
 namespace ttt::engine {
 namespace {
 
 TEST(SequenceTest, AStateHoldsOnlyTheBuffersItNeeds) {
-  const char* dir = std::getenv("TTT_GOLDEN_DIR");
-  auto model = Model::Load(std::filesystem::path(dir ? dir : "golden") / "llama");
+  auto model = Model::Load(ttt::testing::GoldenLlama());
   ASSERT_TRUE(model.ok()) << model.status();
   const int64_t chunk = (*model)->config().ttt_chunk;
   ASSERT_GT(chunk, 0);

@@ -42,7 +42,7 @@ engine::ModelConfig TinyConfig() {
 
 // The tiny model with an attention window of 8 and TTT that acts (a fresh model's zero conv makes
 // every update 0; its N(0, 0.02) weights predict nearly uniformly): random weights at the scale
-// of tests/train_forward_test.cc, so that memory carried across chunks shows.
+// of tests/engine/train_forward_test.cc, so that memory carried across chunks shows.
 constexpr int64_t kTinyWindow = 8;
 // What attention alone can reach back: 2 layers of 7 earlier tokens each. A token predicted at
 // document position >= kTinyReach sees nothing before its document's bos but through the fast

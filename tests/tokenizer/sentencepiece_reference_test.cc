@@ -1,11 +1,11 @@
 // The native SentencePiece tokenizer (tokenizer/internal/sentencepiece_tokenizer.h) against
-// Debian's libsentencepiece (tests/sentencepiece_reference.h): identical ids and identical
+// Debian's libsentencepiece (tests/testing/sentencepiece_reference.h): identical ids and identical
 // decoded text, on the shipped default model (models/ttt-brown/tokenizer.model) and on models
 // trained here with spm_train (unigram with nmt_nfkc and byte fallback, as the default model;
 // BPE with a user-defined piece; unigram without byte fallback, with identity normalization
 // and extra whitespace kept), over the repository's own prose and thousands of random Unicode
 // lines.
-#include "tests/sentencepiece_reference.h"
+#include "tests/testing/sentencepiece_reference.h"
 
 #include <stdlib.h>
 #include <unistd.h>
