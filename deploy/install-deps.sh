@@ -25,7 +25,7 @@ runtime_pkgs=(libtorch1.13 libgrpc++1.51 libprotobuf32 libprometheus-cpp-core1.0
   libopenblas0-pthread libabsl20220623 libpcre2-8-0 ca-certificates)
 build_pkgs=(build-essential cmake ninja-build pkg-config libtorch-dev libgrpc++-dev protobuf-compiler-grpc
   libprotobuf-dev protobuf-compiler libabsl-dev prometheus-cpp-dev libmicrohttpd-dev libgtest-dev libgmock-dev
-  libbenchmark-dev nlohmann-json3-dev libsentencepiece-dev sentencepiece libpcre2-dev libopenblas0-pthread)
+  nlohmann-json3-dev libsentencepiece-dev sentencepiece libpcre2-dev libopenblas0-pthread)
 # tokenizer/ normalizes text (NFC, NFKC, ...) and classifies characters with utf8proc (Unicode 15).
 build_pkgs+=(libutf8proc-dev)
 runtime_pkgs+=(libutf8proc2)
