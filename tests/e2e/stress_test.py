@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 """Stress: the real ttt-serve on loopback with the shipped model, driven by the stress client
-(`ttt stress`, cli/stress.h) for a bounded time; fails when the client reports an invariant
+(`ttt stress`, tools/load/stress.h) for a bounded time; fails when the client reports an invariant
 violation (the server died, answered INTERNAL/UNKNOWN, an untouched session or an acknowledged
 checkpoint scored differently, RSS grew past the limit) or the server did not stop cleanly.
 

@@ -1,6 +1,6 @@
 // `ttt stress` (see stress.h): flags, the shared set-up (probe, canaries), the clients' threads,
 // the server's liveness and RSS, and the report.
-#include "cli/stress.h"
+#include "tools/load/stress.h"
 
 #include <signal.h>
 
@@ -17,7 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
-#include "cli/stress_internal.h"
+#include "tools/load/stress_internal.h"
 
 namespace ttt::cli {
 namespace stress {

@@ -1,5 +1,5 @@
 // See http_client.h.
-#include "cli/http_client.h"
+#include "tools/load/http_client.h"
 
 #include <netdb.h>
 #include <sys/socket.h>

@@ -31,9 +31,9 @@
 #include "absl/strings/numbers.h"
 #include "auth/client_credentials.h"
 #include "cli/client.h"
-#include "cli/commands.h"
 #include "cli/flags.h"
-#include "cli/http_client.h"
+#include "tools/load/http_client.h"
+#include "tools/load/loadgen.h"
 
 namespace ttt::cli {
 

@@ -3,7 +3,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
-#include "cli/stress_internal.h"
+#include "tools/load/stress_internal.h"
 
 namespace ttt::cli::stress {
 namespace {

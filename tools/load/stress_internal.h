@@ -1,5 +1,5 @@
-// The pieces of `ttt stress` (cli/stress.h): its options, the recorder every client reports to,
-// and one client's loop of random operations with their invariant checks.
+// The pieces of `ttt stress` (tools/load/stress.h): its options, the recorder every client
+// reports to, and one client's loop of random operations with their invariant checks.
 #pragma once
 
 #include <atomic>
