@@ -10,28 +10,12 @@
 
 #include "engine/sampler.h"
 #include "engine/testing/random_weights.h"
+#include "engine/testing/tiny_config.h"
 
 namespace ttt::engine {
 namespace {
 
-ModelConfig TinyConfig() {
-  ModelConfig c;
-  c.model_type = "llama";
-  c.vocab_size = 53;
-  c.hidden_size = 32;
-  c.intermediate_size = 48;
-  c.num_hidden_layers = 3;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.head_dim = 8;
-  c.rms_norm_eps = 1e-5;
-  c.ttt_mode = true;
-  c.ttt_layers = {0, 2};
-  c.ttt_lr = 0.5;
-  c.ttt_chunk = 6;
-  c.ttt_proj = true;
-  return c;
-}
+using testing::TinyConfig;  // engine/testing/tiny_config.h: the default tiny shape
 
 // The shared random weights (engine/testing), with or without the TTT tensors.
 NamedTensors RandomWeights(const ModelConfig& c, bool with_ttt) {
