@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import unittest
+from e2e_support import ServeProcess, load_stubs
 
 ARGS = None
 pb = pb_grpc = grpc = None
@@ -39,24 +40,14 @@ def run(cmd, **kw):
     return done.stdout + done.stderr
 
 
-class Server:
-    """ttt-serve on a model folder, on a free loopback port."""
+class Server(ServeProcess):
+    """ttt-serve (e2e_support.ServeProcess) on a model folder, with a channel and a stub."""
 
     def __init__(self, model, work):
-        self.port = free_port()
-        self.log_path = os.path.join(work, "serve-%d.log" % self.port)
-        self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(
-            [ARGS.server, "--model=" + model, "--listen=127.0.0.1:%d" % self.port,
-             "--metrics_listen=", "--checkpoint_dir=" + os.path.join(work, "ckpt-%d" % self.port),
-             "--shutdown_delay_s=0", "--drain_timeout_s=2", "--threads=1"],
-            stdout=self.log, stderr=subprocess.STDOUT)
-        self.channel = grpc.insecure_channel("127.0.0.1:%d" % self.port)
-        try:
-            grpc.channel_ready_future(self.channel).result(timeout=60)
-        except grpc.FutureTimeoutError:
-            self.stop()
-            raise AssertionError("ttt-serve did not start:\n" + log_tail(self.log_path))
+        super().__init__(ARGS.server, model, work, ["--threads=1"], metrics=False)
+        self.start()
+        self.channel = grpc.insecure_channel(self.address)
+        grpc.channel_ready_future(self.channel).result(timeout=60)
         self.stub = pb_grpc.TttServiceStub(self.channel)
 
     def read_and_score(self, document, probe):
@@ -70,8 +61,7 @@ class Server:
 
     def stop(self):
         self.channel.close()
-        stop_process(self.proc)
-        self.log.close()
+        super().stop()
 
 
 class BringYourOwnModelTest(unittest.TestCase):
@@ -213,9 +203,6 @@ def main():
     for flag in ("source", "server", "train", "eval", "tokenize"):
         parser.add_argument("--" + flag, required=True)
     ARGS, rest = parser.parse_known_args()
-    sys.path.insert(0, os.path.join(ARGS.source, "tests/e2e"))
-    global free_port, stop_process, log_tail
-    from e2e_support import free_port, load_stubs, log_tail, stop_process
     import grpc as grpc_module
     grpc = grpc_module
     pb, pb_grpc = load_stubs(os.path.join(ARGS.source, "proto"),
