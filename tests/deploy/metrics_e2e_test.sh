@@ -24,8 +24,7 @@ if [ -z "$model" ] || [ ! -f "$model/config.json" ]; then
 fi
 # shellcheck source=tests/e2e/e2e_support.sh
 . "$root/tests/e2e/e2e_support.sh"
-grpc_port="$(ttt_free_port)"; metrics_port="$(ttt_free_port)"
-while [ "$metrics_port" = "$grpc_port" ]; do metrics_port="$(ttt_free_port)"; done
+read -r grpc_port metrics_port < <(ttt_free_port 2)
 
 ttt_serve_start "$server" "$tmp/server.log" "$tmp/checkpoints" --model="$model" \
   --listen="127.0.0.1:$grpc_port" --metrics_listen="127.0.0.1:$metrics_port" \

@@ -34,7 +34,7 @@ wait_up() { ttt_serve_wait "$tmp/$1.log" "${pid_of[$1]}" || fail "$1 did not sta
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
   -keyout "$tmp/key.pem" -out "$tmp/cert.pem" -subj /CN=localhost \
   -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" 2>/dev/null
-plain_port="$(ttt_free_port)"; tls_port="$(ttt_free_port)"
+read -r plain_port tls_port unused < <(ttt_free_port 3)
 start plain "$plain_port"
 start tls "$tls_port" --tls_cert_file="$tmp/cert.pem" --tls_key_file="$tmp/key.pem"
 wait_up plain; wait_up tls
@@ -72,7 +72,6 @@ rc=0; "$ttt" --address="127.0.0.1:$tls_port" --timeout_s=10 health 2>"$tmp/err" 
 [ "$rc" = 1 ] && grep -q "add --tls" "$tmp/err" || fail "no TLS hint (rc $rc): $(cat "$tmp/err")"
 [ "$(TTT_CA_FILE="$tmp/cert.pem" "$ttt" --address="127.0.0.1:$tls_port" health)" = SERVING ] ||
   fail "TLS through TTT_CA_FILE"
-unused="$(ttt_free_port)"
 rc=0; "$ttt" --address="127.0.0.1:$unused" health 2>"$tmp/err" || rc=$?
 [ "$rc" = 1 ] && grep -q "nothing answers at 127.0.0.1:$unused" "$tmp/err" ||
   fail "no hint for a closed port (rc $rc): $(cat "$tmp/err")"

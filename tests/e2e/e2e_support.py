@@ -30,9 +30,20 @@ def bits(floats):
 
 def free_port():
     """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(n):
+    """n different TCP ports on 127.0.0.1 that were free a moment ago (bound together, so that
+    the kernel cannot hand out one twice, as two free_port() calls in a row may)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 # google.rpc's Status, ErrorInfo and RetryInfo as Debian ships them (golang-github-gogo-googleapis-dev),
@@ -160,8 +171,8 @@ class ServeProcess:
     def __init__(self, binary, model, folder, flags=(), host="127.0.0.1", metrics=True,
                  checkpoint_dir=None, log_path=None, prefix=(), env=None, new_session=False):
         self.binary, self.model, self.host = binary, model, host
-        self.port = free_port()
-        self.metrics_port = free_port() if metrics else None
+        self.port, metrics_port = free_ports(2)
+        self.metrics_port = metrics_port if metrics else None
         self.checkpoint_dir = checkpoint_dir or os.path.join(folder, "ckpt-%d" % self.port)
         self.log_path = log_path or os.path.join(folder, "ttt-serve-%d.log" % self.port)
         self.flags, self.prefix, self.env = list(flags), list(prefix), env

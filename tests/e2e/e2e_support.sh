@@ -2,10 +2,14 @@
 # Sourced by the end-to-end shell scripts (tests/e2e, tests/deploy): the one way they start
 # ttt-serve, as e2e_support.py's ServeProcess does for the Python scripts.
 
-# ttt_free_port: a TCP port on 127.0.0.1 that was free a moment ago.
+# ttt_free_port [N]: N (default 1) different TCP ports on 127.0.0.1, on one line, that were free
+# a moment ago (bound together, so that the kernel cannot hand out one twice, as two calls in a
+# row may).
 ttt_free_port() {
-  /usr/bin/python3 -c \
-    'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+  /usr/bin/python3 -c 'import socket, sys
+ss = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in ss: s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in ss))' "${1:-1}"
 }
 
 # ttt_serve_start SERVER LOG CHECKPOINT_DIR [FLAG...]: starts SERVER in the background with

@@ -25,7 +25,7 @@ fail() {
 # shellcheck source=tests/e2e/e2e_support.sh
 . "$(dirname "$0")/e2e_support.sh"
 
-client_port="$(ttt_free_port)"; peer_port="$(ttt_free_port)"
+read -r client_port peer_port < <(ttt_free_port 2)
 client_url="http://127.0.0.1:$client_port"; peer_url="http://127.0.0.1:$peer_port"
 "$etcd" --name e0 --data-dir "$tmp/etcd" \
   --listen-client-urls "$client_url" --advertise-client-urls "$client_url" \
