@@ -2,7 +2,7 @@
 // (config with the TTT keys, weights, SentencePiece tokenizer) and a short scoring run over a fixed
 // text, with TTT on and off, matches the numbers recorded in tests/data/default_model/ to 1e-4.
 //
-// Built twice (tests/CMakeLists.txt): with TTT_DEFAULT_MODEL_TOKENIZER the tokenizer half
+// Built twice (tests/models/CMakeLists.txt): with TTT_DEFAULT_MODEL_TOKENIZER the tokenizer half
 // (default_model_tokenizer_test: the fixed text encodes to the recorded ids), otherwise the engine
 // half (default_model_test: config, weights, and the scores of those ids). Split because, with the
 // tokenizer linking libsentencepiece (which embeds protobuf 3.14) next to LibTorch's libprotobuf
