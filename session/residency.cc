@@ -17,12 +17,13 @@
 #include "session/internal/cluster_store.h"
 #include "session/internal/session_record.h"
 #include "session/session.h"
+#include "session/internal/session_manager_impl.h"
 #include "util/log.h"
 #include "util/status_macros.h"
 
 namespace ttt::session {
 
-void SessionManager::LoadPersisted() {
+void SessionManagerImpl::LoadPersisted() {
   auto persisted = store_->ListSessions(model_->fingerprint());
   // The most recently used come back first; --max_sessions holds here as anywhere.
   std::sort(persisted.begin(), persisted.end(), [](const auto& a, const auto& b) {
@@ -55,7 +56,7 @@ void SessionManager::LoadPersisted() {
   }
 }
 
-void SessionManager::ReaperLoop() {
+void SessionManagerImpl::ReaperLoop() {
   std::unique_lock<std::mutex> lock(reaper_mu_);
   while (!stop_reaper_) {
     reaper_cv_.wait_for(lock, std::chrono::milliseconds(options_.reaper_interval_ms));
@@ -67,7 +68,7 @@ void SessionManager::ReaperLoop() {
   }
 }
 
-void SessionManager::ReapNow() {
+void SessionManagerImpl::ReapNow() {
   const int64_t now = NowMs();
   std::vector<std::shared_ptr<Session>> expired;
   {
@@ -94,7 +95,7 @@ void SessionManager::ReapNow() {
   EvictToFit(nullptr);
 }
 
-void SessionManager::EvictToFit(const Session* admitted) {
+void SessionManagerImpl::EvictToFit(const Session* admitted) {
   struct Candidate {
     int64_t last_used_ms;
     uint64_t key;  // ties: the older admission first
@@ -132,7 +133,7 @@ void SessionManager::EvictToFit(const Session* admitted) {
   }
 }
 
-void SessionManager::DropOnEngine(const std::shared_ptr<Session>& s) {
+void SessionManagerImpl::DropOnEngine(const std::shared_ptr<Session>& s) {
   engine::Work w;
   w.key = s->key;
   // Captures the stores and the link, not `this`: a delete's clean-up may run after the manager
@@ -156,7 +157,7 @@ void SessionManager::DropOnEngine(const std::shared_ptr<Session>& s) {
   (void)scheduler_->Submit(std::move(w), /*bypass_limits=*/true);
 }
 
-absl::StatusOr<int64_t> SessionManager::WriteSessionFile(const std::shared_ptr<Session>& s) {
+absl::StatusOr<int64_t> SessionManagerImpl::WriteSessionFile(const std::shared_ptr<Session>& s) {
   const auto start = std::chrono::steady_clock::now();
   int64_t fence = 0;
   int64_t sequence = 0;
@@ -207,7 +208,7 @@ absl::StatusOr<int64_t> SessionManager::WriteSessionFile(const std::shared_ptr<S
   return static_cast<int64_t>(bytes->size());
 }
 
-bool SessionManager::Evict(const std::shared_ptr<Session>& s) {
+bool SessionManagerImpl::Evict(const std::shared_ptr<Session>& s) {
   {
     std::lock_guard<std::mutex> lock(s->mu);
     if (!s->resident || s->inflight > 0 || s->writer || s->evicting || s->deleted) return false;
@@ -243,7 +244,7 @@ bool SessionManager::Evict(const std::shared_ptr<Session>& s) {
   return false;
 }
 
-absl::Status SessionManager::PersistAll() {
+absl::Status SessionManagerImpl::PersistAll() {
   std::vector<std::shared_ptr<Session>> all;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -280,7 +281,7 @@ absl::Status SessionManager::PersistAll() {
   return first;
 }
 
-SessionManager::ResidentPool SessionManager::resident_pool() const {
+SessionManagerImpl::ResidentPool SessionManagerImpl::resident_pool() const {
   ResidentPool pool;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -297,7 +298,7 @@ SessionManager::ResidentPool SessionManager::resident_pool() const {
   return pool;
 }
 
-absl::Status SessionManager::EnsureResident(Session& s) {
+absl::Status SessionManagerImpl::EnsureResident(Session& s) {
   {
     std::lock_guard<std::mutex> lock(s.mu);
     if (s.resident) return absl::OkStatus();
@@ -342,7 +343,7 @@ absl::Status SessionManager::EnsureResident(Session& s) {
   return absl::OkStatus();
 }
 
-void SessionManager::RewindToDurable(Session& s) {
+void SessionManagerImpl::RewindToDurable(Session& s) {
   std::lock_guard<std::mutex> lock(s.mu);
   s.counters = s.durable_counters;
   s.dirty = false;
@@ -356,8 +357,8 @@ void SessionManager::RewindToDurable(Session& s) {
   s.memory_bytes = 0;
 }
 
-internal::CheckpointMeta SessionManager::MetaOf(Session& s,
-                                                const std::string& checkpoint_id) const {
+internal::CheckpointMeta SessionManagerImpl::MetaOf(Session& s,
+                                                    const std::string& checkpoint_id) const {
   internal::CheckpointMeta meta;
   meta.model_fingerprint = model_->fingerprint();
   meta.tenant = s.tenant;
@@ -372,8 +373,8 @@ internal::CheckpointMeta SessionManager::MetaOf(Session& s,
   return meta;
 }
 
-absl::StatusOr<std::string> SessionManager::EncodeSession(Session& s,
-                                                          const std::string& checkpoint_id) {
+absl::StatusOr<std::string> SessionManagerImpl::EncodeSession(Session& s,
+                                                              const std::string& checkpoint_id) {
   return internal::EncodeCheckpoint(s.state, MetaOf(s, checkpoint_id));
 }
 
