@@ -119,8 +119,8 @@ class BringYourOwnModelTest(unittest.TestCase):
     def continual(self, plain, name, steps, train_tok, valid_tok):
         out = os.path.join(self.work, name)
         log = run([ARGS.train, "--init_from=" + plain, "--ttt_layers=1", "--ttt_chunk=16",
-                   "--ttt_target=hidden_states", "--seq_len=256", "--batch=2",
-                   "--steps=%d" % steps, "--warmup=2", "--lr=1e-2", "--eval_every=1000",
+                   "--ttt_target=hidden_states", "--ttt_clip=5", "--ttt_delta_cap=8.5",
+                   "--seq_len=256", "--batch=2", "--steps=%d" % steps, "--warmup=2", "--lr=1e-2", "--eval_every=1000",
                    "--log_every=1", "--threads=1", "--work_dir=" + out + ".work", "--out=" + out,
                    "--train_tokens=" + train_tok, "--valid_tokens=" + valid_tok])
         self.assertIn("continual training of " + plain + ": TTT 1", log)
@@ -154,7 +154,7 @@ class BringYourOwnModelTest(unittest.TestCase):
         trained, log = self.continual(plain, "llama-ttt", 30, train_tok, valid_tok)
         losses = [float(x) for x in re.findall(r"^step \d+/30 .*?\| loss ([0-9.]+)", log, re.M)]
         self.assertEqual(len(losses), 30, log)
-        self.assertLess(losses[-1], losses[0] - 0.5, "training did not learn: %s" % losses)
+        self.assertLess(losses[-1], losses[0] - 0.25, "training did not learn: %s" % losses)
 
         # ttt-eval: the trained model (TTT on, TTT off) against the untouched one as the twin.
         report = os.path.join(self.work, "eval.md")
@@ -190,6 +190,9 @@ class BringYourOwnModelTest(unittest.TestCase):
             for s in servers:
                 s.stop()
         mean = lambda lp: -sum(lp) / len(lp)
+        print("byom: training loss %.3f -> %.3f; ttt-eval documents %s (twin %s); served "
+              "probe %.3f (untouched %.3f) nats/token" % (losses[0], losses[-1], ttt_on,
+              rows["plain twin"], mean(trained_lp), mean(untouched_lp)), file=sys.stderr)
         self.assertLess(mean(trained_lp), mean(untouched_lp) - 0.3)
         self.assertGreater(info.counters.chunks_applied, 10)
         self.assertEqual(sum(1 for g in generated if g.HasField("token_id")), 8)
