@@ -433,8 +433,9 @@ TEST_F(ServerTest, CreateSessionTakesAClientChosenId) {
 }
 
 // Issues 13 and 23: two replicas sharing sessions through etcd (one real member). Sync durability
-// acknowledges end_of_document only once the state is committed; the owner keeps the other replica
-// out, and a shutdown hands the session over with bit-identical scores.
+// acknowledges end_of_document only once the state is committed; a live owner hands an idle
+// session over when the other replica is asked for it, and a shutdown hands it over, each time
+// with the committed state (bit-identical scores).
 TEST_F(ServerTest, ReplicasSharingSessionsThroughEtcdHandASessionOverWithItsCommittedState) {
   testing::TempDir etcd_dir("server_test");
   testing::EtcdCluster etcd(1, etcd_dir.path());
@@ -468,13 +469,16 @@ TEST_F(ServerTest, ReplicasSharingSessionsThroughEtcdHandASessionOverWithItsComm
       "127.0.0.1:" + std::to_string((*b)->port()), grpc::InsecureChannelCredentials()));
   pb::GetSessionRequest get;
   get.set_session_id("doc-1");
-  ExpectStatus(stub_b->GetSession(Ctx().get(), get, &s), grpc::StatusCode::UNAVAILABLE,
-               "owned by replica 'replica-a'");
+  // Asked for a session replica-a holds idle, replica-b waits for replica-a to hand it over (no
+  // UNAVAILABLE to retry); the id stays taken.
+  ASSERT_TRUE(stub_b->GetSession(Ctx().get(), get, &s).ok());
+  EXPECT_EQ(s.counters().tokens_received(), 2 * chunk_ + 5);
   ExpectStatus(stub_b->CreateSession(Ctx().get(), create, &s), grpc::StatusCode::ALREADY_EXISTS,
                "already exists");
-
+  // Back to replica-a the same way; then its shutdown commits and gives the session up.
+  ASSERT_TRUE(stub_->GetSession(Ctx().get(), get, &s).ok());
   stub_.reset();
-  server_.reset();  // SIGTERM-like shutdown: commits and gives the session up
+  server_.reset();
   ASSERT_TRUE(stub_b->GetSession(Ctx().get(), get, &s).ok());
   EXPECT_EQ(s.counters().tokens_received(), 2 * chunk_ + 5);
   EXPECT_EQ(s.counters().documents_completed(), 1);
