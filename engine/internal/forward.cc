@@ -363,14 +363,15 @@ at::Tensor ModelAccess::ChunkUpdates(const LayerWeights& lw, const at::Tensor& z
 
 // Folds the full unfinished chunk of each of `states` into its delta, in one batched update.
 void ModelAccess::FoldChunks(const LayerWeights& lw, const std::vector<SequenceTensors*>& states) {
-  std::vector<at::Tensor> zs, xs;
-  for (SequenceTensors* state : states) {
-    zs.push_back(state->ttt[lw.ttt_slot].pending_z);
-    xs.push_back(state->ttt[lw.ttt_slot].pending_x0);
+  at::Tensor scaled = ScaledChunkUpdates(lw, states);  // raw floats (short_step.cc) if it can
+  if (!scaled.defined()) {
+    std::vector<at::Tensor> zs, xs;
+    for (SequenceTensors* state : states) {
+      zs.push_back(state->ttt[lw.ttt_slot].pending_z);
+      xs.push_back(state->ttt[lw.ttt_slot].pending_x0);
+    }
+    scaled = ChunkUpdates(lw, at::stack(zs), at::stack(xs)) * w_.eta;
   }
-  at::Tensor scaled = ChunkUpdates(lw, at::stack(zs), at::stack(xs)) * w_.eta;
-  zs.clear();
-  xs.clear();
   for (size_t i = 0; i < states.size(); ++i) {
     TttLayerState& slot = states[i]->ttt[lw.ttt_slot];
     // In place only when no one else holds the delta (a checkpoint being written, say).

@@ -77,6 +77,11 @@ class ModelAccess {
   std::vector<at::Tensor> RunShort(const std::vector<int64_t>& tokens,
                                    const std::vector<float>& positions);
   void ShortLayer(size_t l, const internal::ShortBuffers& buffers);
+  // eta * the clipped chunk update of each state's full unfinished chunk, [states, d, d_ff], as
+  // ChunkUpdates computes it but over raw floats (a decode step that completes a chunk); undefined
+  // when the BLAS routines are out of reach or a tensor is not laid out for them.
+  at::Tensor ScaledChunkUpdates(const LayerWeights& lw,
+                                const std::vector<SequenceTensors*>& states);
 
   const Model& model_;
   const Model::Weights& w_;
