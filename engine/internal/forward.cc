@@ -109,6 +109,9 @@ std::vector<at::Tensor> ModelAccess::Run() {
     varlen_.push_back(kernels && Count(b) <= kVarlenRows && fits);
     any_varlen_ = any_varlen_ || varlen_.back();
   }
+  // The fast path's one switch: CPU, float32, outside autograd, every item short (a decode step
+  // or a piece inside its chunk, at most kVarlenRows rows). CUDA, bf16, training and long items
+  // take the tensor path below.
   if (kernels && std::all_of(varlen_.begin(), varlen_.end(), [](bool v) { return v; })) {
     return RunShort(flat, positions);
   }

@@ -32,8 +32,8 @@ at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
 // their TTT chunk (decode steps, small pieces) also share one varlen attention call and one
 // fast-weight product, and their state tensors grow in place; longer items run attention and the
 // fast-weight term per item (their work dwarfs a call's overhead). A step whose items are all
-// short runs the short-step form (internal/short_step.cc): the same arithmetic over per-thread
-// buffers, a few LibTorch operations per layer. Under grad mode everything is out of place, so
+// short runs the short-step form (internal/short_step.cc): the same arithmetic over raw floats in
+// per-thread buffers, no LibTorch operation per layer (Run states when it applies). Under grad mode everything is out of place, so
 // ForwardTrain stays differentiable. Not thread-safe: one forward per states.
 class ModelAccess {
  public:
