@@ -135,6 +135,15 @@ int64_t PairsEnd(const RecallSpec& spec) {
 
 }  // namespace
 
+RecallSpec RecallSpecFor(int64_t vocab_size) {
+  RecallSpec spec;
+  if (spec.value_base + spec.num_keys > vocab_size) {
+    spec.key_base = vocab_size / 3;
+    spec.value_base = 2 * vocab_size / 3;
+  }
+  return spec;
+}
+
 int64_t RecallLength(const RecallSpec& spec) {
   const int64_t need = PairsEnd(spec) - 1 + spec.window;  // first query must not see any pair
   const int64_t query_begin = (need + spec.chunk - 1) / spec.chunk * spec.chunk;

@@ -63,6 +63,12 @@ struct RecallEpisode {
   std::vector<int64_t> value_positions;  // positions holding a queried value (the targets)
 };
 
+// The recall layout for a vocabulary of `vocab_size` ids: the fixed sets above where they fit
+// (the shipped model's), else keys from a third and values from two thirds of the vocabulary
+// (a user's model may have a small one). REQUIRES: vocab_size >= kMinRecallVocab.
+inline constexpr int64_t kMinRecallVocab = 3 * 64 + 3;
+RecallSpec RecallSpecFor(int64_t vocab_size);
+
 // Length of every episode of `spec` (all episodes have the same length).
 int64_t RecallLength(const RecallSpec& spec);
 // The pairs come first, none split by a chunk edge (a bos fills the chunk's last position where

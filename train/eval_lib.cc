@@ -499,7 +499,7 @@ absl::StatusOr<std::vector<MemoryPoint>> ScoreMemoryCurve(const Model& model, co
 
 RecallResult ScoreRecall(const Model& model, const Corpus& filler, int64_t episodes) {
   c10::InferenceMode guard;
-  RecallSpec spec;
+  RecallSpec spec = RecallSpecFor(model.config().vocab_size);
   const auto window = model.attention_window();
   spec.window = window ? *window : 64;
   spec.chunk = model.config().ttt_chunk > 0 ? model.config().ttt_chunk : 64;

@@ -109,7 +109,10 @@ ABSL_FLAG(double, budget_minutes, 0,
           "is max(step / steps, elapsed / budget), so the cosine decay ends on time; 0 = steps only");
 ABSL_FLAG(int, threads, 1, "intra-op threads");
 ABSL_FLAG(uint64_t, seed, 1, "seed (init and data order; resuming reproduces the data order)");
-ABSL_FLAG(std::string, export_dtype, "bf16", "dtype of the exported model.safetensors");
+ABSL_FLAG(std::string, export_dtype, "",
+          "dtype of the exported model.safetensors (f32, bf16, f16); empty: that of --init_from's "
+          "embedding (a model continued keeps its precision, so TTT starts as an exact no-op), "
+          "bf16 for a fresh model");
 ABSL_FLAG(bool, export_only, false, "write --out from the last checkpoint and exit");
 
 namespace ttt::train {
@@ -391,6 +394,7 @@ absl::StatusOr<Data> LoadData(const ModelConfig& config) {
   Data d;
   ASSIGN_OR_RETURN(d.train, LoadTokenIds(absl::GetFlag(FLAGS_train_tokens), config.vocab_size));
   ASSIGN_OR_RETURN(d.valid, LoadTokenIds(absl::GetFlag(FLAGS_valid_tokens), config.vocab_size));
+  d.recall = RecallSpecFor(config.vocab_size);
   d.recall.pairs = absl::GetFlag(FLAGS_recall_pairs);
   d.recall.window = config.sliding_window.value_or(64);
   d.recall.chunk = config.ttt_chunk > 0 ? config.ttt_chunk : 64;
@@ -402,6 +406,11 @@ absl::StatusOr<Data> LoadData(const ModelConfig& config) {
   d.reread_len = absl::GetFlag(FLAGS_reread_len);
   d.recall_batch = absl::GetFlag(FLAGS_recall_batch);
   d.chunk = config.ttt_mode ? config.ttt_chunk : 0;
+  if (d.recall_batch > 0 && config.vocab_size < kMinRecallVocab) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the recall episodes need a vocabulary of at least ", kMinRecallVocab, " ids (this model has ",
+        config.vocab_size, "): train with --recall_batch=0"));
+  }
   if (d.reread_batch > 0 && (d.reread_len < 2 || 2 * d.reread_len >= d.T)) {
     return absl::InvalidArgumentError(absl::StrCat("--reread_len ", d.reread_len,
                                                    " must be in [2, seq_len / 2)"));
@@ -649,13 +658,27 @@ class Trainer {
 // ---------------------------------------------------------------------------------------------
 // 4. Export: the Hugging Face folder (config with the TTT keys, weights, tokenizer).
 
+// --export_dtype, or the precision of the model continued from (bf16 for a fresh one).
+absl::StatusOr<std::string> ExportDtype() {
+  const std::string flag = absl::GetFlag(FLAGS_export_dtype);
+  const std::string init_from = absl::GetFlag(FLAGS_init_from);
+  if (!flag.empty() || init_from.empty()) return flag.empty() ? "bf16" : flag;
+  ASSIGN_OR_RETURN(auto store, engine::WeightStore::Open(init_from));
+  ASSIGN_OR_RETURN(at::Tensor embed, store->Load("model.embed_tokens.weight"));
+  switch (embed.scalar_type()) {
+    case at::kBFloat16: return std::string("bf16");
+    case at::kHalf: return std::string("f16");
+    default: return std::string("f32");
+  }
+}
+
 absl::Status Export(const Loaded& loaded, const Progress& prog, const std::string& reason) {
   const fs::path out = absl::GetFlag(FLAGS_out);
+  ASSIGN_OR_RETURN(const std::string dtype, ExportDtype());
   std::map<std::string, std::string> meta = {
       {"trained_by", "ttt-train"}, {"steps", std::to_string(prog.step)},
       {"tokens", std::to_string(prog.tokens)}, {"stopped", reason}};
-  RETURN_IF_ERROR(WriteHfModel(out, loaded.config, NamedWeights(*loaded.model),
-                               absl::GetFlag(FLAGS_export_dtype), meta));
+  RETURN_IF_ERROR(WriteHfModel(out, loaded.config, NamedWeights(*loaded.model), dtype, meta));
   RETURN_IF_ERROR(CopyTokenizer(loaded.tokenizer, out));
   std::printf("wrote %s (step %lld)\n", out.c_str(), (long long)prog.step);
   return absl::OkStatus();
