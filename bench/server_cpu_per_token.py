@@ -10,7 +10,8 @@ also runs its one-session baseline) is the marginal CPU per decoded token, with 
 and connection set-up cancelled out. The engine's own CPU per token comes from `engine_bench
 --clock=cpu --only=decode` for 1 and N sessions, weighted as loadgen's tokens are.
 
-Usage: bench/server_cpu_per_token.py [--build build] [--sessions 16] [--short 256] [--long 768]
+Usage: bench/server_cpu_per_token.py [--build build] [--server PATH] [--sessions 16] [--short 256]
+                                    [--long 768]
 """
 import argparse
 import os
@@ -26,6 +27,7 @@ root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 parser = argparse.ArgumentParser()
 parser.add_argument("--build", default=os.path.join(root, "build"))
 parser.add_argument("--model", default=os.path.join(root, "models/ttt-brown"))
+parser.add_argument("--server", default="", help="ttt-serve binary (default: the build's)")
 parser.add_argument("--sessions", type=int, default=16)
 parser.add_argument("--short", type=int, default=256)
 parser.add_argument("--long", type=int, default=768)
@@ -75,7 +77,8 @@ def engine_cpu_per_token():
 
 port, mport = free_port(), free_port()
 tmp = tempfile.mkdtemp(prefix="server_cpu_")
-server = subprocess.Popen([os.path.join(args.build, "server/ttt-serve"), "--model=" + args.model,
+server = subprocess.Popen([args.server or os.path.join(args.build, "server/ttt-serve"),
+                           "--model=" + args.model,
                            "--listen=127.0.0.1:%d" % port,
                            "--metrics_listen=127.0.0.1:%d" % mport, "--threads=1",
                            "--checkpoint_dir=" + os.path.join(tmp, "store"),
