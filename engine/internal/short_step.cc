@@ -7,7 +7,9 @@
 // RoPE, SiLU's product, residuals, the embedding lookup, attention over the KV window, the
 // fast-weight term) are plain loops over those floats. The KV caches and chunk buffers grow inside
 // their preallocated rows (internal/state_buffer.h). Only a step that completes a TTT chunk
-// dispatches operations (the chunk's fold, FoldChunks).
+// dispatches operations (adding the chunk's update to the delta, FoldChunks). The results are the
+// tensor path's to within rounding, not bit for bit: SiLU and the RoPE factors use glibc's
+// expf/cosf/sinf where LibTorch uses SLEEF's (~1 ulp; short_step_test holds the two together).
 #include <ATen/ATen.h>
 #include <dlfcn.h>
 
