@@ -24,6 +24,7 @@
 #include "engine/internal/state_buffer.h"
 #include "engine/internal/workspace.h"
 #include "engine/internal/train_forward.h"
+#include "util/cpu_quota.h"
 #include "util/sha256.h"
 #include "util/status_macros.h"
 
@@ -82,7 +83,8 @@ absl::StatusOr<at::ScalarType> ParseDtype(const std::string& name) {
 }  // namespace
 
 void SetCpuThreads(int threads) {
-  if (threads <= 0) threads = std::max(1u, std::thread::hardware_concurrency());
+  // The CPUs this process may use (affinity, container quota), not the node's core count.
+  if (threads <= 0) threads = util::UsableCpus();
   at::set_num_threads(threads);
   // Looked up at run time: the engine links LibTorch, not OpenBLAS, and may run without it.
   using SetFn = void (*)(int);

@@ -27,7 +27,8 @@ struct ModelOptions {
 
 // CPU threads for LibTorch's intra-op pool and for OpenBLAS's own pool (LibTorch sets only the
 // first; two pools of spinning threads on a small machine slow small products down several-fold).
-// 0 = the number of cores. Call once, before serving.
+// 0 = the CPUs this process may use (util/cpu_quota.h: its affinity mask capped by its cgroup's
+// CPU quota, rounded up), not the node's core count. Call once, before serving.
 void SetCpuThreads(int threads);
 
 // How a multi-chunk ingest runs the TTT layers.

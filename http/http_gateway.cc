@@ -39,15 +39,14 @@ using internal::RetryAfterMs;
 using internal::ShuttingDown;
 using Json = nlohmann::json;
 
-constexpr char kJson[] = "application/json";
 constexpr char kHealthService[] = "tttserve.v1.TttService";
 
 // One request's body, read in pieces before the request is answered (or streamed into its
-// call as it arrives: an import).
+// call as it arrives: an import, an NDJSON ingest).
 struct Request {
   std::string body;
-  std::unique_ptr<internal::ImportUpload> upload;
-  int64_t discarded = 0;  // bytes of an import's body that arrived after it was refused
+  std::unique_ptr<internal::BodyUpload> upload;
+  int64_t discarded = 0;  // bytes of an upload's body that arrived after it was refused
 };
 
 // A header's value, or INVALID_ARGUMENT when gRPC metadata cannot carry it (printable ASCII).
@@ -539,10 +538,12 @@ MHD_Result HttpGateway::State::Answer(void* cls, MHD_Connection* c, const char* 
   if (request == nullptr) {
     request = new Request();
     *request_context = request;
-    if (internal::RestGateway::IsUpload(method, url)) {
+    const char* type =
+        MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
+    if (internal::RestGateway::IsUpload(method, url, type == nullptr ? "" : type)) {
       absl::StatusOr<Forwarded> headers = ForwardedHeaders(c);
       // A bad header: the body is read as any other and Rest() answers the refusal.
-      if (headers.ok()) request->upload = s->rest->StartImport(*headers, QueryOf(c));
+      if (headers.ok()) request->upload = s->rest->StartUpload(url, *headers, QueryOf(c), limit);
       if (request->upload != nullptr && request->upload->refused()) {
         return s->Dispatch(c, url, method, request);  // before the body is read
       }

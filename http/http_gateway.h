@@ -9,7 +9,7 @@
 // Server: libmicrohttpd (already linked for /metrics) with a thread per connection, at most
 // max_connections of them: each request makes blocking gRPC calls on its connection's thread
 // and a stream writes its server-sent events as Generate's responses arrive. Simple and
-// bounded.
+// bounded. HTTP/1.1 only: docs/contract.md ("HTTP/2") says why no HTTP/2 here.
 #pragma once
 
 #include <cstdint>

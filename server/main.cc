@@ -61,7 +61,10 @@ ABSL_FLAG(int64_t, shutdown_delay_s, 5,
           "long, so load balancers stop routing here before the listener closes; then drain");
 ABSL_FLAG(int64_t, drain_timeout_s, 20,
           "grace for in-flight calls on SIGTERM, after --shutdown_delay_s");
-ABSL_FLAG(int32_t, threads, 0, "CPU threads for the engine (0 = all cores)");
+ABSL_FLAG(int32_t, threads, 0,
+          "CPU threads for the engine; 0 = the CPUs this process may use: its CPU affinity "
+          "(taskset, cpuset) capped by its cgroup's CPU quota (a container's CPU limit, cgroup v2 "
+          "cpu.max or v1 cfs quota) rounded up, at least 1; never the node's core count");
 ABSL_FLAG(int64_t, max_concurrent_imports, 4,
           "ImportSession calls at once; more get RESOURCE_EXHAUSTED");
 ABSL_FLAG(int64_t, max_concurrent_exports, 16,
@@ -133,7 +136,8 @@ ABSL_FLAG(std::string, http_listen, "",
           "/healthz, /readyz, served through the gRPC service (HTTPS with --tls_cert_file); "
           "empty: none");
 ABSL_FLAG(int64_t, http_max_body_bytes, int64_t{8} << 20,
-          "largest HTTP request body; larger ones get 413");
+          "largest HTTP request body, larger ones get 413; for an NDJSON :ingest (streamed into "
+          "the call, any length) the largest line, and the most answer lines kept");
 
 ABSL_FLAG(std::string, log_format, "text",
           "text (a line per event: time, level, component, message, key=value fields) or json "

@@ -56,13 +56,25 @@ void SessionManager::LoadPersisted() {
 }
 
 void SessionManager::ReaperLoop() {
+  const auto interval = std::chrono::milliseconds(options_.reaper_interval_ms);
+  // On the cluster, handover requests are read between passes too: the asker is waiting.
+  const int64_t poll_ms = absl::ToInt64Milliseconds(options_.cluster.handover_poll);
+  const auto tick = cluster_ == nullptr || poll_ms <= 0
+                        ? interval
+                        : std::min(interval, std::chrono::milliseconds(poll_ms));
+  auto next_pass = std::chrono::steady_clock::now() + interval;
   std::unique_lock<std::mutex> lock(reaper_mu_);
   while (!stop_reaper_) {
-    reaper_cv_.wait_for(lock, std::chrono::milliseconds(options_.reaper_interval_ms));
+    reaper_cv_.wait_for(lock, tick);
     if (stop_reaper_) break;
     lock.unlock();
-    ReapNow();
-    MaintainNow();
+    if (std::chrono::steady_clock::now() >= next_pass) {
+      next_pass = std::chrono::steady_clock::now() + interval;
+      ReapNow();
+      MaintainNow();
+    } else {
+      CheckOwnership();
+    }
     lock.lock();
   }
 }

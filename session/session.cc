@@ -7,11 +7,13 @@
 #include <set>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "engine/decode.h"
 #include "session/internal/checkpoint_store.h"
 #include "session/internal/cluster_store.h"
 #include "session/internal/names.h"
 #include "session/internal/session_record.h"
+#include "util/error_reason.h"
 #include "util/log.h"
 #include "util/status_macros.h"
 
@@ -169,6 +171,23 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::Find(const std::string&
   // The cluster may have it: this process takes it over (the proxy sent its call here).
   if (cluster_ != nullptr && ValidateTenant(tenant).ok() && ValidateId(id).ok()) {
     auto adopted = Adopt(tenant, id);
+    // Owned by a live replica, now asked to hand it over: wait for that rather than fail the
+    // call (outside adopt_mu_, so other takeovers go on meanwhile).
+    const auto reason = util::ReasonOf(adopted.status());
+    if (reason && reason->reason == util::kReasonSessionOwnedElsewhere &&
+        options_.cluster.handover_wait > absl::ZeroDuration()) {
+      const absl::Time asked = absl::Now();
+      // Read more often than the owner polls: the wait ends soon after the release.
+      const bool released = cluster_->AwaitRelease(
+          tenant, id, options_.cluster.handover_wait, options_.cluster.handover_poll / 4);
+      const int64_t waited_ms = absl::ToInt64Milliseconds(absl::Now() - asked);
+      if (released) adopted = Adopt(tenant, id);
+      util::LogInfo("session",
+                    absl::StrCat("waited ", waited_ms, " ms for session ", id, " of tenant ",
+                                 tenant, " to be handed over: ",
+                                 adopted.ok() ? "taken over" : adopted.status().message()),
+                    {{"tenant", tenant}, {"session", id}, {"waited_ms", waited_ms}});
+    }
     if (!absl::IsNotFound(adopted.status())) return adopted;
   }
   // Another tenant's session answers the same: its existence is not revealed.

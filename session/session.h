@@ -175,6 +175,14 @@ struct ManagerOptions {
     // skew between the machines writing to the volume.
     absl::Duration gc_grace = absl::Minutes(10);
     absl::Duration gc_interval = absl::Minutes(5);
+    // Handover between live replicas (a rolling restart moves a session's calls to another
+    // replica and back): the owner reads the handover requests this often and hands an idle
+    // session over at once, and a replica that gets a call for a session another live replica
+    // owns waits up to `handover_wait` for it to be handed over before answering UNAVAILABLE, so
+    // the call needs no retry. The wait holds the calling thread: keep it short. 0: no poll
+    // between maintenance passes, no wait.
+    absl::Duration handover_poll = absl::Milliseconds(100);
+    absl::Duration handover_wait = absl::Seconds(2);
   };
   Cluster cluster;
 };

@@ -221,6 +221,12 @@ void SessionManager::CheckOwnership() {
 }
 
 void SessionManager::HandOver(const std::shared_ptr<Session>& s) {
+  {
+    // Asked at every poll until it goes: one handover queued at a time.
+    std::lock_guard<std::mutex> lock(s->mu);
+    if (s->handover_queued) return;
+    s->handover_queued = true;
+  }
   engine::Work w;
   w.key = s->key;
   // On the engine, after the work queued on the session: the state committed is its latest.
@@ -228,7 +234,8 @@ void SessionManager::HandOver(const std::shared_ptr<Session>& s) {
     bool changed;  // since its last commit
     {
       std::lock_guard<std::mutex> lock(s->mu);
-      if (s->deleted || s->inflight > 0 || s->writer) return;  // busy: asked again next pass
+      s->handover_queued = false;
+      if (s->deleted || s->inflight > 0 || s->writer) return;  // busy: asked again next poll
       changed = s->resident && s->dirty;
     }
     if (changed) {
@@ -249,7 +256,10 @@ void SessionManager::HandOver(const std::shared_ptr<Session>& s) {
                   {{"tenant", s->tenant}, {"session", s->id}});
     cluster->Release(s->tenant, s->id, fence);
   };
-  (void)scheduler_->Submit(std::move(w), /*bypass_limits=*/true);
+  if (!scheduler_->Submit(std::move(w), /*bypass_limits=*/true).ok()) {
+    std::lock_guard<std::mutex> lock(s->mu);
+    s->handover_queued = false;
+  }
 }
 
 void SessionManager::WriteBehind() {

@@ -128,6 +128,8 @@ class ClusterTest : public ::testing::Test {
       options.cluster.replica_id = name;
       options.cluster.margin = absl::Seconds(5);
       options.cluster.gc_interval = absl::ZeroDuration();  // a sweep in every MaintainNow()
+      options.cluster.handover_poll = handover_poll_;
+      options.cluster.handover_wait = handover_wait_;
       if (session_quota_ > 0) {
         options.cluster.admit_session = [limit = session_quota_](const std::string& tenant,
                                                                  int64_t live_now) {
@@ -166,6 +168,10 @@ class ClusterTest : public ::testing::Test {
   fs::path dir_;
   std::string prefix_;
   int64_t session_quota_ = 0;  // live_sessions for replicas started from now on; 0: none
+  // Handover between live replicas, for replicas started from now on. Zero: requests are read
+  // only by MaintainNow(), and a call for a session owned elsewhere answers UNAVAILABLE at once.
+  absl::Duration handover_poll_ = absl::ZeroDuration();
+  absl::Duration handover_wait_ = absl::ZeroDuration();
   std::unique_ptr<coord::EtcdClient> observer_;  // reads and changes keys as a test needs
   std::unique_ptr<Replica> a_;
   std::unique_ptr<Replica> b_;
@@ -254,6 +260,29 @@ TEST_F(ClusterTest, AnIdleSessionIsHandedOverOnRequestWithItsUncommittedInput) {
   EXPECT_EQ(moved->counters.tokens_received, static_cast<int64_t>(tokens.size()));
   EXPECT_EQ(a_->sessions->session_count(), 0);
   EXPECT_EQ(observer_->Get(Key("wants/t/s1")).status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(ClusterTest, ACallForASessionALiveReplicaOwnsWaitsForItsHandoverAndSucceeds) {
+  // As the server runs them: the owner reads handover requests between its maintenance passes,
+  // and the replica a call reaches waits for the handover it asked for (a rolling restart).
+  handover_poll_ = absl::Milliseconds(20);
+  handover_wait_ = absl::Seconds(30);  // a bound, not an expectation
+  auto owner = Start("c");
+  auto asker = Start("d");
+  ASSERT_TRUE(owner && asker);
+  const auto tokens = Tokens(chunk_ + 2, vocab_, 8);
+  const auto probe = Tokens(9, vocab_, 9);
+  ASSERT_TRUE(owner->sessions->CreateSession("t", {}, "s2").ok());
+  ASSERT_TRUE(IngestOn(*owner->sessions, "s2", tokens, /*durable=*/false).ok());
+  // No UNAVAILABLE to retry: the first call succeeds, on the input the owner had not committed.
+  auto on_asker = ScoreOn(*asker->sessions, "s2", probe);
+  ASSERT_TRUE(on_asker.ok()) << on_asker.status();
+  EXPECT_EQ(on_asker->logprobs, Replayed({tokens}, probe));
+  EXPECT_EQ(owner->sessions->session_count(), 0);
+  auto owner_key = observer_->Get(Key("sessions/t/s2/owner"));
+  ASSERT_TRUE(owner_key.ok()) << owner_key.status();
+  EXPECT_EQ(owner_key->lease, asker->lease->id());
+  EXPECT_EQ(observer_->Get(Key("wants/t/s2")).status().code(), absl::StatusCode::kNotFound);
 }
 
 TEST_F(ClusterTest, AProcessWhoseLeaseIsLostAnswersForNoneOfItsSessions) {

@@ -22,6 +22,7 @@ using Step = ChunkSource::Step;
 constexpr char kNdJson[] = "application/x-ndjson";
 constexpr size_t kImportPieceBytes = size_t{1} << 20;  // as ExportSession sends them
 constexpr char kImportPath[] = "/v1/sessions:import";
+constexpr char kIngestPattern[] = "/v1/sessions/{session_id}:ingest";
 
 Reply JsonReply(std::string json) {
   Reply reply;
@@ -222,7 +223,7 @@ RestGateway::RestGateway(Stub* stub, CallGate* gate) : stub_(stub), gate_(gate) 
   AddUnary("GET", "/v1/sessions", nullptr, &Stub::ListSessions);
   AddUnary("GET", "/v1/sessions/{session_id}", "session_id", &Stub::GetSession);
   AddUnary("DELETE", "/v1/sessions/{session_id}", "session_id", &Stub::DeleteSession);
-  routes_.push_back({"POST", "/v1/sessions/{session_id}:ingest",
+  routes_.push_back({"POST", kIngestPattern,
                      [this](RestRequest& r, const std::string& id) { return Ingest(r, id); }});
   routes_.push_back({"POST", "/v1/sessions/{session_id}:generate",
                      [this](RestRequest& r, const std::string& id) { return Generate(r, id); }});
@@ -271,6 +272,7 @@ std::string RestGateway::RouteList() const {
 }
 
 Reply RestGateway::Ingest(RestRequest& request, const std::string& session_id) const {
+  if (request.upload != nullptr) return request.upload->Finish();  // NDJSON, streamed
   absl::StatusOr<std::vector<pb::IngestRequest>> messages = IngestMessages(request, session_id);
   if (!messages.ok()) return ErrorReply(ToGrpc(messages.status()));
   grpc::ClientContext ctx;
@@ -340,12 +342,28 @@ Reply RestGateway::Import(RestRequest& request) const {
   return request.upload->Finish();
 }
 
-bool RestGateway::IsUpload(const std::string& method, const std::string& path) {
-  return method == "POST" && path == kImportPath;
+bool RestGateway::IsUpload(const std::string& method, const std::string& path,
+                           const std::string& content_type) {
+  if (method != "POST") return false;
+  if (path == kImportPath) return true;
+  // A text/plain ingest is one message's text: read whole, as any other body.
+  return MatchPath(kIngestPattern, path).has_value() &&
+         !absl::StartsWith(content_type, "text/plain");
 }
 
-std::unique_ptr<ImportUpload> RestGateway::StartImport(const Forwarded& headers,
-                                                       const QueryParams& query) const {
+std::unique_ptr<BodyUpload> RestGateway::StartUpload(const std::string& path,
+                                                     const Forwarded& headers,
+                                                     const QueryParams& query,
+                                                     int64_t max_line_bytes) const {
+  if (std::optional<std::string> session_id = MatchPath(kIngestPattern, path)) {
+    return std::unique_ptr<BodyUpload>(new IngestUpload(stub_, gate_, headers, query,
+                                                        std::move(*session_id), max_line_bytes));
+  }
+  return StartImport(headers, query);
+}
+
+std::unique_ptr<BodyUpload> RestGateway::StartImport(const Forwarded& headers,
+                                                     const QueryParams& query) const {
   std::unique_ptr<ImportUpload> upload(new ImportUpload());
   absl::Status built = ApplyQuery(query, &upload->pending_);
   if (!built.ok()) {
@@ -360,6 +378,136 @@ std::unique_ptr<ImportUpload> RestGateway::StartImport(const Forwarded& headers,
   }
   upload->writer_ = stub_->ImportSession(&upload->ctx_, &upload->session_);
   return upload;
+}
+
+IngestUpload::IngestUpload(Stub* stub, CallGate* gate, const Forwarded& headers, QueryParams query,
+                           std::string session_id, int64_t max_bytes)
+    : stub_(stub),
+      gate_(gate),
+      query_(std::move(query)),
+      session_id_(std::move(session_id)),
+      max_line_bytes_(static_cast<size_t>(max_bytes)),
+      max_answer_bytes_(static_cast<size_t>(max_bytes)) {
+  headers.AttachTo(&ctx_);
+}
+
+IngestUpload::~IngestUpload() {
+  if (stream_ == nullptr || finished_) return;
+  ctx_.TryCancel();  // the client went away: its answers have nobody to go to
+  if (reader_.joinable()) reader_.join();
+  stream_->Finish();
+}
+
+bool IngestUpload::Start() {
+  CallGate::Ticket ticket(gate_);
+  if (!ticket.admitted()) {
+    refused_ = ErrorReply(ShuttingDown());
+    return false;
+  }
+  stream_ = stub_->Ingest(&ctx_);
+  // The service answers each message once it is applied and stops reading when its answers
+  // are not taken: they are taken here while the body is still arriving.
+  reader_ = std::thread([this] {
+    pb::IngestResponse response;
+    while (stream_->Read(&response)) KeepAnswer(ToJson(response) + "\n");
+  });
+  return true;
+}
+
+Reply IngestUpload::FailureReply(const grpc::Status& failure) const {
+  Reply reply = ErrorReply(failure);
+  if (line_too_long_) reply.status = 413;  // as any body over the limit
+  return reply;
+}
+
+void IngestUpload::KeepAnswer(std::string line) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (latest_.empty() && answers_.size() + line.size() <= max_answer_bytes_) {
+    answers_ += line;
+  } else {
+    latest_ = std::move(line);
+  }
+}
+
+bool IngestUpload::TakeLine() {
+  ++line_number_;
+  if (absl::StripAsciiWhitespace(line_).empty()) {
+    line_.clear();
+    return true;
+  }
+  pb::IngestRequest message;
+  absl::Status st =
+      ParseJsonBody(line_, &message, absl::StrCat("line ", line_number_, " of the body"));
+  line_.clear();
+  if (st.ok() && messages_ == 0) st = ApplyQuery(query_, &message);
+  if (st.ok()) st = BindPathField("session_id", session_id_, &message);
+  if (!st.ok()) {
+    failure_ = ToGrpc(st);
+    return false;
+  }
+  if (stream_ == nullptr && !Start()) return false;
+  if (!stream_->Write(message)) {
+    ended_ = true;  // the call ended: Finish says why
+    return false;
+  }
+  ++messages_;
+  return true;
+}
+
+bool IngestUpload::Append(const char* data, size_t size) {
+  if (refused_ || failure_ || ended_) return false;
+  std::string_view rest(data, size);
+  while (!rest.empty()) {
+    const size_t end = rest.find('\n');
+    const size_t n = end == std::string_view::npos ? rest.size() : end;
+    if (line_.size() + n > max_line_bytes_) {
+      line_too_long_ = true;
+      failure_ = LayerStatus(
+          grpc::StatusCode::RESOURCE_EXHAUSTED,
+          absl::StrCat("line ", line_number_ + 1, " of the body is longer than ", max_line_bytes_,
+                       " bytes (--http_max_body_bytes, the limit of one message); split it into "
+                       "several messages"),
+          "REQUEST_TOO_LARGE");
+      return false;
+    }
+    line_.append(rest.data(), n);
+    if (end == std::string_view::npos) break;
+    rest.remove_prefix(end + 1);
+    if (!TakeLine()) return false;
+  }
+  return true;
+}
+
+Reply IngestUpload::Finish() {
+  if (refused_) return *std::move(refused_);
+  if (finished_) {
+    return ErrorReply(grpc::Status(grpc::StatusCode::INTERNAL, "the ingest was answered"));
+  }
+  if (!failure_ && !ended_ && !line_.empty()) TakeLine();  // the last line had no '\n'
+  if (refused_) return *std::move(refused_);
+  if (stream_ == nullptr) {
+    finished_ = true;
+    if (failure_) return FailureReply(*failure_);
+    return ErrorReply(grpc::Status(
+        grpc::StatusCode::INVALID_ARGUMENT,
+        "the body holds no message: send one JSON tttserve.v1.IngestRequest per line, or text "
+        "with Content-Type: text/plain"));
+  }
+  stream_->WritesDone();  // what was written is applied and answered
+  reader_.join();
+  finished_ = true;
+  grpc::Status st = stream_->Finish();
+  std::lock_guard<std::mutex> lock(mu_);
+  if (st.ok() && failure_) {
+    if (answers_.empty()) return FailureReply(*failure_);
+    st = *failure_;
+  }
+  if (!st.ok() && answers_.empty()) return ErrorReply(st, RetryAfterMs(ctx_));
+  Reply reply;
+  reply.content_type = kNdJson;
+  reply.body = std::move(answers_) + latest_;
+  if (!st.ok()) absl::StrAppend(&reply.body, ErrorLine(st), "\n");
+  return reply;
 }
 
 ImportUpload::~ImportUpload() {

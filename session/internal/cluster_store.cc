@@ -8,6 +8,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
 #include "session/internal/names.h"
 #include "util/error_reason.h"
 #include "util/fault_point.h"
@@ -270,6 +271,19 @@ void ClusterStore::Release(const std::string& tenant, const std::string& id, int
   if (!CheckOwned(fence).ok()) return;
   const std::string owner = SessionKey(tenant, id, "owner");
   (void)etcd_->DeleteIfOwner(owner, fence, owner);
+}
+
+bool ClusterStore::AwaitRelease(const std::string& tenant, const std::string& id,
+                                absl::Duration wait, absl::Duration poll) {
+  const std::string owner = SessionKey(tenant, id, "owner");
+  const absl::Time until = absl::Now() + wait;
+  while (true) {
+    auto holder = etcd_->Get(owner);
+    if (absl::IsNotFound(holder.status())) return true;
+    // etcd unreachable: the lease check refuses the takeover anyway.
+    if (!holder.ok() || absl::Now() + poll > until) return false;
+    absl::SleepFor(poll);
+  }
 }
 
 absl::StatusOr<std::vector<std::pair<std::string, std::string>>> ClusterStore::Wanted() {

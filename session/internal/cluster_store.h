@@ -98,6 +98,12 @@ class ClusterStore {
                       const std::string& head_blob);
   // Gives ownership up (the head stays): another process may take the session over at once.
   void Release(const std::string& tenant, const std::string& id, int64_t fence);
+  // After TakeOver answered that another live process owns the session (and asked it to hand
+  // the session over): waits until that owner has let go of it (its owner key is gone: released,
+  // or its lease ended), reading the key every `poll`, at most `wait`. True when it went, so a
+  // TakeOver now may succeed; false when the owner still holds it (busy, or unreachable).
+  bool AwaitRelease(const std::string& tenant, const std::string& id, absl::Duration wait,
+                    absl::Duration poll);
   // Handover requests: the sessions other processes asked for (tenant, id).
   absl::StatusOr<std::vector<std::pair<std::string, std::string>>> Wanted();
   void ClearWant(const std::string& tenant, const std::string& id);

@@ -62,6 +62,7 @@ class Session {
   // The counters of that copy: where a sync Ingest whose write failed goes back to; mu.
   Counters durable_counters;
   bool persist_queued = false;  // a write-behind is queued; guarded by mu
+  bool handover_queued = false;  // a handover on request is queued; guarded by mu
   // Shared through etcd (ManagerOptions::cluster): the fencing revision of this process's
   // ownership (0: not owned, so every later commit here fails), the blob its committed head
   // names, and the commits made under this ownership (they name the next blob); guarded by mu.

@@ -455,6 +455,54 @@ class HttpE2ETest(unittest.TestCase):
         status, _, body = rest_json(s, "GET", "/v1/sessions/rest-a")
         self.assertStatus(status, body, 404, 5, "NOT_FOUND", "rest-a")
 
+    def test_ndjson_ingest_streams_a_body_several_times_the_limit(self):
+        """An NDJSON :ingest feeds each line into the Ingest stream as it arrives: a body four
+        times --http_max_body_bytes goes in one request (with a Content-Length, and chunked),
+        every line answered; answers beyond the limit keep the latest; one line over the limit is
+        one message too large (413)."""
+        s = self.server
+        self.assertEqual(rest_json(s, "POST", "/v1/sessions", {"session_id": "rest-big"})[0], 200)
+        try:
+            lines = 64
+            pad = 4 * MAX_BODY // lines  # bytes per line: blanks inside each JSON object
+            body = b"".join(b'{"token_ids": [%d]' % (5 + k % 50) + b" " * (pad - 24) + b"}\n"
+                            for k in range(lines))
+            self.assertGreaterEqual(len(body), 3 * MAX_BODY)
+            path = os.path.join(self.tmp, "ingest.ndjson")
+            with open(path, "wb") as f:
+                f.write(body)
+            for n, extra in enumerate(([], ["-H", "Transfer-Encoding: chunked"]), start=1):
+                status, text = s.curl("/v1/sessions/rest-big:ingest", "-H",
+                                      "Content-Type: application/x-ndjson", *extra,
+                                      "--data-binary", "@" + path)
+                self.assertEqual(status, 200, text[:2000])
+                acks = [json.loads(line) for line in text.splitlines()]
+                self.assertEqual([int(a["message_index"]) for a in acks], list(range(lines)))
+                self.assertEqual(int(acks[-1]["stream_tokens"]), lines)
+                got = self.stub.GetSession(pb.GetSessionRequest(session_id="rest-big"), timeout=30)
+                self.assertEqual(got.counters.tokens_received, n * lines)
+            # More answers than the limit holds: the first ones, then the latest, which
+            # acknowledges every message (answers are cumulative).
+            many = 400
+            status, _, raw = rest(s, "POST", "/v1/sessions/rest-big:ingest",
+                                  raw=b'{"token_ids": [7]}\n' * many)
+            self.assertEqual(status, 200, raw[-2000:])
+            self.assertLessEqual(len(raw), MAX_BODY + 1000)
+            indexes = [int(json.loads(line)["message_index"]) for line in raw.splitlines()]
+            self.assertLess(len(indexes), many)
+            self.assertEqual(indexes[:-1], list(range(len(indexes) - 1)))
+            self.assertEqual(indexes[-1], many - 1)
+            self.assertEqual(int(json.loads(raw.splitlines()[-1])["stream_tokens"]), many)
+            # One line over the limit: refused as a message too large, nothing applied.
+            long_line = b'{"token_ids": [1]' + b" " * MAX_BODY + b"}\n"
+            status, _, raw = rest(s, "POST", "/v1/sessions/rest-big:ingest", raw=long_line)
+            self.assertStatus(status, json.loads(raw), 413, 8, "REQUEST_TOO_LARGE",
+                              "line 1 of the body is longer than %d bytes" % MAX_BODY)
+            got = self.stub.GetSession(pb.GetSessionRequest(session_id="rest-big"), timeout=30)
+            self.assertEqual(got.counters.tokens_received, 2 * lines + many)
+        finally:
+            rest(s, "DELETE", "/v1/sessions/rest-big")
+
     def test_rest_server_routes_are_the_grpc_calls(self):
         status, _, info = rest_json(self.server, "GET", "/v1/serverInfo")
         expected = self.stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=30)

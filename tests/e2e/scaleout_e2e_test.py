@@ -17,7 +17,8 @@ Scenario:
      (the session's position in the store is at least what was acknowledged).
   3. A rolling restart (SIGTERM, start again, one replica at a time) while clients keep
      ingesting and scoring, also during each replica's shutdown delay (not ready, still taking
-     calls): no call fails beyond UNAVAILABLEs that a retry gets past.
+     calls): no call fails and none needs a retry (a replica the proxy moves a session's calls
+     to waits for the owner to hand it over; the owner reads handover requests every 100 ms).
   4. Every score along the way is bit-identical (float32 bits) to the same stream on a single
      server. Calls are made one at a time, so batches hold one session's message, as there.
 
@@ -148,6 +149,8 @@ class Client:
         self.pieces, self.probe = pieces, probe
         self.acked = {sid: 0 for sid in pieces}    # pieces acknowledged per session
         self.unavailable = 0
+        self.unavailable_log = []                 # (phase, what, session, details) of each
+        self.phase = ""                           # what the test is doing, for that log
         self.resets = 0                           # streams the proxy reset (replica died)
         self.errors = []                          # anything but a retried UNAVAILABLE
 
@@ -170,6 +173,7 @@ class Client:
                     self.resets += 1
                 else:
                     self.unavailable += 1
+                    self.unavailable_log.append((self.phase, what, sid, e.details()))
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 0.5)
 
@@ -360,6 +364,7 @@ class ScaleOutTest(unittest.TestCase):
         unavailable_before_restart = client.unavailable
         for r in self.replicas:
             r.proc.send_signal(signal.SIGTERM)
+            client.phase = "%s in its shutdown delay" % r.name
             for sid in SESSIONS[:3]:
                 if pending[sid] < PIECES:
                     pending[sid] += 1
@@ -368,9 +373,11 @@ class ScaleOutTest(unittest.TestCase):
             self.assertEqual(r.proc.wait(timeout=120), 0, r.output()[-2000:])
             self.assertIn("not serving; taking calls", r.output())
             # Calls while it is down: its sessions move to the others.
+            client.phase = "%s down" % r.name
             for sid in SESSIONS[:3]:
                 check_score(sid)
             r.start()
+            client.phase = "%s back" % r.name
             restart_log.append(r.name)
             for sid in SESSIONS[3:]:
                 if pending[sid] < PIECES:
@@ -386,19 +393,28 @@ class ScaleOutTest(unittest.TestCase):
         handovers = sum(r.output().count("over on request") for r in self.replicas)
         self.assertGreater(handovers, 0)
         self.assertEqual(client.errors, [])
-        # SIGTERM drains: the rolling restart cut no stream, only UNAVAILABLE was retried.
+        # SIGTERM drains: the rolling restart cut no stream, and no call needed a retry: a replica
+        # that gets a call for a session the draining (or, once it is back, the temporary) owner
+        # holds waits for the handover it asked for instead of answering UNAVAILABLE.
         self.assertEqual(client.resets, resets_after_kill)
+        rolling = ["(%s) %s %s: %s" % entry
+                   for entry in client.unavailable_log[unavailable_before_restart:]]
+        self.assertEqual(rolling, [], "calls retried during the rolling restart")
+        waits = [int(ms) for r in self.replicas
+                 for ms in re.findall(r"waited (\d+) ms for session \S+ of tenant \S+ to be "
+                                      r"handed over: taken over", r.output())]
         client.channel.close()
         print("scaleout: %d sessions, %d replicas; SIGKILL of %s (held %s) -> %s took %s over, "
               "its stream resumed and done %.2f s after the kill (lease %s); %d UNAVAILABLE and %d "
               "stream resets retried by then, %d UNAVAILABLE in all, %d of them in the rolling "
-              "restart of %s (%s; %d sessions handed back on request); whole test %.1f s"
+              "restart of %s (%s; %d sessions handed back on request; calls waited %s ms for handovers); "
+              "whole test %.1f s"
               % (len(SESSIONS), len(self.replicas), victim.name, moved, new_owner, victim_sid,
                  failover_s, [f for f in flags if f.startswith("--lease_s")][0],
                  unavailable_after_kill, resets_after_kill, client.unavailable,
                  client.unavailable - unavailable_before_restart, restart_log,
                  [f for f in flags if f.startswith("--shutdown_delay_s")][0],
-                 handovers, time.time() - started), file=sys.stderr)
+                 handovers, sorted(waits), time.time() - started), file=sys.stderr)
         self._ok = True
 
 

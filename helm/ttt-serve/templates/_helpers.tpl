@@ -271,3 +271,15 @@ periodSeconds: {{ .probe.periodSeconds }}
 failureThreshold: {{ .probe.failureThreshold }}
 timeoutSeconds: {{ .probe.timeoutSeconds }}
 {{- end }}
+
+{{/*
+A duration as HAProxy writes it ("500ms", "1s", "2m"; the schema allows only these) in
+milliseconds.
+*/}}
+{{- define "ttt-serve.durationMs" -}}
+{{- $v := toString . -}}
+{{- if hasSuffix "ms" $v -}}{{ trimSuffix "ms" $v | int }}
+{{- else if hasSuffix "m" $v -}}{{ mul (trimSuffix "m" $v | int) 60000 }}
+{{- else -}}{{ mul (trimSuffix "s" $v | int) 1000 }}
+{{- end -}}
+{{- end -}}

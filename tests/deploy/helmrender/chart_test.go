@@ -917,6 +917,13 @@ func TestHaproxyFollowsThePodsTheHpaCanAddAndChecksReadyz(t *testing.T) {
 	if detect >= float64(delay) || detect >= float64(lease)/2 {
 		t.Errorf("a replica leaves the ring after up to %.1f s: want under --shutdown_delay_s=%d and half of --lease_s=%d", detect, delay, lease)
 	}
+	// Values that would let the router send calls after the listener closed do not render.
+	bad := filepath.Join(t.TempDir(), "slow-check.yaml")
+	os.WriteFile(bad, []byte("routing:\n  haproxy:\n    enabled: true\n    healthCheck:\n      inter: 2s\n      fall: 2\n      timeout: 500ms\nserver:\n  shutdownDelayS: 4\n"), 0o644)
+	_, err := Render(filepath.Join(repoRoot(t), "helm/ttt-serve"), Options{ValuesFiles: []string{bad}})
+	if err == nil || !strings.Contains(err.Error(), "takes up to 4500 ms to take a stopping replica out of the ring") {
+		t.Errorf("a 4.5 s check with a 4 s shutdown delay: want a render failure, got %v", err)
+	}
 	np := r.named(t, "NetworkPolicy", sts.name())
 	router := false
 	for _, rule := range list(np.o, "spec", "ingress") {
