@@ -84,7 +84,7 @@ class GenerateReactor final
     if (text_->has_text()) resp.set_text(text_->Push(token));
     if (!failed_) {
       out_.push_back(std::move(resp));
-      MaybeWriteLocked();
+      MaybeWriteSoonLocked();  // gRPC's transport work off the engine thread
     }
     return !text_->stopped();
   }
