@@ -64,10 +64,11 @@ constexpr Command kCommands[] = {
 std::string UsageText() {
   std::string out = "ttt: client for ttt-serve.\n\n";
   for (const Command& c : kCommands) out += "  ttt " + std::string(c.name) + " " + c.usage + "\n";
-  out += "Common flags: --address=HOST:PORT (default: $TTT_ADDRESS, else localhost:50051) "
-         "--output=text|json --tenant=NAME --timeout_s=S --tls --ca_file=PEM ($TTT_CA_FILE) "
-         "--token ($TTT_TOKEN). Results on stdout, diagnostics on stderr; exit 0 ok, 1 a failed "
-         "call, 2 a usage error.";
+  out +=
+      "Common flags: --address=HOST:PORT (default: $TTT_ADDRESS, else localhost:50051) "
+      "--output=text|json --tenant=NAME --timeout_s=S --tls --ca_file=PEM ($TTT_CA_FILE) "
+      "--token ($TTT_TOKEN). Results on stdout, diagnostics on stderr; exit 0 ok, 1 a failed "
+      "call, 2 a usage error.";
   return out;
 }
 

@@ -53,6 +53,8 @@ test_pkgs+=(golang-go golang-github-masterminds-sprig-dev golang-gopkg-yaml.v3-d
 test_pkgs+=(gnuplot-nox)
 # tests/fuzz: libFuzzer comes with Clang's runtime (GCC's sanitizer runtimes come with gcc).
 test_pkgs+=(clang-14 libclang-rt-14-dev)
+# tests/build_check/format_check.sh: the tree in .clang-format's style.
+test_pkgs+=(clang-format-14)
 # tests/auth/auth_tls_test and tests/e2e/auth_e2e_test make their TLS certificates with the
 # openssl CLI.
 test_pkgs+=(openssl)

@@ -38,8 +38,8 @@ absl::StatusOr<DecodedToken> DecodeNext(const SequenceState& state, Sampler& sam
     c10::InferenceMode guard;
     const at::Tensor& last = TensorsOf(state).last_logits;
     // The logits as CPU float32 in order: a decode step's are already (no operation then).
-    const bool in_place = last.device().is_cpu() && last.scalar_type() == at::kFloat &&
-                          last.is_contiguous();
+    const bool in_place =
+        last.device().is_cpu() && last.scalar_type() == at::kFloat && last.is_contiguous();
     const at::Tensor cpu = in_place ? last : last.to(at::kFloat).reshape({-1}).cpu().contiguous();
     DecodedToken out;
     out.token = sampler.Sample(absl::MakeConstSpan(cpu.data_ptr<float>(), cpu.numel()));

@@ -6,9 +6,9 @@
 #include "session/internal/checkpoint.h"
 #include "session/internal/checkpoint_store.h"
 #include "session/internal/names.h"
+#include "session/internal/session_manager_impl.h"
 #include "session/internal/session_record.h"
 #include "session/session.h"
-#include "session/internal/session_manager_impl.h"
 #include "util/status_macros.h"
 
 namespace ttt::session {
@@ -139,8 +139,7 @@ absl::StatusOr<std::string> SessionManagerImpl::ExportCheckpoint(const std::stri
   RETURN_IF_ERROR(ValidateCheckpointId(checkpoint_id));
   ASSIGN_OR_RETURN(std::string bytes, store_->ReadCheckpoint(tenant, checkpoint_id));
   // A damaged file is reported here, not by whoever imports the bytes later.
-  RETURN_IF_ERROR(
-      internal::VerifyCheckpoint(bytes, internal::Quote(checkpoint_id)).status());
+  RETURN_IF_ERROR(internal::VerifyCheckpoint(bytes, internal::Quote(checkpoint_id)).status());
   return bytes;
 }
 

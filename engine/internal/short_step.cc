@@ -28,12 +28,12 @@ namespace internal {
 // count repeats) and their floats, rows consecutive.
 struct ShortBuffers {
   int64_t rows = 0;
-  at::Tensor q, k, v;                 // [rows, heads or kv_heads, head_dim]
-  at::Tensor attended, gate, fast;    // [rows, heads * head_dim], [rows, d_ff], [rows, d_model]
-  at::Tensor embeddings, normed;      // [rows, d_model]: X0 of the TTT target is one of them
-  float* hidden = nullptr;            // the residual stream x [rows, d_model]
-  float* projected = nullptr;         // an output projection's rows [rows, d_model]
-  float* up = nullptr;                // [rows, d_ff]
+  at::Tensor q, k, v;                    // [rows, heads or kv_heads, head_dim]
+  at::Tensor attended, gate, fast;       // [rows, heads * head_dim], [rows, d_ff], [rows, d_model]
+  at::Tensor embeddings, normed;         // [rows, d_model]: X0 of the TTT target is one of them
+  float* hidden = nullptr;               // the residual stream x [rows, d_model]
+  float* projected = nullptr;            // an output projection's rows [rows, d_model]
+  float* up = nullptr;                   // [rows, d_ff]
   float *cos = nullptr, *sin = nullptr;  // RoPE factors [rows, head_dim]
   float* rotated = nullptr;              // one head of scratch for RoPE
 };
@@ -52,9 +52,9 @@ using internal::Slot;
 // LibTorch with MKL linked in statically): then the products go through LibTorch's operations.
 using SgemvFn = void (*)(const char*, const int*, const int*, const float*, const float*,
                          const int*, const float*, const int*, const float*, float*, const int*);
-using SgemmFn = void (*)(const char*, const char*, const int*, const int*, const int*,
-                         const float*, const float*, const int*, const float*, const int*,
-                         const float*, float*, const int*);
+using SgemmFn = void (*)(const char*, const char*, const int*, const int*, const int*, const float*,
+                         const float*, const int*, const float*, const int*, const float*, float*,
+                         const int*);
 struct Blas {
   SgemvFn sgemv = nullptr;
   SgemmFn sgemm = nullptr;
@@ -206,10 +206,10 @@ std::vector<at::Tensor> ModelAccess::RunShort(const std::vector<int64_t>& tokens
   Product(normed, rows, d, w_.lm_head, {}, logits.data_ptr<float>());
   std::vector<at::Tensor> per_item;
   for (size_t b = 0; b < items_.size(); ++b) {
-    per_item.push_back(items_.size() == 1 ? logits
-                                          : FloatView(logits, logits.data_ptr<float>() +
-                                                                  offsets_[b] * vocab,
-                                                      {Count(b), vocab}));
+    per_item.push_back(
+        items_.size() == 1
+            ? logits
+            : FloatView(logits, logits.data_ptr<float>() + offsets_[b] * vocab, {Count(b), vocab}));
     items_[b].state->position += Count(b);
   }
   return per_item;
@@ -282,8 +282,8 @@ at::Tensor ModelAccess::ScaledChunkUpdates(const LayerWeights& lw,
     ChunkConvRows(slot.pending_x0.data_ptr<float>(), lw.ttt_conv.data_ptr<float>(), chunk, d,
                   convolved);
     if (proj) {  // targets [chunk, d] = convolved @ ttt_proj (as stored): column-major P^T C^T
-      blas.sgemm(&no, &no, &id, &ic, &id, &one, lw.ttt_proj.data_ptr<float>(), &id, convolved,
-                 &id, &zero, targets, &id);
+      blas.sgemm(&no, &no, &id, &ic, &id, &one, lw.ttt_proj.data_ptr<float>(), &id, convolved, &id,
+                 &zero, targets, &id);
     }
     // update [d, f] = targets^T @ z: column-major update^T = z^T targets.
     float* update = scaled.data_ptr<float>() + i * d * f;

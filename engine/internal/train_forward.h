@@ -18,9 +18,9 @@ namespace ttt::engine {
 
 // What the forward needs besides the weights (the Model's serving-time settings).
 struct TrainForwardSettings {
-  double eta = 0.0;                       // TTT step size; 0 = plain
-  std::optional<int64_t> window;          // sliding attention window (nullopt = full)
-  std::vector<int64_t> active_ttt_layers; // layers whose fast-weight term runs
+  double eta = 0.0;                        // TTT step size; 0 = plain
+  std::optional<int64_t> window;           // sliding attention window (nullopt = full)
+  std::vector<int64_t> active_ttt_layers;  // layers whose fast-weight term runs
 };
 
 // Logits [B, T, vocab] for token ids `tokens` [B, T] (int64), each row a fresh stream starting at

@@ -24,7 +24,8 @@ at::Tensor FloatView(float* data, at::IntArrayRef sizes) {
 }
 
 at::Tensor FloatView(const at::Tensor& owner, float* data, at::IntArrayRef sizes) {
-  return at::from_blob(data, sizes, [owner](void*) {}, at::TensorOptions().dtype(at::kFloat));
+  return at::from_blob(
+      data, sizes, [owner](void*) {}, at::TensorOptions().dtype(at::kFloat));
 }
 
 }  // namespace ttt::engine::internal

@@ -14,9 +14,28 @@
 namespace ttt::engine::internal {
 
 enum class Slot {
-  kHidden, kEmbeddings, kNormed, kQ, kK, kV, kAttended, kProjected, kGate, kUp, kFast,
-  kAngles, kCos, kSin, kRotated, kLogits, kPredictors, kLogProbs, kConvolved, kTargets,
-  kChunkUpdates, kCount
+  kHidden,
+  kEmbeddings,
+  kNormed,
+  kQ,
+  kK,
+  kV,
+  kAttended,
+  kProjected,
+  kGate,
+  kUp,
+  kFast,
+  kAngles,
+  kCos,
+  kSin,
+  kRotated,
+  kLogits,
+  kPredictors,
+  kLogProbs,
+  kConvolved,
+  kTargets,
+  kChunkUpdates,
+  kCount
 };
 
 // Thread-compatible; ForThisThread hands each thread its own.

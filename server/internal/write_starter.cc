@@ -10,7 +10,9 @@ WriteStarter& WriteStarter::Get() {
   return *starter;
 }
 
-WriteStarter::WriteStarter() { std::thread([this] { Loop(); }).detach(); }
+WriteStarter::WriteStarter() {
+  std::thread([this] { Loop(); }).detach();
+}
 
 void WriteStarter::Post(std::function<void()> start) {
   bool wake;

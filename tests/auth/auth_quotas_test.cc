@@ -110,9 +110,10 @@ TEST_F(QuotasTest, IngestBucketRefillsAtTheRateAndSaysWhenToRetry) {
   auto q = Open("alice ingest_tokens_per_s=100 ingest_burst=200\n");
   EXPECT_TRUE(q->TakeIngestTokens("alice", 150).ok());  // a new bucket starts full (200)
   absl::Status st = q->TakeIngestTokens("alice", 100);  // 50 left: 50 more need 0.5 s
-  ExpectExhausted(st, "tenant 'alice' is over its ingest quota of 100 tokens/s "
-                      "(ingest_tokens_per_s; 50 of a burst of 200 tokens left, 100 asked): "
-                      "retry in 0.500 s");
+  ExpectExhausted(st,
+                  "tenant 'alice' is over its ingest quota of 100 tokens/s "
+                  "(ingest_tokens_per_s; 50 of a burst of 200 tokens left, 100 asked): "
+                  "retry in 0.500 s");
   EXPECT_EQ(RetryAfterMs(st), 500);
   EXPECT_TRUE(q->TakeIngestTokens("bob", 1000000).ok());  // other tenants unaffected
   now_ += absl::Milliseconds(500);
@@ -139,7 +140,7 @@ TEST_F(QuotasTest, StreamsAreCountedUntilTheLeaseEnds) {
   ASSERT_TRUE(a.ok() && b.ok());
   auto c = q->AcquireStream("alice");
   ExpectExhausted(c.status(), "tenant 'alice' has 2 streams open, at its quota of 2 (streams)");
-  EXPECT_TRUE(q->AcquireStream("bob").ok());  // and released at once
+  EXPECT_TRUE(q->AcquireStream("bob").ok());      // and released at once
   { Quotas::StreamLease moved = std::move(*a); }  // ends one
   EXPECT_TRUE(q->AcquireStream("alice").ok());
 }

@@ -69,7 +69,8 @@ TEST(TokensFileTest, ParsesCertificateIdentities) {
   const std::string text =
       "alice cn:alice-laptop read,metrics\n"
       "svc uri:spiffe://example.org/ns/prod/sa/svc\n"
-      "bob " + Sha256Hex("b") + "\n";
+      "bob " +
+      Sha256Hex("b") + "\n";
   auto file = internal::ParseTokensFile(text, "creds", SimpleTenantRule);
   ASSERT_TRUE(file.ok()) << file.status();
   ASSERT_EQ(file->certificates.size(), 2u);
@@ -87,8 +88,9 @@ TEST(TokensFileTest, RefusesBadLinesNamingTheLine) {
   struct Case {
     std::string text, fragment;
   } cases[] = {
-      {"alice\n", "tokens.txt:1: expected '<tenant> <sha256-hex-of-token | cn:<name> | "
-                   "uri:<uri>> [scopes]', got 1"},
+      {"alice\n",
+       "tokens.txt:1: expected '<tenant> <sha256-hex-of-token | cn:<name> | "
+       "uri:<uri>> [scopes]', got 1"},
       {"# c\nalice " + good + " read extra\n", "tokens.txt:2: expected"},
       {"alice secret-token\n", "tokens.txt:1: the token hash must be 64 hex digits"},
       {"alice " + std::string(64, 'g') + "\n", "tokens.txt:1: the token hash has a character"},
@@ -96,10 +98,12 @@ TEST(TokensFileTest, RefusesBadLinesNamingTheLine) {
       {"alice " + good + " read,\n", "tokens.txt:1: empty scope in 'read,'"},
       {"alice dn:CN=alice\n", "tokens.txt:1: a certificate identity starts with 'cn:'"},
       {"alice cn:\n", "tokens.txt:1: the certificate identity 'cn:' has an empty value"},
-      {"a cn:x\nb cn:x read\n", "tokens.txt:2: the certificate identity 'cn:x' is already on "
-                               "line 1"},
+      {"a cn:x\nb cn:x read\n",
+       "tokens.txt:2: the certificate identity 'cn:x' is already on "
+       "line 1"},
       {"al/ice " + good + "\n", "tokens.txt:1: tenant id 'al/ice' has a bad character"},
-      {"a " + good + "\nb " + good + "\n", "tokens.txt:2: the same token hash is already on line 1"},
+      {"a " + good + "\nb " + good + "\n",
+       "tokens.txt:2: the same token hash is already on line 1"},
   };
   for (const Case& c : cases) {
     auto entries = internal::ParseTokensFile(c.text, "tokens.txt", SimpleTenantRule);
@@ -134,8 +138,7 @@ TEST(TokensFileTest, RefusesAnOversizeFile) {
 // ------------------------------------------------------------------- constant time, scopes
 
 TEST(ConstantTimeTest, ComparesEveryByte) {
-  const uint8_t a[4] = {1, 2, 3, 4}, b[4] = {1, 2, 3, 4}, c[4] = {1, 2, 3, 5},
-                d[4] = {0, 2, 3, 4};
+  const uint8_t a[4] = {1, 2, 3, 4}, b[4] = {1, 2, 3, 4}, c[4] = {1, 2, 3, 5}, d[4] = {0, 2, 3, 4};
   EXPECT_TRUE(internal::ConstantTimeEquals(a, b, 4));
   EXPECT_FALSE(internal::ConstantTimeEquals(a, c, 4));  // last byte differs
   EXPECT_FALSE(internal::ConstantTimeEquals(a, d, 4));  // first byte differs
@@ -333,9 +336,8 @@ class AuthorizerTest : public TokenStoreTest {
  protected:
   void SetUp() override {
     TokenStoreTest::SetUp();
-    Write("alice " + Sha256Hex("alice-rw") + "\nalice " + Sha256Hex("alice-ro") +
-          " read\nops " + Sha256Hex("ops-admin") + " admin\nprometheus " +
-          Sha256Hex("scrape") + " metrics\n");
+    Write("alice " + Sha256Hex("alice-rw") + "\nalice " + Sha256Hex("alice-ro") + " read\nops " +
+          Sha256Hex("ops-admin") + " admin\nprometheus " + Sha256Hex("scrape") + " metrics\n");
     auto store = TokenStore::Open({path_, SimpleTenantRule, 0, nullptr});
     ASSERT_TRUE(store.ok());
     store_ = std::move(*store);

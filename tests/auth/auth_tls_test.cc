@@ -29,8 +29,8 @@
 #include "auth/tls_material.h"
 #include "auth/token_store.h"
 #include "grpc/health/v1/health.grpc.pb.h"
-#include "util/sha256.h"
 #include "tttserve/v1/ttt_service.grpc.pb.h"
+#include "util/sha256.h"
 
 namespace ttt::auth {
 namespace {
@@ -56,8 +56,10 @@ void Openssl(const fs::path& dir, const std::string& args) {
 
 // A CA `name`.pem/.key, and leaf certificates it signs (EC P-256: fast to make).
 void MakeCa(const fs::path& dir, const std::string& name) {
-  Openssl(dir, "req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 "
-               "-keyout " + name + ".key -out " + name + ".pem -subj /CN=" + name);
+  Openssl(dir,
+          "req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 "
+          "-keyout " +
+              name + ".key -out " + name + ".pem -subj /CN=" + name);
 }
 void MakeLeaf(const fs::path& dir, const std::string& ca, const std::string& name,
               const std::string& subject, const std::string& san) {
@@ -65,8 +67,7 @@ void MakeLeaf(const fs::path& dir, const std::string& ca, const std::string& nam
                    ".key -out " + name + ".csr -subj '" + subject + "'");
   std::ofstream(dir / (name + ".ext")) << (san.empty() ? "" : "subjectAltName=" + san + "\n");
   Openssl(dir, "x509 -req -in " + name + ".csr -CA " + ca + ".pem -CAkey " + ca +
-                   ".key -CAcreateserial -days 2 -out " + name + ".pem -extfile " + name +
-                   ".ext");
+                   ".key -CAcreateserial -days 2 -out " + name + ".pem -extfile " + name + ".ext");
 }
 
 // ------------------------------------------------------------------------ test service
@@ -110,8 +111,8 @@ class EchoTenantService final : public pb::TttService::CallbackService {
 class AuthTlsTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    dir_ = new fs::path(fs::temp_directory_path() /
-                        ("auth_tls_test_" + std::to_string(::getpid())));
+    dir_ =
+        new fs::path(fs::temp_directory_path() / ("auth_tls_test_" + std::to_string(::getpid())));
     fs::remove_all(*dir_);
     fs::create_directories(*dir_);
     const fs::path& d = *dir_;
@@ -126,13 +127,12 @@ class AuthTlsTest : public ::testing::Test {
     MakeLeaf(d, "ca1", "mallory", "/CN=mallory/OU=x,O=admin", "");
     MakeLeaf(d, "ca1", "dave-admin", "/CN=dave/OU=x,O=admin/L=y\\,O=admin", "");
     MakeLeaf(d, "ca1", "frank", "/CN=carol", "URI:spiffe://example.org/sa/frank");
-    std::ofstream(d / "tokens.txt")
-        << "alice " << util::Sha256Hex("alice-token") << " write\n"
-        << "alice " << util::Sha256Hex("alice-read-token") << " read\n"
-        << "bob " << util::Sha256Hex("bob-token") << "\n"
-        << "carol cn:carol\n"
-        << "dave cn:dave read\n"
-        << "frank uri:spiffe://example.org/sa/frank read\n";
+    std::ofstream(d / "tokens.txt") << "alice " << util::Sha256Hex("alice-token") << " write\n"
+                                    << "alice " << util::Sha256Hex("alice-read-token") << " read\n"
+                                    << "bob " << util::Sha256Hex("bob-token") << "\n"
+                                    << "carol cn:carol\n"
+                                    << "dave cn:dave read\n"
+                                    << "frank uri:spiffe://example.org/sa/frank read\n";
     // The served certificate lives behind a directory symlink, as a Kubernetes Secret volume:
     // rotation swaps the link atomically (key and certificate change together).
     for (const char* v : {"v1", "v2"}) fs::create_directories(d / v);
@@ -165,7 +165,8 @@ class AuthTlsTest : public ::testing::Test {
     TlsMaterialOptions tls;
     tls.cert_file = (files / "tls.crt").string();
     tls.key_file = (files / "tls.key").string();
-    if (mutual) tls.client_ca_file = (tls_dir.empty() ? d / "ca1.pem" : tls_dir / "ca.crt").string();
+    if (mutual)
+      tls.client_ca_file = (tls_dir.empty() ? d / "ca1.pem" : tls_dir / "ca.crt").string();
     tls.crl_file = crl;
     tls.poll_interval_ms = 100;
     auto material = TlsMaterial::Open(std::move(tls));
@@ -266,8 +267,8 @@ TEST_F(AuthTlsTest, TlsServesAndPlaintextToTheTlsPortFails) {
   ASSERT_TRUE(ok.status.ok()) << ok.status.error_message();
   EXPECT_EQ(ok.tenant, "alice");
 
-  auto plaintext = grpc::CreateChannel("127.0.0.1:" + std::to_string(port_),
-                                       grpc::InsecureChannelCredentials());
+  auto plaintext =
+      grpc::CreateChannel("127.0.0.1:" + std::to_string(port_), grpc::InsecureChannelCredentials());
   Reply refused = Call(plaintext, false, "alice-token");
   EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::UNAVAILABLE);
   // A client that does not trust the server's CA refuses the handshake itself.
@@ -357,8 +358,7 @@ TEST_F(AuthTlsTest, MutualTlsTakesTheTenantFromTheCertificatesLine) {
   auto dave = Channel("ca1", "dave");
   EXPECT_EQ(Call(dave, false, "").tenant, "dave");
   EXPECT_EQ(Call(dave, true, "").status.error_code(), grpc::StatusCode::PERMISSION_DENIED);
-  EXPECT_EQ(Call(dave, false, "", "bob").status.error_code(),
-            grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(Call(dave, false, "", "bob").status.error_code(), grpc::StatusCode::PERMISSION_DENIED);
   // A URI SAN is the identity; its CN (carol) is ignored.
   auto frank = Channel("ca1", "frank");
   EXPECT_EQ(Call(frank, false, "").tenant, "frank");
@@ -381,8 +381,7 @@ TEST_F(AuthTlsTest, EscapedCommasInTheSubjectGrantNothing) {
   auto dave = Channel("ca1", "dave-admin");  // dave's line says read, whatever O and L say
   EXPECT_EQ(Call(dave, false, "").tenant, "dave");
   EXPECT_EQ(Call(dave, true, "").status.error_code(), grpc::StatusCode::PERMISSION_DENIED);
-  EXPECT_EQ(Call(dave, false, "", "bob").status.error_code(),
-            grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(Call(dave, false, "", "bob").status.error_code(), grpc::StatusCode::PERMISSION_DENIED);
 }
 
 TEST_F(AuthTlsTest, MutualTlsRefusesClientsWithoutACertificateOrFromAnotherCa) {
@@ -451,8 +450,8 @@ TEST_F(AuthTlsTest, TokensAlsoWorkOnAPlaintextPort) {
   ASSERT_TRUE(channel.ok());
   EXPECT_EQ(Call(*channel, false, "").tenant, "alice");
   EXPECT_EQ(Call(*channel, true, "").status.error_code(), grpc::StatusCode::PERMISSION_DENIED);
-  auto anonymous = grpc::CreateChannel("127.0.0.1:" + std::to_string(port_),
-                                       grpc::InsecureChannelCredentials());
+  auto anonymous =
+      grpc::CreateChannel("127.0.0.1:" + std::to_string(port_), grpc::InsecureChannelCredentials());
   EXPECT_EQ(Call(anonymous, false, "").status.error_code(), grpc::StatusCode::UNAUTHENTICATED);
   EXPECT_TRUE(HealthCheck(anonymous).ok());
 }

@@ -42,9 +42,9 @@ constexpr char kCredentials[] =
 struct Case {
   std::string name;
   CertificateSpec spec;
-  std::string tenant;      // empty: refused
-  std::string scopes;      // ScopeSetName of the principal when accepted
-  std::string refusal;     // fragment of the UNAUTHENTICATED message when refused
+  std::string tenant;   // empty: refused
+  std::string scopes;   // ScopeSetName of the principal when accepted
+  std::string refusal;  // fragment of the UNAUTHENTICATED message when refused
 };
 
 SubjectAttribute Attr(int nid, std::string bytes, bool join = false) {
@@ -65,19 +65,26 @@ constexpr char kUnusableCn[] = "its subject CN is empty, over";
 // Strings an attacker puts in another field to reach a scope or a tenant through the
 // certificate's string form.
 const std::vector<std::string>& Injections() {
-  static const auto* list = new std::vector<std::string>{
-      "x,O=admin",    "x\\,O=admin", "x+O=admin",   "x,CN=ops",     "x/CN=ops",
-      "x\nO=admin",   "x, O=admin",  "\"x,O=admin\"", "x;O=admin",  "x,CN=ops,O=admin",
-      std::string("x\0,O=admin", 10), "x#,O=admin"};
+  static const auto* list = new std::vector<std::string>{"x,O=admin",
+                                                         "x\\,O=admin",
+                                                         "x+O=admin",
+                                                         "x,CN=ops",
+                                                         "x/CN=ops",
+                                                         "x\nO=admin",
+                                                         "x, O=admin",
+                                                         "\"x,O=admin\"",
+                                                         "x;O=admin",
+                                                         "x,CN=ops,O=admin",
+                                                         std::string("x\0,O=admin", 10),
+                                                         "x#,O=admin"};
   return *list;
 }
 
 // Every other field of the subject, where the injections go.
 const std::vector<std::pair<std::string, int>>& OtherFields() {
   static const auto* list = new std::vector<std::pair<std::string, int>>{
-      {"O", NID_organizationName},     {"OU", NID_organizationalUnitName},
-      {"L", NID_localityName},         {"ST", NID_stateOrProvinceName},
-      {"email", NID_pkcs9_emailAddress}, {"title", NID_title},
+      {"O", NID_organizationName},     {"OU", NID_organizationalUnitName}, {"L", NID_localityName},
+      {"ST", NID_stateOrProvinceName}, {"email", NID_pkcs9_emailAddress},  {"title", NID_title},
       {"DC", NID_domainComponent},     {"serialNumber", NID_serialNumber}};
   return *list;
 }
@@ -97,12 +104,13 @@ std::vector<Case> HostileCertificates() {
     }
   }
   // Multi-valued RDNs (`+`), several CNs, no CN.
-  cases.push_back(Accepted("cn_plus_o_admin", {{Cn("alice"), Attr(NID_organizationName, "admin",
-                                                                   true)}},
-                           "alice", "read"));
-  cases.push_back(Accepted("o_admin_plus_cn", {{Attr(NID_organizationName, "admin"),
-                                                Attr(NID_commonName, "alice", true)}},
-                           "alice", "read"));
+  cases.push_back(Accepted("cn_plus_o_admin",
+                           {{Cn("alice"), Attr(NID_organizationName, "admin", true)}}, "alice",
+                           "read"));
+  cases.push_back(
+      Accepted("o_admin_plus_cn",
+               {{Attr(NID_organizationName, "admin"), Attr(NID_commonName, "alice", true)}},
+               "alice", "read"));
   cases.push_back(Refused("cn_plus_cn", {{Cn("mallory"), Attr(NID_commonName, "ops", true)}},
                           "several CN attributes"));
   cases.push_back(Refused("two_cns", {{Cn("alice"), Cn("ops")}}, "several CN attributes"));
@@ -139,28 +147,29 @@ std::vector<Case> HostileCertificates() {
     cases.push_back(Refused("cn_" + tag, {{Cn(cn)}}, "client certificate refused"));
   }
   // Names that resemble a listed one are other names.
-  for (const char* near : {"Alice", "ALICE", "alice.", "alice-", "\xd0\xb0lice", "\xc3\xa5lice",
-                           "ops2", "admin", "cn:ops", "svc", "spiffe://example.org/ns/prod/sa/svc"}) {
+  for (const char* near :
+       {"Alice", "ALICE", "alice.", "alice-", "\xd0\xb0lice", "\xc3\xa5lice", "ops2", "admin",
+        "cn:ops", "svc", "spiffe://example.org/ns/prod/sa/svc"}) {
     cases.push_back(Refused(std::string("near_") + near, {{Cn(near)}}, "client certificate"));
   }
   cases.push_back(Refused("cn_256_bytes_unlisted", {{Cn(std::string(256, 'a'))}}, kUnknown));
   // Other string types carry the same characters: a BMPString "alice" is alice.
-  cases.push_back(Accepted("bmp_alice",
-                           {{SubjectAttribute{NID_commonName, std::string("\0a\0l\0i\0c\0e", 10),
-                                              V_ASN1_BMPSTRING}}},
-                           "alice", "read"));
-  cases.push_back(Refused("bmp_odd_length",
-                          {{SubjectAttribute{NID_commonName, std::string("\0a\0l\0", 5),
-                                             V_ASN1_BMPSTRING}}},
-                          "client certificate refused"));
+  cases.push_back(Accepted(
+      "bmp_alice",
+      {{SubjectAttribute{NID_commonName, std::string("\0a\0l\0i\0c\0e", 10), V_ASN1_BMPSTRING}}},
+      "alice", "read"));
+  cases.push_back(
+      Refused("bmp_odd_length",
+              {{SubjectAttribute{NID_commonName, std::string("\0a\0l\0", 5), V_ASN1_BMPSTRING}}},
+              "client certificate refused"));
   cases.push_back(Accepted("printable_bob",
                            {{SubjectAttribute{NID_commonName, "bob", V_ASN1_PRINTABLESTRING}}},
                            "bob", "write"));
   // A very long subject around a listed CN changes nothing.
   {
     CertificateSpec spec;
-    for (int i = 0; i < 200; ++i) spec.subject.push_back(Attr(NID_organizationalUnitName,
-                                                              "O=admin," + std::to_string(i)));
+    for (int i = 0; i < 200; ++i)
+      spec.subject.push_back(Attr(NID_organizationalUnitName, "O=admin," + std::to_string(i)));
     spec.subject.push_back(Cn("alice"));
     cases.push_back(Accepted("long_subject_alice", spec, "alice", "read"));
     spec.subject.back() = Cn("mallory");
@@ -169,8 +178,7 @@ std::vector<Case> HostileCertificates() {
   // subjectAltNames: a URI SAN is the identity and the CN is then ignored.
   const AltName svc{GEN_URI, kSpiffeSvc};
   cases.push_back(Accepted("uri_svc", {{}, {svc}}, "svc", "write,metrics"));
-  cases.push_back(Accepted("uri_svc_cn_mallory", {{Cn("mallory")}, {svc}}, "svc",
-                           "write,metrics"));
+  cases.push_back(Accepted("uri_svc_cn_mallory", {{Cn("mallory")}, {svc}}, "svc", "write,metrics"));
   cases.push_back(Refused("uri_other_cn_ops", {{Cn("ops")}, {{GEN_URI, "spiffe://evil/ops"}}},
                           "'uri:spiffe://evil/ops' is not in the server's credentials file"));
   cases.push_back(Refused("uri_twice", {{Cn("alice")}, {svc, {GEN_URI, "spiffe://x/y"}}},
@@ -179,25 +187,25 @@ std::vector<Case> HostileCertificates() {
   cases.push_back(Refused("san_extension_twice", {{Cn("alice")}, {svc}, true},
                           "several subjectAltName extensions"));
   cases.push_back(Refused("uri_empty", {{Cn("alice")}, {{GEN_URI, ""}}}, "URI subjectAltName"));
-  cases.push_back(Refused("uri_nul", {{}, {{GEN_URI, std::string(kSpiffeSvc) + '\0'}}},
-                          "URI subjectAltName"));
+  cases.push_back(
+      Refused("uri_nul", {{}, {{GEN_URI, std::string(kSpiffeSvc) + '\0'}}}, "URI subjectAltName"));
   cases.push_back(Refused("uri_space", {{}, {{GEN_URI, std::string(kSpiffeSvc) + " x"}}},
                           "URI subjectAltName"));
   cases.push_back(Refused("uri_newline", {{}, {{GEN_URI, std::string(kSpiffeSvc) + "\nx"}}},
                           "URI subjectAltName"));
-  cases.push_back(Refused("uri_non_ascii", {{}, {{GEN_URI, "spiffe://\xc3\xa9/svc"}}},
-                          "URI subjectAltName"));
-  cases.push_back(Refused("uri_prefix_of_svc", {{}, {{GEN_URI, "spiffe://example.org/ns/prod"}}},
-                          kUnknown));
+  cases.push_back(
+      Refused("uri_non_ascii", {{}, {{GEN_URI, "spiffe://\xc3\xa9/svc"}}}, "URI subjectAltName"));
+  cases.push_back(
+      Refused("uri_prefix_of_svc", {{}, {{GEN_URI, "spiffe://example.org/ns/prod"}}}, kUnknown));
   cases.push_back(Refused("uri_long", {{}, {{GEN_URI, "spiffe://" + std::string(300, 'a')}}},
                           "URI subjectAltName"));
   // Other SAN types are not identities: the CN decides.
-  cases.push_back(Accepted("dns_san_cn_alice", {{Cn("alice")}, {{GEN_DNS, "ops"}}}, "alice",
-                           "read"));
-  cases.push_back(Refused("email_san_ops_cn_mallory", {{Cn("mallory")}, {{GEN_EMAIL, "ops"}}},
-                          kUnknown));
-  cases.push_back(Refused("dns_san_svc_uri_text", {{Cn("mallory")}, {{GEN_DNS, kSpiffeSvc}}},
-                          kUnknown));
+  cases.push_back(
+      Accepted("dns_san_cn_alice", {{Cn("alice")}, {{GEN_DNS, "ops"}}}, "alice", "read"));
+  cases.push_back(
+      Refused("email_san_ops_cn_mallory", {{Cn("mallory")}, {{GEN_EMAIL, "ops"}}}, kUnknown));
+  cases.push_back(
+      Refused("dns_san_svc_uri_text", {{Cn("mallory")}, {{GEN_DNS, kSpiffeSvc}}}, kUnknown));
   // Plain listed identities, the baseline.
   cases.push_back(Accepted("plain_alice", {{Cn("alice")}}, "alice", "read"));
   cases.push_back(Accepted("plain_bob", {{Cn("bob")}}, "bob", "write"));

@@ -24,8 +24,8 @@ using Json = nlohmann::json;
 
 // A minimal valid Llama config, as a JSON object tests can edit.
 Json Llama() {
-  return Json{{"model_type", "llama"},      {"vocab_size", 256},         {"hidden_size", 64},
-              {"intermediate_size", 128},   {"num_hidden_layers", 12},   {"num_attention_heads", 4}};
+  return Json{{"model_type", "llama"},    {"vocab_size", 256},       {"hidden_size", 64},
+              {"intermediate_size", 128}, {"num_hidden_layers", 12}, {"num_attention_heads", 4}};
 }
 
 absl::StatusOr<ModelConfig> Parse(const Json& j, const std::string& source = "m/config.json") {

@@ -104,7 +104,8 @@ TEST(SamplerTest, TemperatureDrawsFollowTheSoftmax) {
   SamplingParams params;
   params.temperature = 0.7;
   params.seed = 11;
-  ExpectFrequencies(Counts(params, kLogits, kDraws), Softmax(kLogits, 0.7, {0, 1, 2, 3, 4, 5, 6, 7}));
+  ExpectFrequencies(Counts(params, kLogits, kDraws),
+                    Softmax(kLogits, 0.7, {0, 1, 2, 3, 4, 5, 6, 7}));
 }
 
 TEST(SamplerTest, TopKDrawsOnlyTheKBest) {

@@ -26,17 +26,16 @@
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
-#include "engine/internal/model_tensors.h"
 #include "engine/config.h"
-#include "engine/model.h"
+#include "engine/internal/model_tensors.h"
 #include "engine/internal/safetensors.h"
+#include "engine/model.h"
 #include "engine/sequence.h"
 
 namespace ttt::engine {
 namespace {
 
 namespace fs = std::filesystem;
-
 
 template <typename T>
 T ValueOrThrow(absl::StatusOr<T> s, const std::string& what) {
@@ -63,9 +62,9 @@ double Tolerance() { return DtypeUnderTest() == "bf16" ? 5e-2 : 1e-4; }
 struct Golden {
   fs::path dir;
   std::vector<int32_t> tokens;
-  at::Tensor logprobs_ttt;    // [T-1] f32
-  at::Tensor logprobs_plain;  // [T-1]
-  at::Tensor logits_last;     // [vocab]
+  at::Tensor logprobs_ttt;                // [T-1] f32
+  at::Tensor logprobs_plain;              // [T-1]
+  at::Tensor logits_last;                 // [vocab]
   std::map<int64_t, at::Tensor> deltas;   // layer -> [d_model, d_ff]
   std::map<int64_t, at::Tensor> windows;  // W -> logprobs [T-1]
 };
@@ -77,7 +76,8 @@ Golden LoadGolden(const fs::path& dir) {
   auto load = [&](const std::string& name) {
     return ValueOrThrow(file->Load(name), "golden tensor " + name).to(at::kFloat).contiguous();
   };
-  at::Tensor tokens = ValueOrThrow(file->Load("tokens"), "golden tokens").to(at::kLong).contiguous();
+  at::Tensor tokens =
+      ValueOrThrow(file->Load("tokens"), "golden tokens").to(at::kLong).contiguous();
   const int64_t* tp = tokens.data_ptr<int64_t>();
   g.tokens.assign(tp, tp + tokens.numel());
   g.logprobs_ttt = load("logprobs_ttt");
@@ -95,15 +95,16 @@ Golden LoadGolden(const fs::path& dir) {
 }
 
 // Feeds `tokens` into `state` as one Ingest call.
-std::vector<float> IngestOne(const Model& model, SequenceState& state,
-                             std::vector<int32_t> tokens, IngestMode mode) {
+std::vector<float> IngestOne(const Model& model, SequenceState& state, std::vector<int32_t> tokens,
+                             IngestMode mode) {
   const size_t n = tokens.size();
   std::vector<IngestItem> items(1);
   items[0].state = &state;
   items[0].tokens = std::move(tokens);
   auto out = ValueOrThrow(model.Ingest(absl::MakeSpan(items), mode), "Ingest");
   if (out.size() != 1 || out[0].size() != n) {
-    throw std::runtime_error("Ingest returned " + std::to_string(out.size()) + " results, the first of " +
+    throw std::runtime_error("Ingest returned " + std::to_string(out.size()) +
+                             " results, the first of " +
                              std::to_string(out.empty() ? 0 : out[0].size()) + " log-probs for " +
                              std::to_string(n) + " tokens");
   }
@@ -112,7 +113,8 @@ std::vector<float> IngestOne(const Model& model, SequenceState& state,
 
 // Feeds the tokens in pieces of the given sizes (summing to the whole), concatenating log-probs.
 std::vector<float> IngestPieces(const Model& model, SequenceState& state,
-                                const std::vector<int32_t>& tokens, const std::vector<size_t>& sizes,
+                                const std::vector<int32_t>& tokens,
+                                const std::vector<size_t>& sizes,
                                 IngestMode mode = IngestMode::kParallel) {
   std::vector<float> all;
   size_t at = 0;
@@ -160,8 +162,8 @@ std::vector<float> IngestPieces(const Model& model, SequenceState& state,
   if (!got_in.defined()) return ::testing::AssertionFailure() << what << " is undefined";
   at::Tensor got = got_in.detach().to(at::kCPU).to(at::kFloat).contiguous();
   if (got.sizes() != want.sizes()) {
-    return ::testing::AssertionFailure() << what << " has shape " << got.sizes() << ", want "
-                                         << want.sizes();
+    return ::testing::AssertionFailure()
+           << what << " has shape " << got.sizes() << ", want " << want.sizes();
   }
   const double diff = (got.to(at::kDouble) - want.to(at::kDouble)).norm().item<double>();
   const double ref = want.to(at::kDouble).norm().item<double>();
@@ -180,16 +182,16 @@ std::vector<float> IngestPieces(const Model& model, SequenceState& state,
   at::Tensor got = got_in.detach().to(at::kCPU).to(at::kDouble).reshape({-1});
   at::Tensor w = want.to(at::kDouble).reshape({-1});
   if (got.numel() != w.numel()) {
-    return ::testing::AssertionFailure() << what << " has " << got.numel() << " values, want "
-                                         << w.numel();
+    return ::testing::AssertionFailure()
+           << what << " has " << got.numel() << " values, want " << w.numel();
   }
   at::Tensor err = (got - w).abs() / w.abs().clamp_min(1.0);
   const double worst = err.max().item<double>();
   if (!(worst <= Tolerance())) {
     const int64_t i = err.argmax().item<int64_t>();
-    return ::testing::AssertionFailure() << what << ": worst relative error " << worst << " at "
-                                         << i << " (got " << got[i].item<double>() << ", want "
-                                         << w[i].item<double>() << ")";
+    return ::testing::AssertionFailure()
+           << what << ": worst relative error " << worst << " at " << i << " (got "
+           << got[i].item<double>() << ", want " << w[i].item<double>() << ")";
   }
   return ::testing::AssertionSuccess();
 }
@@ -212,7 +214,8 @@ class GoldenTest : public ::testing::TestWithParam<std::string> {
   std::unique_ptr<Model> LoadModel(ModelOptions options = {}) {
     options.device = DeviceUnderTest();
     options.dtype = DtypeUnderTest();
-    return ValueOrThrow(Model::Load(model_dir_, options), "Model::Load(" + model_dir_.string() + ")");
+    return ValueOrThrow(Model::Load(model_dir_, options),
+                        "Model::Load(" + model_dir_.string() + ")");
   }
 
   int64_t T() const { return static_cast<int64_t>(golden_.tokens.size()); }
@@ -313,10 +316,9 @@ TEST_P(GoldenTest, Batched) {
   auto first = ValueOrThrow(model->Ingest(absl::MakeSpan(items)), "batched Ingest");
   ASSERT_EQ(first.size(), 2u);
   std::vector<float> lp_b = first[1];
-  std::vector<float> rest =
-      IngestOne(*model, b,
-                std::vector<int32_t>(golden_.tokens.begin() + split, golden_.tokens.end()),
-                IngestMode::kParallel);
+  std::vector<float> rest = IngestOne(
+      *model, b, std::vector<int32_t>(golden_.tokens.begin() + split, golden_.tokens.end()),
+      IngestMode::kParallel);
   lp_b.insert(lp_b.end(), rest.begin(), rest.end());
   {
     SCOPED_TRACE("whole stream in one batch item");
@@ -335,10 +337,10 @@ TEST_P(GoldenTest, EtaZeroIsPlainModel) {
   for (bool streamed : {false, true}) {
     SCOPED_TRACE(streamed ? "one token at a time" : "whole stream");
     SequenceState state = model->NewSequence();
-    std::vector<float> lp =
-        streamed ? IngestPieces(*model, state, golden_.tokens,
-                                std::vector<size_t>(golden_.tokens.size(), 1))
-                 : IngestOne(*model, state, golden_.tokens, IngestMode::kParallel);
+    std::vector<float> lp = streamed
+                                ? IngestPieces(*model, state, golden_.tokens,
+                                               std::vector<size_t>(golden_.tokens.size(), 1))
+                                : IngestOne(*model, state, golden_.tokens, IngestMode::kParallel);
     EXPECT_TRUE(LogProbsMatch(lp, golden_.logprobs_plain));
     EXPECT_EQ(state.position(), T());
     for (double norm : state.DeltaNorms()) EXPECT_EQ(norm, 0.0);

@@ -1,7 +1,7 @@
 // Invariants of the engine on a small random model built in C++ (the golden test checks the
 // numbers themselves against the independent PyTorch reference).
-#include "engine/internal/model_tensors.h"
 #include "engine/model.h"
+#include "engine/internal/model_tensors.h"
 
 #include <gtest/gtest.h>
 
@@ -65,7 +65,8 @@ TEST(ModelTest, TttChangesPredictionsAndEtaZeroIsThePlainModel) {
   const auto none = IngestAll(*plain, s3, tokens);
   for (size_t i = 1; i < zero.size(); ++i) EXPECT_EQ(zero[i], none[i]) << "token " << i;
   double largest = 0;
-  for (size_t i = 1; i < with.size(); ++i) largest = std::max<double>(largest, std::abs(with[i] - none[i]));
+  for (size_t i = 1; i < with.size(); ++i)
+    largest = std::max<double>(largest, std::abs(with[i] - none[i]));
   EXPECT_GT(largest, 1e-3) << "TTT should change log-probs after the first chunk";
   for (int i = 1; i < 6; ++i) EXPECT_NEAR(with[i], none[i], 1e-5) << "first chunk uses W_down^(0)";
   EXPECT_TRUE(eta_zero->active_ttt_layers().empty());
@@ -270,10 +271,11 @@ TEST(ModelTest, ResultsDoNotDependOnWhatSharesTheBatch) {
     const char* name;
     ModelOptions options;
   };
-  const std::vector<Variant> variants = {{"ttt", {}},
-                                         {"ttt window 5", {.sliding_window = 5}},
-                                         {"ttt off", {.ttt_lr = 0.0}},
-                                         {"ttt off window 4", {.ttt_lr = 0.0, .sliding_window = 4}}};
+  const std::vector<Variant> variants = {
+      {"ttt", {}},
+      {"ttt window 5", {.sliding_window = 5}},
+      {"ttt off", {.ttt_lr = 0.0}},
+      {"ttt off window 4", {.ttt_lr = 0.0, .sliding_window = 4}}};
   const std::vector<int> subject_pieces = {1, 1, 3, 1, 17, 1, 2, 5, 1, 1, 9, 1};
   const std::vector<std::vector<int>> companion_pieces = {
       {1, 20, 1, 4, 1, 1, 30, 2, 1, 1, 1, 6},
@@ -299,8 +301,8 @@ TEST(ModelTest, ResultsDoNotDependOnWhatSharesTheBatch) {
       std::vector<IngestItem> items;
       for (int c = 0; c < 3; ++c) {
         if (companion_pieces[c][step] == 0) continue;
-        items.push_back({&companions[c],
-                         RandomTokens(companion_pieces[c][step], 53, 100 * c + step)});
+        items.push_back(
+            {&companions[c], RandomTokens(companion_pieces[c][step], 53, 100 * c + step)});
       }
       items.insert(items.begin() + step % (items.size() + 1), IngestItem{&shared, piece});
       auto result = model->Ingest(absl::MakeSpan(items));
@@ -345,7 +347,8 @@ TEST(ModelTest, TensorsHandedOutAreNotChangedByLaterSteps) {
     const NamedTensors handed_out = StateTensors(s);
     std::vector<at::Tensor> copies;
     for (const auto& [name, t] : handed_out) copies.push_back(t.clone());
-    for (int32_t t : RandomTokens(7, 53, 41 + round)) IngestAll(*model, s, {t});  // completes a chunk
+    for (int32_t t : RandomTokens(7, 53, 41 + round))
+      IngestAll(*model, s, {t});  // completes a chunk
     for (size_t i = 0; i < copies.size(); ++i) {
       ASSERT_EQ(handed_out[i].second.sizes(), copies[i].sizes()) << handed_out[i].first;
       EXPECT_TRUE(at::equal(handed_out[i].second, copies[i])) << handed_out[i].first;
@@ -411,8 +414,7 @@ TEST(ModelTest, TiedModelIgnoresAStaleLmHeadInTheFile) {
   ASSERT_TRUE(clean.ok()) << clean.status();
   auto untied = MakeModel();  // the same weights, scored with the file's lm_head
   const auto tokens = RandomTokens(20, 53, 21);
-  SequenceState a = (*stale)->NewSequence(), b = (*clean)->NewSequence(),
-                c = untied->NewSequence();
+  SequenceState a = (*stale)->NewSequence(), b = (*clean)->NewSequence(), c = untied->NewSequence();
   const auto with_stale = IngestAll(**stale, a, tokens);
   const auto tied_head = IngestAll(**clean, b, tokens);
   const auto file_head = IngestAll(*untied, c, tokens);

@@ -212,10 +212,9 @@ TEST_F(SafetensorsTest, RejectsMalformedHeaderJson) {
 }
 
 TEST_F(SafetensorsTest, RejectsUnknownDtype) {
-  ExpectInvalid(
-      OpenBytes(Craft(R"({"w": {"dtype": "F64", "shape": [1], "data_offsets": [0, 8]}})",
-                      std::string(8, '\0'))),
-      "tensor 'w': unsupported dtype \"F64\"");
+  ExpectInvalid(OpenBytes(Craft(R"({"w": {"dtype": "F64", "shape": [1], "data_offsets": [0, 8]}})",
+                                std::string(8, '\0'))),
+                "tensor 'w': unsupported dtype \"F64\"");
   ExpectInvalid(OpenBytes(Craft(R"({"w": {"dtype": 4, "shape": [1], "data_offsets": [0, 4]}})",
                                 std::string(4, '\0'))),
                 "tensor 'w': \"dtype\" must be a string");
@@ -223,15 +222,15 @@ TEST_F(SafetensorsTest, RejectsUnknownDtype) {
 
 TEST_F(SafetensorsTest, RejectsBadShapes) {
   const std::string data(16, '\0');
-  ExpectInvalid(OpenBytes(Craft(R"({"w": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}})",
-                                data)),
-                "tensor 'w': shape dimension -1");
-  ExpectInvalid(OpenBytes(Craft(
-                    R"({"w": {"dtype": "F32", "shape": [1.5], "data_offsets": [0, 4]}})", data)),
-                "tensor 'w': shape dimension 1.5");
-  ExpectInvalid(OpenBytes(Craft(R"({"w": {"dtype": "F32", "shape": 4, "data_offsets": [0, 16]}})",
-                                data)),
-                "tensor 'w': \"shape\" must be a list");
+  ExpectInvalid(
+      OpenBytes(Craft(R"({"w": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}})", data)),
+      "tensor 'w': shape dimension -1");
+  ExpectInvalid(
+      OpenBytes(Craft(R"({"w": {"dtype": "F32", "shape": [1.5], "data_offsets": [0, 4]}})", data)),
+      "tensor 'w': shape dimension 1.5");
+  ExpectInvalid(
+      OpenBytes(Craft(R"({"w": {"dtype": "F32", "shape": 4, "data_offsets": [0, 16]}})", data)),
+      "tensor 'w': \"shape\" must be a list");
   // numel * 4 overflows 64 bits.
   ExpectInvalid(
       OpenBytes(Craft(
@@ -241,25 +240,26 @@ TEST_F(SafetensorsTest, RejectsBadShapes) {
 }
 
 TEST_F(SafetensorsTest, RejectsShapeSizeMismatch) {
-  ExpectInvalid(OpenBytes(Craft(R"({"w": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 20]}})",
-                                std::string(24, '\0'))),
-                "tensor 'w': holds 20 bytes but F32 [2, 3] needs 24");
+  ExpectInvalid(
+      OpenBytes(Craft(R"({"w": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 20]}})",
+                      std::string(24, '\0'))),
+      "tensor 'w': holds 20 bytes but F32 [2, 3] needs 24");
 }
 
 TEST_F(SafetensorsTest, RejectsBadOffsets) {
   const std::string data(8, '\0');
-  ExpectInvalid(OpenBytes(Craft(R"({"w": {"dtype": "U8", "shape": [0], "data_offsets": [4, 0]}})",
-                                data)),
-                "tensor 'w': \"data_offsets\" [4,0] must be non-negative integers with begin <= end");
-  ExpectInvalid(OpenBytes(Craft(R"({"w": {"dtype": "U8", "shape": [1], "data_offsets": [-1, 0]}})",
-                                data)),
-                "tensor 'w': \"data_offsets\"");
-  ExpectInvalid(OpenBytes(Craft(R"({"w": {"dtype": "U8", "shape": [2], "data_offsets": [0]}})",
-                                data)),
-                "tensor 'w': \"data_offsets\" must be [begin, end]");
-  ExpectInvalid(OpenBytes(Craft(R"({"w": {"dtype": "U8", "shape": [4], "data_offsets": [6, 10]}})",
-                                data)),
-                "tensor 'w': \"data_offsets\" [6,10] run past the end of the data section (8 bytes)");
+  ExpectInvalid(
+      OpenBytes(Craft(R"({"w": {"dtype": "U8", "shape": [0], "data_offsets": [4, 0]}})", data)),
+      "tensor 'w': \"data_offsets\" [4,0] must be non-negative integers with begin <= end");
+  ExpectInvalid(
+      OpenBytes(Craft(R"({"w": {"dtype": "U8", "shape": [1], "data_offsets": [-1, 0]}})", data)),
+      "tensor 'w': \"data_offsets\"");
+  ExpectInvalid(
+      OpenBytes(Craft(R"({"w": {"dtype": "U8", "shape": [2], "data_offsets": [0]}})", data)),
+      "tensor 'w': \"data_offsets\" must be [begin, end]");
+  ExpectInvalid(
+      OpenBytes(Craft(R"({"w": {"dtype": "U8", "shape": [4], "data_offsets": [6, 10]}})", data)),
+      "tensor 'w': \"data_offsets\" [6,10] run past the end of the data section (8 bytes)");
 }
 
 TEST_F(SafetensorsTest, RejectsOverlappingTensors) {
@@ -310,13 +310,13 @@ TEST_F(SafetensorsTest, DeeplyNestedValuesAreRefusedBeforeParsing) {
 
 TEST_F(SafetensorsTest, NestingUpToTheLimitIsParsedAndDescribedBriefly) {
   // Within the depth limit the header parses; the errors describe the value without echoing it.
-  const absl::Status shape = OpenBytes(Craft(
-      R"({"w": {"dtype": "U8", "shape": [)" + Nested(20) + R"(], "data_offsets": [0, 1]}})",
-      std::string(1, '\0')));
+  const absl::Status shape = OpenBytes(
+      Craft(R"({"w": {"dtype": "U8", "shape": [)" + Nested(20) + R"(], "data_offsets": [0, 1]}})",
+            std::string(1, '\0')));
   ExpectInvalid(shape, "tensor 'w': shape dimension (an array of 1 element)");
-  const absl::Status offsets = OpenBytes(Craft(
-      R"({"w": {"dtype": "U8", "shape": [1], "data_offsets": [0, )" + Nested(20) + "]}}",
-      std::string(1, '\0')));
+  const absl::Status offsets = OpenBytes(
+      Craft(R"({"w": {"dtype": "U8", "shape": [1], "data_offsets": [0, )" + Nested(20) + "]}}",
+            std::string(1, '\0')));
   ExpectInvalid(offsets, "tensor 'w': \"data_offsets\" [0,(an array of 1 element)] must be");
   const absl::Status metadata = OpenBytes(Craft(R"({"__metadata__": {"k": )" + Nested(20) + "}}"));
   ExpectInvalid(metadata, "metadata value of 'k' must be a string, got (an array of 1 element)");
@@ -368,7 +368,8 @@ TEST_F(SafetensorsTest, HeaderOverTheLimitIsRefusedBeforeParsing) {
   const std::string small = Craft(R"({"__metadata__": {"k": "a longer value than allowed"}})");
   auto file = SafetensorsFile::FromBytes(small, "import", /*max_header_bytes=*/16);
   EXPECT_EQ(file.status().code(), absl::StatusCode::kResourceExhausted) << file.status();
-  EXPECT_THAT(file.status().message(), HasSubstr("import: header length 54 exceeds the limit of 16"));
+  EXPECT_THAT(file.status().message(),
+              HasSubstr("import: header length 54 exceeds the limit of 16"));
   EXPECT_TRUE(SafetensorsFile::FromBytes(small, "import", /*max_header_bytes=*/54).ok());
 }
 
@@ -435,7 +436,8 @@ TEST_F(SafetensorsTest, WeightStoreReadsShardedIndex) {
   const at::Tensor a = at::randn({4, 3});
   const at::Tensor b = at::arange(5, at::kLong);
   const at::Tensor c = at::randn({2}).to(at::kBFloat16);
-  ASSERT_TRUE(WriteSafetensors(dir_ / "model-00001-of-00002.safetensors", {{"a", a}, {"b", b}}).ok());
+  ASSERT_TRUE(
+      WriteSafetensors(dir_ / "model-00001-of-00002.safetensors", {{"a", a}, {"b", b}}).ok());
   ASSERT_TRUE(WriteSafetensors(dir_ / "model-00002-of-00002.safetensors", {{"c", c}}).ok());
   Json index = {{"metadata", {{"total_size", 100}}},
                 {"weight_map",
@@ -470,7 +472,8 @@ TEST_F(SafetensorsTest, WeightStoreRejectsBadIndexes) {
 
   // The index maps a tensor to a shard that lacks it.
   s = open_with({{"a", "shard1.safetensors"}, {"q", "shard1.safetensors"}});
-  ExpectInvalid(s, "tensor 'q' is mapped to shard \"shard1.safetensors\", which does not contain it",
+  ExpectInvalid(s,
+                "tensor 'q' is mapped to shard \"shard1.safetensors\", which does not contain it",
                 index_name);
 
   // Shard names must stay inside the folder.

@@ -103,8 +103,8 @@ TEST(SchedulerTest, BatchesStayWithinTheTokenBudgetAndKeepOrder) {
   Result results[3];
   fake.Close();  // let all three queue up before the first batch
   for (int i = 0; i < 3; ++i) {
-    ASSERT_TRUE((*sched)->Submit(TokenWork(i + 1, &states[i], Range(100 * i, 100), &results[i]))
-                    .ok());
+    ASSERT_TRUE(
+        (*sched)->Submit(TokenWork(i + 1, &states[i], Range(100 * i, 100), &results[i])).ok());
   }
   fake.Open();
   for (int i = 0; i < 3; ++i) {
@@ -597,8 +597,7 @@ TEST(SchedulerTest, ShutdownAnswersQueuedWorkUnavailable) {
   stopper.join();
   EXPECT_TRUE(ra.done.get_future().get().ok());
   EXPECT_EQ(rb.done.get_future().get().code(), absl::StatusCode::kUnavailable);
-  EXPECT_EQ((*sched)->Submit(TokenWork(3, &b, {1}, &rb)).code(),
-            absl::StatusCode::kUnavailable);
+  EXPECT_EQ((*sched)->Submit(TokenWork(3, &b, {1}, &rb)).code(), absl::StatusCode::kUnavailable);
 }
 
 // Issue 9 #1: a token run submitted to a key that the current round had already passed (here
@@ -688,10 +687,10 @@ TEST_P(PrepareOrderTest, ATokenRunIsNeverBatchedBeforeItsPrepareRan) {
   for (const std::string key : {"1", "2"}) {
     const auto prepared = std::find(ev.begin(), ev.end(), "prepare " + key) - ev.begin();
     const auto batched = std::find(ev.begin(), ev.end(), "batch " + key) - ev.begin();
-    EXPECT_LT(prepared, static_cast<ptrdiff_t>(ev.size())) << "key " << key
-                                                           << " was never prepared: " << trace;
-    EXPECT_LT(batched, static_cast<ptrdiff_t>(ev.size())) << "key " << key
-                                                          << " was never batched: " << trace;
+    EXPECT_LT(prepared, static_cast<ptrdiff_t>(ev.size()))
+        << "key " << key << " was never prepared: " << trace;
+    EXPECT_LT(batched, static_cast<ptrdiff_t>(ev.size()))
+        << "key " << key << " was never batched: " << trace;
     EXPECT_LT(prepared, batched) << "key " << key << " was batched before its prepare: " << trace;
   }
   // No batch ran on an unprepared state (position 0).

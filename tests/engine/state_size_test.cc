@@ -17,9 +17,7 @@
 namespace ttt::engine {
 namespace {
 
-std::filesystem::path Fixture(const char* name) {
-  return ttt::testing::GoldenDir() / name;
-}
+std::filesystem::path Fixture(const char* name) { return ttt::testing::GoldenDir() / name; }
 
 std::unique_ptr<Model> LoadFixture(const char* name) {
   auto model = Model::Load(Fixture(name));

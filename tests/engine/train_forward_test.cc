@@ -1,5 +1,5 @@
-// The batched training forward (engine/internal/train_forward.h) is the serving path's function: its
-// log-probs match Model::Ingest on fresh streams in every layout it has a separate branch for
+// The batched training forward (engine/internal/train_forward.h) is the serving path's function:
+// its log-probs match Model::Ingest on fresh streams in every layout it has a separate branch for
 // (sliding window shorter and longer than the sequence, both TTT targets, update clipping, a
 // trailing partial chunk, grouped-query attention, Qwen3's q/k norm and biases), and gradients
 // reach every weight, the TTT ones included.
@@ -122,8 +122,9 @@ TEST(TrainForwardTest, MatchesIngestWithClippingHiddenStateTargetQwenLayout) {
   c.ttt_clip = 0;
   auto unclipped = Make(c);
   at::Tensor ids = at::arange(32, at::kLong).remainder(41).view({1, 32});
-  EXPECT_GT((ForwardTrain(*clipped, ids) - ForwardTrain(*unclipped, ids)).abs().max().item<double>(),
-            1e-3)
+  EXPECT_GT(
+      (ForwardTrain(*clipped, ids) - ForwardTrain(*unclipped, ids)).abs().max().item<double>(),
+      1e-3)
       << "the clip is applied";
 }
 

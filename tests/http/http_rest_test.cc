@@ -84,7 +84,11 @@ TEST(RestJsonTest, QueryParamsRefuseUnknownFieldsAndBadValues) {
   ExpectInvalid(ApplyQuery({{"label_selector.\xff", "x"}}, &list), "not valid UTF-8");
   // Also found by it: a percent-decoded path id that is not UTF-8 went into a proto string.
   pb::IngestRequest ingest;
-  ExpectInvalid(BindPathField("session_id", "ab\xc0\xaf" "c", &ingest), "not valid UTF-8");
+  ExpectInvalid(BindPathField("session_id",
+                              "ab\xc0\xaf"
+                              "c",
+                              &ingest),
+                "not valid UTF-8");
   ExpectInvalid(BindPathField("session_id", "\xed\xa0\x80", &ingest), "not valid UTF-8");
   EXPECT_TRUE(BindPathField("session_id", "caf\xc3\xa9-\xf0\x9f\x98\x80", &ingest).ok());
 }

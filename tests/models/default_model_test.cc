@@ -1,6 +1,7 @@
-// The shipped default model (models/ttt-brown, issues 4 and 12) without retraining it: its files load
-// (config with the TTT keys, weights, SentencePiece tokenizer) and a short scoring run over a fixed
-// text, with TTT on and off, matches the numbers recorded in tests/data/default_model/ to 1e-4.
+// The shipped default model (models/ttt-brown, issues 4 and 12) without retraining it: its files
+// load (config with the TTT keys, weights, SentencePiece tokenizer) and a short scoring run over a
+// fixed text, with TTT on and off, matches the numbers recorded in tests/data/default_model/ to
+// 1e-4.
 //
 // Built twice (tests/models/CMakeLists.txt): with TTT_DEFAULT_MODEL_TOKENIZER the tokenizer half
 // (default_model_tokenizer_test: the fixed text encodes to the recorded ids), otherwise the engine
@@ -40,8 +41,8 @@ namespace fs = std::filesystem;
 
 const fs::path kModelDir = fs::path(TTT_SOURCE_DIR) / "models" / "ttt-brown";
 const fs::path kDataDir = fs::path(TTT_SOURCE_DIR) / "tests" / "data" / "default_model";
-const fs::path kRecordedIds = kDataDir / "ids.txt";         // bos + the text's ids
-const fs::path kRecorded = kDataDir / "expected.txt";       // their log-probabilities
+const fs::path kRecordedIds = kDataDir / "ids.txt";    // bos + the text's ids
+const fs::path kRecorded = kDataDir / "expected.txt";  // their log-probabilities
 
 bool Recording() {
   const char* record = std::getenv("TTT_RECORD_DEFAULT_MODEL");

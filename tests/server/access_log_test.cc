@@ -22,8 +22,7 @@ namespace pb = tttserve::v1;
 using nlohmann::json;
 
 TEST(AccessLogTableTest, MessageTypesMatchTheServiceDescriptor) {
-  EXPECT_TRUE(internal::CheckAccessLogMethodTable().ok())
-      << internal::CheckAccessLogMethodTable();
+  EXPECT_TRUE(internal::CheckAccessLogMethodTable().ok()) << internal::CheckAccessLogMethodTable();
 }
 
 TEST(AccessLogTableTest, MethodLabelsAreABoundedSet) {

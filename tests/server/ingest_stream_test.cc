@@ -230,10 +230,10 @@ TEST_F(IngestStreamTest, BosAfterAResetOnlyWhereTextStartsTheContext) {
   const int32_t ids[] = {3};
   IngestMessage tokens;
   tokens.token_ids = ids;
-  EXPECT_THAT(Submit(*stream, {DocumentEnd("a"), Text("b", /*flush=*/true), DocumentEnd(""),
-                               tokens, Text("a", /*flush=*/true)}),
-              ElementsAre(ElementsAre(a), ElementsAre(kBos, b), IsEmpty(), ElementsAre(3),
-                          ElementsAre(a)));
+  EXPECT_THAT(
+      Submit(*stream, {DocumentEnd("a"), Text("b", /*flush=*/true), DocumentEnd(""), tokens,
+                       Text("a", /*flush=*/true)}),
+      ElementsAre(ElementsAre(a), ElementsAre(kBos, b), IsEmpty(), ElementsAre(3), ElementsAre(a)));
 }
 
 // Without a reset the document end continues the context: no bos; nor without a bos id at all.

@@ -165,8 +165,8 @@ TEST(HttpExposerTest, OversizedHeaderGets431) {
   auto exposer = HttpExposer::Start("127.0.0.1:0", Body("x 1\n"));
   ASSERT_TRUE(exposer.ok()) << exposer.status();
   const std::string big(64 * 1024, 'a');
-  const std::string r = Request(
-      (*exposer)->port(), "GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: " + big + "\r\n\r\n");
+  const std::string r =
+      Request((*exposer)->port(), "GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: " + big + "\r\n\r\n");
   EXPECT_EQ(r.rfind("HTTP/1.1 431", 0), 0u) << r.substr(0, 200);
   // The server is still serving.
   EXPECT_EQ(Get((*exposer)->port(), "/metrics").rfind("HTTP/1.1 200", 0), 0u);

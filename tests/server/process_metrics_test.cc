@@ -50,9 +50,8 @@ TEST(ProcessMetricsTest, ReadsThisProcessAndCountsAnOpenedDescriptor) {
   EXPECT_GT(after->max_fds, 0);
   EXPECT_GT(after->resident_bytes, 0);
   EXPECT_GE(after->virtual_bytes, after->resident_bytes);
-  const double now = std::chrono::duration<double>(
-                         std::chrono::system_clock::now().time_since_epoch())
-                         .count();
+  const double now =
+      std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
   EXPECT_LE(after->start_time_seconds, now + 1);  // started in the past (clock tick rounding)
   EXPECT_GT(after->start_time_seconds, now - 24 * 3600);
 }

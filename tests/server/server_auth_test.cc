@@ -12,13 +12,13 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
+#include "coord/etcd_client.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "server/server.h"
-#include "coord/etcd_client.h"
 #include "tests/testing/etcd.h"
 #include "tests/testing/server_fixture.h"
-#include "util/sha256.h"
 #include "tttserve/v1/ttt_service.grpc.pb.h"
+#include "util/sha256.h"
 
 namespace ttt::server {
 namespace {
@@ -142,8 +142,8 @@ TEST_F(ServerAuthTest, ChosenIdsAndTheSharedStoreStayWithinTheCredentialsTenant)
   auto b = Server::Start(testing::OnCluster(options_, etcd, "replica-b"));
   ASSERT_TRUE(b.ok()) << b.status();
   auto stub = [](const std::unique_ptr<Server>& s) {
-    return pb::TttService::NewStub(grpc::CreateChannel(
-        "127.0.0.1:" + std::to_string(s->port()), grpc::InsecureChannelCredentials()));
+    return pb::TttService::NewStub(grpc::CreateChannel("127.0.0.1:" + std::to_string(s->port()),
+                                                       grpc::InsecureChannelCredentials()));
   };
   auto stub_a = stub(*a);
   auto stub_b = stub(*b);

@@ -171,8 +171,7 @@ TEST_F(ServerQuotasTest, CheckpointBytesRefusedAndTheFileReloads) {
   EXPECT_TRUE(Checkpoint("bob", bobs, "b1").ok());  // "*" is per tenant: bob has his own room
 
   pb::ListCheckpointsResponse list;
-  ASSERT_TRUE(
-      stub_->ListCheckpoints(Ctx("alice").get(), pb::ListCheckpointsRequest(), &list).ok());
+  ASSERT_TRUE(stub_->ListCheckpoints(Ctx("alice").get(), pb::ListCheckpointsRequest(), &list).ok());
   ASSERT_EQ(list.checkpoints_size(), 1);  // the refused one is not on disk
   EXPECT_EQ(list.checkpoints(0).checkpoint_id(), "c1");
   EXPECT_EQ(UsageOf("alice").checkpoint_bytes(), list.checkpoints(0).size_bytes());

@@ -16,18 +16,18 @@
 #include <thread>
 
 #include <arpa/inet.h>
-#include <gtest/gtest.h>
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include "coord/etcd_client.h"
-#include "tests/testing/etcd.h"
-#include "tests/testing/byte_level_tokenizer.h"
-#include "tests/testing/server_fixture.h"
 #include "server/status.h"
+#include "tests/testing/byte_level_tokenizer.h"
+#include "tests/testing/etcd.h"
+#include "tests/testing/server_fixture.h"
 #include "tokenizer/tokenizer.h"
 #include "tttserve/v1/ttt_service.grpc.pb.h"
 #include "util/sha256.h"
@@ -327,7 +327,8 @@ TEST_F(ServerTest, ExpectedTokensReceivedMakesAResendIdempotent) {
   ASSERT_TRUE(resend(40, Doc(10, 3)).ok());
   EXPECT_EQ(Settled(id).counters().tokens_received(), 55);
   // A second resend of the same input is refused: nothing is applied twice.
-  ExpectStatus(resend(40, Doc(10, 3)), grpc::StatusCode::FAILED_PRECONDITION, "resend from token 55");
+  ExpectStatus(resend(40, Doc(10, 3)), grpc::StatusCode::FAILED_PRECONDITION,
+               "resend from token 55");
   EXPECT_EQ(Settled(id).counters().tokens_received(), 55);
   // Only the first message may carry it.
   pb::IngestRequest later = Tokens(id, Doc(3));
@@ -733,8 +734,8 @@ TEST_F(ServerTest, ErrorsCarryErrorInfoAndRetryInfo) {
   pb::TokenizeRequest tokenize;
   tokenize.set_text("hello");
   pb::TokenizeResponse ids;
-  ExpectStatus(stub_->Tokenize(Ctx().get(), tokenize, &ids),
-               grpc::StatusCode::FAILED_PRECONDITION, "the model has no tokenizer");
+  ExpectStatus(stub_->Tokenize(Ctx().get(), tokenize, &ids), grpc::StatusCode::FAILED_PRECONDITION,
+               "the model has no tokenizer");
 
   // Full: waiting does not free a session, so no RetryInfo.
   const grpc::Status full = stub_->CreateSession(Ctx().get(), pb::CreateSessionRequest(), &s);
@@ -832,8 +833,10 @@ TEST_F(ServerTest, SessionHeaderThatDisagreesWithTheBodyIsInvalid) {
   get.set_session_id(id);
   pb::Session s;
   EXPECT_TRUE(stub_->GetSession(routed_to(id).get(), get, &s).ok());
-  const std::string expected = "the x-session-id header names session 'elsewhere' but the "
-                               "request names '" + id + "'";
+  const std::string expected =
+      "the x-session-id header names session 'elsewhere' but the "
+      "request names '" +
+      id + "'";
   ExpectStatus(stub_->GetSession(routed_to("elsewhere").get(), get, &s),
                grpc::StatusCode::INVALID_ARGUMENT, expected);
   {
@@ -1120,12 +1123,12 @@ TEST_F(ServerTest, ImportIsCheckedAsItsBytesArrive) {
                grpc::StatusCode::RESOURCE_EXHAUSTED, "header of 1099511627776 bytes; the limit");
   // A header nested 50k deep (within the header length limit): refused before parsing.
   const std::string deep = "{\"a\":" + std::string(50000, '[') + std::string(50000, ']') + "}";
-  ExpectStatus(import_status({le64(deep.size()) + deep}, true),
-               grpc::StatusCode::INVALID_ARGUMENT, "nests objects or arrays more than");
+  ExpectStatus(import_status({le64(deep.size()) + deep}, true), grpc::StatusCode::INVALID_ARGUMENT,
+               "nests objects or arrays more than");
   // One level past a checkpoint's limit: refused here with the reader's own limit, not later.
   const std::string five = "{\"a\":[[[[]]]]}";
-  ExpectStatus(import_status({le64(five.size()) + five}, true),
-               grpc::StatusCode::INVALID_ARGUMENT, "more than 4 deep");
+  ExpectStatus(import_status({le64(five.size()) + five}, true), grpc::StatusCode::INVALID_ARGUMENT,
+               "more than 4 deep");
   // More bytes than the largest state of this model under this budget: refused mid-stream.
   const std::string header = "{}";
   std::vector<std::string> pieces = {le64(header.size()) + header};
@@ -1301,7 +1304,7 @@ TEST_F(ServerTest, IngestAcknowledgesEveryAppliedMessageBeforeTextThatIsNotUtf8)
     pb::IngestRequest m;
     if (i == 0) m.set_session_id(id);
     m.set_text("the quick brown fox ");  // one token per byte (the test's tokenizer)
-    m.set_flush(i % 2 == 1);  // every other message only buffers its text
+    m.set_flush(i % 2 == 1);             // every other message only buffers its text
     good.push_back(m);
   }
   pb::IngestRequest bad;

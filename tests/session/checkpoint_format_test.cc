@@ -46,9 +46,8 @@ absl::Status Scan(const std::string& bytes) {
 }
 
 TEST(CheckpointFormatTest, ACheckpointShapedHeaderPasses) {
-  const std::string header =
-      R"({"a":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]},)"
-      R"("__metadata__":{"tttserve.format":"tttserve-checkpoint-2"}})";
+  const std::string header = R"({"a":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]},)"
+                             R"("__metadata__":{"tttserve.format":"tttserve-checkpoint-2"}})";
   EXPECT_TRUE(Scan(File(header, std::string(24, '['))).ok());  // data is not JSON
   CheckpointHeaderScanner scanner;
   ASSERT_TRUE(scanner.Feed(File(header)).ok());

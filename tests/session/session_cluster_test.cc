@@ -92,8 +92,8 @@ class ClusterTest : public ::testing::Test {
     vocab_ = static_cast<int>(model_->config().vocab_size);
     chunk_ = static_cast<int>(model_->config().ttt_chunk);
     dir_ = FreshTestDir();
-    prefix_ = absl::StrCat("/", ::testing::UnitTest::GetInstance()->current_test_info()->name(),
-                           "/");
+    prefix_ =
+        absl::StrCat("/", ::testing::UnitTest::GetInstance()->current_test_info()->name(), "/");
     observer_ = MakeClient(etcd_->endpoints());
     a_ = Start("a");
     b_ = Start("b");
@@ -154,7 +154,8 @@ class ClusterTest : public ::testing::Test {
                               const std::vector<int32_t>& probe) {
     auto alone = Start("reference", /*cluster=*/false);
     EXPECT_TRUE(alone->sessions->CreateSession("t", {}, "s1").ok());
-    for (const auto& piece : history) EXPECT_TRUE(IngestOn(*alone->sessions, "s1", piece, false).ok());
+    for (const auto& piece : history)
+      EXPECT_TRUE(IngestOn(*alone->sessions, "s1", piece, false).ok());
     auto scored = ScoreOn(*alone->sessions, "s1", probe);
     EXPECT_TRUE(scored.ok()) << scored.status();
     return scored.ok() ? scored->logprobs : std::vector<float>{};
@@ -310,8 +311,7 @@ TEST_F(ClusterTest, ListingAndDeletingSpanTheCluster) {
     return out;
   };
   EXPECT_THAT(ids(a_->sessions->ListSessions("t")), ::testing::UnorderedElementsAre("s1", "s2"));
-  EXPECT_THAT(ids(b_->sessions->ListSessions("t", {{"team", "x"}})),
-              ::testing::ElementsAre("s1"));
+  EXPECT_THAT(ids(b_->sessions->ListSessions("t", {{"team", "x"}})), ::testing::ElementsAre("s1"));
   ASSERT_TRUE(a_->sessions->DeleteSession("t", "s1").ok());
   EXPECT_TRUE(b_->sessions->CreateSession("t", {}, "s1").ok());  // the id is free again
   EXPECT_EQ(a_->sessions->GetSession("t", "s1").status().code(), absl::StatusCode::kUnavailable);
@@ -343,8 +343,8 @@ TEST_F(ClusterTest, AForkIsCommittedWithItsCreation) {
   ASSERT_TRUE(a_->sessions->CreateSession("t", {}, "s1").ok());
   ASSERT_TRUE(IngestOn(*a_->sessions, "s1", tokens, true).ok());
   std::promise<absl::StatusOr<SessionInfo>> forked;
-  ASSERT_TRUE(a_->sessions->Fork("t", "s1", std::nullopt, [&](auto r) { forked.set_value(r); })
-                  .ok());
+  ASSERT_TRUE(
+      a_->sessions->Fork("t", "s1", std::nullopt, [&](auto r) { forked.set_value(r); }).ok());
   auto child = forked.get_future().get();
   ASSERT_TRUE(child.ok()) << child.status();
   ASSERT_TRUE(a_->lease->Revoke().ok());  // the fork was never written by write-behind
@@ -362,9 +362,8 @@ TEST_F(ClusterTest, TheSessionQuotaHoldsForReplicasCreatingAtTheSameInstant) {
   std::vector<std::future<absl::StatusOr<SessionInfo>>> creations;
   for (int i = 0; i < 4; ++i) {
     SessionManager* on = (i % 2 == 0 ? a_ : b_)->sessions.get();
-    creations.push_back(std::async(std::launch::async, [on, i] {
-      return on->CreateSession("t", {}, absl::StrCat("s", i));
-    }));
+    creations.push_back(std::async(
+        std::launch::async, [on, i] { return on->CreateSession("t", {}, absl::StrCat("s", i)); }));
   }
   int created = 0;
   for (auto& c : creations) {
@@ -405,10 +404,9 @@ TEST_F(ClusterTest, ATenantWithoutACountIsCountedFromItsHeadsOnce) {
 }
 
 TEST_F(ClusterTest, SyncMessagesQueuedTogetherAreCommittedOnceAndAllAcknowledged) {
-  const std::vector<std::vector<int32_t>> pieces = {Tokens(chunk_ + 1, vocab_, 31),
-                                                    Tokens(3, vocab_, 32),
-                                                    Tokens(chunk_ * 2, vocab_, 33),
-                                                    Tokens(5, vocab_, 34)};
+  const std::vector<std::vector<int32_t>> pieces = {
+      Tokens(chunk_ + 1, vocab_, 31), Tokens(3, vocab_, 32), Tokens(chunk_ * 2, vocab_, 33),
+      Tokens(5, vocab_, 34)};
   const auto probe = Tokens(9, vocab_, 35);
   ASSERT_TRUE(a_->sessions->CreateSession("t", {}, "s1").ok());
   auto writer = a_->sessions->OpenWriter("t", "s1", "test");
@@ -424,15 +422,16 @@ TEST_F(ClusterTest, SyncMessagesQueuedTogetherAreCommittedOnceAndAllAcknowledged
   std::mutex order_mu;
   for (size_t i = 0; i < pieces.size(); ++i) {
     ASSERT_TRUE((*writer)
-                    ->Ingest(pieces[i], false, nullptr,
-                             [&, i](absl::StatusOr<IngestProgress> r) {
-                               {
-                                 std::lock_guard<std::mutex> lock(order_mu);
-                                 order.push_back(static_cast<int>(i));
-                               }
-                               acks[i].set_value(r);
-                             },
-                             /*durable=*/true)
+                    ->Ingest(
+                        pieces[i], false, nullptr,
+                        [&, i](absl::StatusOr<IngestProgress> r) {
+                          {
+                            std::lock_guard<std::mutex> lock(order_mu);
+                            order.push_back(static_cast<int>(i));
+                          }
+                          acks[i].set_value(r);
+                        },
+                        /*durable=*/true)
                     .ok());
   }
   gate.set_value();

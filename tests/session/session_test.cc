@@ -15,8 +15,8 @@
 #include <future>
 #include <mutex>
 #include <random>
-#include <string>
 #include <set>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -677,7 +677,6 @@ TEST_F(SessionTest, ChecksumCoversTheTensorTable) {
   }
 }
 
-
 absl::StatusOr<std::string> CraftedCheckpoint(const engine::Model& model, int64_t ingest,
                                               int64_t position) {
   engine::SequenceState state = model.NewSequence();
@@ -764,7 +763,7 @@ TEST_F(SessionTest, PersistedSessionKeepsItsFileAfterReload) {
   auto before = Score(a->id, probe);
   ASSERT_TRUE(before.ok());
   ASSERT_TRUE(manager_->PersistAll().ok());
-  Open("llama");  // restart
+  Open("llama");                                                           // restart
   ASSERT_TRUE(SameBits(before->logprobs, Score(a->id, probe)->logprobs));  // reloads it
   EXPECT_TRUE(fs::exists(dir_ / "t" / "sessions" / (a->id + ".safetensors")));
   Open("llama");  // killed without PersistAll (kill -9): the durable copy is still there
@@ -944,14 +943,15 @@ TEST_F(SessionTest, MemoryFiguresCountWhatIsHeld) {
   int64_t held_during = 0, resident_during = 0;
   std::promise<absl::Status> done;
   ASSERT_TRUE(manager_
-                  ->Generate("t", a->id, p, nullptr,
-                             [&](int32_t, float) {
-                               const auto pool = manager_->resident_pool();
-                               held_during = pool.held_bytes;
-                               resident_during = pool.bytes;
-                               return true;
-                             },
-                             [&](absl::Status s, FinishReason, int64_t) { done.set_value(s); })
+                  ->Generate(
+                      "t", a->id, p, nullptr,
+                      [&](int32_t, float) {
+                        const auto pool = manager_->resident_pool();
+                        held_during = pool.held_bytes;
+                        resident_during = pool.bytes;
+                        return true;
+                      },
+                      [&](absl::Status s, FinishReason, int64_t) { done.set_value(s); })
                   .ok());
   ASSERT_TRUE(done.get_future().get().ok());
   EXPECT_EQ(resident_during, resident);
@@ -959,7 +959,6 @@ TEST_F(SessionTest, MemoryFiguresCountWhatIsHeld) {
   EXPECT_GT(held_during, resident);
   EXPECT_EQ(manager_->resident_pool().held_bytes, resident);
 }
-
 
 }  // namespace
 }  // namespace ttt::session

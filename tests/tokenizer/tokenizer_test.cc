@@ -415,11 +415,11 @@ TEST(BpeNormalizerTest, NfcHandlesJamoSecondsAndReordering) {
 // Thai, Hebrew), composition exclusions, compatibility characters, and ASCII.
 TEST(BpeNormalizerTest, UnicodeFormsEqualUtf8procOnTheWholeText) {
   const std::vector<char32_t> pool = {
-      'a', 'e', 'A', ' ', 'k', 0x00E9, 0x00C5, 0x0301, 0x0323, 0x0308, 0x030A, 0x0344, 0x0345,
-      0x0315, 0x05B0, 0x0958, 0x212B, 0x2126, 0xF900, 0x1100, 0x1161, 0x11A8, 0xAC00, 0xAC01,
-      0x0CBF, 0x0CD5, 0x0DD9, 0x0DCF, 0x0B47, 0x0B3E, 0xFB01, 0x00A0, 0x1E9B, 0x3099, 0x304B,
-      0xFF76, 0x0F71, 0x0F72, 0x0F73, 0x0391, 0x0313, 0x1F01, 0x4E00, 0x1F600, 0x1D15E, 0x2ADC,
-      0x0628, 0x064E, 0x0651, 0x0915, 0x093C, 0x094D, 0x0E01, 0x0E38, 0x0E48};
+      'a',     'e',    'A',    ' ',    'k',    0x00E9, 0x00C5, 0x0301, 0x0323, 0x0308, 0x030A,
+      0x0344,  0x0345, 0x0315, 0x05B0, 0x0958, 0x212B, 0x2126, 0xF900, 0x1100, 0x1161, 0x11A8,
+      0xAC00,  0xAC01, 0x0CBF, 0x0CD5, 0x0DD9, 0x0DCF, 0x0B47, 0x0B3E, 0xFB01, 0x00A0, 0x1E9B,
+      0x3099,  0x304B, 0xFF76, 0x0F71, 0x0F72, 0x0F73, 0x0391, 0x0313, 0x1F01, 0x4E00, 0x1F600,
+      0x1D15E, 0x2ADC, 0x0628, 0x064E, 0x0651, 0x0915, 0x093C, 0x094D, 0x0E01, 0x0E38, 0x0E48};
   const std::pair<const char*, int> forms[] = {
       {"NFC", UTF8PROC_STABLE | UTF8PROC_COMPOSE},
       {"NFD", UTF8PROC_STABLE | UTF8PROC_DECOMPOSE},
@@ -430,7 +430,8 @@ TEST(BpeNormalizerTest, UnicodeFormsEqualUtf8procOnTheWholeText) {
   for (int i = 0; i < 4000; ++i) {
     std::string text;
     const int length = 1 + static_cast<int>(random() % 12);
-    for (int j = 0; j < length; ++j) text = ttt::testing::AppendUtf8(text, pool[random() % pool.size()]);
+    for (int j = 0; j < length; ++j)
+      text = ttt::testing::AppendUtf8(text, pool[random() % pool.size()]);
     texts.push_back(std::move(text));
   }
   for (const auto& [name, options] : forms) {
@@ -454,8 +455,8 @@ TEST(BpeNormalizerTest, UnicodeFormsEqualUtf8procOnTheWholeText) {
           for (unsigned char c : bytes) absl::StrAppend(&out, absl::Hex(c, absl::kZeroPad2), " ");
           return out;
         };
-        ADD_FAILURE() << name << " of " << hex(text) << ": got " << hex(*got)
-                      << "; utf8proc gives " << hex(expected);
+        ADD_FAILURE() << name << " of " << hex(text) << ": got " << hex(*got) << "; utf8proc gives "
+                      << hex(expected);
       }
     }
     EXPECT_EQ(differences, 0) << name;
@@ -878,16 +879,16 @@ TEST(Utf8Test, ValidatesPerRfc3629) {
 TEST(Utf8Test, IncompleteTailIsTheStartOfACutOffCharacter) {
   EXPECT_EQ(IncompleteUtf8Tail(""), 0u);
   EXPECT_EQ(IncompleteUtf8Tail("abc"), 0u);
-  EXPECT_EQ(IncompleteUtf8Tail("caf\xC3\xA9"), 0u);         // "café": whole
-  EXPECT_EQ(IncompleteUtf8Tail("caf\xC3"), 1u);              // é cut after 1 of 2 bytes
-  EXPECT_EQ(IncompleteUtf8Tail("\xE6\x97"), 2u);             // 日 cut after 2 of 3
-  EXPECT_EQ(IncompleteUtf8Tail("a\xF0\x9F\x98"), 3u);        // 😀 cut after 3 of 4
-  EXPECT_EQ(IncompleteUtf8Tail("\xF0\x9F\x98\x80"), 0u);     // 😀 whole
+  EXPECT_EQ(IncompleteUtf8Tail("caf\xC3\xA9"), 0u);       // "café": whole
+  EXPECT_EQ(IncompleteUtf8Tail("caf\xC3"), 1u);           // é cut after 1 of 2 bytes
+  EXPECT_EQ(IncompleteUtf8Tail("\xE6\x97"), 2u);          // 日 cut after 2 of 3
+  EXPECT_EQ(IncompleteUtf8Tail("a\xF0\x9F\x98"), 3u);     // 😀 cut after 3 of 4
+  EXPECT_EQ(IncompleteUtf8Tail("\xF0\x9F\x98\x80"), 0u);  // 😀 whole
   // Bytes no continuation can make valid are not a tail: ValidateUtf8 reports them.
-  EXPECT_EQ(IncompleteUtf8Tail("a\x80"), 0u);                // stray continuation byte
-  EXPECT_EQ(IncompleteUtf8Tail("a\xE0\x80"), 0u);            // overlong start
-  EXPECT_EQ(IncompleteUtf8Tail("a\xED\xA0"), 0u);            // a surrogate's start
-  EXPECT_EQ(IncompleteUtf8Tail("a\xF5"), 0u);                // never a lead byte
+  EXPECT_EQ(IncompleteUtf8Tail("a\x80"), 0u);      // stray continuation byte
+  EXPECT_EQ(IncompleteUtf8Tail("a\xE0\x80"), 0u);  // overlong start
+  EXPECT_EQ(IncompleteUtf8Tail("a\xED\xA0"), 0u);  // a surrogate's start
+  EXPECT_EQ(IncompleteUtf8Tail("a\xF5"), 0u);      // never a lead byte
   EXPECT_EQ(IncompleteUtf8Tail("\x80\x80\x80\x80"), 0u);
   // Every cut of a text: the whole characters before it validate, and the tail starts one.
   const std::string text = "é 日本 😀 x";

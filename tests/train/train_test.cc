@@ -22,7 +22,8 @@ namespace {
 namespace fs = std::filesystem;
 
 fs::path TempDir(const std::string& name) {
-  fs::path dir = fs::temp_directory_path() / ("train_test_" + name + "_" + std::to_string(::getpid()));
+  fs::path dir =
+      fs::temp_directory_path() / ("train_test_" + name + "_" + std::to_string(::getpid()));
   fs::remove_all(dir);
   fs::create_directories(dir);
   return dir;
@@ -128,8 +129,8 @@ TEST(CheckpointTest, BadProgressSaysWhatIsWrong) {
   EXPECT_EQ(missing.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(missing.status().message().find("\"best_val\" is missing or not a number"),
             std::string::npos);
-  auto mistyped = ProgressFromJson(
-      R"({"step": "1", "tokens": 2, "elapsed_s": 3, "best_val": 4})", "p.json");
+  auto mistyped =
+      ProgressFromJson(R"({"step": "1", "tokens": 2, "elapsed_s": 3, "best_val": 4})", "p.json");
   EXPECT_NE(mistyped.status().message().find("\"step\" is missing or not a number"),
             std::string::npos);
 }

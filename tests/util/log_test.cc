@@ -15,8 +15,11 @@ constexpr int64_t kNoonMicros = 1796558400123456;  // 2026-12-06T12:00:00.123456
 
 TEST(LogTest, TextLineHasTimestampLevelComponentAndFields) {
   EXPECT_EQ(FormatLogLine(LogFormat::kText, kNoonMicros, LogLevel::kWarning, "access", "call",
-                          {{"method", "Score"}, {"code", "OK"}, {"duration_ms", 3.25},
-                           {"bytes_in", 42}, {"cancelled", false}}),
+                          {{"method", "Score"},
+                           {"code", "OK"},
+                           {"duration_ms", 3.25},
+                           {"bytes_in", 42},
+                           {"cancelled", false}}),
             "2026-12-06T12:00:00.123456Z WARNING access: call method=Score code=OK "
             "duration_ms=3.25 bytes_in=42 cancelled=false\n");
 }
@@ -38,12 +41,12 @@ TEST(LogTest, JsonLineIsOneObjectWithTypedFields) {
 
 TEST(LogTest, ValuesFromClientsCannotStartALineOrEndTheObject) {
   const std::string hostile = "s-1\"} \n2026-01-01T00:00:00Z ERROR forged=1\x01";
-  const std::string json = FormatLogLine(LogFormat::kJson, kNoonMicros, LogLevel::kInfo,
-                                         "access", "call", {{"session", hostile}});
+  const std::string json = FormatLogLine(LogFormat::kJson, kNoonMicros, LogLevel::kInfo, "access",
+                                         "call", {{"session", hostile}});
   EXPECT_EQ(json.find('\n'), json.size() - 1);
   EXPECT_EQ(nlohmann::json::parse(json)["session"], hostile);
-  const std::string text = FormatLogLine(LogFormat::kText, kNoonMicros, LogLevel::kInfo,
-                                         "access", "call", {{"session", hostile}, {"empty", ""}});
+  const std::string text = FormatLogLine(LogFormat::kText, kNoonMicros, LogLevel::kInfo, "access",
+                                         "call", {{"session", hostile}, {"empty", ""}});
   EXPECT_EQ(text.find('\n'), text.size() - 1);
   EXPECT_NE(text.find(R"(session="s-1\"} \n2026-01-01T00:00:00Z ERROR forged=1\u0001")"),
             std::string::npos)
@@ -56,8 +59,8 @@ TEST(LogTest, ValuesFromClientsCannotStartALineOrEndTheObject) {
 }
 
 TEST(LogTest, NonFiniteNumbersStayValidJson) {
-  const std::string line = FormatLogLine(LogFormat::kJson, kNoonMicros, LogLevel::kInfo, "x",
-                                         "y", {{"value", 1.0 / 0.0}, {"negative", -2}});
+  const std::string line = FormatLogLine(LogFormat::kJson, kNoonMicros, LogLevel::kInfo, "x", "y",
+                                         {{"value", 1.0 / 0.0}, {"negative", -2}});
   const auto json = nlohmann::json::parse(line);
   EXPECT_EQ(json["value"], "inf");
   EXPECT_EQ(json["negative"], -2);

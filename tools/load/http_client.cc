@@ -19,8 +19,8 @@ namespace {
 absl::StatusOr<int> Connect(const std::string& address) {
   const size_t colon = address.rfind(':');
   if (colon == std::string::npos) {
-    return absl::InvalidArgumentError(absl::StrCat("--http_address '", address,
-                                                   "' is not host:port"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--http_address '", address, "' is not host:port"));
   }
   const std::string host = address.substr(0, colon), port = address.substr(colon + 1);
   addrinfo hints{};
@@ -61,9 +61,9 @@ absl::StatusOr<int> PostStreaming(const std::string& address, const std::string&
   absl::StatusOr<int> fd = Connect(address);
   if (!fd.ok()) return fd.status();
   // HTTP/1.0: the server answers without chunked encoding and closes the connection at the end.
-  std::string request = absl::StrCat("POST ", path, " HTTP/1.0\r\nHost: ", address,
-                                     "\r\nContent-Type: application/json\r\nContent-Length: ",
-                                     body.size(), "\r\n");
+  std::string request =
+      absl::StrCat("POST ", path, " HTTP/1.0\r\nHost: ", address,
+                   "\r\nContent-Type: application/json\r\nContent-Length: ", body.size(), "\r\n");
   for (const auto& [name, value] : headers) absl::StrAppend(&request, name, ": ", value, "\r\n");
   absl::StrAppend(&request, "\r\n", body);
   if (!SendAll(*fd, request)) {

@@ -114,8 +114,8 @@ void IngestRandom(pb::TttService::Stub& stub, const std::string& id, int64_t voc
 }
 
 // `greedy`: temperature 0 (the cheapest sampling: what engine_bench's decode rows compare with).
-void GenerateTimed(pb::TttService::Stub& stub, const std::string& id, int32_t gen_tokens,
-                   int seed, LoadResult* mine, bool greedy = false) {
+void GenerateTimed(pb::TttService::Stub& stub, const std::string& id, int32_t gen_tokens, int seed,
+                   LoadResult* mine, bool greedy = false) {
   auto ctx = Context();
   pb::GenerateRequest g;
   g.set_session_id(id);
@@ -152,38 +152,38 @@ void GenerateOverHttp(const std::string& id, int32_t gen_tokens, int seed, LoadR
   const std::string token = auth::TokenFromFlagOrEnvironment(absl::GetFlag(FLAGS_token));
   if (!token.empty()) headers.emplace_back("Authorization", "Bearer " + token);
   const nlohmann::json body = {{"max_tokens", gen_tokens}, {"temperature", 0.8}, {"seed", seed},
-                               {"ignore_eos", true}, {"stream", true}, {"logprobs", 1}};
+                               {"ignore_eos", true},       {"stream", true},     {"logprobs", 1}};
   const auto t0 = Clock::now();
   std::optional<Clock::time_point> last;
   std::string failure;
-  auto status = PostStreaming(
-      absl::GetFlag(FLAGS_http_address), "/v1/completions", headers, body.dump(),
-      [&](std::string_view data) {
-        if (data == "[DONE]") return;
-        const nlohmann::json event = nlohmann::json::parse(data, nullptr, false);
-        if (event.is_discarded() || !event.contains("choices")) {
-          failure = std::string(data.substr(0, 200));
-          return;
-        }
-        for (const auto& choice : event["choices"]) {
-          if (!choice.contains("logprobs") || !choice["logprobs"].is_object()) continue;
-          const size_t n = choice["logprobs"]["token_logprobs"].size();
-          for (size_t k = 0; k < n; ++k) {
-            const auto now = Clock::now();
-            if (last) {
-              mine->itl.push_back(std::chrono::duration<double>(now - *last).count());
-            } else {
-              mine->ttft.push_back(std::chrono::duration<double>(now - t0).count());
-            }
-            last = now;
-            ++mine->tokens;
-          }
-        }
-      });
+  auto status =
+      PostStreaming(absl::GetFlag(FLAGS_http_address), "/v1/completions", headers, body.dump(),
+                    [&](std::string_view data) {
+                      if (data == "[DONE]") return;
+                      const nlohmann::json event = nlohmann::json::parse(data, nullptr, false);
+                      if (event.is_discarded() || !event.contains("choices")) {
+                        failure = std::string(data.substr(0, 200));
+                        return;
+                      }
+                      for (const auto& choice : event["choices"]) {
+                        if (!choice.contains("logprobs") || !choice["logprobs"].is_object())
+                          continue;
+                        const size_t n = choice["logprobs"]["token_logprobs"].size();
+                        for (size_t k = 0; k < n; ++k) {
+                          const auto now = Clock::now();
+                          if (last) {
+                            mine->itl.push_back(std::chrono::duration<double>(now - *last).count());
+                          } else {
+                            mine->ttft.push_back(std::chrono::duration<double>(now - t0).count());
+                          }
+                          last = now;
+                          ++mine->tokens;
+                        }
+                      }
+                    });
   if (!status.ok() || *status != 200 || !failure.empty()) {
     std::fprintf(stderr, "ttt: loadgen over HTTP: %s\n",
-                 !status.ok() ? std::string(status.status().message()).c_str()
-                              : failure.c_str());
+                 !status.ok() ? std::string(status.status().message()).c_str() : failure.c_str());
     ++mine->errors;
   }
   mine->gen_latency.push_back(Seconds(t0));
@@ -327,10 +327,11 @@ int CompareDecode(pb::TttService::Stub& stub, int n, int base, int64_t vocab, co
   const LoadResult one = RunDecodePhase(stub, base, vocab, mix);
   const LoadResult many = RunDecodePhase(stub, n, vocab, mix);
   for (const auto& [count, r] : {std::pair<int, const LoadResult&>(base, one), {n, many}}) {
-    std::printf("decode N=%-3d %8.0f tokens/s  (%lld generated in %.2fs, %d errors)  ITL p50 "
-                "%.2fms p99 %.2fms\n",
-                count, r.tokens / r.seconds, static_cast<long long>(r.tokens), r.seconds,
-                r.errors, 1e3 * Percentile(r.itl, 0.5), 1e3 * Percentile(r.itl, 0.99));
+    std::printf(
+        "decode N=%-3d %8.0f tokens/s  (%lld generated in %.2fs, %d errors)  ITL p50 "
+        "%.2fms p99 %.2fms\n",
+        count, r.tokens / r.seconds, static_cast<long long>(r.tokens), r.seconds, r.errors,
+        1e3 * Percentile(r.itl, 0.5), 1e3 * Percentile(r.itl, 0.99));
   }
   std::printf("decode throughput ratio N=%d / N=%d: %.2fx\n", n, base,
               (many.tokens / many.seconds) / (one.tokens / one.seconds));
@@ -355,14 +356,15 @@ LoadResult RunLoadBesideIngest(pb::TttService::Stub& stub, int n, int64_t vocab,
 }
 
 void Report(int n, const LoadResult& r) {
-  std::printf("N=%-3d %8.0f tokens/s  (%lld tokens in %.2fs, %d errors)  ingest msg p50 %.1fms "
-              "p99 %.1fms  TTFT p50 %.1fms p99 %.1fms  ITL p50 %.1fms p99 %.1fms  "
-              "generate p50 %.1fms p99 %.1fms\n",
-              n, r.tokens / r.seconds, static_cast<long long>(r.tokens), r.seconds, r.errors,
-              1e3 * Percentile(r.ingest_latency, 0.5), 1e3 * Percentile(r.ingest_latency, 0.99),
-              1e3 * Percentile(r.ttft, 0.5), 1e3 * Percentile(r.ttft, 0.99),
-              1e3 * Percentile(r.itl, 0.5), 1e3 * Percentile(r.itl, 0.99),
-              1e3 * Percentile(r.gen_latency, 0.5), 1e3 * Percentile(r.gen_latency, 0.99));
+  std::printf(
+      "N=%-3d %8.0f tokens/s  (%lld tokens in %.2fs, %d errors)  ingest msg p50 %.1fms "
+      "p99 %.1fms  TTFT p50 %.1fms p99 %.1fms  ITL p50 %.1fms p99 %.1fms  "
+      "generate p50 %.1fms p99 %.1fms\n",
+      n, r.tokens / r.seconds, static_cast<long long>(r.tokens), r.seconds, r.errors,
+      1e3 * Percentile(r.ingest_latency, 0.5), 1e3 * Percentile(r.ingest_latency, 0.99),
+      1e3 * Percentile(r.ttft, 0.5), 1e3 * Percentile(r.ttft, 0.99), 1e3 * Percentile(r.itl, 0.5),
+      1e3 * Percentile(r.itl, 0.99), 1e3 * Percentile(r.gen_latency, 0.5),
+      1e3 * Percentile(r.gen_latency, 0.99));
 }
 
 // N sessions alone, then beside a long ingest; the ratios say what the ingest costs them.
@@ -372,13 +374,13 @@ int CompareBesideIngest(pb::TttService::Stub& stub, int n, int64_t vocab, const 
   Report(n, alone);
   LoadResult beside = RunLoadBesideIngest(stub, n, vocab, mix, tokens);
   Report(n, beside);
-  std::printf("beside a %lld-token ingest vs alone: ITL p50 %.2fx, p99 %.2fx; TTFT p50 %.2fx, "
-              "p99 %.2fx\n",
-              static_cast<long long>(tokens),
-              Percentile(beside.itl, 0.5) / Percentile(alone.itl, 0.5),
-              Percentile(beside.itl, 0.99) / Percentile(alone.itl, 0.99),
-              Percentile(beside.ttft, 0.5) / Percentile(alone.ttft, 0.5),
-              Percentile(beside.ttft, 0.99) / Percentile(alone.ttft, 0.99));
+  std::printf(
+      "beside a %lld-token ingest vs alone: ITL p50 %.2fx, p99 %.2fx; TTFT p50 %.2fx, "
+      "p99 %.2fx\n",
+      static_cast<long long>(tokens), Percentile(beside.itl, 0.5) / Percentile(alone.itl, 0.5),
+      Percentile(beside.itl, 0.99) / Percentile(alone.itl, 0.99),
+      Percentile(beside.ttft, 0.5) / Percentile(alone.ttft, 0.5),
+      Percentile(beside.ttft, 0.99) / Percentile(alone.ttft, 0.99));
   return alone.errors + beside.errors == 0 ? 0 : 1;
 }
 

@@ -96,11 +96,23 @@ void AddTenant(grpc::ClientContext& ctx, const Options& o) {
 }
 
 const char* CodeName(grpc::StatusCode code) {
-  static const char* kNames[] = {"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT",
-                                 "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
-                                 "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
-                                 "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL",
-                                 "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"};
+  static const char* kNames[] = {"OK",
+                                 "CANCELLED",
+                                 "UNKNOWN",
+                                 "INVALID_ARGUMENT",
+                                 "DEADLINE_EXCEEDED",
+                                 "NOT_FOUND",
+                                 "ALREADY_EXISTS",
+                                 "PERMISSION_DENIED",
+                                 "RESOURCE_EXHAUSTED",
+                                 "FAILED_PRECONDITION",
+                                 "ABORTED",
+                                 "OUT_OF_RANGE",
+                                 "UNIMPLEMENTED",
+                                 "INTERNAL",
+                                 "UNAVAILABLE",
+                                 "DATA_LOSS",
+                                 "UNAUTHENTICATED"};
   const int c = static_cast<int>(code);
   return c >= 0 && c <= 16 ? kNames[c] : "?";
 }
@@ -160,7 +172,8 @@ void Recorder::Violation(const std::string& what) {
   std::lock_guard<std::mutex> lock(mu_);
   ++violation_count_;
   if (violations_.size() < 100) violations_.push_back(what);
-  if (!quiet_ && violation_count_ <= 20) std::fprintf(stderr, "stress: VIOLATION: %s\n", what.c_str());
+  if (!quiet_ && violation_count_ <= 20)
+    std::fprintf(stderr, "stress: VIOLATION: %s\n", what.c_str());
 }
 
 void Recorder::Doing(int index, const std::string& op) {
@@ -246,15 +259,18 @@ class Monitor {
       const double t = std::chrono::duration<double>(Clock::now() - start_).count();
       if (options_.server_pid > 0) {
         const double mib = ReadRssMib(options_.server_pid);
-        if (mib < 0) return Died(absl::StrCat("the server process ", options_.server_pid,
-                                              " is gone after ", static_cast<int>(t), " s"));
+        if (mib < 0)
+          return Died(absl::StrCat("the server process ", options_.server_pid, " is gone after ",
+                                   static_cast<int>(t), " s"));
         rss_.emplace_back(t, mib);
       }
       if (tick % 5 == 0) {
         failed_probes = Probe() ? 0 : failed_probes + 1;
         if (failed_probes >= 3) {
-          return Died(absl::StrCat("the server has not answered GetServerInfo for 3 probes in a "
-                                   "row (", static_cast<int>(t), " s into the run)"));
+          return Died(
+              absl::StrCat("the server has not answered GetServerInfo for 3 probes in a "
+                           "row (",
+                           static_cast<int>(t), " s into the run)"));
         }
       }
       std::unique_lock<std::mutex> lock(mu_);
@@ -270,9 +286,9 @@ class Monitor {
   }
   void Died(const std::string& why) {
     died_ = true;
-    recorder_->Violation(absl::StrCat(why, "; in flight at the first UNAVAILABLE: ",
-                                      recorder_->InFlightAtFirstUnavailable(),
-                                      "; in flight now: ", recorder_->InFlight()));
+    recorder_->Violation(absl::StrCat(
+        why, "; in flight at the first UNAVAILABLE: ", recorder_->InFlightAtFirstUnavailable(),
+        "; in flight now: ", recorder_->InFlight()));
     recorder_->Stop();
   }
 
@@ -346,13 +362,13 @@ absl::Status Prepare(const Options& o, std::shared_ptr<grpc::Channel> channel, S
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
   grpc::Status st = stub->GetServerInfo(&ctx, pb::GetServerInfoRequest(), &shared->info);
   if (!st.ok()) {
-    return absl::UnavailableError(absl::StrCat("no answer from ", o.target, ": ",
-                                               CodeName(st.error_code()), ": ",
-                                               st.error_message()));
+    return absl::UnavailableError(absl::StrCat(
+        "no answer from ", o.target, ": ", CodeName(st.error_code()), ": ", st.error_message()));
   }
   std::mt19937_64 rng(o.seed);
   const uint64_t vocab = static_cast<uint64_t>(std::max<int64_t>(4, shared->info.vocab_size()));
-  for (int i = 0; i < 24; ++i) shared->probe.push_back(static_cast<int32_t>(3 + rng() % (vocab - 3)));
+  for (int i = 0; i < 24; ++i)
+    shared->probe.push_back(static_cast<int32_t>(3 + rng() % (vocab - 3)));
   return absl::OkStatus();
 }
 
@@ -404,7 +420,8 @@ void PrintReport(Recorder& recorder, const Monitor& monitor, const Options& o, c
   }
   std::vector<std::string> errors;
   for (const auto& [code, n] : t.errors) errors.push_back(absl::StrCat(code, " ", n));
-  std::printf("errors by code: %s\n", errors.empty() ? "none" : absl::StrJoin(errors, ", ").c_str());
+  std::printf("errors by code: %s\n",
+              errors.empty() ? "none" : absl::StrJoin(errors, ", ").c_str());
   for (const auto& [key, message] : recorder.first_errors()) {
     std::printf("  first %s: %s\n", key.c_str(), message.c_str());
   }
@@ -479,8 +496,7 @@ void WriteJson(Recorder& recorder, const Monitor& monitor, const Options& o, con
 int Run(const Options& o) {
   auto setup_channel_or = NewChannel(o);
   if (!setup_channel_or.ok()) {  // a credential file that cannot be read: a usage error
-    std::fprintf(stderr, "stress: %s\n",
-                 std::string(setup_channel_or.status().message()).c_str());
+    std::fprintf(stderr, "stress: %s\n", std::string(setup_channel_or.status().message()).c_str());
     return 2;
   }
   const std::shared_ptr<grpc::Channel> setup_channel = *setup_channel_or;
@@ -588,8 +604,8 @@ int RunStress(int argc, char** argv) {
   }
   auto options = stress::ParseOptions(argc, argv);
   if (!options.ok()) {
-    std::fprintf(stderr, "ttt stress: %s\n\n%s\n",
-                 std::string(options.status().message()).c_str(), kUsage);
+    std::fprintf(stderr, "ttt stress: %s\n\n%s\n", std::string(options.status().message()).c_str(),
+                 kUsage);
     return 2;
   }
   return stress::Run(*options);

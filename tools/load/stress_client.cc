@@ -89,13 +89,13 @@ grpc::Status Client::AsWriter(const std::string& id, const std::function<grpc::S
       continue;
     }
     if (code == grpc::StatusCode::ABORTED) {
-      Expect(false, absl::StrCat(
-                        "a writer on session ", id, " got ABORTED ",
-                        lingering ? absl::StrCat("for longer than ", kBusyAfterCancel.count(),
-                                                 " s after this client cancelled its writer")
-                                  : "although this client is its only writer and no writer "
-                                    "call of it is unfinished",
-                        ": ", Short(st.error_message())));
+      Expect(false,
+             absl::StrCat("a writer on session ", id, " got ABORTED ",
+                          lingering ? absl::StrCat("for longer than ", kBusyAfterCancel.count(),
+                                                   " s after this client cancelled its writer")
+                                    : "although this client is its only writer and no writer "
+                                      "call of it is unfinished",
+                          ": ", Short(st.error_message())));
     }
     if (code == grpc::StatusCode::OK) lingering_.erase(id);  // this call held the lease
     if (code == grpc::StatusCode::CANCELLED || code == grpc::StatusCode::DEADLINE_EXCEEDED) {
@@ -254,10 +254,10 @@ grpc::Status Client::GenerateOnce(const std::string& id, bool commit, bool cance
   }
   const grpc::Status st = Check("Generate", reader->Finish());
   if (st.ok() && !cancel) {
-    Expect(finished && reported == tokens && tokens <= max_tokens,
-           absl::StrCat("Generate on ", id, " ended OK with ", tokens, " tokens of at most ",
-                        max_tokens, finished ? "" : " and no finish reason", ", reported ",
-                        reported));
+    Expect(
+        finished && reported == tokens && tokens <= max_tokens,
+        absl::StrCat("Generate on ", id, " ended OK with ", tokens, " tokens of at most ",
+                     max_tokens, finished ? "" : " and no finish reason", ", reported ", reported));
   }
   return st;
 }
@@ -360,10 +360,12 @@ bool Client::Reset(const std::string& id) {
   pb::ResetRequest req;
   req.set_session_id(id);
   pb::Session s;
-  return AsWriter(id, [&] {
-           auto ctx = Context("Reset");
-           return Check("Reset", stub_->Reset(ctx.get(), req, &s));
-         }).ok();
+  return AsWriter(id,
+                  [&] {
+                    auto ctx = Context("Reset");
+                    return Check("Reset", stub_->Reset(ctx.get(), req, &s));
+                  })
+      .ok();
 }
 
 bool Client::DeleteCheckpoint(const std::string& checkpoint_id) {
@@ -402,9 +404,9 @@ void Client::Listings() {
           .ok()) {
     for (const auto& c : resp.checkpoints()) {
       const std::string& id = c.checkpoint_id();
-      Expect(!id.empty() && id[0] != '.' && id.find(".tmp") == std::string::npos &&
-                 c.size_bytes() > 0,
-             absl::StrCat("ListCheckpoints lists \"", id, "\" of ", c.size_bytes(), " bytes"));
+      Expect(
+          !id.empty() && id[0] != '.' && id.find(".tmp") == std::string::npos && c.size_bytes() > 0,
+          absl::StrCat("ListCheckpoints lists \"", id, "\" of ", c.size_bytes(), " bytes"));
     }
   }
 }
@@ -455,8 +457,9 @@ std::vector<int32_t> Client::RandomTokens(int n) {
 }
 
 std::string Client::RandomText(int words) {
-  static const char* kWords[] = {"the", "court", "said", "jury", "of", "ville", "election",
-                                 "and", "wörter", "naïve", "日本", "—", "\n", "42", "a", "is"};
+  static const char* kWords[] = {"the",      "court", "said",   "jury",  "of",   "ville",
+                                 "election", "and",   "wörter", "naïve", "日本", "—",
+                                 "\n",       "42",    "a",      "is"};
   std::string out;
   for (int i = 0; i < words; ++i) {
     if (i) out += ' ';
@@ -512,16 +515,16 @@ void Client::OpCopy(bool fork) {
     if (!Score(source, &want)) return;
   }
   std::string copy, bytes;
-  const bool made = fork ? Fork(source, &copy)
-                         : Export(source, "", rng_() % 8 == 0, false, &bytes) &&
-                               Import(bytes, &copy);
+  const bool made =
+      fork ? Fork(source, &copy)
+           : Export(source, "", rng_() % 8 == 0, false, &bytes) && Import(bytes, &copy);
   if (!made) return;
   pb::ScoreResponse got;
   if (Score(copy, &got)) {
-    ExpectSameScore(want, got,
-                    absl::StrCat(fork ? "a fork" : "an export imported back", " of ",
-                                 canary ? "canary " : "session ", source,
-                                 " scores differently from it"));
+    ExpectSameScore(
+        want, got,
+        absl::StrCat(fork ? "a fork" : "an export imported back", " of ",
+                     canary ? "canary " : "session ", source, " scores differently from it"));
   }
   Adopt(copy);
 }
@@ -532,7 +535,8 @@ void Client::OpReset() {
   pb::ScoreResponse got;
   if (Score(id, &got)) {
     ExpectSameScore(shared_->fresh, got,
-                    absl::StrCat("session ", id, " after Reset scores differently from a "
+                    absl::StrCat("session ", id,
+                                 " after Reset scores differently from a "
                                  "fresh session"));
   }
 }
@@ -560,7 +564,8 @@ void Client::OpReadCanary() {
   pb::ScoreResponse got;
   if (Score(c.session_id, &got)) {
     ExpectSameScore(c.baseline, got,
-                    absl::StrCat("canary ", c.session_id, ", which no writer touched, scores "
+                    absl::StrCat("canary ", c.session_id,
+                                 ", which no writer touched, scores "
                                  "differently from its first score"));
   }
 }
@@ -575,12 +580,27 @@ void Client::OneOperation() {
   const bool text = shared_->info.has_tokenizer();
   // Weights of the mix, in the order of the cases below.
   static const int kWeights[] = {5, 14, 8, 3, 8, 4, 6, 5, 3, 2, 6, 5, 2, 4, 4, 2, 3, 3, 10, 3, 2};
-  static const char* kNames[] = {
-      "CreateSession", "Ingest ids", "Ingest text", "Ingest cancelled", "Score",
-      "Score text", "Generate", "Generate commit", "Generate cancelled", "Generate stalled",
-      "Checkpoint", "Restore new", "Restore over", "Fork", "Export+Import",
-      "Export stalled/cancelled", "DeleteSession", "Reset", "read canary", "listings",
-      "bad inputs"};
+  static const char* kNames[] = {"CreateSession",
+                                 "Ingest ids",
+                                 "Ingest text",
+                                 "Ingest cancelled",
+                                 "Score",
+                                 "Score text",
+                                 "Generate",
+                                 "Generate commit",
+                                 "Generate cancelled",
+                                 "Generate stalled",
+                                 "Checkpoint",
+                                 "Restore new",
+                                 "Restore over",
+                                 "Fork",
+                                 "Export+Import",
+                                 "Export stalled/cancelled",
+                                 "DeleteSession",
+                                 "Reset",
+                                 "read canary",
+                                 "listings",
+                                 "bad inputs"};
   int total = 0;
   for (int w : kWeights) total += w;
   int r = static_cast<int>(rng_() % static_cast<uint64_t>(total)), op = 0;
@@ -590,30 +610,70 @@ void Client::OneOperation() {
   std::string out;
   pb::ScoreResponse score;
   switch (op) {
-    case 0: if (Create(&out)) Adopt(out); break;
-    case 1: Ingest(id, false, false); break;
-    case 2: Ingest(id, text, false); break;
-    case 3: Ingest(id, text && rng_() % 2, true); break;
-    case 4: Score(id, &score); break;
-    case 5: ScoreText(id); break;
-    case 6: Generate(id, false, false, false); break;
-    case 7: Generate(id, true, false, false); break;
-    case 8: Generate(id, rng_() % 2, true, false); break;
-    case 9: Generate(id, false, false, true); break;
-    case 10: OpCheckpoint(); break;
-    case 11: OpVerifyCheckpoint(false); break;
-    case 12: OpVerifyCheckpoint(true); break;
-    case 13: OpCopy(true); break;
-    case 14: OpCopy(false); break;
-    case 15: Export(id, "", rng_() % 2, rng_() % 2, &out); break;
+    case 0:
+      if (Create(&out)) Adopt(out);
+      break;
+    case 1:
+      Ingest(id, false, false);
+      break;
+    case 2:
+      Ingest(id, text, false);
+      break;
+    case 3:
+      Ingest(id, text && rng_() % 2, true);
+      break;
+    case 4:
+      Score(id, &score);
+      break;
+    case 5:
+      ScoreText(id);
+      break;
+    case 6:
+      Generate(id, false, false, false);
+      break;
+    case 7:
+      Generate(id, true, false, false);
+      break;
+    case 8:
+      Generate(id, rng_() % 2, true, false);
+      break;
+    case 9:
+      Generate(id, false, false, true);
+      break;
+    case 10:
+      OpCheckpoint();
+      break;
+    case 11:
+      OpVerifyCheckpoint(false);
+      break;
+    case 12:
+      OpVerifyCheckpoint(true);
+      break;
+    case 13:
+      OpCopy(true);
+      break;
+    case 14:
+      OpCopy(false);
+      break;
+    case 15:
+      Export(id, "", rng_() % 2, rng_() % 2, &out);
+      break;
     case 16:
       Delete(id);
       owned_.erase(std::find(owned_.begin(), owned_.end(), id));
       break;
-    case 17: OpReset(); break;
-    case 18: OpReadCanary(); break;
-    case 19: Listings(); break;
-    default: BadInputs(); break;
+    case 17:
+      OpReset();
+      break;
+    case 18:
+      OpReadCanary();
+      break;
+    case 19:
+      Listings();
+      break;
+    default:
+      BadInputs();
+      break;
   }
   recorder_->Operation();
 }
@@ -641,7 +701,8 @@ void Client::Finish() {
   if (recorder_->stopping()) return;  // the server is gone: nothing to verify against
   operation_ = "final checkpoint checks";
   for (int tries = 0; !pending_.empty() && tries < 32; ++tries) OpVerifyCheckpoint(false);
-  Expect(pending_.empty(), absl::StrCat(pending_.size(), " acknowledged checkpoints could not "
+  Expect(pending_.empty(), absl::StrCat(pending_.size(),
+                                        " acknowledged checkpoints could not "
                                         "be restored (retryable errors) by the end"));
   for (const std::string& id : owned_) Delete(id);
   owned_.clear();

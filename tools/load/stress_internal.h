@@ -32,9 +32,9 @@ struct Options {
   double duration_s = 120;
   uint64_t seed = 1;
   std::string report_json;
-  int server_pid = 0;           // 0: no RSS samples, liveness from the API alone
-  double warmup_s = -1;         // < 0: a third of the duration
-  double max_rss_slope = 0;     // MiB per minute after warm-up; 0: report only
+  int server_pid = 0;        // 0: no RSS samples, liveness from the API alone
+  double warmup_s = -1;      // < 0: a third of the duration
+  double max_rss_slope = 0;  // MiB per minute after warm-up; 0: report only
   std::string tenant = "stress";
   double call_timeout_s = 60;
   bool quiet = false;
@@ -107,8 +107,8 @@ struct Canary {
 // Read-only once the clients run.
 struct Shared {
   pb::ServerInfo info;
-  std::vector<int32_t> probe;   // the continuation every score check uses
-  pb::ScoreResponse fresh;      // the probe scored on a fresh, empty session
+  std::vector<int32_t> probe;  // the continuation every score check uses
+  pb::ScoreResponse fresh;     // the probe scored on a fresh, empty session
   std::vector<Canary> canaries;
 };
 
@@ -185,9 +185,9 @@ class Client {
   Recorder* const recorder_;
   const Shared* shared_ = nullptr;
   std::mt19937_64 rng_;
-  std::vector<std::string> owned_;    // sessions this client writes (at most kMaxOwned)
-  std::set<std::string> lingering_;   // own sessions whose last writer call the client ended
-  std::vector<Pending> pending_;      // checkpoints not yet verified
+  std::vector<std::string> owned_;   // sessions this client writes (at most kMaxOwned)
+  std::set<std::string> lingering_;  // own sessions whose last writer call the client ended
+  std::vector<Pending> pending_;     // checkpoints not yet verified
   std::vector<std::string> made_checkpoints_;
   std::string operation_ = "set-up";  // the operation of the mix in progress
 };
