@@ -12,14 +12,14 @@ namespace {
 
 // RFC 6750's b64token: the only characters a bearer token may have.
 bool IsTokenChar(char c) {
-  return absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '.' ||
-         c == '_' || c == '~' || c == '+' || c == '/' || c == '=';
+  return absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '.' || c == '_' ||
+         c == '~' || c == '+' || c == '/' || c == '=';
 }
 
 std::string MethodShortName(absl::string_view full_method) {
   const size_t slash = full_method.rfind('/');
   return std::string(slash == absl::string_view::npos ? full_method
-                                                     : full_method.substr(slash + 1));
+                                                      : full_method.substr(slash + 1));
 }
 
 }  // namespace
@@ -97,7 +97,8 @@ absl::StatusOr<Principal> Authorizer::FromCertificate(const CallCredentials& cal
                 absl::UnauthenticatedError(absl::StrCat(
                     "client certificate identity '", cert->identity,
                     "' is not in the server's credentials file (--auth_tokens_file): the "
-                    "operator adds a line '<tenant> ", cert->identity, " <scopes>'")));
+                    "operator adds a line '<tenant> ",
+                    cert->identity, " <scopes>'")));
   }
   return Principal{found->tenant, found->scopes, CredentialKind::kClientCertificate,
                    cert->identity};
@@ -139,11 +140,13 @@ absl::StatusOr<Principal> Authorizer::Authorize(const CallCredentials& call,
   }
   if (call.tenant_header && *call.tenant_header != principal->tenant) {
     if (!principal->scopes.Has(Scope::kAdmin)) {
-      return Fail(AuthFailure::kTenantMismatch,
-                  absl::PermissionDeniedError(absl::StrCat(
-                      "x-tenant-id '", *call.tenant_header, "' does not match the credential's "
-                      "tenant '", principal->tenant, "': omit x-tenant-id (the credential names "
-                      "the tenant) or use an admin credential")));
+      return Fail(AuthFailure::kTenantMismatch, absl::PermissionDeniedError(absl::StrCat(
+                                                    "x-tenant-id '", *call.tenant_header,
+                                                    "' does not match the credential's "
+                                                    "tenant '",
+                                                    principal->tenant,
+                                                    "': omit x-tenant-id (the credential names "
+                                                    "the tenant) or use an admin credential")));
     }
     if (options_.validate_tenant) {
       RETURN_IF_ERROR(options_.validate_tenant(*call.tenant_header));

@@ -25,8 +25,8 @@
 #include <functional>
 #include <optional>
 #include <string>
-#include "absl/strings/string_view.h"
 #include <vector>
+#include "absl/strings/string_view.h"
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -38,14 +38,14 @@ namespace ttt::auth {
 // Why a call was refused: the label of tttserve_auth_failures_total{reason}. A closed set, so
 // the metric's cardinality is bounded; never a token, never a tenant.
 enum class AuthFailure {
-  kMissingCredentials,    // no token, no client certificate
-  kMalformedToken,        // `authorization` is not `Bearer <token>`
-  kUnknownToken,          // a token not in the tokens file (or tokens not accepted)
-  kBadCertificate,         // no usable identity in the client certificate (x509_identity.h)
-  kUnknownCertificate,     // a certificate identity the credentials file does not list
-  kRevokedCertificate,     // a certificate the revocation list names
-  kScopeDenied,            // the credential's scopes do not allow the call
-  kTenantMismatch,         // x-tenant-id names another tenant
+  kMissingCredentials,  // no token, no client certificate
+  kMalformedToken,      // `authorization` is not `Bearer <token>`
+  kUnknownToken,        // a token not in the tokens file (or tokens not accepted)
+  kBadCertificate,      // no usable identity in the client certificate (x509_identity.h)
+  kUnknownCertificate,  // a certificate identity the credentials file does not list
+  kRevokedCertificate,  // a certificate the revocation list names
+  kScopeDenied,         // the credential's scopes do not allow the call
+  kTenantMismatch,      // x-tenant-id names another tenant
 };
 inline constexpr AuthFailure kAllAuthFailures[] = {
     AuthFailure::kMissingCredentials, AuthFailure::kMalformedToken,
@@ -84,11 +84,11 @@ class RevocationCheck {
 struct AuthorizerOptions {
   // Not owned; null: neither bearer tokens nor certificate identities are accepted.
   const TokenStore* tokens = nullptr;
-  bool client_certificates = false;    // mutual TLS on: a verified certificate authenticates
+  bool client_certificates = false;  // mutual TLS on: a verified certificate authenticates
   const RevocationCheck* revocations = nullptr;  // not owned; null: nothing is revoked
-  TenantValidator validate_tenant;     // for x-tenant-id
-  std::string default_tenant = "default";  // authentication off, no x-tenant-id
-  std::function<void(AuthFailure)> on_failure;  // for metrics; may be null
+  TenantValidator validate_tenant;               // for x-tenant-id
+  std::string default_tenant = "default";        // authentication off, no x-tenant-id
+  std::function<void(AuthFailure)> on_failure;   // for metrics; may be null
 };
 
 class Authorizer {
@@ -112,8 +112,7 @@ class Authorizer {
 
   // PERMISSION_DENIED unless `principal` has at least `needed` (for a call whose arguments need
   // more than its method: a committing Generate needs `write`). `what` names the call.
-  absl::Status RequireScope(const Principal& principal, Scope needed,
-                            absl::string_view what) const;
+  absl::Status RequireScope(const Principal& principal, Scope needed, absl::string_view what) const;
 
  private:
   absl::StatusOr<Principal> Authenticate(const CallCredentials& call) const;

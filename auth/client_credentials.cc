@@ -92,7 +92,7 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> CreateAuthChannel(
     factories.push_back(std::make_unique<BearerInterceptorFactory>(options.token));
   }
   return grpc::experimental::CreateCustomChannelWithInterceptors(target, credentials, args,
-                                                                  std::move(factories));
+                                                                 std::move(factories));
 }
 
 }  // namespace ttt::auth

@@ -15,11 +15,11 @@
 namespace ttt::auth {
 
 struct ClientAuthOptions {
-  bool tls = false;        // implied by any of the files below
-  std::string ca_file;     // PEM roots to trust; empty: the system's
-  std::string cert_file;   // client certificate (mutual TLS); needs key_file
+  bool tls = false;       // implied by any of the files below
+  std::string ca_file;    // PEM roots to trust; empty: the system's
+  std::string cert_file;  // client certificate (mutual TLS); needs key_file
   std::string key_file;
-  std::string token;       // bearer token; empty: none
+  std::string token;  // bearer token; empty: none
 };
 
 // `flag` when set, else $TTT_TOKEN, else "".

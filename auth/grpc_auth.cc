@@ -45,8 +45,7 @@ CallCredentials CredentialsFrom(const Metadata& metadata, const grpc::AuthContex
 }
 
 grpc::Status ToGrpc(const absl::Status& status) {
-  return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
-                      std::string(status.message()));
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
 }
 
 }  // namespace
@@ -65,8 +64,9 @@ absl::StatusOr<Principal> AuthorizeCall(const Authorizer& authorizer,
 grpc::Status AuthGate::Process(const InputMetadata& metadata, grpc::AuthContext* context,
                                OutputMetadata* consumed, OutputMetadata* response) {
   auto path = metadata.find(":path");
-  const std::string method =
-      path == metadata.end() ? std::string() : std::string(path->second.data(), path->second.size());
+  const std::string method = path == metadata.end()
+                                 ? std::string()
+                                 : std::string(path->second.data(), path->second.size());
   auto principal = authorizer_->Authorize(CredentialsFrom(metadata, context), method);
   return principal.ok() ? grpc::Status::OK : ToGrpc(principal.status());
 }

@@ -30,10 +30,14 @@ constexpr size_t kMaxIdleBuckets = 4096;
 
 // "10", "10k", "10Mi", ...: a non-negative count.
 absl::StatusOr<int64_t> ParseCount(absl::string_view value) {
-  static constexpr std::pair<absl::string_view, int64_t> kSuffixes[] = {
-      {"Ki", int64_t{1} << 10}, {"Mi", int64_t{1} << 20}, {"Gi", int64_t{1} << 30},
-      {"Ti", int64_t{1} << 40}, {"k", 1000},               {"M", 1000000},
-      {"G", 1000000000},        {"T", 1000000000000}};
+  static constexpr std::pair<absl::string_view, int64_t> kSuffixes[] = {{"Ki", int64_t{1} << 10},
+                                                                        {"Mi", int64_t{1} << 20},
+                                                                        {"Gi", int64_t{1} << 30},
+                                                                        {"Ti", int64_t{1} << 40},
+                                                                        {"k", 1000},
+                                                                        {"M", 1000000},
+                                                                        {"G", 1000000000},
+                                                                        {"T", 1000000000000}};
   int64_t scale = 1;
   for (const auto& [suffix, factor] : kSuffixes) {
     if (absl::EndsWith(value, suffix)) {
@@ -44,7 +48,8 @@ absl::StatusOr<int64_t> ParseCount(absl::string_view value) {
   }
   int64_t n = 0;
   if (!absl::SimpleAtoi(value, &n) || n < 0 || n > INT64_MAX / scale) {
-    return absl::InvalidArgumentError("must be a non-negative integer (suffixes k M G T, Ki Mi Gi Ti)");
+    return absl::InvalidArgumentError(
+        "must be a non-negative integer (suffixes k M G T, Ki Mi Gi Ti)");
   }
   return n * scale;
 }
@@ -65,12 +70,14 @@ absl::Status SetKey(TenantQuota& q, absl::string_view key, absl::string_view val
                                   : key == kStreams         ? &q.streams
                                                             : nullptr;
   if (field == nullptr) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "unknown quota '", key, "' (valid: live_sessions, checkpoint_bytes, ingest_tokens_per_s, "
-        "ingest_burst, streams)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("unknown quota '", key,
+                     "' (valid: live_sessions, checkpoint_bytes, ingest_tokens_per_s, "
+                     "ingest_burst, streams)"));
   }
   auto n = ParseCount(value);
-  if (!n.ok()) return absl::InvalidArgumentError(absl::StrCat(key, "=", value, ": ", n.status().message()));
+  if (!n.ok())
+    return absl::InvalidArgumentError(absl::StrCat(key, "=", value, ": ", n.status().message()));
   *field = *n;
   return absl::OkStatus();
 }
@@ -211,11 +218,11 @@ absl::Status Quotas::CheckLiveSessions(const std::string& tenant, int64_t live_n
   std::lock_guard<std::mutex> lock(mu_);
   const TenantQuota& q = table_->For(tenant);
   if (!q.live_sessions || live_now < *q.live_sessions) return absl::OkStatus();
-  return Refuse(tenant, kLiveSessions,
-                absl::StrCat("tenant '", tenant, "' has ", live_now,
-                             " live sessions, at its quota of ", *q.live_sessions, " (",
-                             kLiveSessions,
-                             "): delete a session first (Checkpoint keeps its state on disk)"));
+  return Refuse(
+      tenant, kLiveSessions,
+      absl::StrCat("tenant '", tenant, "' has ", live_now, " live sessions, at its quota of ",
+                   *q.live_sessions, " (", kLiveSessions,
+                   "): delete a session first (Checkpoint keeps its state on disk)"));
 }
 
 absl::Status Quotas::CheckCheckpointBytes(const std::string& tenant, int64_t on_disk_now,
@@ -246,7 +253,8 @@ absl::Status Quotas::TakeIngestTokens(const std::string& tenant, int64_t tokens)
   }
   if (buckets_.size() > kMaxIdleBuckets) {
     for (auto it = buckets_.begin(); it != buckets_.end();) {
-      const double refilled = it->second.tokens + rate * absl::ToDoubleSeconds(now - it->second.updated);
+      const double refilled =
+          it->second.tokens + rate * absl::ToDoubleSeconds(now - it->second.updated);
       it = refilled >= burst ? buckets_.erase(it) : std::next(it);
     }
   }
@@ -268,10 +276,9 @@ absl::Status Quotas::TakeIngestTokens(const std::string& tenant, int64_t tokens)
                                 : std::string("its rate is 0: no ingest is allowed");
   absl::Status refused =
       Refuse(tenant, kIngestRate,
-             absl::StrCat("tenant '", tenant, "' is over its ingest quota of ", rate,
-                          " tokens/s (", kIngestRate, "; ", static_cast<int64_t>(b.tokens),
-                          " of a burst of ", burst, " tokens left, ", tokens, " asked): ",
-                          retry));
+             absl::StrCat("tenant '", tenant, "' is over its ingest quota of ", rate, " tokens/s (",
+                          kIngestRate, "; ", static_cast<int64_t>(b.tokens), " of a burst of ",
+                          burst, " tokens left, ", tokens, " asked): ", retry));
   if (std::isfinite(wait_s)) {
     const auto ms = static_cast<int64_t>(std::ceil(wait_s * 1000));
     refused.SetPayload(kRetryAfterPayload, absl::Cord(absl::StrCat(ms)));
@@ -285,10 +292,10 @@ absl::StatusOr<Quotas::StreamLease> Quotas::AcquireStream(const std::string& ten
   int64_t& open = streams_open_[tenant];
   if (q.streams && open >= *q.streams) {
     if (open == 0) streams_open_.erase(tenant);
-    return Refuse(tenant, kStreams,
-                  absl::StrCat("tenant '", tenant, "' has ", open,
-                               " streams open, at its quota of ", *q.streams, " (", kStreams,
-                               "): finish one, or retry when one ends"));
+    return Refuse(
+        tenant, kStreams,
+        absl::StrCat("tenant '", tenant, "' has ", open, " streams open, at its quota of ",
+                     *q.streams, " (", kStreams, "): finish one, or retry when one ends"));
   }
   ++open;
   return StreamLease(this, tenant);

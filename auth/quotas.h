@@ -70,7 +70,7 @@ absl::StatusOr<QuotaTable> ParseQuotasFile(absl::string_view text, absl::string_
 struct QuotaUsage {
   std::string tenant;  // a listed tenant, or "*"
   int64_t streams_open = 0;
-  int64_t ingest_tokens_admitted = 0;  // total since start
+  int64_t ingest_tokens_admitted = 0;       // total since start
   std::map<std::string, int64_t> refusals;  // by quota key, total since start
 };
 
@@ -82,7 +82,7 @@ std::optional<int64_t> RetryAfterMs(const absl::Status& status);
 struct QuotasOptions {
   std::string path;
   internal::TenantValidator validate_tenant;
-  int poll_interval_ms = 1000;  // 0: no watcher
+  int poll_interval_ms = 1000;                  // 0: no watcher
   std::function<absl::Time()> now = absl::Now;  // tests drive the bucket with a fake clock
   // Called after each reload attempt (not the first load) with its result; for metrics.
   std::function<void(bool ok)> on_reload;
@@ -99,8 +99,7 @@ class Quotas {
   // tenant's current count.
   absl::Status CheckLiveSessions(const std::string& tenant, int64_t live_now);
   // Before writing a checkpoint of `adding` bytes when the tenant's files hold `on_disk_now`.
-  absl::Status CheckCheckpointBytes(const std::string& tenant, int64_t on_disk_now,
-                                    int64_t adding);
+  absl::Status CheckCheckpointBytes(const std::string& tenant, int64_t on_disk_now, int64_t adding);
   // Takes `tokens` from the tenant's ingest bucket, or refuses (taking nothing) saying when
   // enough will have refilled.
   absl::Status TakeIngestTokens(const std::string& tenant, int64_t tokens);
@@ -153,11 +152,11 @@ class Quotas {
 
   const QuotasOptions options_;
   mutable std::mutex mu_;
-  std::shared_ptr<const QuotaTable> table_;       // guarded by mu_
-  std::map<std::string, Bucket> buckets_;         // guarded by mu_; per tenant seen
-  std::map<std::string, int64_t> streams_open_;   // guarded by mu_; exact, per tenant
-  std::map<std::string, Counters> counters_;      // guarded by mu_; listed tenants and "*"
-  uint64_t generation_ = 0;                       // guarded by mu_
+  std::shared_ptr<const QuotaTable> table_;         // guarded by mu_
+  std::map<std::string, Bucket> buckets_;           // guarded by mu_; per tenant seen
+  std::map<std::string, int64_t> streams_open_;     // guarded by mu_; exact, per tenant
+  std::map<std::string, Counters> counters_;        // guarded by mu_; listed tenants and "*"
+  uint64_t generation_ = 0;                         // guarded by mu_
   std::unique_ptr<internal::FileWatcher> watcher_;  // last: stops first
 };
 

@@ -24,15 +24,24 @@ constexpr absl::string_view kReadOtherMethods[] = {
 // TttService methods by the scope they need. Generate is `read` here; a committing Generate
 // changes the session, and its handler asks for `write` on top (RequireScope).
 constexpr std::pair<absl::string_view, MethodRule> kTttMethods[] = {
-    {"GetServerInfo", MethodRule::kRead},   {"GetSession", MethodRule::kRead},
-    {"ListSessions", MethodRule::kRead},    {"Score", MethodRule::kRead},
-    {"Generate", MethodRule::kRead},        {"ListCheckpoints", MethodRule::kRead},
-    {"ExportSession", MethodRule::kRead},   {"CreateSession", MethodRule::kWrite},
-    {"DeleteSession", MethodRule::kWrite},  {"Ingest", MethodRule::kWrite},
-    {"Checkpoint", MethodRule::kWrite},     {"Restore", MethodRule::kWrite},
-    {"Reset", MethodRule::kWrite},          {"Fork", MethodRule::kWrite},
-    {"DeleteCheckpoint", MethodRule::kWrite}, {"ImportSession", MethodRule::kWrite},
-    {"Tokenize", MethodRule::kRead},        {"Detokenize", MethodRule::kRead},
+    {"GetServerInfo", MethodRule::kRead},
+    {"GetSession", MethodRule::kRead},
+    {"ListSessions", MethodRule::kRead},
+    {"Score", MethodRule::kRead},
+    {"Generate", MethodRule::kRead},
+    {"ListCheckpoints", MethodRule::kRead},
+    {"ExportSession", MethodRule::kRead},
+    {"CreateSession", MethodRule::kWrite},
+    {"DeleteSession", MethodRule::kWrite},
+    {"Ingest", MethodRule::kWrite},
+    {"Checkpoint", MethodRule::kWrite},
+    {"Restore", MethodRule::kWrite},
+    {"Reset", MethodRule::kWrite},
+    {"Fork", MethodRule::kWrite},
+    {"DeleteCheckpoint", MethodRule::kWrite},
+    {"ImportSession", MethodRule::kWrite},
+    {"Tokenize", MethodRule::kRead},
+    {"Detokenize", MethodRule::kRead},
 };
 
 }  // namespace

@@ -60,8 +60,9 @@ absl::StatusOr<std::string> Read(const std::string& path, absl::string_view flag
 
 // The revoked (issuer, serial) pairs of every CRL in `text`; each CRL must be signed by a CA
 // of `cas` whose subject is its issuer.
-absl::StatusOr<std::set<std::pair<std::string, std::string>>> ReadCrls(
-    const std::string& text, const Certificates& cas, const std::string& path) {
+absl::StatusOr<std::set<std::pair<std::string, std::string>>> ReadCrls(const std::string& text,
+                                                                       const Certificates& cas,
+                                                                       const std::string& path) {
   constexpr absl::string_view kFlag = "--tls_crl_file";
   std::set<std::pair<std::string, std::string>> revoked;
   auto bio = MemoryBio(text);
@@ -77,8 +78,10 @@ absl::StatusOr<std::set<std::pair<std::string, std::string>>> ReadCrls(
       }
     }
     if (!signed_by_a_ca) {
-      return Bad(kFlag, path, absl::StrCat("CRL ", count, " is not signed by a CA of "
-                                           "--tls_client_ca_file"));
+      return Bad(kFlag, path,
+                 absl::StrCat("CRL ", count,
+                              " is not signed by a CA of "
+                              "--tls_client_ca_file"));
     }
     const std::string issuer = NameDer(X509_CRL_get_issuer(crl.get()));
     STACK_OF(X509_REVOKED)* entries = X509_CRL_get_REVOKED(crl.get());
@@ -134,8 +137,8 @@ absl::StatusOr<std::unique_ptr<TlsMaterial>> TlsMaterial::Open(TlsMaterialOption
   }
   std::unique_ptr<TlsMaterial> m(new TlsMaterial(std::move(options)));
   const char* tmp = std::getenv("TMPDIR");
-  std::string dir_template = absl::StrCat(tmp != nullptr && *tmp ? tmp : "/tmp",
-                                          "/ttt-serve-tls-XXXXXX");
+  std::string dir_template =
+      absl::StrCat(tmp != nullptr && *tmp ? tmp : "/tmp", "/ttt-serve-tls-XXXXXX");
   if (::mkdtemp(dir_template.data()) == nullptr) {
     return absl::FailedPreconditionError(
         absl::StrCat("cannot make the TLS staging folder ", dir_template, " (set TMPDIR)"));

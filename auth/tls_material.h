@@ -33,10 +33,10 @@
 namespace ttt::auth {
 
 struct TlsMaterialOptions {
-  std::string cert_file;       // PEM certificate chain (required)
-  std::string key_file;        // PEM private key (required)
-  std::string client_ca_file;  // PEM CA bundle; empty: no mutual TLS
-  std::string crl_file;        // PEM CRLs of the client CAs; empty: nothing revoked
+  std::string cert_file;        // PEM certificate chain (required)
+  std::string key_file;         // PEM private key (required)
+  std::string client_ca_file;   // PEM CA bundle; empty: no mutual TLS
+  std::string crl_file;         // PEM CRLs of the client CAs; empty: nothing revoked
   int poll_interval_ms = 1000;  // how often the files are looked at (0: no watcher, tests)
   // Called after each reload attempt (not the first load) with its result; for metrics.
   std::function<void(bool ok)> on_reload;

@@ -15,8 +15,8 @@ absl::StatusOr<std::unique_ptr<TokenStore>> TokenStore::Open(TokenStoreOptions o
   std::unique_ptr<TokenStore> store(new TokenStore(std::move(options)));
   const int poll_ms = store->options_.poll_interval_ms;
   if (poll_ms > 0) {  // before the load: a change during it is seen at the next poll
-    store->watcher_ = std::make_unique<internal::FileWatcher>(
-        store->options_.path, poll_ms, [raw = store.get()] {
+    store->watcher_ =
+        std::make_unique<internal::FileWatcher>(store->options_.path, poll_ms, [raw = store.get()] {
           raw->Reload().IgnoreError();  // logged; the last good credentials stay
         });
   }
@@ -40,14 +40,14 @@ absl::Status TokenStore::Load() {
 absl::Status TokenStore::Reload() {
   absl::Status st = Load();
   if (st.ok()) {
-    util::LogInfo("auth", "reloaded the credentials",
-                  {{"path", options_.path},
-                   {"credentials", static_cast<int64_t>(credential_count())}});
+    util::LogInfo(
+        "auth", "reloaded the credentials",
+        {{"path", options_.path}, {"credentials", static_cast<int64_t>(credential_count())}});
   } else {
     failed_reloads_.fetch_add(1);
-    util::LogError("auth", absl::StrCat("keeping the last good credentials: ", st.message()),
-                   {{"path", options_.path},
-                    {"credentials", static_cast<int64_t>(credential_count())}});
+    util::LogError(
+        "auth", absl::StrCat("keeping the last good credentials: ", st.message()),
+        {{"path", options_.path}, {"credentials", static_cast<int64_t>(credential_count())}});
   }
   if (options_.on_reload) options_.on_reload(st.ok());
   return st;

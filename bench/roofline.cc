@@ -26,8 +26,7 @@ double DenseWeights(const engine::ModelConfig& c) {
 double DenseFlopsPerRow(const engine::ModelConfig& c) {
   const double d = c.hidden_size, f = c.intermediate_size, q = c.num_attention_heads * c.head_dim,
                kv = c.num_key_value_heads * c.head_dim;
-  return c.num_hidden_layers * 2 * (d * q + 2 * d * kv + q * d + 3 * d * f) +
-         2 * d * c.vocab_size;
+  return c.num_hidden_layers * 2 * (d * q + 2 * d * kv + q * d + 3 * d * f) + 2 * d * c.vocab_size;
 }
 
 // Activation floats one row writes and later reads per layer: the layer's inputs and outputs
@@ -80,7 +79,7 @@ Cost CallCost(const engine::ModelConfig& c, int64_t sessions, int64_t rows, int6
     // The delta read once; the unfinished chunk's new rows (z, x0) written and read once.
     session.bytes += ttt_layers * (d * f + rows * (f + d) * 2) * kFloatBytes;
     if (completed > 0) {
-      session.bytes += ttt_layers * d * f * kFloatBytes;  // the delta written back once
+      session.bytes += ttt_layers * d * f * kFloatBytes;           // the delta written back once
       shared.bytes += ttt_layers * (d * d + 5 * d) * kFloatBytes;  // W_target, the conv
     }
   }
@@ -128,10 +127,11 @@ void Roofline::MeasureReadBandwidth() {
   // cached from one call to the next (a small model's weights and states) reads at.
   const int64_t cached_bytes = std::max<int64_t>(llc_bytes_ / 4, 1 << 20);
   cached_bandwidth_ = ReadBandwidth(cached_bytes, int((int64_t{256} << 20) / cached_bytes), now_);
-  std::printf("\n# roofline: single-thread streaming read %.1f GB/s from memory (a %lld MiB "
-              "buffer), %.1f GB/s from the last-level cache (%lld of its %lld MiB)\n",
-              read_bandwidth_ / 1e9, (long long)(memory_bytes >> 20), cached_bandwidth_ / 1e9,
-              (long long)(cached_bytes >> 20), (long long)(llc_bytes_ >> 20));
+  std::printf(
+      "\n# roofline: single-thread streaming read %.1f GB/s from memory (a %lld MiB "
+      "buffer), %.1f GB/s from the last-level cache (%lld of its %lld MiB)\n",
+      read_bandwidth_ / 1e9, (long long)(memory_bytes >> 20), cached_bandwidth_ / 1e9,
+      (long long)(cached_bytes >> 20), (long long)(llc_bytes_ >> 20));
 }
 
 double Roofline::Bandwidth(double bytes_per_call) const {
@@ -181,8 +181,9 @@ void Roofline::Add(const std::string& label, double tokens_per_second, double se
                    const engine::ModelConfig& config) {
   const int64_t d = config.hidden_size, f = config.intermediate_size;
   const double peak = SgemmPeak(rows, d, f);
-  Row row{label, tokens_per_second, seconds, 0, 0, 0, 0, 0, rows,
-          static_cast<int64_t>(calls.size()), false};
+  Row row{
+      label, tokens_per_second, seconds, 0, 0, 0, 0, 0, rows, static_cast<int64_t>(calls.size()),
+      false};
   for (const Cost& call : calls) {
     row.bytes += call.bytes;
     row.flops += call.flops;
@@ -195,23 +196,25 @@ void Roofline::Add(const std::string& label, double tokens_per_second, double se
 }
 
 void Roofline::Print() const {
-  std::printf("\n| row | measured | rows per call | MB per call | MFLOP per call | memory time "
-              "per call (from) | compute time per call (peak at the shape) | roofline | achieved "
-              "fraction |\n|---|---|---|---|---|---|---|---|---|\n");
+  std::printf(
+      "\n| row | measured | rows per call | MB per call | MFLOP per call | memory time "
+      "per call (from) | compute time per call (peak at the shape) | roofline | achieved "
+      "fraction |\n|---|---|---|---|---|---|---|---|---|\n");
   for (const Row& r : rows_) {
     const double calls = double(r.calls), tokens = r.tokens_per_second * r.seconds;
     const double peak = r.compute_seconds > 0 ? r.flops / r.compute_seconds : 0;
-    std::printf("| %s | %.0f tok/s | %lld | %.2f | %.2f | %.3f ms (%s) | %.3f ms (%.1f GFLOP/s) "
-                "| %.0f tok/s | %.2f |\n", r.label.c_str(), r.tokens_per_second,
-                (long long)r.rows, r.bytes / calls / 1e6, r.flops / calls / 1e6,
-                r.memory_seconds / calls * 1e3, r.cached ? "cache" : "memory",
-                r.compute_seconds / calls * 1e3, peak / 1e9, tokens / r.roofline,
-                r.roofline / r.seconds);
+    std::printf(
+        "| %s | %.0f tok/s | %lld | %.2f | %.2f | %.3f ms (%s) | %.3f ms (%.1f GFLOP/s) "
+        "| %.0f tok/s | %.2f |\n",
+        r.label.c_str(), r.tokens_per_second, (long long)r.rows, r.bytes / calls / 1e6,
+        r.flops / calls / 1e6, r.memory_seconds / calls * 1e3, r.cached ? "cache" : "memory",
+        r.compute_seconds / calls * 1e3, peak / 1e9, tokens / r.roofline, r.roofline / r.seconds);
   }
-  std::printf("(roofline per call: max(bytes / read bandwidth, FLOPs / peak of the "
-              "[rows, d_model] x [d_model, d_ff] product), the bandwidth of the last-level cache "
-              "where a call's bytes fit in half of it, else of memory; achieved = roofline time / "
-              "measured time)\n");
+  std::printf(
+      "(roofline per call: max(bytes / read bandwidth, FLOPs / peak of the "
+      "[rows, d_model] x [d_model, d_ff] product), the bandwidth of the last-level cache "
+      "where a call's bytes fit in half of it, else of memory; achieved = roofline time / "
+      "measured time)\n");
 }
 
 }  // namespace ttt::bench

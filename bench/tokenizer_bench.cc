@@ -23,7 +23,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "tests/sentencepiece_reference.h"
+#include "tests/testing/sentencepiece_reference.h"
 #include "tokenizer/tokenizer.h"
 
 namespace {
@@ -61,8 +61,8 @@ std::string DocsText() {
 }
 
 std::string ParityCorpusText() {
-  const Json reference = Json::parse(
-      ReadFile(fs::path(TTT_SOURCE_DIR) / "tests/data/tokenizer_parity/qwen3.json"));
+  const Json reference =
+      Json::parse(ReadFile(fs::path(TTT_SOURCE_DIR) / "tests/data/tokenizer_parity/qwen3.json"));
   std::string seed;
   for (const Json& entry : reference["cases"]) seed += entry["text"].get<std::string>() + "\n";
   return RepeatTo1MiB(seed);
@@ -123,8 +123,9 @@ int main(int argc, char** argv) {
       {"docs (English, code)", DocsText()}, {"parity corpus (40+ scripts)", ParityCorpusText()}};
   std::printf("Unicode %s; 1 MiB per text; best of %d runs\n\n",
               ttt::tokenizer::UnicodeVersion().c_str(), reps);
-  std::printf("| vocabulary | text | encoder | tokens/s | MB/s | baseline (same run) | "
-              "tokens/s | MB/s | speed vs baseline |\n|---|---|---|---|---|---|---|---|---|\n");
+  std::printf(
+      "| vocabulary | text | encoder | tokens/s | MB/s | baseline (same run) | "
+      "tokens/s | MB/s | speed vs baseline |\n|---|---|---|---|---|---|---|---|---|\n");
 
   if (fs::exists(data / "qwen3/tokenizer.json") && fs::exists(data / "llama3/tokenizer.json")) {
     // Qwen3 with NFC against the same file without its normalizer.

@@ -33,8 +33,7 @@ int RunCheckpoint(int argc, char** argv) {
 
 int RunCheckpoints(int, char**) {
   pb::ListCheckpointsResponse resp;
-  grpc::Status st =
-      Stub()->ListCheckpoints(Context().get(), pb::ListCheckpointsRequest(), &resp);
+  grpc::Status st = Stub()->ListCheckpoints(Context().get(), pb::ListCheckpointsRequest(), &resp);
   if (!st.ok()) return Fail(st);
   if (JsonOutput()) {
     PrintJson(resp);

@@ -70,9 +70,9 @@ std::unique_ptr<pb::TttService::Stub> Stub() { return pb::TttService::NewStub(Ch
 
 std::unique_ptr<grpc::ClientContext> Context(const std::string& session_id) {
   auto ctx = std::make_unique<grpc::ClientContext>();
-  ctx->set_deadline(std::chrono::system_clock::now() +
-                    std::chrono::milliseconds(
-                        static_cast<int64_t>(absl::GetFlag(FLAGS_timeout_s) * 1000)));
+  ctx->set_deadline(
+      std::chrono::system_clock::now() +
+      std::chrono::milliseconds(static_cast<int64_t>(absl::GetFlag(FLAGS_timeout_s) * 1000)));
   if (!absl::GetFlag(FLAGS_tenant).empty()) {
     ctx->AddMetadata("x-tenant-id", absl::GetFlag(FLAGS_tenant));
   }
@@ -92,11 +92,23 @@ bool TextOptionsFromFlags(pb::TextOptions* out) {
 }
 
 int Fail(const grpc::Status& s) {
-  static const char* kNames[] = {"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT",
-                                 "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
-                                 "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
-                                 "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL",
-                                 "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"};
+  static const char* kNames[] = {"OK",
+                                 "CANCELLED",
+                                 "UNKNOWN",
+                                 "INVALID_ARGUMENT",
+                                 "DEADLINE_EXCEEDED",
+                                 "NOT_FOUND",
+                                 "ALREADY_EXISTS",
+                                 "PERMISSION_DENIED",
+                                 "RESOURCE_EXHAUSTED",
+                                 "FAILED_PRECONDITION",
+                                 "ABORTED",
+                                 "OUT_OF_RANGE",
+                                 "UNIMPLEMENTED",
+                                 "INTERNAL",
+                                 "UNAVAILABLE",
+                                 "DATA_LOSS",
+                                 "UNAUTHENTICATED"};
   const int code = static_cast<int>(s.error_code());
   std::fflush(stdout);  // what was printed before comes first when both go to one pipe
   // The service's machine-readable details (docs/contract.md, "Error reasons"): the reason, and
@@ -130,7 +142,8 @@ std::string ConnectionHint(const grpc::Status& s, bool tls, const std::string& a
   const std::string& m = s.error_message();
   if (absl::StrContains(m, "failed to connect to all addresses") &&
       (absl::StrContains(m, "Connection refused") || absl::StrContains(m, "No route"))) {
-    return "nothing answers at " + address + ": is ttt-serve running there? (--address or "
+    return "nothing answers at " + address +
+           ": is ttt-serve running there? (--address or "
            "TTT_ADDRESS)";
   }
   if (!tls && (absl::StrContains(m, "Socket closed") || absl::StrContains(m, "Connection reset") ||
@@ -142,7 +155,8 @@ std::string ConnectionHint(const grpc::Status& s, bool tls, const std::string& a
   if (tls && (absl::StrContains(m, "andshake") || absl::StrContains(m, "WRONG_VERSION_NUMBER") ||
               absl::StrContains(m, "SSL"))) {
     return "the TLS handshake failed: check --ca_file (or TTT_CA_FILE) against the server's "
-           "certificate, or drop --tls if " + address + " serves plaintext";
+           "certificate, or drop --tls if " +
+           address + " serves plaintext";
   }
   return "";
 }
@@ -197,12 +211,13 @@ std::map<std::string, std::string> ParseLabels(const std::string& s) {
 }
 
 void PrintCounters(const pb::SessionCounters& c) {
-  std::printf("  tokens received %lld, applied %lld, pending %lld; chunks %lld; position %lld; "
-              "documents %lld; generated %lld\n",
-              static_cast<long long>(c.tokens_received()), static_cast<long long>(c.tokens_applied()),
-              static_cast<long long>(c.tokens_pending()), static_cast<long long>(c.chunks_applied()),
-              static_cast<long long>(c.position()), static_cast<long long>(c.documents_completed()),
-              static_cast<long long>(c.tokens_generated()));
+  std::printf(
+      "  tokens received %lld, applied %lld, pending %lld; chunks %lld; position %lld; "
+      "documents %lld; generated %lld\n",
+      static_cast<long long>(c.tokens_received()), static_cast<long long>(c.tokens_applied()),
+      static_cast<long long>(c.tokens_pending()), static_cast<long long>(c.chunks_applied()),
+      static_cast<long long>(c.position()), static_cast<long long>(c.documents_completed()),
+      static_cast<long long>(c.tokens_generated()));
 }
 
 void PrintSession(const pb::Session& s) {
@@ -217,7 +232,8 @@ void PrintSession(const pb::Session& s) {
     std::printf("  layer %lld: |delta W_down| = %.6g\n", static_cast<long long>(d.layer()),
                 d.delta_norm());
   }
-  for (const auto& [k, v] : s.options().labels()) std::printf("  label %s=%s\n", k.c_str(), v.c_str());
+  for (const auto& [k, v] : s.options().labels())
+    std::printf("  label %s=%s\n", k.c_str(), v.c_str());
 }
 
 void PrintCheckpoint(const pb::CheckpointInfo& c) {

@@ -25,7 +25,6 @@ int RunDeleteCheckpoint(int argc, char** argv);
 int RunRestore(int argc, char** argv);
 int RunExport(int argc, char** argv);
 int RunImport(int argc, char** argv);
-// loadgen.cc
-int RunLoadgen(int argc, char** argv);
+// The load tools (`loadgen`, `stress`) are in tools/load/.
 
 }  // namespace ttt::cli

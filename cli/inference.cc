@@ -76,9 +76,8 @@ int RunGenerate(int argc, char** argv) {
   grpc::Status st = reader->Finish();
   if (!st.ok()) return Fail(st);
   if (json) {
-    PrintJsonText(nlohmann::json{{"text", text},
-                                 {"token_ids", ids},
-                                 {"finish_reason", pb::FinishReason_Name(reason)}}
+    PrintJsonText(nlohmann::json{
+        {"text", text}, {"token_ids", ids}, {"finish_reason", pb::FinishReason_Name(reason)}}
                       .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
     return 0;
   }

@@ -87,8 +87,7 @@ void PrintProgress(const pb::IngestResponse& resp, const Plan& plan, Clock::time
                std::string(width - filled, '.').c_str(), frac * 100,
                static_cast<long long>(resp.stream_tokens()),
                static_cast<long long>(resp.counters().chunks_applied()), resp.loss(),
-               secs > 0 ? static_cast<double>(resp.stream_tokens()) / secs : 0.0,
-               tty ? "" : "\n");
+               secs > 0 ? static_cast<double>(resp.stream_tokens()) / secs : 0.0, tty ? "" : "\n");
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 // ttt: the command-line client of ttt-serve: one subcommand per RPC, plus `health` (exit 0 when
-// SERVING: the container health check) and `loadgen` (N concurrent sessions ingesting and
-// generating). Speaks only the public API (tttserve_proto + gRPC): no engine, no LibTorch.
+// SERVING: the container health check), and the load tools of tools/load: `loadgen` (N
+// concurrent sessions ingesting and generating) and `stress`. Speaks only the public API
+// (tttserve_proto + gRPC): no engine, no LibTorch.
 // `main` parses the flags and dispatches through the table below.
 #include <cstdio>
 #include <string>
@@ -9,7 +10,8 @@
 #include "absl/flags/usage.h"
 #include "cli/client.h"
 #include "cli/commands.h"
-#include "cli/stress.h"
+#include "tools/load/loadgen.h"
+#include "tools/load/stress.h"
 #include "util/command_line.h"
 
 namespace ttt::cli {
@@ -21,7 +23,8 @@ struct Command {
   Handler run;
 };
 
-// One row per subcommand. A new one (e.g. `stress`, cli/stress.h's RunStress) is one more row.
+// One row per subcommand. A new one (e.g. `stress`, tools/load/stress.h's RunStress) is one more
+// row.
 constexpr Command kCommands[] = {
     {"info", "(server and model information)", RunInfo},
     {"health", "[--service=NAME]   (exit 0 when SERVING)", RunHealth},
@@ -54,17 +57,18 @@ constexpr Command kCommands[] = {
      RunLoadgen},
     {"stress",
      "[--target=HOST:PORT --clients=N --duration_s=S --seed=N --server_pid=PID "
-     "--report_json=PATH ...]   (own flags: cli/stress.h)",
+     "--report_json=PATH ...]   (own flags: tools/load/stress.h)",
      RunStress},
 };
 
 std::string UsageText() {
   std::string out = "ttt: client for ttt-serve.\n\n";
   for (const Command& c : kCommands) out += "  ttt " + std::string(c.name) + " " + c.usage + "\n";
-  out += "Common flags: --address=HOST:PORT (default: $TTT_ADDRESS, else localhost:50051) "
-         "--output=text|json --tenant=NAME --timeout_s=S --tls --ca_file=PEM ($TTT_CA_FILE) "
-         "--token ($TTT_TOKEN). Results on stdout, diagnostics on stderr; exit 0 ok, 1 a failed "
-         "call, 2 a usage error.";
+  out +=
+      "Common flags: --address=HOST:PORT (default: $TTT_ADDRESS, else localhost:50051) "
+      "--output=text|json --tenant=NAME --timeout_s=S --tls --ca_file=PEM ($TTT_CA_FILE) "
+      "--token ($TTT_TOKEN). Results on stdout, diagnostics on stderr; exit 0 ok, 1 a failed "
+      "call, 2 a usage error.";
   return out;
 }
 

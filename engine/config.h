@@ -40,7 +40,7 @@ struct ModelConfig {
   double ttt_lr = 0.0;              // eta
   int64_t ttt_chunk = 0;            // C
   TttTarget ttt_target = TttTarget::kInputEmbed;
-  bool ttt_proj = true;             // W_target present (else identity)
+  bool ttt_proj = true;  // W_target present (else identity)
   // Frobenius-norm clip tau of each chunk's update dW_i = V_i^T Z_i (before eta); 0 = off.
   double ttt_clip = 0.0;
   // Frobenius-norm cap of each layer's accumulated delta: after a chunk's update is added, a delta

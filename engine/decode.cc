@@ -36,11 +36,17 @@ absl::StatusOr<DecodedToken> DecodeNext(const SequenceState& state, Sampler& sam
   }
   try {
     c10::InferenceMode guard;
-    at::Tensor logits = TensorsOf(state).last_logits.to(at::kFloat).reshape({-1});
-    const at::Tensor cpu = logits.detach().cpu().contiguous();
+    const at::Tensor& last = TensorsOf(state).last_logits;
+    // The logits as CPU float32 in order: a decode step's are already (no operation then).
+    const bool in_place =
+        last.device().is_cpu() && last.scalar_type() == at::kFloat && last.is_contiguous();
+    const at::Tensor cpu = in_place ? last : last.to(at::kFloat).reshape({-1}).cpu().contiguous();
     DecodedToken out;
     out.token = sampler.Sample(absl::MakeConstSpan(cpu.data_ptr<float>(), cpu.numel()));
-    out.logprob = at::log_softmax(logits, 0)[out.token].item<float>();
+    // LibTorch's vectorised log_softmax (a scalar loop of expf over the vocabulary was slower),
+    // read at the token: one operation.
+    const at::Tensor log_probs = at::_log_softmax(cpu.dim() == 1 ? cpu : cpu.view({-1}), 0, false);
+    out.logprob = log_probs.data_ptr<float>()[out.token];
     return out;
   } catch (const std::exception& e) {
     return absl::InternalError(absl::StrCat("sampling failed: ", e.what()));

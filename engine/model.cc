@@ -22,8 +22,8 @@
 #include "engine/internal/model_tensors.h"
 #include "engine/internal/model_weights.h"
 #include "engine/internal/state_buffer.h"
-#include "engine/internal/workspace.h"
 #include "engine/internal/train_forward.h"
+#include "engine/internal/workspace.h"
 #include "util/cpu_quota.h"
 #include "util/sha256.h"
 #include "util/status_macros.h"
@@ -35,8 +35,7 @@ namespace {
 // left out (the untied head a tied model ignores). Each field is length-prefixed, so no two
 // different inputs hash the same byte stream.
 std::string Fingerprint(const std::string& config_json,
-                        const std::map<std::string, at::Tensor>& by_name,
-                        const std::string& skip) {
+                        const std::map<std::string, at::Tensor>& by_name, const std::string& skip) {
   util::Sha256 h;
   auto field = [&h](const void* data, size_t size) {
     const uint64_t n = size;
@@ -61,9 +60,10 @@ absl::StatusOr<at::Device> ParseDevice(const std::string& name) {
   try {
     at::Device device(name);
     if (device.is_cuda() && !at::hasCUDA()) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "device '", name, "' asked for, but this LibTorch has no CUDA (or no GPU is visible);"
-          " use --device=cpu or build against a CUDA LibTorch"));
+      return absl::FailedPreconditionError(
+          absl::StrCat("device '", name,
+                       "' asked for, but this LibTorch has no CUDA (or no GPU is visible);"
+                       " use --device=cpu or build against a CUDA LibTorch"));
     }
     if (!device.is_cpu() && !device.is_cuda()) {
       return absl::InvalidArgumentError(absl::StrCat("device '", name, "': use cpu or cuda[:N]"));
@@ -105,9 +105,7 @@ std::unique_ptr<Model> ModelAccess::NewModel(ModelConfig config,
 
 const std::string& Model::fingerprint() const { return weights_->fingerprint; }
 
-const std::vector<int64_t>& Model::active_ttt_layers() const {
-  return weights_->active_ttt_layers;
-}
+const std::vector<int64_t>& Model::active_ttt_layers() const { return weights_->active_ttt_layers; }
 
 at::Device ModelDevice(const Model& model) { return ModelAccess::WeightsOf(model).device; }
 
@@ -142,9 +140,9 @@ absl::StatusOr<std::unique_ptr<Model>> ModelFromWeights(ModelConfig config,
       return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' is missing"));
     }
     if (it->second.sizes().vec() != shape) {
-      return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' has shape [",
-                                                     absl::StrJoin(it->second.sizes(), ","),
-                                                     "], expected [", absl::StrJoin(shape, ","), "]"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor '", name, "' has shape [", absl::StrJoin(it->second.sizes(), ","),
+                       "], expected [", absl::StrJoin(shape, ","), "]"));
     }
     return it->second.to(device, type);
   };
@@ -161,10 +159,10 @@ absl::StatusOr<std::unique_ptr<Model>> ModelFromWeights(ModelConfig config,
   } else {
     ASSIGN_OR_RETURN(w->lm_head, take("lm_head.weight", {config.vocab_size, d}, dtype));
   }
-  w->window = options.sliding_window ? (*options.sliding_window > 0
-                                            ? std::optional<int64_t>(*options.sliding_window)
-                                            : std::nullopt)
-                                     : config.sliding_window;
+  w->window = options.sliding_window
+                  ? (*options.sliding_window > 0 ? std::optional<int64_t>(*options.sliding_window)
+                                                 : std::nullopt)
+                  : config.sliding_window;
   w->eta = options.ttt_lr.value_or(config.ttt_lr);
   if (w->eta < 0 || !std::isfinite(w->eta)) {
     return absl::InvalidArgumentError(absl::StrCat("ttt_lr ", w->eta, " must be >= 0"));
@@ -201,7 +199,8 @@ absl::StatusOr<std::unique_ptr<Model>> ModelFromWeights(ModelConfig config,
     // A TTT layer whose checkpoint lacks the TTT parameters serves as a plain layer.
     const bool has_ttt = by_name.count(p + "mlp.ttt_conv.weight") > 0;
     if (cfg.ttt_mode && cfg.IsTttLayer(l) && has_ttt) {
-      ASSIGN_OR_RETURN(lw.ttt_conv, take(p + "mlp.ttt_conv.weight", {d, 1, kConvWidth}, at::kFloat));
+      ASSIGN_OR_RETURN(lw.ttt_conv,
+                       take(p + "mlp.ttt_conv.weight", {d, 1, kConvWidth}, at::kFloat));
       if (cfg.ttt_proj) {
         ASSIGN_OR_RETURN(lw.ttt_proj, take(p + "mlp.ttt_proj.weight", {d, d}, at::kFloat));
       }
@@ -213,8 +212,8 @@ absl::StatusOr<std::unique_ptr<Model>> ModelFromWeights(ModelConfig config,
     mw.layers.push_back(std::move(lw));
   }
 
-  mw.fingerprint = Fingerprint(ModelConfigToJson(cfg), by_name,
-                                    cfg.tie_word_embeddings ? "lm_head.weight" : "");
+  mw.fingerprint =
+      Fingerprint(ModelConfigToJson(cfg), by_name, cfg.tie_word_embeddings ? "lm_head.weight" : "");
   return model;
 }
 

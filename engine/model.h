@@ -5,8 +5,8 @@
 #pragma once
 
 #include <filesystem>
-#include <optional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -69,8 +69,7 @@ class Model {
   // Rebuilds a state from its EncodeSequence bytes (a checkpoint file), bit-exactly, on this
   // model's device; `source` names the bytes in messages. DATA_LOSS when the bytes are not a
   // readable safetensors file; INVALID_ARGUMENT names what does not fit this model.
-  absl::StatusOr<SequenceState> RestoreSequence(std::string bytes,
-                                                const std::string& source) const;
+  absl::StatusOr<SequenceState> RestoreSequence(std::string bytes, const std::string& source) const;
   // The largest stream position a state may hold: positions stay exact in every product that
   // uses them (2^48 tokens is years of streaming at any speed this engine reaches).
   static constexpr int64_t kMaxPosition = int64_t{1} << 48;

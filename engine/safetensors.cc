@@ -1,8 +1,8 @@
 // Reading (mmap, then the header checked by internal/safetensors_header), encoding and writing
 // (util::WriteFileAtomically) of safetensors files, and the WeightStore over a Hugging Face
-// checkpoint folder (one file or an index of shards). Every check happens in Parse() before any tensor is handed out, so a
-// truncated or hostile file yields a status naming the file and the tensor, never a crash or an
-// out-of-bounds read.
+// checkpoint folder (one file or an index of shards). Every check happens in Parse() before any
+// tensor is handed out, so a truncated or hostile file yields a status naming the file and the
+// tensor, never a crash or an out-of-bounds read.
 #include "engine/internal/safetensors.h"
 
 #include <fcntl.h>
@@ -206,8 +206,9 @@ absl::StatusOr<std::unique_ptr<WeightStore>> WeightStore::Open(const std::filesy
     const std::string shard = it.value().get<std::string>();
     const std::filesystem::path rel(shard);
     // Shards live in the checkpoint folder; an index must not reach outside it.
-    const bool escapes = shard.empty() || rel.is_absolute() ||
-                         std::any_of(rel.begin(), rel.end(), [](const auto& p) { return p == ".."; });
+    const bool escapes =
+        shard.empty() || rel.is_absolute() ||
+        std::any_of(rel.begin(), rel.end(), [](const auto& p) { return p == ".."; });
     if (escapes) {
       return invalid(absl::StrCat("tensor '", tensor, "' names shard \"", shard,
                                   "\", which is not a file inside ", dir_name));

@@ -103,8 +103,8 @@ absl::Status Scheduler::Submit(Work work, bool bypass_limits) {
       }
     }
     const bool needs_prepare = static_cast<bool>(work.prepare);
-    q.items.push_back(Pending{std::move(work), 0, /*prepared=*/!needs_prepare,
-                              std::chrono::steady_clock::now()});
+    q.items.push_back(
+        Pending{std::move(work), 0, /*prepared=*/!needs_prepare, std::chrono::steady_clock::now()});
     ++queued_;
     if (!q.in_rr) {
       q.in_rr = true;
@@ -278,9 +278,15 @@ void Scheduler::ShareBudget(std::vector<Slot>& slots) const {
   std::vector<Slot*> decodes, interactive, bulk;
   for (Slot& s : slots) {
     switch (s.pending->work.pace) {
-      case Work::Pace::kDecode: decodes.push_back(&s); break;
-      case Work::Pace::kInteractive: interactive.push_back(&s); break;
-      case Work::Pace::kBulk: bulk.push_back(&s); break;
+      case Work::Pace::kDecode:
+        decodes.push_back(&s);
+        break;
+      case Work::Pace::kInteractive:
+        interactive.push_back(&s);
+        break;
+      case Work::Pace::kBulk:
+        bulk.push_back(&s);
+        break;
     }
   }
   // Every ready decode gets its whole run (one token) before any ingest token, in round-robin
@@ -392,9 +398,15 @@ void Scheduler::NoteStarted(Pending& p) {
   const char* kind = kQueueWaitKinds[0];
   if (!p.work.task) {
     switch (p.work.pace) {
-      case Work::Pace::kBulk: kind = kQueueWaitKinds[1]; break;
-      case Work::Pace::kInteractive: kind = kQueueWaitKinds[2]; break;
-      case Work::Pace::kDecode: kind = kQueueWaitKinds[3]; break;
+      case Work::Pace::kBulk:
+        kind = kQueueWaitKinds[1];
+        break;
+      case Work::Pace::kInteractive:
+        kind = kQueueWaitKinds[2];
+        break;
+      case Work::Pace::kDecode:
+        kind = kQueueWaitKinds[3];
+        break;
     }
   }
   observer_->OnQueueWait(

@@ -108,7 +108,7 @@ struct SchedulerOptions {
   // step. 64 kept p99 inter-token latency within 2x beside a 32k-token ingest on the shipped
   // model (bench/RESULTS.md).
   int64_t max_decode_batch_tokens = 64;
-  int64_t max_queued_items = 4096;  // work items queued over all keys (RESOURCE_EXHAUSTED past)
+  int64_t max_queued_items = 4096;   // work items queued over all keys (RESOURCE_EXHAUSTED past)
   int64_t max_queued_per_key = 256;  // work items queued for one key
 };
 
@@ -161,7 +161,7 @@ class Scheduler {
  private:
   struct Pending {
     Work work;
-    int64_t done = 0;       // tokens of work.tokens already applied
+    int64_t done = 0;  // tokens of work.tokens already applied
     // work.prepare ran (or there is none). A token run is batched only once this is set.
     bool prepared = false;
     std::chrono::steady_clock::time_point submitted;  // when Submit queued it

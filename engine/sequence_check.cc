@@ -19,8 +19,7 @@ bool AllFinite(const at::Tensor& t) {
 
 }  // namespace
 
-absl::Status Model::CheckSequence(const SequenceState& sequence,
-                                  const std::string& source) const {
+absl::Status Model::CheckSequence(const SequenceState& sequence, const std::string& source) const {
   const SequenceTensors& state = TensorsOf(sequence);
   auto invalid = [&](const std::string& why) {
     return absl::InvalidArgumentError(absl::StrCat(source, ": ", why));

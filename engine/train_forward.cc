@@ -183,15 +183,16 @@ class Forward {
     const int64_t C = cfg_.ttt_chunk, d = cfg_.hidden_size, f = cfg_.intermediate_size;
     const int64_t chunks = (T_ + C - 1) / C, padded = chunks * C;
     // Zero rows pad the last chunk; its update feeds no row, so the padding changes nothing.
-    at::Tensor z = at::constant_pad_nd(z_in.to(at::kFloat), {0, 0, 0, padded - T_})
-                       .view({B_ * chunks, C, f});
-    at::Tensor x0 = at::constant_pad_nd(x0_in.to(at::kFloat), {0, 0, 0, padded - T_})
-                        .view({B_ * chunks, C, d});
+    at::Tensor z =
+        at::constant_pad_nd(z_in.to(at::kFloat), {0, 0, 0, padded - T_}).view({B_ * chunks, C, f});
+    at::Tensor x0 =
+        at::constant_pad_nd(x0_in.to(at::kFloat), {0, 0, 0, padded - T_}).view({B_ * chunks, C, d});
     at::Tensor target = at::conv1d(x0.transpose(1, 2), W(p + "mlp.ttt_conv.weight"), /*bias=*/{},
                                    /*stride=*/1, /*padding=*/kConvWidth / 2, /*dilation=*/1,
                                    /*groups=*/d)
                             .transpose(1, 2);
-    if (const at::Tensor* proj = Maybe(p + "mlp.ttt_proj.weight")) target = at::matmul(target, *proj);
+    if (const at::Tensor* proj = Maybe(p + "mlp.ttt_proj.weight"))
+      target = at::matmul(target, *proj);
     at::Tensor updates = at::bmm(target.transpose(1, 2), z);  // [B * chunks, d, f]
     if (cfg_.ttt_clip > 0) {
       at::Tensor norms = updates.flatten(1).norm(2, {1}).view({B_ * chunks, 1, 1});
@@ -200,9 +201,9 @@ class Forward {
     at::Tensor scaled = (updates * s_.eta).view({B_, chunks, d, f});
     at::Tensor sums = cfg_.ttt_delta_cap > 0 ? CappedRunningSums(scaled, cfg_.ttt_delta_cap)
                                              : at::cumsum(scaled, 1);
-    at::Tensor deltas = at::cat({at::zeros({B_, 1, d, f}, sums.options()),
-                                 sums.slice(1, 0, chunks - 1)}, 1)
-                            .view({B_ * chunks, d, f});
+    at::Tensor deltas =
+        at::cat({at::zeros({B_, 1, d, f}, sums.options()), sums.slice(1, 0, chunks - 1)}, 1)
+            .view({B_ * chunks, d, f});
     at::Tensor term = at::bmm(z, deltas.transpose(1, 2));  // [B * chunks, C, d]
     return term.view({B_, padded, d}).slice(1, 0, T_);
   }

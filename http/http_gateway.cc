@@ -28,8 +28,8 @@ namespace {
 
 namespace pb = tttserve::v1;
 using internal::CallGate;
-using internal::CompletionBuilder;
 using internal::ChunkSource;
+using internal::CompletionBuilder;
 using internal::CompletionCall;
 using internal::Dump;
 using internal::Failure;
@@ -204,7 +204,7 @@ struct HttpGateway::State {
   std::shared_ptr<grpc::Channel> channel;
   std::unique_ptr<pb::TttService::Stub> stub;
   std::unique_ptr<grpc::health::v1::Health::Stub> health;
-  CallGate gate;  // every call on `channel` starts through it
+  CallGate gate;                                // every call on `channel` starts through it
   std::unique_ptr<internal::RestGateway> rest;  // the HTTP/JSON routes of every RPC
   MHD_Daemon* daemon = nullptr;
 

@@ -255,7 +255,7 @@ class AccessLogInterceptor final : public grpc::experimental::Interceptor {
   std::string session_;     // guarded by mu_; the first request message's session_id
   std::string created_;     // guarded by mu_; the session a response named, when new
   int64_t messages_in_ = 0, bytes_in_ = 0, messages_out_ = 0, bytes_out_ = 0;  // guarded by mu_
-  bool logged_ = false;  // guarded by mu_
+  bool logged_ = false;                                                        // guarded by mu_
 };
 
 class AccessLogFactory final : public grpc::experimental::ServerInterceptorFactoryInterface {
@@ -311,8 +311,7 @@ absl::Status CheckAccessLogMethodTable() {
   if (service == nullptr) return absl::NotFoundError("no tttserve.v1.TttService descriptor");
   if (service->method_count() != static_cast<int>(TttMethods().size())) {
     return absl::FailedPreconditionError(absl::StrCat("the service has ", service->method_count(),
-                                                      " methods, the table ",
-                                                      TttMethods().size()));
+                                                      " methods, the table ", TttMethods().size()));
   }
   for (int i = 0; i < service->method_count(); ++i) {
     const auto* method = service->method(i);

@@ -25,7 +25,9 @@ class GenerateReactor final
  public:
   GenerateReactor(TttServiceImpl* svc, grpc::CallbackServerContext* ctx,
                   const pb::GenerateRequest* req)
-      : StreamingReactor("the client cancelled the call"), svc_(svc), ctx_(ctx),
+      : StreamingReactor("the client cancelled the call"),
+        svc_(svc),
+        ctx_(ctx),
         start_(Clock::now()) {
     std::lock_guard<std::mutex> lock(mu_);
     absl::Status st = Guarded("generate", [&] { return StartLocked(ctx, *req); });
@@ -42,8 +44,8 @@ class GenerateReactor final
   absl::Status StartLocked(grpc::CallbackServerContext* ctx, const pb::GenerateRequest& req) {
     ASSIGN_OR_RETURN(auto caller, CallerOf(svc_->authorizer(), ctx, "Generate"));
     if (req.commit()) {  // a committing Generate writes to the session
-      absl::Status may = svc_->authorizer().RequireScope(caller, auth::Scope::kWrite,
-                                                         "commit a Generate");
+      absl::Status may =
+          svc_->authorizer().RequireScope(caller, auth::Scope::kWrite, "commit a Generate");
       if (!may.ok()) return may;
     }
     const std::string& tenant = caller.tenant;
@@ -84,7 +86,7 @@ class GenerateReactor final
     if (text_->has_text()) resp.set_text(text_->Push(token));
     if (!failed_) {
       out_.push_back(std::move(resp));
-      MaybeWriteLocked();
+      MaybeWriteSoonLocked();  // gRPC's transport work off the engine thread
     }
     return !text_->stopped();
   }
@@ -143,8 +145,9 @@ class GenerateReactor final
 
 }  // namespace
 
-grpc::ServerWriteReactor<pb::GenerateResponse>* NewGenerateReactor(
-    TttServiceImpl* svc, grpc::CallbackServerContext* ctx, const pb::GenerateRequest* req) {
+grpc::ServerWriteReactor<pb::GenerateResponse>* NewGenerateReactor(TttServiceImpl* svc,
+                                                                   grpc::CallbackServerContext* ctx,
+                                                                   const pb::GenerateRequest* req) {
   return new GenerateReactor(svc, ctx, req);
 }
 

@@ -36,8 +36,11 @@ class IngestReactor final
                               pb::IngestResponse> {
  public:
   IngestReactor(TttServiceImpl* svc, grpc::CallbackServerContext* ctx)
-      : StreamingReactor("the client cancelled the stream"), svc_(svc), ctx_(ctx),
-        start_(Clock::now()), credential_(svc->authorizer(), ctx, "Ingest") {
+      : StreamingReactor("the client cancelled the stream"),
+        svc_(svc),
+        ctx_(ctx),
+        start_(Clock::now()),
+        credential_(svc->authorizer(), ctx, "Ingest") {
     std::lock_guard<std::mutex> lock(mu_);
     absl::Status st = StartLocked();
     if (!st.ok()) {
@@ -145,19 +148,16 @@ class IngestReactor final
   // expected_tokens_received) and sets the stream's text options; later ones may repeat the name.
   absl::Status BindSessionLocked(const pb::IngestRequest& req, const std::string& where) {
     if (writer_) return CheckIngestSession(req, writer_->session_id(), where);
-    ASSIGN_OR_RETURN(writer_,
-                     OpenIngestWriter(ctx_, *svc_->sessions(), credential_.tenant(), req));
+    ASSIGN_OR_RETURN(writer_, OpenIngestWriter(ctx_, *svc_->sessions(), credential_.tenant(), req));
     // The text protocol starts here: it needs the first message's text_options, and where
     // contexts start in this stream (for the bos): now, if the session is at position 0, and
     // after each end_of_document if the session resets there.
     ASSIGN_OR_RETURN(const session::SessionInfo info,
                      svc_->sessions()->GetSession(credential_.tenant(), writer_->session_id()));
-    text_.emplace(StreamOptions(*svc_, TextEncodingOf(svc_->tokenizer(), req.text_options()),
-                                writer_->counters().position == 0,
-                                info.options.reset_at_document_end),
-                  [this](int64_t n) {
-                    return svc_->quotas()->TakeIngestTokens(credential_.tenant(), n);
-                  });
+    text_.emplace(
+        StreamOptions(*svc_, TextEncodingOf(svc_->tokenizer(), req.text_options()),
+                      writer_->counters().position == 0, info.options.reset_at_document_end),
+        [this](int64_t n) { return svc_->quotas()->TakeIngestTokens(credential_.tenant(), n); });
     return absl::OkStatus();
   }
 

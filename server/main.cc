@@ -217,7 +217,7 @@ bool SetUpLog() {
 
 // Lines of the process itself, under the component "ttt-serve".
 void Say(ttt::util::LogLevel level, const std::string& message,
-        std::initializer_list<ttt::util::LogField> fields = {}) {
+         std::initializer_list<ttt::util::LogField> fields = {}) {
   ttt::util::Log(level, "ttt-serve", message, fields);
 }
 constexpr auto kInfo = ttt::util::LogLevel::kInfo;
@@ -285,7 +285,8 @@ int main(int argc, char** argv) {
   const int64_t lease_margin_s = absl::GetFlag(FLAGS_lease_margin_s);
   if (lease_s < 2 || lease_margin_s < 0 || lease_margin_s >= lease_s) {
     Say(kError, absl::StrFormat("--lease_s must be >= 2 and --lease_margin_s in [0, --lease_s), "
-                                "got %d and %d", lease_s, lease_margin_s));
+                                "got %d and %d",
+                                lease_s, lease_margin_s));
     return 2;
   }
   o.lease_margin_ms = (lease_margin_s > 0 ? lease_margin_s * 1000 : lease_s * 1000 / 3);
@@ -305,8 +306,8 @@ int main(int argc, char** argv) {
   o.sync_durability = durability == "sync";
   const int64_t shutdown_delay_s = absl::GetFlag(FLAGS_shutdown_delay_s);
   if (shutdown_delay_s < 0) {
-    Say(kError, absl::StrCat("--shutdown_delay_s must be >= 0 (0: drain at once), got ",
-                             shutdown_delay_s));
+    Say(kError,
+        absl::StrCat("--shutdown_delay_s must be >= 0 (0: drain at once), got ", shutdown_delay_s));
     return 2;
   }
   o.tls_cert_file = absl::GetFlag(FLAGS_tls_cert_file);

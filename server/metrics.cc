@@ -1,8 +1,8 @@
 // Prometheus metrics (see metrics.h; names from docs/contract.md).
 #include "server/metrics.h"
 
-#include <chrono>
 #include <prometheus/text_serializer.h>
+#include <chrono>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
@@ -58,9 +58,9 @@ std::vector<prometheus::MetricFamily> TenantFamilies(
   auto refused = family("tttserve_quota_rejections_total",
                         "Calls refused by a quota (RESOURCE_EXHAUSTED) per tenant and quota",
                         MetricType::Counter);
-  auto limits = family("tttserve_tenant_quota_limit",
-                       "The quota that applies per tenant (unlimited quotas are absent)",
-                       MetricType::Gauge);
+  auto limits =
+      family("tttserve_tenant_quota_limit",
+             "The quota that applies per tenant (unlimited quotas are absent)", MetricType::Gauge);
   static constexpr const char* kQuotas[] = {"live_sessions", "checkpoint_bytes",
                                             "ingest_tokens_per_s", "streams"};
   for (const internal::TenantUsageRow& row : rows) {
@@ -146,9 +146,10 @@ Metrics::Metrics(const std::string& version)
                           .Add({}, CountBuckets());
   auto& queue_wait = prometheus::BuildHistogram()
                          .Name("tttserve_queue_wait_seconds")
-                         .Help("Time work waited in the engine queue, from submission to the "
-                               "engine thread taking it up, by kind (task, ingest, prompt, "
-                               "decode: one per generated token)")
+                         .Help(
+                             "Time work waited in the engine queue, from submission to the "
+                             "engine thread taking it up, by kind (task, ingest, prompt, "
+                             "decode: one per generated token)")
                          .Register(r);
   for (const char* kind : engine::Scheduler::kQueueWaitKinds) {
     queue_wait_[kind] = &queue_wait.Add({{"kind", kind}}, LatencyBuckets());
@@ -175,20 +176,23 @@ Metrics::Metrics(const std::string& version)
                            .Add({});
   blobs_collected_ = &prometheus::BuildCounter()
                           .Name("tttserve_session_blobs_collected_total")
-                          .Help("Unreferenced session state blobs deleted by this replica's "
-                                "garbage sweeps (--etcd_endpoints; crash leftovers)")
+                          .Help(
+                              "Unreferenced session state blobs deleted by this replica's "
+                              "garbage sweeps (--etcd_endpoints; crash leftovers)")
                           .Register(r)
                           .Add({});
   session_memory_ = &prometheus::BuildGauge()
                          .Name("tttserve_session_memory_bytes")
-                         .Help("Bytes of resident sessions' states, as budgeted against "
-                               "--memory_budget_mb (whole tensor buffers)")
+                         .Help(
+                             "Bytes of resident sessions' states, as budgeted against "
+                             "--memory_budget_mb (whole tensor buffers)")
                          .Register(r)
                          .Add({});
   session_memory_held_ = &prometheus::BuildGauge()
                               .Name("tttserve_session_memory_held_bytes")
-                              .Help("Bytes of session state really held: the resident states plus "
-                                    "the copies Score and non-committing Generate run on")
+                              .Help(
+                                  "Bytes of session state really held: the resident states plus "
+                                  "the copies Score and non-committing Generate run on")
                               .Register(r)
                               .Add({});
   memory_budget_ = &prometheus::BuildGauge()
@@ -201,14 +205,14 @@ Metrics::Metrics(const std::string& version)
   };
   pool_resident_sessions_ =
       pool_gauge("tttserve_pool_resident_sessions", "Sessions whose state is in memory");
-  pool_bytes_ = pool_gauge("tttserve_pool_bytes",
-                           "Bytes the resident sessions' states hold (whole buffers)");
+  pool_bytes_ =
+      pool_gauge("tttserve_pool_bytes", "Bytes the resident sessions' states hold (whole buffers)");
   pool_limit_sessions_ = pool_gauge(
       "tttserve_pool_limit_sessions",
       "Resident sessions before idle ones are evicted to disk (--max_resident_sessions)");
-  pool_limit_bytes_ = pool_gauge(
-      "tttserve_pool_limit_bytes",
-      "Resident bytes before idle sessions are evicted to disk (--memory_budget_mb)");
+  pool_limit_bytes_ =
+      pool_gauge("tttserve_pool_limit_bytes",
+                 "Resident bytes before idle sessions are evicted to disk (--memory_budget_mb)");
   checkpoint_bytes_ = &prometheus::BuildCounter()
                            .Name("tttserve_checkpoint_bytes_total")
                            .Help("Bytes written to checkpoint files")
@@ -221,8 +225,9 @@ Metrics::Metrics(const std::string& version)
                            .Add({}, LatencyBuckets());
   persist_lag_ = &prometheus::BuildHistogram()
                       .Name("tttserve_session_persist_lag_seconds")
-                      .Help("Age of the store copy a session write replaced: at most what a "
-                            "replica crash just before it would have lost")
+                      .Help(
+                          "Age of the store copy a session write replaced: at most what a "
+                          "replica crash just before it would have lost")
                       .Register(r)
                       .Add({}, LatencyBuckets());
   checkpoint_duration_ = &prometheus::BuildHistogram()
@@ -250,8 +255,9 @@ Metrics::Metrics(const std::string& version)
   }
   auto& reloads = prometheus::BuildCounter()
                       .Name("tttserve_config_reload_failures_total")
-                      .Help("Changed configuration files that were not applied (the last good "
-                            "version keeps serving)")
+                      .Help(
+                          "Changed configuration files that were not applied (the last good "
+                          "version keeps serving)")
                       .Register(r);
   for (const char* file : {"tokens", "quotas", "tls"}) {
     reload_failures_[file] = &reloads.Add({{"file", file}});
@@ -263,7 +269,9 @@ Metrics::Metrics(const std::string& version)
                        .Add({});
 }
 
-void Metrics::RecordAuthFailure(auth::AuthFailure reason) { auth_failures_.at(reason)->Increment(); }
+void Metrics::RecordAuthFailure(auth::AuthFailure reason) {
+  auth_failures_.at(reason)->Increment();
+}
 
 void Metrics::RecordReloadFailure(const char* file) { reload_failures_.at(file)->Increment(); }
 
@@ -277,9 +285,7 @@ absl::Status Metrics::StartExposer(const std::string& address, const HttpExposer
   HttpExposerOptions with_auth = options;
   if (scrape_check_) with_auth.authorize = scrape_check_;
   auto exposer = HttpExposer::Start(
-      address,
-      [this] { return Render(); },
-      with_auth);
+      address, [this] { return Render(); }, with_auth);
   if (!exposer.ok()) return exposer.status();
   exposer_ = std::move(*exposer);
   return absl::OkStatus();

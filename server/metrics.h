@@ -78,8 +78,7 @@ class Metrics : public session::SessionListener, public engine::Scheduler::Obser
   void SetQueue(int64_t depth, int64_t capacity);
   // Sessions that exist; the budgeted bytes of resident states (SessionManager::resident_pool
   // bytes), the bytes really held (its held_bytes: plus copies in flight), and the budget.
-  void SetSessions(int64_t active, int64_t memory_bytes, int64_t held_bytes,
-                   int64_t budget_bytes);
+  void SetSessions(int64_t active, int64_t memory_bytes, int64_t held_bytes, int64_t budget_bytes);
   // The resident-session pool: sessions and bytes in it, and its two limits.
   void SetPool(int64_t resident_sessions, int64_t bytes, int64_t limit_sessions,
                int64_t limit_bytes);
@@ -100,7 +99,7 @@ class Metrics : public session::SessionListener, public engine::Scheduler::Obser
   std::shared_ptr<prometheus::Registry> registry_;
   ScrapeCheck scrape_check_;  // set before the exposer starts
   std::map<auth::AuthFailure, prometheus::Counter*> auth_failures_;  // fixed after construction
-  std::map<std::string, prometheus::Counter*> reload_failures_;       // fixed after construction
+  std::map<std::string, prometheus::Counter*> reload_failures_;      // fixed after construction
   prometheus::Gauge* auth_enabled_;
   std::unique_ptr<HttpExposer> exposer_;  // declared after registry_: stops serving first
   const std::string version_;
@@ -139,7 +138,7 @@ class Metrics : public session::SessionListener, public engine::Scheduler::Obser
   prometheus::Counter* checkpoint_bytes_;
   prometheus::Histogram* checkpoint_duration_;
 
-  std::mutex tenant_mu_;  // held while a scrape reads the source
+  std::mutex tenant_mu_;            // held while a scrape reads the source
   TenantUsageSource tenant_usage_;  // guarded by tenant_mu_
 };
 

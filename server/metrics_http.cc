@@ -21,7 +21,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 constexpr char kContentType[] = "text/plain; version=0.0.4; charset=utf-8";
 
-
 }  // namespace
 
 // libmicrohttpd has an idle timeout but no whole-request deadline, so this keeps one: every
@@ -51,8 +50,7 @@ struct HttpExposer::State {
   std::thread deadlines;
 
   void Opened(MHD_Connection* c) {
-    const MHD_ConnectionInfo* info =
-        MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+    const MHD_ConnectionInfo* info = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
     if (info == nullptr) return;
     const Clock::time_point now = Clock::now();
     std::lock_guard<std::mutex> lock(mu);
@@ -115,21 +113,19 @@ struct HttpExposer::State {
     if (toe == MHD_CONNECTION_NOTIFY_STARTED) s->Opened(c);
     if (toe == MHD_CONNECTION_NOTIFY_CLOSED) s->Closed(c);
   }
-  static void OnRequestCompleted(void* cls, MHD_Connection* c, void**,
-                                 MHD_RequestTerminationCode) {
+  static void OnRequestCompleted(void* cls, MHD_Connection* c, void**, MHD_RequestTerminationCode) {
     static_cast<State*>(cls)->RequestDone(c);
   }
   static MHD_Result Answer(void* cls, MHD_Connection* c, const char* url, const char* method,
-                           const char* version, const char* upload_data,
-                           size_t* upload_data_size, void** request_context);
+                           const char* version, const char* upload_data, size_t* upload_data_size,
+                           void** request_context);
 };
 
 namespace {
 
 MHD_Result Respond(MHD_Connection* c, unsigned code, const std::string& body) {
-  MHD_Response* response =
-      MHD_create_response_from_buffer(body.size(), const_cast<char*>(body.data()),
-                                      MHD_RESPMEM_MUST_COPY);
+  MHD_Response* response = MHD_create_response_from_buffer(
+      body.size(), const_cast<char*>(body.data()), MHD_RESPMEM_MUST_COPY);
   if (response == nullptr) return MHD_NO;  // out of memory: libmicrohttpd closes the connection
   MHD_add_response_header(response, MHD_HTTP_HEADER_CONTENT_TYPE, kContentType);
   if (code == MHD_HTTP_METHOD_NOT_ALLOWED) {
@@ -214,8 +210,9 @@ absl::Status CheckTls(const HttpExposerOptions& options) {
 }
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<HttpExposer>> HttpExposer::Start(
-    const std::string& address, Render render, const HttpExposerOptions& options) {
+absl::StatusOr<std::unique_ptr<HttpExposer>> HttpExposer::Start(const std::string& address,
+                                                                Render render,
+                                                                const HttpExposerOptions& options) {
   absl::Status tls = CheckTls(options);
   if (!tls.ok()) return tls;
   absl::StatusOr<int> fd = util::ListenOn(address, "metrics");
@@ -237,11 +234,9 @@ absl::StatusOr<std::unique_ptr<HttpExposer>> HttpExposer::Start(
       MHD_USE_EPOLL_INTERNAL_THREAD | (https ? MHD_USE_TLS : 0), 0, nullptr, nullptr,
       &State::Answer, s, MHD_OPTION_LISTEN_SOCKET, *fd, MHD_OPTION_CONNECTION_LIMIT,
       MhdConnectionLimit(options.max_connections), MHD_OPTION_CONNECTION_TIMEOUT,
-      options.idle_timeout_s,
-      MHD_OPTION_CONNECTION_MEMORY_LIMIT, options.connection_memory_bytes,
+      options.idle_timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT, options.connection_memory_bytes,
       MHD_OPTION_NOTIFY_CONNECTION, &State::OnConnection, s, MHD_OPTION_NOTIFY_COMPLETED,
-      &State::OnRequestCompleted, s, MHD_OPTION_ARRAY, tls_options,
-      MHD_OPTION_END);
+      &State::OnRequestCompleted, s, MHD_OPTION_ARRAY, tls_options, MHD_OPTION_END);
   if (s->daemon == nullptr) {
     close(*fd);
     if (https) {

@@ -116,9 +116,8 @@ absl::StatusOr<Security> SetUpSecurity(const ServerOptions& o,
   ao.validate_tenant = session::SessionManager::ValidateTenant;
   ao.on_failure = std::move(on_failure);
   s.authorizer = std::make_shared<const auth::Authorizer>(std::move(ao));
-  s.credentials = s.tls ? auth::TlsServerCredentials(*s.tls_material,
-                                                     static_cast<unsigned>(o.tls_refresh_s),
-                                                     s.authorizer)
+  s.credentials = s.tls ? auth::TlsServerCredentials(
+                              *s.tls_material, static_cast<unsigned>(o.tls_refresh_s), s.authorizer)
                         : grpc::InsecureServerCredentials();
 
   // Reflection can be put behind authentication only where the gate runs: TLS ports.
@@ -131,12 +130,12 @@ absl::StatusOr<Security> SetUpSecurity(const ServerOptions& o,
   s.reflection = o.reflection == "on" || (o.reflection == "auto" && gated);
 
   if (!s.authorizer->enabled()) {
-    util::LogWarning("security",
-                     absl::StrCat("WARNING: no authentication configured: anyone who can reach ",
-                                  o.listen,
-                                  " acts as any tenant it names in x-tenant-id. Set "
-                                  "--auth_tokens_file and/or --tls_client_ca_file "
-                                  "(docs/contract.md, \"Authentication\")."));
+    util::LogWarning(
+        "security",
+        absl::StrCat("WARNING: no authentication configured: anyone who can reach ", o.listen,
+                     " acts as any tenant it names in x-tenant-id. Set "
+                     "--auth_tokens_file and/or --tls_client_ca_file "
+                     "(docs/contract.md, \"Authentication\")."));
   } else if (!s.tls && s.tokens) {
     util::LogWarning("security", absl::StrCat("bearer tokens travel in plaintext to ", o.listen,
                                               ": add --tls_cert_file unless a mesh encrypts "
@@ -157,8 +156,8 @@ absl::StatusOr<std::unique_ptr<HealthOnlyServer>> HealthOnlyServer::Start(
   builder.RegisterCallbackGenericService(h->refuse_.get());
   h->server_ = builder.BuildAndStart();
   if (h->server_ == nullptr || h->port_ == 0) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "cannot listen on --health_listen=", address, " (address in use or invalid?)"));
+    return absl::FailedPreconditionError(absl::StrCat("cannot listen on --health_listen=", address,
+                                                      " (address in use or invalid?)"));
   }
   return h;
 }

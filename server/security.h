@@ -21,7 +21,7 @@ namespace ttt::server {
 struct ServerOptions;
 
 struct Security {
-  std::unique_ptr<auth::TokenStore> tokens;  // null without --auth_tokens_file
+  std::unique_ptr<auth::TokenStore> tokens;         // null without --auth_tokens_file
   std::unique_ptr<auth::TlsMaterial> tls_material;  // null without --tls_cert_file
   std::shared_ptr<const auth::Authorizer> authorizer;
   std::shared_ptr<grpc::ServerCredentials> credentials;  // of the gRPC port

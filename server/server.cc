@@ -131,9 +131,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   model_options.dtype = options.dtype;
   auto model = engine::Model::Load(options.model_dir, model_options);
   if (!model.ok()) {
-    return absl::Status(model.status().code(),
-                        absl::StrCat("loading model from ", options.model_dir, ": ",
-                                     model.status().message()));
+    return absl::Status(
+        model.status().code(),
+        absl::StrCat("loading model from ", options.model_dir, ": ", model.status().message()));
   }
   s->model_ = std::move(*model);
 
@@ -141,9 +141,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   if (tok.ok()) {
     s->tokenizer_ = std::move(*tok);
   } else if (tok.status().code() != absl::StatusCode::kNotFound) {
-    return absl::Status(tok.status().code(), absl::StrCat("loading the tokenizer of ",
-                                                          options.model_dir, ": ",
-                                                          tok.status().message()));
+    return absl::Status(
+        tok.status().code(),
+        absl::StrCat("loading the tokenizer of ", options.model_dir, ": ", tok.status().message()));
   }
 
   s->metrics_->SetBuildInfo(s->model_->fingerprint());
@@ -177,8 +177,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
     };
   }
   mo.persist_interval_ms = options.persist_interval_s * 1000;
-  auto sessions = session::SessionManager::Create(s->model_.get(), s->scheduler_.get(), mo,
-                                                  s->metrics_.get());
+  auto sessions =
+      session::SessionManager::Create(s->model_.get(), s->scheduler_.get(), mo, s->metrics_.get());
   if (!sessions.ok()) return sessions.status();
   s->sessions_ = std::move(*sessions);
 
@@ -198,8 +198,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
                                                  options.max_batch_tokens, std::move(who_may_call));
 
   if (s->quotas_) {
-    s->metrics_->SetTenantUsageSource(
-        [gate = s->service_->quotas()] { return gate->Usage(); });
+    s->metrics_->SetTenantUsageSource([gate = s->service_->quotas()] { return gate->Usage(); });
   }
   absl::Status grpc_started = s->StartGrpc();
   if (!grpc_started.ok()) return grpc_started;
@@ -220,7 +219,7 @@ absl::Status Server::StartGrpc() {
   builder.RegisterCallbackGenericService(unknown_methods_.get());
   builder.SetMaxReceiveMessageSize(static_cast<int>(options_.max_message_bytes));
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> creators;
-  creators.push_back(NewStatusDetailsFactory());  // gRPC's own refusals get ErrorInfo too
+  creators.push_back(NewStatusDetailsFactory());            // gRPC's own refusals get ErrorInfo too
   creators.push_back(NewAccessLogFactory(metrics_.get()));  // access lines, in-flight gauge
   builder.experimental().SetInterceptorCreators(std::move(creators));
   // What slow or stalled clients can pin in the transport: every call's buffers come out of one
@@ -261,8 +260,8 @@ absl::Status Server::StartHttp() {
     o.tls_key_pem = std::move(*key);
   }
   if (tokenizer_ != nullptr) {
-    o.count_prompt_tokens = [tok = tokenizer_.get()](std::string_view text)
-        -> absl::StatusOr<int64_t> {
+    o.count_prompt_tokens =
+        [tok = tokenizer_.get()](std::string_view text) -> absl::StatusOr<int64_t> {
       // As Generate encodes a prompt by default (docs/contract.md): special tokens as text.
       auto ids = tok->Encode(text, tokenizer::SpecialTokens::kAsText);
       if (!ids.ok()) return ids.status();

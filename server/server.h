@@ -49,8 +49,8 @@ inline constexpr char kServiceName[] = "tttserve.v1.TttService";
 
 struct ServerOptions {
   std::string model_dir = "models/ttt-brown";
-  std::string listen = "0.0.0.0:50051";          // port 0 picks a free one (see port())
-  std::string metrics_listen = "0.0.0.0:9464";   // empty: no metrics endpoint
+  std::string listen = "0.0.0.0:50051";         // port 0 picks a free one (see port())
+  std::string metrics_listen = "0.0.0.0:9464";  // empty: no metrics endpoint
   std::string checkpoint_dir = "./checkpoints";
   int64_t memory_budget_mb = 2048;
   int64_t max_sessions = 1024;
@@ -66,10 +66,10 @@ struct ServerOptions {
   int64_t max_queued_items = 4096;
   int64_t max_message_bytes = 64 << 20;  // gRPC receive limit per message
   int64_t reaper_interval_ms = 1000;
-  int64_t max_concurrent_imports = 4;  // ImportSession calls at once; more: RESOURCE_EXHAUSTED
-  int64_t max_concurrent_exports = 16;  // ExportSession calls at once; more: RESOURCE_EXHAUSTED
+  int64_t max_concurrent_imports = 4;    // ImportSession calls at once; more: RESOURCE_EXHAUSTED
+  int64_t max_concurrent_exports = 16;   // ExportSession calls at once; more: RESOURCE_EXHAUSTED
   int64_t max_concurrent_streams = 100;  // HTTP/2 streams per client connection
-  int64_t grpc_memory_mb = 1024;  // gRPC's resource quota: transport buffers of every call
+  int64_t grpc_memory_mb = 1024;         // gRPC's resource quota: transport buffers of every call
   // Sessions shared by replicas through etcd (docs/coordination.md; session.h,
   // ManagerOptions::Cluster): the client, this process's lease kept alive (its identity), the
   // deployment's key prefix and this replica's label. Null etcd: one server alone on its folder.
@@ -80,7 +80,7 @@ struct ServerOptions {
   std::string etcd_prefix = "/ttt/v1/";
   std::string replica_id;
   int64_t lease_margin_ms = 5000;
-  int64_t gc_grace_s = 600;  // unreferenced blobs older than this are garbage
+  int64_t gc_grace_s = 600;        // unreferenced blobs older than this are garbage
   int64_t persist_interval_s = 5;  // write-behind period (0: only at eviction and shutdown)
   bool sync_durability = false;    // --durability=sync
   // Authentication and TLS (server/security.h, docs/contract.md "Authentication"). All empty:
@@ -91,7 +91,7 @@ struct ServerOptions {
   std::string tls_crl_file;        // revoked client certificates (PEM CRLs)
   int tls_refresh_s = 5;
   std::string auth_tokens_file;
-  std::string health_listen;  // plaintext, grpc.health.v1 only; empty: none
+  std::string health_listen;        // plaintext, grpc.health.v1 only; empty: none
   std::string reflection = "auto";  // auto | on | off
   bool metrics_auth = false;
   // PEM files: serve /metrics over HTTPS (read at start; both or neither).

@@ -12,16 +12,20 @@ namespace pb = tttserve::v1;
 
 TttServiceImpl::TttServiceImpl(session::SessionManager* sessions,
                                const tokenizer::Tokenizer* tokenizer, Metrics* metrics,
-                               ServiceLimits limits, std::string version,
-                               int64_t max_batch_tokens, ServiceSecurity security)
-    : sessions_(sessions), tokenizer_(tokenizer), metrics_(metrics), limits_(limits),
-      import_limits_(internal::ImportLimitsFor(sessions->model(),
-                                               sessions->options().memory_budget_bytes,
-                                               limits.max_import_bytes)),
+                               ServiceLimits limits, std::string version, int64_t max_batch_tokens,
+                               ServiceSecurity security)
+    : sessions_(sessions),
+      tokenizer_(tokenizer),
+      metrics_(metrics),
+      limits_(limits),
+      import_limits_(internal::ImportLimitsFor(
+          sessions->model(), sessions->options().memory_budget_bytes, limits.max_import_bytes)),
       import_slots_(limits.max_concurrent_imports, "imports", "--max_concurrent_imports"),
       export_slots_(limits.max_concurrent_exports, "exports", "--max_concurrent_exports"),
-      version_(std::move(version)), max_batch_tokens_(max_batch_tokens),
-      security_(std::move(security)), quotas_(security_.quotas, sessions) {}
+      version_(std::move(version)),
+      max_batch_tokens_(max_batch_tokens),
+      security_(std::move(security)),
+      quotas_(security_.quotas, sessions) {}
 
 grpc::ServerBidiReactor<pb::IngestRequest, pb::IngestResponse>* TttServiceImpl::Ingest(Ctx* ctx) {
   return internal::NewIngestReactor(this, ctx);

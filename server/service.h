@@ -57,15 +57,13 @@ class TttServiceImpl final : public tttserve::v1::TttService::CallbackService {
   using Ctx = grpc::CallbackServerContext;
   grpc::ServerUnaryReactor* GetServerInfo(Ctx* ctx, const tttserve::v1::GetServerInfoRequest* req,
                                           tttserve::v1::ServerInfo* resp) override;
-  grpc::ServerUnaryReactor* CreateSession(Ctx* ctx,
-                                          const tttserve::v1::CreateSessionRequest* req,
+  grpc::ServerUnaryReactor* CreateSession(Ctx* ctx, const tttserve::v1::CreateSessionRequest* req,
                                           tttserve::v1::Session* resp) override;
   grpc::ServerUnaryReactor* GetSession(Ctx* ctx, const tttserve::v1::GetSessionRequest* req,
                                        tttserve::v1::Session* resp) override;
   grpc::ServerUnaryReactor* ListSessions(Ctx* ctx, const tttserve::v1::ListSessionsRequest* req,
                                          tttserve::v1::ListSessionsResponse* resp) override;
-  grpc::ServerUnaryReactor* DeleteSession(Ctx* ctx,
-                                          const tttserve::v1::DeleteSessionRequest* req,
+  grpc::ServerUnaryReactor* DeleteSession(Ctx* ctx, const tttserve::v1::DeleteSessionRequest* req,
                                           tttserve::v1::DeleteSessionResponse* resp) override;
   grpc::ServerBidiReactor<tttserve::v1::IngestRequest, tttserve::v1::IngestResponse>* Ingest(
       Ctx* ctx) override;
@@ -84,9 +82,9 @@ class TttServiceImpl final : public tttserve::v1::TttService::CallbackService {
   grpc::ServerUnaryReactor* ListCheckpoints(Ctx* ctx,
                                             const tttserve::v1::ListCheckpointsRequest* req,
                                             tttserve::v1::ListCheckpointsResponse* resp) override;
-  grpc::ServerUnaryReactor* DeleteCheckpoint(
-      Ctx* ctx, const tttserve::v1::DeleteCheckpointRequest* req,
-      tttserve::v1::DeleteCheckpointResponse* resp) override;
+  grpc::ServerUnaryReactor* DeleteCheckpoint(Ctx* ctx,
+                                             const tttserve::v1::DeleteCheckpointRequest* req,
+                                             tttserve::v1::DeleteCheckpointResponse* resp) override;
   grpc::ServerWriteReactor<tttserve::v1::ExportSessionResponse>* ExportSession(
       Ctx* ctx, const tttserve::v1::ExportSessionRequest* req) override;
   grpc::ServerReadReactor<tttserve::v1::ImportSessionRequest>* ImportSession(

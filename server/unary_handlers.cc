@@ -95,8 +95,7 @@ grpc::ServerUnaryReactor* TttServiceImpl::GetSession(Ctx* ctx, const pb::GetSess
   });
 }
 
-grpc::ServerUnaryReactor* TttServiceImpl::ListSessions(Ctx* ctx,
-                                                       const pb::ListSessionsRequest* req,
+grpc::ServerUnaryReactor* TttServiceImpl::ListSessions(Ctx* ctx, const pb::ListSessionsRequest* req,
                                                        pb::ListSessionsResponse* resp) {
   return RunUnary(this, ctx, "ListSessions", [&](const std::string& tenant, Finisher finish) {
     std::map<std::string, std::string> selector(req->label_selector().begin(),
@@ -126,21 +125,21 @@ grpc::ServerUnaryReactor* TttServiceImpl::Score(Ctx* ctx, const pb::ScoreRequest
     if (!routed.ok()) return finish(routed);
     const internal::TextEncoding encoding =
         internal::TextEncodingOf(tokenizer_, req->text_options());
-    auto starts = internal::TextStartsContext(*sessions_, tenant, req->session_id(), req->text(),
-                                              encoding);
+    auto starts =
+        internal::TextStartsContext(*sessions_, tenant, req->session_id(), req->text(), encoding);
     if (!starts.ok()) return finish(starts.status());
     auto tokens = internal::InputTokens(limits_, tokenizer_, req->text(), req->token_ids(),
                                         "the Score request", encoding, *starts);
     if (!tokens.ok()) return finish(tokens.status());
     Metrics* metrics = metrics_;
-    absl::Status st = sessions_->Score(
-        tenant, req->session_id(), std::move(*tokens), nullptr,
-        [resp, finish, metrics](absl::StatusOr<session::ScoreResult> r) {
-          if (!r.ok()) return finish(r.status());
-          ToProto(*r, resp);
-          metrics->AddTokensScored(static_cast<int64_t>(r->tokens.size()));
-          finish(absl::OkStatus());
-        });
+    absl::Status st =
+        sessions_->Score(tenant, req->session_id(), std::move(*tokens), nullptr,
+                         [resp, finish, metrics](absl::StatusOr<session::ScoreResult> r) {
+                           if (!r.ok()) return finish(r.status());
+                           ToProto(*r, resp);
+                           metrics->AddTokensScored(static_cast<int64_t>(r->tokens.size()));
+                           finish(absl::OkStatus());
+                         });
     if (!st.ok()) finish(st);
   });
 }
@@ -186,10 +185,10 @@ grpc::ServerUnaryReactor* TttServiceImpl::Restore(Ctx* ctx, const pb::RestoreReq
       if (!reserved.ok()) return finish(reserved.status());
       reservation = std::move(*reserved);
     }
-    absl::Status st = sessions_->Restore(tenant, req->checkpoint_id(), req->session_id(),
-                                         OptionsOf(req->has_options(), req->options()),
-                                         SessionReply(resp, finish, reservation),
-                                         req->new_session_id());
+    absl::Status st =
+        sessions_->Restore(tenant, req->checkpoint_id(), req->session_id(),
+                           OptionsOf(req->has_options(), req->options()),
+                           SessionReply(resp, finish, reservation), req->new_session_id());
     if (!st.ok()) finish(st);
   });
 }
@@ -212,10 +211,9 @@ grpc::ServerUnaryReactor* TttServiceImpl::Fork(Ctx* ctx, const pb::ForkRequest* 
     if (!routed.ok()) return finish(routed);
     auto reservation = quotas_.ReserveSession(tenant);
     if (!reservation.ok()) return finish(reservation.status());
-    absl::Status st = sessions_->Fork(tenant, req->session_id(),
-                                      OptionsOf(req->has_options(), req->options()),
-                                      SessionReply(resp, finish, std::move(*reservation)),
-                                      req->new_session_id());
+    absl::Status st =
+        sessions_->Fork(tenant, req->session_id(), OptionsOf(req->has_options(), req->options()),
+                        SessionReply(resp, finish, std::move(*reservation)), req->new_session_id());
     if (!st.ok()) finish(st);
   });
 }
@@ -223,23 +221,21 @@ grpc::ServerUnaryReactor* TttServiceImpl::Fork(Ctx* ctx, const pb::ForkRequest* 
 grpc::ServerUnaryReactor* TttServiceImpl::ListCheckpoints(Ctx* ctx,
                                                           const pb::ListCheckpointsRequest*,
                                                           pb::ListCheckpointsResponse* resp) {
-  return RunUnary(this, ctx, "ListCheckpoints",
-                  [&](const std::string& tenant, Finisher finish) {
-                    auto list = sessions_->ListCheckpoints(tenant);
-                    if (list.ok()) {
-                      for (const auto& c : *list) ToProto(c, resp->add_checkpoints());
-                    }
-                    finish(list.status());
-                  });
+  return RunUnary(this, ctx, "ListCheckpoints", [&](const std::string& tenant, Finisher finish) {
+    auto list = sessions_->ListCheckpoints(tenant);
+    if (list.ok()) {
+      for (const auto& c : *list) ToProto(c, resp->add_checkpoints());
+    }
+    finish(list.status());
+  });
 }
 
 grpc::ServerUnaryReactor* TttServiceImpl::DeleteCheckpoint(Ctx* ctx,
                                                            const pb::DeleteCheckpointRequest* req,
                                                            pb::DeleteCheckpointResponse*) {
-  return RunUnary(this, ctx, "DeleteCheckpoint",
-                  [&](const std::string& tenant, Finisher finish) {
-                    finish(sessions_->DeleteCheckpoint(tenant, req->checkpoint_id()));
-                  });
+  return RunUnary(this, ctx, "DeleteCheckpoint", [&](const std::string& tenant, Finisher finish) {
+    finish(sessions_->DeleteCheckpoint(tenant, req->checkpoint_id()));
+  });
 }
 
 // The tokenizer as the other RPCs use it: text checked and encoded as InputTokens does (a

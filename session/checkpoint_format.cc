@@ -16,9 +16,9 @@ absl::Status CheckpointHeaderScanner::Feed(std::string_view bytes) {
     // text that is no checkpoint at all reads as that, not as a huge header.
     if (i < bytes.size() && bytes[i] != '{') return NotACheckpoint();
     if (length_field_ > kMaxCheckpointHeaderBytes) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "checkpoint declares a header of ", length_field_, " bytes; the limit is ",
-          kMaxCheckpointHeaderBytes, " bytes (is this a ttt-serve export?)"));
+      return absl::ResourceExhaustedError(
+          absl::StrCat("checkpoint declares a header of ", length_field_, " bytes; the limit is ",
+                       kMaxCheckpointHeaderBytes, " bytes (is this a ttt-serve export?)"));
     }
     header_bytes_ = length_field_;
   }

@@ -40,8 +40,8 @@ class CheckpointHeaderScanner {
   absl::Status ScanHeaderByte(char c, uint64_t at);
   static absl::Status NotACheckpoint();
 
-  uint64_t fed_ = 0;             // bytes fed so far
-  uint64_t length_field_ = 0;    // the first 8 bytes, little-endian, as they arrive
+  uint64_t fed_ = 0;           // bytes fed so far
+  uint64_t length_field_ = 0;  // the first 8 bytes, little-endian, as they arrive
   std::optional<uint64_t> header_bytes_;
   int depth_ = 0;
   bool in_string_ = false;

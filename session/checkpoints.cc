@@ -6,6 +6,7 @@
 #include "session/internal/checkpoint.h"
 #include "session/internal/checkpoint_store.h"
 #include "session/internal/names.h"
+#include "session/internal/session_manager_impl.h"
 #include "session/internal/session_record.h"
 #include "session/session.h"
 #include "util/status_macros.h"
@@ -22,9 +23,9 @@ absl::Status ValidateCheckpointId(const std::string& id) {
 
 }  // namespace
 
-absl::Status SessionManager::Checkpoint(const std::string& tenant, const std::string& id,
-                                        const std::string& checkpoint_id,
-                                        std::function<void(absl::StatusOr<CheckpointInfo>)> done) {
+absl::Status SessionManagerImpl::Checkpoint(
+    const std::string& tenant, const std::string& id, const std::string& checkpoint_id,
+    std::function<void(absl::StatusOr<CheckpointInfo>)> done) {
   ASSIGN_OR_RETURN(auto s, Find(tenant, id));
   std::string ckpt = checkpoint_id.empty() ? "ck-" + internal::RandomHex(12) : checkpoint_id;
   RETURN_IF_ERROR(ValidateCheckpointId(ckpt));
@@ -62,11 +63,12 @@ absl::Status SessionManager::Checkpoint(const std::string& tenant, const std::st
   return SubmitOp(*s, std::move(w), nullptr);
 }
 
-absl::Status SessionManager::Restore(const std::string& tenant, const std::string& checkpoint_id,
-                                     const std::string& target_session,
-                                     std::optional<SessionOptions> options,
-                                     std::function<void(absl::StatusOr<SessionInfo>)> done,
-                                     const std::string& new_id) {
+absl::Status SessionManagerImpl::Restore(const std::string& tenant,
+                                         const std::string& checkpoint_id,
+                                         const std::string& target_session,
+                                         std::optional<SessionOptions> options,
+                                         std::function<void(absl::StatusOr<SessionInfo>)> done,
+                                         const std::string& new_id) {
   RETURN_IF_ERROR(ValidateTenant(tenant));
   RETURN_IF_ERROR(ValidateCheckpointId(checkpoint_id));
   if (options) RETURN_IF_ERROR(ValidateOptions(*options));
@@ -103,21 +105,22 @@ absl::Status SessionManager::Restore(const std::string& tenant, const std::strin
   return SubmitOp(*s, std::move(w), nullptr);
 }
 
-absl::StatusOr<std::vector<CheckpointInfo>> SessionManager::ListCheckpoints(
+absl::StatusOr<std::vector<CheckpointInfo>> SessionManagerImpl::ListCheckpoints(
     const std::string& tenant) {
   RETURN_IF_ERROR(ValidateTenant(tenant));
   return store_->ListCheckpoints(tenant);
 }
 
-absl::Status SessionManager::DeleteCheckpoint(const std::string& tenant,
-                                              const std::string& checkpoint_id) {
+absl::Status SessionManagerImpl::DeleteCheckpoint(const std::string& tenant,
+                                                  const std::string& checkpoint_id) {
   RETURN_IF_ERROR(ValidateTenant(tenant));
   RETURN_IF_ERROR(ValidateCheckpointId(checkpoint_id));
   return store_->DeleteCheckpoint(tenant, checkpoint_id);
 }
 
-absl::Status SessionManager::ExportSession(const std::string& tenant, const std::string& id,
-                                           std::function<void(absl::StatusOr<std::string>)> done) {
+absl::Status SessionManagerImpl::ExportSession(
+    const std::string& tenant, const std::string& id,
+    std::function<void(absl::StatusOr<std::string>)> done) {
   ASSIGN_OR_RETURN(auto s, Find(tenant, id));
   engine::Work w;
   w.key = s->key;
@@ -130,21 +133,20 @@ absl::Status SessionManager::ExportSession(const std::string& tenant, const std:
   return SubmitOp(*s, std::move(w), nullptr);
 }
 
-absl::StatusOr<std::string> SessionManager::ExportCheckpoint(const std::string& tenant,
-                                                             const std::string& checkpoint_id) {
+absl::StatusOr<std::string> SessionManagerImpl::ExportCheckpoint(const std::string& tenant,
+                                                                 const std::string& checkpoint_id) {
   RETURN_IF_ERROR(ValidateTenant(tenant));
   RETURN_IF_ERROR(ValidateCheckpointId(checkpoint_id));
   ASSIGN_OR_RETURN(std::string bytes, store_->ReadCheckpoint(tenant, checkpoint_id));
   // A damaged file is reported here, not by whoever imports the bytes later.
-  RETURN_IF_ERROR(
-      internal::VerifyCheckpoint(bytes, internal::Quote(checkpoint_id)).status());
+  RETURN_IF_ERROR(internal::VerifyCheckpoint(bytes, internal::Quote(checkpoint_id)).status());
   return bytes;
 }
 
-absl::StatusOr<SessionInfo> SessionManager::ImportSession(const std::string& tenant,
-                                                          std::string bytes,
-                                                          std::optional<SessionOptions> options,
-                                                          const std::string& new_id) {
+absl::StatusOr<SessionInfo> SessionManagerImpl::ImportSession(const std::string& tenant,
+                                                              std::string bytes,
+                                                              std::optional<SessionOptions> options,
+                                                              const std::string& new_id) {
   RETURN_IF_ERROR(ValidateTenant(tenant));
   if (static_cast<int64_t>(bytes.size()) > options_.max_checkpoint_bytes) {
     return absl::ResourceExhaustedError(absl::StrCat("import of ", bytes.size(),

@@ -9,6 +9,7 @@
 #include "engine/decode.h"
 #include "session/internal/session_record.h"
 #include "session/session.h"
+#include "session/internal/session_manager_impl.h"
 #include "util/status_macros.h"
 
 namespace ttt::session {
@@ -160,7 +161,8 @@ class GenerateOp : public std::enable_shared_from_this<GenerateOp> {
 
 }  // namespace
 
-absl::Status SessionManager::PrepareGenerateParams(const Session& s, GenerateParams& params) const {
+absl::Status SessionManagerImpl::PrepareGenerateParams(const Session& s,
+                                                       GenerateParams& params) const {
   RETURN_IF_ERROR(engine::ValidateSamplingParams(params.sampling));
   if (params.max_tokens < 1 || params.max_tokens > options_.max_generate_tokens) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -181,7 +183,7 @@ absl::Status SessionManager::PrepareGenerateParams(const Session& s, GeneratePar
   return absl::OkStatus();
 }
 
-absl::Status SessionManager::Generate(
+absl::Status SessionManagerImpl::Generate(
     const std::string& tenant, const std::string& id, GenerateParams params,
     std::shared_ptr<engine::CancelToken> cancel, std::function<bool(int32_t, float)> on_token,
     std::function<void(absl::Status, FinishReason, int64_t)> done) {

@@ -8,6 +8,7 @@
 #include "session/internal/cluster_store.h"
 #include "session/internal/session_record.h"
 #include "session/session.h"
+#include "session/internal/session_manager_impl.h"
 #include "util/status_macros.h"
 
 namespace ttt::session {
@@ -20,7 +21,7 @@ void Acknowledge(std::vector<PendingIngestAck>& acks, const absl::Status& commit
 
 }  // namespace
 
-absl::Status SessionManager::SubmitIngest(
+absl::Status SessionManagerImpl::SubmitIngest(
     const std::shared_ptr<Session>& s, std::vector<int32_t> tokens, bool end_of_document,
     std::shared_ptr<engine::CancelToken> cancel,
     std::function<void(absl::StatusOr<IngestProgress>)> done, bool durable) {
@@ -90,7 +91,7 @@ absl::Status SessionManager::SubmitIngest(
   return submitted;
 }
 
-std::vector<PendingIngestAck> SessionManager::SettleIngest(Session& s, PendingIngestAck ack) {
+std::vector<PendingIngestAck> SessionManagerImpl::SettleIngest(Session& s, PendingIngestAck ack) {
   std::lock_guard<std::mutex> lock(s.mu);
   --s.ingests_queued;
   // Nothing waits, and this one needs no commit: acknowledged at once (write-behind).
@@ -103,14 +104,14 @@ std::vector<PendingIngestAck> SessionManager::SettleIngest(Session& s, PendingIn
   return due;
 }
 
-absl::Status SessionManager::CommitFor(const std::shared_ptr<Session>& s,
-                                       const std::vector<PendingIngestAck>& acks) {
+absl::Status SessionManagerImpl::CommitFor(const std::shared_ptr<Session>& s,
+                                           const std::vector<PendingIngestAck>& acks) {
   const bool needed = std::any_of(acks.begin(), acks.end(),
                                   [](const PendingIngestAck& a) { return a.needs_commit; });
   return needed ? CommitIngested(s) : absl::OkStatus();
 }
 
-void SessionManager::AcknowledgeOrphans(const std::shared_ptr<Session>& s) {
+void SessionManagerImpl::AcknowledgeOrphans(const std::shared_ptr<Session>& s) {
   std::vector<PendingIngestAck> orphans;
   {
     std::lock_guard<std::mutex> lock(s->mu);
@@ -131,7 +132,7 @@ void SessionManager::AcknowledgeOrphans(const std::shared_ptr<Session>& s) {
   }
 }
 
-absl::Status SessionManager::CommitIngested(const std::shared_ptr<Session>& s) {
+absl::Status SessionManagerImpl::CommitIngested(const std::shared_ptr<Session>& s) {
   // Sync durability: acknowledged only once the store has it. The engine thread waits for the
   // write, which is the price of this mode (deploy/README.md).
   absl::StatusOr<int64_t> written = WriteSessionFile(s);
@@ -163,10 +164,10 @@ absl::Status SessionManager::CommitIngested(const std::shared_ptr<Session>& s) {
       "resend from there"));
 }
 
-absl::Status SessionManager::Score(const std::string& tenant, const std::string& id,
-                                   std::vector<int32_t> tokens,
-                                   std::shared_ptr<engine::CancelToken> cancel,
-                                   std::function<void(absl::StatusOr<ScoreResult>)> done) {
+absl::Status SessionManagerImpl::Score(const std::string& tenant, const std::string& id,
+                                       std::vector<int32_t> tokens,
+                                       std::shared_ptr<engine::CancelToken> cancel,
+                                       std::function<void(absl::StatusOr<ScoreResult>)> done) {
   ASSIGN_OR_RETURN(auto s, Find(tenant, id));
   if (tokens.empty()) return absl::InvalidArgumentError("nothing to score: give text or token_ids");
   RETURN_IF_ERROR(engine::ValidateTokens(model_->config(), tokens));

@@ -17,12 +17,13 @@
 #include "session/internal/cluster_store.h"
 #include "session/internal/session_record.h"
 #include "session/session.h"
+#include "session/internal/session_manager_impl.h"
 #include "util/log.h"
 #include "util/status_macros.h"
 
 namespace ttt::session {
 
-void SessionManager::LoadPersisted() {
+void SessionManagerImpl::LoadPersisted() {
   auto persisted = store_->ListSessions(model_->fingerprint());
   // The most recently used come back first; --max_sessions holds here as anywhere.
   std::sort(persisted.begin(), persisted.end(), [](const auto& a, const auto& b) {
@@ -55,7 +56,7 @@ void SessionManager::LoadPersisted() {
   }
 }
 
-void SessionManager::ReaperLoop() {
+void SessionManagerImpl::ReaperLoop() {
   const auto interval = std::chrono::milliseconds(options_.reaper_interval_ms);
   // On the cluster, handover requests are read between passes too: the asker is waiting.
   const int64_t poll_ms = absl::ToInt64Milliseconds(options_.cluster.handover_poll);
@@ -79,7 +80,7 @@ void SessionManager::ReaperLoop() {
   }
 }
 
-void SessionManager::ReapNow() {
+void SessionManagerImpl::ReapNow() {
   const int64_t now = NowMs();
   std::vector<std::shared_ptr<Session>> expired;
   {
@@ -106,7 +107,7 @@ void SessionManager::ReapNow() {
   EvictToFit(nullptr);
 }
 
-void SessionManager::EvictToFit(const Session* admitted) {
+void SessionManagerImpl::EvictToFit(const Session* admitted) {
   struct Candidate {
     int64_t last_used_ms;
     uint64_t key;  // ties: the older admission first
@@ -144,7 +145,7 @@ void SessionManager::EvictToFit(const Session* admitted) {
   }
 }
 
-void SessionManager::DropOnEngine(const std::shared_ptr<Session>& s) {
+void SessionManagerImpl::DropOnEngine(const std::shared_ptr<Session>& s) {
   engine::Work w;
   w.key = s->key;
   // Captures the stores and the link, not `this`: a delete's clean-up may run after the manager
@@ -170,7 +171,7 @@ void SessionManager::DropOnEngine(const std::shared_ptr<Session>& s) {
   (void)scheduler_->Submit(std::move(w), /*bypass_limits=*/true);
 }
 
-absl::StatusOr<int64_t> SessionManager::WriteSessionFile(const std::shared_ptr<Session>& s) {
+absl::StatusOr<int64_t> SessionManagerImpl::WriteSessionFile(const std::shared_ptr<Session>& s) {
   const auto start = std::chrono::steady_clock::now();
   int64_t fence = 0;
   int64_t sequence = 0;
@@ -221,7 +222,7 @@ absl::StatusOr<int64_t> SessionManager::WriteSessionFile(const std::shared_ptr<S
   return static_cast<int64_t>(bytes->size());
 }
 
-bool SessionManager::Evict(const std::shared_ptr<Session>& s) {
+bool SessionManagerImpl::Evict(const std::shared_ptr<Session>& s) {
   {
     std::lock_guard<std::mutex> lock(s->mu);
     if (!s->resident || s->inflight > 0 || s->writer || s->evicting || s->deleted) return false;
@@ -257,7 +258,7 @@ bool SessionManager::Evict(const std::shared_ptr<Session>& s) {
   return false;
 }
 
-absl::Status SessionManager::PersistAll() {
+absl::Status SessionManagerImpl::PersistAll() {
   std::vector<std::shared_ptr<Session>> all;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -294,7 +295,7 @@ absl::Status SessionManager::PersistAll() {
   return first;
 }
 
-SessionManager::ResidentPool SessionManager::resident_pool() const {
+SessionManagerImpl::ResidentPool SessionManagerImpl::resident_pool() const {
   ResidentPool pool;
   internal::SharedBytes distinct;  // forks' shared buffers once
   {
@@ -313,7 +314,7 @@ SessionManager::ResidentPool SessionManager::resident_pool() const {
   return pool;
 }
 
-absl::Status SessionManager::EnsureResident(Session& s) {
+absl::Status SessionManagerImpl::EnsureResident(Session& s) {
   {
     std::lock_guard<std::mutex> lock(s.mu);
     if (s.resident) return absl::OkStatus();
@@ -358,7 +359,7 @@ absl::Status SessionManager::EnsureResident(Session& s) {
   return absl::OkStatus();
 }
 
-void SessionManager::RewindToDurable(Session& s) {
+void SessionManagerImpl::RewindToDurable(Session& s) {
   std::lock_guard<std::mutex> lock(s.mu);
   s.counters = s.durable_counters;
   s.dirty = false;
@@ -372,8 +373,8 @@ void SessionManager::RewindToDurable(Session& s) {
   s.SetHeldLocked({});
 }
 
-internal::CheckpointMeta SessionManager::MetaOf(Session& s,
-                                                const std::string& checkpoint_id) const {
+internal::CheckpointMeta SessionManagerImpl::MetaOf(Session& s,
+                                                    const std::string& checkpoint_id) const {
   internal::CheckpointMeta meta;
   meta.model_fingerprint = model_->fingerprint();
   meta.tenant = s.tenant;
@@ -388,8 +389,8 @@ internal::CheckpointMeta SessionManager::MetaOf(Session& s,
   return meta;
 }
 
-absl::StatusOr<std::string> SessionManager::EncodeSession(Session& s,
-                                                          const std::string& checkpoint_id) {
+absl::StatusOr<std::string> SessionManagerImpl::EncodeSession(Session& s,
+                                                              const std::string& checkpoint_id) {
   return internal::EncodeCheckpoint(s.state, MetaOf(s, checkpoint_id));
 }
 

@@ -3,6 +3,7 @@
 // reset, fork). Ingest and scoring are in ingest.cc, generation in generate.cc, residency
 // (eviction, reaper, persistence) in residency.cc, checkpoints in checkpoints.cc.
 #include "session/session.h"
+#include "session/internal/session_manager_impl.h"
 
 #include <set>
 
@@ -52,9 +53,9 @@ absl::Status Writer::Ingest(std::vector<int32_t> tokens, bool end_of_document,
                                 std::move(done), durable);
 }
 
-absl::StatusOr<std::unique_ptr<Writer>> SessionManager::OpenWriter(const std::string& tenant,
-                                                                   const std::string& id,
-                                                                   const std::string& what) {
+absl::StatusOr<std::unique_ptr<Writer>> SessionManagerImpl::OpenWriter(const std::string& tenant,
+                                                                       const std::string& id,
+                                                                       const std::string& what) {
   ASSIGN_OR_RETURN(auto s, Find(tenant, id));
   std::lock_guard<std::mutex> lock(s->mu);
   if (s->writer) {
@@ -95,16 +96,16 @@ absl::StatusOr<std::unique_ptr<SessionManager>> SessionManager::Create(
         "max_resident_sessions must be >= 0 (0: max_sessions), got ",
         options.max_resident_sessions));
   }
-  std::unique_ptr<SessionManager> m(new SessionManager(model, scheduler, options, listener));
+  auto m = std::make_unique<SessionManagerImpl>(model, scheduler, options, listener);
   RETURN_IF_ERROR(m->store_->Init());
   // A cluster's sessions belong to whichever replica their calls reach (Adopt).
   if (m->cluster_ == nullptr) m->LoadPersisted();
   m->reaper_ = std::thread([raw = m.get()] { raw->ReaperLoop(); });
-  return m;
+  return std::unique_ptr<SessionManager>(std::move(m));
 }
 
-SessionManager::SessionManager(const engine::Model* model, engine::Scheduler* scheduler,
-                               const ManagerOptions& options, SessionListener* listener)
+SessionManagerImpl::SessionManagerImpl(const engine::Model* model, engine::Scheduler* scheduler,
+                                       const ManagerOptions& options, SessionListener* listener)
     : model_(model), scheduler_(scheduler), options_(options), listener_(listener),
       store_(std::make_shared<internal::CheckpointStore>(options.checkpoint_dir)),
       cluster_(options.cluster.etcd == nullptr
@@ -119,7 +120,7 @@ SessionManager::SessionManager(const engine::Model* model, engine::Scheduler* sc
   link_->manager = this;
 }
 
-SessionManager::~SessionManager() {
+SessionManagerImpl::~SessionManagerImpl() {
   {
     std::lock_guard<std::mutex> lock(reaper_mu_);
     stop_reaper_ = true;
@@ -139,7 +140,7 @@ absl::Status SessionManager::ValidateId(const std::string& id) {
   return ValidateName(id, "session_id", 128);
 }
 
-int64_t SessionManager::session_count() const {
+int64_t SessionManagerImpl::session_count() const {
   std::lock_guard<std::mutex> lock(mu_);
   return session_count_;
 }
@@ -147,16 +148,16 @@ int64_t SessionManager::session_count() const {
 // ---------------------------------------------------------------------------------------------
 // Bookkeeping
 
-absl::Status SessionManager::SubmitOp(Session& s, engine::Work work,
-                                      const std::shared_ptr<engine::CancelToken>& cancel) {
+absl::Status SessionManagerImpl::SubmitOp(Session& s, engine::Work work,
+                                          const std::shared_ptr<engine::CancelToken>& cancel) {
   s.BeginOp(cancel);
   absl::Status submitted = scheduler_->Submit(std::move(work));
   if (!submitted.ok()) s.EndOp();  // refused: the operation never started
   return submitted;
 }
 
-absl::StatusOr<std::shared_ptr<Session>> SessionManager::Find(const std::string& tenant,
-                                                              const std::string& id) {
+absl::StatusOr<std::shared_ptr<Session>> SessionManagerImpl::Find(const std::string& tenant,
+                                                                  const std::string& id) {
   if (id.empty()) return absl::InvalidArgumentError("session_id is required");
   // Shared through etcd: nothing is answered for a session while this process's lease may
   // have expired (another process may own it by then).
@@ -196,20 +197,20 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::Find(const std::string&
                                           "or never created for tenant ", Quote(tenant), ")"));
 }
 
-bool SessionManager::Holds(const std::string& tenant, const std::string& id) const {
+bool SessionManagerImpl::Holds(const std::string& tenant, const std::string& id) const {
   std::lock_guard<std::mutex> lock(mu_);
   auto t = sessions_.find(tenant);
   return t != sessions_.end() && t->second.count(id) > 0;
 }
 
-absl::Status SessionManager::CheckSessionLimit(int64_t count) const {
+absl::Status SessionManagerImpl::CheckSessionLimit(int64_t count) const {
   if (count < options_.max_sessions) return absl::OkStatus();
   return absl::ResourceExhaustedError(absl::StrCat(
       "the server is at its session limit (", options_.max_sessions,
       " sessions, --max_sessions); delete sessions you no longer need or retry later"));
 }
 
-absl::Status SessionManager::ValidateOptions(const SessionOptions& options) const {
+absl::Status SessionManagerImpl::ValidateOptions(const SessionOptions& options) const {
   if (options.labels.size() > 32) {
     return absl::InvalidArgumentError(
         absl::StrCat("at most 32 labels per session, got ", options.labels.size()));
@@ -228,15 +229,15 @@ absl::Status SessionManager::ValidateOptions(const SessionOptions& options) cons
   return absl::OkStatus();
 }
 
-int64_t SessionManager::TokensPerChunk() const {
+int64_t SessionManagerImpl::TokensPerChunk() const {
   return model_->active_ttt_layers().empty() ? 0 : model_->config().ttt_chunk;
 }
 
-absl::StatusOr<std::shared_ptr<Session>> SessionManager::Insert(const std::string& tenant,
-                                                                const SessionOptions& options,
-                                                                engine::SequenceState state,
-                                                                const Counters& counters,
-                                                                const std::string& wanted) {
+absl::StatusOr<std::shared_ptr<Session>> SessionManagerImpl::Insert(const std::string& tenant,
+                                                                    const SessionOptions& options,
+                                                                    engine::SequenceState state,
+                                                                    const Counters& counters,
+                                                                    const std::string& wanted) {
   RETURN_IF_ERROR(ValidateTenant(tenant));
   RETURN_IF_ERROR(ValidateOptions(options));
   if (!wanted.empty()) RETURN_IF_ERROR(ValidateId(wanted));
@@ -247,11 +248,11 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::Insert(const std::strin
   return s;
 }
 
-absl::StatusOr<std::shared_ptr<Session>> SessionManager::Publish(const std::string& tenant,
-                                                                 const SessionOptions& options,
-                                                                 engine::SequenceState state,
-                                                                 const Counters& counters,
-                                                                 const std::string& wanted) {
+absl::StatusOr<std::shared_ptr<Session>> SessionManagerImpl::Publish(const std::string& tenant,
+                                                                     const SessionOptions& options,
+                                                                     engine::SequenceState state,
+                                                                     const Counters& counters,
+                                                                     const std::string& wanted) {
   std::lock_guard<std::mutex> lock(mu_);
   RETURN_IF_ERROR(CheckSessionLimit(session_count_));
   std::string id = wanted;
@@ -271,8 +272,8 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::Publish(const std::stri
   return s;
 }
 
-void SessionManager::AddClusterSessions(const std::string& tenant,
-                                        std::vector<SessionInfo>& infos) {
+void SessionManagerImpl::AddClusterSessions(const std::string& tenant,
+                                            std::vector<SessionInfo>& infos) {
   auto heads = cluster_->ListHeads(tenant);
   if (!heads.ok()) {
     util::LogWarning("session", absl::StrCat("listing tenant ", tenant,
@@ -299,20 +300,20 @@ void SessionManager::AddClusterSessions(const std::string& tenant,
 // ---------------------------------------------------------------------------------------------
 // Sessions
 
-absl::StatusOr<SessionInfo> SessionManager::CreateSession(const std::string& tenant,
-                                                          const SessionOptions& options,
-                                                          const std::string& id) {
+absl::StatusOr<SessionInfo> SessionManagerImpl::CreateSession(const std::string& tenant,
+                                                              const SessionOptions& options,
+                                                              const std::string& id) {
   ASSIGN_OR_RETURN(auto s, Insert(tenant, options, model_->NewSequence(), Counters{}, id));
   return s->Info();
 }
 
-absl::StatusOr<SessionInfo> SessionManager::GetSession(const std::string& tenant,
-                                                       const std::string& id) {
+absl::StatusOr<SessionInfo> SessionManagerImpl::GetSession(const std::string& tenant,
+                                                           const std::string& id) {
   ASSIGN_OR_RETURN(auto s, Find(tenant, id));
   return s->Info();
 }
 
-std::vector<SessionInfo> SessionManager::ListSessions(
+std::vector<SessionInfo> SessionManagerImpl::ListSessions(
     const std::string& tenant, const std::map<std::string, std::string>& selector) {
   std::vector<std::shared_ptr<Session>> found;
   {
@@ -337,7 +338,7 @@ std::vector<SessionInfo> SessionManager::ListSessions(
   return out;
 }
 
-absl::Status SessionManager::DeleteSession(const std::string& tenant, const std::string& id) {
+absl::Status SessionManagerImpl::DeleteSession(const std::string& tenant, const std::string& id) {
   ASSIGN_OR_RETURN(auto s, Find(tenant, id));
   if (cluster_ != nullptr) {
     // On the cluster first: a delete that etcd did not take leaves the session whole here
@@ -377,8 +378,8 @@ absl::Status SessionManager::DeleteSession(const std::string& tenant, const std:
   return absl::OkStatus();
 }
 
-absl::Status SessionManager::Reset(const std::string& tenant, const std::string& id,
-                                   std::function<void(absl::StatusOr<SessionInfo>)> done) {
+absl::Status SessionManagerImpl::Reset(const std::string& tenant, const std::string& id,
+                                       std::function<void(absl::StatusOr<SessionInfo>)> done) {
   ASSIGN_OR_RETURN(std::shared_ptr<Writer> writer, OpenWriter(tenant, id, "a Reset"));
   ASSIGN_OR_RETURN(auto s, Find(tenant, id));
   engine::Work w;
@@ -402,14 +403,14 @@ absl::Status SessionManager::Reset(const std::string& tenant, const std::string&
   return SubmitOp(*s, std::move(w), nullptr);
 }
 
-absl::Status SessionManager::ValidateTokens(absl::Span<const int32_t> tokens) const {
+absl::Status SessionManagerImpl::ValidateTokens(absl::Span<const int32_t> tokens) const {
   return engine::ValidateTokens(model_->config(), tokens);
 }
 
-absl::Status SessionManager::Fork(const std::string& tenant, const std::string& id,
-                                  std::optional<SessionOptions> options,
-                                  std::function<void(absl::StatusOr<SessionInfo>)> done,
-                                  const std::string& new_id) {
+absl::Status SessionManagerImpl::Fork(const std::string& tenant, const std::string& id,
+                                      std::optional<SessionOptions> options,
+                                      std::function<void(absl::StatusOr<SessionInfo>)> done,
+                                      const std::string& new_id) {
   ASSIGN_OR_RETURN(auto s, Find(tenant, id));
   if (options) RETURN_IF_ERROR(ValidateOptions(*options));
   if (!new_id.empty()) RETURN_IF_ERROR(ValidateId(new_id));

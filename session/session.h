@@ -19,20 +19,15 @@
 // between two applied pieces of a concurrent writer.
 #pragma once
 
-#include <atomic>
-#include <condition_variable>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
-#include <thread>
 #include <vector>
 
-#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -49,7 +44,6 @@ class KeptLease;
 namespace ttt::session {
 
 namespace internal {
-class BufferCensus;
 class CheckpointStore;
 class ClusterStore;
 struct CheckpointMeta;
@@ -191,7 +185,7 @@ struct ManagerOptions {
 };
 
 class Session;
-class SessionManager;
+class SessionManagerImpl;
 struct PendingIngestAck;
 
 // A writer lease on one session: while it lives, nobody else can write the session. Submitted
@@ -220,14 +214,16 @@ class Writer {
                       bool durable = false);
 
  private:
-  friend class SessionManager;
-  Writer(SessionManager* manager, std::shared_ptr<Session> session)
+  friend class SessionManagerImpl;
+  Writer(SessionManagerImpl* manager, std::shared_ptr<Session> session)
       : manager_(manager), session_(std::move(session)) {}
-  SessionManager* manager_;
+  SessionManagerImpl* manager_;
   std::shared_ptr<Session> session_;
 };
 
-// Thread-safe.
+// What callers use of the session manager: servers, the CLI-free tools and tests hold a
+// SessionManager; Create returns the implementation (session/internal/session_manager_impl.h),
+// whose session map, locks, stores and reaper thread stay behind this face. Thread-safe.
 class SessionManager {
  public:
   // REQUIRES: model and scheduler outlive the manager; listener (optional) too.
@@ -236,7 +232,7 @@ class SessionManager {
   static absl::StatusOr<std::unique_ptr<SessionManager>> Create(
       const engine::Model* model, engine::Scheduler* scheduler, const ManagerOptions& options,
       SessionListener* listener = nullptr);
-  ~SessionManager();
+  virtual ~SessionManager() = default;
 
   // Tenant ids: [A-Za-z0-9._-], 1..64 chars, not starting with '.'.
   static absl::Status ValidateTenant(const std::string& tenant);
@@ -244,85 +240,90 @@ class SessionManager {
   // `id` empty: the manager picks "s-" + 16 hex digits. Otherwise the client's id (ValidateId);
   // ALREADY_EXISTS when the tenant has a session of that id: resident, evicted, or a session
   // file in the store (persisted by this process or another replica sharing the store).
-  absl::StatusOr<SessionInfo> CreateSession(const std::string& tenant,
-                                            const SessionOptions& options,
-                                            const std::string& id = "");
+  virtual absl::StatusOr<SessionInfo> CreateSession(const std::string& tenant,
+                                                    const SessionOptions& options,
+                                                    const std::string& id = "") = 0;
   // Session ids a client may choose: [A-Za-z0-9._-], 1..128 chars, not starting with '.'.
   static absl::Status ValidateId(const std::string& id);
   // INVALID_ARGUMENT (TOKEN_OUT_OF_VOCAB) unless every id lies in [0, vocab_size) of the model,
   // as Ingest checks them (for the Detokenize RPC, which needs no session).
-  absl::Status ValidateTokens(absl::Span<const int32_t> tokens) const;
-  absl::StatusOr<SessionInfo> GetSession(const std::string& tenant, const std::string& id);
-  std::vector<SessionInfo> ListSessions(const std::string& tenant,
-                                        const std::map<std::string, std::string>& selector = {});
+  virtual absl::Status ValidateTokens(absl::Span<const int32_t> tokens) const = 0;
+  virtual absl::StatusOr<SessionInfo> GetSession(const std::string& tenant,
+                                                 const std::string& id) = 0;
+  virtual std::vector<SessionInfo> ListSessions(
+      const std::string& tenant, const std::map<std::string, std::string>& selector = {}) = 0;
   // Removes the session and cancels its queued work. NOT_FOUND for unknown ids.
-  absl::Status DeleteSession(const std::string& tenant, const std::string& id);
+  virtual absl::Status DeleteSession(const std::string& tenant, const std::string& id) = 0;
 
   // Takes the writer lease. NOT_FOUND; ABORTED when another writer holds it. `what` names the
   // caller in the conflict message ("Ingest").
-  absl::StatusOr<std::unique_ptr<Writer>> OpenWriter(const std::string& tenant,
-                                                     const std::string& id,
-                                                     const std::string& what);
+  virtual absl::StatusOr<std::unique_ptr<Writer>> OpenWriter(const std::string& tenant,
+                                                             const std::string& id,
+                                                             const std::string& what) = 0;
 
   // Log-probabilities of `tokens` continuing the session, without changing it. On an empty
   // session the first token has no prediction (NaN) and fewer than 2 tokens are refused with
   // INVALID_ARGUMENT (through `done`: the check runs in order with the session's writes).
-  absl::Status Score(const std::string& tenant, const std::string& id,
-                     std::vector<int32_t> tokens, std::shared_ptr<engine::CancelToken> cancel,
-                     std::function<void(absl::StatusOr<ScoreResult>)> done);
+  virtual absl::Status Score(const std::string& tenant, const std::string& id,
+                             std::vector<int32_t> tokens,
+                             std::shared_ptr<engine::CancelToken> cancel,
+                             std::function<void(absl::StatusOr<ScoreResult>)> done) = 0;
 
   // Generates up to params.max_tokens tokens. `on_token(id, logprob)` runs on the engine thread
   // for each token and returns false to stop (a stop string matched); `done` runs once at the
   // end. Admission errors return at once (then no callback runs).
-  absl::Status Generate(const std::string& tenant, const std::string& id, GenerateParams params,
-                        std::shared_ptr<engine::CancelToken> cancel,
-                        std::function<bool(int32_t token, float logprob)> on_token,
-                        std::function<void(absl::Status, FinishReason, int64_t)> done);
+  virtual absl::Status Generate(const std::string& tenant, const std::string& id,
+                                GenerateParams params, std::shared_ptr<engine::CancelToken> cancel,
+                                std::function<bool(int32_t token, float logprob)> on_token,
+                                std::function<void(absl::Status, FinishReason, int64_t)> done) = 0;
 
-  absl::Status Reset(const std::string& tenant, const std::string& id,
-                     std::function<void(absl::StatusOr<SessionInfo>)> done);
+  virtual absl::Status Reset(const std::string& tenant, const std::string& id,
+                             std::function<void(absl::StatusOr<SessionInfo>)> done) = 0;
   // `new_id`: the new session's id as in CreateSession (empty: the manager picks one).
-  absl::Status Fork(const std::string& tenant, const std::string& id,
-                    std::optional<SessionOptions> options,
-                    std::function<void(absl::StatusOr<SessionInfo>)> done,
-                    const std::string& new_id = "");
+  virtual absl::Status Fork(const std::string& tenant, const std::string& id,
+                            std::optional<SessionOptions> options,
+                            std::function<void(absl::StatusOr<SessionInfo>)> done,
+                            const std::string& new_id = "") = 0;
 
   // Checkpoints. Ids: [A-Za-z0-9._-], 1..128 chars, not starting with '.'; generated when empty.
-  absl::Status Checkpoint(const std::string& tenant, const std::string& id,
-                          const std::string& checkpoint_id,
-                          std::function<void(absl::StatusOr<CheckpointInfo>)> done);
+  virtual absl::Status Checkpoint(const std::string& tenant, const std::string& id,
+                                  const std::string& checkpoint_id,
+                                  std::function<void(absl::StatusOr<CheckpointInfo>)> done) = 0;
   // Into a new session (`target_session` empty; its id `new_id` as in CreateSession) or over an
   // existing one (a writer).
-  absl::Status Restore(const std::string& tenant, const std::string& checkpoint_id,
-                       const std::string& target_session, std::optional<SessionOptions> options,
-                       std::function<void(absl::StatusOr<SessionInfo>)> done,
-                       const std::string& new_id = "");
-  absl::StatusOr<std::vector<CheckpointInfo>> ListCheckpoints(const std::string& tenant);
-  absl::Status DeleteCheckpoint(const std::string& tenant, const std::string& checkpoint_id);
+  virtual absl::Status Restore(const std::string& tenant, const std::string& checkpoint_id,
+                               const std::string& target_session,
+                               std::optional<SessionOptions> options,
+                               std::function<void(absl::StatusOr<SessionInfo>)> done,
+                               const std::string& new_id = "") = 0;
+  virtual absl::StatusOr<std::vector<CheckpointInfo>> ListCheckpoints(
+      const std::string& tenant) = 0;
+  virtual absl::Status DeleteCheckpoint(const std::string& tenant,
+                                        const std::string& checkpoint_id) = 0;
 
   // A session's state as checkpoint-format bytes.
-  absl::Status ExportSession(const std::string& tenant, const std::string& id,
-                             std::function<void(absl::StatusOr<std::string>)> done);
-  absl::StatusOr<std::string> ExportCheckpoint(const std::string& tenant,
-                                               const std::string& checkpoint_id);
+  virtual absl::Status ExportSession(const std::string& tenant, const std::string& id,
+                                     std::function<void(absl::StatusOr<std::string>)> done) = 0;
+  virtual absl::StatusOr<std::string> ExportCheckpoint(const std::string& tenant,
+                                                       const std::string& checkpoint_id) = 0;
   // Verifies checkpoint-format bytes and creates a session from them.
-  absl::StatusOr<SessionInfo> ImportSession(const std::string& tenant, std::string bytes,
-                                            std::optional<SessionOptions> options,
-                                            const std::string& new_id = "");
+  virtual absl::StatusOr<SessionInfo> ImportSession(const std::string& tenant, std::string bytes,
+                                                    std::optional<SessionOptions> options,
+                                                    const std::string& new_id = "") = 0;
 
   // Writes every resident session to disk (shutdown). Blocks; call from a non-engine thread.
   // Shared through etcd: commits them, then gives their ownership up, so other replicas take
   // them over at once instead of after this process's lease expires.
-  absl::Status PersistAll();
+  virtual absl::Status PersistAll() = 0;
   // One reaper pass now (tests): TTL removal, then eviction down to the budget.
-  void ReapNow();
+  virtual void ReapNow() = 0;
   // One maintenance pass now (tests; the reaper runs it too): with etcd, drops every session
   // when this process's lease is lost, hands over idle sessions other replicas asked for and,
   // when due, sweeps the cluster's garbage blobs; then queues the write-behind of dirty sessions
   // whose last copy is older than persist_interval_ms.
-  void MaintainNow();
+  virtual void MaintainNow() = 0;
 
-  int64_t session_count() const;
+  virtual int64_t session_count() const = 0;
   // The resident pool (sessions whose state is in memory), in one walk over the sessions.
   struct ResidentPool {
     int64_t sessions = 0;
@@ -334,152 +335,14 @@ class SessionManager {
     // Generate runs on), which end with their request and are not budgeted.
     int64_t held_bytes = 0;
   };
-  ResidentPool resident_pool() const;
+  virtual ResidentPool resident_pool() const = 0;
   // The pool's session limit.
-  int64_t resident_session_limit() const {
-    return options_.max_resident_sessions > 0 ? options_.max_resident_sessions
-                                              : options_.max_sessions;
-  }
-  const ManagerOptions& options() const { return options_; }
-  const engine::Model& model() const { return *model_; }
+  virtual int64_t resident_session_limit() const = 0;
+  virtual const ManagerOptions& options() const = 0;
+  virtual const engine::Model& model() const = 0;
 
- private:
-  friend class Writer;
-  SessionManager(const engine::Model* model, engine::Scheduler* scheduler,
-                 const ManagerOptions& options, SessionListener* listener);
-
-  absl::StatusOr<std::shared_ptr<Session>> Find(const std::string& tenant, const std::string& id);
-  // Whether the tenant has a live session of that id in the map.
-  bool Holds(const std::string& tenant, const std::string& id) const;
-  // Marks an operation on `s` begun and queues its work; undoes the mark when the scheduler
-  // refuses it (full queue, shutdown).
-  absl::Status SubmitOp(Session& s, engine::Work work,
-                        const std::shared_ptr<engine::CancelToken>& cancel);
-  // `id` empty: a fresh generated id; otherwise that id (ALREADY_EXISTS when taken). Then makes
-  // room for the new resident session in the pool (EvictToFit).
-  absl::StatusOr<std::shared_ptr<Session>> Insert(const std::string& tenant,
-                                                  const SessionOptions& options,
-                                                  engine::SequenceState state,
-                                                  const Counters& counters,
-                                                  const std::string& id = "");
-  // Insert's map part: checks the session limit and the id, registers the session. Takes mu_.
-  absl::StatusOr<std::shared_ptr<Session>> Publish(const std::string& tenant,
-                                                   const SessionOptions& options,
-                                                   engine::SequenceState state,
-                                                   const Counters& counters,
-                                                   const std::string& id);
-  // RESOURCE_EXHAUSTED when `count` sessions leave no room for another, else OK.
-  absl::Status CheckSessionLimit(int64_t count) const;
-  absl::Status ValidateOptions(const SessionOptions& options) const;
-  // Tokens per chunk update (0 when the model runs no TTT layer).
-  int64_t TokensPerChunk() const;
-  absl::Status SubmitIngest(const std::shared_ptr<Session>& s, std::vector<int32_t> tokens,
-                            bool end_of_document, std::shared_ptr<engine::CancelToken> cancel,
-                            std::function<void(absl::StatusOr<IngestProgress>)> done,
-                            bool durable);
-  // Validates generation parameters; an empty prompt on an empty session becomes the bos token.
-  absl::Status PrepareGenerateParams(const Session& s, GenerateParams& params) const;
-
-  // Residency (residency.cc). Engine thread: loads an evicted session's state.
-  absl::Status EnsureResident(Session& s);
-  // Engine thread: checkpoint-format bytes of the session's state.
-  absl::StatusOr<std::string> EncodeSession(Session& s, const std::string& checkpoint_id);
-  // Engine thread: writes the session's state to its session file, or, shared through etcd,
-  // commits it (a new blob, then the head moved if this process still owns the session);
-  // returns the bytes written. A fenced commit (FAILED_PRECONDITION) disowns the session.
-  absl::StatusOr<int64_t> WriteSessionFile(const std::shared_ptr<Session>& s);
-  // Sync durability, one commit per run of queued Ingest messages (ingest.cc): a done message's
-  // acknowledgement waits while a later message of the session is queued; the last one returns
-  // every acknowledgement due, in order, for CommitFor and then each its outcome.
-  std::vector<PendingIngestAck> SettleIngest(Session& s, PendingIngestAck ack);
-  // Commits when one of `acks` needs it (CommitIngested); OK otherwise.
-  absl::Status CommitFor(const std::shared_ptr<Session>& s,
-                         const std::vector<PendingIngestAck>& acks);
-  // WriteSessionFile for acknowledgements; on failure the session goes back to its last commit
-  // (or, on the cluster, to whoever takes it next) and the answer says how to resend.
-  absl::Status CommitIngested(const std::shared_ptr<Session>& s);
-  // After a refused submission: commits and acknowledges what waited for it, on the engine.
-  void AcknowledgeOrphans(const std::shared_ptr<Session>& s);
-  // Engine thread: a sync Ingest whose write failed takes the session back to its last durable
-  // copy (counters now, state at its next use), so what is applied is what was acknowledged.
-  void RewindToDurable(Session& s);
-  // Queues, after the session's work, dropping its state and its session file (deleted or
-  // expired sessions).
-  void DropOnEngine(const std::shared_ptr<Session>& s);
-  // Queues the eviction of an idle resident session (the write runs on the engine thread, in
-  // order with the session's work, and keeps the session if it is used meanwhile). Returns
-  // whether it was queued (false: busy, deleted, evicted or already being evicted).
-  bool Evict(const std::shared_ptr<Session>& s);
-  // Evicts the least recently used idle resident sessions until the pool is within its limits
-  // (sessions whose eviction is queued count as gone). `admitted` (may be null), the session
-  // that just became resident, is never chosen. Only queues work: any thread may call it, the
-  // engine thread included. REQUIRES: neither mu_ nor any session's mu held.
-  void EvictToFit(const Session* admitted);
-  void LoadPersisted();
-  void ReaperLoop();
-  // Shared through etcd (store.cc). A session of the cluster this process does not own: takes
-  // it over and registers it (its state loads on first use). NOT_FOUND when the cluster has no
-  // such session; UNAVAILABLE while another live process owns it.
-  absl::StatusOr<std::shared_ptr<Session>> Adopt(const std::string& tenant, const std::string& id);
-  // ListSessions' cluster part: adds the tenant's sessions committed on etcd that `infos` (those
-  // held here) lacks.
-  void AddClusterSessions(const std::string& tenant, std::vector<SessionInfo>& infos);
-  // Insert's cluster part: creates the session on etcd (owned here, its state committed), then
-  // registers it.
-  absl::StatusOr<std::shared_ptr<Session>> PublishShared(const std::string& tenant,
-                                                         const SessionOptions& options,
-                                                         engine::SequenceState state,
-                                                         const Counters& counters,
-                                                         const std::string& id);
-  // Mu_ held: ALREADY_EXISTS when `id` is taken (map or session file).
-  absl::Status CheckIdFreeLocked(const std::string& tenant, const std::string& id) const;
-  // Registers a new session under mu_ (RESOURCE_EXHAUSTED at the session limit).
-  absl::StatusOr<std::shared_ptr<Session>> RegisterLocked(const std::string& tenant,
-                                                          const std::string& id,
-                                                          const SessionOptions& options,
-                                                          int64_t created_ms);
-  // Forgets a session this process no longer owns, leaving its state to the new owner.
-  void Disown(const std::shared_ptr<Session>& s, const absl::Status& why);
-  // Drops every session when the process lease is lost; hands over the idle sessions other
-  // replicas asked for.
-  void CheckOwnership();
-  // Queues on the engine: commits an idle session, gives its ownership up, forgets it.
-  void HandOver(const std::shared_ptr<Session>& s);
-  void WriteBehind();
-  // The cluster's garbage sweep, when gc_interval has passed since this process's last one.
-  void SweepGarbageIfDue();
-  // The checkpoint metadata of the session now (a checkpoint's when `checkpoint_id` is set).
-  internal::CheckpointMeta MetaOf(Session& s, const std::string& checkpoint_id) const;
-
-  const engine::Model* model_;
-  engine::Scheduler* scheduler_;
-  const ManagerOptions options_;
-  SessionListener* listener_;
-  // Shared with work queued on the engine (DropOnEngine), which may run after this manager is gone.
-  const std::shared_ptr<internal::CheckpointStore> store_;
-  const std::shared_ptr<internal::ClusterStore> cluster_;  // null unless options.cluster.etcd
-  std::mutex adopt_mu_;  // one takeover at a time: a second call for the session finds it here
-  // How such work asks this manager whether an id was reused; unlinked by the destructor.
-  struct Link {
-    std::mutex mu;
-    const SessionManager* manager ABSL_GUARDED_BY(mu);
-  };
-  const std::shared_ptr<Link> link_;
-
-  mutable std::mutex mu_;
-  // tenant -> id -> session. Guarded by mu_.
-  std::map<std::string, std::map<std::string, std::shared_ptr<Session>>> sessions_;
-  int64_t session_count_ = 0;  // guarded by mu_
-  std::atomic<int64_t> scratch_bytes_{0};  // copies in flight (memory_held_bytes)
-  // The buffers the sessions' states hold, shared ones once (forks): their memory_bytes shares.
-  const std::shared_ptr<internal::BufferCensus> census_;
-  std::atomic<uint64_t> next_key_{1};
-
-  std::mutex reaper_mu_;
-  std::condition_variable reaper_cv_;
-  bool stop_reaper_ = false;  // guarded by reaper_mu_
-  std::thread reaper_;
-  absl::Time next_sweep_ = absl::InfinitePast();  // reaper thread only
+ protected:
+  SessionManager() = default;
 };
 
 }  // namespace ttt::session

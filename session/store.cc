@@ -10,6 +10,7 @@
 #include "session/internal/names.h"
 #include "session/internal/session_record.h"
 #include "session/session.h"
+#include "session/internal/session_manager_impl.h"
 #include "util/error_reason.h"
 #include "util/log.h"
 #include "util/status_macros.h"
@@ -19,8 +20,8 @@ namespace ttt::session {
 using internal::Quote;
 using internal::RandomHex;
 
-absl::Status SessionManager::CheckIdFreeLocked(const std::string& tenant,
-                                               const std::string& id) const {
+absl::Status SessionManagerImpl::CheckIdFreeLocked(const std::string& tenant,
+                                                   const std::string& id) const {
   auto t = sessions_.find(tenant);
   const bool here = t != sessions_.end() && t->second.count(id) > 0;
   // The store counts too: a session persisted there by a previous process still owns its id,
@@ -34,7 +35,7 @@ absl::Status SessionManager::CheckIdFreeLocked(const std::string& tenant,
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::shared_ptr<Session>> SessionManager::RegisterLocked(
+absl::StatusOr<std::shared_ptr<Session>> SessionManagerImpl::RegisterLocked(
     const std::string& tenant, const std::string& id, const SessionOptions& options,
     int64_t created_ms) {
   RETURN_IF_ERROR(CheckSessionLimit(session_count_));
@@ -44,7 +45,7 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::RegisterLocked(
   return s;
 }
 
-absl::StatusOr<std::shared_ptr<Session>> SessionManager::PublishShared(
+absl::StatusOr<std::shared_ptr<Session>> SessionManagerImpl::PublishShared(
     const std::string& tenant, const SessionOptions& options, engine::SequenceState state,
     const Counters& counters, const std::string& wanted) {
   RETURN_IF_ERROR(CheckSessionLimit(session_count()));
@@ -83,8 +84,8 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::PublishShared(
   return registered;
 }
 
-absl::StatusOr<std::shared_ptr<Session>> SessionManager::Adopt(const std::string& tenant,
-                                                               const std::string& id) {
+absl::StatusOr<std::shared_ptr<Session>> SessionManagerImpl::Adopt(const std::string& tenant,
+                                                                   const std::string& id) {
   std::lock_guard<std::mutex> adopting(adopt_mu_);
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -134,7 +135,7 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::Adopt(const std::string
 }
 
 // `why` OK: handed over on purpose (shutdown, request), nothing to log.
-void SessionManager::Disown(const std::shared_ptr<Session>& s, const absl::Status& why) {
+void SessionManagerImpl::Disown(const std::shared_ptr<Session>& s, const absl::Status& why) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto t = sessions_.find(s->tenant);
@@ -172,13 +173,13 @@ void SessionManager::Disown(const std::shared_ptr<Session>& s, const absl::Statu
   (void)scheduler_->Submit(std::move(w), /*bypass_limits=*/true);
 }
 
-void SessionManager::MaintainNow() {
+void SessionManagerImpl::MaintainNow() {
   CheckOwnership();
   SweepGarbageIfDue();
   WriteBehind();
 }
 
-void SessionManager::SweepGarbageIfDue() {
+void SessionManagerImpl::SweepGarbageIfDue() {
   if (cluster_ == nullptr || absl::Now() < next_sweep_) return;
   next_sweep_ = absl::Now() + options_.cluster.gc_interval;
   absl::StatusOr<int64_t> deleted = cluster_->SweepGarbage(options_.cluster.gc_grace);
@@ -195,7 +196,7 @@ void SessionManager::SweepGarbageIfDue() {
   if (listener_ != nullptr) listener_->OnBlobsCollected(*deleted);
 }
 
-void SessionManager::CheckOwnership() {
+void SessionManagerImpl::CheckOwnership() {
   if (cluster_ == nullptr) return;
   std::vector<std::shared_ptr<Session>> lost;
   std::vector<std::shared_ptr<Session>> wanted;
@@ -224,7 +225,7 @@ void SessionManager::CheckOwnership() {
   for (auto& s : wanted) HandOver(s);
 }
 
-void SessionManager::HandOver(const std::shared_ptr<Session>& s) {
+void SessionManagerImpl::HandOver(const std::shared_ptr<Session>& s) {
   {
     // Asked at every poll until it goes: one handover queued at a time.
     std::lock_guard<std::mutex> lock(s->mu);
@@ -266,7 +267,7 @@ void SessionManager::HandOver(const std::shared_ptr<Session>& s) {
   }
 }
 
-void SessionManager::WriteBehind() {
+void SessionManagerImpl::WriteBehind() {
   if (options_.persist_interval_ms <= 0) return;
   const int64_t now = NowMs();
   std::vector<std::shared_ptr<Session>> due;

@@ -36,7 +36,7 @@ kAsanTests="${TTT_ASAN_TESTS:-}"
 # bring-your-own-model pipeline (minutes of sanitized training; its loaders and tokenizer run
 # under ASan in model_test, safetensors_test and tokenizer_test).
 kAsanSkipped="helm_chart_test prometheus_rules_test install_deps_test check_metrics_test runtime_deps_test
-  build_modes_test byom_e2e_test etcd_fault_e2e_test etcd_members_e2e_test etcd_partition_e2e_test
+  build_modes_test byom_e2e_test format_check etcd_fault_e2e_test etcd_members_e2e_test etcd_partition_e2e_test
   etcd_full_volume_e2e_test etcd_stall_e2e_test"
 # server_test is not among them: Debian's gRPC is not built with TSan, so TSan cannot see the
 # synchronisation inside its callback machinery and reports ~1,700 races in gRPC's own headers

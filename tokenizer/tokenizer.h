@@ -104,7 +104,8 @@ std::string UnicodeVersion();
 // tokenizer.Decode(all ids) for valid UTF-8 output; a character split across tokens is held back
 // until complete. One exception: where a token without text (a control or unknown id) falls
 // inside a split character, SentencePiece's Decode ends the byte run there and replaces its
-// bytes with U+FFFD, while streaming joins the bytes around it into the character. Thread-compatible (one per stream). REQUIRES: `tokenizer` outlives this.
+// bytes with U+FFFD, while streaming joins the bytes around it into the character.
+// Thread-compatible (one per stream). REQUIRES: `tokenizer` outlives this.
 class StreamDecoder {
  public:
   explicit StreamDecoder(const Tokenizer& tokenizer) : tokenizer_(tokenizer) {}

@@ -151,11 +151,11 @@ golden="$build_dir/golden"
 run_test golden_fixtures "$py" tests/reference/ttt_reference.py --out "$golden"
 # f32 matches the float32 reference within 1e-4 (relative); bf16 within 5e-2 (golden_test.cc).
 run_test "golden_test_${device}_f32" env TTT_GOLDEN_DIR="$golden" TTT_GOLDEN_DEVICE="$device" \
-  TTT_GOLDEN_DTYPE=f32 "$build_dir/tests/golden_test"
+  TTT_GOLDEN_DTYPE=f32 "$build_dir/tests/engine/golden_test"
 run_test "golden_test_${device}_bf16" env TTT_GOLDEN_DIR="$golden" TTT_GOLDEN_DEVICE="$device" \
-  TTT_GOLDEN_DTYPE=bf16 "$build_dir/tests/golden_test"
+  TTT_GOLDEN_DTYPE=bf16 "$build_dir/tests/engine/golden_test"
 # model_test checks engine invariants (split, batch, state) on the CPU whatever the device.
-run_test model_test "$build_dir/tests/model_test"
+run_test model_test "$build_dir/tests/engine/model_test"
 
 bench() {  # label, then engine_bench flags
   local label=$1

@@ -86,10 +86,11 @@ absl::Status SaveCheckpoint(const fs::path& work, const engine::ModelConfig& con
   try {
     torch::save(opt, (tmp / "optimizer.pt").string());
   } catch (const c10::Error& e) {
-    return absl::InternalError(absl::StrCat("saving optimizer state: ", e.what_without_backtrace()));
+    return absl::InternalError(
+        absl::StrCat("saving optimizer state: ", e.what_without_backtrace()));
   }
-  RETURN_IF_ERROR(util::WriteFileAtomically(tmp / "config.json",
-                                            engine::ModelConfigToJson(config) + "\n"));
+  RETURN_IF_ERROR(
+      util::WriteFileAtomically(tmp / "config.json", engine::ModelConfigToJson(config) + "\n"));
   RETURN_IF_ERROR(util::WriteFileAtomically(tmp / "progress.json", ProgressToJson(progress)));
   RETURN_IF_ERROR(SyncDir(tmp));
   fs::remove_all(old, ec);
@@ -120,8 +121,7 @@ absl::StatusOr<Checkpoint> LoadCheckpoint(const fs::path& dir) {
     c.weights.emplace_back(e.name, t.to(at::kFloat));
   }
   ASSIGN_OR_RETURN(std::string progress_text, ReadFile(dir / "progress.json"));
-  ASSIGN_OR_RETURN(c.progress,
-                   ProgressFromJson(progress_text, (dir / "progress.json").string()));
+  ASSIGN_OR_RETURN(c.progress, ProgressFromJson(progress_text, (dir / "progress.json").string()));
   return c;
 }
 

@@ -100,8 +100,8 @@ at::Tensor SampleTextWindows(const Corpus& corpus, int64_t batch, int64_t length
   return at::tensor(flat, at::kLong).view({batch, length});
 }
 
-at::Tensor SampleRereadWindows(const Corpus& corpus, int64_t batch, int64_t length,
-                               int64_t reread, int64_t bos, int64_t eos, std::mt19937_64& rng) {
+at::Tensor SampleRereadWindows(const Corpus& corpus, int64_t batch, int64_t length, int64_t reread,
+                               int64_t bos, int64_t eos, std::mt19937_64& rng) {
   std::vector<int64_t> flat;
   flat.reserve(batch * length);
   for (int64_t b = 0; b < batch; ++b) {
@@ -289,7 +289,8 @@ absl::Status WriteHfModel(const fs::path& dir, const ModelConfig& config,
   }
   std::error_code ec;
   fs::create_directories(dir, ec);
-  if (ec) return absl::InternalError(absl::StrCat("cannot create ", dir.string(), ": ", ec.message()));
+  if (ec)
+    return absl::InternalError(absl::StrCat("cannot create ", dir.string(), ": ", ec.message()));
   NamedTensors cast;
   for (const auto& [name, t] : weights) {
     cast.emplace_back(name, t.detach().to(at::kCPU).to(st).contiguous());

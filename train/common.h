@@ -38,8 +38,8 @@ at::Tensor SampleTextWindows(const Corpus& corpus, int64_t batch, int64_t length
 // Windows that re-read: bos, the first `length - 1 - reread` tokens of a document, then its first
 // `reread` tokens again (what a session sees when a user sends a document it has already read).
 // Documents are drawn as in SampleTextWindows; a short one continues into the next as there.
-at::Tensor SampleRereadWindows(const Corpus& corpus, int64_t batch, int64_t length,
-                               int64_t reread, int64_t bos, int64_t eos, std::mt19937_64& rng);
+at::Tensor SampleRereadWindows(const Corpus& corpus, int64_t batch, int64_t length, int64_t reread,
+                               int64_t bos, int64_t eos, std::mt19937_64& rng);
 
 // Associative recall in the style of MQAR (Arora et al., "Zoology", 2023), laid out so that the
 // memory must live in the fast weights: bos, `pairs` key-value pairs (inside the first TTT chunk

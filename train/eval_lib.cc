@@ -58,10 +58,13 @@ std::pair<double, int64_t> PositionLoss::Total(int64_t begin, int64_t end) const
 }
 
 PairedDifference BootstrapDifference(const std::vector<PositionLoss>& a,
-                                     const std::vector<PositionLoss>& b, int64_t begin,
-                                     int64_t end, int resamples) {
+                                     const std::vector<PositionLoss>& b, int64_t begin, int64_t end,
+                                     int resamples) {
   // Per document: summed loss of each model and the count of positions scored in the bucket.
-  struct Doc { double a, b; int64_t n; };
+  struct Doc {
+    double a, b;
+    int64_t n;
+  };
   std::vector<Doc> docs;
   for (size_t d = 0; d < std::min(a.size(), b.size()); ++d) {
     const auto [sa, na] = a[d].Total(begin, end);
@@ -104,11 +107,11 @@ int64_t Bos(const Model& model) {
 // One session's input: its tokens and where each document starts in them.
 struct Stream {
   std::vector<int32_t> tokens;
-  std::vector<int64_t> doc_starts;  // ascending; doc_starts[0] = 0
-  size_t first_doc = 0;             // the corpus index of its first document
+  std::vector<int64_t> doc_starts;      // ascending; doc_starts[0] = 0
+  size_t first_doc = 0;                 // the corpus index of its first document
   size_t DocIndex(int64_t pos) const {  // the corpus index of the document holding `pos`
-    return first_doc + (std::upper_bound(doc_starts.begin(), doc_starts.end(), pos) -
-                        doc_starts.begin() - 1);
+    return first_doc +
+           (std::upper_bound(doc_starts.begin(), doc_starts.end(), pos) - doc_starts.begin() - 1);
   }
   int64_t DocEnd(int64_t pos) const {  // end of the document holding `pos`
     auto it = std::upper_bound(doc_starts.begin(), doc_starts.end(), pos);
@@ -155,7 +158,8 @@ absl::Status FeedAll(const Model& model, std::vector<SequenceState*> states,
     for (size_t i = 0; i < states.size(); ++i) {
       if (done[i] >= tokens[i].size()) continue;
       const size_t take = std::min<size_t>(piece, tokens[i].size() - done[i]);
-      items.push_back({states[i], {tokens[i].begin() + done[i], tokens[i].begin() + done[i] + take}});
+      items.push_back(
+          {states[i], {tokens[i].begin() + done[i], tokens[i].begin() + done[i] + take}});
       owner.push_back(i);
     }
     if (items.empty()) return absl::OkStatus();
@@ -175,7 +179,8 @@ absl::StatusOr<StreamResult> ScoreStreams(const Model& model, const Corpus& docs
                                           int64_t min_stream, bool reset_at_document_end,
                                           int64_t piece) {
   c10::InferenceMode guard;
-  const std::vector<Stream> streams = MakeStreams(docs, min_stream, static_cast<int32_t>(Bos(model)));
+  const std::vector<Stream> streams =
+      MakeStreams(docs, min_stream, static_cast<int32_t>(Bos(model)));
   std::vector<SequenceState> states;
   for (size_t i = 0; i < streams.size(); ++i) states.push_back(model.NewSequence());
   std::vector<int64_t> at(streams.size(), 0);
@@ -219,13 +224,16 @@ absl::StatusOr<RereadResult> ScoreReread(const Model& model, const Corpus& docs,
   RereadResult r;
   r.docs = n;
   r.others = others;
-  auto doc = [&](int64_t i) -> const std::vector<int32_t>& { return docs.docs[i % docs.docs.size()]; };
+  auto doc = [&](int64_t i) -> const std::vector<int32_t>& {
+    return docs.docs[i % docs.docs.size()];
+  };
   auto head = [&](int64_t i) {
     const auto& d = doc(i);
     return std::vector<int32_t>(d.begin(), d.begin() + std::min<int64_t>(length, d.size()));
   };
   // Sum of the losses of targets 1.. of the last `head` fed to each state.
-  auto score_heads = [&](std::vector<SequenceState>& states, bool with_bos) -> absl::StatusOr<double> {
+  auto score_heads = [&](std::vector<SequenceState>& states,
+                         bool with_bos) -> absl::StatusOr<double> {
     std::vector<SequenceState*> ptrs;
     std::vector<std::vector<int32_t>> tokens;
     for (int64_t i = 0; i < n; ++i) {
@@ -466,8 +474,8 @@ absl::StatusOr<std::vector<MemoryPoint>> ScoreMemoryCurve(const Model& model, co
       forks.push_back(reading[i].Clone());
       ptrs.push_back(&forks.back());
     }
-    ASSIGN_OR_RETURN(MemoryPoint p, reread(ptrs, std::vector<std::vector<int32_t>>(eligible.size()),
-                                           eligible));
+    ASSIGN_OR_RETURN(MemoryPoint p,
+                     reread(ptrs, std::vector<std::vector<int32_t>>(eligible.size()), eligible));
     p.distance = k;
     curve.push_back(std::move(p));
   }
@@ -514,7 +522,7 @@ RecallResult ScoreRecall(const Model& model, const Corpus& filler, int64_t episo
       eps.push_back(MakeRecallEpisode(spec, filler, Bos(model), rng));
       flat.insert(flat.end(), eps.back().tokens.begin(), eps.back().tokens.end());
     }
-    // The batched training forward computes what Ingest does (tests/train_forward_test.cc).
+    // The batched training forward computes what Ingest does (tests/engine/train_forward_test.cc).
     at::Tensor x = at::tensor(flat, at::kLong).view({n, -1});
     at::Tensor logp = at::log_softmax(ForwardTrain(model, x).to(at::kFloat), -1);
     at::Tensor pred = logp.argmax(-1);

@@ -46,10 +46,10 @@ struct PositionLoss {
 // tokens, a piece never crossing a document end. With `reset_at_document_end` the state is reset
 // there (as a session created with that option does).
 struct StreamResult {
-  PositionLoss by_stream_position;    // position in the stream
-  PositionLoss by_document_position;  // position in the document (0 = bos)
+  PositionLoss by_stream_position;        // position in the stream
+  PositionLoss by_document_position;      // position in the document (0 = bos)
   std::vector<PositionLoss> by_document;  // the same, each document alone (corpus order)
-  std::vector<double> delta_norms_end;  // |delta| per TTT layer at the end of the first stream
+  std::vector<double> delta_norms_end;    // |delta| per TTT layer at the end of the first stream
 };
 absl::StatusOr<StreamResult> ScoreStreams(const engine::Model& model, const Corpus& docs,
                                           int64_t min_stream, bool reset_at_document_end,
@@ -63,8 +63,8 @@ struct PairedDifference {
   double diff = 0, low = 0, high = 0;
 };
 PairedDifference BootstrapDifference(const std::vector<PositionLoss>& a,
-                                     const std::vector<PositionLoss>& b, int64_t begin,
-                                     int64_t end, int resamples = 2000);
+                                     const std::vector<PositionLoss>& b, int64_t begin, int64_t end,
+                                     int resamples = 2000);
 
 // The re-reading test on the first `num_docs` documents: mean loss on a document's first
 // `length` tokens (targets 1 .. length-1) read in a fresh session (bos + those tokens); again
@@ -129,12 +129,9 @@ struct AfterOthers {
   const Corpus* corpus = nullptr;
   int64_t docs = 0;
 };
-absl::StatusOr<std::vector<MemoryPoint>> ScoreMemoryCurve(const engine::Model& model,
-                                                          const Corpus& docs,
-                                                          const std::vector<int64_t>& distances,
-                                                          int64_t length, int64_t num_docs,
-                                                          int64_t piece,
-                                                          AfterOthers after_others = {});
+absl::StatusOr<std::vector<MemoryPoint>> ScoreMemoryCurve(
+    const engine::Model& model, const Corpus& docs, const std::vector<int64_t>& distances,
+    int64_t length, int64_t num_docs, int64_t piece, AfterOthers after_others = {});
 
 // Synthetic associative recall (train/common.h) with every pair outside the attention window
 // when queried; episodes drawn with a fixed seed from `filler`.

@@ -29,8 +29,8 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
-#include "engine/model.h"
 #include "engine/internal/safetensors.h"
+#include "engine/model.h"
 #include "train/common.h"
 #include "train/eval_lib.h"
 #include "train/memory_eval.h"
@@ -89,8 +89,11 @@ struct Bucket {
 };
 
 std::vector<Bucket> DocBuckets() {
-  return {{1, 64, "1-63"}, {64, 512, "64-511"}, {512, 1024, "512-1023"},
-          {1024, 2048, "1024-2047"}, {2048, 1 << 30, "2048+"}};
+  return {{1, 64, "1-63"},
+          {64, 512, "64-511"},
+          {512, 1024, "512-1023"},
+          {1024, 2048, "1024-2047"},
+          {2048, 1 << 30, "2048+"}};
 }
 
 std::vector<Bucket> StreamBuckets(int64_t n) {
@@ -114,7 +117,9 @@ struct Measured {
 };
 
 std::string Fmt(double v) { return std::isnan(v) ? "–" : absl::StrFormat("%.4f", v); }
-std::string Pct(double now, double before) { return absl::StrFormat("%+.1f %%", 100 * (now / before - 1)); }
+std::string Pct(double now, double before) {
+  return absl::StrFormat("%+.1f %%", 100 * (now / before - 1));
+}
 
 // "eta 0.5, clip 5" and, when set, ", delta cap 30": how a TTT setting is named in the report.
 std::string Setting(double eta, double clip, double cap) {
@@ -230,7 +235,8 @@ void Plot(const std::string& name, const std::string& title, const std::string& 
     const int64_t n = static_cast<int64_t>(series[0]->count.size());
     for (int64_t b = 0; b < n; b += bin) {
       int64_t count = 0;
-      for (int64_t p = std::max<int64_t>(1, b); p < std::min(b + bin, n); ++p) count += series[0]->count[p];
+      for (int64_t p = std::max<int64_t>(1, b); p < std::min(b + bin, n); ++p)
+        count += series[0]->count[p];
       if (count < min_count) continue;  // too few documents reach here
       f << b + bin / 2;
       for (const PositionLoss* s : series) f << "\t" << s->Mean(std::max<int64_t>(1, b), b + bin);
@@ -344,11 +350,12 @@ std::string Goals(const std::vector<Measured>& m, int64_t n) {
   const double beyond_on = m[0].reset_streams.by_document_position.Mean(64, 1 << 30);
   const double beyond_twin = m[2].reset_streams.by_document_position.Mean(64, 1 << 30);
   row("first reading, beyond the window (document positions 64+): >= 3 % below the twin",
-      absl::StrCat(Fmt(beyond_on), " vs ", Fmt(beyond_twin), " (", Pct(beyond_on, beyond_twin), ")"),
+      absl::StrCat(Fmt(beyond_on), " vs ", Fmt(beyond_twin), " (", Pct(beyond_on, beyond_twin),
+                   ")"),
       beyond_on <= 0.97 * beyond_twin);
   const PositionLoss& s = m[0].streams.by_stream_position;
-  row(absl::StrCat("no divergence: streams without reset, last 4k tokens (", (n - 4096) / 1024, "k-",
-                   n / 1024, "k) <= tokens 64-511"),
+  row(absl::StrCat("no divergence: streams without reset, last 4k tokens (", (n - 4096) / 1024,
+                   "k-", n / 1024, "k) <= tokens 64-511"),
       absl::StrCat(Fmt(s.Mean(n - 4096, n)), " vs ", Fmt(s.Mean(64, 512))),
       s.Mean(n - 4096, n) <= s.Mean(64, 512));
   row("recall beyond the window >= 95 %", Fmt(m[0].recall.accuracy), m[0].recall.accuracy >= 0.95);
@@ -401,11 +408,13 @@ std::string ReportMarkdown(const Report& r) {
      << "TTT on against the twin and against TTT off, bucket by bucket (nats/token; negative: "
      << "TTT on is better), with a 95 % interval from a paired bootstrap over the "
      << test.docs.size() << " test documents (2000 resamples): a gap whose interval straddles 0 "
-     << "could be which documents were held out.\n\n" << DifferenceTable(m) << "\n"
+     << "could be which documents were held out.\n\n"
+     << DifferenceTable(m) << "\n"
      << "## Streams: documents read one after another into one session\n\n"
      << "The test documents in order, each as `<s>` + text, concatenated into streams of at least "
      << n << " tokens; loss by position in the session. Without reset (the fast weights carry "
-     << "over every document):\n\n" << BucketTable(vs, streams, StreamBuckets(n))
+     << "over every document):\n\n"
+     << BucketTable(vs, streams, StreamBuckets(n))
      << "\nWith `reset_at_document_end` (state reset after each document):\n\n"
      << BucketTable(vs, reset, StreamBuckets(n)) << "\n![streams](eval_streams.png)\n\n";
   md << "## Re-reading\n\nThe first " << absl::GetFlag(FLAGS_reread_len) << " tokens of each of "
@@ -420,7 +429,8 @@ std::string ReportMarkdown(const Report& r) {
        << Pct(r.after_doc, r.first) << " | " << Fmt(r.after_others) << " | "
        << Pct(r.after_others, r.first) << " |\n";
   }
-  md << "\n## Recall beyond the window\n\n" << absl::GetFlag(FLAGS_recall_episodes)
+  md << "\n## Recall beyond the window\n\n"
+     << absl::GetFlag(FLAGS_recall_episodes)
      << " synthetic episodes (train/common.h): 24 key-value pairs in the first chunk, text until "
      << "every pair is outside the attention window, then every key queried; chance is 1/64.\n\n"
      << "| model | recall accuracy | loss on the values |\n|---|---|---|\n";
@@ -429,8 +439,9 @@ std::string ReportMarkdown(const Report& r) {
        << Fmt(m[v].recall.value_loss) << " |\n";
   }
   md << "\n|delta W_down| per TTT layer at the end of the first stream without reset (TTT on): "
-     << absl::StrJoin(m[0].streams.delta_norms_end, ", ",
-                      [](std::string* out, double d) { absl::StrAppend(out, absl::StrFormat("%.1f", d)); })
+     << absl::StrJoin(
+            m[0].streams.delta_norms_end, ", ",
+            [](std::string* out, double d) { absl::StrAppend(out, absl::StrFormat("%.1f", d)); })
      << ".\n";
   if (!sweep.table.empty()) {
     md << "\n## eta, clip and delta cap, validation split only\n\nThe TTT model's weights served "
@@ -528,7 +539,8 @@ absl::Status Run() {
   }
 
   std::vector<Variant> vs = {
-      {"TTT on (" + Setting(config.ttt_lr, config.ttt_clip, config.ttt_delta_cap) + ")", {model_dir}},
+      {"TTT on (" + Setting(config.ttt_lr, config.ttt_clip, config.ttt_delta_cap) + ")",
+       {model_dir}},
       {"same weights, TTT off", {model_dir, 0.0}},
       {"plain twin", {twin_dir}}};
   if (!absl::GetFlag(FLAGS_reference).empty()) {
@@ -539,7 +551,7 @@ absl::Status Run() {
     ASSIGN_OR_RETURN(Measured x, Measure(v, test, /*full=*/true));
     m.push_back(std::move(x));
   }
-  std::vector<const PositionLoss *> docs, streams, reset;
+  std::vector<const PositionLoss*> docs, streams, reset;
   std::vector<std::string> labels;
   for (size_t i = 0; i < vs.size(); ++i) {
     docs.push_back(&m[i].reset_streams.by_document_position);
@@ -557,13 +569,14 @@ absl::Status Run() {
   for (const auto& l : labels) sl.push_back(l + ", no reset");
   sp.push_back(reset[0]);
   sl.push_back(labels[0] + ", reset at document end");
-  Plot("eval_streams", absl::StrCat("Held-out documents read one after another into one session (",
-                                    n / 1024, "k+ tokens)"),
+  Plot("eval_streams",
+       absl::StrCat("Held-out documents read one after another into one session (", n / 1024,
+                    "k+ tokens)"),
        "token position in the session", sl, sp, 512,
        512 * std::max<int64_t>(1, test.total_tokens / n / 4), 0);
 
-  const Report report{model_dir, twin_dir, &config, &vs, &m, docs, streams, reset, &test, &valid,
-                      n, window, &sweep};
+  const Report report{model_dir, twin_dir, &config, &vs, &m,     docs,  streams,
+                      reset,     &test,    &valid,  n,   window, &sweep};
   RETURN_IF_ERROR(util::WriteFileAtomically(absl::GetFlag(FLAGS_out_md), ReportMarkdown(report)));
   std::printf("wrote %s\n", absl::GetFlag(FLAGS_out_md).c_str());
   return absl::OkStatus();

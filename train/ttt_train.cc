@@ -1,10 +1,11 @@
 // ttt-train: trains a small Llama-style model with In-Place TTT layers from scratch, or continues
 // an existing Hugging Face checkpoint (--init_from) with TTT parameters added (or plainly, with
-// --no_ttt), using the engine's differentiable batched forward (ForwardTrain, engine/internal/model_tensors.h). AdamW, linear warm-up and
-// cosine decay, gradient clipping, periodic validation (held-out loss and synthetic recall),
-// resumable checkpoints (weights + optimizer state + step, swapped in atomically), and a progress
-// line with loss, tokens/s and ETA. Writes the Hugging Face layout (config.json with the TTT keys,
-// model.safetensors, tokenizer) to --out. docs/model.md has the command that made the shipped model.
+// --no_ttt), using the engine's differentiable batched forward (ForwardTrain,
+// engine/internal/model_tensors.h). AdamW, linear warm-up and cosine decay, gradient clipping,
+// periodic validation (held-out loss and synthetic recall), resumable checkpoints (weights +
+// optimizer state + step, swapped in atomically), and a progress line with loss, tokens/s and ETA.
+// Writes the Hugging Face layout (config.json with the TTT keys, model.safetensors, tokenizer) to
+// --out. docs/model.md has the command that made the shipped model.
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -29,8 +30,8 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "engine/config.h"
-#include "engine/model.h"
 #include "engine/internal/safetensors.h"
+#include "engine/model.h"
 #include "train/checkpoint.h"
 #include "train/common.h"
 #include "util/malloc_tuning.h"
@@ -67,7 +68,8 @@ ABSL_FLAG(double, ttt_clip, 0.0,
 ABSL_FLAG(double, ttt_delta_cap, 0.0,
           "Frobenius-norm cap of each layer's accumulated fast-weight delta (config "
           "ttt_delta_cap), applied in training as in serving; 0 = off");
-ABSL_FLAG(std::string, ttt_target, "", "input_embed (default from scratch) or hidden_states "
+ABSL_FLAG(std::string, ttt_target, "",
+          "input_embed (default from scratch) or hidden_states "
           "(default in continual mode)");
 ABSL_FLAG(int64_t, seq_len, 512, "training sequence length");
 ABSL_FLAG(int64_t, batch, 4, "text sequences per step");
@@ -104,9 +106,10 @@ ABSL_FLAG(int64_t, eval_episodes, 64, "validation recall episodes");
 ABSL_FLAG(int64_t, ckpt_every, 50, "checkpoint every N steps");
 ABSL_FLAG(int64_t, log_every, 10, "progress line every N steps");
 ABSL_FLAG(double, max_minutes, 0, "stop (checkpoint and export) after this much wall time, 0 = no");
-ABSL_FLAG(double, budget_minutes, 0,
-          "a wall-time budget (training time only, summed over resumes): the schedule's progress "
-          "is max(step / steps, elapsed / budget), so the cosine decay ends on time; 0 = steps only");
+ABSL_FLAG(
+    double, budget_minutes, 0,
+    "a wall-time budget (training time only, summed over resumes): the schedule's progress "
+    "is max(step / steps, elapsed / budget), so the cosine decay ends on time; 0 = steps only");
 ABSL_FLAG(int, threads, 1, "intra-op threads");
 ABSL_FLAG(uint64_t, seed, 1, "seed (init and data order; resuming reproduces the data order)");
 ABSL_FLAG(std::string, export_dtype, "",
@@ -237,8 +240,8 @@ absl::StatusOr<Loaded> LoadModel(const fs::path& work) {
   ASSIGN_OR_RETURN(out.model, ModelFromWeights(out.config, weights));
   out.tokenizer = absl::GetFlag(FLAGS_tokenizer);
   if (out.tokenizer.empty()) {
-    out.tokenizer = init_from.empty() ? fs::path("models/ttt-brown/tokenizer.model")
-                                      : fs::path(init_from);
+    out.tokenizer =
+        init_from.empty() ? fs::path("models/ttt-brown/tokenizer.model") : fs::path(init_from);
   }
   return out;
 }
@@ -407,13 +410,13 @@ absl::StatusOr<Data> LoadData(const ModelConfig& config) {
   d.recall_batch = absl::GetFlag(FLAGS_recall_batch);
   d.chunk = config.ttt_mode ? config.ttt_chunk : 0;
   if (d.recall_batch > 0 && config.vocab_size < kMinRecallVocab) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "the recall episodes need a vocabulary of at least ", kMinRecallVocab, " ids (this model has ",
-        config.vocab_size, "): train with --recall_batch=0"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("the recall episodes need a vocabulary of at least ", kMinRecallVocab,
+                     " ids (this model has ", config.vocab_size, "): train with --recall_batch=0"));
   }
   if (d.reread_batch > 0 && (d.reread_len < 2 || 2 * d.reread_len >= d.T)) {
-    return absl::InvalidArgumentError(absl::StrCat("--reread_len ", d.reread_len,
-                                                   " must be in [2, seq_len / 2)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--reread_len ", d.reread_len, " must be in [2, seq_len / 2)"));
   }
   return d;
 }
@@ -473,8 +476,7 @@ struct StepLosses {
 };
 
 // One optimizer step on the data of step `step` (a function of the seed and the step only).
-absl::StatusOr<StepLosses> TrainStep(Model& model, Optimiser& opt, const Data& data,
-                                     int64_t step) {
+absl::StatusOr<StepLosses> TrainStep(Model& model, Optimiser& opt, const Data& data, int64_t step) {
   std::mt19937_64 rng(absl::GetFlag(FLAGS_seed) * 1000003ULL + step);
   opt.adamw->zero_grad();
   StepLosses out;
@@ -543,8 +545,14 @@ void PrintSummary(const ModelConfig& config, const Optimiser& opt, const Data& d
 class Trainer {
  public:
   Trainer(Loaded& loaded, Optimiser& opt, const Data& data, const fs::path& work)
-      : config_(loaded.config), model_(*loaded.model), opt_(opt), data_(data), work_(work),
-        prog_(loaded.progress), step0_(prog_.step), elapsed0_(prog_.elapsed_s),
+      : config_(loaded.config),
+        model_(*loaded.model),
+        opt_(opt),
+        data_(data),
+        work_(work),
+        prog_(loaded.progress),
+        step0_(prog_.step),
+        elapsed0_(prog_.elapsed_s),
         t0_(std::chrono::steady_clock::now()) {}
 
   // Runs until the step count, the budget, --max_minutes or a signal; returns why it stopped.
@@ -620,12 +628,13 @@ class Trainer {
     const double rate = (prog_.step - step0_) * data_.StepTokens() / std::max(1e-9, NowS());
     double eta_s = (steps - prog_.step) * data_.StepTokens() / std::max(1e-9, rate);
     if (BudgetS() > 0) eta_s = std::min(eta_s, BudgetS() - prog_.elapsed_s);
-    std::printf("step %lld/%lld (%.1f%%) | loss %.4f | re-read loss %.3f | recall-value loss "
-                "%.3f | lr %.2e%s | %.0f tok/s | %.2f s/step | elapsed %s | ETA %s\n",
-                (long long)prog_.step, (long long)steps, 100.0 * prog_.step / steps, ema_text_,
-                ema_reread_, ema_recall_, lr, frozen ? " (base frozen)" : "", rate,
-                NowS() / std::max<int64_t>(1, prog_.step - step0_),
-                FormatDuration(prog_.elapsed_s).c_str(), FormatDuration(eta_s).c_str());
+    std::printf(
+        "step %lld/%lld (%.1f%%) | loss %.4f | re-read loss %.3f | recall-value loss "
+        "%.3f | lr %.2e%s | %.0f tok/s | %.2f s/step | elapsed %s | ETA %s\n",
+        (long long)prog_.step, (long long)steps, 100.0 * prog_.step / steps, ema_text_, ema_reread_,
+        ema_recall_, lr, frozen ? " (base frozen)" : "", rate,
+        NowS() / std::max<int64_t>(1, prog_.step - step0_), FormatDuration(prog_.elapsed_s).c_str(),
+        FormatDuration(eta_s).c_str());
     std::fflush(stdout);
   }
 
@@ -666,18 +675,22 @@ absl::StatusOr<std::string> ExportDtype() {
   ASSIGN_OR_RETURN(auto store, engine::WeightStore::Open(init_from));
   ASSIGN_OR_RETURN(at::Tensor embed, store->Load("model.embed_tokens.weight"));
   switch (embed.scalar_type()) {
-    case at::kBFloat16: return std::string("bf16");
-    case at::kHalf: return std::string("f16");
-    default: return std::string("f32");
+    case at::kBFloat16:
+      return std::string("bf16");
+    case at::kHalf:
+      return std::string("f16");
+    default:
+      return std::string("f32");
   }
 }
 
 absl::Status Export(const Loaded& loaded, const Progress& prog, const std::string& reason) {
   const fs::path out = absl::GetFlag(FLAGS_out);
   ASSIGN_OR_RETURN(const std::string dtype, ExportDtype());
-  std::map<std::string, std::string> meta = {
-      {"trained_by", "ttt-train"}, {"steps", std::to_string(prog.step)},
-      {"tokens", std::to_string(prog.tokens)}, {"stopped", reason}};
+  std::map<std::string, std::string> meta = {{"trained_by", "ttt-train"},
+                                             {"steps", std::to_string(prog.step)},
+                                             {"tokens", std::to_string(prog.tokens)},
+                                             {"stopped", reason}};
   RETURN_IF_ERROR(WriteHfModel(out, loaded.config, NamedWeights(*loaded.model), dtype, meta));
   RETURN_IF_ERROR(CopyTokenizer(loaded.tokenizer, out));
   std::printf("wrote %s (step %lld)\n", out.c_str(), (long long)prog.step);

@@ -9,9 +9,9 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
-#include "absl/strings/ascii.h"
 #include "absl/strings/strip.h"
 
 namespace ttt::util {
@@ -45,8 +45,7 @@ std::optional<double> V2Quota(const std::string& dir) {
 
 // The smallest quota of `path` ("/a/b") and its ancestors under `mount`.
 template <typename QuotaOf>
-std::optional<double> SmallestOnPath(const std::string& mount, std::string path,
-                                     QuotaOf quota_of) {
+std::optional<double> SmallestOnPath(const std::string& mount, std::string path, QuotaOf quota_of) {
   std::optional<double> smallest;
   while (true) {
     while (!path.empty() && path.back() == '/') path.pop_back();
@@ -66,9 +65,9 @@ std::optional<double> Min(std::optional<double> a, std::optional<double> b) {
 }  // namespace
 
 std::optional<double> ParseCpuMax(std::string_view text) {
-  std::vector<absl::string_view> fields = absl::StrSplit(
-      absl::StripAsciiWhitespace(absl::string_view(text.data(), text.size())), ' ',
-      absl::SkipEmpty());
+  std::vector<absl::string_view> fields =
+      absl::StrSplit(absl::StripAsciiWhitespace(absl::string_view(text.data(), text.size())), ' ',
+                     absl::SkipEmpty());
   int64_t max = 0;
   int64_t period = 0;
   if (fields.size() != 2 || !absl::SimpleAtoi(fields[0], &max) ||
@@ -119,8 +118,7 @@ int UsableCpus() {
                            ? CPU_COUNT(&set)
                            : static_cast<int>(std::thread::hardware_concurrency());
   const std::optional<std::string> cgroups = ReadSmallFile("/proc/self/cgroup");
-  return CapCpus(affinity,
-                 cgroups ? CgroupCpuQuota("/sys/fs/cgroup", *cgroups) : std::nullopt);
+  return CapCpus(affinity, cgroups ? CgroupCpuQuota("/sys/fs/cgroup", *cgroups) : std::nullopt);
 }
 
 }  // namespace ttt::util

@@ -38,9 +38,9 @@ struct ErrorReason {
 
 // `status` tagged with `reason` (UPPER_SNAKE_CASE) and `metadata` (keys lower_snake_case; a
 // value's line breaks become spaces). An OK status is returned unchanged.
-absl::Status WithReason(absl::Status status, std::string_view reason,
-                        std::initializer_list<std::pair<std::string_view, std::string>> metadata =
-                            {});
+absl::Status WithReason(
+    absl::Status status, std::string_view reason,
+    std::initializer_list<std::pair<std::string_view, std::string>> metadata = {});
 
 // The tag WithReason put on `status`, if any.
 std::optional<ErrorReason> ReasonOf(const absl::Status& status);

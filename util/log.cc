@@ -15,9 +15,9 @@ namespace {
 
 struct LogSink {
   std::mutex mu;
-  LogOptions options;  // guarded by mu
+  LogOptions options;                                             // guarded by mu
   std::atomic<int> min_level{static_cast<int>(LogLevel::kInfo)};  // options' copies, read
-  std::atomic<int> format{static_cast<int>(LogFormat::kText)};     // without mu
+  std::atomic<int> format{static_cast<int>(LogFormat::kText)};    // without mu
 };
 
 LogSink& Sink() {
@@ -27,10 +27,14 @@ LogSink& Sink() {
 
 const char* LevelName(LogLevel level) {
   switch (level) {
-    case LogLevel::kDebug: return "debug";
-    case LogLevel::kInfo: return "info";
-    case LogLevel::kWarning: return "warning";
-    case LogLevel::kError: return "error";
+    case LogLevel::kDebug:
+      return "debug";
+    case LogLevel::kInfo:
+      return "info";
+    case LogLevel::kWarning:
+      return "warning";
+    case LogLevel::kError:
+      return "error";
   }
   return "info";
 }
@@ -40,8 +44,8 @@ std::string Timestamp(int64_t micros_since_epoch) {
   const std::time_t seconds = static_cast<std::time_t>(micros_since_epoch / 1000000);
   std::tm utc{};
   gmtime_r(&seconds, &utc);
-  return absl::StrFormat("%04d-%02d-%02dT%02d:%02d:%02d.%06dZ", utc.tm_year + 1900,
-                         utc.tm_mon + 1, utc.tm_mday, utc.tm_hour, utc.tm_min, utc.tm_sec,
+  return absl::StrFormat("%04d-%02d-%02dT%02d:%02d:%02d.%06dZ", utc.tm_year + 1900, utc.tm_mon + 1,
+                         utc.tm_mday, utc.tm_hour, utc.tm_min, utc.tm_sec,
                          static_cast<int>(micros_since_epoch % 1000000));
 }
 
@@ -50,11 +54,21 @@ std::string Timestamp(int64_t micros_since_epoch) {
 void AppendEscaped(std::string& out, absl::string_view s, bool quotes = true) {
   for (const char c : s) {
     switch (c) {
-      case '"': out += quotes ? "\\\"" : "\""; break;
-      case '\\': out += quotes ? "\\\\" : "\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
+      case '"':
+        out += quotes ? "\\\"" : "\"";
+        break;
+      case '\\':
+        out += quotes ? "\\\\" : "\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
       default:
         if (static_cast<unsigned char>(c) < 0x20) {
           absl::StrAppendFormat(&out, "\\u%04x", static_cast<int>(c));

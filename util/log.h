@@ -55,9 +55,9 @@ class LogField {
       : LogField(key, absl::string_view(value)) {}
   LogField(absl::string_view key, bool value)
       : key_(key), value_(value ? "true" : "false"), quoted_(false) {}
-  template <typename Number,
-            std::enable_if_t<std::is_arithmetic_v<Number> && !std::is_same_v<Number, bool>,
-                             int> = 0>
+  template <
+      typename Number,
+      std::enable_if_t<std::is_arithmetic_v<Number> && !std::is_same_v<Number, bool>, int> = 0>
   LogField(absl::string_view key, Number value) : key_(key), value_(absl::StrCat(value)) {
     // inf and nan are not JSON numbers: such a value is written as a string.
     quoted_ = value_.find_first_not_of("0123456789.-+e") != std::string::npos;

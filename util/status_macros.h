@@ -9,10 +9,10 @@
 #define TTT_CONCAT(a, b) TTT_CONCAT_INNER(a, b)
 
 // Returns `expr`'s status from the enclosing function when it is not OK.
-#define RETURN_IF_ERROR(expr)                        \
-  do {                                               \
-    ::absl::Status ttt_status_ = (expr);             \
-    if (!ttt_status_.ok()) return ttt_status_;       \
+#define RETURN_IF_ERROR(expr)                  \
+  do {                                         \
+    ::absl::Status ttt_status_ = (expr);       \
+    if (!ttt_status_.ok()) return ttt_status_; \
   } while (false)
 
 // `ASSIGN_OR_RETURN(auto x, F())` declares x from F()'s value, or returns its status.

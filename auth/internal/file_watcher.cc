@@ -5,8 +5,8 @@
 
 #include <atomic>
 #include <cerrno>
-#include <csignal>
 #include <chrono>
+#include <csignal>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -34,7 +34,6 @@ void InstallSighupReload() {
 
 uint64_t SighupCount() { return g_sighups.load(std::memory_order_relaxed); }
 
-
 std::string FileIdentity(const std::string& path) {
   struct stat st;
   if (::stat(path.c_str(), &st) != 0) return "missing";
@@ -57,8 +56,7 @@ absl::StatusOr<std::string> ReadConfigFile(const std::string& path, absl::string
   return text.str();
 }
 
-FileWatcher::FileWatcher(std::string path, int poll_interval_ms,
-                         std::function<void()> on_change)
+FileWatcher::FileWatcher(std::string path, int poll_interval_ms, std::function<void()> on_change)
     : path_(std::move(path)),
       poll_interval_ms_(poll_interval_ms),
       on_change_(std::move(on_change)),

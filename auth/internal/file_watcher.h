@@ -44,8 +44,8 @@ class FileWatcher {
   const std::string path_;
   const int poll_interval_ms_;
   const std::function<void()> on_change_;
-  std::string identity_;   // watcher thread only (after construction)
-  uint64_t sighups_ = 0;   // watcher thread only (after construction)
+  std::string identity_;  // watcher thread only (after construction)
+  uint64_t sighups_ = 0;  // watcher thread only (after construction)
   std::mutex mu_;
   std::condition_variable cv_;
   bool stop_ = false;  // guarded by mu_

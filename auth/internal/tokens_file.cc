@@ -112,9 +112,9 @@ absl::StatusOr<CredentialsFile> ParseTokensFile(absl::string_view text, absl::st
     if (parsed->token) {
       auto [it, inserted] = line_of_hash.emplace(parsed->token->token_sha256, number);
       if (!inserted) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            source, ":", number, ": the same token hash is already on line ", it->second,
-            " (one token must name one tenant)"));
+        return absl::InvalidArgumentError(
+            absl::StrCat(source, ":", number, ": the same token hash is already on line ",
+                         it->second, " (one token must name one tenant)"));
       }
       parsed->token->line = number;
       file.tokens.push_back(std::move(*parsed->token));
@@ -122,8 +122,8 @@ absl::StatusOr<CredentialsFile> ParseTokensFile(absl::string_view text, absl::st
       auto [it, inserted] = line_of_identity.emplace(parsed->certificate->identity, number);
       if (!inserted) {
         return absl::InvalidArgumentError(absl::StrCat(
-            source, ":", number, ": the certificate identity '", it->first,
-            "' is already on line ", it->second, " (one identity must name one tenant)"));
+            source, ":", number, ": the certificate identity '", it->first, "' is already on line ",
+            it->second, " (one identity must name one tenant)"));
       }
       parsed->certificate->line = number;
       file.certificates.push_back(std::move(*parsed->certificate));

@@ -112,8 +112,8 @@ absl::StatusOr<CertificateIdentity> IdentityFromPem(absl::string_view pem) {
   }
   const std::string text(pem);
   OpenSslPtr<BIO> bio = MemoryBio(text);
-  OpenSslPtr<X509> cert(
-      bio == nullptr ? nullptr : PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr));
+  OpenSslPtr<X509> cert(bio == nullptr ? nullptr
+                                       : PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr));
   if (cert == nullptr) return Refuse("it cannot be parsed as a PEM X.509 certificate");
 
   ASSIGN_OR_RETURN(auto uris, UriNames(cert.get()));
@@ -126,8 +126,7 @@ absl::StatusOr<CertificateIdentity> IdentityFromPem(absl::string_view pem) {
     bool ascii = true;
     for (char c : uri) ascii = ascii && static_cast<unsigned char>(c) < 0x80;
     if (!ascii || !IsUsableValue(uri)) {
-      return Refuse(absl::StrCat("its URI subjectAltName is empty, over ",
-                                 kMaxIdentityValueBytes,
+      return Refuse(absl::StrCat("its URI subjectAltName is empty, over ", kMaxIdentityValueBytes,
                                  " bytes, or holds a non-ASCII, control or space character"));
     }
     out.identity = absl::StrCat("uri:", uri);

@@ -24,9 +24,9 @@ inline constexpr size_t kMaxIdentityValueBytes = 256;
 inline constexpr size_t kMaxCertificatePemBytes = 64 << 10;
 
 struct CertificateIdentity {
-  std::string identity;     // "uri:..." or "cn:..."
-  std::string issuer_der;   // the issuer's DER-encoded name, for revocation checks
-  std::string serial_hex;   // the serial number, upper-case hex, for revocation checks
+  std::string identity;    // "uri:..." or "cn:..."
+  std::string issuer_der;  // the issuer's DER-encoded name, for revocation checks
+  std::string serial_hex;  // the serial number, upper-case hex, for revocation checks
 };
 
 // The identity of the first certificate in `pem` (the leaf, as gRPC's x509_pem_cert property

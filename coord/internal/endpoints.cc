@@ -102,8 +102,8 @@ absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> Credentials(bool tls,
     provider = std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
         files.key_file, files.cert_file, files.ca_file, refresh);
   } else if (roots) {
-    provider = std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
-        files.ca_file, refresh);
+    provider = std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(files.ca_file,
+                                                                                    refresh);
   } else {
     provider = std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
         files.key_file, files.cert_file, refresh);

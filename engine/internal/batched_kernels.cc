@@ -20,7 +20,8 @@ constexpr int64_t kLanes = 8;
 // Not under ThreadSanitizer: the clones' ifunc resolvers run during relocation, before TSan's
 // runtime is up, and crash the process at start.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_THREAD__)
-#define TTT_MULTIVERSION __attribute__((target_clones("arch=skylake-avx512", "arch=haswell", "default")))
+#define TTT_MULTIVERSION \
+  __attribute__((target_clones("arch=skylake-avx512", "arch=haswell", "default")))
 #else
 #define TTT_MULTIVERSION
 #endif
@@ -54,8 +55,7 @@ __attribute__((always_inline)) inline float Dot(const float* a, const float* b, 
 }
 
 // y += alpha * x
-__attribute__((always_inline)) inline void Axpy(float alpha, const float* x, float* y,
-                                                int64_t n) {
+__attribute__((always_inline)) inline void Axpy(float alpha, const float* x, float* y, int64_t n) {
   const Vec a = {alpha, alpha, alpha, alpha, alpha, alpha, alpha, alpha};
   Vec xv, yv;
   int64_t i = 0;
@@ -71,15 +71,16 @@ __attribute__((always_inline)) inline void Axpy(float alpha, const float* x, flo
 // scores: scratch of group * (last - first + 1) floats.
 TTT_MULTIVERSION void AttendRow(const float* q, const float* keys, int64_t key_stride,
                                 const float* values, int64_t value_stride, int64_t first,
-                                int64_t last, int64_t group, int64_t hd,
-                                std::vector<float>& scores, float* out) {
+                                int64_t last, int64_t group, int64_t hd, std::vector<float>& scores,
+                                float* out) {
   const int64_t span = last - first + 1;
   scores.resize(group * (span + 1));
   float* inv_sum = scores.data() + group * span;
   const float norm = std::sqrt(static_cast<float>(hd));
   for (int64_t j = first; j <= last; ++j) {
     const float* k = keys + j * key_stride;
-    for (int64_t t = 0; t < group; ++t) scores[t * span + j - first] = Dot(q + t * hd, k, hd) / norm;
+    for (int64_t t = 0; t < group; ++t)
+      scores[t * span + j - first] = Dot(q + t * hd, k, hd) / norm;
   }
   for (int64_t t = 0; t < group; ++t) {
     float* s = scores.data() + t * span;
@@ -100,8 +101,7 @@ TTT_MULTIVERSION void AttendRow(const float* q, const float* keys, int64_t key_s
 
 // out[r] = delta @ z[r] for output rows [lo, hi) and the given rows r.
 TTT_MULTIVERSION void DeltaRows(const float* delta, const float* z, int64_t row0, int64_t rows,
-                                int64_t lo, int64_t hi, int64_t d_ff, int64_t d_model,
-                                float* out) {
+                                int64_t lo, int64_t hi, int64_t d_ff, int64_t d_model, float* out) {
   for (int64_t i = lo; i < hi; ++i) {
     for (int64_t r = row0; r < row0 + rows; ++r) {
       out[r * d_model + i] = Dot(delta + i * d_ff, z + r * d_ff, d_ff);
@@ -130,8 +130,8 @@ void VarlenAttention(const at::Tensor& q, const at::Tensor& k_new, const at::Ten
       const AttentionSeq& s = seqs[u / kv_heads];
       const int64_t g = u % kv_heads;
       const at::Tensor &keys = *s.keys, &values = *s.values;
-      TORCH_CHECK(keys.stride(2) == 1 && values.stride(2) == 1 && keys.scalar_type() == at::kFloat &&
-                  values.scalar_type() == at::kFloat,
+      TORCH_CHECK(keys.stride(2) == 1 && values.stride(2) == 1 &&
+                      keys.scalar_type() == at::kFloat && values.scalar_type() == at::kFloat,
                   "VarlenAttention: f32 key/value rows must be contiguous");
       float* k = keys.data_ptr<float>() + g * keys.stride(0);
       float* v = values.data_ptr<float>() + g * values.stride(0);
@@ -154,22 +154,24 @@ void VarlenAttention(const at::Tensor& q, const at::Tensor& k_new, const at::Ten
 
 void BatchedDeltaProduct(const at::Tensor& z, absl::Span<const DeltaSeq> seqs, at::Tensor& out) {
   TORCH_CHECK(z.is_contiguous() && z.scalar_type() == at::kFloat && out.is_contiguous() &&
-              out.scalar_type() == at::kFloat, "BatchedDeltaProduct: f32 contiguous z and out");
+                  out.scalar_type() == at::kFloat,
+              "BatchedDeltaProduct: f32 contiguous z and out");
   const int64_t d_ff = z.size(1), d_model = out.size(1);
   constexpr int64_t kBlock = 64;  // output rows per work unit
   const int64_t blocks = (d_model + kBlock - 1) / kBlock;
   const float* zd = z.data_ptr<float>();
   float* od = out.data_ptr<float>();
-  at::parallel_for(0, static_cast<int64_t>(seqs.size()) * blocks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t u = begin; u < end; ++u) {
-      const DeltaSeq& s = seqs[u / blocks];
-      TORCH_CHECK(s.delta->is_contiguous() && s.delta->scalar_type() == at::kFloat,
-                  "BatchedDeltaProduct: f32 contiguous deltas");
-      const float* delta = s.delta->data_ptr<float>();
-      const int64_t lo = (u % blocks) * kBlock, hi = std::min(d_model, lo + kBlock);
-      DeltaRows(delta, zd, s.row0, s.rows, lo, hi, d_ff, d_model, od);
-    }
-  });
+  at::parallel_for(
+      0, static_cast<int64_t>(seqs.size()) * blocks, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t u = begin; u < end; ++u) {
+          const DeltaSeq& s = seqs[u / blocks];
+          TORCH_CHECK(s.delta->is_contiguous() && s.delta->scalar_type() == at::kFloat,
+                      "BatchedDeltaProduct: f32 contiguous deltas");
+          const float* delta = s.delta->data_ptr<float>();
+          const int64_t lo = (u % blocks) * kBlock, hi = std::min(d_model, lo + kBlock);
+          DeltaRows(delta, zd, s.row0, s.rows, lo, hi, d_ff, d_model, od);
+        }
+      });
 }
 
 }  // namespace ttt::engine::internal

@@ -110,6 +110,9 @@ std::vector<at::Tensor> ModelAccess::Run() {
     varlen_.push_back(kernels && Count(b) <= kVarlenRows && fits);
     any_varlen_ = any_varlen_ || varlen_.back();
   }
+  // The fast path's one switch: CPU, float32, outside autograd, every item short (a decode step
+  // or a piece inside its chunk, at most kVarlenRows rows). CUDA, bf16, training and long items
+  // take the tensor path below.
   if (kernels && std::all_of(varlen_.begin(), varlen_.end(), [](bool v) { return v; })) {
     return RunShort(flat, positions);
   }
@@ -377,14 +380,15 @@ at::Tensor ModelAccess::ChunkUpdates(const LayerWeights& lw, const at::Tensor& z
 
 // Folds the full unfinished chunk of each of `states` into its delta, in one batched update.
 void ModelAccess::FoldChunks(const LayerWeights& lw, const std::vector<SequenceTensors*>& states) {
-  std::vector<at::Tensor> zs, xs;
-  for (SequenceTensors* state : states) {
-    zs.push_back(state->ttt[lw.ttt_slot].pending_z);
-    xs.push_back(state->ttt[lw.ttt_slot].pending_x0);
+  at::Tensor scaled = ScaledChunkUpdates(lw, states);  // raw floats (short_step.cc) if it can
+  if (!scaled.defined()) {
+    std::vector<at::Tensor> zs, xs;
+    for (SequenceTensors* state : states) {
+      zs.push_back(state->ttt[lw.ttt_slot].pending_z);
+      xs.push_back(state->ttt[lw.ttt_slot].pending_x0);
+    }
+    scaled = ChunkUpdates(lw, at::stack(zs), at::stack(xs)) * w_.eta;
   }
-  at::Tensor scaled = ChunkUpdates(lw, at::stack(zs), at::stack(xs)) * w_.eta;
-  zs.clear();
-  xs.clear();
   for (size_t i = 0; i < states.size(); ++i) {
     TttLayerState& slot = states[i]->ttt[lw.ttt_slot];
     if (internal::FoldsFactored(slot, cfg_.ttt_chunk)) {  // a shared base: an increment of its own

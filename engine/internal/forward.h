@@ -33,8 +33,8 @@ at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
 // their TTT chunk (decode steps, small pieces) also share one varlen attention call and one
 // fast-weight product, and their state tensors grow in place; longer items run attention and the
 // fast-weight term per item (their work dwarfs a call's overhead). A step whose items are all
-// short runs the short-step form (internal/short_step.cc): the same arithmetic over per-thread
-// buffers, a few LibTorch operations per layer. Under grad mode everything is out of place, so
+// short runs the short-step form (internal/short_step.cc): the same arithmetic over raw floats in
+// per-thread buffers, no LibTorch operation per layer (Run states when it applies). Under grad mode everything is out of place, so
 // ForwardTrain stays differentiable. Not thread-safe: one forward per states.
 class ModelAccess {
  public:
@@ -80,6 +80,11 @@ class ModelAccess {
   std::vector<at::Tensor> RunShort(const std::vector<int64_t>& tokens,
                                    const std::vector<float>& positions);
   void ShortLayer(size_t l, const internal::ShortBuffers& buffers);
+  // eta * the clipped chunk update of each state's full unfinished chunk, [states, d, d_ff], as
+  // ChunkUpdates computes it but over raw floats (a decode step that completes a chunk); undefined
+  // when the BLAS routines are out of reach or a tensor is not laid out for them.
+  at::Tensor ScaledChunkUpdates(const LayerWeights& lw,
+                                const std::vector<SequenceTensors*>& states);
 
   const Model& model_;
   const Model::Weights& w_;

@@ -21,17 +21,17 @@ struct LayerWeights {
   at::Tensor q_bias, k_bias, v_bias;  // undefined without attention_bias
   at::Tensor q_norm, k_norm;          // undefined unless qk_norm (Qwen3)
   at::Tensor gate_proj, up_proj, down_proj;
-  at::Tensor ttt_conv;  // [d, 1, 5] fp32; undefined where TTT is off
-  at::Tensor ttt_proj;  // [d, d] fp32 (used as stored); undefined without ttt_proj
+  at::Tensor ttt_conv;    // [d, 1, 5] fp32; undefined where TTT is off
+  at::Tensor ttt_proj;    // [d, d] fp32 (used as stored); undefined without ttt_proj
   int64_t ttt_slot = -1;  // index into SequenceTensors::ttt, -1 for a plain layer
 };
 
 struct Model::Weights {
   at::Device device = at::kCPU;
-  at::ScalarType dtype = at::kFloat;  // of the weights and KV cache (fast weights stay fp32)
-  std::string fingerprint;            // Model::fingerprint()
+  at::ScalarType dtype = at::kFloat;       // of the weights and KV cache (fast weights stay fp32)
+  std::string fingerprint;                 // Model::fingerprint()
   std::vector<int64_t> active_ttt_layers;  // Model::active_ttt_layers()
-  at::Tensor embed;  // [vocab, d]
+  at::Tensor embed;                        // [vocab, d]
   std::vector<LayerWeights> layers;
   at::Tensor final_norm;
   at::Tensor lm_head;   // [vocab, d]; aliases embed when tied

@@ -12,8 +12,9 @@ bool RowKernelsApply(const at::Tensor& x) {
 }
 
 at::Tensor RmsNormRows(const at::Tensor& x, const at::Tensor& weight, double eps) {
-  TORCH_CHECK(weight.scalar_type() == at::kFloat && weight.dim() == 1 &&
-              weight.size(0) == x.size(-1), "RmsNormRows: float32 weight [d]");
+  TORCH_CHECK(
+      weight.scalar_type() == at::kFloat && weight.dim() == 1 && weight.size(0) == x.size(-1),
+      "RmsNormRows: float32 weight [d]");
   const at::Tensor in = x.contiguous(), w = weight.contiguous();
   at::Tensor out = at::empty_like(in);
   const int64_t d = in.size(-1), rows = d == 0 ? 0 : in.numel() / d;
@@ -39,8 +40,8 @@ void RopeRow(const float* x, const float* cos, const float* sin, int64_t hd, flo
 
 at::Tensor RopeRows(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
   TORCH_CHECK(x.dim() == 3 && cos.dim() == 3 && cos.sizes() == sin.sizes() &&
-              cos.size(0) == x.size(0) && cos.size(2) == x.size(2) && x.size(2) % 2 == 0 &&
-              cos.scalar_type() == at::kFloat && sin.scalar_type() == at::kFloat,
+                  cos.size(0) == x.size(0) && cos.size(2) == x.size(2) && x.size(2) % 2 == 0 &&
+                  cos.scalar_type() == at::kFloat && sin.scalar_type() == at::kFloat,
               "RopeRows: x [n, heads, hd], cos/sin [n, 1, hd] float32");
   const at::Tensor in = x.contiguous(), c = cos.contiguous(), s = sin.contiguous();
   at::Tensor out = at::empty_like(in);

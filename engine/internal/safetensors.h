@@ -94,8 +94,8 @@ using NamedTensors = std::vector<std::pair<std::string, at::Tensor>>;
 
 // The safetensors encoding of `tensors` (any device; written contiguous, in their dtypes) with
 // string `metadata` under "__metadata__". Names must be unique (INVALID_ARGUMENT otherwise).
-absl::StatusOr<std::string> EncodeSafetensors(const NamedTensors& tensors,
-                                              const std::map<std::string, std::string>& metadata = {});
+absl::StatusOr<std::string> EncodeSafetensors(
+    const NamedTensors& tensors, const std::map<std::string, std::string>& metadata = {});
 // Writes the encoding atomically (util::WriteFileAtomically): a temporary file beside `path`,
 // fsync, rename, fsync the folder.
 absl::Status WriteSafetensors(const std::filesystem::path& path, const NamedTensors& tensors,

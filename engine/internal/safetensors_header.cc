@@ -21,7 +21,7 @@ constexpr size_t kQuoteBytes = 64;
 
 constexpr DtypeInfo kDtypes[] = {
     {"F32", at::kFloat, 4}, {"F16", at::kHalf, 2}, {"BF16", at::kBFloat16, 2},
-    {"I64", at::kLong, 8},   {"I32", at::kInt, 4},   {"U8", at::kByte, 1},
+    {"I64", at::kLong, 8},  {"I32", at::kInt, 4},  {"U8", at::kByte, 1},
 };
 
 std::string ShapeString(const std::vector<int64_t>& shape) {
@@ -33,7 +33,8 @@ std::string ShapeString(const std::vector<int64_t>& shape) {
 // A non-negative JSON integer that fits in uint64_t, or nullopt.
 std::optional<uint64_t> AsCount(const Json& v) {
   if (v.is_number_unsigned()) return v.get<uint64_t>();
-  if (v.is_number_integer() && v.get<int64_t>() >= 0) return static_cast<uint64_t>(v.get<int64_t>());
+  if (v.is_number_integer() && v.get<int64_t>() >= 0)
+    return static_cast<uint64_t>(v.get<int64_t>());
   return std::nullopt;
 }
 
@@ -93,9 +94,9 @@ absl::Status ReadMetadata(const Json& value, std::map<std::string, std::string>*
   }
   for (auto m = value.begin(); m != value.end(); ++m) {
     if (!m.value().is_string()) {
-      return absl::InvalidArgumentError(absl::StrCat("metadata value of ", QuoteForError(m.key(), '\''),
-                                                     " must be a string, got ",
-                                                     Describe(m.value())));
+      return absl::InvalidArgumentError(
+          absl::StrCat("metadata value of ", QuoteForError(m.key(), '\''),
+                       " must be a string, got ", Describe(m.value())));
     }
     (*metadata)[m.key()] = m.value().get<std::string>();
   }
@@ -135,9 +136,9 @@ absl::Status ReadOffsets(const Json& offsets, uint64_t data_size, TensorEntry* e
         "\"data_offsets\" ", shown, " must be non-negative integers with begin <= end"));
   }
   if (*end > data_size) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("\"data_offsets\" ", shown, " run past the end of the data section (",
-                     data_size, " bytes); truncated?"));
+    return absl::InvalidArgumentError(absl::StrCat("\"data_offsets\" ", shown,
+                                                   " run past the end of the data section (",
+                                                   data_size, " bytes); truncated?"));
   }
   entry->begin = *begin;
   entry->end = *end;
@@ -156,9 +157,8 @@ absl::StatusOr<TensorEntry> ReadEntry(const Json& value, uint64_t data_size) {
   if (!dtype_it->is_string()) return absl::InvalidArgumentError("\"dtype\" must be a string");
   const DtypeInfo* dtype = DtypeByName(dtype_it->get<std::string>());
   if (dtype == nullptr) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("unsupported dtype ", Describe(*dtype_it),
-                     " (supported: F32, F16, BF16, I64, I32, U8)"));
+    return absl::InvalidArgumentError(absl::StrCat("unsupported dtype ", Describe(*dtype_it),
+                                                   " (supported: F32, F16, BF16, I64, I32, U8)"));
   }
   TensorEntry entry;
   entry.dtype = dtype->type;
@@ -236,8 +236,8 @@ absl::StatusOr<SafetensorsHeader> ParseSafetensorsHeader(std::string_view header
     }
     absl::StatusOr<TensorEntry> entry = ReadEntry(it.value(), data_size);
     if (!entry.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat("tensor ", QuoteForError(it.key(), '\''),
-                                                     ": ", entry.status().message()));
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor ", QuoteForError(it.key(), '\''), ": ", entry.status().message()));
     }
     entry->name = it.key();
     out.entries.push_back(*std::move(entry));

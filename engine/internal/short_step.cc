@@ -1,14 +1,20 @@
 // The forward of a short step: every item a decode step or a short piece inside its TTT chunk, on
 // the CPU in float32 outside autograd (ModelAccess::Run picks it). A small model's decode step is
-// dispatch-bound (~1 us per LibTorch operation), so here the activations live in this thread's
-// workspace (internal/workspace.h), the elementwise work (norms, RoPE, SiLU's product, residuals,
-// the embedding lookup) runs as plain loops over it, and each dense product writes straight into
-// its buffer: a few operations per layer instead of ~60. The arithmetic is the general path's,
-// operation for operation (the same BLAS calls, the same row kernels, LibTorch's own SiLU and
-// cos/sin), so the results are bit-identical to it (engine_bench --only=digest shows it).
+// dispatch-bound (~1 us per LibTorch operation), so here no LibTorch operation runs per layer:
+// the activations are raw floats in this thread's workspace (internal/workspace.h), every dense
+// product is one call of the BLAS routine LibTorch's own product would call (sgemv_ per row up to
+// kMatVecRows rows, else sgemm_, with the same arguments, so the same bits), and the rest (norms,
+// RoPE, SiLU's product, residuals, the embedding lookup, attention over the KV window, the
+// fast-weight term) are plain loops over those floats. The KV caches and chunk buffers grow inside
+// their preallocated rows (internal/state_buffer.h). Only a step that completes a TTT chunk
+// dispatches operations (adding the chunk's update to the delta, FoldChunks). The results are the
+// tensor path's to within rounding, not bit for bit: SiLU and the RoPE factors use glibc's
+// expf/cosf/sinf where LibTorch uses SLEEF's (~1 ulp; short_step_test holds the two together).
 #include <ATen/ATen.h>
+#include <dlfcn.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "engine/internal/forward.h"
@@ -18,15 +24,18 @@
 namespace ttt::engine {
 namespace internal {
 
-// The step's activations, [rows, width] views of the workspace.
+// The step's activations: views of the workspace (the same ones from step to step when the row
+// count repeats) and their floats, rows consecutive.
 struct ShortBuffers {
   int64_t rows = 0;
-  at::Tensor hidden;      // the residual stream x
-  at::Tensor embeddings;  // the embedding rows (X0 of an input_embed TTT target)
-  at::Tensor normed;      // RMSNorm outputs
-  at::Tensor q, k, v, attended, projected, gate, up, fast;
-  at::Tensor cos, sin;    // RoPE factors [rows, head_dim]
-  at::Tensor rotated;     // one head of scratch for RoPE
+  at::Tensor q, k, v;                    // [rows, heads or kv_heads, head_dim]
+  at::Tensor attended, gate, fast;       // [rows, heads * head_dim], [rows, d_ff], [rows, d_model]
+  at::Tensor embeddings, normed;         // [rows, d_model]: X0 of the TTT target is one of them
+  float* hidden = nullptr;               // the residual stream x [rows, d_model]
+  float* projected = nullptr;            // an output projection's rows [rows, d_model]
+  float* up = nullptr;                   // [rows, d_ff]
+  float *cos = nullptr, *sin = nullptr;  // RoPE factors [rows, head_dim]
+  float* rotated = nullptr;              // one head of scratch for RoPE
 };
 
 }  // namespace internal
@@ -34,39 +43,66 @@ struct ShortBuffers {
 namespace {
 
 using internal::FloatView;
+using internal::ShortBuffers;
 using internal::Slot;
 
-float* Row(const at::Tensor& t, int64_t r) { return t.data_ptr<float>() + r * t.size(1); }
+// The Fortran BLAS entry points LibTorch's CPU products call (at::native's gemv<float> and
+// gemm<float>), looked up in this process at first use: the library LibTorch loaded, so a product
+// here gives the same bits as LibTorch's. Null when LibTorch's BLAS does not export them (a
+// LibTorch with MKL linked in statically): then the products go through LibTorch's operations.
+using SgemvFn = void (*)(const char*, const int*, const int*, const float*, const float*,
+                         const int*, const float*, const int*, const float*, float*, const int*);
+using SgemmFn = void (*)(const char*, const char*, const int*, const int*, const int*, const float*,
+                         const float*, const int*, const float*, const int*, const float*, float*,
+                         const int*);
+struct Blas {
+  SgemvFn sgemv = nullptr;
+  SgemmFn sgemm = nullptr;
+};
 
-// out [rows, n] = x [rows, k] @ weight^T (+ bias), with the BLAS calls internal::Linear makes:
-// up to kMatVecRows rows one matrix-vector product per row (addmv_out is at::mv's own call),
-// else one GEMM (at::linear's addmm / mm). A weight under autograd takes internal::Linear.
-void LinearInto(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
-                at::Tensor& out) {
-  const int64_t rows = x.size(0), k = x.size(1), n = out.size(1);
-  if (weight.requires_grad()) {
-    out.copy_(internal::Linear(x, weight, bias));
-  } else if (rows > kMatVecRows) {
-    if (bias.defined()) {
-      at::addmm_out(out, bias, x, weight.t());
-    } else {
-      at::mm_out(out, x, weight.t());
-    }
-  } else if (rows == 1 && bias.defined()) {
-    at::Tensor dest = FloatView(Row(out, 0), {n});
-    at::addmv_out(dest, bias, weight, FloatView(Row(x, 0), {k}));
-  } else {
+const Blas& InProcessBlas() {
+  static const Blas blas = [] {
+    Blas found;
+    found.sgemv = reinterpret_cast<SgemvFn>(dlsym(RTLD_DEFAULT, "sgemv_"));
+    found.sgemm = reinterpret_cast<SgemmFn>(dlsym(RTLD_DEFAULT, "sgemm_"));
+    if (found.sgemv == nullptr || found.sgemm == nullptr) found = Blas{};
+    return found;
+  }();
+  return blas;
+}
+
+// out [rows, n] = x [rows, k] @ weight^T (+ bias), with the BLAS calls internal::Linear makes: up
+// to kMatVecRows rows one matrix-vector product per row (at::addmv_out's gemv: the bias copied
+// into the row, then beta 1), else one GEMM (at::addmm_out / mm_out: out^T = weight x^T in
+// column-major terms). A weight under autograd, or no BLAS in reach, takes LibTorch's operations.
+void Product(const float* x, int64_t rows, int64_t k, const at::Tensor& weight,
+             const at::Tensor& bias, float* out) {
+  const int64_t n = weight.size(0);
+  const Blas& blas = InProcessBlas();
+  const bool raw = blas.sgemv != nullptr && !weight.requires_grad() && weight.stride(1) == 1 &&
+                   weight.stride(0) == k && (!bias.defined() || bias.is_contiguous());
+  if (!raw) {
+    at::Tensor dest = FloatView(out, {rows, n});
+    dest.copy_(internal::Linear(FloatView(const_cast<float*>(x), {rows, k}), weight, bias));
+    return;
+  }
+  const float* w = weight.data_ptr<float>();
+  const float* b = bias.defined() ? bias.data_ptr<float>() : nullptr;
+  const int ik = static_cast<int>(k), in = static_cast<int>(n), one_step = 1;
+  const float alpha = 1, beta = b != nullptr ? 1 : 0;
+  if (b != nullptr) {
+    for (int64_t r = 0; r < rows; ++r) std::memcpy(out + r * n, b, n * sizeof(float));
+  }
+  if (rows <= kMatVecRows) {
+    const char trans = 't';
     for (int64_t r = 0; r < rows; ++r) {
-      at::Tensor dest = FloatView(Row(out, r), {n});
-      at::addmv_out(dest, dest, weight, FloatView(Row(x, r), {k}), /*beta=*/0, /*alpha=*/1);
+      blas.sgemv(&trans, &ik, &in, &alpha, w, &ik, x + r * k, &one_step, &beta, out + r * n,
+                 &one_step);
     }
-    if (bias.defined()) {
-      const float* b = bias.data_ptr<float>();
-      for (int64_t r = 0; r < rows; ++r) {
-        float* o = Row(out, r);
-        for (int64_t j = 0; j < n; ++j) o[j] = o[j] + b[j];
-      }
-    }
+  } else {
+    const char trans_w = 't', trans_x = 'n';
+    const int im = static_cast<int>(rows);
+    blas.sgemm(&trans_w, &trans_x, &in, &im, &ik, &alpha, w, &ik, x, &ik, &beta, out, &in);
   }
 }
 
@@ -80,15 +116,38 @@ void NormRows(const float* x, const at::Tensor& weight, int64_t rows, int64_t wi
 }
 
 // RoPE in place on [rows, heads, hd] `x` with the rows' factors.
-void RopeInPlace(const at::Tensor& x, int64_t heads, const internal::ShortBuffers& buf) {
-  const int64_t hd = buf.cos.size(1);
-  float* data = x.data_ptr<float>();
+void RopeInPlace(float* x, int64_t heads, int64_t hd, const ShortBuffers& buf) {
   for (int64_t r = 0; r < buf.rows; ++r) {
     for (int64_t h = 0; h < heads; ++h) {
-      float* head = data + (r * heads + h) * hd;
-      float* scratch = buf.rotated.data_ptr<float>();
-      std::memcpy(scratch, head, hd * sizeof(float));
-      internal::RopeRow(scratch, Row(buf.cos, r), Row(buf.sin, r), hd, head);
+      float* head = x + (r * heads + h) * hd;
+      std::memcpy(buf.rotated, head, hd * sizeof(float));
+      internal::RopeRow(buf.rotated, buf.cos + r * hd, buf.sin + r * hd, hd, head);
+    }
+  }
+}
+
+// z[i] = silu(z[i]) * u[i] over `n` floats, with silu(x) = x / (1 + exp(-x)) as LibTorch writes it.
+void SwiGluInPlace(float* z, const float* u, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) z[i] = z[i] / (1.0f + std::exp(-z[i])) * u[i];
+}
+
+// True when `t` is a float32 tensor whose floats are in row-major order from its data pointer.
+bool RawFloats(const at::Tensor& t) {
+  return t.defined() && t.scalar_type() == at::kFloat && t.is_contiguous() && !t.requires_grad();
+}
+
+// The depthwise convolution of ChunkConv (cross-correlation over time, kConvWidth taps, zero
+// padding kConvWidth / 2 each side) of x [chunk, d] with taps [d, 1, kConvWidth], into y.
+void ChunkConvRows(const float* x, const float* taps, int64_t chunk, int64_t d, float* y) {
+  constexpr int64_t kPad = kConvWidth / 2;
+  for (int64_t t = 0; t < chunk; ++t) {
+    for (int64_t c = 0; c < d; ++c) {
+      float sum = 0;
+      for (int64_t w = 0; w < kConvWidth; ++w) {
+        const int64_t source = t + w - kPad;
+        if (source >= 0 && source < chunk) sum += taps[c * kConvWidth + w] * x[source * d + c];
+      }
+      y[t * d + c] = sum;
     }
   }
 }
@@ -105,100 +164,141 @@ std::vector<at::Tensor> ModelAccess::RunShort(const std::vector<int64_t>& tokens
   internal::Workspace& ws = internal::Workspace::ForThisThread();
   const int64_t rows = static_cast<int64_t>(tokens.size()), d = cfg_.hidden_size;
   const int64_t f = cfg_.intermediate_size, hd = cfg_.head_dim, vocab = cfg_.vocab_size;
-  const int64_t q_width = cfg_.num_attention_heads * hd, kv_width = cfg_.num_key_value_heads * hd;
-  internal::ShortBuffers buf;
+  const int64_t heads = cfg_.num_attention_heads, kv_heads = cfg_.num_key_value_heads;
+  ShortBuffers buf;
   buf.rows = rows;
-  buf.hidden = ws.Tensor(Slot::kHidden, {rows, d});
+  buf.q = ws.Tensor(Slot::kQ, {rows, heads, hd});
+  buf.k = ws.Tensor(Slot::kK, {rows, kv_heads, hd});
+  buf.v = ws.Tensor(Slot::kV, {rows, kv_heads, hd});
+  buf.attended = ws.Tensor(Slot::kAttended, {rows, heads * hd});
+  buf.gate = ws.Tensor(Slot::kGate, {rows, f});
+  buf.fast = ws.Tensor(Slot::kFast, {rows, d});
   buf.embeddings = ws.Tensor(Slot::kEmbeddings, {rows, d});
   buf.normed = ws.Tensor(Slot::kNormed, {rows, d});
-  buf.q = ws.Tensor(Slot::kQ, {rows, q_width});
-  buf.k = ws.Tensor(Slot::kK, {rows, kv_width});
-  buf.v = ws.Tensor(Slot::kV, {rows, kv_width});
-  buf.attended = ws.Tensor(Slot::kAttended, {rows, q_width});
-  buf.projected = ws.Tensor(Slot::kProjected, {rows, d});
-  buf.gate = ws.Tensor(Slot::kGate, {rows, f});
-  buf.up = ws.Tensor(Slot::kUp, {rows, f});
-  buf.fast = ws.Tensor(Slot::kFast, {rows, d});
-  buf.cos = ws.Tensor(Slot::kCos, {rows, hd});
-  buf.sin = ws.Tensor(Slot::kSin, {rows, hd});
-  buf.rotated = ws.Tensor(Slot::kRotated, {hd});
+  buf.hidden = ws.Tensor(Slot::kHidden, {rows, d}).data_ptr<float>();
+  buf.projected = ws.Tensor(Slot::kProjected, {rows, d}).data_ptr<float>();
+  buf.up = ws.Tensor(Slot::kUp, {rows, f}).data_ptr<float>();
+  buf.cos = ws.Tensor(Slot::kCos, {rows, hd}).data_ptr<float>();
+  buf.sin = ws.Tensor(Slot::kSin, {rows, hd}).data_ptr<float>();
+  buf.rotated = ws.Tensor(Slot::kRotated, {hd}).data_ptr<float>();
+  float* embeddings = buf.embeddings.data_ptr<float>();
 
-  // The embedding rows (index_select's copy).
-  const at::Tensor embed = w_.embed.contiguous();
+  const float* embed = w_.embed.data_ptr<float>();  // contiguous (Model's loader makes it so)
   for (int64_t r = 0; r < rows; ++r) {
-    const float* source = embed.data_ptr<float>() + tokens[r] * d;
-    std::memcpy(Row(buf.hidden, r), source, d * sizeof(float));
-    std::memcpy(Row(buf.embeddings, r), source, d * sizeof(float));
+    std::memcpy(buf.hidden + r * d, embed + tokens[r] * d, d * sizeof(float));
+    std::memcpy(embeddings + r * d, embed + tokens[r] * d, d * sizeof(float));
   }
-  // RoPE factors: the angles position * inv_freq twice over (Run's outer and cat), then
-  // LibTorch's own cos and sin over the same [rows * head_dim] floats.
-  const at::Tensor angles = ws.Tensor(Slot::kAngles, {rows, hd});
+  // RoPE factors: cos and sin of position * inv_freq, the half-width angles twice over.
   const float* inv_freq = w_.inv_freq.data_ptr<float>();
   for (int64_t r = 0; r < rows; ++r) {
-    float* a = Row(angles, r);
-    for (int64_t j = 0; j < hd / 2; ++j) a[j] = a[j + hd / 2] = positions[r] * inv_freq[j];
+    for (int64_t j = 0; j < hd / 2; ++j) {
+      const float angle = positions[r] * inv_freq[j];
+      buf.cos[r * hd + j] = buf.cos[r * hd + j + hd / 2] = std::cos(angle);
+      buf.sin[r * hd + j] = buf.sin[r * hd + j + hd / 2] = std::sin(angle);
+    }
   }
-  at::cos_out(buf.cos, angles);
-  at::sin_out(buf.sin, angles);
 
   for (size_t l = 0; l < w_.layers.size(); ++l) ShortLayer(l, buf);
 
-  NormRows(buf.hidden.data_ptr<float>(), w_.final_norm, rows, d, cfg_.rms_norm_eps,
-           buf.normed.data_ptr<float>());
+  float* normed = buf.normed.data_ptr<float>();
+  NormRows(buf.hidden, w_.final_norm, rows, d, cfg_.rms_norm_eps, normed);
   at::Tensor logits = ws.Tensor(Slot::kLogits, {rows, vocab});
-  LinearInto(buf.normed, w_.lm_head, {}, logits);
+  Product(normed, rows, d, w_.lm_head, {}, logits.data_ptr<float>());
   std::vector<at::Tensor> per_item;
   for (size_t b = 0; b < items_.size(); ++b) {
-    per_item.push_back(FloatView(logits, Row(logits, offsets_[b]), {Count(b), vocab}));
+    per_item.push_back(
+        items_.size() == 1
+            ? logits
+            : FloatView(logits, logits.data_ptr<float>() + offsets_[b] * vocab, {Count(b), vocab}));
     items_[b].state->position += Count(b);
   }
   return per_item;
 }
 
 // One decoder layer of a short step, as ModelAccess::Layer computes it.
-void ModelAccess::ShortLayer(size_t l, const internal::ShortBuffers& buf) {
+void ModelAccess::ShortLayer(size_t l, const ShortBuffers& buf) {
   const LayerWeights& lw = w_.layers[l];
   const int64_t rows = buf.rows, d = cfg_.hidden_size, hd = cfg_.head_dim;
-  const int64_t heads = cfg_.num_attention_heads, kv_heads = cfg_.num_key_value_heads;
+  const int64_t f = cfg_.intermediate_size, heads = cfg_.num_attention_heads;
+  const int64_t kv_heads = cfg_.num_key_value_heads;
   const double eps = cfg_.rms_norm_eps;
-  float* hidden = buf.hidden.data_ptr<float>();
   float* normed = buf.normed.data_ptr<float>();
-  float* projected = buf.projected.data_ptr<float>();
+  float* q = buf.q.data_ptr<float>();
+  float* k = buf.k.data_ptr<float>();
+  float* gate = buf.gate.data_ptr<float>();
+  float* fast = buf.fast.data_ptr<float>();
 
-  NormRows(hidden, lw.input_norm, rows, d, eps, normed);
-  at::Tensor q = buf.q, k = buf.k, v = buf.v, attended = buf.attended;
-  LinearInto(buf.normed, lw.q_proj, lw.q_bias, q);
-  LinearInto(buf.normed, lw.k_proj, lw.k_bias, k);
-  LinearInto(buf.normed, lw.v_proj, lw.v_bias, v);
+  NormRows(buf.hidden, lw.input_norm, rows, d, eps, normed);
+  Product(normed, rows, d, lw.q_proj, lw.q_bias, q);
+  Product(normed, rows, d, lw.k_proj, lw.k_bias, k);
+  Product(normed, rows, d, lw.v_proj, lw.v_bias, buf.v.data_ptr<float>());
   if (lw.q_norm.defined()) {
-    NormRows(q.data_ptr<float>(), lw.q_norm, rows * heads, hd, eps, q.data_ptr<float>());
-    NormRows(k.data_ptr<float>(), lw.k_norm, rows * kv_heads, hd, eps, k.data_ptr<float>());
+    NormRows(q, lw.q_norm, rows * heads, hd, eps, q);
+    NormRows(k, lw.k_norm, rows * kv_heads, hd, eps, k);
   }
-  RopeInPlace(q, heads, buf);
-  RopeInPlace(k, kv_heads, buf);
-  AttendVarlen(l, FloatView(q.data_ptr<float>(), {rows, heads, hd}),
-               FloatView(k.data_ptr<float>(), {rows, kv_heads, hd}),
-               FloatView(v.data_ptr<float>(), {rows, kv_heads, hd}), attended);
-  at::Tensor out = buf.projected;
-  LinearInto(attended, lw.o_proj, {}, out);
-  AddInto(hidden, projected, rows * d);  // the residual after attention
+  RopeInPlace(q, heads, hd, buf);
+  RopeInPlace(k, kv_heads, hd, buf);
+  at::Tensor attended = buf.attended;
+  AttendVarlen(l, buf.q, buf.k, buf.v, attended);
+  Product(attended.data_ptr<float>(), rows, heads * hd, lw.o_proj, {}, buf.projected);
+  AddInto(buf.hidden, buf.projected, rows * d);  // the residual after attention
 
-  NormRows(hidden, lw.post_norm, rows, d, eps, normed);
-  at::Tensor gate = buf.gate, up = buf.up;
-  LinearInto(buf.normed, lw.gate_proj, {}, gate);
-  LinearInto(buf.normed, lw.up_proj, {}, up);
-  at::silu_(gate);
-  float* z = gate.data_ptr<float>();
-  const float* u = up.data_ptr<float>();
-  for (int64_t i = 0; i < gate.numel(); ++i) z[i] = z[i] * u[i];
-  LinearInto(gate, lw.down_proj, {}, out);
+  NormRows(buf.hidden, lw.post_norm, rows, d, eps, normed);
+  Product(normed, rows, d, lw.gate_proj, {}, gate);
+  Product(normed, rows, d, lw.up_proj, {}, buf.up);
+  SwiGluInPlace(gate, buf.up, rows * f);
+  Product(gate, rows, f, lw.down_proj, {}, buf.projected);
   if (lw.ttt_slot >= 0) {
     const at::Tensor& x0 = cfg_.ttt_target == TttTarget::kInputEmbed ? buf.embeddings : buf.normed;
-    at::Tensor fast = buf.fast;
-    FastWeightTermsVarlen(lw, gate, x0, fast);
-    AddInto(projected, fast.data_ptr<float>(), rows * d);
+    at::Tensor out = buf.fast;
+    FastWeightTermsVarlen(lw, buf.gate, x0, out);
+    AddInto(buf.projected, fast, rows * d);
   }
-  AddInto(hidden, projected, rows * d);
+  AddInto(buf.hidden, buf.projected, rows * d);
+}
+
+at::Tensor ModelAccess::ScaledChunkUpdates(const LayerWeights& lw,
+                                           const std::vector<SequenceTensors*>& states) {
+  const Blas& blas = InProcessBlas();
+  const bool proj = lw.ttt_proj.defined();
+  if (blas.sgemm == nullptr || !RawFloats(lw.ttt_conv) || (proj && !RawFloats(lw.ttt_proj))) {
+    return {};
+  }
+  const int64_t chunk = cfg_.ttt_chunk, d = cfg_.hidden_size, f = cfg_.intermediate_size;
+  for (SequenceTensors* state : states) {
+    const TttLayerState& slot = state->ttt[lw.ttt_slot];
+    if (!RawFloats(slot.pending_z) || !RawFloats(slot.pending_x0)) return {};
+  }
+  internal::Workspace& ws = internal::Workspace::ForThisThread();
+  const int64_t n = static_cast<int64_t>(states.size());
+  float* convolved = ws.Tensor(Slot::kConvolved, {chunk, d}).data_ptr<float>();
+  float* targets = proj ? ws.Tensor(Slot::kTargets, {chunk, d}).data_ptr<float>() : convolved;
+  at::Tensor scaled = ws.Tensor(Slot::kChunkUpdates, {n, d, f});
+  const int ic = static_cast<int>(chunk), id = static_cast<int>(d), iff = static_cast<int>(f);
+  const float one = 1, zero = 0;
+  const char no = 'n', yes = 't';
+  for (int64_t i = 0; i < n; ++i) {
+    const TttLayerState& slot = states[i]->ttt[lw.ttt_slot];
+    ChunkConvRows(slot.pending_x0.data_ptr<float>(), lw.ttt_conv.data_ptr<float>(), chunk, d,
+                  convolved);
+    if (proj) {  // targets [chunk, d] = convolved @ ttt_proj (as stored): column-major P^T C^T
+      blas.sgemm(&no, &no, &id, &ic, &id, &one, lw.ttt_proj.data_ptr<float>(), &id, convolved, &id,
+                 &zero, targets, &id);
+    }
+    // update [d, f] = targets^T @ z: column-major update^T = z^T targets.
+    float* update = scaled.data_ptr<float>() + i * d * f;
+    blas.sgemm(&no, &yes, &iff, &id, &ic, &one, slot.pending_z.data_ptr<float>(), &iff, targets,
+               &id, &zero, update, &iff);
+    float factor = 1;
+    if (cfg_.ttt_clip > 0) {  // the clip of ChunkUpdates: to Frobenius norm ttt_clip at most
+      double squares = 0;
+      for (int64_t j = 0; j < d * f; ++j) squares += static_cast<double>(update[j]) * update[j];
+      factor = std::min(static_cast<float>(cfg_.ttt_clip / (std::sqrt(squares) + 1e-12)), 1.0f);
+    }
+    const float eta = static_cast<float>(w_.eta);
+    for (int64_t j = 0; j < d * f; ++j) update[j] = update[j] * factor * eta;
+  }
+  return scaled;
 }
 
 }  // namespace ttt::engine

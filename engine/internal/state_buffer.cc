@@ -42,6 +42,17 @@ at::Tensor MoveToBuffer(const at::Tensor& view, int64_t dim, int64_t reserve) {
   return rows;
 }
 
+// Points `view` at `sizes` rows from `offset` of its storage (strides unchanged): in place when
+// no other handle shares its TensorImpl, so a decode step's growing caches dispatch no operation.
+void Reframe(at::Tensor& view, at::IntArrayRef sizes, int64_t offset) {
+  const std::vector<int64_t> strides = view.strides().vec();
+  if (view.use_count() == 1 && view.unsafeGetTensorImpl()->allow_tensor_metadata_change()) {
+    view.unsafeGetTensorImpl()->set_sizes_and_strides(sizes, strides, offset);
+  } else {
+    view = view.as_strided(sizes, strides, offset);
+  }
+}
+
 }  // namespace
 
 void GrowRows(at::Tensor& view, int64_t dim, int64_t m, int64_t reserve) {
@@ -50,7 +61,7 @@ void GrowRows(at::Tensor& view, int64_t dim, int64_t m, int64_t reserve) {
   if (SpareRows(view, dim) < m) view = MoveToBuffer(view, dim, std::max(reserve, n + m));
   std::vector<int64_t> sizes = view.sizes().vec();
   sizes[dim] = n + m;
-  view = view.as_strided(sizes, view.strides(), view.storage_offset());
+  Reframe(view, sizes, view.storage_offset());
 }
 
 void AppendRows(at::Tensor& view, const at::Tensor& rows, int64_t dim, int64_t reserve) {
@@ -63,7 +74,11 @@ void AppendRows(at::Tensor& view, const at::Tensor& rows, int64_t dim, int64_t r
 void KeepLastRows(at::Tensor& view, int64_t dim, int64_t keep, int64_t reserve) {
   const int64_t n = view.size(dim);
   keep = std::min(keep, n);  // callers pass "everything" as a huge count
-  if (keep < n) view = view.narrow(dim, n - keep, keep);
+  if (keep < n) {
+    std::vector<int64_t> sizes = view.sizes().vec();
+    sizes[dim] = keep;
+    Reframe(view, sizes, view.storage_offset() + (n - keep) * view.stride(dim));
+  }
   if (keep == 0) {
     view = at::empty(view.sizes(), view.options());  // nothing to keep: let the buffer go
     return;
@@ -79,7 +94,7 @@ void ClearRows(at::Tensor& view, int64_t dim) {
   sizes[dim] = 0;
   if (OwnsBuffer(view) && dim == 0 && view.dim() == 2 && view.stride(1) == 1 &&
       view.stride(0) == view.size(1)) {
-    view = view.as_strided(sizes, view.strides(), 0);
+    Reframe(view, sizes, 0);
   } else {
     view = at::empty(sizes, view.options());
   }

@@ -2,7 +2,7 @@
 // path in engine/model.cc), written for a [batch, T] block of equal-length sequences so that
 // attention and the In-Place TTT terms run as a few batched products instead of a loop over
 // sequences, and so that a sliding window costs O(T * window) rather than O(T^2).
-// Model::ForwardTrain calls it; tests/train_forward_test.cc checks it against Ingest.
+// Model::ForwardTrain calls it; tests/engine/train_forward_test.cc checks it against Ingest.
 #pragma once
 
 #include <cstdint>
@@ -18,9 +18,9 @@ namespace ttt::engine {
 
 // What the forward needs besides the weights (the Model's serving-time settings).
 struct TrainForwardSettings {
-  double eta = 0.0;                       // TTT step size; 0 = plain
-  std::optional<int64_t> window;          // sliding attention window (nullopt = full)
-  std::vector<int64_t> active_ttt_layers; // layers whose fast-weight term runs
+  double eta = 0.0;                        // TTT step size; 0 = plain
+  std::optional<int64_t> window;           // sliding attention window (nullopt = full)
+  std::vector<int64_t> active_ttt_layers;  // layers whose fast-weight term runs
 };
 
 // Logits [B, T, vocab] for token ids `tokens` [B, T] (int64), each row a fresh stream starting at

@@ -12,7 +12,11 @@ at::Tensor Workspace::Tensor(Slot slot, at::IntArrayRef sizes) {
   if (elements > kMaxSlotFloats) return at::empty(sizes, at::TensorOptions().dtype(at::kFloat));
   std::vector<float>& buffer = buffers_[static_cast<size_t>(slot)];
   if (static_cast<int64_t>(buffer.size()) < elements) buffer.resize(elements);
-  return FloatView(buffer.data(), sizes);
+  at::Tensor& view = views_[static_cast<size_t>(slot)];
+  if (!view.defined() || view.data_ptr() != buffer.data() || view.sizes() != sizes) {
+    view = FloatView(buffer.data(), sizes);
+  }
+  return view;
 }
 
 at::Tensor FloatView(float* data, at::IntArrayRef sizes) {
@@ -20,7 +24,8 @@ at::Tensor FloatView(float* data, at::IntArrayRef sizes) {
 }
 
 at::Tensor FloatView(const at::Tensor& owner, float* data, at::IntArrayRef sizes) {
-  return at::from_blob(data, sizes, [owner](void*) {}, at::TensorOptions().dtype(at::kFloat));
+  return at::from_blob(
+      data, sizes, [owner](void*) {}, at::TensorOptions().dtype(at::kFloat));
 }
 
 }  // namespace ttt::engine::internal

@@ -12,9 +12,9 @@ namespace ttt::engine::testing {
 
 struct RandomWeightOptions {
   uint64_t seed = 7;
-  double embed_std = 1.0;   // model.embed_tokens
-  double weight_std = 0.2;  // attention and MLP projections, lm_head
-  double norm_jitter = 0.1; // RMSNorm weights are 1 + N(0, norm_jitter)
+  double embed_std = 1.0;    // model.embed_tokens
+  double weight_std = 0.2;   // attention and MLP projections, lm_head
+  double norm_jitter = 0.1;  // RMSNorm weights are 1 + N(0, norm_jitter)
   double ttt_conv_std = 0.3;
   double ttt_proj_std = 0.2;
   // false: no TTT tensors (the random numbers are still drawn, so a model without them shares

@@ -341,9 +341,8 @@ Json ErrorJson(const grpc::Status& status) {
                      : http == 413 ? "invalid_request_error"
                      : http == 429 ? "rate_limit_error"
                                    : "server_error";
-  Json error = {{"message", status.error_message()},
-                {"type", type},
-                {"code", CodeName(status.error_code())}};
+  Json error = {
+      {"message", status.error_message()}, {"type", type}, {"code", CodeName(status.error_code())}};
   // The service's google.rpc.ErrorInfo reason, when its status details carry one.
   google::rpc::Status details;
   if (!status.error_details().empty() && details.ParseFromString(status.error_details())) {

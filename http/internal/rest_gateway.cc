@@ -356,8 +356,8 @@ std::unique_ptr<BodyUpload> RestGateway::StartUpload(const std::string& path,
                                                      const QueryParams& query,
                                                      int64_t max_line_bytes) const {
   if (std::optional<std::string> session_id = MatchPath(kIngestPattern, path)) {
-    return std::unique_ptr<BodyUpload>(new IngestUpload(stub_, gate_, headers, query,
-                                                        std::move(*session_id), max_line_bytes));
+    return std::unique_ptr<BodyUpload>(
+        new IngestUpload(stub_, gate_, headers, query, std::move(*session_id), max_line_bytes));
   }
   return StartImport(headers, query);
 }

@@ -6,10 +6,11 @@
 // routes", is the user's contract.
 //
 // Streaming RPCs: Ingest takes newline-delimited JSON messages, streamed into the call as they
-// arrive (IngestUpload), or a text/plain body, and answers newline-delimited JSON; Generate answers server-sent events; ExportSession and
-// ImportSession carry the checkpoint bytes as application/octet-stream. A failure after the
-// first response ends the body with {"error": google.rpc.Status} (events and lines) or cuts the
-// connection (bytes); one before it is the reply's HTTP status.
+// arrive (IngestUpload), or a text/plain body, and answers newline-delimited JSON; Generate answers
+// server-sent events; ExportSession and ImportSession carry the checkpoint bytes as
+// application/octet-stream. A failure after the first response ends the body with {"error":
+// google.rpc.Status} (events and lines) or cuts the connection (bytes); one before it is the
+// reply's HTTP status.
 #pragma once
 
 #include <functional>
@@ -116,13 +117,13 @@ class IngestUpload : public BodyUpload {
   const size_t max_line_bytes_;
   const size_t max_answer_bytes_;
   grpc::ClientContext ctx_;
-  std::unique_ptr<grpc::ClientReaderWriter<tttserve::v1::IngestRequest,
-                                           tttserve::v1::IngestResponse>>
+  std::unique_ptr<
+      grpc::ClientReaderWriter<tttserve::v1::IngestRequest, tttserve::v1::IngestResponse>>
       stream_;
-  std::thread reader_;       // reads the answers while the body is written
-  std::string line_;         // the line being received
-  int64_t line_number_ = 0;  // of the body, from 1
-  int64_t messages_ = 0;     // written
+  std::thread reader_;                   // reads the answers while the body is written
+  std::string line_;                     // the line being received
+  int64_t line_number_ = 0;              // of the body, from 1
+  int64_t messages_ = 0;                 // written
   std::optional<grpc::Status> failure_;  // a line refused here
   bool line_too_long_ = false;           // that line was over max_line_bytes_
   bool ended_ = false;                   // a Write failed: Finish says why
@@ -176,8 +177,7 @@ class RestGateway {
   Reply Generate(RestRequest& request, const std::string& session_id) const;
   Reply Export(RestRequest& request, const char* field, const std::string& id) const;
   Reply Import(RestRequest& request) const;
-  std::unique_ptr<BodyUpload> StartImport(const Forwarded& headers,
-                                          const QueryParams& query) const;
+  std::unique_ptr<BodyUpload> StartImport(const Forwarded& headers, const QueryParams& query) const;
 
   tttserve::v1::TttService::Stub* const stub_;
   CallGate* const gate_;

@@ -6,8 +6,8 @@
 
 #include <cstdint>
 #include <memory>
-#include <string_view>
 #include <nlohmann/json.hpp>
+#include <string_view>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
@@ -165,9 +165,9 @@ absl::Status BindPathField(const std::string& field_name, const std::string& val
         absl::StrCat(message->GetDescriptor()->full_name(), " has no string field ", field_name));
   }
   if (!IsUtf8(value)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("the path's ", field_name, " is not valid UTF-8 (ids are letters, digits, "
-                     "'.', '_' and '-')"));
+    return absl::InvalidArgumentError(absl::StrCat("the path's ", field_name,
+                                                   " is not valid UTF-8 (ids are letters, digits, "
+                                                   "'.', '_' and '-')"));
   }
   const google::protobuf::Reflection* reflection = message->GetReflection();
   const std::string body_value = reflection->GetString(*message, field);

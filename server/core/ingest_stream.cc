@@ -18,8 +18,8 @@ absl::StatusOr<std::vector<int32_t>> Tokenize(const tokenizer::Tokenizer* tok,
   }
   absl::Status utf8 = tokenizer::ValidateUtf8(text);
   if (!utf8.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat(where, ": text is not valid UTF-8 (",
-                                                   utf8.message(), ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(where, ": text is not valid UTF-8 (", utf8.message(), ")"));
   }
   auto ids = tok->Encode(text, special);
   if (!ids.ok()) {
@@ -29,7 +29,8 @@ absl::StatusOr<std::vector<int32_t>> Tokenize(const tokenizer::Tokenizer* tok,
 }
 
 IngestStream::IngestStream(Options options, ChargeTokens charge)
-    : options_(std::move(options)), charge_(std::move(charge)),
+    : options_(std::move(options)),
+      charge_(std::move(charge)),
       bos_due_(options_.bos.has_value() && options_.starts_context) {}
 
 absl::StatusOr<IngestSubmission> IngestStream::Accept(const IngestMessage& msg,
@@ -43,8 +44,8 @@ absl::StatusOr<IngestSubmission> IngestStream::Accept(const IngestMessage& msg,
   submission.end_of_document = msg.end_of_document;
   // Sync durability: every acknowledgement of a message that applies something means committed,
   // flush or not (issue 23); text still buffered is not applied, so there is nothing to commit.
-  submission.durable = options_.sync_durability &&
-                       (!submission.tokens.empty() || msg.end_of_document || msg.flush);
+  submission.durable =
+      options_.sync_durability && (!submission.tokens.empty() || msg.end_of_document || msg.flush);
   return Charged(std::move(submission));
 }
 
@@ -83,9 +84,9 @@ absl::Status IngestStream::Buffer(std::string_view text, const std::string& wher
   }
   const int64_t limit = options_.max_buffered_text_bytes;
   if (static_cast<int64_t>(text_.size() + text.size()) > limit) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        where, ": more than ", limit,
-        " bytes of text buffered; send flush or end_of_document at least that often"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat(where, ": more than ", limit,
+                     " bytes of text buffered; send flush or end_of_document at least that often"));
   }
   text_ += text;
   return absl::OkStatus();

@@ -34,8 +34,8 @@ struct IngestMessage {
 struct IngestSubmission {
   std::vector<int32_t> tokens;  // may be empty: the message's response still waits for it
   bool end_of_document = false;
-  bool durable = false;              // sync durability: acknowledged once in the session file
-  int64_t buffered_text_bytes = 0;   // text still buffered behind it (its response says so)
+  bool durable = false;             // sync durability: acknowledged once in the session file
+  int64_t buffered_text_bytes = 0;  // text still buffered behind it (its response says so)
 };
 
 // The mean negative log-likelihood of the applied tokens that had a prediction.

@@ -26,11 +26,10 @@ class CallSlots {
   absl::Status Acquire() {
     std::lock_guard<std::mutex> lock(mu_);
     if (in_use_ >= max_) {
-      return util::WithReason(
-          absl::ResourceExhaustedError(absl::StrCat("too many concurrent ", what_,
-                                                    ": the limit is ", max_, " (", flag_,
-                                                    "); retry when one has finished")),
-          util::kReasonTooManyConcurrentCalls, {{"limit_flag", flag_}});
+      return util::WithReason(absl::ResourceExhaustedError(absl::StrCat(
+                                  "too many concurrent ", what_, ": the limit is ", max_, " (",
+                                  flag_, "); retry when one has finished")),
+                              util::kReasonTooManyConcurrentCalls, {{"limit_flag", flag_}});
     }
     ++in_use_;
     return absl::OkStatus();

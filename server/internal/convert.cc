@@ -52,8 +52,8 @@ absl::Status CheckSessionHeader(const grpc::CallbackServerContext* ctx,
   }
   if (named.empty()) return absl::OkStatus();
   return absl::InvalidArgumentError(absl::StrCat(
-      "the x-session-id header names session ", QuoteId(routed),
-      " but the request names ", QuoteId(named),
+      "the x-session-id header names session ", QuoteId(routed), " but the request names ",
+      QuoteId(named),
       ": a proxy routes the call by the header, so send the same id in both (or no header)"));
 }
 
@@ -121,9 +121,12 @@ void ToProto(const session::ScoreResult& result, pb::ScoreResponse* out) {
 
 pb::FinishReason ToProto(session::FinishReason reason) {
   switch (reason) {
-    case session::FinishReason::kLength: return pb::FINISH_REASON_LENGTH;
-    case session::FinishReason::kStop: return pb::FINISH_REASON_STOP;
-    case session::FinishReason::kEos: return pb::FINISH_REASON_EOS;
+    case session::FinishReason::kLength:
+      return pb::FINISH_REASON_LENGTH;
+    case session::FinishReason::kStop:
+      return pb::FINISH_REASON_STOP;
+    case session::FinishReason::kEos:
+      return pb::FINISH_REASON_EOS;
   }
   return pb::FINISH_REASON_EOS;
 }
@@ -159,9 +162,9 @@ namespace {
 absl::Status CheckMessageLimits(int64_t ids, int64_t text_bytes, const ServiceLimits& limits,
                                 const std::string& what) {
   if (ids > limits.max_tokens_per_message) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        what, " carries ", ids, " token ids; the limit is ", limits.max_tokens_per_message,
-        " per message: split them across messages"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, " carries ", ids, " token ids; the limit is ",
+                     limits.max_tokens_per_message, " per message: split them across messages"));
   }
   if (text_bytes > limits.max_text_bytes_per_message) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -180,8 +183,8 @@ absl::StatusOr<std::vector<int32_t>> InputTokens(
     return absl::InvalidArgumentError(
         absl::StrCat(what, " carries both text and token ids; send one of them"));
   }
-  absl::Status limits_ok = CheckMessageLimits(ids.size(), static_cast<int64_t>(text.size()),
-                                              limits, what);
+  absl::Status limits_ok =
+      CheckMessageLimits(ids.size(), static_cast<int64_t>(text.size()), limits, what);
   if (!limits_ok.ok()) return limits_ok;
   if (text.empty()) return std::vector<int32_t>(ids.begin(), ids.end());
   auto tokens = core::Tokenize(tok, text, what, encoding.special);
@@ -217,10 +220,12 @@ absl::StatusOr<std::unique_ptr<session::Writer>> OpenIngestWriter(
   if (!writer.ok() || !first.has_expected_tokens_received()) return writer;
   const int64_t have = (*writer)->counters().tokens_received;
   if (have == first.expected_tokens_received()) return writer;
-  return absl::FailedPreconditionError(absl::StrCat(
-      "session ", (*writer)->session_id(), " has received ", have, " tokens, not ",
-      first.expected_tokens_received(), " as expected_tokens_received says; nothing of this "
-      "stream was applied: resend from token ", have, " with expected_tokens_received=", have));
+  return absl::FailedPreconditionError(
+      absl::StrCat("session ", (*writer)->session_id(), " has received ", have, " tokens, not ",
+                   first.expected_tokens_received(),
+                   " as expected_tokens_received says; nothing of this "
+                   "stream was applied: resend from token ",
+                   have, " with expected_tokens_received=", have));
 }
 
 absl::Status CheckIngestSession(const pb::IngestRequest& req, const std::string& bound,

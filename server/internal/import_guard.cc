@@ -37,15 +37,15 @@ ImportLimits ImportLimitsFor(const engine::Model& model, int64_t memory_budget_b
 
 absl::Status ImportGuard::Append(const std::string& piece) {
   if (static_cast<int64_t>(bytes_.size() + piece.size()) > limits_.max_total_bytes) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "import exceeds the limit of ", limits_.max_total_bytes,
-        " bytes for this model (the largest valid session state plus slack)"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("import exceeds the limit of ", limits_.max_total_bytes,
+                     " bytes for this model (the largest valid session state plus slack)"));
   }
   // Past the header the scanner returns at once: the data section is not looked at.
   absl::Status checked = header_.Feed(piece);
   if (!checked.ok()) {
-    const char* what = checked.code() == absl::StatusCode::kDataLoss ? "import is corrupt: "
-                                                                       : "import refused: ";
+    const char* what =
+        checked.code() == absl::StatusCode::kDataLoss ? "import is corrupt: " : "import refused: ";
     return absl::Status(checked.code(), absl::StrCat(what, checked.message()));
   }
   bytes_ += piece;

@@ -15,12 +15,12 @@
 namespace ttt::server::internal {
 
 struct ProcessStats {
-  double cpu_seconds = 0;         // user + system
+  double cpu_seconds = 0;  // user + system
   double resident_bytes = 0;
   double virtual_bytes = 0;
   double start_time_seconds = 0;  // since the Unix epoch
   int64_t open_fds = 0;
-  int64_t max_fds = 0;            // the soft RLIMIT_NOFILE
+  int64_t max_fds = 0;  // the soft RLIMIT_NOFILE
 };
 
 // This process's figures. INTERNAL naming the file when /proc cannot be read or parsed.

@@ -78,8 +78,7 @@ class QuotaGate {
                                bool existed);
 
   // An open stream; empty optional without quotas.
-  absl::StatusOr<std::optional<auth::Quotas::StreamLease>> AcquireStream(
-      const std::string& tenant);
+  absl::StatusOr<std::optional<auth::Quotas::StreamLease>> AcquireStream(const std::string& tenant);
   // `tokens` tokens about to be ingested (the ingest bucket).
   absl::Status TakeIngestTokens(const std::string& tenant, int64_t tokens);
 

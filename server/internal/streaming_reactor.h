@@ -12,6 +12,7 @@
 #include "absl/status/status.h"
 #include "engine/scheduler.h"
 #include "server/internal/reactor_lifetime.h"
+#include "server/internal/write_starter.h"
 
 namespace ttt::server::internal {
 
@@ -63,6 +64,25 @@ class StreamingReactor : public GrpcReactor {
     if (writing_ || out_.empty() || finish_called_) return;
     writing_ = true;
     this->StartWrite(&out_.front());
+  }
+
+  // As MaybeWriteLocked, for the engine thread: the write starts on the WriteStarter's thread
+  // (write_starter.h: why), which counts as a due callback until it ran. REQUIRES: mu_ held.
+  void MaybeWriteSoonLocked() {
+    if (writing_ || out_.empty() || finish_called_) return;
+    writing_ = true;
+    lifetime_.Due();
+    WriteStarter::Get().Post([this] {
+      ReactThenMaybeDelete(this, mu_, lifetime_, [this] {
+        lifetime_.Ran();
+        if (!out_.empty() && !finish_called_) {  // after a cancel, the front CancelLocked kept
+          this->StartWrite(&out_.front());
+          return;
+        }
+        writing_ = false;
+        MaybeFinishLocked();
+      });
+    });
   }
 
   void CancelLocked() {

@@ -7,10 +7,10 @@
 #include <vector>
 
 #include "absl/strings/numbers.h"
-#include "util/error_reason.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "session/internal/names.h"
+#include "util/error_reason.h"
 #include "util/sha256.h"
 #include "util/status_macros.h"
 
@@ -321,8 +321,8 @@ absl::StatusOr<DecodedCheckpoint> DecodeCheckpoint(std::string bytes, const std:
   }
   auto state = model.RestoreSequence(std::move(bytes), source);
   if (absl::IsDataLoss(state.status())) {
-    return absl::DataLossError(absl::StrCat("checkpoint ", source, " is corrupt or truncated: ",
-                                            state.status().message()));
+    return absl::DataLossError(absl::StrCat(
+        "checkpoint ", source, " is corrupt or truncated: ", state.status().message()));
   }
   if (!state.ok()) {
     return absl::InvalidArgumentError(

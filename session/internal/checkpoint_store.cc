@@ -210,9 +210,9 @@ void CheckpointStore::RemoveAbandonedTempFiles() const {
       const fs::path dir = root_ / tenant / kind;
       const int removed = util::RemoveAbandonedTempFiles(dir);
       if (removed > 0) {
-        util::LogInfo("session", absl::StrCat("removed ", removed,
-                                              " temporary files of interrupted writes in ",
-                                              dir.string()));
+        util::LogInfo("session",
+                      absl::StrCat("removed ", removed,
+                                   " temporary files of interrupted writes in ", dir.string()));
       }
     }
   }

@@ -29,8 +29,12 @@ ClusterStore::ClusterStore(std::shared_ptr<coord::EtcdClient> etcd,
                            std::shared_ptr<const coord::KeptLease> lease, std::string prefix,
                            std::string replica_id, absl::Duration margin,
                            std::shared_ptr<const CheckpointStore> files, AdmitSession admit)
-    : etcd_(std::move(etcd)), lease_(std::move(lease)), prefix_(std::move(prefix)),
-      replica_id_(std::move(replica_id)), margin_(margin), files_(std::move(files)),
+    : etcd_(std::move(etcd)),
+      lease_(std::move(lease)),
+      prefix_(std::move(prefix)),
+      replica_id_(std::move(replica_id)),
+      margin_(margin),
+      files_(std::move(files)),
       admit_(std::move(admit)) {}
 
 std::string ClusterStore::SessionKey(const std::string& tenant, const std::string& id,
@@ -106,10 +110,13 @@ absl::Status ClusterStore::CheckOwned(int64_t fence) {
 absl::Status ClusterStore::CheckServing() const {
   absl::Status live = lease_->CheckLive(margin_);
   if (live.ok()) return live;
-  return absl::UnavailableError(absl::StrCat(
-      "this replica (", replica_id_, ") lost contact with etcd and stopped serving its sessions "
-      "(", live.message(), "); retry: another replica takes them over once etcd expires its "
-      "lease"));
+  return absl::UnavailableError(
+      absl::StrCat("this replica (", replica_id_,
+                   ") lost contact with etcd and stopped serving its sessions "
+                   "(",
+                   live.message(),
+                   "); retry: another replica takes them over once etcd expires its "
+                   "lease"));
 }
 
 absl::StatusOr<Owned> ClusterStore::Create(const std::string& tenant, const std::string& id,
@@ -139,18 +146,18 @@ absl::StatusOr<int64_t> ClusterStore::CreateKeys(const std::string& tenant, cons
   for (int attempt = 1;; ++attempt) {
     ASSIGN_OR_RETURN(Count count, ReadCount(tenant));
     if (admit_) RETURN_IF_ERROR(admit_(tenant, count.sessions));
-    auto created = etcd_->Transact(
-        {Condition::Absent(owner), Condition::Absent(head_key), count.unchanged},
-        {Operation::Put(owner, replica_id_, lease_->id()),
-         Operation::Put(head_key, EncodeHead(head)),
-         Operation::Put(CountKey(tenant), absl::StrCat(count.sessions + 1))});
+    auto created =
+        etcd_->Transact({Condition::Absent(owner), Condition::Absent(head_key), count.unchanged},
+                        {Operation::Put(owner, replica_id_, lease_->id()),
+                         Operation::Put(head_key, EncodeHead(head)),
+                         Operation::Put(CountKey(tenant), absl::StrCat(count.sessions + 1))});
     if (created.ok() || !absl::IsFailedPrecondition(created.status())) return created;
     ASSIGN_OR_RETURN(const bool owned, Exists(owner));
     ASSIGN_OR_RETURN(const bool headed, Exists(head_key));
     if (owned || headed) {
-      return absl::AlreadyExistsError(absl::StrCat(
-          "session ", Quote(id), " already exists for tenant ", Quote(tenant),
-          " on this cluster; choose another id, or use the existing session"));
+      return absl::AlreadyExistsError(
+          absl::StrCat("session ", Quote(id), " already exists for tenant ", Quote(tenant),
+                       " on this cluster; choose another id, or use the existing session"));
     }
     if (attempt == kCountAttempts) return CountKeptMoving(tenant);
   }
@@ -184,8 +191,8 @@ absl::StatusOr<Owned> ClusterStore::TakeOver(const std::string& tenant, const st
   if (!holder.ok()) {
     // Not owned, yet the head moved or went (a commit or a delete between the read and the
     // transaction): the caller retries and reads it again.
-    return absl::UnavailableError(absl::StrCat("session ", Quote(id),
-                                               " changed while this replica took it over; retry"));
+    return absl::UnavailableError(
+        absl::StrCat("session ", Quote(id), " changed while this replica took it over; retry"));
   }
   if (holder->lease == lease_->id()) {
     return absl::FailedPreconditionError(
@@ -211,11 +218,9 @@ absl::StatusOr<Head> ClusterStore::Commit(const std::string& tenant, const std::
   head.meta = meta;
   head.fence = fence;
   TTT_FAULT_POINT("commit_before_blob");
-  if (absl::Status written = files_->WriteBlob(tenant, id, head.blob, state_bytes);
-      !written.ok()) {
+  if (absl::Status written = files_->WriteBlob(tenant, id, head.blob, state_bytes); !written.ok()) {
     // Never FAILED_PRECONDITION (errno's ENOTDIR maps to it): that code means "fenced" here.
-    return absl::UnavailableError(
-        absl::StrCat("cannot write the state blob: ", written.message()));
+    return absl::UnavailableError(absl::StrCat("cannot write the state blob: ", written.message()));
   }
   const std::string owner = SessionKey(tenant, id, "owner");
   const std::string head_key = SessionKey(tenant, id, "head");
@@ -238,14 +243,13 @@ absl::StatusOr<Head> ClusterStore::Commit(const std::string& tenant, const std::
   return head;
 }
 
-absl::StatusOr<std::string> ClusterStore::ReadBlob(const std::string& tenant,
-                                                   const std::string& id,
+absl::StatusOr<std::string> ClusterStore::ReadBlob(const std::string& tenant, const std::string& id,
                                                    const std::string& blob) const {
   return files_->ReadBlob(tenant, id, blob);
 }
 
-absl::Status ClusterStore::Delete(const std::string& tenant, const std::string& id,
-                                  int64_t fence, const std::string& head_blob) {
+absl::Status ClusterStore::Delete(const std::string& tenant, const std::string& id, int64_t fence,
+                                  const std::string& head_blob) {
   RETURN_IF_ERROR(CheckOwned(fence));
   const std::string owner = SessionKey(tenant, id, "owner");
   for (int attempt = 1;; ++attempt) {

@@ -58,8 +58,9 @@ class ClusterStore {
   // a call may take between CheckServing and its answer (docs/coordination.md). `admit` (may be
   // empty: no limit) is asked with the count that the creating transaction then requires to be
   // unchanged, so a limit holds across replicas creating at the same instant.
-  ClusterStore(std::shared_ptr<coord::EtcdClient> etcd, std::shared_ptr<const coord::KeptLease> lease,
-               std::string prefix, std::string replica_id, absl::Duration margin,
+  ClusterStore(std::shared_ptr<coord::EtcdClient> etcd,
+               std::shared_ptr<const coord::KeptLease> lease, std::string prefix,
+               std::string replica_id, absl::Duration margin,
                std::shared_ptr<const CheckpointStore> files, AdmitSession admit = nullptr);
 
   // OK while this process's lease certainly lives `margin` more: only then may it answer for a
@@ -123,8 +124,7 @@ class ClusterStore {
  private:
   // FAILED_PRECONDITION for fence 0 (a session disowned here).
   static absl::Status CheckOwned(int64_t fence);
-  std::string SessionKey(const std::string& tenant, const std::string& id,
-                         const char* which) const;
+  std::string SessionKey(const std::string& tenant, const std::string& id, const char* which) const;
   std::string WantKey(const std::string& tenant, const std::string& id) const;
   std::string CountKey(const std::string& tenant) const;
   // The tenant's session count and the condition that it is still that count. A tenant without

@@ -9,7 +9,7 @@
 #   cmake -DSOURCE_DIR=<tree> [-DBUILD_DIR=<build> -DNINJA=<ninja>] -P aten_free_check.cmake
 cmake_minimum_required(VERSION 3.16)
 
-set(kServingDirs session server http cli auth tokenizer coord util)
+set(kServingDirs session server http cli tools/load auth tokenizer coord util)
 set(kTorchInclude "#[ \t]*include[ \t]*<((ATen|torch|c10)/[^>]*)>")
 
 # Sets `out` to "" when `file` (relative to SOURCE_DIR) reaches no LibTorch header, else to the

@@ -22,14 +22,14 @@ if [ -z "$model" ] || [ ! -f "$model/config.json" ]; then
   /usr/bin/python3 "$root/tests/reference/ttt_reference.py" --out "$tmp/fixture" >/dev/null
   model="$tmp/fixture/llama"
 fi
-free_port() { "${PYTHON:-/usr/bin/python3}" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-grpc_port="$(free_port)"; metrics_port="$(free_port)"
-while [ "$metrics_port" = "$grpc_port" ]; do metrics_port="$(free_port)"; done
+# shellcheck source=tests/e2e/e2e_support.sh
+. "$root/tests/e2e/e2e_support.sh"
+read -r grpc_port metrics_port < <(ttt_free_port 2)
 
-"$server" --model="$model" --listen="127.0.0.1:$grpc_port" --metrics_listen="127.0.0.1:$metrics_port" \
-  --checkpoint_dir="$tmp/checkpoints" --drain_timeout_s=5 --shutdown_delay_s=0 \
-  --max_resident_sessions=3 --memory_budget_mb=64 >"$tmp/server.log" 2>&1 &
-pid=$!
+ttt_serve_start "$server" "$tmp/server.log" "$tmp/checkpoints" --model="$model" \
+  --listen="127.0.0.1:$grpc_port" --metrics_listen="127.0.0.1:$metrics_port" \
+  --drain_timeout_s=5 --max_resident_sessions=3 --memory_budget_mb=64
+pid=$ttt_serve_pid
 
 fail() { echo "FAIL: $*"; echo "--- server log"; tail -n 50 "$tmp/server.log"; exit 1; }
 ready=""

@@ -26,7 +26,7 @@ import tempfile
 import unittest
 import urllib.error
 import urllib.request
-from e2e_support import free_port, parse_unittest_args, stop_process, wait_until
+from e2e_support import ServeProcess, free_port, parse_unittest_args, wait_until
 
 ARGS = None
 pb = None
@@ -106,24 +106,17 @@ class Pki:
                                             certificate_chain=read(self.d, client + ".pem"))
 
 
-class Server:
+class Server(ServeProcess):
+    """ttt-serve (e2e_support.ServeProcess) with a plaintext health listener, started and
+    waited on until the health service says SERVING."""
+
     def __init__(self, tmp, flags):
-        self.port, self.metrics_port, self.health_port = free_port(), free_port(), free_port()
-        self.log_path = os.path.join(tmp, "server-%d.log" % self.port)
-        self.log = open(self.log_path, "w")
-        cmd = [ARGS.server, "--model=" + ARGS.model, "--listen=127.0.0.1:%d" % self.port,
-               "--metrics_listen=127.0.0.1:%d" % self.metrics_port,
-               "--health_listen=127.0.0.1:%d" % self.health_port,
-               "--checkpoint_dir=" + os.path.join(tmp, "ckpt-%d" % self.port),
-               "--drain_timeout_s=2", "--shutdown_delay_s=0",
-               "--checkpoint_on_shutdown=false"] + list(flags)
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        self.health_port = free_port()
+        super().__init__(ARGS.server, ARGS.model, tmp,
+                         ["--health_listen=127.0.0.1:%d" % self.health_port,
+                          "--checkpoint_on_shutdown=false"] + list(flags))
+        self.start()
         self.health = grpc.insecure_channel("127.0.0.1:%d" % self.health_port)
-        try:
-            grpc.channel_ready_future(self.health).result(timeout=60)
-        except grpc.FutureTimeoutError:
-            self.stop()
-            raise RuntimeError("server did not start:\n" + self.output())
         # The health listener comes up with the main port; wait for SERVING.
         check = self.health.unary_unary(HEALTH_CHECK)
         if not wait_until(lambda: self._serving(check), 30):
@@ -136,14 +129,9 @@ class Server:
         except grpc.RpcError:
             return False
 
-    def output(self):
-        with open(self.log_path) as f:
-            return f.read()
-
     def stop(self):
         self.health.close()
-        stop_process(self.proc)
-        self.log.close()
+        super().stop()
 
 
 def bearer(token):

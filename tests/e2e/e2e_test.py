@@ -12,11 +12,10 @@ import math
 import os
 import shutil
 import struct
-import subprocess
 import tempfile
 import threading
 import unittest
-from e2e_support import error_details, free_port, parse_unittest_args, stop_process
+from e2e_support import ServeProcess, error_details, parse_unittest_args
 
 ARGS = None
 pb = None
@@ -24,33 +23,21 @@ pb_grpc = None
 grpc = None
 
 
-class ServerProcess:
-    """The real ttt-serve binary on loopback."""
+class ServerProcess(ServeProcess):
+    """The real ttt-serve binary on loopback (e2e_support.ServeProcess) with a channel and a stub
+    to it; its checkpoints in `ckpt_dir`, which outlives it (a restart restores from there)."""
 
-    def __init__(self, ckpt_dir, extra=()):
-        self.port = free_port()
-        self.metrics_port = free_port()
-        self.log = tempfile.NamedTemporaryFile(prefix="ttt-serve-", suffix=".log", delete=False)
-        cmd = [ARGS.server, "--model=" + ARGS.model, "--listen=127.0.0.1:%d" % self.port,
-               "--metrics_listen=127.0.0.1:%d" % self.metrics_port,
-               "--checkpoint_dir=" + ckpt_dir, "--drain_timeout_s=5",
-               "--shutdown_delay_s=0"] + list(extra)
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
-        self.channel = grpc.insecure_channel("127.0.0.1:%d" % self.port)
-        try:
-            grpc.channel_ready_future(self.channel).result(timeout=60)
-        except grpc.FutureTimeoutError:
-            self.stop()
-            raise RuntimeError("server did not start:\n" + self.output())
+    def __init__(self, folder, ckpt_dir):
+        super().__init__(ARGS.server, ARGS.model, folder, ["--drain_timeout_s=5"],
+                         checkpoint_dir=ckpt_dir)
+        self.start()
+        self.channel = grpc.insecure_channel(self.address)
+        grpc.channel_ready_future(self.channel).result(timeout=60)
         self.stub = pb_grpc.TttServiceStub(self.channel)
-
-    def output(self):
-        with open(self.log.name) as f:
-            return f.read()
 
     def stop(self):
         self.channel.close()
-        return stop_process(self.proc)  # SIGTERM: drain, persist sessions
+        return super().stop()  # SIGTERM: drain, persist sessions
 
 
 def ingest(stub, session_id, pieces, report_loss=True, metadata=None):
@@ -79,7 +66,7 @@ class E2ETest(unittest.TestCase):
     def setUp(self):
         self.tmp = tempfile.mkdtemp(prefix="ttt-e2e-")
         self.ckpt = os.path.join(self.tmp, "ckpt")
-        self.server = ServerProcess(self.ckpt)
+        self.server = ServerProcess(self.tmp, self.ckpt)
         self.stub = self.server.stub
         self.info = self.stub.GetServerInfo(pb.GetServerInfoRequest())
 
@@ -162,7 +149,7 @@ class E2ETest(unittest.TestCase):
         # SIGTERM: drains, persists live sessions, exits 0.
         self.assertEqual(self.server.stop(), 0, self.server.output())
         self.assertIn("stopped", self.server.output())
-        self.server = ServerProcess(self.ckpt)
+        self.server = ServerProcess(self.tmp, self.ckpt)
         stub = self.stub = self.server.stub
         listed = stub.ListCheckpoints(pb.ListCheckpointsRequest())
         self.assertIn("e2e-a", [c.checkpoint_id for c in listed.checkpoints])

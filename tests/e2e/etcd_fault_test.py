@@ -51,8 +51,8 @@ import time
 import unittest
 import urllib.error
 import urllib.request
-from e2e_support import (Etcd, bits, free_port, parse_unittest_args, stop_process, tokens,
-                         wait_http, wait_until)
+from e2e_support import (Etcd, ServeProcess, bits, free_port, parse_unittest_args, stop_process,
+                         tokens, wait_http, wait_until)
 
 ARGS = None
 pb = None
@@ -78,54 +78,46 @@ FAULT_POINTS = ["commit_before_blob", "commit_before_txn", "commit_after_txn",
 QUICK_POINTS = ["commit_before_txn", "commit_after_txn", "keepalive_after_answer"]
 
 
-class Replica:
-    """One ttt-serve process. `etcd`: the cluster it coordinates through (every member's
-    endpoint is passed; None: a server alone). `netns`: run inside that network namespace,
-    answering clients on `host` and reaching etcd on `etcd_host`. `env`: more environment (fault
-    points, util/fault_point.h)."""
+class Replica(ServeProcess):
+    """One ttt-serve process (e2e_support.ServeProcess). `etcd`: the cluster it coordinates
+    through (every member's endpoint is passed; None: a server alone). `netns`: run inside that
+    network namespace, answering clients on `host` and reaching etcd on `etcd_host`. `env`: more
+    environment (fault points, util/fault_point.h)."""
 
     def __init__(self, name, tmp, etcd, faketime=None, netns=None, host="127.0.0.1",
                  etcd_host="127.0.0.1", env=None, store=None):
+        flags = []
+        if etcd is not None:
+            flags += ["--etcd_endpoints=" + etcd.endpoints(etcd_host), "--replica_id=" + name,
+                      "--lease_s=%d" % LEASE_S, "--durability=sync", "--persist_interval_s=1"]
+        # `ip netns exec` execs the server: proc is the server itself, for the test's signals.
+        # A session of its own: were it in the test's process group and that group orphaned (a
+        # test started in the background), the kernel would SIGCONT a stopped server as soon as
+        # any other member of the group exits, ending a stall the test controls.
+        super().__init__(ARGS.server, ARGS.model, tmp, flags, host=host,
+                         checkpoint_dir=store or os.path.join(tmp, "store"),
+                         log_path=os.path.join(tmp, name + ".log"),
+                         prefix=["ip", "netns", "exec", netns] if netns else [],
+                         new_session=True)
         self.name, self.etcd, self.faketime = name, etcd, faketime
-        self.netns, self.host, self.etcd_host, self.env = netns, host, etcd_host, env or {}
-        self.port, self.metrics_port = free_port(), free_port()
-        self.store = store or os.path.join(tmp, "store")
-        self.log_path = os.path.join(tmp, name + ".log")
-        self.proc = None
+        self.netns, self.etcd_host, self.extra_env = netns, etcd_host, env or {}
+        self.store = self.checkpoint_dir
         self.starts = 0
 
     @property
-    def address(self):
-        return "%s:%d" % (self.host, self.port)
-
-    @property
     def readyz(self):
-        return "http://%s:%d/readyz" % (self.host, self.metrics_port)
+        return self.metrics_url("/readyz")
 
     def start(self):
-        flags = ["--model=" + ARGS.model, "--listen=" + self.address,
-                 "--metrics_listen=%s:%d" % (self.host, self.metrics_port),
-                 "--checkpoint_dir=" + self.store, "--shutdown_delay_s=0", "--drain_timeout_s=2"]
-        if self.etcd is not None:
-            flags += ["--etcd_endpoints=" + self.etcd.endpoints(self.etcd_host),
-                      "--replica_id=" + self.name,
-                      "--lease_s=%d" % LEASE_S, "--durability=sync", "--persist_interval_s=1"]
-        env = dict(os.environ, **self.env)
+        env = dict(os.environ, **self.extra_env)
         if self.faketime:
             # libfaketime preloaded into the server itself (the faketime command would stand
             # between the test's signals and it). Only the wall clock is skewed, as between
             # machines: each process's monotonic clock is its own anyway.
             env.update(LD_PRELOAD=FAKETIME_LIB, FAKETIME=self.faketime,
                        FAKETIME_DONT_FAKE_MONOTONIC="1", FAKETIME_NO_CACHE="1")
-        # `ip netns exec` execs the server: proc is the server itself, for the test's signals.
-        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
-        with open(self.log_path, "a") as log:
-            # A session of its own: were it in the test's process group and that group orphaned
-            # (a test started in the background), the kernel would SIGCONT a stopped server as
-            # soon as any other member of the group exits, ending a stall the test controls.
-            self.proc = subprocess.Popen(prefix + [ARGS.server] + flags, stdout=log,
-                                         stderr=subprocess.STDOUT, env=env,
-                                         start_new_session=True)
+        self.env = env
+        super().start()
         self.starts += 1
         wait_http(self.readyz, 120)
 

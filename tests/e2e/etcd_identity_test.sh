@@ -22,12 +22,10 @@ fail() {
   exit 1
 }
 [ -x "$etcd" ] || fail "no etcd at $etcd (deploy/install-deps.sh test installs etcd-server)"
-free_port() {
-  /usr/bin/python3 -c \
-    'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
+# shellcheck source=tests/e2e/e2e_support.sh
+. "$(dirname "$0")/e2e_support.sh"
 
-client_port="$(free_port)"; peer_port="$(free_port)"
+read -r client_port peer_port < <(ttt_free_port 2)
 client_url="http://127.0.0.1:$client_port"; peer_url="http://127.0.0.1:$peer_port"
 "$etcd" --name e0 --data-dir "$tmp/etcd" \
   --listen-client-urls "$client_url" --advertise-client-urls "$client_url" \
@@ -43,20 +41,13 @@ etcd_flag="--etcd_endpoints=127.0.0.1:$client_port"
 
 # start NAME REPLICA_ID: a server in the background; its pid in $last_pid.
 start() {
-  "$server" "$etcd_flag" --replica_id="$2" --lease_s=3 --listen=127.0.0.1:0 --metrics_listen= \
-    --checkpoint_dir="$tmp/store" --drain_timeout_s=2 >"$tmp/$1.log" 2>&1 &
-  last_pid=$!
+  ttt_serve_start "$server" "$tmp/$1.log" "$tmp/store" "$etcd_flag" --replica_id="$2" \
+    --lease_s=3 --listen=127.0.0.1:0 --metrics_listen=
+  last_pid=$ttt_serve_pid
   pids+=("$last_pid")
 }
 # wait_up NAME PID: until the server says it serves (at most 120 s).
-wait_up() {
-  for _ in $(seq 1 240); do
-    grep -q "gRPC on port" "$tmp/$1.log" && return 0
-    kill -0 "$2" 2>/dev/null || fail "$1 exited before serving"
-    sleep 0.5
-  done
-  fail "$1 not serving within 120 s"
-}
+wait_up() { ttt_serve_wait "$tmp/$1.log" "$2" || fail "$1 did not start"; }
 # wait_exit PID: waits for the process (at most 60 s); its exit status in $rc. (Not in a command
 # substitution: a subshell cannot wait for this shell's children.)
 wait_exit() {
@@ -86,8 +77,10 @@ echo "OK: a duplicate --replica_id is refused, naming the holder"
 start c r2; c=$last_pid; wait_up c "$c"
 echo "OK: another --replica_id starts beside it"
 
-"$server" "$etcd_flag" --listen=127.0.0.1:0 --metrics_listen= --checkpoint_dir="$tmp/store" \
-  >"$tmp/noid.log" 2>&1 && rc=0 || rc=$?
+ttt_serve_start "$server" "$tmp/noid.log" "$tmp/store" "$etcd_flag" --listen=127.0.0.1:0 \
+  --metrics_listen=
+pids+=("$ttt_serve_pid")
+wait_exit "$ttt_serve_pid"
 [ "$rc" = 2 ] || fail "--etcd_endpoints without --replica_id exited $rc, not 2"
 grep -q -- "--etcd_endpoints needs --replica_id" "$tmp/noid.log" || fail "noid's message"
 echo "OK: --etcd_endpoints without --replica_id exits 2"

@@ -38,7 +38,7 @@ import time
 import unittest
 import urllib.error
 import urllib.request
-from e2e_support import (bits, free_port, parse_unittest_args, stop_process, log_tail,
+from e2e_support import (ServeProcess, bits, free_port, parse_unittest_args, log_tail,
                          wait_until)
 
 ARGS = None
@@ -53,24 +53,20 @@ MAX_BODY = 65536
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-class Server:
-    """ttt-serve with --http_listen on loopback; ready once /readyz answers 200. With `ca`
-    (the PEM file that signed the server's certificate) gRPC and HTTP are reached over TLS."""
+class Server(ServeProcess):
+    """ttt-serve (e2e_support.ServeProcess) with --http_listen; ready once /readyz answers 200.
+    With `ca` (the PEM file that signed the server's certificate) gRPC and HTTP are reached over
+    TLS."""
 
     def __init__(self, tmp, flags=(), ca=None):
         self.ca = ca
         self.ssl = ssl.create_default_context(cafile=ca) if ca else None
-        self.port, self.http_port, self.metrics_port = free_port(), free_port(), free_port()
-        self.log_path = os.path.join(tmp, "server-%d.log" % self.port)
-        self.log = open(self.log_path, "w")
-        cmd = [ARGS.server, "--model=" + ARGS.model, "--listen=127.0.0.1:%d" % self.port,
-               "--metrics_listen=127.0.0.1:%d" % self.metrics_port,
-               "--http_listen=127.0.0.1:%d" % self.http_port,
-               "--http_max_body_bytes=%d" % MAX_BODY,
-               "--checkpoint_dir=" + os.path.join(tmp, "ckpt-%d" % self.port),
-               "--shutdown_delay_s=0", "--drain_timeout_s=2",
-               "--checkpoint_on_shutdown=false"] + list(flags)
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        self.http_port = free_port()
+        super().__init__(ARGS.server, ARGS.model, tmp,
+                         ["--http_listen=127.0.0.1:%d" % self.http_port,
+                          "--http_max_body_bytes=%d" % MAX_BODY,
+                          "--checkpoint_on_shutdown=false"] + list(flags))
+        self.start()
         if not wait_until(self.ready, 90):
             self.stop()
             raise RuntimeError("server did not become ready:\n" + log_tail(self.log_path))
@@ -110,8 +106,7 @@ class Server:
     def stop(self):
         if hasattr(self, "channel"):
             self.channel.close()
-        stop_process(self.proc)
-        self.log.close()
+        super().stop()
 
 
 def http(server, method, path, body=None, headers=None, raw=None):

@@ -7,16 +7,14 @@ still open when the scrape's answer has arrived: the old responder, one connecti
 
 Usage: metrics_http_e2e_test.py SERVER_BINARY MODEL_DIR
 """
-import os
 import select
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 import urllib.request
-from e2e_support import free_port, wait_http
+from e2e_support import ServeProcess, wait_http
 
 
 def still_open(sock):
@@ -83,26 +81,20 @@ def check_oversized_header(port):
 def main():
     server_bin, model = sys.argv[1:3]
     tmp = tempfile.mkdtemp(prefix="ttt-metrics-http-")
-    grpc_port, metrics_port = free_port(), free_port()
-    log_path = os.path.join(tmp, "server.log")
-    with open(log_path, "w") as log:
-        server = subprocess.Popen(
-            [server_bin, "--model=" + model, "--listen=127.0.0.1:%d" % grpc_port,
-             "--metrics_listen=127.0.0.1:%d" % metrics_port, "--threads=1",
-             "--checkpoint_dir=" + os.path.join(tmp, "ckpt"), "--checkpoint_on_shutdown=false"],
-            stdout=log, stderr=subprocess.STDOUT)
+    server = ServeProcess(server_bin, model, tmp, ["--threads=1", "--checkpoint_on_shutdown=false"])
+    metrics_port = server.metrics_port
     try:
+        server.start()
         wait_http("http://127.0.0.1:%d/metrics" % metrics_port, 120)
         check_slow_and_idle(metrics_port)
         check_oversized_header(metrics_port)
-        assert server.poll() is None, "the server died"
+        assert server.proc.poll() is None, "the server died"
         wait_http("http://127.0.0.1:%d/metrics" % metrics_port, 10)
     except Exception:
-        print(open(log_path).read())
+        print(server.output())
         raise
     finally:
-        server.terminate()
-        server.wait(timeout=60)
+        server.stop(timeout=60)
     return 0
 
 

@@ -13,7 +13,7 @@ import tempfile
 import time
 import urllib.parse
 import urllib.request
-from e2e_support import free_port, load_stubs, stop_process, wait_http
+from e2e_support import ServeProcess, free_port, load_stubs, stop_process, wait_http
 
 N_TOKENS = 777
 
@@ -30,14 +30,9 @@ def main():
         import grpc
         pb, pb_grpc = load_stubs(proto, os.path.join(tmp, "stubs"))
 
-        grpc_port, metrics_port, prom_port = free_port(), free_port(), free_port()
-        server_log = open(os.path.join(tmp, "server.log"), "w")
-        procs.append(subprocess.Popen(
-            [server_bin, "--model=" + model, "--listen=127.0.0.1:%d" % grpc_port,
-             "--metrics_listen=127.0.0.1:%d" % metrics_port,
-             "--checkpoint_dir=" + os.path.join(tmp, "ckpt"), "--checkpoint_on_shutdown=false"],
-            stdout=server_log, stderr=subprocess.STDOUT))
-        wait_http("http://127.0.0.1:%d/metrics" % metrics_port, 60)
+        server = ServeProcess(server_bin, model, tmp, ["--checkpoint_on_shutdown=false"]).start()
+        procs.append(server.proc)
+        grpc_port, metrics_port, prom_port = server.port, server.metrics_port, free_port()
 
         config = os.path.join(tmp, "prometheus.yml")
         with open(config, "w") as f:

@@ -40,7 +40,7 @@ import sys
 import tempfile
 import time
 import unittest
-from e2e_support import Etcd, bits, free_port, parse_unittest_args, stop_process, tokens
+from e2e_support import Etcd, ServeProcess, bits, free_port, parse_unittest_args, tokens
 
 ARGS = None
 pb = None
@@ -109,33 +109,17 @@ def loopback_cfg(cfg, proxy_port, replicas):
     return cfg
 
 
-class Replica:
-    def __init__(self, name, port, store, flags, log_dir, tls_flags=(), etcd=None):
-        self.name, self.port, self.store, self.flags = name, port, store, flags
-        self.etcd_flags = ["--etcd_endpoints=" + etcd.endpoint] if etcd else []
-        self.metrics_port = free_port()
-        self.tls_flags = list(tls_flags)
-        self.log_path = os.path.join(log_dir, name + ".log")
-        self.proc = None
+class Replica(ServeProcess):
+    """One replica (e2e_support.ServeProcess): one port across restarts, its checkpoints in
+    `store`, shared by the replicas. `flags`: the chart's store flags (none: a server alone)."""
 
-    def start(self):
-        with open(self.log_path, "a") as log:
-            self.proc = subprocess.Popen(
-                [ARGS.server, "--model=" + ARGS.model, "--listen=127.0.0.1:%d" % self.port,
-                 "--metrics_listen=127.0.0.1:%d" % self.metrics_port,
-                 "--checkpoint_dir=" + self.store, "--drain_timeout_s=5"]
-                + (["--replica_id=" + self.name] if self.flags else ["--shutdown_delay_s=0"])
-                + self.flags + self.etcd_flags + self.tls_flags,
-                stdout=log, stderr=subprocess.STDOUT)
-        if not wait_port(self.port, self.proc, 60):
-            raise RuntimeError("%s did not start:\n%s" % (self.name, self.output()))
-
-    def output(self):
-        with open(self.log_path) as f:
-            return f.read()
-
-    def stop(self, sig=signal.SIGTERM):
-        return stop_process(self.proc, sig) if self.proc is not None else None
+    def __init__(self, name, store, flags, log_dir, tls_flags=(), etcd=None):
+        etcd_flags = ["--etcd_endpoints=" + etcd.endpoint] if etcd else []
+        super().__init__(ARGS.server, ARGS.model, log_dir,
+                         ["--drain_timeout_s=5"] + (["--replica_id=" + name] if flags else [])
+                         + list(flags) + etcd_flags + list(tls_flags),
+                         checkpoint_dir=store, log_path=os.path.join(log_dir, name + ".log"))
+        self.name = name
 
 
 class Client:
@@ -297,8 +281,7 @@ class ScaleOutTest(unittest.TestCase):
         self.assertIn("http-check send meth GET uri /readyz", cfg_text)
 
         # The reference: one server, no store sharing.
-        self.single = Replica("single", free_port(), os.path.join(self.tmp, "single"), [],
-                              self.tmp)
+        self.single = Replica("single", os.path.join(self.tmp, "single"), [], self.tmp)
         self.single.start()
         ch = grpc.insecure_channel("127.0.0.1:%d" % self.single.port)
         info = pb_grpc.TttServiceStub(ch).GetServerInfo(pb.GetServerInfoRequest(), timeout=10)
@@ -312,7 +295,7 @@ class ScaleOutTest(unittest.TestCase):
         self.single = None
 
         self.store = os.path.join(self.tmp, "store")
-        self.replicas = [Replica("r%d" % i, free_port(), self.store, flags, self.tmp,
+        self.replicas = [Replica("r%d" % i, self.store, flags, self.tmp,
                                  etcd=self.etcd) for i in range(3)]
         for r in self.replicas:
             r.start()
@@ -442,7 +425,7 @@ class ScaleOutTest(unittest.TestCase):
         self.store = os.path.join(self.tmp, "store")
         tls_flags = ["--tls_cert_file=" + os.path.join(tls, "tls.crt"),
                      "--tls_key_file=" + os.path.join(tls, "tls.crt.key")]
-        self.replicas = [Replica("r%d" % i, free_port(), self.store, flags, self.tmp, tls_flags,
+        self.replicas = [Replica("r%d" % i, self.store, flags, self.tmp, tls_flags,
                                  etcd=self.etcd) for i in range(2)]
         for r in self.replicas:
             r.start()

@@ -13,13 +13,13 @@ Usage: shutdown_e2e_test.py --server PATH/ttt-serve --model MODEL_DIR --proto PR
 import os
 import shutil
 import signal
-import subprocess
 import tempfile
 import time
 import unittest
 import urllib.error
 import urllib.request
-from e2e_support import free_port, log_tail, parse_unittest_args, stop_process, wait_http
+from e2e_support import (ServeProcess, free_port, log_tail, parse_unittest_args, stop_process,
+                         wait_http)
 
 ARGS = None
 pb = None
@@ -52,7 +52,7 @@ class ShutdownTest(unittest.TestCase):
     def setUp(self):
         self.tmp = tempfile.mkdtemp(prefix="ttt-shutdown-")
         self.log_path = os.path.join(self.tmp, "server.log")
-        self.port, self.health_port, self.metrics_port = free_port(), free_port(), free_port()
+        self.health_port = free_port()
 
     def tearDown(self):
         if getattr(self, "proc", None) is not None:
@@ -60,13 +60,13 @@ class ShutdownTest(unittest.TestCase):
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def start(self, *flags):
-        self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(
-            [ARGS.server, "--model=" + ARGS.model, "--listen=127.0.0.1:%d" % self.port,
-             "--metrics_listen=127.0.0.1:%d" % self.metrics_port,
-             "--health_listen=127.0.0.1:%d" % self.health_port, "--threads=1",
-             "--checkpoint_dir=" + os.path.join(self.tmp, "ckpt"), "--drain_timeout_s=5"]
-            + list(flags), stdout=self.log, stderr=subprocess.STDOUT)
+        """Starts the server with `flags` and returns at once (the test watches the start)."""
+        server = ServeProcess(ARGS.server, ARGS.model, self.tmp,
+                              ["--health_listen=127.0.0.1:%d" % self.health_port, "--threads=1",
+                               "--drain_timeout_s=5"] + list(flags),
+                              checkpoint_dir=os.path.join(self.tmp, "ckpt"),
+                              log_path=self.log_path).start(ready_timeout=None)
+        self.proc, self.port, self.metrics_port = server.proc, server.port, server.metrics_port
 
     def new_stub(self):
         channel = grpc.insecure_channel("127.0.0.1:%d" % self.port)

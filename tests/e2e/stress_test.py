@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 """Stress: the real ttt-serve on loopback with the shipped model, driven by the stress client
-(`ttt stress`, cli/stress.h) for a bounded time; fails when the client reports an invariant
+(`ttt stress`, tools/load/stress.h) for a bounded time; fails when the client reports an invariant
 violation (the server died, answered INTERNAL/UNKNOWN, an untouched session or an acknowledged
 checkpoint scored differently, RSS grew past the limit) or the server did not stop cleanly.
 
@@ -21,7 +21,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from e2e_support import free_port, log_tail
+from e2e_support import ServeProcess, log_tail
 
 
 def secured_run(server_bin, model, stress_cmd, tmp):
@@ -38,17 +38,13 @@ def secured_run(server_bin, model, stress_cmd, tmp):
             "-CAcreateserial", "-days", "2", "-out", "server.pem", "-extfile", "server.ext")
     with open(os.path.join(tmp, "tokens"), "w") as f:
         f.write("stressor %s write\n" % hashlib.sha256(b"stress-token").hexdigest())
-    port = free_port()
-    log_path = os.path.join(tmp, "secured-server.log")
-    with open(log_path, "w") as log:
-        server = subprocess.Popen(
-            [server_bin, "--model=" + model, "--listen=127.0.0.1:%d" % port, "--metrics_listen=",
-             "--threads=1", "--checkpoint_dir=" + os.path.join(tmp, "secured-ckpt"),
-             "--checkpoint_on_shutdown=false", "--drain_timeout_s=5", "--shutdown_delay_s=0",
-             "--tls_cert_file=" + os.path.join(tmp, "server.pem"),
-             "--tls_key_file=" + os.path.join(tmp, "server.key"),
-             "--auth_tokens_file=" + os.path.join(tmp, "tokens")],
-            stdout=log, stderr=subprocess.STDOUT)
+    secured = ServeProcess(server_bin, model, tmp,
+                           ["--threads=1", "--checkpoint_on_shutdown=false", "--drain_timeout_s=5",
+                            "--tls_cert_file=" + os.path.join(tmp, "server.pem"),
+                            "--tls_key_file=" + os.path.join(tmp, "server.key"),
+                            "--auth_tokens_file=" + os.path.join(tmp, "tokens")],
+                           metrics=False, log_path=os.path.join(tmp, "secured-server.log"))
+    server, port, log_path = secured.start().proc, secured.port, secured.log_path
     try:
         target = "--target=localhost:%d" % port
         missing = subprocess.run(stress_cmd + [target, "--ca_file=/nonexistent/ca.pem"],
@@ -88,14 +84,10 @@ def main():
                                                                                bad.stderr)
     tmp = tempfile.mkdtemp(prefix="ttt-stress-")
     report = os.environ.get("TTT_STRESS_REPORT") or os.path.join(tmp, "report.json")
-    port = free_port()
-    log_path = os.path.join(tmp, "server.log")
-    log = open(log_path, "w")
-    server = subprocess.Popen(
-        [server_bin, "--model=" + model, "--listen=127.0.0.1:%d" % port, "--metrics_listen=",
-         "--threads=1", "--checkpoint_dir=" + os.path.join(tmp, "ckpt"),
-         "--checkpoint_on_shutdown=false", "--drain_timeout_s=5", "--shutdown_delay_s=0"],
-        stdout=log, stderr=subprocess.STDOUT)
+    served = ServeProcess(server_bin, model, tmp,
+                          ["--threads=1", "--checkpoint_on_shutdown=false", "--drain_timeout_s=5"],
+                          metrics=False, log_path=os.path.join(tmp, "server.log"))
+    server, port, log_path = served.start().proc, served.port, served.log_path
     try:
         cmd = stress_cmd + ["--target=127.0.0.1:%d" % port, "--clients=%d" % clients,
                             "--duration_s=%g" % duration, "--seed=" + seed,

@@ -9,8 +9,8 @@
 #include <vector>
 
 #include "engine/internal/model_tensors.h"
-#include "engine/model.h"
 #include "engine/internal/safetensors.h"
+#include "engine/model.h"
 #include "tests/fuzz/fuzz_check.h"
 #include "tests/fuzz/tiny_model.h"
 

@@ -7,8 +7,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/internal/model_tensors.h"
-#include "engine/model.h"
 #include "engine/internal/safetensors.h"
+#include "engine/model.h"
 #include "tests/fuzz/tiny_model.h"
 
 int main(int argc, char** argv) {

@@ -56,18 +56,18 @@ void CheckRefusal(const absl::Status& st, std::initializer_list<absl::StatusCode
   bool known = false;
   for (absl::StatusCode c : allowed) known = known || st.code() == c;
   FUZZ_CHECK(known, "%s: unexpected status %s", what, st.ToString().c_str());
-  FUZZ_CHECK(!st.message().empty() && st.message().size() < 1024, "%s: message of %zu bytes",
-             what, st.message().size());
+  FUZZ_CHECK(!st.message().empty() && st.message().size() < 1024, "%s: message of %zu bytes", what,
+             st.message().size());
 }
 
 // Text as Ingest and Score take it: tokenized (ids inside the vocabulary), or refused as
 // malformed UTF-8 exactly when ValidateUtf8 refuses it.
 void CheckText(const std::string& text) {
-  auto ids = ttt::server::core::Tokenize(Tok(), text, "fuzz text",
-                                         ttt::tokenizer::SpecialTokens::kAsText);
+  auto ids =
+      ttt::server::core::Tokenize(Tok(), text, "fuzz text", ttt::tokenizer::SpecialTokens::kAsText);
   const bool utf8 = ttt::tokenizer::ValidateUtf8(text).ok();
-  FUZZ_CHECK(ids.ok() == utf8, "Tokenize %s text that ValidateUtf8 %s", ids.ok() ? "took" : "refused",
-             utf8 ? "accepts" : "refuses");
+  FUZZ_CHECK(ids.ok() == utf8, "Tokenize %s text that ValidateUtf8 %s",
+             ids.ok() ? "took" : "refused", utf8 ? "accepts" : "refuses");
   if (!ids.ok()) {
     CheckRefusal(ids.status(), {absl::StatusCode::kInvalidArgument}, "Tokenize");
     return;
@@ -196,7 +196,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const size_t cut = data[1];
   const std::string bytes(reinterpret_cast<const char*>(data + 2), size - 2);
   switch (rpc) {
-    case 0: Run<pb::GetServerInfoRequest>(bytes, [](const auto&) {}); break;
+    case 0:
+      Run<pb::GetServerInfoRequest>(bytes, [](const auto&) {});
+      break;
     case 1:
       Run<pb::CreateSessionRequest>(bytes, [](const auto& r) { CheckOptions(r.options()); });
       break;
@@ -212,11 +214,18 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       });
       break;
     case 4:
-      Run<pb::DeleteSessionRequest>(bytes, [](const auto& r) { CheckId(r.session_id(), "id", 128); });
+      Run<pb::DeleteSessionRequest>(bytes,
+                                    [](const auto& r) { CheckId(r.session_id(), "id", 128); });
       break;
-    case 5: Run<pb::IngestRequest>(bytes, [cut](const auto& r) { CheckIngest(r, cut); }); break;
-    case 6: Run<pb::GenerateRequest>(bytes, [](const auto& r) { CheckGenerate(r); }); break;
-    case 7: Run<pb::ScoreRequest>(bytes, [](const auto& r) { CheckScore(r); }); break;
+    case 5:
+      Run<pb::IngestRequest>(bytes, [cut](const auto& r) { CheckIngest(r, cut); });
+      break;
+    case 6:
+      Run<pb::GenerateRequest>(bytes, [](const auto& r) { CheckGenerate(r); });
+      break;
+    case 7:
+      Run<pb::ScoreRequest>(bytes, [](const auto& r) { CheckScore(r); });
+      break;
     case 8:
       Run<pb::CheckpointRequest>(bytes, [](const auto& r) {
         CheckId(r.session_id(), "session id", 128);
@@ -239,11 +248,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         if (r.has_options()) CheckOptions(r.options());
       });
       break;
-    case 12: Run<pb::ListCheckpointsRequest>(bytes, [](const auto&) {}); break;
+    case 12:
+      Run<pb::ListCheckpointsRequest>(bytes, [](const auto&) {});
+      break;
     case 13:
-      Run<pb::DeleteCheckpointRequest>(bytes, [](const auto& r) {
-        CheckId(r.checkpoint_id(), "checkpoint id", 128);
-      });
+      Run<pb::DeleteCheckpointRequest>(
+          bytes, [](const auto& r) { CheckId(r.checkpoint_id(), "checkpoint id", 128); });
       break;
     case 14:
       Run<pb::ExportSessionRequest>(bytes, [](const auto& r) {

@@ -27,12 +27,18 @@ using ttt::http::internal::QueryParams;
 
 std::unique_ptr<google::protobuf::Message> RequestOfType(uint8_t pick) {
   switch (pick % 6) {
-    case 0: return std::make_unique<pb::CreateSessionRequest>();
-    case 1: return std::make_unique<pb::IngestRequest>();
-    case 2: return std::make_unique<pb::GenerateRequest>();
-    case 3: return std::make_unique<pb::ScoreRequest>();
-    case 4: return std::make_unique<pb::ListSessionsRequest>();
-    default: return std::make_unique<pb::ForkRequest>();
+    case 0:
+      return std::make_unique<pb::CreateSessionRequest>();
+    case 1:
+      return std::make_unique<pb::IngestRequest>();
+    case 2:
+      return std::make_unique<pb::GenerateRequest>();
+    case 3:
+      return std::make_unique<pb::ScoreRequest>();
+    case 4:
+      return std::make_unique<pb::ListSessionsRequest>();
+    default:
+      return std::make_unique<pb::ForkRequest>();
   }
 }
 
@@ -40,8 +46,8 @@ void CheckRefusal(const absl::Status& st, const char* what) {
   if (st.ok()) return;
   FUZZ_CHECK(st.code() == absl::StatusCode::kInvalidArgument, "%s: %s", what,
              st.ToString().c_str());
-  FUZZ_CHECK(!st.message().empty() && st.message().size() < 4096, "%s: message of %zu bytes",
-             what, st.message().size());
+  FUZZ_CHECK(!st.message().empty() && st.message().size() < 4096, "%s: message of %zu bytes", what,
+             st.message().size());
 }
 
 }  // namespace
@@ -57,8 +63,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string& query = parts[1];
   const std::string& body = parts[2];
 
-  const std::optional<std::string> id = ttt::http::internal::MatchPath("/v1/sessions/{id}:ingest",
-                                                                      path);
+  const std::optional<std::string> id =
+      ttt::http::internal::MatchPath("/v1/sessions/{id}:ingest", path);
   if (id.has_value()) {
     FUZZ_CHECK(id->find('/') == std::string::npos && id->find(':') == std::string::npos,
                "the path's variable holds a separator: %s", id->c_str());

@@ -15,9 +15,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
                                          "fuzz.safetensors");
   if (!file.ok()) {
     const absl::StatusCode code = file.status().code();
-    FUZZ_CHECK(code == absl::StatusCode::kInvalidArgument ||
-                   code == absl::StatusCode::kResourceExhausted,
-               "unexpected status %s", file.status().ToString().c_str());
+    FUZZ_CHECK(
+        code == absl::StatusCode::kInvalidArgument || code == absl::StatusCode::kResourceExhausted,
+        "unexpected status %s", file.status().ToString().c_str());
     // Errors name the source and quote at most a short prefix of what the input held.
     FUZZ_CHECK(file.status().message().size() < 1024, "error message of %zu bytes",
                file.status().message().size());

@@ -17,15 +17,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   auto tok = SentencePieceTokenizer::CreateFromBytes(bytes, "fuzz/tokenizer.model");
   if (!tok.ok()) {
     const absl::StatusCode code = tok.status().code();
-    FUZZ_CHECK(code == absl::StatusCode::kInvalidArgument ||
-                   code == absl::StatusCode::kUnimplemented,
-               "unexpected status %s", tok.status().ToString().c_str());
+    FUZZ_CHECK(
+        code == absl::StatusCode::kInvalidArgument || code == absl::StatusCode::kUnimplemented,
+        "unexpected status %s", tok.status().ToString().c_str());
     return 0;
   }
   FUZZ_CHECK(proto.ok(), "the tokenizer accepted bytes the model parser refuses: %s",
              proto.status().ToString().c_str());
   ttt::fuzz::CheckEncode(**tok, "Hello  wörld, 123 <s> 日本語 \xF0\x9F\x98\x80\tend.\n");
-  ttt::fuzz::CheckDecode(**tok, ttt::fuzz::IdsFromBytes(data, size < 64 ? size : 64,
-                                                         (*tok)->vocab_size()));
+  ttt::fuzz::CheckDecode(
+      **tok, ttt::fuzz::IdsFromBytes(data, size < 64 ? size : 64, (*tok)->vocab_size()));
   return 0;
 }

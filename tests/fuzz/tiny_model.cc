@@ -5,27 +5,26 @@
 #include <cstdlib>
 
 #include "engine/testing/random_weights.h"
+#include "engine/testing/tiny_config.h"
 
 namespace ttt::fuzz {
 namespace {
 
+// The seeds in corpus/checkpoint_fuzzer/ were saved on exactly this config: keep it.
 engine::ModelConfig TinyConfig() {
-  engine::ModelConfig c;
-  c.model_type = "llama";
-  c.vocab_size = 16;
-  c.hidden_size = 8;
-  c.intermediate_size = 12;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 2;
-  c.num_key_value_heads = 1;
-  c.head_dim = 4;
-  c.sliding_window = 6;
-  c.ttt_mode = true;
-  c.ttt_layers = {1};
-  c.ttt_lr = 0.5;
-  c.ttt_chunk = 4;
-  c.ttt_proj = true;
-  return c;
+  engine::testing::TinyShape shape;
+  shape.vocab_size = 16;
+  shape.hidden_size = 8;
+  shape.intermediate_size = 12;
+  shape.layers = 2;
+  shape.heads = 2;
+  shape.kv_heads = 1;
+  shape.head_dim = 4;
+  shape.sliding_window = 6;
+  shape.ttt_layers = {1};
+  shape.ttt_chunk = 4;
+  shape.rms_norm_eps = engine::ModelConfig{}.rms_norm_eps;
+  return engine::testing::TinyConfig(shape);
 }
 
 }  // namespace

@@ -17,17 +17,19 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     FUZZ_CHECK(names.status().code() == absl::StatusCode::kInvalidArgument, "unexpected status %s",
                names.status().ToString().c_str());
   }
-  auto tok = BpeTokenizer::Create(text, "fuzz/tokenizer.json",
-                                  names.ok() ? *names : ttt::tokenizer::internal::SpecialTokenNames{});
+  auto tok =
+      BpeTokenizer::Create(text, "fuzz/tokenizer.json",
+                           names.ok() ? *names : ttt::tokenizer::internal::SpecialTokenNames{});
   if (!tok.ok()) {
     const absl::StatusCode code = tok.status().code();
-    FUZZ_CHECK(code == absl::StatusCode::kInvalidArgument ||
-                   code == absl::StatusCode::kUnimplemented,
-               "unexpected status %s", tok.status().ToString().c_str());
+    FUZZ_CHECK(
+        code == absl::StatusCode::kInvalidArgument || code == absl::StatusCode::kUnimplemented,
+        "unexpected status %s", tok.status().ToString().c_str());
     return 0;
   }
-  ttt::fuzz::CheckEncode(**tok, "Hello  wörld, it's 12345 <|endoftext|> 日本語 \xF0\x9F\x98\x80\n\n");
-  ttt::fuzz::CheckDecode(**tok, ttt::fuzz::IdsFromBytes(data, size < 64 ? size : 64,
-                                                         (*tok)->vocab_size()));
+  ttt::fuzz::CheckEncode(**tok,
+                         "Hello  wörld, it's 12345 <|endoftext|> 日本語 \xF0\x9F\x98\x80\n\n");
+  ttt::fuzz::CheckDecode(
+      **tok, ttt::fuzz::IdsFromBytes(data, size < 64 ? size : 64, (*tok)->vocab_size()));
   return 0;
 }

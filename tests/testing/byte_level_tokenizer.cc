@@ -59,10 +59,9 @@ void WriteByteLevelTokenizer(const std::filesystem::path& dir, const std::string
 
 std::unique_ptr<tokenizer::Tokenizer> LoadByteLevelTokenizer() {
   static std::atomic<int> loads{0};
-  const std::filesystem::path dir =
-      std::filesystem::temp_directory_path() /
-      ("ttt-byte-level-tokenizer-" + std::to_string(::getpid()) + "-" +
-       std::to_string(loads.fetch_add(1)));
+  const std::filesystem::path dir = std::filesystem::temp_directory_path() /
+                                    ("ttt-byte-level-tokenizer-" + std::to_string(::getpid()) +
+                                     "-" + std::to_string(loads.fetch_add(1)));
   std::filesystem::create_directories(dir);
   WriteByteLevelTokenizer(dir);
   auto tok = tokenizer::Tokenizer::Load(dir);

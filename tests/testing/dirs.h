@@ -29,10 +29,9 @@ inline std::filesystem::path GoldenLlama() { return GoldenDir() / "llama"; }
 // REQUIRES: called while a test runs (in SetUp or a test body).
 inline std::filesystem::path FreshTestDir() {
   const ::testing::TestInfo* test = ::testing::UnitTest::GetInstance()->current_test_info();
-  std::filesystem::path dir =
-      std::filesystem::temp_directory_path() /
-      (std::string("ttt-") + test->test_suite_name() + "." + test->name() + "-" +
-       std::to_string(::getpid()));
+  std::filesystem::path dir = std::filesystem::temp_directory_path() /
+                              (std::string("ttt-") + test->test_suite_name() + "." + test->name() +
+                               "-" + std::to_string(::getpid()));
   std::filesystem::remove_all(dir);
   return dir;
 }

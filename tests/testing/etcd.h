@@ -58,7 +58,8 @@ inline int FreePort() {
 
 // Polls `done` until it holds or kPatience passes. Returns whether it held.
 inline bool WaitFor(const std::function<bool()>& done) {
-  const std::chrono::steady_clock::time_point give_up = std::chrono::steady_clock::now() + kPatience;
+  const std::chrono::steady_clock::time_point give_up =
+      std::chrono::steady_clock::now() + kPatience;
   while (std::chrono::steady_clock::now() < give_up) {
     if (done()) return true;
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
@@ -168,7 +169,7 @@ class EtcdMember {
 
 // `options` with `endpoints`; a failed Create fails the test.
 inline std::unique_ptr<EtcdClient> MakeClient(EtcdClientOptions options,
-                                       std::vector<std::string> endpoints) {
+                                              std::vector<std::string> endpoints) {
   options.endpoints = std::move(endpoints);
   absl::StatusOr<std::unique_ptr<EtcdClient>> client = EtcdClient::Create(std::move(options));
   EXPECT_TRUE(client.ok()) << client.status();
@@ -176,8 +177,8 @@ inline std::unique_ptr<EtcdClient> MakeClient(EtcdClientOptions options,
 }
 
 inline std::unique_ptr<EtcdClient> MakeClient(std::vector<std::string> endpoints,
-                                       absl::Duration call_timeout = absl::Seconds(5),
-                                       absl::Duration attempt_timeout = absl::Seconds(2)) {
+                                              absl::Duration call_timeout = absl::Seconds(5),
+                                              absl::Duration attempt_timeout = absl::Seconds(2)) {
   EtcdClientOptions options;
   options.call_timeout = call_timeout;
   options.attempt_timeout = attempt_timeout;

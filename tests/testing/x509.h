@@ -42,8 +42,8 @@ struct CertificateSpec {
 // A CA key and name that sign test certificates; one leaf key shared by all of them.
 class TestCa {
  public:
-  TestCa() : key_(EVP_EC_gen("P-256"), EVP_PKEY_free), leaf_key_(EVP_EC_gen("P-256"),
-                                                                   EVP_PKEY_free) {}
+  TestCa()
+      : key_(EVP_EC_gen("P-256"), EVP_PKEY_free), leaf_key_(EVP_EC_gen("P-256"), EVP_PKEY_free) {}
 
   // The PEM of a certificate as `spec` says (empty when OpenSSL refuses to build it).
   std::string Issue(const CertificateSpec& spec) const {

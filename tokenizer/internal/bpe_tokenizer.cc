@@ -386,8 +386,8 @@ absl::StatusOr<std::unique_ptr<BpeTokenizer>> BpeTokenizer::Create(std::string_v
       return errors.Malformed(absl::StrCat("model.vocab[\"", symbol, "\"] is not a valid id"));
     }
     if (id_json.get<int64_t>() >= id_bound.limit()) {
-      return errors.Malformed(id_bound.Beyond(absl::StrCat("model.vocab[\"", symbol, "\"]"),
-                                               id_json.get<int64_t>()));
+      return errors.Malformed(
+          id_bound.Beyond(absl::StrCat("model.vocab[\"", symbol, "\"]"), id_json.get<int64_t>()));
     }
     const auto id = static_cast<int32_t>(id_json.get<int64_t>());
     if (static_cast<size_t>(id) >= t.id_to_bytes_.size()) t.id_to_bytes_.resize(id + 1);
@@ -495,9 +495,8 @@ absl::StatusOr<std::unique_ptr<BpeTokenizer>> BpeTokenizer::Create(std::string_v
   };
   t.bos_id_ = resolve(names.bos, {"<|begin_of_text|>", "<s>", "<|startoftext|>"});
   t.eos_id_ = resolve(names.eos, {"<|end_of_text|>", "</s>", "<|endoftext|>"});
-  t.template_starts_with_bos_ =
-      t.bos_id_.has_value() && root.contains("post_processor") &&
-      TemplateStartsWith(root["post_processor"], *t.bos_id_);
+  t.template_starts_with_bos_ = t.bos_id_.has_value() && root.contains("post_processor") &&
+                                TemplateStartsWith(root["post_processor"], *t.bos_id_);
   return tokenizer;
 }
 

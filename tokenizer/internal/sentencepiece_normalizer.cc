@@ -1,6 +1,6 @@
 // SentencePiece normalization: see sentencepiece_normalizer.h. Follows normalizer.cc of
 // google/sentencepiece (v0.1.97, Debian 12's) statement by statement, so that the reference test
-// (tests/sentencepiece_reference_test.cc) can demand identical output.
+// (tests/tokenizer/sentencepiece_reference_test.cc) can demand identical output.
 #include "tokenizer/internal/sentencepiece_normalizer.h"
 
 #include <algorithm>

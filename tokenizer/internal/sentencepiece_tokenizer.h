@@ -3,7 +3,8 @@
 // libsentencepiece does (sentencepiece_normalizer.h), and unigram (Viterbi), BPE (merge by
 // score), word and char models encode as theirs do, with byte fallback. No libsentencepiece and
 // no libprotobuf, so the tokenizer can share a process with the gRPC server's libprotobuf.
-// tests/sentencepiece_reference_test.cc checks ids and decoded text against Debian's library.
+// tests/tokenizer/sentencepiece_reference_test.cc checks ids and decoded text against Debian's
+// library.
 #pragma once
 
 #include <cstdint>

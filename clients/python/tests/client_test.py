@@ -33,37 +33,16 @@ def install_package(package_dir):
     sys.path.insert(0, target)
 
 
-class Server:
-    """ttt-serve on a fixed loopback port (so that a restart comes back where clients look)."""
-
-    def __init__(self, port, ckpt_dir):
-        self.port, self.ckpt_dir, self.proc = port, ckpt_dir, None
-
-    def start(self):
-        import e2e_support
-        self.log = open(os.path.join(self.ckpt_dir, "server.log"), "a")
-        self.proc = subprocess.Popen(
-            [ARGS.server, "--model=" + ARGS.model, "--listen=127.0.0.1:%d" % self.port,
-             "--metrics_listen=", "--checkpoint_dir=" + self.ckpt_dir, "--drain_timeout_s=1",
-             "--shutdown_delay_s=0"], stdout=self.log, stderr=subprocess.STDOUT)
-        import grpc
-        channel = grpc.insecure_channel("127.0.0.1:%d" % self.port)
-        grpc.channel_ready_future(channel).result(timeout=60)
-        channel.close()
-        self.stop_process = e2e_support.stop_process
-
-    def stop(self):
-        status = self.stop_process(self.proc)  # SIGTERM: drain, persist sessions
-        self.log.close()
-        return status
-
-
 class ClientTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         import e2e_support
         cls.dir = tempfile.mkdtemp(prefix="ttt-pyclient-ck-")
-        cls.server = Server(e2e_support.free_port(), cls.dir)
+        # tests/e2e's launcher; one port across restarts, so that a restart comes back where the
+        # client looks.
+        cls.server = e2e_support.ServeProcess(
+            ARGS.server, ARGS.model, cls.dir, ["--drain_timeout_s=1"], metrics=False,
+            checkpoint_dir=cls.dir, log_path=os.path.join(cls.dir, "server.log"))
         cls.server.start()
         from tttserve_client import Client
         cls.client = Client("127.0.0.1:%d" % cls.server.port, tenant="py", backoff_s=0.2,

@@ -1,0 +1,76 @@
+// engine/state_size: the bound on a model's SequenceState holds for real states of the golden
+// fixtures (the windowed Qwen3 one at its largest, the full-attention Llama one per cached
+// token), and counts the tensors a state serialises to.
+#include "engine/state_size.h"
+#include "engine/internal/model_tensors.h"
+
+#include <c10/core/InferenceMode.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <vector>
+
+#include "absl/types/span.h"
+#include "tests/testing/dirs.h"
+
+namespace ttt::engine {
+namespace {
+
+std::filesystem::path Fixture(const char* name) { return ttt::testing::GoldenDir() / name; }
+
+std::unique_ptr<Model> LoadFixture(const char* name) {
+  auto model = Model::Load(Fixture(name));
+  EXPECT_TRUE(model.ok()) << model.status();
+  return model.ok() ? std::move(*model) : nullptr;
+}
+
+// Ingests `n` tokens in pieces of 7 (so the unfinished chunk is mostly non-empty).
+SequenceState Ingested(const Model& model, int n) {
+  c10::InferenceMode guard;
+  SequenceState state = model.NewSequence();
+  for (int done = 0; done < n; done += 7) {
+    IngestItem item{&state, {}};
+    for (int i = done; i < std::min(n, done + 7); ++i) {
+      item.tokens.push_back(3 + i % static_cast<int>(model.config().vocab_size - 3));
+    }
+    auto r = model.Ingest(absl::MakeSpan(&item, 1));
+    EXPECT_TRUE(r.ok()) << r.status();
+  }
+  return state;
+}
+
+TEST(StateSizeTest, WindowedModelStateNeverExceedsTheBound) {
+  auto model = LoadFixture("qwen3");
+  ASSERT_NE(model, nullptr);
+  const StateSizeBound bound = MaxStateSize(*model);
+  ASSERT_TRUE(bound.max_cached_tokens.has_value());
+  const int64_t largest = bound.BytesWith(*bound.max_cached_tokens);
+  int64_t seen = 0;
+  for (int n : {1, 11, 12, 13, 40, 101}) {
+    const SequenceState state = Ingested(*model, n);
+    EXPECT_LE(state.MemoryBytes(), largest) << n << " tokens";
+    seen = std::max(seen, state.MemoryBytes());
+    EXPECT_EQ(static_cast<int64_t>(StateTensors(state).size()), bound.tensor_count);
+  }
+  // The bound is tight up to the unfinished chunk's rows (a full window is reached).
+  EXPECT_GE(seen, largest - bound.fixed_bytes);
+}
+
+TEST(StateSizeTest, FullAttentionBoundGrowsPerCachedToken) {
+  auto model = LoadFixture("llama");
+  ASSERT_NE(model, nullptr);
+  const StateSizeBound bound = MaxStateSize(*model);
+  EXPECT_FALSE(bound.max_cached_tokens.has_value());
+  const auto& c = model->config();
+  EXPECT_EQ(bound.bytes_per_cached_token,
+            c.num_hidden_layers * 2 * c.num_key_value_heads * c.head_dim * 4);
+  for (int n : {1, 8, 45, 200}) {
+    const SequenceState state = Ingested(*model, n);
+    EXPECT_LE(state.MemoryBytes(), bound.BytesWith(n)) << n << " tokens";
+    EXPECT_GT(state.MemoryBytes(), bound.BytesWith(n) - bound.fixed_bytes) << n << " tokens";
+  }
+}
+
+}  // namespace
+}  // namespace ttt::engine
