@@ -6,7 +6,8 @@
 // The roofline table (issue 26, bench/roofline.h) puts every decode and ingest row against what
 // this machine allows: its single-thread read bandwidth and sgemm peak, measured in the same run.
 //
-//   engine_bench [--shape=small|test|shipped|large] [--tokens=N] [--threads=N] [--python=/usr/bin/python3]
+//   engine_bench [--shape=small|test|shipped|large] [--tokens=N] [--threads=N]
+//   [--python=/usr/bin/python3]
 //                [--device=cpu|cuda] [--sessions=1,4,16,64]
 //                [--only=all|scaling|ops|decode|ingest|digest|fork]
 //                [--clock=wall|cpu] [--model=DIR] [--chunk=N]
@@ -68,11 +69,11 @@ struct Flags {
   int64_t tokens = 1024;
   std::string python = "/usr/bin/python3";
   std::string device = "cpu";
-  int threads = 0;  // 0 = the number of cores
+  int threads = 0;                             // 0 = the number of cores
   std::vector<int> sessions = {1, 4, 16, 64};  // session counts of the scaling table
-  std::string only = "all";                     // "scaling": the session-scaling table alone
-  std::string model;                            // a model folder whose session bytes to print
-  int64_t chunk = 0;                            // > 0: the TTT chunk instead of the shape's
+  std::string only = "all";                    // "scaling": the session-scaling table alone
+  std::string model;                           // a model folder whose session bytes to print
+  int64_t chunk = 0;                           // > 0: the TTT chunk instead of the shape's
 };
 
 bool cpu_clock = false;  // --clock=cpu
@@ -114,16 +115,26 @@ Flags ParseFlags(int argc, char** argv) {
       std::string prefix = std::string("--") + name + "=";
       return arg.rfind(prefix, 0) == 0 ? argv[i] + prefix.size() : nullptr;
     };
-    if (auto v = value("shape")) flags.shape = v;
-    else if (auto v = value("tokens")) flags.tokens = std::atoll(v);
-    else if (auto v = value("python")) flags.python = v;
-    else if (auto v = value("device")) flags.device = v;
-    else if (auto v = value("threads")) flags.threads = std::atoi(v);
-    else if (auto v = value("sessions")) flags.sessions = ParseList(v);
-    else if (auto v = value("only")) flags.only = v;
-    else if (auto v = value("clock")) cpu_clock = std::string(v) == "cpu";
-    else if (auto v = value("model")) flags.model = v;
-    else if (auto v = value("chunk")) flags.chunk = std::atoll(v);
+    if (auto v = value("shape"))
+      flags.shape = v;
+    else if (auto v = value("tokens"))
+      flags.tokens = std::atoll(v);
+    else if (auto v = value("python"))
+      flags.python = v;
+    else if (auto v = value("device"))
+      flags.device = v;
+    else if (auto v = value("threads"))
+      flags.threads = std::atoi(v);
+    else if (auto v = value("sessions"))
+      flags.sessions = ParseList(v);
+    else if (auto v = value("only"))
+      flags.only = v;
+    else if (auto v = value("clock"))
+      cpu_clock = std::string(v) == "cpu";
+    else if (auto v = value("model"))
+      flags.model = v;
+    else if (auto v = value("chunk"))
+      flags.chunk = std::atoll(v);
     else {
       std::cerr << "unknown flag " << arg << "\n";
       std::exit(2);
@@ -214,21 +225,24 @@ std::vector<int32_t> Tokens(int64_t n, int64_t vocab, uint32_t seed) {
 double IngestRate(const Model& model, int sequences, int64_t tokens, int64_t piece,
                   int repeats = 2) {
   const auto stream = Tokens(tokens, model.config().vocab_size, 1);
-  const double seconds = Time([&] {
-    std::vector<SequenceState> states;
-    for (int s = 0; s < sequences; ++s) states.push_back(model.NewSequence());
-    for (int64_t at = 0; at < tokens; at += piece) {
-      std::vector<IngestItem> items;
-      for (auto& state : states) {
-        items.push_back({&state, {stream.begin() + at, stream.begin() + std::min(tokens, at + piece)}});
-      }
-      auto result = model.Ingest(absl::MakeSpan(items));
-      if (!result.ok()) {
-        std::cerr << result.status() << "\n";
-        std::exit(1);
-      }
-    }
-  }, repeats);
+  const double seconds = Time(
+      [&] {
+        std::vector<SequenceState> states;
+        for (int s = 0; s < sequences; ++s) states.push_back(model.NewSequence());
+        for (int64_t at = 0; at < tokens; at += piece) {
+          std::vector<IngestItem> items;
+          for (auto& state : states) {
+            items.push_back(
+                {&state, {stream.begin() + at, stream.begin() + std::min(tokens, at + piece)}});
+          }
+          auto result = model.Ingest(absl::MakeSpan(items));
+          if (!result.ok()) {
+            std::cerr << result.status() << "\n";
+            std::exit(1);
+          }
+        }
+      },
+      repeats);
   return sequences * tokens / seconds;
 }
 
@@ -297,8 +311,9 @@ void ForkTable(const std::string& label, const Model& model, int64_t prefix) {
   const int64_t one = parent.HeldBytes();
   std::printf("\n%s, parent after %lld tokens: %.2f MiB\n", label.c_str(), (long long)prefix,
               one / 1048576.0);
-  std::printf("| copy | copies | then ingests | added per copy | total vs parent | time per copy "
-              "|\n|---|---|---|---|---|---|\n");
+  std::printf(
+      "| copy | copies | then ingests | added per copy | total vs parent | time per copy "
+      "|\n|---|---|---|---|---|---|\n");
   auto row = [&](const char* kind, int copies, int64_t ingest) {
     std::vector<SequenceState> states;
     states.reserve(copies);
@@ -315,8 +330,8 @@ void ForkTable(const std::string& label, const Model& model, int64_t prefix) {
     for (const SequenceState& s : states) all.push_back(&s);
     const int64_t total = DistinctBytes(all);
     std::printf("| %s | %d | %lld tokens | %.3f MiB | %.2fx | %.3f ms |\n", kind, copies,
-                (long long)ingest, (total - one) / double(copies) / 1048576.0,
-                total / double(one), seconds * 1e3);
+                (long long)ingest, (total - one) / double(copies) / 1048576.0, total / double(one),
+                seconds * 1e3);
   };
   row("fork (copy-on-write)", 1000, 0);
   row("clone (deep copy)", 10, 0);
@@ -395,9 +410,12 @@ void PrintOpNames(const Model& model, const SequenceState& prefix, int sessions)
   std::vector<std::pair<int64_t, std::string>> sorted;
   for (const auto& [name, calls] : names) sorted.push_back({calls, name});
   std::sort(sorted.rbegin(), sorted.rend());
-  std::printf("\n| operation (decode step, %d session(s), TTT on: %.0f in all) | calls per step |\n"
-              "|---|---|\n", sessions, total);
-  for (const auto& [calls, name] : sorted) std::printf("| %s | %.1f |\n", name.c_str(), double(calls) / kOpSteps);
+  std::printf(
+      "\n| operation (decode step, %d session(s), TTT on: %.0f in all) | calls per step |\n"
+      "|---|---|\n",
+      sessions, total);
+  for (const auto& [calls, name] : sorted)
+    std::printf("| %s | %.1f |\n", name.c_str(), double(calls) / kOpSteps);
 }
 
 // The session-scaling table: decode steps after a prefix that completed a chunk (so the fast
@@ -414,10 +432,13 @@ void ScalingTable(const Flags& flags, const Model& ttt, const Model& plain) {
     return state;
   };
   const SequenceState prefix_on = prefix_of(ttt), prefix_off = prefix_of(plain);
-  std::printf("\n| sessions | LibTorch ops per decode step, TTT on | per session | TTT off | per session |\n"
-              "|---|---|---|---|---|\n");
+  std::printf(
+      "\n| sessions | LibTorch ops per decode step, TTT on | per session | TTT off | per session "
+      "|\n"
+      "|---|---|---|---|---|\n");
   for (int n : flags.sessions) {
-    const double on = OpsPerDecodeStep(ttt, prefix_on, n), off = OpsPerDecodeStep(plain, prefix_off, n);
+    const double on = OpsPerDecodeStep(ttt, prefix_on, n),
+                 off = OpsPerDecodeStep(plain, prefix_off, n);
     std::printf("| %d | %.0f | %.1f | %.0f | %.1f |\n", n, on, on / n, off, off / n);
     std::fflush(stdout);
   }
@@ -425,9 +446,11 @@ void ScalingTable(const Flags& flags, const Model& ttt, const Model& plain) {
     PrintOpNames(ttt, prefix_on, flags.sessions.front());
     return;
   }
-  std::printf("\n| sessions | decode TTT on | ratio vs 1 | decode TTT off | ratio vs 1 | "
-              "TTT on/off | pieces of %lld, TTT on | ratio vs 1 | pieces, TTT off | ratio vs 1 |\n"
-              "|---|---|---|---|---|---|---|---|---|---|\n", (long long)piece);
+  std::printf(
+      "\n| sessions | decode TTT on | ratio vs 1 | decode TTT off | ratio vs 1 | "
+      "TTT on/off | pieces of %lld, TTT on | ratio vs 1 | pieces, TTT off | ratio vs 1 |\n"
+      "|---|---|---|---|---|---|---|---|---|---|\n",
+      (long long)piece);
   double base[4] = {0, 0, 0, 0};
   for (int n : flags.sessions) {
     const int repeats = n >= 16 ? 1 : 2;
@@ -442,17 +465,20 @@ void ScalingTable(const Flags& flags, const Model& ttt, const Model& plain) {
     AddRoofline("decode, " + sessions + ", TTT on", rates[0], c, n, prefix_tokens, steps, 1, true);
     AddRoofline("decode, " + sessions + ", TTT off", rates[1], c, n, prefix_tokens, steps, 1,
                 false);
-    AddRoofline("pieces of " + std::to_string(piece) + ", " + sessions + ", TTT on", rates[2], c,
-                n, 0, stream_tokens, piece, true);
+    AddRoofline("pieces of " + std::to_string(piece) + ", " + sessions + ", TTT on", rates[2], c, n,
+                0, stream_tokens, piece, true);
     AddRoofline("pieces of " + std::to_string(piece) + ", " + sessions + ", TTT off", rates[3], c,
                 n, 0, stream_tokens, piece, false);
-    std::printf("| %d | %.0f tok/s | %.2f | %.0f tok/s | %.2f | %.3f | %.0f tok/s | %.2f | %.0f tok/s "
-                "| %.2f |\n", n, rates[0], rates[0] / base[0], rates[1], rates[1] / base[1],
-                rates[0] / rates[1], rates[2], rates[2] / base[2], rates[3], rates[3] / base[3]);
+    std::printf(
+        "| %d | %.0f tok/s | %.2f | %.0f tok/s | %.2f | %.3f | %.0f tok/s | %.2f | %.0f tok/s "
+        "| %.2f |\n",
+        n, rates[0], rates[0] / base[0], rates[1], rates[1] / base[1], rates[0] / rates[1],
+        rates[2], rates[2] / base[2], rates[3], rates[3] / base[3]);
     std::fflush(stdout);
   }
-  std::printf("(decode: %lld steps after a %lld-token prefix; ratios vs the first row, %d session(s))\n",
-              (long long)steps, (long long)prefix_tokens, flags.sessions.front());
+  std::printf(
+      "(decode: %lld steps after a %lld-token prefix; ratios vs the first row, %d session(s))\n",
+      (long long)steps, (long long)prefix_tokens, flags.sessions.front());
 }
 
 // Decode steps alone, longer than the scaling table's (512 steps, best of 3): the steadier
@@ -469,8 +495,9 @@ void DecodeTable(const Flags& flags, const Model& ttt, const Model& plain) {
       std::vector<IngestItem> items{{&prefix, Tokens(prefix_tokens, c.vocab_size, 3)}};
       Check(model.Ingest(absl::MakeSpan(items)));
       rates[on] = DecodeRate(model, prefix, n, steps, 3);
-      AddRoofline("decode (512 steps), " + std::to_string(n) + " session(s), TTT " +
-                  (on ? "on" : "off"), rates[on], c, n, prefix_tokens, steps, 1, on);
+      AddRoofline(
+          "decode (512 steps), " + std::to_string(n) + " session(s), TTT " + (on ? "on" : "off"),
+          rates[on], c, n, prefix_tokens, steps, 1, on);
     }
     std::printf("| %d | %.0f tok/s | %.0f tok/s | %.3f |\n", n, rates[1], rates[0],
                 rates[1] / rates[0]);
@@ -484,9 +511,10 @@ void IngestTable(const Flags& flags, const Model& ttt, const Model& plain) {
   const ModelConfig& c = ttt.config();
   const int64_t n = flags.tokens;
   const double on = IngestRate(ttt, 1, n, n, 5), off = IngestRate(plain, 1, n, n, 5);
-  std::printf("\n| ingest %lld tokens in one call, chunk %lld | TTT on | TTT off | on/off |\n"
-              "|---|---|---|---|\n| | %.0f tok/s | %.0f tok/s | %.3f |\n", (long long)n,
-              (long long)c.ttt_chunk, on, off, on / off);
+  std::printf(
+      "\n| ingest %lld tokens in one call, chunk %lld | TTT on | TTT off | on/off |\n"
+      "|---|---|---|---|\n| | %.0f tok/s | %.0f tok/s | %.3f |\n",
+      (long long)n, (long long)c.ttt_chunk, on, off, on / off);
   const std::string label = "ingest " + std::to_string(n) + " tokens in one call, TTT ";
   AddRoofline(label + "on", on, c, 1, 0, n, n, true);
   AddRoofline(label + "off", off, c, 1, 0, n, n, false);
@@ -497,15 +525,15 @@ void IngestTable(const Flags& flags, const Model& ttt, const Model& plain) {
 // deltas, against one batched product with each session's full W_down = W_down^(0) + delta.
 void DownProjectionFormulations(const Flags& flags, const ModelConfig& c) {
   const int64_t d = c.hidden_size, f = c.intermediate_size;
-  std::printf("\n| sessions | shared W0 + per-session delta | per-session full W_down | "
-              "full / shared |\n|---|---|---|---|\n");
+  std::printf(
+      "\n| sessions | shared W0 + per-session delta | per-session full W_down | "
+      "full / shared |\n|---|---|---|---|\n");
   at::Tensor w0 = at::randn({d, f}) * 0.02;
   for (int n : flags.sessions) {
     at::Tensor z = at::randn({n, f}), deltas = at::randn({n, d, f}) * 0.01;
     at::Tensor full = deltas + w0;  // what the full form would keep per session
-    const double shared = Time([&] {
-      at::Tensor out = at::mm(z, w0.t()) + at::bmm(deltas, z.unsqueeze(2)).squeeze(2);
-    });
+    const double shared = Time(
+        [&] { at::Tensor out = at::mm(z, w0.t()) + at::bmm(deltas, z.unsqueeze(2)).squeeze(2); });
     const double per_session = Time([&] { at::bmm(full, z.unsqueeze(2)); });
     std::printf("| %d | %.3f ms | %.3f ms | %.2f |\n", n, shared * 1e3, per_session * 1e3,
                 per_session / shared);
@@ -521,9 +549,16 @@ std::string Digest(const Model& model) {
   for (int s = 0; s < 3; ++s) states.push_back(model.NewSequence());
   const int64_t chunk = std::max<int64_t>(model.config().ttt_chunk, 1);
   // Per call: the tokens each stream gets (0: the stream sits the call out).
-  const std::vector<std::vector<int64_t>> calls = {
-      {3 * chunk + 5, 0, 1}, {1, 17, 1}, {1, 1, 5}, {chunk, 1, 1}, {0, 3, 0}, {2, 2, 2},
-      {1, 1, 1}, {1, 1, 1}, {chunk / 2 + 1, 1, 1}, {1, 1, 2 * chunk + 3}};
+  const std::vector<std::vector<int64_t>> calls = {{3 * chunk + 5, 0, 1},
+                                                   {1, 17, 1},
+                                                   {1, 1, 5},
+                                                   {chunk, 1, 1},
+                                                   {0, 3, 0},
+                                                   {2, 2, 2},
+                                                   {1, 1, 1},
+                                                   {1, 1, 1},
+                                                   {chunk / 2 + 1, 1, 1},
+                                                   {1, 1, 2 * chunk + 3}};
   uint32_t seed = 100;
   for (int round = 0; round < 3; ++round) {
     for (const std::vector<int64_t>& counts : calls) {
@@ -566,7 +601,8 @@ std::unique_ptr<Model> Build(const ModelConfig& config, const NamedTensors& weig
 }
 
 // Runs the PyTorch reference on the same weights; returns its tokens/s (0 when unavailable).
-double PythonReferenceRate(const Flags& flags, const ModelConfig& config, const NamedTensors& weights) {
+double PythonReferenceRate(const Flags& flags, const ModelConfig& config,
+                           const NamedTensors& weights) {
   namespace fs = std::filesystem;
   fs::path dir = fs::temp_directory_path() / ("ttt-bench-" + std::to_string(::getpid()));
   fs::create_directories(dir);
@@ -594,12 +630,13 @@ int Run(const Flags& flags) {
   if (flags.chunk > 0) config.ttt_chunk = flags.chunk;
   const NamedTensors weights = RandomWeights(config);
   const int64_t n = flags.tokens;
-  std::printf("# engine_bench shape=%s layers=%lld d_model=%lld d_ff=%lld vocab=%lld chunk=%lld "
-              "ttt_layers=%zu tokens=%lld threads=%d device=%s\n",
-              flags.shape.c_str(), (long long)config.num_hidden_layers,
-              (long long)config.hidden_size, (long long)config.intermediate_size,
-              (long long)config.vocab_size, (long long)config.ttt_chunk, config.ttt_layers.size(),
-              (long long)n, at::get_num_threads(), flags.device.c_str());
+  std::printf(
+      "# engine_bench shape=%s layers=%lld d_model=%lld d_ff=%lld vocab=%lld chunk=%lld "
+      "ttt_layers=%zu tokens=%lld threads=%d device=%s\n",
+      flags.shape.c_str(), (long long)config.num_hidden_layers, (long long)config.hidden_size,
+      (long long)config.intermediate_size, (long long)config.vocab_size,
+      (long long)config.ttt_chunk, config.ttt_layers.size(), (long long)n, at::get_num_threads(),
+      flags.device.c_str());
 
   auto ttt = Build(config, weights, {.device = flags.device});
   auto plain = Build(config, weights, {.device = flags.device, .ttt_lr = 0.0});
@@ -677,8 +714,8 @@ int Run(const Flags& flags) {
   const std::string tokens = std::to_string(n);
   AddRoofline("ingest " + tokens + " tokens in one call, TTT on", on, config, 1, 0, n, n, true);
   AddRoofline("ingest " + tokens + " tokens in one call, TTT off", off, config, 1, 0, n, n, false);
-  const std::string pieces = "pieces of " + std::to_string(piece) + " (" + std::to_string(n / 4) +
-                             " tokens), ";
+  const std::string pieces =
+      "pieces of " + std::to_string(piece) + " (" + std::to_string(n / 4) + " tokens), ";
   AddRoofline(pieces + "1 sequence, TTT on", stream_one, config, 1, 0, n / 4, piece, true);
   AddRoofline(pieces + "8 sequences, TTT on", stream_eight, config, 8, 0, n / 4, piece, true);
   AddRoofline("decode " + std::to_string(steps) + " steps from empty, 1 sequence, TTT on",
@@ -693,16 +730,19 @@ int Run(const Flags& flags) {
               (long long)n, on, off, on / off);
   std::printf("| ingest, achieved vs sgemm peak | %.1f GFLOP/s | %.1f GFLOP/s | %.3f |\n", achieved,
               peak, achieved / peak);
-  std::printf("| ingest, bf16 vs f32 | %.0f tok/s | %.0f tok/s | %.3f |\n", on_bf16, on, on_bf16 / on);
+  std::printf("| ingest, bf16 vs f32 | %.0f tok/s | %.0f tok/s | %.3f |\n", on_bf16, on,
+              on_bf16 / on);
   std::printf("| streaming pieces of %lld, 8 sequences vs 1 | %.0f tok/s | %.0f tok/s | %.3f |\n",
               (long long)piece, stream_eight, stream_one, stream_eight / stream_one);
   std::printf("| decode steps (1 token), 8 sequences vs 1 | %.0f tok/s | %.0f tok/s | %.3f |\n",
               decode_eight, decode_one, decode_eight / decode_one);
   if (python > 0) {
-    std::printf("| ingest batch 1, engine vs PyTorch reference | %.0f tok/s | %.0f tok/s | %.3f |\n",
-                on, python, on / python);
+    std::printf(
+        "| ingest batch 1, engine vs PyTorch reference | %.0f tok/s | %.0f tok/s | %.3f |\n", on,
+        python, on / python);
   } else {
-    std::printf("| ingest batch 1, engine vs PyTorch reference | %.0f tok/s | unavailable | |\n", on);
+    std::printf("| ingest batch 1, engine vs PyTorch reference | %.0f tok/s | unavailable | |\n",
+                on);
   }
   ScalingTable(flags, *ttt, *plain);
   if (flags.device == "cpu") DownProjectionFormulations(flags, config);

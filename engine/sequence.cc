@@ -191,37 +191,36 @@ absl::StatusOr<SequenceState> RestoreSequence(const Model& model, const Safetens
   const std::optional<int64_t> window = model.attention_window();
   const int64_t max_cache = window ? std::max<int64_t>(*window - 1, 0) : state.position;
   for (size_t l = 0; l < state.cache.size(); ++l) {
-    ASSIGN_OR_RETURN(state.cache[l].keys, load(absl::StrCat("cache.", l, ".keys"), dtype,
-                                               {kv, 0, hd}, 1, max_cache));
-    ASSIGN_OR_RETURN(state.cache[l].values, load(absl::StrCat("cache.", l, ".values"), dtype,
-                                                 {kv, 0, hd}, 1, max_cache));
+    ASSIGN_OR_RETURN(state.cache[l].keys,
+                     load(absl::StrCat("cache.", l, ".keys"), dtype, {kv, 0, hd}, 1, max_cache));
+    ASSIGN_OR_RETURN(state.cache[l].values,
+                     load(absl::StrCat("cache.", l, ".values"), dtype, {kv, 0, hd}, 1, max_cache));
   }
   const int64_t d = config.hidden_size, d_ff = config.intermediate_size;
   for (TttLayerState& t : state.ttt) {
     const std::string p = absl::StrCat("ttt.", t.layer, ".");
     ASSIGN_OR_RETURN(t.delta, load(p + "delta", at::kFloat, {d, d_ff}, -1, 0));
-    ASSIGN_OR_RETURN(t.pending_z, load(p + "pending_z", at::kFloat, {0, d_ff}, 0,
-                                       config.ttt_chunk - 1));
-    ASSIGN_OR_RETURN(t.pending_x0, load(p + "pending_x0", at::kFloat, {0, d}, 0,
-                                        config.ttt_chunk - 1));
+    ASSIGN_OR_RETURN(t.pending_z,
+                     load(p + "pending_z", at::kFloat, {0, d_ff}, 0, config.ttt_chunk - 1));
+    ASSIGN_OR_RETURN(t.pending_x0,
+                     load(p + "pending_x0", at::kFloat, {0, d}, 0, config.ttt_chunk - 1));
     if (t.pending_z.size(0) != state.position % config.ttt_chunk ||
         t.pending_x0.size(0) != t.pending_z.size(0)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          file.source(), ": the unfinished chunk of TTT layer ", t.layer,
-          " does not match the stream position ", state.position));
+      return absl::InvalidArgumentError(
+          absl::StrCat(file.source(), ": the unfinished chunk of TTT layer ", t.layer,
+                       " does not match the stream position ", state.position));
     }
   }
   if (file.Contains("last_logits")) {
     ASSIGN_OR_RETURN(state.last_logits,
                      load("last_logits", at::kFloat, {config.vocab_size}, -1, 0));
   } else if (state.position > 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(file.source(), ": 'last_logits' is missing for a stream at position ",
-                     state.position));
+    return absl::InvalidArgumentError(absl::StrCat(
+        file.source(), ": 'last_logits' is missing for a stream at position ", state.position));
   }
   // Every tensor in the file must be one this model knows: anything else means another model.
-  const size_t expected = 2 * state.cache.size() + 3 * state.ttt.size() +
-                          (state.last_logits.defined() ? 1 : 0);
+  const size_t expected =
+      2 * state.cache.size() + 3 * state.ttt.size() + (state.last_logits.defined() ? 1 : 0);
   size_t state_tensors = 0;
   for (const TensorEntry& e : file.entries()) {
     if (e.name.rfind("cache.", 0) == 0 || e.name.rfind("ttt.", 0) == 0 || e.name == "last_logits") {

@@ -7,9 +7,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/decode.h"
+#include "session/internal/session_manager_impl.h"
 #include "session/internal/session_record.h"
 #include "session/session.h"
-#include "session/internal/session_manager_impl.h"
 #include "util/status_macros.h"
 
 namespace ttt::session {

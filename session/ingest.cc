@@ -6,9 +6,9 @@
 #include "absl/strings/str_cat.h"
 #include "engine/decode.h"
 #include "session/internal/cluster_store.h"
+#include "session/internal/session_manager_impl.h"
 #include "session/internal/session_record.h"
 #include "session/session.h"
-#include "session/internal/session_manager_impl.h"
 #include "util/status_macros.h"
 
 namespace ttt::session {
@@ -52,7 +52,7 @@ absl::Status SessionManagerImpl::SubmitIngest(
   };
   const int64_t chunk = TokensPerChunk();
   w.on_done = [this, s, op, end_of_document, chunk, durable,
-                done = std::move(done)](absl::Status st) {
+               done = std::move(done)](absl::Status st) {
     int64_t chunks = 0;
     {
       std::lock_guard<std::mutex> lock(s->mu);
@@ -122,9 +122,7 @@ void SessionManagerImpl::AcknowledgeOrphans(const std::shared_ptr<Session>& s) {
   auto shared = std::make_shared<std::vector<PendingIngestAck>>(std::move(orphans));
   engine::Work w;
   w.key = s->key;
-  w.task = [this, s, shared] {
-    Acknowledge(*shared, CommitFor(s, *shared));
-  };
+  w.task = [this, s, shared] { Acknowledge(*shared, CommitFor(s, *shared)); };
   if (scheduler_->Submit(std::move(w), /*bypass_limits=*/true).ok()) return;
   for (PendingIngestAck& a : *shared) {  // shutting down: nothing was committed for them
     a.acknowledge(absl::UnavailableError(

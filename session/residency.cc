@@ -15,9 +15,9 @@
 #include "session/internal/checkpoint.h"
 #include "session/internal/checkpoint_store.h"
 #include "session/internal/cluster_store.h"
+#include "session/internal/session_manager_impl.h"
 #include "session/internal/session_record.h"
 #include "session/session.h"
-#include "session/internal/session_manager_impl.h"
 #include "util/log.h"
 #include "util/status_macros.h"
 
@@ -140,7 +140,7 @@ void SessionManagerImpl::EvictToFit(const Session* admitted) {
   for (const Candidate& c : idle) {
     if (fits()) break;
     if (!Evict(c.session)) continue;  // used since it was listed: it stays
-    pool.Remove(c.held);  // frees only what no remaining session shares
+    pool.Remove(c.held);              // frees only what no remaining session shares
     --count;
   }
 }
@@ -194,8 +194,7 @@ absl::StatusOr<int64_t> SessionManagerImpl::WriteSessionFile(const std::shared_p
   auto bytes = internal::EncodeCheckpoint(s->state, meta);
   if (!bytes.ok()) return fail(bytes.status());
   if (cluster_ != nullptr) {
-    auto head =
-        cluster_->Commit(s->tenant, s->id, fence, sequence, *bytes, meta, previous_blob);
+    auto head = cluster_->Commit(s->tenant, s->id, fence, sequence, *bytes, meta, previous_blob);
     if (absl::IsFailedPrecondition(head.status())) {
       // Fenced: another process owns the session; nothing of this state was committed.
       Disown(s, head.status());
@@ -331,9 +330,8 @@ absl::Status SessionManagerImpl::EnsureResident(Session& s) {
     s.RefreshLocked();
     return absl::OkStatus();
   }
-  const std::string source = cluster_ != nullptr
-                                 ? absl::StrCat("blob ", blob, " of session ", s.id)
-                                 : store_->SessionFileName(s.tenant, s.id);
+  const std::string source = cluster_ != nullptr ? absl::StrCat("blob ", blob, " of session ", s.id)
+                                                 : store_->SessionFileName(s.tenant, s.id);
   auto bytes = cluster_ != nullptr ? cluster_->ReadBlob(s.tenant, s.id, blob)
                                    : store_->ReadSession(s.tenant, s.id);
   if (!bytes.ok()) {

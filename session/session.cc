@@ -92,9 +92,9 @@ absl::StatusOr<std::unique_ptr<SessionManager>> SessionManager::Create(
     RETURN_IF_ERROR(ValidateName(options.cluster.replica_id, "replica id (--replica_id)", 64));
   }
   if (options.max_resident_sessions < 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "max_resident_sessions must be >= 0 (0: max_sessions), got ",
-        options.max_resident_sessions));
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_resident_sessions must be >= 0 (0: max_sessions), got ",
+                     options.max_resident_sessions));
   }
   auto m = std::make_unique<SessionManagerImpl>(model, scheduler, options, listener);
   RETURN_IF_ERROR(m->store_->Init());
@@ -106,7 +106,10 @@ absl::StatusOr<std::unique_ptr<SessionManager>> SessionManager::Create(
 
 SessionManagerImpl::SessionManagerImpl(const engine::Model* model, engine::Scheduler* scheduler,
                                        const ManagerOptions& options, SessionListener* listener)
-    : model_(model), scheduler_(scheduler), options_(options), listener_(listener),
+    : model_(model),
+      scheduler_(scheduler),
+      options_(options),
+      listener_(listener),
       store_(std::make_shared<internal::CheckpointStore>(options.checkpoint_dir)),
       cluster_(options.cluster.etcd == nullptr
                    ? nullptr
@@ -180,8 +183,8 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManagerImpl::Find(const std::str
         options_.cluster.handover_wait > absl::ZeroDuration()) {
       const absl::Time asked = absl::Now();
       // Read more often than the owner polls: the wait ends soon after the release.
-      const bool released = cluster_->AwaitRelease(
-          tenant, id, options_.cluster.handover_wait, options_.cluster.handover_poll / 4);
+      const bool released = cluster_->AwaitRelease(tenant, id, options_.cluster.handover_wait,
+                                                   options_.cluster.handover_poll / 4);
       const int64_t waited_ms = absl::ToInt64Milliseconds(absl::Now() - asked);
       if (released) adopted = Adopt(tenant, id);
       util::LogInfo("session",
@@ -222,9 +225,9 @@ absl::Status SessionManagerImpl::ValidateOptions(const SessionOptions& options) 
     }
   }
   if (options.idle_ttl_seconds < 0 || options.idle_ttl_seconds > 30LL * 24 * 3600) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "idle_ttl_seconds must be in [0, 2592000] (0 = server default), got ",
-        options.idle_ttl_seconds));
+    return absl::InvalidArgumentError(
+        absl::StrCat("idle_ttl_seconds must be in [0, 2592000] (0 = server default), got ",
+                     options.idle_ttl_seconds));
   }
   return absl::OkStatus();
 }
@@ -276,9 +279,9 @@ void SessionManagerImpl::AddClusterSessions(const std::string& tenant,
                                             std::vector<SessionInfo>& infos) {
   auto heads = cluster_->ListHeads(tenant);
   if (!heads.ok()) {
-    util::LogWarning("session", absl::StrCat("listing tenant ", tenant,
-                                             "'s sessions on etcd failed: ",
-                                             heads.status().message()));
+    util::LogWarning("session",
+                     absl::StrCat("listing tenant ", tenant,
+                                  "'s sessions on etcd failed: ", heads.status().message()));
     return;
   }
   std::set<std::string> here;
@@ -347,8 +350,8 @@ absl::Status SessionManagerImpl::DeleteSession(const std::string& tenant, const 
     absl::Status deleted = cluster_->Delete(tenant, id, owned.fence, owned.blob);
     if (absl::IsFailedPrecondition(deleted)) {
       Disown(s, deleted);
-      return absl::UnavailableError(absl::StrCat(
-          "session ", Quote(id), " is no longer owned by this replica; retry"));
+      return absl::UnavailableError(
+          absl::StrCat("session ", Quote(id), " is no longer owned by this replica; retry"));
     }
     if (!deleted.ok()) {
       std::lock_guard<std::mutex> lock(s->mu);

@@ -76,7 +76,7 @@ struct SessionInfo {
   std::vector<std::pair<int64_t, double>> delta_norms;  // (layer, Frobenius norm of the delta)
   int64_t create_time_unix_ms = 0;
   int64_t last_used_unix_ms = 0;
-  bool resident = true;        // false while evicted to disk
+  bool resident = true;  // false while evicted to disk
   bool writer_active = false;
 };
 
@@ -92,10 +92,10 @@ struct CheckpointInfo {
 
 // What one Ingest submission did.
 struct IngestProgress {
-  Counters counters;        // the session's counters afterwards
-  int64_t tokens = 0;       // tokens of this submission applied
-  double nll_sum = 0.0;     // sum of -log p over its tokens that had a prediction
-  int64_t nll_count = 0;    // how many had one
+  Counters counters;      // the session's counters afterwards
+  int64_t tokens = 0;     // tokens of this submission applied
+  double nll_sum = 0.0;   // sum of -log p over its tokens that had a prediction
+  int64_t nll_count = 0;  // how many had one
 };
 
 struct ScoreResult {
@@ -107,8 +107,8 @@ struct GenerateParams {
   engine::SamplingParams sampling;
   int64_t max_tokens = 64;
   std::vector<int32_t> prompt;
-  bool commit = false;       // append prompt and output to the session (a writer)
-  bool stop_at_eos = true;   // stop at the model's eos token (not returned)
+  bool commit = false;      // append prompt and output to the session (a writer)
+  bool stop_at_eos = true;  // stop at the model's eos token (not returned)
 };
 
 enum class FinishReason { kLength, kStop, kEos };

@@ -8,9 +8,9 @@
 #include "session/internal/checkpoint_store.h"
 #include "session/internal/cluster_store.h"
 #include "session/internal/names.h"
+#include "session/internal/session_manager_impl.h"
 #include "session/internal/session_record.h"
 #include "session/session.h"
-#include "session/internal/session_manager_impl.h"
 #include "util/error_reason.h"
 #include "util/log.h"
 #include "util/status_macros.h"
@@ -128,8 +128,8 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManagerImpl::Adopt(const std::st
   }
   std::shared_ptr<Session> s = *registered;
   util::LogInfo("session",
-                absl::StrCat("took over session ", id, " of tenant ", tenant,
-                             " (fencing revision ", owned.fence, ")"),
+                absl::StrCat("took over session ", id, " of tenant ", tenant, " (fencing revision ",
+                             owned.fence, ")"),
                 {{"tenant", tenant}, {"session", id}, {"fence", owned.fence}});
   return s;
 }
@@ -255,10 +255,10 @@ void SessionManagerImpl::HandOver(const std::shared_ptr<Session>& s) {
     // Forgotten here before ownership goes: the other replica may take it over at once, and
     // nothing of this manager is touched after the release.
     Disown(s, absl::OkStatus());
-    util::LogInfo("session",
-                  absl::StrCat("handing session ", s->id, " of tenant ", s->tenant,
-                               " over on request"),
-                  {{"tenant", s->tenant}, {"session", s->id}});
+    util::LogInfo(
+        "session",
+        absl::StrCat("handing session ", s->id, " of tenant ", s->tenant, " over on request"),
+        {{"tenant", s->tenant}, {"session", s->id}});
     cluster->Release(s->tenant, s->id, fence);
   };
   if (!scheduler_->Submit(std::move(w), /*bypass_limits=*/true).ok()) {
@@ -298,8 +298,8 @@ void SessionManagerImpl::WriteBehind() {
       absl::StatusOr<int64_t> written = WriteSessionFile(s);
       if (!written.ok()) {
         util::LogWarning("session",
-                         absl::StrCat("write-behind of session ", s->id, " failed: ",
-                                      written.status().message()),
+                         absl::StrCat("write-behind of session ", s->id,
+                                      " failed: ", written.status().message()),
                          {{"tenant", s->tenant}, {"session", s->id}});
       }
     };

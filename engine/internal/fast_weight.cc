@@ -61,9 +61,9 @@ void FoldIncrement(TttLayerState& slot, const at::Tensor& v, const at::Tensor& z
   }
   // The update U = v^T z is never formed: its norm and its inner products with the base and the
   // earlier increments come from the factors.
-  const double self = Sum(at::mm(v, v.t()) * at::mm(z, z.t()));         // ||U||^2
-  const double with_base = Sum(at::mm(v, slot.delta) * z);             // <B, U>
-  double with_increments = 0;                                          // <sum c_i U_i, U>
+  const double self = Sum(at::mm(v, v.t()) * at::mm(z, z.t()));  // ||U||^2
+  const double with_base = Sum(at::mm(v, slot.delta) * z);       // <B, U>
+  double with_increments = 0;                                    // <sum c_i U_i, U>
   if (!inc.empty()) {
     const int64_t k = static_cast<int64_t>(inc.scales.size());
     at::Tensor cross = (at::mm(v, inc.v.t()) * at::mm(z, inc.z.t())).sum(0);  // [k * chunk]
@@ -126,9 +126,9 @@ at::Tensor FactoredSegmentTerms(TttLayerState& slot, const at::Tensor& z, const 
   for (int64_t r = pending; r < rows; ++r) chunks_of_rows.push_back(r / chunk);
   const at::Tensor chunk_of_row = at::tensor(chunks_of_rows, at::kLong).to(device);
   const at::Tensor z_new = z.slice(0, pending);
-  at::Tensor term = at::mm(z_new, slot.delta.t()) *
-                    at::tensor(base_table, at::kFloat).to(device).index_select(0, chunk_of_row)
-                        .unsqueeze(1);
+  at::Tensor term =
+      at::mm(z_new, slot.delta.t()) *
+      at::tensor(base_table, at::kFloat).to(device).index_select(0, chunk_of_row).unsqueeze(1);
   if (k == 0) return term;
   const at::Tensor row_coefficients = at::tensor(table, at::kFloat)
                                           .view({complete + 1, k})

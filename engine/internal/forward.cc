@@ -331,8 +331,8 @@ void ModelAccess::FastWeightTermsVarlen(const LayerWeights& lw, const at::Tensor
   }
   internal::BatchedDeltaProduct(zf, seqs, out);
   for (size_t b = 0; b < items_.size(); ++b) {  // a fork's own chunk updates, when factored
-    if (varlen_[b]) internal::AddIncrementTerms(items_[b].state->ttt[lw.ttt_slot], Rows(zf, b),
-                                                Rows(out, b));
+    if (varlen_[b])
+      internal::AddIncrementTerms(items_[b].state->ttt[lw.ttt_slot], Rows(zf, b), Rows(out, b));
   }
   std::vector<SequenceTensors*> completing;
   for (size_t b = 0; b < items_.size(); ++b) {
@@ -423,8 +423,8 @@ at::Tensor ModelAccess::FastWeightTermOne(const LayerWeights& lw, const at::Tens
   const int64_t d_model = cfg_.hidden_size, d_ff = cfg_.intermediate_size;
   if (in_place_ && internal::FoldsFactored(slot, complete * chunk)) {
     // A shared base delta (a copy-on-write fork): the segment's chunks become increments.
-    at::Tensor targets = ChunkTargets(
-        lw, x0.slice(0, 0, complete * chunk).view({complete, chunk, d_model}));
+    at::Tensor targets =
+        ChunkTargets(lw, x0.slice(0, 0, complete * chunk).view({complete, chunk, d_model}));
     at::Tensor term =
         internal::FactoredSegmentTerms(slot, z, targets, pending, chunk, FoldParamsOf());
     if (lw.ttt_slot == 0) state.chunks_applied += complete;  // count each chunk once
@@ -441,7 +441,7 @@ at::Tensor ModelAccess::FastWeightTermOne(const LayerWeights& lw, const at::Tens
         ChunkUpdates(lw, z.slice(0, 0, complete * chunk).view({complete, chunk, d_ff}),
                      x0.slice(0, 0, complete * chunk).view({complete, chunk, d_model}));
     at::Tensor sums = RunningDeltas(slot.delta, updates * w_.eta, cfg_.ttt_delta_cap);
-    deltas = at::cat({deltas, sums}, 0);  // [complete + 1, d, d_ff]
+    deltas = at::cat({deltas, sums}, 0);      // [complete + 1, d, d_ff]
     slot.delta = sums[complete - 1].clone();  // a copy: the state must not pin every sum
     if (lw.ttt_slot == 0) state.chunks_applied += complete;  // count each chunk once
   }
@@ -452,8 +452,8 @@ at::Tensor ModelAccess::FastWeightTermOne(const LayerWeights& lw, const at::Tens
   if (rows > chunk) {
     const int64_t later = rows - chunk, groups = (later + chunk - 1) / chunk;
     at::Tensor zp = at::constant_pad_nd(z.slice(0, chunk), {0, 0, 0, groups * chunk - later});
-    at::Tensor tail = at::bmm(zp.view({groups, chunk, d_ff}),
-                              deltas.slice(0, 1, 1 + groups).transpose(1, 2));
+    at::Tensor tail =
+        at::bmm(zp.view({groups, chunk, d_ff}), deltas.slice(0, 1, 1 + groups).transpose(1, 2));
     term = at::cat({term, tail.view({groups * chunk, d_model}).slice(0, 0, later)}, 0);
   }
   // Copies, so the state does not pin this segment's whole buffers.

@@ -34,8 +34,9 @@ at::Tensor Linear(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
 // fast-weight product, and their state tensors grow in place; longer items run attention and the
 // fast-weight term per item (their work dwarfs a call's overhead). A step whose items are all
 // short runs the short-step form (internal/short_step.cc): the same arithmetic over raw floats in
-// per-thread buffers, no LibTorch operation per layer (Run states when it applies). Under grad mode everything is out of place, so
-// ForwardTrain stays differentiable. Not thread-safe: one forward per states.
+// per-thread buffers, no LibTorch operation per layer (Run states when it applies). Under grad mode
+// everything is out of place, so ForwardTrain stays differentiable. Not thread-safe: one forward
+// per states.
 class ModelAccess {
  public:
   static constexpr int64_t kVarlenRows = 16;
@@ -91,10 +92,10 @@ class ModelAccess {
   const ModelConfig& cfg_;
   absl::Span<TensorItem> items_;
   std::vector<int64_t> offsets_;
-  std::vector<bool> varlen_;    // per item: takes the batched varlen path
+  std::vector<bool> varlen_;  // per item: takes the batched varlen path
   bool any_varlen_ = false;
-  bool in_place_ = false;       // grad mode off: state tensors may grow in place
-  at::Tensor cos_, sin_;        // [rows, 1, head_dim] RoPE factors of every row
+  bool in_place_ = false;  // grad mode off: state tensors may grow in place
+  at::Tensor cos_, sin_;   // [rows, 1, head_dim] RoPE factors of every row
 };
 
 }  // namespace ttt::engine

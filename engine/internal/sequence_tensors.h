@@ -29,21 +29,21 @@ struct LayerCache {
 // rows: its update V^T Z has rank <= chunk). Empty (no rows, base_scale 1) while the delta is
 // dense. Rows are only ever appended (internal/state_buffer.h), so states may share them too.
 struct DeltaIncrements {
-  double base_scale = 1;        // the delta cap's factors applied since the base was shared
-  std::vector<double> scales;   // per increment: eta * its clip factor * the cap's factors since
-  at::Tensor v;                 // [k * chunk, d_model] fp32: targets V of each increment
-  at::Tensor z;                 // [k * chunk, d_ff] fp32: Z rows of each increment
-  double norm_sq = 0;           // squared Frobenius norm of the effective delta (the cap's input)
+  double base_scale = 1;       // the delta cap's factors applied since the base was shared
+  std::vector<double> scales;  // per increment: eta * its clip factor * the cap's factors since
+  at::Tensor v;                // [k * chunk, d_model] fp32: targets V of each increment
+  at::Tensor z;                // [k * chunk, d_ff] fp32: Z rows of each increment
+  double norm_sq = 0;          // squared Frobenius norm of the effective delta (the cap's input)
 
   bool empty() const { return scales.empty(); }
 };
 
 struct TttLayerState {
-  int64_t layer = 0;       // decoder layer index
-  at::Tensor delta;        // [d_model, d_ff] fp32: eta * sum of the completed chunks' updates
-                           // (with increments: their base, shared with other states)
-  at::Tensor pending_z;    // [p, d_ff] fp32: Z rows of the unfinished chunk (p < chunk)
-  at::Tensor pending_x0;   // [p, d_model] fp32: X0 rows of the unfinished chunk
+  int64_t layer = 0;           // decoder layer index
+  at::Tensor delta;            // [d_model, d_ff] fp32: eta * sum of the completed chunks' updates
+                               // (with increments: their base, shared with other states)
+  at::Tensor pending_z;        // [p, d_ff] fp32: Z rows of the unfinished chunk (p < chunk)
+  at::Tensor pending_x0;       // [p, d_model] fp32: X0 rows of the unfinished chunk
   DeltaIncrements increments;  // empty unless the chunk updates since a fork sit on a shared base
 };
 
@@ -51,8 +51,8 @@ struct TttLayerState {
 // (internal/state_buffer.h: OwnsBuffer) or replaces the tensor, so a copy is a copy-on-write
 // fork (SequenceState::Fork); SequenceState::Clone copies the tensors.
 struct SequenceTensors {
-  int64_t position = 0;        // tokens consumed so far (absolute position of the next token)
-  int64_t chunks_applied = 0;  // chunk updates folded into the fast weights
+  int64_t position = 0;            // tokens consumed so far (absolute position of the next token)
+  int64_t chunks_applied = 0;      // chunk updates folded into the fast weights
   std::vector<LayerCache> cache;   // one per decoder layer
   std::vector<TttLayerState> ttt;  // one per TTT layer, in layer order
   at::Tensor last_logits;          // [vocab] fp32: next-token logits; undefined before any token
@@ -76,7 +76,7 @@ NamedTensors StateTensors(const SequenceState& state);
 
 // One sequence's part of a batched forward (Model::Ingest's IngestItem, on the tensors).
 struct TensorItem {
-  SequenceTensors* state = nullptr;    // advanced in place
+  SequenceTensors* state = nullptr;  // advanced in place
   absl::Span<const int32_t> tokens;  // the caller's IngestItem::tokens (or a piece of them)
 };
 

@@ -38,8 +38,12 @@ class Session {
   // `census` (may be null: a record never published) counts the buffers its state holds.
   Session(std::string id_in, std::string tenant_in, uint64_t key_in, SessionOptions opts,
           int64_t created, std::shared_ptr<internal::BufferCensus> census_in = nullptr)
-      : id(std::move(id_in)), tenant(std::move(tenant_in)), key(key_in),
-        census(std::move(census_in)), options(std::move(opts)), created_ms(created),
+      : id(std::move(id_in)),
+        tenant(std::move(tenant_in)),
+        key(key_in),
+        census(std::move(census_in)),
+        options(std::move(opts)),
+        created_ms(created),
         last_used_ms(created) {}
   ~Session() {
     if (census != nullptr) census->Replace(held, {});
@@ -51,8 +55,8 @@ class Session {
   const std::shared_ptr<internal::BufferCensus> census;
 
   mutable std::mutex mu;
-  SessionOptions options;                               // guarded by mu
-  Counters counters;                                    // guarded by mu
+  SessionOptions options;  // guarded by mu
+  Counters counters;       // guarded by mu
   // The buffers its state holds (empty while evicted), as the census and the pool see them;
   // a fork shares its parent's until one of them writes. Guarded by mu.
   std::vector<engine::HeldBuffer> held;
@@ -63,7 +67,7 @@ class Session {
   bool resident = true;                                 // guarded by mu
   bool writer = false;                                  // guarded by mu
   std::string writer_what;                              // guarded by mu
-  int64_t inflight = 0;  // operations admitted and not finished; guarded by mu
+  int64_t inflight = 0;   // operations admitted and not finished; guarded by mu
   bool deleted = false;   // guarded by mu
   bool evicting = false;  // guarded by mu
   // Written by a writer since its last copy in the store (write-behind picks it up); mu.
@@ -71,7 +75,7 @@ class Session {
   int64_t persisted_ms = 0;  // when its state was last written to the store; guarded by mu
   // The counters of that copy: where a sync Ingest whose write failed goes back to; mu.
   Counters durable_counters;
-  bool persist_queued = false;  // a write-behind is queued; guarded by mu
+  bool persist_queued = false;   // a write-behind is queued; guarded by mu
   bool handover_queued = false;  // a handover on request is queued; guarded by mu
   // Shared through etcd (ManagerOptions::cluster): the fencing revision of this process's
   // ownership (0: not owned, so every later commit here fails), the blob its committed head
@@ -168,9 +172,9 @@ class Session {
     ++inflight;
     last_used_ms = NowMs();
     if (cancel) {
-      cancels.erase(std::remove_if(cancels.begin(), cancels.end(),
-                                   [](const auto& w) { return w.expired(); }),
-                    cancels.end());
+      cancels.erase(
+          std::remove_if(cancels.begin(), cancels.end(), [](const auto& w) { return w.expired(); }),
+          cancels.end());
       cancels.push_back(cancel);
     }
   }

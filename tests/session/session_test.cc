@@ -960,7 +960,6 @@ TEST_F(SessionTest, MemoryFiguresCountWhatIsHeld) {
   EXPECT_EQ(manager_->resident_pool().held_bytes, resident);
 }
 
-
 // Issue 27: a fork shares its parent's buffers (copy-on-write) and the pool counts them once; a
 // session's memory_bytes is its share, so the sessions' figures add up to the pool's.
 TEST_F(SessionTest, ForksShareTheirParentsMemoryAndThePoolCountsItOnce) {
