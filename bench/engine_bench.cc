@@ -654,6 +654,7 @@ int Run(const Flags& flags) {
     return 0;
   }
   if (flags.only == "fork") {
+    SetForkIncrements(true);  // the rows measure the factored forks (ttt-serve --fork_increments)
     ForkTable("bench shape " + flags.shape, *ttt, n);
     if (!flags.model.empty()) {
       auto loaded = Model::Load(flags.model, {.device = flags.device});

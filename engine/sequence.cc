@@ -150,6 +150,10 @@ std::map<std::string, std::string> SequenceState::Metadata() const {
           {"state.chunks_applied", absl::StrCat(s.chunks_applied)}};
 }
 
+void MaterialiseIncrements(SequenceState& state) {
+  for (TttLayerState& slot : TensorsOf(state).ttt) internal::MaterialiseDelta(slot);
+}
+
 absl::StatusOr<std::string> EncodeSequence(const SequenceState& state,
                                            const std::map<std::string, std::string>& metadata) {
   return EncodeSafetensors(StateTensors(state), metadata);

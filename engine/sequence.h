@@ -73,6 +73,17 @@ class SequenceState {
   std::unique_ptr<SequenceTensors> tensors_;  // null while it holds nothing
 };
 
+// Whether a fork that reads more keeps its chunk updates as low-rank increments on the delta it
+// shares with its parent (less memory: it grows by its increments; a checkpoint or export holds
+// the dense delta, so such a state restores within float tolerance, not bit for bit) instead of
+// copying the delta at its first write (the default: bit-exact). Process-wide; set at start-up.
+void SetForkIncrements(bool on);
+
+// Folds a fork's low-rank increments into dense deltas of its own (no-op when it has none), so
+// that the state scores bit for bit as its encoding restores: exports and checkpoints promise
+// that, and a file holds the dense delta. Engine thread.
+void MaterialiseIncrements(SequenceState& state);
+
 // The safetensors encoding of `state`'s tensors with string `metadata` under "__metadata__"
 // (pass Metadata() merged with the caller's own entries). INVALID_ARGUMENT when `metadata` is not
 // valid UTF-8; INTERNAL when LibTorch fails. Engine thread (reads the state's tensors).

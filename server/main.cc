@@ -20,6 +20,7 @@
 #include "absl/strings/str_format.h"
 #include "auth/token_store.h"
 #include "coord/etcd_client.h"
+#include "engine/sequence.h"
 #include "server/access_log.h"
 #include "server/server.h"
 #include "util/command_line.h"
@@ -56,6 +57,10 @@ ABSL_FLAG(int64_t, max_decode_batch_tokens, 64,
           "decode first, then pieces of ingests up to this in all, at least a quarter of it "
           "(bounds inter-token latency while long ingests run)");
 ABSL_FLAG(bool, checkpoint_on_shutdown, true, "checkpoint live sessions on SIGTERM");
+ABSL_FLAG(bool, fork_increments, false,
+          "a fork that reads more keeps low-rank increments on the delta it shares with its parent "
+          "(less memory; its checkpoints and exports restore within float tolerance, not bit for "
+          "bit) instead of copying the delta at its first write");
 ABSL_FLAG(int64_t, shutdown_delay_s, 5,
           "on SIGTERM, report NOT_SERVING (gRPC health, /readyz) but keep accepting calls this "
           "long, so load balancers stop routing here before the listener closes; then drain");
@@ -276,6 +281,7 @@ int main(int argc, char** argv) {
   o.checkpoint_on_shutdown = absl::GetFlag(FLAGS_checkpoint_on_shutdown);
   o.drain_timeout_s = absl::GetFlag(FLAGS_drain_timeout_s);
   o.threads = absl::GetFlag(FLAGS_threads);
+  ttt::engine::SetForkIncrements(absl::GetFlag(FLAGS_fork_increments));
   o.max_concurrent_imports = absl::GetFlag(FLAGS_max_concurrent_imports);
   o.max_concurrent_exports = absl::GetFlag(FLAGS_max_concurrent_exports);
   o.max_concurrent_streams = absl::GetFlag(FLAGS_max_concurrent_streams);

@@ -229,32 +229,44 @@ bool SessionManagerImpl::Evict(const std::shared_ptr<Session>& s) {
   }
   engine::Work w;
   w.key = s->key;
-  w.task = [this, s] {
-    {
+  // Captures the link, not `this`: the engine may run the task after this manager is gone. The
+  // destructor unlinks it under link->mu, so it also waits for an eviction that is running.
+  w.task = [s, link = link_] {
+    std::lock_guard<std::mutex> linked(link->mu);
+    if (link->manager == nullptr) {
       std::lock_guard<std::mutex> lock(s->mu);
-      if (s->deleted || s->inflight > 0 || !s->resident) {
-        s->evicting = false;
-        return;  // someone uses it again: keep it
-      }
+      s->evicting = false;
+      return;  // the manager is gone: its sessions go with it
     }
-    absl::StatusOr<int64_t> written = WriteSessionFile(s);
-    std::lock_guard<std::mutex> lock(s->mu);
-    s->evicting = false;
-    if (!written.ok()) {
-      util::LogWarning("session",
-                       absl::StrCat("eviction of ", s->id, " failed: ", written.status().message()),
-                       {{"tenant", s->tenant}, {"session", s->id}});
-      return;
-    }
-    s->state = engine::SequenceState{};
-    s->resident = false;
-    s->SetHeldLocked({});
-    if (listener_ != nullptr) listener_->OnEvicted();
+    link->manager->FinishEviction(s);
   };
   if (scheduler_->Submit(std::move(w), /*bypass_limits=*/true).ok()) return true;
   std::lock_guard<std::mutex> lock(s->mu);  // shutting down: nothing will run it
   s->evicting = false;
   return false;
+}
+
+void SessionManagerImpl::FinishEviction(const std::shared_ptr<Session>& s) {
+  {
+    std::lock_guard<std::mutex> lock(s->mu);
+    if (s->deleted || s->inflight > 0 || !s->resident) {
+      s->evicting = false;
+      return;  // someone uses it again: keep it
+    }
+  }
+  absl::StatusOr<int64_t> written = WriteSessionFile(s);
+  std::lock_guard<std::mutex> lock(s->mu);
+  s->evicting = false;
+  if (!written.ok()) {
+    util::LogWarning("session",
+                     absl::StrCat("eviction of ", s->id, " failed: ", written.status().message()),
+                     {{"tenant", s->tenant}, {"session", s->id}});
+    return;
+  }
+  s->state = engine::SequenceState{};
+  s->resident = false;
+  s->SetHeldLocked({});
+  if (listener_ != nullptr) listener_->OnEvicted();
 }
 
 absl::Status SessionManagerImpl::PersistAll() {
@@ -389,6 +401,13 @@ internal::CheckpointMeta SessionManagerImpl::MetaOf(Session& s,
 
 absl::StatusOr<std::string> SessionManagerImpl::EncodeSession(Session& s,
                                                               const std::string& checkpoint_id) {
+  // Exported or checkpointed, a fork's increments become its own dense delta first, so that what
+  // restores from the bytes scores exactly as the session does from here on.
+  engine::MaterialiseIncrements(s.state);
+  {
+    std::lock_guard<std::mutex> lock(s.mu);
+    s.RefreshLocked();
+  }
   return internal::EncodeCheckpoint(s.state, MetaOf(s, checkpoint_id));
 }
 

@@ -1,6 +1,7 @@
 #include "engine/internal/fast_weight.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <vector>
 
@@ -27,7 +28,10 @@ double Sum(const at::Tensor& t) { return t.sum().item<double>(); }
 
 }  // namespace
 
+std::atomic<bool> fork_increments{false};  // engine::SetForkIncrements
+
 bool FoldsFactored(const TttLayerState& slot, int64_t new_rows) {
+  if (!fork_increments.load(std::memory_order_relaxed) && slot.increments.empty()) return false;
   if (slot.increments.empty() && (new_rows == 0 || OwnsBuffer(slot.delta))) return false;
   const int64_t d_model = slot.delta.size(0), d_ff = slot.delta.size(1);
   return (IncrementRows(slot.increments) + new_rows) * (d_model + d_ff) < d_model * d_ff;
@@ -139,3 +143,7 @@ at::Tensor FactoredSegmentTerms(TttLayerState& slot, const at::Tensor& z, const 
 }
 
 }  // namespace ttt::engine::internal
+
+namespace ttt::engine {
+void SetForkIncrements(bool on) { internal::fork_increments.store(on, std::memory_order_relaxed); }
+}  // namespace ttt::engine

@@ -33,6 +33,7 @@ struct FoldParams {
 // True when `new_rows` more increment rows (whole chunks) on top of the slot's base are cheaper,
 // in bytes, than a dense delta of its own, and the base is shared (or the slot already factored):
 // then the slot's next chunk updates go into increments.
+// Off (the default, engine::SetForkIncrements): a shared delta is copied at its first write.
 bool FoldsFactored(const TttLayerState& slot, int64_t new_rows);
 
 // The slot's effective delta as one dense [d_model, d_ff] tensor: `delta` itself when dense (no

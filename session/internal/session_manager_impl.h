@@ -153,6 +153,9 @@ class SessionManagerImpl final : public SessionManager {
   // order with the session's work, and keeps the session if it is used meanwhile). Returns
   // whether it was queued (false: busy, deleted, evicted or already being evicted).
   bool Evict(const std::shared_ptr<Session>& s);
+  // The queued part of Evict, on the engine thread: writes the state and drops it, unless the
+  // session was used or deleted meanwhile.
+  void FinishEviction(const std::shared_ptr<Session>& s);
   // Evicts the least recently used idle resident sessions until the pool is within its limits
   // (sessions whose eviction is queued count as gone). `admitted` (may be null), the session
   // that just became resident, is never chosen. Only queues work: any thread may call it, the
@@ -205,7 +208,7 @@ class SessionManagerImpl final : public SessionManager {
   // How such work asks this manager whether an id was reused; unlinked by the destructor.
   struct Link {
     std::mutex mu;
-    const SessionManagerImpl* manager ABSL_GUARDED_BY(mu);
+    SessionManagerImpl* manager ABSL_GUARDED_BY(mu);
   };
   const std::shared_ptr<Link> link_;
 

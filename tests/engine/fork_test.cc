@@ -18,6 +18,14 @@
 namespace ttt::engine {
 namespace {
 
+// The factored increments are opt-in (SetForkIncrements, ttt-serve --fork_increments); most of
+// these tests are about them.
+class ForkIncrementsOn : public ::testing::Environment {
+  void SetUp() override { SetForkIncrements(true); }
+};
+::testing::Environment* const kForkIncrementsOn =
+    ::testing::AddGlobalTestEnvironment(new ForkIncrementsOn);
+
 // Small, with the clip and the delta cap biting (as models/ttt-brown's do), and d_ff wide enough
 // that three chunks of increments cost less than a dense delta (the fourth goes dense).
 ModelConfig ForkConfig() {
@@ -206,6 +214,27 @@ TEST(ForkTest, ExportsOfAFactoredForkAreSelfContained) {
   const IngestLogProbs want = Ingest(*model, fork, next, 14);
   const IngestLogProbs got = Ingest(*model, *restored, next, 14);
   for (size_t i = 0; i < got.size(); ++i) EXPECT_NEAR(got[i], want[i], 2e-5) << "token " << i;
+}
+
+// Without increments (the default), a fork that reads copies the delta at its first write: it
+// stays bit-identical to a deep copy, and its export restores bit for bit.
+TEST(ForkTest, ByDefaultAForkThatReadsCopiesItsDeltaAndStaysBitExact) {
+  SetForkIncrements(false);
+  auto model = MakeModel();
+  SequenceState parent = model->NewSequence();
+  Ingest(*model, parent, Tokens(30, 21), 30);
+  SequenceState copy = parent.Clone();
+  SequenceState fork = parent.Fork();
+  const std::vector<int32_t> more = Tokens(9, 22);
+  EXPECT_EQ(Ingest(*model, fork, more, 9), Ingest(*model, copy, more, 9));
+  for (const TttLayerState& slot : TensorsOf(fork).ttt) EXPECT_TRUE(slot.increments.empty());
+  auto bytes = EncodeSequence(fork, fork.Metadata());
+  ASSERT_TRUE(bytes.ok()) << bytes.status();
+  auto restored = model->RestoreSequence(*bytes, "export");
+  ASSERT_TRUE(restored.ok()) << restored.status();
+  const std::vector<int32_t> next = Tokens(14, 23);
+  EXPECT_EQ(Ingest(*model, *restored, next, 14), Ingest(*model, fork, next, 14));
+  SetForkIncrements(true);
 }
 
 }  // namespace

@@ -963,6 +963,11 @@ TEST_F(SessionTest, MemoryFiguresCountWhatIsHeld) {
 // Issue 27: a fork shares its parent's buffers (copy-on-write) and the pool counts them once; a
 // session's memory_bytes is its share, so the sessions' figures add up to the pool's.
 TEST_F(SessionTest, ForksShareTheirParentsMemoryAndThePoolCountsItOnce) {
+  // With increments (ttt-serve --fork_increments); without, a fork that reads copies the delta.
+  engine::SetForkIncrements(true);
+  struct Off {
+    ~Off() { engine::SetForkIncrements(false); }
+  } off;
   Open("llama", /*max_sessions=*/64);
   auto a = manager_->CreateSession("t", {});
   ASSERT_TRUE(Ingest(a->id, Tokens(static_cast<int>(3 * chunk_ + 5), vocab_, 60)).ok());
@@ -1060,6 +1065,32 @@ TEST_F(SessionTest, EvictingAParentOrAForkLeavesTheOtherAsItWas) {
   EXPECT_TRUE(SameBits(Score(a->id, probe)->logprobs, parent_before));
   // That reload queued the fork's eviction, whose task uses the manager: let it finish first.
   EXPECT_FALSE(WaitResident(f, false));
+}
+
+// An eviction queued on the engine may run after the manager that queued it is gone (the
+// engine outlives it): it must then do nothing (it used the destroyed manager: ASan's
+// heap-use-after-free, TSan's race, found by the copy-on-write fork tests).
+TEST_F(SessionTest, AnEvictionQueuedBeforeTheManagerIsDestroyedRunsHarmlesslyAfter) {
+  Open("llama", /*max_sessions=*/8, /*budget=*/1 << 30, /*max_resident=*/1);
+  auto a = manager_->CreateSession("t", {});
+  ASSERT_TRUE(a.ok()) << a.status();
+  ASSERT_TRUE(Ingest(a->id, Tokens(static_cast<int>(chunk_ + 3), vocab_, 40)).ok());
+  // Hold the engine thread, so that the eviction waits behind this task.
+  std::promise<void> release;
+  std::promise<void> holding;
+  engine::Work hold;
+  hold.key = 0xfeed;
+  hold.task = [&] {
+    holding.set_value();
+    release.get_future().wait();
+  };
+  ASSERT_TRUE(scheduler_->Submit(std::move(hold), /*bypass_limits=*/true).ok());
+  holding.get_future().wait();
+  ASSERT_TRUE(manager_->CreateSession("t", {}).ok());  // queues a's eviction (one resident)
+  manager_.reset();
+  release.set_value();
+  scheduler_.reset();  // runs what is queued, then stops
+  EXPECT_FALSE(fs::exists(dir_ / "t" / "sessions" / (a->id + ".safetensors")));
 }
 
 }  // namespace
