@@ -59,6 +59,8 @@ SequenceState SequenceState::Clone() const {
                         std::move(increments)});
   }
   if (from.last_logits.defined()) copy.last_logits = from.last_logits.clone();
+  copy.compact_deltas = from.compact_deltas;
+  copy.compact_caches = from.compact_caches;
   return MakeSequenceState(std::move(copy));
 }
 
@@ -130,9 +132,11 @@ std::vector<double> SequenceState::DeltaNorms() const {
 NamedTensors StateTensors(const SequenceState& state) {
   const SequenceTensors& s = TensorsOf(state);
   NamedTensors out;
+  // A compact cache (engine/compact.h) as the fp32 it stands for: files hold the model's dtype.
+  auto cache = [&](const at::Tensor& t) { return s.compact_caches ? t.to(at::kFloat) : t; };
   for (size_t l = 0; l < s.cache.size(); ++l) {
-    out.emplace_back(absl::StrCat("cache.", l, ".keys"), s.cache[l].keys);
-    out.emplace_back(absl::StrCat("cache.", l, ".values"), s.cache[l].values);
+    out.emplace_back(absl::StrCat("cache.", l, ".keys"), cache(s.cache[l].keys));
+    out.emplace_back(absl::StrCat("cache.", l, ".values"), cache(s.cache[l].values));
   }
   for (const TttLayerState& t : s.ttt) {
     // Dense even when factored: a checkpoint or export needs nothing but itself.

@@ -47,6 +47,11 @@ ABSL_FLAG(int64_t, max_resident_sessions, 0,
           "sessions held in memory (0: --max_sessions); past it (or --memory_budget_mb) the least "
           "recently used idle sessions are evicted to disk");
 ABSL_FLAG(int64_t, idle_ttl_s, 3600, "idle sessions are removed after this");
+ABSL_FLAG(int64_t, compact_idle_s, 0,
+          "a resident session idle this long keeps its fast weights in bf16 (half the bytes) until "
+          "its next use restores fp32; the tier before eviction to disk (0: off)");
+ABSL_FLAG(bool, compact_kv_cache, false,
+          "with --compact_idle_s, an idle session's KV cache goes to bf16 too");
 ABSL_FLAG(std::string, device, "cpu", "cpu or cuda[:N]");
 ABSL_FLAG(std::string, dtype, "f32", "f32 or bf16");
 ABSL_FLAG(int64_t, max_batch_tokens, 512,
@@ -274,6 +279,8 @@ int main(int argc, char** argv) {
   o.max_sessions = absl::GetFlag(FLAGS_max_sessions);
   o.max_resident_sessions = absl::GetFlag(FLAGS_max_resident_sessions);
   o.idle_ttl_s = absl::GetFlag(FLAGS_idle_ttl_s);
+  o.compact_idle_s = absl::GetFlag(FLAGS_compact_idle_s);
+  o.compact_kv_cache = absl::GetFlag(FLAGS_compact_kv_cache);
   o.device = absl::GetFlag(FLAGS_device);
   o.dtype = absl::GetFlag(FLAGS_dtype);
   o.max_batch_tokens = absl::GetFlag(FLAGS_max_batch_tokens);

@@ -174,6 +174,17 @@ Metrics::Metrics(const std::string& version)
                            .Help("Idle sessions evicted to disk under the memory budget")
                            .Register(r)
                            .Add({});
+  sessions_compacted_ =
+      &prometheus::BuildCounter()
+           .Name("tttserve_sessions_compacted_total")
+           .Help("Idle sessions whose fast weights went to bf16 (--compact_idle_s)")
+           .Register(r)
+           .Add({});
+  compact_bytes_saved_ = &prometheus::BuildCounter()
+                              .Name("tttserve_compact_bytes_saved_total")
+                              .Help("Bytes freed by compacting idle sessions (--compact_idle_s)")
+                              .Register(r)
+                              .Add({});
   blobs_collected_ = &prometheus::BuildCounter()
                           .Name("tttserve_session_blobs_collected_total")
                           .Help(
@@ -210,6 +221,8 @@ Metrics::Metrics(const std::string& version)
   pool_limit_sessions_ = pool_gauge(
       "tttserve_pool_limit_sessions",
       "Resident sessions before idle ones are evicted to disk (--max_resident_sessions)");
+  pool_compact_sessions_ = pool_gauge("tttserve_pool_compact_sessions",
+                                      "Resident sessions compact while idle (--compact_idle_s)");
   pool_limit_bytes_ =
       pool_gauge("tttserve_pool_limit_bytes",
                  "Resident bytes before idle sessions are evicted to disk (--memory_budget_mb)");
@@ -348,6 +361,11 @@ void Metrics::OnChunkUpdates(int64_t chunks) {
   chunk_updates_->Increment(static_cast<double>(chunks));
 }
 void Metrics::OnEvicted() { sessions_evicted_->Increment(); }
+
+void Metrics::OnCompacted(int64_t sessions, int64_t bytes_saved) {
+  sessions_compacted_->Increment(static_cast<double>(sessions));
+  compact_bytes_saved_->Increment(static_cast<double>(bytes_saved));
+}
 void Metrics::OnBlobsCollected(int64_t blobs) {
   blobs_collected_->Increment(static_cast<double>(blobs));
 }

@@ -82,10 +82,13 @@ class Metrics : public session::SessionListener, public engine::Scheduler::Obser
   // The resident-session pool: sessions and bytes in it, and its two limits.
   void SetPool(int64_t resident_sessions, int64_t bytes, int64_t limit_sessions,
                int64_t limit_bytes);
+  // Resident sessions compact while idle (--compact_idle_s).
+  void SetCompactSessions(int64_t sessions) { pool_compact_sessions_->Set(double(sessions)); }
 
   // SessionListener
   void OnChunkUpdates(int64_t chunks) override;
   void OnEvicted() override;
+  void OnCompacted(int64_t sessions, int64_t bytes_saved) override;
   void OnCheckpointWritten(int64_t bytes, double seconds) override;
   void OnSessionPersisted(double seconds, double lag_seconds) override;
   void OnBlobsCollected(int64_t blobs) override;
@@ -127,6 +130,9 @@ class Metrics : public session::SessionListener, public engine::Scheduler::Obser
   prometheus::Gauge* queue_capacity_;
   prometheus::Gauge* sessions_active_;
   prometheus::Counter* sessions_evicted_;
+  prometheus::Counter* sessions_compacted_;
+  prometheus::Counter* compact_bytes_saved_;
+  prometheus::Gauge* pool_compact_sessions_;
   prometheus::Counter* blobs_collected_;
   prometheus::Gauge* session_memory_;
   prometheus::Gauge* session_memory_held_;

@@ -162,6 +162,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   mo.max_sessions = options.max_sessions;
   mo.max_resident_sessions = options.max_resident_sessions;
   mo.idle_ttl_seconds = options.idle_ttl_s;
+  mo.compact_idle_after_ms = options.compact_idle_s * 1000;
+  mo.compact_kv_cache = options.compact_kv_cache;
   mo.reaper_interval_ms = options.reaper_interval_ms;
   mo.cluster.etcd = options.etcd;
   mo.cluster.lease = options.etcd_lease;
@@ -311,6 +313,7 @@ void Server::GaugeLoop() {
                           sessions_->options().memory_budget_bytes);
     metrics_->SetPool(pool.sessions, pool.bytes, sessions_->resident_session_limit(),
                       sessions_->options().memory_budget_bytes);
+    metrics_->SetCompactSessions(pool.compact_sessions);
     lock.lock();
     cv_.wait_for(lock, std::chrono::milliseconds(500));
   }

@@ -56,6 +56,8 @@ struct ServerOptions {
   int64_t max_sessions = 1024;
   int64_t max_resident_sessions = 0;  // 0: max_sessions
   int64_t idle_ttl_s = 3600;
+  int64_t compact_idle_s = 0;     // 0: idle sessions stay fp32 until evicted
+  bool compact_kv_cache = false;  // compaction also puts the KV cache in bf16
   std::string device = "cpu";
   std::string dtype = "f32";
   int64_t max_batch_tokens = 512;

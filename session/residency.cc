@@ -1,8 +1,9 @@
-// Residency: where a session's state lives. Idle sessions past their TTL are removed and idle
-// resident ones are evicted to their session file, least recently used first, while the resident
-// pool exceeds its limits (bytes, sessions): at once when a session becomes resident
-// (EvictToFit) and at each reaper pass; an evicted session reloads on its next use
-// (EnsureResident). Evictions only queue work; the write runs on the engine thread.
+// Residency: where a session's state lives. Idle sessions past their TTL are removed, those idle
+// past compact_idle_after_ms keep their fast weights in bf16 (CompactIdle: the tier between fp32
+// and disk), and idle resident ones are evicted to their session file, least recently used first,
+// while the resident pool exceeds its limits (bytes, sessions): at once when a session becomes
+// resident (EvictToFit) and at each reaper pass; an evicted or compact session is back in fp32 on
+// its next use (EnsureResident). Evictions only queue work; the write runs on the engine thread.
 // PersistAll writes every resident session at shutdown and LoadPersisted registers them again
 // in the next process. A session file is the session's durable copy: it is replaced by the next
 // eviction or shutdown and removed only with the session (delete, TTL), never on reload, so a
@@ -103,7 +104,62 @@ void SessionManagerImpl::ReapNow() {
     }
   }
   for (auto& s : expired) DropOnEngine(s);
-  // States grow as they ingest, and sessions busy at admission could not make room then.
+  // States grow as they ingest, and sessions busy at admission could not make room then. A queued
+  // compaction makes room itself once it has run, so that eviction sees what it saved.
+  if (!CompactIdle()) EvictToFit(nullptr);
+}
+
+bool SessionManagerImpl::CompactIdle() {
+  if (options_.compact_idle_after_ms <= 0) return false;
+  const int64_t now = NowMs();
+  std::vector<std::shared_ptr<Session>> idle;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& [tenant, by_id] : sessions_) {
+      for (auto& [id, s] : by_id) {
+        std::lock_guard<std::mutex> slock(s->mu);
+        if (IdleLocked(*s) && !s->compact &&
+            now - s->last_used_ms >= options_.compact_idle_after_ms) {
+          idle.push_back(s);
+        }
+      }
+    }
+  }
+  if (idle.empty()) return false;
+  engine::Work w;
+  w.key = idle.front()->key;
+  // Captures the link, not `this`, as Evict does.
+  w.task = [idle, link = link_] {
+    std::lock_guard<std::mutex> linked(link->mu);
+    if (link->manager != nullptr) link->manager->FinishCompaction(idle);
+  };
+  return scheduler_->Submit(std::move(w), /*bypass_limits=*/true).ok();
+}
+
+bool SessionManagerImpl::IdleLocked(const Session& s) {
+  return s.resident && !s.evicting && !s.deleted && !s.writer && s.inflight == 0;
+}
+
+void SessionManagerImpl::FinishCompaction(const std::vector<std::shared_ptr<Session>>& listed) {
+  // Only those still idle: work admitted since the listing runs after this task (one engine
+  // thread), and its EnsureResident expands again; a session in use keeps its fp32 state.
+  std::vector<std::shared_ptr<Session>> idle;
+  std::vector<engine::SequenceState*> states;
+  for (const auto& s : listed) {
+    std::lock_guard<std::mutex> lock(s->mu);
+    if (!IdleLocked(*s)) continue;
+    idle.push_back(s);
+    states.push_back(&s->state);
+  }
+  const engine::CompactResult done =
+      engine::CompactStates(absl::MakeSpan(states), {.kv_cache = options_.compact_kv_cache});
+  for (const auto& s : idle) {
+    std::lock_guard<std::mutex> lock(s->mu);
+    s->RefreshLocked();
+  }
+  if (listener_ != nullptr && done.states > 0) {
+    listener_->OnCompacted(done.states, done.bytes_before - done.bytes_after);
+  }
   EvictToFit(nullptr);
 }
 
@@ -316,6 +372,7 @@ SessionManagerImpl::ResidentPool SessionManagerImpl::resident_pool() const {
         std::lock_guard<std::mutex> slock(s->mu);
         if (!s->resident) continue;
         ++pool.sessions;
+        if (s->compact) ++pool.compact_sessions;
         distinct.Add(s->held);
       }
     }
@@ -326,9 +383,20 @@ SessionManagerImpl::ResidentPool SessionManagerImpl::resident_pool() const {
 }
 
 absl::Status SessionManagerImpl::EnsureResident(Session& s) {
+  bool compact = false;
   {
     std::lock_guard<std::mutex> lock(s.mu);
-    if (s.resident) return absl::OkStatus();
+    if (s.resident && !s.compact) return absl::OkStatus();
+    compact = s.resident;
+  }
+  if (compact) {  // idle for a while: its bf16 copies back in fp32 buffers of its own
+    engine::ExpandState(s.state);
+    {
+      std::lock_guard<std::mutex> lock(s.mu);
+      s.RefreshLocked();
+    }
+    EvictToFit(&s);  // it grew, and is in use: others make room
+    return absl::OkStatus();
   }
   std::string blob;
   {

@@ -77,6 +77,9 @@ struct SessionInfo {
   int64_t create_time_unix_ms = 0;
   int64_t last_used_unix_ms = 0;
   bool resident = true;  // false while evicted to disk
+  // Resident with its fast weights in bf16 while idle (ManagerOptions::compact_idle_after_ms);
+  // its next use restores fp32.
+  bool compact = false;
   bool writer_active = false;
 };
 
@@ -119,6 +122,9 @@ class SessionListener {
   virtual ~SessionListener() = default;
   virtual void OnChunkUpdates(int64_t chunks) {}
   virtual void OnEvicted() {}
+  // A compaction pass put `sessions` idle sessions in bf16, freeing `bytes_saved`
+  // (ManagerOptions::compact_idle_after_ms).
+  virtual void OnCompacted(int64_t sessions, int64_t bytes_saved) {}
   virtual void OnCheckpointWritten(int64_t bytes, double seconds) {}
   // A session's state written to the store (write-behind, sync ingest, eviction, shutdown):
   // how long the write took, and the age of the copy it replaced (the lag: at most what a crash
@@ -141,6 +147,14 @@ struct ManagerOptions {
   // busy at once; admission is never refused for it (only max_sessions refuses).
   int64_t max_resident_sessions = 0;
   int64_t idle_ttl_seconds = 3600;
+  // Compact idle sessions (engine/compact.h): a resident session unused for this long keeps its
+  // fast-weight deltas (and, with compact_kv_cache, its KV cache) as bf16 copies, half their
+  // bytes, until its next use restores fp32; the budget counts the bytes really held, so eviction
+  // to disk comes later. A reaper pass compacts; 0: never (docs/contract.md: the quality cost).
+  // A delta that idle forks share stays one buffer; one that an active session also holds stays
+  // fp32.
+  int64_t compact_idle_after_ms = 0;
+  bool compact_kv_cache = false;
   int64_t reaper_interval_ms = 1000;
   int64_t max_checkpoint_bytes = int64_t{4} << 30;  // refuse larger imports
   int64_t max_generate_tokens = 4096;
@@ -334,6 +348,7 @@ class SessionManager {
     // The real figure: `bytes` plus the copies in flight (the state a Score or a non-committing
     // Generate runs on), which end with their request and are not budgeted.
     int64_t held_bytes = 0;
+    int64_t compact_sessions = 0;  // of `sessions`, those compact while idle (bf16)
   };
   virtual ResidentPool resident_pool() const = 0;
   // The pool's session limit.

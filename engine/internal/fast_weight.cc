@@ -39,13 +39,15 @@ bool FoldsFactored(const TttLayerState& slot, int64_t new_rows) {
 
 at::Tensor EffectiveDelta(const TttLayerState& slot) {
   const DeltaIncrements& inc = slot.increments;
-  if (inc.empty()) return slot.delta;
+  // An idle state's bf16 copy (engine/compact.h) reads as the fp32 values it stands for.
+  if (inc.empty())
+    return slot.delta.scalar_type() == at::kFloat ? slot.delta : slot.delta.to(at::kFloat);
   // base_scale * B + (V scaled by row)^T Z, in a tensor of its own.
   return at::addmm(slot.delta * inc.base_scale, (inc.v * RowScales(inc).unsqueeze(1)).t(), inc.z);
 }
 
 double EffectiveDeltaNorm(const TttLayerState& slot) {
-  if (slot.increments.empty()) return slot.delta.norm().item<double>();
+  if (slot.increments.empty()) return EffectiveDelta(slot).norm().item<double>();
   return std::sqrt(std::max(slot.increments.norm_sq, 0.0));
 }
 

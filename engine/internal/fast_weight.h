@@ -36,8 +36,9 @@ struct FoldParams {
 // Off (the default, engine::SetForkIncrements): a shared delta is copied at its first write.
 bool FoldsFactored(const TttLayerState& slot, int64_t new_rows);
 
-// The slot's effective delta as one dense [d_model, d_ff] tensor: `delta` itself when dense (no
-// copy), else base_scale * delta + sum_i scales[i] * v_i^T z_i in a fresh tensor.
+// The slot's effective delta as one dense [d_model, d_ff] fp32 tensor: `delta` itself when dense
+// (no copy; an idle state's bf16 copy, engine/compact.h, comes as fp32 in a fresh tensor), else
+// base_scale * delta + sum_i scales[i] * v_i^T z_i in a fresh tensor.
 at::Tensor EffectiveDelta(const TttLayerState& slot);
 
 // Frobenius norm of the effective delta (from the tracked norm when factored: no materialising).

@@ -56,6 +56,10 @@ struct SequenceTensors {
   std::vector<LayerCache> cache;   // one per decoder layer
   std::vector<TttLayerState> ttt;  // one per TTT layer, in layer order
   at::Tensor last_logits;          // [vocab] fp32: next-token logits; undefined before any token
+  // An idle state's bf16 copies (engine/compact.h): which of its fp32 tensors sit in bf16 until
+  // ExpandState. A Model step never sees such a state.
+  bool compact_deltas = false;
+  bool compact_caches = false;
 
   // Tokens of the unfinished chunk (0 when the stream sits on a chunk boundary).
   int64_t PendingTokens() const { return ttt.empty() ? 0 : ttt.front().pending_z.size(0); }

@@ -156,6 +156,16 @@ class SessionManagerImpl final : public SessionManager {
   // The queued part of Evict, on the engine thread: writes the state and drops it, unless the
   // session was used or deleted meanwhile.
   void FinishEviction(const std::shared_ptr<Session>& s);
+  // Mu of `s` held: resident and free to change (no operation in flight, no writer, not being
+  // evicted or deleted).
+  static bool IdleLocked(const Session& s);
+  // Queues the compaction of the resident sessions idle for compact_idle_after_ms or more (one
+  // engine task for all, so idle forks sharing a delta share its bf16 copy); returns whether it
+  // queued one (it then runs EvictToFit itself). False when compaction is off.
+  bool CompactIdle();
+  // CompactIdle's task, on the engine thread: compacts those of `listed` still idle, refreshes
+  // their accounting, tells the listener, then EvictToFit with the bytes saved.
+  void FinishCompaction(const std::vector<std::shared_ptr<Session>>& listed);
   // Evicts the least recently used idle resident sessions until the pool is within its limits
   // (sessions whose eviction is queued count as gone). `admitted` (may be null), the session
   // that just became resident, is never chosen. Only queues work: any thread may call it, the

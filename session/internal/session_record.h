@@ -12,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "engine/compact.h"
 #include "engine/scheduler.h"
 #include "engine/sequence.h"
 #include "session/internal/buffer_census.h"
@@ -65,11 +66,12 @@ class Session {
   int64_t created_ms;                                   // guarded by mu
   int64_t last_used_ms;                                 // guarded by mu
   bool resident = true;                                 // guarded by mu
-  bool writer = false;                                  // guarded by mu
-  std::string writer_what;                              // guarded by mu
-  int64_t inflight = 0;   // operations admitted and not finished; guarded by mu
-  bool deleted = false;   // guarded by mu
-  bool evicting = false;  // guarded by mu
+  bool compact = false;     // its state is compact (engine/compact.h); guarded by mu
+  bool writer = false;      // guarded by mu
+  std::string writer_what;  // guarded by mu
+  int64_t inflight = 0;     // operations admitted and not finished; guarded by mu
+  bool deleted = false;     // guarded by mu
+  bool evicting = false;    // guarded by mu
   // Written by a writer since its last copy in the store (write-behind picks it up); mu.
   bool dirty = false;
   int64_t persisted_ms = 0;  // when its state was last written to the store; guarded by mu
@@ -105,6 +107,7 @@ class Session {
     info.create_time_unix_ms = created_ms;
     info.last_used_unix_ms = last_used_ms;
     info.resident = resident;
+    info.compact = resident && compact;
     info.writer_active = writer;
     return info;
   }
@@ -129,6 +132,7 @@ class Session {
   void RefreshLocked() {
     counters.position = state.position();
     counters.tokens_pending = state.PendingTokens();
+    compact = engine::IsCompact(state);
     SetHeldLocked(state.HeldBuffers());
     const std::vector<double> norms = state.DeltaNorms();
     const std::vector<int64_t> layers = state.TttLayers();

@@ -1,0 +1,47 @@
+// Compact idle states: a session idle for a while keeps its fast-weight deltas (and, when asked,
+// its KV cache) as bf16 copies, half the bytes, and goes back to fp32 when it is next used. The
+// tier between a resident fp32 state and one evicted to disk (session/residency.cc decides when).
+//
+// Compaction rounds each value to bf16 (8 significant bits: a relative error of at most 2^-8 per
+// element) once; expanding is exact, so a state compacted twice loses nothing more. Neither
+// operation ever writes a buffer in place: both put a fresh tensor in the state, so a state that
+// shares buffers with its copy-on-write forks (SequenceState::Fork) never changes what the forks
+// see. Engine thread, like every use of a state's tensors.
+#pragma once
+
+#include <cstdint>
+
+#include "absl/types/span.h"
+#include "engine/sequence.h"
+
+namespace ttt::engine {
+
+struct CompactOptions {
+  // Also the KV caches (fp32 ones; a model that keeps its cache in bf16 already has nothing to
+  // gain). Off: only the fast-weight deltas.
+  bool kv_cache = false;
+};
+
+// What CompactStates did.
+struct CompactResult {
+  int64_t states = 0;        // states that hold at least one compact tensor now
+  int64_t bytes_before = 0;  // of the buffers replaced (each once, though several states held it)
+  int64_t bytes_after = 0;   // of their bf16 copies
+};
+
+// Compacts `states` together. A buffer held only by states in `states` is replaced, in every one
+// of them, by one bf16 copy they then share (idle forks of one session stay one buffer); a buffer
+// that anything else also holds (a fork outside the set, still active; a copy being written) is
+// left as it is, fp32 and shared, since a copy of it would add bytes instead of saving them.
+// Fast weights kept as a fork's low-rank increments (internal/fast_weight.h) stay as they are.
+// States already compact are fine (nothing of theirs is compacted twice).
+CompactResult CompactStates(absl::Span<SequenceState* const> states, const CompactOptions& options);
+
+// Whether `state` holds a compact tensor (a Model step must not see it before ExpandState).
+bool IsCompact(const SequenceState& state);
+
+// Puts every compact tensor of `state` back in fp32, each in a fresh buffer (forks that share the
+// bf16 copy keep it). Returns whether there was anything to expand.
+bool ExpandState(SequenceState& state);
+
+}  // namespace ttt::engine
