@@ -9,8 +9,8 @@
 //   engine_bench [--shape=small|test|shipped|large] [--tokens=N] [--threads=N]
 //   [--python=/usr/bin/python3]
 //                [--device=cpu|cuda] [--sessions=1,4,16,64]
-//                [--only=all|scaling|ops|decode|ingest|digest|fork]
-//                [--clock=wall|cpu] [--model=DIR] [--chunk=N]
+//                [--only=all|scaling|ops|decode|ingest|digest|fork|compact]
+//                [--clock=wall|cpu] [--model=DIR] [--chunk=N] [--valid=TOKENS]
 //
 // --clock=cpu times with the process's CPU time instead of the wall clock: with --threads=1 on a
 // machine shared with other jobs it is far less sensitive to time slicing (it still sees cache
@@ -21,7 +21,10 @@
 // 512 decode steps per session count (steadier than the scaling table's 32); --only=ingest one
 // call of --tokens tokens, TTT on and off. --only=fork: memory and time per fork of a session
 // after --tokens tokens (1,000 copy-on-write forks; with a 256-token ingest after each), against
-// the deep copy (issue 27; with --model=DIR for that model too). --only=digest prints
+// the deep copy (issue 27; with --model=DIR for that model too). --only=compact: bytes per
+// session and reload latency of each tier (fp32, compact bf16, a file) after --tokens tokens, and
+// with --model=DIR --valid=TOKENS the loss cost of compaction on that split (bench/compact_rows.h).
+// --only=digest prints
 // a SHA-256 of the log-probabilities and final states of a fixed mix of calls (decode steps, short
 // and long pieces, several sessions per call): two builds of the engine that print the same
 // digest compute bit-identical results on this machine (with --model=DIR, for that model too).
@@ -52,6 +55,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench/compact_rows.h"
 #include "bench/roofline.h"
 #include "engine/internal/model_tensors.h"
 #include "engine/model.h"
@@ -74,6 +78,7 @@ struct Flags {
   std::string only = "all";                    // "scaling": the session-scaling table alone
   std::string model;                           // a model folder whose session bytes to print
   int64_t chunk = 0;                           // > 0: the TTT chunk instead of the shape's
+  std::string valid;                           // --only=compact: token ids of a validation split
 };
 
 bool cpu_clock = false;  // --clock=cpu
@@ -135,6 +140,8 @@ Flags ParseFlags(int argc, char** argv) {
       flags.model = v;
     else if (auto v = value("chunk"))
       flags.chunk = std::atoll(v);
+    else if (auto v = value("valid"))
+      flags.valid = v;
     else {
       std::cerr << "unknown flag " << arg << "\n";
       std::exit(2);
@@ -650,6 +657,19 @@ int Run(const Flags& flags) {
         return 1;
       }
       PrintDigests(flags.model, **loaded, **loaded_plain);
+    }
+    return 0;
+  }
+  if (flags.only == "compact") {  // bench/compact_rows.h
+    bench::CompactTable("bench shape " + flags.shape, *ttt, n, 30, Now);
+    if (!flags.model.empty()) {
+      auto loaded = Model::Load(flags.model, {.device = flags.device});
+      if (!loaded.ok()) {
+        std::cerr << loaded.status() << "\n";
+        return 1;
+      }
+      bench::CompactTable(flags.model, **loaded, n, 30, Now);
+      if (!flags.valid.empty()) bench::CompactQuality(**loaded, flags.valid, 1024);
     }
     return 0;
   }
