@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -255,6 +256,101 @@ void CompactQuality(const Model& model, const std::string& valid_path, int64_t p
     active.AddDocument(want, got);
   }
   active.Print("active: deltas stored in bf16 after every chunk (issue 26 #5, simulated)");
+}
+
+namespace {
+
+// The delta term of a decode step (engine/internal/batched_kernels.cc's DeltaRows: out = delta @
+// z, one row per session and TTT layer), with the delta read as fp32 or as bf16 widened in
+// registers (fp32 arithmetic): what storing deltas in bf16 while active would save a batched
+// step, measured apart from the engine (issue 26 #5). Same vector code and target clones.
+using Vec = float __attribute__((vector_size(32)));
+using Half8 = uint16_t __attribute__((vector_size(16)));
+using Word8 = uint32_t __attribute__((vector_size(32)));
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_THREAD__)
+#define TTT_BENCH_MULTIVERSION \
+  __attribute__((target_clones("arch=skylake-avx512", "arch=haswell", "default")))
+#else
+#define TTT_BENCH_MULTIVERSION
+#endif
+
+__attribute__((always_inline)) inline void Load(Vec& v, const float* p) {
+  std::memcpy(&v, p, sizeof(Vec));
+}
+__attribute__((always_inline)) inline void Load(Vec& v, const uint16_t* p) {
+  Half8 h;
+  std::memcpy(&h, p, sizeof(Half8));
+  const Word8 w = __builtin_convertvector(h, Word8) << 16;  // bf16 is fp32's upper half
+  std::memcpy(&v, &w, sizeof(Vec));
+}
+
+template <typename T>
+__attribute__((always_inline)) inline float Dot(const T* a, const float* b, int64_t n) {
+  Vec s0 = {}, s1 = s0, s2 = s0, s3 = s0, x0, x1, x2, x3, y0, y1, y2, y3;
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    Load(x0, a + i), Load(y0, b + i), Load(x1, a + i + 8), Load(y1, b + i + 8);
+    Load(x2, a + i + 16), Load(y2, b + i + 16), Load(x3, a + i + 24), Load(y3, b + i + 24);
+    s0 += x0 * y0, s1 += x1 * y1, s2 += x2 * y2, s3 += x3 * y3;
+  }
+  const Vec s = (s0 + s1) + (s2 + s3);
+  return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));  // n % 32 == 0 here
+}
+
+TTT_BENCH_MULTIVERSION void DeltaTermF32(const std::vector<std::vector<float>>& deltas,
+                                         const float* z, int64_t d_model, int64_t d_ff,
+                                         float* out) {
+  for (size_t k = 0; k < deltas.size(); ++k) {
+    for (int64_t i = 0; i < d_model; ++i) out[i] += Dot(deltas[k].data() + i * d_ff, z, d_ff);
+  }
+}
+TTT_BENCH_MULTIVERSION void DeltaTermBf16(const std::vector<std::vector<uint16_t>>& deltas,
+                                          const float* z, int64_t d_model, int64_t d_ff,
+                                          float* out) {
+  for (size_t k = 0; k < deltas.size(); ++k) {
+    for (int64_t i = 0; i < d_model; ++i) out[i] += Dot(deltas[k].data() + i * d_ff, z, d_ff);
+  }
+}
+
+}  // namespace
+
+void DeltaReadTable(const engine::ModelConfig& c, const std::vector<int>& sessions,
+                    const std::function<double()>& now) {
+  const int64_t d = c.hidden_size, f = c.intermediate_size;
+  if (f % 32 != 0) return;
+  std::printf(
+      "\nThe delta term of one decode step (out = delta @ z per session and TTT layer, %lld x "
+      "%lld), delta stored fp32 vs bf16 (widened in registers), best of 5\n"
+      "| sessions | fp32 | bf16 | bf16 / fp32 time | fp32 GB/s |\n|---|---|---|---|---|\n",
+      (long long)d, (long long)f);
+  std::mt19937 rng(3);
+  std::uniform_real_distribution<float> uniform(-1, 1);
+  std::vector<float> z(f), out(d);
+  for (float& v : z) v = uniform(rng);
+  for (int n : sessions) {
+    const size_t count = static_cast<size_t>(n) * c.ttt_layers.size();
+    std::vector<std::vector<float>> f32(count, std::vector<float>(d * f));
+    std::vector<std::vector<uint16_t>> bf16(count, std::vector<uint16_t>(d * f));
+    for (size_t k = 0; k < count; ++k) {
+      for (int64_t e = 0; e < d * f; ++e) {
+        f32[k][e] = uniform(rng);
+        uint32_t bits;
+        std::memcpy(&bits, &f32[k][e], 4);
+        bf16[k][e] = static_cast<uint16_t>(bits >> 16);
+      }
+    }
+    double best32 = 1e9, best16 = 1e9;
+    for (int r = 0; r < 5; ++r) {
+      double start = now();
+      DeltaTermF32(f32, z.data(), d, f, out.data());
+      best32 = std::min(best32, now() - start);
+      start = now();
+      DeltaTermBf16(bf16, z.data(), d, f, out.data());
+      best16 = std::min(best16, now() - start);
+    }
+    std::printf("| %d | %.2f ms | %.2f ms | %.3f | %.1f |\n", n, best32 * 1e3, best16 * 1e3,
+                best16 / best32, count * d * f * 4 / best32 / 1e9);
+  }
 }
 
 }  // namespace ttt::bench

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "engine/model.h"
 
@@ -23,5 +24,10 @@ void CompactTable(const std::string& label, const engine::Model& model, int64_t 
 // 256, the state is compacted and expanded again, and the rest (at most `prefix` tokens) read on;
 // its loss against a copy never compacted, per token and as a paired bootstrap over documents.
 void CompactQuality(const engine::Model& model, const std::string& valid_path, int64_t prefix);
+
+// Issue 26 #5's speed side, apart from the engine: the time of a decode step's delta term for
+// each count of `sessions`, reading fp32 deltas against bf16 ones widened to fp32 in registers.
+void DeltaReadTable(const engine::ModelConfig& config, const std::vector<int>& sessions,
+                    const std::function<double()>& now);
 
 }  // namespace ttt::bench

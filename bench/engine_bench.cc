@@ -661,6 +661,7 @@ int Run(const Flags& flags) {
     return 0;
   }
   if (flags.only == "compact") {  // bench/compact_rows.h
+    bench::DeltaReadTable(config, flags.sessions, Now);
     bench::CompactTable("bench shape " + flags.shape, *ttt, n, 30, Now);
     if (!flags.model.empty()) {
       auto loaded = Model::Load(flags.model, {.device = flags.device});

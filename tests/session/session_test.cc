@@ -129,12 +129,14 @@ class SessionTest : public ::testing::Test {
   }
 
   // Waits (up to 5 s: compaction runs on the engine thread) until the session is compact or
-  // not; returns whether it is then.
+  // not, passing the reaper again meanwhile (an operation that just answered may not have
+  // ended yet at the first pass); returns whether it is then.
   bool WaitCompact(const std::string& id, bool compact) {
     for (int i = 0; i < 250; ++i) {
       auto info = manager_->GetSession("t", id);
       if (!info.ok() || info->compact == compact) break;
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      manager_->ReapNow();
     }
     auto info = manager_->GetSession("t", id);
     return info.ok() && info->compact;
@@ -1114,6 +1116,25 @@ TEST_F(SessionTest, AnIdleSessionGoesCompactAndScoresWithinTheBoundOnItsNextUse)
   auto more = Ingest(a->id, {5, 6});
   ASSERT_TRUE(more.ok()) << more.status();
   EXPECT_EQ(more->counters.position, 2 * chunk_ + 5);
+}
+
+// A session a writer holds is in use, however long it has been quiet: it stays fp32.
+TEST_F(SessionTest, ASessionAWriterHoldsIsNeverCompacted) {
+  compact_idle_after_ms_ = 1;
+  Open("llama");
+  auto a = manager_->CreateSession("t", {});
+  ASSERT_TRUE(Ingest(a->id, Tokens(static_cast<int>(chunk_ + 1), vocab_, 75)).ok());
+  {
+    auto writer = manager_->OpenWriter("t", a->id, "test");
+    ASSERT_TRUE(writer.ok()) << writer.status();
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    manager_->ReapNow();  // lists no idle session: nothing is queued
+    EXPECT_FALSE(manager_->GetSession("t", a->id)->compact);
+    EXPECT_EQ(manager_->resident_pool().compact_sessions, 0);
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  manager_->ReapNow();
+  EXPECT_TRUE(WaitCompact(a->id, true));
 }
 
 // Idle forks sharing a delta share its bf16 copy (counted once); one of them used again expands
