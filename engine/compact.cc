@@ -21,7 +21,8 @@ at::Tensor FreshCopy(const at::Tensor& t, at::ScalarType dtype) {
 
 // The fp32 handles of the set's states that compaction may replace, grouped by the tensor they
 // refer to (a fork's handle is a copy of its parent's, the same TensorImpl, until one of them
-// writes), each with its state's flag to set when it is replaced.
+// writes), each with its state's flag to set when it is replaced by a bf16 copy (null: the
+// tensor is only trimmed, an fp32 copy of its elements without the buffer's spare rows).
 struct Candidates {
   struct Handle {
     at::Tensor* tensor;
@@ -30,11 +31,12 @@ struct Candidates {
   std::unordered_map<const void*, std::vector<Handle>> groups;
   std::vector<const void*> order;  // first-seen order, so the work is deterministic
 
-  void Add(at::Tensor& t, bool& compact_flag) {
+  void Add(at::Tensor& t, bool* compact_flag) {
     if (!t.defined() || t.scalar_type() != at::kFloat || t.numel() == 0) return;
+    if (compact_flag == nullptr && t.storage().nbytes() <= t.nbytes()) return;  // no spare rows
     auto [it, fresh] = groups.try_emplace(t.unsafeGetTensorImpl());
     if (fresh) order.push_back(it->first);
-    it->second.push_back({&t, &compact_flag});
+    it->second.push_back({&t, compact_flag});
   }
 };
 
@@ -54,12 +56,14 @@ CompactResult CompactStates(absl::Span<SequenceState* const> states,
     SequenceTensors& s = TensorsOf(*state);
     for (TttLayerState& slot : s.ttt) {
       // A factored slot's base is shared with its parent by design: it stays.
-      if (slot.increments.empty()) candidates.Add(slot.delta, s.compact_deltas);
+      if (slot.increments.empty()) candidates.Add(slot.delta, &s.compact_deltas);
+      candidates.Add(slot.pending_z, nullptr);
+      candidates.Add(slot.pending_x0, nullptr);
     }
-    if (!options.kv_cache) continue;
+    bool* cache_flag = options.kv_cache ? &s.compact_caches : nullptr;
     for (LayerCache& c : s.cache) {
-      candidates.Add(c.keys, s.compact_caches);
-      candidates.Add(c.values, s.compact_caches);
+      candidates.Add(c.keys, cache_flag);
+      candidates.Add(c.values, cache_flag);
     }
   }
   CompactResult result;
@@ -68,11 +72,12 @@ CompactResult CompactStates(absl::Span<SequenceState* const> states,
     if (!HeldOnlyBy(group)) continue;
     const at::Tensor& original = *group.front().tensor;
     result.bytes_before += static_cast<int64_t>(original.storage().nbytes());
-    const at::Tensor compact = FreshCopy(original, kCompactType);
+    const bool round = group.front().compact_flag != nullptr;
+    const at::Tensor compact = FreshCopy(original, round ? kCompactType : at::kFloat);
     result.bytes_after += static_cast<int64_t>(compact.nbytes());
     for (const Candidates::Handle& h : group) {
       *h.tensor = compact;  // the fp32 buffer goes with its last handle
-      *h.compact_flag = true;
+      if (round) *h.compact_flag = true;
     }
   }
   for (SequenceState* state : states) result.states += IsCompact(*state) ? 1 : 0;

@@ -1,6 +1,8 @@
 // Compact idle states: a session idle for a while keeps its fast-weight deltas (and, when asked,
 // its KV cache) as bf16 copies, half the bytes, and goes back to fp32 when it is next used. The
 // tier between a resident fp32 state and one evicted to disk (session/residency.cc decides when).
+// Its other buffers lose their spare rows (a cache or chunk buffer grown in place keeps room to
+// append: up to half a long cache), exactly, with no rounding; the next append grows them again.
 //
 // Compaction rounds each value to bf16 (8 significant bits: a relative error of at most 2^-8 per
 // element) once; expanding is exact, so a state compacted twice loses nothing more. Neither
@@ -24,15 +26,16 @@ struct CompactOptions {
 
 // What CompactStates did.
 struct CompactResult {
-  int64_t states = 0;        // states that hold at least one compact tensor now
+  int64_t states = 0;        // states that hold at least one compact (bf16) tensor now
   int64_t bytes_before = 0;  // of the buffers replaced (each once, though several states held it)
-  int64_t bytes_after = 0;   // of their bf16 copies
+  int64_t bytes_after = 0;   // of their bf16 copies and trimmed fp32 copies
 };
 
 // Compacts `states` together. A buffer held only by states in `states` is replaced, in every one
 // of them, by one bf16 copy they then share (idle forks of one session stay one buffer); a buffer
 // that anything else also holds (a fork outside the set, still active; a copy being written) is
-// left as it is, fp32 and shared, since a copy of it would add bytes instead of saving them.
+// left as it is, fp32 and shared, since a copy of it would add bytes instead of saving them. The
+// same holds for trimming the spare rows of the caches and the unfinished chunk's buffers.
 // Fast weights kept as a fork's low-rank increments (internal/fast_weight.h) stay as they are.
 // States already compact are fine (nothing of theirs is compacted twice).
 CompactResult CompactStates(absl::Span<SequenceState* const> states, const CompactOptions& options);

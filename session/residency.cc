@@ -155,9 +155,17 @@ void SessionManagerImpl::FinishCompaction(const std::vector<std::shared_ptr<Sess
       engine::CompactStates(absl::MakeSpan(states), {.kv_cache = options_.compact_kv_cache});
   for (const auto& s : idle) {
     std::lock_guard<std::mutex> lock(s->mu);
-    s->RefreshLocked();
+    // Unchanged (its buffers shared with a session in use): no refresh, whose delta norms read
+    // every delta; the reaper lists such a session again at each pass.
+    const std::vector<engine::HeldBuffer> now = s->state.HeldBuffers();
+    const bool same = now.size() == s->held.size() &&
+                      std::equal(now.begin(), now.end(), s->held.begin(),
+                                 [](const engine::HeldBuffer& a, const engine::HeldBuffer& b) {
+                                   return a.identity == b.identity && a.bytes == b.bytes;
+                                 });
+    if (!same) s->RefreshLocked();
   }
-  if (listener_ != nullptr && done.states > 0) {
+  if (listener_ != nullptr && done.bytes_before > done.bytes_after) {
     listener_->OnCompacted(done.states, done.bytes_before - done.bytes_after);
   }
   EvictToFit(nullptr);

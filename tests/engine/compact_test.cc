@@ -108,7 +108,7 @@ TEST(CompactTest, CompactThenExpandRoundsEachValueToBf16Once) {
     const CompactResult done = CompactStates({&state}, {.kv_cache = kv_cache});
     EXPECT_EQ(done.states, 1);
     EXPECT_TRUE(IsCompact(state));
-    EXPECT_EQ(done.bytes_before - done.bytes_after >= DeltaBytes(model->config()) / 2, true);
+    EXPECT_GE(done.bytes_before - done.bytes_after, DeltaBytes(model->config()) / 2);
     EXPECT_EQ(state.HeldBytes(), held - (done.bytes_before - done.bytes_after));
     // What a checkpoint of it holds is fp32 already.
     const NamedTensors compact_tensors = StateTensors(state);
@@ -178,9 +178,11 @@ TEST(CompactTest, AForkNeverSeesItsSiblingsCompaction) {
   const int64_t together = DistinctBytes({&parent, &fork});
   done = CompactStates({&parent, &fork}, {.kv_cache = false});
   EXPECT_EQ(done.states, 2);
-  EXPECT_EQ(done.bytes_before, DeltaBytes(model->config()));
-  EXPECT_EQ(done.bytes_after, DeltaBytes(model->config()) / 2);
-  EXPECT_EQ(DistinctBytes({&parent, &fork}), together - DeltaBytes(model->config()) / 2);
+  EXPECT_GE(done.bytes_before - done.bytes_after, DeltaBytes(model->config()) / 2);
+  EXPECT_EQ(DistinctBytes({&parent, &fork}), together - (done.bytes_before - done.bytes_after));
+  for (size_t k = 0; k < TensorsOf(parent).ttt.size(); ++k) {
+    EXPECT_TRUE(TensorsOf(parent).ttt[k].delta.is_same(TensorsOf(fork).ttt[k].delta));
+  }
   const SequenceState parent_compact = parent.Clone();
 
   // The fork is used: it expands into buffers of its own and writes; the parent stays compact,

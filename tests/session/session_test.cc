@@ -1088,9 +1088,10 @@ TEST_F(SessionTest, EvictingAParentOrAForkLeavesTheOtherAsItWas) {
   EXPECT_FALSE(WaitResident(f, false));
 }
 
-// Issue 27 #3: a session idle past compact_idle_after_ms keeps its deltas in bf16 (the pool and
-// its memory_bytes show half the delta bytes saved); its next use restores fp32, and its scores
-// stay within what bf16's rounding allows (measured on this fixture: below 1e-4).
+// Issue 27 #3: a session idle past compact_idle_after_ms keeps its deltas in bf16 and its other
+// buffers without spare rows (the pool and its memory_bytes show the bytes saved, half the
+// deltas' at least); its next use restores fp32 deltas, and its scores stay within what bf16's
+// rounding allows (measured on this fixture: below 1e-4).
 TEST_F(SessionTest, AnIdleSessionGoesCompactAndScoresWithinTheBoundOnItsNextUse) {
   compact_idle_after_ms_ = 1;
   Open("llama");
@@ -1103,13 +1104,14 @@ TEST_F(SessionTest, AnIdleSessionGoesCompactAndScoresWithinTheBoundOnItsNextUse)
   std::this_thread::sleep_for(std::chrono::milliseconds(5));  // idle past the threshold
   manager_->ReapNow();
   ASSERT_TRUE(WaitCompact(a->id, true));
-  EXPECT_EQ(manager_->GetSession("t", a->id)->memory_bytes, bytes_before - DeltaBytes() / 2);
-  EXPECT_EQ(manager_->resident_pool().bytes, pool_before - DeltaBytes() / 2);
+  const int64_t compacted = manager_->GetSession("t", a->id)->memory_bytes;
+  EXPECT_LE(compacted, bytes_before - DeltaBytes() / 2);
+  EXPECT_EQ(manager_->resident_pool().bytes, pool_before - (bytes_before - compacted));
   EXPECT_EQ(manager_->resident_pool().compact_sessions, 1);
 
-  const auto after = Score(a->id, probe)->logprobs;  // its next use: fp32 again
+  const auto after = Score(a->id, probe)->logprobs;  // its next use: fp32 deltas again
   EXPECT_FALSE(manager_->GetSession("t", a->id)->compact);
-  EXPECT_EQ(manager_->GetSession("t", a->id)->memory_bytes, bytes_before);
+  EXPECT_EQ(manager_->GetSession("t", a->id)->memory_bytes, compacted + DeltaBytes() / 2);
   ASSERT_EQ(after.size(), before.size());
   for (size_t i = 1; i < after.size(); ++i) EXPECT_NEAR(after[i], before[i], 1e-3) << i;
   // And writing continues where it was.
@@ -1154,7 +1156,12 @@ TEST_F(SessionTest, IdleForksCompactTogetherAndNeverSeeEachOthersWrites) {
   manager_->ReapNow();
   ASSERT_TRUE(WaitCompact(a->id, true));
   ASSERT_TRUE(WaitCompact(f, true));
-  EXPECT_EQ(manager_->resident_pool().bytes, pool_before - DeltaBytes() / 2);
+  // One bf16 copy for both, counted once: the shares add up to the pool.
+  const int64_t pool_after = manager_->resident_pool().bytes;
+  EXPECT_LE(pool_after, pool_before - DeltaBytes() / 2);
+  EXPECT_NEAR(
+      manager_->GetSession("t", a->id)->memory_bytes + manager_->GetSession("t", f)->memory_bytes,
+      pool_after, 16);
 
   ASSERT_TRUE(Ingest(f, Tokens(static_cast<int>(chunk_ + 2), vocab_, 74)).ok());  // fork writes
   EXPECT_FALSE(manager_->GetSession("t", f)->compact);
