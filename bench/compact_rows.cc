@@ -91,7 +91,7 @@ void CompactTable(const std::string& label, const Model& model, int64_t tokens, 
     engine::CompactStates({&state}, {.kv_cache = kv});
     const int64_t bytes = state.HeldBytes();
     std::printf("| compact: %s | %.2f MiB | %.1f | %.2fx |\n",
-                kv ? "deltas and KV cache bf16" : "deltas bf16", bytes / 1048576.0,
+                kv ? "deltas and KV cache bf16" : "deltas bf16, spare rows trimmed", bytes / 1048576.0,
                 1073741824.0 / bytes, double(fp32) / bytes);
   }
 
