@@ -334,9 +334,10 @@ absl::StatusOr<std::string> MemoryReport(const MemoryReportOptions& o) {
     ASSIGN_OR_RETURN(auto fades, MeasureFades(o));
     md << "\n## Carry-over with the fast weights faded at each document end\n\nThe same, with "
        << "each fast-weight delta of " << o.variants[0].first << " multiplied by the fraction "
-       << "kept at every document end (the context stays; `Model::FadeFastWeights`, the session "
-       << "option `keep_at_document_end`). 1: as above; `reset_at_document_end` gives 0 in "
-       << "every cell (a fresh session).\n\n| kept | corpus | unrelated, all | unrelated, beyond "
+       << "kept at every document end (the context stays; `Model::FadeFastWeights`: a session "
+       << "created with `fade_at_document_end` = 1 - kept). 1: as above; "
+       << "`reset_at_document_end` gives 0 in every cell (a fresh session).\n\n| kept | corpus | "
+          "unrelated, all | unrelated, beyond "
        << "reach | related, all | related, beyond reach |\n|---|---|---|---|---|---|\n";
     for (size_t c = 0; c < o.corpora.size(); ++c) {
       md << "| 1 | " << o.corpora[c].name << " | " << CarryCells(m[0][c].carry, m[0][c].reach)

@@ -349,7 +349,7 @@ TEST(EvalTest, CarryOverIsTheSameTextReadAfterOtherDocumentsMinusReadFresh) {
 }
 
 // With a fade the session reads each document in turn and its fast weights are scaled between
-// them (Model::FadeFastWeights), as a session with keep_at_document_end would.
+// them (Model::FadeFastWeights), as a session with fade_at_document_end = 0.5 would.
 TEST(EvalTest, CarryOverWithAFadeReadsAsASessionFadedAtEachDocumentEnd) {
   const Corpus targets = MakeCorpus({40, 33, 45, 28}, 10);
   const Corpus others = MakeCorpus({30, 26, 35}, 150);
