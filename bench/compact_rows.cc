@@ -91,8 +91,8 @@ void CompactTable(const std::string& label, const Model& model, int64_t tokens, 
     engine::CompactStates({&state}, {.kv_cache = kv});
     const int64_t bytes = state.HeldBytes();
     std::printf("| compact: %s | %.2f MiB | %.1f | %.2fx |\n",
-                kv ? "deltas and KV cache bf16" : "deltas bf16, spare rows trimmed", bytes / 1048576.0,
-                1073741824.0 / bytes, double(fp32) / bytes);
+                kv ? "deltas and KV cache bf16" : "deltas bf16, spare rows trimmed",
+                bytes / 1048576.0, 1073741824.0 / bytes, double(fp32) / bytes);
   }
 
   // Reload latency: what the first use of an idle session waits for before its step.

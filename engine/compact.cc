@@ -5,6 +5,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include <c10/core/InferenceMode.h>
+
 #include "engine/internal/sequence_tensors.h"
 
 namespace ttt::engine {
@@ -51,6 +53,7 @@ bool HeldOnlyBy(const std::vector<Candidates::Handle>& group) {
 
 CompactResult CompactStates(absl::Span<SequenceState* const> states,
                             const CompactOptions& options) {
+  c10::InferenceMode guard;  // the copies are inference tensors, as the rest of a state's
   Candidates candidates;
   for (SequenceState* state : states) {
     SequenceTensors& s = TensorsOf(*state);
@@ -92,6 +95,7 @@ bool IsCompact(const SequenceState& state) {
 bool ExpandState(SequenceState& state) {
   SequenceTensors& s = TensorsOf(state);
   if (!s.compact_deltas && !s.compact_caches) return false;
+  c10::InferenceMode guard;
   auto expand = [](at::Tensor& t) {
     if (t.defined() && t.scalar_type() == kCompactType) t = FreshCopy(t, at::kFloat);
   };
