@@ -215,23 +215,29 @@ void CompactQuality(const Model& model, const std::string& valid_path, int64_t p
       "| compaction | tokens scored | loss without | loss with | change | 95 %% interval | mean "
       "abs change of a token's logprob | max |\n|---|---|---|---|---|---|---|---|\n");
   // Idle compaction: once, after the first half of each document (at most `prefix` tokens);
-  // the rest (at most `prefix` tokens) scored.
-  for (bool kv : {false, true}) {
-    QualityRow row;
-    for (const std::vector<int32_t>& doc : docs) {
-      const int64_t half = std::min<int64_t>(doc.size() / 2, prefix);
-      const std::vector<int32_t> first(doc.begin(), doc.begin() + half);
-      const std::vector<int32_t> rest(doc.begin() + half,
-                                      doc.begin() + std::min<int64_t>(doc.size(), half + prefix));
-      SequenceState base = model.NewSequence();
-      Read(model, base, first, kPiece);
-      SequenceState compacted = base.Clone();
-      engine::CompactStates({&compacted}, {.kv_cache = kv});
-      engine::ExpandState(compacted);
-      const IngestLogProbs want = Read(model, base, rest, kPiece);
-      row.AddDocument(want, Read(model, compacted, rest, kPiece));
+  // then the rest (at most `prefix` tokens) scored, or the first half read again (re-reading).
+  for (bool reread : {false, true}) {
+    for (bool kv : {false, true}) {
+      QualityRow row;
+      for (const std::vector<int32_t>& doc : docs) {
+        const int64_t half = std::min<int64_t>(doc.size() / 2, prefix);
+        const std::vector<int32_t> first(doc.begin(), doc.begin() + half);
+        const std::vector<int32_t> rest =
+            reread
+                ? first
+                : std::vector<int32_t>(doc.begin() + half,
+                                       doc.begin() + std::min<int64_t>(doc.size(), half + prefix));
+        SequenceState base = model.NewSequence();
+        Read(model, base, first, kPiece);
+        SequenceState compacted = base.Clone();
+        engine::CompactStates({&compacted}, {.kv_cache = kv});
+        engine::ExpandState(compacted);
+        const IngestLogProbs want = Read(model, base, rest, kPiece);
+        row.AddDocument(want, Read(model, compacted, rest, kPiece));
+      }
+      row.Print(std::string(kv ? "idle once, deltas and KV cache bf16" : "idle once, deltas bf16") +
+                (reread ? ", then the first half re-read" : ""));
     }
-    row.Print(kv ? "idle once, deltas and KV cache bf16" : "idle once, deltas bf16");
   }
   // Issue 26 #5, simulated: deltas stored in bf16 while active (each chunk's update added in
   // fp32 to the stored delta, the sum rounded to bf16 when stored), i.e. compact + expand after
