@@ -52,10 +52,53 @@ std::vector<double> DoubleValues(const at::Tensor& t) {
   return std::vector<double>(c.data_ptr<double>(), c.data_ptr<double>() + c.numel());
 }
 
-// A float tensor on `device` from host values.
-at::Tensor FloatTensor(const std::vector<float>& values, at::IntArrayRef sizes,
-                       const at::Device& device) {
-  return at::tensor(values, at::kFloat).view(sizes).to(device);
+bool CpuFloats(const at::Tensor& t) {
+  return t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous();
+}
+
+// The inner products a block's recursion needs, per chunk, in double.
+struct InnerProducts {
+  std::vector<double> with_delta;  // <D, U_i> = sum(V_i * (Z_i D^T))
+  std::vector<double> gram;        // <U_i, U_k> = sum((V_i V_k^T) * (Z_i Z_k^T)), [chunks, chunks]
+};
+
+// From `zd` [m, d_model] (Z D^T), the targets `vb` [m, d_model] and the Grams gz, gv [m, m] of a
+// block of m / chunk chunks: loops over the floats on the CPU (no operation to dispatch), tensor
+// operations elsewhere.
+InnerProducts BlockInnerProducts(const at::Tensor& zd, const at::Tensor& vb, const at::Tensor& gz,
+                                 const at::Tensor& gv, int64_t chunk) {
+  const int64_t m = vb.size(0), d = vb.size(1), chunks = m / chunk;
+  if (!(CpuFloats(zd) && CpuFloats(vb) && CpuFloats(gz) && CpuFloats(gv))) {
+    const auto dbl = [](const at::Tensor& t) { return t.to(at::kDouble); };
+    return {
+        DoubleValues((dbl(vb) * dbl(zd)).sum(1).view({chunks, chunk}).sum(1)),
+        DoubleValues(
+            (dbl(gv) * dbl(gz)).view({chunks, chunk, chunks, chunk}).sum(at::IntArrayRef{1, 3}))};
+  }
+  InnerProducts out{std::vector<double>(chunks, 0.0), std::vector<double>(chunks * chunks, 0.0)};
+  const float *z = zd.data_ptr<float>(), *v = vb.data_ptr<float>();
+  const float *g_z = gz.data_ptr<float>(), *g_v = gv.data_ptr<float>();
+  for (int64_t a = 0; a < m; ++a) {
+    double dot = 0;
+    for (int64_t c = 0; c < d; ++c) dot += static_cast<double>(v[a * d + c]) * z[a * d + c];
+    out.with_delta[a / chunk] += dot;
+    double* gram_row = out.gram.data() + (a / chunk) * chunks;
+    for (int64_t b = 0; b < m; ++b) {
+      gram_row[b / chunk] += static_cast<double>(g_v[a * m + b]) * g_z[a * m + b];
+    }
+  }
+  return out;
+}
+
+// A float tensor [rows, cols] on `device`, filled on the host with value(r, c).
+template <typename Value>
+at::Tensor HostFilled(int64_t rows, int64_t cols, const at::Device& device, Value value) {
+  at::Tensor t = at::empty({rows, cols}, at::kFloat);
+  float* p = t.data_ptr<float>();
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < cols; ++c) p[r * cols + c] = static_cast<float>(value(r, c));
+  }
+  return t.to(device);
 }
 
 // One block: `zb` [rows, d_ff] whose first m = chunks * chunk rows are whole chunks with targets
@@ -67,47 +110,36 @@ at::Tensor ScanBlock(at::Tensor& delta, const at::Tensor& zb, const at::Tensor& 
   const int64_t rows = zb.size(0), m = vb.size(0), chunks = m / chunk;
   const at::Tensor zu = zb.slice(0, 0, m);
   at::Tensor term = at::mm(zb, delta.t());   // [rows, d_model]: every row against D
-  const at::Tensor gz = at::mm(zb, zu.t());  // [rows, m]
+  at::Tensor gz = at::mm(zb, zu.t());        // [rows, m]
   const at::Tensor gv = at::mm(vb, vb.t());  // [m, m]
-  // The inner products per chunk, in double: <D, U_i> = sum(V_i * (Z_i D^T)),
-  // <U_i, U_k> = sum((V_i V_k^T) * (Z_i Z_k^T)).
-  const std::vector<double> with_delta =
-      DoubleValues((vb.to(at::kDouble) * term.slice(0, 0, m).to(at::kDouble))
-                       .sum(1)
-                       .view({chunks, chunk})
-                       .sum(1));
-  const std::vector<double> gram =
-      DoubleValues((gv.to(at::kDouble) * gz.slice(0, 0, m).to(at::kDouble))
-                       .view({chunks, chunk, chunks, chunk})
-                       .sum(at::IntArrayRef{1, 3}));
+  const InnerProducts products =
+      BlockInnerProducts(term.slice(0, 0, m), vb, gz.slice(0, 0, m), gv, chunk);
   double delta_sq = 0;
   if (params.cap > 0) {
     const double norm = delta.norm().item<double>();
     delta_sq = norm * norm;
   }
-  const BlockCoefficients c = Recurse(delta_sq, with_delta, gram, chunks, params);
+  const BlockCoefficients c = Recurse(delta_sq, products.with_delta, products.gram, chunks, params);
 
   // Row r of chunk j (j = chunks past the whole chunks) weighs Gram column a of chunk i by
   // weights[j][i] (zero for i >= j) and its D term by alpha[j].
-  std::vector<float> mask(rows * m), row_alpha(rows), fold_weights(m);
-  bool scaled = false;
-  for (int64_t r = 0; r < rows; ++r) {
-    const int64_t j = std::min(r / chunk, chunks);
-    row_alpha[r] = static_cast<float>(c.alpha[j]);
-    scaled = scaled || c.alpha[j] != 1.0;
-    for (int64_t a = 0; a < m; ++a) {
-      mask[r * m + a] = static_cast<float>(c.weights[j * chunks + a / chunk]);
-    }
-  }
-  for (int64_t a = 0; a < m; ++a) {
-    fold_weights[a] = static_cast<float>(c.weights[chunks * chunks + a / chunk]);
-  }
+  const auto chunk_of = [&](int64_t r) { return std::min(r / chunk, chunks); };
   const at::Device device = zb.device();
-  if (scaled) term.mul_(FloatTensor(row_alpha, {rows, 1}, device));
-  term.addmm_(gz * FloatTensor(mask, {rows, m}, device), vb);
+  if (c.alpha[chunk_of(rows - 1)] != 1.0) {  // the cap shrank D (alpha never grows)
+    term.mul_(
+        HostFilled(rows, 1, device, [&](int64_t r, int64_t) { return c.alpha[chunk_of(r)]; }));
+  }
+  term.addmm_(gz.mul_(HostFilled(rows, m, device,
+                                 [&](int64_t r, int64_t a) {
+                                   return c.weights[chunk_of(r) * chunks + a / chunk];
+                                 })),
+              vb);
 
   // D <- alpha * D + sum_i w_i V_i^T Z_i, one product over the block's rows.
-  const at::Tensor weighted = (vb * FloatTensor(fold_weights, {m, 1}, device)).t();
+  const at::Tensor weighted =
+      vb.mul(HostFilled(m, 1, device,
+                        [&](int64_t a, int64_t) { return c.weights[chunks * chunks + a / chunk]; }))
+          .t();
   const double alpha = c.alpha[chunks];
   if (in_place) {
     delta.addmm_(weighted, zu, /*beta=*/alpha, /*alpha=*/1);

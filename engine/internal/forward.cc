@@ -344,7 +344,9 @@ void ModelAccess::AppendFloatRows(at::Tensor& pending, const at::Tensor& source,
 
 // The targets V_hat [chunks, C, d] of whole chunks x0 [chunks, C, d] (fp32).
 at::Tensor ModelAccess::ChunkTargets(const LayerWeights& lw, const at::Tensor& x0) const {
-  at::Tensor target = ChunkConv(x0, lw.ttt_conv);
+  at::Tensor target = internal::RowKernelsApply(x0) && lw.ttt_conv.scalar_type() == at::kFloat
+                          ? internal::ChunkConvTensor(x0, lw.ttt_conv)
+                          : ChunkConv(x0, lw.ttt_conv);
   if (lw.ttt_proj.defined()) target = at::matmul(target, lw.ttt_proj);
   return target;
 }
