@@ -109,11 +109,15 @@ at::Tensor ScanBlock(at::Tensor& delta, const at::Tensor& zb, const at::Tensor& 
                      const FoldParams& params, bool in_place) {
   const int64_t rows = zb.size(0), m = vb.size(0), chunks = m / chunk;
   const at::Tensor zu = zb.slice(0, 0, m);
-  at::Tensor term = at::mm(zb, delta.t());   // [rows, d_model]: every row against D
-  at::Tensor gz = at::mm(zb, zu.t());        // [rows, m]
-  const at::Tensor gv = at::mm(vb, vb.t());  // [m, m]
+  at::Tensor term = at::mm(zb, delta.t());  // [rows, d_model]: every row against D
+  at::Tensor gz = at::mm(zb, zu.t());       // [rows, m]
+  // Without a clip or a cap every coefficient is eta: no norm to take.
+  const bool limited = params.clip > 0 || params.cap > 0;
   const InnerProducts products =
-      BlockInnerProducts(term.slice(0, 0, m), vb, gz.slice(0, 0, m), gv, chunk);
+      limited ? BlockInnerProducts(term.slice(0, 0, m), vb, gz.slice(0, 0, m), at::mm(vb, vb.t()),
+                                   chunk)
+              : InnerProducts{std::vector<double>(chunks, 0.0),
+                              std::vector<double>(chunks * chunks, 0.0)};
   double delta_sq = 0;
   if (params.cap > 0) {
     const double norm = delta.norm().item<double>();
