@@ -95,7 +95,9 @@ TEST(ChunkScanTest, TheLimitsBindOnTheseInputs) {
     const FoldParams& p = AllLimits()[i].params;
     const Segment limited = DirectSegment(in.delta, in.z, in.targets, 0, p);
     EXPECT_GT(MaxGap(limited.term, free.term), 1e-2) << AllLimits()[i].name;
-    if (p.cap > 0) EXPECT_NEAR(limited.delta.norm().item<double>(), p.cap, 1e-4);
+    if (p.cap > 0) {
+      EXPECT_NEAR(limited.delta.norm().item<double>(), p.cap, 1e-4) << AllLimits()[i].name;
+    }
   }
 }
 
