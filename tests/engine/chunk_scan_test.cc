@@ -88,6 +88,21 @@ TEST(ChunkScanTest, EqualsTheDirectRuleForEveryBlockSizeAndLimit) {
   }
 }
 
+// Off the CPU float path (another device; here: doubles) the inner products are tensor
+// operations: the same rule.
+TEST(ChunkScanTest, TheTensorFormOfTheInnerProductsAgrees) {
+  const Inputs in = RandomInputs(37, 5);
+  const FoldParams& p = AllLimits()[3].params;
+  const Segment direct = DirectSegment(in.delta.to(at::kDouble), in.z.to(at::kDouble),
+                                       in.targets.to(at::kDouble), 3, p);
+  at::Tensor delta = in.delta.to(at::kDouble);
+  const at::Tensor term =
+      DenseSegmentTerms(delta, in.z.to(at::kDouble), in.targets.to(at::kDouble), 3, kChunk, p,
+                        /*in_place=*/true, 8);
+  EXPECT_LT(MaxGap(term, direct.term), 1e-6);
+  EXPECT_LT(MaxGap(delta, direct.delta), 1e-6);
+}
+
 TEST(ChunkScanTest, TheLimitsBindOnTheseInputs) {
   const Inputs in = RandomInputs(36, 3);
   const Segment free = DirectSegment(in.delta, in.z, in.targets, 0, AllLimits()[0].params);
