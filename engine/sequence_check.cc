@@ -49,8 +49,16 @@ absl::Status Model::CheckSequence(const SequenceState& sequence, const std::stri
                                 " completed chunks at position ", state.position));
   }
   for (const TttLayerState& t : state.ttt) {
-    if (!AllFinite(t.delta) || !AllFinite(t.pending_z) || !AllFinite(t.pending_x0)) {
+    if (!AllFinite(t.delta) || !AllFinite(t.pending_z) || !AllFinite(t.pending_x0) ||
+        !AllFinite(t.increments.v) || !AllFinite(t.increments.z)) {
       return invalid(absl::StrCat("TTT layer ", t.layer, " holds a value that is not finite"));
+    }
+    // Increments are the chunks folded since a fork: never more than the stream completed.
+    const auto increments = static_cast<int64_t>(t.increments.scales.size());
+    if (increments > state.chunks_applied) {
+      return invalid(absl::StrCat("TTT layer ", t.layer, " holds ", increments,
+                                  " increments, more than the ", state.chunks_applied,
+                                  " chunks applied"));
     }
   }
   if (state.last_logits.defined() != (state.position > 0)) {

@@ -70,8 +70,10 @@ const SequenceTensors& TensorsOf(const SequenceState& state);
 SequenceState MakeSequenceState(SequenceTensors tensors);
 
 // The tensors that restore the state bit-exactly (with SequenceState::Metadata(); the inverse is
-// RestoreSequence in engine/internal/model_tensors.h). The tensors alias the state's (a factored
-// delta, internal/fast_weight.h, comes materialised: the tensors need nothing else).
+// RestoreSequence in engine/internal/model_tensors.h), self-contained: a factored delta
+// (internal/fast_weight.h) comes as its base "ttt.<layer>.delta" plus "ttt.<layer>.increments.v",
+// ".z" and ".coefficients" (F64: base_scale, norm_sq, each increment's scale). The tensors
+// alias the state's (but the coefficients).
 NamedTensors StateTensors(const SequenceState& state);
 
 // One sequence's part of a batched forward (Model::Ingest's IngestItem, on the tensors).
