@@ -51,7 +51,10 @@ SequenceState SequenceState::Clone() const {
   SequenceTensors copy;
   copy.position = from.position;
   copy.chunks_applied = from.chunks_applied;
-  for (const LayerCache& c : from.cache) copy.cache.push_back({c.keys.clone(), c.values.clone()});
+  for (const LayerCache& c : from.cache) {
+    copy.cache.push_back({internal::WholeCache(c.shared_keys, c.keys).clone(),
+                          internal::WholeCache(c.shared_values, c.values).clone()});
+  }
   for (const TttLayerState& t : from.ttt) {
     DeltaIncrements increments = t.increments;
     if (!increments.empty()) {
@@ -66,7 +69,8 @@ SequenceState SequenceState::Clone() const {
 }
 
 // A copy of the handles: sound because no write reaches a buffer that another handle can see
-// (internal/state_buffer.h's OwnsBuffer guards every in-place write).
+// (internal/state_buffer.h's OwnsBuffer guards every in-place write; a cache appended to while
+// shared keeps the shared rows as its read-only prefix: ShareCachePrefix).
 SequenceState SequenceState::Fork() const { return MakeSequenceState(TensorsOf(*this)); }
 
 // The elements of its tensors: what a valid state of this shape needs (and what it serializes
@@ -75,7 +79,10 @@ int64_t SequenceState::MemoryBytes() const {
   const SequenceTensors& s = TensorsOf(*this);
   auto elements = [](const at::Tensor& t) -> int64_t { return t.defined() ? t.nbytes() : 0; };
   int64_t bytes = elements(s.last_logits);
-  for (const LayerCache& c : s.cache) bytes += elements(c.keys) + elements(c.values);
+  for (const LayerCache& c : s.cache) {
+    bytes +=
+        elements(c.keys) + elements(c.values) + elements(c.shared_keys) + elements(c.shared_values);
+  }
   for (const TttLayerState& t : s.ttt) {
     bytes += elements(t.delta) + elements(t.pending_z) + elements(t.pending_x0) +
              elements(t.increments.v) + elements(t.increments.z);
@@ -103,6 +110,8 @@ std::vector<HeldBuffer> SequenceState::HeldBuffers() const {
   };
   add(s.last_logits);
   for (const LayerCache& c : s.cache) {
+    add(c.shared_keys);
+    add(c.shared_values);
     add(c.keys);
     add(c.values);
   }
@@ -146,8 +155,12 @@ NamedTensors StateTensors(const SequenceState& state) {
   const SequenceTensors& s = TensorsOf(state);
   NamedTensors out;
   for (size_t l = 0; l < s.cache.size(); ++l) {
-    out.emplace_back(absl::StrCat("cache.", l, ".keys"), s.cache[l].keys);
-    out.emplace_back(absl::StrCat("cache.", l, ".values"), s.cache[l].values);
+    // Whole: a shared prefix is written with the rows after it (a copy only then).
+    const LayerCache& c = s.cache[l];
+    out.emplace_back(absl::StrCat("cache.", l, ".keys"),
+                     internal::WholeCache(c.shared_keys, c.keys));
+    out.emplace_back(absl::StrCat("cache.", l, ".values"),
+                     internal::WholeCache(c.shared_values, c.values));
   }
   for (const TttLayerState& t : s.ttt) {
     const std::string prefix = absl::StrCat("ttt.", t.layer, ".");

@@ -47,8 +47,9 @@ class SequenceState {
   // A copy-on-write fork: shares every buffer with the original until one of them writes (each
   // write to a state tensor goes in place only into a buffer its state alone holds, else into a
   // fresh one), and a fork whose fast weights then learn keeps its chunk updates as low-rank
-  // increments on the shared base (engine/internal/fast_weight.h). Neither ever sees the other's
-  // writes. Costs no tensor memory until a write.
+  // increments on the shared base (engine/internal/fast_weight.h), and whose KV cache grows keeps
+  // the shared rows as a read-only prefix and appends to a tail of its own. Neither ever sees the
+  // other's writes. Costs no tensor memory until a write, then what it writes.
   SequenceState Fork() const;
   // Bytes of its tensors' elements (what it serializes to).
   int64_t MemoryBytes() const;

@@ -49,9 +49,9 @@ ModelConfig ForkConfig() {
   return c;
 }
 
-std::unique_ptr<Model> MakeModel() {
+std::unique_ptr<Model> MakeModel(const ModelOptions& options = {}) {
   const ModelConfig config = ForkConfig();
-  auto model = ModelFromWeights(config, testing::RandomWeights(config, {}), {});
+  auto model = ModelFromWeights(config, testing::RandomWeights(config, {}), options);
   EXPECT_TRUE(model.ok()) << model.status();
   return std::move(model).value();
 }
@@ -296,6 +296,62 @@ TEST(ForkTest, WithIncrementsOffAForkThatReadsCopiesItsDeltaAndStaysBitExact) {
   ASSERT_TRUE(restored.ok()) << restored.status();
   const std::vector<int32_t> next = Tokens(14, 23);
   EXPECT_EQ(Ingest(*model, *restored, next, 14), Ingest(*model, fork, next, 14));
+  SetForkIncrements(true);
+}
+
+// The KV cache: a fork that ingests keeps its parent's rows as a shared read-only prefix and
+// holds only its own rows; so does the parent when it writes next. Neither copies the other's.
+TEST(ForkTest, AForkThatIngestsHoldsOnlyItsOwnCacheRows) {
+  auto model = MakeModel();
+  for (size_t piece : {size_t{1}, size_t{25}}) {
+    SequenceState parent = model->NewSequence();
+    Ingest(*model, parent, Tokens(40, 31), 40);
+    SequenceState fork = parent.Fork();
+    Ingest(*model, fork, Tokens(25, 32), piece);
+    const SequenceTensors &p = TensorsOf(parent), &f = TensorsOf(fork);
+    for (size_t l = 0; l < f.cache.size(); ++l) {
+      EXPECT_EQ(f.cache[l].SharedRows(), 40) << "layer " << l;
+      EXPECT_EQ(f.cache[l].keys.size(1), 25);
+      EXPECT_TRUE(f.cache[l].shared_keys.is_same(p.cache[l].keys));
+      EXPECT_TRUE(f.cache[l].shared_values.is_same(p.cache[l].values));
+      // Its own rows' buffers: room for the 25 rows and some spare, not for the 40 shared.
+      EXPECT_LT(internal::BufferBytes(f.cache[l].keys), internal::BufferBytes(p.cache[l].keys));
+    }
+    Ingest(*model, parent, Tokens(3, 33), piece);  // the parent's rows stay shared with the fork
+    for (size_t l = 0; l < f.cache.size(); ++l) {
+      EXPECT_TRUE(p.cache[l].shared_keys.is_same(f.cache[l].shared_keys));
+      EXPECT_EQ(p.cache[l].keys.size(1), 3);
+    }
+  }
+}
+
+// Reading a cache in two segments (shared prefix, own rows) gives the results of one buffer to
+// the bit, on every path (decode steps, short pieces, long pieces), with and without a sliding
+// window (which drops the prefix as it slides past it), for forks of forks and a parent that
+// writes after forking. With increments off, a fork computes exactly as a deep copy.
+TEST(ForkTest, ATwoSegmentCacheScoresAsOneBufferToTheBit) {
+  SetForkIncrements(false);
+  for (std::optional<int64_t> window : {std::optional<int64_t>(), std::optional<int64_t>(16)}) {
+    auto model = MakeModel({.sliding_window = window});
+    for (size_t piece : {size_t{1}, size_t{4}, size_t{25}}) {
+      SequenceState parent = model->NewSequence();
+      Ingest(*model, parent, Tokens(22, 34), 22);
+      SequenceState fork = parent.Fork(), copy = parent.Clone();
+      const std::vector<int32_t> more = Tokens(25, 35);
+      EXPECT_EQ(Ingest(*model, fork, more, piece), Ingest(*model, copy, more, piece))
+          << "piece " << piece;
+      ExpectBitIdentical(fork, copy);
+      SequenceState grandchild = fork.Fork(), grandcopy = copy.Clone();
+      const std::vector<int32_t> next = Tokens(9, 36);
+      EXPECT_EQ(Ingest(*model, grandchild, next, piece), Ingest(*model, grandcopy, next, piece));
+      SequenceState parent_copy = parent.Clone();
+      EXPECT_EQ(Ingest(*model, parent, next, piece), Ingest(*model, parent_copy, next, piece));
+      ExpectBitIdentical(parent, parent_copy);
+      if (window) {
+        for (const LayerCache& c : TensorsOf(fork).cache) EXPECT_LE(c.Rows(), *window - 1);
+      }
+    }
+  }
   SetForkIncrements(true);
 }
 
