@@ -207,7 +207,8 @@ using TensorLoader = std::function<absl::StatusOr<at::Tensor>(
 // A factored TTT layer's increments, `prefix` "ttt.<layer>.", or none when the file holds none
 // of their tensors (a dense layer). Untrusted bytes: all three tensors or none; rows whole
 // chunks, at most MaxIncrementRows (what a fold keeps before it goes dense); one finite scale per
-// increment; the base's scale in (0, 1] (the delta cap only shrinks it); the norm finite, >= 0.
+// increment; the base's scale in [0, 1] (the delta cap and a fade only shrink it); the norm finite,
+// >= 0.
 absl::StatusOr<DeltaIncrements> LoadIncrements(const SafetensorsFile& file,
                                                const std::string& prefix, const ModelConfig& config,
                                                const TensorLoader& load) {
@@ -236,10 +237,10 @@ absl::StatusOr<DeltaIncrements> LoadIncrements(const SafetensorsFile& file,
   ASSIGN_OR_RETURN(at::Tensor coefficients, load(coefficients_name, at::kDouble, {k + 2}, -1, 0));
   coefficients = coefficients.cpu().contiguous();
   const double* c = coefficients.data_ptr<double>();
-  if (!std::all_of(c, c + k + 2, [](double x) { return std::isfinite(x); }) || c[0] <= 0 ||
+  if (!std::all_of(c, c + k + 2, [](double x) { return std::isfinite(x); }) || c[0] < 0 ||
       c[0] > 1 || c[1] < 0) {
     return invalid(
-        "coefficients must be finite, the base's scale in (0, 1] and the squared norm >= 0");
+        "coefficients must be finite, the base's scale in [0, 1] and the squared norm >= 0");
   }
   increments.base_scale = c[0];
   increments.norm_sq = c[1];
