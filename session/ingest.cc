@@ -60,7 +60,11 @@ absl::Status SessionManagerImpl::SubmitIngest(
         chunks = s->AccountWriteLocked(op->progress.tokens, op->chunks_before, chunk);
         if (st.ok() && end_of_document) {
           ++s->counters.documents_completed;
-          if (s->options.reset_at_document_end) model_->Reset(s->state);
+          if (s->options.reset_at_document_end) {
+            model_->Reset(s->state);
+          } else if (s->options.fade_at_document_end > 0) {
+            model_->FadeFastWeights(s->state, 1 - s->options.fade_at_document_end);
+          }
         }
         s->RefreshLocked();
       }
