@@ -42,11 +42,13 @@ struct Candidates {
   }
 };
 
-// Whether the handles in `group` are all there is: nothing outside the set holds the tensor
-// (each handle counts once in its use count) and no other view holds its storage.
-bool HeldOnlyBy(const std::vector<Candidates::Handle>& group) {
+// Whether one state alone holds the tensor: no other state (in the set or not), no other view.
+// A buffer states share is paid once already; a bf16 copy of it would save half of that while
+// they are all idle, and cost a whole fp32 copy for each of them that is used again (each
+// expands into a buffer of its own), so it stays as it is.
+bool HeldByOneState(const std::vector<Candidates::Handle>& group) {
   const at::Tensor& t = *group.front().tensor;
-  return t.use_count() == static_cast<int64_t>(group.size()) && t.storage().use_count() == 1;
+  return group.size() == 1 && t.use_count() == 1 && t.storage().use_count() == 1;
 }
 
 }  // namespace
@@ -65,6 +67,7 @@ CompactResult CompactStates(absl::Span<SequenceState* const> states,
     }
     bool* cache_flag = options.kv_cache ? &s.compact_caches : nullptr;
     for (LayerCache& c : s.cache) {
+      if (c.SharedRows() > 0) continue;  // its own rows follow a prefix other states read
       candidates.Add(c.keys, cache_flag);
       candidates.Add(c.values, cache_flag);
     }
@@ -72,7 +75,7 @@ CompactResult CompactStates(absl::Span<SequenceState* const> states,
   CompactResult result;
   for (const void* impl : candidates.order) {
     const std::vector<Candidates::Handle>& group = candidates.groups.at(impl);
-    if (!HeldOnlyBy(group)) continue;
+    if (!HeldByOneState(group)) continue;
     const at::Tensor& original = *group.front().tensor;
     result.bytes_before += static_cast<int64_t>(original.storage().nbytes());
     const bool round = group.front().compact_flag != nullptr;

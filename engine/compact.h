@@ -31,13 +31,13 @@ struct CompactResult {
   int64_t bytes_after = 0;   // of their bf16 copies and trimmed fp32 copies
 };
 
-// Compacts `states` together. A buffer held only by states in `states` is replaced, in every one
-// of them, by one bf16 copy they then share (idle forks of one session stay one buffer); a buffer
-// that anything else also holds (a fork outside the set, still active; a copy being written) is
-// left as it is, fp32 and shared, since a copy of it would add bytes instead of saving them. The
-// same holds for trimming the spare rows of the caches and the unfinished chunk's buffers.
-// Fast weights kept as a fork's low-rank increments (internal/fast_weight.h) stay as they are.
-// States already compact are fine (nothing of theirs is compacted twice).
+// Compacts `states`: each fp32 delta (and cache, with options.kv_cache) that one of them alone
+// holds is replaced by a bf16 copy, and each cache or chunk buffer it alone holds loses its spare
+// rows. A buffer that states share (copy-on-write forks and their parent, idle or not) stays as it
+// is, fp32 and shared: it is paid once already, and a bf16 copy would cost a whole fp32 copy for
+// each of its holders used again (each expands into a buffer of its own). So does a fork's factored
+// delta (internal/fast_weight.h: its base is shared) and a cache with a shared prefix. States
+// already compact are fine (nothing of theirs is compacted twice).
 CompactResult CompactStates(absl::Span<SequenceState* const> states, const CompactOptions& options);
 
 // Whether `state` holds a compact tensor (a Model step must not see it before ExpandState).

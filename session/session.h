@@ -154,8 +154,7 @@ struct ManagerOptions {
   // fast-weight deltas (and, with compact_kv_cache, its KV cache) as bf16 copies, half their
   // bytes, until its next use restores fp32; the budget counts the bytes really held, so eviction
   // to disk comes later. A reaper pass compacts; 0: never (docs/contract.md: the quality cost).
-  // A delta that idle forks share stays one buffer; one that an active session also holds stays
-  // fp32.
+  // A buffer that sessions share (forks and their parent) stays fp32 and shared.
   int64_t compact_idle_after_ms = 0;
   bool compact_kv_cache = false;
   int64_t reaper_interval_ms = 1000;

@@ -160,8 +160,8 @@ class SessionManagerImpl final : public SessionManager {
   // evicted or deleted).
   static bool IdleLocked(const Session& s);
   // Queues the compaction of the resident sessions idle for compact_idle_after_ms or more (one
-  // engine task for all, so idle forks sharing a delta share its bf16 copy); returns whether it
-  // queued one (it then runs EvictToFit itself). False when compaction is off.
+  // engine task for all); returns whether it queued one (it then runs EvictToFit itself). False
+  // when compaction is off.
   bool CompactIdle();
   // CompactIdle's task, on the engine thread: compacts those of `listed` still idle, refreshes
   // their accounting, tells the listener, then EvictToFit with the bytes saved.

@@ -159,52 +159,39 @@ TEST(CompactTest, ACompactedThenExpandedStateScoresWithinTheBound) {
   }
 }
 
-TEST(CompactTest, AForkNeverSeesItsSiblingsCompaction) {
+// A buffer states share is paid once: compacting it would cost a copy per holder used again,
+// so it stays, whether the sharing states are compacted alone or together; a fork with a delta
+// of its own is compacted alone while its parent, active, keeps its fp32 delta.
+TEST(CompactTest, SharedBuffersStayAndAForkNeverSeesItsSiblingsCompaction) {
   auto model = MakeModel();
   SequenceState parent = model->NewSequence();
   Ingest(*model, parent, Tokens(36, 4));
   const SequenceState parent_before = parent.Clone();
   SequenceState fork = parent.Fork();
-
-  // The fork alone: its buffers are the parent's too, so nothing is compacted (a copy would add
-  // bytes), and the parent is untouched.
-  CompactResult done = CompactStates({&fork}, {.kv_cache = true});
-  EXPECT_EQ(done.states, 0);
-  EXPECT_FALSE(IsCompact(fork));
-  EXPECT_EQ(DistinctBytes({&parent, &fork}), parent.HeldBytes());
-  ExpectBitIdentical(parent, parent_before);
-
-  // Both, idle together: one bf16 copy they share.
   const int64_t together = DistinctBytes({&parent, &fork});
-  done = CompactStates({&parent, &fork}, {.kv_cache = false});
-  EXPECT_EQ(done.states, 2);
-  EXPECT_GE(done.bytes_before - done.bytes_after, DeltaBytes(model->config()) / 2);
-  EXPECT_EQ(DistinctBytes({&parent, &fork}), together - (done.bytes_before - done.bytes_after));
-  for (size_t k = 0; k < TensorsOf(parent).ttt.size(); ++k) {
-    EXPECT_TRUE(TensorsOf(parent).ttt[k].delta.is_same(TensorsOf(fork).ttt[k].delta));
-  }
-  const SequenceState parent_compact = parent.Clone();
-
-  // The fork is used: it expands into buffers of its own and writes; the parent stays compact,
-  // bit for bit.
-  ExpandState(fork);
-  Ingest(*model, fork, Tokens(20, 5));
-  EXPECT_TRUE(IsCompact(parent));
-  ExpectBitIdentical(parent, parent_compact);
-  for (size_t k = 0; k < TensorsOf(parent).ttt.size(); ++k) {
-    EXPECT_EQ(TensorsOf(parent).ttt[k].delta.scalar_type(), at::kBFloat16);
+  for (const std::vector<SequenceState*>& set :
+       {std::vector<SequenceState*>{&fork}, std::vector<SequenceState*>{&parent, &fork}}) {
+    const CompactResult done = CompactStates(set, {.kv_cache = true});
+    EXPECT_EQ(done.states, 0);
+    EXPECT_EQ(done.bytes_before, 0);
+    EXPECT_FALSE(IsCompact(fork));
+    EXPECT_EQ(DistinctBytes({&parent, &fork}), together);
+    ExpectBitIdentical(parent, parent_before);
+    ExpectBitIdentical(fork, parent_before);
   }
 
-  // A fork with a delta of its own is compacted alone while the parent, active, keeps fp32.
-  SequenceState active = model->NewSequence();
-  Ingest(*model, active, Tokens(36, 6));
-  SequenceState writer = active.Fork();
-  Ingest(*model, writer, Tokens(12, 7));  // two chunks: its own delta
-  const SequenceState active_before = active.Clone();
-  done = CompactStates({&writer}, {.kv_cache = false});
+  SetForkIncrements(false);  // the fork's first write copies the delta: one of its own
+  SequenceState writer = parent.Fork();
+  Ingest(*model, writer, Tokens(12, 7));  // two chunks
+  const CompactResult done = CompactStates({&writer}, {.kv_cache = false});
+  SetForkIncrements(true);
   EXPECT_EQ(done.states, 1);
-  EXPECT_FALSE(IsCompact(active));
-  ExpectBitIdentical(active, active_before);
+  EXPECT_GE(done.bytes_before - done.bytes_after, DeltaBytes(model->config()) / 2);
+  EXPECT_FALSE(IsCompact(parent));
+  ExpectBitIdentical(parent, parent_before);
+  ExpandState(writer);
+  Ingest(*model, writer, Tokens(12, 8));
+  ExpectBitIdentical(parent, parent_before);
 }
 
 TEST(CompactTest, AFactoredForksIncrementsAndSharedBaseStay) {
@@ -217,7 +204,6 @@ TEST(CompactTest, AFactoredForksIncrementsAndSharedBaseStay) {
   const SequenceState fork_before = fork.Clone();
   EXPECT_EQ(CompactStates({&fork}, {.kv_cache = false}).states, 0);
   ExpectBitIdentical(fork, fork_before);
-  SetForkIncrements(false);
 }
 
 // A state encoded while compact restores as the fp32 state it stands for.
