@@ -11,6 +11,7 @@
 #include <future>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -47,11 +48,11 @@ class StateCacheTest : public ::testing::Test {
 
   // A fresh manager over the same folder, its cache empty.
   void Open(int64_t cache_bytes, bool shared_across_tenants = false,
-            const std::string& which = "llama") {
+            int64_t pool_budget = int64_t{1} << 30) {
     manager_.reset();
     scheduler_.reset();
     model_.reset();
-    auto model = engine::Model::Load(GoldenDir() / which);
+    auto model = engine::Model::Load(GoldenDir() / "llama");
     ASSERT_TRUE(model.ok()) << model.status() << " (set TTT_GOLDEN_DIR to the golden fixtures)";
     model_ = std::move(*model);
     auto sched = engine::Scheduler::Create(model_.get(), engine::SchedulerOptions{});
@@ -61,6 +62,7 @@ class StateCacheTest : public ::testing::Test {
     ManagerOptions opt;
     opt.checkpoint_dir = dir_;
     opt.reaper_interval_ms = 3600 * 1000;
+    opt.memory_budget_bytes = pool_budget;
     opt.state_cache.budget_bytes = cache_bytes;
     opt.state_cache.shared_across_tenants = shared_across_tenants;
     auto m = SessionManager::Create(model_.get(), scheduler_.get(), opt);
@@ -276,6 +278,40 @@ TEST_F(StateCacheTest, CheckpointsAndExportsOfAnAdoptedStateRestoreWithAnEmptyCa
   auto imported = manager_->ImportSession("t", exported, std::nullopt);
   ASSERT_TRUE(imported.ok()) << imported.status();
   EXPECT_TRUE(SameBits(Score(imported->id), scores));
+}
+
+TEST_F(StateCacheTest, AnAdoptedStateEvictedToDiskReloadsWholeAndKeepsItsPathInThisProcess) {
+  Open(int64_t{256} << 20, false, /*pool_budget=*/0);  // idle sessions go to disk at once
+  const std::vector<int32_t> doc = Tokens(72, vocab_, 13);
+  const std::string computed = Create();
+  Ingest(computed, doc);
+  const std::string adopter = Create();
+  Ingest(adopter, doc);
+  ASSERT_EQ(manager_->state_cache_stats().hits, 1);
+  const std::vector<float> scores = Score(adopter);
+  manager_->ReapNow();
+  for (int i = 0; i < 250 && manager_->GetSession("t", adopter)->resident; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_FALSE(manager_->GetSession("t", adopter)->resident);
+  EXPECT_TRUE(SameBits(Score(adopter), scores));  // reloaded from its file: the whole state
+  // The reloaded state is where its path says: the same next tokens as the other session's
+  // are found in the cache.
+  const std::vector<int32_t> more = Tokens(24, vocab_, 14);
+  Ingest(adopter, more);
+  Ingest(computed, more);
+  EXPECT_EQ(manager_->state_cache_stats().hits, 2);
+  EXPECT_TRUE(SameBits(Score(adopter), Score(computed)));
+
+  // Another process knows nothing of their paths: each starts a base of its own.
+  ASSERT_TRUE(manager_->PersistAll().ok());
+  Open(int64_t{256} << 20);
+  const std::vector<int32_t> last = Tokens(24, vocab_, 15);
+  Ingest(adopter, last);
+  Ingest(computed, last);
+  EXPECT_EQ(manager_->state_cache_stats().hits, 0);
+  EXPECT_EQ(manager_->state_cache_stats().misses, 2);
+  EXPECT_TRUE(SameBits(Score(adopter), Score(computed)));
 }
 
 TEST_F(StateCacheTest, TheByteBudgetEvictsTheLeastRecentlyUsed) {
