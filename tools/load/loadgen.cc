@@ -433,7 +433,9 @@ int64_t SessionBytes(pb::TttService::Stub& stub,
 // cache: computed and cached), then the other n - 1 read it at once (adopted), then every
 // session ingests 256 tokens of its own and generates.
 int RunSharedDocument(pb::TttService::Stub& stub, int n, int64_t vocab, const Mix& mix) {
-  std::mt19937 doc_rng(4242);
+  // A document no earlier run read (the server's cache may hold those), and turns of their own.
+  const uint32_t seed = std::random_device{}();
+  std::mt19937 doc_rng(seed);
   std::vector<int32_t> doc(static_cast<size_t>(mix.doc_tokens));
   for (int32_t& t : doc) t = RandomToken(doc_rng, vocab);
   std::vector<std::optional<std::string>> ids(n);
@@ -462,7 +464,7 @@ int RunSharedDocument(pb::TttService::Stub& stub, int n, int64_t vocab, const Mi
   for (int i = 0; i < n; ++i) {
     threads.emplace_back([&, i] {
       LoadResult mine;
-      std::mt19937 rng(1234 + i);
+      std::mt19937 rng(seed + 1 + i);
       if (ids[i]) {
         IngestRandom(stub, *ids[i], vocab, 256, rng, &mine);
         GenerateTimed(stub, *ids[i], mix.gen_tokens, i, &mine);
