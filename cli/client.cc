@@ -16,6 +16,7 @@
 #include "cli/flags.h"
 #include "google/rpc/error_details.pb.h"
 #include "google/rpc/status.pb.h"
+#include "util/error_reason.h"
 
 namespace ttt::cli {
 
@@ -92,23 +93,6 @@ bool TextOptionsFromFlags(pb::TextOptions* out) {
 }
 
 int Fail(const grpc::Status& s) {
-  static const char* kNames[] = {"OK",
-                                 "CANCELLED",
-                                 "UNKNOWN",
-                                 "INVALID_ARGUMENT",
-                                 "DEADLINE_EXCEEDED",
-                                 "NOT_FOUND",
-                                 "ALREADY_EXISTS",
-                                 "PERMISSION_DENIED",
-                                 "RESOURCE_EXHAUSTED",
-                                 "FAILED_PRECONDITION",
-                                 "ABORTED",
-                                 "OUT_OF_RANGE",
-                                 "UNIMPLEMENTED",
-                                 "INTERNAL",
-                                 "UNAVAILABLE",
-                                 "DATA_LOSS",
-                                 "UNAUTHENTICATED"};
   const int code = static_cast<int>(s.error_code());
   std::fflush(stdout);  // what was printed before comes first when both go to one pipe
   // The service's machine-readable details (docs/contract.md, "Error reasons"): the reason, and
@@ -126,12 +110,12 @@ int Fail(const grpc::Status& s) {
       }
     }
   }
-  const char* name = code >= 0 && code <= 16 ? kNames[code] : "?";
+  const std::string name = util::StatusCodeName(code, "?");
   // A reason that only repeats the code (the server's default) is left out unless a retry time
   // comes with it: "ttt: NOT_FOUND: ...".
   const bool says_more = !reason.empty() && (reason != name || !retry_in.empty());
   const std::string details = says_more ? absl::StrCat(" [", reason, retry_in, "]") : "";
-  std::fprintf(stderr, "ttt: %s%s: %s\n", name, details.c_str(), s.error_message().c_str());
+  std::fprintf(stderr, "ttt: %s%s: %s\n", name.c_str(), details.c_str(), s.error_message().c_str());
   const std::string hint = ConnectionHint(s, UsesTls(), Address());
   if (!hint.empty()) std::fprintf(stderr, "ttt: hint: %s\n", hint.c_str());
   return 1;

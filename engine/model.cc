@@ -18,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "engine/decode.h"
+#include "engine/internal/fast_weight.h"
 #include "engine/internal/forward.h"
 #include "engine/internal/model_tensors.h"
 #include "engine/internal/model_weights.h"
@@ -218,6 +219,12 @@ absl::StatusOr<std::unique_ptr<Model>> ModelFromWeights(ModelConfig config,
 }
 
 std::optional<int64_t> Model::attention_window() const { return weights_->window; }
+
+void Model::FadeFastWeights(SequenceState& state, double keep) const {
+  if (keep == 1) return;
+  c10::InferenceMode guard;  // the state's tensors are inference tensors
+  for (TttLayerState& slot : TensorsOf(state).ttt) internal::ScaleDelta(slot, keep);
+}
 
 SequenceState Model::NewSequence() const {
   SequenceTensors state;

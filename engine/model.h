@@ -84,6 +84,12 @@ class Model {
   std::optional<int64_t> attention_window() const;
   // Back to the fresh state, keeping nothing.
   void Reset(SequenceState& state) const { state = NewSequence(); }
+  // Multiplies each TTT layer's accumulated fast-weight delta by `keep` in [0, 1] (1 changes
+  // nothing; 0 forgets what the fast weights learned and keeps the context: position, KV cache,
+  // the unfinished chunk). For a boundary between documents that may be unrelated: what the
+  // previous one taught costs the next one (docs/model.md, "Memory and carry-over"). A delta
+  // that other states share is replaced, not written.
+  void FadeFastWeights(SequenceState& state, double keep) const;
 
   // Feeds each item's tokens into its state in one batched forward: extends its KV cache, folds
   // every chunk that completes into its fast weights, buffers the rest. Results do not depend on

@@ -36,7 +36,7 @@ std::optional<int64_t> RetryDelayMs(const absl::Status& status);
 // a client's retry policy obeys). Nothing for other statuses. REQUIRES: before Finish.
 void AddRetryTrailers(const absl::Status& status, grpc::ServerContextBase* ctx);
 // The canonical name of a gRPC code ("OK", "INVALID_ARGUMENT", ...), for metric labels.
-const char* GrpcCodeName(grpc::StatusCode code);
+std::string GrpcCodeName(grpc::StatusCode code);
 
 // For refusals gRPC makes itself, so that they carry ErrorInfo too (the code's name as reason):
 // an interceptor that gives every non-OK status sent without details ToGrpcStatus's (e.g. a

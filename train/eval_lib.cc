@@ -298,32 +298,40 @@ std::vector<SequenceState*> Pointers(std::vector<SequenceState>& states) {
   return p;
 }
 
-// Per target, its losses (position in the target, bos = 0) after `before` documents of `other`.
+// Per target, its losses (position in the target, bos = 0) after `before` documents of `other`,
+// the fast weights faded to `keep` at each document end (1: as they are).
 absl::StatusOr<std::vector<PositionLoss>> ScoreAfter(const Model& model, const Corpus& targets,
                                                      const Corpus& other, int64_t before, int64_t n,
-                                                     int64_t piece) {
+                                                     int64_t piece, double keep) {
   const int32_t bos = static_cast<int32_t>(Bos(model));
   std::vector<PositionLoss> out(n);
   std::vector<SequenceState> states;
-  std::vector<std::vector<int32_t>> tokens;
-  std::vector<size_t> target_start;  // index of the target's bos in its session
+  std::vector<size_t> target_bos(n);  // where the target's bos sits in the last feed
+  // feeds[f][i]: what session i reads in feed f, documents as bos + tokens, the target last. One
+  // feed without a fade (the same numbers: results do not depend on how a stream is split), else
+  // one per document with the fade between them.
+  std::vector<std::vector<std::vector<int32_t>>> feeds(keep == 1 ? 1 : before + 1,
+                                                       std::vector<std::vector<int32_t>>(n));
   for (int64_t i = 0; i < n; ++i) {
-    std::vector<int32_t> t;
-    for (int64_t j = 0; j < before; ++j) {
-      const auto& d = other.docs[(i + 1 + j) % other.docs.size()];
+    for (int64_t s = 0; s <= before; ++s) {
+      const auto& d = s < before ? other.docs[(i + 1 + s) % other.docs.size()] : targets.docs[i];
+      std::vector<int32_t>& t = feeds[keep == 1 ? 0 : s][i];
+      if (s == before) target_bos[i] = t.size();
       t.push_back(bos);
       t.insert(t.end(), d.begin(), d.end());
     }
-    target_start.push_back(t.size());
-    t.push_back(bos);
-    t.insert(t.end(), targets.docs[i].begin(), targets.docs[i].end());
-    tokens.push_back(std::move(t));
     states.push_back(model.NewSequence());
   }
-  RETURN_IF_ERROR(
-      FeedAll(model, Pointers(states), tokens, piece, [&](size_t i, size_t j, float lp) {
-        if (j > target_start[i]) out[i].Add(j - target_start[i], -lp);
-      }));
+  for (size_t f = 0; f < feeds.size(); ++f) {
+    if (f > 0) {
+      for (SequenceState& state : states) model.FadeFastWeights(state, keep);
+    }
+    const bool target_feed = f + 1 == feeds.size();
+    RETURN_IF_ERROR(
+        FeedAll(model, Pointers(states), feeds[f], piece, [&](size_t i, size_t j, float lp) {
+          if (target_feed && j > target_bos[i]) out[i].Add(j - target_bos[i], -lp);
+        }));
+  }
   return out;
 }
 
@@ -331,8 +339,15 @@ absl::StatusOr<std::vector<PositionLoss>> ScoreAfter(const Model& model, const C
 
 absl::StatusOr<CarryOverResult> ScoreCarryOver(const Model& model, const Corpus& targets,
                                                const std::vector<const Corpus*>& preceding,
-                                               int64_t before, int64_t num_docs, int64_t piece) {
+                                               int64_t before, int64_t num_docs, int64_t piece,
+                                               double keep) {
   c10::InferenceMode guard;
+  if (!(keep >= 0 && keep <= 1)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("carry-over: the fraction of the fast weights kept at a document end must be "
+                     "in [0, 1], got ",
+                     keep));
+  }
   if (before < 0) {
     return absl::InvalidArgumentError(absl::StrCat("carry-over: before ", before, " is negative"));
   }
@@ -350,9 +365,9 @@ absl::StatusOr<CarryOverResult> ScoreCarryOver(const Model& model, const Corpus&
   const int64_t n = std::min<int64_t>(num_docs, targets.docs.size());
   CarryOverResult r;
   r.before = before;
-  ASSIGN_OR_RETURN(r.fresh, ScoreAfter(model, targets, targets, 0, n, piece));
+  ASSIGN_OR_RETURN(r.fresh, ScoreAfter(model, targets, targets, 0, n, piece, 1));
   for (const Corpus* c : preceding) {
-    ASSIGN_OR_RETURN(auto after, ScoreAfter(model, targets, *c, before, n, piece));
+    ASSIGN_OR_RETURN(auto after, ScoreAfter(model, targets, *c, before, n, piece, keep));
     r.in_stream.push_back(std::move(after));
   }
   return r;

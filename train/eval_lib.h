@@ -97,11 +97,14 @@ struct CarryOverResult {
     return BootstrapDifference(in_stream[c], fresh, begin, end);
   }
 };
+// `keep` < 1: the fast weights faded to that fraction at each document end before the target
+// (Model::FadeFastWeights; the session option keep_at_document_end).
 // INVALID_ARGUMENT when a preceding corpus is empty, or is `targets` with no more than `before`
-// documents (a target would follow itself).
+// documents (a target would follow itself), or `keep` is outside [0, 1].
 absl::StatusOr<CarryOverResult> ScoreCarryOver(const engine::Model& model, const Corpus& targets,
                                                const std::vector<const Corpus*>& preceding,
-                                               int64_t before, int64_t num_docs, int64_t piece);
+                                               int64_t before, int64_t num_docs, int64_t piece,
+                                               double keep = 1);
 
 // The memory curve by distance (issue 28): how well a session still knows a document's start
 // after reading `distance` tokens of it. For each distance k and each of the first `num_docs`

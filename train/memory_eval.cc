@@ -201,6 +201,55 @@ absl::StatusOr<std::vector<CorpusMeasures>> MeasureVariant(const std::string& la
   return out;
 }
 
+// The first variant's carry-over with each fade of o.fade_keeps, per corpus ([keep][corpus]),
+// cached like the measures (a carry-over and no curve).
+absl::StatusOr<std::vector<std::vector<CarryOverResult>>> MeasureFades(
+    const MemoryReportOptions& o) {
+  const auto& [label, spec] = o.variants[0];
+  std::vector<std::vector<CarryOverResult>> out;
+  std::unique_ptr<engine::Model> model;
+  for (double keep : o.fade_keeps) {
+    out.emplace_back();
+    for (size_t c = 0; c < o.corpora.size(); ++c) {
+      const std::string key = absl::StrCat(CacheKey(label, spec, o, c), "|keep ", keep);
+      const fs::path path = o.cache_dir.empty() ? fs::path() : CachePath(o, key);
+      std::optional<CorpusMeasures> cached;
+      if (!path.empty()) cached = LoadCachedMeasures(path, key);
+      if (!cached) {
+        if (!model) {
+          ASSIGN_OR_RETURN(model, LoadVariant(spec));
+        }
+        const Corpus& docs = o.corpora[c].corpus;
+        const Corpus& unrelated = o.corpora[(c + 1) % o.corpora.size()].corpus;
+        const int64_t n = o.max_docs > 0 ? o.max_docs : static_cast<int64_t>(docs.docs.size());
+        cached.emplace();
+        cached->reach = AttentionReach(*model);
+        ASSIGN_OR_RETURN(cached->carry, ScoreCarryOver(*model, docs, {&unrelated, &docs}, o.before,
+                                                       n, o.piece, keep));
+        if (!path.empty()) {
+          RETURN_IF_ERROR(util::WriteFileAtomically(path, SerializeMeasures(key, *cached)));
+        }
+      }
+      std::printf("%-40s %-30s keep %.2f at document ends: carry-over unrelated %s related %s%s\n",
+                  label.c_str(), o.corpora[c].name.c_str(), keep,
+                  Signed(cached->carry.Difference(0, 1, 1 << 30).diff).c_str(),
+                  Signed(cached->carry.Difference(1, 1, 1 << 30).diff).c_str(),
+                  model ? "" : " (cached)");
+      std::fflush(stdout);
+      out.back().push_back(std::move(cached->carry));
+    }
+  }
+  return out;
+}
+
+// One carry-over table row: unrelated and related, all positions and beyond attention's reach.
+std::string CarryCells(const CarryOverResult& r, int64_t reach) {
+  return absl::StrCat(DiffCell(r.Difference(0, 1, 1 << 30)), " | ",
+                      DiffCell(r.Difference(0, reach, 1 << 30)), " | ",
+                      DiffCell(r.Difference(1, 1, 1 << 30)), " | ",
+                      DiffCell(r.Difference(1, reach, 1 << 30)));
+}
+
 std::string Goals(const std::vector<CorpusMeasures>& m, const MemoryReportOptions& o) {
   std::ostringstream md;
   md << "| goal (issue 28), " << o.variants[0].first << " | corpus | measured | met |\n"
@@ -277,12 +326,25 @@ absl::StatusOr<std::string> MemoryReport(const MemoryReportOptions& o) {
      << "beyond reach |\n|---|---|---|---|---|---|\n";
   for (size_t v = 0; v < m.size(); ++v) {
     for (size_t c = 0; c < m[v].size(); ++c) {
-      const CarryOverResult& r = m[v][c].carry;
       md << "| " << o.variants[v].first << " | " << o.corpora[c].name << " | "
-         << DiffCell(r.Difference(0, 1, 1 << 30)) << " | "
-         << DiffCell(r.Difference(0, m[v][c].reach, 1 << 30)) << " | "
-         << DiffCell(r.Difference(1, 1, 1 << 30)) << " | "
-         << DiffCell(r.Difference(1, m[v][c].reach, 1 << 30)) << " |\n";
+         << CarryCells(m[v][c].carry, m[v][c].reach) << " |\n";
+    }
+  }
+  if (!o.fade_keeps.empty()) {
+    ASSIGN_OR_RETURN(auto fades, MeasureFades(o));
+    md << "\n## Carry-over with the fast weights faded at each document end\n\nThe same, with "
+       << "each fast-weight delta of " << o.variants[0].first << " multiplied by the fraction "
+       << "kept at every document end (the context stays; `Model::FadeFastWeights`, the session "
+       << "option `keep_at_document_end`). 1: as above; `reset_at_document_end` gives 0 in "
+       << "every cell (a fresh session).\n\n| kept | corpus | unrelated, all | unrelated, beyond "
+       << "reach | related, all | related, beyond reach |\n|---|---|---|---|---|---|\n";
+    for (size_t c = 0; c < o.corpora.size(); ++c) {
+      md << "| 1 | " << o.corpora[c].name << " | " << CarryCells(m[0][c].carry, m[0][c].reach)
+         << " |\n";
+      for (size_t k = 0; k < o.fade_keeps.size(); ++k) {
+        md << "| " << o.fade_keeps[k] << " | " << o.corpora[c].name << " | "
+           << CarryCells(fades[k][c], m[0][c].reach) << " |\n";
+      }
     }
   }
   md << "\n## Memory curve by distance\n\nThe first " << o.length << " tokens of a document "

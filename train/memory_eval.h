@@ -31,6 +31,9 @@ struct MemoryReportOptions {
   int64_t after_others = 2;  // unrelated documents read between a document and its last re-read
   int64_t max_docs = 0;      // documents per corpus (0 = all)
   int64_t piece = 256;
+  // Carry-over again with the fast weights faded to each of these fractions at every document
+  // end (Model::FadeFastWeights, the session option keep_at_document_end); first variant only.
+  std::vector<double> fade_keeps;
   std::string command;  // recorded in the report
   // Where each (variant, corpus)'s measures are kept, keyed by everything they depend on, so that
   // a stopped report resumes where it was (empty = no cache).

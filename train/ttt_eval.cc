@@ -74,6 +74,10 @@ ABSL_FLAG(std::string, ood_name, "State of the Union", "the out-of-domain corpus
 ABSL_FLAG(std::string, memory_distances, "512,2048,3300,6000,8000",
           "memory mode: tokens of a document read before its start is re-read");
 ABSL_FLAG(int64_t, carry_before, 2, "memory mode: documents read before a carry-over target");
+ABSL_FLAG(std::string, fade_keeps, "",
+          "memory mode: the carry-over again with the fast weights faded to each of these "
+          "fractions (in [0, 1]) at every document end, e.g. 0.5,0.25,0 (the session option "
+          "keep_at_document_end)");
 ABSL_FLAG(int64_t, memory_docs, 0, "memory mode: documents per corpus (0 = all)");
 ABSL_FLAG(int64_t, after_others, 2,
           "memory mode: unrelated documents read between a document and its last re-reading");
@@ -469,6 +473,19 @@ absl::StatusOr<std::vector<int64_t>> ParseDistances(const std::string& s) {
   return out;
 }
 
+absl::StatusOr<std::vector<double>> ParseFractions(const std::string& s) {
+  std::vector<double> out;
+  for (absl::string_view part : absl::StrSplit(s, ',', absl::SkipEmpty())) {
+    double v;
+    if (!absl::SimpleAtod(part, &v) || !(v >= 0 && v <= 1)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--fade_keeps entry '", part, "' is not a fraction in [0, 1]"));
+    }
+    out.push_back(v);
+  }
+  return out;
+}
+
 // --mode=memory: the issue-28 report on one split of Brown and of the out-of-domain corpus.
 absl::Status RunMemory(const fs::path& model_dir, const engine::ModelConfig& config) {
   const std::string split = absl::GetFlag(FLAGS_split);
@@ -487,6 +504,7 @@ absl::Status RunMemory(const fs::path& model_dir, const engine::ModelConfig& con
     o.corpora.push_back({absl::StrCat(name, ", ", o.split), std::move(c)});
   }
   ASSIGN_OR_RETURN(o.distances, ParseDistances(absl::GetFlag(FLAGS_memory_distances)));
+  ASSIGN_OR_RETURN(o.fade_keeps, ParseFractions(absl::GetFlag(FLAGS_fade_keeps)));
   o.length = absl::GetFlag(FLAGS_reread_len);
   o.before = absl::GetFlag(FLAGS_carry_before);
   o.after_others = absl::GetFlag(FLAGS_after_others);

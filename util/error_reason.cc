@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "absl/status/status.h"
 #include "absl/strings/cord.h"
 #include "absl/strings/str_split.h"
 
@@ -41,6 +42,11 @@ std::optional<ErrorReason> ReasonOf(const absl::Status& status) {
     out.metadata[std::string(line.substr(0, eq))] = std::string(line.substr(eq + 1));
   }
   return out;
+}
+
+std::string StatusCodeName(int code, std::string_view unknown) {
+  std::string name = absl::StatusCodeToString(static_cast<absl::StatusCode>(code));
+  return name.empty() ? std::string(unknown) : name;
 }
 
 }  // namespace ttt::util

@@ -45,4 +45,8 @@ absl::Status WithReason(
 // The tag WithReason put on `status`, if any.
 std::optional<ErrorReason> ReasonOf(const absl::Status& status);
 
+// The canonical name of status code number `code` ("NOT_FOUND"; gRPC and Abseil number their
+// codes alike, so a grpc::StatusCode cast to int works), or `unknown` for a number outside them.
+std::string StatusCodeName(int code, std::string_view unknown = "UNKNOWN");
+
 }  // namespace ttt::util

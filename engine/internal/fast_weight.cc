@@ -100,6 +100,19 @@ void FoldIncrement(TttLayerState& slot, const at::Tensor& v, const at::Tensor& z
   inc.norm_sq = norm_sq;
 }
 
+void ScaleDelta(TttLayerState& slot, double factor) {
+  DeltaIncrements& inc = slot.increments;
+  if (!inc.empty()) {  // the factors carry it: the shared base and rows stay as they are
+    inc.base_scale *= factor;
+    for (double& s : inc.scales) s *= factor;
+    inc.norm_sq *= factor * factor;
+  } else if (OwnsBuffer(slot.delta)) {
+    slot.delta.mul_(factor);
+  } else {
+    slot.delta = slot.delta * factor;
+  }
+}
+
 void AddIncrementTerms(const TttLayerState& slot, const at::Tensor& z, at::Tensor out) {
   const DeltaIncrements& inc = slot.increments;
   if (inc.empty() || z.size(0) == 0) return;

@@ -46,6 +46,10 @@ double EffectiveDeltaNorm(const TttLayerState& slot);
 // Turns a factored slot into a dense delta it owns (no-op when dense).
 void MaterialiseDelta(TttLayerState& slot);
 
+// Multiplies the slot's effective delta by `factor` (dense or factored; a shared delta is
+// replaced, not written).
+void ScaleDelta(TttLayerState& slot, double factor);
+
 // Folds one chunk's update v^T z (v [chunk, d_model] targets, z [chunk, d_ff], f32) into the
 // slot as an increment: clipped, scaled by eta, then the cap applied to the whole delta.
 void FoldIncrement(TttLayerState& slot, const at::Tensor& v, const at::Tensor& z,

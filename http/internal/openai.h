@@ -80,7 +80,7 @@ std::string NewCompletionId();
 // The HTTP status for a gRPC code (Google's HTTP mapping: google/rpc/code.proto).
 int HttpStatusOf(grpc::StatusCode code);
 // The canonical name of a gRPC code ("NOT_FOUND").
-const char* CodeName(grpc::StatusCode code);
+std::string CodeName(grpc::StatusCode code);
 // OpenAI's error object: {"error": {"message", "type", "code", "reason"}}, code the gRPC code's
 // name, reason the google.rpc.ErrorInfo reason of the status details (absent without one).
 nlohmann::json ErrorJson(const grpc::Status& status);

@@ -237,5 +237,41 @@ TEST(ForkTest, ByDefaultAForkThatReadsCopiesItsDeltaAndStaysBitExact) {
   SetForkIncrements(true);
 }
 
+// Model::FadeFastWeights (a boundary between documents): every layer's effective delta scaled,
+// dense or factored, the context kept, and a state sharing the delta untouched.
+TEST(ForkTest, FadingAForksFastWeightsScalesThemAndLeavesItsParentAlone) {
+  auto model = MakeModel();
+  SequenceState parent = model->NewSequence();
+  Ingest(*model, parent, Tokens(40, 12), 40);
+  const SequenceState parent_before = parent.Clone();
+  SequenceState dense = parent.Fork();  // shares the parent's dense delta
+  SequenceState factored = parent.Fork();
+  Ingest(*model, factored, Tokens(12, 13), 12);  // two chunks of increments on it
+  ASSERT_FALSE(TensorsOf(factored).ttt[0].increments.empty());
+  for (SequenceState* state : {&dense, &factored}) {
+    std::vector<at::Tensor> before;
+    for (const TttLayerState& slot : TensorsOf(*state).ttt) {
+      before.push_back(internal::EffectiveDelta(slot).clone());
+    }
+    const std::vector<double> norms = state->DeltaNorms();
+    const int64_t position = state->position(), pending = state->PendingTokens();
+    model->FadeFastWeights(*state, 0.25);
+    for (size_t k = 0; k < before.size(); ++k) {
+      const TttLayerState& slot = TensorsOf(*state).ttt[k];
+      EXPECT_LT(MaxRelativeDiff(internal::EffectiveDelta(slot), before[k] * 0.25), 1e-6);
+      EXPECT_NEAR(state->DeltaNorms()[k], 0.25 * norms[k], 1e-6 * norms[k]);
+      EXPECT_GT(norms[k], 0);
+    }
+    EXPECT_EQ(state->position(), position);
+    EXPECT_EQ(state->PendingTokens(), pending);
+    ExpectBitIdentical(parent, parent_before);
+  }
+  model->FadeFastWeights(parent, 1);  // keeps everything, to the bit
+  ExpectBitIdentical(parent, parent_before);
+  model->FadeFastWeights(parent, 0);  // forgets the fast weights, keeps the context
+  for (double norm : parent.DeltaNorms()) EXPECT_EQ(norm, 0);
+  EXPECT_EQ(parent.position(), 40);
+}
+
 }  // namespace
 }  // namespace ttt::engine

@@ -163,7 +163,8 @@ TEST(OpenAiTest, GrpcCodesBecomeHttpStatusesAndErrorObjects) {
                           {{"message", "over quota"},
                            {"type", "rate_limit_error"},
                            {"code", "RESOURCE_EXHAUSTED"}}}}));
-  EXPECT_STREQ(CodeName(StatusCode::UNAUTHENTICATED), "UNAUTHENTICATED");
+  EXPECT_EQ(CodeName(StatusCode::UNAUTHENTICATED), "UNAUTHENTICATED");
+  EXPECT_EQ(CodeName(static_cast<StatusCode>(99)), "UNKNOWN");
   // The service's ErrorInfo reason rides along (issue 25 item 5).
   google::rpc::ErrorInfo info;
   info.set_reason("SESSION_BUSY");

@@ -348,6 +348,38 @@ TEST(EvalTest, CarryOverIsTheSameTextReadAfterOtherDocumentsMinusReadFresh) {
   }
 }
 
+// With a fade the session reads each document in turn and its fast weights are scaled between
+// them (Model::FadeFastWeights), as a session with keep_at_document_end would.
+TEST(EvalTest, CarryOverWithAFadeReadsAsASessionFadedAtEachDocumentEnd) {
+  const Corpus targets = MakeCorpus({40, 33, 45, 28}, 10);
+  const Corpus others = MakeCorpus({30, 26, 35}, 150);
+  const auto on = ActiveTttModel();
+  auto r = ScoreCarryOver(*on, targets, {&others}, 2, /*num_docs=*/10, /*piece=*/6, 0.5);
+  ASSERT_TRUE(r.ok()) << r.status();
+  engine::SequenceState state = on->NewSequence();
+  std::vector<double> direct;
+  for (const std::vector<int32_t>* doc : {&others.docs[2], &others.docs[0], &targets.docs[1]}) {
+    on->FadeFastWeights(state, 0.5);  // a no-op on the fresh state
+    std::vector<engine::IngestItem> items(1);
+    items[0].state = &state;
+    items[0].tokens = {1};
+    items[0].tokens.insert(items[0].tokens.end(), doc->begin(), doc->end());
+    auto lps = on->Ingest(absl::MakeSpan(items));
+    ASSERT_TRUE(lps.ok()) << lps.status();
+    direct.clear();
+    for (float lp : (*lps)[0]) direct.push_back(-lp);
+  }
+  const PositionLoss& scored = r->in_stream[0][1];
+  ASSERT_EQ(scored.Total(0, 1 << 30).second, 33);
+  for (size_t p = 1; p <= 33; ++p) EXPECT_NEAR(scored.sum[p], direct[p], 1e-4) << "position " << p;
+  auto faded = ScoreCarryOver(*on, targets, {&others}, 2, 10, 6, 0.25);
+  ASSERT_TRUE(faded.ok()) << faded.status();
+  EXPECT_NE(faded->in_stream[0][1].sum[30], scored.sum[30]) << "the fraction kept matters";
+  auto bad = ScoreCarryOver(*on, targets, {&others}, 2, 10, 6, 1.5);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("must be in [0, 1], got 1.5"), std::string::npos);
+}
+
 TEST(EvalTest, CarryOverRefusesATargetThatWouldFollowItself) {
   const auto model = ActiveTttModel();
   const Corpus two = MakeCorpus({20, 20}, 10);

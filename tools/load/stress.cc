@@ -18,6 +18,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "tools/load/stress_internal.h"
+#include "util/error_reason.h"
 
 namespace ttt::cli {
 namespace stress {
@@ -95,26 +96,8 @@ void AddTenant(grpc::ClientContext& ctx, const Options& o) {
   if (!o.tenant.empty()) ctx.AddMetadata("x-tenant-id", o.tenant);
 }
 
-const char* CodeName(grpc::StatusCode code) {
-  static const char* kNames[] = {"OK",
-                                 "CANCELLED",
-                                 "UNKNOWN",
-                                 "INVALID_ARGUMENT",
-                                 "DEADLINE_EXCEEDED",
-                                 "NOT_FOUND",
-                                 "ALREADY_EXISTS",
-                                 "PERMISSION_DENIED",
-                                 "RESOURCE_EXHAUSTED",
-                                 "FAILED_PRECONDITION",
-                                 "ABORTED",
-                                 "OUT_OF_RANGE",
-                                 "UNIMPLEMENTED",
-                                 "INTERNAL",
-                                 "UNAVAILABLE",
-                                 "DATA_LOSS",
-                                 "UNAUTHENTICATED"};
-  const int c = static_cast<int>(code);
-  return c >= 0 && c <= 16 ? kNames[c] : "?";
+std::string CodeName(grpc::StatusCode code) {
+  return util::StatusCodeName(static_cast<int>(code), "?");
 }
 
 namespace {

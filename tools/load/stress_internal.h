@@ -51,7 +51,7 @@ void AddTenant(grpc::ClientContext& ctx, const Options& o);
 absl::StatusOr<Options> ParseOptions(int argc, char** argv);
 
 // The canonical name of a gRPC code ("OK", "INTERNAL", ...).
-const char* CodeName(grpc::StatusCode code);
+std::string CodeName(grpc::StatusCode code);
 
 // "" when `a` and `b` hold the same token ids and bit-identical log-probabilities, else where
 // they first differ (index, both values, their distance in float ulps).
