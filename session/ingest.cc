@@ -169,6 +169,9 @@ absl::Status SessionManagerImpl::SubmitIngest(
             model_->Reset(s->state);
             s->path = internal::StatePath::Empty(model_->fingerprint());
           }
+          // Anything else that changes the state here (e.g. fading the fast weights) must set
+          // s->path = {} too: the state would no longer be where its path says, and the cache
+          // would serve it, or from it, as if it were.
         }
         s->RefreshLocked();
       }
