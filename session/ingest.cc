@@ -46,6 +46,7 @@ struct IngestRunCache {
   std::vector<internal::PathKey> keys;  // the path's key at each
   std::vector<float> logprobs;  // of the run's tokens applied so far (adopted ones included)
   int64_t cache_at = -1;        // offset whose state is cached (-1: none)
+  int64_t adopted_chunks = 0;   // chunk updates the adopted state held beyond the session's
   bool planned = false;         // the path was valid at the start: AdvancePath moves it
 };
 
@@ -79,7 +80,9 @@ void SessionManagerImpl::PlanCachedRun(Session& s, IngestRunCache& run, engine::
     const int64_t b = run.boundaries[i];
     // Same key, same path: the count of log-probabilities agrees (a check, not a need).
     if (!hit || hit->logprobs.size() != before + b) continue;
+    const int64_t chunks_before = s.state.chunks_applied();
     s.state = std::move(hit->state);  // continues from the boundary, copy-on-write
+    run.adopted_chunks = s.state.chunks_applied() - chunks_before;
     run.logprobs.assign(hit->logprobs.begin() + before, hit->logprobs.end());
     plan.applied = b;
     state_cache_->CountSkipped(b);
@@ -177,7 +180,9 @@ absl::Status SessionManagerImpl::SubmitIngest(
       }
       op->progress.counters = s->counters;
     }
-    if (listener_ != nullptr && chunks > 0) listener_->OnChunkUpdates(chunks);
+    // The metric counts chunk updates computed; the session's counters, those its state holds.
+    const int64_t computed = chunks - (run != nullptr ? run->adopted_chunks : 0);
+    if (listener_ != nullptr && computed > 0) listener_->OnChunkUpdates(computed);
     PendingIngestAck ack;
     ack.needs_commit = st.ok() && durable;
     ack.acknowledge = [op, st, done](const absl::Status& committed) {

@@ -1113,6 +1113,8 @@ TEST_F(ServerTest, StateCacheServesASecondReaderAndExportsItsCounters) {
   EXPECT_EQ(ScrapeGauge(port, "tttserve_state_cache_misses_total"), 1);
   EXPECT_EQ(ScrapeGauge(port, "tttserve_state_cache_tokens_skipped_total"), 4 * chunk_);
   EXPECT_EQ(ScrapeGauge(port, "tttserve_state_cache_entries"), 1);
+  // Chunk updates computed: the first reader's; the second adopted its 4.
+  EXPECT_EQ(ScrapeGauge(port, "tttserve_ttt_chunk_updates_total"), 4);
   EXPECT_GT(ScrapeGauge(port, "tttserve_state_cache_bytes"), 0);
   EXPECT_EQ(ScrapeGauge(port, "tttserve_state_cache_budget_bytes"), 16 << 20);
 
