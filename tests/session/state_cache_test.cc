@@ -260,6 +260,13 @@ TEST_F(StateCacheTest, SessionsResetAtEachDocumentEndShareTheEmptyBase) {
   Ingest(fresh, doc);
   EXPECT_EQ(manager_->state_cache_stats().hits, 1);
   EXPECT_TRUE(SameBits(Score(fresh), Score(reader)));
+  // Reset goes back to the empty base too.
+  std::promise<absl::StatusOr<SessionInfo>> reset;
+  ASSERT_TRUE(manager_->Reset("t", fresh, [&](auto r) { reset.set_value(r); }).ok());
+  ASSERT_TRUE(reset.get_future().get().ok());
+  Ingest(fresh, doc);
+  EXPECT_EQ(manager_->state_cache_stats().hits, 2);
+  EXPECT_TRUE(SameBits(Score(fresh), Score(reader)));
 }
 
 TEST_F(StateCacheTest, CheckpointsAndExportsOfAnAdoptedStateRestoreWithAnEmptyCache) {
