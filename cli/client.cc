@@ -208,10 +208,12 @@ void PrintSession(const pb::Session& s) {
   std::printf("session %s (tenant %s)%s%s\n", s.session_id().c_str(), s.tenant().c_str(),
               s.resident() ? "" : " [on disk]", s.writer_active() ? " [writer active]" : "");
   PrintCounters(s.counters());
-  std::printf("  memory %lld bytes; reset_at_document_end %s; idle_ttl_s %lld\n",
-              static_cast<long long>(s.memory_bytes()),
-              s.options().reset_at_document_end() ? "true" : "false",
-              static_cast<long long>(s.options().idle_ttl_seconds()));
+  std::printf(
+      "  memory %lld bytes; reset_at_document_end %s; fade_at_document_end %g; "
+      "idle_ttl_s %lld\n",
+      static_cast<long long>(s.memory_bytes()),
+      s.options().reset_at_document_end() ? "true" : "false", s.options().fade_at_document_end(),
+      static_cast<long long>(s.options().idle_ttl_seconds()));
   for (const auto& d : s.deltas()) {
     std::printf("  layer %lld: |delta W_down| = %.6g\n", static_cast<long long>(d.layer()),
                 d.delta_norm());

@@ -33,6 +33,9 @@ ABSL_FLAG(bool, end_of_document, true, "ingest: mark the end of a document after
 ABSL_FLAG(int64_t, message_tokens, 512, "ingest: token ids per message");
 ABSL_FLAG(int64_t, message_bytes, 65536, "ingest: text bytes per message (split at newlines)");
 ABSL_FLAG(bool, reset_at_document_end, false, "create: reset fast weights at document ends");
+ABSL_FLAG(double, fade_at_document_end, 0,
+          "create: fraction of the fast weights forgotten at each document end (0..1; the "
+          "context stays)");
 ABSL_FLAG(std::string, labels, "", "create/list: labels k=v,k2=v2");
 ABSL_FLAG(int64_t, idle_ttl_s, 0, "create: idle TTL in seconds (0 = server default)");
 ABSL_FLAG(std::string, id, "",

@@ -23,6 +23,7 @@ ABSL_DECLARE_FLAG(bool, end_of_document);
 ABSL_DECLARE_FLAG(int64_t, message_tokens);
 ABSL_DECLARE_FLAG(int64_t, message_bytes);
 ABSL_DECLARE_FLAG(bool, reset_at_document_end);
+ABSL_DECLARE_FLAG(double, fade_at_document_end);
 ABSL_DECLARE_FLAG(std::string, labels);
 ABSL_DECLARE_FLAG(int64_t, idle_ttl_s);
 ABSL_DECLARE_FLAG(std::string, id);

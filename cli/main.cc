@@ -28,7 +28,10 @@ struct Command {
 constexpr Command kCommands[] = {
     {"info", "(server and model information)", RunInfo},
     {"health", "[--service=NAME]   (exit 0 when SERVING)", RunHealth},
-    {"create", "[--id=ID] [--labels=k=v] [--reset_at_document_end] [--idle_ttl_s=N]", RunCreate},
+    {"create",
+     "[--id=ID] [--labels=k=v] [--reset_at_document_end | --fade_at_document_end=F] "
+     "[--idle_ttl_s=N]",
+     RunCreate},
     {"get", "ID", RunGet},
     {"list", "[--labels=k=v]", RunList},
     {"delete", "ID", RunDelete},

@@ -34,6 +34,8 @@ int RunCreate(int, char**) {
   pb::CreateSessionRequest req;
   req.set_session_id(absl::GetFlag(FLAGS_id));
   req.mutable_options()->set_reset_at_document_end(absl::GetFlag(FLAGS_reset_at_document_end));
+  req.mutable_options()->set_fade_at_document_end(
+      static_cast<float>(absl::GetFlag(FLAGS_fade_at_document_end)));
   req.mutable_options()->set_idle_ttl_seconds(absl::GetFlag(FLAGS_idle_ttl_s));
   for (const auto& [k, v] : ParseLabels(absl::GetFlag(FLAGS_labels))) {
     (*req.mutable_options()->mutable_labels())[k] = v;

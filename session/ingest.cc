@@ -171,10 +171,14 @@ absl::Status SessionManagerImpl::SubmitIngest(
           if (s->options.reset_at_document_end) {
             model_->Reset(s->state);
             s->path = internal::StatePath::Empty(model_->fingerprint());
+          } else if (s->options.fade_at_document_end > 0) {
+            model_->FadeFastWeights(s->state, 1 - s->options.fade_at_document_end);
+            // A deterministic change: sessions fading alike after the same path stay alike.
+            s->path.Mark("fade_at_document_end", s->options.fade_at_document_end);
           }
-          // Anything else that changes the state here (e.g. fading the fast weights) must set
-          // s->path = {} too: the state would no longer be where its path says, and the cache
-          // would serve it, or from it, as if it were.
+          // Anything else that changes the state here must Mark its path too (or drop it:
+          // s->path = {}): the state would no longer be where its path says, and the cache would
+          // serve it, or from it, as if it were.
         }
         s->RefreshLocked();
       }

@@ -238,6 +238,17 @@ absl::Status SessionManagerImpl::ValidateOptions(const SessionOptions& options) 
           "label keys must be 1..256 bytes and values at most 256 bytes");
     }
   }
+  if (!(options.fade_at_document_end >= 0 && options.fade_at_document_end <= 1)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "fade_at_document_end must be in [0, 1] (the fraction of the fast weights forgotten at a "
+        "document end), got ",
+        options.fade_at_document_end));
+  }
+  if (options.fade_at_document_end > 0 && options.reset_at_document_end) {
+    return absl::InvalidArgumentError(
+        "set fade_at_document_end or reset_at_document_end, not both: a reset already forgets "
+        "everything, the context too");
+  }
   if (options.idle_ttl_seconds < 0 || options.idle_ttl_seconds > 30LL * 24 * 3600) {
     return absl::InvalidArgumentError(
         absl::StrCat("idle_ttl_seconds must be in [0, 2592000] (0 = server default), got ",

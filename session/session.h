@@ -53,6 +53,9 @@ struct SessionOptions {
   bool reset_at_document_end = false;
   std::map<std::string, std::string> labels;
   int64_t idle_ttl_seconds = 0;  // 0 = the manager's default
+  // Fraction of the fast weights forgotten at each document end (engine::Model::FadeFastWeights
+  // keeps 1 - this); 0 keeps them. Excludes reset_at_document_end.
+  double fade_at_document_end = 0;
 };
 
 struct Counters {

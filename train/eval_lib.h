@@ -98,7 +98,7 @@ struct CarryOverResult {
   }
 };
 // `keep` < 1: the fast weights faded to that fraction at each document end before the target
-// (Model::FadeFastWeights; the session option keep_at_document_end).
+// (Model::FadeFastWeights; a session with fade_at_document_end = 1 - keep).
 // INVALID_ARGUMENT when a preceding corpus is empty, or is `targets` with no more than `before`
 // documents (a target would follow itself), or `keep` is outside [0, 1].
 absl::StatusOr<CarryOverResult> ScoreCarryOver(const engine::Model& model, const Corpus& targets,

@@ -61,6 +61,15 @@ const MemoryPoint* PointAt(const std::vector<MemoryPoint>& curve, int64_t k, int
   return nullptr;
 }
 
+// Corpus c's carry-over with the fast weights faded to `keep` at document ends (1: none).
+absl::StatusOr<CarryOverResult> CarryOver(const engine::Model& model, const MemoryReportOptions& o,
+                                          size_t c, double keep) {
+  const Corpus& docs = o.corpora[c].corpus;
+  const Corpus& unrelated = o.corpora[(c + 1) % o.corpora.size()].corpus;
+  const int64_t n = o.max_docs > 0 ? o.max_docs : static_cast<int64_t>(docs.docs.size());
+  return ScoreCarryOver(model, docs, {&unrelated, &docs}, o.before, n, o.piece, keep);
+}
+
 absl::StatusOr<CorpusMeasures> MeasureCorpus(const engine::Model& model,
                                              const MemoryReportOptions& o, size_t c) {
   const Corpus& docs = o.corpora[c].corpus;
@@ -68,7 +77,7 @@ absl::StatusOr<CorpusMeasures> MeasureCorpus(const engine::Model& model,
   const int64_t n = o.max_docs > 0 ? o.max_docs : static_cast<int64_t>(docs.docs.size());
   CorpusMeasures m;
   m.reach = AttentionReach(model);
-  ASSIGN_OR_RETURN(m.carry, ScoreCarryOver(model, docs, {&unrelated, &docs}, o.before, n, o.piece));
+  ASSIGN_OR_RETURN(m.carry, CarryOver(model, o, c, 1));
   std::vector<int64_t> distances = o.distances;
   distances.push_back(kWholeDocument);
   ASSIGN_OR_RETURN(m.curve, ScoreMemoryCurve(model, docs, distances, o.length, n, o.piece,
@@ -165,6 +174,28 @@ std::optional<CorpusMeasures> LoadCachedMeasures(const fs::path& path, const std
   return m;
 }
 
+// The measures cached under `key`, else measured by `measure` on the variant (loaded into `model`
+// on first need) and cached. `model` stays null while everything comes from the cache.
+absl::StatusOr<CorpusMeasures> CachedOrMeasured(
+    const MemoryReportOptions& o, const std::string& key, const VariantSpec& spec,
+    std::unique_ptr<engine::Model>& model,
+    const std::function<absl::StatusOr<CorpusMeasures>(const engine::Model&)>& measure) {
+  const fs::path path = o.cache_dir.empty() ? fs::path() : CachePath(o, key);
+  if (!path.empty()) {
+    if (std::optional<CorpusMeasures> cached = LoadCachedMeasures(path, key)) return *cached;
+  }
+  if (!model) {
+    ASSIGN_OR_RETURN(model, LoadVariant(spec));
+  }
+  ASSIGN_OR_RETURN(CorpusMeasures m, measure(*model));
+  if (!path.empty()) {
+    std::error_code ec;
+    fs::create_directories(o.cache_dir, ec);
+    RETURN_IF_ERROR(util::WriteFileAtomically(path, SerializeMeasures(key, m)));
+  }
+  return m;
+}
+
 // Every corpus measured with one variant: from the cache where it holds them, else measured
 // (the model loaded only then) and cached.
 absl::StatusOr<std::vector<CorpusMeasures>> MeasureVariant(const std::string& label,
@@ -173,30 +204,19 @@ absl::StatusOr<std::vector<CorpusMeasures>> MeasureVariant(const std::string& la
   std::vector<CorpusMeasures> out;
   std::unique_ptr<engine::Model> model;
   for (size_t c = 0; c < o.corpora.size(); ++c) {
-    const std::string key = CacheKey(label, spec, o, c);
-    const fs::path path = o.cache_dir.empty() ? fs::path() : CachePath(o, key);
-    std::optional<CorpusMeasures> cached;
-    if (!path.empty()) cached = LoadCachedMeasures(path, key);
-    if (!cached) {
-      if (!model) {
-        ASSIGN_OR_RETURN(model, LoadVariant(spec));
-      }
-      ASSIGN_OR_RETURN(cached, MeasureCorpus(*model, o, c));
-      if (!path.empty()) {
-        std::error_code ec;
-        fs::create_directories(o.cache_dir, ec);
-        RETURN_IF_ERROR(util::WriteFileAtomically(path, SerializeMeasures(key, *cached)));
-      }
-    }
-    const MemoryPoint* whole = PointAt(cached->curve, kWholeDocument);
+    ASSIGN_OR_RETURN(CorpusMeasures m, CachedOrMeasured(o, CacheKey(label, spec, o, c), spec, model,
+                                                        [&](const engine::Model& m) {
+                                                          return MeasureCorpus(m, o, c);
+                                                        }));
+    const MemoryPoint* whole = PointAt(m.curve, kWholeDocument);
     std::printf(
         "%-40s %-30s carry-over unrelated %s related %s | re-read after the document %s%s\n",
         label.c_str(), o.corpora[c].name.c_str(),
-        Signed(cached->carry.Difference(0, 1, 1 << 30).diff).c_str(),
-        Signed(cached->carry.Difference(1, 1, 1 << 30).diff).c_str(),
+        Signed(m.carry.Difference(0, 1, 1 << 30).diff).c_str(),
+        Signed(m.carry.Difference(1, 1, 1 << 30).diff).c_str(),
         whole ? CurveCell(*whole).c_str() : "–", model ? "" : " (cached)");
     std::fflush(stdout);
-    out.push_back(std::move(*cached));
+    out.push_back(std::move(m));
   }
   return out;
 }
@@ -212,31 +232,22 @@ absl::StatusOr<std::vector<std::vector<CarryOverResult>>> MeasureFades(
     out.emplace_back();
     for (size_t c = 0; c < o.corpora.size(); ++c) {
       const std::string key = absl::StrCat(CacheKey(label, spec, o, c), "|keep ", keep);
-      const fs::path path = o.cache_dir.empty() ? fs::path() : CachePath(o, key);
-      std::optional<CorpusMeasures> cached;
-      if (!path.empty()) cached = LoadCachedMeasures(path, key);
-      if (!cached) {
-        if (!model) {
-          ASSIGN_OR_RETURN(model, LoadVariant(spec));
-        }
-        const Corpus& docs = o.corpora[c].corpus;
-        const Corpus& unrelated = o.corpora[(c + 1) % o.corpora.size()].corpus;
-        const int64_t n = o.max_docs > 0 ? o.max_docs : static_cast<int64_t>(docs.docs.size());
-        cached.emplace();
-        cached->reach = AttentionReach(*model);
-        ASSIGN_OR_RETURN(cached->carry, ScoreCarryOver(*model, docs, {&unrelated, &docs}, o.before,
-                                                       n, o.piece, keep));
-        if (!path.empty()) {
-          RETURN_IF_ERROR(util::WriteFileAtomically(path, SerializeMeasures(key, *cached)));
-        }
-      }
+      ASSIGN_OR_RETURN(
+          CorpusMeasures faded,
+          CachedOrMeasured(o, key, spec, model,
+                           [&](const engine::Model& m) -> absl::StatusOr<CorpusMeasures> {
+                             CorpusMeasures carry_only;  // no curve
+                             carry_only.reach = AttentionReach(m);
+                             ASSIGN_OR_RETURN(carry_only.carry, CarryOver(m, o, c, keep));
+                             return carry_only;
+                           }));
       std::printf("%-40s %-30s keep %.2f at document ends: carry-over unrelated %s related %s%s\n",
                   label.c_str(), o.corpora[c].name.c_str(), keep,
-                  Signed(cached->carry.Difference(0, 1, 1 << 30).diff).c_str(),
-                  Signed(cached->carry.Difference(1, 1, 1 << 30).diff).c_str(),
+                  Signed(faded.carry.Difference(0, 1, 1 << 30).diff).c_str(),
+                  Signed(faded.carry.Difference(1, 1, 1 << 30).diff).c_str(),
                   model ? "" : " (cached)");
       std::fflush(stdout);
-      out.back().push_back(std::move(cached->carry));
+      out.back().push_back(std::move(faded.carry));
     }
   }
   return out;
@@ -334,9 +345,10 @@ absl::StatusOr<std::string> MemoryReport(const MemoryReportOptions& o) {
     ASSIGN_OR_RETURN(auto fades, MeasureFades(o));
     md << "\n## Carry-over with the fast weights faded at each document end\n\nThe same, with "
        << "each fast-weight delta of " << o.variants[0].first << " multiplied by the fraction "
-       << "kept at every document end (the context stays; `Model::FadeFastWeights`, the session "
-       << "option `keep_at_document_end`). 1: as above; `reset_at_document_end` gives 0 in "
-       << "every cell (a fresh session).\n\n| kept | corpus | unrelated, all | unrelated, beyond "
+       << "kept at every document end (the context stays; `Model::FadeFastWeights`: a session "
+       << "created with `fade_at_document_end` = 1 - kept). 1: as above; "
+       << "`reset_at_document_end` gives 0 in every cell (a fresh session).\n\n| kept | corpus | "
+          "unrelated, all | unrelated, beyond "
        << "reach | related, all | related, beyond reach |\n|---|---|---|---|---|---|\n";
     for (size_t c = 0; c < o.corpora.size(); ++c) {
       md << "| 1 | " << o.corpora[c].name << " | " << CarryCells(m[0][c].carry, m[0][c].reach)

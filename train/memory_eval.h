@@ -32,7 +32,8 @@ struct MemoryReportOptions {
   int64_t max_docs = 0;      // documents per corpus (0 = all)
   int64_t piece = 256;
   // Carry-over again with the fast weights faded to each of these fractions at every document
-  // end (Model::FadeFastWeights, the session option keep_at_document_end); first variant only.
+  // end (Model::FadeFastWeights, a session with fade_at_document_end = 1 - the fraction); first
+  // variant only.
   std::vector<double> fade_keeps;
   std::string command;  // recorded in the report
   // Where each (variant, corpus)'s measures are kept, keyed by everything they depend on, so that

@@ -76,8 +76,8 @@ ABSL_FLAG(std::string, memory_distances, "512,2048,3300,6000,8000",
 ABSL_FLAG(int64_t, carry_before, 2, "memory mode: documents read before a carry-over target");
 ABSL_FLAG(std::string, fade_keeps, "",
           "memory mode: the carry-over again with the fast weights faded to each of these "
-          "fractions (in [0, 1]) at every document end, e.g. 0.5,0.25,0 (the session option "
-          "keep_at_document_end)");
+          "fractions (in [0, 1]) kept at every document end, e.g. 0.5,0.25,0 (a session's "
+          "fade_at_document_end is 1 - the fraction kept)");
 ABSL_FLAG(int64_t, memory_docs, 0, "memory mode: documents per corpus (0 = all)");
 ABSL_FLAG(int64_t, after_others, 2,
           "memory mode: unrelated documents read between a document and its last re-reading");

@@ -69,6 +69,7 @@ void ToProto(const session::Counters& c, pb::SessionCounters* out) {
 
 void ToProto(const session::SessionOptions& o, pb::SessionOptions* out) {
   out->set_reset_at_document_end(o.reset_at_document_end);
+  out->set_fade_at_document_end(static_cast<float>(o.fade_at_document_end));
   out->set_idle_ttl_seconds(o.idle_ttl_seconds);
   for (const auto& [k, v] : o.labels) (*out->mutable_labels())[k] = v;
 }
@@ -134,6 +135,7 @@ pb::FinishReason ToProto(session::FinishReason reason) {
 session::SessionOptions FromProto(const pb::SessionOptions& o) {
   session::SessionOptions out;
   out.reset_at_document_end = o.reset_at_document_end();
+  out.fade_at_document_end = o.fade_at_document_end();
   out.idle_ttl_seconds = o.idle_ttl_seconds();
   for (const auto& [k, v] : o.labels()) out.labels[k] = v;
   return out;

@@ -218,6 +218,7 @@ std::map<std::string, std::string> MetaEntries(const CheckpointMeta& meta) {
   m["tttserve.last_used_unix_ms"] = absl::StrCat(meta.last_used_unix_ms);
   m["tttserve.counters"] = CountersJson(meta.counters).dump();
   nlohmann::json opts = {{"reset_at_document_end", meta.options.reset_at_document_end},
+                         {"fade_at_document_end", meta.options.fade_at_document_end},
                          {"idle_ttl_seconds", meta.options.idle_ttl_seconds},
                          {"labels", meta.options.labels}};
   m["tttserve.options"] = opts.dump();
@@ -251,6 +252,7 @@ absl::StatusOr<CheckpointMeta> ParseMeta(const std::map<std::string, std::string
     meta.counters = CountersFromJson(nlohmann::json::parse(get("tttserve.counters")));
     auto opts = nlohmann::json::parse(get("tttserve.options"));
     meta.options.reset_at_document_end = opts.value("reset_at_document_end", false);
+    meta.options.fade_at_document_end = opts.value("fade_at_document_end", 0.0);
     meta.options.idle_ttl_seconds = opts.value("idle_ttl_seconds", int64_t{0});
     meta.options.labels = opts.value("labels", std::map<std::string, std::string>{});
   } catch (const std::exception& e) {
@@ -258,6 +260,11 @@ absl::StatusOr<CheckpointMeta> ParseMeta(const std::map<std::string, std::string
         absl::StrCat("checkpoint ", source, " has malformed metadata: ", e.what()));
   }
   RETURN_IF_ERROR(CheckCounters(meta.counters, source));
+  const double fade = meta.options.fade_at_document_end;
+  if (!(fade >= 0 && fade <= 1)) {
+    return absl::DataLossError(
+        absl::StrCat("checkpoint ", source, " has fade_at_document_end outside [0, 1]: ", fade));
+  }
   return meta;
 }
 

@@ -13,6 +13,7 @@ namespace {
 constexpr char kEmptyBaseTag[] = "ttt-state-cache/1 empty-base";
 constexpr char kChainTag[] = "ttt-state-cache/1 chain";
 constexpr char kScopeTag[] = "ttt-state-cache/1 scope";
+constexpr char kEventTag[] = "ttt-state-cache/1 event";
 // The one scope of a cache shared across tenants (tenant ids never contain '*').
 constexpr char kSharedScope[] = "*shared*";
 
@@ -59,6 +60,21 @@ PathKey StatePath::Chain(const PathKey& key, const int32_t* tokens, size_t count
   h.Update(key.data(), key.size());
   h.Update(tokens, count * sizeof(int32_t));
   return Digest(h);
+}
+
+void StatePath::Mark(std::string_view event, double parameter) {
+  if (!tracked) return;
+  util::Sha256 h;
+  h.Update(kEventTag);
+  h.Update(key.data(), key.size());
+  const uint64_t count = tail.size();
+  h.Update(&count, sizeof(count));
+  h.Update(tail.data(), tail.size() * sizeof(int32_t));
+  UpdateWithString(h, std::string(event));
+  h.Update(&parameter, sizeof(parameter));  // its bits: no two values print alike here
+  key = Digest(h);
+  key_position += static_cast<int64_t>(tail.size());
+  tail.clear();
 }
 
 size_t StateCache::KeyHash::operator()(const PathKey& k) const {

@@ -28,6 +28,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <vector>
 
@@ -61,6 +62,10 @@ struct StatePath {
   std::vector<float> logprobs;  // of each token since the base
   // The key after `tokens` continue from `key`.
   static PathKey Chain(const PathKey& key, const int32_t* tokens, size_t count);
+  // The state changed in place by `event` with `parameter` (a fade at a document end): the
+  // path's key becomes that of the state now, at its position, so equal states changed alike
+  // keep equal keys and no key names the state before. No-op when untracked.
+  void Mark(std::string_view event, double parameter);
   // Whether it describes a state at `position` (a state changed behind the path's back does not
   // match it, and is then rebased).
   bool Matches(int64_t position) const {

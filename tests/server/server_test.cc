@@ -963,6 +963,20 @@ TEST_F(ServerTest, TextOptionsChooseSpecialTokensAndBos) {
   EXPECT_EQ(doc_acks[1].counters().position(), 2);  // bos, a
   EXPECT_EQ(doc_acks[1].stream_tokens(), 5);
 
+  // A session that fades its fast weights at document ends keeps its context (no new bos) and
+  // says so; a fraction outside [0, 1] is refused naming the field.
+  pb::CreateSessionRequest fading;
+  fading.mutable_options()->set_fade_at_document_end(0.5f);
+  pb::Session faded;
+  ASSERT_TRUE(stub_->CreateSession(Ctx().get(), fading, &faded).ok());
+  EXPECT_EQ(faded.options().fade_at_document_end(), 0.5f);
+  document.set_session_id(faded.session_id());
+  ASSERT_TRUE(IngestAll({document, next}, &doc_acks).ok());
+  EXPECT_EQ(doc_acks.back().counters().position(), 4);  // bos, a, b, a
+  fading.mutable_options()->set_fade_at_document_end(1.5f);
+  ExpectStatus(stub_->CreateSession(Ctx().get(), fading, &faded),
+               grpc::StatusCode::INVALID_ARGUMENT, "fade_at_document_end must be in [0, 1]");
+
   // Only a stream's first message chooses how its text is encoded.
   pb::IngestRequest later;
   later.set_text("ab");

@@ -546,6 +546,47 @@ TEST_F(SessionTest, ResetAtDocumentEndAndForkAndReset) {
   EXPECT_EQ(manager_->GetSession("t", fork->id)->counters.position, chunk_ + 1);
 }
 
+// fade_at_document_end forgets that fraction of the fast weights at each document end and keeps
+// the context; a checkpoint keeps the option; out-of-range values and both options are refused.
+TEST_F(SessionTest, FadeAtDocumentEndScalesTheFastWeightsAndKeepsTheContext) {
+  SessionOptions fading;
+  fading.fade_at_document_end = 0.75;
+  auto a = manager_->CreateSession("t", fading);
+  ASSERT_TRUE(a.ok()) << a.status();
+  auto b = manager_->CreateSession("t", {});
+  const auto doc = Tokens(static_cast<int>(2 * chunk_ + 1), vocab_, 14);
+  ASSERT_TRUE(Ingest(b->id, doc).ok());
+  auto r = Ingest(a->id, doc, /*eod=*/true);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->counters.position, 2 * chunk_ + 1);  // the context stays
+  EXPECT_EQ(r->counters.documents_completed, 1);
+  const auto faded = manager_->GetSession("t", a->id)->delta_norms;
+  const auto kept = manager_->GetSession("t", b->id)->delta_norms;
+  ASSERT_EQ(faded.size(), kept.size());
+  for (size_t k = 0; k < kept.size(); ++k) {
+    EXPECT_GT(kept[k].second, 0);
+    EXPECT_NEAR(faded[k].second, 0.25 * kept[k].second, 1e-6 * kept[k].second);
+  }
+  ASSERT_TRUE(Checkpoint(a->id, "faded").ok());
+  auto restored = Restore("faded");
+  ASSERT_TRUE(restored.ok()) << restored.status();
+  EXPECT_EQ(restored->options.fade_at_document_end, 0.75);
+  for (double bad : {-0.1, 1.5, std::nan("")}) {
+    SessionOptions o;
+    o.fade_at_document_end = bad;
+    auto refused = manager_->CreateSession("t", o);
+    EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_NE(refused.status().message().find("fade_at_document_end must be in [0, 1]"),
+              std::string::npos);
+  }
+  SessionOptions both;
+  both.fade_at_document_end = 0.5;
+  both.reset_at_document_end = true;
+  auto refused = manager_->CreateSession("t", both);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(refused.status().message().find("not both"), std::string::npos);
+}
+
 // Issue 9 #1: two clients scoring their own sessions at the same time (or generating from a
 // prompt) crashed the engine thread: a token run submitted while the scheduler ran another
 // session's prepare was batched before its own prepare had copied the session into the scratch

@@ -269,6 +269,29 @@ TEST_F(StateCacheTest, SessionsResetAtEachDocumentEndShareTheEmptyBase) {
   EXPECT_TRUE(SameBits(Score(fresh), Score(reader)));
 }
 
+TEST_F(StateCacheTest, SessionsFadingAlikeAtDocumentEndsShareWhatFollowsAndOthersDoNot) {
+  const std::vector<int32_t> first = Tokens(40, vocab_, 16);
+  const std::vector<int32_t> second = Tokens(40, vocab_, 17);
+  auto reader = [&](double fade) {
+    SessionOptions options;
+    options.fade_at_document_end = fade;
+    auto info = manager_->CreateSession("t", options);
+    EXPECT_TRUE(info.ok()) << info.status();
+    Ingest(info->id, first, /*eod=*/true);
+    Ingest(info->id, second);
+    return info->id;
+  };
+  const std::string a = reader(0.5);
+  const std::string b = reader(0.5);
+  EXPECT_EQ(manager_->state_cache_stats().hits, 2);  // b: both documents
+  EXPECT_TRUE(SameBits(Score(b), Score(a)));
+  reader(0.25);  // the first document is the same path; after its fade it is not
+  reader(0);
+  StateCacheStats stats = manager_->state_cache_stats();
+  EXPECT_EQ(stats.hits, 4);
+  EXPECT_EQ(stats.misses, 4);  // a's two, then the second document of each of the other two
+}
+
 TEST_F(StateCacheTest, CheckpointsAndExportsOfAnAdoptedStateRestoreWithAnEmptyCache) {
   const std::vector<int32_t> doc = Tokens(90, vocab_, 10);
   Ingest(Create(), doc);

@@ -349,7 +349,7 @@ TEST(EvalTest, CarryOverIsTheSameTextReadAfterOtherDocumentsMinusReadFresh) {
 }
 
 // With a fade the session reads each document in turn and its fast weights are scaled between
-// them (Model::FadeFastWeights), as a session with keep_at_document_end would.
+// them (Model::FadeFastWeights), as a session with fade_at_document_end = 0.5 would.
 TEST(EvalTest, CarryOverWithAFadeReadsAsASessionFadedAtEachDocumentEnd) {
   const Corpus targets = MakeCorpus({40, 33, 45, 28}, 10);
   const Corpus others = MakeCorpus({30, 26, 35}, 150);
@@ -539,6 +539,17 @@ TEST(EvalTest, MemoryReportResumesFromItsCache) {
   ASSERT_TRUE(longer.ok()) << longer.status();
   EXPECT_EQ(files(), 8);
   EXPECT_NE(*longer, *first);
+  // Fades: the first variant's carry-over again per fraction kept, cached per fraction too.
+  o.fade_keeps = {0.5, 0};
+  auto faded = MemoryReport(o);
+  ASSERT_TRUE(faded.ok()) << faded.status();
+  EXPECT_EQ(files(), 12) << "two fractions x two corpora more";
+  for (const std::string& row : {"| 1 | A |", "| 0.5 | A |", "| 0 | B |"}) {
+    EXPECT_NE(faded->find(row), std::string::npos) << row << "\n" << *faded;
+  }
+  auto faded_again = MemoryReport(o);
+  ASSERT_TRUE(faded_again.ok()) << faded_again.status();
+  EXPECT_EQ(*faded_again, *faded);
   fs::remove_all(dir);
 }
 

@@ -115,9 +115,11 @@ class Client:
             pb.GetServerInfoRequest(), metadata=self.metadata(), timeout=self.timeout_s))
 
     def create_session(self, session_id: str = "", *, reset_at_document_end: bool = False,
+                       fade_at_document_end: float = 0.0,
                        labels: Optional[Dict[str, str]] = None,
                        idle_ttl_seconds: int = 0) -> "Session":
         options = pb.SessionOptions(reset_at_document_end=reset_at_document_end,
+                                    fade_at_document_end=fade_at_document_end,
                                     labels=labels or {}, idle_ttl_seconds=idle_ttl_seconds)
         s = self.call(lambda: self._stub.CreateSession(
             pb.CreateSessionRequest(session_id=session_id, options=options),
