@@ -118,8 +118,8 @@ cmake -S . -B "$build_dir" "${generator[@]}" "${launcher[@]}" -DCMAKE_BUILD_TYPE
   -DTTT_REFERENCE_PYTHON="$(command -v "$py")" >"$log_dir/configure.log" 2>&1 ||
   die "configure failed; see $log_dir/configure.log"
 
-step "build engine, golden_test, model_test, engine_bench (-j$jobs)"
-cmake --build "$build_dir" -j "$jobs" --target golden_test model_test engine_bench \
+step "build engine, golden_test, model_test, chunk_scan_test, engine_bench (-j$jobs)"
+cmake --build "$build_dir" -j "$jobs" --target golden_test model_test chunk_scan_test engine_bench \
   >"$log_dir/build.log" 2>&1 || die "build failed; see $log_dir/build.log"
 
 {
@@ -156,6 +156,9 @@ run_test "golden_test_${device}_bf16" env TTT_GOLDEN_DIR="$golden" TTT_GOLDEN_DE
   TTT_GOLDEN_DTYPE=bf16 "$build_dir/tests/engine/golden_test"
 # model_test checks engine invariants (split, batch, state) on the CPU whatever the device.
 run_test model_test "$build_dir/tests/engine/model_test"
+# The Gram form of a long ingest's chunk updates (engine/internal/chunk_scan.h) against the direct
+# per-chunk rule; on CUDA the golden test and the ingest rows below run its tensor form.
+run_test chunk_scan_test "$build_dir/tests/engine/chunk_scan_test"
 
 bench() {  # label, then engine_bench flags
   local label=$1
@@ -178,6 +181,12 @@ bench "small shape, all rows" --shape=small --tokens="$tokens" --python="$(comma
 bench "shipped shape, 512 decode steps, 1/16/64 sessions" --shape=shipped --only=decode \
   --sessions=1,16,64
 bench "shipped shape, operations per decode step" --shape=shipped --only=ops --sessions=1,16
+# Issue 26 item 2: TTT on/off of one ingest call at the shipped chunk (16), a served step (512
+# tokens) and a long call, and the small shape at chunk 16 (the chunk scan's blocks of 64 rows).
+bench "shipped shape, ingest 512 tokens in one call" --shape=shipped --only=ingest --tokens=512
+bench "shipped shape, ingest 4096 tokens in one call" --shape=shipped --only=ingest --tokens=4096
+bench "small shape at chunk 16, ingest 512 tokens in one call" --shape=small --only=ingest \
+  --tokens=512 --chunk=16
 bench "shipped shape, digest of a fixed mix of calls" --shape=shipped --only=digest
 if [ "$device" = cuda ]; then
   bench "24 layers, d_model 2048" --shape=large --tokens="$tokens" --sessions=1,8,64 --only=scaling

@@ -11,6 +11,7 @@
 #include <limits>
 
 #include "engine/internal/batched_kernels.h"
+#include "engine/internal/chunk_scan.h"
 #include "engine/internal/fast_weight.h"
 #include "engine/internal/row_kernels.h"
 #include "engine/internal/state_buffer.h"
@@ -69,20 +70,6 @@ at::Tensor ChunkConv(const at::Tensor& x, const at::Tensor& weight) {
 // on a layer's accumulated fast weights (config ttt_delta_cap, applied only when it is > 0).
 at::Tensor DeltaCapFactor(const at::Tensor& delta, double cap) {
   return at::clamp_max(cap / (delta.norm() + 1e-12), 1.0);
-}
-
-// The deltas in force after each of `scaled` [chunks, d, d_ff] (eta applied) is added to `delta`
-// in turn: running sums, each capped when ttt_delta_cap is set (then one chunk at a time).
-at::Tensor RunningDeltas(const at::Tensor& delta, const at::Tensor& scaled, double cap) {
-  if (!(cap > 0)) return at::cumsum(scaled, 0) + delta;
-  std::vector<at::Tensor> sums;
-  at::Tensor running = delta;
-  for (int64_t j = 0; j < scaled.size(0); ++j) {
-    running = running + scaled[j];
-    running = running * DeltaCapFactor(running, cap);
-    sums.push_back(running);
-  }
-  return at::stack(sums, 0);
 }
 
 }  // namespace
@@ -357,7 +344,9 @@ void ModelAccess::AppendFloatRows(at::Tensor& pending, const at::Tensor& source,
 
 // The targets V_hat [chunks, C, d] of whole chunks x0 [chunks, C, d] (fp32).
 at::Tensor ModelAccess::ChunkTargets(const LayerWeights& lw, const at::Tensor& x0) const {
-  at::Tensor target = ChunkConv(x0, lw.ttt_conv);
+  at::Tensor target = internal::RowKernelsApply(x0) && lw.ttt_conv.scalar_type() == at::kFloat
+                          ? internal::ChunkConvTensor(x0, lw.ttt_conv)
+                          : ChunkConv(x0, lw.ttt_conv);
   if (lw.ttt_proj.defined()) target = at::matmul(target, lw.ttt_proj);
   return target;
 }
@@ -411,8 +400,9 @@ void ModelAccess::FoldChunks(const LayerWeights& lw, const std::vector<SequenceT
 }
 
 // In-Place TTT for one sequence in one layer, parallel form: the new rows' outputs use
-// W_down^(0) + delta + (eta * sum of updates of chunks completed earlier in this segment);
-// every chunk completed here is folded into the state's delta. Returns z @ (fast part)^T.
+// W_down^(0) + the delta in force for their chunk (the state's, then after each chunk completed
+// earlier in this segment: internal/chunk_scan.h); every chunk completed here is folded into the
+// state's delta. Returns z @ (fast part)^T.
 at::Tensor ModelAccess::FastWeightTermOne(const LayerWeights& lw, const at::Tensor& z_new,
                                           const at::Tensor& x0_new, SequenceTensors& state) {
   TttLayerState& slot = state.ttt[lw.ttt_slot];
@@ -420,7 +410,7 @@ at::Tensor ModelAccess::FastWeightTermOne(const LayerWeights& lw, const at::Tens
   at::Tensor z = at::cat({slot.pending_z, z_new.to(at::kFloat)}, 0);
   at::Tensor x0 = at::cat({slot.pending_x0, x0_new.to(at::kFloat)}, 0);
   const int64_t rows = pending + n, complete = rows / chunk;
-  const int64_t d_model = cfg_.hidden_size, d_ff = cfg_.intermediate_size;
+  const int64_t d_model = cfg_.hidden_size;
   if (in_place_ && internal::FoldsFactored(slot, complete * chunk)) {
     // A shared base delta (a copy-on-write fork): the segment's chunks become increments.
     at::Tensor targets =
@@ -434,27 +424,16 @@ at::Tensor ModelAccess::FastWeightTermOne(const LayerWeights& lw, const at::Tens
   }
   internal::MaterialiseDelta(slot);  // increments that would cost more than a dense delta
 
-  // Deltas in force for chunk 0 (the one the pending rows belong to) .. chunk `complete`.
-  at::Tensor deltas = slot.delta.unsqueeze(0);
-  if (complete > 0) {
-    at::Tensor updates =
-        ChunkUpdates(lw, z.slice(0, 0, complete * chunk).view({complete, chunk, d_ff}),
-                     x0.slice(0, 0, complete * chunk).view({complete, chunk, d_model}));
-    at::Tensor sums = RunningDeltas(slot.delta, updates * w_.eta, cfg_.ttt_delta_cap);
-    deltas = at::cat({deltas, sums}, 0);      // [complete + 1, d, d_ff]
-    slot.delta = sums[complete - 1].clone();  // a copy: the state must not pin every sum
+  // Each new row times the delta in force for its chunk; the chunks completed here fold in.
+  at::Tensor term;
+  if (complete == 0) {
+    term = Linear(z.slice(0, pending), slot.delta);
+  } else {
+    at::Tensor targets =
+        ChunkTargets(lw, x0.slice(0, 0, complete * chunk).view({complete, chunk, d_model}));
+    const bool own = in_place_ && internal::OwnsBuffer(slot.delta);
+    term = internal::DenseSegmentTerms(slot.delta, z, targets, pending, chunk, FoldParamsOf(), own);
     if (lw.ttt_slot == 0) state.chunks_applied += complete;  // count each chunk once
-  }
-  // Each new row times the delta of its own chunk: the rest of the first chunk with deltas[0],
-  // later rows padded to whole chunks, one batched product (pending rows need no output).
-  const int64_t first_end = std::min(rows, chunk);
-  at::Tensor term = Linear(z.slice(0, pending, first_end), deltas[0]);
-  if (rows > chunk) {
-    const int64_t later = rows - chunk, groups = (later + chunk - 1) / chunk;
-    at::Tensor zp = at::constant_pad_nd(z.slice(0, chunk), {0, 0, 0, groups * chunk - later});
-    at::Tensor tail =
-        at::bmm(zp.view({groups, chunk, d_ff}), deltas.slice(0, 1, 1 + groups).transpose(1, 2));
-    term = at::cat({term, tail.view({groups * chunk, d_model}).slice(0, 0, later)}, 0);
   }
   // Copies, so the state does not pin this segment's whole buffers.
   slot.pending_z = z.slice(0, complete * chunk).clone();

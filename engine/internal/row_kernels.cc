@@ -3,6 +3,9 @@
 #include <ATen/core/grad_mode.h>
 
 #include <cmath>
+#include <vector>
+
+#include "engine/internal/model_weights.h"
 
 namespace ttt::engine::internal {
 
@@ -56,6 +59,41 @@ at::Tensor RopeRows(const at::Tensor& x, const at::Tensor& cos, const at::Tensor
       RopeRow(src + at, cd + i * hd, sd + i * hd, hd, dst + at);
     }
   }
+  return out;
+}
+
+void ChunkConvRows(const float* x, const float* taps, int64_t chunks, int64_t chunk, int64_t d,
+                   float* y) {
+  constexpr int64_t kPad = kConvWidth / 2;
+  std::vector<float> by_tap(kConvWidth * d);  // [tap][channel]: the inner loop runs over channels
+  for (int64_t c = 0; c < d; ++c) {
+    for (int64_t w = 0; w < kConvWidth; ++w) by_tap[w * d + c] = taps[c * kConvWidth + w];
+  }
+  for (int64_t g = 0; g < chunks; ++g) {
+    const float* in = x + g * chunk * d;
+    float* out = y + g * chunk * d;
+    for (int64_t t = 0; t < chunk; ++t) {
+      float* row = out + t * d;
+      for (int64_t c = 0; c < d; ++c) row[c] = 0;
+      for (int64_t w = 0; w < kConvWidth; ++w) {
+        const int64_t source = t + w - kPad;
+        if (source < 0 || source >= chunk) continue;
+        const float* tap = by_tap.data() + w * d;
+        const float* from = in + source * d;
+        for (int64_t c = 0; c < d; ++c) row[c] += tap[c] * from[c];
+      }
+    }
+  }
+}
+
+at::Tensor ChunkConvTensor(const at::Tensor& x, const at::Tensor& taps) {
+  TORCH_CHECK(
+      x.dim() == 3 && taps.scalar_type() == at::kFloat && taps.numel() == x.size(2) * kConvWidth,
+      "ChunkConvTensor: x [chunks, chunk, d], taps [d, 1, kConvWidth] float32");
+  const at::Tensor in = x.contiguous(), k = taps.contiguous();
+  at::Tensor out = at::empty_like(in);
+  ChunkConvRows(in.data_ptr<float>(), k.data_ptr<float>(), in.size(0), in.size(1), in.size(2),
+                out.data_ptr<float>());
   return out;
 }
 

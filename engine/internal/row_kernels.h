@@ -25,4 +25,15 @@ void RmsNormRow(const float* x, const float* weight, int64_t d, double eps, floa
 // y[0, hd) = the rotary embedding of x[0, hd) with factors cos/sin[0, hd); y must not alias x.
 void RopeRow(const float* x, const float* cos, const float* sin, int64_t hd, float* y);
 
+// The TTT target's depthwise convolution (cross-correlation over time, kConvWidth taps, zero
+// padding kConvWidth / 2 each side, inside each chunk) of `chunks` chunks of `chunk` rows,
+// x [chunks * chunk, d], with taps [d, 1, kConvWidth] (as stored), into y (same shape, no alias).
+// Each output sums its taps in order, the first tap onto zero.
+void ChunkConvRows(const float* x, const float* taps, int64_t chunks, int64_t chunk, int64_t d,
+                   float* y);
+
+// ChunkConvRows over a tensor x [chunks, chunk, d]: [chunks, chunk, d]. REQUIRES:
+// RowKernelsApply(x), taps float32.
+at::Tensor ChunkConvTensor(const at::Tensor& x, const at::Tensor& taps);
+
 }  // namespace ttt::engine::internal

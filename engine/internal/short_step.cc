@@ -42,6 +42,7 @@ struct ShortBuffers {
 
 namespace {
 
+using internal::ChunkConvRows;
 using internal::FloatView;
 using internal::ShortBuffers;
 using internal::Slot;
@@ -134,22 +135,6 @@ void SwiGluInPlace(float* z, const float* u, int64_t n) {
 // True when `t` is a float32 tensor whose floats are in row-major order from its data pointer.
 bool RawFloats(const at::Tensor& t) {
   return t.defined() && t.scalar_type() == at::kFloat && t.is_contiguous() && !t.requires_grad();
-}
-
-// The depthwise convolution of ChunkConv (cross-correlation over time, kConvWidth taps, zero
-// padding kConvWidth / 2 each side) of x [chunk, d] with taps [d, 1, kConvWidth], into y.
-void ChunkConvRows(const float* x, const float* taps, int64_t chunk, int64_t d, float* y) {
-  constexpr int64_t kPad = kConvWidth / 2;
-  for (int64_t t = 0; t < chunk; ++t) {
-    for (int64_t c = 0; c < d; ++c) {
-      float sum = 0;
-      for (int64_t w = 0; w < kConvWidth; ++w) {
-        const int64_t source = t + w - kPad;
-        if (source >= 0 && source < chunk) sum += taps[c * kConvWidth + w] * x[source * d + c];
-      }
-      y[t * d + c] = sum;
-    }
-  }
 }
 
 // y[i] = y[i] + x[i] over `n` floats.
@@ -279,7 +264,7 @@ at::Tensor ModelAccess::ScaledChunkUpdates(const LayerWeights& lw,
   const char no = 'n', yes = 't';
   for (int64_t i = 0; i < n; ++i) {
     const TttLayerState& slot = states[i]->ttt[lw.ttt_slot];
-    ChunkConvRows(slot.pending_x0.data_ptr<float>(), lw.ttt_conv.data_ptr<float>(), chunk, d,
+    ChunkConvRows(slot.pending_x0.data_ptr<float>(), lw.ttt_conv.data_ptr<float>(), 1, chunk, d,
                   convolved);
     if (proj) {  // targets [chunk, d] = convolved @ ttt_proj (as stored): column-major P^T C^T
       blas.sgemm(&no, &no, &id, &ic, &id, &one, lw.ttt_proj.data_ptr<float>(), &id, convolved, &id,

@@ -1,5 +1,6 @@
 // engine/internal/row_kernels: the fused RMSNorm and RoPE kernels against their LibTorch tensor
-// forms (the forms the engine uses elsewhere: autograd, bf16, other devices).
+// forms (the forms the engine uses elsewhere: autograd, bf16, other devices), and the TTT
+// target's chunk convolution against at::conv1d.
 #include "engine/internal/row_kernels.h"
 
 #include <ATen/ATen.h>
@@ -44,6 +45,18 @@ TEST(RowKernelsTest, RmsNormMatchesTheTensorForm) {
   const at::Tensor view = wide.slice(1, 0, 32);
   const at::Tensor w = at::ones({32});
   EXPECT_LT(MaxDiff(RmsNormRows(view, w, 1e-5), RmsNormTensors(view, w, 1e-5)), 1e-5);
+}
+
+// The TTT target's depthwise convolution inside each chunk, as forward.cc's at::conv1d form.
+TEST(RowKernelsTest, ChunkConvMatchesConv1d) {
+  c10::InferenceMode inference;
+  at::manual_seed(3);
+  for (int64_t chunk : {1, 2, 6, 16}) {
+    const at::Tensor x = at::randn({3, chunk, 24}), taps = at::randn({24, 1, 5});
+    const at::Tensor expected =
+        at::conv1d(x.transpose(1, 2), taps, {}, 1, /*padding=*/2, 1, /*groups=*/24).transpose(1, 2);
+    EXPECT_LT(MaxDiff(ChunkConvTensor(x, taps), expected), 1e-5) << "chunk " << chunk;
+  }
 }
 
 TEST(RowKernelsTest, RopeMatchesTheTensorForm) {
