@@ -69,7 +69,7 @@ void StatePath::Mark(std::string_view event, double parameter) {
   h.Update(key.data(), key.size());
   const uint64_t count = tail.size();
   h.Update(&count, sizeof(count));
-  h.Update(tail.data(), tail.size() * sizeof(int32_t));
+  if (!tail.empty()) h.Update(tail.data(), tail.size() * sizeof(int32_t));  // never a null range
   UpdateWithString(h, std::string(event));
   h.Update(&parameter, sizeof(parameter));  // its bits: no two values print alike here
   key = Digest(h);
