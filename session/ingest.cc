@@ -85,7 +85,7 @@ void SessionManagerImpl::PlanCachedRun(Session& s, IngestRunCache& run, engine::
     run.adopted_chunks = s.state.chunks_applied() - chunks_before;
     run.logprobs.assign(hit->logprobs.begin() + before, hit->logprobs.end());
     plan.applied = b;
-    state_cache_->CountSkipped(b);
+    state_cache_->CountHit(b);
     break;
   }
   if (plan.applied == 0) state_cache_->CountMiss();

@@ -103,7 +103,6 @@ std::optional<StateCache::Hit> StateCache::Lookup(const PathKey& key) {
   auto it = index_.find(key);
   if (it == index_.end()) return std::nullopt;
   lru_.splice(lru_.begin(), lru_, it->second);
-  ++counts_.hits;
   return Hit{it->second->state.Fork(), it->second->logprobs};
 }
 
@@ -112,8 +111,9 @@ void StateCache::CountMiss() {
   ++counts_.misses;
 }
 
-void StateCache::CountSkipped(int64_t tokens) {
+void StateCache::CountHit(int64_t tokens) {
   std::lock_guard<std::mutex> lock(mu_);
+  ++counts_.hits;
   counts_.tokens_skipped += tokens;
 }
 

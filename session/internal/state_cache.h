@@ -89,9 +89,10 @@ class StateCache {
   };
   // The entry under `key` (it becomes the most recently used), forked. Engine thread.
   std::optional<Hit> Lookup(const PathKey& key);
+  // Counts a hit the caller took, which applied `tokens` without computing them.
+  void CountHit(int64_t tokens);
   // Counts a lookup that found nothing at any of the boundaries it tried.
   void CountMiss();
-  void CountSkipped(int64_t tokens);
   // Stores a fork of `state` under `key` (no-op when present: it is then the most recently
   // used), then drops the least recently used entries until the budget holds (the new one too,
   // when it alone exceeds it). Engine thread.

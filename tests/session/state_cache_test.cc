@@ -225,7 +225,9 @@ TEST_F(StateCacheTest, KeysOfAnotherModelOrBaseNeverMatch) {
   internal::StateCache other_model(int64_t{64} << 20, false, "another model's fingerprint");
   engine::SequenceState state = model_->NewSequence();
   cache.Insert(cache.KeyFor("t", llama_key), state, std::vector<float>(8, 0.0f));
-  EXPECT_TRUE(cache.Lookup(cache.KeyFor("t", llama_key)).has_value());
+  auto hit = cache.Lookup(cache.KeyFor("t", llama_key));
+  ASSERT_TRUE(hit.has_value());
+  EXPECT_EQ(hit->logprobs.size(), 8u);
   EXPECT_FALSE(cache.Lookup(other_model.KeyFor("t", llama_key)).has_value());
   EXPECT_FALSE(cache.Lookup(cache.KeyFor("u", llama_key)).has_value());
 }
