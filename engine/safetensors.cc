@@ -279,7 +279,7 @@ absl::StatusOr<std::string> EncodeSafetensors(const NamedTensors& tensors,
       const internal::DtypeInfo* dtype = internal::DtypeByType(tensor.scalar_type());
       if (dtype == nullptr) {
         return bad(absl::StrCat("dtype ", c10::toString(tensor.scalar_type()),
-                                " cannot be written (F32, F16, BF16, I64, I32, U8)"));
+                                " cannot be written (F32, F16, BF16, I64, I32, U8, F64)"));
       }
       at::Tensor cpu = tensor.detach().to(at::kCPU).contiguous();
       const uint64_t nbytes = static_cast<uint64_t>(cpu.numel()) * dtype->size;

@@ -2,6 +2,9 @@
 // the shapes a state must have.
 #include "engine/sequence.h"
 
+#include <algorithm>
+#include <cmath>
+#include <functional>
 #include <memory>
 #include <set>
 #include <utility>
@@ -48,7 +51,10 @@ SequenceState SequenceState::Clone() const {
   SequenceTensors copy;
   copy.position = from.position;
   copy.chunks_applied = from.chunks_applied;
-  for (const LayerCache& c : from.cache) copy.cache.push_back({c.keys.clone(), c.values.clone()});
+  for (const LayerCache& c : from.cache) {
+    copy.cache.push_back({internal::WholeCache(c.shared_keys, c.keys).clone(),
+                          internal::WholeCache(c.shared_values, c.values).clone()});
+  }
   for (const TttLayerState& t : from.ttt) {
     DeltaIncrements increments = t.increments;
     if (!increments.empty()) {
@@ -63,7 +69,8 @@ SequenceState SequenceState::Clone() const {
 }
 
 // A copy of the handles: sound because no write reaches a buffer that another handle can see
-// (internal/state_buffer.h's OwnsBuffer guards every in-place write).
+// (internal/state_buffer.h's OwnsBuffer guards every in-place write; a cache appended to while
+// shared keeps the shared rows as its read-only prefix: ShareCachePrefix).
 SequenceState SequenceState::Fork() const { return MakeSequenceState(TensorsOf(*this)); }
 
 // The elements of its tensors: what a valid state of this shape needs (and what it serializes
@@ -72,7 +79,10 @@ int64_t SequenceState::MemoryBytes() const {
   const SequenceTensors& s = TensorsOf(*this);
   auto elements = [](const at::Tensor& t) -> int64_t { return t.defined() ? t.nbytes() : 0; };
   int64_t bytes = elements(s.last_logits);
-  for (const LayerCache& c : s.cache) bytes += elements(c.keys) + elements(c.values);
+  for (const LayerCache& c : s.cache) {
+    bytes +=
+        elements(c.keys) + elements(c.values) + elements(c.shared_keys) + elements(c.shared_values);
+  }
   for (const TttLayerState& t : s.ttt) {
     bytes += elements(t.delta) + elements(t.pending_z) + elements(t.pending_x0) +
              elements(t.increments.v) + elements(t.increments.z);
@@ -100,6 +110,8 @@ std::vector<HeldBuffer> SequenceState::HeldBuffers() const {
   };
   add(s.last_logits);
   for (const LayerCache& c : s.cache) {
+    add(c.shared_keys);
+    add(c.shared_values);
     add(c.keys);
     add(c.values);
   }
@@ -127,21 +139,51 @@ std::vector<double> SequenceState::DeltaNorms() const {
   return norms;
 }
 
+namespace {
+
+// A factored slot's coefficients as one F64 tensor [2 + k]: base_scale, norm_sq, then each
+// increment's scale. Doubles, as the fold reads them: a restore computes bit for bit the same.
+at::Tensor CoefficientsTensor(const DeltaIncrements& increments) {
+  std::vector<double> coefficients{increments.base_scale, increments.norm_sq};
+  coefficients.insert(coefficients.end(), increments.scales.begin(), increments.scales.end());
+  return at::tensor(coefficients, at::kDouble);
+}
+
+}  // namespace
+
 NamedTensors StateTensors(const SequenceState& state) {
   const SequenceTensors& s = TensorsOf(state);
   NamedTensors out;
   for (size_t l = 0; l < s.cache.size(); ++l) {
-    out.emplace_back(absl::StrCat("cache.", l, ".keys"), s.cache[l].keys);
-    out.emplace_back(absl::StrCat("cache.", l, ".values"), s.cache[l].values);
+    // Whole: a shared prefix is written with the rows after it (a copy only then).
+    const LayerCache& c = s.cache[l];
+    out.emplace_back(absl::StrCat("cache.", l, ".keys"),
+                     internal::WholeCache(c.shared_keys, c.keys));
+    out.emplace_back(absl::StrCat("cache.", l, ".values"),
+                     internal::WholeCache(c.shared_values, c.values));
   }
   for (const TttLayerState& t : s.ttt) {
-    // Dense even when factored: a checkpoint or export needs nothing but itself.
-    out.emplace_back(absl::StrCat("ttt.", t.layer, ".delta"), internal::EffectiveDelta(t));
-    out.emplace_back(absl::StrCat("ttt.", t.layer, ".pending_z"), t.pending_z);
-    out.emplace_back(absl::StrCat("ttt.", t.layer, ".pending_x0"), t.pending_x0);
+    const std::string prefix = absl::StrCat("ttt.", t.layer, ".");
+    // A factored delta as it stands, its base (shared or not) and its increments: the file needs
+    // nothing else, and what restores from it folds and reads exactly as this state does.
+    out.emplace_back(prefix + "delta", t.delta);
+    out.emplace_back(prefix + "pending_z", t.pending_z);
+    out.emplace_back(prefix + "pending_x0", t.pending_x0);
+    if (!t.increments.empty()) {
+      out.emplace_back(prefix + "increments.v", t.increments.v);
+      out.emplace_back(prefix + "increments.z", t.increments.z);
+      out.emplace_back(prefix + "increments.coefficients", CoefficientsTensor(t.increments));
+    }
   }
   if (s.last_logits.defined()) out.emplace_back("last_logits", s.last_logits);
   return out;
+}
+
+bool SequenceState::HoldsIncrements() const {
+  for (const TttLayerState& t : TensorsOf(*this).ttt) {
+    if (!t.increments.empty()) return true;
+  }
+  return false;
 }
 
 std::map<std::string, std::string> SequenceState::Metadata() const {
@@ -150,14 +192,63 @@ std::map<std::string, std::string> SequenceState::Metadata() const {
           {"state.chunks_applied", absl::StrCat(s.chunks_applied)}};
 }
 
-void MaterialiseIncrements(SequenceState& state) {
-  for (TttLayerState& slot : TensorsOf(state).ttt) internal::MaterialiseDelta(slot);
-}
-
 absl::StatusOr<std::string> EncodeSequence(const SequenceState& state,
                                            const std::map<std::string, std::string>& metadata) {
   return EncodeSafetensors(StateTensors(state), metadata);
 }
+
+namespace {
+
+// Loads a named state tensor and checks its dtype, rank and the dimensions that must match the
+// model: (name, dtype, shape, the dimension that may vary or -1, its most rows).
+using TensorLoader = std::function<absl::StatusOr<at::Tensor>(
+    const std::string&, at::ScalarType, std::vector<int64_t>, int64_t, int64_t)>;
+
+// A factored TTT layer's increments, `prefix` "ttt.<layer>.", or none when the file holds none
+// of their tensors (a dense layer). Untrusted bytes: all three tensors or none; rows whole
+// chunks, at most MaxIncrementRows (what a fold keeps before it goes dense); one finite scale per
+// increment; the base's scale in [0, 1] (the delta cap and a fade only shrink it); the norm finite,
+// >= 0.
+absl::StatusOr<DeltaIncrements> LoadIncrements(const SafetensorsFile& file,
+                                               const std::string& prefix, const ModelConfig& config,
+                                               const TensorLoader& load) {
+  const std::string v_name = prefix + "increments.v", z_name = prefix + "increments.z",
+                    coefficients_name = prefix + "increments.coefficients";
+  const int present =
+      file.Contains(v_name) + file.Contains(z_name) + file.Contains(coefficients_name);
+  if (present == 0) return DeltaIncrements{};
+  auto invalid = [&](const std::string& why) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(file.source(), ": ", prefix, "increments ", why));
+  };
+  if (present != 3) return invalid("need all three tensors (v, z, coefficients) or none");
+  const int64_t d = config.hidden_size, d_ff = config.intermediate_size, chunk = config.ttt_chunk;
+  const int64_t max_rows = internal::MaxIncrementRows(d, d_ff, chunk);
+  DeltaIncrements increments;
+  ASSIGN_OR_RETURN(increments.v, load(v_name, at::kFloat, {0, d}, 0, max_rows));
+  ASSIGN_OR_RETURN(increments.z, load(z_name, at::kFloat, {0, d_ff}, 0, max_rows));
+  const int64_t rows = increments.v.size(0);
+  if (rows == 0 || rows % chunk != 0 || increments.z.size(0) != rows) {
+    return invalid(absl::StrCat("hold ", rows, " and ", increments.z.size(0),
+                                " rows; they must be the same positive multiple of the chunk (",
+                                chunk, ")"));
+  }
+  const int64_t k = rows / chunk;
+  ASSIGN_OR_RETURN(at::Tensor coefficients, load(coefficients_name, at::kDouble, {k + 2}, -1, 0));
+  coefficients = coefficients.cpu().contiguous();
+  const double* c = coefficients.data_ptr<double>();
+  if (!std::all_of(c, c + k + 2, [](double x) { return std::isfinite(x); }) || c[0] < 0 ||
+      c[0] > 1 || c[1] < 0) {
+    return invalid(
+        "coefficients must be finite, the base's scale in [0, 1] and the squared norm >= 0");
+  }
+  increments.base_scale = c[0];
+  increments.norm_sq = c[1];
+  increments.scales.assign(c + 2, c + k + 2);
+  return increments;
+}
+
+}  // namespace
 
 absl::StatusOr<SequenceState> RestoreSequence(const Model& model, const SafetensorsFile& file) {
   const ModelConfig& config = model.config();
@@ -176,8 +267,9 @@ absl::StatusOr<SequenceState> RestoreSequence(const Model& model, const Safetens
   RETURN_IF_ERROR(number("state.chunks_applied", state.chunks_applied));
 
   // Loads `name` and checks dtype, rank and the dimensions that must match the model.
-  auto load = [&](const std::string& name, at::ScalarType dtype, std::vector<int64_t> shape,
-                  int64_t free_dim, int64_t max_free) -> absl::StatusOr<at::Tensor> {
+  const TensorLoader load = [&](const std::string& name, at::ScalarType dtype,
+                                std::vector<int64_t> shape, int64_t free_dim,
+                                int64_t max_free) -> absl::StatusOr<at::Tensor> {
     ASSIGN_OR_RETURN(at::Tensor t, file.Load(name));
     bool fits = t.scalar_type() == dtype && t.dim() == static_cast<int64_t>(shape.size());
     for (int64_t i = 0; fits && i < t.dim(); ++i) {
@@ -201,6 +293,7 @@ absl::StatusOr<SequenceState> RestoreSequence(const Model& model, const Safetens
                      load(absl::StrCat("cache.", l, ".values"), dtype, {kv, 0, hd}, 1, max_cache));
   }
   const int64_t d = config.hidden_size, d_ff = config.intermediate_size;
+  size_t factored = 0;
   for (TttLayerState& t : state.ttt) {
     const std::string p = absl::StrCat("ttt.", t.layer, ".");
     ASSIGN_OR_RETURN(t.delta, load(p + "delta", at::kFloat, {d, d_ff}, -1, 0));
@@ -214,6 +307,8 @@ absl::StatusOr<SequenceState> RestoreSequence(const Model& model, const Safetens
           absl::StrCat(file.source(), ": the unfinished chunk of TTT layer ", t.layer,
                        " does not match the stream position ", state.position));
     }
+    ASSIGN_OR_RETURN(t.increments, LoadIncrements(file, p, config, load));
+    factored += t.increments.empty() ? 0 : 1;
   }
   if (file.Contains("last_logits")) {
     ASSIGN_OR_RETURN(state.last_logits,
@@ -223,8 +318,8 @@ absl::StatusOr<SequenceState> RestoreSequence(const Model& model, const Safetens
         file.source(), ": 'last_logits' is missing for a stream at position ", state.position));
   }
   // Every tensor in the file must be one this model knows: anything else means another model.
-  const size_t expected =
-      2 * state.cache.size() + 3 * state.ttt.size() + (state.last_logits.defined() ? 1 : 0);
+  const size_t expected = 2 * state.cache.size() + 3 * state.ttt.size() + 3 * factored +
+                          (state.last_logits.defined() ? 1 : 0);
   size_t state_tensors = 0;
   for (const TensorEntry& e : file.entries()) {
     if (e.name.rfind("cache.", 0) == 0 || e.name.rfind("ttt.", 0) == 0 || e.name == "last_logits") {

@@ -47,8 +47,9 @@ class SequenceState {
   // A copy-on-write fork: shares every buffer with the original until one of them writes (each
   // write to a state tensor goes in place only into a buffer its state alone holds, else into a
   // fresh one), and a fork whose fast weights then learn keeps its chunk updates as low-rank
-  // increments on the shared base (engine/internal/fast_weight.h). Neither ever sees the other's
-  // writes. Costs no tensor memory until a write.
+  // increments on the shared base (engine/internal/fast_weight.h), and whose KV cache grows keeps
+  // the shared rows as a read-only prefix and appends to a tail of its own. Neither ever sees the
+  // other's writes. Costs no tensor memory until a write, then what it writes.
   SequenceState Fork() const;
   // Bytes of its tensors' elements (what it serializes to).
   int64_t MemoryBytes() const;
@@ -62,6 +63,9 @@ class SequenceState {
   std::vector<int64_t> TttLayers() const;
   // Frobenius norm of each TTT layer's delta, in TttLayers() order.
   std::vector<double> DeltaNorms() const;
+  // Whether some TTT layer keeps low-rank increments on its base delta (a fork that learned,
+  // SetForkIncrements): its encoding then holds them too (checkpoint format 3).
+  bool HoldsIncrements() const;
 
   // The state's own metadata entries ("state.position", "state.chunks_applied") that, with its
   // tensors, restore it bit-exactly (EncodeSequence, Model::RestoreSequence).
@@ -74,15 +78,10 @@ class SequenceState {
 };
 
 // Whether a fork that reads more keeps its chunk updates as low-rank increments on the delta it
-// shares with its parent (less memory: it grows by its increments; a checkpoint or export holds
-// the dense delta, so such a state restores within float tolerance, not bit for bit) instead of
-// copying the delta at its first write (the default: bit-exact). Process-wide; set at start-up.
+// shares with its parent (the default: it grows by its increments, and a checkpoint or export
+// holds them as they are, so it restores bit for bit) instead of copying the delta at its first
+// write (off: ttt-serve --fork_increments=false). Process-wide; set at start-up.
 void SetForkIncrements(bool on);
-
-// Folds a fork's low-rank increments into dense deltas of its own (no-op when it has none), so
-// that the state scores bit for bit as its encoding restores: exports and checkpoints promise
-// that, and a file holds the dense delta. Engine thread.
-void MaterialiseIncrements(SequenceState& state);
 
 // The safetensors encoding of `state`'s tensors with string `metadata` under "__metadata__"
 // (pass Metadata() merged with the caller's own entries). INVALID_ARGUMENT when `metadata` is not

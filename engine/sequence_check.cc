@@ -33,10 +33,11 @@ absl::Status Model::CheckSequence(const SequenceState& sequence, const std::stri
       window ? std::min(state.position, std::max<int64_t>(*window - 1, 0)) : state.position;
   for (size_t l = 0; l < state.cache.size(); ++l) {
     const LayerCache& c = state.cache[l];
-    if (c.keys.size(1) != cached || c.values.size(1) != cached) {
-      return invalid(absl::StrCat("layer ", l, " caches ", c.keys.size(1), " keys and ",
-                                  c.values.size(1), " values; a stream at position ",
-                                  state.position, " holds ", cached));
+    const int64_t values = c.SharedRows() + c.values.size(1);  // a restored cache: no prefix
+    if (c.Rows() != cached || values != cached) {
+      return invalid(absl::StrCat("layer ", l, " caches ", c.Rows(), " keys and ", values,
+                                  " values; a stream at position ", state.position, " holds ",
+                                  cached));
     }
     if (!AllFinite(c.keys) || !AllFinite(c.values)) {
       return invalid(absl::StrCat("layer ", l, "'s cache holds a value that is not finite"));
@@ -49,8 +50,16 @@ absl::Status Model::CheckSequence(const SequenceState& sequence, const std::stri
                                 " completed chunks at position ", state.position));
   }
   for (const TttLayerState& t : state.ttt) {
-    if (!AllFinite(t.delta) || !AllFinite(t.pending_z) || !AllFinite(t.pending_x0)) {
+    if (!AllFinite(t.delta) || !AllFinite(t.pending_z) || !AllFinite(t.pending_x0) ||
+        !AllFinite(t.increments.v) || !AllFinite(t.increments.z)) {
       return invalid(absl::StrCat("TTT layer ", t.layer, " holds a value that is not finite"));
+    }
+    // Increments are the chunks folded since a fork: never more than the stream completed.
+    const auto increments = static_cast<int64_t>(t.increments.scales.size());
+    if (increments > state.chunks_applied) {
+      return invalid(absl::StrCat("TTT layer ", t.layer, " holds ", increments,
+                                  " increments, more than the ", state.chunks_applied,
+                                  " chunks applied"));
     }
   }
   if (state.last_logits.defined() != (state.position > 0)) {

@@ -10,15 +10,17 @@
 namespace ttt::engine {
 
 struct StateSizeBound {
-  // Bytes of everything but the KV cache at its largest: every TTT layer's fp32 delta and a
-  // full unfinished chunk (chunk - 1 rows of Z and X0), and the last logits.
+  // Bytes of everything but the KV cache at its largest: every TTT layer's fp32 delta, its
+  // low-rank increments when factored and a full unfinished chunk (chunk - 1 rows of Z and X0),
+  // and the last logits.
   int64_t fixed_bytes = 0;
   // KV-cache bytes per cached token, all layers, keys and values.
   int64_t bytes_per_cached_token = 0;
   // The most tokens a valid state caches: window - 1 for a windowed model, nullopt for full
   // attention (the cache grows with the stream).
   std::optional<int64_t> max_cached_tokens;
-  // Tensors a state serialises to (StateTensors, engine/internal/sequence_tensors.h).
+  // The most tensors a state serialises to (StateTensors, engine/internal/sequence_tensors.h):
+  // 3 more per TTT layer when factored.
   int64_t tensor_count = 0;
 
   // The bound on the tensors' bytes when at most `cached_tokens` are cached.

@@ -64,10 +64,10 @@ ABSL_FLAG(int64_t, max_decode_batch_tokens, 64,
           "decode first, then pieces of ingests up to this in all, at least a quarter of it "
           "(bounds inter-token latency while long ingests run)");
 ABSL_FLAG(bool, checkpoint_on_shutdown, true, "checkpoint live sessions on SIGTERM");
-ABSL_FLAG(bool, fork_increments, false,
+ABSL_FLAG(bool, fork_increments, true,
           "a fork that reads more keeps low-rank increments on the delta it shares with its parent "
-          "(less memory; its checkpoints and exports restore within float tolerance, not bit for "
-          "bit) instead of copying the delta at its first write");
+          "(it grows by its own chunk updates; its checkpoints and exports hold them and restore "
+          "bit for bit); false: it copies the delta at its first write");
 ABSL_FLAG(int64_t, shutdown_delay_s, 5,
           "on SIGTERM, report NOT_SERVING (gRPC health, /readyz) but keep accepting calls this "
           "long, so load balancers stop routing here before the listener closes; then drain");

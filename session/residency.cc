@@ -403,13 +403,8 @@ internal::CheckpointMeta SessionManagerImpl::MetaOf(Session& s,
 
 absl::StatusOr<std::string> SessionManagerImpl::EncodeSession(Session& s,
                                                               const std::string& checkpoint_id) {
-  // Exported or checkpointed, a fork's increments become its own dense delta first, so that what
-  // restores from the bytes scores exactly as the session does from here on.
-  engine::MaterialiseIncrements(s.state);
-  {
-    std::lock_guard<std::mutex> lock(s.mu);
-    s.RefreshLocked();
-  }
+  // A fork's increments are written as they are (checkpoint format 3): what restores from the
+  // bytes scores exactly as the session does from here on.
   return internal::EncodeCheckpoint(s.state, MetaOf(s, checkpoint_id));
 }
 

@@ -67,18 +67,31 @@ __attribute__((always_inline)) inline void Axpy(float alpha, const float* x, flo
   for (; i < n; ++i) y[i] += alpha * x[i];
 }
 
+// One head's cached rows in two segments (LayerCache): rows [0, split) of a shared prefix, then
+// the sequence's own rows. Reading through it keeps each row's arithmetic as one buffer's.
+struct HeadRows {
+  const float* shared = nullptr;
+  int64_t shared_stride = 0;
+  int64_t split = 0;
+  const float* own = nullptr;
+  int64_t own_stride = 0;
+
+  const float* Row(int64_t j) const {
+    return j < split ? shared + j * shared_stride : own + (j - split) * own_stride;
+  }
+};
+
 // One query row's heads of one key-head group over keys [first, last] of one sequence.
 // scores: scratch of group * (last - first + 1) floats.
-TTT_MULTIVERSION void AttendRow(const float* q, const float* keys, int64_t key_stride,
-                                const float* values, int64_t value_stride, int64_t first,
-                                int64_t last, int64_t group, int64_t hd, std::vector<float>& scores,
-                                float* out) {
+TTT_MULTIVERSION void AttendRow(const float* q, const HeadRows& keys, const HeadRows& values,
+                                int64_t first, int64_t last, int64_t group, int64_t hd,
+                                std::vector<float>& scores, float* out) {
   const int64_t span = last - first + 1;
   scores.resize(group * (span + 1));
   float* inv_sum = scores.data() + group * span;
   const float norm = std::sqrt(static_cast<float>(hd));
   for (int64_t j = first; j <= last; ++j) {
-    const float* k = keys + j * key_stride;
+    const float* k = keys.Row(j);
     for (int64_t t = 0; t < group; ++t)
       scores[t * span + j - first] = Dot(q + t * hd, k, hd) / norm;
   }
@@ -91,7 +104,7 @@ TTT_MULTIVERSION void AttendRow(const float* q, const float* keys, int64_t key_s
     std::fill(out + t * hd, out + (t + 1) * hd, 0.0f);
   }
   for (int64_t j = first; j <= last; ++j) {
-    const float* v = values + j * value_stride;
+    const float* v = values.Row(j);
     for (int64_t t = 0; t < group; ++t) Axpy(scores[t * span + j - first], v, out + t * hd, hd);
   }
   for (int64_t t = 0; t < group; ++t) {
@@ -130,23 +143,34 @@ void VarlenAttention(const at::Tensor& q, const at::Tensor& k_new, const at::Ten
       const AttentionSeq& s = seqs[u / kv_heads];
       const int64_t g = u % kv_heads;
       const at::Tensor &keys = *s.keys, &values = *s.values;
-      TORCH_CHECK(keys.stride(2) == 1 && values.stride(2) == 1 &&
-                      keys.scalar_type() == at::kFloat && values.scalar_type() == at::kFloat,
-                  "VarlenAttention: f32 key/value rows must be contiguous");
+      for (const at::Tensor* t : {&keys, &values, s.shared_keys, s.shared_values}) {
+        TORCH_CHECK(t == nullptr || (t->stride(2) == 1 && t->scalar_type() == at::kFloat),
+                    "VarlenAttention: f32 key/value rows must be contiguous");
+      }
       float* k = keys.data_ptr<float>() + g * keys.stride(0);
       float* v = values.data_ptr<float>() + g * values.stride(0);
-      const int64_t cached = keys.size(1) - s.rows;
+      const int64_t own_cached = keys.size(1) - s.rows;
       for (int64_t i = 0; i < s.rows; ++i) {  // this key head's rows of the new tokens
         const int64_t src = ((s.row0 + i) * kv_heads + g) * hd;
-        std::memcpy(k + (cached + i) * keys.stride(1), kd + src, hd * sizeof(float));
-        std::memcpy(v + (cached + i) * values.stride(1), vd + src, hd * sizeof(float));
+        std::memcpy(k + (own_cached + i) * keys.stride(1), kd + src, hd * sizeof(float));
+        std::memcpy(v + (own_cached + i) * values.stride(1), vd + src, hd * sizeof(float));
       }
+      HeadRows key_rows{nullptr, 0, 0, k, keys.stride(1)};
+      HeadRows value_rows{nullptr, 0, 0, v, values.stride(1)};
+      if (s.shared_keys != nullptr) {
+        const at::Tensor &sk = *s.shared_keys, &sv = *s.shared_values;
+        key_rows = {sk.data_ptr<float>() + g * sk.stride(0), sk.stride(1), sk.size(1), k,
+                    keys.stride(1)};
+        value_rows = {sv.data_ptr<float>() + g * sv.stride(0), sv.stride(1), sv.size(1), v,
+                      values.stride(1)};
+      }
+      const int64_t cached = key_rows.split + own_cached;
       for (int64_t i = 0; i < s.rows; ++i) {
         const int64_t last = cached + i;
         const int64_t first = window > 0 ? std::max<int64_t>(0, last - window + 1) : 0;
         const int64_t row = s.row0 + i;
-        AttendRow(qd + (row * heads + g * group) * hd, k, keys.stride(1), v, values.stride(1),
-                  first, last, group, hd, scores, od + (row * heads + g * group) * hd);
+        AttendRow(qd + (row * heads + g * group) * hd, key_rows, value_rows, first, last, group, hd,
+                  scores, od + (row * heads + g * group) * hd);
       }
     }
   });

@@ -21,6 +21,10 @@ struct AttentionSeq {
   // `rows` rows that the call fills with the new tokens' keys and values.
   at::Tensor* keys = nullptr;
   at::Tensor* values = nullptr;
+  // A read-only prefix of the cache that comes before `keys`/`values` (LayerCache::shared_keys,
+  // a fork's shared rows; same layout), or null.
+  const at::Tensor* shared_keys = nullptr;
+  const at::Tensor* shared_values = nullptr;
 };
 
 // Writes each sequence's new keys and values (rows row0.. of k_new/v_new [R, kv_heads, head_dim]

@@ -28,13 +28,19 @@ double Sum(const at::Tensor& t) { return t.sum().item<double>(); }
 
 }  // namespace
 
-std::atomic<bool> fork_increments{false};  // engine::SetForkIncrements
+std::atomic<bool> fork_increments{true};  // engine::SetForkIncrements
 
 bool FoldsFactored(const TttLayerState& slot, int64_t new_rows) {
   if (!fork_increments.load(std::memory_order_relaxed) && slot.increments.empty()) return false;
   if (slot.increments.empty() && (new_rows == 0 || OwnsBuffer(slot.delta))) return false;
   const int64_t d_model = slot.delta.size(0), d_ff = slot.delta.size(1);
   return (IncrementRows(slot.increments) + new_rows) * (d_model + d_ff) < d_model * d_ff;
+}
+
+int64_t MaxIncrementRows(int64_t d_model, int64_t d_ff, int64_t chunk) {
+  if (chunk <= 0 || d_model <= 0 || d_ff <= 0) return 0;
+  const int64_t rows = (d_model * d_ff - 1) / (d_model + d_ff);  // rows * (d + d_ff) < d * d_ff
+  return rows / chunk * chunk;
 }
 
 at::Tensor EffectiveDelta(const TttLayerState& slot) {

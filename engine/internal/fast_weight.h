@@ -33,8 +33,13 @@ struct FoldParams {
 // True when `new_rows` more increment rows (whole chunks) on top of the slot's base are cheaper,
 // in bytes, than a dense delta of its own, and the base is shared (or the slot already factored):
 // then the slot's next chunk updates go into increments.
-// Off (the default, engine::SetForkIncrements): a shared delta is copied at its first write.
+// Off (engine::SetForkIncrements(false)): a shared delta is copied at its first write.
 bool FoldsFactored(const TttLayerState& slot, int64_t new_rows);
+
+// The most increment rows a factored slot of a [d_model, d_ff] delta holds: whole chunks whose
+// factors take fewer bytes than a dense delta (FoldsFactored goes dense before more). 0 when no
+// chunk fits. What a restored state's increments are bounded by.
+int64_t MaxIncrementRows(int64_t d_model, int64_t d_ff, int64_t chunk);
 
 // The slot's effective delta as one dense [d_model, d_ff] tensor: `delta` itself when dense (no
 // copy), else base_scale * delta + sum_i scales[i] * v_i^T z_i in a fresh tensor.

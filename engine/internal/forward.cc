@@ -195,17 +195,19 @@ void ModelAccess::AttendVarlen(size_t l, const at::Tensor& q, const at::Tensor& 
   for (size_t b = 0; b < items_.size(); ++b) {
     if (!varlen_[b]) continue;
     LayerCache& cache = items_[b].state->cache[l];
+    internal::ShareCachePrefix(cache);  // a fork's shared rows stay where they are
     const int64_t reserve = CacheReserve(cache.keys.size(1) + Count(b));
     internal::GrowRows(cache.keys, 1, Count(b), reserve);
     internal::GrowRows(cache.values, 1, Count(b), reserve);
-    seqs.push_back({offsets_[b], Count(b), &cache.keys, &cache.values});
+    const bool prefix = cache.SharedRows() > 0;
+    seqs.push_back({offsets_[b], Count(b), &cache.keys, &cache.values,
+                    prefix ? &cache.shared_keys : nullptr,
+                    prefix ? &cache.shared_values : nullptr});
   }
   internal::VarlenAttention(q, k, v, seqs, cfg_.num_key_value_heads, w_.window.value_or(0), out);
   for (size_t b = 0; b < items_.size(); ++b) {
     if (!varlen_[b]) continue;
-    LayerCache& cache = items_[b].state->cache[l];
-    internal::KeepLastRows(cache.keys, 1, CacheKeep(), CacheReserve(0));
-    internal::KeepLastRows(cache.values, 1, CacheKeep(), CacheReserve(0));
+    internal::KeepLastCacheRows(items_[b].state->cache[l], CacheKeep(), CacheReserve(0));
   }
 }
 
@@ -221,14 +223,19 @@ at::Tensor ModelAccess::AttendOne(size_t l, at::Tensor q, at::Tensor k, at::Tens
   LayerCache& cache = state.cache[l];
   at::Tensor keys, values;
   if (in_place_) {
+    internal::ShareCachePrefix(cache);  // a fork's shared rows stay where they are
     const int64_t needed = cache.keys.size(1) + n;
     internal::AppendRows(cache.keys, k, 1, CacheReserve(needed));
     internal::AppendRows(cache.values, v, 1, CacheReserve(needed));
-    keys = cache.keys;
-    values = cache.values;
+    // One tensor for the products (a transient copy only under a shared prefix): the same
+    // numbers in the same shapes as a cache in one buffer, so the same results to the bit.
+    keys = internal::WholeCache(cache.shared_keys, cache.keys);
+    values = internal::WholeCache(cache.shared_values, cache.values);
   } else {
-    keys = cache.keys.size(1) > 0 ? at::cat({cache.keys, k}, 1) : k;
-    values = cache.values.size(1) > 0 ? at::cat({cache.values, v}, 1) : v;
+    const at::Tensor cached_keys = internal::WholeCache(cache.shared_keys, cache.keys);
+    const at::Tensor cached_values = internal::WholeCache(cache.shared_values, cache.values);
+    keys = cached_keys.size(1) > 0 ? at::cat({cached_keys, k}, 1) : k;
+    values = cached_values.size(1) > 0 ? at::cat({cached_values, v}, 1) : v;
   }
   const int64_t total = keys.size(1), cached = total - n;
 
@@ -252,11 +259,11 @@ at::Tensor ModelAccess::AttendOne(size_t l, at::Tensor q, at::Tensor k, at::Tens
 
   const int64_t keep = std::min(total, CacheKeep());
   if (in_place_) {
-    internal::KeepLastRows(cache.keys, 1, keep, CacheReserve(0));
-    internal::KeepLastRows(cache.values, 1, keep, CacheReserve(0));
+    internal::KeepLastCacheRows(cache, keep, CacheReserve(0));
   } else {
     cache.keys = keep < total ? keys.slice(1, total - keep).clone() : keys;
     cache.values = keep < total ? values.slice(1, total - keep).clone() : values;
+    cache.shared_keys = cache.shared_values = at::Tensor();  // now in `keys`
   }
   return out.transpose(0, 1).reshape({n, heads * hd}).to(q.scalar_type());
 }

@@ -27,7 +27,7 @@ inline constexpr int kSafetensorsMaxHeaderDepth = 64;
 
 struct TensorEntry {
   std::string name;
-  at::ScalarType dtype;  // one of F32, F16, BF16, I64, I32, U8
+  at::ScalarType dtype;  // one of F32, F16, BF16, I64, I32, U8, F64
   std::vector<int64_t> shape;
   uint64_t begin = 0;  // byte offsets relative to the start of the data section
   uint64_t end = 0;

@@ -20,8 +20,9 @@ using Json = nlohmann::json;
 constexpr size_t kQuoteBytes = 64;
 
 constexpr DtypeInfo kDtypes[] = {
-    {"F32", at::kFloat, 4}, {"F16", at::kHalf, 2}, {"BF16", at::kBFloat16, 2},
-    {"I64", at::kLong, 8},  {"I32", at::kInt, 4},  {"U8", at::kByte, 1},
+    {"F32", at::kFloat, 4},  {"F16", at::kHalf, 2}, {"BF16", at::kBFloat16, 2},
+    {"I64", at::kLong, 8},   {"I32", at::kInt, 4},  {"U8", at::kByte, 1},
+    {"F64", at::kDouble, 8},  // a factored state's coefficients (engine/sequence.cc)
 };
 
 std::string ShapeString(const std::vector<int64_t>& shape) {
@@ -157,8 +158,9 @@ absl::StatusOr<TensorEntry> ReadEntry(const Json& value, uint64_t data_size) {
   if (!dtype_it->is_string()) return absl::InvalidArgumentError("\"dtype\" must be a string");
   const DtypeInfo* dtype = DtypeByName(dtype_it->get<std::string>());
   if (dtype == nullptr) {
-    return absl::InvalidArgumentError(absl::StrCat("unsupported dtype ", Describe(*dtype_it),
-                                                   " (supported: F32, F16, BF16, I64, I32, U8)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("unsupported dtype ", Describe(*dtype_it),
+                     " (supported: F32, F16, BF16, I64, I32, U8, F64)"));
   }
   TensorEntry entry;
   entry.dtype = dtype->type;

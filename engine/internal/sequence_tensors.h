@@ -17,9 +17,20 @@
 
 namespace ttt::engine {
 
+// One layer's KV cache in two segments: a read-only prefix that other states hold too, then the
+// state's own rows. A state that appends to rows another state shares (a copy-on-write fork, or
+// its parent) moves them into `shared_*` untouched and appends to a tail of its own
+// (internal/state_buffer.h: ShareCachePrefix), so it pays only for its own tokens; attention
+// reads both, in order, with the same arithmetic as one buffer. Most states hold no prefix.
 struct LayerCache {
-  at::Tensor keys;    // [kv_heads, n, head_dim], RoPE applied; n <= window when windowed
+  at::Tensor keys;    // [kv_heads, n, head_dim], RoPE applied: the rows after the shared prefix
   at::Tensor values;  // [kv_heads, n, head_dim]
+  at::Tensor shared_keys;    // [kv_heads, s, head_dim] or undefined: the prefix, never written
+  at::Tensor shared_values;  // [kv_heads, s, head_dim] or undefined
+
+  int64_t SharedRows() const { return shared_keys.defined() ? shared_keys.size(1) : 0; }
+  // The tokens it caches, prefix and own rows (<= window - 1 when windowed).
+  int64_t Rows() const { return SharedRows() + keys.size(1); }
 };
 
 // Chunk updates kept factored on top of a base delta that other states share (a copy-on-write
@@ -70,8 +81,10 @@ const SequenceTensors& TensorsOf(const SequenceState& state);
 SequenceState MakeSequenceState(SequenceTensors tensors);
 
 // The tensors that restore the state bit-exactly (with SequenceState::Metadata(); the inverse is
-// RestoreSequence in engine/internal/model_tensors.h). The tensors alias the state's (a factored
-// delta, internal/fast_weight.h, comes materialised: the tensors need nothing else).
+// RestoreSequence in engine/internal/model_tensors.h), self-contained: a factored delta
+// (internal/fast_weight.h) comes as its base "ttt.<layer>.delta" plus "ttt.<layer>.increments.v",
+// ".z" and ".coefficients" (F64: base_scale, norm_sq, each increment's scale). The tensors
+// alias the state's (but the coefficients).
 NamedTensors StateTensors(const SequenceState& state);
 
 // One sequence's part of a batched forward (Model::Ingest's IngestItem, on the tensors).

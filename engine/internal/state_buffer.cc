@@ -104,4 +104,34 @@ int64_t BufferBytes(const at::Tensor& view) {
   return view.defined() ? static_cast<int64_t>(view.storage().nbytes()) : 0;
 }
 
+void ShareCachePrefix(LayerCache& cache) {
+  if (cache.shared_keys.defined() || cache.keys.size(1) == 0 || OwnsBuffer(cache.keys)) return;
+  std::vector<int64_t> empty = cache.keys.sizes().vec();
+  empty[1] = 0;
+  cache.shared_keys = std::move(cache.keys);
+  cache.shared_values = std::move(cache.values);
+  cache.keys = at::empty(empty, cache.shared_keys.options());
+  cache.values = at::empty(empty, cache.shared_values.options());
+}
+
+void KeepLastCacheRows(LayerCache& cache, int64_t keep, int64_t reserve) {
+  const int64_t shared = cache.SharedRows(), own = cache.keys.size(1);
+  keep = std::min(keep, shared + own);       // callers pass "everything" as a huge count
+  const int64_t drop = shared + own - keep;  // oldest first: the prefix's
+  if (shared > 0 && drop >= shared) {
+    cache.shared_keys = at::Tensor();
+    cache.shared_values = at::Tensor();
+  } else if (shared > 0 && drop > 0) {
+    cache.shared_keys = cache.shared_keys.slice(1, drop);
+    cache.shared_values = cache.shared_values.slice(1, drop);
+  }
+  KeepLastRows(cache.keys, 1, std::min(keep, own), reserve);
+  KeepLastRows(cache.values, 1, std::min(keep, own), reserve);
+}
+
+at::Tensor WholeCache(const at::Tensor& shared, const at::Tensor& own) {
+  if (!shared.defined() || shared.size(1) == 0) return own;
+  return at::cat({shared, own}, 1);
+}
+
 }  // namespace ttt::engine::internal

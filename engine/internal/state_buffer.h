@@ -12,6 +12,8 @@
 
 #include <ATen/ATen.h>
 
+#include "engine/internal/sequence_tensors.h"
+
 namespace ttt::engine::internal {
 
 // True when nothing but `view` refers to its tensor or its storage (no copy of the handle, no
@@ -40,5 +42,19 @@ void ClearRows(at::Tensor& view, int64_t dim);
 
 // Bytes of the buffers behind `view`, spare rows included (what the state really holds).
 int64_t BufferBytes(const at::Tensor& view);
+
+// Before a state appends to `cache`: when its own rows are another state's too (a fork shares
+// them) and it has no shared prefix yet, those rows become the prefix, untouched, and its own
+// rows start empty, so the appends that follow cost only the new rows (not a copy of the cache).
+// A cache that already has a prefix copies only its own rows at such an append (AppendRows).
+void ShareCachePrefix(LayerCache& cache);
+
+// Keeps the last `keep` rows of `cache` (a window sliding past the prefix drops it first, by a
+// view), as KeepLastRows does for its own rows.
+void KeepLastCacheRows(LayerCache& cache, int64_t keep, int64_t reserve);
+
+// `own` rows after the `shared` prefix as one tensor along dim 1: `own` itself when there is no
+// prefix, else a fresh concatenation (what a reader of one whole cache needs).
+at::Tensor WholeCache(const at::Tensor& shared, const at::Tensor& own);
 
 }  // namespace ttt::engine::internal

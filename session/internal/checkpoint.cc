@@ -202,6 +202,8 @@ std::map<std::string, std::string> MetaMap(const engine::SequenceState& state,
                                            const CheckpointMeta& meta) {
   std::map<std::string, std::string> m = state.Metadata();
   m.merge(MetaEntries(meta));
+  // Format 3 only where it is needed: a dense state stays readable by servers before it.
+  if (state.HoldsIncrements()) m["tttserve.format"] = kCheckpointFormat;
   return m;
 }
 
@@ -209,7 +211,7 @@ std::map<std::string, std::string> MetaMap(const engine::SequenceState& state,
 
 std::map<std::string, std::string> MetaEntries(const CheckpointMeta& meta) {
   std::map<std::string, std::string> m;
-  m["tttserve.format"] = kCheckpointFormat;
+  m["tttserve.format"] = kCheckpointFormatV2;  // EncodeCheckpoint: 3 when the state needs it
   m["tttserve.model_fingerprint"] = meta.model_fingerprint;
   m["tttserve.tenant"] = meta.tenant;
   m["tttserve.session_id"] = meta.session_id;
@@ -232,7 +234,8 @@ absl::StatusOr<CheckpointMeta> ParseMeta(const std::map<std::string, std::string
     return it == m.end() ? std::string() : it->second;
   };
   const std::string format = get("tttserve.format");
-  if (format != kCheckpointFormat && format != kCheckpointFormatV1) {
+  if (format != kCheckpointFormat && format != kCheckpointFormatV2 &&
+      format != kCheckpointFormatV1) {
     return absl::InvalidArgumentError(
         absl::StrCat(source, " is not a ttt-serve checkpoint (metadata 'tttserve.format' is ",
                      Quote(format), ", expected '", kCheckpointFormat, "')"));

@@ -8,6 +8,10 @@
 // (in key order), each field length-prefixed; so any changed byte that determines the state is
 // caught, including a renamed or swapped tensor. Format 1 files (older servers) are still read:
 // their checksum covers the data section and the metadata ("key=value\n"), not the table.
+// Format 3 (since issue 27): a state whose TTT layers keep low-rank increments on a base delta
+// (a fork that learned) holds them as they are ("ttt.<layer>.increments.*", StateTensors), so
+// it restores bit for bit; checksum as format 2. A state without increments is still written as
+// format 2, which older servers read.
 // Exports and imports use the same bytes.
 #pragma once
 
@@ -23,7 +27,8 @@
 
 namespace ttt::session::internal {
 
-inline constexpr char kCheckpointFormat[] = "tttserve-checkpoint-2";
+inline constexpr char kCheckpointFormat[] = "tttserve-checkpoint-3";
+inline constexpr char kCheckpointFormatV2[] = "tttserve-checkpoint-2";
 inline constexpr char kCheckpointFormatV1[] = "tttserve-checkpoint-1";
 
 struct CheckpointMeta {

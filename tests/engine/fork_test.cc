@@ -18,8 +18,8 @@
 namespace ttt::engine {
 namespace {
 
-// The factored increments are opt-in (SetForkIncrements, ttt-serve --fork_increments); most of
-// these tests are about them.
+// The factored increments are the default (SetForkIncrements, ttt-serve --fork_increments); most
+// of these tests are about them, and a test that turns them off turns them on again.
 class ForkIncrementsOn : public ::testing::Environment {
   void SetUp() override { SetForkIncrements(true); }
 };
@@ -49,9 +49,9 @@ ModelConfig ForkConfig() {
   return c;
 }
 
-std::unique_ptr<Model> MakeModel() {
+std::unique_ptr<Model> MakeModel(const ModelOptions& options = {}) {
   const ModelConfig config = ForkConfig();
-  auto model = ModelFromWeights(config, testing::RandomWeights(config, {}), {});
+  auto model = ModelFromWeights(config, testing::RandomWeights(config, {}), options);
   EXPECT_TRUE(model.ok()) << model.status();
   return std::move(model).value();
 }
@@ -196,29 +196,91 @@ TEST(ForkTest, GrowsByItsIncrementsThenGoesDenseWhenThatIsCheaper) {
   }
 }
 
-TEST(ForkTest, ExportsOfAFactoredForkAreSelfContained) {
+// An export holds the factored form as it is (base, increments, coefficients): restored with
+// nothing else (the parent gone), it holds the same increments and scores bit for bit as the
+// fork, on every path, through its going dense.
+TEST(ForkTest, ExportsOfAFactoredForkAreSelfContainedAndRestoreBitExactly) {
   auto model = MakeModel();
-  SequenceState parent = model->NewSequence();
-  Ingest(*model, parent, Tokens(30, 11), 30);
-  SequenceState fork = parent.Fork();
-  Ingest(*model, fork, Tokens(9, 12), 9);
-  ASSERT_FALSE(TensorsOf(fork).ttt[0].increments.empty());
-  auto bytes = EncodeSequence(fork, fork.Metadata());
-  ASSERT_TRUE(bytes.ok()) << bytes.status();
-  parent = SequenceState();  // the shared base is gone: the export needs nothing of it
-  auto restored = model->RestoreSequence(*bytes, "export");
-  ASSERT_TRUE(restored.ok()) << restored.status();
-  ExpectBitIdentical(*restored, fork);
-  for (const TttLayerState& slot : TensorsOf(*restored).ttt) EXPECT_TRUE(slot.increments.empty());
-  const std::vector<int32_t> next = Tokens(14, 13);
-  const IngestLogProbs want = Ingest(*model, fork, next, 14);
-  const IngestLogProbs got = Ingest(*model, *restored, next, 14);
-  for (size_t i = 0; i < got.size(); ++i) EXPECT_NEAR(got[i], want[i], 2e-5) << "token " << i;
+  for (size_t piece : {size_t{1}, size_t{5}, size_t{18}}) {
+    SequenceState parent = model->NewSequence();
+    Ingest(*model, parent, Tokens(30, 11), 30);
+    SequenceState fork = parent.Fork();
+    Ingest(*model, fork, Tokens(9, 12), 9);
+    ASSERT_TRUE(fork.HoldsIncrements());
+    auto bytes = EncodeSequence(fork, fork.Metadata());
+    ASSERT_TRUE(bytes.ok()) << bytes.status();
+    parent = SequenceState();  // the shared base is gone: the export needs nothing of it
+    auto restored = model->RestoreSequence(*bytes, "export");
+    ASSERT_TRUE(restored.ok()) << restored.status();
+    ExpectBitIdentical(*restored, fork);
+    for (size_t k = 0; k < TensorsOf(fork).ttt.size(); ++k) {
+      const DeltaIncrements &want = TensorsOf(fork).ttt[k].increments,
+                            &got = TensorsOf(*restored).ttt[k].increments;
+      EXPECT_EQ(got.scales, want.scales);
+      EXPECT_EQ(got.base_scale, want.base_scale);
+      EXPECT_EQ(got.norm_sq, want.norm_sq);
+    }
+    EXPECT_EQ(restored->DeltaNorms(), fork.DeltaNorms());
+    const std::vector<int32_t> next = Tokens(20, 13);  // past four chunks: both go dense
+    EXPECT_EQ(Ingest(*model, *restored, next, piece), Ingest(*model, fork, next, piece));
+    EXPECT_FALSE(fork.HoldsIncrements());
+    ExpectBitIdentical(*restored, fork);
+  }
 }
 
-// Without increments (the default), a fork that reads copies the delta at its first write: it
-// stays bit-identical to a deep copy, and its export restores bit for bit.
-TEST(ForkTest, ByDefaultAForkThatReadsCopiesItsDeltaAndStaysBitExact) {
+// A restored factored state is checked like any input: each increment's tensors and
+// coefficients must fit (all three or none, whole chunks, no more than a fold keeps, finite).
+TEST(ForkTest, RestoreRefusesIncrementsThatDoNotFit) {
+  auto model = MakeModel();
+  SequenceState parent = model->NewSequence();
+  Ingest(*model, parent, Tokens(30, 14), 30);
+  SequenceState fork = parent.Fork();
+  Ingest(*model, fork, Tokens(9, 15), 9);
+  ASSERT_TRUE(fork.HoldsIncrements());
+  const NamedTensors good = StateTensors(fork);
+  auto refusal = [&](const std::string& name, const at::Tensor& replacement) {
+    NamedTensors crafted;
+    for (const auto& [n, t] : good) {
+      if (n != name)
+        crafted.emplace_back(n, t);
+      else if (replacement.defined())
+        crafted.emplace_back(n, replacement);
+    }
+    auto bytes = EncodeSafetensors(crafted, fork.Metadata());
+    EXPECT_TRUE(bytes.ok()) << bytes.status();
+    auto restored = model->RestoreSequence(*bytes, "crafted");
+    EXPECT_EQ(restored.status().code(), absl::StatusCode::kInvalidArgument) << name;
+    return std::string(restored.status().message());
+  };
+  const std::string p = "ttt.0.increments.";
+  at::Tensor v, z, coefficients;
+  for (const auto& [n, t] : good) {
+    if (n == p + "v") v = t;
+    if (n == p + "z") z = t;
+    if (n == p + "coefficients") coefficients = t;
+  }
+  ASSERT_TRUE(v.defined() && z.defined() && coefficients.defined());
+  EXPECT_NE(refusal(p + "z", at::Tensor()).find("need all three tensors"), std::string::npos);
+  EXPECT_NE(refusal(p + "v", v.slice(0, 0, 5)).find("positive multiple of the chunk (6)"),
+            std::string::npos);
+  // Four chunks of increments cost more than the dense delta: never kept, refused.
+  EXPECT_NE(refusal(p + "v", at::cat({v, v, v, v})).find("does not fit"), std::string::npos);
+  EXPECT_NE(refusal(p + "coefficients", coefficients.slice(0, 0, 2)).find("does not fit"),
+            std::string::npos);
+  at::Tensor bad = coefficients.clone();
+  bad[0] = 2.0;  // the cap and a fade only shrink the base
+  EXPECT_NE(refusal(p + "coefficients", bad).find("the base's scale in [0, 1]"), std::string::npos);
+  bad = coefficients.clone();
+  bad[2] = std::nan("");
+  EXPECT_NE(refusal(p + "coefficients", bad).find("must be finite"), std::string::npos);
+  bad = z.clone();
+  bad[0][0] = INFINITY;
+  EXPECT_NE(refusal(p + "z", bad).find("not finite"), std::string::npos);
+}
+
+// Off (SetForkIncrements(false), ttt-serve --fork_increments=false), a fork that reads copies
+// the delta at its first write: it stays bit-identical to a deep copy.
+TEST(ForkTest, WithIncrementsOffAForkThatReadsCopiesItsDeltaAndStaysBitExact) {
   SetForkIncrements(false);
   auto model = MakeModel();
   SequenceState parent = model->NewSequence();
@@ -227,7 +289,7 @@ TEST(ForkTest, ByDefaultAForkThatReadsCopiesItsDeltaAndStaysBitExact) {
   SequenceState fork = parent.Fork();
   const std::vector<int32_t> more = Tokens(9, 22);
   EXPECT_EQ(Ingest(*model, fork, more, 9), Ingest(*model, copy, more, 9));
-  for (const TttLayerState& slot : TensorsOf(fork).ttt) EXPECT_TRUE(slot.increments.empty());
+  EXPECT_FALSE(fork.HoldsIncrements());
   auto bytes = EncodeSequence(fork, fork.Metadata());
   ASSERT_TRUE(bytes.ok()) << bytes.status();
   auto restored = model->RestoreSequence(*bytes, "export");
@@ -271,6 +333,62 @@ TEST(ForkTest, FadingAForksFastWeightsScalesThemAndLeavesItsParentAlone) {
   model->FadeFastWeights(parent, 0);  // forgets the fast weights, keeps the context
   for (double norm : parent.DeltaNorms()) EXPECT_EQ(norm, 0);
   EXPECT_EQ(parent.position(), 40);
+}
+
+// The KV cache: a fork that ingests keeps its parent's rows as a shared read-only prefix and
+// holds only its own rows; so does the parent when it writes next. Neither copies the other's.
+TEST(ForkTest, AForkThatIngestsHoldsOnlyItsOwnCacheRows) {
+  auto model = MakeModel();
+  for (size_t piece : {size_t{1}, size_t{25}}) {
+    SequenceState parent = model->NewSequence();
+    Ingest(*model, parent, Tokens(40, 31), 40);
+    SequenceState fork = parent.Fork();
+    Ingest(*model, fork, Tokens(25, 32), piece);
+    const SequenceTensors &p = TensorsOf(parent), &f = TensorsOf(fork);
+    for (size_t l = 0; l < f.cache.size(); ++l) {
+      EXPECT_EQ(f.cache[l].SharedRows(), 40) << "layer " << l;
+      EXPECT_EQ(f.cache[l].keys.size(1), 25);
+      EXPECT_TRUE(f.cache[l].shared_keys.is_same(p.cache[l].keys));
+      EXPECT_TRUE(f.cache[l].shared_values.is_same(p.cache[l].values));
+      // Its own rows' buffers: room for the 25 rows and some spare, not for the 40 shared.
+      EXPECT_LT(internal::BufferBytes(f.cache[l].keys), internal::BufferBytes(p.cache[l].keys));
+    }
+    Ingest(*model, parent, Tokens(3, 33), piece);  // the parent's rows stay shared with the fork
+    for (size_t l = 0; l < f.cache.size(); ++l) {
+      EXPECT_TRUE(p.cache[l].shared_keys.is_same(f.cache[l].shared_keys));
+      EXPECT_EQ(p.cache[l].keys.size(1), 3);
+    }
+  }
+}
+
+// Reading a cache in two segments (shared prefix, own rows) gives the results of one buffer to
+// the bit, on every path (decode steps, short pieces, long pieces), with and without a sliding
+// window (which drops the prefix as it slides past it), for forks of forks and a parent that
+// writes after forking. With increments off, a fork computes exactly as a deep copy.
+TEST(ForkTest, ATwoSegmentCacheScoresAsOneBufferToTheBit) {
+  SetForkIncrements(false);
+  for (std::optional<int64_t> window : {std::optional<int64_t>(), std::optional<int64_t>(16)}) {
+    auto model = MakeModel({.sliding_window = window});
+    for (size_t piece : {size_t{1}, size_t{4}, size_t{25}}) {
+      SequenceState parent = model->NewSequence();
+      Ingest(*model, parent, Tokens(22, 34), 22);
+      SequenceState fork = parent.Fork(), copy = parent.Clone();
+      const std::vector<int32_t> more = Tokens(25, 35);
+      EXPECT_EQ(Ingest(*model, fork, more, piece), Ingest(*model, copy, more, piece))
+          << "piece " << piece;
+      ExpectBitIdentical(fork, copy);
+      SequenceState grandchild = fork.Fork(), grandcopy = copy.Clone();
+      const std::vector<int32_t> next = Tokens(9, 36);
+      EXPECT_EQ(Ingest(*model, grandchild, next, piece), Ingest(*model, grandcopy, next, piece));
+      SequenceState parent_copy = parent.Clone();
+      EXPECT_EQ(Ingest(*model, parent, next, piece), Ingest(*model, parent_copy, next, piece));
+      ExpectBitIdentical(parent, parent_copy);
+      if (window) {
+        for (const LayerCache& c : TensorsOf(fork).cache) EXPECT_LE(c.Rows(), *window - 1);
+      }
+    }
+  }
+  SetForkIncrements(true);
 }
 
 }  // namespace

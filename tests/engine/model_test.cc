@@ -355,7 +355,8 @@ TEST(ModelTest, TensorsHandedOutAreNotChangedByLaterSteps) {
     }
   }
   EXPECT_EQ(s.chunks_applied(), 4);
-  EXPECT_EQ(TensorsOf(s).cache[0].keys.size(1), 8);
+  // (The rows handed out stay as a read-only prefix: LayerCache.)
+  EXPECT_EQ(TensorsOf(s).cache[0].Rows(), 8);
   // The state's buffers (spare rows included) are what it holds.
   int64_t views = 0;
   for (const auto& [name, t] : StateTensors(s)) views += t.nbytes();

@@ -212,9 +212,9 @@ TEST_F(SafetensorsTest, RejectsMalformedHeaderJson) {
 }
 
 TEST_F(SafetensorsTest, RejectsUnknownDtype) {
-  ExpectInvalid(OpenBytes(Craft(R"({"w": {"dtype": "F64", "shape": [1], "data_offsets": [0, 8]}})",
+  ExpectInvalid(OpenBytes(Craft(R"({"w": {"dtype": "U64", "shape": [1], "data_offsets": [0, 8]}})",
                                 std::string(8, '\0'))),
-                "tensor 'w': unsupported dtype \"F64\"");
+                "tensor 'w': unsupported dtype \"U64\"");
   ExpectInvalid(OpenBytes(Craft(R"({"w": {"dtype": 4, "shape": [1], "data_offsets": [0, 4]}})",
                                 std::string(4, '\0'))),
                 "tensor 'w': \"dtype\" must be a string");
@@ -328,8 +328,8 @@ TEST_F(SafetensorsTest, ErrorsQuoteOnlyAShortPrefixOfLongNamesAndValues) {
   const std::string name_prefix = "'" + std::string(64, 'n') + "...' (1048576 bytes)";
   const std::string text_prefix = std::string(64, 'v') + "...\" (1048576 bytes)";
   const std::vector<std::pair<std::string, std::string>> cases = {
-      {"{\"" + long_name + R"(": {"dtype": "F64", "shape": [1], "data_offsets": [0, 8]}})",
-       "tensor " + name_prefix + ": unsupported dtype \"F64\""},
+      {"{\"" + long_name + R"(": {"dtype": "U64", "shape": [1], "data_offsets": [0, 8]}})",
+       "tensor " + name_prefix + ": unsupported dtype \"U64\""},
       {R"({"w": {"dtype": ")" + long_text + R"(", "shape": [1], "data_offsets": [0, 8]}})",
        "tensor 'w': unsupported dtype \"" + text_prefix},
       {R"({"w": {"dtype": "U8", "shape": [")" + long_text + R"("], "data_offsets": [0, 1]}})",
@@ -350,7 +350,7 @@ TEST_F(SafetensorsTest, ErrorsQuoteOnlyAShortPrefixOfLongNamesAndValues) {
   // 64 bytes keeps the 63 and drops the half character.
   const std::string accented = std::string(63, 'a') + "\xc3\xa9" + std::string(100, 'b');
   const absl::Status status = OpenBytes(
-      Craft("{\"" + accented + R"(": {"dtype": "F64", "shape": [1], "data_offsets": [0, 8]}})",
+      Craft("{\"" + accented + R"(": {"dtype": "U64", "shape": [1], "data_offsets": [0, 8]}})",
             std::string(8, '\0')));
   ExpectInvalid(status, "tensor '" + std::string(63, 'a') + "...' (165 bytes): unsupported");
 }
@@ -401,9 +401,19 @@ TEST_F(SafetensorsTest, EncodeRejectsDuplicateNamesAndUnsupportedDtypes) {
   EXPECT_EQ(bytes.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(bytes.status().message(), HasSubstr("tensor 'a': name given twice"));
 
-  bytes = EncodeSafetensors({{"d", at::zeros({1}, at::kDouble)}});
+  bytes = EncodeSafetensors({{"c", at::zeros({1}, at::kComplexFloat)}});
   EXPECT_EQ(bytes.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(bytes.status().message(), HasSubstr("tensor 'd': dtype Double"));
+  EXPECT_THAT(bytes.status().message(), HasSubstr("tensor 'c': dtype ComplexFloat"));
+
+  // F64 (a factored state's coefficients) round-trips to the bit.
+  const at::Tensor doubles = at::tensor(std::vector<double>{1.0 / 3, -0.0, 1e-300}, at::kDouble);
+  bytes = EncodeSafetensors({{"d", doubles}});
+  ASSERT_TRUE(bytes.ok()) << bytes.status();
+  auto file = SafetensorsFile::FromBytes(*bytes, "f64");
+  ASSERT_TRUE(file.ok()) << file.status();
+  auto loaded = (*file)->Load("d");
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_TRUE(at::equal(*loaded, doubles));
 
   bytes = EncodeSafetensors({{"__metadata__", at::zeros({1})}});
   EXPECT_EQ(bytes.status().code(), absl::StatusCode::kInvalidArgument);

@@ -768,6 +768,8 @@ TEST_F(SessionTest, FormatOneCheckpointsOfOlderServersStillImport) {
   ASSERT_TRUE(manager_->ExportSession("t", a->id, [&](auto r) { p.set_value(r); }).ok());
   auto v2 = p.get_future().get();
   ASSERT_TRUE(v2.ok());
+  // A dense state is written as format 2 still (what older servers read and wrote).
+  EXPECT_NE(v2->find(internal::kCheckpointFormatV2), std::string::npos);
   // Rewrite it as an older server wrote it: format 1, whose checksum covers the data section
   // and "key=value\n" per metadata entry. The header keeps its length (same-length values).
   uint64_t n = 0;
@@ -1004,11 +1006,8 @@ TEST_F(SessionTest, MemoryFiguresCountWhatIsHeld) {
 // Issue 27: a fork shares its parent's buffers (copy-on-write) and the pool counts them once; a
 // session's memory_bytes is its share, so the sessions' figures add up to the pool's.
 TEST_F(SessionTest, ForksShareTheirParentsMemoryAndThePoolCountsItOnce) {
-  // With increments (ttt-serve --fork_increments); without, a fork that reads copies the delta.
-  engine::SetForkIncrements(true);
-  struct Off {
-    ~Off() { engine::SetForkIncrements(false); }
-  } off;
+  // With increments (the default, engine::SetForkIncrements); without, a fork that reads
+  // copies the delta.
   Open("llama", /*max_sessions=*/64);
   auto a = manager_->CreateSession("t", {});
   ASSERT_TRUE(Ingest(a->id, Tokens(static_cast<int>(3 * chunk_ + 5), vocab_, 60)).ok());
@@ -1057,17 +1056,18 @@ TEST_F(SessionTest, ParentAndForkNeverSeeEachOthersWrites) {
   ASSERT_TRUE(Ingest(a->id, Tokens(static_cast<int>(chunk_ + 2), vocab_, 65)).ok());  // parent
   EXPECT_TRUE(SameBits(Score(f, probe)->logprobs, fork_after));
 
-  // An export of the fork is whole: imported, it scores as the fork (its increments
-  // materialised: within float tolerance).
+  // An export of the fork is whole (its increments as they are: format 3): imported, it scores
+  // as the fork, bit for bit.
   std::promise<absl::StatusOr<std::string>> ep;
   ASSERT_TRUE(manager_->ExportSession("t", f, [&](auto r) { ep.set_value(r); }).ok());
   auto exported = ep.get_future().get();
   ASSERT_TRUE(exported.ok()) << exported.status();
+  EXPECT_NE(exported->find(internal::kCheckpointFormat), std::string::npos);
+  EXPECT_NE(exported->find("increments.coefficients"), std::string::npos);
   auto imported = manager_->ImportSession("t", *exported, std::nullopt);
   ASSERT_TRUE(imported.ok()) << imported.status();
   const auto from_import = Score(imported->id, probe)->logprobs;
-  ASSERT_EQ(from_import.size(), fork_after.size());
-  for (size_t i = 1; i < from_import.size(); ++i) EXPECT_NEAR(from_import[i], fork_after[i], 2e-5);
+  EXPECT_TRUE(SameBits(from_import, fork_after));
 
   // Restoring the fork's checkpoint over the parent, then resetting the fork: each stays.
   ASSERT_TRUE(Checkpoint(f, "fork").ok());
@@ -1100,8 +1100,7 @@ TEST_F(SessionTest, EvictingAParentOrAForkLeavesTheOtherAsItWas) {
   EXPECT_TRUE(SameBits(Score(a->id, probe)->logprobs, parent_before));
   EXPECT_FALSE(WaitResident(f, false));
   const auto fork_reloaded = Score(f, probe)->logprobs;  // evicts the parent again
-  ASSERT_EQ(fork_reloaded.size(), fork_after.size());
-  for (size_t i = 1; i < fork_after.size(); ++i) EXPECT_NEAR(fork_reloaded[i], fork_after[i], 2e-5);
+  EXPECT_TRUE(SameBits(fork_reloaded, fork_after));
   EXPECT_FALSE(WaitResident(a->id, false));  // (else the next Score keeps it, evicting nothing)
   EXPECT_TRUE(SameBits(Score(a->id, probe)->logprobs, parent_before));
   // That reload queued the fork's eviction, whose task uses the manager: let it finish first.
