@@ -62,9 +62,12 @@ ABSL_FLAG(std::string, protocol, "grpc",
           "created and ingested over gRPC)");
 ABSL_FLAG(std::string, http_address, "127.0.0.1:8080",
           "loadgen --protocol=http: the server's --http_listen address (plaintext)");
-ABSL_FLAG(std::string, mix, "default",
-          "loadgen: default (--doc_tokens, --max_tokens) or decode (decode-heavy: each session "
-          "ingests 256 and generates 128)");
+ABSL_FLAG(
+    std::string, mix, "default",
+    "loadgen: default (--doc_tokens, --max_tokens), decode (decode-heavy: each session "
+    "ingests 256 and generates 128) or shared_document (the N sessions read one document of "
+    "--doc_tokens, the first alone, then diverge: each ingests 256 tokens of its own and "
+    "generates --max_tokens; with ttt-serve --state_cache_mb the later reads are cache hits)");
 ABSL_FLAG(std::string, measure, "all",
           "loadgen: all (each session's whole life is timed) or decode (every session ingests "
           "first; then only the generation, all sessions at once and greedy, is timed: the "

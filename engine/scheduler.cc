@@ -217,6 +217,11 @@ absl::Status Scheduler::PrepareHead(std::unique_lock<std::mutex>& lock, Pending&
   }
   lock.lock();
   head.prepared = status.ok();  // a failed run is popped by the caller
+  if (status.ok() && head.work.plan != nullptr) {
+    const int64_t size = static_cast<int64_t>(head.work.tokens.size());
+    head.done = std::clamp<int64_t>(head.work.plan->applied, 0, size);
+    head.stop_at = std::clamp<int64_t>(head.work.plan->stop_at, 0, size);
+  }
   return status;
 }
 

@@ -94,6 +94,17 @@ struct Work {
   // evicted state, or copy the state to score on). No batch touches `state` until it returned
   // OK, however the work arrived; an error finishes the work with it.
   std::function<absl::Status()> prepare;
+  // Optional, for a token run: what `prepare` decided about the run, read once after it
+  // returned OK (prepare fills it in; the submitter shares it). `applied`: leading tokens that
+  // prepare applied to *state itself (a session adopting a cached state that holds them); the
+  // run starts after them and on_progress never reports them. `stop_at` (0: none): no batch
+  // takes tokens across this offset, so on_progress sees *state exactly there (where a session
+  // caches it); the run then goes on.
+  struct Plan {
+    int64_t applied = 0;
+    int64_t stop_at = 0;
+  };
+  std::shared_ptr<Plan> plan;
 };
 
 struct SchedulerOptions {
@@ -166,6 +177,7 @@ class Scheduler {
     bool prepared = false;
     std::chrono::steady_clock::time_point submitted;  // when Submit queued it
     bool started = false;  // the engine thread took it up (its queue wait is reported)
+    int64_t stop_at = 0;   // work.plan's stop_at, once prepare ran
   };
   struct KeyQueue {
     std::deque<Pending> items;
@@ -178,8 +190,12 @@ class Scheduler {
     uint64_t key;
     Pending* pending;
     int64_t take;
+    // Tokens this run may take now: up to its end, or to its stop_at while short of it.
     int64_t remaining() const {
-      return static_cast<int64_t>(pending->work.tokens.size()) - pending->done;
+      const int64_t end = pending->stop_at > pending->done
+                              ? pending->stop_at
+                              : static_cast<int64_t>(pending->work.tokens.size());
+      return end - pending->done;
     }
   };
 

@@ -46,6 +46,13 @@ ABSL_FLAG(int64_t, max_sessions, 1024, "sessions per server");
 ABSL_FLAG(int64_t, max_resident_sessions, 0,
           "sessions held in memory (0: --max_sessions); past it (or --memory_budget_mb) the least "
           "recently used idle sessions are evicted to disk");
+ABSL_FLAG(int64_t, state_cache_mb, 0,
+          "memory for the cache of adapted states (0: off): each Ingest caches the state at the "
+          "last chunk boundary it reaches, and an Ingest that reads the same tokens from the same "
+          "starting state adopts it instead of computing it; least recently used entries go first");
+ABSL_FLAG(bool, state_cache_shared_across_tenants, false,
+          "one state cache for all tenants instead of one per tenant (a tenant can then tell from "
+          "an Ingest's speed what another has read: only for tenants that trust each other)");
 ABSL_FLAG(int64_t, idle_ttl_s, 3600, "idle sessions are removed after this");
 ABSL_FLAG(int64_t, compact_idle_s, 0,
           "a resident session idle this long keeps its fast weights in bf16 (half the bytes) until "
@@ -278,6 +285,8 @@ int main(int argc, char** argv) {
   o.memory_budget_mb = absl::GetFlag(FLAGS_memory_budget_mb);
   o.max_sessions = absl::GetFlag(FLAGS_max_sessions);
   o.max_resident_sessions = absl::GetFlag(FLAGS_max_resident_sessions);
+  o.state_cache_mb = absl::GetFlag(FLAGS_state_cache_mb);
+  o.state_cache_shared_across_tenants = absl::GetFlag(FLAGS_state_cache_shared_across_tenants);
   o.idle_ttl_s = absl::GetFlag(FLAGS_idle_ttl_s);
   o.compact_idle_s = absl::GetFlag(FLAGS_compact_idle_s);
   o.compact_kv_cache = absl::GetFlag(FLAGS_compact_kv_cache);

@@ -2,6 +2,8 @@
 #include "server/metrics.h"
 
 #include <prometheus/text_serializer.h>
+
+#include <algorithm>
 #include <chrono>
 
 #include "absl/strings/ascii.h"
@@ -226,6 +228,29 @@ Metrics::Metrics(const std::string& version)
   pool_limit_bytes_ =
       pool_gauge("tttserve_pool_limit_bytes",
                  "Resident bytes before idle sessions are evicted to disk (--memory_budget_mb)");
+  auto cache_counter = [&r](const char* name, const char* help) {
+    return &prometheus::BuildCounter().Name(name).Help(help).Register(r).Add({});
+  };
+  state_cache_.hits =
+      cache_counter("tttserve_state_cache_hits_total",
+                    "Ingests that adopted a cached adapted state (--state_cache_mb)");
+  state_cache_.misses =
+      cache_counter("tttserve_state_cache_misses_total",
+                    "Ingests reaching a chunk boundary that found no cached state on their path");
+  state_cache_.tokens_skipped =
+      cache_counter("tttserve_state_cache_tokens_skipped_total",
+                    "Tokens applied by adopting a cached state instead of computing them");
+  state_cache_.insertions =
+      cache_counter("tttserve_state_cache_insertions_total", "States stored in the state cache");
+  state_cache_.evictions =
+      cache_counter("tttserve_state_cache_evictions_total",
+                    "Cached states dropped, least recently used first, to stay within the budget");
+  state_cache_.bytes = pool_gauge(
+      "tttserve_state_cache_bytes",
+      "Bytes the cached states hold (distinct buffers, shared ones once, and their log-probs)");
+  state_cache_.entries = pool_gauge("tttserve_state_cache_entries", "States in the state cache");
+  state_cache_.budget_bytes = pool_gauge("tttserve_state_cache_budget_bytes",
+                                         "The state cache's budget (--state_cache_mb)");
   checkpoint_bytes_ = &prometheus::BuildCounter()
                            .Name("tttserve_checkpoint_bytes_total")
                            .Help("Bytes written to checkpoint files")
@@ -355,6 +380,24 @@ void Metrics::SetPool(int64_t resident_sessions, int64_t bytes, int64_t limit_se
   pool_bytes_->Set(static_cast<double>(bytes));
   pool_limit_sessions_->Set(static_cast<double>(limit_sessions));
   pool_limit_bytes_->Set(static_cast<double>(limit_bytes));
+}
+
+void Metrics::SetStateCache(const session::StateCacheStats& stats) {
+  std::lock_guard<std::mutex> lock(mu_);
+  // The manager counts since start; Prometheus counters only go up by increments.
+  auto advance = [](prometheus::Counter* counter, int64_t now, int64_t& seen) {
+    if (now > seen) counter->Increment(static_cast<double>(now - seen));
+    seen = std::max(seen, now);
+  };
+  StateCacheSeen& seen = state_cache_seen_;
+  advance(state_cache_.hits, stats.hits, seen.hits);
+  advance(state_cache_.misses, stats.misses, seen.misses);
+  advance(state_cache_.tokens_skipped, stats.tokens_skipped, seen.tokens_skipped);
+  advance(state_cache_.insertions, stats.insertions, seen.insertions);
+  advance(state_cache_.evictions, stats.evictions, seen.evictions);
+  state_cache_.bytes->Set(static_cast<double>(stats.bytes));
+  state_cache_.entries->Set(static_cast<double>(stats.entries));
+  state_cache_.budget_bytes->Set(static_cast<double>(stats.budget_bytes));
 }
 
 void Metrics::OnChunkUpdates(int64_t chunks) {

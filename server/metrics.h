@@ -84,6 +84,9 @@ class Metrics : public session::SessionListener, public engine::Scheduler::Obser
                int64_t limit_bytes);
   // Resident sessions compact while idle (--compact_idle_s).
   void SetCompactSessions(int64_t sessions) { pool_compact_sessions_->Set(double(sessions)); }
+  // The state cache's counters since start (SessionManager::state_cache_stats); the gauge loop
+  // calls it, and the counters advance by what changed since its last call.
+  void SetStateCache(const session::StateCacheStats& stats);
 
   // SessionListener
   void OnChunkUpdates(int64_t chunks) override;
@@ -141,6 +144,26 @@ class Metrics : public session::SessionListener, public engine::Scheduler::Obser
   prometheus::Gauge* pool_bytes_;
   prometheus::Gauge* pool_limit_sessions_;
   prometheus::Gauge* pool_limit_bytes_;
+  struct StateCacheMetrics {
+    prometheus::Counter* hits;
+    prometheus::Counter* misses;
+    prometheus::Counter* tokens_skipped;
+    prometheus::Counter* insertions;
+    prometheus::Counter* evictions;
+    prometheus::Gauge* bytes;
+    prometheus::Gauge* entries;
+    prometheus::Gauge* budget_bytes;
+  };
+  StateCacheMetrics state_cache_;  // fixed after construction
+  // What the counters above have counted so far.
+  struct StateCacheSeen {
+    int64_t hits = 0;
+    int64_t misses = 0;
+    int64_t tokens_skipped = 0;
+    int64_t insertions = 0;
+    int64_t evictions = 0;
+  };
+  StateCacheSeen state_cache_seen_;  // guarded by mu_
   prometheus::Counter* checkpoint_bytes_;
   prometheus::Histogram* checkpoint_duration_;
 

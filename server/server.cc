@@ -45,6 +45,10 @@ absl::Status ValidateBounds(const ServerOptions& o) {
       return absl::InvalidArgumentError(absl::StrCat(flag, " must be >= 1, got ", value));
     }
   }
+  if (o.state_cache_mb < 0 || o.state_cache_mb > (int64_t{1} << 40)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--state_cache_mb must be in [0, 2^40] (0: no state cache), got ", o.state_cache_mb));
+  }
   return absl::OkStatus();
 }
 
@@ -161,6 +165,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   mo.memory_budget_bytes = options.memory_budget_mb << 20;
   mo.max_sessions = options.max_sessions;
   mo.max_resident_sessions = options.max_resident_sessions;
+  mo.state_cache.budget_bytes = options.state_cache_mb << 20;
+  mo.state_cache.shared_across_tenants = options.state_cache_shared_across_tenants;
   mo.idle_ttl_seconds = options.idle_ttl_s;
   mo.compact_idle_after_ms = options.compact_idle_s * 1000;
   mo.compact_kv_cache = options.compact_kv_cache;
@@ -314,6 +320,7 @@ void Server::GaugeLoop() {
     metrics_->SetPool(pool.sessions, pool.bytes, sessions_->resident_session_limit(),
                       sessions_->options().memory_budget_bytes);
     metrics_->SetCompactSessions(pool.compact_sessions);
+    metrics_->SetStateCache(sessions_->state_cache_stats());
     lock.lock();
     cv_.wait_for(lock, std::chrono::milliseconds(500));
   }

@@ -55,6 +55,10 @@ struct ServerOptions {
   int64_t memory_budget_mb = 2048;
   int64_t max_sessions = 1024;
   int64_t max_resident_sessions = 0;  // 0: max_sessions
+  // The cache of adapted states (session::ManagerOptions::StateCache): its budget (0: off) and
+  // whether tenants share it.
+  int64_t state_cache_mb = 0;
+  bool state_cache_shared_across_tenants = false;
   int64_t idle_ttl_s = 3600;
   int64_t compact_idle_s = 0;     // 0: idle sessions stay fp32 until evicted
   bool compact_kv_cache = false;  // compaction also puts the KV cache in bf16

@@ -88,6 +88,7 @@ absl::Status SessionManagerImpl::Restore(const std::string& tenant,
   w.key = s->key;
   w.task = [this, s, shared, writer = std::move(writer), options, done]() mutable {
     s->state = std::move(shared->state);
+    s->path = {};  // a state from a file: rebased at its next Ingest
     bool admitted;
     {
       std::lock_guard<std::mutex> lock(s->mu);

@@ -14,12 +14,109 @@
 namespace ttt::session {
 namespace {
 
+// Counts `logprobs` (of tokens just applied) into `progress`.
+void AddLogProbs(IngestProgress& progress, absl::Span<const float> logprobs) {
+  progress.tokens += static_cast<int64_t>(logprobs.size());
+  for (float lp : logprobs) {
+    if (std::isfinite(lp)) {
+      progress.nll_sum -= lp;
+      ++progress.nll_count;
+    }
+  }
+}
+
 // Each in order: a message that waited for `committed` takes its outcome, the others their own.
 void Acknowledge(std::vector<PendingIngestAck>& acks, const absl::Status& committed) {
   for (PendingIngestAck& a : acks) a.acknowledge(a.needs_commit ? committed : absl::OkStatus());
 }
 
 }  // namespace
+
+// The state cache's view of one Ingest run (engine thread). Which states are cached: the one at
+// the last chunk boundary each Ingest submission reaches, and no other. The end of a submission
+// is where a client's document (or its message of it) ends, so another session reading the
+// same document from the same starting state finds it whole; a state cached at every boundary
+// would hold one fast-weight delta per chunk (a 4,096-token document: 128 copies at chunk 32)
+// and make the writing session copy its buffers after each of them (copy-on-write), for hits
+// that only a reader stopping mid-document could use.
+struct IngestRunCache {
+  std::vector<int32_t> tokens;          // the run's
+  int64_t start_position = 0;           // the state's position before the run (before any adoption)
+  std::vector<int64_t> boundaries;      // offsets in `tokens` of the chunk boundaries
+  std::vector<internal::PathKey> keys;  // the path's key at each
+  std::vector<float> logprobs;  // of the run's tokens applied so far (adopted ones included)
+  int64_t cache_at = -1;        // offset whose state is cached (-1: none)
+  int64_t adopted_chunks = 0;   // chunk updates the adopted state held beyond the session's
+  bool planned = false;         // the path was valid at the start: AdvancePath moves it
+};
+
+void SessionManagerImpl::PlanCachedRun(Session& s, IngestRunCache& run, engine::Work::Plan& plan) {
+  const int64_t chunk = TokensPerChunk();
+  const int64_t position = s.state.position();
+  const int64_t n = static_cast<int64_t>(run.tokens.size());
+  internal::StatePath& path = s.path;
+  // A state whose history is unknown, or a path grown past its bound, starts a new base here.
+  if (!path.Matches(position) ||
+      static_cast<int64_t>(path.logprobs.size()) + n > internal::StatePath::kMaxTokens) {
+    path = internal::StatePath::Opaque(position);
+  }
+  run.planned = true;
+  run.start_position = position;
+  std::vector<int32_t> since_key = path.tail;
+  int64_t from = 0;
+  internal::PathKey key = path.key;
+  for (int64_t b = chunk - position % chunk; b <= n; b += chunk) {
+    since_key.insert(since_key.end(), run.tokens.begin() + from, run.tokens.begin() + b);
+    key = internal::StatePath::Chain(key, since_key.data(), since_key.size());
+    since_key.clear();
+    from = b;
+    run.boundaries.push_back(b);
+    run.keys.push_back(key);
+  }
+  if (run.boundaries.empty()) return;  // no boundary: nothing to find or to cache
+  const size_t before = path.logprobs.size();
+  for (size_t i = run.boundaries.size(); i-- > 0;) {
+    auto hit = state_cache_->Lookup(state_cache_->KeyFor(s.tenant, run.keys[i]));
+    const int64_t b = run.boundaries[i];
+    // Same key, same path: the count of log-probabilities agrees (a check, not a need).
+    if (!hit || hit->logprobs.size() != before + b) continue;
+    const int64_t chunks_before = s.state.chunks_applied();
+    s.state = std::move(hit->state);  // continues from the boundary, copy-on-write
+    run.adopted_chunks = s.state.chunks_applied() - chunks_before;
+    run.logprobs.assign(hit->logprobs.begin() + before, hit->logprobs.end());
+    plan.applied = b;
+    state_cache_->CountHit(b);
+    break;
+  }
+  if (plan.applied == 0) state_cache_->CountMiss();
+  if (run.boundaries.back() > plan.applied) {
+    run.cache_at = run.boundaries.back();
+    plan.stop_at = run.cache_at;  // a batch ends there, so the state there can be cached
+  }
+}
+
+void SessionManagerImpl::CacheAtBoundary(Session& s, const IngestRunCache& run, int64_t applied) {
+  if (applied != run.cache_at) return;
+  std::vector<float> logprobs = s.path.logprobs;
+  logprobs.insert(logprobs.end(), run.logprobs.begin(), run.logprobs.end());
+  state_cache_->Insert(state_cache_->KeyFor(s.tenant, run.keys.back()), s.state,
+                       std::move(logprobs));
+}
+
+void SessionManagerImpl::AdvancePath(Session& s, const IngestRunCache& run) {
+  if (!run.planned) return;
+  internal::StatePath& path = s.path;
+  const int64_t applied = static_cast<int64_t>(run.logprobs.size());
+  int64_t from = 0;
+  for (size_t i = 0; i < run.boundaries.size() && run.boundaries[i] <= applied; ++i) {
+    path.key = run.keys[i];
+    path.tail.clear();
+    from = run.boundaries[i];
+  }
+  if (from > 0) path.key_position = run.start_position + from;
+  path.tail.insert(path.tail.end(), run.tokens.begin() + from, run.tokens.begin() + applied);
+  path.logprobs.insert(path.logprobs.end(), run.logprobs.begin(), run.logprobs.end());
+}
 
 absl::Status SessionManagerImpl::SubmitIngest(
     const std::shared_ptr<Session>& s, std::vector<int32_t> tokens, bool end_of_document,
@@ -34,43 +131,62 @@ absl::Status SessionManagerImpl::SubmitIngest(
   engine::Work w;
   w.key = s->key;
   w.state = &s->state;
+  // With the state cache, the run keeps its tokens (the path's keys) and plans what it adopts
+  // and caches.
+  std::shared_ptr<IngestRunCache> run;
+  if (state_cache_ != nullptr) {
+    run = std::make_shared<IngestRunCache>();
+    run->tokens = tokens;
+    w.plan = std::make_shared<engine::Work::Plan>();
+  }
   w.tokens = std::move(tokens);
   w.cancel = cancel;
-  w.prepare = [this, s, op]() -> absl::Status {
+  w.prepare = [this, s, op, run, plan = w.plan]() -> absl::Status {
     RETURN_IF_ERROR(EnsureResident(*s));
     op->chunks_before = s->state.chunks_applied();
+    if (run == nullptr) return absl::OkStatus();
+    PlanCachedRun(*s, *run, *plan);
+    // What the adopted state holds counts as this run's: tokens, and the loss of their
+    // predictions as the session that computed them saw it.
+    AddLogProbs(op->progress, run->logprobs);
     return absl::OkStatus();
   };
-  w.on_progress = [op](absl::Span<const float> logprobs, int64_t) {
-    op->progress.tokens += static_cast<int64_t>(logprobs.size());
-    for (float lp : logprobs) {
-      if (std::isfinite(lp)) {
-        op->progress.nll_sum -= lp;
-        ++op->progress.nll_count;
-      }
-    }
+  w.on_progress = [this, s, op, run](absl::Span<const float> logprobs, int64_t offset) {
+    AddLogProbs(op->progress, logprobs);
+    if (run == nullptr || !run->planned) return;
+    run->logprobs.insert(run->logprobs.end(), logprobs.begin(), logprobs.end());
+    CacheAtBoundary(*s, *run, offset + static_cast<int64_t>(logprobs.size()));
   };
   const int64_t chunk = TokensPerChunk();
-  w.on_done = [this, s, op, end_of_document, chunk, durable,
+  w.on_done = [this, s, op, run, end_of_document, chunk, durable,
                done = std::move(done)](absl::Status st) {
     int64_t chunks = 0;
     {
       std::lock_guard<std::mutex> lock(s->mu);
       if (s->resident) {
+        if (run != nullptr) AdvancePath(*s, *run);
         chunks = s->AccountWriteLocked(op->progress.tokens, op->chunks_before, chunk);
         if (st.ok() && end_of_document) {
           ++s->counters.documents_completed;
           if (s->options.reset_at_document_end) {
             model_->Reset(s->state);
+            s->path = internal::StatePath::Empty(model_->fingerprint());
           } else if (s->options.fade_at_document_end > 0) {
             model_->FadeFastWeights(s->state, 1 - s->options.fade_at_document_end);
+            // A deterministic change: sessions fading alike after the same path stay alike.
+            s->path.Mark("fade_at_document_end", s->options.fade_at_document_end);
           }
+          // Anything else that changes the state here must Mark its path too (or drop it:
+          // s->path = {}): the state would no longer be where its path says, and the cache would
+          // serve it, or from it, as if it were.
         }
         s->RefreshLocked();
       }
       op->progress.counters = s->counters;
     }
-    if (listener_ != nullptr && chunks > 0) listener_->OnChunkUpdates(chunks);
+    // The metric counts chunk updates computed; the session's counters, those its state holds.
+    const int64_t computed = chunks - (run != nullptr ? run->adopted_chunks : 0);
+    if (listener_ != nullptr && computed > 0) listener_->OnChunkUpdates(computed);
     PendingIngestAck ack;
     ack.needs_commit = st.ok() && durable;
     ack.acknowledge = [op, st, done](const absl::Status& committed) {

@@ -413,6 +413,7 @@ absl::Status SessionManagerImpl::EnsureResident(Session& s) {
   }
   if (cluster_ != nullptr && blob.empty()) {  // created empty, never committed since
     s.state = model_->NewSequence();
+    s.path = internal::StatePath::Empty(model_->fingerprint());
     std::lock_guard<std::mutex> lock(s.mu);
     s.resident = true;
     s.RefreshLocked();
@@ -449,6 +450,7 @@ void SessionManagerImpl::RewindToDurable(Session& s) {
   std::lock_guard<std::mutex> lock(s.mu);
   s.counters = s.durable_counters;
   s.dirty = false;
+  s.path = {};                // the durable copy's path is not known
   if (s.persisted_ms == 0) {  // never written: its durable copy is the empty state
     s.state = model_->NewSequence();
     s.RefreshLocked();

@@ -91,6 +91,11 @@ absl::StatusOr<std::unique_ptr<SessionManager>> SessionManager::Create(
     }
     RETURN_IF_ERROR(ValidateName(options.cluster.replica_id, "replica id (--replica_id)", 64));
   }
+  if (options.state_cache.budget_bytes < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the state cache's budget must be >= 0 bytes (0: off), got ",
+                     options.state_cache.budget_bytes));
+  }
   if (options.max_resident_sessions < 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("max_resident_sessions must be >= 0 (0: max_sessions), got ",
@@ -118,7 +123,12 @@ SessionManagerImpl::SessionManagerImpl(const engine::Model* model, engine::Sched
                          options.cluster.replica_id, options.cluster.margin, store_,
                          options.cluster.admit_session)),
       link_(std::make_shared<Link>()),
-      census_(std::make_shared<internal::BufferCensus>()) {
+      census_(std::make_shared<internal::BufferCensus>()),
+      state_cache_(options.state_cache.budget_bytes > 0 && TokensPerChunk() > 0
+                       ? std::make_unique<internal::StateCache>(
+                             options.state_cache.budget_bytes,
+                             options.state_cache.shared_across_tenants, model->fingerprint())
+                       : nullptr) {
   std::lock_guard<std::mutex> lock(link_->mu);
   link_->manager = this;
 }
@@ -141,6 +151,10 @@ absl::Status SessionManager::ValidateTenant(const std::string& tenant) {
 absl::Status SessionManager::ValidateId(const std::string& id) {
   // 128, like checkpoint ids: the store lists only file names that pass this check.
   return ValidateName(id, "session_id", 128);
+}
+
+StateCacheStats SessionManagerImpl::state_cache_stats() const {
+  return state_cache_ != nullptr ? state_cache_->stats() : StateCacheStats{};
 }
 
 int64_t SessionManagerImpl::session_count() const {
@@ -247,26 +261,23 @@ int64_t SessionManagerImpl::TokensPerChunk() const {
   return model_->active_ttt_layers().empty() ? 0 : model_->config().ttt_chunk;
 }
 
-absl::StatusOr<std::shared_ptr<Session>> SessionManagerImpl::Insert(const std::string& tenant,
-                                                                    const SessionOptions& options,
-                                                                    engine::SequenceState state,
-                                                                    const Counters& counters,
-                                                                    const std::string& wanted) {
+absl::StatusOr<std::shared_ptr<Session>> SessionManagerImpl::Insert(
+    const std::string& tenant, const SessionOptions& options, engine::SequenceState state,
+    const Counters& counters, const std::string& wanted, internal::StatePath path) {
   RETURN_IF_ERROR(ValidateTenant(tenant));
   RETURN_IF_ERROR(ValidateOptions(options));
   if (!wanted.empty()) RETURN_IF_ERROR(ValidateId(wanted));
-  ASSIGN_OR_RETURN(auto s, cluster_ != nullptr
-                               ? PublishShared(tenant, options, std::move(state), counters, wanted)
-                               : Publish(tenant, options, std::move(state), counters, wanted));
+  ASSIGN_OR_RETURN(auto s, cluster_ != nullptr ? PublishShared(tenant, options, std::move(state),
+                                                               counters, wanted, std::move(path))
+                                               : Publish(tenant, options, std::move(state),
+                                                         counters, wanted, std::move(path)));
   EvictToFit(s.get());  // the pool makes room for it now, not at the next reaper pass
   return s;
 }
 
-absl::StatusOr<std::shared_ptr<Session>> SessionManagerImpl::Publish(const std::string& tenant,
-                                                                     const SessionOptions& options,
-                                                                     engine::SequenceState state,
-                                                                     const Counters& counters,
-                                                                     const std::string& wanted) {
+absl::StatusOr<std::shared_ptr<Session>> SessionManagerImpl::Publish(
+    const std::string& tenant, const SessionOptions& options, engine::SequenceState state,
+    const Counters& counters, const std::string& wanted, internal::StatePath path) {
   std::lock_guard<std::mutex> lock(mu_);
   RETURN_IF_ERROR(CheckSessionLimit(session_count_));
   std::string id = wanted;
@@ -279,6 +290,7 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManagerImpl::Publish(const std::
   }
   ASSIGN_OR_RETURN(auto s, RegisterLocked(tenant, id, options, NowMs()));
   s->state = std::move(state);
+  s->path = std::move(path);
   std::lock_guard<std::mutex> slock(s->mu);
   s->counters = counters;
   s->RefreshLocked();
@@ -317,7 +329,8 @@ void SessionManagerImpl::AddClusterSessions(const std::string& tenant,
 absl::StatusOr<SessionInfo> SessionManagerImpl::CreateSession(const std::string& tenant,
                                                               const SessionOptions& options,
                                                               const std::string& id) {
-  ASSIGN_OR_RETURN(auto s, Insert(tenant, options, model_->NewSequence(), Counters{}, id));
+  ASSIGN_OR_RETURN(auto s, Insert(tenant, options, model_->NewSequence(), Counters{}, id,
+                                  internal::StatePath::Empty(model_->fingerprint())));
   return s->Info();
 }
 
@@ -400,6 +413,7 @@ absl::Status SessionManagerImpl::Reset(const std::string& tenant, const std::str
   w.key = s->key;
   w.task = [this, s, writer = std::move(writer), done]() mutable {
     s->state = model_->NewSequence();
+    s->path = internal::StatePath::Empty(model_->fingerprint());
     bool admitted;
     {
       std::lock_guard<std::mutex> lock(s->mu);
@@ -445,7 +459,7 @@ absl::Status SessionManagerImpl::Fork(const std::string& tenant, const std::stri
       opts = options ? *options : s->options;
     }
     // Copy-on-write: the fork shares every buffer until one of the two writes.
-    auto forked = Insert(tenant, opts, s->state.Fork(), counters, new_id);
+    auto forked = Insert(tenant, opts, s->state.Fork(), counters, new_id, s->path);
     s->EndOp();
     if (!forked.ok()) return done(forked.status());
     done((*forked)->Info());

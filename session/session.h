@@ -137,6 +137,18 @@ class SessionListener {
   virtual void OnBlobsCollected(int64_t blobs) {}
 };
 
+// The cache of adapted states (session/internal/state_cache.h), its counters since start.
+struct StateCacheStats {
+  int64_t hits = 0;            // ingests that adopted a cached state
+  int64_t misses = 0;          // ingests reaching a chunk boundary that found nothing
+  int64_t tokens_skipped = 0;  // tokens hits applied without computing them
+  int64_t insertions = 0;
+  int64_t evictions = 0;  // entries dropped to stay within the byte budget (LRU)
+  int64_t entries = 0;
+  int64_t bytes = 0;  // the distinct state buffers the entries hold, plus their log-probabilities
+  int64_t budget_bytes = 0;  // 0: the cache is off
+};
+
 struct ManagerOptions {
   std::filesystem::path checkpoint_dir = "checkpoints";
   int64_t memory_budget_bytes = int64_t{2048} << 20;
@@ -198,6 +210,17 @@ struct ManagerOptions {
     absl::Duration handover_wait = absl::Seconds(2);
   };
   Cluster cluster;
+  // The cache of adapted states (docs/operations.md, "State cache"). Each Ingest caches the
+  // state at the last chunk boundary it reaches, and an Ingest that follows a cached path from
+  // the same starting state adopts that state instead of computing it. `budget_bytes` bounds it
+  // (least recently used entries go first; 0: off). Entries are per tenant unless
+  // `shared_across_tenants`: a shared cache lets a tenant learn from a hit's speed what another
+  // tenant has read, so it is only for tenants that trust each other.
+  struct StateCache {
+    int64_t budget_bytes = 0;
+    bool shared_across_tenants = false;
+  };
+  StateCache state_cache;
 };
 
 class Session;
@@ -355,6 +378,8 @@ class SessionManager {
   virtual ResidentPool resident_pool() const = 0;
   // The pool's session limit.
   virtual int64_t resident_session_limit() const = 0;
+  // The state cache's counters (all 0 while it is off).
+  virtual StateCacheStats state_cache_stats() const = 0;
   virtual const ManagerOptions& options() const = 0;
   virtual const engine::Model& model() const = 0;
 

@@ -47,7 +47,7 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManagerImpl::RegisterLocked(
 
 absl::StatusOr<std::shared_ptr<Session>> SessionManagerImpl::PublishShared(
     const std::string& tenant, const SessionOptions& options, engine::SequenceState state,
-    const Counters& counters, const std::string& wanted) {
+    const Counters& counters, const std::string& wanted, internal::StatePath path) {
   RETURN_IF_ERROR(CheckSessionLimit(session_count()));
   const std::string id = wanted.empty() ? "s-" + RandomHex(16) : wanted;
   const int64_t now = NowMs();
@@ -71,6 +71,7 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManagerImpl::PublishShared(
     if (registered.ok()) {  // whole before anyone can find it
       Session& r = **registered;
       r.state = std::move(s->state);
+      r.path = std::move(path);
       std::lock_guard<std::mutex> slock(r.mu);
       r.counters = counters;
       r.RefreshLocked();

@@ -23,11 +23,14 @@
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "session/internal/buffer_census.h"
+#include "session/internal/state_cache.h"
 #include "session/session.h"
 
 namespace ttt::session {
 
 // Thread-safe, as its face.
+struct IngestRunCache;  // ingest.cc
+
 class SessionManagerImpl final : public SessionManager {
  public:
   // REQUIRES: as SessionManager::Create, which calls it and then starts the manager.
@@ -86,6 +89,7 @@ class SessionManagerImpl final : public SessionManager {
     return options_.max_resident_sessions > 0 ? options_.max_resident_sessions
                                               : options_.max_sessions;
   }
+  StateCacheStats state_cache_stats() const override;
   const ManagerOptions& options() const override { return options_; }
   const engine::Model& model() const override { return *model_; }
 
@@ -101,17 +105,17 @@ class SessionManagerImpl final : public SessionManager {
   absl::Status SubmitOp(Session& s, engine::Work work,
                         const std::shared_ptr<engine::CancelToken>& cancel);
   // `id` empty: a fresh generated id; otherwise that id (ALREADY_EXISTS when taken). Then makes
-  // room for the new resident session in the pool (EvictToFit).
-  absl::StatusOr<std::shared_ptr<Session>> Insert(const std::string& tenant,
-                                                  const SessionOptions& options,
-                                                  engine::SequenceState state,
-                                                  const Counters& counters,
-                                                  const std::string& id = "");
+  // room for the new resident session in the pool (EvictToFit). `path`: where `state` is on its
+  // path (untracked: unknown, e.g. a state from a file).
+  absl::StatusOr<std::shared_ptr<Session>> Insert(
+      const std::string& tenant, const SessionOptions& options, engine::SequenceState state,
+      const Counters& counters, const std::string& id = "", internal::StatePath path = {});
   // Insert's map part: checks the session limit and the id, registers the session. Takes mu_.
   absl::StatusOr<std::shared_ptr<Session>> Publish(const std::string& tenant,
                                                    const SessionOptions& options,
                                                    engine::SequenceState state,
-                                                   const Counters& counters, const std::string& id);
+                                                   const Counters& counters, const std::string& id,
+                                                   internal::StatePath path);
   // RESOURCE_EXHAUSTED when `count` sessions leave no room for another, else OK.
   absl::Status CheckSessionLimit(int64_t count) const;
   absl::Status ValidateOptions(const SessionOptions& options) const;
@@ -120,6 +124,13 @@ class SessionManagerImpl final : public SessionManager {
   absl::Status SubmitIngest(const std::shared_ptr<Session>& s, std::vector<int32_t> tokens,
                             bool end_of_document, std::shared_ptr<engine::CancelToken> cancel,
                             std::function<void(absl::StatusOr<IngestProgress>)> done, bool durable);
+  // The state cache's part of an Ingest run (ingest.cc), engine thread. Before the run: adopts
+  // the longest cached state on the run's path and plans where the run's state is cached.
+  void PlanCachedRun(Session& s, IngestRunCache& run, engine::Work::Plan& plan);
+  // After each batch: caches the state when the run reached its planned boundary.
+  void CacheAtBoundary(Session& s, const IngestRunCache& run, int64_t applied);
+  // After the run: moves the session's path over the tokens applied.
+  void AdvancePath(Session& s, const IngestRunCache& run);
   // Validates generation parameters; an empty prompt on an empty session becomes the bos token.
   absl::Status PrepareGenerateParams(const Session& s, GenerateParams& params) const;
 
@@ -182,11 +193,9 @@ class SessionManagerImpl final : public SessionManager {
   void AddClusterSessions(const std::string& tenant, std::vector<SessionInfo>& infos);
   // Insert's cluster part: creates the session on etcd (owned here, its state committed), then
   // registers it.
-  absl::StatusOr<std::shared_ptr<Session>> PublishShared(const std::string& tenant,
-                                                         const SessionOptions& options,
-                                                         engine::SequenceState state,
-                                                         const Counters& counters,
-                                                         const std::string& id);
+  absl::StatusOr<std::shared_ptr<Session>> PublishShared(
+      const std::string& tenant, const SessionOptions& options, engine::SequenceState state,
+      const Counters& counters, const std::string& id, internal::StatePath path);
   // Mu_ held: ALREADY_EXISTS when `id` is taken (map or session file).
   absl::Status CheckIdFreeLocked(const std::string& tenant, const std::string& id) const;
   // Registers a new session under mu_ (RESOURCE_EXHAUSTED at the session limit).
@@ -229,6 +238,8 @@ class SessionManagerImpl final : public SessionManager {
   std::atomic<int64_t> scratch_bytes_{0};  // copies in flight (memory_held_bytes)
   // The buffers the sessions' states hold, shared ones once (forks): their memory_bytes shares.
   const std::shared_ptr<internal::BufferCensus> census_;
+  // The cache of adapted states; null while off (options.state_cache, a model without TTT).
+  const std::unique_ptr<internal::StateCache> state_cache_;
   std::atomic<uint64_t> next_key_{1};
 
   std::mutex reaper_mu_;

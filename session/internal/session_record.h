@@ -16,6 +16,7 @@
 #include "engine/scheduler.h"
 #include "engine/sequence.h"
 #include "session/internal/buffer_census.h"
+#include "session/internal/state_cache.h"
 #include "session/session.h"
 
 namespace ttt::session {
@@ -94,6 +95,9 @@ class Session {
 
   // Engine thread only.
   engine::SequenceState state;
+  // Where `state` is on its path from a base (the state cache's key); untracked until known
+  // (a state from a file is rebased at its first Ingest). Engine thread, set with `state`.
+  internal::StatePath path;
 
   SessionInfo InfoLocked() const {
     SessionInfo info;

@@ -581,6 +581,49 @@ TEST(SchedulerTest, PrepareFailureFinishesTheWorkWithItsStatus) {
   EXPECT_EQ(s.position(), 0);
 }
 
+// The state cache's hook (session/ingest.cc): prepare adopts a state that holds a run's first
+// tokens and asks for a batch to end at a chunk boundary, where the state is cached.
+TEST(SchedulerTest, APlanSkipsTokensPrepareAppliedAndEndsABatchAtItsStop) {
+  FakeRunner fake;
+  auto sched = Scheduler::Create(fake.runner(), SchedulerOptions{});
+  ASSERT_TRUE(sched.ok());
+  SequenceState s;
+  Result r;
+  std::vector<int64_t> offsets;
+  Work w = TokenWork(1, &s, Range(0, 20), &r);
+  w.plan = std::make_shared<Work::Plan>();
+  w.prepare = [plan = w.plan] {
+    plan->applied = 5;
+    plan->stop_at = 12;
+    return absl::OkStatus();
+  };
+  w.on_progress = [&r, &offsets](absl::Span<const float> lp, int64_t offset) {
+    r.logprobs.insert(r.logprobs.end(), lp.begin(), lp.end());
+    offsets.push_back(offset);
+  };
+  ASSERT_TRUE((*sched)->Submit(std::move(w)).ok());
+  ASSERT_TRUE(r.done.get_future().get().ok());
+  EXPECT_EQ(offsets, (std::vector<int64_t>{5, 12}));
+  std::vector<float> expected;
+  for (int32_t t : Range(5, 15)) expected.push_back(static_cast<float>(t));
+  EXPECT_EQ(r.logprobs, expected);
+  EXPECT_EQ(s.position(), 15);  // the fake applied only what was not skipped
+
+  // A run whose every token prepare applied completes without a batch.
+  const size_t batches = fake.batches().size();
+  Result all;
+  Work whole = TokenWork(2, &s, Range(0, 8), &all);
+  whole.plan = std::make_shared<Work::Plan>();
+  whole.prepare = [plan = whole.plan] {
+    plan->applied = 8;
+    return absl::OkStatus();
+  };
+  ASSERT_TRUE((*sched)->Submit(std::move(whole)).ok());
+  EXPECT_TRUE(all.done.get_future().get().ok());
+  EXPECT_TRUE(all.logprobs.empty());
+  EXPECT_EQ(fake.batches().size(), batches);
+}
+
 TEST(SchedulerTest, ShutdownAnswersQueuedWorkUnavailable) {
   FakeRunner fake;
   auto sched = Scheduler::Create(fake.runner(), SchedulerOptions{});

@@ -1108,6 +1108,38 @@ TEST_F(ServerTest, MetricsExportBudgetedAndHeldSessionMemory) {
   EXPECT_GT(ScrapeGauge(server_->metrics_port(), "tttserve_memory_budget_bytes"), budgeted);
 }
 
+// Issue 27 item 2: --state_cache_mb turns the cache of adapted states on; a second session
+// reading the same tokens adopts the first one's state, and the metrics count it.
+TEST_F(ServerTest, StateCacheServesASecondReaderAndExportsItsCounters) {
+  options_.metrics_listen = "127.0.0.1:0";
+  options_.state_cache_mb = 16;
+  Start();
+  const std::vector<int32_t> doc = Doc(static_cast<int>(4 * chunk_ + 3));
+  ASSERT_TRUE(IngestAll({Tokens(Create(), doc)}).ok());
+  ASSERT_TRUE(IngestAll({Tokens(Create(), doc)}).ok());
+  const int port = server_->metrics_port();
+  double hits = -1;
+  for (int i = 0; i < 100 && hits < 1; ++i) {  // the figures refresh every 0.5 s
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    hits = ScrapeGauge(port, "tttserve_state_cache_hits_total");
+  }
+  EXPECT_EQ(hits, 1);
+  EXPECT_EQ(ScrapeGauge(port, "tttserve_state_cache_misses_total"), 1);
+  EXPECT_EQ(ScrapeGauge(port, "tttserve_state_cache_tokens_skipped_total"), 4 * chunk_);
+  EXPECT_EQ(ScrapeGauge(port, "tttserve_state_cache_entries"), 1);
+  // Chunk updates computed: the first reader's; the second adopted its 4.
+  EXPECT_EQ(ScrapeGauge(port, "tttserve_ttt_chunk_updates_total"), 4);
+  EXPECT_GT(ScrapeGauge(port, "tttserve_state_cache_bytes"), 0);
+  EXPECT_EQ(ScrapeGauge(port, "tttserve_state_cache_budget_bytes"), 16 << 20);
+
+  options_.state_cache_mb = -1;
+  auto refused = Server::Start(options_);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(refused.status().message().find("--state_cache_mb must be in [0, 2^40]"),
+            std::string::npos)
+      << refused.status();
+}
+
 // Issue 9 #3: an import is checked as its bytes arrive, against limits derived from the model:
 // a huge declared header length is refused after 8 bytes (the stream still open), a deeply
 // nested header before anything parses it, and a total past the largest valid state.

@@ -10,6 +10,9 @@
 // HTTP front door against gRPC under the same load (bench/RESULTS.md). --measure=decode times
 // only the generation phase (all sessions ingested first, then all generate greedily at once):
 // the server's decode tokens/s, which bench/server_overhead.sh puts against engine_bench's.
+// --mix=shared_document: the N sessions read one document (the first alone, then the others at
+// once), then diverge; it prints the time of the first read against the others' (with
+// ttt-serve --state_cache_mb they adopt the first one's state) and the sessions' memory.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -84,7 +87,10 @@ absl::StatusOr<Mix> MixFromFlags() {
     return Mix{absl::GetFlag(FLAGS_doc_tokens), absl::GetFlag(FLAGS_max_tokens)};
   }
   if (mix == "decode") return Mix{256, 128};
-  return absl::InvalidArgumentError("--mix must be default or decode");
+  if (mix == "shared_document") {
+    return Mix{absl::GetFlag(FLAGS_doc_tokens), absl::GetFlag(FLAGS_max_tokens)};
+  }
+  return absl::InvalidArgumentError("--mix must be default, decode or shared_document");
 }
 
 int32_t RandomToken(std::mt19937& rng, int64_t vocab) {
@@ -111,6 +117,30 @@ void IngestRandom(pb::TttService::Stub& stub, const std::string& id, int64_t voc
   }
   stream->WritesDone();
   if (!stream->Finish().ok()) ++mine->errors;
+}
+
+// Ingests `doc` into `id` in messages of --message_tokens/4 ids, each timed until its answer;
+// returns the seconds from the first write to the last answer.
+double IngestDocument(pb::TttService::Stub& stub, const std::string& id,
+                      const std::vector<int32_t>& doc, LoadResult* mine) {
+  const size_t per =
+      static_cast<size_t>(std::max<int64_t>(1, absl::GetFlag(FLAGS_message_tokens) / 4));
+  const auto start = Clock::now();
+  auto ctx = Context();
+  auto stream = stub.Ingest(ctx.get());
+  for (size_t pos = 0; pos < doc.size(); pos += per) {
+    pb::IngestRequest r;
+    if (pos == 0) r.set_session_id(id);
+    for (size_t j = pos; j < std::min(doc.size(), pos + per); ++j) r.add_token_ids(doc[j]);
+    const auto t0 = Clock::now();
+    pb::IngestResponse resp;
+    if (!stream->Write(r) || !stream->Read(&resp)) break;
+    mine->ingest_latency.push_back(Seconds(t0));
+    mine->tokens += r.token_ids_size();
+  }
+  stream->WritesDone();
+  if (!stream->Finish().ok()) ++mine->errors;
+  return Seconds(start);
 }
 
 // `greedy`: temperature 0 (the cheapest sampling: what engine_bench's decode rows compare with).
@@ -384,6 +414,89 @@ int CompareBesideIngest(pb::TttService::Stub& stub, int n, int64_t vocab, const 
   return alone.errors + beside.errors == 0 ? 0 : 1;
 }
 
+// The bytes the sessions' states hold (GetSession.memory_bytes: each its share of what it
+// shares with other sessions, so the sum counts shared buffers once).
+int64_t SessionBytes(pb::TttService::Stub& stub,
+                     const std::vector<std::optional<std::string>>& ids) {
+  int64_t bytes = 0;
+  for (const auto& id : ids) {
+    if (!id) continue;
+    pb::GetSessionRequest g;
+    g.set_session_id(*id);
+    pb::Session s;
+    if (stub.GetSession(Context().get(), g, &s).ok()) bytes += s.memory_bytes();
+  }
+  return bytes;
+}
+
+// --mix=shared_document: the first session reads the document alone (with the server's state
+// cache: computed and cached), then the other n - 1 read it at once (adopted), then every
+// session ingests 256 tokens of its own and generates.
+int RunSharedDocument(pb::TttService::Stub& stub, int n, int64_t vocab, const Mix& mix) {
+  // A document no earlier run read (the server's cache may hold those), and turns of their own.
+  const uint32_t seed = std::random_device{}();
+  std::mt19937 doc_rng(seed);
+  std::vector<int32_t> doc(static_cast<size_t>(mix.doc_tokens));
+  for (int32_t& t : doc) t = RandomToken(doc_rng, vocab);
+  std::vector<std::optional<std::string>> ids(n);
+  for (int i = 0; i < n; ++i) ids[i] = CreateSession(stub);
+  LoadResult first;
+  const double first_seconds = ids[0] ? IngestDocument(stub, *ids[0], doc, &first) : 0;
+  std::vector<double> later(n - 1);
+  LoadResult readers;
+  std::mutex mu;
+  const auto start = Clock::now();
+  std::vector<std::thread> threads;
+  for (int i = 1; i < n; ++i) {
+    threads.emplace_back([&, i] {
+      LoadResult mine;
+      if (ids[i]) later[i - 1] = IngestDocument(stub, *ids[i], doc, &mine);
+      std::lock_guard<std::mutex> lock(mu);
+      readers.Add(mine);
+    });
+  }
+  for (auto& t : threads) t.join();
+  const double readers_seconds = Seconds(start);
+  const int64_t read_bytes = SessionBytes(stub, ids);
+  LoadResult diverged;
+  const auto diverge_start = Clock::now();
+  threads.clear();
+  for (int i = 0; i < n; ++i) {
+    threads.emplace_back([&, i] {
+      LoadResult mine;
+      std::mt19937 rng(seed + 1 + i);
+      if (ids[i]) {
+        IngestRandom(stub, *ids[i], vocab, 256, rng, &mine);
+        GenerateTimed(stub, *ids[i], mix.gen_tokens, i, &mine);
+      }
+      std::lock_guard<std::mutex> lock(mu);
+      diverged.Add(mine);
+    });
+  }
+  for (auto& t : threads) t.join();
+  const double diverge_seconds = Seconds(diverge_start);
+  const int64_t diverged_bytes = SessionBytes(stub, ids);
+  for (const auto& id : ids) {
+    if (id) DeleteSession(stub, *id);
+  }
+  std::printf("shared document of %lld tokens, N=%d sessions\n",
+              static_cast<long long>(mix.doc_tokens), n);
+  std::printf("first read: %.3fs (%.0f tokens/s)\n", first_seconds, mix.doc_tokens / first_seconds);
+  if (n > 1) {
+    std::printf(
+        "the other %d reads at once: %.3fs in all; each p50 %.3fs p99 %.3fs (%.1fx faster than "
+        "the first at p50)\n",
+        n - 1, readers_seconds, Percentile(later, 0.5), Percentile(later, 0.99),
+        first_seconds / Percentile(later, 0.5));
+  }
+  std::printf("diverge (each ingests 256 of its own, generates %d): %.3fs  ITL p50 %.1fms\n",
+              mix.gen_tokens, diverge_seconds, 1e3 * Percentile(diverged.itl, 0.5));
+  std::printf("sessions' memory: %.1f MiB after the reads, %.1f MiB after diverging\n",
+              read_bytes / 1048576.0, diverged_bytes / 1048576.0);
+  const int errors = first.errors + readers.errors + diverged.errors;
+  return errors == 0 ? 0 : 1;
+}
+
 }  // namespace
 
 int RunLoadgen(int argc, char** argv) {
@@ -404,6 +517,9 @@ int RunLoadgen(int argc, char** argv) {
   grpc::Status st = stub->GetServerInfo(Context().get(), pb::GetServerInfoRequest(), &info);
   if (!st.ok()) return Fail(st);
   if (background > 0) return CompareBesideIngest(*stub, n, info.vocab_size(), *mix, background);
+  if (absl::GetFlag(FLAGS_mix) == "shared_document") {
+    return RunSharedDocument(*stub, n, info.vocab_size(), *mix);
+  }
   const int base = static_cast<int>(std::max<int64_t>(1, absl::GetFlag(FLAGS_baseline)));
   const std::string measure = absl::GetFlag(FLAGS_measure);
   if (measure == "decode") return CompareDecode(*stub, n, base, info.vocab_size(), *mix);

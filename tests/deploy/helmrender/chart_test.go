@@ -1060,6 +1060,7 @@ func TestSchemaRejectsBadValues(t *testing.T) {
 		"typo":     "servr: {}\n",
 		"extraArg": "server:\n  extraArgs: [\"-x\"]\n",
 		"pool":     "server:\n  maxResidentSessions: -1\n",
+		"cache":    "server:\n  stateCacheMb: -1\n",
 		"decode":   "server:\n  maxDecodeBatchTokens: 0\n",
 		"delay":    "server:\n  shutdownDelayS: -1\n",
 		"threads":  "server:\n  torchThreads: all\n",
