@@ -47,4 +47,16 @@ inline ModelConfig TinyConfig(const TinyShape& shape = {}) {
   return c;
 }
 
+// The tiny model with the clip and the delta cap biting (as models/ttt-brown's do) and d_ff wide
+// enough that three chunks of fork increments cost less than a dense delta (the fourth goes
+// dense): for the tests of fast-weight states (forks, compaction).
+inline ModelConfig TinyCappedConfig() {
+  TinyShape shape;
+  shape.intermediate_size = 96;
+  ModelConfig c = TinyConfig(shape);
+  c.ttt_clip = 0.5;
+  c.ttt_delta_cap = 0.6;
+  return c;
+}
+
 }  // namespace ttt::engine::testing

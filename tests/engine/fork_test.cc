@@ -14,6 +14,7 @@
 #include "engine/internal/state_buffer.h"
 #include "engine/model.h"
 #include "engine/testing/random_weights.h"
+#include "engine/testing/tiny_config.h"
 
 namespace ttt::engine {
 namespace {
@@ -26,31 +27,8 @@ class ForkIncrementsOn : public ::testing::Environment {
 ::testing::Environment* const kForkIncrementsOn =
     ::testing::AddGlobalTestEnvironment(new ForkIncrementsOn);
 
-// Small, with the clip and the delta cap biting (as models/ttt-brown's do), and d_ff wide enough
-// that three chunks of increments cost less than a dense delta (the fourth goes dense).
-ModelConfig ForkConfig() {
-  ModelConfig c;
-  c.model_type = "llama";
-  c.vocab_size = 53;
-  c.hidden_size = 32;
-  c.intermediate_size = 96;
-  c.num_hidden_layers = 3;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.head_dim = 8;
-  c.rms_norm_eps = 1e-5;
-  c.ttt_mode = true;
-  c.ttt_layers = {0, 2};
-  c.ttt_lr = 0.5;
-  c.ttt_chunk = 6;
-  c.ttt_proj = true;
-  c.ttt_clip = 0.5;
-  c.ttt_delta_cap = 0.6;
-  return c;
-}
-
 std::unique_ptr<Model> MakeModel(const ModelOptions& options = {}) {
-  const ModelConfig config = ForkConfig();
+  const ModelConfig config = testing::TinyCappedConfig();
   auto model = ModelFromWeights(config, testing::RandomWeights(config, {}), options);
   EXPECT_TRUE(model.ok()) << model.status();
   return std::move(model).value();

@@ -97,28 +97,6 @@ int32_t RandomToken(std::mt19937& rng, int64_t vocab) {
   return 3 + static_cast<int32_t>(rng() % (vocab - 3));
 }
 
-// Ingests `doc_tokens` random ids, one message at a time (each timed until its response).
-void IngestRandom(pb::TttService::Stub& stub, const std::string& id, int64_t vocab,
-                  int64_t doc_tokens, std::mt19937& rng, LoadResult* mine) {
-  const int64_t per = std::max<int64_t>(1, absl::GetFlag(FLAGS_message_tokens) / 4);
-  auto ctx = Context();
-  auto stream = stub.Ingest(ctx.get());
-  for (int64_t pos = 0; pos < doc_tokens; pos += per) {
-    pb::IngestRequest r;
-    if (pos == 0) r.set_session_id(id);
-    for (int64_t j = pos; j < std::min(doc_tokens, pos + per); ++j) {
-      r.add_token_ids(RandomToken(rng, vocab));
-    }
-    const auto t0 = Clock::now();
-    pb::IngestResponse resp;
-    if (!stream->Write(r) || !stream->Read(&resp)) break;
-    mine->ingest_latency.push_back(Seconds(t0));
-    mine->tokens += r.token_ids_size();
-  }
-  stream->WritesDone();
-  if (!stream->Finish().ok()) ++mine->errors;
-}
-
 // Ingests `doc` into `id` in messages of --message_tokens/4 ids, each timed until its answer;
 // returns the seconds from the first write to the last answer.
 double IngestDocument(pb::TttService::Stub& stub, const std::string& id,
@@ -141,6 +119,14 @@ double IngestDocument(pb::TttService::Stub& stub, const std::string& id,
   stream->WritesDone();
   if (!stream->Finish().ok()) ++mine->errors;
   return Seconds(start);
+}
+
+// Ingests `doc_tokens` random ids, one message at a time (each timed until its response).
+void IngestRandom(pb::TttService::Stub& stub, const std::string& id, int64_t vocab,
+                  int64_t doc_tokens, std::mt19937& rng, LoadResult* mine) {
+  std::vector<int32_t> doc(doc_tokens);
+  for (int32_t& t : doc) t = RandomToken(rng, vocab);
+  IngestDocument(stub, id, doc, mine);
 }
 
 // `greedy`: temperature 0 (the cheapest sampling: what engine_bench's decode rows compare with).
