@@ -1061,6 +1061,7 @@ func TestSchemaRejectsBadValues(t *testing.T) {
 		"extraArg": "server:\n  extraArgs: [\"-x\"]\n",
 		"pool":     "server:\n  maxResidentSessions: -1\n",
 		"cache":    "server:\n  stateCacheMb: -1\n",
+		"compact":  "server:\n  compactIdleS: -5\n",
 		"decode":   "server:\n  maxDecodeBatchTokens: 0\n",
 		"delay":    "server:\n  shutdownDelayS: -1\n",
 		"threads":  "server:\n  torchThreads: all\n",
