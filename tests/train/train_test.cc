@@ -544,7 +544,7 @@ TEST(EvalTest, MemoryReportResumesFromItsCache) {
   auto faded = MemoryReport(o);
   ASSERT_TRUE(faded.ok()) << faded.status();
   EXPECT_EQ(files(), 12) << "two fractions x two corpora more";
-  for (const std::string& row : {"| 1 | A |", "| 0.5 | A |", "| 0 | B |"}) {
+  for (const char* row : {"| 1 | A |", "| 0.5 | A |", "| 0 | B |"}) {
     EXPECT_NE(faded->find(row), std::string::npos) << row << "\n" << *faded;
   }
   auto faded_again = MemoryReport(o);
