@@ -23,6 +23,7 @@
 #include "session/session.h"
 #include "tests/testing/dirs.h"
 #include "tests/testing/etcd.h"
+#include "tests/testing/tokens.h"
 #include "util/error_reason.h"
 
 namespace ttt::session {
@@ -36,12 +37,7 @@ using ttt::testing::GoldenLlama;
 using ttt::testing::MakeClient;
 using ttt::testing::TempDir;
 
-std::vector<int32_t> Tokens(int n, int vocab, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::vector<int32_t> v;
-  for (int i = 0; i < n; ++i) v.push_back(3 + static_cast<int32_t>(rng() % (vocab - 3)));
-  return v;
-}
+using ttt::testing::Tokens;
 
 absl::StatusOr<IngestProgress> IngestOn(SessionManager& m, const std::string& id,
                                         std::vector<int32_t> tokens, bool durable) {

@@ -31,6 +31,7 @@
 #include "engine/internal/sequence_tensors.h"
 #include "session/internal/checkpoint.h"
 #include "tests/testing/dirs.h"
+#include "tests/testing/tokens.h"
 #include "util/sha256.h"
 
 namespace ttt::session {
@@ -40,12 +41,7 @@ namespace fs = std::filesystem;
 using ttt::testing::FreshTestDir;
 using ttt::testing::GoldenDir;
 
-std::vector<int32_t> Tokens(int n, int vocab, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::vector<int32_t> v;
-  for (int i = 0; i < n; ++i) v.push_back(3 + static_cast<int32_t>(rng() % (vocab - 3)));
-  return v;
-}
+using ttt::testing::Tokens;
 
 class SessionTest : public ::testing::Test {
  protected:

@@ -18,6 +18,7 @@
 
 #include "session/session.h"
 #include "tests/testing/dirs.h"
+#include "tests/testing/tokens.h"
 
 namespace ttt::session {
 namespace {
@@ -26,12 +27,7 @@ namespace fs = std::filesystem;
 using ttt::testing::FreshTestDir;
 using ttt::testing::GoldenDir;
 
-std::vector<int32_t> Tokens(int n, int vocab, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::vector<int32_t> v;
-  for (int i = 0; i < n; ++i) v.push_back(3 + static_cast<int32_t>(rng() % (vocab - 3)));
-  return v;
-}
+using ttt::testing::Tokens;
 
 bool SameBits(const std::vector<float>& a, const std::vector<float>& b) {
   return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
