@@ -79,6 +79,7 @@ struct Flags {
   std::string model;                           // a model folder whose session bytes to print
   int64_t chunk = 0;                           // > 0: the TTT chunk instead of the shape's
   std::string valid;                           // --only=compact: token ids of a validation split
+  std::string delta_dtype;  // --ttt_delta_dtype: float32 or bfloat16 instead of the shape's fp32
 };
 
 bool cpu_clock = false;  // --clock=cpu
@@ -142,6 +143,8 @@ Flags ParseFlags(int argc, char** argv) {
       flags.chunk = std::atoll(v);
     else if (auto v = value("valid"))
       flags.valid = v;
+    else if (auto v = value("ttt_delta_dtype"))
+      flags.delta_dtype = v;
     else {
       std::cerr << "unknown flag " << arg << "\n";
       std::exit(2);
@@ -635,15 +638,24 @@ int Run(const Flags& flags) {
   SetCpuThreads(flags.threads);
   ModelConfig config = Shape(flags.shape);
   if (flags.chunk > 0) config.ttt_chunk = flags.chunk;
+  if (!flags.delta_dtype.empty()) {  // the TTT model's deltas (and the roofline's delta bytes)
+    auto delta_dtype = ParseTttDeltaDtype(flags.delta_dtype, "--ttt_delta_dtype");
+    if (!delta_dtype.ok()) {
+      std::cerr << delta_dtype.status() << "\n";
+      return 2;
+    }
+    config.ttt_delta_dtype = *delta_dtype;
+  }
   const NamedTensors weights = RandomWeights(config);
   const int64_t n = flags.tokens;
   std::printf(
       "# engine_bench shape=%s layers=%lld d_model=%lld d_ff=%lld vocab=%lld chunk=%lld "
-      "ttt_layers=%zu tokens=%lld threads=%d device=%s\n",
+      "ttt_layers=%zu tokens=%lld threads=%d device=%s deltas=%s\n",
       flags.shape.c_str(), (long long)config.num_hidden_layers, (long long)config.hidden_size,
       (long long)config.intermediate_size, (long long)config.vocab_size,
       (long long)config.ttt_chunk, config.ttt_layers.size(), (long long)n, at::get_num_threads(),
-      flags.device.c_str());
+      flags.device.c_str(),
+      config.ttt_delta_dtype == TttDeltaDtype::kBFloat16 ? "bfloat16" : "float32");
 
   auto ttt = Build(config, weights, {.device = flags.device});
   auto plain = Build(config, weights, {.device = flags.device, .ttt_lr = 0.0});

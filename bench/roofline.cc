@@ -77,9 +77,11 @@ Cost CallCost(const engine::ModelConfig& c, int64_t sessions, int64_t rows, int6
     session.flops += ttt_layers * rows * 2 * d * f;
     session.flops += ttt_layers * completed * c.ttt_chunk * (2 * 5 * d + 2 * d * d + 2 * d * f);
     // The delta read once; the unfinished chunk's new rows (z, x0) written and read once.
-    session.bytes += ttt_layers * (d * f + rows * (f + d) * 2) * kFloatBytes;
+    const double delta_bytes =
+        c.ttt_delta_dtype == engine::TttDeltaDtype::kBFloat16 ? 2 : kFloatBytes;
+    session.bytes += ttt_layers * (d * f * delta_bytes + rows * (f + d) * 2 * kFloatBytes);
     if (completed > 0) {
-      session.bytes += ttt_layers * d * f * kFloatBytes;           // the delta written back once
+      session.bytes += ttt_layers * d * f * delta_bytes;          // the delta written back once
       shared.bytes += ttt_layers * (d * d + 5 * d) * kFloatBytes;  // W_target, the conv
     }
   }

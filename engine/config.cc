@@ -137,6 +137,14 @@ absl::Status Positive(const Reader& r, const char* key, int64_t value) {
 
 }  // namespace
 
+absl::StatusOr<TttDeltaDtype> ParseTttDeltaDtype(const std::string& value, const std::string& key) {
+  if (value == "float32") return TttDeltaDtype::kFloat32;
+  if (value == "bfloat16") return TttDeltaDtype::kBFloat16;
+  return absl::InvalidArgumentError(absl::StrCat(key, " \"", value,
+                                                 "\" is not a delta dtype; use \"float32\" (the "
+                                                 "default) or \"bfloat16\""));
+}
+
 bool ModelConfig::IsTttLayer(int64_t layer) const {
   return ttt_mode && std::binary_search(ttt_layers.begin(), ttt_layers.end(), layer);
 }
@@ -273,6 +281,13 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text,
   RETURN_IF_ERROR(r.Bool("ttt_proj", &c.ttt_proj));
   RETURN_IF_ERROR(r.Double("ttt_clip", &c.ttt_clip));
   RETURN_IF_ERROR(r.Double("ttt_delta_cap", &c.ttt_delta_cap));
+  if (r.Has("ttt_delta_dtype")) {
+    std::string delta_dtype;
+    RETURN_IF_ERROR(r.String("ttt_delta_dtype", &delta_dtype));
+    auto parsed = ParseTttDeltaDtype(delta_dtype, "\"ttt_delta_dtype\"");
+    if (!parsed.ok()) return r.Error(std::string(parsed.status().message()));
+    c.ttt_delta_dtype = *parsed;
+  }
   std::string target = "input_embed";
   RETURN_IF_ERROR(r.String("ttt_target", &target));
   if (target == "input_embed") {
@@ -371,6 +386,7 @@ std::string ModelConfigToJson(const ModelConfig& c) {
   j["ttt_clip"] = c.ttt_clip;
   // Written only when set, so that configs without it keep their text (and fingerprints).
   if (c.ttt_delta_cap > 0) j["ttt_delta_cap"] = c.ttt_delta_cap;
+  if (c.ttt_delta_dtype == TttDeltaDtype::kBFloat16) j["ttt_delta_dtype"] = "bfloat16";
   return j.dump(2) + "\n";
 }
 

@@ -15,6 +15,15 @@ namespace ttt::engine {
 // Where a TTT layer takes X0, the input of its LM-aligned target V = Conv1D(X0) W_target.
 enum class TttTarget { kInputEmbed, kHiddenStates };
 
+// How an active session keeps its fast-weight deltas: fp32, or bf16 (half the bytes a batched
+// decode step reads; every update still accumulates in fp32 and rounds once when it is stored).
+enum class TttDeltaDtype { kFloat32, kBFloat16 };
+
+// "float32" or "bfloat16" (the config key's and the server flag's values). INVALID_ARGUMENT,
+// naming `key`, for anything else.
+absl::StatusOr<TttDeltaDtype> ParseTttDeltaDtype(const std::string& value,
+                                                 const std::string& key = "ttt_delta_dtype");
+
 struct ModelConfig {
   std::string model_type = "llama";  // "llama" or "qwen3"
   int64_t vocab_size = 0;
@@ -47,6 +56,10 @@ struct ModelConfig {
   // longer than this is scaled back to it, so a long session's fast weights stay bounded (old
   // content fades as new chunks arrive). 0 = off. A serving bound; see docs/model.md.
   double ttt_delta_cap = 0.0;
+  // Storage of each active session's dense delta (ModelOptions::ttt_delta_dtype overrides it).
+  // bf16 rounds the delta once per store (each chunk a short step folds; each long piece's
+  // chunks together); see docs/model.md for its measured cost.
+  TttDeltaDtype ttt_delta_dtype = TttDeltaDtype::kFloat32;
 
   bool IsTttLayer(int64_t layer) const;
 };

@@ -112,6 +112,10 @@ at::Device ModelDevice(const Model& model) { return ModelAccess::WeightsOf(model
 
 at::ScalarType ModelDtype(const Model& model) { return ModelAccess::WeightsOf(model).dtype; }
 
+at::ScalarType ModelDeltaDtype(const Model& model) {
+  return ModelAccess::WeightsOf(model).delta_dtype;
+}
+
 absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::filesystem::path& dir,
                                                    const ModelOptions& options) {
   ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(dir));
@@ -168,6 +172,11 @@ absl::StatusOr<std::unique_ptr<Model>> ModelFromWeights(ModelConfig config,
   if (w->eta < 0 || !std::isfinite(w->eta)) {
     return absl::InvalidArgumentError(absl::StrCat("ttt_lr ", w->eta, " must be >= 0"));
   }
+  TttDeltaDtype delta_dtype = config.ttt_delta_dtype;
+  if (options.ttt_delta_dtype) {
+    ASSIGN_OR_RETURN(delta_dtype, ParseTttDeltaDtype(*options.ttt_delta_dtype));
+  }
+  w->delta_dtype = delta_dtype == TttDeltaDtype::kBFloat16 ? at::kBFloat16 : at::kFloat;
   w->inv_freq = at::pow(config.rope_theta,
                         at::arange(0, hd, 2, at::kLong).to(at::kFloat) / static_cast<double>(hd))
                     .reciprocal()
@@ -235,7 +244,9 @@ SequenceState Model::NewSequence() const {
   }
   at::TensorOptions f32 = at::TensorOptions().dtype(at::kFloat).device(weights_->device);
   for (int64_t layer : weights_->active_ttt_layers) {
-    state.ttt.push_back({layer, at::zeros({config_.hidden_size, config_.intermediate_size}, f32),
+    state.ttt.push_back({layer,
+                         at::zeros({config_.hidden_size, config_.intermediate_size},
+                                   f32.dtype(weights_->delta_dtype)),
                          at::zeros({0, config_.intermediate_size}, f32),
                          at::zeros({0, config_.hidden_size}, f32)});
   }

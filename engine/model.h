@@ -23,6 +23,8 @@ struct ModelOptions {
   // Overrides the checkpoint's ttt_lr (eta) when set; eta = 0 serves the plain model.
   std::optional<double> ttt_lr;
   std::optional<int64_t> sliding_window;  // overrides the config's window when set (0 = full)
+  // Overrides the config's ttt_delta_dtype when set: "float32" or "bfloat16".
+  std::optional<std::string> ttt_delta_dtype;
 };
 
 // CPU threads for LibTorch's intra-op pool and for OpenBLAS's own pool (LibTorch sets only the

@@ -303,6 +303,9 @@ absl::StatusOr<SequenceState> RestoreSequence(const Model& model, const Safetens
   for (TttLayerState& t : state.ttt) {
     const std::string p = absl::StrCat("ttt.", t.layer, ".");
     ASSIGN_OR_RETURN(t.delta, load(p + "delta", at::kFloat, {d, d_ff}, -1, 0));
+    // A bf16 model's delta was written widened to F32: this gives its bits back (an fp32 model's
+    // checkpoint is rounded here once, as its next update would).
+    t.delta = t.delta.to(ModelDeltaDtype(model));
     ASSIGN_OR_RETURN(t.pending_z,
                      load(p + "pending_z", at::kFloat, {0, d_ff}, 0, config.ttt_chunk - 1));
     ASSIGN_OR_RETURN(t.pending_x0,

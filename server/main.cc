@@ -61,6 +61,10 @@ ABSL_FLAG(bool, compact_kv_cache, false,
           "with --compact_idle_s, an idle session's KV cache goes to bf16 too");
 ABSL_FLAG(std::string, device, "cpu", "cpu or cuda[:N]");
 ABSL_FLAG(std::string, dtype, "f32", "f32 or bf16");
+ABSL_FLAG(std::string, ttt_delta_dtype, "",
+          "float32 or bfloat16: how active sessions keep their fast-weight deltas (bfloat16: half "
+          "the bytes a batched decode step reads; docs/model.md); empty: the model config's "
+          "ttt_delta_dtype (float32 unless it says otherwise)");
 ABSL_FLAG(int64_t, max_batch_tokens, 512,
           "token budget of one engine step (a step carrying decodes, prompts or scores keeps to "
           "--max_decode_batch_tokens for the ingests beside them)");
@@ -292,6 +296,7 @@ int main(int argc, char** argv) {
   o.compact_kv_cache = absl::GetFlag(FLAGS_compact_kv_cache);
   o.device = absl::GetFlag(FLAGS_device);
   o.dtype = absl::GetFlag(FLAGS_dtype);
+  o.ttt_delta_dtype = absl::GetFlag(FLAGS_ttt_delta_dtype);
   o.max_batch_tokens = absl::GetFlag(FLAGS_max_batch_tokens);
   o.max_decode_batch_tokens = absl::GetFlag(FLAGS_max_decode_batch_tokens);
   o.checkpoint_on_shutdown = absl::GetFlag(FLAGS_checkpoint_on_shutdown);

@@ -133,6 +133,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   engine::ModelOptions model_options;
   model_options.device = options.device;
   model_options.dtype = options.dtype;
+  if (!options.ttt_delta_dtype.empty()) model_options.ttt_delta_dtype = options.ttt_delta_dtype;
   auto model = engine::Model::Load(options.model_dir, model_options);
   if (!model.ok()) {
     return absl::Status(

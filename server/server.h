@@ -64,6 +64,7 @@ struct ServerOptions {
   bool compact_kv_cache = false;  // compaction also puts the KV cache in bf16
   std::string device = "cpu";
   std::string dtype = "f32";
+  std::string ttt_delta_dtype;  // "float32" or "bfloat16" overrides the model config's; empty: not
   int64_t max_batch_tokens = 512;
   int64_t max_decode_batch_tokens = 64;  // budget of a batch carrying decode steps
   bool checkpoint_on_shutdown = true;

@@ -118,9 +118,10 @@ cmake -S . -B "$build_dir" "${generator[@]}" "${launcher[@]}" -DCMAKE_BUILD_TYPE
   -DTTT_REFERENCE_PYTHON="$(command -v "$py")" >"$log_dir/configure.log" 2>&1 ||
   die "configure failed; see $log_dir/configure.log"
 
-step "build engine, golden_test, model_test, chunk_scan_test, engine_bench (-j$jobs)"
-cmake --build "$build_dir" -j "$jobs" --target golden_test model_test chunk_scan_test engine_bench \
-  >"$log_dir/build.log" 2>&1 || die "build failed; see $log_dir/build.log"
+step "build engine, golden_test, model_test, chunk_scan_test, delta_dtype_test, engine_bench (-j$jobs)"
+cmake --build "$build_dir" -j "$jobs" --target golden_test model_test chunk_scan_test \
+  delta_dtype_test engine_bench >"$log_dir/build.log" 2>&1 ||
+  die "build failed; see $log_dir/build.log"
 
 {
   echo "# tools/gpu_check.sh --device=$device, $(date -u '+%Y-%m-%d %H:%M UTC'), $(hostname)"
@@ -159,6 +160,8 @@ run_test model_test "$build_dir/tests/engine/model_test"
 # The Gram form of a long ingest's chunk updates (engine/internal/chunk_scan.h) against the direct
 # per-chunk rule; on CUDA the golden test and the ingest rows below run its tensor form.
 run_test chunk_scan_test "$build_dir/tests/engine/chunk_scan_test"
+# bf16 deltas (ttt_delta_dtype) against the fp32 path rounded by LibTorch, on the CPU.
+run_test delta_dtype_test "$build_dir/tests/engine/delta_dtype_test"
 
 bench() {  # label, then engine_bench flags
   local label=$1
@@ -188,6 +191,11 @@ bench "shipped shape, ingest 4096 tokens in one call" --shape=shipped --only=ing
 bench "small shape at chunk 16, ingest 512 tokens in one call" --shape=small --only=ingest \
   --tokens=512 --chunk=16
 bench "shipped shape, digest of a fixed mix of calls" --shape=shipped --only=digest
+# Issue 26 item 5: the same decode rows with each session's deltas in bf16 (--ttt_delta_dtype).
+bench "small shape, 1/8/64 sessions, bf16 deltas" --shape=small --tokens="$tokens" \
+  --sessions=1,8,64 --only=scaling --ttt_delta_dtype=bfloat16
+bench "shipped shape, 512 decode steps, 1/16/64 sessions, bf16 deltas" --shape=shipped \
+  --only=decode --sessions=1,16,64 --ttt_delta_dtype=bfloat16
 if [ "$device" = cuda ]; then
   bench "24 layers, d_model 2048" --shape=large --tokens="$tokens" --sessions=1,8,64 --only=scaling
 else

@@ -30,6 +30,7 @@ absl::StatusOr<std::unique_ptr<Model>> LoadVariant(const VariantSpec& spec) {
   }
   engine::ModelOptions options;
   options.ttt_lr = spec.eta;
+  options.ttt_delta_dtype = spec.delta_dtype;
   return ModelFromWeights(std::move(config), weights, options);
 }
 

@@ -50,6 +50,10 @@ ABSL_FLAG(std::string, sweep, "",
           "comma-separated (e.g. 0.5:5,1:5:30); cap is ttt_delta_cap, absent = 0 (no cap); "
           "empty = no sweep");
 ABSL_FLAG(bool, sweep_only, false, "print the validation sweep and stop (no test split)");
+ABSL_FLAG(std::string, ttt_delta_dtype, "",
+          "float32 or bfloat16: how every model measured keeps its fast-weight deltas (empty: "
+          "the checkpoint's); with bfloat16 each --sweep setting is also measured with float32 "
+          "deltas and the paired difference printed");
 ABSL_FLAG(int64_t, stream_tokens, 16384, "minimum length of a stream of documents");
 ABSL_FLAG(int64_t, reread_docs, 12, "documents in the re-reading test");
 ABSL_FLAG(int64_t, reread_len, 512, "tokens re-read");
@@ -143,7 +147,11 @@ absl::StatusOr<Corpus> Load(const std::string& flag_path, int64_t vocab) {
 }
 
 absl::StatusOr<Measured> Measure(const Variant& v, const Corpus& docs, bool full) {
-  ASSIGN_OR_RETURN(auto model, LoadVariant(v.spec));
+  VariantSpec spec = v.spec;
+  if (!spec.delta_dtype && !absl::GetFlag(FLAGS_ttt_delta_dtype).empty()) {
+    spec.delta_dtype = absl::GetFlag(FLAGS_ttt_delta_dtype);
+  }
+  ASSIGN_OR_RETURN(auto model, LoadVariant(spec));
   Measured m;
   const int64_t piece = absl::GetFlag(FLAGS_piece), len = absl::GetFlag(FLAGS_stream_tokens);
   ASSIGN_OR_RETURN(m.streams, ScoreStreams(*model, docs, len, /*reset=*/false, piece));
@@ -195,6 +203,28 @@ struct SweepPick {
   }
 };
 
+// What bf16 deltas cost a sweep setting: `bf16` measured on `valid` with them, against the same
+// setting with float32 deltas, per document (reset at each end) and per stream position (no
+// reset), pooled over tokens, with 95 % paired-bootstrap intervals (nats/token; + = bf16 worse).
+absl::Status PrintDeltaDtypeCost(const Variant& v, const Corpus& valid, const Measured& bf16) {
+  Variant f32 = v;
+  f32.label += ", float32 deltas";
+  f32.spec.delta_dtype = "float32";
+  ASSIGN_OR_RETURN(Measured m, Measure(f32, valid, /*full=*/false));
+  const int64_t all = std::numeric_limits<int64_t>::max();
+  const PairedDifference docs = BootstrapDifference(bf16.reset_streams.by_document,
+                                                    m.reset_streams.by_document, 1, all);
+  const PairedDifference streams =
+      BootstrapDifference(bf16.streams.by_document, m.streams.by_document, 1, all);
+  std::printf(
+      "bf16 - float32 deltas, %s: documents %+.6f [%+.6f, %+.6f], streams %+.6f [%+.6f, "
+      "%+.6f] nats/token; re-read %.4f vs %.4f; recall %.3f vs %.3f\n",
+      v.label.c_str(), docs.diff, docs.low, docs.high, streams.diff, streams.low, streams.high,
+      bf16.reread.after_doc, m.reread.after_doc, bf16.recall.accuracy, m.recall.accuracy);
+  std::fflush(stdout);
+  return absl::OkStatus();
+}
+
 absl::StatusOr<Sweep> RunSweep(const fs::path& model_dir, const Corpus& valid) {
   Sweep s;
   const std::string spec = absl::GetFlag(FLAGS_sweep);
@@ -210,6 +240,9 @@ absl::StatusOr<Sweep> RunSweep(const fs::path& model_dir, const Corpus& valid) {
     const double eta = e.eta, clip = e.clip, cap = e.cap;
     Variant v{"valid: " + Setting(eta, clip, cap), {model_dir, eta, clip, cap}};
     ASSIGN_OR_RETURN(Measured m, Measure(v, valid, /*full=*/false));
+    if (absl::GetFlag(FLAGS_ttt_delta_dtype) == "bfloat16") {
+      RETURN_IF_ERROR(PrintDeltaDtypeCost(v, valid, m));
+    }
     const PositionLoss& p = m.streams.by_stream_position;
     t << "| " << eta << " | " << clip << " | " << (cap > 0 ? absl::StrCat(cap) : "off") << " | "
       << Fmt(m.reset_streams.by_stream_position.MeanAll()) << " | " << Fmt(p.MeanAll()) << " | "

@@ -31,26 +31,41 @@ constexpr int64_t kLanes = 8;
 #define TTT_LOAD(v, p) std::memcpy(&(v), (p), sizeof(Vec))
 #define TTT_STORE(p, v) std::memcpy((p), &(v), sizeof(Vec))
 
-__attribute__((always_inline)) inline float Dot(const float* a, const float* b, int64_t n) {
+// Eight elements of `a` as floats: a bf16 value is the top half of the float with the same bits,
+// so widening is exact and a bf16 row reads as the fp32 row it stands for (the same sums, bit for
+// bit, in Dot below).
+using Bf16Bits = uint16_t __attribute__((vector_size(16)));
+using FloatBits = uint32_t __attribute__((vector_size(32)));
+__attribute__((always_inline)) inline void LoadLanes(Vec* v, const float* a) { TTT_LOAD(*v, a); }
+__attribute__((always_inline)) inline void LoadLanes(Vec* v, const c10::BFloat16* a) {
+  Bf16Bits bits;
+  std::memcpy(&bits, a, sizeof(bits));
+  const FloatBits wide = __builtin_convertvector(bits, FloatBits) << 16;
+  std::memcpy(v, &wide, sizeof(Vec));
+}
+
+// sum_i a[i] * b[i] in fp32; `a` f32 or bf16.
+template <typename Element>
+__attribute__((always_inline)) inline float Dot(const Element* a, const float* b, int64_t n) {
   Vec s0 = {}, s1 = s0, s2 = s0, s3 = s0, x0, x1, x2, x3, y0, y1, y2, y3;
   int64_t i = 0;
   for (; i + 4 * kLanes <= n; i += 4 * kLanes) {
-    TTT_LOAD(x0, a + i), TTT_LOAD(y0, b + i);
-    TTT_LOAD(x1, a + i + kLanes), TTT_LOAD(y1, b + i + kLanes);
-    TTT_LOAD(x2, a + i + 2 * kLanes), TTT_LOAD(y2, b + i + 2 * kLanes);
-    TTT_LOAD(x3, a + i + 3 * kLanes), TTT_LOAD(y3, b + i + 3 * kLanes);
+    LoadLanes(&x0, a + i), TTT_LOAD(y0, b + i);
+    LoadLanes(&x1, a + i + kLanes), TTT_LOAD(y1, b + i + kLanes);
+    LoadLanes(&x2, a + i + 2 * kLanes), TTT_LOAD(y2, b + i + 2 * kLanes);
+    LoadLanes(&x3, a + i + 3 * kLanes), TTT_LOAD(y3, b + i + 3 * kLanes);
     s0 += x0 * y0;
     s1 += x1 * y1;
     s2 += x2 * y2;
     s3 += x3 * y3;
   }
   for (; i + kLanes <= n; i += kLanes) {
-    TTT_LOAD(x0, a + i), TTT_LOAD(y0, b + i);
+    LoadLanes(&x0, a + i), TTT_LOAD(y0, b + i);
     s0 += x0 * y0;
   }
   const Vec s = (s0 + s1) + (s2 + s3);
   float total = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
-  for (; i < n; ++i) total += a[i] * b[i];
+  for (; i < n; ++i) total += static_cast<float>(a[i]) * b[i];
   return total;
 }
 
@@ -113,13 +128,25 @@ TTT_MULTIVERSION void AttendRow(const float* q, const HeadRows& keys, const Head
 }
 
 // out[r] = delta @ z[r] for output rows [lo, hi) and the given rows r.
-TTT_MULTIVERSION void DeltaRows(const float* delta, const float* z, int64_t row0, int64_t rows,
-                                int64_t lo, int64_t hi, int64_t d_ff, int64_t d_model, float* out) {
+template <typename Element>
+__attribute__((always_inline)) inline void DeltaRowsOf(const Element* delta, const float* z,
+                                                       int64_t row0, int64_t rows, int64_t lo,
+                                                       int64_t hi, int64_t d_ff, int64_t d_model,
+                                                       float* out) {
   for (int64_t i = lo; i < hi; ++i) {
     for (int64_t r = row0; r < row0 + rows; ++r) {
       out[r * d_model + i] = Dot(delta + i * d_ff, z + r * d_ff, d_ff);
     }
   }
+}
+TTT_MULTIVERSION void DeltaRows(const float* delta, const float* z, int64_t row0, int64_t rows,
+                                int64_t lo, int64_t hi, int64_t d_ff, int64_t d_model, float* out) {
+  DeltaRowsOf(delta, z, row0, rows, lo, hi, d_ff, d_model, out);
+}
+TTT_MULTIVERSION void DeltaRows(const c10::BFloat16* delta, const float* z, int64_t row0,
+                                int64_t rows, int64_t lo, int64_t hi, int64_t d_ff, int64_t d_model,
+                                float* out) {
+  DeltaRowsOf(delta, z, row0, rows, lo, hi, d_ff, d_model, out);
 }
 
 }  // namespace
@@ -189,11 +216,16 @@ void BatchedDeltaProduct(const at::Tensor& z, absl::Span<const DeltaSeq> seqs, a
       0, static_cast<int64_t>(seqs.size()) * blocks, 1, [&](int64_t begin, int64_t end) {
         for (int64_t u = begin; u < end; ++u) {
           const DeltaSeq& s = seqs[u / blocks];
-          TORCH_CHECK(s.delta->is_contiguous() && s.delta->scalar_type() == at::kFloat,
-                      "BatchedDeltaProduct: f32 contiguous deltas");
-          const float* delta = s.delta->data_ptr<float>();
+          const at::ScalarType type = s.delta->scalar_type();
+          TORCH_CHECK(s.delta->is_contiguous() && (type == at::kFloat || type == at::kBFloat16),
+                      "BatchedDeltaProduct: f32 or bf16 contiguous deltas");
           const int64_t lo = (u % blocks) * kBlock, hi = std::min(d_model, lo + kBlock);
-          DeltaRows(delta, zd, s.row0, s.rows, lo, hi, d_ff, d_model, od);
+          if (type == at::kFloat) {
+            DeltaRows(s.delta->data_ptr<float>(), zd, s.row0, s.rows, lo, hi, d_ff, d_model, od);
+          } else {
+            DeltaRows(s.delta->data_ptr<at::BFloat16>(), zd, s.row0, s.rows, lo, hi, d_ff,
+                      d_model, od);
+          }
         }
       });
 }

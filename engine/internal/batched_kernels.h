@@ -2,7 +2,7 @@
 // sequence's own fast-weight delta) as single calls over all sequences of the step, so that the
 // number of operations a step dispatches does not grow with the number of sequences (DESIGN.md,
 // "Batching: the shape that scales"). CPU, float32: they read each sequence's tensors in place
-// (varlen, no padding and no gather copy), as vLLM's CPU attention and Punica's gather-matmul do.
+// (varlen, no padding and no gather copy; deltas f32 or bf16), as vLLM's CPU attention and Punica's gather-matmul do.
 #pragma once
 
 #include <cstdint>
@@ -41,11 +41,12 @@ void VarlenAttention(const at::Tensor& q, const at::Tensor& k_new, const at::Ten
 struct DeltaSeq {
   int64_t row0 = 0;
   int64_t rows = 0;
-  const at::Tensor* delta = nullptr;  // [d_model, d_ff] f32 contiguous
+  const at::Tensor* delta = nullptr;  // [d_model, d_ff] f32 or bf16 contiguous
 };
 
 // out[r] = delta_s @ z[r] for every row r of every sequence s. z: [R, d_ff] f32 contiguous;
-// out: [R, d_model] f32 contiguous (rows of other sequences untouched).
+// out: [R, d_model] f32 contiguous (rows of other sequences untouched). A bf16 delta is widened
+// lane by lane as it is read (no fp32 copy) and gives the bits its fp32 copy would.
 void BatchedDeltaProduct(const at::Tensor& z, absl::Span<const DeltaSeq> seqs, at::Tensor& out);
 
 }  // namespace ttt::engine::internal

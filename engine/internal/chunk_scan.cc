@@ -159,7 +159,18 @@ at::Tensor DenseSegmentTerms(at::Tensor& delta, const at::Tensor& z, const at::T
                              int64_t pending, int64_t chunk, const FoldParams& params,
                              bool in_place, int64_t block_rows) {
   const int64_t rows = z.size(0), complete = targets.size(0);
-  if (complete == 0) return at::mm(z.slice(0, pending), delta.t());
+  if (complete == 0) return at::mm(z.slice(0, pending), FloatDelta(delta).t());
+  if (delta.scalar_type() == at::kBFloat16) {  // the segment in fp32, rounded once at its end
+    at::Tensor work = delta.to(at::kFloat);
+    at::Tensor term = DenseSegmentTerms(work, z, targets, pending, chunk, params,
+                                        /*in_place=*/true, block_rows);
+    if (in_place) {
+      delta.copy_(work);
+    } else {
+      delta = work.to(at::kBFloat16);
+    }
+    return term;
+  }
   const at::Tensor v = targets.reshape({complete * chunk, targets.size(2)});
   const int64_t per_block = std::max<int64_t>(1, block_rows / chunk);
   std::vector<at::Tensor> terms;

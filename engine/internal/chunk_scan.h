@@ -30,8 +30,10 @@ constexpr int64_t kScanBlockRows = 64;
 // chunk's `pending` rows followed by the new ones; `targets` [complete, chunk, d_model] f32 the
 // targets of the chunks the segment completes (complete = rows / chunk). Returns, for the rows
 // from `pending` on, z @ (the delta in force for the row's chunk)^T, [rows - pending, d_model];
-// folds the completed chunks into `delta` [d_model, d_ff] f32 (in place when `in_place`, else
-// into a fresh tensor). `block_rows` is the block size, kScanBlockRows unless a test asks.
+// folds the completed chunks into `delta` [d_model, d_ff] (in place when `in_place`, else into a
+// fresh tensor). A bf16 delta is widened once, the segment runs in fp32, and the result is rounded
+// back to bf16 once at the end (not per chunk: fewer roundings than a chunk-by-chunk ingest).
+// `block_rows` is the block size, kScanBlockRows unless a test asks.
 at::Tensor DenseSegmentTerms(at::Tensor& delta, const at::Tensor& z, const at::Tensor& targets,
                              int64_t pending, int64_t chunk, const FoldParams& params,
                              bool in_place, int64_t block_rows = kScanBlockRows);

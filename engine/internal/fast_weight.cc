@@ -28,6 +28,10 @@ double Sum(const at::Tensor& t) { return t.sum().item<double>(); }
 
 }  // namespace
 
+at::Tensor FloatDelta(const at::Tensor& delta) {
+  return delta.scalar_type() == at::kFloat ? delta : delta.to(at::kFloat);
+}
+
 std::atomic<bool> fork_increments{true};  // engine::SetForkIncrements
 
 bool FoldsFactored(const TttLayerState& slot, int64_t new_rows) {
@@ -45,11 +49,12 @@ int64_t MaxIncrementRows(int64_t d_model, int64_t d_ff, int64_t chunk) {
 
 at::Tensor EffectiveDelta(const TttLayerState& slot) {
   const DeltaIncrements& inc = slot.increments;
-  // An idle state's bf16 copy (engine/compact.h) reads as the fp32 values it stands for.
-  if (inc.empty())
-    return slot.delta.scalar_type() == at::kFloat ? slot.delta : slot.delta.to(at::kFloat);
+  // A bf16 delta (an idle state's copy, engine/compact.h, or a model's ttt_delta_dtype) reads as
+  // the fp32 values it stands for.
+  if (inc.empty()) return FloatDelta(slot.delta);
   // base_scale * B + (V scaled by row)^T Z, in a tensor of its own.
-  return at::addmm(slot.delta * inc.base_scale, (inc.v * RowScales(inc).unsqueeze(1)).t(), inc.z);
+  return at::addmm(FloatDelta(slot.delta) * inc.base_scale,
+                   (inc.v * RowScales(inc).unsqueeze(1)).t(), inc.z);
 }
 
 double EffectiveDeltaNorm(const TttLayerState& slot) {
@@ -66,15 +71,16 @@ void MaterialiseDelta(TttLayerState& slot) {
 void FoldIncrement(TttLayerState& slot, const at::Tensor& v, const at::Tensor& z,
                    const FoldParams& params) {
   DeltaIncrements& inc = slot.increments;
+  const at::Tensor base = FloatDelta(slot.delta);
   if (inc.empty()) {
-    const double base_norm = slot.delta.norm().item<double>();
+    const double base_norm = base.norm().item<double>();
     inc.norm_sq = base_norm * base_norm;
     inc.base_scale = 1;
   }
   // The update U = v^T z is never formed: its norm and its inner products with the base and the
   // earlier increments come from the factors.
   const double self = Sum(at::mm(v, v.t()) * at::mm(z, z.t()));  // ||U||^2
-  const double with_base = Sum(at::mm(v, slot.delta) * z);       // <B, U>
+  const double with_base = Sum(at::mm(v, base) * z);             // <B, U>
   double with_increments = 0;                                    // <sum c_i U_i, U>
   if (!inc.empty()) {
     const int64_t k = static_cast<int64_t>(inc.scales.size());
@@ -121,6 +127,14 @@ void ScaleDelta(TttLayerState& slot, double factor) {
   }
 }
 
+void StoreDelta(TttLayerState& slot, const at::Tensor& value, at::ScalarType dtype) {
+  if (slot.delta.scalar_type() == dtype && OwnsBuffer(slot.delta)) {
+    slot.delta.copy_(value);
+  } else {
+    slot.delta = value.to(dtype, /*non_blocking=*/false, /*copy=*/true);
+  }
+}
+
 void AddIncrementTerms(const TttLayerState& slot, const at::Tensor& z, at::Tensor out) {
   const DeltaIncrements& inc = slot.increments;
   if (inc.empty() || z.size(0) == 0) return;
@@ -152,7 +166,7 @@ at::Tensor FactoredSegmentTerms(TttLayerState& slot, const at::Tensor& z, const 
   const at::Tensor chunk_of_row = at::tensor(chunks_of_rows, at::kLong).to(device);
   const at::Tensor z_new = z.slice(0, pending);
   at::Tensor term =
-      at::mm(z_new, slot.delta.t()) *
+      at::mm(z_new, FloatDelta(slot.delta).t()) *
       at::tensor(base_table, at::kFloat).to(device).index_select(0, chunk_of_row).unsqueeze(1);
   if (k == 0) return term;
   const at::Tensor row_coefficients = at::tensor(table, at::kFloat)

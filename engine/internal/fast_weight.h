@@ -12,6 +12,10 @@
 //
 // The forward's kernels (internal/forward.cc, batched_kernels.h) read the dense `delta` and call
 // AddIncrementTerms for the rest: the layout and the kernels meet here.
+//
+// A dense delta (or a factored slot's base) is fp32 or bf16 (ModelConfig::ttt_delta_dtype, or an
+// idle state's compact copy): every read widens bf16 to fp32 and accumulates in fp32; every update
+// is computed in fp32 and rounded once as it is stored. Increments are always fp32.
 #pragma once
 
 #include <cstdint>
@@ -41,6 +45,10 @@ bool FoldsFactored(const TttLayerState& slot, int64_t new_rows);
 // chunk fits. What a restored state's increments are bounded by.
 int64_t MaxIncrementRows(int64_t d_model, int64_t d_ff, int64_t chunk);
 
+// `delta` (a dense delta or a base) as fp32: itself, or a bf16 one widened (exactly) into a fresh
+// tensor. For reads that run once per chunk or call; a decode step's reads widen in the kernel.
+at::Tensor FloatDelta(const at::Tensor& delta);
+
 // The slot's effective delta as one dense [d_model, d_ff] fp32 tensor: `delta` itself when dense
 // (no copy; an idle state's bf16 copy, engine/compact.h, comes as fp32 in a fresh tensor), else
 // base_scale * delta + sum_i scales[i] * v_i^T z_i in a fresh tensor.
@@ -60,6 +68,11 @@ void ScaleDelta(TttLayerState& slot, double factor);
 // slot as an increment: clipped, scaled by eta, then the cap applied to the whole delta.
 void FoldIncrement(TttLayerState& slot, const at::Tensor& v, const at::Tensor& z,
                    const FoldParams& params);
+
+// Stores `value` [d_model, d_ff] f32 (the caller's scratch, not kept) as the dense slot's delta in
+// `dtype` (kFloat or kBFloat16: rounded to nearest even, the one rounding of a bf16 delta's
+// update): in place when the slot owns a delta of that type, else in a fresh tensor.
+void StoreDelta(TttLayerState& slot, const at::Tensor& value, at::ScalarType dtype);
 
 // The read: `out` [n, d_model] holds delta @ z[r] for rows z [n, d_ff] (f32) on entry (what the
 // dense kernels compute from `delta`); on return, the effective delta's product. A no-op when

@@ -392,13 +392,21 @@ void ModelAccess::FoldChunks(const LayerWeights& lw, const std::vector<SequenceT
                               slot.pending_z, FoldParamsOf());
     } else {
       internal::MaterialiseDelta(slot);
-      // In place only when no one else holds the delta (a fork, a checkpoint being written).
-      if (internal::OwnsBuffer(slot.delta)) {
-        slot.delta.add_(scaled[i]);
-      } else {
-        slot.delta = scaled[i] + slot.delta;
+      if (w_.delta_dtype == at::kFloat && slot.delta.scalar_type() == at::kFloat) {
+        // In place only when no one else holds the delta (a fork, a checkpoint being written).
+        if (internal::OwnsBuffer(slot.delta)) {
+          slot.delta.add_(scaled[i]);
+        } else {
+          slot.delta = scaled[i] + slot.delta;
+        }
+        if (cfg_.ttt_delta_cap > 0) {
+          slot.delta.mul_(DeltaCapFactor(slot.delta, cfg_.ttt_delta_cap));
+        }
+      } else {  // the same sum and cap in fp32 in the update's buffer, rounded once as stored
+        at::Tensor sum = scaled[i].add_(slot.delta);
+        if (cfg_.ttt_delta_cap > 0) sum.mul_(DeltaCapFactor(sum, cfg_.ttt_delta_cap));
+        internal::StoreDelta(slot, sum, w_.delta_dtype);
       }
-      if (cfg_.ttt_delta_cap > 0) slot.delta.mul_(DeltaCapFactor(slot.delta, cfg_.ttt_delta_cap));
     }
     internal::ClearRows(slot.pending_z, 0);
     internal::ClearRows(slot.pending_x0, 0);
@@ -434,12 +442,15 @@ at::Tensor ModelAccess::FastWeightTermOne(const LayerWeights& lw, const at::Tens
   // Each new row times the delta in force for its chunk; the chunks completed here fold in.
   at::Tensor term;
   if (complete == 0) {
-    term = Linear(z.slice(0, pending), slot.delta);
+    term = Linear(z.slice(0, pending), internal::FloatDelta(slot.delta));
   } else {
     at::Tensor targets =
         ChunkTargets(lw, x0.slice(0, 0, complete * chunk).view({complete, chunk, d_model}));
     const bool own = in_place_ && internal::OwnsBuffer(slot.delta);
     term = internal::DenseSegmentTerms(slot.delta, z, targets, pending, chunk, FoldParamsOf(), own);
+    // A delta of the other type (materialised from increments, restored by an fp32 build) is
+    // stored in the model's from its first update on.
+    if (slot.delta.scalar_type() != w_.delta_dtype) slot.delta = slot.delta.to(w_.delta_dtype);
     if (lw.ttt_slot == 0) state.chunks_applied += complete;  // count each chunk once
   }
   // Copies, so the state does not pin this segment's whole buffers.

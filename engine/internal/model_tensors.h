@@ -31,6 +31,9 @@ at::Tensor ForwardTrain(const Model& model, const at::Tensor& tokens);
 // Where the model runs and the dtype of its weights and KV cache.
 at::Device ModelDevice(const Model& model);
 at::ScalarType ModelDtype(const Model& model);
+// How the model stores an active session's delta (kFloat or kBFloat16; ModelConfig's
+// ttt_delta_dtype after the ModelOptions override).
+at::ScalarType ModelDeltaDtype(const Model& model);
 
 // Model::RestoreSequence over a file already open (its tensors and "state.*" metadata, as
 // StateTensors and SequenceState::Metadata wrote them). INVALID_ARGUMENT names what does not fit.

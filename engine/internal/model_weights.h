@@ -28,7 +28,7 @@ struct LayerWeights {
 
 struct Model::Weights {
   at::Device device = at::kCPU;
-  at::ScalarType dtype = at::kFloat;       // of the weights and KV cache (fast weights stay fp32)
+  at::ScalarType dtype = at::kFloat;       // of the weights and KV cache (not of the deltas)
   std::string fingerprint;                 // Model::fingerprint()
   std::vector<int64_t> active_ttt_layers;  // Model::active_ttt_layers()
   at::Tensor embed;                        // [vocab, d]
@@ -38,6 +38,10 @@ struct Model::Weights {
   at::Tensor inv_freq;  // [head_dim / 2] fp32
   std::optional<int64_t> window;
   double eta = 0.0;
+  // Each session's dense delta between steps (ModelConfig::ttt_delta_dtype after the override):
+  // kFloat or kBFloat16. A delta of the other type (a restored or expanded one) is read as it is
+  // and stored in this type at its next update.
+  at::ScalarType delta_dtype = at::kFloat;
 };
 
 }  // namespace ttt::engine

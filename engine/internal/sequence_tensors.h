@@ -51,7 +51,8 @@ struct DeltaIncrements {
 
 struct TttLayerState {
   int64_t layer = 0;           // decoder layer index
-  at::Tensor delta;            // [d_model, d_ff] fp32: eta * sum of the completed chunks' updates
+  at::Tensor delta;            // [d_model, d_ff] fp32 or bf16 (internal/fast_weight.h): eta * sum
+                               // of the completed chunks' updates
                                // (with increments: their base, shared with other states)
   at::Tensor pending_z;        // [p, d_ff] fp32: Z rows of the unfinished chunk (p < chunk)
   at::Tensor pending_x0;       // [p, d_model] fp32: X0 rows of the unfinished chunk
