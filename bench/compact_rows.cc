@@ -19,8 +19,8 @@ namespace ttt::bench {
 namespace {
 
 using engine::IngestItem;
-using engine::KvCompaction;
 using engine::IngestLogProbs;
+using engine::KvCompaction;
 using engine::Model;
 using engine::SequenceState;
 

@@ -47,12 +47,13 @@ struct CompactResult {
 };
 
 // Compacts `states`: each fp32 delta (and cache, unless options.kv_cache is kOff) that one of
-// them alone holds is replaced by a bf16 (a cache: bf16 or int8) copy, and each cache or chunk buffer it alone holds loses its spare
-// rows. A buffer that states share (copy-on-write forks and their parent, idle or not) stays as it
-// is, fp32 and shared: it is paid once already, and a bf16 copy would cost a whole fp32 copy for
-// each of its holders used again (each expands into a buffer of its own). So does a fork's factored
-// delta (internal/fast_weight.h: its base is shared) and a cache with a shared prefix. States
-// already compact are fine (nothing of theirs is compacted twice).
+// them alone holds is replaced by a bf16 (a cache: bf16 or int8) copy, and each cache or chunk
+// buffer it alone holds loses its spare rows. A buffer that states share (copy-on-write forks and
+// their parent, idle or not) stays as it is, fp32 and shared: it is paid once already, and a bf16
+// copy would cost a whole fp32 copy for each of its holders used again (each expands into a buffer
+// of its own). So does a fork's factored delta (internal/fast_weight.h: its base is shared) and a
+// cache with a shared prefix. States already compact are fine (nothing of theirs is compacted
+// twice).
 CompactResult CompactStates(absl::Span<SequenceState* const> states, const CompactOptions& options);
 
 // Whether `state` holds a compact tensor (a Model step must not see it before ExpandState).

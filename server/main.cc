@@ -58,7 +58,8 @@ ABSL_FLAG(int64_t, compact_idle_s, 0,
           "a resident session idle this long keeps its fast weights in bf16 (half the bytes) until "
           "its next use restores fp32; the tier before eviction to disk (0: off)");
 ABSL_FLAG(bool, compact_kv_cache, false,
-          "with --compact_idle_s, an idle session's KV cache is compacted too (--compact_kv_dtype)");
+          "with --compact_idle_s, an idle session's KV cache is compacted too "
+          "(--compact_kv_dtype)");
 ABSL_FLAG(std::string, compact_kv_dtype, "bf16",
           "what --compact_kv_cache stores an idle session's KV cache as: bf16 (half the bytes) or "
           "int8 with one fp32 scale per row (a quarter; each value within half its row's scale)");

@@ -165,9 +165,10 @@ struct ManagerOptions {
   int64_t idle_ttl_seconds = 3600;
   // Compact idle sessions (engine/compact.h): a resident session unused for this long keeps its
   // fast-weight deltas (and, unless compact_kv_cache is kOff, its KV cache: bf16 or int8) as
-  // compact copies, half their bytes or less, until its next use restores fp32; the budget counts the bytes really held, so eviction
-  // to disk comes later. A reaper pass compacts; 0: never (docs/contract.md: the quality cost).
-  // A buffer that sessions share (forks and their parent) stays fp32 and shared.
+  // compact copies, half their bytes or less, until its next use restores fp32; the budget counts
+  // the bytes really held, so eviction to disk comes later. A reaper pass compacts; 0: never
+  // (docs/contract.md: the quality cost). A buffer that sessions share (forks and their parent)
+  // stays fp32 and shared.
   int64_t compact_idle_after_ms = 0;
   engine::KvCompaction compact_kv_cache = engine::KvCompaction::kOff;
   int64_t reaper_interval_ms = 1000;

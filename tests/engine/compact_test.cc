@@ -272,8 +272,8 @@ TEST(CompactTest, Int8CachesRoundEachRowToItsScaleOnce) {
     const LayerCache& c = TensorsOf(state).cache[l];
     const LayerCache& want = TensorsOf(original).cache[l];
     ASSERT_EQ(c.keys.scalar_type(), at::kChar);
-    ASSERT_EQ(c.values_scale.sizes(), (std::vector<int64_t>{want.values.size(0),
-                                                            want.values.size(1), 1}));
+    ASSERT_EQ(c.values_scale.sizes(),
+              (std::vector<int64_t>{want.values.size(0), want.values.size(1), 1}));
     EXPECT_LE(c.keys.abs().max().item<int>(), 127);
     for (const auto& [q, scale, fp32] : {std::tuple{c.keys, c.keys_scale, want.keys},
                                          std::tuple{c.values, c.values_scale, want.values}}) {
