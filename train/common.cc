@@ -117,21 +117,25 @@ at::Tensor SampleRereadWindows(const Corpus& corpus, int64_t batch, int64_t leng
 
 namespace {
 
-// One row of DocumentWindows: `row` (at most `length` tokens) padded with eos to `length`; the
-// targets of its first `counted` tokens (after position 0) count.
-void AppendDocumentRow(std::vector<int64_t> row, int64_t length, int64_t eos,
-                       std::vector<int64_t>& flat, at::Tensor counted_row) {
-  const int64_t used = static_cast<int64_t>(row.size());
-  counted_row.slice(0, 0, used - 1).fill_(1);
-  row.resize(length, eos);
-  flat.insert(flat.end(), row.begin(), row.end());
-}
-
-DocumentWindows EmptyDocumentWindows(int64_t batch, int64_t length) {
+// `batch` rows of `length` tokens, each `make_row(document, row, windows)` for a document drawn
+// by length (it may set the row's masks in `windows`), padded with eos; the targets of the tokens
+// it returned count.
+template <typename MakeRow>
+DocumentWindows SampleDocumentRows(const Corpus& corpus, int64_t batch, int64_t length, int64_t eos,
+                                   std::mt19937_64& rng, MakeRow make_row) {
   DocumentWindows w;
   w.counted = at::zeros({batch, length - 1});
   w.first = at::zeros({batch, length - 1});
   w.again = at::zeros({batch, length - 1});
+  std::vector<int64_t> flat;
+  flat.reserve(batch * length);
+  for (int64_t b = 0; b < batch; ++b) {
+    std::vector<int64_t> row = make_row(corpus.docs[DrawDoc(corpus, rng)], b, w);
+    w.counted[b].slice(0, 0, static_cast<int64_t>(row.size()) - 1).fill_(1);
+    row.resize(length, eos);
+    flat.insert(flat.end(), row.begin(), row.end());
+  }
+  w.tokens = at::tensor(flat, at::kLong).view({batch, length});
   return w;
 }
 
@@ -140,12 +144,8 @@ DocumentWindows EmptyDocumentWindows(int64_t batch, int64_t length) {
 DocumentWindows SampleDocumentWindows(const Corpus& corpus, int64_t batch, int64_t length,
                                       int64_t bos, int64_t eos, double bos_prob,
                                       std::mt19937_64& rng) {
-  DocumentWindows w = EmptyDocumentWindows(batch, length);
-  std::vector<int64_t> flat;
-  flat.reserve(batch * length);
   std::uniform_real_distribution<double> coin(0.0, 1.0);
-  for (int64_t b = 0; b < batch; ++b) {
-    const auto& doc = corpus.docs[DrawDoc(corpus, rng)];
+  auto make_row = [&](const std::vector<int32_t>& doc, int64_t, DocumentWindows&) {
     const int64_t n = static_cast<int64_t>(doc.size());
     std::vector<int64_t> row;
     if (n <= length || coin(rng) < bos_prob) {
@@ -157,20 +157,15 @@ DocumentWindows SampleDocumentWindows(const Corpus& corpus, int64_t batch, int64
       const int64_t at = off(rng);
       row.assign(doc.begin() + at, doc.begin() + at + length);
     }
-    AppendDocumentRow(std::move(row), length, eos, flat, w.counted[b]);
-  }
-  w.tokens = at::tensor(flat, at::kLong).view({batch, length});
-  return w;
+    return row;
+  };
+  return SampleDocumentRows(corpus, batch, length, eos, rng, make_row);
 }
 
 DocumentWindows SampleDocumentRereadWindows(const Corpus& corpus, int64_t batch, int64_t length,
                                             int64_t reread, int64_t bos, int64_t eos,
                                             std::mt19937_64& rng) {
-  DocumentWindows w = EmptyDocumentWindows(batch, length);
-  std::vector<int64_t> flat;
-  flat.reserve(batch * length);
-  for (int64_t b = 0; b < batch; ++b) {
-    const auto& doc = corpus.docs[DrawDoc(corpus, rng)];
+  auto make_row = [&](const std::vector<int32_t>& doc, int64_t b, DocumentWindows& w) {
     const int64_t n = static_cast<int64_t>(doc.size());
     const int64_t again = std::min(reread, n);
     const int64_t read = std::min(n, length - 1 - again);
@@ -181,10 +176,9 @@ DocumentWindows SampleDocumentRereadWindows(const Corpus& corpus, int64_t batch,
     // read + 2 .. read + again (targets read + 1 .. read + again - 1) re-read: the same tokens.
     w.first[b].slice(0, 1, again).fill_(1);
     w.again[b].slice(0, read + 1, read + again).fill_(1);
-    AppendDocumentRow(std::move(row), length, eos, flat, w.counted[b]);
-  }
-  w.tokens = at::tensor(flat, at::kLong).view({batch, length});
-  return w;
+    return row;
+  };
+  return SampleDocumentRows(corpus, batch, length, eos, rng, make_row);
 }
 
 namespace {
