@@ -81,7 +81,7 @@ Cost CallCost(const engine::ModelConfig& c, int64_t sessions, int64_t rows, int6
         c.ttt_delta_dtype == engine::TttDeltaDtype::kBFloat16 ? 2 : kFloatBytes;
     session.bytes += ttt_layers * (d * f * delta_bytes + rows * (f + d) * 2 * kFloatBytes);
     if (completed > 0) {
-      session.bytes += ttt_layers * d * f * delta_bytes;          // the delta written back once
+      session.bytes += ttt_layers * d * f * delta_bytes;           // the delta written back once
       shared.bytes += ttt_layers * (d * d + 5 * d) * kFloatBytes;  // W_target, the conv
     }
   }

@@ -19,7 +19,7 @@ namespace ttt::engine {
 
 struct ModelOptions {
   std::string device = "cpu";  // "cpu", "cuda", "cuda:N"
-  std::string dtype = "f32";   // "f32" or "bf16" (fast weights stay fp32 either way)
+  std::string dtype = "f32";   // "f32" or "bf16": weights and KV cache (deltas: ttt_delta_dtype)
   // Overrides the checkpoint's ttt_lr (eta) when set; eta = 0 serves the plain model.
   std::optional<double> ttt_lr;
   std::optional<int64_t> sliding_window;  // overrides the config's window when set (0 = full)

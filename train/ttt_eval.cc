@@ -212,8 +212,8 @@ absl::Status PrintDeltaDtypeCost(const Variant& v, const Corpus& valid, const Me
   f32.spec.delta_dtype = "float32";
   ASSIGN_OR_RETURN(Measured m, Measure(f32, valid, /*full=*/false));
   const int64_t all = std::numeric_limits<int64_t>::max();
-  const PairedDifference docs = BootstrapDifference(bf16.reset_streams.by_document,
-                                                    m.reset_streams.by_document, 1, all);
+  const PairedDifference docs =
+      BootstrapDifference(bf16.reset_streams.by_document, m.reset_streams.by_document, 1, all);
   const PairedDifference streams =
       BootstrapDifference(bf16.streams.by_document, m.streams.by_document, 1, all);
   std::printf(

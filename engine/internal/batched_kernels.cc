@@ -223,8 +223,8 @@ void BatchedDeltaProduct(const at::Tensor& z, absl::Span<const DeltaSeq> seqs, a
           if (type == at::kFloat) {
             DeltaRows(s.delta->data_ptr<float>(), zd, s.row0, s.rows, lo, hi, d_ff, d_model, od);
           } else {
-            DeltaRows(s.delta->data_ptr<at::BFloat16>(), zd, s.row0, s.rows, lo, hi, d_ff,
-                      d_model, od);
+            DeltaRows(s.delta->data_ptr<at::BFloat16>(), zd, s.row0, s.rows, lo, hi, d_ff, d_model,
+                      od);
           }
         }
       });

@@ -2,7 +2,8 @@
 // sequence's own fast-weight delta) as single calls over all sequences of the step, so that the
 // number of operations a step dispatches does not grow with the number of sequences (DESIGN.md,
 // "Batching: the shape that scales"). CPU, float32: they read each sequence's tensors in place
-// (varlen, no padding and no gather copy; deltas f32 or bf16), as vLLM's CPU attention and Punica's gather-matmul do.
+// (varlen, no padding and no gather copy; deltas f32 or bf16), as vLLM's CPU attention and
+// Punica's gather-matmul do.
 #pragma once
 
 #include <cstdint>

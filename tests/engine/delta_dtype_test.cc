@@ -30,8 +30,8 @@ ModelConfig Config() { return testing::TinyCappedConfig(); }
 
 std::unique_ptr<Model> MakeModel(const std::string& delta_dtype) {
   const ModelConfig config = Config();
-  auto model = ModelFromWeights(config, testing::RandomWeights(config),
-                                {.ttt_delta_dtype = delta_dtype});
+  auto model =
+      ModelFromWeights(config, testing::RandomWeights(config), {.ttt_delta_dtype = delta_dtype});
   EXPECT_TRUE(model.ok()) << model.status();
   return std::move(model).value();
 }
@@ -186,8 +186,7 @@ TEST(DeltaDtypeTest, Float32IsTheDefault) {
   ASSERT_TRUE(model.ok());
   SequenceState state = (*model)->NewSequence();
   EXPECT_EQ(TensorsOf(state).ttt[0].delta.scalar_type(), at::kFloat);
-  EXPECT_EQ(ParseModelConfig(ModelConfigToJson(config))->ttt_delta_dtype,
-            TttDeltaDtype::kFloat32);
+  EXPECT_EQ(ParseModelConfig(ModelConfigToJson(config))->ttt_delta_dtype, TttDeltaDtype::kFloat32);
   EXPECT_EQ(ModelConfigToJson(config).find("ttt_delta_dtype"), std::string::npos)
       << "an fp32 config's text (and fingerprint) is unchanged";
 }
