@@ -20,10 +20,25 @@ namespace {
 
 using engine::IngestItem;
 using engine::IngestLogProbs;
+using engine::KvCompaction;
 using engine::Model;
 using engine::SequenceState;
 
 constexpr int64_t kPiece = 256;  // a served ingest step's piece
+constexpr KvCompaction kKvTiers[] = {KvCompaction::kOff, KvCompaction::kBf16, KvCompaction::kInt8};
+
+// A table row's name for a compaction tier.
+const char* TierName(KvCompaction kv) {
+  switch (kv) {
+    case KvCompaction::kOff:
+      return "deltas bf16, spare rows trimmed";
+    case KvCompaction::kBf16:
+      return "deltas and KV cache bf16";
+    case KvCompaction::kInt8:
+      return "deltas bf16, KV cache int8 (a scale per row)";
+  }
+  return "?";
+}
 
 void Check(const absl::Status& status) {
   if (!status.ok()) {
@@ -85,23 +100,22 @@ void CompactTable(const std::string& label, const Model& model, int64_t tokens, 
       "| tier | bytes per session | sessions per GiB | vs fp32 |\n|---|---|---|---|\n"
       "| resident fp32 (as served, spare cache rows included) | %.2f MiB | %.1f | 1.00x |\n",
       fp32 / 1048576.0, 1073741824.0 / fp32);
-  for (bool kv : {false, true}) {
+  for (KvCompaction kv : kKvTiers) {
     // The served state itself, not a Clone (which would drop the cache's spare rows).
     SequenceState state = AdaptedState(model, tokens);
     engine::CompactStates({&state}, {.kv_cache = kv});
     const int64_t bytes = state.HeldBytes();
-    std::printf("| compact: %s | %.2f MiB | %.1f | %.2fx |\n",
-                kv ? "deltas and KV cache bf16" : "deltas bf16, spare rows trimmed",
-                bytes / 1048576.0, 1073741824.0 / bytes, double(fp32) / bytes);
+    std::printf("| compact: %s | %.2f MiB | %.1f | %.2fx |\n", TierName(kv), bytes / 1048576.0,
+                1073741824.0 / bytes, double(fp32) / bytes);
   }
 
   // Reload latency: what the first use of an idle session waits for before its step.
-  std::vector<double> compact_s[2], expand_s[2], disk_s;
+  std::vector<double> compact_s[3], expand_s[3], disk_s;
   for (int r = 0; r < reps; ++r) {
-    for (int kv = 0; kv < 2; ++kv) {
+    for (int kv = 0; kv < 3; ++kv) {
       SequenceState state = served.Clone();
       double start = now();
-      engine::CompactStates({&state}, {.kv_cache = kv == 1});
+      engine::CompactStates({&state}, {.kv_cache = kKvTiers[kv]});
       compact_s[kv].push_back(now() - start);
       start = now();
       engine::ExpandState(state);
@@ -128,11 +142,10 @@ void CompactTable(const std::string& label, const Model& model, int64_t tokens, 
   std::printf(
       "\n| tier | reload before the first step, p50 | p99 | compaction, p50 | p99 |\n"
       "|---|---|---|---|---|\n| resident fp32 | 0 (nothing to do) | 0 | | |\n");
-  for (int kv = 0; kv < 2; ++kv) {
+  for (int kv = 0; kv < 3; ++kv) {
     const Percentiles e = Of(expand_s[kv]), c = Of(compact_s[kv]);
     std::printf("| compact (%s): expand to fp32 | %.3f ms | %.3f ms | %.3f ms | %.3f ms |\n",
-                kv ? "deltas + KV cache" : "deltas", e.p50 * 1e3, e.p99 * 1e3, c.p50 * 1e3,
-                c.p99 * 1e3);
+                TierName(kKvTiers[kv]), e.p50 * 1e3, e.p99 * 1e3, c.p50 * 1e3, c.p99 * 1e3);
   }
   const Percentiles d = Of(disk_s);
   std::printf(
@@ -217,7 +230,7 @@ void CompactQuality(const Model& model, const std::string& valid_path, int64_t p
   // Idle compaction: once, after the first half of each document (at most `prefix` tokens);
   // then the rest (at most `prefix` tokens) scored, or the first half read again (re-reading).
   for (bool reread : {false, true}) {
-    for (bool kv : {false, true}) {
+    for (KvCompaction kv : kKvTiers) {
       QualityRow row;
       for (const std::vector<int32_t>& doc : docs) {
         const int64_t half = std::min<int64_t>(doc.size() / 2, prefix);
@@ -235,7 +248,7 @@ void CompactQuality(const Model& model, const std::string& valid_path, int64_t p
         const IngestLogProbs want = Read(model, base, rest, kPiece);
         row.AddDocument(want, Read(model, compacted, rest, kPiece));
       }
-      row.Print(std::string(kv ? "idle once, deltas and KV cache bf16" : "idle once, deltas bf16") +
+      row.Print(std::string("idle once, ") + TierName(kv) +
                 (reread ? ", then the first half re-read" : ""));
     }
   }
@@ -256,7 +269,7 @@ void CompactQuality(const Model& model, const std::string& valid_path, int64_t p
                                        tokens.begin() + std::min(tokens.size(), i + chunk));
       const IngestLogProbs part = Read(model, rounded, piece, chunk);
       got.insert(got.end(), part.begin(), part.end());
-      engine::CompactStates({&rounded}, {.kv_cache = false});
+      engine::CompactStates({&rounded}, {.kv_cache = KvCompaction::kOff});
       engine::ExpandState(rounded);
     }
     active.AddDocument(want, got);

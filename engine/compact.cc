@@ -3,6 +3,7 @@
 #include "engine/compact.h"
 
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include <c10/core/InferenceMode.h>
@@ -13,6 +14,7 @@ namespace ttt::engine {
 namespace {
 
 constexpr at::ScalarType kCompactType = at::kBFloat16;
+constexpr float kInt8Max = 127;  // symmetric: -127..127, so -x quantizes to -q
 
 // A copy of `t` as `dtype` in a buffer of its own, exactly its elements (a cache view's spare
 // rows are not carried over).
@@ -21,24 +23,35 @@ at::Tensor FreshCopy(const at::Tensor& t, at::ScalarType dtype) {
               /*non_blocking=*/false, /*copy=*/true);
 }
 
+// Cache rows [..., n, head_dim] as int8, each row with the scale s = max |x| / 127 (an all-zero
+// row: s = 0, q = 0), q = round(x / s) half to even; fresh tensors, `rows` untouched.
+std::pair<at::Tensor, at::Tensor> QuantizeRows(const at::Tensor& rows) {
+  const at::Tensor scale = rows.abs().amax(-1, /*keepdim=*/true).div_(kInt8Max);
+  const at::Tensor divisor = at::where(scale > 0, scale, at::ones_like(scale));
+  at::Tensor q = rows.div(divisor).round_().clamp_(-kInt8Max, kInt8Max).to(at::kChar);
+  return {std::move(q), scale};
+}
+
 // The fp32 handles of the set's states that compaction may replace, grouped by the tensor they
 // refer to (a fork's handle is a copy of its parent's, the same TensorImpl, until one of them
-// writes), each with its state's flag to set when it is replaced by a bf16 copy (null: the
-// tensor is only trimmed, an fp32 copy of its elements without the buffer's spare rows).
+// writes), each with its state's flag to set when it is replaced by a compact copy (null: the
+// tensor is only trimmed, an fp32 copy of its elements without the buffer's spare rows) and,
+// for an int8 cache, where its rows' scales go.
 struct Candidates {
   struct Handle {
     at::Tensor* tensor;
     bool* compact_flag;
+    at::Tensor* int8_scale;  // null: bf16 (or trimmed)
   };
   std::unordered_map<const void*, std::vector<Handle>> groups;
   std::vector<const void*> order;  // first-seen order, so the work is deterministic
 
-  void Add(at::Tensor& t, bool* compact_flag) {
+  void Add(at::Tensor& t, bool* compact_flag, at::Tensor* int8_scale = nullptr) {
     if (!t.defined() || t.scalar_type() != at::kFloat || t.numel() == 0) return;
     if (compact_flag == nullptr && t.storage().nbytes() <= t.nbytes()) return;  // no spare rows
     auto [it, fresh] = groups.try_emplace(t.unsafeGetTensorImpl());
     if (fresh) order.push_back(it->first);
-    it->second.push_back({&t, compact_flag});
+    it->second.push_back({&t, compact_flag, int8_scale});
   }
 };
 
@@ -53,6 +66,19 @@ bool HeldByOneState(const std::vector<Candidates::Handle>& group) {
 
 }  // namespace
 
+std::optional<KvCompaction> KvCompactionNamed(std::string_view name) {
+  if (name == "off") return KvCompaction::kOff;
+  if (name == "bf16") return KvCompaction::kBf16;
+  if (name == "int8") return KvCompaction::kInt8;
+  return std::nullopt;
+}
+
+at::Tensor CacheRowsAsFloat(const at::Tensor& rows, const at::Tensor& scale) {
+  if (!rows.defined() || rows.scalar_type() == at::kFloat) return rows;
+  if (rows.scalar_type() == at::kChar) return rows.to(at::kFloat).mul_(scale);
+  return FreshCopy(rows, at::kFloat);
+}
+
 CompactResult CompactStates(absl::Span<SequenceState* const> states,
                             const CompactOptions& options) {
   c10::InferenceMode guard;  // the copies are inference tensors, as the rest of a state's
@@ -65,26 +91,32 @@ CompactResult CompactStates(absl::Span<SequenceState* const> states,
       candidates.Add(slot.pending_z, nullptr);
       candidates.Add(slot.pending_x0, nullptr);
     }
-    bool* cache_flag = options.kv_cache ? &s.compact_caches : nullptr;
+    bool* cache_flag = options.kv_cache != KvCompaction::kOff ? &s.compact_caches : nullptr;
+    const bool int8 = options.kv_cache == KvCompaction::kInt8;
     for (LayerCache& c : s.cache) {
       if (c.SharedRows() > 0) continue;  // its own rows follow a prefix other states read
-      candidates.Add(c.keys, cache_flag);
-      candidates.Add(c.values, cache_flag);
+      candidates.Add(c.keys, cache_flag, int8 ? &c.keys_scale : nullptr);
+      candidates.Add(c.values, cache_flag, int8 ? &c.values_scale : nullptr);
     }
   }
   CompactResult result;
   for (const void* impl : candidates.order) {
     const std::vector<Candidates::Handle>& group = candidates.groups.at(impl);
     if (!HeldByOneState(group)) continue;
-    const at::Tensor& original = *group.front().tensor;
-    result.bytes_before += static_cast<int64_t>(original.storage().nbytes());
-    const bool round = group.front().compact_flag != nullptr;
-    const at::Tensor compact = FreshCopy(original, round ? kCompactType : at::kFloat);
-    result.bytes_after += static_cast<int64_t>(compact.nbytes());
-    for (const Candidates::Handle& h : group) {
-      *h.tensor = compact;  // the fp32 buffer goes with its last handle
-      if (round) *h.compact_flag = true;
+    const Candidates::Handle& h = group.front();  // the only one
+    result.bytes_before += static_cast<int64_t>(h.tensor->storage().nbytes());
+    if (h.int8_scale != nullptr) {
+      auto [q, scale] = QuantizeRows(*h.tensor);
+      result.bytes_after += static_cast<int64_t>(q.nbytes() + scale.nbytes());
+      *h.tensor = std::move(q);  // the fp32 buffer goes with its last handle
+      *h.int8_scale = std::move(scale);
+    } else {
+      const bool round = h.compact_flag != nullptr;
+      at::Tensor compact = FreshCopy(*h.tensor, round ? kCompactType : at::kFloat);
+      result.bytes_after += static_cast<int64_t>(compact.nbytes());
+      *h.tensor = std::move(compact);
     }
+    if (h.compact_flag != nullptr) *h.compact_flag = true;
   }
   for (SequenceState* state : states) result.states += IsCompact(*state) ? 1 : 0;
   return result;
@@ -99,16 +131,18 @@ bool ExpandState(SequenceState& state) {
   SequenceTensors& s = TensorsOf(state);
   if (!s.compact_deltas && !s.compact_caches) return false;
   c10::InferenceMode guard;
-  auto expand = [](at::Tensor& t) {
-    if (t.defined() && t.scalar_type() == kCompactType) t = FreshCopy(t, at::kFloat);
+  auto expand = [](at::Tensor& t, at::Tensor& scale) {
+    t = CacheRowsAsFloat(t, scale);  // a fresh buffer unless fp32 already
+    scale = at::Tensor();
   };
   if (s.compact_deltas) {
-    for (TttLayerState& slot : s.ttt) expand(slot.delta);
+    at::Tensor none;
+    for (TttLayerState& slot : s.ttt) expand(slot.delta, none);
   }
   if (s.compact_caches) {
     for (LayerCache& c : s.cache) {
-      expand(c.keys);
-      expand(c.values);
+      expand(c.keys, c.keys_scale);
+      expand(c.values, c.values_scale);
     }
   }
   s.compact_deltas = s.compact_caches = false;

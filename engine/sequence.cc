@@ -52,8 +52,11 @@ SequenceState SequenceState::Clone() const {
   copy.position = from.position;
   copy.chunks_applied = from.chunks_applied;
   for (const LayerCache& c : from.cache) {
-    copy.cache.push_back({internal::WholeCache(c.shared_keys, c.keys).clone(),
-                          internal::WholeCache(c.shared_values, c.values).clone()});
+    LayerCache& to = copy.cache.emplace_back();
+    to.keys = internal::WholeCache(c.shared_keys, c.keys).clone();
+    to.values = internal::WholeCache(c.shared_values, c.values).clone();
+    if (c.keys_scale.defined()) to.keys_scale = c.keys_scale.clone();  // an int8 compact cache
+    if (c.values_scale.defined()) to.values_scale = c.values_scale.clone();
   }
   for (const TttLayerState& t : from.ttt) {
     DeltaIncrements increments = t.increments;
@@ -82,8 +85,8 @@ int64_t SequenceState::MemoryBytes() const {
   auto elements = [](const at::Tensor& t) -> int64_t { return t.defined() ? t.nbytes() : 0; };
   int64_t bytes = elements(s.last_logits);
   for (const LayerCache& c : s.cache) {
-    bytes +=
-        elements(c.keys) + elements(c.values) + elements(c.shared_keys) + elements(c.shared_values);
+    bytes += elements(c.keys) + elements(c.values) + elements(c.shared_keys) +
+             elements(c.shared_values) + elements(c.keys_scale) + elements(c.values_scale);
   }
   for (const TttLayerState& t : s.ttt) {
     bytes += elements(t.delta) + elements(t.pending_z) + elements(t.pending_x0) +
@@ -116,6 +119,8 @@ std::vector<HeldBuffer> SequenceState::HeldBuffers() const {
     add(c.shared_values);
     add(c.keys);
     add(c.values);
+    add(c.keys_scale);
+    add(c.values_scale);
   }
   for (const TttLayerState& t : s.ttt) {
     add(t.delta);
@@ -157,16 +162,17 @@ NamedTensors StateTensors(const SequenceState& state) {
   const SequenceTensors& s = TensorsOf(state);
   NamedTensors out;
   // A compact cache (engine/compact.h) as the fp32 it stands for: files hold the model's dtype.
-  auto cache = [&](const at::Tensor& t) {
-    return s.compact_caches && t.defined() ? t.to(at::kFloat) : t;
+  auto rows = [&](const at::Tensor& t, const at::Tensor& scale) {
+    return s.compact_caches ? CacheRowsAsFloat(t, scale) : t;
   };
   for (size_t l = 0; l < s.cache.size(); ++l) {
-    // Whole: a shared prefix is written with the rows after it (a copy only then).
+    // Whole: a shared prefix is written with the rows after it (a copy only then). A compact
+    // cache has none.
     const LayerCache& c = s.cache[l];
     out.emplace_back(absl::StrCat("cache.", l, ".keys"),
-                     internal::WholeCache(cache(c.shared_keys), cache(c.keys)));
+                     internal::WholeCache(c.shared_keys, rows(c.keys, c.keys_scale)));
     out.emplace_back(absl::StrCat("cache.", l, ".values"),
-                     internal::WholeCache(cache(c.shared_values), cache(c.values)));
+                     internal::WholeCache(c.shared_values, rows(c.values, c.values_scale)));
   }
   for (const TttLayerState& t : s.ttt) {
     const std::string prefix = absl::StrCat("ttt.", t.layer, ".");

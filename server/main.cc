@@ -58,7 +58,11 @@ ABSL_FLAG(int64_t, compact_idle_s, 0,
           "a resident session idle this long keeps its fast weights in bf16 (half the bytes) until "
           "its next use restores fp32; the tier before eviction to disk (0: off)");
 ABSL_FLAG(bool, compact_kv_cache, false,
-          "with --compact_idle_s, an idle session's KV cache goes to bf16 too");
+          "with --compact_idle_s, an idle session's KV cache is compacted too "
+          "(--compact_kv_dtype)");
+ABSL_FLAG(std::string, compact_kv_dtype, "bf16",
+          "what --compact_kv_cache stores an idle session's KV cache as: bf16 (half the bytes) or "
+          "int8 with one fp32 scale per row (a quarter; each value within half its row's scale)");
 ABSL_FLAG(std::string, device, "cpu", "cpu or cuda[:N]");
 ABSL_FLAG(std::string, dtype, "f32", "f32 or bf16");
 ABSL_FLAG(int64_t, max_batch_tokens, 512,
@@ -290,6 +294,7 @@ int main(int argc, char** argv) {
   o.idle_ttl_s = absl::GetFlag(FLAGS_idle_ttl_s);
   o.compact_idle_s = absl::GetFlag(FLAGS_compact_idle_s);
   o.compact_kv_cache = absl::GetFlag(FLAGS_compact_kv_cache);
+  o.compact_kv_dtype = absl::GetFlag(FLAGS_compact_kv_dtype);
   o.device = absl::GetFlag(FLAGS_device);
   o.dtype = absl::GetFlag(FLAGS_dtype);
   o.max_batch_tokens = absl::GetFlag(FLAGS_max_batch_tokens);

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <sstream>
 #include <utility>
 #include <vector>
@@ -16,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "auth/quotas.h"
 #include "coord/etcd_client.h"
+#include "engine/compact.h"
 #include "engine/model.h"
 #include "engine/scheduler.h"
 #include "http/http_gateway.h"
@@ -50,6 +52,17 @@ absl::Status ValidateBounds(const ServerOptions& o) {
         "--state_cache_mb must be in [0, 2^40] (0: no state cache), got ", o.state_cache_mb));
   }
   return absl::OkStatus();
+}
+
+// What compaction does to an idle session's KV cache (--compact_kv_cache, --compact_kv_dtype).
+absl::StatusOr<engine::KvCompaction> KvCompactionOf(const ServerOptions& o) {
+  const std::optional<engine::KvCompaction> dtype =
+      o.compact_kv_dtype == "off" ? std::nullopt : engine::KvCompactionNamed(o.compact_kv_dtype);
+  if (!dtype.has_value()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--compact_kv_dtype=", o.compact_kv_dtype, ": must be bf16 or int8"));
+  }
+  return o.compact_kv_cache ? *dtype : engine::KvCompaction::kOff;
 }
 
 absl::StatusOr<std::string> ReadPem(const std::string& path, const char* flag) {
@@ -92,6 +105,8 @@ absl::StatusOr<HttpExposerOptions> MetricsExposerOptions(
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& options) {
   absl::Status bounds = ValidateBounds(options);
   if (!bounds.ok()) return bounds;
+  const absl::StatusOr<engine::KvCompaction> kv_compaction = KvCompactionOf(options);
+  if (!kv_compaction.ok()) return kv_compaction.status();
   std::unique_ptr<Server> s(new Server());
   s->options_ = options;
   s->metrics_ = std::make_unique<Metrics>(kVersion);
@@ -169,7 +184,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   mo.state_cache.shared_across_tenants = options.state_cache_shared_across_tenants;
   mo.idle_ttl_seconds = options.idle_ttl_s;
   mo.compact_idle_after_ms = options.compact_idle_s * 1000;
-  mo.compact_kv_cache = options.compact_kv_cache;
+  mo.compact_kv_cache = *kv_compaction;
   mo.reaper_interval_ms = options.reaper_interval_ms;
   mo.cluster.etcd = options.etcd;
   mo.cluster.lease = options.etcd_lease;

@@ -60,8 +60,9 @@ struct ServerOptions {
   int64_t state_cache_mb = 0;
   bool state_cache_shared_across_tenants = false;
   int64_t idle_ttl_s = 3600;
-  int64_t compact_idle_s = 0;     // 0: idle sessions stay fp32 until evicted
-  bool compact_kv_cache = false;  // compaction also puts the KV cache in bf16
+  int64_t compact_idle_s = 0;             // 0: idle sessions stay fp32 until evicted
+  bool compact_kv_cache = false;          // compaction also puts the KV cache in compact_kv_dtype
+  std::string compact_kv_dtype = "bf16";  // or int8 (a scale per row: a quarter of the bytes)
   std::string device = "cpu";
   std::string dtype = "f32";
   int64_t max_batch_tokens = 512;

@@ -32,6 +32,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
+#include "engine/compact.h"
 #include "engine/model.h"
 #include "engine/sampler.h"
 #include "engine/scheduler.h"
@@ -166,12 +167,13 @@ struct ManagerOptions {
   int64_t max_resident_sessions = 0;
   int64_t idle_ttl_seconds = 3600;
   // Compact idle sessions (engine/compact.h): a resident session unused for this long keeps its
-  // fast-weight deltas (and, with compact_kv_cache, its KV cache) as bf16 copies, half their
-  // bytes, until its next use restores fp32; the budget counts the bytes really held, so eviction
-  // to disk comes later. A reaper pass compacts; 0: never (docs/contract.md: the quality cost).
-  // A buffer that sessions share (forks and their parent) stays fp32 and shared.
+  // fast-weight deltas (and, unless compact_kv_cache is kOff, its KV cache: bf16 or int8) as
+  // compact copies, half their bytes or less, until its next use restores fp32; the budget counts
+  // the bytes really held, so eviction to disk comes later. A reaper pass compacts; 0: never
+  // (docs/contract.md: the quality cost). A buffer that sessions share (forks and their parent)
+  // stays fp32 and shared.
   int64_t compact_idle_after_ms = 0;
-  bool compact_kv_cache = false;
+  engine::KvCompaction compact_kv_cache = engine::KvCompaction::kOff;
   int64_t reaper_interval_ms = 1000;
   int64_t max_checkpoint_bytes = int64_t{4} << 30;  // refuse larger imports
   int64_t max_generate_tokens = 4096;

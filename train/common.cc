@@ -6,6 +6,8 @@
 #include <cstdio>
 #include <fstream>
 #include <sstream>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "util/files.h"
@@ -111,6 +113,72 @@ at::Tensor SampleRereadWindows(const Corpus& corpus, int64_t batch, int64_t leng
     AppendStream(corpus, doc, 0, reread, bos, eos, flat);
   }
   return at::tensor(flat, at::kLong).view({batch, length});
+}
+
+namespace {
+
+// `batch` rows of `length` tokens, each `make_row(document, row, windows)` for a document drawn
+// by length (it may set the row's masks in `windows`), padded with eos; the targets of the tokens
+// it returned count.
+template <typename MakeRow>
+DocumentWindows SampleDocumentRows(const Corpus& corpus, int64_t batch, int64_t length, int64_t eos,
+                                   std::mt19937_64& rng, MakeRow make_row) {
+  DocumentWindows w;
+  w.counted = at::zeros({batch, length - 1});
+  w.first = at::zeros({batch, length - 1});
+  w.again = at::zeros({batch, length - 1});
+  std::vector<int64_t> flat;
+  flat.reserve(batch * length);
+  for (int64_t b = 0; b < batch; ++b) {
+    std::vector<int64_t> row = make_row(corpus.docs[DrawDoc(corpus, rng)], b, w);
+    w.counted[b].slice(0, 0, static_cast<int64_t>(row.size()) - 1).fill_(1);
+    row.resize(length, eos);
+    flat.insert(flat.end(), row.begin(), row.end());
+  }
+  w.tokens = at::tensor(flat, at::kLong).view({batch, length});
+  return w;
+}
+
+}  // namespace
+
+DocumentWindows SampleDocumentWindows(const Corpus& corpus, int64_t batch, int64_t length,
+                                      int64_t bos, int64_t eos, double bos_prob,
+                                      std::mt19937_64& rng) {
+  std::uniform_real_distribution<double> coin(0.0, 1.0);
+  auto make_row = [&](const std::vector<int32_t>& doc, int64_t, DocumentWindows&) {
+    const int64_t n = static_cast<int64_t>(doc.size());
+    std::vector<int64_t> row;
+    if (n <= length || coin(rng) < bos_prob) {
+      row.push_back(bos);
+      row.insert(row.end(), doc.begin(), doc.begin() + std::min(n, length - 1));
+      if (static_cast<int64_t>(row.size()) < length) row.push_back(eos);
+    } else {
+      std::uniform_int_distribution<int64_t> off(0, n - length);
+      const int64_t at = off(rng);
+      row.assign(doc.begin() + at, doc.begin() + at + length);
+    }
+    return row;
+  };
+  return SampleDocumentRows(corpus, batch, length, eos, rng, make_row);
+}
+
+DocumentWindows SampleDocumentRereadWindows(const Corpus& corpus, int64_t batch, int64_t length,
+                                            int64_t reread, int64_t bos, int64_t eos,
+                                            std::mt19937_64& rng) {
+  auto make_row = [&](const std::vector<int32_t>& doc, int64_t b, DocumentWindows& w) {
+    const int64_t n = static_cast<int64_t>(doc.size());
+    const int64_t again = std::min(reread, n);
+    const int64_t read = std::min(n, length - 1 - again);
+    std::vector<int64_t> row = {bos};
+    row.insert(row.end(), doc.begin(), doc.begin() + read);
+    row.insert(row.end(), doc.begin(), doc.begin() + again);
+    // doc[1 .. again-1] sit at positions 2 .. again (targets 1 .. again-1) the first time and at
+    // read + 2 .. read + again (targets read + 1 .. read + again - 1) re-read: the same tokens.
+    w.first[b].slice(0, 1, again).fill_(1);
+    w.again[b].slice(0, read + 1, read + again).fill_(1);
+    return row;
+  };
+  return SampleDocumentRows(corpus, batch, length, eos, rng, make_row);
 }
 
 namespace {

@@ -41,6 +41,31 @@ at::Tensor SampleTextWindows(const Corpus& corpus, int64_t batch, int64_t length
 at::Tensor SampleRereadWindows(const Corpus& corpus, int64_t batch, int64_t length, int64_t reread,
                                int64_t bos, int64_t eos, std::mt19937_64& rng);
 
+// Windows that each hold one document and nothing of another, so that fast weights never carry
+// across a document boundary in training: what a session serving unrelated documents sees with
+// `fade_at_document_end: 1` (or `reset_at_document_end`). A window stops at its document's end
+// (then eos); the rest of the row is padding that no target counts.
+struct DocumentWindows {
+  at::Tensor tokens;   // [batch, length] int64
+  at::Tensor counted;  // [batch, length - 1] float: 1 where the target is a token of the document
+                       // (or its closing eos), 0 on padding; target t-1 predicts token t
+  at::Tensor first;    // re-reading windows: the first reading's targets (tokens 1 .. R-1)
+  at::Tensor again;    // re-reading windows: the same tokens re-read (0 elsewhere)
+};
+
+// Text windows: with probability `bos_prob`, or when the document is not longer than `length`,
+// bos and the document from its start; otherwise `length` tokens from a random offset inside it.
+// Documents are drawn with probability proportional to their length.
+DocumentWindows SampleDocumentWindows(const Corpus& corpus, int64_t batch, int64_t length,
+                                      int64_t bos, int64_t eos, double bos_prob,
+                                      std::mt19937_64& rng);
+
+// Re-reading windows: bos, the document from its start (up to `length - 1 - reread` tokens: all of
+// a document that fits), then its first `reread` tokens again right after, then padding.
+DocumentWindows SampleDocumentRereadWindows(const Corpus& corpus, int64_t batch, int64_t length,
+                                            int64_t reread, int64_t bos, int64_t eos,
+                                            std::mt19937_64& rng);
+
 // Associative recall in the style of MQAR (Arora et al., "Zoology", 2023), laid out so that the
 // memory must live in the fast weights: bos, `pairs` key-value pairs (inside the first TTT chunk
 // when they fit, otherwise none split by a chunk edge), natural-text filler until the attention

@@ -91,6 +91,10 @@ ABSL_FLAG(double, recall_weight, 4.0,
           "weight of the queried values' loss relative to a text token (the recall signal is a "
           "few tokens per episode; upweighting it makes the fast-weight memory learn sooner)");
 ABSL_FLAG(double, bos_prob, 0.25, "probability a training window starts at a document start");
+ABSL_FLAG(bool, document_windows, false,
+          "every text and re-reading window holds one document and padding, none of the next "
+          "(fast weights never cross a document boundary in training: what a session sees with "
+          "fade_at_document_end 1); re-reading windows re-read right after the document");
 ABSL_FLAG(int64_t, steps, 1000, "optimizer steps (the schedule's length)");
 ABSL_FLAG(double, lr, 3e-3, "peak learning rate");
 ABSL_FLAG(double, ttt_param_lr_mult, 1.0,
@@ -421,6 +425,48 @@ absl::StatusOr<Data> LoadData(const ModelConfig& config) {
   return d;
 }
 
+// A step's text: `batch` text windows, then `reread_batch` re-reading windows, with the masks
+// of DocumentWindows (all targets counted unless --document_windows pads a row).
+using TextBatch = DocumentWindows;
+
+TextBatch SampleTrainingText(const Data& data, const Corpus& corpus, int64_t batch,
+                             int64_t reread_batch, double bos_prob, std::mt19937_64& rng) {
+  std::vector<TextBatch> parts;
+  if (absl::GetFlag(FLAGS_document_windows)) {
+    if (batch > 0) {
+      parts.push_back(
+          SampleDocumentWindows(corpus, batch, data.T, data.bos, data.eos, bos_prob, rng));
+    }
+    if (reread_batch > 0) {
+      parts.push_back(SampleDocumentRereadWindows(corpus, reread_batch, data.T, data.reread_len,
+                                                  data.bos, data.eos, rng));
+    }
+  } else {
+    if (batch > 0) {
+      TextBatch t;
+      t.tokens = SampleTextWindows(corpus, batch, data.T, data.bos, data.eos, bos_prob, rng);
+      t.counted = torch::ones({batch, data.T - 1});
+      t.first = t.again = torch::zeros({batch, data.T - 1});
+      parts.push_back(t);
+    }
+    if (reread_batch > 0) {
+      TextBatch t;
+      t.tokens = SampleRereadWindows(corpus, reread_batch, data.T, data.reread_len, data.bos,
+                                     data.eos, rng);
+      t.counted = torch::ones({reread_batch, data.T - 1});
+      std::tie(t.first, t.again) = RereadMasks(reread_batch, data.T, data.reread_len);
+      parts.push_back(t);
+    }
+  }
+  auto cat = [&](auto field) {
+    std::vector<torch::Tensor> v;
+    for (const TextBatch& p : parts) v.push_back(p.*field);
+    return torch::cat(v);
+  };
+  return {cat(&TextBatch::tokens), cat(&TextBatch::counted), cat(&TextBatch::first),
+          cat(&TextBatch::again)};
+}
+
 struct ValidResult {
   double loss = 0;
   double recall_acc = -1;
@@ -433,20 +479,20 @@ ValidResult Validate(const Model& model, const Data& data) {
   const int64_t windows = absl::GetFlag(FLAGS_eval_windows);
   double sum = 0, count = 0;
   for (int64_t done = 0; done < windows; done += 2) {
-    auto x = SampleTextWindows(data.valid, std::min<int64_t>(2, windows - done), data.T, data.bos,
-                               data.eos, 0.25, rng);
-    auto losses = TokenLosses(ForwardTrain(model, x), x);
-    sum += losses.sum().item<double>();
-    count += static_cast<double>(losses.numel());
+    const TextBatch text =
+        SampleTrainingText(data, data.valid, std::min<int64_t>(2, windows - done), 0, 0.25, rng);
+    auto [s, c] =
+        MaskedSum(TokenLosses(ForwardTrain(model, text.tokens), text.tokens), text.counted);
+    sum += s.item<double>();
+    count += c;
   }
   ValidResult r;
   r.loss = sum / count;
   if (data.reread_batch > 0) {
-    auto x = SampleRereadWindows(data.valid, 4, data.T, data.reread_len, data.bos, data.eos, rng);
-    auto losses = TokenLosses(ForwardTrain(model, x), x);
-    auto [first, again] = RereadMasks(4, data.T, data.reread_len);
-    auto [fs, fc] = MaskedSum(losses, first);
-    auto [as, ac] = MaskedSum(losses, again);
+    const TextBatch text = SampleTrainingText(data, data.valid, 0, 4, 0.25, rng);
+    auto losses = TokenLosses(ForwardTrain(model, text.tokens), text.tokens);
+    auto [fs, fc] = MaskedSum(losses, text.first);
+    auto [as, ac] = MaskedSum(losses, text.again);
     r.first_read = fs.item<double>() / fc;
     r.reread = as.item<double>() / ac;
   }
@@ -480,26 +526,25 @@ absl::StatusOr<StepLosses> TrainStep(Model& model, Optimiser& opt, const Data& d
   std::mt19937_64 rng(absl::GetFlag(FLAGS_seed) * 1000003ULL + step);
   opt.adamw->zero_grad();
   StepLosses out;
-  torch::Tensor x = SampleTextWindows(data.train, data.batch, data.T, data.bos, data.eos,
-                                      absl::GetFlag(FLAGS_bos_prob), rng);
-  if (data.reread_batch > 0) {
-    x = torch::cat({x, SampleRereadWindows(data.train, data.reread_batch, data.T, data.reread_len,
-                                           data.bos, data.eos, rng)});
-  }
+  const TextBatch text = SampleTrainingText(data, data.train, data.batch, data.reread_batch,
+                                            absl::GetFlag(FLAGS_bos_prob), rng);
+  const torch::Tensor& x = text.tokens;
   auto losses = TokenLosses(ForwardTrain(model, x), x);
-  out.text = losses.detach().mean().item<double>();
-  torch::Tensor weights = torch::ones_like(losses);
+  {
+    auto [s, c] = MaskedSum(losses.detach(), text.counted);
+    out.text = s.item<double>() / c;
+  }
+  torch::Tensor weights = text.counted.clone();
   if (data.reread_batch > 0) {
-    auto again = RereadMasks(data.reread_batch, data.T, data.reread_len).second;
-    auto mask = torch::cat({torch::zeros({data.batch, data.T - 1}), again});
-    auto [s, c] = MaskedSum(losses.detach(), mask);
+    auto [s, c] = MaskedSum(losses.detach(), text.again);
     out.reread = s.item<double>() / c;
-    weights = weights + (absl::GetFlag(FLAGS_reread_weight) - 1.0) * mask;
+    weights = weights + (absl::GetFlag(FLAGS_reread_weight) - 1.0) * text.again;
   }
   if (data.chunk > 1 && absl::GetFlag(FLAGS_fresh_weight) != 1.0) {
     // Targets 0 .. C-2 predict the first chunk's tokens, before any fast-weight update.
     weights.slice(1, 0, std::min(data.chunk - 1, data.T - 1))
         .add_(absl::GetFlag(FLAGS_fresh_weight) - 1.0);
+    weights = weights * text.counted;  // padding stays uncounted
   }
   auto [loss_sum, n] = MaskedSum(losses, weights);
   if (data.recall_batch > 0) {

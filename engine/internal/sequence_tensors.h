@@ -27,6 +27,10 @@ struct LayerCache {
   at::Tensor values;  // [kv_heads, n, head_dim]
   at::Tensor shared_keys;    // [kv_heads, s, head_dim] or undefined: the prefix, never written
   at::Tensor shared_values;  // [kv_heads, s, head_dim] or undefined
+  // While `keys`/`values` are int8 (an idle state's compact cache, engine/compact.h): each row's
+  // scale, [kv_heads, n, 1] fp32, the row standing for its int8 values times it. Else undefined.
+  at::Tensor keys_scale;
+  at::Tensor values_scale;
 
   int64_t SharedRows() const { return shared_keys.defined() ? shared_keys.size(1) : 0; }
   // The tokens it caches, prefix and own rows (<= window - 1 when windowed).
@@ -67,14 +71,18 @@ struct SequenceTensors {
   std::vector<LayerCache> cache;   // one per decoder layer
   std::vector<TttLayerState> ttt;  // one per TTT layer, in layer order
   at::Tensor last_logits;          // [vocab] fp32: next-token logits; undefined before any token
-  // An idle state's bf16 copies (engine/compact.h): which of its fp32 tensors sit in bf16 until
-  // ExpandState. A Model step never sees such a state.
+  // An idle state's compact copies (engine/compact.h): which of its fp32 tensors sit in bf16
+  // (caches: or int8) until ExpandState. A Model step never sees such a state.
   bool compact_deltas = false;
   bool compact_caches = false;
 
   // Tokens of the unfinished chunk (0 when the stream sits on a chunk boundary).
   int64_t PendingTokens() const { return ttt.empty() ? 0 : ttt.front().pending_z.size(0); }
 };
+
+// Rows of a cache as fp32 (engine/compact.cc): int8 ones times their `scale`, bf16 ones widened,
+// fp32 ones as they are (the same tensor).
+at::Tensor CacheRowsAsFloat(const at::Tensor& rows, const at::Tensor& scale);
 
 // The state's tensors. The mutable form gives a state that holds none (default-constructed or
 // moved from) an empty set first; the const form sees an empty set then.

@@ -23,6 +23,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "absl/strings/str_cat.h"
 #include "coord/etcd_client.h"
 #include "server/status.h"
 #include "tests/testing/byte_level_tokenizer.h"
@@ -1190,6 +1191,26 @@ TEST_F(ServerTest, StateCacheServesASecondReaderAndExportsItsCounters) {
   EXPECT_NE(refused.status().message().find("--state_cache_mb must be in [0, 2^40]"),
             std::string::npos)
       << refused.status();
+}
+
+// --compact_kv_dtype names the compact KV cache's form: bf16 or int8, anything else refused at
+// start with the flag's name (the old bool --compact_kv_cache alone still means bf16).
+TEST_F(ServerTest, CompactKvDtypeIsBf16OrInt8) {
+  for (const char* bad : {"fp8", "off", "true", ""}) {
+    options_.compact_kv_dtype = bad;
+    auto refused = Server::Start(options_);
+    EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_NE(refused.status().message().find(
+                  absl::StrCat("--compact_kv_dtype=", bad, ": must be bf16 or int8")),
+              std::string::npos)
+        << refused.status();
+  }
+  options_.compact_kv_dtype = "int8";
+  options_.compact_kv_cache = true;
+  options_.compact_idle_s = 1;
+  Start();
+  const std::string id = Create();
+  EXPECT_TRUE(IngestAll({Tokens(id, Doc(static_cast<int>(chunk_ + 1)))}).ok());
 }
 
 // Issue 9 #3: an import is checked as its bytes arrive, against limits derived from the model:

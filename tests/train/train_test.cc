@@ -177,6 +177,79 @@ TEST(CheckpointTest, SavedCheckpointLoadsBackWithItsOptimizer) {
   fs::remove_all(work);
 }
 
+// Three documents of 40, 10 and 25 tokens: ids 100.., 200.., 300...
+Corpus ThreeDocuments() {
+  Corpus corpus;
+  const int lengths[] = {40, 10, 25};
+  for (int d = 0; d < 3; ++d) {
+    std::vector<int32_t> doc;
+    for (int i = 0; i < lengths[d]; ++i) doc.push_back(100 * (d + 1) + i);
+    corpus.docs.push_back(doc);
+    corpus.total_tokens += lengths[d];
+  }
+  return corpus;
+}
+
+TEST(TrainDataTest, DocumentWindowsNeverReachIntoAnotherDocument) {
+  const Corpus corpus = ThreeDocuments();
+  std::mt19937_64 rng(5);
+  DocumentWindows w = SampleDocumentWindows(corpus, 32, 32, /*bos=*/1, /*eos=*/2, 0.25, rng);
+  ASSERT_EQ(w.tokens.sizes().vec(), (std::vector<int64_t>{32, 32}));
+  int64_t padded_rows = 0, offset_rows = 0;
+  for (int64_t b = 0; b < 32; ++b) {
+    const bool at_start = w.tokens[b][0].item<int64_t>() == 1;
+    const int64_t doc = (w.tokens[b][at_start ? 1 : 0].item<int64_t>()) / 100;
+    int64_t counted = 0;
+    for (int64_t t = 1; t < 32; ++t) {
+      const int64_t id = w.tokens[b][t].item<int64_t>();
+      const bool is_counted = w.counted[b][t - 1].item<float>() == 1;
+      counted += is_counted;
+      if (id != 2) {
+        EXPECT_EQ(id / 100, doc) << "row " << b << " position " << t;
+      }
+      if (!is_counted) {
+        EXPECT_EQ(id, 2) << "only padding goes uncounted";
+      }
+    }
+    padded_rows += counted < 31;
+    offset_rows += !at_start;
+    if (counted < 31) {
+      EXPECT_TRUE(at_start) << "a document shorter than the window starts at bos";
+      EXPECT_EQ(counted, static_cast<int64_t>(corpus.docs[doc - 1].size()) + 1)
+          << "its tokens and the closing eos count";
+    }
+  }
+  EXPECT_GT(padded_rows, 0);
+  EXPECT_GT(offset_rows, 0) << "the 40-token document also gives windows inside it";
+}
+
+TEST(TrainDataTest, DocumentRereadWindowsMaskTheSameTokensTwice) {
+  const Corpus corpus = ThreeDocuments();
+  std::mt19937_64 rng(7);
+  const int64_t T = 48, R = 8;
+  DocumentWindows w = SampleDocumentRereadWindows(corpus, 16, T, R, /*bos=*/1, /*eos=*/2, rng);
+  for (int64_t b = 0; b < 16; ++b) {
+    ASSERT_EQ(w.tokens[b][0].item<int64_t>(), 1);
+    std::vector<int64_t> first, again;
+    for (int64_t t = 1; t < T; ++t) {
+      if (w.first[b][t - 1].item<float>() == 1) first.push_back(w.tokens[b][t].item<int64_t>());
+      if (w.again[b][t - 1].item<float>() == 1) {
+        again.push_back(w.tokens[b][t].item<int64_t>());
+        EXPECT_EQ(w.counted[b][t - 1].item<float>(), 1);
+      }
+    }
+    const int64_t doc = w.tokens[b][1].item<int64_t>() / 100;
+    const int64_t n = static_cast<int64_t>(corpus.docs[doc - 1].size());
+    EXPECT_EQ(first, again) << "row " << b;
+    EXPECT_EQ(static_cast<int64_t>(first.size()), std::min(R, n) - 1);
+    if (n + R < T) {
+      // The whole document is read before the re-reading, then padding.
+      EXPECT_EQ(w.tokens[b][1 + n].item<int64_t>(), 100 * doc) << "re-read right after it";
+      EXPECT_EQ(w.counted.select(0, b).sum().item<float>(), n + R);
+    }
+  }
+}
+
 TEST(TrainDataTest, RereadWindowsRepeatTheDocumentStart) {
   Corpus corpus;
   for (int d = 0; d < 3; ++d) {

@@ -81,6 +81,7 @@ app.kubernetes.io/part-of: ttt-serve
 - {{ printf "--state_cache_mb=%d" ($s.stateCacheMb | int64) | quote }}
 - {{ printf "--compact_idle_s=%d" ($s.compactIdleS | int64) | quote }}
 - {{ printf "--compact_kv_cache=%t" $s.compactKvCache | quote }}
+- {{ printf "--compact_kv_dtype=%s" $s.compactKvDtype | quote }}
 - {{ printf "--idle_ttl_s=%d" ($s.idleTtlS | int64) | quote }}
 - {{ printf "--device=%s" (include "ttt-serve.device" .) | quote }}
 - {{ printf "--dtype=%s" $s.dtype | quote }}

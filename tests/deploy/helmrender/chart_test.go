@@ -359,6 +359,31 @@ func TestBatchingAndPoolFlagsFollowValues(t *testing.T) {
 	}
 }
 
+// Idle compaction is off by default, as the contract's defaults say; values turn it on and pick
+// the KV cache's form.
+func TestCompactionFlagsFollowValues(t *testing.T) {
+	c := parseContract(t)
+	_, ctr := serverContainer(t, render(t))
+	a := args(t, ctr)
+	for _, f := range []string{"compact_idle_s", "compact_kv_cache", "compact_kv_dtype"} {
+		if !strings.HasPrefix(c.flags[f], a[f]) || a[f] == "" {
+			t.Errorf("default --%s=%q, contract default %q", f, a[f], c.flags[f])
+		}
+	}
+	r, err := renderOverlay(t, "server:\n  compactIdleS: 300\n  compactKvCache: true\n  compactKvDtype: int8\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, ctr = serverContainer(t, r)
+	a = args(t, ctr)
+	for f, want := range map[string]string{"compact_idle_s": "300", "compact_kv_cache": "true",
+		"compact_kv_dtype": "int8"} {
+		if a[f] != want {
+			t.Errorf("--%s=%q, want %s", f, a[f], want)
+		}
+	}
+}
+
 func TestServicesExposeGrpcAndMetrics(t *testing.T) {
 	c := parseContract(t)
 	r := render(t)
@@ -1062,6 +1087,7 @@ func TestSchemaRejectsBadValues(t *testing.T) {
 		"pool":     "server:\n  maxResidentSessions: -1\n",
 		"cache":    "server:\n  stateCacheMb: -1\n",
 		"compact":  "server:\n  compactIdleS: -5\n",
+		"kvdtype":  "server:\n  compactKvDtype: fp8\n",
 		"decode":   "server:\n  maxDecodeBatchTokens: 0\n",
 		"delay":    "server:\n  shutdownDelayS: -1\n",
 		"threads":  "server:\n  torchThreads: all\n",
