@@ -9,7 +9,7 @@
 //   engine_bench [--shape=small|test|shipped|large] [--tokens=N] [--threads=N]
 //   [--python=/usr/bin/python3]
 //                [--device=cpu|cuda] [--sessions=1,4,16,64]
-//                [--only=all|scaling|ops|decode|ingest|digest|fork|compact]
+//                [--only=all|scaling|ops|decode|ingest|digest|fork|compact|cache]
 //                [--clock=wall|cpu] [--model=DIR] [--chunk=N] [--valid=TOKENS]
 //
 // --clock=cpu times with the process's CPU time instead of the wall clock: with --threads=1 on a
@@ -24,6 +24,9 @@
 // the deep copy (issue 27; with --model=DIR for that model too). --only=compact: bytes per
 // session and reload latency of each tier (fp32, compact bf16, a file) after --tokens tokens, and
 // with --model=DIR --valid=TOKENS the loss cost of compaction on that split (bench/compact_rows.h).
+// --only=cache: a document of --tokens tokens read through the session manager with the state
+// cache off, by the first reader with it on (computed and cached), and by the next (adopted)
+// (issue 27; with --model=DIR for that model too; bench/cache_rows.h; not engine-only builds).
 // --only=digest prints
 // a SHA-256 of the log-probabilities and final states of a fixed mix of calls (decode steps, short
 // and long pieces, several sessions per call): two builds of the engine that print the same
@@ -55,6 +58,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench/cache_rows.h"
 #include "bench/compact_rows.h"
 #include "bench/roofline.h"
 #include "engine/internal/model_tensors.h"
@@ -685,6 +689,24 @@ int Run(const Flags& flags) {
       if (!flags.valid.empty()) bench::CompactQuality(**loaded, flags.valid, 1024);
     }
     return 0;
+  }
+  if (flags.only == "cache") {
+#ifdef TTT_BENCH_CACHE_ROWS
+    bench::CacheTableHeader();
+    bench::CacheTable("bench shape " + flags.shape, *ttt, n, 3, Now);
+    if (!flags.model.empty()) {
+      auto loaded = Model::Load(flags.model, {.device = flags.device});
+      if (!loaded.ok()) {
+        std::cerr << loaded.status() << "\n";
+        return 1;
+      }
+      bench::CacheTable(flags.model, **loaded, n, 5, Now);
+    }
+    return 0;
+#else
+    std::cerr << "--only=cache needs the session library: not in an engine-only build\n";
+    return 2;
+#endif
   }
   if (flags.only == "fork") {
     SetForkIncrements(true);  // the rows measure the factored forks (ttt-serve --fork_increments)

@@ -206,7 +206,10 @@ void PrintCounters(const pb::SessionCounters& c) {
 
 void PrintSession(const pb::Session& s) {
   std::printf("session %s (tenant %s)%s%s\n", s.session_id().c_str(), s.tenant().c_str(),
-              s.resident() ? "" : " [on disk]", s.writer_active() ? " [writer active]" : "");
+              s.residency() == pb::RESIDENCY_EVICTED   ? " [on disk]"
+              : s.residency() == pb::RESIDENCY_COMPACT ? " [compact]"
+                                                       : "",
+              s.writer_active() ? " [writer active]" : "");
   PrintCounters(s.counters());
   std::printf(
       "  memory %lld bytes; reset_at_document_end %s; fade_at_document_end %g; "

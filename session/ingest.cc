@@ -89,6 +89,7 @@ void SessionManagerImpl::PlanCachedRun(Session& s, IngestRunCache& run, engine::
     break;
   }
   if (plan.applied == 0) state_cache_->CountMiss();
+  if (listener_ != nullptr) listener_->OnStateCacheLookup(s.tenant, plan.applied);
   if (run.boundaries.back() > plan.applied) {
     run.cache_at = run.boundaries.back();
     plan.stop_at = run.cache_at;  // a batch ends there, so the state there can be cached

@@ -136,6 +136,9 @@ class SessionListener {
   virtual void OnSessionPersisted(double seconds, double lag_seconds) {}
   // The garbage sweep deleted `blobs` unreferenced state blobs (sessions shared through etcd).
   virtual void OnBlobsCollected(int64_t blobs) {}
+  // An Ingest of `tenant`'s looked up the state cache (ManagerOptions::state_cache) and adopted
+  // `tokens_adopted` tokens' state (0: a miss). Per tenant, where the cache's stats are totals.
+  virtual void OnStateCacheLookup(const std::string& tenant, int64_t tokens_adopted) {}
 };
 
 // The cache of adapted states (session/internal/state_cache.h), its counters since start.

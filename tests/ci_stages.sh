@@ -28,7 +28,8 @@ summary=()
 
 # What the sanitizer stages run: ASan+UBSan the whole suite (every unit test, and the e2e tests
 # against a sanitized ttt-serve); TSan the scheduler's and the session manager's tests (engine
-# thread, reaper, concurrent sessions). Empty means the whole suite. TTT_ASAN_TESTS / TTT_TSAN_TESTS override (space-separated test names).
+# thread, reaper, concurrent sessions, readers racing through the state cache). Empty means the
+# whole suite. TTT_ASAN_TESTS / TTT_TSAN_TESTS override (space-separated test names).
 kAsanTests="${TTT_ASAN_TESTS:-}"
 # Not under ASan: tests that run none of our C++ or check the release binary's runtime libraries
 # (a sanitized binary links libasan on purpose); and the etcd fault suite, minutes of lease
@@ -42,7 +43,7 @@ kAsanSkipped="helm_chart_test prometheus_rules_test install_deps_test check_metr
 # synchronisation inside its callback machinery and reports ~1,700 races in gRPC's own headers
 # and generated code on every run (docs/fuzzing.md). The reactors run concurrently in the stress
 # test (plain and ASan builds) instead; TSan over them needs a gRPC built with TSan.
-kTsanTests="${TTT_TSAN_TESTS:-scheduler_test session_test}"
+kTsanTests="${TTT_TSAN_TESTS:-scheduler_test session_test state_cache_race_test}"
 as_regex() { local t; t="$*"; echo "^(${t// /|})\$"; }
 
 # -O1 keeps sanitized builds and runs quick while keeping stack traces usable.

@@ -8,13 +8,16 @@
 #include <random>
 
 #include "absl/strings/str_cat.h"
+#include "engine/decode.h"
 #include "engine/internal/safetensors.h"
+#include "engine/sampler.h"
 #include "util/status_macros.h"
 
 namespace ttt::train {
 
 namespace fs = std::filesystem;
 using engine::IngestItem;
+using engine::IngestLogProbs;
 using engine::Model;
 using engine::SequenceState;
 
@@ -521,23 +524,36 @@ absl::StatusOr<std::vector<MemoryPoint>> ScoreMemoryCurve(const Model& model, co
   return curve;
 }
 
-RecallResult ScoreRecall(const Model& model, const Corpus& filler, int64_t episodes) {
-  c10::InferenceMode guard;
+namespace {
+
+// ScoreRecall's episodes for `model`, in batches of at most 32, drawn with a fixed seed.
+std::vector<std::vector<RecallEpisode>> RecallEpisodes(const Model& model, const Corpus& filler,
+                                                       int64_t episodes) {
   RecallSpec spec = RecallSpecFor(model.config().vocab_size);
   const auto window = model.attention_window();
   spec.window = window ? *window : 64;
   spec.chunk = model.config().ttt_chunk > 0 ? model.config().ttt_chunk : 64;
   std::mt19937_64 rng(2026);  // the same episodes for every model
+  std::vector<std::vector<RecallEpisode>> batches;
+  for (int64_t done = 0; done < episodes; done += 32) {
+    batches.emplace_back();
+    for (int64_t i = 0; i < std::min<int64_t>(32, episodes - done); ++i) {
+      batches.back().push_back(MakeRecallEpisode(spec, filler, Bos(model), rng));
+    }
+  }
+  return batches;
+}
+
+}  // namespace
+
+RecallResult ScoreRecall(const Model& model, const Corpus& filler, int64_t episodes) {
+  c10::InferenceMode guard;
   int64_t hits = 0, total = 0;
   double loss = 0;
-  for (int64_t done = 0; done < episodes; done += 32) {
-    const int64_t n = std::min<int64_t>(32, episodes - done);
-    std::vector<RecallEpisode> eps;
+  for (const std::vector<RecallEpisode>& eps : RecallEpisodes(model, filler, episodes)) {
+    const int64_t n = static_cast<int64_t>(eps.size());
     std::vector<int64_t> flat;
-    for (int64_t i = 0; i < n; ++i) {
-      eps.push_back(MakeRecallEpisode(spec, filler, Bos(model), rng));
-      flat.insert(flat.end(), eps.back().tokens.begin(), eps.back().tokens.end());
-    }
+    for (const RecallEpisode& ep : eps) flat.insert(flat.end(), ep.tokens.begin(), ep.tokens.end());
     // The batched training forward computes what Ingest does (tests/engine/train_forward_test.cc).
     at::Tensor x = at::tensor(flat, at::kLong).view({n, -1});
     at::Tensor logp = at::log_softmax(ForwardTrain(model, x).to(at::kFloat), -1);
@@ -551,6 +567,43 @@ RecallResult ScoreRecall(const Model& model, const Corpus& filler, int64_t episo
     }
   }
   return {static_cast<double>(hits) / total, loss / total};
+}
+
+absl::StatusOr<RecallResult> ScoreRecallThroughSessions(
+    const Model& model, const Corpus& filler, int64_t episodes,
+    const std::function<void(SequenceState&)>& between) {
+  c10::InferenceMode guard;
+  engine::Sampler greedy(engine::SamplingParams{.temperature = 0});
+  int64_t hits = 0, total = 0;
+  double loss = 0;
+  for (const std::vector<RecallEpisode>& eps : RecallEpisodes(model, filler, episodes)) {
+    // Every episode of a spec has the same layout: feed them side by side, segment by segment.
+    const RecallEpisode& layout = eps.front();
+    std::vector<SequenceState> states;
+    for (size_t i = 0; i < eps.size(); ++i) states.push_back(model.NewSequence());
+    auto feed = [&](int64_t from, int64_t to) -> absl::StatusOr<std::vector<IngestLogProbs>> {
+      std::vector<IngestItem> items;
+      for (size_t i = 0; i < eps.size(); ++i) {
+        items.push_back({&states[i], {eps[i].tokens.begin() + from, eps[i].tokens.begin() + to}});
+      }
+      return model.Ingest(absl::MakeSpan(items));
+    };
+    RETURN_IF_ERROR(feed(0, layout.query_begin).status());
+    for (SequenceState& state : states) between(state);
+    int64_t at = layout.query_begin;
+    for (int64_t t : layout.value_positions) {
+      RETURN_IF_ERROR(feed(at, t).status());  // up to and with the query's key
+      for (size_t i = 0; i < eps.size(); ++i) {
+        ASSIGN_OR_RETURN(engine::DecodedToken next, engine::DecodeNext(states[i], greedy));
+        hits += next.token == eps[i].tokens[t];
+      }
+      ASSIGN_OR_RETURN(auto lps, feed(t, t + 1));  // the value: its log-probability
+      for (const IngestLogProbs& lp : lps) loss -= lp[0];
+      total += static_cast<int64_t>(eps.size());
+      at = t + 1;
+    }
+  }
+  return RecallResult{static_cast<double>(hits) / total, loss / total};
 }
 
 }  // namespace ttt::train

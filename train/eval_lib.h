@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <optional>
@@ -144,5 +145,12 @@ struct RecallResult {
   double value_loss = 0;
 };
 RecallResult ScoreRecall(const engine::Model& model, const Corpus& filler, int64_t episodes);
+
+// The same episodes through sessions (Model::Ingest, and a greedy DecodeNext for each queried
+// value), with `between` applied to every session after the pairs and the filler, before the
+// first query: what may happen to a session between writing and reading (compaction while idle).
+absl::StatusOr<RecallResult> ScoreRecallThroughSessions(
+    const engine::Model& model, const Corpus& filler, int64_t episodes,
+    const std::function<void(engine::SequenceState&)>& between);
 
 }  // namespace ttt::train

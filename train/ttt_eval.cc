@@ -17,8 +17,10 @@
 #include <fstream>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -29,6 +31,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "engine/compact.h"
 #include "engine/internal/safetensors.h"
 #include "engine/model.h"
 #include "train/common.h"
@@ -68,7 +71,8 @@ ABSL_FLAG(std::string, command, "tools/run_eval.sh", "the command line recorded 
 ABSL_FLAG(std::string, mode, "full",
           "full: docs/eval.md (the Brown test split, the sweep on validation); memory: the "
           "issue-28 report (carry-over, memory curve) on --split of Brown and the out-of-domain "
-          "corpus, for the model, TTT off, the twin, the reference and each --sweep setting");
+          "corpus, for the model, TTT off, the twin, the reference and each --sweep setting; "
+          "compaction: recall through sessions compacted while idle (validation only)");
 ABSL_FLAG(std::string, split, "valid",
           "memory mode: valid (choosing between models) or test (once per shipped model)");
 ABSL_FLAG(std::string, ood_valid_tokens, "data/sotu/valid.tok",
@@ -567,6 +571,37 @@ absl::Status RunMemory(const fs::path& model_dir, const engine::ModelConfig& con
   return absl::OkStatus();
 }
 
+// --mode=compaction: recall (the --recall_episodes episodes on the validation documents) through
+// sessions compacted between the pairs and the queries, as an idle session is (engine/compact.h),
+// against the same sessions never compacted. Prints a markdown table.
+absl::Status RunCompactionRecall(const fs::path& model_dir, const engine::ModelConfig& config) {
+  ASSIGN_OR_RETURN(Corpus valid, Load(absl::GetFlag(FLAGS_valid_tokens), config.vocab_size));
+  ASSIGN_OR_RETURN(auto model, LoadVariant({model_dir}));
+  const int64_t episodes = absl::GetFlag(FLAGS_recall_episodes);
+  std::printf(
+      "Recall through compaction, %s, %lld episodes on the validation documents "
+      "(--valid_tokens)\n\n"
+      "| session between the pairs and the queries | accuracy | queried values' loss (nats) |\n"
+      "|---|---|---|\n",
+      model_dir.c_str(), static_cast<long long>(episodes));
+  const std::pair<const char*, std::optional<engine::KvCompaction>> tiers[] = {
+      {"never compacted", std::nullopt},
+      {"compacted: deltas bf16, KV cache fp32", engine::KvCompaction::kOff},
+      {"compacted: deltas and KV cache bf16", engine::KvCompaction::kBf16},
+      {"compacted: deltas bf16, KV cache int8", engine::KvCompaction::kInt8}};
+  for (const auto& [label, kv] : tiers) {
+    auto between = [kv = kv](engine::SequenceState& state) {
+      if (!kv) return;
+      engine::CompactStates({&state}, {.kv_cache = *kv});
+      engine::ExpandState(state);
+    };
+    ASSIGN_OR_RETURN(RecallResult r, ScoreRecallThroughSessions(*model, valid, episodes, between));
+    std::printf("| %s | %.4f | %.6f |\n", label, r.accuracy, r.value_loss);
+    std::fflush(stdout);
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Run() {
   at::set_num_threads(absl::GetFlag(FLAGS_threads));
   engine::SetCpuThreads(absl::GetFlag(FLAGS_threads));
@@ -574,8 +609,10 @@ absl::Status Run() {
   ASSIGN_OR_RETURN(auto config, engine::LoadModelConfig(model_dir));
   const std::string mode = absl::GetFlag(FLAGS_mode);
   if (mode == "memory") return RunMemory(model_dir, config);
+  if (mode == "compaction") return RunCompactionRecall(model_dir, config);
   if (mode != "full") {
-    return absl::InvalidArgumentError(absl::StrCat("--mode '", mode, "' is not full or memory"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--mode '", mode, "' is not full, memory or compaction"));
   }
   if (twin_dir.empty()) return absl::InvalidArgumentError("--twin is required");
   ASSIGN_OR_RETURN(Corpus valid, Load(absl::GetFlag(FLAGS_valid_tokens), config.vocab_size));

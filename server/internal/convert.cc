@@ -89,6 +89,9 @@ void ToProto(const session::SessionInfo& info, pb::Session* out) {
   out->set_last_used_unix_ms(info.last_used_unix_ms);
   out->set_resident(info.resident);
   out->set_writer_active(info.writer_active);
+  out->set_residency(!info.resident ? pb::RESIDENCY_EVICTED
+                     : info.compact ? pb::RESIDENCY_COMPACT
+                                    : pb::RESIDENCY_RESIDENT);
 }
 
 void ToProto(const session::CheckpointInfo& info, pb::CheckpointInfo* out) {

@@ -408,6 +408,58 @@ TEST_F(ServerTest, CancelMidIngestKeepsAcknowledgedChunks) {
   EXPECT_FALSE(s.writer_active());
 }
 
+// Issue 27 item 3: GetSession tells where a session's state is held, and memory_bytes what it
+// holds there: fp32 in memory, compact (bf16) once idle past --compact_idle_s, evicted to disk
+// when another session needs its place (--max_resident_sessions 1).
+TEST_F(ServerTest, GetSessionTellsWhetherASessionIsResidentCompactOrEvicted) {
+  options_.compact_idle_s = 1;
+  options_.reaper_interval_ms = 50;
+  options_.max_resident_sessions = 1;
+  Start();
+  const std::string id = Create();
+  ASSERT_TRUE(IngestAll({Tokens(id, Doc(static_cast<int>(3 * chunk_ + 2)))}).ok());
+  pb::GetSessionRequest get;
+  get.set_session_id(id);
+  auto session = [&] {
+    pb::Session s;
+    EXPECT_TRUE(stub_->GetSession(Ctx().get(), get, &s).ok());
+    return s;
+  };
+  pb::Session s = session();
+  EXPECT_EQ(s.residency(), pb::RESIDENCY_RESIDENT);
+  EXPECT_TRUE(s.resident());
+  const int64_t fp32_bytes = s.memory_bytes();
+  ASSERT_GT(fp32_bytes, 0);
+  // Polls until the session is held as `residency` (compaction and eviction run on the engine
+  // thread after the call or reaper pass that asks for them); at most 20 s.
+  auto await = [&](pb::Residency residency) {
+    pb::Session now = session();
+    for (int i = 0; i < 1000 && now.residency() != residency; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      now = session();
+    }
+    return now;
+  };
+  // GetSession is no use of the session: it stays idle, and the reaper compacts it.
+  s = await(pb::RESIDENCY_COMPACT);
+  ASSERT_EQ(s.residency(), pb::RESIDENCY_COMPACT);
+  EXPECT_TRUE(s.resident());
+  const int64_t compact_bytes = s.memory_bytes();
+  EXPECT_GT(compact_bytes, 0);
+  EXPECT_LT(compact_bytes, fp32_bytes);
+  // Its next use restores fp32.
+  Score(id, Doc(5, 1));
+  s = session();
+  EXPECT_EQ(s.residency(), pb::RESIDENCY_RESIDENT);
+  EXPECT_GT(s.memory_bytes(), compact_bytes);
+  // Another session takes the one resident place: this one goes to disk.
+  Create();
+  s = await(pb::RESIDENCY_EVICTED);
+  ASSERT_EQ(s.residency(), pb::RESIDENCY_EVICTED);
+  EXPECT_FALSE(s.resident());
+  EXPECT_EQ(s.memory_bytes(), 0);
+}
+
 // Issue 13: the client chooses the id, so a proxy hashing x-session-id routes CreateSession too.
 TEST_F(ServerTest, CreateSessionTakesAClientChosenId) {
   Start();

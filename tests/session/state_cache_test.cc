@@ -3,12 +3,18 @@
 // cached state, and everything after is bit-identical to computing it; entries never cross
 // tenants (unless shared on purpose), models or bases; checkpoints and exports of an adopted
 // state restore in a manager whose cache is empty; the byte budget evicts the least recently
-// used entries.
+// used entries. StateCacheRaceTest (its own ctest, state_cache_race_test, run under TSan in CI):
+// readers of two tenants at once through a cache small enough to evict during the race.
 #include "session/internal/state_cache.h"
 
+#include <algorithm>
+#include <atomic>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <future>
+#include <map>
+#include <mutex>
 #include <random>
 #include <string>
 #include <thread>
@@ -51,7 +57,7 @@ class StateCacheTest : public ::testing::Test {
     auto model = engine::Model::Load(GoldenDir() / "llama");
     ASSERT_TRUE(model.ok()) << model.status() << " (set TTT_GOLDEN_DIR to the golden fixtures)";
     model_ = std::move(*model);
-    auto sched = engine::Scheduler::Create(model_.get(), engine::SchedulerOptions{});
+    auto sched = engine::Scheduler::Create(model_.get(), scheduler_options_);
     ASSERT_TRUE(sched.ok());
     scheduler_ = std::move(*sched);
     if (dir_.empty()) dir_ = FreshTestDir();
@@ -61,7 +67,7 @@ class StateCacheTest : public ::testing::Test {
     opt.memory_budget_bytes = pool_budget;
     opt.state_cache.budget_bytes = cache_bytes;
     opt.state_cache.shared_across_tenants = shared_across_tenants;
-    auto m = SessionManager::Create(model_.get(), scheduler_.get(), opt);
+    auto m = SessionManager::Create(model_.get(), scheduler_.get(), opt, listener_);
     ASSERT_TRUE(m.ok()) << m.status();
     manager_ = std::move(*m);
     vocab_ = static_cast<int>(model_->config().vocab_size);
@@ -99,32 +105,39 @@ class StateCacheTest : public ::testing::Test {
     EXPECT_TRUE(r.ok()) << r.status();
     return r.ok() ? r->logprobs : std::vector<float>{};
   }
-  std::string Fork(const std::string& id) {
+  std::string Fork(const std::string& id, const std::string& tenant = "t") {
     std::promise<absl::StatusOr<SessionInfo>> p;
-    EXPECT_TRUE(manager_->Fork("t", id, std::nullopt, [&](auto r) { p.set_value(r); }).ok());
+    EXPECT_TRUE(manager_->Fork(tenant, id, std::nullopt, [&](auto r) { p.set_value(r); }).ok());
     auto r = p.get_future().get();
     EXPECT_TRUE(r.ok()) << r.status();
     return r.ok() ? r->id : "";
   }
-  std::string Export(const std::string& id) {
+  std::string Export(const std::string& id, const std::string& tenant = "t") {
     std::promise<absl::StatusOr<std::string>> p;
-    EXPECT_TRUE(manager_->ExportSession("t", id, [&](auto r) { p.set_value(r); }).ok());
+    EXPECT_TRUE(manager_->ExportSession(tenant, id, [&](auto r) { p.set_value(r); }).ok());
     auto r = p.get_future().get();
     EXPECT_TRUE(r.ok()) << r.status();
     return r.ok() ? *r : "";
   }
-  void Checkpoint(const std::string& id, const std::string& checkpoint) {
+  void Checkpoint(const std::string& id, const std::string& checkpoint,
+                  const std::string& tenant = "t") {
     std::promise<absl::StatusOr<CheckpointInfo>> p;
-    ASSERT_TRUE(manager_->Checkpoint("t", id, checkpoint, [&](auto r) { p.set_value(r); }).ok());
+    ASSERT_TRUE(manager_->Checkpoint(tenant, id, checkpoint, [&](auto r) { p.set_value(r); }).ok());
     ASSERT_TRUE(p.get_future().get().ok());
   }
-  std::string Restore(const std::string& checkpoint) {
+  std::string Restore(const std::string& checkpoint, const std::string& tenant = "t") {
     std::promise<absl::StatusOr<SessionInfo>> p;
     EXPECT_TRUE(
-        manager_->Restore("t", checkpoint, "", std::nullopt, [&](auto r) { p.set_value(r); }).ok());
+        manager_->Restore(tenant, checkpoint, "", std::nullopt, [&](auto r) { p.set_value(r); })
+            .ok());
     auto r = p.get_future().get();
     EXPECT_TRUE(r.ok()) << r.status();
     return r.ok() ? r->id : "";
+  }
+  void Reset(const std::string& id, const std::string& tenant = "t") {
+    std::promise<absl::StatusOr<SessionInfo>> p;
+    ASSERT_TRUE(manager_->Reset(tenant, id, [&](auto r) { p.set_value(r); }).ok());
+    ASSERT_TRUE(p.get_future().get().ok());
   }
 
   fs::path dir_;
@@ -133,6 +146,8 @@ class StateCacheTest : public ::testing::Test {
   std::unique_ptr<SessionManager> manager_;
   int vocab_ = 0;
   int64_t chunk_ = 0;
+  engine::SchedulerOptions scheduler_options_;
+  SessionListener* listener_ = nullptr;  // set before Open
 };
 
 TEST_F(StateCacheTest, AReaderOfACachedDocumentAdoptsItAndScoresBitForBit) {
@@ -362,6 +377,195 @@ TEST_F(StateCacheTest, TheByteBudgetEvictsTheLeastRecentlyUsed) {
   stats = manager_->state_cache_stats();
   EXPECT_EQ(stats.hits, 1);  // the second, still cached; the first was gone
   EXPECT_EQ(stats.misses, 3);
+}
+
+// Per tenant, in order, what each of its Ingests adopted from the state cache (0: a miss).
+class LookupLog : public SessionListener {
+ public:
+  void OnStateCacheLookup(const std::string& tenant, int64_t tokens_adopted) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    adopted_[tenant].push_back(tokens_adopted);
+  }
+  std::vector<int64_t> Of(const std::string& tenant) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = adopted_.find(tenant);
+    return it == adopted_.end() ? std::vector<int64_t>{} : it->second;
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::map<std::string, std::vector<int64_t>> adopted_;
+};
+
+// What one reader saw (StateCacheRaceTest::Read).
+struct Observed {
+  std::vector<float> after_documents, parent_after_fork_wrote, fork, fork_after_parent_wrote,
+      reread, restored;
+  std::string fork_id, checkpoint, parent_export, fork_export;
+};
+
+// Item 5 under concurrency: readers of two tenants read the same documents at once through a
+// cache too small for what they insert, so lookups, adoptions, insertions and LRU evictions
+// race on the engine thread while RPC threads fork, export, checkpoint, reset and restore.
+// Every result must equal that of a manager without the cache making the same calls one reader
+// at a time, within the contract's float tolerance: readers at once share engine steps, and a
+// step's composition changes float rounding (a reader alone gives the reference's bits; the
+// tests above prove a hit bit-identical to the computation it stands for). A state leaking from
+// another reader, tenant or path would be off by far more (checked below).
+class StateCacheRaceTest : public StateCacheTest {
+ protected:
+  void SetUp() override {
+    // Every message and score runs whole beside the others (engine/scheduler.h ShareBudget):
+    // the split is the same as the reference's.
+    scheduler_options_.max_batch_tokens = 4096;
+    scheduler_options_.max_decode_batch_tokens = 4096;
+    listener_ = &log_;
+    Open(0);  // the reference: no cache
+  }
+
+  std::vector<int32_t> Message(int index) { return Tokens(2 * chunk_, vocab_, 1000 + index); }
+
+  // One reader's calls, `wait_rounds` scores first (that many engine rounds late to the
+  // documents, so some readers find what others cached and some race them to it).
+  Observed Read(const std::string& tenant, int reader, int wait_rounds) {
+    const std::string s = Create(tenant);
+    for (int i = 0; i < wait_rounds; ++i) Score(s, tenant);
+    Observed o;
+    for (int m = 0; m < 3; ++m) Ingest(s, Message(m), false, tenant);  // the shared documents
+    o.after_documents = Score(s, tenant);
+    o.fork_id = Fork(s, tenant);
+    Ingest(o.fork_id, Tokens(2 * chunk_, vocab_, 2000 + reader), false, tenant);  // its own
+    o.parent_after_fork_wrote = Score(s, tenant);
+    o.fork = Score(o.fork_id, tenant);
+    o.parent_export = Export(s, tenant);
+    o.fork_export = Export(o.fork_id, tenant);
+    o.checkpoint = "race-" + std::to_string(reader);
+    Checkpoint(s, o.checkpoint, tenant);
+    Ingest(s, Message(3), false, tenant);  // the parent writes after the fork
+    o.fork_after_parent_wrote = Score(o.fork_id, tenant);
+    Reset(s, tenant);
+    Ingest(s, Message(0), false, tenant);  // the first document again, maybe evicted by now
+    o.reread = Score(s, tenant);
+    const std::string r = Restore(o.checkpoint, tenant);
+    Ingest(r, Message(3), false, tenant);  // an opaque base: never a hit
+    o.restored = Score(r, tenant);
+    return o;
+  }
+
+  static constexpr double kTolerance = 1e-4;  // the contract's ~1e-6 relative, with room
+  static void ExpectNear(const std::vector<float>& got, const std::vector<float>& want,
+                         const std::string& what) {
+    ASSERT_EQ(got.size(), want.size()) << what;
+    for (size_t i = 0; i < got.size(); ++i) {
+      EXPECT_NEAR(got[i], want[i], kTolerance * (1 + std::abs(want[i]))) << what << ", token " << i;
+    }
+  }
+  static float LargestDifference(const std::vector<float>& a, const std::vector<float>& b) {
+    float most = 0;
+    for (size_t i = 0; i < a.size() && i < b.size(); ++i) {
+      most = std::max(most, std::abs(a[i] - b[i]));
+    }
+    return most;
+  }
+
+  LookupLog log_;
+};
+
+TEST_F(StateCacheRaceTest, ReadersRacingThroughASmallCacheGetTheUncachedResults) {
+  struct Reader {
+    std::string tenant;
+    int wait_rounds;
+  };
+  // Tenant t: three readers, staggered; tenant u: one, so none of its lookups can find a state
+  // of its own except its re-read of the first document.
+  const std::vector<Reader> readers = {{"t", 0}, {"t", 1}, {"t", 3}, {"u", 2}};
+  std::vector<Observed> want;
+  for (size_t i = 0; i < readers.size(); ++i) want.push_back(Read(readers[i].tenant, i, 0));
+  ASSERT_TRUE(log_.Of("t").empty());  // no cache, no lookups
+  // What a leaked write would change: far more than the tolerance.
+  ASSERT_GT(LargestDifference(want[0].fork, want[0].after_documents), 100 * kTolerance);
+  ASSERT_GT(LargestDifference(want[0].restored, want[0].after_documents), 100 * kTolerance);
+
+  // The cache: room for about two entries of the first document's state, far less than the
+  // readers insert (two tenants, four documents, each reader's fork and re-read).
+  manager_.reset();
+  fs::remove_all(dir_);
+  dir_.clear();
+  Open(int64_t{1} << 30);
+  Ingest(Create("probe"), Message(0), false, "probe");
+  const int64_t entry_bytes = manager_->state_cache_stats().bytes;
+  ASSERT_GT(entry_bytes, 0);
+  Open(2 * entry_bytes);
+  const int64_t budget = manager_->state_cache_stats().budget_bytes;
+
+  std::atomic<bool> racing{true};
+  std::atomic<int64_t> most_bytes{0};
+  std::thread watcher([&] {  // the bound holds at every moment anyone can see
+    while (racing.load()) {
+      most_bytes = std::max<int64_t>(most_bytes, manager_->state_cache_stats().bytes);
+      std::this_thread::yield();
+    }
+  });
+  std::vector<std::future<Observed>> got;
+  for (size_t i = 0; i < readers.size(); ++i) {
+    got.push_back(std::async(
+        std::launch::async, [&, i] { return Read(readers[i].tenant, i, readers[i].wait_rounds); }));
+  }
+  std::vector<Observed> seen;
+  for (auto& g : got) seen.push_back(g.get());
+  racing = false;
+  watcher.join();
+
+  const StateCacheStats stats = manager_->state_cache_stats();
+  EXPECT_LE(most_bytes.load(), budget);
+  EXPECT_LE(stats.bytes, budget);
+  EXPECT_GT(stats.evictions, 0);
+  EXPECT_GT(stats.insertions, stats.entries);
+  // Tenant u's lookups, in its reader's order: three documents, its fork's own tokens, the
+  // parent's fourth message, the re-read, the restored copy. Only the re-read may find a state
+  // (u's own first one, unless evicted): none of t's ever.
+  const std::vector<int64_t> u = log_.Of("u");
+  ASSERT_EQ(u.size(), 7u);
+  for (size_t i = 0; i < u.size(); ++i) {
+    if (i != 5) {
+      EXPECT_EQ(u[i], 0) << "tenant u's lookup " << i << " adopted a state";
+    }
+  }
+  EXPECT_EQ(log_.Of("t").size(), 21u);
+  // And once more, one call at a time: t's state of the first document is surely cached now.
+  Ingest(Create("t"), Message(0));
+  ASSERT_EQ(log_.Of("t").size(), 22u);
+  Ingest(Create("u"), Message(0), false, "u");
+  ASSERT_EQ(log_.Of("u").size(), 8u);
+  EXPECT_EQ(log_.Of("u").back(), 0) << "tenant u adopted tenant t's state";
+
+  for (size_t i = 0; i < readers.size(); ++i) {
+    const std::string who = "reader " + std::to_string(i) + ": ";
+    ExpectNear(seen[i].after_documents, want[i].after_documents, who + "documents");
+    // Neither the parent nor its fork sees the other's writes.
+    ExpectNear(seen[i].parent_after_fork_wrote, want[i].after_documents,
+               who + "the parent after its fork wrote");
+    ExpectNear(seen[i].fork, want[i].fork, who + "fork");
+    ExpectNear(seen[i].fork_after_parent_wrote, want[i].fork,
+               who + "the fork after its parent wrote");
+    ExpectNear(seen[i].reread, want[i].reread, who + "re-read after Reset");
+    ExpectNear(seen[i].restored, want[i].restored, who + "restored checkpoint");
+  }
+  // One call at a time now, so bit for bit: each export is the whole state it was taken from,
+  // whatever the cache held or dropped since. The fork's export scores as the fork does now
+  // (its parent wrote, reset and re-read since); the parent's, as its checkpoint taken next.
+  for (size_t i = 0; i < readers.size(); ++i) {
+    const std::string& tenant = readers[i].tenant;
+    const std::string who = "reader " + std::to_string(i);
+    auto fork_copy = manager_->ImportSession(tenant, seen[i].fork_export, std::nullopt);
+    ASSERT_TRUE(fork_copy.ok()) << fork_copy.status();
+    EXPECT_TRUE(SameBits(Score(fork_copy->id, tenant), Score(seen[i].fork_id, tenant))) << who;
+    auto parent_copy = manager_->ImportSession(tenant, seen[i].parent_export, std::nullopt);
+    ASSERT_TRUE(parent_copy.ok()) << parent_copy.status();
+    EXPECT_TRUE(SameBits(Score(parent_copy->id, tenant),
+                         Score(Restore(seen[i].checkpoint, tenant), tenant)))
+        << who;
+  }
 }
 
 TEST_F(StateCacheTest, ANegativeBudgetIsRefused) {

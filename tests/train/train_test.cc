@@ -468,6 +468,26 @@ TEST(EvalTest, CarryOverRefusesATargetThatWouldFollowItself) {
 // Each distance's fork re-reads as one session reading the document's start and then its head
 // would; documents too short for a distance are left out of it; with TTT off the re-read tokens
 // past attention's reach score exactly as on the first reading (only fast weights remember).
+// Recall through sessions (ttt-eval --mode=compaction) reads the episodes ScoreRecall reads, and
+// what `between` does to a session before the queries shows in its results.
+TEST(EvalTest, RecallThroughSessionsScoresAsTheBatchedForward) {
+  const auto on = ActiveTttModel();
+  const Corpus filler = MakeCorpus({120, 90, 150}, 10);
+  const RecallResult batched = ScoreRecall(*on, filler, 40);  // two batches: 32 + 8 episodes
+  int calls = 0;
+  auto sessions =
+      ScoreRecallThroughSessions(*on, filler, 40, [&](engine::SequenceState&) { ++calls; });
+  ASSERT_TRUE(sessions.ok()) << sessions.status();
+  EXPECT_EQ(calls, 40) << "once per episode, between the pairs and the queries";
+  EXPECT_NEAR(sessions->value_loss, batched.value_loss, 1e-4);
+  EXPECT_NEAR(sessions->accuracy, batched.accuracy, 1e-9);
+  auto forgot = ScoreRecallThroughSessions(
+      *on, filler, 40, [&](engine::SequenceState& state) { on->FadeFastWeights(state, 0); });
+  ASSERT_TRUE(forgot.ok()) << forgot.status();
+  EXPECT_GT(std::abs(forgot->value_loss - batched.value_loss), 1e-3)
+      << "the pairs sit beyond the window: only the fast weights carried them";
+}
+
 TEST(EvalTest, MemoryCurveForksReadTheHeadAgainAfterEachDistance) {
   const Corpus docs = MakeCorpus({70, 45, 26}, 10);
   const auto on = ActiveTttModel();
