@@ -8,7 +8,7 @@
 #                                         when `test` ran every CI stage)
 #   ./build.sh ci [ctest args...]        every CI stage (tests/ci_stages.sh): the plain suite, then
 #                                         ASan+UBSan, the concurrent tests under TSan, and each fuzz
-#                                         target for a minute; .ci/run calls this
+#                                         target for 50 s; .ci/run calls this
 # Every mode configures with explicit options, so one mode never inherits another's cached
 # settings (serve turns the tests off; test and ci turn them on again), and ctest fails when it
 # finds no test (--no-tests=error). All are idempotent: apt-get installs only what is missing;

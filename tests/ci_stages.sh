@@ -9,7 +9,7 @@
 #   fuzz    Clang + libFuzzer, build-fuzz/: each tests/fuzz target for TTT_FUZZ_SECONDS
 # Environment:
 #   TTT_CI_STAGES="normal asan tsan fuzz"   the stages to run, in order (default: all four)
-#   TTT_FUZZ_SECONDS=60                    per fuzz target
+#   TTT_FUZZ_SECONDS=50                    per fuzz target
 #   TTT_JOBS                               build and ctest parallelism (default: nproc)
 #   TTT_CONFIGURE_ONLY=1                   configure each stage and list its tests (ctest -N)
 #                                          instead of building and running them
@@ -22,7 +22,7 @@ cd "$(dirname "$(readlink -f "$0")")/.."
 root="$PWD"
 stages="${TTT_CI_STAGES:-normal asan tsan fuzz}"
 jobs="${TTT_JOBS:-$(nproc)}"
-fuzz_seconds="${TTT_FUZZ_SECONDS:-60}"
+fuzz_seconds="${TTT_FUZZ_SECONDS:-50}"
 normal_dir="${TTT_BUILD_DIR:-build}"
 summary=()
 
