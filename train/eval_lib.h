@@ -23,9 +23,9 @@ namespace ttt::train {
 // A model as served with optional overrides of its step size, update clip and delta cap.
 struct VariantSpec {
   std::filesystem::path dir;
-  std::optional<double> eta;   // nullopt = the checkpoint's ttt_lr
-  std::optional<double> clip;  // nullopt = the checkpoint's ttt_clip
-  std::optional<double> cap;   // nullopt = the checkpoint's ttt_delta_cap
+  std::optional<double> eta;               // nullopt = the checkpoint's ttt_lr
+  std::optional<double> clip;              // nullopt = the checkpoint's ttt_clip
+  std::optional<double> cap;               // nullopt = the checkpoint's ttt_delta_cap
   std::optional<std::string> delta_dtype;  // nullopt = the checkpoint's ttt_delta_dtype
 };
 absl::StatusOr<std::unique_ptr<engine::Model>> LoadVariant(const VariantSpec& spec);
