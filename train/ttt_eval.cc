@@ -674,7 +674,7 @@ absl::Status Run() {
 }  // namespace ttt::train
 
 int main(int argc, char** argv) {
-  ttt::util::TuneMallocForTensors();
+  ttt::util::TuneMallocForTensors(ttt::util::MallocUse::kBatchJob);
   absl::SetProgramUsageMessage("ttt-eval: what TTT does for a session (docs/eval.md)");
   absl::ParseCommandLine(argc, argv);
   absl::Status s = ttt::train::Run();

@@ -771,7 +771,7 @@ absl::Status Run() {
 }  // namespace ttt::train
 
 int main(int argc, char** argv) {
-  ttt::util::TuneMallocForTensors();
+  ttt::util::TuneMallocForTensors(ttt::util::MallocUse::kBatchJob);
   absl::SetProgramUsageMessage("ttt-train: train a model with In-Place TTT (docs/model.md)");
   absl::ParseCommandLine(argc, argv);
   absl::Status s = ttt::train::Run();

@@ -1,5 +1,6 @@
 #include "util/malloc_tuning.h"
 
+#include <climits>
 #include <cstdlib>
 
 #if defined(__GLIBC__)
@@ -7,13 +8,29 @@
 #endif
 
 namespace ttt::util {
+namespace {
 
-void TuneMallocForTensors() {
 #if defined(__GLIBC__)
-  constexpr int kMmapThreshold = 32 << 20;  // glibc's maximum (HEAP_MAX_SIZE / 2 on 64-bit)
-  constexpr int kTrimThreshold = 256 << 20;
-  if (std::getenv("MALLOC_MMAP_THRESHOLD_") == nullptr) mallopt(M_MMAP_THRESHOLD, kMmapThreshold);
-  if (std::getenv("MALLOC_TRIM_THRESHOLD_") == nullptr) mallopt(M_TRIM_THRESHOLD, kTrimThreshold);
+// mallopt(option, value) unless the environment variable that sets the same option is set.
+void SetUnlessInEnvironment(int option, const char* variable, int value) {
+  if (std::getenv(variable) == nullptr) mallopt(option, value);
+}
+#endif
+
+}  // namespace
+
+void TuneMallocForTensors(MallocUse use) {
+#if defined(__GLIBC__)
+  const bool batch = use == MallocUse::kBatchJob;
+  SetUnlessInEnvironment(M_MMAP_THRESHOLD, "MALLOC_MMAP_THRESHOLD_", 32 << 20);  // glibc's max
+  SetUnlessInEnvironment(M_TRIM_THRESHOLD, "MALLOC_TRIM_THRESHOLD_", batch ? INT_MAX : 256 << 20);
+  if (batch) {
+    // Every allocation from the heap (glibc still maps one that a thread's arena cannot hold).
+    SetUnlessInEnvironment(M_MMAP_MAX, "MALLOC_MMAP_MAX_", 0);
+    SetUnlessInEnvironment(M_TOP_PAD, "MALLOC_TOP_PAD_", 256 << 20);
+  }
+#else
+  (void)use;
 #endif
 }
 
