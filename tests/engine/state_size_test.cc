@@ -87,8 +87,8 @@ TEST(StateSizeTest, BoundCountsTheEncodedF32DeltaOfABf16DeltaModel) {
   const auto& c = fp32->config();
   const int n = 40;  // past a chunk, so the deltas are live
   const SequenceState wide = Ingested(*fp32, n), narrow = Ingested(**bf16, n);
-  const int64_t delta_values = static_cast<int64_t>(narrow.TttLayers().size()) * c.hidden_size *
-                               c.intermediate_size;
+  const int64_t delta_values =
+      static_cast<int64_t>(narrow.TttLayers().size()) * c.hidden_size * c.intermediate_size;
   ASSERT_GT(delta_values, 0);
   EXPECT_EQ(wide.MemoryBytes() - narrow.MemoryBytes(), 2 * delta_values);  // resident: 2 bytes
   auto wide_bytes = EncodeSequence(wide, wide.Metadata());
