@@ -282,13 +282,14 @@ namespace {
 // The delta term of a decode step (engine/internal/batched_kernels.cc's DeltaRows: out = delta @
 // z, one row per session and TTT layer), with the delta read as fp32 or as bf16 widened in
 // registers (fp32 arithmetic): what storing deltas in bf16 while active would save a batched
-// step, measured apart from the engine (issue 26 #5). Same vector code and target clones.
+// step, measured apart from the engine (issue 26 #5). Same vector code and target clones (by
+// feature level: "arch=haswell" clones are picked on that Intel family only, not on AMD).
 using Vec = float __attribute__((vector_size(32)));
 using Half8 = uint16_t __attribute__((vector_size(16)));
-using Word8 = uint32_t __attribute__((vector_size(32)));
+using Half16 = uint16_t __attribute__((vector_size(32)));
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_THREAD__)
 #define TTT_BENCH_MULTIVERSION \
-  __attribute__((target_clones("arch=skylake-avx512", "arch=haswell", "default")))
+  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define TTT_BENCH_MULTIVERSION
 #endif
@@ -299,8 +300,10 @@ __attribute__((always_inline)) inline void Load(Vec& v, const float* p) {
 __attribute__((always_inline)) inline void Load(Vec& v, const uint16_t* p) {
   Half8 h;
   std::memcpy(&h, p, sizeof(Half8));
-  const Word8 w = __builtin_convertvector(h, Word8) << 16;  // bf16 is fp32's upper half
-  std::memcpy(&v, &w, sizeof(Vec));
+  const Half8 zero = {};  // bf16 is fp32's upper half: zeros below each value, as the engine does
+  const Half16 wide =
+      __builtin_shufflevector(zero, h, 0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
+  std::memcpy(&v, &wide, sizeof(Vec));
 }
 
 template <typename T>

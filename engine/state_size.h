@@ -9,6 +9,10 @@
 
 namespace ttt::engine {
 
+// The bound is on a state's tensor bytes as EncodeSequence writes them (what an import holds),
+// which are also never fewer than its resident bytes (SequenceState::MemoryBytes): with
+// ttt_delta_dtype bfloat16 a delta is resident in 2 bytes a value but written widened to F32, so
+// the bound counts 4 (a 2-byte count would refuse such a model's own largest exports).
 struct StateSizeBound {
   // Bytes of everything but the KV cache at its largest: every TTT layer's fp32 delta, its
   // low-rank increments when factored and a full unfinished chunk (chunk - 1 rows of Z and X0),

@@ -12,16 +12,20 @@ namespace ttt::engine::internal {
 namespace {
 
 // Eight floats: GCC/Clang vector extensions, so the loops below vectorise without -ffast-math (a
-// plain float reduction may not be reordered by the compiler). The kernels are compiled for
-// AVX-512, AVX2+FMA and baseline x86-64 and picked at load time (target_clones), as OpenBLAS
-// picks its kernels; the baseline splits each vector into two SSE registers.
+// plain float reduction may not be reordered by the compiler). The kernels are compiled for the
+// x86-64-v4 (AVX-512) and v3 (AVX2, FMA) feature levels and baseline x86-64 and picked at load
+// time by the CPU's features (target_clones), as OpenBLAS picks its kernels; the baseline splits
+// each vector into two SSE registers. Feature levels, not "arch=haswell" and the like: those
+// clones are picked only on that Intel family (__builtin_cpu_is), so every AMD CPU ran the SSE
+// baseline. This file is compiled with -ffp-contract=off (engine/CMakeLists.txt): no clone fuses
+// a product and a sum into one FMA, so all three give the same bits.
 using Vec = float __attribute__((vector_size(32)));
 constexpr int64_t kLanes = 8;
 // Not under ThreadSanitizer: the clones' ifunc resolvers run during relocation, before TSan's
 // runtime is up, and crash the process at start.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_THREAD__)
 #define TTT_MULTIVERSION \
-  __attribute__((target_clones("arch=skylake-avx512", "arch=haswell", "default")))
+  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define TTT_MULTIVERSION
 #endif
@@ -33,14 +37,20 @@ constexpr int64_t kLanes = 8;
 
 // Eight elements of `a` as floats: a bf16 value is the top half of the float with the same bits,
 // so widening is exact and a bf16 row reads as the fp32 row it stands for (the same sums, bit for
-// bit, in Dot below).
+// bit, in Dot below). The widening interleaves zeros below each value (one unpack per half),
+// not a conversion to 32-bit integers and a shift: GCC 12 splits that conversion into 128-bit
+// halves, which made the bf16 decode term compute-bound (18 ms of arithmetic for 15 ms of
+// reading at 64 sessions of the small bench shape; 10.6 ms this way).
 using Bf16Bits = uint16_t __attribute__((vector_size(16)));
-using FloatBits = uint32_t __attribute__((vector_size(32)));
+using Bf16Pairs = uint16_t __attribute__((vector_size(32)));
 __attribute__((always_inline)) inline void LoadLanes(Vec* v, const float* a) { TTT_LOAD(*v, a); }
 __attribute__((always_inline)) inline void LoadLanes(Vec* v, const c10::BFloat16* a) {
   Bf16Bits bits;
   std::memcpy(&bits, a, sizeof(bits));
-  const FloatBits wide = __builtin_convertvector(bits, FloatBits) << 16;
+  const Bf16Bits zero = {};
+  // Little-endian: each float's low 16 bits are zero, its high 16 bits the bf16 value.
+  const Bf16Pairs wide =
+      __builtin_shufflevector(zero, bits, 0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
   std::memcpy(v, &wide, sizeof(Vec));
 }
 

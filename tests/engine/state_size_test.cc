@@ -74,5 +74,29 @@ TEST(StateSizeTest, FullAttentionBoundGrowsPerCachedToken) {
   }
 }
 
+// With bf16 deltas a state holds 2 bytes a delta value but its encoding (an export, a checkpoint)
+// holds them widened to 4: the bound, which an import checks encoded bytes against, stays the
+// fp32 model's, and the encodings of the two models' states are the same size.
+TEST(StateSizeTest, BoundCountsTheEncodedF32DeltaOfABf16DeltaModel) {
+  auto fp32 = LoadFixture("qwen3");
+  auto bf16 = Model::Load(Fixture("qwen3"), {.ttt_delta_dtype = "bfloat16"});
+  ASSERT_NE(fp32, nullptr);
+  ASSERT_TRUE(bf16.ok()) << bf16.status();
+  const StateSizeBound bound = MaxStateSize(**bf16);
+  EXPECT_EQ(bound.fixed_bytes, MaxStateSize(*fp32).fixed_bytes);
+  const auto& c = fp32->config();
+  const int n = 40;  // past a chunk, so the deltas are live
+  const SequenceState wide = Ingested(*fp32, n), narrow = Ingested(**bf16, n);
+  const int64_t delta_values =
+      static_cast<int64_t>(narrow.TttLayers().size()) * c.hidden_size * c.intermediate_size;
+  ASSERT_GT(delta_values, 0);
+  EXPECT_EQ(wide.MemoryBytes() - narrow.MemoryBytes(), 2 * delta_values);  // resident: 2 bytes
+  auto wide_bytes = EncodeSequence(wide, wide.Metadata());
+  auto narrow_bytes = EncodeSequence(narrow, narrow.Metadata());
+  ASSERT_TRUE(wide_bytes.ok() && narrow_bytes.ok());
+  EXPECT_EQ(narrow_bytes->size(), wide_bytes->size());  // encoded: 4 bytes, as the bound counts
+  EXPECT_LE(narrow.MemoryBytes(), bound.BytesWith(*bound.max_cached_tokens));
+}
+
 }  // namespace
 }  // namespace ttt::engine

@@ -82,6 +82,9 @@ app.kubernetes.io/part-of: ttt-serve
 - {{ printf "--compact_idle_s=%d" ($s.compactIdleS | int64) | quote }}
 - {{ printf "--compact_kv_cache=%t" $s.compactKvCache | quote }}
 - {{ printf "--compact_kv_dtype=%s" $s.compactKvDtype | quote }}
+{{- if $s.tttDeltaDtype }}
+- {{ printf "--ttt_delta_dtype=%s" $s.tttDeltaDtype | quote }}
+{{- end }}
 - {{ printf "--idle_ttl_s=%d" ($s.idleTtlS | int64) | quote }}
 - {{ printf "--device=%s" (include "ttt-serve.device" .) | quote }}
 - {{ printf "--dtype=%s" $s.dtype | quote }}

@@ -384,6 +384,27 @@ func TestCompactionFlagsFollowValues(t *testing.T) {
 	}
 }
 
+// The delta dtype is the model config's unless values name one (the contract's default ""); the
+// schema refuses anything but the two the server takes.
+func TestDeltaDtypeFlagFollowsValues(t *testing.T) {
+	c := parseContract(t)
+	if !strings.HasPrefix(c.flags["ttt_delta_dtype"], `""`) {
+		t.Fatalf("contract default of --ttt_delta_dtype %q, want \"\" (the model's)", c.flags["ttt_delta_dtype"])
+	}
+	_, ctr := serverContainer(t, render(t))
+	if v, ok := args(t, ctr)["ttt_delta_dtype"]; ok {
+		t.Errorf("default: --ttt_delta_dtype=%q set, want it left to the model config", v)
+	}
+	r, err := renderOverlay(t, "server:\n  tttDeltaDtype: bfloat16\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, ctr = serverContainer(t, r)
+	if v := args(t, ctr)["ttt_delta_dtype"]; v != "bfloat16" {
+		t.Errorf("--ttt_delta_dtype=%q, want bfloat16", v)
+	}
+}
+
 func TestServicesExposeGrpcAndMetrics(t *testing.T) {
 	c := parseContract(t)
 	r := render(t)
@@ -1088,6 +1109,7 @@ func TestSchemaRejectsBadValues(t *testing.T) {
 		"cache":    "server:\n  stateCacheMb: -1\n",
 		"compact":  "server:\n  compactIdleS: -5\n",
 		"kvdtype":  "server:\n  compactKvDtype: fp8\n",
+		"delta":    "server:\n  tttDeltaDtype: half\n",
 		"decode":   "server:\n  maxDecodeBatchTokens: 0\n",
 		"delay":    "server:\n  shutdownDelayS: -1\n",
 		"threads":  "server:\n  torchThreads: all\n",
