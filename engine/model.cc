@@ -258,60 +258,65 @@ SequenceState Model::NewSequence() const {
 // its new last logits.
 namespace {
 
-// RecordLogProbs on the CPU in float32: the same log_softmax over the same rows, with the rows
-// gathered into and read from this thread's workspace, and each state's last logits rewritten
-// in place when it owns them: a decode step dispatches one operation here instead of a dozen.
+// RecordLogProbs on the CPU in float32: the same log_softmax over the same rows (row by row,
+// so the bits do not depend on which rows share a call), with the rows gathered into and read
+// from this thread's workspace in blocks of one slot each, and each state's last logits
+// rewritten in place when it owns them: a decode step dispatches one operation here instead of
+// a dozen, and a long call needs no [rows, vocab] temporaries besides its logits (above glibc's
+// mmap threshold each came as fresh pages: bench/RESULTS.md, "Allocator for batch jobs").
 void RecordLogProbsCpu(absl::Span<TensorItem> items, const std::vector<size_t>& owner,
                        const std::vector<at::Tensor>& logits,
                        std::vector<IngestLogProbs>& results) {
   const int64_t vocab = logits.front().size(1);
-  internal::Workspace& ws = internal::Workspace::ForThisThread();
-  int64_t count = 0;
-  for (size_t r = 0; r < items.size(); ++r) {
-    count += static_cast<int64_t>(items[r].tokens.size()) - 1 +
-             (items[r].state->last_logits.defined() ? 1 : 0);
-  }
-  const at::Tensor predictor_rows = ws.Tensor(internal::Slot::kPredictors, {count, vocab});
-  float* predictors = predictor_rows.data_ptr<float>();
+  // Every predicting row: where it is, the token it scores, where its log-probability goes.
+  std::vector<const float*> rows;
   std::vector<int64_t> targets;
-  float* row = predictors;
+  std::vector<float*> outs;
+  std::vector<at::Tensor> held;  // keeps the rows' tensors alive and contiguous
   for (size_t r = 0; r < items.size(); ++r) {
     const SequenceTensors& state = *items[r].state;
     const absl::Span<const int32_t> tokens = items[r].tokens;
     const int64_t n = static_cast<int64_t>(tokens.size());
-    if (state.last_logits.defined()) {
-      const at::Tensor last = state.last_logits.contiguous();
-      std::memcpy(row, last.data_ptr<float>(), vocab * sizeof(float));
-      row += vocab;
-      targets.push_back(tokens[0]);
-    }
-    if (n > 1) {
-      const at::Tensor rows = logits[r].contiguous();
-      std::memcpy(row, rows.data_ptr<float>(), (n - 1) * vocab * sizeof(float));
-      row += (n - 1) * vocab;
-    }
-    targets.insert(targets.end(), tokens.begin() + 1, tokens.end());
-  }
-  at::Tensor log_prob_rows;
-  if (count > 0) {
-    log_prob_rows = ws.Tensor(internal::Slot::kLogProbs, {count, vocab});
-    at::_log_softmax_out(log_prob_rows, predictor_rows, 1, false);
-  }
-  const float* log_probs = count > 0 ? log_prob_rows.data_ptr<float>() : nullptr;
-  int64_t at = 0;
-  for (size_t r = 0; r < items.size(); ++r) {
-    SequenceTensors& state = *items[r].state;
-    const int64_t n = static_cast<int64_t>(items[r].tokens.size());
     IngestLogProbs& out = results[owner[r]];
-    const int64_t picked = state.last_logits.defined() ? n : n - 1;
-    if (!state.last_logits.defined()) out.push_back(std::numeric_limits<float>::quiet_NaN());
-    for (int64_t i = 0; i < picked; ++i, ++at) out.push_back(log_probs[at * vocab + targets[at]]);
-    const at::Tensor rows = logits[r].contiguous();
-    at::Tensor& last = state.last_logits;
+    const size_t first = out.size();
+    out.resize(first + n, std::numeric_limits<float>::quiet_NaN());
+    if (state.last_logits.defined()) {
+      held.push_back(state.last_logits.contiguous());
+      rows.push_back(held.back().data_ptr<float>());
+      targets.push_back(tokens[0]);
+      outs.push_back(&out[first]);
+    }
+    held.push_back(logits[r].contiguous());
+    const float* item_rows = held.back().data_ptr<float>();
+    for (int64_t i = 0; i + 1 < n; ++i) {
+      rows.push_back(item_rows + i * vocab);
+      targets.push_back(tokens[i + 1]);
+      outs.push_back(&out[first + i + 1]);
+    }
+  }
+  internal::Workspace& ws = internal::Workspace::ForThisThread();
+  const int64_t count = static_cast<int64_t>(rows.size());
+  const int64_t block = std::max<int64_t>(1, internal::Workspace::kMaxSlotFloats / vocab);
+  for (int64_t begin = 0; begin < count; begin += block) {
+    const int64_t size = std::min(block, count - begin);
+    const at::Tensor predictors = ws.Tensor(internal::Slot::kPredictors, {size, vocab});
+    float* gathered = predictors.data_ptr<float>();
+    for (int64_t i = 0; i < size; ++i) {
+      std::memcpy(gathered + i * vocab, rows[begin + i], vocab * sizeof(float));
+    }
+    at::Tensor log_prob_rows = ws.Tensor(internal::Slot::kLogProbs, {size, vocab});
+    at::_log_softmax_out(log_prob_rows, predictors, 1, false);
+    const float* log_probs = log_prob_rows.data_ptr<float>();
+    for (int64_t i = 0; i < size; ++i) *outs[begin + i] = log_probs[i * vocab + targets[begin + i]];
+  }
+  for (size_t r = 0; r < items.size(); ++r) {
+    const int64_t n = static_cast<int64_t>(items[r].tokens.size());
+    const at::Tensor item_rows = logits[r].contiguous();
+    at::Tensor& last = items[r].state->last_logits;
     if (!internal::OwnsBuffer(last) || !last.is_contiguous() || last.numel() != vocab) {
       last = at::empty({vocab}, at::TensorOptions().dtype(at::kFloat));
     }
-    std::memcpy(last.data_ptr<float>(), rows.data_ptr<float>() + (n - 1) * vocab,
+    std::memcpy(last.data_ptr<float>(), item_rows.data_ptr<float>() + (n - 1) * vocab,
                 vocab * sizeof(float));
   }
 }

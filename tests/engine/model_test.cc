@@ -158,6 +158,28 @@ TEST(ModelTest, LongWindowedIngestEqualsOneTokenAtATime) {
   EXPECT_EQ(TensorsOf(one_call).cache[0].keys.size(1), 4) << "a window of 5 keeps 4 keys";
 }
 
+// Log-probabilities pass through a workspace slot of kMaxSlotFloats floats in blocks of rows:
+// at a vocabulary of 6,000 a block holds 87 rows, so two items of 150 tokens in one call cross
+// blocks inside each item and between them; every row must still score its own token.
+TEST(ModelTest, RowsScoredInWorkspaceBlocksMatchOneTokenAtATime) {
+  ModelConfig config = TinyConfig();
+  config.vocab_size = 6000;
+  auto model = MakeModel({}, /*with_ttt=*/true, config);
+  const auto a = RandomTokens(150, config.vocab_size, 21),
+             b = RandomTokens(150, config.vocab_size, 22);
+  SequenceState a_call = model->NewSequence(), b_call = model->NewSequence();
+  std::vector<IngestItem> items{{&a_call, a}, {&b_call, b}};
+  auto together = model->Ingest(absl::MakeSpan(items));
+  ASSERT_TRUE(together.ok()) << together.status();
+  for (const auto& [tokens, scored] : {std::pair{&a, (*together)[0]}, {&b, (*together)[1]}}) {
+    SequenceState one_by_one = model->NewSequence();
+    IngestLogProbs lp_one;
+    for (int32_t t : *tokens) lp_one.push_back(IngestAll(*model, one_by_one, {t})[0]);
+    EXPECT_TRUE(std::isnan(scored[0]));
+    ExpectClose(scored, lp_one, 2e-5);
+  }
+}
+
 TEST(ModelTest, ResetReturnsToInitialFastWeights) {
   auto model = MakeModel();
   SequenceState s = model->NewSequence();
