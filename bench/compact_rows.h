@@ -25,9 +25,4 @@ void CompactTable(const std::string& label, const engine::Model& model, int64_t 
 // its loss against a copy never compacted, per token and as a paired bootstrap over documents.
 void CompactQuality(const engine::Model& model, const std::string& valid_path, int64_t prefix);
 
-// Issue 26 #5's speed side, apart from the engine: the time of a decode step's delta term for
-// each count of `sessions`, reading fp32 deltas against bf16 ones widened to fp32 in registers.
-void DeltaReadTable(const engine::ModelConfig& config, const std::vector<int>& sessions,
-                    const std::function<double()>& now);
-
 }  // namespace ttt::bench

@@ -9,7 +9,7 @@
 //   engine_bench [--shape=small|test|shipped|large] [--tokens=N] [--threads=N]
 //   [--python=/usr/bin/python3]
 //                [--device=cpu|cuda] [--sessions=1,4,16,64]
-//                [--only=all|scaling|ops|decode|ingest|digest|fork|compact|cache]
+//                [--only=all|scaling|ops|decode|ingest|kernels|digest|fork|compact|cache]
 //                [--clock=wall|cpu] [--model=DIR] [--chunk=N] [--valid=TOKENS]
 //
 // --clock=cpu times with the process's CPU time instead of the wall clock: with --threads=1 on a
@@ -19,7 +19,9 @@
 //
 // --only=ops also lists the operations of a one-session decode step by name; --only=decode times
 // 512 decode steps per session count (steadier than the scaling table's 32); --only=ingest one
-// call of --tokens tokens, TTT on and off. --only=fork: memory and time per fork of a session
+// call of --tokens tokens, TTT on and off; --only=kernels the step's per-session kernels
+// (attention after --tokens tokens, the delta term) against the read bandwidth
+// (bench/kernel_rows.h). --only=fork: memory and time per fork of a session
 // after --tokens tokens (1,000 copy-on-write forks; with a 256-token ingest after each), against
 // the deep copy (issue 27; with --model=DIR for that model too). --only=compact: bytes per
 // session and reload latency of each tier (fp32, compact bf16, a file) after --tokens tokens, and
@@ -60,6 +62,7 @@
 
 #include "bench/cache_rows.h"
 #include "bench/compact_rows.h"
+#include "bench/kernel_rows.h"
 #include "bench/roofline.h"
 #include "engine/internal/model_tensors.h"
 #include "engine/model.h"
@@ -677,7 +680,6 @@ int Run(const Flags& flags) {
     return 0;
   }
   if (flags.only == "compact") {  // bench/compact_rows.h
-    bench::DeltaReadTable(config, flags.sessions, Now);
     bench::CompactTable("bench shape " + flags.shape, *ttt, n, 30, Now);
     if (!flags.model.empty()) {
       auto loaded = Model::Load(flags.model, {.device = flags.device});
@@ -737,6 +739,14 @@ int Run(const Flags& flags) {
   if (flags.only != "ops" && flags.device == "cpu") {
     machine.MeasureReadBandwidth();
     roofline = &machine;
+  }
+  if (flags.only == "kernels") {  // bench/kernel_rows.h
+    if (roofline == nullptr) {
+      std::cerr << "--only=kernels measures the CPU kernels: --device=cpu\n";
+      return 2;
+    }
+    bench::KernelTable(config, flags.sessions, n, *roofline, Now);
+    return 0;
   }
   if (flags.only == "decode" || flags.only == "ingest") {
     if (flags.only == "decode") {

@@ -106,11 +106,56 @@ struct HeadRows {
   }
 };
 
-// One query row's heads of one key-head group over keys [first, last] of one sequence.
-// scores: scratch of group * (last - first + 1) floats.
-TTT_MULTIVERSION void AttendRow(const float* q, const HeadRows& keys, const HeadRows& values,
-                                int64_t first, int64_t last, int64_t group, int64_t hd,
-                                std::vector<float>& scores, float* out) {
+// Eight vectors' lane sums as one vector (`sums`): lane j = the sum of v[j]'s lanes (a
+// transpose-add in three rounds of shuffles), so eight dot products pay for one reduction instead
+// of eight.
+using Lanes = int32_t __attribute__((vector_size(32)));
+__attribute__((always_inline)) inline void SumEach(const Vec* v, Vec* sums) {
+  Vec pair[4], quad[2];
+  for (int i = 0; i < 4; ++i) {
+    pair[i] = __builtin_shufflevector(v[2 * i], v[2 * i + 1], 0, 8, 2, 10, 4, 12, 6, 14) +
+              __builtin_shufflevector(v[2 * i], v[2 * i + 1], 1, 9, 3, 11, 5, 13, 7, 15);
+  }
+  for (int i = 0; i < 2; ++i) {
+    quad[i] = __builtin_shufflevector(pair[2 * i], pair[2 * i + 1], 0, 1, 8, 9, 4, 5, 12, 13) +
+              __builtin_shufflevector(pair[2 * i], pair[2 * i + 1], 2, 3, 10, 11, 6, 7, 14, 15);
+  }
+  *sums = __builtin_shufflevector(quad[0], quad[1], 0, 1, 2, 3, 8, 9, 10, 11) +
+          __builtin_shufflevector(quad[0], quad[1], 4, 5, 6, 7, 12, 13, 14, 15);
+}
+
+// e^x lane by lane, in place (Cephes' expf: x = n ln2 + r, a polynomial in r, times 2^n): within
+// 1 ulp of glibc's expf on the softmax's [-87, 0] (every float of [-1, 0], steps of 1e-4 below);
+// NaN stays NaN; below -87.3 it gives 2^-126, not 0.
+__attribute__((always_inline)) inline void Exp(Vec* value) {
+  Vec x = *value;
+  const Vec lo = Vec{} + -87.33654f, hi = Vec{} + 88.0f;
+  x = x < lo ? lo : x;  // NaN compares false both ways and passes through
+  x = x > hi ? hi : x;
+  const Vec t = x * 1.44269504088896341f + 0.5f;
+  Lanes n = __builtin_convertvector(t, Lanes);  // toward zero,
+  n += __builtin_convertvector(n, Vec) > t;     // then down: a true lane is -1
+  const Vec fn = __builtin_convertvector(n, Vec);
+  const Vec r = (x - fn * 0.693359375f) - fn * -2.12194440e-4f;
+  Vec p = r * 1.9875691500e-4f + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * (r * r) + r + 1.0f;
+  const Lanes scale = (n + 127) << 23;
+  Vec two_n;
+  std::memcpy(&two_n, &scale, sizeof(two_n));
+  *value = p * two_n;
+}
+
+// One query row's heads of one key-head group over keys [first, last] of one sequence, any
+// head_dim: one reduction per key. scores: scratch.
+__attribute__((always_inline)) inline void AttendRowAnyWidth(const float* q, const HeadRows& keys,
+                                                             const HeadRows& values, int64_t first,
+                                                             int64_t last, int64_t group,
+                                                             int64_t hd, std::vector<float>& scores,
+                                                             float* out) {
   const int64_t span = last - first + 1;
   scores.resize(group * (span + 1));
   float* inv_sum = scores.data() + group * span;
@@ -134,6 +179,93 @@ TTT_MULTIVERSION void AttendRow(const float* q, const HeadRows& keys, const Head
   }
   for (int64_t t = 0; t < group; ++t) {
     for (int64_t c = 0; c < hd; ++c) out[t * hd + c] *= inv_sum[t];
+  }
+}
+
+// The same for a head_dim of kVecs vectors: eight keys' dot products share one reduction
+// (SumEach), the softmax runs eight lanes at a time (Exp), and the output rows stay in registers
+// while the values are summed (bench/RESULTS.md: the kernel with one reduction and one std::exp
+// per score was a sixth of a 16-session decode step of the small bench shape).
+template <int64_t kVecs>
+__attribute__((always_inline)) inline void AttendRowOf(const float* q, const HeadRows& keys,
+                                                       const HeadRows& values, int64_t first,
+                                                       int64_t last, int64_t group,
+                                                       std::vector<float>& scores, float* out) {
+  constexpr int64_t kWidth = kVecs * kLanes;
+  const int64_t span = last - first + 1, padded = (span + kLanes - 1) / kLanes * kLanes;
+  scores.resize(group * padded);
+  const float norm = std::sqrt(static_cast<float>(kWidth));
+  for (int64_t j0 = 0; j0 < padded; j0 += kLanes) {
+    const float* k[kLanes];  // past the last key, lanes repeat it; their scores are masked below
+    for (int64_t i = 0; i < kLanes; ++i) k[i] = keys.Row(first + std::min(j0 + i, span - 1));
+    for (int64_t t = 0; t < group; ++t) {
+      const float* qt = q + t * kWidth;
+      Vec part[kLanes], x, y;
+      for (int64_t i = 0; i < kLanes; ++i) {
+        TTT_LOAD(x, qt), TTT_LOAD(y, k[i]);
+        part[i] = x * y;
+        for (int64_t c = 1; c < kVecs; ++c) {
+          TTT_LOAD(x, qt + c * kLanes), TTT_LOAD(y, k[i] + c * kLanes);
+          part[i] += x * y;
+        }
+      }
+      Vec s;
+      SumEach(part, &s);
+      s /= norm;
+      TTT_STORE(scores.data() + t * padded + j0, s);
+    }
+  }
+  for (int64_t t = 0; t < group; ++t) {
+    float* s = scores.data() + t * padded;
+    // Masked lanes: exp gives them ~1e-38, below what a sum that holds e^0 = 1 can register.
+    std::fill(s + span, s + padded, -std::numeric_limits<float>::infinity());
+    Vec top, v, sum = {};
+    TTT_LOAD(top, s);
+    for (int64_t j = kLanes; j < padded; j += kLanes) {
+      TTT_LOAD(v, s + j);
+      top = v > top ? v : top;
+    }
+    float max = top[0];
+    for (int64_t i = 1; i < kLanes; ++i) max = top[i] > max ? top[i] : max;
+    const Vec top_all = Vec{} + max;
+    for (int64_t j = 0; j < padded; j += kLanes) {
+      TTT_LOAD(v, s + j);
+      v -= top_all;
+      Exp(&v);
+      TTT_STORE(s + j, v);
+      sum += v;
+    }
+    const float inv_sum =
+        1.0f / (((sum[0] + sum[1]) + (sum[2] + sum[3])) + ((sum[4] + sum[5]) + (sum[6] + sum[7])));
+    Vec acc[kVecs] = {};
+    for (int64_t j = 0; j < span; ++j) {
+      const Vec weight = Vec{} + s[j];
+      const float* row = values.Row(first + j);
+      for (int64_t c = 0; c < kVecs; ++c) {
+        TTT_LOAD(v, row + c * kLanes);
+        acc[c] += weight * v;
+      }
+    }
+    for (int64_t c = 0; c < kVecs; ++c) {
+      v = acc[c] * inv_sum;
+      TTT_STORE(out + t * kWidth + c * kLanes, v);
+    }
+  }
+}
+
+// One query row's heads of one key-head group over keys [first, last] of one sequence.
+TTT_MULTIVERSION void AttendRow(const float* q, const HeadRows& keys, const HeadRows& values,
+                                int64_t first, int64_t last, int64_t group, int64_t hd,
+                                std::vector<float>& scores, float* out) {
+  switch (hd) {
+    case 32:
+      return AttendRowOf<4>(q, keys, values, first, last, group, scores, out);
+    case 64:
+      return AttendRowOf<8>(q, keys, values, first, last, group, scores, out);
+    case 128:
+      return AttendRowOf<16>(q, keys, values, first, last, group, scores, out);
+    default:
+      return AttendRowAnyWidth(q, keys, values, first, last, group, hd, scores, out);
   }
 }
 

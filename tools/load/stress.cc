@@ -4,6 +4,7 @@
 
 #include <signal.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <condition_variable>
@@ -127,9 +128,13 @@ std::string CompareScores(const pb::ScoreResponse& a, const pb::ScoreResponse& b
     if (a.token_ids(i) != b.token_ids(i)) return absl::StrCat("token ", i, " differs");
   }
   for (int i = 0; i < a.logprobs_size(); ++i) {
-    if (Bits(a.logprobs(i)) == Bits(b.logprobs(i))) continue;
-    return absl::StrFormat("log-probability %d: %.9g vs %.9g (%d ulps)", i, a.logprobs(i),
-                           b.logprobs(i), Ulps(a.logprobs(i), b.logprobs(i)));
+    const float x = a.logprobs(i), y = b.logprobs(i);
+    if (Bits(x) == Bits(y)) continue;
+    const double bound =
+        kScoreTolerance * std::max({1.0, std::fabs(double(x)), std::fabs(double(y))});
+    if (std::fabs(double(x) - double(y)) <= bound) continue;  // NaN fails here
+    return absl::StrFormat("log-probability %d: %.9g vs %.9g (%d ulps; the bound is %.2g)", i, x, y,
+                           Ulps(x, y), bound);
   }
   return "";
 }

@@ -1,10 +1,11 @@
 // `ttt stress`: N concurrent clients drive a real ttt-serve with a random mix of every RPC for a
 // bounded time and check, as they go, what must hold whatever the load (issue 9, "The proof"):
 // - the server never dies and never answers INTERNAL or UNKNOWN;
-// - a session no writer touches scores bit-identically all run long (each client keeps a
-//   "canary" that the others read, fork, export and checkpoint, but never write);
-// - every acknowledged checkpoint restores to a session that scores bit-identically to the
-//   session at checkpoint time; forks, imports of exports and restores over a session too;
+// - a session no writer touches scores the same all run long, within the float tolerance of
+//   docs/contract.md across batch compositions (kScoreTolerance; each client keeps a "canary"
+//   that the others read, fork, export and checkpoint, but never write);
+// - every acknowledged checkpoint restores to a session that scores the same as the session at
+//   checkpoint time; forks, imports of exports and restores over a session too;
 //   a reset session scores as a fresh one;
 // - the server's RSS (from /proc/<--server_pid>/status) is flat after warm-up: the slope of a
 //   least-squares line through the samples after --warmup_s is reported, and is a violation

@@ -53,8 +53,15 @@ absl::StatusOr<Options> ParseOptions(int argc, char** argv);
 // The canonical name of a gRPC code ("OK", "INTERNAL", ...).
 std::string CodeName(grpc::StatusCode code);
 
-// "" when `a` and `b` hold the same token ids and bit-identical log-probabilities, else where
-// they first differ (index, both values, their distance in float ulps).
+// How far two scorings of the same state may differ: docs/contract.md promises bit-identical
+// results for a given split and batch and agreement within float tolerance across batch
+// compositions (1-3 float32 ulps measured: the rounding of the BLAS's products depends on how many
+// rows a product has and where a row sits in it, on some CPUs' kernels), and concurrent clients
+// change the batches. A lost or stale chunk update moves log-probabilities by 1e-3 and more.
+inline constexpr double kScoreTolerance = 4e-6;  // relative to max(1, |log-probability|)
+
+// "" when `a` and `b` hold the same token ids and log-probabilities equal within kScoreTolerance,
+// else where they first differ (index, both values, their distance in float ulps).
 std::string CompareScores(const pb::ScoreResponse& a, const pb::ScoreResponse& b);
 
 // What every client reports: calls by RPC and code, invariant violations, the stop flag.
