@@ -143,7 +143,8 @@ __attribute__((always_inline)) inline void Exp(Vec* value) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * (r * r) + r + 1.0f;
-  const Lanes scale = (n + 127) << 23;
+  using Bits32 = uint32_t __attribute__((vector_size(32)));
+  const Bits32 scale = reinterpret_cast<Bits32>(n + 127) << 23;  // unsigned: NaN's n shifts too
   Vec two_n;
   std::memcpy(&two_n, &scale, sizeof(two_n));
   *value = p * two_n;

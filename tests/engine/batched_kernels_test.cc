@@ -112,6 +112,9 @@ TEST(BatchedKernelsTest, VarlenAttentionKeepsExtremeScoresFinite) {
   VarlenAttention(q, k_new, v_new, {seq}, 1, 0, out);
   EXPECT_TRUE(out.isfinite().all().item<bool>());
   EXPECT_LT(MaxDiff(out[0], values[0][3]), 1e-6);
+  // A NaN query gives NaN, as the tensor form does (not a finite row that hides it).
+  VarlenAttention(at::full({1, 1, hd}, NAN), k_new, v_new, {seq}, 1, 0, out);
+  EXPECT_TRUE(out.isnan().all().item<bool>());
 }
 
 // A row's attention is the same float for float whatever else the call holds: alone, after
@@ -140,11 +143,10 @@ TEST(BatchedKernelsTest, VarlenAttentionRowDoesNotDependOnTheBatch) {
   };
   const at::Tensor piece =
       attend(q, k_new, v_new, {{keys.clone(), values.clone()}}, /*rows_of_last=*/3);
-  const at::Tensor first_row = attend(q.slice(0, 0, 1).contiguous(), k_new.slice(0, 0, 1).contiguous(),
-                                      v_new.slice(0, 0, 1).contiguous(),
-                                      {{keys.slice(1, 0, cached + 1).clone(),
-                                        values.slice(1, 0, cached + 1).clone()}},
-                                      1);
+  const at::Tensor first_row =
+      attend(q.slice(0, 0, 1).contiguous(), k_new.slice(0, 0, 1).contiguous(),
+             v_new.slice(0, 0, 1).contiguous(),
+             {{keys.slice(1, 0, cached + 1).clone(), values.slice(1, 0, cached + 1).clone()}}, 1);
   EXPECT_TRUE(at::equal(piece[0], first_row[0]));
   const at::Tensor other = at::randn({kv, 10, hd});
   const at::Tensor after_another =
