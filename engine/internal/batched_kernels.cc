@@ -109,7 +109,6 @@ struct HeadRows {
 // Eight vectors' lane sums as one vector (`sums`): lane j = the sum of v[j]'s lanes (a
 // transpose-add in three rounds of shuffles), so eight dot products pay for one reduction instead
 // of eight.
-using Lanes = int32_t __attribute__((vector_size(32)));
 __attribute__((always_inline)) inline void SumEach(const Vec* v, Vec* sums) {
   Vec pair[4], quad[2];
   for (int i = 0; i < 4; ++i) {
@@ -127,6 +126,8 @@ __attribute__((always_inline)) inline void SumEach(const Vec* v, Vec* sums) {
 // e^x lane by lane, in place (Cephes' expf: x = n ln2 + r, a polynomial in r, times 2^n): within
 // 1 ulp of glibc's expf on the softmax's [-87, 0] (every float of [-1, 0], steps of 1e-4 below);
 // NaN stays NaN; below -87.3 it gives 2^-126, not 0.
+using Lanes = int32_t __attribute__((vector_size(32)));
+using Bits32 = uint32_t __attribute__((vector_size(32)));
 __attribute__((always_inline)) inline void Exp(Vec* value) {
   Vec x = *value;
   const Vec lo = Vec{} + -87.33654f, hi = Vec{} + 88.0f;
@@ -143,7 +144,6 @@ __attribute__((always_inline)) inline void Exp(Vec* value) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * (r * r) + r + 1.0f;
-  using Bits32 = uint32_t __attribute__((vector_size(32)));
   const Bits32 scale = reinterpret_cast<Bits32>(n + 127) << 23;  // unsigned: NaN's n shifts too
   Vec two_n;
   std::memcpy(&two_n, &scale, sizeof(two_n));
