@@ -3,8 +3,10 @@
 # timed (build and run) in a summary at the end; `./build.sh test` runs the first alone:
 #   normal  Release build in build/ (or $TTT_BUILD_DIR), the whole suite (ctest); extra
 #           arguments go to this ctest
-#   asan    AddressSanitizer + UndefinedBehaviorSanitizer, -O1, build-asan/: the whole suite
-#           (or the tests in kAsanTests, below)
+#   asan    AddressSanitizer + UndefinedBehaviorSanitizer, Clang, -O1 (tests' own code -O0),
+#           build-asan/: the whole suite (or the tests in kAsanTests, below). Clang, not GCC: it
+#           builds this tree under ASan in about half of GCC's time (engine/: 242 s of compiler
+#           time against 534 s on the CI machine), the largest part of CI's time
 #   tsan    ThreadSanitizer, -O1, build-tsan/: the tests in kTsanTests (below)
 #   fuzz    Clang + libFuzzer, build-fuzz/: each tests/fuzz target for TTT_FUZZ_SECONDS
 # Environment:
@@ -121,10 +123,16 @@ asan_ctest() (  # a subshell: the sanitizer settings stay out of the other stage
   fi
 )
 tsan_ctest() (export_sanitizer_env; run_ctest build-tsan -R "$(as_regex $kTsanTests)")
-clang_configure_build() { CC=clang-14 CXX=clang++-14 configure_build "$@"; }
+# Explicit compilers, not CC/CXX alone: CMake ignores those in a folder already configured (one
+# that a GCC build made before), and a changed CMAKE_CXX_COMPILER makes it start that folder anew.
+clang_configure_build() {
+  local dir="$1" targets="$2"
+  shift 2
+  configure_build "$dir" "$targets" -DCMAKE_C_COMPILER=clang-14 -DCMAKE_CXX_COMPILER=clang++-14 "$@"
+}
 
 stage_asan() {
-  time_step "asan build" configure_build build-asan "$kAsanTests" "${kSanitizedFlags[@]}" \
+  time_step "asan build" clang_configure_build build-asan "$kAsanTests" "${kSanitizedFlags[@]}" \
     -DTTT_BUILD_TESTS=ON -DTTT_FUZZ=OFF -DTTT_SANITIZE=address,undefined
   time_step "asan run" asan_ctest
 }
