@@ -20,12 +20,13 @@
 // --only=ops also lists the operations of a one-session decode step by name; --only=decode times
 // 512 decode steps per session count (steadier than the scaling table's 32); --only=ingest one
 // call of --tokens tokens, TTT on and off; --only=kernels the step's per-session kernels
-// (attention after --tokens tokens, the delta term) against the read bandwidth
-// (bench/kernel_rows.h). --only=fork: memory and time per fork of a session
-// after --tokens tokens (1,000 copy-on-write forks; with a 256-token ingest after each), against
-// the deep copy (issue 27; with --model=DIR for that model too). --only=compact: bytes per
-// session and reload latency of each tier (fp32, compact bf16, a file) after --tokens tokens, and
-// with --model=DIR --valid=TOKENS the loss cost of compaction on that split (bench/compact_rows.h).
+// (attention after --tokens tokens, the delta term) against the read bandwidth, and the short
+// step's dense products against OpenBLAS (bench/kernel_rows.h). --only=fork: memory and time per
+// fork of a session after --tokens tokens (1,000 copy-on-write forks; with a 256-token ingest after
+// each), against the deep copy (issue 27; with --model=DIR for that model too). --only=compact:
+// bytes per session and reload latency of each tier (fp32, compact bf16, a file) after --tokens
+// tokens, and with --model=DIR --valid=TOKENS the loss cost of compaction on that split
+// (bench/compact_rows.h).
 // --only=cache: a document of --tokens tokens read through the session manager with the state
 // cache off, by the first reader with it on (computed and cached), and by the next (adopted)
 // (issue 27; with --model=DIR for that model too; bench/cache_rows.h; not engine-only builds).
@@ -746,6 +747,7 @@ int Run(const Flags& flags) {
       return 2;
     }
     bench::KernelTable(config, flags.sessions, n, *roofline, Now);
+    bench::DenseProductTable(config, {1, 2, 4, 8, 16, 32, 64, 128}, Now);
     return 0;
   }
   if (flags.only == "decode" || flags.only == "ingest") {

@@ -5,8 +5,10 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <tuple>
 
 #include "engine/internal/batched_kernels.h"
+#include "engine/internal/forward.h"
 
 namespace ttt::bench {
 namespace {
@@ -85,6 +87,40 @@ void KernelTable(const engine::ModelConfig& c, const std::vector<int>& sessions,
         BestSeconds([&] { engine::internal::BatchedDeltaProduct(z, seqs16, out); }, now);
     PrintRow("delta term, fp32", n, 4.0 * n * d * f, fp32, machine);
     PrintRow("delta term, bf16", n, 2.0 * n * d * f, half, machine);
+  }
+}
+
+void DenseProductTable(const engine::ModelConfig& c, const std::vector<int>& sessions,
+                       const std::function<double()>& now) {
+  c10::InferenceMode inference;
+  const int64_t d = c.hidden_size, f = c.intermediate_size;
+  std::printf(
+      "\nThe short step's dense products (engine/internal/batched_kernels.h SmallRowProduct "
+      "against OpenBLAS as the short step called it before: sgemv per row up to two rows, else "
+      "sgemm), "
+      "weights hot in the cache, best of 5, weights %lld x %lld\n"
+      "| shape | rows | SmallRowProduct | GFLOP/s | OpenBLAS | GFLOP/s | time ratio "
+      "(OpenBLAS / kernel) |\n|---|---|---|---|---|---|---|\n",
+      (long long)d, (long long)f);
+  at::manual_seed(5);
+  for (auto [k, n, name] : {std::tuple<int64_t, int64_t, const char*>{d, f, "up (d -> d_ff)"},
+                            {f, d, "down (d_ff -> d)"}}) {
+    const at::Tensor w = at::randn({n, k});
+    for (int rows : sessions) {
+      const at::Tensor x = at::randn({rows, k});
+      at::Tensor out = at::empty({rows, n});
+      const double kernel = BestSeconds(
+          [&] {
+            engine::internal::SmallRowProduct(x.data_ptr<float>(), rows, k, w.data_ptr<float>(), n,
+                                              nullptr, out.data_ptr<float>());
+          },
+          now);
+      const double blas = BestSeconds([&] { out = engine::internal::Linear(x, w); }, now);
+      const double flops = 2.0 * rows * k * n;
+      std::printf("| %s | %d | %.3f ms | %.1f | %.3f ms | %.1f | %.2f |\n", name, rows,
+                  kernel * 1e3, flops / kernel / 1e9, blas * 1e3, flops / blas / 1e9,
+                  blas / kernel);
+    }
   }
 }
 

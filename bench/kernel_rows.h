@@ -21,4 +21,11 @@ namespace ttt::bench {
 void KernelTable(const engine::ModelConfig& config, const std::vector<int>& sessions,
                  int64_t cached, const Roofline& machine, const std::function<double()>& now);
 
+// For each count in `sessions` (rows): the short step's dense products at the config's widest
+// shapes (d_model -> d_ff and back), engine::internal::SmallRowProduct against OpenBLAS through
+// engine::internal::Linear (sgemv per row up to two rows, else sgemm: as the short step ran them
+// before), best of 5 on `now`'s clock: milliseconds, GFLOP/s and the ratio.
+void DenseProductTable(const engine::ModelConfig& config, const std::vector<int>& sessions,
+                       const std::function<double()>& now);
+
 }  // namespace ttt::bench

@@ -8,6 +8,8 @@
 #include <cstdio>
 #include <fstream>
 
+#include "engine/internal/batched_kernels.h"
+
 namespace ttt::bench {
 namespace {
 
@@ -144,13 +146,26 @@ double Roofline::SgemmPeak(int64_t rows, int64_t d_model, int64_t d_ff) {
   const std::vector<int64_t> key = {rows, d_model, d_ff};
   if (auto it = peaks_.find(key); it != peaks_.end()) return it->second;
   at::Tensor x = at::randn({rows, d_model}), weight = at::randn({d_ff, d_model});
-  auto product = [&] {
+  at::Tensor out = at::empty({rows, d_ff});
+  auto blas = [&] {
     if (rows <= 2) {
       for (int64_t r = 0; r < rows; ++r) at::mv(weight, x[r]);
     } else {
       at::linear(x, weight);
     }
   };
+  auto kernel = [&] {
+    engine::internal::SmallRowProduct(x.data_ptr<float>(), rows, d_model, weight.data_ptr<float>(),
+                                      d_ff, nullptr, out.data_ptr<float>());
+  };
+  const double peak =
+      std::max(ProductRate(blas, rows, d_model, d_ff), ProductRate(kernel, rows, d_model, d_ff));
+  peaks_[key] = peak;
+  return peak;
+}
+
+double Roofline::ProductRate(const std::function<void()>& product, int64_t rows, int64_t d_model,
+                             int64_t d_ff) const {
   product();
   // Repetitions per timing: enough for ~5 ms, so the clock's resolution does not matter.
   double start = now_();
@@ -165,9 +180,7 @@ double Roofline::SgemmPeak(int64_t rows, int64_t d_model, int64_t d_ff) {
     for (int64_t r = 0; r < repeats; ++r) product();
     best = std::min(best, (now_() - start) / repeats);
   }
-  const double peak = 2.0 * rows * d_model * d_ff / best;
-  peaks_[key] = peak;
-  return peak;
+  return 2.0 * rows * d_model * d_ff / best;
 }
 
 double Roofline::Seconds(const std::vector<Cost>& calls, int64_t rows, int64_t d_model,

@@ -59,8 +59,9 @@ class Roofline {
   double Bandwidth(double bytes_per_call) const;
 
   // Best FLOP/s of a [rows, d_model] x [d_model, d_ff] product (the step's widest dense shape):
-  // one at::mm, or for up to two rows one at::mv per row as the engine runs them; operands hot
-  // in cache, one call per timed repetition (its dispatch included). Cached per `rows`.
+  // the better of OpenBLAS (one at::mm, or for up to two rows one at::mv per row) and the
+  // engine's SmallRowProduct; operands hot in cache, one call per timed repetition (its dispatch
+  // included). Cached per `rows`.
   double SgemmPeak(int64_t rows, int64_t d_model, int64_t d_ff);
 
   // Seconds the roofline allows for `calls` whose dense products have `rows` rows each.
@@ -80,6 +81,10 @@ class Roofline {
     int64_t rows, calls;
     bool cached;  // bound by the cache's bandwidth, not memory's
   };
+
+  // Best FLOP/s of `product` ([rows, d_model] x [d_model, d_ff]) over 15 timings.
+  double ProductRate(const std::function<void()>& product, int64_t rows, int64_t d_model,
+                     int64_t d_ff) const;
 
   std::function<double()> now_;
   int64_t llc_bytes_ = 0;

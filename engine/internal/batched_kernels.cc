@@ -292,7 +292,92 @@ TTT_MULTIVERSION void DeltaRows(const c10::BFloat16* delta, const float* z, int6
   DeltaRowsOf(delta, z, row0, rows, lo, hi, d_ff, d_model, out);
 }
 
+// The lanes of `v` summed in Dot's order, the tree SumEach also follows:
+// ((0+1)+(2+3))+((4+5)+(6+7)).
+__attribute__((always_inline)) inline float LaneSum(const Vec& v) {
+  return ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
+}
+
+// out[b * n + a] = w row a . x row b (+ bias[a]) for kW weight rows and kX rows of x, over all
+// of k: kW * kX accumulators of eight lanes, lane l summing k = l, l + 8, ... in order; then the
+// lanes' tree (SumEach for a full tile of 8, LaneSum otherwise: the same sums), then the tail of
+// k past the last multiple of eight, then the bias. Every tile shape does an output's arithmetic
+// the same way, so no output depends on which tile (or call) computed it.
+template <int kW, int kX>
+__attribute__((always_inline)) inline void ProductTile(const float* w, const float* x, int64_t k,
+                                                       int64_t n, const float* bias, float* out) {
+  Vec acc[kW * kX] = {}, wv, xv[kX];
+  int64_t i = 0;
+  for (; i + kLanes <= k; i += kLanes) {
+#pragma GCC unroll 8
+    for (int b = 0; b < kX; ++b) TTT_LOAD(xv[b], x + b * k + i);
+#pragma GCC unroll 8
+    for (int a = 0; a < kW; ++a) {
+      TTT_LOAD(wv, w + a * k + i);
+#pragma GCC unroll 8
+      for (int b = 0; b < kX; ++b) acc[a * kX + b] += wv * xv[b];
+    }
+  }
+  float sums[kW * kX];
+  if constexpr (kW * kX == kLanes) {
+    Vec all;
+    SumEach(acc, &all);
+    std::memcpy(sums, &all, sizeof(all));
+  } else {
+    for (int j = 0; j < kW * kX; ++j) sums[j] = LaneSum(acc[j]);
+  }
+  for (int a = 0; a < kW; ++a) {
+    for (int b = 0; b < kX; ++b) {
+      float sum = sums[a * kX + b];
+      for (int64_t j = i; j < k; ++j) sum += w[a * k + j] * x[b * k + j];
+      out[b * n + a] = bias != nullptr ? sum + bias[a] : sum;
+    }
+  }
+}
+
+// kX rows of x against weight rows [lo, hi): tiles of 8 / kX weight rows (8 accumulators: the
+// 16 AVX2 registers hold them, the x rows and a weight vector), then the weight rows left over.
+template <int kX>
+__attribute__((always_inline)) inline void RowsAgainstColumns(const float* x, int64_t k,
+                                                              const float* w, int64_t n,
+                                                              const float* bias, int64_t lo,
+                                                              int64_t hi, float* out) {
+  constexpr int kW = kLanes / kX;
+  auto bias_at = [&](int64_t c) { return bias != nullptr ? bias + c : nullptr; };
+  int64_t c = lo;
+  for (; c + kW <= hi; c += kW) ProductTile<kW, kX>(w + c * k, x, k, n, bias_at(c), out + c);
+  for (; c < hi; ++c) ProductTile<1, kX>(w + c * k, x, k, n, bias_at(c), out + c);
+}
+
+// Weight rows [lo, hi) of SmallRowProduct (a block that fits the L2 cache) against every row of
+// x, two rows of x at a time: those stay in L1 while the block's weights stream past them. A
+// last single row takes tiles of eight weight rows (eight independent sums: a decode step of
+// one session is not held up by the adds' latency).
+TTT_MULTIVERSION void ProductColumns(const float* x, int64_t rows, int64_t k, const float* w,
+                                     int64_t n, const float* bias, int64_t lo, int64_t hi,
+                                     float* out) {
+  int64_t r = 0;
+  for (; r + 2 <= rows; r += 2)
+    RowsAgainstColumns<2>(x + r * k, k, w, n, bias, lo, hi, out + r * n);
+  if (r < rows) RowsAgainstColumns<1>(x + r * k, k, w, n, bias, lo, hi, out + r * n);
+}
+
 }  // namespace
+
+void SmallRowProduct(const float* x, int64_t rows, int64_t k, const float* w, int64_t n,
+                     const float* bias, float* out) {
+  // Blocks of weight rows of ~160 KB (a multiple of the tiles' 8 rows): they stay in the L2
+  // cache (512 KB and more on current x86 cores) while every row of x passes them, so the
+  // weights are read from memory once; and they are the work units threads split.
+  constexpr int64_t kBlockBytes = 160 << 10;
+  const int64_t block =
+      std::max<int64_t>(kLanes, kBlockBytes / (k * int64_t(sizeof(float))) / kLanes * kLanes);
+  at::parallel_for(0, (n + block - 1) / block, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      ProductColumns(x, rows, k, w, n, bias, b * block, std::min(n, (b + 1) * block), out);
+    }
+  });
+}
 
 void VarlenAttention(const at::Tensor& q, const at::Tensor& k_new, const at::Tensor& v_new,
                      absl::Span<const AttentionSeq> seqs, int64_t kv_heads, int64_t window,

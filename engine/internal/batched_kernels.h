@@ -50,4 +50,13 @@ struct DeltaSeq {
 // lane by lane as it is read (no fp32 copy) and gives the bits its fp32 copy would.
 void BatchedDeltaProduct(const at::Tensor& z, absl::Span<const DeltaSeq> seqs, at::Tensor& out);
 
+// out [rows, n] = x [rows, k] @ w^T (+ bias), raw f32 row-major (w [n, k]; bias [n] or null):
+// the dense products of a short step. Each block of weight rows is read from memory once and
+// multiplied with every row of x while it sits in the L1 cache, with no packing (OpenBLAS's GEMM
+// repacks the whole weight on every call: a third of a 16-session decode step). Each output's
+// arithmetic is fixed (eight lanes over k in order, then one sum tree), so a row gives the same
+// bits whatever other rows the call has and however the columns are split between threads.
+void SmallRowProduct(const float* x, int64_t rows, int64_t k, const float* w, int64_t n,
+                     const float* bias, float* out);
+
 }  // namespace ttt::engine::internal

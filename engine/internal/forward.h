@@ -19,6 +19,11 @@ namespace ttt::engine {
 // call. Measured with engine_bench (bench/RESULTS.md, session 17): for 768x2048 weights two rows
 // are 10-20 % faster as two products, four rows 17-20 % faster as one GEMM.
 constexpr int64_t kMatVecRows = 2;
+// Rows up to which a short step's dense product runs as internal::SmallRowProduct instead of
+// OpenBLAS (sgemv per row, or a GEMM that packs the weights on every call): a decode step's rows
+// then do not depend on the step's other rows. engine_bench --only=kernels (bench/RESULTS.md,
+// "The short step's dense products"): 1.1-2.3x OpenBLAS's speed at 2-16 rows, slower beyond.
+constexpr int64_t kKernelProductRows = 16;
 
 namespace internal {
 struct ShortBuffers;  // internal/short_step.cc

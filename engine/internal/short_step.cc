@@ -2,8 +2,9 @@
 // the CPU in float32 outside autograd (ModelAccess::Run picks it). A small model's decode step is
 // dispatch-bound (~1 us per LibTorch operation), so here no LibTorch operation runs per layer:
 // the activations are raw floats in this thread's workspace (internal/workspace.h), every dense
-// product is one call of the BLAS routine LibTorch's own product would call (sgemv_ per row up to
-// kMatVecRows rows, else sgemm_, with the same arguments, so the same bits), and the rest (norms,
+// product of up to kKernelProductRows rows is one SmallRowProduct (internal/batched_kernels.h:
+// the weights read once, no packing, a row's bits independent of the batch), a larger one the
+// BLAS routine LibTorch's own product would call (sgemm_, the same arguments), and the rest (norms,
 // RoPE, SiLU's product, residuals, the embedding lookup, attention over the KV window, the
 // fast-weight term) are plain loops over those floats. The KV caches and chunk buffers grow inside
 // their preallocated rows (internal/state_buffer.h). Only a step that completes a TTT chunk
@@ -17,6 +18,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "engine/internal/batched_kernels.h"
 #include "engine/internal/forward.h"
 #include "engine/internal/row_kernels.h"
 #include "engine/internal/workspace.h"
@@ -47,64 +49,49 @@ using internal::FloatView;
 using internal::ShortBuffers;
 using internal::Slot;
 
-// The Fortran BLAS entry points LibTorch's CPU products call (at::native's gemv<float> and
-// gemm<float>), looked up in this process at first use: the library LibTorch loaded, so a product
-// here gives the same bits as LibTorch's. Null when LibTorch's BLAS does not export them (a
-// LibTorch with MKL linked in statically): then the products go through LibTorch's operations.
-using SgemvFn = void (*)(const char*, const int*, const int*, const float*, const float*,
-                         const int*, const float*, const int*, const float*, float*, const int*);
+// The Fortran BLAS GEMM LibTorch's CPU products call (at::native's gemm<float>), looked up in this
+// process at first use: the library LibTorch loaded, so a product here gives the same bits as
+// LibTorch's. Null when LibTorch's BLAS does not export it (a LibTorch with MKL linked in
+// statically): then the products go through LibTorch's operations.
 using SgemmFn = void (*)(const char*, const char*, const int*, const int*, const int*, const float*,
                          const float*, const int*, const float*, const int*, const float*, float*,
                          const int*);
-struct Blas {
-  SgemvFn sgemv = nullptr;
-  SgemmFn sgemm = nullptr;
-};
 
-const Blas& InProcessBlas() {
-  static const Blas blas = [] {
-    Blas found;
-    found.sgemv = reinterpret_cast<SgemvFn>(dlsym(RTLD_DEFAULT, "sgemv_"));
-    found.sgemm = reinterpret_cast<SgemmFn>(dlsym(RTLD_DEFAULT, "sgemm_"));
-    if (found.sgemv == nullptr || found.sgemm == nullptr) found = Blas{};
-    return found;
-  }();
-  return blas;
+SgemmFn InProcessSgemm() {
+  static const SgemmFn sgemm = reinterpret_cast<SgemmFn>(dlsym(RTLD_DEFAULT, "sgemm_"));
+  return sgemm;
 }
 
-// out [rows, n] = x [rows, k] @ weight^T (+ bias), with the BLAS calls internal::Linear makes: up
-// to kMatVecRows rows one matrix-vector product per row (at::addmv_out's gemv: the bias copied
-// into the row, then beta 1), else one GEMM (at::addmm_out / mm_out: out^T = weight x^T in
-// column-major terms). A weight under autograd, or no BLAS in reach, takes LibTorch's operations.
+// out [rows, n] = x [rows, k] @ weight^T (+ bias): up to kKernelProductRows rows one
+// SmallRowProduct, else the GEMM internal::Linear calls (at::addmm_out / mm_out: out^T = weight
+// x^T in column-major terms). A weight under autograd or not in row-major floats, or no BLAS in
+// reach for a larger product, takes LibTorch's operations.
 void Product(const float* x, int64_t rows, int64_t k, const at::Tensor& weight,
              const at::Tensor& bias, float* out) {
   const int64_t n = weight.size(0);
-  const Blas& blas = InProcessBlas();
-  const bool raw = blas.sgemv != nullptr && !weight.requires_grad() && weight.stride(1) == 1 &&
-                   weight.stride(0) == k && (!bias.defined() || bias.is_contiguous());
-  if (!raw) {
+  const bool rows_major = !weight.requires_grad() && weight.scalar_type() == at::kFloat &&
+                          weight.stride(1) == 1 && weight.stride(0) == k &&
+                          (!bias.defined() || bias.is_contiguous());
+  if (rows_major && rows <= kKernelProductRows) {
+    internal::SmallRowProduct(x, rows, k, weight.data_ptr<float>(), n,
+                              bias.defined() ? bias.data_ptr<float>() : nullptr, out);
+    return;
+  }
+  const SgemmFn sgemm = InProcessSgemm();
+  if (!rows_major || sgemm == nullptr) {
     at::Tensor dest = FloatView(out, {rows, n});
     dest.copy_(internal::Linear(FloatView(const_cast<float*>(x), {rows, k}), weight, bias));
     return;
   }
-  const float* w = weight.data_ptr<float>();
   const float* b = bias.defined() ? bias.data_ptr<float>() : nullptr;
-  const int ik = static_cast<int>(k), in = static_cast<int>(n), one_step = 1;
-  const float alpha = 1, beta = b != nullptr ? 1 : 0;
   if (b != nullptr) {
     for (int64_t r = 0; r < rows; ++r) std::memcpy(out + r * n, b, n * sizeof(float));
   }
-  if (rows <= kMatVecRows) {
-    const char trans = 't';
-    for (int64_t r = 0; r < rows; ++r) {
-      blas.sgemv(&trans, &ik, &in, &alpha, w, &ik, x + r * k, &one_step, &beta, out + r * n,
-                 &one_step);
-    }
-  } else {
-    const char trans_w = 't', trans_x = 'n';
-    const int im = static_cast<int>(rows);
-    blas.sgemm(&trans_w, &trans_x, &in, &im, &ik, &alpha, w, &ik, x, &ik, &beta, out, &in);
-  }
+  const int ik = static_cast<int>(k), in = static_cast<int>(n), im = static_cast<int>(rows);
+  const float alpha = 1, beta = b != nullptr ? 1 : 0;
+  const char trans_w = 't', trans_x = 'n';
+  sgemm(&trans_w, &trans_x, &in, &im, &ik, &alpha, weight.data_ptr<float>(), &ik, x, &ik, &beta,
+        out, &in);
 }
 
 // RMSNorm of each of `rows` rows of `width` floats (consecutive) from `x` into `y` (may be x).
@@ -244,9 +231,9 @@ void ModelAccess::ShortLayer(size_t l, const ShortBuffers& buf) {
 
 at::Tensor ModelAccess::ScaledChunkUpdates(const LayerWeights& lw,
                                            const std::vector<SequenceTensors*>& states) {
-  const Blas& blas = InProcessBlas();
+  const SgemmFn sgemm = InProcessSgemm();
   const bool proj = lw.ttt_proj.defined();
-  if (blas.sgemm == nullptr || !RawFloats(lw.ttt_conv) || (proj && !RawFloats(lw.ttt_proj))) {
+  if (sgemm == nullptr || !RawFloats(lw.ttt_conv) || (proj && !RawFloats(lw.ttt_proj))) {
     return {};
   }
   const int64_t chunk = cfg_.ttt_chunk, d = cfg_.hidden_size, f = cfg_.intermediate_size;
@@ -267,13 +254,13 @@ at::Tensor ModelAccess::ScaledChunkUpdates(const LayerWeights& lw,
     ChunkConvRows(slot.pending_x0.data_ptr<float>(), lw.ttt_conv.data_ptr<float>(), 1, chunk, d,
                   convolved);
     if (proj) {  // targets [chunk, d] = convolved @ ttt_proj (as stored): column-major P^T C^T
-      blas.sgemm(&no, &no, &id, &ic, &id, &one, lw.ttt_proj.data_ptr<float>(), &id, convolved, &id,
-                 &zero, targets, &id);
+      sgemm(&no, &no, &id, &ic, &id, &one, lw.ttt_proj.data_ptr<float>(), &id, convolved, &id,
+            &zero, targets, &id);
     }
     // update [d, f] = targets^T @ z: column-major update^T = z^T targets.
     float* update = scaled.data_ptr<float>() + i * d * f;
-    blas.sgemm(&no, &yes, &iff, &id, &ic, &one, slot.pending_z.data_ptr<float>(), &iff, targets,
-               &id, &zero, update, &iff);
+    sgemm(&no, &yes, &iff, &id, &ic, &one, slot.pending_z.data_ptr<float>(), &iff, targets, &id,
+          &zero, update, &iff);
     float factor = 1;
     if (cfg_.ttt_clip > 0) {  // the clip of ChunkUpdates: to Frobenius norm ttt_clip at most
       double squares = 0;

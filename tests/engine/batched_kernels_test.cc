@@ -1,15 +1,19 @@
-// engine/internal/batched_kernels: the varlen attention of a step's short items and the batched
-// fast-weight product against their LibTorch tensor forms, at the head widths with a register
-// kernel (32, 64, 128) and one without (24), with grouped queries, windows, a fork's shared
-// prefix and several sequences in one call.
+// engine/internal/batched_kernels: the varlen attention of a step's short items, the batched
+// fast-weight product and the short step's dense product against their LibTorch tensor forms,
+// at the head widths with a register kernel (32, 64, 128) and one without (24), with grouped
+// queries, windows, a fork's shared prefix and several sequences in one call; a dense product's
+// row independent of the call's other rows and of the thread count.
 #include "engine/internal/batched_kernels.h"
 
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
 #include <gtest/gtest.h>
 
+#include <ATen/Parallel.h>
+
 #include <cmath>
 #include <limits>
+#include <utility>
 #include <vector>
 
 namespace ttt::engine::internal {
@@ -175,6 +179,49 @@ TEST(BatchedKernelsTest, BatchedDeltaProductMatchesMatmul) {
     EXPECT_TRUE(at::equal(out[1], at::full({d_model}, 7.0f)));  // rows of no sequence untouched
     EXPECT_TRUE(at::equal(out[5], at::full({d_model}, 7.0f)));
   }
+}
+
+// SmallRowProduct(x, w, bias) as at::linear computes it.
+at::Tensor DenseProduct(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias) {
+  at::Tensor out = at::empty({x.size(0), w.size(0)});
+  SmallRowProduct(x.data_ptr<float>(), x.size(0), x.size(1), w.data_ptr<float>(), w.size(0),
+                  bias.defined() ? bias.data_ptr<float>() : nullptr, out.data_ptr<float>());
+  return out;
+}
+
+TEST(BatchedKernelsTest, SmallRowProductMatchesLinear) {
+  c10::InferenceMode inference;
+  at::manual_seed(11);
+  // A model's widths, and widths that are no multiple of the tile (3) nor of eight lanes.
+  for (auto [k, n] : std::vector<std::pair<int64_t, int64_t>>{
+           {768, 2048}, {2048, 768}, {13, 7}, {24, 10}, {5, 2}}) {
+    for (int64_t rows : {1, 2, 3, 4, 5, 16, 17}) {
+      const at::Tensor x = at::randn({rows, k}), w = at::randn({n, k}), bias = at::randn({n});
+      const double scale = std::sqrt(double(k));  // each output sums k unit-variance products
+      EXPECT_LT(MaxDiff(DenseProduct(x, w, {}), at::linear(x, w)), 1e-5 * scale)
+          << "k " << k << " n " << n << " rows " << rows;
+      EXPECT_LT(MaxDiff(DenseProduct(x, w, bias), at::linear(x, w, bias)), 1e-5 * scale)
+          << "with a bias: k " << k << " n " << n << " rows " << rows;
+    }
+  }
+}
+
+// A decode row gives the same bits alone, among 16 or 64 rows (as concurrent sessions batch it)
+// and with one or two threads splitting the weight rows.
+TEST(BatchedKernelsTest, SmallRowProductRowDoesNotDependOnTheBatchOrThreads) {
+  c10::InferenceMode inference;
+  at::manual_seed(12);
+  const int64_t k = 780, n = 1003;  // a tail of k past the lanes, of n past the tiles and units
+  const at::Tensor x = at::randn({64, k}), w = at::randn({n, k}), bias = at::randn({n});
+  const int threads = at::get_num_threads();
+  at::set_num_threads(1);
+  const at::Tensor alone = DenseProduct(x.slice(0, 5, 6), w, bias);
+  const at::Tensor among16 = DenseProduct(x.slice(0, 0, 16), w, bias);
+  at::set_num_threads(2);
+  const at::Tensor among64 = DenseProduct(x, w, bias);
+  at::set_num_threads(threads);
+  EXPECT_TRUE(at::equal(alone[0], among16[5]));
+  EXPECT_TRUE(at::equal(among16, among64.slice(0, 0, 16)));
 }
 
 }  // namespace

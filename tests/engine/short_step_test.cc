@@ -3,11 +3,12 @@
 // the varlen limit runs LibTorch operations end to end) on random models and inputs: the same
 // log-probabilities, fast weights, KV caches and last logits, for every layout the fast path
 // reads (grouped-query attention, attention biases, q/k norms, a sliding window, both TTT targets,
-// with and without ttt_proj, clip and cap) and for one, two and several rows per step (one
-// matrix-vector product per row up to kMatVecRows rows, one GEMM beyond).
+// with and without ttt_proj, clip and cap) and for one, two and several rows per step; and a
+// session's decode steps bit for bit the same whichever sessions share its steps.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <random>
 #include <string>
 #include <vector>
@@ -174,6 +175,55 @@ TEST(ShortStepTest, ShortPiecesEqualTheTensorPath) {
     ASSERT_TRUE(want.ok()) << want.status();
     for (int t = 1; t < 24; ++t) EXPECT_NEAR(got[t], want.value()[0][t], 2e-5) << "token " << t;
     ExpectSameState(pieces, whole, 1e-4);
+  }
+}
+
+// Every tensor of two states' layouts is the same to the bit.
+void ExpectEqualState(const SequenceState& got, const SequenceState& want) {
+  const SequenceTensors &g = TensorsOf(got), &w = TensorsOf(want);
+  EXPECT_EQ(g.position, w.position);
+  EXPECT_TRUE(at::equal(g.last_logits, w.last_logits));
+  for (size_t l = 0; l < w.cache.size(); ++l) {
+    EXPECT_TRUE(at::equal(g.cache[l].keys, w.cache[l].keys)) << "layer " << l;
+    EXPECT_TRUE(at::equal(g.cache[l].values, w.cache[l].values)) << "layer " << l;
+  }
+  for (size_t k = 0; k < w.ttt.size(); ++k) {
+    EXPECT_TRUE(at::equal(g.ttt[k].delta, w.ttt[k].delta)) << "TTT layer " << k;
+    EXPECT_TRUE(at::equal(g.ttt[k].pending_z, w.ttt[k].pending_z)) << "TTT layer " << k;
+  }
+}
+
+// A session decoding alone and the same session decoding beside 1 to 7 others (the scheduler
+// batches whoever is ready): the same log-probabilities and state to the bit, chunk folds
+// included. The dense products of a short step (SmallRowProduct) do each row's arithmetic alike
+// whatever the other rows; OpenBLAS's GEMM did not (docs/contract.md).
+TEST(ShortStepTest, DecodeStepsDoNotDependOnTheOtherSessionsInTheStep) {
+  for (const Variant& v : Variants()) {
+    SCOPED_TRACE(v.name);
+    auto model = MakeModel(v.config);
+    const int length = 20, vocab = v.config.vocab_size;
+    const std::vector<int32_t> tokens = RandomTokens(length, vocab, 41);
+    SequenceState alone = model->NewSequence(), shared = model->NewSequence();
+    std::vector<SequenceState> others(7);
+    for (SequenceState& o : others) o = model->NewSequence();
+    for (int t = 0; t < length; ++t) {
+      std::vector<IngestItem> one{{&alone, {tokens[t]}}};
+      auto want = model->Ingest(absl::MakeSpan(one));
+      ASSERT_TRUE(want.ok()) << want.status();
+      std::vector<IngestItem> many{{&shared, {tokens[t]}}};
+      for (int o = 0; o < 1 + t % 7; ++o) {  // 2 to 8 rows, the session's row anywhere
+        many.insert(o % 2 == 0 ? many.end() : many.begin(),
+                    IngestItem{&others[o], {static_cast<int32_t>((t * 7 + o) % vocab)}});
+      }
+      auto got = model->Ingest(absl::MakeSpan(many));
+      ASSERT_TRUE(got.ok()) << got.status();
+      size_t row = 0;
+      while (many[row].state != &shared) ++row;
+      const float g = got.value()[row][0], w = want.value()[0][0];  // NaN for the first token
+      EXPECT_TRUE(g == w || (std::isnan(g) && std::isnan(w)))
+          << "token " << t << ": " << g << " vs " << w;
+    }
+    ExpectEqualState(shared, alone);
   }
 }
 
