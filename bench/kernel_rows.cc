@@ -97,8 +97,7 @@ void DenseProductTable(const engine::ModelConfig& c, const std::vector<int>& ses
   std::printf(
       "\nThe short step's dense products (engine/internal/batched_kernels.h SmallRowProduct "
       "against OpenBLAS as the short step called it before: sgemv per row up to two rows, else "
-      "sgemm), "
-      "weights hot in the cache, best of 5, weights %lld x %lld\n"
+      "sgemm), weights hot in the cache, best of 5, weights %lld x %lld\n"
       "| shape | rows | SmallRowProduct | GFLOP/s | OpenBLAS | GFLOP/s | time ratio "
       "(OpenBLAS / kernel) |\n|---|---|---|---|---|---|---|\n",
       (long long)d, (long long)f);
