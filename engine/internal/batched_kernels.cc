@@ -54,6 +54,12 @@ __attribute__((always_inline)) inline void LoadLanes(Vec* v, const c10::BFloat16
   std::memcpy(v, &wide, sizeof(Vec));
 }
 
+// The lanes of `v` summed in one fixed tree, the one SumEach also follows:
+// ((0+1)+(2+3))+((4+5)+(6+7)).
+__attribute__((always_inline)) inline float LaneSum(const Vec& v) {
+  return ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
+}
+
 // sum_i a[i] * b[i] in fp32; `a` f32 or bf16.
 template <typename Element>
 __attribute__((always_inline)) inline float Dot(const Element* a, const float* b, int64_t n) {
@@ -74,7 +80,7 @@ __attribute__((always_inline)) inline float Dot(const Element* a, const float* b
     s0 += x0 * y0;
   }
   const Vec s = (s0 + s1) + (s2 + s3);
-  float total = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+  float total = LaneSum(s);
   for (; i < n; ++i) total += static_cast<float>(a[i]) * b[i];
   return total;
 }
@@ -290,12 +296,6 @@ TTT_MULTIVERSION void DeltaRows(const c10::BFloat16* delta, const float* z, int6
                                 int64_t rows, int64_t lo, int64_t hi, int64_t d_ff, int64_t d_model,
                                 float* out) {
   DeltaRowsOf(delta, z, row0, rows, lo, hi, d_ff, d_model, out);
-}
-
-// The lanes of `v` summed in Dot's order, the tree SumEach also follows:
-// ((0+1)+(2+3))+((4+5)+(6+7)).
-__attribute__((always_inline)) inline float LaneSum(const Vec& v) {
-  return ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
 }
 
 // out[b * n + a] = w row a . x row b (+ bias[a]) for kW weight rows and kX rows of x, over all
