@@ -4,7 +4,9 @@
 // roofline time is max(bytes / read bandwidth, FLOPs / sgemm peak at the call's shape): the time
 // the bytes it must move take at the measured single-thread streaming read bandwidth (from memory,
 // or from the last-level cache where the call's bytes fit in it, as a small model's do), against
-// the time its FLOPs take at the best LibTorch product of the call's dense shape.
+// the time its FLOPs take at the best LibTorch product of the call's dense shape. One thread runs
+// a step's streaming phases (attention, the delta term) apart from its dense products, so each row
+// also gets a phase bound: the two parts' rooflines added (Roofline::PhaseBoundSeconds).
 //
 // The byte counts are the minimum a call must move, not what the engine happens to move: the
 // dense weights once per call, each session's fast-weight deltas once (and once more written back
@@ -22,13 +24,20 @@
 
 namespace ttt::bench {
 
-// Bytes and FLOPs of one or more engine calls.
+// Bytes and FLOPs of one or more engine calls. `streamed_bytes` and `streamed_flops` are the part
+// of them in the per-session streaming phases (attention over each session's KV rows, the
+// fast-weight term over each session's delta): a few FLOPs per byte, so bound by the read
+// bandwidth, and on one thread run before or after the dense products, not beside them.
 struct Cost {
   double bytes = 0;
   double flops = 0;
+  double streamed_bytes = 0;
+  double streamed_flops = 0;
   Cost& operator+=(const Cost& other) {
     bytes += other.bytes;
     flops += other.flops;
+    streamed_bytes += other.streamed_bytes;
+    streamed_flops += other.streamed_flops;
     return *this;
   }
 };
@@ -66,6 +75,11 @@ class Roofline {
 
   // Seconds the roofline allows for `calls` whose dense products have `rows` rows each.
   double Seconds(const std::vector<Cost>& calls, int64_t rows, int64_t d_model, int64_t d_ff);
+  // Seconds one thread needs at least when the streaming phases do not overlap the dense
+  // products: each part at its own roofline, max(bytes / bandwidth, FLOPs / peak), the two parts
+  // added, per call. roofline / phase bound is the largest achieved fraction one thread reaches.
+  double PhaseBoundSeconds(const std::vector<Cost>& calls, int64_t rows, int64_t d_model,
+                           int64_t d_ff);
 
   // Records one measured row: `seconds` spent on `calls` (products of `rows` rows).
   void Add(const std::string& label, double tokens_per_second, double seconds,
@@ -77,7 +91,8 @@ class Roofline {
  private:
   struct Row {
     std::string label;
-    double tokens_per_second, seconds, bytes, flops, memory_seconds, compute_seconds, roofline;
+    double tokens_per_second, seconds, bytes, flops, memory_seconds, compute_seconds, roofline,
+        phase_bound;
     int64_t rows, calls;
     bool cached;  // bound by the cache's bandwidth, not memory's
   };
