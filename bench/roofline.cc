@@ -221,8 +221,8 @@ void Roofline::Add(const std::string& label, double tokens_per_second, double se
   const int64_t d = config.hidden_size, f = config.intermediate_size;
   const double peak = SgemmPeak(rows, d, f);
   Row row{
-      label, tokens_per_second, seconds, 0, 0, 0, 0, 0, 0, rows,
-      static_cast<int64_t>(calls.size()), false};
+      label, tokens_per_second, seconds, 0, 0, 0, 0, 0, 0, rows, static_cast<int64_t>(calls.size()),
+      false};
   for (const Cost& call : calls) {
     row.bytes += call.bytes;
     row.flops += call.flops;
