@@ -85,8 +85,9 @@ Cost CallCost(const engine::ModelConfig& c, int64_t sessions, int64_t rows, int6
     const double delta_bytes =
         c.ttt_delta_dtype == engine::TttDeltaDtype::kBFloat16 ? 2 : kFloatBytes;
     session.bytes += ttt_layers * (d * f * delta_bytes + rows * (f + d) * 2 * kFloatBytes);
-    // A decode step's delta term streams the delta; a longer call's chunk updates are products.
-    if (completed == 0) {
+    // A short call (a decode step, a piece inside its chunk) streams the delta through the
+    // batched delta kernel; a longer call's delta terms and updates are products.
+    if (rows < c.ttt_chunk) {
       session.streamed_bytes += ttt_layers * d * f * delta_bytes;
       session.streamed_flops += ttt_layers * rows * 2 * d * f;
     }
