@@ -49,6 +49,11 @@ int64_t LastLevelCacheBytes() {
   return bytes > 0 ? bytes : int64_t{32} << 20;
 }
 
+// The roofline time of `bytes` and `flops`: whichever of moving and computing takes longer.
+double PartSeconds(double bytes, double flops, double bandwidth, double peak) {
+  return std::max(bytes / bandwidth, flops / peak);
+}
+
 }  // namespace
 
 Cost CallCost(const engine::ModelConfig& c, int64_t sessions, int64_t rows, int64_t cached,
@@ -198,7 +203,7 @@ double Roofline::Seconds(const std::vector<Cost>& calls, int64_t rows, int64_t d
   const double peak = SgemmPeak(rows, d_model, d_ff);
   double seconds = 0;
   for (const Cost& call : calls) {
-    seconds += std::max(call.bytes / Bandwidth(call.bytes), call.flops / peak);
+    seconds += PartSeconds(call.bytes, call.flops, Bandwidth(call.bytes), peak);
   }
   return seconds;
 }
@@ -209,9 +214,9 @@ double Roofline::PhaseBoundSeconds(const std::vector<Cost>& calls, int64_t rows,
   double seconds = 0;
   for (const Cost& call : calls) {
     const double bandwidth = Bandwidth(call.bytes);
-    seconds += std::max(call.streamed_bytes / bandwidth, call.streamed_flops / peak) +
-               std::max((call.bytes - call.streamed_bytes) / bandwidth,
-                        (call.flops - call.streamed_flops) / peak);
+    seconds += PartSeconds(call.streamed_bytes, call.streamed_flops, bandwidth, peak) +
+               PartSeconds(call.bytes - call.streamed_bytes, call.flops - call.streamed_flops,
+                           bandwidth, peak);
   }
   return seconds;
 }
